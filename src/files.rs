@@ -1,0 +1,138 @@
+//! The data folder and the few ways steward writes files.
+//!
+//! Everything a node keeps lives under one folder (by default the binary's own, as the seed
+//! says). [`DataFolder`] is the one place that names the files in it, so the README, the
+//! tests and the code agree. Node and method names become file names only after
+//! [`crate::subject::validate_name`] has refused `/`, `..` and friends.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone)]
+pub struct DataFolder {
+    pub root: PathBuf,
+}
+
+impl DataFolder {
+    pub fn new(root: PathBuf) -> DataFolder {
+        DataFolder { root }
+    }
+
+    /// Where operators append messages to send.
+    pub fn inmsg(&self) -> PathBuf {
+        self.root.join("inmsg.txt")
+    }
+    /// Input that could not be taken, verbatim, each piece after a `#` line saying why.
+    pub fn rejected(&self) -> PathBuf {
+        self.root.join("inmsg.rejected.txt")
+    }
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+    /// Every processed message, one JSON line each, with all it takes to send it again.
+    pub fn message_log(&self) -> PathBuf {
+        self.root.join("message-log.txt")
+    }
+    /// Messages whose retries were spent or that were refused, as inmsg.txt arrays.
+    pub fn failed(&self) -> PathBuf {
+        self.root.join("failed-messages.txt")
+    }
+    /// Replies received for messages this node sent, per destination node and method.
+    pub fn replies(&self, node: &str, method: &str) -> PathBuf {
+        self.root.join("replies").join(format!("{node}.{method}.log"))
+    }
+    /// TextLogging received, per sending node.
+    pub fn text_log(&self, from_node: &str) -> PathBuf {
+        self.root.join("textlog").join(format!("{from_node}.log"))
+    }
+    /// The central error logger's log of errors from every node.
+    pub fn error_log(&self) -> PathBuf {
+        self.root.join("errors.log")
+    }
+    /// The central node's record of when each node last said Hello.
+    pub fn hello_nodes(&self) -> PathBuf {
+        self.root.join("hello-nodes.json")
+    }
+}
+
+/// Appends `bytes` with a single `write` on an `O_APPEND` file, so concurrent appenders never
+/// interleave inside one record. With `durable`, the data is fsync'd before returning.
+pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(bytes)?;
+    if durable {
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new content,
+/// never a mix: write a temporary file, fsync it, rename it over, fsync the folder.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC, e.g. `2026-11-24T17:48:54.123Z`.
+pub fn rfc3339(millis: u64) -> String {
+    let secs = millis / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    // Civil-from-days, after Howard Hinnant's algorithm.
+    let z = (secs / 86400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        millis % 1000
+    )
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(unix_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_542_534_123), "2026-11-24T17:48:54.123Z");
+    }
+
+    #[test]
+    fn atomic_write_replaces_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        write_atomically(&p, b"one").unwrap();
+        write_atomically(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert!(!p.with_extension("tmp").exists());
+    }
+}

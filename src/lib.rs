@@ -1,0 +1,123 @@
+//! steward: command and control for fleets of edge nodes over NATS, with guaranteed delivery.
+//!
+//! One binary runs on every node. An operator appends a message to `inmsg.txt` (run this
+//! command on ship1, log this text on central); the node delivers it when the destination
+//! can be reached, retrying until then, and stores the destination's ACK, which for a
+//! command carries its output. Nothing is lost on the way: the journal holds every message
+//! until it is finished.
+//!
+//! # The flow, one way
+//!
+//! ```text
+//! inmsg.txt ─▶ inbox ─▶ journal ─▶ supervisor ─▶ publisher (one per subject) ─▶ NATS
+//!                          ▲                                                      │
+//!                          └──── finished ◀── reply stored ◀── ACK ◀── subscriber ◀┘
+//!                                                              (one per method; the
+//!                                                               method runs, then ACKs)
+//! ```
+//!
+//! # Modules
+//!
+//! - [`config`]: flags → a validated [`config::Config`].
+//! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
+//! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
+//! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
+//! - [`supervisor`]: the process table; spawns, restarts, stops.
+//! - [`process`]: inbox, publisher, subscriber, hello: one thread each.
+//! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog.
+//! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
+//! - [`files`]: the data folder's layout, appends and atomic writes.
+
+pub mod broker;
+pub mod config;
+pub mod files;
+pub mod journal;
+pub mod message;
+pub mod methods;
+pub mod metrics;
+pub mod node;
+pub mod process;
+pub mod subject;
+pub mod supervisor;
+
+use config::Config;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why the agent could not run.
+#[derive(Debug)]
+pub enum Error {
+    /// Something in the data folder could not be set up or read.
+    DataFolder { context: String, source: std::io::Error },
+    /// A listener (metrics, profiling) could not start.
+    Listen(std::io::Error),
+    /// The signal handler could not be installed.
+    Signals(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::DataFolder { context, source } => write!(f, "{context}: {source}"),
+            Error::Listen(e) => write!(f, "{e}"),
+            Error::Signals(e) => write!(f, "cannot handle SIGINT/SIGTERM: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
+pub fn run(config: Config) -> Result<(), Error> {
+    let data = files::DataFolder::new(config.data_folder.clone());
+    std::fs::create_dir_all(&data.root).map_err(|source| Error::DataFolder {
+        context: format!("cannot create the data folder {}", data.root.display()),
+        source,
+    })?;
+    let (journal, recovery) = journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
+        context: format!("cannot open the journal in {}", data.journal_dir().display()),
+        source,
+    })?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let broker = broker::Broker::connect(&config.node, &config.brokers, metrics.clone());
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let node = Arc::new(node::Node::new(config, broker, metrics.clone(), journal, events_tx.clone()));
+    log::info!(
+        "node {} starting; data in {}; broker {}",
+        node.config.node,
+        data.root.display(),
+        node.config.brokers.join(",")
+    );
+
+    let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
+    supervisor.start();
+    if let Some(cut) = recovery.cut {
+        node.report_error(format!("{}: journal was damaged and repaired: {cut}", node.config.node));
+    }
+    for bad in recovery.undecodable {
+        node.report_error(format!("{}: journal: dropped an unreadable message: {bad}", node.config.node));
+    }
+    if !recovery.pending.is_empty() {
+        log::info!("resuming {} unfinished message(s) from the journal", recovery.pending.len());
+    }
+    metrics.journal_pending.set(recovery.pending.len() as i64);
+    node.deliver(recovery.pending);
+
+    if let Some(addr) = &node.config.prom_addr {
+        let m = metrics.clone();
+        metrics::serve("metrics", addr, move |path| (path == "/metrics").then(|| m.render()))
+            .map_err(Error::Listen)?;
+    }
+    if let Some(addr) = &node.config.profiling_addr {
+        let n = node.clone();
+        metrics::serve("profiling", addr, move |_| n.status()).map_err(Error::Listen)?;
+    }
+    let tx = events_tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(supervisor::Event::Shutdown);
+    })
+    .map_err(|e| Error::Signals(e.to_string()))?;
+
+    supervisor.run();
+    Ok(())
+}

@@ -1,0 +1,485 @@
+//! Messages in their three forms, as pure encode/decode functions:
+//!
+//! - [`Message`]: what an operator writes into `inmsg.txt`, exactly the seed's JSON keys
+//!   (`toNode`, `data`, `commandOrEvent`, `method`, optional `timeout` and `retries`).
+//! - [`Envelope`]: a message once accepted by a node: it gains a unique `id`, the sending
+//!   node and the time it was accepted. This is what the journal keeps and what travels on
+//!   the wire.
+//! - [`Reply`]: what a receiver sends back on the message's own reply subject.
+//!
+//! [`parse_input`] splits the text of `inmsg.txt` into top-level JSON values itself, so that
+//! one malformed array or one bad message is rejected alone and the rest of the batch still
+//! goes, and so that an array still being written is recognised as incomplete, not as bad.
+
+use crate::subject::{validate_name, Subject};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The message type of the seed: present both in the subject and in the message.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    #[serde(rename = "CommandACK")]
+    CommandAck,
+    #[serde(rename = "CommandNACK")]
+    CommandNack,
+    #[serde(rename = "EventACK")]
+    EventAck,
+    #[serde(rename = "EventNACK")]
+    EventNack,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::CommandAck,
+        Kind::CommandNack,
+        Kind::EventAck,
+        Kind::EventNack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::CommandAck => "CommandACK",
+            Kind::CommandNack => "CommandNACK",
+            Kind::EventAck => "EventACK",
+            Kind::EventNack => "EventNACK",
+        }
+    }
+
+    /// Exact, case-sensitive, as the seed demands.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// ACK kinds wait for the receiver's reply and are retried; NACK kinds are published once.
+    pub fn wants_ack(self) -> bool {
+        matches!(self, Kind::CommandAck | Kind::EventAck)
+    }
+
+    pub fn is_command(self) -> bool {
+        matches!(self, Kind::CommandAck | Kind::CommandNack)
+    }
+}
+
+/// One message as written in `inmsg.txt` (and in `failed-messages.txt`, so it can be re-sent).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    #[serde(rename = "toNode")]
+    pub to_node: String,
+    pub data: Vec<String>,
+    #[serde(rename = "commandOrEvent")]
+    pub kind: Kind,
+    pub method: String,
+    /// Seconds to wait for the ACK (and the kill deadline of a CLICommand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Attempts after the first before the message is given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+/// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
+const KEYS: [&str; 6] = [
+    "toNode",
+    "data",
+    "commandOrEvent",
+    "method",
+    "timeout",
+    "retries",
+];
+
+/// Largest per-message timeout: a week. Larger values are almost surely a unit mistake.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+impl Message {
+    pub fn subject(&self) -> Subject {
+        Subject {
+            node: self.to_node.clone(),
+            kind: self.kind,
+            method: self.method.clone(),
+        }
+    }
+
+    /// Validates one JSON value from `inmsg.txt` as a message. `known_method` says whether
+    /// this build can deliver a method (an unknown one is refused here, at the sender, with
+    /// the list of known ones, rather than retried against a node that cannot run it).
+    pub fn from_value(value: &Value, known_method: &dyn Fn(&str) -> bool) -> Result<Message, String> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| format!("a message must be a JSON object, found {}", type_name(value)))?;
+        for key in obj.keys() {
+            if !KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "unknown key {key:?} (keys are case-sensitive: {})",
+                    KEYS.join(", ")
+                ));
+            }
+        }
+        for key in ["toNode", "data", "commandOrEvent", "method"] {
+            if !obj.contains_key(key) {
+                return Err(format!("missing key {key:?}"));
+            }
+        }
+        let message: Message = serde_json::from_value(value.clone()).map_err(|e| {
+            let e = e.to_string();
+            if e.contains("unknown variant") {
+                format!("bad commandOrEvent: {e} (values are case-sensitive)")
+            } else {
+                e
+            }
+        })?;
+        validate_name(&message.to_node).map_err(|e| format!("bad toNode: {e}"))?;
+        validate_name(&message.method).map_err(|e| format!("bad method: {e}"))?;
+        if !known_method(&message.method) {
+            return Err(format!("unknown method {:?}", message.method));
+        }
+        if message.timeout == Some(0) || message.timeout > Some(MAX_TIMEOUT_SECS) {
+            return Err(format!(
+                "bad timeout {}: must be between 1 and {MAX_TIMEOUT_SECS} seconds",
+                message.timeout.unwrap_or(0)
+            ));
+        }
+        Ok(message)
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A message accepted by a node: journaled, sent, logged. The wire form.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique for the message's whole life, across retries and restarts.
+    pub id: String,
+    #[serde(rename = "fromNode")]
+    pub from_node: String,
+    /// Milliseconds since the Unix epoch when the sending node accepted the message.
+    pub accepted: u64,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an Envelope always serializes: plain strings and numbers")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))
+    }
+}
+
+/// How a receiver dealt with a message.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The method ran (a command may still have exited non-zero: see `exitCode`).
+    Ok,
+    /// The method could not run (bad data, the command could not start, I/O error).
+    Error,
+    /// The receiver would not run it (not allowed from this sender, not served here).
+    Refused,
+}
+
+/// The ACK a receiver sends on the message's reply subject.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub id: String,
+    #[serde(rename = "fromNode")]
+    pub from_node: String,
+    pub status: Status,
+    #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output: String,
+}
+
+impl Reply {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Reply always serializes: plain strings and numbers")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("undecodable reply: {e}"))
+    }
+}
+
+/// One piece of `inmsg.txt` that could not be taken, kept verbatim for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub text: String,
+    pub error: String,
+}
+
+/// The result of parsing a stretch of `inmsg.txt`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub messages: Vec<Message>,
+    pub rejected: Vec<Rejected>,
+    /// Bytes fully dealt with; anything after is an incomplete value still being written.
+    pub consumed: usize,
+}
+
+/// Parses the text of `inmsg.txt`: any number of JSON arrays of messages (or single message
+/// objects), one after another. Each bad array, bad message or stretch of garbage is rejected
+/// on its own with an error naming what and where (`line` counts from `first_line`); good
+/// messages still go. A trailing value that is not complete is left unconsumed, unless
+/// `at_end` says no more bytes will come, in which case it is rejected too.
+pub fn parse_input(
+    text: &[u8],
+    first_line: usize,
+    at_end: bool,
+    known_method: &dyn Fn(&str) -> bool,
+) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut pos = 0;
+    while pos < text.len() {
+        let start = pos + text[pos..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if start == text.len() {
+            parsed.consumed = text.len();
+            break;
+        }
+        let line = first_line + text[..start].iter().filter(|&&b| b == b'\n').count();
+        let end = match text[start] {
+            b'[' | b'{' => match scan_value(&text[start..]) {
+                Some(len) => start + len,
+                None if at_end => text.len(),
+                None => break, // still being written
+            },
+            _ => {
+                // Garbage: everything up to the next line that opens a value.
+                let skip = next_value_start(&text[start..]).unwrap_or(text.len() - start);
+                let end = start + skip;
+                parsed.rejected.push(Rejected {
+                    text: String::from_utf8_lossy(&text[start..end]).into_owned(),
+                    error: format!("line {line}: expected a JSON array of messages"),
+                });
+                pos = end;
+                parsed.consumed = end;
+                continue;
+            }
+        };
+        let chunk = &text[start..end];
+        take_value(chunk, line, known_method, &mut parsed);
+        pos = end;
+        parsed.consumed = end;
+    }
+    parsed
+}
+
+fn take_value(
+    chunk: &[u8],
+    line: usize,
+    known_method: &dyn Fn(&str) -> bool,
+    parsed: &mut Parsed,
+) {
+    let reject = |error: String| Rejected {
+        text: String::from_utf8_lossy(chunk).into_owned(),
+        error,
+    };
+    let value: Value = match serde_json::from_slice(chunk) {
+        Ok(v) => v,
+        Err(e) => {
+            let at = if e.line() > 0 { line + e.line() - 1 } else { line };
+            parsed.rejected.push(reject(format!(
+                "line {at}: invalid JSON: {}",
+                strip_position(&e.to_string())
+            )));
+            return;
+        }
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => unreachable!("scan_value only yields arrays and objects"),
+    };
+    if items.is_empty() {
+        return;
+    }
+    for (i, item) in items.iter().enumerate() {
+        match Message::from_value(item, known_method) {
+            Ok(m) => parsed.messages.push(m),
+            Err(e) => parsed.rejected.push(Rejected {
+                text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
+                    .expect("a parsed JSON value serializes"),
+                error: format!("array starting on line {line}, message {}: {e}", i + 1),
+            }),
+        }
+    }
+}
+
+fn strip_position(e: &str) -> &str {
+    e.split(" at line ").next().unwrap_or(e)
+}
+
+/// Length of the JSON array or object at the start of `text`, if it is complete. Tracks
+/// strings and escapes so brackets inside strings do not count.
+fn scan_value(text: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
+fn next_value_start(text: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(nl) = text[i..].iter().position(|&b| b == b'\n') {
+        i += nl + 1;
+        let indent = text[i..].iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+        if text.get(i + indent) == Some(&b'[') {
+            return Some(i + indent);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(m: &str) -> bool {
+        ["CLICommand", "TextLogging", "Hello", "ErrorLog"].contains(&m)
+    }
+
+    const SEED_TWO: &str = r#"[
+    {
+        
+        "toNode": "ship1",
+        "data": ["bash","-c","ls -l ../"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand"
+            
+    },
+    {
+        
+        "toNode": "ship2",
+        "data": ["bash","-c","ls -l ../"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand"
+            
+    }
+]"#;
+
+    #[test]
+    fn seed_example_with_two_messages() {
+        let p = parse_input(SEED_TWO.as_bytes(), 1, false, &known);
+        assert_eq!(p.rejected, vec![]);
+        assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.messages[1].to_node, "ship2");
+        assert_eq!(p.messages[0].data, ["bash", "-c", "ls -l ../"]);
+        assert_eq!(p.consumed, SEED_TWO.len());
+    }
+
+    #[test]
+    fn several_appended_arrays_in_one_read_all_count() {
+        let text = format!("{SEED_TWO}\n{SEED_TWO}\n[{{\"toNode\":\"ship1\",\"data\":[\"x\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\",\"timeout\":3,\"retries\":3}}]");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 5);
+        assert_eq!(p.messages[4].timeout, Some(3));
+        assert_eq!(p.messages[4].retries, Some(3));
+    }
+
+    #[test]
+    fn an_array_still_being_written_is_left_for_later() {
+        let text = format!("{SEED_TWO}\n[ {{ \"toNode\": \"sh");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 2);
+        assert!(p.rejected.is_empty());
+        assert_eq!(p.consumed, SEED_TWO.len());
+        // ... unless nothing more will come.
+        let p = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.consumed, text.len());
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_confuse_the_scanner() {
+        let text = r#"[{"toNode":"ship1","data":["echo ]] \"[\" }"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#;
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 1, "{:?}", p.rejected);
+        assert_eq!(p.messages[0].data[0], "echo ]] \"[\" }");
+    }
+
+    #[test]
+    fn one_bad_message_is_rejected_alone_with_its_reason() {
+        let text = r#"[
+ {"toNode":"ship1","data":["a"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+ {"ToNode":"ship1","data":["b"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+ {"toNode":"ship1","data":["c"],"commandOrEvent":"commandack","method":"CLICommand"},
+ {"toNode":"ship 1","data":["d"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+ {"toNode":"ship1","data":["e"],"commandOrEvent":"CommandACK","method":"NoSuchMethod"},
+ {"toNode":"ship1","data":["f"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":0},
+ {"toNode":"ship1","data":["g"],"commandOrEvent":"CommandACK","method":"CLICommand"}
+]"#;
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        let data: Vec<_> = p.messages.iter().map(|m| m.data[0].as_str()).collect();
+        assert_eq!(data, ["a", "g"]);
+        let errors: Vec<_> = p.rejected.iter().map(|r| r.error.as_str()).collect();
+        assert_eq!(errors.len(), 5);
+        assert!(errors[0].contains("message 2: unknown key \"ToNode\""), "{}", errors[0]);
+        assert!(errors[1].contains("commandOrEvent"), "{}", errors[1]);
+        assert!(errors[2].contains("toNode") && errors[2].contains("space"), "{}", errors[2]);
+        assert!(errors[3].contains("unknown method \"NoSuchMethod\""), "{}", errors[3]);
+        assert!(errors[4].contains("timeout"), "{}", errors[4]);
+        // The rejected text is itself valid inmsg.txt input, so it can be fixed and re-sent.
+        let again = parse_input(p.rejected[0].text.as_bytes(), 1, true, &known);
+        assert_eq!(again.rejected.len(), 1);
+    }
+
+    #[test]
+    fn garbage_and_broken_json_do_not_stop_the_batch() {
+        let text = format!("hello there\n[{{\"toNode\": }}]\n{SEED_TWO}\n");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.rejected.len(), 2);
+        assert!(p.rejected[0].error.starts_with("line 1:"), "{}", p.rejected[0].error);
+        assert!(p.rejected[1].error.starts_with("line 2: invalid JSON"), "{}", p.rejected[1].error);
+        assert_eq!(p.consumed, text.len());
+    }
+
+    #[test]
+    fn envelope_wire_form_round_trips_and_keeps_seed_keys() {
+        let m = parse_input(SEED_TWO.as_bytes(), 1, false, &known).messages.remove(0);
+        let e = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 1,
+            message: m,
+        };
+        let wire = e.encode();
+        let text = String::from_utf8(wire.clone()).unwrap();
+        assert!(text.contains("\"toNode\":\"ship1\"") && text.contains("\"commandOrEvent\":\"CommandACK\""));
+        assert_eq!(Envelope::decode(&wire).unwrap(), e);
+        assert!(Envelope::decode(b"{\"id\":1}").is_err());
+    }
+}

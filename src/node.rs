@@ -1,0 +1,164 @@
+//! This node's shared state, handed to every process: its configuration, data folder, broker
+//! connection, metrics, journal, and the way into the system ([`Node::accept`]).
+//!
+//! Everything that enters the system goes through [`Node::accept`]: journal first (fsync'd),
+//! then to the supervisor, which hands each message to the publisher for its subject. That
+//! holds for operators' messages from inmsg.txt and for the node's own error reports alike,
+//! so errors are stored and forwarded like everything else.
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::files::DataFolder;
+use crate::journal::{Entry, Journal};
+use crate::message::{Kind, Message};
+use crate::metrics::Metrics;
+use crate::supervisor::Event;
+use crossbeam_channel::{Receiver, Sender};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    pub config: Config,
+    pub data: DataFolder,
+    pub broker: Arc<Broker>,
+    pub metrics: Arc<Metrics>,
+    journal: Mutex<Journal>,
+    supervisor: Sender<Event>,
+    pub handlers: Permits,
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        broker: Arc<Broker>,
+        metrics: Arc<Metrics>,
+        journal: Journal,
+        supervisor: Sender<Event>,
+    ) -> Node {
+        Node {
+            data: DataFolder::new(config.data_folder.clone()),
+            handlers: Permits::new(config.max_handlers),
+            config,
+            broker,
+            metrics,
+            journal: Mutex::new(journal),
+            supervisor,
+        }
+    }
+
+    /// The journal. A panic while holding it cannot leave it half-written in memory (each
+    /// operation updates memory only after its write), so a poisoned lock is taken over.
+    pub fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes messages into the system: one journal write and fsync for the batch (with how
+    /// far the inbox file has been read), then on to the publishers.
+    pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
+        let methods: Vec<String> = messages.iter().map(|m| m.method.clone()).collect();
+        let entries = {
+            let mut journal = self.journal();
+            let entries = journal.append(&self.config.node, messages, inbox)?;
+            self.metrics.journal_pending.set(journal.pending_count() as i64);
+            entries
+        };
+        for method in methods {
+            self.metrics.accepted.with_label_values(&[&method]).inc();
+        }
+        self.deliver(entries);
+        Ok(())
+    }
+
+    /// Hands journaled messages to the supervisor (also used for the journal's replay).
+    pub fn deliver(&self, entries: Vec<Entry>) {
+        if !entries.is_empty() {
+            // Fails only when the supervisor is gone, i.e. at shutdown: the messages stay in
+            // the journal and go on the next start.
+            let _ = self.supervisor.send(Event::Deliver(entries));
+        }
+    }
+
+    /// A message is finished (ACKed, published, or given up and kept in failed-messages.txt).
+    pub fn finish(&self, seq: u64) {
+        let mut journal = self.journal();
+        if let Err(e) = journal.mark_done(seq) {
+            log::error!("journal: cannot record message {seq} as finished: {e}");
+        }
+        self.metrics.journal_pending.set(journal.pending_count() as i64);
+    }
+
+    /// Logs an error and sends it to the central error logger, through the journal, so it
+    /// reaches central even if the broker is down now.
+    pub fn report_error(&self, text: String) {
+        log::error!("{text}");
+        let message = Message {
+            to_node: self.config.central_node.clone(),
+            data: vec![text],
+            kind: Kind::EventAck,
+            method: "ErrorLog".to_string(),
+            timeout: None,
+            retries: None,
+        };
+        if let Err(e) = self.accept(vec![message], None) {
+            log::error!("cannot journal the error report for the central error logger: {e}");
+        }
+    }
+
+    /// Asks the supervisor for the process table as text.
+    pub fn status(&self) -> Option<String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.supervisor.send(Event::Status(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(2)).ok()
+    }
+}
+
+/// A counting semaphore bounding how many received messages are handled at once, so a flood
+/// cannot fork-bomb the node. A permit is a token taken from a channel and put back on drop.
+pub struct Permits {
+    give: Sender<()>,
+    take: Receiver<()>,
+    capacity: usize,
+}
+
+/// One handler's permit; moves into the handler's thread and is given back on drop.
+pub struct Permit(Sender<()>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl Permits {
+    pub fn new(capacity: usize) -> Permits {
+        let (give, take) = crossbeam_channel::bounded(capacity);
+        for _ in 0..capacity {
+            give.send(()).expect("the channel was made with room for every permit");
+        }
+        Permits { give, take, capacity }
+    }
+
+    /// Waits for a permit, or returns `None` when `stop` fires.
+    pub fn acquire(&self, stop: &Receiver<()>) -> Option<Permit> {
+        crossbeam_channel::select! {
+            recv(self.take) -> _ => Some(Permit(self.give.clone())),
+            recv(stop) -> _ => None,
+        }
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.capacity - self.take.len()
+    }
+
+    /// Waits until every permit is back (all handlers finished) or `deadline` passes.
+    pub fn wait_idle(&self, deadline: Instant) -> bool {
+        while self.in_use() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}

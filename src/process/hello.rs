@@ -1,0 +1,54 @@
+//! The hello process: every `--helloInterval` seconds, tells the central node "I'm here"
+//! with a Hello EventNACK (published once, not journaled: the next one replaces it).
+
+use super::{sleep_or_stop, Process, State};
+use crate::broker;
+use crate::message::{Envelope, Kind, Message};
+use crate::node::Node;
+use crate::subject::Subject;
+use crossbeam_channel::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Hello {
+    pub node: Arc<Node>,
+    pub interval: Duration,
+    pub state: Arc<State>,
+}
+
+impl Process for Hello {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+        let Some(conn) = self.node.broker.wait(stop) else {
+            return Ok(());
+        };
+        let config = &self.node.config;
+        let subject = Subject::new(&config.central_node, Kind::EventNack, "Hello")
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let mut count = 0u64;
+        loop {
+            count += 1;
+            let now = crate::files::unix_millis();
+            let envelope = Envelope {
+                id: format!("{}-hello-{now}", config.node),
+                from_node: config.node.clone(),
+                accepted: now,
+                message: Message {
+                    to_node: config.central_node.clone(),
+                    data: vec![format!("hello {count} from {}", config.node)],
+                    kind: Kind::EventNack,
+                    method: "Hello".into(),
+                    timeout: None,
+                    retries: None,
+                },
+            };
+            match broker::publish(&conn, &subject, None, &envelope.encode()) {
+                Ok(()) => self.state.set(format!("sent hello {count}")),
+                Err(e) => self.state.set(format!("hello {count} not sent: {e}")),
+            }
+            if sleep_or_stop(stop, self.interval) {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The inbox: watches `inmsg.txt` and takes what operators append to it, without losing an
+//! append that races with the emptying and without taking anything twice.
+//!
+//! How: when `inmsg.txt` has content, it is renamed to `inmsg.taking-<time>` (an atomic
+//! step; the next `>>` creates a fresh `inmsg.txt`). A writer that opened the old file
+//! before the rename still writes into the taken file, so the taken file is read on, from
+//! where we left it, until no other process has it open (a write lease, `F_SETLEASE`, can
+//! only be had on a file nobody else holds; where leases are not allowed, after the file has
+//! been quiet for [`QUIET`]). Only then is it removed.
+//!
+//! Every complete JSON array read is journaled, in one fsync'd batch together with the
+//! offset read up to, before anything else happens; so after a crash the taken file is read
+//! on from that offset, never from the start. A trailing array still being written is left
+//! until it is complete. Bad pieces go to `inmsg.rejected.txt` with the reason, and are
+//! reported; the rest of the batch still goes.
+
+use super::{sleep_or_stop, Process, State};
+use crate::message::{parse_input, Rejected};
+use crate::node::Node;
+use crossbeam_channel::Receiver;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often inmsg.txt is looked at.
+const POLL: Duration = Duration::from_millis(20);
+/// Where file leases are not available: how long a taken file must be unchanged before we
+/// take it that no writer holds it any more.
+const QUIET: Duration = Duration::from_secs(2);
+/// Most bytes read from a taken file per batch; bounds memory for a huge append.
+const MAX_BATCH: usize = 4 << 20;
+
+pub struct Inbox {
+    pub node: Arc<Node>,
+    pub state: Arc<State>,
+}
+
+/// A taken file being read.
+struct Taken {
+    name: String,
+    path: PathBuf,
+    offset: u64,
+    /// Line number at `offset`, for error messages.
+    line: usize,
+    size_seen: u64,
+    changed: Instant,
+}
+
+impl Process for Inbox {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+        let root = self.node.data.root.clone();
+        let mut taken = self.leftovers()?;
+        self.state.set(format!("watching {}", self.node.data.inmsg().display()));
+        loop {
+            let inmsg = self.node.data.inmsg();
+            if fs::metadata(&inmsg).map(|m| m.len() > 0).unwrap_or(false) {
+                let name = format!("inmsg.taking-{:020}", unix_nanos());
+                let path = root.join(&name);
+                fs::rename(&inmsg, &path)
+                    .map_err(|e| format!("cannot take {}: {e}", inmsg.display()))?;
+                taken.push(Taken {
+                    name,
+                    path,
+                    offset: 0,
+                    line: 1,
+                    size_seen: 0,
+                    changed: Instant::now(),
+                });
+            }
+            let mut i = 0;
+            while i < taken.len() {
+                if self.read_on(&mut taken[i])? {
+                    let done = taken.remove(i);
+                    self.node.journal().forget_inbox(&done.name);
+                } else {
+                    i += 1;
+                }
+            }
+            if sleep_or_stop(stop, POLL) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Inbox {
+    /// Taken files left by an earlier run, oldest first, with how far they had been read.
+    fn leftovers(&self) -> Result<Vec<Taken>, String> {
+        let root = &self.node.data.root;
+        let offsets = self.node.journal().inbox_offsets().clone();
+        let mut names: Vec<String> = fs::read_dir(root)
+            .map_err(|e| format!("cannot read {}: {e}", root.display()))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("inmsg.taking-"))
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let offset = offsets.get(&name).copied().unwrap_or(0);
+                if offset > 0 {
+                    log::info!("resuming {name} from byte {offset}");
+                }
+                Taken {
+                    path: root.join(&name),
+                    name,
+                    offset,
+                    line: 1,
+                    size_seen: 0,
+                    changed: Instant::now(),
+                }
+            })
+            .collect())
+    }
+
+    /// Reads on in a taken file. Returns true once it is fully taken and removed.
+    fn read_on(&self, t: &mut Taken) -> Result<bool, String> {
+        let mut file = match File::open(&t.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(format!("cannot open {}: {e}", t.path.display())),
+        };
+        let size = file.metadata().map_err(|e| format!("{}: {e}", t.path.display()))?.len();
+        if size != t.size_seen {
+            t.size_seen = size;
+            t.changed = Instant::now();
+        }
+        if size > t.offset {
+            self.take(&mut file, t, false)?;
+            if size > t.offset + MAX_BATCH as u64 {
+                return Ok(false); // more to read next round
+            }
+        }
+        // Nothing complete left to read. Is anyone still writing to it?
+        let writers_gone = match sole_holder(&file) {
+            Some(sole) => sole,
+            None => t.changed.elapsed() >= QUIET,
+        };
+        if !writers_gone {
+            return Ok(false);
+        }
+        // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
+        self.take(&mut file, t, true)?;
+        fs::remove_file(&t.path).map_err(|e| format!("cannot remove {}: {e}", t.path.display()))?;
+        Ok(true)
+    }
+
+    /// Takes the complete arrays after `t.offset`; with `at_end`, rejects an incomplete tail.
+    fn take(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("cannot read {}: {e}", t.path.display());
+        file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
+        let mut bytes = Vec::new();
+        file.by_ref().take(MAX_BATCH as u64).read_to_end(&mut bytes).map_err(err)?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let parsed = parse_input(&bytes, t.line, at_end, &crate::methods::is_known);
+        if parsed.consumed == 0 {
+            return Ok(());
+        }
+        self.reject(&parsed.rejected)?;
+        let offset = t.offset + parsed.consumed as u64;
+        let count = parsed.messages.len();
+        self.node
+            .accept(parsed.messages, Some((&t.name, offset)))
+            .map_err(|e| format!("cannot journal messages from {}: {e}", t.path.display()))?;
+        if count > 0 {
+            log::info!("took {count} message(s) from inmsg.txt");
+        }
+        t.line += bytes[..parsed.consumed].iter().filter(|&&b| b == b'\n').count();
+        t.offset = offset;
+        Ok(())
+    }
+
+    /// Keeps rejected input verbatim in inmsg.rejected.txt, each piece after a line saying
+    /// why, and reports it.
+    fn reject(&self, rejected: &[Rejected]) -> Result<(), String> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let path = self.node.data.rejected();
+        let mut text = String::new();
+        for r in rejected {
+            text.push_str(&format!("# {} rejected: {}\n{}\n", crate::files::now_rfc3339(), r.error, r.text.trim_end()));
+        }
+        crate::files::append(&path, text.as_bytes(), true)
+            .map_err(|e| format!("cannot keep rejected input in {}: {e}", path.display()))?;
+        for r in rejected {
+            self.node.metrics.rejected_input.inc();
+            self.node.report_error(format!(
+                "{}: inmsg.txt input rejected ({}); kept in {}",
+                self.node.config.node,
+                r.error,
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether we are the only process holding `file` open: a write lease is granted only then.
+/// `None` where leases are not allowed (not the file's owner, or the filesystem says no).
+fn sole_holder(file: &File) -> Option<bool> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor we own; F_SETLEASE takes an int argument.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
+    if rc == 0 {
+        // Released again right away; the file is about to be read to the end and removed.
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(true);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(false),
+        _ => None,
+    }
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

@@ -1,0 +1,273 @@
+//! The publisher: one process per destination subject (`ship1.CommandACK.CLICommand`),
+//! spawned on demand by the supervisor, delivering its messages one at a time, in order.
+//!
+//! ACK kinds are sent with a reply subject unique to the message (`<inbox>.<seq>`; one
+//! wildcard subscription per publisher), so no other message's reply can satisfy it, and
+//! retried until the receiver answers: an attempt lasts `timeout` seconds (also when the
+//! broker says at once that nobody listens), then a growing pause, up to `retries` attempts
+//! after the first. NACK kinds are published once.
+//!
+//! The message being delivered sits in a slot the supervisor keeps across restarts, so a
+//! publisher that fails mid-delivery resumes with the same message, ahead of its queue.
+
+use super::{sleep_or_stop, Process, State};
+use crate::broker;
+use crate::journal::Entry;
+use crate::message::{Reply, Status};
+use crate::node::Node;
+use crate::subject::Subject;
+use crossbeam_channel::{select, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The message a publisher is working on, kept by the supervisor across restarts.
+pub type InFlight = Arc<Mutex<Option<Entry>>>;
+
+pub struct Publisher {
+    pub subject: Subject,
+    pub node: Arc<Node>,
+    pub queue: Receiver<Entry>,
+    pub in_flight: InFlight,
+    pub state: Arc<State>,
+}
+
+/// How delivering one message ended.
+enum Delivery {
+    Acked(Reply),
+    Published,
+    Failed(String),
+    /// The node is stopping; the message stays in the journal for the next start.
+    Stopped,
+}
+
+impl Process for Publisher {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+        self.state.set("waiting for the broker");
+        let Some(conn) = self.node.broker.wait(stop) else {
+            return Ok(());
+        };
+        let inbox = conn.new_inbox();
+        let replies = conn
+            .subscribe(&format!("{inbox}.*"))
+            .map_err(|e| format!("cannot subscribe to replies: {e}"))?;
+        loop {
+            let current = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let entry = match current {
+                Some(entry) => entry,
+                None => {
+                    self.state.set("idle");
+                    select! {
+                        recv(self.queue) -> entry => match entry {
+                            Ok(entry) => entry,
+                            Err(_) => return Ok(()),
+                        },
+                        recv(stop) -> _ => return Ok(()),
+                    }
+                }
+            };
+            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
+            let delivery = if entry.envelope.message.kind.wants_ack() {
+                self.deliver_acked(&conn, &replies, &format!("{inbox}.{}", entry.seq), &entry, stop)
+            } else {
+                self.publish_once(&conn, &entry, stop)
+            };
+            if let Delivery::Stopped = delivery {
+                return Ok(());
+            }
+            // If what must be kept cannot be written, fail: the supervisor restarts this
+            // publisher and the message, still in its slot, is tried again.
+            self.finish(&entry, delivery)?;
+            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+}
+
+impl Publisher {
+    fn deliver_acked(
+        &self,
+        conn: &nats::Connection,
+        replies: &nats::Subscription,
+        reply_subject: &str,
+        entry: &Entry,
+        stop: &Receiver<()>,
+    ) -> Delivery {
+        let message = &entry.envelope.message;
+        let method = message.method.as_str();
+        let timeout = message
+            .timeout
+            .map(Duration::from_secs)
+            .unwrap_or(self.node.config.default_timeout);
+        let attempts = 1 + message.retries.unwrap_or(self.node.config.default_retries);
+        let payload = entry.envelope.encode();
+        let subject = self.subject.to_string();
+        let mut last_error = String::new();
+        for attempt in 1..=attempts {
+            if attempt == 1 {
+                self.node.metrics.sent.with_label_values(&[method]).inc();
+            } else {
+                self.node.metrics.retried.with_label_values(&[method]).inc();
+            }
+            self.state.set(format!(
+                "attempt {attempt}/{attempts} of {} (waiting {}s for ACK)",
+                entry.envelope.id,
+                timeout.as_secs()
+            ));
+            let deadline = Instant::now() + timeout;
+            if let Err(e) = broker::publish(conn, &subject, Some(reply_subject), &payload) {
+                last_error = format!("cannot publish: {e}");
+            }
+            loop {
+                select! {
+                    recv(replies.receiver()) -> msg => {
+                        let Ok(msg) = msg else {
+                            last_error = "reply subscription closed".into();
+                            break;
+                        };
+                        if msg.subject != reply_subject {
+                            continue; // a late reply to a message already finished
+                        }
+                        if msg.is_no_responders() {
+                            last_error = format!("no responders on {subject}: {} is not running, or not connected", message.to_node);
+                            if sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
+                                return Delivery::Stopped;
+                            }
+                            break;
+                        }
+                        match Reply::decode(&msg.data) {
+                            Ok(reply) if reply.id == entry.envelope.id => return Delivery::Acked(reply),
+                            Ok(reply) => log::warn!("{subject}: reply for {} while waiting for {}", reply.id, entry.envelope.id),
+                            Err(e) => last_error = format!("{subject}: {e}"),
+                        }
+                    },
+                    recv(stop) -> _ => return Delivery::Stopped,
+                    recv(crossbeam_channel::at(deadline)) -> _ => {
+                        if last_error.is_empty() || !last_error.starts_with("cannot publish") {
+                            last_error = format!("no ACK within {}s", timeout.as_secs());
+                        }
+                        break;
+                    },
+                }
+            }
+            log::warn!(
+                "{subject}: attempt {attempt}/{attempts} of {} failed: {last_error}",
+                entry.envelope.id
+            );
+            if attempt < attempts
+                && sleep_or_stop(stop, broker::backoff(attempt, Duration::from_secs(30)))
+            {
+                return Delivery::Stopped;
+            }
+        }
+        Delivery::Failed(format!("{attempts} attempts failed; last: {last_error}"))
+    }
+
+    fn publish_once(&self, conn: &nats::Connection, entry: &Entry, stop: &Receiver<()>) -> Delivery {
+        let subject = self.subject.to_string();
+        let payload = entry.envelope.encode();
+        let mut attempt = 0;
+        loop {
+            match broker::publish(conn, &subject, None, &payload) {
+                Ok(()) => {
+                    let method = entry.envelope.message.method.as_str();
+                    self.node.metrics.sent.with_label_values(&[method]).inc();
+                    return Delivery::Published;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.state.set(format!("cannot publish {}: {e}", entry.envelope.id));
+                    if sleep_or_stop(stop, broker::backoff(attempt, Duration::from_secs(30))) {
+                        return Delivery::Stopped;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records how a message ended (reply file, failed file, message log), then marks it
+    /// finished in the journal: only after everything about it is on disk.
+    fn finish(&self, entry: &Entry, delivery: Delivery) -> Result<(), String> {
+        let node = &self.node;
+        let envelope = &entry.envelope;
+        let message = &envelope.message;
+        let method = message.method.as_str();
+        let outcome = match delivery {
+            Delivery::Acked(reply) => {
+                node.metrics.acked.with_label_values(&[method]).inc();
+                let first_line = reply.output.lines().next().unwrap_or("");
+                log::info!(
+                    "{}: {} {:?}{}: {first_line}",
+                    self.subject,
+                    envelope.id,
+                    reply.status,
+                    reply.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default()
+                );
+                let record = format!(
+                    "=== {} id={} from={} status={:?}{}\n{}{}",
+                    crate::files::now_rfc3339(),
+                    envelope.id,
+                    reply.from_node,
+                    reply.status,
+                    reply.exit_code.map(|c| format!(" exit={c}")).unwrap_or_default(),
+                    reply.output,
+                    if reply.output.ends_with('\n') || reply.output.is_empty() { "" } else { "\n" }
+                );
+                let path = node.data.replies(&message.to_node, method);
+                if let Err(e) = crate::files::append(&path, record.as_bytes(), true) {
+                    log::error!("cannot store the reply in {}: {e}", path.display());
+                }
+                if reply.status == Status::Refused {
+                    // The receiver reported the refusal to central itself; keep the message.
+                    self.keep_failed(entry, &format!("refused by {}: {}", reply.from_node, reply.output))?;
+                    "refused"
+                } else {
+                    "acked"
+                }
+            }
+            Delivery::Published => "published",
+            Delivery::Failed(why) => {
+                let why = format!("{}: {} not delivered: {why}", self.subject, envelope.id);
+                self.keep_failed(entry, &why)?;
+                if method != "ErrorLog" {
+                    // Never report a failed error report: that would loop.
+                    node.report_error(why);
+                } else {
+                    log::error!("{why}");
+                }
+                "failed"
+            }
+            Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
+        };
+        let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
+        line["outcome"] = outcome.into();
+        line["finished"] = crate::files::now_rfc3339().into();
+        let mut bytes = serde_json::to_vec(&line).expect("a JSON value serializes");
+        bytes.push(b'\n');
+        if let Err(e) = crate::files::append(&node.data.message_log(), &bytes, false) {
+            log::error!("cannot write the message log: {e}");
+        }
+        node.finish(entry.seq);
+        Ok(())
+    }
+
+    /// Keeps a message that was not delivered in failed-messages.txt, in inmsg.txt form.
+    fn keep_failed(&self, entry: &Entry, why: &str) -> Result<(), String> {
+        let node = &self.node;
+        node.metrics
+            .failed
+            .with_label_values(&[entry.envelope.message.method.as_str()])
+            .inc();
+        let text = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&[&entry.envelope.message]).expect("a Message serializes")
+        );
+        crate::files::append(&node.data.failed(), text.as_bytes(), true).map_err(|e| {
+            format!(
+                "cannot keep failed message {} in {}: {e}",
+                entry.envelope.id,
+                node.data.failed().display()
+            )
+        })?;
+        log::warn!("{why}; kept in {}", node.data.failed().display());
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! The subscriber: one process per method, subscribed to `<thisnode>.*.<method>`. Each
+//! received message is handled on a thread of its own, at most `--maxConcurrentHandlers` at
+//! once across all methods (past that, the subscriber waits, and NATS holds the messages).
+//!
+//! Before a method runs, the message must pass the receiver's checks: it decodes, its
+//! subject agrees with its content, and its sender may call it (commands only from
+//! `--allowCommandsFrom`, by default the central node; events from anyone). A message that
+//! fails a check is answered with the refusal (never an ACK), logged, and reported to the
+//! central error logger. ACK kinds are answered only after the method has run.
+//!
+//! A retry of a message already handled (its ACK was lost) is answered with the stored
+//! reply rather than run again; one still running is left to its first run's reply.
+
+use super::{Process, State};
+use crate::broker;
+use crate::message::{Envelope, Reply, Status};
+use crate::methods::{Method, Outcome};
+use crate::node::Node;
+use crate::subject::Subject;
+use crossbeam_channel::{select, Receiver};
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Subscriber {
+    pub method: Arc<dyn Method>,
+    pub node: Arc<Node>,
+    pub recent: Arc<Recent>,
+    pub state: Arc<State>,
+}
+
+impl Process for Subscriber {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+        self.state.set("waiting for the broker");
+        let Some(conn) = self.node.broker.wait(stop) else {
+            return Ok(());
+        };
+        let filter = Subject::method_filter(&self.node.config.node, self.method.name());
+        let sub = conn
+            .subscribe(&filter)
+            .map_err(|e| format!("cannot subscribe to {filter}: {e}"))?;
+        // Make sure the subscription is registered before we say we listen.
+        conn.flush_timeout(Duration::from_secs(5)).ok();
+        self.state.set(format!("listening on {filter}"));
+        log::debug!("listening on {filter}");
+        let tick = crossbeam_channel::tick(Duration::from_secs(1));
+        loop {
+            select! {
+                recv(sub.receiver()) -> msg => {
+                    let msg = msg.map_err(|_| format!("subscription to {filter} closed"))?;
+                    let Some(permit) = self.node.handlers.acquire(stop) else {
+                        return Ok(());
+                    };
+                    let (method, node, recent, conn) =
+                        (self.method.clone(), self.node.clone(), self.recent.clone(), conn.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("handle {}", method.name()).chars().take(15).collect())
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            handle(&*method, &node, &recent, &conn, msg);
+                            drop(permit);
+                        });
+                    if let Err(e) = spawned {
+                        // The message is not lost: without an ACK the sender tries again.
+                        log::error!("cannot start a handler thread: {e}");
+                    }
+                },
+                recv(tick) -> _ => self.method.tick(&self.node),
+                recv(stop) -> _ => {
+                    self.method.flush(&self.node);
+                    return Ok(());
+                },
+            }
+        }
+    }
+}
+
+fn handle(method: &dyn Method, node: &Node, recent: &Recent, conn: &nats::Connection, msg: nats::Message) {
+    let name = method.name();
+    let (id, from, outcome, label) = match check(node, &msg) {
+        Err((id, from, why)) => {
+            let why = format!("{} refused a message on {}: {why}", node.config.node, msg.subject);
+            node.report_error(why.clone());
+            (id, from, Outcome::refused(why), "refused")
+        }
+        Ok(envelope) => match recent.begin(&envelope.id) {
+            Seen::Running => {
+                node.metrics.received.with_label_values(&[name, "duplicate"]).inc();
+                log::info!("{}: {} is still running; its reply will answer this retry", msg.subject, envelope.id);
+                return;
+            }
+            Seen::Done(reply) => {
+                node.metrics.received.with_label_values(&[name, "duplicate"]).inc();
+                log::info!("{}: {} already handled; sending the stored reply", msg.subject, envelope.id);
+                send_reply(conn, &msg, &reply);
+                return;
+            }
+            Seen::New => {
+                let outcome = catch_unwind(AssertUnwindSafe(|| method.handle(&envelope, node)))
+                    .unwrap_or_else(|_| Outcome::error(format!("method {name} panicked")));
+                let label = match outcome.status {
+                    Status::Ok => "ok",
+                    Status::Error => "error",
+                    Status::Refused => "refused",
+                };
+                (envelope.id, envelope.from_node, outcome, label)
+            }
+        },
+    };
+    node.metrics.received.with_label_values(&[name, label]).inc();
+    let reply = Reply {
+        id: id.clone(),
+        from_node: node.config.node.clone(),
+        status: outcome.status,
+        exit_code: outcome.exit_code,
+        output: outcome.output,
+    };
+    log::debug!("{}: {id} from {from}: {label}", msg.subject);
+    if !id.is_empty() {
+        recent.finish(&id, reply.clone());
+    }
+    send_reply(conn, &msg, &reply);
+}
+
+/// The receiver's checks. On refusal: the id and sender if known, and why.
+fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, String)> {
+    let subject = Subject::parse(&msg.subject).map_err(|e| (String::new(), String::new(), e))?;
+    let envelope = Envelope::decode(&msg.data).map_err(|e| (String::new(), String::new(), e))?;
+    let refuse = |why: String| Err((envelope.id.clone(), envelope.from_node.clone(), why));
+    let m = &envelope.message;
+    if m.to_node != subject.node || m.kind != subject.kind || m.method != subject.method {
+        return refuse(format!(
+            "its content ({}.{}.{}) does not match its subject",
+            m.to_node,
+            m.kind.as_str(),
+            m.method
+        ));
+    }
+    if m.kind.is_command() && !node.config.allow_commands_from.contains(&envelope.from_node) {
+        return refuse(format!(
+            "{} may not send commands here (allowed: {})",
+            envelope.from_node,
+            node.config.allow_commands_from.join(", ")
+        ));
+    }
+    Ok(envelope)
+}
+
+/// Sends the reply if the sender asked for one (ACK kinds), trimming output that would
+/// exceed the broker's payload limit.
+fn send_reply(conn: &nats::Connection, msg: &nats::Message, reply: &Reply) {
+    let Some(to) = &msg.reply else { return };
+    let mut bytes = reply.encode();
+    let max = conn.max_payload();
+    if max > 0 && bytes.len() > max {
+        let mut trimmed = reply.clone();
+        let keep = trimmed.output.len().saturating_sub(bytes.len() - max + 128);
+        let mut cut = keep;
+        while !trimmed.output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        trimmed.output.truncate(cut);
+        trimmed.output.push_str("\n[steward: output trimmed to the broker's payload limit]\n");
+        bytes = trimmed.encode();
+    }
+    if let Err(e) = broker::publish(conn, to, None, &bytes) {
+        // The sender will try again and get the stored reply.
+        log::warn!("cannot send the reply for {}: {e}", reply.id);
+    }
+}
+
+/// What the receiver remembers of recently received message ids.
+pub enum Seen {
+    New,
+    Running,
+    Done(Reply),
+}
+
+/// Ids of recently handled messages and their replies, bounded to the last [`RECENT`].
+#[derive(Default)]
+pub struct Recent(Mutex<RecentInner>);
+
+#[derive(Default)]
+struct RecentInner {
+    replies: HashMap<String, Option<Reply>>,
+    order: VecDeque<String>,
+}
+
+const RECENT: usize = 10_000;
+
+impl Recent {
+    pub fn begin(&self, id: &str) -> Seen {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match r.replies.get(id) {
+            Some(Some(reply)) => Seen::Done(reply.clone()),
+            Some(None) => Seen::Running,
+            None => {
+                r.replies.insert(id.to_string(), None);
+                r.order.push_back(id.to_string());
+                while r.order.len() > RECENT {
+                    if let Some(old) = r.order.pop_front() {
+                        r.replies.remove(&old);
+                    }
+                }
+                Seen::New
+            }
+        }
+    }
+
+    pub fn finish(&self, id: &str, reply: Reply) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = r.replies.get_mut(id) {
+            *slot = Some(reply);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Subject naming: `<node>.<kind>.<method>`.
+//!
+//! The seed fixes the shape and says names are case sensitive and may not hold a space or a
+//! tab. We refuse more than that: `.` would add a subject level, `*` and `>` are NATS
+//! wildcards (a node named `*` would receive everybody's commands), and `/` or `..` would let
+//! a name escape the data folder, where node and method names become file names.
+
+use crate::message::Kind;
+use std::fmt;
+
+/// Why a node or method name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid name {:?}: {}", self.name, self.reason)
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// The longest node or method name we accept; keeps subjects and file names sane.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a node or method name. The one place names are validated.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    let refuse = |reason| {
+        Err(NameError {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return refuse("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return refuse("it is longer than 128 bytes");
+    }
+    for c in name.chars() {
+        let reason = match c {
+            ' ' => "it contains a space",
+            '\t' => "it contains a tab",
+            '.' => "it contains '.', which separates subject levels",
+            '*' | '>' => "it contains a NATS wildcard ('*' or '>')",
+            '/' | '\\' => "it contains a path separator",
+            c if c.is_control() => "it contains a control character",
+            _ => continue,
+        };
+        return refuse(reason);
+    }
+    Ok(())
+}
+
+/// A complete subject such as `ship1.CommandACK.CLICommand`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject {
+    pub node: String,
+    pub kind: Kind,
+    pub method: String,
+}
+
+impl Subject {
+    pub fn new(node: &str, kind: Kind, method: &str) -> Result<Subject, NameError> {
+        validate_name(node)?;
+        validate_name(method)?;
+        Ok(Subject {
+            node: node.to_string(),
+            kind,
+            method: method.to_string(),
+        })
+    }
+
+    /// Parses a subject received from the broker.
+    pub fn parse(subject: &str) -> Result<Subject, String> {
+        let mut parts = subject.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(node), Some(kind), Some(method), None) => {
+                let kind = Kind::parse(kind).ok_or_else(|| {
+                    format!("subject {subject:?}: unknown message type {kind:?} (expected CommandACK, CommandNACK, EventACK or EventNACK)")
+                })?;
+                Subject::new(node, kind, method).map_err(|e| format!("subject {subject:?}: {e}"))
+            }
+            _ => Err(format!(
+                "subject {subject:?} is not of the form <node>.<kind>.<method>"
+            )),
+        }
+    }
+
+    /// The subscription a node makes to receive one method in any of the four kinds.
+    pub fn method_filter(node: &str, method: &str) -> String {
+        format!("{node}.*.{method}")
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.node, self.kind.as_str(), self.method)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_examples_round_trip() {
+        for s in ["ship1.EventACK.Syslogforwarding", "ship2.CommandACK.CLICommand"] {
+            assert_eq!(Subject::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn names_that_would_break_subjects_or_paths_are_refused() {
+        for bad in [
+            "", "ship 1", "ship\t1", "ship.1", "*", "ship>", "..", "../etc", "a/b", "a\\b", "a\nb",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(validate_name(&"x".repeat(129)).is_err());
+        for good in ["ship1", "central", "Ship-2_b", "raspberry-pi-07", "CLICommand"] {
+            validate_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn names_are_case_sensitive_and_kinds_exact() {
+        assert!(Subject::parse("ship1.commandack.CLICommand").is_err());
+        assert_ne!(
+            Subject::parse("Ship1.CommandACK.CLICommand").unwrap(),
+            Subject::parse("ship1.CommandACK.CLICommand").unwrap()
+        );
+        assert!(Subject::parse("ship1.CommandACK").is_err());
+        assert!(Subject::parse("ship1.CommandACK.CLICommand.x").is_err());
+    }
+}

@@ -1,0 +1,293 @@
+//! The supervisor: one thread that owns the process table.
+//!
+//! It spawns a publisher for each destination subject the first time a message for it
+//! arrives, and feeds it that subject's messages in journal order. It restarts any process
+//! that fails or panics, after a growing pause, and reports the failure to the central
+//! error logger. A failure on one subject never touches another subject's queue. On
+//! shutdown it stops every process, gives in-flight work a grace period, and makes the
+//! journal durable.
+//!
+//! It talks to the rest of the node only through [`Event`]s on one channel.
+
+use crate::journal::Entry;
+use crate::methods::Method;
+use crate::node::Node;
+use crate::process::{self, publisher, subscriber, Process, State};
+use crate::subject::Subject;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub enum Event {
+    /// Journaled messages to send, oldest first.
+    Deliver(Vec<Entry>),
+    /// A process's thread ended (with the error, if it failed).
+    Exited {
+        name: String,
+        generation: u64,
+        error: Option<String>,
+    },
+    /// The process table as text, for `--profilingPort`.
+    Status(Sender<String>),
+    /// SIGINT or SIGTERM.
+    Shutdown,
+}
+
+/// How to make (and remake) a process.
+type Recipe = Box<dyn Fn() -> Box<dyn Process>>;
+
+struct ProcessEntry {
+    recipe: Recipe,
+    state: Arc<State>,
+    generation: u64,
+    restarts: u32,
+    /// Failures in a row without a minute of healthy running in between; sets the backoff.
+    failures: u32,
+    started: Instant,
+    thread: Option<JoinHandle<()>>,
+    restart_at: Option<Instant>,
+    /// A publisher's queue, kept here so it survives the publisher's restarts.
+    queue: Option<(Sender<crate::journal::Entry>, Receiver<crate::journal::Entry>)>,
+}
+
+pub struct Supervisor {
+    node: Arc<Node>,
+    events: Receiver<Event>,
+    events_tx: Sender<Event>,
+    table: BTreeMap<String, ProcessEntry>,
+    stop_tx: Option<Sender<()>>,
+    stop: Receiver<()>,
+    methods: Vec<Arc<dyn Method>>,
+}
+
+impl Supervisor {
+    pub fn new(node: Arc<Node>, events: Receiver<Event>, events_tx: Sender<Event>) -> Supervisor {
+        let (stop_tx, stop) = crossbeam_channel::bounded(0);
+        Supervisor {
+            node,
+            events,
+            events_tx,
+            table: BTreeMap::new(),
+            stop_tx: Some(stop_tx),
+            stop,
+            methods: Vec::new(),
+        }
+    }
+
+    /// Starts the node's fixed processes: the inbox, a subscriber per method, hello.
+    pub fn start(&mut self) {
+        let node = self.node.clone();
+        self.add("inbox".into(), None, move |state| {
+            Box::new(process::inbox::Inbox { node: node.clone(), state })
+        });
+        let recent = Arc::new(subscriber::Recent::default());
+        for method in crate::methods::registry() {
+            let (node, recent, m) = (self.node.clone(), recent.clone(), method.clone());
+            self.add(format!("subscriber {}", method.name()), None, move |state| {
+                Box::new(subscriber::Subscriber {
+                    method: m.clone(),
+                    node: node.clone(),
+                    recent: recent.clone(),
+                    state,
+                })
+            });
+            self.methods.push(method);
+        }
+        if let Some(interval) = self.node.config.hello_interval {
+            let node = self.node.clone();
+            self.add("hello".into(), None, move |state| {
+                Box::new(process::hello::Hello { node: node.clone(), interval, state })
+            });
+        }
+    }
+
+    fn add<F>(&mut self, name: String, queue: Option<(Sender<Entry>, Receiver<Entry>)>, make: F)
+    where
+        F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
+    {
+        let state = Arc::new(State::default());
+        let s = state.clone();
+        let entry = ProcessEntry {
+            recipe: Box::new(move || make(s.clone())),
+            state,
+            generation: 0,
+            restarts: 0,
+            failures: 0,
+            started: Instant::now(),
+            thread: None,
+            restart_at: None,
+            queue,
+        };
+        self.table.insert(name.clone(), entry);
+        self.launch(&name);
+    }
+
+    fn launch(&mut self, name: &str) {
+        let Some(e) = self.table.get_mut(name) else { return };
+        e.generation += 1;
+        e.started = Instant::now();
+        e.restart_at = None;
+        match process::spawn(
+            name.to_string(),
+            e.generation,
+            (e.recipe)(),
+            self.stop.clone(),
+            self.events_tx.clone(),
+            e.state.clone(),
+        ) {
+            Ok(handle) => {
+                e.thread = Some(handle);
+                self.node.metrics.processes.inc();
+            }
+            Err(err) => {
+                log::error!("cannot start process {name}: {err}; trying again shortly");
+                e.restart_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Hands a message to its subject's publisher, spawning the publisher if need be.
+    fn dispatch(&mut self, entry: Entry) {
+        let subject = entry.envelope.message.subject();
+        let name = format!("publisher {subject}");
+        if !self.table.contains_key(&name) {
+            self.spawn_publisher(&name, subject);
+        }
+        let queue = &self.table[&name].queue;
+        let (tx, _) = queue.as_ref().expect("publisher entries always have a queue");
+        tx.send(entry).expect("the supervisor holds a receiver of every publisher queue");
+    }
+
+    fn spawn_publisher(&mut self, name: &str, subject: Subject) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let in_flight = publisher::InFlight::default();
+        let node = self.node.clone();
+        let queue = rx.clone();
+        log::debug!("spawning {name}");
+        self.add(name.to_string(), Some((tx, rx)), move |state| {
+            Box::new(publisher::Publisher {
+                subject: subject.clone(),
+                node: node.clone(),
+                queue: queue.clone(),
+                in_flight: in_flight.clone(),
+                state,
+            })
+        });
+    }
+
+    fn exited(&mut self, name: String, generation: u64, error: Option<String>) {
+        let Some(e) = self.table.get_mut(&name) else { return };
+        if e.generation != generation {
+            return;
+        }
+        if let Some(t) = e.thread.take() {
+            let _ = t.join();
+            self.node.metrics.processes.dec();
+        }
+        if e.started.elapsed() > Duration::from_secs(60) {
+            e.failures = 0;
+        }
+        e.failures += 1;
+        e.restarts += 1;
+        let delay = crate::broker::backoff(e.failures, Duration::from_secs(30));
+        e.restart_at = Some(Instant::now() + delay);
+        self.node.metrics.restarts.inc();
+        let why = error.unwrap_or_else(|| "ended unexpectedly".into());
+        self.node.report_error(format!(
+            "{}: process {name} failed: {why}; restarting in {:.1}s",
+            self.node.config.node,
+            delay.as_secs_f64()
+        ));
+    }
+
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.restart_at.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            log::info!("restarting process {name}");
+            self.launch(&name);
+        }
+    }
+
+    fn status(&self) -> String {
+        let mut s = format!(
+            "node {}  journal: {} pending, {} bytes  handlers busy: {}\n{:<50} {:>7} {:>8}  state\n",
+            self.node.config.node,
+            self.node.journal().pending_count(),
+            self.node.journal().size(),
+            self.node.handlers.in_use(),
+            "process",
+            "queued",
+            "restarts"
+        );
+        for (name, e) in &self.table {
+            let queued = e.queue.as_ref().map(|(_, rx)| rx.len()).unwrap_or(0);
+            let _ = writeln!(s, "{name:<50} {queued:>7} {:>8}  {}", e.restarts, e.state.get());
+        }
+        s
+    }
+
+    /// Runs until shutdown; returns once in-flight work has finished or the grace is over.
+    pub fn run(mut self) {
+        let tick = crossbeam_channel::tick(Duration::from_millis(500));
+        loop {
+            crossbeam_channel::select! {
+                recv(self.events) -> event => match event {
+                    Ok(Event::Deliver(entries)) => entries.into_iter().for_each(|e| self.dispatch(e)),
+                    Ok(Event::Exited { name, generation, error }) => self.exited(name, generation, error),
+                    Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Ok(Event::Shutdown) | Err(_) => break,
+                },
+                recv(tick) -> _ => {
+                    self.restart_due();
+                    if let Err(e) = self.node.journal().sync() {
+                        log::error!("journal: cannot sync: {e}");
+                    }
+                },
+            }
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(mut self) {
+        log::info!("stopping: no new work is taken; finishing in-flight work");
+        let deadline = Instant::now() + self.node.config.shutdown_grace;
+        drop(self.stop_tx.take());
+        let mut running = self.table.values().filter(|e| e.thread.is_some()).count();
+        while running > 0 {
+            match self.events.recv_deadline(deadline) {
+                Ok(Event::Exited { name, generation, .. }) => {
+                    if let Some(e) = self.table.get_mut(&name) {
+                        if e.generation == generation && e.thread.take().is_some() {
+                            running -= 1;
+                            self.node.metrics.processes.dec();
+                        }
+                    }
+                }
+                Ok(Event::Status(reply)) => {
+                    let _ = reply.send("stopping\n".into());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if !self.node.handlers.wait_idle(deadline) || running > 0 {
+            log::warn!("grace period over with work still running; it resumes on the next start");
+        }
+        for m in &self.methods {
+            m.flush(&self.node);
+        }
+        if let Err(e) = self.node.journal().sync() {
+            log::error!("journal: cannot sync at shutdown: {e}");
+        }
+        log::info!("stopped");
+    }
+}
