@@ -69,11 +69,17 @@ impl std::error::Error for Error {}
 
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
-    let data = files::DataFolder::new(config.data_folder.clone());
-    std::fs::create_dir_all(&data.root).map_err(|source| Error::DataFolder {
-        context: format!("cannot create the data folder {}", data.root.display()),
+    let mut config = config;
+    std::fs::create_dir_all(&config.data_folder).map_err(|source| Error::DataFolder {
+        context: format!("cannot create the data folder {}", config.data_folder.display()),
         source,
     })?;
+    // Absolute, so logs name files unambiguously and commands run in a fixed folder.
+    config.data_folder = config.data_folder.canonicalize().map_err(|source| Error::DataFolder {
+        context: format!("cannot resolve the data folder {}", config.data_folder.display()),
+        source,
+    })?;
+    let data = files::DataFolder::new(config.data_folder.clone());
     let (journal, recovery) = journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
         context: format!("cannot open the journal in {}", data.journal_dir().display()),
         source,
@@ -89,8 +95,16 @@ pub fn run(config: Config) -> Result<(), Error> {
         node.config.brokers.join(",")
     );
 
-    let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
-    supervisor.start();
+    // Listeners first: a port in use is a start-up error, before any work is taken.
+    if let Some(addr) = &node.config.prom_addr {
+        let m = metrics.clone();
+        metrics::serve("metrics", addr, move |path| (path == "/metrics").then(|| m.render()))
+            .map_err(Error::Listen)?;
+    }
+    if let Some(addr) = &node.config.profiling_addr {
+        let n = node.clone();
+        metrics::serve("profiling", addr, move |_| n.status()).map_err(Error::Listen)?;
+    }
     if let Some(cut) = recovery.cut {
         node.report_error(format!("{}: journal was damaged and repaired: {cut}", node.config.node));
     }
@@ -101,17 +115,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         log::info!("resuming {} unfinished message(s) from the journal", recovery.pending.len());
     }
     metrics.journal_pending.set(recovery.pending.len() as i64);
+    // Unfinished messages go first, before the inbox takes anything new.
     node.deliver(recovery.pending);
 
-    if let Some(addr) = &node.config.prom_addr {
-        let m = metrics.clone();
-        metrics::serve("metrics", addr, move |path| (path == "/metrics").then(|| m.render()))
-            .map_err(Error::Listen)?;
-    }
-    if let Some(addr) = &node.config.profiling_addr {
-        let n = node.clone();
-        metrics::serve("profiling", addr, move |_| n.status()).map_err(Error::Listen)?;
-    }
+    let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
+    supervisor.start();
     let tx = events_tx.clone();
     ctrlc::set_handler(move || {
         let _ = tx.send(supervisor::Event::Shutdown);

@@ -218,11 +218,13 @@ impl Supervisor {
     }
 
     fn status(&self) -> String {
+        let (pending, size) = {
+            let journal = self.node.journal();
+            (journal.pending_count(), journal.size())
+        };
         let mut s = format!(
-            "node {}  journal: {} pending, {} bytes  handlers busy: {}\n{:<50} {:>7} {:>8}  state\n",
+            "node {}  journal: {pending} pending, {size} bytes  handlers busy: {}\n{:<50} {:>7} {:>8}  state\n",
             self.node.config.node,
-            self.node.journal().pending_count(),
-            self.node.journal().size(),
             self.node.handlers.in_use(),
             "process",
             "queued",

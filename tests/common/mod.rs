@@ -1,0 +1,276 @@
+//! The test harness: a real `nats-server` and real `steward` processes, each in a temporary
+//! folder of its own. Tests read like the seed's examples: start a broker, start nodes,
+//! append to inmsg.txt, wait for a file to say something.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
+        assert!(Instant::now() < deadline, "port {port} did not come {}", if up { "up" } else { "down" });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A nats-server on a free loopback port, killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let mut s = NatsServer {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.restart();
+        s
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): clients see the connection drop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            wait_port(self.port, false);
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (apt-get install nats-server)");
+        self.child = Some(child);
+        wait_port(self.port, true);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn nats_server_binary() -> String {
+    std::env::var("NATS_SERVER").unwrap_or_else(|_| {
+        for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+            if Path::new(p).exists() {
+                return p.to_string();
+            }
+        }
+        "nats-server".to_string()
+    })
+}
+
+/// A running `steward` node with its own data folder, killed on drop.
+pub struct Node {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+    pub prom_port: u16,
+}
+
+impl Node {
+    /// Starts node `name` against `broker` with quick test defaults; `extra` flags override.
+    pub fn start(name: &str, broker: &str, extra: &[&str]) -> Node {
+        let prom_port = free_port();
+        let mut args = vec![
+            format!("--node={name}"),
+            format!("--brokerAddress={broker}"),
+            format!("--promHostAndPort=127.0.0.1:{prom_port}"),
+            "--helloInterval=1".to_string(),
+            "--defaultMessageTimeout=5".to_string(),
+            "--defaultMessageRetries=5".to_string(),
+        ];
+        if name == "central" {
+            args.push("--centralErrorLogger".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = Node {
+            name: name.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            args,
+            child: None,
+            prom_port,
+        };
+        node.restart();
+        node
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Starts the node again (after `kill9` or `terminate`), same folder and flags.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(&self.args)
+            .arg(format!("--dataFolder={}", self.dir.path().display()))
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // Ready once its metrics endpoint answers.
+        wait_port(self.prom_port, true);
+    }
+
+    fn log_path(&self) -> PathBuf {
+        // Beside the data folder, so the data folder holds only what steward wrote.
+        PathBuf::from(format!("{}.log", self.dir.path().display()))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM (systemd's stop) and returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe_kill(c.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "{} did not stop on SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Appends to inmsg.txt exactly as `cat myfile.json >> inmsg.txt` does.
+    pub fn append_inmsg(&self, text: &str) {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(self.path("inmsg.txt")).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    /// Waits until `rel` satisfies `ok`, and returns its content.
+    pub fn wait_until(&self, rel: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.read(rel);
+            if ok(&text) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: {rel} never {what}; it holds:\n{text}\n--- log of {} ---\n{}",
+                    self.name,
+                    self.name,
+                    tail(&self.log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until `rel` contains `needle`, and returns its content.
+    pub fn wait_for(&self, rel: &str, needle: &str) -> String {
+        self.wait_until(rel, &format!("contained {needle:?}"), |t| t.contains(needle))
+    }
+
+    /// Waits until `rel` has `n` occurrences of `needle`.
+    pub fn wait_count(&self, rel: &str, needle: &str, n: usize) -> String {
+        self.wait_until(rel, &format!("held {n} × {needle:?}"), |t| t.matches(needle).count() >= n)
+    }
+
+    /// One metric's value from /metrics over real HTTP (0 if absent).
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.prom_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, tail(&self.log(), 80));
+        }
+        let _ = fs::remove_file(self.log_path());
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    // Through kill(1), to keep the tests free of unsafe code.
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// One CLICommand message, in the seed's JSON form.
+pub fn command(to: &str, argv: &[&str]) -> String {
+    let data: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[{{\"toNode\":\"{to}\",\"data\":[{}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n",
+        data.join(",")
+    )
+}
+
+/// Prints a test's counts the way every delivery test reports them.
+pub fn report(test: &str, sent: usize, delivered: usize, duplicates: usize) {
+    let lost = sent.saturating_sub(delivered);
+    eprintln!("[{test}] sent={sent} delivered={delivered} duplicates={duplicates} lost={lost}");
+}
