@@ -248,11 +248,27 @@ pub fn parse_input(
         }
         let line = first_line + text[..start].iter().filter(|&&b| b == b'\n').count();
         let end = match text[start] {
-            b'[' | b'{' => match scan_value(&text[start..]) {
-                Some(len) => start + len,
-                None if at_end => text.len(),
-                None => break, // still being written
-            },
+            b'[' | b'{' => {
+                let rest = &text[start..];
+                // A line opening a new array before this value closes means this one is
+                // broken (the seed's format has arrays only at the top level).
+                let next = next_value_start(rest);
+                match scan_value(rest) {
+                    Scan::Complete(len) if next.is_none_or(|n| len <= n) => start + len,
+                    Scan::Incomplete if next.is_none() && !at_end => break, // still being written
+                    Scan::Incomplete if next.is_none() => text.len(),
+                    _ => {
+                        let end = start + next.unwrap_or(rest.len());
+                        parsed.rejected.push(Rejected {
+                            text: String::from_utf8_lossy(&text[start..end]).into_owned(),
+                            error: format!("line {line}: invalid JSON: brackets do not match"),
+                        });
+                        pos = end;
+                        parsed.consumed = end;
+                        continue;
+                    }
+                }
+            }
             _ => {
                 // Garbage: everything up to the next line that opens a value.
                 let skip = next_value_start(&text[start..]).unwrap_or(text.len() - start);
@@ -319,10 +335,19 @@ fn strip_position(e: &str) -> &str {
     e.split(" at line ").next().unwrap_or(e)
 }
 
-/// Length of the JSON array or object at the start of `text`, if it is complete. Tracks
-/// strings and escapes so brackets inside strings do not count.
-fn scan_value(text: &[u8]) -> Option<usize> {
-    let mut depth = 0usize;
+enum Scan {
+    /// The value is complete and this long.
+    Complete(usize),
+    /// The text ends before the value does.
+    Incomplete,
+    /// A closing bracket does not match its opener.
+    Mismatch,
+}
+
+/// Finds the end of the JSON array or object at the start of `text`. Tracks strings and
+/// escapes so brackets inside strings do not count, and which bracket closes which.
+fn scan_value(text: &[u8]) -> Scan {
+    let mut open = Vec::new();
     let mut in_string = false;
     let mut escaped = false;
     for (i, &b) in text.iter().enumerate() {
@@ -337,17 +362,20 @@ fn scan_value(text: &[u8]) -> Option<usize> {
         }
         match b {
             b'"' => in_string = true,
-            b'[' | b'{' => depth += 1,
+            b'[' => open.push(b']'),
+            b'{' => open.push(b'}'),
             b']' | b'}' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return Some(i + 1);
+                if open.pop() != Some(b) {
+                    return Scan::Mismatch;
+                }
+                if open.is_empty() {
+                    return Scan::Complete(i + 1);
                 }
             }
             _ => {}
         }
     }
-    None
+    Scan::Incomplete
 }
 
 /// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
@@ -464,6 +492,16 @@ mod tests {
         assert_eq!(p.rejected.len(), 2);
         assert!(p.rejected[0].error.starts_with("line 1:"), "{}", p.rejected[0].error);
         assert!(p.rejected[1].error.starts_with("line 2: invalid JSON"), "{}", p.rejected[1].error);
+        assert_eq!(p.consumed, text.len());
+    }
+
+    #[test]
+    fn a_broken_array_does_not_swallow_the_arrays_after_it() {
+        let text = format!("[{{\"toNode\": \"ship1\", \"data\": [}}]\n{SEED_TWO}\n[{{\"toNode\": \"x\",\n{SEED_TWO}");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 4, "{:?}", p.rejected);
+        assert_eq!(p.rejected.len(), 2);
+        assert!(p.rejected.iter().all(|r| r.error.contains("brackets do not match")));
         assert_eq!(p.consumed, text.len());
     }
 

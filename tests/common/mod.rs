@@ -115,6 +115,9 @@ impl Node {
         if name == "central" {
             args.push("--centralErrorLogger".into());
         }
+        // Flags given by the test replace the defaults above.
+        let flag = |a: &str| a.split('=').next().unwrap_or_default().to_string();
+        args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut node = Node {
             name: name.to_string(),
@@ -149,7 +152,12 @@ impl Node {
             .unwrap();
         self.child = Some(child);
         // Ready once its metrics endpoint answers.
-        wait_port(self.prom_port, true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.prom_port)).is_err() {
+            assert!(self.is_running(), "{} exited at start:\n{}", self.name, self.log());
+            assert!(Instant::now() < deadline, "{} did not start:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn log_path(&self) -> PathBuf {

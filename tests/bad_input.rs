@@ -1,0 +1,105 @@
+//! Bad input gets a clear error naming what is wrong, and nothing is lost: the rest of the
+//! batch still goes, the bad part is kept where an operator can find it, no process dies.
+
+mod common;
+use common::{command, report, NatsServer, Node};
+use std::time::Duration;
+
+#[test]
+fn malformed_input_beside_good_input() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(&format!(
+        "this is not json\n{}[{{\"toNode\": \"ship1\", \"data\": [}}]\n{}\n{}\n{}",
+        command("ship1", &["echo", "good one"]),
+        r#"[{"ToNode":"ship1","data":["x"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+  {"toNode":"ship1","data":["echo","good two"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+  {"toNode":"ship1","data":["x"],"commandOrEvent":"commandACK","method":"CLICommand"},
+  {"toNode":"ship1","data":["x"],"commandOrEvent":"CommandACK","method":"cli"},
+  {"toNode":"../etc","data":["x"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+        command("ship1", &["echo", "good three"]),
+        r#"[{"toNode":"ship1","data":["echo","good four"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    ));
+    let replies = central.wait_for("replies/ship1.CLICommand.log", "good four");
+    for good in ["good one", "good two", "good three"] {
+        assert!(replies.contains(good), "{good} missing:\n{replies}");
+    }
+    let rejected = central.read("inmsg.rejected.txt");
+    for (what, why) in [
+        ("this is not json", "line 1: expected a JSON array"),
+        ("\"data\": [}", "line 3: invalid JSON"),
+        ("ToNode", "unknown key \"ToNode\""),
+        ("commandACK", "bad commandOrEvent"),
+        ("\"cli\"", "unknown method \"cli\""),
+        ("../etc", "bad toNode"),
+    ] {
+        assert!(rejected.contains(what) && rejected.contains(why), "{what} / {why} missing:\n{rejected}");
+    }
+    let errors = central.wait_count("errors.log", "input rejected", 6);
+    assert!(errors.contains("unknown method \"cli\""), "{errors}");
+    assert_eq!(central.metric("steward_inbox_rejected_total"), 6.0);
+    assert_eq!(central.metric("steward_process_restarts_total"), 0.0);
+    drop(ship1);
+}
+
+#[test]
+fn an_array_still_being_written_waits_until_it_is_complete() {
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let msg = command("ship1", &["echo", "written in two steps"]);
+    let (first, second) = msg.split_at(msg.len() / 2);
+    // One writer holding the file open, writing half now and half later.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(central.path("inmsg.txt")).unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(central.read("inmsg.rejected.txt").is_empty(), "a half-written array was rejected");
+    f.write_all(second.as_bytes()).unwrap();
+    drop(f);
+    let reply = central.wait_for("replies/ship1.CLICommand.log", "written in two steps");
+    assert_eq!(reply.matches("written in two steps").count(), 1);
+    assert!(central.read("inmsg.rejected.txt").is_empty());
+}
+
+#[test]
+fn concurrent_appenders_while_the_agent_empties_the_file_lose_nothing() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let (writers, each) = (8, 100);
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let path = central.path("inmsg.txt");
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for i in 0..each {
+                    // Like `echo '[...]' >> inmsg.txt`: open, append, close, every time.
+                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+                    let msg = format!(
+                        "[{{\"toNode\":\"ship1\",\"data\":[\"w{w}-m{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
+                    );
+                    f.write_all(msg.as_bytes()).unwrap();
+                    if i % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = writers * each;
+    let log = ship1.wait_until("textlog/central.log", "held every line", |t| t.lines().count() >= total);
+    let mut lines: Vec<&str> = log.lines().collect();
+    let delivered = lines.len();
+    lines.sort();
+    lines.dedup();
+    report("eight_appenders", total, lines.len(), delivered - lines.len());
+    assert_eq!(lines.len(), total);
+    assert_eq!(delivered, total, "duplicates");
+    assert!(central.read("inmsg.rejected.txt").is_empty());
+}

@@ -1,0 +1,132 @@
+//! Delivery: ACKs carry results, each message gets its own ACK, late nodes still get their
+//! messages, refusals and failures are never silent.
+
+mod common;
+use common::{command, report, NatsServer, Node};
+use std::time::Duration;
+
+#[test]
+fn command_output_and_exit_status_come_back_to_the_sender() {
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(&command("ship1", &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"]));
+    let reply = central.wait_for("replies/ship1.CLICommand.log", "to-stderr");
+    assert!(reply.contains("status=Ok exit=7"), "{reply}");
+    assert!(reply.contains("to-stdout\nto-stderr\n"), "{reply}");
+}
+
+#[test]
+fn concurrent_messages_on_one_subject_each_get_their_own_ack() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let n = 200;
+    let batch: String = (0..n)
+        .map(|i| command("ship1", &["sh", "-c", &format!("echo reply-{i}; echo {i} >> ran.txt")]))
+        .collect();
+    central.append_inmsg(&batch);
+    let replies = central.wait_count("replies/ship1.CLICommand.log", "status=Ok exit=0", n);
+    let mut delivered = 0;
+    for i in 0..n {
+        let needle = format!("\nreply-{i}\n");
+        assert_eq!(replies.matches(&needle).count(), 1, "reply {i}:\n{replies}");
+        delivered += 1;
+    }
+    let ran = ship1.read("ran.txt");
+    let runs = ran.lines().count();
+    report("one_subject_200_commands", n, delivered, runs - n);
+    assert_eq!(runs, n, "commands ran {runs} times for {n} messages");
+    // In order: one publisher per subject delivers sequentially.
+    let order: Vec<usize> = ran.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(order, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_node_that_starts_late_still_gets_its_messages() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=1", "--defaultMessageRetries=30"]);
+    central.append_inmsg(&command("ship1", &["echo", "hello late node"]));
+    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(central.read("replies/ship1.CLICommand.log").is_empty());
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let reply = central.wait_for("replies/ship1.CLICommand.log", "hello late node");
+    assert_eq!(reply.matches("hello late node").count(), 1);
+    assert!(central.metric("steward_messages_retried_total{method=\"CLICommand\"}") >= 1.0);
+}
+
+#[test]
+fn a_message_whose_retries_are_spent_is_kept_and_reported() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let msg = r#"[{"toNode":"ship9","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":1}]"#;
+    central.append_inmsg(msg);
+    let failed = central.wait_for("failed-messages.txt", "ship9");
+    let errors = central.wait_for("errors.log", "not delivered");
+    assert!(errors.contains("no responders on ship9.CommandACK.CLICommand"), "{errors}");
+    // The failed file is inmsg.txt input: appending it sends the message again.
+    let ship9 = Node::start("ship9", &nats.address(), &[]);
+    std::fs::remove_file(central.path("failed-messages.txt")).unwrap();
+    central.append_inmsg(&failed);
+    central.wait_for("replies/ship9.CLICommand.log", "from=ship9 status=Ok exit=0");
+    drop(ship9);
+}
+
+#[test]
+fn commands_are_accepted_only_from_the_central_node() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let ship2 = Node::start("ship2", &nats.address(), &[]);
+    ship2.append_inmsg(&command("ship1", &["sh", "-c", "touch pwned"]));
+    let reply = ship2.wait_for("replies/ship1.CLICommand.log", "status=Refused");
+    assert!(reply.contains("ship2 may not send commands here"), "{reply}");
+    ship2.wait_for("failed-messages.txt", "touch pwned");
+    let errors = central.wait_for("errors.log", "refused");
+    assert!(errors.contains("ship1 refused a message on ship1.CommandACK.CLICommand"), "{errors}");
+    assert!(!ship1.path("pwned").exists(), "a refused command ran");
+    // Events from any node are fine.
+    ship2.append_inmsg(r#"[{"toNode":"ship1","data":["hi from ship2"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#);
+    ship1.wait_for("textlog/ship2.log", "hi from ship2");
+}
+
+#[test]
+fn nack_messages_are_published_once_and_not_acked() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","echo x >> nack.txt"],"commandOrEvent":"CommandNACK","method":"CLICommand"},
+            {"toNode":"ship1","data":["an event"],"commandOrEvent":"EventNACK","method":"TextLogging"}]"#,
+    );
+    ship1.wait_for("nack.txt", "x");
+    ship1.wait_for("textlog/central.log", "an event");
+    central.wait_count("message-log.txt", "\"outcome\":\"published\"", 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ship1.read("nack.txt"), "x\n");
+    assert!(central.read("replies/ship1.CLICommand.log").is_empty());
+}
+
+#[test]
+fn every_node_says_hello_to_central() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let seen = central.wait_for("hello-nodes.json", "\"ship1\"");
+    let v: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert!(v["ship1"]["lastSeenUnixMs"].as_u64().unwrap() > 0);
+    assert!(v["ship1"]["lastSeen"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn errors_reach_only_the_central_error_logger() {
+    let nats = NatsServer::start();
+    // A node that is not the error logger refuses ErrorLog messages.
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let ship2 = Node::start("ship2", &nats.address(), &[]);
+    ship2.append_inmsg(r#"[{"toNode":"ship1","data":["boom"],"commandOrEvent":"EventACK","method":"ErrorLog"}]"#);
+    let reply = ship2.wait_for("replies/ship1.ErrorLog.log", "status=Refused");
+    assert!(reply.contains("not the central error logger"), "{reply}");
+    assert!(!ship1.path("errors.log").exists());
+}
