@@ -93,7 +93,12 @@ impl Broker {
 }
 
 /// Publishes and flushes at once (see the module docs for why).
-pub fn publish(conn: &nats::Connection, subject: &str, reply: Option<&str>, payload: &[u8]) -> io::Result<()> {
+pub fn publish(
+    conn: &nats::Connection,
+    subject: &str,
+    reply: Option<&str>,
+    payload: &[u8],
+) -> io::Result<()> {
     match reply {
         Some(reply) => conn.publish_request(subject, reply, payload)?,
         None => conn.publish(subject, payload)?,

@@ -16,6 +16,8 @@ use std::time::Duration;
 /// with guaranteed delivery.
 #[derive(FromArgs, Debug)]
 pub struct Flags {
+    #[argh(subcommand)]
+    pub command: Option<Subcommand>,
     /// some unique string to identify this Edge unit (default: the host name)
     #[argh(option)]
     pub node: Option<String>,
@@ -58,6 +60,22 @@ pub struct Flags {
     /// most received messages handled at once (default 32)
     #[argh(option, default = "32")]
     pub max_concurrent_handlers: usize,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Subcommand {
+    Demo(Demo),
+}
+
+/// Run a local demo: a nats-server, a central node and ship1 on this machine, one command
+/// sent and its output shown.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "demo")]
+pub struct Demo {
+    /// folder for the demo's data and logs (default: a new folder under /tmp)
+    #[argh(option)]
+    pub folder: Option<PathBuf>,
 }
 
 /// The seed's (Go-style) flag names and argh's, and whether the flag is a switch.
@@ -105,7 +123,9 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
         match (switch, value) {
             (true, None | Some("true")) => out.push(format!("--{kebab}")),
             (true, Some("false")) => {}
-            (true, Some(v)) => return Err(format!("--{name} is a switch: {v:?} is not true or false")),
+            (true, Some(v)) => {
+                return Err(format!("--{name} is a switch: {v:?} is not true or false"))
+            }
             (false, Some(v)) => {
                 out.push(format!("--{kebab}"));
                 out.push(v.to_string());
@@ -116,7 +136,7 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Rewrites argh's help text to show the seed's flag names.
+/// Rewrites argh's help text to show the seed's flag names (realigning the columns).
 pub fn seed_help(help: &str) -> String {
     let mut help = help.to_string();
     // Longest first, so `--node` does not eat into another name.
@@ -124,8 +144,19 @@ pub fn seed_help(help: &str) -> String {
     names.sort_by_key(|(_, kebab, _)| std::cmp::Reverse(kebab.len()));
     for (camel, kebab, _) in names {
         help = help.replace(&format!("--{kebab}"), &format!("--{camel}"));
+        help = help.replace(&format!("<{kebab}>"), &format!("<{camel}>"));
     }
-    help
+    help.lines()
+        .map(
+            |line| match line.strip_prefix("  --").and_then(|l| l.split_once("  ")) {
+                Some((name, desc)) if name.len() + 2 < 18 => {
+                    format!("  {:<18}{}", format!("--{name}"), desc.trim_start())
+                }
+                _ => line.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Everything a running node needs to know, validated.
@@ -277,23 +308,70 @@ mod tests {
     fn seed_invocations_work_as_written() {
         let c = parse(&["--node=\"ship1\"".replace('"', "").as_str()]).unwrap();
         assert_eq!(c.node, "ship1");
-        let c = parse(&["--node=central", "--brokerAddress=127.0.0.1:4222", "-centralErrorLogger"]).unwrap();
+        let c = parse(&[
+            "--node=central",
+            "--brokerAddress=127.0.0.1:4222",
+            "-centralErrorLogger",
+        ])
+        .unwrap();
         assert_eq!(c.brokers, ["nats://127.0.0.1:4222"]);
         assert!(c.central_error_logger);
-        let c = parse(&["-node", "ship2", "-defaultMessageTimeout", "3", "-defaultMessageRetries=5"]).unwrap();
-        assert_eq!((c.node.as_str(), c.default_timeout.as_secs(), c.default_retries), ("ship2", 3, 5));
-        let c = parse(&["--node", "x", "--centralErrorLogger=false", "--promHostAndPort", ":2112"]).unwrap();
+        let c = parse(&[
+            "-node",
+            "ship2",
+            "-defaultMessageTimeout",
+            "3",
+            "-defaultMessageRetries=5",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.node.as_str(),
+                c.default_timeout.as_secs(),
+                c.default_retries
+            ),
+            ("ship2", 3, 5)
+        );
+        let c = parse(&[
+            "--node",
+            "x",
+            "--centralErrorLogger=false",
+            "--promHostAndPort",
+            ":2112",
+        ])
+        .unwrap();
         assert!(!c.central_error_logger);
         assert_eq!(c.prom_addr.as_deref(), Some("0.0.0.0:2112"));
     }
 
     #[test]
     fn broker_lists_and_defaults() {
-        let c = parse(&["--node", "a", "--brokerAddress", "10.0.0.1:4222, nats://b:4223,4224"]).unwrap();
-        assert_eq!(c.brokers, ["nats://10.0.0.1:4222", "nats://b:4223", "nats://127.0.0.1:4224"]);
+        let c = parse(&[
+            "--node",
+            "a",
+            "--brokerAddress",
+            "10.0.0.1:4222, nats://b:4223,4224",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.brokers,
+            [
+                "nats://10.0.0.1:4222",
+                "nats://b:4223",
+                "nats://127.0.0.1:4224"
+            ]
+        );
         assert_eq!(c.allow_commands_from, ["central"]);
         assert_eq!(c.profiling_addr, None);
-        let c = parse(&["--node", "a", "--profilingPort", "6060", "--promHostAndPort", "off"]).unwrap();
+        let c = parse(&[
+            "--node",
+            "a",
+            "--profilingPort",
+            "6060",
+            "--promHostAndPort",
+            "off",
+        ])
+        .unwrap();
         assert_eq!(c.profiling_addr.as_deref(), Some("127.0.0.1:6060"));
         assert_eq!(c.prom_addr, None);
     }
@@ -302,16 +380,30 @@ mod tests {
     fn bad_values_name_the_flag() {
         assert!(parse(&["--node", "ship 1"]).unwrap_err().contains("--node"));
         assert!(parse(&["--node", "a.b"]).unwrap_err().contains("--node"));
-        assert!(parse(&["--node", "a", "--defaultMessageTimeout", "0"]).unwrap_err().contains("--defaultMessageTimeout"));
-        assert!(parse(&["--node", "a", "--centralErrorLogger=yes"]).unwrap_err().contains("centralErrorLogger"));
-        assert!(parse(&["--node", "a", "--allowCommandsFrom", "x,*"]).unwrap_err().contains("--allowCommandsFrom"));
+        assert!(parse(&["--node", "a", "--defaultMessageTimeout", "0"])
+            .unwrap_err()
+            .contains("--defaultMessageTimeout"));
+        assert!(parse(&["--node", "a", "--centralErrorLogger=yes"])
+            .unwrap_err()
+            .contains("centralErrorLogger"));
+        assert!(parse(&["--node", "a", "--allowCommandsFrom", "x,*"])
+            .unwrap_err()
+            .contains("--allowCommandsFrom"));
     }
 
     #[test]
     fn help_shows_the_seed_names() {
         let err = Flags::from_args(&["steward"], &["--help"]).unwrap_err();
         let help = seed_help(&err.output);
-        for name in ["--brokerAddress", "--centralErrorLogger", "--defaultMessageRetries", "--defaultMessageTimeout", "--profilingPort", "--promHostAndPort", "--node"] {
+        for name in [
+            "--brokerAddress",
+            "--centralErrorLogger",
+            "--defaultMessageRetries",
+            "--defaultMessageTimeout",
+            "--profilingPort",
+            "--promHostAndPort",
+            "--node",
+        ] {
             assert!(help.contains(name), "{name} missing from:\n{help}");
         }
         assert!(!help.contains("--broker-address"));

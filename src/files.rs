@@ -41,7 +41,9 @@ impl DataFolder {
     }
     /// Replies received for messages this node sent, per destination node and method.
     pub fn replies(&self, node: &str, method: &str) -> PathBuf {
-        self.root.join("replies").join(format!("{node}.{method}.log"))
+        self.root
+            .join("replies")
+            .join(format!("{node}.{method}.log"))
     }
     /// TextLogging received, per sending node.
     pub fn text_log(&self, from_node: &str) -> PathBuf {

@@ -141,7 +141,9 @@ fn decode_body(body: &[u8]) -> Option<Record> {
         Some(u64::from_le_bytes(body.get(i..i + 8)?.try_into().ok()?))
     };
     Some(match body[0] {
-        1 => Record::Checkpoint { next_seq: u64_at(1)? },
+        1 => Record::Checkpoint {
+            next_seq: u64_at(1)?,
+        },
         2 => Record::Accepted {
             seq: u64_at(1)?,
             envelope: body.get(9..)?.to_vec(),
@@ -237,7 +239,9 @@ impl Journal {
         let mut envelopes = BTreeMap::new();
         for (offset, len, record) in decoded.records {
             match record {
-                Record::Checkpoint { next_seq } => journal.next_seq = journal.next_seq.max(next_seq),
+                Record::Checkpoint { next_seq } => {
+                    journal.next_seq = journal.next_seq.max(next_seq)
+                }
                 Record::Accepted { seq, envelope } => {
                     journal.next_seq = journal.next_seq.max(seq + 1);
                     journal.pending.insert(seq, Span { offset, len });
@@ -451,16 +455,25 @@ mod tests {
     }
 
     fn data(entries: &[Entry]) -> Vec<String> {
-        entries.iter().map(|e| e.envelope.message.data[0].clone()).collect()
+        entries
+            .iter()
+            .map(|e| e.envelope.message.data[0].clone())
+            .collect()
     }
 
     #[test]
     fn records_round_trip() {
         let records = vec![
             Record::Checkpoint { next_seq: 7 },
-            Record::Accepted { seq: 7, envelope: b"{}".to_vec() },
+            Record::Accepted {
+                seq: 7,
+                envelope: b"{}".to_vec(),
+            },
             Record::Done { seq: 7 },
-            Record::InboxOffset { file: "inmsg.taking-1".into(), offset: 99 },
+            Record::InboxOffset {
+                file: "inmsg.taking-1".into(),
+                offset: 99,
+            },
         ];
         let mut buf = Vec::new();
         for r in &records {
@@ -469,7 +482,10 @@ mod tests {
         let d = decode(&buf);
         assert!(d.corruption.is_none());
         assert_eq!(d.valid_len, buf.len() as u64);
-        assert_eq!(d.records.into_iter().map(|r| r.2).collect::<Vec<_>>(), records);
+        assert_eq!(
+            d.records.into_iter().map(|r| r.2).collect::<Vec<_>>(),
+            records
+        );
     }
 
     #[test]
@@ -477,7 +493,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         assert!(r.pending.is_empty());
-        let entries = j.append("central", (0..5).map(msg).collect(), None).unwrap();
+        let entries = j
+            .append("central", (0..5).map(msg).collect(), None)
+            .unwrap();
         j.mark_done(entries[1].seq).unwrap();
         j.mark_done(entries[3].seq).unwrap();
         drop(j);
@@ -506,7 +524,8 @@ mod tests {
     fn torn_tail_is_cut_and_every_complete_record_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        j.append("central", (0..3).map(msg).collect(), None).unwrap();
+        j.append("central", (0..3).map(msg).collect(), None)
+            .unwrap();
         drop(j);
         let path = Journal::path(dir.path());
         let len = fs::metadata(&path).unwrap().len();
@@ -516,7 +535,10 @@ mod tests {
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(data(&r.pending), ["message 0", "message 1"]);
         let cut = r.cut.expect("the cut is reported");
-        assert!(cut.contains("torn record") && cut.contains("kept 2 complete records"), "{cut}");
+        assert!(
+            cut.contains("torn record") && cut.contains("kept 2 complete records"),
+            "{cut}"
+        );
         // The journal is usable again after the cut.
         j.append("central", vec![msg(9)], None).unwrap();
         drop(j);
@@ -529,7 +551,8 @@ mod tests {
     fn flipped_byte_stops_the_reader_there() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        j.append("central", (0..3).map(msg).collect(), None).unwrap();
+        j.append("central", (0..3).map(msg).collect(), None)
+            .unwrap();
         drop(j);
         let path = Journal::path(dir.path());
         let mut bytes = fs::read(&path).unwrap();
@@ -546,11 +569,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         for round in 0..200 {
-            let entries = j.append("central", (0..50).map(msg).collect(), None).unwrap();
+            let entries = j
+                .append("central", (0..50).map(msg).collect(), None)
+                .unwrap();
             for e in &entries[..49] {
                 j.mark_done(e.seq).unwrap();
             }
-            assert!(j.size() < 2 * COMPACT_MIN_BYTES, "round {round}: {} bytes", j.size());
+            assert!(
+                j.size() < 2 * COMPACT_MIN_BYTES,
+                "round {round}: {} bytes",
+                j.size()
+            );
         }
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
@@ -562,7 +591,8 @@ mod tests {
     fn inbox_offsets_survive_restart_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        j.append("central", vec![msg(0)], Some(("inmsg.taking-5", 120))).unwrap();
+        j.append("central", vec![msg(0)], Some(("inmsg.taking-5", 120)))
+            .unwrap();
         j.compact().unwrap();
         drop(j);
         let (mut j, r) = Journal::open(dir.path()).unwrap();

@@ -27,9 +27,11 @@
 //! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog.
 //! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
 //! - [`files`]: the data folder's layout, appends and atomic writes.
+//! - [`demo`]: `steward demo`, a local fleet in one command.
 
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod files;
 pub mod journal;
 pub mod message;
@@ -48,7 +50,10 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum Error {
     /// Something in the data folder could not be set up or read.
-    DataFolder { context: String, source: std::io::Error },
+    DataFolder {
+        context: String,
+        source: std::io::Error,
+    },
     /// A listener (metrics, profiling) could not start.
     Listen(std::io::Error),
     /// The signal handler could not be installed.
@@ -71,23 +76,42 @@ impl std::error::Error for Error {}
 pub fn run(config: Config) -> Result<(), Error> {
     let mut config = config;
     std::fs::create_dir_all(&config.data_folder).map_err(|source| Error::DataFolder {
-        context: format!("cannot create the data folder {}", config.data_folder.display()),
+        context: format!(
+            "cannot create the data folder {}",
+            config.data_folder.display()
+        ),
         source,
     })?;
     // Absolute, so logs name files unambiguously and commands run in a fixed folder.
-    config.data_folder = config.data_folder.canonicalize().map_err(|source| Error::DataFolder {
-        context: format!("cannot resolve the data folder {}", config.data_folder.display()),
-        source,
-    })?;
+    config.data_folder = config
+        .data_folder
+        .canonicalize()
+        .map_err(|source| Error::DataFolder {
+            context: format!(
+                "cannot resolve the data folder {}",
+                config.data_folder.display()
+            ),
+            source,
+        })?;
     let data = files::DataFolder::new(config.data_folder.clone());
-    let (journal, recovery) = journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
-        context: format!("cannot open the journal in {}", data.journal_dir().display()),
-        source,
-    })?;
+    let (journal, recovery) =
+        journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
+            context: format!(
+                "cannot open the journal in {}",
+                data.journal_dir().display()
+            ),
+            source,
+        })?;
     let metrics = Arc::new(metrics::Metrics::new());
     let broker = broker::Broker::connect(&config.node, &config.brokers, metrics.clone());
     let (events_tx, events) = crossbeam_channel::unbounded();
-    let node = Arc::new(node::Node::new(config, broker, metrics.clone(), journal, events_tx.clone()));
+    let node = Arc::new(node::Node::new(
+        config,
+        broker,
+        metrics.clone(),
+        journal,
+        events_tx.clone(),
+    ));
     log::info!(
         "node {} starting; data in {}; broker {}",
         node.config.node,
@@ -98,21 +122,32 @@ pub fn run(config: Config) -> Result<(), Error> {
     // Listeners first: a port in use is a start-up error, before any work is taken.
     if let Some(addr) = &node.config.prom_addr {
         let m = metrics.clone();
-        metrics::serve("metrics", addr, move |path| (path == "/metrics").then(|| m.render()))
-            .map_err(Error::Listen)?;
+        metrics::serve("metrics", addr, move |path| {
+            (path == "/metrics").then(|| m.render())
+        })
+        .map_err(Error::Listen)?;
     }
     if let Some(addr) = &node.config.profiling_addr {
         let n = node.clone();
         metrics::serve("profiling", addr, move |_| n.status()).map_err(Error::Listen)?;
     }
     if let Some(cut) = recovery.cut {
-        node.report_error(format!("{}: journal was damaged and repaired: {cut}", node.config.node));
+        node.report_error(format!(
+            "{}: journal was damaged and repaired: {cut}",
+            node.config.node
+        ));
     }
     for bad in recovery.undecodable {
-        node.report_error(format!("{}: journal: dropped an unreadable message: {bad}", node.config.node));
+        node.report_error(format!(
+            "{}: journal: dropped an unreadable message: {bad}",
+            node.config.node
+        ));
     }
     if !recovery.pending.is_empty() {
-        log::info!("resuming {} unfinished message(s) from the journal", recovery.pending.len());
+        log::info!(
+            "resuming {} unfinished message(s) from the journal",
+            recovery.pending.len()
+        );
     }
     metrics.journal_pending.set(recovery.pending.len() as i64);
     // Unfinished messages go first, before the inbox takes anything new.

@@ -30,6 +30,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(steward::config::Subcommand::Demo(demo)) = flags.command {
+        return match steward::demo::run(demo.folder) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("steward demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match steward::config::Config::from_flags(flags) {
         Ok(c) => c,
         Err(e) => {

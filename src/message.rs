@@ -102,10 +102,16 @@ impl Message {
     /// Validates one JSON value from `inmsg.txt` as a message. `known_method` says whether
     /// this build can deliver a method (an unknown one is refused here, at the sender, with
     /// the list of known ones, rather than retried against a node that cannot run it).
-    pub fn from_value(value: &Value, known_method: &dyn Fn(&str) -> bool) -> Result<Message, String> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| format!("a message must be a JSON object, found {}", type_name(value)))?;
+    pub fn from_value(
+        value: &Value,
+        known_method: &dyn Fn(&str) -> bool,
+    ) -> Result<Message, String> {
+        let obj = value.as_object().ok_or_else(|| {
+            format!(
+                "a message must be a JSON object, found {}",
+                type_name(value)
+            )
+        })?;
         for key in obj.keys() {
             if !KEYS.contains(&key.as_str()) {
                 return Err(format!(
@@ -241,7 +247,11 @@ pub fn parse_input(
     let mut parsed = Parsed::default();
     let mut pos = 0;
     while pos < text.len() {
-        let start = pos + text[pos..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let start = pos
+            + text[pos..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
         if start == text.len() {
             parsed.consumed = text.len();
             break;
@@ -290,12 +300,7 @@ pub fn parse_input(
     parsed
 }
 
-fn take_value(
-    chunk: &[u8],
-    line: usize,
-    known_method: &dyn Fn(&str) -> bool,
-    parsed: &mut Parsed,
-) {
+fn take_value(chunk: &[u8], line: usize, known_method: &dyn Fn(&str) -> bool, parsed: &mut Parsed) {
     let reject = |error: String| Rejected {
         text: String::from_utf8_lossy(chunk).into_owned(),
         error,
@@ -303,7 +308,11 @@ fn take_value(
     let value: Value = match serde_json::from_slice(chunk) {
         Ok(v) => v,
         Err(e) => {
-            let at = if e.line() > 0 { line + e.line() - 1 } else { line };
+            let at = if e.line() > 0 {
+                line + e.line() - 1
+            } else {
+                line
+            };
             parsed.rejected.push(reject(format!(
                 "line {at}: invalid JSON: {}",
                 strip_position(&e.to_string())
@@ -383,7 +392,10 @@ fn next_value_start(text: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(nl) = text[i..].iter().position(|&b| b == b'\n') {
         i += nl + 1;
-        let indent = text[i..].iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+        let indent = text[i..]
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
         if text.get(i + indent) == Some(&b'[') {
             return Some(i + indent);
         }
@@ -474,10 +486,22 @@ mod tests {
         assert_eq!(data, ["a", "g"]);
         let errors: Vec<_> = p.rejected.iter().map(|r| r.error.as_str()).collect();
         assert_eq!(errors.len(), 5);
-        assert!(errors[0].contains("message 2: unknown key \"ToNode\""), "{}", errors[0]);
+        assert!(
+            errors[0].contains("message 2: unknown key \"ToNode\""),
+            "{}",
+            errors[0]
+        );
         assert!(errors[1].contains("commandOrEvent"), "{}", errors[1]);
-        assert!(errors[2].contains("toNode") && errors[2].contains("space"), "{}", errors[2]);
-        assert!(errors[3].contains("unknown method \"NoSuchMethod\""), "{}", errors[3]);
+        assert!(
+            errors[2].contains("toNode") && errors[2].contains("space"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].contains("unknown method \"NoSuchMethod\""),
+            "{}",
+            errors[3]
+        );
         assert!(errors[4].contains("timeout"), "{}", errors[4]);
         // The rejected text is itself valid inmsg.txt input, so it can be fixed and re-sent.
         let again = parse_input(p.rejected[0].text.as_bytes(), 1, true, &known);
@@ -490,8 +514,16 @@ mod tests {
         let p = parse_input(text.as_bytes(), 1, false, &known);
         assert_eq!(p.messages.len(), 2);
         assert_eq!(p.rejected.len(), 2);
-        assert!(p.rejected[0].error.starts_with("line 1:"), "{}", p.rejected[0].error);
-        assert!(p.rejected[1].error.starts_with("line 2: invalid JSON"), "{}", p.rejected[1].error);
+        assert!(
+            p.rejected[0].error.starts_with("line 1:"),
+            "{}",
+            p.rejected[0].error
+        );
+        assert!(
+            p.rejected[1].error.starts_with("line 2: invalid JSON"),
+            "{}",
+            p.rejected[1].error
+        );
         assert_eq!(p.consumed, text.len());
     }
 
@@ -501,13 +533,18 @@ mod tests {
         let p = parse_input(text.as_bytes(), 1, false, &known);
         assert_eq!(p.messages.len(), 4, "{:?}", p.rejected);
         assert_eq!(p.rejected.len(), 2);
-        assert!(p.rejected.iter().all(|r| r.error.contains("brackets do not match")));
+        assert!(p
+            .rejected
+            .iter()
+            .all(|r| r.error.contains("brackets do not match")));
         assert_eq!(p.consumed, text.len());
     }
 
     #[test]
     fn envelope_wire_form_round_trips_and_keeps_seed_keys() {
-        let m = parse_input(SEED_TWO.as_bytes(), 1, false, &known).messages.remove(0);
+        let m = parse_input(SEED_TWO.as_bytes(), 1, false, &known)
+            .messages
+            .remove(0);
         let e = Envelope {
             id: "central-1".into(),
             from_node: "central".into(),
@@ -516,7 +553,10 @@ mod tests {
         };
         let wire = e.encode();
         let text = String::from_utf8(wire.clone()).unwrap();
-        assert!(text.contains("\"toNode\":\"ship1\"") && text.contains("\"commandOrEvent\":\"CommandACK\""));
+        assert!(
+            text.contains("\"toNode\":\"ship1\"")
+                && text.contains("\"commandOrEvent\":\"CommandACK\"")
+        );
         assert_eq!(Envelope::decode(&wire).unwrap(), e);
         assert!(Envelope::decode(b"{\"id\":1}").is_err());
     }

@@ -28,19 +28,22 @@ pub struct Metrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("metric names are valid");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric names are valid");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
@@ -48,18 +51,72 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         Metrics {
-            accepted: counter_vec(&r, "steward_messages_accepted_total", "Messages taken from inmsg.txt (or raised by this node) into the journal.", &["method"]),
-            sent: counter_vec(&r, "steward_messages_sent_total", "Messages sent to the broker (first attempt).", &["method"]),
-            acked: counter_vec(&r, "steward_messages_acked_total", "Messages whose ACK came back.", &["method"]),
-            retried: counter_vec(&r, "steward_messages_retried_total", "Attempts after the first.", &["method"]),
-            failed: counter_vec(&r, "steward_messages_failed_total", "Messages given up (retries spent or refused) and kept in failed-messages.txt.", &["method"]),
-            received: counter_vec(&r, "steward_messages_received_total", "Messages received by this node, by outcome (ok, error, refused, duplicate).", &["method", "outcome"]),
-            rejected_input: counter(&r, "steward_inbox_rejected_total", "Pieces of inmsg.txt that could not be taken (kept in inmsg.rejected.txt)."),
-            processes: gauge(&r, "steward_processes_running", "Processes (threads) in the supervisor's table that are running."),
-            restarts: counter(&r, "steward_process_restarts_total", "Processes restarted after failing."),
-            broker_connected: gauge(&r, "steward_broker_connected", "1 while connected to the broker."),
-            broker_reconnects: counter(&r, "steward_broker_reconnects_total", "Reconnections to the broker."),
-            journal_pending: gauge(&r, "steward_journal_pending_messages", "Messages in the journal not yet finished."),
+            accepted: counter_vec(
+                &r,
+                "steward_messages_accepted_total",
+                "Messages taken from inmsg.txt (or raised by this node) into the journal.",
+                &["method"],
+            ),
+            sent: counter_vec(
+                &r,
+                "steward_messages_sent_total",
+                "Messages sent to the broker (first attempt).",
+                &["method"],
+            ),
+            acked: counter_vec(
+                &r,
+                "steward_messages_acked_total",
+                "Messages whose ACK came back.",
+                &["method"],
+            ),
+            retried: counter_vec(
+                &r,
+                "steward_messages_retried_total",
+                "Attempts after the first.",
+                &["method"],
+            ),
+            failed: counter_vec(
+                &r,
+                "steward_messages_failed_total",
+                "Messages given up (retries spent or refused) and kept in failed-messages.txt.",
+                &["method"],
+            ),
+            received: counter_vec(
+                &r,
+                "steward_messages_received_total",
+                "Messages received by this node, by outcome (ok, error, refused, duplicate).",
+                &["method", "outcome"],
+            ),
+            rejected_input: counter(
+                &r,
+                "steward_inbox_rejected_total",
+                "Pieces of inmsg.txt that could not be taken (kept in inmsg.rejected.txt).",
+            ),
+            processes: gauge(
+                &r,
+                "steward_processes_running",
+                "Processes (threads) in the supervisor's table that are running.",
+            ),
+            restarts: counter(
+                &r,
+                "steward_process_restarts_total",
+                "Processes restarted after failing.",
+            ),
+            broker_connected: gauge(
+                &r,
+                "steward_broker_connected",
+                "1 while connected to the broker.",
+            ),
+            broker_reconnects: counter(
+                &r,
+                "steward_broker_reconnects_total",
+                "Reconnections to the broker.",
+            ),
+            journal_pending: gauge(
+                &r,
+                "steward_journal_pending_messages",
+                "Messages in the journal not yet finished.",
+            ),
             registry: r,
         }
     }

@@ -60,7 +60,9 @@ impl Node {
         let entries = {
             let mut journal = self.journal();
             let entries = journal.append(&self.config.node, messages, inbox)?;
-            self.metrics.journal_pending.set(journal.pending_count() as i64);
+            self.metrics
+                .journal_pending
+                .set(journal.pending_count() as i64);
             entries
         };
         for method in methods {
@@ -85,7 +87,9 @@ impl Node {
         if let Err(e) = journal.mark_done(seq) {
             log::error!("journal: cannot record message {seq} as finished: {e}");
         }
-        self.metrics.journal_pending.set(journal.pending_count() as i64);
+        self.metrics
+            .journal_pending
+            .set(journal.pending_count() as i64);
     }
 
     /// Logs an error and sends it to the central error logger, through the journal, so it
@@ -134,9 +138,14 @@ impl Permits {
     pub fn new(capacity: usize) -> Permits {
         let (give, take) = crossbeam_channel::bounded(capacity);
         for _ in 0..capacity {
-            give.send(()).expect("the channel was made with room for every permit");
+            give.send(())
+                .expect("the channel was made with room for every permit");
         }
-        Permits { give, take, capacity }
+        Permits {
+            give,
+            take,
+            capacity,
+        }
     }
 
     /// Waits for a permit, or returns `None` when `stop` fires.

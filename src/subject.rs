@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn seed_examples_round_trip() {
-        for s in ["ship1.EventACK.Syslogforwarding", "ship2.CommandACK.CLICommand"] {
+        for s in [
+            "ship1.EventACK.Syslogforwarding",
+            "ship2.CommandACK.CLICommand",
+        ] {
             assert_eq!(Subject::parse(s).unwrap().to_string(), s);
         }
     }
@@ -121,7 +124,13 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(validate_name(&"x".repeat(129)).is_err());
-        for good in ["ship1", "central", "Ship-2_b", "raspberry-pi-07", "CLICommand"] {
+        for good in [
+            "ship1",
+            "central",
+            "Ship-2_b",
+            "raspberry-pi-07",
+            "CLICommand",
+        ] {
             validate_name(good).unwrap();
         }
     }

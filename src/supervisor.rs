@@ -50,7 +50,10 @@ struct ProcessEntry {
     thread: Option<JoinHandle<()>>,
     restart_at: Option<Instant>,
     /// A publisher's queue, kept here so it survives the publisher's restarts.
-    queue: Option<(Sender<crate::journal::Entry>, Receiver<crate::journal::Entry>)>,
+    queue: Option<(
+        Sender<crate::journal::Entry>,
+        Receiver<crate::journal::Entry>,
+    )>,
 }
 
 pub struct Supervisor {
@@ -81,25 +84,36 @@ impl Supervisor {
     pub fn start(&mut self) {
         let node = self.node.clone();
         self.add("inbox".into(), None, move |state| {
-            Box::new(process::inbox::Inbox { node: node.clone(), state })
+            Box::new(process::inbox::Inbox {
+                node: node.clone(),
+                state,
+            })
         });
         let recent = Arc::new(subscriber::Recent::default());
         for method in crate::methods::registry() {
             let (node, recent, m) = (self.node.clone(), recent.clone(), method.clone());
-            self.add(format!("subscriber {}", method.name()), None, move |state| {
-                Box::new(subscriber::Subscriber {
-                    method: m.clone(),
-                    node: node.clone(),
-                    recent: recent.clone(),
-                    state,
-                })
-            });
+            self.add(
+                format!("subscriber {}", method.name()),
+                None,
+                move |state| {
+                    Box::new(subscriber::Subscriber {
+                        method: m.clone(),
+                        node: node.clone(),
+                        recent: recent.clone(),
+                        state,
+                    })
+                },
+            );
             self.methods.push(method);
         }
         if let Some(interval) = self.node.config.hello_interval {
             let node = self.node.clone();
             self.add("hello".into(), None, move |state| {
-                Box::new(process::hello::Hello { node: node.clone(), interval, state })
+                Box::new(process::hello::Hello {
+                    node: node.clone(),
+                    interval,
+                    state,
+                })
             });
         }
     }
@@ -126,7 +140,9 @@ impl Supervisor {
     }
 
     fn launch(&mut self, name: &str) {
-        let Some(e) = self.table.get_mut(name) else { return };
+        let Some(e) = self.table.get_mut(name) else {
+            return;
+        };
         e.generation += 1;
         e.started = Instant::now();
         e.restart_at = None;
@@ -157,8 +173,11 @@ impl Supervisor {
             self.spawn_publisher(&name, subject);
         }
         let queue = &self.table[&name].queue;
-        let (tx, _) = queue.as_ref().expect("publisher entries always have a queue");
-        tx.send(entry).expect("the supervisor holds a receiver of every publisher queue");
+        let (tx, _) = queue
+            .as_ref()
+            .expect("publisher entries always have a queue");
+        tx.send(entry)
+            .expect("the supervisor holds a receiver of every publisher queue");
     }
 
     fn spawn_publisher(&mut self, name: &str, subject: Subject) {
@@ -179,7 +198,9 @@ impl Supervisor {
     }
 
     fn exited(&mut self, name: String, generation: u64, error: Option<String>) {
-        let Some(e) = self.table.get_mut(&name) else { return };
+        let Some(e) = self.table.get_mut(&name) else {
+            return;
+        };
         if e.generation != generation {
             return;
         }
@@ -232,7 +253,12 @@ impl Supervisor {
         );
         for (name, e) in &self.table {
             let queued = e.queue.as_ref().map(|(_, rx)| rx.len()).unwrap_or(0);
-            let _ = writeln!(s, "{name:<50} {queued:>7} {:>8}  {}", e.restarts, e.state.get());
+            let _ = writeln!(
+                s,
+                "{name:<50} {queued:>7} {:>8}  {}",
+                e.restarts,
+                e.state.get()
+            );
         }
         s
     }
@@ -266,7 +292,9 @@ impl Supervisor {
         let mut running = self.table.values().filter(|e| e.thread.is_some()).count();
         while running > 0 {
             match self.events.recv_deadline(deadline) {
-                Ok(Event::Exited { name, generation, .. }) => {
+                Ok(Event::Exited {
+                    name, generation, ..
+                }) => {
                     if let Some(e) = self.table.get_mut(&name) {
                         if e.generation == generation && e.thread.take().is_some() {
                             running -= 1;

@@ -34,7 +34,10 @@ fn malformed_input_beside_good_input() {
         ("\"cli\"", "unknown method \"cli\""),
         ("../etc", "bad toNode"),
     ] {
-        assert!(rejected.contains(what) && rejected.contains(why), "{what} / {why} missing:\n{rejected}");
+        assert!(
+            rejected.contains(what) && rejected.contains(why),
+            "{what} / {why} missing:\n{rejected}"
+        );
     }
     let errors = central.wait_count("errors.log", "input rejected", 6);
     assert!(errors.contains("unknown method \"cli\""), "{errors}");
@@ -52,11 +55,18 @@ fn an_array_still_being_written_waits_until_it_is_complete() {
     let (first, second) = msg.split_at(msg.len() / 2);
     // One writer holding the file open, writing half now and half later.
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(central.path("inmsg.txt")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(central.path("inmsg.txt"))
+        .unwrap();
     f.write_all(first.as_bytes()).unwrap();
     f.flush().unwrap();
     std::thread::sleep(Duration::from_millis(3000));
-    assert!(central.read("inmsg.rejected.txt").is_empty(), "a half-written array was rejected");
+    assert!(
+        central.read("inmsg.rejected.txt").is_empty(),
+        "a half-written array was rejected"
+    );
     f.write_all(second.as_bytes()).unwrap();
     drop(f);
     let reply = central.wait_for("replies/ship1.CLICommand.log", "written in two steps");
@@ -93,12 +103,19 @@ fn concurrent_appenders_while_the_agent_empties_the_file_lose_nothing() {
         t.join().unwrap();
     }
     let total = writers * each;
-    let log = ship1.wait_until("textlog/central.log", "held every line", |t| t.lines().count() >= total);
+    let log = ship1.wait_until("textlog/central.log", "held every line", |t| {
+        t.lines().count() >= total
+    });
     let mut lines: Vec<&str> = log.lines().collect();
     let delivered = lines.len();
     lines.sort();
     lines.dedup();
-    report("eight_appenders", total, lines.len(), delivered - lines.len());
+    report(
+        "eight_appenders",
+        total,
+        lines.len(),
+        delivered - lines.len(),
+    );
     assert_eq!(lines.len(), total);
     assert_eq!(delivered, total, "duplicates");
     assert!(central.read("inmsg.rejected.txt").is_empty());

@@ -10,7 +10,10 @@ fn command_output_and_exit_status_come_back_to_the_sender() {
     let nats = NatsServer::start();
     let _ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    central.append_inmsg(&command("ship1", &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"]));
+    central.append_inmsg(&command(
+        "ship1",
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"],
+    ));
     let reply = central.wait_for("replies/ship1.CLICommand.log", "to-stderr");
     assert!(reply.contains("status=Ok exit=7"), "{reply}");
     assert!(reply.contains("to-stdout\nto-stderr\n"), "{reply}");
@@ -23,7 +26,12 @@ fn concurrent_messages_on_one_subject_each_get_their_own_ack() {
     let central = Node::start("central", &nats.address(), &[]);
     let n = 200;
     let batch: String = (0..n)
-        .map(|i| command("ship1", &["sh", "-c", &format!("echo reply-{i}; echo {i} >> ran.txt")]))
+        .map(|i| {
+            command(
+                "ship1",
+                &["sh", "-c", &format!("echo reply-{i}; echo {i} >> ran.txt")],
+            )
+        })
         .collect();
     central.append_inmsg(&batch);
     let replies = central.wait_count("replies/ship1.CLICommand.log", "status=Ok exit=0", n);
@@ -45,7 +53,11 @@ fn concurrent_messages_on_one_subject_each_get_their_own_ack() {
 #[test]
 fn a_node_that_starts_late_still_gets_its_messages() {
     let nats = NatsServer::start();
-    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=1", "--defaultMessageRetries=30"]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=1", "--defaultMessageRetries=30"],
+    );
     central.append_inmsg(&command("ship1", &["echo", "hello late node"]));
     central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
     std::thread::sleep(Duration::from_secs(3));
@@ -64,12 +76,18 @@ fn a_message_whose_retries_are_spent_is_kept_and_reported() {
     central.append_inmsg(msg);
     let failed = central.wait_for("failed-messages.txt", "ship9");
     let errors = central.wait_for("errors.log", "not delivered");
-    assert!(errors.contains("no responders on ship9.CommandACK.CLICommand"), "{errors}");
+    assert!(
+        errors.contains("no responders on ship9.CommandACK.CLICommand"),
+        "{errors}"
+    );
     // The failed file is inmsg.txt input: appending it sends the message again.
     let ship9 = Node::start("ship9", &nats.address(), &[]);
     std::fs::remove_file(central.path("failed-messages.txt")).unwrap();
     central.append_inmsg(&failed);
-    central.wait_for("replies/ship9.CLICommand.log", "from=ship9 status=Ok exit=0");
+    central.wait_for(
+        "replies/ship9.CLICommand.log",
+        "from=ship9 status=Ok exit=0",
+    );
     drop(ship9);
 }
 
@@ -81,10 +99,16 @@ fn commands_are_accepted_only_from_the_central_node() {
     let ship2 = Node::start("ship2", &nats.address(), &[]);
     ship2.append_inmsg(&command("ship1", &["sh", "-c", "touch pwned"]));
     let reply = ship2.wait_for("replies/ship1.CLICommand.log", "status=Refused");
-    assert!(reply.contains("ship2 may not send commands here"), "{reply}");
+    assert!(
+        reply.contains("ship2 may not send commands here"),
+        "{reply}"
+    );
     ship2.wait_for("failed-messages.txt", "touch pwned");
     let errors = central.wait_for("errors.log", "refused");
-    assert!(errors.contains("ship1 refused a message on ship1.CommandACK.CLICommand"), "{errors}");
+    assert!(
+        errors.contains("ship1 refused a message on ship1.CommandACK.CLICommand"),
+        "{errors}"
+    );
     assert!(!ship1.path("pwned").exists(), "a refused command ran");
     // Events from any node are fine.
     ship2.append_inmsg(r#"[{"toNode":"ship1","data":["hi from ship2"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#);
@@ -125,7 +149,9 @@ fn errors_reach_only_the_central_error_logger() {
     // A node that is not the error logger refuses ErrorLog messages.
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let ship2 = Node::start("ship2", &nats.address(), &[]);
-    ship2.append_inmsg(r#"[{"toNode":"ship1","data":["boom"],"commandOrEvent":"EventACK","method":"ErrorLog"}]"#);
+    ship2.append_inmsg(
+        r#"[{"toNode":"ship1","data":["boom"],"commandOrEvent":"EventACK","method":"ErrorLog"}]"#,
+    );
     let reply = ship2.wait_for("replies/ship1.ErrorLog.log", "status=Refused");
     assert!(reply.contains("not the central error logger"), "{reply}");
     assert!(!ship1.path("errors.log").exists());

@@ -16,7 +16,14 @@ fn runs(node: &Node) -> BTreeMap<usize, usize> {
 }
 
 fn numbered_commands(to: &str, range: std::ops::Range<usize>) -> String {
-    range.map(|i| command(to, &["sh", "-c", &format!("echo {i} >> ran.txt; echo done-{i}")])).collect()
+    range
+        .map(|i| {
+            command(
+                to,
+                &["sh", "-c", &format!("echo {i} >> ran.txt; echo done-{i}")],
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -28,7 +35,10 @@ fn a_sender_killed_mid_flight_resumes_and_loses_nothing() {
     central.append_inmsg(&numbered_commands("ship1", 0..n));
     central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 20);
     central.kill9();
-    let before = central.read("replies/ship1.CLICommand.log").matches("status=Ok").count();
+    let before = central
+        .read("replies/ship1.CLICommand.log")
+        .matches("status=Ok")
+        .count();
     central.restart();
     let replies = central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
         (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
@@ -39,7 +49,12 @@ fn a_sender_killed_mid_flight_resumes_and_loses_nothing() {
     report("sender_kill9", n, ran.len(), duplicates);
     assert!(before < n, "the kill came too late to test anything");
     assert_eq!(ran.len(), n, "some commands never ran");
-    assert_eq!(duplicates, 0, "commands ran twice: {:?}", ran.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>());
+    assert_eq!(
+        duplicates,
+        0,
+        "commands ran twice: {:?}",
+        ran.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
     assert!(replies.contains("done-0\n"));
 }
 
@@ -47,7 +62,11 @@ fn a_sender_killed_mid_flight_resumes_and_loses_nothing() {
 fn the_broker_stopped_and_restarted_loses_nothing() {
     let mut nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"],
+    );
     central.append_inmsg(&numbered_commands("ship1", 0..10));
     central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 10);
     nats.stop();
@@ -71,7 +90,11 @@ fn the_broker_stopped_and_restarted_loses_nothing() {
 fn a_node_started_before_its_broker_sends_when_the_broker_comes() {
     let mut nats = NatsServer::start();
     nats.stop();
-    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"],
+    );
     central.append_inmsg(&command("ship1", &["echo", "waited for the broker"]));
     central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
     std::thread::sleep(Duration::from_secs(1));
@@ -83,12 +106,20 @@ fn a_node_started_before_its_broker_sends_when_the_broker_comes() {
 #[test]
 fn sigterm_stops_cleanly_and_unfinished_work_resumes_on_the_next_start() {
     let nats = NatsServer::start();
-    let mut central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=1", "--defaultMessageRetries=100"]);
+    let mut central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=1", "--defaultMessageRetries=100"],
+    );
     central.append_inmsg(&numbered_commands("ship1", 0..5));
     central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
     let started = std::time::Instant::now();
     assert_eq!(central.terminate(), Some(0), "exit status after SIGTERM");
-    assert!(started.elapsed() < Duration::from_secs(7), "stopping took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "stopping took {:?}",
+        started.elapsed()
+    );
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     central.restart();
     central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 5);
@@ -101,13 +132,29 @@ fn sigterm_stops_cleanly_and_unfinished_work_resumes_on_the_next_start() {
 fn a_receiver_killed_while_commands_run_gets_them_again() {
     let nats = NatsServer::start();
     let mut ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=3", "--defaultMessageRetries=20"]);
-    central.append_inmsg(&command("ship1", &["sh", "-c", "echo started >> ran.txt; sleep 1; echo finished"]));
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=3", "--defaultMessageRetries=20"],
+    );
+    central.append_inmsg(&command(
+        "ship1",
+        &[
+            "sh",
+            "-c",
+            "echo started >> ran.txt; sleep 1; echo finished",
+        ],
+    ));
     ship1.wait_for("ran.txt", "started");
     ship1.kill9();
     std::thread::sleep(Duration::from_millis(500));
     ship1.restart();
     let reply = central.wait_for("replies/ship1.CLICommand.log", "finished");
     assert_eq!(reply.matches("finished").count(), 1);
-    report("receiver_kill9", 1, 1, ship1.read("ran.txt").lines().count() - 1);
+    report(
+        "receiver_kill9",
+        1,
+        1,
+        ship1.read("ran.txt").lines().count() - 1,
+    );
 }

@@ -53,8 +53,14 @@ fn several_messages_at_once() {
     }
 ]"#,
     );
-    central.wait_for("replies/ship1.CLICommand.log", "from=ship1 status=Ok exit=0");
-    central.wait_for("replies/ship2.CLICommand.log", "from=ship2 status=Ok exit=0");
+    central.wait_for(
+        "replies/ship1.CLICommand.log",
+        "from=ship1 status=Ok exit=0",
+    );
+    central.wait_for(
+        "replies/ship2.CLICommand.log",
+        "from=ship2 status=Ok exit=0",
+    );
 }
 
 #[test]
@@ -78,7 +84,10 @@ fn custom_timeout_and_retries() {
     // netstat may not be installed; either way the command ran and its status came back.
     let reply = central.wait_for("replies/ship1.CLICommand.log", "from=ship1 status=Ok exit=");
     let log = central.read("message-log.txt");
-    assert!(log.contains("\"timeout\":3") && log.contains("\"retries\":3"), "{log}");
+    assert!(
+        log.contains("\"timeout\":3") && log.contains("\"retries\":3"),
+        "{log}"
+    );
     assert!(log.contains("\"outcome\":\"acked\""), "{log}");
     assert!(!reply.is_empty());
 }
@@ -109,7 +118,10 @@ fn an_event_from_a_ship_to_central() {
         .status()
         .unwrap();
     assert!(status.success());
-    let logged = central.wait_for("textlog/ship1.log", "some message sent from a ship for testing\n");
+    let logged = central.wait_for(
+        "textlog/ship1.log",
+        "some message sent from a ship for testing\n",
+    );
     assert_eq!(logged, "some message sent from a ship for testing\n");
     ship1.wait_for("replies/central.TextLogging.log", "status=Ok");
 }

@@ -80,7 +80,11 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
         }
         // Wake at least every 200 ms: the command may have exited while a background child
         // of its still holds the pipe open.
-        let wait = if killed { Duration::from_millis(200) } else { left.min(Duration::from_millis(200)) };
+        let wait = if killed {
+            Duration::from_millis(200)
+        } else {
+            left.min(Duration::from_millis(200))
+        };
         match poll_readable(&reader, wait) {
             Ok(true) => match reader.read(&mut buf) {
                 Ok(0) => break,
@@ -106,7 +110,9 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     };
     let mut text = String::from_utf8_lossy(&output).into_owned();
     if dropped > 0 {
-        text.push_str(&format!("\n[steward: {dropped} more bytes of output not kept]\n"));
+        text.push_str(&format!(
+            "\n[steward: {dropped} more bytes of output not kept]\n"
+        ));
     }
     if killed {
         text.push_str(&format!(
@@ -114,9 +120,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
             deadline.as_secs_f64()
         ));
     }
-    let exit_code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s));
+    let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
     Outcome {
         status: Status::Ok,
         exit_code,
@@ -145,7 +149,11 @@ fn poll_readable(file: &File, timeout: Duration) -> std::io::Result<bool> {
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
     if n < 0 {
         let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
     }
     Ok(n > 0)
 }
@@ -167,7 +175,11 @@ mod tests {
 
     #[test]
     fn output_and_exit_status_come_back() {
-        let o = run(&argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]), Path::new("/"), Duration::from_secs(5));
+        let o = run(
+            &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+            Path::new("/"),
+            Duration::from_secs(5),
+        );
         assert_eq!(o.status, Status::Ok);
         assert_eq!(o.exit_code, Some(3));
         assert_eq!(o.output, "out\nerr\n");
@@ -176,8 +188,16 @@ mod tests {
     #[test]
     fn the_deadline_kills_the_whole_group() {
         let t = Instant::now();
-        let o = run(&argv(&["sh", "-c", "sleep 30 & sleep 30; echo never"]), Path::new("/"), Duration::from_millis(300));
-        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        let o = run(
+            &argv(&["sh", "-c", "sleep 30 & sleep 30; echo never"]),
+            Path::new("/"),
+            Duration::from_millis(300),
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
         assert_eq!(o.exit_code, Some(128 + libc::SIGKILL));
         assert!(o.output.contains("killed after"), "{}", o.output);
         assert!(!o.output.contains("never"));
@@ -185,16 +205,31 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_an_error_not_a_crash() {
-        let o = run(&argv(&["/no/such/program"]), Path::new("/"), Duration::from_secs(1));
+        let o = run(
+            &argv(&["/no/such/program"]),
+            Path::new("/"),
+            Duration::from_secs(1),
+        );
         assert_eq!(o.status, Status::Error);
         assert!(o.output.contains("/no/such/program"));
-        assert_eq!(run(&[], Path::new("/"), Duration::from_secs(1)).status, Status::Error);
+        assert_eq!(
+            run(&[], Path::new("/"), Duration::from_secs(1)).status,
+            Status::Error
+        );
     }
 
     #[test]
     fn runaway_output_is_capped() {
-        let o = run(&argv(&["sh", "-c", "head -c 1000000 /dev/zero"]), Path::new("/"), Duration::from_secs(10));
+        let o = run(
+            &argv(&["sh", "-c", "head -c 1000000 /dev/zero"]),
+            Path::new("/"),
+            Duration::from_secs(10),
+        );
         assert!(o.output.len() < MAX_OUTPUT + 200);
-        assert!(o.output.contains("737856 more bytes"), "{}", &o.output[o.output.len() - 80..]);
+        assert!(
+            o.output.contains("737856 more bytes"),
+            "{}",
+            &o.output[o.output.len() - 80..]
+        );
     }
 }

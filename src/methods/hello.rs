@@ -66,7 +66,10 @@ impl Method for Hello {
             seen.loaded = true;
             if let Ok(bytes) = std::fs::read(node.data.hello_nodes()) {
                 if let Ok(file) = serde_json::from_slice::<BTreeMap<String, Entry>>(&bytes) {
-                    seen.last = file.into_iter().map(|(n, e)| (n, e.last_seen_unix_ms)).collect();
+                    seen.last = file
+                        .into_iter()
+                        .map(|(n, e)| (n, e.last_seen_unix_ms))
+                        .collect();
                 }
             }
         }

@@ -53,7 +53,8 @@ impl Process for Inbox {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
         let root = self.node.data.root.clone();
         let mut taken = self.leftovers()?;
-        self.state.set(format!("watching {}", self.node.data.inmsg().display()));
+        self.state
+            .set(format!("watching {}", self.node.data.inmsg().display()));
         loop {
             let inmsg = self.node.data.inmsg();
             if fs::metadata(&inmsg).map(|m| m.len() > 0).unwrap_or(false) {
@@ -123,7 +124,10 @@ impl Inbox {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(format!("cannot open {}: {e}", t.path.display())),
         };
-        let size = file.metadata().map_err(|e| format!("{}: {e}", t.path.display()))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", t.path.display()))?
+            .len();
         if size != t.size_seen {
             t.size_seen = size;
             t.changed = Instant::now();
@@ -153,7 +157,10 @@ impl Inbox {
         let err = |e: std::io::Error| format!("cannot read {}: {e}", t.path.display());
         file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
         let mut bytes = Vec::new();
-        file.by_ref().take(MAX_BATCH as u64).read_to_end(&mut bytes).map_err(err)?;
+        file.by_ref()
+            .take(MAX_BATCH as u64)
+            .read_to_end(&mut bytes)
+            .map_err(err)?;
         if bytes.is_empty() {
             return Ok(());
         }
@@ -170,7 +177,10 @@ impl Inbox {
         if count > 0 {
             log::info!("took {count} message(s) from inmsg.txt");
         }
-        t.line += bytes[..parsed.consumed].iter().filter(|&&b| b == b'\n').count();
+        t.line += bytes[..parsed.consumed]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
         t.offset = offset;
         Ok(())
     }
@@ -184,7 +194,12 @@ impl Inbox {
         let path = self.node.data.rejected();
         let mut text = String::new();
         for r in rejected {
-            text.push_str(&format!("# {} rejected: {}\n{}\n", crate::files::now_rfc3339(), r.error, r.text.trim_end()));
+            text.push_str(&format!(
+                "# {} rejected: {}\n{}\n",
+                crate::files::now_rfc3339(),
+                r.error,
+                r.text.trim_end()
+            ));
         }
         crate::files::append(&path, text.as_bytes(), true)
             .map_err(|e| format!("cannot keep rejected input in {}: {e}", path.display()))?;

@@ -51,7 +51,11 @@ impl Process for Publisher {
             .subscribe(&format!("{inbox}.*"))
             .map_err(|e| format!("cannot subscribe to replies: {e}"))?;
         loop {
-            let current = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let current = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let entry = match current {
                 Some(entry) => entry,
                 None => {
@@ -67,7 +71,13 @@ impl Process for Publisher {
             };
             *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
             let delivery = if entry.envelope.message.kind.wants_ack() {
-                self.deliver_acked(&conn, &replies, &format!("{inbox}.{}", entry.seq), &entry, stop)
+                self.deliver_acked(
+                    &conn,
+                    &replies,
+                    &format!("{inbox}.{}", entry.seq),
+                    &entry,
+                    stop,
+                )
             } else {
                 self.publish_once(&conn, &entry, stop)
             };
@@ -161,7 +171,12 @@ impl Publisher {
         Delivery::Failed(format!("{attempts} attempts failed; last: {last_error}"))
     }
 
-    fn publish_once(&self, conn: &nats::Connection, entry: &Entry, stop: &Receiver<()>) -> Delivery {
+    fn publish_once(
+        &self,
+        conn: &nats::Connection,
+        entry: &Entry,
+        stop: &Receiver<()>,
+    ) -> Delivery {
         let subject = self.subject.to_string();
         let payload = entry.envelope.encode();
         let mut attempt = 0;
@@ -174,7 +189,8 @@ impl Publisher {
                 }
                 Err(e) => {
                     attempt += 1;
-                    self.state.set(format!("cannot publish {}: {e}", entry.envelope.id));
+                    self.state
+                        .set(format!("cannot publish {}: {e}", entry.envelope.id));
                     if sleep_or_stop(stop, broker::backoff(attempt, Duration::from_secs(30))) {
                         return Delivery::Stopped;
                     }
@@ -199,7 +215,10 @@ impl Publisher {
                     self.subject,
                     envelope.id,
                     reply.status,
-                    reply.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default()
+                    reply
+                        .exit_code
+                        .map(|c| format!(" exit {c}"))
+                        .unwrap_or_default()
                 );
                 let record = format!(
                     "=== {} id={} from={} status={:?}{}\n{}{}",
@@ -207,9 +226,16 @@ impl Publisher {
                     envelope.id,
                     reply.from_node,
                     reply.status,
-                    reply.exit_code.map(|c| format!(" exit={c}")).unwrap_or_default(),
+                    reply
+                        .exit_code
+                        .map(|c| format!(" exit={c}"))
+                        .unwrap_or_default(),
                     reply.output,
-                    if reply.output.ends_with('\n') || reply.output.is_empty() { "" } else { "\n" }
+                    if reply.output.ends_with('\n') || reply.output.is_empty() {
+                        ""
+                    } else {
+                        "\n"
+                    }
                 );
                 let path = node.data.replies(&message.to_node, method);
                 if let Err(e) = crate::files::append(&path, record.as_bytes(), true) {
@@ -217,7 +243,10 @@ impl Publisher {
                 }
                 if reply.status == Status::Refused {
                     // The receiver reported the refusal to central itself; keep the message.
-                    self.keep_failed(entry, &format!("refused by {}: {}", reply.from_node, reply.output))?;
+                    self.keep_failed(
+                        entry,
+                        &format!("refused by {}: {}", reply.from_node, reply.output),
+                    )?;
                     "refused"
                 } else {
                     "acked"

@@ -76,23 +76,46 @@ impl Process for Subscriber {
     }
 }
 
-fn handle(method: &dyn Method, node: &Node, recent: &Recent, conn: &nats::Connection, msg: nats::Message) {
+fn handle(
+    method: &dyn Method,
+    node: &Node,
+    recent: &Recent,
+    conn: &nats::Connection,
+    msg: nats::Message,
+) {
     let name = method.name();
     let (id, from, outcome, label) = match check(node, &msg) {
         Err((id, from, why)) => {
-            let why = format!("{} refused a message on {}: {why}", node.config.node, msg.subject);
+            let why = format!(
+                "{} refused a message on {}: {why}",
+                node.config.node, msg.subject
+            );
             node.report_error(why.clone());
             (id, from, Outcome::refused(why), "refused")
         }
         Ok(envelope) => match recent.begin(&envelope.id) {
             Seen::Running => {
-                node.metrics.received.with_label_values(&[name, "duplicate"]).inc();
-                log::info!("{}: {} is still running; its reply will answer this retry", msg.subject, envelope.id);
+                node.metrics
+                    .received
+                    .with_label_values(&[name, "duplicate"])
+                    .inc();
+                log::info!(
+                    "{}: {} is still running; its reply will answer this retry",
+                    msg.subject,
+                    envelope.id
+                );
                 return;
             }
             Seen::Done(reply) => {
-                node.metrics.received.with_label_values(&[name, "duplicate"]).inc();
-                log::info!("{}: {} already handled; sending the stored reply", msg.subject, envelope.id);
+                node.metrics
+                    .received
+                    .with_label_values(&[name, "duplicate"])
+                    .inc();
+                log::info!(
+                    "{}: {} already handled; sending the stored reply",
+                    msg.subject,
+                    envelope.id
+                );
                 send_reply(conn, &msg, &reply);
                 return;
             }
@@ -108,7 +131,10 @@ fn handle(method: &dyn Method, node: &Node, recent: &Recent, conn: &nats::Connec
             }
         },
     };
-    node.metrics.received.with_label_values(&[name, label]).inc();
+    node.metrics
+        .received
+        .with_label_values(&[name, label])
+        .inc();
     let reply = Reply {
         id: id.clone(),
         from_node: node.config.node.clone(),
@@ -137,7 +163,12 @@ fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, 
             m.method
         ));
     }
-    if m.kind.is_command() && !node.config.allow_commands_from.contains(&envelope.from_node) {
+    if m.kind.is_command()
+        && !node
+            .config
+            .allow_commands_from
+            .contains(&envelope.from_node)
+    {
         return refuse(format!(
             "{} may not send commands here (allowed: {})",
             envelope.from_node,
@@ -161,7 +192,9 @@ fn send_reply(conn: &nats::Connection, msg: &nats::Message, reply: &Reply) {
             cut -= 1;
         }
         trimmed.output.truncate(cut);
-        trimmed.output.push_str("\n[steward: output trimmed to the broker's payload limit]\n");
+        trimmed
+            .output
+            .push_str("\n[steward: output trimmed to the broker's payload limit]\n");
         bytes = trimmed.encode();
     }
     if let Err(e) = broker::publish(conn, to, None, &bytes) {

@@ -13,13 +13,21 @@ use std::time::{Duration, Instant};
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, up: bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
-        assert!(Instant::now() < deadline, "port {port} did not come {}", if up { "up" } else { "down" });
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not come {}",
+            if up { "up" } else { "down" }
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -141,7 +149,11 @@ impl Node {
     /// Starts the node again (after `kill9` or `terminate`), same folder and flags.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_steward"))
             .args(&self.args)
             .arg(format!("--dataFolder={}", self.dir.path().display()))
@@ -154,8 +166,18 @@ impl Node {
         // Ready once its metrics endpoint answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.prom_port)).is_err() {
-            assert!(self.is_running(), "{} exited at start:\n{}", self.name, self.log());
-            assert!(Instant::now() < deadline, "{} did not start:\n{}", self.name, self.log());
+            assert!(
+                self.is_running(),
+                "{} exited at start:\n{}",
+                self.name,
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -185,7 +207,11 @@ impl Node {
             if let Some(status) = c.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "{} did not stop on SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -197,7 +223,11 @@ impl Node {
     /// Appends to inmsg.txt exactly as `cat myfile.json >> inmsg.txt` does.
     pub fn append_inmsg(&self, text: &str) {
         use std::io::Write;
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(self.path("inmsg.txt")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("inmsg.txt"))
+            .unwrap();
         f.write_all(text.as_bytes()).unwrap();
     }
 
@@ -227,23 +257,34 @@ impl Node {
 
     /// Waits until `rel` contains `needle`, and returns its content.
     pub fn wait_for(&self, rel: &str, needle: &str) -> String {
-        self.wait_until(rel, &format!("contained {needle:?}"), |t| t.contains(needle))
+        self.wait_until(rel, &format!("contained {needle:?}"), |t| {
+            t.contains(needle)
+        })
     }
 
     /// Waits until `rel` has `n` occurrences of `needle`.
     pub fn wait_count(&self, rel: &str, needle: &str, n: usize) -> String {
-        self.wait_until(rel, &format!("held {n} × {needle:?}"), |t| t.matches(needle).count() >= n)
+        self.wait_until(rel, &format!("held {n} × {needle:?}"), |t| {
+            t.matches(needle).count() >= n
+        })
     }
 
     /// One metric's value from /metrics over real HTTP (0 if absent).
     pub fn metric(&self, name_and_labels: &str) -> f64 {
         use std::io::{Read, Write};
         let mut s = TcpStream::connect(("127.0.0.1", self.prom_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0)
     }
 }
@@ -265,7 +306,10 @@ fn tail(s: &str, n: usize) -> String {
 
 fn unsafe_kill(pid: u32, sig: i32) {
     // Through kill(1), to keep the tests free of unsafe code.
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// One CLICommand message, in the seed's JSON form.

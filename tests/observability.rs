@@ -1,0 +1,71 @@
+//! Metrics scraped over real HTTP move as messages flow; the profiling port shows the
+//! process table.
+
+mod common;
+use common::{command, free_port, NatsServer, Node};
+use std::io::{Read, Write};
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn metrics_count_what_flows() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
+    assert_eq!(central.metric(acked), 0.0);
+    let batch: String = (0..3)
+        .map(|i| command("ship1", &["echo", &i.to_string()]))
+        .collect();
+    central.append_inmsg(&batch);
+    central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 3);
+    assert_eq!(central.metric(acked), 3.0);
+    assert_eq!(
+        central.metric("steward_messages_accepted_total{method=\"CLICommand\"}"),
+        3.0
+    );
+    assert_eq!(
+        central.metric("steward_messages_sent_total{method=\"CLICommand\"}"),
+        3.0
+    );
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"ok\"}"),
+        3.0
+    );
+    assert_eq!(central.metric("steward_broker_connected"), 1.0);
+    assert!(central.metric("steward_processes_running") >= 6.0);
+    let page = http_get(central.prom_port, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("# TYPE steward_messages_acked_total counter"));
+    assert!(http_get(central.prom_port, "/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn the_profiling_port_shows_the_process_table() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &[&format!("--profilingPort={port}")],
+    );
+    central.append_inmsg(&command("ship1", &["true"]));
+    central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
+    let page = http_get(port, "/");
+    for row in [
+        "publisher ship1.CommandACK.CLICommand",
+        "subscriber CLICommand",
+        "inbox",
+        "hello",
+        "restarts",
+    ] {
+        assert!(page.contains(row), "{row} missing:\n{page}");
+    }
+}
