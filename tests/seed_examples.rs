@@ -83,7 +83,7 @@ fn custom_timeout_and_retries() {
     );
     // netstat may not be installed; either way the command ran and its status came back.
     let reply = central.wait_for("replies/ship1.CLICommand.log", "from=ship1 status=Ok exit=");
-    let log = central.read("message-log.txt");
+    let log = central.wait_for("message-log.txt", "\"outcome\":\"acked\"");
     assert!(
         log.contains("\"timeout\":3") && log.contains("\"retries\":3"),
         "{log}"
