@@ -156,3 +156,31 @@ fn errors_reach_only_the_central_error_logger() {
     assert!(reply.contains("not the central error logger"), "{reply}");
     assert!(!ship1.path("errors.log").exists());
 }
+
+#[test]
+fn a_failing_publisher_is_restarted_reported_and_loses_nothing() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    // failed-messages.txt cannot be written while a folder stands in its place: the
+    // publisher that must keep a failed message fails, and is restarted with backoff.
+    std::fs::create_dir(central.path("failed-messages.txt")).unwrap();
+    central.append_inmsg(r#"[{"toNode":"ship9","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0}]"#);
+    let errors = central.wait_for(
+        "errors.log",
+        "process publisher ship9.CommandACK.CLICommand failed",
+    );
+    assert!(errors.contains("cannot keep failed message"), "{errors}");
+    assert!(central.metric("steward_process_restarts_total") >= 1.0);
+    // Once the fault is gone, the restarted publisher finishes the same message.
+    std::fs::remove_dir(central.path("failed-messages.txt")).unwrap();
+    let failed = central.wait_for("failed-messages.txt", "ship9");
+    assert_eq!(
+        failed.matches("\"toNode\": \"ship9\"").count(),
+        1,
+        "{failed}"
+    );
+    // Other subjects were never held up.
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.append_inmsg(&command("ship1", &["echo", "unaffected"]));
+    central.wait_for("replies/ship1.CLICommand.log", "unaffected");
+}

@@ -281,10 +281,6 @@ impl Publisher {
     /// Keeps a message that was not delivered in failed-messages.txt, in inmsg.txt form.
     fn keep_failed(&self, entry: &Entry, why: &str) -> Result<(), String> {
         let node = &self.node;
-        node.metrics
-            .failed
-            .with_label_values(&[entry.envelope.message.method.as_str()])
-            .inc();
         let text = format!(
             "{}\n",
             serde_json::to_string_pretty(&[&entry.envelope.message]).expect("a Message serializes")
@@ -296,6 +292,10 @@ impl Publisher {
                 node.data.failed().display()
             )
         })?;
+        node.metrics
+            .failed
+            .with_label_values(&[entry.envelope.message.method.as_str()])
+            .inc();
         log::warn!("{why}; kept in {}", node.data.failed().display());
         Ok(())
     }
