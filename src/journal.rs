@@ -17,6 +17,8 @@
 //!   2 Accepted     seq: u64 LE, envelope: JSON (the wire form)
 //!   3 Done         seq: u64 LE
 //!   4 InboxOffset  offset: u64 LE, file name: UTF-8
+//!   5 Started      message id: UTF-8           (received.log, see crate::received)
+//!   6 Finished     reply: JSON (the wire form)  (received.log)
 //! ```
 //!
 //! `crc` is CRC-32 (IEEE) of the body. A reader that meets a record that is short, too long,
@@ -50,10 +52,28 @@ const COMPACT_RATIO: u64 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Checkpoint { next_seq: u64 },
-    Accepted { seq: u64, envelope: Vec<u8> },
-    Done { seq: u64 },
-    InboxOffset { file: String, offset: u64 },
+    Checkpoint {
+        next_seq: u64,
+    },
+    Accepted {
+        seq: u64,
+        envelope: Vec<u8>,
+    },
+    Done {
+        seq: u64,
+    },
+    InboxOffset {
+        file: String,
+        offset: u64,
+    },
+    /// A receiver began running a message (see [`crate::received`]).
+    Started {
+        id: String,
+    },
+    /// A receiver finished a message; its reply, which names the id.
+    Finished {
+        reply: Vec<u8>,
+    },
 }
 
 /// Appends the encoded record to `out`.
@@ -78,6 +98,14 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(4);
             out.extend_from_slice(&offset.to_le_bytes());
             out.extend_from_slice(file.as_bytes());
+        }
+        Record::Started { id } => {
+            out.push(5);
+            out.extend_from_slice(id.as_bytes());
+        }
+        Record::Finished { reply } => {
+            out.push(6);
+            out.extend_from_slice(reply);
         }
     }
     let body_len = out.len() - start - HEADER;
@@ -152,6 +180,12 @@ fn decode_body(body: &[u8]) -> Option<Record> {
         4 => Record::InboxOffset {
             offset: u64_at(1)?,
             file: String::from_utf8(body.get(9..)?.to_vec()).ok()?,
+        },
+        5 => Record::Started {
+            id: String::from_utf8(body.get(1..)?.to_vec()).ok()?,
+        },
+        6 => Record::Finished {
+            reply: body.get(1..)?.to_vec(),
         },
         _ => return None,
     })
@@ -254,6 +288,7 @@ impl Journal {
                 Record::InboxOffset { file, offset } => {
                     journal.inbox_offsets.insert(file, offset);
                 }
+                Record::Started { .. } | Record::Finished { .. } => {}
             }
         }
         for (seq, bytes) in envelopes {
@@ -473,6 +508,12 @@ mod tests {
             Record::InboxOffset {
                 file: "inmsg.taking-1".into(),
                 offset: 99,
+            },
+            Record::Started {
+                id: "central-1-7".into(),
+            },
+            Record::Finished {
+                reply: b"{}".to_vec(),
             },
         ];
         let mut buf = Vec::new();

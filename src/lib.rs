@@ -21,6 +21,7 @@
 //! - [`config`]: flags → a validated [`config::Config`].
 //! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
 //! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
+//! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
 //! - [`supervisor`]: the process table; spawns, restarts, stops.
 //! - [`process`]: inbox, publisher, subscriber, hello: one thread each.
@@ -39,6 +40,7 @@ pub mod methods;
 pub mod metrics;
 pub mod node;
 pub mod process;
+pub mod received;
 pub mod subject;
 pub mod supervisor;
 
@@ -102,6 +104,11 @@ pub fn run(config: Config) -> Result<(), Error> {
             ),
             source,
         })?;
+    let received =
+        received::Received::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
+            context: format!("cannot open {}/received.log", data.journal_dir().display()),
+            source,
+        })?;
     let metrics = Arc::new(metrics::Metrics::new());
     let broker = broker::Broker::connect(&config.node, &config.brokers, metrics.clone());
     let (events_tx, events) = crossbeam_channel::unbounded();
@@ -110,6 +117,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         broker,
         metrics.clone(),
         journal,
+        received,
         events_tx.clone(),
     ));
     log::info!(

@@ -12,6 +12,7 @@ use crate::files::DataFolder;
 use crate::journal::{Entry, Journal};
 use crate::message::{Kind, Message};
 use crate::metrics::Metrics;
+use crate::received::Received;
 use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -23,6 +24,8 @@ pub struct Node {
     pub data: DataFolder,
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
+    /// What this node has received and handled (exactly-once effect).
+    pub received: Received,
     journal: Mutex<Journal>,
     supervisor: Sender<Event>,
     pub handlers: Permits,
@@ -34,6 +37,7 @@ impl Node {
         broker: Arc<Broker>,
         metrics: Arc<Metrics>,
         journal: Journal,
+        received: Received,
         supervisor: Sender<Event>,
     ) -> Node {
         Node {
@@ -42,6 +46,7 @@ impl Node {
             config,
             broker,
             metrics,
+            received,
             journal: Mutex::new(journal),
             supervisor,
         }

@@ -89,9 +89,8 @@ impl Supervisor {
                 state,
             })
         });
-        let recent = Arc::new(subscriber::Recent::default());
         for method in crate::methods::registry() {
-            let (node, recent, m) = (self.node.clone(), recent.clone(), method.clone());
+            let (node, m) = (self.node.clone(), method.clone());
             self.add(
                 format!("subscriber {}", method.name()),
                 None,
@@ -99,7 +98,6 @@ impl Supervisor {
                     Box::new(subscriber::Subscriber {
                         method: m.clone(),
                         node: node.clone(),
-                        recent: recent.clone(),
                         state,
                     })
                 },

@@ -9,24 +9,25 @@
 //! central error logger. ACK kinds are answered only after the method has run.
 //!
 //! A retry of a message already handled (its ACK was lost) is answered with the stored
-//! reply rather than run again; one still running is left to its first run's reply.
+//! reply rather than run again; one still running is left to its first run's reply; one
+//! that was running when this node died is answered with an error saying so (see
+//! [`crate::received`]).
 
 use super::{Process, State};
 use crate::broker;
 use crate::message::{Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
+use crate::received::Seen;
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
-use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Subscriber {
     pub method: Arc<dyn Method>,
     pub node: Arc<Node>,
-    pub recent: Arc<Recent>,
     pub state: Arc<State>,
 }
 
@@ -52,13 +53,12 @@ impl Process for Subscriber {
                     let Some(permit) = self.node.handlers.acquire(stop) else {
                         return Ok(());
                     };
-                    let (method, node, recent, conn) =
-                        (self.method.clone(), self.node.clone(), self.recent.clone(), conn.clone());
+                    let (method, node, conn) = (self.method.clone(), self.node.clone(), conn.clone());
                     let spawned = std::thread::Builder::new()
                         .name(format!("handle {}", method.name()).chars().take(15).collect())
                         .stack_size(256 * 1024)
                         .spawn(move || {
-                            handle(&*method, &node, &recent, &conn, msg);
+                            handle(&*method, &node, &conn, msg);
                             drop(permit);
                         });
                     if let Err(e) = spawned {
@@ -76,13 +76,7 @@ impl Process for Subscriber {
     }
 }
 
-fn handle(
-    method: &dyn Method,
-    node: &Node,
-    recent: &Recent,
-    conn: &nats::Connection,
-    msg: nats::Message,
-) {
+fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::Message) {
     let name = method.name();
     let (id, from, outcome, label) = match check(node, &msg) {
         Err((id, from, why)) => {
@@ -93,8 +87,8 @@ fn handle(
             node.report_error(why.clone());
             (id, from, Outcome::refused(why), "refused")
         }
-        Ok(envelope) => match recent.begin(&envelope.id) {
-            Seen::Running => {
+        Ok(envelope) => match node.received.begin(&envelope.id) {
+            Ok(Seen::Running) => {
                 node.metrics
                     .received
                     .with_label_values(&[name, "duplicate"])
@@ -106,7 +100,7 @@ fn handle(
                 );
                 return;
             }
-            Seen::Done(reply) => {
+            Ok(Seen::Done(reply)) => {
                 node.metrics
                     .received
                     .with_label_values(&[name, "duplicate"])
@@ -119,7 +113,29 @@ fn handle(
                 send_reply(conn, &msg, &reply);
                 return;
             }
-            Seen::New => {
+            Ok(Seen::Interrupted) => {
+                let why = format!(
+                    "{} was interrupted by a restart of {} before it finished; not run again",
+                    envelope.id, node.config.node
+                );
+                log::warn!("{}: {why}", msg.subject);
+                (
+                    envelope.id,
+                    envelope.from_node,
+                    Outcome::error(why),
+                    "error",
+                )
+            }
+            Err(e) => {
+                // Not run: without a durable record it might run twice. The sender retries.
+                log::error!(
+                    "{}: cannot record {} as started: {e}",
+                    msg.subject,
+                    envelope.id
+                );
+                return;
+            }
+            Ok(Seen::New) => {
                 let outcome = catch_unwind(AssertUnwindSafe(|| method.handle(&envelope, node)))
                     .unwrap_or_else(|_| Outcome::error(format!("method {name} panicked")));
                 let label = match outcome.status {
@@ -136,15 +152,21 @@ fn handle(
         .with_label_values(&[name, label])
         .inc();
     let reply = Reply {
-        id: id.clone(),
+        id,
         from_node: node.config.node.clone(),
         status: outcome.status,
         exit_code: outcome.exit_code,
         output: outcome.output,
     };
-    log::debug!("{}: {id} from {from}: {label}", msg.subject);
-    if !id.is_empty() {
-        recent.finish(&id, reply.clone());
+    log::debug!("{}: {} from {from}: {label}", msg.subject, reply.id);
+    if label != "refused" {
+        if let Err(e) = node.received.finish(&reply) {
+            log::error!(
+                "{}: cannot record the reply to {}: {e}",
+                msg.subject,
+                reply.id
+            );
+        }
     }
     send_reply(conn, &msg, &reply);
 }
@@ -200,51 +222,5 @@ fn send_reply(conn: &nats::Connection, msg: &nats::Message, reply: &Reply) {
     if let Err(e) = broker::publish(conn, to, None, &bytes) {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", reply.id);
-    }
-}
-
-/// What the receiver remembers of recently received message ids.
-pub enum Seen {
-    New,
-    Running,
-    Done(Reply),
-}
-
-/// Ids of recently handled messages and their replies, bounded to the last [`RECENT`].
-#[derive(Default)]
-pub struct Recent(Mutex<RecentInner>);
-
-#[derive(Default)]
-struct RecentInner {
-    replies: HashMap<String, Option<Reply>>,
-    order: VecDeque<String>,
-}
-
-const RECENT: usize = 10_000;
-
-impl Recent {
-    pub fn begin(&self, id: &str) -> Seen {
-        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match r.replies.get(id) {
-            Some(Some(reply)) => Seen::Done(reply.clone()),
-            Some(None) => Seen::Running,
-            None => {
-                r.replies.insert(id.to_string(), None);
-                r.order.push_back(id.to_string());
-                while r.order.len() > RECENT {
-                    if let Some(old) = r.order.pop_front() {
-                        r.replies.remove(&old);
-                    }
-                }
-                Seen::New
-            }
-        }
-    }
-
-    pub fn finish(&self, id: &str, reply: Reply) {
-        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = r.replies.get_mut(id) {
-            *slot = Some(reply);
-        }
     }
 }

@@ -1,0 +1,265 @@
+//! What this node has received: the receiver's half of "nothing run twice".
+//!
+//! Every message carries an id that stays the same across the sender's retries and
+//! restarts. Before a method runs, the receiver writes `Started{id}` to
+//! `journal/received.log` and fsyncs it; when it has run, `Finished{reply}`, fsync'd before
+//! the ACK goes out. So a retry whose first ACK was lost is answered from the stored reply,
+//! and a retry of a message that was running when the receiver died is answered with an
+//! error saying so, instead of running it a second time. Both survive restarts.
+//!
+//! The record format is the journal's (see [`crate::journal`]). The file keeps the last
+//! [`KEEP`] ids: when it grows past [`COMPACT_BYTES`] it is rewritten with only those.
+
+use crate::journal::{decode, encode, Record};
+use crate::message::Reply;
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// How many message ids are remembered.
+pub const KEEP: usize = 10_000;
+/// Size past which the file is compacted.
+const COMPACT_BYTES: u64 = 4 << 20;
+
+/// What the receiver knows of a message id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen: it has now been recorded as started; run it.
+    New,
+    /// Running now, in this process: its own reply will answer the sender.
+    Running,
+    /// Handled before: answer with this reply.
+    Done(Reply),
+    /// Started by an earlier run of this node that died before it finished.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Running,
+    Interrupted,
+    Done { offset: u64, len: u32 },
+}
+
+pub struct Received(Mutex<Inner>);
+
+struct Inner {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// Size right after the last compaction: compact again once the file doubles past it.
+    compacted_size: u64,
+    keep: usize,
+    states: HashMap<String, State>,
+    order: VecDeque<String>,
+}
+
+impl Received {
+    pub fn open(dir: &Path) -> io::Result<Received> {
+        Received::open_keeping(dir, KEEP)
+    }
+
+    /// As [`Received::open`], remembering the last `keep` ids.
+    pub fn open_keeping(dir: &Path, keep: usize) -> io::Result<Received> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("received.log");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let decoded = decode(&bytes);
+        if let Some(why) = &decoded.corruption {
+            log::warn!(
+                "{}: {why}; cut {} bytes",
+                path.display(),
+                bytes.len() as u64 - decoded.valid_len
+            );
+            file.set_len(decoded.valid_len)?;
+            file.sync_all()?;
+        }
+        let mut inner = Inner {
+            path,
+            file,
+            size: decoded.valid_len,
+            compacted_size: 0,
+            keep,
+            states: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        for (offset, len, record) in decoded.records {
+            match record {
+                Record::Started { id } => inner.remember(id, State::Interrupted),
+                Record::Finished { reply } => {
+                    if let Ok(r) = Reply::decode(&reply) {
+                        inner.remember(r.id, State::Done { offset, len });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Received(Mutex::new(inner)))
+    }
+
+    /// Looks an id up; a new one is recorded (durably) as started before this returns.
+    pub fn begin(&self, id: &str) -> io::Result<Seen> {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.states.get(id).copied() {
+            Some(State::Running) => Ok(Seen::Running),
+            Some(State::Interrupted) => Ok(Seen::Interrupted),
+            Some(State::Done { offset, len }) => {
+                let mut buf = vec![0; len as usize];
+                inner.file.read_exact_at(&mut buf, offset)?;
+                match decode(&buf).records.pop() {
+                    Some((_, _, Record::Finished { reply })) => Reply::decode(&reply)
+                        .map(Seen::Done)
+                        .map_err(io::Error::other),
+                    _ => Err(io::Error::other(format!(
+                        "{}: stored reply for {id} unreadable",
+                        inner.path.display()
+                    ))),
+                }
+            }
+            None => {
+                inner.append(&Record::Started { id: id.to_string() })?;
+                inner.remember(id.to_string(), State::Running);
+                Ok(Seen::New)
+            }
+        }
+    }
+
+    /// Records the reply of a message (durably) before it is sent.
+    pub fn finish(&self, reply: &Reply) -> io::Result<()> {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (offset, len) = inner.append(&Record::Finished {
+            reply: reply.encode(),
+        })?;
+        inner.remember(reply.id.clone(), State::Done { offset, len });
+        if inner.size > COMPACT_BYTES.max(2 * inner.compacted_size) {
+            inner.compact()?;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn remember(&mut self, id: String, state: State) {
+        if self.states.insert(id.clone(), state).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > self.keep {
+                if let Some(old) = self.order.pop_front() {
+                    self.states.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, record: &Record) -> io::Result<(u64, u32)> {
+        let mut buf = Vec::new();
+        encode(record, &mut buf);
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        let offset = self.size;
+        self.size += buf.len() as u64;
+        Ok((offset, buf.len() as u32))
+    }
+
+    /// Rewrites the file with only the remembered ids, oldest first.
+    fn compact(&mut self) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut states = HashMap::with_capacity(self.states.len());
+        for id in &self.order {
+            let state = match self.states[id] {
+                State::Done { offset, len } => {
+                    let start = buf.len();
+                    buf.resize(start + len as usize, 0);
+                    self.file.read_exact_at(&mut buf[start..], offset)?;
+                    State::Done {
+                        offset: start as u64,
+                        len,
+                    }
+                }
+                other => {
+                    encode(&Record::Started { id: id.clone() }, &mut buf);
+                    other
+                }
+            };
+            states.insert(id.clone(), state);
+        }
+        crate::files::write_atomically(&self.path, &buf)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = buf.len() as u64;
+        self.compacted_size = self.size;
+        self.states = states;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Status;
+
+    fn reply(id: &str, output: &str) -> Reply {
+        Reply {
+            id: id.into(),
+            from_node: "ship1".into(),
+            status: Status::Ok,
+            exit_code: Some(0),
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn a_handled_id_is_answered_from_the_stored_reply_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin("a").unwrap(), Seen::New);
+        assert_eq!(r.begin("a").unwrap(), Seen::Running);
+        r.finish(&reply("a", "out")).unwrap();
+        assert_eq!(r.begin("b").unwrap(), Seen::New);
+        drop(r);
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin("a").unwrap(), Seen::Done(reply("a", "out")));
+        assert_eq!(
+            r.begin("b").unwrap(),
+            Seen::Interrupted,
+            "b was running when we died"
+        );
+        assert_eq!(r.begin("c").unwrap(), Seen::New);
+    }
+
+    #[test]
+    fn only_the_last_ids_are_kept_and_the_file_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = 50;
+        let r = Received::open_keeping(dir.path(), keep).unwrap();
+        let big = "x".repeat(20_000);
+        for i in 0..(keep + 250) {
+            let id = format!("m{i}");
+            assert_eq!(r.begin(&id).unwrap(), Seen::New);
+            r.finish(&reply(&id, &big)).unwrap();
+        }
+        let size = std::fs::metadata(dir.path().join("received.log"))
+            .unwrap()
+            .len();
+        assert!(size <= COMPACT_BYTES + 21_000, "{size} bytes");
+        drop(r);
+        let r = Received::open_keeping(dir.path(), keep).unwrap();
+        assert_eq!(
+            r.begin("m0").unwrap(),
+            Seen::New,
+            "forgotten after `keep` newer ids"
+        );
+        let last = format!("m{}", keep + 249);
+        assert_eq!(r.begin(&last).unwrap(), Seen::Done(reply(&last, &big)));
+    }
+}
