@@ -6,6 +6,11 @@
 //! connection is up. After that the `nats` client reconnects by itself, forever, with
 //! backoff, across every server given; subscriptions are renewed on reconnect.
 //!
+//! While the link is down, [`Broker::wait`] blocks (no polling) until it is back, so
+//! publishers neither spin nor spend their retry budget on an outage of our own link;
+//! [`Broker::epoch`] counts disconnections, so an attempt that a disconnection interrupted
+//! is not counted either.
+//!
 //! The sync client flushes its write buffer at most every 5 ms per connection. Every send on
 //! the message path therefore ends with [`flush`], so a round trip costs a round trip, not
 //! the flush timer.
@@ -13,49 +18,69 @@
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The node's broker connection, once it exists.
 pub struct Broker {
     conn: OnceLock<nats::Connection>,
-    /// Closed (its sender dropped) when `conn` is set: a select-able "connected" signal.
-    ready: Receiver<()>,
+    link: Mutex<Link>,
+    epoch: AtomicU64,
+}
+
+/// A select-able "link is up" signal: `up` is a receiver whose sender is held while the
+/// link is down and dropped when it comes up, which wakes every waiter at once.
+struct Link {
+    up: Receiver<()>,
+    down: Option<Sender<()>>,
+}
+
+impl Link {
+    fn new_down() -> Link {
+        let (down, up) = crossbeam_channel::bounded(0);
+        Link {
+            up,
+            down: Some(down),
+        }
+    }
 }
 
 impl Broker {
     /// Starts connecting to `urls` in the background and returns at once.
     pub fn connect(node: &str, urls: &[String], metrics: Arc<Metrics>) -> Arc<Broker> {
-        let (ready_tx, ready) = crossbeam_channel::bounded::<()>(0);
         let broker = Arc::new(Broker {
             conn: OnceLock::new(),
-            ready,
+            link: Mutex::new(Link::new_down()),
+            epoch: AtomicU64::new(0),
         });
         let url_list = urls.join(",");
         let name = format!("steward {node}");
         let b = broker.clone();
         std::thread::Builder::new()
             .name("broker-connect".into())
-            .spawn(move || b.connect_loop(&name, &url_list, metrics, ready_tx))
+            .spawn(move || Broker::connect_loop(&b, &name, &url_list, metrics))
             .expect("spawning a thread at start-up");
         broker
     }
 
-    fn connect_loop(&self, name: &str, urls: &str, metrics: Arc<Metrics>, ready: Sender<()>) {
+    fn connect_loop(self: &Arc<Broker>, name: &str, urls: &str, metrics: Arc<Metrics>) {
         let mut attempt = 0u32;
         loop {
-            let m_down = metrics.clone();
-            let m_up = metrics.clone();
+            let (m_down, b_down) = (metrics.clone(), self.clone());
+            let (m_up, b_up) = (metrics.clone(), self.clone());
             let options = nats::Options::new()
                 .with_name(name)
                 .retry_on_failed_connect()
                 .max_reconnects(None)
                 .reconnect_delay_callback(|n| backoff(n as u32, Duration::from_secs(5)))
                 .disconnect_callback(move || {
+                    b_down.set_up(false);
                     m_down.broker_connected.set(0);
                     log::warn!("disconnected from the broker; messages wait in the journal");
                 })
                 .reconnect_callback(move || {
+                    b_up.set_up(true);
                     m_up.broker_connected.set(1);
                     m_up.broker_reconnects.inc();
                     log::info!("reconnected to the broker");
@@ -65,7 +90,7 @@ impl Broker {
                     log::info!("connected to the broker at {urls}");
                     metrics.broker_connected.set(1);
                     let _ = self.conn.set(conn);
-                    drop(ready);
+                    self.set_up(true);
                     return;
                 }
                 Err(e) => {
@@ -79,12 +104,35 @@ impl Broker {
         }
     }
 
-    /// Waits until connected, or until `stop` fires (then `None`).
+    fn set_up(&self, up: bool) {
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, link.down.is_some()) {
+            (true, true) => link.down = None, // wakes every waiter
+            (false, false) => {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                *link = Link::new_down();
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits until the link is up, or until `stop` fires (then `None`).
     pub fn wait(&self, stop: &Receiver<()>) -> Option<nats::Connection> {
+        let up = self
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .up
+            .clone();
         crossbeam_channel::select! {
-            recv(self.ready) -> _ => self.conn.get().cloned(),
+            recv(up) -> _ => self.conn.get().cloned(),
             recv(stop) -> _ => None,
         }
+    }
+
+    /// Counts disconnections: if it changed during an attempt, the link failed, not the peer.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     pub fn get(&self) -> Option<nats::Connection> {

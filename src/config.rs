@@ -36,6 +36,10 @@ pub struct Flags {
     /// (default 10)
     #[argh(option, default = "10")]
     pub default_message_timeout: u64,
+    /// default time to live in seconds: messages without their own "ttl" are retried
+    /// until it runs out, whatever the retries; 0 means use the retries (default 0)
+    #[argh(option, default = "0")]
+    pub default_message_ttl: u64,
     /// the number of the profiling port: serves the process table as plain text on
     /// 127.0.0.1 (or give host:port)
     #[argh(option)]
@@ -85,6 +89,7 @@ const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("centralErrorLogger", "central-error-logger", true),
     ("defaultMessageRetries", "default-message-retries", false),
     ("defaultMessageTimeout", "default-message-timeout", false),
+    ("defaultMessageTTL", "default-message-ttl", false),
     ("profilingPort", "profiling-port", false),
     ("promHostAndPort", "prom-host-and-port", false),
     ("dataFolder", "data-folder", false),
@@ -167,6 +172,8 @@ pub struct Config {
     pub central_error_logger: bool,
     pub default_retries: u32,
     pub default_timeout: Duration,
+    /// Seconds a message without its own `ttl` is retried, whatever its retries.
+    pub default_ttl: Option<u64>,
     pub profiling_addr: Option<String>,
     pub prom_addr: Option<String>,
     pub data_folder: PathBuf,
@@ -227,6 +234,7 @@ impl Config {
             central_error_logger: flags.central_error_logger,
             default_retries: flags.default_message_retries,
             default_timeout: Duration::from_secs(flags.default_message_timeout),
+            default_ttl: (flags.default_message_ttl > 0).then_some(flags.default_message_ttl),
             profiling_addr: flags.profiling_port.map(|p| listen_addr(&p, "127.0.0.1")),
             prom_addr: match flags.prom_host_and_port.as_str() {
                 "" | "off" => None,

@@ -486,6 +486,7 @@ mod tests {
             method: "TextLogging".into(),
             timeout: None,
             retries: None,
+            ttl: None,
         }
     }
 

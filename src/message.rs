@@ -75,16 +75,21 @@ pub struct Message {
     /// Attempts after the first before the message is given up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Seconds from acceptance during which the message is retried, whatever `retries`
+    /// says: for destinations that are away for hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
 }
 
 /// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 7] = [
     "toNode",
     "data",
     "commandOrEvent",
     "method",
     "timeout",
     "retries",
+    "ttl",
 ];
 
 /// Largest per-message timeout: a week. Larger values are almost surely a unit mistake.
@@ -143,6 +148,11 @@ impl Message {
                 "bad timeout {}: must be between 1 and {MAX_TIMEOUT_SECS} seconds",
                 message.timeout.unwrap_or(0)
             ));
+        }
+        if message.ttl == Some(0) {
+            return Err(
+                "bad ttl 0: give the seconds the message may wait, or leave ttl out".into(),
+            );
         }
         Ok(message)
     }

@@ -15,9 +15,13 @@ use crate::metrics::Metrics;
 use crate::received::Received;
 use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// How long an error report waits for the central error logger: a week.
+pub const ERROR_REPORT_TTL_SECS: u64 = 7 * 24 * 3600;
 
 pub struct Node {
     pub config: Config,
@@ -29,6 +33,8 @@ pub struct Node {
     journal: Mutex<Journal>,
     supervisor: Sender<Event>,
     pub handlers: Permits,
+    /// Wakes publishers waiting on a node when it says Hello.
+    pub presence: Presence,
 }
 
 impl Node {
@@ -43,6 +49,7 @@ impl Node {
         Node {
             data: DataFolder::new(config.data_folder.clone()),
             handlers: Permits::new(config.max_handlers),
+            presence: Presence::default(),
             config,
             broker,
             metrics,
@@ -108,6 +115,8 @@ impl Node {
             method: "ErrorLog".to_string(),
             timeout: None,
             retries: None,
+            // Errors must reach central even after a long outage of the link.
+            ttl: Some(ERROR_REPORT_TTL_SECS),
         };
         if let Err(e) = self.accept(vec![message], None) {
             log::error!("cannot journal the error report for the central error logger: {e}");
@@ -174,5 +183,30 @@ impl Permits {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
+    }
+}
+
+/// Which nodes have just said Hello, as wake-up signals for publishers pausing between
+/// attempts to reach them. A waiter holds the receiving end of a node's channel; a Hello
+/// drops the sending end, which wakes every waiter of that node at once.
+#[derive(Default)]
+pub struct Presence(Mutex<HashMap<String, (Sender<()>, Receiver<()>)>>);
+
+impl Presence {
+    /// A signal that fires when `node` next says Hello.
+    pub fn waiter(&self, node: &str) -> Receiver<()> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(node.to_string())
+            .or_insert_with(|| crossbeam_channel::bounded(0))
+            .1
+            .clone()
+    }
+
+    /// `node` said Hello.
+    pub fn seen(&self, node: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
     }
 }

@@ -184,3 +184,30 @@ fn a_failing_publisher_is_restarted_reported_and_loses_nothing() {
     central.append_inmsg(&command("ship1", &["echo", "unaffected"]));
     central.wait_for("replies/ship1.CLICommand.log", "unaffected");
 }
+
+#[test]
+fn a_message_with_a_ttl_waits_for_a_node_that_comes_much_later() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    // One attempt of 1 s by its retries, but a time to live of ten minutes.
+    central.append_inmsg(r#"[{"toNode":"ship1","data":["echo","worth the wait"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0,"ttl":600}]"#);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(central.read("failed-messages.txt").is_empty(), "given up despite its ttl");
+    let started = std::time::Instant::now();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.wait_for("replies/ship1.CLICommand.log", "worth the wait");
+    // The publisher was pausing (seconds by now) and was woken by ship1's first Hello.
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?} after ship1 started", started.elapsed());
+    assert!(central.log().contains("ship1 said Hello; trying again now"), "not woken by Hello");
+    assert!(central.metric("steward_messages_retried_total{method=\"CLICommand\"}") >= 3.0);
+}
+
+#[test]
+fn a_message_whose_ttl_runs_out_is_kept_and_reported() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &["--defaultMessageTTL=2"]);
+    central.append_inmsg(&command("ship7", &["true"]));
+    let errors = central.wait_for("errors.log", "not delivered");
+    assert!(errors.contains("its time to live ran out"), "{errors}");
+    central.wait_for("failed-messages.txt", "ship7");
+}

@@ -1,6 +1,7 @@
 //! `Hello`: every node tells the central node "I'm here" periodically, as an EventNACK (see
 //! [`crate::process::hello`]). The receiving node keeps each node's last-seen time in
-//! `hello-nodes.json`, rewritten atomically at most once a second however large the fleet.
+//! `hello-nodes.json`, rewritten atomically at most once a second however large the fleet,
+//! and wakes any publisher pausing before its next attempt to reach that node.
 
 use super::{Method, Outcome};
 use crate::message::Envelope;
@@ -61,6 +62,7 @@ impl Method for Hello {
     }
 
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
+        node.presence.seen(&envelope.from_node);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if !seen.loaded {
             seen.loaded = true;

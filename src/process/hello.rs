@@ -40,6 +40,7 @@ impl Process for Hello {
                     method: "Hello".into(),
                     timeout: None,
                     retries: None,
+                    ttl: None,
                 },
             };
             match broker::publish(&conn, &subject, None, &envelope.encode()) {

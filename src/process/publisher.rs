@@ -31,6 +31,65 @@ pub struct Publisher {
     pub state: Arc<State>,
 }
 
+/// How one attempt ended.
+enum Attempt {
+    Acked(Reply),
+    Failed(String),
+    Stopped,
+}
+
+/// How long a message may be tried: `retries` attempts after the first, or, with a
+/// time-to-live, until `accepted + ttl` (whatever the count).
+struct Budget {
+    attempts: u32,
+    expires: Option<u64>,
+}
+
+impl Budget {
+    fn of(entry: &Entry, config: &crate::config::Config) -> Budget {
+        let m = &entry.envelope.message;
+        let ttl = m.ttl.or(config.default_ttl);
+        Budget {
+            attempts: 1 + m.retries.unwrap_or(config.default_retries),
+            expires: ttl.map(|t| {
+                entry
+                    .envelope
+                    .accepted
+                    .saturating_add(t.saturating_mul(1000))
+            }),
+        }
+    }
+
+    fn spent(&self, attempt: u32) -> bool {
+        match self.expires {
+            Some(at) => crate::files::unix_millis() >= at,
+            None => attempt >= self.attempts,
+        }
+    }
+
+    fn spent_because(&self, attempt: u32) -> String {
+        match self.expires {
+            Some(_) => format!("its time to live ran out after {attempt} attempts"),
+            None => format!("{attempt} attempts failed"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.expires {
+            Some(at) => format!(
+                " (time to live left {}s)",
+                at.saturating_sub(crate::files::unix_millis()) / 1000
+            ),
+            None => format!("/{}", self.attempts),
+        }
+    }
+
+    /// A message that may wait a day need not knock every 30 s.
+    fn max_pause(&self) -> Duration {
+        Duration::from_secs(if self.expires.is_some() { 60 } else { 30 })
+    }
+}
+
 /// How delivering one message ended.
 enum Delivery {
     Acked(Reply),
@@ -101,74 +160,120 @@ impl Publisher {
         entry: &Entry,
         stop: &Receiver<()>,
     ) -> Delivery {
+        let node = &self.node;
         let message = &entry.envelope.message;
         let method = message.method.as_str();
         let timeout = message
             .timeout
             .map(Duration::from_secs)
-            .unwrap_or(self.node.config.default_timeout);
-        let attempts = 1 + message.retries.unwrap_or(self.node.config.default_retries);
+            .unwrap_or(node.config.default_timeout);
+        let budget = Budget::of(entry, &node.config);
         let payload = entry.envelope.encode();
         let subject = self.subject.to_string();
-        let mut last_error = String::new();
-        for attempt in 1..=attempts {
+        let mut attempt = 0u32;
+        loop {
+            // While our own link is down, wait for it: an outage here is not the
+            // destination's failure and must not spend its retries.
+            if node.broker.wait(stop).is_none() {
+                return Delivery::Stopped;
+            }
+            let epoch = node.broker.epoch();
+            attempt += 1;
             if attempt == 1 {
-                self.node.metrics.sent.with_label_values(&[method]).inc();
+                node.metrics.sent.with_label_values(&[method]).inc();
             } else {
-                self.node.metrics.retried.with_label_values(&[method]).inc();
+                node.metrics.retried.with_label_values(&[method]).inc();
             }
             self.state.set(format!(
-                "attempt {attempt}/{attempts} of {} (waiting {}s for ACK)",
+                "attempt {attempt}{} of {} (waiting {}s for ACK)",
+                budget.describe(),
                 entry.envelope.id,
                 timeout.as_secs()
             ));
-            let deadline = Instant::now() + timeout;
-            if let Err(e) = broker::publish(conn, &subject, Some(reply_subject), &payload) {
-                last_error = format!("cannot publish: {e}");
-            }
-            loop {
-                select! {
-                    recv(replies.receiver()) -> msg => {
-                        let Ok(msg) = msg else {
-                            last_error = "reply subscription closed".into();
-                            break;
-                        };
-                        if msg.subject != reply_subject {
-                            continue; // a late reply to a message already finished
-                        }
-                        if msg.is_no_responders() {
-                            last_error = format!("no responders on {subject}: {} is not running, or not connected", message.to_node);
-                            if sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
-                                return Delivery::Stopped;
-                            }
-                            break;
-                        }
-                        match Reply::decode(&msg.data) {
-                            Ok(reply) if reply.id == entry.envelope.id => return Delivery::Acked(reply),
-                            Ok(reply) => log::warn!("{subject}: reply for {} while waiting for {}", reply.id, entry.envelope.id),
-                            Err(e) => last_error = format!("{subject}: {e}"),
-                        }
-                    },
-                    recv(stop) -> _ => return Delivery::Stopped,
-                    recv(crossbeam_channel::at(deadline)) -> _ => {
-                        if last_error.is_empty() || !last_error.starts_with("cannot publish") {
-                            last_error = format!("no ACK within {}s", timeout.as_secs());
-                        }
-                        break;
-                    },
-                }
+            let last_error =
+                match self.attempt(conn, replies, reply_subject, entry, &payload, timeout, stop) {
+                    Attempt::Acked(reply) => return Delivery::Acked(reply),
+                    Attempt::Stopped => return Delivery::Stopped,
+                    Attempt::Failed(why) => why,
+                };
+            if node.broker.epoch() != epoch {
+                log::info!(
+                    "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
+                    entry.envelope.id
+                );
+                attempt -= 1;
+                continue;
             }
             log::warn!(
-                "{subject}: attempt {attempt}/{attempts} of {} failed: {last_error}",
+                "{subject}: attempt {attempt}{} of {} failed: {last_error}",
+                budget.describe(),
                 entry.envelope.id
             );
-            if attempt < attempts
-                && sleep_or_stop(stop, broker::backoff(attempt, Duration::from_secs(30)))
-            {
-                return Delivery::Stopped;
+            if budget.spent(attempt) {
+                return Delivery::Failed(format!(
+                    "{}; last: {last_error}",
+                    budget.spent_because(attempt)
+                ));
+            }
+            // Pause before the next attempt; a Hello from the destination ends the pause.
+            let pause = broker::backoff(attempt, budget.max_pause());
+            let hello = node.presence.waiter(&message.to_node);
+            select! {
+                recv(hello) -> _ => log::info!("{subject}: {} said Hello; trying again now", message.to_node),
+                recv(stop) -> _ => return Delivery::Stopped,
+                recv(crossbeam_channel::after(pause)) -> _ => {},
             }
         }
-        Delivery::Failed(format!("{attempts} attempts failed; last: {last_error}"))
+    }
+
+    /// One attempt: publish, then wait up to `timeout` for this message's reply.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &self,
+        conn: &nats::Connection,
+        replies: &nats::Subscription,
+        reply_subject: &str,
+        entry: &Entry,
+        payload: &[u8],
+        timeout: Duration,
+        stop: &Receiver<()>,
+    ) -> Attempt {
+        let subject = self.subject.to_string();
+        let deadline = Instant::now() + timeout;
+        if let Err(e) = broker::publish(conn, &subject, Some(reply_subject), payload) {
+            return Attempt::Failed(format!("cannot publish: {e}"));
+        }
+        loop {
+            select! {
+                recv(replies.receiver()) -> msg => {
+                    let Ok(msg) = msg else {
+                        return Attempt::Failed("reply subscription closed".into());
+                    };
+                    if msg.subject != reply_subject {
+                        continue; // a late reply to a message already finished
+                    }
+                    if msg.is_no_responders() {
+                        // Nobody listens now; wait out the attempt rather than hammer.
+                        if sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
+                            return Attempt::Stopped;
+                        }
+                        return Attempt::Failed(format!(
+                            "no responders on {subject}: {} is not running, or not connected",
+                            entry.envelope.message.to_node
+                        ));
+                    }
+                    match Reply::decode(&msg.data) {
+                        Ok(reply) if reply.id == entry.envelope.id => return Attempt::Acked(reply),
+                        Ok(reply) => log::warn!("{subject}: reply for {} while waiting for {}", reply.id, entry.envelope.id),
+                        Err(e) => log::warn!("{subject}: {e}"),
+                    }
+                },
+                recv(stop) -> _ => return Attempt::Stopped,
+                recv(crossbeam_channel::at(deadline)) -> _ => {
+                    return Attempt::Failed(format!("no ACK within {}s", timeout.as_secs()));
+                },
+            }
+        }
     }
 
     fn publish_once(
