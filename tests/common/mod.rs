@@ -3,6 +3,8 @@
 //! append to inmsg.txt, wait for a file to say something.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -97,6 +99,56 @@ fn nats_server_binary() -> String {
         }
         "nats-server".to_string()
     })
+}
+
+/// A cluster of nats-servers joined by routes on loopback, each with a monitoring port.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+    monitors: Vec<u16>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_urls: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let servers = (0..n)
+            .map(|i| {
+                let (cluster, monitor) = (format!("nats://127.0.0.1:{}", routes[i]), monitors[i].to_string());
+                let others: Vec<&str> = route_urls.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, u)| u.as_str()).collect();
+                let others = others.join(",");
+                NatsServer::start_with(&["--cluster_name", "steward-test", "--cluster", &cluster, "--routes", &others, "-m", &monitor])
+            })
+            .collect();
+        let cluster = NatsCluster { servers, monitors };
+        // Routes take a moment to form; wait until every server sees the others.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(0..n).all(|i| cluster.monitor(i, "/routez").matches("\"rid\"").count() >= n - 1) {
+            assert!(Instant::now() < deadline, "cluster routes did not form");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// Every server's address, comma-separated, for `--brokerAddress`.
+    pub fn addresses(&self) -> String {
+        self.servers.iter().map(|s| s.address()).collect::<Vec<_>>().join(",")
+    }
+
+    fn monitor(&self, i: usize, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitors[i])) else { return String::new() };
+        let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    }
+
+    /// Which server a node is connected to (by its client name), if any.
+    pub fn server_of(&self, node: &str) -> Option<usize> {
+        let name = format!("\"name\": \"steward {node}\"");
+        (0..self.servers.len()).find(|&i| self.monitor(i, "/connz?limit=1000").contains(&name))
+    }
 }
 
 /// A running `steward` node with its own data folder, killed on drop.

@@ -1,0 +1,104 @@
+//! A fault-injecting TCP proxy for the link between a node and its broker: pass bytes,
+//! stall (hold them without closing), cut every connection, or cut one mid-frame.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Faults {
+    stalled: AtomicBool,
+    /// Bumped to cut every open connection.
+    cuts: AtomicU64,
+    /// The next client→server chunk is forwarded half, then the connection is cut.
+    cut_mid_frame: AtomicBool,
+    stop: AtomicBool,
+}
+
+pub struct FaultProxy {
+    pub port: u16,
+    faults: Arc<Faults>,
+}
+
+impl FaultProxy {
+    pub fn start(target_port: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let faults = Arc::new(Faults::default());
+        let f = faults.clone();
+        std::thread::spawn(move || {
+            while !f.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        if let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) {
+                            let gen = f.cuts.load(Ordering::SeqCst);
+                            pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), f.clone(), gen, true);
+                            pipe(server, client, f.clone(), gen, false);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        FaultProxy { port, faults }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.faults.stalled.store(on, Ordering::SeqCst);
+    }
+
+    pub fn cut(&self) {
+        self.faults.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn cut_mid_frame(&self) {
+        self.faults.cut_mid_frame.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.faults.stop.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstream: bool) {
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if f.cuts.load(Ordering::SeqCst) != gen {
+                break;
+            }
+            if f.stalled.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                Err(_) => break,
+            };
+            if upstream && n > 1 && f.cut_mid_frame.swap(false, Ordering::SeqCst) {
+                let _ = to.write_all(&buf[..n / 2]);
+                f.cuts.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
