@@ -198,6 +198,24 @@ pub struct Entry {
     pub envelope: Envelope,
 }
 
+/// A journaled message waiting for its publisher: its place in the journal and where it
+/// goes. The message itself stays on disk until its turn ([`Journal::read`]), so a backlog
+/// costs memory only for this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub seq: u64,
+    pub subject: crate::subject::Subject,
+}
+
+impl From<&Entry> for Queued {
+    fn from(e: &Entry) -> Queued {
+        Queued {
+            seq: e.seq,
+            subject: e.envelope.message.subject(),
+        }
+    }
+}
+
 /// What [`Journal::open`] found.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -385,6 +403,23 @@ impl Journal {
         &self.inbox_offsets
     }
 
+    /// Reads a pending message back; `None` if it is finished (or never was).
+    pub fn read(&self, seq: u64) -> io::Result<Option<Entry>> {
+        let Some(span) = self.pending.get(&seq) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0; span.len as usize];
+        self.file.read_exact_at(&mut buf, span.offset)?;
+        match decode(&buf).records.pop() {
+            Some((_, _, Record::Accepted { seq, envelope })) => Envelope::decode(&envelope)
+                .map(|envelope| Some(Entry { seq, envelope }))
+                .map_err(io::Error::other),
+            _ => Err(io::Error::other(format!(
+                "journal record {seq} is unreadable"
+            ))),
+        }
+    }
+
     /// An inbox file has been fully taken and removed; its offset need not be kept.
     pub fn forget_inbox(&mut self, file: &str) {
         self.inbox_offsets.remove(file);
@@ -545,6 +580,8 @@ mod tests {
         assert_eq!(data(&r.pending), ["message 0", "message 2", "message 4"]);
         assert_eq!(r.pending[0].envelope, entries[0].envelope);
         assert_eq!(j.pending_count(), 3);
+        assert_eq!(j.read(entries[2].seq).unwrap().unwrap(), entries[2]);
+        assert_eq!(j.read(entries[1].seq).unwrap(), None, "finished");
         assert!(r.cut.is_none());
     }
 

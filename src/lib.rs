@@ -157,9 +157,9 @@ pub fn run(config: Config) -> Result<(), Error> {
             recovery.pending.len()
         );
     }
-    metrics.journal_pending.set(recovery.pending.len() as i64);
+    metrics.journal(&node.journal());
     // Unfinished messages go first, before the inbox takes anything new.
-    node.deliver(recovery.pending);
+    node.deliver(recovery.pending.iter().map(journal::Queued::from).collect());
 
     let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
     supervisor.start();

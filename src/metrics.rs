@@ -24,6 +24,8 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     pub broker_reconnects: IntCounter,
     pub journal_pending: IntGauge,
+    pub journal_size: IntGauge,
+    pub journal_written: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -117,8 +119,27 @@ impl Metrics {
                 "steward_journal_pending_messages",
                 "Messages in the journal not yet finished.",
             ),
+            journal_size: gauge(
+                &r,
+                "steward_journal_size_bytes",
+                "Size of the journal file now.",
+            ),
+            journal_written: counter(
+                &r,
+                "steward_journal_written_bytes_total",
+                "Bytes written to the journal, compaction included (SD card wear).",
+            ),
             registry: r,
         }
+    }
+
+    /// Mirrors the journal's figures.
+    pub fn journal(&self, journal: &crate::journal::Journal) {
+        self.journal_pending.set(journal.pending_count() as i64);
+        self.journal_size.set(journal.size() as i64);
+        let written = journal.bytes_written();
+        self.journal_written
+            .inc_by(written.saturating_sub(self.journal_written.get()));
     }
 
     pub fn render(&self) -> String {

@@ -9,7 +9,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::files::DataFolder;
-use crate::journal::{Entry, Journal};
+use crate::journal::{Journal, Queued};
 use crate::message::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::received::Received;
@@ -68,28 +68,26 @@ impl Node {
     /// Takes messages into the system: one journal write and fsync for the batch (with how
     /// far the inbox file has been read), then on to the publishers.
     pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
-        let methods: Vec<String> = messages.iter().map(|m| m.method.clone()).collect();
         let entries = {
             let mut journal = self.journal();
             let entries = journal.append(&self.config.node, messages, inbox)?;
-            self.metrics
-                .journal_pending
-                .set(journal.pending_count() as i64);
+            self.metrics.journal(&journal);
             entries
         };
-        for method in methods {
-            self.metrics.accepted.with_label_values(&[&method]).inc();
+        for e in &entries {
+            let method = e.envelope.message.method.as_str();
+            self.metrics.accepted.with_label_values(&[method]).inc();
         }
-        self.deliver(entries);
+        self.deliver(entries.iter().map(Queued::from).collect());
         Ok(())
     }
 
     /// Hands journaled messages to the supervisor (also used for the journal's replay).
-    pub fn deliver(&self, entries: Vec<Entry>) {
-        if !entries.is_empty() {
+    pub fn deliver(&self, queued: Vec<Queued>) {
+        if !queued.is_empty() {
             // Fails only when the supervisor is gone, i.e. at shutdown: the messages stay in
             // the journal and go on the next start.
-            let _ = self.supervisor.send(Event::Deliver(entries));
+            let _ = self.supervisor.send(Event::Deliver(queued));
         }
     }
 
@@ -99,9 +97,7 @@ impl Node {
         if let Err(e) = journal.mark_done(seq) {
             log::error!("journal: cannot record message {seq} as finished: {e}");
         }
-        self.metrics
-            .journal_pending
-            .set(journal.pending_count() as i64);
+        self.metrics.journal(&journal);
     }
 
     /// Logs an error and sends it to the central error logger, through the journal, so it

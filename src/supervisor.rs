@@ -9,7 +9,7 @@
 //!
 //! It talks to the rest of the node only through [`Event`]s on one channel.
 
-use crate::journal::Entry;
+use crate::journal::Queued;
 use crate::methods::Method;
 use crate::node::Node;
 use crate::process::{self, publisher, subscriber, Process, State};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 pub enum Event {
     /// Journaled messages to send, oldest first.
-    Deliver(Vec<Entry>),
+    Deliver(Vec<Queued>),
     /// A process's thread ended (with the error, if it failed).
     Exited {
         name: String,
@@ -50,10 +50,8 @@ struct ProcessEntry {
     thread: Option<JoinHandle<()>>,
     restart_at: Option<Instant>,
     /// A publisher's queue, kept here so it survives the publisher's restarts.
-    queue: Option<(
-        Sender<crate::journal::Entry>,
-        Receiver<crate::journal::Entry>,
-    )>,
+    /// (Journal sequence numbers: the messages stay on disk until their turn.)
+    queue: Option<(Sender<u64>, Receiver<u64>)>,
 }
 
 pub struct Supervisor {
@@ -116,7 +114,7 @@ impl Supervisor {
         }
     }
 
-    fn add<F>(&mut self, name: String, queue: Option<(Sender<Entry>, Receiver<Entry>)>, make: F)
+    fn add<F>(&mut self, name: String, queue: Option<(Sender<u64>, Receiver<u64>)>, make: F)
     where
         F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
     {
@@ -164,8 +162,8 @@ impl Supervisor {
     }
 
     /// Hands a message to its subject's publisher, spawning the publisher if need be.
-    fn dispatch(&mut self, entry: Entry) {
-        let subject = entry.envelope.message.subject();
+    fn dispatch(&mut self, queued: Queued) {
+        let Queued { seq, subject } = queued;
         let name = format!("publisher {subject}");
         if !self.table.contains_key(&name) {
             self.spawn_publisher(&name, subject);
@@ -174,7 +172,7 @@ impl Supervisor {
         let (tx, _) = queue
             .as_ref()
             .expect("publisher entries always have a queue");
-        tx.send(entry)
+        tx.send(seq)
             .expect("the supervisor holds a receiver of every publisher queue");
     }
 

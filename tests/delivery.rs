@@ -192,13 +192,23 @@ fn a_message_with_a_ttl_waits_for_a_node_that_comes_much_later() {
     // One attempt of 1 s by its retries, but a time to live of ten minutes.
     central.append_inmsg(r#"[{"toNode":"ship1","data":["echo","worth the wait"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0,"ttl":600}]"#);
     std::thread::sleep(Duration::from_secs(10));
-    assert!(central.read("failed-messages.txt").is_empty(), "given up despite its ttl");
+    assert!(
+        central.read("failed-messages.txt").is_empty(),
+        "given up despite its ttl"
+    );
     let started = std::time::Instant::now();
     let _ship1 = Node::start("ship1", &nats.address(), &[]);
     central.wait_for("replies/ship1.CLICommand.log", "worth the wait");
     // The publisher was pausing (seconds by now) and was woken by ship1's first Hello.
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?} after ship1 started", started.elapsed());
-    assert!(central.log().contains("ship1 said Hello; trying again now"), "not woken by Hello");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} after ship1 started",
+        started.elapsed()
+    );
+    assert!(
+        central.log().contains("ship1 said Hello; trying again now"),
+        "not woken by Hello"
+    );
     assert!(central.metric("steward_messages_retried_total{method=\"CLICommand\"}") >= 3.0);
 }
 

@@ -201,12 +201,18 @@ fn a_receiver_killed_and_restarted_under_load_runs_nothing_twice() {
 fn a_cluster_losing_the_server_a_node_uses_loses_nothing() {
     let mut cluster = common::NatsCluster::start(3);
     let ship1 = Node::start("ship1", &cluster.addresses(), &[]);
-    let central = Node::start("central", &cluster.addresses(), &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"]);
+    let central = Node::start(
+        "central",
+        &cluster.addresses(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"],
+    );
     let n = 200;
     central.append_inmsg(&numbered_commands("ship1", 0..n));
     central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 30);
     // Kill the very server central is connected to, mid-flow.
-    let used = cluster.server_of("central").expect("central is connected somewhere");
+    let used = cluster
+        .server_of("central")
+        .expect("central is connected somewhere");
     cluster.servers[used].stop();
     central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
         (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
@@ -225,7 +231,11 @@ fn a_faulty_link_that_drops_stalls_and_cuts_mid_frame_loses_nothing() {
     let nats = NatsServer::start();
     let proxy = common::proxy::FaultProxy::start(nats.port);
     let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &proxy.address(), &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"]);
+    let central = Node::start(
+        "central",
+        &proxy.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
+    );
     let n = 300;
     central.append_inmsg(&numbered_commands("ship1", 0..n));
     let replies = |k| central.wait_count("replies/ship1.CLICommand.log", "status=Ok", k);

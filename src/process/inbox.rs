@@ -32,6 +32,10 @@ const POLL: Duration = Duration::from_millis(20);
 const QUIET: Duration = Duration::from_secs(2);
 /// Most bytes read from a taken file per batch; bounds memory for a huge append.
 const MAX_BATCH: usize = 4 << 20;
+/// A safety valve, not a working limit: past this many unfinished messages (about 60 bytes
+/// of memory each) the inbox stops reading, and further input waits on disk in its taken
+/// file until messages finish.
+const MAX_PENDING: usize = 1_000_000;
 
 pub struct Inbox {
     pub node: Arc<Node>,
@@ -131,6 +135,11 @@ impl Inbox {
         if size != t.size_seen {
             t.size_seen = size;
             t.changed = Instant::now();
+        }
+        if self.node.journal().pending_count() >= MAX_PENDING {
+            self.state
+                .set(format!("paused: {MAX_PENDING} messages unfinished"));
+            return Ok(false);
         }
         if size > t.offset {
             self.take(&mut file, t, false)?;

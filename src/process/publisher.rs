@@ -26,7 +26,7 @@ pub type InFlight = Arc<Mutex<Option<Entry>>>;
 pub struct Publisher {
     pub subject: Subject,
     pub node: Arc<Node>,
-    pub queue: Receiver<Entry>,
+    pub queue: Receiver<u64>,
     pub in_flight: InFlight,
     pub state: Arc<State>,
 }
@@ -119,12 +119,19 @@ impl Process for Publisher {
                 Some(entry) => entry,
                 None => {
                     self.state.set("idle");
-                    select! {
-                        recv(self.queue) -> entry => match entry {
-                            Ok(entry) => entry,
+                    let seq = select! {
+                        recv(self.queue) -> seq => match seq {
+                            Ok(seq) => seq,
                             Err(_) => return Ok(()),
                         },
                         recv(stop) -> _ => return Ok(()),
+                    };
+                    let read = self.node.journal().read(seq);
+                    match read
+                        .map_err(|e| format!("cannot read message {seq} from the journal: {e}"))?
+                    {
+                        Some(entry) => entry,
+                        None => continue, // already finished
                     }
                 }
             };

@@ -111,13 +111,33 @@ impl NatsCluster {
     pub fn start(n: usize) -> NatsCluster {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let route_urls: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
         let servers = (0..n)
             .map(|i| {
-                let (cluster, monitor) = (format!("nats://127.0.0.1:{}", routes[i]), monitors[i].to_string());
-                let others: Vec<&str> = route_urls.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, u)| u.as_str()).collect();
+                let (cluster, monitor) = (
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    monitors[i].to_string(),
+                );
+                let others: Vec<&str> = route_urls
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, u)| u.as_str())
+                    .collect();
                 let others = others.join(",");
-                NatsServer::start_with(&["--cluster_name", "steward-test", "--cluster", &cluster, "--routes", &others, "-m", &monitor])
+                NatsServer::start_with(&[
+                    "--cluster_name",
+                    "steward-test",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &others,
+                    "-m",
+                    &monitor,
+                ])
             })
             .collect();
         let cluster = NatsCluster { servers, monitors };
@@ -132,12 +152,18 @@ impl NatsCluster {
 
     /// Every server's address, comma-separated, for `--brokerAddress`.
     pub fn addresses(&self) -> String {
-        self.servers.iter().map(|s| s.address()).collect::<Vec<_>>().join(",")
+        self.servers
+            .iter()
+            .map(|s| s.address())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn monitor(&self, i: usize, path: &str) -> String {
         use std::io::{Read, Write};
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitors[i])) else { return String::new() };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitors[i])) else {
+            return String::new();
+        };
         let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);

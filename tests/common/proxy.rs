@@ -36,7 +36,13 @@ impl FaultProxy {
                         client.set_nonblocking(false).unwrap();
                         if let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) {
                             let gen = f.cuts.load(Ordering::SeqCst);
-                            pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), f.clone(), gen, true);
+                            pipe(
+                                client.try_clone().unwrap(),
+                                server.try_clone().unwrap(),
+                                f.clone(),
+                                gen,
+                                true,
+                            );
                             pipe(server, client, f.clone(), gen, false);
                         }
                     }
@@ -73,7 +79,8 @@ impl Drop for FaultProxy {
 
 fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstream: bool) {
     std::thread::spawn(move || {
-        from.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        from.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let mut buf = [0u8; 16 * 1024];
         loop {
             if f.cuts.load(Ordering::SeqCst) != gen {
@@ -86,7 +93,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstre
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    continue
+                }
                 Err(_) => break,
             };
             if upstream && n > 1 && f.cut_mid_frame.swap(false, Ordering::SeqCst) {
