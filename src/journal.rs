@@ -198,22 +198,35 @@ pub struct Entry {
     pub envelope: Envelope,
 }
 
-/// A journaled message waiting for its publisher: its place in the journal and where it
-/// goes. The message itself stays on disk until its turn ([`Journal::read`]), so a backlog
-/// costs memory only for this.
+/// Journaled messages waiting for their publisher: their places in the journal, oldest
+/// first, and where they go. The messages themselves stay on disk until their turn
+/// ([`Journal::read`]), so a backlog costs memory only for the sequence numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
-    pub seq: u64,
     pub subject: crate::subject::Subject,
+    pub seqs: Vec<u64>,
 }
 
-impl From<&Entry> for Queued {
-    fn from(e: &Entry) -> Queued {
-        Queued {
-            seq: e.seq,
-            subject: e.envelope.message.subject(),
+/// Groups entries into runs for the same subject, keeping their order.
+pub fn queue(entries: &[Entry]) -> Vec<Queued> {
+    let mut out: Vec<Queued> = Vec::new();
+    for e in entries {
+        let m = &e.envelope.message;
+        match out.last_mut() {
+            Some(q)
+                if q.subject.node == m.to_node
+                    && q.subject.kind == m.kind
+                    && q.subject.method == m.method =>
+            {
+                q.seqs.push(e.seq)
+            }
+            _ => out.push(Queued {
+                subject: m.subject(),
+                seqs: vec![e.seq],
+            }),
         }
     }
+    out
 }
 
 /// What [`Journal::open`] found.

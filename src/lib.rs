@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     metrics.journal(&node.journal());
     // Unfinished messages go first, before the inbox takes anything new.
-    node.deliver(recovery.pending.iter().map(journal::Queued::from).collect());
+    node.deliver(journal::queue(&recovery.pending));
 
     let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
     supervisor.start();

@@ -9,7 +9,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::files::DataFolder;
-use crate::journal::{Journal, Queued};
+use crate::journal::{self, Journal, Queued};
 use crate::message::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::received::Received;
@@ -78,7 +78,7 @@ impl Node {
             let method = e.envelope.message.method.as_str();
             self.metrics.accepted.with_label_values(&[method]).inc();
         }
-        self.deliver(entries.iter().map(Queued::from).collect());
+        self.deliver(journal::queue(&entries));
         Ok(())
     }
 
@@ -186,7 +186,10 @@ impl Permits {
 /// attempts to reach them. A waiter holds the receiving end of a node's channel; a Hello
 /// drops the sending end, which wakes every waiter of that node at once.
 #[derive(Default)]
-pub struct Presence(Mutex<HashMap<String, (Sender<()>, Receiver<()>)>>);
+pub struct Presence(Mutex<HashMap<String, Signal>>);
+
+/// Held sender, shared receiver: dropping the sender wakes every receiver.
+type Signal = (Sender<()>, Receiver<()>);
 
 impl Presence {
     /// A signal that fires when `node` next says Hello.

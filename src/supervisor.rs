@@ -163,7 +163,7 @@ impl Supervisor {
 
     /// Hands a message to its subject's publisher, spawning the publisher if need be.
     fn dispatch(&mut self, queued: Queued) {
-        let Queued { seq, subject } = queued;
+        let Queued { subject, seqs } = queued;
         let name = format!("publisher {subject}");
         if !self.table.contains_key(&name) {
             self.spawn_publisher(&name, subject);
@@ -172,8 +172,10 @@ impl Supervisor {
         let (tx, _) = queue
             .as_ref()
             .expect("publisher entries always have a queue");
-        tx.send(seq)
-            .expect("the supervisor holds a receiver of every publisher queue");
+        for seq in seqs {
+            tx.send(seq)
+                .expect("the supervisor holds a receiver of every publisher queue");
+        }
     }
 
     fn spawn_publisher(&mut self, name: &str, subject: Subject) {

@@ -79,7 +79,7 @@ fn concurrent_appenders_while_the_agent_empties_the_file_lose_nothing() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    let (writers, each) = (8, 100);
+    let (writers, each) = (8, 500);
     let threads: Vec<_> = (0..writers)
         .map(|w| {
             let path = central.path("inmsg.txt");

@@ -259,3 +259,84 @@ fn a_faulty_link_that_drops_stalls_and_cuts_mid_frame_loses_nothing() {
     assert_eq!(duplicates, 0);
     assert!(central.metric("steward_broker_reconnects_total") >= 2.0);
 }
+
+#[test]
+fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let n = 3000;
+    let batch: String = (0..n)
+        .map(|i| format!("[{{\"toNode\":\"ship1\",\"data\":[\"event-{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
+        .collect();
+    central.append_inmsg(&batch);
+    ship1.wait_until("textlog/central.log", "had 300 lines", |t| {
+        t.lines().count() >= 300
+    });
+    central.kill9();
+    let at_kill = ship1.read("textlog/central.log").lines().count();
+    central.restart();
+    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
+        t.lines().count() >= n
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut lines: Vec<&str> = log.lines().collect();
+    let delivered = lines.len();
+    lines.sort();
+    lines.dedup();
+    report(
+        "sender_kill9_3000_events",
+        n,
+        lines.len(),
+        delivered - lines.len(),
+    );
+    assert!(at_kill < n, "the kill came too late to test anything");
+    assert_eq!(lines.len(), n, "events lost");
+    assert_eq!(delivered, n, "events delivered twice");
+}
+
+#[test]
+fn a_torn_journal_tail_is_cut_reported_and_the_rest_delivered() {
+    let nats = NatsServer::start();
+    let mut central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=1", "--defaultMessageRetries=100"],
+    );
+    central.append_inmsg(&numbered_commands("ship1", 0..3));
+    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
+    central.kill9();
+    // Power lost in the middle of writing the third message's record.
+    let journal = central.path("journal/journal.log");
+    let decoded = steward::journal::decode(&std::fs::read(&journal).unwrap());
+    let accepted: Vec<u64> = decoded
+        .records
+        .iter()
+        .filter(|(_, _, r)| matches!(r, steward::journal::Record::Accepted { .. }))
+        .map(|(offset, _, _)| *offset)
+        .collect();
+    assert_eq!(accepted.len(), 3);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap()
+        .set_len(accepted[2] + 10)
+        .unwrap();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.restart();
+    central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 2);
+    let errors = central.wait_for("errors.log", "journal was damaged and repaired");
+    assert!(
+        errors.contains("torn record") && errors.contains("kept 2 complete records"),
+        "{errors}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let ran = runs(&ship1);
+    // Two complete records went in; the torn third was never durable (its batch was cut).
+    report("torn_journal", 2, ran.len(), 0);
+    assert_eq!(
+        ran.keys().copied().collect::<Vec<_>>(),
+        [0, 1],
+        "the two complete records, and only them"
+    );
+}

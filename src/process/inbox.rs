@@ -31,7 +31,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// take it that no writer holds it any more.
 const QUIET: Duration = Duration::from_secs(2);
 /// Most bytes read from a taken file per batch; bounds memory for a huge append.
-const MAX_BATCH: usize = 4 << 20;
+const MAX_BATCH: usize = 1 << 20;
 /// A safety valve, not a working limit: past this many unfinished messages (about 60 bytes
 /// of memory each) the inbox stops reading, and further input waits on disk in its taken
 /// file until messages finish.

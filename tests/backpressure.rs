@@ -1,0 +1,67 @@
+//! A flood of input is taken at disk speed, with memory that does not follow the backlog.
+
+mod common;
+use common::{NatsServer, Node};
+use std::time::Instant;
+
+fn events(to: &str, range: std::ops::Range<usize>) -> String {
+    let mut s = String::new();
+    for chunk in range.collect::<Vec<_>>().chunks(1000) {
+        s.push('[');
+        for (k, i) in chunk.iter().enumerate() {
+            if k > 0 {
+                s.push(',');
+            }
+            s.push_str(&format!(
+                "{{\"toNode\":\"{to}\",\"data\":[\"event {i} of the flood\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\",\"ttl\":3600}}"
+            ));
+        }
+        s.push_str("]\n");
+    }
+    s
+}
+
+#[test]
+fn a_flood_of_100k_messages_is_journaled_with_bounded_memory() {
+    let nats = NatsServer::start();
+    // ship1 is away: everything stays queued, which is the worst case for memory.
+    let central = Node::start("central", &nats.address(), &[]);
+    let pending = "steward_journal_pending_messages";
+    central.append_inmsg(&events("ship1", 0..10_000));
+    let t = Instant::now();
+    while central.metric(pending) < 10_000.0 {
+        assert!(t.elapsed().as_secs() < 60, "10k not journaled in a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let rss_10k = central.rss_kib();
+    let t = Instant::now();
+    central.append_inmsg(&events("ship1", 10_000..100_000));
+    while central.metric(pending) < 100_000.0 {
+        assert!(
+            t.elapsed().as_secs() < 120,
+            "100k not journaled in two minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = t.elapsed();
+    let rss_100k = central.rss_kib();
+    let written = central.metric("steward_journal_written_bytes_total");
+    eprintln!(
+        "[flood] 90000 messages journaled in {:.2}s ({:.0}/s, debug build); RSS {} KiB at 10k queued, {} KiB at 100k; journal {:.0} bytes written per message",
+        took.as_secs_f64(),
+        90_000.0 / took.as_secs_f64(),
+        rss_10k,
+        rss_100k,
+        written / 100_000.0
+    );
+    assert!(
+        rss_100k < rss_10k + 12 * 1024,
+        "memory grew {} KiB for 90k more queued messages",
+        rss_100k - rss_10k
+    );
+    assert!(
+        written / 100_000.0 < 400.0,
+        "{written} journal bytes for 100k messages"
+    );
+    assert_eq!(central.read("inmsg.rejected.txt"), "");
+}
