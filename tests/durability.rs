@@ -340,3 +340,59 @@ fn a_torn_journal_tail_is_cut_reported_and_the_rest_delivered() {
         "the two complete records, and only them"
     );
 }
+
+/// A ship with a local broker (a NATS leaf node) whose uplink to the hub drops: the ship's
+/// events to central and central's commands to the ship wait, and all arrive once the
+/// uplink is back.
+#[test]
+fn a_ship_behind_a_leaf_node_whose_uplink_drops_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaf_port = common::free_port();
+    let uplink = common::proxy::FaultProxy::start(leaf_port);
+    let hub_conf = dir.path().join("hub.conf");
+    // The hub advertises the uplink as its leafnode address: the ship must reach it only
+    // through the (faulty) uplink, not learn the real address and go around it.
+    std::fs::write(
+        &hub_conf,
+        format!(
+            "leafnodes {{ listen: \"127.0.0.1:{leaf_port}\", advertise: \"{}\" }}\n",
+            uplink.address()
+        ),
+    )
+    .unwrap();
+    let hub = NatsServer::start_with(&["-c", hub_conf.to_str().unwrap()]);
+    let ship_conf = dir.path().join("ship.conf");
+    std::fs::write(
+        &ship_conf,
+        format!(
+            "leafnodes {{ reconnect: 1, remotes = [ {{ url: \"nats://{}\" }} ] }}\n",
+            uplink.address()
+        ),
+    )
+    .unwrap();
+    let ship_broker = NatsServer::start_with(&["-c", ship_conf.to_str().unwrap()]);
+    let slow = ["--defaultMessageTimeout=2", "--defaultMessageRetries=60"];
+    let central = Node::start("central", &hub.address(), &slow);
+    let ship1 = Node::start("ship1", &ship_broker.address(), &slow);
+    // The uplink works: a round trip.
+    central.append_inmsg(&command("ship1", &["echo", "over the uplink"]));
+    central.wait_for("replies/ship1.CLICommand.log", "over the uplink");
+    // The satellite link drops.
+    uplink.down(true);
+    central.append_inmsg(&numbered_commands("ship1", 0..10));
+    ship1.append_inmsg(r#"[{"toNode":"central","data":["logged while at sea\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!central
+        .read("textlog/ship1.log")
+        .contains("logged while at sea"));
+    // Back in range.
+    uplink.down(false);
+    central.wait_for("textlog/ship1.log", "logged while at sea");
+    central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
+        (0..10).all(|i| t.contains(&format!("\ndone-{i}\n")))
+    });
+    let ran = runs(&ship1);
+    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    report("leaf_uplink_drop", 11, ran.len() + 1, duplicates);
+    assert_eq!((ran.len(), duplicates), (10, 0));
+}

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 #[derive(Default)]
 struct Faults {
+    /// The link is down: new connections are closed at once.
+    down: AtomicBool,
     stalled: AtomicBool,
     /// Bumped to cut every open connection.
     cuts: AtomicU64,
@@ -32,6 +34,7 @@ impl FaultProxy {
         std::thread::spawn(move || {
             while !f.stop.load(Ordering::SeqCst) {
                 match listener.accept() {
+                    Ok((client, _)) if f.down.load(Ordering::SeqCst) => drop(client),
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
                         if let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) {
@@ -55,6 +58,14 @@ impl FaultProxy {
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Takes the link down (cutting what is open) or brings it back.
+    pub fn down(&self, on: bool) {
+        self.faults.down.store(on, Ordering::SeqCst);
+        if on {
+            self.cut();
+        }
     }
 
     pub fn stall(&self, on: bool) {
