@@ -14,63 +14,128 @@ use std::time::Duration;
 
 /// Command and control anything asynchronously: send commands and events to nodes over NATS
 /// with guaranteed delivery.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, Debug, Default)]
 pub struct Flags {
     #[argh(subcommand)]
     pub command: Option<Subcommand>,
+    /// read options from this TOML file; flags win over environment variables (STEWARD_NODE,
+    /// ...), which win over the file
+    #[argh(option)]
+    pub config: Option<String>,
     /// some unique string to identify this Edge unit (default: the host name)
     #[argh(option)]
     pub node: Option<String>,
     /// the address of the message broker; a comma-separated list for a cluster
     /// (default "127.0.0.1:4222")
-    #[argh(option, default = "String::from(\"127.0.0.1:4222\")")]
-    pub broker_address: String,
+    #[argh(option)]
+    pub broker_address: Option<String>,
     /// set to true if this is the node that should receive the error log's from other nodes
     #[argh(switch)]
     pub central_error_logger: bool,
     /// default amount of retries that will be done before a message is thrown away, and out
     /// of the system (default 3)
-    #[argh(option, default = "3")]
-    pub default_message_retries: u32,
+    #[argh(option)]
+    pub default_message_retries: Option<String>,
     /// default message timeout in seconds. This can be overridden on the message level
     /// (default 10)
-    #[argh(option, default = "10")]
-    pub default_message_timeout: u64,
+    #[argh(option)]
+    pub default_message_timeout: Option<String>,
     /// default time to live in seconds: messages without their own "ttl" are retried
     /// until it runs out, whatever the retries; 0 means use the retries (default 0)
-    #[argh(option, default = "0")]
-    pub default_message_ttl: u64,
+    #[argh(option)]
+    pub default_message_ttl: Option<String>,
     /// the number of the profiling port: serves the process table as plain text on
     /// 127.0.0.1 (or give host:port)
     #[argh(option)]
     pub profiling_port: Option<String>,
     /// host and port for prometheus listener, e.g. localhost:2112; "off" disables it
     /// (default ":2112")
-    #[argh(option, default = "String::from(\":2112\")")]
-    pub prom_host_and_port: String,
+    #[argh(option)]
+    pub prom_host_and_port: Option<String>,
     /// folder for inmsg.txt, the journal, logs and replies (default: the binary's folder)
     #[argh(option)]
-    pub data_folder: Option<PathBuf>,
+    pub data_folder: Option<String>,
     /// name of the central node: commands are accepted from it, errors and Hello go to it
     /// (default "central")
-    #[argh(option, default = "String::from(\"central\")")]
-    pub central_node_name: String,
+    #[argh(option)]
+    pub central_node_name: Option<String>,
     /// comma-separated nodes this node accepts commands from (default: the central node)
     #[argh(option)]
     pub allow_commands_from: Option<String>,
     /// seconds between Hello messages to the central node; 0 disables (default 30)
-    #[argh(option, default = "30")]
-    pub hello_interval: u64,
+    #[argh(option)]
+    pub hello_interval: Option<String>,
     /// most received messages handled at once (default 32)
-    #[argh(option, default = "32")]
-    pub max_concurrent_handlers: usize,
+    #[argh(option)]
+    pub max_concurrent_handlers: Option<String>,
+}
+
+impl Flags {
+    /// The value given on the command line for an option, by its seed-style name.
+    fn value(&self, name: &str) -> Option<String> {
+        match name {
+            "node" => self.node.clone(),
+            "brokerAddress" => self.broker_address.clone(),
+            "centralErrorLogger" => self.central_error_logger.then(|| "true".to_string()),
+            "defaultMessageRetries" => self.default_message_retries.clone(),
+            "defaultMessageTimeout" => self.default_message_timeout.clone(),
+            "defaultMessageTTL" => self.default_message_ttl.clone(),
+            "profilingPort" => self.profiling_port.clone(),
+            "promHostAndPort" => self.prom_host_and_port.clone(),
+            "dataFolder" => self.data_folder.clone(),
+            "centralNodeName" => self.central_node_name.clone(),
+            "allowCommandsFrom" => self.allow_commands_from.clone(),
+            "helloInterval" => self.hello_interval.clone(),
+            "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 pub enum Subcommand {
     Demo(Demo),
+    Send(Send),
+    Status(StatusCmd),
 }
+
+/// Send a message through the running agent and wait for its reply, e.g.
+/// `steward send --to ship1 -- df -h`; exits with the remote command's exit status.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "send")]
+pub struct Send {
+    /// the node to send to
+    #[argh(option)]
+    pub to: String,
+    /// the method (default CLICommand)
+    #[argh(option, default = "String::from(\"CLICommand\")")]
+    pub method: String,
+    /// the message type: CommandACK, CommandNACK, EventACK or EventNACK (default: CommandACK for CLICommand,
+    /// EventACK otherwise)
+    #[argh(option)]
+    pub kind: Option<String>,
+    /// seconds to wait for the ACK (and the command's kill deadline)
+    #[argh(option)]
+    pub timeout: Option<u64>,
+    /// attempts after the first
+    #[argh(option)]
+    pub retries: Option<u32>,
+    /// seconds to keep trying, whatever the retries
+    #[argh(option)]
+    pub ttl: Option<u64>,
+    /// only queue the message; print its id and return
+    #[argh(switch)]
+    pub no_wait: bool,
+    /// the command and its arguments (after --), or the text of an event
+    #[argh(positional, greedy)]
+    pub data: Vec<String>,
+}
+
+/// Print the running agent's process table and queue depths.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusCmd {}
 
 /// Run a local demo: a nats-server, a central node and ship1 on this machine, one command
 /// sent and its output shown.
@@ -82,8 +147,10 @@ pub struct Demo {
     pub folder: Option<PathBuf>,
 }
 
-/// The seed's (Go-style) flag names and argh's, and whether the flag is a switch.
+/// Every option: its seed-style name (flags and config-file keys), argh's name (from which
+/// the environment variable's, `STEWARD_<NAME>`, is made), and whether it is a switch.
 const FLAG_NAMES: &[(&str, &str, bool)] = &[
+    ("config", "config", false),
     ("node", "node", false),
     ("brokerAddress", "broker-address", false),
     ("centralErrorLogger", "central-error-logger", true),
@@ -186,68 +253,217 @@ pub struct Config {
 }
 
 impl Config {
+    /// Builds the configuration from flags, the process environment and the config file.
     pub fn from_flags(flags: Flags) -> Result<Config, String> {
-        let node = match flags.node {
-            Some(n) => n,
-            None => host_name()?,
+        Config::load(&flags, &|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from flags, then `env`, then the config file (named by
+    /// `--config` or `STEWARD_CONFIG`), then the defaults. Errors name the flag, variable
+    /// or file and key that holds the bad value.
+    pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let file = match flags.config.clone().or_else(|| env("STEWARD_CONFIG")) {
+            Some(path) => Some(ConfigFile::read(&path)?),
+            None => None,
         };
-        validate_name(&node).map_err(|e| format!("--node: {e}"))?;
-        validate_name(&flags.central_node_name).map_err(|e| format!("--centralNodeName: {e}"))?;
-        let brokers = parse_brokers(&flags.broker_address)?;
-        if flags.default_message_timeout == 0
-            || flags.default_message_timeout > crate::message::MAX_TIMEOUT_SECS
-        {
+        let o = Options { flags, env, file };
+        let node = match o.get("node")? {
+            Some(v) => v,
+            None => Value::default_for(host_name()?),
+        };
+        validate_name(&node.text).map_err(|e| format!("{}: {e}", node.source))?;
+        let central = o.text("centralNodeName", "central")?;
+        validate_name(&central.text).map_err(|e| format!("{}: {e}", central.source))?;
+        let brokers = o.text("brokerAddress", "127.0.0.1:4222")?;
+        let brokers =
+            parse_brokers(&brokers.text).map_err(|e| format!("{}: {e}", brokers.source))?;
+        let timeout = o.number("defaultMessageTimeout", 10)?;
+        if timeout == 0 || timeout > crate::message::MAX_TIMEOUT_SECS {
+            let v = o.text("defaultMessageTimeout", "")?;
             return Err(format!(
-                "--defaultMessageTimeout: {} is not between 1 and {} seconds",
-                flags.default_message_timeout,
+                "{}: {timeout} is not between 1 and {} seconds",
+                v.source,
                 crate::message::MAX_TIMEOUT_SECS
             ));
         }
-        if flags.max_concurrent_handlers == 0 {
-            return Err("--maxConcurrentHandlers must be at least 1".into());
+        let max_handlers = o.number("maxConcurrentHandlers", 32)?;
+        if max_handlers == 0 {
+            let v = o.text("maxConcurrentHandlers", "")?;
+            return Err(format!("{}: must be at least 1", v.source));
         }
-        let allow_commands_from = match flags.allow_commands_from {
+        let allow_commands_from = match o.get("allowCommandsFrom")? {
             Some(list) => {
                 let names: Vec<String> = list
+                    .text
                     .split(',')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(String::from)
                     .collect();
                 for n in &names {
-                    validate_name(n).map_err(|e| format!("--allowCommandsFrom: {e}"))?;
+                    validate_name(n).map_err(|e| format!("{}: {e}", list.source))?;
                 }
                 names
             }
-            None => vec![flags.central_node_name.clone()],
+            None => vec![central.text.clone()],
         };
-        let data_folder = match flags.data_folder {
-            Some(p) => p,
+        let data_folder = match o.get("dataFolder")? {
+            Some(v) => PathBuf::from(v.text),
             None => std::env::current_exe()
                 .ok()
                 .and_then(|p| p.parent().map(PathBuf::from))
                 .ok_or("cannot find the binary's folder; give --dataFolder")?,
         };
+        let ttl: u64 = o.number("defaultMessageTTL", 0)?;
+        let hello: u64 = o.number("helloInterval", 30)?;
         Ok(Config {
-            node,
+            node: node.text,
             brokers,
-            central_error_logger: flags.central_error_logger,
-            default_retries: flags.default_message_retries,
-            default_timeout: Duration::from_secs(flags.default_message_timeout),
-            default_ttl: (flags.default_message_ttl > 0).then_some(flags.default_message_ttl),
-            profiling_addr: flags.profiling_port.map(|p| listen_addr(&p, "127.0.0.1")),
-            prom_addr: match flags.prom_host_and_port.as_str() {
+            central_error_logger: o.switch("centralErrorLogger")?,
+            default_retries: o.number("defaultMessageRetries", 3)?,
+            default_timeout: Duration::from_secs(timeout),
+            default_ttl: (ttl > 0).then_some(ttl),
+            profiling_addr: o
+                .get("profilingPort")?
+                .map(|p| listen_addr(&p.text, "127.0.0.1")),
+            prom_addr: match o.text("promHostAndPort", ":2112")?.text.as_str() {
                 "" | "off" => None,
                 a => Some(listen_addr(a, "0.0.0.0")),
             },
             data_folder,
-            central_node: flags.central_node_name,
+            central_node: central.text,
             allow_commands_from,
-            hello_interval: (flags.hello_interval > 0)
-                .then(|| Duration::from_secs(flags.hello_interval)),
-            max_handlers: flags.max_concurrent_handlers,
+            hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
+            max_handlers,
             shutdown_grace: Duration::from_secs(5),
         })
+    }
+}
+
+/// A config file: a TOML table whose keys are the options' seed-style names.
+struct ConfigFile {
+    path: String,
+    table: toml::Table,
+}
+
+impl ConfigFile {
+    fn read(path: &str) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("config file {path}: {e}"))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            format!("config file {path}: {}", e.to_string().trim_end())
+        })?;
+        for key in table.keys() {
+            if key == "config" || !FLAG_NAMES.iter().any(|(camel, _, _)| camel == key) {
+                let known: Vec<&str> = FLAG_NAMES
+                    .iter()
+                    .map(|f| f.0)
+                    .filter(|k| *k != "config")
+                    .collect();
+                return Err(format!(
+                    "config file {path}: unknown key {key:?} (known keys: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(ConfigFile {
+            path: path.to_string(),
+            table,
+        })
+    }
+}
+
+/// An option's value as text, and where it came from (for error messages).
+struct Value {
+    text: String,
+    source: String,
+}
+
+impl Value {
+    fn default_for(text: String) -> Value {
+        Value {
+            text,
+            source: "the default".into(),
+        }
+    }
+}
+
+/// The three sources of options, highest first.
+struct Options<'a> {
+    flags: &'a Flags,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: Option<ConfigFile>,
+}
+
+impl Options<'_> {
+    fn get(&self, name: &str) -> Result<Option<Value>, String> {
+        let kebab = FLAG_NAMES
+            .iter()
+            .find(|(camel, _, _)| *camel == name)
+            .map(|f| f.1)
+            .expect("every option is in FLAG_NAMES");
+        if let Some(text) = self.flags.value(name) {
+            return Ok(Some(Value {
+                text,
+                source: format!("--{name}"),
+            }));
+        }
+        let var = format!("STEWARD_{}", kebab.replace('-', "_").to_uppercase());
+        if let Some(text) = (self.env)(&var) {
+            return Ok(Some(Value { text, source: var }));
+        }
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let Some(value) = file.table.get(name) else {
+            return Ok(None);
+        };
+        let source = format!("config file {}: {name}", file.path);
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => {
+                let parts: Option<Vec<&str>> = items.iter().map(|v| v.as_str()).collect();
+                parts
+                    .ok_or_else(|| format!("{source}: a list must hold only strings"))?
+                    .join(",")
+            }
+            other => {
+                return Err(format!(
+                    "{source}: a {} is not a string, number or boolean",
+                    other.type_str()
+                ))
+            }
+        };
+        Ok(Some(Value { text, source }))
+    }
+
+    fn text(&self, name: &str, default: &str) -> Result<Value, String> {
+        Ok(self
+            .get(name)?
+            .unwrap_or_else(|| Value::default_for(default.to_string())))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.get(name)? {
+            None => Ok(default),
+            Some(v) => v
+                .text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{}: {:?} is not a whole number", v.source, v.text)),
+        }
+    }
+
+    fn switch(&self, name: &str) -> Result<bool, String> {
+        match self.get(name)? {
+            None => Ok(false),
+            Some(v) => match v.text.as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" | "" => Ok(false),
+                other => Err(format!("{}: {other:?} is not true or false", v.source)),
+            },
+        }
     }
 }
 
@@ -397,6 +613,104 @@ mod tests {
         assert!(parse(&["--node", "a", "--allowCommandsFrom", "x,*"])
             .unwrap_err()
             .contains("--allowCommandsFrom"));
+    }
+
+    fn load(a: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let normalized = normalize_args(&args(a))?;
+        let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+        let flags = Flags::from_args(&["steward"], &refs).map_err(|e| e.output)?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&flags, &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steward.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_win_over_environment_which_wins_over_the_file() {
+        let (_dir, path) = config_file(
+            "node = \"from-file\"\nbrokerAddress = [\"a:4222\", \"b:4222\"]\ndefaultMessageTimeout = 7\ndefaultMessageRetries = 9\ncentralErrorLogger = true\nhelloInterval = 0\n",
+        );
+        let c = load(&["--config", &path], &[]).unwrap();
+        assert_eq!(c.node, "from-file");
+        assert_eq!(c.brokers, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!((c.default_timeout.as_secs(), c.default_retries), (7, 9));
+        assert!(c.central_error_logger);
+        assert_eq!(c.hello_interval, None);
+        let env = [
+            ("STEWARD_NODE", "from-env"),
+            ("STEWARD_DEFAULT_MESSAGE_TIMEOUT", "8"),
+        ];
+        let c = load(&["--config", &path], &env).unwrap();
+        assert_eq!(
+            (
+                c.node.as_str(),
+                c.default_timeout.as_secs(),
+                c.default_retries
+            ),
+            ("from-env", 8, 9)
+        );
+        let c = load(&["--config", &path, "--node=from-flag"], &env).unwrap();
+        assert_eq!(
+            (c.node.as_str(), c.default_timeout.as_secs()),
+            ("from-flag", 8)
+        );
+        // The file can also be named by the environment.
+        let c = load(&["--node=x"], &[("STEWARD_CONFIG", &path)]).unwrap();
+        assert_eq!(c.default_retries, 9);
+    }
+
+    #[test]
+    fn config_errors_name_the_key_and_the_file() {
+        let (_dir, path) = config_file("node = \"ship1\"\nbrokerAdress = \"x:4222\"\n");
+        let e = load(&["--config", &path], &[]).unwrap_err();
+        assert!(
+            e.contains(&path) && e.contains("unknown key \"brokerAdress\""),
+            "{e}"
+        );
+        let (_dir, path) = config_file("node = \"ship1\"\ndefaultMessageTimeout = \"ten\"\n");
+        let e = load(&["--config", &path], &[]).unwrap_err();
+        assert!(
+            e.contains(&path) && e.contains("defaultMessageTimeout") && e.contains("\"ten\""),
+            "{e}"
+        );
+        let (_dir, path) = config_file("node = \"ship 1\"\n");
+        let e = load(&["--config", &path], &[]).unwrap_err();
+        assert!(
+            e.contains(&path) && e.contains("node") && e.contains("space"),
+            "{e}"
+        );
+        let (_dir, path) = config_file("node = [1, 2]\n");
+        assert!(load(&["--config", &path], &[])
+            .unwrap_err()
+            .contains("only strings"));
+        let (_dir, path) = config_file("node = \n");
+        assert!(load(&["--config", &path], &[]).unwrap_err().contains(&path));
+        let e = load(&["--config", "/no/such/steward.toml"], &[]).unwrap_err();
+        assert!(e.contains("/no/such/steward.toml"), "{e}");
+        let e = load(
+            &["--node=a"],
+            &[("STEWARD_MAX_CONCURRENT_HANDLERS", "lots")],
+        )
+        .unwrap_err();
+        assert!(e.contains("STEWARD_MAX_CONCURRENT_HANDLERS"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/steward.toml");
+        let c = load(&["--config", path], &[]).unwrap();
+        assert_eq!(c.node, "ship1");
     }
 
     #[test]

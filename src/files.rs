@@ -53,6 +53,10 @@ impl DataFolder {
     pub fn error_log(&self) -> PathBuf {
         self.root.join("errors.log")
     }
+    /// The control socket of the running agent (`steward send`, `steward status`).
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("steward.sock")
+    }
     /// The central node's record of when each node last said Hello.
     pub fn hello_nodes(&self) -> PathBuf {
         self.root.join("hello-nodes.json")

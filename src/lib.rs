@@ -29,8 +29,10 @@
 //! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
 //! - [`files`]: the data folder's layout, appends and atomic writes.
 //! - [`demo`]: `steward demo`, a local fleet in one command.
+//! - [`client`]: `steward send` and `steward status`, through the agent's control socket.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod files;

@@ -30,14 +30,22 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(steward::config::Subcommand::Demo(demo)) = flags.command {
-        return match steward::demo::run(demo.folder) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("steward demo: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    use steward::config::Subcommand;
+    let mut flags = flags;
+    match flags.command.take() {
+        Some(Subcommand::Demo(demo)) => {
+            return match steward::demo::run(demo.folder) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("steward demo: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(command @ (Subcommand::Send(_) | Subcommand::Status(_))) => {
+            return client(flags, command)
+        }
+        None => {}
     }
     let config = match steward::config::Config::from_flags(flags) {
         Ok(c) => c,
@@ -51,6 +59,49 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("steward: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `steward send` and `steward status`: find the agent's data folder the way the agent
+/// does (flags, environment, config file; on an installed node, /etc/steward/steward.toml).
+fn client(mut flags: steward::config::Flags, command: steward::config::Subcommand) -> ExitCode {
+    const INSTALLED_CONFIG: &str = "/etc/steward/steward.toml";
+    if flags.config.is_none()
+        && std::env::var_os("STEWARD_CONFIG").is_none()
+        && std::path::Path::new(INSTALLED_CONFIG).exists()
+    {
+        flags.config = Some(INSTALLED_CONFIG.to_string());
+    }
+    let config = match steward::config::Config::from_flags(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("steward: {e}");
+            return ExitCode::from(steward::client::EXIT_USAGE);
+        }
+    };
+    let socket = steward::files::DataFolder::new(config.data_folder).socket();
+    let result = match command {
+        steward::config::Subcommand::Send(s) => steward::client::send(
+            &socket,
+            steward::client::SendRequest {
+                to: s.to,
+                method: s.method,
+                kind: s.kind,
+                timeout: s.timeout,
+                retries: s.retries,
+                ttl: s.ttl,
+                wait: !s.no_wait,
+                data: s.data,
+            },
+        ),
+        _ => steward::client::status(&socket),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err((code, e)) => {
+            eprintln!("steward: {e}");
+            ExitCode::from(code)
         }
     }
 }

@@ -35,6 +35,22 @@ pub struct Node {
     pub handlers: Permits,
     /// Wakes publishers waiting on a node when it says Hello.
     pub presence: Presence,
+    /// Who is waiting to hear how a message ends (`steward send`), by message id.
+    watchers: Mutex<HashMap<String, Sender<Progress>>>,
+}
+
+/// How a watched message is going.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Progress {
+    /// An attempt is under way (e.g. "attempt 2/4").
+    Attempt(String),
+    /// It ended: "acked", "published", "refused" or "failed", with the reply if one came.
+    Finished {
+        outcome: String,
+        reply: Option<crate::message::Reply>,
+        why: Option<String>,
+    },
 }
 
 impl Node {
@@ -50,6 +66,7 @@ impl Node {
             data: DataFolder::new(config.data_folder.clone()),
             handlers: Permits::new(config.max_handlers),
             presence: Presence::default(),
+            watchers: Mutex::new(HashMap::new()),
             config,
             broker,
             metrics,
@@ -68,18 +85,57 @@ impl Node {
     /// Takes messages into the system: one journal write and fsync for the batch (with how
     /// far the inbox file has been read), then on to the publishers.
     pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
+        self.accept_inner(messages, inbox, false).map(|_| ())
+    }
+
+    /// As [`Node::accept`], and returns each message's id with a channel on which its
+    /// progress (attempts, then how it ended) will arrive: for `steward send`.
+    pub fn accept_watched(
+        &self,
+        messages: Vec<Message>,
+    ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
+        self.accept_inner(messages, None, true)
+    }
+
+    fn accept_inner(
+        &self,
+        messages: Vec<Message>,
+        inbox: Option<(&str, u64)>,
+        watch: bool,
+    ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
         let entries = {
             let mut journal = self.journal();
             let entries = journal.append(&self.config.node, messages, inbox)?;
             self.metrics.journal(&journal);
             entries
         };
+        // Watchers are in place before the messages reach a publisher.
+        let mut watched = Vec::new();
+        if watch {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &entries {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                watchers.insert(e.envelope.id.clone(), tx);
+                watched.push((e.envelope.id.clone(), rx));
+            }
+        }
         for e in &entries {
             let method = e.envelope.message.method.as_str();
             self.metrics.accepted.with_label_values(&[method]).inc();
         }
         self.deliver(journal::queue(&entries));
-        Ok(())
+        Ok(watched)
+    }
+
+    /// Tells whoever watches message `id` how it is going; the last word ends the watch.
+    pub fn progress(&self, id: &str, progress: Progress) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let last = matches!(progress, Progress::Finished { .. });
+        if let Some(tx) = watchers.get(id) {
+            if tx.send(progress).is_err() || last {
+                watchers.remove(id);
+            }
+        }
     }
 
     /// Hands journaled messages to the supervisor (also used for the journal's replay).

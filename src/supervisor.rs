@@ -87,6 +87,13 @@ impl Supervisor {
                 state,
             })
         });
+        let node = self.node.clone();
+        self.add("control socket".into(), None, move |state| {
+            Box::new(process::control::Control {
+                node: node.clone(),
+                state,
+            })
+        });
         for method in crate::methods::registry() {
             let (node, m) = (self.node.clone(), method.clone());
             self.add(

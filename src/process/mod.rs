@@ -4,6 +4,7 @@
 //! - [`subscriber`]: one per method on this node's own subjects.
 //! - [`inbox`]: watches inmsg.txt.
 //! - [`hello`]: tells the central node "I'm here".
+//! - [`control`]: the control socket for `steward send` and `steward status`.
 //!
 //! A process is a [`Process`] value run by [`spawn`] on a thread of its own. When it returns
 //! or panics, the thread tells the supervisor, which restarts it (a new value from the same
@@ -16,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+pub mod control;
 pub mod hello;
 pub mod inbox;
 pub mod publisher;

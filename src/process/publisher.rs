@@ -14,7 +14,7 @@ use super::{sleep_or_stop, Process, State};
 use crate::broker;
 use crate::journal::Entry;
 use crate::message::{Reply, Status};
-use crate::node::Node;
+use crate::node::{Node, Progress};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
 use std::sync::{Arc, Mutex};
@@ -191,12 +191,14 @@ impl Publisher {
             } else {
                 node.metrics.retried.with_label_values(&[method]).inc();
             }
-            self.state.set(format!(
+            let doing = format!(
                 "attempt {attempt}{} of {} (waiting {}s for ACK)",
                 budget.describe(),
                 entry.envelope.id,
                 timeout.as_secs()
-            ));
+            );
+            node.progress(&entry.envelope.id, Progress::Attempt(doing.clone()));
+            self.state.set(doing);
             let last_error =
                 match self.attempt(conn, replies, reply_subject, entry, &payload, timeout, stop) {
                     Attempt::Acked(reply) => return Delivery::Acked(reply),
@@ -318,8 +320,10 @@ impl Publisher {
         let envelope = &entry.envelope;
         let message = &envelope.message;
         let method = message.method.as_str();
+        let mut told: (Option<Reply>, Option<String>) = (None, None);
         let outcome = match delivery {
             Delivery::Acked(reply) => {
+                told.0 = Some(reply.clone());
                 node.metrics.acked.with_label_values(&[method]).inc();
                 let first_line = reply.output.lines().next().unwrap_or("");
                 log::info!(
@@ -367,6 +371,7 @@ impl Publisher {
             Delivery::Published => "published",
             Delivery::Failed(why) => {
                 let why = format!("{}: {} not delivered: {why}", self.subject, envelope.id);
+                told.1 = Some(why.clone());
                 self.keep_failed(entry, &why)?;
                 if method != "ErrorLog" {
                     // Never report a failed error report: that would loop.
@@ -387,6 +392,14 @@ impl Publisher {
             log::error!("cannot write the message log: {e}");
         }
         node.finish(entry.seq);
+        node.progress(
+            &envelope.id,
+            Progress::Finished {
+                outcome: outcome.to_string(),
+                reply: told.0,
+                why: told.1,
+            },
+        );
         Ok(())
     }
 

@@ -1,0 +1,162 @@
+//! `steward send` and `steward status`: talking to the running agent through its control
+//! socket (see [`crate::process::control`]).
+//!
+//! `send` exits with the remote command's exit status, so scripts can use it like `ssh`:
+//!
+//! | exit | meaning |
+//! |---|---|
+//! | the command's | it ran (CLICommand); 0 for an event that was ACKed or a NACK published |
+//! | 1 | the receiver could not run it (see the message) |
+//! | 2 | bad usage or a message that could not be taken |
+//! | 3 | no agent is running on this data folder |
+//! | 4 | not delivered: retries or time to live spent (kept in failed-messages.txt) |
+//! | 5 | refused by the receiver |
+//! | 6 | the agent stopped before the message finished (it resumes when the agent starts) |
+
+use crate::message::{Kind, Message, Reply, Status};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_NO_AGENT: u8 = 3;
+pub const EXIT_NOT_DELIVERED: u8 = 4;
+pub const EXIT_REFUSED: u8 = 5;
+pub const EXIT_INTERRUPTED: u8 = 6;
+
+/// What to send, from `steward send`'s flags.
+pub struct SendRequest {
+    pub to: String,
+    pub method: String,
+    pub kind: Option<String>,
+    pub timeout: Option<u64>,
+    pub retries: Option<u32>,
+    pub ttl: Option<u64>,
+    pub wait: bool,
+    pub data: Vec<String>,
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, (u8, String)> {
+    UnixStream::connect(socket).map_err(|e| {
+        (
+            EXIT_NO_AGENT,
+            format!(
+                "no steward agent is running on this data folder (cannot connect to {}: {e}); start it (systemctl start steward), or point at its data folder with --dataFolder or --config",
+                socket.display()
+            ),
+        )
+    })
+}
+
+/// Sends one message through the agent; returns the exit code and prints as it goes.
+pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
+    let kind = match &req.kind {
+        Some(k) => Kind::parse(k).ok_or((
+            EXIT_USAGE,
+            format!("--kind {k:?}: use CommandACK, CommandNACK, EventACK or EventNACK"),
+        ))?,
+        None if req.method == "CLICommand" => Kind::CommandAck,
+        None => Kind::EventAck,
+    };
+    let message = Message {
+        to_node: req.to.clone(),
+        data: req.data,
+        kind,
+        method: req.method,
+        timeout: req.timeout,
+        retries: req.retries,
+        ttl: req.ttl,
+    };
+    let value = serde_json::to_value(&message).expect("a Message serializes");
+    Message::from_value(&value, &crate::methods::is_known).map_err(|e| (EXIT_USAGE, e))?;
+    let wait = req.wait && kind.wants_ack();
+    let mut stream = connect(socket)?;
+    let request = format!(
+        "{}{}\n",
+        if wait { "WAIT\n" } else { "" },
+        Value::Array(vec![value])
+    );
+    let io = |e: std::io::Error| {
+        (
+            EXIT_NO_AGENT,
+            format!("talking to the agent at {}: {e}", socket.display()),
+        )
+    };
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(io)?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| (EXIT_ERROR, format!("agent said {line:?}: {e}")))?;
+        if let Some(error) = v.get("error").and_then(Value::as_str) {
+            return Err((EXIT_USAGE, error.to_string()));
+        }
+        if v.get("queued").is_some() {
+            let id = v["id"].as_str().unwrap_or_default();
+            if !wait {
+                println!("{id}");
+                return Ok(0);
+            }
+            eprintln!("steward: queued {id} for {}; waiting for its reply", req.to);
+            continue;
+        }
+        let Some(progress) = v.get("progress") else {
+            continue;
+        };
+        if let Some(attempt) = progress.get("attempt").and_then(Value::as_str) {
+            eprintln!("steward: {attempt}");
+            continue;
+        }
+        if let Some(finished) = progress.get("finished") {
+            return Ok(finished_exit(finished));
+        }
+    }
+    if !wait {
+        return Ok(0);
+    }
+    eprintln!("steward: the agent stopped before the message finished; it stays in the journal and goes when the agent starts again");
+    Ok(EXIT_INTERRUPTED)
+}
+
+fn finished_exit(finished: &Value) -> u8 {
+    let outcome = finished["outcome"].as_str().unwrap_or_default();
+    let reply: Option<Reply> = serde_json::from_value(finished["reply"].clone()).ok();
+    if let Some(reply) = &reply {
+        print!("{}", reply.output);
+        let _ = std::io::stdout().flush();
+    }
+    match (outcome, &reply) {
+        ("acked", Some(r)) if r.status == Status::Ok => {
+            r.exit_code.map(|c| c.clamp(0, 255) as u8).unwrap_or(0)
+        }
+        ("acked", Some(_)) => EXIT_ERROR,
+        ("refused", _) => EXIT_REFUSED,
+        ("failed", _) => {
+            eprintln!(
+                "steward: {}",
+                finished["why"].as_str().unwrap_or("not delivered")
+            );
+            EXIT_NOT_DELIVERED
+        }
+        _ => 0,
+    }
+}
+
+/// Prints the running agent's process table.
+pub fn status(socket: &Path) -> Result<u8, (u8, String)> {
+    let mut stream = connect(socket)?;
+    let io = |e: std::io::Error| {
+        (
+            EXIT_NO_AGENT,
+            format!("talking to the agent at {}: {e}", socket.display()),
+        )
+    };
+    stream.write_all(b"STATUS\n").map_err(io)?;
+    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).map_err(io)?;
+    print!("{text}");
+    Ok(0)
+}

@@ -1,0 +1,132 @@
+//! The control socket: `steward.sock` in the data folder, for `steward send`, `steward
+//! status`, and scripts (`socat - UNIX-CONNECT:steward.sock < msg.json`).
+//!
+//! A client writes one request and closes its writing side:
+//!
+//! - JSON messages exactly as in inmsg.txt: each is taken into the journal like inmsg.txt
+//!   input, and answered with a line `{"id":…,"toNode":…,"queued":true}`, or
+//!   `{"rejected":…,"error":…}` for one that could not be taken;
+//! - the line `WAIT` and then JSON messages: as above, then a line per attempt,
+//!   `{"id":…,"progress":{"attempt":"attempt 2/4 …"}}`, and a last one with how it ended,
+//!   `{"id":…,"progress":{"finished":{"outcome":"acked","reply":{…},"why":null}}}`;
+//! - the line `STATUS`: the process table as text.
+//!
+//! The socket lives in the data folder, so only who may read the node's data may use it.
+
+use super::{sleep_or_stop, Process, State};
+use crate::message::parse_input;
+use crate::node::Node;
+use crossbeam_channel::Receiver;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request taken (a batch of messages).
+const MAX_REQUEST: u64 = 16 << 20;
+
+pub struct Control {
+    pub node: Arc<Node>,
+    pub state: Arc<State>,
+}
+
+impl Process for Control {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+        let path = self.node.data.socket();
+        if UnixStream::connect(&path).is_ok() {
+            return Err(format!(
+                "{} is in use: is another agent running on this data folder?",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(&path); // a stale socket from a crash
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.state.set(format!("listening on {}", path.display()));
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let node = self.node.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("control client".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            if let Err(e) = serve(&node, stream) {
+                                log::debug!("control socket: {e}");
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        log::error!("control socket: cannot start a thread: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if sleep_or_stop(stop, Duration::from_millis(50)) {
+                        let _ = std::fs::remove_file(&path);
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+}
+
+fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let mut request = Vec::new();
+    (&stream).take(MAX_REQUEST).read_to_end(&mut request)?;
+    let text = String::from_utf8_lossy(&request);
+    let trimmed = text.trim_start();
+    if trimmed.trim_end() == "STATUS" {
+        let status = node
+            .status()
+            .unwrap_or_else(|| "the agent is stopping\n".into());
+        return stream.write_all(status.as_bytes());
+    }
+    let (wait, body) = match trimmed.strip_prefix("WAIT") {
+        Some(rest) => (true, rest),
+        None => (false, trimmed),
+    };
+    let parsed = parse_input(body.as_bytes(), 1, true, &crate::methods::is_known);
+    let mut out = String::new();
+    for r in &parsed.rejected {
+        let line = serde_json::json!({"rejected": r.text, "error": r.error});
+        out.push_str(&format!("{line}\n"));
+    }
+    let targets: Vec<String> = parsed.messages.iter().map(|m| m.to_node.clone()).collect();
+    let watched = if parsed.messages.is_empty() {
+        Vec::new()
+    } else {
+        match node.accept_watched(parsed.messages) {
+            Ok(w) => w,
+            Err(e) => {
+                let line =
+                    serde_json::json!({"error": format!("cannot journal the messages: {e}")});
+                out.push_str(&format!("{line}\n"));
+                Vec::new()
+            }
+        }
+    };
+    for ((id, _), to) in watched.iter().zip(&targets) {
+        let line = serde_json::json!({"id": id, "toNode": to, "queued": true});
+        out.push_str(&format!("{line}\n"));
+    }
+    stream.write_all(out.as_bytes())?;
+    if !wait {
+        return Ok(());
+    }
+    for (id, progress) in watched {
+        for p in progress.iter() {
+            let done = matches!(p, crate::node::Progress::Finished { .. });
+            let line = serde_json::json!({"id": id, "progress": p});
+            stream.write_all(format!("{line}\n").as_bytes())?;
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! `steward send` and `steward status`: exit codes and output through the agent's socket.
+
+mod common;
+use common::{NatsServer, Node};
+use std::process::{Command, Output};
+
+fn steward(node: &Node, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", node.data().display()))
+        .args(args)
+        .env_remove("STEWARD_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn wait_for_socket(node: &Node) {
+    node.wait_until("", "had a socket", |_| node.path("steward.sock").exists());
+}
+
+#[test]
+fn send_prints_the_output_and_exits_with_the_remote_status() {
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    let out = steward(
+        &central,
+        &[
+            "send",
+            "--to",
+            "ship1",
+            "--",
+            "sh",
+            "-c",
+            "echo from ship1; exit 0",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from ship1\n");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("waiting for its reply") && progress.contains("attempt 1/"),
+        "{progress}"
+    );
+    // A failing command: its exit status comes back.
+    let out = steward(
+        &central,
+        &[
+            "send",
+            "--to",
+            "ship1",
+            "--",
+            "sh",
+            "-c",
+            "echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "oops\n");
+    // inmsg.txt keeps working beside the socket.
+    central.append_inmsg(&common::command("ship1", &["echo", "via inmsg"]));
+    central.wait_for("replies/ship1.CLICommand.log", "via inmsg");
+}
+
+#[test]
+fn send_to_an_unreachable_node_says_so_and_exits_4() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    let out = steward(
+        &central,
+        &[
+            "send",
+            "--to",
+            "ship9",
+            "--timeout",
+            "1",
+            "--retries",
+            "1",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("attempt 2/2") && err.contains("no responders on ship9"),
+        "{err}"
+    );
+    central.wait_for("failed-messages.txt", "ship9");
+}
+
+#[test]
+fn send_without_a_running_agent_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", dir.path().display()))
+        .args(["send", "--to", "ship1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no steward agent is running") && err.contains("steward.sock"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", dir.path().display()))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn no_wait_queues_and_prints_the_id_and_bad_input_exits_2() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    let out = steward(
+        &central,
+        &[
+            "send",
+            "--to",
+            "ship1",
+            "--method",
+            "TextLogging",
+            "--no-wait",
+            "--",
+            "queued text",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("central-"), "{id}");
+    ship1.wait_for("textlog/central.log", "queued text");
+    let out = steward(&central, &["send", "--to", "ship 1", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad toNode"));
+}
+
+#[test]
+fn the_socket_takes_inmsg_json_as_socat_would_send_it() {
+    use std::io::{Read, Write};
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    let mut s = std::os::unix::net::UnixStream::connect(central.path("steward.sock")).unwrap();
+    s.write_all(common::command("ship1", &["echo", "via the socket"]).as_bytes())
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("\"queued\":true"), "{answer}");
+    central.wait_for("replies/ship1.CLICommand.log", "via the socket");
+}
+
+#[test]
+fn status_prints_the_process_table() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    let out = steward(&central, &["status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "node central",
+        "inbox",
+        "subscriber CLICommand",
+        "control socket",
+        "queued",
+    ] {
+        assert!(table.contains(row), "{row} missing:\n{table}");
+    }
+}
