@@ -259,6 +259,8 @@ pub struct Journal {
     inbox_offsets: BTreeMap<String, u64>,
     unsynced: bool,
     bytes_written: u64,
+    /// How long each fsync took since the last [`Journal::take_fsync_seconds`].
+    fsync_seconds: Vec<f64>,
 }
 
 impl Journal {
@@ -300,6 +302,7 @@ impl Journal {
             inbox_offsets: BTreeMap::new(),
             unsynced: false,
             bytes_written: 0,
+            fsync_seconds: Vec::new(),
         };
         let mut envelopes = BTreeMap::new();
         for (offset, len, record) in decoded.records {
@@ -385,8 +388,7 @@ impl Journal {
             return Ok(entries);
         }
         self.write(&buf)?;
-        self.file.sync_data()?;
-        self.unsynced = false;
+        self.sync_now()?;
         self.next_seq += entries.len() as u64;
         for (entry, span) in entries.iter().zip(spans) {
             self.pending.insert(entry.seq, span);
@@ -441,10 +443,24 @@ impl Journal {
     /// Makes every record written so far durable.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {
-            self.file.sync_data()?;
-            self.unsynced = false;
+            self.sync_now()?;
         }
         Ok(())
+    }
+
+    fn sync_now(&mut self) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        self.file.sync_data()?;
+        self.unsynced = false;
+        if self.fsync_seconds.len() < 10_000 {
+            self.fsync_seconds.push(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// The fsync durations measured since the last call (for the metrics).
+    pub fn take_fsync_seconds(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.fsync_seconds)
     }
 
     pub fn pending_count(&self) -> usize {

@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             recovery.pending.len()
         );
     }
-    metrics.journal(&node.journal());
+    metrics.journal(&mut node.journal());
     // Unfinished messages go first, before the inbox takes anything new.
     node.deliver(journal::queue(&recovery.pending));
 

@@ -5,9 +5,14 @@
 //! The HTTP responder is a few lines over `std::net`: one thread, one request per
 //! connection, which is all a scraper needs, without pulling an HTTP stack onto a Pi.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub struct Metrics {
@@ -26,6 +31,12 @@ pub struct Metrics {
     pub journal_pending: IntGauge,
     pub journal_size: IntGauge,
     pub journal_written: IntCounter,
+    pub journal_fsync: Histogram,
+    pub finished: IntCounterVec,
+    pub delivery_latency: HistogramVec,
+    hello_age: IntGaugeVec,
+    /// Node → when it last said Hello (ms since the epoch); ages are computed at scrape time.
+    last_hello: Mutex<HashMap<String, u64>>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -129,12 +140,62 @@ impl Metrics {
                 "steward_journal_written_bytes_total",
                 "Bytes written to the journal, compaction included (SD card wear).",
             ),
+            journal_fsync: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("steward_journal_fsync_seconds", "Time each journal fsync took.")
+                        .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+                )
+                .expect("metric names are valid");
+                r.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
+            finished: counter_vec(
+                &r,
+                "steward_messages_finished_total",
+                "Messages finished by this node as sender, by method, kind and outcome (acked, published, refused, failed).",
+                &["method", "kind", "outcome"],
+            ),
+            delivery_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "steward_delivery_latency_seconds",
+                        "From a message's acceptance to its ACK (retries and the command's run time included).",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0]),
+                    &["method"],
+                )
+                .expect("metric names are valid");
+                r.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
+            hello_age: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "steward_node_last_hello_age_seconds",
+                        "Seconds since each node last said Hello (on the node that receives Hello: central).",
+                    ),
+                    &["node"],
+                )
+                .expect("metric names are valid");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            last_hello: Mutex::new(HashMap::new()),
             registry: r,
         }
     }
 
+    /// A node said Hello.
+    pub fn hello(&self, node: &str) {
+        let mut last = self.last_hello.lock().unwrap_or_else(|p| p.into_inner());
+        last.insert(node.to_string(), crate::files::unix_millis());
+    }
+
     /// Mirrors the journal's figures.
-    pub fn journal(&self, journal: &crate::journal::Journal) {
+    pub fn journal(&self, journal: &mut crate::journal::Journal) {
+        for s in journal.take_fsync_seconds() {
+            self.journal_fsync.observe(s);
+        }
         self.journal_pending.set(journal.pending_count() as i64);
         self.journal_size.set(journal.size() as i64);
         let written = journal.bytes_written();
@@ -143,6 +204,17 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        let now = crate::files::unix_millis();
+        for (node, &at) in self
+            .last_hello
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            self.hello_age
+                .with_label_values(&[node])
+                .set((now.saturating_sub(at) / 1000) as i64);
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))

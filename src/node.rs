@@ -106,7 +106,7 @@ impl Node {
         let entries = {
             let mut journal = self.journal();
             let entries = journal.append(&self.config.node, messages, inbox)?;
-            self.metrics.journal(&journal);
+            self.metrics.journal(&mut journal);
             entries
         };
         // Watchers are in place before the messages reach a publisher.
@@ -153,7 +153,7 @@ impl Node {
         if let Err(e) = journal.mark_done(seq) {
             log::error!("journal: cannot record message {seq} as finished: {e}");
         }
-        self.metrics.journal(&journal);
+        self.metrics.journal(&mut journal);
     }
 
     /// Logs an error and sends it to the central error logger, through the journal, so it

@@ -281,9 +281,11 @@ impl Supervisor {
                 },
                 recv(tick) -> _ => {
                     self.restart_due();
-                    if let Err(e) = self.node.journal().sync() {
+                    let mut journal = self.node.journal();
+                    if let Err(e) = journal.sync() {
                         log::error!("journal: cannot sync: {e}");
                     }
+                    self.node.metrics.journal(&mut journal);
                 },
             }
         }

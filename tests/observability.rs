@@ -40,9 +40,26 @@ fn metrics_count_what_flows() {
     );
     assert_eq!(central.metric("steward_broker_connected"), 1.0);
     assert!(central.metric("steward_processes_running") >= 6.0);
+    assert_eq!(
+        central.metric("steward_messages_finished_total{kind=\"CommandACK\",method=\"CLICommand\",outcome=\"acked\"}"),
+        3.0
+    );
+    assert_eq!(
+        central.metric("steward_delivery_latency_seconds_count{method=\"CLICommand\"}"),
+        3.0
+    );
+    assert!(central.metric("steward_journal_fsync_seconds_count") >= 1.0);
+    assert!(central.metric("steward_journal_written_bytes_total") > 0.0);
+    // Central hears every node's Hello and shows how long ago.
+    central.wait_for("hello-nodes.json", "ship1");
     let page = http_get(central.prom_port, "/metrics");
+    assert!(
+        page.contains("steward_node_last_hello_age_seconds{node=\"ship1\"}"),
+        "{page}"
+    );
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     assert!(page.contains("# TYPE steward_messages_acked_total counter"));
+    assert!(page.contains("# TYPE steward_delivery_latency_seconds histogram"));
     assert!(http_get(central.prom_port, "/nope").starts_with("HTTP/1.1 404"));
 }
 

@@ -63,6 +63,7 @@ impl Method for Hello {
 
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         node.presence.seen(&envelope.from_node);
+        node.metrics.hello(&envelope.from_node);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if !seen.loaded {
             seen.loaded = true;

@@ -391,6 +391,17 @@ impl Publisher {
         if let Err(e) = crate::files::append(&node.data.message_log(), &bytes, false) {
             log::error!("cannot write the message log: {e}");
         }
+        node.metrics
+            .finished
+            .with_label_values(&[method, message.kind.as_str(), outcome])
+            .inc();
+        if outcome == "acked" {
+            let ms = crate::files::unix_millis().saturating_sub(envelope.accepted);
+            node.metrics
+                .delivery_latency
+                .with_label_values(&[method])
+                .observe(ms as f64 / 1000.0);
+        }
         node.finish(entry.seq);
         node.progress(
             &envelope.id,
