@@ -20,7 +20,9 @@ fn main() -> ExitCode {
             let text = steward::config::seed_help(&early.output);
             return match early.status {
                 Ok(()) => {
-                    println!("{text}");
+                    // Not println!: a closed pipe (`steward --help | head`) is not a crash.
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stdout(), "{text}");
                     ExitCode::SUCCESS
                 }
                 Err(()) => {
