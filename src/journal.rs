@@ -191,6 +191,37 @@ fn decode_body(body: &[u8]) -> Option<Record> {
     })
 }
 
+/// Opens (or creates) a file of records for appending, reads what it holds, and cuts off a
+/// torn or corrupt tail, returning what was cut. The one way record files are opened.
+pub fn open_records(path: &Path) -> io::Result<(File, Decoded, Option<String>)> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let decoded = decode(&bytes);
+    let cut = match &decoded.corruption {
+        None => None,
+        Some(why) => {
+            file.set_len(decoded.valid_len)?;
+            file.sync_all()?;
+            Some(format!(
+                "{}: {why}; kept {} complete records ({} bytes), cut {} bytes",
+                path.display(),
+                decoded.records.len(),
+                decoded.valid_len,
+                bytes.len() as u64 - decoded.valid_len
+            ))
+        }
+    };
+    Ok((file, decoded, cut))
+}
+
 /// A journaled message: its place in the journal and the message itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -270,28 +301,11 @@ impl Journal {
 
     /// Opens (or creates) the journal in `dir`, cutting off a torn or corrupt tail.
     pub fn open(dir: &Path) -> io::Result<(Journal, Recovery)> {
-        fs::create_dir_all(dir)?;
-        let path = Journal::path(dir);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let decoded = decode(&bytes);
-        let mut recovery = Recovery::default();
-        if let Some(why) = &decoded.corruption {
-            let cut = bytes.len() as u64 - decoded.valid_len;
-            recovery.cut = Some(format!(
-                "{}: {why}; kept {} complete records ({} bytes), cut {cut} bytes",
-                path.display(),
-                decoded.records.len(),
-                decoded.valid_len
-            ));
-            file.set_len(decoded.valid_len)?;
-            file.sync_all()?;
-        }
+        let (file, decoded, cut) = open_records(&Journal::path(dir))?;
+        let mut recovery = Recovery {
+            cut,
+            ..Recovery::default()
+        };
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             file,

@@ -10,11 +10,11 @@
 //! The record format is the journal's (see [`crate::journal`]). The file keeps the last
 //! [`KEEP`] ids: when it grows past [`COMPACT_BYTES`] it is rewritten with only those.
 
-use crate::journal::{decode, encode, Record};
+use crate::journal::{decode, encode, open_records, Record};
 use crate::message::Reply;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -64,24 +64,10 @@ impl Received {
 
     /// As [`Received::open`], remembering the last `keep` ids.
     pub fn open_keeping(dir: &Path, keep: usize) -> io::Result<Received> {
-        std::fs::create_dir_all(dir)?;
         let path = dir.join("received.log");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let decoded = decode(&bytes);
-        if let Some(why) = &decoded.corruption {
-            log::warn!(
-                "{}: {why}; cut {} bytes",
-                path.display(),
-                bytes.len() as u64 - decoded.valid_len
-            );
-            file.set_len(decoded.valid_len)?;
-            file.sync_all()?;
+        let (file, decoded, cut) = open_records(&path)?;
+        if let Some(cut) = cut {
+            log::warn!("{cut}");
         }
         let mut inner = Inner {
             path,
