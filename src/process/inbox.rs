@@ -8,6 +8,9 @@
 //! only be had on a file nobody else holds; where leases are not allowed, after the file has
 //! been quiet for [`QUIET`]). Only then is it removed.
 //!
+//! The data folder is watched with inotify, so an append is taken the moment it is written
+//! (where inotify is not available, the file is polled every [`POLL`]).
+//!
 //! Every complete JSON array read is journaled, in one fsync'd batch together with the
 //! offset read up to, before anything else happens; so after a crash the taken file is read
 //! on from that offset, never from the start. A trailing array still being written is left
@@ -25,8 +28,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often inmsg.txt is looked at.
+/// How often inmsg.txt is looked at without inotify, and at most how long a wait with it.
 const POLL: Duration = Duration::from_millis(20);
+const WATCHED_WAIT: Duration = Duration::from_millis(250);
 /// Where file leases are not available: how long a taken file must be unchanged before we
 /// take it that no writer holds it any more.
 const QUIET: Duration = Duration::from_secs(2);
@@ -57,6 +61,13 @@ impl Process for Inbox {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
         let root = self.node.data.root.clone();
         let mut taken = self.leftovers()?;
+        let watch = Watch::new(&root);
+        if watch.is_none() {
+            log::warn!(
+                "inotify unavailable; polling {} every {POLL:?}",
+                self.node.data.inmsg().display()
+            );
+        }
         self.state
             .set(format!("watching {}", self.node.data.inmsg().display()));
         loop {
@@ -84,8 +95,58 @@ impl Process for Inbox {
                     i += 1;
                 }
             }
-            if sleep_or_stop(stop, POLL) {
+            let stopping = match &watch {
+                Some(w) => {
+                    w.wait(WATCHED_WAIT);
+                    !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
+                }
+                None => sleep_or_stop(stop, POLL),
+            };
+            if stopping {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// An inotify watch on the data folder: wakes the inbox when a file in it is written,
+/// created, renamed in or closed.
+struct Watch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Watch {
+    fn new(dir: &std::path::Path) -> Option<Watch> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscall; a negative result is an error.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        // SAFETY: fd is an inotify descriptor and path a NUL-terminated string.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+        (wd >= 0).then_some(Watch { fd })
+    }
+
+    /// Waits until something changed in the folder, or `timeout`; drains the events.
+    fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is valid for the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if ready > 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: buf is valid for its length; the fd is non-blocking.
+            while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
+            {
             }
         }
     }

@@ -385,7 +385,9 @@ impl Publisher {
         };
         let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
         line["outcome"] = outcome.into();
-        line["finished"] = crate::files::now_rfc3339().into();
+        let finished = crate::files::unix_millis();
+        line["finished"] = crate::files::rfc3339(finished).into();
+        line["finishedUnixMs"] = finished.into();
         let mut bytes = serde_json::to_vec(&line).expect("a JSON value serializes");
         bytes.push(b'\n');
         if let Err(e) = crate::files::append(&node.data.message_log(), &bytes, false) {

@@ -1,0 +1,433 @@
+//! steward next to bare NATS, measured side by side in one run on this machine.
+//!
+//! ```sh
+//! cargo bench --bench steward_bench            # about two minutes on 2 cores
+//! ```
+//!
+//! It starts its own nats-server on a free loopback port and real `steward` processes (the
+//! release build) in temporary folders, and prints one table. Absolute times on shared
+//! machines are noisy; the ratios against bare NATS, measured in the same run with the same
+//! payloads, are the figures to compare.
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "benchmark stuck: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Agent {
+    proc: Proc,
+    dir: PathBuf,
+    prom: u16,
+}
+
+impl Agent {
+    fn start(name: &str, broker: &str, root: &Path) -> Agent {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let prom = free_port();
+        let log = fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args([
+                &format!("--node={name}"),
+                &format!("--brokerAddress={broker}"),
+                &format!("--dataFolder={}", dir.display()),
+                &format!("--promHostAndPort=127.0.0.1:{prom}"),
+                "--helloInterval=0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        wait_until("agent start", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", prom)).is_ok()
+        });
+        wait_until("agent socket", Duration::from_secs(10), || {
+            dir.join("steward.sock").exists()
+        });
+        Agent {
+            proc: Proc(child),
+            dir,
+            prom,
+        }
+    }
+
+    fn append(&self, text: &str) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("inmsg.txt"))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Finished messages in the message log, with accepted and finished times (ms).
+    fn finished(&self) -> Vec<(u64, u64)> {
+        let text = fs::read_to_string(self.dir.join("message-log.txt")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["outcome"] == "acked")
+            .map(|v| {
+                (
+                    v["accepted"].as_u64().unwrap(),
+                    v["finishedUnixMs"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        use std::io::Read;
+        let mut s = TcpStream::connect(("127.0.0.1", self.prom)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        let pid = self.proc.0.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn event(to: &str, i: usize) -> String {
+    format!("{{\"toNode\":\"{to}\",\"data\":[\"bench event {i:06} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}")
+}
+
+struct Row {
+    what: String,
+    steward: String,
+    bare: String,
+    ratio: String,
+    target: String,
+}
+
+fn main() {
+    let quick = std::env::var_os("STEWARD_BENCH_QUICK").is_some();
+    let n_events = if quick { 500 } else { 3000 };
+    let n_commands = if quick { 50 } else { 200 };
+    let fan = 1000;
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nats_bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nats-server");
+    let _nats = Proc(
+        Command::new(nats_bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server"),
+    );
+    wait_until("nats-server", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let broker = format!("127.0.0.1:{port}");
+    let mut rows = Vec::new();
+
+    // 1. Bare NATS: sequential request/reply with the same payload, explicit flush.
+    let payload = steward::message::Envelope {
+        id: "central-1-1".into(),
+        from_node: "central".into(),
+        accepted: 0,
+        message: serde_json::from_str(&event("ship1", 0)).unwrap(),
+    }
+    .encode();
+    let (bare_rate, bare_p50, bare_p99) = bare_request_reply(&broker, &payload, n_events);
+
+    // 2. steward: durable events central → ship1, journal on, until all ACKed.
+    let ship1 = Agent::start("ship1", &broker, root.path());
+    let central = Agent::start("central", &broker, root.path());
+    let batch: String = (0..n_events)
+        .map(|i| format!("[{}]\n", event("ship1", i)))
+        .collect();
+    let t = Instant::now();
+    central.append(&batch);
+    wait_until("events acked", Duration::from_secs(600), || {
+        central.metric("steward_messages_acked_total{method=\"TextLogging\"}") >= n_events as f64
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let rate = n_events as f64 / secs;
+    let lat = sorted(
+        central
+            .finished()
+            .iter()
+            .map(|(a, f)| (f - a) as f64)
+            .collect(),
+    );
+    let journal_bytes = central.metric("steward_journal_written_bytes_total") / n_events as f64;
+    rows.push(Row {
+        what: format!("durable events/s ({n_events} EventACK)"),
+        steward: format!("{rate:.0}"),
+        bare: format!("{bare_rate:.0}"),
+        ratio: format!("{:.2}", rate / bare_rate),
+        target: flag(rate >= bare_rate, "≥ 1.00"),
+    });
+    rows.push(Row {
+        what: "event latency p50 / p99 (ms)".into(),
+        steward: format!(
+            "{:.1} / {:.1}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        ),
+        bare: format!("{:.2} / {:.2}", bare_p50, bare_p99),
+        ratio: String::new(),
+        target: String::new(),
+    });
+
+    // 3. Command round trip: CLICommand `true`, one at a time, append → stored reply.
+    let spawn = sorted(
+        (0..n_commands)
+            .map(|_| {
+                let t = Instant::now();
+                Command::new("true").status().unwrap();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    );
+    let mut rtt = Vec::new();
+    let replies = central.dir.join("replies/ship1.CLICommand.log");
+    for i in 0..n_commands {
+        let t = Instant::now();
+        central.append("[{\"toNode\":\"ship1\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}]\n");
+        wait_until("command reply", Duration::from_secs(30), || {
+            fs::read_to_string(&replies)
+                .unwrap_or_default()
+                .matches("=== ")
+                .count()
+                > i
+        });
+        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let rtt = sorted(rtt);
+    let over50 = percentile(&rtt, 0.5) - percentile(&spawn, 0.5);
+    rows.push(Row {
+        what: "command round trip p50 / p99 (ms)".into(),
+        steward: format!(
+            "{:.2} / {:.2}",
+            percentile(&rtt, 0.5),
+            percentile(&rtt, 0.99)
+        ),
+        bare: format!("spawn alone {:.2}", percentile(&spawn, 0.5)),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    rows.push(Row {
+        what: "steward's own overhead p50 (ms)".into(),
+        steward: format!("{over50:.2}"),
+        bare: format!("bare req/rep {bare_p50:.2}"),
+        ratio: String::new(),
+        target: flag(over50 < 1.0, "< 1 ms"),
+    });
+
+    // 4. Fan-out: one command to 1,000 nodes, simulated by lightweight responders (one
+    // process, one NATS connection, a subscription per node answering at once).
+    let responders = spawn_responders(&broker, fan);
+    let batch: String = (0..fan)
+        .map(|i| format!("[{{\"toNode\":\"node{i}\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n"))
+        .collect();
+    let before = central.metric("steward_messages_acked_total{method=\"CLICommand\"}");
+    let t = Instant::now();
+    central.append(&batch);
+    wait_until("fan-out replies", Duration::from_secs(120), || {
+        central.metric("steward_messages_acked_total{method=\"CLICommand\"}") >= before + fan as f64
+    });
+    let fan_secs = t.elapsed().as_secs_f64();
+    rows.push(Row {
+        what: format!("fan-out: 1 command to {fan} nodes, all replies stored (s)"),
+        steward: format!("{fan_secs:.2}"),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag(fan_secs < 2.0, "< 2 s"),
+    });
+    drop(responders);
+
+    // 5. Footprint.
+    let idle = Agent::start("idle", &broker, root.path());
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = idle.status("VmRSS:");
+    rows.push(Row {
+        what: "idle node: RSS (MB) / threads".into(),
+        steward: format!(
+            "{:.1} / {}",
+            idle_rss as f64 / 1024.0,
+            idle.status("Threads:")
+        ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag((idle_rss as f64) < 8.0 * 1024.0, "< 8 MB"),
+    });
+    rows.push(Row {
+        what: format!("central after fan-out ({fan} publishers): RSS (MB) / threads"),
+        steward: format!(
+            "{:.1} / {}",
+            central.status("VmRSS:") as f64 / 1024.0,
+            central.status("Threads:")
+        ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    rows.push(Row {
+        what: "journal bytes written per message".into(),
+        steward: format!("{journal_bytes:.0}"),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    let size = |p: &str| {
+        fs::metadata(p)
+            .map(|m| format!("{:.2}", m.len() as f64 / 1e6))
+            .unwrap_or("not built".into())
+    };
+    rows.push(Row {
+        what: "stripped binary x86_64 / armv7 (MB)".into(),
+        steward: format!(
+            "{} / {}",
+            size(env!("CARGO_BIN_EXE_steward")),
+            size("target/armv7/armv7-unknown-linux-gnueabihf/release/steward")
+        ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    drop(ship1);
+
+    println!("\n| measure | steward | bare NATS | ratio | target |\n|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.what, r.steward, r.bare, r.ratio, r.target
+        );
+    }
+}
+
+fn flag(met: bool, target: &str) -> String {
+    if met {
+        format!("{target} ✓")
+    } else {
+        format!("{target} **MISSED**")
+    }
+}
+
+/// Sequential request/reply through the `nats` crate: subscribe an inbox, publish, flush,
+/// wait; the responder answers with a reply of the size steward's would have.
+fn bare_request_reply(broker: &str, payload: &[u8], n: usize) -> (f64, f64, f64) {
+    let responder = nats::connect(broker).unwrap();
+    let sub = responder.subscribe("bare.EventACK.TextLogging").unwrap();
+    let reply_body = vec![b'x'; 90];
+    let r2 = responder.clone();
+    std::thread::spawn(move || {
+        for m in sub.messages() {
+            if let Some(reply) = &m.reply {
+                let _ = r2.publish(reply, &reply_body);
+                let _ = r2.flush();
+            }
+        }
+    });
+    responder.flush().unwrap();
+    let conn = nats::connect(broker).unwrap();
+    let inbox = conn.new_inbox();
+    let replies = conn.subscribe(&format!("{inbox}.*")).unwrap();
+    let mut lat = Vec::with_capacity(n);
+    let t = Instant::now();
+    for i in 0..n {
+        let s = Instant::now();
+        let reply = format!("{inbox}.{i}");
+        conn.publish_request("bare.EventACK.TextLogging", &reply, payload)
+            .unwrap();
+        conn.flush().unwrap();
+        loop {
+            let m = replies.next_timeout(Duration::from_secs(5)).unwrap();
+            if m.subject == reply {
+                break;
+            }
+        }
+        lat.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let lat = sorted(lat);
+    (rate, percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// `n` simulated nodes in this process: one connection and one wildcard subscription on
+/// every node's CLICommand subject, answering `node<i>` at once with an ACK as steward
+/// would send it.
+fn spawn_responders(broker: &str, n: usize) -> nats::Subscription {
+    let conn = nats::connect(broker).unwrap();
+    let sub = conn.subscribe("*.CommandACK.CLICommand").unwrap();
+    let sub2 = sub.clone();
+    std::thread::spawn(move || {
+        for m in sub2.messages() {
+            let node = m.subject.split('.').next().unwrap_or_default().to_string();
+            let simulated = node
+                .strip_prefix("node")
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i < n);
+            let (Some(to), true) = (&m.reply, simulated) else {
+                continue;
+            };
+            let Ok(env) = steward::message::Envelope::decode(&m.data) else {
+                continue;
+            };
+            let reply = steward::message::Reply {
+                id: env.id,
+                from_node: node,
+                status: steward::message::Status::Ok,
+                exit_code: Some(0),
+                output: String::new(),
+            };
+            let _ = conn.publish(to, reply.encode());
+            let _ = conn.flush();
+        }
+    });
+    sub
+}
