@@ -28,7 +28,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
         assert!(Instant::now() < deadline, "benchmark stuck: {what}");
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
@@ -290,6 +290,79 @@ fn main() {
     });
     drop(responders);
 
+    // Scaling with destinations: the same fan-out to 1, 10, 100 and 1,000 nodes.
+    let responders = spawn_responders(&broker, fan);
+    let mut scaling = Vec::new();
+    for (round, nodes) in [1usize, 10, 100, 1000].into_iter().enumerate() {
+        let batch: String = (0..nodes)
+            .map(|i| format!("[{{\"toNode\":\"node{i}\",\"data\":[\"true\",\"{round}\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n"))
+            .collect();
+        let before = central.metric("steward_messages_acked_total{method=\"CLICommand\"}");
+        let t = Instant::now();
+        central.append(&batch);
+        wait_until("scaling replies", Duration::from_secs(120), || {
+            central.metric("steward_messages_acked_total{method=\"CLICommand\"}")
+                >= before + nodes as f64
+        });
+        scaling.push(format!("{nodes}: {:.3}", t.elapsed().as_secs_f64()));
+    }
+    drop(responders);
+    rows.push(Row {
+        what: "one command to N nodes, all replies stored (s)".into(),
+        steward: scaling.join(", "),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+
+    // Scaling with backlog: messages queued for a node that is away, journaled, and memory.
+    let away = Agent::start("sender", &broker, root.path());
+    let mut backlog = Vec::new();
+    let mut queued = 0;
+    let mut rss_at = Vec::new();
+    for total in [1_000usize, 10_000, 100_000] {
+        let batch: String = (queued..total)
+            .collect::<Vec<_>>()
+            .chunks(1000)
+            .map(|c| {
+                format!(
+                    "[{}]\n",
+                    c.iter()
+                        .map(|&i| event("away", i))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            })
+            .collect();
+        let t = Instant::now();
+        away.append(&batch);
+        wait_until("backlog journaled", Duration::from_secs(300), || {
+            away.metric("steward_journal_pending_messages") >= total as f64
+        });
+        let rate = (total - queued) as f64 / t.elapsed().as_secs_f64();
+        let rss = away.status("VmRSS:");
+        rss_at.push(rss);
+        backlog.push(format!(
+            "{}k: {:.0}/s, {:.1} MB",
+            total / 1000,
+            rate,
+            rss as f64 / 1024.0
+        ));
+        queued = total;
+    }
+    let per_message = (rss_at[2].saturating_sub(rss_at[1]) * 1024) as f64 / 90_000.0;
+    rows.push(Row {
+        what: "backlog for an absent node: intake rate, RSS".into(),
+        steward: backlog.join("; "),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag(
+            per_message < 16.0,
+            &format!("flat memory ({per_message:.0} B/msg)"),
+        ),
+    });
+    drop(away);
+
     // 5. Footprint.
     let idle = Agent::start("idle", &broker, root.path());
     std::thread::sleep(Duration::from_millis(500));
@@ -319,6 +392,15 @@ fn main() {
     rows.push(Row {
         what: "journal bytes written per message".into(),
         steward: format!("{journal_bytes:.0}"),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    let fsyncs = central.metric("steward_journal_fsync_seconds_count");
+    let fsync_ms = 1000.0 * central.metric("steward_journal_fsync_seconds_sum") / fsyncs.max(1.0);
+    rows.push(Row {
+        what: "journal fsync, mean (ms) / count on central".into(),
+        steward: format!("{fsync_ms:.2} / {fsyncs:.0}"),
         bare: String::new(),
         ratio: String::new(),
         target: String::new(),
