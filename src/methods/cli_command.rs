@@ -85,7 +85,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
         } else {
             left.min(Duration::from_millis(200))
         };
-        match poll_readable(&reader, wait) {
+        match crate::files::wait_readable(reader.as_raw_fd(), wait) {
             Ok(true) => match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -136,26 +136,6 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn poll_readable(file: &File, timeout: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: pfd is a valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(n > 0)
 }
 
 fn kill_group(pgid: u32) {

@@ -13,11 +13,12 @@
 //!
 //! The socket lives in the data folder, so only who may read the node's data may use it.
 
-use super::{sleep_or_stop, Process, State};
+use super::{stopping, Process, State};
 use crate::message::parse_input;
 use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +64,12 @@ impl Process for Control {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if sleep_or_stop(stop, Duration::from_millis(50)) {
+                    // Sleep until a client connects, looking up for `stop` now and then.
+                    let _ = crate::files::wait_readable(
+                        listener.as_raw_fd(),
+                        Duration::from_millis(250),
+                    );
+                    if stopping(stop) {
                         let _ = std::fs::remove_file(&path);
                         return Ok(());
                     }

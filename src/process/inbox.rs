@@ -17,7 +17,7 @@
 //! until it is complete. Bad pieces go to `inmsg.rejected.txt` with the reason, and are
 //! reported; the rest of the batch still goes.
 
-use super::{sleep_or_stop, Process, State};
+use super::{sleep_or_stop, stopping, Process, State};
 use crate::message::{parse_input, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
@@ -98,7 +98,7 @@ impl Process for Inbox {
             let stopping = match &watch {
                 Some(w) => {
                     w.wait(WATCHED_WAIT);
-                    !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
+                    stopping(stop)
                 }
                 None => sleep_or_stop(stop, POLL),
             };
@@ -135,14 +135,7 @@ impl Watch {
 
     /// Waits until something changed in the folder, or `timeout`; drains the events.
     fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is valid for the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-        if ready > 0 {
+        if let Ok(true) = crate::files::wait_readable(self.fd.as_raw_fd(), timeout) {
             let mut buf = [0u8; 4096];
             // SAFETY: buf is valid for its length; the fd is non-blocking.
             while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0

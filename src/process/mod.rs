@@ -94,3 +94,8 @@ pub fn sleep_or_stop(stop: &Receiver<()>, d: std::time::Duration) -> bool {
         Err(crossbeam_channel::RecvTimeoutError::Disconnected) | Ok(())
     )
 }
+
+/// Whether `stop` has fired, without waiting.
+pub fn stopping(stop: &Receiver<()>) -> bool {
+    !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
+}
