@@ -15,6 +15,7 @@
 //! the message path therefore ends with [`flush`], so a round trip costs a round trip, not
 //! the flush timer.
 
+use crate::config::{Auth, BrokerSecurity};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -48,7 +49,12 @@ impl Link {
 
 impl Broker {
     /// Starts connecting to `urls` in the background and returns at once.
-    pub fn connect(node: &str, urls: &[String], metrics: Arc<Metrics>) -> Arc<Broker> {
+    pub fn connect(
+        node: &str,
+        urls: &[String],
+        security: BrokerSecurity,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
             conn: OnceLock::new(),
             link: Mutex::new(Link::new_down()),
@@ -59,17 +65,23 @@ impl Broker {
         let b = broker.clone();
         std::thread::Builder::new()
             .name("broker-connect".into())
-            .spawn(move || Broker::connect_loop(&b, &name, &url_list, metrics))
+            .spawn(move || Broker::connect_loop(&b, &name, &url_list, &security, metrics))
             .expect("spawning a thread at start-up");
         broker
     }
 
-    fn connect_loop(self: &Arc<Broker>, name: &str, urls: &str, metrics: Arc<Metrics>) {
+    fn connect_loop(
+        self: &Arc<Broker>,
+        name: &str,
+        urls: &str,
+        security: &BrokerSecurity,
+        metrics: Arc<Metrics>,
+    ) {
         let mut attempt = 0u32;
         loop {
             let (m_down, b_down) = (metrics.clone(), self.clone());
             let (m_up, b_up) = (metrics.clone(), self.clone());
-            let options = nats::Options::new()
+            let options = secured(security)
                 .with_name(name)
                 .retry_on_failed_connect()
                 .max_reconnects(None)
@@ -138,6 +150,33 @@ impl Broker {
     pub fn get(&self) -> Option<nats::Connection> {
         self.conn.get().cloned()
     }
+}
+
+/// Options with the node's TLS and authentication. Secrets go to the client, never to logs.
+fn secured(security: &BrokerSecurity) -> nats::Options {
+    let mut options = match &security.auth {
+        Auth::None => nats::Options::new(),
+        Auth::UserPassword { user, password } => {
+            nats::Options::with_user_pass(user, password.expose())
+        }
+        Auth::Token(token) => nats::Options::with_token(token.expose()),
+        Auth::NKeySeed(seed) => match nkeys::KeyPair::from_seed(seed.expose()) {
+            Ok(pair) => {
+                let public = pair.public_key();
+                nats::Options::with_nkey(&public, move |nonce| pair.sign(nonce).unwrap_or_default())
+            }
+            // Checked when the configuration was read; cannot happen.
+            Err(_) => nats::Options::new(),
+        },
+        Auth::CredsFile(path) => nats::Options::with_credentials(path),
+    };
+    if let Some(ca) = &security.tls_ca {
+        options = options.add_root_certificate(ca).tls_required(true);
+    }
+    if let Some((cert, key)) = &security.tls_client {
+        options = options.client_cert(cert, key);
+    }
+    options
 }
 
 /// Publishes and flushes at once (see the module docs for why).

@@ -68,6 +68,31 @@ pub struct Flags {
     /// most received messages handled at once (default 32)
     #[argh(option)]
     pub max_concurrent_handlers: Option<String>,
+    /// CA certificate file (PEM): connect to the broker over TLS, checking its certificate
+    /// and name against this CA
+    #[argh(option)]
+    pub tls_ca: Option<String>,
+    /// client certificate file (PEM), for brokers that verify clients
+    #[argh(option)]
+    pub tls_cert: Option<String>,
+    /// the client certificate's private key file (PEM)
+    #[argh(option)]
+    pub tls_key: Option<String>,
+    /// broker user name; the password comes from --passwordFile or STEWARD_PASSWORD
+    #[argh(option)]
+    pub user: Option<String>,
+    /// file holding the broker password
+    #[argh(option)]
+    pub password_file: Option<String>,
+    /// file holding a broker token (or set STEWARD_TOKEN)
+    #[argh(option)]
+    pub token_file: Option<String>,
+    /// file holding this node's NKey seed (SU...), for NKey authentication
+    #[argh(option)]
+    pub nkey_seed_file: Option<String>,
+    /// NATS credentials file (user JWT and seed), for decentralized JWT authentication
+    #[argh(option)]
+    pub creds_file: Option<String>,
 }
 
 impl Flags {
@@ -87,6 +112,14 @@ impl Flags {
             "allowCommandsFrom" => self.allow_commands_from.clone(),
             "helloInterval" => self.hello_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
+            "tlsCA" => self.tls_ca.clone(),
+            "tlsCert" => self.tls_cert.clone(),
+            "tlsKey" => self.tls_key.clone(),
+            "user" => self.user.clone(),
+            "passwordFile" => self.password_file.clone(),
+            "tokenFile" => self.token_file.clone(),
+            "nkeySeedFile" => self.nkey_seed_file.clone(),
+            "credsFile" => self.creds_file.clone(),
             _ => None,
         }
     }
@@ -164,6 +197,14 @@ const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("allowCommandsFrom", "allow-commands-from", false),
     ("helloInterval", "hello-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
+    ("tlsCA", "tls-ca", false),
+    ("tlsCert", "tls-cert", false),
+    ("tlsKey", "tls-key", false),
+    ("user", "user", false),
+    ("passwordFile", "password-file", false),
+    ("tokenFile", "token-file", false),
+    ("nkeySeedFile", "nkey-seed-file", false),
+    ("credsFile", "creds-file", false),
 ];
 
 /// Rewrites Go-style flags (`-node=x`, `--brokerAddress=a`, `-centralErrorLogger=true`) into
@@ -250,6 +291,57 @@ pub struct Config {
     pub max_handlers: usize,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// TLS and authentication for the broker link.
+    pub security: BrokerSecurity,
+}
+
+/// How the node proves itself to the broker, and checks the broker.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerSecurity {
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Token(Secret),
+    NKeySeed(Secret),
+    CredsFile(PathBuf),
+}
+
+impl Auth {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Auth::None => "no authentication",
+            Auth::UserPassword { .. } => "user and password",
+            Auth::Token(_) => "token",
+            Auth::NKeySeed(_) => "NKey",
+            Auth::CredsFile(_) => "credentials file",
+        }
+    }
+}
+
+/// A password, token or seed: kept out of logs and `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl Config {
@@ -314,6 +406,7 @@ impl Config {
                 .and_then(|p| p.parent().map(PathBuf::from))
                 .ok_or("cannot find the binary's folder; give --dataFolder")?,
         };
+        let security = o.security()?;
         let ttl: u64 = o.number("defaultMessageTTL", 0)?;
         let hello: u64 = o.number("helloInterval", 30)?;
         Ok(Config {
@@ -336,6 +429,7 @@ impl Config {
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
             max_handlers,
             shutdown_grace: Duration::from_secs(5),
+            security,
         })
     }
 }
@@ -438,6 +532,75 @@ impl Options<'_> {
         Ok(Some(Value { text, source }))
     }
 
+    /// A file an option names, which must exist.
+    fn file(&self, name: &str) -> Result<Option<(PathBuf, String)>, String> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(v) if std::path::Path::new(&v.text).is_file() => {
+                Ok(Some((PathBuf::from(v.text), v.source)))
+            }
+            Some(v) => Err(format!("{}: no such file: {}", v.source, v.text)),
+        }
+    }
+
+    /// A secret from the file an option names, or from an environment variable.
+    fn secret(&self, file_option: &str, var: &str) -> Result<Option<Secret>, String> {
+        if let Some((path, source)) = self.file(file_option)? {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{source}: cannot read {}: {e}", path.display()))?;
+            check_private(&path);
+            return Ok(Some(Secret(text.trim().to_string())));
+        }
+        Ok((self.env)(var).map(|v| Secret(v.trim().to_string())))
+    }
+
+    fn security(&self) -> Result<BrokerSecurity, String> {
+        let tls_ca = self.file("tlsCA")?.map(|(p, _)| p);
+        let tls_client = match (self.file("tlsCert")?, self.file("tlsKey")?) {
+            (Some((cert, _)), Some((key, _))) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("--tlsCert and --tlsKey go together: give both or neither".into()),
+        };
+        let mut ways = Vec::new();
+        if let Some(user) = self.get("user")? {
+            let password = self
+                .secret("passwordFile", "STEWARD_PASSWORD")?
+                .ok_or_else(|| {
+                    format!(
+                        "{}: a user needs a password: give --passwordFile or STEWARD_PASSWORD",
+                        user.source
+                    )
+                })?;
+            ways.push(Auth::UserPassword {
+                user: user.text,
+                password,
+            });
+        }
+        if let Some(token) = self.secret("tokenFile", "STEWARD_TOKEN")? {
+            ways.push(Auth::Token(token));
+        }
+        if let Some(seed) = self.secret("nkeySeedFile", "STEWARD_NKEY_SEED")? {
+            nkeys::KeyPair::from_seed(seed.expose())
+                .map_err(|e| format!("--nkeySeedFile: not an NKey seed ({e})"))?;
+            ways.push(Auth::NKeySeed(seed));
+        }
+        if let Some((path, _)) = self.file("credsFile")? {
+            ways.push(Auth::CredsFile(path));
+        }
+        if ways.len() > 1 {
+            let names: Vec<&str> = ways.iter().map(Auth::describe).collect();
+            return Err(format!(
+                "choose one way to authenticate to the broker, not {}",
+                names.join(" and ")
+            ));
+        }
+        Ok(BrokerSecurity {
+            tls_ca,
+            tls_client,
+            auth: ways.pop().unwrap_or_default(),
+        })
+    }
+
     fn text(&self, name: &str, default: &str) -> Result<Value, String> {
         Ok(self
             .get(name)?
@@ -497,6 +660,19 @@ fn listen_addr(s: &str, default_host: &str) -> String {
         format!("{default_host}:{s}")
     } else {
         s.to_string()
+    }
+}
+
+/// Warns when a file holding a secret can be read by others than its owner.
+fn check_private(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "{} holds a secret but others may read it: chmod 600 it",
+                path.display()
+            );
+        }
     }
 }
 
@@ -704,6 +880,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("STEWARD_MAX_CONCURRENT_HANDLERS"), "{e}");
+    }
+
+    #[test]
+    fn broker_security_options_are_checked_and_secrets_stay_out_of_debug() {
+        let (_dir, pw) = config_file("s3cret\n");
+        let c = load(
+            &["--node=a", "--user=ship1", &format!("--passwordFile={pw}")],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.security.auth, Auth::UserPassword { user, password } if user == "ship1" && password.expose() == "s3cret")
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "a secret in Debug output"
+        );
+        let c = load(&["--node=a"], &[("STEWARD_TOKEN", "tok")]).unwrap();
+        assert!(matches!(&c.security.auth, Auth::Token(t) if t.expose() == "tok"));
+        let e = load(&["--node=a", "--user=ship1"], &[]).unwrap_err();
+        assert!(e.contains("--user") && e.contains("password"), "{e}");
+        let e = load(
+            &["--node=a", "--user=ship1", &format!("--passwordFile={pw}")],
+            &[("STEWARD_TOKEN", "tok")],
+        )
+        .unwrap_err();
+        assert!(e.contains("choose one way"), "{e}");
+        let e = load(&["--node=a", &format!("--tlsCert={pw}")], &[]).unwrap_err();
+        assert!(e.contains("--tlsKey"), "{e}");
+        let e = load(&["--node=a", "--tlsCA=/no/such/ca.pem"], &[]).unwrap_err();
+        assert!(
+            e.contains("--tlsCA") && e.contains("/no/such/ca.pem"),
+            "{e}"
+        );
+        let e = load(&["--node=a", &format!("--nkeySeedFile={pw}")], &[]).unwrap_err();
+        assert!(e.contains("not an NKey seed"), "{e}");
     }
 
     #[test]

@@ -112,7 +112,12 @@ pub fn run(config: Config) -> Result<(), Error> {
             source,
         })?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let broker = broker::Broker::connect(&config.node, &config.brokers, metrics.clone());
+    let broker = broker::Broker::connect(
+        &config.node,
+        &config.brokers,
+        config.security.clone(),
+        metrics.clone(),
+    );
     let (events_tx, events) = crossbeam_channel::unbounded();
     let node = Arc::new(node::Node::new(
         config,
@@ -123,10 +128,16 @@ pub fn run(config: Config) -> Result<(), Error> {
         events_tx.clone(),
     ));
     log::info!(
-        "node {} starting; data in {}; broker {}",
+        "node {} starting; data in {}; broker {} ({}{})",
         node.config.node,
         data.root.display(),
-        node.config.brokers.join(",")
+        node.config.brokers.join(","),
+        node.config.security.auth.describe(),
+        if node.config.security.tls_ca.is_some() {
+            ", TLS"
+        } else {
+            ""
+        }
     );
 
     // Listeners first: a port in use is a start-up error, before any work is taken.

@@ -105,7 +105,13 @@ impl Process for Publisher {
         let Some(conn) = self.node.broker.wait(stop) else {
             return Ok(());
         };
-        let inbox = conn.new_inbox();
+        // Replies come back under this node's own inbox prefix, so a broker can let each
+        // node read only its own replies (`_INBOX.<node>.>`; see the confined config).
+        let inbox = format!(
+            "_INBOX.{}.{}",
+            self.node.config.node,
+            conn.new_inbox().trim_start_matches("_INBOX.")
+        );
         let replies = conn
             .subscribe(&format!("{inbox}.*"))
             .map_err(|e| format!("cannot subscribe to replies: {e}"))?;

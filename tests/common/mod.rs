@@ -39,6 +39,7 @@ pub struct NatsServer {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -47,10 +48,19 @@ impl NatsServer {
     }
 
     pub fn start_with(extra: &[&str]) -> NatsServer {
+        NatsServer::start_with_env(extra, &[])
+    }
+
+    /// With arguments and environment variables (a config file may refer to `$VAR`s).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> NatsServer {
         let mut s = NatsServer {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.restart();
         s
@@ -75,6 +85,7 @@ impl NatsServer {
         let child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,240 @@
+//! The broker link: TLS (the broker's certificate and name checked against a CA), and
+//! authentication by user and password, token and NKey, against real nats-servers; and the
+//! shipped confined configuration, under which a node cannot read another node's commands.
+
+mod common;
+use common::{command, NatsServer, Node};
+use std::path::Path;
+use std::time::Duration;
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A CA, and a server certificate it signed for `names`; returns the CA's PEM path and the
+/// server's certificate and key paths.
+fn certificates(dir: &Path, names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "steward test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (
+        write(dir, "ca.pem", &ca_cert.pem()),
+        write(dir, "server.pem", &cert.pem()),
+        write(dir, "server-key.pem", &key.serialize_pem()),
+    )
+}
+
+fn tls_server(dir: &Path, names: &[&str]) -> (NatsServer, String) {
+    let (ca, cert, key) = certificates(dir, names);
+    let conf = write(
+        dir,
+        "tls.conf",
+        &format!("tls {{ cert_file: \"{cert}\", key_file: \"{key}\" }}\n"),
+    );
+    (NatsServer::start_with(&["-c", &conf]), ca)
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The node never gets connected (checked over a few seconds).
+fn stays_disconnected(node: &Node) {
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        node.metric("steward_broker_connected"),
+        0.0,
+        "{} connected:\n{}",
+        node.name,
+        node.log()
+    );
+}
+
+#[test]
+fn over_tls_with_the_right_ca_commands_flow_and_without_it_nothing_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, ca) = tls_server(dir.path(), &["localhost", "127.0.0.1"]);
+    let tls = format!("--tlsCA={ca}");
+    let _ship1 = Node::start("ship1", &nats.address(), &[&tls]);
+    let central = Node::start("central", &nats.address(), &[&tls]);
+    central.append_inmsg(&command("ship1", &["echo", "over tls"]));
+    central.wait_for("replies/ship1.CLICommand.log", "over tls");
+    assert!(central.log().contains("TLS"), "{}", central.log());
+    // Without the CA the node cannot trust the broker, and does not talk to it.
+    let plain = Node::start("ship2", &nats.address(), &[]);
+    stays_disconnected(&plain);
+}
+
+#[test]
+fn a_broker_whose_certificate_names_another_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, ca) = tls_server(dir.path(), &["broker.example.org"]);
+    let node = Node::start("ship1", &nats.address(), &[&format!("--tlsCA={ca}")]);
+    stays_disconnected(&node);
+}
+
+#[test]
+fn user_and_password_from_a_file_and_never_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write(
+        dir.path(),
+        "auth.conf",
+        "authorization { user: steward, password: \"s3cret-Pa55\" }\n",
+    );
+    let nats = NatsServer::start_with(&["-c", &conf]);
+    let good = write(dir.path(), "good", "s3cret-Pa55\n");
+    let bad = write(dir.path(), "bad", "guess\n");
+    let auth = |f: &str| vec!["--user=steward".to_string(), format!("--passwordFile={f}")];
+    let good_args = auth(&good);
+    let _ship1 = Node::start("ship1", &nats.address(), &strs(&good_args));
+    let central = Node::start("central", &nats.address(), &strs(&good_args));
+    central.append_inmsg(&command("ship1", &["echo", "authenticated"]));
+    central.wait_for("replies/ship1.CLICommand.log", "authenticated");
+    assert!(
+        !central.log().contains("s3cret-Pa55"),
+        "the password was logged"
+    );
+    let bad_args = auth(&bad);
+    let intruder = Node::start("ship2", &nats.address(), &strs(&bad_args));
+    stays_disconnected(&intruder);
+    let none = Node::start("ship3", &nats.address(), &[]);
+    stays_disconnected(&none);
+}
+
+#[test]
+fn a_token_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write(
+        dir.path(),
+        "token.conf",
+        "authorization { token: \"t0ken-for-the-fleet\" }\n",
+    );
+    let nats = NatsServer::start_with(&["-c", &conf]);
+    let token = format!(
+        "--tokenFile={}",
+        write(dir.path(), "token", "t0ken-for-the-fleet")
+    );
+    let _ship1 = Node::start("ship1", &nats.address(), &[&token]);
+    let central = Node::start("central", &nats.address(), &[&token]);
+    central.append_inmsg(&command("ship1", &["echo", "token ok"]));
+    central.wait_for("replies/ship1.CLICommand.log", "token ok");
+    let wrong = format!("--tokenFile={}", write(dir.path(), "wrong", "not-it"));
+    stays_disconnected(&Node::start("ship2", &nats.address(), &[&wrong]));
+}
+
+#[test]
+fn an_nkey_seed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let central_key = nkeys::KeyPair::new_user();
+    let ship_key = nkeys::KeyPair::new_user();
+    let conf = write(
+        dir.path(),
+        "nkey.conf",
+        &format!(
+            "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+            central_key.public_key(),
+            ship_key.public_key()
+        ),
+    );
+    let nats = NatsServer::start_with(&["-c", &conf]);
+    let seed = |name: &str, k: &nkeys::KeyPair| {
+        format!(
+            "--nkeySeedFile={}",
+            write(dir.path(), name, &k.seed().unwrap())
+        )
+    };
+    let _ship1 = Node::start("ship1", &nats.address(), &[&seed("ship.nk", &ship_key)]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &[&seed("central.nk", &central_key)],
+    );
+    central.append_inmsg(&command("ship1", &["echo", "nkey ok"]));
+    central.wait_for("replies/ship1.CLICommand.log", "nkey ok");
+    assert!(
+        !central.log().contains(&central_key.seed().unwrap()),
+        "the seed was logged"
+    );
+    let stranger = nkeys::KeyPair::new_user();
+    stays_disconnected(&Node::start(
+        "ship2",
+        &nats.address(),
+        &[&seed("stranger.nk", &stranger)],
+    ));
+}
+
+#[test]
+fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/nats-server-confined.conf"
+    );
+    let passwords = [
+        ("CENTRAL_PASSWORD", "pw-central"),
+        ("SHIP1_PASSWORD", "pw-ship1"),
+        ("SHIP2_PASSWORD", "pw-ship2"),
+    ];
+    let nats = NatsServer::start_with_env(&["-c", conf], &passwords);
+    let login = |user: &str, pw: &str| -> Vec<String> {
+        vec![
+            format!("--user={user}"),
+            format!("--passwordFile={}", write(dir.path(), user, pw)),
+        ]
+    };
+    let ship1 = Node::start("ship1", &nats.address(), &strs(&login("ship1", "pw-ship1")));
+    let _ship2 = Node::start("ship2", &nats.address(), &strs(&login("ship2", "pw-ship2")));
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &strs(&login("central", "pw-central")),
+    );
+    // ship2's credentials, used by an eavesdropper on ship1's commands and central's replies.
+    let spy = nats::Options::with_user_pass("ship2", "pw-ship2")
+        .connect(nats.address())
+        .unwrap();
+    let commands = spy.subscribe("ship1.>").unwrap();
+    let replies = spy.subscribe("_INBOX.central.>").unwrap();
+    spy.flush().unwrap();
+    // The same subscription with ship1's own credentials does see them (the check can fail).
+    let own = nats::Options::with_user_pass("ship1", "pw-ship1")
+        .connect(nats.address())
+        .unwrap();
+    let own_commands = own.subscribe("ship1.>").unwrap();
+    own.flush().unwrap();
+    // Everything still works for the nodes themselves: a command, its reply, Hello.
+    central.append_inmsg(&command("ship1", &["echo", "for ship1 only"]));
+    central.wait_for("replies/ship1.CLICommand.log", "for ship1 only");
+    central.wait_for("hello-nodes.json", "ship2");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        own_commands.try_next().is_some(),
+        "ship1's own user should see its commands"
+    );
+    assert!(
+        commands.try_next().is_none(),
+        "ship2's user read a command for ship1"
+    );
+    assert!(
+        replies.try_next().is_none(),
+        "ship2's user read a reply meant for central"
+    );
+    // And ship2's user may not send ship1 commands either.
+    spy.publish("ship1.CommandACK.CLICommand", b"{}").unwrap();
+    spy.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"refused\"}"),
+        0.0
+    );
+}
