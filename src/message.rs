@@ -94,6 +94,12 @@ const KEYS: [&str; 7] = [
 
 /// Largest per-message timeout: a week. Larger values are almost surely a unit mistake.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Most bytes of `data` in one message: commands and log lines, not file transfers.
+pub const MAX_DATA_BYTES: usize = 256 * 1024;
+/// Most bytes of one message on the wire (its data plus the envelope's fields).
+pub const MAX_WIRE_BYTES: usize = MAX_DATA_BYTES + 64 * 1024;
+/// Longest message id.
+const MAX_ID_LEN: usize = 256;
 
 impl Message {
     pub fn subject(&self) -> Subject {
@@ -149,6 +155,12 @@ impl Message {
                 message.timeout.unwrap_or(0)
             ));
         }
+        let data_bytes: usize = message.data.iter().map(String::len).sum();
+        if data_bytes > MAX_DATA_BYTES {
+            return Err(format!(
+                "data is {data_bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
+            ));
+        }
         if message.ttl == Some(0) {
             return Err(
                 "bad ttl 0: give the seconds the message may wait, or leave ttl out".into(),
@@ -187,8 +199,33 @@ impl Envelope {
         serde_json::to_vec(self).expect("an Envelope always serializes: plain strings and numbers")
     }
 
+    /// Decodes a message from the wire (or the journal) and checks everything a receiver
+    /// will use: names that become subjects and file names, the id, the size.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))
+        if bytes.len() > MAX_WIRE_BYTES {
+            return Err(format!(
+                "message of {} bytes; at most {MAX_WIRE_BYTES} are allowed",
+                bytes.len()
+            ));
+        }
+        let e: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        validate_name(&e.from_node).map_err(|err| format!("bad fromNode: {err}"))?;
+        validate_name(&e.message.to_node).map_err(|err| format!("bad toNode: {err}"))?;
+        validate_name(&e.message.method).map_err(|err| format!("bad method: {err}"))?;
+        if e.id.is_empty() || e.id.len() > MAX_ID_LEN || e.id.chars().any(char::is_control) {
+            return Err(format!(
+                "bad id {:?}",
+                e.id.chars().take(64).collect::<String>()
+            ));
+        }
+        let data_bytes: usize = e.message.data.iter().map(String::len).sum();
+        if data_bytes > MAX_DATA_BYTES {
+            return Err(format!(
+                "data is {data_bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
+            ));
+        }
+        Ok(e)
     }
 }
 
@@ -569,5 +606,21 @@ mod tests {
         );
         assert_eq!(Envelope::decode(&wire).unwrap(), e);
         assert!(Envelope::decode(b"{\"id\":1}").is_err());
+        // Names that would escape a data folder, and oversized data, are refused.
+        for (key, bad) in [
+            ("fromNode", "../../etc"),
+            ("toNode", "a/b"),
+            ("method", ".."),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+            v[key] = bad.into();
+            let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
+        let mut big = e.clone();
+        big.message.data = vec!["x".repeat(MAX_DATA_BYTES + 1)];
+        assert!(Envelope::decode(&big.encode())
+            .unwrap_err()
+            .contains("data is"));
     }
 }

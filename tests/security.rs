@@ -238,3 +238,65 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
         0.0
     );
 }
+
+#[test]
+fn hostile_wire_messages_are_refused_without_crashing_anything() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let raw = nats::connect(nats.address()).unwrap();
+    let envelope = |from: &str, data: &str| {
+        format!(
+            "{{\"id\":\"x-1-{from}\",\"fromNode\":\"{from}\",\"accepted\":1,\"toNode\":\"ship1\",\"data\":[\"{data}\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}"
+        )
+    };
+    let hostile: Vec<Vec<u8>> = vec![
+        b"not json at all".to_vec(),
+        b"{}".to_vec(),
+        vec![0xff; 5000],
+        envelope("../../../tmp/steward-escape", "escaped").into_bytes(),
+        envelope("ship 2", "spaced").into_bytes(),
+        envelope("ship2", &"y".repeat(300 * 1024)).into_bytes(),
+    ];
+    let mut refused = 0;
+    for payload in &hostile {
+        let reply = raw
+            .request_timeout(
+                "ship1.EventACK.TextLogging",
+                payload,
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&reply.data).unwrap();
+        assert_eq!(reply["status"], "refused", "{reply}");
+        refused += 1;
+    }
+    // A subject that does not match the content is refused too.
+    let reply = raw
+        .request_timeout(
+            "ship1.EventACK.TextLogging",
+            envelope("ship2", "ok").replace("EventACK", "EventNACK"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&reply.data).contains("does not match its subject"));
+    assert!(ship1.is_running(), "ship1 died");
+    assert!(
+        !Path::new("/tmp/steward-escape.log").exists(),
+        "a name escaped the data folder"
+    );
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"TextLogging\",outcome=\"refused\"}"),
+        refused as f64 + 1.0
+    );
+    assert_eq!(ship1.metric("steward_process_restarts_total"), 0.0);
+    // And it still works.
+    let reply = raw
+        .request_timeout(
+            "ship1.EventACK.TextLogging",
+            envelope("ship2", "fine"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&reply.data).contains("\"status\":\"ok\""));
+    ship1.wait_for("textlog/ship2.log", "fine");
+}
