@@ -78,7 +78,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts the node's fixed processes: the inbox, a subscriber per method, hello.
+    /// Starts the node's fixed processes: the inbox, the control socket, a subscriber per
+    /// method, hello.
     pub fn start(&mut self) {
         let node = self.node.clone();
         self.add("inbox".into(), None, move |state| {

@@ -1,0 +1,32 @@
+//! Everything decoded from the broker or from disk, on any bytes: messages, replies,
+//! subjects and journal records. Never panics; what decodes re-encodes to the same thing.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use steward::journal::{decode, encode};
+use steward::message::{Envelope, Reply};
+use steward::subject::Subject;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(e) = Envelope::decode(data) {
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+    if let Ok(r) = Reply::decode(data) {
+        assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(subject) = Subject::parse(s) {
+            assert_eq!(subject.to_string(), s);
+        }
+    }
+    let d = decode(data);
+    assert!(d.valid_len as usize <= data.len());
+    let mut again = Vec::new();
+    for (_, _, record) in &d.records {
+        encode(record, &mut again);
+    }
+    assert_eq!(
+        &again[..],
+        &data[..d.valid_len as usize],
+        "records re-encode byte for byte"
+    );
+});
