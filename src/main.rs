@@ -1,6 +1,8 @@
 //! The `steward` binary: flags → Config → run; errors → a message and an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
+use steward::config::Subcommand;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -14,14 +16,13 @@ fn main() -> ExitCode {
         }
     };
     let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
-    let flags = match <steward::config::Flags as argh::FromArgs>::from_args(&[program], &refs) {
+    let mut flags = match <steward::config::Flags as argh::FromArgs>::from_args(&[program], &refs) {
         Ok(f) => f,
         Err(early) => {
             let text = steward::config::seed_help(&early.output);
             return match early.status {
                 Ok(()) => {
                     // Not println!: a closed pipe (`steward --help | head`) is not a crash.
-                    use std::io::Write;
                     let _ = writeln!(std::io::stdout(), "{text}");
                     ExitCode::SUCCESS
                 }
@@ -32,8 +33,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    use steward::config::Subcommand;
-    let mut flags = flags;
     match flags.command.take() {
         Some(Subcommand::Demo(demo)) => {
             return match steward::demo::run(demo.folder) {
@@ -67,7 +66,7 @@ fn main() -> ExitCode {
 
 /// `steward send` and `steward status`: find the agent's data folder the way the agent
 /// does (flags, environment, config file; on an installed node, /etc/steward/steward.toml).
-fn client(mut flags: steward::config::Flags, command: steward::config::Subcommand) -> ExitCode {
+fn client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
     const INSTALLED_CONFIG: &str = "/etc/steward/steward.toml";
     if flags.config.is_none()
         && std::env::var_os("STEWARD_CONFIG").is_none()
@@ -84,7 +83,7 @@ fn client(mut flags: steward::config::Flags, command: steward::config::Subcomman
     };
     let socket = steward::files::DataFolder::new(config.data_folder).socket();
     let result = match command {
-        steward::config::Subcommand::Send(s) => steward::client::send(
+        Subcommand::Send(s) => steward::client::send(
             &socket,
             steward::client::SendRequest {
                 to: s.to,
