@@ -54,8 +54,10 @@ fn a_flood_of_100k_messages_is_journaled_with_bounded_memory() {
         rss_100k,
         written / 100_000.0
     );
+    // Held in memory, 90,000 more messages would take well over 30 MB (their JSON alone is
+    // 17 MB); queued as sequence numbers they take a few MB (allocator slack included).
     assert!(
-        rss_100k < rss_10k + 12 * 1024,
+        rss_100k < rss_10k + 16 * 1024,
         "memory grew {} KiB for 90k more queued messages",
         rss_100k - rss_10k
     );

@@ -320,6 +320,24 @@ impl Node {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// Waits until every method's subscription is up (for NACK messages, which are
+    /// published once: sent before the receiver listens, they are gone by design).
+    pub fn wait_listening(&self) {
+        let deadline = Instant::now() + WAIT;
+        for method in ["CLICommand", "TextLogging", "Hello", "ErrorLog"] {
+            let line = format!("listening on {}.*.{method}", self.name);
+            while !self.log().contains(&line) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never listened:\n{}",
+                    self.name,
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Appends to inmsg.txt exactly as `cat myfile.json >> inmsg.txt` does.
     pub fn append_inmsg(&self, text: &str) {
         use std::io::Write;
