@@ -21,6 +21,11 @@
 //!   6 Finished     reply: JSON (the wire form)  (received.log)
 //! ```
 //!
+//! Every batch of `Accepted` records ends with a commit record: the `InboxOffset` of the
+//! inbox file it came from, or a `Checkpoint`. `Accepted` records after the last commit
+//! record belong to a batch whose write was cut; they are dropped on open, and the inbox
+//! reads them again from its file.
+//!
 //! `crc` is CRC-32 (IEEE) of the body. A reader that meets a record that is short, too long,
 //! or fails its checksum stops there: everything before it is kept, the rest is cut off, and
 //! [`Recovery::cut`] says what was cut. Only the tail can be torn by a power loss, because
@@ -319,15 +324,19 @@ impl Journal {
             fsync_seconds: Vec::new(),
         };
         let mut envelopes = BTreeMap::new();
+        // Accepted records since the last commit record (Checkpoint or InboxOffset).
+        let mut uncommitted: Vec<(u64, u64)> = Vec::new();
         for (offset, len, record) in decoded.records {
             match record {
                 Record::Checkpoint { next_seq } => {
-                    journal.next_seq = journal.next_seq.max(next_seq)
+                    journal.next_seq = journal.next_seq.max(next_seq);
+                    uncommitted.clear();
                 }
                 Record::Accepted { seq, envelope } => {
                     journal.next_seq = journal.next_seq.max(seq + 1);
                     journal.pending.insert(seq, Span { offset, len });
                     envelopes.insert(seq, envelope);
+                    uncommitted.push((seq, offset));
                 }
                 Record::Done { seq } => {
                     journal.pending.remove(&seq);
@@ -335,9 +344,30 @@ impl Journal {
                 }
                 Record::InboxOffset { file, offset } => {
                     journal.inbox_offsets.insert(file, offset);
+                    uncommitted.clear();
                 }
                 Record::Started { .. } | Record::Finished { .. } => {}
             }
+        }
+        // A batch whose commit record never made it to disk was never taken: its messages
+        // are still in their inbox file, which is read again from the last committed offset.
+        if let Some(&(_, first)) = uncommitted.first() {
+            for (seq, _) in &uncommitted {
+                journal.pending.remove(seq);
+                envelopes.remove(seq);
+            }
+            // Cut them off the file too, or a later commit record would commit them.
+            journal.file.set_len(first)?;
+            journal.file.sync_all()?;
+            journal.size = first;
+            let dropped = format!(
+                "dropped {} message(s) of a batch cut before its commit; they are taken again from their inbox file",
+                uncommitted.len()
+            );
+            recovery.cut = Some(match recovery.cut.take() {
+                Some(cut) => format!("{cut}; {dropped}"),
+                None => dropped,
+            });
         }
         for (seq, bytes) in envelopes {
             match Envelope::decode(&bytes) {
@@ -389,14 +419,22 @@ impl Journal {
             });
             entries.push(Entry { seq, envelope });
         }
-        if let Some((file, offset)) = inbox {
-            encode(
+        // The commit record: a batch counts only once this is on disk after it.
+        match inbox {
+            Some((file, offset)) => encode(
                 &Record::InboxOffset {
                     file: file.to_string(),
                     offset,
                 },
                 &mut buf,
-            );
+            ),
+            None if !entries.is_empty() => encode(
+                &Record::Checkpoint {
+                    next_seq: self.next_seq + entries.len() as u64,
+                },
+                &mut buf,
+            ),
+            None => {}
         }
         if buf.is_empty() {
             return Ok(entries);
@@ -507,12 +545,6 @@ impl Journal {
     /// Rewrites the journal with only its live records, atomically replacing the old file.
     pub fn compact(&mut self) -> io::Result<()> {
         let mut buf = Vec::with_capacity(self.live_bytes as usize + 64);
-        encode(
-            &Record::Checkpoint {
-                next_seq: self.next_seq,
-            },
-            &mut buf,
-        );
         for (file, offset) in &self.inbox_offsets {
             encode(
                 &Record::InboxOffset {
@@ -535,6 +567,13 @@ impl Journal {
                 },
             );
         }
+        // Last, as the commit record of everything before it.
+        encode(
+            &Record::Checkpoint {
+                next_seq: self.next_seq,
+            },
+            &mut buf,
+        );
         let path = Journal::path(&self.dir);
         crate::files::write_atomically(&path, &buf)?;
         self.file = OpenOptions::new().read(true).append(true).open(&path)?;
@@ -646,19 +685,20 @@ mod tests {
     fn torn_tail_is_cut_and_every_complete_record_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        j.append("central", (0..3).map(msg).collect(), None)
-            .unwrap();
+        for i in 0..3 {
+            j.append("central", vec![msg(i)], None).unwrap();
+        }
         drop(j);
         let path = Journal::path(dir.path());
         let len = fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(len - 5).unwrap(); // power lost mid-write of the last record
+        f.set_len(len - 5).unwrap(); // power lost mid-write of the last batch
         drop(f);
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(data(&r.pending), ["message 0", "message 1"]);
         let cut = r.cut.expect("the cut is reported");
         assert!(
-            cut.contains("torn record") && cut.contains("kept 2 complete records"),
+            cut.contains("torn record") && cut.contains("dropped 1 message(s)"),
             "{cut}"
         );
         // The journal is usable again after the cut.
@@ -670,16 +710,53 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_cut_before_its_commit_record_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append("central", vec![msg(0)], Some(("inmsg.taking-1", 10)))
+            .unwrap();
+        j.append(
+            "central",
+            vec![msg(1), msg(2)],
+            Some(("inmsg.taking-1", 30)),
+        )
+        .unwrap();
+        drop(j);
+        // Cut the second batch just before its commit record.
+        let path = Journal::path(dir.path());
+        let bytes = fs::read(&path).unwrap();
+        let last = decode(&bytes).records.last().unwrap().0;
+        fs::write(&path, &bytes[..last as usize]).unwrap();
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(data(&r.pending), ["message 0"]);
+        assert_eq!(r.inbox_offsets.get("inmsg.taking-1"), Some(&10));
+        assert!(r.cut.unwrap().contains("dropped 2 message(s)"));
+        // Batches without an inbox file commit with a checkpoint.
+        let e = j.append("central", vec![msg(3)], None).unwrap();
+        assert!(e[0].seq > 3, "sequence numbers are never reused");
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(data(&r.pending), ["message 0", "message 3"]);
+        assert!(r.cut.is_none());
+    }
+
+    #[test]
     fn flipped_byte_stops_the_reader_there() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        j.append("central", (0..3).map(msg).collect(), None)
-            .unwrap();
+        for i in 0..3 {
+            j.append("central", vec![msg(i)], None).unwrap();
+        }
         drop(j);
         let path = Journal::path(dir.path());
         let mut bytes = fs::read(&path).unwrap();
-        let second = decode(&bytes).records[1].0 as usize;
-        bytes[second + 20] ^= 0x40;
+        let accepted: Vec<usize> = decode(&bytes)
+            .records
+            .iter()
+            .filter(|(_, _, r)| matches!(r, Record::Accepted { .. }))
+            .map(|(offset, _, _)| *offset as usize)
+            .collect();
+        bytes[accepted[1] + 20] ^= 0x40; // inside the second message's body
         fs::write(&path, &bytes).unwrap();
         let (_, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(data(&r.pending), ["message 0"]);

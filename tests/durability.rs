@@ -296,49 +296,69 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
     assert_eq!(delivered, n, "events delivered twice");
 }
 
+/// The state a power cut leaves mid-write: batch A (messages 0 and 1) committed; batch B
+/// (2 and 3), read from the same taken inmsg file, with its journal write torn.
 #[test]
-fn a_torn_journal_tail_is_cut_reported_and_the_rest_delivered() {
+fn a_journal_torn_mid_batch_loses_nothing_and_runs_nothing_twice() {
+    use steward::journal::Journal;
     let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
     let mut central = Node::start(
         "central",
         &nats.address(),
         &["--defaultMessageTimeout=1", "--defaultMessageRetries=100"],
     );
-    central.append_inmsg(&numbered_commands("ship1", 0..3));
-    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
     central.kill9();
-    // Power lost in the middle of writing the third message's record.
-    let journal = central.path("journal/journal.log");
-    let decoded = steward::journal::decode(&std::fs::read(&journal).unwrap());
-    let accepted: Vec<u64> = decoded
-        .records
-        .iter()
-        .filter(|(_, _, r)| matches!(r, steward::journal::Record::Accepted { .. }))
-        .map(|(offset, _, _)| *offset)
-        .collect();
-    assert_eq!(accepted.len(), 3);
+    let (a, b) = (
+        numbered_commands("ship1", 0..2),
+        numbered_commands("ship1", 2..4),
+    );
+    let taken = "inmsg.taking-00000000000000000001";
+    std::fs::write(central.path(taken), format!("{a}{b}")).unwrap();
+    let parse = |t: &str| {
+        steward::message::parse_input(t.as_bytes(), 1, true, &steward::methods::is_known).messages
+    };
+    let journal = central.path("journal");
+    let (mut j, _) = Journal::open(&journal).unwrap();
+    j.append("central", parse(&a), Some((taken, a.len() as u64)))
+        .unwrap();
+    let before = j.size();
+    let torn = j
+        .append(
+            "central",
+            parse(&b),
+            Some((taken, (a.len() + b.len()) as u64)),
+        )
+        .unwrap();
+    drop(j);
+    // Message 2's record complete, message 3's cut, the commit record never written.
+    let first_b = torn[0].envelope.encode().len() as u64 + 17;
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&journal)
+        .open(Journal::path(&journal))
         .unwrap()
-        .set_len(accepted[2] + 10)
+        .set_len(before + first_b + 10)
         .unwrap();
-    let ship1 = Node::start("ship1", &nats.address(), &[]);
     central.restart();
-    central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 2);
+    let replies = central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 4);
     let errors = central.wait_for("errors.log", "journal was damaged and repaired");
     assert!(
-        errors.contains("torn record") && errors.contains("kept 2 complete records"),
+        errors.contains("dropped 1 message(s) of a batch cut before its commit"),
         "{errors}"
     );
     std::thread::sleep(Duration::from_millis(300));
     let ran = runs(&ship1);
-    // Two complete records went in; the torn third was never durable (its batch was cut).
-    report("torn_journal", 2, ran.len(), 0);
+    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    report("journal_torn_mid_batch", 4, ran.len(), duplicates);
     assert_eq!(
         ran.keys().copied().collect::<Vec<_>>(),
-        [0, 1],
-        "the two complete records, and only them"
+        [0, 1, 2, 3],
+        "{replies}"
+    );
+    assert_eq!(duplicates, 0);
+    assert!(
+        !central.path(taken).exists(),
+        "the taken file is finished with"
     );
 }
 

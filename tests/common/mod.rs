@@ -81,8 +81,17 @@ impl NatsServer {
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "nats-server would not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the server on its port; false if it exited (port taken) before listening.
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(nats_server_binary())
+        let mut child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -90,8 +99,17 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed (apt-get install nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.child = Some(child);
-        wait_port(self.port, true);
+        true
     }
 }
 

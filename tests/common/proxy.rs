@@ -4,7 +4,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Default)]
@@ -17,6 +17,17 @@ struct Faults {
     /// The next client→server chunk is forwarded half, then the connection is cut.
     cut_mid_frame: AtomicBool,
     stop: AtomicBool,
+    /// Both ends of every open connection, so a cut closes them at once.
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl Faults {
+    fn cut(&self) {
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 pub struct FaultProxy {
@@ -38,6 +49,13 @@ impl FaultProxy {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
                         if let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) {
+                            let mut open = f.open.lock().unwrap();
+                            if f.down.load(Ordering::SeqCst) {
+                                continue; // went down meanwhile: drop both
+                            }
+                            open.push(client.try_clone().unwrap());
+                            open.push(server.try_clone().unwrap());
+                            drop(open);
                             let gen = f.cuts.load(Ordering::SeqCst);
                             pipe(
                                 client.try_clone().unwrap(),
@@ -72,8 +90,9 @@ impl FaultProxy {
         self.faults.stalled.store(on, Ordering::SeqCst);
     }
 
+    /// Closes every open connection now.
     pub fn cut(&self) {
-        self.faults.cuts.fetch_add(1, Ordering::SeqCst);
+        self.faults.cut();
     }
 
     pub fn cut_mid_frame(&self) {
@@ -94,7 +113,8 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstre
             .unwrap();
         let mut buf = [0u8; 16 * 1024];
         loop {
-            if f.cuts.load(Ordering::SeqCst) != gen {
+            // A connection accepted just as the link went down must not survive it.
+            if f.cuts.load(Ordering::SeqCst) != gen || f.down.load(Ordering::SeqCst) {
                 break;
             }
             if f.stalled.load(Ordering::SeqCst) {
@@ -111,7 +131,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstre
             };
             if upstream && n > 1 && f.cut_mid_frame.swap(false, Ordering::SeqCst) {
                 let _ = to.write_all(&buf[..n / 2]);
-                f.cuts.fetch_add(1, Ordering::SeqCst);
+                f.cut();
                 break;
             }
             if to.write_all(&buf[..n]).is_err() {
