@@ -17,12 +17,18 @@ fn wait_for_socket(node: &Node) {
     node.wait_until("", "had a socket", |_| node.path("steward.sock").exists());
 }
 
-#[test]
-fn send_prints_the_output_and_exits_with_the_remote_status() {
+/// A broker, ship1, and central with its control socket up.
+fn central_and_ship1() -> (NatsServer, Node, Node) {
     let nats = NatsServer::start();
-    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
     wait_for_socket(&central);
+    (nats, ship1, central)
+}
+
+#[test]
+fn send_prints_the_output_and_exits_with_the_remote_status() {
+    let (_nats, _ship1, central) = central_and_ship1();
     let out = steward(
         &central,
         &[
@@ -119,10 +125,7 @@ fn send_without_a_running_agent_is_a_clear_error() {
 
 #[test]
 fn no_wait_queues_and_prints_the_id_and_bad_input_exits_2() {
-    let nats = NatsServer::start();
-    let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &nats.address(), &[]);
-    wait_for_socket(&central);
+    let (_nats, ship1, central) = central_and_ship1();
     let out = steward(
         &central,
         &[
@@ -148,10 +151,7 @@ fn no_wait_queues_and_prints_the_id_and_bad_input_exits_2() {
 #[test]
 fn the_socket_takes_inmsg_json_as_socat_would_send_it() {
     use std::io::{Read, Write};
-    let nats = NatsServer::start();
-    let _ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &nats.address(), &[]);
-    wait_for_socket(&central);
+    let (_nats, _ship1, central) = central_and_ship1();
     let mut s = std::os::unix::net::UnixStream::connect(central.path("steward.sock")).unwrap();
     s.write_all(common::command("ship1", &["echo", "via the socket"]).as_bytes())
         .unwrap();

@@ -15,6 +15,11 @@ fn runs(node: &Node) -> BTreeMap<usize, usize> {
     m
 }
 
+/// Runs beyond the first, summed over every command.
+fn duplicates(ran: &BTreeMap<usize, usize>) -> usize {
+    ran.values().map(|c| c - 1).sum()
+}
+
 fn numbered_commands(to: &str, range: std::ops::Range<usize>) -> String {
     range
         .map(|i| {
@@ -45,7 +50,7 @@ fn a_sender_killed_mid_flight_resumes_and_loses_nothing() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report("sender_kill9", n, ran.len(), duplicates);
     assert!(before < n, "the kill came too late to test anything");
     assert_eq!(ran.len(), n, "some commands never ran");
@@ -80,7 +85,7 @@ fn the_broker_stopped_and_restarted_loses_nothing() {
         (0..30).all(|i| t.contains(&format!("\ndone-{i}\n")))
     });
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report("broker_restart", 30, ran.len(), duplicates);
     assert_eq!(ran.len(), 30);
     assert_eq!(duplicates, 0);
@@ -177,7 +182,7 @@ fn a_receiver_killed_and_restarted_under_load_runs_nothing_twice() {
     let replies = central.wait_count("replies/ship1.CLICommand.log", "=== ", n);
     let interrupted = replies.matches("interrupted by a restart").count();
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report(
         "receiver_kill9_under_load",
         n,
@@ -219,7 +224,7 @@ fn a_cluster_losing_the_server_a_node_uses_loses_nothing() {
         (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
     });
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report("cluster_lose_one_server", n, ran.len(), duplicates);
     assert_eq!(ran.len(), n);
     assert_eq!(duplicates, 0);
@@ -254,7 +259,7 @@ fn a_faulty_link_that_drops_stalls_and_cuts_mid_frame_loses_nothing() {
         (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
     });
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report("faulty_link", n, ran.len(), duplicates);
     assert_eq!(ran.len(), n);
     assert_eq!(duplicates, 0);
@@ -348,7 +353,7 @@ fn a_journal_torn_mid_batch_loses_nothing_and_runs_nothing_twice() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report("journal_torn_mid_batch", 4, ran.len(), duplicates);
     assert_eq!(
         ran.keys().copied().collect::<Vec<_>>(),
@@ -413,7 +418,7 @@ fn a_ship_behind_a_leaf_node_whose_uplink_drops_loses_nothing() {
         (0..10).all(|i| t.contains(&format!("\ndone-{i}\n")))
     });
     let ran = runs(&ship1);
-    let duplicates: usize = ran.values().map(|c| c - 1).sum();
+    let duplicates = duplicates(&ran);
     report("leaf_uplink_drop", 11, ran.len() + 1, duplicates);
     assert_eq!((ran.len(), duplicates), (10, 0));
 }
