@@ -15,6 +15,13 @@ fn runs(node: &Node) -> BTreeMap<usize, usize> {
     m
 }
 
+/// Waits until central holds the reply of every numbered command in `range`.
+fn wait_every_reply(central: &Node, range: std::ops::Range<usize>) -> String {
+    central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
+        range.clone().all(|i| t.contains(&format!("\ndone-{i}\n")))
+    })
+}
+
 /// Runs beyond the first, summed over every command.
 fn duplicates(ran: &BTreeMap<usize, usize>) -> usize {
     ran.values().map(|c| c - 1).sum()
@@ -45,9 +52,7 @@ fn a_sender_killed_mid_flight_resumes_and_loses_nothing() {
         .matches("status=Ok")
         .count();
     central.restart();
-    let replies = central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
-        (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
-    });
+    let replies = wait_every_reply(&central, 0..n);
     std::thread::sleep(Duration::from_millis(500));
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
@@ -81,9 +86,7 @@ fn the_broker_stopped_and_restarted_loses_nothing() {
     // The broker stays dead for 10 s.
     std::thread::sleep(Duration::from_secs(10));
     nats.restart();
-    central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
-        (0..30).all(|i| t.contains(&format!("\ndone-{i}\n")))
-    });
+    wait_every_reply(&central, 0..30);
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
     report("broker_restart", 30, ran.len(), duplicates);
@@ -220,9 +223,7 @@ fn a_cluster_losing_the_server_a_node_uses_loses_nothing() {
         .server_of("central")
         .expect("central is connected somewhere");
     cluster.servers[used].stop();
-    central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
-        (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
-    });
+    wait_every_reply(&central, 0..n);
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
     report("cluster_lose_one_server", n, ran.len(), duplicates);
@@ -255,9 +256,7 @@ fn a_faulty_link_that_drops_stalls_and_cuts_mid_frame_loses_nothing() {
     proxy.cut_mid_frame();
     replies(200);
     proxy.cut();
-    central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
-        (0..n).all(|i| t.contains(&format!("\ndone-{i}\n")))
-    });
+    wait_every_reply(&central, 0..n);
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
     report("faulty_link", n, ran.len(), duplicates);
@@ -414,9 +413,7 @@ fn a_ship_behind_a_leaf_node_whose_uplink_drops_loses_nothing() {
     // Back in range.
     uplink.down(false);
     central.wait_for("textlog/ship1.log", "logged while at sea");
-    central.wait_until("replies/ship1.CLICommand.log", "had every reply", |t| {
-        (0..10).all(|i| t.contains(&format!("\ndone-{i}\n")))
-    });
+    wait_every_reply(&central, 0..10);
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
     report("leaf_uplink_drop", 11, ran.len() + 1, duplicates);
