@@ -50,6 +50,9 @@ impl Agent {
     fn start(name: &str, broker: &str, root: &Path) -> Agent {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
+        // Every agent trusts central's key, as `steward keys trust central KEY` would do.
+        let central = steward::keys::Identity::load_or_create(&root.join("central/keys")).unwrap();
+        steward::keys::trust(&dir.join("keys"), "central", central.public_key()).unwrap();
         let prom = free_port();
         let log = fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_steward"))

@@ -16,6 +16,7 @@
 //! the flush timer.
 
 use crate::config::{Auth, BrokerSecurity};
+use crate::keys::Identity;
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -179,17 +180,16 @@ fn secured(security: &BrokerSecurity) -> nats::Options {
     options
 }
 
-/// Publishes and flushes at once (see the module docs for why).
+/// Publishes, signed by `identity`, and flushes at once (see the module docs for why).
 pub fn publish(
     conn: &nats::Connection,
+    identity: &Identity,
     subject: &str,
     reply: Option<&str>,
     payload: &[u8],
 ) -> io::Result<()> {
-    match reply {
-        Some(reply) => conn.publish_request(subject, reply, payload)?,
-        None => conn.publish(subject, payload)?,
-    }
+    let headers = identity.seal(payload);
+    conn.publish_with_reply_or_headers(subject, reply, Some(&headers), payload)?;
     conn.flush_timeout(Duration::from_secs(5))
 }
 

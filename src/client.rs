@@ -1,5 +1,5 @@
-//! `steward send` and `steward status`: talking to the running agent through its control
-//! socket (see [`crate::process::control`]).
+//! `steward send`, `steward status` and `steward keys`: talking to the running agent
+//! through its control socket (see [`crate::process::control`]), or to its key files.
 //!
 //! `send` exits with the remote command's exit status, so scripts can use it like `ssh`:
 //!
@@ -13,6 +13,8 @@
 //! | 5 | refused by the receiver |
 //! | 6 | the agent stopped before the message finished (it resumes when the agent starts) |
 
+use crate::config::KeysAction;
+use crate::keys;
 use crate::message::{Kind, Message, Reply, Status};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -158,5 +160,65 @@ pub fn status(socket: &Path) -> Result<u8, (u8, String)> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut stream, &mut text).map_err(io)?;
     print!("{text}");
+    Ok(0)
+}
+
+/// `steward keys ...` for the node whose data folder is `data`.
+pub fn keys(node: &str, data: &Path, action: KeysAction) -> Result<u8, (u8, String)> {
+    let data = crate::files::DataFolder::new(data.to_path_buf());
+    let dir = data.keys();
+    let failed = |e: String| (EXIT_ERROR, e);
+    match action {
+        KeysAction::Generate(g) => {
+            let identity = keys::Identity::generate(&dir, g.force).map_err(failed)?;
+            println!("{node} {}", identity.public_key());
+        }
+        KeysAction::Show(_) => {
+            let key = keys::public_key(&dir).map_err(failed)?;
+            println!("{node} {key}");
+            eprintln!(
+                "# to make another node trust this one, run there: steward keys trust {node} {key}"
+            );
+        }
+        KeysAction::Trust(t) => {
+            keys::trust(&dir, &t.node, &t.key).map_err(|e| (EXIT_USAGE, e))?;
+            eprintln!(
+                "steward: {node} now trusts {} with key {} (the running agent picks it up at once)",
+                t.node, t.key
+            );
+        }
+        KeysAction::Distribute(d) => {
+            if d.nodes.is_empty() {
+                return Err((EXIT_USAGE, "name the nodes to send the keys to".into()));
+            }
+            let own = keys::public_key(&dir).map_err(failed)?;
+            let set = keys::Trusted::open(&dir, node, &own)
+                .map_err(failed)?
+                .distributable();
+            let mut worst = 0;
+            for to in d.nodes {
+                eprintln!(
+                    "steward: sending {} key(s) of {} node(s) to {to}",
+                    set.keys.values().map(Vec::len).sum::<usize>(),
+                    set.keys.len()
+                );
+                let code = send(
+                    &data.socket(),
+                    SendRequest {
+                        to,
+                        method: "TrustedKeys".into(),
+                        kind: Some("CommandACK".into()),
+                        timeout: None,
+                        retries: None,
+                        ttl: None,
+                        wait: !d.no_wait,
+                        data: vec![set.to_json()],
+                    },
+                )?;
+                worst = worst.max(code);
+            }
+            return Ok(worst);
+        }
+    }
     Ok(0)
 }

@@ -59,9 +59,14 @@ pub struct Flags {
     /// (default "central")
     #[argh(option)]
     pub central_node_name: Option<String>,
-    /// comma-separated nodes this node accepts commands from (default: the central node)
+    /// comma-separated nodes this node accepts commands from, each alone (any method) or
+    /// as node:Method+Method, e.g. "central,ops:CLICommand" (default: the central node)
     #[argh(option)]
     pub allow_commands_from: Option<String>,
+    /// seconds a signed message may be old (or ahead of this node's clock) and still be
+    /// taken; older ones are refused as replays (default 300)
+    #[argh(option)]
+    pub replay_window: Option<String>,
     /// seconds between Hello messages to the central node; 0 disables (default 30)
     #[argh(option)]
     pub hello_interval: Option<String>,
@@ -110,6 +115,7 @@ impl Flags {
             "dataFolder" => self.data_folder.clone(),
             "centralNodeName" => self.central_node_name.clone(),
             "allowCommandsFrom" => self.allow_commands_from.clone(),
+            "replayWindow" => self.replay_window.clone(),
             "helloInterval" => self.hello_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
             "tlsCA" => self.tls_ca.clone(),
@@ -131,6 +137,63 @@ pub enum Subcommand {
     Demo(Demo),
     Send(Send),
     Status(StatusCmd),
+    Keys(Keys),
+}
+
+/// This node's signing key and the keys it trusts (in the data folder's keys/).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "keys")]
+pub struct Keys {
+    #[argh(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum KeysAction {
+    Generate(KeysGenerate),
+    Show(KeysShow),
+    Trust(KeysTrust),
+    Distribute(KeysDistribute),
+}
+
+/// Create this node's key pair (the agent also creates one on first start).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "generate")]
+pub struct KeysGenerate {
+    /// replace an existing key: nodes that trust the old one must be given the new one
+    #[argh(switch)]
+    pub force: bool,
+}
+
+/// Print this node's public key, and the line that makes another node trust it.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "show")]
+pub struct KeysShow {}
+
+/// Trust a node's public key: its signed commands (if allowed) and replies are accepted.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "trust")]
+pub struct KeysTrust {
+    /// the node's name
+    #[argh(positional)]
+    pub node: String,
+    /// its public key, as `steward keys show` prints it on that node
+    #[argh(positional)]
+    pub key: String,
+}
+
+/// Send the keys this node trusts (and its own) to nodes, as a signed TrustedKeys command
+/// through the running agent.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "distribute")]
+pub struct KeysDistribute {
+    /// only queue the messages; do not wait for the replies
+    #[argh(switch)]
+    pub no_wait: bool,
+    /// the nodes to send the set to
+    #[argh(positional, greedy)]
+    pub nodes: Vec<String>,
 }
 
 /// Send a message through the running agent and wait for its reply, e.g.
@@ -195,6 +258,7 @@ const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("dataFolder", "data-folder", false),
     ("centralNodeName", "central-node-name", false),
     ("allowCommandsFrom", "allow-commands-from", false),
+    ("replayWindow", "replay-window", false),
     ("helloInterval", "hello-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
     ("tlsCA", "tls-ca", false),
@@ -286,13 +350,65 @@ pub struct Config {
     pub prom_addr: Option<String>,
     pub data_folder: PathBuf,
     pub central_node: String,
-    pub allow_commands_from: Vec<String>,
+    /// Who may send commands here, and which.
+    pub allow_commands_from: Vec<Allow>,
+    /// How far a signed message's sending time may be from this node's clock.
+    pub replay_window: Duration,
     pub hello_interval: Option<Duration>,
     pub max_handlers: usize,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS and authentication for the broker link.
     pub security: BrokerSecurity,
+}
+
+/// One entry of `allowCommandsFrom`: a sender, and the command methods it may call (all,
+/// when `methods` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    pub from: String,
+    pub methods: Option<Vec<String>>,
+}
+
+impl Allow {
+    /// `node` or `node:Method+Method`.
+    fn parse(rule: &str) -> Result<Allow, String> {
+        let (from, methods) = match rule.split_once(':') {
+            None => (rule, None),
+            Some((from, list)) => {
+                let methods: Vec<String> = list.split('+').map(|m| m.trim().to_string()).collect();
+                for m in &methods {
+                    if !crate::methods::is_known(m) {
+                        return Err(format!("{rule:?}: unknown method {m:?}"));
+                    }
+                }
+                (from, Some(methods))
+            }
+        };
+        validate_name(from).map_err(|e| format!("{rule:?}: {e}"))?;
+        Ok(Allow {
+            from: from.to_string(),
+            methods,
+        })
+    }
+
+    /// Whether this rule lets `from` call `method`.
+    pub fn permits(&self, from: &str, method: &str) -> bool {
+        self.from == from
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|m| m.iter().any(|m| m == method))
+    }
+}
+
+impl std::fmt::Display for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.methods {
+            None => write!(f, "{}", self.from),
+            Some(m) => write!(f, "{}:{}", self.from, m.join("+")),
+        }
+    }
 }
 
 /// How the node proves itself to the broker, and checks the broker.
@@ -384,21 +500,26 @@ impl Config {
             return Err(format!("{}: must be at least 1", v.source));
         }
         let allow_commands_from = match o.get("allowCommandsFrom")? {
-            Some(list) => {
-                let names: Vec<String> = list
-                    .text
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                for n in &names {
-                    validate_name(n).map_err(|e| format!("{}: {e}", list.source))?;
-                }
-                names
-            }
-            None => vec![central.text.clone()],
+            Some(list) => list
+                .text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|rule| Allow::parse(rule).map_err(|e| format!("{}: {e}", list.source)))
+                .collect::<Result<_, _>>()?,
+            None => vec![Allow {
+                from: central.text.clone(),
+                methods: None,
+            }],
         };
+        let replay_window = o.number("replayWindow", 300)?;
+        if replay_window == 0 {
+            let v = o.text("replayWindow", "")?;
+            return Err(format!(
+                "{}: must be at least 1 second (signed messages carry their sending time)",
+                v.source
+            ));
+        }
         let data_folder = match o.get("dataFolder")? {
             Some(v) => PathBuf::from(v.text),
             None => std::env::current_exe()
@@ -426,6 +547,7 @@ impl Config {
             data_folder,
             central_node: central.text,
             allow_commands_from,
+            replay_window: Duration::from_secs(replay_window),
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
             max_handlers,
             shutdown_grace: Duration::from_secs(5),
@@ -761,7 +883,14 @@ mod tests {
                 "nats://127.0.0.1:4224"
             ]
         );
-        assert_eq!(c.allow_commands_from, ["central"]);
+        assert_eq!(
+            c.allow_commands_from,
+            [Allow {
+                from: "central".into(),
+                methods: None
+            }]
+        );
+        assert_eq!(c.replay_window, Duration::from_secs(300));
         assert_eq!(c.profiling_addr, None);
         let c = parse(&[
             "--node",
@@ -789,6 +918,31 @@ mod tests {
         assert!(parse(&["--node", "a", "--allowCommandsFrom", "x,*"])
             .unwrap_err()
             .contains("--allowCommandsFrom"));
+        let e = parse(&["--node", "a", "--allowCommandsFrom", "ops:CLIcommand"]).unwrap_err();
+        assert!(e.contains("unknown method \"CLIcommand\""), "{e}");
+    }
+
+    #[test]
+    fn allow_rules_name_senders_and_their_methods() {
+        let c = parse(&[
+            "--node",
+            "a",
+            "--allowCommandsFrom",
+            "central, ops:CLICommand+TextLogging",
+        ])
+        .unwrap();
+        let allowed = |from: &str, method: &str| {
+            c.allow_commands_from
+                .iter()
+                .any(|rule| rule.permits(from, method))
+        };
+        assert!(allowed("central", "CLICommand") && allowed("central", "TrustedKeys"));
+        assert!(allowed("ops", "CLICommand") && !allowed("ops", "TrustedKeys"));
+        assert!(!allowed("ship2", "CLICommand"));
+        assert_eq!(
+            c.allow_commands_from[1].to_string(),
+            "ops:CLICommand+TextLogging"
+        );
     }
 
     fn load(a: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {

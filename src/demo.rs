@@ -69,6 +69,16 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
     })
     .ok_or("nats-server did not start; see nats-server.log")?;
     println!("started nats-server on {broker}");
+    // ship1 runs commands only from a central it knows: give central its key now and have
+    // ship1 trust it, as `steward keys trust central KEY` does on a real fleet.
+    let central = crate::files::DataFolder::new(root.join("central"));
+    let key = crate::keys::Identity::load_or_create(&central.keys())?;
+    crate::keys::trust(
+        &crate::files::DataFolder::new(root.join("ship1")).keys(),
+        "central",
+        key.public_key(),
+    )?;
+    println!("ship1 trusts central's key {}", key.public_key());
     for (name, extra) in [("central", Some("--centralErrorLogger")), ("ship1", None)] {
         let mut cmd = Command::new(&exe);
         cmd.arg(format!("--node={name}"))

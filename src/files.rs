@@ -57,6 +57,10 @@ impl DataFolder {
     pub fn socket(&self) -> PathBuf {
         self.root.join("steward.sock")
     }
+    /// This node's signing key and the keys it trusts (see [`crate::keys`]).
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
     /// The central node's record of when each node last said Hello.
     pub fn hello_nodes(&self) -> PathBuf {
         self.root.join("hello-nodes.json")

@@ -22,10 +22,11 @@
 //! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
 //! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
 //! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
+//! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
 //! - [`supervisor`]: the process table; spawns, restarts, stops.
 //! - [`process`]: inbox, publisher, subscriber, hello: one thread each.
-//! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog.
+//! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys.
 //! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
 //! - [`files`]: the data folder's layout, appends and atomic writes.
 //! - [`demo`]: `steward demo`, a local fleet in one command.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod files;
 pub mod journal;
+pub mod keys;
 pub mod message;
 pub mod methods;
 pub mod metrics;
@@ -58,6 +60,8 @@ pub enum Error {
         context: String,
         source: std::io::Error,
     },
+    /// This node's signing key or its trusted keys could not be loaded.
+    Keys(String),
     /// A listener (metrics, profiling) could not start.
     Listen(std::io::Error),
     /// The signal handler could not be installed.
@@ -68,6 +72,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::DataFolder { context, source } => write!(f, "{context}: {source}"),
+            Error::Keys(e) => write!(f, "keys: {e}"),
             Error::Listen(e) => write!(f, "{e}"),
             Error::Signals(e) => write!(f, "cannot handle SIGINT/SIGTERM: {e}"),
         }
@@ -106,11 +111,15 @@ pub fn run(config: Config) -> Result<(), Error> {
             ),
             source,
         })?;
-    let received =
-        received::Received::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
+    let received = received::Received::open(&data.journal_dir(), 2 * config.replay_window)
+        .map_err(|source| Error::DataFolder {
             context: format!("cannot open {}/received.log", data.journal_dir().display()),
             source,
         })?;
+    let keys_dir = data.keys();
+    let identity = keys::Identity::load_or_create(&keys_dir).map_err(Error::Keys)?;
+    let trusted =
+        keys::Trusted::open(&keys_dir, &config.node, identity.public_key()).map_err(Error::Keys)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let broker = broker::Broker::connect(
         &config.node,
@@ -125,11 +134,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         metrics.clone(),
         journal,
         received,
+        (identity, trusted),
         events_tx.clone(),
     ));
     log::info!(
-        "node {} starting; data in {}; broker {} ({}{})",
+        "node {} (key {}) starting; data in {}; broker {} ({}{})",
         node.config.node,
+        node.identity.public_key(),
         data.root.display(),
         node.config.brokers.join(","),
         node.config.security.auth.describe(),

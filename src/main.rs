@@ -43,7 +43,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(command @ (Subcommand::Send(_) | Subcommand::Status(_))) => {
+        Some(command @ (Subcommand::Send(_) | Subcommand::Status(_) | Subcommand::Keys(_))) => {
             return client(flags, command)
         }
         None => {}
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `steward send` and `steward status`: find the agent's data folder the way the agent
+/// `steward send`, `steward status` and `steward keys`: find the agent's data folder the way the agent
 /// does (flags, environment, config file; on an installed node, /etc/steward/steward.toml).
 fn client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
     const INSTALLED_CONFIG: &str = "/etc/steward/steward.toml";
@@ -81,8 +81,9 @@ fn client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
             return ExitCode::from(steward::client::EXIT_USAGE);
         }
     };
-    let socket = steward::files::DataFolder::new(config.data_folder).socket();
+    let socket = steward::files::DataFolder::new(config.data_folder.clone()).socket();
     let result = match command {
+        Subcommand::Keys(k) => steward::client::keys(&config.node, &config.data_folder, k.action),
         Subcommand::Send(s) => steward::client::send(
             &socket,
             steward::client::SendRequest {

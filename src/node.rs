@@ -10,6 +10,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::files::DataFolder;
 use crate::journal::{self, Journal, Queued};
+use crate::keys::{Identity, Trusted};
 use crate::message::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::received::Received;
@@ -30,6 +31,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// What this node has received and handled (exactly-once effect).
     pub received: Received,
+    /// This node's signing key: everything it publishes is signed with it.
+    pub identity: Identity,
+    /// The keys it checks senders against.
+    pub trusted: Trusted,
     journal: Mutex<Journal>,
     supervisor: Sender<Event>,
     pub handlers: Permits,
@@ -37,6 +42,19 @@ pub struct Node {
     pub presence: Presence,
     /// Who is waiting to hear how a message ends (`steward send`), by message id.
     watchers: Mutex<HashMap<String, Sender<Progress>>>,
+    /// Refusals reported to central this minute, and those only logged.
+    refusals: Mutex<Refusals>,
+}
+
+/// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute;
+/// past that they are logged here and counted, and the count is reported when the minute
+/// ends. So a flood of forged messages cannot flood the journal and the link.
+pub const REFUSAL_REPORTS_PER_MINUTE: u32 = 20;
+
+struct Refusals {
+    since: Instant,
+    reported: u32,
+    only_logged: u64,
 }
 
 /// How a watched message is going.
@@ -60,6 +78,7 @@ impl Node {
         metrics: Arc<Metrics>,
         journal: Journal,
         received: Received,
+        (identity, trusted): (Identity, Trusted),
         supervisor: Sender<Event>,
     ) -> Node {
         Node {
@@ -67,10 +86,17 @@ impl Node {
             handlers: Permits::new(config.max_handlers),
             presence: Presence::default(),
             watchers: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(Refusals {
+                since: Instant::now(),
+                reported: 0,
+                only_logged: 0,
+            }),
             config,
             broker,
             metrics,
             received,
+            identity,
+            trusted,
             journal: Mutex::new(journal),
             supervisor,
         }
@@ -172,6 +198,38 @@ impl Node {
         };
         if let Err(e) = self.accept(vec![message], None) {
             log::error!("cannot journal the error report for the central error logger: {e}");
+        }
+    }
+
+    /// Logs a refused message and reports it to central, within the per-minute limit.
+    pub fn report_refusal(&self, text: String) {
+        self.refusal_reports_due();
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.reported < REFUSAL_REPORTS_PER_MINUTE {
+            r.reported += 1;
+            drop(r);
+            self.report_error(text);
+        } else {
+            r.only_logged += 1;
+            log::error!("{text}");
+        }
+    }
+
+    /// Ends the refusal-report minute if it is over, reporting how many were only logged.
+    pub fn refusal_reports_due(&self) {
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.since.elapsed() < Duration::from_secs(60) {
+            return;
+        }
+        let only_logged = std::mem::take(&mut r.only_logged);
+        r.since = Instant::now();
+        r.reported = 0;
+        drop(r);
+        if only_logged > 0 {
+            self.report_error(format!(
+                "{}: {only_logged} more refused messages in the last minute (over {REFUSAL_REPORTS_PER_MINUTE} a minute are logged on {} only)",
+                self.config.node, self.config.node
+            ));
         }
     }
 

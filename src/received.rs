@@ -9,7 +9,13 @@
 //!
 //! The record format is the journal's (see [`crate::journal`]). The file keeps the last
 //! [`KEEP`] ids: when it grows past [`COMPACT_BYTES`] it is rewritten with only those.
+//!
+//! An id is also what stops a replayed message from running twice (see [`crate::keys`]): a
+//! captured message can be replayed only while its signed sending time is inside the
+//! receiver's replay window, so an id seen (first, or in a retry) within the last `hold`
+//! (twice the window, for clock skew) is never forgotten, even past [`KEEP`].
 
+use crate::files::unix_millis;
 use crate::journal::{decode, encode, open_records, Record};
 use crate::message::Reply;
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +24,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// How many message ids are remembered.
 pub const KEEP: usize = 10_000;
@@ -53,17 +60,21 @@ struct Inner {
     /// Size right after the last compaction: compact again once the file doubles past it.
     compacted_size: u64,
     keep: usize,
-    states: HashMap<String, State>,
+    /// How long after it was last seen an id must be remembered, in milliseconds.
+    hold_ms: u64,
+    /// Each id's state, and when it was last seen (ms since the epoch).
+    states: HashMap<String, (State, u64)>,
     order: VecDeque<String>,
 }
 
 impl Received {
-    pub fn open(dir: &Path) -> io::Result<Received> {
-        Received::open_keeping(dir, KEEP)
+    /// Opens `received.log` in `dir`; ids seen within `hold` are never forgotten.
+    pub fn open(dir: &Path, hold: Duration) -> io::Result<Received> {
+        Received::open_keeping(dir, KEEP, hold)
     }
 
     /// As [`Received::open`], remembering the last `keep` ids.
-    pub fn open_keeping(dir: &Path, keep: usize) -> io::Result<Received> {
+    pub fn open_keeping(dir: &Path, keep: usize, hold: Duration) -> io::Result<Received> {
         let path = dir.join("received.log");
         let (file, decoded, cut) = open_records(&path)?;
         if let Some(cut) = cut {
@@ -75,6 +86,7 @@ impl Received {
             size: decoded.valid_len,
             compacted_size: 0,
             keep,
+            hold_ms: hold.as_millis() as u64,
             states: HashMap::new(),
             order: VecDeque::new(),
         };
@@ -95,7 +107,11 @@ impl Received {
     /// Looks an id up; a new one is recorded (durably) as started before this returns.
     pub fn begin(&self, id: &str) -> io::Result<Seen> {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match inner.states.get(id).copied() {
+        let seen = inner.states.get_mut(id).map(|(state, last_seen)| {
+            *last_seen = unix_millis();
+            *state
+        });
+        match seen {
             Some(State::Running) => Ok(Seen::Running),
             Some(State::Interrupted) => Ok(Seen::Interrupted),
             Some(State::Done { offset, len }) => {
@@ -134,10 +150,19 @@ impl Received {
 }
 
 impl Inner {
+    /// Records an id's state (as seen now); forgets the oldest ids past `keep`, unless they
+    /// were seen within `hold`.
     fn remember(&mut self, id: String, state: State) {
-        if self.states.insert(id.clone(), state).is_none() {
+        let now = unix_millis();
+        if self.states.insert(id.clone(), (state, now)).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.keep {
+                let Some(oldest) = self.order.front() else {
+                    break;
+                };
+                if self.states[oldest].1 + self.hold_ms > now {
+                    break;
+                }
                 if let Some(old) = self.order.pop_front() {
                     self.states.remove(&old);
                 }
@@ -160,7 +185,8 @@ impl Inner {
         let mut buf = Vec::new();
         let mut states = HashMap::with_capacity(self.states.len());
         for id in &self.order {
-            let state = match self.states[id] {
+            let (state, last_seen) = self.states[id];
+            let state = match state {
                 State::Done { offset, len } => {
                     let start = buf.len();
                     buf.resize(start + len as usize, 0);
@@ -175,7 +201,7 @@ impl Inner {
                     other
                 }
             };
-            states.insert(id.clone(), state);
+            states.insert(id.clone(), (state, last_seen));
         }
         crate::files::write_atomically(&self.path, &buf)?;
         self.file = OpenOptions::new()
@@ -207,13 +233,13 @@ mod tests {
     #[test]
     fn a_handled_id_is_answered_from_the_stored_reply_after_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Received::open(dir.path()).unwrap();
+        let r = Received::open(dir.path(), Duration::ZERO).unwrap();
         assert_eq!(r.begin("a").unwrap(), Seen::New);
         assert_eq!(r.begin("a").unwrap(), Seen::Running);
         r.finish(&reply("a", "out")).unwrap();
         assert_eq!(r.begin("b").unwrap(), Seen::New);
         drop(r);
-        let r = Received::open(dir.path()).unwrap();
+        let r = Received::open(dir.path(), Duration::ZERO).unwrap();
         assert_eq!(r.begin("a").unwrap(), Seen::Done(reply("a", "out")));
         assert_eq!(
             r.begin("b").unwrap(),
@@ -227,7 +253,7 @@ mod tests {
     fn only_the_last_ids_are_kept_and_the_file_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let keep = 50;
-        let r = Received::open_keeping(dir.path(), keep).unwrap();
+        let r = Received::open_keeping(dir.path(), keep, Duration::ZERO).unwrap();
         let big = "x".repeat(20_000);
         for i in 0..(keep + 250) {
             let id = format!("m{i}");
@@ -239,7 +265,7 @@ mod tests {
             .len();
         assert!(size <= COMPACT_BYTES + 21_000, "{size} bytes");
         drop(r);
-        let r = Received::open_keeping(dir.path(), keep).unwrap();
+        let r = Received::open_keeping(dir.path(), keep, Duration::ZERO).unwrap();
         assert_eq!(
             r.begin("m0").unwrap(),
             Seen::New,
@@ -247,5 +273,18 @@ mod tests {
         );
         let last = format!("m{}", keep + 249);
         assert_eq!(r.begin(&last).unwrap(), Seen::Done(reply(&last, &big)));
+    }
+
+    #[test]
+    fn an_id_seen_within_the_hold_is_not_forgotten_past_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 10, Duration::from_secs(60)).unwrap();
+        for i in 0..30 {
+            let id = format!("m{i}");
+            assert_eq!(r.begin(&id).unwrap(), Seen::New);
+            r.finish(&reply(&id, "")).unwrap();
+        }
+        // A replay of the first, moments later, is still recognised.
+        assert_eq!(r.begin("m0").unwrap(), Seen::Done(reply("m0", "")));
     }
 }

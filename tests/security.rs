@@ -173,6 +173,102 @@ fn an_nkey_seed_file() {
     ));
 }
 
+/// URL-safe base64 without padding, as JWTs use.
+fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT: `claims` about `subject`, issued and signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{subject}"), "iat": 1_700_000_000, "iss": issuer.public_key(),
+        "name": name, "sub": subject, "nats": nats,
+    });
+    let body = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let sig = issuer.sign(body.as_bytes()).unwrap();
+    format!("{body}.{}", base64url(&sig))
+}
+
+/// A credentials file for a new user of `account`.
+fn creds(account: &nkeys::KeyPair, name: &str) -> String {
+    let user = nkeys::KeyPair::new_user();
+    let token = jwt(
+        account,
+        &user.public_key(),
+        name,
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().unwrap()
+    )
+}
+
+#[test]
+fn a_credentials_file_under_an_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "fleet",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "steward",
+        serde_json::json!({
+            "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                       "wildcards": true, "conn": -1, "leaf": -1},
+            "type": "account", "version": 2,
+        }),
+    );
+    let conf = write(
+        dir.path(),
+        "operator.conf",
+        &format!(
+            "operator: \"{operator_jwt}\"\nresolver: MEMORY\nresolver_preload: {{ {}: \"{account_jwt}\" }}\n",
+            account.public_key()
+        ),
+    );
+    let nats = NatsServer::start_with(&["-c", &conf]);
+    let file = |name: &str, account: &nkeys::KeyPair| {
+        format!(
+            "--credsFile={}",
+            write(dir.path(), name, &creds(account, name))
+        )
+    };
+    let _ship1 = Node::start("ship1", &nats.address(), &[&file("ship1.creds", &account)]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &[&file("central.creds", &account)],
+    );
+    central.append_inmsg(&command("ship1", &["echo", "creds ok"]));
+    central.wait_for("replies/ship1.CLICommand.log", "creds ok");
+    // A user of an account this operator never signed does not get in.
+    let stranger = nkeys::KeyPair::new_account();
+    stays_disconnected(&Node::start(
+        "ship2",
+        &nats.address(),
+        &[&file("stranger.creds", &stranger)],
+    ));
+}
+
 #[test]
 fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
     let dir = tempfile::tempdir().unwrap();

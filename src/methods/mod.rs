@@ -9,6 +9,7 @@ pub mod cli_command;
 pub mod error_log;
 pub mod hello;
 pub mod text_logging;
+pub mod trusted_keys;
 
 /// The result of running a method; becomes the [`crate::message::Reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,7 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(text_logging::TextLogging),
         Arc::new(hello::Hello::default()),
         Arc::new(error_log::ErrorLog),
+        Arc::new(trusted_keys::TrustedKeys),
     ]
 }
 

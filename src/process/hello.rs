@@ -43,7 +43,13 @@ impl Process for Hello {
                     ttl: None,
                 },
             };
-            match broker::publish(&conn, &subject, None, &envelope.encode()) {
+            match broker::publish(
+                &conn,
+                &self.node.identity,
+                &subject,
+                None,
+                &envelope.encode(),
+            ) {
                 Ok(()) => self.state.set(format!("sent hello {count}")),
                 Err(e) => self.state.set(format!("hello {count} not sent: {e}")),
             }

@@ -13,6 +13,7 @@
 use super::{sleep_or_stop, Process, State};
 use crate::broker;
 use crate::journal::Entry;
+use crate::keys::Verdict;
 use crate::message::{Reply, Status};
 use crate::node::{Node, Progress};
 use crate::subject::Subject;
@@ -255,7 +256,13 @@ impl Publisher {
     ) -> Attempt {
         let subject = self.subject.to_string();
         let deadline = Instant::now() + timeout;
-        if let Err(e) = broker::publish(conn, &subject, Some(reply_subject), payload) {
+        if let Err(e) = broker::publish(
+            conn,
+            &self.node.identity,
+            &subject,
+            Some(reply_subject),
+            payload,
+        ) {
             return Attempt::Failed(format!("cannot publish: {e}"));
         }
         loop {
@@ -277,6 +284,11 @@ impl Publisher {
                             entry.envelope.message.to_node
                         ));
                     }
+                    let to = &entry.envelope.message.to_node;
+                    if let Err(why) = self.check_signature(to, &msg) {
+                        log::warn!("{subject}: ignoring a reply for {}: {why}", entry.envelope.id);
+                        continue;
+                    }
                     match Reply::decode(&msg.data) {
                         Ok(reply) if reply.id == entry.envelope.id => return Attempt::Acked(reply),
                         Ok(reply) => log::warn!("{subject}: reply for {} while waiting for {}", reply.id, entry.envelope.id),
@@ -291,6 +303,20 @@ impl Publisher {
         }
     }
 
+    /// A reply must be signed by the destination when this node knows its key: otherwise
+    /// anyone on the broker could answer for it ("it ran, exit 0").
+    fn check_signature(&self, to: &str, msg: &nats::Message) -> Result<(), String> {
+        let trusted = &self.node.trusted;
+        match trusted.verify(to, msg.headers.as_ref(), &msg.data, None) {
+            Verdict::Verified => Ok(()),
+            Verdict::Bad(why) => Err(why),
+            Verdict::Unsigned | Verdict::UnknownSender if trusted.knows(to) => {
+                Err(format!("not signed by {to}, whose key this node trusts"))
+            }
+            Verdict::Unsigned | Verdict::UnknownSender => Ok(()),
+        }
+    }
+
     fn publish_once(
         &self,
         conn: &nats::Connection,
@@ -301,7 +327,7 @@ impl Publisher {
         let payload = entry.envelope.encode();
         let mut attempt = 0;
         loop {
-            match broker::publish(conn, &subject, None, &payload) {
+            match broker::publish(conn, &self.node.identity, &subject, None, &payload) {
                 Ok(()) => {
                     let method = entry.envelope.message.method.as_str();
                     self.node.metrics.sent.with_label_values(&[method]).inc();

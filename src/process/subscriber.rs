@@ -2,9 +2,10 @@
 //! received message is handled on a thread of its own, at most `--maxConcurrentHandlers` at
 //! once across all methods (past that, the subscriber waits, and NATS holds the messages).
 //!
-//! Before a method runs, the message must pass the receiver's checks: it decodes, its
-//! subject agrees with its content, and its sender may call it (commands only from
-//! `--allowCommandsFrom`, by default the central node; events from anyone). A message that
+//! Before a method runs, the message must pass the receiver's checks ([`check`]): it
+//! decodes, its subject agrees with its content, its sender may call it (commands only from
+//! `--allowCommandsFrom`, by default the central node; events from anyone), and it is
+//! signed by a key trusted for its sender, recently (see [`crate::keys`]). A message that
 //! fails a check is answered with the refusal (never an ACK), logged, and reported to the
 //! central error logger. ACK kinds are answered only after the method has run.
 //!
@@ -15,6 +16,7 @@
 
 use super::{Process, State};
 use crate::broker;
+use crate::keys::Verdict;
 use crate::message::{Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
@@ -66,7 +68,10 @@ impl Process for Subscriber {
                         log::error!("cannot start a handler thread: {e}");
                     }
                 },
-                recv(tick) -> _ => self.method.tick(&self.node),
+                recv(tick) -> _ => {
+                    self.method.tick(&self.node);
+                    self.node.refusal_reports_due();
+                },
                 recv(stop) -> _ => {
                     self.method.flush(&self.node);
                     return Ok(());
@@ -81,10 +86,17 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
     let (id, from, outcome, label) = match check(node, &msg) {
         Err((id, from, why)) => {
             let why = format!(
-                "{} refused a message on {}: {why}",
-                node.config.node, msg.subject
+                "{} refused {} from {} (id {}): {why}",
+                node.config.node,
+                msg.subject,
+                if from.is_empty() {
+                    "an unknown sender"
+                } else {
+                    &from
+                },
+                if id.is_empty() { "unknown" } else { &id },
             );
-            node.report_error(why.clone());
+            node.report_refusal(why.clone());
             (id, from, Outcome::refused(why), "refused")
         }
         Ok(envelope) => match node.received.begin(&envelope.id) {
@@ -110,7 +122,7 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
                     msg.subject,
                     envelope.id
                 );
-                send_reply(conn, &msg, &reply);
+                send_reply(node, conn, &msg, &reply);
                 return;
             }
             Ok(Seen::Interrupted) => {
@@ -168,15 +180,20 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
             );
         }
     }
-    send_reply(conn, &msg, &reply);
+    send_reply(node, conn, &msg, &reply);
 }
 
-/// The receiver's checks. On refusal: the id and sender if known, and why.
+/// The receiver's checks, in order: the message decodes and agrees with its subject; its
+/// sender may call this method; and its signature verifies against a key trusted for that
+/// sender, sent within the replay window. Commands must be signed; events from a sender
+/// whose key is known must be too (else anyone could speak for it); other events are taken
+/// from anyone. On refusal: the id and sender if known, and why.
 fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, String)> {
     let subject = Subject::parse(&msg.subject).map_err(|e| (String::new(), String::new(), e))?;
     let envelope = Envelope::decode(&msg.data).map_err(|e| (String::new(), String::new(), e))?;
     let refuse = |why: String| Err((envelope.id.clone(), envelope.from_node.clone(), why));
     let m = &envelope.message;
+    let from = envelope.from_node.as_str();
     if m.to_node != subject.node || m.kind != subject.kind || m.method != subject.method {
         return refuse(format!(
             "its content ({}.{}.{}) does not match its subject",
@@ -185,24 +202,50 @@ fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, 
             m.method
         ));
     }
+    let config = &node.config;
     if m.kind.is_command()
-        && !node
-            .config
+        && !config
             .allow_commands_from
-            .contains(&envelope.from_node)
+            .iter()
+            .any(|rule| rule.permits(from, &m.method))
     {
+        let rules: Vec<String> = config
+            .allow_commands_from
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         return refuse(format!(
-            "{} may not send commands here (allowed: {})",
-            envelope.from_node,
-            node.config.allow_commands_from.join(", ")
+            "{from} may not call {} here (allowCommandsFrom: {})",
+            m.method,
+            rules.join(", ")
         ));
     }
-    Ok(envelope)
+    let verdict = node.trusted.verify(
+        from,
+        msg.headers.as_ref(),
+        &msg.data,
+        Some(config.replay_window),
+    );
+    match verdict {
+        Verdict::Verified => Ok(envelope),
+        Verdict::Bad(why) => refuse(why),
+        Verdict::Unsigned if m.kind.is_command() => {
+            refuse("a command must be signed by its sender; this one is not".into())
+        }
+        Verdict::UnknownSender if m.kind.is_command() => refuse(format!(
+            "{} trusts no key for {from}; on {}, run `steward keys trust {from} KEY` with the key `steward keys show` prints on {from}",
+            config.node, config.node
+        )),
+        Verdict::Unsigned if node.trusted.knows(from) => refuse(format!(
+            "not signed, yet {from}'s key is trusted here: a forgery"
+        )),
+        Verdict::Unsigned | Verdict::UnknownSender => Ok(envelope),
+    }
 }
 
 /// Sends the reply if the sender asked for one (ACK kinds), trimming output that would
 /// exceed the broker's payload limit.
-fn send_reply(conn: &nats::Connection, msg: &nats::Message, reply: &Reply) {
+fn send_reply(node: &Node, conn: &nats::Connection, msg: &nats::Message, reply: &Reply) {
     let Some(to) = &msg.reply else { return };
     let mut bytes = reply.encode();
     let max = conn.max_payload();
@@ -219,7 +262,7 @@ fn send_reply(conn: &nats::Connection, msg: &nats::Message, reply: &Reply) {
             .push_str("\n[steward: output trimmed to the broker's payload limit]\n");
         bytes = trimmed.encode();
     }
-    if let Err(e) = broker::publish(conn, to, None, &bytes) {
+    if let Err(e) = broker::publish(conn, &node.identity, to, None, &bytes) {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", reply.id);
     }

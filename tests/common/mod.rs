@@ -206,6 +206,39 @@ impl NatsCluster {
     }
 }
 
+/// A test node's seed, made from its name, so that any node can be trusted by name alone.
+/// (Test keys only: a real node makes a random one on first start.)
+pub fn seed_of(name: &str) -> String {
+    let mut raw = [0u8; 32];
+    for (i, b) in name.bytes().chain(*b"/steward-test-key").enumerate() {
+        raw[i % 32] = raw[i % 32].wrapping_mul(31).wrapping_add(b);
+    }
+    nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, raw)
+        .unwrap()
+        .seed()
+        .unwrap()
+}
+
+/// The public key of [`seed_of`]`(name)`.
+pub fn key_of(name: &str) -> String {
+    nkeys::KeyPair::from_seed(&seed_of(name))
+        .unwrap()
+        .public_key()
+}
+
+/// Gives node `name` its test key, and makes it trust the central node's, as an operator
+/// would with `steward keys trust central KEY` when setting a node up.
+pub fn install_keys(data: &Path, name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = data.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(keys.join("node.seed"), seed_of(name)).unwrap();
+    fs::set_permissions(keys.join("node.seed"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(keys.join("node.pub"), key_of(name)).unwrap();
+    steward::keys::trust(&keys, "central", &key_of("central")).unwrap();
+}
+
 /// A running `steward` node with its own data folder, killed on drop.
 pub struct Node {
     pub name: String,
@@ -234,9 +267,11 @@ impl Node {
         let flag = |a: &str| a.split('=').next().unwrap_or_default().to_string();
         args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
         args.extend(extra.iter().map(|s| s.to_string()));
+        let dir = tempfile::tempdir().unwrap();
+        install_keys(dir.path(), name);
         let mut node = Node {
             name: name.to_string(),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             args,
             child: None,
             prom_port,
@@ -247,6 +282,11 @@ impl Node {
 
     pub fn data(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Makes this node trust `name`'s test key (as `steward keys trust` would).
+    pub fn trust(&self, name: &str) {
+        steward::keys::trust(&self.path("keys"), name, &key_of(name)).unwrap();
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
