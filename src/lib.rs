@@ -62,6 +62,8 @@ pub enum Error {
     },
     /// This node's signing key or its trusted keys could not be loaded.
     Keys(String),
+    /// Running as set up would let others act as this node.
+    Unsafe(String),
     /// A listener (metrics, profiling) could not start.
     Listen(std::io::Error),
     /// The signal handler could not be installed.
@@ -73,6 +75,7 @@ impl fmt::Display for Error {
         match self {
             Error::DataFolder { context, source } => write!(f, "{context}: {source}"),
             Error::Keys(e) => write!(f, "keys: {e}"),
+            Error::Unsafe(e) => write!(f, "refusing to run: {e}"),
             Error::Listen(e) => write!(f, "{e}"),
             Error::Signals(e) => write!(f, "cannot handle SIGINT/SIGTERM: {e}"),
         }
@@ -102,6 +105,18 @@ pub fn run(config: Config) -> Result<(), Error> {
             ),
             source,
         })?;
+    // Whoever can write inmsg.txt makes this node send messages signed with its key.
+    let mode = std::fs::metadata(&config.data_folder)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap_or(0);
+    if mode & 0o002 != 0 {
+        return Err(Error::Unsafe(format!(
+            "the data folder {} can be written by anyone (mode {:o}): anyone could send messages signed as this node; run: chmod o-w {}",
+            config.data_folder.display(),
+            mode & 0o7777,
+            config.data_folder.display()
+        )));
+    }
     let data = files::DataFolder::new(config.data_folder.clone());
     let (journal, recovery) =
         journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {

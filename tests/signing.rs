@@ -325,6 +325,45 @@ fn keys_are_made_on_first_start_private_and_shown_for_others_to_trust() {
         String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
         "{out:?}"
     );
+    // So does a data folder anyone may write (anyone could append to its inmsg.txt).
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let agent = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_steward"))
+            .arg(format!("--dataFolder={}", dir.display()))
+            .args([
+                "--node=ship7",
+                &format!("--brokerAddress={}", nats.address()),
+            ])
+            .args(["--promHostAndPort=off"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = agent(dir.path()).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod o-w"),
+        "{out:?}"
+    );
+    // Set up right, it runs, and its control socket is for its owner and group only.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let mut running = agent(dir.path());
+    let socket = dir.path().join("steward.sock");
+    // (Bound, then restricted: wait for the restriction rather than race it.)
+    let mode = || {
+        std::fs::metadata(&socket)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mode() != 0o660 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = mode();
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert_eq!(mode, 0o660);
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,9 @@ impl Process for Control {
         let _ = std::fs::remove_file(&path); // a stale socket from a crash
         let listener = UnixListener::bind(&path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        // What comes through here is signed with this node's key: owner and group only.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("{}: {e}", path.display()))?;
