@@ -153,7 +153,7 @@ struct Row {
 
 fn main() {
     let quick = std::env::var_os("STEWARD_BENCH_QUICK").is_some();
-    let n_events = if quick { 500 } else { 3000 };
+    let n_events = if quick { 500 } else { 20_000 };
     let n_commands = if quick { 50 } else { 200 };
     let fan = 1000;
     let root = tempfile::tempdir().unwrap();
@@ -185,6 +185,9 @@ fn main() {
     }
     .encode();
     let (bare_rate, bare_p50, bare_p99) = bare_request_reply(&broker, &payload, n_events);
+    // The same, with steward's concurrency: batches of up to MAX_BATCH per round trip.
+    let batch_of = steward::message::MAX_BATCH;
+    let bare_batched = bare_batched_request_reply(&broker, &payload, n_events, batch_of);
 
     // 2. steward: durable events central → ship1, journal on, until all ACKed.
     let ship1 = Agent::start("ship1", &broker, root.path());
@@ -213,6 +216,13 @@ fn main() {
         bare: format!("{bare_rate:.0}"),
         ratio: format!("{:.2}", rate / bare_rate),
         target: flag(rate >= bare_rate, "≥ 1.00"),
+    });
+    rows.push(Row {
+        what: format!("durable events/s vs bare NATS in batches of {batch_of}"),
+        steward: format!("{rate:.0}"),
+        bare: format!("{bare_batched:.0}"),
+        ratio: format!("{:.2}", rate / bare_batched),
+        target: String::new(),
     });
     rows.push(Row {
         what: "event latency p50 / p99 (ms)".into(),
@@ -481,6 +491,49 @@ fn bare_request_reply(broker: &str, payload: &[u8], n: usize) -> (f64, f64, f64)
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let lat = sorted(lat);
     (rate, percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// Request/reply as steward batches events: up to `batch` payloads as one JSON array per
+/// request, answered with one reply per payload; one batch in flight, as steward's
+/// publisher per subject has. No journal, no signatures, no fsync: the floor for batching.
+fn bare_batched_request_reply(broker: &str, payload: &[u8], n: usize, batch: usize) -> f64 {
+    let responder = nats::connect(broker).unwrap();
+    let sub = responder.subscribe("bare.batch").unwrap();
+    let r2 = responder.clone();
+    std::thread::spawn(move || {
+        for m in sub.messages() {
+            let Some(reply) = &m.reply else { continue };
+            let items: Vec<serde_json::Value> = serde_json::from_slice(&m.data).unwrap();
+            let body: Vec<String> = items.iter().map(|_| "x".repeat(90)).collect();
+            let _ = r2.publish(reply, serde_json::to_vec(&body).unwrap());
+            let _ = r2.flush();
+        }
+    });
+    responder.flush().unwrap();
+    let conn = nats::connect(broker).unwrap();
+    let inbox = conn.new_inbox();
+    let replies = conn.subscribe(&format!("{inbox}.*")).unwrap();
+    let one = String::from_utf8_lossy(payload).into_owned();
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = batch.min(n - sent);
+        let body = format!("[{}]", vec![one.as_str(); k].join(","));
+        let reply = format!("{inbox}.{sent}");
+        conn.publish_request("bare.batch", &reply, body.as_bytes())
+            .unwrap();
+        conn.flush().unwrap();
+        loop {
+            let m = replies.next_timeout(Duration::from_secs(5)).unwrap();
+            if m.subject == reply {
+                let got: Vec<String> = serde_json::from_slice(&m.data).unwrap();
+                assert_eq!(got.len(), k);
+                break;
+            }
+        }
+        sent += k;
+    }
+    n as f64 / t.elapsed().as_secs_f64()
 }
 
 /// `n` simulated nodes in this process: one connection and one wildcard subscription on

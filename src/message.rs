@@ -100,6 +100,10 @@ pub const MAX_DATA_BYTES: usize = 256 * 1024;
 pub const MAX_WIRE_BYTES: usize = MAX_DATA_BYTES + 64 * 1024;
 /// Longest message id.
 const MAX_ID_LEN: usize = 256;
+/// Most messages in one batch on the wire.
+pub const MAX_BATCH: usize = 256;
+/// Most bytes of one batch on the wire (NATS's default payload limit is 1 MiB).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 impl Message {
     pub fn subject(&self) -> Subject {
@@ -210,6 +214,14 @@ impl Envelope {
         }
         let e: Envelope =
             serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        e.validate()?;
+        Ok(e)
+    }
+
+    /// Checks what a receiver will use: names that become subjects and file names, the
+    /// id, the size of the data.
+    fn validate(&self) -> Result<(), String> {
+        let e = self;
         validate_name(&e.from_node).map_err(|err| format!("bad fromNode: {err}"))?;
         validate_name(&e.message.to_node).map_err(|err| format!("bad toNode: {err}"))?;
         validate_name(&e.message.method).map_err(|err| format!("bad method: {err}"))?;
@@ -225,8 +237,43 @@ impl Envelope {
                 "data is {data_bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
             ));
         }
-        Ok(e)
+        Ok(())
     }
+}
+
+/// A batch: several messages for one subject, in order, as one wire message (a JSON array
+/// of envelopes). Events travel this way when several are queued for the same subject.
+pub fn encode_batch(envelopes: &[Envelope]) -> Vec<u8> {
+    serde_json::to_vec(envelopes).expect("Envelopes always serialize")
+}
+
+/// Whether a wire message is a batch (a JSON array) rather than one envelope.
+pub fn is_batch(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// Decodes a batch, checking each message as [`Envelope::decode`] does; one bad message
+/// refuses the batch (a sender never makes one).
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Envelope>, String> {
+    if bytes.len() > MAX_BATCH_BYTES {
+        return Err(format!(
+            "batch of {} bytes; at most {MAX_BATCH_BYTES} are allowed",
+            bytes.len()
+        ));
+    }
+    let batch: Vec<Envelope> =
+        serde_json::from_slice(bytes).map_err(|e| format!("undecodable batch: {e}"))?;
+    if batch.is_empty() || batch.len() > MAX_BATCH {
+        return Err(format!(
+            "a batch of {} messages; 1 to {MAX_BATCH} are allowed",
+            batch.len()
+        ));
+    }
+    for (i, e) in batch.iter().enumerate() {
+        e.validate()
+            .map_err(|err| format!("batch message {i}: {err}"))?;
+    }
+    Ok(batch)
 }
 
 /// How a receiver dealt with a message.
@@ -261,6 +308,26 @@ impl Reply {
 
     pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
         serde_json::from_slice(bytes).map_err(|e| format!("undecodable reply: {e}"))
+    }
+
+    /// A refusal of message `id` by node `by`.
+    pub fn refusal(id: String, by: &str, why: String) -> Reply {
+        Reply {
+            id,
+            from_node: by.to_string(),
+            status: Status::Refused,
+            exit_code: None,
+            output: why,
+        }
+    }
+
+    /// The replies to a batch, in its order.
+    pub fn encode_batch(replies: &[Reply]) -> Vec<u8> {
+        serde_json::to_vec(replies).expect("Replies always serialize")
+    }
+
+    pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Reply>, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("undecodable batch reply: {e}"))
     }
 }
 

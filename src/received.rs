@@ -106,42 +106,77 @@ impl Received {
 
     /// Looks an id up; a new one is recorded (durably) as started before this returns.
     pub fn begin(&self, id: &str) -> io::Result<Seen> {
+        Ok(self.begin_many(&[id])?.remove(0))
+    }
+
+    /// Looks up the ids of a batch; the new ones are recorded as started, all with one
+    /// fsync, before this returns.
+    pub fn begin_many(&self, ids: &[&str]) -> io::Result<Vec<Seen>> {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = inner.states.get_mut(id).map(|(state, last_seen)| {
-            *last_seen = unix_millis();
-            *state
-        });
-        match seen {
-            Some(State::Running) => Ok(Seen::Running),
-            Some(State::Interrupted) => Ok(Seen::Interrupted),
-            Some(State::Done { offset, len }) => {
-                let mut buf = vec![0; len as usize];
-                inner.file.read_exact_at(&mut buf, offset)?;
-                match decode(&buf).records.pop() {
-                    Some((_, _, Record::Finished { reply })) => Reply::decode(&reply)
-                        .map(Seen::Done)
-                        .map_err(io::Error::other),
-                    _ => Err(io::Error::other(format!(
-                        "{}: stored reply for {id} unreadable",
-                        inner.path.display()
-                    ))),
+        let mut seen = Vec::with_capacity(ids.len());
+        let mut started = Vec::new();
+        for id in ids {
+            let known = inner.states.get_mut(*id).map(|(state, last_seen)| {
+                *last_seen = unix_millis();
+                *state
+            });
+            seen.push(match known {
+                Some(State::Running) => Seen::Running,
+                Some(State::Interrupted) => Seen::Interrupted,
+                Some(State::Done { offset, len }) => {
+                    Seen::Done(inner.stored_reply(id, offset, len)?)
                 }
+                None if started.contains(id) => Seen::Running, // twice in one batch
+                None => {
+                    started.push(*id);
+                    Seen::New
+                }
+            });
+        }
+        if !started.is_empty() {
+            let mut buf = Vec::new();
+            for id in &started {
+                encode(&Record::Started { id: id.to_string() }, &mut buf);
             }
-            None => {
-                inner.append(&Record::Started { id: id.to_string() })?;
+            inner.append(&buf)?;
+            for id in started {
                 inner.remember(id.to_string(), State::Running);
-                Ok(Seen::New)
             }
         }
+        Ok(seen)
     }
 
     /// Records the reply of a message (durably) before it is sent.
     pub fn finish(&self, reply: &Reply) -> io::Result<()> {
+        self.finish_many(std::slice::from_ref(reply))
+    }
+
+    /// Records the replies of a batch with one fsync, before they are sent.
+    pub fn finish_many(&self, replies: &[Reply]) -> io::Result<()> {
+        if replies.is_empty() {
+            return Ok(());
+        }
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (offset, len) = inner.append(&Record::Finished {
-            reply: reply.encode(),
-        })?;
-        inner.remember(reply.id.clone(), State::Done { offset, len });
+        let mut buf = Vec::new();
+        let mut spans = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let start = buf.len();
+            encode(
+                &Record::Finished {
+                    reply: reply.encode(),
+                },
+                &mut buf,
+            );
+            spans.push((start as u64, (buf.len() - start) as u32));
+        }
+        let base = inner.append(&buf)?;
+        for (reply, (start, len)) in replies.iter().zip(spans) {
+            let state = State::Done {
+                offset: base + start,
+                len,
+            };
+            inner.remember(reply.id.clone(), state);
+        }
         if inner.size > COMPACT_BYTES.max(2 * inner.compacted_size) {
             inner.compact()?;
         }
@@ -170,14 +205,27 @@ impl Inner {
         }
     }
 
-    fn append(&mut self, record: &Record) -> io::Result<(u64, u32)> {
-        let mut buf = Vec::new();
-        encode(record, &mut buf);
-        self.file.write_all(&buf)?;
+    /// Appends encoded records and fsyncs; returns the offset they start at.
+    fn append(&mut self, buf: &[u8]) -> io::Result<u64> {
+        self.file.write_all(buf)?;
         self.file.sync_data()?;
         let offset = self.size;
         self.size += buf.len() as u64;
-        Ok((offset, buf.len() as u32))
+        Ok(offset)
+    }
+
+    fn stored_reply(&self, id: &str, offset: u64, len: u32) -> io::Result<Reply> {
+        let mut buf = vec![0; len as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        match decode(&buf).records.pop() {
+            Some((_, _, Record::Finished { reply })) => {
+                Reply::decode(&reply).map_err(io::Error::other)
+            }
+            _ => Err(io::Error::other(format!(
+                "{}: stored reply for {id} unreadable",
+                self.path.display()
+            ))),
+        }
     }
 
     /// Rewrites the file with only the remembered ids, oldest first.

@@ -300,6 +300,64 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
     assert_eq!(delivered, n, "events delivered twice");
 }
 
+/// Events travel in batches; a receiver killed amid them may leave one batch's worth
+/// ambiguous (recorded as started, not as finished): those are answered "interrupted", not
+/// logged twice. Every other event is logged once, in order.
+#[test]
+fn a_receiver_killed_amid_batches_of_events_logs_each_at_most_once_in_order() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
+    );
+    let n = 5000;
+    let events: String = (0..n)
+        .map(|i| format!("[{{\"toNode\":\"ship1\",\"data\":[\"{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
+        .collect();
+    central.append_inmsg(&events);
+    ship1.wait_until("textlog/central.log", "had 500 lines", |t| {
+        t.lines().count() >= 500
+    });
+    ship1.kill9();
+    let at_kill = ship1.read("textlog/central.log").lines().count();
+    ship1.restart();
+    let replies = central.wait_count("replies/ship1.TextLogging.log", "=== ", n);
+    let interrupted = replies.matches("interrupted by a restart").count();
+    let logged: Vec<usize> = ship1
+        .read("textlog/central.log")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let mut unique = logged.clone();
+    unique.sort();
+    unique.dedup();
+    report(
+        "receiver_kill9_event_batches",
+        n,
+        unique.len(),
+        logged.len() - unique.len(),
+    );
+    eprintln!("[receiver_kill9_event_batches] at_kill={at_kill} interrupted={interrupted}");
+    assert!(at_kill < n, "the kill came too late to test anything");
+    assert_eq!(logged.len(), unique.len(), "events logged twice");
+    assert!(
+        logged.windows(2).all(|w| w[0] < w[1]),
+        "events logged out of order"
+    );
+    assert!(
+        interrupted <= steward::message::MAX_BATCH,
+        "{interrupted} interrupted: at most the batch running at the kill can be"
+    );
+    assert!(
+        unique.len() + interrupted >= n,
+        "lost: logged {}, interrupted {interrupted}, of {n}",
+        unique.len()
+    );
+    assert_eq!(replies.matches("=== ").count(), n, "one reply per message");
+}
+
 /// The state a power cut leaves mid-write: batch A (messages 0 and 1) committed; batch B
 /// (2 and 3), read from the same taken inmsg file, with its journal write torn.
 #[test]

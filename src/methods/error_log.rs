@@ -14,24 +14,38 @@ impl Method for ErrorLog {
     }
 
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
+        self.handle_batch(&[envelope], node).remove(0)
+    }
+
+    /// A batch's errors go to errors.log with one write and one fsync.
+    fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
+        let all = |outcome: Outcome| vec![outcome; envelopes.len()];
         if !node.config.central_error_logger {
-            return Outcome::refused(format!(
+            return all(Outcome::refused(format!(
                 "{} is not the central error logger (start it with --centralErrorLogger)",
                 node.config.node
-            ));
+            )));
         }
-        let text = envelope.message.data.join(" ").replace('\n', " ");
-        let line = format!(
-            "{} {} [{}]: {}\n",
-            crate::files::rfc3339(envelope.accepted),
-            envelope.from_node,
-            envelope.id,
-            text.trim_end()
-        );
+        let lines: String = envelopes
+            .iter()
+            .map(|e| {
+                let text = e.message.data.join(" ").replace('\n', " ");
+                format!(
+                    "{} {} [{}]: {}\n",
+                    crate::files::rfc3339(e.accepted),
+                    e.from_node,
+                    e.id,
+                    text.trim_end()
+                )
+            })
+            .collect();
         let path = node.data.error_log();
-        match crate::files::append(&path, line.as_bytes(), true) {
-            Ok(()) => Outcome::ok("logged"),
-            Err(e) => Outcome::error(format!("cannot append to {}: {e}", path.display())),
+        match crate::files::append(&path, lines.as_bytes(), true) {
+            Ok(()) => all(Outcome::ok("logged")),
+            Err(e) => all(Outcome::error(format!(
+                "cannot append to {}: {e}",
+                path.display()
+            ))),
         }
     }
 }

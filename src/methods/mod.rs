@@ -49,6 +49,12 @@ pub trait Method: Send + Sync {
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome;
+    /// Runs a batch of received messages, in order (events of one subject that travelled
+    /// together). A method that can do the batch's work in one go (one write, one fsync)
+    /// overrides this; by default each runs alone.
+    fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
+        envelopes.iter().map(|e| self.handle(e, node)).collect()
+    }
     /// Called about once a second by the method's subscriber, for deferred work.
     fn tick(&self, _node: &Node) {}
     /// Called when the node stops, to persist what `tick` would have.

@@ -4,6 +4,8 @@
 use super::{Method, Outcome};
 use crate::message::Envelope;
 use crate::node::Node;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 pub struct TextLogging;
 
@@ -13,14 +15,50 @@ impl Method for TextLogging {
     }
 
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
-        let mut text = envelope.message.data.concat();
-        if !text.ends_with('\n') {
-            text.push('\n');
+        self.handle_batch(&[envelope], node).remove(0)
+    }
+
+    /// A batch's lines go to each sender's log with one write and one fsync.
+    fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
+        let texts: Vec<String> = envelopes
+            .iter()
+            .map(|e| {
+                let mut text = e.message.data.concat();
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text
+            })
+            .collect();
+        let mut by_file: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (e, text) in envelopes.iter().zip(&texts) {
+            by_file
+                .entry(node.data.text_log(&e.from_node))
+                .or_default()
+                .push_str(text);
         }
-        let path = node.data.text_log(&envelope.from_node);
-        match crate::files::append(&path, text.as_bytes(), true) {
-            Ok(()) => Outcome::ok(format!("logged {} bytes", text.len())),
-            Err(e) => Outcome::error(format!("cannot append to {}: {e}", path.display())),
-        }
+        let failed: BTreeMap<PathBuf, String> = by_file
+            .iter()
+            .filter_map(|(path, text)| {
+                crate::files::append(path, text.as_bytes(), true)
+                    .err()
+                    .map(|e| {
+                        (
+                            path.clone(),
+                            format!("cannot append to {}: {e}", path.display()),
+                        )
+                    })
+            })
+            .collect();
+        envelopes
+            .iter()
+            .zip(&texts)
+            .map(
+                |(e, text)| match failed.get(&node.data.text_log(&e.from_node)) {
+                    Some(why) => Outcome::error(why.clone()),
+                    None => Outcome::ok(format!("logged {} bytes", text.len())),
+                },
+            )
+            .collect()
     }
 }

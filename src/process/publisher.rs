@@ -7,22 +7,34 @@
 //! broker says at once that nobody listens), then a growing pause, up to `retries` attempts
 //! after the first. NACK kinds are published once.
 //!
-//! The message being delivered sits in a slot the supervisor keeps across restarts, so a
-//! publisher that fails mid-delivery resumes with the same message, ahead of its queue.
+//! Events (EventACK) queued together travel together: when more than one is waiting, the
+//! publisher sends up to [`MAX_BATCH`] of them, in order, as one batch, and the receiver
+//! runs them in order and answers with all their replies at once, writing its records once
+//! per batch rather than once per message. That is what lets a journaled, fsync'd,
+//! exactly-once event stream keep up with bare NATS request/reply. If a batch does not go
+//! through (no ACK, nobody listening, an old receiver), the publisher falls back to one
+//! message at a time, with each message's own retries, until one is ACKed again. Commands
+//! always go one at a time: each has its own deadline and its output.
+//!
+//! The messages being delivered sit in a slot the supervisor keeps across restarts, so a
+//! publisher that fails mid-delivery resumes with the same messages, ahead of its queue.
 
 use super::{sleep_or_stop, Process, State};
 use crate::broker;
 use crate::journal::Entry;
 use crate::keys::Verdict;
-use crate::message::{Reply, Status};
+use crate::message::{self, Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The message a publisher is working on, kept by the supervisor across restarts.
-pub type InFlight = Arc<Mutex<Option<Entry>>>;
+/// The messages a publisher is working on, in order, kept by the supervisor across
+/// restarts.
+pub type InFlight = Arc<Mutex<Vec<Entry>>>;
 
 pub struct Publisher {
     pub subject: Subject,
@@ -33,8 +45,8 @@ pub struct Publisher {
 }
 
 /// How one attempt ended.
-enum Attempt {
-    Acked(Reply),
+enum Attempt<T> {
+    Acked(T),
     Failed(String),
     Stopped,
 }
@@ -116,56 +128,190 @@ impl Process for Publisher {
         let replies = conn
             .subscribe(&format!("{inbox}.*"))
             .map_err(|e| format!("cannot subscribe to replies: {e}"))?;
+        // Off after a batch fails, until a message gets through alone again.
+        let mut batching = true;
         loop {
-            let current = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let entry = match current {
-                Some(entry) => entry,
-                None => {
-                    self.state.set("idle");
-                    let seq = select! {
-                        recv(self.queue) -> seq => match seq {
-                            Ok(seq) => seq,
-                            Err(_) => return Ok(()),
-                        },
-                        recv(stop) -> _ => return Ok(()),
+            let mut slot = self.slot().clone();
+            if slot.is_empty() {
+                self.state.set("idle");
+                let seq = select! {
+                    recv(self.queue) -> seq => match seq {
+                        Ok(seq) => seq,
+                        Err(_) => return Ok(()),
+                    },
+                    recv(stop) -> _ => return Ok(()),
+                };
+                match self.read(seq)? {
+                    Some(entry) => slot.push(entry),
+                    None => continue, // already finished
+                }
+            }
+            let kind = slot[0].envelope.message.kind;
+            let batchable = batching && kind.wants_ack() && !kind.is_command();
+            if batchable {
+                while slot.len() < MAX_BATCH {
+                    let Ok(seq) = self.queue.try_recv() else {
+                        break;
                     };
-                    let read = self.node.journal().read(seq);
-                    match read
-                        .map_err(|e| format!("cannot read message {seq} from the journal: {e}"))?
-                    {
-                        Some(entry) => entry,
-                        None => continue, // already finished
+                    if let Some(entry) = self.read(seq)? {
+                        slot.push(entry);
                     }
                 }
-            };
-            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
-            let delivery = if entry.envelope.message.kind.wants_ack() {
+            }
+            *self.slot() = slot.clone();
+            let fits = fitting(&slot, conn.max_payload());
+            if batchable && fits > 1 {
+                let batch = &slot[..fits];
+                let reply_subject = format!("{inbox}.{}", batch[0].seq);
+                match self.deliver_batch(&conn, &replies, &reply_subject, batch, stop) {
+                    Attempt::Acked(acked) => {
+                        let done: Vec<_> = batch
+                            .iter()
+                            .zip(acked)
+                            .map(|(e, r)| (e, Delivery::Acked(r)))
+                            .collect();
+                        self.finish(done)?;
+                        self.slot().drain(..fits);
+                        continue;
+                    }
+                    Attempt::Stopped => return Ok(()),
+                    Attempt::Failed(why) => {
+                        log::warn!(
+                            "{}: a batch of {fits} did not go through ({why}); sending one at a time",
+                            self.subject
+                        );
+                        batching = false;
+                    }
+                }
+            }
+            let entry = &slot[0];
+            let delivery = if kind.wants_ack() {
                 self.deliver_acked(
                     &conn,
                     &replies,
                     &format!("{inbox}.{}", entry.seq),
-                    &entry,
+                    entry,
                     stop,
                 )
             } else {
-                self.publish_once(&conn, &entry, stop)
+                self.publish_once(&conn, entry, stop)
             };
-            if let Delivery::Stopped = delivery {
-                return Ok(());
+            match delivery {
+                Delivery::Stopped => return Ok(()),
+                Delivery::Acked(_) => batching = true,
+                _ => {}
             }
             // If what must be kept cannot be written, fail: the supervisor restarts this
             // publisher and the message, still in its slot, is tried again.
-            self.finish(&entry, delivery)?;
-            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.finish(vec![(entry, delivery)])?;
+            self.slot().remove(0);
         }
     }
 }
 
+/// A reply as replies/<node>.<method>.log keeps it.
+fn reply_record(envelope: &crate::message::Envelope, reply: &Reply) -> String {
+    format!(
+        "=== {} id={} from={} status={:?}{}\n{}{}",
+        crate::files::now_rfc3339(),
+        envelope.id,
+        reply.from_node,
+        reply.status,
+        reply
+            .exit_code
+            .map(|c| format!(" exit={c}"))
+            .unwrap_or_default(),
+        reply.output,
+        if reply.output.ends_with('\n') || reply.output.is_empty() {
+            ""
+        } else {
+            "\n"
+        }
+    )
+}
+
+/// How many of the first messages in `slot` fit in one batch under the broker's payload
+/// limit (at least one).
+fn fitting(slot: &[Entry], max_payload: usize) -> usize {
+    let limit = MAX_BATCH_BYTES.min(if max_payload > 0 {
+        max_payload
+    } else {
+        MAX_BATCH_BYTES
+    }) - 4096;
+    let mut bytes = 2;
+    slot.iter()
+        .take_while(|e| {
+            bytes += e.envelope.encode().len() + 1;
+            bytes <= limit
+        })
+        .count()
+        .max(1)
+}
+
 impl Publisher {
+    fn slot(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self, seq: u64) -> Result<Option<Entry>, String> {
+        self.node
+            .journal()
+            .read(seq)
+            .map_err(|e| format!("cannot read message {seq} from the journal: {e}"))
+    }
+
+    /// One attempt at a batch: its replies, in its order, or why not.
+    fn deliver_batch(
+        &self,
+        conn: &nats::Connection,
+        replies: &nats::Subscription,
+        reply_subject: &str,
+        batch: &[Entry],
+        stop: &Receiver<()>,
+    ) -> Attempt<Vec<Reply>> {
+        let node = &self.node;
+        let timeout = batch
+            .iter()
+            .filter_map(|e| e.envelope.message.timeout.map(Duration::from_secs))
+            .max()
+            .unwrap_or(node.config.default_timeout);
+        let envelopes: Vec<_> = batch.iter().map(|e| e.envelope.clone()).collect();
+        let doing = format!(
+            "sending {} in a batch of {}",
+            batch[0].envelope.id,
+            batch.len()
+        );
+        self.state.set(doing.clone());
+        for e in batch {
+            let method = e.envelope.message.method.as_str();
+            node.metrics.sent.with_label_values(&[method]).inc();
+            node.progress(&e.envelope.id, Progress::Attempt(doing.clone()));
+        }
+        let to = &batch[0].envelope.message.to_node;
+        self.attempt(
+            conn,
+            replies,
+            reply_subject,
+            to,
+            &message::encode_batch(&envelopes),
+            timeout,
+            stop,
+            false,
+            |bytes| {
+                let got = Reply::decode_batch(bytes)?;
+                let expected = batch.iter().map(|e| e.envelope.id.as_str());
+                if got.len() != batch.len() || !got.iter().map(|r| r.id.as_str()).eq(expected) {
+                    return Err(format!(
+                        "{} replies that do not match the batch of {}",
+                        got.len(),
+                        batch.len()
+                    ));
+                }
+                Ok(got)
+            },
+        )
+    }
+
     fn deliver_acked(
         &self,
         conn: &nats::Connection,
@@ -206,12 +352,28 @@ impl Publisher {
             );
             node.progress(&entry.envelope.id, Progress::Attempt(doing.clone()));
             self.state.set(doing);
-            let last_error =
-                match self.attempt(conn, replies, reply_subject, entry, &payload, timeout, stop) {
-                    Attempt::Acked(reply) => return Delivery::Acked(reply),
-                    Attempt::Stopped => return Delivery::Stopped,
-                    Attempt::Failed(why) => why,
-                };
+            let id = &entry.envelope.id;
+            let accept = |bytes: &[u8]| match Reply::decode(bytes) {
+                Ok(reply) if reply.id == *id => Ok(reply),
+                Ok(reply) => Err(format!("a reply for {} while waiting for {id}", reply.id)),
+                Err(e) => Err(e),
+            };
+            let tried = self.attempt(
+                conn,
+                replies,
+                reply_subject,
+                &message.to_node,
+                &payload,
+                timeout,
+                stop,
+                true,
+                accept,
+            );
+            let last_error = match tried {
+                Attempt::Acked(reply) => return Delivery::Acked(reply),
+                Attempt::Stopped => return Delivery::Stopped,
+                Attempt::Failed(why) => why,
+            };
             if node.broker.epoch() != epoch {
                 log::info!(
                     "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
@@ -242,18 +404,23 @@ impl Publisher {
         }
     }
 
-    /// One attempt: publish, then wait up to `timeout` for this message's reply.
+    /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
+    /// `reply_subject` that is signed by `to` (if its key is known) and that `accept` takes.
+    /// When nobody listens, the attempt is waited out (so a retry does not hammer) if
+    /// `wait_out` says so.
     #[allow(clippy::too_many_arguments)]
-    fn attempt(
+    fn attempt<T>(
         &self,
         conn: &nats::Connection,
         replies: &nats::Subscription,
         reply_subject: &str,
-        entry: &Entry,
+        to: &str,
         payload: &[u8],
         timeout: Duration,
         stop: &Receiver<()>,
-    ) -> Attempt {
+        wait_out: bool,
+        accept: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Attempt<T> {
         let subject = self.subject.to_string();
         let deadline = Instant::now() + timeout;
         if let Err(e) = broker::publish(
@@ -276,23 +443,23 @@ impl Publisher {
                     }
                     if msg.is_no_responders() {
                         // Nobody listens now; wait out the attempt rather than hammer.
-                        if sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
+                        if wait_out && sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
                             return Attempt::Stopped;
                         }
                         return Attempt::Failed(format!(
-                            "no responders on {subject}: {} is not running, or not connected",
-                            entry.envelope.message.to_node
+                            "no responders on {subject}: {to} is not running, or not connected"
                         ));
                     }
-                    let to = &entry.envelope.message.to_node;
                     if let Err(why) = self.check_signature(to, &msg) {
-                        log::warn!("{subject}: ignoring a reply for {}: {why}", entry.envelope.id);
+                        log::warn!("{subject}: ignoring a reply: {why}");
                         continue;
                     }
-                    match Reply::decode(&msg.data) {
-                        Ok(reply) if reply.id == entry.envelope.id => return Attempt::Acked(reply),
-                        Ok(reply) => log::warn!("{subject}: reply for {} while waiting for {}", reply.id, entry.envelope.id),
-                        Err(e) => log::warn!("{subject}: {e}"),
+                    match accept(&msg.data) {
+                        Ok(reply) => return Attempt::Acked(reply),
+                        Err(e) if wait_out => log::warn!("{subject}: {e}"),
+                        // A batch answered with something else: an old receiver, or a
+                        // batch it could not take. One at a time will tell.
+                        Err(e) => return Attempt::Failed(e),
                     }
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
@@ -345,128 +512,125 @@ impl Publisher {
         }
     }
 
-    /// Records how a message ended (reply file, failed file, message log), then marks it
-    /// finished in the journal: only after everything about it is on disk.
-    fn finish(&self, entry: &Entry, delivery: Delivery) -> Result<(), String> {
+    /// Records how messages ended (reply files, failed-messages.txt, the message log),
+    /// then marks them finished in the journal: only after everything about them is on
+    /// disk. A batch's records go to each file with one write and one fsync.
+    fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), String> {
         let node = &self.node;
-        let envelope = &entry.envelope;
-        let message = &envelope.message;
-        let method = message.method.as_str();
-        let mut told: (Option<Reply>, Option<String>) = (None, None);
-        let outcome = match delivery {
-            Delivery::Acked(reply) => {
-                told.0 = Some(reply.clone());
-                node.metrics.acked.with_label_values(&[method]).inc();
-                let first_line = reply.output.lines().next().unwrap_or("");
-                log::info!(
-                    "{}: {} {:?}{}: {first_line}",
-                    self.subject,
-                    envelope.id,
-                    reply.status,
-                    reply
-                        .exit_code
-                        .map(|c| format!(" exit {c}"))
-                        .unwrap_or_default()
-                );
-                let record = format!(
-                    "=== {} id={} from={} status={:?}{}\n{}{}",
-                    crate::files::now_rfc3339(),
-                    envelope.id,
-                    reply.from_node,
-                    reply.status,
-                    reply
-                        .exit_code
-                        .map(|c| format!(" exit={c}"))
-                        .unwrap_or_default(),
-                    reply.output,
-                    if reply.output.ends_with('\n') || reply.output.is_empty() {
-                        ""
+        let mut reply_files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let mut failed = String::new();
+        let mut log_lines = Vec::new();
+        let mut ends = Vec::with_capacity(done.len());
+        for (entry, delivery) in done {
+            let envelope = &entry.envelope;
+            let message = &envelope.message;
+            let method = message.method.as_str();
+            let mut told: (Option<Reply>, Option<String>) = (None, None);
+            let outcome = match delivery {
+                Delivery::Acked(reply) => {
+                    node.metrics.acked.with_label_values(&[method]).inc();
+                    log::info!(
+                        "{}: {} {:?}{}: {}",
+                        self.subject,
+                        envelope.id,
+                        reply.status,
+                        reply
+                            .exit_code
+                            .map(|c| format!(" exit {c}"))
+                            .unwrap_or_default(),
+                        reply.output.lines().next().unwrap_or("")
+                    );
+                    reply_files
+                        .entry(node.data.replies(&message.to_node, method))
+                        .or_default()
+                        .push_str(&reply_record(envelope, &reply));
+                    let outcome = if reply.status == Status::Refused {
+                        // The receiver reported the refusal to central itself; keep it.
+                        let why = format!("refused by {}: {}", reply.from_node, reply.output);
+                        failed.push_str(&self.failed_record(entry, &why));
+                        "refused"
                     } else {
-                        "\n"
+                        "acked"
+                    };
+                    told.0 = Some(reply);
+                    outcome
+                }
+                Delivery::Published => "published",
+                Delivery::Failed(why) => {
+                    let why = format!("{}: {} not delivered: {why}", self.subject, envelope.id);
+                    failed.push_str(&self.failed_record(entry, &why));
+                    if method != "ErrorLog" {
+                        // Never report a failed error report: that would loop.
+                        node.report_error(why.clone());
+                    } else {
+                        log::error!("{why}");
                     }
-                );
-                let path = node.data.replies(&message.to_node, method);
-                if let Err(e) = crate::files::append(&path, record.as_bytes(), true) {
-                    log::error!("cannot store the reply in {}: {e}", path.display());
+                    told.1 = Some(why);
+                    "failed"
                 }
-                if reply.status == Status::Refused {
-                    // The receiver reported the refusal to central itself; keep the message.
-                    self.keep_failed(
-                        entry,
-                        &format!("refused by {}: {}", reply.from_node, reply.output),
-                    )?;
-                    "refused"
-                } else {
-                    "acked"
-                }
+                Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
+            };
+            let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
+            line["outcome"] = outcome.into();
+            let finished = crate::files::unix_millis();
+            line["finished"] = crate::files::rfc3339(finished).into();
+            line["finishedUnixMs"] = finished.into();
+            log_lines.extend(serde_json::to_vec(&line).expect("a JSON value serializes"));
+            log_lines.push(b'\n');
+            node.metrics
+                .finished
+                .with_label_values(&[method, message.kind.as_str(), outcome])
+                .inc();
+            if outcome == "acked" {
+                let ms = finished.saturating_sub(envelope.accepted);
+                node.metrics
+                    .delivery_latency
+                    .with_label_values(&[method])
+                    .observe(ms as f64 / 1000.0);
             }
-            Delivery::Published => "published",
-            Delivery::Failed(why) => {
-                let why = format!("{}: {} not delivered: {why}", self.subject, envelope.id);
-                told.1 = Some(why.clone());
-                self.keep_failed(entry, &why)?;
-                if method != "ErrorLog" {
-                    // Never report a failed error report: that would loop.
-                    node.report_error(why);
-                } else {
-                    log::error!("{why}");
-                }
-                "failed"
+            ends.push((entry, outcome, told));
+        }
+        for (path, records) in &reply_files {
+            if let Err(e) = crate::files::append(path, records.as_bytes(), true) {
+                log::error!("cannot store replies in {}: {e}", path.display());
             }
-            Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
-        };
-        let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
-        line["outcome"] = outcome.into();
-        let finished = crate::files::unix_millis();
-        line["finished"] = crate::files::rfc3339(finished).into();
-        line["finishedUnixMs"] = finished.into();
-        let mut bytes = serde_json::to_vec(&line).expect("a JSON value serializes");
-        bytes.push(b'\n');
-        if let Err(e) = crate::files::append(&node.data.message_log(), &bytes, false) {
+        }
+        if !failed.is_empty() {
+            crate::files::append(&node.data.failed(), failed.as_bytes(), true).map_err(|e| {
+                format!(
+                    "cannot keep failed messages in {}: {e}",
+                    node.data.failed().display()
+                )
+            })?;
+        }
+        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, false) {
             log::error!("cannot write the message log: {e}");
         }
-        node.metrics
-            .finished
-            .with_label_values(&[method, message.kind.as_str(), outcome])
-            .inc();
-        if outcome == "acked" {
-            let ms = crate::files::unix_millis().saturating_sub(envelope.accepted);
-            node.metrics
-                .delivery_latency
-                .with_label_values(&[method])
-                .observe(ms as f64 / 1000.0);
+        for (entry, outcome, (reply, why)) in ends {
+            node.finish(entry.seq);
+            node.progress(
+                &entry.envelope.id,
+                Progress::Finished {
+                    outcome: outcome.to_string(),
+                    reply,
+                    why,
+                },
+            );
         }
-        node.finish(entry.seq);
-        node.progress(
-            &envelope.id,
-            Progress::Finished {
-                outcome: outcome.to_string(),
-                reply: told.0,
-                why: told.1,
-            },
-        );
         Ok(())
     }
 
-    /// Keeps a message that was not delivered in failed-messages.txt, in inmsg.txt form.
-    fn keep_failed(&self, entry: &Entry, why: &str) -> Result<(), String> {
-        let node = &self.node;
-        let text = format!(
-            "{}\n",
-            serde_json::to_string_pretty(&[&entry.envelope.message]).expect("a Message serializes")
-        );
-        crate::files::append(&node.data.failed(), text.as_bytes(), true).map_err(|e| {
-            format!(
-                "cannot keep failed message {} in {}: {e}",
-                entry.envelope.id,
-                node.data.failed().display()
-            )
-        })?;
-        node.metrics
+    /// A message that was not delivered, in inmsg.txt form for failed-messages.txt.
+    fn failed_record(&self, entry: &Entry, why: &str) -> String {
+        self.node
+            .metrics
             .failed
             .with_label_values(&[entry.envelope.message.method.as_str()])
             .inc();
-        log::warn!("{why}; kept in {}", node.data.failed().display());
-        Ok(())
+        log::warn!("{why}; kept in {}", self.node.data.failed().display());
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&[&entry.envelope.message]).expect("a Message serializes")
+        )
     }
 }

@@ -17,7 +17,7 @@
 use super::{Process, State};
 use crate::broker;
 use crate::keys::Verdict;
-use crate::message::{Envelope, Reply, Status};
+use crate::message::{self, Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
 use crate::received::Seen;
@@ -60,7 +60,11 @@ impl Process for Subscriber {
                         .name(format!("handle {}", method.name()).chars().take(15).collect())
                         .stack_size(256 * 1024)
                         .spawn(move || {
-                            handle(&*method, &node, &conn, msg);
+                            if message::is_batch(&msg.data) {
+                                handle_batch(&*method, &node, &conn, msg);
+                            } else {
+                                handle(&*method, &node, &conn, msg);
+                            }
                             drop(permit);
                         });
                     if let Err(e) = spawned {
@@ -150,11 +154,7 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
             Ok(Seen::New) => {
                 let outcome = catch_unwind(AssertUnwindSafe(|| method.handle(&envelope, node)))
                     .unwrap_or_else(|_| Outcome::error(format!("method {name} panicked")));
-                let label = match outcome.status {
-                    Status::Ok => "ok",
-                    Status::Error => "error",
-                    Status::Refused => "refused",
-                };
+                let label = label_of(outcome.status);
                 (envelope.id, envelope.from_node, outcome, label)
             }
         },
@@ -192,10 +192,23 @@ fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, 
     let subject = Subject::parse(&msg.subject).map_err(|e| (String::new(), String::new(), e))?;
     let envelope = Envelope::decode(&msg.data).map_err(|e| (String::new(), String::new(), e))?;
     let refuse = |why: String| Err((envelope.id.clone(), envelope.from_node.clone(), why));
+    if let Err(why) = check_envelope(node, &subject, &envelope) {
+        return refuse(why);
+    }
+    let m = &envelope.message;
+    if let Err(why) = check_signature(node, msg, &envelope.from_node, m.kind.is_command()) {
+        return refuse(why);
+    }
+    Ok(envelope)
+}
+
+/// The checks on one message's content: it agrees with its subject, and its sender may
+/// call its method here.
+fn check_envelope(node: &Node, subject: &Subject, envelope: &Envelope) -> Result<(), String> {
     let m = &envelope.message;
     let from = envelope.from_node.as_str();
     if m.to_node != subject.node || m.kind != subject.kind || m.method != subject.method {
-        return refuse(format!(
+        return Err(format!(
             "its content ({}.{}.{}) does not match its subject",
             m.to_node,
             m.kind.as_str(),
@@ -214,12 +227,23 @@ fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, 
             .iter()
             .map(|r| r.to_string())
             .collect();
-        return refuse(format!(
+        return Err(format!(
             "{from} may not call {} here (allowCommandsFrom: {})",
             m.method,
             rules.join(", ")
         ));
     }
+    Ok(())
+}
+
+/// The signature on a wire message (one message or a batch) that says it is from `from`.
+fn check_signature(
+    node: &Node,
+    msg: &nats::Message,
+    from: &str,
+    command: bool,
+) -> Result<(), String> {
+    let config = &node.config;
     let verdict = node.trusted.verify(
         from,
         msg.headers.as_ref(),
@@ -227,19 +251,165 @@ fn check(node: &Node, msg: &nats::Message) -> Result<Envelope, (String, String, 
         Some(config.replay_window),
     );
     match verdict {
-        Verdict::Verified => Ok(envelope),
-        Verdict::Bad(why) => refuse(why),
-        Verdict::Unsigned if m.kind.is_command() => {
-            refuse("a command must be signed by its sender; this one is not".into())
+        Verdict::Verified => Ok(()),
+        Verdict::Bad(why) => Err(why),
+        Verdict::Unsigned if command => {
+            Err("a command must be signed by its sender; this one is not".into())
         }
-        Verdict::UnknownSender if m.kind.is_command() => refuse(format!(
+        Verdict::UnknownSender if command => Err(format!(
             "{} trusts no key for {from}; on {}, run `steward keys trust {from} KEY` with the key `steward keys show` prints on {from}",
             config.node, config.node
         )),
-        Verdict::Unsigned if node.trusted.knows(from) => refuse(format!(
+        Verdict::Unsigned if node.trusted.knows(from) => Err(format!(
             "not signed, yet {from}'s key is trusted here: a forgery"
         )),
-        Verdict::Unsigned | Verdict::UnknownSender => Ok(envelope),
+        Verdict::Unsigned | Verdict::UnknownSender => Ok(()),
+    }
+}
+
+/// A batch: several messages of one subject from one sender, run in order on this one
+/// thread, with the receiver's record written once before and once after for all of them
+/// (and, for methods that can, their work done with one write). Answered with the replies
+/// in the batch's order, once all have run. A batch that cannot be decoded is answered with
+/// one refusal, and the sender falls back to sending its messages one by one.
+fn handle_batch(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::Message) {
+    let name = method.name();
+    let refused = |from: &str, ids: &[String], why: String| {
+        let why = format!(
+            "{} refused a batch of {} on {} from {}: {why}",
+            node.config.node,
+            ids.len().max(1),
+            msg.subject,
+            if from.is_empty() {
+                "an unknown sender"
+            } else {
+                from
+            },
+        );
+        node.report_refusal(why.clone());
+        node.metrics
+            .received
+            .with_label_values(&[name, "refused"])
+            .inc_by(ids.len().max(1) as u64);
+        why
+    };
+    let batch = match Subject::parse(&msg.subject)
+        .and_then(|s| message::decode_batch(&msg.data).map(|batch| (s, batch)))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let why = refused("", &[], e);
+            send_reply(
+                node,
+                conn,
+                &msg,
+                &Reply::refusal(String::new(), &node.config.node, why),
+            );
+            return;
+        }
+    };
+    let (subject, batch) = batch;
+    let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+    let from = batch[0].from_node.clone();
+    let check = || {
+        if let Some(e) = batch.iter().find(|e| e.from_node != from) {
+            return Err(format!("it mixes senders ({from}, {})", e.from_node));
+        }
+        for e in &batch {
+            check_envelope(node, &subject, e).map_err(|why| format!("{}: {why}", e.id))?;
+        }
+        check_signature(node, &msg, &from, subject.kind.is_command())
+    };
+    if let Err(why) = check() {
+        let why = refused(&from, &ids, why);
+        let replies: Vec<Reply> = ids
+            .iter()
+            .map(|id| Reply::refusal(id.clone(), &node.config.node, why.clone()))
+            .collect();
+        send_batch_reply(node, conn, &msg, &replies);
+        return;
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let seen = match node.received.begin_many(&id_refs) {
+        Ok(seen) => seen,
+        Err(e) => {
+            // Not run: without a durable record it might run twice. The sender retries.
+            log::error!("{}: cannot record a batch as started: {e}", msg.subject);
+            return;
+        }
+    };
+    if seen.contains(&Seen::Running) {
+        // A retry of a batch still running: its first run's replies will answer it.
+        log::info!(
+            "{}: a batch is still running; its replies will answer this retry",
+            msg.subject
+        );
+        return;
+    }
+    let new: Vec<&Envelope> = batch
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| **s == Seen::New)
+        .map(|(e, _)| e)
+        .collect();
+    let mut outcomes = catch_unwind(AssertUnwindSafe(|| method.handle_batch(&new, node)))
+        .unwrap_or_else(|_| vec![Outcome::error(format!("method {name} panicked")); new.len()])
+        .into_iter();
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut to_record = Vec::new();
+    for (envelope, seen) in batch.iter().zip(seen) {
+        let (outcome, label) = match seen {
+            Seen::Done(reply) => {
+                node.metrics
+                    .received
+                    .with_label_values(&[name, "duplicate"])
+                    .inc();
+                replies.push(reply);
+                continue;
+            }
+            Seen::Interrupted => (
+                Outcome::error(format!(
+                    "{} was interrupted by a restart of {} before it finished; not run again",
+                    envelope.id, node.config.node
+                )),
+                "error",
+            ),
+            Seen::New | Seen::Running => {
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| Outcome::error(format!("method {name} gave no outcome")));
+                let label = label_of(outcome.status);
+                (outcome, label)
+            }
+        };
+        node.metrics
+            .received
+            .with_label_values(&[name, label])
+            .inc();
+        let reply = Reply {
+            id: envelope.id.clone(),
+            from_node: node.config.node.clone(),
+            status: outcome.status,
+            exit_code: outcome.exit_code,
+            output: outcome.output,
+        };
+        if label != "refused" {
+            to_record.push(reply.clone());
+        }
+        replies.push(reply);
+    }
+    if let Err(e) = node.received.finish_many(&to_record) {
+        log::error!("{}: cannot record a batch's replies: {e}", msg.subject);
+    }
+    log::debug!("{}: a batch of {} from {from}", msg.subject, replies.len());
+    send_batch_reply(node, conn, &msg, &replies);
+}
+
+fn label_of(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::Error => "error",
+        Status::Refused => "refused",
     }
 }
 
@@ -265,5 +435,36 @@ fn send_reply(node: &Node, conn: &nats::Connection, msg: &nats::Message, reply: 
     if let Err(e) = broker::publish(conn, &node.identity, to, None, &bytes) {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", reply.id);
+    }
+}
+
+/// Sends a batch's replies, trimming command output if the whole would exceed the broker's
+/// payload limit.
+fn send_batch_reply(node: &Node, conn: &nats::Connection, msg: &nats::Message, replies: &[Reply]) {
+    let Some(to) = &msg.reply else { return };
+    let mut bytes = Reply::encode_batch(replies);
+    let max = conn.max_payload();
+    if max > 0 && bytes.len() > max {
+        let share = max / replies.len().max(1) / 2;
+        let trimmed: Vec<Reply> = replies
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if r.output.len() > share {
+                    let mut cut = share;
+                    while !r.output.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    r.output.truncate(cut);
+                    r.output
+                        .push_str("\n[steward: output trimmed to the broker's payload limit]\n");
+                }
+                r
+            })
+            .collect();
+        bytes = Reply::encode_batch(&trimmed);
+    }
+    if let Err(e) = broker::publish(conn, &node.identity, to, None, &bytes) {
+        log::warn!("cannot send the replies to a batch on {}: {e}", msg.subject);
     }
 }
