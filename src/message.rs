@@ -360,6 +360,9 @@ pub fn parse_input(
 ) -> Parsed {
     let mut parsed = Parsed::default();
     let mut pos = 0;
+    // Line numbers for errors, counted as we go (counting from the start for every value
+    // would make a long file quadratic).
+    let (mut line, mut counted) = (first_line, 0);
     while pos < text.len() {
         let start = pos
             + text[pos..]
@@ -370,7 +373,8 @@ pub fn parse_input(
             parsed.consumed = text.len();
             break;
         }
-        let line = first_line + text[..start].iter().filter(|&&b| b == b'\n').count();
+        line += text[counted..start].iter().filter(|&&b| b == b'\n').count();
+        counted = start;
         let end = match text[start] {
             b'[' | b'{' => {
                 let rest = &text[start..];

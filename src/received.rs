@@ -146,13 +146,17 @@ impl Received {
         Ok(seen)
     }
 
-    /// Records the reply of a message (durably) before it is sent.
+    /// Records the reply of a message, durably.
     pub fn finish(&self, reply: &Reply) -> io::Result<()> {
-        self.finish_many(std::slice::from_ref(reply))
+        self.record(std::slice::from_ref(reply))?;
+        self.sync()
     }
 
-    /// Records the replies of a batch with one fsync, before they are sent.
-    pub fn finish_many(&self, replies: &[Reply]) -> io::Result<()> {
+    /// Records the replies of messages that ran, before they are sent; [`Received::sync`]
+    /// makes them durable, after they are sent. A reply is never sent before its record
+    /// is written, so a crash of this process cannot lose it; a power cut in the fsync's
+    /// window can, and then a retry is answered "interrupted" (never run twice).
+    pub fn record(&self, replies: &[Reply]) -> io::Result<()> {
         if replies.is_empty() {
             return Ok(());
         }
@@ -169,7 +173,7 @@ impl Received {
             );
             spans.push((start as u64, (buf.len() - start) as u32));
         }
-        let base = inner.append(&buf)?;
+        let base = inner.write(&buf)?;
         for (reply, (start, len)) in replies.iter().zip(spans) {
             let state = State::Done {
                 offset: base + start,
@@ -181,6 +185,16 @@ impl Received {
             inner.compact()?;
         }
         Ok(())
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        // Not under the lock: one handler's fsync need not hold up another's lookup.
+        let file = {
+            let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            inner.file.try_clone()?
+        };
+        file.sync_data()
     }
 }
 
@@ -207,8 +221,14 @@ impl Inner {
 
     /// Appends encoded records and fsyncs; returns the offset they start at.
     fn append(&mut self, buf: &[u8]) -> io::Result<u64> {
-        self.file.write_all(buf)?;
+        let offset = self.write(buf)?;
         self.file.sync_data()?;
+        Ok(offset)
+    }
+
+    /// Appends encoded records without waiting for the disk.
+    fn write(&mut self, buf: &[u8]) -> io::Result<u64> {
+        self.file.write_all(buf)?;
         let offset = self.size;
         self.size += buf.len() as u64;
         Ok(offset)

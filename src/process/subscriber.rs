@@ -171,16 +171,28 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
         output: outcome.output,
     };
     log::debug!("{}: {} from {from}: {label}", msg.subject, reply.id);
-    if label != "refused" {
-        if let Err(e) = node.received.finish(&reply) {
-            log::error!(
-                "{}: cannot record the reply to {}: {e}",
-                msg.subject,
-                reply.id
-            );
-        }
+    if label == "refused" {
+        send_reply(node, conn, &msg, &reply);
+        return;
+    }
+    // Recorded, then sent, then made durable: the fsync is off the ACK's path.
+    if let Err(e) = node.received.record(std::slice::from_ref(&reply)) {
+        // Not sent: a retry will be answered "interrupted" rather than run again.
+        log::error!(
+            "{}: cannot record the reply to {}: {e}",
+            msg.subject,
+            reply.id
+        );
+        return;
     }
     send_reply(node, conn, &msg, &reply);
+    if let Err(e) = node.received.sync() {
+        log::error!(
+            "{}: cannot sync the reply to {}: {e}",
+            msg.subject,
+            reply.id
+        );
+    }
 }
 
 /// The receiver's checks, in order: the message decodes and agrees with its subject; its
@@ -398,11 +410,15 @@ fn handle_batch(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: 
         }
         replies.push(reply);
     }
-    if let Err(e) = node.received.finish_many(&to_record) {
+    if let Err(e) = node.received.record(&to_record) {
         log::error!("{}: cannot record a batch's replies: {e}", msg.subject);
+        return;
     }
     log::debug!("{}: a batch of {} from {from}", msg.subject, replies.len());
     send_batch_reply(node, conn, &msg, &replies);
+    if let Err(e) = node.received.sync() {
+        log::error!("{}: cannot sync a batch's replies: {e}", msg.subject);
+    }
 }
 
 fn label_of(status: Status) -> &'static str {
