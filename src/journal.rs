@@ -454,12 +454,21 @@ impl Journal {
 
     /// Records that a message is finished. Not synced on its own (see the module docs).
     pub fn mark_done(&mut self, seq: u64) -> io::Result<()> {
-        let Some(span) = self.pending.remove(&seq) else {
+        self.mark_all_done(&[seq])
+    }
+
+    /// Records that messages are finished, with one write.
+    pub fn mark_all_done(&mut self, seqs: &[u64]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(seqs.len() * (HEADER + 9));
+        for &seq in seqs {
+            if let Some(span) = self.pending.remove(&seq) {
+                self.live_bytes -= span.len as u64;
+                encode(&Record::Done { seq }, &mut buf);
+            }
+        }
+        if buf.is_empty() {
             return Ok(());
-        };
-        self.live_bytes -= span.len as u64;
-        let mut buf = Vec::with_capacity(HEADER + 9);
-        encode(&Record::Done { seq }, &mut buf);
+        }
         self.write(&buf)?;
         self.unsynced = true;
         self.maybe_compact()

@@ -173,11 +173,11 @@ impl Node {
         }
     }
 
-    /// A message is finished (ACKed, published, or given up and kept in failed-messages.txt).
-    pub fn finish(&self, seq: u64) {
+    /// Messages are finished (ACKed, published, or given up and kept in failed-messages.txt).
+    pub fn finish(&self, seqs: &[u64]) {
         let mut journal = self.journal();
-        if let Err(e) = journal.mark_done(seq) {
-            log::error!("journal: cannot record message {seq} as finished: {e}");
+        if let Err(e) = journal.mark_all_done(seqs) {
+            log::error!("journal: cannot record messages {seqs:?} as finished: {e}");
         }
         self.metrics.journal(&mut journal);
     }

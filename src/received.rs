@@ -115,6 +115,7 @@ impl Received {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = Vec::with_capacity(ids.len());
         let mut started = Vec::new();
+        let mut in_batch = std::collections::HashSet::with_capacity(ids.len());
         for id in ids {
             let known = inner.states.get_mut(*id).map(|(state, last_seen)| {
                 *last_seen = unix_millis();
@@ -126,7 +127,7 @@ impl Received {
                 Some(State::Done { offset, len }) => {
                     Seen::Done(inner.stored_reply(id, offset, len)?)
                 }
-                None if started.contains(id) => Seen::Running, // twice in one batch
+                None if !in_batch.insert(*id) => Seen::Running, // twice in one batch
                 None => {
                     started.push(*id);
                     Seen::New

@@ -606,8 +606,9 @@ impl Publisher {
         if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, false) {
             log::error!("cannot write the message log: {e}");
         }
+        let seqs: Vec<u64> = ends.iter().map(|(entry, _, _)| entry.seq).collect();
+        node.finish(&seqs);
         for (entry, outcome, (reply, why)) in ends {
-            node.finish(entry.seq);
             node.progress(
                 &entry.envelope.id,
                 Progress::Finished {
