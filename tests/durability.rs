@@ -27,6 +27,13 @@ fn duplicates(ran: &BTreeMap<usize, usize>) -> usize {
     ran.values().map(|c| c - 1).sum()
 }
 
+/// EventACK TextLogging messages to `to`, one array each, whose text is `<label><i>`.
+fn numbered_events(to: &str, range: std::ops::Range<usize>, label: &str) -> String {
+    range
+        .map(|i| format!("[{{\"toNode\":\"{to}\",\"data\":[\"{label}{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
+        .collect()
+}
+
 fn numbered_commands(to: &str, range: std::ops::Range<usize>) -> String {
     range
         .map(|i| {
@@ -271,10 +278,7 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let mut central = Node::start("central", &nats.address(), &[]);
     let n = 3000;
-    let batch: String = (0..n)
-        .map(|i| format!("[{{\"toNode\":\"ship1\",\"data\":[\"event-{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
-        .collect();
-    central.append_inmsg(&batch);
+    central.append_inmsg(&numbered_events("ship1", 0..n, "event-"));
     ship1.wait_until("textlog/central.log", "had 300 lines", |t| {
         t.lines().count() >= 300
     });
@@ -313,10 +317,7 @@ fn a_receiver_killed_amid_batches_of_events_logs_each_at_most_once_in_order() {
         &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
     );
     let n = 5000;
-    let events: String = (0..n)
-        .map(|i| format!("[{{\"toNode\":\"ship1\",\"data\":[\"{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
-        .collect();
-    central.append_inmsg(&events);
+    central.append_inmsg(&numbered_events("ship1", 0..n, ""));
     ship1.wait_until("textlog/central.log", "had 500 lines", |t| {
         t.lines().count() >= 500
     });

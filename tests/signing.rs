@@ -44,6 +44,16 @@ fn signed_by(name: &str, payload: &[u8]) -> nats::HeaderMap {
         .seal(payload)
 }
 
+/// Runs `steward` as node `node` on data folder `data`, e.g. `steward keys show`.
+fn steward(data: &Path, node: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", data.display()))
+        .arg(format!("--node={node}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn touch(dir: &Path, file: &str) -> Vec<String> {
     vec![
         "sh".into(),
@@ -243,17 +253,13 @@ fn central_distributes_its_trusted_keys_and_nodes_then_take_commands_from_them()
     assert!(reply.contains("ship1 trusts no key for ops"), "{reply}");
 
     // On central: trust ops, then hand central's set to ship1.
-    let steward = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_steward"))
-            .arg(format!("--dataFolder={}", central.data().display()))
-            .arg("--node=central")
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = steward(&["keys", "trust", "ops", &key_of("ops")]);
+    let out = steward(
+        central.data(),
+        "central",
+        &["keys", "trust", "ops", &key_of("ops")],
+    );
     assert!(out.status.success(), "{out:?}");
-    let out = steward(&["keys", "distribute", "ship1"]);
+    let out = steward(central.data(), "central", &["keys", "distribute", "ship1"]);
     assert!(
         out.status.success(),
         "{}",
@@ -266,11 +272,7 @@ fn central_distributes_its_trusted_keys_and_nodes_then_take_commands_from_them()
     ops.append_inmsg(&command("ship1", &["echo", "second try"]));
     ops.wait_for("replies/ship1.CLICommand.log", "second try");
     // Distribution is a command like any other: ops may run commands, not send key sets.
-    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .arg(format!("--dataFolder={}", ops.data().display()))
-        .args(["--node=ops", "keys", "distribute", "ship1"])
-        .output()
-        .unwrap();
+    let out = steward(ops.data(), "ops", &["keys", "distribute", "ship1"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}"); // refused
     assert!(String::from_utf8_lossy(&out.stdout).contains("ops may not call TrustedKeys here"));
 }
@@ -280,18 +282,11 @@ fn keys_are_made_on_first_start_private_and_shown_for_others_to_trust() {
     use std::os::unix::fs::PermissionsExt;
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let steward = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_steward"))
-            .arg(format!("--dataFolder={}", dir.path().display()))
-            .arg("--node=ship7")
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = steward(&["keys", "show"]);
+    let run = |args: &[&str]| steward(dir.path(), "ship7", args);
+    let out = run(&["keys", "show"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("steward keys generate"));
-    let out = steward(&["keys", "generate"]);
+    let out = run(&["keys", "generate"]);
     assert!(out.status.success(), "{out:?}");
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
     let key = shown.trim().strip_prefix("ship7 ").unwrap().to_string();
@@ -302,24 +297,17 @@ fn keys_are_made_on_first_start_private_and_shown_for_others_to_trust() {
         0o600
     );
     // Not replaced by accident.
-    let out = steward(&["keys", "generate"]);
+    let out = run(&["keys", "generate"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
-    let out = steward(&["keys", "show"]);
+    let out = run(&["keys", "show"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("ship7 {key}")
     );
     // A seed others can read stops the agent at start, naming the fix.
     std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .arg(format!("--dataFolder={}", dir.path().display()))
-        .args([
-            "--node=ship7",
-            &format!("--brokerAddress={}", nats.address()),
-        ])
-        .output()
-        .unwrap();
+    let out = run(&[&format!("--brokerAddress={}", nats.address())]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
