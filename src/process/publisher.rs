@@ -406,8 +406,9 @@ impl Publisher {
 
     /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
     /// `reply_subject` that is signed by `to` (if its key is known) and that `accept` takes.
-    /// When nobody listens, the attempt is waited out (so a retry does not hammer) if
-    /// `wait_out` says so.
+    /// A `single` message waits out "no responders" (so that its retry does not hammer)
+    /// and passes over a reply it cannot take; a batch gives up at once on either, and
+    /// sending one at a time sorts it out.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
@@ -418,7 +419,7 @@ impl Publisher {
         payload: &[u8],
         timeout: Duration,
         stop: &Receiver<()>,
-        wait_out: bool,
+        single: bool,
         accept: impl Fn(&[u8]) -> Result<T, String>,
     ) -> Attempt<T> {
         let subject = self.subject.to_string();
@@ -443,7 +444,7 @@ impl Publisher {
                     }
                     if msg.is_no_responders() {
                         // Nobody listens now; wait out the attempt rather than hammer.
-                        if wait_out && sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
+                        if single && sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
                             return Attempt::Stopped;
                         }
                         return Attempt::Failed(format!(
@@ -456,9 +457,9 @@ impl Publisher {
                     }
                     match accept(&msg.data) {
                         Ok(reply) => return Attempt::Acked(reply),
-                        Err(e) if wait_out => log::warn!("{subject}: {e}"),
+                        Err(e) if single => log::warn!("{subject}: {e}"),
                         // A batch answered with something else: an old receiver, or a
-                        // batch it could not take. One at a time will tell.
+                        // batch it could not take.
                         Err(e) => return Attempt::Failed(e),
                     }
                 },
