@@ -16,8 +16,9 @@
 //! ```
 //!
 //! A retry is signed afresh with a new time, so a receiver can refuse anything sent outside
-//! its replay window, and a replay inside the window is caught by its id (the receiver's
-//! record answers it with the stored reply; it never runs twice).
+//! its replay window, and inside the window it refuses the very same signed message a
+//! second time (it remembers the signatures it took for as long as they are inside the
+//! window). Behind that, its record of message ids never runs one twice.
 //!
 //! The data folder's `keys/` holds:
 //! - `node.seed`: this node's seed, created on first start (or `steward keys generate`),
@@ -32,7 +33,7 @@ use crate::files;
 use crate::subject::validate_name;
 use nkeys::{KeyPair, KeyPairType};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -283,6 +284,8 @@ pub struct Trusted {
     dir: PathBuf,
     own: (String, String),
     inner: Mutex<Loaded>,
+    /// Signatures taken within the replay window, with when they may be forgotten.
+    seen: Mutex<HashMap<[u8; 16], u64>>,
 }
 
 #[derive(Default)]
@@ -301,6 +304,7 @@ impl Trusted {
             dir: dir.to_path_buf(),
             own: (own_name.to_string(), own_key.to_string()),
             inner: Mutex::new(Loaded::default()),
+            seen: Mutex::new(HashMap::new()),
         };
         trusted.refresh()?;
         Ok(trusted)
@@ -397,8 +401,8 @@ impl Trusted {
         }
         if let Some(window) = window {
             let now = files::unix_millis();
-            let skew = now.abs_diff(sent_ms);
-            if skew > window.as_millis() as u64 {
+            let window_ms = window.as_millis() as u64;
+            if now.abs_diff(sent_ms) > window_ms {
                 return Verdict::Bad(format!(
                     "sent at {}, outside this node's replay window of {}s (its clock says {}): a replay, or a clock to fix",
                     files::rfc3339(sent_ms),
@@ -406,8 +410,27 @@ impl Trusted {
                     files::rfc3339(now)
                 ));
             }
+            // Inside the window, the very same signed message twice is a replay: a sender's
+            // own retry is signed afresh, at a later time.
+            if !self.first_time(&sig, sent_ms + window_ms, now) {
+                return Verdict::Bad(format!(
+                    "a replay: this very message (sent at {}) was taken before",
+                    files::rfc3339(sent_ms)
+                ));
+            }
         }
         Verdict::Verified
+    }
+
+    /// Remembers a signature until `forget_at`; false if it was already remembered.
+    fn first_time(&self, sig: &[u8], forget_at: u64, now: u64) -> bool {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&sig[..16]);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= 1024 && seen.len().is_power_of_two() {
+            seen.retain(|_, at| *at > now);
+        }
+        seen.insert(key, forget_at).is_none_or(|at| at <= now)
     }
 
     /// The set this node would hand on (`steward keys distribute`): the operator's pinned
@@ -542,6 +565,16 @@ mod tests {
             trusted.verify("central", None, payload, None),
             Verdict::Unsigned
         );
+        let window = Some(Duration::from_secs(300));
+        let fresh = central.seal(payload);
+        assert_eq!(
+            trusted.verify("central", Some(&fresh), payload, window),
+            Verdict::Verified
+        );
+        assert!(matches!(
+            trusted.verify("central", Some(&fresh), payload, window),
+            Verdict::Bad(e) if e.contains("a replay")
+        ));
         let old = central.seal_at(payload, files::unix_millis() - 600_000);
         assert!(matches!(
             trusted.verify("central", Some(&old), payload, Some(Duration::from_secs(300))),
