@@ -330,7 +330,10 @@ impl Trusted {
             if i == 0 {
                 loaded.pinned =
                     parse_trusted_txt(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            } else if !text.is_empty() {
+            } else if text.is_empty() {
+                // Deleted by the operator: the distributed keys are no longer trusted.
+                loaded.distributed = KeySet::default();
+            } else {
                 loaded.distributed =
                     KeySet::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             }
@@ -594,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn an_older_distributed_set_does_not_replace_a_newer_one() {
+    fn an_older_distributed_set_does_not_replace_a_newer_one_and_a_deleted_one_is_gone() {
         let (dir, _me, trusted) = store("ship1");
         let other = Identity::generate(&dir.path().join("o"), false).unwrap();
         let mut set = KeySet {
@@ -607,5 +610,8 @@ mod tests {
         set.issued = 1000;
         assert!(trusted.replace_distributed(&set).is_err());
         assert_eq!(KeySet::parse(&set.to_json()).unwrap(), set);
+        // The operator deletes the file: those keys are trusted no more.
+        fs::remove_file(distributed_path(dir.path())).unwrap();
+        assert!(!trusted.knows("ship2"));
     }
 }
