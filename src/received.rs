@@ -2,10 +2,12 @@
 //!
 //! Every message carries an id that stays the same across the sender's retries and
 //! restarts. Before a method runs, the receiver writes `Started{id}` to
-//! `journal/received.log` and fsyncs it; when it has run, `Finished{reply}`, fsync'd before
-//! the ACK goes out. So a retry whose first ACK was lost is answered from the stored reply,
-//! and a retry of a message that was running when the receiver died is answered with an
-//! error saying so, instead of running it a second time. Both survive restarts.
+//! `journal/received.log` and fsyncs it; when it has run, `Finished{reply}`, written before
+//! the ACK goes out and fsync'd just after (off the ACK's path). So a retry whose first ACK
+//! was lost is answered from the stored reply, and a retry of a message that was running
+//! when the receiver died is answered with an error saying so, instead of running it a
+//! second time. Both survive restarts. A batch's ids share one `Started` write and one
+//! `Finished` write.
 //!
 //! The record format is the journal's (see [`crate::journal`]). The file keeps the last
 //! [`KEEP`] ids: when it grows past [`COMPACT_BYTES`] it is rewritten with only those.
