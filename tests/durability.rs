@@ -34,6 +34,17 @@ fn numbered_events(to: &str, range: std::ops::Range<usize>, label: &str) -> Stri
         .collect()
 }
 
+/// ship1, and a central that retries quickly and long: for killing ship1 under load.
+fn receiver_and_patient_sender(nats: &NatsServer) -> (Node, Node) {
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
+    );
+    (ship1, central)
+}
+
 fn numbered_commands(to: &str, range: std::ops::Range<usize>) -> String {
     range
         .map(|i| {
@@ -178,12 +189,7 @@ fn a_receiver_killed_mid_command_does_not_run_it_twice() {
 #[test]
 fn a_receiver_killed_and_restarted_under_load_runs_nothing_twice() {
     let nats = NatsServer::start();
-    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start(
-        "central",
-        &nats.address(),
-        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
-    );
+    let (mut ship1, central) = receiver_and_patient_sender(&nats);
     let n = 300;
     central.append_inmsg(&numbered_commands("ship1", 0..n));
     central.wait_count("replies/ship1.CLICommand.log", "status=", 50);
@@ -310,12 +316,7 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
 #[test]
 fn a_receiver_killed_amid_batches_of_events_logs_each_at_most_once_in_order() {
     let nats = NatsServer::start();
-    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start(
-        "central",
-        &nats.address(),
-        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
-    );
+    let (mut ship1, central) = receiver_and_patient_sender(&nats);
     let n = 5000;
     central.append_inmsg(&numbered_events("ship1", 0..n, ""));
     ship1.wait_until("textlog/central.log", "had 500 lines", |t| {
