@@ -388,3 +388,31 @@ fn a_reply_forged_for_a_node_whose_key_is_known_is_ignored() {
         "no warning logged"
     );
 }
+
+#[test]
+fn a_flood_of_forgeries_is_reported_to_central_at_most_twenty_a_minute() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = nats::connect(nats.address()).unwrap();
+    let sent = 30;
+    for i in 0..sent {
+        let forged = envelope(
+            &format!("flood-{i}"),
+            "central",
+            "ship1",
+            "CommandACK",
+            "CLICommand",
+            &["true"],
+        );
+        let reply = request(&raw, "ship1.CommandACK.CLICommand", None, &forged);
+        refused(&reply, "must be signed");
+    }
+    central.wait_count("errors.log", "from central (id flood-", 20);
+    std::thread::sleep(Duration::from_secs(2));
+    let reported = central.read("errors.log").matches("(id flood-").count();
+    let logged = ship1.log().matches("(id flood-").count();
+    eprintln!("[refusal_flood] sent={sent} reported={reported} logged_on_ship1={logged}");
+    assert_eq!(reported, 20, "refusal reports are limited to 20 a minute");
+    assert_eq!(logged, sent, "every refusal is logged where it happened");
+}
