@@ -162,7 +162,8 @@ impl Process for Publisher {
             let fits = fitting(&slot, conn.max_payload());
             if batchable && fits > 1 {
                 let batch = &slot[..fits];
-                let reply_subject = format!("{inbox}.{}", batch[0].seq);
+                // Its own reply subject: a late batch reply never meets a single attempt.
+                let reply_subject = format!("{inbox}.b{}", batch[0].seq);
                 match self.deliver_batch(&conn, &replies, &reply_subject, batch, stop) {
                     Attempt::Acked(acked) => {
                         let done: Vec<_> = batch
