@@ -71,8 +71,11 @@ fn refused(reply: &serde_json::Value, why: &str) {
 #[test]
 fn a_command_forged_as_central_is_refused_and_reported_to_central() {
     let nats = NatsServer::start();
-    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
+    // Raw requests need ship1 subscribed: nobody listening is answered with nothing.
+    ship1.wait_listening();
+    central.wait_listening();
     let raw = nats::connect(nats.address()).unwrap();
     let target = tempfile::tempdir().unwrap();
     let argv = touch(target.path(), "forged");
@@ -394,6 +397,9 @@ fn a_flood_of_forgeries_is_reported_to_central_at_most_twenty_a_minute() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
+    // Raw requests need ship1 subscribed: nobody listening is answered with nothing.
+    ship1.wait_listening();
+    central.wait_listening();
     let raw = nats::connect(nats.address()).unwrap();
     let sent = 30;
     for i in 0..sent {
