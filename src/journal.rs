@@ -452,12 +452,8 @@ impl Journal {
         Ok(entries)
     }
 
-    /// Records that a message is finished. Not synced on its own (see the module docs).
-    pub fn mark_done(&mut self, seq: u64) -> io::Result<()> {
-        self.mark_all_done(&[seq])
-    }
-
-    /// Records that messages are finished, with one write.
+    /// Records that messages are finished, with one write. Not synced on its own (see the
+    /// module docs).
     pub fn mark_all_done(&mut self, seqs: &[u64]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(seqs.len() * (HEADER + 9));
         for &seq in seqs {
@@ -664,8 +660,8 @@ mod tests {
         let entries = j
             .append("central", (0..5).map(msg).collect(), None)
             .unwrap();
-        j.mark_done(entries[1].seq).unwrap();
-        j.mark_done(entries[3].seq).unwrap();
+        j.mark_all_done(&[entries[1].seq]).unwrap();
+        j.mark_all_done(&[entries[3].seq]).unwrap();
         drop(j);
         let (j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(data(&r.pending), ["message 0", "message 2", "message 4"]);
@@ -681,7 +677,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         let first = j.append("central", vec![msg(0)], None).unwrap();
-        j.mark_done(first[0].seq).unwrap();
+        j.mark_all_done(&[first[0].seq]).unwrap();
         j.compact().unwrap();
         drop(j);
         let (mut j, r) = Journal::open(dir.path()).unwrap();
@@ -781,7 +777,7 @@ mod tests {
                 .append("central", (0..50).map(msg).collect(), None)
                 .unwrap();
             for e in &entries[..49] {
-                j.mark_done(e.seq).unwrap();
+                j.mark_all_done(&[e.seq]).unwrap();
             }
             assert!(
                 j.size() < 2 * COMPACT_MIN_BYTES,

@@ -20,45 +20,34 @@ impl Method for TextLogging {
 
     /// A batch's lines go to each sender's log with one write and one fsync.
     fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
-        let texts: Vec<String> = envelopes
+        let lines: Vec<(PathBuf, String)> = envelopes
             .iter()
             .map(|e| {
                 let mut text = e.message.data.concat();
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
-                text
+                (node.data.text_log(&e.from_node), text)
             })
             .collect();
-        let mut by_file: BTreeMap<PathBuf, String> = BTreeMap::new();
-        for (e, text) in envelopes.iter().zip(&texts) {
-            by_file
-                .entry(node.data.text_log(&e.from_node))
-                .or_default()
-                .push_str(text);
+        let mut by_file: BTreeMap<&PathBuf, String> = BTreeMap::new();
+        for (path, text) in &lines {
+            by_file.entry(path).or_default().push_str(text);
         }
-        let failed: BTreeMap<PathBuf, String> = by_file
-            .iter()
+        let failed: BTreeMap<&PathBuf, String> = by_file
+            .into_iter()
             .filter_map(|(path, text)| {
                 crate::files::append(path, text.as_bytes(), true)
                     .err()
-                    .map(|e| {
-                        (
-                            path.clone(),
-                            format!("cannot append to {}: {e}", path.display()),
-                        )
-                    })
+                    .map(|e| (path, format!("cannot append to {}: {e}", path.display())))
             })
             .collect();
-        envelopes
+        lines
             .iter()
-            .zip(&texts)
-            .map(
-                |(e, text)| match failed.get(&node.data.text_log(&e.from_node)) {
-                    Some(why) => Outcome::error(why.clone()),
-                    None => Outcome::ok(format!("logged {} bytes", text.len())),
-                },
-            )
+            .map(|(path, text)| match failed.get(path) {
+                Some(why) => Outcome::error(why.clone()),
+                None => Outcome::ok(format!("logged {} bytes", text.len())),
+            })
             .collect()
     }
 }

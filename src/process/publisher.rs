@@ -23,7 +23,7 @@ use super::{sleep_or_stop, Process, State};
 use crate::broker;
 use crate::journal::Entry;
 use crate::keys::Verdict;
-use crate::message::{self, Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
+use crate::message::{Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
@@ -159,12 +159,16 @@ impl Process for Publisher {
                 }
             }
             *self.slot() = slot.clone();
-            let fits = fitting(&slot, conn.max_payload());
-            if batchable && fits > 1 {
+            let (fits, payload) = if batchable && slot.len() > 1 {
+                batch_of(&slot, conn.max_payload())
+            } else {
+                (1, Vec::new())
+            };
+            if fits > 1 {
                 let batch = &slot[..fits];
                 // Its own reply subject: a late batch reply never meets a single attempt.
                 let reply_subject = format!("{inbox}.b{}", batch[0].seq);
-                match self.deliver_batch(&conn, &replies, &reply_subject, batch, stop) {
+                match self.deliver_batch(&conn, &replies, &reply_subject, batch, &payload, stop) {
                     Attempt::Acked(acked) => {
                         let done: Vec<_> = batch
                             .iter()
@@ -231,22 +235,29 @@ fn reply_record(envelope: &crate::message::Envelope, reply: &Reply) -> String {
     )
 }
 
-/// How many of the first messages in `slot` fit in one batch under the broker's payload
-/// limit (at least one).
-fn fitting(slot: &[Entry], max_payload: usize) -> usize {
+/// The first messages in `slot` that fit in one batch under the broker's payload limit
+/// (at least one): how many, and the batch's wire form, each envelope encoded once.
+fn batch_of(slot: &[Entry], max_payload: usize) -> (usize, Vec<u8>) {
     let limit = MAX_BATCH_BYTES.min(if max_payload > 0 {
         max_payload
     } else {
         MAX_BATCH_BYTES
     }) - 4096;
-    let mut bytes = 2;
-    slot.iter()
-        .take_while(|e| {
-            bytes += e.envelope.encode().len() + 1;
-            bytes <= limit
-        })
-        .count()
-        .max(1)
+    let mut payload = vec![b'['];
+    let mut count = 0;
+    for entry in slot {
+        let encoded = entry.envelope.encode();
+        if count > 0 && payload.len() + encoded.len() + 2 > limit {
+            break;
+        }
+        if count > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(&encoded);
+        count += 1;
+    }
+    payload.push(b']');
+    (count, payload)
 }
 
 impl Publisher {
@@ -261,13 +272,16 @@ impl Publisher {
             .map_err(|e| format!("cannot read message {seq} from the journal: {e}"))
     }
 
-    /// One attempt at a batch: its replies, in its order, or why not.
+    /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
+    /// why not.
+    #[allow(clippy::too_many_arguments)]
     fn deliver_batch(
         &self,
         conn: &nats::Connection,
         replies: &nats::Subscription,
         reply_subject: &str,
         batch: &[Entry],
+        payload: &[u8],
         stop: &Receiver<()>,
     ) -> Attempt<Vec<Reply>> {
         let node = &self.node;
@@ -276,7 +290,6 @@ impl Publisher {
             .filter_map(|e| e.envelope.message.timeout.map(Duration::from_secs))
             .max()
             .unwrap_or(node.config.default_timeout);
-        let envelopes: Vec<_> = batch.iter().map(|e| e.envelope.clone()).collect();
         let doing = format!(
             "sending {} in a batch of {}",
             batch[0].envelope.id,
@@ -294,7 +307,7 @@ impl Publisher {
             replies,
             reply_subject,
             to,
-            &message::encode_batch(&envelopes),
+            payload,
             timeout,
             stop,
             false,
@@ -635,5 +648,46 @@ impl Publisher {
             "{}\n",
             serde_json::to_string_pretty(&[&entry.envelope.message]).expect("a Message serializes")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{decode_batch, encode_batch, Envelope, Kind, Message};
+
+    fn entry(seq: u64, text: &str) -> Entry {
+        Entry {
+            seq,
+            envelope: Envelope {
+                id: format!("central-1-{seq}"),
+                from_node: "central".into(),
+                accepted: 1,
+                message: Message {
+                    to_node: "ship1".into(),
+                    data: vec![text.into()],
+                    kind: Kind::EventAck,
+                    method: "TextLogging".into(),
+                    timeout: None,
+                    retries: None,
+                    ttl: None,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_is_the_wire_form_of_the_messages_that_fit() {
+        let slot: Vec<Entry> = (0..10).map(|i| entry(i, &"x".repeat(1000))).collect();
+        let (n, payload) = batch_of(&slot, 0);
+        assert_eq!(n, 10);
+        let envelopes: Vec<Envelope> = slot.iter().map(|e| e.envelope.clone()).collect();
+        assert_eq!(payload, encode_batch(&envelopes));
+        assert_eq!(decode_batch(&payload).unwrap(), envelopes);
+        // Under a small broker limit, fewer fit, and never fewer than one.
+        let (n, payload) = batch_of(&slot, 4096 + 3500);
+        assert_eq!(n, 3);
+        assert!(payload.len() <= 3500);
+        assert_eq!(batch_of(&slot, 4096 + 10).0, 1);
     }
 }
