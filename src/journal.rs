@@ -1,7 +1,7 @@
 //! The journal: every accepted message is on disk, fsync'd, before it leaves `inmsg.txt`, and
 //! stays there until it is finished (ACKed, published, or given up into
-//! `failed-messages.txt`). After a crash or restart, [`Journal::open`] hands back every
-//! unfinished message in the order it was accepted.
+//! `failed-messages.txt`). After a crash or restart, [`Journal::open`] finds every
+//! unfinished message again, in the order it was accepted.
 //!
 //! # File format
 //!
@@ -14,12 +14,18 @@
 //! +-------------+-------------+---------------------------------+
 //! body = type: u8, then
 //!   1 Checkpoint   next_seq: u64 LE
-//!   2 Accepted     seq: u64 LE, envelope: JSON (the wire form)
-//!   3 Done         seq: u64 LE
 //!   4 InboxOffset  offset: u64 LE, file name: UTF-8
 //!   5 Started      message id: UTF-8           (received.log, see crate::received)
 //!   6 Finished     reply: JSON (the wire form)  (received.log)
+//!   7 Accepted     seq: u64 LE, lane length: u16 LE, lane: UTF-8, envelope: JSON
+//!   8 DoneThrough  seq: u64 LE, lane: UTF-8
+//!   (2 and 3, Accepted and Done without a lane, are read from journals written before
+//!    lanes, and rewritten at once)
 //! ```
+//!
+//! A *lane* is a destination subject (`ship1.CommandACK.CLICommand`): its publisher sends
+//! its messages in order and finishes them in order, so "finished" is one number per lane,
+//! written as `DoneThrough`: every message of the lane up to that sequence number is done.
 //!
 //! Every batch of `Accepted` records ends with a commit record: the `InboxOffset` of the
 //! inbox file it came from, or a `Checkpoint`. `Accepted` records after the last commit
@@ -31,17 +37,27 @@
 //! [`Recovery::cut`] says what was cut. Only the tail can be torn by a power loss, because
 //! records are only ever appended.
 //!
+//! # Memory: flat, whatever the backlog
+//!
+//! Messages stay on disk until their turn. In memory, each lane keeps a window of where its
+//! next [`WINDOW`] waiting messages are; past that, only the offset where the rest begin
+//! (`spill`), from which the window is refilled by reading the file on. So a node away for
+//! a week, with a million messages queued for it, costs the same memory as one with ten.
+//! Opening reads the file in chunks, twice (first what is finished, then what is not),
+//! never all of it at once.
+//!
 //! # Costs
 //!
 //! [`Journal::append`] writes a whole batch (one read of `inmsg.txt`) with one `write` and one
-//! `fdatasync`. `Done` records are not synced on their own: losing one in a crash only means
-//! that message is sent again (the receiver recognises its id). [`Journal::sync`] is called
-//! periodically and at shutdown. Once finished records make up most of the file, it is
-//! compacted: the live records are copied to a new file that atomically replaces the old one,
-//! so the journal stays small whatever the uptime.
+//! `fdatasync`. `DoneThrough` records are not synced on their own: losing one in a crash only
+//! means those messages are sent again (the receiver recognises their ids). [`Journal::sync`]
+//! is called periodically and at shutdown. Once finished records make up most of the file,
+//! it is compacted: the live records are copied to a new file that atomically replaces the
+//! old one, so the journal stays small whatever the uptime.
 
 use crate::message::{Envelope, Message};
-use std::collections::BTreeMap;
+use crate::subject::Subject;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -54,18 +70,27 @@ const MAX_RECORD: usize = 64 << 20;
 const COMPACT_MIN_BYTES: u64 = 1 << 20;
 /// ... and the live records are less than 1/COMPACT_RATIO of it.
 const COMPACT_RATIO: u64 = 4;
+/// How many waiting messages of a lane are located in memory (24 bytes each); the rest are
+/// found by reading the file on when the window runs low.
+pub const WINDOW: usize = 2 * crate::message::MAX_BATCH;
+/// How much of the file is read at a time when scanning it.
+const CHUNK: usize = 256 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Checkpoint {
         next_seq: u64,
     },
+    /// A message taken in, for `lane` (its subject).
     Accepted {
         seq: u64,
+        lane: String,
         envelope: Vec<u8>,
     },
-    Done {
+    /// Every message of `lane` up to `seq` is finished.
+    DoneThrough {
         seq: u64,
+        lane: String,
     },
     InboxOffset {
         file: String,
@@ -79,6 +104,15 @@ pub enum Record {
     Finished {
         reply: Vec<u8>,
     },
+    /// An accepted message as journals before lanes wrote it (read only).
+    LegacyAccepted {
+        seq: u64,
+        envelope: Vec<u8>,
+    },
+    /// A finished message as journals before lanes wrote it (read only).
+    LegacyDone {
+        seq: u64,
+    },
 }
 
 /// Appends the encoded record to `out`.
@@ -90,12 +124,12 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(1);
             out.extend_from_slice(&next_seq.to_le_bytes());
         }
-        Record::Accepted { seq, envelope } => {
+        Record::LegacyAccepted { seq, envelope } => {
             out.push(2);
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(envelope);
         }
-        Record::Done { seq } => {
+        Record::LegacyDone { seq } => {
             out.push(3);
             out.extend_from_slice(&seq.to_le_bytes());
         }
@@ -112,6 +146,22 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(6);
             out.extend_from_slice(reply);
         }
+        Record::Accepted {
+            seq,
+            lane,
+            envelope,
+        } => {
+            out.push(7);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&(lane.len() as u16).to_le_bytes());
+            out.extend_from_slice(lane.as_bytes());
+            out.extend_from_slice(envelope);
+        }
+        Record::DoneThrough { seq, lane } => {
+            out.push(8);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(lane.as_bytes());
+        }
     }
     let body_len = out.len() - start - HEADER;
     let crc = crc32fast::hash(&out[start + HEADER..]);
@@ -119,7 +169,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Records decoded from a journal file, with where the readable part ends.
+/// Records decoded from bytes, with where the readable part ends.
 #[derive(Debug, Default)]
 pub struct Decoded {
     /// Each record with the offset and length (header included) it occupies.
@@ -130,41 +180,67 @@ pub struct Decoded {
     pub corruption: Option<String>,
 }
 
+/// What the bytes at some position hold.
+enum Step {
+    /// A record, and how many bytes it takes.
+    Record(usize, Record),
+    /// Not enough bytes for a whole record: this many are needed.
+    Short(usize),
+    /// Not a record: why.
+    Bad(String),
+}
+
+fn decode_one(bytes: &[u8]) -> Step {
+    if bytes.len() < HEADER {
+        return Step::Short(HEADER);
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if len > MAX_RECORD || len == 0 {
+        return Step::Bad(format!("impossible record length {len}"));
+    }
+    if bytes.len() - HEADER < len {
+        return Step::Short(HEADER + len);
+    }
+    let body = &bytes[HEADER..HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return Step::Bad("checksum mismatch".to_string());
+    }
+    match decode_body(body) {
+        Some(record) => Step::Record(HEADER + len, record),
+        None => Step::Bad(format!("unknown record type {}", body[0])),
+    }
+}
+
+fn torn(needed: usize, present: usize) -> String {
+    if needed == HEADER {
+        format!("torn record header ({present} bytes)")
+    } else {
+        format!(
+            "torn record: {} bytes announced, {} present",
+            needed - HEADER,
+            present.saturating_sub(HEADER)
+        )
+    }
+}
+
 /// Decodes records until the end or the first torn or corrupt one.
 pub fn decode(bytes: &[u8]) -> Decoded {
     let mut d = Decoded::default();
     let mut pos = 0usize;
     while pos < bytes.len() {
-        let fail = |why: String| Some(format!("at byte {pos} of {}: {why}", bytes.len()));
-        if bytes.len() - pos < HEADER {
-            d.corruption = fail(format!("torn record header ({} bytes)", bytes.len() - pos));
-            break;
-        }
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len > MAX_RECORD || len == 0 {
-            d.corruption = fail(format!("impossible record length {len}"));
-            break;
-        }
-        if bytes.len() - pos - HEADER < len {
-            d.corruption = fail(format!(
-                "torn record: {len} bytes announced, {} present",
-                bytes.len() - pos - HEADER
-            ));
-            break;
-        }
-        let body = &bytes[pos + HEADER..pos + HEADER + len];
-        if crc32fast::hash(body) != crc {
-            d.corruption = fail("checksum mismatch".to_string());
-            break;
-        }
-        let Some(record) = decode_body(body) else {
-            d.corruption = fail(format!("unknown record type {}", body[0]));
-            break;
+        let why = match decode_one(&bytes[pos..]) {
+            Step::Record(len, record) => {
+                d.records.push((pos as u64, len as u32, record));
+                pos += len;
+                d.valid_len = pos as u64;
+                continue;
+            }
+            Step::Short(needed) => torn(needed, bytes.len() - pos),
+            Step::Bad(why) => why,
         };
-        d.records.push((pos as u64, (HEADER + len) as u32, record));
-        pos += HEADER + len;
-        d.valid_len = pos as u64;
+        d.corruption = Some(format!("at byte {pos} of {}: {why}", bytes.len()));
+        break;
     }
     d
 }
@@ -173,58 +249,160 @@ fn decode_body(body: &[u8]) -> Option<Record> {
     let u64_at = |i: usize| -> Option<u64> {
         Some(u64::from_le_bytes(body.get(i..i + 8)?.try_into().ok()?))
     };
+    let text = |bytes: Option<&[u8]>| String::from_utf8(bytes?.to_vec()).ok();
     Some(match body[0] {
         1 => Record::Checkpoint {
             next_seq: u64_at(1)?,
         },
-        2 => Record::Accepted {
+        2 => Record::LegacyAccepted {
             seq: u64_at(1)?,
             envelope: body.get(9..)?.to_vec(),
         },
-        3 => Record::Done { seq: u64_at(1)? },
+        3 => Record::LegacyDone { seq: u64_at(1)? },
         4 => Record::InboxOffset {
             offset: u64_at(1)?,
-            file: String::from_utf8(body.get(9..)?.to_vec()).ok()?,
+            file: text(body.get(9..))?,
         },
         5 => Record::Started {
-            id: String::from_utf8(body.get(1..)?.to_vec()).ok()?,
+            id: text(body.get(1..))?,
         },
         6 => Record::Finished {
             reply: body.get(1..)?.to_vec(),
+        },
+        7 => {
+            let lane_len = u16::from_le_bytes(body.get(9..11)?.try_into().ok()?) as usize;
+            Record::Accepted {
+                seq: u64_at(1)?,
+                lane: text(body.get(11..11 + lane_len))?,
+                envelope: body.get(11 + lane_len..)?.to_vec(),
+            }
+        }
+        8 => Record::DoneThrough {
+            seq: u64_at(1)?,
+            lane: text(body.get(9..))?,
         },
         _ => return None,
     })
 }
 
-/// Opens (or creates) a file of records for appending, reads what it holds, and cuts off a
-/// torn or corrupt tail, returning what was cut. The one way record files are opened.
-pub fn open_records(path: &Path) -> io::Result<(File, Decoded, Option<String>)> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+/// Reads the records of a file from an offset up to `end`, a chunk at a time, so a file of
+/// any size is read in bounded memory. Stops at the first torn or corrupt record and says
+/// why in `corruption`.
+pub struct Records<'a> {
+    file: &'a File,
+    end: u64,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    buf_at: u64,
+    pos: usize,
+    pub corruption: Option<String>,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(file: &'a File, from: u64, end: u64) -> Records<'a> {
+        Records {
+            file,
+            end,
+            buf: Vec::new(),
+            buf_at: from,
+            pos: 0,
+            corruption: None,
+        }
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)?;
+
+    /// Where the next record begins: the end of what was read whole.
+    pub fn reached(&self) -> u64 {
+        self.buf_at + self.pos as u64
+    }
+
+    fn next_record(&mut self) -> io::Result<Option<(u64, u32, Record)>> {
+        loop {
+            let at = self.reached();
+            if at >= self.end || self.corruption.is_some() {
+                return Ok(None);
+            }
+            let why = match decode_one(&self.buf[self.pos..]) {
+                Step::Record(len, record) => {
+                    self.pos += len;
+                    return Ok(Some((at, len as u32, record)));
+                }
+                Step::Short(needed) => {
+                    let left = (self.end - at).min(usize::MAX as u64) as usize;
+                    if left < needed {
+                        torn(needed, left)
+                    } else {
+                        // More than the buffer holds: read on from this record.
+                        let mut buf = vec![0; CHUNK.max(needed).min(left)];
+                        self.file.read_exact_at(&mut buf, at)?;
+                        (self.buf, self.buf_at, self.pos) = (buf, at, 0);
+                        continue;
+                    }
+                }
+                Step::Bad(why) => why,
+            };
+            self.corruption = Some(format!("at byte {at} of {}: {why}", self.end));
+            return Ok(None);
+        }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = io::Result<(u64, u32, Record)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
+    }
+}
+
+/// Opens (or creates) a file of records for appending, reads what it holds, and cuts off a
+/// torn or corrupt tail, returning what was cut. For small files (received.log); the
+/// journal itself is read with [`Records`].
+pub fn open_records(path: &Path) -> io::Result<(File, Decoded, Option<String>)> {
+    let mut file = open_for_append(path)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     let decoded = decode(&bytes);
     let cut = match &decoded.corruption {
         None => None,
-        Some(why) => {
-            file.set_len(decoded.valid_len)?;
-            file.sync_all()?;
-            Some(format!(
-                "{}: {why}; kept {} complete records ({} bytes), cut {} bytes",
-                path.display(),
-                decoded.records.len(),
-                decoded.valid_len,
-                bytes.len() as u64 - decoded.valid_len
-            ))
-        }
+        Some(why) => Some(cut_tail(
+            &file,
+            path,
+            why,
+            decoded.records.len(),
+            decoded.valid_len,
+            bytes.len() as u64,
+        )?),
     };
     Ok((file, decoded, cut))
+}
+
+fn open_for_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+}
+
+/// Cuts a file back to its last complete record; says what was cut.
+fn cut_tail(
+    file: &File,
+    path: &Path,
+    why: &str,
+    kept: usize,
+    valid_len: u64,
+    len: u64,
+) -> io::Result<String> {
+    file.set_len(valid_len)?;
+    file.sync_all()?;
+    Ok(format!(
+        "{}: {why}; kept {kept} complete records ({valid_len} bytes), cut {} bytes",
+        path.display(),
+        len - valid_len
+    ))
 }
 
 /// A journaled message: its place in the journal and the message itself.
@@ -234,42 +412,13 @@ pub struct Entry {
     pub envelope: Envelope,
 }
 
-/// Journaled messages waiting for their publisher: their places in the journal, oldest
-/// first, and where they go. The messages themselves stay on disk until their turn
-/// ([`Journal::read`]), so a backlog costs memory only for the sequence numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    pub subject: crate::subject::Subject,
-    pub seqs: Vec<u64>,
-}
-
-/// Groups entries into runs for the same subject, keeping their order.
-pub fn queue(entries: &[Entry]) -> Vec<Queued> {
-    let mut out: Vec<Queued> = Vec::new();
-    for e in entries {
-        let m = &e.envelope.message;
-        match out.last_mut() {
-            Some(q)
-                if q.subject.node == m.to_node
-                    && q.subject.kind == m.kind
-                    && q.subject.method == m.method =>
-            {
-                q.seqs.push(e.seq)
-            }
-            _ => out.push(Queued {
-                subject: m.subject(),
-                seqs: vec![e.seq],
-            }),
-        }
-    }
-    out
-}
-
 /// What [`Journal::open`] found.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Unfinished messages, oldest first.
-    pub pending: Vec<Entry>,
+    /// The lanes with unfinished messages, whose publishers must start.
+    pub lanes: Vec<Subject>,
+    /// How many messages are unfinished.
+    pub pending: usize,
     /// How far each partly taken inbox file had been read.
     pub inbox_offsets: BTreeMap<String, u64>,
     /// What was cut off the tail, if the journal was torn or corrupt.
@@ -284,19 +433,56 @@ struct Span {
     len: u32,
 }
 
+/// One lane's messages: how many are unfinished, which have been handed to its publisher,
+/// and where the waiting ones are.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Unfinished messages (waiting or handed out) and the bytes of their records.
+    pending: usize,
+    live_bytes: u64,
+    /// Every message of the lane up to here is finished, as the file says.
+    done_through: u64,
+    /// Handed to the publisher and not yet covered by a `DoneThrough`, oldest first:
+    /// sequence number, record length, finished.
+    handed: VecDeque<(u64, u32, bool)>,
+    /// The last message handed out.
+    handed_through: u64,
+    /// Where the next waiting messages are, oldest first, at most [`WINDOW`] of them...
+    window: VecDeque<(u64, Span)>,
+    /// ... and where in the file the waiting messages past the window begin, if there are
+    /// any.
+    spill: Option<u64>,
+}
+
+impl Lane {
+    /// Notes a waiting message at `span`: in the window if it has room and nothing is
+    /// spilled before it, otherwise it is found on disk later.
+    fn wait(&mut self, seq: u64, span: Span) {
+        if self.spill.is_none() && self.window.len() < WINDOW {
+            self.window.push_back((seq, span));
+        } else if self.spill.is_none() {
+            self.spill = Some(span.offset);
+        }
+    }
+}
+
 /// The open journal. Share it behind a `Mutex`: appends are batched by the caller.
 pub struct Journal {
     dir: PathBuf,
     file: File,
     size: u64,
     next_seq: u64,
-    pending: BTreeMap<u64, Span>,
+    lanes: HashMap<String, Lane>,
+    pending: usize,
     live_bytes: u64,
     inbox_offsets: BTreeMap<String, u64>,
     unsynced: bool,
     bytes_written: u64,
     /// How long each fsync took since the last [`Journal::take_fsync_seconds`].
     fsync_seconds: Vec<f64>,
+    /// Records that could not be read back when their turn came (for the publisher to
+    /// report).
+    unreadable: Vec<String>,
 }
 
 impl Journal {
@@ -304,84 +490,144 @@ impl Journal {
         dir.join("journal.log")
     }
 
-    /// Opens (or creates) the journal in `dir`, cutting off a torn or corrupt tail.
+    /// Opens (or creates) the journal in `dir`, cutting off a torn or corrupt tail, and
+    /// finds every unfinished message again: in two passes over the file, a chunk at a time.
     pub fn open(dir: &Path) -> io::Result<(Journal, Recovery)> {
-        let (file, decoded, cut) = open_records(&Journal::path(dir))?;
-        let mut recovery = Recovery {
-            cut,
-            ..Recovery::default()
-        };
-        let mut journal = Journal {
-            dir: dir.to_path_buf(),
-            file,
-            size: decoded.valid_len,
-            next_seq: 1,
-            pending: BTreeMap::new(),
-            live_bytes: 0,
-            inbox_offsets: BTreeMap::new(),
-            unsynced: false,
-            bytes_written: 0,
-            fsync_seconds: Vec::new(),
-        };
-        let mut envelopes = BTreeMap::new();
-        // Accepted records since the last commit record (Checkpoint or InboxOffset).
-        let mut uncommitted: Vec<(u64, u64)> = Vec::new();
-        for (offset, len, record) in decoded.records {
+        let path = Journal::path(dir);
+        let file = open_for_append(&path)?;
+        let len = file.metadata()?.len();
+        let mut recovery = Recovery::default();
+
+        // First pass: what is finished, how far inbox files were read, where the last
+        // commit record is.
+        let mut next_seq = 1;
+        let mut done: HashMap<String, u64> = HashMap::new();
+        let mut legacy_done: HashSet<u64> = HashSet::new();
+        let mut inbox_offsets = BTreeMap::new();
+        // The first Accepted record after the last commit record, and how many there are.
+        let mut uncommitted: Option<(u64, usize)> = None;
+        let mut kept = 0;
+        let mut records = Records::new(&file, 0, len);
+        for r in records.by_ref() {
+            let (offset, _, record) = r?;
+            kept += 1;
             match record {
-                Record::Checkpoint { next_seq } => {
-                    journal.next_seq = journal.next_seq.max(next_seq);
-                    uncommitted.clear();
-                }
-                Record::Accepted { seq, envelope } => {
-                    journal.next_seq = journal.next_seq.max(seq + 1);
-                    journal.pending.insert(seq, Span { offset, len });
-                    envelopes.insert(seq, envelope);
-                    uncommitted.push((seq, offset));
-                }
-                Record::Done { seq } => {
-                    journal.pending.remove(&seq);
-                    envelopes.remove(&seq);
+                Record::Checkpoint { next_seq: n } => {
+                    next_seq = next_seq.max(n);
+                    uncommitted = None;
                 }
                 Record::InboxOffset { file, offset } => {
-                    journal.inbox_offsets.insert(file, offset);
-                    uncommitted.clear();
+                    inbox_offsets.insert(file, offset);
+                    uncommitted = None;
+                }
+                Record::Accepted { seq, .. } | Record::LegacyAccepted { seq, .. } => {
+                    next_seq = next_seq.max(seq + 1);
+                    match &mut uncommitted {
+                        Some((_, n)) => *n += 1,
+                        None => uncommitted = Some((offset, 1)),
+                    }
+                }
+                Record::DoneThrough { seq, lane } => {
+                    let through = done.entry(lane).or_default();
+                    *through = (*through).max(seq);
+                }
+                Record::LegacyDone { seq } => {
+                    legacy_done.insert(seq);
                 }
                 Record::Started { .. } | Record::Finished { .. } => {}
             }
         }
+        let mut size = records.reached();
+        if let Some(why) = records.corruption.take() {
+            recovery.cut = Some(cut_tail(&file, &path, &why, kept, size, len)?);
+        }
         // A batch whose commit record never made it to disk was never taken: its messages
         // are still in their inbox file, which is read again from the last committed offset.
-        if let Some(&(_, first)) = uncommitted.first() {
-            for (seq, _) in &uncommitted {
-                journal.pending.remove(seq);
-                envelopes.remove(seq);
-            }
-            // Cut them off the file too, or a later commit record would commit them.
-            journal.file.set_len(first)?;
-            journal.file.sync_all()?;
-            journal.size = first;
+        // Cut them off the file too, or a later commit record would commit them.
+        if let Some((first, count)) = uncommitted {
+            file.set_len(first)?;
+            file.sync_all()?;
+            size = first;
             let dropped = format!(
-                "dropped {} message(s) of a batch cut before its commit; they are taken again from their inbox file",
-                uncommitted.len()
+                "dropped {count} message(s) of a batch cut before its commit; they are taken again from their inbox file"
             );
             recovery.cut = Some(match recovery.cut.take() {
                 Some(cut) => format!("{cut}; {dropped}"),
                 None => dropped,
             });
         }
-        for (seq, bytes) in envelopes {
-            match Envelope::decode(&bytes) {
-                Ok(envelope) => recovery.pending.push(Entry { seq, envelope }),
-                Err(e) => {
-                    journal.pending.remove(&seq);
-                    recovery.undecodable.push(format!("record {seq}: {e}"));
+
+        // Second pass: where the unfinished messages are.
+        let reader = file.try_clone()?;
+        let mut journal = Journal {
+            dir: dir.to_path_buf(),
+            file,
+            size,
+            next_seq,
+            lanes: HashMap::new(),
+            pending: 0,
+            live_bytes: 0,
+            inbox_offsets,
+            unsynced: false,
+            bytes_written: 0,
+            fsync_seconds: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for (lane, through) in done {
+            let l = journal.lanes.entry(lane).or_default();
+            (l.done_through, l.handed_through) = (through, through);
+        }
+        let mut legacy = !legacy_done.is_empty();
+        for r in Records::new(&reader, 0, size) {
+            let (offset, len, record) = r?;
+            let span = Span { offset, len };
+            match record {
+                Record::Accepted { seq, lane, .. } => journal.index(lane, seq, span),
+                Record::LegacyAccepted { seq, envelope } => {
+                    legacy = true;
+                    if legacy_done.contains(&seq) {
+                        continue;
+                    }
+                    match Envelope::decode(&envelope) {
+                        Ok(e) => journal.index(e.message.subject().to_string(), seq, span),
+                        Err(e) => recovery.undecodable.push(format!("record {seq}: {e}")),
+                    }
                 }
+                _ => {}
             }
         }
-        journal.live_bytes = journal.pending.values().map(|s| s.len as u64).sum();
+        let mut lanes: Vec<Subject> = journal
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.pending > 0)
+            .filter_map(|(name, _)| Subject::parse(name).ok())
+            .collect();
+        lanes.sort();
+        recovery.lanes = lanes;
+        recovery.pending = journal.pending;
         recovery.inbox_offsets = journal.inbox_offsets.clone();
-        journal.maybe_compact()?;
+        if legacy {
+            // Written before lanes: rewrite it in today's form at once.
+            journal.compact_with(&legacy_done)?;
+        } else {
+            journal.maybe_compact()?;
+        }
         Ok((journal, recovery))
+    }
+
+    /// Notes an accepted message of `lane` at `span`, unless the lane is done past it.
+    fn index(&mut self, lane: String, seq: u64, span: Span) {
+        let l = self.lanes.entry(lane).or_default();
+        if seq <= l.done_through {
+            return;
+        }
+        l.pending += 1;
+        l.live_bytes += span.len as u64;
+        self.pending += 1;
+        self.live_bytes += span.len as u64;
+        if seq > l.handed_through {
+            l.wait(seq, span);
+        }
     }
 
     /// Journals a batch of messages from `from_node` with one write and one fsync, together
@@ -399,6 +645,7 @@ impl Journal {
         let mut spans = Vec::with_capacity(messages.len());
         for message in messages {
             let seq = self.next_seq + entries.len() as u64;
+            let lane = message.subject().to_string();
             let envelope = Envelope {
                 id: format!("{from_node}-{accepted}-{seq}"),
                 from_node: from_node.to_string(),
@@ -409,14 +656,13 @@ impl Journal {
             encode(
                 &Record::Accepted {
                     seq,
+                    lane: lane.clone(),
                     envelope: envelope.encode(),
                 },
                 &mut buf,
             );
-            spans.push(Span {
-                offset,
-                len: (self.size + buf.len() as u64 - offset) as u32,
-            });
+            let len = (self.size + buf.len() as u64 - offset) as u32;
+            spans.push((lane, Span { offset, len }));
             entries.push(Entry { seq, envelope });
         }
         // The commit record: a batch counts only once this is on disk after it.
@@ -442,9 +688,8 @@ impl Journal {
         self.write(&buf)?;
         self.sync_now()?;
         self.next_seq += entries.len() as u64;
-        for (entry, span) in entries.iter().zip(spans) {
-            self.pending.insert(entry.seq, span);
-            self.live_bytes += span.len as u64;
+        for (entry, (lane, span)) in entries.iter().zip(spans) {
+            self.index(lane, entry.seq, span);
         }
         if let Some((file, offset)) = inbox {
             self.inbox_offsets.insert(file.to_string(), offset);
@@ -452,44 +697,115 @@ impl Journal {
         Ok(entries)
     }
 
-    /// Records that messages are finished, with one write. Not synced on its own (see the
-    /// module docs).
-    pub fn mark_all_done(&mut self, seqs: &[u64]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(seqs.len() * (HEADER + 9));
-        for &seq in seqs {
-            if let Some(span) = self.pending.remove(&seq) {
-                self.live_bytes -= span.len as u64;
-                encode(&Record::Done { seq }, &mut buf);
+    /// Hands up to `max` of `lane`'s waiting messages to its publisher, oldest first, read
+    /// back from the file. They count as unfinished until [`Journal::finish`].
+    pub fn take(&mut self, lane: &Subject, max: usize) -> io::Result<Vec<Entry>> {
+        let key = lane.to_string();
+        let Some(l) = self.lanes.get_mut(&key) else {
+            return Ok(Vec::new());
+        };
+        if l.window.len() < max && l.spill.is_some() {
+            refill(&self.file, self.size, &key, l)?;
+        }
+        let mut entries = Vec::new();
+        let mut skipped = false;
+        while entries.len() < max {
+            let Some(&(seq, span)) = l.window.front() else {
+                break;
+            };
+            let mut bytes = vec![0; span.len as usize];
+            self.file.read_exact_at(&mut bytes, span.offset)?;
+            l.window.pop_front();
+            l.handed_through = seq;
+            let read = match decode_one(&bytes) {
+                Step::Record(_, Record::Accepted { envelope, .. }) => Envelope::decode(&envelope)
+                    .map(|envelope| Entry { seq, envelope })
+                    .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&envelope))),
+                _ => Err("not the record it should be".to_string()),
+            };
+            match read {
+                Ok(entry) => {
+                    l.handed.push_back((seq, span.len, false));
+                    entries.push(entry);
+                }
+                Err(why) => {
+                    // Kept out of the system and reported; it counts as finished.
+                    l.handed.push_back((seq, span.len, true));
+                    self.unreadable
+                        .push(format!("{key}: journal record {seq} is unreadable: {why}"));
+                    skipped = true;
+                }
             }
         }
-        if buf.is_empty() {
-            return Ok(());
+        if l.window.is_empty() && l.window.capacity() > 64 {
+            l.window.shrink_to_fit();
         }
+        if skipped {
+            self.settle(&key)?;
+        }
+        Ok(entries)
+    }
+
+    /// Records that messages of `lane` handed out by [`Journal::take`] are finished. Not
+    /// synced on its own (see the module docs).
+    pub fn finish(&mut self, lane: &Subject, seqs: &[u64]) -> io::Result<()> {
+        let key = lane.to_string();
+        let Some(l) = self.lanes.get_mut(&key) else {
+            return Ok(());
+        };
+        for seq in seqs {
+            if let Some(h) = l.handed.iter_mut().find(|h| h.0 == *seq) {
+                h.2 = true;
+            }
+        }
+        self.settle(&key)
+    }
+
+    /// Writes a `DoneThrough` for the lane's finished messages that no unfinished one
+    /// precedes: the record never covers a message still in flight.
+    fn settle(&mut self, key: &str) -> io::Result<()> {
+        let Some(l) = self.lanes.get_mut(key) else {
+            return Ok(());
+        };
+        let (mut count, mut bytes, mut through) = (0, 0, None);
+        while let Some(&(seq, len, true)) = l.handed.front() {
+            l.handed.pop_front();
+            count += 1;
+            bytes += len as u64;
+            through = Some(seq);
+        }
+        let Some(seq) = through else {
+            return Ok(());
+        };
+        l.pending -= count;
+        l.live_bytes -= bytes;
+        l.done_through = seq;
+        if l.handed.is_empty() && l.handed.capacity() > 64 {
+            l.handed.shrink_to_fit();
+        }
+        self.pending -= count;
+        self.live_bytes -= bytes;
+        let mut buf = Vec::with_capacity(HEADER + 9 + key.len());
+        encode(
+            &Record::DoneThrough {
+                seq,
+                lane: key.to_string(),
+            },
+            &mut buf,
+        );
         self.write(&buf)?;
         self.unsynced = true;
         self.maybe_compact()
     }
 
+    /// Messages found unreadable when their turn came, since the last call.
+    pub fn take_unreadable(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.unreadable)
+    }
+
     /// How far each partly taken inbox file has been read.
     pub fn inbox_offsets(&self) -> &BTreeMap<String, u64> {
         &self.inbox_offsets
-    }
-
-    /// Reads a pending message back; `None` if it is finished (or never was).
-    pub fn read(&self, seq: u64) -> io::Result<Option<Entry>> {
-        let Some(span) = self.pending.get(&seq) else {
-            return Ok(None);
-        };
-        let mut buf = vec![0; span.len as usize];
-        self.file.read_exact_at(&mut buf, span.offset)?;
-        match decode(&buf).records.pop() {
-            Some((_, _, Record::Accepted { seq, envelope })) => Envelope::decode(&envelope)
-                .map(|envelope| Some(Entry { seq, envelope }))
-                .map_err(io::Error::other),
-            _ => Err(io::Error::other(format!(
-                "journal record {seq} is unreadable"
-            ))),
-        }
     }
 
     /// An inbox file has been fully taken and removed; its offset need not be kept.
@@ -520,8 +836,14 @@ impl Journal {
         std::mem::take(&mut self.fsync_seconds)
     }
 
+    /// Unfinished messages, all lanes.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.pending
+    }
+
+    /// Unfinished messages of one lane.
+    pub fn lane_pending(&self, lane: &Subject) -> usize {
+        self.lanes.get(&lane.to_string()).map_or(0, |l| l.pending)
     }
 
     pub fn size(&self) -> u64 {
@@ -549,7 +871,42 @@ impl Journal {
 
     /// Rewrites the journal with only its live records, atomically replacing the old file.
     pub fn compact(&mut self) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(self.live_bytes as usize + 64);
+        self.compact_with(&HashSet::new())
+    }
+
+    /// Compaction, also taking journals written before lanes (`legacy_done`: their
+    /// finished messages) into today's form. Streams from the old file to the new one, and
+    /// finds each lane's waiting messages anew on the way.
+    fn compact_with(&mut self, legacy_done: &HashSet<u64>) -> io::Result<()> {
+        let path = Journal::path(&self.dir);
+        let tmp = path.with_extension("compacting");
+        let result = self.copy_live(&tmp, legacy_done);
+        let written = match result {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.size = written;
+        self.bytes_written += written;
+        self.unsynced = false;
+        log::debug!(
+            "journal compacted to {} bytes ({} pending messages)",
+            self.size,
+            self.pending
+        );
+        Ok(())
+    }
+
+    /// Writes the live records to `tmp` (synced), re-indexing every lane's waiting messages
+    /// by their new places; returns its size.
+    fn copy_live(&mut self, tmp: &Path, legacy_done: &HashSet<u64>) -> io::Result<u64> {
+        let mut out = io::BufWriter::with_capacity(CHUNK, File::create(tmp)?);
+        let mut buf = Vec::new();
         for (file, offset) in &self.inbox_offsets {
             encode(
                 &Record::InboxOffset {
@@ -559,40 +916,109 @@ impl Journal {
                 &mut buf,
             );
         }
-        let mut pending = BTreeMap::new();
-        for (&seq, span) in &self.pending {
-            let start = buf.len();
-            buf.resize(start + span.len as usize, 0);
-            self.file.read_exact_at(&mut buf[start..], span.offset)?;
-            pending.insert(
-                seq,
-                Span {
-                    offset: start as u64,
-                    len: span.len,
+        out.write_all(&buf)?;
+        let mut written = buf.len() as u64;
+        for l in self.lanes.values_mut() {
+            l.window.clear();
+            l.spill = None;
+            l.live_bytes = 0;
+        }
+        self.live_bytes = 0;
+        let reader = self.file.try_clone()?;
+        let mut records = Records::new(&reader, 0, self.size);
+        for r in records.by_ref() {
+            let (seq, lane, envelope) = match r?.2 {
+                Record::Accepted {
+                    seq,
+                    lane,
+                    envelope,
+                } => (seq, lane, envelope),
+                Record::LegacyAccepted { seq, envelope } if !legacy_done.contains(&seq) => {
+                    match Envelope::decode(&envelope) {
+                        Ok(e) => (seq, e.message.subject().to_string(), envelope),
+                        Err(_) => continue, // reported at open
+                    }
+                }
+                _ => continue,
+            };
+            let Some(l) = self.lanes.get_mut(&lane) else {
+                continue;
+            };
+            if seq <= l.done_through {
+                continue;
+            }
+            buf.clear();
+            encode(
+                &Record::Accepted {
+                    seq,
+                    lane,
+                    envelope,
                 },
+                &mut buf,
             );
+            let span = Span {
+                offset: written,
+                len: buf.len() as u32,
+            };
+            out.write_all(&buf)?;
+            written += buf.len() as u64;
+            l.live_bytes += span.len as u64;
+            self.live_bytes += span.len as u64;
+            if seq > l.handed_through {
+                l.wait(seq, span);
+            }
+        }
+        if let Some(why) = records.corruption {
+            return Err(io::Error::other(format!("journal unreadable: {why}")));
         }
         // Last, as the commit record of everything before it.
+        buf.clear();
         encode(
             &Record::Checkpoint {
                 next_seq: self.next_seq,
             },
             &mut buf,
         );
-        let path = Journal::path(&self.dir);
-        crate::files::write_atomically(&path, &buf)?;
-        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
-        self.size = buf.len() as u64;
-        self.bytes_written += buf.len() as u64;
-        self.pending = pending;
-        self.unsynced = false;
-        log::debug!(
-            "journal compacted to {} bytes ({} pending messages)",
-            self.size,
-            self.pending.len()
-        );
-        Ok(())
+        out.write_all(&buf)?;
+        written += buf.len() as u64;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(written)
     }
+}
+
+/// Reads `lane`'s waiting messages on from where the window left off, until the window is
+/// full (the rest stays spilled, from the next one) or the file ends.
+fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
+    let Some(from) = lane.spill.take() else {
+        return Ok(());
+    };
+    let mut records = Records::new(file, from, end);
+    while let Some(r) = records.next() {
+        let (offset, len, record) = match r {
+            Ok(r) => r,
+            Err(e) => {
+                lane.spill = Some(from);
+                return Err(e);
+            }
+        };
+        let Record::Accepted { seq, lane: l, .. } = record else {
+            continue;
+        };
+        if l != key || seq <= lane.handed_through {
+            continue;
+        }
+        if lane.window.len() >= WINDOW {
+            lane.spill = Some(offset);
+            return Ok(());
+        }
+        lane.window.push_back((seq, Span { offset, len }));
+    }
+    if let Some(why) = records.corruption {
+        lane.spill = Some(from);
+        return Err(io::Error::other(format!("journal unreadable: {why}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -600,9 +1026,9 @@ mod tests {
     use super::*;
     use crate::message::Kind;
 
-    fn msg(i: usize) -> Message {
+    fn msg_to(to: &str, i: usize) -> Message {
         Message {
-            to_node: "ship1".into(),
+            to_node: to.into(),
             data: vec![format!("message {i}")],
             kind: Kind::EventAck,
             method: "TextLogging".into(),
@@ -612,11 +1038,35 @@ mod tests {
         }
     }
 
+    fn msg(i: usize) -> Message {
+        msg_to("ship1", i)
+    }
+
+    fn lane(to: &str) -> Subject {
+        msg_to(to, 0).subject()
+    }
+
     fn data(entries: &[Entry]) -> Vec<String> {
         entries
             .iter()
             .map(|e| e.envelope.message.data[0].clone())
             .collect()
+    }
+
+    /// Every waiting message of a lane, as its publisher would take them.
+    fn take_all(j: &mut Journal, to: &str) -> Vec<Entry> {
+        let mut all = Vec::new();
+        loop {
+            let got = j.take(&lane(to), crate::message::MAX_BATCH).unwrap();
+            if got.is_empty() {
+                return all;
+            }
+            all.extend(got);
+        }
+    }
+
+    fn seqs(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.seq).collect()
     }
 
     #[test]
@@ -625,9 +1075,13 @@ mod tests {
             Record::Checkpoint { next_seq: 7 },
             Record::Accepted {
                 seq: 7,
+                lane: "ship1.EventACK.TextLogging".into(),
                 envelope: b"{}".to_vec(),
             },
-            Record::Done { seq: 7 },
+            Record::DoneThrough {
+                seq: 7,
+                lane: "ship1.EventACK.TextLogging".into(),
+            },
             Record::InboxOffset {
                 file: "inmsg.taking-1".into(),
                 offset: 99,
@@ -638,6 +1092,11 @@ mod tests {
             Record::Finished {
                 reply: b"{}".to_vec(),
             },
+            Record::LegacyAccepted {
+                seq: 8,
+                envelope: b"{}".to_vec(),
+            },
+            Record::LegacyDone { seq: 8 },
         ];
         let mut buf = Vec::new();
         for r in &records {
@@ -656,20 +1115,98 @@ mod tests {
     fn unfinished_messages_come_back_in_order_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, r) = Journal::open(dir.path()).unwrap();
-        assert!(r.pending.is_empty());
+        assert_eq!(r.pending, 0);
         let entries = j
             .append("central", (0..5).map(msg).collect(), None)
             .unwrap();
-        j.mark_all_done(&[entries[1].seq]).unwrap();
-        j.mark_all_done(&[entries[3].seq]).unwrap();
+        let taken = j.take(&lane("ship1"), 2).unwrap();
+        assert_eq!(taken, entries[..2]);
+        j.finish(&lane("ship1"), &seqs(&taken)).unwrap();
         drop(j);
-        let (j, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(data(&r.pending), ["message 0", "message 2", "message 4"]);
-        assert_eq!(r.pending[0].envelope, entries[0].envelope);
-        assert_eq!(j.pending_count(), 3);
-        assert_eq!(j.read(entries[2].seq).unwrap().unwrap(), entries[2]);
-        assert_eq!(j.read(entries[1].seq).unwrap(), None, "finished");
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!((r.pending, r.lanes.clone()), (3, vec![lane("ship1")]));
+        let rest = take_all(&mut j, "ship1");
+        assert_eq!(data(&rest), ["message 2", "message 3", "message 4"]);
+        assert_eq!(rest[0].envelope, entries[2].envelope);
+        assert_eq!(j.pending_count(), 3, "taken is not finished");
         assert!(r.cut.is_none());
+    }
+
+    #[test]
+    fn a_finish_never_covers_a_message_still_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append("central", (0..3).map(msg).collect(), None)
+            .unwrap();
+        let taken = j.take(&lane("ship1"), 3).unwrap();
+        // The third finishes while the first two are still in flight.
+        j.finish(&lane("ship1"), &[taken[2].seq]).unwrap();
+        assert_eq!(j.pending_count(), 3);
+        drop(j);
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let again = take_all(&mut j, "ship1");
+        assert_eq!(seqs(&again), seqs(&taken), "all three are still unfinished");
+        j.finish(&lane("ship1"), &seqs(&again)).unwrap();
+        assert_eq!(j.pending_count(), 0);
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!((r.pending, r.lanes.len()), (0, 0));
+    }
+
+    #[test]
+    fn lanes_are_taken_apart_in_their_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let mixed: Vec<Message> = (0..6)
+            .map(|i| msg_to(if i % 2 == 0 { "ship1" } else { "ship2" }, i))
+            .collect();
+        j.append("central", mixed, None).unwrap();
+        let two = take_all(&mut j, "ship2");
+        assert_eq!(data(&two), ["message 1", "message 3", "message 5"]);
+        j.finish(&lane("ship2"), &seqs(&two)).unwrap();
+        drop(j);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!((r.pending, r.lanes.clone()), (3, vec![lane("ship1")]));
+        assert_eq!(
+            data(&take_all(&mut j, "ship1")),
+            ["message 0", "message 2", "message 4"]
+        );
+        assert!(take_all(&mut j, "ship2").is_empty());
+    }
+
+    #[test]
+    fn a_backlog_is_located_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let n = 5 * WINDOW + 7;
+        // Two lanes interleaved, in batches, as an inbox would take them.
+        for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+            let messages = batch
+                .iter()
+                .flat_map(|&i| [msg_to("ship1", i), msg_to("ship2", i)])
+                .collect();
+            j.append("central", messages, None).unwrap();
+        }
+        let l = &j.lanes["ship1.EventACK.TextLogging"];
+        assert_eq!(l.window.len(), WINDOW, "no more than a window in memory");
+        assert!(l.spill.is_some());
+        assert_eq!(j.pending_count(), 2 * n);
+        let one = take_all(&mut j, "ship1");
+        assert_eq!(one.len(), n);
+        assert!(one.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+        assert_eq!(
+            one[n - 1].envelope.message.data[0],
+            format!("message {}", n - 1)
+        );
+        j.finish(&lane("ship1"), &seqs(&one)).unwrap();
+        drop(j);
+        // Reopened, the other lane's backlog is located a window at a time too.
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.pending, n);
+        assert_eq!(j.lanes["ship2.EventACK.TextLogging"].window.len(), WINDOW);
+        let two = take_all(&mut j, "ship2");
+        assert_eq!(two.len(), n);
+        assert!(two.windows(2).all(|w| w[0].seq < w[1].seq));
     }
 
     #[test]
@@ -677,11 +1214,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         let first = j.append("central", vec![msg(0)], None).unwrap();
-        j.mark_all_done(&[first[0].seq]).unwrap();
+        j.take(&lane("ship1"), 1).unwrap();
+        j.finish(&lane("ship1"), &[first[0].seq]).unwrap();
         j.compact().unwrap();
         drop(j);
         let (mut j, r) = Journal::open(dir.path()).unwrap();
-        assert!(r.pending.is_empty());
+        assert_eq!(r.pending, 0);
         let second = j.append("central", vec![msg(1)], None).unwrap();
         assert!(second[0].seq > first[0].seq);
     }
@@ -700,7 +1238,7 @@ mod tests {
         f.set_len(len - 5).unwrap(); // power lost mid-write of the last batch
         drop(f);
         let (mut j, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(data(&r.pending), ["message 0", "message 1"]);
+        assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0", "message 1"]);
         let cut = r.cut.expect("the cut is reported");
         assert!(
             cut.contains("torn record") && cut.contains("dropped 1 message(s)"),
@@ -709,8 +1247,11 @@ mod tests {
         // The journal is usable again after the cut.
         j.append("central", vec![msg(9)], None).unwrap();
         drop(j);
-        let (_, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(data(&r.pending), ["message 0", "message 1", "message 9"]);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            data(&take_all(&mut j, "ship1")),
+            ["message 0", "message 1", "message 9"]
+        );
         assert!(r.cut.is_none());
     }
 
@@ -733,15 +1274,15 @@ mod tests {
         let last = decode(&bytes).records.last().unwrap().0;
         fs::write(&path, &bytes[..last as usize]).unwrap();
         let (mut j, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(data(&r.pending), ["message 0"]);
+        assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0"]);
         assert_eq!(r.inbox_offsets.get("inmsg.taking-1"), Some(&10));
         assert!(r.cut.unwrap().contains("dropped 2 message(s)"));
         // Batches without an inbox file commit with a checkpoint.
         let e = j.append("central", vec![msg(3)], None).unwrap();
         assert!(e[0].seq > 3, "sequence numbers are never reused");
         drop(j);
-        let (_, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(data(&r.pending), ["message 0", "message 3"]);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0", "message 3"]);
         assert!(r.cut.is_none());
     }
 
@@ -761,10 +1302,10 @@ mod tests {
             .filter(|(_, _, r)| matches!(r, Record::Accepted { .. }))
             .map(|(offset, _, _)| *offset as usize)
             .collect();
-        bytes[accepted[1] + 20] ^= 0x40; // inside the second message's body
+        bytes[accepted[1] + 40] ^= 0x40; // inside the second message's body
         fs::write(&path, &bytes).unwrap();
-        let (_, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(data(&r.pending), ["message 0"]);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0"]);
         assert!(r.cut.unwrap().contains("checksum mismatch"));
     }
 
@@ -773,11 +1314,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         for round in 0..200 {
-            let entries = j
-                .append("central", (0..50).map(msg).collect(), None)
+            j.append("central", (0..50).map(msg).collect(), None)
                 .unwrap();
-            for e in &entries[..49] {
-                j.mark_all_done(&[e.seq]).unwrap();
+            // All but the newest message finish; one stays waiting each round.
+            let taken = j.take(&lane("ship1"), 49).unwrap();
+            for e in &taken {
+                j.finish(&lane("ship1"), &[e.seq]).unwrap();
             }
             assert!(
                 j.size() < 2 * COMPACT_MIN_BYTES,
@@ -785,10 +1327,75 @@ mod tests {
                 j.size()
             );
         }
+        assert_eq!(j.pending_count(), 200);
         drop(j);
-        let (_, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(r.pending.len(), 200);
-        assert!(r.pending.windows(2).all(|w| w[0].seq < w[1].seq));
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.pending, 200);
+        let rest = take_all(&mut j, "ship1");
+        assert_eq!(rest.len(), 200);
+        assert!(rest.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
+    #[test]
+    fn compaction_with_messages_in_flight_keeps_them_and_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let all = j
+            .append("central", (0..2000).map(msg).collect(), None)
+            .unwrap();
+        let in_flight = j.take(&lane("ship1"), 10).unwrap();
+        j.compact().unwrap();
+        j.finish(&lane("ship1"), &seqs(&in_flight)).unwrap();
+        let rest = take_all(&mut j, "ship1");
+        assert_eq!(seqs(&rest), seqs(&all[10..]));
+        j.finish(&lane("ship1"), &seqs(&rest[..5])).unwrap();
+        drop(j);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.pending, 2000 - 15);
+        assert_eq!(seqs(&take_all(&mut j, "ship1")), seqs(&all[15..]));
+    }
+
+    #[test]
+    fn a_journal_from_before_lanes_is_read_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let envelope = |i: usize| Envelope {
+            id: format!("central-1-{i}"),
+            from_node: "central".into(),
+            accepted: 1,
+            message: msg_to(if i == 2 { "ship2" } else { "ship1" }, i),
+        };
+        let mut buf = Vec::new();
+        for i in 1..=3 {
+            encode(
+                &Record::LegacyAccepted {
+                    seq: i as u64,
+                    envelope: envelope(i).encode(),
+                },
+                &mut buf,
+            );
+        }
+        encode(&Record::Checkpoint { next_seq: 4 }, &mut buf);
+        encode(&Record::LegacyDone { seq: 1 }, &mut buf);
+        fs::create_dir_all(dir.path()).unwrap();
+        fs::write(Journal::path(dir.path()), &buf).unwrap();
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            (r.pending, r.lanes.clone()),
+            (2, vec![lane("ship1"), lane("ship2")])
+        );
+        let one = take_all(&mut j, "ship1");
+        assert_eq!(
+            one.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(),
+            [envelope(3)]
+        );
+        assert_eq!(take_all(&mut j, "ship2")[0].envelope, envelope(2));
+        let rewritten = decode(&fs::read(Journal::path(dir.path())).unwrap());
+        assert!(rewritten.records.iter().all(|(_, _, r)| !matches!(
+            r,
+            Record::LegacyAccepted { .. } | Record::LegacyDone { .. }
+        )));
+        let next = j.append("central", vec![msg(9)], None).unwrap();
+        assert_eq!(next[0].seq, 4);
     }
 
     #[test]

@@ -190,15 +190,16 @@ pub fn run(config: Config) -> Result<(), Error> {
             node.config.node
         ));
     }
-    if !recovery.pending.is_empty() {
+    if recovery.pending > 0 {
         log::info!(
-            "resuming {} unfinished message(s) from the journal",
-            recovery.pending.len()
+            "resuming {} unfinished message(s) from the journal, for {} destination(s)",
+            recovery.pending,
+            recovery.lanes.len()
         );
     }
     metrics.journal(&mut node.journal());
     // Unfinished messages go first, before the inbox takes anything new.
-    node.deliver(journal::queue(&recovery.pending));
+    node.wake(recovery.lanes);
 
     let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
     supervisor.start();

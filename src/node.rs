@@ -9,11 +9,12 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::files::DataFolder;
-use crate::journal::{self, Journal, Queued};
+use crate::journal::Journal;
 use crate::keys::{Identity, Trusted};
 use crate::message::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::received::Received;
+use crate::subject::Subject;
 use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ pub struct Node {
     pub trusted: Trusted,
     journal: Mutex<Journal>,
     supervisor: Sender<Event>,
+    /// Each running publisher's wake-up, by lane (destination subject): new messages reach
+    /// it without a detour through the supervisor.
+    publishers: Mutex<HashMap<Subject, Sender<()>>>,
     pub handlers: Permits,
     /// Wakes publishers waiting on a node when it says Hello.
     pub presence: Presence,
@@ -99,6 +103,7 @@ impl Node {
             trusted,
             journal: Mutex::new(journal),
             supervisor,
+            publishers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -109,7 +114,7 @@ impl Node {
     }
 
     /// Takes messages into the system: one journal write and fsync for the batch (with how
-    /// far the inbox file has been read), then on to the publishers.
+    /// far the inbox file has been read), then wakes their publishers.
     pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
         self.accept_inner(messages, inbox, false).map(|_| ())
     }
@@ -149,7 +154,17 @@ impl Node {
             let method = e.envelope.message.method.as_str();
             self.metrics.accepted.with_label_values(&[method]).inc();
         }
-        self.deliver(journal::queue(&entries));
+        let mut lanes: Vec<Subject> = Vec::new();
+        for e in &entries {
+            let m = &e.envelope.message;
+            let known = lanes
+                .iter()
+                .any(|l| l.node == m.to_node && l.kind == m.kind && l.method == m.method);
+            if !known {
+                lanes.push(m.subject());
+            }
+        }
+        self.wake(lanes);
         Ok(watched)
     }
 
@@ -164,20 +179,41 @@ impl Node {
         }
     }
 
-    /// Hands journaled messages to the supervisor (also used for the journal's replay).
-    pub fn deliver(&self, queued: Vec<Queued>) {
-        if !queued.is_empty() {
+    /// Tells each lane's publisher that messages wait for it in the journal; a lane
+    /// without a publisher gets one from the supervisor.
+    pub fn wake(&self, lanes: Vec<Subject>) {
+        let mut unserved = Vec::new();
+        {
+            let publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+            for lane in lanes {
+                match publishers.get(&lane) {
+                    // Full means a wake-up is already waiting: one is enough.
+                    Some(wake) => drop(wake.try_send(())),
+                    None => unserved.push(lane),
+                }
+            }
+        }
+        if !unserved.is_empty() {
             // Fails only when the supervisor is gone, i.e. at shutdown: the messages stay in
             // the journal and go on the next start.
-            let _ = self.supervisor.send(Event::Deliver(queued));
+            let _ = self.supervisor.send(Event::Publish(unserved));
         }
     }
 
-    /// Messages are finished (ACKed, published, or given up and kept in failed-messages.txt).
-    pub fn finish(&self, seqs: &[u64]) {
+    /// The supervisor started `lane`'s publisher, which waits on `wake`'s other end.
+    pub fn serve_lane(&self, lane: Subject, wake: Sender<()>) {
+        self.publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lane, wake);
+    }
+
+    /// Messages of `lane` are finished (ACKed, published, or given up and kept in
+    /// failed-messages.txt).
+    pub fn finish(&self, lane: &Subject, seqs: &[u64]) {
         let mut journal = self.journal();
-        if let Err(e) = journal.mark_all_done(seqs) {
-            log::error!("journal: cannot record messages {seqs:?} as finished: {e}");
+        if let Err(e) = journal.finish(lane, seqs) {
+            log::error!("journal: cannot record messages {seqs:?} of {lane} as finished: {e}");
         }
         self.metrics.journal(&mut journal);
     }

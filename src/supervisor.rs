@@ -1,7 +1,8 @@
 //! The supervisor: one thread that owns the process table.
 //!
-//! It spawns a publisher for each destination subject the first time a message for it
-//! arrives, and feeds it that subject's messages in journal order. It restarts any process
+//! It spawns a publisher for each destination subject (lane) the first time a message for
+//! it is journaled; from then on the publisher takes its lane's messages from the journal
+//! itself, woken by [`Node::accept`](crate::node::Node::accept). It restarts any process
 //! that fails or panics, after a growing pause, and reports the failure to the central
 //! error logger. A failure on one subject never touches another subject's queue. On
 //! shutdown it stops every process, gives in-flight work a grace period, and makes the
@@ -9,7 +10,6 @@
 //!
 //! It talks to the rest of the node only through [`Event`]s on one channel.
 
-use crate::journal::Queued;
 use crate::methods::Method;
 use crate::node::Node;
 use crate::process::{self, publisher, subscriber, Process, State};
@@ -22,8 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub enum Event {
-    /// Journaled messages to send, oldest first.
-    Deliver(Vec<Queued>),
+    /// Messages wait in the journal for these lanes, which have no publisher yet.
+    Publish(Vec<Subject>),
     /// A process's thread ended (with the error, if it failed).
     Exited {
         name: String,
@@ -49,9 +49,8 @@ struct ProcessEntry {
     started: Instant,
     thread: Option<JoinHandle<()>>,
     restart_at: Option<Instant>,
-    /// A publisher's queue, kept here so it survives the publisher's restarts.
-    /// (Journal sequence numbers: the messages stay on disk until their turn.)
-    queue: Option<(Sender<u64>, Receiver<u64>)>,
+    /// A publisher's lane, and its wake-up.
+    lane: Option<(Subject, Sender<()>)>,
 }
 
 pub struct Supervisor {
@@ -122,7 +121,7 @@ impl Supervisor {
         }
     }
 
-    fn add<F>(&mut self, name: String, queue: Option<(Sender<u64>, Receiver<u64>)>, make: F)
+    fn add<F>(&mut self, name: String, lane: Option<(Subject, Sender<()>)>, make: F)
     where
         F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
     {
@@ -137,7 +136,7 @@ impl Supervisor {
             started: Instant::now(),
             thread: None,
             restart_at: None,
-            queue,
+            lane,
         };
         self.table.insert(name.clone(), entry);
         self.launch(&name);
@@ -169,34 +168,25 @@ impl Supervisor {
         }
     }
 
-    /// Hands a message to its subject's publisher, spawning the publisher if need be.
-    fn dispatch(&mut self, queued: Queued) {
-        let Queued { subject, seqs } = queued;
-        let name = format!("publisher {subject}");
-        if !self.table.contains_key(&name) {
-            self.spawn_publisher(&name, subject);
+    /// Starts a publisher for a lane with messages waiting, unless it has one.
+    fn publish(&mut self, lane: Subject) {
+        let name = format!("publisher {lane}");
+        if let Some((_, wake)) = self.table.get(&name).and_then(|e| e.lane.as_ref()) {
+            let _ = wake.try_send(());
+            return;
         }
-        let queue = &self.table[&name].queue;
-        let (tx, _) = queue
-            .as_ref()
-            .expect("publisher entries always have a queue");
-        for seq in seqs {
-            tx.send(seq)
-                .expect("the supervisor holds a receiver of every publisher queue");
-        }
-    }
-
-    fn spawn_publisher(&mut self, name: &str, subject: Subject) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        // A wake-up waits at most one deep: a publisher looks at the journal after each.
+        let (wake_tx, wake) = crossbeam_channel::bounded(1);
+        self.node.serve_lane(lane.clone(), wake_tx.clone());
         let in_flight = publisher::InFlight::default();
         let node = self.node.clone();
-        let queue = rx.clone();
         log::debug!("spawning {name}");
-        self.add(name.to_string(), Some((tx, rx)), move |state| {
+        let subject = lane.clone();
+        self.add(name, Some((lane, wake_tx)), move |state| {
             Box::new(publisher::Publisher {
                 subject: subject.clone(),
                 node: node.clone(),
-                queue: queue.clone(),
+                wake: wake.clone(),
                 in_flight: in_flight.clone(),
                 state,
             })
@@ -254,11 +244,12 @@ impl Supervisor {
             self.node.config.node,
             self.node.handlers.in_use(),
             "process",
-            "queued",
+            "pending",
             "restarts"
         );
+        let journal = self.node.journal();
         for (name, e) in &self.table {
-            let queued = e.queue.as_ref().map(|(_, rx)| rx.len()).unwrap_or(0);
+            let queued = e.lane.as_ref().map_or(0, |(l, _)| journal.lane_pending(l));
             let _ = writeln!(
                 s,
                 "{name:<50} {queued:>7} {:>8}  {}",
@@ -275,7 +266,7 @@ impl Supervisor {
         loop {
             crossbeam_channel::select! {
                 recv(self.events) -> event => match event {
-                    Ok(Event::Deliver(entries)) => entries.into_iter().for_each(|e| self.dispatch(e)),
+                    Ok(Event::Publish(lanes)) => lanes.into_iter().for_each(|l| self.publish(l)),
                     Ok(Event::Exited { name, generation, error }) => self.exited(name, generation, error),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Shutdown) | Err(_) => break,

@@ -175,7 +175,7 @@ fn status_prints_the_process_table() {
         "inbox",
         "subscriber CLICommand",
         "control socket",
-        "queued",
+        "pending",
     ] {
         assert!(table.contains(row), "{row} missing:\n{table}");
     }

@@ -1,5 +1,7 @@
-//! The publisher: one process per destination subject (`ship1.CommandACK.CLICommand`),
-//! spawned on demand by the supervisor, delivering its messages one at a time, in order.
+//! The publisher: one process per destination subject, or lane
+//! (`ship1.CommandACK.CLICommand`), spawned on demand by the supervisor. It takes its lane's
+//! messages from the journal when it is ready for them (woken when new ones are journaled)
+//! and delivers them one at a time, in order.
 //!
 //! ACK kinds are sent with a reply subject unique to the message (`<inbox>.<seq>`; one
 //! wildcard subscription per publisher), so no other message's reply can satisfy it, and
@@ -17,7 +19,7 @@
 //! always go one at a time: each has its own deadline and its output.
 //!
 //! The messages being delivered sit in a slot the supervisor keeps across restarts, so a
-//! publisher that fails mid-delivery resumes with the same messages, ahead of its queue.
+//! publisher that fails mid-delivery resumes with the same messages, ahead of the rest.
 
 use super::{sleep_or_stop, Process, State};
 use crate::broker;
@@ -39,7 +41,8 @@ pub type InFlight = Arc<Mutex<Vec<Entry>>>;
 pub struct Publisher {
     pub subject: Subject,
     pub node: Arc<Node>,
-    pub queue: Receiver<u64>,
+    /// Rings when messages for this lane have been journaled.
+    pub wake: Receiver<()>,
     pub in_flight: InFlight,
     pub state: Arc<State>,
 }
@@ -130,36 +133,20 @@ impl Process for Publisher {
             .map_err(|e| format!("cannot subscribe to replies: {e}"))?;
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
+        let kind = self.subject.kind;
+        let batchable = kind.wants_ack() && !kind.is_command();
         loop {
-            let mut slot = self.slot().clone();
+            let want = if batching && batchable { MAX_BATCH } else { 1 };
+            let slot = self.take(want)?;
             if slot.is_empty() {
                 self.state.set("idle");
-                let seq = select! {
-                    recv(self.queue) -> seq => match seq {
-                        Ok(seq) => seq,
-                        Err(_) => return Ok(()),
-                    },
+                select! {
+                    recv(self.wake) -> woken => if woken.is_err() { return Ok(()) },
                     recv(stop) -> _ => return Ok(()),
-                };
-                match self.read(seq)? {
-                    Some(entry) => slot.push(entry),
-                    None => continue, // already finished
                 }
+                continue;
             }
-            let kind = slot[0].envelope.message.kind;
-            let batchable = batching && kind.wants_ack() && !kind.is_command();
-            if batchable {
-                while slot.len() < MAX_BATCH {
-                    let Ok(seq) = self.queue.try_recv() else {
-                        break;
-                    };
-                    if let Some(entry) = self.read(seq)? {
-                        slot.push(entry);
-                    }
-                }
-            }
-            *self.slot() = slot.clone();
-            let (fits, payload) = if batchable && slot.len() > 1 {
+            let (fits, payload) = if batching && batchable && slot.len() > 1 {
                 batch_of(&slot, conn.max_payload())
             } else {
                 (1, Vec::new())
@@ -265,11 +252,33 @@ impl Publisher {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self, seq: u64) -> Result<Option<Entry>, String> {
-        self.node
-            .journal()
-            .read(seq)
-            .map_err(|e| format!("cannot read message {seq} from the journal: {e}"))
+    /// The slot topped up from the journal to `want` messages (if that many wait), and
+    /// reports any the journal could not read back.
+    fn take(&self, want: usize) -> Result<Vec<Entry>, String> {
+        let mut slot = self.slot();
+        let (more, unreadable) = if slot.len() < want {
+            let mut journal = self.node.journal();
+            let more = journal
+                .take(&self.subject, want - slot.len())
+                .map_err(|e| {
+                    format!(
+                        "cannot read {}'s messages from the journal: {e}",
+                        self.subject
+                    )
+                })?;
+            (more, journal.take_unreadable())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // Into the slot at once: taken messages are in flight until finished.
+        slot.extend(more);
+        let taken = slot.clone();
+        drop(slot);
+        for why in unreadable {
+            self.node
+                .report_error(format!("{}: {why}", self.node.config.node));
+        }
+        Ok(taken)
     }
 
     /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
@@ -622,7 +631,7 @@ impl Publisher {
             log::error!("cannot write the message log: {e}");
         }
         let seqs: Vec<u64> = ends.iter().map(|(entry, _, _)| entry.seq).collect();
-        node.finish(&seqs);
+        node.finish(&self.subject, &seqs);
         for (entry, outcome, (reply, why)) in ends {
             node.progress(
                 &entry.envelope.id,
