@@ -34,12 +34,11 @@ const WATCHED_WAIT: Duration = Duration::from_millis(250);
 /// Where file leases are not available: how long a taken file must be unchanged before we
 /// take it that no writer holds it any more.
 const QUIET: Duration = Duration::from_secs(2);
-/// Most bytes read from a taken file per batch; bounds memory for a huge append.
+/// Bytes read from a taken file per batch (more if one array is larger); bounds memory for
+/// a huge append. Each batch is journaled on its own.
 const MAX_BATCH: usize = 1 << 20;
-/// A safety valve, not a working limit: past this many unfinished messages (about 60 bytes
-/// of memory each) the inbox stops reading, and further input waits on disk in its taken
-/// file until messages finish.
-const MAX_PENDING: usize = 1_000_000;
+/// Batches taken from one file before the inbox looks at the others (and at `stop`).
+const BATCHES_PER_TURN: usize = 16;
 
 pub struct Inbox {
     pub node: Arc<Node>,
@@ -55,6 +54,8 @@ struct Taken {
     line: usize,
     size_seen: u64,
     changed: Instant,
+    /// More complete input may be waiting than the last turn took.
+    more: bool,
 }
 
 impl Process for Inbox {
@@ -84,6 +85,7 @@ impl Process for Inbox {
                     line: 1,
                     size_seen: 0,
                     changed: Instant::now(),
+                    more: false,
                 });
             }
             let mut i = 0;
@@ -96,6 +98,8 @@ impl Process for Inbox {
                 }
             }
             let stopping = match &watch {
+                // A big file is read on at once, not at the pace of the watch.
+                _ if taken.iter().any(|t| t.more) => stopping(stop),
                 Some(w) => {
                     w.wait(WATCHED_WAIT);
                     stopping(stop)
@@ -170,6 +174,7 @@ impl Inbox {
                     line: 1,
                     size_seen: 0,
                     changed: Instant::now(),
+                    more: false,
                 }
             })
             .collect())
@@ -190,15 +195,10 @@ impl Inbox {
             t.size_seen = size;
             t.changed = Instant::now();
         }
-        if self.node.journal().pending_count() >= MAX_PENDING {
-            self.state
-                .set(format!("paused: {MAX_PENDING} messages unfinished"));
-            return Ok(false);
-        }
         if size > t.offset {
             self.take(&mut file, t, false)?;
-            if size > t.offset + MAX_BATCH as u64 {
-                return Ok(false); // more to read next round
+            if t.more {
+                return Ok(false); // more to read on the next turn
             }
         }
         // Nothing complete left to read. Is anyone still writing to it?
@@ -211,41 +211,71 @@ impl Inbox {
         }
         // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
         self.take(&mut file, t, true)?;
+        if t.more {
+            return Ok(false);
+        }
         fs::remove_file(&t.path).map_err(|e| format!("cannot remove {}: {e}", t.path.display()))?;
         Ok(true)
     }
 
-    /// Takes the complete arrays after `t.offset`; with `at_end`, rejects an incomplete tail.
+    /// Takes the complete arrays after `t.offset`, a batch of about [`MAX_BATCH`] bytes at a
+    /// time (each journaled with the offset it reached), for up to [`BATCHES_PER_TURN`]
+    /// batches; sets `t.more` if it stopped short of the end. With `at_end`, rejects an
+    /// incomplete tail at the end of the file.
     fn take(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), String> {
         let err = |e: std::io::Error| format!("cannot read {}: {e}", t.path.display());
-        file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
-        let mut bytes = Vec::new();
-        file.by_ref()
-            .take(MAX_BATCH as u64)
-            .read_to_end(&mut bytes)
-            .map_err(err)?;
-        if bytes.is_empty() {
-            return Ok(());
+        let mut limit = MAX_BATCH;
+        let mut batches = 0;
+        t.more = false;
+        loop {
+            file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
+            let mut bytes = Vec::new();
+            file.by_ref()
+                .take(limit as u64)
+                .read_to_end(&mut bytes)
+                .map_err(err)?;
+            // Stopped by the limit, not by the end of the file: what is cut is not a tail.
+            let cut_short = bytes.len() == limit;
+            let parsed = parse_input(
+                &bytes,
+                t.line,
+                at_end && !cut_short,
+                &crate::methods::is_known,
+            );
+            if parsed.consumed == 0 {
+                if cut_short {
+                    limit *= 2; // one array larger than a batch: read it whole
+                    continue;
+                }
+                return Ok(());
+            }
+            self.reject(&parsed.rejected)?;
+            let offset = t.offset + parsed.consumed as u64;
+            let count = parsed.messages.len();
+            self.node
+                .accept(parsed.messages, Some((&t.name, offset)))
+                .map_err(|e| format!("cannot journal messages from {}: {e}", t.path.display()))?;
+            if count > 0 {
+                log::info!("took {count} message(s) from inmsg.txt");
+            }
+            t.line += bytes[..parsed.consumed]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            t.offset = offset;
+            if !cut_short {
+                if batches > 0 {
+                    give_back_memory();
+                }
+                return Ok(());
+            }
+            batches += 1;
+            if batches == BATCHES_PER_TURN {
+                t.more = true;
+                return Ok(());
+            }
+            limit = MAX_BATCH;
         }
-        let parsed = parse_input(&bytes, t.line, at_end, &crate::methods::is_known);
-        if parsed.consumed == 0 {
-            return Ok(());
-        }
-        self.reject(&parsed.rejected)?;
-        let offset = t.offset + parsed.consumed as u64;
-        let count = parsed.messages.len();
-        self.node
-            .accept(parsed.messages, Some((&t.name, offset)))
-            .map_err(|e| format!("cannot journal messages from {}: {e}", t.path.display()))?;
-        if count > 0 {
-            log::info!("took {count} message(s) from inmsg.txt");
-        }
-        t.line += bytes[..parsed.consumed]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        t.offset = offset;
-        Ok(())
     }
 
     /// Keeps rejected input verbatim in inmsg.rejected.txt, each piece after a line saying
@@ -276,6 +306,17 @@ impl Inbox {
             ));
         }
         Ok(())
+    }
+}
+
+/// After a big append has been taken, hands the memory its batches used back to the system:
+/// glibc keeps freed memory for reuse, so a node would otherwise stay as big as its biggest
+/// burst. (A backlog itself costs no memory: it is on disk, see [`crate::journal`].)
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
