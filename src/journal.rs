@@ -994,7 +994,7 @@ fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
         return Ok(());
     };
     let mut records = Records::new(file, from, end);
-    while let Some(r) = records.next() {
+    for r in records.by_ref() {
         let (offset, len, record) = match r {
             Ok(r) => r,
             Err(e) => {
