@@ -19,6 +19,7 @@ use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ pub struct Node {
     /// Each running publisher's wake-up, by lane (destination subject): new messages reach
     /// it without a detour through the supervisor.
     publishers: Mutex<HashMap<Subject, Sender<()>>>,
-    pub handlers: Permits,
+    pub handlers: Handlers,
     /// Wakes publishers waiting on a node when it says Hello.
     pub presence: Presence,
     /// Who is waiting to hear how a message ends (`steward send`), by message id.
@@ -87,7 +88,7 @@ impl Node {
     ) -> Node {
         Node {
             data: DataFolder::new(config.data_folder.clone()),
-            handlers: Permits::new(config.max_handlers),
+            handlers: Handlers::new(config.max_handlers),
             presence: Presence::default(),
             watchers: Mutex::new(HashMap::new()),
             refusals: Mutex::new(Refusals {
@@ -277,16 +278,32 @@ impl Node {
     }
 }
 
-/// A counting semaphore bounding how many received messages are handled at once, so a flood
-/// cannot fork-bomb the node. A permit is a token taken from a channel and put back on drop.
-pub struct Permits {
+/// The threads that run received messages: at most `capacity` at once, so a flood cannot
+/// fork-bomb the node. A thread that finishes waits a while for the next message rather
+/// than exit, so a command does not wait for a thread to be made (a thread start is tens of
+/// microseconds here, more on a Pi); one idle for [`HANDLER_IDLE`] exits, so an idle node
+/// holds none.
+pub struct Handlers {
+    /// Permits, as tokens in a channel: taken before a job, given back when it ends.
     give: Sender<()>,
     take: Receiver<()>,
     capacity: usize,
+    jobs: Sender<Job>,
+    waiting: Receiver<Job>,
+    /// Threads waiting for a job that no dispatch has claimed yet.
+    idle: Arc<AtomicUsize>,
+    /// How long a thread waits for another job before it exits.
+    linger: Duration,
 }
 
-/// One handler's permit; moves into the handler's thread and is given back on drop.
-pub struct Permit(Sender<()>);
+/// A job, and the permit it holds until it ends.
+type Job = (Box<dyn FnOnce() + Send>, Permit);
+
+/// How long a handler thread waits for another message before it exits.
+pub const HANDLER_IDLE: Duration = Duration::from_secs(60);
+
+/// A permit; given back on drop, when the job ends (or unwinds).
+struct Permit(Sender<()>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -294,25 +311,61 @@ impl Drop for Permit {
     }
 }
 
-impl Permits {
-    pub fn new(capacity: usize) -> Permits {
+impl Handlers {
+    pub fn new(capacity: usize) -> Handlers {
+        Handlers::lingering(capacity, HANDLER_IDLE)
+    }
+
+    fn lingering(capacity: usize, linger: Duration) -> Handlers {
         let (give, take) = crossbeam_channel::bounded(capacity);
         for _ in 0..capacity {
             give.send(())
                 .expect("the channel was made with room for every permit");
         }
-        Permits {
+        let (jobs, waiting) = crossbeam_channel::unbounded();
+        Handlers {
             give,
             take,
             capacity,
+            jobs,
+            waiting,
+            idle: Arc::new(AtomicUsize::new(0)),
+            linger,
         }
     }
 
-    /// Waits for a permit, or returns `None` when `stop` fires.
-    pub fn acquire(&self, stop: &Receiver<()>) -> Option<Permit> {
-        crossbeam_channel::select! {
-            recv(self.take) -> _ => Some(Permit(self.give.clone())),
-            recv(stop) -> _ => None,
+    /// Runs `job` on a handler thread once one of the `capacity` places is free; returns
+    /// false (without running it) if `stop` fires first or no thread can be had.
+    pub fn run(
+        &self,
+        stop: &Receiver<()>,
+        name: &str,
+        job: impl FnOnce() + Send + 'static,
+    ) -> bool {
+        let permit = crossbeam_channel::select! {
+            recv(self.take) -> _ => Permit(self.give.clone()),
+            recv(stop) -> _ => return false,
+        };
+        let job: Job = (Box::new(job), permit);
+        // Claim a waiting thread, or start one.
+        if self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return self.jobs.send(job).is_ok();
+        }
+        let (idle, waiting, linger) = (self.idle.clone(), self.waiting.clone(), self.linger);
+        let spawned = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .stack_size(256 * 1024)
+            .spawn(move || handler_thread(job, &idle, &waiting, linger));
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                log::error!("cannot start a handler thread: {e}");
+                false
+            }
         }
     }
 
@@ -329,6 +382,34 @@ impl Permits {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
+    }
+}
+
+/// A handler thread: its first job, then whatever it is given, until it has waited
+/// `linger` for nothing.
+fn handler_thread(first: Job, idle: &AtomicUsize, waiting: &Receiver<Job>, linger: Duration) {
+    let mut next = Some(first);
+    while let Some((job, permit)) = next.take() {
+        job();
+        // Counted idle before the permit goes back, so the dispatch the permit lets in
+        // finds this thread waiting.
+        idle.fetch_add(1, Ordering::AcqRel);
+        drop(permit);
+        while next.is_none() {
+            match waiting.recv_timeout(linger) {
+                Ok(job) => next = Some(job),
+                // Leave only if no dispatch has counted on this thread meanwhile; if one
+                // has, its job is on the way.
+                Err(_) => {
+                    let unclaimed = idle
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_ok();
+                    if unclaimed {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -357,5 +438,62 @@ impl Presence {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread::ThreadId;
+
+    /// Runs a job that reports its thread and waits for `go`.
+    fn job(h: &Handlers, stop: &Receiver<()>, go: &Receiver<()>) -> Receiver<ThreadId> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let go = go.clone();
+        assert!(h.run(stop, "test", move || {
+            tx.send(std::thread::current().id()).unwrap();
+            let _ = go.recv();
+        }));
+        rx
+    }
+
+    #[test]
+    fn handler_threads_are_bounded_reused_and_let_go() {
+        let h = Handlers::lingering(2, Duration::from_millis(200));
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let (go_tx, go) = crossbeam_channel::unbounded();
+        // Two at once; a third waits for a place.
+        let (a, b) = (job(&h, &stop, &go), job(&h, &stop, &go));
+        let (a, b) = (a.recv().unwrap(), b.recv().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(h.in_use(), 2);
+        let h = Arc::new(h);
+        let (h2, stop2, go2) = (h.clone(), stop.clone(), go.clone());
+        let third = std::thread::spawn(move || job(&h2, &stop2, &go2).recv().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !third.is_finished(),
+            "a third job ran past the limit of two"
+        );
+        go_tx.send(()).unwrap();
+        let c = third.join().unwrap();
+        assert!(c == a || c == b, "the freed thread took the third job");
+        for _ in 0..2 {
+            go_tx.send(()).unwrap();
+        }
+        assert!(h.wait_idle(Instant::now() + Duration::from_secs(5)));
+        // One after another, the same threads serve.
+        for _ in 0..5 {
+            let t = job(&h, &stop, &go).recv().unwrap();
+            assert!(t == a || t == b);
+            go_tx.send(()).unwrap();
+            assert!(h.wait_idle(Instant::now() + Duration::from_secs(5)));
+        }
+        // Idle past their time, they are gone.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(h.idle.load(Ordering::Acquire), 0);
+        let t = job(&h, &stop, &go).recv().unwrap();
+        assert!(t != a && t != b, "a new thread after the idle ones left");
+        go_tx.send(()).unwrap();
     }
 }

@@ -229,7 +229,9 @@ impl Inbox {
         t.more = false;
         loop {
             file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
-            let mut bytes = Vec::new();
+            let size = file.metadata().map_err(err)?.len();
+            let mut bytes =
+                Vec::with_capacity(size.saturating_sub(t.offset).min(limit as u64) as usize + 1);
             file.by_ref()
                 .take(limit as u64)
                 .read_to_end(&mut bytes)

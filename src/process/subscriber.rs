@@ -1,6 +1,7 @@
 //! The subscriber: one process per method, subscribed to `<thisnode>.*.<method>`. Each
-//! received message is handled on a thread of its own, at most `--maxConcurrentHandlers` at
-//! once across all methods (past that, the subscriber waits, and NATS holds the messages).
+//! received message is handled on a handler thread of its own (see
+//! [`Handlers`](crate::node::Handlers)), at most `--maxConcurrentHandlers` at once across
+//! all methods (past that, the subscriber waits, and NATS holds the messages).
 //!
 //! Before a method runs, the message must pass the receiver's checks ([`check`]): it
 //! decodes, its subject agrees with its content, its sender may call it (commands only from
@@ -52,25 +53,19 @@ impl Process for Subscriber {
             select! {
                 recv(sub.receiver()) -> msg => {
                     let msg = msg.map_err(|_| format!("subscription to {filter} closed"))?;
-                    let Some(permit) = self.node.handlers.acquire(stop) else {
-                        return Ok(());
-                    };
                     let (method, node, conn) = (self.method.clone(), self.node.clone(), conn.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("handle {}", method.name()).chars().take(15).collect())
-                        .stack_size(256 * 1024)
-                        .spawn(move || {
-                            if message::is_batch(&msg.data) {
-                                handle_batch(&*method, &node, &conn, msg);
-                            } else {
-                                handle(&*method, &node, &conn, msg);
-                            }
-                            drop(permit);
-                        });
-                    if let Err(e) = spawned {
-                        // The message is not lost: without an ACK the sender tries again.
-                        log::error!("cannot start a handler thread: {e}");
+                    let name = format!("handle {}", method.name());
+                    let started = self.node.handlers.run(stop, &name, move || {
+                        if message::is_batch(&msg.data) {
+                            handle_batch(&*method, &node, &conn, msg);
+                        } else {
+                            handle(&*method, &node, &conn, msg);
+                        }
+                    });
+                    if !started && crate::process::stopping(stop) {
+                        return Ok(());
                     }
+                    // Otherwise not lost either: without an ACK the sender tries again.
                 },
                 recv(tick) -> _ => {
                     self.method.tick(&self.node);
