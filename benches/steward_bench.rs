@@ -210,6 +210,9 @@ fn main() {
             .collect(),
     );
     let journal_bytes = central.metric("steward_journal_written_bytes_total") / n_events as f64;
+    // The receiver remembers the ids it handled (the last 10,000, and all within twice the
+    // replay window): that memory follows the recent rate of messages, not a backlog.
+    let receiver_rss = ship1.status("VmRSS:") as f64 / 1024.0;
     rows.push(Row {
         what: format!("durable events/s ({n_events} EventACK)"),
         steward: format!("{rate:.0}"),
@@ -401,6 +404,13 @@ fn main() {
             central.status("VmRSS:") as f64 / 1024.0,
             central.status("Threads:")
         ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    rows.push(Row {
+        what: format!("receiver after {n_events} events: RSS (MB)"),
+        steward: format!("{receiver_rss:.1}"),
         bare: String::new(),
         ratio: String::new(),
         target: String::new(),

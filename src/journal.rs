@@ -440,13 +440,14 @@ impl RecordFile {
 
     fn reserve(&mut self, needed: u64) {
         let to = needed + PREALLOCATE;
-        // SAFETY: fallocate on a file descriptor we own, over a range we name.
+        // SAFETY: fallocate on a file descriptor we own, over a range we name. (The 64-bit
+        // call: on armv7, off_t is 32 bits.)
         let rc = unsafe {
-            libc::fallocate(
+            libc::fallocate64(
                 self.file.as_raw_fd(),
                 0,
-                self.allocated as libc::off_t,
-                (to - self.allocated) as libc::off_t,
+                self.allocated as libc::off64_t,
+                (to - self.allocated) as libc::off64_t,
             )
         };
         // Not possible here (the filesystem, or no space to reserve): the write grows

@@ -9,12 +9,15 @@
 //! # The flow, one way
 //!
 //! ```text
-//! inmsg.txt ─▶ inbox ─▶ journal ─▶ supervisor ─▶ publisher (one per subject) ─▶ NATS
-//!                          ▲                                                      │
-//!                          └──── finished ◀── reply stored ◀── ACK ◀── subscriber ◀┘
-//!                                                              (one per method; the
-//!                                                               method runs, then ACKs)
+//! inmsg.txt ─▶ inbox ─▶ journal ─▶ publisher (one per subject, or lane) ─▶ NATS
+//!                          ▲                                                  │
+//!                          └─ finished ◀─ reply stored ◀─ ACK ◀── subscriber ◀┘
+//!                                                          (one per method; the
+//!                                                           method runs, then ACKs)
 //! ```
+//!
+//! The supervisor starts each lane's publisher the first time the lane has a message, and
+//! restarts any process that fails; messages themselves never pass through it.
 //!
 //! # Modules
 //!
