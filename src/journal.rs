@@ -373,9 +373,13 @@ impl Iterator for Records<'_> {
 
 /// A file of records, appended at its end and preallocated ahead of it (zeros, which
 /// readers take as the end), so that making an append durable does not also have to commit
-/// a new file size: here an fdatasync after a small append takes 75 µs instead of 120, and
+/// a new file size: here an fdatasync after a small append takes 82 µs instead of 113, and
 /// two are on the path of every command. Where the filesystem cannot preallocate, the file
 /// simply grows with each append.
+///
+/// The reserved space lasts while the file is open: on opening, the file is cut back to
+/// its last record, so whatever a torn write left past it (a body whose header never made
+/// it to disk) cannot sit behind the next records.
 pub struct RecordFile {
     file: File,
     end: u64,
@@ -413,10 +417,10 @@ impl RecordFile {
         Ok(f)
     }
 
-    /// The records end at `end`. With `cut`, what follows is a torn or corrupt record, not
-    /// reserved space: it is cut off the file, durably.
-    pub fn found_end(&mut self, end: u64, cut: bool) -> io::Result<()> {
-        if cut {
+    /// The records end at `end`: whatever follows (reserved space, or a torn or corrupt
+    /// record) is cut off the file, durably.
+    pub fn found_end(&mut self, end: u64) -> io::Result<()> {
+        if self.allocated > end {
             self.file.set_len(end)?;
             self.file.sync_all()?;
             self.allocated = end;
@@ -477,25 +481,19 @@ pub fn open_records(path: &Path) -> io::Result<(RecordFile, Decoded, Option<Stri
     let mut bytes = Vec::new();
     (&file.file).read_to_end(&mut bytes)?;
     let decoded = decode(&bytes);
-    let cut = decoded.corruption.as_ref().map(|why| {
-        cut_message(
-            path,
-            why,
-            decoded.records.len(),
-            decoded.valid_len,
-            bytes.len() as u64,
-        )
-    });
-    file.found_end(decoded.valid_len, cut.is_some())?;
+    let cut = decoded
+        .corruption
+        .as_ref()
+        .map(|why| cut_message(path, why, decoded.records.len(), decoded.valid_len));
+    file.found_end(decoded.valid_len)?;
     Ok((file, decoded, cut))
 }
 
 /// What cutting a file back to its last complete record cut.
-fn cut_message(path: &Path, why: &str, kept: usize, valid_len: u64, len: u64) -> String {
+fn cut_message(path: &Path, why: &str, kept: usize, valid_len: u64) -> String {
     format!(
-        "{}: {why}; kept {kept} complete records ({valid_len} bytes), cut {} bytes",
+        "{}: {why}; kept {kept} complete records ({valid_len} bytes), cut the rest",
         path.display(),
-        len - valid_len
     )
 }
 
@@ -541,14 +539,24 @@ struct Lane {
     handed: VecDeque<(u64, u32, bool)>,
     /// The last message handed out.
     handed_through: u64,
-    /// Where the next waiting messages are, oldest first, at most [`WINDOW`] of them...
+    /// Where the messages not yet handed out are.
+    waiting: Waiting,
+}
+
+/// Each lane's waiting messages and live bytes, by their places in a compacted file.
+type Relocated = HashMap<String, (Waiting, u64)>;
+
+/// Where a lane's waiting messages are: the next ones in memory, the rest on disk.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// The next waiting messages, oldest first, at most [`WINDOW`] of them...
     window: VecDeque<(u64, Span)>,
     /// ... and where in the file the waiting messages past the window begin, if there are
     /// any.
     spill: Option<u64>,
 }
 
-impl Lane {
+impl Waiting {
     /// Notes a waiting message at `span`: in the window if it has room and nothing is
     /// spilled before it, otherwise it is found on disk later.
     fn wait(&mut self, seq: u64, span: Span) {
@@ -635,14 +643,14 @@ impl Journal {
         let mut size = records.reached();
         let corruption = records.corruption.take();
         if let Some(why) = &corruption {
-            recovery.cut = Some(cut_message(&path, why, kept, size, len));
+            recovery.cut = Some(cut_message(&path, why, kept, size));
         }
-        file.found_end(size, corruption.is_some())?;
+        file.found_end(size)?;
         // A batch whose commit record never made it to disk was never taken: its messages
         // are still in their inbox file, which is read again from the last committed offset.
         // Cut them off the file too, or a later commit record would commit them.
         if let Some((first, count)) = uncommitted {
-            file.found_end(first, true)?;
+            file.found_end(first)?;
             size = first;
             let dropped = format!(
                 "dropped {count} message(s) of a batch cut before its commit; they are taken again from their inbox file"
@@ -721,7 +729,7 @@ impl Journal {
         self.pending += 1;
         self.live_bytes += span.len as u64;
         if seq > l.handed_through {
-            l.wait(seq, span);
+            l.waiting.wait(seq, span);
         }
     }
 
@@ -799,18 +807,18 @@ impl Journal {
         let Some(l) = self.lanes.get_mut(&key) else {
             return Ok(Vec::new());
         };
-        if l.window.len() < max && l.spill.is_some() {
+        if l.waiting.window.len() < max && l.waiting.spill.is_some() {
             refill(self.file.file(), self.size, &key, l)?;
         }
         let mut entries = Vec::new();
         let mut skipped = false;
         while entries.len() < max {
-            let Some(&(seq, span)) = l.window.front() else {
+            let Some(&(seq, span)) = l.waiting.window.front() else {
                 break;
             };
             let mut bytes = vec![0; span.len as usize];
             self.file.file().read_exact_at(&mut bytes, span.offset)?;
-            l.window.pop_front();
+            l.waiting.window.pop_front();
             l.handed_through = seq;
             let read = match decode_one(&bytes) {
                 Step::Record(_, Record::Accepted { envelope, .. }) => Envelope::decode(&envelope)
@@ -832,8 +840,8 @@ impl Journal {
                 }
             }
         }
-        if l.window.is_empty() && l.window.capacity() > 64 {
-            l.window.shrink_to_fit();
+        if l.waiting.window.is_empty() && l.waiting.window.capacity() > 64 {
+            l.waiting.window.shrink_to_fit();
         }
         if skipped {
             self.settle(&key)?;
@@ -975,9 +983,8 @@ impl Journal {
     fn compact_with(&mut self, legacy_done: &HashSet<u64>) -> io::Result<()> {
         let path = Journal::path(&self.dir);
         let tmp = path.with_extension("compacting");
-        let result = self.copy_live(&tmp, legacy_done);
-        let written = match result {
-            Ok(written) => written,
+        let (written, mut rebuilt) = match self.copy_live(&tmp, legacy_done) {
+            Ok(copied) => copied,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
@@ -986,6 +993,12 @@ impl Journal {
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()?;
         self.file = RecordFile::rewritten(&path, written)?;
+        // Only now, with the new file in place, do the new places count.
+        self.live_bytes = 0;
+        for (name, l) in self.lanes.iter_mut() {
+            (l.waiting, l.live_bytes) = rebuilt.remove(name).unwrap_or_default();
+            self.live_bytes += l.live_bytes;
+        }
         self.size = written;
         self.bytes_written += written;
         self.unsynced = false;
@@ -997,9 +1010,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes the live records to `tmp` (synced), re-indexing every lane's waiting messages
-    /// by their new places; returns its size.
-    fn copy_live(&mut self, tmp: &Path, legacy_done: &HashSet<u64>) -> io::Result<u64> {
+    /// Writes the live records to `tmp` (synced); returns its size, and each lane's waiting
+    /// messages and live bytes by their places in it.
+    fn copy_live(&self, tmp: &Path, legacy_done: &HashSet<u64>) -> io::Result<(u64, Relocated)> {
         let mut out = io::BufWriter::with_capacity(CHUNK, File::create(tmp)?);
         let mut buf = Vec::new();
         for (file, offset) in &self.inbox_offsets {
@@ -1013,12 +1026,7 @@ impl Journal {
         }
         out.write_all(&buf)?;
         let mut written = buf.len() as u64;
-        for l in self.lanes.values_mut() {
-            l.window.clear();
-            l.spill = None;
-            l.live_bytes = 0;
-        }
-        self.live_bytes = 0;
+        let mut rebuilt = Relocated::new();
         let reader = self.file.file().try_clone()?;
         let mut records = Records::new(&reader, 0, self.size);
         for r in records.by_ref() {
@@ -1036,12 +1044,14 @@ impl Journal {
                 }
                 _ => continue,
             };
-            let Some(l) = self.lanes.get_mut(&lane) else {
+            let Some(l) = self.lanes.get(&lane) else {
                 continue;
             };
             if seq <= l.done_through {
                 continue;
             }
+            let handed_through = l.handed_through;
+            let (waiting, live) = rebuilt.entry(lane.clone()).or_default();
             buf.clear();
             encode(
                 &Record::Accepted {
@@ -1057,10 +1067,9 @@ impl Journal {
             };
             out.write_all(&buf)?;
             written += buf.len() as u64;
-            l.live_bytes += span.len as u64;
-            self.live_bytes += span.len as u64;
-            if seq > l.handed_through {
-                l.wait(seq, span);
+            *live += span.len as u64;
+            if seq > handed_through {
+                waiting.wait(seq, span);
             }
         }
         if let Some(why) = records.corruption {
@@ -1078,14 +1087,14 @@ impl Journal {
         written += buf.len() as u64;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(written)
+        Ok((written, rebuilt))
     }
 }
 
 /// Reads `lane`'s waiting messages on from where the window left off, until the window is
 /// full (the rest stays spilled, from the next one) or the file ends.
 fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
-    let Some(from) = lane.spill.take() else {
+    let Some(from) = lane.waiting.spill.take() else {
         return Ok(());
     };
     let mut records = Records::new(file, from, end);
@@ -1093,7 +1102,7 @@ fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
         let (offset, len, record) = match r {
             Ok(r) => r,
             Err(e) => {
-                lane.spill = Some(from);
+                lane.waiting.spill = Some(from);
                 return Err(e);
             }
         };
@@ -1103,14 +1112,14 @@ fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
         if l != key || seq <= lane.handed_through {
             continue;
         }
-        if lane.window.len() >= WINDOW {
-            lane.spill = Some(offset);
+        if lane.waiting.window.len() >= WINDOW {
+            lane.waiting.spill = Some(offset);
             return Ok(());
         }
-        lane.window.push_back((seq, Span { offset, len }));
+        lane.waiting.window.push_back((seq, Span { offset, len }));
     }
     if let Some(why) = records.corruption {
-        lane.spill = Some(from);
+        lane.waiting.spill = Some(from);
         return Err(io::Error::other(format!("journal unreadable: {why}")));
     }
     Ok(())
@@ -1283,8 +1292,12 @@ mod tests {
             j.append("central", messages, None).unwrap();
         }
         let l = &j.lanes["ship1.EventACK.TextLogging"];
-        assert_eq!(l.window.len(), WINDOW, "no more than a window in memory");
-        assert!(l.spill.is_some());
+        assert_eq!(
+            l.waiting.window.len(),
+            WINDOW,
+            "no more than a window in memory"
+        );
+        assert!(l.waiting.spill.is_some());
         assert_eq!(j.pending_count(), 2 * n);
         let one = take_all(&mut j, "ship1");
         assert_eq!(one.len(), n);
@@ -1298,7 +1311,10 @@ mod tests {
         // Reopened, the other lane's backlog is located a window at a time too.
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.pending, n);
-        assert_eq!(j.lanes["ship2.EventACK.TextLogging"].window.len(), WINDOW);
+        assert_eq!(
+            j.lanes["ship2.EventACK.TextLogging"].waiting.window.len(),
+            WINDOW
+        );
         let two = take_all(&mut j, "ship2");
         assert_eq!(two.len(), n);
         assert!(two.windows(2).all(|w| w[0].seq < w[1].seq));
