@@ -17,7 +17,7 @@ use crate::received::Received;
 use crate::subject::Subject;
 use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -156,13 +156,11 @@ impl Node {
             self.metrics.accepted.with_label_values(&[method]).inc();
         }
         let mut lanes: Vec<Subject> = Vec::new();
+        let mut seen = HashSet::new();
         for e in &entries {
-            let m = &e.envelope.message;
-            let known = lanes
-                .iter()
-                .any(|l| l.node == m.to_node && l.kind == m.kind && l.method == m.method);
-            if !known {
-                lanes.push(m.subject());
+            let lane = e.envelope.message.subject();
+            if seen.insert(lane.clone()) {
+                lanes.push(lane);
             }
         }
         self.wake(lanes);

@@ -37,6 +37,9 @@ const QUIET: Duration = Duration::from_secs(2);
 /// Bytes read from a taken file per batch (more if one array is larger); bounds memory for
 /// a huge append. Each batch is journaled on its own.
 const MAX_BATCH: usize = 1 << 20;
+/// The largest array read whole; past it, what was read is rejected as unfinished (the
+/// seed's arrays are a few messages; a message's data is at most 256 KiB).
+const MAX_ARRAY: usize = 64 << 20;
 /// Batches taken from one file before the inbox looks at the others (and at `stop`).
 const BATCHES_PER_TURN: usize = 16;
 
@@ -236,12 +239,14 @@ impl Inbox {
                 .take(limit as u64)
                 .read_to_end(&mut bytes)
                 .map_err(err)?;
-            // Stopped by the limit, not by the end of the file: what is cut is not a tail.
+            // Stopped by the limit, not by the end of the file: what is cut is not a tail,
+            // unless it is past any array's size.
             let cut_short = bytes.len() == limit;
+            let too_big = cut_short && limit >= MAX_ARRAY;
             let parsed = parse_input(
                 &bytes,
                 t.line,
-                at_end && !cut_short,
+                (at_end && !cut_short) || too_big,
                 &crate::methods::is_known,
             );
             if parsed.consumed == 0 {
