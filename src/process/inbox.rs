@@ -74,6 +74,8 @@ impl Process for Inbox {
         }
         self.state
             .set(format!("watching {}", self.node.data.inmsg().display()));
+        // Bytes taken since memory was last handed back.
+        let mut since_trim = 0u64;
         loop {
             let inmsg = self.node.data.inmsg();
             if fs::metadata(&inmsg).map(|m| m.len() > 0).unwrap_or(false) {
@@ -93,16 +95,24 @@ impl Process for Inbox {
             }
             let mut i = 0;
             while i < taken.len() {
-                if self.read_on(&mut taken[i])? {
+                let before = taken[i].offset;
+                let done = self.read_on(&mut taken[i])?;
+                since_trim += taken[i].offset - before;
+                if done {
                     let done = taken.remove(i);
                     self.node.journal().forget_inbox(&done.name);
                 } else {
                     i += 1;
                 }
             }
+            let busy = taken.iter().any(|t| t.more);
+            if !busy && since_trim > MAX_BATCH as u64 {
+                give_back_memory();
+                since_trim = 0;
+            }
             let stopping = match &watch {
                 // A big file is read on at once, not at the pace of the watch.
-                _ if taken.iter().any(|t| t.more) => stopping(stop),
+                _ if busy => stopping(stop),
                 Some(w) => {
                     w.wait(WATCHED_WAIT);
                     stopping(stop)
@@ -271,9 +281,6 @@ impl Inbox {
                 .count();
             t.offset = offset;
             if !cut_short {
-                if batches > 0 {
-                    give_back_memory();
-                }
                 return Ok(());
             }
             batches += 1;
@@ -316,9 +323,10 @@ impl Inbox {
     }
 }
 
-/// After a big append has been taken, hands the memory its batches used back to the system:
-/// glibc keeps freed memory for reuse, so a node would otherwise stay as big as its biggest
-/// burst. (A backlog itself costs no memory: it is on disk, see [`crate::journal`].)
+/// After a big append has been taken (more than a batch, in any number of turns), hands the
+/// memory its batches used back to the system: glibc keeps freed memory for reuse, so a
+/// node would otherwise stay as big as its biggest burst. (A backlog itself costs no
+/// memory: it is on disk, see [`crate::journal`].)
 fn give_back_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system.
