@@ -832,7 +832,8 @@ impl Journal {
                     entries.push(entry);
                 }
                 Err(why) => {
-                    // Kept out of the system and reported; it counts as finished.
+                    // Kept out of the system, reported to central with its bytes (see
+                    // the publisher); it counts as finished.
                     l.handed.push_back((seq, span.len, true));
                     self.unreadable
                         .push(format!("{key}: journal record {seq} is unreadable: {why}"));
@@ -1368,6 +1369,32 @@ mod tests {
             ["message 0", "message 1", "message 9"]
         );
         assert!(r.cut.is_none());
+    }
+
+    #[test]
+    fn an_unreadable_message_is_reported_and_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        encode(
+            &Record::Accepted {
+                seq: 1,
+                lane: "ship1.EventACK.TextLogging".into(),
+                envelope: b"{not json".to_vec(),
+            },
+            &mut buf,
+        );
+        encode(&Record::Checkpoint { next_seq: 2 }, &mut buf);
+        j.file.append(&buf).unwrap();
+        drop(j);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.pending, 1);
+        j.append("central", vec![msg(2)], None).unwrap();
+        assert_eq!(data(&take_all(&mut j, "ship1")), ["message 2"]);
+        let unreadable = j.take_unreadable();
+        assert_eq!(unreadable.len(), 1);
+        assert!(unreadable[0].contains("{not json"), "{unreadable:?}");
+        assert_eq!(j.pending_count(), 1, "passed over, the next one in flight");
     }
 
     #[test]
