@@ -339,6 +339,8 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
 fn hostile_wire_messages_are_refused_without_crashing_anything() {
     let nats = NatsServer::start();
     let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    // Raw requests: before ship1 subscribes, the broker answers "no responders".
+    ship1.wait_listening();
     let raw = nats::connect(nats.address()).unwrap();
     let envelope = |from: &str, data: &str| {
         format!(
