@@ -4,7 +4,7 @@
 //! it is journaled; from then on the publisher takes its lane's messages from the journal
 //! itself, woken by [`Node::accept`](crate::node::Node::accept). It restarts any process
 //! that fails or panics, after a growing pause, and reports the failure to the central
-//! error logger. A failure on one subject never touches another subject's queue. On
+//! error logger. A failure on one subject never touches another subject's lane. On
 //! shutdown it stops every process, gives in-flight work a grace period, and makes the
 //! journal durable.
 //!
@@ -249,10 +249,10 @@ impl Supervisor {
         );
         let journal = self.node.journal();
         for (name, e) in &self.table {
-            let queued = e.lane.as_ref().map_or(0, |(l, _)| journal.lane_pending(l));
+            let pending = e.lane.as_ref().map_or(0, |(l, _)| journal.lane_pending(l));
             let _ = writeln!(
                 s,
-                "{name:<50} {queued:>7} {:>8}  {}",
+                "{name:<50} {pending:>7} {:>8}  {}",
                 e.restarts,
                 e.state.get()
             );
