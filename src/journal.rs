@@ -35,7 +35,8 @@
 //! `crc` is CRC-32 (IEEE) of the body. A reader that meets a record that is short, too long,
 //! or fails its checksum stops there: everything before it is kept, the rest is cut off, and
 //! [`Recovery::cut`] says what was cut. Only the tail can be torn by a power loss, because
-//! records are only ever appended.
+//! records are only ever appended. Past the last record the file may hold zeros, space
+//! reserved ahead ([`RecordFile`]): a header of zeros reads as the end, not as damage.
 //!
 //! # Memory: flat, whatever the backlog
 //!
