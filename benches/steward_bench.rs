@@ -32,46 +32,6 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// An inotify watch on a folder: `wait` returns when a file in it is written.
-struct Watch(i32);
-
-impl Watch {
-    fn new(dir: &Path) -> Watch {
-        use std::os::unix::ffi::OsStrExt;
-        fs::create_dir_all(dir).unwrap();
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-        // SAFETY: plain syscalls on a descriptor this struct owns.
-        unsafe {
-            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
-            assert!(fd >= 0);
-            let mask = libc::IN_MODIFY | libc::IN_CREATE;
-            assert!(libc::inotify_add_watch(fd, path.as_ptr(), mask) >= 0);
-            Watch(fd)
-        }
-    }
-
-    fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.0,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let mut buf = [0u8; 4096];
-        // SAFETY: as above; buf is valid for its length.
-        unsafe {
-            libc::poll(&mut pfd, 1, timeout.as_millis() as i32);
-            while libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        // SAFETY: closing the descriptor this struct owns.
-        unsafe { libc::close(self.0) };
-    }
-}
-
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -293,7 +253,9 @@ fn main() {
     let replies = central.dir.join("replies/ship1.CLICommand.log");
     // Woken by the reply file's change (inotify), not by polling: a poll's period would be
     // counted as steward's time.
-    let watch = Watch::new(&central.dir.join("replies"));
+    let replies_dir = central.dir.join("replies");
+    fs::create_dir_all(&replies_dir).unwrap();
+    let watch = steward::files::Watch::new(&replies_dir).expect("inotify");
     for i in 0..n_commands {
         let t = Instant::now();
         central.append("[{\"toNode\":\"ship1\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}]\n");

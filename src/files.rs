@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -92,6 +93,41 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.sync_all()?;
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// An inotify watch on a folder: wakes its waiter when a file in it is written, created,
+/// renamed in or closed (the inbox, on the data folder; the benchmark, on replies/).
+pub struct Watch {
+    fd: OwnedFd,
+}
+
+impl Watch {
+    pub fn new(dir: &std::path::Path) -> Option<Watch> {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscall; a negative result is an error.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        // SAFETY: fd is an inotify descriptor and path a NUL-terminated string.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+        (wd >= 0).then_some(Watch { fd })
+    }
+
+    /// Waits until something changed in the folder, or `timeout`; drains the events.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        if let Ok(true) = wait_readable(self.fd.as_raw_fd(), timeout) {
+            let mut buf = [0u8; 4096];
+            // SAFETY: buf is valid for its length; the fd is non-blocking.
+            while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
+            {
+            }
+        }
+    }
 }
 
 /// Waits until `fd` has something to read, or `timeout` passes (then `false`). One `poll`,

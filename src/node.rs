@@ -332,12 +332,13 @@ impl Handlers {
         }
     }
 
-    /// Runs `job` on a handler thread once one of the `capacity` places is free; returns
-    /// false (without running it) if `stop` fires first or no thread can be had.
+    /// Runs `job` (for `method`, which names a thread started for it) on a handler thread
+    /// once one of the `capacity` places is free; returns false (without running it) if
+    /// `stop` fires first or no thread can be had.
     pub fn run(
         &self,
         stop: &Receiver<()>,
-        name: &str,
+        method: &str,
         job: impl FnOnce() + Send + 'static,
     ) -> bool {
         let permit = crossbeam_channel::select! {
@@ -355,7 +356,7 @@ impl Handlers {
         }
         let (idle, waiting, linger) = (self.idle.clone(), self.waiting.clone(), self.linger);
         let spawned = std::thread::Builder::new()
-            .name(name.chars().take(15).collect())
+            .name(format!("handle {method}").chars().take(15).collect())
             .stack_size(256 * 1024)
             .spawn(move || handler_thread(job, &idle, &waiting, linger));
         match spawned {

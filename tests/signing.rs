@@ -68,15 +68,20 @@ fn refused(reply: &serde_json::Value, why: &str) {
     assert!(output.contains(why), "expected {why:?} in: {output}");
 }
 
+/// ship1 and central, both listening, and a raw connection to forge messages on. (Raw
+/// requests need ship1 subscribed: nobody listening is answered with nothing.)
+fn listening_pair(nats: &NatsServer) -> (Node, Node, nats::Connection) {
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    ship1.wait_listening();
+    central.wait_listening();
+    (ship1, central, nats::connect(nats.address()).unwrap())
+}
+
 #[test]
 fn a_command_forged_as_central_is_refused_and_reported_to_central() {
     let nats = NatsServer::start();
-    let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &nats.address(), &[]);
-    // Raw requests need ship1 subscribed: nobody listening is answered with nothing.
-    ship1.wait_listening();
-    central.wait_listening();
-    let raw = nats::connect(nats.address()).unwrap();
+    let (_ship1, central, raw) = listening_pair(&nats);
     let target = tempfile::tempdir().unwrap();
     let argv = touch(target.path(), "forged");
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -395,12 +400,7 @@ fn a_reply_forged_for_a_node_whose_key_is_known_is_ignored() {
 #[test]
 fn a_flood_of_forgeries_is_reported_to_central_at_most_twenty_a_minute() {
     let nats = NatsServer::start();
-    let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start("central", &nats.address(), &[]);
-    // Raw requests need ship1 subscribed: nobody listening is answered with nothing.
-    ship1.wait_listening();
-    central.wait_listening();
-    let raw = nats::connect(nats.address()).unwrap();
+    let (ship1, central, raw) = listening_pair(&nats);
     let sent = 30;
     for i in 0..sent {
         let forged = envelope(

@@ -18,6 +18,7 @@
 //! reported; the rest of the batch still goes.
 
 use super::{sleep_or_stop, stopping, Process, State};
+use crate::files::Watch;
 use crate::message::{parse_input, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
@@ -121,42 +122,6 @@ impl Process for Inbox {
             };
             if stopping {
                 return Ok(());
-            }
-        }
-    }
-}
-
-/// An inotify watch on the data folder: wakes the inbox when a file in it is written,
-/// created, renamed in or closed.
-struct Watch {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl Watch {
-    fn new(dir: &std::path::Path) -> Option<Watch> {
-        use std::os::fd::FromRawFd;
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: plain syscall; a negative result is an error.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd was just opened and is owned by nobody else.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
-        // SAFETY: fd is an inotify descriptor and path a NUL-terminated string.
-        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
-        (wd >= 0).then_some(Watch { fd })
-    }
-
-    /// Waits until something changed in the folder, or `timeout`; drains the events.
-    fn wait(&self, timeout: Duration) {
-        if let Ok(true) = crate::files::wait_readable(self.fd.as_raw_fd(), timeout) {
-            let mut buf = [0u8; 4096];
-            // SAFETY: buf is valid for its length; the fd is non-blocking.
-            while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
-            {
             }
         }
     }

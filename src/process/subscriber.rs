@@ -54,8 +54,7 @@ impl Process for Subscriber {
                 recv(sub.receiver()) -> msg => {
                     let msg = msg.map_err(|_| format!("subscription to {filter} closed"))?;
                     let (method, node, conn) = (self.method.clone(), self.node.clone(), conn.clone());
-                    let name = format!("handle {}", method.name());
-                    let started = self.node.handlers.run(stop, &name, move || {
+                    let started = self.node.handlers.run(stop, self.method.name(), move || {
                         if message::is_batch(&msg.data) {
                             handle_batch(&*method, &node, &conn, msg);
                         } else {
