@@ -16,7 +16,7 @@
 //! the flush timer.
 
 use crate::config::{Auth, BrokerSecurity};
-use crate::keys::Identity;
+use crate::keys::{Identity, Scope};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -180,17 +180,26 @@ fn secured(security: &BrokerSecurity) -> nats::Options {
     options
 }
 
-/// Publishes, signed by `identity`, and flushes at once (see the module docs for why).
+/// Publishes, signed by `identity` over the subjects (and, for a reply, the signature of
+/// the request it `answers`), and flushes at once (see the module docs for why). Returns
+/// the signature: what a reply to this message must name.
 pub fn publish(
     conn: &nats::Connection,
     identity: &Identity,
     subject: &str,
     reply: Option<&str>,
+    answers: Option<&str>,
     payload: &[u8],
-) -> io::Result<()> {
-    let headers = identity.seal(payload);
-    conn.publish_with_reply_or_headers(subject, reply, Some(&headers), payload)?;
-    conn.flush_timeout(Duration::from_secs(5))
+) -> io::Result<String> {
+    let scope = Scope {
+        subject,
+        reply,
+        answers,
+    };
+    let sealed = identity.seal(scope, payload);
+    conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
+    conn.flush_timeout(Duration::from_secs(5))?;
+    Ok(sealed.sig)
 }
 
 /// Exponential backoff from 100 ms, capped, with up to 25% jitter so a fleet that lost its

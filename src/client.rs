@@ -72,7 +72,7 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
         ttl: req.ttl,
     };
     let value = serde_json::to_value(&message).expect("a Message serializes");
-    Message::from_value(&value, &crate::methods::is_known).map_err(|e| (EXIT_USAGE, e))?;
+    Message::from_value(&value, &crate::methods::kind_refusal).map_err(|e| (EXIT_USAGE, e))?;
     let wait = req.wait && kind.wants_ack();
     let mut stream = connect(socket)?;
     let request = format!(
@@ -185,6 +185,14 @@ pub fn keys(node: &str, data: &Path, action: KeysAction) -> Result<u8, (u8, Stri
             eprintln!(
                 "steward: {node} now trusts {} with key {} (the running agent picks it up at once)",
                 t.node, t.key
+            );
+        }
+        KeysAction::Revoke(r) => {
+            let keys = keys::revoke(&dir, &r.node).map_err(|e| (EXIT_USAGE, e))?;
+            eprintln!(
+                "steward: {node} no longer trusts {} (revoked: {}); on central, `steward keys distribute` hands the revocation to the fleet",
+                r.node,
+                keys.join(", ")
             );
         }
         KeysAction::Distribute(d) => {

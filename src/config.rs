@@ -8,6 +8,7 @@
 //! Both spellings work.
 
 use crate::subject::validate_name;
+use crate::keys::ClockCheck;
 use argh::FromArgs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +68,11 @@ pub struct Flags {
     /// taken; older ones are refused as replays (default 300)
     #[argh(option)]
     pub replay_window: Option<String>,
+    /// when to check a signed message's sending time against this node's clock: auto
+    /// (while the kernel says the clock is synchronized), on, or off (a node without a
+    /// reliable clock; counters still refuse replays) (default auto)
+    #[argh(option)]
+    pub clock_check: Option<String>,
     /// seconds between Hello messages to the central node; 0 disables (default 30)
     #[argh(option)]
     pub hello_interval: Option<String>,
@@ -116,6 +122,7 @@ impl Flags {
             "centralNodeName" => self.central_node_name.clone(),
             "allowCommandsFrom" => self.allow_commands_from.clone(),
             "replayWindow" => self.replay_window.clone(),
+            "clockCheck" => self.clock_check.clone(),
             "helloInterval" => self.hello_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
             "tlsCA" => self.tls_ca.clone(),
@@ -155,6 +162,7 @@ pub enum KeysAction {
     Show(KeysShow),
     Trust(KeysTrust),
     Distribute(KeysDistribute),
+    Revoke(KeysRevoke),
 }
 
 /// Create this node's key pair (the agent also creates one on first start).
@@ -181,6 +189,16 @@ pub struct KeysTrust {
     /// its public key, as `steward keys show` prints it on that node
     #[argh(positional)]
     pub key: String,
+}
+
+/// Never trust a node's keys again (a stolen or retired node): they move from trusted.txt to
+/// revoked.txt; `steward keys distribute` then hands the revocation on.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revoke")]
+pub struct KeysRevoke {
+    /// the node's name
+    #[argh(positional)]
+    pub node: String,
 }
 
 /// Send the keys this node trusts (and its own) to nodes, as a signed TrustedKeys command
@@ -259,6 +277,7 @@ const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("centralNodeName", "central-node-name", false),
     ("allowCommandsFrom", "allow-commands-from", false),
     ("replayWindow", "replay-window", false),
+    ("clockCheck", "clock-check", false),
     ("helloInterval", "hello-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
     ("tlsCA", "tls-ca", false),
@@ -354,6 +373,8 @@ pub struct Config {
     pub allow_commands_from: Vec<Allow>,
     /// How far a signed message's sending time may be from this node's clock.
     pub replay_window: Duration,
+    /// When that is checked.
+    pub clock_check: ClockCheck,
     pub hello_interval: Option<Duration>,
     pub max_handlers: usize,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
@@ -520,6 +541,9 @@ impl Config {
                 v.source
             ));
         }
+        let clock = o.text("clockCheck", "auto")?;
+        let clock_check = ClockCheck::parse(&clock.text)
+            .ok_or_else(|| format!("{}: must be auto, on or off", clock.source))?;
         let data_folder = match o.get("dataFolder")? {
             Some(v) => PathBuf::from(v.text),
             None => std::env::current_exe()
@@ -548,6 +572,7 @@ impl Config {
             central_node: central.text,
             allow_commands_from,
             replay_window: Duration::from_secs(replay_window),
+            clock_check,
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
             max_handlers,
             shutdown_grace: Duration::from_secs(5),

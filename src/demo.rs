@@ -69,16 +69,19 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
     })
     .ok_or("nats-server did not start; see nats-server.log")?;
     println!("started nats-server on {broker}");
-    // ship1 runs commands only from a central it knows: give central its key now and have
-    // ship1 trust it, as `steward keys trust central KEY` does on a real fleet.
+    // Nodes take messages only from nodes whose keys they trust: give both their keys now
+    // and have each trust the other, as `steward keys trust NODE KEY` does on a real fleet.
     let central = crate::files::DataFolder::new(root.join("central"));
-    let key = crate::keys::Identity::load_or_create(&central.keys())?;
-    crate::keys::trust(
-        &crate::files::DataFolder::new(root.join("ship1")).keys(),
-        "central",
-        key.public_key(),
-    )?;
-    println!("ship1 trusts central's key {}", key.public_key());
+    let ship1 = crate::files::DataFolder::new(root.join("ship1"));
+    let central_key = crate::keys::Identity::load_or_create(&central.keys())?;
+    let ship1_key = crate::keys::Identity::load_or_create(&ship1.keys())?;
+    crate::keys::trust(&ship1.keys(), "central", central_key.public_key())?;
+    crate::keys::trust(&central.keys(), "ship1", ship1_key.public_key())?;
+    println!(
+        "ship1 trusts central's key {}, central trusts ship1's key {}",
+        central_key.public_key(),
+        ship1_key.public_key()
+    );
     for (name, extra) in [("central", Some("--centralErrorLogger")), ("ship1", None)] {
         let mut cmd = Command::new(&exe);
         cmd.arg(format!("--node={name}"))

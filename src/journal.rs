@@ -751,7 +751,11 @@ impl Journal {
             let seq = self.next_seq + entries.len() as u64;
             let lane = message.subject().to_string();
             let envelope = Envelope {
-                id: format!("{from_node}-{accepted}-{seq}"),
+                // Readable, and unguessable: no one can name a message before it exists.
+                id: format!(
+                    "{from_node}-{accepted}-{seq}-{}",
+                    crate::keys::random_hex128()
+                ),
                 from_node: from_node.to_string(),
                 accepted,
                 message,

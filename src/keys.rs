@@ -1,50 +1,75 @@
 //! Who is who: this node's signing key, the keys it trusts, and the signatures on the wire.
 //!
-//! Anyone who can publish on the broker could otherwise make a node run commands, so every
+//! Anyone who can publish on the broker could otherwise make a node do things, so every
 //! message a node publishes (and every reply) is signed with the node's ed25519 key, and a
-//! receiver runs a command only when the signature verifies against a key it trusts *for the
-//! node the message claims to come from*. Keys use the NKey text form (`U...` public keys,
-//! `SU...` seeds) through the `nkeys` crate, which nats already needs.
+//! receiver takes a message only when the signature verifies against a key it trusts *for
+//! the node the message claims to come from*. Messages from a name it trusts no key for are
+//! refused, commands and events alike: a fleet fails closed. Keys use the NKey text form
+//! (`U...` public keys, `SU...` seeds) through the `nkeys` crate, which nats already needs.
 //!
-//! The signature travels in NATS headers, so it covers the payload's exact bytes (id,
-//! sender, content) with nothing to canonicalise, plus the time of sending:
+//! The signature travels in NATS headers and covers the payload's exact bytes (id, sender,
+//! content) with nothing to canonicalise, plus where the message goes and what it answers:
 //!
 //! ```text
-//! Steward-Sent: <milliseconds since the epoch>
+//! Steward-Sent: <milliseconds since the epoch, the sender's clock>
+//! Steward-Seq:  <the sender's counter: it only moves forward, across restarts>
 //! Steward-Key:  <the signer's public key>
-//! Steward-Sig:  hex(ed25519("steward-v1\n" + Steward-Sent + "\n" + payload))
+//! Steward-Sig:  hex(ed25519("steward-v2\n" + Sent + "\n" + Seq + "\n" + subject + "\n"
+//!                           + reply subject + "\n" + answers + "\n" + payload))
 //! ```
 //!
-//! A retry is signed afresh with a new time, so a receiver can refuse anything sent outside
-//! its replay window, and inside the window it refuses the very same signed message a
-//! second time (it remembers the signatures it took for as long as they are inside the
-//! window). Behind that, its record of message ids never runs one twice.
+//! `subject` and `reply subject` are those the message is published with, so a signed
+//! message cannot be moved to another subject, nor its answer sent somewhere else.
+//! `answers` is empty on a request; on a reply it is the signature (hex) of the request it
+//! answers, so a sender takes only a reply made for its own attempt, never one a hostile
+//! node coaxed out of the destination with a tampered copy.
+//!
+//! # Replays
+//!
+//! A retry is signed afresh, with a new time and a new counter. A receiver takes a
+//! request only if its counter is new for that sender (the highest seen, and which of
+//! the 1,024 below it were taken, persisted in `keys/senders.json`), and, as a second
+//! check, if its sending time is within the replay window of the receiver's clock. A
+//! Raspberry Pi without a real-time clock can be a month behind until NTP answers, so the
+//! time check follows `--clockCheck`: `auto` (the default) checks it only while the kernel
+//! says the clock is synchronized; `off` never; `on` always. Without it, a message is
+//! still refused if it was sent more than the window before the latest one taken from
+//! the same sender: a receiver's sense of a sender's time only moves forward. Behind all
+//! that, its record of (sender, id) never runs a message twice.
 //!
 //! The data folder's `keys/` holds:
 //! - `node.seed`: this node's seed, created on first start (or `steward keys generate`),
 //!   mode 0600; a seed readable by others is refused. `node.pub` beside it is its public
-//!   key, for `steward keys show` without access to the seed.
+//!   key, for `steward keys show` without access to the seed. `counter` is the highest
+//!   counter this node may have used (reserved ahead, a block at a time).
 //! - `trusted.txt`: keys the operator pinned, one `node KEY` per line (`steward keys trust`).
 //!   Re-read when it changes, no restart needed.
+//! - `revoked.txt`: keys the operator revoked (`steward keys revoke NODE`), one `node KEY`
+//!   per line; a revoked key is never trusted again, whoever distributes it.
 //! - `distributed.json`: the set the central node last sent with the `TrustedKeys` method,
-//!   replaced only by a newer one.
+//!   replaced only by a newer one; it may carry revocations too.
 
 use crate::files;
 use crate::subject::validate_name;
 use nkeys::{KeyPair, KeyPairType};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub const SENT: &str = "Steward-Sent";
+pub const SEQ: &str = "Steward-Seq";
 pub const KEY: &str = "Steward-Key";
 pub const SIG: &str = "Steward-Sig";
-const DOMAIN: &[u8] = b"steward-v1\n";
+const DOMAIN: &[u8] = b"steward-v2\n";
+/// Counters reserved at a time: one write of `keys/counter` per this many messages.
+const COUNTER_BLOCK: u64 = 1 << 16;
+/// How many counters below a sender's highest a receiver tracks one by one.
+const SEQ_WINDOW: u64 = 1024;
 
 fn seed_path(dir: &Path) -> PathBuf {
     dir.join("node.seed")
@@ -55,19 +80,136 @@ fn public_path(dir: &Path) -> PathBuf {
 fn trusted_path(dir: &Path) -> PathBuf {
     dir.join("trusted.txt")
 }
+fn revoked_path(dir: &Path) -> PathBuf {
+    dir.join("revoked.txt")
+}
 fn distributed_path(dir: &Path) -> PathBuf {
     dir.join("distributed.json")
 }
+fn counter_path(dir: &Path) -> PathBuf {
+    dir.join("counter")
+}
+fn senders_path(dir: &Path) -> PathBuf {
+    dir.join("senders.json")
+}
 
-/// This node's key pair.
+/// What a signature binds besides the payload: where the message goes, where its answer
+/// goes, and (on a reply) the signature of the request it answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    pub subject: &'a str,
+    pub reply: Option<&'a str>,
+    pub answers: Option<&'a str>,
+}
+
+impl<'a> Scope<'a> {
+    /// A request published on `subject`, answered on `reply`.
+    pub fn request(subject: &'a str, reply: Option<&'a str>) -> Scope<'a> {
+        Scope {
+            subject,
+            reply,
+            answers: None,
+        }
+    }
+
+    /// A reply published on `subject`, answering the request signed `answers`.
+    pub fn reply(subject: &'a str, answers: &'a str) -> Scope<'a> {
+        Scope {
+            subject,
+            reply: None,
+            answers: Some(answers),
+        }
+    }
+}
+
+/// A message's signature, once it verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The sender's clock when it signed, in milliseconds since the epoch.
+    pub sent: u64,
+    /// The sender's counter.
+    pub seq: u64,
+    /// The signature, hex: what a reply to this message names in its `answers`.
+    pub sig: String,
+}
+
+/// Headers that sign a message, and the signature they carry.
+pub struct Sealed {
+    pub headers: nats::HeaderMap,
+    pub sig: String,
+}
+
+/// This node's key pair, and its counter.
 pub struct Identity {
     pair: KeyPair,
     public: String,
+    counter: Counter,
 }
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Identity({})", self.public)
+    }
+}
+
+/// The signing counter: only moves forward, across restarts. It starts at the larger of
+/// the reserved ceiling in `keys/counter` and the clock in microseconds (so a node whose
+/// `counter` file was lost still moves forward if its clock is right), and reserves
+/// [`COUNTER_BLOCK`] values at a time, written (and synced) before any is used.
+struct Counter {
+    path: Option<PathBuf>,
+    /// (next value, reserved ceiling)
+    state: Mutex<(u64, u64)>,
+}
+
+impl Counter {
+    fn open(path: Option<PathBuf>) -> Result<Counter, String> {
+        let stored = match &path {
+            Some(p) => match fs::read_to_string(p) {
+                Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+                    format!("{}: not a counter ({e}); delete it to start anew", p.display())
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            },
+            None => 0,
+        };
+        let next = stored.max(files::unix_millis().saturating_mul(1000));
+        let counter = Counter {
+            path,
+            state: Mutex::new((next, next)),
+        };
+        counter.reserve(next)?;
+        Ok(counter)
+    }
+
+    fn reserve(&self, from: u64) -> Result<(), String> {
+        let ceiling = from.saturating_add(COUNTER_BLOCK);
+        if let Some(p) = &self.path {
+            files::write_atomically(p, format!("{ceiling}\n").as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        }
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = ceiling;
+        Ok(())
+    }
+
+    fn next(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 >= state.1 {
+            let from = state.0;
+            drop(state);
+            if let Err(e) = self.reserve(from) {
+                // Signing goes on; after a restart, receivers may refuse this node's first
+                // messages as replays until its counter passes what they saw.
+                log::error!("signing counter: {e}");
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).1 =
+                    from.saturating_add(COUNTER_BLOCK);
+            }
+            state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        let seq = state.0;
+        state.0 += 1;
+        seq
     }
 }
 
@@ -99,7 +241,7 @@ impl Identity {
             ));
         }
         let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Identity::from_seed(text.trim())
+        Identity::with_counter(text.trim(), Some(counter_path(dir)))
             .map(Some)
             .map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -113,7 +255,7 @@ impl Identity {
             .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
         if path.exists() && !force {
             return Err(format!(
-                "{} already exists; give --force to replace it (nodes trusting the old key will refuse this one's commands until they trust the new key)",
+                "{} already exists; give --force to replace it (nodes trusting the old key will refuse this one's messages until they trust the new key)",
                 path.display()
             ));
         }
@@ -144,10 +286,15 @@ impl Identity {
             path.display(),
             pair.public_key()
         );
-        Identity::from_seed(&seed)
+        Identity::with_counter(&seed, Some(counter_path(dir)))
     }
 
+    /// An identity from a seed alone, its counter kept in memory (tests, tools).
     pub fn from_seed(seed: &str) -> Result<Identity, String> {
+        Identity::with_counter(seed, None)
+    }
+
+    fn with_counter(seed: &str, counter: Option<PathBuf>) -> Result<Identity, String> {
         let pair = KeyPair::from_seed(seed).map_err(|e| format!("not a valid seed: {e}"))?;
         if pair.key_pair_type() != KeyPairType::User {
             return Err("not a user seed (it must start with SU)".into());
@@ -155,6 +302,7 @@ impl Identity {
         Ok(Identity {
             public: pair.public_key(),
             pair,
+            counter: Counter::open(counter)?,
         })
     }
 
@@ -162,31 +310,43 @@ impl Identity {
         &self.public
     }
 
-    /// The headers that sign `payload` as sent now.
-    pub fn seal(&self, payload: &[u8]) -> nats::HeaderMap {
-        self.seal_at(payload, files::unix_millis())
+    /// The headers that sign `payload` as sent now, in `scope`.
+    pub fn seal(&self, scope: Scope<'_>, payload: &[u8]) -> Sealed {
+        self.seal_at(scope, payload, files::unix_millis())
     }
 
     /// As [`Identity::seal`], with the sending time given (tests forge old messages).
-    pub fn seal_at(&self, payload: &[u8], sent: u64) -> nats::HeaderMap {
+    pub fn seal_at(&self, scope: Scope<'_>, payload: &[u8], sent: u64) -> Sealed {
         let sent = sent.to_string();
+        let seq = self.counter.next().to_string();
         let sig = self
             .pair
-            .sign(&signed_bytes(&sent, payload))
+            .sign(&signed_bytes(&sent, &seq, scope, payload))
             .expect("a key pair made from a seed can always sign");
+        let sig = hex(&sig);
         let mut headers = nats::HeaderMap::new();
         headers.insert(SENT, sent);
+        headers.insert(SEQ, seq);
         headers.insert(KEY, self.public.clone());
-        headers.insert(SIG, hex(&sig));
-        headers
+        headers.insert(SIG, sig.clone());
+        Sealed { headers, sig }
     }
 }
 
-fn signed_bytes(sent: &str, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(DOMAIN.len() + sent.len() + 1 + payload.len());
+fn signed_bytes(sent: &str, seq: &str, scope: Scope<'_>, payload: &[u8]) -> Vec<u8> {
+    let parts = [
+        sent,
+        seq,
+        scope.subject,
+        scope.reply.unwrap_or(""),
+        scope.answers.unwrap_or(""),
+    ];
+    let mut v = Vec::with_capacity(DOMAIN.len() + 256 + payload.len());
     v.extend_from_slice(DOMAIN);
-    v.extend_from_slice(sent.as_bytes());
-    v.push(b'\n');
+    for part in parts {
+        v.extend_from_slice(part.as_bytes());
+        v.push(b'\n');
+    }
     v.extend_from_slice(payload);
     v
 }
@@ -203,6 +363,43 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// 128 random bits from the kernel, hex: the unguessable part of every message id.
+pub fn random_hex128() -> String {
+    let mut buf = [0u8; 16];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
+        let n = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                buf.len() - filled,
+                0,
+            )
+        };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // getrandom(2) blocks until the pool is ready and cannot otherwise fail on a
+            // kernel that has it (3.17+); without randomness no id would be safe.
+            panic!(
+                "getrandom failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    hex(&buf)
+}
+
+/// Whether the kernel says the system clock is synchronized (NTP, chrony, timesyncd).
+pub fn clock_synchronized() -> bool {
+    // SAFETY: adjtimex with modes 0 only reads the kernel's clock state into `t`.
+    let state = unsafe {
+        let mut t: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut t)
+    };
+    state >= 0 && state != libc::TIME_ERROR
 }
 
 /// This node's public key, from `node.pub` (readable without the seed).
@@ -229,17 +426,57 @@ pub fn validate_public_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// What a signature check found.
+/// Why a message's signature did not verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Signed by a key trusted for the claimed sender, within the window.
-    Verified,
+pub enum Unverified {
     /// No signature at all.
     Unsigned,
     /// Signed, but this node trusts no key for the claimed sender.
-    UnknownSender,
-    /// Signed and wrong: a forgery, a key of someone else, a replay, a damaged message.
+    UnknownSender { key: String },
+    /// Signed and wrong: a forgery, a key of someone else, a revoked key, a damaged
+    /// message.
     Bad(String),
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverified::Unsigned => write!(f, "not signed"),
+            Unverified::UnknownSender { key } => {
+                write!(f, "signed with key {key}, but no key is trusted for its sender")
+            }
+            Unverified::Bad(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// When the sending time of a request is checked against this node's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClockCheck {
+    /// While the kernel says the clock is synchronized.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl ClockCheck {
+    pub fn parse(s: &str) -> Option<ClockCheck> {
+        match s {
+            "auto" => Some(ClockCheck::Auto),
+            "on" => Some(ClockCheck::On),
+            "off" => Some(ClockCheck::Off),
+            _ => None,
+        }
+    }
+
+    fn applies(self) -> bool {
+        match self {
+            ClockCheck::Auto => clock_synchronized(),
+            ClockCheck::On => true,
+            ClockCheck::Off => false,
+        }
+    }
 }
 
 /// A set of trusted keys by node, in the form `TrustedKeys` carries and
@@ -251,13 +488,16 @@ pub struct KeySet {
     pub issued: u64,
     /// Node name → its public keys.
     pub keys: BTreeMap<String, Vec<String>>,
+    /// Node name → keys revoked: never trusted again, whoever else lists them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<String, Vec<String>>,
 }
 
 impl KeySet {
     pub fn parse(text: &str) -> Result<KeySet, String> {
         let set: KeySet =
             serde_json::from_str(text).map_err(|e| format!("not a trusted-keys set: {e}"))?;
-        for (node, keys) in &set.keys {
+        for (node, keys) in set.keys.iter().chain(&set.revoked) {
             validate_name(node).map_err(|e| format!("bad node name {node:?}: {e}"))?;
             for key in keys {
                 validate_public_key(key).map_err(|e| format!("key of {node}: {e}"))?;
@@ -276,35 +516,132 @@ impl KeySet {
             keys.push(key.to_string());
         }
     }
+
+    fn has(&self, node: &str, key: &str) -> bool {
+        self.keys.get(node).is_some_and(|k| k.iter().any(|k| k == key))
+    }
 }
 
 /// The keys this node trusts: its own, the operator's `trusted.txt`, and the set last
-/// distributed by central. The files are re-read when they change.
+/// distributed by central, less every revoked key. The files are re-read when they
+/// change.
 pub struct Trusted {
     dir: PathBuf,
     own: (String, String),
     inner: Mutex<Loaded>,
-    /// Signatures taken within the replay window, with when they may be forgotten.
-    seen: Mutex<HashMap<[u8; 16], u64>>,
+    senders: Mutex<Senders>,
 }
 
 #[derive(Default)]
 struct Loaded {
-    /// (modified time, length) of trusted.txt and distributed.json when last read.
-    stamps: [Option<(SystemTime, u64)>; 2],
+    /// (modified time, length) of trusted.txt, revoked.txt and distributed.json when
+    /// last read.
+    stamps: [Option<(SystemTime, u64)>; 3],
     pinned: KeySet,
+    revoked: KeySet,
     distributed: KeySet,
+}
+
+impl Loaded {
+    /// A revoked key is revoked whichever node it is listed for.
+    fn is_revoked(&self, key: &str) -> bool {
+        [&self.revoked.keys, &self.distributed.revoked]
+            .iter()
+            .any(|m| m.values().flatten().any(|k| k == key))
+    }
+}
+
+/// What each trusted sender last sent, for replay refusal: persisted in
+/// `keys/senders.json` at most once a second (and at shutdown). Holds only senders whose
+/// signature verified, so it is bounded by the trusted keys.
+#[derive(Default)]
+struct Senders {
+    by_name: HashMap<String, SenderWindow>,
+    dirty: bool,
+    written: Option<Instant>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+struct SenderWindow {
+    /// The highest counter taken.
+    high: u64,
+    /// Which of the [`SEQ_WINDOW`] counters below `high` were taken (bit i: high - 1 - i).
+    /// Not persisted: after a restart, everything at or below `high` counts as taken.
+    #[serde(skip, default = "all_taken")]
+    below: [u64; (SEQ_WINDOW / 64) as usize],
+    /// The latest sending time taken.
+    sent: u64,
+}
+
+fn all_taken() -> [u64; (SEQ_WINDOW / 64) as usize] {
+    [u64::MAX; (SEQ_WINDOW / 64) as usize]
+}
+
+impl SenderWindow {
+    /// Takes counter `seq` if it is new; false if it was taken, or is too far below.
+    fn take(&mut self, seq: u64) -> Result<(), String> {
+        if seq > self.high {
+            let shift = seq - self.high;
+            let mut below = [0u64; (SEQ_WINDOW / 64) as usize];
+            if shift < SEQ_WINDOW {
+                // Bit i moves to i + shift; the old `high` itself becomes bit shift - 1.
+                for i in 0..SEQ_WINDOW {
+                    if self.bit(i) && i + shift < SEQ_WINDOW {
+                        set_bit(&mut below, i + shift);
+                    }
+                }
+                if self.high > 0 {
+                    set_bit(&mut below, shift - 1);
+                }
+            }
+            self.below = below;
+            self.high = seq;
+            return Ok(());
+        }
+        if seq == self.high {
+            return Err("a replay: this counter was taken before".into());
+        }
+        let i = self.high - 1 - seq;
+        if i >= SEQ_WINDOW {
+            return Err(format!(
+                "its counter {seq} is more than {SEQ_WINDOW} below the highest taken from this sender ({}): a replay",
+                self.high
+            ));
+        }
+        if self.bit(i) {
+            return Err("a replay: this counter was taken before".into());
+        }
+        set_bit(&mut self.below, i);
+        Ok(())
+    }
+
+    fn bit(&self, i: u64) -> bool {
+        self.below[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+}
+
+fn set_bit(bits: &mut [u64], i: u64) {
+    bits[(i / 64) as usize] |= 1 << (i % 64);
 }
 
 impl Trusted {
     /// Opens the trust store of node `own_name` (whose own key is always trusted). A bad
     /// `trusted.txt` is an error here, at start; later, a bad edit keeps the last good set.
     pub fn open(dir: &Path, own_name: &str, own_key: &str) -> Result<Trusted, String> {
+        let senders = match fs::read(senders_path(dir)) {
+            Ok(bytes) => Senders {
+                by_name: serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", senders_path(dir).display()))?,
+                ..Senders::default()
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Senders::default(),
+            Err(e) => return Err(format!("{}: {e}", senders_path(dir).display())),
+        };
         let trusted = Trusted {
             dir: dir.to_path_buf(),
             own: (own_name.to_string(), own_key.to_string()),
             inner: Mutex::new(Loaded::default()),
-            seen: Mutex::new(HashMap::new()),
+            senders: Mutex::new(senders),
         };
         trusted.refresh()?;
         Ok(trusted)
@@ -313,7 +650,11 @@ impl Trusted {
     /// Re-reads whichever file changed since it was last read.
     fn refresh(&self) -> Result<(), String> {
         let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let paths = [trusted_path(&self.dir), distributed_path(&self.dir)];
+        let paths = [
+            trusted_path(&self.dir),
+            revoked_path(&self.dir),
+            distributed_path(&self.dir),
+        ];
         for (i, path) in paths.iter().enumerate() {
             let stamp = fs::metadata(path)
                 .ok()
@@ -327,15 +668,17 @@ impl Trusted {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             };
-            if i == 0 {
-                loaded.pinned =
-                    parse_trusted_txt(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            } else if text.is_empty() {
+            let parsed = match i {
+                0 | 1 => parse_key_lines(&text),
                 // Deleted by the operator: the distributed keys are no longer trusted.
-                loaded.distributed = KeySet::default();
-            } else {
-                loaded.distributed =
-                    KeySet::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                _ if text.is_empty() => Ok(KeySet::default()),
+                _ => KeySet::parse(&text),
+            }
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            match i {
+                0 => loaded.pinned = parsed,
+                1 => loaded.revoked = parsed,
+                _ => loaded.distributed = parsed,
             }
         }
         Ok(())
@@ -358,6 +701,7 @@ impl Trusted {
             .iter()
             .filter_map(|s| s.keys.get(node))
             .flatten()
+            .filter(|k| !loaded.is_revoked(k))
             .collect();
         let known = !keys.is_empty() || node == self.own.0;
         (keys.iter().any(|k| *k == key), known)
@@ -368,94 +712,159 @@ impl Trusted {
         node == self.own.0 || self.lookup(node, "").1
     }
 
-    /// Checks the signature on a message claiming to come from `from`. With `window`, the
-    /// sending time must lie within it of this node's clock.
+    /// Checks the signature on a message claiming to come from `from`, published in
+    /// `scope`. Says nothing of freshness: see [`Trusted::fresh`].
     pub fn verify(
         &self,
         from: &str,
         headers: Option<&nats::HeaderMap>,
+        scope: Scope<'_>,
         payload: &[u8],
-        window: Option<Duration>,
-    ) -> Verdict {
+    ) -> Result<Signed, Unverified> {
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
-        let (Some(sent), Some(key), Some(sig)) = (get(SENT), get(KEY), get(SIG)) else {
-            return Verdict::Unsigned;
+        let (Some(sent), Some(seq), Some(key), Some(sig)) =
+            (get(SENT), get(SEQ), get(KEY), get(SIG))
+        else {
+            return Err(Unverified::Unsigned);
         };
         let (trusted, known) = self.lookup(from, key);
         if !trusted {
-            return if known {
-                Verdict::Bad(format!(
+            if self.refreshed().is_revoked(key) {
+                return Err(Unverified::Bad(format!(
+                    "signed with key {key}, which was revoked"
+                )));
+            }
+            return Err(if known {
+                Unverified::Bad(format!(
                     "signed with key {key}, which is not trusted for {from}"
                 ))
             } else {
-                Verdict::UnknownSender
-            };
+                Unverified::UnknownSender {
+                    key: key.chars().take(64).collect(),
+                }
+            });
         }
-        let (Ok(sent_ms), Some(sig)) = (sent.parse::<u64>(), unhex(sig)) else {
-            return Verdict::Bad("malformed signature headers".into());
+        let (Ok(sent_ms), Ok(seq_n), Some(sig_bytes)) =
+            (sent.parse::<u64>(), seq.parse::<u64>(), unhex(sig))
+        else {
+            return Err(Unverified::Bad("malformed signature headers".into()));
         };
         let ok = KeyPair::from_public_key(key)
-            .and_then(|k| k.verify(&signed_bytes(sent, payload), &sig))
+            .and_then(|k| k.verify(&signed_bytes(sent, seq, scope, payload), &sig_bytes))
             .is_ok();
         if !ok {
-            return Verdict::Bad(format!(
-                "the signature does not verify against {from}'s key {key}: forged or altered"
-            ));
+            return Err(Unverified::Bad(format!(
+                "the signature does not verify against {from}'s key {key}: forged, altered, or moved to another subject"
+            )));
         }
-        if let Some(window) = window {
-            let now = files::unix_millis();
-            let window_ms = window.as_millis() as u64;
-            if now.abs_diff(sent_ms) > window_ms {
-                return Verdict::Bad(format!(
-                    "sent at {}, outside this node's replay window of {}s (its clock says {}): a replay, or a clock to fix",
-                    files::rfc3339(sent_ms),
-                    window.as_secs(),
-                    files::rfc3339(now)
-                ));
-            }
-            // Inside the window, the very same signed message twice is a replay: a sender's
-            // own retry is signed afresh, at a later time.
-            if !self.first_time(&sig, sent_ms + window_ms, now) {
-                return Verdict::Bad(format!(
-                    "a replay: this very message (sent at {}) was taken before",
-                    files::rfc3339(sent_ms)
-                ));
-            }
-        }
-        Verdict::Verified
+        Ok(Signed {
+            sent: sent_ms,
+            seq: seq_n,
+            sig: sig.to_string(),
+        })
     }
 
-    /// Remembers a signature until `forget_at`; false if it was already remembered.
-    fn first_time(&self, sig: &[u8], forget_at: u64, now: u64) -> bool {
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&sig[..16]);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= 1024 && seen.len().is_power_of_two() {
-            seen.retain(|_, at| *at > now);
+    /// Whether a verified request from `from` is fresh: its counter never taken before,
+    /// and its sending time plausible (see the module docs). Takes it if so.
+    pub fn fresh(
+        &self,
+        from: &str,
+        signed: &Signed,
+        window: Duration,
+        clock: ClockCheck,
+    ) -> Result<(), String> {
+        let window_ms = window.as_millis() as u64;
+        let now = files::unix_millis();
+        if clock.applies() && now.abs_diff(signed.sent) > window_ms {
+            return Err(format!(
+                "sent at {}, outside this node's replay window of {}s (its clock says {}): a replay, or a clock to fix (or --clockCheck=off on a node without a reliable clock)",
+                files::rfc3339(signed.sent),
+                window.as_secs(),
+                files::rfc3339(now)
+            ));
         }
-        seen.insert(key, forget_at).is_none_or(|at| at <= now)
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = senders.by_name.entry(from.to_string()).or_default();
+        if signed.sent.saturating_add(window_ms) < sender.sent {
+            return Err(format!(
+                "sent at {}, more than {}s before the latest message taken from {from} (sent at {}): a replay",
+                files::rfc3339(signed.sent),
+                window.as_secs(),
+                files::rfc3339(sender.sent)
+            ));
+        }
+        sender.take(signed.seq)?;
+        sender.sent = sender.sent.max(signed.sent);
+        senders.dirty = true;
+        Ok(())
+    }
+
+    /// Writes `keys/senders.json` if it changed and was not written within the last
+    /// second (`force`: whatever the time, at shutdown).
+    pub fn persist_senders(&self, force: bool) {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = senders
+            .written
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if !senders.dirty || (recent && !force) {
+            return;
+        }
+        let json = serde_json::to_vec(&senders.by_name).expect("a map of numbers serializes");
+        let path = senders_path(&self.dir);
+        match files::write_atomically(&path, &json) {
+            Ok(()) => {
+                senders.dirty = false;
+                senders.written = Some(Instant::now());
+            }
+            Err(e) => log::error!("cannot write {}: {e}", path.display()),
+        }
     }
 
     /// The set this node would hand on (`steward keys distribute`): the operator's pinned
-    /// keys and its own.
+    /// keys and its own, and the keys it revoked.
     pub fn distributable(&self) -> KeySet {
-        let mut set = self.refreshed().pinned.clone();
+        let loaded = self.refreshed();
+        let mut set = loaded.pinned.clone();
         set.add(&self.own.0, &self.own.1);
+        set.revoked = loaded.revoked.keys.clone();
+        for (node, keys) in &loaded.distributed.revoked {
+            for key in keys {
+                let list = set.revoked.entry(node.clone()).or_default();
+                if !list.contains(key) {
+                    list.push(key.clone());
+                }
+            }
+        }
         set.issued = files::unix_millis();
         set
     }
 
-    /// Takes a set distributed by central, if it is newer than the one held; returns how
-    /// many keys it holds.
-    pub fn replace_distributed(&self, set: &KeySet) -> Result<usize, String> {
+    /// Takes a set distributed by central, if it is newer than the one held, binds no
+    /// key to a `protected` name (the central node and every sender allowed to send
+    /// commands here) that the operator has not pinned, and revives no revoked key;
+    /// returns how many keys it holds.
+    pub fn replace_distributed(&self, set: &KeySet, protected: &[&str]) -> Result<usize, String> {
         let path = distributed_path(&self.dir);
-        let held = self.refreshed().distributed.issued;
-        if set.issued <= held {
-            return Err(format!(
-                "this set was issued at {}, not after the one held (issued at {}); not replaced",
-                files::rfc3339(set.issued),
-                files::rfc3339(held)
-            ));
+        {
+            let loaded = self.refreshed();
+            let held = loaded.distributed.issued;
+            if set.issued <= held {
+                return Err(format!(
+                    "this set was issued at {}, not after the one held (issued at {}); not replaced",
+                    files::rfc3339(set.issued),
+                    files::rfc3339(held)
+                ));
+            }
+            for (node, keys) in &set.keys {
+                let rebinds = keys.iter().any(|k| {
+                    !loaded.pinned.has(node, k) && !(node == &self.own.0 && k == &self.own.1)
+                });
+                if rebinds && (protected.contains(&node.as_str()) || node == &self.own.0) {
+                    return Err(format!(
+                        "the set binds a key to {node}, whose keys only this node's operator may pin (steward keys trust); not taken"
+                    ));
+                }
+            }
         }
         files::write_atomically(&path, set.to_json().as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -464,8 +873,8 @@ impl Trusted {
     }
 }
 
-/// `trusted.txt`: `node KEY` per line; `#` starts a comment.
-fn parse_trusted_txt(text: &str) -> Result<KeySet, String> {
+/// `trusted.txt` and `revoked.txt`: `node KEY` per line; `#` starts a comment.
+fn parse_key_lines(text: &str) -> Result<KeySet, String> {
     let mut set = KeySet::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -486,32 +895,94 @@ fn parse_trusted_txt(text: &str) -> Result<KeySet, String> {
     Ok(set)
 }
 
-/// `steward keys trust NODE KEY`: appends a line to `trusted.txt` (the agent picks it up).
-pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), String> {
-    validate_name(node).map_err(|e| format!("bad node name: {e}"))?;
-    validate_public_key(key)?;
-    let path = trusted_path(dir);
-    let existing = fs::read_to_string(&path).unwrap_or_default();
-    let set = parse_trusted_txt(&existing).map_err(|e| format!("{}: {e}", path.display()))?;
-    if set
-        .keys
-        .get(node)
-        .is_some_and(|k| k.iter().any(|k| k == key))
-    {
+/// Appends `node key` to one of the key-line files, with a header comment if it is new.
+fn append_key_line(path: &Path, header: &str, node: &str, key: &str) -> Result<(), String> {
+    let existing = fs::read_to_string(path).unwrap_or_default();
+    let set = parse_key_lines(&existing).map_err(|e| format!("{}: {e}", path.display()))?;
+    if set.has(node, key) {
         return Ok(());
     }
     let mut text = String::new();
     if existing.is_empty() {
-        text.push_str(
-            "# Keys this node trusts, one \"node KEY\" per line (steward keys trust NODE KEY).\n",
-        );
+        text.push_str(header);
     } else if !existing.ends_with('\n') {
         text.push('\n');
     }
     text.push_str(&format!("{node} {key}\n"));
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    files::append(&path, text.as_bytes(), true)
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    files::append(path, text.as_bytes(), true)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// `steward keys trust NODE KEY`: appends a line to `trusted.txt` (the agent picks it up).
+pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), String> {
+    validate_name(node).map_err(|e| format!("bad node name: {e}"))?;
+    validate_public_key(key)?;
+    if let Ok(text) = fs::read_to_string(revoked_path(dir)) {
+        if parse_key_lines(&text)?.keys.values().flatten().any(|k| k == key) {
+            return Err(format!(
+                "{key} was revoked on this node; remove its line from {} first",
+                revoked_path(dir).display()
+            ));
+        }
+    }
+    append_key_line(
+        &trusted_path(dir),
+        "# Keys this node trusts, one \"node KEY\" per line (steward keys trust NODE KEY).\n",
+        node,
+        key,
+    )
+}
+
+/// `steward keys revoke NODE`: every key this node trusts for `node` (pinned or
+/// distributed) goes to `revoked.txt`, and the pinned ones leave `trusted.txt`. Returns
+/// the keys revoked. `steward keys distribute` then hands the revocation on.
+pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>, String> {
+    validate_name(node).map_err(|e| format!("bad node name: {e}"))?;
+    let read = |path: &Path| -> Result<KeySet, String> {
+        match fs::read_to_string(path) {
+            Ok(text) if path.extension().is_some_and(|e| e == "json") => KeySet::parse(&text),
+            Ok(text) => parse_key_lines(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeySet::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    };
+    let pinned = read(&trusted_path(dir))?;
+    let distributed = read(&distributed_path(dir))?;
+    let keys: BTreeSet<String> = [&pinned, &distributed]
+        .iter()
+        .filter_map(|s| s.keys.get(node))
+        .flatten()
+        .cloned()
+        .collect();
+    if keys.is_empty() {
+        return Err(format!("this node trusts no key for {node}"));
+    }
+    for key in &keys {
+        append_key_line(
+            &revoked_path(dir),
+            "# Keys this node never trusts again, one \"node KEY\" per line (steward keys revoke NODE).\n",
+            node,
+            key,
+        )?;
+    }
+    // Out of trusted.txt too, keeping every other line as the operator wrote it.
+    let path = trusted_path(dir);
+    if let Ok(text) = fs::read_to_string(&path) {
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let mut words = line.split('#').next().unwrap_or("").split_whitespace();
+                words.next() != Some(node)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        files::write_atomically(&path, kept.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(keys.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -523,6 +994,13 @@ mod tests {
         let me = Identity::load_or_create(dir.path()).unwrap();
         let trusted = Trusted::open(dir.path(), name, me.public_key()).unwrap();
         (dir, me, trusted)
+    }
+
+    const SUBJECT: &str = "ship1.CommandACK.CLICommand";
+    const INBOX: &str = "_INBOX.central.x.1";
+
+    fn scope() -> Scope<'static> {
+        Scope::request(SUBJECT, Some(INBOX))
     }
 
     #[test]
@@ -540,57 +1018,138 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_verifies_only_for_the_trusted_sender_and_content() {
+    fn the_counter_only_moves_forward_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq = |id: &Identity| -> u64 {
+            id.seal(scope(), b"x").headers.get(SEQ).unwrap().parse().unwrap()
+        };
+        let first = Identity::load_or_create(dir.path()).unwrap();
+        let a = seq(&first);
+        let b = seq(&first);
+        assert!(b > a);
+        // A restart whose clock went back a year still counts up from the reserved ceiling.
+        fs::write(counter_path(dir.path()), format!("{}\n", u64::MAX / 4)).unwrap();
+        let again = Identity::load_or_create(dir.path()).unwrap();
+        assert!(seq(&again) >= u64::MAX / 4);
+        // A block is reserved before it is used.
+        let stored: u64 = fs::read_to_string(counter_path(dir.path()))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(stored > u64::MAX / 4);
+    }
+
+    #[test]
+    fn a_signature_verifies_only_for_the_trusted_sender_content_and_subjects() {
         let (dir, _me, trusted) = store("ship1");
         let central = Identity::generate(&dir.path().join("c"), false).unwrap();
         let intruder = Identity::generate(&dir.path().join("i"), false).unwrap();
         let payload = br#"{"id":"1"}"#;
-        let headers = central.seal(payload);
-        assert_eq!(
-            trusted.verify("central", Some(&headers), payload, None),
-            Verdict::UnknownSender
-        );
+        let sealed = central.seal(scope(), payload);
+        let h = Some(&sealed.headers);
+        assert!(matches!(
+            trusted.verify("central", h, scope(), payload),
+            Err(Unverified::UnknownSender { .. })
+        ));
         trust(dir.path(), "central", central.public_key()).unwrap();
-        assert_eq!(
-            trusted.verify("central", Some(&headers), payload, None),
-            Verdict::Verified
+        let signed = trusted.verify("central", h, scope(), payload).unwrap();
+        assert_eq!(signed.sig, sealed.sig);
+        let bad = |r: Result<Signed, Unverified>, why: &str| match r {
+            Err(Unverified::Bad(e)) => assert!(e.contains(why), "{e}"),
+            other => panic!("expected {why:?}, got {other:?}"),
+        };
+        bad(
+            trusted.verify("central", h, scope(), br#"{"id":"2"}"#),
+            "forged, altered",
         );
-        assert!(matches!(
-            trusted.verify("central", Some(&headers), br#"{"id":"2"}"#, None),
-            Verdict::Bad(e) if e.contains("forged or altered")
-        ));
-        let forged = intruder.seal(payload);
-        assert!(matches!(
-            trusted.verify("central", Some(&forged), payload, None),
-            Verdict::Bad(e) if e.contains("not trusted for central")
-        ));
-        assert_eq!(
-            trusted.verify("central", None, payload, None),
-            Verdict::Unsigned
+        // Moved to another subject, or its answer redirected: refused.
+        let moved = Scope::request("ship2.CommandACK.CLICommand", Some(INBOX));
+        bad(trusted.verify("central", h, moved, payload), "another subject");
+        let redirected = Scope::request(SUBJECT, Some("_INBOX.intruder.1"));
+        bad(trusted.verify("central", h, redirected, payload), "another subject");
+        // A reply binds the request it answers.
+        let reply = central.seal(Scope::reply(INBOX, &sealed.sig), b"r");
+        assert!(trusted
+            .verify("central", Some(&reply.headers), Scope::reply(INBOX, &sealed.sig), b"r")
+            .is_ok());
+        let other = central.seal(scope(), payload);
+        bad(
+            trusted.verify("central", Some(&reply.headers), Scope::reply(INBOX, &other.sig), b"r"),
+            "forged",
         );
-        let window = Some(Duration::from_secs(300));
-        let fresh = central.seal(payload);
-        assert_eq!(
-            trusted.verify("central", Some(&fresh), payload, window),
-            Verdict::Verified
+        let forged = intruder.seal(scope(), payload);
+        bad(
+            trusted.verify("central", Some(&forged.headers), scope(), payload),
+            "not trusted for central",
         );
-        assert!(matches!(
-            trusted.verify("central", Some(&fresh), payload, window),
-            Verdict::Bad(e) if e.contains("a replay")
-        ));
-        let old = central.seal_at(payload, files::unix_millis() - 600_000);
-        assert!(matches!(
-            trusted.verify("central", Some(&old), payload, Some(Duration::from_secs(300))),
-            Verdict::Bad(e) if e.contains("replay window")
-        ));
+        assert_eq!(
+            trusted.verify("central", None, scope(), payload),
+            Err(Unverified::Unsigned)
+        );
     }
 
     #[test]
-    fn trusted_txt_errors_name_the_line() {
-        assert!(parse_trusted_txt("central UABC\n")
+    fn a_request_is_fresh_once_and_a_replay_is_refused_even_after_a_restart() {
+        let (dir, _me, trusted) = store("ship1");
+        let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+        trust(dir.path(), "central", central.public_key()).unwrap();
+        let window = Duration::from_secs(300);
+        let take = |t: &Trusted, sealed: &Sealed, clock| {
+            let signed = t
+                .verify("central", Some(&sealed.headers), scope(), b"m")
+                .unwrap();
+            t.fresh("central", &signed, window, clock)
+        };
+        let first = central.seal(scope(), b"m");
+        let second = central.seal(scope(), b"m");
+        // Out of order within the window is fine; the same one twice is not.
+        assert_eq!(take(&trusted, &second, ClockCheck::On), Ok(()));
+        assert_eq!(take(&trusted, &first, ClockCheck::On), Ok(()));
+        assert!(take(&trusted, &first, ClockCheck::On).unwrap_err().contains("a replay"));
+        // Old by the clock: refused when the clock is checked.
+        let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
+        assert!(take(&trusted, &old, ClockCheck::On)
+            .unwrap_err()
+            .contains("replay window"));
+        // Unchecked clock: still refused, being sent long before the latest one taken.
+        let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
+        assert!(take(&trusted, &old, ClockCheck::Off)
+            .unwrap_err()
+            .contains("before the latest message"));
+        // A month in the future (this node's clock is behind): taken with the clock off.
+        let ahead = central.seal_at(scope(), b"m", files::unix_millis() + 30 * 86_400_000);
+        assert_eq!(take(&trusted, &ahead, ClockCheck::Off), Ok(()));
+        // After a restart, what was taken stays taken.
+        trusted.persist_senders(true);
+        let reopened = Trusted::open(dir.path(), "ship1", _me.public_key()).unwrap();
+        assert!(take(&reopened, &second, ClockCheck::Off).is_err());
+        let third = central.seal_at(scope(), b"m", files::unix_millis() + 30 * 86_400_000);
+        assert_eq!(take(&reopened, &third, ClockCheck::Off), Ok(()));
+    }
+
+    #[test]
+    fn the_counter_window_tracks_each_counter_below_the_highest() {
+        let mut w = SenderWindow::default();
+        for seq in [5000, 4998, 4999, 5003, 5001] {
+            assert_eq!(w.take(seq), Ok(()), "{seq}");
+        }
+        for seq in [4998, 4999, 5000, 5001, 5003] {
+            assert!(w.take(seq).is_err(), "{seq} taken twice");
+        }
+        assert_eq!(w.take(5002), Ok(()));
+        assert_eq!(w.take(5003 - SEQ_WINDOW), Ok(()), "the last in the window");
+        assert!(w.take(5003 - SEQ_WINDOW - 1).is_err(), "below the window");
+        assert_eq!(w.take(5003 + 5000), Ok(()));
+        assert!(w.take(5003).is_err());
+    }
+
+    #[test]
+    fn key_line_errors_name_the_line() {
+        assert!(parse_key_lines("central UABC\n")
             .unwrap_err()
             .starts_with("line 1"));
-        assert!(parse_trusted_txt("# only a comment\n\n")
+        assert!(parse_key_lines("# only a comment\n\n")
             .unwrap()
             .keys
             .is_empty());
@@ -605,13 +1164,77 @@ mod tests {
             ..KeySet::default()
         };
         set.add("ship2", other.public_key());
-        assert_eq!(trusted.replace_distributed(&set).unwrap(), 1);
+        assert_eq!(trusted.replace_distributed(&set, &["central"]).unwrap(), 1);
         assert!(trusted.knows("ship2"));
         set.issued = 1000;
-        assert!(trusted.replace_distributed(&set).is_err());
+        assert!(trusted.replace_distributed(&set, &["central"]).is_err());
         assert_eq!(KeySet::parse(&set.to_json()).unwrap(), set);
         // The operator deletes the file: those keys are trusted no more.
         fs::remove_file(distributed_path(dir.path())).unwrap();
         assert!(!trusted.knows("ship2"));
+    }
+
+    #[test]
+    fn a_distributed_set_never_rebinds_central_an_allowed_sender_or_this_node() {
+        let (dir, _me, trusted) = store("ship1");
+        let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+        let attacker = Identity::generate(&dir.path().join("a"), false).unwrap();
+        trust(dir.path(), "central", central.public_key()).unwrap();
+        for name in ["central", "ops", "ship1"] {
+            let mut set = KeySet {
+                issued: 5000,
+                ..KeySet::default()
+            };
+            set.add(name, attacker.public_key());
+            let e = trusted
+                .replace_distributed(&set, &["central", "ops"])
+                .unwrap_err();
+            assert!(e.contains(&format!("binds a key to {name}")), "{e}");
+        }
+        // Central's own pinned key in the set is no rebinding.
+        let mut set = KeySet {
+            issued: 5000,
+            ..KeySet::default()
+        };
+        set.add("central", central.public_key());
+        set.add("ship2", attacker.public_key());
+        assert_eq!(trusted.replace_distributed(&set, &["central"]).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_revoked_key_is_never_trusted_again_whoever_lists_it() {
+        let (dir, _me, trusted) = store("central");
+        let ship2 = Identity::generate(&dir.path().join("s"), false).unwrap();
+        trust(dir.path(), "ship2", ship2.public_key()).unwrap();
+        assert!(trusted.knows("ship2"));
+        assert_eq!(revoke(dir.path(), "ship2").unwrap(), [ship2.public_key()]);
+        assert!(!trusted.knows("ship2"));
+        let sealed = ship2.seal(scope(), b"m");
+        assert!(matches!(
+            trusted.verify("ship2", Some(&sealed.headers), scope(), b"m"),
+            Err(Unverified::Bad(e)) if e.contains("revoked")
+        ));
+        assert!(trust(dir.path(), "ship2", ship2.public_key())
+            .unwrap_err()
+            .contains("revoked"));
+        let mut set = KeySet {
+            issued: 9000,
+            ..KeySet::default()
+        };
+        set.add("ship2", ship2.public_key());
+        trusted.replace_distributed(&set, &[]).unwrap();
+        assert!(!trusted.knows("ship2"), "a distributed set revived a revoked key");
+        // The revocation travels with what this node distributes.
+        assert_eq!(
+            trusted.distributable().revoked["ship2"],
+            [ship2.public_key()]
+        );
+    }
+
+    #[test]
+    fn ids_carry_128_random_bits() {
+        let a = random_hex128();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_hex128());
     }
 }

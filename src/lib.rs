@@ -26,6 +26,7 @@
 //! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
 //! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
 //! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
+//! - [`admission`]: the receiver's gate, one decision before any method runs.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
 //! - [`supervisor`]: the process table; spawns, restarts, stops.
 //! - [`process`]: inbox, publisher, subscriber, hello: one thread each.
@@ -35,6 +36,7 @@
 //! - [`demo`]: `steward demo`, a local fleet in one command.
 //! - [`client`]: `steward send` and `steward status`, through the agent's control socket.
 
+pub mod admission;
 pub mod broker;
 pub mod client;
 pub mod config;

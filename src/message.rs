@@ -81,6 +81,9 @@ pub struct Message {
     pub ttl: Option<u64>,
 }
 
+/// Why a method cannot be sent as a kind, if it cannot.
+pub type KindCheck = dyn Fn(&str, Kind) -> Option<String>;
+
 /// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
 const KEYS: [&str; 7] = [
     "toNode",
@@ -114,13 +117,11 @@ impl Message {
         }
     }
 
-    /// Validates one JSON value from `inmsg.txt` as a message. `known_method` says whether
-    /// this build can deliver a method (an unknown one is refused here, at the sender, with
-    /// the list of known ones, rather than retried against a node that cannot run it).
-    pub fn from_value(
-        value: &Value,
-        known_method: &dyn Fn(&str) -> bool,
-    ) -> Result<Message, String> {
+    /// Validates one JSON value from `inmsg.txt` as a message. `refusal` says why this
+    /// build cannot send a method as a kind, if it cannot (an unknown method, or a command
+    /// method as an event, is refused here, at the sender, rather than retried against a
+    /// node that would refuse it): [`crate::methods::kind_refusal`].
+    pub fn from_value(value: &Value, refusal: &KindCheck) -> Result<Message, String> {
         let obj = value.as_object().ok_or_else(|| {
             format!(
                 "a message must be a JSON object, found {}",
@@ -150,8 +151,8 @@ impl Message {
         })?;
         validate_name(&message.to_node).map_err(|e| format!("bad toNode: {e}"))?;
         validate_name(&message.method).map_err(|e| format!("bad method: {e}"))?;
-        if !known_method(&message.method) {
-            return Err(format!("unknown method {:?}", message.method));
+        if let Some(why) = refusal(&message.method, message.kind) {
+            return Err(why);
         }
         if message.timeout == Some(0) || message.timeout > Some(MAX_TIMEOUT_SECS) {
             return Err(format!(
@@ -294,6 +295,9 @@ pub struct Reply {
     pub id: String,
     #[serde(rename = "fromNode")]
     pub from_node: String,
+    /// The sender of the message this answers: a receiver keeps replies by (sender, id).
+    #[serde(rename = "toNode", default, skip_serializing_if = "String::is_empty")]
+    pub to_node: String,
     pub status: Status,
     #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -310,11 +314,12 @@ impl Reply {
         serde_json::from_slice(bytes).map_err(|e| format!("undecodable reply: {e}"))
     }
 
-    /// A refusal of message `id` by node `by`.
-    pub fn refusal(id: String, by: &str, why: String) -> Reply {
+    /// A refusal of message `id` from `to` by node `by`.
+    pub fn refusal(id: String, to: &str, by: &str, why: String) -> Reply {
         Reply {
             id,
             from_node: by.to_string(),
+            to_node: to.to_string(),
             status: Status::Refused,
             exit_code: None,
             output: why,
@@ -352,12 +357,7 @@ pub struct Parsed {
 /// on its own with an error naming what and where (`line` counts from `first_line`); good
 /// messages still go. A trailing value that is not complete is left unconsumed, unless
 /// `at_end` says no more bytes will come, in which case it is rejected too.
-pub fn parse_input(
-    text: &[u8],
-    first_line: usize,
-    at_end: bool,
-    known_method: &dyn Fn(&str) -> bool,
-) -> Parsed {
+pub fn parse_input(text: &[u8], first_line: usize, at_end: bool, known_method: &KindCheck) -> Parsed {
     let mut parsed = Parsed::default();
     let mut pos = 0;
     // Line numbers for errors, counted as we go (counting from the start for every value
@@ -418,7 +418,7 @@ pub fn parse_input(
     parsed
 }
 
-fn take_value(chunk: &[u8], line: usize, known_method: &dyn Fn(&str) -> bool, parsed: &mut Parsed) {
+fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut Parsed) {
     let reject = |error: String| Rejected {
         text: String::from_utf8_lossy(chunk).into_owned(),
         error,
@@ -525,8 +525,8 @@ fn next_value_start(text: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn known(m: &str) -> bool {
-        ["CLICommand", "TextLogging", "Hello", "ErrorLog"].contains(&m)
+    fn known(m: &str, kind: Kind) -> Option<String> {
+        crate::methods::kind_refusal(m, kind)
     }
 
     const SEED_TWO: &str = r#"[
@@ -624,6 +624,26 @@ mod tests {
         // The rejected text is itself valid inmsg.txt input, so it can be fixed and re-sent.
         let again = parse_input(p.rejected[0].text.as_bytes(), 1, true, &known);
         assert_eq!(again.rejected.len(), 1);
+    }
+
+    #[test]
+    fn a_method_sent_as_a_kind_it_does_not_serve_is_refused_at_intake() {
+        let text = r#"[
+ {"toNode":"ship1","data":["id"],"commandOrEvent":"EventACK","method":"CLICommand"},
+ {"toNode":"ship1","data":["x"],"commandOrEvent":"CommandACK","method":"TextLogging"},
+ {"toNode":"ship1","data":["{}"],"commandOrEvent":"EventNACK","method":"TrustedKeys"},
+ {"toNode":"ship1","data":["fine"],"commandOrEvent":"EventNACK","method":"TextLogging"}
+]"#;
+        let p = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(p.messages.len(), 1);
+        let errors: Vec<_> = p.rejected.iter().map(|r| r.error.as_str()).collect();
+        assert!(
+            errors[0].contains("CLICommand is served only as CommandACK or CommandNACK, not as EventACK"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("TextLogging is served only as EventACK or EventNACK"));
+        assert!(errors[2].contains("TrustedKeys is served only as CommandACK"));
     }
 
     #[test]

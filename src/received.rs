@@ -1,7 +1,9 @@
 //! What this node has received: the receiver's half of "nothing run twice".
 //!
 //! Every message carries an id that stays the same across the sender's retries and
-//! restarts. Before a method runs, the receiver writes `Started{id}` to
+//! restarts. Ids are kept per verified sender: a message is known by (sender, id), so one
+//! sender can neither look up nor pre-empt another's, and only messages whose signature
+//! verified are recorded at all. Before a method runs, the receiver writes `Started{id}` to
 //! `journal/received.log` and fsyncs it; when it has run, `Finished{reply}`, written before
 //! the ACK goes out and fsync'd just after (off the ACK's path). So a retry whose first ACK
 //! was lost is answered from the stored reply, and a retry of a message that was running
@@ -94,7 +96,7 @@ impl Received {
                 Record::Started { id } => inner.remember(id, State::Interrupted),
                 Record::Finished { reply } => {
                     if let Ok(r) = Reply::decode(&reply) {
-                        inner.remember(r.id, State::Done { offset, len });
+                        inner.remember(key(&r.to_node, &r.id), State::Done { offset, len });
                     }
                 }
                 _ => {}
@@ -103,14 +105,18 @@ impl Received {
         Ok(Received(Mutex::new(inner)))
     }
 
-    /// Looks an id up; a new one is recorded (durably) as started before this returns.
-    pub fn begin(&self, id: &str) -> io::Result<Seen> {
-        Ok(self.begin_many(&[id])?.remove(0))
+    /// Looks up message `id` of the verified sender `from`; a new one is recorded
+    /// (durably) as started before this returns.
+    pub fn begin(&self, from: &str, id: &str) -> io::Result<Seen> {
+        Ok(self.begin_many(from, &[id])?.remove(0))
     }
 
-    /// Looks up the ids of a batch; the new ones are recorded as started, all with one
-    /// fsync, before this returns.
-    pub fn begin_many(&self, ids: &[&str]) -> io::Result<Vec<Seen>> {
+    /// Looks up the ids of a batch from the verified sender `from`; the new ones are
+    /// recorded as started, all with one fsync, before this returns.
+    pub fn begin_many(&self, from: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
+        let keys: Vec<String> = ids.iter().map(|id| key(from, id)).collect();
+        let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ids = &ids[..];
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = Vec::with_capacity(ids.len());
         let mut started = Vec::new();
@@ -173,7 +179,7 @@ impl Received {
                 offset: base + start,
                 len,
             };
-            inner.remember(reply.id.clone(), state);
+            inner.remember(key(&reply.to_node, &reply.id), state);
         }
         if inner.file.end() > COMPACT_BYTES.max(2 * inner.compacted_size) {
             inner.compact()?;
@@ -190,6 +196,12 @@ impl Received {
         };
         file.sync_data()
     }
+}
+
+/// How a message is known here: its verified sender and its id (`Started` records hold
+/// this; names cannot contain `/`).
+fn key(from: &str, id: &str) -> String {
+    format!("{from}/{id}")
 }
 
 impl Inner {
@@ -279,6 +291,7 @@ mod tests {
         Reply {
             id: id.into(),
             from_node: "ship1".into(),
+            to_node: "central".into(),
             status: Status::Ok,
             exit_code: Some(0),
             output: output.into(),
@@ -295,19 +308,21 @@ mod tests {
     fn a_handled_id_is_answered_from_the_stored_reply_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open(dir.path(), Duration::ZERO).unwrap();
-        assert_eq!(r.begin("a").unwrap(), Seen::New);
-        assert_eq!(r.begin("a").unwrap(), Seen::Running);
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::Running);
         finish(&r, &reply("a", "out"));
-        assert_eq!(r.begin("b").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "b").unwrap(), Seen::New);
         drop(r);
         let r = Received::open(dir.path(), Duration::ZERO).unwrap();
-        assert_eq!(r.begin("a").unwrap(), Seen::Done(reply("a", "out")));
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::Done(reply("a", "out")));
         assert_eq!(
-            r.begin("b").unwrap(),
+            r.begin("central", "b").unwrap(),
             Seen::Interrupted,
             "b was running when we died"
         );
-        assert_eq!(r.begin("c").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "c").unwrap(), Seen::New);
+        // Another sender's message of the same id is another message: never its reply.
+        assert_eq!(r.begin("ship2", "a").unwrap(), Seen::New);
     }
 
     #[test]
@@ -318,7 +333,7 @@ mod tests {
         let big = "x".repeat(20_000);
         for i in 0..(keep + 250) {
             let id = format!("m{i}");
-            assert_eq!(r.begin(&id).unwrap(), Seen::New);
+            assert_eq!(r.begin("central", &id).unwrap(), Seen::New);
             finish(&r, &reply(&id, &big));
         }
         let size = std::fs::metadata(dir.path().join("received.log"))
@@ -328,12 +343,12 @@ mod tests {
         drop(r);
         let r = Received::open_keeping(dir.path(), keep, Duration::ZERO).unwrap();
         assert_eq!(
-            r.begin("m0").unwrap(),
+            r.begin("central", "m0").unwrap(),
             Seen::New,
             "forgotten after `keep` newer ids"
         );
         let last = format!("m{}", keep + 249);
-        assert_eq!(r.begin(&last).unwrap(), Seen::Done(reply(&last, &big)));
+        assert_eq!(r.begin("central", &last).unwrap(), Seen::Done(reply(&last, &big)));
     }
 
     #[test]
@@ -342,10 +357,10 @@ mod tests {
         let r = Received::open_keeping(dir.path(), 10, Duration::from_secs(60)).unwrap();
         for i in 0..30 {
             let id = format!("m{i}");
-            assert_eq!(r.begin(&id).unwrap(), Seen::New);
+            assert_eq!(r.begin("central", &id).unwrap(), Seen::New);
             finish(&r, &reply(&id, ""));
         }
         // A replay of the first, moments later, is still recognised.
-        assert_eq!(r.begin("m0").unwrap(), Seen::Done(reply("m0", "")));
+        assert_eq!(r.begin("central", "m0").unwrap(), Seen::Done(reply("m0", "")));
     }
 }

@@ -3,7 +3,8 @@
 //! The seed fixes the shape and says names are case sensitive and may not hold a space or a
 //! tab. We refuse more than that: `.` would add a subject level, `*` and `>` are NATS
 //! wildcards (a node named `*` would receive everybody's commands), and `/` or `..` would let
-//! a name escape the data folder, where node and method names become file names.
+//! a name escape the data folder, where node and method names become file names. Names are
+//! plain ASCII letters, digits, `-` and `_`, so no look-alike name can pose as another.
 
 use crate::message::Kind;
 use std::fmt;
@@ -48,7 +49,10 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
             '*' | '>' => "it contains a NATS wildcard ('*' or '>')",
             '/' | '\\' => "it contains a path separator",
             c if c.is_control() => "it contains a control character",
-            _ => continue,
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => continue,
+            // Look-alikes (zero-width, right-to-left, Cyrillic letters) would make a second
+            // "ship1" that reads the same in a log.
+            _ => "it contains a character other than ASCII letters, digits, '-' and '_'",
         };
         return refuse(reason);
     }
@@ -90,10 +94,6 @@ impl Subject {
         }
     }
 
-    /// The subscription a node makes to receive one method in any of the four kinds.
-    pub fn method_filter(node: &str, method: &str) -> String {
-        format!("{node}.*.{method}")
-    }
 }
 
 impl fmt::Display for Subject {
@@ -120,6 +120,7 @@ mod tests {
     fn names_that_would_break_subjects_or_paths_are_refused() {
         for bad in [
             "", "ship 1", "ship\t1", "ship.1", "*", "ship>", "..", "../etc", "a/b", "a\\b", "a\nb",
+            "ship1\u{200b}", "\u{202e}1pihs", "ship\u{0455}1", "shіp1", "ship1:x", "ship@1",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?} was accepted");
         }

@@ -28,6 +28,10 @@ impl Method for CliCommand {
         "CLICommand"
     }
 
+    fn kinds(&self) -> &'static [crate::message::Kind] {
+        super::COMMANDS
+    }
+
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         let deadline = envelope
             .message

@@ -13,6 +13,10 @@ impl Method for ErrorLog {
         "ErrorLog"
     }
 
+    fn kinds(&self) -> &'static [crate::message::Kind] {
+        super::EVENTS
+    }
+
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         self.handle_batch(&[envelope], node).remove(0)
     }

@@ -61,6 +61,10 @@ impl Method for Hello {
         "Hello"
     }
 
+    fn kinds(&self) -> &'static [crate::message::Kind] {
+        super::EVENTS
+    }
+
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         node.presence.seen(&envelope.from_node);
         node.metrics.hello(&envelope.from_node);

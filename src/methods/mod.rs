@@ -1,7 +1,12 @@
 //! What a node can be asked to do. One file per method, behind one trait; adding a method is
 //! a new file and one line in [`registry`].
+//!
+//! Each method declares the kinds it serves: a node subscribes to those subjects only, and
+//! a message of any other kind is refused before anything else is looked at, at intake
+//! (`inmsg.txt`, `steward send`) and on receipt. So a command can never travel as an
+//! event to slip past the rules for commands.
 
-use crate::message::{Envelope, Status};
+use crate::message::{Envelope, Kind, Status};
 use crate::node::Node;
 use std::sync::{Arc, OnceLock};
 
@@ -43,9 +48,16 @@ impl Outcome {
     }
 }
 
+/// The kinds of a method that does something on request (run, install): commands only.
+pub const COMMANDS: &[Kind] = &[Kind::CommandAck, Kind::CommandNack];
+/// The kinds of a method that takes what happened (a log line, a Hello): events only.
+pub const EVENTS: &[Kind] = &[Kind::EventAck, Kind::EventNack];
+
 pub trait Method: Send + Sync {
     /// The name used in subjects and in the `method` key.
     fn name(&self) -> &'static str;
+    /// The kinds this method serves ([`COMMANDS`] or [`EVENTS`]).
+    fn kinds(&self) -> &'static [Kind];
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome;
@@ -72,10 +84,34 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
     ]
 }
 
+/// The kinds a method of this build serves, by name; `None` for an unknown method.
+pub fn kinds_of(name: &str) -> Option<&'static [Kind]> {
+    static KINDS: OnceLock<Vec<(&'static str, &'static [Kind])>> = OnceLock::new();
+    KINDS
+        .get_or_init(|| registry().iter().map(|m| (m.name(), m.kinds())).collect())
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, kinds)| *kinds)
+}
+
 /// Whether this build knows a method by name.
 pub fn is_known(name: &str) -> bool {
-    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
-    NAMES
-        .get_or_init(|| registry().iter().map(|m| m.name()).collect())
-        .contains(&name)
+    kinds_of(name).is_some()
+}
+
+/// Why a method cannot be sent as `kind`, if it cannot: the one check, at intake and on
+/// receipt.
+pub fn kind_refusal(method: &str, kind: Kind) -> Option<String> {
+    match kinds_of(method) {
+        None => Some(format!("unknown method {method:?}")),
+        Some(kinds) if !kinds.contains(&kind) => {
+            let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            Some(format!(
+                "{method} is served only as {}, not as {}",
+                names.join(" or "),
+                kind.as_str()
+            ))
+        }
+        Some(_) => None,
+    }
 }

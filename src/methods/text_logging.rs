@@ -14,6 +14,10 @@ impl Method for TextLogging {
         "TextLogging"
     }
 
+    fn kinds(&self) -> &'static [crate::message::Kind] {
+        super::EVENTS
+    }
+
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         self.handle_batch(&[envelope], node).remove(0)
     }

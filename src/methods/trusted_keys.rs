@@ -2,11 +2,15 @@
 //! a node to the fleet means trusting it on central and distributing once
 //! (`steward keys distribute ship1 ship2 ...`), not editing every node by hand.
 //!
-//! It is a command like any other: it must be signed by a sender allowed to call it (by
-//! default only central), within the replay window. The set (a [`KeySet`] as JSON in
-//! `data`) replaces the one held in `keys/distributed.json` only if it was issued later, so
-//! an old set cannot be replayed over a newer one. The operator's own `keys/trusted.txt`
-//! is never touched.
+//! It is a command, taken only from the central node (whatever `--allowCommandsFrom` says;
+//! see [`crate::admission`]), signed and fresh. The set (a [`KeySet`] as JSON in `data`)
+//! replaces the one held in `keys/distributed.json` only if it was issued later, so an old
+//! set cannot be replayed over a newer one; and no later than the message itself was
+//! accepted plus the replay window, so no set can claim a far future that no real set
+//! could ever replace. It can never bind a key to the central node, to any sender named in
+//! `--allowCommandsFrom` or to this node itself: those keys only this node's operator
+//! pins (`keys/trusted.txt`, never touched here). A sender allowed to send commands can
+//! therefore never make itself central. Revoked keys it carries are revoked here too.
 
 use super::{Method, Outcome};
 use crate::keys::KeySet;
@@ -20,12 +24,28 @@ impl Method for TrustedKeys {
         "TrustedKeys"
     }
 
+    fn kinds(&self) -> &'static [crate::message::Kind] {
+        super::COMMANDS
+    }
+
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         let set = match KeySet::parse(&envelope.message.data.concat()) {
             Ok(set) => set,
             Err(e) => return Outcome::error(e),
         };
-        match node.trusted.replace_distributed(&set) {
+        let latest = envelope
+            .accepted
+            .saturating_add(node.config.replay_window.as_millis() as u64);
+        if set.issued > latest {
+            return Outcome::refused(format!(
+                "the set claims to be issued at {}, after the message carrying it was sent ({}); not taken",
+                crate::files::rfc3339(set.issued),
+                crate::files::rfc3339(envelope.accepted)
+            ));
+        }
+        let mut protected: Vec<&str> = vec![node.config.central_node.as_str()];
+        protected.extend(node.config.allow_commands_from.iter().map(|a| a.from.as_str()));
+        match node.trusted.replace_distributed(&set, &protected) {
             Ok(n) => {
                 let nodes: Vec<&str> = set.keys.keys().map(String::as_str).collect();
                 log::info!(

@@ -100,7 +100,7 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         Some(rest) => (true, rest),
         None => (false, trimmed),
     };
-    let parsed = parse_input(body.as_bytes(), 1, true, &crate::methods::is_known);
+    let parsed = parse_input(body.as_bytes(), 1, true, &crate::methods::kind_refusal);
     let mut out = String::new();
     for r in &parsed.rejected {
         let line = serde_json::json!({"rejected": r.text, "error": r.error});

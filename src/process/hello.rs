@@ -30,7 +30,11 @@ impl Process for Hello {
             count += 1;
             let now = crate::files::unix_millis();
             let envelope = Envelope {
-                id: format!("{}-hello-{now}", config.node),
+                id: format!(
+                    "{}-hello-{now}-{}",
+                    config.node,
+                    crate::keys::random_hex128()
+                ),
                 from_node: config.node.clone(),
                 accepted: now,
                 message: Message {
@@ -48,9 +52,10 @@ impl Process for Hello {
                 &self.node.identity,
                 &subject,
                 None,
+                None,
                 &envelope.encode(),
             ) {
-                Ok(()) => self.state.set(format!("sent hello {count}")),
+                Ok(_) => self.state.set(format!("sent hello {count}")),
                 Err(e) => self.state.set(format!("hello {count} not sent: {e}")),
             }
             if sleep_or_stop(stop, self.interval) {

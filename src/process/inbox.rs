@@ -222,7 +222,7 @@ impl Inbox {
                 &bytes,
                 t.line,
                 (at_end && !cut_short) || too_big,
-                &crate::methods::is_known,
+                &crate::methods::kind_refusal,
             );
             if parsed.consumed == 0 {
                 if cut_short {

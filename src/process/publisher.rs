@@ -24,7 +24,7 @@
 use super::{sleep_or_stop, Process, State};
 use crate::broker;
 use crate::journal::Entry;
-use crate::keys::Verdict;
+use crate::keys::{Scope, Unverified};
 use crate::message::{Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
 use crate::subject::Subject;
@@ -320,10 +320,14 @@ impl Publisher {
             timeout,
             stop,
             false,
+            &mut Vec::new(),
             |bytes| {
                 let got = Reply::decode_batch(bytes)?;
                 let expected = batch.iter().map(|e| e.envelope.id.as_str());
-                if got.len() != batch.len() || !got.iter().map(|r| r.id.as_str()).eq(expected) {
+                if got.len() != batch.len()
+                    || !got.iter().map(|r| r.id.as_str()).eq(expected)
+                    || got.iter().any(|r| r.from_node != *to)
+                {
                     return Err(format!(
                         "{} replies that do not match the batch of {}",
                         got.len(),
@@ -354,6 +358,7 @@ impl Publisher {
         let payload = entry.envelope.encode();
         let subject = self.subject.to_string();
         let mut attempt = 0u32;
+        let mut sigs = Vec::new();
         loop {
             // While our own link is down, wait for it: an outage here is not the
             // destination's failure and must not spend its retries.
@@ -377,7 +382,7 @@ impl Publisher {
             self.state.set(doing);
             let id = &entry.envelope.id;
             let accept = |bytes: &[u8]| match Reply::decode(bytes) {
-                Ok(reply) if reply.id == *id => Ok(reply),
+                Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
                 Ok(reply) => Err(format!("a reply for {} while waiting for {id}", reply.id)),
                 Err(e) => Err(e),
             };
@@ -390,6 +395,7 @@ impl Publisher {
                 timeout,
                 stop,
                 true,
+                &mut sigs,
                 accept,
             );
             let last_error = match tried {
@@ -428,10 +434,12 @@ impl Publisher {
     }
 
     /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
-    /// `reply_subject` that is signed by `to` (if its key is known) and that `accept` takes.
-    /// A `single` message waits out "no responders" (so that its retry does not hammer)
-    /// and passes over a reply it cannot take; a batch gives up at once on either, and
-    /// sending one at a time sorts it out.
+    /// `reply_subject` that is signed by `to`, bound to one of this message's attempts
+    /// (`sigs`, to which this attempt's signature is added), and that `accept` takes.
+    /// "No responders" is only a hint for the error text, never the verdict (anyone can
+    /// publish one on our inbox): a `single` message waits on for a signed reply until the
+    /// deadline; a batch gives up at once, as it does on a reply it cannot take, and sending
+    /// one at a time sorts it out.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
@@ -443,19 +451,29 @@ impl Publisher {
         timeout: Duration,
         stop: &Receiver<()>,
         single: bool,
+        sigs: &mut Vec<String>,
         accept: impl Fn(&[u8]) -> Result<T, String>,
     ) -> Attempt<T> {
         let subject = self.subject.to_string();
         let deadline = Instant::now() + timeout;
-        if let Err(e) = broker::publish(
+        match broker::publish(
             conn,
             &self.node.identity,
             &subject,
             Some(reply_subject),
+            None,
             payload,
         ) {
-            return Attempt::Failed(format!("cannot publish: {e}"));
+            Ok(sig) => {
+                // A late reply to an earlier attempt still answers this message.
+                if sigs.len() >= 8 {
+                    sigs.remove(0);
+                }
+                sigs.push(sig);
+            }
+            Err(e) => return Attempt::Failed(format!("cannot publish: {e}")),
         }
+        let mut hint: Option<String> = None;
         loop {
             select! {
                 recv(replies.receiver()) -> msg => {
@@ -466,16 +484,18 @@ impl Publisher {
                         continue; // a late reply to a message already finished
                     }
                     if msg.is_no_responders() {
-                        // Nobody listens now; wait out the attempt rather than hammer.
-                        if single && sleep_or_stop(stop, deadline.saturating_duration_since(Instant::now())) {
-                            return Attempt::Stopped;
-                        }
-                        return Attempt::Failed(format!(
+                        let why = format!(
                             "no responders on {subject}: {to} is not running, or not connected"
-                        ));
+                        );
+                        if !single {
+                            return Attempt::Failed(why);
+                        }
+                        hint = Some(why);
+                        continue;
                     }
-                    if let Err(why) = self.check_signature(to, &msg) {
+                    if let Err(why) = self.check_reply(to, &msg, sigs) {
                         log::warn!("{subject}: ignoring a reply: {why}");
+                        hint = Some(why);
                         continue;
                     }
                     match accept(&msg.data) {
@@ -488,24 +508,37 @@ impl Publisher {
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
                 recv(crossbeam_channel::at(deadline)) -> _ => {
-                    return Attempt::Failed(format!("no ACK within {}s", timeout.as_secs()));
+                    return Attempt::Failed(match hint {
+                        Some(why) => format!("no ACK within {}s ({why})", timeout.as_secs()),
+                        None => format!("no ACK within {}s", timeout.as_secs()),
+                    });
                 },
             }
         }
     }
 
-    /// A reply must be signed by the destination when this node knows its key: otherwise
-    /// anyone on the broker could answer for it ("it ran, exit 0").
-    fn check_signature(&self, to: &str, msg: &nats::Message) -> Result<(), String> {
+    /// A reply must be signed by a key this node trusts for the destination, over the
+    /// reply subject and the signature of one of our attempts: otherwise anyone on the
+    /// broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
+    /// to a tampered copy out of it. A reply that cannot be verified is never stored.
+    fn check_reply(&self, to: &str, msg: &nats::Message, sigs: &[String]) -> Result<(), String> {
         let trusted = &self.node.trusted;
-        match trusted.verify(to, msg.headers.as_ref(), &msg.data, None) {
-            Verdict::Verified => Ok(()),
-            Verdict::Bad(why) => Err(why),
-            Verdict::Unsigned | Verdict::UnknownSender if trusted.knows(to) => {
-                Err(format!("not signed by {to}, whose key this node trusts"))
+        let mut why = String::new();
+        for sig in sigs.iter().rev() {
+            let scope = Scope::reply(&msg.subject, sig);
+            match trusted.verify(to, msg.headers.as_ref(), scope, &msg.data) {
+                Ok(_) => return Ok(()),
+                Err(Unverified::UnknownSender { key }) => {
+                    return Err(format!(
+                        "{} trusts no key for {to}, so its reply cannot be verified; if {key} is {to}'s key (`steward keys show` on {to}), run on {}: steward keys trust {to} {key}",
+                        self.node.config.node, self.node.config.node
+                    ))
+                }
+                Err(e @ Unverified::Unsigned) => return Err(format!("{e}: not from {to}")),
+                Err(e) => why = e.to_string(),
             }
-            Verdict::Unsigned | Verdict::UnknownSender => Ok(()),
         }
+        Err(format!("{why} (not a reply to this message's attempts)"))
     }
 
     fn publish_once(
@@ -518,8 +551,8 @@ impl Publisher {
         let payload = entry.envelope.encode();
         let mut attempt = 0;
         loop {
-            match broker::publish(conn, &self.node.identity, &subject, None, &payload) {
-                Ok(()) => {
+            match broker::publish(conn, &self.node.identity, &subject, None, None, &payload) {
+                Ok(_) => {
                     let method = entry.envelope.message.method.as_str();
                     self.node.metrics.sent.with_label_values(&[method]).inc();
                     return Delivery::Published;

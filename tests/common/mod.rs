@@ -226,8 +226,15 @@ pub fn key_of(name: &str) -> String {
         .public_key()
 }
 
-/// Gives node `name` its test key, and makes it trust the central node's, as an operator
-/// would with `steward keys trust central KEY` when setting a node up.
+/// The test fleet: every node trusts these names' test keys, as an operator would with
+/// `steward keys trust NODE KEY` (or central's `steward keys distribute`) when setting the
+/// fleet up. Any other name (`intruder`, `nobody`) is a stranger to all.
+pub const FLEET: [&str; 11] = [
+    "central", "ship1", "ship2", "ship3", "ship4", "ship5", "ship6", "ship7", "ship8", "ship9",
+    "ops",
+];
+
+/// Gives node `name` its test key, and makes it trust the fleet's keys.
 pub fn install_keys(data: &Path, name: &str) {
     use std::os::unix::fs::PermissionsExt;
     let keys = data.join("keys");
@@ -236,7 +243,11 @@ pub fn install_keys(data: &Path, name: &str) {
     fs::write(keys.join("node.seed"), seed_of(name)).unwrap();
     fs::set_permissions(keys.join("node.seed"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(keys.join("node.pub"), key_of(name)).unwrap();
-    steward::keys::trust(&keys, "central", &key_of("central")).unwrap();
+    let lines: String = FLEET
+        .iter()
+        .map(|n| format!("{n} {}\n", key_of(n)))
+        .collect();
+    fs::write(keys.join("trusted.txt"), lines).unwrap();
 }
 
 /// A running `steward` node with its own data folder, killed on drop.
@@ -383,8 +394,13 @@ impl Node {
     pub fn wait_listening(&self) {
         let deadline = Instant::now() + WAIT;
         for method in ["CLICommand", "TextLogging", "Hello", "ErrorLog"] {
-            let line = format!("listening on {}.*.{method}", self.name);
-            while !self.log().contains(&line) {
+            let listens = |log: &str| {
+                log.lines().any(|l| {
+                    l.contains(&format!("listening on {}.", self.name))
+                        && l.ends_with(&format!(".{method}"))
+                })
+            };
+            while !listens(&self.log()) {
                 assert!(
                     Instant::now() < deadline,
                     "{} never listened:\n{}",

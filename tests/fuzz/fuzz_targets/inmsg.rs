@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let at_end = flags & 1 == 1;
-    let parsed = parse_input(text, 1, at_end, &steward::methods::is_known);
+    let parsed = parse_input(text, 1, at_end, &steward::methods::kind_refusal);
     assert!(parsed.consumed <= text.len());
     if at_end {
         assert_eq!(
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for m in &parsed.messages {
         let v = serde_json::to_value(m).unwrap();
-        let again = Message::from_value(&v, &steward::methods::is_known).unwrap();
+        let again = Message::from_value(&v, &steward::methods::kind_refusal).unwrap();
         assert_eq!(&again, m);
     }
 });

@@ -1,0 +1,242 @@
+//! The receiver's gate: what a wire message must be before any method sees it. One pure
+//! decision, `(subject, reply subject, headers, payload) → admitted or refused`, so the
+//! whole rule lives in one place and can be fuzzed whole (`tests/fuzz`, target `admit`).
+//!
+//! In order, each check before the next:
+//! 1. the subject is this node's and one of the kinds the method serves (a command method
+//!    never runs from an event subject);
+//! 2. the payload decodes (one envelope, or a batch from one sender) and agrees with the
+//!    subject;
+//! 3. it is signed, over its subject and reply subject, by a key trusted for the sender it
+//!    names (no key, an unknown key, a revoked key: refused; a fleet fails closed);
+//! 4. it is fresh: its signing counter was never taken from that sender, and its sending
+//!    time is plausible (see [`crate::keys`]);
+//! 5. its answer would go to the sender's own inbox (`_INBOX.<sender>.`), so no node can
+//!    make this one publish signed words on a subject of its choosing;
+//! 6. the sender may call it: commands only from `--allowCommandsFrom`, `TrustedKeys`
+//!    only from the central node; events from any verified sender.
+//!
+//! A message failing 1–5 is answered with nothing at all (logged, and reported to central
+//! within a rate limit): whoever sent it proved nothing, and an answer would only help
+//! them. One failing 6 came from a verified sender, which is told why, on its own inbox.
+
+use crate::config::Allow;
+use crate::keys::{ClockCheck, Scope, Signed, Trusted};
+use crate::message::{self, Envelope, Kind};
+use crate::subject::Subject;
+use std::time::Duration;
+
+/// This node's rules, from its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub node: &'a str,
+    pub central: &'a str,
+    pub allow_commands_from: &'a [Allow],
+    pub replay_window: Duration,
+    pub clock_check: ClockCheck,
+}
+
+impl<'a> Policy<'a> {
+    pub fn of(config: &'a crate::config::Config) -> Policy<'a> {
+        Policy {
+            node: &config.node,
+            central: &config.central_node,
+            allow_commands_from: &config.allow_commands_from,
+            replay_window: config.replay_window,
+            clock_check: config.clock_check,
+        }
+    }
+}
+
+/// The method a message is for, as this node serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub method: &'a str,
+    pub kinds: &'a [Kind],
+}
+
+/// A message that may run.
+#[derive(Debug)]
+pub struct Admitted {
+    /// One envelope, or a batch's, in order.
+    pub envelopes: Vec<Envelope>,
+    pub batch: bool,
+    /// The verified sender.
+    pub from: String,
+    /// Its signature: what the answer names.
+    pub signed: Signed,
+    /// Where the answer goes (the sender's own inbox), if it wants one.
+    pub reply_to: Option<String>,
+}
+
+/// A message that may not run.
+#[derive(Debug)]
+pub enum Refused {
+    /// It proved nothing: answered with nothing.
+    Silent(Refusal),
+    /// A verified sender that may not do this: told so, on its own inbox.
+    Answered {
+        refusal: Refusal,
+        admitted: Admitted,
+    },
+}
+
+/// What a refusal says, for the log and the report to central.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The sender the message names, if it could be read.
+    pub from: String,
+    /// Its ids, if they could be read.
+    pub ids: Vec<String>,
+    pub why: String,
+}
+
+impl Refused {
+    pub fn refusal(&self) -> &Refusal {
+        match self {
+            Refused::Silent(r) | Refused::Answered { refusal: r, .. } => r,
+        }
+    }
+}
+
+/// The decision. `trusted` is the only state it touches: a fresh message's counter is
+/// taken.
+pub fn admit(
+    policy: &Policy<'_>,
+    trusted: &Trusted,
+    served: Served<'_>,
+    subject: &str,
+    reply: Option<&str>,
+    headers: Option<&nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<Admitted, Refused> {
+    let silent = |from: &str, ids: &[String], why: String| {
+        Refused::Silent(Refusal {
+            from: from.to_string(),
+            ids: ids.to_vec(),
+            why,
+        })
+    };
+    // 1. This node's subject, a kind the method serves.
+    let parsed = Subject::parse(subject).map_err(|e| silent("", &[], e))?;
+    if parsed.node != policy.node || parsed.method != served.method {
+        return Err(silent(
+            "",
+            &[],
+            format!("{subject} is not a subject of {}.{}", policy.node, served.method),
+        ));
+    }
+    if !served.kinds.contains(&parsed.kind) {
+        let kinds: Vec<&str> = served.kinds.iter().map(|k| k.as_str()).collect();
+        return Err(silent(
+            "",
+            &[],
+            format!(
+                "{} is served only as {}, not as {}",
+                served.method,
+                kinds.join(" or "),
+                parsed.kind.as_str()
+            ),
+        ));
+    }
+    // 2. It decodes, from one sender, and agrees with its subject.
+    let batch = message::is_batch(payload);
+    let envelopes = if batch {
+        message::decode_batch(payload)
+    } else {
+        Envelope::decode(payload).map(|e| vec![e])
+    }
+    .map_err(|e| silent("", &[], e))?;
+    let from = envelopes[0].from_node.clone();
+    let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+    if let Some(e) = envelopes.iter().find(|e| e.from_node != from) {
+        return Err(silent(
+            &from,
+            &ids,
+            format!("it mixes senders ({from}, {})", e.from_node),
+        ));
+    }
+    for e in &envelopes {
+        let m = &e.message;
+        if m.to_node != parsed.node || m.kind != parsed.kind || m.method != parsed.method {
+            return Err(silent(
+                &from,
+                &ids,
+                format!(
+                    "{}: its content ({}.{}.{}) does not match its subject",
+                    e.id,
+                    m.to_node,
+                    m.kind.as_str(),
+                    m.method
+                ),
+            ));
+        }
+    }
+    // 3. Signed by a key trusted for that sender, over these subjects.
+    let signed = trusted
+        .verify(&from, headers, Scope::request(subject, reply), payload)
+        .map_err(|e| silent(&from, &ids, e.to_string()))?;
+    // 4. Fresh.
+    trusted
+        .fresh(&from, &signed, policy.replay_window, policy.clock_check)
+        .map_err(|why| silent(&from, &ids, why))?;
+    // 5. Answered only on the sender's own inbox.
+    if let Some(to) = reply {
+        let own = format!("_INBOX.{from}.");
+        if !to.starts_with(&own) || to.len() == own.len() {
+            return Err(silent(
+                &from,
+                &ids,
+                format!("its answer would go to {to}, not to {from}'s own inbox ({own}…)"),
+            ));
+        }
+    }
+    let admitted = Admitted {
+        envelopes,
+        batch,
+        from,
+        signed,
+        reply_to: reply.map(str::to_string),
+    };
+    // 6. The sender may call this here.
+    if let Some(why) = forbidden(policy, &admitted.from, parsed.kind, served.method) {
+        return Err(Refused::Answered {
+            refusal: Refusal {
+                from: admitted.from.clone(),
+                ids,
+                why,
+            },
+            admitted,
+        });
+    }
+    Ok(admitted)
+}
+
+/// Why `from` may not send `method` as `kind` here, if it may not.
+fn forbidden(policy: &Policy<'_>, from: &str, kind: Kind, method: &str) -> Option<String> {
+    if !kind.is_command() {
+        return None;
+    }
+    if method == "TrustedKeys" && from != policy.central {
+        return Some(format!(
+            "{from} may not call TrustedKeys here: only the central node ({}) distributes keys",
+            policy.central
+        ));
+    }
+    if policy
+        .allow_commands_from
+        .iter()
+        .any(|rule| rule.permits(from, method))
+    {
+        return None;
+    }
+    let rules: Vec<String> = policy
+        .allow_commands_from
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    Some(format!(
+        "{from} may not call {method} here (allowCommandsFrom: {})",
+        rules.join(", ")
+    ))
+}
