@@ -28,6 +28,7 @@ pub struct Metrics {
     pub restarts: IntCounter,
     pub broker_connected: IntGauge,
     pub broker_reconnects: IntCounter,
+    broker_malformed_dropped: IntCounter,
     pub journal_pending: IntGauge,
     pub journal_size: IntGauge,
     pub journal_written: IntCounter,
@@ -125,6 +126,11 @@ impl Metrics {
                 "steward_broker_reconnects_total",
                 "Reconnections to the broker.",
             ),
+            broker_malformed_dropped: counter(
+                &r,
+                "steward_broker_malformed_dropped_total",
+                "Incoming messages dropped because their NATS header block could not be parsed.",
+            ),
             journal_pending: gauge(
                 &r,
                 "steward_journal_pending_messages",
@@ -204,6 +210,11 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        // Counted inside the (patched) nats client, which drops such a message instead of
+        // the connection; see vendor/nats.
+        self.broker_malformed_dropped.inc_by(
+            nats::dropped_malformed_messages().saturating_sub(self.broker_malformed_dropped.get()),
+        );
         let now = crate::files::unix_millis();
         for (node, &at) in self
             .last_hello

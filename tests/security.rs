@@ -398,3 +398,109 @@ fn hostile_wire_messages_are_refused_without_crashing_anything() {
     assert!(String::from_utf8_lossy(&reply.data).contains("\"status\":\"ok\""));
     ship1.wait_for("textlog/ship2.log", "fine");
 }
+
+/// Sends `ops` (raw protocol lines) to the broker over a bare socket, as any client of the
+/// broker can, and returns once the broker answered the PING after them: all were taken.
+fn raw_to_broker(broker: &str, ops: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(broker).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "not a NATS server: {line}");
+    let connect = "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\n";
+    stream.write_all(connect.as_bytes()).unwrap();
+    stream.write_all(ops).unwrap();
+    stream.write_all(b"PING\r\n").unwrap();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the broker hung up"
+        );
+        assert!(!line.starts_with("-ERR"), "the broker refused: {line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+/// One HPUB operation: `headers` go to subscribers verbatim, whatever they hold.
+fn hpub(subject: &str, headers: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut op = format!(
+        "HPUB {subject} {} {}\r\n",
+        headers.len(),
+        headers.len() + payload.len()
+    )
+    .into_bytes();
+    op.extend_from_slice(headers);
+    op.extend_from_slice(payload);
+    op.extend_from_slice(b"\r\n");
+    op
+}
+
+#[test]
+fn undecodable_messages_are_dropped_one_by_one_and_the_node_stays_connected() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    ship1.wait_listening();
+    // What any client of the broker can make ship1 receive; the broker forwards subjects and
+    // header blocks as published. The stock nats client failed the connection on each of
+    // these; now each is dropped alone.
+    let malformed_headers: [&[u8]; 6] = [
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+        b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Key: value\r\n\r\n",
+        b"\r\n\r\n",
+        b"NATS/1.0\r\n continued before any header\r\n\r\n",
+        b"\xffNATS/1.0\r\n\r\n",
+    ];
+    let mut undecodable = Vec::new();
+    for headers in malformed_headers.iter().cycle().take(50) {
+        undecodable.extend(hpub("ship1.EventACK.TextLogging", headers, b"{\"x\":1}"));
+    }
+    for _ in 0..5 {
+        undecodable.extend(b"PUB ship1.\xff\xfe.TextLogging 2\r\n{}\r\n");
+        undecodable.extend(b"PUB ship1.EventACK.TextLogging _INBOX.\xff 2\r\n{}\r\n");
+        undecodable.extend(b"HPUB ship1.\xff.TextLogging 12 14\r\nNATS/1.0\r\n\r\n{}\r\n");
+    }
+    let dropped = 50 + 3 * 5;
+    raw_to_broker(&nats.address(), &undecodable);
+    // These decode (the stock client failed the connection on the last three too); they
+    // reach steward, which refuses them like any other bad message.
+    let mut odd = hpub(
+        "ship1.EventACK.TextLogging",
+        b"NATS/1.0 9x9 garbage status\r\n\r\n",
+        b"{}",
+    );
+    odd.extend("PUB ship1.a\u{a0}b.TextLogging 2\r\n{}\r\n".as_bytes());
+    odd.extend(b"PUB ship1.a\x0cb.TextLogging 2\r\n{}\r\n");
+    // A subject near the longest the broker takes (its PUB line limit is 4 KiB): the MSG
+    // line made of it was longer than the stock client's 4096-byte line buffer.
+    let long = format!("ship1.{}.TextLogging", "x".repeat(4072));
+    odd.extend(format!("PUB {long} 2\r\n{{}}\r\n").as_bytes());
+    raw_to_broker(&nats.address(), &odd);
+
+    // A command sent after them all still runs, and its reply comes back.
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(&command("ship1", &["echo", "still here"]));
+    central.wait_for("replies/ship1.CLICommand.log", "still here");
+
+    let log = ship1.log();
+    assert!(!log.contains("disconnected from the broker"), "{log}");
+    assert!(!log.contains("reconnected to the broker"), "{log}");
+    assert_eq!(
+        log.matches("connected to the broker at").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(ship1.metric("steward_broker_reconnects_total"), 0.0);
+    assert_eq!(ship1.metric("steward_broker_connected"), 1.0);
+    assert_eq!(
+        ship1.metric("steward_broker_malformed_dropped_total"),
+        dropped as f64,
+        "{log}"
+    );
+    assert!(log.contains("malformed header block"), "{log}");
+    assert!(log.contains("not UTF-8"), "{log}");
+}
