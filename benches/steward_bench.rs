@@ -50,9 +50,12 @@ impl Agent {
     fn start(name: &str, broker: &str, root: &Path) -> Agent {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
-        // Every agent trusts central's key, as `steward keys trust central KEY` would do.
+        // Every agent trusts central's key and central trusts every agent's, as
+        // `steward keys trust NODE KEY` would do.
         let central = steward::keys::Identity::load_or_create(&root.join("central/keys")).unwrap();
+        let own = steward::keys::Identity::load_or_create(&dir.join("keys")).unwrap();
         steward::keys::trust(&dir.join("keys"), "central", central.public_key()).unwrap();
+        steward::keys::trust(&root.join("central/keys"), name, own.public_key()).unwrap();
         let prom = free_port();
         let log = fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_steward"))
@@ -294,7 +297,7 @@ fn main() {
 
     // 4. Fan-out: one command to 1,000 nodes, simulated by lightweight responders (one
     // process, one NATS connection, a subscription per node answering at once).
-    let responders = spawn_responders(&broker, fan);
+    let responders = spawn_responders(&broker, fan, root.path());
     let batch: String = (0..fan)
         .map(|i| format!("[{{\"toNode\":\"node{i}\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n"))
         .collect();
@@ -315,7 +318,7 @@ fn main() {
     drop(responders);
 
     // Scaling with destinations: the same fan-out to 1, 10, 100 and 1,000 nodes.
-    let responders = spawn_responders(&broker, fan);
+    let responders = spawn_responders(&broker, fan, root.path());
     let mut scaling = Vec::new();
     for (round, nodes) in [1usize, 10, 100, 1000].into_iter().enumerate() {
         let batch: String = (0..nodes)
@@ -559,8 +562,18 @@ fn bare_batched_request_reply(broker: &str, payload: &[u8], n: usize, batch: usi
 
 /// `n` simulated nodes in this process: one connection and one wildcard subscription on
 /// every node's CLICommand subject, answering `node<i>` at once with an ACK as steward
-/// would send it.
-fn spawn_responders(broker: &str, n: usize) -> nats::Subscription {
+/// would send it, signed with one key that central trusts for every simulated node.
+fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
+    let keys = root.join("simulated/keys");
+    let identity = steward::keys::Identity::load_or_create(&keys).unwrap();
+    let trusted = root.join("central/keys/trusted.txt");
+    let mut lines = fs::read_to_string(&trusted).unwrap_or_default();
+    if !lines.contains("node0 ") {
+        for i in 0..n {
+            lines.push_str(&format!("node{i} {}\n", identity.public_key()));
+        }
+        fs::write(&trusted, lines).unwrap();
+    }
     let conn = nats::connect(broker).unwrap();
     let sub = conn.subscribe("*.CommandACK.CLICommand").unwrap();
     let sub2 = sub.clone();
@@ -577,14 +590,20 @@ fn spawn_responders(broker: &str, n: usize) -> nats::Subscription {
             let Ok(env) = steward::message::Envelope::decode(&m.data) else {
                 continue;
             };
+            let Some(sig) = m.headers.as_ref().and_then(|h| h.get(steward::keys::SIG)) else {
+                continue;
+            };
             let reply = steward::message::Reply {
                 id: env.id,
                 from_node: node,
+                to_node: env.from_node,
                 status: steward::message::Status::Ok,
                 exit_code: Some(0),
                 output: String::new(),
-            };
-            let _ = conn.publish(to, reply.encode());
+            }
+            .encode();
+            let sealed = identity.seal(steward::keys::Scope::reply(to, sig), &reply);
+            let _ = conn.publish_with_reply_or_headers(to, None, Some(&sealed.headers), &reply);
             let _ = conn.flush();
         }
     });

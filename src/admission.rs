@@ -77,7 +77,7 @@ pub enum Refused {
     /// A verified sender that may not do this: told so, on its own inbox.
     Answered {
         refusal: Refusal,
-        admitted: Admitted,
+        admitted: Box<Admitted>,
     },
 }
 
@@ -123,7 +123,10 @@ pub fn admit(
         return Err(silent(
             "",
             &[],
-            format!("{subject} is not a subject of {}.{}", policy.node, served.method),
+            format!(
+                "{subject} is not a subject of {}.{}",
+                policy.node, served.method
+            ),
         ));
     }
     if !served.kinds.contains(&parsed.kind) {
@@ -206,7 +209,7 @@ pub fn admit(
                 ids,
                 why,
             },
-            admitted,
+            admitted: Box::new(admitted),
         });
     }
     Ok(admitted)

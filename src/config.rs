@@ -7,8 +7,8 @@
 //! before parsing, and `--help` is rewritten back, so users only ever see the seed's names.
 //! Both spellings work.
 
-use crate::subject::validate_name;
 use crate::keys::ClockCheck;
+use crate::subject::validate_name;
 use argh::FromArgs;
 use std::path::PathBuf;
 use std::time::Duration;

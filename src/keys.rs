@@ -167,7 +167,10 @@ impl Counter {
         let stored = match &path {
             Some(p) => match fs::read_to_string(p) {
                 Ok(text) => text.trim().parse::<u64>().map_err(|e| {
-                    format!("{}: not a counter ({e}); delete it to start anew", p.display())
+                    format!(
+                        "{}: not a counter ({e}); delete it to start anew",
+                        p.display()
+                    )
                 })?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
                 Err(e) => return Err(format!("{}: {e}", p.display())),
@@ -371,22 +374,14 @@ pub fn random_hex128() -> String {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled rest of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             // getrandom(2) blocks until the pool is ready and cannot otherwise fail on a
             // kernel that has it (3.17+); without randomness no id would be safe.
-            panic!(
-                "getrandom failed: {}",
-                std::io::Error::last_os_error()
-            );
+            panic!("getrandom failed: {}", std::io::Error::last_os_error());
         }
     }
     hex(&buf)
@@ -443,7 +438,10 @@ impl std::fmt::Display for Unverified {
         match self {
             Unverified::Unsigned => write!(f, "not signed"),
             Unverified::UnknownSender { key } => {
-                write!(f, "signed with key {key}, but no key is trusted for its sender")
+                write!(
+                    f,
+                    "signed with key {key}, but no key is trusted for its sender"
+                )
             }
             Unverified::Bad(why) => write!(f, "{why}"),
         }
@@ -518,7 +516,9 @@ impl KeySet {
     }
 
     fn has(&self, node: &str, key: &str) -> bool {
-        self.keys.get(node).is_some_and(|k| k.iter().any(|k| k == key))
+        self.keys
+            .get(node)
+            .is_some_and(|k| k.iter().any(|k| k == key))
     }
 }
 
@@ -856,9 +856,8 @@ impl Trusted {
                 ));
             }
             for (node, keys) in &set.keys {
-                let rebinds = keys.iter().any(|k| {
-                    !loaded.pinned.has(node, k) && !(node == &self.own.0 && k == &self.own.1)
-                });
+                let own = |k: &String| node == &self.own.0 && k == &self.own.1;
+                let rebinds = keys.iter().any(|k| !(loaded.pinned.has(node, k) || own(k)));
                 if rebinds && (protected.contains(&node.as_str()) || node == &self.own.0) {
                     return Err(format!(
                         "the set binds a key to {node}, whose keys only this node's operator may pin (steward keys trust); not taken"
@@ -921,7 +920,12 @@ pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), String> {
     validate_name(node).map_err(|e| format!("bad node name: {e}"))?;
     validate_public_key(key)?;
     if let Ok(text) = fs::read_to_string(revoked_path(dir)) {
-        if parse_key_lines(&text)?.keys.values().flatten().any(|k| k == key) {
+        if parse_key_lines(&text)?
+            .keys
+            .values()
+            .flatten()
+            .any(|k| k == key)
+        {
             return Err(format!(
                 "{key} was revoked on this node; remove its line from {} first",
                 revoked_path(dir).display()
@@ -1021,7 +1025,12 @@ mod tests {
     fn the_counter_only_moves_forward_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let seq = |id: &Identity| -> u64 {
-            id.seal(scope(), b"x").headers.get(SEQ).unwrap().parse().unwrap()
+            id.seal(scope(), b"x")
+                .headers
+                .get(SEQ)
+                .unwrap()
+                .parse()
+                .unwrap()
         };
         let first = Identity::load_or_create(dir.path()).unwrap();
         let a = seq(&first);
@@ -1065,17 +1074,33 @@ mod tests {
         );
         // Moved to another subject, or its answer redirected: refused.
         let moved = Scope::request("ship2.CommandACK.CLICommand", Some(INBOX));
-        bad(trusted.verify("central", h, moved, payload), "another subject");
+        bad(
+            trusted.verify("central", h, moved, payload),
+            "another subject",
+        );
         let redirected = Scope::request(SUBJECT, Some("_INBOX.intruder.1"));
-        bad(trusted.verify("central", h, redirected, payload), "another subject");
+        bad(
+            trusted.verify("central", h, redirected, payload),
+            "another subject",
+        );
         // A reply binds the request it answers.
         let reply = central.seal(Scope::reply(INBOX, &sealed.sig), b"r");
         assert!(trusted
-            .verify("central", Some(&reply.headers), Scope::reply(INBOX, &sealed.sig), b"r")
+            .verify(
+                "central",
+                Some(&reply.headers),
+                Scope::reply(INBOX, &sealed.sig),
+                b"r"
+            )
             .is_ok());
         let other = central.seal(scope(), payload);
         bad(
-            trusted.verify("central", Some(&reply.headers), Scope::reply(INBOX, &other.sig), b"r"),
+            trusted.verify(
+                "central",
+                Some(&reply.headers),
+                Scope::reply(INBOX, &other.sig),
+                b"r",
+            ),
             "forged",
         );
         let forged = intruder.seal(scope(), payload);
@@ -1106,7 +1131,9 @@ mod tests {
         // Out of order within the window is fine; the same one twice is not.
         assert_eq!(take(&trusted, &second, ClockCheck::On), Ok(()));
         assert_eq!(take(&trusted, &first, ClockCheck::On), Ok(()));
-        assert!(take(&trusted, &first, ClockCheck::On).unwrap_err().contains("a replay"));
+        assert!(take(&trusted, &first, ClockCheck::On)
+            .unwrap_err()
+            .contains("a replay"));
         // Old by the clock: refused when the clock is checked.
         let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
         assert!(take(&trusted, &old, ClockCheck::On)
@@ -1223,7 +1250,10 @@ mod tests {
         };
         set.add("ship2", ship2.public_key());
         trusted.replace_distributed(&set, &[]).unwrap();
-        assert!(!trusted.knows("ship2"), "a distributed set revived a revoked key");
+        assert!(
+            !trusted.knows("ship2"),
+            "a distributed set revived a revoked key"
+        );
         // The revocation travels with what this node distributes.
         assert_eq!(
             trusted.distributable().revoked["ship2"],

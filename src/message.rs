@@ -357,7 +357,12 @@ pub struct Parsed {
 /// on its own with an error naming what and where (`line` counts from `first_line`); good
 /// messages still go. A trailing value that is not complete is left unconsumed, unless
 /// `at_end` says no more bytes will come, in which case it is rejected too.
-pub fn parse_input(text: &[u8], first_line: usize, at_end: bool, known_method: &KindCheck) -> Parsed {
+pub fn parse_input(
+    text: &[u8],
+    first_line: usize,
+    at_end: bool,
+    known_method: &KindCheck,
+) -> Parsed {
     let mut parsed = Parsed::default();
     let mut pos = 0;
     // Line numbers for errors, counted as we go (counting from the start for every value
@@ -638,7 +643,9 @@ mod tests {
         assert_eq!(p.messages.len(), 1);
         let errors: Vec<_> = p.rejected.iter().map(|r| r.error.as_str()).collect();
         assert!(
-            errors[0].contains("CLICommand is served only as CommandACK or CommandNACK, not as EventACK"),
+            errors[0].contains(
+                "CLICommand is served only as CommandACK or CommandNACK, not as EventACK"
+            ),
             "{}",
             errors[0]
         );

@@ -314,7 +314,10 @@ mod tests {
         assert_eq!(r.begin("central", "b").unwrap(), Seen::New);
         drop(r);
         let r = Received::open(dir.path(), Duration::ZERO).unwrap();
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::Done(reply("a", "out")));
+        assert_eq!(
+            r.begin("central", "a").unwrap(),
+            Seen::Done(reply("a", "out"))
+        );
         assert_eq!(
             r.begin("central", "b").unwrap(),
             Seen::Interrupted,
@@ -348,7 +351,10 @@ mod tests {
             "forgotten after `keep` newer ids"
         );
         let last = format!("m{}", keep + 249);
-        assert_eq!(r.begin("central", &last).unwrap(), Seen::Done(reply(&last, &big)));
+        assert_eq!(
+            r.begin("central", &last).unwrap(),
+            Seen::Done(reply(&last, &big))
+        );
     }
 
     #[test]
@@ -361,6 +367,9 @@ mod tests {
             finish(&r, &reply(&id, ""));
         }
         // A replay of the first, moments later, is still recognised.
-        assert_eq!(r.begin("central", "m0").unwrap(), Seen::Done(reply("m0", "")));
+        assert_eq!(
+            r.begin("central", "m0").unwrap(),
+            Seen::Done(reply("m0", ""))
+        );
     }
 }

@@ -93,7 +93,6 @@ impl Subject {
             )),
         }
     }
-
 }
 
 impl fmt::Display for Subject {
@@ -119,8 +118,23 @@ mod tests {
     #[test]
     fn names_that_would_break_subjects_or_paths_are_refused() {
         for bad in [
-            "", "ship 1", "ship\t1", "ship.1", "*", "ship>", "..", "../etc", "a/b", "a\\b", "a\nb",
-            "ship1\u{200b}", "\u{202e}1pihs", "ship\u{0455}1", "shіp1", "ship1:x", "ship@1",
+            "",
+            "ship 1",
+            "ship\t1",
+            "ship.1",
+            "*",
+            "ship>",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            "a\nb",
+            "ship1\u{200b}",
+            "\u{202e}1pihs",
+            "ship\u{0455}1",
+            "shіp1",
+            "ship1:x",
+            "ship@1",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?} was accepted");
         }

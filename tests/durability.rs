@@ -380,7 +380,8 @@ fn a_journal_torn_mid_batch_loses_nothing_and_runs_nothing_twice() {
     let taken = "inmsg.taking-00000000000000000001";
     std::fs::write(central.path(taken), format!("{a}{b}")).unwrap();
     let parse = |t: &str| {
-        steward::message::parse_input(t.as_bytes(), 1, true, &steward::methods::kind_refusal).messages
+        steward::message::parse_input(t.as_bytes(), 1, true, &steward::methods::kind_refusal)
+            .messages
     };
     let journal = central.path("journal");
     let (mut j, _) = Journal::open(&journal).unwrap();

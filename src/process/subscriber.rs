@@ -216,7 +216,10 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
                     .received
                     .with_label_values(&[name, "duplicate"])
                     .inc();
-                log::info!("{subject}: {} already handled; answering with the stored reply", envelope.id);
+                log::info!(
+                    "{subject}: {} already handled; answering with the stored reply",
+                    envelope.id
+                );
                 replies.push(reply);
                 continue;
             }
@@ -308,8 +311,7 @@ fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply])
             .collect();
         bytes = encode(&trimmed);
     }
-    if let Err(e) = broker::publish(conn, &node.identity, to, None, Some(&a.signed.sig), &bytes)
-    {
+    if let Err(e) = broker::publish(conn, &node.identity, to, None, Some(&a.signed.sig), &bytes) {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", replies[0].id);
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod raw;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -255,6 +256,8 @@ pub struct Node {
     pub name: String,
     pub dir: tempfile::TempDir,
     args: Vec<String>,
+    /// A program the node runs under (e.g. `faketime -f -30d`), if any.
+    wrapper: Vec<String>,
     child: Option<Child>,
     pub prom_port: u16,
 }
@@ -262,6 +265,11 @@ pub struct Node {
 impl Node {
     /// Starts node `name` against `broker` with quick test defaults; `extra` flags override.
     pub fn start(name: &str, broker: &str, extra: &[&str]) -> Node {
+        Node::start_under(&[], name, broker, extra)
+    }
+
+    /// As [`Node::start`], run under `wrapper` (e.g. `["faketime", "-f", "-30d"]`).
+    pub fn start_under(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
         let prom_port = free_port();
         let mut args = vec![
             format!("--node={name}"),
@@ -284,6 +292,7 @@ impl Node {
             name: name.to_string(),
             dir,
             args,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
             prom_port,
         };
@@ -300,6 +309,16 @@ impl Node {
         steward::keys::trust(&self.path("keys"), name, &key_of(name)).unwrap();
     }
 
+    /// Makes this node trust only `names` (and itself): a node set up by hand, before
+    /// central distributed anything. The running agent picks it up at once.
+    pub fn trust_only(&self, names: &[&str]) {
+        let lines: String = names
+            .iter()
+            .map(|n| format!("{n} {}\n", key_of(n)))
+            .collect();
+        fs::write(self.path("keys/trusted.txt"), lines).unwrap();
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -312,7 +331,11 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_steward"))
+        let steward = env!("CARGO_BIN_EXE_steward").to_string();
+        let mut argv = self.wrapper.clone();
+        argv.push(steward);
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
             .args(&self.args)
             .arg(format!("--dataFolder={}", self.dir.path().display()))
             .env("RUST_LOG", "debug")
@@ -459,6 +482,25 @@ impl Node {
         self.wait_until(rel, &format!("held {n} × {needle:?}"), |t| {
             t.matches(needle).count() >= n
         })
+    }
+
+    /// Waits until the node's log has said `needle` `n` times.
+    pub fn wait_count_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {n} × {needle:?}:\n{}",
+                self.name,
+                tail(&self.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the node's log says `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        self.wait_count_log(needle, 1)
     }
 
     /// One metric's value from /metrics over real HTTP (0 if absent).

@@ -1,0 +1,389 @@
+//! The attacker's side: a broker client holding no key any node trusts gets nothing. No
+//! command run, no key installed, no output read, no node knocked over; and a fleet member
+//! whose key was stolen can do no more than that member may.
+//!
+//! Every kind × method × claimed sender, unsigned, signed with a stranger's key, and real
+//! messages captured and replayed (as they were, on other subjects, with other answer
+//! subjects), from a raw NATS client on an open broker.
+
+mod common;
+use common::raw::{envelope, signed_by, Raw};
+use common::{command, key_of, NatsServer, Node};
+use std::time::{Duration, Instant};
+
+const KINDS: [&str; 4] = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
+const METHODS: [&str; 5] = [
+    "CLICommand",
+    "TextLogging",
+    "Hello",
+    "ErrorLog",
+    "TrustedKeys",
+];
+/// Whom a forgery claims to be: the central node, the target itself, a fleet member the
+/// target trusts, and a name nobody knows.
+const CLAIMS: [&str; 4] = ["central", "ship1", "ship2", "nobody"];
+
+/// What a forgery asks `method` to do, leaving `marker` wherever it would land.
+fn data_for(method: &str, marker: &str, dir: &std::path::Path) -> Vec<String> {
+    match method {
+        "CLICommand" => vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo {marker} >> {}", dir.join("ran").display()),
+        ],
+        "TrustedKeys" => {
+            let set = serde_json::json!({
+                "issued": u64::MAX,
+                "keys": { "central": [key_of("intruder")], "nobody": [key_of("intruder")] },
+            });
+            vec![set.to_string()]
+        }
+        _ => vec![format!("{marker}\n")],
+    }
+}
+
+/// Waits until `node`'s count of refusals stops growing for a second; returns it.
+fn refusals_settled(node: &Node) -> usize {
+    let count = || node.log().matches("ship1 refused ").count();
+    let (mut last, mut since) = (count(), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
+#[test]
+fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_trusted_key() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    ship1.wait_listening();
+    central.wait_listening();
+    let raw = Raw::connect(&nats.address());
+    let target = tempfile::tempdir().unwrap();
+    let marker = format!("forged-{}", steward::keys::random_hex128());
+
+    // Real messages to capture: a command and a key set from central, an event from ship2.
+    let spy = raw.spy("ship1.>");
+    central.append_inmsg(&command("ship1", &["echo", "genuine"]));
+    let ship2 = Node::start("ship2", &nats.address(), &[]);
+    ship2.append_inmsg(
+        r#"[{"toNode":"ship1","data":["genuine event\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
+    );
+    central.wait_for("replies/ship1.CLICommand.log", "genuine");
+    ship1.wait_for("textlog/ship2.log", "genuine event");
+    let mut captured = Vec::new();
+    while let Ok(m) = spy.next_timeout(Duration::from_millis(300)) {
+        if !m.subject.ends_with(".Hello") && !m.subject.ends_with(".ErrorLog") {
+            captured.push(m);
+        }
+    }
+    assert!(captured.len() >= 2, "captured {}", captured.len());
+    let before = ship1.read("journal/received.log").len();
+    let refusals_before = ship1.log().matches("ship1 refused ").count();
+
+    let mut sent = 0;
+    for kind in KINDS {
+        for method in METHODS {
+            for from in CLAIMS {
+                let subject = format!("ship1.{kind}.{method}");
+                let data = data_for(method, &marker, target.path());
+                let data: Vec<&str> = data.iter().map(String::as_str).collect();
+                for (variant, signer) in [("unsigned", None), ("self-signed", Some("intruder"))] {
+                    let id = format!("{marker}-{sent}");
+                    let payload = envelope(&id, from, "ship1", kind, method, &data);
+                    let reply = format!("_INBOX.{from}.hostile.{variant}.{sent}");
+                    let headers = signer.map(|s| signed_by(s, &subject, Some(&reply), &payload));
+                    raw.send(&subject, Some(&reply), headers.as_ref(), &payload);
+                    // A batch of the same, for the events that travel in batches.
+                    let batch = format!("[{}]", String::from_utf8_lossy(&payload));
+                    let headers =
+                        signer.map(|s| signed_by(s, &subject, Some(&reply), batch.as_bytes()));
+                    raw.send(&subject, Some(&reply), headers.as_ref(), batch.as_bytes());
+                    sent += 2;
+                }
+            }
+        }
+    }
+    // Captured real messages, replayed: as they were, on every other subject of their
+    // method, and answered to the attacker instead.
+    let mut replayed = 0;
+    for m in &captured {
+        let method = m.subject.rsplit('.').next().unwrap();
+        for kind in KINDS {
+            let subject = format!("ship1.{kind}.{method}");
+            raw.send(&subject, m.reply.as_deref(), m.headers.as_ref(), &m.data);
+            raw.send(
+                &subject,
+                Some("_INBOX.nobody.hostile.replay"),
+                m.headers.as_ref(),
+                &m.data,
+            );
+            replayed += 2;
+        }
+    }
+
+    let refused = refusals_settled(&ship1) - refusals_before;
+    let answers = raw.answers_where(|s| s.contains(".hostile."), Duration::ZERO);
+    let replay_answers: Vec<_> = raw.answers_where(
+        |s| captured.iter().any(|m| m.reply.as_deref() == Some(s)),
+        Duration::ZERO,
+    );
+    eprintln!(
+        "[hostile] forged={sent} replayed={replayed} refused_on_ship1={refused} answered={} ran={}",
+        answers.len() + replay_answers.len(),
+        target.path().join("ran").exists()
+    );
+    assert!(!target.path().join("ran").exists(), "a forged command ran");
+    assert!(answers.is_empty(), "answered: {:?}", answers[0].subject);
+    assert!(replay_answers.is_empty(), "a replay was answered");
+    assert!(
+        !ship1.path("keys/distributed.json").exists(),
+        "a forged key set was installed"
+    );
+    for file in ["textlog/nobody.log", "textlog/central.log", "errors.log"] {
+        assert!(!ship1.read(file).contains(&marker), "{file} took a forgery");
+    }
+    assert!(!ship1.read("textlog/ship2.log").contains(&marker));
+    assert!(!ship1.read("hello-nodes.json").contains("nobody"));
+    // Nothing about them was recorded for later either.
+    let after = ship1.read("journal/received.log");
+    assert!(!after.contains(&marker), "a forged id was recorded");
+    assert!(after.len() >= before);
+    // Still connected, never reconnected, still serving central.
+    assert_eq!(ship1.metric("steward_broker_connected"), 1.0);
+    assert_eq!(ship1.metric("steward_broker_reconnects_total"), 0.0);
+    central.append_inmsg(&command("ship1", &["echo", "still at your service"]));
+    central.wait_for("replies/ship1.CLICommand.log", "still at your service");
+    // Each refusal that reached ship1 was counted there (some subjects it does not even
+    // listen to: a command method's event subjects).
+    assert!(refused > 0 && refused <= sent + replayed, "{refused}");
+}
+
+#[test]
+fn a_message_id_of_central_s_gets_no_one_else_its_reply() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    ship1.wait_listening();
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(&command("ship1", &["echo", "secret-output"]));
+    let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    central.wait_for("replies/ship1.CLICommand.log", "secret-output");
+    let id = serde_json::from_slice::<serde_json::Value>(&captured.data).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Unguessable: 128 random bits in every id.
+    let random = id.rsplit('-').next().unwrap();
+    assert!(
+        random.len() == 32 && random.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+
+    // A stranger asking with central's id, unsigned, as central or as itself: nothing.
+    for from in ["central", "nobody"] {
+        let event = envelope(&id, from, "ship1", "EventACK", "TextLogging", &["x\n"]);
+        let reply = format!("_INBOX.{from}.steal");
+        let got = raw.ask(
+            "ship1.EventACK.TextLogging",
+            &reply,
+            None,
+            &event,
+            Duration::from_secs(1),
+        );
+        assert!(got.is_none(), "answered an unsigned request");
+    }
+    // A fleet member (ship2's key, stolen) asking with central's id gets its own event's
+    // reply, never central's stored output.
+    let event = envelope(&id, "ship2", "ship1", "EventACK", "TextLogging", &["x\n"]);
+    let reply = "_INBOX.ship2.steal";
+    let h = signed_by("ship2", "ship1.EventACK.TextLogging", Some(reply), &event);
+    let got = raw
+        .ask(
+            "ship1.EventACK.TextLogging",
+            reply,
+            Some(&h),
+            &event,
+            Duration::from_secs(5),
+        )
+        .expect("a verified event is answered");
+    let text = String::from_utf8_lossy(&got.data);
+    assert!(!text.contains("secret-output"), "{text}");
+    assert!(text.contains("\"status\":\"ok\""), "{text}");
+}
+
+#[test]
+fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let _central = Node::start("central", &nats.address(), &[]);
+    ship1.wait_listening();
+    let raw = Raw::connect(&nats.address());
+    let elsewhere = raw.spy("ship3.>");
+    let target = tempfile::tempdir().unwrap();
+    let run = format!("echo ran >> {}", target.path().join("ran").display());
+    let ask = |subject: &str, reply: &str, payload: &[u8]| {
+        let h = signed_by("ship2", subject, Some(reply), payload);
+        raw.ask(subject, reply, Some(&h), payload, Duration::from_secs(2))
+            .map(|m| String::from_utf8_lossy(&m.data).to_string())
+    };
+
+    // Commands: ship2 is not in ship1's allow-list. It proved who it is, so it is told.
+    let cmd = envelope(
+        "s-1",
+        "ship2",
+        "ship1",
+        "CommandACK",
+        "CLICommand",
+        &["sh", "-c", &run],
+    );
+    let said = ask("ship1.CommandACK.CLICommand", "_INBOX.ship2.a", &cmd).unwrap();
+    assert!(
+        said.contains("ship2 may not call CLICommand here"),
+        "{said}"
+    );
+    // Keys: only from central, even signed.
+    let set = data_for("TrustedKeys", "", target.path());
+    let keys = envelope(
+        "s-2",
+        "ship2",
+        "ship1",
+        "CommandACK",
+        "TrustedKeys",
+        &[&set[0]],
+    );
+    let said = ask("ship1.CommandACK.TrustedKeys", "_INBOX.ship2.b", &keys).unwrap();
+    assert!(said.contains("only the central node"), "{said}");
+    // Posing as central with ship2's key: nothing.
+    let cmd = envelope(
+        "s-3",
+        "central",
+        "ship1",
+        "CommandACK",
+        "CLICommand",
+        &["sh", "-c", &run],
+    );
+    assert_eq!(
+        ask("ship1.CommandACK.CLICommand", "_INBOX.central.c", &cmd),
+        None
+    );
+    ship1.wait_for_log("not trusted for central");
+    // Answers only on ship2's own inbox: not central's, not another node's subject.
+    let event = envelope("s-4", "ship2", "ship1", "EventACK", "TextLogging", &["x\n"]);
+    for reply in [
+        "_INBOX.central.d",
+        "ship3.CommandACK.CLICommand",
+        "_INBOX.ship2",
+    ] {
+        assert_eq!(ask("ship1.EventACK.TextLogging", reply, &event), None);
+    }
+    ship1.wait_for_log("not to ship2's own inbox");
+    assert!(elsewhere.next_timeout(Duration::from_millis(300)).is_err());
+    assert!(!target.path().join("ran").exists());
+    assert!(!ship1.path("keys/distributed.json").exists());
+}
+
+#[test]
+fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    central.wait_listening();
+    let raw = Raw::connect(&nats.address());
+    // Warm up, then measure.
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_before = central.rss_kib();
+    let n = 3000;
+    for i in 0..n {
+        let name = format!("stranger{i}");
+        for (kind, method) in [("EventACK", "TextLogging"), ("EventNACK", "Hello")] {
+            let subject = format!("central.{kind}.{method}");
+            let id = format!("strangerid-{i}");
+            let payload = envelope(&id, &name, "central", kind, method, &["hi\n"]);
+            let h = signed_by(&name, &subject, None, &payload);
+            raw.send(
+                &subject,
+                Some(&format!("_INBOX.{name}.x")),
+                Some(&h),
+                &payload,
+            );
+        }
+    }
+    central.wait_count_log("from stranger", 2 * n);
+    let rss_after = central.rss_kib();
+    let grew = rss_after.saturating_sub(rss_before);
+    eprintln!(
+        "[strangers] events={} rss_before_kib={rss_before} grew_kib={grew}",
+        2 * n
+    );
+    assert!(grew < 4096, "RSS grew {grew} KiB");
+    assert!(!central.read("journal/received.log").contains("strangerid-"));
+    assert!(!central.path("textlog").exists());
+    assert!(!central.read("hello-nodes.json").contains("stranger"));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(!metrics.contains("stranger"), "a metric label per stranger");
+}
+
+#[test]
+fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay() {
+    if std::process::Command::new("faketime")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        panic!("faketime is needed (apt-get install faketime; .ci/run installs it)");
+    }
+    let nats = NatsServer::start();
+    // ship1 is a Pi that booted with the time it saved a month ago, at sea: no NTP.
+    let month_behind = ["faketime", "-f", "-30d"];
+    let mut ship1 = Node::start_under(
+        &month_behind,
+        "ship1",
+        &nats.address(),
+        &["--clockCheck=off"],
+    );
+    let central = Node::start("central", &nats.address(), &[]);
+    ship1.wait_listening();
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    let run = format!("echo run >> {}", ship1.path("runs").display());
+    let argv = ["sh", "-c", &run];
+    central.append_inmsg(&command("ship1", &argv));
+    let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
+    let replay = || {
+        raw.send(
+            &captured.subject,
+            captured.reply.as_deref(),
+            captured.headers.as_ref(),
+            &captured.data,
+        )
+    };
+    replay();
+    ship1.wait_for_log("a replay");
+    // Across a restart too (what was taken is kept).
+    ship1.terminate();
+    ship1.restart();
+    ship1.wait_listening();
+    replay();
+    ship1.wait_count_log("a replay", 2);
+    central.append_inmsg(&command("ship1", &argv));
+    central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 2);
+    let runs = ship1.read("runs").lines().count();
+    eprintln!("[clock] behind=30d commands=2 replays=2 runs={runs}");
+    assert_eq!(runs, 2);
+}
