@@ -1,0 +1,115 @@
+//! The receiver's whole decision ([`steward::admission::admit`]) on any bytes: subject,
+//! reply subject, the four signature headers and the payload, for any method this build
+//! serves. The receiver (ship1) trusts one key, central's, which the fuzzer does not have:
+//! nothing it makes up is ever admitted, or even answered. With the first byte odd, the
+//! input is signed with central's real key instead, to reach past the signature: then
+//! whatever is admitted is what central may send ship1, answered only on central's inbox,
+//! and the very same signed message a second time is refused.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+use std::time::Duration;
+use steward::admission::{admit, Policy, Refused, Served};
+use steward::config::Allow;
+use steward::keys::{ClockCheck, Identity, Scope, Trusted, KEY, SENT, SEQ, SIG};
+
+struct World {
+    trusted: Trusted,
+    central: Identity,
+    allow: Vec<Allow>,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("steward-fuzz-{}", std::process::id()));
+        let central = Identity::generate(&dir.join("central"), true).unwrap();
+        steward::keys::trust(&dir, "central", central.public_key()).unwrap();
+        let me = Identity::generate(&dir.join("me"), true).unwrap();
+        World {
+            trusted: Trusted::open(&dir, "ship1", me.public_key()).unwrap(),
+            central,
+            allow: vec![Allow {
+                from: "central".into(),
+                methods: None,
+            }],
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let w = world();
+    let policy = Policy {
+        node: "ship1",
+        central: "central",
+        allow_commands_from: &w.allow,
+        replay_window: Duration::from_secs(300),
+        clock_check: ClockCheck::Off,
+    };
+    let methods = steward::methods::registry();
+    let method = &methods[(mode as usize >> 1) % methods.len()];
+    let served = Served {
+        method: method.name(),
+        kinds: method.kinds(),
+    };
+    // subject \n reply \n sent \n seq \n key \n sig \n payload
+    let mut parts = rest.splitn(7, |b| *b == b'\n');
+    let mut text = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (subject, reply) = (text(), text());
+    let reply = (!reply.is_empty()).then_some(reply);
+    let mut headers = nats::HeaderMap::new();
+    for name in [SENT, SEQ, KEY, SIG] {
+        headers.insert(name, text());
+    }
+    let payload = parts.next().unwrap_or_default();
+    if mode & 1 == 0 {
+        let verdict = admit(
+            &policy,
+            &w.trusted,
+            served,
+            &subject,
+            reply.as_deref(),
+            Some(&headers),
+            payload,
+        );
+        assert!(
+            matches!(verdict, Err(Refused::Silent(_))),
+            "a forgery got past the gate: {verdict:?}"
+        );
+        return;
+    }
+    let sealed = w
+        .central
+        .seal(Scope::request(&subject, reply.as_deref()), payload);
+    let mut decide = || {
+        admit(
+            &policy,
+            &w.trusted,
+            served,
+            &subject,
+            reply.as_deref(),
+            Some(&sealed.headers),
+            payload,
+        )
+    };
+    let admitted = match decide() {
+        Ok(a) => a,
+        Err(Refused::Answered { admitted, .. }) => *admitted,
+        Err(Refused::Silent(_)) => return,
+    };
+    assert_eq!(admitted.from, "central");
+    assert!(admitted.envelopes.iter().all(|e| e.from_node == "central"
+        && e.message.to_node == "ship1"
+        && e.message.method == served.method
+        && served.kinds.contains(&e.message.kind)));
+    if let Some(to) = &admitted.reply_to {
+        assert!(to.starts_with("_INBOX.central."), "answered on {to}");
+    }
+    assert!(
+        matches!(decide(), Err(Refused::Silent(r)) if r.why.contains("replay")),
+        "the same signed message was taken twice"
+    );
+});
