@@ -21,7 +21,7 @@
 //! them. One failing 6 came from a verified sender, which is told why, on its own inbox.
 
 use crate::config::Allow;
-use crate::keys::{ClockCheck, Scope, Signed, Trusted};
+use crate::keys::{ClockCheck, Scope, Signed, Trusted, Unverified};
 use crate::message::{self, Envelope, Kind};
 use crate::subject::Subject;
 use std::time::Duration;
@@ -178,7 +178,17 @@ pub fn admit(
     // 3. Signed by a key trusted for that sender, over these subjects.
     let signed = trusted
         .verify(&from, headers, Scope::request(subject, reply), payload)
-        .map_err(|e| silent(&from, &ids, e.to_string()))?;
+        .map_err(|e| {
+            let why = match e {
+                // Most often a new node saying Hello: say how to let it in.
+                Unverified::UnknownSender { key } => format!(
+                    "signed with key {key}, but {} trusts no key for {from}; if that is {from}'s key (`steward keys show` on {from}), run on {}: steward keys trust {from} {key}",
+                    policy.node, policy.node
+                ),
+                e => e.to_string(),
+            };
+            silent(&from, &ids, why)
+        })?;
     // 4. Fresh.
     trusted
         .fresh(&from, &signed, policy.replay_window, policy.clock_check)

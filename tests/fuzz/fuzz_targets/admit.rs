@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     let sealed = w
         .central
         .seal(Scope::request(&subject, reply.as_deref()), payload);
-    let mut decide = || {
+    let decide = || {
         admit(
             &policy,
             &w.trusted,
