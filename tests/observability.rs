@@ -4,6 +4,7 @@
 mod common;
 use common::{command, free_port, NatsServer, Node};
 use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -85,4 +86,44 @@ fn the_profiling_port_shows_the_process_table() {
     ] {
         assert!(page.contains(row), "{row} missing:\n{page}");
     }
+}
+
+#[test]
+fn a_request_without_end_is_cut_off_without_growing_memory() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let before = central.rss_kib();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let grown = central.rss_kib().saturating_sub(before);
+    assert!(sent < 32 << 20, "{sent} bytes without a newline were taken");
+    assert!(grown < 4 * 1024, "RSS grew by {grown} KiB");
+    // And the endpoint still answers.
+    assert!(http_get(central.prom_port, "/metrics").starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn silent_clients_do_not_stop_a_scrape() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let _silent: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let page = http_get(central.prom_port, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the scrape took {:?}",
+        started.elapsed()
+    );
 }
