@@ -4,10 +4,14 @@
 //! says). [`DataFolder`] is the one place that names the files in it, so the README, the
 //! tests and the code agree. Node and method names become file names only after
 //! [`crate::subject::validate_name`] has refused `/`, `..` and friends.
+//!
+//! What steward creates there is private: folders [`PRIVATE_DIR`], files [`PRIVATE_FILE`]
+//! (commands, their output and the logs are nobody else's business on a shared machine).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -68,13 +72,49 @@ impl DataFolder {
     }
 }
 
+/// Mode of the folders steward creates: they hold commands, outputs and logs, which are the
+/// owner's business only. (Set here rather than through the umask, which commands inherit.)
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of the files steward creates.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates `dir` and any missing parents, each [`PRIVATE_DIR`].
+pub fn create_dirs(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
+
+/// Creates `path` empty and [`PRIVATE_FILE`], replacing any file there (a temporary file left
+/// by a crash keeps its old mode, so the mode is set again).
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
+    Ok(f)
+}
+
+/// Opens `path` for appending, creating it [`PRIVATE_FILE`] (and its folders) if need be.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        create_dirs(parent)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+}
+
 /// Appends `bytes` with a single `write` on an `O_APPEND` file, so concurrent appenders never
 /// interleave inside one record. With `durable`, the data is fsync'd before returning.
 pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = open_append(path)?;
     f.write_all(bytes)?;
     if durable {
         f.sync_data()?;
@@ -86,9 +126,9 @@ pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 /// never a mix: write a temporary file, fsync it, rename it over, fsync the folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    create_dirs(dir)?;
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = create_private(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -192,6 +232,20 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_542_534_123), "2026-11-24T17:48:54.123Z");
+    }
+
+    #[test]
+    fn files_and_folders_steward_creates_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        append(&dir.path().join("a/b/log.txt"), b"x", false).unwrap();
+        write_atomically(&dir.path().join("c/x.json"), b"x").unwrap();
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+        assert_eq!(mode(&dir.path().join("c")), 0o700);
+        assert_eq!(mode(&dir.path().join("a/b/log.txt")), 0o600);
+        assert_eq!(mode(&dir.path().join("c/x.json")), 0o600);
     }
 
     #[test]

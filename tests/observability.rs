@@ -127,3 +127,68 @@ fn silent_clients_do_not_stop_a_scrape() {
         started.elapsed()
     );
 }
+
+/// Every file and folder under `dir` whose mode gives group or others more than allowed.
+fn too_open(dir: &std::path::Path, found: &mut Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // removed meanwhile (a temporary file)
+        };
+        let mode = meta.mode() & 0o777;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let allowed = if meta.is_dir() {
+            0o700
+        } else if name == "steward.sock" {
+            0o660 // owner and group may use the control socket, by design
+        } else {
+            0o600
+        };
+        if mode & !allowed != 0 {
+            found.push(format!("{} {mode:o}", path.display()));
+        }
+        // keys/ is 0700 and keys.rs's own business (node.pub is public by nature).
+        if meta.is_dir() && name != "keys" {
+            too_open(&path, found);
+        }
+    }
+}
+
+#[test]
+fn data_files_are_readable_by_their_owner_only() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    central.append_inmsg(&command("ship1", &["echo", "hi"]));
+    central.append_inmsg("not json\n");
+    ship1.append_inmsg(
+        "[{\"toNode\":\"central\",\"data\":[\"a line\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}]\n",
+    );
+    central.wait_for("replies/ship1.CLICommand.log", "hi");
+    central.wait_for("errors.log", "input rejected");
+    central.wait_for("textlog/ship1.log", "a line");
+    central.wait_for("hello-nodes.json", "ship1");
+    let mut found = Vec::new();
+    too_open(central.data(), &mut found);
+    too_open(ship1.data(), &mut found);
+    assert!(
+        found.is_empty(),
+        "readable by others:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn a_data_folder_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let nats = NatsServer::start();
+    let mut central = Node::start("central", &nats.address(), &[]);
+    assert!(!central.log().contains("chmod 700"), "{}", central.log());
+    central.kill9();
+    std::fs::set_permissions(central.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    central.restart();
+    let hint = format!("chmod 700 {}", central.data().display());
+    central.wait_for("errors.log", &hint);
+}
