@@ -135,6 +135,32 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes text from a remote sender safe to write into a log an operator reads in a terminal:
+/// control characters other than `\n` and `\t` are written as escapes (`\r` as `\\r`, ESC
+/// as `\\x1b`, C1 controls as `\\u{9b}`), so a sender can neither forge lines (a `\r`
+/// rewinding the terminal over a real line) nor send commands to the operator's terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// An inotify watch on a folder: wakes its waiter when a file in it is written, created,
 /// renamed in or closed (the inbox, on the data folder; the benchmark, on replies/).
 pub struct Watch {
@@ -246,6 +272,28 @@ mod tests {
         assert_eq!(mode(&dir.path().join("c")), 0o700);
         assert_eq!(mode(&dir.path().join("a/b/log.txt")), 0o600);
         assert_eq!(mode(&dir.path().join("c/x.json")), 0o600);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_but_newlines_and_tabs_kept() {
+        assert_eq!(escape_controls("plain\ttext\n"), "plain\ttext\n");
+        assert!(matches!(
+            escape_controls("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("ok\r2026-01-01 central [x]: forged"),
+            "ok\\r2026-01-01 central [x]: forged"
+        );
+        assert_eq!(
+            escape_controls("\x1b[2J\x1b]0;t\x07"),
+            "\\x1b[2J\\x1b]0;t\\x07"
+        );
+        assert_eq!(
+            escape_controls("a\u{0}b\u{7f}c\u{9b}d"),
+            "a\\x00b\\x7fc\\u{9b}d"
+        );
+        assert_eq!(escape_controls("héllo ✓"), "héllo ✓");
     }
 
     #[test]

@@ -181,6 +181,24 @@ fn data_files_are_readable_by_their_owner_only() {
 }
 
 #[test]
+fn control_characters_from_a_sender_are_escaped_in_logs() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    ship1.append_inmsg(concat!(
+        r#"[{"toNode":"central","data":["tail\r\u001b[2Jforged\tline\n"],"commandOrEvent":"EventACK","method":"TextLogging"},"#,
+        r#"{"toNode":"central","data":["err\r\u001b]0;x\u0007"],"commandOrEvent":"EventACK","method":"ErrorLog"}]"#,
+        "\n"
+    ));
+    let text = central.wait_for("textlog/ship1.log", "forged");
+    assert_eq!(text, "tail\\r\\x1b[2Jforged\tline\n");
+    let errors = central.wait_for("errors.log", "err");
+    assert!(errors.contains("err\\r\\x1b]0;x\\x07\n"), "{errors}");
+    assert!(!errors.contains('\r') && !errors.contains('\x1b'));
+}
+
+#[test]
 fn a_data_folder_others_can_read_is_warned_about() {
     use std::os::unix::fs::PermissionsExt;
     let nats = NatsServer::start();

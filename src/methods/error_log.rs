@@ -1,6 +1,8 @@
 //! `ErrorLog`: errors from every node, collected by the central error logger
 //! (`--centralErrorLogger`) into `errors.log`, one line per error. Any other node refuses
-//! them, so a misconfigured fleet shows up as refusals rather than as lost errors.
+//! them, so a misconfigured fleet shows up as refusals rather than as lost errors. A line is
+//! one error: newlines become spaces and other control characters are escaped
+//! ([`crate::files::escape_controls`]), so no sender can forge another's line.
 
 use super::{Method, Outcome};
 use crate::message::Envelope;
@@ -30,6 +32,7 @@ impl Method for ErrorLog {
             .iter()
             .map(|e| {
                 let text = e.message.data.join(" ").replace('\n', " ");
+                let text = crate::files::escape_controls(&text);
                 format!(
                     "{} {} [{}]: {}\n",
                     crate::files::rfc3339(e.accepted),

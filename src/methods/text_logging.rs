@@ -1,5 +1,7 @@
 //! `TextLogging`: the receiving node appends the text to a log file per sending node
-//! (`textlog/<fromNode>.log`), e.g. logs forwarded from a ship to central.
+//! (`textlog/<fromNode>.log`), e.g. logs forwarded from a ship to central. Control
+//! characters other than newline and tab are escaped ([`crate::files::escape_controls`]):
+//! an operator may `tail` these files in a terminal.
 
 use super::{Method, Outcome};
 use crate::message::Envelope;
@@ -23,7 +25,7 @@ impl Method for TextLogging {
         let lines: Vec<(PathBuf, String)> = envelopes
             .iter()
             .map(|e| {
-                let mut text = e.message.data.concat();
+                let mut text = crate::files::escape_controls(&e.message.data.concat()).into_owned();
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
