@@ -122,6 +122,43 @@ pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Appends as [`append`], first rotating `path` if the append would take it past
+/// `rotate_at` bytes: `path.{keep-1}` becomes `path.{keep}` (the oldest is replaced), …,
+/// `path` becomes `path.1`. So the family never holds much more than
+/// `rotate_at × (keep + 1)` bytes.
+pub fn append_rotating(
+    path: &Path,
+    bytes: &[u8],
+    durable: bool,
+    rotate_at: u64,
+    keep: usize,
+) -> io::Result<()> {
+    // One rotation at a time, or two appenders could both shift the old files.
+    static ROTATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ROTATING.lock().unwrap_or_else(|p| p.into_inner());
+    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > 0 && size.saturating_add(bytes.len() as u64) > rotate_at {
+        let numbered = |i: usize| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        let gone_is_fine = |r: io::Result<()>| match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        if keep == 0 {
+            gone_is_fine(fs::remove_file(path))?;
+        } else {
+            for i in (1..keep).rev() {
+                gone_is_fine(fs::rename(numbered(i), numbered(i + 1)))?;
+            }
+            gone_is_fine(fs::rename(path, numbered(1)))?;
+        }
+    }
+    append(path, bytes, durable)
+}
+
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new content,
 /// never a mix: write a temporary file, fsync it, rename it over, fsync the folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -294,6 +331,21 @@ mod tests {
             "a\\x00b\\x7fc\\u{9b}d"
         );
         assert_eq!(escape_controls("héllo ✓"), "héllo ✓");
+    }
+
+    #[test]
+    fn rotation_keeps_a_few_old_files_and_bounds_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("errors.log");
+        for i in 0..20 {
+            append_rotating(&log, format!("line {i:02}\n").as_bytes(), false, 16, 2).unwrap();
+        }
+        // Two lines (16 bytes) a file; the newest file, and two old ones.
+        assert_eq!(fs::read_to_string(&log).unwrap(), "line 18\nline 19\n");
+        let old = |n| fs::read_to_string(dir.path().join(format!("errors.log.{n}"))).unwrap();
+        assert_eq!(old(1), "line 16\nline 17\n");
+        assert_eq!(old(2), "line 14\nline 15\n");
+        assert!(!dir.path().join("errors.log.3").exists());
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys.
 //! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
 //! - [`files`]: the data folder's layout, appends and atomic writes.
+//! - [`log_budget`]: how much each sender may write into errors.log and textlog/.
 //! - [`demo`]: `steward demo`, a local fleet in one command.
 //! - [`client`]: `steward send` and `steward status`, through the agent's control socket.
 
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod files;
 pub mod journal;
 pub mod keys;
+pub mod log_budget;
 pub mod message;
 pub mod methods;
 pub mod metrics;

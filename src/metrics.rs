@@ -37,6 +37,8 @@ pub struct Metrics {
     pub journal_fsync: Histogram,
     pub finished: IntCounterVec,
     pub delivery_latency: HistogramVec,
+    /// Log writes (errors.log, textlog/) refused, by method and reason (budget, disk).
+    pub log_refused: IntCounterVec,
     hello_age: IntGaugeVec,
     /// Node → when it last said Hello (ms since the epoch); ages are computed at scrape time.
     last_hello: Mutex<HashMap<String, u64>>,
@@ -171,6 +173,12 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("metric registered once");
                 h
             },
+            log_refused: counter_vec(
+                &r,
+                "steward_log_writes_refused_total",
+                "ErrorLog and TextLogging messages refused: the sender over its hourly budget (reason budget) or the disk below the free-space floor (reason disk).",
+                &["method", "reason"],
+            ),
             hello_age: {
                 let g = IntGaugeVec::new(
                     Opts::new(
