@@ -19,6 +19,7 @@ fn metrics_count_what_flows() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
     let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
     assert_eq!(central.metric(acked), 0.0);
     let batch: String = (0..3)
@@ -62,6 +63,23 @@ fn metrics_count_what_flows() {
     assert!(page.contains("# TYPE steward_messages_acked_total counter"));
     assert!(page.contains("# TYPE steward_delivery_latency_seconds histogram"));
     assert!(http_get(central.prom_port, "/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn only_trusted_nodes_get_a_line_of_their_own_in_metrics() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let _stranger = Node::start("stranger", &nats.address(), &[]);
+    let line = |n: &str| format!("steward_node_last_hello_age_seconds{{node=\"{n}\"}}");
+    central.wait_until("", "showed ship1's Hello in /metrics", |_| {
+        http_get(central.prom_port, "/metrics").contains(&line("ship1"))
+    });
+    // Both say Hello every second; give the stranger's a few chances.
+    std::thread::sleep(Duration::from_secs(3));
+    let page = http_get(central.prom_port, "/metrics");
+    assert!(!page.contains(&line("stranger")), "{page}");
 }
 
 #[test]
