@@ -79,6 +79,14 @@ pub struct Flags {
     /// most received messages handled at once (default 32)
     #[argh(option)]
     pub max_concurrent_handlers: Option<String>,
+    /// bytes each sender may write into this node's errors.log, and into its textlog file,
+    /// per hour; past that its messages are refused (default 67108864, 64 MiB)
+    #[argh(option)]
+    pub max_log_bytes_per_hour: Option<String>,
+    /// free bytes the data folder's disk keeps for the journal: below it, errors.log and
+    /// textlog/ writes are refused (default 64 MiB or 2 % of the disk, whichever is smaller)
+    #[argh(option)]
+    pub min_free_bytes_for_logs: Option<String>,
     /// CA certificate file (PEM): connect to the broker over TLS, checking its certificate
     /// and name against this CA
     #[argh(option)]
@@ -125,6 +133,8 @@ impl Flags {
             "clockCheck" => self.clock_check.clone(),
             "helloInterval" => self.hello_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
+            "maxLogBytesPerHour" => self.max_log_bytes_per_hour.clone(),
+            "minFreeBytesForLogs" => self.min_free_bytes_for_logs.clone(),
             "tlsCA" => self.tls_ca.clone(),
             "tlsCert" => self.tls_cert.clone(),
             "tlsKey" => self.tls_key.clone(),
@@ -280,6 +290,8 @@ const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("clockCheck", "clock-check", false),
     ("helloInterval", "hello-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
+    ("maxLogBytesPerHour", "max-log-bytes-per-hour", false),
+    ("minFreeBytesForLogs", "min-free-bytes-for-logs", false),
     ("tlsCA", "tls-ca", false),
     ("tlsCert", "tls-cert", false),
     ("tlsKey", "tls-key", false),
@@ -377,6 +389,11 @@ pub struct Config {
     pub clock_check: ClockCheck,
     pub hello_interval: Option<Duration>,
     pub max_handlers: usize,
+    /// Bytes each sender may write into errors.log, and into its textlog file, per hour.
+    pub max_log_bytes_per_hour: u64,
+    /// Free bytes kept for the journal on the data folder's disk (`None`: 64 MiB or 2 % of
+    /// the disk, whichever is smaller); see [`crate::log_budget`].
+    pub min_free_bytes_for_logs: Option<u64>,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS and authentication for the broker link.
@@ -575,6 +592,14 @@ impl Config {
             clock_check,
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
             max_handlers,
+            max_log_bytes_per_hour: o.number(
+                "maxLogBytesPerHour",
+                crate::log_budget::DEFAULT_BYTES_PER_HOUR,
+            )?,
+            min_free_bytes_for_logs: match o.get("minFreeBytesForLogs")? {
+                None => None,
+                Some(_) => Some(o.number("minFreeBytesForLogs", 0)?),
+            },
             shutdown_grace: Duration::from_secs(5),
             security,
         })

@@ -4,10 +4,14 @@
 //! says). [`DataFolder`] is the one place that names the files in it, so the README, the
 //! tests and the code agree. Node and method names become file names only after
 //! [`crate::subject::validate_name`] has refused `/`, `..` and friends.
+//!
+//! What steward creates there is private: folders [`PRIVATE_DIR`], files [`PRIVATE_FILE`]
+//! (commands, their output and the logs are nobody else's business on a shared machine).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -68,13 +72,49 @@ impl DataFolder {
     }
 }
 
+/// Mode of the folders steward creates: they hold commands, outputs and logs, which are the
+/// owner's business only. (Set here rather than through the umask, which commands inherit.)
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of the files steward creates.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates `dir` and any missing parents, each [`PRIVATE_DIR`].
+pub fn create_dirs(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
+
+/// Creates `path` empty and [`PRIVATE_FILE`], replacing any file there (a temporary file left
+/// by a crash keeps its old mode, so the mode is set again).
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
+    Ok(f)
+}
+
+/// Opens `path` for appending, creating it [`PRIVATE_FILE`] (and its folders) if need be.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        create_dirs(parent)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+}
+
 /// Appends `bytes` with a single `write` on an `O_APPEND` file, so concurrent appenders never
 /// interleave inside one record. With `durable`, the data is fsync'd before returning.
 pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = open_append(path)?;
     f.write_all(bytes)?;
     if durable {
         f.sync_data()?;
@@ -82,17 +122,80 @@ pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Appends as [`append`], first rotating `path` if the append would take it past
+/// `rotate_at` bytes: `path.{keep-1}` becomes `path.{keep}` (the oldest is replaced), …,
+/// `path` becomes `path.1`. So the family never holds much more than
+/// `rotate_at × (keep + 1)` bytes.
+pub fn append_rotating(
+    path: &Path,
+    bytes: &[u8],
+    durable: bool,
+    rotate_at: u64,
+    keep: usize,
+) -> io::Result<()> {
+    // One rotation at a time, or two appenders could both shift the old files.
+    static ROTATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ROTATING.lock().unwrap_or_else(|p| p.into_inner());
+    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > 0 && size.saturating_add(bytes.len() as u64) > rotate_at {
+        let numbered = |i: usize| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        let gone_is_fine = |r: io::Result<()>| match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        if keep == 0 {
+            gone_is_fine(fs::remove_file(path))?;
+        } else {
+            for i in (1..keep).rev() {
+                gone_is_fine(fs::rename(numbered(i), numbered(i + 1)))?;
+            }
+            gone_is_fine(fs::rename(path, numbered(1)))?;
+        }
+    }
+    append(path, bytes, durable)
+}
+
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new content,
 /// never a mix: write a temporary file, fsync it, rename it over, fsync the folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    create_dirs(dir)?;
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = create_private(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// Makes text from a remote sender safe to write into a log an operator reads in a terminal:
+/// control characters other than `\n` and `\t` are written as escapes (`\r` as `\\r`, ESC
+/// as `\\x1b`, C1 controls as `\\u{9b}`), so a sender can neither forge lines (a `\r`
+/// rewinding the terminal over a real line) nor send commands to the operator's terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// An inotify watch on a folder: wakes its waiter when a file in it is written, created,
@@ -192,6 +295,57 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_542_534_123), "2026-11-24T17:48:54.123Z");
+    }
+
+    #[test]
+    fn files_and_folders_steward_creates_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        append(&dir.path().join("a/b/log.txt"), b"x", false).unwrap();
+        write_atomically(&dir.path().join("c/x.json"), b"x").unwrap();
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+        assert_eq!(mode(&dir.path().join("c")), 0o700);
+        assert_eq!(mode(&dir.path().join("a/b/log.txt")), 0o600);
+        assert_eq!(mode(&dir.path().join("c/x.json")), 0o600);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_but_newlines_and_tabs_kept() {
+        assert_eq!(escape_controls("plain\ttext\n"), "plain\ttext\n");
+        assert!(matches!(
+            escape_controls("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("ok\r2026-01-01 central [x]: forged"),
+            "ok\\r2026-01-01 central [x]: forged"
+        );
+        assert_eq!(
+            escape_controls("\x1b[2J\x1b]0;t\x07"),
+            "\\x1b[2J\\x1b]0;t\\x07"
+        );
+        assert_eq!(
+            escape_controls("a\u{0}b\u{7f}c\u{9b}d"),
+            "a\\x00b\\x7fc\\u{9b}d"
+        );
+        assert_eq!(escape_controls("héllo ✓"), "héllo ✓");
+    }
+
+    #[test]
+    fn rotation_keeps_a_few_old_files_and_bounds_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("errors.log");
+        for i in 0..20 {
+            append_rotating(&log, format!("line {i:02}\n").as_bytes(), false, 16, 2).unwrap();
+        }
+        // Two lines (16 bytes) a file; the newest file, and two old ones.
+        assert_eq!(fs::read_to_string(&log).unwrap(), "line 18\nline 19\n");
+        let old = |n| fs::read_to_string(dir.path().join(format!("errors.log.{n}"))).unwrap();
+        assert_eq!(old(1), "line 16\nline 17\n");
+        assert_eq!(old(2), "line 14\nline 15\n");
+        assert!(!dir.path().join("errors.log.3").exists());
     }
 
     #[test]

@@ -62,7 +62,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 8;
@@ -395,13 +395,14 @@ impl RecordFile {
     /// [`RecordFile::found_end`].
     pub fn open(path: &Path) -> io::Result<RecordFile> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            crate::files::create_dirs(dir)?;
         }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::files::PRIVATE_FILE)
             .open(path)?;
         let len = file.metadata()?.len();
         Ok(RecordFile {
@@ -1019,7 +1020,7 @@ impl Journal {
     /// Writes the live records to `tmp` (synced); returns its size, and each lane's waiting
     /// messages and live bytes by their places in it.
     fn copy_live(&self, tmp: &Path, legacy_done: &HashSet<u64>) -> io::Result<(u64, Relocated)> {
-        let mut out = io::BufWriter::with_capacity(CHUNK, File::create(tmp)?);
+        let mut out = io::BufWriter::with_capacity(CHUNK, crate::files::create_private(tmp)?);
         let mut buf = Vec::new();
         for (file, offset) in &self.inbox_offsets {
             encode(

@@ -33,6 +33,7 @@
 //! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys.
 //! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
 //! - [`files`]: the data folder's layout, appends and atomic writes.
+//! - [`log_budget`]: how much each sender may write into errors.log and textlog/.
 //! - [`demo`]: `steward demo`, a local fleet in one command.
 //! - [`client`]: `steward send` and `steward status`, through the agent's control socket.
 
@@ -44,6 +45,7 @@ pub mod demo;
 pub mod files;
 pub mod journal;
 pub mod keys;
+pub mod log_budget;
 pub mod message;
 pub mod methods;
 pub mod metrics;
@@ -92,7 +94,7 @@ impl std::error::Error for Error {}
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
     let mut config = config;
-    std::fs::create_dir_all(&config.data_folder).map_err(|source| Error::DataFolder {
+    files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
         context: format!(
             "cannot create the data folder {}",
             config.data_folder.display()
@@ -122,6 +124,17 @@ pub fn run(config: Config) -> Result<(), Error> {
             config.data_folder.display()
         )));
     }
+    // Commands, their output and the logs live here: others should not read them. A folder
+    // steward creates is private; one that already existed is left as it is, with a warning.
+    let readable_by_others = (mode & 0o007 != 0).then(|| {
+        format!(
+            "{}: the data folder {} can be read by other users (mode {:o}): they can read commands, their output and the logs; run: chmod 700 {}",
+            config.node,
+            config.data_folder.display(),
+            mode & 0o7777,
+            config.data_folder.display()
+        )
+    });
     let data = files::DataFolder::new(config.data_folder.clone());
     let (journal, recovery) =
         journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
@@ -182,6 +195,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     if let Some(addr) = &node.config.profiling_addr {
         let n = node.clone();
         metrics::serve("profiling", addr, move |_| n.status()).map_err(Error::Listen)?;
+    }
+    if let Some(warning) = readable_by_others {
+        log::warn!("{warning}");
+        node.report_error(warning);
     }
     if let Some(cut) = recovery.cut {
         node.report_error(format!(

@@ -385,8 +385,14 @@ pub fn parse_input(
                 let rest = &text[start..];
                 // A line opening a new array before this value closes means this one is
                 // broken (the seed's format has arrays only at the top level).
-                let next = next_value_start(rest);
-                match scan_value(rest) {
+                // Looked for within the value only when it is complete: looking to the end
+                // of the text for every value made one-object-per-line input quadratic.
+                let scan = scan_value(rest);
+                let next = match scan {
+                    Scan::Complete(len) => next_value_start(&rest[..len]),
+                    _ => next_value_start(rest),
+                };
+                match scan {
                     Scan::Complete(len) if next.is_none_or(|n| len <= n) => start + len,
                     Scan::Incomplete if next.is_none() && !at_end => break, // still being written
                     Scan::Incomplete if next.is_none() => text.len(),

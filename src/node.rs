@@ -49,6 +49,8 @@ pub struct Node {
     watchers: Mutex<HashMap<String, Sender<Progress>>>,
     /// Refusals reported to central this minute, and those only logged.
     refusals: Mutex<Refusals>,
+    /// What each sender may still write into errors.log and textlog/ this hour.
+    pub log_budget: crate::log_budget::LogBudget,
 }
 
 /// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute;
@@ -96,6 +98,10 @@ impl Node {
                 reported: 0,
                 only_logged: 0,
             }),
+            log_budget: crate::log_budget::LogBudget::new(crate::log_budget::LogLimits::new(
+                config.max_log_bytes_per_hour,
+                config.min_free_bytes_for_logs,
+            )),
             config,
             broker,
             metrics,

@@ -120,3 +120,45 @@ fn concurrent_appenders_while_the_agent_empties_the_file_lose_nothing() {
     assert_eq!(delivered, total, "duplicates");
     assert!(central.read("inmsg.rejected.txt").is_empty());
 }
+
+#[test]
+fn a_sender_flooding_textlogging_is_held_to_its_hourly_budget() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &["--maxLogBytesPerHour=2000"]);
+    central.trust("ship1");
+    central.wait_listening();
+    let (count, line_len) = (50, 100);
+    let flood: String = (0..count)
+        .map(|i| {
+            let line = format!("m{i:02} {}", "x".repeat(line_len - 5));
+            format!(
+                "[{{\"toNode\":\"central\",\"data\":[\"{line}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
+            )
+        })
+        .collect();
+    ship1.append_inmsg(&flood);
+    let kept = 2000 / line_len; // each line is line_len bytes with its newline
+    let refused = count - kept;
+    // The sender keeps what was refused, as messages it can send again.
+    let needle = "\"method\": \"TextLogging\"";
+    let failed = ship1.wait_count("failed-messages.txt", needle, refused);
+    assert_eq!(failed.matches(needle).count(), refused, "{failed}");
+    let logged = central.read("textlog/ship1.log");
+    assert!(logged.len() <= 2000, "{} bytes logged", logged.len());
+    assert_eq!(logged.lines().count(), kept);
+    central.wait_for("errors.log", "over its budget");
+    std::thread::sleep(Duration::from_secs(1)); // time for a second report, were there one
+    assert_eq!(
+        central
+            .read("errors.log")
+            .matches("over its budget of 2000 bytes an hour for TextLogging")
+            .count(),
+        1
+    );
+    assert_eq!(
+        central
+            .metric("steward_log_writes_refused_total{method=\"TextLogging\",reason=\"budget\"}"),
+        refused as f64
+    );
+}

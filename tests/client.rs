@@ -180,3 +180,28 @@ fn status_prints_the_process_table() {
         assert!(table.contains(row), "{row} missing:\n{table}");
     }
 }
+
+#[test]
+fn clients_past_the_limit_are_told_busy_and_the_socket_recovers() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    // Eight clients that connect and say nothing hold every place.
+    let silent: Vec<UnixStream> = (0..8)
+        .map(|_| UnixStream::connect(central.path("steward.sock")).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut ninth = UnixStream::connect(central.path("steward.sock")).unwrap();
+    ninth
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = ninth.read_to_string(&mut answer);
+    assert!(answer.starts_with("busy"), "{answer:?}");
+    drop(silent);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = steward(&central, &["status"]);
+    assert!(status.status.success(), "{status:?}");
+}

@@ -4,6 +4,7 @@
 mod common;
 use common::{command, free_port, NatsServer, Node};
 use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -18,6 +19,7 @@ fn metrics_count_what_flows() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
     let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
     assert_eq!(central.metric(acked), 0.0);
     let batch: String = (0..3)
@@ -64,6 +66,23 @@ fn metrics_count_what_flows() {
 }
 
 #[test]
+fn only_trusted_nodes_get_a_line_of_their_own_in_metrics() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let _stranger = Node::start("stranger", &nats.address(), &[]);
+    let line = |n: &str| format!("steward_node_last_hello_age_seconds{{node=\"{n}\"}}");
+    central.wait_until("", "showed ship1's Hello in /metrics", |_| {
+        http_get(central.prom_port, "/metrics").contains(&line("ship1"))
+    });
+    // Both say Hello every second; give the stranger's a few chances.
+    std::thread::sleep(Duration::from_secs(3));
+    let page = http_get(central.prom_port, "/metrics");
+    assert!(!page.contains(&line("stranger")), "{page}");
+}
+
+#[test]
 fn the_profiling_port_shows_the_process_table() {
     let nats = NatsServer::start();
     let port = free_port();
@@ -85,4 +104,127 @@ fn the_profiling_port_shows_the_process_table() {
     ] {
         assert!(page.contains(row), "{row} missing:\n{page}");
     }
+}
+
+#[test]
+fn a_request_without_end_is_cut_off_without_growing_memory() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let before = central.rss_kib();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let grown = central.rss_kib().saturating_sub(before);
+    assert!(sent < 32 << 20, "{sent} bytes without a newline were taken");
+    assert!(grown < 4 * 1024, "RSS grew by {grown} KiB");
+    // And the endpoint still answers.
+    assert!(http_get(central.prom_port, "/metrics").starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn silent_clients_do_not_stop_a_scrape() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let _silent: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let page = http_get(central.prom_port, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the scrape took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Every file and folder under `dir` whose mode gives group or others more than allowed.
+fn too_open(dir: &std::path::Path, found: &mut Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // removed meanwhile (a temporary file)
+        };
+        let mode = meta.mode() & 0o777;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let allowed = if meta.is_dir() {
+            0o700
+        } else if name == "steward.sock" {
+            0o660 // owner and group may use the control socket, by design
+        } else {
+            0o600
+        };
+        if mode & !allowed != 0 {
+            found.push(format!("{} {mode:o}", path.display()));
+        }
+        // keys/ is 0700 and keys.rs's own business (node.pub is public by nature).
+        if meta.is_dir() && name != "keys" {
+            too_open(&path, found);
+        }
+    }
+}
+
+#[test]
+fn data_files_are_readable_by_their_owner_only() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    central.append_inmsg(&command("ship1", &["echo", "hi"]));
+    central.append_inmsg("not json\n");
+    ship1.append_inmsg(
+        "[{\"toNode\":\"central\",\"data\":[\"a line\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}]\n",
+    );
+    central.wait_for("replies/ship1.CLICommand.log", "hi");
+    central.wait_for("errors.log", "input rejected");
+    central.wait_for("textlog/ship1.log", "a line");
+    central.wait_for("hello-nodes.json", "ship1");
+    let mut found = Vec::new();
+    too_open(central.data(), &mut found);
+    too_open(ship1.data(), &mut found);
+    assert!(
+        found.is_empty(),
+        "readable by others:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn control_characters_from_a_sender_are_escaped_in_logs() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    ship1.append_inmsg(concat!(
+        r#"[{"toNode":"central","data":["tail\r\u001b[2Jforged\tline\n"],"commandOrEvent":"EventACK","method":"TextLogging"},"#,
+        r#"{"toNode":"central","data":["err\r\u001b]0;x\u0007"],"commandOrEvent":"EventACK","method":"ErrorLog"}]"#,
+        "\n"
+    ));
+    let text = central.wait_for("textlog/ship1.log", "forged");
+    assert_eq!(text, "tail\\r\\x1b[2Jforged\tline\n");
+    let errors = central.wait_for("errors.log", "err");
+    assert!(errors.contains("err\\r\\x1b]0;x\\x07\n"), "{errors}");
+    assert!(!errors.contains('\r') && !errors.contains('\x1b'));
+}
+
+#[test]
+fn a_data_folder_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let nats = NatsServer::start();
+    let mut central = Node::start("central", &nats.address(), &[]);
+    assert!(!central.log().contains("chmod 700"), "{}", central.log());
+    central.kill9();
+    std::fs::set_permissions(central.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    central.restart();
+    let hint = format!("chmod 700 {}", central.data().display());
+    central.wait_for("errors.log", &hint);
 }

@@ -2,7 +2,13 @@
 //! asks for one, as in the seed's `["bash","-c","ls -l ../"]`), in the data folder.
 //!
 //! The command gets its own process group, and the message timeout is a kill deadline for
-//! the whole group, so `bash -c 'sleep 1000 &'` cannot outlive it. stdout and stderr share
+//! the whole group, so `bash -c 'sleep 1000 &'` cannot outlive it. The command ends when its
+//! leader has exited and its output is at end-of-file, or at the deadline; then the whole
+//! group is killed, so no child of a CLICommand outlives it, even one whose output goes
+//! elsewhere (`sleep 1000 >/dev/null 2>&1 &`). An operator who wants something to keep
+//! running starts it as a service (`systemd-run …`). A process that leaves the group
+//! (`setsid`) and keeps the pipe cannot hold a handler either: [`PIPE_GRACE`] after the
+//! deadline the pipe is abandoned. stdout and stderr share
 //! one pipe, so the output in the ACK is interleaved as a terminal would show it. Output
 //! beyond [`MAX_OUTPUT`] is counted but not kept, so a runaway command cannot exhaust memory
 //! or the broker's payload limit.
@@ -17,6 +23,10 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long the pipe is read after the group is killed at the deadline; past that it is
+/// abandoned, even if a process outside the group (a `setsid` child) still holds it.
+pub const PIPE_GRACE: Duration = Duration::from_secs(1);
 
 /// Output kept in a reply; the rest is counted and dropped.
 pub const MAX_OUTPUT: usize = 256 * 1024;
@@ -71,43 +81,60 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
         Err(e) => return Outcome::error(format!("cannot start {program:?}: {e}")),
     };
     let started = Instant::now();
+    let pgid = child.id();
     let mut reader = File::from(reader);
     let mut output = Vec::new();
     let mut dropped = 0usize;
-    let mut killed = false;
+    let mut killed_at: Option<Instant> = None;
+    let mut eof = false;
+    let mut abandoned = false;
     let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_sub(started.elapsed());
-        if left.is_zero() && !killed {
-            kill_group(child.id());
-            killed = true;
+    // The command ends when its leader has exited and the pipe is at end-of-file (everything
+    // that could write to it is gone), or at the deadline.
+    while !(eof && leader_exited(pgid)) {
+        let now = Instant::now();
+        if killed_at.is_none() && now.duration_since(started) >= deadline {
+            kill_group(pgid);
+            killed_at = Some(now);
         }
-        // Wake at least every 200 ms: the command may have exited while a background child
-        // of its still holds the pipe open.
-        let wait = if killed {
-            Duration::from_millis(200)
-        } else {
-            left.min(Duration::from_millis(200))
+        let wait = match killed_at {
+            Some(at) => {
+                let left = PIPE_GRACE.saturating_sub(at.elapsed());
+                if left.is_zero() {
+                    // Something outside the group (a `setsid` child) still holds the pipe.
+                    abandoned = !eof;
+                    break;
+                }
+                left
+            }
+            None => deadline.saturating_sub(now.duration_since(started)),
         };
+        if eof {
+            // The leader closed its output but runs on: look again shortly.
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
+            continue;
+        }
         match crate::files::wait_readable(reader.as_raw_fd(), wait) {
             Ok(true) => match reader.read(&mut buf) {
-                Ok(0) => break,
+                Ok(0) => eof = true,
                 Ok(n) => {
                     let keep = n.min(MAX_OUTPUT - output.len().min(MAX_OUTPUT));
                     output.extend_from_slice(&buf[..keep]);
                     dropped += n - keep;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+                Err(_) => eof = true,
             },
-            Ok(false) => {
-                if killed || matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-            }
-            Err(_) => break,
+            Ok(false) => {}
+            Err(_) => eof = true,
         }
     }
+    // No child of a command outlives it, whether or not it kept the pipe: background
+    // children with their output redirected elsewhere are still in the group. The leader
+    // is not reaped yet, so the group id cannot have been reused.
+    kill_group(pgid);
+    drop(reader);
+    let killed = killed_at.is_some();
     let status = match child.wait() {
         Ok(s) => s,
         Err(e) => return Outcome::error(format!("cannot wait for {program:?}: {e}")),
@@ -122,6 +149,12 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
         text.push_str(&format!(
             "\n[steward: killed after the {}s deadline]\n",
             deadline.as_secs_f64()
+        ));
+    }
+    if abandoned {
+        text.push_str(&format!(
+            "\n[steward: output abandoned {}s after the deadline: a process outside the command's group still holds it]\n",
+            PIPE_GRACE.as_secs_f64()
         ));
     }
     let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
@@ -140,6 +173,24 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether the command's leader has exited, without reaping it: while it is a zombie its
+/// pid, which is also the group's id, cannot be given to another process.
+fn leader_exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on our own child, with a valid siginfo_t to fill.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: after a successful waitid, si_pid is set (0 when no child has changed state).
+    r != 0 || unsafe { info.si_pid() } != 0
 }
 
 fn kill_group(pgid: u32) {
@@ -215,5 +266,87 @@ mod tests {
             "{}",
             &o.output[o.output.len() - 80..]
         );
+    }
+
+    /// Whether a process is gone: no such pid, or a zombie (dead, waiting for whoever
+    /// inherited it to reap it). Waits up to a second for it to go.
+    fn gone(pid: &str) -> bool {
+        let Ok(pid) = pid.trim().parse::<u32>() else {
+            panic!("not a pid: {pid:?}");
+        };
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return true,
+                // The state follows the command name in parentheses: "123 (sleep) Z …".
+                Ok(stat) if stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) => {
+                    return true
+                }
+                Ok(_) => {}
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_background_child_holding_the_pipe_dies_at_the_deadline() {
+        let t = Instant::now();
+        let o = run(
+            &argv(&["sh", "-c", "sleep 1000 & echo $!; exit 0"]),
+            Path::new("/"),
+            Duration::from_secs(1),
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        let pid = o.output.lines().next().unwrap_or_default();
+        assert!(gone(pid), "sleep {pid} outlived the command:\n{}", o.output);
+        assert!(o.output.contains("killed after"), "{}", o.output);
+    }
+
+    #[test]
+    fn a_setsid_child_holding_the_pipe_is_abandoned_after_the_grace() {
+        // Out of the group, it is out of the deadline's reach, and it keeps the pipe open.
+        let t = Instant::now();
+        let o = run(
+            &argv(&["sh", "-c", "setsid sleep 1000 & echo $!; exit 0"]),
+            Path::new("/"),
+            Duration::from_secs(1),
+        );
+        let took = t.elapsed();
+        let pid = o.output.lines().find_map(|l| l.parse::<libc::pid_t>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: plain syscall on the pid the command printed.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        assert!(
+            took < Duration::from_secs(1) + PIPE_GRACE + Duration::from_secs(1),
+            "took {took:?}"
+        );
+        assert!(o.output.contains("output abandoned"), "{}", o.output);
+    }
+
+    #[test]
+    fn a_background_child_with_its_output_elsewhere_dies_when_the_command_ends() {
+        let t = Instant::now();
+        let o = run(
+            &argv(&["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"]),
+            Path::new("/"),
+            Duration::from_secs(60),
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(o.exit_code, Some(0));
+        let pid = o.output.lines().next().unwrap_or_default();
+        assert!(gone(pid), "sleep {pid} outlived the command");
+        assert!(!o.output.contains("killed after"), "{}", o.output);
     }
 }

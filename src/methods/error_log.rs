@@ -1,6 +1,10 @@
 //! `ErrorLog`: errors from every node, collected by the central error logger
 //! (`--centralErrorLogger`) into `errors.log`, one line per error. Any other node refuses
-//! them, so a misconfigured fleet shows up as refusals rather than as lost errors.
+//! them, so a misconfigured fleet shows up as refusals rather than as lost errors. A line is
+//! one error: newlines become spaces and other control characters are escaped
+//! ([`crate::files::escape_controls`]), so no sender can forge another's line. A line holds
+//! at most 8 KiB of the error, each sender writes within its hourly budget, and the file is
+//! rotated at a size ([`crate::log_budget`]), so no sender can fill the disk.
 
 use super::{Method, Outcome};
 use crate::message::Envelope;
@@ -30,26 +34,54 @@ impl Method for ErrorLog {
                 node.config.node
             )));
         }
-        let lines: String = envelopes
+        let limits = &node.log_budget.limits;
+        let lines: Vec<String> = envelopes
             .iter()
             .map(|e| {
                 let text = e.message.data.join(" ").replace('\n', " ");
+                let text = crate::files::escape_controls(&text);
+                let text = crate::log_budget::cap_line(text.trim_end(), limits.max_error_line);
                 format!(
-                    "{} {} [{}]: {}\n",
+                    "{} {} [{}]: {text}\n",
                     crate::files::rfc3339(e.accepted),
                     e.from_node,
                     e.id,
-                    text.trim_end()
                 )
             })
             .collect();
+        let sizes: Vec<(&str, usize)> = envelopes
+            .iter()
+            .zip(&lines)
+            .map(|(e, line)| (e.from_node.as_str(), line.len()))
+            .collect();
+        let refused = crate::log_budget::admit(node, self.name(), &sizes);
+        let written: String = lines
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(line, _)| line.as_str())
+            .collect();
         let path = node.data.error_log();
-        match crate::files::append(&path, lines.as_bytes(), true) {
-            Ok(()) => all(Outcome::ok("logged")),
-            Err(e) => all(Outcome::error(format!(
-                "cannot append to {}: {e}",
-                path.display()
-            ))),
-        }
+        let result = if written.is_empty() {
+            Ok(())
+        } else {
+            crate::files::append_rotating(
+                &path,
+                written.as_bytes(),
+                true,
+                limits.rotate_at,
+                limits.keep,
+            )
+        };
+        refused
+            .into_iter()
+            .map(|refused| match (refused, &result) {
+                (Some(refusal), _) => refusal,
+                (None, Ok(())) => Outcome::ok("logged"),
+                (None, Err(e)) => {
+                    Outcome::error(format!("cannot append to {}: {e}", path.display()))
+                }
+            })
+            .collect()
     }
 }

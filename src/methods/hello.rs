@@ -1,13 +1,17 @@
 //! `Hello`: every node tells the central node "I'm here" periodically, as an EventNACK (see
 //! [`crate::process::hello`]). The receiving node keeps each node's last-seen time in
-//! `hello-nodes.json`, rewritten atomically at most once a second however large the fleet,
-//! and wakes any publisher pausing before its next attempt to reach that node.
+//! `hello-nodes.json`, rewritten atomically at most once a second however large the fleet
+//! (changes are batched and written on the subscriber's tick, and when the node stops), and
+//! wakes any publisher pausing before its next attempt to reach that node. Only nodes this
+//! node trusts get a `steward_node_last_hello_age_seconds` line in `/metrics`, so a sender
+//! cannot grow the page with made-up names.
 
 use super::{Method, Outcome};
 use crate::message::Envelope;
 use crate::node::Node;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Hello {
@@ -18,6 +22,8 @@ pub struct Hello {
 struct Seen {
     loaded: bool,
     dirty: bool,
+    /// When hello-nodes.json was last written.
+    written: Option<Instant>,
     /// Node → milliseconds since the epoch of its last Hello.
     last: BTreeMap<String, u64>,
 }
@@ -30,11 +36,28 @@ struct Entry {
     last_seen_unix_ms: u64,
 }
 
+/// hello-nodes.json is rewritten at most this often, however many nodes say Hello.
+pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+impl Seen {
+    /// Whether the file should be written now: something changed, and not within
+    /// [`WRITE_EVERY`] of the last write (unless `now_anyway`, when the node stops).
+    fn due(&self, now: Instant, now_anyway: bool) -> bool {
+        self.dirty
+            && (now_anyway
+                || self
+                    .written
+                    .is_none_or(|at| now.duration_since(at) >= WRITE_EVERY))
+    }
+}
+
 impl Hello {
-    fn write(&self, node: &Node, seen: &mut Seen) {
-        if !seen.dirty {
+    fn write(&self, node: &Node, seen: &mut Seen, now_anyway: bool) {
+        let now = Instant::now();
+        if !seen.due(now, now_anyway) {
             return;
         }
+        seen.written = Some(now);
         let file: BTreeMap<&String, Entry> = seen
             .last
             .iter()
@@ -67,7 +90,10 @@ impl Method for Hello {
 
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
         node.presence.seen(&envelope.from_node);
-        node.metrics.hello(&envelope.from_node);
+        // A metric label per name any sender can make up would grow /metrics without end.
+        if node.trusted.knows(&envelope.from_node) {
+            node.metrics.hello(&envelope.from_node);
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if !seen.loaded {
             seen.loaded = true;
@@ -86,17 +112,40 @@ impl Method for Hello {
         seen.dirty = true;
         if is_new {
             log::info!("first Hello from {}", envelope.from_node);
-            self.write(node, &mut seen);
         }
+        // Written from `tick`, at most once a second, not here: a flood of new names
+        // would otherwise rewrite (and fsync) the whole file for each.
         Outcome::ok("hello")
     }
 
     fn tick(&self, node: &Node) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.write(node, &mut seen);
+        self.write(node, &mut seen, false);
     }
 
     fn flush(&self, node: &Node) {
-        self.tick(node)
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.write(node, &mut seen, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_is_written_at_most_once_a_second() {
+        let t = Instant::now();
+        let mut seen = Seen::default();
+        assert!(!seen.due(t, false), "nothing changed");
+        seen.dirty = true;
+        assert!(seen.due(t, false), "never written yet");
+        seen.written = Some(t);
+        assert!(!seen.due(t + Duration::from_millis(500), false));
+        assert!(
+            seen.due(t + Duration::from_millis(500), true),
+            "the node stops"
+        );
+        assert!(seen.due(t + WRITE_EVERY, false));
     }
 }

@@ -1,5 +1,9 @@
 //! `TextLogging`: the receiving node appends the text to a log file per sending node
-//! (`textlog/<fromNode>.log`), e.g. logs forwarded from a ship to central.
+//! (`textlog/<fromNode>.log`), e.g. logs forwarded from a ship to central. Control
+//! characters other than newline and tab are escaped ([`crate::files::escape_controls`]):
+//! an operator may `tail` these files in a terminal. Each sender writes within its hourly
+//! budget and each file is rotated at a size ([`crate::log_budget`]), so no sender can fill
+//! the disk.
 
 use super::{Method, Outcome};
 use crate::message::Envelope;
@@ -27,31 +31,50 @@ impl Method for TextLogging {
         let lines: Vec<(PathBuf, String)> = envelopes
             .iter()
             .map(|e| {
-                let mut text = e.message.data.concat();
+                let mut text = crate::files::escape_controls(&e.message.data.concat()).into_owned();
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
                 (node.data.text_log(&e.from_node), text)
             })
             .collect();
+        let sizes: Vec<(&str, usize)> = envelopes
+            .iter()
+            .zip(&lines)
+            .map(|(e, (_, text))| (e.from_node.as_str(), text.len()))
+            .collect();
+        let refused = crate::log_budget::admit(node, self.name(), &sizes);
         let mut by_file: BTreeMap<&PathBuf, String> = BTreeMap::new();
-        for (path, text) in &lines {
-            by_file.entry(path).or_default().push_str(text);
+        for ((path, text), refused) in lines.iter().zip(&refused) {
+            if refused.is_none() {
+                by_file.entry(path).or_default().push_str(text);
+            }
         }
+        let limits = &node.log_budget.limits;
         let failed: BTreeMap<&PathBuf, String> = by_file
             .into_iter()
             .filter_map(|(path, text)| {
-                crate::files::append(path, text.as_bytes(), true)
-                    .err()
-                    .map(|e| (path, format!("cannot append to {}: {e}", path.display())))
+                crate::files::append_rotating(
+                    path,
+                    text.as_bytes(),
+                    true,
+                    limits.rotate_at,
+                    limits.keep,
+                )
+                .err()
+                .map(|e| (path, format!("cannot append to {}: {e}", path.display())))
             })
             .collect();
         lines
             .iter()
-            .map(|(path, text)| match failed.get(path) {
-                Some(why) => Outcome::error(why.clone()),
-                None => Outcome::ok(format!("logged {} bytes", text.len())),
-            })
+            .zip(refused)
+            .map(
+                |((path, text), refused)| match (refused, failed.get(path)) {
+                    (Some(refusal), _) => refusal,
+                    (None, Some(why)) => Outcome::error(why.clone()),
+                    (None, None) => Outcome::ok(format!("logged {} bytes", text.len())),
+                },
+            )
             .collect()
     }
 }

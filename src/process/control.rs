@@ -12,6 +12,7 @@
 //! - the line `STATUS`: the process table as text.
 //!
 //! The socket lives in the data folder, so only who may read the node's data may use it.
+//! At most [`MAX_CLIENTS`] clients are served at once; another is answered [`BUSY`].
 
 use super::{stopping, Process, State};
 use crate::message::parse_input;
@@ -21,11 +22,18 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request taken (a batch of messages).
 const MAX_REQUEST: u64 = 16 << 20;
+/// Most clients served at once; past that a client is answered [`BUSY`] and closed.
+pub const MAX_CLIENTS: usize = 8;
+/// The answer to a client past [`MAX_CLIENTS`].
+pub const BUSY: &str = "busy: too many clients of the control socket at once; try again\n";
+/// How long a client may take to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Control {
     pub node: Arc<Node>,
@@ -51,14 +59,24 @@ impl Process for Control {
             .set_nonblocking(true)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         self.state.set(format!("listening on {}", path.display()));
+        let clients = Arc::new(AtomicUsize::new(0));
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                        clients.fetch_sub(1, Ordering::SeqCst);
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        let _ = stream.write_all(BUSY.as_bytes());
+                        continue;
+                    }
+                    let slot = Slot(clients.clone());
                     let node = self.node.clone();
                     let spawned = std::thread::Builder::new()
                         .name("control client".into())
                         .stack_size(256 * 1024)
                         .spawn(move || {
+                            let _slot = slot;
                             if let Err(e) = serve(&node, stream) {
                                 log::debug!("control socket: {e}");
                             }
@@ -84,8 +102,19 @@ impl Process for Control {
     }
 }
 
+/// A client's place among [`MAX_CLIENTS`], given back when its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
+    // A client that never finishes its request must not keep its place forever.
+    stream.set_read_timeout(Some(REQUEST_DEADLINE))?;
     let mut request = Vec::new();
     (&stream).take(MAX_REQUEST).read_to_end(&mut request)?;
     let text = String::from_utf8_lossy(&request);
@@ -139,4 +168,24 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::message::parse_input;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_object_per_line_parses_in_linear_time() {
+        let line = "{\"toNode\":\"ship1\",\"data\":[\"echo\",\"hi\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}\n";
+        let body = line.repeat(20_000);
+        let started = Instant::now();
+        let parsed = parse_input(body.as_bytes(), 1, true, &|m| m == "CLICommand");
+        assert_eq!(parsed.rejected.len() + parsed.messages.len(), 20_000);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "2 MB took {:?}",
+            started.elapsed()
+        );
+    }
 }

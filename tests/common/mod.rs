@@ -287,6 +287,12 @@ impl Node {
         args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = tempfile::tempdir().unwrap();
+        // As an operator should have it (steward warns about a folder others can read).
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         install_keys(dir.path(), name);
         let mut node = Node {
             name: name.to_string(),
