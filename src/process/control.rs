@@ -180,7 +180,7 @@ mod tests {
         let line = "{\"toNode\":\"ship1\",\"data\":[\"echo\",\"hi\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}\n";
         let body = line.repeat(20_000);
         let started = Instant::now();
-        let parsed = parse_input(body.as_bytes(), 1, true, &|m| m == "CLICommand");
+        let parsed = parse_input(body.as_bytes(), 1, true, &crate::methods::kind_refusal);
         assert_eq!(parsed.rejected.len() + parsed.messages.len(), 20_000);
         assert!(
             started.elapsed() < Duration::from_secs(3),
