@@ -50,6 +50,8 @@ impl Agent {
     fn start(name: &str, broker: &str, root: &Path) -> Agent {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
+        // Private, as steward makes a data folder (else it warns, and reports it).
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         // Every agent trusts central's key and central trusts every agent's, as
         // `steward keys trust NODE KEY` would do.
         let central = steward::keys::Identity::load_or_create(&root.join("central/keys")).unwrap();

@@ -59,8 +59,10 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             EXIT_USAGE,
             format!("--kind {k:?}: use CommandACK, CommandNACK, EventACK or EventNACK"),
         ))?,
-        None if req.method == "CLICommand" => Kind::CommandAck,
-        None => Kind::EventAck,
+        // The ACK kind the method serves: CommandACK for commands, EventACK for events.
+        None => crate::methods::kinds_of(&req.method)
+            .and_then(|kinds| kinds.iter().copied().find(|k| k.wants_ack()))
+            .unwrap_or(Kind::EventAck),
     };
     let message = Message {
         to_node: req.to.clone(),

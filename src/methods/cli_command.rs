@@ -88,6 +88,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     let mut killed_at: Option<Instant> = None;
     let mut eof = false;
     let mut abandoned = false;
+    let mut recheck = Duration::from_micros(50);
     let mut buf = [0u8; 16 * 1024];
     // The command ends when its leader has exited and the pipe is at end-of-file (everything
     // that could write to it is gone), or at the deadline.
@@ -110,8 +111,11 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
             None => deadline.saturating_sub(now.duration_since(started)),
         };
         if eof {
-            // The leader closed its output but runs on: look again shortly.
-            std::thread::sleep(wait.min(Duration::from_millis(20)));
+            // The leader closed its output but has not exited yet: most often it is in the
+            // middle of exiting (its files close before it becomes a zombie), so look again
+            // at once, then less and less often.
+            std::thread::sleep(wait.min(recheck));
+            recheck = (recheck * 2).min(Duration::from_millis(20));
             continue;
         }
         match crate::files::wait_readable(reader.as_raw_fd(), wait) {
