@@ -113,6 +113,26 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 
 /// Appends `bytes` with a single `write` on an `O_APPEND` file, so concurrent appenders never
 /// interleave inside one record. With `durable`, the data is fsync'd before returning.
+/// Appends `bytes` as one record, durably, or not at all: a record half written (a full
+/// disk) or not synced is cut back off, so that a retry appends it whole, once. For files
+/// with one writer (a lane's reply file): another writer's append in between would be cut
+/// too.
+pub fn append_record(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = open_append(path)?;
+    let start = f.metadata()?.len();
+    let written = f.write_all(bytes).and_then(|()| f.sync_data());
+    if let Err(e) = written {
+        if let Err(cut) = f.set_len(start) {
+            log::error!(
+                "{}: cannot cut a half-written record off: {cut}",
+                path.display()
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let mut f = open_append(path)?;
     f.write_all(bytes)?;

@@ -559,6 +559,8 @@ struct Senders {
     by_name: HashMap<String, SenderWindow>,
     dirty: bool,
     written: Option<Instant>,
+    /// The last write failed (said once).
+    failing: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -811,12 +813,20 @@ impl Trusted {
         }
         let json = serde_json::to_vec(&senders.by_name).expect("a map of numbers serializes");
         let path = senders_path(&self.dir);
+        let failing = senders.failing;
+        senders.written = Some(Instant::now());
         match files::write_atomically(&path, &json) {
             Ok(()) => {
                 senders.dirty = false;
-                senders.written = Some(Instant::now());
+                senders.failing = false;
             }
-            Err(e) => log::error!("cannot write {}: {e}", path.display()),
+            // Said once: it is tried again every second (a full disk), and until it works
+            // a restart forgets the last second's counters, which the id records cover.
+            Err(e) if !failing => {
+                senders.failing = true;
+                log::error!("cannot write {}: {e}", path.display());
+            }
+            Err(_) => {}
         }
     }
 

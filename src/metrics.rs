@@ -40,6 +40,8 @@ pub struct Metrics {
     pub delivery_latency: HistogramVec,
     /// Log writes (errors.log, textlog/) refused, by method and reason (budget, disk).
     pub log_refused: IntCounterVec,
+    /// Lines of logs that are only logs (message-log.txt) not written: a full disk.
+    pub log_skipped: IntCounterVec,
     hello_age: IntGaugeVec,
     /// Node → when it last said Hello (ms since the epoch); ages are computed at scrape time.
     last_hello: Mutex<HashMap<String, u64>>,
@@ -184,6 +186,12 @@ impl Metrics {
                 "steward_log_writes_refused_total",
                 "ErrorLog and TextLogging messages refused: the sender over its hourly budget (reason budget) or the disk below the free-space floor (reason disk).",
                 &["method", "reason"],
+            ),
+            log_skipped: counter_vec(
+                &r,
+                "steward_log_lines_skipped_total",
+                "Lines of a log that is only a log (message-log.txt) that could not be written (a full disk); nothing else is skipped.",
+                &["file"],
             ),
             hello_age: {
                 let g = IntGaugeVec::new(

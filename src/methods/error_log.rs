@@ -25,6 +25,10 @@ impl Method for ErrorLog {
         self.handle_batch(&[envelope], node).remove(0)
     }
 
+    fn ready(&self, node: &Node) -> Result<(), String> {
+        node.log_budget.check_free_space(&node.data.root)
+    }
+
     /// A batch's errors go to errors.log with one write and one fsync.
     fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
         let all = |outcome: Outcome| vec![outcome; envelopes.len()];

@@ -58,6 +58,14 @@ pub trait Method: Send + Sync {
     fn name(&self) -> &'static str;
     /// The kinds this method serves ([`COMMANDS`] or [`EVENTS`]).
     fn kinds(&self) -> &'static [Kind];
+    /// Whether this node can take the method's work now: a method whose work needs disk
+    /// space (a log) says no while the disk is below its floor. Asked before anything is
+    /// recorded; a "no" is not answered, so the sender tries again later and nothing is
+    /// lost or given up while the disk is full. Commands are always taken: the one that
+    /// frees the disk must get through.
+    fn ready(&self, _node: &Node) -> Result<(), String> {
+        Ok(())
+    }
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
     fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome;

@@ -26,6 +26,10 @@ impl Method for TextLogging {
         self.handle_batch(&[envelope], node).remove(0)
     }
 
+    fn ready(&self, node: &Node) -> Result<(), String> {
+        node.log_budget.check_free_space(&node.data.root)
+    }
+
     /// A batch's lines go to each sender's log with one write and one fsync.
     fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
         let lines: Vec<(PathBuf, String)> = envelopes

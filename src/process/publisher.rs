@@ -647,10 +647,12 @@ impl Publisher {
             }
             ends.push((entry, outcome, told));
         }
+        // A reply that cannot be stored (a full disk) leaves its message unfinished: this
+        // publisher fails, and once restarted sends it again; the receiver answers from its
+        // stored reply without running anything twice, and the reply is stored then.
         for (path, records) in &reply_files {
-            if let Err(e) = crate::files::append(path, records.as_bytes(), true) {
-                log::error!("cannot store replies in {}: {e}", path.display());
-            }
+            crate::files::append_record(path, records.as_bytes())
+                .map_err(|e| format!("cannot store replies in {}: {e}", path.display()))?;
         }
         if !failed.is_empty() {
             crate::files::append(&node.data.failed(), failed.as_bytes(), true).map_err(|e| {
@@ -661,7 +663,12 @@ impl Publisher {
             })?;
         }
         if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, false) {
+            // Only a log: skipped, and counted.
             log::error!("cannot write the message log: {e}");
+            node.metrics
+                .log_skipped
+                .with_label_values(&["message-log.txt"])
+                .inc_by(ends.len() as u64);
         }
         let seqs: Vec<u64> = ends.iter().map(|(entry, _, _)| entry.seq).collect();
         node.finish(&self.subject, &seqs);

@@ -174,6 +174,15 @@ fn report(node: &Node, method: &str, subject: &str, r: &Refusal) {
 fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: Admitted) {
     let name = method.name();
     let ids: Vec<&str> = a.envelopes.iter().map(|e| e.id.as_str()).collect();
+    if let Err(why) = method.ready(node) {
+        // Not now (a full disk): unrecorded and unanswered, so the sender tries again.
+        log::warn!("{subject}: {} from {} not taken now: {why}", ids[0], a.from);
+        node.metrics
+            .received
+            .with_label_values(&[name, "deferred"])
+            .inc_by(ids.len() as u64);
+        return;
+    }
     let seen = match node.received.begin_many(&a.from, &ids) {
         Ok(seen) => seen,
         Err(e) => {

@@ -270,6 +270,14 @@ impl Node {
 
     /// As [`Node::start`], run under `wrapper` (e.g. `["faketime", "-f", "-30d"]`).
     pub fn start_under(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
+        let mut node = Node::prepare(wrapper, name, broker, extra);
+        node.restart();
+        node
+    }
+
+    /// A node with its data folder and keys in place, not started yet (start it with
+    /// [`Node::restart`]): for a test that puts something under its data folder first.
+    pub fn prepare(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
         let prom_port = free_port();
         let mut args = vec![
             format!("--node={name}"),
@@ -294,7 +302,7 @@ impl Node {
         )
         .unwrap();
         install_keys(dir.path(), name);
-        let mut node = Node {
+        let node = Node {
             name: name.to_string(),
             dir,
             args,
@@ -302,7 +310,6 @@ impl Node {
             child: None,
             prom_port,
         };
-        node.restart();
         node
     }
 
@@ -559,6 +566,52 @@ pub fn command(to: &str, argv: &[&str]) -> String {
         "[{{\"toNode\":\"{to}\",\"data\":[{}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n",
         data.join(",")
     )
+}
+
+/// A small tmpfs mounted over a folder (root only), unmounted on drop: a disk that fills.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "16m") over `dir`; `None` unless running as root.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let id = Command::new("id").arg("-u").output().ok()?;
+        if String::from_utf8_lossy(&id.stdout).trim() != "0" {
+            return None;
+        }
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Fills the filesystem to the last byte; returns the filler, to remove to free it.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        while f.write_all(&small[..1]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: the node may still hold files there.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 /// Prints a test's counts the way every delivery test reports them.
