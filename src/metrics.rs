@@ -30,6 +30,8 @@ pub struct Metrics {
     pub processes: IntGauge,
     pub restarts: IntCounter,
     pub broker_connected: IntGauge,
+    /// 1 while intake finds the data folder's disk full.
+    pub disk_full: IntGauge,
     pub broker_reconnects: IntCounter,
     broker_malformed_dropped: IntCounter,
     pub journal_pending: IntGauge,
@@ -127,6 +129,11 @@ impl Metrics {
                 &r,
                 "steward_broker_connected",
                 "1 while connected to the broker.",
+            ),
+            disk_full: gauge(
+                &r,
+                "steward_disk_full",
+                "1 while intake finds the data folder's disk full (messages wait in inmsg.txt).",
             ),
             broker_reconnects: counter(
                 &r,

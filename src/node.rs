@@ -51,6 +51,8 @@ pub struct Node {
     refusals: Mutex<Refusals>,
     /// What each sender may still write into errors.log and textlog/ this hour.
     pub log_budget: crate::log_budget::LogBudget,
+    /// Since when (ms since the epoch) intake has found the data folder's disk full.
+    disk_full_since: Mutex<Option<u64>>,
 }
 
 /// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute;
@@ -102,6 +104,7 @@ impl Node {
                 config.max_log_bytes_per_hour,
                 config.min_free_bytes_for_logs,
             )),
+            disk_full_since: Mutex::new(None),
             config,
             broker,
             metrics,
@@ -221,6 +224,42 @@ impl Node {
             log::error!("journal: cannot record messages {seqs:?} of {lane} as finished: {e}");
         }
         self.metrics.journal(&mut journal);
+    }
+
+    /// Intake found the disk full (`why`): it waits, the text stays where it is. Said once
+    /// (log, `steward_disk_full`), until [`Node::disk_has_room`].
+    pub fn disk_full(&self, why: &str) {
+        let mut since = self
+            .disk_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(crate::files::unix_millis());
+            self.metrics.disk_full.set(1);
+            log::error!(
+                "{}: the data folder's disk is full ({why}); taking nothing in until there is room, nothing is lost",
+                self.config.node
+            );
+        }
+    }
+
+    /// Intake journaled again: if the disk was full, say for how long, to central too
+    /// (it could not be told while the disk was full).
+    pub fn disk_has_room(&self) {
+        let since = self
+            .disk_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(since) = since {
+            self.metrics.disk_full.set(0);
+            self.report_error(format!(
+                "{}: the data folder's disk was full from {} to {}; intake waited, nothing was lost",
+                self.config.node,
+                crate::files::rfc3339(since),
+                crate::files::now_rfc3339()
+            ));
+        }
     }
 
     /// Logs an error and sends it to the central error logger, through the journal, so it

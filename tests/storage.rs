@@ -73,8 +73,41 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     assert!(central.is_running(), "central died on a full disk");
     assert_eq!(kept_while_full, 0, "stored on a full disk?");
 
+    // An operator appends more while the disk is nearly full (a little was freed): intake
+    // waits, the text stays in inmsg.txt's taken file, nothing is lost or rejected.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 64 * 1024).unwrap();
+    drop(f);
+    let late = 10;
+    let mut text = String::new();
+    for i in 0..late {
+        text.push_str(&format!(
+            "[{{\"toNode\":\"ship1\",\"data\":[\"late-{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
+        ));
+    }
+    central.append_inmsg(&text);
+    wait(
+        "intake says the disk is full",
+        Duration::from_secs(30),
+        || central.metric("steward_disk_full") == 1.0,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!ship1.read("textlog/central.log").contains("late-"));
+    assert!(!central.path("inmsg.rejected.txt").exists());
+
     // Space comes back: everything is stored, once.
     std::fs::remove_file(&filler).unwrap();
+    wait(
+        "the late messages delivered",
+        Duration::from_secs(60),
+        || ship1.read("textlog/central.log").matches("late-").count() >= late,
+    );
+    assert_eq!(central.metric("steward_disk_full"), 0.0);
+    central.wait_for("errors.log", "disk was full from");
     wait("every output stored", Duration::from_secs(120), || {
         central
             .read("replies/ship1.CLICommand.log")
@@ -105,7 +138,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
         );
     }
     eprintln!(
-        "[disk_full] commands={commands} outputs_stored_while_full={kept_while_full} outputs_stored={commands} runs={commands} events={events} events_logged={events} lost=0 duplicates=0"
+        "[disk_full] commands={commands} outputs_stored_while_full={kept_while_full} outputs_stored={commands} runs={commands} events={events} events_logged={events} taken_after_the_disk_had_room={late} lost=0 duplicates=0"
     );
     drop(ship1);
 }

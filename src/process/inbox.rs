@@ -60,6 +60,8 @@ struct Taken {
     changed: Instant,
     /// More complete input may be waiting than the last turn took.
     more: bool,
+    /// The disk is full: what is left waits in the file until there is room.
+    paused: bool,
 }
 
 impl Process for Inbox {
@@ -92,6 +94,7 @@ impl Process for Inbox {
                     size_seen: 0,
                     changed: Instant::now(),
                     more: false,
+                    paused: false,
                 });
             }
             let mut i = 0;
@@ -153,6 +156,7 @@ impl Inbox {
                     size_seen: 0,
                     changed: Instant::now(),
                     more: false,
+                    paused: false,
                 }
             })
             .collect())
@@ -175,7 +179,7 @@ impl Inbox {
         }
         if size > t.offset {
             self.take(&mut file, t, false)?;
-            if t.more {
+            if t.more || t.paused {
                 return Ok(false); // more to read on the next turn
             }
         }
@@ -189,7 +193,7 @@ impl Inbox {
         }
         // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
         self.take(&mut file, t, true)?;
-        if t.more {
+        if t.more || t.paused {
             return Ok(false);
         }
         fs::remove_file(&t.path).map_err(|e| format!("cannot remove {}: {e}", t.path.display()))?;
@@ -205,6 +209,7 @@ impl Inbox {
         let mut limit = MAX_BATCH;
         let mut batches = 0;
         t.more = false;
+        t.paused = false;
         loop {
             file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
             let size = file.metadata().map_err(err)?.len();
@@ -231,12 +236,42 @@ impl Inbox {
                 }
                 return Ok(());
             }
-            self.reject(&parsed.rejected)?;
+            // A full disk is a state, not a failure: what was not taken stays in the file,
+            // and is taken once there is room (the inbox looks again at every watch tick).
+            let full = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOSPC);
+            // Below the floor, new work waits: the space left (and the journal's reserve)
+            // is for finishing what is in flight, storing replies and reporting.
+            if let Err(why) = self.node.log_budget.check_free_space(&self.node.data.root) {
+                self.node.disk_full(&why);
+                t.paused = true;
+                return Ok(());
+            }
+            if let Err(e) = self.reject(&parsed.rejected) {
+                let why = format!(
+                    "cannot keep rejected input in {}: {e}",
+                    self.node.data.rejected().display()
+                );
+                if full(&e) {
+                    self.node.disk_full(&why);
+                    t.paused = true;
+                    return Ok(());
+                }
+                return Err(why);
+            }
             let offset = t.offset + parsed.consumed as u64;
             let count = parsed.messages.len();
-            self.node
-                .accept(parsed.messages, Some((&t.name, offset)))
-                .map_err(|e| format!("cannot journal messages from {}: {e}", t.path.display()))?;
+            match self.node.accept(parsed.messages, Some((&t.name, offset))) {
+                Ok(()) => self.node.disk_has_room(),
+                Err(e) => {
+                    let why = format!("cannot journal messages from {}: {e}", t.path.display());
+                    if full(&e) {
+                        self.node.disk_full(&why);
+                        t.paused = true;
+                        return Ok(());
+                    }
+                    return Err(why);
+                }
+            }
             if count > 0 {
                 log::info!("took {count} message(s) from inmsg.txt");
             }
@@ -259,7 +294,7 @@ impl Inbox {
 
     /// Keeps rejected input verbatim in inmsg.rejected.txt, each piece after a line saying
     /// why, and reports it.
-    fn reject(&self, rejected: &[Rejected]) -> Result<(), String> {
+    fn reject(&self, rejected: &[Rejected]) -> std::io::Result<()> {
         if rejected.is_empty() {
             return Ok(());
         }
@@ -273,8 +308,7 @@ impl Inbox {
                 r.text.trim_end()
             ));
         }
-        crate::files::append(&path, text.as_bytes(), true)
-            .map_err(|e| format!("cannot keep rejected input in {}: {e}", path.display()))?;
+        crate::files::append(&path, text.as_bytes(), true)?;
         for r in rejected {
             self.node.metrics.rejected_input.inc();
             self.node.report_error(format!(
