@@ -21,7 +21,6 @@
 
 use super::{Process, State};
 use crate::admission::{self, Admitted, Policy, Refusal, Refused, Served};
-use crate::broker;
 use crate::message::{Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
@@ -311,7 +310,10 @@ fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply])
             .collect();
         bytes = encode(&trimmed);
     }
-    if let Err(e) = broker::publish(conn, &node.identity, to, None, Some(&a.signed.sig), &bytes) {
+    if let Err(e) = node
+        .broker
+        .publish(&node.identity, to, None, Some(&a.signed.sig), &bytes)
+    {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", replies[0].id);
     }

@@ -1,5 +1,7 @@
 // steward patch: this file is nats 0.25.0's, with one match arm added (marked "steward
-// patch") for `ServerOp::Dropped`, a message proto.rs dropped. See steward's Cargo.toml.
+// patch") for `ServerOp::Dropped`, a message proto.rs dropped, and `flush` bounded as a
+// whole by its timeout, the wait for the PONG included (it waited for the PONG without
+// a bound: during an outage, until the client reconnected). See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -295,6 +297,8 @@ impl Client {
 
     /// Makes a round trip to the server to ensure buffered messages reach it.
     pub(crate) fn flush(&self, timeout: Duration) -> io::Result<()> {
+        // steward patch: one deadline for the whole flush, PONG included.
+        let deadline = Instant::now() + timeout;
         let pong = {
             // Inject random delays when testing.
             inject_delay();
@@ -332,9 +336,18 @@ impl Client {
         };
 
         // Wait until the PONG operation is received.
-        match pong.recv() {
+        // steward patch: until the deadline, not for ever. The PONG's sender stays queued
+        // in `pongs`, so later PONGs still meet their own PINGs; completing a dropped
+        // receiver is harmless (`try_send(()).ok()`).
+        match pong.recv_deadline(deadline) {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::new(ErrorKind::ConnectionReset, "flush failed")),
+            Err(RecvTimeoutError::Timeout) => Err(Error::new(
+                ErrorKind::TimedOut,
+                format!("flush: no PONG from the server within {timeout:?}"),
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Error::new(ErrorKind::ConnectionReset, "flush failed"))
+            }
         }
     }
 
