@@ -94,6 +94,15 @@ impl Broker {
                 .retry_on_failed_connect()
                 .max_reconnects(None)
                 .reconnect_delay_callback(|n| backoff(n as u32, Duration::from_secs(5)))
+                // The client reports a full subscription queue once per message dropped;
+                // the subscriber counts and logs those once a second instead.
+                .error_callback(|e| {
+                    if e.to_string().starts_with("slow consumer") {
+                        log::debug!("broker client: {e}");
+                    } else {
+                        log::warn!("broker client: {e}");
+                    }
+                })
                 .disconnect_callback(move || {
                     b_down.set_up(false);
                     m_down.broker_connected.set(0);

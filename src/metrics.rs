@@ -32,6 +32,8 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     pub broker_reconnects: IntCounter,
     broker_malformed_dropped: IntCounter,
+    /// Messages the client dropped because a subscription's queue was full, by method.
+    pub subscription_dropped: IntCounterVec,
     pub journal_pending: IntGauge,
     pub journal_size: IntGauge,
     pub journal_written: IntCounter,
@@ -135,6 +137,12 @@ impl Metrics {
                 &r,
                 "steward_broker_malformed_dropped_total",
                 "Incoming messages dropped because their NATS header block could not be parsed.",
+            ),
+            subscription_dropped: counter_vec(
+                &r,
+                "steward_subscription_dropped_total",
+                "Incoming messages dropped because their subscription's queue was full (handlers busy).",
+                &["method"],
             ),
             journal_pending: gauge(
                 &r,

@@ -1,7 +1,9 @@
 // steward patch: this file is nats 0.25.0's, with one match arm added (marked "steward
-// patch") for `ServerOp::Dropped`, a message proto.rs dropped, and `flush` bounded as a
+// patch") for `ServerOp::Dropped`, a message proto.rs dropped, `flush` bounded as a
 // whole by its timeout, the wait for the PONG included (it waited for the PONG without
-// a bound: during an outage, until the client reconnected). See steward's Cargo.toml.
+// a bound: during an outage, until the client reconnected), and drops past a
+// subscription's `set_message_limits` counted for messages with headers too (they were
+// counted only for messages without). See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -960,7 +962,8 @@ impl Client {
                         continue;
                     }
 
-                    let read = self.state.read.lock();
+                    // steward patch: mut, to count drops (below).
+                    let mut read = self.state.read.lock();
                     // Send the message to matching subscription.
                     if let Some(subscription) = read.subscriptions.get(&sid) {
                         let msg = Message {
@@ -992,6 +995,12 @@ impl Client {
                                         ),
                                     ),
                                 );
+                                // steward patch: counted, as in the MSG arm above (the
+                                // stock client counted drops of messages without headers
+                                // only, so `dropped_messages` missed every signed one).
+                                read.subscriptions
+                                    .entry(sid)
+                                    .and_modify(|sub| sub.dropped_messages += 1);
                                 continue;
                             }
                         }
