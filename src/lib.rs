@@ -93,6 +93,7 @@ impl std::error::Error for Error {}
 
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
+    ignore_sigio();
     let mut config = config;
     files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
         context: format!(
@@ -233,4 +234,18 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     supervisor.run();
     Ok(())
+}
+
+/// The inbox takes a write lease (`F_SETLEASE`) on a taken inmsg.txt to learn whether a
+/// writer still holds it. If another process opens the file while the lease is held, the
+/// kernel sends the lease holder SIGIO, whose default action ends the process: any `cat`
+/// of the file at the wrong moment, or a stray `kill -IO`, would stop the agent. The lease
+/// is taken and given back at once and nothing waits for the signal (the inbox polls), so
+/// it is ignored.
+fn ignore_sigio() {
+    // SAFETY: sets SIGIO's disposition to SIG_IGN; no handler runs, so nothing about
+    // signal-safety applies, and nothing in steward relies on SIGIO.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    }
 }

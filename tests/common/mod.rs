@@ -403,6 +403,16 @@ impl Node {
         }
     }
 
+    /// The running node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends signal `sig` to the running node (as `kill -<sig>` would).
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.pid(), sig);
+    }
+
     /// Resident memory of the running node, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
