@@ -12,8 +12,11 @@
 //! is not counted either.
 //!
 //! The sync client flushes its write buffer at most every 5 ms per connection. Every send on
-//! the message path therefore ends with [`flush`], so a round trip costs a round trip, not
-//! the flush timer.
+//! the message path therefore goes through [`Broker::publish`], which flushes, so a round
+//! trip costs a round trip, not the flush timer. That flush is bounded ([`FLUSH_TIMEOUT`],
+//! the wait for the server's PONG included: a vendored patch), and a link known to be down
+//! is not written to at all, so no thread that sends (publisher, Hello, handler) waits on
+//! an outage, and a stop is never held up by one.
 
 use crate::config::{Auth, BrokerSecurity};
 use crate::keys::{Identity, Scope};
@@ -23,6 +26,10 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+/// How long a flush (our PING and the server's PONG) may take before a send counts as
+/// failed.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The node's broker connection, once it exists.
 pub struct Broker {
@@ -87,6 +94,15 @@ impl Broker {
                 .retry_on_failed_connect()
                 .max_reconnects(None)
                 .reconnect_delay_callback(|n| backoff(n as u32, Duration::from_secs(5)))
+                // The client reports a full subscription queue once per message dropped;
+                // the subscriber counts and logs those once a second instead.
+                .error_callback(|e| {
+                    if e.to_string().starts_with("slow consumer") {
+                        log::debug!("broker client: {e}");
+                    } else {
+                        log::warn!("broker client: {e}");
+                    }
+                })
                 .disconnect_callback(move || {
                     b_down.set_up(false);
                     m_down.broker_connected.set(0);
@@ -151,6 +167,52 @@ impl Broker {
     pub fn get(&self) -> Option<nats::Connection> {
         self.conn.get().cloned()
     }
+
+    /// Whether the link is up, as far as the client has told us.
+    fn is_up(&self) -> bool {
+        self.link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .down
+            .is_none()
+    }
+
+    /// Publishes, signed by `identity` over the subjects (and, for a reply, the signature
+    /// of the request it `answers`), and flushes at once (see the module docs for why).
+    /// Returns the signature: what a reply to this message must name.
+    ///
+    /// On a link known to be down it fails at once (`NotConnected`) rather than queue the
+    /// message in the client and wait for the broker: the caller's own retry, or the
+    /// sender's, takes it from there, and a stop is never held up by an outage. A link
+    /// that fails mid-flush is bounded by [`FLUSH_TIMEOUT`] (the vendored client's flush
+    /// bounds the wait for the PONG too).
+    pub fn publish(
+        &self,
+        identity: &Identity,
+        subject: &str,
+        reply: Option<&str>,
+        answers: Option<&str>,
+        payload: &[u8],
+    ) -> io::Result<String> {
+        let conn = match self.conn.get() {
+            Some(conn) if self.is_up() => conn,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the link to the broker is down",
+                ))
+            }
+        };
+        let scope = Scope {
+            subject,
+            reply,
+            answers,
+        };
+        let sealed = identity.seal(scope, payload);
+        conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
+        conn.flush_timeout(FLUSH_TIMEOUT)?;
+        Ok(sealed.sig)
+    }
 }
 
 /// Options with the node's TLS and authentication. Secrets go to the client, never to logs.
@@ -178,28 +240,6 @@ fn secured(security: &BrokerSecurity) -> nats::Options {
         options = options.client_cert(cert, key);
     }
     options
-}
-
-/// Publishes, signed by `identity` over the subjects (and, for a reply, the signature of
-/// the request it `answers`), and flushes at once (see the module docs for why). Returns
-/// the signature: what a reply to this message must name.
-pub fn publish(
-    conn: &nats::Connection,
-    identity: &Identity,
-    subject: &str,
-    reply: Option<&str>,
-    answers: Option<&str>,
-    payload: &[u8],
-) -> io::Result<String> {
-    let scope = Scope {
-        subject,
-        reply,
-        answers,
-    };
-    let sealed = identity.seal(scope, payload);
-    conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
-    conn.flush_timeout(Duration::from_secs(5))?;
-    Ok(sealed.sig)
 }
 
 /// Exponential backoff from 100 ms, capped, with up to 25% jitter so a fleet that lost its

@@ -71,8 +71,6 @@ pub enum Error {
     Keys(String),
     /// Running as set up would let others act as this node.
     Unsafe(String),
-    /// A listener (metrics, profiling) could not start.
-    Listen(std::io::Error),
     /// The signal handler could not be installed.
     Signals(String),
 }
@@ -83,7 +81,6 @@ impl fmt::Display for Error {
             Error::DataFolder { context, source } => write!(f, "{context}: {source}"),
             Error::Keys(e) => write!(f, "keys: {e}"),
             Error::Unsafe(e) => write!(f, "refusing to run: {e}"),
-            Error::Listen(e) => write!(f, "{e}"),
             Error::Signals(e) => write!(f, "cannot handle SIGINT/SIGTERM: {e}"),
         }
     }
@@ -93,6 +90,7 @@ impl std::error::Error for Error {}
 
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
+    ignore_sigio();
     let mut config = config;
     files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
         context: format!(
@@ -184,17 +182,29 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     );
 
-    // Listeners first: a port in use is a start-up error, before any work is taken.
+    // A listener that cannot start (a port in use: two nodes on one host with the default
+    // `:2112`) costs only what it serves. Command and control go on; the error is logged
+    // and reported to central with the flag to change.
     if let Some(addr) = &node.config.prom_addr {
         let m = metrics.clone();
-        metrics::serve("metrics", addr, move |path| {
+        let served = metrics::serve("metrics", addr, move |path| {
             (path == "/metrics").then(|| m.render())
-        })
-        .map_err(Error::Listen)?;
+        });
+        if let Err(e) = served {
+            node.report_error(format!(
+                "{}: cannot serve metrics: {e}; running without them. Pick a free port with --promHostAndPort (e.g. --promHostAndPort=127.0.0.1:2113), or turn them off with --promHostAndPort=off",
+                node.config.node
+            ));
+        }
     }
     if let Some(addr) = &node.config.profiling_addr {
         let n = node.clone();
-        metrics::serve("profiling", addr, move |_| n.status()).map_err(Error::Listen)?;
+        if let Err(e) = metrics::serve("profiling", addr, move |_| n.status()) {
+            node.report_error(format!(
+                "{}: cannot serve the process table: {e}; running without it. Pick a free port with --profilingPort (e.g. --profilingPort=6061), or leave --profilingPort out",
+                node.config.node
+            ));
+        }
     }
     if let Some(warning) = readable_by_others {
         log::warn!("{warning}");
@@ -233,4 +243,18 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     supervisor.run();
     Ok(())
+}
+
+/// The inbox takes a write lease (`F_SETLEASE`) on a taken inmsg.txt to learn whether a
+/// writer still holds it. If another process opens the file while the lease is held, the
+/// kernel sends the lease holder SIGIO, whose default action ends the process: any `cat`
+/// of the file at the wrong moment, or a stray `kill -IO`, would stop the agent. The lease
+/// is taken and given back at once and nothing waits for the signal (the inbox polls), so
+/// it is ignored.
+fn ignore_sigio() {
+    // SAFETY: sets SIGIO's disposition to SIG_IGN; no handler runs, so nothing about
+    // signal-safety applies, and nothing in steward relies on SIGIO.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    }
 }

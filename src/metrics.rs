@@ -34,6 +34,8 @@ pub struct Metrics {
     pub disk_full: IntGauge,
     pub broker_reconnects: IntCounter,
     broker_malformed_dropped: IntCounter,
+    /// Messages the client dropped because a subscription's queue was full, by method.
+    pub subscription_dropped: IntCounterVec,
     pub journal_pending: IntGauge,
     pub journal_size: IntGauge,
     pub journal_written: IntCounter,
@@ -144,6 +146,12 @@ impl Metrics {
                 &r,
                 "steward_broker_malformed_dropped_total",
                 "Incoming messages dropped because their NATS header block could not be parsed.",
+            ),
+            subscription_dropped: counter_vec(
+                &r,
+                "steward_subscription_dropped_total",
+                "Incoming messages dropped because their subscription's queue was full (handlers busy).",
+                &["method"],
             ),
             journal_pending: gauge(
                 &r,

@@ -144,22 +144,26 @@ impl Node {
         inbox: Option<(&str, u64)>,
         watch: bool,
     ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
-        let entries = {
+        let (entries, watched) = {
             let mut journal = self.journal();
             let entries = journal.append(&self.config.node, messages, inbox)?;
-            self.metrics.journal(&mut journal);
-            entries
-        };
-        // Watchers are in place before the messages reach a publisher.
-        let mut watched = Vec::new();
-        if watch {
-            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-            for e in &entries {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                watchers.insert(e.envelope.id.clone(), tx);
-                watched.push((e.envelope.id.clone(), rx));
+            // Watchers are in place before the messages reach a publisher: publishers take
+            // messages from the journal under this lock, and a busy one takes the next
+            // without waiting to be woken, so a watcher put in after the lock is let go
+            // could miss how its message ended (and `steward send` would wait forever).
+            // Lock order: journal, then watchers; nothing takes them the other way round.
+            let mut watched = Vec::new();
+            if watch {
+                let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+                for e in &entries {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    watchers.insert(e.envelope.id.clone(), tx);
+                    watched.push((e.envelope.id.clone(), rx));
+                }
             }
-        }
+            self.metrics.journal(&mut journal);
+            (entries, watched)
+        };
         for e in &entries {
             let method = e.envelope.message.method.as_str();
             self.metrics.accepted.with_label_values(&[method]).inc();
@@ -499,6 +503,97 @@ mod tests {
             let _ = go.recv();
         }));
         rx
+    }
+
+    /// A node in `dir` whose broker is never reached: enough to accept and watch messages.
+    fn offline_node(dir: &std::path::Path) -> Node {
+        use argh::FromArgs;
+        let folder = format!("--dataFolder={}", dir.display());
+        let args = [
+            "--node=ship1",
+            "--brokerAddress=127.0.0.1:1",
+            folder.as_str(),
+        ];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let args = crate::config::normalize_args(&args).expect("flags in the seed's form");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let flags = crate::config::Flags::from_args(&["steward"], &args).expect("valid flags");
+        let config = Config::load(&flags, &|_| None).expect("a valid configuration");
+        let data = DataFolder::new(dir.to_path_buf());
+        crate::files::create_dirs(dir).unwrap();
+        let (journal, _) = Journal::open(&data.journal_dir()).unwrap();
+        let received = Received::open(&data.journal_dir(), Duration::from_secs(60)).unwrap();
+        let identity = Identity::load_or_create(&data.keys()).unwrap();
+        let trusted = Trusted::open(&data.keys(), "ship1", identity.public_key()).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let broker = Broker::connect(
+            "ship1",
+            &config.brokers,
+            config.security.clone(),
+            metrics.clone(),
+        );
+        let (supervisor, _) = crossbeam_channel::unbounded();
+        Node::new(
+            config,
+            broker,
+            metrics,
+            journal,
+            received,
+            (identity, trusted),
+            supervisor,
+        )
+    }
+
+    /// The race behind a `steward send` that waited forever: a busy publisher took the
+    /// message and finished it between the journal write and the watcher going in. Here
+    /// the watchers are held back while the message is accepted; as long as they are, no
+    /// publisher may be able to take the message from the journal.
+    #[test]
+    fn a_watched_message_cannot_be_taken_before_its_watcher_is_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(offline_node(dir.path()));
+        let message = Message {
+            to_node: "ship2".into(),
+            data: vec!["hi".into()],
+            kind: Kind::EventNack,
+            method: "TextLogging".into(),
+            timeout: None,
+            retries: None,
+            ttl: None,
+        };
+        let lane = message.subject();
+        let held = node.watchers.lock().unwrap();
+        let n = node.clone();
+        let accepting = std::thread::spawn(move || n.accept_watched(vec![message]).unwrap());
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            // What a publisher sees when it looks for work: the journal, if it is free.
+            if let Ok(journal) = node.journal.try_lock() {
+                assert_eq!(
+                    journal.lane_pending(&lane),
+                    0,
+                    "a publisher could take the message before its watcher was in place"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(held);
+        let mut watched = accepting.join().unwrap();
+        let (id, progress) = watched.pop().unwrap();
+        // As the publisher does: take it, deliver it, say how it ended.
+        let taken = node.journal().take(&lane, 10).unwrap();
+        assert_eq!(taken.len(), 1);
+        let finished = Progress::Finished {
+            outcome: "published".into(),
+            reply: None,
+            why: None,
+        };
+        node.progress(&id, finished);
+        let heard = progress.recv_timeout(Duration::from_secs(5));
+        assert!(
+            matches!(heard, Ok(Progress::Finished { .. })),
+            "the watcher heard {heard:?}"
+        );
     }
 
     #[test]

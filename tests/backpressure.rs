@@ -2,7 +2,7 @@
 
 mod common;
 use common::{NatsServer, Node};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn events(to: &str, range: std::ops::Range<usize>) -> String {
     let mut s = String::new();
@@ -101,4 +101,54 @@ fn appends_larger_than_a_batch_are_taken_whole() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(central.metric(pending), 40_000.0);
     assert_eq!(central.read("inmsg.rejected.txt"), "");
+}
+
+/// While every handler is busy, what arrives for a node queues in its NATS client; that
+/// queue is bounded per subscription, so a flood (here 600 × 256 KiB, 150 MiB, of unsigned
+/// messages from a raw client) costs the node at most the bound, and the node goes on
+/// answering afterwards. Unbounded, the whole flood sat in memory.
+#[test]
+fn a_flood_while_the_handlers_are_busy_queues_a_bounded_amount() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=1"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    ship1.wait_listening();
+    // The one handler is kept busy for a while.
+    central.append_inmsg(
+        "[{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",\"touch busy; sleep 12; echo slept\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":60}]\n",
+    );
+    ship1.wait_until("busy", "existed", |_| ship1.path("busy").exists());
+    let before = ship1.rss_kib();
+    let flood = nats::connect(nats.address()).unwrap();
+    let payload = vec![b'x'; 256 * 1024];
+    // With a header block, as every signed message has (the client's drop count once
+    // missed those).
+    let mut headers = nats::header::HeaderMap::new();
+    headers.insert("Steward-Sig", "forged");
+    for _ in 0..600 {
+        flood
+            .publish_with_reply_or_headers(
+                "ship1.EventNACK.TextLogging",
+                None,
+                Some(&headers),
+                &payload,
+            )
+            .unwrap();
+    }
+    flood.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = ship1.rss_kib().saturating_sub(before);
+    eprintln!("[subscription_bound] rss grew by {grown} KiB during the flood");
+    assert!(
+        grown < 80 * 1024,
+        "a 150 MiB flood grew ship1 by {grown} KiB: it queued without a bound"
+    );
+    // The flood is behind it: the busy command ends and is answered, the drops counted.
+    central.wait_for("replies/ship1.CLICommand.log", "slept");
+    central.append_inmsg(&common::command("ship1", &["echo", "after the flood"]));
+    central.wait_for("replies/ship1.CLICommand.log", "after the flood");
+    assert!(
+        ship1.metric("steward_subscription_dropped_total{method=\"TextLogging\"}") > 0.0,
+        "the drops were not counted"
+    );
 }

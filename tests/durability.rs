@@ -486,3 +486,61 @@ fn a_ship_behind_a_leaf_node_whose_uplink_drops_loses_nothing() {
     report("leaf_uplink_drop", 11, ran.len() + 1, duplicates);
     assert_eq!((ran.len(), duplicates), (10, 0));
 }
+
+/// A broker outage must not hold up a stop: every send on the message path ends with a
+/// flush, and a flush waited for the broker's PONG without a bound, so a thread that sent
+/// during the outage (Hello, every second) kept the stop waiting for the whole grace period.
+/// The message stays in the journal and goes once the broker is back.
+#[test]
+fn sigterm_during_a_broker_outage_stops_at_once_and_keeps_the_message() {
+    let mut nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(&command("ship1", &["echo", "before the outage"]));
+    central.wait_for("replies/ship1.CLICommand.log", "before the outage");
+    nats.stop();
+    central.append_inmsg(&command("ship1", &["echo", "during the outage"]));
+    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
+    // Hello (every second) and the publisher have each tried to send by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    assert_eq!(central.terminate(), Some(0), "exit status after SIGTERM");
+    // Nothing is in flight: well within the 5 s grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !central.log().contains("grace period over"),
+        "a process was still busy at the end of the grace:\n{}",
+        central.log()
+    );
+    nats.restart();
+    central.restart();
+    central.wait_for("replies/ship1.CLICommand.log", "during the outage");
+    drop(ship1);
+}
+
+/// A link that holds bytes without closing: the client does not know it is down, so the
+/// flush after a publish waits for a PONG that does not come. It gives up within its bound
+/// (5 s) and the attempt fails, rather than waiting minutes for the client's own ping timer
+/// to notice; the message goes once the link flows again.
+#[test]
+fn a_send_on_a_stalled_link_gives_up_within_the_flush_timeout() {
+    let nats = NatsServer::start();
+    let proxy = common::proxy::FaultProxy::start(nats.port);
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start(
+        "central",
+        &proxy.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
+    );
+    central.append_inmsg(&command("ship1", &["echo", "before the stall"]));
+    central.wait_for("replies/ship1.CLICommand.log", "before the stall");
+    proxy.stall(true);
+    central.append_inmsg(&command("ship1", &["echo", "during the stall"]));
+    central.wait_for_log("cannot publish: flush: no PONG from the server within 5s");
+    proxy.stall(false);
+    central.wait_for("replies/ship1.CLICommand.log", "during the stall");
+}

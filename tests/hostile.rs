@@ -387,3 +387,17 @@ fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay(
     eprintln!("[clock] behind=30d commands=2 replays=2 runs={runs}");
     assert_eq!(runs, 2);
 }
+
+/// The inbox's file lease makes the kernel send SIGIO when another process opens a taken
+/// inmsg.txt at the wrong moment; by default SIGIO ends a process. The node ignores it.
+#[test]
+fn sigio_does_not_stop_a_node() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    ship1.signal(libc::SIGIO);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ship1.is_running(), "SIGIO stopped ship1:\n{}", ship1.log());
+    central.append_inmsg(&command("ship1", &["echo", "still here"]));
+    central.wait_for("replies/ship1.CLICommand.log", "still here");
+}

@@ -228,3 +228,48 @@ fn a_data_folder_others_can_read_is_warned_about() {
     let hint = format!("chmod 700 {}", central.data().display());
     central.wait_for("errors.log", &hint);
 }
+
+/// Two nodes on one host with the default `--promHostAndPort=:2112`: the second's port is
+/// taken. It runs on without metrics, says which flag to change and how, tells central, and
+/// command and control work as ever. The same for the profiling port.
+#[test]
+fn a_listener_port_in_use_is_reported_and_the_node_runs_on() {
+    let nats = NatsServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let central = Node::start("central", &nats.address(), &[]);
+    let prom = format!("--promHostAndPort=127.0.0.1:{port}");
+    let profiling = format!("--profilingPort={port}");
+    let mut ship1 = Node::start_without_metrics("ship1", &nats.address(), &[&prom, &profiling]);
+    ship1.wait_for_log("cannot serve metrics");
+    ship1.wait_for_log("cannot serve the process table");
+    assert!(ship1.is_running(), "ship1 stopped:\n{}", ship1.log());
+    let log = ship1.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("cannot serve metrics"))
+        .unwrap_or_default();
+    for needle in [
+        &format!("127.0.0.1:{port}"),
+        "in use",
+        "--promHostAndPort=127.0.0.1:2113",
+        "--promHostAndPort=off",
+    ] {
+        assert!(
+            said.contains(needle),
+            "the log does not say {needle:?}:\n{said}"
+        );
+    }
+    let profiling_said = log
+        .lines()
+        .find(|l| l.contains("cannot serve the process table"))
+        .unwrap_or_default();
+    assert!(
+        profiling_said.contains("in use") && profiling_said.contains("--profilingPort"),
+        "{profiling_said}"
+    );
+    central.wait_for("errors.log", "cannot serve metrics");
+    central.append_inmsg(&command("ship1", &["echo", "metrics or not"]));
+    central.wait_for("replies/ship1.CLICommand.log", "metrics or not");
+    drop(taken);
+}

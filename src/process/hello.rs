@@ -2,7 +2,6 @@
 //! with a Hello EventNACK (published once, not journaled: the next one replaces it).
 
 use super::{sleep_or_stop, Process, State};
-use crate::broker;
 use crate::message::{Envelope, Kind, Message};
 use crate::node::Node;
 use crate::subject::Subject;
@@ -18,9 +17,9 @@ pub struct Hello {
 
 impl Process for Hello {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
-        let Some(conn) = self.node.broker.wait(stop) else {
+        if self.node.broker.wait(stop).is_none() {
             return Ok(());
-        };
+        }
         let config = &self.node.config;
         let subject = Subject::new(&config.central_node, Kind::EventNack, "Hello")
             .map_err(|e| e.to_string())?
@@ -47,8 +46,7 @@ impl Process for Hello {
                     ttl: None,
                 },
             };
-            match broker::publish(
-                &conn,
+            match self.node.broker.publish(
                 &self.node.identity,
                 &subject,
                 None,

@@ -155,7 +155,7 @@ impl Process for Publisher {
                 let batch = &slot[..fits];
                 // Its own reply subject: a late batch reply never meets a single attempt.
                 let reply_subject = format!("{inbox}.b{}", batch[0].seq);
-                match self.deliver_batch(&conn, &replies, &reply_subject, batch, &payload, stop) {
+                match self.deliver_batch(&replies, &reply_subject, batch, &payload, stop) {
                     Attempt::Acked(acked) => {
                         let done: Vec<_> = batch
                             .iter()
@@ -178,15 +178,9 @@ impl Process for Publisher {
             }
             let entry = &slot[0];
             let delivery = if kind.wants_ack() {
-                self.deliver_acked(
-                    &conn,
-                    &replies,
-                    &format!("{inbox}.{}", entry.seq),
-                    entry,
-                    stop,
-                )
+                self.deliver_acked(&replies, &format!("{inbox}.{}", entry.seq), entry, stop)
             } else {
-                self.publish_once(&conn, entry, stop)
+                self.publish_once(entry, stop)
             };
             match delivery {
                 Delivery::Stopped => return Ok(()),
@@ -283,10 +277,8 @@ impl Publisher {
 
     /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
     /// why not.
-    #[allow(clippy::too_many_arguments)]
     fn deliver_batch(
         &self,
-        conn: &nats::Connection,
         replies: &nats::Subscription,
         reply_subject: &str,
         batch: &[Entry],
@@ -312,7 +304,6 @@ impl Publisher {
         }
         let to = &batch[0].envelope.message.to_node;
         self.attempt(
-            conn,
             replies,
             reply_subject,
             to,
@@ -341,7 +332,6 @@ impl Publisher {
 
     fn deliver_acked(
         &self,
-        conn: &nats::Connection,
         replies: &nats::Subscription,
         reply_subject: &str,
         entry: &Entry,
@@ -387,7 +377,6 @@ impl Publisher {
                 Err(e) => Err(e),
             };
             let tried = self.attempt(
-                conn,
                 replies,
                 reply_subject,
                 &message.to_node,
@@ -443,7 +432,6 @@ impl Publisher {
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
-        conn: &nats::Connection,
         replies: &nats::Subscription,
         reply_subject: &str,
         to: &str,
@@ -456,8 +444,7 @@ impl Publisher {
     ) -> Attempt<T> {
         let subject = self.subject.to_string();
         let deadline = Instant::now() + timeout;
-        match broker::publish(
-            conn,
+        match self.node.broker.publish(
             &self.node.identity,
             &subject,
             Some(reply_subject),
@@ -541,17 +528,16 @@ impl Publisher {
         Err(format!("{why} (not a reply to this message's attempts)"))
     }
 
-    fn publish_once(
-        &self,
-        conn: &nats::Connection,
-        entry: &Entry,
-        stop: &Receiver<()>,
-    ) -> Delivery {
+    fn publish_once(&self, entry: &Entry, stop: &Receiver<()>) -> Delivery {
         let subject = self.subject.to_string();
         let payload = entry.envelope.encode();
         let mut attempt = 0;
         loop {
-            match broker::publish(conn, &self.node.identity, &subject, None, None, &payload) {
+            match self
+                .node
+                .broker
+                .publish(&self.node.identity, &subject, None, None, &payload)
+            {
                 Ok(_) => {
                     let method = entry.envelope.message.method.as_str();
                     self.node.metrics.sent.with_label_values(&[method]).inc();

@@ -1,8 +1,14 @@
 //! The subscriber: one process per method, subscribed to `<thisnode>.<kind>.<method>` for
 //! each kind the method serves, and to nothing else. Each received message is handled on a
 //! handler thread of its own (see [`Handlers`](crate::node::Handlers)), at most
-//! `--maxConcurrentHandlers` at once across all methods (past that, the subscriber waits
-//! and messages queue in the client, bounded: see [`crate::broker`]).
+//! `--maxConcurrentHandlers` at once across all methods. Past that, the subscriber waits
+//! and messages queue in the client, at most [`QUEUED_PER_SUBSCRIPTION`] per subject
+//! (each at most the broker's `max_payload`, 1 MiB by default); the client drops what
+//! comes past that, and the drops are logged and counted
+//! (`steward_subscription_dropped_total`). Nothing is lost by it: a dropped ACK kind is
+//! sent again by its sender, which hears no ACK, and a NACK kind was never promised
+//! delivery. Without the bound, a flood while the handlers are busy would queue in memory
+//! without limit.
 //!
 //! Before a method runs, the message must pass [`crate::admission::admit`]: this node's
 //! subject and a kind the method serves, a signature by a key trusted for its sender,
@@ -21,7 +27,6 @@
 
 use super::{Process, State};
 use crate::admission::{self, Admitted, Policy, Refusal, Refused, Served};
-use crate::broker;
 use crate::message::{Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
@@ -31,6 +36,10 @@ use crossbeam_channel::{Receiver, Select};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How many received messages may wait, per subscription, for a handler; see the module
+/// docs.
+pub const QUEUED_PER_SUBSCRIPTION: usize = 128;
 
 pub struct Subscriber {
     pub method: Arc<dyn Method>,
@@ -62,6 +71,10 @@ impl Process for Subscriber {
                     .map_err(|e| format!("cannot subscribe to {s}: {e}"))
             })
             .collect::<Result<_, _>>()?;
+        for sub in &subs {
+            sub.set_message_limits(QUEUED_PER_SUBSCRIPTION);
+        }
+        let mut dropped = vec![0; subs.len()];
         // Make sure the subscriptions are registered before we say we listen.
         conn.flush_timeout(Duration::from_secs(5)).ok();
         let listening = subjects.join(", ");
@@ -86,6 +99,7 @@ impl Process for Subscriber {
                 i if i == on_tick => {
                     let _ = op.recv(&tick);
                     self.method.tick(&self.node);
+                    self.count_dropped(&subs, &subjects, &mut dropped);
                     self.node.trusted.persist_senders(false);
                     self.node.refusal_reports_due();
                 }
@@ -104,6 +118,32 @@ impl Process for Subscriber {
                     // Otherwise not lost either: without an ACK the sender tries again.
                 }
             }
+        }
+    }
+}
+
+impl Subscriber {
+    /// Logs and counts what the client dropped since the last look because a
+    /// subscription's queue was full (`seen` holds each subscription's count so far).
+    fn count_dropped(&self, subs: &[nats::Subscription], subjects: &[String], seen: &mut [usize]) {
+        for ((sub, subject), seen) in subs.iter().zip(subjects).zip(seen.iter_mut()) {
+            let Ok(total) = sub.dropped_messages() else {
+                continue;
+            };
+            let new = total.saturating_sub(*seen);
+            if new == 0 {
+                continue;
+            }
+            *seen = total;
+            self.node
+                .metrics
+                .subscription_dropped
+                .with_label_values(&[self.method.name()])
+                .inc_by(new as u64);
+            log::warn!(
+                "{subject}: dropped {new} incoming message(s): {QUEUED_PER_SUBSCRIPTION} were already waiting for a handler (all {} busy); senders of ACK kinds will try again",
+                self.node.config.max_handlers
+            );
         }
     }
 }
@@ -320,7 +360,10 @@ fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply])
             .collect();
         bytes = encode(&trimmed);
     }
-    if let Err(e) = broker::publish(conn, &node.identity, to, None, Some(&a.signed.sig), &bytes) {
+    if let Err(e) = node
+        .broker
+        .publish(&node.identity, to, None, Some(&a.signed.sig), &bytes)
+    {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", replies[0].id);
     }

@@ -260,6 +260,16 @@ pub struct Node {
     wrapper: Vec<String>,
     child: Option<Child>,
     pub prom_port: u16,
+    ready: Ready,
+}
+
+/// How a test knows a node has started.
+#[derive(Clone, Copy, PartialEq)]
+enum Ready {
+    /// Its metrics endpoint answers.
+    Metrics,
+    /// Its control socket (`steward.sock`) exists.
+    ControlSocket,
 }
 
 impl Node {
@@ -268,9 +278,27 @@ impl Node {
         Node::start_under(&[], name, broker, extra)
     }
 
+    /// As [`Node::start`], for a node whose metrics port may not answer (it is taken, or
+    /// off): ready once its control socket exists.
+    pub fn start_without_metrics(name: &str, broker: &str, extra: &[&str]) -> Node {
+        Node::start_ready_by(&[], name, broker, extra, Ready::ControlSocket)
+    }
+
     /// As [`Node::start`], run under `wrapper` (e.g. `["faketime", "-f", "-30d"]`).
     pub fn start_under(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
-        let mut node = Node::prepare(wrapper, name, broker, extra);
+        let mut node = Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Metrics);
+        node.restart();
+        node
+    }
+
+    fn start_ready_by(
+        wrapper: &[&str],
+        name: &str,
+        broker: &str,
+        extra: &[&str],
+        ready: Ready,
+    ) -> Node {
+        let mut node = Node::prepare_ready_by(wrapper, name, broker, extra, ready);
         node.restart();
         node
     }
@@ -278,6 +306,16 @@ impl Node {
     /// A node with its data folder and keys in place, not started yet (start it with
     /// [`Node::restart`]): for a test that puts something under its data folder first.
     pub fn prepare(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
+        Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Metrics)
+    }
+
+    fn prepare_ready_by(
+        wrapper: &[&str],
+        name: &str,
+        broker: &str,
+        extra: &[&str],
+        ready: Ready,
+    ) -> Node {
         let prom_port = free_port();
         let mut args = vec![
             format!("--node={name}"),
@@ -302,15 +340,15 @@ impl Node {
         )
         .unwrap();
         install_keys(dir.path(), name);
-        let node = Node {
+        Node {
             name: name.to_string(),
             dir,
             args,
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
             prom_port,
-        };
-        node
+            ready,
+        }
     }
 
     pub fn data(&self) -> &Path {
@@ -357,9 +395,16 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        // Ready once its metrics endpoint answers.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.prom_port)).is_err() {
+        let ready = |node: &Node| match node.ready {
+            Ready::Metrics => TcpStream::connect(("127.0.0.1", node.prom_port)).is_ok(),
+            Ready::ControlSocket => node.path("steward.sock").exists(),
+        };
+        if self.ready == Ready::ControlSocket {
+            // A socket left by the last run is not this run's.
+            let _ = fs::remove_file(self.path("steward.sock"));
+        }
+        while !ready(self) {
             assert!(
                 self.is_running(),
                 "{} exited at start:\n{}",
@@ -408,6 +453,16 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The running node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends signal `sig` to the running node (as `kill -<sig>` would).
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.pid(), sig);
     }
 
     /// Resident memory of the running node, in KiB.

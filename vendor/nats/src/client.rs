@@ -1,5 +1,9 @@
 // steward patch: this file is nats 0.25.0's, with one match arm added (marked "steward
-// patch") for `ServerOp::Dropped`, a message proto.rs dropped. See steward's Cargo.toml.
+// patch") for `ServerOp::Dropped`, a message proto.rs dropped, `flush` bounded as a
+// whole by its timeout, the wait for the PONG included (it waited for the PONG without
+// a bound: during an outage, until the client reconnected), and drops past a
+// subscription's `set_message_limits` counted for messages with headers too (they were
+// counted only for messages without). See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -295,6 +299,8 @@ impl Client {
 
     /// Makes a round trip to the server to ensure buffered messages reach it.
     pub(crate) fn flush(&self, timeout: Duration) -> io::Result<()> {
+        // steward patch: one deadline for the whole flush, PONG included.
+        let deadline = Instant::now() + timeout;
         let pong = {
             // Inject random delays when testing.
             inject_delay();
@@ -332,9 +338,18 @@ impl Client {
         };
 
         // Wait until the PONG operation is received.
-        match pong.recv() {
+        // steward patch: until the deadline, not for ever. The PONG's sender stays queued
+        // in `pongs`, so later PONGs still meet their own PINGs; completing a dropped
+        // receiver is harmless (`try_send(()).ok()`).
+        match pong.recv_deadline(deadline) {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::new(ErrorKind::ConnectionReset, "flush failed")),
+            Err(RecvTimeoutError::Timeout) => Err(Error::new(
+                ErrorKind::TimedOut,
+                format!("flush: no PONG from the server within {timeout:?}"),
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Error::new(ErrorKind::ConnectionReset, "flush failed"))
+            }
         }
     }
 
@@ -947,7 +962,8 @@ impl Client {
                         continue;
                     }
 
-                    let read = self.state.read.lock();
+                    // steward patch: mut, to count drops (below).
+                    let mut read = self.state.read.lock();
                     // Send the message to matching subscription.
                     if let Some(subscription) = read.subscriptions.get(&sid) {
                         let msg = Message {
@@ -979,6 +995,12 @@ impl Client {
                                         ),
                                     ),
                                 );
+                                // steward patch: counted, as in the MSG arm above (the
+                                // stock client counted drops of messages without headers
+                                // only, so `dropped_messages` missed every signed one).
+                                read.subscriptions
+                                    .entry(sid)
+                                    .and_modify(|sub| sub.dropped_messages += 1);
                                 continue;
                             }
                         }
