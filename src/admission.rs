@@ -84,6 +84,8 @@ pub enum Refused {
 /// What a refusal says, for the log and the report to central.
 #[derive(Debug)]
 pub struct Refusal {
+    /// Whether the sender proved who it is (its signature verified).
+    pub verified: bool,
     /// The sender the message names, if it could be read.
     pub from: String,
     /// Its ids, if they could be read.
@@ -112,6 +114,7 @@ pub fn admit(
 ) -> Result<Admitted, Refused> {
     let silent = |from: &str, ids: &[String], why: String| {
         Refused::Silent(Refusal {
+            verified: false,
             from: from.to_string(),
             ids: ids.to_vec(),
             why,
@@ -189,19 +192,21 @@ pub fn admit(
             };
             silent(&from, &ids, why)
         })?;
-    // 4. Fresh.
+    // 4. Fresh. (Signed by the sender's key, so its refusals count as a known sender's.)
+    let verified = |why: String| match silent(&from, &ids, why) {
+        Refused::Silent(r) => Refused::Silent(Refusal { verified: true, ..r }),
+        other => other,
+    };
     trusted
         .fresh(&from, &signed, policy.replay_window, policy.clock_check)
-        .map_err(|why| silent(&from, &ids, why))?;
+        .map_err(verified)?;
     // 5. Answered only on the sender's own inbox.
     if let Some(to) = reply {
         let own = format!("_INBOX.{from}.");
         if !to.starts_with(&own) || to.len() == own.len() {
-            return Err(silent(
-                &from,
-                &ids,
-                format!("its answer would go to {to}, not to {from}'s own inbox ({own}…)"),
-            ));
+            return Err(verified(format!(
+                "its answer would go to {to}, not to {from}'s own inbox ({own}…)"
+            )));
         }
     }
     let admitted = Admitted {
@@ -215,6 +220,7 @@ pub fn admit(
     if let Some(why) = forbidden(policy, &admitted.from, parsed.kind, served.method) {
         return Err(Refused::Answered {
             refusal: Refusal {
+                verified: true,
                 from: admitted.from.clone(),
                 ids,
                 why,

@@ -32,10 +32,10 @@
 //! check, if its sending time is within the replay window of the receiver's clock. A
 //! Raspberry Pi without a real-time clock can be a month behind until NTP answers, so the
 //! time check follows `--clockCheck`: `auto` (the default) checks it only while the kernel
-//! says the clock is synchronized; `off` never; `on` always. Without it, a message is
-//! still refused if it was sent more than the window before the latest one taken from
-//! the same sender: a receiver's sense of a sender's time only moves forward. Behind all
-//! that, its record of (sender, id) never runs a message twice.
+//! says the clock is synchronized; `off` never; `on` always. The counter alone refuses a
+//! replay either way. Counters are tracked per sender *and key*, so a stolen key that
+//! pushed its counter to the end locks out only itself, not the key its node gets next.
+//! Behind all that, the record of (sender, id) never runs a message twice.
 //!
 //! The data folder's `keys/` holds:
 //! - `node.seed`: this node's seed, created on first start (or `steward keys generate`),
@@ -131,6 +131,8 @@ pub struct Signed {
     pub seq: u64,
     /// The signature, hex: what a reply to this message names in its `answers`.
     pub sig: String,
+    /// The key that signed it.
+    pub key: String,
 }
 
 /// Headers that sign a message, and the signature they carry.
@@ -528,6 +530,9 @@ impl KeySet {
 pub struct Trusted {
     dir: PathBuf,
     own: (String, String),
+    /// Names whose keys only this node's operator pins (the central node, the senders
+    /// allowed to send commands, this node): a distributed set never speaks for them.
+    protected: Vec<String>,
     inner: Mutex<Loaded>,
     senders: Mutex<Senders>,
 }
@@ -549,14 +554,23 @@ impl Loaded {
             .iter()
             .any(|m| m.values().flatten().any(|k| k == key))
     }
+
+    /// Whether `key` is pinned by the operator for any of `names`.
+    fn pinned_for_any(&self, names: &[String], key: &str) -> bool {
+        names.iter().any(|n| self.pinned.has(n, key))
+    }
 }
 
-/// What each trusted sender last sent, for replay refusal: persisted in
+/// What each trusted sender's key last sent, for replay refusal: persisted in
 /// `keys/senders.json` at most once a second (and at shutdown). Holds only senders whose
-/// signature verified, so it is bounded by the trusted keys.
+/// signature verified, so it is bounded by the trusted keys. A counter taken in the last
+/// second before a crash is not in the file; the receiver's (sender, id) records, fsync'd
+/// before any message runs and kept for at least the last [`SEQ_WINDOW`] ids of each
+/// sender, refuse that message instead (see [`crate::received`]).
 #[derive(Default)]
 struct Senders {
-    by_name: HashMap<String, SenderWindow>,
+    /// By "sender key".
+    by_key: HashMap<String, SenderWindow>,
     dirty: bool,
     written: Option<Instant>,
     /// The last write failed (said once).
@@ -571,8 +585,6 @@ struct SenderWindow {
     /// Not persisted: after a restart, everything at or below `high` counts as taken.
     #[serde(skip, default = "all_taken")]
     below: [u64; (SEQ_WINDOW / 64) as usize],
-    /// The latest sending time taken.
-    sent: u64,
 }
 
 fn all_taken() -> [u64; (SEQ_WINDOW / 64) as usize] {
@@ -632,7 +644,7 @@ impl Trusted {
     pub fn open(dir: &Path, own_name: &str, own_key: &str) -> Result<Trusted, String> {
         let senders = match fs::read(senders_path(dir)) {
             Ok(bytes) => Senders {
-                by_name: serde_json::from_slice(&bytes)
+                by_key: serde_json::from_slice(&bytes)
                     .map_err(|e| format!("{}: {e}", senders_path(dir).display()))?,
                 ..Senders::default()
             },
@@ -642,11 +654,29 @@ impl Trusted {
         let trusted = Trusted {
             dir: dir.to_path_buf(),
             own: (own_name.to_string(), own_key.to_string()),
+            protected: vec![own_name.to_string()],
             inner: Mutex::new(Loaded::default()),
             senders: Mutex::new(senders),
         };
         trusted.refresh()?;
         Ok(trusted)
+    }
+
+    /// Names whose keys only this node's operator pins: for them, keys in a distributed set
+    /// are never trusted (whenever the set came, and whatever the operator pinned since),
+    /// and a distributed revocation never touches their pinned keys. This node's own name
+    /// always is.
+    pub fn protecting(mut self, names: impl IntoIterator<Item = String>) -> Trusted {
+        for name in names {
+            if !self.protected.contains(&name) {
+                self.protected.push(name);
+            }
+        }
+        self
+    }
+
+    fn is_protected(&self, node: &str) -> bool {
+        self.protected.iter().any(|p| p == node)
     }
 
     /// Re-reads whichever file changed since it was last read.
@@ -699,11 +729,21 @@ impl Trusted {
             return (true, true);
         }
         let loaded = self.refreshed();
-        let keys: Vec<&String> = [&loaded.pinned, &loaded.distributed]
+        let sources: &[&KeySet] = if self.is_protected(node) {
+            &[&loaded.pinned]
+        } else {
+            &[&loaded.pinned, &loaded.distributed]
+        };
+        // A protected name's keys are revoked only by this node's operator.
+        let revoked = |k: &str| match self.is_protected(node) {
+            true => loaded.revoked.keys.values().flatten().any(|r| r == k),
+            false => loaded.is_revoked(k),
+        };
+        let keys: Vec<&String> = sources
             .iter()
             .filter_map(|s| s.keys.get(node))
             .flatten()
-            .filter(|k| !loaded.is_revoked(k))
+            .filter(|k| !revoked(k))
             .collect();
         let known = !keys.is_empty() || node == self.own.0;
         (keys.iter().any(|k| *k == key), known)
@@ -762,12 +802,15 @@ impl Trusted {
         Ok(Signed {
             sent: sent_ms,
             seq: seq_n,
-            sig: sig.to_string(),
+            // Canonical (lowercase), so a re-encoded copy names the same request.
+            sig: hex(&sig_bytes),
+            key: key.to_string(),
         })
     }
 
-    /// Whether a verified request from `from` is fresh: its counter never taken before,
-    /// and its sending time plausible (see the module docs). Takes it if so.
+    /// Whether a verified request from `from` is fresh: its counter never taken before
+    /// from that sender's key, and, while the clock is checked, its sending time within the
+    /// window of this node's clock. Takes it if so.
     pub fn fresh(
         &self,
         from: &str,
@@ -786,17 +829,13 @@ impl Trusted {
             ));
         }
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = senders.by_name.entry(from.to_string()).or_default();
-        if signed.sent.saturating_add(window_ms) < sender.sent {
-            return Err(format!(
-                "sent at {}, more than {}s before the latest message taken from {from} (sent at {}): a replay",
-                files::rfc3339(signed.sent),
-                window.as_secs(),
-                files::rfc3339(sender.sent)
-            ));
-        }
-        sender.take(signed.seq)?;
-        sender.sent = sender.sent.max(signed.sent);
+        // By key, not by name alone: a stolen key that pushed its counter to the end
+        // cannot lock out the key its node is given next.
+        let window = senders
+            .by_key
+            .entry(format!("{from} {}", signed.key))
+            .or_default();
+        window.take(signed.seq)?;
         senders.dirty = true;
         Ok(())
     }
@@ -811,7 +850,7 @@ impl Trusted {
         if !senders.dirty || (recent && !force) {
             return;
         }
-        let json = serde_json::to_vec(&senders.by_name).expect("a map of numbers serializes");
+        let json = serde_json::to_vec(&senders.by_key).expect("a map of numbers serializes");
         let path = senders_path(&self.dir);
         let failing = senders.failing;
         senders.written = Some(Instant::now());
@@ -853,7 +892,7 @@ impl Trusted {
     /// key to a `protected` name (the central node and every sender allowed to send
     /// commands here) that the operator has not pinned, and revives no revoked key;
     /// returns how many keys it holds.
-    pub fn replace_distributed(&self, set: &KeySet, protected: &[&str]) -> Result<usize, String> {
+    pub fn replace_distributed(&self, set: &KeySet) -> Result<usize, String> {
         let path = distributed_path(&self.dir);
         {
             let loaded = self.refreshed();
@@ -868,9 +907,16 @@ impl Trusted {
             for (node, keys) in &set.keys {
                 let own = |k: &String| node == &self.own.0 && k == &self.own.1;
                 let rebinds = keys.iter().any(|k| !(loaded.pinned.has(node, k) || own(k)));
-                if rebinds && (protected.contains(&node.as_str()) || node == &self.own.0) {
+                if rebinds && self.is_protected(node) {
                     return Err(format!(
                         "the set binds a key to {node}, whose keys only this node's operator may pin (steward keys trust); not taken"
+                    ));
+                }
+            }
+            for key in set.revoked.values().flatten() {
+                if loaded.pinned_for_any(&self.protected, key) || key == &self.own.1 {
+                    return Err(format!(
+                        "the set revokes {key}, which this node's operator pinned for a node only the operator speaks for; not taken"
                     ));
                 }
             }
@@ -1149,11 +1195,9 @@ mod tests {
         assert!(take(&trusted, &old, ClockCheck::On)
             .unwrap_err()
             .contains("replay window"));
-        // Unchecked clock: still refused, being sent long before the latest one taken.
+        // Unchecked clock: its counter is new, so it is taken (the time is not judged).
         let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
-        assert!(take(&trusted, &old, ClockCheck::Off)
-            .unwrap_err()
-            .contains("before the latest message"));
+        assert_eq!(take(&trusted, &old, ClockCheck::Off), Ok(()));
         // A month in the future (this node's clock is behind): taken with the clock off.
         let ahead = central.seal_at(scope(), b"m", files::unix_millis() + 30 * 86_400_000);
         assert_eq!(take(&trusted, &ahead, ClockCheck::Off), Ok(()));
@@ -1201,10 +1245,10 @@ mod tests {
             ..KeySet::default()
         };
         set.add("ship2", other.public_key());
-        assert_eq!(trusted.replace_distributed(&set, &["central"]).unwrap(), 1);
+        assert_eq!(trusted.replace_distributed(&set).unwrap(), 1);
         assert!(trusted.knows("ship2"));
         set.issued = 1000;
-        assert!(trusted.replace_distributed(&set, &["central"]).is_err());
+        assert!(trusted.replace_distributed(&set).is_err());
         assert_eq!(KeySet::parse(&set.to_json()).unwrap(), set);
         // The operator deletes the file: those keys are trusted no more.
         fs::remove_file(distributed_path(dir.path())).unwrap();
@@ -1214,6 +1258,7 @@ mod tests {
     #[test]
     fn a_distributed_set_never_rebinds_central_an_allowed_sender_or_this_node() {
         let (dir, _me, trusted) = store("ship1");
+        let trusted = trusted.protecting(["central".to_string(), "ops".to_string()]);
         let central = Identity::generate(&dir.path().join("c"), false).unwrap();
         let attacker = Identity::generate(&dir.path().join("a"), false).unwrap();
         trust(dir.path(), "central", central.public_key()).unwrap();
@@ -1223,9 +1268,7 @@ mod tests {
                 ..KeySet::default()
             };
             set.add(name, attacker.public_key());
-            let e = trusted
-                .replace_distributed(&set, &["central", "ops"])
-                .unwrap_err();
+            let e = trusted.replace_distributed(&set).unwrap_err();
             assert!(e.contains(&format!("binds a key to {name}")), "{e}");
         }
         // Central's own pinned key in the set is no rebinding.
@@ -1235,7 +1278,76 @@ mod tests {
         };
         set.add("central", central.public_key());
         set.add("ship2", attacker.public_key());
-        assert_eq!(trusted.replace_distributed(&set, &["central"]).unwrap(), 2);
+        assert_eq!(trusted.replace_distributed(&set).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_distributed_key_for_central_never_outlives_the_operators_pin() {
+        // Every ship holds central's key in distributed.json (central hands its own on).
+        let (dir, _me, trusted) = store("ship1");
+        let trusted = trusted.protecting(["central".to_string()]);
+        let old = Identity::generate(&dir.path().join("old"), false).unwrap();
+        let new = Identity::generate(&dir.path().join("new"), false).unwrap();
+        trust(dir.path(), "central", old.public_key()).unwrap();
+        let mut set = KeySet {
+            issued: 5000,
+            ..KeySet::default()
+        };
+        set.add("central", old.public_key());
+        trusted.replace_distributed(&set).unwrap();
+        // Central's seed is stolen; the operator pins central's new key instead.
+        fs::write(
+            dir.path().join("trusted.txt"),
+            format!("central {}\n", new.public_key()),
+        )
+        .unwrap();
+        let sealed = old.seal(scope(), b"m");
+        assert!(
+            trusted
+                .verify("central", Some(&sealed.headers), scope(), b"m")
+                .is_err(),
+            "the stolen key still speaks for central"
+        );
+        // Nor can a set revoke the pinned key of a protected name (to lock central out).
+        let mut set = KeySet {
+            issued: 6000,
+            ..KeySet::default()
+        };
+        set.revoked
+            .insert("central".into(), vec![new.public_key().to_string()]);
+        assert!(trusted
+            .replace_distributed(&set)
+            .unwrap_err()
+            .contains("revokes"));
+    }
+
+    #[test]
+    fn a_stolen_key_that_ran_its_counter_to_the_end_locks_out_only_itself() {
+        let (dir, _me, trusted) = store("ship1");
+        let stolen = Identity::generate(&dir.path().join("s"), false).unwrap();
+        let renewed = Identity::generate(&dir.path().join("r"), false).unwrap();
+        trust(dir.path(), "ship2", stolen.public_key()).unwrap();
+        let window = Duration::from_secs(300);
+        // The thief signs with the counter (and the time) at their very end.
+        *stolen.counter.state.lock().unwrap() = (u64::MAX - 1, u64::MAX);
+        let sealed = stolen.seal_at(scope(), b"m", u64::MAX - 1);
+        let signed = trusted
+            .verify("ship2", Some(&sealed.headers), scope(), b"m")
+            .unwrap();
+        trusted
+            .fresh("ship2", &signed, window, ClockCheck::Off)
+            .unwrap();
+        trusted.persist_senders(true);
+        revoke(dir.path(), "ship2").unwrap();
+        trust(dir.path(), "ship2", renewed.public_key()).unwrap();
+        let trusted = Trusted::open(dir.path(), "ship1", _me.public_key()).unwrap();
+        for clock in [ClockCheck::Off, ClockCheck::On] {
+            let sealed = renewed.seal(scope(), b"m");
+            let signed = trusted
+                .verify("ship2", Some(&sealed.headers), scope(), b"m")
+                .unwrap();
+            assert_eq!(trusted.fresh("ship2", &signed, window, clock), Ok(()));
+        }
     }
 
     #[test]
@@ -1259,7 +1371,7 @@ mod tests {
             ..KeySet::default()
         };
         set.add("ship2", ship2.public_key());
-        trusted.replace_distributed(&set, &[]).unwrap();
+        trusted.replace_distributed(&set).unwrap();
         assert!(
             !trusted.knows("ship2"),
             "a distributed set revived a revoked key"

@@ -142,8 +142,8 @@ pub fn run(config: Config) -> Result<(), Error> {
             ),
             source,
         })?;
-    let received = received::Received::open(&data.journal_dir(), 2 * config.replay_window)
-        .map_err(|source| Error::DataFolder {
+    let received =
+        received::Received::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
             context: format!("cannot open {}/received.log", data.journal_dir().display()),
             source,
         })?;
@@ -151,6 +151,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     let identity = keys::Identity::load_or_create(&keys_dir).map_err(Error::Keys)?;
     let trusted =
         keys::Trusted::open(&keys_dir, &config.node, identity.public_key()).map_err(Error::Keys)?;
+    // Only this node's operator speaks for central and for whoever may send commands here.
+    let trusted = trusted.protecting(
+        std::iter::once(config.central_node.clone())
+            .chain(config.allow_commands_from.iter().map(|a| a.from.clone())),
+    );
     let metrics = Arc::new(metrics::Metrics::new());
     let broker = broker::Broker::connect(
         &config.node,

@@ -55,14 +55,17 @@ pub struct Node {
     disk_full_since: Mutex<Option<u64>>,
 }
 
-/// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute;
-/// past that they are logged here and counted, and the count is reported when the minute
-/// ends. So a flood of forged messages cannot flood the journal and the link.
+/// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute, of
+/// messages that proved nothing and as many again of verified senders' (so strangers cannot
+/// hide what a known sender tried); past that they are logged here and counted, and the
+/// count is reported when the minute ends. So a flood of forged messages cannot flood the
+/// journal and the link.
 pub const REFUSAL_REPORTS_PER_MINUTE: u32 = 20;
 
 struct Refusals {
     since: Instant,
-    reported: u32,
+    /// Reported this minute: of unverified messages, of verified senders'.
+    reported: [u32; 2],
     only_logged: u64,
 }
 
@@ -97,7 +100,7 @@ impl Node {
             watchers: Mutex::new(HashMap::new()),
             refusals: Mutex::new(Refusals {
                 since: Instant::now(),
-                reported: 0,
+                reported: [0, 0],
                 only_logged: 0,
             }),
             log_budget: crate::log_budget::LogBudget::new(crate::log_budget::LogLimits::new(
@@ -286,11 +289,12 @@ impl Node {
     }
 
     /// Logs a refused message and reports it to central, within the per-minute limit.
-    pub fn report_refusal(&self, text: String) {
+    pub fn report_refusal(&self, text: String, verified: bool) {
         self.refusal_reports_due();
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        if r.reported < REFUSAL_REPORTS_PER_MINUTE {
-            r.reported += 1;
+        let reported = &mut r.reported[usize::from(verified)];
+        if *reported < REFUSAL_REPORTS_PER_MINUTE {
+            *reported += 1;
             drop(r);
             self.report_error(text);
         } else {
@@ -307,7 +311,7 @@ impl Node {
         }
         let only_logged = std::mem::take(&mut r.only_logged);
         r.since = Instant::now();
-        r.reported = 0;
+        r.reported = [0, 0];
         drop(r);
         if only_logged > 0 {
             self.report_error(format!(
@@ -522,7 +526,7 @@ mod tests {
         let data = DataFolder::new(dir.to_path_buf());
         crate::files::create_dirs(dir).unwrap();
         let (journal, _) = Journal::open(&data.journal_dir()).unwrap();
-        let received = Received::open(&data.journal_dir(), Duration::from_secs(60)).unwrap();
+        let received = Received::open(&data.journal_dir()).unwrap();
         let identity = Identity::load_or_create(&data.keys()).unwrap();
         let trusted = Trusted::open(&data.keys(), "ship1", identity.public_key()).unwrap();
         let metrics = Arc::new(Metrics::new());

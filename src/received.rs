@@ -12,12 +12,16 @@
 //! `Finished` write.
 //!
 //! The record format is the journal's (see [`crate::journal`]). The file keeps the last
-//! [`KEEP`] ids: when it grows past [`COMPACT_BYTES`] it is rewritten with only those.
+//! [`KEEP`] ids, and at most [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest
+//! make room for its new ones), so memory and disk are bounded whatever the rate, and no
+//! sender, not even one whose key was stolen, can push another's records out: when the
+//! file grows past [`COMPACT_BYTES`] it is rewritten with only those.
 //!
-//! An id is also what stops a replayed message from running twice (see [`crate::keys`]): a
-//! captured message can be replayed only while its signed sending time is inside the
-//! receiver's replay window, so an id seen (first, or in a retry) within the last `hold`
-//! (twice the window, for clock skew) is never forgotten, even past [`KEEP`].
+//! Replays are refused by the senders' counters (see [`crate::keys`]); the ids cover the
+//! counters taken in the last second before a crash, which `keys/senders.json` may not
+//! hold yet. A sender's last [`KEEP_PER_SENDER`] ids span more than the counter window
+//! ([`crate::keys`] tracks the 1,024 below the highest one by one), so a message old
+//! enough to be forgotten here is old enough to be refused there.
 
 use crate::files::unix_millis;
 use crate::journal::{decode, encode, open_records, Record, RecordFile};
@@ -27,10 +31,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// How many message ids are remembered.
 pub const KEEP: usize = 10_000;
+/// How many ids of one sender are remembered at most: more than the counter window.
+pub const KEEP_PER_SENDER: usize = 2_500;
 /// Size past which the file is compacted.
 const COMPACT_BYTES: u64 = 4 << 20;
 
@@ -62,21 +67,25 @@ struct Inner {
     /// Size right after the last compaction: compact again once the file doubles past it.
     compacted_size: u64,
     keep: usize,
-    /// How long after it was last seen an id must be remembered, in milliseconds.
-    hold_ms: u64,
+    per_sender_keep: usize,
     /// Each id's state, and when it was last seen (ms since the epoch).
     states: HashMap<String, (State, u64)>,
+    /// Every id, oldest first (with some already forgotten by their sender's cap, dropped
+    /// from here now and then).
     order: VecDeque<String>,
+    /// Each sender's ids, oldest first.
+    per_sender: HashMap<String, VecDeque<String>>,
 }
 
 impl Received {
-    /// Opens `received.log` in `dir`; ids seen within `hold` are never forgotten.
-    pub fn open(dir: &Path, hold: Duration) -> io::Result<Received> {
-        Received::open_keeping(dir, KEEP, hold)
+    /// Opens `received.log` in `dir`.
+    pub fn open(dir: &Path) -> io::Result<Received> {
+        Received::open_keeping(dir, KEEP, KEEP_PER_SENDER)
     }
 
-    /// As [`Received::open`], remembering the last `keep` ids.
-    pub fn open_keeping(dir: &Path, keep: usize, hold: Duration) -> io::Result<Received> {
+    /// As [`Received::open`], remembering the last `keep` ids, at most `per_sender` of
+    /// one sender.
+    pub fn open_keeping(dir: &Path, keep: usize, per_sender: usize) -> io::Result<Received> {
         let path = dir.join("received.log");
         let (file, decoded, cut) = open_records(&path)?;
         if let Some(cut) = cut {
@@ -87,9 +96,10 @@ impl Received {
             file,
             compacted_size: 0,
             keep,
-            hold_ms: hold.as_millis() as u64,
+            per_sender_keep: per_sender,
             states: HashMap::new(),
             order: VecDeque::new(),
+            per_sender: HashMap::new(),
         };
         for (offset, len, record) in decoded.records {
             match record {
@@ -204,24 +214,48 @@ fn key(from: &str, id: &str) -> String {
     format!("{from}/{id}")
 }
 
+fn sender_of(key: &str) -> &str {
+    key.split('/').next().unwrap_or("")
+}
+
 impl Inner {
-    /// Records an id's state (as seen now); forgets the oldest ids past `keep`, unless they
-    /// were seen within `hold`.
+    /// Records an id's state (as seen now); forgets its sender's oldest past
+    /// `per_sender_keep`, then the oldest of all past `keep`.
     fn remember(&mut self, id: String, state: State) {
-        let now = unix_millis();
-        if self.states.insert(id.clone(), (state, now)).is_none() {
-            self.order.push_back(id);
-            while self.order.len() > self.keep {
-                let Some(oldest) = self.order.front() else {
-                    break;
-                };
-                if self.states[oldest].1 + self.hold_ms > now {
-                    break;
-                }
-                if let Some(old) = self.order.pop_front() {
-                    self.states.remove(&old);
+        if self
+            .states
+            .insert(id.clone(), (state, unix_millis()))
+            .is_some()
+        {
+            return;
+        }
+        let sender = sender_of(&id).to_string();
+        self.order.push_back(id.clone());
+        let mine = self.per_sender.entry(sender).or_default();
+        mine.push_back(id);
+        while mine.len() > self.per_sender_keep {
+            if let Some(old) = mine.pop_front() {
+                self.states.remove(&old);
+            }
+        }
+        while self.states.len() > self.keep {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if self.states.remove(&old).is_none() {
+                continue; // forgotten by its sender's cap already
+            }
+            let sender = sender_of(&old);
+            if let Some(theirs) = self.per_sender.get_mut(sender) {
+                theirs.retain(|k| k != &old);
+                if theirs.is_empty() {
+                    self.per_sender.remove(sender);
                 }
             }
+        }
+        if self.order.len() > 2 * self.keep + 64 {
+            let states = &self.states;
+            self.order.retain(|k| states.contains_key(k));
         }
     }
 
@@ -255,8 +289,12 @@ impl Inner {
     fn compact(&mut self) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut states = HashMap::with_capacity(self.states.len());
+        self.order.retain(|k| self.states.contains_key(k));
         for id in &self.order {
             let (state, last_seen) = self.states[id];
+            if states.contains_key(id) {
+                continue; // listed twice: forgotten by its sender's cap, then seen again
+            }
             let state = match state {
                 State::Done { offset, len } => {
                     let start = buf.len();
@@ -307,13 +345,13 @@ mod tests {
     #[test]
     fn a_handled_id_is_answered_from_the_stored_reply_after_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Received::open(dir.path(), Duration::ZERO).unwrap();
+        let r = Received::open(dir.path()).unwrap();
         assert_eq!(r.begin("central", "a").unwrap(), Seen::New);
         assert_eq!(r.begin("central", "a").unwrap(), Seen::Running);
         finish(&r, &reply("a", "out"));
         assert_eq!(r.begin("central", "b").unwrap(), Seen::New);
         drop(r);
-        let r = Received::open(dir.path(), Duration::ZERO).unwrap();
+        let r = Received::open(dir.path()).unwrap();
         assert_eq!(
             r.begin("central", "a").unwrap(),
             Seen::Done(reply("a", "out"))
@@ -332,7 +370,7 @@ mod tests {
     fn only_the_last_ids_are_kept_and_the_file_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let keep = 50;
-        let r = Received::open_keeping(dir.path(), keep, Duration::ZERO).unwrap();
+        let r = Received::open_keeping(dir.path(), keep, keep).unwrap();
         let big = "x".repeat(20_000);
         for i in 0..(keep + 250) {
             let id = format!("m{i}");
@@ -344,7 +382,7 @@ mod tests {
             .len();
         assert!(size <= COMPACT_BYTES + 21_000, "{size} bytes");
         drop(r);
-        let r = Received::open_keeping(dir.path(), keep, Duration::ZERO).unwrap();
+        let r = Received::open_keeping(dir.path(), keep, keep).unwrap();
         assert_eq!(
             r.begin("central", "m0").unwrap(),
             Seen::New,
@@ -358,18 +396,29 @@ mod tests {
     }
 
     #[test]
-    fn an_id_seen_within_the_hold_is_not_forgotten_past_keep() {
+    fn one_sender_flooding_ids_pushes_out_only_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Received::open_keeping(dir.path(), 10, Duration::from_secs(60)).unwrap();
-        for i in 0..30 {
-            let id = format!("m{i}");
+        let r = Received::open_keeping(dir.path(), 100, 30).unwrap();
+        for i in 0..20 {
+            let id = format!("c{i}");
             assert_eq!(r.begin("central", &id).unwrap(), Seen::New);
-            finish(&r, &reply(&id, ""));
+            finish(&r, &reply(&id, "central's"));
         }
-        // A replay of the first, moments later, is still recognised.
-        assert_eq!(
-            r.begin("central", "m0").unwrap(),
-            Seen::Done(reply("m0", ""))
-        );
+        // A fleet member whose key was stolen sends ten thousand ids.
+        for i in 0..10_000 {
+            let id = format!("s{i}");
+            assert_eq!(r.begin("ship2", &id).unwrap(), Seen::New);
+        }
+        for i in 0..20 {
+            let id = format!("c{i}");
+            assert_eq!(
+                r.begin("central", &id).unwrap(),
+                Seen::Done(reply(&id, "central's")),
+                "central's {id} was pushed out"
+            );
+        }
+        let inner = r.0.lock().unwrap();
+        assert!(inner.states.len() <= 50, "{} ids held", inner.states.len());
+        assert!(inner.order.len() <= 2 * 100 + 64);
     }
 }

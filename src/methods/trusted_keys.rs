@@ -43,14 +43,7 @@ impl Method for TrustedKeys {
                 crate::files::rfc3339(envelope.accepted)
             ));
         }
-        let mut protected: Vec<&str> = vec![node.config.central_node.as_str()];
-        protected.extend(
-            node.config
-                .allow_commands_from
-                .iter()
-                .map(|a| a.from.as_str()),
-        );
-        match node.trusted.replace_distributed(&set, &protected) {
+        match node.trusted.replace_distributed(&set) {
             Ok(n) => {
                 let nodes: Vec<&str> = set.keys.keys().map(String::as_str).collect();
                 log::info!(

@@ -202,10 +202,13 @@ fn report(node: &Node, method: &str, subject: &str, r: &Refusal) {
         1 => r.ids[0].clone(),
         n => format!("{} and {} more", r.ids[0], n - 1),
     };
-    node.report_refusal(format!(
-        "{} refused {subject} from {who} (id {ids}): {}",
-        node.config.node, r.why
-    ));
+    node.report_refusal(
+        format!(
+            "{} refused {subject} from {who} (id {ids}): {}",
+            node.config.node, r.why
+        ),
+        r.verified,
+    );
 }
 
 /// Runs an admitted message (or batch) exactly once, in order, and answers with the
