@@ -71,6 +71,11 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
     println!("started nats-server on {broker}");
     // Nodes take messages only from nodes whose keys they trust: give both their keys now
     // and have each trust the other, as `steward keys trust NODE KEY` does on a real fleet.
+    // Each data folder private, as steward makes one (else it warns).
+    for name in ["central", "ship1"] {
+        crate::files::create_dirs(&root.join(name))
+            .map_err(|e| format!("cannot create {}: {e}", root.join(name).display()))?;
+    }
     let central = crate::files::DataFolder::new(root.join("central"));
     let ship1 = crate::files::DataFolder::new(root.join("ship1"));
     let central_key = crate::keys::Identity::load_or_create(&central.keys())?;
