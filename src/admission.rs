@@ -194,7 +194,10 @@ pub fn admit(
         })?;
     // 4. Fresh. (Signed by the sender's key, so its refusals count as a known sender's.)
     let verified = |why: String| match silent(&from, &ids, why) {
-        Refused::Silent(r) => Refused::Silent(Refusal { verified: true, ..r }),
+        Refused::Silent(r) => Refused::Silent(Refusal {
+            verified: true,
+            ..r
+        }),
         other => other,
     };
     trusted

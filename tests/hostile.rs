@@ -365,14 +365,7 @@ fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay(
     central.append_inmsg(&command("ship1", &argv));
     let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
     central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
-    let replay = || {
-        raw.send(
-            &captured.subject,
-            captured.reply.as_deref(),
-            captured.headers.as_ref(),
-            &captured.data,
-        )
-    };
+    let replay = || raw.replay(&captured);
     replay();
     ship1.wait_for_log("a replay");
     // Across a restart too (what was taken is kept).

@@ -142,14 +142,7 @@ fn a_replayed_command_is_refused_at_once_and_later_and_never_runs_twice() {
     let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
     central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
     assert_eq!(ship1.read("runs").lines().count(), 1);
-    let replay = || {
-        raw.send(
-            &captured.subject,
-            captured.reply.as_deref(),
-            captured.headers.as_ref(),
-            &captured.data,
-        )
-    };
+    let replay = || raw.replay(&captured);
 
     // Replayed at once: inside the window, but its counter was taken.
     replay();

@@ -286,9 +286,7 @@ impl Node {
 
     /// As [`Node::start`], run under `wrapper` (e.g. `["faketime", "-f", "-30d"]`).
     pub fn start_under(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
-        let mut node = Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Metrics);
-        node.restart();
-        node
+        Node::start_ready_by(wrapper, name, broker, extra, Ready::Metrics)
     }
 
     fn start_ready_by(

@@ -63,6 +63,11 @@ impl Raw {
         self.conn.flush().unwrap();
     }
 
+    /// Publishes a captured message again, exactly as it was.
+    pub fn replay(&self, m: &nats::Message) {
+        self.send(&m.subject, m.reply.as_deref(), m.headers.as_ref(), &m.data);
+    }
+
     /// Sends a request and returns the answer on `reply` within `wait`, if any.
     pub fn ask(
         &self,
