@@ -7,7 +7,12 @@
 //! wildcard subscription per publisher), so no other message's reply can satisfy it, and
 //! retried until the receiver answers: an attempt lasts `timeout` seconds (also when the
 //! broker says at once that nobody listens), then a growing pause, up to `retries` attempts
-//! after the first. NACK kinds are published once.
+//! after the first. NACK kinds are published once. A reply counts only if it is signed by a
+//! key this node trusts for the destination, over the signature of one of this message's
+//! own attempts ([`Publisher::check_reply`]); anything else is passed over, so neither a
+//! stranger nor another fleet member can answer for the destination. A reply that cannot
+//! be stored (a full disk) leaves the message unfinished: it is sent again, and the
+//! receiver answers from its stored reply without running anything twice.
 //!
 //! Events (EventACK) queued together travel together: when more than one is waiting, the
 //! publisher sends up to [`MAX_BATCH`] of them, in order, as one batch, and the receiver

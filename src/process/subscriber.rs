@@ -16,7 +16,9 @@
 //! message that proves nothing is answered with nothing; a verified sender that may not
 //! call the method is told so. Either way the refusal is logged and reported to the central
 //! error logger (rate-limited). ACK kinds are answered only after the method has run, with
-//! a reply signed over the request's own signature.
+//! a reply signed over the request's own signature. A method that cannot take work now
+//! ([`Method::ready`]: a log while the disk is below its floor) leaves the message
+//! unrecorded and unanswered, so its sender tries again later.
 //!
 //! One message and a batch (several events of one subject from one sender, run in order
 //! with the receiver's record written once before and once after for all) are handled by
