@@ -192,7 +192,13 @@ pub fn admit(
             };
             silent(&from, &ids, why)
         })?;
-    // 4. Fresh. (Signed by the sender's key, so its refusals count as a known sender's.)
+    // 4. Fresh. (A replay verifies too: anyone who captured it can send it, so its
+    // refusal proves nothing of the sender.)
+    trusted
+        .fresh(&from, &signed, policy.replay_window, policy.clock_check)
+        .map_err(|why| silent(&from, &ids, why))?;
+    // From here on the message is the sender's own, and new: its refusals are a known
+    // sender's.
     let verified = |why: String| match silent(&from, &ids, why) {
         Refused::Silent(r) => Refused::Silent(Refusal {
             verified: true,
@@ -200,9 +206,6 @@ pub fn admit(
         }),
         other => other,
     };
-    trusted
-        .fresh(&from, &signed, policy.replay_window, policy.clock_check)
-        .map_err(verified)?;
     // 5. Answered only on the sender's own inbox.
     if let Some(to) = reply {
         let own = format!("_INBOX.{from}.");

@@ -27,8 +27,8 @@
 //! # Replays
 //!
 //! A retry is signed afresh, with a new time and a new counter. A receiver takes a
-//! request only if its counter is new for that sender (the highest seen, and which of
-//! the 1,024 below it were taken, persisted in `keys/senders.json`), and, as a second
+//! request only if its counter is new for that sender (the highest seen, persisted in
+//! `keys/senders.json`, and which of the 1,024 below it were taken), and, as a second
 //! check, if its sending time is within the replay window of the receiver's clock. A
 //! Raspberry Pi without a real-time clock can be a month behind until NTP answers, so the
 //! time check follows `--clockCheck`: `auto` (the default) checks it only while the kernel
@@ -184,7 +184,13 @@ impl Counter {
             path,
             state: Mutex::new((next, next)),
         };
-        counter.reserve(next)?;
+        if let Err(e) = counter.reserve(next) {
+            // A full disk must not stop the agent (the command that frees it must get
+            // through): the block is reserved in memory, and written when it can be.
+            log::error!("signing counter: {e}");
+            counter.state.lock().unwrap_or_else(|p| p.into_inner()).1 =
+                next.saturating_add(COUNTER_BLOCK);
+        }
         Ok(counter)
     }
 
@@ -597,16 +603,14 @@ impl SenderWindow {
         if seq > self.high {
             let shift = seq - self.high;
             let mut below = [0u64; (SEQ_WINDOW / 64) as usize];
-            if shift < SEQ_WINDOW {
-                // Bit i moves to i + shift; the old `high` itself becomes bit shift - 1.
-                for i in 0..SEQ_WINDOW {
-                    if self.bit(i) && i + shift < SEQ_WINDOW {
-                        set_bit(&mut below, i + shift);
-                    }
+            // Bit i moves to i + shift; the old `high` itself becomes bit shift - 1.
+            for i in 0..SEQ_WINDOW.saturating_sub(shift) {
+                if self.bit(i) {
+                    set_bit(&mut below, i + shift);
                 }
-                if self.high > 0 {
-                    set_bit(&mut below, shift - 1);
-                }
+            }
+            if self.high > 0 && shift <= SEQ_WINDOW {
+                set_bit(&mut below, shift - 1);
             }
             self.below = below;
             self.high = seq;
@@ -1223,6 +1227,11 @@ mod tests {
         assert!(w.take(5003 - SEQ_WINDOW - 1).is_err(), "below the window");
         assert_eq!(w.take(5003 + 5000), Ok(()));
         assert!(w.take(5003).is_err());
+        // A jump of exactly the window's width keeps the old highest taken.
+        let mut w = SenderWindow::default();
+        assert_eq!(w.take(10_000), Ok(()));
+        assert_eq!(w.take(10_000 + SEQ_WINDOW), Ok(()));
+        assert!(w.take(10_000).is_err(), "the old highest was taken again");
     }
 
     #[test]

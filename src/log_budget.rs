@@ -130,7 +130,7 @@ impl LogBudget {
             .unwrap_or_else(|| DEFAULT_FLOOR.min(total / 100 * FLOOR_PERCENT));
         if free < floor {
             return Err(format!(
-                "only {free} bytes free on the disk of {}, under the {floor} kept for the journal (--minFreeBytesForLogs): log not written",
+                "only {free} bytes free on the disk of {}, under the {floor} kept for the journal (--minFreeBytesForLogs)",
                 dir.display()
             ));
         }

@@ -17,11 +17,12 @@
 //! sender, not even one whose key was stolen, can push another's records out: when the
 //! file grows past [`COMPACT_BYTES`] it is rewritten with only those.
 //!
-//! Replays are refused by the senders' counters (see [`crate::keys`]); the ids cover the
-//! counters taken in the last second before a crash, which `keys/senders.json` may not
-//! hold yet. A sender's last [`KEEP_PER_SENDER`] ids span more than the counter window
-//! ([`crate::keys`] tracks the 1,024 below the highest one by one), so a message old
-//! enough to be forgotten here is old enough to be refused there.
+//! Replays are refused by the senders' counters (see [`crate::keys`]); the ids also cover
+//! the counters taken in the last second before a crash, which `keys/senders.json` may not
+//! hold yet, for as long as they are remembered here. A message taken in that second,
+//! captured, and replayed after the node has since taken more than [`KEEP`] others (or
+//! [`KEEP_PER_SENDER`] from that sender) could run again on a node whose clock is not
+//! checked; with the clock checked, the replay window refuses it (README: not covered).
 
 use crate::files::unix_millis;
 use crate::journal::{decode, encode, open_records, Record, RecordFile};

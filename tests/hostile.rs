@@ -84,6 +84,8 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
         }
     }
     assert!(captured.len() >= 2, "captured {}", captured.len());
+    // The genuine answers so far are not the attacker's doing: set them aside.
+    raw.answers_where(|_| false, Duration::from_millis(300));
     let before = ship1.read("journal/received.log").len();
     let refusals_before = ship1.log().matches("ship1 refused ").count();
 
@@ -129,19 +131,18 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     }
 
     let refused = refusals_settled(&ship1) - refusals_before;
-    let answers = raw.answers_where(|s| s.contains(".hostile."), Duration::ZERO);
-    let replay_answers: Vec<_> = raw.answers_where(
-        |s| captured.iter().any(|m| m.reply.as_deref() == Some(s)),
+    // Any answer at all now, on the attacker's inboxes or the captured messages' own.
+    let answers = raw.answers_where(
+        |s| s.contains(".hostile.") || captured.iter().any(|m| m.reply.as_deref() == Some(s)),
         Duration::ZERO,
     );
     eprintln!(
         "[hostile] forged={sent} replayed={replayed} refused_on_ship1={refused} answered={} ran={}",
-        answers.len() + replay_answers.len(),
+        answers.len(),
         target.path().join("ran").exists()
     );
     assert!(!target.path().join("ran").exists(), "a forged command ran");
     assert!(answers.is_empty(), "answered: {:?}", answers[0].subject);
-    assert!(replay_answers.is_empty(), "a replay was answered");
     assert!(
         !ship1.path("keys/distributed.json").exists(),
         "a forged key set was installed"
@@ -315,7 +316,22 @@ fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
             );
         }
     }
-    central.wait_count_log("from stranger", 2 * n);
+    // Each was refused, or dropped unread while the handlers were busy (counted).
+    let dropped = || {
+        ["TextLogging", "Hello"]
+            .iter()
+            .map(|m| {
+                central.metric(&format!(
+                    "steward_subscription_dropped_total{{method=\"{m}\"}}"
+                ))
+            })
+            .sum::<f64>() as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while central.log().matches("from stranger").count() + dropped() < 2 * n {
+        assert!(Instant::now() < deadline, "not all refused or dropped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let rss_after = central.rss_kib();
     let grew = rss_after.saturating_sub(rss_before);
     eprintln!(
@@ -340,16 +356,24 @@ fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
 
 #[test]
 fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay() {
-    if std::process::Command::new("faketime")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
-        panic!("faketime is needed (apt-get install faketime; .ci/run installs it)");
-    }
+    // libfaketime preloaded into steward itself (the `faketime` program would stand
+    // between the test and the node: a signal to it does not reach steward).
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is needed (apt-get install faketime; .ci/run installs it)");
+    let preload = format!("LD_PRELOAD={}", lib.display());
     let nats = NatsServer::start();
     // ship1 is a Pi that booted with the time it saved a month ago, at sea: no NTP.
-    let month_behind = ["faketime", "-f", "-30d"];
+    // (Monotonic time left alone: a fresh machine has been up for less than a month.)
+    let month_behind = [
+        "env",
+        &preload,
+        "FAKETIME=-30d",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+    ];
     let mut ship1 = Node::start_under(
         &month_behind,
         "ship1",
@@ -376,6 +400,12 @@ fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay(
     ship1.wait_count_log("a replay", 2);
     central.append_inmsg(&command("ship1", &argv));
     central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 2);
+    // Its clock really was a month behind (its log's timestamps say so).
+    let month_ago = steward::files::rfc3339(steward::files::unix_millis() - 30 * 86_400_000);
+    assert!(
+        ship1.log().contains(&month_ago[..10]),
+        "ship1's clock was not set back"
+    );
     let runs = ship1.read("runs").lines().count();
     eprintln!("[clock] behind=30d commands=2 replays=2 runs={runs}");
     assert_eq!(runs, 2);

@@ -60,9 +60,10 @@ pub trait Method: Send + Sync {
     fn kinds(&self) -> &'static [Kind];
     /// Whether this node can take the method's work now: a method whose work needs disk
     /// space (a log) says no while the disk is below its floor. Asked before anything is
-    /// recorded; a "no" is not answered, so the sender tries again later and nothing is
-    /// lost or given up while the disk is full. Commands are always taken: the one that
-    /// frees the disk must get through.
+    /// recorded; a "no" is not answered, so the sender tries again later, within the
+    /// message's retries or time to live (error reports: a week), and keeps it in its
+    /// `failed-messages.txt` past that. Commands are always taken: the one that frees the
+    /// disk must get through.
     fn ready(&self, _node: &Node) -> Result<(), String> {
         Ok(())
     }

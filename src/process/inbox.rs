@@ -210,6 +210,14 @@ impl Inbox {
         let mut batches = 0;
         t.more = false;
         t.paused = false;
+        // Below the floor, new work waits (before anything is read): the space left, and
+        // the journal's reserve, are for finishing what is in flight, storing replies and
+        // reporting.
+        if let Err(why) = self.node.log_budget.check_free_space(&self.node.data.root) {
+            self.node.disk_full(&why);
+            t.paused = true;
+            return Ok(());
+        }
         loop {
             file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
             let size = file.metadata().map_err(err)?.len();
@@ -239,13 +247,6 @@ impl Inbox {
             // A full disk is a state, not a failure: what was not taken stays in the file,
             // and is taken once there is room (the inbox looks again at every watch tick).
             let full = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOSPC);
-            // Below the floor, new work waits: the space left (and the journal's reserve)
-            // is for finishing what is in flight, storing replies and reporting.
-            if let Err(why) = self.node.log_budget.check_free_space(&self.node.data.root) {
-                self.node.disk_full(&why);
-                t.paused = true;
-                return Ok(());
-            }
             if let Err(e) = self.reject(&parsed.rejected) {
                 let why = format!(
                     "cannot keep rejected input in {}: {e}",

@@ -565,7 +565,24 @@ impl Publisher {
     /// disk. A batch's records go to each file with one write and one fsync.
     fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), String> {
         let node = &self.node;
+        // Replies first, before anything is counted or reported: a reply that cannot be
+        // stored (a full disk) leaves its message unfinished. This publisher fails, and
+        // once restarted sends it again; the receiver answers from its stored reply
+        // without running anything twice, and the reply is stored then.
         let mut reply_files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (entry, delivery) in &done {
+            if let Delivery::Acked(reply) = delivery {
+                let message = &entry.envelope.message;
+                reply_files
+                    .entry(node.data.replies(&message.to_node, &message.method))
+                    .or_default()
+                    .push_str(&reply_record(&entry.envelope, reply));
+            }
+        }
+        for (path, records) in &reply_files {
+            crate::files::append_record(path, records.as_bytes())
+                .map_err(|e| format!("cannot store replies in {}: {e}", path.display()))?;
+        }
         let mut failed = String::new();
         let mut log_lines = Vec::new();
         let mut ends = Vec::with_capacity(done.len());
@@ -588,10 +605,6 @@ impl Publisher {
                             .unwrap_or_default(),
                         reply.output.lines().next().unwrap_or("")
                     );
-                    reply_files
-                        .entry(node.data.replies(&message.to_node, method))
-                        .or_default()
-                        .push_str(&reply_record(envelope, &reply));
                     let outcome = if reply.status == Status::Refused {
                         // The receiver reported the refusal to central itself; keep it.
                         let why = format!("refused by {}: {}", reply.from_node, reply.output);
@@ -637,13 +650,6 @@ impl Publisher {
                     .observe(ms as f64 / 1000.0);
             }
             ends.push((entry, outcome, told));
-        }
-        // A reply that cannot be stored (a full disk) leaves its message unfinished: this
-        // publisher fails, and once restarted sends it again; the receiver answers from its
-        // stored reply without running anything twice, and the reply is stored then.
-        for (path, records) in &reply_files {
-            crate::files::append_record(path, records.as_bytes())
-                .map_err(|e| format!("cannot store replies in {}: {e}", path.display()))?;
         }
         if !failed.is_empty() {
             crate::files::append(&node.data.failed(), failed.as_bytes(), true).map_err(|e| {

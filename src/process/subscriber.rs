@@ -305,9 +305,9 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
             exit_code: outcome.exit_code,
             output: outcome.output,
         };
-        if label != "refused" {
-            to_record.push(reply.clone());
-        }
+        // Refusals too: a retry whose answer was lost gets the same refusal, rather than
+        // finding the id still "running" for ever.
+        to_record.push(reply.clone());
         replies.push(reply);
     }
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.

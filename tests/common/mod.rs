@@ -261,6 +261,8 @@ pub struct Node {
     child: Option<Child>,
     pub prom_port: u16,
     ready: Ready,
+    /// Where the log of the current run starts (the log is appended across restarts).
+    log_mark: usize,
 }
 
 /// How a test knows a node has started.
@@ -346,6 +348,7 @@ impl Node {
             child: None,
             prom_port,
             ready,
+            log_mark: 0,
         }
     }
 
@@ -375,6 +378,7 @@ impl Node {
     /// Starts the node again (after `kill9` or `terminate`), same folder and flags.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        self.log_mark = self.log().len();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -489,7 +493,8 @@ impl Node {
                         && l.ends_with(&format!(".{method}"))
                 })
             };
-            while !listens(&self.log()) {
+            // This run's lines only: a restarted node listens anew.
+            while !listens(self.log().get(self.log_mark..).unwrap_or_default()) {
                 assert!(
                     Instant::now() < deadline,
                     "{} never listened:\n{}",
