@@ -3,7 +3,7 @@
 //! while commands and events are in flight, then freed; everything is counted.
 
 mod common;
-use common::{install_keys, NatsServer, Node, Tmpfs};
+use common::{install_keys, text_log, NatsServer, Node, Tmpfs};
 use std::time::{Duration, Instant};
 
 /// Waits up to `limit` for `ok`.
@@ -47,12 +47,9 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     // ship1 comes: the commands run, their output comes back to a central that cannot
     // store it; and ship1's events arrive that central cannot log.
     let ship1 = Node::start("ship1", &nats.address(), &["--defaultMessageTTL=600"]);
-    let mut events_text = String::new();
-    for i in 0..events {
-        events_text.push_str(&format!(
-            "[{{\"toNode\":\"central\",\"data\":[\"event-{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
-        ));
-    }
+    let events_text: String = (0..events)
+        .map(|i| text_log("central", &format!("event-{i}\n")))
+        .collect();
     ship1.append_inmsg(&events_text);
     // The first command runs; its lane then waits (commands go in order) until its
     // output can be stored: the receiver answers every retry from its stored reply.
@@ -83,12 +80,9 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     f.set_len(len - 64 * 1024).unwrap();
     drop(f);
     let late = 10;
-    let mut text = String::new();
-    for i in 0..late {
-        text.push_str(&format!(
-            "[{{\"toNode\":\"ship1\",\"data\":[\"late-{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
-        ));
-    }
+    let text: String = (0..late)
+        .map(|i| text_log("ship1", &format!("late-{i}\n")))
+        .collect();
     central.append_inmsg(&text);
     wait(
         "intake says the disk is full",

@@ -283,24 +283,18 @@ impl Node {
     /// As [`Node::start`], for a node whose metrics port may not answer (it is taken, or
     /// off): ready once its control socket exists.
     pub fn start_without_metrics(name: &str, broker: &str, extra: &[&str]) -> Node {
-        Node::start_ready_by(&[], name, broker, extra, Ready::ControlSocket)
+        Node::prepare_ready_by(&[], name, broker, extra, Ready::ControlSocket).started()
     }
 
-    /// As [`Node::start`], run under `wrapper` (e.g. `["faketime", "-f", "-30d"]`).
+    /// As [`Node::start`], run under `wrapper` (e.g. `["env", "LD_PRELOAD=…", …]`).
     pub fn start_under(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
-        Node::start_ready_by(wrapper, name, broker, extra, Ready::Metrics)
+        Node::prepare(wrapper, name, broker, extra).started()
     }
 
-    fn start_ready_by(
-        wrapper: &[&str],
-        name: &str,
-        broker: &str,
-        extra: &[&str],
-        ready: Ready,
-    ) -> Node {
-        let mut node = Node::prepare_ready_by(wrapper, name, broker, extra, ready);
-        node.restart();
-        node
+    /// A prepared node, started.
+    fn started(mut self) -> Node {
+        self.restart();
+        self
     }
 
     /// A node with its data folder and keys in place, not started yet (start it with
@@ -670,6 +664,13 @@ impl Drop for Tmpfs {
         // Lazily: the node may still hold files there.
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// One TextLogging event, in the seed's JSON form.
+pub fn text_log(to: &str, text: &str) -> String {
+    format!(
+        "[{{\"toNode\":\"{to}\",\"data\":[{text:?}],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
+    )
 }
 
 /// Prints a test's counts the way every delivery test reports them.
