@@ -5,23 +5,9 @@
 //!
 //! # File format
 //!
-//! One append-only file, `journal/journal.log`, made of records in the style of LevelDB's
-//! log format:
-//!
-//! ```text
-//! +-------------+-------------+---------------------------------+
-//! | len: u32 LE | crc: u32 LE | body: len bytes                 |
-//! +-------------+-------------+---------------------------------+
-//! body = type: u8, then
-//!   1 Checkpoint   next_seq: u64 LE
-//!   4 InboxOffset  offset: u64 LE, file name: UTF-8
-//!   5 Started      message id: UTF-8           (received.log, see crate::received)
-//!   6 Finished     reply: JSON (the wire form)  (received.log)
-//!   7 Accepted     seq: u64 LE, lane length: u16 LE, lane: UTF-8, envelope: JSON
-//!   8 DoneThrough  seq: u64 LE, lane: UTF-8
-//!   (2 and 3, Accepted and Done without a lane, are read from journals written before
-//!    lanes, and rewritten at once)
-//! ```
+//! One append-only file, `journal/journal.log`, of records in the format of
+//! [`crate::records`]: `Accepted` (seq, lane, envelope), `DoneThrough` (seq, lane),
+//! `InboxOffset`, `Checkpoint`.
 //!
 //! A *lane* is a destination subject (`ship1.CommandACK.CLICommand`): its publisher sends
 //! its messages in order and finishes them in order, so "finished" is one number per lane,
@@ -30,13 +16,19 @@
 //! Every batch of `Accepted` records ends with a commit record: the `InboxOffset` of the
 //! inbox file it came from, or a `Checkpoint`. `Accepted` records after the last commit
 //! record belong to a batch whose write was cut; they are dropped on open, and the inbox
-//! reads them again from its file.
+//! reads them again from its file. A torn or corrupt tail is cut off on open, and
+//! [`Recovery::cut`] says what was cut.
 //!
-//! `crc` is CRC-32 (IEEE) of the body. A reader that meets a record that is short, too long,
-//! or fails its checksum stops there: everything before it is kept, the rest is cut off, and
-//! [`Recovery::cut`] says what was cut. Only the tail can be torn by a power loss, because
-//! records are only ever appended. Past the last record the file may hold zeros, space
-//! reserved ahead ([`RecordFile`]): a header of zeros reads as the end, not as damage.
+//! # When the disk fails or fills
+//!
+//! A failed write (a full disk) changes nothing: it is cut back off the file and memory is
+//! untouched, so the caller can try again later (intake waits; a finish is written with
+//! the lane's next one, or by [`Journal::maintain`]). A failed fsync, or a compaction that
+//! failed from its rename on, makes the journal unusable ([`Journal::unusable`]): the
+//! agent stops at once and recovers from the disk on its restart (see
+//! [`crate::records::RecordFile`] for why nothing is retried). Opening makes what it read
+//! durable before anything acts on it. `storage::crash` runs thousands of seeded schedules
+//! of all this, power cuts included, against a simulated disk.
 //!
 //! # Memory: flat, whatever the backlog
 //!
@@ -49,25 +41,30 @@
 //!
 //! # Costs
 //!
-//! [`Journal::append`] writes a whole batch (one read of `inmsg.txt`) with one `write` and one
-//! `fdatasync`. `DoneThrough` records are not synced on their own: losing one in a crash only
-//! means those messages are sent again (the receiver recognises their ids). [`Journal::sync`]
-//! is called periodically and at shutdown. Once finished records make up most of the file,
-//! it is compacted: the live records are copied to a new file that atomically replaces the
-//! old one, so the journal stays small whatever the uptime.
+//! A batch (one read of `inmsg.txt`) is one `write` and one `fdatasync`, and the fsync runs
+//! without the journal's lock: [`Journal::write`] under the lock, [`Written::sync`]
+//! without it, [`Journal::commit`] under it again. Meanwhile publishers take and finish,
+//! and other appenders write; one fsync covers every batch written before it, and batches
+//! count in the order they were written, whichever fsync covered them. `DoneThrough`
+//! records are not synced on their own: losing one in a crash only means those messages
+//! are sent again (the receiver recognises their ids); the supervisor syncs them every half
+//! second (again without the lock) and at shutdown. Once finished records make up most of
+//! the file, it is compacted, on that same tick and never on a message's path: the live
+//! records are copied to a new file that atomically replaces the old one, so the journal
+//! stays small whatever the uptime.
 
 use crate::message::{Envelope, Message};
+use crate::records::{
+    cut_message, decode_one, encode, Record, RecordFile, Records, Step, SyncTicket, CHUNK, HEADER,
+};
+use crate::storage::{Disk, Storage, StoredFile};
 use crate::subject::Subject;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-const HEADER: usize = 8;
-/// A record larger than this is treated as corruption (messages are far smaller).
-const MAX_RECORD: usize = 64 << 20;
 /// Compaction is considered once the file is at least this big...
 const COMPACT_MIN_BYTES: u64 = 1 << 20;
 /// ... and the live records are less than 1/COMPACT_RATIO of it.
@@ -75,435 +72,42 @@ const COMPACT_RATIO: u64 = 4;
 /// How many waiting messages of a lane are located in memory (24 bytes each); the rest are
 /// found by reading the file on when the window runs low.
 pub const WINDOW: usize = 2 * crate::message::MAX_BATCH;
-/// How much of the file is read at a time when scanning it.
-const CHUNK: usize = 256 << 10;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    Checkpoint {
-        next_seq: u64,
-    },
-    /// A message taken in, for `lane` (its subject).
-    Accepted {
-        seq: u64,
-        lane: String,
-        envelope: Vec<u8>,
-    },
-    /// Every message of `lane` up to `seq` is finished.
-    DoneThrough {
-        seq: u64,
-        lane: String,
-    },
-    InboxOffset {
-        file: String,
-        offset: u64,
-    },
-    /// A receiver began running a message (see [`crate::received`]).
-    Started {
-        id: String,
-    },
-    /// A receiver finished a message; its reply, which names the id.
-    Finished {
-        reply: Vec<u8>,
-    },
-    /// An accepted message as journals before lanes wrote it (read only).
-    LegacyAccepted {
-        seq: u64,
-        envelope: Vec<u8>,
-    },
-    /// A finished message as journals before lanes wrote it (read only).
-    LegacyDone {
-        seq: u64,
-    },
-}
-
-/// Appends the encoded record to `out`.
-pub fn encode(record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER]);
-    match record {
-        Record::Checkpoint { next_seq } => {
-            out.push(1);
-            out.extend_from_slice(&next_seq.to_le_bytes());
-        }
-        Record::LegacyAccepted { seq, envelope } => {
-            out.push(2);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(envelope);
-        }
-        Record::LegacyDone { seq } => {
-            out.push(3);
-            out.extend_from_slice(&seq.to_le_bytes());
-        }
-        Record::InboxOffset { file, offset } => {
-            out.push(4);
-            out.extend_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(file.as_bytes());
-        }
-        Record::Started { id } => {
-            out.push(5);
-            out.extend_from_slice(id.as_bytes());
-        }
-        Record::Finished { reply } => {
-            out.push(6);
-            out.extend_from_slice(reply);
-        }
-        Record::Accepted {
-            seq,
-            lane,
-            envelope,
-        } => {
-            out.push(7);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(&(lane.len() as u16).to_le_bytes());
-            out.extend_from_slice(lane.as_bytes());
-            out.extend_from_slice(envelope);
-        }
-        Record::DoneThrough { seq, lane } => {
-            out.push(8);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(lane.as_bytes());
-        }
-    }
-    let body_len = out.len() - start - HEADER;
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Records decoded from bytes, with where the readable part ends.
-#[derive(Debug, Default)]
-pub struct Decoded {
-    /// Each record with the offset and length (header included) it occupies.
-    pub records: Vec<(u64, u32, Record)>,
-    /// Bytes that hold complete, valid records.
-    pub valid_len: u64,
-    /// Why reading stopped before the end, if it did.
-    pub corruption: Option<String>,
-}
-
-/// What the bytes at some position hold.
-enum Step {
-    /// Zeros: the file's preallocated space, past its last record.
-    End,
-    /// A record, and how many bytes it takes.
-    Record(usize, Record),
-    /// Not enough bytes for a whole record: this many are needed.
-    Short(usize),
-    /// Not a record: why.
-    Bad(String),
-}
-
-fn decode_one(bytes: &[u8]) -> Step {
-    if bytes.len() < HEADER {
-        return Step::Short(HEADER);
-    }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    if len == 0 && crc == 0 {
-        return Step::End;
-    }
-    if len > MAX_RECORD || len == 0 {
-        return Step::Bad(format!("impossible record length {len}"));
-    }
-    if bytes.len() - HEADER < len {
-        return Step::Short(HEADER + len);
-    }
-    let body = &bytes[HEADER..HEADER + len];
-    if crc32fast::hash(body) != crc {
-        return Step::Bad("checksum mismatch".to_string());
-    }
-    match decode_body(body) {
-        Some(record) => Step::Record(HEADER + len, record),
-        None => Step::Bad(format!("unknown record type {}", body[0])),
-    }
-}
-
-fn torn(needed: usize, present: usize) -> String {
-    if needed == HEADER {
-        format!("torn record header ({present} bytes)")
-    } else {
-        format!(
-            "torn record: {} bytes announced, {} present",
-            needed - HEADER,
-            present.saturating_sub(HEADER)
-        )
-    }
-}
-
-/// Decodes records until the end or the first torn or corrupt one.
-pub fn decode(bytes: &[u8]) -> Decoded {
-    let mut d = Decoded::default();
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let why = match decode_one(&bytes[pos..]) {
-            Step::Record(len, record) => {
-                d.records.push((pos as u64, len as u32, record));
-                pos += len;
-                d.valid_len = pos as u64;
-                continue;
-            }
-            Step::End => break,
-            // Reserved space that ends before a whole header would fit.
-            Step::Short(_) if bytes[pos..].iter().all(|&b| b == 0) => break,
-            Step::Short(needed) => torn(needed, bytes.len() - pos),
-            Step::Bad(why) => why,
-        };
-        d.corruption = Some(format!("at byte {pos} of {}: {why}", bytes.len()));
-        break;
-    }
-    d
-}
-
-fn decode_body(body: &[u8]) -> Option<Record> {
-    let u64_at = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(body.get(i..i + 8)?.try_into().ok()?))
-    };
-    let text = |bytes: Option<&[u8]>| String::from_utf8(bytes?.to_vec()).ok();
-    Some(match body[0] {
-        1 => Record::Checkpoint {
-            next_seq: u64_at(1)?,
-        },
-        2 => Record::LegacyAccepted {
-            seq: u64_at(1)?,
-            envelope: body.get(9..)?.to_vec(),
-        },
-        3 => Record::LegacyDone { seq: u64_at(1)? },
-        4 => Record::InboxOffset {
-            offset: u64_at(1)?,
-            file: text(body.get(9..))?,
-        },
-        5 => Record::Started {
-            id: text(body.get(1..))?,
-        },
-        6 => Record::Finished {
-            reply: body.get(1..)?.to_vec(),
-        },
-        7 => {
-            let lane_len = u16::from_le_bytes(body.get(9..11)?.try_into().ok()?) as usize;
-            Record::Accepted {
-                seq: u64_at(1)?,
-                lane: text(body.get(11..11 + lane_len))?,
-                envelope: body.get(11 + lane_len..)?.to_vec(),
-            }
-        }
-        8 => Record::DoneThrough {
-            seq: u64_at(1)?,
-            lane: text(body.get(9..))?,
-        },
-        _ => return None,
-    })
-}
-
-/// Reads the records of a file from an offset up to `end`, a chunk at a time, so a file of
-/// any size is read in bounded memory. Stops at the first torn or corrupt record and says
-/// why in `corruption`.
-pub struct Records<'a> {
-    file: &'a File,
-    end: u64,
-    buf: Vec<u8>,
-    /// File offset of `buf[0]`.
-    buf_at: u64,
-    pos: usize,
-    pub corruption: Option<String>,
-}
-
-impl<'a> Records<'a> {
-    pub fn new(file: &'a File, from: u64, end: u64) -> Records<'a> {
-        Records {
-            file,
-            end,
-            buf: Vec::new(),
-            buf_at: from,
-            pos: 0,
-            corruption: None,
-        }
-    }
-
-    /// Where the next record begins: the end of what was read whole.
-    pub fn reached(&self) -> u64 {
-        self.buf_at + self.pos as u64
-    }
-
-    fn next_record(&mut self) -> io::Result<Option<(u64, u32, Record)>> {
-        loop {
-            let at = self.reached();
-            if at >= self.end || self.corruption.is_some() {
-                return Ok(None);
-            }
-            let why = match decode_one(&self.buf[self.pos..]) {
-                Step::Record(len, record) => {
-                    self.pos += len;
-                    return Ok(Some((at, len as u32, record)));
-                }
-                Step::End => {
-                    self.end = at;
-                    return Ok(None);
-                }
-                Step::Short(needed) => {
-                    let left = (self.end - at).min(usize::MAX as u64) as usize;
-                    let held = self.buf.len() - self.pos;
-                    if left > held {
-                        // More of the file than the buffer holds: read on from this record.
-                        let mut buf = vec![0; CHUNK.max(needed).min(left)];
-                        self.file.read_exact_at(&mut buf, at)?;
-                        (self.buf, self.buf_at, self.pos) = (buf, at, 0);
-                        continue;
-                    }
-                    if self.buf[self.pos..].iter().all(|&b| b == 0) {
-                        self.end = at; // reserved space, shorter than a header
-                        return Ok(None);
-                    }
-                    torn(needed, left)
-                }
-                Step::Bad(why) => why,
-            };
-            self.corruption = Some(format!("at byte {at} of {}: {why}", self.end));
-            return Ok(None);
-        }
-    }
-}
-
-impl Iterator for Records<'_> {
-    type Item = io::Result<(u64, u32, Record)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.next_record().transpose()
-    }
-}
-
-/// A file of records, appended at its end and preallocated ahead of it (zeros, which
-/// readers take as the end), so that making an append durable does not also have to commit
-/// a new file size: here an fdatasync after a small append takes 82 µs instead of 113, and
-/// two are on the path of every command. Where the filesystem cannot preallocate, the file
-/// simply grows with each append.
-///
-/// The reserved space lasts while the file is open: on opening, the file is cut back to
-/// its last record, so whatever a torn write left past it (a body whose header never made
-/// it to disk) cannot sit behind the next records.
-pub struct RecordFile {
-    file: File,
-    end: u64,
-    allocated: u64,
-}
-
-/// Space reserved ahead of a record file's end at a time.
-const PREALLOCATE: u64 = 1 << 20;
-
-impl RecordFile {
-    /// Opens (or creates) `path`. Its end is not known until it has been read: see
-    /// [`RecordFile::found_end`].
-    pub fn open(path: &Path) -> io::Result<RecordFile> {
-        if let Some(dir) = path.parent() {
-            crate::files::create_dirs(dir)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(crate::files::PRIVATE_FILE)
-            .open(path)?;
-        let len = file.metadata()?.len();
-        Ok(RecordFile {
-            file,
-            end: len,
-            allocated: len,
-        })
-    }
-
-    /// The file as rewritten by a compaction: `end` bytes of records, nothing reserved.
-    pub fn rewritten(path: &Path, end: u64) -> io::Result<RecordFile> {
-        let mut f = RecordFile::open(path)?;
-        f.end = end;
-        Ok(f)
-    }
-
-    /// The records end at `end`: whatever follows (reserved space, or a torn or corrupt
-    /// record) is cut off the file, durably.
-    pub fn found_end(&mut self, end: u64) -> io::Result<()> {
-        if self.allocated > end {
-            self.file.set_len(end)?;
-            self.file.sync_all()?;
-            self.allocated = end;
-        }
-        self.end = end;
-        Ok(())
-    }
-
-    /// Writes `buf` at the end; returns where it starts. Not durable until
-    /// [`RecordFile::sync`].
-    pub fn append(&mut self, buf: &[u8]) -> io::Result<u64> {
-        let at = self.end;
-        let needed = at + buf.len() as u64;
-        if needed > self.allocated {
-            self.reserve(needed);
-        }
-        self.file.write_all_at(buf, at)?;
-        self.end = needed;
-        Ok(at)
-    }
-
-    fn reserve(&mut self, needed: u64) {
-        let to = needed + PREALLOCATE;
-        // SAFETY: fallocate on a file descriptor we own, over a range we name. (The 64-bit
-        // call: on armv7, off_t is 32 bits.)
-        let rc = unsafe {
-            libc::fallocate64(
-                self.file.as_raw_fd(),
-                0,
-                self.allocated as libc::off64_t,
-                (to - self.allocated) as libc::off64_t,
-            )
-        };
-        // Not possible here (the filesystem, or no space to reserve): the write grows
-        // the file, as a plain append would.
-        self.allocated = if rc == 0 { to } else { needed };
-    }
-
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    /// Where the next record goes.
-    pub fn end(&self) -> u64 {
-        self.end
-    }
-
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-}
-
-/// Opens (or creates) a small file of records (received.log), reads all it holds, and cuts
-/// off a torn or corrupt tail, returning what was cut. The journal itself is read with
-/// [`Records`], a chunk at a time.
-pub fn open_records(path: &Path) -> io::Result<(RecordFile, Decoded, Option<String>)> {
-    let mut file = RecordFile::open(path)?;
-    let mut bytes = Vec::new();
-    (&file.file).read_to_end(&mut bytes)?;
-    let decoded = decode(&bytes);
-    let cut = decoded
-        .corruption
-        .as_ref()
-        .map(|why| cut_message(path, why, decoded.records.len(), decoded.valid_len));
-    file.found_end(decoded.valid_len)?;
-    Ok((file, decoded, cut))
-}
-
-/// What cutting a file back to its last complete record cut.
-fn cut_message(path: &Path, why: &str, kept: usize, valid_len: u64) -> String {
-    format!(
-        "{}: {why}; kept {kept} complete records ({valid_len} bytes), cut the rest",
-        path.display(),
-    )
-}
+/// After a compaction failed (a full disk), how long before the next try.
+const COMPACT_RETRY: Duration = Duration::from_secs(60);
 
 /// A journaled message: its place in the journal and the message itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
     pub envelope: Envelope,
+}
+
+/// A batch written by [`Journal::write`], waiting for an fsync to cover it.
+struct Batch {
+    /// Where its records begin and end.
+    start: u64,
+    end: u64,
+    /// Each message's lane, sequence number and place.
+    messages: Vec<(String, u64, Span)>,
+    inbox: Option<(String, u64)>,
+}
+
+/// A batch of messages written to the journal (with their ids), which counts once
+/// [`Written::sync`] and [`Journal::commit`] have made it durable.
+pub struct Written {
+    pub entries: Vec<Entry>,
+    ticket: Option<SyncTicket>,
+}
+
+impl Written {
+    /// The fsync that makes the batch durable: run it without holding the journal's lock,
+    /// so that publishers and other appenders go on meanwhile.
+    pub fn sync(&self) -> io::Result<Duration> {
+        match &self.ticket {
+            Some(ticket) => ticket.sync(),
+            None => Ok(Duration::ZERO),
+        }
+    }
 }
 
 /// What [`Journal::open`] found.
@@ -572,15 +176,22 @@ impl Waiting {
 
 /// The open journal. Share it behind a `Mutex`: appends are batched by the caller.
 pub struct Journal {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     file: RecordFile,
-    size: u64,
     next_seq: u64,
     lanes: HashMap<String, Lane>,
     pending: usize,
     live_bytes: u64,
     inbox_offsets: BTreeMap<String, u64>,
-    unsynced: bool,
+    /// Batches written and not yet known to be durable, oldest first: indexed (handed to
+    /// publishers) only once an fsync covers them, and in the order they were written.
+    unsynced_batches: VecDeque<Batch>,
+    /// No compaction before then (one failed).
+    compact_not_before: Option<Instant>,
+    /// Lanes with finished messages whose `DoneThrough` could not be written (a full disk):
+    /// [`Journal::maintain`] tries again.
+    unsettled: HashSet<String>,
     bytes_written: u64,
     /// How long each fsync took since the last [`Journal::take_fsync_seconds`].
     fsync_seconds: Vec<f64>,
@@ -597,8 +208,13 @@ impl Journal {
     /// Opens (or creates) the journal in `dir`, cutting off a torn or corrupt tail, and
     /// finds every unfinished message again: in two passes over the file, a chunk at a time.
     pub fn open(dir: &Path) -> io::Result<(Journal, Recovery)> {
+        Journal::open_on(Arc::new(Disk), dir)
+    }
+
+    /// As [`Journal::open`], on `storage` (the simulated disk of the crash tests).
+    pub fn open_on(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<(Journal, Recovery)> {
         let path = Journal::path(dir);
-        let mut file = RecordFile::open(&path)?;
+        let mut file = RecordFile::open(&*storage, &path)?;
         let len = file.end();
         let mut recovery = Recovery::default();
 
@@ -611,8 +227,8 @@ impl Journal {
         // The first Accepted record after the last commit record, and how many there are.
         let mut uncommitted: Option<(u64, usize)> = None;
         let mut kept = 0;
-        let reader = file.file().try_clone()?;
-        let mut records = Records::new(&reader, 0, len);
+        let reader = file.handle().clone();
+        let mut records = Records::new(&*reader, 0, len);
         for r in records.by_ref() {
             let (offset, _, record) = r?;
             kept += 1;
@@ -665,15 +281,17 @@ impl Journal {
 
         // Second pass: where the unfinished messages are.
         let mut journal = Journal {
+            storage,
             dir: dir.to_path_buf(),
             file,
-            size,
             next_seq,
             lanes: HashMap::new(),
             pending: 0,
             live_bytes: 0,
             inbox_offsets,
-            unsynced: false,
+            unsynced_batches: VecDeque::new(),
+            compact_not_before: None,
+            unsettled: HashSet::new(),
             bytes_written: 0,
             fsync_seconds: Vec::new(),
             unreadable: Vec::new(),
@@ -683,7 +301,7 @@ impl Journal {
             (l.done_through, l.handed_through) = (through, through);
         }
         let mut legacy = !legacy_done.is_empty();
-        for r in Records::new(&reader, 0, size) {
+        for r in Records::new(&*reader, 0, size) {
             let (offset, len, record) = r?;
             let span = Span { offset, len };
             match record {
@@ -715,7 +333,13 @@ impl Journal {
             // Written before lanes: rewrite it in today's form at once.
             journal.compact_with(&legacy_done)?;
         } else {
-            journal.maybe_compact()?;
+            // A full disk is no reason not to start: compaction is tried again later.
+            if let Err(e) = journal.maintain() {
+                if journal.unusable().is_some() {
+                    return Err(e);
+                }
+                log::warn!("journal: cannot compact now: {e}");
+            }
         }
         Ok((journal, recovery))
     }
@@ -737,17 +361,35 @@ impl Journal {
 
     /// Journals a batch of messages from `from_node` with one write and one fsync, together
     /// with how far the inbox file they came from has now been read. Returns them with their
-    /// ids and sequence numbers, in order.
+    /// ids and sequence numbers, in order. (One step, for a single thread; the agent writes,
+    /// syncs without the lock, then commits.)
     pub fn append(
         &mut self,
         from_node: &str,
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
     ) -> io::Result<Vec<Entry>> {
+        let written = self.write(from_node, messages, inbox)?;
+        let synced = written.sync();
+        self.commit(&written, synced)?;
+        Ok(written.entries)
+    }
+
+    /// Writes a batch of messages from `from_node` (with one `write`), together with how
+    /// far the inbox file they came from has now been read, and gives them their ids and
+    /// sequence numbers. Nothing of it counts until [`Written::sync`], then
+    /// [`Journal::commit`].
+    pub fn write(
+        &mut self,
+        from_node: &str,
+        messages: Vec<Message>,
+        inbox: Option<(&str, u64)>,
+    ) -> io::Result<Written> {
         let accepted = crate::files::unix_millis();
+        let start = self.file.end();
         let mut buf = Vec::with_capacity(messages.len() * 256);
         let mut entries = Vec::with_capacity(messages.len());
-        let mut spans = Vec::with_capacity(messages.len());
+        let mut placed = Vec::with_capacity(messages.len());
         for message in messages {
             let seq = self.next_seq + entries.len() as u64;
             let lane = message.subject().to_string();
@@ -761,7 +403,7 @@ impl Journal {
                 accepted,
                 message,
             };
-            let offset = self.size + buf.len() as u64;
+            let offset = start + buf.len() as u64;
             encode(
                 &Record::Accepted {
                     seq,
@@ -770,8 +412,8 @@ impl Journal {
                 },
                 &mut buf,
             );
-            let len = (self.size + buf.len() as u64 - offset) as u32;
-            spans.push((lane, Span { offset, len }));
+            let len = (start + buf.len() as u64 - offset) as u32;
+            placed.push((lane, seq, Span { offset, len }));
             entries.push(Entry { seq, envelope });
         }
         // The commit record: a batch counts only once this is on disk after it.
@@ -792,18 +434,56 @@ impl Journal {
             None => {}
         }
         if buf.is_empty() {
-            return Ok(entries);
+            return Ok(Written {
+                entries,
+                ticket: None,
+            });
         }
-        self.write(&buf)?;
-        self.sync_now()?;
+        self.append_bytes(&buf)?;
         self.next_seq += entries.len() as u64;
-        for (entry, (lane, span)) in entries.iter().zip(spans) {
-            self.index(lane, entry.seq, span);
+        self.unsynced_batches.push_back(Batch {
+            start,
+            end: self.file.end(),
+            messages: placed,
+            inbox: inbox.map(|(file, offset)| (file.to_string(), offset)),
+        });
+        Ok(Written {
+            entries,
+            ticket: Some(self.file.ticket()?),
+        })
+    }
+
+    /// How the fsync of a written batch went. On success, every batch it covers (its own,
+    /// and any written before it) counts: its messages wait for their publishers, in the
+    /// order they were written. A failed fsync makes the journal unusable (see
+    /// [`Journal::unusable`]).
+    pub fn commit(&mut self, written: &Written, synced: io::Result<Duration>) -> io::Result<()> {
+        let Some(ticket) = &written.ticket else {
+            return Ok(());
+        };
+        self.synced(ticket, synced)
+    }
+
+    /// A ticket's fsync is done: note how long it took, and index the batches it covers.
+    fn synced(&mut self, ticket: &SyncTicket, synced: io::Result<Duration>) -> io::Result<()> {
+        let took = self.file.synced(ticket, synced)?;
+        if self.fsync_seconds.len() < 10_000 {
+            self.fsync_seconds.push(took.as_secs_f64());
         }
-        if let Some((file, offset)) = inbox {
-            self.inbox_offsets.insert(file.to_string(), offset);
+        while self
+            .unsynced_batches
+            .front()
+            .is_some_and(|b| b.end <= ticket.through())
+        {
+            let batch = self.unsynced_batches.pop_front().expect("checked");
+            for (lane, seq, span) in batch.messages {
+                self.index(lane, seq, span);
+            }
+            if let Some((file, offset)) = batch.inbox {
+                self.inbox_offsets.insert(file, offset);
+            }
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// Hands up to `max` of `lane`'s waiting messages to its publisher, oldest first, read
@@ -814,7 +494,11 @@ impl Journal {
             return Ok(Vec::new());
         };
         if l.waiting.window.len() < max && l.waiting.spill.is_some() {
-            refill(self.file.file(), self.size, &key, l)?;
+            let end = self
+                .unsynced_batches
+                .front()
+                .map_or(self.file.end(), |b| b.start);
+            refill(&**self.file.handle(), end, &key, l)?;
         }
         let mut entries = Vec::new();
         let mut skipped = false;
@@ -823,7 +507,7 @@ impl Journal {
                 break;
             };
             let mut bytes = vec![0; span.len as usize];
-            self.file.file().read_exact_at(&mut bytes, span.offset)?;
+            self.file.handle().read_exact_at(&mut bytes, span.offset)?;
             l.waiting.window.pop_front();
             l.handed_through = seq;
             let read = match decode_one(&bytes) {
@@ -872,14 +556,18 @@ impl Journal {
     }
 
     /// Writes a `DoneThrough` for the lane's finished messages that no unfinished one
-    /// precedes: the record never covers a message still in flight.
+    /// precedes: the record never covers a message still in flight. Memory follows the
+    /// write: if it fails (a full disk), the messages stay finished-but-unrecorded, and the
+    /// lane's next finish writes a record covering them too.
     fn settle(&mut self, key: &str) -> io::Result<()> {
-        let Some(l) = self.lanes.get_mut(key) else {
+        let Some(l) = self.lanes.get(key) else {
             return Ok(());
         };
         let (mut count, mut bytes, mut through) = (0, 0, None);
-        while let Some(&(seq, len, true)) = l.handed.front() {
-            l.handed.pop_front();
+        for &(seq, len, finished) in &l.handed {
+            if !finished {
+                break;
+            }
             count += 1;
             bytes += len as u64;
             through = Some(seq);
@@ -887,14 +575,6 @@ impl Journal {
         let Some(seq) = through else {
             return Ok(());
         };
-        l.pending -= count;
-        l.live_bytes -= bytes;
-        l.done_through = seq;
-        if l.handed.is_empty() && l.handed.capacity() > 64 {
-            l.handed.shrink_to_fit();
-        }
-        self.pending -= count;
-        self.live_bytes -= bytes;
         let mut buf = Vec::with_capacity(HEADER + 9 + key.len());
         encode(
             &Record::DoneThrough {
@@ -903,9 +583,22 @@ impl Journal {
             },
             &mut buf,
         );
-        self.write(&buf)?;
-        self.unsynced = true;
-        self.maybe_compact()
+        if let Err(e) = self.append_bytes(&buf) {
+            self.unsettled.insert(key.to_string());
+            return Err(e);
+        }
+        self.unsettled.remove(key);
+        let l = self.lanes.get_mut(key).expect("looked up above");
+        l.handed.drain(..count);
+        l.pending -= count;
+        l.live_bytes -= bytes;
+        l.done_through = seq;
+        if l.handed.is_empty() && l.handed.capacity() > 64 {
+            l.handed.shrink_to_fit();
+        }
+        self.pending -= count;
+        self.live_bytes -= bytes;
+        Ok(())
     }
 
     /// Messages found unreadable when their turn came, since the last call.
@@ -923,22 +616,45 @@ impl Journal {
         self.inbox_offsets.remove(file);
     }
 
-    /// Makes every record written so far durable.
+    /// Makes every record written so far durable (holding the lock throughout: at
+    /// shutdown, and in tests).
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.unsynced {
-            self.sync_now()?;
+        if let Some(ticket) = self.sync_ticket()? {
+            let synced = ticket.sync();
+            self.synced(&ticket, synced)?;
         }
         Ok(())
     }
 
-    fn sync_now(&mut self) -> io::Result<()> {
-        let started = std::time::Instant::now();
-        self.file.sync()?;
-        self.unsynced = false;
-        if self.fsync_seconds.len() < 10_000 {
-            self.fsync_seconds.push(started.elapsed().as_secs_f64());
+    /// An fsync of every record written so far, if any is not durable yet, to run without
+    /// the journal's lock; then [`Journal::synced_ticket`].
+    pub fn sync_ticket(&self) -> io::Result<Option<SyncTicket>> {
+        if self.file.is_synced() {
+            return Ok(None);
         }
-        Ok(())
+        self.file.ticket().map(Some)
+    }
+
+    /// How the fsync of a [`Journal::sync_ticket`] went.
+    pub fn synced_ticket(
+        &mut self,
+        ticket: &SyncTicket,
+        synced: io::Result<Duration>,
+    ) -> io::Result<()> {
+        self.synced(ticket, synced)
+    }
+
+    /// Whether every finish has been written (none held back by a full disk).
+    #[cfg(test)]
+    pub fn settled(&self) -> bool {
+        self.unsettled.is_empty()
+    }
+
+    /// Why the journal can no longer be used, if it cannot: a failed fsync, compaction
+    /// rename or cut-back left the file and memory out of step. The agent stops (non-zero:
+    /// systemd starts it again, and recovery reads what the disk holds).
+    pub fn unusable(&self) -> Option<&str> {
+        self.file.unusable()
     }
 
     /// The fsync durations measured since the last call (for the metrics).
@@ -957,7 +673,7 @@ impl Journal {
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.file.end()
     }
 
     /// Bytes written to the journal since it was opened (compaction included): SD card wear.
@@ -965,18 +681,43 @@ impl Journal {
         self.bytes_written
     }
 
-    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn append_bytes(&mut self, buf: &[u8]) -> io::Result<()> {
         self.file.append(buf)?;
-        self.size = self.file.end();
         self.bytes_written += buf.len() as u64;
         Ok(())
     }
 
-    fn maybe_compact(&mut self) -> io::Result<()> {
-        if self.size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < self.size {
-            self.compact()?;
+    /// Writes the finishes a full disk held back, and compacts the journal if finished
+    /// records make up most of it: called now and then (the supervisor's tick), never on a
+    /// message's path. Not while a batch waits for its
+    /// fsync (its records are not indexed yet), and not for a while after a compaction
+    /// failed (a full disk): a failure would otherwise copy the whole live set again at
+    /// every tick.
+    pub fn maintain(&mut self) -> io::Result<()> {
+        for key in self.unsettled.clone() {
+            if let Err(e) = self.settle(&key) {
+                if self.file.unusable().is_some() {
+                    return Err(e);
+                }
+                break; // still full: intake says so (`steward_disk_full`)
+            }
         }
-        Ok(())
+        let size = self.file.end();
+        let due = size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size;
+        let waiting = self.compact_not_before.is_some_and(|t| Instant::now() < t);
+        if !due || waiting || !self.unsynced_batches.is_empty() {
+            return Ok(());
+        }
+        match self.compact() {
+            Ok(()) => {
+                self.compact_not_before = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.compact_not_before = Some(Instant::now() + COMPACT_RETRY);
+                Err(e)
+            }
+        }
     }
 
     /// Rewrites the journal with only its live records, atomically replacing the old file.
@@ -987,31 +728,46 @@ impl Journal {
     /// Compaction, also taking journals written before lanes (`legacy_done`: their
     /// finished messages) into today's form. Streams from the old file to the new one, and
     /// finds each lane's waiting messages anew on the way.
+    ///
+    /// Until the rename, a failure (a full disk) leaves everything as it was. From the
+    /// rename on, it leaves the journal unusable: the name may or may not point at the new
+    /// file, and writing on into the old one would write into a file no one reads again.
     fn compact_with(&mut self, legacy_done: &HashSet<u64>) -> io::Result<()> {
+        if let Some(why) = self.file.unusable() {
+            return Err(io::Error::other(format!("unusable since: {why}")));
+        }
         let path = Journal::path(&self.dir);
         let tmp = path.with_extension("compacting");
         let (written, mut rebuilt) = match self.copy_live(&tmp, legacy_done) {
             Ok(copied) => copied,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = self.storage.remove(&tmp);
                 return Err(e);
             }
         };
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = RecordFile::rewritten(&path, written)?;
+        let replaced = self
+            .storage
+            .rename(&tmp, &path)
+            .and_then(|()| self.storage.sync_dir(&self.dir))
+            .and_then(|()| RecordFile::rewritten(&*self.storage, &path, written));
+        self.file = match replaced {
+            Ok(file) => file,
+            Err(e) => {
+                self.file.fail(format!(
+                    "journal: compaction could not replace the file: {e}"
+                ));
+                return Err(e);
+            }
+        };
         // Only now, with the new file in place, do the new places count.
         self.live_bytes = 0;
         for (name, l) in self.lanes.iter_mut() {
             (l.waiting, l.live_bytes) = rebuilt.remove(name).unwrap_or_default();
             self.live_bytes += l.live_bytes;
         }
-        self.size = written;
         self.bytes_written += written;
-        self.unsynced = false;
         log::debug!(
-            "journal compacted to {} bytes ({} pending messages)",
-            self.size,
+            "journal compacted to {written} bytes ({} pending messages)",
             self.pending
         );
         Ok(())
@@ -1020,7 +776,7 @@ impl Journal {
     /// Writes the live records to `tmp` (synced); returns its size, and each lane's waiting
     /// messages and live bytes by their places in it.
     fn copy_live(&self, tmp: &Path, legacy_done: &HashSet<u64>) -> io::Result<(u64, Relocated)> {
-        let mut out = io::BufWriter::with_capacity(CHUNK, crate::files::create_private(tmp)?);
+        let mut out = Copy::new(self.storage.create(tmp)?);
         let mut buf = Vec::new();
         for (file, offset) in &self.inbox_offsets {
             encode(
@@ -1034,8 +790,8 @@ impl Journal {
         out.write_all(&buf)?;
         let mut written = buf.len() as u64;
         let mut rebuilt = Relocated::new();
-        let reader = self.file.file().try_clone()?;
-        let mut records = Records::new(&reader, 0, self.size);
+        let reader = self.file.handle().clone();
+        let mut records = Records::new(&*reader, 0, self.file.end());
         for r in records.by_ref() {
             let (seq, lane, envelope) = match r?.2 {
                 Record::Accepted {
@@ -1092,15 +848,51 @@ impl Journal {
         );
         out.write_all(&buf)?;
         written += buf.len() as u64;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        out.finish()?;
         Ok((written, rebuilt))
+    }
+}
+
+/// A compaction's new file, written a chunk at a time and synced at the end.
+struct Copy {
+    file: crate::storage::Handle,
+    buf: Vec<u8>,
+    at: u64,
+}
+
+impl Copy {
+    fn new(file: crate::storage::Handle) -> Copy {
+        Copy {
+            file,
+            buf: Vec::with_capacity(CHUNK),
+            at: 0,
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.at)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file.sync_data()
     }
 }
 
 /// Reads `lane`'s waiting messages on from where the window left off, until the window is
 /// full (the rest stays spilled, from the next one) or the file ends.
-fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
+fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());
     };
@@ -1136,6 +928,8 @@ fn refill(file: &File, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::message::Kind;
+    use crate::records::{decode, PREALLOCATE};
+    use std::fs::{self, OpenOptions};
 
     fn msg_to(to: &str, i: usize) -> Message {
         Message {
@@ -1178,48 +972,6 @@ mod tests {
 
     fn seqs(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.seq).collect()
-    }
-
-    #[test]
-    fn records_round_trip() {
-        let records = vec![
-            Record::Checkpoint { next_seq: 7 },
-            Record::Accepted {
-                seq: 7,
-                lane: "ship1.EventACK.TextLogging".into(),
-                envelope: b"{}".to_vec(),
-            },
-            Record::DoneThrough {
-                seq: 7,
-                lane: "ship1.EventACK.TextLogging".into(),
-            },
-            Record::InboxOffset {
-                file: "inmsg.taking-1".into(),
-                offset: 99,
-            },
-            Record::Started {
-                id: "central-1-7".into(),
-            },
-            Record::Finished {
-                reply: b"{}".to_vec(),
-            },
-            Record::LegacyAccepted {
-                seq: 8,
-                envelope: b"{}".to_vec(),
-            },
-            Record::LegacyDone { seq: 8 },
-        ];
-        let mut buf = Vec::new();
-        for r in &records {
-            encode(r, &mut buf);
-        }
-        let d = decode(&buf);
-        assert!(d.corruption.is_none());
-        assert_eq!(d.valid_len, buf.len() as u64);
-        assert_eq!(
-            d.records.into_iter().map(|r| r.2).collect::<Vec<_>>(),
-            records
-        );
     }
 
     #[test]
@@ -1499,6 +1251,7 @@ mod tests {
             for e in &taken {
                 j.finish(&lane("ship1"), &[e.seq]).unwrap();
             }
+            j.maintain().unwrap(); // the supervisor's tick
             assert!(
                 j.size() < 2 * COMPACT_MIN_BYTES,
                 "round {round}: {} bytes",

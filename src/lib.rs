@@ -25,6 +25,8 @@
 //! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
 //! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
 //! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
+//! - [`records`]: the checksummed record format both are made of, and its fail-stop file.
+//! - [`storage`]: the file operations beneath them, real or simulated (crash tests).
 //! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
 //! - [`admission`]: the receiver's gate, one decision before any method runs.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
@@ -52,6 +54,8 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod received;
+pub mod records;
+pub mod storage;
 pub mod subject;
 pub mod supervisor;
 

@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 /// How long an error report waits for the central error logger: a week.
 pub const ERROR_REPORT_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// The exit status when the journal or the received log became unusable (EX_IOERR).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
 pub struct Node {
     pub config: Config,
     pub data: DataFolder,
@@ -126,6 +129,35 @@ impl Node {
         self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stops the agent at once if the journal has become unusable (a failed fsync, or a
+    /// compaction or cut-back that left file and memory out of step): see
+    /// [`Node::fail_stop`].
+    pub fn stop_if_unusable(&self, journal: &Journal) {
+        if let Some(why) = journal.unusable() {
+            self.fail_stop(&format!("the journal is unusable: {why}"));
+        }
+    }
+
+    /// As [`Node::stop_if_unusable`], for the received log.
+    pub fn stop_if_received_unusable(&self) {
+        if let Some(why) = self.received.unusable() {
+            self.fail_stop(&format!("the received log is unusable: {why}"));
+        }
+    }
+
+    /// Fail-stop: exits now, non-zero, writing nothing more. Going on would act on memory
+    /// the disk no longer matches (after a failed fsync, Linux may have dropped the pages
+    /// and report the next fsync as fine); systemd starts the agent again, and recovery
+    /// reads what the disk holds. What was accepted is on disk or still in its inbox file;
+    /// what was in flight is sent again and recognised by its id.
+    pub fn fail_stop(&self, why: &str) -> ! {
+        log::error!(
+            "{}: stopping at once ({why}); started again (systemd), steward recovers from what the disk holds",
+            self.config.node
+        );
+        std::process::exit(EXIT_STORAGE_FAILED)
+    }
+
     /// Takes messages into the system: one journal write and fsync for the batch (with how
     /// far the inbox file has been read), then wakes their publishers.
     pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
@@ -147,26 +179,42 @@ impl Node {
         inbox: Option<(&str, u64)>,
         watch: bool,
     ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
-        let (entries, watched) = {
+        let (written, watched) = {
             let mut journal = self.journal();
-            let entries = journal.append(&self.config.node, messages, inbox)?;
-            // Watchers are in place before the messages reach a publisher: publishers take
-            // messages from the journal under this lock, and a busy one takes the next
-            // without waiting to be woken, so a watcher put in after the lock is let go
-            // could miss how its message ended (and `steward send` would wait forever).
-            // Lock order: journal, then watchers; nothing takes them the other way round.
+            let written = match journal.write(&self.config.node, messages, inbox) {
+                Ok(written) => written,
+                Err(e) => {
+                    self.stop_if_unusable(&journal);
+                    return Err(e);
+                }
+            };
+            // Watchers are in place before the messages reach a publisher (they do once
+            // committed, below), so none can miss how its message ended (and `steward
+            // send` would wait forever). Lock order: journal, then watchers; nothing takes
+            // them the other way round.
             let mut watched = Vec::new();
             if watch {
                 let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-                for e in &entries {
+                for e in &written.entries {
                     let (tx, rx) = crossbeam_channel::unbounded();
                     watchers.insert(e.envelope.id.clone(), tx);
                     watched.push((e.envelope.id.clone(), rx));
                 }
             }
-            self.metrics.journal(&mut journal);
-            (entries, watched)
+            (written, watched)
         };
+        // The fsync without the journal's lock: publishers take and finish meanwhile, and
+        // other appenders write (one fsync may cover several batches).
+        let synced = written.sync();
+        {
+            let mut journal = self.journal();
+            if let Err(e) = journal.commit(&written, synced) {
+                self.stop_if_unusable(&journal);
+                return Err(e);
+            }
+            self.metrics.journal(&mut journal);
+        }
+        let entries = written.entries;
         for e in &entries {
             let method = e.envelope.message.method.as_str();
             self.metrics.accepted.with_label_values(&[method]).inc();
@@ -228,6 +276,8 @@ impl Node {
     pub fn finish(&self, lane: &Subject, seqs: &[u64]) {
         let mut journal = self.journal();
         if let Err(e) = journal.finish(lane, seqs) {
+            self.stop_if_unusable(&journal);
+            // A full disk: the finish is written with the lane's next one.
             log::error!("journal: cannot record messages {seqs:?} of {lane} as finished: {e}");
         }
         self.metrics.journal(&mut journal);

@@ -11,7 +11,11 @@
 //! second time. Both survive restarts. A batch's ids share one `Started` write and one
 //! `Finished` write.
 //!
-//! The record format is the journal's (see [`crate::journal`]). The file keeps the last
+//! A failed fsync makes the log unusable and the agent stops (see
+//! [`crate::records::RecordFile`]); `storage::crash` checks, through thousands of seeded
+//! schedules with power cuts and disk errors, that a started id never comes back new.
+//!
+//! The record format is the journal's (see [`crate::records`]). The file keeps the last
 //! [`KEEP`] ids, and at most [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest
 //! make room for its new ones), so memory and disk are bounded whatever the rate, and no
 //! sender, not even one whose key was stolen, can push another's records out: when the
@@ -25,13 +29,13 @@
 //! checked; with the clock checked, the replay window refuses it (README: not covered).
 
 use crate::files::unix_millis;
-use crate::journal::{decode, encode, open_records, Record, RecordFile};
 use crate::message::Reply;
+use crate::records::{decode, encode, open_records, Record, RecordFile};
+use crate::storage::{Disk, Storage};
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How many message ids are remembered.
 pub const KEEP: usize = 10_000;
@@ -63,6 +67,7 @@ enum State {
 pub struct Received(Mutex<Inner>);
 
 struct Inner {
+    storage: Arc<dyn Storage>,
     path: PathBuf,
     file: RecordFile,
     /// Size right after the last compaction: compact again once the file doubles past it.
@@ -87,12 +92,23 @@ impl Received {
     /// As [`Received::open`], remembering the last `keep` ids, at most `per_sender` of
     /// one sender.
     pub fn open_keeping(dir: &Path, keep: usize, per_sender: usize) -> io::Result<Received> {
+        Received::open_on(Arc::new(Disk), dir, keep, per_sender)
+    }
+
+    /// As [`Received::open_keeping`], on `storage` (the simulated disk of the crash tests).
+    pub fn open_on(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        keep: usize,
+        per_sender: usize,
+    ) -> io::Result<Received> {
         let path = dir.join("received.log");
-        let (file, decoded, cut) = open_records(&path)?;
+        let (file, decoded, cut) = open_records(&*storage, &path)?;
         if let Some(cut) = cut {
             log::warn!("{cut}");
         }
         let mut inner = Inner {
+            storage,
             path,
             file,
             compacted_size: 0,
@@ -123,7 +139,8 @@ impl Received {
     }
 
     /// Looks up the ids of a batch from the verified sender `from`; the new ones are
-    /// recorded as started, all with one fsync, before this returns.
+    /// recorded as started, all with one fsync, before this returns. The fsync runs without
+    /// the lock: meanwhile the ids count as running, so a retry of one is not run.
     pub fn begin_many(&self, from: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
         let keys: Vec<String> = ids.iter().map(|id| key(from, id)).collect();
         let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -150,16 +167,22 @@ impl Received {
                 }
             });
         }
-        if !started.is_empty() {
-            let mut buf = Vec::new();
-            for id in &started {
-                encode(&Record::Started { id: id.to_string() }, &mut buf);
-            }
-            inner.append(&buf)?;
-            for id in started {
-                inner.remember(id.to_string(), State::Running);
-            }
+        if started.is_empty() {
+            return Ok(seen);
         }
+        let mut buf = Vec::new();
+        for id in &started {
+            encode(&Record::Started { id: id.to_string() }, &mut buf);
+        }
+        inner.file.append(&buf)?;
+        for id in started {
+            inner.remember(id.to_string(), State::Running);
+        }
+        let ticket = inner.file.ticket()?;
+        drop(inner);
+        let synced = ticket.sync();
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        inner.file.synced(&ticket, synced)?;
         Ok(seen)
     }
 
@@ -184,7 +207,7 @@ impl Received {
             );
             spans.push((start as u64, (buf.len() - start) as u32));
         }
-        let base = inner.write(&buf)?;
+        let base = inner.file.append(&buf)?;
         for (reply, (start, len)) in replies.iter().zip(spans) {
             let state = State::Done {
                 offset: base + start,
@@ -193,7 +216,15 @@ impl Received {
             inner.remember(key(&reply.to_node, &reply.id), state);
         }
         if inner.file.end() > COMPACT_BYTES.max(2 * inner.compacted_size) {
-            inner.compact()?;
+            // The replies are written: a compaction that fails (a full disk) is tried
+            // again once the file has doubled, unless it left the file unusable.
+            if let Err(e) = inner.compact() {
+                if inner.file.unusable().is_some() {
+                    return Err(e);
+                }
+                log::warn!("{}: cannot compact now: {e}", inner.path.display());
+                inner.compacted_size = inner.file.end();
+            }
         }
         Ok(())
     }
@@ -201,11 +232,29 @@ impl Received {
     /// Makes every record written so far durable.
     pub fn sync(&self) -> io::Result<()> {
         // Not under the lock: one handler's fsync need not hold up another's lookup.
-        let file = {
+        let ticket = {
             let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            inner.file.file().try_clone()?
+            if inner.file.is_synced() {
+                return Ok(());
+            }
+            inner.file.ticket()?
         };
-        file.sync_data()
+        let synced = ticket.sync();
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        inner.file.synced(&ticket, synced).map(drop)
+    }
+
+    /// Compacts the file now (the crash tests; otherwise it compacts itself as it grows).
+    #[cfg(test)]
+    pub fn compact_now(&self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).compact()
+    }
+
+    /// Why the received log can no longer be used, if it cannot (see
+    /// [`crate::records::RecordFile`]): the agent stops, and recovery reads the disk again.
+    pub fn unusable(&self) -> Option<String> {
+        let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        inner.file.unusable().map(str::to_string)
     }
 }
 
@@ -260,21 +309,9 @@ impl Inner {
         }
     }
 
-    /// Appends encoded records and fsyncs; returns the offset they start at.
-    fn append(&mut self, buf: &[u8]) -> io::Result<u64> {
-        let offset = self.write(buf)?;
-        self.file.sync()?;
-        Ok(offset)
-    }
-
-    /// Appends encoded records without waiting for the disk.
-    fn write(&mut self, buf: &[u8]) -> io::Result<u64> {
-        self.file.append(buf)
-    }
-
     fn stored_reply(&self, id: &str, offset: u64, len: u32) -> io::Result<Reply> {
         let mut buf = vec![0; len as usize];
-        self.file.file().read_exact_at(&mut buf, offset)?;
+        self.file.handle().read_exact_at(&mut buf, offset)?;
         match decode(&buf).records.pop() {
             Some((_, _, Record::Finished { reply })) => {
                 Reply::decode(&reply).map_err(io::Error::other)
@@ -300,7 +337,9 @@ impl Inner {
                 State::Done { offset, len } => {
                     let start = buf.len();
                     buf.resize(start + len as usize, 0);
-                    self.file.file().read_exact_at(&mut buf[start..], offset)?;
+                    self.file
+                        .handle()
+                        .read_exact_at(&mut buf[start..], offset)?;
                     State::Done {
                         offset: start as u64,
                         len,
@@ -313,8 +352,35 @@ impl Inner {
             };
             states.insert(id.clone(), (state, last_seen));
         }
-        crate::files::write_atomically(&self.path, &buf)?;
-        self.file = RecordFile::rewritten(&self.path, buf.len() as u64)?;
+        // Until the rename, a failure leaves the old file in use; from the rename on, the
+        // received log is unusable (see `RecordFile`), or the name may point at a file
+        // this one no longer writes to.
+        let tmp = self.path.with_extension("compacting");
+        let written = self.storage.create(&tmp).and_then(|f| {
+            f.write_all_at(&buf, 0)?;
+            f.sync_data()
+        });
+        if let Err(e) = written {
+            let _ = self.storage.remove(&tmp);
+            return Err(e);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let replaced = self
+            .storage
+            .rename(&tmp, &self.path)
+            .and_then(|()| self.storage.sync_dir(dir))
+            .and_then(|()| RecordFile::rewritten(&*self.storage, &self.path, buf.len() as u64));
+        self.file = match replaced {
+            Ok(file) => file,
+            Err(e) => {
+                let why = format!(
+                    "{}: compaction could not replace the file: {e}",
+                    self.path.display()
+                );
+                self.file.fail(why);
+                return Err(e);
+            }
+        };
         self.compacted_size = buf.len() as u64;
         self.states = states;
         Ok(())

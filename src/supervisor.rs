@@ -260,6 +260,36 @@ impl Supervisor {
         s
     }
 
+    /// Makes the journal's finish records durable (the fsync without its lock), writes
+    /// what a full disk held back and compacts it when due; fail-stop if it has become
+    /// unusable.
+    fn keep_journal(&self) {
+        let ticket = self.node.journal().sync_ticket();
+        let mut journal = match ticket {
+            Ok(Some(ticket)) => {
+                let synced = ticket.sync();
+                let mut journal = self.node.journal();
+                if let Err(e) = journal.synced_ticket(&ticket, synced) {
+                    self.node.stop_if_unusable(&journal);
+                    log::error!("journal: cannot sync: {e}");
+                }
+                journal
+            }
+            Ok(None) => self.node.journal(),
+            Err(e) => {
+                let journal = self.node.journal();
+                self.node.stop_if_unusable(&journal);
+                log::error!("journal: cannot sync: {e}");
+                journal
+            }
+        };
+        if let Err(e) = journal.maintain() {
+            self.node.stop_if_unusable(&journal);
+            log::warn!("journal: {e}; tried again later");
+        }
+        self.node.metrics.journal(&mut journal);
+    }
+
     /// Runs until shutdown; returns once in-flight work has finished or the grace is over.
     pub fn run(mut self) {
         let tick = crossbeam_channel::tick(Duration::from_millis(500));
@@ -273,11 +303,7 @@ impl Supervisor {
                 },
                 recv(tick) -> _ => {
                     self.restart_due();
-                    let mut journal = self.node.journal();
-                    if let Err(e) = journal.sync() {
-                        log::error!("journal: cannot sync: {e}");
-                    }
-                    self.node.metrics.journal(&mut journal);
+                    self.keep_journal();
                 },
             }
         }
@@ -314,7 +340,9 @@ impl Supervisor {
         for m in &self.methods {
             m.flush(&self.node);
         }
-        if let Err(e) = self.node.journal().sync() {
+        let mut journal = self.node.journal();
+        if let Err(e) = journal.sync() {
+            self.node.stop_if_unusable(&journal);
             log::error!("journal: cannot sync at shutdown: {e}");
         }
         log::info!("stopped");

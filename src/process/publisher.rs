@@ -259,6 +259,7 @@ impl Publisher {
             let mut journal = self.node.journal();
             let more = journal
                 .take(&self.subject, want - slot.len())
+                .inspect_err(|_| self.node.stop_if_unusable(&journal))
                 .map_err(|e| {
                     format!(
                         "cannot read {}'s messages from the journal: {e}",

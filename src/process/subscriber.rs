@@ -231,6 +231,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     let seen = match node.received.begin_many(&a.from, &ids) {
         Ok(seen) => seen,
         Err(e) => {
+            node.stop_if_received_unusable();
             // Not run: without a durable record it might run twice. The sender retries.
             log::error!("{subject}: cannot record {} as started: {e}", ids[0]);
             return;
@@ -312,6 +313,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     }
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
     if let Err(e) = node.received.record(&to_record) {
+        node.stop_if_received_unusable();
         // Not sent: a retry will be answered "interrupted" rather than run again.
         log::error!("{subject}: cannot record the reply to {}: {e}", ids[0]);
         return;
@@ -319,6 +321,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     log::debug!("{subject}: {} from {}: answered", ids[0], a.from);
     answer(node, conn, &a, &replies);
     if let Err(e) = node.received.sync() {
+        node.stop_if_received_unusable();
         log::error!("{subject}: cannot sync the reply to {}: {e}", ids[0]);
     }
 }
