@@ -93,7 +93,9 @@ impl Broker {
                 .with_name(name)
                 .retry_on_failed_connect()
                 .max_reconnects(None)
-                .reconnect_delay_callback(|n| backoff(n as u32, Duration::from_secs(5)))
+                .reconnect_delay_callback(|n| {
+                    crate::retry::backoff(n as u32, Duration::from_secs(5))
+                })
                 // The client reports a full subscription queue once per message dropped;
                 // the subscriber counts and logs those once a second instead.
                 .error_callback(|e| {
@@ -127,7 +129,7 @@ impl Broker {
                     // unreachable servers itself); say so, and keep trying slowly.
                     attempt += 1;
                     log::error!("cannot connect to the broker at {urls}: {e}");
-                    std::thread::sleep(backoff(attempt, Duration::from_secs(30)));
+                    std::thread::sleep(crate::retry::backoff(attempt, Duration::from_secs(30)));
                 }
             }
         }
@@ -240,13 +242,4 @@ fn secured(security: &BrokerSecurity) -> nats::Options {
         options = options.client_cert(cert, key);
     }
     options
-}
-
-/// Exponential backoff from 100 ms, capped, with up to 25% jitter so a fleet that lost its
-/// broker together does not come back in lockstep.
-pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(16));
-    let d = base.min(cap);
-    let jitter = (crate::files::unix_millis() ^ u64::from(std::process::id())) % 1000;
-    d + d.mul_f64(jitter as f64 / 4000.0)
 }

@@ -31,6 +31,7 @@
 //! - [`admission`]: the receiver's gate, one decision before any method runs.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
 //! - [`supervisor`]: the process table; spawns, restarts, stops.
+//! - [`retry`]: the delivery rules of one message (attempts, time to live, pauses), pure.
 //! - [`process`]: inbox, publisher, subscriber, hello: one thread each.
 //! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys.
 //! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
@@ -55,6 +56,7 @@ pub mod node;
 pub mod process;
 pub mod received;
 pub mod records;
+pub mod retry;
 pub mod storage;
 pub mod subject;
 pub mod supervisor;

@@ -209,7 +209,7 @@ impl Supervisor {
         }
         e.failures += 1;
         e.restarts += 1;
-        let delay = crate::broker::backoff(e.failures, Duration::from_secs(30));
+        let delay = crate::retry::backoff(e.failures, Duration::from_secs(30));
         e.restart_at = Some(Instant::now() + delay);
         self.node.metrics.restarts.inc();
         let why = error.unwrap_or_else(|| "ended unexpectedly".into());

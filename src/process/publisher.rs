@@ -27,11 +27,11 @@
 //! publisher that fails mid-delivery resumes with the same messages, ahead of the rest.
 
 use super::{sleep_or_stop, Process, State};
-use crate::broker;
 use crate::journal::Entry;
 use crate::keys::{Scope, Unverified};
 use crate::message::{Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
+use crate::retry::{self, Next, Rules};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
 use std::collections::BTreeMap;
@@ -57,58 +57,6 @@ enum Attempt<T> {
     Acked(T),
     Failed(String),
     Stopped,
-}
-
-/// How long a message may be tried: `retries` attempts after the first, or, with a
-/// time-to-live, until `accepted + ttl` (whatever the count).
-struct Budget {
-    attempts: u32,
-    expires: Option<u64>,
-}
-
-impl Budget {
-    fn of(entry: &Entry, config: &crate::config::Config) -> Budget {
-        let m = &entry.envelope.message;
-        let ttl = m.ttl.or(config.default_ttl);
-        Budget {
-            attempts: 1 + m.retries.unwrap_or(config.default_retries),
-            expires: ttl.map(|t| {
-                entry
-                    .envelope
-                    .accepted
-                    .saturating_add(t.saturating_mul(1000))
-            }),
-        }
-    }
-
-    fn spent(&self, attempt: u32) -> bool {
-        match self.expires {
-            Some(at) => crate::files::unix_millis() >= at,
-            None => attempt >= self.attempts,
-        }
-    }
-
-    fn spent_because(&self, attempt: u32) -> String {
-        match self.expires {
-            Some(_) => format!("its time to live ran out after {attempt} attempts"),
-            None => format!("{attempt} attempts failed"),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self.expires {
-            Some(at) => format!(
-                " (time to live left {}s)",
-                at.saturating_sub(crate::files::unix_millis()) / 1000
-            ),
-            None => format!("/{}", self.attempts),
-        }
-    }
-
-    /// A message that may wait a day need not knock every 30 s.
-    fn max_pause(&self) -> Duration {
-        Duration::from_secs(if self.expires.is_some() { 60 } else { 30 })
-    }
 }
 
 /// How delivering one message ended.
@@ -350,10 +298,18 @@ impl Publisher {
             .timeout
             .map(Duration::from_secs)
             .unwrap_or(node.config.default_timeout);
-        let budget = Budget::of(entry, &node.config);
+        // This message's own jitter: after an outage, lanes do not all knock together.
+        let jitter =
+            (entry.seq ^ u64::from(std::process::id())).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54;
+        let mut rules = Rules::new(
+            message,
+            entry.envelope.accepted,
+            node.config.default_retries,
+            node.config.default_ttl,
+            jitter,
+        );
         let payload = entry.envelope.encode();
         let subject = self.subject.to_string();
-        let mut attempt = 0u32;
         let mut sigs = Vec::new();
         loop {
             // While our own link is down, wait for it: an outage here is not the
@@ -362,7 +318,7 @@ impl Publisher {
                 return Delivery::Stopped;
             }
             let epoch = node.broker.epoch();
-            attempt += 1;
+            let attempt = rules.attempt();
             if attempt == 1 {
                 node.metrics.sent.with_label_values(&[method]).inc();
             } else {
@@ -370,7 +326,7 @@ impl Publisher {
             }
             let doing = format!(
                 "attempt {attempt}{} of {} (waiting {}s for ACK)",
-                budget.describe(),
+                rules.describe(crate::files::unix_millis()),
                 entry.envelope.id,
                 timeout.as_secs()
             );
@@ -398,27 +354,24 @@ impl Publisher {
                 Attempt::Stopped => return Delivery::Stopped,
                 Attempt::Failed(why) => why,
             };
-            if node.broker.epoch() != epoch {
-                log::info!(
-                    "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
-                    entry.envelope.id
-                );
-                attempt -= 1;
-                continue;
-            }
+            let now = crate::files::unix_millis();
+            let described = rules.describe(now);
+            let pause = match rules.failed(&last_error, node.broker.epoch() != epoch, now) {
+                Next::Again => {
+                    log::info!(
+                        "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
+                        entry.envelope.id
+                    );
+                    continue;
+                }
+                Next::GiveUp(why) => return Delivery::Failed(why),
+                Next::Pause(pause) => pause,
+            };
             log::warn!(
-                "{subject}: attempt {attempt}{} of {} failed: {last_error}",
-                budget.describe(),
+                "{subject}: attempt {attempt}{described} of {} failed: {last_error}",
                 entry.envelope.id
             );
-            if budget.spent(attempt) {
-                return Delivery::Failed(format!(
-                    "{}; last: {last_error}",
-                    budget.spent_because(attempt)
-                ));
-            }
             // Pause before the next attempt; a Hello from the destination ends the pause.
-            let pause = broker::backoff(attempt, budget.max_pause());
             let hello = node.presence.waiter(&message.to_node);
             select! {
                 recv(hello) -> _ => log::info!("{subject}: {} said Hello; trying again now", message.to_node),
@@ -553,7 +506,7 @@ impl Publisher {
                     attempt += 1;
                     self.state
                         .set(format!("cannot publish {}: {e}", entry.envelope.id));
-                    if sleep_or_stop(stop, broker::backoff(attempt, Duration::from_secs(30))) {
+                    if sleep_or_stop(stop, retry::backoff(attempt, Duration::from_secs(30))) {
                         return Delivery::Stopped;
                     }
                 }
