@@ -165,7 +165,7 @@ mod tests {
         // retries 0, ttl 600 s: tried for ten minutes, not once.
         let start = 1_000_000;
         let mut rules = Rules::new(&message(Some(0), Some(600)), start, 3, None, 0);
-        let (attempts, gave_up) = never_answered(&mut rules, start, 1000, u64::MAX);
+        let (_, gave_up) = never_answered(&mut rules, start, 1000, u64::MAX);
         let gave_up = gave_up.expect("gives up");
         assert!(gave_up >= start + 600_000, "gave up early, at {gave_up}");
         // The last pause is at most a minute (plus jitter) and one attempt.
