@@ -23,9 +23,10 @@
 //!
 //! - [`config`]: flags → a validated [`config::Config`].
 //! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
-//! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
+//! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages:
+//!   `record` (the format, shared with the received log, and its fail-stop file),
+//!   `recover` (opening), `compact`.
 //! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
-//! - [`records`]: the checksummed record format both are made of, and its fail-stop file.
 //! - [`storage`]: the file operations beneath them, real or simulated (crash tests).
 //! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
 //! - [`admission`]: the receiver's gate, one decision before any method runs.
@@ -55,7 +56,6 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod received;
-pub mod records;
 pub mod retry;
 pub mod storage;
 pub mod subject;

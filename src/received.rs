@@ -12,10 +12,10 @@
 //! `Finished` write.
 //!
 //! A failed fsync makes the log unusable and the agent stops (see
-//! [`crate::records::RecordFile`]); `storage::crash` checks, through thousands of seeded
+//! [`crate::journal::record::RecordFile`]); `storage::crash` checks, through thousands of seeded
 //! schedules with power cuts and disk errors, that a started id never comes back new.
 //!
-//! The record format is the journal's (see [`crate::records`]). The file keeps the last
+//! The record format is the journal's (see [`crate::journal::record`]). The file keeps the last
 //! [`KEEP`] ids, and at most [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest
 //! make room for its new ones), so memory and disk are bounded whatever the rate, and no
 //! sender, not even one whose key was stolen, can push another's records out: when the
@@ -29,8 +29,8 @@
 //! checked; with the clock checked, the replay window refuses it (README: not covered).
 
 use crate::files::unix_millis;
+use crate::journal::record::{decode, encode, open_records, Record, RecordFile};
 use crate::message::Reply;
-use crate::records::{decode, encode, open_records, Record, RecordFile};
 use crate::storage::{Disk, Storage};
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -251,7 +251,7 @@ impl Received {
     }
 
     /// Why the received log can no longer be used, if it cannot (see
-    /// [`crate::records::RecordFile`]): the agent stops, and recovery reads the disk again.
+    /// [`crate::journal::record::RecordFile`]): the agent stops, and recovery reads the disk again.
     pub fn unusable(&self) -> Option<String> {
         let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         inner.file.unusable().map(str::to_string)

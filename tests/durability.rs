@@ -398,7 +398,7 @@ fn a_journal_torn_mid_batch_loses_nothing_and_runs_nothing_twice() {
     drop(j);
     // Message 2's record complete, message 3's cut, the commit record never written.
     let path = Journal::path(&journal);
-    let records = steward::records::decode(&std::fs::read(&path).unwrap()).records;
+    let records = steward::journal::record::decode(&std::fs::read(&path).unwrap()).records;
     let (at, len, _) = records
         .iter()
         .find(|(at, _, _)| *at >= before)

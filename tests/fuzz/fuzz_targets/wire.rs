@@ -3,7 +3,7 @@
 //! to the same thing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use steward::records::{decode, encode};
+use steward::journal::record::{decode, encode};
 use steward::message::{decode_batch, encode_batch, Envelope, Reply};
 use steward::subject::Subject;
 

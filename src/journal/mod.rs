@@ -1,0 +1,606 @@
+//! The journal: every accepted message is on disk, fsync'd, before it leaves `inmsg.txt`, and
+//! stays there until it is finished (ACKed, published, or given up into
+//! `failed-messages.txt`). After a crash or restart, [`Journal::open`] finds every
+//! unfinished message again, in the order it was accepted.
+//!
+//! # File format
+//!
+//! One append-only file, `journal/journal.log`, of records in the format of
+//! [`crate::journal::record`]: `Accepted` (seq, lane, envelope), `DoneThrough` (seq, lane),
+//! `InboxOffset`, `Checkpoint`.
+//!
+//! A *lane* is a destination subject (`ship1.CommandACK.CLICommand`): its publisher sends
+//! its messages in order and finishes them in order, so "finished" is one number per lane,
+//! written as `DoneThrough`: every message of the lane up to that sequence number is done.
+//!
+//! Every batch of `Accepted` records ends with a commit record: the `InboxOffset` of the
+//! inbox file it came from, or a `Checkpoint`. `Accepted` records after the last commit
+//! record belong to a batch whose write was cut; they are dropped on open, and the inbox
+//! reads them again from its file. A torn or corrupt tail is cut off on open, and
+//! [`Recovery::cut`] says what was cut.
+//!
+//! # When the disk fails or fills
+//!
+//! A failed write (a full disk) changes nothing: it is cut back off the file and memory is
+//! untouched, so the caller can try again later (intake waits; a finish is written with
+//! the lane's next one, or by [`Journal::maintain`]). A failed fsync, or a compaction that
+//! failed from its rename on, makes the journal unusable ([`Journal::unusable`]): the
+//! agent stops at once and recovers from the disk on its restart (see
+//! [`crate::journal::record::RecordFile`] for why nothing is retried). Opening makes what it read
+//! durable before anything acts on it. `storage::crash` runs thousands of seeded schedules
+//! of all this, power cuts included, against a simulated disk.
+//!
+//! # Memory: flat, whatever the backlog
+//!
+//! Messages stay on disk until their turn. In memory, each lane keeps a window of where its
+//! next [`WINDOW`] waiting messages are; past that, only the offset where the rest begin
+//! (`spill`), from which the window is refilled by reading the file on. So a node away for
+//! a week, with a million messages queued for it, costs the same memory as one with ten.
+//! Opening reads the file in chunks, twice (first what is finished, then what is not),
+//! never all of it at once.
+//!
+//! # Costs
+//!
+//! A batch (one read of `inmsg.txt`) is one `write` and one `fdatasync`, and the fsync runs
+//! without the journal's lock: [`Journal::write`] under the lock, [`Written::sync`]
+//! without it, [`Journal::commit`] under it again. Meanwhile publishers take and finish,
+//! and other appenders write; one fsync covers every batch written before it, and batches
+//! count in the order they were written, whichever fsync covered them. `DoneThrough`
+//! records are not synced on their own: losing one in a crash only means those messages
+//! are sent again (the receiver recognises their ids); the supervisor syncs them every half
+//! second (again without the lock) and at shutdown. Once finished records make up most of
+//! the file, it is compacted, on that same tick and never on a message's path: the live
+//! records are copied to a new file that atomically replaces the old one, so the journal
+//! stays small whatever the uptime.
+
+use crate::message::{Envelope, Message};
+use crate::storage::{Disk, Storage, StoredFile};
+use crate::subject::Subject;
+use record::{
+    cut_message, decode_one, encode, Record, RecordFile, Records, Step, SyncTicket, CHUNK, HEADER,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Compaction is considered once the file is at least this big...
+mod compact;
+pub mod record;
+mod recover;
+
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+/// ... and the live records are less than 1/COMPACT_RATIO of it.
+const COMPACT_RATIO: u64 = 4;
+/// How many waiting messages of a lane are located in memory (24 bytes each); the rest are
+/// found by reading the file on when the window runs low.
+pub const WINDOW: usize = 2 * crate::message::MAX_BATCH;
+/// After a compaction failed (a full disk), how long before the next try.
+const COMPACT_RETRY: Duration = Duration::from_secs(60);
+
+/// A journaled message: its place in the journal and the message itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub envelope: Envelope,
+}
+
+/// A batch written by [`Journal::write`], waiting for an fsync to cover it.
+struct Batch {
+    /// Where its records begin and end.
+    start: u64,
+    end: u64,
+    /// Each message's lane, sequence number and place.
+    messages: Vec<(String, u64, Span)>,
+    inbox: Option<(String, u64)>,
+}
+
+/// A batch of messages written to the journal (with their ids), which counts once
+/// [`Written::sync`] and [`Journal::commit`] have made it durable.
+pub struct Written {
+    pub entries: Vec<Entry>,
+    ticket: Option<SyncTicket>,
+}
+
+impl Written {
+    /// The fsync that makes the batch durable: run it without holding the journal's lock,
+    /// so that publishers and other appenders go on meanwhile.
+    pub fn sync(&self) -> io::Result<Duration> {
+        match &self.ticket {
+            Some(ticket) => ticket.sync(),
+            None => Ok(Duration::ZERO),
+        }
+    }
+}
+
+/// What [`Journal::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The lanes with unfinished messages, whose publishers must start.
+    pub lanes: Vec<Subject>,
+    /// How many messages are unfinished.
+    pub pending: usize,
+    /// How far each partly taken inbox file had been read.
+    pub inbox_offsets: BTreeMap<String, u64>,
+    /// What was cut off the tail, if the journal was torn or corrupt.
+    pub cut: Option<String>,
+    /// Accepted records whose message could not be decoded (kept out of the system, logged).
+    pub undecodable: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: u64,
+    len: u32,
+}
+
+/// One lane's messages: how many are unfinished, which have been handed to its publisher,
+/// and where the waiting ones are.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Unfinished messages (waiting or handed out) and the bytes of their records.
+    pending: usize,
+    live_bytes: u64,
+    /// Every message of the lane up to here is finished, as the file says.
+    done_through: u64,
+    /// Handed to the publisher and not yet covered by a `DoneThrough`, oldest first:
+    /// sequence number, record length, finished.
+    handed: VecDeque<(u64, u32, bool)>,
+    /// The last message handed out.
+    handed_through: u64,
+    /// Where the messages not yet handed out are.
+    waiting: Waiting,
+}
+
+/// Where a lane's waiting messages are: the next ones in memory, the rest on disk.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// The next waiting messages, oldest first, at most [`WINDOW`] of them...
+    window: VecDeque<(u64, Span)>,
+    /// ... and where in the file the waiting messages past the window begin, if there are
+    /// any.
+    spill: Option<u64>,
+}
+
+impl Waiting {
+    /// Notes a waiting message at `span`: in the window if it has room and nothing is
+    /// spilled before it, otherwise it is found on disk later.
+    fn wait(&mut self, seq: u64, span: Span) {
+        if self.spill.is_none() && self.window.len() < WINDOW {
+            self.window.push_back((seq, span));
+        } else if self.spill.is_none() {
+            self.spill = Some(span.offset);
+        }
+    }
+}
+
+/// The open journal. Share it behind a `Mutex`: appends are batched by the caller.
+pub struct Journal {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    file: RecordFile,
+    next_seq: u64,
+    lanes: HashMap<String, Lane>,
+    pending: usize,
+    live_bytes: u64,
+    inbox_offsets: BTreeMap<String, u64>,
+    /// Batches written and not yet known to be durable, oldest first: indexed (handed to
+    /// publishers) only once an fsync covers them, and in the order they were written.
+    unsynced_batches: VecDeque<Batch>,
+    /// No compaction before then (one failed).
+    compact_not_before: Option<Instant>,
+    /// Lanes with finished messages whose `DoneThrough` could not be written (a full disk):
+    /// [`Journal::maintain`] tries again.
+    unsettled: HashSet<String>,
+    bytes_written: u64,
+    /// How long each fsync took since the last [`Journal::take_fsync_seconds`].
+    fsync_seconds: Vec<f64>,
+    /// Records that could not be read back when their turn came (for the publisher to
+    /// report).
+    unreadable: Vec<String>,
+}
+
+impl Journal {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("journal.log")
+    }
+
+    /// Journals a batch of messages from `from_node` with one write and one fsync, together
+    /// with how far the inbox file they came from has now been read. Returns them with their
+    /// ids and sequence numbers, in order. (One step, for a single thread; the agent writes,
+    /// syncs without the lock, then commits.)
+    pub fn append(
+        &mut self,
+        from_node: &str,
+        messages: Vec<Message>,
+        inbox: Option<(&str, u64)>,
+    ) -> io::Result<Vec<Entry>> {
+        let written = self.write(from_node, messages, inbox)?;
+        let synced = written.sync();
+        self.commit(&written, synced)?;
+        Ok(written.entries)
+    }
+
+    /// Writes a batch of messages from `from_node` (with one `write`), together with how
+    /// far the inbox file they came from has now been read, and gives them their ids and
+    /// sequence numbers. Nothing of it counts until [`Written::sync`], then
+    /// [`Journal::commit`].
+    pub fn write(
+        &mut self,
+        from_node: &str,
+        messages: Vec<Message>,
+        inbox: Option<(&str, u64)>,
+    ) -> io::Result<Written> {
+        let accepted = crate::files::unix_millis();
+        let start = self.file.end();
+        let mut buf = Vec::with_capacity(messages.len() * 256);
+        let mut entries = Vec::with_capacity(messages.len());
+        let mut placed = Vec::with_capacity(messages.len());
+        for message in messages {
+            let seq = self.next_seq + entries.len() as u64;
+            let lane = message.subject().to_string();
+            let envelope = Envelope {
+                // Readable, and unguessable: no one can name a message before it exists.
+                id: format!(
+                    "{from_node}-{accepted}-{seq}-{}",
+                    crate::keys::random_hex128()
+                ),
+                from_node: from_node.to_string(),
+                accepted,
+                message,
+            };
+            let offset = start + buf.len() as u64;
+            encode(
+                &Record::Accepted {
+                    seq,
+                    lane: lane.clone(),
+                    envelope: envelope.encode(),
+                },
+                &mut buf,
+            );
+            let len = (start + buf.len() as u64 - offset) as u32;
+            placed.push((lane, seq, Span { offset, len }));
+            entries.push(Entry { seq, envelope });
+        }
+        // The commit record: a batch counts only once this is on disk after it.
+        match inbox {
+            Some((file, offset)) => encode(
+                &Record::InboxOffset {
+                    file: file.to_string(),
+                    offset,
+                },
+                &mut buf,
+            ),
+            None if !entries.is_empty() => encode(
+                &Record::Checkpoint {
+                    next_seq: self.next_seq + entries.len() as u64,
+                },
+                &mut buf,
+            ),
+            None => {}
+        }
+        if buf.is_empty() {
+            return Ok(Written {
+                entries,
+                ticket: None,
+            });
+        }
+        self.append_bytes(&buf)?;
+        self.next_seq += entries.len() as u64;
+        self.unsynced_batches.push_back(Batch {
+            start,
+            end: self.file.end(),
+            messages: placed,
+            inbox: inbox.map(|(file, offset)| (file.to_string(), offset)),
+        });
+        Ok(Written {
+            entries,
+            ticket: Some(self.file.ticket()?),
+        })
+    }
+
+    /// How the fsync of a written batch went. On success, every batch it covers (its own,
+    /// and any written before it) counts: its messages wait for their publishers, in the
+    /// order they were written. A failed fsync makes the journal unusable (see
+    /// [`Journal::unusable`]).
+    pub fn commit(&mut self, written: &Written, synced: io::Result<Duration>) -> io::Result<()> {
+        let Some(ticket) = &written.ticket else {
+            return Ok(());
+        };
+        self.synced(ticket, synced)
+    }
+
+    /// A ticket's fsync is done: note how long it took, and index the batches it covers.
+    fn synced(&mut self, ticket: &SyncTicket, synced: io::Result<Duration>) -> io::Result<()> {
+        let took = self.file.synced(ticket, synced)?;
+        if self.fsync_seconds.len() < 10_000 {
+            self.fsync_seconds.push(took.as_secs_f64());
+        }
+        while self
+            .unsynced_batches
+            .front()
+            .is_some_and(|b| b.end <= ticket.through())
+        {
+            let batch = self.unsynced_batches.pop_front().expect("checked");
+            for (lane, seq, span) in batch.messages {
+                self.index(lane, seq, span);
+            }
+            if let Some((file, offset)) = batch.inbox {
+                self.inbox_offsets.insert(file, offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands up to `max` of `lane`'s waiting messages to its publisher, oldest first, read
+    /// back from the file. They count as unfinished until [`Journal::finish`].
+    pub fn take(&mut self, lane: &Subject, max: usize) -> io::Result<Vec<Entry>> {
+        let key = lane.to_string();
+        let Some(l) = self.lanes.get_mut(&key) else {
+            return Ok(Vec::new());
+        };
+        if l.waiting.window.len() < max && l.waiting.spill.is_some() {
+            let end = self
+                .unsynced_batches
+                .front()
+                .map_or(self.file.end(), |b| b.start);
+            refill(&**self.file.handle(), end, &key, l)?;
+        }
+        let mut entries = Vec::new();
+        let mut skipped = false;
+        while entries.len() < max {
+            let Some(&(seq, span)) = l.waiting.window.front() else {
+                break;
+            };
+            let mut bytes = vec![0; span.len as usize];
+            self.file.handle().read_exact_at(&mut bytes, span.offset)?;
+            l.waiting.window.pop_front();
+            l.handed_through = seq;
+            let read = match decode_one(&bytes) {
+                Step::Record(_, Record::Accepted { envelope, .. }) => Envelope::decode(&envelope)
+                    .map(|envelope| Entry { seq, envelope })
+                    .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&envelope))),
+                _ => Err("not the record it should be".to_string()),
+            };
+            match read {
+                Ok(entry) => {
+                    l.handed.push_back((seq, span.len, false));
+                    entries.push(entry);
+                }
+                Err(why) => {
+                    // Kept out of the system, reported to central with its bytes (see
+                    // the publisher); it counts as finished.
+                    l.handed.push_back((seq, span.len, true));
+                    self.unreadable
+                        .push(format!("{key}: journal record {seq} is unreadable: {why}"));
+                    skipped = true;
+                }
+            }
+        }
+        if l.waiting.window.is_empty() && l.waiting.window.capacity() > 64 {
+            l.waiting.window.shrink_to_fit();
+        }
+        if skipped {
+            self.settle(&key)?;
+        }
+        Ok(entries)
+    }
+
+    /// Records that messages of `lane` handed out by [`Journal::take`] are finished. Not
+    /// synced on its own (see the module docs).
+    pub fn finish(&mut self, lane: &Subject, seqs: &[u64]) -> io::Result<()> {
+        let key = lane.to_string();
+        let Some(l) = self.lanes.get_mut(&key) else {
+            return Ok(());
+        };
+        for seq in seqs {
+            if let Some(h) = l.handed.iter_mut().find(|h| h.0 == *seq) {
+                h.2 = true;
+            }
+        }
+        self.settle(&key)
+    }
+
+    /// Writes a `DoneThrough` for the lane's finished messages that no unfinished one
+    /// precedes: the record never covers a message still in flight. Memory follows the
+    /// write: if it fails (a full disk), the messages stay finished-but-unrecorded, and the
+    /// lane's next finish writes a record covering them too.
+    fn settle(&mut self, key: &str) -> io::Result<()> {
+        let Some(l) = self.lanes.get(key) else {
+            return Ok(());
+        };
+        let (mut count, mut bytes, mut through) = (0, 0, None);
+        for &(seq, len, finished) in &l.handed {
+            if !finished {
+                break;
+            }
+            count += 1;
+            bytes += len as u64;
+            through = Some(seq);
+        }
+        let Some(seq) = through else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(HEADER + 9 + key.len());
+        encode(
+            &Record::DoneThrough {
+                seq,
+                lane: key.to_string(),
+            },
+            &mut buf,
+        );
+        if let Err(e) = self.append_bytes(&buf) {
+            self.unsettled.insert(key.to_string());
+            return Err(e);
+        }
+        self.unsettled.remove(key);
+        let l = self.lanes.get_mut(key).expect("looked up above");
+        l.handed.drain(..count);
+        l.pending -= count;
+        l.live_bytes -= bytes;
+        l.done_through = seq;
+        if l.handed.is_empty() && l.handed.capacity() > 64 {
+            l.handed.shrink_to_fit();
+        }
+        self.pending -= count;
+        self.live_bytes -= bytes;
+        Ok(())
+    }
+
+    /// Messages found unreadable when their turn came, since the last call.
+    pub fn take_unreadable(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.unreadable)
+    }
+
+    /// How far each partly taken inbox file has been read.
+    pub fn inbox_offsets(&self) -> &BTreeMap<String, u64> {
+        &self.inbox_offsets
+    }
+
+    /// An inbox file has been fully taken and removed; its offset need not be kept.
+    pub fn forget_inbox(&mut self, file: &str) {
+        self.inbox_offsets.remove(file);
+    }
+
+    /// Makes every record written so far durable (holding the lock throughout: at
+    /// shutdown, and in tests).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(ticket) = self.sync_ticket()? {
+            let synced = ticket.sync();
+            self.synced(&ticket, synced)?;
+        }
+        Ok(())
+    }
+
+    /// An fsync of every record written so far, if any is not durable yet, to run without
+    /// the journal's lock; then [`Journal::synced_ticket`].
+    pub fn sync_ticket(&self) -> io::Result<Option<SyncTicket>> {
+        if self.file.is_synced() {
+            return Ok(None);
+        }
+        self.file.ticket().map(Some)
+    }
+
+    /// How the fsync of a [`Journal::sync_ticket`] went.
+    pub fn synced_ticket(
+        &mut self,
+        ticket: &SyncTicket,
+        synced: io::Result<Duration>,
+    ) -> io::Result<()> {
+        self.synced(ticket, synced)
+    }
+
+    /// Whether every finish has been written (none held back by a full disk).
+    #[cfg(test)]
+    pub fn settled(&self) -> bool {
+        self.unsettled.is_empty()
+    }
+
+    /// Why the journal can no longer be used, if it cannot: a failed fsync, compaction
+    /// rename or cut-back left the file and memory out of step. The agent stops (non-zero:
+    /// systemd starts it again, and recovery reads what the disk holds).
+    pub fn unusable(&self) -> Option<&str> {
+        self.file.unusable()
+    }
+
+    /// The fsync durations measured since the last call (for the metrics).
+    pub fn take_fsync_seconds(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.fsync_seconds)
+    }
+
+    /// Unfinished messages, all lanes.
+    pub fn pending_count(&self) -> usize {
+        self.pending
+    }
+
+    /// Unfinished messages of one lane.
+    pub fn lane_pending(&self, lane: &Subject) -> usize {
+        self.lanes.get(&lane.to_string()).map_or(0, |l| l.pending)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.file.end()
+    }
+
+    /// Bytes written to the journal since it was opened (compaction included): SD card wear.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    fn append_bytes(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.append(buf)?;
+        self.bytes_written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the finishes a full disk held back, and compacts the journal if finished
+    /// records make up most of it: called now and then (the supervisor's tick), never on a
+    /// message's path. Not while a batch waits for its
+    /// fsync (its records are not indexed yet), and not for a while after a compaction
+    /// failed (a full disk): a failure would otherwise copy the whole live set again at
+    /// every tick.
+    pub fn maintain(&mut self) -> io::Result<()> {
+        for key in self.unsettled.clone() {
+            if let Err(e) = self.settle(&key) {
+                if self.file.unusable().is_some() {
+                    return Err(e);
+                }
+                break; // still full: intake says so (`steward_disk_full`)
+            }
+        }
+        let size = self.file.end();
+        let due = size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size;
+        let waiting = self.compact_not_before.is_some_and(|t| Instant::now() < t);
+        if !due || waiting || !self.unsynced_batches.is_empty() {
+            return Ok(());
+        }
+        match self.compact() {
+            Ok(()) => {
+                self.compact_not_before = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.compact_not_before = Some(Instant::now() + COMPACT_RETRY);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reads `lane`'s waiting messages on from where the window left off, until the window is
+/// full (the rest stays spilled, from the next one) or the file ends.
+fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
+    let Some(from) = lane.waiting.spill.take() else {
+        return Ok(());
+    };
+    let mut records = Records::new(file, from, end);
+    for r in records.by_ref() {
+        let (offset, len, record) = match r {
+            Ok(r) => r,
+            Err(e) => {
+                lane.waiting.spill = Some(from);
+                return Err(e);
+            }
+        };
+        let Record::Accepted { seq, lane: l, .. } = record else {
+            continue;
+        };
+        if l != key || seq <= lane.handed_through {
+            continue;
+        }
+        if lane.waiting.window.len() >= WINDOW {
+            lane.waiting.spill = Some(offset);
+            return Ok(());
+        }
+        lane.waiting.window.push_back((seq, Span { offset, len }));
+    }
+    if let Some(why) = records.corruption {
+        lane.waiting.spill = Some(from);
+        return Err(io::Error::other(format!("journal unreadable: {why}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,421 @@
+//! The journal's own tests; the crash simulation is `storage::crash`.
+
+use super::*;
+use crate::journal::record::{decode, PREALLOCATE};
+use crate::message::Kind;
+use std::fs::{self, OpenOptions};
+
+fn msg_to(to: &str, i: usize) -> Message {
+    Message {
+        to_node: to.into(),
+        data: vec![format!("message {i}")],
+        kind: Kind::EventAck,
+        method: "TextLogging".into(),
+        timeout: None,
+        retries: None,
+        ttl: None,
+    }
+}
+
+fn msg(i: usize) -> Message {
+    msg_to("ship1", i)
+}
+
+fn lane(to: &str) -> Subject {
+    msg_to(to, 0).subject()
+}
+
+fn data(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e.envelope.message.data[0].clone())
+        .collect()
+}
+
+/// Every waiting message of a lane, as its publisher would take them.
+fn take_all(j: &mut Journal, to: &str) -> Vec<Entry> {
+    let mut all = Vec::new();
+    loop {
+        let got = j.take(&lane(to), crate::message::MAX_BATCH).unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+fn seqs(entries: &[Entry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+#[test]
+fn unfinished_messages_come_back_in_order_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, 0);
+    let entries = j
+        .append("central", (0..5).map(msg).collect(), None)
+        .unwrap();
+    let taken = j.take(&lane("ship1"), 2).unwrap();
+    assert_eq!(taken, entries[..2]);
+    j.finish(&lane("ship1"), &seqs(&taken)).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!((r.pending, r.lanes.clone()), (3, vec![lane("ship1")]));
+    let rest = take_all(&mut j, "ship1");
+    assert_eq!(data(&rest), ["message 2", "message 3", "message 4"]);
+    assert_eq!(rest[0].envelope, entries[2].envelope);
+    assert_eq!(j.pending_count(), 3, "taken is not finished");
+    assert!(r.cut.is_none());
+}
+
+#[test]
+fn a_finish_never_covers_a_message_still_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", (0..3).map(msg).collect(), None)
+        .unwrap();
+    let taken = j.take(&lane("ship1"), 3).unwrap();
+    // The third finishes while the first two are still in flight.
+    j.finish(&lane("ship1"), &[taken[2].seq]).unwrap();
+    assert_eq!(j.pending_count(), 3);
+    drop(j);
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let again = take_all(&mut j, "ship1");
+    assert_eq!(seqs(&again), seqs(&taken), "all three are still unfinished");
+    j.finish(&lane("ship1"), &seqs(&again)).unwrap();
+    assert_eq!(j.pending_count(), 0);
+    drop(j);
+    let (_, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!((r.pending, r.lanes.len()), (0, 0));
+}
+
+#[test]
+fn lanes_are_taken_apart_in_their_own_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let mixed: Vec<Message> = (0..6)
+        .map(|i| msg_to(if i % 2 == 0 { "ship1" } else { "ship2" }, i))
+        .collect();
+    j.append("central", mixed, None).unwrap();
+    let two = take_all(&mut j, "ship2");
+    assert_eq!(data(&two), ["message 1", "message 3", "message 5"]);
+    j.finish(&lane("ship2"), &seqs(&two)).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!((r.pending, r.lanes.clone()), (3, vec![lane("ship1")]));
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 0", "message 2", "message 4"]
+    );
+    assert!(take_all(&mut j, "ship2").is_empty());
+}
+
+#[test]
+fn a_backlog_is_located_a_window_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let n = 5 * WINDOW + 7;
+    // Two lanes interleaved, in batches, as an inbox would take them.
+    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+        let messages = batch
+            .iter()
+            .flat_map(|&i| [msg_to("ship1", i), msg_to("ship2", i)])
+            .collect();
+        j.append("central", messages, None).unwrap();
+    }
+    let l = &j.lanes["ship1.EventACK.TextLogging"];
+    assert_eq!(
+        l.waiting.window.len(),
+        WINDOW,
+        "no more than a window in memory"
+    );
+    assert!(l.waiting.spill.is_some());
+    assert_eq!(j.pending_count(), 2 * n);
+    let one = take_all(&mut j, "ship1");
+    assert_eq!(one.len(), n);
+    assert!(one.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+    assert_eq!(
+        one[n - 1].envelope.message.data[0],
+        format!("message {}", n - 1)
+    );
+    j.finish(&lane("ship1"), &seqs(&one)).unwrap();
+    drop(j);
+    // Reopened, the other lane's backlog is located a window at a time too.
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, n);
+    assert_eq!(
+        j.lanes["ship2.EventACK.TextLogging"].waiting.window.len(),
+        WINDOW
+    );
+    let two = take_all(&mut j, "ship2");
+    assert_eq!(two.len(), n);
+    assert!(two.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+#[test]
+fn ids_stay_unique_across_compaction_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let first = j.append("central", vec![msg(0)], None).unwrap();
+    j.take(&lane("ship1"), 1).unwrap();
+    j.finish(&lane("ship1"), &[first[0].seq]).unwrap();
+    j.compact().unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, 0);
+    let second = j.append("central", vec![msg(1)], None).unwrap();
+    assert!(second[0].seq > first[0].seq);
+}
+
+#[test]
+fn torn_tail_is_cut_and_every_complete_record_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for i in 0..3 {
+        j.append("central", vec![msg(i)], None).unwrap();
+    }
+    let end = j.size();
+    drop(j);
+    let path = Journal::path(dir.path());
+    assert!(
+        fs::metadata(&path).unwrap().len() > end,
+        "space reserved ahead"
+    );
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(end - 5).unwrap(); // power lost mid-write of the last batch
+    drop(f);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0", "message 1"]);
+    let cut = r.cut.expect("the cut is reported");
+    assert!(
+        cut.contains("torn record") && cut.contains("dropped 1 message(s)"),
+        "{cut}"
+    );
+    // The journal is usable again after the cut.
+    j.append("central", vec![msg(9)], None).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 0", "message 1", "message 9"]
+    );
+    assert!(r.cut.is_none());
+}
+
+#[test]
+fn an_unreadable_message_is_reported_and_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let mut buf = Vec::new();
+    encode(
+        &Record::Accepted {
+            seq: 1,
+            lane: "ship1.EventACK.TextLogging".into(),
+            envelope: b"{not json".to_vec(),
+        },
+        &mut buf,
+    );
+    encode(&Record::Checkpoint { next_seq: 2 }, &mut buf);
+    j.file.append(&buf).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, 1);
+    j.append("central", vec![msg(2)], None).unwrap();
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 2"]);
+    let unreadable = j.take_unreadable();
+    assert_eq!(unreadable.len(), 1);
+    assert!(unreadable[0].contains("{not json"), "{unreadable:?}");
+    assert_eq!(j.pending_count(), 1, "passed over, the next one in flight");
+}
+
+#[test]
+fn reserved_space_is_the_end_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Journal::path(dir.path());
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for i in 0..3 {
+        j.append("central", vec![msg(i)], None).unwrap();
+    }
+    let end = j.size();
+    drop(j);
+    assert!(fs::metadata(&path).unwrap().len() > end + PREALLOCATE / 2);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert!(r.cut.is_none(), "{:?}", r.cut);
+    assert_eq!((r.pending, j.size()), (3, end));
+    // New records go at the end of the records, not after the reserved space.
+    j.append("central", vec![msg(3)], None).unwrap();
+    let end = j.size();
+    drop(j);
+    // Reserved space too short for a header is the end too.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(end + 3).unwrap();
+    drop(f);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert!(r.cut.is_none(), "{:?}", r.cut);
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 0", "message 1", "message 2", "message 3"]
+    );
+}
+
+#[test]
+fn a_batch_cut_before_its_commit_record_is_dropped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg(0)], Some(("inmsg.taking-1", 10)))
+        .unwrap();
+    j.append(
+        "central",
+        vec![msg(1), msg(2)],
+        Some(("inmsg.taking-1", 30)),
+    )
+    .unwrap();
+    drop(j);
+    // Cut the second batch just before its commit record.
+    let path = Journal::path(dir.path());
+    let bytes = fs::read(&path).unwrap();
+    let last = decode(&bytes).records.last().unwrap().0;
+    fs::write(&path, &bytes[..last as usize]).unwrap();
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0"]);
+    assert_eq!(r.inbox_offsets.get("inmsg.taking-1"), Some(&10));
+    assert!(r.cut.unwrap().contains("dropped 2 message(s)"));
+    // Batches without an inbox file commit with a checkpoint.
+    let e = j.append("central", vec![msg(3)], None).unwrap();
+    assert!(e[0].seq > 3, "sequence numbers are never reused");
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0", "message 3"]);
+    assert!(r.cut.is_none());
+}
+
+#[test]
+fn flipped_byte_stops_the_reader_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for i in 0..3 {
+        j.append("central", vec![msg(i)], None).unwrap();
+    }
+    drop(j);
+    let path = Journal::path(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let accepted: Vec<usize> = decode(&bytes)
+        .records
+        .iter()
+        .filter(|(_, _, r)| matches!(r, Record::Accepted { .. }))
+        .map(|(offset, _, _)| *offset as usize)
+        .collect();
+    bytes[accepted[1] + 40] ^= 0x40; // inside the second message's body
+    fs::write(&path, &bytes).unwrap();
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0"]);
+    assert!(r.cut.unwrap().contains("checksum mismatch"));
+}
+
+#[test]
+fn compaction_keeps_the_journal_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for round in 0..200 {
+        j.append("central", (0..50).map(msg).collect(), None)
+            .unwrap();
+        // All but the newest message finish; one stays waiting each round.
+        let taken = j.take(&lane("ship1"), 49).unwrap();
+        for e in &taken {
+            j.finish(&lane("ship1"), &[e.seq]).unwrap();
+        }
+        j.maintain().unwrap(); // the supervisor's tick
+        assert!(
+            j.size() < 2 * COMPACT_MIN_BYTES,
+            "round {round}: {} bytes",
+            j.size()
+        );
+    }
+    assert_eq!(j.pending_count(), 200);
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, 200);
+    let rest = take_all(&mut j, "ship1");
+    assert_eq!(rest.len(), 200);
+    assert!(rest.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+#[test]
+fn compaction_with_messages_in_flight_keeps_them_and_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let all = j
+        .append("central", (0..2000).map(msg).collect(), None)
+        .unwrap();
+    let in_flight = j.take(&lane("ship1"), 10).unwrap();
+    j.compact().unwrap();
+    j.finish(&lane("ship1"), &seqs(&in_flight)).unwrap();
+    let rest = take_all(&mut j, "ship1");
+    assert_eq!(seqs(&rest), seqs(&all[10..]));
+    j.finish(&lane("ship1"), &seqs(&rest[..5])).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, 2000 - 15);
+    assert_eq!(seqs(&take_all(&mut j, "ship1")), seqs(&all[15..]));
+}
+
+#[test]
+fn a_journal_from_before_lanes_is_read_and_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let envelope = |i: usize| Envelope {
+        id: format!("central-1-{i}"),
+        from_node: "central".into(),
+        accepted: 1,
+        message: msg_to(if i == 2 { "ship2" } else { "ship1" }, i),
+    };
+    let mut buf = Vec::new();
+    for i in 1..=3 {
+        encode(
+            &Record::LegacyAccepted {
+                seq: i as u64,
+                envelope: envelope(i).encode(),
+            },
+            &mut buf,
+        );
+    }
+    encode(&Record::Checkpoint { next_seq: 4 }, &mut buf);
+    encode(&Record::LegacyDone { seq: 1 }, &mut buf);
+    fs::create_dir_all(dir.path()).unwrap();
+    fs::write(Journal::path(dir.path()), &buf).unwrap();
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        (r.pending, r.lanes.clone()),
+        (2, vec![lane("ship1"), lane("ship2")])
+    );
+    let one = take_all(&mut j, "ship1");
+    assert_eq!(
+        one.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(),
+        [envelope(3)]
+    );
+    assert_eq!(take_all(&mut j, "ship2")[0].envelope, envelope(2));
+    let rewritten = decode(&fs::read(Journal::path(dir.path())).unwrap());
+    assert!(rewritten
+        .records
+        .iter()
+        .all(|(_, _, r)| !matches!(r, Record::LegacyAccepted { .. } | Record::LegacyDone { .. })));
+    let next = j.append("central", vec![msg(9)], None).unwrap();
+    assert_eq!(next[0].seq, 4);
+}
+
+#[test]
+fn inbox_offsets_survive_restart_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg(0)], Some(("inmsg.taking-5", 120)))
+        .unwrap();
+    j.compact().unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.inbox_offsets.get("inmsg.taking-5"), Some(&120));
+    j.forget_inbox("inmsg.taking-5");
+    j.compact().unwrap();
+    drop(j);
+    let (_, r) = Journal::open(dir.path()).unwrap();
+    assert!(r.inbox_offsets.is_empty());
+}
