@@ -659,7 +659,9 @@ impl Publisher {
                 )
             })?;
         }
-        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, false) {
+        // Synced before the messages are finished in the journal, so that a line lost in a
+        // power cut is never that of a message the journal says is finished.
+        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, true) {
             // Only a log: skipped, and counted.
             log::error!("cannot write the message log: {e}");
             node.metrics
