@@ -1096,6 +1096,12 @@ impl Journal {
         file.sync_all()?;
         Ok((written, rebuilt))
     }
+
+    /// The sequence number the next accepted message gets. Read right after [`Journal::open`],
+    /// it tells the messages an earlier run accepted (below it) from this run's.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
 }
 
 /// Reads `lane`'s waiting messages on from where the window left off, until the window is

@@ -25,6 +25,8 @@
 //! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
 //! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages.
 //! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
+//! - [`resumed`]: what a sender's last run finished though a power cut took the record of
+//!   it, so a reply is stored, and a message listed, once.
 //! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
 //! - [`admission`]: the receiver's gate, one decision before any method runs.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod received;
+pub mod resumed;
 pub mod subject;
 pub mod supervisor;
 
