@@ -28,6 +28,8 @@
 //!   `recover` (opening), `compact`.
 //! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
 //! - [`storage`]: the file operations beneath them, real or simulated (crash tests).
+//! - [`resumed`]: what a sender's last run finished though a power cut took the record of
+//!   it, so a reply is stored, and a message listed, once.
 //! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
 //! - [`admission`]: the receiver's gate, one decision before any method runs.
 //! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
@@ -56,6 +58,7 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod received;
+pub mod resumed;
 pub mod retry;
 pub mod storage;
 pub mod subject;

@@ -14,6 +14,7 @@ use crate::keys::{Identity, Trusted};
 use crate::message::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::received::Received;
+use crate::resumed::Resumed;
 use crate::subject::Subject;
 use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
@@ -36,6 +37,9 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// What this node has received and handled (exactly-once effect).
     pub received: Received,
+    /// Which messages an earlier run accepted, and which of them it finished though its
+    /// journal lost the record of it (a power cut).
+    pub resumed: Resumed,
     /// This node's signing key: everything it publishes is signed with it.
     pub identity: Identity,
     /// The keys it checks senders against.
@@ -96,8 +100,16 @@ impl Node {
         (identity, trusted): (Identity, Trusted),
         supervisor: Sender<Event>,
     ) -> Node {
+        let data = DataFolder::new(config.data_folder.clone());
+        // Before anything is written in this run.
+        let resumed = Resumed::open(
+            &data.message_log(),
+            journal.next_seq(),
+            journal.pending_count() > 0,
+        );
         Node {
-            data: DataFolder::new(config.data_folder.clone()),
+            data,
+            resumed,
             handlers: Handlers::new(config.max_handlers),
             presence: Presence::default(),
             watchers: Mutex::new(HashMap::new()),

@@ -509,6 +509,12 @@ impl Journal {
         std::mem::take(&mut self.fsync_seconds)
     }
 
+    /// The sequence number the next accepted message gets. Read right after [`Journal::open`],
+    /// it tells the messages an earlier run accepted (below it) from this run's.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Unfinished messages, all lanes.
     pub fn pending_count(&self) -> usize {
         self.pending

@@ -12,7 +12,10 @@
 //! own attempts ([`Publisher::check_reply`]); anything else is passed over, so neither a
 //! stranger nor another fleet member can answer for the destination. A reply that cannot
 //! be stored (a full disk) leaves the message unfinished: it is sent again, and the
-//! receiver answers from its stored reply without running anything twice.
+//! receiver answers from its stored reply without running anything twice. How a message
+//! ended (its reply, failed-messages.txt, its message-log.txt line) is on disk before the
+//! journal records it as finished; a message whose finish record a power cut took is
+//! recognised at the next start, and neither sent nor stored again ([`crate::resumed`]).
 //!
 //! Events (EventACK) queued together travel together: when more than one is waiting, the
 //! publisher sends up to [`MAX_BATCH`] of them, in order, as one batch, and the receiver
@@ -34,7 +37,7 @@ use crate::node::{Node, Progress};
 use crate::retry::{self, Next, Rules};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -200,10 +203,14 @@ impl Publisher {
     }
 
     /// The slot topped up from the journal to `want` messages (if that many wait), and
-    /// reports any the journal could not read back.
+    /// reports any the journal could not read back. Resumed messages the last run finished
+    /// though a power cut took the record of it are finished at once, not sent again (see
+    /// [`crate::resumed`]).
     fn take(&self, want: usize) -> Result<Vec<Entry>, String> {
         let mut slot = self.slot();
-        let (more, unreadable) = if slot.len() < want {
+        let mut unreadable = Vec::new();
+        let mut finished_at_once: Option<(String, usize)> = None;
+        while slot.len() < want {
             let mut journal = self.node.journal();
             let more = journal
                 .take(&self.subject, want - slot.len())
@@ -214,14 +221,35 @@ impl Publisher {
                         self.subject
                     )
                 })?;
-            (more, journal.take_unreadable())
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        // Into the slot at once: taken messages are in flight until finished.
-        slot.extend(more);
+            unreadable.extend(journal.take_unreadable());
+            let (finished, more): (Vec<Entry>, Vec<Entry>) = more
+                .into_iter()
+                .partition(|e| self.node.resumed.finished(e));
+            // Into the slot at once: taken messages are in flight until finished.
+            slot.extend(more);
+            let Some(first) = finished.first() else {
+                break;
+            };
+            let (_, count) = finished_at_once.get_or_insert((first.envelope.id.clone(), 0));
+            *count += finished.len();
+            let seqs: Vec<u64> = finished.iter().map(|e| e.seq).collect();
+            if let Err(e) = journal.finish(&self.subject, &seqs) {
+                log::error!(
+                    "journal: cannot record messages {seqs:?} of {} as finished: {e}",
+                    self.subject
+                );
+            }
+            self.node.metrics.journal(&mut journal);
+        }
         let taken = slot.clone();
         drop(slot);
+        if let Some((first, count)) = finished_at_once {
+            log::info!(
+                "{}: {count} message(s) from {first} on were finished before the last stop (listed in {}); not sent again",
+                self.subject,
+                self.node.data.message_log().display()
+            );
+        }
         for why in unreadable {
             self.node
                 .report_error(format!("{}: {why}", self.node.config.node));
@@ -516,16 +544,26 @@ impl Publisher {
 
     /// Records how messages ended (reply files, failed-messages.txt, the message log),
     /// then marks them finished in the journal: only after everything about them is on
-    /// disk. A batch's records go to each file with one write and one fsync.
+    /// disk. A batch's records go to each file with one write and one fsync. A reply the
+    /// last run stored just before a power cut is not stored again.
     fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), String> {
         let node = &self.node;
         // Replies first, before anything is counted or reported: a reply that cannot be
         // stored (a full disk) leaves its message unfinished. This publisher fails, and
         // once restarted sends it again; the receiver answers from its stored reply
         // without running anything twice, and the reply is stored then.
+        let already = self.stored_before_the_last_stop(&done);
         let mut reply_files: BTreeMap<PathBuf, String> = BTreeMap::new();
         for (entry, delivery) in &done {
             if let Delivery::Acked(reply) = delivery {
+                if already.contains(&entry.envelope.id) {
+                    log::info!(
+                        "{}: the reply to {} was stored before the last stop; not stored again",
+                        self.subject,
+                        entry.envelope.id
+                    );
+                    continue;
+                }
                 let message = &entry.envelope.message;
                 reply_files
                     .entry(node.data.replies(&message.to_node, &message.method))
@@ -613,7 +651,9 @@ impl Publisher {
                 )
             })?;
         }
-        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, false) {
+        // Synced before the messages are finished in the journal, so that a line lost in a
+        // power cut is never that of a message the journal says is finished.
+        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, true) {
             // Only a log: skipped, and counted.
             log::error!("cannot write the message log: {e}");
             node.metrics
@@ -634,6 +674,26 @@ impl Publisher {
             );
         }
         Ok(())
+    }
+
+    /// Of the acked messages in `done` that an earlier run accepted, those whose reply it
+    /// stored before a power cut took the rest (see [`crate::resumed`]).
+    fn stored_before_the_last_stop(&self, done: &[(&Entry, Delivery)]) -> HashSet<String> {
+        let resumed: Vec<&Entry> = done
+            .iter()
+            .filter(|(e, d)| matches!(d, Delivery::Acked(_)) && self.node.resumed.is_resumed(e))
+            .map(|(e, _)| *e)
+            .collect();
+        let Some(first) = resumed.first() else {
+            return HashSet::new();
+        };
+        let message = &first.envelope.message;
+        let ids: Vec<&str> = resumed.iter().map(|e| e.envelope.id.as_str()).collect();
+        self.node.resumed.stored_replies(
+            &self.subject,
+            &self.node.data.replies(&message.to_node, &message.method),
+            &ids,
+        )
     }
 
     /// A message that was not delivered, in inmsg.txt form for failed-messages.txt.

@@ -678,3 +678,178 @@ pub fn report(test: &str, sent: usize, delivered: usize, duplicates: usize) {
     let lost = sent.saturating_sub(delivered);
     eprintln!("[{test}] sent={sent} delivered={delivered} duplicates={duplicates} lost={lost}");
 }
+
+/// An ext4 filesystem in a sparse image file, loop-mounted over a folder (root only): a
+/// disk whose power can be cut. Unlike kill -9, which keeps the page cache, a cut here
+/// loses everything not yet synced, as a real one would. Unmounted and detached on drop.
+pub struct Ext4 {
+    dir: PathBuf,
+    image: PathBuf,
+    /// Holds the image (on /dev/shm where there is one, so the "disk" under the loop device
+    /// is not itself slow).
+    _images: tempfile::TempDir,
+}
+
+/// What a power cut did to the canaries: a file fsync'd when the filesystem was made, and
+/// one written without fsync just before the cut.
+#[derive(Debug)]
+pub struct Cut {
+    pub synced_kept: bool,
+    pub unsynced_dropped: bool,
+}
+
+/// `EXT4_IOC_SHUTDOWN`, `_IOR('X', 125, __u32)` (xfstests' "godown"), and its flag that
+/// skips flushing the filesystem's journal: what was not yet committed is gone.
+const EXT4_IOC_SHUTDOWN: u64 = 0x8004_587D;
+const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
+const SYNCED_CANARY: &str = "powercut-canary.synced";
+const UNSYNCED_CANARY: &str = "powercut-canary.unsynced";
+
+impl Ext4 {
+    /// Makes an ext4 filesystem of `size` (as `truncate -s` takes it, e.g. "256M") in a
+    /// sparse image and mounts it over `dir`, private (0700); `None` unless running as root
+    /// with `mkfs.ext4` and loop devices.
+    pub fn mount(dir: &Path, size: &str) -> Option<Ext4> {
+        let id = Command::new("id").arg("-u").output().ok()?;
+        if String::from_utf8_lossy(&id.stdout).trim() != "0" {
+            return None;
+        }
+        let shm = Path::new("/dev/shm");
+        let images = if shm.is_dir() {
+            tempfile::tempdir_in(shm).ok()?
+        } else {
+            tempfile::tempdir().ok()?
+        };
+        let image = images.path().join("disk.img");
+        let run = |cmd: &mut Command| cmd.status().map(|s| s.success()).unwrap_or(false);
+        let made = run(Command::new("truncate").args(["-s", size]).arg(&image))
+            && run(Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image)
+                .stdout(Stdio::null()));
+        if !made {
+            eprintln!("ext4: cannot make a filesystem (is mkfs.ext4 installed?)");
+            return None;
+        }
+        let disk = Ext4 {
+            dir: dir.to_path_buf(),
+            image,
+            _images: images,
+        };
+        if !disk.mount_image() {
+            eprintln!("ext4: cannot loop-mount {}", disk.image.display());
+            return None;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+        // The data folder holds only what steward writes, and the canary.
+        let _ = fs::remove_dir(dir.join("lost+found"));
+        let mut canary = fs::File::create(dir.join(SYNCED_CANARY)).unwrap();
+        std::io::Write::write_all(&mut canary, b"synced\n").unwrap();
+        canary.sync_all().unwrap();
+        Some(disk)
+    }
+
+    fn mount_image(&self) -> bool {
+        Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Makes everything written to the filesystem so far durable (`sync -f`): for what a
+    /// test puts there itself (keys), which a cut would otherwise take.
+    pub fn sync(&self) {
+        assert!(Command::new("sync")
+            .arg("-f")
+            .arg(&self.dir)
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Cuts the power under `node`: shuts the filesystem down without flushing its
+    /// journal, kills the node (-9), unmounts, and mounts again (the journal replay keeps
+    /// only what was committed). Start the node again with [`Node::restart`].
+    pub fn power_cut(&self, node: &mut Node) -> Cut {
+        use std::os::fd::AsRawFd;
+        fs::write(self.dir.join(UNSYNCED_CANARY), "unsynced\n").unwrap();
+        let root = fs::File::open(&self.dir).unwrap();
+        let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
+        // SAFETY: an ioctl on an open descriptor, with a pointer to a u32 that outlives the
+        // call, as EXT4_IOC_SHUTDOWN expects. (No tool in a standard install does this:
+        // xfs_io's "shutdown" and xfstests' godown are not there.)
+        let rc = unsafe {
+            libc::ioctl(
+                root.as_raw_fd(),
+                EXT4_IOC_SHUTDOWN as _,
+                &flags as *const u32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "EXT4_IOC_SHUTDOWN: {}",
+            std::io::Error::last_os_error()
+        );
+        drop(root);
+        node.kill9();
+        // Whatever the node started there (a command) may hold the mount a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("umount")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "cannot unmount {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            self.mount_image(),
+            "cannot mount {} again",
+            self.image.display()
+        );
+        let cut = Cut {
+            synced_kept: fs::read_to_string(self.dir.join(SYNCED_CANARY))
+                .ok()
+                .as_deref()
+                == Some("synced\n"),
+            unsynced_dropped: fs::read_to_string(self.dir.join(UNSYNCED_CANARY))
+                .map_or(true, |t| t != "unsynced\n"),
+        };
+        let _ = fs::remove_file(self.dir.join(UNSYNCED_CANARY));
+        cut
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        // Lazily if the node still runs there: the loop device (set to clear itself) is
+        // detached once the last file is closed.
+        let busy = !Command::new("umount")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if busy {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        if let Ok(out) = Command::new("losetup").arg("-j").arg(&self.image).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = line.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", dev]).status();
+                }
+            }
+        }
+    }
+}
