@@ -1,9 +1,11 @@
-//! When the disk fills: nothing lost. A node's data folder on a small tmpfs (root only: CI
-//! runs as root; elsewhere these tests say they were skipped) is filled to the last byte
-//! while commands and events are in flight, then freed; everything is counted.
+//! When the disk fills or fails: nothing lost. A node's data folder on a small tmpfs (root
+//! only: CI runs as root; elsewhere these tests say they were skipped) is filled to the
+//! last byte while commands and events are in flight, then freed; a data folder on a disk
+//! whose writes stop reaching the medium (fsync fails with EIO) stops the agent, and a
+//! restart loses nothing. Everything is counted.
 
 mod common;
-use common::{install_keys, text_log, NatsServer, Node, Tmpfs};
+use common::{command, install_keys, text_log, Ext4, NatsServer, Node, Tmpfs};
 use std::time::{Duration, Instant};
 
 /// Waits up to `limit` for `ok`.
@@ -133,6 +135,89 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     }
     eprintln!(
         "[disk_full] commands={commands} outputs_stored_while_full={kept_while_full} outputs_stored={commands} runs={commands} events={events} events_logged={events} taken_after_the_disk_had_room={late} lost=0 duplicates=0"
+    );
+    drop(ship1);
+}
+
+#[test]
+fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing_twice() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::prepare(&[], "central", &nats.address(), &[]);
+    // central's data folder: ext4 in an image on a 40 MiB tmpfs. The filesystem believes
+    // it has 128 MiB; once the tmpfs is full, what it writes back to the image is lost
+    // and fsync fails (EIO), as on an SD card that is dying.
+    let medium_dir = tempfile::tempdir().unwrap();
+    let Some(medium) = Tmpfs::mount(medium_dir.path(), "40m") else {
+        eprintln!("[fsync_fails] skipped: mounting needs root");
+        return;
+    };
+    let Some(disk) = Ext4::mount_in(central.data(), "128M", Some(medium_dir.path())) else {
+        eprintln!("[fsync_fails] skipped: no ext4 on a loop device here");
+        return;
+    };
+    install_keys(central.data(), "central");
+    disk.sync();
+    central.restart();
+    let marks = tempfile::tempdir().unwrap();
+    let runs = marks.path().join("runs");
+    // Each command leaves a mark where it runs; a padding argument (sh's $0) makes each
+    // journal record reach blocks of the image that were never written.
+    let padding = "p".repeat(100_000);
+    let commands = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|i| {
+                let shell = format!("echo run-{i} >> {}; echo output-{i}", runs.display());
+                command("ship1", &["sh", "-c", &shell, &padding])
+            })
+            .collect()
+    };
+    let before = 5;
+    central.append_inmsg(&commands(0, before));
+    central.wait_count("replies/ship1.CLICommand.log", "output-", before);
+
+    // The medium fills: the next journal fsync fails.
+    let filler = medium.fill();
+    let after = 3;
+    central.append_inmsg(&commands(before, before + after));
+    let status = central.wait_exit(Duration::from_secs(60));
+    assert_eq!(status, Some(74), "exit status: {}", central.log());
+    let log = central.log();
+    assert!(log.contains("stopping at once"), "{log}");
+
+    // The medium is replaced (space again); the machine boots (fsck, mount); systemd
+    // starts steward again. The operator appends more.
+    std::fs::remove_file(&filler).unwrap();
+    disk.remount();
+    central.restart();
+    let total = before + after + 3;
+    central.append_inmsg(&commands(before + after, total));
+    wait("the new commands' output", Duration::from_secs(60), || {
+        let replies = central.read("replies/ship1.CLICommand.log");
+        (before + after..total).all(|i| replies.contains(&format!("output-{i}\n")))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let replies = central.read("replies/ship1.CLICommand.log");
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    let (mut in_doubt_ran, mut in_doubt_lost) = (0, 0);
+    for i in 0..total {
+        let runs = ran.matches(&format!("run-{i}\n")).count();
+        let stored = replies.matches(&format!("output-{i}\n")).count();
+        let in_doubt = (before..before + after).contains(&i);
+        if in_doubt && runs == 0 {
+            // Appended as the medium failed: the text of inmsg.txt itself never reached
+            // it, and steward never took it (its journal write could not be made durable).
+            in_doubt_lost += 1;
+            assert_eq!(stored, 0);
+            continue;
+        }
+        in_doubt_ran += usize::from(in_doubt);
+        assert_eq!(runs, 1, "command {i} ran {runs} times: {ran}");
+        assert_eq!(stored, 1, "output {i} stored {stored} times: {replies}");
+    }
+    assert!(central.read("failed-messages.txt").is_empty());
+    eprintln!(
+        "[fsync_fails] exit_status=74 acknowledged_before={before} ran_once={before} appended_as_the_medium_failed={after} (ran_once={in_doubt_ran}, never_reached_the_disk={in_doubt_lost}) appended_after_restart=3 ran_once=3 duplicates=0"
     );
     drop(ship1);
 }

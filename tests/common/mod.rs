@@ -472,6 +472,24 @@ impl Node {
             .unwrap()
     }
 
+    /// Waits up to `limit` for the node to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still runs after {limit:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -710,15 +728,21 @@ impl Ext4 {
     /// sparse image and mounts it over `dir`, private (0700); `None` unless running as root
     /// with `mkfs.ext4` and loop devices.
     pub fn mount(dir: &Path, size: &str) -> Option<Ext4> {
+        let shm = Path::new("/dev/shm");
+        Ext4::mount_in(dir, size, shm.is_dir().then_some(shm))
+    }
+
+    /// As [`Ext4::mount`], with the image in `images` (a small tmpfs: once that is full,
+    /// the filesystem's writes reach a disk that cannot take them, and fsync fails with
+    /// EIO, as on a dying SD card).
+    pub fn mount_in(dir: &Path, size: &str, images: Option<&Path>) -> Option<Ext4> {
         let id = Command::new("id").arg("-u").output().ok()?;
         if String::from_utf8_lossy(&id.stdout).trim() != "0" {
             return None;
         }
-        let shm = Path::new("/dev/shm");
-        let images = if shm.is_dir() {
-            tempfile::tempdir_in(shm).ok()?
-        } else {
-            tempfile::tempdir().ok()?
+        let images = match images {
+            Some(at) => tempfile::tempdir_in(at).ok()?,
+            None => tempfile::tempdir().ok()?,
         };
         let image = images.path().join("disk.img");
         let run = |cmd: &mut Command| cmd.status().map(|s| s.success()).unwrap_or(false);
@@ -760,6 +784,38 @@ impl Ext4 {
             .unwrap_or(false)
     }
 
+    /// Unmounts (the node stopped), checks and repairs the filesystem (as a boot would),
+    /// and mounts it again: the journal replay keeps only what was committed.
+    pub fn remount(&self) {
+        // Whatever the node started there (a command) may hold the mount a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("umount")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "cannot unmount {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(&self.image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            self.mount_image(),
+            "cannot mount {} again",
+            self.image.display()
+        );
+    }
+
     /// Makes everything written to the filesystem so far durable (`sync -f`): for what a
     /// test puts there itself (keys), which a cut would otherwise take.
     pub fn sync(&self) {
@@ -797,27 +853,7 @@ impl Ext4 {
         );
         drop(root);
         node.kill9();
-        // Whatever the node started there (a command) may hold the mount a moment longer.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !Command::new("umount")
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "cannot unmount {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(
-            self.mount_image(),
-            "cannot mount {} again",
-            self.image.display()
-        );
+        self.remount();
         let cut = Cut {
             synced_kept: fs::read_to_string(self.dir.join(SYNCED_CANARY))
                 .ok()
