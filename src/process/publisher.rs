@@ -42,9 +42,28 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The messages a publisher is working on, in order, kept by the supervisor across
-/// restarts.
-pub type InFlight = Arc<Mutex<Vec<Entry>>>;
+/// The messages a publisher is working on, kept by the supervisor across restarts.
+pub type InFlight = Arc<Mutex<Slot>>;
+
+/// The messages a publisher is working on, in order, and what it has kept of their ends.
+#[derive(Default)]
+pub struct Slot {
+    entries: Vec<Entry>,
+    /// Ids whose reply, or failed-messages.txt record, is written and whose finish is not:
+    /// a publisher restarted in between (a full disk) does not write them again.
+    replies_written: HashSet<String>,
+    failed_written: HashSet<String>,
+}
+
+impl Slot {
+    /// The first `n` messages are finished: out of the slot.
+    fn done(&mut self, n: usize) {
+        for e in self.entries.drain(..n) {
+            self.replies_written.remove(&e.envelope.id);
+            self.failed_written.remove(&e.envelope.id);
+        }
+    }
+}
 
 pub struct Publisher {
     pub subject: Subject,
@@ -119,7 +138,7 @@ impl Process for Publisher {
                             .map(|(e, r)| (e, Delivery::Acked(r)))
                             .collect();
                         self.finish(done)?;
-                        self.slot().drain(..fits);
+                        self.slot().done(fits);
                         continue;
                     }
                     Attempt::Stopped => return Ok(()),
@@ -146,7 +165,7 @@ impl Process for Publisher {
             // If what must be kept cannot be written, fail: the supervisor restarts this
             // publisher and the message, still in its slot, is tried again.
             self.finish(vec![(entry, delivery)])?;
-            self.slot().remove(0);
+            self.slot().done(1);
         }
     }
 }
@@ -198,7 +217,7 @@ fn batch_of(slot: &[Entry], max_payload: usize) -> (usize, Vec<u8>) {
 }
 
 impl Publisher {
-    fn slot(&self) -> MutexGuard<'_, Vec<Entry>> {
+    fn slot(&self) -> MutexGuard<'_, Slot> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -210,10 +229,10 @@ impl Publisher {
         let mut slot = self.slot();
         let mut unreadable = Vec::new();
         let mut finished_at_once: Option<(String, usize)> = None;
-        while slot.len() < want {
+        while slot.entries.len() < want {
             let mut journal = self.node.journal();
             let more = journal
-                .take(&self.subject, want - slot.len())
+                .take(&self.subject, want - slot.entries.len())
                 .inspect_err(|_| self.node.stop_if_unusable(&journal))
                 .map_err(|e| {
                     format!(
@@ -226,7 +245,7 @@ impl Publisher {
                 .into_iter()
                 .partition(|e| self.node.resumed.finished(e));
             // Into the slot at once: taken messages are in flight until finished.
-            slot.extend(more);
+            slot.entries.extend(more);
             let Some(first) = finished.first() else {
                 break;
             };
@@ -241,7 +260,7 @@ impl Publisher {
             }
             self.node.metrics.journal(&mut journal);
         }
-        let taken = slot.clone();
+        let taken = slot.entries.clone();
         drop(slot);
         if let Some((first, count)) = finished_at_once {
             log::info!(
@@ -544,87 +563,97 @@ impl Publisher {
 
     /// Records how messages ended (reply files, failed-messages.txt, the message log),
     /// then marks them finished in the journal: only after everything about them is on
-    /// disk. A batch's records go to each file with one write and one fsync. A reply the
-    /// last run stored just before a power cut is not stored again.
+    /// disk. A batch's records go to each file with one write and one fsync.
+    ///
+    /// First what must be kept (replies, failed messages): if that cannot be written (a
+    /// full disk), nothing is counted or reported and the publisher fails; once restarted
+    /// it sends the messages again (the receiver answers from its stored reply, running
+    /// nothing twice), and what was written before is not written again (the slot
+    /// remembers it). Then what is counted, reported and logged, once.
     fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), String> {
         let node = &self.node;
-        // Replies first, before anything is counted or reported: a reply that cannot be
-        // stored (a full disk) leaves its message unfinished. This publisher fails, and
-        // once restarted sends it again; the receiver answers from its stored reply
-        // without running anything twice, and the reply is stored then.
-        let already = self.stored_before_the_last_stop(&done);
-        let mut reply_files: BTreeMap<PathBuf, String> = BTreeMap::new();
-        for (entry, delivery) in &done {
-            if let Delivery::Acked(reply) = delivery {
-                if already.contains(&entry.envelope.id) {
-                    log::info!(
-                        "{}: the reply to {} was stored before the last stop; not stored again",
-                        self.subject,
-                        entry.envelope.id
-                    );
-                    continue;
-                }
-                let message = &entry.envelope.message;
-                reply_files
-                    .entry(node.data.replies(&message.to_node, &message.method))
-                    .or_default()
-                    .push_str(&reply_record(&entry.envelope, reply));
-            }
-        }
-        for (path, records) in &reply_files {
-            crate::files::append_record(path, records.as_bytes())
-                .map_err(|e| format!("cannot store replies in {}: {e}", path.display()))?;
-        }
-        let mut failed = String::new();
-        let mut log_lines = Vec::new();
+        let mut written = self.stored_before_the_last_stop(&done);
+        let failed_written = {
+            let slot = self.slot();
+            written.extend(slot.replies_written.iter().cloned());
+            slot.failed_written.clone()
+        };
+        let mut reply_files: BTreeMap<PathBuf, (String, Vec<String>)> = BTreeMap::new();
+        let (mut failed, mut failed_ids) = (String::new(), Vec::new());
         let mut ends = Vec::with_capacity(done.len());
         for (entry, delivery) in done {
             let envelope = &entry.envelope;
             let message = &envelope.message;
-            let method = message.method.as_str();
-            let mut told: (Option<Reply>, Option<String>) = (None, None);
-            let outcome = match delivery {
-                Delivery::Acked(reply) => {
-                    node.metrics.acked.with_label_values(&[method]).inc();
-                    log::info!(
-                        "{}: {} {:?}{}: {}",
-                        self.subject,
-                        envelope.id,
-                        reply.status,
-                        reply
-                            .exit_code
-                            .map(|c| format!(" exit {c}"))
-                            .unwrap_or_default(),
-                        reply.output.lines().next().unwrap_or("")
-                    );
-                    let outcome = if reply.status == Status::Refused {
-                        // The receiver reported the refusal to central itself; keep it.
-                        let why = format!("refused by {}: {}", reply.from_node, reply.output);
-                        failed.push_str(&self.failed_record(entry, &why));
-                        "refused"
-                    } else {
-                        "acked"
-                    };
-                    told.0 = Some(reply);
-                    outcome
+            let id = &envelope.id;
+            let (outcome, why, reply) = match delivery {
+                Delivery::Acked(reply) if reply.status == Status::Refused => {
+                    // The receiver reported the refusal to central itself; keep it.
+                    let why = format!("refused by {}: {}", reply.from_node, reply.output);
+                    ("refused", Some(why), Some(reply))
                 }
-                Delivery::Published => "published",
+                Delivery::Acked(reply) => ("acked", None, Some(reply)),
+                Delivery::Published => ("published", None, None),
                 Delivery::Failed(why) => {
-                    let why = format!("{}: {} not delivered: {why}", self.subject, envelope.id);
-                    failed.push_str(&self.failed_record(entry, &why));
-                    if method != "ErrorLog" {
-                        // Never report a failed error report: that would loop.
-                        node.report_error(why.clone());
-                    } else {
-                        log::error!("{why}");
-                    }
-                    told.1 = Some(why);
-                    "failed"
+                    let why = format!("{}: {id} not delivered: {why}", self.subject);
+                    ("failed", Some(why), None)
                 }
                 Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
             };
+            if let Some(reply) = &reply {
+                if !written.contains(id) {
+                    let path = node.data.replies(&message.to_node, &message.method);
+                    let (records, ids) = reply_files.entry(path).or_default();
+                    records.push_str(&reply_record(envelope, reply));
+                    ids.push(id.clone());
+                }
+            }
+            if why.is_some() && !failed_written.contains(id) {
+                failed.push_str(&failed_record(message));
+                failed_ids.push(id.clone());
+            }
+            ends.push((entry, outcome, (reply, why)));
+        }
+        for (path, (records, ids)) in &reply_files {
+            crate::files::append_record(path, records.as_bytes())
+                .map_err(|e| format!("cannot store replies in {}: {e}", path.display()))?;
+            self.slot().replies_written.extend(ids.iter().cloned());
+        }
+        if !failed.is_empty() {
+            let path = node.data.failed();
+            crate::files::append_record(&path, failed.as_bytes())
+                .map_err(|e| format!("cannot keep failed messages in {}: {e}", path.display()))?;
+            self.slot().failed_written.extend(failed_ids);
+        }
+
+        // Kept: now counted, reported and logged.
+        let mut log_lines = Vec::new();
+        for (entry, outcome, (reply, why)) in &ends {
+            let envelope = &entry.envelope;
+            let method = envelope.message.method.as_str();
+            if let Some(reply) = reply {
+                node.metrics.acked.with_label_values(&[method]).inc();
+                log::info!(
+                    "{}: {} {:?}{}: {}",
+                    self.subject,
+                    envelope.id,
+                    reply.status,
+                    reply
+                        .exit_code
+                        .map(|c| format!(" exit {c}"))
+                        .unwrap_or_default(),
+                    reply.output.lines().next().unwrap_or("")
+                );
+            }
+            if let Some(why) = why {
+                node.metrics.failed.with_label_values(&[method]).inc();
+                log::warn!("{why}; kept in {}", node.data.failed().display());
+                if *outcome == "failed" && method != "ErrorLog" {
+                    // Never report a failed error report: that would loop.
+                    node.report_error(why.clone());
+                }
+            }
             let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
-            line["outcome"] = outcome.into();
+            line["outcome"] = (*outcome).into();
             let finished = crate::files::unix_millis();
             line["finished"] = crate::files::rfc3339(finished).into();
             line["finishedUnixMs"] = finished.into();
@@ -632,24 +661,15 @@ impl Publisher {
             log_lines.push(b'\n');
             node.metrics
                 .finished
-                .with_label_values(&[method, message.kind.as_str(), outcome])
+                .with_label_values(&[method, envelope.message.kind.as_str(), outcome])
                 .inc();
-            if outcome == "acked" {
+            if *outcome == "acked" {
                 let ms = finished.saturating_sub(envelope.accepted);
                 node.metrics
                     .delivery_latency
                     .with_label_values(&[method])
                     .observe(ms as f64 / 1000.0);
             }
-            ends.push((entry, outcome, told));
-        }
-        if !failed.is_empty() {
-            crate::files::append(&node.data.failed(), failed.as_bytes(), true).map_err(|e| {
-                format!(
-                    "cannot keep failed messages in {}: {e}",
-                    node.data.failed().display()
-                )
-            })?;
         }
         // Synced before the messages are finished in the journal, so that a line lost in a
         // power cut is never that of a message the journal says is finished.
@@ -695,20 +715,14 @@ impl Publisher {
             &ids,
         )
     }
+}
 
-    /// A message that was not delivered, in inmsg.txt form for failed-messages.txt.
-    fn failed_record(&self, entry: &Entry, why: &str) -> String {
-        self.node
-            .metrics
-            .failed
-            .with_label_values(&[entry.envelope.message.method.as_str()])
-            .inc();
-        log::warn!("{why}; kept in {}", self.node.data.failed().display());
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&[&entry.envelope.message]).expect("a Message serializes")
-        )
-    }
+/// A message that was not delivered, in inmsg.txt form for failed-messages.txt.
+fn failed_record(message: &crate::message::Message) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&[message]).expect("a Message serializes")
+    )
 }
 
 #[cfg(test)]
