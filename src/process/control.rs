@@ -19,7 +19,7 @@ use crate::message::parse_input;
 use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,9 +87,9 @@ impl Process for Control {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     // Sleep until a client connects, looking up for `stop` now and then.
-                    let _ = crate::files::wait_readable(
-                        listener.as_raw_fd(),
-                        Duration::from_millis(250),
+                    let _ = crate::sys::wait_readable(
+                        [listener.as_fd()],
+                        Some(Duration::from_millis(250)),
                     );
                     if stopping(stop) {
                         let _ = std::fs::remove_file(&path);

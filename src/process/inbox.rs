@@ -24,7 +24,6 @@ use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -328,28 +327,24 @@ impl Inbox {
 /// node would otherwise stay as big as its biggest burst. (A backlog itself costs no
 /// memory: it is on disk, see [`crate::journal`].)
 fn give_back_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::malloc_trim();
 }
 
 /// Whether we are the only process holding `file` open: a write lease is granted only then.
 /// `None` where leases are not allowed (not the file's owner, or the filesystem says no).
 fn sole_holder(file: &File) -> Option<bool> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a file descriptor we own; F_SETLEASE takes an int argument.
-    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
-    if rc == 0 {
-        // Released again right away; the file is about to be read to the end and removed.
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-        return Some(true);
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(false),
-        _ => None,
+    use crate::sys::{set_lease, Lease};
+    match set_lease(file, Lease::Write) {
+        Ok(()) => {
+            // Released again right away; the file is about to be read to the end and
+            // removed.
+            let _ = set_lease(file, Lease::None);
+            Some(true)
+        }
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(false),
+            _ => None,
+        },
     }
 }
 
