@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -233,13 +234,25 @@ impl Watch {
 
     /// Waits until something changed in the folder, or `timeout`; drains the events.
     pub fn wait(&self, timeout: std::time::Duration) {
-        use std::io::Read;
-        use std::os::fd::AsFd;
-        if let Ok([true]) = crate::sys::wait_readable([self.inotify.as_fd()], Some(timeout)) {
-            let mut buf = [0u8; 4096];
-            // Non-blocking: reads until there is nothing left.
-            while matches!((&self.inotify).read(&mut buf), Ok(n) if n > 0) {}
+        if let Ok([true]) = crate::sys::wait_readable([self.as_fd()], Some(timeout)) {
+            self.drain();
         }
+    }
+
+    /// Reads the events that woke a wait on [`Watch::as_fd`] (so the next one waits).
+    pub fn drain(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        // Non-blocking: reads until there is nothing left.
+        while matches!((&self.inotify).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Readable when something changed in the folder: to wait on it together with something
+/// else.
+impl AsFd for Watch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
     }
 }
 

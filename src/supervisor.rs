@@ -12,11 +12,12 @@
 
 use crate::methods::Method;
 use crate::node::Node;
-use crate::process::{self, publisher, subscriber, Process, State};
+use crate::process::{self, publisher, subscriber, Process, State, StopFd};
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,21 +59,26 @@ pub struct Supervisor {
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     table: BTreeMap<String, ProcessEntry>,
-    stop_tx: Option<Sender<()>>,
+    /// Dropped to stop every process: the stop channel's sender, and the write end of the
+    /// [`StopFd`]'s pipe.
+    stop_tx: Option<(Sender<()>, Option<OwnedFd>)>,
     stop: Receiver<()>,
+    stop_fd: StopFd,
     methods: Vec<Arc<dyn Method>>,
 }
 
 impl Supervisor {
     pub fn new(node: Arc<Node>, events: Receiver<Event>, events_tx: Sender<Event>) -> Supervisor {
         let (stop_tx, stop) = crossbeam_channel::bounded(0);
+        let (stop_fd, stop_fd_tx) = StopFd::new();
         Supervisor {
             node,
             events,
             events_tx,
             table: BTreeMap::new(),
-            stop_tx: Some(stop_tx),
+            stop_tx: Some((stop_tx, stop_fd_tx)),
             stop,
+            stop_fd,
             methods: Vec::new(),
         }
     }
@@ -80,18 +86,20 @@ impl Supervisor {
     /// Starts the node's fixed processes: the inbox, the control socket, a subscriber per
     /// method, hello.
     pub fn start(&mut self) {
-        let node = self.node.clone();
+        let (node, stop_fd) = (self.node.clone(), self.stop_fd.clone());
         self.add("inbox".into(), None, move |state| {
             Box::new(process::inbox::Inbox {
                 node: node.clone(),
                 state,
+                stop_fd: stop_fd.clone(),
             })
         });
-        let node = self.node.clone();
+        let (node, stop_fd) = (self.node.clone(), self.stop_fd.clone());
         self.add("control socket".into(), None, move |state| {
             Box::new(process::control::Control {
                 node: node.clone(),
                 state,
+                stop_fd: stop_fd.clone(),
             })
         });
         for method in crate::methods::registry() {
