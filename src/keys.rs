@@ -827,14 +827,15 @@ impl Trusted {
     }
 
     /// Writes `keys/senders.json` if it changed and was not written within the last
-    /// second (`force`: whatever the time, at shutdown).
-    pub fn persist_senders(&self, force: bool) {
+    /// second (`force`: whatever the time, at shutdown). Returns whether changes are still
+    /// unwritten (too soon, or the write failed): call again in a second.
+    pub fn persist_senders(&self, force: bool) -> bool {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         let recent = senders
             .written
             .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
         if !senders.dirty || (recent && !force) {
-            return;
+            return senders.dirty;
         }
         let json = serde_json::to_vec(&senders.by_key).expect("a map of numbers serializes");
         let path = senders_path(&self.dir);
@@ -853,6 +854,7 @@ impl Trusted {
             }
             Err(_) => {}
         }
+        senders.dirty
     }
 
     /// The set this node would hand on (`steward keys distribute`): the operator's pinned

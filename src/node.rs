@@ -340,7 +340,7 @@ impl Node {
 
     /// Logs a refused message and reports it to central, within the per-minute limit.
     pub fn report_refusal(&self, text: String, verified: bool) {
-        self.refusal_reports_due();
+        let _ = self.refusal_reports_due();
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         let reported = &mut r.reported[usize::from(verified)];
         if *reported < REFUSAL_REPORTS_PER_MINUTE {
@@ -354,10 +354,12 @@ impl Node {
     }
 
     /// Ends the refusal-report minute if it is over, reporting how many were only logged.
-    pub fn refusal_reports_due(&self) {
+    /// Returns whether refusals only logged wait to be reported at the minute's end: call
+    /// again in a second.
+    pub fn refusal_reports_due(&self) -> bool {
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         if r.since.elapsed() < Duration::from_secs(60) {
-            return;
+            return r.only_logged > 0;
         }
         let only_logged = std::mem::take(&mut r.only_logged);
         r.since = Instant::now();
@@ -369,6 +371,7 @@ impl Node {
                 self.config.node, self.config.node
             ));
         }
+        false
     }
 
     /// Asks the supervisor for the process table as text.

@@ -37,7 +37,11 @@ use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Select};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often the work handled messages left for later is looked at again while some waits
+/// (see [`Subscriber::tick`]).
+const TICK: Duration = Duration::from_secs(1);
 
 /// How many received messages may wait, per subscription, for a handler; see the module
 /// docs.
@@ -82,15 +86,29 @@ impl Process for Subscriber {
         let listening = subjects.join(", ");
         self.state.set(format!("listening on {listening}"));
         log::debug!("listening on {listening}");
-        let tick = crossbeam_channel::tick(Duration::from_secs(1));
+        // Each handled message says so here: the work it left for later (`tick`) is done
+        // then, and every second after while some waits. An idle subscriber sleeps until
+        // a message comes.
+        let (handled_tx, handled) = crossbeam_channel::bounded(1);
         let mut select = Select::new();
         for sub in &subs {
             select.recv(sub.receiver());
         }
-        let on_tick = select.recv(&tick);
+        let on_handled = select.recv(&handled);
         let on_stop = select.recv(stop);
+        let mut tick_at: Option<Instant> = None;
         loop {
-            let op = select.select();
+            let op = match tick_at {
+                Some(at) => match select.select_deadline(at) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        let more = self.tick(&subs, &subjects, &mut dropped);
+                        tick_at = more.then(|| Instant::now() + TICK);
+                        continue;
+                    }
+                },
+                None => select.select(),
+            };
             match op.index() {
                 i if i == on_stop => {
                     let _ = op.recv(stop);
@@ -98,12 +116,12 @@ impl Process for Subscriber {
                     self.node.trusted.persist_senders(true);
                     return Ok(());
                 }
-                i if i == on_tick => {
-                    let _ = op.recv(&tick);
-                    self.method.tick(&self.node);
-                    self.count_dropped(&subs, &subjects, &mut dropped);
-                    self.node.trusted.persist_senders(false);
-                    self.node.refusal_reports_due();
+                i if i == on_handled => {
+                    let _ = op.recv(&handled);
+                    if tick_at.is_none() {
+                        let more = self.tick(&subs, &subjects, &mut dropped);
+                        tick_at = more.then(|| Instant::now() + TICK);
+                    }
                 }
                 i => {
                     let msg = op
@@ -111,8 +129,11 @@ impl Process for Subscriber {
                         .map_err(|_| format!("subscription to {} closed", subjects[i]))?;
                     let (method, node, conn) =
                         (self.method.clone(), self.node.clone(), conn.clone());
+                    let done = handled_tx.clone();
                     let started = self.node.handlers.run(stop, name, move || {
                         handle(&*method, &node, &conn, msg);
+                        // Full: a word is already waiting, one is enough.
+                        let _ = done.try_send(());
                     });
                     if !started && crate::process::stopping(stop) {
                         return Ok(());
@@ -125,6 +146,22 @@ impl Process for Subscriber {
 }
 
 impl Subscriber {
+    /// The work handling leaves for later: the method's own (hello-nodes.json), the
+    /// client's drops, keys/senders.json, the refusal minute. Returns whether some still
+    /// waits (to look again in a second).
+    fn tick(
+        &self,
+        subs: &[nats::Subscription],
+        subjects: &[String],
+        dropped: &mut [usize],
+    ) -> bool {
+        let method = self.method.tick(&self.node);
+        self.count_dropped(subs, subjects, dropped);
+        let senders = self.node.trusted.persist_senders(false);
+        let refusals = self.node.refusal_reports_due();
+        method || senders || refusals
+    }
+
     /// Logs and counts what the client dropped since the last look because a
     /// subscription's queue was full (`seen` holds each subscription's count so far).
     fn count_dropped(&self, subs: &[nats::Subscription], subjects: &[String], seen: &mut [usize]) {
