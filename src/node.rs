@@ -478,15 +478,18 @@ impl Handlers {
         self.capacity - self.take.len()
     }
 
-    /// Waits until every permit is back (all handlers finished) or `deadline` passes.
+    /// Waits until every permit is back (all handlers finished) or `deadline` passes: by
+    /// taking each permit as it comes back, so it sleeps until a handler ends. They are
+    /// given back after, so handlers can run again.
     pub fn wait_idle(&self, deadline: Instant) -> bool {
-        while self.in_use() > 0 {
-            if Instant::now() >= deadline {
-                return false;
+        let mut held = Vec::with_capacity(self.capacity);
+        while held.len() < self.capacity {
+            match self.take.recv_deadline(deadline) {
+                Ok(()) => held.push(Permit(self.give.clone())),
+                Err(_) => break,
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        true
+        held.len() == self.capacity
     }
 }
 
