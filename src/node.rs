@@ -41,6 +41,8 @@ pub struct Node {
     /// The keys it checks senders against.
     pub trusted: Trusted,
     journal: Mutex<Journal>,
+    /// Word to the supervisor that the journal has upkeep waiting (see [`JournalGuard`]).
+    upkeep: (Sender<()>, Receiver<()>),
     supervisor: Sender<Event>,
     /// Each running publisher's wake-up, by lane (destination subject): new messages reach
     /// it without a detour through the supervisor.
@@ -56,6 +58,36 @@ pub struct Node {
     pub log_budget: crate::log_budget::LogBudget,
     /// Since when (ms since the epoch) intake has found the data folder's disk full.
     disk_full_since: Mutex<Option<u64>>,
+}
+
+/// The locked journal, from [`Node::journal`]. When it is let go with upkeep waiting
+/// ([`Journal::needs_upkeep`]: a finish not yet durable, …), it tells the supervisor, which
+/// otherwise sleeps: whoever changed the journal, through whichever method.
+pub struct JournalGuard<'a> {
+    journal: MutexGuard<'a, Journal>,
+    upkeep: &'a Sender<()>,
+}
+
+impl std::ops::Deref for JournalGuard<'_> {
+    type Target = Journal;
+    fn deref(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+impl std::ops::DerefMut for JournalGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+}
+
+impl Drop for JournalGuard<'_> {
+    fn drop(&mut self) {
+        if self.journal.needs_upkeep() {
+            // Full: a word is already waiting.
+            let _ = self.upkeep.try_send(());
+        }
+    }
 }
 
 /// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute, of
@@ -118,6 +150,8 @@ impl Node {
             identity,
             trusted,
             journal: Mutex::new(journal),
+            // One word waiting is enough: the supervisor looks at the journal itself.
+            upkeep: crossbeam_channel::bounded(1),
             supervisor,
             publishers: Mutex::new(HashMap::new()),
         }
@@ -125,8 +159,17 @@ impl Node {
 
     /// The journal. A panic while holding it cannot leave it half-written in memory (each
     /// operation updates memory only after its write), so a poisoned lock is taken over.
-    pub fn journal(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn journal(&self) -> JournalGuard<'_> {
+        JournalGuard {
+            journal: self.journal.lock().unwrap_or_else(|p| p.into_inner()),
+            upkeep: &self.upkeep.0,
+        }
+    }
+
+    /// Fires when the journal has upkeep waiting (records to make durable, finishes to
+    /// write again, a compaction): the supervisor's tick runs only then.
+    pub fn journal_upkeep(&self) -> Receiver<()> {
+        self.upkeep.1.clone()
     }
 
     /// Stops the agent at once if the journal has become unusable (a failed fsync, or a

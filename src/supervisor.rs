@@ -37,6 +37,10 @@ pub enum Event {
     Shutdown,
 }
 
+/// While the journal has upkeep waiting, how often the supervisor does it: finishes are
+/// durable within this.
+const UPKEEP_EVERY: Duration = Duration::from_millis(500);
+
 /// How to make (and remake) a process.
 type Recipe = Box<dyn Fn() -> Box<dyn Process>>;
 
@@ -298,10 +302,20 @@ impl Supervisor {
         self.node.metrics.journal(&mut journal);
     }
 
+    /// When the next restart is due, if one is.
+    fn next_restart(&self) -> Option<Instant> {
+        self.table.values().filter_map(|e| e.restart_at).min()
+    }
+
     /// Runs until shutdown; returns once in-flight work has finished or the grace is over.
+    /// Sleeps until an event comes, or a timer is due: a restart, or the journal's upkeep
+    /// (within [`UPKEEP_EVERY`] of the word that it has some, and again while it has).
     pub fn run(mut self) {
-        let tick = crossbeam_channel::tick(Duration::from_millis(500));
+        let upkeep = self.node.journal_upkeep();
+        let mut upkeep_at: Option<Instant> = None;
         loop {
+            let due = [upkeep_at, self.next_restart()].into_iter().flatten().min();
+            let timer = due.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
             crossbeam_channel::select! {
                 recv(self.events) -> event => match event {
                     Ok(Event::Publish(lanes)) => lanes.into_iter().for_each(|l| self.publish(l)),
@@ -309,9 +323,19 @@ impl Supervisor {
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
-                recv(tick) -> _ => {
+                recv(upkeep) -> _ => {
+                    upkeep_at.get_or_insert_with(|| Instant::now() + UPKEEP_EVERY);
+                },
+                recv(timer) -> _ => {
                     self.restart_due();
-                    self.keep_journal();
+                    if upkeep_at.is_some_and(|at| at <= Instant::now()) {
+                        self.keep_journal();
+                        // Its own words (the journal unsynced halfway) are stale now; one
+                        // that comes after the look below is not.
+                        let _ = upkeep.try_recv();
+                        let again = self.node.journal().needs_upkeep();
+                        upkeep_at = again.then(|| Instant::now() + UPKEEP_EVERY);
+                    }
                 },
             }
         }
