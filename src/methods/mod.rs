@@ -76,8 +76,9 @@ pub trait Method: Send + Sync {
     fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
         envelopes.iter().map(|e| self.handle(e, node)).collect()
     }
-    /// Deferred work: called by the method's subscriber when it has handled a message,
-    /// and again every second while this returns true (work still waits).
+    /// Deferred work: called by the method's subscriber when a message was admitted and
+    /// when it was handled, and again every second while this returns true (work still
+    /// waits).
     fn tick(&self, _node: &Node) -> bool {
         false
     }

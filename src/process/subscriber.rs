@@ -34,13 +34,13 @@ use crate::methods::{Method, Outcome};
 use crate::node::Node;
 use crate::received::Seen;
 use crate::subject::Subject;
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often the work handled messages left for later is looked at again while some waits
-/// (see [`Subscriber::tick`]).
+/// How often the work messages left for later is looked at again while some waits (see
+/// [`Subscriber::tick`]).
 const TICK: Duration = Duration::from_secs(1);
 
 /// How many received messages may wait, per subscription, for a handler; see the module
@@ -86,15 +86,15 @@ impl Process for Subscriber {
         let listening = subjects.join(", ");
         self.state.set(format!("listening on {listening}"));
         log::debug!("listening on {listening}");
-        // Each handled message says so here: the work it left for later (`tick`) is done
-        // then, and every second after while some waits. An idle subscriber sleeps until
-        // a message comes.
-        let (handled_tx, handled) = crossbeam_channel::bounded(1);
+        // A message being handled says here when it may have left work for later
+        // (`tick`): that is done then, and every second after while some waits. An idle
+        // subscriber sleeps until a message comes.
+        let (deferred_tx, deferred) = crossbeam_channel::bounded(1);
         let mut select = Select::new();
         for sub in &subs {
             select.recv(sub.receiver());
         }
-        let on_handled = select.recv(&handled);
+        let on_deferred = select.recv(&deferred);
         let on_stop = select.recv(stop);
         let mut tick_at: Option<Instant> = None;
         loop {
@@ -116,8 +116,8 @@ impl Process for Subscriber {
                     self.node.trusted.persist_senders(true);
                     return Ok(());
                 }
-                i if i == on_handled => {
-                    let _ = op.recv(&handled);
+                i if i == on_deferred => {
+                    let _ = op.recv(&deferred);
                     if tick_at.is_none() {
                         let more = self.tick(&subs, &subjects, &mut dropped);
                         tick_at = more.then(|| Instant::now() + TICK);
@@ -129,11 +129,9 @@ impl Process for Subscriber {
                         .map_err(|_| format!("subscription to {} closed", subjects[i]))?;
                     let (method, node, conn) =
                         (self.method.clone(), self.node.clone(), conn.clone());
-                    let done = handled_tx.clone();
+                    let deferred = deferred_tx.clone();
                     let started = self.node.handlers.run(stop, name, move || {
-                        handle(&*method, &node, &conn, msg);
-                        // Full: a word is already waiting, one is enough.
-                        let _ = done.try_send(());
+                        handle(&*method, &node, &conn, msg, &deferred);
                     });
                     if !started && crate::process::stopping(stop) {
                         return Ok(());
@@ -187,8 +185,20 @@ impl Subscriber {
     }
 }
 
-/// One wire message: admitted and run, or refused.
-fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::Message) {
+/// One wire message: admitted and run, or refused. Says on `deferred` when it may have left
+/// work for the subscriber's tick: once admitted (the sender's counter, for
+/// keys/senders.json, before a method that may run long), and at the end.
+fn handle(
+    method: &dyn Method,
+    node: &Node,
+    conn: &nats::Connection,
+    msg: nats::Message,
+    deferred: &Sender<()>,
+) {
+    // Full: a word is already waiting, and one is enough.
+    let say = || {
+        let _ = deferred.try_send(());
+    };
     let served = Served {
         method: method.name(),
         kinds: method.kinds(),
@@ -203,7 +213,10 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
         &msg.data,
     );
     match decision {
-        Ok(admitted) => run(method, node, conn, &msg.subject, admitted),
+        Ok(admitted) => {
+            say();
+            run(method, node, conn, &msg.subject, admitted);
+        }
         Err(refused) => {
             report(node, method.name(), &msg.subject, refused.refusal());
             if let Refused::Answered { refusal, admitted } = refused {
@@ -223,6 +236,7 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
             }
         }
     }
+    say();
 }
 
 /// Logs a refusal, counts it, and reports it to central (within the rate limit).
