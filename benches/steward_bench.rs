@@ -1,7 +1,9 @@
 //! steward next to bare NATS, measured side by side in one run on this machine.
 //!
 //! ```sh
-//! cargo bench --bench steward_bench            # about two minutes on 2 cores
+//! cargo bench --bench steward_bench            # about three minutes on 2 cores
+//! STEWARD_BENCH_QUICK=1 cargo bench --bench steward_bench      # fewer messages, 30 s idle
+//! STEWARD_BENCH_ONLY=idle cargo bench --bench steward_bench    # the idle node alone
 //! ```
 //!
 //! It starts its own nats-server on a free loopback port and real `steward` processes (the
@@ -48,6 +50,10 @@ struct Agent {
 
 impl Agent {
     fn start(name: &str, broker: &str, root: &Path) -> Agent {
+        Agent::start_with(name, broker, root, &["--helloInterval=0"])
+    }
+
+    fn start_with(name: &str, broker: &str, root: &Path, extra: &[&str]) -> Agent {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
         // Private, as steward makes a data folder (else it warns, and reports it).
@@ -66,8 +72,8 @@ impl Agent {
                 &format!("--brokerAddress={broker}"),
                 &format!("--dataFolder={}", dir.display()),
                 &format!("--promHostAndPort=127.0.0.1:{prom}"),
-                "--helloInterval=0",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -132,6 +138,106 @@ impl Agent {
     }
 }
 
+/// What a process costs while it waits, over `over`: wake-ups a second (its threads'
+/// context switches, voluntary and not, from `/proc/<pid>/task/*/status`) and CPU time as a
+/// share of one core (`/proc/<pid>/stat`). The threads are looked at every 100 ms, so one
+/// that starts in the window counts from its start, and one that ends counts up to the
+/// last look.
+fn idle_cost(pid: u32, over: Duration) -> (f64, f64) {
+    use std::collections::HashMap;
+    let switches = || -> HashMap<String, u64> {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return HashMap::new();
+        };
+        tasks
+            .filter_map(|t| {
+                let t = t.ok()?;
+                let status = fs::read_to_string(t.path().join("status")).ok()?;
+                let count: u64 = status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum();
+                Some((t.file_name().to_string_lossy().into_owned(), count))
+            })
+            .collect()
+    };
+    // utime + stime, in clock ticks (USER_HZ: 100 on every Linux steward runs on); the
+    // process's own, which keeps the time of threads that ended.
+    let cpu_ticks = || -> u64 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let first = switches();
+    let mut last = first.clone();
+    let cpu = cpu_ticks();
+    let t = Instant::now();
+    while t.elapsed() < over {
+        std::thread::sleep(Duration::from_millis(100));
+        last.extend(switches());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks() - cpu) as f64 / 100.0;
+    let woken: u64 = last
+        .iter()
+        .map(|(tid, n)| n - first.get(tid).copied().unwrap_or(0))
+        .sum();
+    (woken as f64 / secs, 100.0 * cpu / secs)
+}
+
+/// The idle node: started as a node is (Hello every 30 s), and left alone.
+fn idle_node(broker: &str, root: &Path) -> Agent {
+    let idle = Agent::start_with("idle", broker, root, &["--helloInterval=30"]);
+    std::thread::sleep(Duration::from_millis(500));
+    idle
+}
+
+/// The idle node's memory and threads, half a second after its start.
+fn idle_footprint(idle: &Agent) -> Row {
+    let idle_rss = idle.status("VmRSS:");
+    Row {
+        what: "idle node: RSS (MB) / threads".into(),
+        steward: format!(
+            "{:.1} / {}",
+            idle_rss as f64 / 1024.0,
+            idle.status("Threads:")
+        ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag((idle_rss as f64) < 8.0 * 1024.0, "< 8 MB"),
+    }
+}
+
+/// The idle node's wake-ups and CPU time, over a minute (30 s when quick).
+fn idle_wakeups(idle: &Agent, quick: bool) -> Row {
+    let over = Duration::from_secs(if quick { 30 } else { 60 });
+    // Past its start: connected, subscribed, its first Hello sent.
+    std::thread::sleep(Duration::from_secs(2));
+    let (wakeups, cpu) = idle_cost(idle.proc.0.id(), over);
+    Row {
+        what: format!(
+            "idle node (Hello every 30 s): wake-ups/s, CPU % over {} s",
+            over.as_secs()
+        ),
+        steward: format!("{wakeups:.2} / {cpu:.3} %"),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag(wakeups < 1.0, "< 1/s"),
+    }
+}
+
+fn print_table(rows: Vec<Row>) {
+    println!("\n| measure | steward | bare NATS | ratio | target |\n|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.what, r.steward, r.bare, r.ratio, r.target
+        );
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -180,6 +286,11 @@ fn main() {
     });
     let broker = format!("127.0.0.1:{port}");
     let mut rows = Vec::new();
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("idle") {
+        let idle = idle_node(&broker, root.path());
+        print_table(vec![idle_footprint(&idle), idle_wakeups(&idle, quick)]);
+        return;
+    }
 
     // 1. Bare NATS: sequential request/reply with the same payload, explicit flush.
     let payload = steward::message::Envelope {
@@ -396,20 +507,8 @@ fn main() {
     drop(away);
 
     // 5. Footprint.
-    let idle = Agent::start("idle", &broker, root.path());
-    std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = idle.status("VmRSS:");
-    rows.push(Row {
-        what: "idle node: RSS (MB) / threads".into(),
-        steward: format!(
-            "{:.1} / {}",
-            idle_rss as f64 / 1024.0,
-            idle.status("Threads:")
-        ),
-        bare: String::new(),
-        ratio: String::new(),
-        target: flag((idle_rss as f64) < 8.0 * 1024.0, "< 8 MB"),
-    });
+    let idle = idle_node(&broker, root.path());
+    rows.push(idle_footprint(&idle));
     rows.push(Row {
         what: format!("central after fan-out ({fan} publishers): RSS (MB) / threads"),
         steward: format!(
@@ -461,14 +560,9 @@ fn main() {
         target: String::new(),
     });
     drop(ship1);
-
-    println!("\n| measure | steward | bare NATS | ratio | target |\n|---|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            r.what, r.steward, r.bare, r.ratio, r.target
-        );
-    }
+    // Last, so that the figures above are taken as they always were.
+    rows.push(idle_wakeups(&idle, quick));
+    print_table(rows);
 }
 
 fn flag(met: bool, target: &str) -> String {

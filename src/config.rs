@@ -849,14 +849,9 @@ fn check_private(path: &std::path::Path) {
 }
 
 fn host_name() -> Result<String, String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return Err("cannot read the host name; give --node".into());
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]);
+    let name =
+        crate::sys::hostname().map_err(|_| "cannot read the host name; give --node".to_string())?;
+    let name = name.to_string_lossy();
     // A fully qualified name would add subject levels: keep the host part.
     Ok(name.split('.').next().unwrap_or_default().to_string())
 }

@@ -26,8 +26,8 @@ struct Children(Vec<(&'static str, Child)>);
 impl Drop for Children {
     fn drop(&mut self) {
         for (_, child) in self.0.iter_mut().rev() {
-            // SAFETY: plain kill(2) on a child we spawned and have not yet reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            // A child we spawned and have not yet reaped: its id is still its own.
+            let _ = crate::sys::kill(child.id(), libc::SIGTERM);
             let _ = child.wait();
         }
     }

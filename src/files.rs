@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -221,58 +221,39 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 /// An inotify watch on a folder: wakes its waiter when a file in it is written, created,
 /// renamed in or closed (the inbox, on the data folder; the benchmark, on replies/).
 pub struct Watch {
-    fd: OwnedFd,
+    inotify: File,
 }
 
 impl Watch {
     pub fn new(dir: &std::path::Path) -> Option<Watch> {
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: plain syscall; a negative result is an error.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd was just opened and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let inotify = crate::sys::inotify_init().ok()?;
         let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
-        // SAFETY: fd is an inotify descriptor and path a NUL-terminated string.
-        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
-        (wd >= 0).then_some(Watch { fd })
+        crate::sys::inotify_add_watch(&inotify, dir, mask).ok()?;
+        Some(Watch { inotify })
     }
 
     /// Waits until something changed in the folder, or `timeout`; drains the events.
     pub fn wait(&self, timeout: std::time::Duration) {
-        if let Ok(true) = wait_readable(self.fd.as_raw_fd(), timeout) {
-            let mut buf = [0u8; 4096];
-            // SAFETY: buf is valid for its length; the fd is non-blocking.
-            while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
-            {
-            }
+        if let Ok([true]) = crate::sys::wait_readable([self.as_fd()], Some(timeout)) {
+            self.drain();
         }
+    }
+
+    /// Reads the events that woke a wait on [`Watch::as_fd`] (so the next one waits).
+    pub fn drain(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        // Non-blocking: reads until there is nothing left.
+        while matches!((&self.inotify).read(&mut buf), Ok(n) if n > 0) {}
     }
 }
 
-/// Waits until `fd` has something to read, or `timeout` passes (then `false`). One `poll`,
-/// shared by the pipe of a CLICommand, the inotify watch and the control socket.
-pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: pfd is a valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+/// Readable when something changed in the folder: to wait on it together with something
+/// else.
+impl AsFd for Watch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
     }
-    Ok(n > 0)
 }
 
 pub fn unix_millis() -> u64 {

@@ -379,30 +379,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// 128 random bits from the kernel, hex: the unguessable part of every message id.
 pub fn random_hex128() -> String {
     let mut buf = [0u8; 16];
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            // getrandom(2) blocks until the pool is ready and cannot otherwise fail on a
-            // kernel that has it (3.17+); without randomness no id would be safe.
-            panic!("getrandom failed: {}", std::io::Error::last_os_error());
-        }
+    // getrandom(2) blocks until the pool is ready and cannot otherwise fail on a kernel
+    // that has it (3.17+); without randomness no id would be safe.
+    if let Err(e) = crate::sys::getrandom(&mut buf) {
+        panic!("getrandom failed: {e}");
     }
     hex(&buf)
-}
-
-/// Whether the kernel says the system clock is synchronized (NTP, chrony, timesyncd).
-pub fn clock_synchronized() -> bool {
-    // SAFETY: adjtimex with modes 0 only reads the kernel's clock state into `t`.
-    let state = unsafe {
-        let mut t: libc::timex = std::mem::zeroed();
-        libc::adjtimex(&mut t)
-    };
-    state >= 0 && state != libc::TIME_ERROR
 }
 
 /// This node's public key, from `node.pub` (readable without the seed).
@@ -478,7 +460,7 @@ impl ClockCheck {
 
     fn applies(self) -> bool {
         match self {
-            ClockCheck::Auto => clock_synchronized(),
+            ClockCheck::Auto => crate::sys::clock_synchronized(),
             ClockCheck::On => true,
             ClockCheck::Off => false,
         }
@@ -845,14 +827,15 @@ impl Trusted {
     }
 
     /// Writes `keys/senders.json` if it changed and was not written within the last
-    /// second (`force`: whatever the time, at shutdown).
-    pub fn persist_senders(&self, force: bool) {
+    /// second (`force`: whatever the time, at shutdown). Returns whether changes are still
+    /// unwritten (too soon, or the write failed): call again in a second.
+    pub fn persist_senders(&self, force: bool) -> bool {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         let recent = senders
             .written
             .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
         if !senders.dirty || (recent && !force) {
-            return;
+            return senders.dirty;
         }
         let json = serde_json::to_vec(&senders.by_key).expect("a map of numbers serializes");
         let path = senders_path(&self.dir);
@@ -871,6 +854,7 @@ impl Trusted {
             }
             Err(_) => {}
         }
+        senders.dirty
     }
 
     /// The set this node would hand on (`steward keys distribute`): the operator's pinned

@@ -42,6 +42,10 @@
 //! - [`log_budget`]: how much each sender may write into errors.log and textlog/.
 //! - [`demo`]: `steward demo`, a local fleet in one command.
 //! - [`client`]: `steward send` and `steward status`, through the agent's control socket.
+//! - [`sys`]: every system call beyond the standard library, and all of the crate's
+//!   `unsafe` code, in one place to audit.
+
+#![deny(unsafe_code)]
 
 pub mod admission;
 pub mod broker;
@@ -63,6 +67,7 @@ pub mod retry;
 pub mod storage;
 pub mod subject;
 pub mod supervisor;
+pub mod sys;
 
 use config::Config;
 use std::fmt;
@@ -99,7 +104,8 @@ impl std::error::Error for Error {}
 
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
-    ignore_sigio();
+    // The inbox's file leases would otherwise let any reader of inmsg.txt end the agent.
+    sys::ignore_sigio();
     let mut config = config;
     files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
         context: format!(
@@ -257,18 +263,4 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     supervisor.run();
     Ok(())
-}
-
-/// The inbox takes a write lease (`F_SETLEASE`) on a taken inmsg.txt to learn whether a
-/// writer still holds it. If another process opens the file while the lease is held, the
-/// kernel sends the lease holder SIGIO, whose default action ends the process: any `cat`
-/// of the file at the wrong moment, or a stray `kill -IO`, would stop the agent. The lease
-/// is taken and given back at once and nothing waits for the signal (the inbox polls), so
-/// it is ignored.
-fn ignore_sigio() {
-    // SAFETY: sets SIGIO's disposition to SIG_IGN; no handler runs, so nothing about
-    // signal-safety applies, and nothing in steward relies on SIGIO.
-    unsafe {
-        libc::signal(libc::SIGIO, libc::SIG_IGN);
-    }
 }

@@ -121,7 +121,7 @@ impl LogBudget {
 
     /// Refuses log writes when the data folder's disk is below the free-space floor.
     pub fn check_free_space(&self, dir: &Path) -> Result<(), String> {
-        let Some((free, total)) = free_space(dir) else {
+        let Ok((free, total)) = crate::sys::free_bytes(dir) else {
             return Ok(()); // cannot tell: do not refuse on a guess
         };
         let floor = self
@@ -172,23 +172,6 @@ pub fn admit(node: &Node, method: &'static str, items: &[(&str, usize)]) -> Vec<
             Some(Outcome::refused(over.why))
         })
         .collect()
-}
-
-/// Bytes available to this user, and the size, of the filesystem holding `dir`.
-fn free_space(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data; the call fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: path is NUL-terminated and st valid for the call.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let unit = st.f_frsize as u64;
-    Some((
-        (st.f_bavail as u64).saturating_mul(unit),
-        (st.f_blocks as u64).saturating_mul(unit),
-    ))
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary), with a marker saying how

@@ -1,5 +1,7 @@
 //! The `steward` binary: flags → Config → run; errors → a message and an exit code.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 use steward::config::Subcommand;
@@ -11,12 +13,9 @@ use steward::config::Subcommand;
 /// megabyte at a time) are mapped and unmapped on their own, rather than left in an arena
 /// once freed: glibc would otherwise raise that threshold as they come and go.
 fn fewer_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
+    use steward::sys::{mallopt, Malloc};
+    mallopt(Malloc::ArenaMax(2));
+    mallopt(Malloc::MmapThreshold(256 * 1024));
 }
 
 fn main() -> ExitCode {

@@ -45,6 +45,8 @@ pub struct Node {
     /// The keys it checks senders against.
     pub trusted: Trusted,
     journal: Mutex<Journal>,
+    /// Word to the supervisor that the journal has upkeep waiting (see [`JournalGuard`]).
+    upkeep: (Sender<()>, Receiver<()>),
     supervisor: Sender<Event>,
     /// Each running publisher's wake-up, by lane (destination subject): new messages reach
     /// it without a detour through the supervisor.
@@ -60,6 +62,36 @@ pub struct Node {
     pub log_budget: crate::log_budget::LogBudget,
     /// Since when (ms since the epoch) intake has found the data folder's disk full.
     disk_full_since: Mutex<Option<u64>>,
+}
+
+/// The locked journal, from [`Node::journal`]. When it is let go with upkeep waiting
+/// ([`Journal::needs_upkeep`]: a finish not yet durable, …), it tells the supervisor, which
+/// otherwise sleeps: whoever changed the journal, through whichever method.
+pub struct JournalGuard<'a> {
+    journal: MutexGuard<'a, Journal>,
+    upkeep: &'a Sender<()>,
+}
+
+impl std::ops::Deref for JournalGuard<'_> {
+    type Target = Journal;
+    fn deref(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+impl std::ops::DerefMut for JournalGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+}
+
+impl Drop for JournalGuard<'_> {
+    fn drop(&mut self) {
+        if self.journal.needs_upkeep() {
+            // Full: a word is already waiting.
+            let _ = self.upkeep.try_send(());
+        }
+    }
 }
 
 /// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute, of
@@ -130,6 +162,8 @@ impl Node {
             identity,
             trusted,
             journal: Mutex::new(journal),
+            // One word waiting is enough: the supervisor looks at the journal itself.
+            upkeep: crossbeam_channel::bounded(1),
             supervisor,
             publishers: Mutex::new(HashMap::new()),
         }
@@ -137,8 +171,17 @@ impl Node {
 
     /// The journal. A panic while holding it cannot leave it half-written in memory (each
     /// operation updates memory only after its write), so a poisoned lock is taken over.
-    pub fn journal(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn journal(&self) -> JournalGuard<'_> {
+        JournalGuard {
+            journal: self.journal.lock().unwrap_or_else(|p| p.into_inner()),
+            upkeep: &self.upkeep.0,
+        }
+    }
+
+    /// Fires when the journal has upkeep waiting (records to make durable, finishes to
+    /// write again, a compaction): the supervisor's tick runs only then.
+    pub fn journal_upkeep(&self) -> Receiver<()> {
+        self.upkeep.1.clone()
     }
 
     /// Stops the agent at once if the journal has become unusable (a failed fsync, or a
@@ -352,7 +395,7 @@ impl Node {
 
     /// Logs a refused message and reports it to central, within the per-minute limit.
     pub fn report_refusal(&self, text: String, verified: bool) {
-        self.refusal_reports_due();
+        let _ = self.refusal_reports_due();
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         let reported = &mut r.reported[usize::from(verified)];
         if *reported < REFUSAL_REPORTS_PER_MINUTE {
@@ -366,10 +409,12 @@ impl Node {
     }
 
     /// Ends the refusal-report minute if it is over, reporting how many were only logged.
-    pub fn refusal_reports_due(&self) {
+    /// Returns whether refusals only logged wait to be reported at the minute's end: call
+    /// again in a second.
+    pub fn refusal_reports_due(&self) -> bool {
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         if r.since.elapsed() < Duration::from_secs(60) {
-            return;
+            return r.only_logged > 0;
         }
         let only_logged = std::mem::take(&mut r.only_logged);
         r.since = Instant::now();
@@ -381,6 +426,7 @@ impl Node {
                 self.config.node, self.config.node
             ));
         }
+        false
     }
 
     /// Asks the supervisor for the process table as text.
@@ -487,15 +533,18 @@ impl Handlers {
         self.capacity - self.take.len()
     }
 
-    /// Waits until every permit is back (all handlers finished) or `deadline` passes.
+    /// Waits until every permit is back (all handlers finished) or `deadline` passes: by
+    /// taking each permit as it comes back, so it sleeps until a handler ends. They are
+    /// given back after, so handlers can run again.
     pub fn wait_idle(&self, deadline: Instant) -> bool {
-        while self.in_use() > 0 {
-            if Instant::now() >= deadline {
-                return false;
+        let mut held = Vec::with_capacity(self.capacity);
+        while held.len() < self.capacity {
+            match self.take.recv_deadline(deadline) {
+                Ok(()) => held.push(Permit(self.give.clone())),
+                Err(_) => break,
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        true
+        held.len() == self.capacity
     }
 }
 

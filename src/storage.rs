@@ -17,7 +17,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -111,17 +110,7 @@ impl StoredFile for File {
     }
 
     fn allocate(&self, from: u64, to: u64) -> bool {
-        // SAFETY: fallocate on a file descriptor we own, over a range we name. (The 64-bit
-        // call: on armv7, off_t is 32 bits.)
-        let rc = unsafe {
-            libc::fallocate64(
-                self.as_raw_fd(),
-                0,
-                from as libc::off64_t,
-                (to - from) as libc::off64_t,
-            )
-        };
-        rc == 0
+        crate::sys::fallocate(self, from, to)
     }
 
     fn sync_data(&self) -> io::Result<()> {

@@ -12,11 +12,12 @@
 
 use crate::methods::Method;
 use crate::node::Node;
-use crate::process::{self, publisher, subscriber, Process, State};
+use crate::process::{self, publisher, subscriber, Process, State, StopFd};
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +36,10 @@ pub enum Event {
     /// SIGINT or SIGTERM.
     Shutdown,
 }
+
+/// While the journal has upkeep waiting, how often the supervisor does it: finishes are
+/// durable within this.
+const UPKEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// How to make (and remake) a process.
 type Recipe = Box<dyn Fn() -> Box<dyn Process>>;
@@ -58,21 +63,26 @@ pub struct Supervisor {
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     table: BTreeMap<String, ProcessEntry>,
-    stop_tx: Option<Sender<()>>,
+    /// Dropped to stop every process: the stop channel's sender, and the write end of the
+    /// [`StopFd`]'s pipe.
+    stop_tx: Option<(Sender<()>, Option<OwnedFd>)>,
     stop: Receiver<()>,
+    stop_fd: StopFd,
     methods: Vec<Arc<dyn Method>>,
 }
 
 impl Supervisor {
     pub fn new(node: Arc<Node>, events: Receiver<Event>, events_tx: Sender<Event>) -> Supervisor {
         let (stop_tx, stop) = crossbeam_channel::bounded(0);
+        let (stop_fd, stop_fd_tx) = StopFd::new();
         Supervisor {
             node,
             events,
             events_tx,
             table: BTreeMap::new(),
-            stop_tx: Some(stop_tx),
+            stop_tx: Some((stop_tx, stop_fd_tx)),
             stop,
+            stop_fd,
             methods: Vec::new(),
         }
     }
@@ -80,18 +90,20 @@ impl Supervisor {
     /// Starts the node's fixed processes: the inbox, the control socket, a subscriber per
     /// method, hello.
     pub fn start(&mut self) {
-        let node = self.node.clone();
+        let (node, stop_fd) = (self.node.clone(), self.stop_fd.clone());
         self.add("inbox".into(), None, move |state| {
             Box::new(process::inbox::Inbox {
                 node: node.clone(),
                 state,
+                stop_fd: stop_fd.clone(),
             })
         });
-        let node = self.node.clone();
+        let (node, stop_fd) = (self.node.clone(), self.stop_fd.clone());
         self.add("control socket".into(), None, move |state| {
             Box::new(process::control::Control {
                 node: node.clone(),
                 state,
+                stop_fd: stop_fd.clone(),
             })
         });
         for method in crate::methods::registry() {
@@ -290,10 +302,20 @@ impl Supervisor {
         self.node.metrics.journal(&mut journal);
     }
 
+    /// When the next restart is due, if one is.
+    fn next_restart(&self) -> Option<Instant> {
+        self.table.values().filter_map(|e| e.restart_at).min()
+    }
+
     /// Runs until shutdown; returns once in-flight work has finished or the grace is over.
+    /// Sleeps until an event comes, or a timer is due: a restart, or the journal's upkeep
+    /// (within [`UPKEEP_EVERY`] of the word that it has some, and again while it has).
     pub fn run(mut self) {
-        let tick = crossbeam_channel::tick(Duration::from_millis(500));
+        let upkeep = self.node.journal_upkeep();
+        let mut upkeep_at: Option<Instant> = None;
         loop {
+            let due = [upkeep_at, self.next_restart()].into_iter().flatten().min();
+            let timer = due.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
             crossbeam_channel::select! {
                 recv(self.events) -> event => match event {
                     Ok(Event::Publish(lanes)) => lanes.into_iter().for_each(|l| self.publish(l)),
@@ -301,9 +323,19 @@ impl Supervisor {
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
-                recv(tick) -> _ => {
+                recv(upkeep) -> _ => {
+                    upkeep_at.get_or_insert_with(|| Instant::now() + UPKEEP_EVERY);
+                },
+                recv(timer) -> _ => {
                     self.restart_due();
-                    self.keep_journal();
+                    if upkeep_at.is_some_and(|at| at <= Instant::now()) {
+                        self.keep_journal();
+                        // Its own words (the journal unsynced halfway) are stale now; one
+                        // that comes after the look below is not.
+                        let _ = upkeep.try_recv();
+                        let again = self.node.journal().needs_upkeep();
+                        upkeep_at = again.then(|| Instant::now() + UPKEEP_EVERY);
+                    }
                 },
             }
         }

@@ -47,8 +47,8 @@
 //! and other appenders write; one fsync covers every batch written before it, and batches
 //! count in the order they were written, whichever fsync covered them. `DoneThrough`
 //! records are not synced on their own: losing one in a crash only means those messages
-//! are sent again (the receiver recognises their ids); the supervisor syncs them every half
-//! second (again without the lock) and at shutdown. Once finished records make up most of
+//! are sent again (the receiver recognises their ids); the supervisor syncs them within half
+//! a second (again without the lock) and at shutdown. Once finished records make up most of
 //! the file, it is compacted, on that same tick and never on a message's path: the live
 //! records are copied to a new file that atomically replaces the old one, so the journal
 //! stays small whatever the uptime.
@@ -555,10 +555,8 @@ impl Journal {
                 break; // still full: intake says so (`steward_disk_full`)
             }
         }
-        let size = self.file.end();
-        let due = size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size;
         let waiting = self.compact_not_before.is_some_and(|t| Instant::now() < t);
-        if !due || waiting || !self.unsynced_batches.is_empty() {
+        if !self.compaction_due() || waiting || !self.unsynced_batches.is_empty() {
             return Ok(());
         }
         match self.compact() {
@@ -571,6 +569,19 @@ impl Journal {
                 Err(e)
             }
         }
+    }
+
+    /// Whether finished records make up most of the file.
+    fn compaction_due(&self) -> bool {
+        let size = self.file.end();
+        size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size
+    }
+
+    /// Whether [`Journal::sync_ticket`] or [`Journal::maintain`] has work: records not
+    /// durable yet, finishes a full disk held back, or a compaction due (or waiting to be
+    /// tried again). Cheap: the supervisor ticks only while this holds.
+    pub fn needs_upkeep(&self) -> bool {
+        !self.file.is_synced() || !self.unsettled.is_empty() || self.compaction_due()
     }
 }
 

@@ -342,6 +342,31 @@ fn compaction_keeps_the_journal_small() {
 }
 
 #[test]
+fn upkeep_is_asked_for_only_while_some_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    assert!(!j.needs_upkeep(), "a journal just opened is durable");
+    let big = |i| Message {
+        data: vec!["x".repeat(4000), format!("{i}")],
+        ..msg(i)
+    };
+    j.append("central", (0..400).map(big).collect(), None)
+        .unwrap();
+    assert!(!j.needs_upkeep(), "appended batches are synced");
+    let taken = take_all(&mut j, "ship1");
+    j.finish(&lane("ship1"), &seqs(&taken[..1])).unwrap();
+    assert!(j.needs_upkeep(), "a finish is not durable yet");
+    j.sync().unwrap();
+    assert!(!j.needs_upkeep());
+    // Finished records are now most of the file: a compaction is due.
+    j.finish(&lane("ship1"), &seqs(&taken[1..])).unwrap();
+    j.sync().unwrap();
+    assert!(j.needs_upkeep(), "a compaction is due");
+    j.maintain().unwrap();
+    assert!(!j.needs_upkeep(), "compacted");
+}
+
+#[test]
 fn compaction_with_messages_in_flight_keeps_them_and_their_order() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();

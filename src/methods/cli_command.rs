@@ -18,7 +18,7 @@ use crate::message::{Envelope, Status};
 use crate::node::Node;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -57,7 +57,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     let Some(program) = argv.first() else {
         return Outcome::error("CLICommand needs a command in data, e.g. [\"df\",\"-h\"]");
     };
-    let (reader, writer) = match pipe() {
+    let (reader, writer) = match crate::sys::pipe() {
         Ok(p) => p,
         Err(e) => return Outcome::error(format!("cannot create a pipe: {e}")),
     };
@@ -92,7 +92,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     let mut buf = [0u8; 16 * 1024];
     // The command ends when its leader has exited and the pipe is at end-of-file (everything
     // that could write to it is gone), or at the deadline.
-    while !(eof && leader_exited(pgid)) {
+    while !(eof && crate::sys::child_exited(pgid)) {
         let now = Instant::now();
         if killed_at.is_none() && now.duration_since(started) >= deadline {
             kill_group(pgid);
@@ -118,8 +118,8 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
             recheck = (recheck * 2).min(Duration::from_millis(20));
             continue;
         }
-        match crate::files::wait_readable(reader.as_raw_fd(), wait) {
-            Ok(true) => match reader.read(&mut buf) {
+        match crate::sys::wait_readable([reader.as_fd()], Some(wait)) {
+            Ok([true]) => match reader.read(&mut buf) {
                 Ok(0) => eof = true,
                 Ok(n) => {
                     let keep = n.min(MAX_OUTPUT - output.len().min(MAX_OUTPUT));
@@ -129,7 +129,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => eof = true,
             },
-            Ok(false) => {}
+            Ok([false]) => {}
             Err(_) => eof = true,
         }
     }
@@ -169,39 +169,9 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     }
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Whether the command's leader has exited, without reaping it: while it is a zombie its
-/// pid, which is also the group's id, cannot be given to another process.
-fn leader_exited(pid: u32) -> bool {
-    // SAFETY: siginfo_t is plain data; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: plain syscall on our own child, with a valid siginfo_t to fill.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: after a successful waitid, si_pid is set (0 when no child has changed state).
-    r != 0 || unsafe { info.si_pid() } != 0
-}
-
 fn kill_group(pgid: u32) {
-    // SAFETY: plain syscall; a stale group id at worst fails with ESRCH.
-    unsafe {
-        libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
-    }
+    // A stale group id at worst fails with ESRCH.
+    let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
 }
 
 #[cfg(test)]
@@ -323,10 +293,9 @@ mod tests {
             Duration::from_secs(1),
         );
         let took = t.elapsed();
-        let pid = o.output.lines().find_map(|l| l.parse::<libc::pid_t>().ok());
+        let pid = o.output.lines().find_map(|l| l.parse::<u32>().ok());
         if let Some(pid) = pid {
-            // SAFETY: plain syscall on the pid the command printed.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = crate::sys::kill(pid, libc::SIGKILL);
         }
         assert!(
             took < Duration::from_secs(1) + PIPE_GRACE + Duration::from_secs(1),

@@ -1,7 +1,8 @@
 //! `Hello`: every node tells the central node "I'm here" periodically, as an EventNACK (see
 //! [`crate::process::hello`]). The receiving node keeps each node's last-seen time in
 //! `hello-nodes.json`, rewritten atomically at most once a second however large the fleet
-//! (changes are batched and written on the subscriber's tick, and when the node stops), and
+//! (changes are batched and written on the subscriber's tick, which runs while a change
+//! waits, and when the node stops), and
 //! wakes any publisher pausing before its next attempt to reach that node. Only nodes this
 //! node trusts get a `steward_node_last_hello_age_seconds` line in `/metrics`, so a sender
 //! cannot grow the page with made-up names.
@@ -118,9 +119,10 @@ impl Method for Hello {
         Outcome::ok("hello")
     }
 
-    fn tick(&self, node: &Node) {
+    fn tick(&self, node: &Node) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         self.write(node, &mut seen, false);
+        seen.dirty
     }
 
     fn flush(&self, node: &Node) {

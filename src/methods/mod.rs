@@ -76,8 +76,12 @@ pub trait Method: Send + Sync {
     fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
         envelopes.iter().map(|e| self.handle(e, node)).collect()
     }
-    /// Called about once a second by the method's subscriber, for deferred work.
-    fn tick(&self, _node: &Node) {}
+    /// Deferred work: called by the method's subscriber when a message was admitted and
+    /// when it was handled, and again every second while this returns true (work still
+    /// waits).
+    fn tick(&self, _node: &Node) -> bool {
+        false
+    }
     /// Called when the node stops, to persist what `tick` would have.
     fn flush(&self, _node: &Node) {}
 }

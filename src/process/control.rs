@@ -14,12 +14,12 @@
 //! The socket lives in the data folder, so only who may read the node's data may use it.
 //! At most [`MAX_CLIENTS`] clients are served at once; another is answered [`BUSY`].
 
-use super::{stopping, Process, State};
+use super::{stopping, Process, State, StopFd};
 use crate::message::parse_input;
 use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +38,8 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 pub struct Control {
     pub node: Arc<Node>,
     pub state: Arc<State>,
+    /// Wakes the wait for a client when the node stops.
+    pub stop_fd: StopFd,
 }
 
 impl Process for Control {
@@ -86,11 +88,8 @@ impl Process for Control {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Sleep until a client connects, looking up for `stop` now and then.
-                    let _ = crate::files::wait_readable(
-                        listener.as_raw_fd(),
-                        Duration::from_millis(250),
-                    );
+                    // Sleep until a client connects or the node stops.
+                    self.stop_fd.wait(listener.as_fd(), None);
                     if stopping(stop) {
                         let _ = std::fs::remove_file(&path);
                         return Ok(());

@@ -9,7 +9,8 @@
 //! been quiet for [`QUIET`]). Only then is it removed.
 //!
 //! The data folder is watched with inotify, so an append is taken the moment it is written
-//! (where inotify is not available, the file is polled every [`POLL`]).
+//! (where inotify is not available, the file is polled every [`POLL`]). With nothing taken
+//! and still open, the inbox sleeps until the folder changes or the node stops.
 //!
 //! Every complete JSON array read is journaled, in one fsync'd batch together with the
 //! offset read up to, before anything else happens; so after a crash the taken file is read
@@ -17,20 +18,22 @@
 //! until it is complete. Bad pieces go to `inmsg.rejected.txt` with the reason, and are
 //! reported; the rest of the batch still goes.
 
-use super::{sleep_or_stop, stopping, Process, State};
+use super::{sleep_or_stop, stopping, Process, State, StopFd};
 use crate::files::Watch;
 use crate::message::{parse_input, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often inmsg.txt is looked at without inotify, and at most how long a wait with it.
+/// How often inmsg.txt is looked at without inotify.
 const POLL: Duration = Duration::from_millis(20);
+/// With inotify, how often a taken file is looked at while a writer may still hold it (or
+/// a full disk holds it up); with none taken, the wait has no limit.
 const WATCHED_WAIT: Duration = Duration::from_millis(250);
 /// Where file leases are not available: how long a taken file must be unchanged before we
 /// take it that no writer holds it any more.
@@ -47,6 +50,8 @@ const BATCHES_PER_TURN: usize = 16;
 pub struct Inbox {
     pub node: Arc<Node>,
     pub state: Arc<State>,
+    /// Wakes the watch's wait when the node stops.
+    pub stop_fd: StopFd,
 }
 
 /// A taken file being read.
@@ -118,7 +123,12 @@ impl Process for Inbox {
                 // A big file is read on at once, not at the pace of the watch.
                 _ if busy => stopping(stop),
                 Some(w) => {
-                    w.wait(WATCHED_WAIT);
+                    // A taken file is looked at again until it is done: a writer closing
+                    // it, or room on the disk, makes no event in the folder.
+                    let limit = (!taken.is_empty()).then_some(WATCHED_WAIT);
+                    if self.stop_fd.wait(w.as_fd(), limit) {
+                        w.drain();
+                    }
                     stopping(stop)
                 }
                 None => sleep_or_stop(stop, POLL),
@@ -328,28 +338,24 @@ impl Inbox {
 /// node would otherwise stay as big as its biggest burst. (A backlog itself costs no
 /// memory: it is on disk, see [`crate::journal`].)
 fn give_back_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::malloc_trim();
 }
 
 /// Whether we are the only process holding `file` open: a write lease is granted only then.
 /// `None` where leases are not allowed (not the file's owner, or the filesystem says no).
 fn sole_holder(file: &File) -> Option<bool> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a file descriptor we own; F_SETLEASE takes an int argument.
-    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
-    if rc == 0 {
-        // Released again right away; the file is about to be read to the end and removed.
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-        return Some(true);
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(false),
-        _ => None,
+    use crate::sys::{set_lease, Lease};
+    match set_lease(file, Lease::Write) {
+        Ok(()) => {
+            // Released again right away; the file is about to be read to the end and
+            // removed.
+            let _ = set_lease(file, Lease::None);
+            Some(true)
+        }
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(false),
+            _ => None,
+        },
     }
 }
 

@@ -9,13 +9,19 @@
 //! A process is a [`Process`] value run by [`spawn`] on a thread of its own. When it returns
 //! or panics, the thread tells the supervisor, which restarts it (a new value from the same
 //! recipe) with backoff unless the node is stopping. All of them stop when the supervisor
-//! drops the stop channel's sender.
+//! drops the stop channel's sender (and, for those that sleep in `poll` rather than on a
+//! channel, the write end of the [`StopFd`]'s pipe with it).
+//!
+//! Idle means idle: a process sleeps on what wakes it (a channel, inotify, a socket) and
+//! sets a timer only when something is due, so an idle node costs no CPU.
 
 use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub mod control;
 pub mod hello;
@@ -84,6 +90,52 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic".to_string()
+    }
+}
+
+/// The stop signal as a file descriptor, for a process that sleeps in `poll` (on inotify,
+/// on a socket) rather than on a channel: the read end of a pipe whose write end the
+/// supervisor drops together with the stop channel's sender, so that from then on it
+/// reads as ended, and a `poll` on it returns.
+#[derive(Clone)]
+pub struct StopFd(Option<Arc<OwnedFd>>);
+
+/// Without a pipe (no descriptor was left at start), how often a wait looks up for the
+/// stop channel instead.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
+impl StopFd {
+    /// A stop fd, and the write end whose drop fires it (`None` if no pipe could be had:
+    /// then waits end every [`STOP_POLL`], for the caller to look at the stop channel).
+    pub fn new() -> (StopFd, Option<OwnedFd>) {
+        match crate::sys::pipe() {
+            Ok((read, write)) => (StopFd(Some(Arc::new(read))), Some(write)),
+            Err(e) => {
+                log::warn!(
+                    "cannot make the stop pipe ({e}); idle processes wake every {STOP_POLL:?}"
+                );
+                (StopFd(None), None)
+            }
+        }
+    }
+
+    /// Waits until `fd` can be read, the node stops, or `timeout` passes (`None`: no
+    /// limit); returns whether `fd` can be read. The caller looks at its stop channel
+    /// after.
+    pub fn wait(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> bool {
+        let ready = match &self.0 {
+            Some(stop) => crate::sys::wait_readable([fd, stop.as_fd()], timeout).map(|[r, _]| r),
+            None => {
+                let timeout = timeout.map_or(STOP_POLL, |t| t.min(STOP_POLL));
+                crate::sys::wait_readable([fd], Some(timeout)).map(|[r]| r)
+            }
+        };
+        ready.unwrap_or_else(|e| {
+            // Not expected of a poll on open descriptors; the caller looks, and waits again.
+            log::debug!("poll: {e}");
+            std::thread::sleep(STOP_POLL);
+            true
+        })
     }
 }
 

@@ -34,10 +34,14 @@ use crate::methods::{Method, Outcome};
 use crate::node::Node;
 use crate::received::Seen;
 use crate::subject::Subject;
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often the work messages left for later is looked at again while some waits (see
+/// [`Subscriber::tick`]).
+const TICK: Duration = Duration::from_secs(1);
 
 /// How many received messages may wait, per subscription, for a handler; see the module
 /// docs.
@@ -82,15 +86,29 @@ impl Process for Subscriber {
         let listening = subjects.join(", ");
         self.state.set(format!("listening on {listening}"));
         log::debug!("listening on {listening}");
-        let tick = crossbeam_channel::tick(Duration::from_secs(1));
+        // A message being handled says here when it may have left work for later
+        // (`tick`): that is done then, and every second after while some waits. An idle
+        // subscriber sleeps until a message comes.
+        let (deferred_tx, deferred) = crossbeam_channel::bounded(1);
         let mut select = Select::new();
         for sub in &subs {
             select.recv(sub.receiver());
         }
-        let on_tick = select.recv(&tick);
+        let on_deferred = select.recv(&deferred);
         let on_stop = select.recv(stop);
+        let mut tick_at: Option<Instant> = None;
         loop {
-            let op = select.select();
+            let op = match tick_at {
+                Some(at) => match select.select_deadline(at) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        let more = self.tick(&subs, &subjects, &mut dropped);
+                        tick_at = more.then(|| Instant::now() + TICK);
+                        continue;
+                    }
+                },
+                None => select.select(),
+            };
             match op.index() {
                 i if i == on_stop => {
                     let _ = op.recv(stop);
@@ -98,12 +116,12 @@ impl Process for Subscriber {
                     self.node.trusted.persist_senders(true);
                     return Ok(());
                 }
-                i if i == on_tick => {
-                    let _ = op.recv(&tick);
-                    self.method.tick(&self.node);
-                    self.count_dropped(&subs, &subjects, &mut dropped);
-                    self.node.trusted.persist_senders(false);
-                    self.node.refusal_reports_due();
+                i if i == on_deferred => {
+                    let _ = op.recv(&deferred);
+                    if tick_at.is_none() {
+                        let more = self.tick(&subs, &subjects, &mut dropped);
+                        tick_at = more.then(|| Instant::now() + TICK);
+                    }
                 }
                 i => {
                     let msg = op
@@ -111,8 +129,9 @@ impl Process for Subscriber {
                         .map_err(|_| format!("subscription to {} closed", subjects[i]))?;
                     let (method, node, conn) =
                         (self.method.clone(), self.node.clone(), conn.clone());
+                    let deferred = deferred_tx.clone();
                     let started = self.node.handlers.run(stop, name, move || {
-                        handle(&*method, &node, &conn, msg);
+                        handle(&*method, &node, &conn, msg, &deferred);
                     });
                     if !started && crate::process::stopping(stop) {
                         return Ok(());
@@ -125,6 +144,22 @@ impl Process for Subscriber {
 }
 
 impl Subscriber {
+    /// The work handling leaves for later: the method's own (hello-nodes.json), the
+    /// client's drops, keys/senders.json, the refusal minute. Returns whether some still
+    /// waits (to look again in a second).
+    fn tick(
+        &self,
+        subs: &[nats::Subscription],
+        subjects: &[String],
+        dropped: &mut [usize],
+    ) -> bool {
+        let method = self.method.tick(&self.node);
+        self.count_dropped(subs, subjects, dropped);
+        let senders = self.node.trusted.persist_senders(false);
+        let refusals = self.node.refusal_reports_due();
+        method || senders || refusals
+    }
+
     /// Logs and counts what the client dropped since the last look because a
     /// subscription's queue was full (`seen` holds each subscription's count so far).
     fn count_dropped(&self, subs: &[nats::Subscription], subjects: &[String], seen: &mut [usize]) {
@@ -150,8 +185,20 @@ impl Subscriber {
     }
 }
 
-/// One wire message: admitted and run, or refused.
-fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::Message) {
+/// One wire message: admitted and run, or refused. Says on `deferred` when it may have left
+/// work for the subscriber's tick: once admitted (the sender's counter, for
+/// keys/senders.json, before a method that may run long), and at the end.
+fn handle(
+    method: &dyn Method,
+    node: &Node,
+    conn: &nats::Connection,
+    msg: nats::Message,
+    deferred: &Sender<()>,
+) {
+    // Full: a word is already waiting, and one is enough.
+    let say = || {
+        let _ = deferred.try_send(());
+    };
     let served = Served {
         method: method.name(),
         kinds: method.kinds(),
@@ -166,7 +213,10 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
         &msg.data,
     );
     match decision {
-        Ok(admitted) => run(method, node, conn, &msg.subject, admitted),
+        Ok(admitted) => {
+            say();
+            run(method, node, conn, &msg.subject, admitted);
+        }
         Err(refused) => {
             report(node, method.name(), &msg.subject, refused.refusal());
             if let Refused::Answered { refusal, admitted } = refused {
@@ -186,6 +236,7 @@ fn handle(method: &dyn Method, node: &Node, conn: &nats::Connection, msg: nats::
             }
         }
     }
+    say();
 }
 
 /// Logs a refusal, counts it, and reports it to central (within the rate limit).

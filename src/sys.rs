@@ -1,0 +1,328 @@
+//! Every system call steward makes outside the standard library, each behind a small safe
+//! function: typed arguments, an [`io::Result`] (or what the call can only answer), and the
+//! raw descriptors and pointers kept inside.
+//!
+//! Why one file: this is all of steward's `unsafe` code. The rest of the crate is
+//! `#![deny(unsafe_code)]` (and the binary `forbid`s it), so auditing the crate's memory
+//! safety means reading this file: each `unsafe` block says, in its `SAFETY:` comment, why
+//! the call cannot touch memory it should not. A new system call is a new function here.
+//!
+//! Linux only, like steward. The file calls use their 64-bit forms (`fallocate64`): on
+//! armv7, `off_t` is 32 bits and would cut offsets past 2 GiB.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::time::Duration;
+
+/// `-1` (and `errno`) as an [`io::Error`], any other result as `Ok`.
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A path as the C string the kernel takes; a path with a NUL byte in it is no path.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
+/// A process id as `kill` takes it. Zero and the negative numbers a large `u32` would
+/// become mean "my process group" and "every process I may signal": never what a caller
+/// holding a child's id means, so they are refused.
+fn pid(id: u32) -> io::Result<libc::pid_t> {
+    match libc::pid_t::try_from(id) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a process id: {id}"),
+        )),
+    }
+}
+
+/// Bytes available to this user, and the size, of the filesystem holding `path`
+/// (`statvfs`).
+pub fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
+    let path = c_path(path)?;
+    // SAFETY: statvfs is a plain C struct of integers, for which all zeroes is a value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statvfs for the call.
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    let unit = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(unit),
+        (st.f_blocks as u64).saturating_mul(unit),
+    ))
+}
+
+/// Reserves the bytes `from..to` of `file` on disk (`fallocate`), so writes there cannot
+/// fail for want of space. Whether it worked; a filesystem without it says no.
+pub fn fallocate(file: &File, from: u64, to: u64) -> bool {
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(from),
+        libc::off64_t::try_from(to.saturating_sub(from)),
+    ) else {
+        return false;
+    };
+    // SAFETY: fallocate takes integers only, on a descriptor `file` keeps open for the call.
+    unsafe { libc::fallocate64(file.as_raw_fd(), 0, offset, len) == 0 }
+}
+
+/// A file lease (`fcntl(F_SETLEASE)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Granted only while no other process has the file open.
+    Write,
+    /// Gives a lease back.
+    None,
+}
+
+/// Takes or gives back a lease on `file`. Taking a write lease fails with `EAGAIN` (or
+/// `EBUSY`) while another process has the file open, and with other errors where leases
+/// are not allowed (not the file's owner, a filesystem without them).
+pub fn set_lease(file: &File, lease: Lease) -> io::Result<()> {
+    let arg = match lease {
+        Lease::Write => libc::F_WRLCK,
+        Lease::None => libc::F_UNLCK,
+    };
+    // SAFETY: F_SETLEASE takes an int argument, and no pointer; the descriptor is open for
+    // the call.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, arg) }).map(drop)
+}
+
+/// Sends `signal` to the process `id` (`kill`).
+pub fn kill(id: u32, signal: libc::c_int) -> io::Result<()> {
+    let id = pid(id)?;
+    // SAFETY: kill takes integers only; `pid` made sure it names one process.
+    check(unsafe { libc::kill(id, signal) }).map(drop)
+}
+
+/// Sends `signal` to every process of the group `id` (`killpg`).
+pub fn kill_group(id: u32, signal: libc::c_int) -> io::Result<()> {
+    let id = pid(id)?;
+    // SAFETY: killpg takes integers only; `pid` made sure it names one group.
+    check(unsafe { libc::killpg(id, signal) }).map(drop)
+}
+
+/// Whether the child `id` has exited, without reaping it (`waitid` with `WNOWAIT`): while
+/// it is a zombie its id cannot be given to another process. An error (no such child)
+/// counts as exited.
+pub fn child_exited(id: u32) -> bool {
+    // SAFETY: siginfo_t is a plain C struct, for which all zeroes is a value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: integers, and `info`, a valid and writable siginfo_t for the call to fill.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: reads a field of the siginfo_t above, which waitid filled (with WNOHANG and no
+    // child to report, si_pid stays 0, as zeroed).
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
+/// A pipe, both ends close-on-exec (`pipe2`): (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a writable array of the two ints pipe2 fills.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open, and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits until one of `fds` can be read (or is at its end, or failed), or `timeout` passes
+/// (`None`: for ever); says which (`poll`). A signal arriving ends the wait with none.
+pub fn wait_readable<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<Duration>,
+) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // SAFETY: `pfds` is a valid, writable array of exactly N pollfds for the call, and the
+    // borrowed descriptors stay open until it returns.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::Interrupted => Ok([false; N]),
+            _ => Err(e),
+        };
+    }
+    Ok(pfds.map(|p| p.revents != 0))
+}
+
+/// A new inotify instance, non-blocking and close-on-exec (`inotify_init1`). Its events
+/// are read from it as from a file.
+pub fn inotify_init() -> io::Result<File> {
+    // SAFETY: integer flags only.
+    let fd = check(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+    // SAFETY: inotify_init1 succeeded, so `fd` is open, and nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Watches `path` for the events in `mask` (`IN_MODIFY | …`) on an [`inotify_init`]
+/// instance (`inotify_add_watch`).
+pub fn inotify_add_watch(inotify: &File, path: &Path, mask: u32) -> io::Result<()> {
+    let path = c_path(path)?;
+    // SAFETY: an open descriptor, a NUL-terminated path the kernel only reads, a mask.
+    check(unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), mask) }).map(drop)
+}
+
+/// Fills `buf` with random bytes from the kernel (`getrandom`), waiting until its pool is
+/// ready (at boot); retries a read a signal cut short.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, writable for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the kernel says the system clock is synchronized (NTP, chrony, timesyncd):
+/// `adjtimex`, reading only.
+pub fn clock_synchronized() -> bool {
+    // SAFETY: timex is a plain C struct, for which all zeroes is a value; with `modes` 0
+    // adjtimex only writes the clock's state into it, and changes nothing.
+    let state = unsafe {
+        let mut t: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut t)
+    };
+    state >= 0 && state != libc::TIME_ERROR
+}
+
+/// This machine's host name (`gethostname`).
+pub fn hostname() -> io::Result<OsString> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, writable for the call.
+    check(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) })?;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(OsString::from_vec(buf[..end].to_vec()))
+}
+
+/// Sets SIGIO to be ignored. The inbox takes a write lease ([`set_lease`]) on a taken
+/// inmsg.txt to learn whether a writer still holds it; if another process opens the file
+/// while the lease is held, the kernel sends the lease holder SIGIO, whose default action
+/// ends the process: any `cat` of the file at the wrong moment, or a stray `kill -IO`,
+/// would stop the agent. The lease is taken and given back at once and nothing waits for
+/// the signal, so it is ignored.
+pub fn ignore_sigio() {
+    // SAFETY: sets a disposition, SIG_IGN: no handler runs, so nothing about
+    // async-signal-safety applies, and nothing in steward relies on SIGIO.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    }
+}
+
+/// A malloc tuning (`mallopt`): glibc only, elsewhere nothing.
+#[derive(Debug, Clone, Copy)]
+pub enum Malloc {
+    /// At most this many arenas (`M_ARENA_MAX`).
+    ArenaMax(i32),
+    /// Blocks of this many bytes or more are mapped on their own (`M_MMAP_THRESHOLD`).
+    MmapThreshold(i32),
+}
+
+/// Sets a malloc parameter; whether it was taken.
+pub fn mallopt(setting: Malloc) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let (param, value) = match setting {
+            Malloc::ArenaMax(n) => (libc::M_ARENA_MAX, n),
+            Malloc::MmapThreshold(n) => (libc::M_MMAP_THRESHOLD, n),
+        };
+        // SAFETY: integers only; mallopt sets allocator parameters under the allocator's
+        // own lock.
+        unsafe { libc::mallopt(param, value) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = setting;
+        false
+    }
+}
+
+/// Hands the memory malloc keeps free back to the system (`malloc_trim`): glibc only,
+/// elsewhere nothing.
+pub fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: an integer argument; malloc_trim only returns free memory, under the
+    // allocator's own lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_pipe_is_readable_once_written_and_at_its_end_once_closed() {
+        let (r, w) = pipe().unwrap();
+        let d = Some(Duration::ZERO);
+        assert_eq!(wait_readable([r.as_fd()], d).unwrap(), [false]);
+        let mut w = File::from(w);
+        w.write_all(b"x").unwrap();
+        assert_eq!(wait_readable([r.as_fd()], d).unwrap(), [true]);
+        let mut r = File::from(r);
+        let mut buf = [0u8; 4];
+        assert_eq!(r.read(&mut buf).unwrap(), 1);
+        let (r2, _w2) = pipe().unwrap();
+        drop(w);
+        assert_eq!(
+            wait_readable([r2.as_fd(), r.as_fd()], None).unwrap(),
+            [false, true]
+        );
+    }
+
+    #[test]
+    fn pids_that_would_signal_more_than_one_process_are_refused() {
+        assert!(kill(0, 0).is_err());
+        assert!(kill(u32::MAX, 0).is_err());
+        assert!(kill_group(0, 0).is_err());
+        assert!(kill(std::process::id(), 0).is_ok());
+    }
+
+    #[test]
+    fn the_calls_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (free, total) = free_bytes(dir.path()).unwrap();
+        assert!(total > 0 && free <= total);
+        assert!(free_bytes(&dir.path().join("missing")).is_err());
+        let mut a = [0u8; 32];
+        getrandom(&mut a).unwrap();
+        assert_ne!(a, [0u8; 32]);
+        assert!(!hostname().unwrap().is_empty());
+        let f = File::create(dir.path().join("f")).unwrap();
+        if fallocate(&f, 0, 4096) {
+            assert!(f.metadata().unwrap().len() >= 4096);
+        }
+    }
+}
