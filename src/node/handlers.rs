@@ -1,0 +1,145 @@
+//! The threads that run received messages, bounded, kept a while for the next message.
+
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The threads that run received messages: at most `capacity` at once, so a flood cannot
+/// fork-bomb the node. A thread that finishes waits a while for the next message rather
+/// than exit, so a command does not wait for a thread to be made (a thread start is tens of
+/// microseconds here, more on a Pi); one idle for [`HANDLER_IDLE`] exits, so an idle node
+/// holds none.
+pub struct Handlers {
+    /// Permits, as tokens in a channel: taken before a job, given back when it ends.
+    give: Sender<()>,
+    take: Receiver<()>,
+    capacity: usize,
+    jobs: Sender<Job>,
+    waiting: Receiver<Job>,
+    /// Threads waiting for a job that no dispatch has claimed yet.
+    pub(super) idle: Arc<AtomicUsize>,
+    /// How long a thread waits for another job before it exits.
+    linger: Duration,
+}
+
+/// A job, and the permit it holds until it ends.
+type Job = (Box<dyn FnOnce() + Send>, Permit);
+
+/// How long a handler thread waits for another message before it exits.
+pub const HANDLER_IDLE: Duration = Duration::from_secs(60);
+
+/// A permit; given back on drop, when the job ends (or unwinds).
+struct Permit(Sender<()>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl Handlers {
+    pub fn new(capacity: usize) -> Handlers {
+        Handlers::lingering(capacity, HANDLER_IDLE)
+    }
+
+    pub(super) fn lingering(capacity: usize, linger: Duration) -> Handlers {
+        let (give, take) = crossbeam_channel::bounded(capacity);
+        for _ in 0..capacity {
+            give.send(())
+                .expect("the channel was made with room for every permit");
+        }
+        let (jobs, waiting) = crossbeam_channel::unbounded();
+        Handlers {
+            give,
+            take,
+            capacity,
+            jobs,
+            waiting,
+            idle: Arc::new(AtomicUsize::new(0)),
+            linger,
+        }
+    }
+
+    /// Runs `job` (for `method`, which names a thread started for it) on a handler thread
+    /// once one of the `capacity` places is free; returns false (without running it) if
+    /// `stop` fires first or no thread can be had.
+    pub fn run(
+        &self,
+        stop: &Receiver<()>,
+        method: &str,
+        job: impl FnOnce() + Send + 'static,
+    ) -> bool {
+        let permit = crossbeam_channel::select! {
+            recv(self.take) -> _ => Permit(self.give.clone()),
+            recv(stop) -> _ => return false,
+        };
+        let job: Job = (Box::new(job), permit);
+        // Claim a waiting thread, or start one.
+        if self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return self.jobs.send(job).is_ok();
+        }
+        let (idle, waiting, linger) = (self.idle.clone(), self.waiting.clone(), self.linger);
+        let spawned = std::thread::Builder::new()
+            .name(format!("handle {method}").chars().take(15).collect())
+            .stack_size(256 * 1024)
+            .spawn(move || handler_thread(job, &idle, &waiting, linger));
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                log::error!("cannot start a handler thread: {e}");
+                false
+            }
+        }
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.capacity - self.take.len()
+    }
+
+    /// Waits until every permit is back (all handlers finished) or `deadline` passes: by
+    /// taking each permit as it comes back, so it sleeps until a handler ends. They are
+    /// given back after, so handlers can run again.
+    pub fn wait_idle(&self, deadline: Instant) -> bool {
+        let mut held = Vec::with_capacity(self.capacity);
+        while held.len() < self.capacity {
+            match self.take.recv_deadline(deadline) {
+                Ok(()) => held.push(Permit(self.give.clone())),
+                Err(_) => break,
+            }
+        }
+        held.len() == self.capacity
+    }
+}
+
+/// A handler thread: its first job, then whatever it is given, until it has waited
+/// `linger` for nothing.
+fn handler_thread(first: Job, idle: &AtomicUsize, waiting: &Receiver<Job>, linger: Duration) {
+    let mut next = Some(first);
+    while let Some((job, permit)) = next.take() {
+        job();
+        // Counted idle before the permit goes back, so the dispatch the permit lets in
+        // finds this thread waiting.
+        idle.fetch_add(1, Ordering::AcqRel);
+        drop(permit);
+        while next.is_none() {
+            match waiting.recv_timeout(linger) {
+                Ok(job) => next = Some(job),
+                // Leave only if no dispatch has counted on this thread meanwhile; if one
+                // has, its job is on the way.
+                Err(_) => {
+                    let unclaimed = idle
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_ok();
+                    if unclaimed {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

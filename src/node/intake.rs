@@ -1,0 +1,185 @@
+//! Intake: the one way into the system. Everything that enters goes through
+//! [`Node::accept`]: journal first (written, fsync'd without the journal's lock,
+//! committed), then each lane's publisher is woken (the supervisor starts one where there
+//! is none). That holds for operators' messages from inmsg.txt, `steward send`, and the
+//! node's own error reports alike. Also here: how a message ends ([`Node::finish`]), who
+//! waits to hear it ([`Progress`]), and intake's view of a full disk.
+
+use super::*;
+
+/// How a watched message is going.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Progress {
+    /// An attempt is under way (e.g. "attempt 2/4").
+    Attempt(String),
+    /// It ended: "acked", "published", "refused" or "failed", with the reply if one came.
+    Finished {
+        outcome: String,
+        reply: Option<crate::message::Reply>,
+        why: Option<String>,
+    },
+}
+
+impl Node {
+    /// Takes messages into the system: one journal write and fsync for the batch (with how
+    /// far the inbox file has been read), then wakes their publishers.
+    pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
+        self.accept_inner(messages, inbox, false).map(|_| ())
+    }
+
+    /// As [`Node::accept`], and returns each message's id with a channel on which its
+    /// progress (attempts, then how it ended) will arrive: for `steward send`.
+    pub fn accept_watched(
+        &self,
+        messages: Vec<Message>,
+    ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
+        self.accept_inner(messages, None, true)
+    }
+
+    fn accept_inner(
+        &self,
+        messages: Vec<Message>,
+        inbox: Option<(&str, u64)>,
+        watch: bool,
+    ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
+        let (written, watched) = {
+            let mut journal = self.journal();
+            let written = match journal.write(&self.config.node, messages, inbox) {
+                Ok(written) => written,
+                Err(e) => {
+                    self.stop_if_unusable(&journal);
+                    return Err(e);
+                }
+            };
+            // Watchers are in place before the messages reach a publisher (they do once
+            // committed, below), so none can miss how its message ended (and `steward
+            // send` would wait forever). Lock order: journal, then watchers; nothing takes
+            // them the other way round.
+            let mut watched = Vec::new();
+            if watch {
+                let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+                for e in &written.entries {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    watchers.insert(e.envelope.id.clone(), tx);
+                    watched.push((e.envelope.id.clone(), rx));
+                }
+            }
+            (written, watched)
+        };
+        // The fsync without the journal's lock: publishers take and finish meanwhile, and
+        // other appenders write (one fsync may cover several batches).
+        let synced = written.sync();
+        {
+            let mut journal = self.journal();
+            if let Err(e) = journal.commit(&written, synced) {
+                self.stop_if_unusable(&journal);
+                return Err(e);
+            }
+            self.metrics.journal(&mut journal);
+        }
+        let entries = written.entries;
+        for e in &entries {
+            let method = e.envelope.message.method.as_str();
+            self.metrics.accepted.with_label_values(&[method]).inc();
+        }
+        let mut lanes: Vec<Subject> = Vec::new();
+        let mut seen = HashSet::new();
+        for e in &entries {
+            let lane = e.envelope.message.subject();
+            if seen.insert(lane.clone()) {
+                lanes.push(lane);
+            }
+        }
+        self.wake(lanes);
+        Ok(watched)
+    }
+
+    /// Tells whoever watches message `id` how it is going; the last word ends the watch.
+    pub fn progress(&self, id: &str, progress: Progress) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let last = matches!(progress, Progress::Finished { .. });
+        if let Some(tx) = watchers.get(id) {
+            if tx.send(progress).is_err() || last {
+                watchers.remove(id);
+            }
+        }
+    }
+
+    /// Tells each lane's publisher that messages wait for it in the journal; a lane
+    /// without a publisher gets one from the supervisor.
+    pub fn wake(&self, lanes: Vec<Subject>) {
+        let mut unserved = Vec::new();
+        {
+            let publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+            for lane in lanes {
+                match publishers.get(&lane) {
+                    // Full means a wake-up is already waiting: one is enough.
+                    Some(wake) => drop(wake.try_send(())),
+                    None => unserved.push(lane),
+                }
+            }
+        }
+        if !unserved.is_empty() {
+            // Fails only when the supervisor is gone, i.e. at shutdown: the messages stay in
+            // the journal and go on the next start.
+            let _ = self.supervisor.send(Event::Publish(unserved));
+        }
+    }
+
+    /// The supervisor started `lane`'s publisher, which waits on `wake`'s other end.
+    pub fn serve_lane(&self, lane: Subject, wake: Sender<()>) {
+        self.publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lane, wake);
+    }
+
+    /// Messages of `lane` are finished (ACKed, published, or given up and kept in
+    /// failed-messages.txt).
+    pub fn finish(&self, lane: &Subject, seqs: &[u64]) {
+        let mut journal = self.journal();
+        if let Err(e) = journal.finish(lane, seqs) {
+            self.stop_if_unusable(&journal);
+            // A full disk: the finish is written with the lane's next one.
+            log::error!("journal: cannot record messages {seqs:?} of {lane} as finished: {e}");
+        }
+        self.metrics.journal(&mut journal);
+    }
+
+    /// Intake found the disk full (`why`): it waits, the text stays where it is. Said once
+    /// (log, `steward_disk_full`), until [`Node::disk_has_room`].
+    pub fn disk_full(&self, why: &str) {
+        let mut since = self
+            .disk_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(crate::files::unix_millis());
+            self.metrics.disk_full.set(1);
+            log::error!(
+                "{}: the data folder's disk is full ({why}); taking nothing in until there is room, nothing is lost",
+                self.config.node
+            );
+        }
+    }
+
+    /// Intake journaled again: if the disk was full, say for how long, to central too
+    /// (it could not be told while the disk was full).
+    pub fn disk_has_room(&self) {
+        let since = self
+            .disk_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(since) = since {
+            self.metrics.disk_full.set(0);
+            self.report_error(format!(
+                "{}: the data folder's disk was full from {} to {}; intake waited, nothing was lost",
+                self.config.node,
+                crate::files::rfc3339(since),
+                crate::files::now_rfc3339()
+            ));
+        }
+    }
+}

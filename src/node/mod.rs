@@ -1,0 +1,204 @@
+//! This node's shared state, handed to every process: its configuration, data folder, broker
+//! connection, metrics, journal (behind a guard that tells the supervisor when upkeep
+//! waits), and fail-stop. In their own files: `intake` (the one way in, [`Node::accept`],
+//! and how messages end), `report` (error reports and refusals to central), `handlers` (the
+//! threads that run received messages), `presence` (Hello wake-ups).
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::files::DataFolder;
+use crate::journal::Journal;
+use crate::keys::{Identity, Trusted};
+use crate::message::{Kind, Message};
+use crate::metrics::Metrics;
+use crate::received::Received;
+use crate::resumed::Resumed;
+use crate::subject::Subject;
+use crate::supervisor::Event;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+mod handlers;
+mod intake;
+mod presence;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use handlers::{Handlers, HANDLER_IDLE};
+pub use intake::Progress;
+pub use presence::Presence;
+use report::Refusals;
+pub use report::REFUSAL_REPORTS_PER_MINUTE;
+
+/// How long an error report waits for the central error logger: a week.
+pub const ERROR_REPORT_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The exit status when the journal or the received log became unusable (EX_IOERR).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+pub struct Node {
+    pub config: Config,
+    pub data: DataFolder,
+    pub broker: Arc<Broker>,
+    pub metrics: Arc<Metrics>,
+    /// What this node has received and handled (exactly-once effect).
+    pub received: Received,
+    /// Which messages an earlier run accepted, and which of them it finished though its
+    /// journal lost the record of it (a power cut).
+    pub resumed: Resumed,
+    /// This node's signing key: everything it publishes is signed with it.
+    pub identity: Identity,
+    /// The keys it checks senders against.
+    pub trusted: Trusted,
+    journal: Mutex<Journal>,
+    /// Word to the supervisor that the journal has upkeep waiting (see [`JournalGuard`]).
+    upkeep: (Sender<()>, Receiver<()>),
+    supervisor: Sender<Event>,
+    /// Each running publisher's wake-up, by lane (destination subject): new messages reach
+    /// it without a detour through the supervisor.
+    publishers: Mutex<HashMap<Subject, Sender<()>>>,
+    pub handlers: Handlers,
+    /// Wakes publishers waiting on a node when it says Hello.
+    pub presence: Presence,
+    /// Who is waiting to hear how a message ends (`steward send`), by message id.
+    watchers: Mutex<HashMap<String, Sender<Progress>>>,
+    /// Refusals reported to central this minute, and those only logged.
+    refusals: Mutex<Refusals>,
+    /// What each sender may still write into errors.log and textlog/ this hour.
+    pub log_budget: crate::log_budget::LogBudget,
+    /// Since when (ms since the epoch) intake has found the data folder's disk full.
+    disk_full_since: Mutex<Option<u64>>,
+}
+
+/// The locked journal, from [`Node::journal`]. When it is let go with upkeep waiting
+/// ([`Journal::needs_upkeep`]: a finish not yet durable, …), it tells the supervisor, which
+/// otherwise sleeps: whoever changed the journal, through whichever method.
+pub struct JournalGuard<'a> {
+    journal: MutexGuard<'a, Journal>,
+    upkeep: &'a Sender<()>,
+}
+
+impl std::ops::Deref for JournalGuard<'_> {
+    type Target = Journal;
+    fn deref(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+impl std::ops::DerefMut for JournalGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+}
+
+impl Drop for JournalGuard<'_> {
+    fn drop(&mut self) {
+        if self.journal.needs_upkeep() {
+            // Full: a word is already waiting.
+            let _ = self.upkeep.try_send(());
+        }
+    }
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        broker: Arc<Broker>,
+        metrics: Arc<Metrics>,
+        journal: Journal,
+        received: Received,
+        (identity, trusted): (Identity, Trusted),
+        supervisor: Sender<Event>,
+    ) -> Node {
+        let data = DataFolder::new(config.data_folder.clone());
+        // Before anything is written in this run.
+        let resumed = Resumed::open(
+            &data.message_log(),
+            journal.next_seq(),
+            journal.pending_count() > 0,
+        );
+        Node {
+            data,
+            resumed,
+            handlers: Handlers::new(config.max_handlers),
+            presence: Presence::default(),
+            watchers: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(Refusals {
+                since: Instant::now(),
+                reported: [0, 0],
+                only_logged: 0,
+            }),
+            log_budget: crate::log_budget::LogBudget::new(crate::log_budget::LogLimits::new(
+                config.max_log_bytes_per_hour,
+                config.min_free_bytes_for_logs,
+            )),
+            disk_full_since: Mutex::new(None),
+            config,
+            broker,
+            metrics,
+            received,
+            identity,
+            trusted,
+            journal: Mutex::new(journal),
+            // One word waiting is enough: the supervisor looks at the journal itself.
+            upkeep: crossbeam_channel::bounded(1),
+            supervisor,
+            publishers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The journal. A panic while holding it cannot leave it half-written in memory (each
+    /// operation updates memory only after its write), so a poisoned lock is taken over.
+    pub fn journal(&self) -> JournalGuard<'_> {
+        JournalGuard {
+            journal: self.journal.lock().unwrap_or_else(|p| p.into_inner()),
+            upkeep: &self.upkeep.0,
+        }
+    }
+
+    /// Fires when the journal has upkeep waiting (records to make durable, finishes to
+    /// write again, a compaction): the supervisor's tick runs only then.
+    pub fn journal_upkeep(&self) -> Receiver<()> {
+        self.upkeep.1.clone()
+    }
+
+    /// Stops the agent at once if the journal has become unusable (a failed fsync, or a
+    /// compaction or cut-back that left file and memory out of step): see
+    /// [`Node::fail_stop`].
+    pub fn stop_if_unusable(&self, journal: &Journal) {
+        if let Some(why) = journal.unusable() {
+            self.fail_stop(&format!("the journal is unusable: {why}"));
+        }
+    }
+
+    /// As [`Node::stop_if_unusable`], for the received log.
+    pub fn stop_if_received_unusable(&self) {
+        if let Some(why) = self.received.unusable() {
+            self.fail_stop(&format!("the received log is unusable: {why}"));
+        }
+    }
+
+    /// Fail-stop: exits now, non-zero, writing nothing more. Going on would act on memory
+    /// the disk no longer matches (after a failed fsync, Linux may have dropped the pages
+    /// and report the next fsync as fine); systemd starts the agent again, and recovery
+    /// reads what the disk holds. What was accepted is on disk or still in its inbox file;
+    /// what was in flight is sent again and recognised by its id.
+    pub fn fail_stop(&self, why: &str) -> ! {
+        log::error!(
+            "{}: stopping at once ({why}); started again (systemd), steward recovers from what the disk holds",
+            self.config.node
+        );
+        std::process::exit(EXIT_STORAGE_FAILED)
+    }
+
+    /// Asks the supervisor for the process table as text.
+    pub fn status(&self) -> Option<String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.supervisor.send(Event::Status(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(2)).ok()
+    }
+}

@@ -1,0 +1,75 @@
+//! What the node tells central: error reports (through the journal, like any message, so
+//! they reach central after an outage), and refusals, within a per-minute limit.
+
+use super::*;
+
+/// At most [`REFUSAL_REPORTS_PER_MINUTE`] refusals are reported to central each minute, of
+/// messages that proved nothing and as many again of verified senders' (so strangers cannot
+/// hide what a known sender tried); past that they are logged here and counted, and the
+/// count is reported when the minute ends. So a flood of forged messages cannot flood the
+/// journal and the link.
+pub const REFUSAL_REPORTS_PER_MINUTE: u32 = 20;
+
+pub(super) struct Refusals {
+    pub(super) since: Instant,
+    /// Reported this minute: of unverified messages, of verified senders'.
+    pub(super) reported: [u32; 2],
+    pub(super) only_logged: u64,
+}
+
+impl Node {
+    /// Logs an error and sends it to the central error logger, through the journal, so it
+    /// reaches central even if the broker is down now.
+    pub fn report_error(&self, text: String) {
+        log::error!("{text}");
+        let message = Message {
+            to_node: self.config.central_node.clone(),
+            data: vec![text],
+            kind: Kind::EventAck,
+            method: "ErrorLog".to_string(),
+            timeout: None,
+            retries: None,
+            // Errors must reach central even after a long outage of the link.
+            ttl: Some(ERROR_REPORT_TTL_SECS),
+        };
+        if let Err(e) = self.accept(vec![message], None) {
+            log::error!("cannot journal the error report for the central error logger: {e}");
+        }
+    }
+
+    /// Logs a refused message and reports it to central, within the per-minute limit.
+    pub fn report_refusal(&self, text: String, verified: bool) {
+        let _ = self.refusal_reports_due();
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let reported = &mut r.reported[usize::from(verified)];
+        if *reported < REFUSAL_REPORTS_PER_MINUTE {
+            *reported += 1;
+            drop(r);
+            self.report_error(text);
+        } else {
+            r.only_logged += 1;
+            log::error!("{text}");
+        }
+    }
+
+    /// Ends the refusal-report minute if it is over, reporting how many were only logged.
+    /// Returns whether refusals only logged wait to be reported at the minute's end: call
+    /// again in a second.
+    pub fn refusal_reports_due(&self) -> bool {
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.since.elapsed() < Duration::from_secs(60) {
+            return r.only_logged > 0;
+        }
+        let only_logged = std::mem::take(&mut r.only_logged);
+        r.since = Instant::now();
+        r.reported = [0, 0];
+        drop(r);
+        if only_logged > 0 {
+            self.report_error(format!(
+                "{}: {only_logged} more refused messages in the last minute (over {REFUSAL_REPORTS_PER_MINUTE} a minute are logged on {} only)",
+                self.config.node, self.config.node
+            ));
+        }
+        false
+    }
+}

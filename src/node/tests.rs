@@ -1,0 +1,147 @@
+//! Node's own tests: handler threads, and watched messages.
+
+use super::*;
+use std::sync::atomic::Ordering;
+use std::thread::ThreadId;
+
+/// Runs a job that reports its thread and waits for `go`.
+fn job(h: &Handlers, stop: &Receiver<()>, go: &Receiver<()>) -> Receiver<ThreadId> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let go = go.clone();
+    assert!(h.run(stop, "test", move || {
+        tx.send(std::thread::current().id()).unwrap();
+        let _ = go.recv();
+    }));
+    rx
+}
+
+/// A node in `dir` whose broker is never reached: enough to accept and watch messages.
+fn offline_node(dir: &std::path::Path) -> Node {
+    use argh::FromArgs;
+    let folder = format!("--dataFolder={}", dir.display());
+    let args = [
+        "--node=ship1",
+        "--brokerAddress=127.0.0.1:1",
+        folder.as_str(),
+    ];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let args = crate::config::normalize_args(&args).expect("flags in the seed's form");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let flags = crate::config::Flags::from_args(&["steward"], &args).expect("valid flags");
+    let config = Config::load(&flags, &|_| None).expect("a valid configuration");
+    let data = DataFolder::new(dir.to_path_buf());
+    crate::files::create_dirs(dir).unwrap();
+    let (journal, _) = Journal::open(&data.journal_dir()).unwrap();
+    let received = Received::open(&data.journal_dir()).unwrap();
+    let identity = Identity::load_or_create(&data.keys()).unwrap();
+    let trusted = Trusted::open(&data.keys(), "ship1", identity.public_key()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let broker = Broker::connect(
+        "ship1",
+        &config.brokers,
+        config.security.clone(),
+        metrics.clone(),
+    );
+    let (supervisor, _) = crossbeam_channel::unbounded();
+    Node::new(
+        config,
+        broker,
+        metrics,
+        journal,
+        received,
+        (identity, trusted),
+        supervisor,
+    )
+}
+
+/// The race behind a `steward send` that waited forever: a busy publisher took the
+/// message and finished it between the journal write and the watcher going in. Here
+/// the watchers are held back while the message is accepted; as long as they are, no
+/// publisher may be able to take the message from the journal.
+#[test]
+fn a_watched_message_cannot_be_taken_before_its_watcher_is_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(offline_node(dir.path()));
+    let message = Message {
+        to_node: "ship2".into(),
+        data: vec!["hi".into()],
+        kind: Kind::EventNack,
+        method: "TextLogging".into(),
+        timeout: None,
+        retries: None,
+        ttl: None,
+    };
+    let lane = message.subject();
+    let held = node.watchers.lock().unwrap();
+    let n = node.clone();
+    let accepting = std::thread::spawn(move || n.accept_watched(vec![message]).unwrap());
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        // What a publisher sees when it looks for work: the journal, if it is free.
+        if let Ok(journal) = node.journal.try_lock() {
+            assert_eq!(
+                journal.lane_pending(&lane),
+                0,
+                "a publisher could take the message before its watcher was in place"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    let mut watched = accepting.join().unwrap();
+    let (id, progress) = watched.pop().unwrap();
+    // As the publisher does: take it, deliver it, say how it ended.
+    let taken = node.journal().take(&lane, 10).unwrap();
+    assert_eq!(taken.len(), 1);
+    let finished = Progress::Finished {
+        outcome: "published".into(),
+        reply: None,
+        why: None,
+    };
+    node.progress(&id, finished);
+    let heard = progress.recv_timeout(Duration::from_secs(5));
+    assert!(
+        matches!(heard, Ok(Progress::Finished { .. })),
+        "the watcher heard {heard:?}"
+    );
+}
+
+#[test]
+fn handler_threads_are_bounded_reused_and_let_go() {
+    let h = Handlers::lingering(2, Duration::from_millis(200));
+    let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let (go_tx, go) = crossbeam_channel::unbounded();
+    // Two at once; a third waits for a place.
+    let (a, b) = (job(&h, &stop, &go), job(&h, &stop, &go));
+    let (a, b) = (a.recv().unwrap(), b.recv().unwrap());
+    assert_ne!(a, b);
+    assert_eq!(h.in_use(), 2);
+    let h = Arc::new(h);
+    let (h2, stop2, go2) = (h.clone(), stop.clone(), go.clone());
+    let third = std::thread::spawn(move || job(&h2, &stop2, &go2).recv().unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !third.is_finished(),
+        "a third job ran past the limit of two"
+    );
+    go_tx.send(()).unwrap();
+    let c = third.join().unwrap();
+    assert!(c == a || c == b, "the freed thread took the third job");
+    for _ in 0..2 {
+        go_tx.send(()).unwrap();
+    }
+    assert!(h.wait_idle(Instant::now() + Duration::from_secs(5)));
+    // One after another, the same threads serve.
+    for _ in 0..5 {
+        let t = job(&h, &stop, &go).recv().unwrap();
+        assert!(t == a || t == b);
+        go_tx.send(()).unwrap();
+        assert!(h.wait_idle(Instant::now() + Duration::from_secs(5)));
+    }
+    // Idle past their time, they are gone.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.idle.load(Ordering::Acquire), 0);
+    let t = job(&h, &stop, &go).recv().unwrap();
+    assert!(t != a && t != b, "a new thread after the idle ones left");
+    go_tx.send(()).unwrap();
+}
