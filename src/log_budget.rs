@@ -14,8 +14,8 @@
 //! - below a floor of free space on the data folder's disk (`--minFreeBytesForLogs`) these
 //!   logs are not written at all: the space is the journal's.
 
+use crate::methods::Context;
 use crate::methods::Outcome;
-use crate::node::Node;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -142,11 +142,11 @@ impl LogBudget {
 /// message's sender and bytes. A refusal comes back as the outcome to answer; each is
 /// counted in `steward_log_writes_refused_total`, and a sender's first refusal of the hour
 /// is reported to central (from ErrorLog itself only logged, as a report would loop).
-pub fn admit(node: &Node, method: &'static str, items: &[(&str, usize)]) -> Vec<Option<Outcome>> {
-    let budget = &node.log_budget;
-    if let Err(why) = budget.check_free_space(&node.data.root) {
+pub fn admit(ctx: &Context, method: &'static str, items: &[(&str, usize)]) -> Vec<Option<Outcome>> {
+    let budget = &ctx.log_budget;
+    if let Err(why) = budget.check_free_space(&ctx.data.root) {
         log::warn!("{method}: {why}");
-        node.metrics
+        ctx.metrics
             .log_refused
             .with_label_values(&[method, "disk"])
             .inc_by(items.len() as u64);
@@ -157,16 +157,16 @@ pub fn admit(node: &Node, method: &'static str, items: &[(&str, usize)]) -> Vec<
         .iter()
         .map(|&(sender, bytes)| {
             let over = budget.take(method, sender, bytes as u64, now).err()?;
-            node.metrics
+            ctx.metrics
                 .log_refused
                 .with_label_values(&[method, "budget"])
                 .inc();
             if over.first {
-                let text = format!("{}: {}", node.config.node, over.why);
+                let text = format!("{}: {}", ctx.config.node, over.why);
                 if method == "ErrorLog" {
                     log::warn!("{text}");
                 } else {
-                    node.report_error(text);
+                    ctx.outbox.report_error(text);
                 }
             }
             Some(Outcome::refused(over.why))

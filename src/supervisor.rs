@@ -370,7 +370,7 @@ impl Supervisor {
             log::warn!("grace period over with work still running; it resumes on the next start");
         }
         for m in &self.methods {
-            m.flush(&self.node);
+            m.flush(&self.node.context());
         }
         let mut journal = self.node.journal();
         if let Err(e) = journal.sync() {

@@ -13,9 +13,9 @@
 //! beyond [`MAX_OUTPUT`] is counted but not kept, so a runaway command cannot exhaust memory
 //! or the broker's payload limit.
 
+use super::Context;
 use super::{Method, Outcome};
 use crate::message::{Envelope, Status};
-use crate::node::Node;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -42,13 +42,13 @@ impl Method for CliCommand {
         super::COMMANDS
     }
 
-    fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let deadline = envelope
             .message
             .timeout
             .map(Duration::from_secs)
-            .unwrap_or(node.config.default_timeout);
-        run(&envelope.message.data, &node.data.root, deadline)
+            .unwrap_or(ctx.config.default_timeout);
+        run(&envelope.message.data, &ctx.data.root, deadline)
     }
 }
 

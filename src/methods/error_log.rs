@@ -6,9 +6,9 @@
 //! at most 8 KiB of the error, each sender writes within its hourly budget, and the file is
 //! rotated at a size ([`crate::log_budget`]), so no sender can fill the disk.
 
+use super::Context;
 use super::{Method, Outcome};
 use crate::message::Envelope;
-use crate::node::Node;
 
 pub struct ErrorLog;
 
@@ -21,24 +21,24 @@ impl Method for ErrorLog {
         super::EVENTS
     }
 
-    fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
-        self.handle_batch(&[envelope], node).remove(0)
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        self.handle_batch(&[envelope], ctx).remove(0)
     }
 
-    fn ready(&self, node: &Node) -> Result<(), String> {
-        node.log_budget.check_free_space(&node.data.root)
+    fn ready(&self, ctx: &Context) -> Result<(), String> {
+        ctx.log_budget.check_free_space(&ctx.data.root)
     }
 
     /// A batch's errors go to errors.log with one write and one fsync.
-    fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
+    fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         let all = |outcome: Outcome| vec![outcome; envelopes.len()];
-        if !node.config.central_error_logger {
+        if !ctx.config.central_error_logger {
             return all(Outcome::refused(format!(
                 "{} is not the central error logger (start it with --centralErrorLogger)",
-                node.config.node
+                ctx.config.node
             )));
         }
-        let limits = &node.log_budget.limits;
+        let limits = &ctx.log_budget.limits;
         let lines: Vec<String> = envelopes
             .iter()
             .map(|e| {
@@ -58,14 +58,14 @@ impl Method for ErrorLog {
             .zip(&lines)
             .map(|(e, line)| (e.from_node.as_str(), line.len()))
             .collect();
-        let refused = crate::log_budget::admit(node, self.name(), &sizes);
+        let refused = crate::log_budget::admit(ctx, self.name(), &sizes);
         let written: String = lines
             .iter()
             .zip(&refused)
             .filter(|(_, r)| r.is_none())
             .map(|(line, _)| line.as_str())
             .collect();
-        let path = node.data.error_log();
+        let path = ctx.data.error_log();
         let result = if written.is_empty() {
             Ok(())
         } else {

@@ -7,9 +7,9 @@
 //! node trusts get a `steward_node_last_hello_age_seconds` line in `/metrics`, so a sender
 //! cannot grow the page with made-up names.
 
+use super::Context;
 use super::{Method, Outcome};
 use crate::message::Envelope;
-use crate::node::Node;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ impl Seen {
 }
 
 impl Hello {
-    fn write(&self, node: &Node, seen: &mut Seen, now_anyway: bool) {
+    fn write(&self, ctx: &Context, seen: &mut Seen, now_anyway: bool) {
         let now = Instant::now();
         if !seen.due(now, now_anyway) {
             return;
@@ -73,9 +73,9 @@ impl Hello {
             })
             .collect();
         let json = serde_json::to_vec_pretty(&file).expect("a map of strings serializes");
-        match crate::files::write_atomically(&node.data.hello_nodes(), &json) {
+        match crate::files::write_atomically(&ctx.data.hello_nodes(), &json) {
             Ok(()) => seen.dirty = false,
-            Err(e) => log::error!("cannot write {}: {e}", node.data.hello_nodes().display()),
+            Err(e) => log::error!("cannot write {}: {e}", ctx.data.hello_nodes().display()),
         }
     }
 }
@@ -89,16 +89,16 @@ impl Method for Hello {
         super::EVENTS
     }
 
-    fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
-        node.presence.seen(&envelope.from_node);
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        ctx.presence.seen(&envelope.from_node);
         // A metric label per name any sender can make up would grow /metrics without end.
-        if node.trusted.knows(&envelope.from_node) {
-            node.metrics.hello(&envelope.from_node);
+        if ctx.trusted.knows(&envelope.from_node) {
+            ctx.metrics.hello(&envelope.from_node);
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if !seen.loaded {
             seen.loaded = true;
-            if let Ok(bytes) = std::fs::read(node.data.hello_nodes()) {
+            if let Ok(bytes) = std::fs::read(ctx.data.hello_nodes()) {
                 if let Ok(file) = serde_json::from_slice::<BTreeMap<String, Entry>>(&bytes) {
                     seen.last = file
                         .into_iter()
@@ -119,15 +119,15 @@ impl Method for Hello {
         Outcome::ok("hello")
     }
 
-    fn tick(&self, node: &Node) -> bool {
+    fn tick(&self, ctx: &Context) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.write(node, &mut seen, false);
+        self.write(ctx, &mut seen, false);
         seen.dirty
     }
 
-    fn flush(&self, node: &Node) {
+    fn flush(&self, ctx: &Context) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.write(node, &mut seen, true);
+        self.write(ctx, &mut seen, true);
     }
 }
 

@@ -6,8 +6,14 @@
 //! (`inmsg.txt`, `steward send`) and on receipt. So a command can never travel as an
 //! event to slip past the rules for commands.
 
+use crate::config::Config;
+use crate::files::DataFolder;
+use crate::keys::Trusted;
+use crate::log_budget::LogBudget;
 use crate::message::{Envelope, Kind, Status};
-use crate::node::Node;
+use crate::metrics::Metrics;
+use crate::node::{Node, Presence};
+
 use std::sync::{Arc, OnceLock};
 
 pub mod cli_command;
@@ -53,6 +59,47 @@ pub const COMMANDS: &[Kind] = &[Kind::CommandAck, Kind::CommandNack];
 /// The kinds of a method that takes what happened (a log line, a Hello): events only.
 pub const EVENTS: &[Kind] = &[Kind::EventAck, Kind::EventNack];
 
+/// What a method may use of its node: its configuration and data folder, whom it trusts,
+/// who said Hello, the metrics, the log budget, and a way to report to central. Not the
+/// journal, the broker or the supervisor: a method does its work and returns an outcome;
+/// getting it back to the sender is the subscriber's business.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub data: &'a DataFolder,
+    pub trusted: &'a Trusted,
+    pub presence: &'a Presence,
+    pub metrics: &'a Metrics,
+    pub log_budget: &'a LogBudget,
+    pub outbox: &'a dyn Outbox,
+}
+
+/// What a method may send on: into this node's journal, like any message.
+pub trait Outbox: Sync {
+    /// Logs an error and sends it to central's error log.
+    fn report_error(&self, text: String);
+}
+
+impl Outbox for Node {
+    fn report_error(&self, text: String) {
+        Node::report_error(self, text)
+    }
+}
+
+impl Node {
+    /// What the methods get of this node.
+    pub fn context(&self) -> Context<'_> {
+        Context {
+            config: &self.config,
+            data: &self.data,
+            trusted: &self.trusted,
+            presence: &self.presence,
+            metrics: &self.metrics,
+            log_budget: &self.log_budget,
+            outbox: self,
+        }
+    }
+}
+
 pub trait Method: Send + Sync {
     /// The name used in subjects and in the `method` key.
     fn name(&self) -> &'static str;
@@ -64,26 +111,26 @@ pub trait Method: Send + Sync {
     /// message's retries or time to live (error reports: a week), and keeps it in its
     /// `failed-messages.txt` past that. Commands are always taken: the one that frees the
     /// disk must get through.
-    fn ready(&self, _node: &Node) -> Result<(), String> {
+    fn ready(&self, _ctx: &Context) -> Result<(), String> {
         Ok(())
     }
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
-    fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome;
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome;
     /// Runs a batch of received messages, in order (events of one subject that travelled
     /// together). A method that can do the batch's work in one go (one write, one fsync)
     /// overrides this; by default each runs alone.
-    fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
-        envelopes.iter().map(|e| self.handle(e, node)).collect()
+    fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
+        envelopes.iter().map(|e| self.handle(e, ctx)).collect()
     }
     /// Deferred work: called by the method's subscriber when a message was admitted and
     /// when it was handled, and again every second while this returns true (work still
     /// waits).
-    fn tick(&self, _node: &Node) -> bool {
+    fn tick(&self, _ctx: &Context) -> bool {
         false
     }
     /// Called when the node stops, to persist what `tick` would have.
-    fn flush(&self, _node: &Node) {}
+    fn flush(&self, _ctx: &Context) {}
 }
 
 /// Every method this build serves.

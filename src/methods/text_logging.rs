@@ -5,9 +5,9 @@
 //! budget and each file is rotated at a size ([`crate::log_budget`]), so no sender can fill
 //! the disk.
 
+use super::Context;
 use super::{Method, Outcome};
 use crate::message::Envelope;
-use crate::node::Node;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -22,16 +22,16 @@ impl Method for TextLogging {
         super::EVENTS
     }
 
-    fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
-        self.handle_batch(&[envelope], node).remove(0)
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        self.handle_batch(&[envelope], ctx).remove(0)
     }
 
-    fn ready(&self, node: &Node) -> Result<(), String> {
-        node.log_budget.check_free_space(&node.data.root)
+    fn ready(&self, ctx: &Context) -> Result<(), String> {
+        ctx.log_budget.check_free_space(&ctx.data.root)
     }
 
     /// A batch's lines go to each sender's log with one write and one fsync.
-    fn handle_batch(&self, envelopes: &[&Envelope], node: &Node) -> Vec<Outcome> {
+    fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         let lines: Vec<(PathBuf, String)> = envelopes
             .iter()
             .map(|e| {
@@ -39,7 +39,7 @@ impl Method for TextLogging {
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
-                (node.data.text_log(&e.from_node), text)
+                (ctx.data.text_log(&e.from_node), text)
             })
             .collect();
         let sizes: Vec<(&str, usize)> = envelopes
@@ -47,14 +47,14 @@ impl Method for TextLogging {
             .zip(&lines)
             .map(|(e, (_, text))| (e.from_node.as_str(), text.len()))
             .collect();
-        let refused = crate::log_budget::admit(node, self.name(), &sizes);
+        let refused = crate::log_budget::admit(ctx, self.name(), &sizes);
         let mut by_file: BTreeMap<&PathBuf, String> = BTreeMap::new();
         for ((path, text), refused) in lines.iter().zip(&refused) {
             if refused.is_none() {
                 by_file.entry(path).or_default().push_str(text);
             }
         }
-        let limits = &node.log_budget.limits;
+        let limits = &ctx.log_budget.limits;
         let failed: BTreeMap<&PathBuf, String> = by_file
             .into_iter()
             .filter_map(|(path, text)| {

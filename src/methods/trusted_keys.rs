@@ -12,10 +12,10 @@
 //! pins (`keys/trusted.txt`, never touched here). A sender allowed to send commands can
 //! therefore never make itself central. Revoked keys it carries are revoked here too.
 
+use super::Context;
 use super::{Method, Outcome};
 use crate::keys::KeySet;
 use crate::message::Envelope;
-use crate::node::Node;
 
 pub struct TrustedKeys;
 
@@ -28,14 +28,14 @@ impl Method for TrustedKeys {
         super::COMMANDS
     }
 
-    fn handle(&self, envelope: &Envelope, node: &Node) -> Outcome {
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let set = match KeySet::parse(&envelope.message.data.concat()) {
             Ok(set) => set,
             Err(e) => return Outcome::error(e),
         };
         let latest = envelope
             .accepted
-            .saturating_add(node.config.replay_window.as_millis() as u64);
+            .saturating_add(ctx.config.replay_window.as_millis() as u64);
         if set.issued > latest {
             return Outcome::refused(format!(
                 "the set claims to be issued at {}, after the message carrying it was sent ({}); not taken",
@@ -43,7 +43,7 @@ impl Method for TrustedKeys {
                 crate::files::rfc3339(envelope.accepted)
             ));
         }
-        match node.trusted.replace_distributed(&set) {
+        match ctx.trusted.replace_distributed(&set) {
             Ok(n) => {
                 let nodes: Vec<&str> = set.keys.keys().map(String::as_str).collect();
                 log::info!(
@@ -53,7 +53,7 @@ impl Method for TrustedKeys {
                 );
                 Outcome::ok(format!(
                     "{} now trusts {n} key(s) distributed by {} for: {}",
-                    node.config.node,
+                    ctx.config.node,
                     envelope.from_node,
                     nodes.join(", ")
                 ))

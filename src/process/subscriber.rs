@@ -112,7 +112,7 @@ impl Process for Subscriber {
             match op.index() {
                 i if i == on_stop => {
                     let _ = op.recv(stop);
-                    self.method.flush(&self.node);
+                    self.method.flush(&self.node.context());
                     self.node.trusted.persist_senders(true);
                     return Ok(());
                 }
@@ -153,7 +153,7 @@ impl Subscriber {
         subjects: &[String],
         dropped: &mut [usize],
     ) -> bool {
-        let method = self.method.tick(&self.node);
+        let method = self.method.tick(&self.node.context());
         self.count_dropped(subs, subjects, dropped);
         let senders = self.node.trusted.persist_senders(false);
         let refusals = self.node.refusal_reports_due();
@@ -270,7 +270,7 @@ fn report(node: &Node, method: &str, subject: &str, r: &Refusal) {
 fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: Admitted) {
     let name = method.name();
     let ids: Vec<&str> = a.envelopes.iter().map(|e| e.id.as_str()).collect();
-    if let Err(why) = method.ready(node) {
+    if let Err(why) = method.ready(&node.context()) {
         // Not now (a full disk): unrecorded and unanswered, so the sender tries again.
         log::warn!("{subject}: {} from {} not taken now: {why}", ids[0], a.from);
         node.metrics
@@ -309,8 +309,10 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     let mut outcomes = if new.is_empty() {
         Vec::new()
     } else {
-        catch_unwind(AssertUnwindSafe(|| method.handle_batch(&new, node)))
-            .unwrap_or_else(|_| vec![Outcome::error(format!("method {name} panicked")); new.len()])
+        catch_unwind(AssertUnwindSafe(|| {
+            method.handle_batch(&new, &node.context())
+        }))
+        .unwrap_or_else(|_| vec![Outcome::error(format!("method {name} panicked")); new.len()])
     }
     .into_iter();
     let mut replies = Vec::with_capacity(a.envelopes.len());
