@@ -17,59 +17,15 @@ impl Journal {
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<(Journal, Recovery)> {
         let path = Journal::path(dir);
         let mut file = RecordFile::open(&*storage, &path)?;
-        let len = file.end();
         let mut recovery = Recovery::default();
-
-        // First pass: what is finished, how far inbox files were read, where the last
-        // commit record is.
-        let mut next_seq = 1;
-        let mut done: HashMap<String, u64> = HashMap::new();
-        let mut legacy_done: HashSet<u64> = HashSet::new();
-        let mut inbox_offsets = BTreeMap::new();
-        // The first Accepted record after the last commit record, and how many there are.
-        let mut uncommitted: Option<(u64, usize)> = None;
-        let mut kept = 0;
-        let reader = file.handle().clone();
-        let mut records = Records::new(&*reader, 0, len);
-        for r in records.by_ref() {
-            let (offset, _, record) = r?;
-            kept += 1;
-            match record {
-                Record::Checkpoint { next_seq: n } => {
-                    next_seq = next_seq.max(n);
-                    uncommitted = None;
-                }
-                Record::InboxOffset { file, offset } => {
-                    inbox_offsets.insert(file, offset);
-                    uncommitted = None;
-                }
-                Record::Accepted { seq, .. } | Record::LegacyAccepted { seq, .. } => {
-                    next_seq = next_seq.max(seq + 1);
-                    match &mut uncommitted {
-                        Some((_, n)) => *n += 1,
-                        None => uncommitted = Some((offset, 1)),
-                    }
-                }
-                Record::DoneThrough { seq, lane } => {
-                    let through = done.entry(lane).or_default();
-                    *through = (*through).max(seq);
-                }
-                Record::LegacyDone { seq } => {
-                    legacy_done.insert(seq);
-                }
-                Record::Started { .. } | Record::Finished { .. } => {}
-            }
-        }
-        let mut size = records.reached();
-        let corruption = records.corruption.take();
-        if let Some(why) = &corruption {
-            recovery.cut = Some(cut_message(&path, why, kept, size));
-        }
+        let found = Found::read(&file, &path)?;
+        recovery.cut = found.cut;
+        let mut size = found.end;
         file.found_end(size)?;
         // A batch whose commit record never made it to disk was never taken: its messages
         // are still in their inbox file, which is read again from the last committed offset.
         // Cut them off the file too, or a later commit record would commit them.
-        if let Some((first, count)) = uncommitted {
+        if let Some((first, count)) = found.uncommitted {
             file.found_end(first)?;
             size = first;
             let dropped = format!(
@@ -80,17 +36,15 @@ impl Journal {
                 None => dropped,
             });
         }
-
-        // Second pass: where the unfinished messages are.
         let mut journal = Journal {
             storage,
             dir: dir.to_path_buf(),
             file,
-            next_seq,
+            next_seq: found.next_seq,
             lanes: HashMap::new(),
             pending: 0,
             live_bytes: 0,
-            inbox_offsets,
+            inbox_offsets: found.inbox_offsets,
             unsynced_batches: VecDeque::new(),
             compact_not_before: None,
             unsettled: HashSet::new(),
@@ -98,29 +52,11 @@ impl Journal {
             fsync_seconds: Vec::new(),
             unreadable: Vec::new(),
         };
-        for (lane, through) in done {
+        for (lane, through) in found.done {
             let l = journal.lanes.entry(lane).or_default();
             (l.done_through, l.handed_through) = (through, through);
         }
-        let mut legacy = !legacy_done.is_empty();
-        for r in Records::new(&*reader, 0, size) {
-            let (offset, len, record) = r?;
-            let span = Span { offset, len };
-            match record {
-                Record::Accepted { seq, lane, .. } => journal.index(lane, seq, span),
-                Record::LegacyAccepted { seq, envelope } => {
-                    legacy = true;
-                    if legacy_done.contains(&seq) {
-                        continue;
-                    }
-                    match Envelope::decode(&envelope) {
-                        Ok(e) => journal.index(e.message.subject().to_string(), seq, span),
-                        Err(e) => recovery.undecodable.push(format!("record {seq}: {e}")),
-                    }
-                }
-                _ => {}
-            }
-        }
+        let legacy = journal.locate_unfinished(size, &found.legacy_done, &mut recovery)?;
         let mut lanes: Vec<Subject> = journal
             .lanes
             .iter()
@@ -133,7 +69,7 @@ impl Journal {
         recovery.inbox_offsets = journal.inbox_offsets.clone();
         if legacy {
             // Written before lanes: rewrite it in today's form at once.
-            journal.compact_with(&legacy_done)?;
+            journal.compact_with(&found.legacy_done)?;
         } else {
             // A full disk is no reason not to start: compaction is tried again later.
             if let Err(e) = journal.maintain() {
@@ -144,6 +80,37 @@ impl Journal {
             }
         }
         Ok((journal, recovery))
+    }
+
+    /// The second pass: where the unfinished messages are, up to `end`. Whether the file
+    /// was written before lanes.
+    fn locate_unfinished(
+        &mut self,
+        end: u64,
+        legacy_done: &HashSet<u64>,
+        recovery: &mut Recovery,
+    ) -> io::Result<bool> {
+        let mut legacy = !legacy_done.is_empty();
+        let reader = self.file.handle().clone();
+        for r in Records::new(&*reader, 0, end) {
+            let (offset, len, record) = r?;
+            let span = Span { offset, len };
+            match record {
+                Record::Accepted { seq, lane, .. } => self.index(lane, seq, span),
+                Record::LegacyAccepted { seq, envelope } => {
+                    legacy = true;
+                    if legacy_done.contains(&seq) {
+                        continue;
+                    }
+                    match Envelope::decode(&envelope) {
+                        Ok(e) => self.index(e.message.subject().to_string(), seq, span),
+                        Err(e) => recovery.undecodable.push(format!("record {seq}: {e}")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(legacy)
     }
 
     /// Notes an accepted message of `lane` at `span`, unless the lane is done past it.
@@ -159,5 +126,72 @@ impl Journal {
         if seq > l.handed_through {
             l.waiting.wait(seq, span);
         }
+    }
+}
+
+/// What the first pass over the file finds.
+struct Found {
+    next_seq: u64,
+    /// Each lane's `DoneThrough`.
+    done: HashMap<String, u64>,
+    /// Finished messages of a journal written before lanes.
+    legacy_done: HashSet<u64>,
+    inbox_offsets: BTreeMap<String, u64>,
+    /// The first `Accepted` record after the last commit record, and how many there are.
+    uncommitted: Option<(u64, usize)>,
+    /// Where the complete records end, and what was cut past it.
+    end: u64,
+    cut: Option<String>,
+}
+
+impl Found {
+    /// The first pass: what is finished, how far inbox files were read, where the last
+    /// commit record is.
+    fn read(file: &RecordFile, path: &Path) -> io::Result<Found> {
+        let mut found = Found {
+            next_seq: 1,
+            done: HashMap::new(),
+            legacy_done: HashSet::new(),
+            inbox_offsets: BTreeMap::new(),
+            uncommitted: None,
+            end: 0,
+            cut: None,
+        };
+        let mut kept = 0;
+        let mut records = Records::new(&**file.handle(), 0, file.end());
+        for r in records.by_ref() {
+            let (offset, _, record) = r?;
+            kept += 1;
+            match record {
+                Record::Checkpoint { next_seq } => {
+                    found.next_seq = found.next_seq.max(next_seq);
+                    found.uncommitted = None;
+                }
+                Record::InboxOffset { file, offset } => {
+                    found.inbox_offsets.insert(file, offset);
+                    found.uncommitted = None;
+                }
+                Record::Accepted { seq, .. } | Record::LegacyAccepted { seq, .. } => {
+                    found.next_seq = found.next_seq.max(seq + 1);
+                    match &mut found.uncommitted {
+                        Some((_, n)) => *n += 1,
+                        None => found.uncommitted = Some((offset, 1)),
+                    }
+                }
+                Record::DoneThrough { seq, lane } => {
+                    let through = found.done.entry(lane).or_default();
+                    *through = (*through).max(seq);
+                }
+                Record::LegacyDone { seq } => {
+                    found.legacy_done.insert(seq);
+                }
+                Record::Started { .. } | Record::Finished { .. } => {}
+            }
+        }
+        found.end = records.reached();
+        if let Some(why) = &records.corruption {
+            found.cut = Some(cut_message(path, why, kept, found.end));
+        }
+        Ok(found)
     }
 }
