@@ -121,30 +121,7 @@ pub fn admit(
         })
     };
     // 1. This node's subject, a kind the method serves.
-    let parsed = Subject::parse(subject).map_err(|e| silent("", &[], e))?;
-    if parsed.node != policy.node || parsed.method != served.method {
-        return Err(silent(
-            "",
-            &[],
-            format!(
-                "{subject} is not a subject of {}.{}",
-                policy.node, served.method
-            ),
-        ));
-    }
-    if !served.kinds.contains(&parsed.kind) {
-        let kinds: Vec<&str> = served.kinds.iter().map(|k| k.as_str()).collect();
-        return Err(silent(
-            "",
-            &[],
-            format!(
-                "{} is served only as {}, not as {}",
-                served.method,
-                kinds.join(" or "),
-                parsed.kind.as_str()
-            ),
-        ));
-    }
+    let parsed = served_subject(policy, &served, subject).map_err(|e| silent("", &[], e))?;
     // 2. It decodes, from one sender, and agrees with its subject.
     let batch = message::is_batch(payload);
     let envelopes = if batch {
@@ -155,29 +132,7 @@ pub fn admit(
     .map_err(|e| silent("", &[], e))?;
     let from = envelopes[0].from_node.clone();
     let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
-    if let Some(e) = envelopes.iter().find(|e| e.from_node != from) {
-        return Err(silent(
-            &from,
-            &ids,
-            format!("it mixes senders ({from}, {})", e.from_node),
-        ));
-    }
-    for e in &envelopes {
-        let m = &e.message;
-        if m.to_node != parsed.node || m.kind != parsed.kind || m.method != parsed.method {
-            return Err(silent(
-                &from,
-                &ids,
-                format!(
-                    "{}: its content ({}.{}.{}) does not match its subject",
-                    e.id,
-                    m.to_node,
-                    m.kind.as_str(),
-                    m.method
-                ),
-            ));
-        }
-    }
+    one_sender_agreeing(&envelopes, &parsed).map_err(|why| silent(&from, &ids, why))?;
     // 3. Signed by a key trusted for that sender, over these subjects.
     let signed = trusted
         .verify(&from, headers, Scope::request(subject, reply), payload)
@@ -208,12 +163,7 @@ pub fn admit(
     };
     // 5. Answered only on the sender's own inbox.
     if let Some(to) = reply {
-        let own = format!("_INBOX.{from}.");
-        if !to.starts_with(&own) || to.len() == own.len() {
-            return Err(verified(format!(
-                "its answer would go to {to}, not to {from}'s own inbox ({own}…)"
-            )));
-        }
+        own_inbox(to, &from).map_err(verified)?;
     }
     let admitted = Admitted {
         envelopes,
@@ -235,6 +185,63 @@ pub fn admit(
         });
     }
     Ok(admitted)
+}
+
+/// Step 1: `subject` is one of this node's for the method, of a kind it serves.
+fn served_subject(
+    policy: &Policy<'_>,
+    served: &Served<'_>,
+    subject: &str,
+) -> Result<Subject, String> {
+    let parsed = Subject::parse(subject)?;
+    if parsed.node != policy.node || parsed.method != served.method {
+        return Err(format!(
+            "{subject} is not a subject of {}.{}",
+            policy.node, served.method
+        ));
+    }
+    if !served.kinds.contains(&parsed.kind) {
+        let kinds: Vec<&str> = served.kinds.iter().map(|k| k.as_str()).collect();
+        return Err(format!(
+            "{} is served only as {}, not as {}",
+            served.method,
+            kinds.join(" or "),
+            parsed.kind.as_str()
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Step 2: one sender, and every message's content agrees with the subject it came on.
+fn one_sender_agreeing(envelopes: &[Envelope], subject: &Subject) -> Result<(), String> {
+    let from = &envelopes[0].from_node;
+    if let Some(e) = envelopes.iter().find(|e| e.from_node != *from) {
+        return Err(format!("it mixes senders ({from}, {})", e.from_node));
+    }
+    for e in envelopes {
+        let m = &e.message;
+        if m.to_node != subject.node || m.kind != subject.kind || m.method != subject.method {
+            return Err(format!(
+                "{}: its content ({}.{}.{}) does not match its subject",
+                e.id,
+                m.to_node,
+                m.kind.as_str(),
+                m.method
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Step 5: the answer goes to the sender's own inbox, `_INBOX.<from>.…`.
+fn own_inbox(to: &str, from: &str) -> Result<(), String> {
+    let own = format!("_INBOX.{from}.");
+    if !to.starts_with(&own) || to.len() == own.len() {
+        return Err(format!(
+            "its answer would go to {to}, not to {from}'s own inbox ({own}…)"
+        ));
+    }
+    Ok(())
 }
 
 /// Why `from` may not send `method` as `kind` here, if it may not.
@@ -264,4 +271,79 @@ fn forbidden(policy: &Policy<'_>, from: &str, kind: Kind, method: &str) -> Optio
         "{from} may not call {method} here (allowCommandsFrom: {})",
         rules.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn policy() -> Policy<'static> {
+        Policy {
+            node: "ship1",
+            central: "central",
+            allow_commands_from: &[],
+            replay_window: Duration::from_secs(600),
+            clock_check: ClockCheck::Off,
+        }
+    }
+
+    fn envelope(from: &str, to: &str, kind: Kind, method: &str) -> Envelope {
+        Envelope {
+            id: format!("{from}-1"),
+            from_node: from.into(),
+            accepted: 0,
+            message: Message {
+                to_node: to.into(),
+                data: vec![],
+                kind,
+                method: method.into(),
+                timeout: None,
+                retries: None,
+                ttl: None,
+            },
+        }
+    }
+
+    #[test]
+    fn only_this_nodes_subjects_of_a_served_kind() {
+        let served = Served {
+            method: "CLICommand",
+            kinds: crate::methods::COMMANDS,
+        };
+        let ok = served_subject(&policy(), &served, "ship1.CommandACK.CLICommand").unwrap();
+        assert_eq!(ok.kind, Kind::CommandAck);
+        let other = served_subject(&policy(), &served, "ship2.CommandACK.CLICommand");
+        assert!(other
+            .unwrap_err()
+            .contains("not a subject of ship1.CLICommand"));
+        let event = served_subject(&policy(), &served, "ship1.EventACK.CLICommand");
+        assert!(event
+            .unwrap_err()
+            .contains("served only as CommandACK or CommandNACK"));
+        assert!(served_subject(&policy(), &served, "ship1.CLICommand").is_err());
+    }
+
+    #[test]
+    fn one_sender_and_content_that_agrees_with_its_subject() {
+        let subject = Subject::parse("ship1.EventACK.TextLogging").unwrap();
+        let good = envelope("central", "ship1", Kind::EventAck, "TextLogging");
+        assert!(one_sender_agreeing(std::slice::from_ref(&good), &subject).is_ok());
+        let other = envelope("ship2", "ship1", Kind::EventAck, "TextLogging");
+        let mixed = one_sender_agreeing(&[good.clone(), other], &subject);
+        assert!(mixed
+            .unwrap_err()
+            .contains("mixes senders (central, ship2)"));
+        let moved = envelope("central", "ship1", Kind::CommandAck, "CLICommand");
+        let why = one_sender_agreeing(&[moved], &subject).unwrap_err();
+        assert!(why.contains("does not match its subject"), "{why}");
+    }
+
+    #[test]
+    fn answers_go_only_to_the_senders_own_inbox() {
+        assert!(own_inbox("_INBOX.central.abc.1", "central").is_ok());
+        assert!(own_inbox("_INBOX.central.", "central").is_err());
+        assert!(own_inbox("_INBOX.centralx.abc", "central").is_err());
+        assert!(own_inbox("ship2.CommandACK.CLICommand", "central").is_err());
+    }
 }
