@@ -57,14 +57,50 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     let Some(program) = argv.first() else {
         return Outcome::error("CLICommand needs a command in data, e.g. [\"df\",\"-h\"]");
     };
-    let (reader, writer) = match crate::sys::pipe() {
-        Ok(p) => p,
-        Err(e) => return Outcome::error(format!("cannot create a pipe: {e}")),
+    let (mut child, reader) = match spawn(argv, cwd) {
+        Ok(spawned) => spawned,
+        Err(why) => return Outcome::error(why),
     };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return Outcome::error(format!("cannot duplicate a pipe: {e}")),
+    let collected = collect(child.id(), reader, deadline);
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => return Outcome::error(format!("cannot wait for {program:?}: {e}")),
     };
+    let mut text = String::from_utf8_lossy(&collected.output).into_owned();
+    if collected.dropped > 0 {
+        text.push_str(&format!(
+            "\n[steward: {} more bytes of output not kept]\n",
+            collected.dropped
+        ));
+    }
+    if collected.killed {
+        text.push_str(&format!(
+            "\n[steward: killed after the {}s deadline]\n",
+            deadline.as_secs_f64()
+        ));
+    }
+    if collected.abandoned {
+        text.push_str(&format!(
+            "\n[steward: output abandoned {}s after the deadline: a process outside the command's group still holds it]\n",
+            PIPE_GRACE.as_secs_f64()
+        ));
+    }
+    let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
+    Outcome {
+        status: Status::Ok,
+        exit_code,
+        output: text,
+    }
+}
+
+/// Starts `argv` in `cwd`, in a process group of its own, its stdout and stderr into one
+/// pipe: the child, and the pipe's read end.
+fn spawn(argv: &[String], cwd: &Path) -> Result<(std::process::Child, File), String> {
+    let program = &argv[0];
+    let (reader, writer) = crate::sys::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
     let mut command = Command::new(program);
     command
         .args(&argv[1..])
@@ -76,22 +112,36 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     let spawned = command.spawn();
     // Our copies of the pipe's write end must close, or we would never see end-of-file.
     drop(command);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return Outcome::error(format!("cannot start {program:?}: {e}")),
-    };
+    let child = spawned.map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    Ok((child, File::from(reader)))
+}
+
+/// What a command wrote, and how it ended.
+struct Collected {
+    output: Vec<u8>,
+    /// Bytes past [`MAX_OUTPUT`], not kept.
+    dropped: usize,
+    /// Killed at the deadline.
+    killed: bool,
+    /// Something outside the group still held the pipe [`PIPE_GRACE`] after the kill.
+    abandoned: bool,
+}
+
+/// Reads the command's output until its leader (`pgid`) has exited and the pipe is at
+/// end-of-file (everything that could write to it is gone), or kills the group at the
+/// deadline. No child of the command outlives this.
+fn collect(pgid: u32, mut reader: File, deadline: Duration) -> Collected {
     let started = Instant::now();
-    let pgid = child.id();
-    let mut reader = File::from(reader);
-    let mut output = Vec::new();
-    let mut dropped = 0usize;
+    let mut c = Collected {
+        output: Vec::new(),
+        dropped: 0,
+        killed: false,
+        abandoned: false,
+    };
     let mut killed_at: Option<Instant> = None;
     let mut eof = false;
-    let mut abandoned = false;
     let mut recheck = Duration::from_micros(50);
     let mut buf = [0u8; 16 * 1024];
-    // The command ends when its leader has exited and the pipe is at end-of-file (everything
-    // that could write to it is gone), or at the deadline.
     while !(eof && crate::sys::child_exited(pgid)) {
         let now = Instant::now();
         if killed_at.is_none() && now.duration_since(started) >= deadline {
@@ -103,7 +153,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
                 let left = PIPE_GRACE.saturating_sub(at.elapsed());
                 if left.is_zero() {
                     // Something outside the group (a `setsid` child) still holds the pipe.
-                    abandoned = !eof;
+                    c.abandoned = !eof;
                     break;
                 }
                 left
@@ -122,9 +172,9 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
             Ok([true]) => match reader.read(&mut buf) {
                 Ok(0) => eof = true,
                 Ok(n) => {
-                    let keep = n.min(MAX_OUTPUT - output.len().min(MAX_OUTPUT));
-                    output.extend_from_slice(&buf[..keep]);
-                    dropped += n - keep;
+                    let keep = n.min(MAX_OUTPUT - c.output.len().min(MAX_OUTPUT));
+                    c.output.extend_from_slice(&buf[..keep]);
+                    c.dropped += n - keep;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => eof = true,
@@ -137,36 +187,8 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
     // children with their output redirected elsewhere are still in the group. The leader
     // is not reaped yet, so the group id cannot have been reused.
     kill_group(pgid);
-    drop(reader);
-    let killed = killed_at.is_some();
-    let status = match child.wait() {
-        Ok(s) => s,
-        Err(e) => return Outcome::error(format!("cannot wait for {program:?}: {e}")),
-    };
-    let mut text = String::from_utf8_lossy(&output).into_owned();
-    if dropped > 0 {
-        text.push_str(&format!(
-            "\n[steward: {dropped} more bytes of output not kept]\n"
-        ));
-    }
-    if killed {
-        text.push_str(&format!(
-            "\n[steward: killed after the {}s deadline]\n",
-            deadline.as_secs_f64()
-        ));
-    }
-    if abandoned {
-        text.push_str(&format!(
-            "\n[steward: output abandoned {}s after the deadline: a process outside the command's group still holds it]\n",
-            PIPE_GRACE.as_secs_f64()
-        ));
-    }
-    let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
-    Outcome {
-        status: Status::Ok,
-        exit_code,
-        output: text,
-    }
+    c.killed = killed_at.is_some();
+    c
 }
 
 fn kill_group(pgid: u32) {
