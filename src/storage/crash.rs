@@ -430,12 +430,7 @@ fn the_journal_keeps_every_promise_through_crashes_power_cuts_and_disk_errors() 
         run.run(n);
         steps += n as u64;
         recoveries += run.recoveries;
-        let c = disk.counts();
-        total.power_cuts += c.power_cuts;
-        total.crashes += c.crashes;
-        total.failed += c.failed;
-        total.writes += c.writes;
-        total.fsyncs += c.fsyncs;
+        total.add(disk.counts());
     }
     report("journal", seeds.len(), steps, total, recoveries);
     assert!(seeds.len() == 1 || total.power_cuts > seeds.len() as u64);
@@ -668,11 +663,7 @@ fn the_received_log_never_runs_a_message_twice_through_crashes_power_cuts_and_di
         let (c, r) = received_schedule(seed, n);
         steps += n as u64;
         recoveries += r;
-        total.power_cuts += c.power_cuts;
-        total.crashes += c.crashes;
-        total.failed += c.failed;
-        total.writes += c.writes;
-        total.fsyncs += c.fsyncs;
+        total.add(c);
     }
     report("received log", seeds.len(), steps, total, recoveries);
     assert!(seeds.len() == 1 || total.power_cuts > seeds.len() as u64);

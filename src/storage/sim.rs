@@ -41,6 +41,17 @@ pub struct Counts {
     pub crashes: u64,
 }
 
+impl Counts {
+    /// Adds another schedule's counts.
+    pub fn add(&mut self, other: Counts) {
+        self.writes += other.writes;
+        self.fsyncs += other.fsyncs;
+        self.failed += other.failed;
+        self.power_cuts += other.power_cuts;
+        self.crashes += other.crashes;
+    }
+}
+
 /// A seeded, deterministic random number generator (SplitMix64).
 pub struct Rng(u64);
 
@@ -127,6 +138,17 @@ struct State {
 }
 
 impl State {
+    /// A new, empty file named `path` (replacing any there); its name not yet durable.
+    fn new_file(&mut self, path: &Path) -> u64 {
+        let ino = self.next_inode;
+        self.next_inode += 1;
+        self.inodes.insert(ino, Inode::default());
+        self.names.insert(path.to_path_buf(), ino);
+        self.unsynced_names
+            .push(NameOp::Link(path.to_path_buf(), ino));
+        ino
+    }
+
     fn fails(&mut self, per_mille: u32) -> bool {
         let fails = per_mille > 0 && self.rng.chance(per_mille);
         if fails {
@@ -250,29 +272,14 @@ impl Storage for SimDisk {
             let mut s = self.state();
             match s.names.get(path) {
                 Some(&ino) => ino,
-                None => {
-                    let ino = s.next_inode;
-                    s.next_inode += 1;
-                    s.inodes.insert(ino, Inode::default());
-                    s.names.insert(path.to_path_buf(), ino);
-                    s.unsynced_names.push(NameOp::Link(path.to_path_buf(), ino));
-                    ino
-                }
+                None => s.new_file(path),
             }
         };
         Ok(self.handle(ino))
     }
 
     fn create(&self, path: &Path) -> io::Result<Handle> {
-        let ino = {
-            let mut s = self.state();
-            let ino = s.next_inode;
-            s.next_inode += 1;
-            s.inodes.insert(ino, Inode::default());
-            s.names.insert(path.to_path_buf(), ino);
-            s.unsynced_names.push(NameOp::Link(path.to_path_buf(), ino));
-            ino
-        };
+        let ino = self.state().new_file(path);
         Ok(self.handle(ino))
     }
 
