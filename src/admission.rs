@@ -121,7 +121,7 @@ pub fn admit(
         })
     };
     // 1. This node's subject, a kind the method serves.
-    let parsed = Subject::parse(subject).map_err(|e| silent("", &[], e))?;
+    let parsed = Subject::parse(subject).map_err(|e| silent("", &[], e.to_string()))?;
     if parsed.node != policy.node || parsed.method != served.method {
         return Err(silent(
             "",
