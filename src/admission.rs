@@ -152,7 +152,7 @@ pub fn admit(
     } else {
         Envelope::decode(payload).map(|e| vec![e])
     }
-    .map_err(|e| silent("", &[], e))?;
+    .map_err(|e| silent("", &[], e.to_string()))?;
     let from = envelopes[0].from_node.clone();
     let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
     if let Some(e) = envelopes.iter().find(|e| e.from_node != from) {

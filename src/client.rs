@@ -74,7 +74,8 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
         ttl: req.ttl,
     };
     let value = serde_json::to_value(&message).expect("a Message serializes");
-    Message::from_value(&value, &crate::methods::kind_refusal).map_err(|e| (EXIT_USAGE, e))?;
+    Message::from_value(&value, &crate::methods::kind_refusal)
+        .map_err(|e| (EXIT_USAGE, e.to_string()))?;
     let wait = req.wait && kind.wants_ack();
     let mut stream = connect(socket)?;
     let request = format!(

@@ -314,7 +314,7 @@ impl Publisher {
             false,
             &mut Vec::new(),
             |bytes| {
-                let got = Reply::decode_batch(bytes)?;
+                let got = Reply::decode_batch(bytes).map_err(|e| e.to_string())?;
                 let expected = batch.iter().map(|e| e.envelope.id.as_str());
                 if got.len() != batch.len()
                     || !got.iter().map(|r| r.id.as_str()).eq(expected)
@@ -383,7 +383,7 @@ impl Publisher {
             let accept = |bytes: &[u8]| match Reply::decode(bytes) {
                 Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
                 Ok(reply) => Err(format!("a reply for {} while waiting for {id}", reply.id)),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             let tried = self.attempt(
                 replies,
