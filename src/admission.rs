@@ -196,7 +196,7 @@ pub fn admit(
     // refusal proves nothing of the sender.)
     trusted
         .fresh(&from, &signed, policy.replay_window, policy.clock_check)
-        .map_err(|why| silent(&from, &ids, why))?;
+        .map_err(|why| silent(&from, &ids, why.to_string()))?;
     // From here on the message is the sender's own, and new: its refusals are a known
     // sender's.
     let verified = |why: String| match silent(&from, &ids, why) {

@@ -78,10 +78,14 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
     }
     let central = crate::files::DataFolder::new(root.join("central"));
     let ship1 = crate::files::DataFolder::new(root.join("ship1"));
-    let central_key = crate::keys::Identity::load_or_create(&central.keys())?;
-    let ship1_key = crate::keys::Identity::load_or_create(&ship1.keys())?;
-    crate::keys::trust(&ship1.keys(), "central", central_key.public_key())?;
-    crate::keys::trust(&central.keys(), "ship1", ship1_key.public_key())?;
+    let central_key =
+        crate::keys::Identity::load_or_create(&central.keys()).map_err(|e| e.to_string())?;
+    let ship1_key =
+        crate::keys::Identity::load_or_create(&ship1.keys()).map_err(|e| e.to_string())?;
+    crate::keys::trust(&ship1.keys(), "central", central_key.public_key())
+        .map_err(|e| e.to_string())?;
+    crate::keys::trust(&central.keys(), "ship1", ship1_key.public_key())
+        .map_err(|e| e.to_string())?;
     println!(
         "ship1 trusts central's key {}, central trusts ship1's key {}",
         central_key.public_key(),

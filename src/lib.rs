@@ -82,7 +82,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// This node's signing key or its trusted keys could not be loaded.
-    Keys(String),
+    Keys(keys::Error),
     /// Running as set up would let others act as this node.
     Unsafe(String),
     /// The signal handler could not be installed.
@@ -100,7 +100,15 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::DataFolder { source, .. } => Some(source),
+            Error::Keys(e) => Some(e),
+            Error::Unsafe(_) | Error::Signals(_) => None,
+        }
+    }
+}
 
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
