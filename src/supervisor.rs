@@ -12,7 +12,7 @@
 
 use crate::methods::Method;
 use crate::node::Node;
-use crate::process::{self, publisher, subscriber, Process, State, StopFd};
+use crate::process::{self, publisher, subscriber, Failure, Process, State, StopFd};
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 pub enum Event {
     /// Messages wait in the journal for these lanes, which have no publisher yet.
     Publish(Vec<Subject>),
-    /// A process's thread ended (with the error, if it failed).
+    /// A process's thread ended (with why, if it failed).
     Exited {
         name: String,
         generation: u64,
-        error: Option<String>,
+        failure: Option<Failure>,
     },
     /// The process table as text, for `--profilingPort`.
     Status(Sender<String>),
@@ -205,7 +205,7 @@ impl Supervisor {
         });
     }
 
-    fn exited(&mut self, name: String, generation: u64, error: Option<String>) {
+    fn exited(&mut self, name: String, generation: u64, failure: Option<Failure>) {
         let Some(e) = self.table.get_mut(&name) else {
             return;
         };
@@ -224,7 +224,7 @@ impl Supervisor {
         let delay = crate::retry::backoff(e.failures, Duration::from_secs(30));
         e.restart_at = Some(Instant::now() + delay);
         self.node.metrics.restarts.inc();
-        let why = error.unwrap_or_else(|| "ended unexpectedly".into());
+        let why = failure.map_or_else(|| "ended unexpectedly".into(), |f| f.to_string());
         self.node.report_error(format!(
             "{}: process {name} failed: {why}; restarting in {:.1}s",
             self.node.config.node,
@@ -319,7 +319,7 @@ impl Supervisor {
             crossbeam_channel::select! {
                 recv(self.events) -> event => match event {
                     Ok(Event::Publish(lanes)) => lanes.into_iter().for_each(|l| self.publish(l)),
-                    Ok(Event::Exited { name, generation, error }) => self.exited(name, generation, error),
+                    Ok(Event::Exited { name, generation, failure }) => self.exited(name, generation, failure),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
