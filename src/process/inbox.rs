@@ -72,7 +72,7 @@ struct Taken {
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
 /// reached, and a restarted inbox reads on from there. (A full disk is not a failure at all:
-/// intake waits, see [`Inbox::take`].)
+/// intake waits, see `Inbox::take`.)
 #[derive(Debug)]
 pub enum Error {
     /// The data folder could not be listed (for taken files an earlier run left).

@@ -84,7 +84,7 @@ impl Failure {
     }
 }
 
-/// The reason's own words: "process … failed: <this>".
+/// The reason's own words, as in "process X failed: (this)".
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.reason())
