@@ -26,7 +26,7 @@ impl Method for TextLogging {
         self.handle_batch(&[envelope], node).remove(0)
     }
 
-    fn ready(&self, node: &Node) -> Result<(), String> {
+    fn ready(&self, node: &Node) -> Result<(), crate::log_budget::BelowFloor> {
         node.log_budget.check_free_space(&node.data.root)
     }
 

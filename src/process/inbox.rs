@@ -311,7 +311,7 @@ impl Inbox {
         // the journal's reserve, are for finishing what is in flight, storing replies and
         // reporting.
         if let Err(why) = self.node.log_budget.check_free_space(&self.node.data.root) {
-            self.node.disk_full(&why);
+            self.node.disk_full(&why.to_string());
             t.paused = true;
             return Ok(());
         }
