@@ -288,7 +288,7 @@ impl Supervisor {
             let _ = t.join();
             self.node.metrics.processes.dec();
         }
-        // Not told to stop, and no error: a bug of a kind a restart has always got past.
+        // Ended without an error, though not told to stop: restarted as it always was.
         let failure = failure.unwrap_or_else(|| Failure::retry("ended unexpectedly"));
         let fatal = failure.is_fatal();
         let restart = e.failures.on_failure(fatal, e.started.elapsed());
