@@ -129,7 +129,7 @@ pub fn admit(
     } else {
         Envelope::decode(payload).map(|e| vec![e])
     }
-    .map_err(|e| silent("", &[], e))?;
+    .map_err(|e| silent("", &[], e.to_string()))?;
     let from = envelopes[0].from_node.clone();
     let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
     one_sender_agreeing(&envelopes, &parsed).map_err(|why| silent(&from, &ids, why))?;
@@ -151,7 +151,7 @@ pub fn admit(
     // refusal proves nothing of the sender.)
     trusted
         .fresh(&from, &signed, policy.replay_window, policy.clock_check)
-        .map_err(|why| silent(&from, &ids, why))?;
+        .map_err(|why| silent(&from, &ids, why.to_string()))?;
     // From here on the message is the sender's own, and new: its refusals are a known
     // sender's.
     let verified = |why: String| match silent(&from, &ids, why) {
@@ -193,7 +193,7 @@ fn served_subject(
     served: &Served<'_>,
     subject: &str,
 ) -> Result<Subject, String> {
-    let parsed = Subject::parse(subject)?;
+    let parsed = Subject::parse(subject).map_err(|e| e.to_string())?;
     if parsed.node != policy.node || parsed.method != served.method {
         return Err(format!(
             "{subject} is not a subject of {}.{}",

@@ -74,7 +74,8 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
         ttl: req.ttl,
     };
     let value = serde_json::to_value(&message).expect("a Message serializes");
-    Message::from_value(&value, &crate::methods::kind_refusal).map_err(|e| (EXIT_USAGE, e))?;
+    Message::from_value(&value, &crate::methods::kind_refusal)
+        .map_err(|e| (EXIT_USAGE, e.to_string()))?;
     let wait = req.wait && kind.wants_ack();
     let mut stream = connect(socket)?;
     let request = format!(
@@ -169,7 +170,7 @@ pub fn status(socket: &Path) -> Result<u8, (u8, String)> {
 pub fn keys(node: &str, data: &Path, action: KeysAction) -> Result<u8, (u8, String)> {
     let data = crate::files::DataFolder::new(data.to_path_buf());
     let dir = data.keys();
-    let failed = |e: String| (EXIT_ERROR, e);
+    let failed = |e: keys::Error| (EXIT_ERROR, e.to_string());
     match action {
         KeysAction::Generate(g) => {
             let identity = keys::Identity::generate(&dir, g.force).map_err(failed)?;
@@ -183,14 +184,14 @@ pub fn keys(node: &str, data: &Path, action: KeysAction) -> Result<u8, (u8, Stri
             );
         }
         KeysAction::Trust(t) => {
-            keys::trust(&dir, &t.node, &t.key).map_err(|e| (EXIT_USAGE, e))?;
+            keys::trust(&dir, &t.node, &t.key).map_err(|e| (EXIT_USAGE, e.to_string()))?;
             eprintln!(
                 "steward: {node} now trusts {} with key {} (the running agent picks it up at once)",
                 t.node, t.key
             );
         }
         KeysAction::Revoke(r) => {
-            let keys = keys::revoke(&dir, &r.node).map_err(|e| (EXIT_USAGE, e))?;
+            let keys = keys::revoke(&dir, &r.node).map_err(|e| (EXIT_USAGE, e.to_string()))?;
             eprintln!(
                 "steward: {node} no longer trusts {} (revoked: {}); on central, `steward keys distribute` hands the revocation to the fleet",
                 r.node,

@@ -8,8 +8,9 @@
 //! Both spellings work.
 
 use crate::keys::ClockCheck;
-use crate::subject::validate_name;
+use crate::subject::{validate_name, NameError};
 use argh::FromArgs;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -304,7 +305,7 @@ const FLAG_NAMES: &[(&str, &str, bool)] = &[
 
 /// Rewrites Go-style flags (`-node=x`, `--brokerAddress=a`, `-centralErrorLogger=true`) into
 /// argh's form (`--node x`, `--broker-address a`, `--central-error-logger`).
-pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
+pub fn normalize_args(args: &[String]) -> Result<Vec<String>, Error> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -332,7 +333,10 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
             (true, None | Some("true")) => out.push(format!("--{kebab}")),
             (true, Some("false")) => {}
             (true, Some(v)) => {
-                return Err(format!("--{name} is a switch: {v:?} is not true or false"))
+                return Err(Error::Switch {
+                    flag: name.to_string(),
+                    value: v.to_string(),
+                })
             }
             (false, Some(v)) => {
                 out.push(format!("--{kebab}"));
@@ -410,20 +414,24 @@ pub struct Allow {
 
 impl Allow {
     /// `node` or `node:Method+Method`.
-    fn parse(rule: &str) -> Result<Allow, String> {
+    fn parse(rule: &str) -> Result<Allow, Problem> {
         let (from, methods) = match rule.split_once(':') {
             None => (rule, None),
             Some((from, list)) => {
                 let methods: Vec<String> = list.split('+').map(|m| m.trim().to_string()).collect();
-                for m in &methods {
-                    if !crate::methods::is_known(m) {
-                        return Err(format!("{rule:?}: unknown method {m:?}"));
-                    }
+                if let Some(m) = methods.iter().find(|m| !crate::methods::is_known(m)) {
+                    return Err(Problem::UnknownMethod {
+                        rule: rule.to_string(),
+                        method: m.clone(),
+                    });
                 }
                 (from, Some(methods))
             }
         };
-        validate_name(from).map_err(|e| format!("{rule:?}: {e}"))?;
+        validate_name(from).map_err(|source| Problem::Sender {
+            rule: rule.to_string(),
+            source,
+        })?;
         Ok(Allow {
             from: from.to_string(),
             methods,
@@ -500,14 +508,14 @@ impl std::fmt::Debug for Secret {
 
 impl Config {
     /// Builds the configuration from flags, the process environment and the config file.
-    pub fn from_flags(flags: Flags) -> Result<Config, String> {
+    pub fn from_flags(flags: Flags) -> Result<Config, Error> {
         Config::load(&flags, &|name| std::env::var(name).ok())
     }
 
     /// Builds the configuration from flags, then `env`, then the config file (named by
     /// `--config` or `STEWARD_CONFIG`), then the defaults. Errors name the flag, variable
     /// or file and key that holds the bad value.
-    pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+    pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let file = match flags.config.clone().or_else(|| env("STEWARD_CONFIG")) {
             Some(path) => Some(ConfigFile::read(&path)?),
             None => None,
@@ -517,25 +525,20 @@ impl Config {
             Some(v) => v,
             None => Value::default_for(host_name()?),
         };
-        validate_name(&node.text).map_err(|e| format!("{}: {e}", node.source))?;
+        validate_name(&node.text).map_err(|e| node.bad(Problem::Name(e)))?;
         let central = o.text("centralNodeName", "central")?;
-        validate_name(&central.text).map_err(|e| format!("{}: {e}", central.source))?;
+        validate_name(&central.text).map_err(|e| central.bad(Problem::Name(e)))?;
         let brokers = o.text("brokerAddress", "127.0.0.1:4222")?;
-        let brokers =
-            parse_brokers(&brokers.text).map_err(|e| format!("{}: {e}", brokers.source))?;
+        let brokers = parse_brokers(&brokers.text).map_err(|e| brokers.bad(e))?;
         let timeout = o.number("defaultMessageTimeout", 10)?;
         if timeout == 0 || timeout > crate::message::MAX_TIMEOUT_SECS {
             let v = o.text("defaultMessageTimeout", "")?;
-            return Err(format!(
-                "{}: {timeout} is not between 1 and {} seconds",
-                v.source,
-                crate::message::MAX_TIMEOUT_SECS
-            ));
+            return Err(v.bad(Problem::Timeout(timeout)));
         }
         let max_handlers = o.number("maxConcurrentHandlers", 32)?;
         if max_handlers == 0 {
             let v = o.text("maxConcurrentHandlers", "")?;
-            return Err(format!("{}: must be at least 1", v.source));
+            return Err(v.bad(Problem::Zero));
         }
         let allow_commands_from = match o.get("allowCommandsFrom")? {
             Some(list) => list
@@ -543,7 +546,7 @@ impl Config {
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|rule| Allow::parse(rule).map_err(|e| format!("{}: {e}", list.source)))
+                .map(|rule| Allow::parse(rule).map_err(|e| list.bad(e)))
                 .collect::<Result<_, _>>()?,
             None => vec![Allow {
                 from: central.text.clone(),
@@ -553,20 +556,17 @@ impl Config {
         let replay_window = o.number("replayWindow", 300)?;
         if replay_window == 0 {
             let v = o.text("replayWindow", "")?;
-            return Err(format!(
-                "{}: must be at least 1 second (signed messages carry their sending time)",
-                v.source
-            ));
+            return Err(v.bad(Problem::ZeroReplayWindow));
         }
         let clock = o.text("clockCheck", "auto")?;
-        let clock_check = ClockCheck::parse(&clock.text)
-            .ok_or_else(|| format!("{}: must be auto, on or off", clock.source))?;
+        let clock_check =
+            ClockCheck::parse(&clock.text).ok_or_else(|| clock.bad(Problem::ClockCheck))?;
         let data_folder = match o.get("dataFolder")? {
             Some(v) => PathBuf::from(v.text),
             None => std::env::current_exe()
                 .ok()
                 .and_then(|p| p.parent().map(PathBuf::from))
-                .ok_or("cannot find the binary's folder; give --dataFolder")?,
+                .ok_or(Error::NoDataFolder)?,
         };
         let security = o.security()?;
         let ttl: u64 = o.number("defaultMessageTTL", 0)?;
@@ -606,6 +606,174 @@ impl Config {
     }
 }
 
+/// Why the configuration could not be built. Each names where the bad value came from
+/// (the flag, the environment variable, or the config file and key) and the value, so
+/// the operator knows what to change; `steward` prints it and exits with status 2.
+#[derive(Debug)]
+pub enum Error {
+    /// A switch given a value other than true or false (`-centralErrorLogger=yes`).
+    Switch { flag: String, value: String },
+    /// The config file could not be read.
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The config file is not TOML.
+    ParseFile {
+        path: String,
+        source: toml::de::Error,
+    },
+    /// The config file has a key that is no option.
+    UnknownKey { path: String, key: String },
+    /// An option's value is bad. `at` says where it came from: `--node`, `STEWARD_NODE`,
+    /// `config file /etc/steward/steward.toml: node`, or `the default`.
+    Value { at: String, problem: Problem },
+    /// No `--node`, and the host name cannot be read.
+    HostName(std::io::Error),
+    /// No `--dataFolder`, and the binary's folder cannot be found.
+    NoDataFolder,
+    /// `--tlsCert` without `--tlsKey`, or the other way round.
+    TlsPair,
+    /// More than one way to authenticate to the broker (as [`Auth::describe`] names them).
+    Auth(Vec<&'static str>),
+}
+
+/// What is wrong with an option's value.
+#[derive(Debug)]
+pub enum Problem {
+    /// Not a valid node name.
+    Name(NameError),
+    /// A message timeout of 0 or past [`crate::message::MAX_TIMEOUT_SECS`].
+    Timeout(u64),
+    /// 0, where at least 1 is needed.
+    Zero,
+    /// A replay window of 0.
+    ZeroReplayWindow,
+    /// Not auto, on or off.
+    ClockCheck,
+    /// Not a whole number (the text given).
+    Number(String),
+    /// Not true or false (the text given).
+    Switch(String),
+    /// A file that does not exist (the path given).
+    NoSuchFile(String),
+    /// A file that exists and cannot be read.
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A user without a password.
+    NoPassword,
+    /// Not an NKey seed.
+    NotNKeySeed(nkeys::error::Error),
+    /// An empty broker list.
+    NoBroker,
+    /// An `allowCommandsFrom` rule naming a method this build does not have.
+    UnknownMethod { rule: String, method: String },
+    /// An `allowCommandsFrom` rule whose sender is not a valid node name.
+    Sender { rule: String, source: NameError },
+    /// A config file list holding something other than strings.
+    NotStrings,
+    /// A config file value that is a table or a date (its TOML type).
+    NotScalar(&'static str),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Switch { flag, value } => {
+                write!(f, "--{flag} is a switch: {value:?} is not true or false")
+            }
+            Error::ReadFile { path, source } => write!(f, "config file {path}: {source}"),
+            Error::ParseFile { path, source } => {
+                write!(f, "config file {path}: {}", source.to_string().trim_end())
+            }
+            Error::UnknownKey { path, key } => {
+                let known: Vec<&str> = FLAG_NAMES
+                    .iter()
+                    .map(|f| f.0)
+                    .filter(|k| *k != "config")
+                    .collect();
+                write!(
+                    f,
+                    "config file {path}: unknown key {key:?} (known keys: {})",
+                    known.join(", ")
+                )
+            }
+            Error::Value { at, problem } => write!(f, "{at}: {problem}"),
+            Error::HostName(e) => write!(f, "cannot read the host name ({e}); give --node"),
+            Error::NoDataFolder => {
+                f.write_str("cannot find the binary's folder; give --dataFolder")
+            }
+            Error::TlsPair => {
+                f.write_str("--tlsCert and --tlsKey go together: give both or neither")
+            }
+            Error::Auth(ways) => write!(
+                f,
+                "choose one way to authenticate to the broker, not {}",
+                ways.join(" and ")
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Name(e) => write!(f, "{e}"),
+            Problem::Timeout(t) => write!(
+                f,
+                "{t} is not between 1 and {} seconds",
+                crate::message::MAX_TIMEOUT_SECS
+            ),
+            Problem::Zero => f.write_str("must be at least 1"),
+            Problem::ZeroReplayWindow => {
+                f.write_str("must be at least 1 second (signed messages carry their sending time)")
+            }
+            Problem::ClockCheck => f.write_str("must be auto, on or off"),
+            Problem::Number(text) => write!(f, "{text:?} is not a whole number"),
+            Problem::Switch(text) => write!(f, "{text:?} is not true or false"),
+            Problem::NoSuchFile(path) => write!(f, "no such file: {path}"),
+            Problem::Unreadable { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            Problem::NoPassword => {
+                f.write_str("a user needs a password: give --passwordFile or STEWARD_PASSWORD")
+            }
+            Problem::NotNKeySeed(e) => write!(f, "not an NKey seed ({e})"),
+            Problem::NoBroker => f.write_str("no broker address given"),
+            Problem::UnknownMethod { rule, method } => {
+                write!(f, "{rule:?}: unknown method {method:?}")
+            }
+            Problem::Sender { rule, source } => write!(f, "{rule:?}: {source}"),
+            Problem::NotStrings => f.write_str("a list must hold only strings"),
+            Problem::NotScalar(t) => write!(f, "a {t} is not a string, number or boolean"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::ReadFile { source, .. } | Error::HostName(source) => Some(source),
+            Error::ParseFile { source, .. } => Some(source),
+            Error::Value { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for Problem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Problem::Name(e) | Problem::Sender { source: e, .. } => Some(e),
+            Problem::Unreadable { source, .. } => Some(source),
+            Problem::NotNKeySeed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A config file: a TOML table whose keys are the options' seed-style names.
 struct ConfigFile {
     path: String,
@@ -613,23 +781,23 @@ struct ConfigFile {
 }
 
 impl ConfigFile {
-    fn read(path: &str) -> Result<ConfigFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("config file {path}: {e}"))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            format!("config file {path}: {}", e.to_string().trim_end())
+    fn read(path: &str) -> Result<ConfigFile, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+            path: path.to_string(),
+            source,
         })?;
-        for key in table.keys() {
-            if key == "config" || !FLAG_NAMES.iter().any(|(camel, _, _)| camel == key) {
-                let known: Vec<&str> = FLAG_NAMES
-                    .iter()
-                    .map(|f| f.0)
-                    .filter(|k| *k != "config")
-                    .collect();
-                return Err(format!(
-                    "config file {path}: unknown key {key:?} (known keys: {})",
-                    known.join(", ")
-                ));
-            }
+        let table: toml::Table = text.parse().map_err(|source| Error::ParseFile {
+            path: path.to_string(),
+            source,
+        })?;
+        if let Some(key) = table
+            .keys()
+            .find(|key| *key == "config" || !FLAG_NAMES.iter().any(|(camel, _, _)| camel == key))
+        {
+            return Err(Error::UnknownKey {
+                path: path.to_string(),
+                key: key.clone(),
+            });
         }
         Ok(ConfigFile {
             path: path.to_string(),
@@ -651,6 +819,19 @@ impl Value {
             source: "the default".into(),
         }
     }
+
+    /// This value is bad: an error naming where it came from.
+    fn bad(&self, problem: Problem) -> Error {
+        bad(&self.source, problem)
+    }
+}
+
+/// The value from `at` is bad.
+fn bad(at: &str, problem: Problem) -> Error {
+    Error::Value {
+        at: at.to_string(),
+        problem,
+    }
 }
 
 /// The three sources of options, highest first.
@@ -661,7 +842,7 @@ struct Options<'a> {
 }
 
 impl Options<'_> {
-    fn get(&self, name: &str) -> Result<Option<Value>, String> {
+    fn get(&self, name: &str) -> Result<Option<Value>, Error> {
         let kebab = FLAG_NAMES
             .iter()
             .find(|(camel, _, _)| *camel == name)
@@ -691,80 +872,74 @@ impl Options<'_> {
             toml::Value::Array(items) => {
                 let parts: Option<Vec<&str>> = items.iter().map(|v| v.as_str()).collect();
                 parts
-                    .ok_or_else(|| format!("{source}: a list must hold only strings"))?
+                    .ok_or_else(|| bad(&source, Problem::NotStrings))?
                     .join(",")
             }
-            other => {
-                return Err(format!(
-                    "{source}: a {} is not a string, number or boolean",
-                    other.type_str()
-                ))
-            }
+            other => return Err(bad(&source, Problem::NotScalar(other.type_str()))),
         };
         Ok(Some(Value { text, source }))
     }
 
     /// A file an option names, which must exist.
-    fn file(&self, name: &str) -> Result<Option<(PathBuf, String)>, String> {
+    fn file(&self, name: &str) -> Result<Option<(PathBuf, String)>, Error> {
         match self.get(name)? {
             None => Ok(None),
             Some(v) if std::path::Path::new(&v.text).is_file() => {
                 Ok(Some((PathBuf::from(v.text), v.source)))
             }
-            Some(v) => Err(format!("{}: no such file: {}", v.source, v.text)),
+            Some(v) => Err(v.bad(Problem::NoSuchFile(v.text.clone()))),
         }
     }
 
-    /// A secret from the file an option names, or from an environment variable.
-    fn secret(&self, file_option: &str, var: &str) -> Result<Option<Secret>, String> {
+    /// A secret from the file an option names, or from an environment variable; with where
+    /// it came from.
+    fn secret(&self, file_option: &str, var: &str) -> Result<Option<(Secret, String)>, Error> {
         if let Some((path, source)) = self.file(file_option)? {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{source}: cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    &source,
+                    Problem::Unreadable {
+                        path: path.clone(),
+                        source: e,
+                    },
+                )
+            })?;
             check_private(&path);
-            return Ok(Some(Secret(text.trim().to_string())));
+            return Ok(Some((Secret(text.trim().to_string()), source)));
         }
-        Ok((self.env)(var).map(|v| Secret(v.trim().to_string())))
+        Ok((self.env)(var).map(|v| (Secret(v.trim().to_string()), var.to_string())))
     }
 
-    fn security(&self) -> Result<BrokerSecurity, String> {
+    fn security(&self) -> Result<BrokerSecurity, Error> {
         let tls_ca = self.file("tlsCA")?.map(|(p, _)| p);
         let tls_client = match (self.file("tlsCert")?, self.file("tlsKey")?) {
             (Some((cert, _)), Some((key, _))) => Some((cert, key)),
             (None, None) => None,
-            _ => return Err("--tlsCert and --tlsKey go together: give both or neither".into()),
+            _ => return Err(Error::TlsPair),
         };
         let mut ways = Vec::new();
         if let Some(user) = self.get("user")? {
-            let password = self
+            let (password, _) = self
                 .secret("passwordFile", "STEWARD_PASSWORD")?
-                .ok_or_else(|| {
-                    format!(
-                        "{}: a user needs a password: give --passwordFile or STEWARD_PASSWORD",
-                        user.source
-                    )
-                })?;
+                .ok_or_else(|| user.bad(Problem::NoPassword))?;
             ways.push(Auth::UserPassword {
                 user: user.text,
                 password,
             });
         }
-        if let Some(token) = self.secret("tokenFile", "STEWARD_TOKEN")? {
+        if let Some((token, _)) = self.secret("tokenFile", "STEWARD_TOKEN")? {
             ways.push(Auth::Token(token));
         }
-        if let Some(seed) = self.secret("nkeySeedFile", "STEWARD_NKEY_SEED")? {
+        if let Some((seed, at)) = self.secret("nkeySeedFile", "STEWARD_NKEY_SEED")? {
             nkeys::KeyPair::from_seed(seed.expose())
-                .map_err(|e| format!("--nkeySeedFile: not an NKey seed ({e})"))?;
+                .map_err(|e| bad(&at, Problem::NotNKeySeed(e)))?;
             ways.push(Auth::NKeySeed(seed));
         }
         if let Some((path, _)) = self.file("credsFile")? {
             ways.push(Auth::CredsFile(path));
         }
         if ways.len() > 1 {
-            let names: Vec<&str> = ways.iter().map(Auth::describe).collect();
-            return Err(format!(
-                "choose one way to authenticate to the broker, not {}",
-                names.join(" and ")
-            ));
+            return Err(Error::Auth(ways.iter().map(Auth::describe).collect()));
         }
         Ok(BrokerSecurity {
             tls_ca,
@@ -773,30 +948,30 @@ impl Options<'_> {
         })
     }
 
-    fn text(&self, name: &str, default: &str) -> Result<Value, String> {
+    fn text(&self, name: &str, default: &str) -> Result<Value, Error> {
         Ok(self
             .get(name)?
             .unwrap_or_else(|| Value::default_for(default.to_string())))
     }
 
-    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, Error> {
         match self.get(name)? {
             None => Ok(default),
             Some(v) => v
                 .text
                 .trim()
                 .parse()
-                .map_err(|_| format!("{}: {:?} is not a whole number", v.source, v.text)),
+                .map_err(|_| v.bad(Problem::Number(v.text.clone()))),
         }
     }
 
-    fn switch(&self, name: &str) -> Result<bool, String> {
+    fn switch(&self, name: &str) -> Result<bool, Error> {
         match self.get(name)? {
             None => Ok(false),
             Some(v) => match v.text.as_str() {
                 "true" | "1" | "yes" => Ok(true),
                 "false" | "0" | "no" | "" => Ok(false),
-                other => Err(format!("{}: {other:?} is not true or false", v.source)),
+                other => Err(v.bad(Problem::Switch(other.to_string()))),
             },
         }
     }
@@ -804,7 +979,7 @@ impl Options<'_> {
 
 /// `127.0.0.1:4222,nats://b:4222` → NATS URLs. A bare port means localhost, as does the
 /// seed's default "0".
-fn parse_brokers(list: &str) -> Result<Vec<String>, String> {
+fn parse_brokers(list: &str) -> Result<Vec<String>, Problem> {
     let mut out = Vec::new();
     for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let url = if part.contains("://") {
@@ -819,7 +994,7 @@ fn parse_brokers(list: &str) -> Result<Vec<String>, String> {
         out.push(url);
     }
     if out.is_empty() {
-        return Err("--brokerAddress: no broker address given".into());
+        return Err(Problem::NoBroker);
     }
     Ok(out)
 }
@@ -848,9 +1023,8 @@ fn check_private(path: &std::path::Path) {
     }
 }
 
-fn host_name() -> Result<String, String> {
-    let name =
-        crate::sys::hostname().map_err(|_| "cannot read the host name; give --node".to_string())?;
+fn host_name() -> Result<String, Error> {
+    let name = crate::sys::hostname().map_err(Error::HostName)?;
     let name = name.to_string_lossy();
     // A fully qualified name would add subject levels: keep the host part.
     Ok(name.split('.').next().unwrap_or_default().to_string())
@@ -864,11 +1038,15 @@ mod tests {
         a.iter().map(|s| s.to_string()).collect()
     }
 
-    fn parse(a: &[&str]) -> Result<Config, String> {
+    /// The flags as `steward` parses them; the error's text, for tests of what it says.
+    fn flags(a: &[&str]) -> Result<Flags, Error> {
         let normalized = normalize_args(&args(a))?;
         let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
-        let flags = Flags::from_args(&["steward"], &refs).map_err(|e| e.output)?;
-        Config::from_flags(flags)
+        Ok(Flags::from_args(&["steward"], &refs).expect("flags argh takes"))
+    }
+
+    fn parse(a: &[&str]) -> Result<Config, Error> {
+        Config::from_flags(flags(a)?)
     }
 
     #[test]
@@ -952,19 +1130,27 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        assert!(parse(&["--node", "ship 1"]).unwrap_err().contains("--node"));
-        assert!(parse(&["--node", "a.b"]).unwrap_err().contains("--node"));
-        assert!(parse(&["--node", "a", "--defaultMessageTimeout", "0"])
-            .unwrap_err()
-            .contains("--defaultMessageTimeout"));
-        assert!(parse(&["--node", "a", "--centralErrorLogger=yes"])
-            .unwrap_err()
-            .contains("centralErrorLogger"));
-        assert!(parse(&["--node", "a", "--allowCommandsFrom", "x,*"])
-            .unwrap_err()
-            .contains("--allowCommandsFrom"));
-        let e = parse(&["--node", "a", "--allowCommandsFrom", "ops:CLIcommand"]).unwrap_err();
-        assert!(e.contains("unknown method \"CLIcommand\""), "{e}");
+        let e = |a: &[&str]| parse(a).unwrap_err().to_string();
+        assert!(e(&["--node", "ship 1"]).contains("--node"));
+        assert!(e(&["--node", "a.b"]).contains("--node"));
+        assert_eq!(
+            e(&["--node", "a", "--defaultMessageTimeout", "0"]),
+            "--defaultMessageTimeout: 0 is not between 1 and 604800 seconds"
+        );
+        assert!(e(&["--node", "a", "--centralErrorLogger=yes"]).contains("centralErrorLogger"));
+        assert!(e(&["--node", "a", "--allowCommandsFrom", "x,*"]).contains("--allowCommandsFrom"));
+        let err = e(&["--node", "a", "--allowCommandsFrom", "ops:CLIcommand"]);
+        assert!(err.contains("unknown method \"CLIcommand\""), "{err}");
+        assert_eq!(
+            e(&["--node", "a", "--brokerAddress", ","]),
+            "--brokerAddress: no broker address given"
+        );
+        // Typed: where, and what.
+        assert!(matches!(
+            parse(&["--node", "a", "--maxConcurrentHandlers", "lots"]),
+            Err(Error::Value { at, problem: Problem::Number(text) })
+                if at == "--maxConcurrentHandlers" && text == "lots"
+        ));
     }
 
     #[test]
@@ -990,10 +1176,8 @@ mod tests {
         );
     }
 
-    fn load(a: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
-        let normalized = normalize_args(&args(a))?;
-        let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
-        let flags = Flags::from_args(&["steward"], &refs).map_err(|e| e.output)?;
+    fn load(a: &[&str], env: &[(&str, &str)]) -> Result<Config, Error> {
+        let flags = flags(a)?;
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1048,19 +1232,19 @@ mod tests {
     #[test]
     fn config_errors_name_the_key_and_the_file() {
         let (_dir, path) = config_file("node = \"ship1\"\nbrokerAdress = \"x:4222\"\n");
-        let e = load(&["--config", &path], &[]).unwrap_err();
+        let e = load(&["--config", &path], &[]).unwrap_err().to_string();
         assert!(
             e.contains(&path) && e.contains("unknown key \"brokerAdress\""),
             "{e}"
         );
         let (_dir, path) = config_file("node = \"ship1\"\ndefaultMessageTimeout = \"ten\"\n");
-        let e = load(&["--config", &path], &[]).unwrap_err();
+        let e = load(&["--config", &path], &[]).unwrap_err().to_string();
         assert!(
             e.contains(&path) && e.contains("defaultMessageTimeout") && e.contains("\"ten\""),
             "{e}"
         );
         let (_dir, path) = config_file("node = \"ship 1\"\n");
-        let e = load(&["--config", &path], &[]).unwrap_err();
+        let e = load(&["--config", &path], &[]).unwrap_err().to_string();
         assert!(
             e.contains(&path) && e.contains("node") && e.contains("space"),
             "{e}"
@@ -1068,16 +1252,23 @@ mod tests {
         let (_dir, path) = config_file("node = [1, 2]\n");
         assert!(load(&["--config", &path], &[])
             .unwrap_err()
+            .to_string()
             .contains("only strings"));
         let (_dir, path) = config_file("node = \n");
-        assert!(load(&["--config", &path], &[]).unwrap_err().contains(&path));
-        let e = load(&["--config", "/no/such/steward.toml"], &[]).unwrap_err();
+        assert!(load(&["--config", &path], &[])
+            .unwrap_err()
+            .to_string()
+            .contains(&path));
+        let e = load(&["--config", "/no/such/steward.toml"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such/steward.toml"), "{e}");
         let e = load(
             &["--node=a"],
             &[("STEWARD_MAX_CONCURRENT_HANDLERS", "lots")],
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("STEWARD_MAX_CONCURRENT_HANDLERS"), "{e}");
     }
 
@@ -1098,22 +1289,31 @@ mod tests {
         );
         let c = load(&["--node=a"], &[("STEWARD_TOKEN", "tok")]).unwrap();
         assert!(matches!(&c.security.auth, Auth::Token(t) if t.expose() == "tok"));
-        let e = load(&["--node=a", "--user=ship1"], &[]).unwrap_err();
+        let e = load(&["--node=a", "--user=ship1"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--user") && e.contains("password"), "{e}");
         let e = load(
             &["--node=a", "--user=ship1", &format!("--passwordFile={pw}")],
             &[("STEWARD_TOKEN", "tok")],
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("choose one way"), "{e}");
-        let e = load(&["--node=a", &format!("--tlsCert={pw}")], &[]).unwrap_err();
+        let e = load(&["--node=a", &format!("--tlsCert={pw}")], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--tlsKey"), "{e}");
-        let e = load(&["--node=a", "--tlsCA=/no/such/ca.pem"], &[]).unwrap_err();
+        let e = load(&["--node=a", "--tlsCA=/no/such/ca.pem"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--tlsCA") && e.contains("/no/such/ca.pem"),
             "{e}"
         );
-        let e = load(&["--node=a", &format!("--nkeySeedFile={pw}")], &[]).unwrap_err();
+        let e = load(&["--node=a", &format!("--nkeySeedFile={pw}")], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an NKey seed"), "{e}");
     }
 

@@ -3,8 +3,9 @@
 //! ship1 and the command's output shown as central stored it. Everything it made is left in
 //! one folder to look at.
 
+use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,31 +34,111 @@ impl Drop for Children {
     }
 }
 
-pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
-    let nats = find_nats_server().ok_or(
-        "nats-server not found; install it with `sudo apt-get install nats-server` (or put it on PATH)",
-    )?;
+/// Why the demo could not run to its end.
+#[derive(Debug)]
+pub enum Error {
+    NoNatsServer,
+    /// A folder or a log file could not be made.
+    Create {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Where this binary is (to start the two nodes) is not known.
+    NoBinary(io::Error),
+    NoPort(io::Error),
+    /// A child (nats-server or a node) could not be started.
+    Start {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// A child started, and did not get ready in time: its log says why.
+    NotReady {
+        what: &'static str,
+    },
+    /// The nodes' keys could not be made or trusted.
+    Keys(crate::keys::Error),
+    /// The example could not be appended to central's inmsg.txt.
+    Append {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// No reply came back in time.
+    NoReply,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoNatsServer => f.write_str(
+                "nats-server not found; install it with `sudo apt-get install nats-server` (or put it on PATH)",
+            ),
+            Error::Create { path, source } => {
+                write!(f, "cannot create {}: {source}", path.display())
+            }
+            Error::NoBinary(e) => write!(f, "cannot find the steward binary: {e}"),
+            Error::NoPort(e) => write!(f, "no free port: {e}"),
+            Error::Start { what, source } => write!(f, "cannot start {what}: {source}"),
+            Error::NotReady { what } => write!(f, "{what} did not start; see {what}.log"),
+            Error::Keys(e) => write!(f, "{e}"),
+            Error::Append { path, source } => {
+                write!(f, "cannot append to {}: {source}", path.display())
+            }
+            Error::NoReply => f.write_str("no reply within 30 s; see central.log and ship1.log"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Create { source, .. }
+            | Error::Start { source, .. }
+            | Error::Append { source, .. }
+            | Error::NoBinary(source)
+            | Error::NoPort(source) => Some(source),
+            Error::Keys(e) => Some(e),
+            Error::NoNatsServer | Error::NotReady { .. } | Error::NoReply => None,
+        }
+    }
+}
+
+impl From<crate::keys::Error> for Error {
+    fn from(e: crate::keys::Error) -> Error {
+        Error::Keys(e)
+    }
+}
+
+/// Making `path` failed.
+fn create(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Create {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
+    let nats = find_nats_server().ok_or(Error::NoNatsServer)?;
     let root = folder.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("steward-demo-{}", std::process::id()))
     });
-    fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the steward binary: {e}"))?;
+    fs::create_dir_all(&root).map_err(create(&root))?;
+    let exe = std::env::current_exe().map_err(Error::NoBinary)?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
+        .map_err(Error::NoPort)?
         .port();
     let broker = format!("127.0.0.1:{port}");
     println!("demo folder: {}", root.display());
 
     let mut children = Children(Vec::new());
-    let spawn = |what: &'static str, cmd: &mut Command| -> Result<(&'static str, Child), String> {
-        let log = fs::File::create(root.join(format!("{what}.log"))).map_err(|e| e.to_string())?;
+    let spawn = |what: &'static str, cmd: &mut Command| -> Result<(&'static str, Child), Error> {
+        let path = root.join(format!("{what}.log"));
+        let log = fs::File::create(&path).map_err(create(&path))?;
         let child = cmd
-            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stdout(Stdio::from(log.try_clone().map_err(create(&path))?))
             .stderr(Stdio::from(log))
             .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
+            .map_err(|source| Error::Start { what, source })?;
         Ok((what, child))
     };
     children.0.push(spawn(
@@ -67,14 +148,16 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
     wait_for(Duration::from_secs(10), || {
         TcpStream::connect(&broker).is_ok().then_some(())
     })
-    .ok_or("nats-server did not start; see nats-server.log")?;
+    .ok_or(Error::NotReady {
+        what: "nats-server",
+    })?;
     println!("started nats-server on {broker}");
     // Nodes take messages only from nodes whose keys they trust: give both their keys now
     // and have each trust the other, as `steward keys trust NODE KEY` does on a real fleet.
     // Each data folder private, as steward makes one (else it warns).
     for name in ["central", "ship1"] {
-        crate::files::create_dirs(&root.join(name))
-            .map_err(|e| format!("cannot create {}: {e}", root.join(name).display()))?;
+        let path = root.join(name);
+        crate::files::create_dirs(&path).map_err(create(&path))?;
     }
     let central = crate::files::DataFolder::new(root.join("central"));
     let ship1 = crate::files::DataFolder::new(root.join("ship1"));
@@ -110,20 +193,23 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), String> {
     wait_for(Duration::from_secs(10), || {
         inmsg.parent().is_some_and(Path::exists).then_some(())
     })
-    .ok_or("central did not start; see central.log")?;
+    .ok_or(Error::NotReady { what: "central" })?;
     fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&inmsg)
         .and_then(|mut f| f.write_all(EXAMPLE.as_bytes()))
-        .map_err(|e| format!("cannot append to {}: {e}", inmsg.display()))?;
+        .map_err(|source| Error::Append {
+            path: inmsg.clone(),
+            source,
+        })?;
     println!("\nappended to {}:\n{EXAMPLE}", inmsg.display());
 
     let replies = root.join("central/replies/ship1.CLICommand.log");
     let reply = wait_for(Duration::from_secs(30), || {
         fs::read_to_string(&replies).ok().filter(|t| !t.is_empty())
     })
-    .ok_or("no reply within 30 s; see central.log and ship1.log")?;
+    .ok_or(Error::NoReply)?;
     println!(
         "ship1's ACK, as central stored it in {}:\n{reply}",
         replies.display()

@@ -50,12 +50,13 @@
 //!   replaced only by a newer one; it may carry revocations too.
 
 use crate::files;
-use crate::subject::validate_name;
+use crate::subject::{validate_name, NameError};
 use nkeys::{KeyPair, KeyPairType};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -91,6 +92,190 @@ fn counter_path(dir: &Path) -> PathBuf {
 }
 fn senders_path(dir: &Path) -> PathBuf {
     dir.join("senders.json")
+}
+
+/// Why this node's key, or the keys it trusts, could not be loaded, changed or taken. Each
+/// says which file, line, node or key; the texts are what `steward keys` and the start-up
+/// error show the operator, with what to do where there is something to do.
+#[derive(Debug)]
+pub enum Error {
+    /// A file in `keys/` could not be read.
+    Read { path: PathBuf, source: io::Error },
+    /// A file in `keys/` could not be written (a full disk, a read-only folder).
+    Write { path: PathBuf, source: io::Error },
+    /// The keys folder could not be created.
+    CreateDir { path: PathBuf, source: io::Error },
+    /// The keys folder could not be made private (0700).
+    Restrict { path: PathBuf, source: io::Error },
+    /// What is wrong is in this file.
+    In { path: PathBuf, source: Box<Error> },
+    /// `keys/counter` does not hold a number.
+    Counter {
+        path: PathBuf,
+        source: std::num::ParseIntError,
+    },
+    /// `keys/node.seed` can be read by others than its owner (`mode`, its permission bits).
+    SeedExposed { path: PathBuf, mode: u32 },
+    /// `steward keys generate` without `--force`, and a seed already there.
+    SeedExists { path: PathBuf },
+    /// `keys/node.pub` does not exist: this node has no key yet.
+    NoKey { path: PathBuf },
+    /// Not an NKey seed.
+    Seed(nkeys::error::Error),
+    /// An NKey seed, but not of a user (`SU…`).
+    NotUserSeed,
+    /// A new seed could not be encoded.
+    NewSeed(nkeys::error::Error),
+    /// Not an NKey public key.
+    NotAKey {
+        key: String,
+        source: nkeys::error::Error,
+    },
+    /// A public key, but not of a node (`U…`).
+    NotANodeKey { key: String },
+    /// A node name that could not be a node's.
+    Name(NameError),
+    /// `trusted.txt` or `revoked.txt`: what is wrong on this line (counting from 1).
+    Line { line: usize, source: Box<Error> },
+    /// A line of `trusted.txt` or `revoked.txt` that is not `node KEY`.
+    NotNodeKey { found: String },
+    /// A `TrustedKeys` set (or `distributed.json`) that is not one.
+    NotKeySet(serde_json::Error),
+    /// A key a set lists for `node` is not a node's key.
+    KeyOf { node: String, source: Box<Error> },
+    /// `keys/senders.json` is not what steward writes.
+    Senders {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// A distributed set not newer than the one held (both issued at, ms since the epoch).
+    NotNewer { issued: u64, held: u64 },
+    /// A distributed set binding a key to a name only this node's operator pins.
+    Rebinds { node: String },
+    /// A distributed set revoking a key this node's operator pinned for such a name.
+    RevokesPinned { key: String },
+    /// `steward keys trust` of a key revoked here (listed in `path`).
+    Revoked { key: String, path: PathBuf },
+    /// `steward keys revoke` of a node this node trusts no key for.
+    NoKeyFor { node: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Read { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Write { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
+            Error::CreateDir { path, source } => {
+                write!(f, "cannot create {}: {source}", path.display())
+            }
+            Error::Restrict { path, source } => {
+                write!(f, "cannot restrict {}: {source}", path.display())
+            }
+            Error::In { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Counter { path, source } => write!(
+                f,
+                "{}: not a counter ({source}); delete it to start anew",
+                path.display()
+            ),
+            Error::SeedExposed { path, mode } => write!(
+                f,
+                "{} can be read by others (mode {mode:o}); run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+            Error::SeedExists { path } => write!(
+                f,
+                "{} already exists; give --force to replace it (nodes trusting the old key will refuse this one's messages until they trust the new key)",
+                path.display()
+            ),
+            Error::NoKey { path } => write!(
+                f,
+                "{} does not exist: this node has no key yet (start the agent, or run `steward keys generate`)",
+                path.display()
+            ),
+            Error::Seed(e) => write!(f, "not a valid seed: {e}"),
+            Error::NotUserSeed => f.write_str("not a user seed (it must start with SU)"),
+            Error::NewSeed(e) => write!(f, "cannot encode the new seed: {e}"),
+            Error::NotAKey { key, source } => write!(f, "{key:?} is not a public key: {source}"),
+            Error::NotANodeKey { key } => write!(
+                f,
+                "{key:?} is not a node's public key (those start with U)"
+            ),
+            Error::Name(e) => write!(f, "bad node name: {e}"),
+            Error::Line { line, source } => write!(f, "line {line}: {source}"),
+            Error::NotNodeKey { found } => write!(f, "expected \"node KEY\", found {found:?}"),
+            Error::NotKeySet(e) => write!(f, "not a trusted-keys set: {e}"),
+            Error::KeyOf { node, source } => write!(f, "key of {node}: {source}"),
+            Error::Senders { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::NotNewer { issued, held } => write!(
+                f,
+                "this set was issued at {}, not after the one held (issued at {}); not replaced",
+                files::rfc3339(*issued),
+                files::rfc3339(*held)
+            ),
+            Error::Rebinds { node } => write!(
+                f,
+                "the set binds a key to {node}, whose keys only this node's operator may pin (steward keys trust); not taken"
+            ),
+            Error::RevokesPinned { key } => write!(
+                f,
+                "the set revokes {key}, which this node's operator pinned for a node only the operator speaks for; not taken"
+            ),
+            Error::Revoked { key, path } => write!(
+                f,
+                "{key} was revoked on this node; remove its line from {} first",
+                path.display()
+            ),
+            Error::NoKeyFor { node } => write!(f, "this node trusts no key for {node}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Read { source, .. }
+            | Error::Write { source, .. }
+            | Error::CreateDir { source, .. }
+            | Error::Restrict { source, .. } => Some(source),
+            Error::In { source, .. } | Error::Line { source, .. } | Error::KeyOf { source, .. } => {
+                Some(source)
+            }
+            Error::Counter { source, .. } => Some(source),
+            Error::Seed(e) | Error::NewSeed(e) | Error::NotAKey { source: e, .. } => Some(e),
+            Error::Name(e) => Some(e),
+            Error::NotKeySet(e) | Error::Senders { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// This error, as found in the file at `path`.
+    fn in_file(self, path: &Path) -> Error {
+        Error::In {
+            path: path.to_path_buf(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// A read of `path` that failed.
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A write of `path` that failed.
+fn write_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a signature binds besides the payload: where the message goes, where its answer
@@ -165,17 +350,18 @@ struct Counter {
 }
 
 impl Counter {
-    fn open(path: Option<PathBuf>) -> Result<Counter, String> {
+    fn open(path: Option<PathBuf>) -> Result<Counter, Error> {
         let stored = match &path {
             Some(p) => match fs::read_to_string(p) {
-                Ok(text) => text.trim().parse::<u64>().map_err(|e| {
-                    format!(
-                        "{}: not a counter ({e}); delete it to start anew",
-                        p.display()
-                    )
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(format!("{}: {e}", p.display())),
+                Ok(text) => text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|source| Error::Counter {
+                        path: p.clone(),
+                        source,
+                    })?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(read_error(p)(e)),
             },
             None => 0,
         };
@@ -194,11 +380,11 @@ impl Counter {
         Ok(counter)
     }
 
-    fn reserve(&self, from: u64) -> Result<(), String> {
+    fn reserve(&self, from: u64) -> Result<(), Error> {
         let ceiling = from.saturating_add(COUNTER_BLOCK);
         if let Some(p) = &self.path {
             files::write_atomically(p, format!("{ceiling}\n").as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+                .map_err(write_error(p))?;
         }
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = ceiling;
         Ok(())
@@ -226,7 +412,7 @@ impl Counter {
 
 impl Identity {
     /// Loads `keys/node.seed`, creating it (0600, in a 0700 folder) if there is none.
-    pub fn load_or_create(dir: &Path) -> Result<Identity, String> {
+    pub fn load_or_create(dir: &Path) -> Result<Identity, Error> {
         match Identity::load(dir) {
             Ok(Some(identity)) => Ok(identity),
             Ok(None) => Identity::generate(dir, false),
@@ -236,44 +422,44 @@ impl Identity {
 
     /// Loads `keys/node.seed` if it exists. A seed that others can read is refused: it
     /// would let them sign as this node.
-    pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
+    pub fn load(dir: &Path) -> Result<Option<Identity>, Error> {
         let path = seed_path(dir);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(&path)(e)),
         };
         if meta.mode() & 0o077 != 0 {
-            return Err(format!(
-                "{} can be read by others (mode {:o}); run: chmod 600 {}",
-                path.display(),
-                meta.mode() & 0o777,
-                path.display()
-            ));
+            return Err(Error::SeedExposed {
+                path,
+                mode: meta.mode() & 0o777,
+            });
         }
-        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = fs::read_to_string(&path).map_err(read_error(&path))?;
         Identity::with_counter(text.trim(), Some(counter_path(dir)))
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| e.in_file(&path))
     }
 
     /// Makes a new key pair and writes its seed; an existing seed is replaced only with
     /// `force` (every node that trusts the old key must then be given the new one).
-    pub fn generate(dir: &Path, force: bool) -> Result<Identity, String> {
+    pub fn generate(dir: &Path, force: bool) -> Result<Identity, Error> {
         let path = seed_path(dir);
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            Error::Restrict {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
         if path.exists() && !force {
-            return Err(format!(
-                "{} already exists; give --force to replace it (nodes trusting the old key will refuse this one's messages until they trust the new key)",
-                path.display()
-            ));
+            return Err(Error::SeedExists { path });
         }
         let pair = KeyPair::new(KeyPairType::User);
-        let seed = pair
-            .seed()
-            .map_err(|e| format!("cannot encode the new seed: {e}"))?;
+        let seed = pair.seed().map_err(Error::NewSeed)?;
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
@@ -281,7 +467,10 @@ impl Identity {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            .map_err(|source| Error::CreateDir {
+                path: tmp.clone(),
+                source,
+            })?;
         f.write_all(format!("{seed}\n").as_bytes())
             .and_then(|()| f.sync_all())
             .and_then(|()| fs::rename(&tmp, &path))
@@ -291,7 +480,7 @@ impl Identity {
                     format!("{}\n", pair.public_key()).as_bytes(),
                 )
             })
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(write_error(&path))?;
         log::info!(
             "created this node's signing key {}: public key {}",
             path.display(),
@@ -301,14 +490,14 @@ impl Identity {
     }
 
     /// An identity from a seed alone, its counter kept in memory (tests, tools).
-    pub fn from_seed(seed: &str) -> Result<Identity, String> {
+    pub fn from_seed(seed: &str) -> Result<Identity, Error> {
         Identity::with_counter(seed, None)
     }
 
-    fn with_counter(seed: &str, counter: Option<PathBuf>) -> Result<Identity, String> {
-        let pair = KeyPair::from_seed(seed).map_err(|e| format!("not a valid seed: {e}"))?;
+    fn with_counter(seed: &str, counter: Option<PathBuf>) -> Result<Identity, Error> {
+        let pair = KeyPair::from_seed(seed).map_err(Error::Seed)?;
         if pair.key_pair_type() != KeyPairType::User {
-            return Err("not a user seed (it must start with SU)".into());
+            return Err(Error::NotUserSeed);
         }
         Ok(Identity {
             public: pair.public_key(),
@@ -388,26 +577,26 @@ pub fn random_hex128() -> String {
 }
 
 /// This node's public key, from `node.pub` (readable without the seed).
-pub fn public_key(dir: &Path) -> Result<String, String> {
+pub fn public_key(dir: &Path) -> Result<String, Error> {
     let path = public_path(dir);
     match fs::read_to_string(&path) {
         Ok(text) => Ok(text.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
-            "{} does not exist: this node has no key yet (start the agent, or run `steward keys generate`)",
-            path.display()
-        )),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NoKey { path }),
+        Err(e) => Err(read_error(&path)(e)),
     }
 }
 
 /// Checks that `key` is a public key of a node (`U...`).
-pub fn validate_public_key(key: &str) -> Result<(), String> {
+pub fn validate_public_key(key: &str) -> Result<(), Error> {
     match KeyPair::from_public_key(key) {
         Ok(p) if p.key_pair_type() == KeyPairType::User => Ok(()),
-        Ok(_) => Err(format!(
-            "{key:?} is not a node's public key (those start with U)"
-        )),
-        Err(e) => Err(format!("{key:?} is not a public key: {e}")),
+        Ok(_) => Err(Error::NotANodeKey {
+            key: key.to_string(),
+        }),
+        Err(source) => Err(Error::NotAKey {
+            key: key.to_string(),
+            source,
+        }),
     }
 }
 
@@ -482,13 +671,15 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    pub fn parse(text: &str) -> Result<KeySet, String> {
-        let set: KeySet =
-            serde_json::from_str(text).map_err(|e| format!("not a trusted-keys set: {e}"))?;
+    pub fn parse(text: &str) -> Result<KeySet, Error> {
+        let set: KeySet = serde_json::from_str(text).map_err(Error::NotKeySet)?;
         for (node, keys) in set.keys.iter().chain(&set.revoked) {
-            validate_name(node).map_err(|e| format!("bad node name {node:?}: {e}"))?;
+            validate_name(node).map_err(Error::Name)?;
             for key in keys {
-                validate_public_key(key).map_err(|e| format!("key of {node}: {e}"))?;
+                validate_public_key(key).map_err(|e| Error::KeyOf {
+                    node: node.clone(),
+                    source: Box::new(e),
+                })?;
             }
         }
         Ok(set)
@@ -581,7 +772,7 @@ fn all_taken() -> [u64; (SEQ_WINDOW / 64) as usize] {
 
 impl SenderWindow {
     /// Takes counter `seq` if it is new; false if it was taken, or is too far below.
-    fn take(&mut self, seq: u64) -> Result<(), String> {
+    fn take(&mut self, seq: u64) -> Result<(), NotFresh> {
         if seq > self.high {
             let shift = seq - self.high;
             let mut below = [0u64; (SEQ_WINDOW / 64) as usize];
@@ -599,17 +790,17 @@ impl SenderWindow {
             return Ok(());
         }
         if seq == self.high {
-            return Err("a replay: this counter was taken before".into());
+            return Err(NotFresh::Taken);
         }
         let i = self.high - 1 - seq;
         if i >= SEQ_WINDOW {
-            return Err(format!(
-                "its counter {seq} is more than {SEQ_WINDOW} below the highest taken from this sender ({}): a replay",
-                self.high
-            ));
+            return Err(NotFresh::BelowWindow {
+                seq,
+                high: self.high,
+            });
         }
         if self.bit(i) {
-            return Err("a replay: this counter was taken before".into());
+            return Err(NotFresh::Taken);
         }
         set_bit(&mut self.below, i);
         Ok(())
@@ -624,18 +815,58 @@ fn set_bit(bits: &mut [u64], i: u64) {
     bits[(i / 64) as usize] |= 1 << (i % 64);
 }
 
+/// Why a verified request is not fresh: a replay, or a clock to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotFresh {
+    /// Its sending time (ms since the epoch) is outside the replay window of this node's
+    /// clock (`now`), while the clock is checked.
+    OutsideWindow {
+        sent: u64,
+        now: u64,
+        window: Duration,
+    },
+    /// Its counter was taken before from this sender's key.
+    Taken,
+    /// Its counter is further below the highest taken than the counters tracked one by one.
+    BelowWindow { seq: u64, high: u64 },
+}
+
+impl fmt::Display for NotFresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotFresh::OutsideWindow { sent, now, window } => write!(
+                f,
+                "sent at {}, outside this node's replay window of {}s (its clock says {}): a replay, or a clock to fix (or --clockCheck=off on a node without a reliable clock)",
+                files::rfc3339(*sent),
+                window.as_secs(),
+                files::rfc3339(*now)
+            ),
+            NotFresh::Taken => f.write_str("a replay: this counter was taken before"),
+            NotFresh::BelowWindow { seq, high } => write!(
+                f,
+                "its counter {seq} is more than {SEQ_WINDOW} below the highest taken from this sender ({high}): a replay"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotFresh {}
+
 impl Trusted {
     /// Opens the trust store of node `own_name` (whose own key is always trusted). A bad
     /// `trusted.txt` is an error here, at start; later, a bad edit keeps the last good set.
-    pub fn open(dir: &Path, own_name: &str, own_key: &str) -> Result<Trusted, String> {
-        let senders = match fs::read(senders_path(dir)) {
+    pub fn open(dir: &Path, own_name: &str, own_key: &str) -> Result<Trusted, Error> {
+        let path = senders_path(dir);
+        let senders = match fs::read(&path) {
             Ok(bytes) => Senders {
-                by_key: serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", senders_path(dir).display()))?,
+                by_key: serde_json::from_slice(&bytes).map_err(|source| Error::Senders {
+                    path: path.clone(),
+                    source,
+                })?,
                 ..Senders::default()
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Senders::default(),
-            Err(e) => return Err(format!("{}: {e}", senders_path(dir).display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Senders::default(),
+            Err(e) => return Err(read_error(&path)(e)),
         };
         let trusted = Trusted {
             dir: dir.to_path_buf(),
@@ -666,7 +897,7 @@ impl Trusted {
     }
 
     /// Re-reads whichever file changed since it was last read.
-    fn refresh(&self) -> Result<(), String> {
+    fn refresh(&self) -> Result<(), Error> {
         let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let paths = [
             trusted_path(&self.dir),
@@ -683,8 +914,8 @@ impl Trusted {
             loaded.stamps[i] = stamp;
             let text = match fs::read_to_string(path) {
                 Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(read_error(path)(e)),
             };
             let parsed = match i {
                 0 | 1 => parse_key_lines(&text),
@@ -692,7 +923,7 @@ impl Trusted {
                 _ if text.is_empty() => Ok(KeySet::default()),
                 _ => KeySet::parse(&text),
             }
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| e.in_file(path))?;
             match i {
                 0 => loaded.pinned = parsed,
                 1 => loaded.revoked = parsed,
@@ -803,16 +1034,15 @@ impl Trusted {
         signed: &Signed,
         window: Duration,
         clock: ClockCheck,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotFresh> {
         let window_ms = window.as_millis() as u64;
         let now = files::unix_millis();
         if clock.applies() && now.abs_diff(signed.sent) > window_ms {
-            return Err(format!(
-                "sent at {}, outside this node's replay window of {}s (its clock says {}): a replay, or a clock to fix (or --clockCheck=off on a node without a reliable clock)",
-                files::rfc3339(signed.sent),
-                window.as_secs(),
-                files::rfc3339(now)
-            ));
+            return Err(NotFresh::OutsideWindow {
+                sent: signed.sent,
+                now,
+                window,
+            });
         }
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         // By key, not by name alone: a stolen key that pushed its counter to the end
@@ -880,68 +1110,65 @@ impl Trusted {
     /// key to a `protected` name (the central node and every sender allowed to send
     /// commands here) that the operator has not pinned, and revives no revoked key;
     /// returns how many keys it holds.
-    pub fn replace_distributed(&self, set: &KeySet) -> Result<usize, String> {
+    pub fn replace_distributed(&self, set: &KeySet) -> Result<usize, Error> {
         let path = distributed_path(&self.dir);
         {
             let loaded = self.refreshed();
             let held = loaded.distributed.issued;
             if set.issued <= held {
-                return Err(format!(
-                    "this set was issued at {}, not after the one held (issued at {}); not replaced",
-                    files::rfc3339(set.issued),
-                    files::rfc3339(held)
-                ));
+                return Err(Error::NotNewer {
+                    issued: set.issued,
+                    held,
+                });
             }
             for (node, keys) in &set.keys {
                 let own = |k: &String| node == &self.own.0 && k == &self.own.1;
                 let rebinds = keys.iter().any(|k| !(loaded.pinned.has(node, k) || own(k)));
                 if rebinds && self.is_protected(node) {
-                    return Err(format!(
-                        "the set binds a key to {node}, whose keys only this node's operator may pin (steward keys trust); not taken"
-                    ));
+                    return Err(Error::Rebinds { node: node.clone() });
                 }
             }
             for key in set.revoked.values().flatten() {
                 if loaded.pinned_for_any(&self.protected, key) || key == &self.own.1 {
-                    return Err(format!(
-                        "the set revokes {key}, which this node's operator pinned for a node only the operator speaks for; not taken"
-                    ));
+                    return Err(Error::RevokesPinned { key: key.clone() });
                 }
             }
         }
-        files::write_atomically(&path, set.to_json().as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        files::write_atomically(&path, set.to_json().as_bytes()).map_err(write_error(&path))?;
         self.refresh()?;
         Ok(set.keys.values().map(Vec::len).sum())
     }
 }
 
 /// `trusted.txt` and `revoked.txt`: `node KEY` per line; `#` starts a comment.
-fn parse_key_lines(text: &str) -> Result<KeySet, String> {
+fn parse_key_lines(text: &str) -> Result<KeySet, Error> {
     let mut set = KeySet::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
+        let on_line = |e| Error::Line {
+            line: n + 1,
+            source: Box::new(e),
+        };
         let mut words = line.split_whitespace();
         let (Some(node), Some(key), None) = (words.next(), words.next(), words.next()) else {
-            return Err(format!(
-                "line {}: expected \"node KEY\", found {line:?}",
-                n + 1
-            ));
+            return Err(on_line(Error::NotNodeKey {
+                found: line.to_string(),
+            }));
         };
-        validate_name(node).map_err(|e| format!("line {}: {e}", n + 1))?;
-        validate_public_key(key).map_err(|e| format!("line {}: {e}", n + 1))?;
+        validate_name(node).map_err(|e| on_line(Error::Name(e)))?;
+        validate_public_key(key).map_err(on_line)?;
         set.add(node, key);
     }
     Ok(set)
 }
 
 /// Appends `node key` to one of the key-line files, with a header comment if it is new.
-fn append_key_line(path: &Path, header: &str, node: &str, key: &str) -> Result<(), String> {
+fn append_key_line(path: &Path, header: &str, node: &str, key: &str) -> Result<(), Error> {
     let existing = fs::read_to_string(path).unwrap_or_default();
-    let set = parse_key_lines(&existing).map_err(|e| format!("{}: {e}", path.display()))?;
+    let set = parse_key_lines(&existing).map_err(|e| e.in_file(path))?;
     if set.has(node, key) {
         return Ok(());
     }
@@ -953,27 +1180,31 @@ fn append_key_line(path: &Path, header: &str, node: &str, key: &str) -> Result<(
     }
     text.push_str(&format!("{node} {key}\n"));
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
-    files::append(path, text.as_bytes(), true)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    files::append(path, text.as_bytes(), true).map_err(write_error(path))
 }
 
 /// `steward keys trust NODE KEY`: appends a line to `trusted.txt` (the agent picks it up).
-pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), String> {
-    validate_name(node).map_err(|e| format!("bad node name: {e}"))?;
+pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), Error> {
+    validate_name(node).map_err(Error::Name)?;
     validate_public_key(key)?;
-    if let Ok(text) = fs::read_to_string(revoked_path(dir)) {
-        if parse_key_lines(&text)?
+    let revoked = revoked_path(dir);
+    if let Ok(text) = fs::read_to_string(&revoked) {
+        if parse_key_lines(&text)
+            .map_err(|e| e.in_file(&revoked))?
             .keys
             .values()
             .flatten()
             .any(|k| k == key)
         {
-            return Err(format!(
-                "{key} was revoked on this node; remove its line from {} first",
-                revoked_path(dir).display()
-            ));
+            return Err(Error::Revoked {
+                key: key.to_string(),
+                path: revoked,
+            });
         }
     }
     append_key_line(
@@ -987,14 +1218,16 @@ pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), String> {
 /// `steward keys revoke NODE`: every key this node trusts for `node` (pinned or
 /// distributed) goes to `revoked.txt`, and the pinned ones leave `trusted.txt`. Returns
 /// the keys revoked. `steward keys distribute` then hands the revocation on.
-pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>, String> {
-    validate_name(node).map_err(|e| format!("bad node name: {e}"))?;
-    let read = |path: &Path| -> Result<KeySet, String> {
+pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>, Error> {
+    validate_name(node).map_err(Error::Name)?;
+    let read = |path: &Path| -> Result<KeySet, Error> {
         match fs::read_to_string(path) {
-            Ok(text) if path.extension().is_some_and(|e| e == "json") => KeySet::parse(&text),
-            Ok(text) => parse_key_lines(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeySet::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Ok(text) if path.extension().is_some_and(|e| e == "json") => {
+                KeySet::parse(&text).map_err(|e| e.in_file(path))
+            }
+            Ok(text) => parse_key_lines(&text).map_err(|e| e.in_file(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(KeySet::default()),
+            Err(e) => Err(read_error(path)(e)),
         }
     };
     let pinned = read(&trusted_path(dir))?;
@@ -1006,7 +1239,9 @@ pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>, String> {
         .cloned()
         .collect();
     if keys.is_empty() {
-        return Err(format!("this node trusts no key for {node}"));
+        return Err(Error::NoKeyFor {
+            node: node.to_string(),
+        });
     }
     for key in &keys {
         append_key_line(
@@ -1027,8 +1262,7 @@ pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>, String> {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        files::write_atomically(&path, kept.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        files::write_atomically(&path, kept.as_bytes()).map_err(write_error(&path))?;
     }
     Ok(keys.into_iter().collect())
 }
@@ -1062,7 +1296,8 @@ mod tests {
         assert!(Identity::generate(dir.path(), false).is_err());
         fs::set_permissions(seed_path(dir.path()), fs::Permissions::from_mode(0o644)).unwrap();
         let e = Identity::load(dir.path()).unwrap_err();
-        assert!(e.contains("chmod 600"), "{e}");
+        assert!(matches!(e, Error::SeedExposed { mode: 0o644, .. }), "{e:?}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
     }
 
     #[test]
@@ -1175,14 +1410,12 @@ mod tests {
         // Out of order within the window is fine; the same one twice is not.
         assert_eq!(take(&trusted, &second, ClockCheck::On), Ok(()));
         assert_eq!(take(&trusted, &first, ClockCheck::On), Ok(()));
-        assert!(take(&trusted, &first, ClockCheck::On)
-            .unwrap_err()
-            .contains("a replay"));
+        assert_eq!(take(&trusted, &first, ClockCheck::On), Err(NotFresh::Taken));
         // Old by the clock: refused when the clock is checked.
         let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
-        assert!(take(&trusted, &old, ClockCheck::On)
-            .unwrap_err()
-            .contains("replay window"));
+        let e = take(&trusted, &old, ClockCheck::On).unwrap_err();
+        assert!(matches!(e, NotFresh::OutsideWindow { .. }), "{e:?}");
+        assert!(e.to_string().contains("replay window"), "{e}");
         // Unchecked clock: its counter is new, so it is taken (the time is not judged).
         let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
         assert_eq!(take(&trusted, &old, ClockCheck::Off), Ok(()));
@@ -1220,9 +1453,14 @@ mod tests {
 
     #[test]
     fn key_line_errors_name_the_line() {
-        assert!(parse_key_lines("central UABC\n")
-            .unwrap_err()
-            .starts_with("line 1"));
+        let e = parse_key_lines("# trusted\ncentral UABC\n").unwrap_err();
+        assert!(matches!(e, Error::Line { line: 2, .. }), "{e:?}");
+        assert!(e.to_string().starts_with("line 2: \"UABC\""), "{e}");
+        let e = parse_key_lines("central\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: expected \"node KEY\", found \"central\""
+        );
         assert!(parse_key_lines("# only a comment\n\n")
             .unwrap()
             .keys
@@ -1262,7 +1500,14 @@ mod tests {
             };
             set.add(name, attacker.public_key());
             let e = trusted.replace_distributed(&set).unwrap_err();
-            assert!(e.contains(&format!("binds a key to {name}")), "{e}");
+            assert!(
+                matches!(&e, Error::Rebinds { node } if node == name),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string().contains(&format!("binds a key to {name}")),
+                "{e}"
+            );
         }
         // Central's own pinned key in the set is no rebinding.
         let mut set = KeySet {
@@ -1308,10 +1553,10 @@ mod tests {
         };
         set.revoked
             .insert("central".into(), vec![new.public_key().to_string()]);
-        assert!(trusted
-            .replace_distributed(&set)
-            .unwrap_err()
-            .contains("revokes"));
+        assert!(matches!(
+            trusted.replace_distributed(&set),
+            Err(Error::RevokesPinned { .. })
+        ));
     }
 
     #[test]
@@ -1356,9 +1601,9 @@ mod tests {
             trusted.verify("ship2", Some(&sealed.headers), scope(), b"m"),
             Err(Unverified::Bad(e)) if e.contains("revoked")
         ));
-        assert!(trust(dir.path(), "ship2", ship2.public_key())
-            .unwrap_err()
-            .contains("revoked"));
+        let e = trust(dir.path(), "ship2", ship2.public_key()).unwrap_err();
+        assert!(matches!(e, Error::Revoked { .. }), "{e:?}");
+        assert!(e.to_string().contains("revoked"), "{e}");
         let mut set = KeySet {
             issued: 9000,
             ..KeySet::default()
@@ -1374,6 +1619,34 @@ mod tests {
             trusted.distributable().revoked["ship2"],
             [ship2.public_key()]
         );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_carry_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        fs::write(&file, "").unwrap();
+        let e = Identity::generate(&file, false).unwrap_err();
+        assert!(
+            matches!(&e, Error::CreateDir { path, .. } if path == &file),
+            "{e:?}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with(&format!("cannot create {}: ", file.display())));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<io::Error>().is_some(), "{source:?}");
+        // A bad line in trusted.txt: the file, then the line.
+        let (dir, me, _) = store("ship1");
+        fs::write(trusted_path(dir.path()), "central\n").unwrap();
+        let e = Trusted::open(dir.path(), "ship1", me.public_key())
+            .err()
+            .expect("a bad trusted.txt is refused at start");
+        assert!(
+            matches!(&e, Error::In { source, .. } if matches!(**source, Error::Line { line: 1, .. })),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("trusted.txt: line 1: "), "{e}");
     }
 
     #[test]

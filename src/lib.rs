@@ -82,11 +82,15 @@ pub enum Error {
         source: std::io::Error,
     },
     /// This node's signing key or its trusted keys could not be loaded.
-    Keys(String),
-    /// Running as set up would let others act as this node.
-    Unsafe(String),
+    Keys(keys::Error),
+    /// The data folder can be written by anyone (`mode`, its permission bits): anyone could
+    /// send messages signed as this node.
+    WorldWritable {
+        folder: std::path::PathBuf,
+        mode: u32,
+    },
     /// The signal handler could not be installed.
-    Signals(String),
+    Signals(ctrlc::Error),
 }
 
 impl fmt::Display for Error {
@@ -94,13 +98,27 @@ impl fmt::Display for Error {
         match self {
             Error::DataFolder { context, source } => write!(f, "{context}: {source}"),
             Error::Keys(e) => write!(f, "keys: {e}"),
-            Error::Unsafe(e) => write!(f, "refusing to run: {e}"),
+            Error::WorldWritable { folder, mode } => write!(
+                f,
+                "refusing to run: the data folder {} can be written by anyone (mode {mode:o}): anyone could send messages signed as this node; run: chmod o-w {}",
+                folder.display(),
+                folder.display()
+            ),
             Error::Signals(e) => write!(f, "cannot handle SIGINT/SIGTERM: {e}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::DataFolder { source, .. } => Some(source),
+            Error::Keys(e) => Some(e),
+            Error::Signals(e) => Some(e),
+            Error::WorldWritable { .. } => None,
+        }
+    }
+}
 
 /// Runs a node until SIGINT or SIGTERM; returns when it has stopped cleanly.
 pub fn run(config: Config) -> Result<(), Error> {
@@ -130,12 +148,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
         .unwrap_or(0);
     if mode & 0o002 != 0 {
-        return Err(Error::Unsafe(format!(
-            "the data folder {} can be written by anyone (mode {:o}): anyone could send messages signed as this node; run: chmod o-w {}",
-            config.data_folder.display(),
-            mode & 0o7777,
-            config.data_folder.display()
-        )));
+        return Err(Error::WorldWritable {
+            folder: config.data_folder,
+            mode: mode & 0o7777,
+        });
     }
     // Commands, their output and the logs live here: others should not read them. A folder
     // steward creates is private; one that already existed is left as it is, with a warning.
@@ -259,7 +275,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     ctrlc::set_handler(move || {
         let _ = tx.send(supervisor::Event::Shutdown);
     })
-    .map_err(|e| Error::Signals(e.to_string()))?;
+    .map_err(Error::Signals)?;
 
     supervisor.run();
     Ok(())

@@ -17,7 +17,8 @@
 use crate::methods::Context;
 use crate::methods::Outcome;
 use std::collections::HashMap;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,30 @@ pub struct OverBudget {
     /// True the first time this hour for this sender and method: report it then only.
     pub first: bool,
 }
+
+/// The data folder's disk has less free space than the floor kept for the journal
+/// (`--minFreeBytesForLogs`): log writes, and new intake, wait until there is room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BelowFloor {
+    /// The folder whose disk was looked at.
+    pub dir: PathBuf,
+    pub free: u64,
+    pub floor: u64,
+}
+
+impl fmt::Display for BelowFloor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "only {} bytes free on the disk of {}, under the {} kept for the journal (--minFreeBytesForLogs)",
+            self.free,
+            self.dir.display(),
+            self.floor
+        )
+    }
+}
+
+impl std::error::Error for BelowFloor {}
 
 /// What each sender has written this hour, per method.
 pub struct LogBudget {
@@ -120,7 +145,7 @@ impl LogBudget {
     }
 
     /// Refuses log writes when the data folder's disk is below the free-space floor.
-    pub fn check_free_space(&self, dir: &Path) -> Result<(), String> {
+    pub fn check_free_space(&self, dir: &Path) -> Result<(), BelowFloor> {
         let Ok((free, total)) = crate::sys::free_bytes(dir) else {
             return Ok(()); // cannot tell: do not refuse on a guess
         };
@@ -129,10 +154,11 @@ impl LogBudget {
             .free_floor
             .unwrap_or_else(|| DEFAULT_FLOOR.min(total / 100 * FLOOR_PERCENT));
         if free < floor {
-            return Err(format!(
-                "only {free} bytes free on the disk of {}, under the {floor} kept for the journal (--minFreeBytesForLogs)",
-                dir.display()
-            ));
+            return Err(BelowFloor {
+                dir: dir.to_path_buf(),
+                free,
+                floor,
+            });
         }
         Ok(())
     }
@@ -150,7 +176,7 @@ pub fn admit(ctx: &Context, method: &'static str, items: &[(&str, usize)]) -> Ve
             .log_refused
             .with_label_values(&[method, "disk"])
             .inc_by(items.len() as u64);
-        return vec![Some(Outcome::refused(why)); items.len()];
+        return vec![Some(Outcome::refused(why.to_string())); items.len()];
     }
     let now = Instant::now();
     items
@@ -249,6 +275,7 @@ mod tests {
         let why = LogBudget::new(limits)
             .check_free_space(dir.path())
             .unwrap_err();
-        assert!(why.contains("--minFreeBytesForLogs"), "{why}");
+        assert_eq!(why.floor, u64::MAX);
+        assert!(why.to_string().contains("--minFreeBytesForLogs"), "{why}");
     }
 }

@@ -11,9 +11,10 @@
 //! one malformed array or one bad message is rejected alone and the rest of the batch still
 //! goes, and so that an array still being written is recognised as incomplete, not as bad.
 
-use crate::subject::{validate_name, Subject};
+use crate::subject::{validate_name, NameError, Subject};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::fmt;
 
 /// The message type of the seed: present both in the subject and in the message.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,58 +122,124 @@ impl Message {
     /// build cannot send a method as a kind, if it cannot (an unknown method, or a command
     /// method as an event, is refused here, at the sender, rather than retried against a
     /// node that would refuse it): [`crate::methods::kind_refusal`].
-    pub fn from_value(value: &Value, refusal: &KindCheck) -> Result<Message, String> {
-        let obj = value.as_object().ok_or_else(|| {
-            format!(
-                "a message must be a JSON object, found {}",
-                type_name(value)
-            )
+    pub fn from_value(value: &Value, refusal: &KindCheck) -> Result<Message, InputError> {
+        let obj = value.as_object().ok_or(InputError::NotAnObject {
+            found: type_name(value),
         })?;
-        for key in obj.keys() {
-            if !KEYS.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown key {key:?} (keys are case-sensitive: {})",
-                    KEYS.join(", ")
-                ));
-            }
+        if let Some(key) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(InputError::UnknownKey(key.clone()));
         }
-        for key in ["toNode", "data", "commandOrEvent", "method"] {
-            if !obj.contains_key(key) {
-                return Err(format!("missing key {key:?}"));
-            }
+        if let Some(key) = ["toNode", "data", "commandOrEvent", "method"]
+            .into_iter()
+            .find(|k| !obj.contains_key(*k))
+        {
+            return Err(InputError::MissingKey(key));
         }
         let message: Message = serde_json::from_value(value.clone()).map_err(|e| {
-            let e = e.to_string();
-            if e.contains("unknown variant") {
-                format!("bad commandOrEvent: {e} (values are case-sensitive)")
+            if e.to_string().contains("unknown variant") {
+                InputError::Kind(e)
             } else {
-                e
+                InputError::Json(e)
             }
         })?;
-        validate_name(&message.to_node).map_err(|e| format!("bad toNode: {e}"))?;
-        validate_name(&message.method).map_err(|e| format!("bad method: {e}"))?;
+        let name = |field, name: &str| {
+            validate_name(name).map_err(|source| InputError::Name { field, source })
+        };
+        name("toNode", &message.to_node)?;
+        name("method", &message.method)?;
         if let Some(why) = refusal(&message.method, message.kind) {
-            return Err(why);
+            return Err(InputError::Refused(why));
         }
         if message.timeout == Some(0) || message.timeout > Some(MAX_TIMEOUT_SECS) {
-            return Err(format!(
-                "bad timeout {}: must be between 1 and {MAX_TIMEOUT_SECS} seconds",
-                message.timeout.unwrap_or(0)
-            ));
+            return Err(InputError::Timeout(message.timeout.unwrap_or(0)));
         }
-        let data_bytes: usize = message.data.iter().map(String::len).sum();
-        if data_bytes > MAX_DATA_BYTES {
-            return Err(format!(
-                "data is {data_bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
-            ));
+        let bytes: usize = message.data.iter().map(String::len).sum();
+        if bytes > MAX_DATA_BYTES {
+            return Err(InputError::Data { bytes });
         }
         if message.ttl == Some(0) {
-            return Err(
-                "bad ttl 0: give the seconds the message may wait, or leave ttl out".into(),
-            );
+            return Err(InputError::ZeroTtl);
         }
         Ok(message)
     }
+}
+
+/// Why a message written in `inmsg.txt` (or given to `steward send`) was not taken. The
+/// text goes to `inmsg.rejected.txt`, after where the message was.
+#[derive(Debug)]
+pub enum InputError {
+    /// Not a JSON object.
+    NotAnObject {
+        found: &'static str,
+    },
+    /// A key the seed does not have (keys are case-sensitive: `ToNode` is one).
+    UnknownKey(String),
+    MissingKey(&'static str),
+    /// `commandOrEvent` is not one of the four kinds, exactly.
+    Kind(serde_json::Error),
+    /// A value of the wrong type.
+    Json(serde_json::Error),
+    /// `toNode` or `method` is not a valid name.
+    Name {
+        field: &'static str,
+        source: NameError,
+    },
+    /// This build cannot send the method as that kind ([`KindCheck`]'s words).
+    Refused(String),
+    /// A timeout of 0, or past [`MAX_TIMEOUT_SECS`].
+    Timeout(u64),
+    /// More data than [`MAX_DATA_BYTES`].
+    Data {
+        bytes: usize,
+    },
+    ZeroTtl,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputError::NotAnObject { found } => {
+                write!(f, "a message must be a JSON object, found {found}")
+            }
+            InputError::UnknownKey(key) => write!(
+                f,
+                "unknown key {key:?} (keys are case-sensitive: {})",
+                KEYS.join(", ")
+            ),
+            InputError::MissingKey(key) => write!(f, "missing key {key:?}"),
+            InputError::Kind(e) => {
+                write!(f, "bad commandOrEvent: {e} (values are case-sensitive)")
+            }
+            InputError::Json(e) => write!(f, "{e}"),
+            InputError::Name { field, source } => write!(f, "bad {field}: {source}"),
+            InputError::Refused(why) => f.write_str(why),
+            InputError::Timeout(t) => write!(
+                f,
+                "bad timeout {t}: must be between 1 and {MAX_TIMEOUT_SECS} seconds"
+            ),
+            InputError::Data { bytes } => too_much_data(f, *bytes),
+            InputError::ZeroTtl => {
+                f.write_str("bad ttl 0: give the seconds the message may wait, or leave ttl out")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InputError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InputError::Kind(e) | InputError::Json(e) => Some(e),
+            InputError::Name { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn too_much_data(f: &mut fmt::Formatter<'_>, bytes: usize) -> fmt::Result {
+    write!(
+        f,
+        "data is {bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
+    )
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -206,39 +273,130 @@ impl Envelope {
 
     /// Decodes a message from the wire (or the journal) and checks everything a receiver
     /// will use: names that become subjects and file names, the id, the size.
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         if bytes.len() > MAX_WIRE_BYTES {
-            return Err(format!(
-                "message of {} bytes; at most {MAX_WIRE_BYTES} are allowed",
-                bytes.len()
-            ));
+            return Err(DecodeError::TooLarge {
+                form: Form::Message,
+                bytes: bytes.len(),
+            });
         }
-        let e: Envelope =
-            serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        let e: Envelope = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::Message,
+            source,
+        })?;
         e.validate()?;
         Ok(e)
     }
 
     /// Checks what a receiver will use: names that become subjects and file names, the
     /// id, the size of the data.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), DecodeError> {
         let e = self;
-        validate_name(&e.from_node).map_err(|err| format!("bad fromNode: {err}"))?;
-        validate_name(&e.message.to_node).map_err(|err| format!("bad toNode: {err}"))?;
-        validate_name(&e.message.method).map_err(|err| format!("bad method: {err}"))?;
+        let name = |field, name: &str| {
+            validate_name(name).map_err(|source| DecodeError::Name { field, source })
+        };
+        name("fromNode", &e.from_node)?;
+        name("toNode", &e.message.to_node)?;
+        name("method", &e.message.method)?;
         if e.id.is_empty() || e.id.len() > MAX_ID_LEN || e.id.chars().any(char::is_control) {
-            return Err(format!(
-                "bad id {:?}",
-                e.id.chars().take(64).collect::<String>()
-            ));
+            return Err(DecodeError::Id(e.id.chars().take(64).collect()));
         }
-        let data_bytes: usize = e.message.data.iter().map(String::len).sum();
-        if data_bytes > MAX_DATA_BYTES {
-            return Err(format!(
-                "data is {data_bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
-            ));
+        let bytes: usize = e.message.data.iter().map(String::len).sum();
+        if bytes > MAX_DATA_BYTES {
+            return Err(DecodeError::Data { bytes });
         }
         Ok(())
+    }
+}
+
+/// What a wire message was to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Message,
+    Batch,
+    Reply,
+    BatchReply,
+}
+
+impl Form {
+    fn name(self) -> &'static str {
+        match self {
+            Form::Message => "message",
+            Form::Batch => "batch",
+            Form::Reply => "reply",
+            Form::BatchReply => "batch reply",
+        }
+    }
+}
+
+/// Why bytes from the wire (or the journal) are not a message, a batch or a reply. A
+/// receiver refuses such a message; nothing in it is trusted.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// More bytes than a message ([`MAX_WIRE_BYTES`]) or a batch ([`MAX_BATCH_BYTES`]) may
+    /// have.
+    TooLarge { form: Form, bytes: usize },
+    /// Not JSON of the form's shape.
+    Json {
+        form: Form,
+        source: serde_json::Error,
+    },
+    /// A name that becomes a subject or a file name is not valid.
+    Name {
+        field: &'static str,
+        source: NameError,
+    },
+    /// An id that is empty, too long or holds control characters (its first 64
+    /// characters).
+    Id(String),
+    /// More data than [`MAX_DATA_BYTES`].
+    Data { bytes: usize },
+    /// A batch of no messages, or of more than [`MAX_BATCH`].
+    BatchSize { count: usize },
+    /// One message of a batch (counting from 0) is bad.
+    InBatch {
+        index: usize,
+        source: Box<DecodeError>,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge { form, bytes } => {
+                let max = match form {
+                    Form::Batch | Form::BatchReply => MAX_BATCH_BYTES,
+                    Form::Message | Form::Reply => MAX_WIRE_BYTES,
+                };
+                write!(
+                    f,
+                    "{} of {bytes} bytes; at most {max} are allowed",
+                    form.name()
+                )
+            }
+            DecodeError::Json { form, source } => {
+                write!(f, "undecodable {}: {source}", form.name())
+            }
+            DecodeError::Name { field, source } => write!(f, "bad {field}: {source}"),
+            DecodeError::Id(id) => write!(f, "bad id {id:?}"),
+            DecodeError::Data { bytes } => too_much_data(f, *bytes),
+            DecodeError::BatchSize { count } => write!(
+                f,
+                "a batch of {count} messages; 1 to {MAX_BATCH} are allowed"
+            ),
+            DecodeError::InBatch { index, source } => write!(f, "batch message {index}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DecodeError::Json { source, .. } => Some(source),
+            DecodeError::Name { source, .. } => Some(source),
+            DecodeError::InBatch { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -255,24 +413,26 @@ pub fn is_batch(bytes: &[u8]) -> bool {
 
 /// Decodes a batch, checking each message as [`Envelope::decode`] does; one bad message
 /// refuses the batch (a sender never makes one).
-pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Envelope>, String> {
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
     if bytes.len() > MAX_BATCH_BYTES {
-        return Err(format!(
-            "batch of {} bytes; at most {MAX_BATCH_BYTES} are allowed",
-            bytes.len()
-        ));
+        return Err(DecodeError::TooLarge {
+            form: Form::Batch,
+            bytes: bytes.len(),
+        });
     }
     let batch: Vec<Envelope> =
-        serde_json::from_slice(bytes).map_err(|e| format!("undecodable batch: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::Batch,
+            source,
+        })?;
     if batch.is_empty() || batch.len() > MAX_BATCH {
-        return Err(format!(
-            "a batch of {} messages; 1 to {MAX_BATCH} are allowed",
-            batch.len()
-        ));
+        return Err(DecodeError::BatchSize { count: batch.len() });
     }
-    for (i, e) in batch.iter().enumerate() {
-        e.validate()
-            .map_err(|err| format!("batch message {i}: {err}"))?;
+    for (index, e) in batch.iter().enumerate() {
+        e.validate().map_err(|e| DecodeError::InBatch {
+            index,
+            source: Box::new(e),
+        })?;
     }
     Ok(batch)
 }
@@ -310,8 +470,11 @@ impl Reply {
         serde_json::to_vec(self).expect("a Reply always serializes: plain strings and numbers")
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("undecodable reply: {e}"))
+    pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::Reply,
+            source,
+        })
     }
 
     /// A refusal of message `id` from `to` by node `by`.
@@ -331,8 +494,11 @@ impl Reply {
         serde_json::to_vec(replies).expect("Replies always serialize")
     }
 
-    pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Reply>, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("undecodable batch reply: {e}"))
+    pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Reply>, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::BatchReply,
+            source,
+        })
     }
 }
 
@@ -719,12 +885,24 @@ mod tests {
             let mut v: serde_json::Value = serde_json::from_slice(&wire).unwrap();
             v[key] = bad.into();
             let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-            assert!(err.contains(key), "{err}");
+            assert!(
+                matches!(err, DecodeError::Name { field, .. } if field == key),
+                "{err}"
+            );
         }
         let mut big = e.clone();
         big.message.data = vec!["x".repeat(MAX_DATA_BYTES + 1)];
-        assert!(Envelope::decode(&big.encode())
-            .unwrap_err()
-            .contains("data is"));
+        let err = Envelope::decode(&big.encode()).unwrap_err();
+        assert!(err.to_string().starts_with("data is"), "{err}");
+        // A batch names its bad message.
+        let err = decode_batch(&encode_batch(&[e.clone(), big])).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::InBatch { index: 1, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("batch message 1: data is"),
+            "{err}"
+        );
     }
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub rejected_input: IntCounter,
     pub processes: IntGauge,
     pub restarts: IntCounter,
+    /// Processes that failed, by whether a restart can help: "retry" or "fatal".
+    pub failures: IntCounterVec,
     pub broker_connected: IntGauge,
     /// 1 while intake finds the data folder's disk full.
     pub disk_full: IntGauge,
@@ -127,6 +129,19 @@ impl Metrics {
                 "steward_process_restarts_total",
                 "Processes restarted after failing.",
             ),
+            failures: {
+                let c = counter_vec(
+                    &r,
+                    "steward_process_failures_total",
+                    "Processes that failed, by failure: retry (a restart can help: restarted with backoff) or fatal (a bug or a misconfiguration: reported once, tried again every 10 minutes).",
+                    &["failure"],
+                );
+                // Both shown from the start, so an alert on fatal has a series to watch.
+                for label in ["retry", "fatal"] {
+                    c.with_label_values(&[label]);
+                }
+                c
+            },
             broker_connected: gauge(
                 &r,
                 "steward_broker_connected",

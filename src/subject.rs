@@ -79,18 +79,63 @@ impl Subject {
     }
 
     /// Parses a subject received from the broker.
-    pub fn parse(subject: &str) -> Result<Subject, String> {
+    pub fn parse(subject: &str) -> Result<Subject, Error> {
         let mut parts = subject.split('.');
+        let bad = |why| Error {
+            subject: subject.to_string(),
+            why,
+        };
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(node), Some(kind), Some(method), None) => {
-                let kind = Kind::parse(kind).ok_or_else(|| {
-                    format!("subject {subject:?}: unknown message type {kind:?} (expected CommandACK, CommandNACK, EventACK or EventNACK)")
-                })?;
-                Subject::new(node, kind, method).map_err(|e| format!("subject {subject:?}: {e}"))
+                let kind = Kind::parse(kind).ok_or_else(|| bad(Why::Kind(kind.to_string())))?;
+                Subject::new(node, kind, method).map_err(|e| bad(Why::Name(e)))
             }
-            _ => Err(format!(
+            _ => Err(bad(Why::Shape)),
+        }
+    }
+}
+
+/// Why a subject received from the broker was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// The subject as received.
+    pub subject: String,
+    pub why: Why,
+}
+
+/// What is wrong with a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// Not three levels.
+    Shape,
+    /// The middle level is not one of the four kinds (exact, case-sensitive).
+    Kind(String),
+    /// The node or the method is not a valid name.
+    Name(NameError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subject = &self.subject;
+        match &self.why {
+            Why::Shape => write!(
+                f,
                 "subject {subject:?} is not of the form <node>.<kind>.<method>"
-            )),
+            ),
+            Why::Kind(kind) => write!(
+                f,
+                "subject {subject:?}: unknown message type {kind:?} (expected CommandACK, CommandNACK, EventACK or EventNACK)"
+            ),
+            Why::Name(e) => write!(f, "subject {subject:?}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.why {
+            Why::Name(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -157,7 +202,18 @@ mod tests {
             Subject::parse("Ship1.CommandACK.CLICommand").unwrap(),
             Subject::parse("ship1.CommandACK.CLICommand").unwrap()
         );
-        assert!(Subject::parse("ship1.CommandACK").is_err());
+        assert_eq!(
+            Subject::parse("ship1.CommandACK").unwrap_err().why,
+            Why::Shape
+        );
         assert!(Subject::parse("ship1.CommandACK.CLICommand.x").is_err());
+        let e = Subject::parse("ship1.commandack.CLICommand").unwrap_err();
+        assert_eq!(e.why, Why::Kind("commandack".into()));
+        assert!(e.to_string().contains("unknown message type"), "{e}");
+        let e = Subject::parse("ship 1.CommandACK.CLICommand").unwrap_err();
+        assert!(
+            matches!(&e.why, Why::Name(n) if n.name == "ship 1"),
+            "{e:?}"
+        );
     }
 }

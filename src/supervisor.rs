@@ -2,17 +2,37 @@
 //!
 //! It spawns a publisher for each destination subject (lane) the first time a message for
 //! it is journaled; from then on the publisher takes its lane's messages from the journal
-//! itself, woken by [`Node::accept`](crate::node::Node::accept). It restarts any process
-//! that fails or panics, after a growing pause, and reports the failure to the central
-//! error logger. A failure on one subject never touches another subject's lane. On
-//! shutdown it stops every process, gives in-flight work a grace period, and makes the
-//! journal durable.
+//! itself, woken by [`Node::accept`](crate::node::Node::accept). A failure on one subject
+//! never touches another subject's lane. On shutdown it stops every process, gives
+//! in-flight work a grace period, and makes the journal durable.
+//!
+//! # When a process fails
+//!
+//! A process says whether a restart can help ([`Failure`]); the supervisor acts on it
+//! (`Failures::on_failure`):
+//!
+//! - [`Failure::Retry`] (the broker gone, a full disk, a file in the way): restarted after a
+//!   pause growing from 0.2 s to [`MAX_BACKOFF`], each failure reported to the central error
+//!   logger. What the process was doing is taken up again (a publisher's messages wait in
+//!   its slot).
+//! - [`Failure::Fatal`] (a panic, another agent on the data folder, a subject this node
+//!   cannot make): reported to central once, then only logged here while the process keeps
+//!   failing; started again every [`FATAL_RESTART`], not in a loop. Not stopped for good:
+//!   the rest of the node serves on, a node whose command subscriber stopped could no
+//!   longer be reached to be put right, and what was taken for fatal may still pass (the
+//!   other agent stops). A process that then runs a minute counts as healthy again: its
+//!   next failure is new, and reported.
+//!
+//! `steward_process_restarts_total` counts both; `steward_process_failures_total` says
+//! which (`failure="retry"` or `"fatal"`). The storage fail-stop
+//! ([`Node::fail_stop`](crate::node::Node::fail_stop)) is not a process failure: it exits
+//! the agent at once, for systemd to start it again.
 //!
 //! It talks to the rest of the node only through [`Event`]s on one channel.
 
 use crate::methods::Method;
 use crate::node::Node;
-use crate::process::{self, publisher, subscriber, Process, State, StopFd};
+use crate::process::{self, publisher, subscriber, Failure, Process, State, StopFd};
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
@@ -25,11 +45,11 @@ use std::time::{Duration, Instant};
 pub enum Event {
     /// Messages wait in the journal for these lanes, which have no publisher yet.
     Publish(Vec<Subject>),
-    /// A process's thread ended (with the error, if it failed).
+    /// A process's thread ended (with why, if it failed).
     Exited {
         name: String,
         generation: u64,
-        error: Option<String>,
+        failure: Option<Failure>,
     },
     /// The process table as text, for `--profilingPort`.
     Status(Sender<String>),
@@ -41,6 +61,59 @@ pub enum Event {
 /// durable within this.
 const UPKEEP_EVERY: Duration = Duration::from_millis(500);
 
+/// The longest pause before a process that failed, and can be helped by a restart, is
+/// started again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long a process whose failure no restart can fix waits before it is tried again.
+pub const FATAL_RESTART: Duration = Duration::from_secs(600);
+
+/// A process that ran this long before it failed was healthy: its failures in a row start
+/// over.
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// What the supervisor does about a process that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Restart {
+    /// Start it again after this.
+    after: Duration,
+    /// Report it to central ([`Node::report_error`]); otherwise it is only logged here.
+    report: bool,
+}
+
+/// One process's failures, kept across its restarts: what the supervisor's decisions
+/// depend on.
+#[derive(Debug, Default)]
+struct Failures {
+    /// Failures in a row, without a healthy run in between; sets the backoff.
+    in_a_row: u32,
+    /// A fatal failure in this row has been reported.
+    fatal_reported: bool,
+}
+
+impl Failures {
+    /// The decision about a process that failed (`fatal`: no restart can fix it) after
+    /// running for `ran`. See the module docs.
+    fn on_failure(&mut self, fatal: bool, ran: Duration) -> Restart {
+        if ran > HEALTHY {
+            *self = Failures::default();
+        }
+        self.in_a_row += 1;
+        if fatal {
+            let report = !self.fatal_reported;
+            self.fatal_reported = true;
+            return Restart {
+                after: FATAL_RESTART,
+                report,
+            };
+        }
+        Restart {
+            after: crate::retry::backoff(self.in_a_row, MAX_BACKOFF),
+            report: true,
+        }
+    }
+}
+
 /// How to make (and remake) a process.
 type Recipe = Box<dyn Fn() -> Box<dyn Process>>;
 
@@ -49,8 +122,7 @@ struct ProcessEntry {
     state: Arc<State>,
     generation: u64,
     restarts: u32,
-    /// Failures in a row without a minute of healthy running in between; sets the backoff.
-    failures: u32,
+    failures: Failures,
     started: Instant,
     thread: Option<JoinHandle<()>>,
     restart_at: Option<Instant>,
@@ -144,7 +216,7 @@ impl Supervisor {
             state,
             generation: 0,
             restarts: 0,
-            failures: 0,
+            failures: Failures::default(),
             started: Instant::now(),
             thread: None,
             restart_at: None,
@@ -205,7 +277,7 @@ impl Supervisor {
         });
     }
 
-    fn exited(&mut self, name: String, generation: u64, error: Option<String>) {
+    fn exited(&mut self, name: String, generation: u64, failure: Option<Failure>) {
         let Some(e) = self.table.get_mut(&name) else {
             return;
         };
@@ -216,20 +288,33 @@ impl Supervisor {
             let _ = t.join();
             self.node.metrics.processes.dec();
         }
-        if e.started.elapsed() > Duration::from_secs(60) {
-            e.failures = 0;
-        }
-        e.failures += 1;
+        // Ended without an error, though not told to stop: restarted as it always was.
+        let failure = failure.unwrap_or_else(|| Failure::retry("ended unexpectedly"));
+        let fatal = failure.is_fatal();
+        let restart = e.failures.on_failure(fatal, e.started.elapsed());
         e.restarts += 1;
-        let delay = crate::retry::backoff(e.failures, Duration::from_secs(30));
-        e.restart_at = Some(Instant::now() + delay);
-        self.node.metrics.restarts.inc();
-        let why = error.unwrap_or_else(|| "ended unexpectedly".into());
-        self.node.report_error(format!(
-            "{}: process {name} failed: {why}; restarting in {:.1}s",
-            self.node.config.node,
-            delay.as_secs_f64()
-        ));
+        e.restart_at = Some(Instant::now() + restart.after);
+        let metrics = &self.node.metrics;
+        metrics.restarts.inc();
+        let label = if fatal { "fatal" } else { "retry" };
+        metrics.failures.with_label_values(&[label]).inc();
+        let node = &self.node.config.node;
+        let after = restart.after.as_secs_f64();
+        if !fatal {
+            self.node.report_error(format!(
+                "{node}: process {name} failed: {failure}; restarting in {after:.1}s"
+            ));
+        } else if restart.report {
+            self.node.report_error(format!(
+                "{node}: process {name} failed: {failure}; a restart cannot fix this (a bug or a misconfiguration): it is tried again every {}s, not reported again while it fails; the rest of {node} goes on",
+                FATAL_RESTART.as_secs()
+            ));
+        } else {
+            log::error!(
+                "process {name} failed again: {failure}; tried again in {}s (reported already)",
+                FATAL_RESTART.as_secs()
+            );
+        }
     }
 
     fn restart_due(&mut self) {
@@ -319,7 +404,7 @@ impl Supervisor {
             crossbeam_channel::select! {
                 recv(self.events) -> event => match event {
                     Ok(Event::Publish(lanes)) => lanes.into_iter().for_each(|l| self.publish(l)),
-                    Ok(Event::Exited { name, generation, error }) => self.exited(name, generation, error),
+                    Ok(Event::Exited { name, generation, failure }) => self.exited(name, generation, failure),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
@@ -378,5 +463,66 @@ impl Supervisor {
             log::error!("journal: cannot sync at shutdown: {e}");
         }
         log::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOMENT: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn a_failure_a_restart_can_help_is_restarted_sooner_then_later_and_always_reported() {
+        let mut f = Failures::default();
+        let mut last = Duration::ZERO;
+        for n in 1..=12 {
+            let r = f.on_failure(false, MOMENT);
+            assert!(r.report, "failure {n} not reported");
+            assert!(
+                r.after >= last.min(MAX_BACKOFF),
+                "failure {n}: {r:?} after {last:?}"
+            );
+            assert!(
+                r.after <= MAX_BACKOFF + MAX_BACKOFF / 4,
+                "failure {n}: {r:?}"
+            );
+            last = r.after;
+        }
+        assert!(
+            last >= MAX_BACKOFF,
+            "never reached the longest pause: {last:?}"
+        );
+        // A minute of healthy running: the next failure starts from the shortest pause.
+        let r = f.on_failure(false, HEALTHY + MOMENT);
+        assert!(r.after < Duration::from_secs(1), "{r:?}");
+    }
+
+    #[test]
+    fn a_fatal_failure_waits_long_and_is_reported_once_until_the_process_runs_well_again() {
+        let mut f = Failures::default();
+        let first = f.on_failure(true, MOMENT);
+        assert_eq!(
+            first,
+            Restart {
+                after: FATAL_RESTART,
+                report: true
+            }
+        );
+        // Failing at once after each try: no loop, and no report again.
+        for _ in 0..5 {
+            assert_eq!(
+                f.on_failure(true, MOMENT),
+                Restart {
+                    after: FATAL_RESTART,
+                    report: false
+                }
+            );
+        }
+        // A failure a restart can help in between is its own, and reported.
+        assert!(f.on_failure(false, MOMENT).report);
+        assert!(!f.on_failure(true, MOMENT).report);
+        // After a healthy run, a fatal failure is news again.
+        assert!(f.on_failure(true, HEALTHY + MOMENT).report);
     }
 }

@@ -25,7 +25,7 @@ impl Method for ErrorLog {
         self.handle_batch(&[envelope], ctx).remove(0)
     }
 
-    fn ready(&self, ctx: &Context) -> Result<(), String> {
+    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
         ctx.log_budget.check_free_space(&ctx.data.root)
     }
 

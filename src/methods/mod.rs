@@ -111,7 +111,7 @@ pub trait Method: Send + Sync {
     /// message's retries or time to live (error reports: a week), and keeps it in its
     /// `failed-messages.txt` past that. Commands are always taken: the one that frees the
     /// disk must get through.
-    fn ready(&self, _ctx: &Context) -> Result<(), String> {
+    fn ready(&self, _ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
         Ok(())
     }
     /// Runs a received message that has passed the sender checks. Runs on a handler thread

@@ -26,7 +26,7 @@ impl Method for TextLogging {
         self.handle_batch(&[envelope], ctx).remove(0)
     }
 
-    fn ready(&self, ctx: &Context) -> Result<(), String> {
+    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
         ctx.log_budget.check_free_space(&ctx.data.root)
     }
 

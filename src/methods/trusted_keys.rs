@@ -31,7 +31,7 @@ impl Method for TrustedKeys {
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let set = match KeySet::parse(&envelope.message.data.concat()) {
             Ok(set) => set,
-            Err(e) => return Outcome::error(e),
+            Err(e) => return Outcome::error(e.to_string()),
         };
         let latest = envelope
             .accepted
@@ -58,7 +58,7 @@ impl Method for TrustedKeys {
                     nodes.join(", ")
                 ))
             }
-            Err(e) => Outcome::error(e),
+            Err(e) => Outcome::error(e.to_string()),
         }
     }
 }

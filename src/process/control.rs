@@ -14,14 +14,16 @@
 //! The socket lives in the data folder, so only who may read the node's data may use it.
 //! At most [`MAX_CLIENTS`] clients are served at once; another is answered [`BUSY`].
 
-use super::{stopping, Process, State, StopFd};
+use super::{stopping, Failure, Process, State, StopFd};
 use crate::message::parse_input;
 use crate::node::Node;
 use crossbeam_channel::Receiver;
-use std::io::{Read, Write};
+use std::fmt;
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,24 +44,88 @@ pub struct Control {
     pub stop_fd: StopFd,
 }
 
-impl Process for Control {
-    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
-        let path = self.node.data.socket();
-        if UnixStream::connect(&path).is_ok() {
-            return Err(format!(
+/// Why the control socket failed.
+#[derive(Debug)]
+pub enum Error {
+    /// Another process answers on the socket: another agent on this data folder. Fatal:
+    /// two agents must not share one journal, and a restart of this process cannot move
+    /// the other.
+    InUse { path: PathBuf },
+    /// The socket could not be made. Fatal if the path cannot be a socket's (longer than
+    /// the 107 bytes a Unix socket's path may have: a data folder too deep), a retry
+    /// otherwise.
+    Listen { path: PathBuf, source: io::Error },
+    /// The socket could not be made private.
+    Restrict { path: PathBuf, source: io::Error },
+    /// The socket failed while waiting for clients.
+    Socket { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InUse { path } => write!(
+                f,
                 "{} is in use: is another agent running on this data folder?",
                 path.display()
-            ));
+            ),
+            Error::Listen { path, source } => {
+                write!(f, "cannot listen on {}: {source}", path.display())
+            }
+            Error::Restrict { path, source } => {
+                write!(f, "cannot restrict {}: {source}", path.display())
+            }
+            Error::Socket { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::InUse { .. } => None,
+            Error::Listen { source, .. }
+            | Error::Restrict { source, .. }
+            | Error::Socket { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        match &e {
+            Error::InUse { .. } => Failure::fatal(e),
+            Error::Listen { source, .. } if source.kind() == io::ErrorKind::InvalidInput => {
+                Failure::fatal(e)
+            }
+            _ => Failure::retry(e),
+        }
+    }
+}
+
+impl Process for Control {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
+        let path = self.node.data.socket();
+        if UnixStream::connect(&path).is_ok() {
+            return Err(Error::InUse { path }.into());
         }
         let _ = std::fs::remove_file(&path); // a stale socket from a crash
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(&path).map_err(|source| Error::Listen {
+            path: path.clone(),
+            source,
+        })?;
         // What comes through here is signed with this node's key: owner and group only.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(
+            |source| Error::Restrict {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        let socket_error = |source| Error::Socket {
+            path: path.clone(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(socket_error)?;
         self.state.set(format!("listening on {}", path.display()));
         let clients = Arc::new(AtomicUsize::new(0));
         loop {
@@ -95,7 +161,7 @@ impl Process for Control {
                         return Ok(());
                     }
                 }
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(e) => return Err(socket_error(e).into()),
             }
         }
     }
@@ -173,6 +239,25 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
 mod tests {
     use crate::message::parse_input;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn another_agent_or_a_path_no_socket_can_have_is_fatal_other_errors_are_retries() {
+        use super::{Error, Failure};
+        use std::io;
+        let path = std::path::PathBuf::from("/var/lib/steward/steward.sock");
+        assert!(Failure::from(Error::InUse { path: path.clone() }).is_fatal());
+        // A data folder too deep for a socket's path: what binding one says.
+        let deep = std::env::temp_dir().join("x".repeat(200));
+        let too_long = std::os::unix::net::UnixListener::bind(&deep).unwrap_err();
+        assert_eq!(too_long.kind(), io::ErrorKind::InvalidInput, "{too_long}");
+        let listen = |source| Error::Listen {
+            path: path.clone(),
+            source,
+        };
+        assert!(Failure::from(listen(too_long)).is_fatal());
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(!Failure::from(listen(denied)).is_fatal());
+    }
 
     #[test]
     fn one_object_per_line_parses_in_linear_time() {

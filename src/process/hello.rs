@@ -1,7 +1,7 @@
 //! The hello process: every `--helloInterval` seconds, tells the central node "I'm here"
 //! with a Hello EventNACK (published once, not journaled: the next one replaces it).
 
-use super::{sleep_or_stop, Process, State};
+use super::{sleep_or_stop, Failure, Process, State};
 use crate::message::{Envelope, Kind, Message};
 use crate::node::Node;
 use crate::subject::Subject;
@@ -16,13 +16,15 @@ pub struct Hello {
 }
 
 impl Process for Hello {
-    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         if self.node.broker.wait(stop).is_none() {
             return Ok(());
         }
         let config = &self.node.config;
+        // The central node's name passed the configuration's check: a bug if not, which a
+        // restart would meet again.
         let subject = Subject::new(&config.central_node, Kind::EventNack, "Hello")
-            .map_err(|e| e.to_string())?
+            .map_err(Failure::fatal)?
             .to_string();
         let mut count = 0u64;
         loop {

@@ -18,13 +18,14 @@
 //! until it is complete. Bad pieces go to `inmsg.rejected.txt` with the reason, and are
 //! reported; the rest of the batch still goes.
 
-use super::{sleep_or_stop, stopping, Process, State, StopFd};
+use super::{sleep_or_stop, stopping, Failure, Process, State, StopFd};
 use crate::files::Watch;
 use crate::message::{parse_input, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
+use std::fmt;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,8 +70,74 @@ struct Taken {
     paused: bool,
 }
 
+/// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
+/// reached, and a restarted inbox reads on from there. (A full disk is not a failure at all:
+/// intake waits, see `Inbox::take`.)
+#[derive(Debug)]
+pub enum Error {
+    /// The data folder could not be listed (for taken files an earlier run left).
+    List { path: PathBuf, source: io::Error },
+    /// inmsg.txt could not be renamed to be taken.
+    Take { path: PathBuf, source: io::Error },
+    /// A taken file could not be opened.
+    Open { path: PathBuf, source: io::Error },
+    /// A taken file could not be read.
+    Read { path: PathBuf, source: io::Error },
+    /// A taken file, all of it journaled, could not be removed.
+    Remove { path: PathBuf, source: io::Error },
+    /// Rejected input could not be kept in inmsg.rejected.txt (`path`).
+    KeepRejected { path: PathBuf, source: io::Error },
+    /// The messages read from a taken file (`path`) could not be journaled.
+    Journal { path: PathBuf, source: io::Error },
+}
+
+impl Error {
+    fn io(&self) -> &io::Error {
+        match self {
+            Error::List { source, .. }
+            | Error::Take { source, .. }
+            | Error::Open { source, .. }
+            | Error::Read { source, .. }
+            | Error::Remove { source, .. }
+            | Error::KeepRejected { source, .. }
+            | Error::Journal { source, .. } => source,
+        }
+    }
+
+    /// Whether the disk is full: then intake waits, it does not fail.
+    fn disk_full(&self) -> bool {
+        self.io().raw_os_error() == Some(libc::ENOSPC)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, path) = match self {
+            Error::List { path, .. } | Error::Read { path, .. } => ("cannot read", path),
+            Error::Take { path, .. } => ("cannot take", path),
+            Error::Open { path, .. } => ("cannot open", path),
+            Error::Remove { path, .. } => ("cannot remove", path),
+            Error::KeepRejected { path, .. } => ("cannot keep rejected input in", path),
+            Error::Journal { path, .. } => ("cannot journal messages from", path),
+        };
+        write!(f, "{what} {}: {}", path.display(), self.io())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.io())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::retry(e)
+    }
+}
+
 impl Process for Inbox {
-    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         let root = self.node.data.root.clone();
         let mut taken = self.leftovers()?;
         let watch = Watch::new(&root);
@@ -89,8 +156,10 @@ impl Process for Inbox {
             if fs::metadata(&inmsg).map(|m| m.len() > 0).unwrap_or(false) {
                 let name = format!("inmsg.taking-{:020}", unix_nanos());
                 let path = root.join(&name);
-                fs::rename(&inmsg, &path)
-                    .map_err(|e| format!("cannot take {}: {e}", inmsg.display()))?;
+                fs::rename(&inmsg, &path).map_err(|source| Error::Take {
+                    path: inmsg.clone(),
+                    source,
+                })?;
                 taken.push(Taken {
                     name,
                     path,
@@ -142,11 +211,14 @@ impl Process for Inbox {
 
 impl Inbox {
     /// Taken files left by an earlier run, oldest first, with how far they had been read.
-    fn leftovers(&self) -> Result<Vec<Taken>, String> {
+    fn leftovers(&self) -> Result<Vec<Taken>, Error> {
         let root = &self.node.data.root;
         let offsets = self.node.journal().inbox_offsets().clone();
         let mut names: Vec<String> = fs::read_dir(root)
-            .map_err(|e| format!("cannot read {}: {e}", root.display()))?
+            .map_err(|source| Error::List {
+                path: root.clone(),
+                source,
+            })?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| n.starts_with("inmsg.taking-"))
             .collect();
@@ -173,15 +245,23 @@ impl Inbox {
     }
 
     /// Reads on in a taken file. Returns true once it is fully taken and removed.
-    fn read_on(&self, t: &mut Taken) -> Result<bool, String> {
+    fn read_on(&self, t: &mut Taken) -> Result<bool, Error> {
         let mut file = match File::open(&t.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
-            Err(e) => return Err(format!("cannot open {}: {e}", t.path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(source) => {
+                return Err(Error::Open {
+                    path: t.path.clone(),
+                    source,
+                })
+            }
         };
         let size = file
             .metadata()
-            .map_err(|e| format!("{}: {e}", t.path.display()))?
+            .map_err(|source| Error::Read {
+                path: t.path.clone(),
+                source,
+            })?
             .len();
         if size != t.size_seen {
             t.size_seen = size;
@@ -206,7 +286,10 @@ impl Inbox {
         if t.more || t.paused {
             return Ok(false);
         }
-        fs::remove_file(&t.path).map_err(|e| format!("cannot remove {}: {e}", t.path.display()))?;
+        fs::remove_file(&t.path).map_err(|source| Error::Remove {
+            path: t.path.clone(),
+            source,
+        })?;
         Ok(true)
     }
 
@@ -214,8 +297,12 @@ impl Inbox {
     /// time (each journaled with the offset it reached), for up to [`BATCHES_PER_TURN`]
     /// batches; sets `t.more` if it stopped short of the end. With `at_end`, rejects an
     /// incomplete tail at the end of the file.
-    fn take(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("cannot read {}: {e}", t.path.display());
+    fn take(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), Error> {
+        let path = t.path.clone();
+        let err = |source| Error::Read {
+            path: path.clone(),
+            source,
+        };
         let mut limit = MAX_BATCH;
         let mut batches = 0;
         t.more = false;
@@ -224,7 +311,7 @@ impl Inbox {
         // the journal's reserve, are for finishing what is in flight, storing replies and
         // reporting.
         if let Err(why) = self.node.log_budget.check_free_space(&self.node.data.root) {
-            self.node.disk_full(&why);
+            self.node.disk_full(&why.to_string());
             t.paused = true;
             return Ok(());
         }
@@ -256,32 +343,30 @@ impl Inbox {
             }
             // A full disk is a state, not a failure: what was not taken stays in the file,
             // and is taken once there is room (the inbox looks again at every watch tick).
-            let full = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOSPC);
-            if let Err(e) = self.reject(&parsed.rejected) {
-                let why = format!(
-                    "cannot keep rejected input in {}: {e}",
-                    self.node.data.rejected().display()
-                );
-                if full(&e) {
-                    self.node.disk_full(&why);
+            let offset = t.offset + parsed.consumed as u64;
+            let count = parsed.messages.len();
+            let written = self
+                .reject(&parsed.rejected)
+                .map_err(|source| Error::KeepRejected {
+                    path: self.node.data.rejected(),
+                    source,
+                })
+                .and_then(|()| {
+                    self.node
+                        .accept(parsed.messages, Some((&t.name, offset)))
+                        .map_err(|source| Error::Journal {
+                            path: t.path.clone(),
+                            source,
+                        })
+                });
+            match written {
+                Ok(()) => self.node.disk_has_room(),
+                Err(e) if e.disk_full() => {
+                    self.node.disk_full(&e.to_string());
                     t.paused = true;
                     return Ok(());
                 }
-                return Err(why);
-            }
-            let offset = t.offset + parsed.consumed as u64;
-            let count = parsed.messages.len();
-            match self.node.accept(parsed.messages, Some((&t.name, offset))) {
-                Ok(()) => self.node.disk_has_room(),
-                Err(e) => {
-                    let why = format!("cannot journal messages from {}: {e}", t.path.display());
-                    if full(&e) {
-                        self.node.disk_full(&why);
-                        t.paused = true;
-                        return Ok(());
-                    }
-                    return Err(why);
-                }
+                Err(e) => return Err(e),
             }
             if count > 0 {
                 log::info!("took {count} message(s) from inmsg.txt");
@@ -364,4 +449,23 @@ fn unix_nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_makes_intake_wait_and_any_other_error_is_a_retry() {
+        let journal = |errno| Error::Journal {
+            path: "inmsg.taking-1".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(journal(libc::ENOSPC).disk_full());
+        assert!(!journal(libc::EIO).disk_full());
+        assert!(journal(libc::EIO)
+            .to_string()
+            .starts_with("cannot journal messages from inmsg.taking-1: "));
+        assert!(!Failure::from(journal(libc::EIO)).is_fatal());
+    }
 }

@@ -29,15 +29,17 @@
 //! The messages being delivered sit in a slot the supervisor keeps across restarts, so a
 //! publisher that fails mid-delivery resumes with the same messages, ahead of the rest.
 
-use super::{sleep_or_stop, Process, State};
+use super::{sleep_or_stop, Failure, Process, State};
 use crate::journal::Entry;
 use crate::keys::{Scope, Unverified};
-use crate::message::{Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
+use crate::message::{DecodeError, Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
 use crate::retry::{self, Next, Rules};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -90,8 +92,107 @@ enum Delivery {
     Stopped,
 }
 
+/// Why a publisher failed. Each is a retry: the messages stay in the slot, and the
+/// restarted publisher sends them again (a receiver answers a message it ran from its
+/// stored reply, running nothing twice). A full disk is the usual one.
+#[derive(Debug)]
+pub enum Error {
+    /// The subscription for replies could not be made (the connection dropped).
+    Subscribe { subject: String, source: io::Error },
+    /// The lane's messages could not be read from the journal.
+    Journal { lane: Subject, source: io::Error },
+    /// Replies could not be stored in `path`.
+    StoreReplies { path: PathBuf, source: io::Error },
+    /// Messages not delivered could not be kept in failed-messages.txt (`path`).
+    KeepFailed { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The subject (this publisher's own inbox) says nothing to an operator.
+            Error::Subscribe { source, .. } => write!(f, "cannot subscribe to replies: {source}"),
+            Error::Journal { lane, source } => {
+                write!(
+                    f,
+                    "cannot read {lane}'s messages from the journal: {source}"
+                )
+            }
+            Error::StoreReplies { path, source } => {
+                write!(f, "cannot store replies in {}: {source}", path.display())
+            }
+            Error::KeepFailed { path, source } => write!(
+                f,
+                "cannot keep failed messages in {}: {source}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Subscribe { source, .. }
+            | Error::Journal { source, .. }
+            | Error::StoreReplies { source, .. }
+            | Error::KeepFailed { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::retry(e)
+    }
+}
+
+/// Why a message on a publisher's reply subject does not answer the message (or batch)
+/// being sent: it is passed over, and said in the log and in how the attempt ended.
+#[derive(Debug)]
+enum NotAnAnswer {
+    /// Signed with `key`, and this node trusts no key for the destination `to`.
+    UnknownSender {
+        node: String,
+        to: String,
+        key: String,
+    },
+    /// Not signed.
+    Unsigned { to: String },
+    /// Signed, and not by the destination over one of this message's attempts.
+    NotOurs(Unverified),
+    /// Not a reply (or not a batch's replies).
+    Undecodable(DecodeError),
+    /// A reply to another message.
+    OtherId { got: String, want: String },
+    /// A batch's replies that are not this batch's (`got` of them for `want`).
+    NotTheBatch { got: usize, want: usize },
+}
+
+impl fmt::Display for NotAnAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotAnAnswer::UnknownSender { node, to, key } => write!(
+                f,
+                "{node} trusts no key for {to}, so its reply cannot be verified; if {key} is {to}'s key (`steward keys show` on {to}), run on {node}: steward keys trust {to} {key}"
+            ),
+            NotAnAnswer::Unsigned { to } => write!(f, "{}: not from {to}", Unverified::Unsigned),
+            NotAnAnswer::NotOurs(e) => {
+                write!(f, "{e} (not a reply to this message's attempts)")
+            }
+            NotAnAnswer::Undecodable(e) => write!(f, "{e}"),
+            NotAnAnswer::OtherId { got, want } => {
+                write!(f, "a reply for {got} while waiting for {want}")
+            }
+            NotAnAnswer::NotTheBatch { got, want } => {
+                write!(f, "{got} replies that do not match the batch of {want}")
+            }
+        }
+    }
+}
+
 impl Process for Publisher {
-    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         self.state.set("waiting for the broker");
         let Some(conn) = self.node.broker.wait(stop) else {
             return Ok(());
@@ -103,9 +204,10 @@ impl Process for Publisher {
             self.node.config.node,
             conn.new_inbox().trim_start_matches("_INBOX.")
         );
+        let subject = format!("{inbox}.*");
         let replies = conn
-            .subscribe(&format!("{inbox}.*"))
-            .map_err(|e| format!("cannot subscribe to replies: {e}"))?;
+            .subscribe(&subject)
+            .map_err(|source| Error::Subscribe { subject, source })?;
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
         let kind = self.subject.kind;
@@ -225,7 +327,7 @@ impl Publisher {
     /// reports any the journal could not read back. Resumed messages the last run finished
     /// though a power cut took the record of it are finished at once, not sent again (see
     /// [`crate::resumed`]).
-    fn take(&self, want: usize) -> Result<Vec<Entry>, String> {
+    fn take(&self, want: usize) -> Result<Vec<Entry>, Error> {
         let mut slot = self.slot();
         let mut unreadable = Vec::new();
         let mut finished_at_once: Option<(String, usize)> = None;
@@ -234,11 +336,9 @@ impl Publisher {
             let more = journal
                 .take(&self.subject, want - slot.entries.len())
                 .inspect_err(|_| self.node.stop_if_unusable(&journal))
-                .map_err(|e| {
-                    format!(
-                        "cannot read {}'s messages from the journal: {e}",
-                        self.subject
-                    )
+                .map_err(|source| Error::Journal {
+                    lane: self.subject.clone(),
+                    source,
                 })?;
             unreadable.extend(journal.take_unreadable());
             let (finished, more): (Vec<Entry>, Vec<Entry>) = more
@@ -314,17 +414,16 @@ impl Publisher {
             false,
             &mut Vec::new(),
             |bytes| {
-                let got = Reply::decode_batch(bytes)?;
+                let got = Reply::decode_batch(bytes).map_err(NotAnAnswer::Undecodable)?;
                 let expected = batch.iter().map(|e| e.envelope.id.as_str());
                 if got.len() != batch.len()
                     || !got.iter().map(|r| r.id.as_str()).eq(expected)
                     || got.iter().any(|r| r.from_node != *to)
                 {
-                    return Err(format!(
-                        "{} replies that do not match the batch of {}",
-                        got.len(),
-                        batch.len()
-                    ));
+                    return Err(NotAnAnswer::NotTheBatch {
+                        got: got.len(),
+                        want: batch.len(),
+                    });
                 }
                 Ok(got)
             },
@@ -382,8 +481,11 @@ impl Publisher {
             let id = &entry.envelope.id;
             let accept = |bytes: &[u8]| match Reply::decode(bytes) {
                 Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
-                Ok(reply) => Err(format!("a reply for {} while waiting for {id}", reply.id)),
-                Err(e) => Err(e),
+                Ok(reply) => Err(NotAnAnswer::OtherId {
+                    got: reply.id,
+                    want: id.clone(),
+                }),
+                Err(e) => Err(NotAnAnswer::Undecodable(e)),
             };
             let tried = self.attempt(
                 replies,
@@ -446,7 +548,7 @@ impl Publisher {
         stop: &Receiver<()>,
         single: bool,
         sigs: &mut Vec<String>,
-        accept: impl Fn(&[u8]) -> Result<T, String>,
+        accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
         let subject = self.subject.to_string();
         let deadline = Instant::now() + timeout;
@@ -488,7 +590,7 @@ impl Publisher {
                     }
                     if let Err(why) = self.check_reply(to, &msg, sigs) {
                         log::warn!("{subject}: ignoring a reply: {why}");
-                        hint = Some(why);
+                        hint = Some(why.to_string());
                         continue;
                     }
                     match accept(&msg.data) {
@@ -496,7 +598,7 @@ impl Publisher {
                         Err(e) if single => log::warn!("{subject}: {e}"),
                         // A batch answered with something else: an old receiver, or a
                         // batch it could not take.
-                        Err(e) => return Attempt::Failed(e),
+                        Err(e) => return Attempt::Failed(e.to_string()),
                     }
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
@@ -514,24 +616,33 @@ impl Publisher {
     /// reply subject and the signature of one of our attempts: otherwise anyone on the
     /// broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
     /// to a tampered copy out of it. A reply that cannot be verified is never stored.
-    fn check_reply(&self, to: &str, msg: &nats::Message, sigs: &[String]) -> Result<(), String> {
+    fn check_reply(
+        &self,
+        to: &str,
+        msg: &nats::Message,
+        sigs: &[String],
+    ) -> Result<(), NotAnAnswer> {
         let trusted = &self.node.trusted;
-        let mut why = String::new();
+        // `sigs` holds at least the attempt being answered.
+        let mut why = Unverified::Bad(String::new());
         for sig in sigs.iter().rev() {
             let scope = Scope::reply(&msg.subject, sig);
             match trusted.verify(to, msg.headers.as_ref(), scope, &msg.data) {
                 Ok(_) => return Ok(()),
                 Err(Unverified::UnknownSender { key }) => {
-                    return Err(format!(
-                        "{} trusts no key for {to}, so its reply cannot be verified; if {key} is {to}'s key (`steward keys show` on {to}), run on {}: steward keys trust {to} {key}",
-                        self.node.config.node, self.node.config.node
-                    ))
+                    return Err(NotAnAnswer::UnknownSender {
+                        node: self.node.config.node.clone(),
+                        to: to.to_string(),
+                        key,
+                    })
                 }
-                Err(e @ Unverified::Unsigned) => return Err(format!("{e}: not from {to}")),
-                Err(e) => why = e.to_string(),
+                Err(Unverified::Unsigned) => {
+                    return Err(NotAnAnswer::Unsigned { to: to.to_string() })
+                }
+                Err(e) => why = e,
             }
         }
-        Err(format!("{why} (not a reply to this message's attempts)"))
+        Err(NotAnAnswer::NotOurs(why))
     }
 
     fn publish_once(&self, entry: &Entry, stop: &Receiver<()>) -> Delivery {
@@ -570,7 +681,7 @@ impl Publisher {
     /// it sends the messages again (the receiver answers from its stored reply, running
     /// nothing twice), and what was written before is not written again (the slot
     /// remembers it). Then what is counted, reported and logged, once.
-    fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), String> {
+    fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), Error> {
         let node = &self.node;
         let mut written = self.stored_before_the_last_stop(&done);
         let failed_written = {
@@ -614,14 +725,18 @@ impl Publisher {
             ends.push((entry, outcome, (reply, why)));
         }
         for (path, (records, ids)) in &reply_files {
-            crate::files::append_record(path, records.as_bytes())
-                .map_err(|e| format!("cannot store replies in {}: {e}", path.display()))?;
+            crate::files::append_record(path, records.as_bytes()).map_err(|source| {
+                Error::StoreReplies {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             self.slot().replies_written.extend(ids.iter().cloned());
         }
         if !failed.is_empty() {
             let path = node.data.failed();
             crate::files::append_record(&path, failed.as_bytes())
-                .map_err(|e| format!("cannot keep failed messages in {}: {e}", path.display()))?;
+                .map_err(|source| Error::KeepFailed { path, source })?;
             self.slot().failed_written.extend(failed_ids);
         }
 
@@ -748,6 +863,23 @@ mod tests {
                 },
             },
         }
+    }
+
+    #[test]
+    fn a_reply_that_cannot_be_stored_on_a_full_disk_is_a_retry_with_its_io_error() {
+        let e = Error::StoreReplies {
+            path: "replies/ship1.CLICommand.log".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("cannot store replies in replies/ship1.CLICommand.log: "));
+        let failure = Failure::from(e);
+        assert!(!failure.is_fatal());
+        let io = std::error::Error::source(&failure)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOSPC));
     }
 
     #[test]

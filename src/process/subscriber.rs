@@ -27,14 +27,16 @@
 //! reply; one that was running when this node died is answered with an error saying so
 //! (see [`crate::received`]).
 
-use super::{Process, State};
+use super::{Failure, Process, State};
 use crate::admission::{self, Admitted, Policy, Refusal, Refused, Served};
 use crate::message::{Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
 use crate::received::Seen;
-use crate::subject::Subject;
+use crate::subject::{NameError, Subject};
 use crossbeam_channel::{Receiver, Select, Sender};
+use std::fmt;
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,8 +55,54 @@ pub struct Subscriber {
     pub state: Arc<State>,
 }
 
+/// Why a subscriber failed.
+#[derive(Debug)]
+pub enum Error {
+    /// This node's own subject for the method is not a valid one: the node's name passed
+    /// the configuration's check and the method's is this build's, so a bug. Fatal.
+    Subject {
+        method: &'static str,
+        source: NameError,
+    },
+    /// The subscription could not be made (the connection dropped). A retry.
+    Subscribe { subject: String, source: io::Error },
+    /// The subscription ended (the connection closed). A retry.
+    Closed { subject: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Subject { method, source } => write!(f, "cannot listen for {method}: {source}"),
+            Error::Subscribe { subject, source } => {
+                write!(f, "cannot subscribe to {subject}: {source}")
+            }
+            Error::Closed { subject } => write!(f, "subscription to {subject} closed"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Subject { source, .. } => Some(source),
+            Error::Subscribe { source, .. } => Some(source),
+            Error::Closed { .. } => None,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        match e {
+            Error::Subject { .. } => Failure::fatal(e),
+            Error::Subscribe { .. } | Error::Closed { .. } => Failure::retry(e),
+        }
+    }
+}
+
 impl Process for Subscriber {
-    fn run(&mut self, stop: &Receiver<()>) -> Result<(), String> {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         self.state.set("waiting for the broker");
         let Some(conn) = self.node.broker.wait(stop) else {
             return Ok(());
@@ -67,14 +115,19 @@ impl Process for Subscriber {
             .map(|&kind| {
                 Subject::new(&self.node.config.node, kind, name)
                     .map(|s| s.to_string())
-                    .map_err(|e| format!("cannot listen for {name}: {e}"))
+                    .map_err(|source| Error::Subject {
+                        method: name,
+                        source,
+                    })
             })
             .collect::<Result<_, _>>()?;
         let subs: Vec<nats::Subscription> = subjects
             .iter()
             .map(|s| {
-                conn.subscribe(s)
-                    .map_err(|e| format!("cannot subscribe to {s}: {e}"))
+                conn.subscribe(s).map_err(|source| Error::Subscribe {
+                    subject: s.clone(),
+                    source,
+                })
             })
             .collect::<Result<_, _>>()?;
         for sub in &subs {
@@ -124,9 +177,9 @@ impl Process for Subscriber {
                     }
                 }
                 i => {
-                    let msg = op
-                        .recv(subs[i].receiver())
-                        .map_err(|_| format!("subscription to {} closed", subjects[i]))?;
+                    let msg = op.recv(subs[i].receiver()).map_err(|_| Error::Closed {
+                        subject: subjects[i].clone(),
+                    })?;
                     let (method, node, conn) =
                         (self.method.clone(), self.node.clone(), conn.clone());
                     let deferred = deferred_tx.clone();
@@ -427,5 +480,28 @@ fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply])
     {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", replies[0].id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_this_node_cannot_make_is_fatal_a_lost_subscription_a_retry() {
+        let source = crate::subject::validate_name("ship 1").unwrap_err();
+        let e = Error::Subject {
+            method: "CLICommand",
+            source,
+        };
+        assert!(
+            e.to_string().starts_with("cannot listen for CLICommand: "),
+            "{e}"
+        );
+        assert!(Failure::from(e).is_fatal());
+        let closed = Error::Closed {
+            subject: "ship1.CommandACK.CLICommand".into(),
+        };
+        assert!(!Failure::from(closed).is_fatal());
     }
 }
