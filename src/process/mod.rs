@@ -51,7 +51,7 @@ pub enum Failure {
     /// with each failure in a row. Every I/O error is this: what was in the way may be gone
     /// at the next try.
     Retry(Reason),
-    /// A bug (a panic, a subject this node made and refused itself) or a misconfiguration
+    /// A bug (a subject this node made and refused itself) or a misconfiguration
     /// that the process will meet again however often it starts (another agent on this
     /// data folder). Logged and reported to central once, and tried again only after
     /// a long pause.
@@ -126,7 +126,9 @@ impl State {
 const STACK_SIZE: usize = 256 * 1024;
 
 /// Runs `process` on a thread named `name`; reports its end to the supervisor. A panic is a
-/// [`Failure::Fatal`]: a bug, which a quick restart would most likely only meet again.
+/// bug, but a [`Failure::Retry`]: it may have come from one message's data, met once, and a
+/// node that stopped taking its inbox for the fatal pause after one would be worse off than
+/// one that restarts (restarts back off as they repeat).
 pub fn spawn(
     name: String,
     generation: u64,
@@ -145,7 +147,7 @@ pub fn spawn(
             let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(f)) => Some(f),
-                Err(panic) => Some(Failure::fatal(Panicked(panic_message(&panic)))),
+                Err(panic) => Some(Failure::retry(Panicked(panic_message(&panic)))),
             };
             state.set(match &failure {
                 Some(f) if f.is_fatal() => format!("failed, a restart cannot fix it: {f}"),
@@ -268,12 +270,12 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_is_fatal_and_a_failure_keeps_its_kind_and_source() {
+    fn a_panic_is_retried_and_a_failure_keeps_its_kind_and_source() {
         let (failure, state) = end_of(Fails(None));
         let failure = failure.expect("a failure");
-        assert!(failure.is_fatal());
+        assert!(!failure.is_fatal(), "a panic is restarted, with backoff");
         assert_eq!(failure.to_string(), "panicked: boom");
-        assert!(state.contains("a restart cannot fix it"), "{state}");
+        assert!(state.starts_with("failed: "), "{state}");
 
         let full = io::Error::from_raw_os_error(libc::ENOSPC);
         let (failure, state) = end_of(Fails(Some(Failure::retry(full))));
