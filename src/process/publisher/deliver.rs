@@ -1,0 +1,328 @@
+//! Delivering: one attempt (publish, wait for a reply signed by the destination and bound
+//! to one of the message's own attempts), a message's attempts under its rules
+//! ([`crate::retry`]), a batch of events, a NACK published once.
+
+use super::*;
+
+/// The first messages in `slot` that fit in one batch under the broker's payload limit
+/// (at least one): how many, and the batch's wire form, each envelope encoded once.
+pub(super) fn batch_of(slot: &[Entry], max_payload: usize) -> (usize, Vec<u8>) {
+    let limit = MAX_BATCH_BYTES.min(if max_payload > 0 {
+        max_payload
+    } else {
+        MAX_BATCH_BYTES
+    }) - 4096;
+    let mut payload = vec![b'['];
+    let mut count = 0;
+    for entry in slot {
+        let encoded = entry.envelope.encode();
+        if count > 0 && payload.len() + encoded.len() + 2 > limit {
+            break;
+        }
+        if count > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(&encoded);
+        count += 1;
+    }
+    payload.push(b']');
+    (count, payload)
+}
+
+impl Publisher {
+    /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
+    /// why not.
+    pub(super) fn deliver_batch(
+        &self,
+        replies: &nats::Subscription,
+        reply_subject: &str,
+        batch: &[Entry],
+        payload: &[u8],
+        stop: &Receiver<()>,
+    ) -> Attempt<Vec<Reply>> {
+        let node = &self.node;
+        let timeout = batch
+            .iter()
+            .filter_map(|e| e.envelope.message.timeout.map(Duration::from_secs))
+            .max()
+            .unwrap_or(node.config.default_timeout);
+        let doing = format!(
+            "sending {} in a batch of {}",
+            batch[0].envelope.id,
+            batch.len()
+        );
+        self.state.set(doing.clone());
+        for e in batch {
+            let method = e.envelope.message.method.as_str();
+            node.metrics.sent.with_label_values(&[method]).inc();
+            node.progress(&e.envelope.id, Progress::Attempt(doing.clone()));
+        }
+        let to = &batch[0].envelope.message.to_node;
+        self.attempt(
+            replies,
+            reply_subject,
+            to,
+            payload,
+            timeout,
+            stop,
+            false,
+            &mut Vec::new(),
+            |bytes| {
+                let got = Reply::decode_batch(bytes).map_err(NotAnAnswer::Undecodable)?;
+                let expected = batch.iter().map(|e| e.envelope.id.as_str());
+                if got.len() != batch.len()
+                    || !got.iter().map(|r| r.id.as_str()).eq(expected)
+                    || got.iter().any(|r| r.from_node != *to)
+                {
+                    return Err(NotAnAnswer::NotTheBatch {
+                        got: got.len(),
+                        want: batch.len(),
+                    });
+                }
+                Ok(got)
+            },
+        )
+    }
+
+    pub(super) fn deliver_acked(
+        &self,
+        replies: &nats::Subscription,
+        reply_subject: &str,
+        entry: &Entry,
+        stop: &Receiver<()>,
+    ) -> Delivery {
+        let node = &self.node;
+        let message = &entry.envelope.message;
+        let method = message.method.as_str();
+        let timeout = message
+            .timeout
+            .map(Duration::from_secs)
+            .unwrap_or(node.config.default_timeout);
+        // This message's own jitter: after an outage, lanes do not all knock together.
+        let jitter =
+            (entry.seq ^ u64::from(std::process::id())).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54;
+        let mut rules = Rules::new(
+            message,
+            entry.envelope.accepted,
+            node.config.default_retries,
+            node.config.default_ttl,
+            jitter,
+        );
+        let payload = entry.envelope.encode();
+        let subject = self.subject.to_string();
+        let mut sigs = Vec::new();
+        loop {
+            // While our own link is down, wait for it: an outage here is not the
+            // destination's failure and must not spend its retries.
+            if node.broker.wait(stop).is_none() {
+                return Delivery::Stopped;
+            }
+            let epoch = node.broker.epoch();
+            let attempt = rules.attempt();
+            if attempt == 1 {
+                node.metrics.sent.with_label_values(&[method]).inc();
+            } else {
+                node.metrics.retried.with_label_values(&[method]).inc();
+            }
+            let doing = format!(
+                "attempt {attempt}{} of {} (waiting {}s for ACK)",
+                rules.describe(crate::files::unix_millis()),
+                entry.envelope.id,
+                timeout.as_secs()
+            );
+            node.progress(&entry.envelope.id, Progress::Attempt(doing.clone()));
+            self.state.set(doing);
+            let id = &entry.envelope.id;
+            let accept = |bytes: &[u8]| match Reply::decode(bytes) {
+                Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
+                Ok(reply) => Err(NotAnAnswer::OtherId {
+                    got: reply.id,
+                    want: id.clone(),
+                }),
+                Err(e) => Err(NotAnAnswer::Undecodable(e)),
+            };
+            let tried = self.attempt(
+                replies,
+                reply_subject,
+                &message.to_node,
+                &payload,
+                timeout,
+                stop,
+                true,
+                &mut sigs,
+                accept,
+            );
+            let last_error = match tried {
+                Attempt::Acked(reply) => return Delivery::Acked(reply),
+                Attempt::Stopped => return Delivery::Stopped,
+                Attempt::Failed(why) => why,
+            };
+            let now = crate::files::unix_millis();
+            let described = rules.describe(now);
+            let pause = match rules.failed(&last_error, node.broker.epoch() != epoch, now) {
+                Next::Again => {
+                    log::info!(
+                        "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
+                        entry.envelope.id
+                    );
+                    continue;
+                }
+                Next::GiveUp(why) => return Delivery::Failed(why),
+                Next::Pause(pause) => pause,
+            };
+            log::warn!(
+                "{subject}: attempt {attempt}{described} of {} failed: {last_error}",
+                entry.envelope.id
+            );
+            // Pause before the next attempt; a Hello from the destination ends the pause.
+            let hello = node.presence.waiter(&message.to_node);
+            select! {
+                recv(hello) -> _ => log::info!("{subject}: {} said Hello; trying again now", message.to_node),
+                recv(stop) -> _ => return Delivery::Stopped,
+                recv(crossbeam_channel::after(pause)) -> _ => {},
+            }
+        }
+    }
+
+    /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
+    /// `reply_subject` that is signed by `to`, bound to one of this message's attempts
+    /// (`sigs`, to which this attempt's signature is added), and that `accept` takes.
+    /// "No responders" is only a hint for the error text, never the verdict (anyone can
+    /// publish one on our inbox): a `single` message waits on for a signed reply until the
+    /// deadline; a batch gives up at once, as it does on a reply it cannot take, and sending
+    /// one at a time sorts it out.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt<T>(
+        &self,
+        replies: &nats::Subscription,
+        reply_subject: &str,
+        to: &str,
+        payload: &[u8],
+        timeout: Duration,
+        stop: &Receiver<()>,
+        single: bool,
+        sigs: &mut Vec<String>,
+        accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
+    ) -> Attempt<T> {
+        let subject = self.subject.to_string();
+        let deadline = Instant::now() + timeout;
+        match self.node.broker.publish(
+            &self.node.identity,
+            &subject,
+            Some(reply_subject),
+            None,
+            payload,
+        ) {
+            Ok(sig) => {
+                // A late reply to an earlier attempt still answers this message.
+                if sigs.len() >= 8 {
+                    sigs.remove(0);
+                }
+                sigs.push(sig);
+            }
+            Err(e) => return Attempt::Failed(format!("cannot publish: {e}")),
+        }
+        let mut hint: Option<String> = None;
+        loop {
+            select! {
+                recv(replies.receiver()) -> msg => {
+                    let Ok(msg) = msg else {
+                        return Attempt::Failed("reply subscription closed".into());
+                    };
+                    if msg.subject != reply_subject {
+                        continue; // a late reply to a message already finished
+                    }
+                    if msg.is_no_responders() {
+                        let why = format!(
+                            "no responders on {subject}: {to} is not running, or not connected"
+                        );
+                        if !single {
+                            return Attempt::Failed(why);
+                        }
+                        hint = Some(why);
+                        continue;
+                    }
+                    if let Err(why) = self.check_reply(to, &msg, sigs) {
+                        log::warn!("{subject}: ignoring a reply: {why}");
+                        hint = Some(why.to_string());
+                        continue;
+                    }
+                    match accept(&msg.data) {
+                        Ok(reply) => return Attempt::Acked(reply),
+                        Err(e) if single => log::warn!("{subject}: {e}"),
+                        // A batch answered with something else: an old receiver, or a
+                        // batch it could not take.
+                        Err(e) => return Attempt::Failed(e.to_string()),
+                    }
+                },
+                recv(stop) -> _ => return Attempt::Stopped,
+                recv(crossbeam_channel::at(deadline)) -> _ => {
+                    return Attempt::Failed(match hint {
+                        Some(why) => format!("no ACK within {}s ({why})", timeout.as_secs()),
+                        None => format!("no ACK within {}s", timeout.as_secs()),
+                    });
+                },
+            }
+        }
+    }
+
+    /// A reply must be signed by a key this node trusts for the destination, over the
+    /// reply subject and the signature of one of our attempts: otherwise anyone on the
+    /// broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
+    /// to a tampered copy out of it. A reply that cannot be verified is never stored.
+    fn check_reply(
+        &self,
+        to: &str,
+        msg: &nats::Message,
+        sigs: &[String],
+    ) -> Result<(), NotAnAnswer> {
+        let trusted = &self.node.trusted;
+        // `sigs` holds at least the attempt being answered.
+        let mut why = Unverified::Bad(String::new());
+        for sig in sigs.iter().rev() {
+            let scope = Scope::reply(&msg.subject, sig);
+            match trusted.verify(to, msg.headers.as_ref(), scope, &msg.data) {
+                Ok(_) => return Ok(()),
+                Err(Unverified::UnknownSender { key }) => {
+                    return Err(NotAnAnswer::UnknownSender {
+                        node: self.node.config.node.clone(),
+                        to: to.to_string(),
+                        key,
+                    })
+                }
+                Err(Unverified::Unsigned) => {
+                    return Err(NotAnAnswer::Unsigned { to: to.to_string() })
+                }
+                Err(e) => why = e,
+            }
+        }
+        Err(NotAnAnswer::NotOurs(why))
+    }
+
+    pub(super) fn publish_once(&self, entry: &Entry, stop: &Receiver<()>) -> Delivery {
+        let subject = self.subject.to_string();
+        let payload = entry.envelope.encode();
+        let mut attempt = 0;
+        loop {
+            match self
+                .node
+                .broker
+                .publish(&self.node.identity, &subject, None, None, &payload)
+            {
+                Ok(_) => {
+                    let method = entry.envelope.message.method.as_str();
+                    self.node.metrics.sent.with_label_values(&[method]).inc();
+                    return Delivery::Published;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.state
+                        .set(format!("cannot publish {}: {e}", entry.envelope.id));
+                    if sleep_or_stop(stop, retry::backoff(attempt, Duration::from_secs(30))) {
+                        return Delivery::Stopped;
+                    }
+                }
+            }
+        }
+    }
+}

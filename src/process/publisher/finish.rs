@@ -1,0 +1,195 @@
+//! How messages ended, kept: replies in `replies/`, failed-messages.txt, the message
+//! log, then the journal's finish. What must be kept is written first and once; then
+//! counted, reported and logged.
+
+use super::*;
+
+impl Publisher {
+    /// Records how messages ended (reply files, failed-messages.txt, the message log),
+    /// then marks them finished in the journal: only after everything about them is on
+    /// disk. A batch's records go to each file with one write and one fsync.
+    ///
+    /// First what must be kept (replies, failed messages): if that cannot be written (a
+    /// full disk), nothing is counted or reported and the publisher fails; once restarted
+    /// it sends the messages again (the receiver answers from its stored reply, running
+    /// nothing twice), and what was written before is not written again (the slot
+    /// remembers it). Then what is counted, reported and logged, once.
+    pub(super) fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), Error> {
+        let node = &self.node;
+        let mut written = self.stored_before_the_last_stop(&done);
+        let failed_written = {
+            let slot = self.slot();
+            written.extend(slot.replies_written.iter().cloned());
+            slot.failed_written.clone()
+        };
+        let mut reply_files: BTreeMap<PathBuf, (String, Vec<String>)> = BTreeMap::new();
+        let (mut failed, mut failed_ids) = (String::new(), Vec::new());
+        let mut ends = Vec::with_capacity(done.len());
+        for (entry, delivery) in done {
+            let envelope = &entry.envelope;
+            let message = &envelope.message;
+            let id = &envelope.id;
+            let (outcome, why, reply) = match delivery {
+                Delivery::Acked(reply) if reply.status == Status::Refused => {
+                    // The receiver reported the refusal to central itself; keep it.
+                    let why = format!("refused by {}: {}", reply.from_node, reply.output);
+                    ("refused", Some(why), Some(reply))
+                }
+                Delivery::Acked(reply) => ("acked", None, Some(reply)),
+                Delivery::Published => ("published", None, None),
+                Delivery::Failed(why) => {
+                    let why = format!("{}: {id} not delivered: {why}", self.subject);
+                    ("failed", Some(why), None)
+                }
+                Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
+            };
+            if let Some(reply) = &reply {
+                if !written.contains(id) {
+                    let path = node.data.replies(&message.to_node, &message.method);
+                    let (records, ids) = reply_files.entry(path).or_default();
+                    records.push_str(&reply_record(envelope, reply));
+                    ids.push(id.clone());
+                }
+            }
+            if why.is_some() && !failed_written.contains(id) {
+                failed.push_str(&failed_record(message));
+                failed_ids.push(id.clone());
+            }
+            ends.push((entry, outcome, (reply, why)));
+        }
+        for (path, (records, ids)) in &reply_files {
+            crate::files::append_record(path, records.as_bytes()).map_err(|source| {
+                Error::StoreReplies {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            self.slot().replies_written.extend(ids.iter().cloned());
+        }
+        if !failed.is_empty() {
+            let path = node.data.failed();
+            crate::files::append_record(&path, failed.as_bytes())
+                .map_err(|source| Error::KeepFailed { path, source })?;
+            self.slot().failed_written.extend(failed_ids);
+        }
+
+        // Kept: now counted, reported and logged.
+        let mut log_lines = Vec::new();
+        for (entry, outcome, (reply, why)) in &ends {
+            let envelope = &entry.envelope;
+            let method = envelope.message.method.as_str();
+            if let Some(reply) = reply {
+                node.metrics.acked.with_label_values(&[method]).inc();
+                log::info!(
+                    "{}: {} {:?}{}: {}",
+                    self.subject,
+                    envelope.id,
+                    reply.status,
+                    reply
+                        .exit_code
+                        .map(|c| format!(" exit {c}"))
+                        .unwrap_or_default(),
+                    reply.output.lines().next().unwrap_or("")
+                );
+            }
+            if let Some(why) = why {
+                node.metrics.failed.with_label_values(&[method]).inc();
+                log::warn!("{why}; kept in {}", node.data.failed().display());
+                if *outcome == "failed" && method != "ErrorLog" {
+                    // Never report a failed error report: that would loop.
+                    node.report_error(why.clone());
+                }
+            }
+            let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
+            line["outcome"] = (*outcome).into();
+            let finished = crate::files::unix_millis();
+            line["finished"] = crate::files::rfc3339(finished).into();
+            line["finishedUnixMs"] = finished.into();
+            log_lines.extend(serde_json::to_vec(&line).expect("a JSON value serializes"));
+            log_lines.push(b'\n');
+            node.metrics
+                .finished
+                .with_label_values(&[method, envelope.message.kind.as_str(), outcome])
+                .inc();
+            if *outcome == "acked" {
+                let ms = finished.saturating_sub(envelope.accepted);
+                node.metrics
+                    .delivery_latency
+                    .with_label_values(&[method])
+                    .observe(ms as f64 / 1000.0);
+            }
+        }
+        // Synced before the messages are finished in the journal, so that a line lost in a
+        // power cut is never that of a message the journal says is finished.
+        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, true) {
+            // Only a log: skipped, and counted.
+            log::error!("cannot write the message log: {e}");
+            node.metrics
+                .log_skipped
+                .with_label_values(&["message-log.txt"])
+                .inc_by(ends.len() as u64);
+        }
+        let seqs: Vec<u64> = ends.iter().map(|(entry, _, _)| entry.seq).collect();
+        node.finish(&self.subject, &seqs);
+        for (entry, outcome, (reply, why)) in ends {
+            node.progress(
+                &entry.envelope.id,
+                Progress::Finished {
+                    outcome: outcome.to_string(),
+                    reply,
+                    why,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Of the acked messages in `done` that an earlier run accepted, those whose reply it
+    /// stored before a power cut took the rest (see [`crate::resumed`]).
+    fn stored_before_the_last_stop(&self, done: &[(&Entry, Delivery)]) -> HashSet<String> {
+        let resumed: Vec<&Entry> = done
+            .iter()
+            .filter(|(e, d)| matches!(d, Delivery::Acked(_)) && self.node.resumed.is_resumed(e))
+            .map(|(e, _)| *e)
+            .collect();
+        let Some(first) = resumed.first() else {
+            return HashSet::new();
+        };
+        let message = &first.envelope.message;
+        let ids: Vec<&str> = resumed.iter().map(|e| e.envelope.id.as_str()).collect();
+        self.node.resumed.stored_replies(
+            &self.subject,
+            &self.node.data.replies(&message.to_node, &message.method),
+            &ids,
+        )
+    }
+}
+
+/// A reply as replies/<node>.<method>.log keeps it.
+fn reply_record(envelope: &crate::message::Envelope, reply: &Reply) -> String {
+    format!(
+        "=== {} id={} from={} status={:?}{}\n{}{}",
+        crate::files::now_rfc3339(),
+        envelope.id,
+        reply.from_node,
+        reply.status,
+        reply
+            .exit_code
+            .map(|c| format!(" exit={c}"))
+            .unwrap_or_default(),
+        reply.output,
+        if reply.output.ends_with('\n') || reply.output.is_empty() {
+            ""
+        } else {
+            "\n"
+        }
+    )
+}
+
+/// A message that was not delivered, in inmsg.txt form for failed-messages.txt.
+fn failed_record(message: &crate::message::Message) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&[message]).expect("a Message serializes")
+    )
+}

@@ -1,0 +1,395 @@
+//! The publisher: one process per destination subject, or lane
+//! (`ship1.CommandACK.CLICommand`), spawned on demand by the supervisor. It takes its lane's
+//! messages from the journal when it is ready for them (woken when new ones are journaled)
+//! and delivers them one at a time, in order.
+//!
+//! ACK kinds are sent with a reply subject unique to the message (`<inbox>.<seq>`; one
+//! wildcard subscription per publisher), so no other message's reply can satisfy it, and
+//! retried until the receiver answers: an attempt lasts `timeout` seconds (also when the
+//! broker says at once that nobody listens), then a growing pause, up to `retries` attempts
+//! after the first. NACK kinds are published once. A reply counts only if it is signed by a
+//! key this node trusts for the destination, over the signature of one of this message's
+//! own attempts ([`Publisher::check_reply`]); anything else is passed over, so neither a
+//! stranger nor another fleet member can answer for the destination. A reply that cannot
+//! be stored (a full disk) leaves the message unfinished: it is sent again, and the
+//! receiver answers from its stored reply without running anything twice. How a message
+//! ended (its reply, failed-messages.txt, its message-log.txt line) is on disk before the
+//! journal records it as finished; a message whose finish record a power cut took is
+//! recognised at the next start, and neither sent nor stored again ([`crate::resumed`]).
+//!
+//! Events (EventACK) queued together travel together: when more than one is waiting, the
+//! publisher sends up to [`MAX_BATCH`] of them, in order, as one batch, and the receiver
+//! runs them in order and answers with all their replies at once, writing its records once
+//! per batch rather than once per message. That is what lets a journaled, fsync'd,
+//! exactly-once event stream keep up with bare NATS request/reply. If a batch does not go
+//! through (no ACK, nobody listening, an old receiver), the publisher falls back to one
+//! message at a time, with each message's own retries, until one is ACKed again. Commands
+//! always go one at a time: each has its own deadline and its output.
+//!
+//! The messages being delivered sit in a slot the supervisor keeps across restarts, so a
+//! publisher that fails mid-delivery resumes with the same messages, ahead of the rest.
+
+use super::{sleep_or_stop, Failure, Process, State};
+use crate::journal::Entry;
+use crate::keys::{Scope, Unverified};
+use crate::message::{DecodeError, Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
+use crate::node::{Node, Progress};
+use crate::retry::{self, Next, Rules};
+use crate::subject::Subject;
+use crossbeam_channel::{select, Receiver};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+mod deliver;
+mod finish;
+
+use deliver::batch_of;
+
+/// The messages a publisher is working on, kept by the supervisor across restarts.
+pub type InFlight = Arc<Mutex<Slot>>;
+
+/// The messages a publisher is working on, in order, and what it has kept of their ends.
+#[derive(Default)]
+pub struct Slot {
+    entries: Vec<Entry>,
+    /// Ids whose reply, or failed-messages.txt record, is written and whose finish is not:
+    /// a publisher restarted in between (a full disk) does not write them again.
+    replies_written: HashSet<String>,
+    failed_written: HashSet<String>,
+}
+
+impl Slot {
+    /// The first `n` messages are finished: out of the slot.
+    fn done(&mut self, n: usize) {
+        for e in self.entries.drain(..n) {
+            self.replies_written.remove(&e.envelope.id);
+            self.failed_written.remove(&e.envelope.id);
+        }
+    }
+}
+
+pub struct Publisher {
+    pub subject: Subject,
+    pub node: Arc<Node>,
+    /// Rings when messages for this lane have been journaled.
+    pub wake: Receiver<()>,
+    pub in_flight: InFlight,
+    pub state: Arc<State>,
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    Acked(T),
+    Failed(String),
+    Stopped,
+}
+
+/// How delivering one message ended.
+enum Delivery {
+    Acked(Reply),
+    Published,
+    Failed(String),
+    /// The node is stopping; the message stays in the journal for the next start.
+    Stopped,
+}
+
+/// Why a publisher failed. Each is a retry: the messages stay in the slot, and the
+/// restarted publisher sends them again (a receiver answers a message it ran from its
+/// stored reply, running nothing twice). A full disk is the usual one.
+#[derive(Debug)]
+pub enum Error {
+    /// The subscription for replies could not be made (the connection dropped).
+    Subscribe { subject: String, source: io::Error },
+    /// The lane's messages could not be read from the journal.
+    Journal { lane: Subject, source: io::Error },
+    /// Replies could not be stored in `path`.
+    StoreReplies { path: PathBuf, source: io::Error },
+    /// Messages not delivered could not be kept in failed-messages.txt (`path`).
+    KeepFailed { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The subject (this publisher's own inbox) says nothing to an operator.
+            Error::Subscribe { source, .. } => write!(f, "cannot subscribe to replies: {source}"),
+            Error::Journal { lane, source } => {
+                write!(
+                    f,
+                    "cannot read {lane}'s messages from the journal: {source}"
+                )
+            }
+            Error::StoreReplies { path, source } => {
+                write!(f, "cannot store replies in {}: {source}", path.display())
+            }
+            Error::KeepFailed { path, source } => write!(
+                f,
+                "cannot keep failed messages in {}: {source}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Subscribe { source, .. }
+            | Error::Journal { source, .. }
+            | Error::StoreReplies { source, .. }
+            | Error::KeepFailed { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::retry(e)
+    }
+}
+
+/// Why a message on a publisher's reply subject does not answer the message (or batch)
+/// being sent: it is passed over, and said in the log and in how the attempt ended.
+#[derive(Debug)]
+enum NotAnAnswer {
+    /// Signed with `key`, and this node trusts no key for the destination `to`.
+    UnknownSender {
+        node: String,
+        to: String,
+        key: String,
+    },
+    /// Not signed.
+    Unsigned { to: String },
+    /// Signed, and not by the destination over one of this message's attempts.
+    NotOurs(Unverified),
+    /// Not a reply (or not a batch's replies).
+    Undecodable(DecodeError),
+    /// A reply to another message.
+    OtherId { got: String, want: String },
+    /// A batch's replies that are not this batch's (`got` of them for `want`).
+    NotTheBatch { got: usize, want: usize },
+}
+
+impl fmt::Display for NotAnAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotAnAnswer::UnknownSender { node, to, key } => write!(
+                f,
+                "{node} trusts no key for {to}, so its reply cannot be verified; if {key} is {to}'s key (`steward keys show` on {to}), run on {node}: steward keys trust {to} {key}"
+            ),
+            NotAnAnswer::Unsigned { to } => write!(f, "{}: not from {to}", Unverified::Unsigned),
+            NotAnAnswer::NotOurs(e) => {
+                write!(f, "{e} (not a reply to this message's attempts)")
+            }
+            NotAnAnswer::Undecodable(e) => write!(f, "{e}"),
+            NotAnAnswer::OtherId { got, want } => {
+                write!(f, "a reply for {got} while waiting for {want}")
+            }
+            NotAnAnswer::NotTheBatch { got, want } => {
+                write!(f, "{got} replies that do not match the batch of {want}")
+            }
+        }
+    }
+}
+
+impl Process for Publisher {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
+        self.state.set("waiting for the broker");
+        let Some(conn) = self.node.broker.wait(stop) else {
+            return Ok(());
+        };
+        // Replies come back under this node's own inbox prefix, so a broker can let each
+        // node read only its own replies (`_INBOX.<node>.>`; see the confined config).
+        let inbox = format!(
+            "_INBOX.{}.{}",
+            self.node.config.node,
+            conn.new_inbox().trim_start_matches("_INBOX.")
+        );
+        let subject = format!("{inbox}.*");
+        let replies = conn
+            .subscribe(&subject)
+            .map_err(|source| Error::Subscribe { subject, source })?;
+        // Off after a batch fails, until a message gets through alone again.
+        let mut batching = true;
+        let kind = self.subject.kind;
+        let batchable = kind.wants_ack() && !kind.is_command();
+        loop {
+            let want = if batching && batchable { MAX_BATCH } else { 1 };
+            let slot = self.take(want)?;
+            if slot.is_empty() {
+                self.state.set("idle");
+                select! {
+                    recv(self.wake) -> woken => if woken.is_err() { return Ok(()) },
+                    recv(stop) -> _ => return Ok(()),
+                }
+                continue;
+            }
+            let (fits, payload) = if batching && batchable && slot.len() > 1 {
+                batch_of(&slot, conn.max_payload())
+            } else {
+                (1, Vec::new())
+            };
+            if fits > 1 {
+                let batch = &slot[..fits];
+                // Its own reply subject: a late batch reply never meets a single attempt.
+                let reply_subject = format!("{inbox}.b{}", batch[0].seq);
+                match self.deliver_batch(&replies, &reply_subject, batch, &payload, stop) {
+                    Attempt::Acked(acked) => {
+                        let done: Vec<_> = batch
+                            .iter()
+                            .zip(acked)
+                            .map(|(e, r)| (e, Delivery::Acked(r)))
+                            .collect();
+                        self.finish(done)?;
+                        self.slot().done(fits);
+                        continue;
+                    }
+                    Attempt::Stopped => return Ok(()),
+                    Attempt::Failed(why) => {
+                        log::warn!(
+                            "{}: a batch of {fits} did not go through ({why}); sending one at a time",
+                            self.subject
+                        );
+                        batching = false;
+                    }
+                }
+            }
+            let entry = &slot[0];
+            let delivery = if kind.wants_ack() {
+                self.deliver_acked(&replies, &format!("{inbox}.{}", entry.seq), entry, stop)
+            } else {
+                self.publish_once(entry, stop)
+            };
+            match delivery {
+                Delivery::Stopped => return Ok(()),
+                Delivery::Acked(_) => batching = true,
+                _ => {}
+            }
+            // If what must be kept cannot be written, fail: the supervisor restarts this
+            // publisher and the message, still in its slot, is tried again.
+            self.finish(vec![(entry, delivery)])?;
+            self.slot().done(1);
+        }
+    }
+}
+
+impl Publisher {
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot topped up from the journal to `want` messages (if that many wait), and
+    /// reports any the journal could not read back. Resumed messages the last run finished
+    /// though a power cut took the record of it are finished at once, not sent again (see
+    /// [`crate::resumed`]).
+    fn take(&self, want: usize) -> Result<Vec<Entry>, Error> {
+        let mut slot = self.slot();
+        let mut unreadable = Vec::new();
+        let mut finished_at_once: Option<(String, usize)> = None;
+        while slot.entries.len() < want {
+            let mut journal = self.node.journal();
+            let more = journal
+                .take(&self.subject, want - slot.entries.len())
+                .inspect_err(|_| self.node.stop_if_unusable(&journal))
+                .map_err(|source| Error::Journal {
+                    lane: self.subject.clone(),
+                    source,
+                })?;
+            unreadable.extend(journal.take_unreadable());
+            let (finished, more): (Vec<Entry>, Vec<Entry>) = more
+                .into_iter()
+                .partition(|e| self.node.resumed.finished(e));
+            // Into the slot at once: taken messages are in flight until finished.
+            slot.entries.extend(more);
+            let Some(first) = finished.first() else {
+                break;
+            };
+            let (_, count) = finished_at_once.get_or_insert((first.envelope.id.clone(), 0));
+            *count += finished.len();
+            let seqs: Vec<u64> = finished.iter().map(|e| e.seq).collect();
+            if let Err(e) = journal.finish(&self.subject, &seqs) {
+                log::error!(
+                    "journal: cannot record messages {seqs:?} of {} as finished: {e}",
+                    self.subject
+                );
+            }
+            self.node.metrics.journal(&mut journal);
+        }
+        let taken = slot.entries.clone();
+        drop(slot);
+        if let Some((first, count)) = finished_at_once {
+            log::info!(
+                "{}: {count} message(s) from {first} on were finished before the last stop (listed in {}); not sent again",
+                self.subject,
+                self.node.data.message_log().display()
+            );
+        }
+        for why in unreadable {
+            self.node
+                .report_error(format!("{}: {why}", self.node.config.node));
+        }
+        Ok(taken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{decode_batch, encode_batch, Envelope, Kind, Message};
+
+    fn entry(seq: u64, text: &str) -> Entry {
+        Entry {
+            seq,
+            envelope: Envelope {
+                id: format!("central-1-{seq}"),
+                from_node: "central".into(),
+                accepted: 1,
+                message: Message {
+                    to_node: "ship1".into(),
+                    data: vec![text.into()],
+                    kind: Kind::EventAck,
+                    method: "TextLogging".into(),
+                    timeout: None,
+                    retries: None,
+                    ttl: None,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn a_reply_that_cannot_be_stored_on_a_full_disk_is_a_retry_with_its_io_error() {
+        let e = Error::StoreReplies {
+            path: "replies/ship1.CLICommand.log".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("cannot store replies in replies/ship1.CLICommand.log: "));
+        let failure = Failure::from(e);
+        assert!(!failure.is_fatal());
+        let io = std::error::Error::source(&failure)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn a_batch_is_the_wire_form_of_the_messages_that_fit() {
+        let slot: Vec<Entry> = (0..10).map(|i| entry(i, &"x".repeat(1000))).collect();
+        let (n, payload) = batch_of(&slot, 0);
+        assert_eq!(n, 10);
+        let envelopes: Vec<Envelope> = slot.iter().map(|e| e.envelope.clone()).collect();
+        assert_eq!(payload, encode_batch(&envelopes));
+        assert_eq!(decode_batch(&payload).unwrap(), envelopes);
+        // Under a small broker limit, fewer fit, and never fewer than one.
+        let (n, payload) = batch_of(&slot, 4096 + 3500);
+        assert_eq!(n, 3);
+        assert!(payload.len() <= 3500);
+        assert_eq!(batch_of(&slot, 4096 + 10).0, 1);
+    }
+}
