@@ -1,0 +1,311 @@
+//! The configuration's tests: the seed's flags, layering, errors.
+
+use super::*;
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// The flags as `steward` parses them; the error's text, for tests of what it says.
+fn flags(a: &[&str]) -> Result<Flags, Error> {
+    let normalized = normalize_args(&args(a))?;
+    let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+    Ok(Flags::from_args(&["steward"], &refs).expect("flags argh takes"))
+}
+
+fn parse(a: &[&str]) -> Result<Config, Error> {
+    Config::from_flags(flags(a)?)
+}
+
+#[test]
+fn seed_invocations_work_as_written() {
+    let c = parse(&["--node=\"ship1\"".replace('"', "").as_str()]).unwrap();
+    assert_eq!(c.node, "ship1");
+    let c = parse(&[
+        "--node=central",
+        "--brokerAddress=127.0.0.1:4222",
+        "-centralErrorLogger",
+    ])
+    .unwrap();
+    assert_eq!(c.brokers, ["nats://127.0.0.1:4222"]);
+    assert!(c.central_error_logger);
+    let c = parse(&[
+        "-node",
+        "ship2",
+        "-defaultMessageTimeout",
+        "3",
+        "-defaultMessageRetries=5",
+    ])
+    .unwrap();
+    assert_eq!(
+        (
+            c.node.as_str(),
+            c.default_timeout.as_secs(),
+            c.default_retries
+        ),
+        ("ship2", 3, 5)
+    );
+    let c = parse(&[
+        "--node",
+        "x",
+        "--centralErrorLogger=false",
+        "--promHostAndPort",
+        ":2112",
+    ])
+    .unwrap();
+    assert!(!c.central_error_logger);
+    assert_eq!(c.prom_addr.as_deref(), Some("0.0.0.0:2112"));
+}
+
+#[test]
+fn broker_lists_and_defaults() {
+    let c = parse(&[
+        "--node",
+        "a",
+        "--brokerAddress",
+        "10.0.0.1:4222, nats://b:4223,4224",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.brokers,
+        [
+            "nats://10.0.0.1:4222",
+            "nats://b:4223",
+            "nats://127.0.0.1:4224"
+        ]
+    );
+    assert_eq!(
+        c.allow_commands_from,
+        [Allow {
+            from: "central".into(),
+            methods: None
+        }]
+    );
+    assert_eq!(c.replay_window, Duration::from_secs(300));
+    assert_eq!(c.profiling_addr, None);
+    let c = parse(&[
+        "--node",
+        "a",
+        "--profilingPort",
+        "6060",
+        "--promHostAndPort",
+        "off",
+    ])
+    .unwrap();
+    assert_eq!(c.profiling_addr.as_deref(), Some("127.0.0.1:6060"));
+    assert_eq!(c.prom_addr, None);
+}
+
+#[test]
+fn bad_values_name_the_flag() {
+    let e = |a: &[&str]| parse(a).unwrap_err().to_string();
+    assert!(e(&["--node", "ship 1"]).contains("--node"));
+    assert!(e(&["--node", "a.b"]).contains("--node"));
+    assert_eq!(
+        e(&["--node", "a", "--defaultMessageTimeout", "0"]),
+        "--defaultMessageTimeout: 0 is not between 1 and 604800 seconds"
+    );
+    assert!(e(&["--node", "a", "--centralErrorLogger=yes"]).contains("centralErrorLogger"));
+    assert!(e(&["--node", "a", "--allowCommandsFrom", "x,*"]).contains("--allowCommandsFrom"));
+    let err = e(&["--node", "a", "--allowCommandsFrom", "ops:CLIcommand"]);
+    assert!(err.contains("unknown method \"CLIcommand\""), "{err}");
+    assert_eq!(
+        e(&["--node", "a", "--brokerAddress", ","]),
+        "--brokerAddress: no broker address given"
+    );
+    // Typed: where, and what.
+    assert!(matches!(
+        parse(&["--node", "a", "--maxConcurrentHandlers", "lots"]),
+        Err(Error::Value { at, problem: Problem::Number(text) })
+            if at == "--maxConcurrentHandlers" && text == "lots"
+    ));
+}
+
+#[test]
+fn allow_rules_name_senders_and_their_methods() {
+    let c = parse(&[
+        "--node",
+        "a",
+        "--allowCommandsFrom",
+        "central, ops:CLICommand+TextLogging",
+    ])
+    .unwrap();
+    let allowed = |from: &str, method: &str| {
+        c.allow_commands_from
+            .iter()
+            .any(|rule| rule.permits(from, method))
+    };
+    assert!(allowed("central", "CLICommand") && allowed("central", "TrustedKeys"));
+    assert!(allowed("ops", "CLICommand") && !allowed("ops", "TrustedKeys"));
+    assert!(!allowed("ship2", "CLICommand"));
+    assert_eq!(
+        c.allow_commands_from[1].to_string(),
+        "ops:CLICommand+TextLogging"
+    );
+}
+
+fn load(a: &[&str], env: &[(&str, &str)]) -> Result<Config, Error> {
+    let flags = flags(a)?;
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load(&flags, &|name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+}
+
+fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("steward.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+#[test]
+fn flags_win_over_environment_which_wins_over_the_file() {
+    let (_dir, path) = config_file(
+        "node = \"from-file\"\nbrokerAddress = [\"a:4222\", \"b:4222\"]\ndefaultMessageTimeout = 7\ndefaultMessageRetries = 9\ncentralErrorLogger = true\nhelloInterval = 0\n",
+    );
+    let c = load(&["--config", &path], &[]).unwrap();
+    assert_eq!(c.node, "from-file");
+    assert_eq!(c.brokers, ["nats://a:4222", "nats://b:4222"]);
+    assert_eq!((c.default_timeout.as_secs(), c.default_retries), (7, 9));
+    assert!(c.central_error_logger);
+    assert_eq!(c.hello_interval, None);
+    let env = [
+        ("STEWARD_NODE", "from-env"),
+        ("STEWARD_DEFAULT_MESSAGE_TIMEOUT", "8"),
+    ];
+    let c = load(&["--config", &path], &env).unwrap();
+    assert_eq!(
+        (
+            c.node.as_str(),
+            c.default_timeout.as_secs(),
+            c.default_retries
+        ),
+        ("from-env", 8, 9)
+    );
+    let c = load(&["--config", &path, "--node=from-flag"], &env).unwrap();
+    assert_eq!(
+        (c.node.as_str(), c.default_timeout.as_secs()),
+        ("from-flag", 8)
+    );
+    // The file can also be named by the environment.
+    let c = load(&["--node=x"], &[("STEWARD_CONFIG", &path)]).unwrap();
+    assert_eq!(c.default_retries, 9);
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let (_dir, path) = config_file("node = \"ship1\"\nbrokerAdress = \"x:4222\"\n");
+    let e = load(&["--config", &path], &[]).unwrap_err().to_string();
+    assert!(
+        e.contains(&path) && e.contains("unknown key \"brokerAdress\""),
+        "{e}"
+    );
+    let (_dir, path) = config_file("node = \"ship1\"\ndefaultMessageTimeout = \"ten\"\n");
+    let e = load(&["--config", &path], &[]).unwrap_err().to_string();
+    assert!(
+        e.contains(&path) && e.contains("defaultMessageTimeout") && e.contains("\"ten\""),
+        "{e}"
+    );
+    let (_dir, path) = config_file("node = \"ship 1\"\n");
+    let e = load(&["--config", &path], &[]).unwrap_err().to_string();
+    assert!(
+        e.contains(&path) && e.contains("node") && e.contains("space"),
+        "{e}"
+    );
+    let (_dir, path) = config_file("node = [1, 2]\n");
+    assert!(load(&["--config", &path], &[])
+        .unwrap_err()
+        .to_string()
+        .contains("only strings"));
+    let (_dir, path) = config_file("node = \n");
+    assert!(load(&["--config", &path], &[])
+        .unwrap_err()
+        .to_string()
+        .contains(&path));
+    let e = load(&["--config", "/no/such/steward.toml"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/no/such/steward.toml"), "{e}");
+    let e = load(
+        &["--node=a"],
+        &[("STEWARD_MAX_CONCURRENT_HANDLERS", "lots")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("STEWARD_MAX_CONCURRENT_HANDLERS"), "{e}");
+}
+
+#[test]
+fn broker_security_options_are_checked_and_secrets_stay_out_of_debug() {
+    let (_dir, pw) = config_file("s3cret\n");
+    let c = load(
+        &["--node=a", "--user=ship1", &format!("--passwordFile={pw}")],
+        &[],
+    )
+    .unwrap();
+    assert!(
+        matches!(&c.security.auth, Auth::UserPassword { user, password } if user == "ship1" && password.expose() == "s3cret")
+    );
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "a secret in Debug output"
+    );
+    let c = load(&["--node=a"], &[("STEWARD_TOKEN", "tok")]).unwrap();
+    assert!(matches!(&c.security.auth, Auth::Token(t) if t.expose() == "tok"));
+    let e = load(&["--node=a", "--user=ship1"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--user") && e.contains("password"), "{e}");
+    let e = load(
+        &["--node=a", "--user=ship1", &format!("--passwordFile={pw}")],
+        &[("STEWARD_TOKEN", "tok")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("choose one way"), "{e}");
+    let e = load(&["--node=a", &format!("--tlsCert={pw}")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--tlsKey"), "{e}");
+    let e = load(&["--node=a", "--tlsCA=/no/such/ca.pem"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--tlsCA") && e.contains("/no/such/ca.pem"),
+        "{e}"
+    );
+    let e = load(&["--node=a", &format!("--nkeySeedFile={pw}")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an NKey seed"), "{e}");
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/steward.toml");
+    let c = load(&["--config", path], &[]).unwrap();
+    assert_eq!(c.node, "ship1");
+}
+
+#[test]
+fn help_shows_the_seed_names() {
+    let err = Flags::from_args(&["steward"], &["--help"]).unwrap_err();
+    let help = seed_help(&err.output);
+    for name in [
+        "--brokerAddress",
+        "--centralErrorLogger",
+        "--defaultMessageRetries",
+        "--defaultMessageTimeout",
+        "--profilingPort",
+        "--promHostAndPort",
+        "--node",
+    ] {
+        assert!(help.contains(name), "{name} missing from:\n{help}");
+    }
+    assert!(!help.contains("--broker-address"));
+}
