@@ -1,0 +1,216 @@
+//! This node's key pair, its counter (reserved ahead on disk), and sealing what it sends.
+
+use super::*;
+
+/// Headers that sign a message, and the signature they carry.
+pub struct Sealed {
+    pub headers: nats::HeaderMap,
+    pub sig: String,
+}
+
+/// This node's key pair, and its counter.
+pub struct Identity {
+    pair: KeyPair,
+    public: String,
+    pub(super) counter: Counter,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.public)
+    }
+}
+
+/// The signing counter: only moves forward, across restarts. It starts at the larger of
+/// the reserved ceiling in `keys/counter` and the clock in microseconds (so a node whose
+/// `counter` file was lost still moves forward if its clock is right), and reserves
+/// [`COUNTER_BLOCK`] values at a time, written (and synced) before any is used.
+pub(super) struct Counter {
+    pub(super) path: Option<PathBuf>,
+    /// (next value, reserved ceiling)
+    pub(super) state: Mutex<(u64, u64)>,
+}
+
+impl Counter {
+    pub(super) fn open(path: Option<PathBuf>) -> Result<Counter, Error> {
+        let stored = match &path {
+            Some(p) => match fs::read_to_string(p) {
+                Ok(text) => text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|source| Error::Counter {
+                        path: p.clone(),
+                        source,
+                    })?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(read_error(p)(e)),
+            },
+            None => 0,
+        };
+        let next = stored.max(files::unix_millis().saturating_mul(1000));
+        let counter = Counter {
+            path,
+            state: Mutex::new((next, next)),
+        };
+        if let Err(e) = counter.reserve(next) {
+            // A full disk must not stop the agent (the command that frees it must get
+            // through): the block is reserved in memory, and written when it can be.
+            log::error!("signing counter: {e}");
+            counter.state.lock().unwrap_or_else(|p| p.into_inner()).1 =
+                next.saturating_add(COUNTER_BLOCK);
+        }
+        Ok(counter)
+    }
+
+    fn reserve(&self, from: u64) -> Result<(), Error> {
+        let ceiling = from.saturating_add(COUNTER_BLOCK);
+        if let Some(p) = &self.path {
+            files::write_atomically(p, format!("{ceiling}\n").as_bytes())
+                .map_err(write_error(p))?;
+        }
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = ceiling;
+        Ok(())
+    }
+
+    pub(super) fn next(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 >= state.1 {
+            let from = state.0;
+            drop(state);
+            if let Err(e) = self.reserve(from) {
+                // Signing goes on; after a restart, receivers may refuse this node's first
+                // messages as replays until its counter passes what they saw.
+                log::error!("signing counter: {e}");
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).1 =
+                    from.saturating_add(COUNTER_BLOCK);
+            }
+            state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        let seq = state.0;
+        state.0 += 1;
+        seq
+    }
+}
+
+impl Identity {
+    /// Loads `keys/node.seed`, creating it (0600, in a 0700 folder) if there is none.
+    pub fn load_or_create(dir: &Path) -> Result<Identity, Error> {
+        match Identity::load(dir) {
+            Ok(Some(identity)) => Ok(identity),
+            Ok(None) => Identity::generate(dir, false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads `keys/node.seed` if it exists. A seed that others can read is refused: it
+    /// would let them sign as this node.
+    pub fn load(dir: &Path) -> Result<Option<Identity>, Error> {
+        let path = seed_path(dir);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(&path)(e)),
+        };
+        if meta.mode() & 0o077 != 0 {
+            return Err(Error::SeedExposed {
+                path,
+                mode: meta.mode() & 0o777,
+            });
+        }
+        let text = fs::read_to_string(&path).map_err(read_error(&path))?;
+        Identity::with_counter(text.trim(), Some(counter_path(dir)))
+            .map(Some)
+            .map_err(|e| e.in_file(&path))
+    }
+
+    /// Makes a new key pair and writes its seed; an existing seed is replaced only with
+    /// `force` (every node that trusts the old key must then be given the new one).
+    pub fn generate(dir: &Path, force: bool) -> Result<Identity, Error> {
+        let path = seed_path(dir);
+        fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            Error::Restrict {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        if path.exists() && !force {
+            return Err(Error::SeedExists { path });
+        }
+        let pair = KeyPair::new(KeyPairType::User);
+        let seed = pair.seed().map_err(Error::NewSeed)?;
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|source| Error::CreateDir {
+                path: tmp.clone(),
+                source,
+            })?;
+        f.write_all(format!("{seed}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .and_then(|()| fs::rename(&tmp, &path))
+            .and_then(|()| {
+                files::write_atomically(
+                    &public_path(dir),
+                    format!("{}\n", pair.public_key()).as_bytes(),
+                )
+            })
+            .map_err(write_error(&path))?;
+        log::info!(
+            "created this node's signing key {}: public key {}",
+            path.display(),
+            pair.public_key()
+        );
+        Identity::with_counter(&seed, Some(counter_path(dir)))
+    }
+
+    /// An identity from a seed alone, its counter kept in memory (tests, tools).
+    pub fn from_seed(seed: &str) -> Result<Identity, Error> {
+        Identity::with_counter(seed, None)
+    }
+
+    fn with_counter(seed: &str, counter: Option<PathBuf>) -> Result<Identity, Error> {
+        let pair = KeyPair::from_seed(seed).map_err(Error::Seed)?;
+        if pair.key_pair_type() != KeyPairType::User {
+            return Err(Error::NotUserSeed);
+        }
+        Ok(Identity {
+            public: pair.public_key(),
+            pair,
+            counter: Counter::open(counter)?,
+        })
+    }
+
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// The headers that sign `payload` as sent now, in `scope`.
+    pub fn seal(&self, scope: Scope<'_>, payload: &[u8]) -> Sealed {
+        self.seal_at(scope, payload, files::unix_millis())
+    }
+
+    /// As [`Identity::seal`], with the sending time given (tests forge old messages).
+    pub fn seal_at(&self, scope: Scope<'_>, payload: &[u8], sent: u64) -> Sealed {
+        let sent = sent.to_string();
+        let seq = self.counter.next().to_string();
+        let sig = self
+            .pair
+            .sign(&signed_bytes(&sent, &seq, scope, payload))
+            .expect("a key pair made from a seed can always sign");
+        let sig = hex(&sig);
+        let mut headers = nats::HeaderMap::new();
+        headers.insert(SENT, sent);
+        headers.insert(SEQ, seq);
+        headers.insert(KEY, self.public.clone());
+        headers.insert(SIG, sig.clone());
+        Sealed { headers, sig }
+    }
+}

@@ -1,0 +1,388 @@
+//! Keys' own tests.
+
+use super::*;
+
+fn store(name: &str) -> (tempfile::TempDir, Identity, Trusted) {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Identity::load_or_create(dir.path()).unwrap();
+    let trusted = Trusted::open(dir.path(), name, me.public_key()).unwrap();
+    (dir, me, trusted)
+}
+
+const SUBJECT: &str = "ship1.CommandACK.CLICommand";
+const INBOX: &str = "_INBOX.central.x.1";
+
+fn scope() -> Scope<'static> {
+    Scope::request(SUBJECT, Some(INBOX))
+}
+
+#[test]
+fn the_seed_is_created_private_and_loaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Identity::load_or_create(dir.path()).unwrap();
+    let mode = fs::metadata(seed_path(dir.path())).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let again = Identity::load_or_create(dir.path()).unwrap();
+    assert_eq!(first.public_key(), again.public_key());
+    assert!(Identity::generate(dir.path(), false).is_err());
+    fs::set_permissions(seed_path(dir.path()), fs::Permissions::from_mode(0o644)).unwrap();
+    let e = Identity::load(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::SeedExposed { mode: 0o644, .. }), "{e:?}");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+}
+
+#[test]
+fn the_counter_only_moves_forward_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = |id: &Identity| -> u64 {
+        id.seal(scope(), b"x")
+            .headers
+            .get(SEQ)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first = Identity::load_or_create(dir.path()).unwrap();
+    let a = seq(&first);
+    let b = seq(&first);
+    assert!(b > a);
+    // A restart whose clock went back a year still counts up from the reserved ceiling.
+    fs::write(counter_path(dir.path()), format!("{}\n", u64::MAX / 4)).unwrap();
+    let again = Identity::load_or_create(dir.path()).unwrap();
+    assert!(seq(&again) >= u64::MAX / 4);
+    // A block is reserved before it is used.
+    let stored: u64 = fs::read_to_string(counter_path(dir.path()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(stored > u64::MAX / 4);
+}
+
+#[test]
+fn a_signature_verifies_only_for_the_trusted_sender_content_and_subjects() {
+    let (dir, _me, trusted) = store("ship1");
+    let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+    let intruder = Identity::generate(&dir.path().join("i"), false).unwrap();
+    let payload = br#"{"id":"1"}"#;
+    let sealed = central.seal(scope(), payload);
+    let h = Some(&sealed.headers);
+    assert!(matches!(
+        trusted.verify("central", h, scope(), payload),
+        Err(Unverified::UnknownSender { .. })
+    ));
+    trust(dir.path(), "central", central.public_key()).unwrap();
+    let signed = trusted.verify("central", h, scope(), payload).unwrap();
+    assert_eq!(signed.sig, sealed.sig);
+    let bad = |r: Result<Signed, Unverified>, why: &str| match r {
+        Err(Unverified::Bad(e)) => assert!(e.contains(why), "{e}"),
+        other => panic!("expected {why:?}, got {other:?}"),
+    };
+    bad(
+        trusted.verify("central", h, scope(), br#"{"id":"2"}"#),
+        "forged, altered",
+    );
+    // Moved to another subject, or its answer redirected: refused.
+    let moved = Scope::request("ship2.CommandACK.CLICommand", Some(INBOX));
+    bad(
+        trusted.verify("central", h, moved, payload),
+        "another subject",
+    );
+    let redirected = Scope::request(SUBJECT, Some("_INBOX.intruder.1"));
+    bad(
+        trusted.verify("central", h, redirected, payload),
+        "another subject",
+    );
+    // A reply binds the request it answers.
+    let reply = central.seal(Scope::reply(INBOX, &sealed.sig), b"r");
+    assert!(trusted
+        .verify(
+            "central",
+            Some(&reply.headers),
+            Scope::reply(INBOX, &sealed.sig),
+            b"r"
+        )
+        .is_ok());
+    let other = central.seal(scope(), payload);
+    bad(
+        trusted.verify(
+            "central",
+            Some(&reply.headers),
+            Scope::reply(INBOX, &other.sig),
+            b"r",
+        ),
+        "forged",
+    );
+    let forged = intruder.seal(scope(), payload);
+    bad(
+        trusted.verify("central", Some(&forged.headers), scope(), payload),
+        "not trusted for central",
+    );
+    assert_eq!(
+        trusted.verify("central", None, scope(), payload),
+        Err(Unverified::Unsigned)
+    );
+}
+
+#[test]
+fn a_request_is_fresh_once_and_a_replay_is_refused_even_after_a_restart() {
+    let (dir, _me, trusted) = store("ship1");
+    let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+    trust(dir.path(), "central", central.public_key()).unwrap();
+    let window = Duration::from_secs(300);
+    let take = |t: &Trusted, sealed: &Sealed, clock| {
+        let signed = t
+            .verify("central", Some(&sealed.headers), scope(), b"m")
+            .unwrap();
+        t.fresh("central", &signed, window, clock)
+    };
+    let first = central.seal(scope(), b"m");
+    let second = central.seal(scope(), b"m");
+    // Out of order within the window is fine; the same one twice is not.
+    assert_eq!(take(&trusted, &second, ClockCheck::On), Ok(()));
+    assert_eq!(take(&trusted, &first, ClockCheck::On), Ok(()));
+    assert_eq!(take(&trusted, &first, ClockCheck::On), Err(NotFresh::Taken));
+    // Old by the clock: refused when the clock is checked.
+    let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
+    let e = take(&trusted, &old, ClockCheck::On).unwrap_err();
+    assert!(matches!(e, NotFresh::OutsideWindow { .. }), "{e:?}");
+    assert!(e.to_string().contains("replay window"), "{e}");
+    // Unchecked clock: its counter is new, so it is taken (the time is not judged).
+    let old = central.seal_at(scope(), b"m", files::unix_millis() - 600_000);
+    assert_eq!(take(&trusted, &old, ClockCheck::Off), Ok(()));
+    // A month in the future (this node's clock is behind): taken with the clock off.
+    let ahead = central.seal_at(scope(), b"m", files::unix_millis() + 30 * 86_400_000);
+    assert_eq!(take(&trusted, &ahead, ClockCheck::Off), Ok(()));
+    // After a restart, what was taken stays taken.
+    trusted.persist_senders(true);
+    let reopened = Trusted::open(dir.path(), "ship1", _me.public_key()).unwrap();
+    assert!(take(&reopened, &second, ClockCheck::Off).is_err());
+    let third = central.seal_at(scope(), b"m", files::unix_millis() + 30 * 86_400_000);
+    assert_eq!(take(&reopened, &third, ClockCheck::Off), Ok(()));
+}
+
+#[test]
+fn the_counter_window_tracks_each_counter_below_the_highest() {
+    let mut w = SenderWindow::default();
+    for seq in [5000, 4998, 4999, 5003, 5001] {
+        assert_eq!(w.take(seq), Ok(()), "{seq}");
+    }
+    for seq in [4998, 4999, 5000, 5001, 5003] {
+        assert!(w.take(seq).is_err(), "{seq} taken twice");
+    }
+    assert_eq!(w.take(5002), Ok(()));
+    assert_eq!(w.take(5003 - SEQ_WINDOW), Ok(()), "the last in the window");
+    assert!(w.take(5003 - SEQ_WINDOW - 1).is_err(), "below the window");
+    assert_eq!(w.take(5003 + 5000), Ok(()));
+    assert!(w.take(5003).is_err());
+    // A jump of exactly the window's width keeps the old highest taken.
+    let mut w = SenderWindow::default();
+    assert_eq!(w.take(10_000), Ok(()));
+    assert_eq!(w.take(10_000 + SEQ_WINDOW), Ok(()));
+    assert!(w.take(10_000).is_err(), "the old highest was taken again");
+}
+
+#[test]
+fn key_line_errors_name_the_line() {
+    let e = parse_key_lines("# trusted\ncentral UABC\n").unwrap_err();
+    assert!(matches!(e, Error::Line { line: 2, .. }), "{e:?}");
+    assert!(e.to_string().starts_with("line 2: \"UABC\""), "{e}");
+    let e = parse_key_lines("central\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "line 1: expected \"node KEY\", found \"central\""
+    );
+    assert!(parse_key_lines("# only a comment\n\n")
+        .unwrap()
+        .keys
+        .is_empty());
+}
+
+#[test]
+fn an_older_distributed_set_does_not_replace_a_newer_one_and_a_deleted_one_is_gone() {
+    let (dir, _me, trusted) = store("ship1");
+    let other = Identity::generate(&dir.path().join("o"), false).unwrap();
+    let mut set = KeySet {
+        issued: 2000,
+        ..KeySet::default()
+    };
+    set.add("ship2", other.public_key());
+    assert_eq!(trusted.replace_distributed(&set).unwrap(), 1);
+    assert!(trusted.knows("ship2"));
+    set.issued = 1000;
+    assert!(trusted.replace_distributed(&set).is_err());
+    assert_eq!(KeySet::parse(&set.to_json()).unwrap(), set);
+    // The operator deletes the file: those keys are trusted no more.
+    fs::remove_file(distributed_path(dir.path())).unwrap();
+    assert!(!trusted.knows("ship2"));
+}
+
+#[test]
+fn a_distributed_set_never_rebinds_central_an_allowed_sender_or_this_node() {
+    let (dir, _me, trusted) = store("ship1");
+    let trusted = trusted.protecting(["central".to_string(), "ops".to_string()]);
+    let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+    let attacker = Identity::generate(&dir.path().join("a"), false).unwrap();
+    trust(dir.path(), "central", central.public_key()).unwrap();
+    for name in ["central", "ops", "ship1"] {
+        let mut set = KeySet {
+            issued: 5000,
+            ..KeySet::default()
+        };
+        set.add(name, attacker.public_key());
+        let e = trusted.replace_distributed(&set).unwrap_err();
+        assert!(
+            matches!(&e, Error::Rebinds { node } if node == name),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains(&format!("binds a key to {name}")),
+            "{e}"
+        );
+    }
+    // Central's own pinned key in the set is no rebinding.
+    let mut set = KeySet {
+        issued: 5000,
+        ..KeySet::default()
+    };
+    set.add("central", central.public_key());
+    set.add("ship2", attacker.public_key());
+    assert_eq!(trusted.replace_distributed(&set).unwrap(), 2);
+}
+
+#[test]
+fn a_distributed_key_for_central_never_outlives_the_operators_pin() {
+    // Every ship holds central's key in distributed.json (central hands its own on).
+    let (dir, _me, trusted) = store("ship1");
+    let trusted = trusted.protecting(["central".to_string()]);
+    let old = Identity::generate(&dir.path().join("old"), false).unwrap();
+    let new = Identity::generate(&dir.path().join("new"), false).unwrap();
+    trust(dir.path(), "central", old.public_key()).unwrap();
+    let mut set = KeySet {
+        issued: 5000,
+        ..KeySet::default()
+    };
+    set.add("central", old.public_key());
+    trusted.replace_distributed(&set).unwrap();
+    // Central's seed is stolen; the operator pins central's new key instead.
+    fs::write(
+        dir.path().join("trusted.txt"),
+        format!("central {}\n", new.public_key()),
+    )
+    .unwrap();
+    let sealed = old.seal(scope(), b"m");
+    assert!(
+        trusted
+            .verify("central", Some(&sealed.headers), scope(), b"m")
+            .is_err(),
+        "the stolen key still speaks for central"
+    );
+    // Nor can a set revoke the pinned key of a protected name (to lock central out).
+    let mut set = KeySet {
+        issued: 6000,
+        ..KeySet::default()
+    };
+    set.revoked
+        .insert("central".into(), vec![new.public_key().to_string()]);
+    assert!(matches!(
+        trusted.replace_distributed(&set),
+        Err(Error::RevokesPinned { .. })
+    ));
+}
+
+#[test]
+fn a_stolen_key_that_ran_its_counter_to_the_end_locks_out_only_itself() {
+    let (dir, _me, trusted) = store("ship1");
+    let stolen = Identity::generate(&dir.path().join("s"), false).unwrap();
+    let renewed = Identity::generate(&dir.path().join("r"), false).unwrap();
+    trust(dir.path(), "ship2", stolen.public_key()).unwrap();
+    let window = Duration::from_secs(300);
+    // The thief signs with the counter (and the time) at their very end.
+    *stolen.counter.state.lock().unwrap() = (u64::MAX - 1, u64::MAX);
+    let sealed = stolen.seal_at(scope(), b"m", u64::MAX - 1);
+    let signed = trusted
+        .verify("ship2", Some(&sealed.headers), scope(), b"m")
+        .unwrap();
+    trusted
+        .fresh("ship2", &signed, window, ClockCheck::Off)
+        .unwrap();
+    trusted.persist_senders(true);
+    revoke(dir.path(), "ship2").unwrap();
+    trust(dir.path(), "ship2", renewed.public_key()).unwrap();
+    let trusted = Trusted::open(dir.path(), "ship1", _me.public_key()).unwrap();
+    for clock in [ClockCheck::Off, ClockCheck::On] {
+        let sealed = renewed.seal(scope(), b"m");
+        let signed = trusted
+            .verify("ship2", Some(&sealed.headers), scope(), b"m")
+            .unwrap();
+        assert_eq!(trusted.fresh("ship2", &signed, window, clock), Ok(()));
+    }
+}
+
+#[test]
+fn a_revoked_key_is_never_trusted_again_whoever_lists_it() {
+    let (dir, _me, trusted) = store("central");
+    let ship2 = Identity::generate(&dir.path().join("s"), false).unwrap();
+    trust(dir.path(), "ship2", ship2.public_key()).unwrap();
+    assert!(trusted.knows("ship2"));
+    assert_eq!(revoke(dir.path(), "ship2").unwrap(), [ship2.public_key()]);
+    assert!(!trusted.knows("ship2"));
+    let sealed = ship2.seal(scope(), b"m");
+    assert!(matches!(
+        trusted.verify("ship2", Some(&sealed.headers), scope(), b"m"),
+        Err(Unverified::Bad(e)) if e.contains("revoked")
+    ));
+    let e = trust(dir.path(), "ship2", ship2.public_key()).unwrap_err();
+    assert!(matches!(e, Error::Revoked { .. }), "{e:?}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let mut set = KeySet {
+        issued: 9000,
+        ..KeySet::default()
+    };
+    set.add("ship2", ship2.public_key());
+    trusted.replace_distributed(&set).unwrap();
+    assert!(
+        !trusted.knows("ship2"),
+        "a distributed set revived a revoked key"
+    );
+    // The revocation travels with what this node distributes.
+    assert_eq!(
+        trusted.distributable().revoked["ship2"],
+        [ship2.public_key()]
+    );
+}
+
+#[test]
+fn errors_name_the_file_and_carry_the_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    fs::write(&file, "").unwrap();
+    let e = Identity::generate(&file, false).unwrap_err();
+    assert!(
+        matches!(&e, Error::CreateDir { path, .. } if path == &file),
+        "{e:?}"
+    );
+    assert!(e
+        .to_string()
+        .starts_with(&format!("cannot create {}: ", file.display())));
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(source.downcast_ref::<io::Error>().is_some(), "{source:?}");
+    // A bad line in trusted.txt: the file, then the line.
+    let (dir, me, _) = store("ship1");
+    fs::write(trusted_path(dir.path()), "central\n").unwrap();
+    let e = Trusted::open(dir.path(), "ship1", me.public_key())
+        .err()
+        .expect("a bad trusted.txt is refused at start");
+    assert!(
+        matches!(&e, Error::In { source, .. } if matches!(**source, Error::Line { line: 1, .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("trusted.txt: line 1: "), "{e}");
+}
+
+#[test]
+fn ids_carry_128_random_bits() {
+    let a = random_hex128();
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, random_hex128());
+}

@@ -1,0 +1,671 @@
+//! The keys this node trusts: checking a message's signature and freshness, the trust
+//! list and central's distributed set, trusting and revoking.
+
+use super::*;
+
+/// Why a message's signature did not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// No signature at all.
+    Unsigned,
+    /// Signed, but this node trusts no key for the claimed sender.
+    UnknownSender { key: String },
+    /// Signed and wrong: a forgery, a key of someone else, a revoked key, a damaged
+    /// message.
+    Bad(String),
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverified::Unsigned => write!(f, "not signed"),
+            Unverified::UnknownSender { key } => {
+                write!(
+                    f,
+                    "signed with key {key}, but no key is trusted for its sender"
+                )
+            }
+            Unverified::Bad(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// When the sending time of a request is checked against this node's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClockCheck {
+    /// While the kernel says the clock is synchronized.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl ClockCheck {
+    pub fn parse(s: &str) -> Option<ClockCheck> {
+        match s {
+            "auto" => Some(ClockCheck::Auto),
+            "on" => Some(ClockCheck::On),
+            "off" => Some(ClockCheck::Off),
+            _ => None,
+        }
+    }
+
+    fn applies(self) -> bool {
+        match self {
+            ClockCheck::Auto => crate::sys::clock_synchronized(),
+            ClockCheck::On => true,
+            ClockCheck::Off => false,
+        }
+    }
+}
+
+/// A set of trusted keys by node, in the form `TrustedKeys` carries and
+/// `keys/distributed.json` keeps.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySet {
+    /// When the set was made (milliseconds since the epoch); an older set never replaces
+    /// a newer one.
+    pub issued: u64,
+    /// Node name → its public keys.
+    pub keys: BTreeMap<String, Vec<String>>,
+    /// Node name → keys revoked: never trusted again, whoever else lists them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<String, Vec<String>>,
+}
+
+impl KeySet {
+    pub fn parse(text: &str) -> Result<KeySet, Error> {
+        let set: KeySet = serde_json::from_str(text).map_err(Error::NotKeySet)?;
+        for (node, keys) in set.keys.iter().chain(&set.revoked) {
+            validate_name(node).map_err(Error::Name)?;
+            for key in keys {
+                validate_public_key(key).map_err(|e| Error::KeyOf {
+                    node: node.clone(),
+                    source: Box::new(e),
+                })?;
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a KeySet always serializes")
+    }
+
+    pub(super) fn add(&mut self, node: &str, key: &str) {
+        let keys = self.keys.entry(node.to_string()).or_default();
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_string());
+        }
+    }
+
+    pub(super) fn has(&self, node: &str, key: &str) -> bool {
+        self.keys
+            .get(node)
+            .is_some_and(|k| k.iter().any(|k| k == key))
+    }
+}
+
+/// The keys this node trusts: its own, the operator's `trusted.txt`, and the set last
+/// distributed by central, less every revoked key. The files are re-read when they
+/// change.
+pub struct Trusted {
+    pub(super) dir: PathBuf,
+    pub(super) own: (String, String),
+    /// Names whose keys only this node's operator pins (the central node, the senders
+    /// allowed to send commands, this node): a distributed set never speaks for them.
+    pub(super) protected: Vec<String>,
+    inner: Mutex<Loaded>,
+    pub(super) senders: Mutex<Senders>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    /// (modified time, length) of trusted.txt, revoked.txt and distributed.json when
+    /// last read.
+    stamps: [Option<(SystemTime, u64)>; 3],
+    pub(super) pinned: KeySet,
+    pub(super) revoked: KeySet,
+    pub(super) distributed: KeySet,
+}
+
+impl Loaded {
+    /// A revoked key is revoked whichever node it is listed for.
+    fn is_revoked(&self, key: &str) -> bool {
+        [&self.revoked.keys, &self.distributed.revoked]
+            .iter()
+            .any(|m| m.values().flatten().any(|k| k == key))
+    }
+
+    /// Whether `key` is pinned by the operator for any of `names`.
+    fn pinned_for_any(&self, names: &[String], key: &str) -> bool {
+        names.iter().any(|n| self.pinned.has(n, key))
+    }
+}
+
+/// What each trusted sender's key last sent, for replay refusal: persisted in
+/// `keys/senders.json` at most once a second (and at shutdown). Holds only senders whose
+/// signature verified, so it is bounded by the trusted keys. A counter taken in the last
+/// second before a crash is not in the file; the receiver's (sender, id) records, fsync'd
+/// before any message runs and kept for at least the last [`SEQ_WINDOW`] ids of each
+/// sender, refuse that message instead (see [`crate::received`]).
+#[derive(Default)]
+pub(super) struct Senders {
+    /// By "sender key".
+    by_key: HashMap<String, SenderWindow>,
+    dirty: bool,
+    pub(super) written: Option<Instant>,
+    /// The last write failed (said once).
+    failing: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub(super) struct SenderWindow {
+    /// The highest counter taken.
+    high: u64,
+    /// Which of the [`SEQ_WINDOW`] counters below `high` were taken (bit i: high - 1 - i).
+    /// Not persisted: after a restart, everything at or below `high` counts as taken.
+    #[serde(skip, default = "all_taken")]
+    pub(super) below: [u64; (SEQ_WINDOW / 64) as usize],
+}
+
+fn all_taken() -> [u64; (SEQ_WINDOW / 64) as usize] {
+    [u64::MAX; (SEQ_WINDOW / 64) as usize]
+}
+
+impl SenderWindow {
+    /// Takes counter `seq` if it is new; false if it was taken, or is too far below.
+    pub(super) fn take(&mut self, seq: u64) -> Result<(), NotFresh> {
+        if seq > self.high {
+            let shift = seq - self.high;
+            let mut below = [0u64; (SEQ_WINDOW / 64) as usize];
+            // Bit i moves to i + shift; the old `high` itself becomes bit shift - 1.
+            for i in 0..SEQ_WINDOW.saturating_sub(shift) {
+                if self.bit(i) {
+                    set_bit(&mut below, i + shift);
+                }
+            }
+            if self.high > 0 && shift <= SEQ_WINDOW {
+                set_bit(&mut below, shift - 1);
+            }
+            self.below = below;
+            self.high = seq;
+            return Ok(());
+        }
+        if seq == self.high {
+            return Err(NotFresh::Taken);
+        }
+        let i = self.high - 1 - seq;
+        if i >= SEQ_WINDOW {
+            return Err(NotFresh::BelowWindow {
+                seq,
+                high: self.high,
+            });
+        }
+        if self.bit(i) {
+            return Err(NotFresh::Taken);
+        }
+        set_bit(&mut self.below, i);
+        Ok(())
+    }
+
+    fn bit(&self, i: u64) -> bool {
+        self.below[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+}
+
+fn set_bit(bits: &mut [u64], i: u64) {
+    bits[(i / 64) as usize] |= 1 << (i % 64);
+}
+
+/// Why a verified request is not fresh: a replay, or a clock to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotFresh {
+    /// Its sending time (ms since the epoch) is outside the replay window of this node's
+    /// clock (`now`), while the clock is checked.
+    OutsideWindow {
+        sent: u64,
+        now: u64,
+        window: Duration,
+    },
+    /// Its counter was taken before from this sender's key.
+    Taken,
+    /// Its counter is further below the highest taken than the counters tracked one by one.
+    BelowWindow { seq: u64, high: u64 },
+}
+
+impl fmt::Display for NotFresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotFresh::OutsideWindow { sent, now, window } => write!(
+                f,
+                "sent at {}, outside this node's replay window of {}s (its clock says {}): a replay, or a clock to fix (or --clockCheck=off on a node without a reliable clock)",
+                files::rfc3339(*sent),
+                window.as_secs(),
+                files::rfc3339(*now)
+            ),
+            NotFresh::Taken => f.write_str("a replay: this counter was taken before"),
+            NotFresh::BelowWindow { seq, high } => write!(
+                f,
+                "its counter {seq} is more than {SEQ_WINDOW} below the highest taken from this sender ({high}): a replay"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotFresh {}
+
+impl Trusted {
+    /// Opens the trust store of node `own_name` (whose own key is always trusted). A bad
+    /// `trusted.txt` is an error here, at start; later, a bad edit keeps the last good set.
+    pub fn open(dir: &Path, own_name: &str, own_key: &str) -> Result<Trusted, Error> {
+        let path = senders_path(dir);
+        let senders = match fs::read(&path) {
+            Ok(bytes) => Senders {
+                by_key: serde_json::from_slice(&bytes).map_err(|source| Error::Senders {
+                    path: path.clone(),
+                    source,
+                })?,
+                ..Senders::default()
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Senders::default(),
+            Err(e) => return Err(read_error(&path)(e)),
+        };
+        let trusted = Trusted {
+            dir: dir.to_path_buf(),
+            own: (own_name.to_string(), own_key.to_string()),
+            protected: vec![own_name.to_string()],
+            inner: Mutex::new(Loaded::default()),
+            senders: Mutex::new(senders),
+        };
+        trusted.refresh()?;
+        Ok(trusted)
+    }
+
+    /// Names whose keys only this node's operator pins: for them, keys in a distributed set
+    /// are never trusted (whenever the set came, and whatever the operator pinned since),
+    /// and a distributed revocation never touches their pinned keys. This node's own name
+    /// always is.
+    pub fn protecting(mut self, names: impl IntoIterator<Item = String>) -> Trusted {
+        for name in names {
+            if !self.protected.contains(&name) {
+                self.protected.push(name);
+            }
+        }
+        self
+    }
+
+    fn is_protected(&self, node: &str) -> bool {
+        self.protected.iter().any(|p| p == node)
+    }
+
+    /// Re-reads whichever file changed since it was last read.
+    fn refresh(&self) -> Result<(), Error> {
+        let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let paths = [
+            trusted_path(&self.dir),
+            revoked_path(&self.dir),
+            distributed_path(&self.dir),
+        ];
+        for (i, path) in paths.iter().enumerate() {
+            let stamp = fs::metadata(path)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+            if stamp == loaded.stamps[i] {
+                continue;
+            }
+            loaded.stamps[i] = stamp;
+            let text = match fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(read_error(path)(e)),
+            };
+            let parsed = match i {
+                0 | 1 => parse_key_lines(&text),
+                // Deleted by the operator: the distributed keys are no longer trusted.
+                _ if text.is_empty() => Ok(KeySet::default()),
+                _ => KeySet::parse(&text),
+            }
+            .map_err(|e| e.in_file(path))?;
+            match i {
+                0 => loaded.pinned = parsed,
+                1 => loaded.revoked = parsed,
+                _ => loaded.distributed = parsed,
+            }
+        }
+        Ok(())
+    }
+
+    fn refreshed(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        if let Err(e) = self.refresh() {
+            log::error!("keeping the keys trusted before: {e}");
+        }
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` is trusted for `node`, and whether any key is.
+    fn lookup(&self, node: &str, key: &str) -> (bool, bool) {
+        if node == self.own.0 && key == self.own.1 {
+            return (true, true);
+        }
+        let loaded = self.refreshed();
+        let sources: &[&KeySet] = if self.is_protected(node) {
+            &[&loaded.pinned]
+        } else {
+            &[&loaded.pinned, &loaded.distributed]
+        };
+        // A protected name's keys are revoked only by this node's operator.
+        let revoked = |k: &str| match self.is_protected(node) {
+            true => loaded.revoked.keys.values().flatten().any(|r| r == k),
+            false => loaded.is_revoked(k),
+        };
+        let keys: Vec<&String> = sources
+            .iter()
+            .filter_map(|s| s.keys.get(node))
+            .flatten()
+            .filter(|k| !revoked(k))
+            .collect();
+        let known = !keys.is_empty() || node == self.own.0;
+        (keys.iter().any(|k| *k == key), known)
+    }
+
+    /// Whether this node trusts any key for `node`.
+    pub fn knows(&self, node: &str) -> bool {
+        node == self.own.0 || self.lookup(node, "").1
+    }
+
+    /// Checks the signature on a message claiming to come from `from`, published in
+    /// `scope`. Says nothing of freshness: see [`Trusted::fresh`].
+    pub fn verify(
+        &self,
+        from: &str,
+        headers: Option<&nats::HeaderMap>,
+        scope: Scope<'_>,
+        payload: &[u8],
+    ) -> Result<Signed, Unverified> {
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
+        let (Some(sent), Some(seq), Some(key), Some(sig)) =
+            (get(SENT), get(SEQ), get(KEY), get(SIG))
+        else {
+            return Err(Unverified::Unsigned);
+        };
+        let (trusted, known) = self.lookup(from, key);
+        if !trusted {
+            if self.refreshed().is_revoked(key) {
+                return Err(Unverified::Bad(format!(
+                    "signed with key {key}, which was revoked"
+                )));
+            }
+            return Err(if known {
+                Unverified::Bad(format!(
+                    "signed with key {key}, which is not trusted for {from}"
+                ))
+            } else {
+                Unverified::UnknownSender {
+                    key: key.chars().take(64).collect(),
+                }
+            });
+        }
+        let (Ok(sent_ms), Ok(seq_n), Some(sig_bytes)) =
+            (sent.parse::<u64>(), seq.parse::<u64>(), unhex(sig))
+        else {
+            return Err(Unverified::Bad("malformed signature headers".into()));
+        };
+        let ok = KeyPair::from_public_key(key)
+            .and_then(|k| k.verify(&signed_bytes(sent, seq, scope, payload), &sig_bytes))
+            .is_ok();
+        if !ok {
+            return Err(Unverified::Bad(format!(
+                "the signature does not verify against {from}'s key {key}: forged, altered, or moved to another subject"
+            )));
+        }
+        Ok(Signed {
+            sent: sent_ms,
+            seq: seq_n,
+            // Canonical (lowercase), so a re-encoded copy names the same request.
+            sig: hex(&sig_bytes),
+            key: key.to_string(),
+        })
+    }
+
+    /// Whether a verified request from `from` is fresh: its counter never taken before
+    /// from that sender's key, and, while the clock is checked, its sending time within the
+    /// window of this node's clock. Takes it if so.
+    pub fn fresh(
+        &self,
+        from: &str,
+        signed: &Signed,
+        window: Duration,
+        clock: ClockCheck,
+    ) -> Result<(), NotFresh> {
+        let window_ms = window.as_millis() as u64;
+        let now = files::unix_millis();
+        if clock.applies() && now.abs_diff(signed.sent) > window_ms {
+            return Err(NotFresh::OutsideWindow {
+                sent: signed.sent,
+                now,
+                window,
+            });
+        }
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        // By key, not by name alone: a stolen key that pushed its counter to the end
+        // cannot lock out the key its node is given next.
+        let window = senders
+            .by_key
+            .entry(format!("{from} {}", signed.key))
+            .or_default();
+        window.take(signed.seq)?;
+        senders.dirty = true;
+        Ok(())
+    }
+
+    /// Writes `keys/senders.json` if it changed and was not written within the last
+    /// second (`force`: whatever the time, at shutdown). Returns whether changes are still
+    /// unwritten (too soon, or the write failed): call again in a second.
+    pub fn persist_senders(&self, force: bool) -> bool {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = senders
+            .written
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if !senders.dirty || (recent && !force) {
+            return senders.dirty;
+        }
+        let json = serde_json::to_vec(&senders.by_key).expect("a map of numbers serializes");
+        let path = senders_path(&self.dir);
+        let failing = senders.failing;
+        senders.written = Some(Instant::now());
+        match files::write_atomically(&path, &json) {
+            Ok(()) => {
+                senders.dirty = false;
+                senders.failing = false;
+            }
+            // Said once: it is tried again every second (a full disk), and until it works
+            // a restart forgets the last second's counters, which the id records cover.
+            Err(e) if !failing => {
+                senders.failing = true;
+                log::error!("cannot write {}: {e}", path.display());
+            }
+            Err(_) => {}
+        }
+        senders.dirty
+    }
+
+    /// The set this node would hand on (`steward keys distribute`): the operator's pinned
+    /// keys and its own, and the keys it revoked.
+    pub fn distributable(&self) -> KeySet {
+        let loaded = self.refreshed();
+        let mut set = loaded.pinned.clone();
+        set.add(&self.own.0, &self.own.1);
+        set.revoked = loaded.revoked.keys.clone();
+        for (node, keys) in &loaded.distributed.revoked {
+            for key in keys {
+                let list = set.revoked.entry(node.clone()).or_default();
+                if !list.contains(key) {
+                    list.push(key.clone());
+                }
+            }
+        }
+        set.issued = files::unix_millis();
+        set
+    }
+
+    /// Takes a set distributed by central, if it is newer than the one held, binds no
+    /// key to a `protected` name (the central node and every sender allowed to send
+    /// commands here) that the operator has not pinned, and revives no revoked key;
+    /// returns how many keys it holds.
+    pub fn replace_distributed(&self, set: &KeySet) -> Result<usize, Error> {
+        let path = distributed_path(&self.dir);
+        {
+            let loaded = self.refreshed();
+            let held = loaded.distributed.issued;
+            if set.issued <= held {
+                return Err(Error::NotNewer {
+                    issued: set.issued,
+                    held,
+                });
+            }
+            for (node, keys) in &set.keys {
+                let own = |k: &String| node == &self.own.0 && k == &self.own.1;
+                let rebinds = keys.iter().any(|k| !(loaded.pinned.has(node, k) || own(k)));
+                if rebinds && self.is_protected(node) {
+                    return Err(Error::Rebinds { node: node.clone() });
+                }
+            }
+            for key in set.revoked.values().flatten() {
+                if loaded.pinned_for_any(&self.protected, key) || key == &self.own.1 {
+                    return Err(Error::RevokesPinned { key: key.clone() });
+                }
+            }
+        }
+        files::write_atomically(&path, set.to_json().as_bytes()).map_err(write_error(&path))?;
+        self.refresh()?;
+        Ok(set.keys.values().map(Vec::len).sum())
+    }
+}
+
+/// `trusted.txt` and `revoked.txt`: `node KEY` per line; `#` starts a comment.
+pub(super) fn parse_key_lines(text: &str) -> Result<KeySet, Error> {
+    let mut set = KeySet::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let on_line = |e| Error::Line {
+            line: n + 1,
+            source: Box::new(e),
+        };
+        let mut words = line.split_whitespace();
+        let (Some(node), Some(key), None) = (words.next(), words.next(), words.next()) else {
+            return Err(on_line(Error::NotNodeKey {
+                found: line.to_string(),
+            }));
+        };
+        validate_name(node).map_err(|e| on_line(Error::Name(e)))?;
+        validate_public_key(key).map_err(on_line)?;
+        set.add(node, key);
+    }
+    Ok(set)
+}
+
+/// Appends `node key` to one of the key-line files, with a header comment if it is new.
+fn append_key_line(path: &Path, header: &str, node: &str, key: &str) -> Result<(), Error> {
+    let existing = fs::read_to_string(path).unwrap_or_default();
+    let set = parse_key_lines(&existing).map_err(|e| e.in_file(path))?;
+    if set.has(node, key) {
+        return Ok(());
+    }
+    let mut text = String::new();
+    if existing.is_empty() {
+        text.push_str(header);
+    } else if !existing.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("{node} {key}\n"));
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    files::append(path, text.as_bytes(), true).map_err(write_error(path))
+}
+
+/// `steward keys trust NODE KEY`: appends a line to `trusted.txt` (the agent picks it up).
+pub fn trust(dir: &Path, node: &str, key: &str) -> Result<(), Error> {
+    validate_name(node).map_err(Error::Name)?;
+    validate_public_key(key)?;
+    let revoked = revoked_path(dir);
+    if let Ok(text) = fs::read_to_string(&revoked) {
+        if parse_key_lines(&text)
+            .map_err(|e| e.in_file(&revoked))?
+            .keys
+            .values()
+            .flatten()
+            .any(|k| k == key)
+        {
+            return Err(Error::Revoked {
+                key: key.to_string(),
+                path: revoked,
+            });
+        }
+    }
+    append_key_line(
+        &trusted_path(dir),
+        "# Keys this node trusts, one \"node KEY\" per line (steward keys trust NODE KEY).\n",
+        node,
+        key,
+    )
+}
+
+/// `steward keys revoke NODE`: every key this node trusts for `node` (pinned or
+/// distributed) goes to `revoked.txt`, and the pinned ones leave `trusted.txt`. Returns
+/// the keys revoked. `steward keys distribute` then hands the revocation on.
+pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>, Error> {
+    validate_name(node).map_err(Error::Name)?;
+    let read = |path: &Path| -> Result<KeySet, Error> {
+        match fs::read_to_string(path) {
+            Ok(text) if path.extension().is_some_and(|e| e == "json") => {
+                KeySet::parse(&text).map_err(|e| e.in_file(path))
+            }
+            Ok(text) => parse_key_lines(&text).map_err(|e| e.in_file(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(KeySet::default()),
+            Err(e) => Err(read_error(path)(e)),
+        }
+    };
+    let pinned = read(&trusted_path(dir))?;
+    let distributed = read(&distributed_path(dir))?;
+    let keys: BTreeSet<String> = [&pinned, &distributed]
+        .iter()
+        .filter_map(|s| s.keys.get(node))
+        .flatten()
+        .cloned()
+        .collect();
+    if keys.is_empty() {
+        return Err(Error::NoKeyFor {
+            node: node.to_string(),
+        });
+    }
+    for key in &keys {
+        append_key_line(
+            &revoked_path(dir),
+            "# Keys this node never trusts again, one \"node KEY\" per line (steward keys revoke NODE).\n",
+            node,
+            key,
+        )?;
+    }
+    // Out of trusted.txt too, keeping every other line as the operator wrote it.
+    let path = trusted_path(dir);
+    if let Ok(text) = fs::read_to_string(&path) {
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let mut words = line.split('#').next().unwrap_or("").split_whitespace();
+                words.next() != Some(node)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        files::write_atomically(&path, kept.as_bytes()).map_err(write_error(&path))?;
+    }
+    Ok(keys.into_iter().collect())
+}
