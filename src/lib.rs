@@ -124,46 +124,7 @@ impl std::error::Error for Error {
 pub fn run(config: Config) -> Result<(), Error> {
     // The inbox's file leases would otherwise let any reader of inmsg.txt end the agent.
     sys::ignore_sigio();
-    let mut config = config;
-    files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
-        context: format!(
-            "cannot create the data folder {}",
-            config.data_folder.display()
-        ),
-        source,
-    })?;
-    // Absolute, so logs name files unambiguously and commands run in a fixed folder.
-    config.data_folder = config
-        .data_folder
-        .canonicalize()
-        .map_err(|source| Error::DataFolder {
-            context: format!(
-                "cannot resolve the data folder {}",
-                config.data_folder.display()
-            ),
-            source,
-        })?;
-    // Whoever can write inmsg.txt makes this node send messages signed with its key.
-    let mode = std::fs::metadata(&config.data_folder)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
-        .unwrap_or(0);
-    if mode & 0o002 != 0 {
-        return Err(Error::WorldWritable {
-            folder: config.data_folder,
-            mode: mode & 0o7777,
-        });
-    }
-    // Commands, their output and the logs live here: others should not read them. A folder
-    // steward creates is private; one that already existed is left as it is, with a warning.
-    let readable_by_others = (mode & 0o007 != 0).then(|| {
-        format!(
-            "{}: the data folder {} can be read by other users (mode {:o}): they can read commands, their output and the logs; run: chmod 700 {}",
-            config.node,
-            config.data_folder.display(),
-            mode & 0o7777,
-            config.data_folder.display()
-        )
-    });
+    let (config, readable_by_others) = data_folder(config)?;
     let data = files::DataFolder::new(config.data_folder.clone());
     let (journal, recovery) =
         journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
@@ -217,12 +178,76 @@ pub fn run(config: Config) -> Result<(), Error> {
             ""
         }
     );
+    serve_pages(&node);
+    if let Some(warning) = readable_by_others {
+        log::warn!("{warning}");
+        node.report_error(warning);
+    }
+    resume(&node, recovery);
 
-    // A listener that cannot start (a port in use: two nodes on one host with the default
-    // `:2112`) costs only what it serves. Command and control go on; the error is logged
-    // and reported to central with the flag to change.
+    let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
+    supervisor.start();
+    let tx = events_tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(supervisor::Event::Shutdown);
+    })
+    .map_err(Error::Signals)?;
+
+    supervisor.run();
+    Ok(())
+}
+
+/// The data folder, created and made absolute (so logs name files unambiguously and
+/// commands run in a fixed folder); refused if anyone may write it, with a warning to
+/// report if others may read it.
+fn data_folder(mut config: Config) -> Result<(Config, Option<String>), Error> {
+    files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
+        context: format!(
+            "cannot create the data folder {}",
+            config.data_folder.display()
+        ),
+        source,
+    })?;
+    config.data_folder = config
+        .data_folder
+        .canonicalize()
+        .map_err(|source| Error::DataFolder {
+            context: format!(
+                "cannot resolve the data folder {}",
+                config.data_folder.display()
+            ),
+            source,
+        })?;
+    // Whoever can write inmsg.txt makes this node send messages signed with its key.
+    let mode = std::fs::metadata(&config.data_folder)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap_or(0);
+    if mode & 0o002 != 0 {
+        return Err(Error::WorldWritable {
+            folder: config.data_folder,
+            mode: mode & 0o7777,
+        });
+    }
+    // Commands, their output and the logs live here: others should not read them. A folder
+    // steward creates is private; one that already existed is left as it is, with a warning.
+    let readable_by_others = (mode & 0o007 != 0).then(|| {
+        format!(
+            "{}: the data folder {} can be read by other users (mode {:o}): they can read commands, their output and the logs; run: chmod 700 {}",
+            config.node,
+            config.data_folder.display(),
+            mode & 0o7777,
+            config.data_folder.display()
+        )
+    });
+    Ok((config, readable_by_others))
+}
+
+/// The metrics and profiling pages. A listener that cannot start (a port in use: two nodes
+/// on one host with the default `:2112`) costs only what it serves. Command and control go
+/// on; the error is logged and reported to central with the flag to change.
+fn serve_pages(node: &Arc<node::Node>) {
     if let Some(addr) = &node.config.prom_addr {
-        let m = metrics.clone();
+        let m = node.metrics.clone();
         let served = metrics::serve("metrics", addr, move |path| {
             (path == "/metrics").then(|| m.render())
         });
@@ -242,10 +267,11 @@ pub fn run(config: Config) -> Result<(), Error> {
             ));
         }
     }
-    if let Some(warning) = readable_by_others {
-        log::warn!("{warning}");
-        node.report_error(warning);
-    }
+}
+
+/// What the journal found at start: damage reported to central, unfinished messages on
+/// their way again, before the inbox takes anything new.
+fn resume(node: &node::Node, recovery: journal::Recovery) {
     if let Some(cut) = recovery.cut {
         node.report_error(format!(
             "{}: journal was damaged and repaired: {cut}",
@@ -265,18 +291,6 @@ pub fn run(config: Config) -> Result<(), Error> {
             recovery.lanes.len()
         );
     }
-    metrics.journal(&mut node.journal());
-    // Unfinished messages go first, before the inbox takes anything new.
+    node.metrics.journal(&mut node.journal());
     node.wake(recovery.lanes);
-
-    let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
-    supervisor.start();
-    let tx = events_tx.clone();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(supervisor::Event::Shutdown);
-    })
-    .map_err(Error::Signals)?;
-
-    supervisor.run();
-    Ok(())
 }
