@@ -19,31 +19,34 @@
 //! The supervisor starts each lane's publisher the first time the lane has a message, and
 //! restarts any process that fails; messages themselves never pass through it.
 //!
-//! # Modules
+//! # The tree, in the order a message meets it
 //!
-//! - [`config`]: flags → a validated [`config::Config`].
-//! - [`message`], [`subject`]: the seed's JSON and subject names, as pure functions.
-//! - [`journal`]: the append-only, checksummed, fsync'd record of accepted messages:
-//!   `record` (the format, shared with the received log, and its fail-stop file),
-//!   `recover` (opening), `compact`.
-//! - [`received`]: the ids a receiver has handled, so a retry never runs twice.
-//! - [`storage`]: the file operations beneath them, real or simulated (crash tests).
-//! - [`resumed`]: what a sender's last run finished though a power cut took the record of
-//!   it, so a reply is stored, and a message listed, once.
-//! - [`keys`]: this node's signing key, the keys it trusts, signatures on the wire.
-//! - [`admission`]: the receiver's gate, one decision before any method runs.
-//! - [`node`]: this node's shared parts, and [`node::Node::accept`], the one way in.
-//! - [`supervisor`]: the process table; spawns, restarts, stops.
-//! - [`retry`]: the delivery rules of one message (attempts, time to live, pauses), pure.
-//! - [`process`]: inbox, publisher, subscriber, hello: one thread each.
-//! - [`methods`]: CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys.
-//! - [`broker`]: the NATS connection. [`metrics`]: Prometheus and the status page.
-//! - [`files`]: the data folder's layout, appends and atomic writes.
-//! - [`log_budget`]: how much each sender may write into errors.log and textlog/.
-//! - [`demo`]: `steward demo`, a local fleet in one command.
-//! - [`client`]: `steward send` and `steward status`, through the agent's control socket.
-//! - [`sys`]: every system call beyond the standard library, and all of the crate's
-//!   `unsafe` code, in one place to audit.
+//! ```text
+//! config/               flags, config file, environment → one validated Config
+//! process/inbox         inmsg.txt → messages (message: the seed's JSON; subject: names)
+//! node/intake           the one way in: journal first, then the lane's publisher
+//! journal/              accepted messages on disk until finished: record (the format,
+//!                       shared with received, and its fail-stop file), recover, compact
+//! storage               the file operations beneath them (simulated: storage/crash)
+//! process/publisher/    one lane: deliver (attempts by retry's rules, event batches),
+//!                       finish (replies, failed-messages.txt, message log, then the journal)
+//! keys/                 signing what leaves, checking what arrives (identity, trusted)
+//! broker                the NATS connection
+//! process/subscriber    one method's subjects: admission (the gate), received (nothing
+//!                       runs twice), then the method, then the ACK
+//! methods/              CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys: each a
+//!                       file, given a narrow Context
+//! node/report           errors and refusals to central, through intake like any message
+//! supervisor            starts, restarts (Retry or Fatal) and stops the processes
+//! ```
+//!
+//! Beside the path: [`node`] (the shared parts: handlers, presence, fail-stop),
+//! [`resumed`] (what a power cut took the record of), [`metrics`] (Prometheus and the
+//! status page), [`files`] (the data folder's layout, appends, atomic writes),
+//! [`log_budget`] (what each sender may write into errors.log and textlog/), [`client`]
+//! (`steward send` and `steward status`), [`demo`] (a local fleet in one command), and
+//! [`sys`]: every system call beyond the standard library, and all of the crate's `unsafe`
+//! code, in one place to audit.
 
 #![deny(unsafe_code)]
 
