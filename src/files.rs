@@ -111,16 +111,21 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Appends `bytes` with a single `write` on an `O_APPEND` file, so concurrent appenders never
-/// interleave inside one record. With `durable`, the data is fsync'd before returning.
 /// Appends `bytes` as one record, durably, or not at all: a record half written (a full
-/// disk) or not synced is cut back off, so that a retry appends it whole, once. For files
-/// with one writer (a lane's reply file): another writer's append in between would be cut
-/// too.
+/// disk) or not synced is cut back off, so that a retry appends it whole, once. A file it
+/// creates has its name made durable too. For files with one writer (a lane's reply file):
+/// another writer's append in between would be cut too.
 pub fn append_record(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let created = !path.exists();
     let mut f = open_append(path)?;
     let start = f.metadata()?.len();
-    let written = f.write_all(bytes).and_then(|()| f.sync_data());
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_data())
+        .and_then(|()| match (created, path.parent()) {
+            (true, Some(dir)) => sync_dir(dir),
+            _ => Ok(()),
+        });
     if let Err(e) = written {
         if let Err(cut) = f.set_len(start) {
             log::error!(
@@ -133,13 +138,20 @@ pub fn append_record(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Appends `bytes` with a single `write` on an `O_APPEND` file, so concurrent appenders never
+/// interleave inside one record. With `durable`, the data is fsync'd before returning (and
+/// the name of a file it creates).
 pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let created = durable && !path.exists();
     let mut f = open_append(path)?;
     f.write_all(bytes)?;
     if durable {
         f.sync_data()?;
     }
-    Ok(())
+    match (created, path.parent()) {
+        (true, Some(dir)) => sync_dir(dir),
+        _ => Ok(()),
+    }
 }
 
 /// Appends as [`append`], first rotating `path` if the append would take it past
@@ -189,6 +201,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// Makes the names in `dir` (files created, renamed or removed there) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -50,6 +50,9 @@ pub trait StoredFile: Send + Sync {
     fn allocate(&self, from: u64, to: u64) -> bool;
     /// Makes the file's data (and its size) durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Drops the file's clean pages from the cache, so the next read is of what the disk
+    /// holds (best effort).
+    fn drop_cache(&self);
 }
 
 /// The real file system.
@@ -115,6 +118,10 @@ impl StoredFile for File {
 
     fn sync_data(&self) -> io::Result<()> {
         File::sync_data(self)
+    }
+
+    fn drop_cache(&self) {
+        crate::sys::drop_cache(self);
     }
 }
 

@@ -76,6 +76,17 @@ pub fn fallocate(file: &File, from: u64, to: u64) -> bool {
     unsafe { libc::fallocate64(file.as_raw_fd(), 0, offset, len) == 0 }
 }
 
+/// Drops `file`'s clean pages from the page cache (`posix_fadvise(DONTNEED)`), so that the
+/// next read comes from the disk: after a failed writeback, pages that never reached it
+/// can stay in the cache, marked clean. Best effort: advice the kernel may not take.
+pub fn drop_cache(file: &File) {
+    // SAFETY: posix_fadvise takes integers only, on a descriptor `file` keeps open for the
+    // call; offset 0 and length 0 mean the whole file.
+    unsafe {
+        libc::posix_fadvise64(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 /// A file lease (`fcntl(F_SETLEASE)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {

@@ -21,13 +21,14 @@
 //!
 //! # When the disk fails or fills
 //!
-//! A failed write (a full disk) changes nothing: it is cut back off the file and memory is
-//! untouched, so the caller can try again later (intake waits; a finish is written with
-//! the lane's next one, or by [`Journal::maintain`]). A failed fsync, or a compaction that
-//! failed from its rename on, makes the journal unusable ([`Journal::unusable`]): the
-//! agent stops at once and recovers from the disk on its restart (see
-//! [`crate::journal::record::RecordFile`] for why nothing is retried). Opening makes what it read
-//! durable before anything acts on it. `storage::crash` runs thousands of seeded schedules
+//! A failed write (a full disk) is cut back off the file, and what memory counts (messages
+//! accepted, lanes done through) is unchanged, so the caller can try again later (intake
+//! waits; a finish is written with the lane's next one, or by [`Journal::maintain`]). A
+//! failed fsync, or a compaction that failed from its rename on, makes the journal
+//! unusable ([`Journal::unusable`]): the agent stops at once and recovers from the disk on
+//! its restart (see [`record::RecordFile`] for why nothing is retried). Opening makes the
+//! file durable, drops it from the page cache and reads it from the disk before anything
+//! acts on it. `storage::crash` runs thousands of seeded schedules
 //! of all this, power cuts included, against a simulated disk.
 //!
 //! # Memory: flat, whatever the backlog
@@ -65,11 +66,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Compaction is considered once the file is at least this big...
 mod compact;
 pub mod record;
 mod recover;
 
+/// Compaction is considered once the file is at least this big...
 const COMPACT_MIN_BYTES: u64 = 1 << 20;
 /// ... and the live records are less than 1/COMPACT_RATIO of it.
 const COMPACT_RATIO: u64 = 4;
@@ -313,7 +314,9 @@ impl Journal {
 
     /// A ticket's fsync is done: note how long it took, and index the batches it covers.
     fn synced(&mut self, ticket: &SyncTicket, synced: io::Result<Duration>) -> io::Result<()> {
-        let took = self.file.synced(ticket, synced)?;
+        let Some(took) = self.file.synced(ticket, synced)? else {
+            return Ok(()); // its file was compacted away: nothing of it is left to count
+        };
         if self.fsync_seconds.len() < 10_000 {
             self.fsync_seconds.push(took.as_secs_f64());
         }
@@ -354,7 +357,14 @@ impl Journal {
                 break;
             };
             let mut bytes = vec![0; span.len as usize];
-            self.file.handle().read_exact_at(&mut bytes, span.offset)?;
+            if let Err(e) = self.file.handle().read_exact_at(&mut bytes, span.offset) {
+                // What was taken already is handed out: return it, and the error with the
+                // next take (the message stays first in the window).
+                if entries.is_empty() {
+                    return Err(e);
+                }
+                break;
+            }
             l.waiting.window.pop_front();
             l.handed_through = seq;
             let read = match decode_one(&bytes) {
@@ -381,8 +391,10 @@ impl Journal {
         if l.waiting.window.is_empty() && l.waiting.window.capacity() > 64 {
             l.waiting.window.shrink_to_fit();
         }
-        if skipped {
-            self.settle(&key)?;
+        // Held back by a full disk, the finish is written later (`unsettled`); the entries
+        // are handed out either way.
+        if skipped && self.settle(&key).is_err() && self.file.unusable().is_some() {
+            return Err(io::Error::other("the journal became unusable"));
         }
         Ok(entries)
     }
@@ -578,10 +590,14 @@ impl Journal {
     }
 
     /// Whether [`Journal::sync_ticket`] or [`Journal::maintain`] has work: records not
-    /// durable yet, finishes a full disk held back, or a compaction due (or waiting to be
-    /// tried again). Cheap: the supervisor ticks only while this holds.
+    /// durable yet, finishes a full disk held back (tried every tick while the disk is
+    /// full), or a compaction due and not waiting out a failed one. Cheap: the supervisor
+    /// ticks only while this holds.
     pub fn needs_upkeep(&self) -> bool {
-        !self.file.is_synced() || !self.unsettled.is_empty() || self.compaction_due()
+        let compaction_waits = self.compact_not_before.is_some_and(|t| Instant::now() < t);
+        !self.file.is_synced()
+            || !self.unsettled.is_empty()
+            || (self.compaction_due() && !compaction_waits)
     }
 }
 

@@ -26,6 +26,7 @@
 use crate::storage::{Handle, Storage, StoredFile};
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 pub const HEADER: usize = 8;
 /// A record larger than this is treated as corruption (messages are far smaller).
@@ -352,6 +353,7 @@ impl Iterator for Records<'_> {
 /// failures it can draw.
 pub struct RecordFile {
     file: Handle,
+    fsyncs: Arc<Fsyncs>,
     end: u64,
     allocated: u64,
     /// Everything before this is durable.
@@ -368,13 +370,29 @@ pub struct SyncTicket {
     file: Handle,
     /// The records written before the fsync started: what it makes durable.
     through: u64,
+    fsyncs: Arc<Fsyncs>,
+}
+
+/// One file's fsyncs, one at a time. Linux reports a failed writeback once per open file:
+/// of two fsyncs running at once, one may get the error and the other 0 for the same lost
+/// pages. So fsyncs take turns, and once one has failed every later one fails too.
+#[derive(Default)]
+struct Fsyncs {
+    turn: Mutex<bool>,
 }
 
 impl SyncTicket {
     /// Makes the records written before the ticket was taken durable; how long it took.
     pub fn sync(&self) -> io::Result<std::time::Duration> {
         let started = std::time::Instant::now();
-        self.file.sync_data()?;
+        let mut failed = self.fsyncs.turn.lock().unwrap_or_else(|p| p.into_inner());
+        if *failed {
+            return Err(io::Error::other("an earlier fsync of this file failed"));
+        }
+        if let Err(e) = self.file.sync_data() {
+            *failed = true;
+            return Err(e);
+        }
         Ok(started.elapsed())
     }
 
@@ -387,14 +405,22 @@ impl SyncTicket {
 impl RecordFile {
     /// Opens (or creates) `path`. Its end is not known until it has been read: see
     /// [`RecordFile::found_end`].
+    ///
+    /// What it holds is made durable, and read from the disk, before anyone reads it:
+    /// written before a crash of the process and never synced, it would be acted on and
+    /// then lost to a power cut; and after a failed fsync, the page cache may still show
+    /// pages that never reached the disk (marked clean, so no later fsync writes them).
     pub fn open(storage: &dyn Storage, path: &Path) -> io::Result<RecordFile> {
         let file = storage.open(path)?;
         // Its name too is durable before anything in it counts (it may have just been
         // created).
         storage.sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        file.sync_data()?;
+        file.drop_cache();
         let len = file.size()?;
         Ok(RecordFile {
             file,
+            fsyncs: Arc::default(),
             end: len,
             allocated: len,
             synced: 0,
@@ -410,17 +436,14 @@ impl RecordFile {
     }
 
     /// The records end at `end`: whatever follows (reserved space, or a torn or corrupt
-    /// record) is cut off the file, and what is kept is made durable. (What was read may
-    /// have been in the page cache only, written before a crash of the process and never
-    /// synced: acting on it, and then losing it to a power cut, would take its messages
-    /// in twice.)
+    /// record) is cut off the file, durably.
     pub fn found_end(&mut self, end: u64) -> io::Result<()> {
         self.usable()?;
         if self.allocated > end {
             self.file.set_len(end)?;
+            self.file.sync_data()?;
             self.allocated = end;
         }
-        self.file.sync_data()?;
         (self.end, self.synced) = (end, end);
         Ok(())
     }
@@ -465,10 +488,10 @@ impl RecordFile {
 
     /// Makes every record written so far durable, holding `&mut self` throughout (see
     /// [`RecordFile::ticket`] to sync without it).
-    pub fn sync(&mut self) -> io::Result<std::time::Duration> {
+    pub fn sync(&mut self) -> io::Result<()> {
         let ticket = self.ticket()?;
         let result = ticket.sync();
-        self.synced(&ticket, result)
+        self.synced(&ticket, result).map(drop)
     }
 
     /// An fsync of what has been written so far, to run without holding this file.
@@ -477,23 +500,27 @@ impl RecordFile {
         Ok(SyncTicket {
             file: self.file.clone(),
             through: self.end,
+            fsyncs: self.fsyncs.clone(),
         })
     }
 
-    /// How a ticket's fsync went. A failure makes the file unusable (see the type's docs).
+    /// How a ticket's fsync went: how long it took, or `None` if the file it synced has
+    /// since been replaced by a rewrite (a compaction, which writes and syncs everything
+    /// known: nothing is left for the ticket to cover, whatever its fsync said). A failure
+    /// makes the file unusable (see the type's docs).
     pub fn synced(
         &mut self,
         ticket: &SyncTicket,
         result: io::Result<std::time::Duration>,
-    ) -> io::Result<std::time::Duration> {
+    ) -> io::Result<Option<std::time::Duration>> {
         self.usable()?;
-        if !std::sync::Arc::ptr_eq(&ticket.file, &self.file) {
-            return Err(io::Error::other("synced a file since replaced"));
+        if !Arc::ptr_eq(&ticket.file, &self.file) {
+            return Ok(None);
         }
         match result {
             Ok(took) => {
                 self.synced = self.synced.max(ticket.through);
-                Ok(took)
+                Ok(Some(took))
             }
             Err(e) => {
                 self.fail(format!("fsync failed ({e})"));

@@ -152,7 +152,7 @@ impl Node {
     }
 
     /// The journal. A panic while holding it cannot leave it half-written in memory (each
-    /// operation updates memory only after its write), so a poisoned lock is taken over.
+    /// operation updates what memory counts only after its write), so a poisoned lock is taken over.
     pub fn journal(&self) -> JournalGuard<'_> {
         JournalGuard {
             journal: self.journal.lock().unwrap_or_else(|p| p.into_inner()),

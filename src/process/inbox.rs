@@ -156,10 +156,14 @@ impl Process for Inbox {
             if fs::metadata(&inmsg).map(|m| m.len() > 0).unwrap_or(false) {
                 let name = format!("inmsg.taking-{:020}", unix_nanos());
                 let path = root.join(&name);
-                fs::rename(&inmsg, &path).map_err(|source| Error::Take {
-                    path: inmsg.clone(),
-                    source,
-                })?;
+                // Durably: a batch journaled with an offset in the taken file must never
+                // meet an inmsg.txt that a power cut un-renamed (it would be read from 0).
+                fs::rename(&inmsg, &path)
+                    .and_then(|()| crate::files::sync_dir(&root))
+                    .map_err(|source| Error::Take {
+                        path: inmsg.clone(),
+                        source,
+                    })?;
                 taken.push(Taken {
                     name,
                     path,
@@ -286,10 +290,16 @@ impl Inbox {
         if t.more || t.paused {
             return Ok(false);
         }
-        fs::remove_file(&t.path).map_err(|source| Error::Remove {
-            path: t.path.clone(),
-            source,
-        })?;
+        // Durably, before its offset is forgotten: a taken file a power cut brought back
+        // without its offset would be read again from 0.
+        fs::remove_file(&t.path)
+            .and_then(|()| {
+                crate::files::sync_dir(t.path.parent().unwrap_or(std::path::Path::new(".")))
+            })
+            .map_err(|source| Error::Remove {
+                path: t.path.clone(),
+                source,
+            })?;
         Ok(true)
     }
 

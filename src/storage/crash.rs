@@ -1,6 +1,6 @@
 //! Crash consistency: thousands of seeded schedules of appends, takes, finishes, syncs and
-//! compactions, with write, fsync, truncate, rename and folder-sync errors, process crashes
-//! and power cuts at every step, run through the journal and the received log on the
+//! compactions, with write, fsync, truncate, rename and folder-sync errors, and process
+//! crashes and power cuts at any step (one step in twenty, and after every failure), run through the journal and the received log on the
 //! simulated disk ([`super::sim`]). After every recovery, a model of what was promised is
 //! checked against what came back:
 //!
@@ -121,6 +121,12 @@ impl Promised {
             let (id, _) = handed.pop_front().expect("checked");
             self.written.insert(id);
         }
+    }
+
+    /// A sync returned Ok: every finish written so far is durable.
+    fn synced(&mut self) {
+        let written: Vec<String> = self.written.drain().collect();
+        self.durable.extend(written);
     }
 
     fn settle_all(&mut self) {
@@ -312,9 +318,27 @@ impl JournalRun {
                     return unusable(journal);
                 };
                 let synced = b.sync();
-                journal.commit(&b, synced).map_err(|_| ())?;
+                if journal.commit(&b, synced).is_err() {
+                    return unusable(journal);
+                }
+                if self.rng.chance(300) {
+                    // Meanwhile the supervisor's tick: a sync and a compaction, which
+                    // replaces the file the first batch's fsync is for.
+                    if let Ok(Some(ticket)) = journal.sync_ticket() {
+                        let synced = ticket.sync();
+                        journal.synced_ticket(&ticket, synced).map_err(|_| ())?;
+                        self.promised.synced();
+                    }
+                    if journal.compact().is_err() {
+                        unusable(journal)?;
+                    }
+                }
+                // An error on a journal still usable is the agent's "try again": the inbox
+                // takes the same lines again (which must then not be there already).
                 let synced = a.sync();
-                journal.commit(&a, synced).map_err(|_| ())?;
+                if journal.commit(&a, synced).is_err() {
+                    return unusable(journal);
+                }
                 self.appended(&a.entries);
                 self.appended(&b.entries);
             }
@@ -355,13 +379,9 @@ impl JournalRun {
                 Ok(Some(ticket)) => {
                     let synced = ticket.sync();
                     journal.synced_ticket(&ticket, synced).map_err(|_| ())?;
-                    let written: Vec<String> = self.promised.written.drain().collect();
-                    self.promised.durable.extend(written);
+                    self.promised.synced();
                 }
-                Ok(None) => {
-                    let written: Vec<String> = self.promised.written.drain().collect();
-                    self.promised.durable.extend(written);
-                }
+                Ok(None) => self.promised.synced(),
                 Err(_) => unusable(journal)?,
             },
             88..=91 => {

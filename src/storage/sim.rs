@@ -431,8 +431,24 @@ impl StoredFile for SimFile {
             inode.unsynced.clear();
             return Err(eio("fsync"));
         }
-        inode.durable = inode.cached.clone();
-        inode.unsynced.clear();
+        // What was written since the last fsync reaches the disk; nothing else (the pages
+        // a failed fsync left in the cache never do).
+        for op in std::mem::take(&mut inode.unsynced) {
+            apply(&mut inode.durable, &op);
+        }
         Ok(())
+    }
+
+    fn drop_cache(&self) {
+        let Ok(mut s) = self.live() else {
+            return;
+        };
+        // Clean pages go; dirty ones (writes not yet synced) stay.
+        let inode = s.inodes.entry(self.ino).or_default();
+        let mut cached = inode.durable.clone();
+        for op in &inode.unsynced {
+            apply(&mut cached, op);
+        }
+        inode.cached = cached;
     }
 }
