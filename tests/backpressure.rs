@@ -1,6 +1,6 @@
 //! A flood of input is taken at disk speed, with memory that does not follow the backlog.
 
-mod common;
+use crate::common;
 use common::{NatsServer, Node};
 use std::time::{Duration, Instant};
 

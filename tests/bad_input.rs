@@ -1,7 +1,7 @@
 //! Bad input gets a clear error naming what is wrong, and nothing is lost: the rest of the
 //! batch still goes, the bad part is kept where an operator can find it, no process dies.
 
-mod common;
+use crate::common;
 use common::{command, report, NatsServer, Node};
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `steward send` and `steward status`: exit codes and output through the agent's socket.
 
-mod common;
+use crate::common;
 use common::{NatsServer, Node};
 use std::process::{Command, Output};
 

@@ -1,7 +1,7 @@
 //! Delivery: ACKs carry results, each message gets its own ACK, late nodes still get their
 //! messages, refusals and failures are never silent.
 
-mod common;
+use crate::common;
 use common::{command, report, NatsServer, Node};
 use std::time::Duration;
 

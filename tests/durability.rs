@@ -1,7 +1,7 @@
 //! Nothing lost: the sender killed and restarted, the broker stopped and restarted, a
 //! graceful stop with work pending. Every test counts what was sent, delivered, duplicated.
 
-mod common;
+use crate::common;
 use common::{command, report, NatsServer, Node};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! messages captured and replayed (as they were, on other subjects, with other answer
 //! subjects), from a raw NATS client on an open broker.
 
-mod common;
+use crate::common;
 use common::raw::{envelope, signed_by, Raw};
 use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};

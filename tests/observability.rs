@@ -1,7 +1,7 @@
 //! Metrics scraped over real HTTP move as messages flow; the profiling port shows the
 //! process table.
 
-mod common;
+use crate::common;
 use common::{command, free_port, NatsServer, Node};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! skipped) is shut down mid-stream without flushing its journal, so everything not yet
 //! synced is gone, then mounted again and the node restarted. Everything is counted.
 
-mod common;
+use crate::common;
 use common::{install_keys, text_log, Ext4, NatsServer, Node};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! authentication by user and password, token and NKey, against real nats-servers; and the
 //! shipped confined configuration, under which a node cannot read another node's commands.
 
-mod common;
+use crate::common;
 use common::raw::{signed_by, Raw};
 use common::{command, NatsServer, Node};
 use std::path::Path;

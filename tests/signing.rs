@@ -6,7 +6,7 @@
 //! What it proves nothing with is answered with nothing; see `tests/hostile.rs` for every
 //! kind × method × sender it can try.
 
-mod common;
+use crate::common;
 use common::raw::{envelope, signed_by, Raw};
 use common::{command, key_of, NatsServer, Node};
 use std::path::Path;

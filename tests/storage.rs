@@ -4,7 +4,7 @@
 //! whose writes stop reaching the medium (fsync fails with EIO) stops the agent, and a
 //! restart loses nothing. Everything is counted.
 
-mod common;
+use crate::common;
 use common::{command, install_keys, text_log, Ext4, NatsServer, Node, Tmpfs};
 use std::time::{Duration, Instant};
 
