@@ -112,6 +112,7 @@ fn message_log(text: &str) -> (BTreeMap<String, usize>, BTreeMap<String, String>
 
 #[test]
 fn power_cuts_on_the_sender_lose_nothing_and_store_nothing_twice() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let mut central = Node::prepare(
         &[],
@@ -238,6 +239,7 @@ fn power_cuts_on_the_sender_lose_nothing_and_store_nothing_twice() {
 
 #[test]
 fn power_cuts_on_the_receiver_run_nothing_twice_and_log_each_event_at_most_once() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
     let Some(disk) = Ext4::mount(ship1.data(), "256M") else {

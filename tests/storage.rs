@@ -19,6 +19,7 @@ fn wait(what: &str, limit: Duration, ok: impl Fn() -> bool) {
 
 #[test]
 fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let mut central = Node::prepare(&[], "central", &nats.address(), &[]);
     let Some(disk) = Tmpfs::mount(central.data(), "16m") else {
@@ -141,6 +142,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
 
 #[test]
 fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing_twice() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let mut central = Node::prepare(&[], "central", &nats.address(), &[]);

@@ -10,17 +10,49 @@ use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no outgoing connection (a node's to its broker) can be given one as its
+/// source port before the server it was picked for binds it.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port nothing listens on, for a server a test is about to start. Never the same
+/// twice in one run (the tests run in parallel threads of one process, each picking ports);
+/// runs in other processes start elsewhere in the range, and a port one of them holds is
+/// skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: Mutex<u16> = Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    if *next == 0 {
+        let span = (PORTS.end - PORTS.start) as u32;
+        *next = PORTS.start + (std::process::id() * 7919 % span) as u16;
+    }
+    loop {
+        let port = *next;
+        *next = if port + 1 < PORTS.end {
+            port + 1
+        } else {
+            PORTS.start
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Tests that mount filesystems (a tmpfs, ext4 on a loop device) hold this while they run,
+/// so they run one at a time: loop devices are claimed from one table, and each fills a
+/// disk under time limits that another's load could stretch. Every other test runs beside
+/// them.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    // A test that failed holding it says nothing about the next one.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn wait_port(port: u16, up: bool) {
@@ -35,9 +67,38 @@ fn wait_port(port: u16, up: bool) {
     }
 }
 
-/// A nats-server on a free loopback port, killed on drop.
+/// Waits until `ok` holds (up to [`WAIT`]), looking every 25 ms; fails the test naming
+/// `what` otherwise.
+pub fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// GETs `path` from an HTTP server on loopback `port`; the whole response, or "" if nothing
+/// answers.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// A nats-server on a free loopback port, with its monitoring endpoint on another (for
+/// what the broker saw: connections, bytes delivered), killed on drop.
 pub struct NatsServer {
     pub port: u16,
+    /// The monitoring port (`-m`): `/varz`, `/connz`, `/routez`.
+    pub monitor: u16,
     child: Option<Child>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -55,7 +116,8 @@ impl NatsServer {
     /// With arguments and environment variables (a config file may refer to `$VAR`s).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> NatsServer {
         let mut s = NatsServer {
-            port: free_port(),
+            port: 0,
+            monitor: 0,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -63,8 +125,14 @@ impl NatsServer {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        s.restart();
-        s
+        // A port another process took since it was picked: pick again.
+        for _ in 0..5 {
+            (s.port, s.monitor) = (free_port(), free_port());
+            if s.try_start() {
+                return s;
+            }
+        }
+        panic!("nats-server would not start (tried five pairs of ports)");
     }
 
     pub fn address(&self) -> String {
@@ -94,6 +162,7 @@ impl NatsServer {
         assert!(self.child.is_none(), "already running");
         let mut child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -101,7 +170,9 @@ impl NatsServer {
             .spawn()
             .expect("nats-server must be installed (apt-get install nats-server)");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || TcpStream::connect(("127.0.0.1", self.monitor)).is_err()
+        {
             if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -111,6 +182,32 @@ impl NatsServer {
         }
         self.child = Some(child);
         true
+    }
+
+    /// A page of the monitoring endpoint (e.g. `/connz?state=closed`) as JSON; `null` if
+    /// the server does not answer.
+    pub fn monitor(&self, path: &str) -> serde_json::Value {
+        let page = http_get(self.monitor, path);
+        let body = page.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The broker's view of the client connection named `steward <node>`, if it is open.
+    pub fn connection_of(&self, node: &str) -> Option<serde_json::Value> {
+        let name = format!("steward {node}");
+        self.monitor("/connz?limit=1000")["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .cloned()
+    }
+
+    /// How many client connections the broker has closed (refused ones included: a failed
+    /// TLS handshake, wrong credentials).
+    pub fn closed_connections(&self) -> u64 {
+        self.monitor("/connz?state=closed&limit=1")["total"]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
@@ -131,26 +228,21 @@ fn nats_server_binary() -> String {
     })
 }
 
-/// A cluster of nats-servers joined by routes on loopback, each with a monitoring port.
+/// A cluster of nats-servers joined by routes on loopback.
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
-    monitors: Vec<u16>,
 }
 
 impl NatsCluster {
     pub fn start(n: usize) -> NatsCluster {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let route_urls: Vec<String> = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
         let servers = (0..n)
             .map(|i| {
-                let (cluster, monitor) = (
-                    format!("nats://127.0.0.1:{}", routes[i]),
-                    monitors[i].to_string(),
-                );
+                let cluster = format!("nats://127.0.0.1:{}", routes[i]);
                 let others: Vec<&str> = route_urls
                     .iter()
                     .enumerate()
@@ -165,18 +257,17 @@ impl NatsCluster {
                     &cluster,
                     "--routes",
                     &others,
-                    "-m",
-                    &monitor,
                 ])
             })
             .collect();
-        let cluster = NatsCluster { servers, monitors };
+        let cluster = NatsCluster { servers };
         // Routes take a moment to form; wait until every server sees the others.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(0..n).all(|i| cluster.monitor(i, "/routez").matches("\"rid\"").count() >= n - 1) {
-            assert!(Instant::now() < deadline, "cluster routes did not form");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("cluster routes formed", || {
+            cluster
+                .servers
+                .iter()
+                .all(|s| s.monitor("/routez")["num_routes"].as_u64().unwrap_or(0) >= n as u64 - 1)
+        });
         cluster
     }
 
@@ -189,21 +280,9 @@ impl NatsCluster {
             .join(",")
     }
 
-    fn monitor(&self, i: usize, path: &str) -> String {
-        use std::io::{Read, Write};
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitors[i])) else {
-            return String::new();
-        };
-        let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body
-    }
-
     /// Which server a node is connected to (by its client name), if any.
     pub fn server_of(&self, node: &str) -> Option<usize> {
-        let name = format!("\"name\": \"steward {node}\"");
-        (0..self.servers.len()).find(|&i| self.monitor(i, "/connz?limit=1000").contains(&name))
+        (0..self.servers.len()).find(|&i| self.servers[i].connection_of(node).is_some())
     }
 }
 
