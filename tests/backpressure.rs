@@ -112,7 +112,6 @@ fn a_flood_while_the_handlers_are_busy_queues_a_bounded_amount() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=1"]);
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
     // The one handler is kept busy for a while.
     central.append_inmsg(
         "[{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",\"touch busy; sleep 12; echo slept\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":60}]\n",

@@ -127,7 +127,6 @@ fn a_sender_flooding_textlogging_is_held_to_its_hourly_budget() {
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &["--maxLogBytesPerHour=2000"]);
     central.trust("ship1");
-    central.wait_listening();
     let (count, line_len) = (50, 100);
     let flood: String = (0..count)
         .map(|i| {

@@ -120,7 +120,6 @@ fn nack_messages_are_published_once_and_not_acked() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["sh","-c","echo x >> nack.txt"],"commandOrEvent":"CommandNACK","method":"CLICommand"},
             {"toNode":"ship1","data":["an event"],"commandOrEvent":"EventNACK","method":"TextLogging"}]"#,

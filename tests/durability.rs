@@ -117,7 +117,7 @@ fn the_broker_stopped_and_restarted_loses_nothing() {
 fn a_node_started_before_its_broker_sends_when_the_broker_comes() {
     let mut nats = NatsServer::start();
     nats.stop();
-    let central = Node::start(
+    let central = Node::start_unconnected(
         "central",
         &nats.address(),
         &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"],
@@ -538,9 +538,20 @@ fn a_send_on_a_stalled_link_gives_up_within_the_flush_timeout() {
     );
     central.append_inmsg(&command("ship1", &["echo", "before the stall"]));
     central.wait_for("replies/ship1.CLICommand.log", "before the stall");
+    let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
+    let before = central.metric(retried);
     proxy.stall(true);
     central.append_inmsg(&command("ship1", &["echo", "during the stall"]));
-    central.wait_for_log("cannot publish: flush: no PONG from the server within 5s");
+    // The attempt failed (and the next began) within the bound...
+    central.wait_metric("retried", |c| c.metric(retried), |v| v > before);
+    // ...because the flush gave up, not the wait for an answer.
+    assert!(
+        central
+            .log()
+            .contains("cannot publish: flush: no PONG from the server within 5s"),
+        "{}",
+        central.log()
+    );
     proxy.stall(false);
     central.wait_for("replies/ship1.CLICommand.log", "during the stall");
 }

@@ -340,29 +340,30 @@ pub struct Node {
     child: Option<Child>,
     pub prom_port: u16,
     ready: Ready,
-    /// Where the log of the current run starts (the log is appended across restarts).
-    log_mark: usize,
 }
 
 /// How a test knows a node has started.
 #[derive(Clone, Copy, PartialEq)]
 enum Ready {
-    /// Its metrics endpoint answers.
-    Metrics,
-    /// Its control socket (`steward.sock`) exists.
-    ControlSocket,
+    /// Connected, and every method's subscriber subscribed (its process table says so):
+    /// what is sent to it now reaches it.
+    Listening,
+    /// Running: its metrics endpoint answers. For a node that cannot reach its broker (not
+    /// up yet, or turning it away).
+    Running,
 }
 
 impl Node {
     /// Starts node `name` against `broker` with quick test defaults; `extra` flags override.
+    /// Returns once the node is connected and listening (see [`Node::wait_listening`]).
     pub fn start(name: &str, broker: &str, extra: &[&str]) -> Node {
         Node::start_under(&[], name, broker, extra)
     }
 
-    /// As [`Node::start`], for a node whose metrics port may not answer (it is taken, or
-    /// off): ready once its control socket exists.
-    pub fn start_without_metrics(name: &str, broker: &str, extra: &[&str]) -> Node {
-        Node::prepare_ready_by(&[], name, broker, extra, Ready::ControlSocket).started()
+    /// As [`Node::start`], for a node that cannot connect to `broker` (it is not up yet, or
+    /// turns the node away): returns once the node runs (its metrics answer).
+    pub fn start_unconnected(name: &str, broker: &str, extra: &[&str]) -> Node {
+        Node::prepare_ready_by(&[], name, broker, extra, Ready::Running).started()
     }
 
     /// As [`Node::start`], run under `wrapper` (e.g. `["env", "LD_PRELOAD=…", …]`).
@@ -379,7 +380,7 @@ impl Node {
     /// A node with its data folder and keys in place, not started yet (start it with
     /// [`Node::restart`]): for a test that puts something under its data folder first.
     pub fn prepare(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
-        Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Metrics)
+        Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Listening)
     }
 
     fn prepare_ready_by(
@@ -421,7 +422,6 @@ impl Node {
             child: None,
             prom_port,
             ready,
-            log_mark: 0,
         }
     }
 
@@ -448,10 +448,10 @@ impl Node {
         self.dir.path().join(rel)
     }
 
-    /// Starts the node again (after `kill9` or `terminate`), same folder and flags.
+    /// Starts the node again (after `kill9` or `terminate`), same folder and flags; returns
+    /// when it is ready as it was the first time (listening, or running).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        self.log_mark = self.log().len();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -470,15 +470,12 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + WAIT;
+        // (A socket the last run left does not answer: the table is this run's.)
         let ready = |node: &Node| match node.ready {
-            Ready::Metrics => TcpStream::connect(("127.0.0.1", node.prom_port)).is_ok(),
-            Ready::ControlSocket => node.path("steward.sock").exists(),
+            Ready::Listening => listening(&node.status()),
+            Ready::Running => TcpStream::connect(("127.0.0.1", node.prom_port)).is_ok(),
         };
-        if self.ready == Ready::ControlSocket {
-            // A socket left by the last run is not this run's.
-            let _ = fs::remove_file(self.path("steward.sock"));
-        }
         while !ready(self) {
             assert!(
                 self.is_running(),
@@ -573,28 +570,60 @@ impl Node {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Waits until every method's subscription is up (for NACK messages, which are
-    /// published once: sent before the receiver listens, they are gone by design).
-    pub fn wait_listening(&self) {
-        let deadline = Instant::now() + WAIT;
-        for method in ["CLICommand", "TextLogging", "Hello", "ErrorLog"] {
-            let listens = |log: &str| {
-                log.lines().any(|l| {
-                    l.contains(&format!("listening on {}.", self.name))
-                        && l.ends_with(&format!(".{method}"))
-                })
-            };
-            // This run's lines only: a restarted node listens anew.
-            while !listens(self.log().get(self.log_mark..).unwrap_or_default()) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never listened:\n{}",
-                    self.name,
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    /// The process table, as `steward status` prints it: through the control socket, with
+    /// the same request. "" while the socket does not answer.
+    pub fn status(&self) -> String {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let Ok(mut s) = UnixStream::connect(self.path("steward.sock")) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"STATUS\n").is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
+            return String::new();
         }
+        let mut table = String::new();
+        let _ = s.read_to_string(&mut table);
+        table
+    }
+
+    /// Waits until the process table satisfies `ok`, and returns it.
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let table = self.status();
+            if ok(&table) {
+                return table;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the process table never {what}:\n{table}\n--- log of {} ---\n{}",
+                self.name,
+                self.name,
+                tail(&self.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until every method's subscriber is subscribed (its row in the process table
+    /// says "listening on"), as [`Node::start`] does: for a node started unconnected.
+    /// (What is sent before the receiver listens is lost: a NACK kind for good, an ACK
+    /// kind until its sender's next attempt.)
+    pub fn wait_listening(&self) {
+        self.wait_status("showed every subscriber listening", listening);
+    }
+
+    /// Waits until none of the node's handlers is busy (the process table's "handlers
+    /// busy: 0"): every message its subscribers had taken by now has been handled to the
+    /// end, its effects written and its answer sent.
+    pub fn wait_idle(&self) {
+        self.wait_status("showed every handler idle", |table| {
+            table
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with("handlers busy: 0"))
+        });
     }
 
     /// Appends to inmsg.txt exactly as `cat myfile.json >> inmsg.txt` does.
@@ -646,34 +675,22 @@ impl Node {
         })
     }
 
-    /// Waits until the node's log has said `needle` `n` times.
-    pub fn wait_count_log(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().matches(needle).count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{} never logged {n} × {needle:?}:\n{}",
-                self.name,
-                tail(&self.log(), 60)
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+    /// The node's `/metrics` page, over real HTTP.
+    pub fn metrics(&self) -> String {
+        let page = http_get(self.prom_port, "/metrics");
+        assert!(
+            page.starts_with("HTTP/1.1 200"),
+            "{}: /metrics did not answer: {page:?}",
+            self.name
+        );
+        page
     }
 
-    /// Waits until the node's log says `needle`.
-    pub fn wait_for_log(&self, needle: &str) {
-        self.wait_count_log(needle, 1)
-    }
-
-    /// One metric's value from /metrics over real HTTP (0 if absent).
+    /// One metric's value from /metrics over real HTTP (0 if absent): its name and labels
+    /// exactly as the page has them, e.g. `steward_messages_acked_total{method="CLICommand"}`.
     pub fn metric(&self, name_and_labels: &str) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(("127.0.0.1", self.prom_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body.lines()
+        self.metrics()
+            .lines()
             .find_map(|l| {
                 l.strip_prefix(name_and_labels)?
                     .strip_prefix(' ')?
@@ -683,6 +700,80 @@ impl Node {
             })
             .unwrap_or(0.0)
     }
+
+    /// The sum of metric `name` over every series whose labels include all of `labels`
+    /// (each as the page has it, e.g. `outcome="refused"`).
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                series.split('{').next() == Some(name) && labels.iter().all(|x| series.contains(x))
+            })
+            .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `value()` (read from this node's metrics) satisfies `ok`; returns it.
+    pub fn wait_metric(
+        &self,
+        what: &str,
+        value: impl Fn(&Node) -> f64,
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = value(self);
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: never {what} (at {v})\n--- log of {} ---\n{}",
+                self.name,
+                self.name,
+                tail(&self.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Messages for `method` this node has refused (`steward_messages_received_total`).
+    pub fn refused(&self, method: &str) -> f64 {
+        self.metric(&format!(
+            "steward_messages_received_total{{method=\"{method}\",outcome=\"refused\"}}"
+        ))
+    }
+
+    /// Waits until this node has refused `n` messages for `method` in all and is done
+    /// handling them (refusals logged, reported, and answered where they are answered).
+    pub fn wait_refused(&self, method: &str, n: usize) {
+        self.wait_metric(
+            &format!("refused {n} {method} message(s)"),
+            |node| node.refused(method),
+            |v| v >= n as f64,
+        );
+        self.wait_idle();
+    }
+}
+
+/// Whether a process table shows every method's subscriber listening.
+fn listening(table: &str) -> bool {
+    let subscribers: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("subscriber "))
+        .collect();
+    [
+        "CLICommand",
+        "TextLogging",
+        "Hello",
+        "ErrorLog",
+        "TrustedKeys",
+    ]
+    .iter()
+    .all(|m| subscribers.iter().any(|l| l.contains(&format!(" {m} "))))
+        && subscribers.iter().all(|l| l.contains("listening on "))
 }
 
 impl Drop for Node {
