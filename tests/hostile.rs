@@ -428,7 +428,9 @@ fn sigio_does_not_stop_a_node() {
     let mut ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
     ship1.signal(libc::SIGIO);
-    std::thread::sleep(Duration::from_millis(500));
+    // It answers after the signal: it ran on, and had the signal been its end, it would
+    // have met it first.
+    ship1.wait_status("answered after the signal", |t| t.starts_with("node ship1"));
     assert!(ship1.is_running(), "SIGIO stopped ship1:\n{}", ship1.log());
     central.append_inmsg(&command("ship1", &["echo", "still here"]));
     central.wait_for("replies/ship1.CLICommand.log", "still here");

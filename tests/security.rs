@@ -306,7 +306,13 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
         &strs(&login("central", "pw-central")),
     );
     // ship2's credentials, used by an eavesdropper on ship1's commands and central's replies.
+    // (What the broker refuses it comes back as an error.)
+    let (refusals_tx, refusals) = std::sync::mpsc::channel();
+    let refusals_tx = std::sync::Mutex::new(refusals_tx);
     let spy = nats::Options::with_user_pass("ship2", "pw-ship2")
+        .error_callback(move |e| {
+            let _ = refusals_tx.lock().unwrap().send(e.to_string());
+        })
         .connect(nats.address())
         .unwrap();
     let commands = spy.subscribe("ship1.>").unwrap();
@@ -322,11 +328,13 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
     central.append_inmsg(&command("ship1", &["echo", "for ship1 only"]));
     central.wait_for("replies/ship1.CLICommand.log", "for ship1 only");
     central.wait_for("hello-nodes.json", "ship2");
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
-        own_commands.try_next().is_some(),
+        own_commands.next_timeout(common::WAIT).is_ok(),
         "ship1's own user should see its commands"
     );
+    // The command and its reply passed the broker before central stored the reply: had
+    // the eavesdropper been let see them, they would have come before this PONG.
+    spy.flush().unwrap();
     assert!(
         commands.try_next().is_none(),
         "ship2's user read a command for ship1"
@@ -335,10 +343,15 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
         replies.try_next().is_none(),
         "ship2's user read a reply meant for central"
     );
-    // And ship2's user may not send ship1 commands either.
+    // And ship2's user may not send ship1 commands either: the broker refuses it.
     spy.publish("ship1.CommandACK.CLICommand", b"{}").unwrap();
     spy.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // (Its subscriptions were refused before it, and the broker said so too.)
+    while !refusals
+        .recv_timeout(common::WAIT)
+        .expect("the broker did not refuse ship2's user the publish")
+        .contains("Permissions Violation for Publish")
+    {}
     assert_eq!(
         ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"refused\"}"),
         0.0

@@ -90,8 +90,7 @@ fn a_command_forged_as_central_is_refused_unanswered_and_reported_to_central() {
         captured.headers.as_ref(),
         altered.to_string().as_bytes(),
     );
-
-    std::thread::sleep(Duration::from_millis(500));
+    ship1.wait_refused("CLICommand", 3);
     assert!(
         !target.path().join("forged").exists(),
         "a forged command ran"

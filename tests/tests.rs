@@ -3,6 +3,12 @@
 //! starts its own nats-server on a free port and its own nodes in temporary folders, so
 //! they do not meet; the few that mount filesystems take [`common::serial`] first.
 //!
+//! No test waits on a node's log or sleeps a fixed time for something to happen. A node is
+//! ready when its process table (`steward status`) shows every subscriber listening; what
+//! happened is read from its metrics, its files, its control socket or the broker's
+//! monitoring endpoint. A test that shows something does *not* happen first proves the
+//! window for it over ([`common::settle`], [`common::Node::wait_refused`]).
+//!
 //! `cargo test --test tests delivery::` runs one file's tests; `cargo test <name>` one test.
 
 mod common;

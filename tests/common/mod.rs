@@ -626,6 +626,35 @@ impl Node {
         });
     }
 
+    /// Sends messages (inmsg.txt's JSON) through the control socket and waits until each
+    /// has finished, as `steward send` does; returns each one's id and outcome ("acked",
+    /// "published", "refused", "failed").
+    pub fn send_and_wait(&self, messages: &str) -> Vec<(String, String)> {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        self.wait_status("answered", |table| table.starts_with("node "));
+        let mut s = UnixStream::connect(self.path("steward.sock")).unwrap();
+        s.set_read_timeout(Some(2 * WAIT)).unwrap();
+        s.write_all(format!("WAIT\n{messages}").as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let ended: Vec<(String, String)> = answer
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let outcome = v["progress"]["finished"]["outcome"].as_str()?.to_string();
+                Some((v["id"].as_str()?.to_string(), outcome))
+            })
+            .collect();
+        assert!(
+            !ended.is_empty(),
+            "{}: nothing finished:\n{answer}",
+            self.name
+        );
+        ended
+    }
+
     /// Appends to inmsg.txt exactly as `cat myfile.json >> inmsg.txt` does.
     pub fn append_inmsg(&self, text: &str) {
         use std::io::Write;
@@ -756,6 +785,20 @@ impl Node {
         );
         self.wait_idle();
     }
+
+    /// Waits until the inbox is done with everything appended so far: inmsg.txt empty or
+    /// gone, and no taken file (`inmsg.taking-*`) left, so all of it was journaled or
+    /// rejected.
+    pub fn wait_taken(&self) {
+        self.wait_until("", "had every append taken", |_| {
+            let taking = fs::read_dir(self.data())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("inmsg.taking-"));
+            self.read("inmsg.txt").is_empty() && !taking
+        });
+    }
 }
 
 /// Whether a process table shows every method's subscriber listening.
@@ -774,6 +817,34 @@ fn listening(table: &str) -> bool {
     .iter()
     .all(|m| subscribers.iter().any(|l| l.contains(&format!(" {m} "))))
         && subscribers.iter().all(|l| l.contains("listening on "))
+}
+
+/// What [`settle`] sends: a TextLogging line it leaves in the receiver's log.
+pub const SETTLED: &str = "settled";
+
+/// Proves that nothing `from` sent `to` for `method` (CLICommand or TextLogging) is still
+/// on its way or being handled, so that what has not happened by now (a second run, a
+/// line logged twice) will not: one more message on the same subject, which the sender's
+/// publisher sends only after every earlier one has finished, and which reaches the
+/// receiver's subscriber after every earlier attempt, comes back acked; then the
+/// receiver's handlers are seen idle, so whatever it took before that has been handled
+/// to the end. The message runs `true` (CLICommand) or logs [`SETTLED`] (TextLogging).
+/// Returns its id.
+pub fn settle(from: &Node, to: &Node, method: &str) -> String {
+    let message = match method {
+        "CLICommand" => command(&to.name, &["true"]),
+        "TextLogging" => text_log(&to.name, &format!("{SETTLED}\n")),
+        _ => panic!("settle: no last message for {method}"),
+    };
+    let ended = from.send_and_wait(&message);
+    let (id, outcome) = &ended[0];
+    assert_eq!(
+        outcome, "acked",
+        "{}: the last {method} to {}",
+        from.name, to.name
+    );
+    to.wait_idle();
+    id.clone()
 }
 
 impl Drop for Node {
