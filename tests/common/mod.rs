@@ -29,8 +29,8 @@ pub fn free_port() -> u16 {
     static NEXT: Mutex<u16> = Mutex::new(0);
     let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
     if *next == 0 {
-        let span = (PORTS.end - PORTS.start) as u32;
-        *next = PORTS.start + (std::process::id() * 7919 % span) as u16;
+        let span = u64::from(PORTS.end - PORTS.start);
+        *next = PORTS.start + (u64::from(std::process::id()) * 7919 % span) as u16;
     }
     loop {
         let port = *next;
