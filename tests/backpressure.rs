@@ -1,8 +1,8 @@
 //! A flood of input is taken at disk speed, with memory that does not follow the backlog.
 
-mod common;
+use crate::common;
 use common::{NatsServer, Node};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn events(to: &str, range: std::ops::Range<usize>) -> String {
     let mut s = String::new();
@@ -21,6 +21,20 @@ fn events(to: &str, range: std::ops::Range<usize>) -> String {
     s
 }
 
+/// Waits until the intake has handed back the memory its batches used, with `journaled`
+/// messages in the journal. The inbox hands memory back when it has finished with a big
+/// append, in the same turn that removes the taken file and before it waits for more input;
+/// so once the file is gone, one more message taken in a later turn proves that turn over.
+fn intake_settled(node: &Node, journaled: usize) {
+    node.wait_taken();
+    node.append_inmsg(&events("ship1", journaled..journaled + 1));
+    node.wait_metric(
+        &format!("journaled {} messages", journaled + 1),
+        |n| n.metric("steward_journal_pending_messages"),
+        |v| v >= (journaled + 1) as f64,
+    );
+}
+
 #[test]
 fn a_flood_of_100k_messages_is_journaled_with_bounded_memory() {
     let nats = NatsServer::start();
@@ -33,8 +47,7 @@ fn a_flood_of_100k_messages_is_journaled_with_bounded_memory() {
         assert!(t.elapsed().as_secs() < 60, "10k not journaled in a minute");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // Settled: the intake's buffers handed back.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    intake_settled(&central, 10_000);
     let rss_10k = central.rss_kib();
     let t = Instant::now();
     central.append_inmsg(&events("ship1", 10_000..100_000));
@@ -46,7 +59,7 @@ fn a_flood_of_100k_messages_is_journaled_with_bounded_memory() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let took = t.elapsed();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    intake_settled(&central, 100_001);
     let rss_100k = central.rss_kib();
     let written = central.metric("steward_journal_written_bytes_total");
     eprintln!(
@@ -98,7 +111,8 @@ fn appends_larger_than_a_batch_are_taken_whole() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The inbox is done with both appends: nothing more will be journaled.
+    central.wait_taken();
     assert_eq!(central.metric(pending), 40_000.0);
     assert_eq!(central.read("inmsg.rejected.txt"), "");
 }
@@ -112,10 +126,9 @@ fn a_flood_while_the_handlers_are_busy_queues_a_bounded_amount() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=1"]);
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
-    // The one handler is kept busy for a while.
+    // The one handler is kept busy until the test is done measuring.
     central.append_inmsg(
-        "[{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",\"touch busy; sleep 12; echo slept\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":60}]\n",
+        "[{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",\"touch busy; until [ -e done ]; do sleep 0.05; done; echo slept\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":60}]\n",
     );
     ship1.wait_until("busy", "existed", |_| ship1.path("busy").exists());
     let before = ship1.rss_kib();
@@ -136,7 +149,15 @@ fn a_flood_while_the_handlers_are_busy_queues_a_bounded_amount() {
             .unwrap();
     }
     flood.flush().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // The broker has handed ship1 the whole flood: its client has read it all (kept or
+    // dropped), bar what the socket's buffers hold.
+    let flood_bytes = 600 * payload.len() as u64;
+    common::wait_until("the broker delivered the flood to ship1", || {
+        nats.connection_of("ship1").is_some_and(|c| {
+            c["out_bytes"].as_u64().unwrap_or(0) >= flood_bytes
+                && c["pending_bytes"].as_u64() == Some(0)
+        })
+    });
     let grown = ship1.rss_kib().saturating_sub(before);
     eprintln!("[subscription_bound] rss grew by {grown} KiB during the flood");
     assert!(
@@ -144,6 +165,7 @@ fn a_flood_while_the_handlers_are_busy_queues_a_bounded_amount() {
         "a 150 MiB flood grew ship1 by {grown} KiB: it queued without a bound"
     );
     // The flood is behind it: the busy command ends and is answered, the drops counted.
+    std::fs::write(ship1.path("done"), "").unwrap();
     central.wait_for("replies/ship1.CLICommand.log", "slept");
     central.append_inmsg(&common::command("ship1", &["echo", "after the flood"]));
     central.wait_for("replies/ship1.CLICommand.log", "after the flood");

@@ -1,7 +1,7 @@
 //! Bad input gets a clear error naming what is wrong, and nothing is lost: the rest of the
 //! batch still goes, the bad part is kept where an operator can find it, no process dies.
 
-mod common;
+use crate::common;
 use common::{command, report, NatsServer, Node};
 use std::time::Duration;
 
@@ -62,6 +62,13 @@ fn an_array_still_being_written_waits_until_it_is_complete() {
         .unwrap();
     f.write_all(first.as_bytes()).unwrap();
     f.flush().unwrap();
+    // The inbox has taken the file (renamed it) while the writer still holds it open...
+    central.wait_until("", "took inmsg.txt", |_| {
+        !central.path("inmsg.txt").exists()
+    });
+    // ...and the writer is slow: it pauses longer than the inbox waits for a file that stops
+    // changing when it cannot ask the kernel whether a writer holds it (2 s). The pause is
+    // the behaviour under test (a slow writer), not a wait for the agent.
     std::thread::sleep(Duration::from_millis(3000));
     assert!(
         central.read("inmsg.rejected.txt").is_empty(),
@@ -127,7 +134,6 @@ fn a_sender_flooding_textlogging_is_held_to_its_hourly_budget() {
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &["--maxLogBytesPerHour=2000"]);
     central.trust("ship1");
-    central.wait_listening();
     let (count, line_len) = (50, 100);
     let flood: String = (0..count)
         .map(|i| {
@@ -148,7 +154,14 @@ fn a_sender_flooding_textlogging_is_held_to_its_hourly_budget() {
     assert!(logged.len() <= 2000, "{} bytes logged", logged.len());
     assert_eq!(logged.lines().count(), kept);
     central.wait_for("errors.log", "over its budget");
-    std::thread::sleep(Duration::from_secs(1)); // time for a second report, were there one
+    // Every refusal was made (ship1 holds every refused message back) and every report of
+    // one went out with it; once central's journal is empty, every report it raised has
+    // reached its errors.log.
+    central.wait_metric(
+        "delivered every error report",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v == 0.0,
+    );
     assert_eq!(
         central
             .read("errors.log")

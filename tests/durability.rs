@@ -1,7 +1,7 @@
 //! Nothing lost: the sender killed and restarted, the broker stopped and restarted, a
 //! graceful stop with work pending. Every test counts what was sent, delivered, duplicated.
 
-mod common;
+use crate::common;
 use common::{command, report, NatsServer, Node};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,7 +71,7 @@ fn a_sender_killed_mid_flight_resumes_and_loses_nothing() {
         .count();
     central.restart();
     let replies = wait_every_reply(&central, 0..n);
-    std::thread::sleep(Duration::from_millis(500));
+    common::settle(&central, &ship1, "CLICommand");
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
     report("sender_kill9", n, ran.len(), duplicates);
@@ -100,9 +100,19 @@ fn the_broker_stopped_and_restarted_loses_nothing() {
     nats.stop();
     // Taken and journaled while the broker is away.
     central.append_inmsg(&numbered_commands("ship1", 10..30));
-    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
-    // The broker stays dead for 10 s.
-    std::thread::sleep(Duration::from_secs(10));
+    central.wait_metric(
+        "journaled the 20",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v == 20.0,
+    );
+    // Both nodes know their broker is gone before it comes back.
+    for node in [&central, &ship1] {
+        node.wait_metric(
+            "saw the broker go",
+            |n| n.metric("steward_broker_connected"),
+            |v| v == 0.0,
+        );
+    }
     nats.restart();
     wait_every_reply(&central, 0..30);
     let ran = runs(&ship1);
@@ -117,14 +127,17 @@ fn the_broker_stopped_and_restarted_loses_nothing() {
 fn a_node_started_before_its_broker_sends_when_the_broker_comes() {
     let mut nats = NatsServer::start();
     nats.stop();
-    let central = Node::start(
+    let central = Node::start_unconnected(
         "central",
         &nats.address(),
         &["--defaultMessageTimeout=2", "--defaultMessageRetries=20"],
     );
     central.append_inmsg(&command("ship1", &["echo", "waited for the broker"]));
-    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
-    std::thread::sleep(Duration::from_secs(1));
+    central.wait_metric(
+        "journaled the command",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v == 1.0,
+    );
     nats.restart();
     let _ship1 = Node::start("ship1", &nats.address(), &[]);
     central.wait_for("replies/ship1.CLICommand.log", "waited for the broker");
@@ -180,7 +193,7 @@ fn a_receiver_killed_mid_command_does_not_run_it_twice() {
         "interrupted by a restart of ship1",
     );
     assert!(reply.contains("status=Error"), "{reply}");
-    std::thread::sleep(Duration::from_millis(500));
+    common::settle(&central, &ship1, "CLICommand");
     let runs = ship1.read("ran.txt").lines().count();
     report("receiver_kill9_mid_command", 1, 1, runs - 1);
     assert_eq!(runs, 1, "the command ran again after the restart");
@@ -262,8 +275,15 @@ fn a_faulty_link_that_drops_stalls_and_cuts_mid_frame_loses_nothing() {
     replies(30);
     proxy.cut();
     replies(80);
+    // A stall long enough that an attempt times out in it (no ACK in 2 s, or no PONG in 5).
+    let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
+    let before = central.metric(retried);
     proxy.stall(true);
-    std::thread::sleep(Duration::from_secs(3));
+    central.wait_metric(
+        "retried in the stall",
+        |c| c.metric(retried),
+        |v| v > before,
+    );
     proxy.stall(false);
     replies(140);
     proxy.cut_mid_frame();
@@ -291,11 +311,12 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
     central.kill9();
     let at_kill = ship1.read("textlog/central.log").lines().count();
     central.restart();
-    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
+    ship1.wait_until("textlog/central.log", "had every event", |t| {
         t.lines().count() >= n
     });
-    std::thread::sleep(Duration::from_millis(500));
-    let mut lines: Vec<&str> = log.lines().collect();
+    common::settle(&central, &ship1, "TextLogging");
+    let log = ship1.read("textlog/central.log");
+    let mut lines: Vec<&str> = log.lines().filter(|l| *l != common::SETTLED).collect();
     let delivered = lines.len();
     lines.sort();
     lines.dedup();
@@ -417,7 +438,7 @@ fn a_journal_torn_mid_batch_loses_nothing_and_runs_nothing_twice() {
         errors.contains("dropped 1 message(s) of a batch cut before its commit"),
         "{errors}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    common::settle(&central, &ship1, "CLICommand");
     let ran = runs(&ship1);
     let duplicates = duplicates(&ran);
     report("journal_torn_mid_batch", 4, ran.len(), duplicates);
@@ -471,9 +492,21 @@ fn a_ship_behind_a_leaf_node_whose_uplink_drops_loses_nothing() {
     central.wait_for("replies/ship1.CLICommand.log", "over the uplink");
     // The satellite link drops.
     uplink.down(true);
+    let retried = |method: &str| format!("steward_messages_retried_total{{method=\"{method}\"}}");
+    let commands_retried = central.metric(&retried("CLICommand"));
     central.append_inmsg(&numbered_commands("ship1", 0..10));
     ship1.append_inmsg(r#"[{"toNode":"central","data":["logged while at sea\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#);
-    std::thread::sleep(Duration::from_secs(4));
+    // Each side has tried, and heard nothing back in its 2 s.
+    central.wait_metric(
+        "retried a command",
+        |c| c.metric(&retried("CLICommand")),
+        |v| v > commands_retried,
+    );
+    ship1.wait_metric(
+        "retried the event",
+        |s| s.metric(&retried("TextLogging")),
+        |v| v >= 1.0,
+    );
     assert!(!central
         .read("textlog/ship1.log")
         .contains("logged while at sea"));
@@ -500,9 +533,17 @@ fn sigterm_during_a_broker_outage_stops_at_once_and_keeps_the_message() {
     central.wait_for("replies/ship1.CLICommand.log", "before the outage");
     nats.stop();
     central.append_inmsg(&command("ship1", &["echo", "during the outage"]));
-    central.wait_until("inmsg.txt", "emptied", |t| t.is_empty());
-    // Hello (every second) and the publisher have each tried to send by now.
-    std::thread::sleep(Duration::from_secs(2));
+    central.wait_metric(
+        "journaled the command",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v == 1.0,
+    );
+    // Hello (every second) has tried to send during the outage, and failed.
+    central.wait_status("showed a Hello not sent", |table| {
+        table
+            .lines()
+            .any(|l| l.starts_with("hello ") && l.contains("not sent"))
+    });
     let started = std::time::Instant::now();
     assert_eq!(central.terminate(), Some(0), "exit status after SIGTERM");
     // Nothing is in flight: well within the 5 s grace.
@@ -538,9 +579,20 @@ fn a_send_on_a_stalled_link_gives_up_within_the_flush_timeout() {
     );
     central.append_inmsg(&command("ship1", &["echo", "before the stall"]));
     central.wait_for("replies/ship1.CLICommand.log", "before the stall");
+    let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
+    let before = central.metric(retried);
     proxy.stall(true);
     central.append_inmsg(&command("ship1", &["echo", "during the stall"]));
-    central.wait_for_log("cannot publish: flush: no PONG from the server within 5s");
+    // The attempt failed (and the next began) within the bound...
+    central.wait_metric("retried", |c| c.metric(retried), |v| v > before);
+    // ...because the flush gave up, not the wait for an answer.
+    assert!(
+        central
+            .log()
+            .contains("cannot publish: flush: no PONG from the server within 5s"),
+        "{}",
+        central.log()
+    );
     proxy.stall(false);
     central.wait_for("replies/ship1.CLICommand.log", "during the stall");
 }

@@ -6,7 +6,7 @@
 //! messages captured and replayed (as they were, on other subjects, with other answer
 //! subjects), from a raw NATS client on an open broker.
 
-mod common;
+use crate::common;
 use common::raw::{envelope, signed_by, Raw};
 use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
@@ -42,19 +42,19 @@ fn data_for(method: &str, marker: &str, dir: &std::path::Path) -> Vec<String> {
     }
 }
 
-/// Waits until `node`'s count of refusals stops growing for a second; returns it.
-fn refusals_settled(node: &Node) -> usize {
-    let count = || node.log().matches("ship1 refused ").count();
-    let (mut last, mut since) = (count(), Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = count();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-    }
-    last
+/// Every message ship1 has refused, whatever the method.
+fn refusals(node: &Node) -> f64 {
+    node.metric_sum("steward_messages_received_total", &["outcome=\"refused\""])
+}
+
+/// The subjects `node` subscribes to, from its process table.
+fn listened(node: &Node) -> Vec<String> {
+    node.status()
+        .lines()
+        .filter(|l| l.starts_with("subscriber "))
+        .filter_map(|l| l.split_once("listening on "))
+        .flat_map(|(_, subjects)| subjects.split(", ").map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -62,8 +62,6 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
-    central.wait_listening();
     let raw = Raw::connect(&nats.address());
     let target = tempfile::tempdir().unwrap();
     let marker = format!("forged-{}", steward::keys::random_hex128());
@@ -77,17 +75,21 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     );
     central.wait_for("replies/ship1.CLICommand.log", "genuine");
     ship1.wait_for("textlog/ship2.log", "genuine event");
+    // Both passed the broker before their answers did: the spy has them by now. (And the
+    // genuine answers so far are not the attacker's doing: set them aside.)
+    raw.answers_where(|_| false);
     let mut captured = Vec::new();
-    while let Ok(m) = spy.next_timeout(Duration::from_millis(300)) {
+    while let Some(m) = spy.try_next() {
         if !m.subject.ends_with(".Hello") && !m.subject.ends_with(".ErrorLog") {
             captured.push(m);
         }
     }
     assert!(captured.len() >= 2, "captured {}", captured.len());
-    // The genuine answers so far are not the attacker's doing: set them aside.
-    raw.answers_where(|_| false, Duration::from_millis(300));
     let before = ship1.read("journal/received.log").len();
-    let refusals_before = ship1.log().matches("ship1 refused ").count();
+    let refusals_before = refusals(&ship1);
+    // What reaches ship1 at all: the subjects it listens on.
+    let listens = listened(&ship1);
+    let mut reaching = 0;
 
     let mut sent = 0;
     for kind in KINDS {
@@ -108,6 +110,7 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                         signer.map(|s| signed_by(s, &subject, Some(&reply), batch.as_bytes()));
                     raw.send(&subject, Some(&reply), headers.as_ref(), batch.as_bytes());
                     sent += 2;
+                    reaching += 2 * usize::from(listens.contains(&subject));
                 }
             }
         }
@@ -127,15 +130,22 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                 &m.data,
             );
             replayed += 2;
+            reaching += 2 * usize::from(listens.contains(&subject));
         }
     }
 
-    let refused = refusals_settled(&ship1) - refusals_before;
-    // Any answer at all now, on the attacker's inboxes or the captured messages' own.
-    let answers = raw.answers_where(
-        |s| s.contains(".hostile.") || captured.iter().any(|m| m.reply.as_deref() == Some(s)),
-        Duration::ZERO,
+    // Every one that reached ship1 refused, and handled to the end.
+    ship1.wait_metric(
+        "refused every forgery and replay it listens for",
+        refusals,
+        |v| v >= refusals_before + reaching as f64,
     );
+    ship1.wait_idle();
+    let refused = (refusals(&ship1) - refusals_before) as usize;
+    // Any answer at all now, on the attacker's inboxes or the captured messages' own.
+    let answers = raw.answers_where(|s| {
+        s.contains(".hostile.") || captured.iter().any(|m| m.reply.as_deref() == Some(s))
+    });
     eprintln!(
         "[hostile] forged={sent} replayed={replayed} refused_on_ship1={refused} answered={} ran={}",
         answers.len(),
@@ -161,9 +171,12 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     assert_eq!(ship1.metric("steward_broker_reconnects_total"), 0.0);
     central.append_inmsg(&command("ship1", &["echo", "still at your service"]));
     central.wait_for("replies/ship1.CLICommand.log", "still at your service");
-    // Each refusal that reached ship1 was counted there (some subjects it does not even
-    // listen to: a command method's event subjects).
-    assert!(refused > 0 && refused <= sent + replayed, "{refused}");
+    // Each that reached ship1 was refused once, and counted there (some subjects it does
+    // not even listen to: a command method's event subjects).
+    assert_eq!(
+        refused, reaching,
+        "of {sent} forged and {replayed} replayed"
+    );
 }
 
 #[test]
@@ -171,7 +184,6 @@ fn a_message_id_of_central_s_gets_no_one_else_its_reply() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
     let raw = Raw::connect(&nats.address());
     let spy = raw.spy("ship1.CommandACK.CLICommand");
     central.append_inmsg(&command("ship1", &["echo", "secret-output"]));
@@ -189,18 +201,17 @@ fn a_message_id_of_central_s_gets_no_one_else_its_reply() {
     );
 
     // A stranger asking with central's id, unsigned, as central or as itself: nothing.
+    let refused = ship1.refused("TextLogging") as usize;
     for from in ["central", "nobody"] {
         let event = envelope(&id, from, "ship1", "EventACK", "TextLogging", &["x\n"]);
         let reply = format!("_INBOX.{from}.steal");
-        let got = raw.ask(
-            "ship1.EventACK.TextLogging",
-            &reply,
-            None,
-            &event,
-            Duration::from_secs(1),
-        );
-        assert!(got.is_none(), "answered an unsigned request");
+        raw.send("ship1.EventACK.TextLogging", Some(&reply), None, &event);
     }
+    ship1.wait_refused("TextLogging", refused + 2);
+    assert!(
+        raw.answers_where(|s| s.ends_with(".steal")).is_empty(),
+        "answered an unsigned request"
+    );
     // A fleet member (ship2's key, stolen) asking with central's id gets its own event's
     // reply, never central's stored output.
     let event = envelope(&id, "ship2", "ship1", "EventACK", "TextLogging", &["x\n"]);
@@ -225,7 +236,6 @@ fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let _central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
     let raw = Raw::connect(&nats.address());
     let elsewhere = raw.spy("ship3.>");
     let target = tempfile::tempdir().unwrap();
@@ -263,6 +273,10 @@ fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
     let said = ask("ship1.CommandACK.TrustedKeys", "_INBOX.ship2.b", &keys).unwrap();
     assert!(said.contains("only the central node"), "{said}");
     // Posing as central with ship2's key: nothing.
+    let send = |subject: &str, reply: &str, payload: &[u8]| {
+        let h = signed_by("ship2", subject, Some(reply), payload);
+        raw.send(subject, Some(reply), Some(&h), payload);
+    };
     let cmd = envelope(
         "s-3",
         "central",
@@ -271,22 +285,26 @@ fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
         "CLICommand",
         &["sh", "-c", &run],
     );
-    assert_eq!(
-        ask("ship1.CommandACK.CLICommand", "_INBOX.central.c", &cmd),
-        None
-    );
-    ship1.wait_for_log("not trusted for central");
+    let refused = ship1.refused("CLICommand") as usize;
+    send("ship1.CommandACK.CLICommand", "_INBOX.central.c", &cmd);
+    ship1.wait_refused("CLICommand", refused + 1);
+    assert!(ship1.log().contains("not trusted for central"));
     // Answers only on ship2's own inbox: not central's, not another node's subject.
     let event = envelope("s-4", "ship2", "ship1", "EventACK", "TextLogging", &["x\n"]);
-    for reply in [
+    let refused = ship1.refused("TextLogging") as usize;
+    let wrong = [
         "_INBOX.central.d",
         "ship3.CommandACK.CLICommand",
         "_INBOX.ship2",
-    ] {
-        assert_eq!(ask("ship1.EventACK.TextLogging", reply, &event), None);
+    ];
+    for reply in wrong {
+        send("ship1.EventACK.TextLogging", reply, &event);
     }
-    ship1.wait_for_log("not to ship2's own inbox");
-    assert!(elsewhere.next_timeout(Duration::from_millis(300)).is_err());
+    ship1.wait_refused("TextLogging", refused + wrong.len());
+    assert!(ship1.log().contains("not to ship2's own inbox"));
+    let answered = raw.answers_where(|s| s == "_INBOX.central.c" || wrong.contains(&s));
+    assert!(answered.is_empty(), "answered on {}", answered[0].subject);
+    assert!(elsewhere.try_next().is_none());
     assert!(!target.path().join("ran").exists());
     assert!(!ship1.path("keys/distributed.json").exists());
 }
@@ -295,15 +313,10 @@ fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
 fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);
-    central.wait_listening();
     let raw = Raw::connect(&nats.address());
-    // Warm up, then measure.
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_before = central.rss_kib();
-    let n = 3000;
-    for i in 0..n {
-        let name = format!("stranger{i}");
+    let stranger = |i: usize| {
         for (kind, method) in [("EventACK", "TextLogging"), ("EventNACK", "Hello")] {
+            let name = format!("stranger{i}");
             let subject = format!("central.{kind}.{method}");
             let id = format!("strangerid-{i}");
             let payload = envelope(&id, &name, "central", kind, method, &["hi\n"]);
@@ -315,22 +328,22 @@ fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
                 &payload,
             );
         }
+    };
+    // Warm up (a first stranger refused, end to end), then measure.
+    stranger(0);
+    central.wait_metric("refused the first stranger", refusals, |v| v >= 2.0);
+    central.wait_idle();
+    let rss_before = central.rss_kib();
+    let n = 3000;
+    for i in 1..=n {
+        stranger(i);
     }
     // Each was refused, or dropped unread while the handlers were busy (counted).
-    let dropped = || {
-        ["TextLogging", "Hello"]
-            .iter()
-            .map(|m| {
-                central.metric(&format!(
-                    "steward_subscription_dropped_total{{method=\"{m}\"}}"
-                ))
-            })
-            .sum::<f64>() as usize
-    };
+    let dropped = || central.metric_sum("steward_subscription_dropped_total", &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while central.log().matches("from stranger").count() + dropped() < 2 * n {
+    while refusals(&central) + dropped() < 2.0 * (n + 1) as f64 {
         assert!(Instant::now() < deadline, "not all refused or dropped");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let rss_after = central.rss_kib();
     let grew = rss_after.saturating_sub(rss_before);
@@ -342,15 +355,7 @@ fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
     assert!(!central.read("journal/received.log").contains("strangerid-"));
     assert!(!central.path("textlog").exists());
     assert!(!central.read("hello-nodes.json").contains("stranger"));
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body
-    };
+    let metrics = central.metrics();
     assert!(!metrics.contains("stranger"), "a metric label per stranger");
 }
 
@@ -381,7 +386,6 @@ fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay(
         &["--clockCheck=off"],
     );
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
     let raw = Raw::connect(&nats.address());
     let spy = raw.spy("ship1.CommandACK.CLICommand");
     let run = format!("echo run >> {}", ship1.path("runs").display());
@@ -391,13 +395,18 @@ fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay(
     central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
     let replay = || raw.replay(&captured);
     replay();
-    ship1.wait_for_log("a replay");
+    ship1.wait_refused("CLICommand", 1);
+    assert!(ship1.log().contains("a replay"), "{}", ship1.log());
     // Across a restart too (what was taken is kept).
     ship1.terminate();
     ship1.restart();
-    ship1.wait_listening();
     replay();
-    ship1.wait_count_log("a replay", 2);
+    ship1.wait_refused("CLICommand", 1); // counted afresh since the restart
+    assert!(
+        ship1.log().matches("a replay").count() >= 2,
+        "{}",
+        ship1.log()
+    );
     central.append_inmsg(&command("ship1", &argv));
     central.wait_count("replies/ship1.CLICommand.log", "status=Ok", 2);
     // Its clock really was a month behind (its log's timestamps say so).
@@ -419,7 +428,9 @@ fn sigio_does_not_stop_a_node() {
     let mut ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
     ship1.signal(libc::SIGIO);
-    std::thread::sleep(Duration::from_millis(500));
+    // It answers after the signal: it ran on, and had the signal been its end, it would
+    // have met it first.
+    ship1.wait_status("answered after the signal", |t| t.starts_with("node ship1"));
     assert!(ship1.is_running(), "SIGIO stopped ship1:\n{}", ship1.log());
     central.append_inmsg(&command("ship1", &["echo", "still here"]));
     central.wait_for("replies/ship1.CLICommand.log", "still here");

@@ -3,7 +3,7 @@
 //! skipped) is shut down mid-stream without flushing its journal, so everything not yet
 //! synced is gone, then mounted again and the node restarted. Everything is counted.
 
-mod common;
+use crate::common;
 use common::{install_keys, text_log, Ext4, NatsServer, Node};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -112,6 +112,7 @@ fn message_log(text: &str) -> (BTreeMap<String, usize>, BTreeMap<String, String>
 
 #[test]
 fn power_cuts_on_the_sender_lose_nothing_and_store_nothing_twice() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let mut central = Node::prepare(
         &[],
@@ -160,12 +161,14 @@ fn power_cuts_on_the_sender_lose_nothing_and_store_nothing_twice() {
     wait("every event logged", Duration::from_secs(60), || {
         numbered(&ship1.read("textlog/central.log"), "event-").len() >= events
     });
-    // Anything sent twice would have arrived by now.
-    std::thread::sleep(Duration::from_secs(2));
+    // Anything sent twice has arrived by now, and been handled.
+    common::settle(&central, &ship1, "CLICommand");
+    let last_event = common::settle(&central, &ship1, "TextLogging");
     let runs = numbered(&std::fs::read_to_string(&marks).unwrap(), "run-");
     let stored = numbered(&central.read("replies/ship1.CLICommand.log"), "output-");
     let logged = numbered(&ship1.read("textlog/central.log"), "event-");
-    let event_replies = reply_ids(&central.read("replies/ship1.TextLogging.log"));
+    let mut event_replies = reply_ids(&central.read("replies/ship1.TextLogging.log"));
+    event_replies.remove(&last_event);
     let command_replies = reply_ids(&central.read("replies/ship1.CLICommand.log"));
     let (listed, data) = message_log(&central.read("message-log.txt"));
     let failed = central.read("failed-messages.txt");
@@ -238,6 +241,7 @@ fn power_cuts_on_the_sender_lose_nothing_and_store_nothing_twice() {
 
 #[test]
 fn power_cuts_on_the_receiver_run_nothing_twice_and_log_each_event_at_most_once() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
     let Some(disk) = Ext4::mount(ship1.data(), "256M") else {
@@ -285,7 +289,9 @@ fn power_cuts_on_the_receiver_run_nothing_twice_and_log_each_event_at_most_once(
             .count()
             >= events
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Anything sent twice has arrived by now, and been handled.
+    common::settle(&central, &ship1, "CLICommand");
+    common::settle(&central, &ship1, "TextLogging");
     let runs = numbered(&std::fs::read_to_string(&marks).unwrap(), "run-");
     let command_replies = central.read("replies/ship1.CLICommand.log");
     let event_replies = central.read("replies/ship1.TextLogging.log");

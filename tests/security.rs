@@ -2,7 +2,7 @@
 //! authentication by user and password, token and NKey, against real nats-servers; and the
 //! shipped confined configuration, under which a node cannot read another node's commands.
 
-mod common;
+use crate::common;
 use common::raw::{signed_by, Raw};
 use common::{command, NatsServer, Node};
 use std::path::Path;
@@ -49,9 +49,13 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// The node never gets connected (checked over a few seconds).
-fn stays_disconnected(node: &Node) {
-    std::thread::sleep(Duration::from_secs(3));
+/// The node does not get connected: the broker has closed two more connections since
+/// this was called (its tries, turned away), and it is still not connected.
+fn stays_disconnected(nats: &NatsServer, node: &Node) {
+    let closed = nats.closed_connections();
+    common::wait_until("two connections refused", || {
+        nats.closed_connections() >= closed + 2
+    });
     assert_eq!(
         node.metric("steward_broker_connected"),
         0.0,
@@ -72,16 +76,16 @@ fn over_tls_with_the_right_ca_commands_flow_and_without_it_nothing_connects() {
     central.wait_for("replies/ship1.CLICommand.log", "over tls");
     assert!(central.log().contains("TLS"), "{}", central.log());
     // Without the CA the node cannot trust the broker, and does not talk to it.
-    let plain = Node::start("ship2", &nats.address(), &[]);
-    stays_disconnected(&plain);
+    let plain = Node::start_unconnected("ship2", &nats.address(), &[]);
+    stays_disconnected(&nats, &plain);
 }
 
 #[test]
 fn a_broker_whose_certificate_names_another_host_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (nats, ca) = tls_server(dir.path(), &["broker.example.org"]);
-    let node = Node::start("ship1", &nats.address(), &[&format!("--tlsCA={ca}")]);
-    stays_disconnected(&node);
+    let node = Node::start_unconnected("ship1", &nats.address(), &[&format!("--tlsCA={ca}")]);
+    stays_disconnected(&nats, &node);
 }
 
 #[test]
@@ -106,10 +110,10 @@ fn user_and_password_from_a_file_and_never_in_the_log() {
         "the password was logged"
     );
     let bad_args = auth(&bad);
-    let intruder = Node::start("ship2", &nats.address(), &strs(&bad_args));
-    stays_disconnected(&intruder);
-    let none = Node::start("ship3", &nats.address(), &[]);
-    stays_disconnected(&none);
+    let intruder = Node::start_unconnected("ship2", &nats.address(), &strs(&bad_args));
+    stays_disconnected(&nats, &intruder);
+    let none = Node::start_unconnected("ship3", &nats.address(), &[]);
+    stays_disconnected(&nats, &none);
 }
 
 #[test]
@@ -130,7 +134,10 @@ fn a_token_from_a_file() {
     central.append_inmsg(&command("ship1", &["echo", "token ok"]));
     central.wait_for("replies/ship1.CLICommand.log", "token ok");
     let wrong = format!("--tokenFile={}", write(dir.path(), "wrong", "not-it"));
-    stays_disconnected(&Node::start("ship2", &nats.address(), &[&wrong]));
+    stays_disconnected(
+        &nats,
+        &Node::start_unconnected("ship2", &nats.address(), &[&wrong]),
+    );
 }
 
 #[test]
@@ -167,11 +174,10 @@ fn an_nkey_seed_file() {
         "the seed was logged"
     );
     let stranger = nkeys::KeyPair::new_user();
-    stays_disconnected(&Node::start(
-        "ship2",
-        &nats.address(),
-        &[&seed("stranger.nk", &stranger)],
-    ));
+    stays_disconnected(
+        &nats,
+        &Node::start_unconnected("ship2", &nats.address(), &[&seed("stranger.nk", &stranger)]),
+    );
 }
 
 /// URL-safe base64 without padding, as JWTs use.
@@ -263,11 +269,14 @@ fn a_credentials_file_under_an_operator() {
     central.wait_for("replies/ship1.CLICommand.log", "creds ok");
     // A user of an account this operator never signed does not get in.
     let stranger = nkeys::KeyPair::new_account();
-    stays_disconnected(&Node::start(
-        "ship2",
-        &nats.address(),
-        &[&file("stranger.creds", &stranger)],
-    ));
+    stays_disconnected(
+        &nats,
+        &Node::start_unconnected(
+            "ship2",
+            &nats.address(),
+            &[&file("stranger.creds", &stranger)],
+        ),
+    );
 }
 
 #[test]
@@ -297,7 +306,13 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
         &strs(&login("central", "pw-central")),
     );
     // ship2's credentials, used by an eavesdropper on ship1's commands and central's replies.
+    // (What the broker refuses it comes back as an error.)
+    let (refusals_tx, refusals) = std::sync::mpsc::channel();
+    let refusals_tx = std::sync::Mutex::new(refusals_tx);
     let spy = nats::Options::with_user_pass("ship2", "pw-ship2")
+        .error_callback(move |e| {
+            let _ = refusals_tx.lock().unwrap().send(e.to_string());
+        })
         .connect(nats.address())
         .unwrap();
     let commands = spy.subscribe("ship1.>").unwrap();
@@ -313,11 +328,13 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
     central.append_inmsg(&command("ship1", &["echo", "for ship1 only"]));
     central.wait_for("replies/ship1.CLICommand.log", "for ship1 only");
     central.wait_for("hello-nodes.json", "ship2");
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
-        own_commands.try_next().is_some(),
+        own_commands.next_timeout(common::WAIT).is_ok(),
         "ship1's own user should see its commands"
     );
+    // The command and its reply passed the broker before central stored the reply: had
+    // the eavesdropper been let see them, they would have come before this PONG.
+    spy.flush().unwrap();
     assert!(
         commands.try_next().is_none(),
         "ship2's user read a command for ship1"
@@ -326,10 +343,15 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
         replies.try_next().is_none(),
         "ship2's user read a reply meant for central"
     );
-    // And ship2's user may not send ship1 commands either.
+    // And ship2's user may not send ship1 commands either: the broker refuses it.
     spy.publish("ship1.CommandACK.CLICommand", b"{}").unwrap();
     spy.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // (Its subscriptions were refused before it, and the broker said so too.)
+    while !refusals
+        .recv_timeout(common::WAIT)
+        .expect("the broker did not refuse ship2's user the publish")
+        .contains("Permissions Violation for Publish")
+    {}
     assert_eq!(
         ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"refused\"}"),
         0.0
@@ -340,7 +362,6 @@ fn under_the_confined_config_a_node_cannot_read_another_nodes_commands() {
 fn hostile_wire_messages_are_refused_without_crashing_anything() {
     let nats = NatsServer::start();
     let mut ship1 = Node::start("ship1", &nats.address(), &[]);
-    ship1.wait_listening();
     let raw = Raw::connect(&nats.address());
     let envelope = |from: &str, data: &str| {
         format!(
@@ -366,11 +387,9 @@ fn hostile_wire_messages_are_refused_without_crashing_anything() {
         let h = signed_by("ship2", subject, Some("_INBOX.ship2.w"), payload);
         raw.send(subject, Some("_INBOX.ship2.w"), Some(&h), payload);
     }
-    ship1.wait_count_log("ship1 refused ship1.EventACK.TextLogging", hostile.len());
+    ship1.wait_refused("TextLogging", hostile.len());
     assert!(ship1.log().contains("does not match its subject"));
-    assert!(raw
-        .answers_seen("_INBOX.ship2.w", Duration::from_millis(300))
-        .is_empty());
+    assert!(raw.answers_seen("_INBOX.ship2.w").is_empty());
     assert!(ship1.is_running(), "ship1 died");
     assert!(
         !Path::new("/tmp/steward-escape.log").exists(),
@@ -446,7 +465,6 @@ fn hpub(subject: &str, headers: &[u8], payload: &[u8]) -> Vec<u8> {
 fn undecodable_messages_are_dropped_one_by_one_and_the_node_stays_connected() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
-    ship1.wait_listening();
     // What any client of the broker can make ship1 receive; the broker forwards subjects and
     // header blocks as published. The stock nats client failed the connection on each of
     // these; now each is dropped alone.

@@ -1,6 +1,6 @@
 //! Every JSON example of the seed README, pasted verbatim into inmsg.txt.
 
-mod common;
+use crate::common;
 use common::{NatsServer, Node};
 
 #[test]

@@ -6,7 +6,7 @@
 //! What it proves nothing with is answered with nothing; see `tests/hostile.rs` for every
 //! kind × method × sender it can try.
 
-mod common;
+use crate::common;
 use common::raw::{envelope, signed_by, Raw};
 use common::{command, key_of, NatsServer, Node};
 use std::path::Path;
@@ -35,32 +35,29 @@ fn touch(dir: &Path, file: &str) -> Vec<String> {
 fn listening_pair(nats: &NatsServer) -> (Node, Node, Raw) {
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    ship1.wait_listening();
-    central.wait_listening();
     (ship1, central, Raw::connect(&nats.address()))
 }
 
-/// Sends a forged request as `from` would (its reply on `from`'s own inbox) and asserts
-/// it is answered with nothing.
+/// Sends a forged request to `node` as `from` would (its reply on `from`'s own inbox) and
+/// asserts it is refused and answered with nothing.
 fn unanswered(
     raw: &Raw,
+    node: &Node,
     subject: &str,
     from: &str,
     headers: Option<&nats::HeaderMap>,
     payload: &[u8],
 ) {
+    let method = subject.rsplit('.').next().unwrap();
+    let refused = node.refused(method) as usize;
     let inbox = format!("_INBOX.{from}.forged.{}", steward::keys::random_hex128());
-    let answer = raw.ask(
-        subject,
-        &inbox,
-        headers,
-        payload,
-        Duration::from_millis(700),
-    );
+    raw.send(subject, Some(&inbox), headers, payload);
+    node.wait_refused(method, refused + 1);
+    let answers = raw.answers_seen(&inbox);
     assert!(
-        answer.is_none(),
+        answers.is_empty(),
         "a forged message was answered: {:?}",
-        answer.map(|m| String::from_utf8_lossy(&m.data).to_string())
+        String::from_utf8_lossy(&answers[0].data)
     );
 }
 
@@ -75,11 +72,11 @@ fn a_command_forged_as_central_is_refused_unanswered_and_reported_to_central() {
     let forged = |id: &str| envelope(id, "central", "ship1", "CommandACK", "CLICommand", &argv);
 
     // Not signed at all.
-    unanswered(&raw, subject, "central", None, &forged("forged-1"));
+    unanswered(&raw, &ship1, subject, "central", None, &forged("forged-1"));
     // Signed, with the intruder's own key.
     let payload = forged("forged-2");
     let h = signed_by("intruder", subject, None, &payload);
-    unanswered(&raw, subject, "central", Some(&h), &payload);
+    unanswered(&raw, &ship1, subject, "central", Some(&h), &payload);
     // A real message of central's, captured on the wire, altered to run something else.
     let spy = raw.spy("ship1.>");
     central.append_inmsg(&command("ship1", &["echo", "genuine"]));
@@ -93,8 +90,7 @@ fn a_command_forged_as_central_is_refused_unanswered_and_reported_to_central() {
         captured.headers.as_ref(),
         altered.to_string().as_bytes(),
     );
-
-    std::thread::sleep(Duration::from_millis(500));
+    ship1.wait_refused("CLICommand", 3);
     assert!(
         !target.path().join("forged").exists(),
         "a forged command ran"
@@ -110,11 +106,22 @@ fn a_command_forged_as_central_is_refused_unanswered_and_reported_to_central() {
     }
     // An event that claims to come from ship1 must be signed by ship1; and an event from a
     // name central trusts no key for is refused too: a provisioned fleet fails closed.
-    for (id, from) in [("forged-4", "ship1"), ("stranger-1", "stranger")] {
+    for (k, (id, from)) in [("forged-4", "ship1"), ("stranger-1", "stranger")]
+        .into_iter()
+        .enumerate()
+    {
         let event = envelope(id, from, "central", "EventACK", "TextLogging", &["lies"]);
-        unanswered(&raw, "central.EventACK.TextLogging", from, None, &event);
+        unanswered(
+            &raw,
+            &central,
+            "central.EventACK.TextLogging",
+            from,
+            None,
+            &event,
+        );
         let h = signed_by("intruder", "central.EventACK.TextLogging", None, &event);
         raw.send("central.EventACK.TextLogging", None, Some(&h), &event);
+        central.wait_refused("TextLogging", 2 * (k + 1));
     }
     central.wait_for("errors.log", "from stranger (id stranger-1)");
     assert!(
@@ -144,13 +151,28 @@ fn a_replayed_command_is_refused_at_once_and_later_and_never_runs_twice() {
     assert_eq!(ship1.read("runs").lines().count(), 1);
     let replay = || raw.replay(&captured);
 
+    // Each replay is refused; the log says why.
+    let refused = |n: usize, why: &str| {
+        ship1.wait_refused("CLICommand", n);
+        assert!(ship1.log().contains(why), "{why:?} not in the log");
+    };
     // Replayed at once: inside the window, but its counter was taken.
     replay();
-    ship1.wait_for_log("a replay: this counter was taken before");
-    // Replayed later: outside the window, refused.
-    std::thread::sleep(Duration::from_secs(4));
+    refused(1, "a replay: this counter was taken before");
+    // Replayed later: outside the window (3 s after it was sent), refused.
+    let sent: u64 = captured
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Steward-Sent")
+        .unwrap()
+        .parse()
+        .unwrap();
+    while steward::files::unix_millis() < sent + 3_500 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     replay();
-    ship1.wait_for_log("outside this node's replay window of 3s");
+    refused(2, "outside this node's replay window of 3s");
     // A fresh time cannot be put on it without central's key.
     let mut headers = captured.headers.clone().unwrap();
     headers.insert("Steward-Sent", steward::files::unix_millis().to_string());
@@ -160,7 +182,7 @@ fn a_replayed_command_is_refused_at_once_and_later_and_never_runs_twice() {
         Some(&headers),
         &captured.data,
     );
-    ship1.wait_for_log("forged, altered");
+    refused(3, "forged, altered");
     // Nor moved to another kind's subject.
     raw.send(
         "ship1.CommandNACK.CLICommand",
@@ -168,15 +190,10 @@ fn a_replayed_command_is_refused_at_once_and_later_and_never_runs_twice() {
         captured.headers.as_ref(),
         &captured.data,
     );
-    ship1.wait_for_log("does not match its subject");
+    refused(4, "does not match its subject");
 
     let runs = ship1.read("runs").lines().count();
-    let answers = raw
-        .answers_seen(
-            captured.reply.as_deref().unwrap(),
-            Duration::from_millis(300),
-        )
-        .len();
+    let answers = raw.answers_seen(captured.reply.as_deref().unwrap()).len();
     eprintln!("[replay] captured=1 replayed=4 runs={runs} answers={answers}");
     assert_eq!(runs, 1, "a replay ran the command again");
     // The only answer on the wire was ship1's to the genuine message.
@@ -242,12 +259,14 @@ fn central_distributes_keys_and_revocations_but_never_binds_a_protected_name() {
     ship1.trust_only(&["central"]);
     let central = Node::start("central", &nats.address(), &[]);
     let ship2 = Node::start("ship2", &nats.address(), &["--defaultMessageRetries=20"]);
-    ship1.wait_listening();
     // ship2's events are refused until ship1 knows ship2's key.
     ship2.append_inmsg(
         r#"[{"toNode":"ship1","data":["hello from ship2\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
     );
-    ship1.wait_for_log("refused ship1.EventACK.TextLogging from ship2");
+    ship1.wait_refused("TextLogging", 1);
+    assert!(ship1
+        .log()
+        .contains("refused ship1.EventACK.TextLogging from ship2"));
     assert!(!ship1.path("textlog/ship2.log").exists());
 
     // Central's set names ops, whom ship1 lets run commands: only ship1's operator may
@@ -267,6 +286,7 @@ fn central_distributes_keys_and_revocations_but_never_binds_a_protected_name() {
     let held = ship1.read("keys/distributed.json");
     assert!(held.contains(&key_of("ship2")) && held.contains(&key_of("central")));
     ship1.wait_for("textlog/ship2.log", "hello from ship2");
+    let ship1_refused = ship1.refused("TextLogging") as usize;
 
     // Central revokes ship2 (its key was stolen), and hands the revocation on.
     let out = steward(central.data(), "central", &["keys", "revoke", "ship2"]);
@@ -281,8 +301,10 @@ fn central_distributes_keys_and_revocations_but_never_binds_a_protected_name() {
         r#"[{"toNode":"ship1","data":["after revocation\n"],"commandOrEvent":"EventACK","method":"TextLogging"},
             {"toNode":"central","data":["after revocation\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
     );
-    ship1.wait_for_log("which was revoked");
-    central.wait_for_log("which was revoked");
+    ship1.wait_refused("TextLogging", ship1_refused + 1);
+    central.wait_refused("TextLogging", 1);
+    assert!(ship1.log().contains("which was revoked"));
+    assert!(central.log().contains("which was revoked"));
     assert!(!ship1.read("textlog/ship2.log").contains("after revocation"));
     assert!(!central
         .read("textlog/ship2.log")
@@ -463,14 +485,16 @@ fn a_flood_of_forgeries_is_reported_to_central_at_most_twenty_a_minute() {
             &forged,
         );
     }
-    central.wait_count("errors.log", "from central (id flood-", 20);
-    ship1.wait_count_log("(id flood-", sent);
-    std::thread::sleep(Duration::from_secs(2));
+    // Every forgery refused, and every report ship1 made of one delivered to central.
+    ship1.wait_refused("CLICommand", sent);
+    ship1.wait_metric(
+        "delivered its reports",
+        |s| s.metric("steward_journal_pending_messages"),
+        |v| v == 0.0,
+    );
     let reported = central.read("errors.log").matches("(id flood-").count();
     let logged = ship1.log().matches("(id flood-").count();
-    let answered = raw
-        .answers_seen("_INBOX.central.flood", Duration::ZERO)
-        .len();
+    let answered = raw.answers_seen("_INBOX.central.flood").len();
     eprintln!("[refusal_flood] sent={sent} reported={reported} logged_on_ship1={logged} answered={answered}");
     assert_eq!(reported, 20, "refusal reports are limited to 20 a minute");
     assert_eq!(logged, sent, "every refusal is logged where it happened");

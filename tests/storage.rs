@@ -4,7 +4,7 @@
 //! whose writes stop reaching the medium (fsync fails with EIO) stops the agent, and a
 //! restart loses nothing. Everything is counted.
 
-mod common;
+use crate::common;
 use common::{command, install_keys, text_log, Ext4, NatsServer, Node, Tmpfs};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ fn wait(what: &str, limit: Duration, ok: impl Fn() -> bool) {
 
 #[test]
 fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let mut central = Node::prepare(&[], "central", &nats.address(), &[]);
     let Some(disk) = Tmpfs::mount(central.data(), "16m") else {
@@ -64,7 +65,20 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
                 .contains("run-0")
         },
     );
-    std::thread::sleep(Duration::from_secs(5));
+    // Central has had the first output back and could not store it (its publisher failed
+    // and was restarted, to send again), and has had an event it could not log.
+    central.wait_metric(
+        "failed to store a reply",
+        |c| c.metric("steward_process_restarts_total"),
+        |v| v >= 1.0,
+    );
+    central.wait_metric(
+        "put off an event",
+        |c| {
+            c.metric("steward_messages_received_total{method=\"TextLogging\",outcome=\"deferred\"}")
+        },
+        |v| v >= 1.0,
+    );
     let kept_while_full = central
         .read("replies/ship1.CLICommand.log")
         .matches("output-")
@@ -91,7 +105,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
         Duration::from_secs(30),
         || central.metric("steward_disk_full") == 1.0,
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // (Found before it read anything of the append: none of it was taken.)
     assert!(!ship1.read("textlog/central.log").contains("late-"));
     assert!(!central.path("inmsg.rejected.txt").exists());
 
@@ -114,7 +128,9 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     wait("every event logged", Duration::from_secs(120), || {
         central.read("textlog/ship1.log").matches("event-").count() >= events
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Anything sent twice has arrived by now, and been handled.
+    common::settle(&central, &ship1, "CLICommand");
+    common::settle(&ship1, &central, "TextLogging");
     let replies = central.read("replies/ship1.CLICommand.log");
     let logged = central.read("textlog/ship1.log");
     let ran = std::fs::read_to_string(&runs).unwrap();
@@ -141,6 +157,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
 
 #[test]
 fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing_twice() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let mut central = Node::prepare(&[], "central", &nats.address(), &[]);
@@ -196,7 +213,8 @@ fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing
         let replies = central.read("replies/ship1.CLICommand.log");
         (before + after..total).all(|i| replies.contains(&format!("output-{i}\n")))
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Anything sent twice has arrived by now, and been handled.
+    common::settle(&central, &ship1, "CLICommand");
     let replies = central.read("replies/ship1.CLICommand.log");
     let ran = std::fs::read_to_string(&runs).unwrap();
     let (mut in_doubt_ran, mut in_doubt_lost) = (0, 0);

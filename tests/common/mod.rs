@@ -10,17 +10,49 @@ use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no outgoing connection (a node's to its broker) can be given one as its
+/// source port before the server it was picked for binds it.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port nothing listens on, for a server a test is about to start. Never the same
+/// twice in one run (the tests run in parallel threads of one process, each picking ports);
+/// runs in other processes start elsewhere in the range, and a port one of them holds is
+/// skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: Mutex<u16> = Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    if *next == 0 {
+        let span = u64::from(PORTS.end - PORTS.start);
+        *next = PORTS.start + (u64::from(std::process::id()) * 7919 % span) as u16;
+    }
+    loop {
+        let port = *next;
+        *next = if port + 1 < PORTS.end {
+            port + 1
+        } else {
+            PORTS.start
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Tests that mount filesystems (a tmpfs, ext4 on a loop device) hold this while they run,
+/// so they run one at a time: loop devices are claimed from one table, and each fills a
+/// disk under time limits that another's load could stretch. Every other test runs beside
+/// them.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    // A test that failed holding it says nothing about the next one.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn wait_port(port: u16, up: bool) {
@@ -35,9 +67,38 @@ fn wait_port(port: u16, up: bool) {
     }
 }
 
-/// A nats-server on a free loopback port, killed on drop.
+/// Waits until `ok` holds (up to [`WAIT`]), looking every 25 ms; fails the test naming
+/// `what` otherwise.
+pub fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// GETs `path` from an HTTP server on loopback `port`; the whole response, or "" if nothing
+/// answers.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// A nats-server on a free loopback port, with its monitoring endpoint on another (for
+/// what the broker saw: connections, bytes delivered), killed on drop.
 pub struct NatsServer {
     pub port: u16,
+    /// The monitoring port (`-m`): `/varz`, `/connz`, `/routez`.
+    pub monitor: u16,
     child: Option<Child>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -55,7 +116,8 @@ impl NatsServer {
     /// With arguments and environment variables (a config file may refer to `$VAR`s).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> NatsServer {
         let mut s = NatsServer {
-            port: free_port(),
+            port: 0,
+            monitor: 0,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -63,8 +125,14 @@ impl NatsServer {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        s.restart();
-        s
+        // A port another process took since it was picked: pick again.
+        for _ in 0..5 {
+            (s.port, s.monitor) = (free_port(), free_port());
+            if s.try_start() {
+                return s;
+            }
+        }
+        panic!("nats-server would not start (tried five pairs of ports)");
     }
 
     pub fn address(&self) -> String {
@@ -94,6 +162,7 @@ impl NatsServer {
         assert!(self.child.is_none(), "already running");
         let mut child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -101,7 +170,9 @@ impl NatsServer {
             .spawn()
             .expect("nats-server must be installed (apt-get install nats-server)");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || TcpStream::connect(("127.0.0.1", self.monitor)).is_err()
+        {
             if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -111,6 +182,32 @@ impl NatsServer {
         }
         self.child = Some(child);
         true
+    }
+
+    /// A page of the monitoring endpoint (e.g. `/connz?state=closed`) as JSON; `null` if
+    /// the server does not answer.
+    pub fn monitor(&self, path: &str) -> serde_json::Value {
+        let page = http_get(self.monitor, path);
+        let body = page.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The broker's view of the client connection named `steward <node>`, if it is open.
+    pub fn connection_of(&self, node: &str) -> Option<serde_json::Value> {
+        let name = format!("steward {node}");
+        self.monitor("/connz?limit=1000")["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .cloned()
+    }
+
+    /// How many client connections the broker has closed (refused ones included: a failed
+    /// TLS handshake, wrong credentials).
+    pub fn closed_connections(&self) -> u64 {
+        self.monitor("/connz?state=closed&limit=1")["total"]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
@@ -131,26 +228,21 @@ fn nats_server_binary() -> String {
     })
 }
 
-/// A cluster of nats-servers joined by routes on loopback, each with a monitoring port.
+/// A cluster of nats-servers joined by routes on loopback.
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
-    monitors: Vec<u16>,
 }
 
 impl NatsCluster {
     pub fn start(n: usize) -> NatsCluster {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let route_urls: Vec<String> = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
         let servers = (0..n)
             .map(|i| {
-                let (cluster, monitor) = (
-                    format!("nats://127.0.0.1:{}", routes[i]),
-                    monitors[i].to_string(),
-                );
+                let cluster = format!("nats://127.0.0.1:{}", routes[i]);
                 let others: Vec<&str> = route_urls
                     .iter()
                     .enumerate()
@@ -165,18 +257,17 @@ impl NatsCluster {
                     &cluster,
                     "--routes",
                     &others,
-                    "-m",
-                    &monitor,
                 ])
             })
             .collect();
-        let cluster = NatsCluster { servers, monitors };
+        let cluster = NatsCluster { servers };
         // Routes take a moment to form; wait until every server sees the others.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(0..n).all(|i| cluster.monitor(i, "/routez").matches("\"rid\"").count() >= n - 1) {
-            assert!(Instant::now() < deadline, "cluster routes did not form");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("cluster routes formed", || {
+            cluster
+                .servers
+                .iter()
+                .all(|s| s.monitor("/routez")["num_routes"].as_u64().unwrap_or(0) >= n as u64 - 1)
+        });
         cluster
     }
 
@@ -189,21 +280,9 @@ impl NatsCluster {
             .join(",")
     }
 
-    fn monitor(&self, i: usize, path: &str) -> String {
-        use std::io::{Read, Write};
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitors[i])) else {
-            return String::new();
-        };
-        let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body
-    }
-
     /// Which server a node is connected to (by its client name), if any.
     pub fn server_of(&self, node: &str) -> Option<usize> {
-        let name = format!("\"name\": \"steward {node}\"");
-        (0..self.servers.len()).find(|&i| self.monitor(i, "/connz?limit=1000").contains(&name))
+        (0..self.servers.len()).find(|&i| self.servers[i].connection_of(node).is_some())
     }
 }
 
@@ -261,29 +340,30 @@ pub struct Node {
     child: Option<Child>,
     pub prom_port: u16,
     ready: Ready,
-    /// Where the log of the current run starts (the log is appended across restarts).
-    log_mark: usize,
 }
 
 /// How a test knows a node has started.
 #[derive(Clone, Copy, PartialEq)]
 enum Ready {
-    /// Its metrics endpoint answers.
-    Metrics,
-    /// Its control socket (`steward.sock`) exists.
-    ControlSocket,
+    /// Connected, and every method's subscriber subscribed (its process table says so):
+    /// what is sent to it now reaches it.
+    Listening,
+    /// Running: its metrics endpoint answers. For a node that cannot reach its broker (not
+    /// up yet, or turning it away).
+    Running,
 }
 
 impl Node {
     /// Starts node `name` against `broker` with quick test defaults; `extra` flags override.
+    /// Returns once the node is connected and listening (see [`Node::wait_listening`]).
     pub fn start(name: &str, broker: &str, extra: &[&str]) -> Node {
         Node::start_under(&[], name, broker, extra)
     }
 
-    /// As [`Node::start`], for a node whose metrics port may not answer (it is taken, or
-    /// off): ready once its control socket exists.
-    pub fn start_without_metrics(name: &str, broker: &str, extra: &[&str]) -> Node {
-        Node::prepare_ready_by(&[], name, broker, extra, Ready::ControlSocket).started()
+    /// As [`Node::start`], for a node that cannot connect to `broker` (it is not up yet, or
+    /// turns the node away): returns once the node runs (its metrics answer).
+    pub fn start_unconnected(name: &str, broker: &str, extra: &[&str]) -> Node {
+        Node::prepare_ready_by(&[], name, broker, extra, Ready::Running).started()
     }
 
     /// As [`Node::start`], run under `wrapper` (e.g. `["env", "LD_PRELOAD=…", …]`).
@@ -300,7 +380,7 @@ impl Node {
     /// A node with its data folder and keys in place, not started yet (start it with
     /// [`Node::restart`]): for a test that puts something under its data folder first.
     pub fn prepare(wrapper: &[&str], name: &str, broker: &str, extra: &[&str]) -> Node {
-        Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Metrics)
+        Node::prepare_ready_by(wrapper, name, broker, extra, Ready::Listening)
     }
 
     fn prepare_ready_by(
@@ -342,7 +422,6 @@ impl Node {
             child: None,
             prom_port,
             ready,
-            log_mark: 0,
         }
     }
 
@@ -369,10 +448,10 @@ impl Node {
         self.dir.path().join(rel)
     }
 
-    /// Starts the node again (after `kill9` or `terminate`), same folder and flags.
+    /// Starts the node again (after `kill9` or `terminate`), same folder and flags; returns
+    /// when it is ready as it was the first time (listening, or running).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        self.log_mark = self.log().len();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -391,15 +470,12 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + WAIT;
+        // (A socket the last run left does not answer: the table is this run's.)
         let ready = |node: &Node| match node.ready {
-            Ready::Metrics => TcpStream::connect(("127.0.0.1", node.prom_port)).is_ok(),
-            Ready::ControlSocket => node.path("steward.sock").exists(),
+            Ready::Listening => listening(&node.status()),
+            Ready::Running => TcpStream::connect(("127.0.0.1", node.prom_port)).is_ok(),
         };
-        if self.ready == Ready::ControlSocket {
-            // A socket left by the last run is not this run's.
-            let _ = fs::remove_file(self.path("steward.sock"));
-        }
         while !ready(self) {
             assert!(
                 self.is_running(),
@@ -494,28 +570,89 @@ impl Node {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Waits until every method's subscription is up (for NACK messages, which are
-    /// published once: sent before the receiver listens, they are gone by design).
-    pub fn wait_listening(&self) {
-        let deadline = Instant::now() + WAIT;
-        for method in ["CLICommand", "TextLogging", "Hello", "ErrorLog"] {
-            let listens = |log: &str| {
-                log.lines().any(|l| {
-                    l.contains(&format!("listening on {}.", self.name))
-                        && l.ends_with(&format!(".{method}"))
-                })
-            };
-            // This run's lines only: a restarted node listens anew.
-            while !listens(self.log().get(self.log_mark..).unwrap_or_default()) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never listened:\n{}",
-                    self.name,
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    /// The process table, as `steward status` prints it: through the control socket, with
+    /// the same request. "" while the socket does not answer.
+    pub fn status(&self) -> String {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let Ok(mut s) = UnixStream::connect(self.path("steward.sock")) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"STATUS\n").is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
+            return String::new();
         }
+        let mut table = String::new();
+        let _ = s.read_to_string(&mut table);
+        table
+    }
+
+    /// Waits until the process table satisfies `ok`, and returns it.
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let table = self.status();
+            if ok(&table) {
+                return table;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the process table never {what}:\n{table}\n--- log of {} ---\n{}",
+                self.name,
+                self.name,
+                tail(&self.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until every method's subscriber is subscribed (its row in the process table
+    /// says "listening on"), as [`Node::start`] does: for a node started unconnected.
+    /// (What is sent before the receiver listens is lost: a NACK kind for good, an ACK
+    /// kind until its sender's next attempt.)
+    pub fn wait_listening(&self) {
+        self.wait_status("showed every subscriber listening", listening);
+    }
+
+    /// Waits until none of the node's handlers is busy (the process table's "handlers
+    /// busy: 0"): every message its subscribers had taken by now has been handled to the
+    /// end, its effects written and its answer sent.
+    pub fn wait_idle(&self) {
+        self.wait_status("showed every handler idle", |table| {
+            table
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with("handlers busy: 0"))
+        });
+    }
+
+    /// Sends messages (inmsg.txt's JSON) through the control socket and waits until each
+    /// has finished, as `steward send` does; returns each one's id and outcome ("acked",
+    /// "published", "refused", "failed").
+    pub fn send_and_wait(&self, messages: &str) -> Vec<(String, String)> {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        self.wait_status("answered", |table| table.starts_with("node "));
+        let mut s = UnixStream::connect(self.path("steward.sock")).unwrap();
+        s.set_read_timeout(Some(2 * WAIT)).unwrap();
+        s.write_all(format!("WAIT\n{messages}").as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let ended: Vec<(String, String)> = answer
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let outcome = v["progress"]["finished"]["outcome"].as_str()?.to_string();
+                Some((v["id"].as_str()?.to_string(), outcome))
+            })
+            .collect();
+        assert!(
+            !ended.is_empty(),
+            "{}: nothing finished:\n{answer}",
+            self.name
+        );
+        ended
     }
 
     /// Appends to inmsg.txt exactly as `cat myfile.json >> inmsg.txt` does.
@@ -567,34 +704,22 @@ impl Node {
         })
     }
 
-    /// Waits until the node's log has said `needle` `n` times.
-    pub fn wait_count_log(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().matches(needle).count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{} never logged {n} × {needle:?}:\n{}",
-                self.name,
-                tail(&self.log(), 60)
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+    /// The node's `/metrics` page, over real HTTP.
+    pub fn metrics(&self) -> String {
+        let page = http_get(self.prom_port, "/metrics");
+        assert!(
+            page.starts_with("HTTP/1.1 200"),
+            "{}: /metrics did not answer: {page:?}",
+            self.name
+        );
+        page
     }
 
-    /// Waits until the node's log says `needle`.
-    pub fn wait_for_log(&self, needle: &str) {
-        self.wait_count_log(needle, 1)
-    }
-
-    /// One metric's value from /metrics over real HTTP (0 if absent).
+    /// One metric's value from /metrics over real HTTP (0 if absent): its name and labels
+    /// exactly as the page has them, e.g. `steward_messages_acked_total{method="CLICommand"}`.
     pub fn metric(&self, name_and_labels: &str) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(("127.0.0.1", self.prom_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body.lines()
+        self.metrics()
+            .lines()
             .find_map(|l| {
                 l.strip_prefix(name_and_labels)?
                     .strip_prefix(' ')?
@@ -604,6 +729,122 @@ impl Node {
             })
             .unwrap_or(0.0)
     }
+
+    /// The sum of metric `name` over every series whose labels include all of `labels`
+    /// (each as the page has it, e.g. `outcome="refused"`).
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                series.split('{').next() == Some(name) && labels.iter().all(|x| series.contains(x))
+            })
+            .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `value()` (read from this node's metrics) satisfies `ok`; returns it.
+    pub fn wait_metric(
+        &self,
+        what: &str,
+        value: impl Fn(&Node) -> f64,
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = value(self);
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: never {what} (at {v})\n--- log of {} ---\n{}",
+                self.name,
+                self.name,
+                tail(&self.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Messages for `method` this node has refused (`steward_messages_received_total`).
+    pub fn refused(&self, method: &str) -> f64 {
+        self.metric(&format!(
+            "steward_messages_received_total{{method=\"{method}\",outcome=\"refused\"}}"
+        ))
+    }
+
+    /// Waits until this node has refused `n` messages for `method` in all and is done
+    /// handling them (refusals logged, reported, and answered where they are answered).
+    pub fn wait_refused(&self, method: &str, n: usize) {
+        self.wait_metric(
+            &format!("refused {n} {method} message(s)"),
+            |node| node.refused(method),
+            |v| v >= n as f64,
+        );
+        self.wait_idle();
+    }
+
+    /// Waits until the inbox is done with everything appended so far: inmsg.txt empty or
+    /// gone, and no taken file (`inmsg.taking-*`) left, so all of it was journaled or
+    /// rejected.
+    pub fn wait_taken(&self) {
+        self.wait_until("", "had every append taken", |_| {
+            let taking = fs::read_dir(self.data())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("inmsg.taking-"));
+            self.read("inmsg.txt").is_empty() && !taking
+        });
+    }
+}
+
+/// Whether a process table shows every method's subscriber listening.
+fn listening(table: &str) -> bool {
+    let subscribers: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("subscriber "))
+        .collect();
+    [
+        "CLICommand",
+        "TextLogging",
+        "Hello",
+        "ErrorLog",
+        "TrustedKeys",
+    ]
+    .iter()
+    .all(|m| subscribers.iter().any(|l| l.contains(&format!(" {m} "))))
+        && subscribers.iter().all(|l| l.contains("listening on "))
+}
+
+/// What [`settle`] sends: a TextLogging line it leaves in the receiver's log.
+pub const SETTLED: &str = "settled";
+
+/// Proves that nothing `from` sent `to` for `method` (CLICommand or TextLogging) is still
+/// on its way or being handled, so that what has not happened by now (a second run, a
+/// line logged twice) will not: one more message on the same subject, which the sender's
+/// publisher sends only after every earlier one has finished, and which reaches the
+/// receiver's subscriber after every earlier attempt, comes back acked; then the
+/// receiver's handlers are seen idle, so whatever it took before that has been handled
+/// to the end. The message runs `true` (CLICommand) or logs [`SETTLED`] (TextLogging).
+/// Returns its id.
+pub fn settle(from: &Node, to: &Node, method: &str) -> String {
+    let message = match method {
+        "CLICommand" => command(&to.name, &["true"]),
+        "TextLogging" => text_log(&to.name, &format!("{SETTLED}\n")),
+        _ => panic!("settle: no last message for {method}"),
+    };
+    let ended = from.send_and_wait(&message);
+    let (id, outcome) = &ended[0];
+    assert_eq!(
+        outcome, "acked",
+        "{}: the last {method} to {}",
+        from.name, to.name
+    );
+    to.wait_idle();
+    id.clone()
 }
 
 impl Drop for Node {

@@ -129,6 +129,13 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstre
                 }
                 Err(_) => break,
             };
+            // Read just as the link stalled: held too, not slipped through.
+            while f.stalled.load(Ordering::SeqCst) && f.cuts.load(Ordering::SeqCst) == gen {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if f.cuts.load(Ordering::SeqCst) != gen || f.down.load(Ordering::SeqCst) {
+                break;
+            }
             if upstream && n > 1 && f.cut_mid_frame.swap(false, Ordering::SeqCst) {
                 let _ = to.write_all(&buf[..n / 2]);
                 f.cut();

@@ -82,21 +82,20 @@ impl Raw {
         sub.next_timeout(wait).ok()
     }
 
-    /// The answers published since the last call on inboxes starting with `prefix`
-    /// (waiting `settle` first).
-    pub fn answers_seen(&self, prefix: &str, settle: Duration) -> Vec<nats::Message> {
-        self.answers_where(|s| s.starts_with(prefix), settle)
+    /// The answers published since the last call on inboxes starting with `prefix`; see
+    /// [`Raw::answers_where`].
+    pub fn answers_seen(&self, prefix: &str) -> Vec<nats::Message> {
+        self.answers_where(|s| s.starts_with(prefix))
     }
 
-    /// The answers published since the last call on inboxes `pick` chooses.
-    pub fn answers_where(
-        &self,
-        pick: impl Fn(&str) -> bool,
-        settle: Duration,
-    ) -> Vec<nats::Message> {
-        std::thread::sleep(settle);
+    /// The answers published since the last call on inboxes `pick` chooses. Complete once
+    /// every node that could have answered is done handling (`Node::wait_idle`): a node
+    /// flushes each answer to the broker, and whatever the broker had for this client before
+    /// this call's PING is in by its PONG.
+    pub fn answers_where(&self, pick: impl Fn(&str) -> bool) -> Vec<nats::Message> {
+        self.conn.flush().unwrap();
         let mut seen = Vec::new();
-        while let Ok(m) = self.answers.next_timeout(Duration::from_millis(50)) {
+        while let Some(m) = self.answers.try_next() {
             if pick(&m.subject) {
                 seen.push(m);
             }
