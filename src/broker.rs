@@ -97,7 +97,7 @@ impl Broker {
                     crate::retry::backoff(n as u32, Duration::from_secs(5))
                 })
                 // The client reports a full subscription queue once per message dropped;
-                // the subscriber counts and logs those once a second instead.
+                // the subscriber counts and logs those instead, after the messages it handles.
                 .error_callback(|e| {
                     if e.to_string().starts_with("slow consumer") {
                         log::debug!("broker client: {e}");

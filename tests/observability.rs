@@ -158,7 +158,7 @@ fn too_open(dir: &std::path::Path, found: &mut Vec<String>) {
         if mode & !allowed != 0 {
             found.push(format!("{} {mode:o}", path.display()));
         }
-        // keys/ is 0700 and keys.rs's own business (node.pub is public by nature).
+        // keys/ is 0700 and the keys module's own business (node.pub is public by nature).
         if meta.is_dir() && name != "keys" {
             too_open(&path, found);
         }
