@@ -196,7 +196,7 @@ impl Supervisor {
         if let Some(interval) = self.node.config.hello_interval {
             let node = self.node.clone();
             self.add("hello".into(), None, move |state| {
-                Box::new(process::hello::Hello {
+                Box::new(process::hello::HelloSender {
                     node: node.clone(),
                     interval,
                     state,

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Hello {
-    seen: Mutex<Seen>,
+    seen: Mutex<Roster>,
 }
 
 #[derive(Default)]
-struct Seen {
+struct Roster {
     loaded: bool,
     dirty: bool,
     /// When hello-nodes.json was last written.
@@ -30,7 +30,7 @@ struct Seen {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Entry {
+struct LastSeen {
     #[serde(rename = "lastSeen")]
     last_seen: String,
     #[serde(rename = "lastSeenUnixMs")]
@@ -40,7 +40,7 @@ struct Entry {
 /// hello-nodes.json is rewritten at most this often, however many nodes say Hello.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 
-impl Seen {
+impl Roster {
     /// Whether the file should be written now: something changed, and not within
     /// [`WRITE_EVERY`] of the last write (unless `now_anyway`, when the node stops).
     fn due(&self, now: Instant, now_anyway: bool) -> bool {
@@ -53,19 +53,19 @@ impl Seen {
 }
 
 impl Hello {
-    fn write(&self, ctx: &Context, seen: &mut Seen, now_anyway: bool) {
+    fn write(&self, ctx: &Context, seen: &mut Roster, now_anyway: bool) {
         let now = Instant::now();
         if !seen.due(now, now_anyway) {
             return;
         }
         seen.written = Some(now);
-        let file: BTreeMap<&String, Entry> = seen
+        let file: BTreeMap<&String, LastSeen> = seen
             .last
             .iter()
             .map(|(n, &ms)| {
                 (
                     n,
-                    Entry {
+                    LastSeen {
                         last_seen: crate::files::rfc3339(ms),
                         last_seen_unix_ms: ms,
                     },
@@ -99,7 +99,7 @@ impl Method for Hello {
         if !seen.loaded {
             seen.loaded = true;
             if let Ok(bytes) = std::fs::read(ctx.data.hello_nodes()) {
-                if let Ok(file) = serde_json::from_slice::<BTreeMap<String, Entry>>(&bytes) {
+                if let Ok(file) = serde_json::from_slice::<BTreeMap<String, LastSeen>>(&bytes) {
                     seen.last = file
                         .into_iter()
                         .map(|(n, e)| (n, e.last_seen_unix_ms))
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn the_file_is_written_at_most_once_a_second() {
         let t = Instant::now();
-        let mut seen = Seen::default();
+        let mut seen = Roster::default();
         assert!(!seen.due(t, false), "nothing changed");
         seen.dirty = true;
         assert!(seen.due(t, false), "never written yet");

@@ -9,13 +9,13 @@ use crossbeam_channel::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Hello {
+pub struct HelloSender {
     pub node: Arc<Node>,
     pub interval: Duration,
     pub state: Arc<State>,
 }
 
-impl Process for Hello {
+impl Process for HelloSender {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         if self.node.broker.wait(stop).is_none() {
             return Ok(());

@@ -41,7 +41,7 @@ const WATCHED_WAIT: Duration = Duration::from_millis(250);
 const QUIET: Duration = Duration::from_secs(2);
 /// Bytes read from a taken file per batch (more if one array is larger); bounds memory for
 /// a huge append. Each batch is journaled on its own.
-const MAX_BATCH: usize = 1 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 /// The largest array read whole; past it, what was read is rejected as unfinished (the
 /// seed's arrays are a few messages; a message's data is at most 256 KiB).
 const MAX_ARRAY: usize = 64 << 20;
@@ -188,7 +188,7 @@ impl Process for Inbox {
                 }
             }
             let busy = taken.iter().any(|t| t.more);
-            if !busy && since_trim > MAX_BATCH as u64 {
+            if !busy && since_trim > BATCH_BYTES as u64 {
                 give_back_memory();
                 since_trim = 0;
             }
@@ -303,7 +303,7 @@ impl Inbox {
         Ok(true)
     }
 
-    /// Takes the complete arrays after `t.offset`, a batch of about [`MAX_BATCH`] bytes at a
+    /// Takes the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
     /// time (each journaled with the offset it reached), for up to [`BATCHES_PER_TURN`]
     /// batches; sets `t.more` if it stopped short of the end. With `at_end`, rejects an
     /// incomplete tail at the end of the file.
@@ -313,7 +313,7 @@ impl Inbox {
             path: path.clone(),
             source,
         };
-        let mut limit = MAX_BATCH;
+        let mut limit = BATCH_BYTES;
         let mut batches = 0;
         t.more = false;
         t.paused = false;
@@ -394,7 +394,7 @@ impl Inbox {
                 t.more = true;
                 return Ok(());
             }
-            limit = MAX_BATCH;
+            limit = BATCH_BYTES;
         }
     }
 
