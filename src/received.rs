@@ -58,7 +58,7 @@ pub enum Seen {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum State {
+enum Known {
     Running,
     Interrupted,
     Done { offset: u64, len: u32 },
@@ -75,7 +75,7 @@ struct Inner {
     keep: usize,
     per_sender_keep: usize,
     /// Each id's state, and when it was last seen (ms since the epoch).
-    states: HashMap<String, (State, u64)>,
+    states: HashMap<String, (Known, u64)>,
     /// Every id, oldest first (with some already forgotten by their sender's cap, dropped
     /// from here now and then).
     order: VecDeque<String>,
@@ -120,10 +120,10 @@ impl Received {
         };
         for (offset, len, record) in decoded.records {
             match record {
-                Record::Started { id } => inner.remember(id, State::Interrupted),
+                Record::Started { id } => inner.remember(id, Known::Interrupted),
                 Record::Finished { reply } => {
                     if let Ok(r) = Reply::decode(&reply) {
-                        inner.remember(key(&r.to_node, &r.id), State::Done { offset, len });
+                        inner.remember(key(&r.to_node, &r.id), Known::Done { offset, len });
                     }
                 }
                 _ => {}
@@ -155,9 +155,9 @@ impl Received {
                 *state
             });
             seen.push(match known {
-                Some(State::Running) => Seen::Running,
-                Some(State::Interrupted) => Seen::Interrupted,
-                Some(State::Done { offset, len }) => {
+                Some(Known::Running) => Seen::Running,
+                Some(Known::Interrupted) => Seen::Interrupted,
+                Some(Known::Done { offset, len }) => {
                     Seen::Done(inner.stored_reply(id, offset, len)?)
                 }
                 None if !in_batch.insert(*id) => Seen::Running, // twice in one batch
@@ -176,7 +176,7 @@ impl Received {
         }
         inner.file.append(&buf)?;
         for id in started {
-            inner.remember(id.to_string(), State::Running);
+            inner.remember(id.to_string(), Known::Running);
         }
         let ticket = inner.file.ticket()?;
         drop(inner);
@@ -209,7 +209,7 @@ impl Received {
         }
         let base = inner.file.append(&buf)?;
         for (reply, (start, len)) in replies.iter().zip(spans) {
-            let state = State::Done {
+            let state = Known::Done {
                 offset: base + start,
                 len,
             };
@@ -271,7 +271,7 @@ fn sender_of(key: &str) -> &str {
 impl Inner {
     /// Records an id's state (as seen now); forgets its sender's oldest past
     /// `per_sender_keep`, then the oldest of all past `keep`.
-    fn remember(&mut self, id: String, state: State) {
+    fn remember(&mut self, id: String, state: Known) {
         if self
             .states
             .insert(id.clone(), (state, unix_millis()))
@@ -334,13 +334,13 @@ impl Inner {
                 continue; // listed twice: forgotten by its sender's cap, then seen again
             }
             let state = match state {
-                State::Done { offset, len } => {
+                Known::Done { offset, len } => {
                     let start = buf.len();
                     buf.resize(start + len as usize, 0);
                     self.file
                         .handle()
                         .read_exact_at(&mut buf[start..], offset)?;
-                    State::Done {
+                    Known::Done {
                         offset: start as u64,
                         len,
                     }
