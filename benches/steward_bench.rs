@@ -297,6 +297,7 @@ fn main() {
         id: "central-1-1".into(),
         from_node: "central".into(),
         accepted: 0,
+        reply_ticket: None,
         message: serde_json::from_str(&event("ship1", 0)).unwrap(),
     }
     .encode();

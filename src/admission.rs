@@ -13,8 +13,10 @@
 //!    time is plausible (see [`crate::keys`]);
 //! 5. its answer would go to the sender's own inbox (`_INBOX.<sender>.`), so no node can
 //!    make this one publish signed words on a subject of its choosing;
-//! 6. the sender may call it: commands only from `--allowCommandsFrom`, `TrustedKeys`
-//!    only from the central node; events from any verified sender.
+//! 6. the sender may call it, as the method declares ([`Senders`]): commands only from
+//!    `--allowCommandsFrom`, `TrustedKeys` only from the central node, logs from any
+//!    verified sender; a result message (`inReplyTo`) only with this node's own ticket for
+//!    exactly that result (see [`crate::reply`]), and never to a command.
 //!
 //! A message failing 1–5 is answered with nothing at all (logged, and reported to central
 //! within a rate limit): whoever sent it proved nothing, and an answer would only help
@@ -23,6 +25,7 @@
 use crate::config::Allow;
 use crate::keys::{ClockCheck, Scope, Signed, Trusted, Unverified};
 use crate::message::{self, Envelope, Kind};
+use crate::reply::ResultRoute;
 use crate::subject::Subject;
 use std::time::Duration;
 
@@ -53,6 +56,21 @@ impl<'a> Policy<'a> {
 pub struct Served<'a> {
     pub method: &'a str,
     pub kinds: &'a [Kind],
+    pub senders: Senders,
+}
+
+/// Who may send a method (step 6), as the method declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Senders {
+    /// Any sender this node trusts: logs, Hello, a public key.
+    Fleet,
+    /// Those `--allowCommandsFrom` allows: commands.
+    Commanders,
+    /// The central node, if `--allowCommandsFrom` allows it too: `TrustedKeys`.
+    Central,
+    /// Those `--allowCommandsFrom` allows, and a node sending the result this node asked it
+    /// for (a valid ticket, see [`crate::reply`]): `File`, `FileAppend`, `Console`.
+    CommandersOrAsked,
 }
 
 /// A message that may run.
@@ -172,8 +190,12 @@ pub fn admit(
         signed,
         reply_to: reply.map(str::to_string),
     };
-    // 6. The sender may call this here.
-    if let Some(why) = forbidden(policy, &admitted.from, parsed.kind, served.method) {
+    // 6. The sender may call this here; a result, only as the one this node asked for.
+    let why = admitted
+        .envelopes
+        .iter()
+        .find_map(|e| forbidden(policy, trusted, &served, e));
+    if let Some(why) = why {
         return Err(Refused::Answered {
             refusal: Refusal {
                 verified: true,
@@ -244,16 +266,41 @@ fn own_inbox(to: &str, from: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why `from` may not send `method` as `kind` here, if it may not.
-fn forbidden(policy: &Policy<'_>, from: &str, kind: Kind, method: &str) -> Option<String> {
-    if !kind.is_command() {
-        return None;
+/// Why `e`'s sender may not send it to `served` here, if it may not. A result message
+/// (`inReplyTo`) must carry this node's ticket for exactly the route it takes: the id, the
+/// sender answering, the method, its arguments and its file.
+fn forbidden(
+    policy: &Policy<'_>,
+    trusted: &Trusted,
+    served: &Served<'_>,
+    e: &Envelope,
+) -> Option<String> {
+    let (from, method) = (e.from_node.as_str(), served.method);
+    if let Some(route) = ResultRoute::of_result(e) {
+        let answers = &route.id;
+        let ticket = &e.message.in_reply_to.as_ref()?.ticket;
+        if !trusted.vouched(&route.bytes(), ticket) {
+            return Some(format!(
+                "{from} sent a result for {answers} to {method}, which {} did not ask {from} for: no such request, or another method, file or node",
+                policy.node
+            ));
+        }
+        return match served.senders {
+            Senders::Fleet | Senders::CommandersOrAsked => None,
+            Senders::Commanders | Senders::Central => Some(format!(
+                "{method} does not take results: a result can never run a command"
+            )),
+        };
     }
-    if method == "TrustedKeys" && from != policy.central {
-        return Some(format!(
-            "{from} may not call TrustedKeys here: only the central node ({}) distributes keys",
-            policy.central
-        ));
+    match served.senders {
+        Senders::Fleet => return None,
+        Senders::Central if from != policy.central => {
+            return Some(format!(
+                "{from} may not call {method} here: only the central node ({}) distributes keys",
+                policy.central
+            ))
+        }
+        Senders::Central | Senders::Commanders | Senders::CommandersOrAsked => {}
     }
     if policy
         .allow_commands_from
@@ -267,8 +314,13 @@ fn forbidden(policy: &Policy<'_>, from: &str, kind: Kind, method: &str) -> Optio
         .iter()
         .map(|r| r.to_string())
         .collect();
+    let asked = if served.senders == Senders::CommandersOrAsked {
+        ", or as the result of a request this node sent"
+    } else {
+        ""
+    };
     Some(format!(
-        "{from} may not call {method} here (allowCommandsFrom: {})",
+        "{from} may not call {method} here (allowCommandsFrom: {}{asked})",
         rules.join(", ")
     ))
 }
@@ -293,15 +345,8 @@ mod tests {
             id: format!("{from}-1"),
             from_node: from.into(),
             accepted: 0,
-            message: Message {
-                to_node: to.into(),
-                data: vec![],
-                kind,
-                method: method.into(),
-                timeout: None,
-                retries: None,
-                ttl: None,
-            },
+            reply_ticket: None,
+            message: Message::new(to, kind, method, vec![]),
         }
     }
 
@@ -310,6 +355,7 @@ mod tests {
         let served = Served {
             method: "CLICommand",
             kinds: crate::methods::COMMANDS,
+            senders: Senders::Commanders,
         };
         let ok = served_subject(&policy(), &served, "ship1.CommandACK.CLICommand").unwrap();
         assert_eq!(ok.kind, Kind::CommandAck);

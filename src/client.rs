@@ -65,13 +65,10 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             .unwrap_or(Kind::EventAck),
     };
     let message = Message {
-        to_node: req.to.clone(),
-        data: req.data,
-        kind,
-        method: req.method,
         timeout: req.timeout,
         retries: req.retries,
         ttl: req.ttl,
+        ..Message::new(&req.to, kind, &req.method, req.data)
     };
     let value = serde_json::to_value(&message).expect("a Message serializes");
     Message::from_value(&value, &crate::methods::kind_refusal)

@@ -65,6 +65,7 @@ pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod received;
+pub mod reply;
 pub mod resumed;
 pub mod retry;
 pub mod storage;

@@ -80,13 +80,61 @@ pub struct Message {
     /// says: for destinations that are away for hours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// More destinations: at intake the message becomes one message per node (with
+    /// `toNode`'s, the union). Never on the wire.
+    #[serde(rename = "toNodes", default, skip_serializing_if = "Option::is_none")]
+    pub to_nodes: Option<Vec<String>>,
+    /// Seconds the method may run on the receiver (`-1`: no limit); apart from `timeout`,
+    /// how long the sender waits for the ACK. Without it, `timeout` is both.
+    #[serde(rename = "methodTimeout", default, skip_serializing_if = "Option::is_none")]
+    pub method_timeout: Option<i64>,
+    /// Arguments for the method beside its data (`Console`: `["stderr"]`); on a result
+    /// message, the request's `replyMethodArgs`.
+    #[serde(rename = "methodArgs", default, skip_serializing_if = "Option::is_none")]
+    pub method_args: Option<Vec<String>>,
+    /// Where the result goes: a method of the sender that takes events (`File`,
+    /// `FileAppend`, `Console`, `TextLogging`, …), to which the receiver sends it as a new
+    /// message; `None`: nowhere (the ACK still says how it ended). Without it the result
+    /// comes back in the ACK, into `replies/` (see [`crate::reply`]).
+    #[serde(rename = "replyMethod", default, skip_serializing_if = "Option::is_none")]
+    pub reply_method: Option<String>,
+    #[serde(rename = "replyMethodArgs", default, skip_serializing_if = "Option::is_none")]
+    pub reply_method_args: Option<Vec<String>>,
+    /// `timeout` and `retries` of the result message.
+    #[serde(rename = "replyTimeout", default, skip_serializing_if = "Option::is_none")]
+    pub reply_timeout: Option<u64>,
+    #[serde(rename = "replyRetries", default, skip_serializing_if = "Option::is_none")]
+    pub reply_retries: Option<u32>,
+    /// Where `File` and `FileAppend` write: `<dataFolder>/<directory>/<fromNode>/<fileName>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    #[serde(rename = "fileName", default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    /// On a result message only: the request it answers. Set by the receiver that ran it,
+    /// never by an operator (refused in `inmsg.txt`).
+    #[serde(rename = "inReplyTo", default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<InReplyTo>,
+}
+
+/// What a result message answers, and how the request ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InReplyTo {
+    /// The request's id.
+    pub id: String,
+    /// The request's method.
+    pub method: String,
+    pub status: Status,
+    #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The request's `replyTicket`: its sender's word that it asked for this result.
+    pub ticket: String,
 }
 
 /// Why a method cannot be sent as a kind, if it cannot.
 pub type KindCheck = dyn Fn(&str, Kind) -> Option<String>;
 
 /// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 16] = [
     "toNode",
     "data",
     "commandOrEvent",
@@ -94,6 +142,15 @@ const KEYS: [&str; 7] = [
     "timeout",
     "retries",
     "ttl",
+    "toNodes",
+    "methodTimeout",
+    "methodArgs",
+    "replyMethod",
+    "replyMethodArgs",
+    "replyTimeout",
+    "replyRetries",
+    "directory",
+    "fileName",
 ];
 
 /// Largest per-message timeout: a week. Larger values are almost surely a unit mistake.
@@ -110,6 +167,29 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 impl Message {
+    /// A message with the seed's four required keys and nothing else.
+    pub fn new(to_node: &str, kind: Kind, method: &str, data: Vec<String>) -> Message {
+        Message {
+            to_node: to_node.to_string(),
+            data,
+            kind,
+            method: method.to_string(),
+            timeout: None,
+            retries: None,
+            ttl: None,
+            to_nodes: None,
+            method_timeout: None,
+            method_args: None,
+            reply_method: None,
+            reply_method_args: None,
+            reply_timeout: None,
+            reply_retries: None,
+            directory: None,
+            file_name: None,
+            in_reply_to: None,
+        }
+    }
+
     pub fn subject(&self) -> Subject {
         Subject {
             node: self.to_node.clone(),
@@ -118,24 +198,34 @@ impl Message {
         }
     }
 
-    /// Validates one JSON value from `inmsg.txt` as a message. `refusal` says why this
-    /// build cannot send a method as a kind, if it cannot (an unknown method, or a command
-    /// method as an event, is refused here, at the sender, rather than retried against a
-    /// node that would refuse it): [`crate::methods::kind_refusal`].
-    pub fn from_value(value: &Value, refusal: &KindCheck) -> Result<Message, InputError> {
+    /// Validates one JSON value from `inmsg.txt` as a message, and makes it one message per
+    /// destination (`toNode` and `toNodes`: each gets its own id, retries and ACK). One bad
+    /// destination refuses them all. `refusal` says why this build cannot send a method
+    /// as a kind, if it cannot (an unknown method, or a command method as an event, is
+    /// refused here, at the sender, rather than retried against a node that would refuse
+    /// it): [`crate::methods::kind_refusal`].
+    pub fn from_value(value: &Value, refusal: &KindCheck) -> Result<Vec<Message>, InputError> {
         let obj = value.as_object().ok_or(InputError::NotAnObject {
             found: type_name(value),
         })?;
         if let Some(key) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(InputError::UnknownKey(key.clone()));
         }
-        if let Some(key) = ["toNode", "data", "commandOrEvent", "method"]
+        if let Some(key) = ["data", "commandOrEvent", "method"]
             .into_iter()
             .find(|k| !obj.contains_key(*k))
         {
             return Err(InputError::MissingKey(key));
         }
-        let message: Message = serde_json::from_value(value.clone()).map_err(|e| {
+        if !obj.contains_key("toNode") && !obj.contains_key("toNodes") {
+            return Err(InputError::MissingKey("toNode"));
+        }
+        let mut value = value.clone();
+        if let Some(o) = value.as_object_mut() {
+            // `toNodes` alone: the first one stands in for `toNode` while it is read.
+            o.entry("toNode").or_insert_with(|| "".into());
+        }
+        let message: Message = serde_json::from_value(value).map_err(|e| {
             if e.to_string().contains("unknown variant") {
                 InputError::Kind(e)
             } else {
@@ -145,22 +235,62 @@ impl Message {
         let name = |field, name: &str| {
             validate_name(name).map_err(|source| InputError::Name { field, source })
         };
-        name("toNode", &message.to_node)?;
+        let mut nodes: Vec<String> = Vec::new();
+        if obj.contains_key("toNode") {
+            name("toNode", &message.to_node)?;
+            nodes.push(message.to_node.clone());
+        }
+        for (i, node) in message.to_nodes.iter().flatten().enumerate() {
+            validate_name(node).map_err(|source| InputError::ToNodes { index: i, source })?;
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+        if nodes.is_empty() {
+            return Err(InputError::NoDestination);
+        }
         name("method", &message.method)?;
         if let Some(why) = refusal(&message.method, message.kind) {
             return Err(InputError::Refused(why));
         }
         if message.timeout == Some(0) || message.timeout > Some(MAX_TIMEOUT_SECS) {
-            return Err(InputError::Timeout(message.timeout.unwrap_or(0)));
+            return Err(InputError::Timeout("timeout", message.timeout.unwrap_or(0)));
         }
-        let bytes: usize = message.data.iter().map(String::len).sum();
+        if message.reply_timeout == Some(0) || message.reply_timeout > Some(MAX_TIMEOUT_SECS) {
+            return Err(InputError::Timeout(
+                "replyTimeout",
+                message.reply_timeout.unwrap_or(0),
+            ));
+        }
+        if let Some(t) = message.method_timeout {
+            if t != -1 && !(1..=MAX_TIMEOUT_SECS as i64).contains(&t) {
+                return Err(InputError::MethodTimeout(t));
+            }
+        }
+        let bytes = message.data_bytes();
         if bytes > MAX_DATA_BYTES {
             return Err(InputError::Data { bytes });
         }
         if message.ttl == Some(0) {
             return Err(InputError::ZeroTtl);
         }
-        Ok(message)
+        crate::reply::check_request(&message, refusal).map_err(InputError::Reply)?;
+        Ok(nodes
+            .into_iter()
+            .map(|to_node| Message {
+                to_node,
+                to_nodes: None,
+                ..message.clone()
+            })
+            .collect())
+    }
+
+    /// Bytes of data a message carries: its `data` and its arguments.
+    pub fn data_bytes(&self) -> usize {
+        let args = |a: &Option<Vec<String>>| a.iter().flatten().map(String::len).sum::<usize>();
+        self.data.iter().map(String::len).sum::<usize>()
+            + args(&self.method_args)
+            + args(&self.reply_method_args)
     }
 }
 
@@ -184,10 +314,21 @@ pub enum InputError {
         field: &'static str,
         source: NameError,
     },
+    /// One of `toNodes` (counting from 0) is not a valid name.
+    ToNodes {
+        index: usize,
+        source: NameError,
+    },
+    /// Neither `toNode` nor `toNodes` names a node.
+    NoDestination,
     /// This build cannot send the method as that kind ([`KindCheck`]'s words).
     Refused(String),
-    /// A timeout of 0, or past [`MAX_TIMEOUT_SECS`].
-    Timeout(u64),
+    /// A `timeout` or `replyTimeout` of 0, or past [`MAX_TIMEOUT_SECS`].
+    Timeout(&'static str, u64),
+    /// A `methodTimeout` other than -1 or 1 to [`MAX_TIMEOUT_SECS`].
+    MethodTimeout(i64),
+    /// Where the result should go, or where a file should be written, is not possible.
+    Reply(crate::reply::RouteError),
     /// More data than [`MAX_DATA_BYTES`].
     Data {
         bytes: usize,
@@ -212,11 +353,18 @@ impl fmt::Display for InputError {
             }
             InputError::Json(e) => write!(f, "{e}"),
             InputError::Name { field, source } => write!(f, "bad {field}: {source}"),
+            InputError::ToNodes { index, source } => write!(f, "bad toNodes[{index}]: {source}"),
+            InputError::NoDestination => f.write_str("toNodes is empty and there is no toNode"),
             InputError::Refused(why) => f.write_str(why),
-            InputError::Timeout(t) => write!(
+            InputError::Timeout(key, t) => write!(
                 f,
-                "bad timeout {t}: must be between 1 and {MAX_TIMEOUT_SECS} seconds"
+                "bad {key} {t}: must be between 1 and {MAX_TIMEOUT_SECS} seconds"
             ),
+            InputError::MethodTimeout(t) => write!(
+                f,
+                "bad methodTimeout {t}: must be -1 (no limit) or between 1 and {MAX_TIMEOUT_SECS} seconds"
+            ),
+            InputError::Reply(e) => write!(f, "{e}"),
             InputError::Data { bytes } => too_much_data(f, *bytes),
             InputError::ZeroTtl => {
                 f.write_str("bad ttl 0: give the seconds the message may wait, or leave ttl out")
@@ -229,7 +377,8 @@ impl std::error::Error for InputError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             InputError::Kind(e) | InputError::Json(e) => Some(e),
-            InputError::Name { source, .. } => Some(source),
+            InputError::Name { source, .. } | InputError::ToNodes { source, .. } => Some(source),
+            InputError::Reply(e) => Some(e),
             _ => None,
         }
     }
@@ -262,6 +411,10 @@ pub struct Envelope {
     pub from_node: String,
     /// Milliseconds since the Unix epoch when the sending node accepted the message.
     pub accepted: u64,
+    /// On a request with a `replyMethod`: its sender's signature over the result it asks
+    /// for, which the result carries back (see [`crate::reply`]). Added as it is sent.
+    #[serde(rename = "replyTicket", default, skip_serializing_if = "Option::is_none")]
+    pub reply_ticket: Option<String>,
     #[serde(flatten)]
     pub message: Message,
 }
@@ -298,13 +451,17 @@ impl Envelope {
         name("fromNode", &e.from_node)?;
         name("toNode", &e.message.to_node)?;
         name("method", &e.message.method)?;
-        if e.id.is_empty() || e.id.len() > MAX_ID_LEN || e.id.chars().any(char::is_control) {
-            return Err(DecodeError::Id(e.id.chars().take(64).collect()));
+        let answers = e.message.in_reply_to.as_ref().map(|a| a.id.as_str());
+        for id in [Some(e.id.as_str()), answers].into_iter().flatten() {
+            if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+                return Err(DecodeError::Id(id.chars().take(64).collect()));
+            }
         }
-        let bytes: usize = e.message.data.iter().map(String::len).sum();
+        let bytes = e.message.data_bytes();
         if bytes > MAX_DATA_BYTES {
             return Err(DecodeError::Data { bytes });
         }
+        crate::reply::check_place(&e.message).map_err(DecodeError::Place)?;
         Ok(())
     }
 }
@@ -351,6 +508,8 @@ pub enum DecodeError {
     Id(String),
     /// More data than [`MAX_DATA_BYTES`].
     Data { bytes: usize },
+    /// `directory` or `fileName` would not be a place under the data folder.
+    Place(crate::reply::RouteError),
     /// A batch of no messages, or of more than [`MAX_BATCH`].
     BatchSize { count: usize },
     /// One message of a batch (counting from 0) is bad.
@@ -380,6 +539,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Name { field, source } => write!(f, "bad {field}: {source}"),
             DecodeError::Id(id) => write!(f, "bad id {id:?}"),
             DecodeError::Data { bytes } => too_much_data(f, *bytes),
+            DecodeError::Place(e) => write!(f, "{e}"),
             DecodeError::BatchSize { count } => write!(
                 f,
                 "a batch of {count} messages; 1 to {MAX_BATCH} are allowed"
@@ -625,7 +785,7 @@ fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut 
     }
     for (i, item) in items.iter().enumerate() {
         match Message::from_value(item, known_method) {
-            Ok(m) => parsed.messages.push(m),
+            Ok(m) => parsed.messages.extend(m),
             Err(e) => parsed.rejected.push(Rejected {
                 text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
                     .expect("a parsed JSON value serializes"),
@@ -866,6 +1026,7 @@ mod tests {
             id: "central-1".into(),
             from_node: "central".into(),
             accepted: 1,
+            reply_ticket: None,
             message: m,
         };
         let wire = e.encode();

@@ -244,15 +244,8 @@ mod tests {
                 id: id.into(),
                 from_node: "central".into(),
                 accepted: 1,
-                message: Message {
-                    to_node: "ship1".into(),
-                    data: vec!["x".into()],
-                    kind: Kind::CommandAck,
-                    method: "CLICommand".into(),
-                    timeout: None,
-                    retries: None,
-                    ttl: None,
-                },
+                reply_ticket: None,
+                message: Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["x".into()]),
             },
         }
     }

@@ -115,13 +115,10 @@ mod tests {
 
     fn message(retries: Option<u32>, ttl: Option<u64>) -> Message {
         Message {
-            to_node: "ship1".into(),
-            data: vec!["true".into()],
-            kind: Kind::CommandAck,
-            method: "CLICommand".into(),
             timeout: Some(1),
             retries,
             ttl,
+            ..Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["true".into()])
         }
     }
 

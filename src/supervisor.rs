@@ -51,8 +51,16 @@ pub enum Event {
         generation: u64,
         failure: Option<Failure>,
     },
-    /// The process table as text, for `--profilingPort`.
+    /// The process table as text, for `--profilingPort`, `steward status` and
+    /// `OpProcessList`.
     Status(Sender<String>),
+    /// `OpProcessStop`: stop the publisher or subscriber `name` (`by`: who asked), and say
+    /// how that went.
+    Stop {
+        name: String,
+        by: String,
+        reply: Sender<Result<String, String>>,
+    },
     /// SIGINT or SIGTERM.
     Shutdown,
 }
@@ -128,6 +136,11 @@ struct ProcessEntry {
     restart_at: Option<Instant>,
     /// A publisher's lane, and its wake-up.
     lane: Option<(Subject, Sender<()>)>,
+    /// Dropped to stop this process alone (all are dropped at shutdown).
+    stop: Option<Sender<()>>,
+    /// Who stopped it (`OpProcessStop`): then it is not restarted; a publisher starts again
+    /// with its lane's next message, a subscriber with the agent's next start.
+    stopped_by: Option<String>,
 }
 
 pub struct Supervisor {
@@ -135,25 +148,22 @@ pub struct Supervisor {
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     table: BTreeMap<String, ProcessEntry>,
-    /// Dropped to stop every process: the stop channel's sender, and the write end of the
-    /// [`StopFd`]'s pipe.
-    stop_tx: Option<(Sender<()>, Option<OwnedFd>)>,
-    stop: Receiver<()>,
+    /// Dropped to stop the processes that sleep in `poll`: the write end of the
+    /// [`StopFd`]'s pipe (each process's stop channel is in its entry).
+    stop_fd_tx: Option<OwnedFd>,
     stop_fd: StopFd,
     methods: Vec<Arc<dyn Method>>,
 }
 
 impl Supervisor {
     pub fn new(node: Arc<Node>, events: Receiver<Event>, events_tx: Sender<Event>) -> Supervisor {
-        let (stop_tx, stop) = crossbeam_channel::bounded(0);
         let (stop_fd, stop_fd_tx) = StopFd::new();
         Supervisor {
             node,
             events,
             events_tx,
             table: BTreeMap::new(),
-            stop_tx: Some((stop_tx, stop_fd_tx)),
-            stop,
+            stop_fd_tx,
             stop_fd,
             methods: Vec::new(),
         }
@@ -221,6 +231,8 @@ impl Supervisor {
             thread: None,
             restart_at: None,
             lane,
+            stop: None,
+            stopped_by: None,
         };
         self.table.insert(name.clone(), entry);
         self.launch(&name);
@@ -233,11 +245,14 @@ impl Supervisor {
         e.generation += 1;
         e.started = Instant::now();
         e.restart_at = None;
+        e.stopped_by = None;
+        let (stop_tx, stop) = crossbeam_channel::bounded(0);
+        e.stop = Some(stop_tx);
         match process::spawn(
             name.to_string(),
             e.generation,
             (e.recipe)(),
-            self.stop.clone(),
+            stop,
             self.events_tx.clone(),
             e.state.clone(),
         ) {
@@ -255,8 +270,18 @@ impl Supervisor {
     /// Starts a publisher for a lane with messages waiting, unless it has one.
     fn publish(&mut self, lane: Subject) {
         let name = format!("publisher {lane}");
-        if let Some((_, wake)) = self.table.get(&name).and_then(|e| e.lane.as_ref()) {
-            let _ = wake.try_send(());
+        if let Some(e) = self.table.get(&name) {
+            if let Some((lane, wake)) = &e.lane {
+                if e.stopped_by.is_some() {
+                    // Stopped by an operator: its lane has work again.
+                    self.node.serve_lane(lane.clone(), wake.clone());
+                    let wake = wake.clone();
+                    self.launch(&name);
+                    let _ = wake.try_send(());
+                } else {
+                    let _ = wake.try_send(());
+                }
+            }
             return;
         }
         // A wake-up waits at most one deep: a publisher looks at the journal after each.
@@ -288,6 +313,10 @@ impl Supervisor {
             let _ = t.join();
             self.node.metrics.processes.dec();
         }
+        if let Some(by) = &e.stopped_by {
+            e.state.set(format!("stopped by OpProcessStop from {by}"));
+            return;
+        }
         // Ended without an error, though not told to stop: restarted as it always was.
         let failure = failure.unwrap_or_else(|| Failure::retry("ended unexpectedly"));
         let fatal = failure.is_fatal();
@@ -315,6 +344,41 @@ impl Supervisor {
                 FATAL_RESTART.as_secs()
             );
         }
+    }
+
+    /// `OpProcessStop`: stops a publisher or a subscriber, not to be restarted (see
+    /// [`ProcessEntry::stopped_by`]). The node's own processes (inbox, control socket,
+    /// hello) and the subscriber that takes `OpProcessStop` itself cannot be stopped: a node
+    /// must stay reachable to be put right.
+    fn stop_one(&mut self, name: &str, by: &str) -> Result<String, String> {
+        let node = &self.node.config.node;
+        let Some(e) = self.table.get_mut(name) else {
+            return Err(format!(
+                "{node} has no process {name:?} (OpProcessList lists them)"
+            ));
+        };
+        if !(name.starts_with("publisher ") || name.starts_with("subscriber "))
+            || name == "subscriber OpProcessStop"
+        {
+            return Err(format!(
+                "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than OpProcessStop's, can)"
+            ));
+        }
+        if e.stopped_by.is_some() || e.thread.is_none() {
+            return Ok(format!("{name} on {node} is not running"));
+        }
+        e.stopped_by = Some(by.to_string());
+        e.restart_at = None;
+        drop(e.stop.take());
+        if let Some((lane, _)) = &e.lane {
+            self.node.unserve_lane(lane);
+        }
+        log::warn!("{name} stopped by OpProcessStop from {by}");
+        Ok(if name.starts_with("publisher ") {
+            format!("{name} on {node} stopped; its messages stay in the journal, and it starts again with its lane's next message or the next start of {node}")
+        } else {
+            format!("{name} on {node} stopped until the next start of {node}")
+        })
     }
 
     fn restart_due(&mut self) {
@@ -406,6 +470,7 @@ impl Supervisor {
                     Ok(Event::Publish(lanes)) => lanes.into_iter().for_each(|l| self.publish(l)),
                     Ok(Event::Exited { name, generation, failure }) => self.exited(name, generation, failure),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(upkeep) -> _ => {
@@ -430,7 +495,10 @@ impl Supervisor {
     fn shutdown(mut self) {
         log::info!("stopping: no new work is taken; finishing in-flight work");
         let deadline = Instant::now() + self.node.config.shutdown_grace;
-        drop(self.stop_tx.take());
+        drop(self.stop_fd_tx.take());
+        for e in self.table.values_mut() {
+            drop(e.stop.take());
+        }
         let mut running = self.table.values().filter(|e| e.thread.is_some()).count();
         while running > 0 {
             match self.events.recv_deadline(deadline) {

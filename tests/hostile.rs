@@ -12,12 +12,18 @@ use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
 
 const KINDS: [&str; 4] = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
-const METHODS: [&str; 5] = [
+const METHODS: [&str; 11] = [
     "CLICommand",
     "TextLogging",
     "Hello",
     "ErrorLog",
     "TrustedKeys",
+    "File",
+    "FileAppend",
+    "Console",
+    "OpProcessList",
+    "OpProcessStop",
+    "PublicKey",
 ];
 /// Whom a forgery claims to be: the central node, the target itself, a fleet member the
 /// target trusts, and a name nobody knows.
@@ -40,6 +46,19 @@ fn data_for(method: &str, marker: &str, dir: &std::path::Path) -> Vec<String> {
         }
         _ => vec![format!("{marker}\n")],
     }
+}
+
+/// A forgery made to look like the result of a request ship1 sent: a file to write, and a
+/// made-up ticket.
+fn as_a_result(payload: Vec<u8>) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    v["directory"] = "m".into();
+    v["fileName"] = "forged.txt".into();
+    v["inReplyTo"] = serde_json::json!({
+        "id": "ship1-0-0-made-up", "method": "CLICommand", "status": "ok",
+        "ticket": "00".repeat(64),
+    });
+    serde_json::to_vec(&v).unwrap()
 }
 
 /// Every message ship1 has refused, whatever the method.
@@ -100,7 +119,7 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                 let data: Vec<&str> = data.iter().map(String::as_str).collect();
                 for (variant, signer) in [("unsigned", None), ("self-signed", Some("intruder"))] {
                     let id = format!("{marker}-{sent}");
-                    let payload = envelope(&id, from, "ship1", kind, method, &data);
+                    let payload = as_a_result(envelope(&id, from, "ship1", kind, method, &data));
                     let reply = format!("_INBOX.{from}.hostile.{variant}.{sent}");
                     let headers = signer.map(|s| signed_by(s, &subject, Some(&reply), &payload));
                     raw.send(&subject, Some(&reply), headers.as_ref(), &payload);
@@ -162,6 +181,7 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     }
     assert!(!ship1.read("textlog/ship2.log").contains(&marker));
     assert!(!ship1.read("hello-nodes.json").contains("nobody"));
+    assert!(!ship1.path("m").exists(), "a forged result wrote a file");
     // Nothing about them was recorded for later either.
     let after = ship1.read("journal/received.log");
     assert!(!after.contains(&marker), "a forged id was recorded");

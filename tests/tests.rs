@@ -21,6 +21,7 @@ mod durability;
 mod hostile;
 mod observability;
 mod powercut;
+mod replies;
 mod security;
 mod seed_examples;
 mod signing;

@@ -6,15 +6,7 @@ use crate::message::Kind;
 use std::fs::{self, OpenOptions};
 
 fn msg_to(to: &str, i: usize) -> Message {
-    Message {
-        to_node: to.into(),
-        data: vec![format!("message {i}")],
-        kind: Kind::EventAck,
-        method: "TextLogging".into(),
-        timeout: None,
-        retries: None,
-        ttl: None,
-    }
+    Message::new(&to, Kind::EventAck, "TextLogging", vec![format!("message {i}")])
 }
 
 fn msg(i: usize) -> Message {
@@ -392,6 +384,7 @@ fn a_journal_from_before_lanes_is_read_and_rewritten() {
         id: format!("central-1-{i}"),
         from_node: "central".into(),
         accepted: 1,
+        reply_ticket: None,
         message: msg_to(if i == 2 { "ship2" } else { "ship1" }, i),
     };
     let mut buf = Vec::new();

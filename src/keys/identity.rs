@@ -192,6 +192,17 @@ impl Identity {
         &self.public
     }
 
+    /// This node's word for `what` (a [`crate::reply::ResultRoute`]'s bytes), hex: a
+    /// signature that only this node checks, with [`Trusted::vouched`](super::Trusted::vouched).
+    /// Its domain differs from a message signature's, so neither can stand for the other.
+    pub fn vouch(&self, what: &[u8]) -> String {
+        let sig = self
+            .pair
+            .sign(&super::vouched_bytes(what))
+            .expect("a key pair made from a seed can always sign");
+        hex(&sig)
+    }
+
     /// The headers that sign `payload` as sent now, in `scope`.
     pub fn seal(&self, scope: Scope<'_>, payload: &[u8]) -> Sealed {
         self.seal_at(scope, payload, files::unix_millis())

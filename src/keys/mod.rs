@@ -169,6 +169,13 @@ pub(super) fn signed_bytes(sent: &str, seq: &str, scope: Scope<'_>, payload: &[u
     v
 }
 
+/// What [`Identity::vouch`] signs: `what`, in a domain of its own.
+pub(super) fn vouched_bytes(what: &[u8]) -> Vec<u8> {
+    let mut v = b"steward-vouch-v1\n".to_vec();
+    v.extend_from_slice(what);
+    v
+}
+
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -369,6 +369,17 @@ impl Trusted {
         (keys.iter().any(|k| *k == key), known)
     }
 
+    /// Whether this node vouched for `what` (`sig`: from [`Identity::vouch`](super::Identity::vouch)
+    /// with this node's own key).
+    pub fn vouched(&self, what: &[u8], sig: &str) -> bool {
+        let Some(sig) = unhex(sig) else {
+            return false;
+        };
+        KeyPair::from_public_key(&self.own.1)
+            .and_then(|k| k.verify(&super::vouched_bytes(what), &sig))
+            .is_ok()
+    }
+
     /// Whether this node trusts any key for `node`.
     pub fn knows(&self, node: &str) -> bool {
         node == self.own.0 || self.lookup(node, "").1

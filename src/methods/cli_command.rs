@@ -42,18 +42,53 @@ impl Method for CliCommand {
         super::COMMANDS
     }
 
+    fn senders(&self) -> super::Senders {
+        super::Senders::Commanders
+    }
+
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
-        let deadline = envelope
-            .message
-            .timeout
-            .map(Duration::from_secs)
-            .unwrap_or(ctx.config.default_timeout);
-        run(&envelope.message.data, &ctx.data.root, deadline)
+        run(
+            &envelope.message.data,
+            &ctx.data.root,
+            Deadline::of(&envelope.message, ctx.config.default_timeout),
+        )
+    }
+}
+
+/// How long a command may run: `methodTimeout` if the message has one (`-1`: no limit),
+/// else its `timeout` (also how long its sender waits), else the node's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    pub after: Option<Duration>,
+    /// The key that set it, for the reply of a command killed at it.
+    pub set_by: &'static str,
+}
+
+impl Deadline {
+    pub fn of(m: &crate::message::Message, default: Duration) -> Deadline {
+        match (m.method_timeout, m.timeout) {
+            (Some(-1), _) => Deadline {
+                after: None,
+                set_by: "methodTimeout",
+            },
+            (Some(t), _) => Deadline {
+                after: Some(Duration::from_secs(t.unsigned_abs())),
+                set_by: "methodTimeout",
+            },
+            (None, Some(t)) => Deadline {
+                after: Some(Duration::from_secs(t)),
+                set_by: "timeout",
+            },
+            (None, None) => Deadline {
+                after: Some(default),
+                set_by: "the default timeout",
+            },
+        }
     }
 }
 
 /// Runs `argv` in `cwd`, killing its process group at `deadline`.
-pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
+pub fn run(argv: &[String], cwd: &Path, deadline: Deadline) -> Outcome {
     let Some(program) = argv.first() else {
         return Outcome::error("CLICommand needs a command in data, e.g. [\"df\",\"-h\"]");
     };
@@ -61,7 +96,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
         Ok(spawned) => spawned,
         Err(why) => return Outcome::error(why),
     };
-    let collected = collect(child.id(), reader, deadline);
+    let collected = collect(child.id(), reader, deadline.after);
     let status = match child.wait() {
         Ok(s) => s,
         Err(e) => return Outcome::error(format!("cannot wait for {program:?}: {e}")),
@@ -73,10 +108,11 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Duration) -> Outcome {
             collected.dropped
         ));
     }
-    if collected.killed {
+    if let (true, Some(after)) = (collected.killed, deadline.after) {
         text.push_str(&format!(
-            "\n[steward: killed after the {}s deadline]\n",
-            deadline.as_secs_f64()
+            "\n[steward: killed after the {}s deadline ({})]\n",
+            after.as_secs_f64(),
+            deadline.set_by
         ));
     }
     if collected.abandoned {
@@ -130,7 +166,7 @@ struct Collected {
 /// Reads the command's output until its leader (`pgid`) has exited and the pipe is at
 /// end-of-file (everything that could write to it is gone), or kills the group at the
 /// deadline. No child of the command outlives this.
-fn collect(pgid: u32, mut reader: File, deadline: Duration) -> Collected {
+fn collect(pgid: u32, mut reader: File, deadline: Option<Duration>) -> Collected {
     let started = Instant::now();
     let mut c = Collected {
         output: Vec::new(),
@@ -144,7 +180,7 @@ fn collect(pgid: u32, mut reader: File, deadline: Duration) -> Collected {
     let mut buf = [0u8; 16 * 1024];
     while !(eof && crate::sys::child_exited(pgid)) {
         let now = Instant::now();
-        if killed_at.is_none() && now.duration_since(started) >= deadline {
+        if killed_at.is_none() && deadline.is_some_and(|d| now.duration_since(started) >= d) {
             kill_group(pgid);
             killed_at = Some(now);
         }
@@ -156,19 +192,19 @@ fn collect(pgid: u32, mut reader: File, deadline: Duration) -> Collected {
                     c.abandoned = !eof;
                     break;
                 }
-                left
+                Some(left)
             }
-            None => deadline.saturating_sub(now.duration_since(started)),
+            None => deadline.map(|d| d.saturating_sub(now.duration_since(started))),
         };
         if eof {
             // The leader closed its output but has not exited yet: most often it is in the
             // middle of exiting (its files close before it becomes a zombie), so look again
             // at once, then less and less often.
-            std::thread::sleep(wait.min(recheck));
+            std::thread::sleep(wait.map_or(recheck, |w| w.min(recheck)));
             recheck = (recheck * 2).min(Duration::from_millis(20));
             continue;
         }
-        match crate::sys::wait_readable([reader.as_fd()], Some(wait)) {
+        match crate::sys::wait_readable([reader.as_fd()], wait) {
             Ok([true]) => match reader.read(&mut buf) {
                 Ok(0) => eof = true,
                 Ok(n) => {
@@ -200,6 +236,13 @@ fn kill_group(pgid: u32) {
 mod tests {
     use super::*;
 
+    fn secs(n: u64) -> Deadline {
+        Deadline {
+            after: Some(Duration::from_secs(n)),
+            set_by: "timeout",
+        }
+    }
+
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
     }
@@ -208,9 +251,7 @@ mod tests {
     fn output_and_exit_status_come_back() {
         let o = run(
             &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
-            Path::new("/"),
-            Duration::from_secs(5),
-        );
+            Path::new("/"), secs(5));
         assert_eq!(o.status, Status::Ok);
         assert_eq!(o.exit_code, Some(3));
         assert_eq!(o.output, "out\nerr\n");
@@ -222,7 +263,10 @@ mod tests {
         let o = run(
             &argv(&["sh", "-c", "sleep 30 & sleep 30; echo never"]),
             Path::new("/"),
-            Duration::from_millis(300),
+            Deadline {
+                after: Some(Duration::from_millis(300)),
+                set_by: "methodTimeout",
+            },
         );
         assert!(
             t.elapsed() < Duration::from_secs(5),
@@ -238,13 +282,11 @@ mod tests {
     fn a_missing_program_is_an_error_not_a_crash() {
         let o = run(
             &argv(&["/no/such/program"]),
-            Path::new("/"),
-            Duration::from_secs(1),
-        );
+            Path::new("/"), secs(1));
         assert_eq!(o.status, Status::Error);
         assert!(o.output.contains("/no/such/program"));
         assert_eq!(
-            run(&[], Path::new("/"), Duration::from_secs(1)).status,
+            run(&[], Path::new("/"), secs(1)).status,
             Status::Error
         );
     }
@@ -253,9 +295,7 @@ mod tests {
     fn runaway_output_is_capped() {
         let o = run(
             &argv(&["sh", "-c", "head -c 1000000 /dev/zero"]),
-            Path::new("/"),
-            Duration::from_secs(10),
-        );
+            Path::new("/"), secs(10));
         assert!(o.output.len() < MAX_OUTPUT + 200);
         assert!(
             o.output.contains("737856 more bytes"),
@@ -292,9 +332,7 @@ mod tests {
         let t = Instant::now();
         let o = run(
             &argv(&["sh", "-c", "sleep 1000 & echo $!; exit 0"]),
-            Path::new("/"),
-            Duration::from_secs(1),
-        );
+            Path::new("/"), secs(1));
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "took {:?}",
@@ -311,9 +349,7 @@ mod tests {
         let t = Instant::now();
         let o = run(
             &argv(&["sh", "-c", "setsid sleep 1000 & echo $!; exit 0"]),
-            Path::new("/"),
-            Duration::from_secs(1),
-        );
+            Path::new("/"), secs(1));
         let took = t.elapsed();
         let pid = o.output.lines().find_map(|l| l.parse::<u32>().ok());
         if let Some(pid) = pid {
@@ -331,9 +367,7 @@ mod tests {
         let t = Instant::now();
         let o = run(
             &argv(&["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"]),
-            Path::new("/"),
-            Duration::from_secs(60),
-        );
+            Path::new("/"), secs(60));
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "took {:?}",

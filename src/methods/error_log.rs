@@ -21,6 +21,10 @@ impl Method for ErrorLog {
         super::EVENTS
     }
 
+    fn senders(&self) -> super::Senders {
+        super::Senders::Fleet
+    }
+
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         self.handle_batch(&[envelope], ctx).remove(0)
     }

@@ -89,6 +89,10 @@ impl Method for Hello {
         super::EVENTS
     }
 
+    fn senders(&self) -> super::Senders {
+        super::Senders::Fleet
+    }
+
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         ctx.presence.seen(&envelope.from_node);
         // A metric label per name any sender can make up would grow /metrics without end.

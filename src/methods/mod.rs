@@ -6,6 +6,7 @@
 //! (`inmsg.txt`, `steward send`) and on receipt. So a command can never travel as an
 //! event to slip past the rules for commands.
 
+pub use crate::admission::Senders;
 use crate::config::Config;
 use crate::files::DataFolder;
 use crate::keys::Trusted;
@@ -17,8 +18,12 @@ use crate::node::{Node, Presence};
 use std::sync::{Arc, OnceLock};
 
 pub mod cli_command;
+pub mod console;
 pub mod error_log;
+pub mod file;
 pub mod hello;
+pub mod op_process;
+pub mod public_key;
 pub mod text_logging;
 pub mod trusted_keys;
 
@@ -59,18 +64,38 @@ pub const COMMANDS: &[Kind] = &[Kind::CommandAck, Kind::CommandNack];
 /// The kinds of a method that takes what happened (a log line, a Hello): events only.
 pub const EVENTS: &[Kind] = &[Kind::EventAck, Kind::EventNack];
 
-/// What a method may use of its node: its configuration and data folder, whom it trusts,
-/// who said Hello, the metrics, the log budget, and a way to report to central. Not the
-/// journal, the broker or the supervisor: a method does its work and returns an outcome;
-/// getting it back to the sender is the subscriber's business.
+/// What a method may use of its node: its configuration and data folder, its public key,
+/// whom it trusts, who said Hello, the metrics, the log budget, a way to report to central,
+/// and the supervisor's process table. Not the journal or the broker: a method does its
+/// work and returns an outcome; getting it back to the sender (in the ACK, or as a result
+/// message) is the subscriber's business.
 pub struct Context<'a> {
     pub config: &'a Config,
     pub data: &'a DataFolder,
+    pub public_key: &'a str,
     pub trusted: &'a Trusted,
     pub presence: &'a Presence,
     pub metrics: &'a Metrics,
     pub log_budget: &'a LogBudget,
     pub outbox: &'a dyn Outbox,
+    pub processes: &'a dyn Processes,
+}
+
+/// What a method may ask of the supervisor (`OpProcessList`, `OpProcessStop`).
+pub trait Processes: Sync {
+    /// The process table as `steward status` prints it; `None` while the node stops.
+    fn table(&self) -> Option<String>;
+    /// Stops the publisher or subscriber `name`, at `by`'s word: what was done, or why not.
+    fn stop(&self, name: &str, by: &str) -> Result<String, String>;
+}
+
+impl Processes for Node {
+    fn table(&self) -> Option<String> {
+        self.status()
+    }
+    fn stop(&self, name: &str, by: &str) -> Result<String, String> {
+        self.stop_process(name, by)
+    }
 }
 
 /// What a method may send on: into this node's journal, like any message.
@@ -91,11 +116,13 @@ impl Node {
         Context {
             config: &self.config,
             data: &self.data,
+            public_key: self.identity.public_key(),
             trusted: &self.trusted,
             presence: &self.presence,
             metrics: &self.metrics,
             log_budget: &self.log_budget,
             outbox: self,
+            processes: self,
         }
     }
 }
@@ -105,6 +132,8 @@ pub trait Method: Send + Sync {
     fn name(&self) -> &'static str;
     /// The kinds this method serves ([`COMMANDS`] or [`EVENTS`]).
     fn kinds(&self) -> &'static [Kind];
+    /// Who may send it (checked by [`crate::admission`] before it runs).
+    fn senders(&self) -> Senders;
     /// Whether this node can take the method's work now: a method whose work needs disk
     /// space (a log) says no while the disk is below its floor. Asked before anything is
     /// recorded; a "no" is not answered, so the sender tries again later, within the
@@ -141,6 +170,12 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(hello::Hello::default()),
         Arc::new(error_log::ErrorLog),
         Arc::new(trusted_keys::TrustedKeys),
+        Arc::new(file::File),
+        Arc::new(file::FileAppend),
+        Arc::new(console::Console),
+        Arc::new(op_process::OpProcessList),
+        Arc::new(op_process::OpProcessStop),
+        Arc::new(public_key::PublicKey),
     ]
 }
 

@@ -22,6 +22,10 @@ impl Method for TextLogging {
         super::EVENTS
     }
 
+    fn senders(&self) -> super::Senders {
+        super::Senders::Fleet
+    }
+
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         self.handle_batch(&[envelope], ctx).remove(0)
     }

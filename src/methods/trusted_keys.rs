@@ -28,6 +28,10 @@ impl Method for TrustedKeys {
         super::COMMANDS
     }
 
+    fn senders(&self) -> super::Senders {
+        super::Senders::Central
+    }
+
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let set = match KeySet::parse(&envelope.message.data.concat()) {
             Ok(set) => set,

@@ -28,13 +28,18 @@ impl Node {
         self.accept_inner(messages, inbox, false).map(|_| ())
     }
 
+    /// As [`Node::accept`] (not from an inbox file), and returns each message's id.
+    pub fn accept_ids(&self, messages: Vec<Message>) -> io::Result<Vec<String>> {
+        self.accept_inner(messages, None, false).map(|(ids, _)| ids)
+    }
+
     /// As [`Node::accept`], and returns each message's id with a channel on which its
     /// progress (attempts, then how it ended) will arrive: for `steward send`.
     pub fn accept_watched(
         &self,
         messages: Vec<Message>,
     ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
-        self.accept_inner(messages, None, true)
+        self.accept_inner(messages, None, true).map(|(_, watched)| watched)
     }
 
     fn accept_inner(
@@ -42,7 +47,7 @@ impl Node {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
         watch: bool,
-    ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
+    ) -> io::Result<(Vec<String>, Vec<(String, Receiver<Progress>)>)> {
         let (written, watched) = {
             let mut journal = self.journal();
             let written = match journal.write(&self.config.node, messages, inbox) {
@@ -92,7 +97,7 @@ impl Node {
             }
         }
         self.wake(lanes);
-        Ok(watched)
+        Ok((entries.into_iter().map(|e| e.envelope.id).collect(), watched))
     }
 
     /// Tells whoever watches message `id` how it is going; the last word ends the watch.
@@ -133,6 +138,15 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(lane, wake);
+    }
+
+    /// `lane`'s publisher was stopped (`OpProcessStop`): its next message goes through the
+    /// supervisor, which starts it again.
+    pub fn unserve_lane(&self, lane: &Subject) {
+        self.publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(lane);
     }
 
     /// Messages of `lane` are finished (ACKed, published, or given up and kept in

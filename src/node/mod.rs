@@ -195,6 +195,21 @@ impl Node {
         std::process::exit(EXIT_STORAGE_FAILED)
     }
 
+    /// Asks the supervisor to stop the publisher or subscriber `name` (`OpProcessStop` from
+    /// `by`).
+    pub fn stop_process(&self, name: &str, by: &str) -> Result<String, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let asked = self.supervisor.send(Event::Stop {
+            name: name.to_string(),
+            by: by.to_string(),
+            reply: tx,
+        });
+        asked
+            .ok()
+            .and_then(|()| rx.recv_timeout(Duration::from_secs(2)).ok())
+            .unwrap_or_else(|| Err("the supervisor did not answer (the node is stopping)".into()))
+    }
+
     /// Asks the supervisor for the process table as text.
     pub fn status(&self) -> Option<String> {
         let (tx, rx) = crossbeam_channel::bounded(1);

@@ -23,14 +23,9 @@ impl Node {
     pub fn report_error(&self, text: String) {
         log::error!("{text}");
         let message = Message {
-            to_node: self.config.central_node.clone(),
-            data: vec![text],
-            kind: Kind::EventAck,
-            method: "ErrorLog".to_string(),
-            timeout: None,
-            retries: None,
             // Errors must reach central even after a long outage of the link.
-            ttl: Some(ERROR_REPORT_TTL_SECS),
+ ttl: Some(ERROR_REPORT_TTL_SECS),
+            ..Message::new(&self.config.central_node, Kind::EventAck, "ErrorLog", vec![text])
         };
         if let Err(e) = self.accept(vec![message], None) {
             log::error!("cannot journal the error report for the central error logger: {e}");

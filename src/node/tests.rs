@@ -62,15 +62,7 @@ fn offline_node(dir: &std::path::Path) -> Node {
 fn a_watched_message_cannot_be_taken_before_its_watcher_is_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let node = Arc::new(offline_node(dir.path()));
-    let message = Message {
-        to_node: "ship2".into(),
-        data: vec!["hi".into()],
-        kind: Kind::EventNack,
-        method: "TextLogging".into(),
-        timeout: None,
-        retries: None,
-        ttl: None,
-    };
+    let message = Message::new("ship2", Kind::EventNack, "TextLogging", vec!["hi".into()]);
     let lane = message.subject();
     let held = node.watchers.lock().unwrap();
     let n = node.clone();

@@ -38,15 +38,8 @@ impl Process for HelloSender {
                 ),
                 from_node: config.node.clone(),
                 accepted: now,
-                message: Message {
-                    to_node: config.central_node.clone(),
-                    data: vec![format!("hello {count} from {}", config.node)],
-                    kind: Kind::EventNack,
-                    method: "Hello".into(),
-                    timeout: None,
-                    retries: None,
-                    ttl: None,
-                },
+                reply_ticket: None,
+                message: Message::new(&config.central_node, Kind::EventNack, "Hello", vec![format!("hello {count} from {}", config.node)]),
             };
             match self.node.broker.publish(
                 &self.node.identity,

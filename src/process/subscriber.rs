@@ -255,6 +255,7 @@ fn handle(
     let served = Served {
         method: method.name(),
         kinds: method.kinds(),
+        senders: method.senders(),
     };
     let decision = admission::admit(
         &Policy::of(&node.config),
@@ -369,7 +370,10 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     }
     .into_iter();
     let mut replies = Vec::with_capacity(a.envelopes.len());
-    let mut to_record = Vec::new();
+    // Where the replies to record (the new ones) are in `replies`.
+    let mut new_at = Vec::new();
+    // Results to send as messages of their own, with where their reply is.
+    let mut results = Vec::new();
     for (envelope, seen) in a.envelopes.iter().zip(seen) {
         let (outcome, label) = match seen {
             Seen::Done(reply) => {
@@ -404,19 +408,35 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
             .received
             .with_label_values(&[name, label])
             .inc();
-        let reply = Reply {
+        // With a replyMethod the output goes where it says (`send_results`), or nowhere
+        // (`None`); the ACK says how the request ended. (An interrupted run has no result
+        // but its error.)
+        let result = (seen == Seen::New)
+            .then(|| crate::reply::result_message(envelope, &outcome))
+            .flatten();
+        let nowhere = envelope.message.reply_method.as_deref() == Some(crate::reply::NONE);
+        let elsewhere = result.is_some() || nowhere && seen == Seen::New;
+        if let Some(result) = result {
+            results.push((replies.len(), result));
+        }
+        new_at.push(replies.len());
+        // Refusals too: a retry whose answer was lost gets the same refusal, rather than
+        // finding the id still "running" for ever.
+        replies.push(Reply {
             id: envelope.id.clone(),
             from_node: node.config.node.clone(),
             to_node: a.from.clone(),
             status: outcome.status,
             exit_code: outcome.exit_code,
-            output: outcome.output,
-        };
-        // Refusals too: a retry whose answer was lost gets the same refusal, rather than
-        // finding the id still "running" for ever.
-        to_record.push(reply.clone());
-        replies.push(reply);
+            output: if elsewhere {
+                String::new()
+            } else {
+                outcome.output
+            },
+        });
     }
+    send_results(node, subject, results, &mut replies);
+    let to_record: Vec<Reply> = new_at.iter().map(|&i| replies[i].clone()).collect();
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
     if let Err(e) = node.received.record(&to_record) {
         node.stop_if_received_unusable();
@@ -429,6 +449,43 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     if let Err(e) = node.received.sync() {
         node.stop_if_received_unusable();
         log::error!("{subject}: cannot sync the reply to {}: {e}", ids[0]);
+    }
+}
+
+/// Journals the results the requests asked to have sent as messages of their own (one
+/// write and fsync for all), before their replies are recorded: once a request counts as
+/// done here, its result is on its way, and a restart sends it, once. Each reply says where
+/// its result went; one whose result cannot be journaled (a full disk) carries the output
+/// itself, so nothing is lost.
+fn send_results(
+    node: &Node,
+    subject: &str,
+    results: Vec<(usize, crate::message::Message)>,
+    replies: &mut [Reply],
+) {
+    if results.is_empty() {
+        return;
+    }
+    let (at, messages): (Vec<usize>, Vec<_>) = results.into_iter().unzip();
+    let routes: Vec<String> = messages
+        .iter()
+        .map(|m| format!("{}.{}", m.to_node, m.method))
+        .collect();
+    let outputs: Vec<String> = messages.iter().map(|m| m.data.concat()).collect();
+    match node.accept_ids(messages) {
+        Ok(ids) => {
+            for ((i, id), route) in at.into_iter().zip(ids).zip(routes) {
+                replies[i].output = format!("result sent to {route} as {id}\n");
+            }
+        }
+        Err(e) => {
+            log::error!("{subject}: cannot journal results to send: {e}; they go in the ACKs");
+            for (i, output) in at.into_iter().zip(outputs) {
+                replies[i].output = format!(
+                    "{output}[steward: this result could not be sent as a message of its own ({e}); it is here instead]\n"
+                );
+            }
+        }
     }
 }
 

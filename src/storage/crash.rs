@@ -65,15 +65,7 @@ fn lane(i: usize) -> Subject {
 }
 
 fn message(line: usize) -> Message {
-    Message {
-        to_node: LANES[line % LANES.len()].into(),
-        data: vec![format!("line {line}")],
-        kind: Kind::CommandAck,
-        method: "CLICommand".into(),
-        timeout: None,
-        retries: None,
-        ttl: None,
-    }
+    Message::new(&LANES[line % LANES.len()], Kind::CommandAck, "CLICommand", vec![format!("line {line}")])
 }
 
 fn line_of(e: &Entry) -> usize {

@@ -3,10 +3,17 @@
 //! ([`crate::retry`]), a batch of events, a NACK published once.
 
 use super::*;
+use crate::keys::Identity;
+use crate::message::Envelope;
+use crate::reply::ResultRoute;
 
 /// The first messages in `slot` that fit in one batch under the broker's payload limit
 /// (at least one): how many, and the batch's wire form, each envelope encoded once.
-pub(super) fn batch_of(slot: &[Entry], max_payload: usize) -> (usize, Vec<u8>) {
+pub(super) fn batch_of(
+    identity: &Identity,
+    slot: &[Entry],
+    max_payload: usize,
+) -> (usize, Vec<u8>) {
     let limit = MAX_BATCH_BYTES.min(if max_payload > 0 {
         max_payload
     } else {
@@ -15,7 +22,7 @@ pub(super) fn batch_of(slot: &[Entry], max_payload: usize) -> (usize, Vec<u8>) {
     let mut payload = vec![b'['];
     let mut count = 0;
     for entry in slot {
-        let encoded = entry.envelope.encode();
+        let encoded = wire_form(identity, &entry.envelope);
         if count > 0 && payload.len() + encoded.len() + 2 > limit {
             break;
         }
@@ -27,6 +34,20 @@ pub(super) fn batch_of(slot: &[Entry], max_payload: usize) -> (usize, Vec<u8>) {
     }
     payload.push(b']');
     (count, payload)
+}
+
+/// A message as it leaves: with its sender's ticket for the result it asks for, if it asks
+/// for one (see [`crate::reply`]). The same bytes at every attempt (the signature is
+/// deterministic), so the journal need not keep it.
+pub(super) fn wire_form(identity: &Identity, envelope: &Envelope) -> Vec<u8> {
+    match ResultRoute::of_request(envelope) {
+        Some(route) => Envelope {
+            reply_ticket: Some(identity.vouch(&route.bytes())),
+            ..envelope.clone()
+        }
+        .encode(),
+        None => envelope.encode(),
+    }
 }
 
 impl Publisher {
@@ -108,7 +129,7 @@ impl Publisher {
             node.config.default_ttl,
             jitter,
         );
-        let payload = entry.envelope.encode();
+        let payload = wire_form(&node.identity, &entry.envelope);
         let subject = self.subject.to_string();
         let mut sigs = Vec::new();
         loop {
@@ -301,7 +322,7 @@ impl Publisher {
 
     pub(super) fn publish_once(&self, entry: &Entry, stop: &Receiver<()>) -> Delivery {
         let subject = self.subject.to_string();
-        let payload = entry.envelope.encode();
+        let payload = wire_form(&self.node.identity, &entry.envelope);
         let mut attempt = 0;
         loop {
             match self

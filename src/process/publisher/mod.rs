@@ -229,7 +229,7 @@ impl Process for Publisher {
                 continue;
             }
             let (fits, payload) = if batching && batchable && slot.len() > 1 {
-                batch_of(&slot, conn.max_payload())
+                batch_of(&self.node.identity, &slot, conn.max_payload())
             } else {
                 (1, Vec::new())
             };
@@ -348,15 +348,8 @@ mod tests {
                 id: format!("central-1-{seq}"),
                 from_node: "central".into(),
                 accepted: 1,
-                message: Message {
-                    to_node: "ship1".into(),
-                    data: vec![text.into()],
-                    kind: Kind::EventAck,
-                    method: "TextLogging".into(),
-                    timeout: None,
-                    retries: None,
-                    ttl: None,
-                },
+                reply_ticket: None,
+                message: Message::new("ship1", Kind::EventAck, "TextLogging", vec![text.into()]),
             },
         }
     }
@@ -380,16 +373,18 @@ mod tests {
 
     #[test]
     fn a_batch_is_the_wire_form_of_the_messages_that_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = crate::keys::Identity::generate(dir.path(), false).unwrap();
         let slot: Vec<Entry> = (0..10).map(|i| entry(i, &"x".repeat(1000))).collect();
-        let (n, payload) = batch_of(&slot, 0);
+        let (n, payload) = batch_of(&me, &slot, 0);
         assert_eq!(n, 10);
         let envelopes: Vec<Envelope> = slot.iter().map(|e| e.envelope.clone()).collect();
         assert_eq!(payload, encode_batch(&envelopes));
         assert_eq!(decode_batch(&payload).unwrap(), envelopes);
         // Under a small broker limit, fewer fit, and never fewer than one.
-        let (n, payload) = batch_of(&slot, 4096 + 3500);
+        let (n, payload) = batch_of(&me, &slot, 4096 + 3500);
         assert_eq!(n, 3);
         assert!(payload.len() <= 3500);
-        assert_eq!(batch_of(&slot, 4096 + 10).0, 1);
+        assert_eq!(batch_of(&me, &slot, 4096 + 10).0, 1);
     }
 }

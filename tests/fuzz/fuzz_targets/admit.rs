@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let served = Served {
         method: method.name(),
         kinds: method.kinds(),
+        senders: method.senders(),
     };
     // subject \n reply \n sent \n seq \n key \n sig \n payload
     let mut parts = rest.splitn(7, |b| *b == b'\n');

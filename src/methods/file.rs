@@ -1,0 +1,89 @@
+//! `File` and `FileAppend`: write the message's data to
+//! `<dataFolder>/<directory>/<fromNode>/<fileName>` on the receiving node. `File` replaces
+//! the file atomically (a reader, or a power cut, sees the old content or the new, never a
+//! mix); `FileAppend` appends, in order, fsync'd. Most often they are reply methods: a
+//! command's result lands in a file per node on central (`"replyMethod":"File",
+//! "directory":"m","fileName":"df.txt"` → `m/ship1/df.txt`).
+//!
+//! Each element of `data` is written followed by a newline unless it ends with one (a
+//! command's output as it was). The path is checked again here ([`crate::reply::place`]):
+//! no `..`, no absolute path, no symbolic link on the way, none of steward's own folders.
+//!
+//! Writing a file on a node is a command's power: directly, only senders
+//! `--allowCommandsFrom` allows may; as a result, only the node this one asked, for exactly
+//! the file it asked for (see [`crate::reply`]).
+
+use super::{Context, Method, Outcome, Senders, EVENTS};
+use crate::message::{Envelope, Kind};
+
+pub struct File;
+pub struct FileAppend;
+
+impl Method for File {
+    fn name(&self) -> &'static str {
+        "File"
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        EVENTS
+    }
+    fn senders(&self) -> Senders {
+        Senders::CommandersOrAsked
+    }
+    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space(&ctx.data.root)
+    }
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        write(envelope, ctx, |path, bytes| {
+            crate::files::write_atomically(path, bytes)
+        })
+    }
+}
+
+impl Method for FileAppend {
+    fn name(&self) -> &'static str {
+        "FileAppend"
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        EVENTS
+    }
+    fn senders(&self) -> Senders {
+        Senders::CommandersOrAsked
+    }
+    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space(&ctx.data.root)
+    }
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        write(envelope, ctx, |path, bytes| {
+            crate::files::append(path, bytes, true)
+        })
+    }
+}
+
+/// The text a message's data makes: each element, then a newline unless it has one.
+pub fn text_of(data: &[String]) -> String {
+    let mut text = String::with_capacity(data.iter().map(|d| d.len() + 1).sum());
+    for d in data {
+        text.push_str(d);
+        if !d.is_empty() && !d.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn write(
+    envelope: &Envelope,
+    ctx: &Context,
+    how: impl Fn(&std::path::Path, &[u8]) -> std::io::Result<()>,
+) -> Outcome {
+    let path = match crate::reply::place(&ctx.data.root, &envelope.message, &envelope.from_node)
+    {
+        Ok(path) => path,
+        Err(e) => return Outcome::refused(e.to_string()),
+    };
+    let text = text_of(&envelope.message.data);
+    match how(&path, text.as_bytes()) {
+        Ok(()) => Outcome::ok(format!("{} bytes to {}", text.len(), path.display())),
+        Err(e) => Outcome::error(format!("cannot write {}: {e}", path.display())),
+    }
+}

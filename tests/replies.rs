@@ -1,0 +1,329 @@
+//! Results go where the operator says: `toNodes` fan-out, `methodTimeout`, results as
+//! messages of their own (`replyMethod`: `File`, `FileAppend`, `None`), remote process
+//! control and public keys, and a result that central never asked for, refused.
+
+use crate::common;
+use common::raw::{envelope, signed_by, Raw};
+use common::{key_of, NatsServer, Node};
+use std::time::{Duration, Instant};
+
+/// Waits until `node`'s journal holds nothing pending: everything it sent (results too) has
+/// been ACKed, so the receiver has handled it to the end.
+fn wait_sent(node: &Node) {
+    node.wait_status("showed the journal empty", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.contains("journal: 0 pending"))
+    });
+}
+
+/// Records in a `replies/` file: one `=== … id=…` line each.
+fn records(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("=== ")).collect()
+}
+
+#[test]
+fn to_nodes_makes_one_message_per_ship_each_acked_and_stored_once() {
+    let nats = NatsServer::start();
+    let ships: Vec<Node> = ["ship1", "ship2", "ship3"]
+        .iter()
+        .map(|s| Node::start(s, &nats.address(), &[]))
+        .collect();
+    let central = Node::start("central", &nats.address(), &[]);
+    let ended = central.send_and_wait(
+        r#"[{"toNodes":["ship1","ship2","ship3"],"data":["sh","-c","echo on $(cat /proc/sys/kernel/hostname) once"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    let mut ids: Vec<&str> = ended.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ended.len(), 3, "{ended:?}");
+    assert!(ended.iter().all(|(_, o)| o == "acked"), "{ended:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three ids");
+    for ship in &ships {
+        let log = central.read(&format!("replies/{}.CLICommand.log", ship.name));
+        assert_eq!(records(&log).len(), 1, "{}: {log}", ship.name);
+        assert!(log.contains(&format!("from={} status=Ok exit=0", ship.name)));
+    }
+    // `toNode` and `toNodes` together: the union, each once.
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","toNodes":["ship1","ship2"],"data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    assert_eq!(ended.len(), 2, "{ended:?}");
+
+    // One ship away, with a TTL: the other two finish at once, the third when it appears.
+    let mut ship4 = Node::prepare(&[], "ship4", &nats.address(), &[]);
+    central.append_inmsg(
+        r#"[{"toNodes":["ship1","ship2","ship4"],"data":["echo","fan-out"],"commandOrEvent":"CommandACK","method":"CLICommand","ttl":600}]"#,
+    );
+    central.wait_for("replies/ship1.CLICommand.log", "fan-out");
+    central.wait_for("replies/ship2.CLICommand.log", "fan-out");
+    assert!(
+        !central.read("replies/ship4.CLICommand.log").contains("fan-out"),
+        "ship4 is not up"
+    );
+    ship4.restart();
+    let log = central.wait_for("replies/ship4.CLICommand.log", "fan-out");
+    assert_eq!(records(&log).len(), 1, "{log}");
+    // A bad name in toNodes refuses the whole message, with what is wrong.
+    central.append_inmsg(
+        r#"[{"toNodes":["ship1","ship 2"],"data":["echo","never"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    let rejected = central.wait_for("inmsg.rejected.txt", "toNodes[1]");
+    assert!(rejected.contains("space"), "{rejected}");
+    common::settle(&central, &ships[0], "CLICommand");
+    assert!(!central
+        .read("replies/ship1.CLICommand.log")
+        .contains("never"));
+}
+
+#[test]
+fn a_result_to_file_keeps_the_second_output_file_append_both_and_none_nothing() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let send = |method: &str, file: &str, text: &str| {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":["echo","{text}"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"{method}","directory":"m","fileName":"{file}"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked", "{ended:?}");
+    };
+    send("File", "df.txt", "first");
+    send("File", "df.txt", "second");
+    send("FileAppend", "all.txt", "first");
+    send("FileAppend", "all.txt", "second");
+    wait_sent(&ship1);
+    assert_eq!(central.read("m/ship1/df.txt"), "second\n");
+    assert_eq!(central.read("m/ship1/all.txt"), "first\nsecond\n");
+    // The ACKs say where each result went, not the output.
+    let acks = central.read("replies/ship1.CLICommand.log");
+    assert_eq!(acks.matches("result sent to central.File as ship1-").count(), 2);
+    assert!(!acks.contains("second"), "{acks}");
+
+    // None: no result anywhere; the ACK still says how it ended.
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["echo","nowhere"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"None","directory":"n","fileName":"x.txt"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked");
+    wait_sent(&ship1);
+    assert!(!central.path("n").exists());
+    let acks = central.read("replies/ship1.CLICommand.log");
+    assert!(!acks.contains("nowhere"), "{acks}");
+    assert_eq!(records(&acks).len(), 5);
+
+    // A reply method that would run a command, or a file outside the folder: refused at
+    // intake, with what is wrong.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["id"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"CLICommand"},
+{"toNode":"ship1","data":["id"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"File","directory":"../etc","fileName":"x"}]"#,
+    );
+    let rejected = central.wait_count("inmsg.rejected.txt", "# ", 2);
+    assert!(
+        rejected.contains("bad replyMethod \"CLICommand\""),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains("would leave the data folder"),
+        "{rejected}"
+    );
+}
+
+#[test]
+fn a_result_journaled_before_a_kill_arrives_once_and_the_command_ran_once() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","echo ran >> runs.txt; sleep 2; echo the-output"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":10,"replyMethod":"FileAppend","directory":"m","fileName":"out.txt"}]"#,
+    );
+    ship1.wait_for("runs.txt", "ran");
+    // Central gone while the command runs: neither the ACK nor the result can leave.
+    central.kill9();
+    ship1.wait_status("kept the result to send", |t| {
+        t.lines()
+            .any(|l| l.starts_with("publisher central.EventACK.FileAppend") && l.contains(" 1 "))
+    });
+    ship1.kill9();
+    ship1.restart();
+    central.restart();
+    central.wait_for("m/ship1/out.txt", "the-output");
+    wait_sent(&ship1);
+    wait_sent(&central);
+    assert_eq!(central.read("m/ship1/out.txt"), "the-output\n");
+    assert_eq!(ship1.read("runs.txt"), "ran\n", "the command ran once");
+    let acks = central.read("replies/ship1.CLICommand.log");
+    assert_eq!(records(&acks).len(), 1, "{acks}");
+    assert!(acks.contains("result sent to central.FileAppend"), "{acks}");
+    common::report("result across a kill", 1, 1, 0);
+}
+
+#[test]
+fn a_command_killed_at_method_timeout_says_so_and_is_not_retried() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let started = Instant::now();
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["sleep","10"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":30,"methodTimeout":2}]"#,
+    );
+    let took = started.elapsed();
+    assert_eq!(ended[0].1, "acked");
+    assert!(took < Duration::from_secs(9), "took {took:?}: not killed at 2 s");
+    let acks = central.read("replies/ship1.CLICommand.log");
+    assert!(
+        acks.contains("killed after the 2s deadline (methodTimeout)"),
+        "{acks}"
+    );
+    assert_eq!(records(&acks).len(), 1);
+    // One attempt: ship1 received it once.
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        ship1.metric(
+            "steward_messages_received_total{method=\"CLICommand\",outcome=\"duplicate\"}"
+        ),
+        0.0
+    );
+    // methodTimeout -1: no limit (a quick command just runs).
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["echo","unlimited"],"commandOrEvent":"CommandACK","method":"CLICommand","methodTimeout":-1}]"#,
+    );
+    assert_eq!(ended[0].1, "acked");
+    central.wait_for("replies/ship1.CLICommand.log", "unlimited");
+}
+
+#[test]
+fn op_process_list_and_stop_and_public_key_answer_central() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let ask = |method: &str, data: &str| {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":[{data}],"commandOrEvent":"CommandACK","method":"{method}"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked", "{method}: {ended:?}");
+        central.read(&format!("replies/ship1.{method}.log"))
+    };
+    let table = ask("OpProcessList", "");
+    for sub in ["CLICommand", "TextLogging", "File", "OpProcessStop"] {
+        assert!(
+            table.contains(&format!("subscriber {sub} ")),
+            "{sub}: {table}"
+        );
+    }
+    assert!(ask("PublicKey", "").contains(&key_of("ship1")));
+
+    let stopped = ask("OpProcessStop", r#""subscriber TextLogging""#);
+    assert!(stopped.contains("stopped until the next start"), "{stopped}");
+    ship1.wait_status("showed TextLogging stopped", |t| {
+        t.lines().any(|l| {
+            l.starts_with("subscriber TextLogging") && l.contains("stopped by OpProcessStop from central")
+        })
+    });
+    let refused = ask("OpProcessStop", r#""subscriber OpProcessStop""#);
+    assert!(refused.contains("cannot be stopped"), "{refused}");
+    let unknown = ask("OpProcessStop", r#""subscriber Nothing""#);
+    assert!(unknown.contains("has no process"), "{unknown}");
+}
+
+#[test]
+fn a_result_central_never_asked_for_is_refused_and_reported() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    // A genuine result, captured on its way to central.
+    let spy = raw.spy("central.EventACK.File");
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["echo","genuine"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"File","directory":"m","fileName":"df.txt"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked");
+    let genuine = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    central.wait_for("m/ship1/df.txt", "genuine");
+    let mut result: serde_json::Value = serde_json::from_slice(&genuine.data).unwrap();
+    let refused = central.refused("File") as usize;
+
+    // ship1's key (stolen, or ship1 itself turned): signed by ship1, but each changes what
+    // central asked for.
+    let forge = |change: &dyn Fn(&mut serde_json::Value), n: usize| {
+        let mut v = result.clone();
+        v["id"] = format!("ship1-forged-{n}-{}", steward::keys::random_hex128()).into();
+        change(&mut v);
+        let payload = serde_json::to_vec(&v).unwrap();
+        let subject = "central.EventACK.File";
+        let reply = format!("_INBOX.ship1.forged.{n}");
+        let h = signed_by("ship1", subject, Some(&reply), &payload);
+        raw.send(subject, Some(&reply), Some(&h), &payload);
+    };
+    let forgeries: [&dyn Fn(&mut serde_json::Value); 4] = [
+        // An id central never sent.
+        &|v| v["inReplyTo"]["id"] = "central-0-0-never".into(),
+        // Another file.
+        &|v| v["fileName"] = "passwd".into(),
+        // Another folder.
+        &|v| v["directory"] = "n".into(),
+        // A made-up ticket.
+        &|v| v["inReplyTo"]["ticket"] = "00".repeat(64).into(),
+    ];
+    for (n, change) in forgeries.iter().enumerate() {
+        forge(*change, n);
+    }
+    // No ticket at all: a File event from a node central does not take commands from.
+    let plain = envelope(
+        "ship1-plain",
+        "ship1",
+        "central",
+        "EventACK",
+        "File",
+        &["plain\n"],
+    );
+    let mut plain: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    plain["directory"] = "m".into();
+    plain["fileName"] = "df.txt".into();
+    let payload = serde_json::to_vec(&plain).unwrap();
+    let h = signed_by(
+        "ship1",
+        "central.EventACK.File",
+        Some("_INBOX.ship1.plain"),
+        &payload,
+    );
+    raw.send(
+        "central.EventACK.File",
+        Some("_INBOX.ship1.plain"),
+        Some(&h),
+        &payload,
+    );
+    // Another fleet member replaying ship1's genuine result as its own.
+    result["fromNode"] = "ship2".into();
+    result["id"] = "ship2-replayed".into();
+    let payload = serde_json::to_vec(&result).unwrap();
+    let h = signed_by(
+        "ship2",
+        "central.EventACK.File",
+        Some("_INBOX.ship2.replayed"),
+        &payload,
+    );
+    raw.send(
+        "central.EventACK.File",
+        Some("_INBOX.ship2.replayed"),
+        Some(&h),
+        &payload,
+    );
+    central.wait_refused("File", refused + 6);
+    central.wait_idle();
+    assert_eq!(central.read("m/ship1/df.txt"), "genuine\n");
+    assert!(!central.path("m/ship1/passwd").exists());
+    assert!(!central.path("m/ship2").exists());
+    assert!(!central.path("n").exists());
+    let errors = central.wait_for("errors.log", "a result for central-0-0-never");
+    assert!(errors.contains("which central did not ask ship1 for"), "{errors}");
+    // Verified senders are told why, on their own inboxes.
+    let told = raw.answers_where(|s| s.contains(".forged.") || s.ends_with(".plain"));
+    assert_eq!(told.len(), 5, "each verified forgery is answered with its refusal");
+    assert!(told
+        .iter()
+        .all(|m| String::from_utf8_lossy(&m.data).contains("refused")));
+    common::report("results never asked for", 6, 0, 0);
+    drop(ship1);
+}
