@@ -72,7 +72,7 @@ struct Taken {
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
 /// reached, and a restarted inbox reads on from there. (A full disk is not a failure at all:
-/// intake waits, see `Inbox::take`.)
+/// intake waits, see `Inbox::read_new`.)
 #[derive(Debug)]
 pub enum Error {
     /// The data folder could not be listed (for taken files an earlier run left).
@@ -272,7 +272,7 @@ impl Inbox {
             t.changed = Instant::now();
         }
         if size > t.offset {
-            self.take(&mut file, t, false)?;
+            self.read_new(&mut file, t, false)?;
             if t.more || t.paused {
                 return Ok(false); // more to read on the next turn
             }
@@ -286,7 +286,7 @@ impl Inbox {
             return Ok(false);
         }
         // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
-        self.take(&mut file, t, true)?;
+        self.read_new(&mut file, t, true)?;
         if t.more || t.paused {
             return Ok(false);
         }
@@ -303,11 +303,11 @@ impl Inbox {
         Ok(true)
     }
 
-    /// Takes the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
+    /// Reads the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
     /// time (each journaled with the offset it reached), for up to [`BATCHES_PER_TURN`]
     /// batches; sets `t.more` if it stopped short of the end. With `at_end`, rejects an
     /// incomplete tail at the end of the file.
-    fn take(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), Error> {
+    fn read_new(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), Error> {
         let path = t.path.clone();
         let err = |source| Error::Read {
             path: path.clone(),
