@@ -21,7 +21,7 @@ const EXAMPLE: &str = r#"[
 ]
 "#;
 
-/// Children killed (agents with SIGTERM, so they stop cleanly) when the demo ends.
+/// Children stopped with SIGTERM (so the agents stop cleanly) when the demo ends.
 struct Children(Vec<(&'static str, Child)>);
 
 impl Drop for Children {

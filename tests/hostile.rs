@@ -42,7 +42,7 @@ fn data_for(method: &str, marker: &str, dir: &std::path::Path) -> Vec<String> {
     }
 }
 
-/// Every message ship1 has refused, whatever the method.
+/// Every message `node` has refused, whatever the method.
 fn refusals(node: &Node) -> f64 {
     node.metric_sum("steward_messages_received_total", &["outcome=\"refused\""])
 }

@@ -1,4 +1,4 @@
-//! Command-line flags → one validated [`Config`].
+//! Command-line flags, the environment and the config file → one validated [`Config`].
 //!
 //! The seed's flags are a contract (`--node="ship1"`, `-brokerAddress 127.0.0.1:4222`,
 //! `--centralErrorLogger`), written Go-style: camelCase, one or two dashes, `=value` or a

@@ -1,8 +1,10 @@
 //! Crash consistency: thousands of seeded schedules of appends, takes, finishes, syncs and
 //! compactions, with write, fsync, truncate, rename and folder-sync errors, and process
-//! crashes and power cuts at any step (one step in twenty, and after every failure), run through the journal and the received log on the
-//! simulated disk ([`super::sim`]). After every recovery, a model of what was promised is
-//! checked against what came back:
+//! crashes and power cuts at any step (out of the blue in one step in twenty for the
+//! journal, one in fourteen for the received log, and after every failure that leaves the
+//! file unusable), run through the journal and the received log on the simulated disk
+//! ([`super::sim`]). After every recovery, a model of what was promised is checked against
+//! what came back:
 //!
 //! - every message whose append returned Ok is still there, or was finished;
 //! - nothing whose finish was made durable comes back;
