@@ -21,8 +21,23 @@ const EXAMPLE: &str = r#"[
 ]
 "#;
 
-/// Children killed (agents with SIGTERM, so they stop cleanly) when the demo ends.
+/// Children stopped with SIGTERM (so the agents stop cleanly) when the demo ends.
 struct Children(Vec<(&'static str, Child)>);
+
+impl Children {
+    /// Starts `cmd` as `what`, its output in `<what>.log` in `root`.
+    fn spawn(&mut self, root: &Path, what: &'static str, cmd: &mut Command) -> Result<(), Error> {
+        let path = root.join(format!("{what}.log"));
+        let log = fs::File::create(&path).map_err(create(&path))?;
+        let child = cmd
+            .stdout(Stdio::from(log.try_clone().map_err(create(&path))?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|source| Error::Start { what, source })?;
+        self.0.push((what, child));
+        Ok(())
+    }
+}
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -127,24 +142,32 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
         .and_then(|l| l.local_addr())
         .map_err(Error::NoPort)?
         .port();
-    let broker = format!("127.0.0.1:{port}");
     println!("demo folder: {}", root.display());
 
     let mut children = Children(Vec::new());
-    let spawn = |what: &'static str, cmd: &mut Command| -> Result<(&'static str, Child), Error> {
-        let path = root.join(format!("{what}.log"));
-        let log = fs::File::create(&path).map_err(create(&path))?;
-        let child = cmd
-            .stdout(Stdio::from(log.try_clone().map_err(create(&path))?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|source| Error::Start { what, source })?;
-        Ok((what, child))
-    };
-    children.0.push(spawn(
+    let broker = start_broker(&root, &nats, port, &mut children)?;
+    trust_each_other(&root)?;
+    start_nodes(&root, &exe, &broker, &mut children)?;
+    send_example(&root)?;
+    show_reply(&root)?;
+    drop(children);
+    println!("stopped. Logs and data folders are in {}", root.display());
+    Ok(())
+}
+
+/// Starts nats-server on `port` and waits until it takes connections; returns its address.
+fn start_broker(
+    root: &Path,
+    nats: &Path,
+    port: u16,
+    children: &mut Children,
+) -> Result<String, Error> {
+    let broker = format!("127.0.0.1:{port}");
+    children.spawn(
+        root,
         "nats-server",
-        Command::new(&nats).args(["-a", "127.0.0.1", "-p", &port.to_string()]),
-    )?);
+        Command::new(nats).args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+    )?;
     wait_for(Duration::from_secs(10), || {
         TcpStream::connect(&broker).is_ok().then_some(())
     })
@@ -152,8 +175,13 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
         what: "nats-server",
     })?;
     println!("started nats-server on {broker}");
-    // Nodes take messages only from nodes whose keys they trust: give both their keys now
-    // and have each trust the other, as `steward keys trust NODE KEY` does on a real fleet.
+    Ok(broker)
+}
+
+/// Nodes take messages only from nodes whose keys they trust: gives central and ship1
+/// their keys now and has each trust the other, as `steward keys trust NODE KEY` does on a
+/// real fleet.
+fn trust_each_other(root: &Path) -> Result<(), Error> {
     // Each data folder private, as steward makes one (else it warns).
     for name in ["central", "ship1"] {
         let path = root.join(name);
@@ -170,25 +198,34 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
         central_key.public_key(),
         ship1_key.public_key()
     );
+    Ok(())
+}
+
+/// Starts central (the error logger) and ship1 on `broker`, each in its own data folder.
+fn start_nodes(
+    root: &Path,
+    exe: &Path,
+    broker: &str,
+    children: &mut Children,
+) -> Result<(), Error> {
     for (name, extra) in [("central", Some("--centralErrorLogger")), ("ship1", None)] {
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.arg(format!("--node={name}"))
             .arg(format!("--brokerAddress={broker}"))
             .arg(format!("--dataFolder={}", root.join(name).display()))
             .arg("--promHostAndPort=off")
             .args(extra);
-        let name: &'static str = if name == "central" {
-            "central"
-        } else {
-            "ship1"
-        };
-        children.0.push(spawn(name, &mut cmd)?);
+        children.spawn(root, name, &mut cmd)?;
         println!(
             "started node {name} (data in {})",
             root.join(name).display()
         );
     }
+    Ok(())
+}
 
+/// Appends the seed's first example to central's inmsg.txt.
+fn send_example(root: &Path) -> Result<(), Error> {
     let inmsg = root.join("central").join("inmsg.txt");
     wait_for(Duration::from_secs(10), || {
         inmsg.parent().is_some_and(Path::exists).then_some(())
@@ -204,7 +241,11 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
             source,
         })?;
     println!("\nappended to {}:\n{EXAMPLE}", inmsg.display());
+    Ok(())
+}
 
+/// Waits for ship1's ACK in central's replies, and shows it.
+fn show_reply(root: &Path) -> Result<(), Error> {
     let replies = root.join("central/replies/ship1.CLICommand.log");
     let reply = wait_for(Duration::from_secs(30), || {
         fs::read_to_string(&replies).ok().filter(|t| !t.is_empty())
@@ -214,8 +255,6 @@ pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
         "ship1's ACK, as central stored it in {}:\n{reply}",
         replies.display()
     );
-    drop(children);
-    println!("stopped. Logs and data folders are in {}", root.display());
     Ok(())
 }
 

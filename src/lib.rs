@@ -43,17 +43,17 @@
 //! Beside the path: [`node`] (the shared parts: handlers, presence, fail-stop),
 //! [`resumed`] (what a power cut took the record of), [`metrics`] (Prometheus and the
 //! status page), [`files`] (the data folder's layout, appends, atomic writes),
-//! [`log_budget`] (what each sender may write into errors.log and textlog/), [`client`]
-//! (`steward send` and `steward status`), [`demo`] (a local fleet in one command), and
-//! [`sys`]: every system call beyond the standard library, and all of the crate's `unsafe`
-//! code, in one place to audit.
+//! [`log_budget`] (what each sender may write into errors.log and textlog/),
+//! [`control_client`] (`steward send`, `steward status` and `steward keys`), [`demo`] (a
+//! local fleet in one command), and [`sys`]: every system call beyond the standard library,
+//! and all of the crate's `unsafe` code, in one place to audit.
 
 #![deny(unsafe_code)]
 
 pub mod admission;
 pub mod broker;
-pub mod client;
 pub mod config;
+pub mod control_client;
 pub mod demo;
 pub mod files;
 pub mod journal;

@@ -144,7 +144,8 @@ impl LogBudget {
         Ok(())
     }
 
-    /// Refuses log writes when the data folder's disk is below the free-space floor.
+    /// Whether the data folder's disk is above the free-space floor: below it, log writes
+    /// are refused and new intake waits.
     pub fn check_free_space(&self, dir: &Path) -> Result<(), BelowFloor> {
         let Ok((free, total)) = crate::sys::free_bytes(dir) else {
             return Ok(()); // cannot tell: do not refuse on a guess

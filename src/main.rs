@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             };
         }
         Some(command @ (Subcommand::Send(_) | Subcommand::Status(_) | Subcommand::Keys(_))) => {
-            return client(flags, command)
+            return control_client(flags, command)
         }
         None => {}
     }
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 
 /// `steward send`, `steward status` and `steward keys`: find the agent's data folder the way the agent
 /// does (flags, environment, config file; on an installed node, /etc/steward/steward.toml).
-fn client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
+fn control_client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
     const INSTALLED_CONFIG: &str = "/etc/steward/steward.toml";
     if flags.config.is_none()
         && std::env::var_os("STEWARD_CONFIG").is_none()
@@ -93,15 +93,17 @@ fn client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("steward: {e}");
-            return ExitCode::from(steward::client::EXIT_USAGE);
+            return ExitCode::from(steward::control_client::EXIT_USAGE);
         }
     };
     let socket = steward::files::DataFolder::new(config.data_folder.clone()).socket();
     let result = match command {
-        Subcommand::Keys(k) => steward::client::keys(&config.node, &config.data_folder, k.action),
-        Subcommand::Send(s) => steward::client::send(
+        Subcommand::Keys(k) => {
+            steward::control_client::keys(&config.node, &config.data_folder, k.action)
+        }
+        Subcommand::Send(s) => steward::control_client::send(
             &socket,
-            steward::client::SendRequest {
+            steward::control_client::SendRequest {
                 to: s.to,
                 method: s.method,
                 kind: s.kind,
@@ -112,7 +114,7 @@ fn client(mut flags: steward::config::Flags, command: Subcommand) -> ExitCode {
                 data: s.data,
             },
         ),
-        _ => steward::client::status(&socket),
+        _ => steward::control_client::status(&socket),
     };
     match result {
         Ok(code) => ExitCode::from(code),

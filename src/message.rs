@@ -86,24 +86,48 @@ pub struct Message {
     pub to_nodes: Option<Vec<String>>,
     /// Seconds the method may run on the receiver (`-1`: no limit); apart from `timeout`,
     /// how long the sender waits for the ACK. Without it, `timeout` is both.
-    #[serde(rename = "methodTimeout", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "methodTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub method_timeout: Option<i64>,
     /// Arguments for the method beside its data (`Console`: `["stderr"]`); on a result
     /// message, the request's `replyMethodArgs`.
-    #[serde(rename = "methodArgs", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "methodArgs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub method_args: Option<Vec<String>>,
     /// Where the result goes: a method of the sender that takes events (`File`,
     /// `FileAppend`, `Console`, `TextLogging`, …), to which the receiver sends it as a new
     /// message; `None`: nowhere (the ACK still says how it ended). Without it the result
     /// comes back in the ACK, into `replies/` (see [`crate::reply`]).
-    #[serde(rename = "replyMethod", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replyMethod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reply_method: Option<String>,
-    #[serde(rename = "replyMethodArgs", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replyMethodArgs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reply_method_args: Option<Vec<String>>,
     /// `timeout` and `retries` of the result message.
-    #[serde(rename = "replyTimeout", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replyTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reply_timeout: Option<u64>,
-    #[serde(rename = "replyRetries", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replyRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reply_retries: Option<u32>,
     /// Where `File` and `FileAppend` write: `<dataFolder>/<directory>/<fromNode>/<fileName>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,7 +437,11 @@ pub struct Envelope {
     pub accepted: u64,
     /// On a request with a `replyMethod`: its sender's signature over the result it asks
     /// for, which the result carries back (see [`crate::reply`]). Added as it is sent.
-    #[serde(rename = "replyTicket", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replyTicket",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reply_ticket: Option<String>,
     #[serde(flatten)]
     pub message: Message,

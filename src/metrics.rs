@@ -74,6 +74,35 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let h = Histogram::with_opts(opts).expect("metric names are valid");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("metric names are valid");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
@@ -183,34 +212,28 @@ impl Metrics {
                 "steward_journal_written_bytes_total",
                 "Bytes written to the journal, compaction included (SD card wear).",
             ),
-            journal_fsync: {
-                let h = Histogram::with_opts(
-                    HistogramOpts::new("steward_journal_fsync_seconds", "Time each journal fsync took.")
-                        .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
-                )
-                .expect("metric names are valid");
-                r.register(Box::new(h.clone())).expect("metric registered once");
-                h
-            },
+            journal_fsync: histogram(
+                &r,
+                "steward_journal_fsync_seconds",
+                "Time each journal fsync took.",
+                &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            ),
             finished: counter_vec(
                 &r,
                 "steward_messages_finished_total",
                 "Messages finished by this node as sender, by method, kind and outcome (acked, published, refused, failed).",
                 &["method", "kind", "outcome"],
             ),
-            delivery_latency: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "steward_delivery_latency_seconds",
-                        "From a message's acceptance to its ACK (retries and the command's run time included).",
-                    )
-                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0]),
-                    &["method"],
-                )
-                .expect("metric names are valid");
-                r.register(Box::new(h.clone())).expect("metric registered once");
-                h
-            },
+            delivery_latency: histogram_vec(
+                &r,
+                "steward_delivery_latency_seconds",
+                "From a message's acceptance to its ACK (retries and the command's run time included).",
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    300.0, 3600.0,
+                ],
+                &["method"],
+            ),
             log_refused: counter_vec(
                 &r,
                 "steward_log_writes_refused_total",
@@ -223,18 +246,12 @@ impl Metrics {
                 "Lines of a log that is only a log (message-log.txt) that could not be written (a full disk); nothing else is skipped.",
                 &["file"],
             ),
-            hello_age: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "steward_node_last_hello_age_seconds",
-                        "Seconds since each node last said Hello (on the node that receives Hello: central).",
-                    ),
-                    &["node"],
-                )
-                .expect("metric names are valid");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
+            hello_age: gauge_vec(
+                &r,
+                "steward_node_last_hello_age_seconds",
+                "Seconds since each node last said Hello (on the node that receives Hello: central).",
+                &["node"],
+            ),
             last_hello: Mutex::new(HashMap::new()),
             registry: r,
         }

@@ -39,7 +39,9 @@ pub const NONE: &str = "None";
 pub const FILE_METHODS: [&str; 2] = ["File", "FileAppend"];
 
 /// Folders of the data folder that are steward's own: no `directory` may start with one.
-const OWN_FOLDERS: [&str; 6] = ["journal", "replies", "textlog", "keys", "startup", "received"];
+const OWN_FOLDERS: [&str; 6] = [
+    "journal", "replies", "textlog", "keys", "startup", "received",
+];
 
 /// Most bytes of a result's output: what one message may carry.
 const MAX_RESULT_OUTPUT: usize = crate::message::MAX_DATA_BYTES - 4096;
@@ -54,7 +56,10 @@ pub enum RouteError {
     /// `method` writes a file and needs `directory` and `fileName`.
     NoPlace { method: String },
     /// `directory` is not a relative path of plain names, or is one of steward's own.
-    Directory { directory: String, why: &'static str },
+    Directory {
+        directory: String,
+        why: &'static str,
+    },
     /// `fileName` is not a plain name.
     FileName { file_name: String, why: String },
     /// A folder on the way, or the file, is a symbolic link or not what it should be.
@@ -422,10 +427,16 @@ mod tests {
         // Another file, another method, another sender: another route.
         let mut other = result.clone();
         other.message.file_name = Some("passwd".into());
-        assert_ne!(ResultRoute::of_result(&other).unwrap().bytes(), asked.bytes());
+        assert_ne!(
+            ResultRoute::of_result(&other).unwrap().bytes(),
+            asked.bytes()
+        );
         let mut other = result.clone();
         other.from_node = "ship2".into();
-        assert_ne!(ResultRoute::of_result(&other).unwrap().bytes(), asked.bytes());
+        assert_ne!(
+            ResultRoute::of_result(&other).unwrap().bytes(),
+            asked.bytes()
+        );
         // No result for None, nor without a ticket.
         let mut none = request.clone();
         none.message.reply_method = Some(NONE.into());

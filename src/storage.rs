@@ -7,7 +7,7 @@
 //! "Nothing lost" is a claim about every interleaving of writes, syncs, crashes and errors,
 //! which no test against a real disk can enumerate; with the I/O behind this interface, the
 //! simulation runs thousands of seeded schedules through the same journal code that runs on
-//! a Pi (see `tests` in `crate::journal`).
+//! a Pi (see `storage::crash`).
 //!
 //! What a caller may rely on is what Linux promises and no more: a write is durable once a
 //! later `sync_data` of its file returned Ok; a rename or a new file's name, once the

@@ -61,7 +61,7 @@ fn as_a_result(payload: Vec<u8>) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-/// Every message ship1 has refused, whatever the method.
+/// Every message `node` has refused, whatever the method.
 fn refusals(node: &Node) -> f64 {
     node.metric_sum("steward_messages_received_total", &["outcome=\"refused\""])
 }

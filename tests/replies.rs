@@ -58,7 +58,9 @@ fn to_nodes_makes_one_message_per_ship_each_acked_and_stored_once() {
     central.wait_for("replies/ship1.CLICommand.log", "fan-out");
     central.wait_for("replies/ship2.CLICommand.log", "fan-out");
     assert!(
-        !central.read("replies/ship4.CLICommand.log").contains("fan-out"),
+        !central
+            .read("replies/ship4.CLICommand.log")
+            .contains("fan-out"),
         "ship4 is not up"
     );
     ship4.restart();
@@ -96,7 +98,11 @@ fn a_result_to_file_keeps_the_second_output_file_append_both_and_none_nothing() 
     assert_eq!(central.read("m/ship1/all.txt"), "first\nsecond\n");
     // The ACKs say where each result went, not the output.
     let acks = central.read("replies/ship1.CLICommand.log");
-    assert_eq!(acks.matches("result sent to central.File as ship1-").count(), 2);
+    assert_eq!(
+        acks.matches("result sent to central.File as ship1-")
+            .count(),
+        2
+    );
     assert!(!acks.contains("second"), "{acks}");
 
     // None: no result anywhere; the ACK still says how it ended.
@@ -167,7 +173,10 @@ fn a_command_killed_at_method_timeout_says_so_and_is_not_retried() {
     );
     let took = started.elapsed();
     assert_eq!(ended[0].1, "acked");
-    assert!(took < Duration::from_secs(9), "took {took:?}: not killed at 2 s");
+    assert!(
+        took < Duration::from_secs(9),
+        "took {took:?}: not killed at 2 s"
+    );
     let acks = central.read("replies/ship1.CLICommand.log");
     assert!(
         acks.contains("killed after the 2s deadline (methodTimeout)"),
@@ -180,9 +189,8 @@ fn a_command_killed_at_method_timeout_says_so_and_is_not_retried() {
         1.0
     );
     assert_eq!(
-        ship1.metric(
-            "steward_messages_received_total{method=\"CLICommand\",outcome=\"duplicate\"}"
-        ),
+        ship1
+            .metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"duplicate\"}"),
         0.0
     );
     // methodTimeout -1: no limit (a quick command just runs).
@@ -215,10 +223,14 @@ fn op_process_list_and_stop_and_public_key_answer_central() {
     assert!(ask("PublicKey", "").contains(&key_of("ship1")));
 
     let stopped = ask("OpProcessStop", r#""subscriber TextLogging""#);
-    assert!(stopped.contains("stopped until the next start"), "{stopped}");
+    assert!(
+        stopped.contains("stopped until the next start"),
+        "{stopped}"
+    );
     ship1.wait_status("showed TextLogging stopped", |t| {
         t.lines().any(|l| {
-            l.starts_with("subscriber TextLogging") && l.contains("stopped by OpProcessStop from central")
+            l.starts_with("subscriber TextLogging")
+                && l.contains("stopped by OpProcessStop from central")
         })
     });
     let refused = ask("OpProcessStop", r#""subscriber OpProcessStop""#);
@@ -317,10 +329,17 @@ fn a_result_central_never_asked_for_is_refused_and_reported() {
     assert!(!central.path("m/ship2").exists());
     assert!(!central.path("n").exists());
     let errors = central.wait_for("errors.log", "a result for central-0-0-never");
-    assert!(errors.contains("which central did not ask ship1 for"), "{errors}");
+    assert!(
+        errors.contains("which central did not ask ship1 for"),
+        "{errors}"
+    );
     // Verified senders are told why, on their own inboxes.
     let told = raw.answers_where(|s| s.contains(".forged.") || s.ends_with(".plain"));
-    assert_eq!(told.len(), 5, "each verified forgery is answered with its refusal");
+    assert_eq!(
+        told.len(),
+        5,
+        "each verified forgery is answered with its refusal"
+    );
     assert!(told
         .iter()
         .all(|m| String::from_utf8_lossy(&m.data).contains("refused")));

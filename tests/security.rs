@@ -490,8 +490,9 @@ fn undecodable_messages_are_dropped_one_by_one_and_the_node_stays_connected() {
     // subjects matched its wildcard subscriptions of old, and were dropped alone too.)
     let dropped = 50 + 5;
     raw_to_broker(&nats.address(), &undecodable);
-    // These decode (the stock client failed the connection on the last three too); they
-    // reach steward, which refuses them like any other bad message.
+    // These decode (the stock client failed the connection on the last three too). The
+    // first reaches steward, which refuses it like any other bad message; the others'
+    // subjects are not ones ship1 listens on.
     let mut odd = hpub(
         "ship1.EventACK.TextLogging",
         b"NATS/1.0 9x9 garbage status\r\n\r\n",

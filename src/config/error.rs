@@ -49,7 +49,7 @@ pub enum Problem {
     ClockCheck,
     /// Not a whole number (the text given).
     Number(String),
-    /// Not true or false (the text given).
+    /// Not a switch's value: true, false, yes, no, 1, 0 or empty (the text given).
     Switch(String),
     /// A file that does not exist (the path given).
     NoSuchFile(String),
@@ -70,7 +70,7 @@ pub enum Problem {
     Sender { rule: String, source: NameError },
     /// A config file list holding something other than strings.
     NotStrings,
-    /// A config file value that is a table or a date (its TOML type).
+    /// A config file value that is a table, a date or a float (its TOML type).
     NotScalar(&'static str),
 }
 

@@ -199,6 +199,21 @@ impl Options<'_> {
         }
     }
 
+    /// A number option that `check` must find nothing wrong with; the error names where the
+    /// value came from.
+    pub(super) fn number_where<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        default: T,
+        check: impl FnOnce(&T) -> Option<Problem>,
+    ) -> Result<T, Error> {
+        let n = self.number(name, default)?;
+        match check(&n) {
+            None => Ok(n),
+            Some(problem) => Err(self.text(name, "")?.bad(problem)),
+        }
+    }
+
     pub(super) fn switch(&self, name: &str) -> Result<bool, Error> {
         match self.get(name)? {
             None => Ok(false),

@@ -1,4 +1,4 @@
-//! Command-line flags → one validated [`Config`].
+//! Command-line flags, the environment and the config file → one validated [`Config`].
 //!
 //! The seed's flags are a contract (`--node="ship1"`, `-brokerAddress 127.0.0.1:4222`,
 //! `--centralErrorLogger`), written Go-style: camelCase, one or two dashes, `=value` or a
@@ -187,44 +187,20 @@ impl Config {
         validate_name(&central.text).map_err(|e| central.bad(Problem::Name(e)))?;
         let brokers = o.text("brokerAddress", "127.0.0.1:4222")?;
         let brokers = parse_brokers(&brokers.text).map_err(|e| brokers.bad(e))?;
-        let timeout = o.number("defaultMessageTimeout", 10)?;
-        if timeout == 0 || timeout > crate::message::MAX_TIMEOUT_SECS {
-            let v = o.text("defaultMessageTimeout", "")?;
-            return Err(v.bad(Problem::Timeout(timeout)));
-        }
-        let max_handlers = o.number("maxConcurrentHandlers", 32)?;
-        if max_handlers == 0 {
-            let v = o.text("maxConcurrentHandlers", "")?;
-            return Err(v.bad(Problem::Zero));
-        }
-        let allow_commands_from = match o.get("allowCommandsFrom")? {
-            Some(list) => list
-                .text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|rule| Allow::parse(rule).map_err(|e| list.bad(e)))
-                .collect::<Result<_, _>>()?,
-            None => vec![Allow {
-                from: central.text.clone(),
-                methods: None,
-            }],
-        };
-        let replay_window = o.number("replayWindow", 300)?;
-        if replay_window == 0 {
-            let v = o.text("replayWindow", "")?;
-            return Err(v.bad(Problem::ZeroReplayWindow));
-        }
+        let timeout = o.number_where("defaultMessageTimeout", 10, |&t| {
+            (t == 0 || t > crate::message::MAX_TIMEOUT_SECS).then_some(Problem::Timeout(t))
+        })?;
+        let max_handlers = o.number_where("maxConcurrentHandlers", 32, |&n| {
+            (n == 0).then_some(Problem::Zero)
+        })?;
+        let allow_commands_from = allow_rules(&o, &central.text)?;
+        let replay_window = o.number_where("replayWindow", 300, |&n| {
+            (n == 0).then_some(Problem::ZeroReplayWindow)
+        })?;
         let clock = o.text("clockCheck", "auto")?;
         let clock_check =
             ClockCheck::parse(&clock.text).ok_or_else(|| clock.bad(Problem::ClockCheck))?;
-        let data_folder = match o.get("dataFolder")? {
-            Some(v) => PathBuf::from(v.text),
-            None => std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(PathBuf::from))
-                .ok_or(Error::NoDataFolder)?,
-        };
+        let data_folder = data_folder(&o)?;
         let security = o.security()?;
         let ttl: u64 = o.number("defaultMessageTTL", 0)?;
         let hello: u64 = o.number("helloInterval", 30)?;
@@ -260,5 +236,34 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             security,
         })
+    }
+}
+
+/// `allowCommandsFrom`: who may send commands here, and which; by default the central node,
+/// any command.
+fn allow_rules(o: &Options, central: &str) -> Result<Vec<Allow>, Error> {
+    Ok(match o.get("allowCommandsFrom")? {
+        Some(list) => list
+            .text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|rule| Allow::parse(rule).map_err(|e| list.bad(e)))
+            .collect::<Result<_, _>>()?,
+        None => vec![Allow {
+            from: central.to_string(),
+            methods: None,
+        }],
+    })
+}
+
+/// `dataFolder`, by default the folder the binary is in (as the seed says).
+fn data_folder(o: &Options) -> Result<PathBuf, Error> {
+    match o.get("dataFolder")? {
+        Some(v) => Ok(PathBuf::from(v.text)),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .ok_or(Error::NoDataFolder),
     }
 }

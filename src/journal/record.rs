@@ -346,11 +346,11 @@ impl Iterator for Records<'_> {
 /// in memory — an fsync failed (Linux may have dropped the unsynced pages, and a later
 /// fsync would report success), or the cut-back failed — the file is *unusable*: every
 /// later operation fails with [`RecordFile::unusable`]'s reason, and the owner must stop
-/// (the agent exits non-zero; systemd restarts it). Nothing is retried. The restart reads
-/// whatever the file holds, pages that never reached the disk included, and makes it
-/// durable before acting on it ([`RecordFile::found_end`]): what it acts on is what the
-/// disk has. The crash simulation (`storage::crash`) checks this against every order of
-/// failures it can draw.
+/// (the agent exits non-zero; systemd restarts it). Nothing is retried. The restart makes
+/// whatever the file holds durable, drops it from the page cache and reads it back from the
+/// disk before acting on it ([`RecordFile::open`]): what it acts on is what the disk has.
+/// The crash simulation (`storage::crash`) checks this against every order of failures it
+/// can draw.
 pub struct RecordFile {
     file: Handle,
     fsyncs: Arc<Fsyncs>,

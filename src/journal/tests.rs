@@ -6,7 +6,12 @@ use crate::message::Kind;
 use std::fs::{self, OpenOptions};
 
 fn msg_to(to: &str, i: usize) -> Message {
-    Message::new(&to, Kind::EventAck, "TextLogging", vec![format!("message {i}")])
+    Message::new(
+        &to,
+        Kind::EventAck,
+        "TextLogging",
+        vec![format!("message {i}")],
+    )
 }
 
 fn msg(i: usize) -> Message {

@@ -174,7 +174,7 @@ fn all_taken() -> [u64; (SEQ_WINDOW / 64) as usize] {
 }
 
 impl SenderWindow {
-    /// Takes counter `seq` if it is new; false if it was taken, or is too far below.
+    /// Takes counter `seq` if it is new; an error if it was taken, or is too far below.
     pub(super) fn take(&mut self, seq: u64) -> Result<(), NotFresh> {
         if seq > self.high {
             let shift = seq - self.high;

@@ -251,7 +251,9 @@ mod tests {
     fn output_and_exit_status_come_back() {
         let o = run(
             &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
-            Path::new("/"), secs(5));
+            Path::new("/"),
+            secs(5),
+        );
         assert_eq!(o.status, Status::Ok);
         assert_eq!(o.exit_code, Some(3));
         assert_eq!(o.output, "out\nerr\n");
@@ -280,22 +282,19 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_an_error_not_a_crash() {
-        let o = run(
-            &argv(&["/no/such/program"]),
-            Path::new("/"), secs(1));
+        let o = run(&argv(&["/no/such/program"]), Path::new("/"), secs(1));
         assert_eq!(o.status, Status::Error);
         assert!(o.output.contains("/no/such/program"));
-        assert_eq!(
-            run(&[], Path::new("/"), secs(1)).status,
-            Status::Error
-        );
+        assert_eq!(run(&[], Path::new("/"), secs(1)).status, Status::Error);
     }
 
     #[test]
     fn runaway_output_is_capped() {
         let o = run(
             &argv(&["sh", "-c", "head -c 1000000 /dev/zero"]),
-            Path::new("/"), secs(10));
+            Path::new("/"),
+            secs(10),
+        );
         assert!(o.output.len() < MAX_OUTPUT + 200);
         assert!(
             o.output.contains("737856 more bytes"),
@@ -332,7 +331,9 @@ mod tests {
         let t = Instant::now();
         let o = run(
             &argv(&["sh", "-c", "sleep 1000 & echo $!; exit 0"]),
-            Path::new("/"), secs(1));
+            Path::new("/"),
+            secs(1),
+        );
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "took {:?}",
@@ -349,7 +350,9 @@ mod tests {
         let t = Instant::now();
         let o = run(
             &argv(&["sh", "-c", "setsid sleep 1000 & echo $!; exit 0"]),
-            Path::new("/"), secs(1));
+            Path::new("/"),
+            secs(1),
+        );
         let took = t.elapsed();
         let pid = o.output.lines().find_map(|l| l.parse::<u32>().ok());
         if let Some(pid) = pid {
@@ -367,7 +370,9 @@ mod tests {
         let t = Instant::now();
         let o = run(
             &argv(&["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"]),
-            Path::new("/"), secs(60));
+            Path::new("/"),
+            secs(60),
+        );
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "took {:?}",

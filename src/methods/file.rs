@@ -76,8 +76,7 @@ fn write(
     ctx: &Context,
     how: impl Fn(&std::path::Path, &[u8]) -> std::io::Result<()>,
 ) -> Outcome {
-    let path = match crate::reply::place(&ctx.data.root, &envelope.message, &envelope.from_node)
-    {
+    let path = match crate::reply::place(&ctx.data.root, &envelope.message, &envelope.from_node) {
         Ok(path) => path,
         Err(e) => return Outcome::refused(e.to_string()),
     };

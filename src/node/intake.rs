@@ -39,7 +39,8 @@ impl Node {
         &self,
         messages: Vec<Message>,
     ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
-        self.accept_inner(messages, None, true).map(|(_, watched)| watched)
+        self.accept_inner(messages, None, true)
+            .map(|(_, watched)| watched)
     }
 
     fn accept_inner(
@@ -97,7 +98,10 @@ impl Node {
             }
         }
         self.wake(lanes);
-        Ok((entries.into_iter().map(|e| e.envelope.id).collect(), watched))
+        Ok((
+            entries.into_iter().map(|e| e.envelope.id).collect(),
+            watched,
+        ))
     }
 
     /// Tells whoever watches message `id` how it is going; the last word ends the watch.

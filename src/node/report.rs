@@ -24,8 +24,13 @@ impl Node {
         log::error!("{text}");
         let message = Message {
             // Errors must reach central even after a long outage of the link.
- ttl: Some(ERROR_REPORT_TTL_SECS),
-            ..Message::new(&self.config.central_node, Kind::EventAck, "ErrorLog", vec![text])
+            ttl: Some(ERROR_REPORT_TTL_SECS),
+            ..Message::new(
+                &self.config.central_node,
+                Kind::EventAck,
+                "ErrorLog",
+                vec![text],
+            )
         };
         if let Err(e) = self.accept(vec![message], None) {
             log::error!("cannot journal the error report for the central error logger: {e}");

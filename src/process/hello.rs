@@ -39,7 +39,12 @@ impl Process for HelloSender {
                 from_node: config.node.clone(),
                 accepted: now,
                 reply_ticket: None,
-                message: Message::new(&config.central_node, Kind::EventNack, "Hello", vec![format!("hello {count} from {}", config.node)]),
+                message: Message::new(
+                    &config.central_node,
+                    Kind::EventNack,
+                    "Hello",
+                    vec![format!("hello {count} from {}", config.node)],
+                ),
             };
             match self.node.broker.publish(
                 &self.node.identity,

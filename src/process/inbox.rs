@@ -20,7 +20,7 @@
 
 use super::{sleep_or_stop, stopping, Failure, Process, State, StopFd};
 use crate::files::Watch;
-use crate::message::{parse_input, Rejected};
+use crate::message::{parse_input, Parsed, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::fmt;
@@ -72,7 +72,7 @@ struct Taken {
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
 /// reached, and a restarted inbox reads on from there. (A full disk is not a failure at all:
-/// intake waits, see `Inbox::take`.)
+/// intake waits, see `Inbox::read_new`.)
 #[derive(Debug)]
 pub enum Error {
     /// The data folder could not be listed (for taken files an earlier run left).
@@ -272,7 +272,7 @@ impl Inbox {
             t.changed = Instant::now();
         }
         if size > t.offset {
-            self.take(&mut file, t, false)?;
+            self.read_new(&mut file, t, false)?;
             if t.more || t.paused {
                 return Ok(false); // more to read on the next turn
             }
@@ -286,7 +286,7 @@ impl Inbox {
             return Ok(false);
         }
         // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
-        self.take(&mut file, t, true)?;
+        self.read_new(&mut file, t, true)?;
         if t.more || t.paused {
             return Ok(false);
         }
@@ -303,16 +303,11 @@ impl Inbox {
         Ok(true)
     }
 
-    /// Takes the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
+    /// Reads the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
     /// time (each journaled with the offset it reached), for up to [`BATCHES_PER_TURN`]
     /// batches; sets `t.more` if it stopped short of the end. With `at_end`, rejects an
     /// incomplete tail at the end of the file.
-    fn take(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), Error> {
-        let path = t.path.clone();
-        let err = |source| Error::Read {
-            path: path.clone(),
-            source,
-        };
+    fn read_new(&self, file: &mut File, t: &mut Taken, at_end: bool) -> Result<(), Error> {
         let mut limit = BATCH_BYTES;
         let mut batches = 0;
         t.more = false;
@@ -326,14 +321,10 @@ impl Inbox {
             return Ok(());
         }
         loop {
-            file.seek(SeekFrom::Start(t.offset)).map_err(err)?;
-            let size = file.metadata().map_err(err)?.len();
-            let mut bytes =
-                Vec::with_capacity(size.saturating_sub(t.offset).min(limit as u64) as usize + 1);
-            file.by_ref()
-                .take(limit as u64)
-                .read_to_end(&mut bytes)
-                .map_err(err)?;
+            let bytes = read_from(file, t.offset, limit).map_err(|source| Error::Read {
+                path: t.path.clone(),
+                source,
+            })?;
             // Stopped by the limit, not by the end of the file: what is cut is not a tail,
             // unless it is past any array's size.
             let cut_short = bytes.len() == limit;
@@ -351,41 +342,12 @@ impl Inbox {
                 }
                 return Ok(());
             }
-            // A full disk is a state, not a failure: what was not taken stays in the file,
-            // and is taken once there is room (the inbox looks again at every watch tick).
-            let offset = t.offset + parsed.consumed as u64;
-            let count = parsed.messages.len();
-            let written = self
-                .reject(&parsed.rejected)
-                .map_err(|source| Error::KeepRejected {
-                    path: self.node.data.rejected(),
-                    source,
-                })
-                .and_then(|()| {
-                    self.node
-                        .accept(parsed.messages, Some((&t.name, offset)))
-                        .map_err(|source| Error::Journal {
-                            path: t.path.clone(),
-                            source,
-                        })
-                });
-            match written {
-                Ok(()) => self.node.disk_has_room(),
-                Err(e) if e.disk_full() => {
-                    self.node.disk_full(&e.to_string());
-                    t.paused = true;
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
+            let consumed = parsed.consumed;
+            if !self.journal_batch(t, parsed)? {
+                return Ok(());
             }
-            if count > 0 {
-                log::info!("took {count} message(s) from inmsg.txt");
-            }
-            t.line += bytes[..parsed.consumed]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            t.offset = offset;
+            t.line += bytes[..consumed].iter().filter(|&&b| b == b'\n').count();
+            t.offset += consumed as u64;
             if !cut_short {
                 return Ok(());
             }
@@ -396,6 +358,42 @@ impl Inbox {
             }
             limit = BATCH_BYTES;
         }
+    }
+
+    /// Keeps a batch's rejected pieces, then journals its messages with the offset in `t`
+    /// they reach. Whether it was journaled: not while the disk is full (`t.paused`).
+    fn journal_batch(&self, t: &mut Taken, parsed: Parsed) -> Result<bool, Error> {
+        let offset = t.offset + parsed.consumed as u64;
+        let count = parsed.messages.len();
+        let written = self
+            .reject(&parsed.rejected)
+            .map_err(|source| Error::KeepRejected {
+                path: self.node.data.rejected(),
+                source,
+            })
+            .and_then(|()| {
+                self.node
+                    .accept(parsed.messages, Some((&t.name, offset)))
+                    .map_err(|source| Error::Journal {
+                        path: t.path.clone(),
+                        source,
+                    })
+            });
+        // A full disk is a state, not a failure: what was not taken stays in the file,
+        // and is taken once there is room (the inbox looks again at every watch tick).
+        match written {
+            Ok(()) => self.node.disk_has_room(),
+            Err(e) if e.disk_full() => {
+                self.node.disk_full(&e.to_string());
+                t.paused = true;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        if count > 0 {
+            log::info!("took {count} message(s) from inmsg.txt");
+        }
+        Ok(true)
     }
 
     /// Keeps rejected input verbatim in inmsg.rejected.txt, each piece after a line saying
@@ -426,6 +424,15 @@ impl Inbox {
         }
         Ok(())
     }
+}
+
+/// Up to `limit` bytes of `file` from `offset`.
+fn read_from(file: &mut File, offset: u64, limit: usize) -> io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let size = file.metadata()?.len();
+    let mut bytes = Vec::with_capacity(size.saturating_sub(offset).min(limit as u64) as usize + 1);
+    file.by_ref().take(limit as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// After a big append has been taken (more than a batch, in any number of turns), hands the

@@ -1,8 +1,10 @@
 //! Crash consistency: thousands of seeded schedules of appends, takes, finishes, syncs and
 //! compactions, with write, fsync, truncate, rename and folder-sync errors, and process
-//! crashes and power cuts at any step (one step in twenty, and after every failure), run through the journal and the received log on the
-//! simulated disk ([`super::sim`]). After every recovery, a model of what was promised is
-//! checked against what came back:
+//! crashes and power cuts at any step (out of the blue in one step in twenty for the
+//! journal, one in fourteen for the received log, and after every failure that leaves the
+//! file unusable), run through the journal and the received log on the simulated disk
+//! ([`super::sim`]). After every recovery, a model of what was promised is checked against
+//! what came back:
 //!
 //! - every message whose append returned Ok is still there, or was finished;
 //! - nothing whose finish was made durable comes back;
@@ -65,7 +67,12 @@ fn lane(i: usize) -> Subject {
 }
 
 fn message(line: usize) -> Message {
-    Message::new(&LANES[line % LANES.len()], Kind::CommandAck, "CLICommand", vec![format!("line {line}")])
+    Message::new(
+        &LANES[line % LANES.len()],
+        Kind::CommandAck,
+        "CLICommand",
+        vec![format!("line {line}")],
+    )
 }
 
 fn line_of(e: &Entry) -> usize {
@@ -270,112 +277,12 @@ impl JournalRun {
 
     /// One random step; Err when the journal has become unusable.
     fn step(&mut self, journal: &mut Journal) -> Result<(), ()> {
-        let unusable = |j: &Journal| {
-            if j.unusable().is_some() {
-                Err(())
-            } else {
-                Ok(())
-            }
-        };
         match self.rng.below(100) {
-            0..=24 => {
-                let n = 1 + self.rng.below(4) as usize;
-                let first = self.promised.inbox;
-                let lines: Vec<Message> = (first..first + n).map(message).collect();
-                match journal.append("central", lines, Some((INBOX, (first + n) as u64))) {
-                    Ok(entries) => self.appended(&entries),
-                    Err(_) => unusable(journal)?,
-                }
-            }
-            25..=32 => {
-                // Two batches in flight, the later synced and committed first: as two
-                // appenders that fsync without the journal's lock.
-                let first = self.promised.inbox;
-                let a = journal.write(
-                    "central",
-                    vec![message(first)],
-                    Some((INBOX, first as u64 + 1)),
-                );
-                let Ok(a) = a else { return unusable(journal) };
-                let b = journal.write(
-                    "central",
-                    vec![message(first + 1)],
-                    Some((INBOX, first as u64 + 2)),
-                );
-                let Ok(b) = b else {
-                    // As the agent does: the first batch is still synced and committed.
-                    let synced = a.sync();
-                    journal.commit(&a, synced).map_err(|_| ())?;
-                    self.appended(&a.entries);
-                    return unusable(journal);
-                };
-                let synced = b.sync();
-                if journal.commit(&b, synced).is_err() {
-                    return unusable(journal);
-                }
-                if self.rng.chance(300) {
-                    // Meanwhile the supervisor's tick: a sync and a compaction, which
-                    // replaces the file the first batch's fsync is for.
-                    if let Ok(Some(ticket)) = journal.sync_ticket() {
-                        let synced = ticket.sync();
-                        journal.synced_ticket(&ticket, synced).map_err(|_| ())?;
-                        self.promised.synced();
-                    }
-                    if journal.compact().is_err() {
-                        unusable(journal)?;
-                    }
-                }
-                // An error on a journal still usable is the agent's "try again": the inbox
-                // takes the same lines again (which must then not be there already).
-                let synced = a.sync();
-                if journal.commit(&a, synced).is_err() {
-                    return unusable(journal);
-                }
-                self.appended(&a.entries);
-                self.appended(&b.entries);
-            }
-            33..=52 => {
-                let lane = lane(self.rng.below(LANES.len() as u64) as usize);
-                let max = 1 + self.rng.below(8) as usize;
-                match journal.take(&lane, max) {
-                    Ok(taken) => {
-                        let handed = self.promised.handed.entry(lane.to_string()).or_default();
-                        for e in taken {
-                            handed.push_back((e.envelope.id.clone(), false));
-                        }
-                    }
-                    Err(_) => unusable(journal)?,
-                }
-            }
-            53..=77 => {
-                let lane = lane(self.rng.below(LANES.len() as u64) as usize);
-                let key = lane.to_string();
-                let handed = self.promised.handed.entry(key.clone()).or_default();
-                let mut ids = Vec::new();
-                for (id, finished) in handed.iter_mut() {
-                    if !*finished && self.rng.chance(600) {
-                        *finished = true;
-                        ids.push(id.clone());
-                    }
-                }
-                let seqs: Vec<u64> = ids.iter().map(|id| seq_of(id)).collect();
-                for id in &ids {
-                    self.promised.open.remove(id);
-                }
-                match journal.finish(&lane, &seqs) {
-                    Ok(()) => self.promised.settle(&key),
-                    Err(_) => unusable(journal)?,
-                }
-            }
-            78..=87 => match journal.sync_ticket() {
-                Ok(Some(ticket)) => {
-                    let synced = ticket.sync();
-                    journal.synced_ticket(&ticket, synced).map_err(|_| ())?;
-                    self.promised.synced();
-                }
-                Ok(None) => self.promised.synced(),
-                Err(_) => unusable(journal)?,
-            },
+            0..=24 => self.append(journal),
+            25..=32 => self.append_two_committed_out_of_order(journal),
+            33..=52 => self.take(journal),
+            53..=77 => self.finish(journal),
+            78..=87 => self.sync(journal),
             88..=91 => {
                 if journal.maintain().is_err() {
                     unusable(journal)?;
@@ -383,13 +290,126 @@ impl JournalRun {
                 if journal.settled() {
                     self.promised.settle_all();
                 }
+                Ok(())
             }
-            92..=94 => {
-                if journal.compact().is_err() {
-                    unusable(journal)?;
+            92..=94 => match journal.compact() {
+                Err(_) => unusable(journal),
+                Ok(()) => Ok(()),
+            },
+            _ => Err(()), // a crash or a power cut, out of the blue
+        }
+    }
+
+    /// The inbox journals its next few lines.
+    fn append(&mut self, journal: &mut Journal) -> Result<(), ()> {
+        let n = 1 + self.rng.below(4) as usize;
+        let first = self.promised.inbox;
+        let lines: Vec<Message> = (first..first + n).map(message).collect();
+        match journal.append("central", lines, Some((INBOX, (first + n) as u64))) {
+            Ok(entries) => self.appended(&entries),
+            Err(_) => unusable(journal)?,
+        }
+        Ok(())
+    }
+
+    /// Two batches in flight, the later synced and committed first: as two appenders that
+    /// fsync without the journal's lock.
+    fn append_two_committed_out_of_order(&mut self, journal: &mut Journal) -> Result<(), ()> {
+        let first = self.promised.inbox;
+        let a = journal.write(
+            "central",
+            vec![message(first)],
+            Some((INBOX, first as u64 + 1)),
+        );
+        let Ok(a) = a else { return unusable(journal) };
+        let b = journal.write(
+            "central",
+            vec![message(first + 1)],
+            Some((INBOX, first as u64 + 2)),
+        );
+        let Ok(b) = b else {
+            // As the agent does: the first batch is still synced and committed.
+            let synced = a.sync();
+            journal.commit(&a, synced).map_err(|_| ())?;
+            self.appended(&a.entries);
+            return unusable(journal);
+        };
+        let synced = b.sync();
+        if journal.commit(&b, synced).is_err() {
+            return unusable(journal);
+        }
+        if self.rng.chance(300) {
+            // Meanwhile the supervisor's tick: a sync and a compaction, which replaces the
+            // file the first batch's fsync is for.
+            if let Ok(Some(ticket)) = journal.sync_ticket() {
+                let synced = ticket.sync();
+                journal.synced_ticket(&ticket, synced).map_err(|_| ())?;
+                self.promised.synced();
+            }
+            if journal.compact().is_err() {
+                unusable(journal)?;
+            }
+        }
+        // An error on a journal still usable is the agent's "try again": the inbox takes
+        // the same lines again (which must then not be there already).
+        let synced = a.sync();
+        if journal.commit(&a, synced).is_err() {
+            return unusable(journal);
+        }
+        self.appended(&a.entries);
+        self.appended(&b.entries);
+        Ok(())
+    }
+
+    /// A lane's publisher takes its next few messages.
+    fn take(&mut self, journal: &mut Journal) -> Result<(), ()> {
+        let lane = lane(self.rng.below(LANES.len() as u64) as usize);
+        let max = 1 + self.rng.below(8) as usize;
+        match journal.take(&lane, max) {
+            Ok(taken) => {
+                let handed = self.promised.handed.entry(lane.to_string()).or_default();
+                for e in taken {
+                    handed.push_back((e.envelope.id.clone(), false));
                 }
             }
-            _ => return Err(()), // a crash or a power cut, out of the blue
+            Err(_) => unusable(journal)?,
+        }
+        Ok(())
+    }
+
+    /// Some of a lane's messages in flight finish, in any order.
+    fn finish(&mut self, journal: &mut Journal) -> Result<(), ()> {
+        let lane = lane(self.rng.below(LANES.len() as u64) as usize);
+        let key = lane.to_string();
+        let handed = self.promised.handed.entry(key.clone()).or_default();
+        let mut ids = Vec::new();
+        for (id, finished) in handed.iter_mut() {
+            if !*finished && self.rng.chance(600) {
+                *finished = true;
+                ids.push(id.clone());
+            }
+        }
+        let seqs: Vec<u64> = ids.iter().map(|id| seq_of(id)).collect();
+        for id in &ids {
+            self.promised.open.remove(id);
+        }
+        match journal.finish(&lane, &seqs) {
+            Ok(()) => self.promised.settle(&key),
+            Err(_) => unusable(journal)?,
+        }
+        Ok(())
+    }
+
+    /// The supervisor's sync, without the journal's lock.
+    fn sync(&mut self, journal: &mut Journal) -> Result<(), ()> {
+        match journal.sync_ticket() {
+            Ok(Some(ticket)) => {
+                let synced = ticket.sync();
+                journal.synced_ticket(&ticket, synced).map_err(|_| ())?;
+                self.promised.synced();
+            }
+            Ok(None) => self.promised.synced(),
+            Err(_) => unusable(journal)?,
         }
         Ok(())
     }
@@ -400,6 +420,14 @@ impl JournalRun {
             self.promised.open.insert(e.envelope.id.clone());
             self.promised.inbox = self.promised.inbox.max(line_of(e) + 1);
         }
+    }
+}
+
+/// Err if `journal` has become unusable (the agent would stop), Ok if it can go on.
+fn unusable(journal: &Journal) -> Result<(), ()> {
+    match journal.unusable() {
+        Some(_) => Err(()),
+        None => Ok(()),
     }
 }
 
@@ -548,99 +576,128 @@ fn check_seen(seed: u64, h: &mut Handled, id: &str, seen: &Seen) {
     assert_eq!(seen, &Seen::New, "seed {seed}: {id} was never seen");
 }
 
-fn received_schedule(seed: u64, steps: usize) -> (Counts, u64) {
-    let disk = SimDisk::new(seed);
-    let mut rng = Rng::new(seed ^ 0xface);
-    disk.set_faults(faults(&mut rng));
-    let storage: Arc<dyn Storage> = Arc::new(disk.clone());
-    let mut h = Handled::default();
-    let mut received = open_received(&disk, &storage);
-    let mut next_id = 0;
-    let mut recoveries = 1;
-    for _ in 0..steps {
-        let failed = match rng.below(100) {
-            0..=39 => {
-                // A batch: new ids, and retries of old ones.
-                let n = 1 + rng.below(3);
-                let mut ids = Vec::new();
-                for _ in 0..n {
-                    if next_id > 0 && rng.chance(400) {
-                        ids.push(format!("m{}", rng.below(next_id)));
-                    } else {
-                        ids.push(format!("m{next_id}"));
-                        next_id += 1;
-                    }
-                }
-                ids.dedup();
-                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                match received.begin_many("central", &refs) {
-                    Ok(seen) => {
-                        let mut in_batch = HashSet::new();
-                        for (id, seen) in ids.iter().zip(&seen) {
-                            if in_batch.insert(id) {
-                                check_seen(seed, &mut h, id, seen);
-                            }
-                            if *seen == Seen::New {
-                                h.maybe_started.remove(id);
-                                h.started.insert(id.clone());
-                                h.running.insert(id.clone());
-                            }
-                        }
-                        false
-                    }
-                    Err(_) => {
-                        // Whichever were new may or may not be recorded: not run.
-                        for id in &ids {
-                            if !h.knows(id) {
-                                h.maybe_started.insert(id.clone());
-                            }
-                        }
-                        received.unusable().is_some()
-                    }
-                }
-            }
-            40..=64 => {
-                let running: Vec<String> = h.running.iter().cloned().collect();
-                let mut done: Vec<String> =
-                    running.into_iter().filter(|_| rng.chance(500)).collect();
-                done.sort();
-                let replies: Vec<Reply> = done.iter().map(|id| reply(id)).collect();
-                match received.record(&replies) {
-                    Ok(()) => {
-                        for r in replies {
-                            h.running.remove(&r.id);
-                            h.written.insert(r.id.clone(), r.output);
-                        }
-                        false
-                    }
-                    Err(_) if received.unusable().is_some() => {
-                        // Part of the write may be there, whole replies of it.
-                        for r in replies {
-                            h.maybe_done.insert(r.id.clone(), r.output);
-                        }
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }
+/// One schedule of the received log, and what it has promised so far.
+struct ReceivedRun {
+    seed: u64,
+    rng: Rng,
+    handled: Handled,
+    /// The next new message id is `m<next_id>`.
+    next_id: u64,
+}
+
+impl ReceivedRun {
+    /// One random step; true when the log has become unusable (or a crash comes out of the
+    /// blue).
+    fn step(&mut self, received: &Received) -> bool {
+        match self.rng.below(100) {
+            0..=39 => self.begin_batch(received),
+            40..=64 => self.record_replies(received),
             65..=84 => match received.sync() {
                 Ok(()) => {
-                    h.durable.extend(h.written.drain());
+                    self.handled.durable.extend(self.handled.written.drain());
                     false
                 }
                 Err(_) => received.unusable().is_some(),
             },
             85..=92 => match received.compact_now() {
                 Ok(()) => {
-                    h.durable.extend(h.written.drain());
+                    self.handled.durable.extend(self.handled.written.drain());
                     false
                 }
                 Err(_) => received.unusable().is_some(),
             },
             _ => true,
-        };
-        if failed {
-            if rng.chance(500) {
+        }
+    }
+
+    /// A batch arrives: new ids, and retries of old ones.
+    fn begin_batch(&mut self, received: &Received) -> bool {
+        let (seed, h) = (self.seed, &mut self.handled);
+        let n = 1 + self.rng.below(3);
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            if self.next_id > 0 && self.rng.chance(400) {
+                ids.push(format!("m{}", self.rng.below(self.next_id)));
+            } else {
+                ids.push(format!("m{}", self.next_id));
+                self.next_id += 1;
+            }
+        }
+        ids.dedup();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        match received.begin_many("central", &refs) {
+            Ok(seen) => {
+                let mut in_batch = HashSet::new();
+                for (id, seen) in ids.iter().zip(&seen) {
+                    if in_batch.insert(id) {
+                        check_seen(seed, h, id, seen);
+                    }
+                    if *seen == Seen::New {
+                        h.maybe_started.remove(id);
+                        h.started.insert(id.clone());
+                        h.running.insert(id.clone());
+                    }
+                }
+                false
+            }
+            Err(_) => {
+                // Whichever were new may or may not be recorded: not run.
+                for id in &ids {
+                    if !h.knows(id) {
+                        h.maybe_started.insert(id.clone());
+                    }
+                }
+                received.unusable().is_some()
+            }
+        }
+    }
+
+    /// Some of the running messages finish, their replies recorded together.
+    fn record_replies(&mut self, received: &Received) -> bool {
+        let h = &mut self.handled;
+        let running: Vec<String> = h.running.iter().cloned().collect();
+        let mut done: Vec<String> = running
+            .into_iter()
+            .filter(|_| self.rng.chance(500))
+            .collect();
+        done.sort();
+        let replies: Vec<Reply> = done.iter().map(|id| reply(id)).collect();
+        match received.record(&replies) {
+            Ok(()) => {
+                for r in replies {
+                    h.running.remove(&r.id);
+                    h.written.insert(r.id.clone(), r.output);
+                }
+                false
+            }
+            Err(_) if received.unusable().is_some() => {
+                // Part of the write may be there, whole replies of it.
+                for r in replies {
+                    h.maybe_done.insert(r.id.clone(), r.output);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn received_schedule(seed: u64, steps: usize) -> (Counts, u64) {
+    let disk = SimDisk::new(seed);
+    let mut rng = Rng::new(seed ^ 0xface);
+    disk.set_faults(faults(&mut rng));
+    let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    let mut run = ReceivedRun {
+        seed,
+        rng,
+        handled: Handled::default(),
+        next_id: 0,
+    };
+    let mut received = open_received(&disk, &storage);
+    let mut recoveries = 1;
+    for _ in 0..steps {
+        if run.step(&received) {
+            if run.rng.chance(500) {
                 disk.power_cut();
             } else {
                 disk.crash();
@@ -648,7 +705,7 @@ fn received_schedule(seed: u64, steps: usize) -> (Counts, u64) {
             drop(received);
             received = open_received(&disk, &storage);
             recoveries += 1;
-            h.restarted();
+            run.handled.restarted();
         }
     }
     // The end: a power cut, then every id ever seen is looked up once more.
@@ -656,11 +713,11 @@ fn received_schedule(seed: u64, steps: usize) -> (Counts, u64) {
     disk.power_cut();
     drop(received);
     let received = open_received(&disk, &storage);
-    h.restarted();
-    for i in 0..next_id {
+    run.handled.restarted();
+    for i in 0..run.next_id {
         let id = format!("m{i}");
         let seen = received.begin("central", &id).expect("no faults now");
-        check_seen(seed, &mut h, &id, &seen);
+        check_seen(seed, &mut run.handled, &id, &seen);
     }
     (disk.counts(), recoveries)
 }
