@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 
 fn msg_to(to: &str, i: usize) -> Message {
     Message::new(
-        &to,
+        to,
         Kind::EventAck,
         "TextLogging",
         vec![format!("message {i}")],

@@ -7,6 +7,9 @@
 
 use super::*;
 
+/// A message's id, and where its progress arrives.
+type Watched = (String, Receiver<Progress>);
+
 /// How a watched message is going.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -48,7 +51,7 @@ impl Node {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
         watch: bool,
-    ) -> io::Result<(Vec<String>, Vec<(String, Receiver<Progress>)>)> {
+    ) -> io::Result<(Vec<String>, Vec<Watched>)> {
         let (written, watched) = {
             let mut journal = self.journal();
             let written = match journal.write(&self.config.node, messages, inbox) {

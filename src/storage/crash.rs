@@ -68,7 +68,7 @@ fn lane(i: usize) -> Subject {
 
 fn message(line: usize) -> Message {
     Message::new(
-        &LANES[line % LANES.len()],
+        LANES[line % LANES.len()],
         Kind::CommandAck,
         "CLICommand",
         vec![format!("line {line}")],
