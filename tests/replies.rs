@@ -3,7 +3,7 @@
 //! control and public keys, and a result that central never asked for, refused.
 
 use crate::common;
-use common::raw::{envelope, signed_by, Raw};
+use common::raw::{envelope, Raw};
 use common::{key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
 
@@ -257,7 +257,13 @@ fn a_result_central_never_asked_for_is_refused_and_reported() {
     let refused = central.refused("File") as usize;
 
     // ship1's key (stolen, or ship1 itself turned): signed by ship1, but each changes what
-    // central asked for.
+    // central asked for. One signer, so each forgery has a counter of its own (fresh).
+    let ship1_key = steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap();
+    let signed_by = |_: &str, subject: &str, reply: Option<&str>, payload: &[u8]| {
+        ship1_key
+            .seal(steward::keys::Scope::request(subject, reply), payload)
+            .headers
+    };
     let forge = |change: &dyn Fn(&mut serde_json::Value), n: usize| {
         let mut v = result.clone();
         v["id"] = format!("ship1-forged-{n}-{}", steward::keys::random_hex128()).into();
@@ -310,7 +316,7 @@ fn a_result_central_never_asked_for_is_refused_and_reported() {
     result["fromNode"] = "ship2".into();
     result["id"] = "ship2-replayed".into();
     let payload = serde_json::to_vec(&result).unwrap();
-    let h = signed_by(
+    let h = common::raw::signed_by(
         "ship2",
         "central.EventACK.File",
         Some("_INBOX.ship2.replayed"),
