@@ -26,6 +26,10 @@
 //! the stored reply rather than run again; one still running is left to its first run's
 //! reply; one that was running when this node died is answered with an error saying so
 //! (see [`crate::received`]).
+//!
+//! A request that asks for its result elsewhere (`replyMethod`) has the result journaled
+//! as a message of its own, to its sender, before the request is recorded as finished; the
+//! ACK then says where the result went (see [`crate::reply`]).
 
 use super::{Failure, Process, State};
 use crate::admission::{self, Admitted, Policy, Refusal, Refused, Served};
@@ -320,8 +324,52 @@ fn report(node: &Node, method: &str, subject: &str, r: &Refusal) {
 
 /// Runs an admitted message (or batch) exactly once, in order, and answers with the
 /// replies: the receiver's record is written before (`Started`, fsync'd) and after
-/// (`Finished`, written before the answer, fsync'd after it, off its path).
+/// (`Finished`, written before the answer, fsync'd after it, off its path). Results asked
+/// for as messages of their own are journaled before the record ([`send_results`]).
 fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: Admitted) {
+    let Some(seen) = begin(method, node, subject, &a) else {
+        return;
+    };
+    let outcomes = run_new(method, node, &a, &seen);
+    let Answers {
+        mut replies,
+        new_at,
+        results,
+    } = answers(method, node, subject, &a, seen, outcomes);
+    let first = &a.envelopes[0].id;
+    send_results(node, subject, results, &mut replies);
+    let to_record: Vec<Reply> = new_at.iter().map(|&i| replies[i].clone()).collect();
+    // Recorded, then sent, then made durable: the fsync is off the ACK's path.
+    if let Err(e) = node.received.record(&to_record) {
+        node.stop_if_received_unusable();
+        // Not sent: a retry will be answered "interrupted" rather than run again.
+        log::error!("{subject}: cannot record the reply to {first}: {e}");
+        return;
+    }
+    log::debug!("{subject}: {first} from {}: answered", a.from);
+    answer(node, conn, &a, &replies);
+    if let Err(e) = node.received.sync() {
+        node.stop_if_received_unusable();
+        log::error!("{subject}: cannot sync the reply to {first}: {e}");
+    }
+}
+
+/// What a receiver answers a message (or batch) with.
+struct Answers {
+    /// One per message, in order: stored ones for those handled before, new ones for the
+    /// rest.
+    replies: Vec<Reply>,
+    /// Where the new replies (to record) are in `replies`.
+    new_at: Vec<usize>,
+    /// Results to send as messages of their own, with where their reply is.
+    results: Vec<(usize, crate::message::Message)>,
+}
+
+/// Whether this node takes the message now, and what it knows of each id (recorded as
+/// started where new). `None`: not now (the disk is below the method's floor, the record
+/// could not be written: the sender tries again), or still running (its first run's reply
+/// answers).
+fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Option<Vec<Seen>> {
     let name = method.name();
     let ids: Vec<&str> = a.envelopes.iter().map(|e| e.id.as_str()).collect();
     if let Err(why) = method.ready(&node.context()) {
@@ -331,7 +379,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
             .received
             .with_label_values(&[name, "deferred"])
             .inc_by(ids.len() as u64);
-        return;
+        return None;
     }
     let seen = match node.received.begin_many(&a.from, &ids) {
         Ok(seen) => seen,
@@ -339,7 +387,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
             node.stop_if_received_unusable();
             // Not run: without a durable record it might run twice. The sender retries.
             log::error!("{subject}: cannot record {} as started: {e}", ids[0]);
-            return;
+            return None;
         }
     };
     if seen.contains(&Seen::Running) {
@@ -351,16 +399,22 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
             "{subject}: {} is still running; its reply will answer this retry",
             ids[0]
         );
-        return;
+        return None;
     }
+    Some(seen)
+}
+
+/// Runs the messages seen for the first time, in one go; a panic is each one's error.
+fn run_new(method: &dyn Method, node: &Node, a: &Admitted, seen: &[Seen]) -> Vec<Outcome> {
+    let name = method.name();
     let new: Vec<&Envelope> = a
         .envelopes
         .iter()
-        .zip(&seen)
+        .zip(seen)
         .filter(|(_, s)| **s == Seen::New)
         .map(|(e, _)| e)
         .collect();
-    let mut outcomes = if new.is_empty() {
+    if new.is_empty() {
         Vec::new()
     } else {
         catch_unwind(AssertUnwindSafe(|| {
@@ -368,7 +422,20 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
         }))
         .unwrap_or_else(|_| vec![Outcome::error(format!("method {name} panicked")); new.len()])
     }
-    .into_iter();
+}
+
+/// The replies, in order (stored, or made of each new outcome), counted; and the results to
+/// send as messages of their own.
+fn answers(
+    method: &dyn Method,
+    node: &Node,
+    subject: &str,
+    a: &Admitted,
+    seen: Vec<Seen>,
+    outcomes: Vec<Outcome>,
+) -> Answers {
+    let name = method.name();
+    let mut outcomes = outcomes.into_iter();
     let mut replies = Vec::with_capacity(a.envelopes.len());
     // Where the replies to record (the new ones) are in `replies`.
     let mut new_at = Vec::new();
@@ -435,20 +502,10 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
             },
         });
     }
-    send_results(node, subject, results, &mut replies);
-    let to_record: Vec<Reply> = new_at.iter().map(|&i| replies[i].clone()).collect();
-    // Recorded, then sent, then made durable: the fsync is off the ACK's path.
-    if let Err(e) = node.received.record(&to_record) {
-        node.stop_if_received_unusable();
-        // Not sent: a retry will be answered "interrupted" rather than run again.
-        log::error!("{subject}: cannot record the reply to {}: {e}", ids[0]);
-        return;
-    }
-    log::debug!("{subject}: {} from {}: answered", ids[0], a.from);
-    answer(node, conn, &a, &replies);
-    if let Err(e) = node.received.sync() {
-        node.stop_if_received_unusable();
-        log::error!("{subject}: cannot sync the reply to {}: {e}", ids[0]);
+    Answers {
+        replies,
+        new_at,
+        results,
     }
 }
 
