@@ -59,11 +59,44 @@ pub enum Event {
     Stop {
         name: String,
         by: String,
-        reply: Sender<Result<String, String>>,
+        reply: Sender<Result<Stopped, NotStopped>>,
     },
     /// SIGINT or SIGTERM.
     Shutdown,
 }
+
+/// What `OpProcessStop` did, in words for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped(pub String);
+
+/// Why `OpProcessStop` stopped nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStopped {
+    /// No process of that name (`OpProcessList` lists them).
+    NoSuchProcess { node: String, name: String },
+    /// One of the node's own processes, or `OpProcessStop`'s subscriber: the node must stay
+    /// reachable.
+    MustStay { node: String, name: String },
+    /// The supervisor did not answer: the node is stopping.
+    NoAnswer,
+}
+
+impl std::fmt::Display for NotStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStopped::NoSuchProcess { node, name } => {
+                write!(f, "{node} has no process {name:?} (OpProcessList lists them)")
+            }
+            NotStopped::MustStay { node, name } => write!(
+                f,
+                "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than OpProcessStop's, can)"
+            ),
+            NotStopped::NoAnswer => f.write_str("the supervisor did not answer (the node is stopping)"),
+        }
+    }
+}
+
+impl std::error::Error for NotStopped {}
 
 /// While the journal has upkeep waiting, how often the supervisor does it: finishes are
 /// durable within this.
@@ -350,22 +383,25 @@ impl Supervisor {
     /// [`ProcessEntry::stopped_by`]). The node's own processes (inbox, control socket,
     /// hello) and the subscriber that takes `OpProcessStop` itself cannot be stopped: a node
     /// must stay reachable to be put right.
-    fn stop_one(&mut self, name: &str, by: &str) -> Result<String, String> {
-        let node = &self.node.config.node;
+    fn stop_one(&mut self, name: &str, by: &str) -> Result<Stopped, NotStopped> {
+        let node = self.node.config.node.clone();
         let Some(e) = self.table.get_mut(name) else {
-            return Err(format!(
-                "{node} has no process {name:?} (OpProcessList lists them)"
-            ));
+            return Err(NotStopped::NoSuchProcess {
+                node,
+                name: name.to_string(),
+            });
         };
         if !(name.starts_with("publisher ") || name.starts_with("subscriber "))
             || name == "subscriber OpProcessStop"
         {
-            return Err(format!(
-                "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than OpProcessStop's, can)"
-            ));
+            return Err(NotStopped::MustStay {
+                node,
+                name: name.to_string(),
+            });
         }
+        let done = |text: String| Ok(Stopped(text));
         if e.stopped_by.is_some() || e.thread.is_none() {
-            return Ok(format!("{name} on {node} is not running"));
+            return done(format!("{name} on {node} is not running"));
         }
         e.stopped_by = Some(by.to_string());
         e.restart_at = None;
@@ -374,7 +410,7 @@ impl Supervisor {
             self.node.unserve_lane(lane);
         }
         log::warn!("{name} stopped by OpProcessStop from {by}");
-        Ok(if name.starts_with("publisher ") {
+        done(if name.starts_with("publisher ") {
             format!("{name} on {node} stopped; its messages stay in the journal, and it starts again with its lane's next message or the next start of {node}")
         } else {
             format!("{name} on {node} stopped until the next start of {node}")

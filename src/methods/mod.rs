@@ -14,6 +14,7 @@ use crate::log_budget::LogBudget;
 use crate::message::{Envelope, Kind, Status};
 use crate::metrics::Metrics;
 use crate::node::{Node, Presence};
+use crate::supervisor::{NotStopped, Stopped};
 
 use std::sync::{Arc, OnceLock};
 
@@ -86,14 +87,14 @@ pub trait Processes: Sync {
     /// The process table as `steward status` prints it; `None` while the node stops.
     fn table(&self) -> Option<String>;
     /// Stops the publisher or subscriber `name`, at `by`'s word: what was done, or why not.
-    fn stop(&self, name: &str, by: &str) -> Result<String, String>;
+    fn stop(&self, name: &str, by: &str) -> Result<Stopped, NotStopped>;
 }
 
 impl Processes for Node {
     fn table(&self) -> Option<String> {
         self.status()
     }
-    fn stop(&self, name: &str, by: &str) -> Result<String, String> {
+    fn stop(&self, name: &str, by: &str) -> Result<Stopped, NotStopped> {
         self.stop_process(name, by)
     }
 }

@@ -52,8 +52,8 @@ impl Method for OpProcessStop {
             );
         };
         match ctx.processes.stop(name, &envelope.from_node) {
-            Ok(done) => Outcome::ok(done),
-            Err(why) => Outcome::error(why),
+            Ok(done) => Outcome::ok(done.0),
+            Err(why) => Outcome::error(why.to_string()),
         }
     }
 }

@@ -197,7 +197,11 @@ impl Node {
 
     /// Asks the supervisor to stop the publisher or subscriber `name` (`OpProcessStop` from
     /// `by`).
-    pub fn stop_process(&self, name: &str, by: &str) -> Result<String, String> {
+    pub fn stop_process(
+        &self,
+        name: &str,
+        by: &str,
+    ) -> Result<crate::supervisor::Stopped, crate::supervisor::NotStopped> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let asked = self.supervisor.send(Event::Stop {
             name: name.to_string(),
@@ -207,7 +211,7 @@ impl Node {
         asked
             .ok()
             .and_then(|()| rx.recv_timeout(Duration::from_secs(2)).ok())
-            .unwrap_or_else(|| Err("the supervisor did not answer (the node is stopping)".into()))
+            .unwrap_or(Err(crate::supervisor::NotStopped::NoAnswer))
     }
 
     /// Asks the supervisor for the process table as text.
