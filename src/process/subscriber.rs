@@ -112,31 +112,7 @@ impl Process for Subscriber {
             return Ok(());
         };
         let name = self.method.name();
-        let subjects: Vec<String> = self
-            .method
-            .kinds()
-            .iter()
-            .map(|&kind| {
-                Subject::new(&self.node.config.node, kind, name)
-                    .map(|s| s.to_string())
-                    .map_err(|source| Error::Subject {
-                        method: name,
-                        source,
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        let subs: Vec<nats::Subscription> = subjects
-            .iter()
-            .map(|s| {
-                conn.subscribe(s).map_err(|source| Error::Subscribe {
-                    subject: s.clone(),
-                    source,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        for sub in &subs {
-            sub.set_message_limits(QUEUED_PER_SUBSCRIPTION);
-        }
+        let (subjects, subs) = self.subscribe(&conn)?;
         let mut dropped = vec![0; subs.len()];
         // Make sure the subscriptions are registered before we say we listen.
         conn.flush_timeout(Duration::from_secs(5)).ok();
@@ -201,6 +177,41 @@ impl Process for Subscriber {
 }
 
 impl Subscriber {
+    /// Subscribes to this node's subject of each kind the method serves, each with its
+    /// queue bounded ([`QUEUED_PER_SUBSCRIPTION`]).
+    fn subscribe(
+        &self,
+        conn: &nats::Connection,
+    ) -> Result<(Vec<String>, Vec<nats::Subscription>), Error> {
+        let name = self.method.name();
+        let subjects: Vec<String> = self
+            .method
+            .kinds()
+            .iter()
+            .map(|&kind| {
+                Subject::new(&self.node.config.node, kind, name)
+                    .map(|s| s.to_string())
+                    .map_err(|source| Error::Subject {
+                        method: name,
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let subs: Vec<nats::Subscription> = subjects
+            .iter()
+            .map(|s| {
+                conn.subscribe(s).map_err(|source| Error::Subscribe {
+                    subject: s.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for sub in &subs {
+            sub.set_message_limits(QUEUED_PER_SUBSCRIPTION);
+        }
+        Ok((subjects, subs))
+    }
+
     /// The work handling leaves for later: the method's own (hello-nodes.json), the
     /// client's drops, keys/senders.json, the refusal minute. Returns whether some still
     /// waits (to look again in a second).

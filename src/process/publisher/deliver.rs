@@ -114,21 +114,11 @@ impl Publisher {
     ) -> Delivery {
         let node = &self.node;
         let message = &entry.envelope.message;
-        let method = message.method.as_str();
         let timeout = message
             .timeout
             .map(Duration::from_secs)
             .unwrap_or(node.config.default_timeout);
-        // This message's own jitter: after an outage, lanes do not all knock together.
-        let jitter =
-            (entry.seq ^ u64::from(std::process::id())).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54;
-        let mut rules = Rules::new(
-            message,
-            entry.envelope.accepted,
-            node.config.default_retries,
-            node.config.default_ttl,
-            jitter,
-        );
+        let mut rules = self.rules_for(entry);
         let payload = wire_form(&node.identity, &entry.envelope);
         let subject = self.subject.to_string();
         let mut sigs = Vec::new();
@@ -139,20 +129,7 @@ impl Publisher {
                 return Delivery::Stopped;
             }
             let epoch = node.broker.epoch();
-            let attempt = rules.attempt();
-            if attempt == 1 {
-                node.metrics.sent.with_label_values(&[method]).inc();
-            } else {
-                node.metrics.retried.with_label_values(&[method]).inc();
-            }
-            let doing = format!(
-                "attempt {attempt}{} of {} (waiting {}s for ACK)",
-                rules.describe(crate::files::unix_millis()),
-                entry.envelope.id,
-                timeout.as_secs()
-            );
-            node.progress(&entry.envelope.id, Progress::Attempt(doing.clone()));
-            self.state.set(doing);
+            let attempt = self.announce(&mut rules, entry, timeout);
             let id = &entry.envelope.id;
             let accept = |bytes: &[u8]| match Reply::decode(bytes) {
                 Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
@@ -318,6 +295,43 @@ impl Publisher {
             }
         }
         Err(NotAnAnswer::NotOurs(why))
+    }
+
+    /// The retry rules of one message, with its own jitter: after an outage, lanes do not
+    /// all knock together.
+    fn rules_for(&self, entry: &Entry) -> Rules {
+        let jitter =
+            (entry.seq ^ u64::from(std::process::id())).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54;
+        let config = &self.node.config;
+        Rules::new(
+            &entry.envelope.message,
+            entry.envelope.accepted,
+            config.default_retries,
+            config.default_ttl,
+            jitter,
+        )
+    }
+
+    /// Counts an attempt and says it (to `steward send`, in the process table); returns
+    /// its number.
+    fn announce(&self, rules: &mut Rules, entry: &Entry, timeout: Duration) -> u32 {
+        let node = &self.node;
+        let method = entry.envelope.message.method.as_str();
+        let attempt = rules.attempt();
+        if attempt == 1 {
+            node.metrics.sent.with_label_values(&[method]).inc();
+        } else {
+            node.metrics.retried.with_label_values(&[method]).inc();
+        }
+        let doing = format!(
+            "attempt {attempt}{} of {} (waiting {}s for ACK)",
+            rules.describe(crate::files::unix_millis()),
+            entry.envelope.id,
+            timeout.as_secs()
+        );
+        node.progress(&entry.envelope.id, Progress::Attempt(doing.clone()));
+        self.state.set(doing);
+        attempt
     }
 
     pub(super) fn publish_once(&self, entry: &Entry, stop: &Receiver<()>) -> Delivery {

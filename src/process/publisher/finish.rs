@@ -15,6 +15,38 @@ impl Publisher {
     /// nothing twice), and what was written before is not written again (the slot
     /// remembers it). Then what is counted, reported and logged, once.
     pub(super) fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), Error> {
+        let ends = self.keep(done)?;
+        // Kept: now counted, reported and logged.
+        let log_lines = self.count_and_report(&ends);
+        // Synced before the messages are finished in the journal, so that a line lost in a
+        // power cut is never that of a message the journal says is finished.
+        let node = &self.node;
+        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, true) {
+            // Only a log: skipped, and counted.
+            log::error!("cannot write the message log: {e}");
+            node.metrics
+                .log_skipped
+                .with_label_values(&["message-log.txt"])
+                .inc_by(ends.len() as u64);
+        }
+        let seqs: Vec<u64> = ends.iter().map(|end| end.entry.seq).collect();
+        node.finish(&self.subject, &seqs);
+        for end in ends {
+            node.progress(
+                &end.entry.envelope.id,
+                Progress::Finished {
+                    outcome: end.outcome.to_string(),
+                    reply: end.reply,
+                    why: end.why,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes what must be kept of how the messages ended, once each: replies to their
+    /// files, undelivered messages to failed-messages.txt (one write and fsync per file).
+    fn keep<'e>(&self, done: Vec<(&'e Entry, Delivery)>) -> Result<Vec<End<'e>>, Error> {
         let node = &self.node;
         let mut written = self.stored_before_the_last_stop(&done);
         let failed_written = {
@@ -26,36 +58,21 @@ impl Publisher {
         let (mut failed, mut failed_ids) = (String::new(), Vec::new());
         let mut ends = Vec::with_capacity(done.len());
         for (entry, delivery) in done {
-            let envelope = &entry.envelope;
-            let message = &envelope.message;
-            let id = &envelope.id;
-            let (outcome, why, reply) = match delivery {
-                Delivery::Acked(reply) if reply.status == Status::Refused => {
-                    // The receiver reported the refusal to central itself; keep it.
-                    let why = format!("refused by {}: {}", reply.from_node, reply.output);
-                    ("refused", Some(why), Some(reply))
-                }
-                Delivery::Acked(reply) => ("acked", None, Some(reply)),
-                Delivery::Published => ("published", None, None),
-                Delivery::Failed(why) => {
-                    let why = format!("{}: {id} not delivered: {why}", self.subject);
-                    ("failed", Some(why), None)
-                }
-                Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
-            };
-            if let Some(reply) = &reply {
+            let end = End::of(&self.subject, entry, delivery);
+            let (message, id) = (&entry.envelope.message, &entry.envelope.id);
+            if let Some(reply) = &end.reply {
                 if !written.contains(id) {
                     let path = node.data.replies(&message.to_node, &message.method);
                     let (records, ids) = reply_files.entry(path).or_default();
-                    records.push_str(&reply_record(envelope, reply));
+                    records.push_str(&reply_record(&entry.envelope, reply));
                     ids.push(id.clone());
                 }
             }
-            if why.is_some() && !failed_written.contains(id) {
+            if end.why.is_some() && !failed_written.contains(id) {
                 failed.push_str(&failed_record(message));
                 failed_ids.push(id.clone());
             }
-            ends.push((entry, outcome, (reply, why)));
+            ends.push(end);
         }
         for (path, (records, ids)) in &reply_files {
             crate::files::append_record(path, records.as_bytes()).map_err(|source| {
@@ -72,13 +89,18 @@ impl Publisher {
                 .map_err(|source| Error::KeepFailed { path, source })?;
             self.slot().failed_written.extend(failed_ids);
         }
+        Ok(ends)
+    }
 
-        // Kept: now counted, reported and logged.
+    /// Counts, logs and reports (a failure, to central) how each message ended; returns
+    /// their message-log.txt lines.
+    fn count_and_report(&self, ends: &[End]) -> Vec<u8> {
+        let node = &self.node;
         let mut log_lines = Vec::new();
-        for (entry, outcome, (reply, why)) in &ends {
-            let envelope = &entry.envelope;
+        for end in ends {
+            let envelope = &end.entry.envelope;
             let method = envelope.message.method.as_str();
-            if let Some(reply) = reply {
+            if let Some(reply) = &end.reply {
                 node.metrics.acked.with_label_values(&[method]).inc();
                 log::info!(
                     "{}: {} {:?}{}: {}",
@@ -92,16 +114,16 @@ impl Publisher {
                     reply.output.lines().next().unwrap_or("")
                 );
             }
-            if let Some(why) = why {
+            if let Some(why) = &end.why {
                 node.metrics.failed.with_label_values(&[method]).inc();
                 log::warn!("{why}; kept in {}", node.data.failed().display());
-                if *outcome == "failed" && method != "ErrorLog" {
+                if end.outcome == "failed" && method != "ErrorLog" {
                     // Never report a failed error report: that would loop.
                     node.report_error(why.clone());
                 }
             }
             let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
-            line["outcome"] = (*outcome).into();
+            line["outcome"] = end.outcome.into();
             let finished = crate::files::unix_millis();
             line["finished"] = crate::files::rfc3339(finished).into();
             line["finishedUnixMs"] = finished.into();
@@ -109,9 +131,9 @@ impl Publisher {
             log_lines.push(b'\n');
             node.metrics
                 .finished
-                .with_label_values(&[method, envelope.message.kind.as_str(), outcome])
+                .with_label_values(&[method, envelope.message.kind.as_str(), end.outcome])
                 .inc();
-            if *outcome == "acked" {
+            if end.outcome == "acked" {
                 let ms = finished.saturating_sub(envelope.accepted);
                 node.metrics
                     .delivery_latency
@@ -119,29 +141,7 @@ impl Publisher {
                     .observe(ms as f64 / 1000.0);
             }
         }
-        // Synced before the messages are finished in the journal, so that a line lost in a
-        // power cut is never that of a message the journal says is finished.
-        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, true) {
-            // Only a log: skipped, and counted.
-            log::error!("cannot write the message log: {e}");
-            node.metrics
-                .log_skipped
-                .with_label_values(&["message-log.txt"])
-                .inc_by(ends.len() as u64);
-        }
-        let seqs: Vec<u64> = ends.iter().map(|(entry, _, _)| entry.seq).collect();
-        node.finish(&self.subject, &seqs);
-        for (entry, outcome, (reply, why)) in ends {
-            node.progress(
-                &entry.envelope.id,
-                Progress::Finished {
-                    outcome: outcome.to_string(),
-                    reply,
-                    why,
-                },
-            );
-        }
-        Ok(())
+        log_lines
     }
 
     /// Of the acked messages in `done` that an earlier run accepted, those whose reply it
@@ -162,6 +162,41 @@ impl Publisher {
             &self.node.data.replies(&message.to_node, &message.method),
             &ids,
         )
+    }
+}
+
+/// How one message ended: "acked", "published", "refused" or "failed", with its reply, and
+/// why it was not delivered (refused, failed).
+struct End<'e> {
+    entry: &'e Entry,
+    outcome: &'static str,
+    reply: Option<Reply>,
+    why: Option<String>,
+}
+
+impl<'e> End<'e> {
+    fn of(subject: &Subject, entry: &'e Entry, delivery: Delivery) -> End<'e> {
+        let id = &entry.envelope.id;
+        let (outcome, why, reply) = match delivery {
+            Delivery::Acked(reply) if reply.status == Status::Refused => {
+                // The receiver reported the refusal to central itself; keep it.
+                let why = format!("refused by {}: {}", reply.from_node, reply.output);
+                ("refused", Some(why), Some(reply))
+            }
+            Delivery::Acked(reply) => ("acked", None, Some(reply)),
+            Delivery::Published => ("published", None, None),
+            Delivery::Failed(why) => {
+                let why = format!("{subject}: {id} not delivered: {why}");
+                ("failed", Some(why), None)
+            }
+            Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
+        };
+        End {
+            entry,
+            outcome,
+            reply,
+            why,
+        }
     }
 }
 
