@@ -100,6 +100,7 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 }
 
 /// Opens `path` for appending, creating it [`PRIVATE_FILE`] (and its folders) if need be.
+/// A symbolic link at `path` is not followed (an error): steward never makes one.
 pub fn open_append(path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent() {
         create_dirs(parent)?;
@@ -108,6 +109,7 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .create(true)
         .append(true)
         .mode(PRIVATE_FILE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -204,6 +206,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// As [`write_atomically`], through the temporary file `tmp` (in the same folder), which
+/// must be a name no one else writes: for files whose names come from elsewhere.
+pub fn write_atomically_through(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(tmp, path)?;
+    sync_dir(dir)
+}
+
 /// Makes the names in `dir` (files created, renamed or removed there) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -215,7 +234,12 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// rewinding the terminal over a real line) nor send commands to the operator's terminal.
 pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     use std::fmt::Write as _;
-    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    // Controls, and the invisible characters that reorder or hide text on a terminal
+    // (bidirectional overrides and isolates, zero-width characters).
+    let unsafe_char = |c: char| {
+        c.is_control() && c != '\n' && c != '\t'
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
     if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);
     }

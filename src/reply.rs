@@ -331,8 +331,11 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
     let ticket = request.reply_ticket.clone()?;
     let m = &request.message;
     let mut output = outcome.output.clone();
-    if output.len() > MAX_RESULT_OUTPUT {
-        let mut cut = MAX_RESULT_OUTPUT;
+    // What one message may carry, less the arguments it carries too.
+    let args: usize = m.reply_method_args.iter().flatten().map(String::len).sum();
+    let room = MAX_RESULT_OUTPUT.saturating_sub(args);
+    if output.len() > room {
+        let mut cut = room;
         while !output.is_char_boundary(cut) {
             cut -= 1;
         }

@@ -65,6 +65,16 @@ pub enum Event {
     Shutdown,
 }
 
+/// The subscribers `OpProcessStop` may not stop: without them nothing could put the node
+/// right (run a command, take a revocation, stop or list processes) until someone restarts
+/// it by hand.
+pub const MUST_STAY: [&str; 4] = [
+    "subscriber CLICommand",
+    "subscriber TrustedKeys",
+    "subscriber OpProcessStop",
+    "subscriber OpProcessList",
+];
+
 /// What `OpProcessStop` did, in words for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stopped(pub String);
@@ -89,7 +99,7 @@ impl std::fmt::Display for NotStopped {
             }
             NotStopped::MustStay { node, name } => write!(
                 f,
-                "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than OpProcessStop's, can)"
+                "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than those of CLICommand, TrustedKeys, OpProcessStop and OpProcessList, can)"
             ),
             NotStopped::NoAnswer => f.write_str("the supervisor did not answer (the node is stopping)"),
         }
@@ -174,6 +184,9 @@ struct ProcessEntry {
     /// Who stopped it (`OpProcessStop`): then it is not restarted; a publisher starts again
     /// with its lane's next message, a subscriber with the agent's next start.
     stopped_by: Option<String>,
+    /// A stopped publisher's lane had work again before its thread ended: start it again
+    /// once it has (never two on one lane).
+    resume: bool,
 }
 
 pub struct Supervisor {
@@ -266,6 +279,7 @@ impl Supervisor {
             lane,
             stop: None,
             stopped_by: None,
+            resume: false,
         };
         self.table.insert(name.clone(), entry);
         self.launch(&name);
@@ -279,6 +293,7 @@ impl Supervisor {
         e.started = Instant::now();
         e.restart_at = None;
         e.stopped_by = None;
+        e.resume = false;
         let (stop_tx, stop) = crossbeam_channel::bounded(0);
         e.stop = Some(stop_tx);
         match process::spawn(
@@ -303,16 +318,16 @@ impl Supervisor {
     /// Starts a publisher for a lane with messages waiting, unless it has one.
     fn publish(&mut self, lane: Subject) {
         let name = format!("publisher {lane}");
-        if let Some(e) = self.table.get(&name) {
-            if let Some((lane, wake)) = &e.lane {
-                if e.stopped_by.is_some() {
-                    // Stopped by an operator: its lane has work again.
-                    self.node.serve_lane(lane.clone(), wake.clone());
-                    let wake = wake.clone();
-                    self.launch(&name);
-                    let _ = wake.try_send(());
-                } else {
-                    let _ = wake.try_send(());
+        if let Some(e) = self.table.get_mut(&name) {
+            match (&e.stopped_by, &e.thread) {
+                // Stopped by an operator, and its lane has work again: started again once
+                // its thread has ended.
+                (Some(_), Some(_)) => e.resume = true,
+                (Some(_), None) => self.resume(&name),
+                (None, _) => {
+                    if let Some((_, wake)) = &e.lane {
+                        let _ = wake.try_send(());
+                    }
                 }
             }
             return;
@@ -348,6 +363,9 @@ impl Supervisor {
         }
         if let Some(by) = &e.stopped_by {
             e.state.set(format!("stopped by OpProcessStop from {by}"));
+            if e.resume {
+                self.resume(&name);
+            }
             return;
         }
         // Ended without an error, though not told to stop: restarted as it always was.
@@ -381,8 +399,8 @@ impl Supervisor {
 
     /// `OpProcessStop`: stops a publisher or a subscriber, not to be restarted (see
     /// [`ProcessEntry::stopped_by`]). The node's own processes (inbox, control socket,
-    /// hello) and the subscriber that takes `OpProcessStop` itself cannot be stopped: a node
-    /// must stay reachable to be put right.
+    /// hello) and the subscribers in [`MUST_STAY`] cannot be stopped: a node must stay
+    /// reachable to be put right.
     fn stop_one(&mut self, name: &str, by: &str) -> Result<Stopped, NotStopped> {
         let node = self.node.config.node.clone();
         let Some(e) = self.table.get_mut(name) else {
@@ -392,7 +410,7 @@ impl Supervisor {
             });
         };
         if !(name.starts_with("publisher ") || name.starts_with("subscriber "))
-            || name == "subscriber OpProcessStop"
+            || MUST_STAY.contains(&name)
         {
             return Err(NotStopped::MustStay {
                 node,
@@ -415,6 +433,16 @@ impl Supervisor {
         } else {
             format!("{name} on {node} stopped until the next start of {node}")
         })
+    }
+
+    /// Starts a publisher an operator stopped again, its lane served and woken.
+    fn resume(&mut self, name: &str) {
+        let Some((lane, wake)) = self.table.get(name).and_then(|e| e.lane.clone()) else {
+            return;
+        };
+        self.node.serve_lane(lane, wake.clone());
+        self.launch(name);
+        let _ = wake.try_send(());
     }
 
     fn restart_due(&mut self) {

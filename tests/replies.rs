@@ -233,8 +233,35 @@ fn op_process_list_and_stop_and_public_key_answer_central() {
                 && l.contains("stopped by OpProcessStop from central")
         })
     });
-    let refused = ask("OpProcessStop", r#""subscriber OpProcessStop""#);
-    assert!(refused.contains("cannot be stopped"), "{refused}");
+    for must_stay in ["OpProcessStop", "CLICommand", "TrustedKeys"] {
+        let refused = ask("OpProcessStop", &format!("\"subscriber {must_stay}\""));
+        assert!(
+            refused.contains(&format!("subscriber {must_stay} cannot be stopped")),
+            "{refused}"
+        );
+    }
+    // A publisher stopped: its lane's next message starts it again.
+    let file = |text: &str| {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":["echo","{text}"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"File","directory":"m","fileName":"x.txt"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked");
+        wait_sent(&ship1);
+        central.read("m/ship1/x.txt")
+    };
+    assert_eq!(file("before"), "before\n");
+    let stopped = ask("OpProcessStop", r#""publisher central.EventACK.File""#);
+    assert!(
+        stopped.contains("starts again with its lane's next message"),
+        "{stopped}"
+    );
+    ship1.wait_status("showed the publisher stopped", |t| {
+        t.lines().any(|l| {
+            l.starts_with("publisher central.EventACK.File")
+                && l.contains("stopped by OpProcessStop")
+        })
+    });
+    assert_eq!(file("after"), "after\n");
     let unknown = ask("OpProcessStop", r#""subscriber Nothing""#);
     assert!(unknown.contains("has no process"), "{unknown}");
 }

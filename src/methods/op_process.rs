@@ -7,7 +7,8 @@
 //! message, or at the node's next start. A stopped subscriber stays stopped until the
 //! node's next start: steward serves every method it has at start, so stopping one is a
 //! pause an operator chose, not configuration. The node's own processes (inbox, control
-//! socket, hello) and `OpProcessStop`'s own subscriber cannot be stopped: the node must
+//! socket, hello) and the subscribers of `CLICommand`, `TrustedKeys`, `OpProcessStop` and
+//! `OpProcessList` cannot be stopped ([`crate::supervisor::MUST_STAY`]): the node must
 //! stay reachable to be put right. Both are commands: only senders `--allowCommandsFrom`
 //! allows may call them.
 
