@@ -1,0 +1,371 @@
+//! The text of `inmsg.txt` → messages, and the pieces that could not be taken.
+//!
+//! The text is split into top-level values here, not by a JSON parser, so that one broken
+//! array is rejected alone and the arrays after it still go, and so that an array still
+//! being written is left for later rather than rejected. Each complete value is then
+//! parsed, and each message in it validated alone ([`Message::from_value`]).
+
+use super::{KindCheck, Message};
+use serde_json::Value;
+
+/// One piece of `inmsg.txt` that could not be taken, kept for the operator: verbatim, or,
+/// for one bad message of an array, as an array of that message alone, which is itself
+/// valid input once fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub text: String,
+    pub error: String,
+}
+
+/// The result of parsing a stretch of `inmsg.txt`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub messages: Vec<Message>,
+    pub rejected: Vec<Rejected>,
+    /// Bytes fully dealt with; anything after is an incomplete value still being written.
+    pub consumed: usize,
+}
+
+/// Parses the text of `inmsg.txt`: any number of JSON arrays of messages (or single message
+/// objects), one after another. Each bad array, bad message or stretch of garbage is rejected
+/// on its own with an error naming what and where (`line` counts from `first_line`); good
+/// messages still go. A trailing value that is not complete is left unconsumed, unless
+/// `at_end` says no more bytes will come, in which case it is rejected too.
+pub fn parse_input(
+    text: &[u8],
+    first_line: usize,
+    at_end: bool,
+    known_method: &KindCheck,
+) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut pos = 0;
+    // Line numbers for errors, counted as we go (counting from the start for every value
+    // would make a long file quadratic).
+    let (mut line, mut counted) = (first_line, 0);
+    while pos < text.len() {
+        let start = pos
+            + text[pos..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+        if start == text.len() {
+            parsed.consumed = text.len();
+            break;
+        }
+        line += text[counted..start].iter().filter(|&&b| b == b'\n').count();
+        counted = start;
+        let end = match text[start] {
+            b'[' | b'{' => {
+                let rest = &text[start..];
+                // A line opening a new array before this value closes means this one is
+                // broken (the seed's format has arrays only at the top level).
+                // Looked for within the value only when it is complete: looking to the end
+                // of the text for every value made one-object-per-line input quadratic.
+                let scan = scan_value(rest);
+                let next = match scan {
+                    Scan::Complete(len) => next_value_start(&rest[..len]),
+                    _ => next_value_start(rest),
+                };
+                match scan {
+                    Scan::Complete(len) if next.is_none_or(|n| len <= n) => start + len,
+                    Scan::Incomplete if next.is_none() && !at_end => break, // still being written
+                    Scan::Incomplete if next.is_none() => text.len(),
+                    _ => {
+                        let end = start + next.unwrap_or(rest.len());
+                        parsed.rejected.push(Rejected {
+                            text: String::from_utf8_lossy(&text[start..end]).into_owned(),
+                            error: format!("line {line}: invalid JSON: brackets do not match"),
+                        });
+                        pos = end;
+                        parsed.consumed = end;
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                // Garbage: everything up to the next line that opens an array.
+                let skip = next_value_start(&text[start..]).unwrap_or(text.len() - start);
+                let end = start + skip;
+                parsed.rejected.push(Rejected {
+                    text: String::from_utf8_lossy(&text[start..end]).into_owned(),
+                    error: format!("line {line}: expected a JSON array of messages"),
+                });
+                pos = end;
+                parsed.consumed = end;
+                continue;
+            }
+        };
+        let chunk = &text[start..end];
+        take_value(chunk, line, known_method, &mut parsed);
+        pos = end;
+        parsed.consumed = end;
+    }
+    parsed
+}
+
+/// Takes one complete array (or object) that starts on `line`: its good messages into
+/// `parsed.messages`, and the value, or each bad message in it, into `parsed.rejected`.
+fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut Parsed) {
+    let reject = |error: String| Rejected {
+        text: String::from_utf8_lossy(chunk).into_owned(),
+        error,
+    };
+    let value: Value = match serde_json::from_slice(chunk) {
+        Ok(v) => v,
+        Err(e) => {
+            let at = if e.line() > 0 {
+                line + e.line() - 1
+            } else {
+                line
+            };
+            parsed.rejected.push(reject(format!(
+                "line {at}: invalid JSON: {}",
+                strip_position(&e.to_string())
+            )));
+            return;
+        }
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => unreachable!("scan_value only yields arrays and objects"),
+    };
+    if items.is_empty() {
+        return;
+    }
+    for (i, item) in items.iter().enumerate() {
+        match Message::from_value(item, known_method) {
+            Ok(m) => parsed.messages.extend(m),
+            Err(e) => parsed.rejected.push(Rejected {
+                text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
+                    .expect("a parsed JSON value serializes"),
+                error: format!("array starting on line {line}, message {}: {e}", i + 1),
+            }),
+        }
+    }
+}
+
+fn strip_position(e: &str) -> &str {
+    e.split(" at line ").next().unwrap_or(e)
+}
+
+/// Where the value at the start of some text ends, if it does.
+enum Scan {
+    /// The value is complete and this long.
+    Complete(usize),
+    /// The text ends before the value does.
+    Incomplete,
+    /// A closing bracket does not match its opener.
+    Mismatch,
+}
+
+/// Finds the end of the JSON array or object at the start of `text`. Tracks strings and
+/// escapes so brackets inside strings do not count, and which bracket closes which.
+fn scan_value(text: &[u8]) -> Scan {
+    let mut open = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' => open.push(b']'),
+            b'{' => open.push(b'}'),
+            b']' | b'}' => {
+                if open.pop() != Some(b) {
+                    return Scan::Mismatch;
+                }
+                if open.is_empty() {
+                    return Scan::Complete(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    Scan::Incomplete
+}
+
+/// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
+fn next_value_start(text: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(nl) = text[i..].iter().position(|&b| b == b'\n') {
+        i += nl + 1;
+        let indent = text[i..]
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
+        if text.get(i + indent) == Some(&b'[') {
+            return Some(i + indent);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Kind;
+
+    fn known(m: &str, kind: Kind) -> Option<String> {
+        crate::methods::kind_refusal(m, kind)
+    }
+
+    const SEED_TWO: &str = r#"[
+    {
+        
+        "toNode": "ship1",
+        "data": ["bash","-c","ls -l ../"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand"
+            
+    },
+    {
+        
+        "toNode": "ship2",
+        "data": ["bash","-c","ls -l ../"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand"
+            
+    }
+]"#;
+
+    #[test]
+    fn seed_example_with_two_messages() {
+        let p = parse_input(SEED_TWO.as_bytes(), 1, false, &known);
+        assert_eq!(p.rejected, vec![]);
+        assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.messages[1].to_node, "ship2");
+        assert_eq!(p.messages[0].data, ["bash", "-c", "ls -l ../"]);
+        assert_eq!(p.consumed, SEED_TWO.len());
+    }
+
+    #[test]
+    fn several_appended_arrays_in_one_read_all_count() {
+        let text = format!("{SEED_TWO}\n{SEED_TWO}\n[{{\"toNode\":\"ship1\",\"data\":[\"x\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\",\"timeout\":3,\"retries\":3}}]");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 5);
+        assert_eq!(p.messages[4].timeout, Some(3));
+        assert_eq!(p.messages[4].retries, Some(3));
+    }
+
+    #[test]
+    fn an_array_still_being_written_is_left_for_later() {
+        let text = format!("{SEED_TWO}\n[ {{ \"toNode\": \"sh");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 2);
+        assert!(p.rejected.is_empty());
+        assert_eq!(p.consumed, SEED_TWO.len());
+        // ... unless nothing more will come.
+        let p = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.consumed, text.len());
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_confuse_the_scanner() {
+        let text = r#"[{"toNode":"ship1","data":["echo ]] \"[\" }"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#;
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 1, "{:?}", p.rejected);
+        assert_eq!(p.messages[0].data[0], "echo ]] \"[\" }");
+    }
+
+    #[test]
+    fn one_bad_message_is_rejected_alone_with_its_reason() {
+        let text = r#"[
+ {"toNode":"ship1","data":["a"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+ {"ToNode":"ship1","data":["b"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+ {"toNode":"ship1","data":["c"],"commandOrEvent":"commandack","method":"CLICommand"},
+ {"toNode":"ship 1","data":["d"],"commandOrEvent":"CommandACK","method":"CLICommand"},
+ {"toNode":"ship1","data":["e"],"commandOrEvent":"CommandACK","method":"NoSuchMethod"},
+ {"toNode":"ship1","data":["f"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":0},
+ {"toNode":"ship1","data":["g"],"commandOrEvent":"CommandACK","method":"CLICommand"}
+]"#;
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        let data: Vec<_> = p.messages.iter().map(|m| m.data[0].as_str()).collect();
+        assert_eq!(data, ["a", "g"]);
+        let errors: Vec<_> = p.rejected.iter().map(|r| r.error.as_str()).collect();
+        assert_eq!(errors.len(), 5);
+        assert!(
+            errors[0].contains("message 2: unknown key \"ToNode\""),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("commandOrEvent"), "{}", errors[1]);
+        assert!(
+            errors[2].contains("toNode") && errors[2].contains("space"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].contains("unknown method \"NoSuchMethod\""),
+            "{}",
+            errors[3]
+        );
+        assert!(errors[4].contains("timeout"), "{}", errors[4]);
+        // The rejected text is itself valid inmsg.txt input, so it can be fixed and re-sent.
+        let again = parse_input(p.rejected[0].text.as_bytes(), 1, true, &known);
+        assert_eq!(again.rejected.len(), 1);
+    }
+
+    #[test]
+    fn a_method_sent_as_a_kind_it_does_not_serve_is_refused_at_intake() {
+        let text = r#"[
+ {"toNode":"ship1","data":["id"],"commandOrEvent":"EventACK","method":"CLICommand"},
+ {"toNode":"ship1","data":["x"],"commandOrEvent":"CommandACK","method":"TextLogging"},
+ {"toNode":"ship1","data":["{}"],"commandOrEvent":"EventNACK","method":"TrustedKeys"},
+ {"toNode":"ship1","data":["fine"],"commandOrEvent":"EventNACK","method":"TextLogging"}
+]"#;
+        let p = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(p.messages.len(), 1);
+        let errors: Vec<_> = p.rejected.iter().map(|r| r.error.as_str()).collect();
+        assert!(
+            errors[0].contains(
+                "CLICommand is served only as CommandACK or CommandNACK, not as EventACK"
+            ),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("TextLogging is served only as EventACK or EventNACK"));
+        assert!(errors[2].contains("TrustedKeys is served only as CommandACK"));
+    }
+
+    #[test]
+    fn garbage_and_broken_json_do_not_stop_the_batch() {
+        let text = format!("hello there\n[{{\"toNode\": }}]\n{SEED_TWO}\n");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.rejected.len(), 2);
+        assert!(
+            p.rejected[0].error.starts_with("line 1:"),
+            "{}",
+            p.rejected[0].error
+        );
+        assert!(
+            p.rejected[1].error.starts_with("line 2: invalid JSON"),
+            "{}",
+            p.rejected[1].error
+        );
+        assert_eq!(p.consumed, text.len());
+    }
+
+    #[test]
+    fn a_broken_array_does_not_swallow_the_arrays_after_it() {
+        let text = format!("[{{\"toNode\": \"ship1\", \"data\": [}}]\n{SEED_TWO}\n[{{\"toNode\": \"x\",\n{SEED_TWO}");
+        let p = parse_input(text.as_bytes(), 1, false, &known);
+        assert_eq!(p.messages.len(), 4, "{:?}", p.rejected);
+        assert_eq!(p.rejected.len(), 2);
+        assert!(p
+            .rejected
+            .iter()
+            .all(|r| r.error.contains("brackets do not match")));
+        assert_eq!(p.consumed, text.len());
+    }
+}

@@ -1,0 +1,214 @@
+//! One JSON value from `inmsg.txt` (or `steward send`) → the messages it stands for, one
+//! per destination, or the [`InputError`] that says why not. It runs at the sender, before
+//! anything is journaled, so an operator's mistake is reported at once rather than sent.
+
+use super::{too_much_data, KindCheck, Message, MAX_DATA_BYTES, MAX_TIMEOUT_SECS};
+use crate::subject::{validate_name, NameError};
+use serde_json::Value;
+use std::fmt;
+
+/// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
+const KEYS: [&str; 16] = [
+    "toNode",
+    "data",
+    "commandOrEvent",
+    "method",
+    "timeout",
+    "retries",
+    "ttl",
+    "toNodes",
+    "methodTimeout",
+    "methodArgs",
+    "replyMethod",
+    "replyMethodArgs",
+    "replyTimeout",
+    "replyRetries",
+    "directory",
+    "fileName",
+];
+
+impl Message {
+    /// Validates one JSON value from `inmsg.txt` as a message, and makes it one message per
+    /// destination (`toNode` and `toNodes`: each gets its own id, retries and ACK). One bad
+    /// destination refuses them all. `refusal` says why this build cannot send a method
+    /// as a kind, if it cannot (an unknown method, or a command method as an event, is
+    /// refused here, at the sender, rather than retried against a node that would refuse
+    /// it): [`crate::methods::kind_refusal`].
+    pub fn from_value(value: &Value, refusal: &KindCheck) -> Result<Vec<Message>, InputError> {
+        let obj = value.as_object().ok_or(InputError::NotAnObject {
+            found: type_name(value),
+        })?;
+        if let Some(key) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(InputError::UnknownKey(key.clone()));
+        }
+        if let Some(key) = ["data", "commandOrEvent", "method"]
+            .into_iter()
+            .find(|k| !obj.contains_key(*k))
+        {
+            return Err(InputError::MissingKey(key));
+        }
+        if !obj.contains_key("toNode") && !obj.contains_key("toNodes") {
+            return Err(InputError::MissingKey("toNode"));
+        }
+        let mut value = value.clone();
+        if let Some(o) = value.as_object_mut() {
+            // `toNodes` alone: the first one stands in for `toNode` while it is read.
+            o.entry("toNode").or_insert_with(|| "".into());
+        }
+        let message: Message = serde_json::from_value(value).map_err(|e| {
+            if e.to_string().contains("unknown variant") {
+                InputError::Kind(e)
+            } else {
+                InputError::Json(e)
+            }
+        })?;
+        let name = |field, name: &str| {
+            validate_name(name).map_err(|source| InputError::Name { field, source })
+        };
+        let mut nodes: Vec<String> = Vec::new();
+        if obj.contains_key("toNode") {
+            name("toNode", &message.to_node)?;
+            nodes.push(message.to_node.clone());
+        }
+        for (i, node) in message.to_nodes.iter().flatten().enumerate() {
+            validate_name(node).map_err(|source| InputError::ToNodes { index: i, source })?;
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+        if nodes.is_empty() {
+            return Err(InputError::NoDestination);
+        }
+        name("method", &message.method)?;
+        if let Some(why) = refusal(&message.method, message.kind) {
+            return Err(InputError::Refused(why));
+        }
+        if message.timeout == Some(0) || message.timeout > Some(MAX_TIMEOUT_SECS) {
+            return Err(InputError::Timeout("timeout", message.timeout.unwrap_or(0)));
+        }
+        if message.reply_timeout == Some(0) || message.reply_timeout > Some(MAX_TIMEOUT_SECS) {
+            return Err(InputError::Timeout(
+                "replyTimeout",
+                message.reply_timeout.unwrap_or(0),
+            ));
+        }
+        if let Some(t) = message.method_timeout {
+            if t != -1 && !(1..=MAX_TIMEOUT_SECS as i64).contains(&t) {
+                return Err(InputError::MethodTimeout(t));
+            }
+        }
+        let bytes = message.data_bytes();
+        if bytes > MAX_DATA_BYTES {
+            return Err(InputError::Data { bytes });
+        }
+        if message.ttl == Some(0) {
+            return Err(InputError::ZeroTtl);
+        }
+        crate::reply::check_request(&message, refusal).map_err(InputError::Reply)?;
+        Ok(nodes
+            .into_iter()
+            .map(|to_node| Message {
+                to_node,
+                to_nodes: None,
+                ..message.clone()
+            })
+            .collect())
+    }
+}
+
+/// Why a message written in `inmsg.txt` (or given to `steward send`) was not taken. From
+/// `inmsg.txt`, the text goes to `inmsg.rejected.txt`, after where the message was
+/// (`array starting on line 3, message 2: …`); `steward send` prints it.
+#[derive(Debug)]
+pub enum InputError {
+    /// Not a JSON object.
+    NotAnObject { found: &'static str },
+    /// A key the seed does not have (keys are case-sensitive: `ToNode` is one).
+    UnknownKey(String),
+    /// A key every message needs (`toNode` stands for `toNode` or `toNodes`).
+    MissingKey(&'static str),
+    /// `commandOrEvent` is not one of the four kinds, exactly.
+    Kind(serde_json::Error),
+    /// A value of the wrong type.
+    Json(serde_json::Error),
+    /// `toNode` or `method` is not a valid name.
+    Name {
+        field: &'static str,
+        source: NameError,
+    },
+    /// One of `toNodes` (counting from 0) is not a valid name.
+    ToNodes { index: usize, source: NameError },
+    /// Neither `toNode` nor `toNodes` names a node.
+    NoDestination,
+    /// This build cannot send the method as that kind ([`KindCheck`]'s words).
+    Refused(String),
+    /// A `timeout` or `replyTimeout` of 0, or past [`MAX_TIMEOUT_SECS`].
+    Timeout(&'static str, u64),
+    /// A `methodTimeout` other than -1 or 1 to [`MAX_TIMEOUT_SECS`].
+    MethodTimeout(i64),
+    /// Where the result should go, or where a file should be written, is not possible.
+    Reply(crate::reply::RouteError),
+    /// More data than [`MAX_DATA_BYTES`].
+    Data { bytes: usize },
+    /// A `ttl` of 0.
+    ZeroTtl,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputError::NotAnObject { found } => {
+                write!(f, "a message must be a JSON object, found {found}")
+            }
+            InputError::UnknownKey(key) => write!(
+                f,
+                "unknown key {key:?} (keys are case-sensitive: {})",
+                KEYS.join(", ")
+            ),
+            InputError::MissingKey(key) => write!(f, "missing key {key:?}"),
+            InputError::Kind(e) => {
+                write!(f, "bad commandOrEvent: {e} (values are case-sensitive)")
+            }
+            InputError::Json(e) => write!(f, "{e}"),
+            InputError::Name { field, source } => write!(f, "bad {field}: {source}"),
+            InputError::ToNodes { index, source } => write!(f, "bad toNodes[{index}]: {source}"),
+            InputError::NoDestination => f.write_str("toNodes is empty and there is no toNode"),
+            InputError::Refused(why) => f.write_str(why),
+            InputError::Timeout(key, t) => write!(
+                f,
+                "bad {key} {t}: must be between 1 and {MAX_TIMEOUT_SECS} seconds"
+            ),
+            InputError::MethodTimeout(t) => write!(
+                f,
+                "bad methodTimeout {t}: must be -1 (no limit) or between 1 and {MAX_TIMEOUT_SECS} seconds"
+            ),
+            InputError::Reply(e) => write!(f, "{e}"),
+            InputError::Data { bytes } => too_much_data(f, *bytes),
+            InputError::ZeroTtl => {
+                f.write_str("bad ttl 0: give the seconds the message may wait, or leave ttl out")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InputError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InputError::Kind(e) | InputError::Json(e) => Some(e),
+            InputError::Name { source, .. } | InputError::ToNodes { source, .. } => Some(source),
+            InputError::Reply(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,337 @@
+//! What travels between nodes: a message as an [`Envelope`] (alone, or several in a
+//! batch), and the [`Reply`] that answers it. Decoding an envelope or a batch checks
+//! everything a receiver will use (names, ids, sizes), so nothing from the wire (or the
+//! journal) is used unchecked; a [`DecodeError`] says what was wrong.
+
+use super::{
+    too_much_data, Message, MAX_BATCH, MAX_BATCH_BYTES, MAX_DATA_BYTES, MAX_ID_LEN, MAX_WIRE_BYTES,
+};
+use crate::subject::{validate_name, NameError};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A message accepted by a node: journaled, sent, logged. The wire form.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique for the message's whole life, across retries and restarts.
+    pub id: String,
+    #[serde(rename = "fromNode")]
+    pub from_node: String,
+    /// Milliseconds since the Unix epoch when the sending node accepted the message.
+    pub accepted: u64,
+    /// On a request with a `replyMethod`: its sender's signature over the result it asks
+    /// for, which the result carries back (see [`crate::reply`]). Added as it is sent.
+    #[serde(
+        rename = "replyTicket",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reply_ticket: Option<String>,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an Envelope always serializes: plain strings and numbers")
+    }
+
+    /// Decodes a message from the wire (or the journal) and checks everything a receiver
+    /// will use: names that become subjects and file names, the id, the size.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        if bytes.len() > MAX_WIRE_BYTES {
+            return Err(DecodeError::TooLarge {
+                form: Form::Message,
+                bytes: bytes.len(),
+            });
+        }
+        let e: Envelope = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::Message,
+            source,
+        })?;
+        e.validate()?;
+        Ok(e)
+    }
+
+    /// Checks what a receiver will use: names that become subjects and file names, the
+    /// ids (the message's, and on a result the request's), the size of the data.
+    fn validate(&self) -> Result<(), DecodeError> {
+        let e = self;
+        let name = |field, name: &str| {
+            validate_name(name).map_err(|source| DecodeError::Name { field, source })
+        };
+        name("fromNode", &e.from_node)?;
+        name("toNode", &e.message.to_node)?;
+        name("method", &e.message.method)?;
+        let answers = e.message.in_reply_to.as_ref().map(|a| a.id.as_str());
+        for id in [Some(e.id.as_str()), answers].into_iter().flatten() {
+            if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+                return Err(DecodeError::Id(id.chars().take(64).collect()));
+            }
+        }
+        let bytes = e.message.data_bytes();
+        if bytes > MAX_DATA_BYTES {
+            return Err(DecodeError::Data { bytes });
+        }
+        crate::reply::check_place(&e.message).map_err(DecodeError::Place)?;
+        Ok(())
+    }
+}
+
+/// What a wire message was to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Message,
+    Batch,
+    Reply,
+    BatchReply,
+}
+
+impl Form {
+    fn name(self) -> &'static str {
+        match self {
+            Form::Message => "message",
+            Form::Batch => "batch",
+            Form::Reply => "reply",
+            Form::BatchReply => "batch reply",
+        }
+    }
+}
+
+/// Why bytes from the wire (or the journal) are not a message, a batch or a reply. A
+/// receiver refuses such a message; nothing in it is trusted.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// More bytes than a message ([`MAX_WIRE_BYTES`]) or a batch ([`MAX_BATCH_BYTES`]) may
+    /// have.
+    TooLarge { form: Form, bytes: usize },
+    /// Not JSON of the form's shape.
+    Json {
+        form: Form,
+        source: serde_json::Error,
+    },
+    /// A name that becomes a subject or a file name is not valid.
+    Name {
+        field: &'static str,
+        source: NameError,
+    },
+    /// An id that is empty, too long or holds control characters (its first 64
+    /// characters).
+    Id(String),
+    /// More data than [`MAX_DATA_BYTES`].
+    Data { bytes: usize },
+    /// `directory` or `fileName` would not be a place under the data folder.
+    Place(crate::reply::RouteError),
+    /// A batch of no messages, or of more than [`MAX_BATCH`].
+    BatchSize { count: usize },
+    /// One message of a batch (counting from 0) is bad.
+    InBatch {
+        index: usize,
+        source: Box<DecodeError>,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge { form, bytes } => {
+                let max = match form {
+                    Form::Batch | Form::BatchReply => MAX_BATCH_BYTES,
+                    Form::Message | Form::Reply => MAX_WIRE_BYTES,
+                };
+                write!(
+                    f,
+                    "{} of {bytes} bytes; at most {max} are allowed",
+                    form.name()
+                )
+            }
+            DecodeError::Json { form, source } => {
+                write!(f, "undecodable {}: {source}", form.name())
+            }
+            DecodeError::Name { field, source } => write!(f, "bad {field}: {source}"),
+            DecodeError::Id(id) => write!(f, "bad id {id:?}"),
+            DecodeError::Data { bytes } => too_much_data(f, *bytes),
+            DecodeError::Place(e) => write!(f, "{e}"),
+            DecodeError::BatchSize { count } => write!(
+                f,
+                "a batch of {count} messages; 1 to {MAX_BATCH} are allowed"
+            ),
+            DecodeError::InBatch { index, source } => write!(f, "batch message {index}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DecodeError::Json { source, .. } => Some(source),
+            DecodeError::Name { source, .. } => Some(source),
+            DecodeError::InBatch { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A batch: several messages for one subject, in order, as one wire message (a JSON array
+/// of envelopes). Events (EventACK) travel this way when several are queued for the same
+/// subject; the publisher writes the same form itself, an envelope at a time, to stop at
+/// the broker's payload limit.
+pub fn encode_batch(envelopes: &[Envelope]) -> Vec<u8> {
+    serde_json::to_vec(envelopes).expect("Envelopes always serialize")
+}
+
+/// Whether a wire message is a batch (a JSON array) rather than one envelope.
+pub fn is_batch(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// Decodes a batch, checking each message as [`Envelope::decode`] does (but for size: the
+/// limit is the whole batch's, [`MAX_BATCH_BYTES`]); one bad message refuses the batch (a
+/// sender never makes one).
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
+    if bytes.len() > MAX_BATCH_BYTES {
+        return Err(DecodeError::TooLarge {
+            form: Form::Batch,
+            bytes: bytes.len(),
+        });
+    }
+    let batch: Vec<Envelope> =
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::Batch,
+            source,
+        })?;
+    if batch.is_empty() || batch.len() > MAX_BATCH {
+        return Err(DecodeError::BatchSize { count: batch.len() });
+    }
+    for (index, e) in batch.iter().enumerate() {
+        e.validate().map_err(|e| DecodeError::InBatch {
+            index,
+            source: Box::new(e),
+        })?;
+    }
+    Ok(batch)
+}
+
+/// How a receiver dealt with a message.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The method ran (a command may still have exited non-zero: see `exitCode`).
+    Ok,
+    /// The method could not run (bad data, the command could not start, I/O error).
+    Error,
+    /// The receiver would not run it (not allowed from this sender, not served here).
+    Refused,
+}
+
+/// The ACK a receiver sends on the message's reply subject.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub id: String,
+    #[serde(rename = "fromNode")]
+    pub from_node: String,
+    /// The sender of the message this answers: a receiver keeps replies by (sender, id).
+    #[serde(rename = "toNode", default, skip_serializing_if = "String::is_empty")]
+    pub to_node: String,
+    pub status: Status,
+    #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output: String,
+}
+
+impl Reply {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Reply always serializes: plain strings and numbers")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::Reply,
+            source,
+        })
+    }
+
+    /// A refusal of message `id` from `to` by node `by`.
+    pub fn refusal(id: String, to: &str, by: &str, why: String) -> Reply {
+        Reply {
+            id,
+            from_node: by.to_string(),
+            to_node: to.to_string(),
+            status: Status::Refused,
+            exit_code: None,
+            output: why,
+        }
+    }
+
+    /// The replies to a batch, in its order.
+    pub fn encode_batch(replies: &[Reply]) -> Vec<u8> {
+        serde_json::to_vec(replies).expect("Replies always serialize")
+    }
+
+    pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Reply>, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            form: Form::BatchReply,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Kind;
+
+    #[test]
+    fn envelope_wire_form_round_trips_and_keeps_seed_keys() {
+        let m = Message::new(
+            "ship1",
+            Kind::CommandAck,
+            "CLICommand",
+            vec!["bash".into(), "-c".into(), "ls -l ../".into()],
+        );
+        let e = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 1,
+            reply_ticket: None,
+            message: m,
+        };
+        let wire = e.encode();
+        let text = String::from_utf8(wire.clone()).unwrap();
+        assert!(
+            text.contains("\"toNode\":\"ship1\"")
+                && text.contains("\"commandOrEvent\":\"CommandACK\"")
+        );
+        assert_eq!(Envelope::decode(&wire).unwrap(), e);
+        assert!(Envelope::decode(b"{\"id\":1}").is_err());
+        // Names that would escape a data folder, and oversized data, are refused.
+        for (key, bad) in [
+            ("fromNode", "../../etc"),
+            ("toNode", "a/b"),
+            ("method", ".."),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+            v[key] = bad.into();
+            let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Name { field, .. } if field == key),
+                "{err}"
+            );
+        }
+        let mut big = e.clone();
+        big.message.data = vec!["x".repeat(MAX_DATA_BYTES + 1)];
+        let err = Envelope::decode(&big.encode()).unwrap_err();
+        assert!(err.to_string().starts_with("data is"), "{err}");
+        // A batch names its bad message.
+        let err = decode_batch(&encode_batch(&[e.clone(), big])).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::InBatch { index: 1, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("batch message 1: data is"),
+            "{err}"
+        );
+    }
+}
