@@ -450,6 +450,37 @@ mod tests {
     }
 
     #[test]
+    fn a_request_from_the_wire_is_held_to_intake_s_rules() {
+        // A sender's word is not enough: what a receiver would journal or act on is checked
+        // again on receipt (a lane per made-up method, a timeout that overflows, a retry
+        // count without end, a kill deadline of -5).
+        let good = Envelope {
+            id: "ship2-1".into(),
+            from_node: "ship2".into(),
+            accepted: 0,
+            reply_ticket: Some("x".into()),
+            message: Message {
+                reply_method: Some("Console".into()),
+                ..Message::new("ship1", Kind::CommandAck, "PublicKey", vec![])
+            },
+        };
+        assert!(Envelope::decode(&good.encode()).is_ok());
+        let bad: [(&str, serde_json::Value, &str); 5] = [
+            ("replyMethod", "A1".into(), "bad replyMethod \"A1\""),
+            ("replyTimeout", u64::MAX.into(), "bad replyTimeout"),
+            ("replyRetries", u32::MAX.into(), "bad replyRetries"),
+            ("methodTimeout", (-5).into(), "bad methodTimeout -5"),
+            ("retries", u32::MAX.into(), "bad retries"),
+        ];
+        for (key, value, says) in bad {
+            let mut v = serde_json::to_value(&good).unwrap();
+            v[key] = value;
+            let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(says), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn a_reply_method_must_take_events() {
         let known = |m: &str, k: Kind| crate::methods::kind_refusal(m, k);
         let mut m = Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["id".into()]);

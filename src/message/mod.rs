@@ -32,7 +32,6 @@ pub use wire::{decode_batch, encode_batch, is_batch, DecodeError, Envelope, Form
 
 use crate::subject::Subject;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// The message type of the seed: present both in the subject and in the message.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -175,6 +174,10 @@ pub struct InReplyTo {
 /// Why a method cannot be sent as a kind, if it cannot.
 pub type KindCheck = dyn Fn(&str, Kind) -> Option<String>;
 
+/// Most retries a message may ask for; a node away for long gets a `ttl` instead.
+pub const MAX_RETRIES: u32 = 1_000_000;
+/// Most nodes one message may name in `toNodes`.
+pub const MAX_TO_NODES: usize = 100_000;
 /// Largest per-message timeout: a week. Larger values are almost surely a unit mistake.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Most bytes of data in one message (its `data` and arguments: [`Message::data_bytes`]):
@@ -228,12 +231,4 @@ impl Message {
             + args(&self.method_args)
             + args(&self.reply_method_args)
     }
-}
-
-/// The words of [`InputError::Data`] and [`DecodeError::Data`].
-fn too_much_data(f: &mut fmt::Formatter<'_>, bytes: usize) -> fmt::Result {
-    write!(
-        f,
-        "data is {bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
-    )
 }

@@ -2,9 +2,10 @@
 //! per destination, or the [`InputError`] that says why not. It runs at the sender, before
 //! anything is journaled, so an operator's mistake is reported at once rather than sent.
 
-use super::{too_much_data, KindCheck, Message, MAX_DATA_BYTES, MAX_TIMEOUT_SECS};
+use super::{KindCheck, Message, MAX_DATA_BYTES, MAX_RETRIES, MAX_TIMEOUT_SECS, MAX_TO_NODES};
 use crate::subject::{validate_name, NameError};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::fmt;
 
 /// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
@@ -70,9 +71,14 @@ impl Message {
             name("toNode", &message.to_node)?;
             nodes.push(message.to_node.clone());
         }
-        for (i, node) in message.to_nodes.iter().flatten().enumerate() {
+        let to_nodes = message.to_nodes.as_deref().unwrap_or_default();
+        if to_nodes.len() > MAX_TO_NODES {
+            return Err(InputError::TooManyNodes(to_nodes.len()));
+        }
+        let mut named: HashSet<String> = nodes.iter().cloned().collect();
+        for (i, node) in to_nodes.iter().enumerate() {
             validate_name(node).map_err(|source| InputError::ToNodes { index: i, source })?;
-            if !nodes.contains(node) {
+            if named.insert(node.clone()) {
                 nodes.push(node.clone());
             }
         }
@@ -83,27 +89,7 @@ impl Message {
         if let Some(why) = refusal(&message.method, message.kind) {
             return Err(InputError::Refused(why));
         }
-        if message.timeout == Some(0) || message.timeout > Some(MAX_TIMEOUT_SECS) {
-            return Err(InputError::Timeout("timeout", message.timeout.unwrap_or(0)));
-        }
-        if message.reply_timeout == Some(0) || message.reply_timeout > Some(MAX_TIMEOUT_SECS) {
-            return Err(InputError::Timeout(
-                "replyTimeout",
-                message.reply_timeout.unwrap_or(0),
-            ));
-        }
-        if let Some(t) = message.method_timeout {
-            if t != -1 && !(1..=MAX_TIMEOUT_SECS as i64).contains(&t) {
-                return Err(InputError::MethodTimeout(t));
-            }
-        }
-        let bytes = message.data_bytes();
-        if bytes > MAX_DATA_BYTES {
-            return Err(InputError::Data { bytes });
-        }
-        if message.ttl == Some(0) {
-            return Err(InputError::ZeroTtl);
-        }
+        message.check_limits()?;
         crate::reply::check_request(&message, refusal).map_err(InputError::Reply)?;
         Ok(nodes
             .into_iter()
@@ -113,6 +99,40 @@ impl Message {
                 ..message.clone()
             })
             .collect())
+    }
+
+    /// Checks the numbers a message carries and its size: at intake, and on receipt (a
+    /// receiver acts on them: a kill deadline, a result's timeout and retries).
+    pub fn check_limits(&self) -> Result<(), InputError> {
+        for (key, t) in [
+            ("timeout", self.timeout),
+            ("replyTimeout", self.reply_timeout),
+        ] {
+            if t == Some(0) || t > Some(MAX_TIMEOUT_SECS) {
+                return Err(InputError::Timeout(key, t.unwrap_or(0)));
+            }
+        }
+        if let Some(t) = self.method_timeout {
+            if t != -1 && !(1..=MAX_TIMEOUT_SECS as i64).contains(&t) {
+                return Err(InputError::MethodTimeout(t));
+            }
+        }
+        for (key, r) in [
+            ("retries", self.retries),
+            ("replyRetries", self.reply_retries),
+        ] {
+            if r > Some(MAX_RETRIES) {
+                return Err(InputError::Retries(key, r.unwrap_or(0)));
+            }
+        }
+        let bytes = self.data_bytes();
+        if bytes > MAX_DATA_BYTES {
+            return Err(InputError::Data { bytes });
+        }
+        if self.ttl == Some(0) {
+            return Err(InputError::ZeroTtl);
+        }
+        Ok(())
     }
 }
 
@@ -146,6 +166,10 @@ pub enum InputError {
     Timeout(&'static str, u64),
     /// A `methodTimeout` other than -1 or 1 to [`MAX_TIMEOUT_SECS`].
     MethodTimeout(i64),
+    /// `retries` or `replyRetries` past [`MAX_RETRIES`].
+    Retries(&'static str, u32),
+    /// More than [`MAX_TO_NODES`] in `toNodes`.
+    TooManyNodes(usize),
     /// Where the result should go, or where a file should be written, is not possible.
     Reply(crate::reply::RouteError),
     /// More data than [`MAX_DATA_BYTES`].
@@ -183,6 +207,14 @@ impl fmt::Display for InputError {
                 "bad methodTimeout {t}: must be -1 (no limit) or between 1 and {MAX_TIMEOUT_SECS} seconds"
             ),
             InputError::Reply(e) => write!(f, "{e}"),
+            InputError::Retries(key, r) => write!(
+                f,
+                "bad {key} {r}: at most {MAX_RETRIES} (for a node away for long, give a ttl)"
+            ),
+            InputError::TooManyNodes(n) => write!(
+                f,
+                "toNodes names {n} nodes; at most {MAX_TO_NODES} in one message"
+            ),
             InputError::Data { bytes } => too_much_data(f, *bytes),
             InputError::ZeroTtl => {
                 f.write_str("bad ttl 0: give the seconds the message may wait, or leave ttl out")
@@ -211,4 +243,12 @@ fn type_name(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The words of [`InputError::Data`].
+fn too_much_data(f: &mut fmt::Formatter<'_>, bytes: usize) -> fmt::Result {
+    write!(
+        f,
+        "data is {bytes} bytes; at most {MAX_DATA_BYTES} are allowed"
+    )
 }

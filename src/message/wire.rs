@@ -3,9 +3,7 @@
 //! everything a receiver will use (names, ids, sizes), so nothing from the wire (or the
 //! journal) is used unchecked; a [`DecodeError`] says what was wrong.
 
-use super::{
-    too_much_data, Message, MAX_BATCH, MAX_BATCH_BYTES, MAX_DATA_BYTES, MAX_ID_LEN, MAX_WIRE_BYTES,
-};
+use super::{Message, MAX_BATCH, MAX_BATCH_BYTES, MAX_ID_LEN, MAX_WIRE_BYTES};
 use crate::subject::{validate_name, NameError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -69,11 +67,11 @@ impl Envelope {
                 return Err(DecodeError::Id(id.chars().take(64).collect()));
             }
         }
-        let bytes = e.message.data_bytes();
-        if bytes > MAX_DATA_BYTES {
-            return Err(DecodeError::Data { bytes });
-        }
-        crate::reply::check_place(&e.message).map_err(DecodeError::Place)?;
+        e.message.check_limits().map_err(DecodeError::Limits)?;
+        // What the receiver will do with the result: a method of its own that takes events,
+        // a place under the data folder.
+        crate::reply::check_request(&e.message, &crate::methods::kind_refusal)
+            .map_err(DecodeError::Place)?;
         Ok(())
     }
 }
@@ -118,9 +116,11 @@ pub enum DecodeError {
     /// An id that is empty, too long or holds control characters (its first 64
     /// characters).
     Id(String),
-    /// More data than [`MAX_DATA_BYTES`].
-    Data { bytes: usize },
-    /// `directory` or `fileName` would not be a place under the data folder.
+    /// A number out of bounds, or more data than [`super::MAX_DATA_BYTES`] (in intake's
+    /// words).
+    Limits(super::InputError),
+    /// Where the result goes (`replyMethod`), or where a file goes (`directory`,
+    /// `fileName`), cannot be.
     Place(crate::reply::RouteError),
     /// A batch of no messages, or of more than [`MAX_BATCH`].
     BatchSize { count: usize },
@@ -150,8 +150,8 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::Name { field, source } => write!(f, "bad {field}: {source}"),
             DecodeError::Id(id) => write!(f, "bad id {id:?}"),
-            DecodeError::Data { bytes } => too_much_data(f, *bytes),
             DecodeError::Place(e) => write!(f, "{e}"),
+            DecodeError::Limits(e) => write!(f, "{e}"),
             DecodeError::BatchSize { count } => write!(
                 f,
                 "a batch of {count} messages; 1 to {MAX_BATCH} are allowed"
@@ -320,7 +320,7 @@ mod tests {
             );
         }
         let mut big = e.clone();
-        big.message.data = vec!["x".repeat(MAX_DATA_BYTES + 1)];
+        big.message.data = vec!["x".repeat(super::super::MAX_DATA_BYTES + 1)];
         let err = Envelope::decode(&big.encode()).unwrap_err();
         assert!(err.to_string().starts_with("data is"), "{err}");
         // A batch names its bad message.
