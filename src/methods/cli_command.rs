@@ -126,6 +126,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Deadline) -> Outcome {
         status: Status::Ok,
         exit_code,
         output: text,
+        streamed: false,
     }
 }
 

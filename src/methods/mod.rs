@@ -34,6 +34,9 @@ pub struct Outcome {
     pub status: Status,
     pub exit_code: Option<i32>,
     pub output: String,
+    /// The method sent its results as they came ([`Outbox::send_result`]): this outcome
+    /// is for the ACK only, not one more result.
+    pub streamed: bool,
 }
 
 impl Outcome {
@@ -42,6 +45,7 @@ impl Outcome {
             status: Status::Ok,
             exit_code: None,
             output: output.into(),
+            streamed: false,
         }
     }
     pub fn error(output: impl Into<String>) -> Outcome {
@@ -49,6 +53,7 @@ impl Outcome {
             status: Status::Error,
             exit_code: None,
             output: output.into(),
+            streamed: false,
         }
     }
     pub fn refused(output: impl Into<String>) -> Outcome {
@@ -56,6 +61,7 @@ impl Outcome {
             status: Status::Refused,
             exit_code: None,
             output: output.into(),
+            streamed: false,
         }
     }
 }
@@ -103,11 +109,27 @@ impl Processes for Node {
 pub trait Outbox: Sync {
     /// Logs an error and sends it to central's error log.
     fn report_error(&self, text: String);
+    /// Sends a result of `request` now, as a message of its own to where the request asked
+    /// (`replyMethod`), journaled like any: for a method whose results come as it runs
+    /// (`TailFile`, `CLICommandCont`). Returns the result message's id, or `None` if the
+    /// request asked for no result message (the output then belongs in the ACK).
+    fn send_result(&self, request: &Envelope, outcome: &Outcome)
+        -> std::io::Result<Option<String>>;
 }
 
 impl Outbox for Node {
     fn report_error(&self, text: String) {
         Node::report_error(self, text)
+    }
+    fn send_result(
+        &self,
+        request: &Envelope,
+        outcome: &Outcome,
+    ) -> std::io::Result<Option<String>> {
+        let Some(result) = crate::reply::result_message(request, outcome) else {
+            return Ok(None);
+        };
+        Ok(self.accept_ids(vec![result])?.pop())
     }
 }
 

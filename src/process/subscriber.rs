@@ -489,7 +489,7 @@ fn answers(
         // With a replyMethod the output goes where it says (`send_results`), or nowhere
         // (`None`); the ACK says how the request ended. (An interrupted run has no result
         // but its error.)
-        let result = (seen == Seen::New)
+        let result = (seen == Seen::New && !outcome.streamed)
             .then(|| crate::reply::result_message(envelope, &outcome))
             .flatten();
         let nowhere = envelope.message.reply_method.as_deref() == Some(crate::reply::NONE);

@@ -50,6 +50,17 @@ pub(super) fn wire_form(identity: &Identity, envelope: &Envelope) -> Vec<u8> {
     }
 }
 
+/// How long one attempt waits for the ACK: `timeout`; without it, a method allowed to run
+/// longer than the default (`methodTimeout`) is waited for that long and a little more, so
+/// that a long run is not mistaken for a lost message; else the node's default.
+pub(super) fn ack_wait(message: &crate::message::Message, default: Duration) -> Duration {
+    match (message.timeout, message.method_timeout) {
+        (Some(t), _) => Duration::from_secs(t),
+        (None, Some(t)) if t > 0 => default.max(Duration::from_secs(t.unsigned_abs() + 10)),
+        _ => default,
+    }
+}
+
 impl Publisher {
     /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
     /// why not.
@@ -114,10 +125,7 @@ impl Publisher {
     ) -> Delivery {
         let node = &self.node;
         let message = &entry.envelope.message;
-        let timeout = message
-            .timeout
-            .map(Duration::from_secs)
-            .unwrap_or(node.config.default_timeout);
+        let timeout = ack_wait(message, node.config.default_timeout);
         let mut rules = self.rules_for(entry);
         let payload = wire_form(&node.identity, &entry.envelope);
         let subject = self.subject.to_string();
