@@ -26,3 +26,4 @@ mod security;
 mod seed_examples;
 mod signing;
 mod storage;
+mod streams;

@@ -89,6 +89,17 @@ impl Deadline {
 
 /// Runs `argv` in `cwd`, killing its process group at `deadline`.
 pub fn run(argv: &[String], cwd: &Path, deadline: Deadline) -> Outcome {
+    run_with(argv, cwd, deadline, None)
+}
+
+/// As [`run`]; with `each`, every piece of output goes to it as it is read (`CLICommandCont`)
+/// instead of into the outcome, which then holds only steward's notes.
+pub fn run_with(
+    argv: &[String],
+    cwd: &Path,
+    deadline: Deadline,
+    each: Option<&mut dyn FnMut(&[u8])>,
+) -> Outcome {
     let Some(program) = argv.first() else {
         return Outcome::error("CLICommand needs a command in data, e.g. [\"df\",\"-h\"]");
     };
@@ -96,7 +107,7 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Deadline) -> Outcome {
         Ok(spawned) => spawned,
         Err(why) => return Outcome::error(why),
     };
-    let collected = collect(child.id(), reader, deadline.after);
+    let collected = collect(child.id(), reader, deadline.after, each);
     let status = match child.wait() {
         Ok(s) => s,
         Err(e) => return Outcome::error(format!("cannot wait for {program:?}: {e}")),
@@ -167,7 +178,12 @@ struct Collected {
 /// Reads the command's output until its leader (`pgid`) has exited and the pipe is at
 /// end-of-file (everything that could write to it is gone), or kills the group at the
 /// deadline. No child of the command outlives this.
-fn collect(pgid: u32, mut reader: File, deadline: Option<Duration>) -> Collected {
+fn collect(
+    pgid: u32,
+    mut reader: File,
+    deadline: Option<Duration>,
+    mut each: Option<&mut dyn FnMut(&[u8])>,
+) -> Collected {
     let started = Instant::now();
     let mut c = Collected {
         output: Vec::new(),
@@ -208,6 +224,11 @@ fn collect(pgid: u32, mut reader: File, deadline: Option<Duration>) -> Collected
         match crate::sys::wait_readable([reader.as_fd()], wait) {
             Ok([true]) => match reader.read(&mut buf) {
                 Ok(0) => eof = true,
+                Ok(n) if each.is_some() => {
+                    if let Some(each) = each.as_mut() {
+                        each(&buf[..n]);
+                    }
+                }
                 Ok(n) => {
                     let keep = n.min(MAX_OUTPUT - c.output.len().min(MAX_OUTPUT));
                     c.output.extend_from_slice(&buf[..keep]);

@@ -19,12 +19,14 @@ use crate::supervisor::{NotStopped, Stopped};
 use std::sync::{Arc, OnceLock};
 
 pub mod cli_command;
+pub mod cli_command_cont;
 pub mod console;
 pub mod error_log;
 pub mod file;
 pub mod hello;
 pub mod op_process;
 pub mod public_key;
+pub mod tail_file;
 pub mod text_logging;
 pub mod trusted_keys;
 
@@ -189,6 +191,7 @@ pub trait Method: Send + Sync {
 pub fn registry() -> Vec<Arc<dyn Method>> {
     vec![
         Arc::new(cli_command::CliCommand),
+        Arc::new(cli_command_cont::CliCommandCont),
         Arc::new(text_logging::TextLogging),
         Arc::new(hello::Hello::default()),
         Arc::new(error_log::ErrorLog),
@@ -199,6 +202,7 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(op_process::OpProcessList),
         Arc::new(op_process::OpProcessStop),
         Arc::new(public_key::PublicKey),
+        Arc::new(tail_file::TailFile),
     ]
 }
 

@@ -1,0 +1,212 @@
+//! `TailFile` `data: [path]`: follows a file on the receiving node from its end, as
+//! `tail -F` does, for `methodTimeout` seconds (or `timeout`, or the node's default), and
+//! sends each batch of new lines back as a result message of its own (`replyMethod`, see
+//! [`crate::reply`]), journaled: lines written while the broker is away arrive when it is
+//! back, in order, once. It keeps following across log rotation: a file renamed away is
+//! read to its end, then the new file at the path from its start; a file cut short
+//! (`truncate`, `> file`) is read again from its start.
+//!
+//! It wakes on inotify events in the file's folder (or every 250 ms where inotify cannot be
+//! had), and at least once a second to look for a rotation. A line still being written at
+//! the end goes with the ACK's summary. Without `replyMethod` the lines come back in the
+//! ACK, at the end. `methodTimeout: -1` is refused: a follow must end (the handler thread
+//! it holds is one of `--maxConcurrentHandlers`). Reading a node's files is a command's
+//! power: only senders `--allowCommandsFrom` allows may call it.
+
+use super::cli_command::Deadline;
+use super::cli_command_cont::Stream;
+use super::{Context, Method, Outcome, Senders, COMMANDS};
+use crate::message::{Envelope, Kind};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub struct TailFile;
+
+impl Method for TailFile {
+    fn name(&self) -> &'static str {
+        "TailFile"
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        COMMANDS
+    }
+    fn senders(&self) -> Senders {
+        Senders::Commanders
+    }
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        let [path] = envelope.message.data.as_slice() else {
+            return Outcome::error("TailFile takes one path in data, e.g. [\"/var/log/syslog\"]");
+        };
+        let Some(follow_for) = Deadline::of(&envelope.message, ctx.config.default_timeout).after
+        else {
+            return Outcome::error(
+                "TailFile needs an end: give methodTimeout in seconds (-1, no limit, cannot be followed)",
+            );
+        };
+        let path = ctx.data.root.join(path);
+        let mut tail = match Tail::open(&path) {
+            Ok(tail) => tail,
+            Err(e) => return Outcome::error(format!("cannot follow {}: {e}", path.display())),
+        };
+        let watch = path.parent().and_then(crate::files::Watch::new);
+        let mut stream = Stream::default();
+        let until = Instant::now() + follow_for;
+        loop {
+            if let Err(e) = tail.read_new(|bytes| stream.take(bytes, envelope, ctx)) {
+                log::warn!("{}: following {}: {e}", envelope.id, path.display());
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match &watch {
+                Some(watch) => watch.wait(left.min(Duration::from_secs(1))),
+                None => std::thread::sleep(left.min(Duration::from_millis(250))),
+            }
+        }
+        let mut summary = format!(
+            "followed {} for {}s: {} result(s) sent, {} rotation(s)\n",
+            path.display(),
+            follow_for.as_secs(),
+            stream.sent,
+            tail.rotations
+        );
+        let rest = String::from_utf8_lossy(&stream.unsent);
+        if stream.sent == 0 && crate::reply::ResultRoute::of_request(envelope).is_none() {
+            // No replyMethod: the lines are the answer.
+            return Outcome::ok(rest.into_owned());
+        }
+        if !rest.is_empty() {
+            summary.push_str(&format!("[steward: not sent as a result:]\n{rest}\n"));
+        }
+        Outcome {
+            streamed: true,
+            ..Outcome::ok(summary)
+        }
+    }
+}
+
+/// A file followed by its path: the open file, how far it has been read, and which file
+/// (device, inode) it is.
+struct Tail {
+    path: PathBuf,
+    file: Option<File>,
+    offset: u64,
+    id: Option<(u64, u64)>,
+    rotations: usize,
+}
+
+impl Tail {
+    /// Opens `path` at its end (a file not there yet is followed from its start once it
+    /// appears).
+    fn open(path: &Path) -> std::io::Result<Tail> {
+        let mut tail = Tail {
+            path: path.to_path_buf(),
+            file: None,
+            offset: 0,
+            id: None,
+            rotations: 0,
+        };
+        match File::open(path) {
+            Ok(f) => {
+                let meta = f.metadata()?;
+                tail.offset = meta.len();
+                tail.id = Some((meta.dev(), meta.ino()));
+                tail.file = Some(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(tail)
+    }
+
+    /// Hands what was appended since the last look to `each`: the rest of a file rotated
+    /// away first, then the new file from its start; a file cut short from its start.
+    fn read_new(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+        self.read_to_end(&mut each)?;
+        let now = match std::fs::metadata(&self.path) {
+            Ok(meta) => Some((meta.dev(), meta.ino(), meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        match now {
+            Some((dev, ino, _)) if self.id != Some((dev, ino)) => {
+                // Rotated (or created): the old file was read to its end above.
+                if self.id.is_some() {
+                    self.rotations += 1;
+                }
+                let f = File::open(&self.path)?;
+                self.file = Some(f);
+                self.id = Some((dev, ino));
+                self.offset = 0;
+                self.read_to_end(&mut each)?;
+            }
+            Some((_, _, len)) if len < self.offset => {
+                // Cut short: read again from its start.
+                self.rotations += 1;
+                self.offset = 0;
+                self.read_to_end(&mut each)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn read_to_end(&mut self, each: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.offset += n as u64;
+            each(&buf[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn appended(tail: &mut Tail) -> String {
+        let mut got = Vec::new();
+        tail.read_new(|b| got.extend_from_slice(b)).unwrap();
+        String::from_utf8(got).unwrap()
+    }
+
+    #[test]
+    fn follows_appends_rotation_and_truncation_each_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut tail = Tail::open(&path).unwrap();
+        assert_eq!(appended(&mut tail), "", "from the end");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"one\ntwo\n").unwrap();
+        assert_eq!(appended(&mut tail), "one\ntwo\n");
+        assert_eq!(appended(&mut tail), "");
+        // Rotation: a line written to the old file after the rename is still read, then
+        // the new file from its start.
+        std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+        f.write_all(b"late\n").unwrap();
+        std::fs::write(&path, "fresh\n").unwrap();
+        assert_eq!(appended(&mut tail), "late\nfresh\n");
+        // Truncation: from the start again.
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(appended(&mut tail), "");
+        std::fs::write(&path, "again\n").unwrap();
+        assert_eq!(appended(&mut tail), "again\n");
+        assert_eq!(tail.rotations, 2);
+    }
+}

@@ -1,0 +1,111 @@
+//! Results as they come: `TailFile` follows a log on a ship and `CLICommandCont` sends a
+//! command's lines while it runs, each batch a journaled result message to central.
+
+use crate::common;
+use common::{NatsServer, Node};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Appends `text` to the file at `path`, as a program writing its log does.
+fn append(path: &std::path::Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Waits until `node` is running a handler (a method that follows or streams is under way).
+fn wait_busy(node: &Node) {
+    node.wait_status("showed a handler busy", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| !l.ends_with("handlers busy: 0") && l.contains("handlers busy"))
+    });
+}
+
+#[test]
+fn tail_file_sends_new_lines_in_order_through_an_outage_and_a_rotation_and_stops_at_its_timeout() {
+    let mut nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let log = ship1.path("app.log");
+    append(&log, "before the follow: not sent\n");
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["app.log"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":12,"replyMethod":"FileAppend","directory":"logs","fileName":"app.log"}]"#,
+    );
+    wait_busy(&ship1);
+    let t = Instant::now();
+    append(&log, "one\ntwo\n");
+    append(&log, "three\n");
+    central.wait_for("logs/ship1/app.log", "three\n");
+    let took = t.elapsed();
+    eprintln!("[tail] three lines at central after {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The broker away: lines written meanwhile arrive after it, once.
+    nats.stop();
+    append(&log, "during the outage\n");
+    nats.restart();
+    central.wait_for("logs/ship1/app.log", "during the outage\n");
+    // Rotated: the rest of the old file, then the new one.
+    std::fs::rename(&log, ship1.path("app.log.1")).unwrap();
+    append(&ship1.path("app.log.1"), "last of the old file\n");
+    append(&log, "first of the new file\n");
+    central.wait_for("logs/ship1/app.log", "first of the new file\n");
+    // The follow ends at methodTimeout: its ACK says so, and nothing written after it is sent.
+    let acks = central.wait_for("replies/ship1.TailFile.log", "followed");
+    assert!(acks.contains("1 rotation(s)"), "{acks}");
+    append(&log, "after the end\n");
+    ship1.wait_idle();
+    // Whatever the ship sent has been handled at central (nothing pending on the ship).
+    ship1.wait_status("showed the journal empty", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.contains("journal: 0 pending"))
+    });
+    assert_eq!(
+        central.read("logs/ship1/app.log"),
+        "one\ntwo\nthree\nduring the outage\nlast of the old file\nfirst of the new file\n"
+    );
+}
+
+#[test]
+fn cli_command_cont_stores_the_first_line_before_the_command_ends() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["bash","-c","for i in 1 2 3; do echo $i; sleep 1; done"],"commandOrEvent":"CommandACK","method":"CLICommandCont","timeout":30,"replyMethod":"FileAppend","directory":"out","fileName":"count.txt"}]"#,
+    );
+    central.wait_for("out/ship1/count.txt", "1\n");
+    // Still running: no ACK yet, and not all of it.
+    assert!(
+        !central
+            .read("replies/ship1.CLICommandCont.log")
+            .contains("exit=0"),
+        "the command had ended already"
+    );
+    assert!(!central.read("out/ship1/count.txt").contains('3'));
+    let acks = central.wait_for("replies/ship1.CLICommandCont.log", "exit=0");
+    assert!(acks.contains("result sent to central.FileAppend"), "{acks}");
+    ship1.wait_status("showed the journal empty", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.contains("journal: 0 pending"))
+    });
+    assert_eq!(central.read("out/ship1/count.txt"), "1\n2\n3\n");
+    // The last result carries the exit status (ship1's log of what it sent).
+    let sent: Vec<serde_json::Value> = ship1
+        .read("message-log.txt")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["method"] == "FileAppend")
+        .collect();
+    assert!(sent.len() >= 3, "{sent:?}");
+    let last = &sent[sent.len() - 1]["inReplyTo"];
+    assert_eq!(last["exitCode"], 0, "{last}");
+    assert!(sent[..sent.len() - 1]
+        .iter()
+        .all(|v| v["inReplyTo"]["exitCode"].is_null()));
+}
