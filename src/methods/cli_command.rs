@@ -92,13 +92,16 @@ pub fn run(argv: &[String], cwd: &Path, deadline: Deadline) -> Outcome {
     run_with(argv, cwd, deadline, None)
 }
 
+/// What takes a command's output as it is read.
+pub type OnOutput<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// As [`run`]; with `each`, every piece of output goes to it as it is read (`CLICommandCont`)
 /// instead of into the outcome, which then holds only steward's notes.
 pub fn run_with(
     argv: &[String],
     cwd: &Path,
     deadline: Deadline,
-    each: Option<&mut dyn FnMut(&[u8])>,
+    each: Option<OnOutput<'_>>,
 ) -> Outcome {
     let Some(program) = argv.first() else {
         return Outcome::error("CLICommand needs a command in data, e.g. [\"df\",\"-h\"]");
@@ -182,7 +185,7 @@ fn collect(
     pgid: u32,
     mut reader: File,
     deadline: Option<Duration>,
-    mut each: Option<&mut dyn FnMut(&[u8])>,
+    mut each: Option<OnOutput<'_>>,
 ) -> Collected {
     let started = Instant::now();
     let mut c = Collected {
