@@ -66,6 +66,10 @@ impl DataFolder {
     pub fn keys(&self) -> PathBuf {
         self.root.join("keys")
     }
+    /// The schedules this node runs, and where each stands.
+    pub fn schedules(&self) -> PathBuf {
+        self.root.join("schedules.json")
+    }
     /// The central node's record of when each node last said Hello.
     pub fn hello_nodes(&self) -> PathBuf {
         self.root.join("hello-nodes.json")

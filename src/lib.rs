@@ -68,6 +68,7 @@ pub mod received;
 pub mod reply;
 pub mod resumed;
 pub mod retry;
+pub mod schedule;
 pub mod storage;
 pub mod subject;
 pub mod supervisor;

@@ -89,6 +89,8 @@ pub enum NotStopped {
     MustStay { node: String, name: String },
     /// The supervisor did not answer: the node is stopping.
     NoAnswer,
+    /// A schedule's stop could not be written (`why`): it would come back at the next start.
+    NotKept { name: String, why: String },
 }
 
 impl std::fmt::Display for NotStopped {
@@ -102,6 +104,7 @@ impl std::fmt::Display for NotStopped {
                 "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than those of CLICommand, TrustedKeys, OpProcessStop and OpProcessList, can)"
             ),
             NotStopped::NoAnswer => f.write_str("the supervisor did not answer (the node is stopping)"),
+            NotStopped::NotKept { name, why } => write!(f, "cannot record that {name} stops ({why}); it goes on"),
         }
     }
 }
@@ -249,6 +252,13 @@ impl Supervisor {
             );
             self.methods.push(method);
         }
+        let node = self.node.clone();
+        self.add("scheduler".into(), None, move |state| {
+            Box::new(process::scheduler::Scheduler {
+                node: node.clone(),
+                state,
+            })
+        });
         if let Some(interval) = self.node.config.hello_interval {
             let node = self.node.clone();
             self.add("hello".into(), None, move |state| {
@@ -403,6 +413,22 @@ impl Supervisor {
     /// reachable to be put right.
     fn stop_one(&mut self, name: &str, by: &str) -> Result<Stopped, NotStopped> {
         let node = self.node.config.node.clone();
+        if let Some(id) = name.strip_prefix("schedule ") {
+            return match self.node.schedules.stop(id) {
+                Ok(true) => {
+                    log::warn!("{name} stopped by OpProcessStop from {by}");
+                    Ok(Stopped(format!("{name} on {node} stopped for good")))
+                }
+                Ok(false) => Err(NotStopped::NoSuchProcess {
+                    node,
+                    name: name.to_string(),
+                }),
+                Err(e) => Err(NotStopped::NotKept {
+                    name: name.to_string(),
+                    why: e.to_string(),
+                }),
+            };
+        }
         let Some(e) = self.table.get_mut(name) else {
             return Err(NotStopped::NoSuchProcess {
                 node,
@@ -480,6 +506,25 @@ impl Supervisor {
                 "{name:<50} {pending:>7} {:>8}  {}",
                 e.restarts,
                 e.state.get()
+            );
+        }
+        for schedule in self.node.schedules.list() {
+            let m = &schedule.request.message;
+            let _ = writeln!(
+                s,
+                "{:<50} {:>7} {:>8}  {} from {} every {}s until {}, run {}{}",
+                schedule.name(),
+                0,
+                0,
+                m.method,
+                schedule.request.from_node,
+                schedule.every / 1000,
+                crate::files::rfc3339(schedule.until),
+                schedule.runs,
+                match schedule.running {
+                    Some(_) => ", running".to_string(),
+                    None => format!(", next {}", crate::files::rfc3339(schedule.next)),
+                }
             );
         }
         s

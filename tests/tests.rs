@@ -22,6 +22,7 @@ mod hostile;
 mod observability;
 mod powercut;
 mod replies;
+mod schedules;
 mod security;
 mod seed_examples;
 mod signing;

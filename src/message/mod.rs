@@ -151,6 +151,11 @@ pub struct Message {
     pub directory: Option<String>,
     #[serde(rename = "fileName", default, skip_serializing_if = "Option::is_none")]
     pub file_name: Option<String>,
+    /// `[intervalSeconds, totalSeconds]`: the receiver runs the method now and then every
+    /// interval until the total has passed, each run's result a message of its own
+    /// (`replyMethod`, required). See [`crate::schedule`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<u64>>,
     /// On a result message only: the request it answers. Set by the receiver that ran it,
     /// never by an operator (refused in `inmsg.txt`).
     #[serde(rename = "inReplyTo", default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +183,8 @@ pub type KindCheck = dyn Fn(&str, Kind) -> Option<String>;
 pub const MAX_RETRIES: u32 = 1_000_000;
 /// Most nodes one message may name in `toNodes`.
 pub const MAX_TO_NODES: usize = 100_000;
+/// Longest a schedule may run: a year and a day.
+pub const MAX_SCHEDULE_SECS: u64 = 366 * 24 * 3600;
 /// Largest per-message timeout: a week. Larger values are almost surely a unit mistake.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Most bytes of data in one message (its `data` and arguments: [`Message::data_bytes`]):
@@ -212,6 +219,7 @@ impl Message {
             reply_retries: None,
             directory: None,
             file_name: None,
+            schedule: None,
             in_reply_to: None,
         }
     }

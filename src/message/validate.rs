@@ -2,14 +2,17 @@
 //! per destination, or the [`InputError`] that says why not. It runs at the sender, before
 //! anything is journaled, so an operator's mistake is reported at once rather than sent.
 
-use super::{KindCheck, Message, MAX_DATA_BYTES, MAX_RETRIES, MAX_TIMEOUT_SECS, MAX_TO_NODES};
+use super::{
+    KindCheck, Message, MAX_DATA_BYTES, MAX_RETRIES, MAX_SCHEDULE_SECS, MAX_TIMEOUT_SECS,
+    MAX_TO_NODES,
+};
 use crate::subject::{validate_name, NameError};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt;
 
 /// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "toNode",
     "data",
     "commandOrEvent",
@@ -26,6 +29,7 @@ const KEYS: [&str; 16] = [
     "replyRetries",
     "directory",
     "fileName",
+    "schedule",
 ];
 
 impl Message {
@@ -129,6 +133,18 @@ impl Message {
         if bytes > MAX_DATA_BYTES {
             return Err(InputError::Data { bytes });
         }
+        if let Some(schedule) = &self.schedule {
+            let ok = match schedule.as_slice() {
+                &[every, total] => every >= 1 && total >= every && total <= MAX_SCHEDULE_SECS,
+                _ => false,
+            };
+            if !ok {
+                return Err(InputError::Schedule(schedule.clone()));
+            }
+            if self.reply_method.is_none() {
+                return Err(InputError::ScheduleWithoutReplyMethod);
+            }
+        }
         if self.ttl == Some(0) {
             return Err(InputError::ZeroTtl);
         }
@@ -170,6 +186,11 @@ pub enum InputError {
     Retries(&'static str, u32),
     /// More than [`MAX_TO_NODES`] in `toNodes`.
     TooManyNodes(usize),
+    /// A `schedule` other than `[intervalSeconds, totalSeconds]` with 1 ≤ interval ≤ total ≤
+    /// [`MAX_SCHEDULE_SECS`].
+    Schedule(Vec<u64>),
+    /// A `schedule` without `replyMethod`: its runs' results would have nowhere to go.
+    ScheduleWithoutReplyMethod,
     /// Where the result should go, or where a file should be written, is not possible.
     Reply(crate::reply::RouteError),
     /// More data than [`MAX_DATA_BYTES`].
@@ -210,6 +231,13 @@ impl fmt::Display for InputError {
             InputError::Retries(key, r) => write!(
                 f,
                 "bad {key} {r}: at most {MAX_RETRIES} (for a node away for long, give a ttl)"
+            ),
+            InputError::Schedule(s) => write!(
+                f,
+                "bad schedule {s:?}: give [intervalSeconds, totalSeconds], 1 <= interval <= total <= {MAX_SCHEDULE_SECS}"
+            ),
+            InputError::ScheduleWithoutReplyMethod => f.write_str(
+                "a schedule needs replyMethod: each run's result is sent as a message of its own (e.g. \"replyMethod\":\"FileAppend\")",
             ),
             InputError::TooManyNodes(n) => write!(
                 f,

@@ -128,10 +128,7 @@ impl Outbox for Node {
         request: &Envelope,
         outcome: &Outcome,
     ) -> std::io::Result<Option<String>> {
-        let Some(result) = crate::reply::result_message(request, outcome) else {
-            return Ok(None);
-        };
-        Ok(self.accept_ids(vec![result])?.pop())
+        self.send_result_of(request, outcome)
     }
 }
 

@@ -36,6 +36,19 @@ impl Node {
         self.accept_inner(messages, None, false).map(|(ids, _)| ids)
     }
 
+    /// Journals a result of `request` as a message of its own, to where the request asked
+    /// (see [`crate::reply`]): its id, or `None` if the request asked for no result message.
+    pub fn send_result_of(
+        &self,
+        request: &crate::message::Envelope,
+        outcome: &crate::methods::Outcome,
+    ) -> io::Result<Option<String>> {
+        let Some(result) = crate::reply::result_message(request, outcome) else {
+            return Ok(None);
+        };
+        Ok(self.accept_ids(vec![result])?.pop())
+    }
+
     /// As [`Node::accept`], and returns each message's id with a channel on which its
     /// progress (attempts, then how it ended) will arrive: for `steward send`.
     pub fn accept_watched(

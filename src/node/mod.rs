@@ -70,6 +70,8 @@ pub struct Node {
     refusals: Mutex<Refusals>,
     /// What each sender may still write into errors.log and textlog/ this hour.
     pub log_budget: crate::log_budget::LogBudget,
+    /// The schedules this node runs (see [`crate::schedule`]).
+    pub schedules: crate::schedule::Schedules,
     /// Since when (ms since the epoch) intake has found the data folder's disk full.
     disk_full_since: Mutex<Option<u64>>,
 }
@@ -121,9 +123,12 @@ impl Node {
             journal.next_seq(),
             journal.pending_count() > 0,
         );
+        let schedules =
+            crate::schedule::Schedules::open(data.schedules(), crate::files::unix_millis());
         Node {
             data,
             resumed,
+            schedules,
             handlers: Handlers::new(config.max_handlers),
             presence: Presence::default(),
             watchers: Mutex::new(HashMap::new()),

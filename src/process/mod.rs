@@ -33,6 +33,7 @@ pub mod control;
 pub mod hello;
 pub mod inbox;
 pub mod publisher;
+pub mod scheduler;
 pub mod subscriber;
 
 pub trait Process: Send {

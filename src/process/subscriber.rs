@@ -346,9 +346,11 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
         mut replies,
         new_at,
         results,
+        schedules,
     } = answers(method, node, subject, &a, seen, outcomes);
     let first = &a.envelopes[0].id;
     send_results(node, subject, results, &mut replies);
+    keep_schedules(node, subject, schedules);
     let to_record: Vec<Reply> = new_at.iter().map(|&i| replies[i].clone()).collect();
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
     if let Err(e) = node.received.record(&to_record) {
@@ -374,6 +376,8 @@ struct Answers {
     new_at: Vec<usize>,
     /// Results to send as messages of their own, with where their reply is.
     results: Vec<(usize, crate::message::Message)>,
+    /// Schedules to keep: messages with one, run for the first time.
+    schedules: Vec<crate::schedule::Schedule>,
 }
 
 /// Whether this node takes the message now, and what it knows of each id (recorded as
@@ -447,6 +451,8 @@ fn answers(
 ) -> Answers {
     let name = method.name();
     let mut outcomes = outcomes.into_iter();
+    let mut schedules = Vec::new();
+    let started = crate::files::unix_millis();
     let mut replies = Vec::with_capacity(a.envelopes.len());
     // Where the replies to record (the new ones) are in `replies`.
     let mut new_at = Vec::new();
@@ -497,6 +503,9 @@ fn answers(
         if let Some(result) = result {
             results.push((replies.len(), result));
         }
+        if seen == Seen::New {
+            schedules.extend(crate::schedule::Schedule::of(envelope, started));
+        }
         new_at.push(replies.len());
         // Refusals too: a retry whose answer was lost gets the same refusal, rather than
         // finding the id still "running" for ever.
@@ -517,6 +526,7 @@ fn answers(
         replies,
         new_at,
         results,
+        schedules,
     }
 }
 
@@ -553,6 +563,20 @@ fn send_results(
                     "{output}[steward: this result could not be sent as a message of its own ({e}); it is here instead]\n"
                 );
             }
+        }
+    }
+}
+
+/// Keeps the schedules of messages run for the first time (after their first run's result
+/// is journaled): the scheduler runs the rest. One that cannot be kept (a full disk) is
+/// reported: its first run was the only one.
+fn keep_schedules(node: &Node, subject: &str, schedules: Vec<crate::schedule::Schedule>) {
+    for schedule in schedules {
+        let name = schedule.name();
+        if let Err(e) = node.schedules.add(schedule) {
+            node.report_error(format!(
+                "{subject}: cannot keep {name} ({e}): it ran once and will not run again"
+            ));
         }
     }
 }

@@ -1,0 +1,279 @@
+//! Schedules: a message with `schedule: [intervalSeconds, totalSeconds]` runs on its
+//! receiver when it arrives, then every interval until the total has passed (counted from
+//! the first run); each run's result goes back to the sender as a result message
+//! (`replyMethod`, see [`crate::reply`]). The scheduler process runs them
+//! ([`crate::process::scheduler`]).
+//!
+//! The schedules are kept in `schedules.json` (written atomically, fsync'd) whenever one
+//! is added, starts a run, ends a run or is stopped, so a restart continues them:
+//!
+//! - **No second copy.** A schedule is added once, when its message is run for the first
+//!   time; a retry of the message is answered from the received log, not run again.
+//! - **No burst.** Runs fall on the schedule's own grid (first run + k × interval). Runs
+//!   missed while the node was down are skipped, not caught up: the next run is the next
+//!   grid point from now.
+//! - **No duplicate run.** A run is recorded as started before it runs; one that was under
+//!   way when the node died is not run again (its result, if it was journaled, is sent).
+//!
+//! `OpProcessList` lists them (`schedule <id>`); `OpProcessStop` `["schedule <id>"]` stops
+//! one for good.
+
+use crate::message::Envelope;
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// One schedule, as `schedules.json` keeps it. Times in milliseconds since the epoch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// The message whose method runs, as it arrived (its result route and ticket).
+    pub request: Envelope,
+    /// When the first run started: the grid's origin.
+    pub first: u64,
+    pub every: u64,
+    /// No run starts after this.
+    pub until: u64,
+    /// Runs started so far (the first included).
+    pub runs: u64,
+    /// When the next run is due.
+    pub next: u64,
+    /// The run under way, if one is (its grid time).
+    pub running: Option<u64>,
+}
+
+impl Schedule {
+    /// The schedule of `request`, whose first run started at `now`; `None` if it has none.
+    pub fn of(request: &Envelope, now: u64) -> Option<Schedule> {
+        let &[every, total] = request.message.schedule.as_deref()? else {
+            return None;
+        };
+        let every = every.max(1) * 1000;
+        Some(Schedule {
+            request: request.clone(),
+            first: now,
+            every,
+            until: now + total * 1000,
+            runs: 1,
+            next: now + every,
+            running: None,
+        })
+    }
+
+    /// Its name in the process table and for `OpProcessStop`.
+    pub fn name(&self) -> String {
+        format!("schedule {}", self.request.id)
+    }
+
+    /// The first grid point after `after` that is not before `now`.
+    fn next_from(&self, after: u64, now: u64) -> u64 {
+        let from = after.max(now.saturating_sub(1));
+        let k = (from.saturating_sub(self.first)) / self.every + 1;
+        self.first + k * self.every
+    }
+
+    fn over(&self) -> bool {
+        self.running.is_none() && self.next > self.until
+    }
+}
+
+/// Every schedule this node runs, kept on disk; wakes the scheduler when one is added.
+pub struct Schedules {
+    path: PathBuf,
+    list: Mutex<Vec<Schedule>>,
+    wake: (Sender<()>, Receiver<()>),
+}
+
+impl Schedules {
+    /// The schedules kept in `path`, as a restart finds them (`now`): a run that was under
+    /// way is not run again, runs missed meanwhile are skipped, finished ones dropped. An
+    /// unreadable file is set aside (`.bad`), with an error: the schedules in it are lost,
+    /// the node starts.
+    pub fn open(path: PathBuf, now: u64) -> Schedules {
+        let mut list: Vec<Schedule> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                let aside = path.with_extension("json.bad");
+                log::error!(
+                    "{}: unreadable ({e}); set aside as {}, its schedules stop",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, aside);
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        for s in &mut list {
+            if let Some(run) = s.running.take() {
+                log::warn!(
+                    "{}: the run due at {} was under way when the node stopped; not run again",
+                    s.name(),
+                    crate::files::rfc3339(run)
+                );
+                s.next = s.next_from(run, now);
+            } else if s.next < now {
+                s.next = s.next_from(s.next, now);
+            }
+        }
+        list.retain(|s| !s.over());
+        Schedules {
+            path,
+            list: Mutex::new(list),
+            wake: crossbeam_channel::bounded(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Schedule>> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, list: &[Schedule]) -> io::Result<()> {
+        let bytes = serde_json::to_vec(list).expect("schedules serialize");
+        crate::files::write_atomically(&self.path, &bytes)
+    }
+
+    /// Keeps a new schedule (its first run done) and wakes the scheduler.
+    pub fn add(&self, schedule: Schedule) -> io::Result<()> {
+        let mut list = self.lock();
+        if list.iter().any(|s| s.request.id == schedule.request.id) {
+            return Ok(());
+        }
+        list.push(schedule);
+        if let Err(e) = self.persist(&list) {
+            list.pop();
+            return Err(e);
+        }
+        let _ = self.wake.0.try_send(());
+        Ok(())
+    }
+
+    /// The schedules due at `now`, each marked as running (kept), and when the next is
+    /// due after them.
+    pub fn due(&self, now: u64) -> (Vec<Schedule>, Option<u64>) {
+        let mut list = self.lock();
+        let mut due = Vec::new();
+        for s in list.iter_mut() {
+            if s.running.is_none() && s.next <= now && s.next <= s.until {
+                s.running = Some(s.next);
+                s.runs += 1;
+                due.push(s.clone());
+            }
+        }
+        if !due.is_empty() {
+            if let Err(e) = self.persist(&list) {
+                // Not run: without the record a restart could run them again.
+                log::error!("cannot record schedule runs as started: {e}; they are skipped");
+                for s in list.iter_mut().filter(|s| s.running.is_some()) {
+                    s.running = None;
+                    s.runs -= 1;
+                    s.next = s.next_from(s.next, now);
+                }
+                due.clear();
+            }
+        }
+        let next = list
+            .iter()
+            .filter(|s| s.running.is_none())
+            .map(|s| s.next)
+            .min();
+        (due, next)
+    }
+
+    /// The run of schedule `id` started at `run` has ended (its result sent): the next is
+    /// the next grid point from `now`; a schedule past its total is dropped.
+    pub fn done(&self, id: &str, run: u64, now: u64) {
+        let mut list = self.lock();
+        if let Some(s) = list.iter_mut().find(|s| s.request.id == id) {
+            s.running = None;
+            s.next = s.next_from(run, now);
+        }
+        list.retain(|s| !s.over());
+        if let Err(e) = self.persist(&list) {
+            log::error!("cannot record the end of a run of schedule {id}: {e}");
+        }
+        let _ = self.wake.0.try_send(());
+    }
+
+    /// Stops schedule `id` for good; whether there was one.
+    pub fn stop(&self, id: &str) -> io::Result<bool> {
+        let mut list = self.lock();
+        let before = list.len();
+        list.retain(|s| s.request.id != id);
+        if list.len() == before {
+            return Ok(false);
+        }
+        self.persist(&list)?;
+        let _ = self.wake.0.try_send(());
+        Ok(true)
+    }
+
+    /// The schedules, for the process table.
+    pub fn list(&self) -> Vec<Schedule> {
+        self.lock().clone()
+    }
+
+    /// Rings when a schedule was added, ended a run or was stopped.
+    pub fn changed(&self) -> Receiver<()> {
+        self.wake.1.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Kind, Message};
+
+    fn request(schedule: [u64; 2]) -> Envelope {
+        Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 0,
+            reply_ticket: None,
+            message: Message {
+                schedule: Some(schedule.to_vec()),
+                reply_method: Some("FileAppend".into()),
+                ..Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["date".into()])
+            },
+        }
+    }
+
+    #[test]
+    fn runs_fall_on_the_grid_until_the_total_and_a_restart_skips_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("schedules.json");
+        let s = Schedules::open(path.clone(), 0);
+        s.add(Schedule::of(&request([2, 7]), 1_000).unwrap())
+            .unwrap();
+        // Nothing due before 3 s; then the run at 3 s, marked running.
+        assert_eq!(s.due(2_999), (vec![], Some(3_000)));
+        let (due, next) = s.due(3_100);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].running, Some(3_000));
+        assert_eq!(next, None, "nothing else due while it runs");
+        s.done("central-1", 3_000, 3_400);
+        assert_eq!(s.due(3_500).1, Some(5_000));
+        // The node dies during the run at 5 s and comes back at 7.5 s: that run is not
+        // run again, and the one at 7 s missed: next at 9 s would be past the total (8 s).
+        let (due, _) = s.due(5_000);
+        assert_eq!(due.len(), 1);
+        drop(s);
+        let again = Schedules::open(path.clone(), 7_500);
+        assert!(again.list().is_empty(), "{:?}", again.list());
+        // A longer one restarted within its total continues on its grid, without a burst.
+        let path = dir.path().join("other.json");
+        let s = Schedules::open(path.clone(), 0);
+        s.add(Schedule::of(&request([2, 20]), 1_000).unwrap())
+            .unwrap();
+        // Added once: the same message again is the same schedule.
+        s.add(Schedule::of(&request([2, 20]), 1_500).unwrap())
+            .unwrap();
+        assert_eq!(s.list().len(), 1);
+        drop(s);
+        let again = Schedules::open(path, 8_200);
+        let list = again.list();
+        assert_eq!(list[0].next, 9_000);
+        let (due, _) = again.due(9_000);
+        assert_eq!(due.len(), 1, "one run, not the three missed");
+    }
+}

@@ -1,0 +1,108 @@
+//! Schedules: a message that runs on its receiver every interval until its total has
+//! passed, each run's result a message back to central; kept across a kill -9, listed and
+//! stopped remotely.
+
+use crate::common;
+use common::{NatsServer, Node};
+use std::time::Duration;
+
+/// Schedules `argv` on ship1 every `every` seconds for `total`, results appended to
+/// central's `s/ship1/<file>`; returns the request's id.
+fn schedule(central: &Node, argv: &str, every: u64, total: u64, file: &str) -> String {
+    let ended = central.send_and_wait(&format!(
+        r#"[{{"toNode":"ship1","data":{argv},"commandOrEvent":"CommandACK","method":"CLICommand","schedule":[{every},{total}],"replyMethod":"FileAppend","directory":"s","fileName":"{file}"}}]"#
+    ));
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    ended[0].0.clone()
+}
+
+/// Waits until ship1 no longer runs schedule `id` and has sent everything.
+fn wait_over(ship1: &Node, id: &str) {
+    ship1.wait_status("showed the schedule over and everything sent", |t| {
+        !t.contains(&format!("schedule {id}"))
+            && t.lines()
+                .next()
+                .is_some_and(|l| l.contains("journal: 0 pending"))
+    });
+    ship1.wait_idle();
+}
+
+/// The times (seconds) the runs wrote.
+fn times(text: &str) -> Vec<f64> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[test]
+fn a_schedule_runs_every_interval_until_its_total_and_then_never() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let id = schedule(&central, r#"["date","+%s.%N"]"#, 2, 7, "date.txt");
+    let table = ship1.status();
+    assert!(table.contains(&format!("schedule {id}")), "{table}");
+    wait_over(&ship1, &id);
+    let runs = times(&central.read("s/ship1/date.txt"));
+    eprintln!("[schedule] every=2 total=7 runs={}", runs.len());
+    assert_eq!(runs.len(), 4, "at 0, 2, 4 and 6 s: {runs:?}");
+    for pair in runs.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((1.5..2.5).contains(&gap), "{runs:?}");
+    }
+    // Over: gone from ship1's table, so nothing more can come.
+}
+
+#[test]
+fn a_schedule_survives_a_kill_without_a_burst_or_a_second_copy() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let id = schedule(&central, r#"["date","+%s.%N"]"#, 2, 12, "date.txt");
+    central.wait_until("s/ship1/date.txt", "held two runs", |t| times(t).len() >= 2);
+    ship1.kill9();
+    // Down for more than an interval: the runs it missed are not caught up.
+    std::thread::sleep(Duration::from_secs(3));
+    ship1.restart();
+    assert!(ship1.status().contains(&format!("schedule {id}")));
+    wait_over(&ship1, &id);
+    let runs = times(&central.read("s/ship1/date.txt"));
+    eprintln!(
+        "[schedule] every=2 total=12 killed for 3s runs={}",
+        runs.len()
+    );
+    assert!(
+        (4..=6).contains(&runs.len()),
+        "7 at most, less what the kill skipped: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        assert!(pair[1] - pair[0] > 1.5, "a burst or a duplicate: {runs:?}");
+    }
+    let span = runs[runs.len() - 1] - runs[0];
+    assert!(span <= 12.5, "ran past its total: {runs:?}");
+}
+
+#[test]
+fn op_process_list_shows_a_schedule_and_op_process_stop_ends_it() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let id = schedule(&central, r#"["echo","tick"]"#, 1, 600, "tick.txt");
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":[],"commandOrEvent":"CommandACK","method":"OpProcessList"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked");
+    let table = central.read("replies/ship1.OpProcessList.log");
+    assert!(table.contains(&format!("schedule {id}")), "{table}");
+    assert!(
+        table.contains("CLICommand from central every 1s"),
+        "{table}"
+    );
+    let ended = central.send_and_wait(&format!(
+        r#"[{{"toNode":"ship1","data":["schedule {id}"],"commandOrEvent":"CommandACK","method":"OpProcessStop"}}]"#
+    ));
+    assert_eq!(ended[0].1, "acked");
+    let stopped = central.read("replies/ship1.OpProcessStop.log");
+    assert!(stopped.contains("stopped for good"), "{stopped}");
+    // Gone from the table (so no run can start) and from what a restart reads.
+    wait_over(&ship1, &id);
+    assert!(!ship1.read("schedules.json").contains(&id));
+}
