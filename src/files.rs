@@ -66,6 +66,10 @@ impl DataFolder {
     pub fn keys(&self) -> PathBuf {
         self.root.join("keys")
     }
+    /// Messages this node sends itself at every start (see [`crate::startup`]).
+    pub fn startup(&self) -> PathBuf {
+        self.root.join("startup")
+    }
     /// The schedules this node runs, and where each stands.
     pub fn schedules(&self) -> PathBuf {
         self.root.join("schedules.json")

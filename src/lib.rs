@@ -69,6 +69,7 @@ pub mod reply;
 pub mod resumed;
 pub mod retry;
 pub mod schedule;
+pub mod startup;
 pub mod storage;
 pub mod subject;
 pub mod supervisor;
@@ -192,6 +193,7 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
     supervisor.start();
+    startup::send(&node);
     let tx = events_tx.clone();
     ctrlc::set_handler(move || {
         let _ = tx.send(supervisor::Event::Shutdown);

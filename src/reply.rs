@@ -328,8 +328,17 @@ impl<'a> ResultRoute<'a> {
 /// so none is made). Its output is cut to what one message may carry.
 pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> {
     let route = ResultRoute::of_request(request)?;
-    let ticket = request.reply_ticket.clone()?;
     let m = &request.message;
+    // A node's message to itself from its startup folder sends its results elsewhere, as
+    // plain events of its own: that node never asked, so there is no ticket to carry.
+    let elsewhere = m
+        .results_to
+        .as_deref()
+        .filter(|_| request.from_node == m.to_node);
+    let (to, in_reply_to) = match elsewhere {
+        Some(to) => (to, None),
+        None => (route.from, Some(request.reply_ticket.clone()?)),
+    };
     let mut output = outcome.output.clone();
     // What one message may carry, less the arguments it carries too.
     let args: usize = m.reply_method_args.iter().flatten().map(String::len).sum();
@@ -348,14 +357,14 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
         method_args: m.reply_method_args.clone(),
         directory: m.directory.clone(),
         file_name: m.file_name.clone(),
-        in_reply_to: Some(InReplyTo {
+        in_reply_to: in_reply_to.map(|ticket| InReplyTo {
             id: request.id.clone(),
             method: m.method.clone(),
             status: outcome.status,
             exit_code: outcome.exit_code,
             ticket,
         }),
-        ..Message::new(route.from, Kind::EventAck, route.reply_method, vec![output])
+        ..Message::new(to, Kind::EventAck, route.reply_method, vec![output])
     })
 }
 

@@ -133,15 +133,22 @@ impl Schedules {
         crate::files::write_atomically(&self.path, &bytes)
     }
 
-    /// Keeps a new schedule (its first run done) and wakes the scheduler.
+    /// Keeps a new schedule (its first run done) and wakes the scheduler. The same message
+    /// again (same sender, same content, another id: a startup file at each start) replaces
+    /// the schedule it had made, so schedules never pile up.
     pub fn add(&self, schedule: Schedule) -> io::Result<()> {
         let mut list = self.lock();
         if list.iter().any(|s| s.request.id == schedule.request.id) {
             return Ok(());
         }
+        let before = list.clone();
+        list.retain(|s| {
+            s.request.from_node != schedule.request.from_node
+                || s.request.message != schedule.request.message
+        });
         list.push(schedule);
         if let Err(e) = self.persist(&list) {
-            list.pop();
+            *list = before;
             return Err(e);
         }
         let _ = self.wake.0.try_send(());

@@ -106,3 +106,43 @@ fn op_process_list_shows_a_schedule_and_op_process_stop_ends_it() {
     wait_over(&ship1, &id);
     assert!(!ship1.read("schedules.json").contains(&id));
 }
+
+#[test]
+fn a_startup_file_sends_boot_at_each_start_and_starts_one_schedule_not_one_per_start() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
+    std::fs::create_dir(ship1.path("startup")).unwrap();
+    std::fs::write(
+        ship1.path("startup/10-boot.json"),
+        r#"[{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        ship1.path("startup/20-tick.json"),
+        r#"[{"toNode":"local","fromNode":"central","data":["echo","tick"],"commandOrEvent":"CommandACK","method":"CLICommand","schedule":[1,600],"replyMethod":"TextLogging"}]"#,
+    )
+    .unwrap();
+    // Anyone may write this one: refused, and said so.
+    let open = ship1.path("startup/30-open.json");
+    std::fs::write(
+        &open,
+        r#"[{"toNode":"central","data":["from an open file\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    ship1.restart();
+    central.wait_count("textlog/ship1.log", "boot", 1);
+    central.wait_count("textlog/ship1.log", "tick", 2);
+    let errors = central.wait_for("errors.log", "30-open.json");
+    assert!(errors.contains("chmod go-w"), "{errors}");
+    // Again at the next start; the schedule replaced, not doubled.
+    ship1.terminate();
+    ship1.restart();
+    central.wait_count("textlog/ship1.log", "boot", 2);
+    let table = ship1.status();
+    assert_eq!(table.matches("schedule ").count(), 1, "{table}");
+    assert!(!central
+        .read("textlog/ship1.log")
+        .contains("from an open file"));
+}

@@ -156,6 +156,10 @@ pub struct Message {
     /// (`replyMethod`, required). See [`crate::schedule`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Vec<u64>>,
+    /// On a message a node sends itself from its startup folder only: the node its results
+    /// go to (the file's `fromNode`), as plain events of this node (see [`crate::startup`]).
+    #[serde(rename = "resultsTo", default, skip_serializing_if = "Option::is_none")]
+    pub results_to: Option<String>,
     /// On a result message only: the request it answers. Set by the receiver that ran it,
     /// never by an operator (refused in `inmsg.txt`).
     #[serde(rename = "inReplyTo", default, skip_serializing_if = "Option::is_none")]
@@ -220,6 +224,7 @@ impl Message {
             directory: None,
             file_name: None,
             schedule: None,
+            results_to: None,
             in_reply_to: None,
         }
     }

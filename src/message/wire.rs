@@ -61,6 +61,9 @@ impl Envelope {
         name("fromNode", &e.from_node)?;
         name("toNode", &e.message.to_node)?;
         name("method", &e.message.method)?;
+        if let Some(to) = &e.message.results_to {
+            name("resultsTo", to)?;
+        }
         let answers = e.message.in_reply_to.as_ref().map(|a| a.id.as_str());
         for id in [Some(e.id.as_str()), answers].into_iter().flatten() {
             if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {

@@ -1,0 +1,189 @@
+//! The startup folder: `<dataFolder>/startup/*.json` holds messages (the same JSON as
+//! `inmsg.txt`) that a node sends itself at every start, in file-name order. This is how a
+//! node starts its own schedules at boot: scrape its node_exporter every minute and send
+//! it to central, follow a log.
+//!
+//! Two keys only a startup file has: `toNode: "local"` (or `"local"` in `toNodes`) means
+//! this node; `fromNode` says where the results go (e.g. `central`): they are sent there as
+//! plain events of this node, so the receiver takes them as it takes any event from it (a
+//! method any fleet member may send, such as `TextLogging`, or one its
+//! `--allowCommandsFrom` lets this node call). The same schedule sent again at the next
+//! start replaces the one the last start made ([`crate::schedule`]).
+//!
+//! A file (or the folder) that users other than its owner may write is refused, and so is
+//! a symbolic link: whoever writes here runs commands as this node. A bad file or message
+//! is reported to central and skipped; the rest still go.
+
+use crate::message::Message;
+use crate::node::Node;
+use serde_json::Value;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// What `toNode` says for this node, in a startup file.
+pub const LOCAL: &str = "local";
+
+/// Sends the startup folder's messages (if it has any); returns how many were taken.
+pub fn send(node: &Node) -> usize {
+    let dir = node.data.startup();
+    let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+        return 0;
+    };
+    let me = &node.config.node;
+    if let Some(why) = unsafe_to_read(&dir, &meta) {
+        node.report_error(format!("{me}: startup folder refused: {why}"));
+        return 0;
+    }
+    let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect(),
+        Err(e) => {
+            node.report_error(format!("{me}: cannot read {}: {e}", dir.display()));
+            return 0;
+        }
+    };
+    files.sort();
+    let mut messages = Vec::new();
+    for path in files {
+        match read(&path, me) {
+            Ok((taken, refused)) => {
+                messages.extend(taken);
+                for why in refused {
+                    node.report_error(format!("{me}: {}: {why}", path.display()));
+                }
+            }
+            Err(why) => node.report_error(format!("{me}: {}: refused: {why}", path.display())),
+        }
+    }
+    let count = messages.len();
+    if count > 0 {
+        if let Err(e) = node.accept(messages, None) {
+            node.report_error(format!("{me}: cannot journal the startup messages: {e}"));
+            return 0;
+        }
+        log::info!("{me}: sent {count} message(s) from {}", dir.display());
+    }
+    count
+}
+
+/// Why a startup file or folder may not be trusted, if it may not.
+fn unsafe_to_read(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    if meta.file_type().is_symlink() {
+        return Some(format!("{} is a symbolic link", path.display()));
+    }
+    let mode = meta.permissions().mode();
+    (mode & 0o022 != 0).then(|| {
+        format!(
+            "{} can be written by users other than its owner (mode {:o}): they could run commands as this node; run: chmod go-w {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )
+    })
+}
+
+/// The messages of one startup file, and why any of them were refused.
+fn read(path: &Path, me: &str) -> Result<(Vec<Message>, Vec<String>), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if let Some(why) = unsafe_to_read(path, &meta) {
+        return Err(why);
+    }
+    if meta.uid() != std::fs::metadata(path.parent().unwrap_or(path)).map_or(0, |m| m.uid()) {
+        return Err("owned by another user than its folder".into());
+    }
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_slice(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => return Err("expected a JSON array of messages".into()),
+    };
+    let (mut taken, mut refused) = (Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
+        match message_of(item, me) {
+            Ok(messages) => taken.extend(messages),
+            Err(why) => refused.push(format!("message {}: {why}", i + 1)),
+        }
+    }
+    Ok((taken, refused))
+}
+
+/// One startup message: `local` made this node's name, `fromNode` taken as where the
+/// results go.
+fn message_of(mut item: Value, me: &str) -> Result<Vec<Message>, String> {
+    let obj = item
+        .as_object_mut()
+        .ok_or("a message must be a JSON object")?;
+    let results_to = match obj.remove("fromNode") {
+        None => None,
+        Some(Value::String(s)) if s == me || s == LOCAL => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err("fromNode must be a node name".into()),
+    };
+    if obj.get("toNode").and_then(Value::as_str) == Some(LOCAL) {
+        obj.insert("toNode".into(), me.into());
+    }
+    if let Some(Value::Array(nodes)) = obj.get_mut("toNodes") {
+        for n in nodes.iter_mut().filter(|n| n.as_str() == Some(LOCAL)) {
+            *n = me.into();
+        }
+    }
+    let messages =
+        Message::from_value(&item, &crate::methods::kind_refusal).map_err(|e| e.to_string())?;
+    if let Some(to) = &results_to {
+        crate::subject::validate_name(to).map_err(|e| format!("bad fromNode: {e}"))?;
+    }
+    Ok(messages
+        .into_iter()
+        .map(|m| Message {
+            // Only for what it sends itself: results of a message to another node come
+            // back to this one, as always.
+            results_to: results_to.clone().filter(|_| m.to_node == me),
+            ..m
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_is_this_node_and_from_node_where_results_go() {
+        let item = serde_json::json!({
+            "toNode": "local", "fromNode": "central", "data": ["date"],
+            "commandOrEvent": "CommandACK", "method": "CLICommand",
+            "schedule": [60, 86400], "replyMethod": "TextLogging",
+        });
+        let m = message_of(item, "ship1").unwrap();
+        assert_eq!(m[0].to_node, "ship1");
+        assert_eq!(m[0].results_to.as_deref(), Some("central"));
+        // To another node, results come back here as always.
+        let item = serde_json::json!({
+            "toNodes": ["local", "ship2"], "fromNode": "central", "data": ["x\n"],
+            "commandOrEvent": "EventACK", "method": "TextLogging",
+        });
+        let m = message_of(item, "ship1").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].to_node, "ship2");
+        assert_eq!(m[1].results_to, None);
+        let bad = serde_json::json!({"toNode": "local", "fromNode": 3, "data": [],
+            "commandOrEvent": "EventACK", "method": "TextLogging"});
+        assert!(message_of(bad, "ship1").is_err());
+    }
+
+    #[test]
+    fn a_file_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.json");
+        std::fs::write(&path, "[]").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let why = read(&path, "ship1").unwrap_err();
+        assert!(why.contains("chmod go-w"), "{why}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read(&path, "ship1").is_ok());
+    }
+}
