@@ -328,12 +328,14 @@ impl Supervisor {
     /// Starts a publisher for a lane with messages waiting, unless it has one.
     fn publish(&mut self, lane: Subject) {
         let name = format!("publisher {lane}");
+        let ending = !self.node.serves_lane(&lane);
         if let Some(e) = self.table.get_mut(&name) {
             match (&e.stopped_by, &e.thread) {
-                // Stopped by an operator, and its lane has work again: started again once
-                // its thread has ended.
+                // Stopped by an operator, or ending idle, and its lane has work again:
+                // started again once its thread has ended.
                 (Some(_), Some(_)) => e.resume = true,
                 (Some(_), None) => self.resume(&name),
+                (None, Some(_)) if ending => e.resume = true,
                 (None, _) => {
                     if let Some((_, wake)) = &e.lane {
                         let _ = wake.try_send(());
@@ -375,6 +377,20 @@ impl Supervisor {
             e.state.set(format!("stopped by OpProcessStop from {by}"));
             if e.resume {
                 self.resume(&name);
+            }
+            return;
+        }
+        let retired = failure.is_none()
+            && e.lane
+                .as_ref()
+                .is_some_and(|(lane, _)| !self.node.serves_lane(lane));
+        if retired {
+            // An idle publisher ended (`--keepPublishersAliveFor`): gone from the table,
+            // unless its lane had work again meanwhile.
+            if e.resume {
+                self.resume(&name);
+            } else {
+                self.table.remove(&name);
             }
             return;
         }

@@ -269,3 +269,56 @@ fn a_message_whose_ttl_runs_out_is_kept_and_reported() {
     assert!(errors.contains("its time to live ran out"), "{errors}");
     central.wait_for("failed-messages.txt", "ship7");
 }
+
+/// The threads of a running node, from /proc.
+fn threads(node: &Node) -> usize {
+    std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn an_idle_publisher_ends_and_starts_again_with_its_lane_s_next_message() {
+    let nats = NatsServer::start();
+    let ships: Vec<Node> = ["ship1", "ship2", "ship3", "ship4"]
+        .iter()
+        .map(|s| Node::start(s, &nats.address(), &[]))
+        .collect();
+    let central = Node::start("central", &nats.address(), &["--keepPublishersAliveFor=1"]);
+    let lanes = |table: &str| {
+        table
+            .lines()
+            .filter(|l| l.starts_with("publisher ") && l.contains(".CommandACK.CLICommand"))
+            .count()
+    };
+    let ended = central.send_and_wait(
+        r#"[{"toNodes":["ship1","ship2","ship3","ship4"],"data":["echo","first"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    assert!(ended.iter().all(|(_, o)| o == "acked"), "{ended:?}");
+    let busy = threads(&central);
+    // Idle for a second: each lane's publisher ends, its thread given back.
+    central.wait_status("showed every command lane's publisher ended", |t| {
+        lanes(t) == 0
+    });
+    let idle = central.wait_metric(
+        "gave the publishers' threads back",
+        |n| threads(n) as f64,
+        |v| v as usize + 3 <= busy,
+    );
+    eprintln!("[retire] threads with 4 lanes busy {busy}, after {idle}");
+    // The next message starts one again, and it is delivered.
+    let ended = central.send_and_wait(&command("ship2", &["echo", "again"]));
+    assert_eq!(ended[0].1, "acked");
+    central.wait_for("replies/ship2.CLICommand.log", "again");
+    assert_eq!(
+        central
+            .read("replies/ship2.CLICommand.log")
+            .matches("=== ")
+            .count(),
+        2
+    );
+    drop(ships);
+}

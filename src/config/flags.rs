@@ -69,6 +69,10 @@ pub struct Flags {
     /// most received messages handled at once (default 32)
     #[argh(option)]
     pub max_concurrent_handlers: Option<String>,
+    /// seconds a publisher with nothing to send waits before it ends (its thread and
+    /// memory given back; it starts again with its lane's next message) (default 30)
+    #[argh(option)]
+    pub keep_publishers_alive_for: Option<String>,
     /// bytes each sender may write into this node's errors.log, and into its textlog file,
     /// per hour; past that its messages are refused (default 67108864, 64 MiB)
     #[argh(option)]
@@ -123,6 +127,7 @@ impl Flags {
             "clockCheck" => self.clock_check.clone(),
             "helloInterval" => self.hello_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
+            "keepPublishersAliveFor" => self.keep_publishers_alive_for.clone(),
             "maxLogBytesPerHour" => self.max_log_bytes_per_hour.clone(),
             "minFreeBytesForLogs" => self.min_free_bytes_for_logs.clone(),
             "tlsCA" => self.tls_ca.clone(),
@@ -280,6 +285,7 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("clockCheck", "clock-check", false),
     ("helloInterval", "hello-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
+    ("keepPublishersAliveFor", "keep-publishers-alive-for", false),
     ("maxLogBytesPerHour", "max-log-bytes-per-hour", false),
     ("minFreeBytesForLogs", "min-free-bytes-for-logs", false),
     ("tlsCA", "tls-ca", false),

@@ -160,6 +160,30 @@ impl Node {
             .insert(lane, wake);
     }
 
+    /// `lane`'s idle publisher asks to end: yes (its lane is no longer served, so its next
+    /// message goes through the supervisor, which starts a publisher again) unless a
+    /// message for it was journaled meanwhile. Intake journals before it wakes, and this
+    /// looks at the journal with the lanes locked, so no message can fall between the two.
+    pub fn retire_lane(&self, lane: &Subject) -> bool {
+        let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(wake) = publishers.remove(lane) else {
+            return true;
+        };
+        if self.journal().lane_pending(lane) > 0 {
+            publishers.insert(lane.clone(), wake);
+            return false;
+        }
+        true
+    }
+
+    /// Whether `lane` has a publisher to wake (one that is not ending).
+    pub fn serves_lane(&self, lane: &Subject) -> bool {
+        self.publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(lane)
+    }
+
     /// `lane`'s publisher was stopped (`OpProcessStop`): its next message goes through the
     /// supervisor, which starts it again.
     pub fn unserve_lane(&self, lane: &Subject) {

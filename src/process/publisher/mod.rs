@@ -222,9 +222,12 @@ impl Process for Publisher {
             let slot = self.take(want)?;
             if slot.is_empty() {
                 self.state.set("idle");
+                let retire = crossbeam_channel::after(self.node.config.keep_publishers_alive_for);
                 select! {
                     recv(self.wake) -> woken => if woken.is_err() { return Ok(()) },
                     recv(stop) -> _ => return Ok(()),
+                    // Nothing to send for a while: end, unless a message came meanwhile.
+                    recv(retire) -> _ => if self.node.retire_lane(&self.subject) { return Ok(()) },
                 }
                 continue;
             }
