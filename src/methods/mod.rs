@@ -23,6 +23,7 @@ pub mod console;
 pub mod error_log;
 pub mod file;
 pub mod hello;
+pub mod http_get;
 pub mod op_process;
 pub mod public_key;
 pub mod text_logging;
@@ -199,6 +200,7 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(op_process::OpProcessList),
         Arc::new(op_process::OpProcessStop),
         Arc::new(public_key::PublicKey),
+        Arc::new(http_get::HttpGet),
     ]
 }
 
