@@ -34,8 +34,8 @@
 //! broker                the NATS connection
 //! process/subscriber    one method's subjects: admission (the gate), received (nothing
 //!                       runs twice), then the method, then the ACK
-//! methods/              CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys: each a
-//!                       file, given a narrow Context
+//! methods/              CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys, HttpGet, …:
+//!                       each a file, given a narrow Context
 //! node/report           errors and refusals to central, through intake like any message
 //! supervisor            starts, restarts (Retry or Fatal) and stops the processes
 //! ```
@@ -44,6 +44,7 @@
 //! [`resumed`] (what a power cut took the record of), [`metrics`] (Prometheus and the
 //! status page), [`files`] (the data folder's layout, appends, atomic writes),
 //! [`log_budget`] (what each sender may write into errors.log and textlog/),
+//! [`http_client`] (the small HTTP/1.1 client beneath `HttpGet`),
 //! [`control_client`] (`steward send`, `steward status` and `steward keys`), [`demo`] (a
 //! local fleet in one command), and [`sys`]: every system call beyond the standard library,
 //! and all of the crate's `unsafe` code, in one place to audit.
@@ -56,6 +57,7 @@ pub mod config;
 pub mod control_client;
 pub mod demo;
 pub mod files;
+pub mod http_client;
 pub mod journal;
 pub mod keys;
 pub mod log_budget;

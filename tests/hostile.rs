@@ -12,7 +12,7 @@ use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
 
 const KINDS: [&str; 4] = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 12] = [
     "CLICommand",
     "TextLogging",
     "Hello",
@@ -24,13 +24,15 @@ const METHODS: [&str; 11] = [
     "OpProcessList",
     "OpProcessStop",
     "PublicKey",
+    "HttpGet",
 ];
 /// Whom a forgery claims to be: the central node, the target itself, a fleet member the
 /// target trusts, and a name nobody knows.
 const CLAIMS: [&str; 4] = ["central", "ship1", "ship2", "nobody"];
 
-/// What a forgery asks `method` to do, leaving `marker` wherever it would land.
-fn data_for(method: &str, marker: &str, dir: &std::path::Path) -> Vec<String> {
+/// What a forgery asks `method` to do, leaving `marker` wherever it would land (an
+/// HttpGet: a request to the web server on loopback port `web`).
+fn data_for(method: &str, marker: &str, dir: &std::path::Path, web: u16) -> Vec<String> {
     match method {
         "CLICommand" => vec![
             "sh".into(),
@@ -44,6 +46,7 @@ fn data_for(method: &str, marker: &str, dir: &std::path::Path) -> Vec<String> {
             });
             vec![set.to_string()]
         }
+        "HttpGet" => vec![format!("http://127.0.0.1:{web}/{marker}")],
         _ => vec![format!("{marker}\n")],
     }
 }
@@ -84,6 +87,10 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     let raw = Raw::connect(&nats.address());
     let target = tempfile::tempdir().unwrap();
     let marker = format!("forged-{}", steward::keys::random_hex128());
+    // Where a forged HttpGet would connect: nothing may.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    web.set_nonblocking(true).unwrap();
+    let web_port = web.local_addr().unwrap().port();
 
     // Real messages to capture: a command and a key set from central, an event from ship2.
     let spy = raw.spy("ship1.>");
@@ -115,7 +122,7 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
         for method in METHODS {
             for from in CLAIMS {
                 let subject = format!("ship1.{kind}.{method}");
-                let data = data_for(method, &marker, target.path());
+                let data = data_for(method, &marker, target.path(), web_port);
                 let data: Vec<&str> = data.iter().map(String::as_str).collect();
                 for (variant, signer) in [("unsigned", None), ("self-signed", Some("intruder"))] {
                     let id = format!("{marker}-{sent}");
@@ -171,6 +178,10 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
         target.path().join("ran").exists()
     );
     assert!(!target.path().join("ran").exists(), "a forged command ran");
+    assert!(
+        matches!(web.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a forged HttpGet fetched"
+    );
     assert!(answers.is_empty(), "answered: {:?}", answers[0].subject);
     assert!(
         !ship1.path("keys/distributed.json").exists(),
@@ -281,7 +292,7 @@ fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
         "{said}"
     );
     // Keys: only from central, even signed.
-    let set = data_for("TrustedKeys", "", target.path());
+    let set = data_for("TrustedKeys", "", target.path(), 0);
     let keys = envelope(
         "s-2",
         "ship2",

@@ -19,6 +19,7 @@ mod client;
 mod delivery;
 mod durability;
 mod hostile;
+mod http_get;
 mod observability;
 mod powercut;
 mod replies;

@@ -77,6 +77,10 @@ pub struct Flags {
     /// per hour; past that its messages are refused (default 67108864, 64 MiB)
     #[argh(option)]
     pub max_log_bytes_per_hour: Option<String>,
+    /// most bytes of a body HttpGet keeps; the rest is cut, with a note (default 1048576,
+    /// 1 MiB)
+    #[argh(option)]
+    pub max_http_body_bytes: Option<String>,
     /// free bytes the data folder's disk keeps for the journal: below it, errors.log and
     /// textlog/ writes are refused (default 64 MiB or 2 % of the disk, whichever is smaller)
     #[argh(option)]
@@ -130,6 +134,7 @@ impl Flags {
             "keepPublishersAliveFor" => self.keep_publishers_alive_for.clone(),
             "maxLogBytesPerHour" => self.max_log_bytes_per_hour.clone(),
             "minFreeBytesForLogs" => self.min_free_bytes_for_logs.clone(),
+            "maxHttpBodyBytes" => self.max_http_body_bytes.clone(),
             "tlsCA" => self.tls_ca.clone(),
             "tlsCert" => self.tls_cert.clone(),
             "tlsKey" => self.tls_key.clone(),
@@ -288,6 +293,7 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("keepPublishersAliveFor", "keep-publishers-alive-for", false),
     ("maxLogBytesPerHour", "max-log-bytes-per-hour", false),
     ("minFreeBytesForLogs", "min-free-bytes-for-logs", false),
+    ("maxHttpBodyBytes", "max-http-body-bytes", false),
     ("tlsCA", "tls-ca", false),
     ("tlsCert", "tls-cert", false),
     ("tlsKey", "tls-key", false),

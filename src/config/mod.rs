@@ -57,6 +57,8 @@ pub struct Config {
     /// Free bytes kept for the journal on the data folder's disk (`None`: 64 MiB or 2 % of
     /// the disk, whichever is smaller); see [`crate::log_budget`].
     pub min_free_bytes_for_logs: Option<u64>,
+    /// Most bytes of a body `HttpGet` keeps ([`crate::methods::http_get`]).
+    pub max_http_body_bytes: u64,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS and authentication for the broker link.
@@ -209,6 +211,11 @@ impl Config {
         let security = o.security()?;
         let ttl: u64 = o.number("defaultMessageTTL", 0)?;
         let hello: u64 = o.number("helloInterval", 30)?;
+        let max_http_body_bytes = o.number_where(
+            "maxHttpBodyBytes",
+            crate::methods::http_get::DEFAULT_MAX_BODY_BYTES,
+            |&n| (n == 0).then_some(Problem::Zero),
+        )?;
         Ok(Config {
             node: node.text,
             brokers,
@@ -239,6 +246,7 @@ impl Config {
                 None => None,
                 Some(_) => Some(o.number("minFreeBytesForLogs", 0)?),
             },
+            max_http_body_bytes,
             shutdown_grace: Duration::from_secs(5),
             security,
         })

@@ -198,6 +198,37 @@ fn flags_win_over_environment_which_wins_over_the_file() {
 }
 
 #[test]
+fn the_http_body_cap_layers_like_any_number_and_is_never_zero() {
+    assert_eq!(
+        load(&["--node=a"], &[]).unwrap().max_http_body_bytes,
+        1 << 20
+    );
+    let (_dir, path) = config_file("maxHttpBodyBytes = 4096\n");
+    let c = load(&["--node=a", "--config", &path], &[]).unwrap();
+    assert_eq!(c.max_http_body_bytes, 4096);
+    let env = [("STEWARD_MAX_HTTP_BODY_BYTES", "8192")];
+    let c = load(&["--node=a", "--config", &path], &env).unwrap();
+    assert_eq!(c.max_http_body_bytes, 8192);
+    let c = load(
+        &["--node=a", "-maxHttpBodyBytes=100", "--config", &path],
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.max_http_body_bytes, 100);
+    let e = load(&["--node=a", "--maxHttpBodyBytes=0"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--maxHttpBodyBytes") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = load(&["--node=a"], &[("STEWARD_MAX_HTTP_BODY_BYTES", "1 MiB")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("STEWARD_MAX_HTTP_BODY_BYTES"), "{e}");
+}
+
+#[test]
 fn config_errors_name_the_key_and_the_file() {
     let (_dir, path) = config_file("node = \"ship1\"\nbrokerAdress = \"x:4222\"\n");
     let e = load(&["--config", &path], &[]).unwrap_err().to_string();

@@ -24,6 +24,7 @@ pub mod console;
 pub mod error_log;
 pub mod file;
 pub mod hello;
+pub mod http_get;
 pub mod op_process;
 pub mod public_key;
 pub mod tail_file;
@@ -200,6 +201,7 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(op_process::OpProcessStop),
         Arc::new(public_key::PublicKey),
         Arc::new(tail_file::TailFile),
+        Arc::new(http_get::HttpGet),
     ]
 }
 
