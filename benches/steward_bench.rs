@@ -291,6 +291,10 @@ fn main() {
         print_table(vec![idle_footprint(&idle), idle_wakeups(&idle, quick)]);
         return;
     }
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("fleet") {
+        print_table(fleet(&broker, quick));
+        return;
+    }
 
     // 1. Bare NATS: sequential request/reply with the same payload, explicit flush.
     let payload = steward::message::Envelope {
@@ -655,6 +659,66 @@ fn bare_batched_request_reply(broker: &str, payload: &[u8], n: usize, batch: usi
         sent += k;
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Central for a fleet: one command (one message, `toNodes` naming every node) to N
+/// simulated nodes, all ACKs stored: how long, central's peak RSS meanwhile, and its RSS
+/// and threads a minute after (idle publishers end after `--keepPublishersAliveFor`, 30 s).
+/// Sizes from `STEWARD_BENCH_FLEET` (e.g. `1000,10000,50000`), else 1,000 and 10,000.
+fn fleet(broker: &str, quick: bool) -> Vec<Row> {
+    let sizes: Vec<usize> = std::env::var("STEWARD_BENCH_FLEET")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 10_000]);
+    let settle = if quick { 35 } else { 60 };
+    let mut rows = Vec::new();
+    for n in sizes {
+        let root = tempfile::tempdir().unwrap();
+        let central = Agent::start("central", broker, root.path());
+        let responders = spawn_responders(broker, n, root.path());
+        let names: Vec<String> = (0..n).map(|i| format!("\"node{i}\"")).collect();
+        let message = format!(
+            "[{{\"toNodes\":[{}],\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":60}}]\n",
+            names.join(",")
+        );
+        let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
+        let mut peak = central.status("VmRSS:");
+        let t = Instant::now();
+        central.append(&message);
+        wait_until("fleet replies", Duration::from_secs(600), || {
+            peak = peak.max(central.status("VmRSS:"));
+            central.metric(acked) >= n as f64
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let peak_threads = central.status("Threads:");
+        std::thread::sleep(Duration::from_secs(settle));
+        let (rss, threads) = (central.status("VmRSS:"), central.status("Threads:"));
+        let mb = |kib: u64| kib as f64 / 1024.0;
+        let target = if n == 10_000 {
+            flag(
+                secs < 5.0 && mb(peak) < 128.0 && mb(rss) < 64.0 && threads < 100,
+                "< 5 s, peak < 128 MB; after: < 64 MB, < 100 threads",
+            )
+        } else {
+            String::new()
+        };
+        rows.push(Row {
+            what: format!(
+                "fleet of {n}: all ACKs stored (s) / peak RSS (MB), threads / {settle} s after: RSS (MB), threads"
+            ),
+            steward: format!(
+                "{secs:.2} / {:.1}, {peak_threads} / {:.1}, {threads}",
+                mb(peak),
+                mb(rss)
+            ),
+            bare: String::new(),
+            ratio: String::new(),
+            target,
+        });
+        drop(responders);
+        drop(central);
+    }
+    rows
 }
 
 /// `n` simulated nodes in this process: one connection and one wildcard subscription on
