@@ -144,8 +144,10 @@ impl LogBudget {
         Ok(())
     }
 
-    /// Whether the data folder's disk is above the free-space floor: below it, log writes
-    /// are refused and new intake waits.
+    /// Whether the data folder's disk is above the free-space floor: below it, the methods
+    /// that write logs or files take no work ([`crate::methods::Method::ready`]: their
+    /// senders try again), a log write that finds the disk there all the same (it filled
+    /// after `ready`) is refused ([`admit`]), and new intake waits.
     pub fn check_free_space(&self, dir: &Path) -> Result<(), BelowFloor> {
         let Ok((free, total)) = crate::sys::free_bytes(dir) else {
             return Ok(()); // cannot tell: do not refuse on a guess

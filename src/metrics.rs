@@ -32,7 +32,7 @@ pub struct Metrics {
     /// Processes that failed, by whether a restart can help: "retry" or "fatal".
     pub failures: IntCounterVec,
     pub broker_connected: IntGauge,
-    /// 1 while intake finds the data folder's disk full.
+    /// 1 while intake finds the data folder's disk full or below its free-space floor.
     pub disk_full: IntGauge,
     pub broker_reconnects: IntCounter,
     broker_malformed_dropped: IntCounter,
@@ -110,7 +110,7 @@ impl Metrics {
             accepted: counter_vec(
                 &r,
                 "steward_messages_accepted_total",
-                "Messages taken from inmsg.txt (or raised by this node) into the journal.",
+                "Messages taken into the journal: from inmsg.txt, the control socket (steward send) and the startup folder, or raised by this node (results, error reports).",
                 &["method"],
             ),
             sent: counter_vec(
@@ -140,7 +140,7 @@ impl Metrics {
             received: counter_vec(
                 &r,
                 "steward_messages_received_total",
-                "Messages received by this node, by outcome (ok, error, refused, duplicate).",
+                "Messages received by this node, by outcome (ok, error, refused, duplicate, or deferred: the method could not take it now, the disk below its floor; left unanswered, the sender tries again).",
                 &["method", "outcome"],
             ),
             rejected_input: counter(
@@ -179,7 +179,7 @@ impl Metrics {
             disk_full: gauge(
                 &r,
                 "steward_disk_full",
-                "1 while intake finds the data folder's disk full (messages wait in inmsg.txt).",
+                "1 while intake finds the data folder's disk full or below its free-space floor (messages wait in inmsg.txt).",
             ),
             broker_reconnects: counter(
                 &r,
@@ -189,7 +189,7 @@ impl Metrics {
             broker_malformed_dropped: counter(
                 &r,
                 "steward_broker_malformed_dropped_total",
-                "Incoming messages dropped because their NATS header block could not be parsed.",
+                "Incoming messages the NATS client could not decode (a header block that does not parse, or a subject that is not UTF-8), each dropped alone; the connection stays up.",
             ),
             subscription_dropped: counter_vec(
                 &r,

@@ -19,7 +19,8 @@
 //! [`KEEP`] ids, and at most [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest
 //! make room for its new ones), so memory and disk are bounded whatever the rate, and no
 //! sender, not even one whose key was stolen, can push another's records out: when the
-//! file grows past [`COMPACT_BYTES`] it is rewritten with only those.
+//! file grows past [`COMPACT_BYTES`] (or past twice its size after the last compaction, if
+//! that is more) it is rewritten with only those.
 //!
 //! Replays are refused by the senders' counters (see [`crate::keys`]); the ids also cover
 //! the counters taken in the last second before a crash, which `keys/senders.json` may not

@@ -11,12 +11,12 @@
 //! A process says whether a restart can help ([`Failure`]); the supervisor acts on it
 //! (`Failures::on_failure`):
 //!
-//! - [`Failure::Retry`] (the broker gone, a full disk, a file in the way): restarted after a
-//!   pause growing from 0.2 s to [`MAX_BACKOFF`], each failure reported to the central error
-//!   logger. What the process was doing is taken up again (a publisher's messages wait in
-//!   its slot).
-//! - [`Failure::Fatal`] (a panic, another agent on the data folder, a subject this node
-//!   cannot make): reported to central once, then only logged here while the process keeps
+//! - [`Failure::Retry`] (the broker gone, a full disk, a file in the way, a panic): restarted
+//!   after a pause growing from 0.2 s to [`MAX_BACKOFF`], each failure reported to the
+//!   central error logger. What the process was doing is taken up again (a publisher's
+//!   messages wait in its slot).
+//! - [`Failure::Fatal`] (another agent on the data folder, a subject this node cannot
+//!   make): reported to central once, then only logged here while the process keeps
 //!   failing; started again every [`FATAL_RESTART`], not in a loop. Not stopped for good:
 //!   the rest of the node serves on, a node whose command subscriber stopped could no
 //!   longer be reached to be put right, and what was taken for fatal may still pass (the
@@ -28,7 +28,7 @@
 //! ([`Node::fail_stop`](crate::node::Node::fail_stop)) is not a process failure: it exits
 //! the agent at once, for systemd to start it again.
 //!
-//! It talks to the rest of the node only through [`Event`]s on one channel.
+//! The rest of the node talks to it only through [`Event`]s on one channel.
 
 use crate::methods::Method;
 use crate::node::Node;
@@ -54,8 +54,8 @@ pub enum Event {
     /// The process table as text, for `--profilingPort`, `steward status` and
     /// `OpProcessList`.
     Status(Sender<String>),
-    /// `OpProcessStop`: stop the publisher or subscriber `name` (`by`: who asked), and say
-    /// how that went.
+    /// `OpProcessStop`: stop the publisher, subscriber or schedule `name` (`by`: who asked),
+    /// and say how that went.
     Stop {
         name: String,
         by: String,
@@ -84,8 +84,8 @@ pub struct Stopped(pub String);
 pub enum NotStopped {
     /// No process of that name (`OpProcessList` lists them).
     NoSuchProcess { node: String, name: String },
-    /// One of the node's own processes, or `OpProcessStop`'s subscriber: the node must stay
-    /// reachable.
+    /// One of the node's own processes, or a subscriber in [`MUST_STAY`]: the node must
+    /// stay reachable.
     MustStay { node: String, name: String },
     /// The supervisor did not answer: the node is stopping.
     NoAnswer,
@@ -219,7 +219,7 @@ impl Supervisor {
     }
 
     /// Starts the node's fixed processes: the inbox, the control socket, a subscriber per
-    /// method, hello.
+    /// method, the scheduler, hello.
     pub fn start(&mut self) {
         let (node, stop_fd) = (self.node.clone(), self.stop_fd.clone());
         self.add("inbox".into(), None, move |state| {
@@ -424,9 +424,10 @@ impl Supervisor {
     }
 
     /// `OpProcessStop`: stops a publisher or a subscriber, not to be restarted (see
-    /// [`ProcessEntry::stopped_by`]). The node's own processes (inbox, control socket,
-    /// hello) and the subscribers in [`MUST_STAY`] cannot be stopped: a node must stay
-    /// reachable to be put right.
+    /// [`ProcessEntry::stopped_by`]), or a schedule, for good (its stop is written to
+    /// schedules.json). The node's own processes (inbox, control socket, scheduler, hello)
+    /// and the subscribers in [`MUST_STAY`] cannot be stopped: a node must stay reachable to
+    /// be put right.
     fn stop_one(&mut self, name: &str, by: &str) -> Result<Stopped, NotStopped> {
         let node = self.node.config.node.clone();
         if let Some(id) = name.strip_prefix("schedule ") {

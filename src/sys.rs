@@ -36,8 +36,8 @@ fn c_path(path: &Path) -> io::Result<CString> {
 }
 
 /// A process id as `kill` takes it. Zero and the negative numbers a large `u32` would
-/// become mean "my process group" and "every process I may signal": never what a caller
-/// holding a child's id means, so they are refused.
+/// become mean "my process group", "every process I may signal" (-1) or a whole group:
+/// never what a caller holding a child's id means, so they are refused.
 fn pid(id: u32) -> io::Result<libc::pid_t> {
     match libc::pid_t::try_from(id) {
         Ok(p) if p > 0 => Ok(p),

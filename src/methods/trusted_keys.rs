@@ -2,12 +2,13 @@
 //! a node to the fleet means trusting it on central and distributing once
 //! (`steward keys distribute ship1 ship2 ...`), not editing every node by hand.
 //!
-//! It is a command, taken only from the central node (whatever `--allowCommandsFrom` says;
-//! see [`crate::admission`]), signed and fresh. The set (a [`KeySet`] as JSON in `data`)
-//! replaces the one held in `keys/distributed.json` only if it was issued later, so an old
-//! set cannot be replayed over a newer one; and no later than the message itself was
-//! accepted plus the replay window, so no set can claim a far future that no real set
-//! could ever replace. It can never bind a key to the central node, to any sender named in
+//! It is a command, signed and fresh, taken only from the central node, and from it only
+//! if `--allowCommandsFrom` allows it too: a rule that allows another sender commands does
+//! not let it send this one (see [`crate::admission`]; this node's own messages, from its
+//! startup folder, pass too). The set (a [`KeySet`] as JSON in `data`) replaces the one
+//! held in `keys/distributed.json` only if it was issued later, so an old set cannot be
+//! replayed over a newer one; and no later than the message itself was accepted plus the
+//! replay window, so no set can claim a far future that no real set could ever replace. It can never bind a key to the central node, to any sender named in
 //! `--allowCommandsFrom` or to this node itself: those keys only this node's operator
 //! pins (`keys/trusted.txt`, never touched here). A sender allowed to send commands can
 //! therefore never make itself central. Revoked keys it carries are revoked here too.

@@ -1,15 +1,16 @@
-//! The threads that run received messages, bounded, kept a while for the next message.
+//! The threads that run received messages (and schedules' runs), bounded, kept a while for
+//! the next message.
 
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The threads that run received messages: at most `capacity` at once, so a flood cannot
-/// fork-bomb the node. A thread that finishes waits a while for the next message rather
-/// than exit, so a command does not wait for a thread to be made (a thread start is tens of
-/// microseconds here, more on a Pi); one idle for [`HANDLER_IDLE`] exits, so an idle node
-/// holds none.
+/// The threads that run received messages and schedules' runs
+/// ([`crate::process::scheduler`]): at most `capacity` at once, so a flood cannot fork-bomb
+/// the node. A thread that finishes waits a while for the next message rather than exit, so
+/// a command does not wait for a thread to be made (a thread start is tens of microseconds
+/// here, more on a Pi); one idle for [`HANDLER_IDLE`] exits, so an idle node holds none.
 pub struct Handlers {
     /// Permits, as tokens in a channel: taken before a job, given back when it ends.
     give: Sender<()>,

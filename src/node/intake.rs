@@ -1,9 +1,10 @@
 //! Intake: the one way into the system. Everything that enters goes through
 //! [`Node::accept`]: journal first (written, fsync'd without the journal's lock,
 //! committed), then each lane's publisher is woken (the supervisor starts one where there
-//! is none). That holds for operators' messages from inmsg.txt, `steward send`, and the
-//! node's own error reports alike. Also here: how a message ends ([`Node::finish`]), who
-//! waits to hear it ([`Progress`]), and intake's view of a full disk.
+//! is none). That holds for operators' messages from inmsg.txt, `steward send` and the
+//! startup folder, results sent as messages of their own, and the node's own error reports
+//! alike. Also here: how a message ends ([`Node::finish`]), who waits to hear it
+//! ([`Progress`]), and intake's view of a full disk.
 
 use super::*;
 

@@ -200,8 +200,8 @@ impl Node {
         std::process::exit(EXIT_STORAGE_FAILED)
     }
 
-    /// Asks the supervisor to stop the publisher or subscriber `name` (`OpProcessStop` from
-    /// `by`).
+    /// Asks the supervisor to stop the publisher, subscriber or schedule `name`
+    /// (`OpProcessStop` from `by`).
     pub fn stop_process(
         &self,
         name: &str,

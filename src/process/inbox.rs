@@ -396,8 +396,11 @@ impl Inbox {
         Ok(true)
     }
 
-    /// Keeps rejected input verbatim in inmsg.rejected.txt, each piece after a line saying
-    /// why, and reports it.
+    /// Keeps rejected input in inmsg.rejected.txt, each piece after a line saying when and
+    /// why, and reports it. Text that is not valid JSON is kept as it was read (trailing
+    /// whitespace trimmed); a bad message in valid JSON is kept alone, re-serialized as an
+    /// array of just that message (valid input once fixed), not as the array it came in
+    /// (see [`Rejected`]).
     fn reject(&self, rejected: &[Rejected]) -> std::io::Result<()> {
         if rejected.is_empty() {
             return Ok(());

@@ -3,19 +3,21 @@
 //! - [`publisher`]: one per destination subject, spawned on demand, delivers in order.
 //! - [`subscriber`]: one per method on this node's own subjects.
 //! - [`inbox`]: watches inmsg.txt.
+//! - [`scheduler`]: runs this node's schedules when they are due.
 //! - [`hello`]: tells the central node "I'm here".
 //! - [`control`]: the control socket for `steward send` and `steward status`.
 //!
 //! A process is a [`Process`] value run by [`spawn`] on a thread of its own. When it returns
 //! or panics, the thread tells the supervisor, which restarts it (a new value from the same
-//! recipe) unless the node is stopping. All of them stop when the supervisor drops the stop
-//! channel's sender (and, for those that sleep in `poll` rather than on a channel, the write
-//! end of the [`StopFd`]'s pipe with it).
+//! recipe) unless the node is stopping or an operator stopped it (`OpProcessStop`). All of
+//! them stop when the supervisor drops the stop channel's sender (and, for those that sleep
+//! in `poll` rather than on a channel, the write end of the [`StopFd`]'s pipe with it).
 //!
 //! A process that fails says whether starting it again can help ([`Failure`]): a full disk
 //! or a broker that went away passes, a bug or a misconfiguration does not. Each process
-//! has its own error type, whose variants say what failed (with the `io::Error` as
-//! source), and decides there, in its `From<Error> for Failure`, which of the two each is.
+//! that can fail in more than one way has its own error type, whose variants say what
+//! failed (with the `io::Error` as source), and decides there, in its `From<Error> for
+//! Failure`, which of the two each is.
 //!
 //! Idle means idle: a process sleeps on what wakes it (a channel, inotify, a socket) and
 //! sets a timer only when something is due, so an idle node costs no CPU.
@@ -49,8 +51,9 @@ pub enum Failure {
     /// Something outside the process, which passes or which an operator can put right
     /// without a new configuration or a new build: the broker gone, the disk full, a file
     /// in the way, a reply that cannot be stored yet. Restarted after a pause that grows
-    /// with each failure in a row. Every I/O error is this: what was in the way may be gone
-    /// at the next try.
+    /// with each failure in a row. Every I/O error is this, except one only the
+    /// configuration causes (a socket path too long to bind, see
+    /// [`control::Error::Listen`]): what was in the way may be gone at the next try.
     Retry(Reason),
     /// A bug (a subject this node made and refused itself) or a misconfiguration
     /// that the process will meet again however often it starts (another agent on this
@@ -110,7 +113,8 @@ impl fmt::Display for Panicked {
 
 impl std::error::Error for Panicked {}
 
-/// What a process is doing now, for `--profilingPort` and logs.
+/// What a process is doing now, for the process table (`steward status`, `--profilingPort`,
+/// `OpProcessList`).
 #[derive(Default)]
 pub struct State(Mutex<String>);
 
