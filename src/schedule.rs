@@ -205,12 +205,17 @@ impl Schedules {
     /// Stops schedule `id` for good; whether there was one.
     pub fn stop(&self, id: &str) -> io::Result<bool> {
         let mut list = self.lock();
-        let before = list.len();
-        list.retain(|s| s.request.id != id);
-        if list.len() == before {
+        let kept: Vec<Schedule> = list
+            .iter()
+            .filter(|s| s.request.id != id)
+            .cloned()
+            .collect();
+        if kept.len() == list.len() {
             return Ok(false);
         }
-        self.persist(&list)?;
+        // Written first: a stop that could not be kept does not happen at all.
+        self.persist(&kept)?;
+        *list = kept;
         let _ = self.wake.0.try_send(());
         Ok(true)
     }

@@ -95,7 +95,8 @@ pub struct Context<'a> {
 pub trait Processes: Sync {
     /// The process table as `steward status` prints it; `None` while the node stops.
     fn table(&self) -> Option<String>;
-    /// Stops the publisher or subscriber `name`, at `by`'s word: what was done, or why not.
+    /// Stops the publisher, subscriber or schedule `name`, at `by`'s word: what was done,
+    /// or why not.
     fn stop(&self, name: &str, by: &str) -> Result<Stopped, NotStopped>;
 }
 

@@ -24,10 +24,12 @@ impl Process for Scheduler {
         let changed = self.node.schedules.changed();
         loop {
             let (due, next) = self.node.schedules.due(unix_millis());
-            for schedule in due {
+            let mut due = due.into_iter();
+            while let Some(schedule) = due.next() {
                 let name = schedule.name();
                 let run = schedule.running.unwrap_or(schedule.next);
                 let request = schedule.request;
+                let id = request.id.clone();
                 let method = methods
                     .iter()
                     .find(|m| m.name() == request.message.method)
@@ -53,6 +55,14 @@ impl Process for Scheduler {
                     node.schedules.done(&request.id, run, unix_millis());
                 });
                 if !started {
+                    // Stopping: the runs not started are skipped, not left marked running.
+                    let now = unix_millis();
+                    self.node.schedules.done(&id, run, now);
+                    for s in due {
+                        self.node
+                            .schedules
+                            .done(&s.request.id, s.running.unwrap_or(s.next), now);
+                    }
                     return Ok(());
                 }
             }
