@@ -202,6 +202,12 @@ pub struct Supervisor {
     stop_fd_tx: Option<OwnedFd>,
     stop_fd: StopFd,
     methods: Vec<Arc<dyn Method>>,
+    /// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`).
+    waiting: std::collections::VecDeque<Subject>,
+    queued: std::collections::HashSet<Subject>,
+    /// Publisher threads running, and the most since memory was last handed back.
+    publishers: usize,
+    publishers_peak: usize,
 }
 
 impl Supervisor {
@@ -215,6 +221,10 @@ impl Supervisor {
             stop_fd_tx,
             stop_fd,
             methods: Vec::new(),
+            waiting: std::collections::VecDeque::new(),
+            queued: std::collections::HashSet::new(),
+            publishers: 0,
+            publishers_peak: 0,
         }
     }
 
@@ -317,6 +327,10 @@ impl Supervisor {
             Ok(handle) => {
                 e.thread = Some(handle);
                 self.node.metrics.processes.inc();
+                if e.lane.is_some() {
+                    self.publishers += 1;
+                    self.publishers_peak = self.publishers_peak.max(self.publishers);
+                }
             }
             Err(err) => {
                 log::error!("cannot start process {name}: {err}; trying again shortly");
@@ -342,6 +356,14 @@ impl Supervisor {
                     }
                 }
             }
+            return;
+        }
+        if self.publishers >= self.node.config.max_publishers {
+            // Its turn comes when a publisher ends; idle ones are asked to end now.
+            if self.queued.insert(lane.clone()) {
+                self.waiting.push_back(lane);
+            }
+            self.want_publishers(true);
             return;
         }
         // A wake-up waits at most one deep: a publisher looks at the journal after each.
@@ -372,11 +394,16 @@ impl Supervisor {
         if let Some(t) = e.thread.take() {
             let _ = t.join();
             self.node.metrics.processes.dec();
+            if e.lane.is_some() {
+                self.publishers -= 1;
+            }
         }
         if let Some(by) = &e.stopped_by {
             e.state.set(format!("stopped by OpProcessStop from {by}"));
             if e.resume {
                 self.resume(&name);
+            } else {
+                self.next_waiting();
             }
             return;
         }
@@ -391,6 +418,7 @@ impl Supervisor {
                 self.resume(&name);
             } else {
                 self.table.remove(&name);
+                self.next_waiting();
             }
             return;
         }
@@ -478,6 +506,37 @@ impl Supervisor {
         })
     }
 
+    /// Lanes waiting for a publisher get one while there is room; once none waits, idle
+    /// publishers idle again, and the memory a burst of them took is handed back.
+    fn next_waiting(&mut self) {
+        while self.publishers < self.node.config.max_publishers {
+            let Some(lane) = self.waiting.pop_front() else {
+                break;
+            };
+            self.queued.remove(&lane);
+            self.publish(lane);
+        }
+        if self.waiting.is_empty() {
+            self.want_publishers(false);
+            if self.publishers_peak >= 64 && self.publishers <= self.publishers_peak / 2 {
+                crate::sys::malloc_trim();
+                self.publishers_peak = self.publishers;
+            }
+        }
+    }
+
+    /// Says whether lanes wait for a publisher; when they start to, wakes every publisher,
+    /// so the idle ones see it and end.
+    fn want_publishers(&mut self, wanted: bool) {
+        use std::sync::atomic::Ordering;
+        let was = self.node.publishers_wanted.swap(wanted, Ordering::Relaxed);
+        if wanted && !was {
+            for (_, wake) in self.table.values().filter_map(|e| e.lane.as_ref()) {
+                let _ = wake.try_send(());
+            }
+        }
+    }
+
     /// Starts a publisher an operator stopped again, its lane served and woken.
     fn resume(&mut self, name: &str) {
         let Some((lane, wake)) = self.table.get(name).and_then(|e| e.lane.clone()) else {
@@ -523,6 +582,14 @@ impl Supervisor {
                 "{name:<50} {pending:>7} {:>8}  {}",
                 e.restarts,
                 e.state.get()
+            );
+        }
+        if !self.waiting.is_empty() {
+            let _ = writeln!(
+                s,
+                "{} lane(s) waiting for a publisher (--maxPublishers {})",
+                self.waiting.len(),
+                self.node.config.max_publishers
             );
         }
         for schedule in self.node.schedules.list() {

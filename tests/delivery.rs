@@ -322,3 +322,34 @@ fn an_idle_publisher_ends_and_starts_again_with_its_lane_s_next_message() {
     );
     drop(ships);
 }
+
+#[test]
+fn past_max_publishers_lanes_wait_their_turn_and_every_message_is_delivered_once() {
+    let nats = NatsServer::start();
+    let names = ["ship1", "ship2", "ship3", "ship4", "ship5", "ship6"];
+    let ships: Vec<Node> = names
+        .iter()
+        .map(|s| Node::start(s, &nats.address(), &[]))
+        .collect();
+    // Two publisher threads for six lanes (and the error and Hello lanes).
+    let central = Node::start("central", &nats.address(), &["--maxPublishers=2"]);
+    for round in ["one", "two"] {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNodes":["ship1","ship2","ship3","ship4","ship5","ship6"],"data":["echo","{round}"],"commandOrEvent":"CommandACK","method":"CLICommand"}}]"#
+        ));
+        assert_eq!(ended.len(), 6);
+        assert!(ended.iter().all(|(_, o)| o == "acked"), "{ended:?}");
+    }
+    for name in names {
+        let log = central.read(&format!("replies/{name}.CLICommand.log"));
+        assert_eq!(log.matches("=== ").count(), 2, "{name}: {log}");
+    }
+    let table = central.status();
+    let running = table
+        .lines()
+        .filter(|l| l.starts_with("publisher ") && !l.contains("stopped"))
+        .count();
+    assert!(running <= 2, "{table}");
+    report("max publishers 2, 6 lanes x 2", 12, 12, 0);
+    drop(ships);
+}

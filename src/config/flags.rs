@@ -73,6 +73,10 @@ pub struct Flags {
     /// memory given back; it starts again with its lane's next message) (default 30)
     #[argh(option)]
     pub keep_publishers_alive_for: Option<String>,
+    /// most publishers (threads sending to a lane) at once; past that, lanes wait their
+    /// turn and idle publishers end at once to make room (default 1000)
+    #[argh(option)]
+    pub max_publishers: Option<String>,
     /// bytes each sender may write into this node's errors.log, and into its textlog file,
     /// per hour; past that its messages are refused (default 67108864, 64 MiB)
     #[argh(option)]
@@ -132,6 +136,7 @@ impl Flags {
             "helloInterval" => self.hello_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
             "keepPublishersAliveFor" => self.keep_publishers_alive_for.clone(),
+            "maxPublishers" => self.max_publishers.clone(),
             "maxLogBytesPerHour" => self.max_log_bytes_per_hour.clone(),
             "minFreeBytesForLogs" => self.min_free_bytes_for_logs.clone(),
             "maxHttpBodyBytes" => self.max_http_body_bytes.clone(),
@@ -291,6 +296,7 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("helloInterval", "hello-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
     ("keepPublishersAliveFor", "keep-publishers-alive-for", false),
+    ("maxPublishers", "max-publishers", false),
     ("maxLogBytesPerHour", "max-log-bytes-per-hour", false),
     ("minFreeBytesForLogs", "min-free-bytes-for-logs", false),
     ("maxHttpBodyBytes", "max-http-body-bytes", false),

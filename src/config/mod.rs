@@ -52,6 +52,8 @@ pub struct Config {
     pub max_handlers: usize,
     /// How long an idle publisher waits before it ends.
     pub keep_publishers_alive_for: Duration,
+    /// Most publisher threads at once.
+    pub max_publishers: usize,
     /// Bytes each sender may write into errors.log, and into its textlog file, per hour.
     pub max_log_bytes_per_hour: u64,
     /// Free bytes kept for the journal on the data folder's disk (`None`: 64 MiB or 2 % of
@@ -200,6 +202,9 @@ impl Config {
         let keep_alive = o.number_where("keepPublishersAliveFor", 30, |&n| {
             (n == 0).then_some(Problem::Zero)
         })?;
+        let max_publishers = o.number_where("maxPublishers", 1000, |&n| {
+            (n == 0).then_some(Problem::Zero)
+        })?;
         let allow_commands_from = allow_rules(&o, &central.text)?;
         let replay_window = o.number_where("replayWindow", 300, |&n| {
             (n == 0).then_some(Problem::ZeroReplayWindow)
@@ -238,6 +243,7 @@ impl Config {
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
             max_handlers,
             keep_publishers_alive_for: Duration::from_secs(keep_alive),
+            max_publishers: max_publishers as usize,
             max_log_bytes_per_hour: o.number(
                 "maxLogBytesPerHour",
                 crate::log_budget::DEFAULT_BYTES_PER_HOUR,

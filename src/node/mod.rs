@@ -72,6 +72,8 @@ pub struct Node {
     pub log_budget: crate::log_budget::LogBudget,
     /// The schedules this node runs (see [`crate::schedule`]).
     pub schedules: crate::schedule::Schedules,
+    /// Lanes wait for a publisher (`--maxPublishers` reached): idle publishers end at once.
+    pub publishers_wanted: std::sync::atomic::AtomicBool,
     /// Since when (ms since the epoch) intake has found the data folder's disk full.
     disk_full_since: Mutex<Option<u64>>,
 }
@@ -142,6 +144,7 @@ impl Node {
                 config.min_free_bytes_for_logs,
             )),
             disk_full_since: Mutex::new(None),
+            publishers_wanted: std::sync::atomic::AtomicBool::new(false),
             config,
             broker,
             metrics,

@@ -221,6 +221,14 @@ impl Process for Publisher {
             let want = if batching && batchable { MAX_BATCH } else { 1 };
             let slot = self.take(want)?;
             if slot.is_empty() {
+                // Other lanes wait for a thread: make room now rather than idle.
+                let wanted = self
+                    .node
+                    .publishers_wanted
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if wanted && self.node.retire_lane(&self.subject) {
+                    return Ok(());
+                }
                 self.state.set("idle");
                 let retire = crossbeam_channel::after(self.node.config.keep_publishers_alive_for);
                 select! {
