@@ -56,6 +56,7 @@ pub mod config;
 pub mod control_client;
 pub mod demo;
 pub mod files;
+pub mod grant;
 pub mod journal;
 pub mod keys;
 pub mod log_budget;

@@ -55,6 +55,8 @@ pub struct Config {
     /// Free bytes kept for the journal on the data folder's disk (`None`: 64 MiB or 2 % of
     /// the disk, whichever is smaller); see [`crate::log_budget`].
     pub min_free_bytes_for_logs: Option<u64>,
+    /// Largest file `CopySrc` copies from this node (see [`crate::methods::copy`]).
+    pub max_copy_bytes: u64,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS and authentication for the broker link.
@@ -233,6 +235,7 @@ impl Config {
                 None => None,
                 Some(_) => Some(o.number("minFreeBytesForLogs", 0)?),
             },
+            max_copy_bytes: o.number("maxCopyBytes", crate::methods::copy::DEFAULT_MAX_BYTES)?,
             shutdown_grace: Duration::from_secs(5),
             security,
         })
