@@ -175,6 +175,7 @@ impl Received {
                     if let Some((state, _)) = inner.states.get_mut(*id) {
                         *state = Known::Running;
                     }
+                    log::info!("{id}: interrupted by the last stop of this node; run again");
                     Seen::New
                 }
                 Some(Known::Interrupted) => Seen::Interrupted,

@@ -12,7 +12,7 @@ use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
 
 const KINDS: [&str; 4] = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 13] = [
     "CLICommand",
     "TextLogging",
     "Hello",
@@ -24,6 +24,8 @@ const METHODS: [&str; 11] = [
     "OpProcessList",
     "OpProcessStop",
     "PublicKey",
+    "CopySrc",
+    "CopyDst",
 ];
 /// Whom a forgery claims to be: the central node, the target itself, a fleet member the
 /// target trusts, and a name nobody knows.

@@ -309,14 +309,14 @@ pub fn check_dst_path(path: &str) -> Result<(), String> {
         return refuse("it names a folder; give the file's path");
     }
     let parts = parts(path);
-    if parts.iter().any(|p| *p == "..") {
+    if parts.contains(&"..") {
         return refuse("\"..\" is not allowed");
     }
     if parts.is_empty() {
         return refuse("it names no file");
     }
     if !path.starts_with('/') {
-        check_in_data_folder(&parts).or_else(|why| refuse(why))?;
+        check_in_data_folder(&parts).or_else(refuse)?;
     }
     Ok(())
 }
