@@ -93,12 +93,12 @@ impl Fleet {
         assert!(reply.contains(&sha256(&self.bytes)), "{reply}");
     }
 
-    /// Waits until ship2 holds the file, whole: its SHA-256 equal to the source's.
-    fn wait_arrived(&self, ship2: &Node) {
+    /// Waits until `dest` holds the file, whole: its SHA-256 equal to the source's.
+    fn wait_arrived(&self, dest: &Node) {
         let want = sha256(&self.bytes);
         let deadline = Instant::now() + 2 * common::WAIT;
         loop {
-            if let Ok(got) = std::fs::read(ship2.path("incoming/big.bin")) {
+            if let Ok(got) = std::fs::read(dest.path("incoming/big.bin")) {
                 assert_eq!(
                     sha256(&got),
                     want,
@@ -108,19 +108,21 @@ impl Fleet {
             }
             assert!(
                 Instant::now() < deadline,
-                "ship2 never had the file; it took {} chunks\n--- ship2 ---\n{}\n--- ship1 ---\n{}",
-                received(ship2, "ok"),
-                tail(&ship2.log()),
+                "{} never had the file; it took {} chunks\n--- {} ---\n{}\n--- ship1 ---\n{}",
+                dest.name,
+                received(dest, "ok"),
+                dest.name,
+                tail(&dest.log()),
                 tail(&self.ship1.log())
             );
             std::thread::sleep(Duration::from_millis(25));
         }
         // The last chunk's answer, kept on the source, says so too.
         self.ship1.wait_for(
-            "replies/ship2.CopyDst.log",
+            &format!("replies/{}.CopyDst.log", dest.name),
             &format!("complete: {SIZE} bytes, sha256 {want}"),
         );
-        let left: Vec<String> = std::fs::read_dir(ship2.path("incoming"))
+        let left: Vec<String> = std::fs::read_dir(dest.path("incoming"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -245,6 +247,34 @@ fn a_copy_whose_destination_is_killed_mid_copy_completes_after_its_restart() {
         !ship2.log().contains("interrupted by a restart"),
         "a chunk cut short by the kill was answered as interrupted, not written again"
     );
+}
+
+#[test]
+fn a_copy_to_central_whose_source_is_killed_mid_copy_goes_on_from_its_journal() {
+    let mut f = fleet();
+    let started = Instant::now();
+    let ended = f.central.send_and_wait(&copy_src(
+        "ship1",
+        "out/big.bin",
+        "central",
+        "incoming/big.bin",
+    ));
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    let seen = wait_chunks(&f.central, CHUNKS / 2.0);
+    f.ship1.kill9();
+    f.ship1.restart();
+    f.wait_arrived(&f.central);
+    let (ok, duplicates) = (
+        received(&f.central, "ok"),
+        received(&f.central, "duplicate"),
+    );
+    eprintln!(
+        "[copy source_kill9] chunks={CHUNKS} in_before_kill={seen} written={ok} received_twice={duplicates} took={:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(seen < CHUNKS, "the source was killed mid-copy");
+    assert_eq!(ok, CHUNKS, "each chunk written once");
+    assert!(duplicates < 0.6 * CHUNKS, "{duplicates} chunks sent again");
 }
 
 #[test]
