@@ -16,6 +16,14 @@
 //! See the module above. A batch of chunks (five or six travel together) is written, then
 //! each file written is fsync'd once before any is ACKed; the temporary file's name is made
 //! durable (its folder fsync'd) when it is created.
+//!
+//! While the data folder's disk is below its floor (`--minFreeBytesForLogs`), chunks are
+//! not taken (unanswered, so the source tries again later), as for logs. A chunk that
+//! cannot be written all the same (another disk full, a folder not writable) is answered
+//! with the error and is not sent again; the copy then fails at its last chunk (the size
+//! or SHA-256 does not match), and is sent again with a new `CopySrc`. A copy that never
+//! gets its last chunk (its source gave up, or was wiped) leaves its temporary file; its
+//! name says which path it was for.
 
 use super::{digest, Chunk, Last};
 use crate::grant::{CopyGrant, COPY_DST};
