@@ -302,6 +302,7 @@ fn main() {
         from_node: "central".into(),
         accepted: 0,
         reply_ticket: None,
+        grant: None,
         message: serde_json::from_str(&event("ship1", 0)).unwrap(),
     }
     .encode();

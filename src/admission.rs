@@ -16,7 +16,9 @@
 //! 6. the sender may call it, as the method declares ([`Senders`]): commands only from
 //!    `--allowCommandsFrom`, `TrustedKeys` only from the central node, logs from any
 //!    verified sender; a result message (`inReplyTo`) only with this node's own ticket for
-//!    exactly that result (see [`crate::reply`]), and never to a command.
+//!    exactly that result (see [`crate::reply`]), and never to a command; a copy's chunk
+//!    (`CopyDst`) from another sender only with a grant, signed by a node that may call it
+//!    here, for exactly that copy from that sender (see [`crate::grant`]).
 //!
 //! A message failing 1–5 is answered with nothing at all (logged, and reported to central
 //! within a rate limit): whoever sent it proved nothing, and an answer would only help
@@ -71,6 +73,9 @@ pub enum Senders {
     /// Those `--allowCommandsFrom` allows, and a node sending the result this node asked it
     /// for (a valid ticket, see [`crate::reply`]): `File`, `FileAppend`, `Console`.
     CommandersOrAsked,
+    /// Those `--allowCommandsFrom` allows, and a node carrying a grant, signed by one of
+    /// them, for exactly what it sends (see [`crate::grant`]): `CopyDst`.
+    CommandersOrGranted,
 }
 
 /// A message that may run.
@@ -291,7 +296,7 @@ fn forbidden(
         }
         return match served.senders {
             Senders::Fleet | Senders::CommandersOrAsked => None,
-            Senders::Commanders | Senders::Central => Some(format!(
+            Senders::Commanders | Senders::Central | Senders::CommandersOrGranted => Some(format!(
                 "{method} does not take results: a result can never run a command"
             )),
         };
@@ -309,7 +314,10 @@ fn forbidden(
                 policy.central
             ))
         }
-        Senders::Central | Senders::Commanders | Senders::CommandersOrAsked => {}
+        Senders::Central
+        | Senders::Commanders
+        | Senders::CommandersOrAsked
+        | Senders::CommandersOrGranted => {}
     }
     if policy
         .allow_commands_from
@@ -323,10 +331,13 @@ fn forbidden(
         .iter()
         .map(|r| r.to_string())
         .collect();
-    let asked = if served.senders == Senders::CommandersOrAsked {
-        ", or as the result of a request this node sent"
-    } else {
-        ""
+    let asked = match served.senders {
+        Senders::CommandersOrAsked => ", or as the result of a request this node sent".into(),
+        Senders::CommandersOrGranted => match crate::grant::refusal(policy, trusted, e) {
+            None => return None,
+            Some(why) => format!(", or on a grant from one of them; {why}"),
+        },
+        _ => String::new(),
     };
     Some(format!(
         "{from} may not call {method} here (allowCommandsFrom: {}{asked})",
@@ -355,6 +366,7 @@ mod tests {
             from_node: from.into(),
             accepted: 0,
             reply_ticket: None,
+            grant: None,
             message: Message::new(to, kind, method, vec![]),
         }
     }
@@ -400,5 +412,219 @@ mod tests {
         assert!(own_inbox("_INBOX.central.", "central").is_err());
         assert!(own_inbox("_INBOX.centralx.abc", "central").is_err());
         assert!(own_inbox("ship2.CommandACK.CLICommand", "central").is_err());
+    }
+
+    /// ship2's gate for CopyDst, trusting central (its commander), ship1 and ship3 (fleet
+    /// members that command nothing there), and a CopySrc central sent ship1, with its
+    /// grant.
+    struct Copy {
+        _dir: tempfile::TempDir,
+        trusted: Trusted,
+        ids: std::collections::HashMap<&'static str, crate::keys::Identity>,
+        allow: Vec<Allow>,
+    }
+
+    impl Copy {
+        fn new() -> Copy {
+            let dir = tempfile::tempdir().unwrap();
+            let mut ids = std::collections::HashMap::new();
+            for name in ["central", "ship1", "ship2", "ship3"] {
+                let id = crate::keys::Identity::generate(&dir.path().join(name), false).unwrap();
+                if name != "ship2" {
+                    crate::keys::trust(&dir.path().join("ship2"), name, id.public_key()).unwrap();
+                }
+                ids.insert(name, id);
+            }
+            let own = ids["ship2"].public_key().to_string();
+            let trusted = Trusted::open(&dir.path().join("ship2"), "ship2", &own).unwrap();
+            Copy {
+                _dir: dir,
+                trusted,
+                ids,
+                allow: vec![Allow {
+                    from: "central".into(),
+                    methods: None,
+                }],
+            }
+        }
+
+        fn policy(&self) -> Policy<'_> {
+            Policy {
+                node: "ship2",
+                allow_commands_from: &self.allow,
+                ..policy()
+            }
+        }
+
+        /// The CopySrc `grantor` sends `source`, for ship2's `path` (mode `mode`).
+        fn request(grantor: &str, source: &str, path: &str, mode: Option<&str>) -> Envelope {
+            let mut data = vec!["/var/log/syslog".to_string(), "ship2".into(), path.into()];
+            data.extend(mode.map(str::to_string));
+            Envelope {
+                id: format!("{grantor}-copy-1"),
+                from_node: grantor.into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message: Message::new(source, Kind::CommandAck, "CopySrc", data),
+            }
+        }
+
+        /// The grant `signer` makes for `request` (as `wire_form` does, with its key).
+        fn grant(&self, signer: &str, request: &Envelope) -> String {
+            let grant = crate::grant::CopyGrant::of_request(request).unwrap();
+            self.ids[signer].vouch(&grant.bytes())
+        }
+
+        /// A chunk `from` sends ship2 carrying `request`'s grant `sig`.
+        fn chunk(from: &str, request: &Envelope, sig: &str) -> Envelope {
+            let grant = crate::grant::CopyGrant::of_request(request).unwrap();
+            Envelope {
+                id: format!("{from}-chunk-1"),
+                from_node: from.into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message: Message {
+                    method_args: Some(grant.chunk_args(sig)),
+                    ..Message::new(
+                        "ship2",
+                        Kind::EventAck,
+                        "CopyDst",
+                        vec!["0".into(), "aGk=".into()],
+                    )
+                },
+            }
+        }
+
+        fn verdict(&self, chunk: &Envelope) -> Option<String> {
+            let served = Served {
+                method: "CopyDst",
+                kinds: crate::methods::EVENTS,
+                senders: Senders::CommandersOrGranted,
+            };
+            forbidden(&self.policy(), &self.trusted, &served, chunk)
+        }
+
+        fn refused(&self, chunk: &Envelope, says: &str) {
+            let why = self.verdict(chunk).expect("refused");
+            assert!(why.contains(says), "{why}");
+            assert!(
+                why.starts_with(&format!("{} may not call CopyDst here", chunk.from_node)),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_copy_s_chunk_is_taken_on_its_commander_s_grant_for_exactly_that_copy() {
+        let w = Copy::new();
+        let asked = Copy::request("central", "ship1", "in/syslog", None);
+        let sig = w.grant("central", &asked);
+        assert_eq!(w.verdict(&Copy::chunk("ship1", &asked, &sig)), None);
+        // With a mode asked, the grant covers it.
+        let with_mode = Copy::request("central", "ship1", "in/syslog", Some("0600"));
+        let sig_mode = w.grant("central", &with_mode);
+        assert_eq!(
+            w.verdict(&Copy::chunk("ship1", &with_mode, &sig_mode)),
+            None
+        );
+        // A commander needs no grant.
+        let mut direct = Copy::chunk("central", &asked, "");
+        direct.message.method_args = None;
+        assert_eq!(w.verdict(&direct), None);
+    }
+
+    #[test]
+    fn a_chunk_without_its_commander_s_grant_for_exactly_that_copy_is_refused() {
+        let w = Copy::new();
+        let asked = Copy::request("central", "ship1", "in/syslog", None);
+        let sig = w.grant("central", &asked);
+        let good = Copy::chunk("ship1", &asked, &sig);
+
+        // No grant at all, an empty one, or one that is not a signature.
+        let mut none = good.clone();
+        none.message.method_args = None;
+        w.refused(&none, "carries no grant");
+        w.refused(&Copy::chunk("ship1", &asked, ""), "does not verify");
+        w.refused(&Copy::chunk("ship1", &asked, "zz"), "does not verify");
+        // Signed by the source itself, claiming to be central's.
+        let forged = w.grant("ship1", &asked);
+        w.refused(
+            &Copy::chunk("ship1", &asked, &forged),
+            "does not verify against central's key",
+        );
+        // A grant by a fleet member that may not command ship2, for its own request.
+        let by_ship3 = Copy::request("ship3", "ship1", "in/syslog", None);
+        let sig3 = w.grant("ship3", &by_ship3);
+        w.refused(
+            &Copy::chunk("ship1", &by_ship3, &sig3),
+            "ship3's, which may not call CopyDst here either",
+        );
+        // Central's grant, used for another path or another mode.
+        let mut other_path = good.clone();
+        other_path.message.method_args.as_mut().unwrap()[2] = "in/passwd".into();
+        w.refused(&other_path, "does not verify");
+        let mut other_mode = good.clone();
+        other_mode.message.method_args.as_mut().unwrap()[3] = "0777".into();
+        w.refused(&other_mode, "does not verify");
+        let mut other_copy = good.clone();
+        other_copy.message.method_args.as_mut().unwrap()[1] = "central-copy-2".into();
+        w.refused(&other_copy, "does not verify");
+        // Sent by another node than the one central asked.
+        let mut from_ship3 = good.clone();
+        from_ship3.from_node = "ship3".into();
+        w.refused(&from_ship3, "does not verify");
+        // Sent on to another destination: re-addressed, or replayed as it was.
+        let mut readdressed = good.clone();
+        readdressed.message.to_node = "ship4".into();
+        let ship4 = Policy {
+            node: "ship4",
+            ..w.policy()
+        };
+        let served = Served {
+            method: "CopyDst",
+            kinds: crate::methods::EVENTS,
+            senders: Senders::CommandersOrGranted,
+        };
+        let why = forbidden(&ship4, &w.trusted, &served, &readdressed).unwrap();
+        assert!(why.contains("does not verify"), "{why}");
+        let why = forbidden(&ship4, &w.trusted, &served, &good).unwrap();
+        assert!(why.contains("its grant is for ship2, not ship4"), "{why}");
+        // A commander's grant only while it is one: allowed other methods only, refused.
+        let mut w = w;
+        w.allow = vec![Allow {
+            from: "central".into(),
+            methods: Some(vec!["CLICommand".into()]),
+        }];
+        w.refused(&good, "central's, which may not call CopyDst here either");
+        // Central's word for something else (a result ticket) is no grant.
+        w.allow = vec![Allow {
+            from: "central".into(),
+            methods: None,
+        }];
+        let ticket = w.ids["central"].vouch(
+            &crate::reply::ResultRoute {
+                id: "central-copy-1",
+                from: "central",
+                to: "ship1",
+                reply_method: "File",
+                args: &[],
+                directory: Some("in"),
+                file_name: Some("syslog"),
+            }
+            .bytes(),
+        );
+        w.refused(&Copy::chunk("ship1", &asked, &ticket), "does not verify");
+        // And a chunk is never a result: a ticket-bearing CopyDst is refused as one.
+        let mut as_result = good.clone();
+        as_result.message.in_reply_to = Some(crate::message::InReplyTo {
+            id: "ship2-1".into(),
+            method: "CLICommand".into(),
+            status: crate::message::Status::Ok,
+            exit_code: None,
+            ticket: String::new(),
+        });
+        assert!(w.verdict(&as_result).is_some());
     }
 }

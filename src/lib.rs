@@ -35,12 +35,14 @@
 //! process/subscriber    one method's subjects: admission (the gate), received (nothing
 //!                       runs twice), then the method, then the ACK
 //! methods/              CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys, HttpGet, …:
-//!                       each a file, given a narrow Context
+//!                       each a file, given a narrow Context; copy/ (CopySrc, CopyDst: a
+//!                       file sent on in journaled chunks)
 //! node/report           errors and refusals to central, through intake like any message
 //! supervisor            starts, restarts (Retry or Fatal) and stops the processes
 //! ```
 //!
-//! Beside the path: [`node`] (the shared parts: handlers, presence, fail-stop),
+//! Beside the path: [`reply`] and [`grant`] (a node's signed word for what it asked: a
+//! result, a copy onto another node), [`node`] (the shared parts: handlers, presence, fail-stop),
 //! [`resumed`] (what a power cut took the record of), [`metrics`] (Prometheus and the
 //! status page), [`files`] (the data folder's layout, appends, atomic writes),
 //! [`log_budget`] (what each sender may write into errors.log and textlog/),
@@ -57,6 +59,7 @@ pub mod config;
 pub mod control_client;
 pub mod demo;
 pub mod files;
+pub mod grant;
 pub mod http_client;
 pub mod journal;
 pub mod keys;

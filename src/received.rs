@@ -143,6 +143,21 @@ impl Received {
     /// recorded as started, all with one fsync, before this returns. The fsync runs without
     /// the lock: meanwhile the ids count as running, so a retry of one is not run.
     pub fn begin_many(&self, from: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
+        self.begin_batch(from, ids, false)
+    }
+
+    /// As [`Received::begin_many`]; with `rerun_interrupted`, an id that was running when
+    /// this node died is taken to run again ([`Seen::New`], running from now, its
+    /// `Started` record already on disk) rather than answered as interrupted: for a method
+    /// whose run does the same thing twice as once
+    /// ([`Method::reruns_interrupted`](crate::methods::Method::reruns_interrupted)). A
+    /// second retry meanwhile finds it running, as any.
+    pub fn begin_batch(
+        &self,
+        from: &str,
+        ids: &[&str],
+        rerun_interrupted: bool,
+    ) -> io::Result<Vec<Seen>> {
         let keys: Vec<String> = ids.iter().map(|id| key(from, id)).collect();
         let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
         let ids = &ids[..];
@@ -157,6 +172,13 @@ impl Received {
             });
             seen.push(match known {
                 Some(Known::Running) => Seen::Running,
+                Some(Known::Interrupted) if rerun_interrupted => {
+                    if let Some((state, _)) = inner.states.get_mut(*id) {
+                        *state = Known::Running;
+                    }
+                    log::info!("{id}: interrupted by the last stop of this node; run again");
+                    Seen::New
+                }
                 Some(Known::Interrupted) => Seen::Interrupted,
                 Some(Known::Done { offset, len }) => {
                     Seen::Done(inner.stored_reply(id, offset, len)?)
@@ -432,6 +454,36 @@ mod tests {
         assert_eq!(r.begin("central", "c").unwrap(), Seen::New);
         // Another sender's message of the same id is another message: never its reply.
         assert_eq!(r.begin("ship2", "a").unwrap(), Seen::New);
+    }
+
+    #[test]
+    fn an_interrupted_id_runs_again_only_where_its_method_asks_and_once_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin_many("central", &["a", "b"]).unwrap().len(), 2);
+        drop(r); // died while both ran
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::Interrupted);
+        let seen = r.begin_batch("central", &["a", "b", "c"], true).unwrap();
+        assert_eq!(seen, vec![Seen::New, Seen::New, Seen::New]);
+        // A retry while the rerun runs finds it running: never two runs at once.
+        assert_eq!(
+            r.begin_batch("central", &["a"], true).unwrap(),
+            vec![Seen::Running]
+        );
+        finish(&r, &reply("a", "again"));
+        assert_eq!(
+            r.begin("central", "a").unwrap(),
+            Seen::Done(reply("a", "again"))
+        );
+        // Died again while b ran a second time: still interrupted, still its Started record.
+        drop(r);
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin("central", "b").unwrap(), Seen::Interrupted);
+        assert_eq!(
+            r.begin_batch("central", &["b"], true).unwrap(),
+            vec![Seen::New]
+        );
     }
 
     #[test]

@@ -38,8 +38,9 @@ pub const NONE: &str = "None";
 /// The methods that write where `directory` and `fileName` say.
 pub const FILE_METHODS: [&str; 2] = ["File", "FileAppend"];
 
-/// Folders of the data folder that are steward's own: no `directory` may start with one.
-const OWN_FOLDERS: [&str; 6] = [
+/// Folders of the data folder that are steward's own: no `directory` may start with one,
+/// nor a copy's relative `dstPath`.
+pub const OWN_FOLDERS: [&str; 6] = [
     "journal", "replies", "textlog", "keys", "startup", "received",
 ];
 
@@ -415,6 +416,7 @@ mod tests {
             from_node: "central".into(),
             accepted: 0,
             reply_ticket: Some("t".into()),
+            grant: None,
             message: Message {
                 reply_method: Some("File".into()),
                 reply_method_args: Some(vec!["a".into()]),
@@ -428,6 +430,7 @@ mod tests {
             from_node: "ship1".into(),
             accepted: 0,
             reply_ticket: None,
+            grant: None,
             message: result_message(&request, &Outcome::ok("out")).unwrap(),
         };
         let (asked, taken) = (
@@ -468,6 +471,7 @@ mod tests {
             from_node: "ship2".into(),
             accepted: 0,
             reply_ticket: Some("x".into()),
+            grant: None,
             message: Message {
                 reply_method: Some("Console".into()),
                 ..Message::new("ship1", Kind::CommandAck, "PublicKey", vec![])

@@ -245,6 +245,7 @@ mod tests {
                 from_node: "central".into(),
                 accepted: 1,
                 reply_ticket: None,
+                grant: None,
                 message: Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["x".into()]),
             },
         }

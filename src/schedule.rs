@@ -242,6 +242,7 @@ mod tests {
             from_node: "central".into(),
             accepted: 0,
             reply_ticket: None,
+            grant: None,
             message: Message {
                 schedule: Some(schedule.to_vec()),
                 reply_method: Some("FileAppend".into()),

@@ -12,7 +12,7 @@ use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
 
 const KINDS: [&str; 4] = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 14] = [
     "CLICommand",
     "TextLogging",
     "Hello",
@@ -25,6 +25,8 @@ const METHODS: [&str; 12] = [
     "OpProcessStop",
     "PublicKey",
     "HttpGet",
+    "CopySrc",
+    "CopyDst",
 ];
 /// Whom a forgery claims to be: the central node, the target itself, a fleet member the
 /// target trusts, and a name nobody knows.

@@ -16,6 +16,7 @@ mod common;
 mod backpressure;
 mod bad_input;
 mod client;
+mod copy;
 mod delivery;
 mod durability;
 mod hostile;

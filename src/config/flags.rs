@@ -89,6 +89,10 @@ pub struct Flags {
     /// textlog/ writes are refused (default 64 MiB or 2 % of the disk, whichever is smaller)
     #[argh(option)]
     pub min_free_bytes_for_logs: Option<String>,
+    /// largest file CopySrc copies from this node, in bytes: all its chunks wait in the
+    /// journal until the destination has them (default 268435456, 256 MiB)
+    #[argh(option)]
+    pub max_copy_bytes: Option<String>,
     /// CA certificate file (PEM): connect to the broker over TLS, checking its certificate
     /// and name against this CA
     #[argh(option)]
@@ -140,6 +144,7 @@ impl Flags {
             "maxLogBytesPerHour" => self.max_log_bytes_per_hour.clone(),
             "minFreeBytesForLogs" => self.min_free_bytes_for_logs.clone(),
             "maxHttpBodyBytes" => self.max_http_body_bytes.clone(),
+            "maxCopyBytes" => self.max_copy_bytes.clone(),
             "tlsCA" => self.tls_ca.clone(),
             "tlsCert" => self.tls_cert.clone(),
             "tlsKey" => self.tls_key.clone(),
@@ -300,6 +305,7 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("maxLogBytesPerHour", "max-log-bytes-per-hour", false),
     ("minFreeBytesForLogs", "min-free-bytes-for-logs", false),
     ("maxHttpBodyBytes", "max-http-body-bytes", false),
+    ("maxCopyBytes", "max-copy-bytes", false),
     ("tlsCA", "tls-ca", false),
     ("tlsCert", "tls-cert", false),
     ("tlsKey", "tls-key", false),

@@ -61,6 +61,8 @@ pub struct Config {
     pub min_free_bytes_for_logs: Option<u64>,
     /// Most bytes of a body `HttpGet` keeps ([`crate::methods::http_get`]).
     pub max_http_body_bytes: u64,
+    /// Largest file `CopySrc` copies from this node (see [`crate::methods::copy`]).
+    pub max_copy_bytes: u64,
     /// How long in-flight work may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS and authentication for the broker link.
@@ -253,6 +255,7 @@ impl Config {
                 Some(_) => Some(o.number("minFreeBytesForLogs", 0)?),
             },
             max_http_body_bytes,
+            max_copy_bytes: o.number("maxCopyBytes", crate::methods::copy::DEFAULT_MAX_BYTES)?,
             shutdown_grace: Duration::from_secs(5),
             security,
         })

@@ -340,3 +340,27 @@ fn help_shows_the_seed_names() {
     }
     assert!(!help.contains("--broker-address"));
 }
+
+#[test]
+fn the_largest_file_copied_comes_from_a_flag_the_environment_or_the_file() {
+    let c = load(&["--node=x"], &[]).unwrap();
+    assert_eq!(c.max_copy_bytes, 256 * 1024 * 1024);
+    let c = load(&["--node=x", "--maxCopyBytes=1048576"], &[]).unwrap();
+    assert_eq!(c.max_copy_bytes, 1 << 20);
+    let c = load(&["--node=x"], &[("STEWARD_MAX_COPY_BYTES", "4096")]).unwrap();
+    assert_eq!(c.max_copy_bytes, 4096);
+    let (_dir, path) = config_file("maxCopyBytes = 8192\n");
+    assert_eq!(
+        load(&["--node=x", "--config", &path], &[])
+            .unwrap()
+            .max_copy_bytes,
+        8192
+    );
+    let err = load(&["--node=x", "--maxCopyBytes=lots"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("maxCopyBytes") && err.contains("lots"),
+        "{err}"
+    );
+}

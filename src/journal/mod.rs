@@ -250,6 +250,7 @@ impl Journal {
                 from_node: from_node.to_string(),
                 accepted,
                 reply_ticket: None,
+                grant: None,
                 message,
             };
             let offset = start + buf.len() as u64;

@@ -390,6 +390,7 @@ fn a_journal_from_before_lanes_is_read_and_rewritten() {
         from_node: "central".into(),
         accepted: 1,
         reply_ticket: None,
+        grant: None,
         message: msg_to(if i == 2 { "ship2" } else { "ship1" }, i),
     };
     let mut buf = Vec::new();

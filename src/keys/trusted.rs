@@ -348,6 +348,15 @@ impl Trusted {
         if node == self.own.0 && key == self.own.1 {
             return (true, true);
         }
+        let keys = self.keys_of(node);
+        let known = !keys.is_empty() || node == self.own.0;
+        (keys.iter().any(|k| k == key), known)
+    }
+
+    /// The keys trusted for `node` (beside this node's own, for its own name): the
+    /// operator's pins, and central's distributed set unless `node` is protected, less the
+    /// revoked ones.
+    fn keys_of(&self, node: &str) -> Vec<String> {
         let loaded = self.refreshed();
         let sources: &[&KeySet] = if self.is_protected(node) {
             &[&loaded.pinned]
@@ -359,14 +368,13 @@ impl Trusted {
             true => loaded.revoked.keys.values().flatten().any(|r| r == k),
             false => loaded.is_revoked(k),
         };
-        let keys: Vec<&String> = sources
+        sources
             .iter()
             .filter_map(|s| s.keys.get(node))
             .flatten()
             .filter(|k| !revoked(k))
-            .collect();
-        let known = !keys.is_empty() || node == self.own.0;
-        (keys.iter().any(|k| *k == key), known)
+            .cloned()
+            .collect()
     }
 
     /// Whether this node vouched for `what` (`sig`: from [`Identity::vouch`](super::Identity::vouch)
@@ -378,6 +386,25 @@ impl Trusted {
         KeyPair::from_public_key(&self.own.1)
             .and_then(|k| k.verify(&super::vouched_bytes(what), &sig))
             .is_ok()
+    }
+
+    /// Whether `node` vouched for `what` (`sig`: from [`Identity::vouch`](super::Identity::vouch)
+    /// with a key this node trusts for `node`, as it would for a message `node` signed): a
+    /// grant ([`crate::grant`]), whose signer is not this node.
+    pub fn vouched_by(&self, node: &str, what: &[u8], sig: &str) -> bool {
+        let Some(sig) = unhex(sig) else {
+            return false;
+        };
+        let mut keys = self.keys_of(node);
+        if node == self.own.0 {
+            keys.push(self.own.1.clone());
+        }
+        let what = super::vouched_bytes(what);
+        keys.iter().any(|k| {
+            KeyPair::from_public_key(k)
+                .and_then(|k| k.verify(&what, &sig))
+                .is_ok()
+        })
     }
 
     /// Whether this node trusts any key for `node`.

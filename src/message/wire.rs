@@ -25,6 +25,11 @@ pub struct Envelope {
         skip_serializing_if = "Option::is_none"
     )]
     pub reply_ticket: Option<String>,
+    /// On a request that has its receiver write on another node on its sender's word
+    /// (`CopySrc`): its sender's signature over what it allows, which the receiver copies
+    /// into what it sends there (see [`crate::grant`]). Added as it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
     #[serde(flatten)]
     pub message: Message,
 }
@@ -298,6 +303,7 @@ mod tests {
             from_node: "central".into(),
             accepted: 1,
             reply_ticket: None,
+            grant: None,
             message: m,
         };
         let wire = e.encode();

@@ -21,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 pub mod cli_command;
 pub mod cli_command_cont;
 pub mod console;
+pub mod copy;
 pub mod error_log;
 pub mod file;
 pub mod hello;
@@ -119,6 +120,10 @@ pub trait Outbox: Sync {
     /// request asked for no result message (the output then belongs in the ACK).
     fn send_result(&self, request: &Envelope, outcome: &Outcome)
         -> std::io::Result<Option<String>>;
+    /// Sends messages of the method's own from this node (`CopySrc`'s chunks), journaled
+    /// like any, with one write and fsync for all: all of them, or (an error) none.
+    /// Returns their ids.
+    fn send(&self, messages: Vec<crate::message::Message>) -> std::io::Result<Vec<String>>;
 }
 
 impl Outbox for Node {
@@ -131,6 +136,9 @@ impl Outbox for Node {
         outcome: &Outcome,
     ) -> std::io::Result<Option<String>> {
         self.send_result_of(request, outcome)
+    }
+    fn send(&self, messages: Vec<crate::message::Message>) -> std::io::Result<Vec<String>> {
+        self.accept_ids(messages)
     }
 }
 
@@ -166,6 +174,13 @@ pub trait Method: Send + Sync {
     /// disk must get through.
     fn ready(&self, _ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
         Ok(())
+    }
+    /// Whether a message that was running when this node died is run again when its sender
+    /// retries it, rather than answered with an error saying it was interrupted: only for
+    /// a method whose run does the same thing twice as once (`CopyDst` writes the same
+    /// bytes at the same place). Never more than one run at a time, as for any message.
+    fn reruns_interrupted(&self) -> bool {
+        false
     }
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
@@ -203,6 +218,8 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(public_key::PublicKey),
         Arc::new(tail_file::TailFile),
         Arc::new(http_get::HttpGet),
+        Arc::new(copy::CopySrc),
+        Arc::new(copy::CopyDst),
     ]
 }
 

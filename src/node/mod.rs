@@ -26,7 +26,7 @@ mod intake;
 mod presence;
 mod report;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use handlers::{Handlers, HANDLER_IDLE};
 pub use intake::Progress;

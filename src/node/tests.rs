@@ -17,10 +17,16 @@ fn job(h: &Handlers, stop: &Receiver<()>, go: &Receiver<()>) -> Receiver<ThreadI
 
 /// A node in `dir` whose broker is never reached: enough to accept and watch messages.
 fn offline_node(dir: &std::path::Path) -> Node {
+    offline_node_named(dir, "ship1")
+}
+
+/// As [`offline_node`], named `name` (methods' tests: a source and a destination).
+pub(crate) fn offline_node_named(dir: &std::path::Path, name: &str) -> Node {
     use argh::FromArgs;
     let folder = format!("--dataFolder={}", dir.display());
+    let node = format!("--node={name}");
     let args = [
-        "--node=ship1",
+        node.as_str(),
         "--brokerAddress=127.0.0.1:1",
         folder.as_str(),
     ];
@@ -34,10 +40,10 @@ fn offline_node(dir: &std::path::Path) -> Node {
     let (journal, _) = Journal::open(&data.journal_dir()).unwrap();
     let received = Received::open(&data.journal_dir()).unwrap();
     let identity = Identity::load_or_create(&data.keys()).unwrap();
-    let trusted = Trusted::open(&data.keys(), "ship1", identity.public_key()).unwrap();
+    let trusted = Trusted::open(&data.keys(), name, identity.public_key()).unwrap();
     let metrics = Arc::new(Metrics::new());
     let broker = Broker::connect(
-        "ship1",
+        name,
         &config.brokers,
         config.security.clone(),
         metrics.clone(),

@@ -39,6 +39,7 @@ impl Process for HelloSender {
                 from_node: config.node.clone(),
                 accepted: now,
                 reply_ticket: None,
+                grant: None,
                 message: Message::new(
                     &config.central_node,
                     Kind::EventNack,

@@ -25,7 +25,8 @@
 //! the same code. A retry of a message already handled (its ACK was lost) is answered with
 //! the stored reply rather than run again; one still running is left to its first run's
 //! reply; one that was running when this node died is answered with an error saying so
-//! (see [`crate::received`]).
+//! (see [`crate::received`]), or, for a method that does the same thing twice as once
+//! ([`Method::reruns_interrupted`]: a copy's chunk), run again.
 //!
 //! A request that asks for its result elsewhere (`replyMethod`) has the result journaled
 //! as a message of its own, to its sender, before the request is recorded as finished; the
@@ -396,7 +397,10 @@ fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Optio
             .inc_by(ids.len() as u64);
         return None;
     }
-    let seen = match node.received.begin_many(&a.from, &ids) {
+    let seen = match node
+        .received
+        .begin_batch(&a.from, &ids, method.reruns_interrupted())
+    {
         Ok(seen) => seen,
         Err(e) => {
             node.stop_if_received_unusable();

@@ -3,6 +3,7 @@
 //! ([`crate::retry`]), a batch of events, a NACK published once.
 
 use super::*;
+use crate::grant::CopyGrant;
 use crate::keys::Identity;
 use crate::message::Envelope;
 use crate::reply::ResultRoute;
@@ -37,17 +38,21 @@ pub(super) fn batch_of(
 }
 
 /// A message as it leaves: with its sender's ticket for the result it asks for, if it asks
-/// for one (see [`crate::reply`]). The same bytes at every attempt (the signature is
-/// deterministic), so the journal need not keep it.
+/// for one (see [`crate::reply`]), and its grant for the copy it asks for, if it asks for
+/// one (see [`crate::grant`]). The same bytes at every attempt (the signature is
+/// deterministic), so the journal need not keep them.
 pub(super) fn wire_form(identity: &Identity, envelope: &Envelope) -> Vec<u8> {
-    match ResultRoute::of_request(envelope) {
-        Some(route) => Envelope {
-            reply_ticket: Some(identity.vouch(&route.bytes())),
-            ..envelope.clone()
-        }
-        .encode(),
-        None => envelope.encode(),
+    let ticket = ResultRoute::of_request(envelope).map(|route| identity.vouch(&route.bytes()));
+    let grant = CopyGrant::of_request(envelope).map(|grant| identity.vouch(&grant.bytes()));
+    if ticket.is_none() && grant.is_none() {
+        return envelope.encode();
     }
+    Envelope {
+        reply_ticket: ticket.or_else(|| envelope.reply_ticket.clone()),
+        grant: grant.or_else(|| envelope.grant.clone()),
+        ..envelope.clone()
+    }
+    .encode()
 }
 
 /// How long one attempt waits for the ACK: `timeout`; without it, a method allowed to run

@@ -360,6 +360,7 @@ mod tests {
                 from_node: "central".into(),
                 accepted: 1,
                 reply_ticket: None,
+                grant: None,
                 message: Message::new("ship1", Kind::EventAck, "TextLogging", vec![text.into()]),
             },
         }

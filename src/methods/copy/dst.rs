@@ -1,0 +1,416 @@
+//! `CopyDst`: a copy's chunks, written on the destination (see the module above for the
+//! whole copy).
+//!
+//! # Where: `dstPath`
+//!
+//! Absolute, or relative to the data folder. No `..` anywhere, no control character, and it
+//! names a file (no trailing `/`). Under the data folder (relative, or absolute and
+//! landing there) it must be in a folder, not one of steward's own (`journal`, `keys`,
+//! `replies`, …): `inmsg.txt` or `keys/trusted.txt` are not a copy's to replace. A
+//! relative path's folders are made (private) as need be and none may be a symbolic link,
+//! as for `File`; an absolute path's folder must exist. The file itself is replaced by a
+//! rename, which never follows a link at that name.
+//!
+//! # Writing, resuming, finishing
+//!
+//! See the module above. A batch of chunks (five or six travel together) is written, then
+//! each file written is fsync'd once before any is ACKed; the temporary file's name is made
+//! durable (its folder fsync'd) when it is created.
+//!
+//! While the data folder's disk is below its floor (`--minFreeBytesForLogs`), chunks are
+//! not taken (unanswered, so the source tries again later), as for logs. A chunk that
+//! cannot be written all the same (another disk full, a folder not writable) is answered
+//! with the error and is not sent again; the copy then fails at its last chunk (the size
+//! or SHA-256 does not match), and is sent again with a new `CopySrc`. A copy that never
+//! gets its last chunk (its source gave up, or was wiped) leaves its temporary file; its
+//! name says which path it was for.
+
+use super::{digest, Chunk, Last};
+use crate::grant::{CopyGrant, COPY_DST};
+use crate::message::{Envelope, Kind};
+use crate::methods::{Context, Method, Outcome, Senders, EVENTS};
+use crate::reply::OWN_FOLDERS;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+pub struct CopyDst;
+
+impl Method for CopyDst {
+    fn name(&self) -> &'static str {
+        COPY_DST
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        EVENTS
+    }
+    fn senders(&self) -> Senders {
+        Senders::CommandersOrGranted
+    }
+    fn reruns_interrupted(&self) -> bool {
+        true
+    }
+    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space(&ctx.data.root)
+    }
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
+        self.handle_batch(&[envelope], ctx)
+            .pop()
+            .expect("one outcome per message")
+    }
+    fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
+        let mut open = Open::default();
+        let mut outcomes: Vec<Outcome> = envelopes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match take(e, ctx, &mut open, i) {
+                Ok(said) => Outcome::ok(said),
+                Err(why) => Outcome::error(why),
+            })
+            .collect();
+        // Nothing is ACKed before it is on disk.
+        for pending in open.files {
+            if let Err(e) = pending.file.sync_data() {
+                let why = format!("cannot write {}: {e}", pending.temp.display());
+                for i in pending.chunks {
+                    outcomes[i] = Outcome::error(why.clone());
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// The temporary files a batch wrote and has not synced yet, with the chunks written to
+/// each (by their place in the batch).
+#[derive(Default)]
+struct Open {
+    files: Vec<Pending>,
+}
+
+struct Pending {
+    temp: PathBuf,
+    file: File,
+    chunks: Vec<usize>,
+}
+
+impl Open {
+    /// The temporary file `temp`, opened (created, and its name made durable, if new) for
+    /// chunk `i`.
+    fn file(&mut self, temp: &Path, i: usize) -> Result<&File, String> {
+        let at = match self.files.iter().position(|p| p.temp == temp) {
+            Some(at) => at,
+            None => {
+                self.files.push(Pending {
+                    temp: temp.to_path_buf(),
+                    file: open_temp(temp)?,
+                    chunks: Vec::new(),
+                });
+                self.files.len() - 1
+            }
+        };
+        self.files[at].chunks.push(i);
+        Ok(&self.files[at].file)
+    }
+
+    /// The file `temp` is done with (synced and renamed, or set aside): out of the batch's
+    /// list, with the chunks it held.
+    fn done(&mut self, temp: &Path) {
+        self.files.retain(|p| p.temp != temp);
+    }
+}
+
+/// Opens (or creates, private) a copy's temporary file, never through a symbolic link.
+fn open_temp(temp: &Path) -> Result<File, String> {
+    let cannot = |e: io::Error| format!("cannot write {}: {e}", temp.display());
+    let options = |create_new: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .mode(crate::files::PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW);
+        if create_new {
+            o.create_new(true);
+        }
+        o
+    };
+    let file = match options(true).open(temp) {
+        Ok(file) => {
+            // A restart must find it: its name is part of the copy's progress.
+            let dir = temp.parent().unwrap_or(Path::new("/"));
+            crate::files::sync_dir(dir).map_err(cannot)?;
+            file
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            options(false).open(temp).map_err(cannot)?
+        }
+        Err(e) => return Err(cannot(e)),
+    };
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", temp.display()));
+    }
+    Ok(file)
+}
+
+/// Takes chunk `i` of the batch: written into its copy's temporary file, and, the last,
+/// checked and put in place. What happened, or why not.
+fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String, String> {
+    let Some((grant, _)) = CopyGrant::of_chunk(e) else {
+        return Err(
+            "a chunk's methodArgs are [grantor, copy id, dstPath, mode, grant]: not a chunk of a CopySrc".into(),
+        );
+    };
+    let chunk = Chunk::parse(&e.message.data)?;
+    let dst = place(&ctx.data.root, grant.path)?;
+    let temp = temp_path(&dst, grant.source, grant.id);
+    let id = grant.id;
+    if let Some(last) = &chunk.last {
+        // Run again after it was put in place (this node died before it answered): the
+        // temporary file is gone, and dstPath holds the file.
+        if !temp.exists() && holds(&dst, last) {
+            return Ok(already_in_place(id, &dst, last));
+        }
+    }
+    let file = open.file(&temp, i)?;
+    file.write_all_at(&chunk.bytes, chunk.offset)
+        .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+    match &chunk.last {
+        None => Ok(format!(
+            "copy {id}: {} bytes at {}\n",
+            chunk.bytes.len(),
+            chunk.offset
+        )),
+        Some(last) => {
+            let said = finish(e, ctx, &grant, last, file, &temp, &dst);
+            // Synced by `finish` (or set aside): nothing left to sync for this batch, unless
+            // the sync itself failed, and then the batch's sync says so for every chunk.
+            if said.is_ok() || !temp.exists() {
+                open.done(&temp);
+            }
+            said
+        }
+    }
+}
+
+/// The last chunk is written: checks the whole file and puts it in place.
+fn finish(
+    e: &Envelope,
+    ctx: &Context,
+    grant: &CopyGrant,
+    last: &Last,
+    file: &File,
+    temp: &Path,
+    dst: &Path,
+) -> Result<String, String> {
+    let cannot = |what: &Path, e: io::Error| format!("cannot write {}: {e}", what.display());
+    let id = grant.id;
+    file.sync_data().map_err(|e| cannot(temp, e))?;
+    let (size, sha256) =
+        digest(file).map_err(|e| format!("cannot read {}: {e}", temp.display()))?;
+    if size != last.size || sha256 != last.sha256 {
+        if holds(dst, last) {
+            // A chunk of a copy already done, written again after a restart.
+            let _ = fs::remove_file(temp);
+            return Ok(already_in_place(id, dst, last));
+        }
+        let mut bad = temp.as_os_str().to_owned();
+        bad.push(".bad");
+        let bad = PathBuf::from(bad);
+        let kept = match fs::rename(temp, &bad) {
+            Ok(()) => format!("kept as {}", bad.display()),
+            Err(_) => format!("left as {}", temp.display()),
+        };
+        let why = format!(
+            "copy {id} from {} to {}: SHA-256 mismatch: {} sent sha256 {} ({} bytes), {} received sha256 {sha256} ({size} bytes); {kept}; nothing put in place",
+            grant.source,
+            dst.display(),
+            grant.source,
+            last.sha256,
+            last.size,
+            ctx.config.node
+        );
+        ctx.outbox
+            .report_error(format!("{}: {why}", ctx.config.node));
+        return Err(why);
+    }
+    let mode = match grant.mode {
+        "" => last.mode,
+        asked => super::parse_mode(asked)?,
+    } & 0o777;
+    let dir = dst.parent().unwrap_or(Path::new("/"));
+    let placed = file
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(temp, dst))
+        .and_then(|()| crate::files::sync_dir(dir));
+    if let Err(err) = placed {
+        let why = format!(
+            "copy {id} from {}: checked (sha256 {sha256}), but cannot put it in place as {}: {err}; left as {}",
+            grant.source,
+            dst.display(),
+            temp.display()
+        );
+        ctx.outbox
+            .report_error(format!("{}: {why}", ctx.config.node));
+        return Err(why);
+    }
+    log::info!(
+        "copy {id} from {} ({}): {size} bytes, sha256 {sha256}, in place as {} (mode {mode:04o})",
+        grant.source,
+        e.from_node,
+        dst.display()
+    );
+    Ok(format!(
+        "copy {id} complete: {size} bytes, sha256 {sha256}, in place as {} (mode {mode:04o})\n",
+        dst.display()
+    ))
+}
+
+fn already_in_place(id: &str, dst: &Path, last: &Last) -> String {
+    format!(
+        "copy {id} complete: {} bytes, sha256 {}, already in place as {}\n",
+        last.size,
+        last.sha256,
+        dst.display()
+    )
+}
+
+/// Whether `path` holds exactly the file `last` describes.
+fn holds(path: &Path, last: &Last) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    file.metadata().is_ok_and(|m| m.len() == last.size)
+        && digest(&file).is_ok_and(|(size, sha)| size == last.size && sha == last.sha256)
+}
+
+/// The temporary file of copy `id` from `source` to `dst`: beside it, hidden, named after
+/// both (hashed: an id may hold any character), so two copies never share one.
+pub fn temp_path(dst: &Path, source: &str, id: &str) -> PathBuf {
+    let hash = Sha256::digest(format!("{source}\n{id}").as_bytes());
+    let hash: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Room for the suffix within a name's 255 bytes.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    dst.with_file_name(format!(".{}.copy-{hash}", &name[..cut]))
+}
+
+/// Checks the form of a `dstPath` (see the module docs): at the source before anything is
+/// queued, and again here.
+pub fn check_dst_path(path: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("bad dstPath {path:?}: {why}"));
+    if path.is_empty() {
+        return refuse("empty");
+    }
+    if path.chars().any(char::is_control) {
+        return refuse("it holds a control character");
+    }
+    if path.ends_with('/') {
+        return refuse("it names a folder; give the file's path");
+    }
+    let parts = parts(path);
+    if parts.contains(&"..") {
+        return refuse("\"..\" is not allowed");
+    }
+    if parts.is_empty() {
+        return refuse("it names no file");
+    }
+    if !path.starts_with('/') {
+        check_in_data_folder(&parts).or_else(refuse)?;
+    }
+    Ok(())
+}
+
+/// A path's names, without empty ones and `.`.
+fn parts(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect()
+}
+
+/// What a path under the data folder must be: in a folder, not one of steward's own.
+fn check_in_data_folder(parts: &[&str]) -> Result<(), &'static str> {
+    if parts.len() < 2 {
+        return Err(
+            "in the data folder, a copy goes into a folder (e.g. \"incoming/file\"), not beside inmsg.txt",
+        );
+    }
+    if OWN_FOLDERS.contains(&parts[0]) {
+        return Err("a folder of steward's own");
+    }
+    Ok(())
+}
+
+/// Where `path` (a `dstPath`) is on this node, whose data folder is `root`; a relative
+/// path's folders are made as need be.
+pub fn place(root: &Path, path: &str) -> Result<PathBuf, String> {
+    check_dst_path(path)?;
+    let parts = parts(path);
+    let (name, folders) = parts.split_last().expect("check_dst_path: a file is named");
+    let refuse =
+        |at: &Path, why: &str| Err(format!("bad dstPath {path:?}: {}: {why}", at.display()));
+    let dir = if path.starts_with('/') {
+        let dir: PathBuf = std::iter::once("/")
+            .chain(folders.iter().copied())
+            .collect();
+        let real = match dir.canonicalize() {
+            Ok(real) if real.is_dir() => real,
+            Ok(_) => return refuse(&dir, "not a folder"),
+            Err(e) => {
+                return refuse(
+                    &dir,
+                    &format!("cannot be used ({e}); the folder must exist"),
+                )
+            }
+        };
+        if let Ok(inside) = real.join(name).strip_prefix(root) {
+            let inside: Vec<&str> = inside
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => n.to_str(),
+                    _ => None,
+                })
+                .collect();
+            if let Err(why) = check_in_data_folder(&inside) {
+                return refuse(&real, why);
+            }
+        }
+        dir
+    } else {
+        let mut dir = root.to_path_buf();
+        for folder in folders {
+            dir.push(folder);
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return refuse(
+                        &dir,
+                        "a symbolic link: refused, it could lead out of the data folder",
+                    )
+                }
+                Ok(meta) if !meta.is_dir() => return refuse(&dir, "not a folder"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Err(e) = fs::DirBuilder::new()
+                        .mode(crate::files::PRIVATE_DIR)
+                        .create(&dir)
+                    {
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            return refuse(&dir, &format!("cannot be made: {e}"));
+                        }
+                    }
+                }
+                Err(e) => return refuse(&dir, &format!("cannot be looked at: {e}")),
+            }
+        }
+        dir
+    };
+    Ok(dir.join(name))
+}

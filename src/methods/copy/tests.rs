@@ -1,0 +1,362 @@
+//! The copy's own tests: the chunk format, paths, and a whole copy between two offline
+//! nodes (the source's journal in, the destination's file out), cut short and resumed.
+
+use super::*;
+use crate::message::{Envelope, Status};
+use crate::node::tests::offline_node_named;
+use crate::node::Node;
+use crate::subject::Subject;
+
+fn request(src: &str, dst: &str, mode: Option<&str>) -> Envelope {
+    let mut data = vec![src.to_string(), "ship2".into(), dst.to_string()];
+    data.extend(mode.map(str::to_string));
+    Envelope {
+        id: "central-0123abcd".into(),
+        from_node: "central".into(),
+        accepted: 0,
+        reply_ticket: None,
+        grant: Some("00".repeat(64)),
+        message: Message::new("ship1", Kind::CommandAck, COPY_SRC, data),
+    }
+}
+
+/// The chunks `source` journaled for ship2, in order.
+fn queued(source: &Node) -> Vec<Envelope> {
+    let lane = Subject::new("ship2", Kind::EventAck, COPY_DST).unwrap();
+    let entries = source.journal().take(&lane, 100_000).unwrap();
+    entries.into_iter().map(|e| e.envelope).collect()
+}
+
+/// Hands `chunks` to `node`'s CopyDst in batches of `batch`, as its subscriber would.
+fn deliver(node: &Node, chunks: &[Envelope], batch: usize) -> Vec<Outcome> {
+    chunks
+        .chunks(batch)
+        .flat_map(|b| {
+            let refs: Vec<&Envelope> = b.iter().collect();
+            CopyDst.handle_batch(&refs, &node.context())
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Bytes that do not repeat within a chunk.
+fn content(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Pair {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    source: Node,
+    dest: Node,
+    bytes: Vec<u8>,
+}
+
+/// A source with a file of `len` bytes (mode 0640) at `out/file.bin`, and a destination.
+fn pair(len: usize) -> Pair {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = offline_node_named(a.path(), "ship1");
+    let dest = offline_node_named(b.path(), "ship2");
+    let bytes = content(len);
+    std::fs::create_dir_all(a.path().join("out")).unwrap();
+    let src = a.path().join("out/file.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+    Pair {
+        _dirs: (a, b),
+        source,
+        dest,
+        bytes,
+    }
+}
+
+#[test]
+fn a_chunk_s_data_round_trips_and_bad_data_is_refused() {
+    let chunk = Chunk {
+        offset: 131072,
+        bytes: b"hello".to_vec(),
+        last: Some(Last {
+            size: 131077,
+            sha256: "ab".repeat(32),
+            mode: 0o640,
+        }),
+    };
+    let data = chunk.data();
+    assert_eq!(data[4], "640");
+    assert_eq!(Chunk::parse(&data).unwrap(), chunk);
+    let plain = Chunk {
+        last: None,
+        ..chunk.clone()
+    };
+    assert_eq!(Chunk::parse(&plain.data()).unwrap(), plain);
+    let bad = |data: &[&str], says: &str| {
+        let data: Vec<String> = data.iter().map(|s| s.to_string()).collect();
+        let why = Chunk::parse(&data).unwrap_err();
+        assert!(why.contains(says), "{data:?}: {why}");
+    };
+    bad(&["0"], "not 1 elements");
+    bad(&["-1", "aGk="], "bad offset");
+    bad(&["0", "aGk"], "not base64");
+    bad(&["0", "aGk=", "2", "AB", "644"], "bad sha256");
+    bad(&["0", "aGk=", "2", &"AB".repeat(32), "644"], "bad sha256");
+    bad(&["0", "aGk=", "2", &"ab".repeat(32), "4755"], "bad mode");
+    bad(&[&u64::MAX.to_string(), "aGk="], "past any file");
+    // A chunk with its data fits a message, whatever the bytes.
+    let full = Chunk {
+        offset: 0,
+        bytes: vec![0xff; CHUNK_BYTES],
+        last: chunk.last,
+    };
+    let m = Message {
+        method_args: Some(vec!["x".repeat(300); 5]),
+        ..Message::new("ship2", Kind::EventAck, COPY_DST, full.data())
+    };
+    assert!(m.check_limits().is_ok(), "{} bytes", m.data_bytes());
+}
+
+#[test]
+fn a_dst_path_is_a_file_outside_steward_s_own_folders() {
+    for ok in [
+        "incoming/a.tar.gz",
+        "a/b/c d.txt",
+        "/tmp/x",
+        "./incoming/./x",
+    ] {
+        assert!(dst::check_dst_path(ok).is_ok(), "{ok}");
+    }
+    for (bad, says) in [
+        ("", "empty"),
+        ("incoming/../../etc/passwd", "\"..\""),
+        ("/etc/../root/x", "\"..\""),
+        ("incoming/", "names a folder"),
+        ("inmsg.txt", "goes into a folder"),
+        ("keys/trusted.txt", "steward's own"),
+        ("journal/journal.log", "steward's own"),
+        ("incoming/a\nb", "control character"),
+        ("/", "names a folder"),
+    ] {
+        let why = dst::check_dst_path(bad).unwrap_err();
+        assert!(why.contains(says), "{bad:?}: {why}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let placed = dst::place(&root, "in/coming/x.bin").unwrap();
+    assert_eq!(placed, root.join("in/coming/x.bin"));
+    assert!(root.join("in/coming").is_dir(), "folders made");
+    // No symbolic link on the way of a relative path.
+    std::os::unix::fs::symlink("/tmp", root.join("in/tmp")).unwrap();
+    let why = dst::place(&root, "in/tmp/x").unwrap_err();
+    assert!(why.contains("symbolic link"), "{why}");
+    // An absolute path's folder must exist, and lands nowhere steward's own.
+    let why = dst::place(&root, "/nonexistent-steward/x").unwrap_err();
+    assert!(why.contains("the folder must exist"), "{why}");
+    std::fs::create_dir_all(root.join("keys")).unwrap();
+    let into_keys = format!("{}/keys/trusted.txt", root.display());
+    let why = dst::place(&root, &into_keys).unwrap_err();
+    assert!(why.contains("steward's own"), "{why}");
+    let beside_inmsg = format!("{}/inmsg.txt", root.display());
+    let why = dst::place(&root, &beside_inmsg).unwrap_err();
+    assert!(why.contains("goes into a folder"), "{why}");
+    let elsewhere = format!("{}/in/y", root.display());
+    assert_eq!(dst::place(&root, &elsewhere).unwrap(), root.join("in/y"));
+}
+
+#[test]
+fn two_copies_to_one_path_have_temporary_files_of_their_own() {
+    let dst = Path::new("/data/in/x.bin");
+    let a = dst::temp_path(dst, "ship1", "central-1");
+    assert_eq!(a.parent(), dst.parent());
+    let name = a.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with(".x.bin.copy-"), "{name}");
+    assert_ne!(a, dst::temp_path(dst, "ship1", "central-2"));
+    assert_ne!(a, dst::temp_path(dst, "ship3", "central-1"));
+    // A long name still leaves room for the suffix.
+    let long = PathBuf::from(format!("/d/{}", "é".repeat(127)));
+    let t = dst::temp_path(&long, "ship1", "c");
+    assert!(t.file_name().unwrap().len() <= 255);
+}
+
+#[test]
+fn a_copy_goes_from_source_to_destination_and_is_checked_whole() {
+    let p = pair(5 * CHUNK_BYTES / 2 + 17);
+    let asked = request("out/file.bin", "incoming/file.bin", None);
+    let said = CopySrc.handle(&asked, &p.source.context());
+    assert_eq!(said.status, Status::Ok, "{}", said.output);
+    let sha = sha256_hex(&p.bytes);
+    assert!(said.output.contains("queued 3 chunks"), "{}", said.output);
+    assert!(said.output.contains(&sha), "{}", said.output);
+    let chunks = queued(&p.source);
+    assert_eq!(chunks.len(), 3);
+    for c in &chunks {
+        let m = &c.message;
+        assert_eq!((m.kind, m.to_node.as_str()), (Kind::EventAck, "ship2"));
+        assert_eq!(m.ttl, Some(CHUNK_TTL_SECS));
+        assert!(m.check_limits().is_ok());
+        let (grant, sig) = CopyGrant::of_chunk(c).unwrap();
+        assert_eq!(
+            (grant.grantor, grant.id, grant.path, grant.mode, sig),
+            (
+                "central",
+                "central-0123abcd",
+                "incoming/file.bin",
+                "",
+                "00".repeat(64).as_str()
+            )
+        );
+    }
+    assert!(
+        chunks[2].message.timeout >= Some(60),
+        "the last is checked whole"
+    );
+    let outcomes = deliver(&p.dest, &chunks, 5);
+    assert!(
+        outcomes.iter().all(|o| o.status == Status::Ok),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[2].output.contains("complete"),
+        "{}",
+        outcomes[2].output
+    );
+    let placed = p.dest.data.root.join("incoming/file.bin");
+    assert_eq!(std::fs::read(&placed).unwrap(), p.bytes);
+    let mode = std::fs::metadata(&placed).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the source's mode");
+    let left: Vec<_> = std::fs::read_dir(p.dest.data.root.join("incoming"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+
+    // With a mode asked, and an empty file: one chunk.
+    let p = pair(0);
+    let asked = request("out/file.bin", "incoming/empty", Some("0604"));
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    let chunks = queued(&p.source);
+    assert_eq!(chunks.len(), 1);
+    assert!(deliver(&p.dest, &chunks, 5)[0].output.contains("complete"));
+    let placed = p.dest.data.root.join("incoming/empty");
+    assert_eq!(std::fs::read(&placed).unwrap(), b"");
+    let mode = std::fs::metadata(&placed).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o604, "the mode asked");
+}
+
+#[test]
+fn a_destination_restarted_mid_copy_goes_on_and_a_chunk_run_again_is_harmless() {
+    let mut p = pair(7 * CHUNK_BYTES + 1000);
+    let asked = request("out/file.bin", "incoming/file.bin", None);
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    let chunks = queued(&p.source);
+    assert_eq!(chunks.len(), 8);
+    let (first, rest) = chunks.split_at(3);
+    assert!(deliver(&p.dest, first, 2)
+        .iter()
+        .all(|o| o.status == Status::Ok));
+    // The destination restarts: the temporary file is all its progress, and is enough.
+    let root = p.dest.data.root.clone();
+    drop(std::mem::replace(
+        &mut p.dest,
+        offline_node_named(&root, "ship2"),
+    ));
+    // The chunk that was being written when it died is written again, then the rest.
+    let outcomes = deliver(&p.dest, &chunks[2..], 5);
+    assert!(
+        outcomes.iter().all(|o| o.status == Status::Ok),
+        "{outcomes:?}"
+    );
+    let placed = root.join("incoming/file.bin");
+    assert_eq!(std::fs::read(&placed).unwrap(), p.bytes);
+    assert!(rest.len() == 5);
+    // A batch run again after the file was put in place (the node died before it
+    // answered): the same file, said so, and no temporary file left behind.
+    let again = deliver(&p.dest, &chunks[5..], 5);
+    assert!(again.iter().all(|o| o.status == Status::Ok), "{again:?}");
+    assert!(
+        again[2].output.contains("already in place"),
+        "{}",
+        again[2].output
+    );
+    assert_eq!(std::fs::read(&placed).unwrap(), p.bytes);
+    let last_alone = deliver(&p.dest, &chunks[7..], 1);
+    assert!(last_alone[0].output.contains("already in place"));
+    let left = std::fs::read_dir(root.join("incoming")).unwrap().count();
+    assert_eq!(left, 1, "no temporary file left");
+}
+
+#[test]
+fn a_mismatch_keeps_the_file_aside_names_both_hashes_and_puts_nothing_in_place() {
+    let p = pair(3 * CHUNK_BYTES);
+    let asked = request("out/file.bin", "incoming/file.bin", None);
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    let mut chunks = queued(&p.source);
+    // One chunk arrives other than it was sent (a source whose file changed under it).
+    let mut other = Chunk::parse(&chunks[1].message.data).unwrap();
+    other.bytes[0] ^= 1;
+    chunks[1].message.data = other.data();
+    let outcomes = deliver(&p.dest, &chunks, 5);
+    let last = &outcomes[2];
+    assert_eq!(last.status, Status::Error);
+    let sent = sha256_hex(&p.bytes);
+    let mut received = p.bytes.clone();
+    received[CHUNK_BYTES] ^= 1;
+    let received = sha256_hex(&received);
+    assert!(last.output.contains(&sent), "{}", last.output);
+    assert!(last.output.contains(&received), "{}", last.output);
+    let root = &p.dest.data.root;
+    assert!(!root.join("incoming/file.bin").exists());
+    let bad: Vec<String> = std::fs::read_dir(root.join("incoming"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        bad.len() == 1 && bad[0].ends_with(".bad"),
+        "kept aside: {bad:?}"
+    );
+}
+
+#[test]
+fn copy_src_refuses_what_it_must_not_copy_before_queueing_anything() {
+    let mut p = pair(1000);
+    let refused = |p: &Pair, asked: &Envelope, says: &str| {
+        let said = CopySrc.handle(asked, &p.source.context());
+        assert_eq!(said.status, Status::Error, "{says}");
+        assert!(said.output.contains(says), "{}", said.output);
+        assert!(queued(&p.source).is_empty(), "nothing queued: {says}");
+    };
+    let mut unsigned = request("out/file.bin", "in/x", None);
+    unsigned.grant = None;
+    refused(&p, &unsigned, "no grant");
+    refused(&p, &request("keys/node.seed", "in/x", None), "keys folder");
+    refused(&p, &request("out/none", "in/x", None), "cannot read");
+    refused(&p, &request("out", "in/x", None), "not a file");
+    refused(&p, &request("out/file.bin", "in/../x", None), "bad dstPath");
+    refused(
+        &p,
+        &request("out/file.bin", "in/x", Some("4755")),
+        "bad mode",
+    );
+    let mut short = request("out/file.bin", "in/x", None);
+    short.message.data.pop();
+    refused(&p, &short, "CopySrc takes data");
+    p.source.config.max_copy_bytes = 999;
+    refused(&p, &request("out/file.bin", "in/x", None), "--maxCopyBytes");
+}
