@@ -271,6 +271,33 @@ fn own_inbox(to: &str, from: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `--allowCommandsFrom` lets `from` call `method` here.
+fn commands(policy: &Policy<'_>, from: &str, method: &str) -> bool {
+    policy
+        .allow_commands_from
+        .iter()
+        .any(|rule| rule.permits(from, method))
+}
+
+/// Whether a schedule's message may still run here, before each run (see
+/// [`crate::schedule`]): its sender still allowed to call its method under this node's
+/// rules now, with the key it signed with still trusted. `None`: yes; else why not.
+pub fn still_allowed(
+    policy: &Policy<'_>,
+    trusted: &Trusted,
+    served: &Served<'_>,
+    e: &Envelope,
+    key: &str,
+) -> Option<String> {
+    if !trusted.trusts(&e.from_node, key) {
+        return Some(format!(
+            "{} is no longer trusted with the key that signed it",
+            e.from_node
+        ));
+    }
+    forbidden(policy, trusted, served, e)
+}
+
 /// Why `e`'s sender may not send it to `served` here, if it may not. A result message
 /// (`inReplyTo`) must carry this node's ticket for exactly the route it takes: the id, the
 /// sender answering, the method, its arguments and its file.
@@ -281,6 +308,21 @@ fn forbidden(
     e: &Envelope,
 ) -> Option<String> {
     let (from, method) = (e.from_node.as_str(), served.method);
+    // What makes the receiver act again, or send on (a schedule, a result of its own, a
+    // result elsewhere), is a command's power: never on a result, never on a copy's chunk,
+    // whose tickets and grants do not cover it; elsewhere only from a commander.
+    let m = &e.message;
+    let acts_again = m.schedule.is_some() || m.reply_method.is_some();
+    if acts_again && (m.in_reply_to.is_some() || served.senders == Senders::CommandersOrGranted) {
+        return Some(format!(
+            "{from}: a result or a copy's chunk cannot carry schedule or replyMethod"
+        ));
+    }
+    if m.schedule.is_some() && from != policy.node && !commands(policy, from, method) {
+        return Some(format!(
+            "{from} may not schedule {method} here: a schedule is a command's power (allowCommandsFrom)"
+        ));
+    }
     if let Some(route) = ResultRoute::of_result(e) {
         let answers = &route.id;
         let ticket = e
@@ -302,8 +344,10 @@ fn forbidden(
         };
     }
     // This node's own key: a message it sent itself (its startup folder). Whoever can make
-    // it sign can run anything as it already.
-    if from == policy.node {
+    // it sign can run anything as it already. Not a copy's chunk, though: those go to the
+    // copy's grant like any (a commander allowed CopySrc alone must not write any path by
+    // copying to this node itself).
+    if from == policy.node && served.senders != Senders::CommandersOrGranted {
         return None;
     }
     match served.senders {
@@ -319,11 +363,7 @@ fn forbidden(
         | Senders::CommandersOrAsked
         | Senders::CommandersOrGranted => {}
     }
-    if policy
-        .allow_commands_from
-        .iter()
-        .any(|rule| rule.permits(from, method))
-    {
+    if commands(policy, from, method) {
         return None;
     }
     let rules: Vec<String> = policy
@@ -626,5 +666,119 @@ mod tests {
             ticket: String::new(),
         });
         assert!(w.verdict(&as_result).is_some());
+    }
+}
+
+#[cfg(test)]
+mod acting_again {
+    use super::*;
+    use crate::message::{InReplyTo, Message, Status};
+
+    fn served(method: &'static str, senders: Senders) -> Served<'static> {
+        Served {
+            method,
+            kinds: crate::methods::EVENTS,
+            senders,
+        }
+    }
+
+    fn with(from: &str, method: &str, change: impl Fn(&mut Message)) -> Envelope {
+        let mut message = Message::new("ship1", Kind::EventAck, method, vec!["x".into()]);
+        change(&mut message);
+        Envelope {
+            id: format!("{from}-1"),
+            from_node: from.into(),
+            accepted: 0,
+            reply_ticket: None,
+            grant: None,
+            message,
+        }
+    }
+
+    #[test]
+    fn a_schedule_or_a_result_route_is_a_command_s_power_and_never_rides_a_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = crate::keys::Identity::generate(dir.path(), false).unwrap();
+        let trusted = Trusted::open(dir.path(), "ship1", me.public_key()).unwrap();
+        let allow = [Allow {
+            from: "central".into(),
+            methods: None,
+        }];
+        let policy = Policy {
+            node: "ship1",
+            central: "central",
+            allow_commands_from: &allow,
+            replay_window: Duration::from_secs(600),
+            clock_check: ClockCheck::Off,
+        };
+        let fleet = served("TextLogging", Senders::Fleet);
+        let schedule = |m: &mut Message| {
+            m.schedule = Some(vec![1, 3600]);
+            m.reply_method = Some("TextLogging".into());
+        };
+        // A fleet member may log here, but not make this node log every second.
+        assert_eq!(
+            forbidden(
+                &policy,
+                &trusted,
+                &fleet,
+                &with("ship2", "TextLogging", |_| {})
+            ),
+            None
+        );
+        let why = forbidden(
+            &policy,
+            &trusted,
+            &fleet,
+            &with("ship2", "TextLogging", schedule),
+        )
+        .unwrap();
+        assert!(why.contains("may not schedule TextLogging"), "{why}");
+        // A commander may; so may this node itself (its startup folder).
+        assert_eq!(
+            forbidden(
+                &policy,
+                &trusted,
+                &fleet,
+                &with("central", "TextLogging", schedule)
+            ),
+            None
+        );
+        assert_eq!(
+            forbidden(
+                &policy,
+                &trusted,
+                &fleet,
+                &with("ship1", "TextLogging", schedule)
+            ),
+            None
+        );
+        // A result carries neither a schedule nor a route of its own, whoever sends it.
+        let result = |m: &mut Message| {
+            schedule(m);
+            m.in_reply_to = Some(InReplyTo {
+                id: "ship1-0".into(),
+                method: "CLICommand".into(),
+                status: Status::Ok,
+                exit_code: None,
+                ticket: "00".into(),
+            });
+        };
+        let asked = served("FileAppend", Senders::CommandersOrAsked);
+        let why = forbidden(
+            &policy,
+            &trusted,
+            &asked,
+            &with("central", "FileAppend", result),
+        )
+        .unwrap();
+        assert!(
+            why.contains("cannot carry schedule or replyMethod"),
+            "{why}"
+        );
+        // Nor does a copy's chunk, even from this node's own key.
+        let chunk = served("CopyDst", Senders::CommandersOrGranted);
+        let why = forbidden(&policy, &trusted, &chunk, &with("ship1", "CopyDst", |_| {})).unwrap();
+        assert!(why.contains("may not call CopyDst here"), "{why}");
     }
 }

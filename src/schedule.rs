@@ -25,11 +25,19 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+/// Most schedules one sender may have running on a node.
+pub const MAX_PER_SENDER: usize = 64;
+/// Most schedules a node runs.
+pub const MAX_SCHEDULES: usize = 256;
+
 /// One schedule, as `schedules.json` keeps it. Times in milliseconds since the epoch.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Schedule {
     /// The message whose method runs, as it arrived (its result route and ticket).
     pub request: Envelope,
+    /// The key that signed it: before each run, its sender must still be trusted with it
+    /// and allowed to call the method (see [`crate::admission::still_allowed`]).
+    pub key: String,
     /// When the first run started: the grid's origin.
     pub first: u64,
     pub every: u64,
@@ -44,14 +52,16 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of `request`, whose first run started at `now`; `None` if it has none.
-    pub fn of(request: &Envelope, now: u64) -> Option<Schedule> {
+    /// The schedule of `request` (signed with `key`), whose first run started at `now`;
+    /// `None` if it has none.
+    pub fn of(request: &Envelope, key: &str, now: u64) -> Option<Schedule> {
         let &[every, total] = request.message.schedule.as_deref()? else {
             return None;
         };
         let every = every.max(1) * 1000;
         Some(Schedule {
             request: request.clone(),
+            key: key.to_string(),
             first: now,
             every,
             until: now + total * 1000,
@@ -135,17 +145,31 @@ impl Schedules {
 
     /// Keeps a new schedule (its first run done) and wakes the scheduler. The same message
     /// again (same sender, same content, another id: a startup file at each start) replaces
-    /// the schedule it had made, so schedules never pile up.
+    /// the schedule it had made, so schedules never pile up; past [`MAX_PER_SENDER`] from
+    /// one sender or [`MAX_SCHEDULES`] in all, it is refused.
     pub fn add(&self, schedule: Schedule) -> io::Result<()> {
         let mut list = self.lock();
-        if list.iter().any(|s| s.request.id == schedule.request.id) {
+        let from = &schedule.request.from_node;
+        if list
+            .iter()
+            .any(|s| s.request.id == schedule.request.id && s.request.from_node == *from)
+        {
             return Ok(());
         }
-        let before = list.clone();
-        list.retain(|s| {
-            s.request.from_node != schedule.request.from_node
-                || s.request.message != schedule.request.message
+        let same = |s: &Schedule| {
+            s.request.from_node == *from && s.request.message == schedule.request.message
+        };
+        let others = list.iter().filter(|s| !same(s));
+        let (all, theirs) = others.fold((0, 0), |(all, theirs), s| {
+            (all + 1, theirs + usize::from(s.request.from_node == *from))
         });
+        if theirs >= MAX_PER_SENDER || all >= MAX_SCHEDULES {
+            return Err(io::Error::other(format!(
+                "too many schedules ({theirs} from {from}, {all} in all; at most {MAX_PER_SENDER} from one sender and {MAX_SCHEDULES} in all): OpProcessList lists them, OpProcessStop ends one"
+            )));
+        }
+        let before = list.clone();
+        list.retain(|s| !same(s));
         list.push(schedule);
         if let Err(e) = self.persist(&list) {
             *list = before;
@@ -189,9 +213,12 @@ impl Schedules {
 
     /// The run of schedule `id` started at `run` has ended (its result sent): the next is
     /// the next grid point from `now`; a schedule past its total is dropped.
-    pub fn done(&self, id: &str, run: u64, now: u64) {
+    pub fn done(&self, from: &str, id: &str, run: u64, now: u64) {
         let mut list = self.lock();
-        if let Some(s) = list.iter_mut().find(|s| s.request.id == id) {
+        if let Some(s) = list
+            .iter_mut()
+            .find(|s| s.request.id == id && s.request.from_node == from)
+        {
             s.running = None;
             s.next = s.next_from(run, now);
         }
@@ -256,7 +283,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("schedules.json");
         let s = Schedules::open(path.clone(), 0);
-        s.add(Schedule::of(&request([2, 7]), 1_000).unwrap())
+        s.add(Schedule::of(&request([2, 7]), "K", 1_000).unwrap())
             .unwrap();
         // Nothing due before 3 s; then the run at 3 s, marked running.
         assert_eq!(s.due(2_999), (vec![], Some(3_000)));
@@ -264,7 +291,7 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].running, Some(3_000));
         assert_eq!(next, None, "nothing else due while it runs");
-        s.done("central-1", 3_000, 3_400);
+        s.done("central", "central-1", 3_000, 3_400);
         assert_eq!(s.due(3_500).1, Some(5_000));
         // The node dies during the run at 5 s and comes back at 7.5 s: that run is not
         // run again, and the one at 7 s missed: next at 9 s would be past the total (8 s).
@@ -276,10 +303,10 @@ mod tests {
         // A longer one restarted within its total continues on its grid, without a burst.
         let path = dir.path().join("other.json");
         let s = Schedules::open(path.clone(), 0);
-        s.add(Schedule::of(&request([2, 20]), 1_000).unwrap())
+        s.add(Schedule::of(&request([2, 20]), "K", 1_000).unwrap())
             .unwrap();
         // Added once: the same message again is the same schedule.
-        s.add(Schedule::of(&request([2, 20]), 1_500).unwrap())
+        s.add(Schedule::of(&request([2, 20]), "K", 1_500).unwrap())
             .unwrap();
         assert_eq!(s.list().len(), 1);
         drop(s);

@@ -407,6 +407,11 @@ impl Trusted {
         })
     }
 
+    /// Whether `key` is trusted for `node` now (a schedule's signer, before each run).
+    pub fn trusts(&self, node: &str, key: &str) -> bool {
+        self.lookup(node, key).0
+    }
+
     /// Whether this node trusts any key for `node`.
     pub fn knows(&self, node: &str) -> bool {
         node == self.own.0 || self.lookup(node, "").1

@@ -44,11 +44,14 @@ impl Method for HttpGet {
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let cap = usize::try_from(ctx.config.max_http_body_bytes).unwrap_or(usize::MAX);
-        fetch(
-            &envelope.message.data,
-            Deadline::of(&envelope.message, ctx.config.default_timeout),
-            cap,
-        )
+        let deadline = Deadline::of(&envelope.message, ctx.config.default_timeout);
+        if deadline.after.is_none() {
+            // A server that never answers would hold a handler for ever.
+            return Outcome::error(
+                "HttpGet needs a deadline: methodTimeout -1 (no limit) is refused",
+            );
+        }
+        fetch(&envelope.message.data, deadline, cap)
     }
 }
 

@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 
 pub struct TailFile;
 
+/// Most bytes read from the file at one look.
+const READ_PER_LOOK: usize = 1024 * 1024;
+/// Most result messages one follow sends (a runaway log cannot fill the journal).
+const MAX_RESULTS: usize = 100_000;
+
 impl Method for TailFile {
     fn name(&self) -> &'static str {
         "TailFile"
@@ -46,6 +51,11 @@ impl Method for TailFile {
             );
         };
         let path = ctx.data.root.join(path);
+        if path.starts_with(ctx.data.keys()) {
+            return Outcome::refused(
+                "TailFile does not follow files under keys/: the node's signing key is there",
+            );
+        }
         let mut tail = match Tail::open(&path) {
             Ok(tail) => tail,
             Err(e) => return Outcome::error(format!("cannot follow {}: {e}", path.display())),
@@ -56,6 +66,9 @@ impl Method for TailFile {
         loop {
             if let Err(e) = tail.read_new(|bytes| stream.take(bytes, envelope, ctx)) {
                 log::warn!("{}: following {}: {e}", envelope.id, path.display());
+            }
+            if stream.sent >= MAX_RESULTS {
+                break;
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -102,6 +115,12 @@ impl Tail {
     /// Opens `path` at its end (a file not there yet is followed from its start once it
     /// appears).
     fn open(path: &Path) -> std::io::Result<Tail> {
+        // Regular files only: a FIFO would block the open, a device never end.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+        }
         let mut tail = Tail {
             path: path.to_path_buf(),
             file: None,
@@ -154,20 +173,25 @@ impl Tail {
         Ok(())
     }
 
+    /// Reads what was appended, at most [`READ_PER_LOOK`] a look (a log written faster than
+    /// it can be sent is caught up with over several looks, each within the deadline).
     fn read_to_end(&mut self, each: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
         let Some(f) = self.file.as_mut() else {
             return Ok(());
         };
         f.seek(SeekFrom::Start(self.offset))?;
         let mut buf = [0u8; 64 * 1024];
-        loop {
+        let mut read = 0;
+        while read < READ_PER_LOOK {
             let n = f.read(&mut buf)?;
             if n == 0 {
-                return Ok(());
+                break;
             }
             self.offset += n as u64;
+            read += n;
             each(&buf[..n]);
         }
+        Ok(())
     }
 }
 

@@ -1,13 +1,18 @@
 //! The scheduler: runs the schedules this node keeps ([`crate::schedule`]) when they are
 //! due, each run on a handler thread like a received message (so `--maxConcurrentHandlers`
-//! bounds them too), its result sent back as a result message. It sleeps until the next
+//! bounds them too), its result sent back as a result message. Before each run the
+//! message passes the gate's last step again ([`admission::still_allowed`]): a sender whose
+//! key was revoked, or who may no longer call the method, ends its schedule; a method not
+//! ready for work (a disk below its floor) skips the run. It sleeps until the next
 //! run is due, a schedule is added or stopped, or the node stops: an idle node with no
 //! schedule never wakes for it.
 
 use super::{Failure, Process, State};
+use crate::admission::{self, Policy, Served};
 use crate::files::unix_millis;
 use crate::methods::{Method, Outcome};
 use crate::node::Node;
+use crate::schedule::Schedule;
 use crossbeam_channel::{select, Receiver};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -18,6 +23,43 @@ pub struct Scheduler {
     pub state: Arc<State>,
 }
 
+impl Scheduler {
+    /// The method a due run is for, if it may run now: its sender still allowed to call it
+    /// with the key that signed it (else the schedule ends, reported), and the method ready
+    /// for work (else this run is skipped: a disk below its floor).
+    fn allowed(&self, methods: &[Arc<dyn Method>], s: &Schedule) -> Option<Arc<dyn Method>> {
+        let node = &self.node;
+        let request = &s.request;
+        let run = s.running.unwrap_or(s.next);
+        let skip = |why: String| {
+            log::warn!("{}: run skipped: {why}", s.name());
+            node.schedules
+                .done(&request.from_node, &request.id, run, unix_millis());
+            None
+        };
+        let Some(method) = methods.iter().find(|m| m.name() == request.message.method) else {
+            return skip(format!("{} is not served here", request.message.method));
+        };
+        let served = Served {
+            method: method.name(),
+            kinds: method.kinds(),
+            senders: method.senders(),
+        };
+        let policy = Policy::of(&node.config);
+        if let Some(why) =
+            admission::still_allowed(&policy, &node.trusted, &served, request, &s.key)
+        {
+            let _ = node.schedules.stop(&request.id);
+            node.report_error(format!("{}: {} ended: {why}", node.config.node, s.name()));
+            return None;
+        }
+        if let Err(why) = method.ready(&node.context()) {
+            return skip(why.to_string());
+        }
+        Some(method.clone())
+    }
+}
+
 impl Process for Scheduler {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         let methods: Vec<Arc<dyn Method>> = crate::methods::registry();
@@ -26,42 +68,38 @@ impl Process for Scheduler {
             let (due, next) = self.node.schedules.due(unix_millis());
             let mut due = due.into_iter();
             while let Some(schedule) = due.next() {
+                let Some(method) = self.allowed(&methods, &schedule) else {
+                    continue;
+                };
                 let name = schedule.name();
                 let run = schedule.running.unwrap_or(schedule.next);
                 let request = schedule.request;
-                let id = request.id.clone();
-                let method = methods
-                    .iter()
-                    .find(|m| m.name() == request.message.method)
-                    .cloned();
+                let (from, id) = (request.from_node.clone(), request.id.clone());
                 let node = self.node.clone();
                 let started = self.node.handlers.run(stop, "schedule", move || {
-                    let outcome = match method {
-                        Some(m) => {
-                            catch_unwind(AssertUnwindSafe(|| m.handle(&request, &node.context())))
-                                .unwrap_or_else(|_| {
-                                    Outcome::error(format!("method {} panicked", m.name()))
-                                })
-                        }
-                        None => {
-                            Outcome::error(format!("{} is not served here", request.message.method))
-                        }
-                    };
+                    let outcome = catch_unwind(AssertUnwindSafe(|| {
+                        method.handle(&request, &node.context())
+                    }))
+                    .unwrap_or_else(|_| {
+                        Outcome::error(format!("method {} panicked", method.name()))
+                    });
                     if !outcome.streamed {
                         if let Err(e) = node.send_result_of(&request, &outcome) {
                             log::error!("{name}: cannot send the result of its run: {e}");
                         }
                     }
-                    node.schedules.done(&request.id, run, unix_millis());
+                    node.schedules
+                        .done(&request.from_node, &request.id, run, unix_millis());
                 });
                 if !started {
                     // Stopping: the runs not started are skipped, not left marked running.
                     let now = unix_millis();
-                    self.node.schedules.done(&id, run, now);
+                    self.node.schedules.done(&from, &id, run, now);
                     for s in due {
+                        let run = s.running.unwrap_or(s.next);
                         self.node
                             .schedules
-                            .done(&s.request.id, s.running.unwrap_or(s.next), now);
+                            .done(&s.request.from_node, &s.request.id, run, now);
                     }
                     return Ok(());
                 }

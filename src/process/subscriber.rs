@@ -508,7 +508,11 @@ fn answers(
             results.push((replies.len(), result));
         }
         if seen == Seen::New {
-            schedules.extend(crate::schedule::Schedule::of(envelope, started));
+            schedules.extend(crate::schedule::Schedule::of(
+                envelope,
+                &a.signed.key,
+                started,
+            ));
         }
         new_at.push(replies.len());
         // Refusals too: a retry whose answer was lost gets the same refusal, rather than

@@ -173,6 +173,20 @@ fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String
             return Ok(already_in_place(id, &dst, last));
         }
     }
+    // A file past this node's own copy limit is no copy it takes: a chunk far out would
+    // make a sparse file whose check reads terabytes.
+    let end = chunk.offset.saturating_add(chunk.bytes.len() as u64);
+    let cap = ctx.config.max_copy_bytes;
+    if end > cap
+        || chunk
+            .last
+            .as_ref()
+            .is_some_and(|l| l.size > cap || end > l.size)
+    {
+        return Err(format!(
+            "copy {id}: a chunk ending at byte {end} is past this node's --maxCopyBytes ({cap}) or the file's size"
+        ));
+    }
     let file = open.file(&temp, i)?;
     file.write_all_at(&chunk.bytes, chunk.offset)
         .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
