@@ -70,6 +70,17 @@ impl Rules {
         }
     }
 
+    /// Attempts made so far (kept while the message waits without a thread).
+    pub fn made(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Takes up a message whose `made` attempts an earlier publisher counted.
+    pub fn resumed(mut self, made: u32) -> Rules {
+        self.attempt = made;
+        self
+    }
+
     /// An attempt begins: its number, from 1.
     pub fn attempt(&mut self) -> u32 {
         self.attempt += 1;

@@ -61,6 +61,9 @@ pub enum Event {
         by: String,
         reply: Sender<Result<Stopped, NotStopped>>,
     },
+    /// A publisher gives its thread up while its lane's first message pauses between
+    /// attempts (lanes wait for a thread): the lane waits its turn again after `until`.
+    Yielded { lane: Subject, until: Instant },
     /// SIGINT or SIGTERM.
     Shutdown,
 }
@@ -190,6 +193,9 @@ struct ProcessEntry {
     /// A stopped publisher's lane had work again before its thread ended: start it again
     /// once it has (never two on one lane).
     resume: bool,
+    /// A publisher that gave its thread up (`Event::Yielded`): its lane waits its turn
+    /// again from then; its slot (the message and its attempts) stays here.
+    parked_until: Option<Instant>,
 }
 
 pub struct Supervisor {
@@ -300,6 +306,7 @@ impl Supervisor {
             stop: None,
             stopped_by: None,
             resume: false,
+            parked_until: None,
         };
         self.table.insert(name.clone(), entry);
         self.launch(&name);
@@ -314,6 +321,7 @@ impl Supervisor {
         e.restart_at = None;
         e.stopped_by = None;
         e.resume = false;
+        e.parked_until = None;
         let (stop_tx, stop) = crossbeam_channel::bounded(0);
         e.stop = Some(stop_tx);
         match process::spawn(
@@ -350,6 +358,8 @@ impl Supervisor {
                 (Some(_), Some(_)) => e.resume = true,
                 (Some(_), None) => self.resume(&name),
                 (None, Some(_)) if ending => e.resume = true,
+                // Parked (gave its thread up) or ended: its lane has work, so a thread.
+                (None, None) => self.resume(&name),
                 (None, _) => {
                     if let Some((_, wake)) = &e.lane {
                         let _ = wake.try_send(());
@@ -416,6 +426,12 @@ impl Supervisor {
             // unless its lane had work again meanwhile.
             if e.resume {
                 self.resume(&name);
+            } else if e.parked_until.is_some() {
+                // Its message waits in its slot, here, for its turn.
+                e.state.set(
+                    "waiting for its turn (--maxPublishers): its message pauses between attempts",
+                );
+                self.next_waiting();
             } else {
                 self.table.remove(&name);
                 self.next_waiting();
@@ -506,6 +522,41 @@ impl Supervisor {
         })
     }
 
+    /// A publisher gave its thread up until `until` (see [`Event::Yielded`]).
+    fn parked(&mut self, lane: Subject, until: Instant) {
+        if let Some(e) = self.table.get_mut(&format!("publisher {lane}")) {
+            e.parked_until = Some(until);
+        }
+    }
+
+    /// Parked lanes whose pause is over wait their turn for a thread.
+    fn unpark_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Subject> = self
+            .table
+            .values_mut()
+            .filter(|e| e.thread.is_none() && e.parked_until.is_some_and(|t| t <= now))
+            .filter_map(|e| {
+                e.parked_until = None;
+                e.lane.as_ref().map(|(l, _)| l.clone())
+            })
+            .collect();
+        for lane in due {
+            if self.queued.insert(lane.clone()) {
+                self.waiting.push_back(lane);
+            }
+        }
+        self.next_waiting();
+    }
+
+    fn next_parked(&self) -> Option<Instant> {
+        self.table
+            .values()
+            .filter(|e| e.thread.is_none())
+            .filter_map(|e| e.parked_until)
+            .min()
+    }
+
     /// Lanes waiting for a publisher get one while there is room; once none waits, idle
     /// publishers idle again, and the memory a burst of them took is handed back.
     fn next_waiting(&mut self) {
@@ -516,7 +567,9 @@ impl Supervisor {
             self.queued.remove(&lane);
             self.publish(lane);
         }
-        if self.waiting.is_empty() {
+        if !self.waiting.is_empty() {
+            self.want_publishers(true);
+        } else {
             self.want_publishers(false);
             if self.publishers_peak >= 64 && self.publishers <= self.publishers_peak / 2 {
                 crate::sys::malloc_trim();
@@ -656,7 +709,10 @@ impl Supervisor {
         let upkeep = self.node.journal_upkeep();
         let mut upkeep_at: Option<Instant> = None;
         loop {
-            let due = [upkeep_at, self.next_restart()].into_iter().flatten().min();
+            let due = [upkeep_at, self.next_restart(), self.next_parked()]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = due.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
             crossbeam_channel::select! {
                 recv(self.events) -> event => match event {
@@ -664,6 +720,7 @@ impl Supervisor {
                     Ok(Event::Exited { name, generation, failure }) => self.exited(name, generation, failure),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
+                    Ok(Event::Yielded { lane, until }) => self.parked(lane, until),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(upkeep) -> _ => {
@@ -671,6 +728,7 @@ impl Supervisor {
                 },
                 recv(timer) -> _ => {
                     self.restart_due();
+                    self.unpark_due();
                     if upkeep_at.is_some_and(|at| at <= Instant::now()) {
                         self.keep_journal();
                         // Its own words (the journal unsynced halfway) are stale now; one

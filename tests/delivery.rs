@@ -353,3 +353,35 @@ fn past_max_publishers_lanes_wait_their_turn_and_every_message_is_delivered_once
     report("max publishers 2, 6 lanes x 2", 12, 12, 0);
     drop(ships);
 }
+
+#[test]
+fn lanes_pausing_for_absent_nodes_give_their_threads_to_nodes_that_answer() {
+    let nats = NatsServer::start();
+    let online: Vec<Node> = ["ship1", "ship2", "ship3", "ship4"]
+        .iter()
+        .map(|s| Node::start(s, &nats.address(), &[]))
+        .collect();
+    let central = Node::start("central", &nats.address(), &["--maxPublishers=2"]);
+    // Three nodes away, with messages that wait for them: more than there are threads.
+    central.append_inmsg(
+        r#"[{"toNodes":["ship7","ship8","ship9"],"data":["echo","waited"],"commandOrEvent":"CommandACK","method":"CLICommand","ttl":600}]"#,
+    );
+    central.wait_status("showed the absent nodes' lanes retrying", |t| {
+        t.lines()
+            .filter(|l| l.starts_with("publisher ship") && l.contains("attempt"))
+            .count()
+            >= 1
+    });
+    // The nodes that answer are served all the same.
+    let ended = central.send_and_wait(
+        r#"[{"toNodes":["ship1","ship2","ship3","ship4"],"data":["echo","served"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    assert!(ended.iter().all(|(_, o)| o == "acked"), "{ended:?}");
+    // An absent node that comes back gets its message, once.
+    let mut ship7 = Node::prepare(&[], "ship7", &nats.address(), &[]);
+    ship7.restart();
+    let log = central.wait_for("replies/ship7.CLICommand.log", "waited");
+    assert_eq!(log.matches("=== ").count(), 1, "{log}");
+    assert!(!central.read("failed-messages.txt").contains("ship8"));
+    drop(online);
+}

@@ -177,6 +177,18 @@ impl Node {
         true
     }
 
+    /// `lane`'s publisher gives its thread up while its first message pauses between
+    /// attempts (lanes wait for a thread): its messages go through the supervisor, which
+    /// puts the lane back in line once the pause is over (`until`), or at once when a new
+    /// message comes for it.
+    pub fn yield_lane(&self, lane: &Subject, until: Instant) {
+        self.unserve_lane(lane);
+        let _ = self.supervisor.send(Event::Yielded {
+            lane: lane.clone(),
+            until,
+        });
+    }
+
     /// Whether `lane` has a publisher to wake (one that is not ending).
     pub fn serves_lane(&self, lane: &Subject) -> bool {
         self.publishers

@@ -131,7 +131,8 @@ impl Publisher {
         let node = &self.node;
         let message = &entry.envelope.message;
         let timeout = ack_wait(message, node.config.default_timeout);
-        let mut rules = self.rules_for(entry);
+        let made = self.slot().attempts_made;
+        let mut rules = self.rules_for(entry).resumed(made);
         let payload = wire_form(&node.identity, &entry.envelope);
         let subject = self.subject.to_string();
         let mut sigs = Vec::new();
@@ -186,11 +187,27 @@ impl Publisher {
                 entry.envelope.id
             );
             // Pause before the next attempt; a Hello from the destination ends the pause.
+            // Other lanes waiting for a thread meanwhile: give this one up until then.
+            let until = Instant::now() + pause;
             let hello = node.presence.waiter(&message.to_node);
-            select! {
-                recv(hello) -> _ => log::info!("{subject}: {} said Hello; trying again now", message.to_node),
-                recv(stop) -> _ => return Delivery::Stopped,
-                recv(crossbeam_channel::after(pause)) -> _ => {},
+            loop {
+                if node
+                    .publishers_wanted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    self.slot().attempts_made = rules.made();
+                    return Delivery::Yielded { until };
+                }
+                select! {
+                    recv(hello) -> _ => {
+                        log::info!("{subject}: {} said Hello; trying again now", message.to_node);
+                        break;
+                    },
+                    recv(stop) -> _ => return Delivery::Stopped,
+                    // A word that lanes wait for a thread, or a new message (kept waiting).
+                    recv(self.wake) -> _ => continue,
+                    recv(crossbeam_channel::at(until)) -> _ => break,
+                }
             }
         }
     }

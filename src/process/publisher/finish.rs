@@ -189,7 +189,9 @@ impl<'e> End<'e> {
                 let why = format!("{subject}: {id} not delivered: {why}");
                 ("failed", Some(why), None)
             }
-            Delivery::Stopped => unreachable!("a stopped delivery is not finished"),
+            Delivery::Stopped | Delivery::Yielded { .. } => {
+                unreachable!("a stopped or yielded delivery is not finished")
+            }
         };
         End {
             entry,

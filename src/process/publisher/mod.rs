@@ -56,6 +56,8 @@ pub type InFlight = Arc<Mutex<Slot>>;
 #[derive(Default)]
 pub struct Slot {
     entries: Vec<Entry>,
+    /// Attempts made at the first entry by a publisher that gave its thread up.
+    attempts_made: u32,
     /// Ids whose reply, or failed-messages.txt record, is written and whose finish is not:
     /// a publisher restarted in between (a full disk) does not write them again.
     replies_written: HashSet<String>,
@@ -65,6 +67,7 @@ pub struct Slot {
 impl Slot {
     /// The first `n` messages are finished: out of the slot.
     fn done(&mut self, n: usize) {
+        self.attempts_made = 0;
         for e in self.entries.drain(..n) {
             self.replies_written.remove(&e.envelope.id);
             self.failed_written.remove(&e.envelope.id);
@@ -95,6 +98,12 @@ enum Delivery {
     Failed(String),
     /// The node is stopping; the message stays in the journal for the next start.
     Stopped,
+    /// Other lanes wait for a thread (`--maxPublishers`) while this one pauses between
+    /// attempts: it gives its thread up; the message stays in the slot, its attempts
+    /// counted, and the lane waits its turn again once the pause is over.
+    Yielded {
+        until: Instant,
+    },
 }
 
 /// Why a publisher failed. Each is a retry: the messages stay in the slot, and the
@@ -277,6 +286,10 @@ impl Process for Publisher {
             };
             match delivery {
                 Delivery::Stopped => return Ok(()),
+                Delivery::Yielded { until } => {
+                    self.node.yield_lane(&self.subject, until);
+                    return Ok(());
+                }
                 Delivery::Acked(_) => batching = true,
                 _ => {}
             }
