@@ -38,7 +38,8 @@
 //!                       each a file, given a narrow Context; copy/ (CopySrc, CopyDst: a
 //!                       file sent on in journaled chunks)
 //! node/report           errors and refusals to central, through intake like any message
-//! supervisor            starts, restarts (Retry or Fatal) and stops the processes
+//! supervisor/           starts, restarts (Retry or Fatal: restart) and stops the processes;
+//!                       lanes (publishers on demand, --maxPublishers), stop (OpProcessStop)
 //! ```
 //!
 //! Beside the path: [`reply`] and [`grant`] (a node's signed word for what it asked: a

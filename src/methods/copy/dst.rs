@@ -25,7 +25,9 @@
 //! gets its last chunk (its source gave up, or was wiped) leaves its temporary file; its
 //! name says which path it was for.
 
-use super::{digest, Chunk, Last};
+use super::{
+    digest, Aside, Chunk, CopyDstError, DstPathError, Last, Mismatch, NotPlaced, PlaceError,
+};
 use crate::grant::{CopyGrant, COPY_DST};
 use crate::message::{Envelope, Kind};
 use crate::methods::{Context, Method, Outcome, Senders, EVENTS};
@@ -66,13 +68,17 @@ impl Method for CopyDst {
             .enumerate()
             .map(|(i, e)| match take(e, ctx, &mut open, i) {
                 Ok(said) => Outcome::ok(said),
-                Err(why) => Outcome::error(why),
+                Err(why) => Outcome::error(why.to_string()),
             })
             .collect();
         // Nothing is ACKed before it is on disk.
         for pending in open.files {
-            if let Err(e) = pending.file.sync_data() {
-                let why = format!("cannot write {}: {e}", pending.temp.display());
+            if let Err(source) = pending.file.sync_data() {
+                let why = CopyDstError::Write {
+                    path: pending.temp,
+                    source,
+                }
+                .to_string();
                 for i in pending.chunks {
                     outcomes[i] = Outcome::error(why.clone());
                 }
@@ -98,7 +104,7 @@ struct Pending {
 impl Open {
     /// The temporary file `temp`, opened (created, and its name made durable, if new) for
     /// chunk `i`.
-    fn file(&mut self, temp: &Path, i: usize) -> Result<&File, String> {
+    fn file(&mut self, temp: &Path, i: usize) -> Result<&File, CopyDstError> {
         let at = match self.files.iter().position(|p| p.temp == temp) {
             Some(at) => at,
             None => {
@@ -122,8 +128,11 @@ impl Open {
 }
 
 /// Opens (or creates, private) a copy's temporary file, never through a symbolic link.
-fn open_temp(temp: &Path) -> Result<File, String> {
-    let cannot = |e: io::Error| format!("cannot write {}: {e}", temp.display());
+fn open_temp(temp: &Path) -> Result<File, CopyDstError> {
+    let cannot = |source| CopyDstError::Write {
+        path: temp.to_path_buf(),
+        source,
+    };
     let options = |create_new: bool| {
         let mut o = OpenOptions::new();
         o.read(true)
@@ -149,18 +158,16 @@ fn open_temp(temp: &Path) -> Result<File, String> {
     };
     let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
-        return Err(format!("{} is not a file", temp.display()));
+        return Err(CopyDstError::NotAFile(temp.to_path_buf()));
     }
     Ok(file)
 }
 
 /// Takes chunk `i` of the batch: written into its copy's temporary file, and, the last,
 /// checked and put in place. What happened, or why not.
-fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String, String> {
+fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String, CopyDstError> {
     let Some((grant, _)) = CopyGrant::of_chunk(e) else {
-        return Err(
-            "a chunk's methodArgs are [grantor, copy id, dstPath, mode, grant]: not a chunk of a CopySrc".into(),
-        );
+        return Err(CopyDstError::NotAChunk);
     };
     let chunk = Chunk::parse(&e.message.data)?;
     let dst = place(&ctx.data.root, grant.path)?;
@@ -183,13 +190,18 @@ fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String
             .as_ref()
             .is_some_and(|l| l.size > cap || end > l.size)
     {
-        return Err(format!(
-            "copy {id}: a chunk ending at byte {end} is past this node's --maxCopyBytes ({cap}) or the file's size"
-        ));
+        return Err(CopyDstError::PastCap {
+            id: id.to_string(),
+            end,
+            cap,
+        });
     }
     let file = open.file(&temp, i)?;
     file.write_all_at(&chunk.bytes, chunk.offset)
-        .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+        .map_err(|source| CopyDstError::Write {
+            path: temp.clone(),
+            source,
+        })?;
     match &chunk.last {
         None => Ok(format!(
             "copy {id}: {} bytes at {}\n",
@@ -217,12 +229,16 @@ fn finish(
     file: &File,
     temp: &Path,
     dst: &Path,
-) -> Result<String, String> {
-    let cannot = |what: &Path, e: io::Error| format!("cannot write {}: {e}", what.display());
+) -> Result<String, CopyDstError> {
     let id = grant.id;
-    file.sync_data().map_err(|e| cannot(temp, e))?;
-    let (size, sha256) =
-        digest(file).map_err(|e| format!("cannot read {}: {e}", temp.display()))?;
+    file.sync_data().map_err(|source| CopyDstError::Write {
+        path: temp.to_path_buf(),
+        source,
+    })?;
+    let (size, sha256) = digest(file).map_err(|source| CopyDstError::Read {
+        path: temp.to_path_buf(),
+        source,
+    })?;
     if size != last.size || sha256 != last.sha256 {
         if holds(dst, last) {
             // A chunk of a copy already done, written again after a restart.
@@ -232,19 +248,21 @@ fn finish(
         let mut bad = temp.as_os_str().to_owned();
         bad.push(".bad");
         let bad = PathBuf::from(bad);
-        let kept = match fs::rename(temp, &bad) {
-            Ok(()) => format!("kept as {}", bad.display()),
-            Err(_) => format!("left as {}", temp.display()),
+        let aside = match fs::rename(temp, &bad) {
+            Ok(()) => Aside::Kept(bad),
+            Err(_) => Aside::Left(temp.to_path_buf()),
         };
-        let why = format!(
-            "copy {id} from {} to {}: SHA-256 mismatch: {} sent sha256 {} ({} bytes), {} received sha256 {sha256} ({size} bytes); {kept}; nothing put in place",
-            grant.source,
-            dst.display(),
-            grant.source,
-            last.sha256,
-            last.size,
-            ctx.config.node
-        );
+        let why = CopyDstError::Mismatch(Box::new(Mismatch {
+            id: id.to_string(),
+            from: grant.source.to_string(),
+            dst: dst.to_path_buf(),
+            sent_sha256: last.sha256.clone(),
+            sent_size: last.size,
+            node: ctx.config.node.clone(),
+            got_sha256: sha256,
+            got_size: size,
+            aside,
+        }));
         ctx.outbox
             .report_error(format!("{}: {why}", ctx.config.node));
         return Err(why);
@@ -259,13 +277,15 @@ fn finish(
         .and_then(|()| file.sync_all())
         .and_then(|()| fs::rename(temp, dst))
         .and_then(|()| crate::files::sync_dir(dir));
-    if let Err(err) = placed {
-        let why = format!(
-            "copy {id} from {}: checked (sha256 {sha256}), but cannot put it in place as {}: {err}; left as {}",
-            grant.source,
-            dst.display(),
-            temp.display()
-        );
+    if let Err(source) = placed {
+        let why = CopyDstError::NotPlaced(Box::new(NotPlaced {
+            id: id.to_string(),
+            from: grant.source.to_string(),
+            sha256,
+            dst: dst.to_path_buf(),
+            temp: temp.to_path_buf(),
+            source,
+        }));
         ctx.outbox
             .report_error(format!("{}: {why}", ctx.config.node));
         return Err(why);
@@ -319,8 +339,13 @@ pub fn temp_path(dst: &Path, source: &str, id: &str) -> PathBuf {
 
 /// Checks the form of a `dstPath` (see the module docs): at the source before anything is
 /// queued, and again here.
-pub fn check_dst_path(path: &str) -> Result<(), String> {
-    let refuse = |why: &str| Err(format!("bad dstPath {path:?}: {why}"));
+pub fn check_dst_path(path: &str) -> Result<(), DstPathError> {
+    let refuse = |why: &'static str| {
+        Err(DstPathError {
+            path: path.to_string(),
+            why,
+        })
+    };
     if path.is_empty() {
         return refuse("empty");
     }
@@ -365,12 +390,17 @@ fn check_in_data_folder(parts: &[&str]) -> Result<(), &'static str> {
 
 /// Where `path` (a `dstPath`) is on this node, whose data folder is `root`; a relative
 /// path's folders are made as need be.
-pub fn place(root: &Path, path: &str) -> Result<PathBuf, String> {
+pub fn place(root: &Path, path: &str) -> Result<PathBuf, PlaceError> {
     check_dst_path(path)?;
     let parts = parts(path);
     let (name, folders) = parts.split_last().expect("check_dst_path: a file is named");
-    let refuse =
-        |at: &Path, why: &str| Err(format!("bad dstPath {path:?}: {}: {why}", at.display()));
+    let refuse = |at: &Path, why: &'static str| {
+        Err(PlaceError::Refused {
+            path: path.to_string(),
+            at: at.to_path_buf(),
+            why,
+        })
+    };
     let dir = if path.starts_with('/') {
         let dir: PathBuf = std::iter::once("/")
             .chain(folders.iter().copied())
@@ -378,11 +408,12 @@ pub fn place(root: &Path, path: &str) -> Result<PathBuf, String> {
         let real = match dir.canonicalize() {
             Ok(real) if real.is_dir() => real,
             Ok(_) => return refuse(&dir, "not a folder"),
-            Err(e) => {
-                return refuse(
-                    &dir,
-                    &format!("cannot be used ({e}); the folder must exist"),
-                )
+            Err(source) => {
+                return Err(PlaceError::Unusable {
+                    path: path.to_string(),
+                    at: dir,
+                    source,
+                })
             }
         };
         if let Ok(inside) = real.join(name).strip_prefix(root) {
@@ -417,11 +448,21 @@ pub fn place(root: &Path, path: &str) -> Result<PathBuf, String> {
                         .create(&dir)
                     {
                         if e.kind() != io::ErrorKind::AlreadyExists {
-                            return refuse(&dir, &format!("cannot be made: {e}"));
+                            return Err(PlaceError::NotMade {
+                                path: path.to_string(),
+                                at: dir,
+                                source: e,
+                            });
                         }
                     }
                 }
-                Err(e) => return refuse(&dir, &format!("cannot be looked at: {e}")),
+                Err(source) => {
+                    return Err(PlaceError::NotLookedAt {
+                        path: path.to_string(),
+                        at: dir,
+                        source,
+                    })
+                }
             }
         }
         dir

@@ -86,8 +86,13 @@ use std::time::Duration;
 
 pub mod base64;
 pub mod dst;
+mod error;
 
 pub use dst::CopyDst;
+pub use error::{
+    Aside, ChunkError, CopyDstError, CopySrcError, DstPathError, Mismatch, ModeError, NotPlaced,
+    PlaceError, RequestError,
+};
 
 /// Bytes of the file in one chunk.
 pub const CHUNK_BYTES: usize = 128 * 1024;
@@ -119,7 +124,7 @@ impl Method for CopySrc {
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         match copy_out(envelope, ctx) {
             Ok(said) => Outcome::ok(said),
-            Err(why) => Outcome::error(why),
+            Err(why) => Outcome::error(why.to_string()),
         }
     }
 }
@@ -135,18 +140,19 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    pub fn of(m: &'a Message) -> Result<Request<'a>, String> {
-        let usage = "CopySrc takes data [srcPath, dstNode, dstPath] or [srcPath, dstNode, dstPath, mode], e.g. [\"/var/log/syslog\", \"central\", \"logs/ship1-syslog\", \"0640\"]";
+    pub fn of(m: &'a Message) -> Result<Request<'a>, RequestError> {
         let (src, dst_node, dst, mode) = match m.data.as_slice() {
             [s, n, d] => (s, n, d, None),
             [s, n, d, mode] => (s, n, d, Some(mode)),
-            _ => return Err(usage.into()),
+            _ => return Err(RequestError::Usage),
         };
         if src.is_empty() {
-            return Err(format!("empty srcPath; {usage}"));
+            return Err(RequestError::EmptySrc);
         }
-        crate::subject::validate_name(dst_node)
-            .map_err(|e| format!("bad dstNode {dst_node:?}: {e}"))?;
+        crate::subject::validate_name(dst_node).map_err(|source| RequestError::DstNode {
+            name: dst_node.clone(),
+            source,
+        })?;
         dst::check_dst_path(dst)?;
         let mode = mode.map(|m| parse_mode(m)).transpose()?;
         Ok(Request {
@@ -159,12 +165,12 @@ impl<'a> Request<'a> {
 }
 
 /// A mode as `CopySrc` takes it: octal permission bits, at most `0777`.
-pub fn parse_mode(text: &str) -> Result<u32, String> {
+pub fn parse_mode(text: &str) -> Result<u32, ModeError> {
     match u32::from_str_radix(text, 8) {
         Ok(mode) if mode <= 0o777 && !text.is_empty() => Ok(mode),
-        _ => Err(format!(
-            "bad mode {text:?}: give permission bits in octal, at most 0777 (e.g. \"0644\")"
-        )),
+        _ => Err(ModeError {
+            text: text.to_string(),
+        }),
     }
 }
 
@@ -200,10 +206,12 @@ impl Chunk {
         data
     }
 
-    pub fn parse(data: &[String]) -> Result<Chunk, String> {
-        let number = |what: &str, text: &str| {
-            text.parse::<u64>()
-                .map_err(|_| format!("bad {what} {text:?}: not a number"))
+    pub fn parse(data: &[String]) -> Result<Chunk, ChunkError> {
+        let number = |what: &'static str, text: &str| {
+            text.parse::<u64>().map_err(|_| ChunkError::NotANumber {
+                what,
+                text: text.to_string(),
+            })
         };
         let (offset, text, last) = match data {
             [offset, text] => (offset, text, None),
@@ -213,7 +221,7 @@ impl Chunk {
                         .bytes()
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                 if !sha_ok {
-                    return Err(format!("bad sha256 {sha256:?}: not 64 lowercase hex digits"));
+                    return Err(ChunkError::Sha256(sha256.clone()));
                 }
                 let last = Last {
                     size: number("size", size)?,
@@ -222,18 +230,12 @@ impl Chunk {
                 };
                 (offset, text, Some(last))
             }
-            _ => {
-                return Err(format!(
-                    "a chunk's data is [offset, base64] or [offset, base64, size, sha256, mode], not {} elements",
-                    data.len()
-                ))
-            }
+            _ => return Err(ChunkError::Elements(data.len())),
         };
         let offset = number("offset", offset)?;
-        let bytes =
-            base64::decode(text).ok_or_else(|| "the chunk's bytes are not base64".to_string())?;
+        let bytes = base64::decode(text).ok_or(ChunkError::NotBase64)?;
         if offset.checked_add(bytes.len() as u64).is_none() {
-            return Err(format!("offset {offset} is past any file"));
+            return Err(ChunkError::PastAnyFile(offset));
         }
         Ok(Chunk {
             offset,
@@ -244,31 +246,30 @@ impl Chunk {
 }
 
 /// Reads the file and journals its chunks; says what was queued.
-fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, String> {
+fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, CopySrcError> {
     let request = Request::of(&e.message)?;
     let grant = CopyGrant::of_request(e).expect("a CopySrc request of 3 or 4 elements");
     let Some(sig) = e.grant.as_deref() else {
-        return Err(format!(
-            "no grant came with this CopySrc: {} would refuse its chunks. Is {} running an older steward?",
-            request.dst_node, e.from_node
-        ));
+        return Err(CopySrcError::NoGrant {
+            dst_node: request.dst_node.to_string(),
+            from: e.from_node.clone(),
+        });
     };
     let args = grant.chunk_args(sig);
     let path = source_path(&ctx.data.root, request.src)?;
-    let mut file = File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cannot_read = |source| CopySrcError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut file = File::open(&path).map_err(cannot_read)?;
+    let meta = file.metadata().map_err(cannot_read)?;
     if !meta.is_file() {
-        return Err(format!("{} is not a file", path.display()));
+        return Err(CopySrcError::NotAFile(path));
     }
     let size = meta.len();
     let cap = ctx.config.max_copy_bytes;
     if size > cap {
-        return Err(format!(
-            "{} is {size} bytes, more than this node copies ({cap}, --maxCopyBytes): its chunks wait in the journal until delivered",
-            path.display()
-        ));
+        return Err(CopySrcError::TooBig { path, size, cap });
     }
     let m = &e.message;
     let ttl = m.ttl.unwrap_or(CHUNK_TTL_SECS);
@@ -287,15 +288,15 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, String> {
     let mut hasher = Sha256::new();
     let mut group: Vec<Message> = Vec::with_capacity(GROUP);
     let mut queued = 0usize;
-    let send = |group: &mut Vec<Message>, queued: &mut usize| -> Result<(), String> {
+    let send = |group: &mut Vec<Message>, queued: &mut usize| -> Result<(), CopySrcError> {
         let n = group.len();
-        ctx.outbox.send(std::mem::take(group)).map_err(|err| {
-            format!(
-                "cannot queue the chunks of {} after the first {}: {err}; nothing more is sent, send the CopySrc again",
-                path.display(),
-                *queued
-            )
-        })?;
+        ctx.outbox
+            .send(std::mem::take(group))
+            .map_err(|source| CopySrcError::NotQueued {
+                path: path.clone(),
+                queued: *queued,
+                source,
+            })?;
         *queued += n;
         Ok(())
     };
@@ -305,8 +306,7 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, String> {
     let mut offset = 0u64;
     loop {
         let want = CHUNK_BYTES.min((size - offset) as usize);
-        let bytes = read_up_to(&mut file, want)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = read_up_to(&mut file, want).map_err(cannot_read)?;
         hasher.update(&bytes);
         let n = bytes.len();
         if let Some(chunk) = held.replace(Chunk {
@@ -360,21 +360,19 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, String> {
 
 /// Where `src` is on this node: absolute, or under the data folder `root`; never under its
 /// `keys/` (this node's seed).
-fn source_path(root: &Path, src: &str) -> Result<PathBuf, String> {
+fn source_path(root: &Path, src: &str) -> Result<PathBuf, CopySrcError> {
     let path = match Path::new(src).is_absolute() {
         true => PathBuf::from(src),
         false => root.join(src),
     };
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let real = match path.canonicalize() {
+        Ok(real) => real,
+        Err(source) => return Err(CopySrcError::Read { path, source }),
+    };
     let keys = root.join("keys");
     let keys = keys.canonicalize().unwrap_or(keys);
     if real.starts_with(&keys) {
-        return Err(format!(
-            "{} is in this node's keys folder: never copied (its signing key would leave with it)",
-            real.display()
-        ));
+        return Err(CopySrcError::InKeys(real));
     }
     Ok(real)
 }

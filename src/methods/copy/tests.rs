@@ -101,7 +101,7 @@ fn a_chunk_s_data_round_trips_and_bad_data_is_refused() {
     assert_eq!(Chunk::parse(&plain.data()).unwrap(), plain);
     let bad = |data: &[&str], says: &str| {
         let data: Vec<String> = data.iter().map(|s| s.to_string()).collect();
-        let why = Chunk::parse(&data).unwrap_err();
+        let why = Chunk::parse(&data).unwrap_err().to_string();
         assert!(why.contains(says), "{data:?}: {why}");
     };
     bad(&["0"], "not 1 elements");
@@ -145,7 +145,7 @@ fn a_dst_path_is_a_file_outside_steward_s_own_folders() {
         ("incoming/a\nb", "control character"),
         ("/", "names a folder"),
     ] {
-        let why = dst::check_dst_path(bad).unwrap_err();
+        let why = dst::check_dst_path(bad).unwrap_err().to_string();
         assert!(why.contains(says), "{bad:?}: {why}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -155,17 +155,19 @@ fn a_dst_path_is_a_file_outside_steward_s_own_folders() {
     assert!(root.join("in/coming").is_dir(), "folders made");
     // No symbolic link on the way of a relative path.
     std::os::unix::fs::symlink("/tmp", root.join("in/tmp")).unwrap();
-    let why = dst::place(&root, "in/tmp/x").unwrap_err();
+    let why = dst::place(&root, "in/tmp/x").unwrap_err().to_string();
     assert!(why.contains("symbolic link"), "{why}");
     // An absolute path's folder must exist, and lands nowhere steward's own.
-    let why = dst::place(&root, "/nonexistent-steward/x").unwrap_err();
+    let why = dst::place(&root, "/nonexistent-steward/x")
+        .unwrap_err()
+        .to_string();
     assert!(why.contains("the folder must exist"), "{why}");
     std::fs::create_dir_all(root.join("keys")).unwrap();
     let into_keys = format!("{}/keys/trusted.txt", root.display());
-    let why = dst::place(&root, &into_keys).unwrap_err();
+    let why = dst::place(&root, &into_keys).unwrap_err().to_string();
     assert!(why.contains("steward's own"), "{why}");
     let beside_inmsg = format!("{}/inmsg.txt", root.display());
-    let why = dst::place(&root, &beside_inmsg).unwrap_err();
+    let why = dst::place(&root, &beside_inmsg).unwrap_err().to_string();
     assert!(why.contains("goes into a folder"), "{why}");
     let elsewhere = format!("{}/in/y", root.display());
     assert_eq!(dst::place(&root, &elsewhere).unwrap(), root.join("in/y"));
@@ -359,4 +361,51 @@ fn copy_src_refuses_what_it_must_not_copy_before_queueing_anything() {
     refused(&p, &short, "CopySrc takes data");
     p.source.config.max_copy_bytes = 999;
     refused(&p, &request("out/file.bin", "in/x", None), "--maxCopyBytes");
+}
+
+#[test]
+fn a_copy_s_errors_say_what_they_said_as_text_and_keep_the_system_s_error_as_source() {
+    use std::error::Error as _;
+    let mismatch = CopyDstError::Mismatch(Box::new(Mismatch {
+        id: "c1".into(),
+        from: "ship1".into(),
+        dst: "/in/x".into(),
+        sent_sha256: "aa".into(),
+        sent_size: 2,
+        node: "ship2".into(),
+        got_sha256: "bb".into(),
+        got_size: 3,
+        aside: Aside::Kept("/in/.x.bad".into()),
+    }));
+    assert_eq!(
+        mismatch.to_string(),
+        "copy c1 from ship1 to /in/x: SHA-256 mismatch: ship1 sent sha256 aa (2 bytes), ship2 received sha256 bb (3 bytes); kept as /in/.x.bad; nothing put in place"
+    );
+    let denied = || io::Error::from(io::ErrorKind::PermissionDenied);
+    let queued = CopySrcError::NotQueued {
+        path: "/var/log/x".into(),
+        queued: 32,
+        source: denied(),
+    };
+    assert_eq!(
+        queued.to_string(),
+        format!("cannot queue the chunks of /var/log/x after the first 32: {}; nothing more is sent, send the CopySrc again", denied())
+    );
+    assert!(queued.source().is_some());
+    let place = CopyDstError::from(PlaceError::NotMade {
+        path: "in/x".into(),
+        at: "/d/in".into(),
+        source: denied(),
+    });
+    assert_eq!(
+        place.to_string(),
+        format!("bad dstPath \"in/x\": /d/in: cannot be made: {}", denied())
+    );
+    let io = place.source().and_then(|e| e.source());
+    assert!(io.is_some_and(|e| e.is::<io::Error>()), "{io:?}");
+    let mode = CopyDstError::from(parse_mode("4755").unwrap_err());
+    assert_eq!(
+        mode.to_string(),
+        "bad mode \"4755\": give permission bits in octal, at most 0777 (e.g. \"0644\")"
+    );
 }

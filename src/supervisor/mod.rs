@@ -29,18 +29,39 @@
 //! the agent at once, for systemd to start it again.
 //!
 //! The rest of the node talks to it only through [`Event`]s on one channel.
+//!
+//! # The files
+//!
+//! - this one: the process table, the loop over [`Event`]s and timers, starting the node's
+//!   fixed processes and launching any process, a process that exited, and shutdown;
+//! - `restart`: what a failure decides (the pause before the restart, whether central
+//!   hears of it), a rule without threads or clock, tested alone;
+//! - `lanes`: a publisher per lane, started when the lane has work and at most
+//!   `--maxPublishers` at a time; the lanes waiting their turn; publishers that gave their
+//!   thread up, parked until their pause is over;
+//! - `stop`: `OpProcessStop`, and the processes it may not stop ([`MUST_STAY`]);
+//! - `status`: the process table as text.
 
 use crate::methods::Method;
 use crate::node::Node;
-use crate::process::{self, publisher, subscriber, Failure, Process, State, StopFd};
+use crate::process::{self, subscriber, Failure, Process, State, StopFd};
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Sender};
+use lanes::Waiting;
+use restart::Failures;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+mod lanes;
+mod restart;
+mod status;
+mod stop;
+
+pub use restart::{FATAL_RESTART, MAX_BACKOFF};
+pub use stop::{NotStopped, Stopped, MUST_STAY};
 
 pub enum Event {
     /// Messages wait in the journal for these lanes, which have no publisher yet.
@@ -68,108 +89,9 @@ pub enum Event {
     Shutdown,
 }
 
-/// The subscribers `OpProcessStop` may not stop: without them nothing could put the node
-/// right (run a command, take a revocation, stop or list processes) until someone restarts
-/// it by hand.
-pub const MUST_STAY: [&str; 4] = [
-    "subscriber CLICommand",
-    "subscriber TrustedKeys",
-    "subscriber OpProcessStop",
-    "subscriber OpProcessList",
-];
-
-/// What `OpProcessStop` did, in words for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stopped(pub String);
-
-/// Why `OpProcessStop` stopped nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotStopped {
-    /// No process of that name (`OpProcessList` lists them).
-    NoSuchProcess { node: String, name: String },
-    /// One of the node's own processes, or a subscriber in [`MUST_STAY`]: the node must
-    /// stay reachable.
-    MustStay { node: String, name: String },
-    /// The supervisor did not answer: the node is stopping.
-    NoAnswer,
-    /// A schedule's stop could not be written (`why`): it would come back at the next start.
-    NotKept { name: String, why: String },
-}
-
-impl std::fmt::Display for NotStopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NotStopped::NoSuchProcess { node, name } => {
-                write!(f, "{node} has no process {name:?} (OpProcessList lists them)")
-            }
-            NotStopped::MustStay { node, name } => write!(
-                f,
-                "{name} cannot be stopped: {node} must stay reachable (only publishers, and subscribers other than those of CLICommand, TrustedKeys, OpProcessStop and OpProcessList, can)"
-            ),
-            NotStopped::NoAnswer => f.write_str("the supervisor did not answer (the node is stopping)"),
-            NotStopped::NotKept { name, why } => write!(f, "cannot record that {name} stops ({why}); it goes on"),
-        }
-    }
-}
-
-impl std::error::Error for NotStopped {}
-
 /// While the journal has upkeep waiting, how often the supervisor does it: finishes are
 /// durable within this.
 const UPKEEP_EVERY: Duration = Duration::from_millis(500);
-
-/// The longest pause before a process that failed, and can be helped by a restart, is
-/// started again.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// How long a process whose failure no restart can fix waits before it is tried again.
-pub const FATAL_RESTART: Duration = Duration::from_secs(600);
-
-/// A process that ran this long before it failed was healthy: its failures in a row start
-/// over.
-const HEALTHY: Duration = Duration::from_secs(60);
-
-/// What the supervisor does about a process that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Restart {
-    /// Start it again after this.
-    after: Duration,
-    /// Report it to central ([`Node::report_error`]); otherwise it is only logged here.
-    report: bool,
-}
-
-/// One process's failures, kept across its restarts: what the supervisor's decisions
-/// depend on.
-#[derive(Debug, Default)]
-struct Failures {
-    /// Failures in a row, without a healthy run in between; sets the backoff.
-    in_a_row: u32,
-    /// A fatal failure in this row has been reported.
-    fatal_reported: bool,
-}
-
-impl Failures {
-    /// The decision about a process that failed (`fatal`: no restart can fix it) after
-    /// running for `ran`. See the module docs.
-    fn on_failure(&mut self, fatal: bool, ran: Duration) -> Restart {
-        if ran > HEALTHY {
-            *self = Failures::default();
-        }
-        self.in_a_row += 1;
-        if fatal {
-            let report = !self.fatal_reported;
-            self.fatal_reported = true;
-            return Restart {
-                after: FATAL_RESTART,
-                report,
-            };
-        }
-        Restart {
-            after: crate::retry::backoff(self.in_a_row, MAX_BACKOFF),
-            report: true,
-        }
-    }
-}
 
 /// How to make (and remake) a process.
 type Recipe = Box<dyn Fn() -> Box<dyn Process>>;
@@ -209,8 +131,7 @@ pub struct Supervisor {
     stop_fd: StopFd,
     methods: Vec<Arc<dyn Method>>,
     /// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`).
-    waiting: std::collections::VecDeque<Subject>,
-    queued: std::collections::HashSet<Subject>,
+    waiting: Waiting,
     /// Publisher threads running, and the most since memory was last handed back.
     publishers: usize,
     publishers_peak: usize,
@@ -227,8 +148,7 @@ impl Supervisor {
             stop_fd_tx,
             stop_fd,
             methods: Vec::new(),
-            waiting: std::collections::VecDeque::new(),
-            queued: std::collections::HashSet::new(),
+            waiting: Waiting::default(),
             publishers: 0,
             publishers_peak: 0,
         }
@@ -347,53 +267,6 @@ impl Supervisor {
         }
     }
 
-    /// Starts a publisher for a lane with messages waiting, unless it has one.
-    fn publish(&mut self, lane: Subject) {
-        let name = format!("publisher {lane}");
-        let ending = !self.node.serves_lane(&lane);
-        if let Some(e) = self.table.get_mut(&name) {
-            match (&e.stopped_by, &e.thread) {
-                // Stopped by an operator, or ending idle, and its lane has work again:
-                // started again once its thread has ended.
-                (Some(_), Some(_)) => e.resume = true,
-                (Some(_), None) => self.resume(&name),
-                (None, Some(_)) if ending => e.resume = true,
-                // Parked (gave its thread up) or ended: its lane has work, so a thread.
-                (None, None) => self.resume(&name),
-                (None, _) => {
-                    if let Some((_, wake)) = &e.lane {
-                        let _ = wake.try_send(());
-                    }
-                }
-            }
-            return;
-        }
-        if self.publishers >= self.node.config.max_publishers {
-            // Its turn comes when a publisher ends; idle ones are asked to end now.
-            if self.queued.insert(lane.clone()) {
-                self.waiting.push_back(lane);
-            }
-            self.want_publishers(true);
-            return;
-        }
-        // A wake-up waits at most one deep: a publisher looks at the journal after each.
-        let (wake_tx, wake) = crossbeam_channel::bounded(1);
-        self.node.serve_lane(lane.clone(), wake_tx.clone());
-        let in_flight = publisher::InFlight::default();
-        let node = self.node.clone();
-        log::debug!("spawning {name}");
-        let subject = lane.clone();
-        self.add(name, Some((lane, wake_tx)), move |state| {
-            Box::new(publisher::Publisher {
-                subject: subject.clone(),
-                node: node.clone(),
-                wake: wake.clone(),
-                in_flight: in_flight.clone(),
-                state,
-            })
-        });
-    }
-
     fn exited(&mut self, name: String, generation: u64, failure: Option<Failure>) {
         let Some(e) = self.table.get_mut(&name) else {
             return;
@@ -467,139 +340,6 @@ impl Supervisor {
         }
     }
 
-    /// `OpProcessStop`: stops a publisher or a subscriber, not to be restarted (see
-    /// [`ProcessEntry::stopped_by`]), or a schedule, for good (its stop is written to
-    /// schedules.json). The node's own processes (inbox, control socket, scheduler, hello)
-    /// and the subscribers in [`MUST_STAY`] cannot be stopped: a node must stay reachable to
-    /// be put right.
-    fn stop_one(&mut self, name: &str, by: &str) -> Result<Stopped, NotStopped> {
-        let node = self.node.config.node.clone();
-        if let Some(id) = name.strip_prefix("schedule ") {
-            return match self.node.schedules.stop(id) {
-                Ok(true) => {
-                    log::warn!("{name} stopped by OpProcessStop from {by}");
-                    Ok(Stopped(format!("{name} on {node} stopped for good")))
-                }
-                Ok(false) => Err(NotStopped::NoSuchProcess {
-                    node,
-                    name: name.to_string(),
-                }),
-                Err(e) => Err(NotStopped::NotKept {
-                    name: name.to_string(),
-                    why: e.to_string(),
-                }),
-            };
-        }
-        let Some(e) = self.table.get_mut(name) else {
-            return Err(NotStopped::NoSuchProcess {
-                node,
-                name: name.to_string(),
-            });
-        };
-        if !(name.starts_with("publisher ") || name.starts_with("subscriber "))
-            || MUST_STAY.contains(&name)
-        {
-            return Err(NotStopped::MustStay {
-                node,
-                name: name.to_string(),
-            });
-        }
-        let done = |text: String| Ok(Stopped(text));
-        if e.stopped_by.is_some() || e.thread.is_none() {
-            return done(format!("{name} on {node} is not running"));
-        }
-        e.stopped_by = Some(by.to_string());
-        e.restart_at = None;
-        drop(e.stop.take());
-        if let Some((lane, _)) = &e.lane {
-            self.node.unserve_lane(lane);
-        }
-        log::warn!("{name} stopped by OpProcessStop from {by}");
-        done(if name.starts_with("publisher ") {
-            format!("{name} on {node} stopped; its messages stay in the journal, and it starts again with its lane's next message or the next start of {node}")
-        } else {
-            format!("{name} on {node} stopped until the next start of {node}")
-        })
-    }
-
-    /// A publisher gave its thread up until `until` (see [`Event::Yielded`]).
-    fn parked(&mut self, lane: Subject, until: Instant) {
-        if let Some(e) = self.table.get_mut(&format!("publisher {lane}")) {
-            e.parked_until = Some(until);
-        }
-    }
-
-    /// Parked lanes whose pause is over wait their turn for a thread.
-    fn unpark_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<Subject> = self
-            .table
-            .values_mut()
-            .filter(|e| e.thread.is_none() && e.parked_until.is_some_and(|t| t <= now))
-            .filter_map(|e| {
-                e.parked_until = None;
-                e.lane.as_ref().map(|(l, _)| l.clone())
-            })
-            .collect();
-        for lane in due {
-            if self.queued.insert(lane.clone()) {
-                self.waiting.push_back(lane);
-            }
-        }
-        self.next_waiting();
-    }
-
-    fn next_parked(&self) -> Option<Instant> {
-        self.table
-            .values()
-            .filter(|e| e.thread.is_none())
-            .filter_map(|e| e.parked_until)
-            .min()
-    }
-
-    /// Lanes waiting for a publisher get one while there is room; once none waits, idle
-    /// publishers idle again, and the memory a burst of them took is handed back.
-    fn next_waiting(&mut self) {
-        while self.publishers < self.node.config.max_publishers {
-            let Some(lane) = self.waiting.pop_front() else {
-                break;
-            };
-            self.queued.remove(&lane);
-            self.publish(lane);
-        }
-        if !self.waiting.is_empty() {
-            self.want_publishers(true);
-        } else {
-            self.want_publishers(false);
-            if self.publishers_peak >= 64 && self.publishers <= self.publishers_peak / 2 {
-                crate::sys::malloc_trim();
-                self.publishers_peak = self.publishers;
-            }
-        }
-    }
-
-    /// Says whether lanes wait for a publisher; when they start to, wakes every publisher,
-    /// so the idle ones see it and end.
-    fn want_publishers(&mut self, wanted: bool) {
-        use std::sync::atomic::Ordering;
-        let was = self.node.publishers_wanted.swap(wanted, Ordering::Relaxed);
-        if wanted && !was {
-            for (_, wake) in self.table.values().filter_map(|e| e.lane.as_ref()) {
-                let _ = wake.try_send(());
-            }
-        }
-    }
-
-    /// Starts a publisher an operator stopped again, its lane served and woken.
-    fn resume(&mut self, name: &str) {
-        let Some((lane, wake)) = self.table.get(name).and_then(|e| e.lane.clone()) else {
-            return;
-        };
-        self.node.serve_lane(lane, wake.clone());
-        self.launch(name);
-        let _ = wake.try_send(());
-    }
-
     fn restart_due(&mut self) {
         let now = Instant::now();
         let due: Vec<String> = self
@@ -612,59 +352,6 @@ impl Supervisor {
             log::info!("restarting process {name}");
             self.launch(&name);
         }
-    }
-
-    fn status(&self) -> String {
-        let (pending, size) = {
-            let journal = self.node.journal();
-            (journal.pending_count(), journal.size())
-        };
-        let mut s = format!(
-            "node {}  journal: {pending} pending, {size} bytes  handlers busy: {}\n{:<50} {:>7} {:>8}  state\n",
-            self.node.config.node,
-            self.node.handlers.in_use(),
-            "process",
-            "pending",
-            "restarts"
-        );
-        let journal = self.node.journal();
-        for (name, e) in &self.table {
-            let pending = e.lane.as_ref().map_or(0, |(l, _)| journal.lane_pending(l));
-            let _ = writeln!(
-                s,
-                "{name:<50} {pending:>7} {:>8}  {}",
-                e.restarts,
-                e.state.get()
-            );
-        }
-        if !self.waiting.is_empty() {
-            let _ = writeln!(
-                s,
-                "{} lane(s) waiting for a publisher (--maxPublishers {})",
-                self.waiting.len(),
-                self.node.config.max_publishers
-            );
-        }
-        for schedule in self.node.schedules.list() {
-            let m = &schedule.request.message;
-            let _ = writeln!(
-                s,
-                "{:<50} {:>7} {:>8}  {} from {} every {}s until {}, run {}{}",
-                schedule.name(),
-                0,
-                0,
-                m.method,
-                schedule.request.from_node,
-                schedule.every / 1000,
-                crate::files::rfc3339(schedule.until),
-                schedule.runs,
-                match schedule.running {
-                    Some(_) => ", running".to_string(),
-                    None => format!(", next {}", crate::files::rfc3339(schedule.next)),
-                }
-            );
-        }
-        s
     }
 
     /// Makes the journal's finish records durable (the fsync without its lock), writes
@@ -782,66 +469,5 @@ impl Supervisor {
             log::error!("journal: cannot sync at shutdown: {e}");
         }
         log::info!("stopped");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MOMENT: Duration = Duration::from_millis(10);
-
-    #[test]
-    fn a_failure_a_restart_can_help_is_restarted_sooner_then_later_and_always_reported() {
-        let mut f = Failures::default();
-        let mut last = Duration::ZERO;
-        for n in 1..=12 {
-            let r = f.on_failure(false, MOMENT);
-            assert!(r.report, "failure {n} not reported");
-            assert!(
-                r.after >= last.min(MAX_BACKOFF),
-                "failure {n}: {r:?} after {last:?}"
-            );
-            assert!(
-                r.after <= MAX_BACKOFF + MAX_BACKOFF / 4,
-                "failure {n}: {r:?}"
-            );
-            last = r.after;
-        }
-        assert!(
-            last >= MAX_BACKOFF,
-            "never reached the longest pause: {last:?}"
-        );
-        // A minute of healthy running: the next failure starts from the shortest pause.
-        let r = f.on_failure(false, HEALTHY + MOMENT);
-        assert!(r.after < Duration::from_secs(1), "{r:?}");
-    }
-
-    #[test]
-    fn a_fatal_failure_waits_long_and_is_reported_once_until_the_process_runs_well_again() {
-        let mut f = Failures::default();
-        let first = f.on_failure(true, MOMENT);
-        assert_eq!(
-            first,
-            Restart {
-                after: FATAL_RESTART,
-                report: true
-            }
-        );
-        // Failing at once after each try: no loop, and no report again.
-        for _ in 0..5 {
-            assert_eq!(
-                f.on_failure(true, MOMENT),
-                Restart {
-                    after: FATAL_RESTART,
-                    report: false
-                }
-            );
-        }
-        // A failure a restart can help in between is its own, and reported.
-        assert!(f.on_failure(false, MOMENT).report);
-        assert!(!f.on_failure(true, MOMENT).report);
-        // After a healthy run, a fatal failure is news again.
-        assert!(f.on_failure(true, HEALTHY + MOMENT).report);
     }
 }

@@ -1,0 +1,166 @@
+//! Publishers for lanes. A lane gets a publisher the first time it has a message, and
+//! keeps it while it has work; an idle publisher ends after `--keepPublishersAliveFor`.
+//! At most `--maxPublishers` run at once: a lane beyond that waits its turn in [`Waiting`],
+//! and while any waits, idle publishers are asked to end now. A publisher whose lane's
+//! first message pauses between attempts gives its thread up while lanes wait
+//! ([`Event::Yielded`](super::Event::Yielded)): it is parked, its slot (the message and its
+//! attempts) kept in the table, and its lane waits its turn again once the pause is over.
+
+use super::Supervisor;
+use crate::process::publisher;
+use crate::subject::Subject;
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+/// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`), each
+/// once, in the order they came.
+#[derive(Default)]
+pub(super) struct Waiting {
+    lanes: VecDeque<Subject>,
+    queued: HashSet<Subject>,
+}
+
+impl Waiting {
+    /// Puts `lane` at the back, unless it waits already.
+    fn push(&mut self, lane: Subject) {
+        if self.queued.insert(lane.clone()) {
+            self.lanes.push_back(lane);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Subject> {
+        let lane = self.lanes.pop_front()?;
+        self.queued.remove(&lane);
+        Some(lane)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+}
+
+impl Supervisor {
+    /// Starts a publisher for a lane with messages waiting, unless it has one.
+    pub(super) fn publish(&mut self, lane: Subject) {
+        let name = format!("publisher {lane}");
+        let ending = !self.node.serves_lane(&lane);
+        if let Some(e) = self.table.get_mut(&name) {
+            match (&e.stopped_by, &e.thread) {
+                // Stopped by an operator, or ending idle, and its lane has work again:
+                // started again once its thread has ended.
+                (Some(_), Some(_)) => e.resume = true,
+                (Some(_), None) => self.resume(&name),
+                (None, Some(_)) if ending => e.resume = true,
+                // Parked (gave its thread up) or ended: its lane has work, so a thread.
+                (None, None) => self.resume(&name),
+                (None, _) => {
+                    if let Some((_, wake)) = &e.lane {
+                        let _ = wake.try_send(());
+                    }
+                }
+            }
+            return;
+        }
+        if self.publishers >= self.node.config.max_publishers {
+            // Its turn comes when a publisher ends; idle ones are asked to end now.
+            self.waiting.push(lane);
+            self.want_publishers(true);
+            return;
+        }
+        // A wake-up waits at most one deep: a publisher looks at the journal after each.
+        let (wake_tx, wake) = crossbeam_channel::bounded(1);
+        self.node.serve_lane(lane.clone(), wake_tx.clone());
+        let in_flight = publisher::InFlight::default();
+        let node = self.node.clone();
+        log::debug!("spawning {name}");
+        let subject = lane.clone();
+        self.add(name, Some((lane, wake_tx)), move |state| {
+            Box::new(publisher::Publisher {
+                subject: subject.clone(),
+                node: node.clone(),
+                wake: wake.clone(),
+                in_flight: in_flight.clone(),
+                state,
+            })
+        });
+    }
+
+    /// A publisher gave its thread up until `until` (see [`Event::Yielded`](super::Event::Yielded)).
+    pub(super) fn parked(&mut self, lane: Subject, until: Instant) {
+        if let Some(e) = self.table.get_mut(&format!("publisher {lane}")) {
+            e.parked_until = Some(until);
+        }
+    }
+
+    /// Parked lanes whose pause is over wait their turn for a thread.
+    pub(super) fn unpark_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Subject> = self
+            .table
+            .values_mut()
+            .filter(|e| e.thread.is_none() && e.parked_until.is_some_and(|t| t <= now))
+            .filter_map(|e| {
+                e.parked_until = None;
+                e.lane.as_ref().map(|(l, _)| l.clone())
+            })
+            .collect();
+        for lane in due {
+            self.waiting.push(lane);
+        }
+        self.next_waiting();
+    }
+
+    pub(super) fn next_parked(&self) -> Option<Instant> {
+        self.table
+            .values()
+            .filter(|e| e.thread.is_none())
+            .filter_map(|e| e.parked_until)
+            .min()
+    }
+
+    /// Lanes waiting for a publisher get one while there is room; once none waits, idle
+    /// publishers idle again, and the memory a burst of them took is handed back.
+    pub(super) fn next_waiting(&mut self) {
+        while self.publishers < self.node.config.max_publishers {
+            let Some(lane) = self.waiting.pop() else {
+                break;
+            };
+            self.publish(lane);
+        }
+        if !self.waiting.is_empty() {
+            self.want_publishers(true);
+        } else {
+            self.want_publishers(false);
+            if self.publishers_peak >= 64 && self.publishers <= self.publishers_peak / 2 {
+                crate::sys::malloc_trim();
+                self.publishers_peak = self.publishers;
+            }
+        }
+    }
+
+    /// Says whether lanes wait for a publisher; when they start to, wakes every publisher,
+    /// so the idle ones see it and end.
+    fn want_publishers(&mut self, wanted: bool) {
+        use std::sync::atomic::Ordering;
+        let was = self.node.publishers_wanted.swap(wanted, Ordering::Relaxed);
+        if wanted && !was {
+            for (_, wake) in self.table.values().filter_map(|e| e.lane.as_ref()) {
+                let _ = wake.try_send(());
+            }
+        }
+    }
+
+    /// Starts a publisher an operator stopped again, its lane served and woken.
+    pub(super) fn resume(&mut self, name: &str) {
+        let Some((lane, wake)) = self.table.get(name).and_then(|e| e.lane.clone()) else {
+            return;
+        };
+        self.node.serve_lane(lane, wake.clone());
+        self.launch(name);
+        let _ = wake.try_send(());
+    }
+}
