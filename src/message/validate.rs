@@ -95,11 +95,16 @@ impl Message {
         }
         message.check_limits()?;
         crate::reply::check_request(&message, refusal).map_err(InputError::Reply)?;
+        // The list is not copied into each of its messages (a fan-out to 50,000 nodes
+        // would copy 50,000 names 50,000 times).
+        let message = Message {
+            to_nodes: None,
+            ..message
+        };
         Ok(nodes
             .into_iter()
             .map(|to_node| Message {
                 to_node,
-                to_nodes: None,
                 ..message.clone()
             })
             .collect())
