@@ -308,9 +308,10 @@ fn forbidden(
     e: &Envelope,
 ) -> Option<String> {
     let (from, method) = (e.from_node.as_str(), served.method);
-    // What makes the receiver act again, or send on (a schedule, a result of its own, a
-    // result elsewhere), is a command's power: never on a result, never on a copy's chunk,
-    // whose tickets and grants do not cover it; elsewhere only from a commander.
+    // What makes the receiver act again or send on (a schedule, a result message of its
+    // own) never rides a result or a copy's chunk, whose tickets and grants do not cover
+    // it; a schedule, elsewhere, only from a commander (a result message goes only to its
+    // own sender, which may ask for it).
     let m = &e.message;
     let acts_again = m.schedule.is_some() || m.reply_method.is_some();
     if acts_again && (m.in_reply_to.is_some() || served.senders == Senders::CommandersOrGranted) {

@@ -16,8 +16,9 @@
 //!                                                           method runs, then ACKs)
 //! ```
 //!
-//! The supervisor starts each lane's publisher the first time the lane has a message, and
-//! restarts any process that fails; messages themselves never pass through it.
+//! The supervisor starts a lane's publisher when the lane has messages and none runs (an
+//! idle one ends; at most `--maxPublishers` at once), and restarts any process that
+//! fails; messages themselves never pass through it.
 //!
 //! # The tree, in the order a message meets it
 //!
@@ -37,6 +38,9 @@
 //! methods/              CLICommand, TextLogging, Hello, ErrorLog, TrustedKeys, HttpGet, …:
 //!                       each a file, given a narrow Context; copy/ (CopySrc, CopyDst: a
 //!                       file sent on in journaled chunks)
+//! reply, grant           results as messages of their own (tickets); a copy's grant
+//! schedule              schedules kept on disk, run by process/scheduler
+//! startup               the startup folder: messages a node sends itself at every start
 //! node/report           errors and refusals to central, through intake like any message
 //! supervisor/           starts, restarts (Retry or Fatal: restart) and stops the processes;
 //!                       lanes (publishers on demand, --maxPublishers), stop (OpProcessStop)

@@ -344,17 +344,27 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
     // What one message may carry, less the arguments it carries too.
     let args: usize = m.reply_method_args.iter().flatten().map(String::len).sum();
     let room = MAX_RESULT_OUTPUT.saturating_sub(args);
-    if output.len() > room {
-        let mut cut = room;
-        while !output.is_char_boundary(cut) {
-            cut -= 1;
+    // Cut by what it takes on the wire: JSON writes a control character as six bytes.
+    let wire = |s: &str| serde_json::to_string(s).map_or(s.len(), |j| j.len());
+    if wire(&output) > room {
+        let note = "\n[steward: output cut to what one message may carry]\n";
+        let room = room.saturating_sub(note.len() + 2);
+        while wire(&output) > room {
+            let mut cut = (output.len() * room / wire(&output)).min(output.len() - 1);
+            while !output.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            output.truncate(cut);
         }
-        output.truncate(cut);
-        output.push_str("\n[steward: output cut to what one message may carry]\n");
+        output.push_str(note);
     }
     Some(Message {
         timeout: m.reply_timeout,
         retries: m.reply_retries,
+        // A result waits for its sender as long as the request did for its receiver, and
+        // at least a week (as an error report): the sender may be away, and a result
+        // given up on cannot be sent again from failed-messages.txt.
+        ttl: Some(m.ttl.unwrap_or(0).max(crate::node::ERROR_REPORT_TTL_SECS)),
         method_args: m.reply_method_args.clone(),
         directory: m.directory.clone(),
         file_name: m.file_name.clone(),
@@ -491,6 +501,31 @@ mod tests {
             let err = Envelope::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
             assert!(err.to_string().contains(says), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_result_of_binary_output_still_fits_one_message() {
+        let request = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 0,
+            reply_ticket: Some("t".into()),
+            grant: None,
+            message: Message {
+                reply_method: Some("FileAppend".into()),
+                directory: Some("m".into()),
+                file_name: Some("bin".into()),
+                ..Message::new("ship1", Kind::CommandAck, "CLICommand", vec![])
+            },
+        };
+        // Control characters take six bytes each in JSON.
+        let output = "\u{1}".repeat(crate::message::MAX_DATA_BYTES);
+        let result = result_message(&request, &Outcome::ok(output)).unwrap();
+        let wire = serde_json::to_string(&result.data[0]).unwrap().len();
+        assert!(wire <= MAX_RESULT_OUTPUT, "{wire}");
+        assert!(result.data[0].ends_with("carry]\n"));
+        // Waits for its sender at least a week.
+        assert!(result.ttl >= Some(crate::node::ERROR_REPORT_TTL_SECS));
     }
 
     #[test]

@@ -195,7 +195,13 @@ impl Schedules {
             if let Err(e) = self.persist(&list) {
                 // Not run: without the record a restart could run them again.
                 log::error!("cannot record schedule runs as started: {e}; they are skipped");
-                for s in list.iter_mut().filter(|s| s.running.is_some()) {
+                let marked: Vec<(&str, &str)> = due
+                    .iter()
+                    .map(|d| (d.request.from_node.as_str(), d.request.id.as_str()))
+                    .collect();
+                for s in list.iter_mut().filter(|s| {
+                    marked.contains(&(s.request.from_node.as_str(), s.request.id.as_str()))
+                }) {
                     s.running = None;
                     s.runs -= 1;
                     s.next = s.next_from(s.next, now);

@@ -3,7 +3,7 @@
 //! - [`Message`]: what an operator writes into `inmsg.txt`: the seed's JSON keys (`toNode`,
 //!   `data`, `commandOrEvent`, `method`, optional `timeout` and `retries`), and steward's
 //!   optional ones (`ttl`, `toNodes`, `methodTimeout`, `methodArgs`, the `reply…` keys,
-//!   `directory` and `fileName`).
+//!   `directory`, `fileName` and `schedule`).
 //! - [`Envelope`]: a message once accepted by a node: it gains a unique `id`, the sending
 //!   node and the time it was accepted. This is what the journal keeps and what travels on
 //!   the wire.

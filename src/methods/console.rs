@@ -22,7 +22,7 @@ impl Method for Console {
     fn senders(&self) -> Senders {
         Senders::CommandersOrAsked
     }
-    fn handle(&self, envelope: &Envelope, _ctx: &Context) -> Outcome {
+    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let m = &envelope.message;
         let to_stderr = match m.method_args.as_deref() {
             None | Some([]) => false,
@@ -35,6 +35,10 @@ impl Method for Console {
             }
         };
         let text = super::file::text_of(&m.data);
+        let sizes = [(envelope.from_node.as_str(), text.len())];
+        if let Some(refused) = crate::log_budget::admit(ctx, self.name(), &sizes).remove(0) {
+            return refused;
+        }
         let mut out = String::with_capacity(text.len() + 64);
         for line in crate::files::escape_controls(&text).lines() {
             out.push_str(&envelope.from_node);

@@ -11,7 +11,8 @@
 //!
 //! Writing a file on a node is a command's power: directly, only senders
 //! `--allowCommandsFrom` allows may; as a result, only the node this one asked, for exactly
-//! the file it asked for (see [`crate::reply`]).
+//! the file it asked for (see [`crate::reply`]). What each sender writes counts against its
+//! hourly log budget, as its logs do ([`crate::log_budget`]).
 
 use super::{Context, Method, Outcome, Senders, EVENTS};
 use crate::message::{Envelope, Kind};
@@ -33,8 +34,12 @@ impl Method for File {
         ctx.log_budget.check_free_space(&ctx.data.root)
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
-        write(envelope, ctx, |path, bytes| {
-            crate::files::write_atomically(path, bytes)
+        write(self.name(), envelope, ctx, |path, bytes| {
+            // `.<fileName>.tmp`: a fileName never starts with '.', so no file a sender
+            // names can be in its way, and two names never share one.
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let tmp = path.with_file_name(format!(".{name}.tmp"));
+            crate::files::write_atomically_through(path, &tmp, bytes)
         })
     }
 }
@@ -53,7 +58,7 @@ impl Method for FileAppend {
         ctx.log_budget.check_free_space(&ctx.data.root)
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
-        write(envelope, ctx, |path, bytes| {
+        write(self.name(), envelope, ctx, |path, bytes| {
             crate::files::append(path, bytes, true)
         })
     }
@@ -71,7 +76,10 @@ pub fn text_of(data: &[String]) -> String {
     text
 }
 
+/// Writes a message's text where it says, within its sender's hourly log budget (a node
+/// asked for results cannot fill this disk with them).
 fn write(
+    method: &'static str,
     envelope: &Envelope,
     ctx: &Context,
     how: impl Fn(&std::path::Path, &[u8]) -> std::io::Result<()>,
@@ -81,6 +89,10 @@ fn write(
         Err(e) => return Outcome::refused(e.to_string()),
     };
     let text = text_of(&envelope.message.data);
+    let sizes = [(envelope.from_node.as_str(), text.len())];
+    if let Some(refused) = crate::log_budget::admit(ctx, method, &sizes).remove(0) {
+        return refused;
+    }
     match how(&path, text.as_bytes()) {
         Ok(()) => Outcome::ok(format!("{} bytes to {}", text.len(), path.display())),
         Err(e) => Outcome::error(format!("cannot write {}: {e}", path.display())),

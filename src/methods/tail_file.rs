@@ -51,7 +51,14 @@ impl Method for TailFile {
             );
         };
         let path = ctx.data.root.join(path);
-        if path.starts_with(ctx.data.keys()) {
+        // Where it really is (`..`, links), for the keys/ check.
+        let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+        let keys = ctx
+            .data
+            .keys()
+            .canonicalize()
+            .unwrap_or_else(|_| ctx.data.keys());
+        if real.starts_with(&keys) {
             return Outcome::refused(
                 "TailFile does not follow files under keys/: the node's signing key is there",
             );
@@ -152,9 +159,14 @@ impl Tail {
         };
         match now {
             Some((dev, ino, _)) if self.id != Some((dev, ino)) => {
-                // Rotated (or created): the old file was read to its end above.
+                // Rotated (or created): the old file is read to its end first, whatever
+                // its size.
+                while self.read_to_end(&mut each)? >= READ_PER_LOOK {}
                 if self.id.is_some() {
                     self.rotations += 1;
+                }
+                if !std::fs::metadata(&self.path)?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
                 }
                 let f = File::open(&self.path)?;
                 self.file = Some(f);
@@ -175,9 +187,10 @@ impl Tail {
 
     /// Reads what was appended, at most [`READ_PER_LOOK`] a look (a log written faster than
     /// it can be sent is caught up with over several looks, each within the deadline).
-    fn read_to_end(&mut self, each: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
+    /// Returns how much it read.
+    fn read_to_end(&mut self, each: &mut impl FnMut(&[u8])) -> std::io::Result<usize> {
         let Some(f) = self.file.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         f.seek(SeekFrom::Start(self.offset))?;
         let mut buf = [0u8; 64 * 1024];
@@ -191,7 +204,7 @@ impl Tail {
             read += n;
             each(&buf[..n]);
         }
-        Ok(())
+        Ok(read)
     }
 }
 

@@ -181,9 +181,9 @@ impl Node {
     /// attempts (lanes wait for a thread): its messages go through the supervisor, which
     /// puts the lane back in line once the pause is over (`until`), or at once when a new
     /// message comes for it.
-    pub fn yield_lane(&self, lane: &Subject, until: Instant) {
+    pub fn park_lane(&self, lane: &Subject, until: Instant) {
         self.unserve_lane(lane);
-        let _ = self.supervisor.send(Event::Yielded {
+        let _ = self.supervisor.send(Event::Parked {
             lane: lane.clone(),
             until,
         });

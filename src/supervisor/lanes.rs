@@ -3,7 +3,7 @@
 //! At most `--maxPublishers` run at once: a lane beyond that waits its turn in [`Waiting`],
 //! and while any waits, idle publishers are asked to end now. A publisher whose lane's
 //! first message pauses between attempts gives its thread up while lanes wait
-//! ([`Event::Yielded`](super::Event::Yielded)): it is parked, its slot (the message and its
+//! ([`Event::Parked`](super::Event::Parked)): it is parked, its slot (the message and its
 //! attempts) kept in the table, and its lane waits its turn again once the pause is over.
 
 use super::Supervisor;
@@ -48,15 +48,20 @@ impl Supervisor {
     pub(super) fn publish(&mut self, lane: Subject) {
         let name = format!("publisher {lane}");
         let ending = !self.node.serves_lane(&lane);
+        let full = self.publishers >= self.node.config.max_publishers;
         if let Some(e) = self.table.get_mut(&name) {
             match (&e.stopped_by, &e.thread) {
                 // Stopped by an operator, or ending idle, and its lane has work again:
                 // started again once its thread has ended.
                 (Some(_), Some(_)) => e.resume = true,
-                (Some(_), None) => self.resume(&name),
                 (None, Some(_)) if ending => e.resume = true,
-                // Parked (gave its thread up) or ended: its lane has work, so a thread.
-                (None, None) => self.resume(&name),
+                // Stopped, parked (gave its thread up) or ended, and its lane has work: a
+                // thread, in its turn past the cap.
+                (_, None) if full => {
+                    self.waiting.push(lane);
+                    self.want_publishers(true);
+                }
+                (_, None) => self.resume(&name),
                 (None, _) => {
                     if let Some((_, wake)) = &e.lane {
                         let _ = wake.try_send(());
@@ -89,7 +94,7 @@ impl Supervisor {
         });
     }
 
-    /// A publisher gave its thread up until `until` (see [`Event::Yielded`](super::Event::Yielded)).
+    /// A publisher gave its thread up until `until` (see [`Event::Parked`](super::Event::Parked)).
     pub(super) fn parked(&mut self, lane: Subject, until: Instant) {
         if let Some(e) = self.table.get_mut(&format!("publisher {lane}")) {
             e.parked_until = Some(until);

@@ -1,8 +1,9 @@
 //! The supervisor: one thread that owns the process table.
 //!
-//! It spawns a publisher for each destination subject (lane) the first time a message for
-//! it is journaled; from then on the publisher takes its lane's messages from the journal
-//! itself, woken by [`Node::accept`](crate::node::Node::accept). A failure on one subject
+//! It spawns a publisher for a destination subject (lane) when a message for it is
+//! journaled and none runs (see `lanes`: idle publishers end, at most `--maxPublishers`
+//! run at once); the publisher takes its lane's messages from the journal itself, woken by
+//! [`Node::accept`](crate::node::Node::accept). A failure on one subject
 //! never touches another subject's lane. On shutdown it stops every process, gives
 //! in-flight work a grace period, and makes the journal durable.
 //!
@@ -84,7 +85,7 @@ pub enum Event {
     },
     /// A publisher gives its thread up while its lane's first message pauses between
     /// attempts (lanes wait for a thread): the lane waits its turn again after `until`.
-    Yielded { lane: Subject, until: Instant },
+    Parked { lane: Subject, until: Instant },
     /// SIGINT or SIGTERM.
     Shutdown,
 }
@@ -115,7 +116,7 @@ struct ProcessEntry {
     /// A stopped publisher's lane had work again before its thread ended: start it again
     /// once it has (never two on one lane).
     resume: bool,
-    /// A publisher that gave its thread up (`Event::Yielded`): its lane waits its turn
+    /// A publisher that gave its thread up (`Event::Parked`): its lane waits its turn
     /// again from then; its slot (the message and its attempts) stays here.
     parked_until: Option<Instant>,
 }
@@ -407,7 +408,7 @@ impl Supervisor {
                     Ok(Event::Exited { name, generation, failure }) => self.exited(name, generation, failure),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
-                    Ok(Event::Yielded { lane, until }) => self.parked(lane, until),
+                    Ok(Event::Parked { lane, until }) => self.parked(lane, until),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(upkeep) -> _ => {

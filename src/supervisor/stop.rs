@@ -88,6 +88,13 @@ impl Supervisor {
             });
         }
         let done = |text: String| Ok(Stopped(text));
+        if e.thread.is_none() && e.parked_until.take().is_some() {
+            // Parked (its thread given up while it pauses): it stays stopped.
+            e.stopped_by = Some(by.to_string());
+            e.state.set(format!("stopped by OpProcessStop from {by}"));
+            log::warn!("{name} stopped by OpProcessStop from {by}");
+            return done(format!("{name} on {node} stopped; its messages stay in the journal, and it starts again with its lane's next message or the next start of {node}"));
+        }
         if e.stopped_by.is_some() || e.thread.is_none() {
             return done(format!("{name} on {node} is not running"));
         }

@@ -62,6 +62,8 @@ pub(super) fn ack_wait(message: &crate::message::Message, default: Duration) -> 
     match (message.timeout, message.method_timeout) {
         (Some(t), _) => Duration::from_secs(t),
         (None, Some(t)) if t > 0 => default.max(Duration::from_secs(t.unsigned_abs() + 10)),
+        // No limit on the run, none on the wait: as long as a message may wait at all.
+        (None, Some(_)) => Duration::from_secs(crate::message::MAX_TIMEOUT_SECS),
         _ => default,
     }
 }
@@ -196,7 +198,7 @@ impl Publisher {
                     .load(std::sync::atomic::Ordering::Relaxed)
                 {
                     self.slot().attempts_made = rules.made();
-                    return Delivery::Yielded { until };
+                    return Delivery::Parked { until };
                 }
                 select! {
                     recv(hello) -> _ => {

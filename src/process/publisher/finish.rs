@@ -189,7 +189,7 @@ impl<'e> End<'e> {
                 let why = format!("{subject}: {id} not delivered: {why}");
                 ("failed", Some(why), None)
             }
-            Delivery::Stopped | Delivery::Yielded { .. } => {
+            Delivery::Stopped | Delivery::Parked { .. } => {
                 unreachable!("a stopped or yielded delivery is not finished")
             }
         };

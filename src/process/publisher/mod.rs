@@ -5,9 +5,12 @@
 //!
 //! ACK kinds are sent with a reply subject unique to the message (`<inbox>.<seq>`; one
 //! wildcard subscription per publisher), so no other message's reply can satisfy it, and
-//! retried until the receiver answers: an attempt lasts `timeout` seconds (also when the
-//! broker says at once that nobody listens), then a growing pause, up to `retries` attempts
-//! after the first. NACK kinds are published once. A reply counts only if it is signed by a
+//! retried until the receiver answers: an attempt lasts `timeout` seconds (without one, a
+//! message's `methodTimeout` and a little more, or the default; also when the broker says
+//! at once that nobody listens), then a growing pause, up to `retries` attempts after the
+//! first. While lanes wait for a thread (`--maxPublishers`), a publisher gives its thread
+//! up during that pause (its message and attempts kept in its slot), and an idle one ends
+//! at once; otherwise an idle one ends after `--keepPublishersAliveFor`. NACK kinds are published once. A reply counts only if it is signed by a
 //! key this node trusts for the destination, over the signature of one of this message's
 //! own attempts ([`Publisher::check_reply`]); anything else is passed over, so neither a
 //! stranger nor another fleet member can answer for the destination. A reply that cannot
@@ -101,7 +104,7 @@ enum Delivery {
     /// Other lanes wait for a thread (`--maxPublishers`) while this one pauses between
     /// attempts: it gives its thread up; the message stays in the slot, its attempts
     /// counted, and the lane waits its turn again once the pause is over.
-    Yielded {
+    Parked {
         until: Instant,
     },
 }
@@ -286,8 +289,8 @@ impl Process for Publisher {
             };
             match delivery {
                 Delivery::Stopped => return Ok(()),
-                Delivery::Yielded { until } => {
-                    self.node.yield_lane(&self.subject, until);
+                Delivery::Parked { until } => {
+                    self.node.park_lane(&self.subject, until);
                     return Ok(());
                 }
                 Delivery::Acked(_) => batching = true,
