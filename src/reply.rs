@@ -102,7 +102,11 @@ pub fn check_request(m: &Message, refusal: &KindCheck) -> Result<(), RouteError>
             let why = validate_name(method)
                 .err()
                 .map(|e| e.reason.to_string())
-                .or_else(|| refusal(method, Kind::EventAck));
+                .or_else(|| refusal(method, Kind::EventAck))
+                .or_else(|| {
+                    (!crate::methods::takes_results(method))
+                        .then(|| format!("{method} does not take results"))
+                });
             if let Some(why) = why {
                 return Err(RouteError::ReplyMethod {
                     method: method.clone(),
@@ -535,6 +539,9 @@ mod tests {
         m.reply_method = Some("CLICommand".into());
         let err = check_request(&m, &known).unwrap_err().to_string();
         assert!(err.contains("bad replyMethod \"CLICommand\""), "{err}");
+        m.reply_method = Some("CopyDst".into());
+        let err = check_request(&m, &known).unwrap_err().to_string();
+        assert!(err.contains("CopyDst does not take results"), "{err}");
         m.reply_method = Some("Console".into());
         assert!(check_request(&m, &known).is_ok());
         m.reply_method = Some("File".into());

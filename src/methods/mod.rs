@@ -233,6 +233,23 @@ pub fn kinds_of(name: &str) -> Option<&'static [Kind]> {
         .map(|(_, kinds)| *kinds)
 }
 
+/// Whether a method of this build takes results as a reply method: one that takes
+/// events from any node it trusts, or from the node it asked (`File`, `FileAppend`,
+/// `Console`, `TextLogging`, …); not a copy's chunk, nor a command.
+pub fn takes_results(name: &str) -> bool {
+    static TAKERS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    TAKERS
+        .get_or_init(|| {
+            registry()
+                .iter()
+                .filter(|m| matches!(m.senders(), Senders::Fleet | Senders::CommandersOrAsked))
+                .filter(|m| m.kinds().contains(&Kind::EventAck))
+                .map(|m| m.name())
+                .collect()
+        })
+        .contains(&name)
+}
+
 /// Whether this build knows a method by name.
 pub fn is_known(name: &str) -> bool {
     kinds_of(name).is_some()
