@@ -1,5 +1,5 @@
-//! Publishers for lanes. A lane gets a publisher the first time it has a message, and
-//! keeps it while it has work; an idle publisher ends after `--keepPublishersAliveFor`.
+//! Publishers for lanes. A lane with messages and no publisher gets one, which keeps
+//! going while it has work; an idle publisher ends after `--keepPublishersAliveFor`.
 //! At most `--maxPublishers` run at once: a lane beyond that waits its turn in [`Waiting`],
 //! and while any waits, idle publishers are asked to end now. A publisher whose lane's
 //! first message pauses between attempts gives its thread up while lanes wait
