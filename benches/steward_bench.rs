@@ -291,6 +291,10 @@ fn main() {
         print_table(vec![idle_footprint(&idle), idle_wakeups(&idle, quick)]);
         return;
     }
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("receiver") {
+        print_table(receiver(&broker, root.path(), quick));
+        return;
+    }
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("fleet") {
         print_table(fleet(&broker, quick));
         return;
@@ -660,6 +664,49 @@ fn bare_batched_request_reply(broker: &str, payload: &[u8], n: usize, batch: usi
         sent += k;
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A receiver's memory under a long stream of events: `STEWARD_BENCH_EVENTS` (default
+/// 1,000,000) small EventACKs central → ship1, fed in steps of 50,000, ship1's RSS after
+/// each tenth. What a receiver remembers of the ids it handled is bounded (the last
+/// 10,000; the signing counters per sender), so its memory must not follow the count.
+fn receiver(broker: &str, root: &Path, quick: bool) -> Vec<Row> {
+    let total: usize = std::env::var("STEWARD_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 100_000 } else { 1_000_000 });
+    let ship1 = Agent::start("ship1", broker, root);
+    let central = Agent::start("central", broker, root);
+    let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
+    let (step, mut sent, mut at) = (50_000, 0, Vec::new());
+    let t = Instant::now();
+    while sent < total {
+        let n = step.min(total - sent);
+        let batch: String = (sent..sent + n)
+            .map(|i| format!("[{{\"toNode\":\"ship1\",\"data\":[\"e{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
+            .collect();
+        central.append(&batch);
+        sent += n;
+        wait_until("events acked", Duration::from_secs(900), || {
+            central.metric(acked) >= sent as f64
+        });
+        if sent % (total / 10).max(step) == 0 || sent == total {
+            at.push(format!(
+                "{}k: {:.1}",
+                sent / 1000,
+                ship1.status("VmRSS:") as f64 / 1024.0
+            ));
+        }
+    }
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    let rss = ship1.status("VmRSS:") as f64 / 1024.0;
+    vec![Row {
+        what: format!("receiver RSS (MB) through {total} events ({rate:.0}/s)"),
+        steward: at.join(", "),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag(rss < 12.0, "< 12 MB after 1,000,000"),
+    }]
 }
 
 /// Central for a fleet: one command (one message, `toNodes` naming every node) to N
