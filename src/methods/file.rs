@@ -17,12 +17,18 @@
 use super::{Context, Method, Outcome, Senders, EVENTS};
 use crate::message::{Envelope, Kind};
 
-pub struct File;
-pub struct FileAppend;
+/// `File` (`append: false`: the file replaced) and `FileAppend` (`append: true`).
+pub struct File {
+    pub append: bool,
+}
 
 impl Method for File {
     fn name(&self) -> &'static str {
-        "File"
+        if self.append {
+            "FileAppend"
+        } else {
+            "File"
+        }
     }
     fn kinds(&self) -> &'static [Kind] {
         EVENTS
@@ -35,31 +41,14 @@ impl Method for File {
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         write(self.name(), envelope, ctx, |path, bytes| {
+            if self.append {
+                return crate::files::append(path, bytes, true);
+            }
             // `.<fileName>.tmp`: a fileName never starts with '.', so no file a sender
             // names can be in its way, and two names never share one.
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             let tmp = path.with_file_name(format!(".{name}.tmp"));
             crate::files::write_atomically_through(path, &tmp, bytes)
-        })
-    }
-}
-
-impl Method for FileAppend {
-    fn name(&self) -> &'static str {
-        "FileAppend"
-    }
-    fn kinds(&self) -> &'static [Kind] {
-        EVENTS
-    }
-    fn senders(&self) -> Senders {
-        Senders::CommandersOrAsked
-    }
-    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
-        ctx.log_budget.check_free_space(&ctx.data.root)
-    }
-    fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
-        write(self.name(), envelope, ctx, |path, bytes| {
-            crate::files::append(path, bytes, true)
         })
     }
 }
