@@ -17,12 +17,17 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Hello {
     seen: Mutex<Roster>,
+    /// Held while hello-nodes.json is written (a tick on a handler thread, the flush at
+    /// stop): one writer at a time.
+    file: Mutex<()>,
 }
 
 #[derive(Default)]
 struct Roster {
     loaded: bool,
-    dirty: bool,
+    /// Hellos taken, and how many of them the file holds: it is behind while they differ.
+    changes: u64,
+    saved: u64,
     /// When hello-nodes.json was last written.
     written: Option<Instant>,
     /// Node → milliseconds since the epoch of its last Hello.
@@ -44,7 +49,7 @@ impl Roster {
     /// Whether the file should be written now: something changed, and not within
     /// [`WRITE_EVERY`] of the last write (unless `now_anyway`, when the node stops).
     fn due(&self, now: Instant, now_anyway: bool) -> bool {
-        self.dirty
+        self.changes != self.saved
             && (now_anyway
                 || self
                     .written
@@ -53,14 +58,21 @@ impl Roster {
 }
 
 impl Hello {
-    fn write(&self, ctx: &Context, seen: &mut Roster, now_anyway: bool) {
-        let now = Instant::now();
-        if !seen.due(now, now_anyway) {
-            return;
-        }
-        seen.written = Some(now);
-        let file: BTreeMap<&String, LastSeen> = seen
-            .last
+    /// Writes hello-nodes.json if due; returns whether changes are still unwritten. Only
+    /// the copy of the roster is made under its lock: the file (1 MB for 10,000 nodes) is
+    /// formatted and written, fsync'd, while Hellos go on being taken.
+    fn write(&self, ctx: &Context, now_anyway: bool) -> bool {
+        let _writing = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, changes) = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if !seen.due(now, now_anyway) {
+                return seen.changes != seen.saved;
+            }
+            seen.written = Some(now);
+            (seen.last.clone(), seen.changes)
+        };
+        let file: BTreeMap<&String, LastSeen> = last
             .iter()
             .map(|(n, &ms)| {
                 (
@@ -73,10 +85,13 @@ impl Hello {
             })
             .collect();
         let json = serde_json::to_vec_pretty(&file).expect("a map of strings serializes");
-        match crate::files::write_atomically(&ctx.data.hello_nodes(), &json) {
-            Ok(()) => seen.dirty = false,
+        let result = crate::files::write_atomically(&ctx.data.hello_nodes(), &json);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => seen.saved = changes,
             Err(e) => log::error!("cannot write {}: {e}", ctx.data.hello_nodes().display()),
         }
+        seen.changes != seen.saved
     }
 }
 
@@ -91,6 +106,11 @@ impl Method for Hello {
 
     fn senders(&self) -> super::Senders {
         super::Senders::Fleet
+    }
+
+    /// A Hello twice sets the same time: nothing to record, no fsync per Hello.
+    fn remembered(&self) -> bool {
+        false
     }
 
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
@@ -114,7 +134,7 @@ impl Method for Hello {
         let is_new = !seen.last.contains_key(&envelope.from_node);
         seen.last
             .insert(envelope.from_node.clone(), crate::files::unix_millis());
-        seen.dirty = true;
+        seen.changes += 1;
         if is_new {
             log::info!("first Hello from {}", envelope.from_node);
         }
@@ -124,14 +144,11 @@ impl Method for Hello {
     }
 
     fn tick(&self, ctx: &Context) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.write(ctx, &mut seen, false);
-        seen.dirty
+        self.write(ctx, false)
     }
 
     fn flush(&self, ctx: &Context) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.write(ctx, &mut seen, true);
+        self.write(ctx, true);
     }
 }
 
@@ -144,7 +161,7 @@ mod tests {
         let t = Instant::now();
         let mut seen = Roster::default();
         assert!(!seen.due(t, false), "nothing changed");
-        seen.dirty = true;
+        seen.changes = 1;
         assert!(seen.due(t, false), "never written yet");
         seen.written = Some(t);
         assert!(!seen.due(t + Duration::from_millis(500), false));

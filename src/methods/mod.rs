@@ -182,6 +182,14 @@ pub trait Method: Send + Sync {
     fn reruns_interrupted(&self) -> bool {
         false
     }
+    /// Whether the receiver records each message of this method (started, fsync'd, before
+    /// it runs; its reply, after) so that it runs once however often it arrives. Only a
+    /// method whose run twice is its run once, that answers nothing a retry would need,
+    /// goes without: `Hello`, which sets a time. It spares central two fsyncs per node per
+    /// Hello interval (10,000 nodes every 30 s: 670 a second).
+    fn remembered(&self) -> bool {
+        true
+    }
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome;

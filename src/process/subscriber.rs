@@ -43,6 +43,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use std::fmt;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,12 +132,13 @@ impl Process for Subscriber {
         let on_deferred = select.recv(&deferred);
         let on_stop = select.recv(stop);
         let mut tick_at: Option<Instant> = None;
+        let later = Arc::new(Later::default());
         loop {
             let op = match tick_at {
                 Some(at) => match select.select_deadline(at) {
                     Ok(op) => op,
                     Err(_) => {
-                        let more = self.tick(&subs, &subjects, &mut dropped);
+                        let more = self.tick(stop, &subs, &subjects, &mut dropped, &later);
                         tick_at = more.then(|| Instant::now() + TICK);
                         continue;
                     }
@@ -152,8 +154,9 @@ impl Process for Subscriber {
                 }
                 i if i == on_deferred => {
                     let _ = op.recv(&deferred);
+                    later.changed.store(true, Ordering::Release);
                     if tick_at.is_none() {
-                        let more = self.tick(&subs, &subjects, &mut dropped);
+                        let more = self.tick(stop, &subs, &subjects, &mut dropped, &later);
                         tick_at = more.then(|| Instant::now() + TICK);
                     }
                 }
@@ -213,20 +216,22 @@ impl Subscriber {
         Ok((subjects, subs))
     }
 
-    /// The work handling leaves for later: the method's own (hello-nodes.json), the
-    /// client's drops, keys/senders.json, the refusal minute. Returns whether some still
-    /// waits (to look again in a second).
+    /// The work handling leaves for later: the client's drops, the refusal minute, and the
+    /// files (the method's own, hello-nodes.json; keys/senders.json) written on a handler
+    /// thread (see [`Later`]). Returns whether some still waits (to look again in a
+    /// second).
     fn tick(
         &self,
+        stop: &Receiver<()>,
         subs: &[nats::Subscription],
         subjects: &[String],
         dropped: &mut [usize],
+        later: &Arc<Later>,
     ) -> bool {
-        let method = self.method.tick(&self.node.context());
         self.count_dropped(subs, subjects, dropped);
-        let senders = self.node.trusted.persist_senders(false);
         let refusals = self.node.refusal_reports_due();
-        method || senders || refusals
+        let files = later.write(stop, &self.method, &self.node);
+        files || refusals
     }
 
     /// Logs and counts what the client dropped since the last look because a
@@ -251,6 +256,53 @@ impl Subscriber {
                 self.node.config.max_handlers
             );
         }
+    }
+}
+
+/// A tick's files, written on a handler thread while the subscriber goes on taking
+/// messages: hello-nodes.json and keys/senders.json are about 1 MB each for 10,000 nodes,
+/// and while the subscriber waited for their fsync the client's queue
+/// ([`QUEUED_PER_SUBSCRIPTION`]) filled and dropped Hellos (128 arrive in 25 ms at 5,000
+/// a second). One write at a time.
+#[derive(Default)]
+struct Later {
+    /// A write is under way.
+    busy: AtomicBool,
+    /// A handler said it may have left work since the last write began.
+    changed: AtomicBool,
+    /// The last write left changes unwritten (too soon, or it failed).
+    more: AtomicBool,
+}
+
+impl Later {
+    /// Starts the writes if there may be some and none are under way; returns whether to
+    /// look again (in a second).
+    fn write(
+        self: &Arc<Self>,
+        stop: &Receiver<()>,
+        method: &Arc<dyn Method>,
+        node: &Arc<Node>,
+    ) -> bool {
+        if self.busy.load(Ordering::Acquire) {
+            return true;
+        }
+        let changed = self.changed.swap(false, Ordering::AcqRel);
+        if !(self.more.swap(false, Ordering::AcqRel) || changed) {
+            return false;
+        }
+        self.busy.store(true, Ordering::Release);
+        let (later, method, job_node) = (self.clone(), method.clone(), node.clone());
+        let started = node.handlers.run(stop, method.name(), move || {
+            let written = method.tick(&job_node.context());
+            let senders = job_node.trusted.persist_senders(false);
+            later.more.store(written || senders, Ordering::Release);
+            later.busy.store(false, Ordering::Release);
+        });
+        if !started {
+            self.more.store(true, Ordering::Release);
+            self.busy.store(false, Ordering::Release);
+        }
+        true
     }
 }
 
@@ -352,6 +404,10 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     let first = &a.envelopes[0].id;
     send_results(node, subject, results, &mut replies);
     keep_schedules(node, subject, schedules);
+    if !method.remembered() {
+        answer(node, conn, &a, &replies);
+        return;
+    }
     let to_record: Vec<Reply> = new_at.iter().map(|&i| replies[i].clone()).collect();
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
     if let Err(e) = node.received.record(&to_record) {
@@ -396,6 +452,9 @@ fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Optio
             .with_label_values(&[name, "deferred"])
             .inc_by(ids.len() as u64);
         return None;
+    }
+    if !method.remembered() {
+        return Some(ids.iter().map(|_| Seen::New).collect());
     }
     let seen = match node
         .received

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod hello;
+mod jetstream;
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -30,7 +33,10 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
         assert!(Instant::now() < deadline, "benchmark stuck: {what}");
-        std::thread::sleep(Duration::from_micros(100));
+        // Each look may fetch a node's /metrics: a millisecond between looks keeps the
+        // benchmark's own load off the two cores it measures (a 100 µs poll cost the central
+        // node a tenth of its CPU rendering the page), for at most a millisecond of error.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -116,13 +122,18 @@ impl Agent {
             .collect()
     }
 
-    fn metric(&self, name: &str) -> f64 {
+    fn metrics_page(&self) -> String {
         use std::io::Read;
         let mut s = TcpStream::connect(("127.0.0.1", self.prom)).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
-        body.lines()
+        body
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics_page()
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
     }
@@ -250,8 +261,14 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
+/// An event's line: 100 bytes, the payload JetStream is measured with too.
+fn event_line(i: usize) -> String {
+    format!("bench event {i:06} {}\n", "x".repeat(80))
+}
+
 fn event(to: &str, i: usize) -> String {
-    format!("{{\"toNode\":\"{to}\",\"data\":[\"bench event {i:06} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}")
+    let line = event_line(i).replace('\n', "\\n");
+    format!("{{\"toNode\":\"{to}\",\"data\":[\"{line}\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}")
 }
 
 struct Row {
@@ -265,6 +282,14 @@ struct Row {
 fn main() {
     let quick = std::env::var_os("STEWARD_BENCH_QUICK").is_some();
     let n_events = if quick { 500 } else { 20_000 };
+    // The jetstream section alone may take more (a longer run to profile).
+    let n_events = match std::env::var("STEWARD_BENCH_ONLY").as_deref() {
+        Ok("jetstream") => std::env::var("STEWARD_BENCH_EVENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(n_events),
+        _ => n_events,
+    };
     let n_commands = if quick { 50 } else { 200 };
     let fan = 1000;
     let root = tempfile::tempdir().unwrap();
@@ -295,6 +320,22 @@ fn main() {
         print_table(receiver(&broker, root.path(), quick));
         return;
     }
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("jetstream") {
+        let ship1 = Agent::start("ship1", &broker, root.path());
+        let central = Agent::start("central", &broker, root.path());
+        let rate = durable_events(&central, n_events);
+        print_table(jetstream_rows(nats_bin, rate, n_events));
+        drop((ship1, central));
+        return;
+    }
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("hello") {
+        let n = std::env::var("STEWARD_BENCH_HELLO")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        print_table(hello::rows(&broker, n));
+        return;
+    }
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("fleet") {
         print_table(fleet(&broker, quick));
         return;
@@ -318,16 +359,7 @@ fn main() {
     // 2. steward: durable events central → ship1, journal on, until all ACKed.
     let ship1 = Agent::start("ship1", &broker, root.path());
     let central = Agent::start("central", &broker, root.path());
-    let batch: String = (0..n_events)
-        .map(|i| format!("[{}]\n", event("ship1", i)))
-        .collect();
-    let t = Instant::now();
-    central.append(&batch);
-    wait_until("events acked", Duration::from_secs(600), || {
-        central.metric("steward_messages_acked_total{method=\"TextLogging\"}") >= n_events as f64
-    });
-    let secs = t.elapsed().as_secs_f64();
-    let rate = n_events as f64 / secs;
+    let rate = durable_events(&central, n_events);
     let lat = sorted(
         central
             .finished()
@@ -353,6 +385,7 @@ fn main() {
         ratio: format!("{:.2}", rate / bare_batched),
         target: String::new(),
     });
+    rows.extend(jetstream_rows(nats_bin, rate, n_events));
     rows.push(Row {
         what: "event latency p50 / p99 (ms)".into(),
         steward: format!(
@@ -575,6 +608,52 @@ fn main() {
     print_table(rows);
 }
 
+/// Durable events central → ship1 (journaled, signed, fsync'd on both sides), `n` appended
+/// to inmsg.txt at once, per second until central has every ACK.
+fn durable_events(central: &Agent, n: usize) -> f64 {
+    let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
+    let before = central.metric(acked);
+    let batch: String = (0..n)
+        .map(|i| format!("[{}]\n", event("ship1", i)))
+        .collect();
+    let t = Instant::now();
+    central.append(&batch);
+    wait_until("events acked", Duration::from_secs(600), || {
+        central.metric(acked) >= before + n as f64
+    });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// steward's durable events against JetStream's full cycle, for each server found (see
+/// [`jetstream::servers`]), one at a time and with 256 in flight.
+fn jetstream_rows(default_bin: &str, steward_rate: f64, n: usize) -> Vec<Row> {
+    let payload = event_line(0).into_bytes();
+    let mut rows = Vec::new();
+    for server in jetstream::servers(default_bin) {
+        for (how, in_flight) in [("one at a time", 1), ("pipelined, 256 in flight", 256)] {
+            let js = jetstream::cycle(&server, &payload, n, in_flight);
+            let ratio = steward_rate / js;
+            let target = match (in_flight, server.sync_always) {
+                (1, _) => String::new(),
+                (_, false) => flag(ratio >= 1.0, "≥ 1.00"),
+                (_, true) => flag(ratio >= 10.0, "≥ 10.0"),
+            };
+            rows.push(Row {
+                what: format!(
+                    "durable events/s vs {}, {how} ({n} × {} bytes)",
+                    server.describe(),
+                    payload.len()
+                ),
+                steward: format!("{steward_rate:.0}"),
+                bare: format!("{js:.0}"),
+                ratio: format!("{ratio:.2}"),
+                target,
+            });
+        }
+    }
+    rows
+}
+
 fn flag(met: bool, target: &str) -> String {
     if met {
         format!("{target} ✓")
@@ -773,16 +852,7 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
 /// every node's CLICommand subject, answering `node<i>` at once with an ACK as steward
 /// would send it, signed with one key that central trusts for every simulated node.
 fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
-    let keys = root.join("simulated/keys");
-    let identity = steward::keys::Identity::load_or_create(&keys).unwrap();
-    let trusted = root.join("central/keys/trusted.txt");
-    let mut lines = fs::read_to_string(&trusted).unwrap_or_default();
-    if !lines.contains("node0 ") {
-        for i in 0..n {
-            lines.push_str(&format!("node{i} {}\n", identity.public_key()));
-        }
-        fs::write(&trusted, lines).unwrap();
-    }
+    let identity = trust_simulated(root, n);
     let conn = nats::connect(broker).unwrap();
     let sub = conn.subscribe("*.CommandACK.CLICommand").unwrap();
     let sub2 = sub.clone();
@@ -817,4 +887,20 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
         }
     });
     sub
+}
+
+/// `node0` … `node<n-1>` in central's trusted keys, all with one key (returned), as
+/// `steward keys trust` would add them.
+fn trust_simulated(root: &Path, n: usize) -> steward::keys::Identity {
+    let keys = root.join("simulated/keys");
+    let identity = steward::keys::Identity::load_or_create(&keys).unwrap();
+    let trusted = root.join("central/keys/trusted.txt");
+    let mut lines = fs::read_to_string(&trusted).unwrap_or_default();
+    if !lines.contains("node0 ") {
+        for i in 0..n {
+            lines.push_str(&format!("node{i} {}\n", identity.public_key()));
+        }
+        fs::write(&trusted, lines).unwrap();
+    }
+    identity
 }

@@ -1,0 +1,229 @@
+//! Central's Hello bookkeeping for a fleet: `n` trusted nodes say Hello (as each node does
+//! every `--helloInterval`), then `n` more from names central does not trust. What it costs
+//! central to keep up: how long until every node shows in `/metrics` and in
+//! `hello-nodes.json`, how often that file was rewritten meanwhile (at most once a second,
+//! however many Hellos arrive), how large `/metrics` grows and how long one scrape takes,
+//! and central's memory.
+
+use super::{flag, trust_simulated, Agent, Row};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub fn rows(broker: &str, n: usize) -> Vec<Row> {
+    let root = tempfile::tempdir().unwrap();
+    // Trusted before central starts, as a fleet's keys are: a trusted.txt of 10,000 keys
+    // changed under a running node is read again (about 70 ms, all verification waiting),
+    // which alone drops the first ~50 Hellos of a burst.
+    std::fs::create_dir_all(root.path().join("central/keys")).unwrap();
+    let identity = trust_simulated(root.path(), n);
+    let central = Agent::start("central", broker, root.path());
+    let conn = nats::connect(broker).unwrap();
+    let file = central.dir.join("hello-nodes.json");
+    let lines = |page: &str| {
+        page.matches("\nsteward_node_last_hello_age_seconds{")
+            .count()
+    };
+    let mut out = Vec::new();
+    std::thread::scope(|s| {
+        for round in ["first", "second"] {
+            let t = Instant::now();
+            let since = steward::files::unix_millis();
+            let mut writes = Writes::since(&file);
+            let sender =
+                s.spawn(|| say_hello(&conn, &identity, (0..n).map(|i| format!("node{i}"))));
+            // Read again only when rewritten: parsing it at every look would take a core.
+            // Done when every Hello is in the file or was dropped (counted by central).
+            let dropped_before = dropped_so_far(&central);
+            let (mut fresh_in_file, mut dropped) = (0, 0);
+            let deadline = t + Duration::from_secs(60);
+            while fresh_in_file + dropped < n {
+                if writes.look(&file) {
+                    fresh_in_file = fresh(&file, since);
+                    dropped = dropped_so_far(&central) - dropped_before;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{round} round: {fresh_in_file} of {n} in hello-nodes.json, {dropped} dropped"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let secs = t.elapsed().as_secs_f64();
+            sender.join().unwrap();
+            // The last changes reach the file within a second of the one before.
+            let settle = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < settle {
+                let _ = writes.look(&file);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Looked at every millisecond or so: a gap may read up to that much short.
+            let closest = writes.closest.map(|c| c.as_secs_f64());
+            out.push(Row {
+                what: format!(
+                    "Hello from {n} nodes at {:.0}/s ({round} round): all in hello-nodes.json (s) / writes of it / Hellos dropped",
+                    rate()
+                ),
+                steward: format!(
+                    "{secs:.2} / {} in {:.1} s, {} / {dropped}",
+                    writes.count,
+                    t.elapsed().as_secs_f64(),
+                    closest.map_or("one".into(), |c| format!("≥ {c:.2} s apart"))
+                ),
+                bare: String::new(),
+                ratio: String::new(),
+                target: flag(
+                    closest.is_none_or(|c| c >= 0.99) && dropped == 0,
+                    "≤ 1 write/s, none dropped",
+                ),
+            });
+        }
+    });
+    // Made-up names: refused at the door (no key), no line in /metrics.
+    say_hello(&conn, &identity, (0..n).map(|i| format!("stranger{i}")));
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let page = central.metrics_page();
+    let scrape_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let labelled = lines(&page);
+    out.push(Row {
+        what: format!(
+            "/metrics with {n} nodes (+{n} Hellos from unknown names): lines per node, size (MB), scrape (ms)"
+        ),
+        steward: format!(
+            "{labelled} hello lines, {:.2} MB, {scrape_ms:.0} ms",
+            page.len() as f64 / 1e6
+        ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: flag(labelled == n, "one line per trusted node"),
+    });
+    out.push(Row {
+        what: format!("central after {n} nodes' Hellos: RSS (MB) / threads"),
+        steward: format!(
+            "{:.1} / {}",
+            central.status("VmRSS:") as f64 / 1024.0,
+            central.status("Threads:")
+        ),
+        bare: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    out
+}
+
+/// Each name publishes one Hello to central, signed with the simulated nodes' key, as the
+/// hello process does: [`PER_TICK`] every 2 ms, 5,000 a second (a fleet of 10,000 all
+/// saying Hello within two seconds, as after the broker comes back; at the 30 s interval
+/// they are 333 a second). Central verifies each signature: on these 2 cores, shared
+/// with the broker and this benchmark's signing, it keeps up with about 8,000 a second;
+/// past that a burst overflows the subscription's queue and the Hellos dropped are counted
+/// (a node dropped is seen at its next Hello).
+const PER_TICK: usize = 10;
+
+/// Hellos a second: `STEWARD_BENCH_HELLO_RATE`, else 5,000.
+fn rate() -> f64 {
+    std::env::var("STEWARD_BENCH_HELLO_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5000.0)
+}
+
+fn say_hello(
+    conn: &nats::Connection,
+    identity: &steward::keys::Identity,
+    names: impl Iterator<Item = String>,
+) {
+    let subject = "central.EventNACK.Hello";
+    let mut tick = Instant::now();
+    for (i, name) in names.enumerate() {
+        if i > 0 && i % PER_TICK == 0 {
+            conn.flush().unwrap();
+            tick += Duration::from_secs_f64(PER_TICK as f64 / rate());
+            std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        }
+        let now = steward::files::unix_millis();
+        let envelope = steward::message::Envelope {
+            id: format!("{name}-hello-{now}-{}", steward::keys::random_hex128()),
+            from_node: name.clone(),
+            accepted: now,
+            reply_ticket: None,
+            grant: None,
+            message: steward::message::Message::new(
+                "central",
+                steward::message::Kind::EventNack,
+                "Hello",
+                vec![format!("hello 1 from {name}")],
+            ),
+        }
+        .encode();
+        let sealed = identity.seal(steward::keys::Scope::request(subject, None), &envelope);
+        conn.publish_with_reply_or_headers(subject, None, Some(&sealed.headers), &envelope)
+            .unwrap();
+    }
+    conn.flush().unwrap();
+}
+
+/// Nodes whose last Hello in the file is `since` (ms since the epoch) or later.
+fn dropped_so_far(central: &Agent) -> usize {
+    central.metric("steward_subscription_dropped_total{method=\"Hello\"}") as usize
+}
+
+fn fresh(file: &Path, since: u64) -> usize {
+    let Some(nodes) = std::fs::read(file).ok().and_then(|b| {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok()
+    }) else {
+        return 0;
+    };
+    nodes
+        .values()
+        .filter(|v| v["lastSeenUnixMs"].as_u64().is_some_and(|ms| ms >= since))
+        .count()
+}
+
+/// Rewrites of a file replaced atomically, seen by looking often.
+struct Writes {
+    inode: Option<(u64, i64, i64)>,
+    count: usize,
+    last: Option<Instant>,
+    /// The shortest time between two writes seen.
+    closest: Option<Duration>,
+}
+
+impl Writes {
+    /// Counting from the file as it is now.
+    fn since(file: &Path) -> Writes {
+        Writes {
+            inode: inode(file),
+            count: 0,
+            last: None,
+            closest: None,
+        }
+    }
+
+    /// Whether the file was rewritten since the last look.
+    fn look(&mut self, file: &Path) -> bool {
+        let Some(inode) = inode(file) else {
+            return false;
+        };
+        let rewritten = self.inode != Some(inode);
+        if rewritten {
+            let now = Instant::now();
+            if let Some(last) = self.last {
+                let gap = now - last;
+                self.closest = Some(self.closest.map_or(gap, |c| c.min(gap)));
+            }
+            self.inode = Some(inode);
+            self.count += 1;
+            self.last = Some(now);
+        }
+        rewritten
+    }
+}
+
+/// The file's inode and modification time: a rewrite may get the inode number the one
+/// before it freed, never the same time too.
+fn inode(file: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file)
+        .ok()
+        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+}
