@@ -150,7 +150,9 @@ impl Loaded {
 /// signature verified, so it is bounded by the trusted keys. A counter taken in the last
 /// second before a crash is not in the file; the receiver's (sender, id) records, fsync'd
 /// before any message runs and kept for at least the last [`SEQ_WINDOW`] ids of each
-/// sender, refuse that message instead (see [`crate::received`]).
+/// sender, refuse that message instead (see [`crate::received`]). Not a Hello, which has
+/// no record ([`crate::methods::Method::remembered`]): one replayed within the replay
+/// window after a crash sets that node's last-seen time again, nothing more.
 #[derive(Default)]
 pub(super) struct Senders {
     /// By "sender key".

@@ -199,9 +199,10 @@ pub trait Method: Send + Sync {
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         envelopes.iter().map(|e| self.handle(e, ctx)).collect()
     }
-    /// Deferred work: called by the method's subscriber when a message was admitted and
+    /// Deferred work: started by the method's subscriber when a message was admitted and
     /// when it was handled, and again every second while this returns true (work still
-    /// waits).
+    /// waits). Runs on a handler thread, one at a time, beside handlers and possibly
+    /// beside `flush` at a stop.
     fn tick(&self, _ctx: &Context) -> bool {
         false
     }

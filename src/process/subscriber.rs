@@ -293,9 +293,14 @@ impl Later {
         self.busy.store(true, Ordering::Release);
         let (later, method, job_node) = (self.clone(), method.clone(), node.clone());
         let started = node.handlers.run(stop, method.name(), move || {
-            let written = method.tick(&job_node.context());
-            let senders = job_node.trusted.persist_senders(false);
-            later.more.store(written || senders, Ordering::Release);
+            // A panic must not leave `busy` set: no write would start again.
+            let more = catch_unwind(AssertUnwindSafe(|| {
+                let written = method.tick(&job_node.context());
+                let senders = job_node.trusted.persist_senders(false);
+                written || senders
+            }))
+            .unwrap_or(true);
+            later.more.store(more, Ordering::Release);
             later.busy.store(false, Ordering::Release);
         });
         if !started {

@@ -464,6 +464,9 @@ impl Supervisor {
         for m in &self.methods {
             m.flush(&self.node.context());
         }
+        // The counters of what the handlers admitted after their subscribers stopped: a
+        // Hello has no id record behind its counter.
+        self.node.trusted.persist_senders(true);
         let mut journal = self.node.journal();
         if let Err(e) = journal.sync() {
             self.node.stop_if_unusable(&journal);
