@@ -393,7 +393,8 @@ fn report(node: &Node, method: &str, subject: &str, r: &Refusal) {
 
 /// Runs an admitted message (or batch) exactly once, in order, and answers with the
 /// replies: the receiver's record is written before (`Started`, fsync'd) and after
-/// (`Finished`, written before the answer, fsync'd after it, off its path). Results asked
+/// (`Finished`, written before the answer, fsync'd after it, off its path); none for a
+/// method that is not [`Method::remembered`] (Hello). Results asked
 /// for as messages of their own are journaled before the record ([`send_results`]).
 fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: Admitted) {
     let Some(seen) = begin(method, node, subject, &a) else {
