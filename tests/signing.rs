@@ -500,3 +500,45 @@ fn a_flood_of_forgeries_is_reported_to_central_at_most_twenty_a_minute() {
     assert_eq!(logged, sent, "every refusal is logged where it happened");
     assert_eq!(answered, 0, "a forgery was answered");
 }
+
+/// A Hello has no id record behind its counter (central spares two fsyncs per Hello), so
+/// its counter alone must refuse a replay, also after central restarts: stopped by
+/// systemd (the counters saved at the stop) or killed (saved every second while they
+/// change). The replay sets no last-seen time.
+#[test]
+fn a_hello_replayed_after_central_restarts_is_refused_and_sets_no_time() {
+    let nats = NatsServer::start();
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("central.EventNACK.Hello");
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    central.wait_for("hello-nodes.json", "\"ship1\"");
+    ship1.kill9();
+    let last_seen = |central: &Node| -> u64 {
+        let file: serde_json::Value =
+            serde_json::from_str(&central.read("hello-nodes.json")).unwrap();
+        file["ship1"]["lastSeenUnixMs"].as_u64().unwrap()
+    };
+
+    central.terminate();
+    let before = last_seen(&central);
+    central.restart();
+    raw.replay(&captured);
+    central.wait_refused("Hello", 1);
+    assert_eq!(central.log().matches("a replay: this counter").count(), 1);
+
+    std::thread::sleep(Duration::from_millis(1500));
+    central.kill9();
+    central.restart();
+    raw.replay(&captured);
+    central.wait_refused("Hello", 1);
+    assert_eq!(central.log().matches("a replay: this counter").count(), 2);
+    central.terminate();
+    let after = last_seen(&central);
+    eprintln!(
+        "[hello-replay] replayed=2 refused=2 last_seen_changed={}",
+        after != before
+    );
+    assert_eq!(after, before, "a replayed Hello set ship1's last-seen time");
+}
