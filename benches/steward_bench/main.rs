@@ -1,7 +1,7 @@
 //! steward next to bare NATS and JetStream, measured side by side in one run on this machine.
 //!
 //! ```sh
-//! cargo bench --bench steward_bench            # about twelve minutes on 2 cores
+//! cargo bench --bench steward_bench            # about seven minutes on 2 cores
 //! STEWARD_BENCH_QUICK=1 cargo bench --bench steward_bench      # fewer messages, shorter waits
 //! STEWARD_BENCH_ONLY=idle cargo bench --bench steward_bench    # one section alone: idle,
 //!                                  # jetstream, receiver, hello, fleet
