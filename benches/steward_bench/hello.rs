@@ -103,11 +103,7 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
     });
     out.push(Row {
         what: format!("central after {n} nodes' Hellos: RSS (MB) / threads"),
-        steward: format!(
-            "{:.1} / {}",
-            central.status("VmRSS:") as f64 / 1024.0,
-            central.status("Threads:")
-        ),
+        steward: central.footprint(),
         bare: String::new(),
         ratio: String::new(),
         target: String::new(),

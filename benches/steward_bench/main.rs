@@ -145,6 +145,15 @@ impl Agent {
             .unwrap_or(0.0)
     }
 
+    /// "RSS (MB) / threads", as the table shows a node's footprint.
+    fn footprint(&self) -> String {
+        format!(
+            "{:.1} / {}",
+            self.status("VmRSS:") as f64 / 1024.0,
+            self.status("Threads:")
+        )
+    }
+
     fn status(&self, field: &str) -> u64 {
         let pid = self.proc.0.id();
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -561,11 +570,7 @@ fn main() {
     rows.push(idle_footprint(&idle));
     rows.push(Row {
         what: format!("central after fan-out ({fan} publishers): RSS (MB) / threads"),
-        steward: format!(
-            "{:.1} / {}",
-            central.status("VmRSS:") as f64 / 1024.0,
-            central.status("Threads:")
-        ),
+        steward: central.footprint(),
         bare: String::new(),
         ratio: String::new(),
         target: String::new(),
