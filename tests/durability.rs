@@ -4,7 +4,7 @@
 use crate::common;
 use common::{command, report, NatsServer, Node};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Counts how often each numbered command ran on the receiver (lines of `ran.txt`).
 fn runs(node: &Node) -> BTreeMap<usize, usize> {
@@ -563,15 +563,17 @@ fn sigterm_during_a_broker_outage_stops_at_once_and_keeps_the_message() {
     drop(ship1);
 }
 
-/// A link that holds bytes without closing: the client does not know it is down, so the
-/// flush after a publish waits for a PONG that does not come. It gives up within its bound
-/// (5 s) and the attempt fails, rather than waiting minutes for the client's own ping timer
-/// to notice; the message goes once the link flows again.
+/// A link that holds bytes without closing: the client does not know it is down. A
+/// request (an ACK kind) is written out without waiting for the server, so its attempt
+/// ends by its own timeout (2 s here) and is tried again; a message published once (a NACK
+/// kind) waits for the server's PONG, which does not come: that wait gives up within its
+/// bound (5 s) rather than for the minutes the client's own ping timer would take. Both
+/// go once the link flows again.
 #[test]
-fn a_send_on_a_stalled_link_gives_up_within_the_flush_timeout() {
+fn a_send_on_a_stalled_link_gives_up_within_its_bound() {
     let nats = NatsServer::start();
     let proxy = common::proxy::FaultProxy::start(nats.port);
-    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start(
         "central",
         &proxy.address(),
@@ -582,17 +584,24 @@ fn a_send_on_a_stalled_link_gives_up_within_the_flush_timeout() {
     let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
     let before = central.metric(retried);
     proxy.stall(true);
+    let stalled = Instant::now();
     central.append_inmsg(&command("ship1", &["echo", "during the stall"]));
-    // The attempt failed (and the next began) within the bound...
-    central.wait_metric("retried", |c| c.metric(retried), |v| v > before);
-    // ...because the flush gave up, not the wait for an answer.
-    assert!(
-        central
-            .log()
-            .contains("cannot publish: flush: no PONG from the server within 5s"),
-        "{}",
-        central.log()
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["published during the stall"],"commandOrEvent":"EventNACK","method":"TextLogging"}]"#,
     );
+    // The command's attempt ended by its timeout and the next began: nothing waited on
+    // the link...
+    central.wait_metric("retried", |c| c.metric(retried), |v| v > before);
+    assert!(
+        stalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stalled.elapsed()
+    );
+    // ...while the event published once gave up waiting for the server within 5 s.
+    central.wait_status("showed the NACK's flush giving up", |t| {
+        t.contains("flush: no PONG from the server within 5s")
+    });
     proxy.stall(false);
     central.wait_for("replies/ship1.CLICommand.log", "during the stall");
+    ship1.wait_for("textlog/central.log", "published during the stall");
 }

@@ -4,7 +4,7 @@
 //! cargo bench --bench steward_bench            # about seven minutes on 2 cores
 //! STEWARD_BENCH_QUICK=1 cargo bench --bench steward_bench      # fewer messages, shorter waits
 //! STEWARD_BENCH_ONLY=idle cargo bench --bench steward_bench    # one section alone: idle,
-//!                                  # jetstream, receiver, hello, fleet
+//!                                  # jetstream, receiver, hello, fleet, commands
 //! ```
 //!
 //! It starts its own nats-server on a free loopback port and real `steward` processes (the
@@ -352,21 +352,21 @@ fn main() {
         print_table(hello::rows(&broker, n));
         return;
     }
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("commands") {
+        let (_, bare_p50, _) = bare_request_reply(&broker, &bare_payload(), n_events);
+        let ship1 = Agent::start("ship1", &broker, root.path());
+        let central = Agent::start("central", &broker, root.path());
+        print_table(commands(&central, n_commands, bare_p50));
+        drop((ship1, central));
+        return;
+    }
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("fleet") {
         print_table(fleet(&broker, quick));
         return;
     }
 
     // 1. Bare NATS: sequential request/reply with the same payload, explicit flush.
-    let payload = steward::message::Envelope {
-        id: "central-1-1".into(),
-        from_node: "central".into(),
-        accepted: 0,
-        reply_ticket: None,
-        grant: None,
-        message: serde_json::from_str(&event("ship1", 0)).unwrap(),
-    }
-    .encode();
+    let payload = bare_payload();
     let (bare_rate, bare_p50, bare_p99) = bare_request_reply(&broker, &payload, n_events);
     // The same, with steward's concurrency: batches of up to MAX_BATCH per round trip.
     let batch_of = steward::message::MAX_BATCH;
@@ -415,57 +415,7 @@ fn main() {
     });
 
     // 3. Command round trip: CLICommand `true`, one at a time, append → stored reply.
-    let spawn = sorted(
-        (0..n_commands)
-            .map(|_| {
-                let t = Instant::now();
-                Command::new("true").status().unwrap();
-                t.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect(),
-    );
-    let mut rtt = Vec::new();
-    let replies = central.dir.join("replies/ship1.CLICommand.log");
-    // Woken by the reply file's change (inotify), not by polling: a poll's period would be
-    // counted as steward's time.
-    let replies_dir = central.dir.join("replies");
-    fs::create_dir_all(&replies_dir).unwrap();
-    let watch = steward::files::Watch::new(&replies_dir).expect("inotify");
-    for i in 0..n_commands {
-        let t = Instant::now();
-        central.append("[{\"toNode\":\"ship1\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}]\n");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while fs::read_to_string(&replies)
-            .unwrap_or_default()
-            .matches("=== ")
-            .count()
-            <= i
-        {
-            assert!(Instant::now() < deadline, "benchmark stuck: command reply");
-            watch.wait(Duration::from_millis(10));
-        }
-        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    let rtt = sorted(rtt);
-    let over50 = percentile(&rtt, 0.5) - percentile(&spawn, 0.5);
-    rows.push(Row {
-        what: "command round trip p50 / p99 (ms)".into(),
-        steward: format!(
-            "{:.2} / {:.2}",
-            percentile(&rtt, 0.5),
-            percentile(&rtt, 0.99)
-        ),
-        bare: format!("spawn alone {:.2}", percentile(&spawn, 0.5)),
-        ratio: String::new(),
-        target: String::new(),
-    });
-    rows.push(Row {
-        what: "steward's own overhead p50 (ms)".into(),
-        steward: format!("{over50:.2}"),
-        bare: format!("bare req/rep {bare_p50:.2}"),
-        ratio: String::new(),
-        target: flag(over50 < 1.0, "< 1 ms"),
-    });
+    rows.extend(commands(&central, n_commands, bare_p50));
 
     // 4. Fan-out: one command to 1,000 nodes, simulated by lightweight responders (one
     // process, one NATS connection, a subscription per node answering at once).
@@ -694,6 +644,19 @@ fn flag(met: bool, target: &str) -> String {
 
 /// Sequential request/reply through the `nats` crate: subscribe an inbox, publish, flush,
 /// wait; the responder answers with a reply of the size steward's would have.
+/// What bare NATS carries in the rows beside steward's: one event as steward sends it.
+fn bare_payload() -> Vec<u8> {
+    steward::message::Envelope {
+        id: "central-1-1".into(),
+        from_node: "central".into(),
+        accepted: 0,
+        reply_ticket: None,
+        grant: None,
+        message: serde_json::from_str(&event("ship1", 0)).unwrap(),
+    }
+    .encode()
+}
+
 fn bare_request_reply(broker: &str, payload: &[u8], n: usize) -> (f64, f64, f64) {
     let responder = nats::connect(broker).unwrap();
     let sub = responder.subscribe("bare.EventACK.TextLogging").unwrap();
@@ -823,6 +786,64 @@ fn receiver(broker: &str, quick: bool) -> Vec<Row> {
 /// simulated nodes, all ACKs stored: how long, central's peak RSS meanwhile, and its RSS
 /// and threads a minute after (idle publishers end after `--keepPublishersAliveFor`, 30 s).
 /// Sizes from `STEWARD_BENCH_FLEET` (e.g. `1000,10000`), else 1,000, 10,000 and 50,000.
+/// CLICommand `true` to ship1, one at a time, from the append to the stored reply: its
+/// round trip, and steward's own part of it (less the time to spawn `true` alone).
+fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let spawn = sorted(
+        (0..n_commands)
+            .map(|_| {
+                let t = Instant::now();
+                Command::new("true").status().unwrap();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    );
+    let mut rtt = Vec::new();
+    let replies = central.dir.join("replies/ship1.CLICommand.log");
+    // Woken by the reply file's change (inotify), not by polling: a poll's period would be
+    // counted as steward's time.
+    let replies_dir = central.dir.join("replies");
+    fs::create_dir_all(&replies_dir).unwrap();
+    let watch = steward::files::Watch::new(&replies_dir).expect("inotify");
+    for i in 0..n_commands {
+        let t = Instant::now();
+        central.append("[{\"toNode\":\"ship1\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}]\n");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fs::read_to_string(&replies)
+            .unwrap_or_default()
+            .matches("=== ")
+            .count()
+            <= i
+        {
+            assert!(Instant::now() < deadline, "benchmark stuck: command reply");
+            watch.wait(Duration::from_millis(10));
+        }
+        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let rtt = sorted(rtt);
+    let over50 = percentile(&rtt, 0.5) - percentile(&spawn, 0.5);
+    rows.push(Row {
+        what: "command round trip p50 / p99 (ms)".into(),
+        steward: format!(
+            "{:.2} / {:.2}",
+            percentile(&rtt, 0.5),
+            percentile(&rtt, 0.99)
+        ),
+        bare: format!("spawn alone {:.2}", percentile(&spawn, 0.5)),
+        ratio: String::new(),
+        target: String::new(),
+    });
+    rows.push(Row {
+        what: "steward's own overhead p50 (ms)".into(),
+        steward: format!("{over50:.2}"),
+        bare: format!("bare req/rep {bare_p50:.2}"),
+        ratio: String::new(),
+        target: flag(over50 < 1.0, "< 1 ms"),
+    });
+    rows
+}
+
 fn fleet(broker: &str, quick: bool) -> Vec<Row> {
     let sizes: Vec<usize> = std::env::var("STEWARD_BENCH_FLEET")
         .ok()
@@ -888,36 +909,45 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
 fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
     let identity = trust_simulated(root, n);
     let conn = nats::connect(broker).unwrap();
+    let conn2 = conn.clone();
     let sub = conn.subscribe("*.CommandACK.CLICommand").unwrap();
     let sub2 = sub.clone();
+    let answer = move |m: nats::Message| {
+        let node = m.subject.split('.').next().unwrap_or_default().to_string();
+        let simulated = node
+            .strip_prefix("node")
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i < n);
+        let (Some(to), true) = (&m.reply, simulated) else {
+            return;
+        };
+        let Ok(env) = steward::message::Envelope::decode(&m.data) else {
+            return;
+        };
+        let Some(sig) = m.headers.as_ref().and_then(|h| h.get(steward::keys::SIG)) else {
+            return;
+        };
+        let reply = steward::message::Reply {
+            id: env.id,
+            from_node: node,
+            to_node: env.from_node,
+            status: steward::message::Status::Ok,
+            exit_code: Some(0),
+            output: String::new(),
+        }
+        .encode();
+        let sealed = identity.seal(steward::keys::Scope::reply(to, sig), &reply);
+        let _ = conn.publish_with_reply_or_headers(to, None, Some(&sealed.headers), &reply);
+    };
     std::thread::spawn(move || {
-        for m in sub2.messages() {
-            let node = m.subject.split('.').next().unwrap_or_default().to_string();
-            let simulated = node
-                .strip_prefix("node")
-                .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i < n);
-            let (Some(to), true) = (&m.reply, simulated) else {
-                continue;
-            };
-            let Ok(env) = steward::message::Envelope::decode(&m.data) else {
-                continue;
-            };
-            let Some(sig) = m.headers.as_ref().and_then(|h| h.get(steward::keys::SIG)) else {
-                continue;
-            };
-            let reply = steward::message::Reply {
-                id: env.id,
-                from_node: node,
-                to_node: env.from_node,
-                status: steward::message::Status::Ok,
-                exit_code: Some(0),
-                output: String::new(),
+        // Ten thousand nodes answer side by side; this one thread answers in turn, so it
+        // flushes (a round trip to the broker) only when no command waits, not per reply.
+        while let Some(m) = sub2.next() {
+            answer(m);
+            while let Some(m) = sub2.try_next() {
+                answer(m);
             }
-            .encode();
-            let sealed = identity.seal(steward::keys::Scope::reply(to, sig), &reply);
-            let _ = conn.publish_with_reply_or_headers(to, None, Some(&sealed.headers), &reply);
-            let _ = conn.flush();
+            let _ = conn2.flush();
         }
     });
     sub

@@ -53,6 +53,7 @@ impl Process for HelloSender {
                 None,
                 None,
                 &envelope.encode(),
+                crate::broker::Confirm::ByServer,
             ) {
                 Ok(_) => self.state.set(format!("sent hello {count}")),
                 Err(e) => self.state.set(format!("hello {count} not sent: {e}")),

@@ -696,10 +696,14 @@ fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply])
             .collect();
         bytes = encode(&trimmed);
     }
-    if let Err(e) = node
-        .broker
-        .publish(&node.identity, to, None, Some(&a.signed.sig), &bytes)
-    {
+    if let Err(e) = node.broker.publish(
+        &node.identity,
+        to,
+        None,
+        Some(&a.signed.sig),
+        &bytes,
+        crate::broker::Confirm::ByAnswer,
+    ) {
         // The sender will try again and get the stored reply.
         log::warn!("cannot send the reply for {}: {e}", replies[0].id);
     }

@@ -3,6 +3,7 @@
 //! ([`crate::retry`]), a batch of events, a NACK published once.
 
 use super::*;
+use crate::broker::Confirm;
 use crate::grant::CopyGrant;
 use crate::keys::Identity;
 use crate::message::Envelope;
@@ -73,7 +74,7 @@ impl Publisher {
     /// why not.
     pub(super) fn deliver_batch(
         &self,
-        replies: &nats::Subscription,
+        replies: &Receiver<nats::Message>,
         reply_subject: &str,
         batch: &[Entry],
         payload: &[u8],
@@ -125,7 +126,7 @@ impl Publisher {
 
     pub(super) fn deliver_acked(
         &self,
-        replies: &nats::Subscription,
+        replies: &Receiver<nats::Message>,
         reply_subject: &str,
         entry: &Entry,
         stop: &Receiver<()>,
@@ -224,7 +225,7 @@ impl Publisher {
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
-        replies: &nats::Subscription,
+        replies: &Receiver<nats::Message>,
         reply_subject: &str,
         to: &str,
         payload: &[u8],
@@ -242,6 +243,7 @@ impl Publisher {
             Some(reply_subject),
             None,
             payload,
+            Confirm::ByAnswer,
         ) {
             Ok(sig) => {
                 // A late reply to an earlier attempt still answers this message.
@@ -255,7 +257,7 @@ impl Publisher {
         let mut hint: Option<String> = None;
         loop {
             select! {
-                recv(replies.receiver()) -> msg => {
+                recv(replies) -> msg => {
                     let Ok(msg) = msg else {
                         return Attempt::Failed("reply subscription closed".into());
                     };
@@ -371,11 +373,14 @@ impl Publisher {
         let payload = wire_form(&self.node.identity, &entry.envelope);
         let mut attempt = 0;
         loop {
-            match self
-                .node
-                .broker
-                .publish(&self.node.identity, &subject, None, None, &payload)
-            {
+            match self.node.broker.publish(
+                &self.node.identity,
+                &subject,
+                None,
+                None,
+                &payload,
+                Confirm::ByServer,
+            ) {
                 Ok(_) => {
                     let method = entry.envelope.message.method.as_str();
                     self.node.metrics.sent.with_label_values(&[method]).inc();

@@ -115,7 +115,7 @@ enum Delivery {
 #[derive(Debug)]
 pub enum Error {
     /// The subscription for replies could not be made (the connection dropped).
-    Subscribe { subject: String, source: io::Error },
+    Subscribe { source: io::Error },
     /// The lane's messages could not be read from the journal.
     Journal { lane: Subject, source: io::Error },
     /// Replies could not be stored in `path`.
@@ -127,8 +127,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // The subject (this publisher's own inbox) says nothing to an operator.
-            Error::Subscribe { source, .. } => write!(f, "cannot subscribe to replies: {source}"),
+            Error::Subscribe { source } => write!(f, "cannot subscribe to replies: {source}"),
             Error::Journal { lane, source } => {
                 write!(
                     f,
@@ -214,17 +213,14 @@ impl Process for Publisher {
         let Some(conn) = self.node.broker.wait(stop) else {
             return Ok(());
         };
-        // Replies come back under this node's own inbox prefix, so a broker can let each
-        // node read only its own replies (`_INBOX.<node>.>`; see the confined config).
-        let inbox = format!(
-            "_INBOX.{}.{}",
-            self.node.config.node,
-            conn.new_inbox().trim_start_matches("_INBOX.")
-        );
-        let subject = format!("{inbox}.*");
-        let replies = conn
-            .subscribe(&subject)
-            .map_err(|source| Error::Subscribe { subject, source })?;
+        // Replies come back under this node's own inbox prefix, on one subscription all
+        // its publishers share ([`crate::broker::Route`]).
+        let route = self
+            .node
+            .broker
+            .route(&conn)
+            .map_err(|source| Error::Subscribe { source })?;
+        let (inbox, replies) = (&route.prefix, &route.messages);
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
         let kind = self.subject.kind;
@@ -260,7 +256,7 @@ impl Process for Publisher {
                 let batch = &slot[..fits];
                 // Its own reply subject: a late batch reply never meets a single attempt.
                 let reply_subject = format!("{inbox}.b{}", batch[0].seq);
-                match self.deliver_batch(&replies, &reply_subject, batch, &payload, stop) {
+                match self.deliver_batch(replies, &reply_subject, batch, &payload, stop) {
                     Attempt::Acked(acked) => {
                         let done: Vec<_> = batch
                             .iter()
@@ -283,7 +279,7 @@ impl Process for Publisher {
             }
             let entry = &slot[0];
             let delivery = if kind.wants_ack() {
-                self.deliver_acked(&replies, &format!("{inbox}.{}", entry.seq), entry, stop)
+                self.deliver_acked(replies, &format!("{inbox}.{}", entry.seq), entry, stop)
             } else {
                 self.publish_once(entry, stop)
             };

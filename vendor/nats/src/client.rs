@@ -3,7 +3,8 @@
 // whole by its timeout, the wait for the PONG included (it waited for the PONG without
 // a bound: during an outage, until the client reconnected), and drops past a
 // subscription's `set_message_limits` counted for messages with headers too (they were
-// counted only for messages without). See steward's Cargo.toml.
+// counted only for messages without), and `flush_written`, a flush without the PING.
+// See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -351,6 +352,32 @@ impl Client {
                 Err(Error::new(ErrorKind::ConnectionReset, "flush failed"))
             }
         }
+    }
+
+    /// steward patch: writes what is buffered to the socket now, without a PING, so the
+    /// caller does not wait for the server's PONG. For a message whose answer is its
+    /// confirmation (a request awaiting its reply, a reply whose sender retries until it
+    /// has one) that round trip only delays it, and a thousand threads waiting on PONGs
+    /// queue behind each other on this client's locks. Bounded by `timeout` per write; a
+    /// write that fails (or times out, perhaps half done) ends the connection, as the
+    /// flusher thread does, and the client reconnects.
+    pub(crate) fn flush_written(&self, timeout: Duration) -> io::Result<()> {
+        let mut write = self.state.write.lock();
+        self.check_shutdown()?;
+        let Some(writer) = write.writer.as_mut() else {
+            return Err(Error::new(ErrorKind::NotConnected, "not connected to the server"));
+        };
+        writer.get_ref().set_write_timeout(Some(timeout))?;
+        let res = writer.flush();
+        if res.is_err() {
+            writer.get_ref().shutdown();
+            write.writer = None;
+            // NB see locking protocol for state.write and state.read
+            let mut read = self.state.read.lock();
+            read.pongs.clear();
+            return res;
+        }
+        writer.get_ref().set_write_timeout(None)
     }
 
     /// Closes the client.

@@ -1,5 +1,6 @@
 // steward patch: this file is nats 0.25.0's, with one counter added (marked "steward
-// patch"): `dropped_malformed_messages`. See steward's Cargo.toml, [patch.crates-io].
+// patch"): `dropped_malformed_messages`, and `Connection::flush_written` and
+// `Connection::subscribe_routed`. See steward's Cargo.toml, [patch.crates-io].
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -701,6 +702,14 @@ impl Connection {
         self.0.client.flush(duration)
     }
 
+    /// steward patch: writes the buffered messages to the socket at once, without waiting
+    /// for the server to confirm them with a PONG (see `Client::flush_written`). Each
+    /// write is bounded by `timeout`; one that fails ends the connection, which the
+    /// client then makes again.
+    pub fn flush_written(&self, timeout: Duration) -> io::Result<()> {
+        self.0.client.flush_written(timeout)
+    }
+
     /// Close a NATS connection. All clones of
     /// this `Connection` will also be closed,
     /// as the backing IO threads are shared.
@@ -902,6 +911,28 @@ impl Connection {
     /// # }
     pub fn max_payload(&self) -> usize {
         self.0.client.server_info.lock().max_payload
+    }
+
+    /// steward patch: subscribes to `subject` with `route` called on the client's reader
+    /// thread for each message as it is decoded. A message `route` returns `true` for has
+    /// been dealt with and is not queued on the subscription: one subscription shared by
+    /// many waiters hands each its own messages, with no thread in between.
+    pub fn subscribe_routed(
+        &self,
+        subject: &str,
+        route: impl Fn(&Message) -> bool + Send + Sync + 'static,
+    ) -> io::Result<Subscription> {
+        let (sid, receiver) = self.0.client.subscribe_with_preprocessor(
+            subject,
+            None,
+            Box::new(move |_, message| route(message)),
+        )?;
+        Ok(Subscription::new(
+            sid,
+            subject.to_string(),
+            receiver,
+            self.0.client.clone(),
+        ))
     }
 
     fn do_subscribe(&self, subject: &str, queue: Option<&str>) -> io::Result<Subscription> {

@@ -12,9 +12,15 @@
 //! is not counted either.
 //!
 //! The sync client flushes its write buffer at most every 5 ms per connection. Every send on
-//! the message path therefore goes through [`Broker::publish`], which flushes, so a round
-//! trip costs a round trip, not the flush timer. That flush is bounded ([`FLUSH_TIMEOUT`],
-//! the wait for the server's PONG included: a vendored patch), and a link known to be down
+//! the message path therefore goes through [`Broker::publish`], which writes it out at once,
+//! so a round trip costs a round trip, not the flush timer. What it waits for then depends
+//! on what confirms the message ([`Confirm`]): a request (ACK kinds) is confirmed by its
+//! reply and a reply by the sender's retrying until it has one, so those wait only for the
+//! socket write (a vendored patch, `flush_written`); a message published once (NACK kinds,
+//! Hello) waits for the server's PONG, the only sign it arrived. Waiting for a PONG per
+//! request had cost a 10,000-node fan-out most of its time: a thousand publishers queued
+//! on the client's locks and on each other's PONGs. Both waits are bounded
+//! ([`FLUSH_TIMEOUT`], the PONG included: a vendored patch), and a link known to be down
 //! is not written to at all, so no thread that sends (publisher, Hello, handler) waits on
 //! an outage, and a stop is never held up by one.
 
@@ -27,15 +33,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+mod replies;
+
+pub use replies::Route;
+
 /// How long a flush (our PING and the server's PONG) may take before a send counts as
 /// failed.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What [`Broker::publish`] waits for once the message is handed to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// The socket write: the message's answer confirms it (a request awaiting its reply,
+    /// a reply whose sender sends again until it has one).
+    ByAnswer,
+    /// The server's PONG: nothing else would tell that a message published once arrived.
+    ByServer,
+}
 
 /// The node's broker connection, once it exists.
 pub struct Broker {
     conn: OnceLock<nats::Connection>,
     link: Mutex<Link>,
     epoch: AtomicU64,
+    node: String,
+    /// The subscription every publisher's replies arrive on, made at the first's start.
+    replies: Mutex<Option<replies::Replies>>,
 }
 
 /// A select-able "link is up" signal: `up` is a receiver whose sender is held while the
@@ -67,6 +90,8 @@ impl Broker {
             conn: OnceLock::new(),
             link: Mutex::new(Link::new_down()),
             epoch: AtomicU64::new(0),
+            node: node.to_string(),
+            replies: Mutex::new(None),
         });
         let url_list = urls.join(",");
         let name = format!("steward {node}");
@@ -170,6 +195,23 @@ impl Broker {
         self.conn.get().cloned()
     }
 
+    /// Where a publisher's replies arrive (see [`replies`]): a subject prefix of its own on
+    /// `conn`, this node's connection, under the node's own inbox (`_INBOX.<node>.…`, so
+    /// a broker can let each node read only its own replies; see the confined config).
+    pub fn route(&self, conn: &nats::Connection) -> io::Result<Route> {
+        let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if replies.is_none() {
+            let nuid = conn.new_inbox();
+            let inbox = format!(
+                "_INBOX.{}.{}",
+                self.node,
+                nuid.trim_start_matches("_INBOX.")
+            );
+            *replies = Some(replies::Replies::subscribe(conn, inbox)?);
+        }
+        Ok(replies.as_mut().expect("made above").route())
+    }
+
     /// Whether the link is up, as far as the client has told us.
     fn is_up(&self) -> bool {
         self.link
@@ -180,8 +222,9 @@ impl Broker {
     }
 
     /// Publishes, signed by `identity` over the subjects (and, for a reply, the signature
-    /// of the request it `answers`), and flushes at once (see the module docs for why).
-    /// Returns the signature: what a reply to this message must name.
+    /// of the request it `answers`), and writes it out at once, waiting for what `confirm`
+    /// says (see the module docs for why). Returns the signature: what a reply to this
+    /// message must name.
     ///
     /// On a link known to be down it fails at once (`NotConnected`) rather than queue the
     /// message in the client and wait for the broker: the caller's own retry, or the
@@ -195,6 +238,7 @@ impl Broker {
         reply: Option<&str>,
         answers: Option<&str>,
         payload: &[u8],
+        confirm: Confirm,
     ) -> io::Result<String> {
         let conn = match self.conn.get() {
             Some(conn) if self.is_up() => conn,
@@ -212,7 +256,10 @@ impl Broker {
         };
         let sealed = identity.seal(scope, payload);
         conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
-        conn.flush_timeout(FLUSH_TIMEOUT)?;
+        match confirm {
+            Confirm::ByAnswer => conn.flush_written(FLUSH_TIMEOUT)?,
+            Confirm::ByServer => conn.flush_timeout(FLUSH_TIMEOUT)?,
+        }
         Ok(sealed.sig)
     }
 }
