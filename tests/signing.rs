@@ -418,6 +418,67 @@ fn a_reply_not_bound_to_central_s_own_request_is_ignored() {
     );
 }
 
+/// Central's publishers share one reply inbox; a node that sees a request learns its
+/// publisher's reply subject. Flooding it, while the publisher waits and while it idles
+/// with nothing to read its replies, answers nothing, costs central no more than a route's
+/// 64 messages of memory, and one log line an attempt; the next command goes as usual.
+#[test]
+fn a_flood_on_a_publisher_s_reply_subject_answers_nothing_and_holds_no_memory() {
+    let nats = NatsServer::start();
+    let (ship1, central, raw) = listening_pair(&nats);
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","sleep 3; echo first"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":20,"retries":0}]"#,
+    );
+    let msg = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    let to = msg.reply.clone().unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&msg.data).unwrap()["id"].clone();
+    let fake = serde_json::json!({"id": id, "fromNode": "ship1", "status": "ok", "exitCode": 0, "output": "fake\n"})
+        .to_string();
+    // While it waits: forgeries on its exact subject, unsigned and self-signed.
+    let flooder = nats::connect(nats.address()).unwrap();
+    let signed = signed_by("intruder", &to, None, fake.as_bytes());
+    for i in 0..1000 {
+        let headers = (i % 2 == 0).then_some(&signed);
+        flooder
+            .publish_with_reply_or_headers(&to, None, headers, fake.as_bytes())
+            .unwrap();
+    }
+    flooder.flush().unwrap();
+    central.wait_for("replies/ship1.CLICommand.log", "first");
+    // While it idles: 64 MB on its route (the same subject, and others under its token).
+    let before = central.rss_kib();
+    let prefix = to.rsplit_once('.').unwrap().0;
+    let big = vec![b'x'; 32 * 1024];
+    for i in 0..2000 {
+        let subject = match i % 2 {
+            0 => to.clone(),
+            _ => format!("{prefix}.x{i}"),
+        };
+        flooder.publish(&subject, &big).unwrap();
+    }
+    flooder.flush().unwrap();
+    // Whatever central's client has read of it by now, routed or dropped.
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = central.rss_kib().saturating_sub(before);
+    eprintln!("[reply-flood] forged=1000 flooded_kib=64000 central_grew_kib={grown}");
+    assert!(
+        grown < 16 * 1024,
+        "central grew {grown} KiB on a 64 MB flood"
+    );
+    // The next command goes through the same publisher, past what its route kept.
+    central.append_inmsg(&command("ship1", &["echo", "second"]));
+    let replies = central.wait_for("replies/ship1.CLICommand.log", "second");
+    assert!(!replies.contains("fake"), "{replies}");
+    let ignored = central.log().matches("ignoring a reply").count();
+    assert!(
+        (1..=2).contains(&ignored),
+        "{ignored} lines for 1,000 forgeries:\n{}",
+        central.log()
+    );
+    drop(ship1);
+}
+
 #[test]
 fn a_reply_from_a_node_whose_key_is_not_trusted_is_not_stored_and_the_key_is_named() {
     let nats = NatsServer::start();
@@ -512,7 +573,12 @@ fn a_hello_replayed_after_central_restarts_is_refused_and_sets_no_time() {
     let raw = Raw::connect(&nats.address());
     let spy = raw.spy("central.EventNACK.Hello");
     let mut ship1 = Node::start("ship1", &nats.address(), &[]);
-    let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    // ship1's, not central's own Hello to itself, which may come first.
+    let captured = std::iter::from_fn(|| spy.next_timeout(Duration::from_secs(10)).ok())
+        .find(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.data).unwrap()["fromNode"] == "ship1"
+        })
+        .expect("ship1's Hello");
     central.wait_for("hello-nodes.json", "\"ship1\"");
     ship1.kill9();
     let last_seen = |central: &Node| -> u64 {

@@ -873,12 +873,23 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         });
         let secs = t.elapsed().as_secs_f64();
         let peak_threads = central.status("Threads:");
+        // The same command again: each node's reply file exists now, as on a central that
+        // has sent to its fleet before (the first time creates N files, a cost that on
+        // this machine's root filesystem varies tenfold: see the README).
+        let t = Instant::now();
+        let mut peak_again = central.status("VmRSS:");
+        central.append(&message);
+        wait_until("fleet replies, again", Duration::from_secs(600), || {
+            peak_again = peak_again.max(central.status("VmRSS:"));
+            central.metric(acked) >= 2.0 * n as f64
+        });
+        let again = t.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs(settle));
         let (rss, threads) = (central.status("VmRSS:"), central.status("Threads:"));
         let mb = |kib: u64| kib as f64 / 1024.0;
         let target = if n == 10_000 {
             flag(
-                secs < 5.0 && mb(peak) < 128.0 && mb(rss) < 64.0 && threads < 100,
+                secs < 5.0 && mb(peak.max(peak_again)) < 128.0 && mb(rss) < 64.0 && threads < 100,
                 "< 5 s, peak < 128 MB; after: < 64 MB, < 100 threads",
             )
         } else {
@@ -886,11 +897,12 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         };
         rows.push(Row {
             what: format!(
-                "fleet of {n}: all ACKs stored (s) / peak RSS (MB), threads / {settle} s after: RSS (MB), threads"
+                "fleet of {n}: all ACKs stored (s) / peak RSS (MB), threads / the same command again: s, peak RSS (MB) / {settle} s after: RSS (MB), threads"
             ),
             steward: format!(
-                "{secs:.2} / {:.1}, {peak_threads} / {:.1}, {threads}",
+                "{secs:.2} / {:.1}, {peak_threads} / {again:.2}, {:.1} / {:.1}, {threads}",
                 mb(peak),
+                mb(peak_again),
                 mb(rss)
             ),
             bare: String::new(),

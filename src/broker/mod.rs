@@ -19,10 +19,12 @@
 //! socket write (a vendored patch, `flush_written`); a message published once (NACK kinds,
 //! Hello) waits for the server's PONG, the only sign it arrived. Waiting for a PONG per
 //! request had cost a 10,000-node fan-out most of its time: a thousand publishers queued
-//! on the client's locks and on each other's PONGs. Both waits are bounded
-//! ([`FLUSH_TIMEOUT`], the PONG included: a vendored patch), and a link known to be down
-//! is not written to at all, so no thread that sends (publisher, Hello, handler) waits on
-//! an outage, and a stop is never held up by one.
+//! on the client's locks and on each other's PONGs. The wait for a PONG is bounded
+//! ([`FLUSH_TIMEOUT`]: a vendored patch) and so is each socket write on a plain TCP link
+//! (under TLS a full buffer fails the write at once, and the client reconnects), and a
+//! link known to be down is not written to at all, so no thread that sends (publisher,
+//! Hello, handler) waits on an outage, and a stop is never held up by one. (A send can
+//! still wait for the client's lock while another thread's write is slow.)
 
 use crate::config::{Auth, BrokerSecurity};
 use crate::keys::{Identity, Scope};
@@ -37,8 +39,8 @@ mod replies;
 
 pub use replies::Route;
 
-/// How long a flush (our PING and the server's PONG) may take before a send counts as
-/// failed.
+/// How long a flush (our PING and the server's PONG, or one socket write) may take before
+/// a send counts as failed.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What [`Broker::publish`] waits for once the message is handed to the client.
@@ -229,8 +231,7 @@ impl Broker {
     /// On a link known to be down it fails at once (`NotConnected`) rather than queue the
     /// message in the client and wait for the broker: the caller's own retry, or the
     /// sender's, takes it from there, and a stop is never held up by an outage. A link
-    /// that fails mid-flush is bounded by [`FLUSH_TIMEOUT`] (the vendored client's flush
-    /// bounds the wait for the PONG too).
+    /// that fails mid-flush is bounded by [`FLUSH_TIMEOUT`] (see the module docs).
     pub fn publish(
         &self,
         identity: &Identity,

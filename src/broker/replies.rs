@@ -4,25 +4,36 @@
 //! when it ended. At a 10,000-node fan-out that is 20,000 SUBs and UNSUBs, each taking both
 //! of the client's locks, and a thousand publishers spent most of the run queued behind them
 //! (measured off-CPU). Now the node subscribes once, to `_INBOX.<node>.<nuid>.*.*`, and each
-//! publisher takes a [`Route`]: a subject prefix of its own (`<inbox>.<token>`, under which it
-//! makes each attempt's reply subject) and a channel. The client's reader thread hands a reply
-//! to its route's channel as it decodes it (a vendored patch, `subscribe_routed`), so no
-//! thread stands in between. A reply whose route is gone (its publisher ended) is dropped, as
-//! it was when the publisher's own subscription went; what a reply must prove (who signed
-//! it, over which attempt) is checked by the publisher, as before.
+//! publisher of an ACK kind takes a [`Route`]: a subject prefix of its own (`<inbox>.<token>`,
+//! under which it makes each attempt's reply subject) and a channel. The client's reader
+//! thread hands a reply to its route's channel as it decodes it (a vendored patch,
+//! `subscribe_routed`), so no thread stands in between.
+//!
+//! A token is random, as each publisher's inbox was, so a node that has seen one reply
+//! subject (the destination of a request sees its own) cannot name another publisher's. A
+//! route's channel holds [`ROUTE_DEPTH`] messages: a publisher waits for one answer at a
+//! time, so more is a flood, dropped (its attempt is at worst tried again), and memory stays
+//! bounded whatever is published to the inbox, even while a publisher idles with nothing
+//! reading its route. A reply whose route is gone (its publisher ended) is dropped, as it
+//! was when the publisher's own subscription went; what a reply must prove (who signed it,
+//! over which attempt) is checked by the publisher, as before.
 
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
-type Routes = Arc<Mutex<HashMap<u64, Sender<nats::Message>>>>;
+/// How many messages a route holds before it drops what comes: a publisher waits for one
+/// answer at a time (late answers to its earlier attempts beside it).
+pub const ROUTE_DEPTH: usize = 64;
+
+type Routes = Arc<Mutex<HashMap<String, Sender<nats::Message>>>>;
 
 /// The node's reply subscription and the routes taken from it.
 pub(super) struct Replies {
+    conn: nats::Connection,
     inbox: String,
     routes: Routes,
-    next: u64,
     /// Kept: dropping it would unsubscribe.
     _subscription: nats::Subscription,
 }
@@ -32,8 +43,21 @@ pub(super) struct Replies {
 pub struct Route {
     pub prefix: String,
     pub messages: Receiver<nats::Message>,
-    token: u64,
+    token: String,
     routes: Routes,
+}
+
+impl Route {
+    /// No route: for a publisher whose messages have no answer (NACK kinds), so that no
+    /// subject of the shared inbox leads to it.
+    pub fn none() -> Route {
+        Route {
+            prefix: String::new(),
+            messages: crossbeam_channel::never(),
+            token: String::new(),
+            routes: Routes::default(),
+        }
+    }
 }
 
 impl Drop for Route {
@@ -54,34 +78,38 @@ impl Replies {
             let token = m
                 .subject
                 .strip_prefix(&prefix)
-                .and_then(|rest| rest.split('.').next())
-                .and_then(|t| t.parse::<u64>().ok());
+                .and_then(|rest| rest.split('.').next());
             let table = table.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(to) = token.and_then(|t| table.get(&t)) {
-                let _ = to.send(m.clone());
+            if let Some(to) = token.and_then(|t| table.get(t)) {
+                // Full: a flood on this route; the publisher's attempt is tried again.
+                let _ = to.try_send(m.clone());
             }
             true // never queued on the shared subscription itself
         })?;
         Ok(Replies {
+            conn: conn.clone(),
             inbox,
             routes,
-            next: 0,
             _subscription: subscription,
         })
     }
 
-    /// A new route: a prefix no other publisher of this run has had.
+    /// A new route, under a random token (a nuid, as the client's inboxes have).
     pub(super) fn route(&mut self) -> Route {
-        self.next += 1;
-        let (tx, messages) = crossbeam_channel::unbounded();
-        self.routes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(self.next, tx);
+        let (tx, messages) = crossbeam_channel::bounded(ROUTE_DEPTH);
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let token = loop {
+            let nuid = self.conn.new_inbox();
+            let token = nuid.trim_start_matches("_INBOX.").to_string();
+            if !routes.contains_key(&token) {
+                break token;
+            }
+        };
+        routes.insert(token.clone(), tx);
         Route {
-            prefix: format!("{}.{}", self.inbox, self.next),
+            prefix: format!("{}.{token}", self.inbox),
             messages,
-            token: self.next,
+            token,
             routes: self.routes.clone(),
         }
     }

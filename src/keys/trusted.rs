@@ -306,22 +306,26 @@ impl Trusted {
         self.protected.iter().any(|p| p == node)
     }
 
-    /// Re-reads whichever file changed since it was last read.
+    /// Re-reads whichever file changed since it was last read. The files are looked at
+    /// before the lock is taken, so a thousand publishers verifying replies at once do not
+    /// queue behind each other's `stat`s (a file changed meanwhile is at worst read twice).
     fn refresh(&self) -> Result<(), Error> {
-        let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let paths = [
             trusted_path(&self.dir),
             revoked_path(&self.dir),
             distributed_path(&self.dir),
         ];
-        for (i, path) in paths.iter().enumerate() {
-            let stamp = fs::metadata(path)
+        let stamps = paths.each_ref().map(|path| {
+            fs::metadata(path)
                 .ok()
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-            if stamp == loaded.stamps[i] {
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        });
+        let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, path) in paths.iter().enumerate() {
+            if stamps[i] == loaded.stamps[i] {
                 continue;
             }
-            loaded.stamps[i] = stamp;
+            loaded.stamps[i] = stamps[i];
             let text = match fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),

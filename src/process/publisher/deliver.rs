@@ -275,7 +275,10 @@ impl Publisher {
                         continue;
                     }
                     if let Err(why) = self.check_reply(to, &msg, sigs) {
-                        log::warn!("{subject}: ignoring a reply: {why}");
+                        // Said once an attempt: a flood of forgeries is not a flood of lines.
+                        if hint.is_none() {
+                            log::warn!("{subject}: ignoring a reply: {why}");
+                        }
                         hint = Some(why.to_string());
                         continue;
                     }

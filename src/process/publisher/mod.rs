@@ -3,8 +3,9 @@
 //! messages from the journal when it is ready for them (woken when new ones are journaled)
 //! and delivers them one at a time, in order.
 //!
-//! ACK kinds are sent with a reply subject unique to the message (`<inbox>.<seq>`; one
-//! wildcard subscription per publisher), so no other message's reply can satisfy it, and
+//! ACK kinds are sent with a reply subject unique to the message (`<inbox>.<token>.<seq>`,
+//! the token this publisher's own, on one subscription the node's publishers share: see
+//! [`crate::broker::Route`]), so no other message's reply can satisfy it, and
 //! retried until the receiver answers: an attempt lasts `timeout` seconds (without one, a
 //! message's `methodTimeout` and a little more, or the default; also when the broker says
 //! at once that nobody listens), then a growing pause, up to `retries` attempts after the
@@ -114,7 +115,7 @@ enum Delivery {
 /// stored reply, running nothing twice). A full disk is the usual one.
 #[derive(Debug)]
 pub enum Error {
-    /// The subscription for replies could not be made (the connection dropped).
+    /// The node's subscription for replies could not be made (the client is closed).
     Subscribe { source: io::Error },
     /// The lane's messages could not be read from the journal.
     Journal { lane: Subject, source: io::Error },
@@ -213,17 +214,20 @@ impl Process for Publisher {
         let Some(conn) = self.node.broker.wait(stop) else {
             return Ok(());
         };
+        let kind = self.subject.kind;
         // Replies come back under this node's own inbox prefix, on one subscription all
-        // its publishers share ([`crate::broker::Route`]).
-        let route = self
-            .node
-            .broker
-            .route(&conn)
-            .map_err(|source| Error::Subscribe { source })?;
+        // its publishers share ([`crate::broker::Route`]); a NACK kind has none to wait for.
+        let route = match kind.wants_ack() {
+            true => self
+                .node
+                .broker
+                .route(&conn)
+                .map_err(|source| Error::Subscribe { source })?,
+            false => crate::broker::Route::none(),
+        };
         let (inbox, replies) = (&route.prefix, &route.messages);
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
-        let kind = self.subject.kind;
         let batchable = kind.wants_ack() && !kind.is_command();
         loop {
             let want = if batching && batchable { MAX_BATCH } else { 1 };

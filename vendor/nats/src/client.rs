@@ -3,8 +3,9 @@
 // whole by its timeout, the wait for the PONG included (it waited for the PONG without
 // a bound: during an outage, until the client reconnected), and drops past a
 // subscription's `set_message_limits` counted for messages with headers too (they were
-// counted only for messages without), and `flush_written`, a flush without the PING.
-// See steward's Cargo.toml.
+// counted only for messages without), `flush` an error while not connected (it reported
+// success at the reconnect), and `flush_written`, a flush without the PING. See steward's
+// Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -315,7 +316,16 @@ impl Client {
 
             // If connected, send a PING.
             match write.writer.as_mut() {
-                None => {}
+                // steward patch: not connected, an error. The stock client queued a PONG
+                // waiter without a PING, which the reconnect then completed as if the server
+                // had answered: a message lost with the old connection's buffer was
+                // reported flushed.
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::NotConnected,
+                        "flush: not connected to the server",
+                    ))
+                }
                 Some(mut writer) => {
                     // TODO(stjepang): We probably want to set the deadline
                     // rather than the timeout because right now the timeout
@@ -358,14 +368,16 @@ impl Client {
     /// caller does not wait for the server's PONG. For a message whose answer is its
     /// confirmation (a request awaiting its reply, a reply whose sender retries until it
     /// has one) that round trip only delays it, and a thousand threads waiting on PONGs
-    /// queue behind each other on this client's locks. Bounded by `timeout` per write; a
-    /// write that fails (or times out, perhaps half done) ends the connection, as the
-    /// flusher thread does, and the client reconnects.
+    /// queue behind each other on this client's locks. Each write is bounded by `timeout`
+    /// (on a plain TCP socket); a write that fails (or times out, perhaps half done) ends
+    /// the connection, as the flusher thread does, and the client reconnects. While it is
+    /// not connected, what was published waits in the reconnect buffer and goes when the
+    /// client reconnects: that is no error here, since the answer still confirms it.
     pub(crate) fn flush_written(&self, timeout: Duration) -> io::Result<()> {
         let mut write = self.state.write.lock();
         self.check_shutdown()?;
         let Some(writer) = write.writer.as_mut() else {
-            return Err(Error::new(ErrorKind::NotConnected, "not connected to the server"));
+            return Ok(());
         };
         writer.get_ref().set_write_timeout(Some(timeout))?;
         let res = writer.flush();

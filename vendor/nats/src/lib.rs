@@ -705,7 +705,7 @@ impl Connection {
     /// steward patch: writes the buffered messages to the socket at once, without waiting
     /// for the server to confirm them with a PONG (see `Client::flush_written`). Each
     /// write is bounded by `timeout`; one that fails ends the connection, which the
-    /// client then makes again.
+    /// client then makes again. While not connected, the messages wait for the reconnect.
     pub fn flush_written(&self, timeout: Duration) -> io::Result<()> {
         self.0.client.flush_written(timeout)
     }
