@@ -854,6 +854,10 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         });
     let settle = if quick { 35 } else { 60 };
     let mut rows = Vec::new();
+    // Each size's folders are removed only after the last: on ext4 without a journal (this
+    // machine's root), creating files shortly after many were deleted scans past the freed
+    // inodes, and the next size's reply files would pay for this one's cleanup.
+    let mut roots = Vec::new();
     for n in sizes {
         let root = tempfile::tempdir().unwrap();
         let central = Agent::start("central", broker, root.path());
@@ -911,6 +915,7 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         });
         drop(responders);
         drop(central);
+        roots.push(root);
     }
     rows
 }

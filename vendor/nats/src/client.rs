@@ -3,9 +3,9 @@
 // whole by its timeout, the wait for the PONG included (it waited for the PONG without
 // a bound: during an outage, until the client reconnected), and drops past a
 // subscription's `set_message_limits` counted for messages with headers too (they were
-// counted only for messages without), `flush` an error while not connected (it reported
-// success at the reconnect), and `flush_written`, a flush without the PING. See steward's
-// Cargo.toml.
+// counted only for messages without), `flush` an error while not connected and for a PING
+// the connection died under (both reported success at the reconnect), and
+// `flush_written`, a flush without the PING. See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -846,10 +846,11 @@ impl Client {
         *self.server_info.lock() = server_info;
         write.writer = Some(writer);
 
-        // Complete PONGs because the connection is healthy.
-        for p in pongs {
-            p.try_send(()).ok();
-        }
+        // steward patch: PINGs sent on the old connection are not answered by this one:
+        // their waiters fail ("flush failed") rather than being told their messages
+        // arrived, which those lost with the old connection did not. (The first connect's
+        // waiter, which takes no answer from it, sees the connection made all the same.)
+        drop(pongs);
 
         // NB see locking protocol for state.write and state.read
         drop(read);
