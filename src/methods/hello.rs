@@ -88,7 +88,13 @@ impl Hello {
         let result = crate::files::write_atomically(&ctx.data.hello_nodes(), &json);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(()) => seen.saved = changes,
+            Ok(()) => {
+                seen.saved = changes;
+                // The next is a second after this one was in place, not after it began:
+                // a slower write then a faster one would otherwise replace the file twice
+                // within a second (0.98 s apart, measured).
+                seen.written = Some(Instant::now());
+            }
             Err(e) => log::error!("cannot write {}: {e}", ctx.data.hello_nodes().display()),
         }
         seen.changes != seen.saved
