@@ -287,8 +287,8 @@ fn an_idle_publisher_ends_and_starts_again_with_its_lane_s_next_message() {
         .iter()
         .map(|s| Node::start(s, &nats.address(), &[]))
         .collect();
-    // Long enough that the publishers are still there when their threads are counted
-    // below, under a full test run's load (at 1 s they had ended once already).
+    // Long enough that the publishers are surely still there when their threads are
+    // counted below, even under a full test run's load.
     let central = Node::start("central", &nats.address(), &["--keepPublishersAliveFor=3"]);
     let lanes = |table: &str| {
         table

@@ -642,8 +642,6 @@ fn flag(met: bool, target: &str) -> String {
     }
 }
 
-/// Sequential request/reply through the `nats` crate: subscribe an inbox, publish, flush,
-/// wait; the responder answers with a reply of the size steward's would have.
 /// What bare NATS carries in the rows beside steward's: one event as steward sends it.
 fn bare_payload() -> Vec<u8> {
     steward::message::Envelope {
@@ -657,6 +655,8 @@ fn bare_payload() -> Vec<u8> {
     .encode()
 }
 
+/// Sequential request/reply through the `nats` crate: subscribe an inbox, publish, flush,
+/// wait; the responder answers with a reply of the size steward's would have.
 fn bare_request_reply(broker: &str, payload: &[u8], n: usize) -> (f64, f64, f64) {
     let responder = nats::connect(broker).unwrap();
     let sub = responder.subscribe("bare.EventACK.TextLogging").unwrap();
@@ -782,10 +782,6 @@ fn receiver(broker: &str, quick: bool) -> Vec<Row> {
     }]
 }
 
-/// Central for a fleet: one command (one message, `toNodes` naming every node) to N
-/// simulated nodes, all ACKs stored: how long, central's peak RSS meanwhile, and its RSS
-/// and threads a minute after (idle publishers end after `--keepPublishersAliveFor`, 30 s).
-/// Sizes from `STEWARD_BENCH_FLEET` (e.g. `1000,10000`), else 1,000, 10,000 and 50,000.
 /// CLICommand `true` to ship1, one at a time, from the append to the stored reply: its
 /// round trip, and steward's own part of it (less the time to spawn `true` alone).
 fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
@@ -844,6 +840,11 @@ fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
     rows
 }
 
+/// Central for a fleet: one command (one message, `toNodes` naming every node) to N
+/// simulated nodes, all ACKs stored: how long, central's peak RSS meanwhile; the same
+/// command again; and central's RSS and threads a minute after (idle publishers end after
+/// `--keepPublishersAliveFor`, 30 s).
+/// Sizes from `STEWARD_BENCH_FLEET` (e.g. `1000,10000`), else 1,000, 10,000 and 50,000.
 fn fleet(broker: &str, quick: bool) -> Vec<Row> {
     let sizes: Vec<usize> = std::env::var("STEWARD_BENCH_FLEET")
         .ok()
