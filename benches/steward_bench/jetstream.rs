@@ -8,10 +8,9 @@
 //! first publish until the consumer has acked the last message. Each measurement gets its
 //! own server and store folder, so no run inherits another's files.
 
-use super::{free_port, wait_until, Proc};
-use std::net::TcpStream;
+use super::{free_port, nats_server};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A nats-server binary and how it stores JetStream's writes.
@@ -105,18 +104,9 @@ fn one_cycle(server: &Server, payload: &[u8], n: usize, in_flight: usize) -> f64
         ),
     )
     .unwrap();
-    let _server = Proc(
-        Command::new(&server.bin)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server for JetStream"),
-    );
-    wait_until("JetStream server", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut command = Command::new(&server.bin);
+    command.arg("-c").arg(&config);
+    let _server = nats_server(command, port);
     let broker = format!("127.0.0.1:{port}");
     let js = nats::jetstream::new(nats::connect(&broker).unwrap());
     js.add_stream(nats::jetstream::StreamConfig {

@@ -55,6 +55,35 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `server` (a nats-server with its arguments), quiet, and waits until it listens on
+/// `port`.
+fn nats_server(mut server: Command, port: u16) -> Proc {
+    let proc = Proc(
+        server
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server"),
+    );
+    wait_until("nats-server", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    proc
+}
+
+/// Appends `batch` (commands to `nodes` simulated nodes) to central's inmsg.txt and waits
+/// until all their replies are stored: how long it took, in seconds.
+fn fan_out(central: &Agent, batch: &str, nodes: usize) -> f64 {
+    let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
+    let before = central.metric(acked);
+    let t = Instant::now();
+    central.append(batch);
+    wait_until("fan-out replies", Duration::from_secs(120), || {
+        central.metric(acked) >= before + nodes as f64
+    });
+    t.elapsed().as_secs_f64()
+}
+
 struct Agent {
     proc: Proc,
     dir: PathBuf,
@@ -314,17 +343,9 @@ fn main() {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("nats-server");
-    let _nats = Proc(
-        Command::new(nats_bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server"),
-    );
-    wait_until("nats-server", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut server = Command::new(nats_bin);
+    server.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    let _nats = nats_server(server, port);
     let broker = format!("127.0.0.1:{port}");
     let mut rows = Vec::new();
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("idle") {
@@ -423,13 +444,7 @@ fn main() {
     let batch: String = (0..fan)
         .map(|i| format!("[{{\"toNode\":\"node{i}\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n"))
         .collect();
-    let before = central.metric("steward_messages_acked_total{method=\"CLICommand\"}");
-    let t = Instant::now();
-    central.append(&batch);
-    wait_until("fan-out replies", Duration::from_secs(120), || {
-        central.metric("steward_messages_acked_total{method=\"CLICommand\"}") >= before + fan as f64
-    });
-    let fan_secs = t.elapsed().as_secs_f64();
+    let fan_secs = fan_out(&central, &batch, fan);
     rows.push(Row {
         what: format!("fan-out: 1 command to {fan} nodes, all replies stored (s)"),
         steward: format!("{fan_secs:.2}"),
@@ -446,14 +461,7 @@ fn main() {
         let batch: String = (0..nodes)
             .map(|i| format!("[{{\"toNode\":\"node{i}\",\"data\":[\"true\",\"{round}\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n"))
             .collect();
-        let before = central.metric("steward_messages_acked_total{method=\"CLICommand\"}");
-        let t = Instant::now();
-        central.append(&batch);
-        wait_until("scaling replies", Duration::from_secs(120), || {
-            central.metric("steward_messages_acked_total{method=\"CLICommand\"}")
-                >= before + nodes as f64
-        });
-        scaling.push(format!("{nodes}: {:.3}", t.elapsed().as_secs_f64()));
+        scaling.push(format!("{nodes}: {:.3}", fan_out(&central, &batch, nodes)));
     }
     drop(responders);
     rows.push(Row {
