@@ -231,9 +231,101 @@ pub fn write_atomically_through(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Re
     sync_dir(dir)
 }
 
-/// Makes the names in `dir` (files created, renamed or removed there) durable.
+/// Makes the names in `dir` (files created, renamed or removed there) durable. Callers that
+/// come while a sync of the same folder runs share the next one ([`Group`]): on a fan-out's
+/// first command, 1,000 publishers each create a reply file in `replies/`, and 10,000
+/// folder fsyncs, each writing the same folder blocks, become a few hundred.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    Group::of(dir).join(&[], |_| File::open(dir)?.sync_all())
+}
+
+/// Appends `bytes` durably to a file that many threads append to at once (message-log.txt,
+/// a line per finished message from every publisher): lines that come while a write and
+/// fsync run go out together with the next, one write and one fsync for all ([`Group`]).
+/// Each caller's bytes stay together; it returns once they are synced.
+pub fn append_shared(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    Group::of(path).join(bytes, |all| append(path, all, true))
+}
+
+/// Group commit on one file or folder: callers are numbered as they come, and their bytes
+/// gathered; one caller at a time does the work (a write and an fsync) for everything
+/// gathered before it began, while the next ones gather behind it. Each caller returns
+/// once work that began after it came has succeeded, so its own bytes or name change are
+/// covered; a failure fails every caller that work covered.
+#[derive(Default)]
+struct Group {
+    state: std::sync::Mutex<GroupState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// The last number given out.
+    asked: u64,
+    /// Every caller up to this number is covered by work that succeeded.
+    synced: u64,
+    /// The last failed work: the callers it covered, and why.
+    failed: Option<(u64, io::ErrorKind, String)>,
+    running: bool,
+    /// The bytes of the callers after the work now running.
+    pending: Vec<u8>,
+}
+
+impl Group {
+    /// The group of `path`, one per path for the life of the process.
+    fn of(path: &Path) -> std::sync::Arc<Group> {
+        type Groups = std::collections::HashMap<PathBuf, std::sync::Arc<Group>>;
+        static GROUPS: std::sync::OnceLock<std::sync::Mutex<Groups>> = std::sync::OnceLock::new();
+        let groups = GROUPS.get_or_init(Default::default);
+        let mut groups = groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.entry(path.to_path_buf()).or_default().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `bytes` to what is gathered, and returns once `work` over them has succeeded
+    /// (done here or by another caller), or with its error.
+    fn join(&self, bytes: &[u8], work: impl Fn(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut s = self.lock();
+        s.asked += 1;
+        s.pending.extend_from_slice(bytes);
+        let me = s.asked;
+        loop {
+            if s.synced >= me {
+                return Ok(());
+            }
+            if let Some((upto, kind, why)) = &s.failed {
+                if *upto >= me {
+                    return Err(io::Error::new(*kind, why.clone()));
+                }
+            }
+            if s.running {
+                s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            s.running = true;
+            let covers = s.asked;
+            let gathered = std::mem::take(&mut s.pending);
+            drop(s);
+            let result = work(&gathered);
+            s = self.lock();
+            s.running = false;
+            match &result {
+                Ok(()) => s.synced = s.synced.max(covers),
+                Err(e) => s.failed = Some((covers, e.kind(), e.to_string())),
+            }
+            if s.pending.is_empty() {
+                // Keeps the buffer's memory for the next gathering, within reason.
+                let mut gathered = gathered;
+                gathered.clear();
+                gathered.shrink_to(64 * 1024);
+                s.pending = gathered;
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 /// Makes text from a remote sender safe to write into a log an operator reads in a terminal:
@@ -339,6 +431,63 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appenders_at_once_share_writes_and_each_one_s_bytes_arrive_whole_and_once() {
+        let group = Group::default();
+        let (works, written) = (
+            std::sync::atomic::AtomicUsize::new(0),
+            std::sync::Mutex::new(Vec::new()),
+        );
+        let work = |all: &[u8]| {
+            works.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            written.lock().unwrap().extend_from_slice(all);
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                let (group, work) = (&group, &work);
+                s.spawn(move || {
+                    for i in 0..100 {
+                        let line = format!("thread {t} line {i} {}\n", "x".repeat(i));
+                        group.join(line.as_bytes(), work).unwrap();
+                    }
+                });
+            }
+        });
+        let text = String::from_utf8(written.into_inner().unwrap()).unwrap();
+        let lines: std::collections::HashSet<&str> = text.lines().collect();
+        assert_eq!(text.lines().count(), 1600, "each line once");
+        assert_eq!(lines.len(), 1600);
+        for line in lines {
+            let i: usize = line.split(' ').nth(3).unwrap().parse().unwrap();
+            assert!(
+                line.ends_with(&format!(" {}", "x".repeat(i))),
+                "torn: {line:?}"
+            );
+        }
+        let works = works.into_inner();
+        assert!(works < 1600, "{works} writes for 1600 appends: none shared");
+        eprintln!("[group] 1600 appends from 16 threads: {works} writes");
+    }
+
+    #[test]
+    fn a_failed_shared_write_fails_its_callers_and_the_next_one_goes_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not yet");
+        let err = sync_dir(&missing).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        fs::create_dir(&missing).unwrap();
+        sync_dir(&missing).unwrap();
+        // A folder where the file should be: the append cannot open it.
+        let log = missing.join("message-log.txt");
+        fs::create_dir(&log).unwrap();
+        append_shared(&log, b"lost\n").unwrap_err();
+        fs::remove_dir(&log).unwrap();
+        append_shared(&log, b"kept\n").unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "kept\n");
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

@@ -22,7 +22,7 @@ pub(super) struct Waiting {
 
 impl Waiting {
     /// Puts `lane` at the back, unless it waits already.
-    fn push(&mut self, lane: Subject) {
+    pub(super) fn push(&mut self, lane: Subject) {
         if self.queued.insert(lane.clone()) {
             self.lanes.push_back(lane);
         }
@@ -96,35 +96,11 @@ impl Supervisor {
 
     /// A publisher gave its thread up until `until` (see [`Event::Parked`](super::Event::Parked)).
     pub(super) fn parked(&mut self, lane: Subject, until: Instant) {
-        if let Some(e) = self.table.get_mut(&format!("publisher {lane}")) {
+        let name = format!("publisher {lane}");
+        if let Some(e) = self.table.get_mut(&name) {
             e.parked_until = Some(until);
+            self.timers.push(std::cmp::Reverse((until, name)));
         }
-    }
-
-    /// Parked lanes whose pause is over wait their turn for a thread.
-    pub(super) fn unpark_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<Subject> = self
-            .table
-            .values_mut()
-            .filter(|e| e.thread.is_none() && e.parked_until.is_some_and(|t| t <= now))
-            .filter_map(|e| {
-                e.parked_until = None;
-                e.lane.as_ref().map(|(l, _)| l.clone())
-            })
-            .collect();
-        for lane in due {
-            self.waiting.push(lane);
-        }
-        self.next_waiting();
-    }
-
-    pub(super) fn next_parked(&self) -> Option<Instant> {
-        self.table
-            .values()
-            .filter(|e| e.thread.is_none())
-            .filter_map(|e| e.parked_until)
-            .min()
     }
 
     /// Lanes waiting for a publisher get one while there is room; once none waits, idle

@@ -21,7 +21,7 @@ impl Publisher {
         // Synced before the messages are finished in the journal, so that a line lost in a
         // power cut is never that of a message the journal says is finished.
         let node = &self.node;
-        if let Err(e) = crate::files::append(&node.data.message_log(), &log_lines, true) {
+        if let Err(e) = crate::files::append_shared(&node.data.message_log(), &log_lines) {
             // Only a log: skipped, and counted.
             log::error!("cannot write the message log: {e}");
             node.metrics
