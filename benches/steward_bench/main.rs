@@ -36,14 +36,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+fn wait_until(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+    wait_every(what, limit, Duration::from_millis(1), ok)
+}
+
+/// How often a measurement of a second or more looks whether it is over (see
+/// [`wait_every`]).
+const LONG_LOOK: Duration = Duration::from_millis(10);
+
+/// As [`wait_until`], looking every `every`. Each look may fetch a node's /metrics (a
+/// connection, a thread and the page): a millisecond between looks keeps the benchmark's
+/// own load off the two cores it measures (a 100 µs poll cost the central node a tenth of
+/// its CPU), for at most a millisecond of error. Over measurements of a second or more,
+/// where 1 ms looks still took 5 to 8% of the machine (perf, a fan-out and an event
+/// stream), [`LONG_LOOK`]: at most 1% more time counted.
+fn wait_every(what: &str, limit: Duration, every: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
         assert!(Instant::now() < deadline, "benchmark stuck: {what}");
-        // Each look may fetch a node's /metrics: a millisecond between looks keeps the
-        // benchmark's own load off the two cores it measures (a 100 µs poll cost the central
-        // node a tenth of its CPU rendering the page), for at most a millisecond of error.
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(every);
     }
 }
 
@@ -183,6 +194,10 @@ impl Agent {
         )
     }
 
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.proc.0.id())
+    }
+
     fn status(&self, field: &str) -> u64 {
         let pid = self.proc.0.id();
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -192,6 +207,17 @@ impl Agent {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap()
     }
+}
+
+/// CPU time process `pid` has used, user and system, in seconds: utime + stime from
+/// `/proc/<pid>/stat`, in clock ticks (USER_HZ: 100 on every Linux steward runs on); the
+/// process's own, which keeps the time of threads that ended.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
 
 /// What a process costs while it waits, over `over`: wake-ups a second (its threads'
@@ -218,24 +244,16 @@ fn idle_cost(pid: u32, over: Duration) -> (f64, f64) {
             })
             .collect()
     };
-    // utime + stime, in clock ticks (USER_HZ: 100 on every Linux steward runs on); the
-    // process's own, which keeps the time of threads that ended.
-    let cpu_ticks = || -> u64 {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    };
     let first = switches();
     let mut last = first.clone();
-    let cpu = cpu_ticks();
+    let cpu = cpu_secs(pid);
     let t = Instant::now();
     while t.elapsed() < over {
         std::thread::sleep(Duration::from_millis(100));
         last.extend(switches());
     }
     let secs = t.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks() - cpu) as f64 / 100.0;
+    let cpu = cpu_secs(pid) - cpu;
     let woken: u64 = last
         .iter()
         .map(|(tid, n)| n - first.get(tid).copied().unwrap_or(0))
@@ -595,7 +613,7 @@ fn durable_events(central: &Agent, n: usize) -> f64 {
         .collect();
     let t = Instant::now();
     central.append(&batch);
-    wait_until("events acked", Duration::from_secs(600), || {
+    wait_every("events acked", Duration::from_secs(600), LONG_LOOK, || {
         central.metric(acked) >= before + n as f64
     });
     n as f64 / t.elapsed().as_secs_f64()
@@ -768,7 +786,7 @@ fn receiver(broker: &str, quick: bool) -> Vec<Row> {
             .collect();
         central.append(&batch);
         sent += n;
-        wait_until("events acked", Duration::from_secs(900), || {
+        wait_every("events acked", Duration::from_secs(900), LONG_LOOK, || {
             central.metric(acked) >= sent as f64
         });
         if sent % (total / 10).max(step) == 0 || sent == total {
@@ -826,7 +844,8 @@ fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
         rtt.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let rtt = sorted(rtt);
-    let over50 = percentile(&rtt, 0.5) - percentile(&spawn, 0.5);
+    // steward's part: what its round trip takes over a bare request/reply and the spawn.
+    let over50 = percentile(&rtt, 0.5) - percentile(&spawn, 0.5) - bare_p50;
     rows.push(Row {
         what: "command round trip p50 / p99 (ms)".into(),
         steward: format!(
@@ -839,7 +858,7 @@ fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
         target: String::new(),
     });
     rows.push(Row {
-        what: "steward's own overhead p50 (ms)".into(),
+        what: "steward's own overhead p50 (ms): round trip − spawn alone − bare req/rep".into(),
         steward: format!("{over50:.2}"),
         bare: format!("bare req/rep {bare_p50:.2}"),
         ratio: String::new(),
@@ -878,25 +897,34 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         );
         let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
         let mut peak = central.status("VmRSS:");
+        let cpu = central.cpu_secs();
         let t = Instant::now();
         central.append(&message);
-        wait_until("fleet replies", Duration::from_secs(600), || {
+        wait_every("fleet replies", Duration::from_secs(600), LONG_LOOK, || {
             peak = peak.max(central.status("VmRSS:"));
             central.metric(acked) >= n as f64
         });
         let secs = t.elapsed().as_secs_f64();
         let peak_threads = central.status("Threads:");
+        let cpu_again = central.cpu_secs();
+        let cpu = cpu_again - cpu;
         // The same command again: each node's reply file exists now, as on a central that
         // has sent to its fleet before (the first time creates N files, a cost that on
         // this machine's root filesystem varies tenfold: see the README).
         let t = Instant::now();
         let mut peak_again = central.status("VmRSS:");
         central.append(&message);
-        wait_until("fleet replies, again", Duration::from_secs(600), || {
-            peak_again = peak_again.max(central.status("VmRSS:"));
-            central.metric(acked) >= 2.0 * n as f64
-        });
+        wait_every(
+            "fleet replies, again",
+            Duration::from_secs(600),
+            LONG_LOOK,
+            || {
+                peak_again = peak_again.max(central.status("VmRSS:"));
+                central.metric(acked) >= 2.0 * n as f64
+            },
+        );
         let again = t.elapsed().as_secs_f64();
+        let cpu_again = central.cpu_secs() - cpu_again;
         std::thread::sleep(Duration::from_secs(settle));
         let (rss, threads) = (central.status("VmRSS:"), central.status("Threads:"));
         let mb = |kib: u64| kib as f64 / 1024.0;
@@ -910,10 +938,10 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         };
         rows.push(Row {
             what: format!(
-                "fleet of {n}: all ACKs stored (s) / peak RSS (MB), threads / the same command again: s, peak RSS (MB) / {settle} s after: RSS (MB), threads"
+                "fleet of {n}: all ACKs stored (s), central's CPU (s) / peak RSS (MB), threads / the same command again: s, CPU (s), peak RSS (MB) / {settle} s after: RSS (MB), threads"
             ),
             steward: format!(
-                "{secs:.2} / {:.1}, {peak_threads} / {again:.2}, {:.1} / {:.1}, {threads}",
+                "{secs:.2}, {cpu:.2} / {:.1}, {peak_threads} / {again:.2}, {cpu_again:.2}, {:.1} / {:.1}, {threads}",
                 mb(peak),
                 mb(peak_again),
                 mb(rss)
