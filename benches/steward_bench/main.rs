@@ -809,7 +809,11 @@ fn receiver(broker: &str, quick: bool) -> Vec<Row> {
 }
 
 /// CLICommand `true` to ship1, one at a time, from the append to the stored reply: its
-/// round trip, and steward's own part of it (less the time to spawn `true` alone).
+/// round trip, and steward's own part of it (less the time to spawn `true` alone, and a
+/// bare request/reply, `bare_p50`). The spawns are timed in a phase of their own, with
+/// steward idle: timed just before each round trip, they ran beside the last command's
+/// trailing work (0.48–0.50 ms against 0.38–0.43), which would have taken some of
+/// steward's time off its part.
 fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
     let mut rows = Vec::new();
     let spawn = sorted(

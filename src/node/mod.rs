@@ -56,7 +56,7 @@ pub struct Node {
     pub trusted: Trusted,
     journal: Mutex<Journal>,
     /// Word to the supervisor that the journal has upkeep waiting (see [`JournalGuard`]).
-    upkeep: (Sender<()>, Receiver<()>),
+    upkeep: Upkeep,
     supervisor: Sender<Event>,
     /// Each running publisher's wake-up, by lane (destination subject): new messages reach
     /// it without a detour through the supervisor.
@@ -83,7 +83,19 @@ pub struct Node {
 /// otherwise sleeps: whoever changed the journal, through whichever method.
 pub struct JournalGuard<'a> {
     journal: MutexGuard<'a, Journal>,
-    upkeep: &'a Sender<()>,
+    upkeep: &'a Upkeep,
+}
+
+/// The word to the supervisor that the journal has upkeep waiting, given once until the
+/// supervisor has done it: a finish not yet durable stays so for up to half a second,
+/// and every hold of the journal meanwhile (each take, each finish, of every publisher)
+/// would otherwise wake the supervisor again for nothing, taking the CPU from the thread
+/// that woke it on the message's path.
+struct Upkeep {
+    /// One word waiting is enough: the supervisor looks at the journal itself.
+    word: (Sender<()>, Receiver<()>),
+    /// A word was given and the supervisor has not done the upkeep since.
+    asked: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for JournalGuard<'_> {
@@ -101,9 +113,10 @@ impl std::ops::DerefMut for JournalGuard<'_> {
 
 impl Drop for JournalGuard<'_> {
     fn drop(&mut self) {
-        if self.journal.needs_upkeep() {
+        use std::sync::atomic::Ordering;
+        if self.journal.needs_upkeep() && !self.upkeep.asked.swap(true, Ordering::AcqRel) {
             // Full: a word is already waiting.
-            let _ = self.upkeep.try_send(());
+            let _ = self.upkeep.word.0.try_send(());
         }
     }
 }
@@ -152,8 +165,10 @@ impl Node {
             identity,
             trusted,
             journal: Mutex::new(journal),
-            // One word waiting is enough: the supervisor looks at the journal itself.
-            upkeep: crossbeam_channel::bounded(1),
+            upkeep: Upkeep {
+                word: crossbeam_channel::bounded(1),
+                asked: Default::default(),
+            },
             supervisor,
             publishers: Mutex::new(HashMap::new()),
         }
@@ -164,14 +179,23 @@ impl Node {
     pub fn journal(&self) -> JournalGuard<'_> {
         JournalGuard {
             journal: self.journal.lock().unwrap_or_else(|p| p.into_inner()),
-            upkeep: &self.upkeep.0,
+            upkeep: &self.upkeep,
         }
     }
 
     /// Fires when the journal has upkeep waiting (records to make durable, finishes to
     /// write again, a compaction): the supervisor's tick runs only then.
     pub fn journal_upkeep(&self) -> Receiver<()> {
-        self.upkeep.1.clone()
+        self.upkeep.word.1.clone()
+    }
+
+    /// The supervisor has done the journal's upkeep: the next hold of the journal that
+    /// leaves some waiting gives the word again. Said before the supervisor looks whether
+    /// some is left, so that none is missed in between.
+    pub fn journal_upkept(&self) {
+        self.upkeep
+            .asked
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Stops the agent at once if the journal has become unusable (a failed fsync, or a

@@ -143,3 +143,46 @@ fn handler_threads_are_bounded_reused_and_let_go() {
     assert!(t != a && t != b, "a new thread after the idle ones left");
     go_tx.send(()).unwrap();
 }
+
+/// A finish waits up to half a second to be made durable; every hold of the journal
+/// meanwhile (each take, each finish) once woke the supervisor again for nothing.
+#[test]
+fn the_supervisor_hears_of_upkeep_once_until_it_has_done_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = offline_node(dir.path());
+    let upkeep = node.journal_upkeep();
+    let message =
+        |i: usize| Message::new("ship2", Kind::EventNack, "TextLogging", vec![i.to_string()]);
+    node.accept((0..3).map(message).collect(), None).unwrap();
+    let lane = message(0).subject();
+    let taken = node.journal().take(&lane, 10).unwrap();
+    // As the supervisor would: all durable, upkeep done.
+    node.journal().sync().unwrap();
+    node.journal_upkept();
+    while upkeep.try_recv().is_ok() {}
+    drop(node.journal());
+    assert!(upkeep.try_recv().is_err(), "nothing waits: no word");
+    node.finish(&lane, &[taken[0].seq]);
+    assert!(upkeep.try_recv().is_ok(), "a finish not durable: one word");
+    node.finish(&lane, &[taken[1].seq]);
+    for _ in 0..5 {
+        drop(node.journal());
+    }
+    assert!(upkeep.try_recv().is_err(), "asked already: no second word");
+    // The supervisor's upkeep, done only in part: the next hold says so again.
+    node.journal_upkept();
+    drop(node.journal());
+    assert!(
+        upkeep.try_recv().is_ok(),
+        "upkeep left after the supervisor's: a word"
+    );
+    // Done in full: nothing more is said.
+    node.journal().sync().unwrap();
+    node.journal_upkept();
+    node.finish(&lane, &[]);
+    drop(node.journal());
+    assert!(upkeep.try_recv().is_err(), "nothing waits: no word");
+    // And the next finish is heard again.
+    node.finish(&lane, &[taken[2].seq]);
+    assert!(upkeep.try_recv().is_ok(), "a new finish: a word");
+}

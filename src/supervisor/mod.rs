@@ -448,7 +448,9 @@ impl Supervisor {
                     if upkeep_at.is_some_and(|at| at <= Instant::now()) {
                         self.keep_journal();
                         // Its own words (the journal unsynced halfway) are stale now; one
-                        // that comes after the look below is not.
+                        // that comes after the look below is not (and the look itself
+                        // gives the word again if some is left).
+                        self.node.journal_upkept();
                         let _ = upkeep.try_recv();
                         let again = self.node.journal().needs_upkeep();
                         upkeep_at = again.then(|| Instant::now() + UPKEEP_EVERY);
