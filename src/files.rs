@@ -272,12 +272,16 @@ struct GroupState {
 }
 
 impl Group {
-    /// The group of `path`, one per path for the life of the process.
+    /// The group of `path`. Groups nobody is in are let go once there are more than a few
+    /// (a copy's destination folder is synced once, and there may be many of those).
     fn of(path: &Path) -> std::sync::Arc<Group> {
         type Groups = std::collections::HashMap<PathBuf, std::sync::Arc<Group>>;
         static GROUPS: std::sync::OnceLock<std::sync::Mutex<Groups>> = std::sync::OnceLock::new();
         let groups = GROUPS.get_or_init(Default::default);
         let mut groups = groups.lock().unwrap_or_else(|p| p.into_inner());
+        if groups.len() >= 64 && !groups.contains_key(path) {
+            groups.retain(|_, g| std::sync::Arc::strong_count(g) > 1);
+        }
         groups.entry(path.to_path_buf()).or_default().clone()
     }
 
@@ -309,7 +313,9 @@ impl Group {
             let covers = s.asked;
             let gathered = std::mem::take(&mut s.pending);
             drop(s);
-            let result = work(&gathered);
+            // A panic would leave every later caller waiting for work that never ends.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&gathered)))
+                .unwrap_or_else(|_| Err(io::Error::other("panicked while writing")));
             s = self.lock();
             s.running = false;
             match &result {
@@ -487,6 +493,24 @@ mod tests {
         fs::remove_dir(&log).unwrap();
         append_shared(&log, b"kept\n").unwrap();
         assert_eq!(fs::read_to_string(&log).unwrap(), "kept\n");
+        // Work that panics fails its callers, and leaves no one waiting behind it.
+        let group = Group::default();
+        let err = group
+            .join(b"x", |_| -> io::Result<()> { panic!("a bug") })
+            .unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        let next = std::sync::Mutex::new(Vec::new());
+        group
+            .join(b"y", |all| {
+                next.lock().unwrap().extend_from_slice(all);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            next.into_inner().unwrap(),
+            b"y",
+            "the panicked work's bytes are gone"
+        );
     }
 
     #[test]
