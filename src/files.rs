@@ -236,7 +236,7 @@ pub fn write_atomically_through(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Re
 /// first command, 1,000 publishers each create a reply file in `replies/`, and 10,000
 /// folder fsyncs, each writing the same folder blocks, become a few hundred.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    Group::of(dir).join(&[], |_| File::open(dir)?.sync_all())
+    Group::of(Work::SyncDir, dir).join(&[], |_| File::open(dir)?.sync_all())
 }
 
 /// Appends `bytes` durably to a file that many threads append to at once (message-log.txt,
@@ -244,14 +244,22 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// fsync run go out together with the next, one write and one fsync for all ([`Group`]).
 /// Each caller's bytes stay together; it returns once they are synced.
 pub fn append_shared(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    Group::of(path).join(bytes, |all| append(path, all, true))
+    Group::of(Work::Append, path).join(bytes, |all| append(path, all, true))
 }
 
-/// Group commit on one file or folder: callers are numbered as they come, and their bytes
-/// gathered; one caller at a time does the work (a write and an fsync) for everything
-/// gathered before it began, while the next ones gather behind it. Each caller returns
-/// once work that began after it came has succeeded, so its own bytes or name change are
-/// covered; a failure fails every caller that work covered.
+/// What a [`Group`] does: groups are kept per path and per work, so that a folder sync
+/// never stands in for an append.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Work {
+    SyncDir,
+    Append,
+}
+
+/// Group commit on one file or folder: callers gather (with their bytes) while the work
+/// before theirs runs; then one of them does the work (a write and an fsync) for all of
+/// them, begun after each had come, so their bytes or name changes are covered. Each
+/// caller returns the outcome of the work that covered it: a failure fails exactly those
+/// callers, whatever works before or after did.
 #[derive(Default)]
 struct Group {
     state: std::sync::Mutex<GroupState>,
@@ -260,68 +268,86 @@ struct Group {
 
 #[derive(Default)]
 struct GroupState {
-    /// The last number given out.
-    asked: u64,
-    /// Every caller up to this number is covered by work that succeeded.
-    synced: u64,
-    /// The last failed work: the callers it covered, and why.
-    failed: Option<(u64, io::ErrorKind, String)>,
     running: bool,
-    /// The bytes of the callers after the work now running.
+    /// The bytes of the callers gathered for the next work, and where its outcome goes.
     pending: Vec<u8>,
+    next: std::sync::Arc<Outcome>,
+}
+
+/// How one work ended, for the callers it covered: set once, before the work is no longer
+/// running. An error keeps its OS error code (a full disk is found by it).
+#[derive(Default)]
+struct Outcome(std::sync::OnceLock<Result<(), Failed>>);
+
+/// A work's error, as each caller it covered gets it again: the OS error code if it had
+/// one, else its kind and text.
+#[derive(Clone)]
+struct Failed(Option<i32>, io::ErrorKind, String);
+
+impl Outcome {
+    fn get(&self) -> Option<io::Result<()>> {
+        let result = self.0.get()?;
+        Some(
+            result
+                .clone()
+                .map_err(|Failed(code, kind, why)| match code {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(kind, why),
+                }),
+        )
+    }
 }
 
 impl Group {
-    /// The group of `path`. Groups nobody is in are let go once there are more than a few
-    /// (a copy's destination folder is synced once, and there may be many of those).
-    fn of(path: &Path) -> std::sync::Arc<Group> {
-        type Groups = std::collections::HashMap<PathBuf, std::sync::Arc<Group>>;
+    /// The group doing `work` on `path`. Groups nobody is in are let go once there are
+    /// more than a few (a copy's destination folder is synced once, and there may be many).
+    fn of(work: Work, path: &Path) -> std::sync::Arc<Group> {
+        type Groups = std::collections::HashMap<(Work, PathBuf), std::sync::Arc<Group>>;
         static GROUPS: std::sync::OnceLock<std::sync::Mutex<Groups>> = std::sync::OnceLock::new();
         let groups = GROUPS.get_or_init(Default::default);
         let mut groups = groups.lock().unwrap_or_else(|p| p.into_inner());
-        if groups.len() >= 64 && !groups.contains_key(path) {
+        let key = (work, path.to_path_buf());
+        if groups.len() >= 64 && !groups.contains_key(&key) {
             groups.retain(|_, g| std::sync::Arc::strong_count(g) > 1);
         }
-        groups.entry(path.to_path_buf()).or_default().clone()
+        groups.entry(key).or_default().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds `bytes` to what is gathered, and returns once `work` over them has succeeded
-    /// (done here or by another caller), or with its error.
+    /// Adds `bytes` to what is gathered, and returns how the work that covered them ended
+    /// (done here or by another caller).
     fn join(&self, bytes: &[u8], work: impl Fn(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let mut s = self.lock();
-        s.asked += 1;
         s.pending.extend_from_slice(bytes);
-        let me = s.asked;
+        let mine = s.next.clone();
         loop {
-            if s.synced >= me {
-                return Ok(());
-            }
-            if let Some((upto, kind, why)) = &s.failed {
-                if *upto >= me {
-                    return Err(io::Error::new(*kind, why.clone()));
-                }
+            if let Some(result) = mine.get() {
+                return result;
             }
             if s.running {
                 s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            // Nothing runs, so every work begun has set its outcome: `mine` is still
+            // `next`, this caller's own gathering. It does the work for all of it.
             s.running = true;
-            let covers = s.asked;
             let gathered = std::mem::take(&mut s.pending);
+            let outcome = std::mem::take(&mut s.next);
+            debug_assert!(std::sync::Arc::ptr_eq(&mine, &outcome));
             drop(s);
             // A panic would leave every later caller waiting for work that never ends.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&gathered)))
                 .unwrap_or_else(|_| Err(io::Error::other("panicked while writing")));
+            let kept = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| Failed(e.raw_os_error(), e.kind(), e.to_string()));
+            let _ = outcome.0.set(kept);
             s = self.lock();
             s.running = false;
-            match &result {
-                Ok(()) => s.synced = s.synced.max(covers),
-                Err(e) => s.failed = Some((covers, e.kind(), e.to_string())),
-            }
             if s.pending.is_empty() {
                 // Keeps the buffer's memory for the next gathering, within reason.
                 let mut gathered = gathered;
@@ -330,6 +356,8 @@ impl Group {
                 s.pending = gathered;
             }
             self.done.notify_all();
+            // Its own error as it came, with its source.
+            return result;
         }
     }
 }
@@ -511,6 +539,53 @@ mod tests {
             b"y",
             "the panicked work's bytes are gone"
         );
+    }
+
+    /// A work fails exactly the callers it covered, even those that hear of it only after
+    /// the next work, covering later callers, has succeeded.
+    #[test]
+    fn a_failed_work_fails_its_own_callers_and_no_others() {
+        let group = Group::default();
+        let (go, wait) = crossbeam_channel::bounded::<()>(0);
+        let work = |all: &[u8]| match all {
+            b"slow" => {
+                let _ = wait.recv();
+                Ok(())
+            }
+            _ if all.starts_with(b"bad") => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            _ => Ok(()),
+        };
+        let gathered = |n: usize| {
+            while group.lock().pending.len() < n {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        std::thread::scope(|s| {
+            let (group, work) = (&group, &work);
+            let first = s.spawn(move || group.join(b"slow", work));
+            while !group.lock().running {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let bad: Vec<_> = [b"bad1", b"bad2"]
+                .map(|b| s.spawn(move || group.join(b, work)))
+                .into();
+            gathered(8);
+            go.send(()).unwrap();
+            // While the two bad ones' work runs, a good one gathers for the next.
+            while group.lock().pending.len() == 8 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let good = s.spawn(move || group.join(b"good", work));
+            assert!(first.join().unwrap().is_ok());
+            assert!(good.join().unwrap().is_ok());
+            for b in bad {
+                let err = b.join().unwrap().unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+            }
+        });
     }
 
     #[test]

@@ -190,8 +190,9 @@ impl Node {
     }
 
     /// The supervisor has done the journal's upkeep: the next hold of the journal that
-    /// leaves some waiting gives the word again. Said before the supervisor looks whether
-    /// some is left, so that none is missed in between.
+    /// leaves some waiting gives the word again. Said after the supervisor has drained the
+    /// words given meanwhile, and before it looks whether some is left, so that none is
+    /// missed in between.
     pub fn journal_upkept(&self) {
         self.upkeep
             .asked

@@ -156,10 +156,10 @@ fn the_supervisor_hears_of_upkeep_once_until_it_has_done_it() {
     node.accept((0..3).map(message).collect(), None).unwrap();
     let lane = message(0).subject();
     let taken = node.journal().take(&lane, 10).unwrap();
-    // As the supervisor would: all durable, upkeep done.
+    // As the supervisor does: all durable, the words drained, upkeep done.
     node.journal().sync().unwrap();
-    node.journal_upkept();
     while upkeep.try_recv().is_ok() {}
+    node.journal_upkept();
     drop(node.journal());
     assert!(upkeep.try_recv().is_err(), "nothing waits: no word");
     node.finish(&lane, &[taken[0].seq]);
@@ -178,6 +178,7 @@ fn the_supervisor_hears_of_upkeep_once_until_it_has_done_it() {
     );
     // Done in full: nothing more is said.
     node.journal().sync().unwrap();
+    while upkeep.try_recv().is_ok() {}
     node.journal_upkept();
     node.finish(&lane, &[]);
     drop(node.journal());

@@ -447,11 +447,12 @@ impl Supervisor {
                     self.timers_due();
                     if upkeep_at.is_some_and(|at| at <= Instant::now()) {
                         self.keep_journal();
-                        // Its own words (the journal unsynced halfway) are stale now; one
-                        // that comes after the look below is not (and the look itself
-                        // gives the word again if some is left).
-                        self.node.journal_upkept();
+                        // Its own words (the journal unsynced halfway) are stale now. Then
+                        // the word may be given again: one given from here on stays in the
+                        // channel (drained before, it could be lost for good), and the look
+                        // gives it itself if some upkeep is left.
                         let _ = upkeep.try_recv();
+                        self.node.journal_upkept();
                         let again = self.node.journal().needs_upkeep();
                         upkeep_at = again.then(|| Instant::now() + UPKEEP_EVERY);
                     }

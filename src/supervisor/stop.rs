@@ -100,6 +100,8 @@ impl Supervisor {
         }
         e.stopped_by = Some(by.to_string());
         e.restart_at = None;
+        // Parked, its thread not ended yet: it stays stopped too, not back in line.
+        e.parked_until = None;
         drop(e.stop.take());
         if let Some((lane, _)) = &e.lane {
             self.node.unserve_lane(lane);
