@@ -910,8 +910,8 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
         });
         let secs = t.elapsed().as_secs_f64();
         let peak_threads = central.status("Threads:");
-        let cpu_again = central.cpu_secs();
-        let cpu = cpu_again - cpu;
+        let mark = central.cpu_secs();
+        let cpu = mark - cpu;
         // The same command again: each node's reply file exists now, as on a central that
         // has sent to its fleet before (the first time creates N files, a cost that on
         // this machine's root filesystem varies tenfold: see the README).
@@ -928,7 +928,7 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
             },
         );
         let again = t.elapsed().as_secs_f64();
-        let cpu_again = central.cpu_secs() - cpu_again;
+        let cpu_again = central.cpu_secs() - mark;
         std::thread::sleep(Duration::from_secs(settle));
         let (rss, threads) = (central.status("VmRSS:"), central.status("Threads:"));
         let mb = |kib: u64| kib as f64 / 1024.0;
