@@ -9,6 +9,7 @@
 use super::Supervisor;
 use crate::process::publisher;
 use crate::subject::Subject;
+use std::cmp::Reverse;
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
@@ -99,7 +100,7 @@ impl Supervisor {
         let name = format!("publisher {lane}");
         if let Some(e) = self.table.get_mut(&name) {
             e.parked_until = Some(until);
-            self.timers.push(std::cmp::Reverse((until, name)));
+            self.timers.push(Reverse((until, name)));
         }
     }
 
