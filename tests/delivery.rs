@@ -2,7 +2,7 @@
 //! messages, refusals and failures are never silent.
 
 use crate::common;
-use common::{command, report, NatsServer, Node};
+use common::{command, report, wait_until, NatsServer, Node};
 use std::time::Duration;
 
 #[test]
@@ -67,6 +67,29 @@ fn a_node_that_starts_late_still_gets_its_messages() {
     let reply = central.wait_for("replies/ship1.CLICommand.log", "hello late node");
     assert_eq!(reply.matches("hello late node").count(), 1);
     assert!(central.metric(retried) >= 2.0);
+}
+
+#[test]
+fn a_node_down_for_a_moment_gets_its_message_within_the_first_attempt() {
+    let nats = NatsServer::start();
+    // The default attempt: 10 s.
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(&command(
+        "ship1",
+        &["sh", "-c", "echo once >> ran.txt; echo back"],
+    ));
+    // Sent, and the broker said at once that nobody listens.
+    let sent = "steward_messages_sent_total{method=\"CLICommand\"}";
+    central.wait_metric("sent", |c| c.metric(sent), |v| v >= 1.0);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.wait_for("replies/ship1.CLICommand.log", "back");
+    // Sent again within the attempt once ship1 listened: not a second attempt after the
+    // first one's 10 s, and run once.
+    let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
+    assert_eq!(central.metric(retried), 0.0);
+    let runs = ship1.read("ran.txt").lines().count();
+    report("down_for_a_moment", 1, runs.min(1), runs.saturating_sub(1));
+    assert_eq!(runs, 1);
 }
 
 #[test]
@@ -238,6 +261,11 @@ fn a_message_with_a_ttl_waits_for_a_node_that_comes_later() {
         seventh > Duration::from_secs(10) && seventh < Duration::from_secs(30),
         "{attempts} attempts in {seventh:?}: the pauses do not double"
     );
+    // Into the pause after the seventh: a node that comes during an attempt gets the
+    // message within it (sent again after "no responders").
+    wait_until("the seventh attempt over", || {
+        central.log().contains("attempt 7 (")
+    });
     let started = std::time::Instant::now();
     let _ship1 = Node::start("ship1", &nats.address(), &[]);
     let reply = central.wait_for("replies/ship1.CLICommand.log", "worth the wait");

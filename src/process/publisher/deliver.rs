@@ -9,6 +9,10 @@ use crate::keys::Identity;
 use crate::message::Envelope;
 use crate::reply::ResultRoute;
 
+/// The first pause before a message answered with "no responders" is sent again within
+/// its attempt; each one after is twice the last (about ten sends in a 10 s attempt).
+const FIRST_RESEND: Duration = Duration::from_millis(20);
+
 /// The first messages in `slot` that fit in one batch under the broker's payload limit
 /// (at least one): how many, and the batch's wire form, each envelope encoded once.
 pub(super) fn batch_of(
@@ -218,10 +222,13 @@ impl Publisher {
     /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
     /// `reply_subject` that is signed by `to`, bound to one of this message's attempts
     /// (`sigs`, to which this attempt's signature is added), and that `accept` takes.
-    /// "No responders" is only a hint for the error text, never the verdict (anyone can
-    /// publish one on our inbox): a `single` message waits on for a signed reply until the
-    /// deadline; a batch gives up at once, as it does on a reply it cannot take, and sending
-    /// one at a time sorts it out.
+    /// "No responders" is never the verdict (anyone can publish one on our inbox): a
+    /// `single` message waits on for a signed reply until the deadline, and sends itself
+    /// again, within the same attempt, after a pause that starts at [`FIRST_RESEND`] and
+    /// doubles with each one, so a destination that was restarting or reconnecting gets it
+    /// as soon as it listens, not an attempt's timeout later (10 s by default); doubling
+    /// keeps a flood of forged ones to a handful of sends. A batch gives up at once, as it
+    /// does on a reply it cannot take, and sending one at a time sorts it out.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
@@ -237,25 +244,31 @@ impl Publisher {
     ) -> Attempt<T> {
         let subject = self.subject.to_string();
         let deadline = Instant::now() + timeout;
-        match self.node.broker.publish(
-            &self.node.identity,
-            &subject,
-            Some(reply_subject),
-            None,
-            payload,
-            Confirm::ByAnswer,
-        ) {
-            Ok(sig) => {
-                // A late reply to an earlier attempt still answers this message.
-                if sigs.len() >= 8 {
-                    sigs.remove(0);
-                }
-                sigs.push(sig);
+        let send = |sigs: &mut Vec<String>| {
+            let sig = self.node.broker.publish(
+                &self.node.identity,
+                &subject,
+                Some(reply_subject),
+                None,
+                payload,
+                Confirm::ByAnswer,
+            )?;
+            // A late reply to an earlier send still answers this message.
+            if sigs.len() >= 8 {
+                sigs.remove(0);
             }
-            Err(e) => return Attempt::Failed(format!("cannot publish: {e}")),
+            sigs.push(sig);
+            Ok::<(), io::Error>(())
+        };
+        if let Err(e) = send(sigs) {
+            return Attempt::Failed(format!("cannot publish: {e}"));
         }
         let mut hint: Option<String> = None;
+        // After "no responders": when to send again, and the pause after the next one.
+        let mut resend: Option<Instant> = None;
+        let mut pause = FIRST_RESEND;
         loop {
+            let wake = resend.map_or(deadline, |at| at.min(deadline));
             select! {
                 recv(replies) -> msg => {
                     let Ok(msg) = msg else {
@@ -272,6 +285,10 @@ impl Publisher {
                             return Attempt::Failed(why);
                         }
                         hint = Some(why);
+                        if resend.is_none() {
+                            resend = Some(Instant::now() + pause);
+                            pause *= 2;
+                        }
                         continue;
                     }
                     if let Err(why) = self.check_reply(to, &msg, sigs) {
@@ -291,7 +308,14 @@ impl Publisher {
                     }
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
-                recv(crossbeam_channel::at(deadline)) -> _ => {
+                recv(crossbeam_channel::at(wake)) -> _ => {
+                    if Instant::now() < deadline {
+                        resend = None;
+                        if let Err(e) = send(sigs) {
+                            hint = Some(format!("cannot publish: {e}"));
+                        }
+                        continue;
+                    }
                     return Attempt::Failed(match hint {
                         Some(why) => format!("no ACK within {}s ({why})", timeout.as_secs()),
                         None => format!("no ACK within {}s", timeout.as_secs()),
