@@ -238,6 +238,7 @@ impl Journal {
         let mut buf = Vec::with_capacity(messages.len() * 256);
         let mut entries = Vec::with_capacity(messages.len());
         let mut placed = Vec::with_capacity(messages.len());
+        let mut random = crate::keys::random_hex128s(messages.len()).into_iter();
         for message in messages {
             let seq = self.next_seq + entries.len() as u64;
             let lane = message.subject().to_string();
@@ -245,7 +246,7 @@ impl Journal {
                 // Readable, and unguessable: no one can name a message before it exists.
                 id: format!(
                     "{from_node}-{accepted}-{seq}-{}",
-                    crate::keys::random_hex128()
+                    random.next().expect("one for each message")
                 ),
                 from_node: from_node.to_string(),
                 accepted,

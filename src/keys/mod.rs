@@ -177,7 +177,13 @@ pub(super) fn vouched_bytes(what: &[u8]) -> Vec<u8> {
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
 }
 
 pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -192,13 +198,18 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// 128 random bits from the kernel, hex: the unguessable part of every message id.
 pub fn random_hex128() -> String {
-    let mut buf = [0u8; 16];
+    random_hex128s(1).pop().expect("one asked for")
+}
+
+/// `n` of [`random_hex128`], from one `getrandom` call (a batch's message ids).
+pub fn random_hex128s(n: usize) -> Vec<String> {
+    let mut buf = vec![0u8; 16 * n];
     // getrandom(2) blocks until the pool is ready and cannot otherwise fail on a kernel
     // that has it (3.17+); without randomness no id would be safe.
     if let Err(e) = crate::sys::getrandom(&mut buf) {
         panic!("getrandom failed: {e}");
     }
-    hex(&buf)
+    buf.chunks(16).map(hex).collect()
 }
 
 /// This node's public key, from `node.pub` (readable without the seed).

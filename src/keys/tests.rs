@@ -386,3 +386,20 @@ fn ids_carry_128_random_bits() {
     assert_eq!(a.len(), 32);
     assert_ne!(a, random_hex128());
 }
+
+#[test]
+fn a_batch_s_ids_each_carry_their_own_128_random_bits_in_lower_case_hex() {
+    let ids = random_hex128s(256);
+    assert_eq!(ids.len(), 256);
+    assert!(ids.iter().all(|id| id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 256);
+    assert_eq!(super::hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
+    assert_eq!(
+        super::unhex(&ids[0]).map(|b| super::hex(&b)).as_ref(),
+        Some(&ids[0])
+    );
+}

@@ -13,6 +13,16 @@ use crate::reply::ResultRoute;
 /// its attempt; each one after is twice the last (about ten sends in a 10 s attempt).
 const FIRST_RESEND: Duration = Duration::from_millis(20);
 
+/// One attempt's request, as published (and published again after "no responders").
+struct Request<'r> {
+    subject: String,
+    reply_subject: &'r str,
+    to: &'r str,
+    payload: &'r [u8],
+    timeout: Duration,
+    deadline: Instant,
+}
+
 /// The first messages in `slot` that fit in one batch under the broker's payload limit
 /// (at least one): how many, and the batch's wire form, each envelope encoded once.
 pub(super) fn batch_of(
@@ -75,7 +85,8 @@ pub(super) fn ack_wait(message: &crate::message::Message, default: Duration) -> 
 
 impl Publisher {
     /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
-    /// why not.
+    /// why not. `meanwhile` runs once the batch is out, while the receiver has it (the
+    /// batch before it is finished then); if it fails, so does this.
     pub(super) fn deliver_batch(
         &self,
         replies: &Receiver<nats::Message>,
@@ -83,7 +94,8 @@ impl Publisher {
         batch: &[Entry],
         payload: &[u8],
         stop: &Receiver<()>,
-    ) -> Attempt<Vec<Reply>> {
+        meanwhile: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<Attempt<Vec<Reply>>, Error> {
         let node = &self.node;
         let timeout = batch
             .iter()
@@ -102,16 +114,15 @@ impl Publisher {
             node.progress(&e.envelope.id, Progress::Attempt(doing.clone()));
         }
         let to = &batch[0].envelope.message.to_node;
-        self.attempt(
-            replies,
-            reply_subject,
-            to,
-            payload,
-            timeout,
-            stop,
-            false,
-            &mut Vec::new(),
-            |bytes| {
+        let request = self.request(reply_subject, to, payload, timeout);
+        let mut sigs = Vec::new();
+        let sent = self.publish(&request, &mut sigs);
+        meanwhile()?;
+        if let Err(e) = sent {
+            return Ok(Attempt::Failed(format!("cannot publish: {e}")));
+        }
+        Ok(
+            self.answer(replies, &request, stop, false, &mut sigs, |bytes| {
                 let got = Reply::decode_batch(bytes).map_err(NotAnAnswer::Undecodable)?;
                 let expected = batch.iter().map(|e| e.envelope.id.as_str());
                 if got.len() != batch.len()
@@ -124,7 +135,7 @@ impl Publisher {
                     });
                 }
                 Ok(got)
-            },
+            }),
         )
     }
 
@@ -222,13 +233,6 @@ impl Publisher {
     /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
     /// `reply_subject` that is signed by `to`, bound to one of this message's attempts
     /// (`sigs`, to which this attempt's signature is added), and that `accept` takes.
-    /// "No responders" is never the verdict (anyone can publish one on our inbox): a
-    /// `single` message waits on for a signed reply until the deadline, and sends itself
-    /// again, within the same attempt, after a pause that starts at [`FIRST_RESEND`] and
-    /// doubles with each one, so a destination that was restarting or reconnecting gets it
-    /// as soon as it listens, not an attempt's timeout later (10 s by default); doubling
-    /// keeps a flood of forged ones to a handful of sends. A batch gives up at once, as it
-    /// does on a reply it cannot take, and sending one at a time sorts it out.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
@@ -242,27 +246,75 @@ impl Publisher {
         sigs: &mut Vec<String>,
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
-        let subject = self.subject.to_string();
-        let deadline = Instant::now() + timeout;
-        let send = |sigs: &mut Vec<String>| {
-            let sig = self.node.broker.publish(
-                &self.node.identity,
-                &subject,
-                Some(reply_subject),
-                None,
-                payload,
-                Confirm::ByAnswer,
-            )?;
-            // A late reply to an earlier send still answers this message.
-            if sigs.len() >= 8 {
-                sigs.remove(0);
-            }
-            sigs.push(sig);
-            Ok::<(), io::Error>(())
-        };
-        if let Err(e) = send(sigs) {
+        let request = self.request(reply_subject, to, payload, timeout);
+        if let Err(e) = self.publish(&request, sigs) {
             return Attempt::Failed(format!("cannot publish: {e}"));
         }
+        self.answer(replies, &request, stop, single, sigs, accept)
+    }
+
+    fn request<'r>(
+        &self,
+        reply_subject: &'r str,
+        to: &'r str,
+        payload: &'r [u8],
+        timeout: Duration,
+    ) -> Request<'r> {
+        Request {
+            subject: self.subject.to_string(),
+            reply_subject,
+            to,
+            payload,
+            timeout,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Publishes `request` (again), its signature kept in `sigs` with the last ones.
+    fn publish(&self, request: &Request, sigs: &mut Vec<String>) -> io::Result<()> {
+        let sig = self.node.broker.publish(
+            &self.node.identity,
+            &request.subject,
+            Some(request.reply_subject),
+            None,
+            request.payload,
+            Confirm::ByAnswer,
+        )?;
+        // A late reply to an earlier send still answers this message.
+        if sigs.len() >= 8 {
+            sigs.remove(0);
+        }
+        sigs.push(sig);
+        Ok(())
+    }
+
+    /// Waits until `request`'s deadline for a reply on its reply subject that is signed by
+    /// its destination, bound to one of its sends (`sigs`), and that `accept` takes.
+    /// "No responders" is never the verdict (anyone can publish one on our inbox): a
+    /// `single` message waits on for a signed reply until the deadline, and sends itself
+    /// again, within the same attempt, after a pause that starts at [`FIRST_RESEND`] and
+    /// doubles with each one, so a destination that was restarting or reconnecting gets it
+    /// as soon as it listens, not an attempt's timeout later (10 s by default); doubling
+    /// keeps a flood of forged ones to a handful of sends. A batch gives up at once, as it
+    /// does on a reply it cannot take, and sending one at a time sorts it out.
+    fn answer<T>(
+        &self,
+        replies: &Receiver<nats::Message>,
+        request: &Request,
+        stop: &Receiver<()>,
+        single: bool,
+        sigs: &mut Vec<String>,
+        accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
+    ) -> Attempt<T> {
+        let Request {
+            subject,
+            reply_subject,
+            to,
+            timeout,
+            deadline,
+            ..
+        } = request;
+        let (reply_subject, to, deadline) = (*reply_subject, *to, *deadline);
         let mut hint: Option<String> = None;
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
@@ -311,7 +363,7 @@ impl Publisher {
                 recv(crossbeam_channel::at(wake)) -> _ => {
                     if Instant::now() < deadline {
                         resend = None;
-                        if let Err(e) = send(sigs) {
+                        if let Err(e) = self.publish(request, sigs) {
                             hint = Some(format!("cannot publish: {e}"));
                         }
                         continue;

@@ -48,6 +48,7 @@ impl Publisher {
     /// files, undelivered messages to failed-messages.txt (one write and fsync per file).
     fn keep<'e>(&self, done: Vec<(&'e Entry, Delivery)>) -> Result<Vec<End<'e>>, Error> {
         let node = &self.node;
+        let now = crate::files::now_rfc3339();
         let mut written = self.stored_before_the_last_stop(&done);
         let failed_written = {
             let slot = self.slot();
@@ -64,7 +65,7 @@ impl Publisher {
                 if !written.contains(id) {
                     let path = node.data.replies(&message.to_node, &message.method);
                     let (records, ids) = reply_files.entry(path).or_default();
-                    records.push_str(&reply_record(&entry.envelope, reply));
+                    records.push_str(&reply_record(&now, &entry.envelope, reply));
                     ids.push(id.clone());
                 }
             }
@@ -97,6 +98,9 @@ impl Publisher {
     fn count_and_report(&self, ends: &[End]) -> Vec<u8> {
         let node = &self.node;
         let mut log_lines = Vec::new();
+        // The messages finish together: one time for all of them.
+        let finished = crate::files::unix_millis();
+        let finished_at = crate::files::rfc3339(finished);
         for end in ends {
             let envelope = &end.entry.envelope;
             let method = envelope.message.method.as_str();
@@ -122,13 +126,16 @@ impl Publisher {
                     node.report_error(why.clone());
                 }
             }
-            let mut line = serde_json::to_value(envelope).expect("an Envelope serializes");
-            line["outcome"] = end.outcome.into();
-            let finished = crate::files::unix_millis();
-            line["finished"] = crate::files::rfc3339(finished).into();
-            line["finishedUnixMs"] = finished.into();
-            log_lines.extend(serde_json::to_vec(&line).expect("a JSON value serializes"));
-            log_lines.push(b'\n');
+            // The envelope's JSON object, with how and when it ended as its last fields.
+            serde_json::to_writer(&mut log_lines, envelope).expect("an Envelope serializes");
+            log_lines.pop();
+            log_lines.extend_from_slice(
+                format!(
+                    ",\"outcome\":\"{}\",\"finished\":\"{finished_at}\",\"finishedUnixMs\":{finished}}}\n",
+                    end.outcome
+                )
+                .as_bytes(),
+            );
             node.metrics
                 .finished
                 .with_label_values(&[method, envelope.message.kind.as_str(), end.outcome])
@@ -202,11 +209,11 @@ impl<'e> End<'e> {
     }
 }
 
-/// A reply as replies/<node>.<method>.log keeps it.
-fn reply_record(envelope: &crate::message::Envelope, reply: &Reply) -> String {
+/// A reply as replies/<node>.<method>.log keeps it, stored at `now`.
+fn reply_record(now: &str, envelope: &crate::message::Envelope, reply: &Reply) -> String {
     format!(
         "=== {} id={} from={} status={:?}{}\n{}{}",
-        crate::files::now_rfc3339(),
+        now,
         envelope.id,
         reply.from_node,
         reply.status,

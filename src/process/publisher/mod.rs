@@ -25,7 +25,10 @@
 //! publisher sends up to [`MAX_BATCH`] of them, in order, as one batch, and the receiver
 //! runs them in order and answers with all their replies at once, writing its records once
 //! per batch rather than once per message. That is what lets a journaled, fsync'd,
-//! exactly-once event stream keep up with bare NATS request/reply. If a batch does not go
+//! exactly-once event stream keep up with bare NATS request/reply. One batch is with the
+//! receiver at a time (it runs them in order), but the publisher's own work overlaps it:
+//! once a batch is ACKed, the next one is sent, and the ACKed one is finished (its replies,
+//! message-log lines, journal finish) while the receiver has the next. If a batch does not go
 //! through (no ACK, nobody listening, an old receiver), the publisher falls back to one
 //! message at a time, with each message's own retries, until one is ACKed again. Commands
 //! always go one at a time: each has its own deadline and its output.
@@ -229,10 +232,19 @@ impl Process for Publisher {
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
         let batchable = kind.wants_ack() && !kind.is_command();
+        // A batch ACKed and not yet finished: the first entries of the slot, finished while
+        // the next batch is with the receiver.
+        let mut unfinished: Option<(Vec<Entry>, Vec<Reply>)> = None;
         loop {
+            let held = unfinished.as_ref().map_or(0, |(entries, _)| entries.len());
             let want = if batching && batchable { MAX_BATCH } else { 1 };
-            let slot = self.take(want)?;
+            let slot = self.take(held, want)?;
             if slot.is_empty() {
+                // No next batch to send meanwhile: the held one is finished now.
+                if let Some(acked) = unfinished.take() {
+                    self.finish_batch(acked)?;
+                    continue;
+                }
                 // Other lanes wait for a thread: make room now rather than idle.
                 let wanted = self
                     .node
@@ -260,15 +272,20 @@ impl Process for Publisher {
                 let batch = &slot[..fits];
                 // Its own reply subject: a late batch reply never meets a single attempt.
                 let reply_subject = format!("{inbox}.b{}", batch[0].seq);
-                match self.deliver_batch(replies, &reply_subject, batch, &payload, stop) {
+                // The batch before is finished while this one is with the receiver.
+                let before = unfinished.take();
+                let finish_before = || before.map_or(Ok(()), |acked| self.finish_batch(acked));
+                let attempt = self.deliver_batch(
+                    replies,
+                    &reply_subject,
+                    batch,
+                    &payload,
+                    stop,
+                    finish_before,
+                )?;
+                match attempt {
                     Attempt::Acked(acked) => {
-                        let done: Vec<_> = batch
-                            .iter()
-                            .zip(acked)
-                            .map(|(e, r)| (e, Delivery::Acked(r)))
-                            .collect();
-                        self.finish(done)?;
-                        self.slot().done(fits);
+                        unfinished = Some((batch.to_vec(), acked));
                         continue;
                     }
                     Attempt::Stopped => return Ok(()),
@@ -280,6 +297,11 @@ impl Process for Publisher {
                         batching = false;
                     }
                 }
+            }
+            // One at a time from here: a batch held is finished first.
+            if let Some(acked) = unfinished.take() {
+                self.finish_batch(acked)?;
+                continue;
             }
             let entry = &slot[0];
             let delivery = if kind.wants_ack() {
@@ -309,11 +331,25 @@ impl Publisher {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The slot topped up from the journal to `want` messages (if that many wait), and
-    /// reports any the journal could not read back. Resumed messages the last run finished
+    /// A batch ACKed: finished, and out of the slot.
+    fn finish_batch(&self, (entries, acked): (Vec<Entry>, Vec<Reply>)) -> Result<(), Error> {
+        let done = entries
+            .iter()
+            .zip(acked)
+            .map(|(e, r)| (e, Delivery::Acked(r)))
+            .collect();
+        self.finish(done)?;
+        self.slot().done(entries.len());
+        Ok(())
+    }
+
+    /// The slot topped up from the journal to `want` messages past its first `held` (if
+    /// that many wait), returning those past the first `held`, and reports any the journal
+    /// could not read back. Resumed messages the last run finished
     /// though a power cut took the record of it are finished at once, not sent again (see
     /// [`crate::resumed`]).
-    fn take(&self, want: usize) -> Result<Vec<Entry>, Error> {
+    fn take(&self, held: usize, want: usize) -> Result<Vec<Entry>, Error> {
+        let want = held + want;
         let mut slot = self.slot();
         let mut unreadable = Vec::new();
         let mut finished_at_once: Option<(String, usize)> = None;
@@ -346,7 +382,7 @@ impl Publisher {
             }
             self.node.metrics.journal(&mut journal);
         }
-        let taken = slot.entries.clone();
+        let taken = slot.entries.get(held..).unwrap_or_default().to_vec();
         drop(slot);
         if let Some((first, count)) = finished_at_once {
             log::info!(
