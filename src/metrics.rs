@@ -24,6 +24,8 @@ pub struct Metrics {
     pub sent: IntCounterVec,
     pub acked: IntCounterVec,
     pub retried: IntCounterVec,
+    /// Batches of events that did not go through, their lane falling back to one at a time.
+    pub batches_failed: IntCounterVec,
     pub failed: IntCounterVec,
     pub received: IntCounterVec,
     pub rejected_input: IntCounter,
@@ -129,6 +131,12 @@ impl Metrics {
                 &r,
                 "steward_messages_retried_total",
                 "Attempts after the first.",
+                &["method"],
+            ),
+            batches_failed: counter_vec(
+                &r,
+                "steward_batches_failed_total",
+                "Batches of events that did not go through (no ACK, nobody listening, an answer that was not the batch's); their lane sends one at a time until a message is ACKed.",
                 &["method"],
             ),
             failed: counter_vec(

@@ -2,7 +2,7 @@
 //! messages, refusals and failures are never silent.
 
 use crate::common;
-use common::{command, report, wait_until, NatsServer, Node};
+use common::{command, report, text_log, wait_until, NatsServer, Node};
 use std::time::Duration;
 
 #[test]
@@ -90,6 +90,38 @@ fn a_node_down_for_a_moment_gets_its_message_within_the_first_attempt() {
     let runs = ship1.read("ran.txt").lines().count();
     report("down_for_a_moment", 1, runs.min(1), runs.saturating_sub(1));
     assert_eq!(runs, 1);
+}
+
+#[test]
+fn events_sent_before_their_node_listens_fall_back_once_and_arrive_once_in_order() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let n = 300;
+    let events: String = (0..n)
+        .map(|i| text_log("ship1", &format!("early-{i}\n")))
+        .collect();
+    central.append_inmsg(&events);
+    // The first batch: "no responders", so one at a time, sent again within its attempt.
+    let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
+    central.wait_metric("a batch failed", |c| c.metric(failed), |v| v >= 1.0);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
+        t.lines().count() >= n
+    });
+    let lines: Vec<&str> = log.lines().collect();
+    let want: Vec<String> = (0..n).map(|i| format!("early-{i}")).collect();
+    let delivered = want.iter().filter(|w| lines.contains(&w.as_str())).count();
+    report(
+        "events_before_listening",
+        n,
+        delivered,
+        lines.len() - delivered,
+    );
+    assert_eq!(lines, want, "each event once, in order");
+    // One batch failed, then batches again once an event was ACKed; no attempt waited out.
+    assert_eq!(central.metric(failed), 1.0);
+    let retried = "steward_messages_retried_total{method=\"TextLogging\"}";
+    assert_eq!(central.metric(retried), 0.0);
 }
 
 #[test]

@@ -290,6 +290,12 @@ impl Process for Publisher {
                     }
                     Attempt::Stopped => return Ok(()),
                     Attempt::Failed(why) => {
+                        let method = batch[0].envelope.message.method.as_str();
+                        self.node
+                            .metrics
+                            .batches_failed
+                            .with_label_values(&[method])
+                            .inc();
                         log::warn!(
                             "{}: a batch of {fits} did not go through ({why}); sending one at a time",
                             self.subject
