@@ -24,6 +24,8 @@ pub struct Metrics {
     pub sent: IntCounterVec,
     pub acked: IntCounterVec,
     pub retried: IntCounterVec,
+    /// Sends again within an attempt after "no responders".
+    pub resent: IntCounterVec,
     /// Batches of events that did not go through, their lane falling back to one at a time.
     pub batches_failed: IntCounterVec,
     pub failed: IntCounterVec,
@@ -131,6 +133,12 @@ impl Metrics {
                 &r,
                 "steward_messages_retried_total",
                 "Attempts after the first.",
+                &["method"],
+            ),
+            resent: counter_vec(
+                &r,
+                "steward_messages_resent_total",
+                "Sends again within an attempt after the broker said nobody listens (at most 5 an attempt).",
                 &["method"],
             ),
             batches_failed: counter_vec(

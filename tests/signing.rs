@@ -11,7 +11,7 @@ use common::raw::{envelope, signed_by, Raw};
 use common::{command, key_of, NatsServer, Node};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs `steward` as node `node` on data folder `data`, e.g. `steward keys show`.
 fn steward(data: &Path, node: &str, args: &[&str]) -> std::process::Output {
@@ -523,6 +523,41 @@ fn a_forged_no_responders_status_does_not_fail_a_command() {
     central.wait_for("replies/ship1.CLICommand.log", "slow but sure");
     assert!(!central.path("failed-messages.txt").exists());
     drop(ship1);
+}
+
+#[test]
+fn forged_no_responders_at_every_send_get_a_few_sends_and_the_reply_still_counts() {
+    let nats = NatsServer::start();
+    let (ship1, central, raw) = listening_pair(&nats);
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","echo once >> ran.txt; sleep 3; echo slow but sure"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":10,"retries":0}]"#,
+    );
+    // Each send of the command answered at once with a forged "nobody listens": it is sent
+    // again (within its attempt) while ship1 runs the first copy, and the later copies
+    // find it running. Its reply, signed over the first send, must still be taken.
+    let mut status = nats::HeaderMap::new();
+    status.insert("Status", "503".to_string());
+    let (mut sends, deadline) = (0, Instant::now() + Duration::from_secs(30));
+    while !central
+        .read("replies/ship1.CLICommand.log")
+        .contains("slow but sure")
+    {
+        assert!(Instant::now() < deadline, "no reply stored");
+        if let Ok(msg) = spy.next_timeout(Duration::from_millis(100)) {
+            sends += 1;
+            raw.send(msg.reply.as_deref().unwrap(), None, Some(&status), b"");
+        }
+    }
+    eprintln!("[forged_no_responders] sends={sends}");
+    assert!(
+        (2..=6).contains(&sends),
+        "{sends} sends: one and at most 5 again"
+    );
+    assert!(!central.path("failed-messages.txt").exists());
+    assert_eq!(ship1.read("ran.txt"), "once\n");
+    let resent = "steward_messages_resent_total{method=\"CLICommand\"}";
+    assert_eq!(central.metric(resent), (sends - 1) as f64);
 }
 
 #[test]

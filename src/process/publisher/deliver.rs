@@ -10,8 +10,15 @@ use crate::message::Envelope;
 use crate::reply::ResultRoute;
 
 /// The first pause before a message answered with "no responders" is sent again within
-/// its attempt; each one after is twice the last (about ten sends in a 10 s attempt).
-const FIRST_RESEND: Duration = Duration::from_millis(20);
+/// its attempt; each one after is three times the last, and there are at most
+/// [`MAX_RESENDS`]: sent again 0.05, 0.2, 0.65, 2 and 6 s after the first send.
+const FIRST_RESEND: Duration = Duration::from_millis(50);
+const MAX_RESENDS: usize = 5;
+
+/// How many of a message's latest sends a reply may answer: every send of the attempt
+/// under way (1 + [`MAX_RESENDS`]) and the last ones of those before it. A reply is
+/// checked against each, so this also bounds what a forged one costs.
+const SIGNATURES_KEPT: usize = 8;
 
 /// One attempt's request, as published (and published again after "no responders").
 struct Request<'r> {
@@ -85,8 +92,9 @@ pub(super) fn ack_wait(message: &crate::message::Message, default: Duration) -> 
 
 impl Publisher {
     /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
-    /// why not. `meanwhile` runs once the batch is out, while the receiver has it (the
-    /// batch before it is finished then); if it fails, so does this.
+    /// why not. `meanwhile` runs once the batch is published (or failed to be), while the
+    /// receiver has it (the batch before it is finished then, the next one made ready);
+    /// if it fails, so does this. The batch's timeout counts from when it is done.
     pub(super) fn deliver_batch(
         &self,
         replies: &Receiver<nats::Message>,
@@ -114,10 +122,11 @@ impl Publisher {
             node.progress(&e.envelope.id, Progress::Attempt(doing.clone()));
         }
         let to = &batch[0].envelope.message.to_node;
-        let request = self.request(reply_subject, to, payload, timeout);
+        let mut request = self.request(reply_subject, to, payload, timeout);
         let mut sigs = Vec::new();
         let sent = self.publish(&request, &mut sigs);
         meanwhile()?;
+        request.deadline = Instant::now() + timeout;
         if let Err(e) = sent {
             return Ok(Attempt::Failed(format!("cannot publish: {e}")));
         }
@@ -231,8 +240,8 @@ impl Publisher {
     }
 
     /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
-    /// `reply_subject` that is signed by `to`, bound to one of this message's attempts
-    /// (`sigs`, to which this attempt's signature is added), and that `accept` takes.
+    /// `reply_subject` that is signed by `to`, bound to one of this message's sends
+    /// (`sigs`, to which this attempt's are added), and that `accept` takes.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
@@ -281,7 +290,7 @@ impl Publisher {
             Confirm::ByAnswer,
         )?;
         // A late reply to an earlier send still answers this message.
-        if sigs.len() >= 8 {
+        if sigs.len() >= SIGNATURES_KEPT {
             sigs.remove(0);
         }
         sigs.push(sig);
@@ -293,10 +302,12 @@ impl Publisher {
     /// "No responders" is never the verdict (anyone can publish one on our inbox): a
     /// `single` message waits on for a signed reply until the deadline, and sends itself
     /// again, within the same attempt, after a pause that starts at [`FIRST_RESEND`] and
-    /// doubles with each one, so a destination that was restarting or reconnecting gets it
-    /// as soon as it listens, not an attempt's timeout later (10 s by default); doubling
-    /// keeps a flood of forged ones to a handful of sends. A batch gives up at once, as it
-    /// does on a reply it cannot take, and sending one at a time sorts it out.
+    /// grows with each one, so a destination that was restarting or reconnecting gets it
+    /// as soon as it listens, not an attempt's timeout later (10 s by default). At most
+    /// [`MAX_RESENDS`]: a flood of forged ones gets a few sends, and the reply to the
+    /// first send still counts when the run ends ([`SIGNATURES_KEPT`]). A batch gives up
+    /// at once, as it does on a reply it cannot take, and sending one at a time sorts it
+    /// out.
     fn answer<T>(
         &self,
         replies: &Receiver<nats::Message>,
@@ -318,7 +329,7 @@ impl Publisher {
         let mut hint: Option<String> = None;
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
-        let mut pause = FIRST_RESEND;
+        let (mut pause, mut resends) = (FIRST_RESEND, 0);
         loop {
             let wake = resend.map_or(deadline, |at| at.min(deadline));
             select! {
@@ -337,9 +348,10 @@ impl Publisher {
                             return Attempt::Failed(why);
                         }
                         hint = Some(why);
-                        if resend.is_none() {
+                        if resend.is_none() && resends < MAX_RESENDS {
                             resend = Some(Instant::now() + pause);
-                            pause *= 2;
+                            pause *= 3;
+                            resends += 1;
                         }
                         continue;
                     }
@@ -363,6 +375,11 @@ impl Publisher {
                 recv(crossbeam_channel::at(wake)) -> _ => {
                     if Instant::now() < deadline {
                         resend = None;
+                        self.node
+                            .metrics
+                            .resent
+                            .with_label_values(&[self.subject.method.as_str()])
+                            .inc();
                         if let Err(e) = self.publish(request, sigs) {
                             hint = Some(format!("cannot publish: {e}"));
                         }

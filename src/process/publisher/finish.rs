@@ -126,15 +126,12 @@ impl Publisher {
                     node.report_error(why.clone());
                 }
             }
-            // The envelope's JSON object, with how and when it ended as its last fields.
-            serde_json::to_writer(&mut log_lines, envelope).expect("an Envelope serializes");
-            log_lines.pop();
-            log_lines.extend_from_slice(
-                format!(
-                    ",\"outcome\":\"{}\",\"finished\":\"{finished_at}\",\"finishedUnixMs\":{finished}}}\n",
-                    end.outcome
-                )
-                .as_bytes(),
+            log_line(
+                &mut log_lines,
+                envelope,
+                end.outcome,
+                finished,
+                &finished_at,
             );
             node.metrics
                 .finished
@@ -209,6 +206,27 @@ impl<'e> End<'e> {
     }
 }
 
+/// Appends a message's message-log.txt line to `out`: its envelope's JSON object, with how
+/// and when it ended as its last fields (`outcome`, `finished`, `finishedUnixMs`).
+fn log_line(
+    out: &mut Vec<u8>,
+    envelope: &crate::message::Envelope,
+    outcome: &str,
+    finished: u64,
+    finished_at: &str,
+) {
+    serde_json::to_writer(&mut *out, envelope).expect("an Envelope serializes");
+    // An Envelope is a JSON object: its closing brace, taken off for the fields after.
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    out.extend_from_slice(
+        format!(
+            ",\"outcome\":\"{outcome}\",\"finished\":\"{finished_at}\",\"finishedUnixMs\":{finished}}}\n"
+        )
+        .as_bytes(),
+    );
+}
+
 /// A reply as replies/<node>.<method>.log keeps it, stored at `now`.
 fn reply_record(now: &str, envelope: &crate::message::Envelope, reply: &Reply) -> String {
     format!(
@@ -236,4 +254,45 @@ fn failed_record(message: &crate::message::Message) -> String {
         "{}\n",
         serde_json::to_string_pretty(&[message]).expect("a Message serializes")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Envelope, Kind, Message};
+
+    #[test]
+    fn a_message_log_line_is_the_envelope_with_how_and_when_it_ended() {
+        let mut message = Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["df".into()]);
+        message.method_timeout = Some(30);
+        let envelope = Envelope {
+            id: "central-1-1-ab".into(),
+            from_node: "central".into(),
+            accepted: 1_795_000_000_000,
+            reply_ticket: Some("ticket \"quoted\"".into()),
+            grant: None,
+            message,
+        };
+        let mut out = Vec::new();
+        log_line(
+            &mut out,
+            &envelope,
+            "acked",
+            1_795_000_000_123,
+            "2026-11-18T08:26:40.123Z",
+        );
+        log_line(&mut out, &envelope, "failed", 7, "1970-01-01T00:00:00.007Z");
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        let mut want = serde_json::to_value(&envelope).unwrap();
+        want["outcome"] = "acked".into();
+        want["finished"] = "2026-11-18T08:26:40.123Z".into();
+        want["finishedUnixMs"] = 1_795_000_000_123u64.into();
+        assert_eq!(line, want);
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["outcome"], "failed");
+        assert_eq!(second["finishedUnixMs"], 7);
+    }
 }

@@ -232,107 +232,145 @@ impl Process for Publisher {
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
         let batchable = kind.wants_ack() && !kind.is_command();
-        // A batch ACKed and not yet finished: the first entries of the slot, finished while
-        // the next batch is with the receiver.
+        // A batch ACKed and not yet finished (the first entries of the slot), finished
+        // while the next one is with the receiver; and the one after that, taken and
+        // encoded meanwhile (the slot's entries right after the one with the receiver).
         let mut unfinished: Option<(Vec<Entry>, Vec<Reply>)> = None;
+        let mut ready: Option<(Vec<Entry>, Vec<u8>)> = None;
         loop {
-            let held = unfinished.as_ref().map_or(0, |(entries, _)| entries.len());
-            let want = if batching && batchable { MAX_BATCH } else { 1 };
-            let slot = self.take(held, want)?;
-            if slot.is_empty() {
-                // No next batch to send meanwhile: the held one is finished now.
-                if let Some(acked) = unfinished.take() {
-                    self.finish_batch(acked)?;
-                    continue;
-                }
-                // Other lanes wait for a thread: make room now rather than idle.
-                let wanted = self
-                    .node
-                    .publishers_wanted
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if wanted && self.node.retire_lane(&self.subject) {
-                    return Ok(());
-                }
-                self.state.set("idle");
-                let retire = crossbeam_channel::after(self.node.config.keep_publishers_alive_for);
-                select! {
-                    recv(self.wake) -> woken => if woken.is_err() { return Ok(()) },
-                    recv(stop) -> _ => return Ok(()),
-                    // Nothing to send for a while: end, unless a message came meanwhile.
-                    recv(retire) -> _ => if self.node.retire_lane(&self.subject) { return Ok(()) },
-                }
-                continue;
-            }
-            let (fits, payload) = if batching && batchable && slot.len() > 1 {
-                batch_of(&self.node.identity, &slot, conn.max_payload())
-            } else {
-                (1, Vec::new())
-            };
-            if fits > 1 {
-                let batch = &slot[..fits];
-                // Its own reply subject: a late batch reply never meets a single attempt.
-                let reply_subject = format!("{inbox}.b{}", batch[0].seq);
-                // The batch before is finished while this one is with the receiver.
-                let before = unfinished.take();
-                let finish_before = || before.map_or(Ok(()), |acked| self.finish_batch(acked));
-                let attempt = self.deliver_batch(
-                    replies,
-                    &reply_subject,
-                    batch,
-                    &payload,
-                    stop,
-                    finish_before,
-                )?;
-                match attempt {
-                    Attempt::Acked(acked) => {
-                        unfinished = Some((batch.to_vec(), acked));
+            let (batch, payload) = match ready.take() {
+                Some(batch) => batch,
+                None => {
+                    let held = unfinished.as_ref().map_or(0, |(entries, _)| entries.len());
+                    let want = if batching && batchable { MAX_BATCH } else { 1 };
+                    let slot = match self.take(held, want) {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            // What was ACKed is kept before the publisher fails.
+                            if let Some(acked) = unfinished.take() {
+                                self.finish_batch(acked)?;
+                            }
+                            return Err(e.into());
+                        }
+                    };
+                    if let Some(batch) = self.batch_in(&slot, batching && batchable, &conn) {
+                        batch
+                    } else if let Some(acked) = unfinished.take() {
+                        // Nothing to send meanwhile, or one at a time from here: the held
+                        // batch is finished first.
+                        self.finish_batch(acked)?;
+                        continue;
+                    } else if let Some(entry) = slot.first() {
+                        match self.deliver_one(inbox, replies, entry, stop)? {
+                            Some(acked) => batching |= acked,
+                            None => return Ok(()),
+                        }
+                        continue;
+                    } else {
+                        // Other lanes wait for a thread: make room now rather than idle.
+                        let wanted = self
+                            .node
+                            .publishers_wanted
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        if wanted && self.node.retire_lane(&self.subject) {
+                            return Ok(());
+                        }
+                        self.state.set("idle");
+                        let retire =
+                            crossbeam_channel::after(self.node.config.keep_publishers_alive_for);
+                        select! {
+                            recv(self.wake) -> woken => if woken.is_err() { return Ok(()) },
+                            recv(stop) -> _ => return Ok(()),
+                            // Nothing to send for a while: end, unless a message came meanwhile.
+                            recv(retire) -> _ => if self.node.retire_lane(&self.subject) { return Ok(()) },
+                        }
                         continue;
                     }
-                    Attempt::Stopped => return Ok(()),
-                    Attempt::Failed(why) => {
-                        let method = batch[0].envelope.message.method.as_str();
-                        self.node
-                            .metrics
-                            .batches_failed
-                            .with_label_values(&[method])
-                            .inc();
-                        log::warn!(
-                            "{}: a batch of {fits} did not go through ({why}); sending one at a time",
-                            self.subject
-                        );
-                        batching = false;
-                    }
                 }
-            }
-            // One at a time from here: a batch held is finished first.
-            if let Some(acked) = unfinished.take() {
-                self.finish_batch(acked)?;
-                continue;
-            }
-            let entry = &slot[0];
-            let delivery = if kind.wants_ack() {
-                self.deliver_acked(replies, &format!("{inbox}.{}", entry.seq), entry, stop)
-            } else {
-                self.publish_once(entry, stop)
             };
-            match delivery {
-                Delivery::Stopped => return Ok(()),
-                Delivery::Parked { until } => {
-                    self.node.park_lane(&self.subject, until);
-                    return Ok(());
+            // Its own reply subject: a late batch reply never meets a single attempt.
+            let reply_subject = format!("{inbox}.b{}", batch[0].seq);
+            let before = unfinished.take();
+            let meanwhile = || {
+                if let Some(acked) = before {
+                    self.finish_batch(acked)?;
                 }
-                Delivery::Acked(_) => batching = true,
-                _ => {}
+                // The next batch, ready to go as soon as this one is ACKed.
+                let after = self.take(batch.len(), MAX_BATCH)?;
+                ready = self.batch_in(&after, true, &conn);
+                Ok(())
+            };
+            match self.deliver_batch(replies, &reply_subject, &batch, &payload, stop, meanwhile)? {
+                Attempt::Acked(acked) => unfinished = Some((batch, acked)),
+                Attempt::Stopped => return Ok(()),
+                Attempt::Failed(why) => {
+                    let method = batch[0].envelope.message.method.as_str();
+                    self.node
+                        .metrics
+                        .batches_failed
+                        .with_label_values(&[method])
+                        .inc();
+                    log::warn!(
+                        "{}: a batch of {} did not go through ({why}); sending one at a time",
+                        self.subject,
+                        batch.len()
+                    );
+                    batching = false;
+                    // Its messages stay in the slot, first the failed batch's.
+                    ready = None;
+                }
             }
-            // If what must be kept cannot be written, fail: the supervisor restarts this
-            // publisher and the message, still in its slot, is tried again.
-            self.finish(vec![(entry, delivery)])?;
-            self.slot().done(1);
         }
     }
 }
 
 impl Publisher {
+    /// The first messages of `slot` as one batch and its wire form, if `batching` and more
+    /// than one of them fit.
+    fn batch_in(
+        &self,
+        slot: &[Entry],
+        batching: bool,
+        conn: &nats::Connection,
+    ) -> Option<(Vec<Entry>, Vec<u8>)> {
+        if !batching || slot.len() < 2 {
+            return None;
+        }
+        let (fits, payload) = batch_of(&self.node.identity, slot, conn.max_payload());
+        (fits > 1).then(|| (slot[..fits].to_vec(), payload))
+    }
+
+    /// Delivers one message and finishes it: whether it was ACKed, or `None` if the
+    /// publisher is to end (the node stopping, or the lane parked while others wait for a
+    /// thread).
+    fn deliver_one(
+        &self,
+        inbox: &str,
+        replies: &Receiver<nats::Message>,
+        entry: &Entry,
+        stop: &Receiver<()>,
+    ) -> Result<Option<bool>, Error> {
+        let delivery = if self.subject.kind.wants_ack() {
+            self.deliver_acked(replies, &format!("{inbox}.{}", entry.seq), entry, stop)
+        } else {
+            self.publish_once(entry, stop)
+        };
+        let acked = match delivery {
+            Delivery::Stopped => return Ok(None),
+            Delivery::Parked { until } => {
+                self.node.park_lane(&self.subject, until);
+                return Ok(None);
+            }
+            Delivery::Acked(_) => true,
+            _ => false,
+        };
+        // If what must be kept cannot be written, fail: the supervisor restarts this
+        // publisher and the message, still in its slot, is tried again.
+        self.finish(vec![(entry, delivery)])?;
+        self.slot().done(1);
+        Ok(Some(acked))
+    }
+
     fn slot(&self) -> MutexGuard<'_, Slot> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -350,8 +388,8 @@ impl Publisher {
     }
 
     /// The slot topped up from the journal to `want` messages past its first `held` (if
-    /// that many wait), returning those past the first `held`, and reports any the journal
-    /// could not read back. Resumed messages the last run finished
+    /// that many wait), returning those (at most `want`: the slot may hold more, a batch
+    /// made ready before one failed), and reports any the journal could not read back. Resumed messages the last run finished
     /// though a power cut took the record of it are finished at once, not sent again (see
     /// [`crate::resumed`]).
     fn take(&self, held: usize, want: usize) -> Result<Vec<Entry>, Error> {
@@ -388,7 +426,13 @@ impl Publisher {
             }
             self.node.metrics.journal(&mut journal);
         }
-        let taken = slot.entries.get(held..).unwrap_or_default().to_vec();
+        let taken: Vec<Entry> = slot
+            .entries
+            .iter()
+            .skip(held)
+            .take(want - held)
+            .cloned()
+            .collect();
         drop(slot);
         if let Some((first, count)) = finished_at_once {
             log::info!(
