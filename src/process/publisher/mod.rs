@@ -295,9 +295,11 @@ impl Process for Publisher {
                 if let Some(acked) = before {
                     self.finish_batch(acked)?;
                 }
-                // The next batch, ready to go as soon as this one is ACKed.
-                let after = self.take(batch.len(), MAX_BATCH)?;
-                ready = self.batch_in(&after, true, &conn);
+                // The next batch, ready to go as soon as this one is ACKed. A journal that
+                // cannot be read fails the publisher at the next take, this batch done.
+                if let Ok(after) = self.take(batch.len(), MAX_BATCH) {
+                    ready = self.batch_in(&after, true, &conn);
+                }
                 Ok(())
             };
             match self.deliver_batch(replies, &reply_subject, &batch, &payload, stop, meanwhile)? {
@@ -389,9 +391,9 @@ impl Publisher {
 
     /// The slot topped up from the journal to `want` messages past its first `held` (if
     /// that many wait), returning those (at most `want`: the slot may hold more, a batch
-    /// made ready before one failed), and reports any the journal could not read back. Resumed messages the last run finished
-    /// though a power cut took the record of it are finished at once, not sent again (see
-    /// [`crate::resumed`]).
+    /// made ready before one failed), and reports any the journal could not read back.
+    /// Resumed messages the last run finished though a power cut took the record of it are
+    /// finished at once, not sent again (see [`crate::resumed`]).
     fn take(&self, held: usize, want: usize) -> Result<Vec<Entry>, Error> {
         let want = held + want;
         let mut slot = self.slot();
