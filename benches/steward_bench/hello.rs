@@ -34,9 +34,8 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
                 s.spawn(|| say_hello(&conn, &identity, (0..n).map(|i| format!("node{i}"))));
             // The file read again only when rewritten (parsing it at every look would take
             // a core), central's count of drops every 100 looks. Done when every Hello is
-            // in the file or was dropped.
-            // Past the deadline, what is still missing is said in the row (and the rest of
-            // the benchmark goes on).
+            // in the file or was dropped; past 30 s, what is still missing is said in the
+            // row, and the rest of the benchmark goes on.
             let (mut fresh_in_file, mut dropped, mut looks) = (0, 0, 0u64);
             let deadline = t + Duration::from_secs(30);
             while fresh_in_file + dropped < n && Instant::now() < deadline {
