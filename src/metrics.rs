@@ -138,7 +138,7 @@ impl Metrics {
             resent: counter_vec(
                 &r,
                 "steward_messages_resent_total",
-                "Sends again within an attempt after the broker said nobody listens (at most 5 an attempt).",
+                "Sends again within an attempt after the broker said nobody listens (at most 6 an attempt).",
                 &["method"],
             ),
             batches_failed: counter_vec(

@@ -72,21 +72,23 @@ fn a_node_that_starts_late_still_gets_its_messages() {
 #[test]
 fn a_node_down_for_a_moment_gets_its_message_within_the_first_attempt() {
     let nats = NatsServer::start();
-    // The default attempt: 10 s.
     let central = Node::start("central", &nats.address(), &[]);
-    central.append_inmsg(&command(
-        "ship1",
-        &["sh", "-c", "echo once >> ran.txt; echo back"],
-    ));
+    // An attempt of 25 s: sent again up to 18 s after the first send, however slowly ship1
+    // starts on a loaded machine.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","echo once >> ran.txt; echo back"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":25}]"#,
+    );
     // Sent, and the broker said at once that nobody listens.
     let sent = "steward_messages_sent_total{method=\"CLICommand\"}";
     central.wait_metric("sent", |c| c.metric(sent), |v| v >= 1.0);
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     central.wait_for("replies/ship1.CLICommand.log", "back");
     // Sent again within the attempt once ship1 listened: not a second attempt after the
-    // first one's 10 s, and run once.
+    // first one's 25 s, and run once.
     let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
     assert_eq!(central.metric(retried), 0.0);
+    let resent = "steward_messages_resent_total{method=\"CLICommand\"}";
+    assert!(central.metric(resent) >= 1.0);
     let runs = ship1.read("ran.txt").lines().count();
     report("down_for_a_moment", 1, runs.min(1), runs.saturating_sub(1));
     assert_eq!(runs, 1);
@@ -95,7 +97,8 @@ fn a_node_down_for_a_moment_gets_its_message_within_the_first_attempt() {
 #[test]
 fn events_sent_before_their_node_listens_fall_back_once_and_arrive_once_in_order() {
     let nats = NatsServer::start();
-    let central = Node::start("central", &nats.address(), &[]);
+    // Attempts of 25 s, as in the test above.
+    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=25"]);
     let n = 300;
     let events: String = (0..n)
         .map(|i| text_log("ship1", &format!("early-{i}\n")))

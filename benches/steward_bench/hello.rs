@@ -52,12 +52,16 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
             sender.join().unwrap();
             let dropped = dropped_so_far(&central) - dropped_before;
             let missing = n.saturating_sub(fresh_in_file + dropped);
+            // What could explain missing ones: refusals, or central's link dropped (a
+            // client the server finds too slow is disconnected, and what it was sent
+            // meanwhile is gone: a Hello is published once).
             let refused = central
                 .metric("steward_messages_received_total{method=\"Hello\",outcome=\"refused\"}");
+            let reconnects = central.metric("steward_broker_reconnects_total");
             let missing = match missing {
                 0 => String::new(),
                 m => format!(
-                    " / **{m} missing after 30 s** (refused so far: {refused:.0}; {fresh_in_file} in the file)"
+                    " / **{m} missing after 30 s** (refused so far: {refused:.0}, central's reconnects: {reconnects:.0}; {fresh_in_file} in the file)"
                 ),
             };
             // The last changes reach the file within a second of the one before.

@@ -11,9 +11,10 @@ use crate::reply::ResultRoute;
 
 /// The first pause before a message answered with "no responders" is sent again within
 /// its attempt; each one after is three times the last, and there are at most
-/// [`MAX_RESENDS`]: sent again 0.05, 0.2, 0.65, 2 and 6 s after the first send.
+/// [`MAX_RESENDS`]: sent again 0.05, 0.2, 0.65, 2, 6 and 18 s after the first send (as far
+/// as the attempt lasts: 10 s by default).
 const FIRST_RESEND: Duration = Duration::from_millis(50);
-const MAX_RESENDS: usize = 5;
+const MAX_RESENDS: usize = 6;
 
 /// How many of a message's latest sends a reply may answer: every send of the attempt
 /// under way (1 + [`MAX_RESENDS`]) and the last ones of those before it. A reply is
