@@ -20,6 +20,7 @@ const MAX_RESENDS: usize = 6;
 /// under way (1 + [`MAX_RESENDS`]) and the last ones of those before it. A reply is
 /// checked against each, so this also bounds what a forged one costs.
 const SIGNATURES_KEPT: usize = 8;
+const _: () = assert!(1 + MAX_RESENDS < SIGNATURES_KEPT);
 
 /// One attempt's request, as published (and published again after "no responders").
 struct Request<'r> {
