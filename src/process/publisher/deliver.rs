@@ -319,15 +319,14 @@ impl Publisher {
         sigs: &mut Vec<String>,
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
-        let Request {
-            subject,
+        let &Request {
+            ref subject,
             reply_subject,
             to,
             timeout,
             deadline,
             ..
         } = request;
-        let (reply_subject, to, deadline) = (*reply_subject, *to, *deadline);
         let mut hint: Option<String> = None;
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;

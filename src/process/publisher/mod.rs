@@ -396,14 +396,14 @@ impl Publisher {
     /// Resumed messages the last run finished though a power cut took the record of it are
     /// finished at once, not sent again (see [`crate::resumed`]).
     fn take(&self, held: usize, want: usize) -> Result<Vec<Entry>, Error> {
-        let want = held + want;
+        let total = held + want;
         let mut slot = self.slot();
         let mut unreadable = Vec::new();
         let mut finished_at_once: Option<(String, usize)> = None;
-        while slot.entries.len() < want {
+        while slot.entries.len() < total {
             let mut journal = self.node.journal();
             let more = journal
-                .take(&self.subject, want - slot.entries.len())
+                .take(&self.subject, total - slot.entries.len())
                 .inspect_err(|_| self.node.stop_if_unusable(&journal))
                 .map_err(|source| Error::Journal {
                     lane: self.subject.clone(),
@@ -429,13 +429,7 @@ impl Publisher {
             }
             self.node.metrics.journal(&mut journal);
         }
-        let taken: Vec<Entry> = slot
-            .entries
-            .iter()
-            .skip(held)
-            .take(want - held)
-            .cloned()
-            .collect();
+        let taken: Vec<Entry> = slot.entries.iter().skip(held).take(want).cloned().collect();
         drop(slot);
         if let Some((first, count)) = finished_at_once {
             log::info!(
