@@ -295,16 +295,22 @@ impl Inner {
     /// Records an id's state (as seen now); forgets its sender's oldest past
     /// `per_sender_keep`, then the oldest of all past `keep`.
     fn remember(&mut self, id: String, state: Known) {
-        if self
-            .states
-            .insert(id.clone(), (state, unix_millis()))
-            .is_some()
-        {
+        let now = unix_millis();
+        if let Some(known) = self.states.get_mut(&id) {
+            *known = (state, now);
             return;
         }
-        let sender = sender_of(&id).to_string();
+        self.states.insert(id.clone(), (state, now));
         self.order.push_back(id.clone());
-        let mine = self.per_sender.entry(sender).or_default();
+        // The sender's name is copied only for a sender not seen before.
+        let sender = sender_of(&id);
+        if !self.per_sender.contains_key(sender) {
+            self.per_sender.insert(sender.to_string(), VecDeque::new());
+        }
+        let mine = self
+            .per_sender
+            .get_mut(sender)
+            .expect("inserted above if it was not there");
         mine.push_back(id);
         while mine.len() > self.per_sender_keep {
             if let Some(old) = mine.pop_front() {

@@ -68,6 +68,11 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// Whether `message` goes on this lane.
+    pub fn is_of(&self, message: &crate::message::Message) -> bool {
+        self.node == message.to_node && self.kind == message.kind && self.method == message.method
+    }
+
     pub fn new(node: &str, kind: Kind, method: &str) -> Result<Subject, NameError> {
         validate_name(node)?;
         validate_name(method)?;

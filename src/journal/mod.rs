@@ -58,7 +58,8 @@ use crate::message::{Envelope, Message};
 use crate::storage::{Disk, Storage, StoredFile};
 use crate::subject::Subject;
 use record::{
-    cut_message, decode_one, encode, Record, RecordFile, Records, Step, SyncTicket, CHUNK, HEADER,
+    cut_message, decode_one, encode, encode_accepted, Record, RecordFile, Records, Step,
+    SyncTicket, CHUNK, HEADER,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
@@ -239,9 +240,16 @@ impl Journal {
         let mut entries = Vec::with_capacity(messages.len());
         let mut placed = Vec::with_capacity(messages.len());
         let mut random = crate::keys::random_hex128s(messages.len()).into_iter();
+        // The lane's name, made once for each run of messages on one lane.
+        let mut lane = String::new();
+        let mut lane_of: Option<Subject> = None;
         for message in messages {
             let seq = self.next_seq + entries.len() as u64;
-            let lane = message.subject().to_string();
+            if lane_of.as_ref().is_none_or(|l| !l.is_of(&message)) {
+                let subject = message.subject();
+                lane = subject.to_string();
+                lane_of = Some(subject);
+            }
             let envelope = Envelope {
                 // Readable, and unguessable: no one can name a message before it exists.
                 id: format!(
@@ -255,16 +263,9 @@ impl Journal {
                 message,
             };
             let offset = start + buf.len() as u64;
-            encode(
-                &Record::Accepted {
-                    seq,
-                    lane: lane.clone(),
-                    envelope: envelope.encode(),
-                },
-                &mut buf,
-            );
+            encode_accepted(seq, &lane, &mut buf, |out| envelope.encode_into(out));
             let len = (start + buf.len() as u64 - offset) as u32;
-            placed.push((lane, seq, Span { offset, len }));
+            placed.push((lane.clone(), seq, Span { offset, len }));
             entries.push(Entry { seq, envelope });
         }
         // The commit record: a batch counts only once this is on disk after it.
@@ -355,12 +356,31 @@ impl Journal {
         }
         let mut entries = Vec::new();
         let mut skipped = false;
+        let mut bytes = Vec::new();
         while entries.len() < max {
-            let Some(&(seq, span)) = l.waiting.window.front() else {
+            // The records next to each other in the file (as a batch writes them) are read
+            // at once, up to a chunk.
+            let Some(&(_, first)) = l.waiting.window.front() else {
                 break;
             };
-            let mut bytes = vec![0; span.len as usize];
-            if let Err(e) = self.file.handle().read_exact_at(&mut bytes, span.offset) {
+            let mut end = first.offset + u64::from(first.len);
+            let run = 1 + l
+                .waiting
+                .window
+                .iter()
+                .skip(1)
+                .take(max - entries.len() - 1)
+                .take_while(|(_, span)| {
+                    let next = span.offset == end
+                        && end + u64::from(span.len) - first.offset <= CHUNK as u64;
+                    if next {
+                        end += u64::from(span.len);
+                    }
+                    next
+                })
+                .count();
+            bytes.resize((end - first.offset) as usize, 0);
+            if let Err(e) = self.file.handle().read_exact_at(&mut bytes, first.offset) {
                 // What was taken already is handed out: return it, and the error with the
                 // next take (the message stays first in the window).
                 if entries.is_empty() {
@@ -368,26 +388,30 @@ impl Journal {
                 }
                 break;
             }
-            l.waiting.window.pop_front();
-            l.handed_through = seq;
-            let read = match decode_one(&bytes) {
-                Step::Record(_, Record::Accepted { envelope, .. }) => Envelope::decode(&envelope)
-                    .map(|envelope| Entry { seq, envelope })
-                    .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&envelope))),
-                _ => Err("not the record it should be".to_string()),
-            };
-            match read {
-                Ok(entry) => {
-                    l.handed.push_back((seq, span.len, false));
-                    entries.push(entry);
-                }
-                Err(why) => {
-                    // Kept out of the system, reported to central with its bytes (see
-                    // the publisher); it counts as finished.
-                    l.handed.push_back((seq, span.len, true));
-                    self.unreadable
-                        .push(format!("{key}: journal record {seq} is unreadable: {why}"));
-                    skipped = true;
+            for (seq, span) in l.waiting.window.drain(..run) {
+                l.handed_through = seq;
+                let at = (span.offset - first.offset) as usize;
+                let read = match decode_one(&bytes[at..at + span.len as usize]) {
+                    Step::Record(_, Record::Accepted { envelope, .. }) => {
+                        Envelope::decode(&envelope)
+                            .map(|envelope| Entry { seq, envelope })
+                            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&envelope)))
+                    }
+                    _ => Err("not the record it should be".to_string()),
+                };
+                match read {
+                    Ok(entry) => {
+                        l.handed.push_back((seq, span.len, false));
+                        entries.push(entry);
+                    }
+                    Err(why) => {
+                        // Kept out of the system, reported to central with its bytes (see
+                        // the publisher); it counts as finished.
+                        l.handed.push_back((seq, span.len, true));
+                        self.unreadable
+                            .push(format!("{key}: journal record {seq} is unreadable: {why}"));
+                        skipped = true;
+                    }
                 }
             }
         }
@@ -409,9 +433,17 @@ impl Journal {
         let Some(l) = self.lanes.get_mut(&key) else {
             return Ok(());
         };
+        // Looked for from where the last one was found: a batch finishes messages that
+        // are next to each other, in order.
+        let mut at = 0;
         for seq in seqs {
-            if let Some(h) = l.handed.iter_mut().find(|h| h.0 == *seq) {
-                h.2 = true;
+            let n = l.handed.len();
+            if let Some(i) = (0..n)
+                .map(|k| (at + k) % n)
+                .find(|&i| l.handed[i].0 == *seq)
+            {
+                l.handed[i].2 = true;
+                at = i + 1;
             }
         }
         self.settle(&key)

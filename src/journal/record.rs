@@ -75,9 +75,7 @@ pub enum Record {
 
 /// Appends the encoded record to `out`.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER]);
-    match record {
+    framed(out, |out| match record {
         Record::Checkpoint { next_seq } => {
             out.push(1);
             out.extend_from_slice(&next_seq.to_le_bytes());
@@ -109,10 +107,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             lane,
             envelope,
         } => {
-            out.push(7);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(&(lane.len() as u16).to_le_bytes());
-            out.extend_from_slice(lane.as_bytes());
+            accepted_head(*seq, lane, out);
             out.extend_from_slice(envelope);
         }
         Record::DoneThrough { seq, lane } => {
@@ -120,7 +115,35 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(lane.as_bytes());
         }
-    }
+    });
+}
+
+/// Appends a [`Record::Accepted`] whose envelope `write_envelope` writes in place: the
+/// journal's hot path, with no copy of the envelope on the way.
+pub fn encode_accepted(
+    seq: u64,
+    lane: &str,
+    out: &mut Vec<u8>,
+    write_envelope: impl FnOnce(&mut Vec<u8>),
+) {
+    framed(out, |out| {
+        accepted_head(seq, lane, out);
+        write_envelope(out);
+    });
+}
+
+fn accepted_head(seq: u64, lane: &str, out: &mut Vec<u8>) {
+    out.push(7);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(lane.len() as u16).to_le_bytes());
+    out.extend_from_slice(lane.as_bytes());
+}
+
+/// Appends a record whose body `body` writes: the header (its length and CRC) around it.
+fn framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    body(out);
     let body_len = out.len() - start - HEADER;
     let crc = crc32fast::hash(&out[start + HEADER..]);
     out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());

@@ -7,6 +7,7 @@ use super::{
     MAX_TO_NODES,
 };
 use crate::subject::{validate_name, NameError};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt;
@@ -55,12 +56,18 @@ impl Message {
         if !obj.contains_key("toNode") && !obj.contains_key("toNodes") {
             return Err(InputError::MissingKey("toNode"));
         }
-        let mut value = value.clone();
-        if let Some(o) = value.as_object_mut() {
-            // `toNodes` alone: the first one stands in for `toNode` while it is read.
-            o.entry("toNode").or_insert_with(|| "".into());
-        }
-        let message: Message = serde_json::from_value(value).map_err(|e| {
+        // Read from the value in place; `toNodes` alone: an empty `toNode` stands in while
+        // it is read (a copy, as the value is the operator's, kept for a rejection).
+        let read = if obj.contains_key("toNode") {
+            Message::deserialize(value)
+        } else {
+            let mut value = value.clone();
+            if let Some(o) = value.as_object_mut() {
+                o.insert("toNode".into(), "".into());
+            }
+            Message::deserialize(value)
+        };
+        let message: Message = read.map_err(|e| {
             if e.to_string().contains("unknown variant") {
                 InputError::Kind(e)
             } else {

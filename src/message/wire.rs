@@ -36,7 +36,15 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an Envelope always serializes: plain strings and numbers")
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the wire form to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self)
+            .expect("an Envelope always serializes: plain strings and numbers");
     }
 
     /// Decodes a message from the wire (or the journal) and checks everything a receiver

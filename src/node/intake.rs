@@ -102,17 +102,24 @@ impl Node {
             self.metrics.journal(&mut journal);
         }
         let entries = written.entries;
-        for e in &entries {
-            let method = e.envelope.message.method.as_str();
-            self.metrics.accepted.with_label_values(&[method]).inc();
-        }
+        // Counted and woken once per run of messages alike (a batch is mostly one lane).
         let mut lanes: Vec<Subject> = Vec::new();
         let mut seen = HashSet::new();
-        for e in &entries {
-            let lane = e.envelope.message.subject();
+        let mut rest = &entries[..];
+        while let Some(first) = rest.first() {
+            let lane = first.envelope.message.subject();
+            let run = rest
+                .iter()
+                .take_while(|e| lane.is_of(&e.envelope.message))
+                .count();
+            self.metrics
+                .accepted
+                .with_label_values(&[lane.method.as_str()])
+                .inc_by(run as u64);
             if seen.insert(lane.clone()) {
                 lanes.push(lane);
             }
+            rest = &rest[run..];
         }
         self.wake(lanes);
         Ok((
@@ -123,11 +130,22 @@ impl Node {
 
     /// Tells whoever watches message `id` how it is going; the last word ends the watch.
     pub fn progress(&self, id: &str, progress: Progress) {
+        self.progress_all([(id, progress)]);
+    }
+
+    /// [`Node::progress`] for many messages, under one lock; when nobody watches any
+    /// message (the usual case), `updates` is not even made.
+    pub fn progress_all<'i>(&self, updates: impl IntoIterator<Item = (&'i str, Progress)>) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        let last = matches!(progress, Progress::Finished { .. });
-        if let Some(tx) = watchers.get(id) {
-            if tx.send(progress).is_err() || last {
-                watchers.remove(id);
+        if watchers.is_empty() {
+            return;
+        }
+        for (id, progress) in updates {
+            let last = matches!(progress, Progress::Finished { .. });
+            if let Some(tx) = watchers.get(id) {
+                if tx.send(progress).is_err() || last {
+                    watchers.remove(id);
+                }
             }
         }
     }

@@ -118,11 +118,15 @@ impl Publisher {
             batch.len()
         );
         self.state.set(doing.clone());
-        for e in batch {
-            let method = e.envelope.message.method.as_str();
-            node.metrics.sent.with_label_values(&[method]).inc();
-            node.progress(&e.envelope.id, Progress::Attempt(doing.clone()));
-        }
+        node.metrics
+            .sent
+            .with_label_values(&[self.subject.method.as_str()])
+            .inc_by(batch.len() as u64);
+        node.progress_all(
+            batch
+                .iter()
+                .map(|e| (e.envelope.id.as_str(), Progress::Attempt(doing.clone()))),
+        );
         let to = &batch[0].envelope.message.to_node;
         let mut request = self.request(reply_subject, to, payload, timeout);
         let mut sigs = Vec::new();

@@ -31,16 +31,14 @@ impl Publisher {
         }
         let seqs: Vec<u64> = ends.iter().map(|end| end.entry.seq).collect();
         node.finish(&self.subject, &seqs);
-        for end in ends {
-            node.progress(
-                &end.entry.envelope.id,
-                Progress::Finished {
-                    outcome: end.outcome.to_string(),
-                    reply: end.reply,
-                    why: end.why,
-                },
-            );
-        }
+        node.progress_all(ends.into_iter().map(|end| {
+            let finished = Progress::Finished {
+                outcome: end.outcome.to_string(),
+                reply: end.reply,
+                why: end.why,
+            };
+            (end.entry.envelope.id.as_str(), finished)
+        }));
         Ok(())
     }
 
@@ -55,7 +53,8 @@ impl Publisher {
             written.extend(slot.replies_written.iter().cloned());
             slot.failed_written.clone()
         };
-        let mut reply_files: BTreeMap<PathBuf, (String, Vec<String>)> = BTreeMap::new();
+        // Every message of the lane goes to one node and method: one replies file.
+        let (mut records, mut ids) = (String::new(), Vec::new());
         let (mut failed, mut failed_ids) = (String::new(), Vec::new());
         let mut ends = Vec::with_capacity(done.len());
         for (entry, delivery) in done {
@@ -63,9 +62,7 @@ impl Publisher {
             let (message, id) = (&entry.envelope.message, &entry.envelope.id);
             if let Some(reply) = &end.reply {
                 if !written.contains(id) {
-                    let path = node.data.replies(&message.to_node, &message.method);
-                    let (records, ids) = reply_files.entry(path).or_default();
-                    records.push_str(&reply_record(&now, &entry.envelope, reply));
+                    reply_record(&mut records, &now, &entry.envelope, reply);
                     ids.push(id.clone());
                 }
             }
@@ -75,14 +72,11 @@ impl Publisher {
             }
             ends.push(end);
         }
-        for (path, (records, ids)) in &reply_files {
-            crate::files::append_record(path, records.as_bytes()).map_err(|source| {
-                Error::StoreReplies {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            self.slot().replies_written.extend(ids.iter().cloned());
+        if !records.is_empty() {
+            let path = self.replies_file();
+            crate::files::append_record(&path, records.as_bytes())
+                .map_err(|source| Error::StoreReplies { path, source })?;
+            self.slot().replies_written.extend(ids);
         }
         if !failed.is_empty() {
             let path = node.data.failed();
@@ -101,11 +95,18 @@ impl Publisher {
         // The messages finish together: one time for all of them.
         let finished = crate::files::unix_millis();
         let finished_at = crate::files::rfc3339(finished);
+        // Every message of the lane has its method and kind: each metric looked up once.
+        let (method, kind) = (self.subject.method.as_str(), self.subject.kind.as_str());
+        let metrics = &node.metrics;
+        let latency = metrics.delivery_latency.with_label_values(&[method]);
+        let mut outcomes: Vec<(&str, u64)> = Vec::new();
         for end in ends {
             let envelope = &end.entry.envelope;
-            let method = envelope.message.method.as_str();
+            match outcomes.iter_mut().find(|(o, _)| *o == end.outcome) {
+                Some((_, n)) => *n += 1,
+                None => outcomes.push((end.outcome, 1)),
+            }
             if let Some(reply) = &end.reply {
-                node.metrics.acked.with_label_values(&[method]).inc();
                 log::info!(
                     "{}: {} {:?}{}: {}",
                     self.subject,
@@ -119,7 +120,6 @@ impl Publisher {
                 );
             }
             if let Some(why) = &end.why {
-                node.metrics.failed.with_label_values(&[method]).inc();
                 log::warn!("{why}; kept in {}", node.data.failed().display());
                 if end.outcome == "failed" && method != "ErrorLog" {
                     // Never report a failed error report: that would loop.
@@ -133,19 +133,40 @@ impl Publisher {
                 finished,
                 &finished_at,
             );
-            node.metrics
-                .finished
-                .with_label_values(&[method, envelope.message.kind.as_str(), end.outcome])
-                .inc();
             if end.outcome == "acked" {
                 let ms = finished.saturating_sub(envelope.accepted);
-                node.metrics
-                    .delivery_latency
-                    .with_label_values(&[method])
-                    .observe(ms as f64 / 1000.0);
+                latency.observe(ms as f64 / 1000.0);
             }
         }
+        let count = |n: usize| n as u64;
+        let acked = ends.iter().filter(|end| end.reply.is_some()).count();
+        let failed = ends.iter().filter(|end| end.why.is_some()).count();
+        if acked > 0 {
+            metrics
+                .acked
+                .with_label_values(&[method])
+                .inc_by(count(acked));
+        }
+        if failed > 0 {
+            metrics
+                .failed
+                .with_label_values(&[method])
+                .inc_by(count(failed));
+        }
+        for (outcome, n) in outcomes {
+            metrics
+                .finished
+                .with_label_values(&[method, kind, outcome])
+                .inc_by(n);
+        }
         log_lines
+    }
+
+    /// Where the lane's replies are stored: its node's and method's file.
+    fn replies_file(&self) -> PathBuf {
+        self.node
+            .data
+            .replies(&self.subject.node, &self.subject.method)
     }
 
     /// Of the acked messages in `done` that an earlier run accepted, those whose reply it
@@ -156,16 +177,13 @@ impl Publisher {
             .filter(|(e, d)| matches!(d, Delivery::Acked(_)) && self.node.resumed.is_resumed(e))
             .map(|(e, _)| *e)
             .collect();
-        let Some(first) = resumed.first() else {
+        if resumed.is_empty() {
             return HashSet::new();
-        };
-        let message = &first.envelope.message;
+        }
         let ids: Vec<&str> = resumed.iter().map(|e| e.envelope.id.as_str()).collect();
-        self.node.resumed.stored_replies(
-            &self.subject,
-            &self.node.data.replies(&message.to_node, &message.method),
-            &ids,
-        )
+        self.node
+            .resumed
+            .stored_replies(&self.subject, &self.replies_file(), &ids)
     }
 }
 
@@ -228,8 +246,10 @@ fn log_line(
 }
 
 /// A reply as replies/<node>.<method>.log keeps it, stored at `now`.
-fn reply_record(now: &str, envelope: &crate::message::Envelope, reply: &Reply) -> String {
-    format!(
+fn reply_record(out: &mut String, now: &str, envelope: &crate::message::Envelope, reply: &Reply) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
         "=== {} id={} from={} status={:?}{}\n{}{}",
         now,
         envelope.id,
@@ -245,7 +265,7 @@ fn reply_record(now: &str, envelope: &crate::message::Envelope, reply: &Reply) -
         } else {
             "\n"
         }
-    )
+    );
 }
 
 /// A message that was not delivered, in inmsg.txt form for failed-messages.txt.

@@ -45,7 +45,7 @@ use crate::node::{Node, Progress};
 use crate::retry::{self, Next, Rules};
 use crate::subject::Subject;
 use crossbeam_channel::{select, Receiver};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
