@@ -227,6 +227,52 @@ fn an_unreadable_message_is_reported_and_passed_over() {
 }
 
 #[test]
+fn records_written_together_are_taken_in_any_counts_in_order_and_a_bad_one_among_them_alone_is_passed_over(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    // One write: five records side by side, the third unreadable.
+    let mut buf = Vec::new();
+    for seq in 1..=5u64 {
+        let envelope = if seq == 3 {
+            b"{not json".to_vec()
+        } else {
+            let mut j = Journal::open(tempfile::tempdir().unwrap().path())
+                .unwrap()
+                .0;
+            let mut e = j
+                .write("central", vec![msg(seq as usize)], None)
+                .unwrap()
+                .entries;
+            e.remove(0).envelope.encode()
+        };
+        encode(
+            &Record::Accepted {
+                seq,
+                lane: "ship1.EventACK.TextLogging".into(),
+                envelope,
+            },
+            &mut buf,
+        );
+    }
+    encode(&Record::Checkpoint { next_seq: 6 }, &mut buf);
+    j.file.append(&buf).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.pending, 5);
+    let lane = lane("ship1");
+    let first = j.take(&lane, 2).unwrap();
+    assert_eq!(seqs(&first), [1, 2]);
+    let rest = j.take(&lane, 10).unwrap();
+    assert_eq!(seqs(&rest), [4, 5], "the third passed over");
+    assert_eq!(data(&rest), ["message 4", "message 5"]);
+    assert!(j.take(&lane, 10).unwrap().is_empty());
+    let unreadable = j.take_unreadable();
+    assert_eq!(unreadable.len(), 1);
+    assert!(unreadable[0].contains("record 3"), "{unreadable:?}");
+}
+
+#[test]
 fn reserved_space_is_the_end_not_damage() {
     let dir = tempfile::tempdir().unwrap();
     let path = Journal::path(dir.path());
