@@ -238,9 +238,9 @@ mod tests {
     use crate::message::{Envelope, Kind, Message};
 
     fn entry(seq: u64, id: &str) -> Entry {
-        Entry {
+        Entry::new(
             seq,
-            envelope: Envelope {
+            Envelope {
                 id: id.into(),
                 from_node: "central".into(),
                 accepted: 1,
@@ -248,7 +248,7 @@ mod tests {
                 grant: None,
                 message: Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["x".into()]),
             },
-        }
+        )
     }
 
     fn line(id: &str, finished: u64) -> String {

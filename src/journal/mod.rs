@@ -86,6 +86,20 @@ const COMPACT_RETRY: Duration = Duration::from_secs(60);
 pub struct Entry {
     pub seq: u64,
     pub envelope: Envelope,
+    /// The envelope as the journal holds it, its wire form ([`Envelope::encode`]): sent
+    /// and logged as it is, not encoded again for every use.
+    pub encoded: Arc<[u8]>,
+}
+
+impl Entry {
+    pub fn new(seq: u64, envelope: Envelope) -> Entry {
+        let encoded = envelope.encode().into();
+        Entry {
+            seq,
+            envelope,
+            encoded,
+        }
+    }
 }
 
 /// A batch written by [`Journal::write`], waiting for an fsync to cover it.
@@ -263,10 +277,15 @@ impl Journal {
                 message,
             };
             let offset = start + buf.len() as u64;
-            encode_accepted(seq, &lane, &mut buf, |out| envelope.encode_into(out));
+            let at = encode_accepted(seq, &lane, &mut buf, |out| envelope.encode_into(out));
+            let encoded = buf[at].into();
             let len = (start + buf.len() as u64 - offset) as u32;
             placed.push((lane.clone(), seq, Span { offset, len }));
-            entries.push(Entry { seq, envelope });
+            entries.push(Entry {
+                seq,
+                envelope,
+                encoded,
+            });
         }
         // The commit record: a batch counts only once this is on disk after it.
         match inbox {
@@ -392,11 +411,19 @@ impl Journal {
                 l.handed_through = seq;
                 let at = (span.offset - first.offset) as usize;
                 let read = match decode_one(&bytes[at..at + span.len as usize]) {
-                    Step::Record(_, Record::Accepted { envelope, .. }) => {
-                        Envelope::decode(&envelope)
-                            .map(|envelope| Entry { seq, envelope })
-                            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&envelope)))
-                    }
+                    Step::Record(
+                        _,
+                        Record::Accepted {
+                            envelope: bytes, ..
+                        },
+                    ) => match Envelope::decode(&bytes) {
+                        Ok(envelope) => Ok(Entry {
+                            seq,
+                            envelope,
+                            encoded: bytes.into(),
+                        }),
+                        Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&bytes))),
+                    },
                     _ => Err("not the record it should be".to_string()),
                 };
                 match read {

@@ -118,18 +118,23 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     });
 }
 
-/// Appends a [`Record::Accepted`] whose envelope `write_envelope` writes in place: the
-/// journal's hot path, with no copy of the envelope on the way.
+/// Appends a [`Record::Accepted`] whose envelope `write_envelope` writes in place (the
+/// journal's hot path, with no copy of the envelope on the way); where in `out` the
+/// envelope is.
 pub fn encode_accepted(
     seq: u64,
     lane: &str,
     out: &mut Vec<u8>,
     write_envelope: impl FnOnce(&mut Vec<u8>),
-) {
+) -> std::ops::Range<usize> {
+    let mut at = 0..0;
     framed(out, |out| {
         accepted_head(seq, lane, out);
+        at.start = out.len();
         write_envelope(out);
+        at.end = out.len();
     });
+    at
 }
 
 fn accepted_head(seq: u64, lane: &str, out: &mut Vec<u8>) {

@@ -8,6 +8,7 @@ use crate::grant::CopyGrant;
 use crate::keys::Identity;
 use crate::message::Envelope;
 use crate::reply::ResultRoute;
+use std::borrow::Cow;
 
 /// The first pause before a message answered with "no responders" is sent again within
 /// its attempt; each one after is three times the last, and there are at most
@@ -47,7 +48,7 @@ pub(super) fn batch_of(
     let mut payload = vec![b'['];
     let mut count = 0;
     for entry in slot {
-        let encoded = wire_form(identity, &entry.envelope);
+        let encoded = wire_form(identity, entry);
         if count > 0 && payload.len() + encoded.len() + 2 > limit {
             break;
         }
@@ -64,19 +65,23 @@ pub(super) fn batch_of(
 /// A message as it leaves: with its sender's ticket for the result it asks for, if it asks
 /// for one (see [`crate::reply`]), and its grant for the copy it asks for, if it asks for
 /// one (see [`crate::grant`]). The same bytes at every attempt (the signature is
-/// deterministic), so the journal need not keep them.
-pub(super) fn wire_form(identity: &Identity, envelope: &Envelope) -> Vec<u8> {
+/// deterministic), so the journal need not keep them. Any other message leaves as the
+/// journal holds it.
+pub(super) fn wire_form<'e>(identity: &Identity, entry: &'e Entry) -> Cow<'e, [u8]> {
+    let envelope = &entry.envelope;
     let ticket = ResultRoute::of_request(envelope).map(|route| identity.vouch(&route.bytes()));
     let grant = CopyGrant::of_request(envelope).map(|grant| identity.vouch(&grant.bytes()));
     if ticket.is_none() && grant.is_none() {
-        return envelope.encode();
+        return Cow::Borrowed(&entry.encoded);
     }
-    Envelope {
-        reply_ticket: ticket.or_else(|| envelope.reply_ticket.clone()),
-        grant: grant.or_else(|| envelope.grant.clone()),
-        ..envelope.clone()
-    }
-    .encode()
+    Cow::Owned(
+        Envelope {
+            reply_ticket: ticket.or_else(|| envelope.reply_ticket.clone()),
+            grant: grant.or_else(|| envelope.grant.clone()),
+            ..envelope.clone()
+        }
+        .encode(),
+    )
 }
 
 /// How long one attempt waits for the ACK: `timeout`; without it, a method allowed to run
@@ -166,7 +171,7 @@ impl Publisher {
         let timeout = ack_wait(message, node.config.default_timeout);
         let made = self.slot().attempts_made;
         let mut rules = self.rules_for(entry).resumed(made);
-        let payload = wire_form(&node.identity, &entry.envelope);
+        let payload = wire_form(&node.identity, entry);
         let subject = self.subject.to_string();
         let mut sigs = Vec::new();
         loop {
@@ -471,7 +476,7 @@ impl Publisher {
 
     pub(super) fn publish_once(&self, entry: &Entry, stop: &Receiver<()>) -> Delivery {
         let subject = self.subject.to_string();
-        let payload = wire_form(&self.node.identity, &entry.envelope);
+        let payload = wire_form(&self.node.identity, entry);
         let mut attempt = 0;
         loop {
             match self.node.broker.publish(

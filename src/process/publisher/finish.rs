@@ -128,7 +128,7 @@ impl Publisher {
             }
             log_line(
                 &mut log_lines,
-                envelope,
+                end.entry,
                 end.outcome,
                 finished,
                 &finished_at,
@@ -226,17 +226,12 @@ impl<'e> End<'e> {
 
 /// Appends a message's message-log.txt line to `out`: its envelope's JSON object, with how
 /// and when it ended as its last fields (`outcome`, `finished`, `finishedUnixMs`).
-fn log_line(
-    out: &mut Vec<u8>,
-    envelope: &crate::message::Envelope,
-    outcome: &str,
-    finished: u64,
-    finished_at: &str,
-) {
-    serde_json::to_writer(&mut *out, envelope).expect("an Envelope serializes");
-    // An Envelope is a JSON object: its closing brace, taken off for the fields after.
-    debug_assert_eq!(out.last(), Some(&b'}'));
-    out.pop();
+fn log_line(out: &mut Vec<u8>, entry: &Entry, outcome: &str, finished: u64, finished_at: &str) {
+    // The envelope as journaled, a JSON object: its closing brace, taken off for the
+    // fields after.
+    let object = entry.encoded.trim_ascii_end();
+    debug_assert_eq!(object.last(), Some(&b'}'));
+    out.extend_from_slice(&object[..object.len().saturating_sub(1)]);
     out.extend_from_slice(
         format!(
             ",\"outcome\":\"{outcome}\",\"finished\":\"{finished_at}\",\"finishedUnixMs\":{finished}}}\n"
@@ -293,15 +288,16 @@ mod tests {
             grant: None,
             message,
         };
+        let entry = Entry::new(1, envelope.clone());
         let mut out = Vec::new();
         log_line(
             &mut out,
-            &envelope,
+            &entry,
             "acked",
             1_795_000_000_123,
             "2026-11-18T08:26:40.123Z",
         );
-        log_line(&mut out, &envelope, "failed", 7, "1970-01-01T00:00:00.007Z");
+        log_line(&mut out, &entry, "failed", 7, "1970-01-01T00:00:00.007Z");
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);

@@ -452,9 +452,9 @@ mod tests {
     use crate::message::{decode_batch, encode_batch, Envelope, Kind, Message};
 
     fn entry(seq: u64, text: &str) -> Entry {
-        Entry {
+        Entry::new(
             seq,
-            envelope: Envelope {
+            Envelope {
                 id: format!("central-1-{seq}"),
                 from_node: "central".into(),
                 accepted: 1,
@@ -462,7 +462,7 @@ mod tests {
                 grant: None,
                 message: Message::new("ship1", Kind::EventAck, "TextLogging", vec![text.into()]),
             },
-        }
+        )
     }
 
     #[test]
