@@ -376,6 +376,9 @@ impl Journal {
         let mut entries = Vec::new();
         let mut skipped = false;
         let mut bytes = Vec::new();
+        // After a read error, one record at a time: those before the one that cannot be
+        // read are still handed out.
+        let mut one_by_one = false;
         while entries.len() < max {
             // The records next to each other in the file (as a batch writes them) are read
             // at once, up to a chunk.
@@ -383,12 +386,17 @@ impl Journal {
                 break;
             };
             let mut end = first.offset + u64::from(first.len);
+            let more = if one_by_one {
+                0
+            } else {
+                max - entries.len() - 1
+            };
             let run = 1 + l
                 .waiting
                 .window
                 .iter()
                 .skip(1)
-                .take(max - entries.len() - 1)
+                .take(more)
                 .take_while(|(_, span)| {
                     let next = span.offset == end
                         && end + u64::from(span.len) - first.offset <= CHUNK as u64;
@@ -400,6 +408,10 @@ impl Journal {
                 .count();
             bytes.resize((end - first.offset) as usize, 0);
             if let Err(e) = self.file.handle().read_exact_at(&mut bytes, first.offset) {
+                if run > 1 {
+                    one_by_one = true;
+                    continue;
+                }
                 // What was taken already is handed out: return it, and the error with the
                 // next take (the message stays first in the window).
                 if entries.is_empty() {

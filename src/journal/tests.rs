@@ -489,3 +489,93 @@ fn inbox_offsets_survive_restart_and_compaction() {
     let (_, r) = Journal::open(dir.path()).unwrap();
     assert!(r.inbox_offsets.is_empty());
 }
+
+/// The real disk, but a read that covers `bad` fails (a bad sector), while it is set.
+struct BadSector {
+    bad: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+struct BadSectorFile {
+    file: crate::storage::Handle,
+    bad: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl Storage for BadSector {
+    fn open(&self, path: &Path) -> io::Result<crate::storage::Handle> {
+        let file = Disk.open(path)?;
+        Ok(Arc::new(BadSectorFile {
+            file,
+            bad: self.bad.clone(),
+        }))
+    }
+    fn create(&self, path: &Path) -> io::Result<crate::storage::Handle> {
+        let file = Disk.create(path)?;
+        Ok(Arc::new(BadSectorFile {
+            file,
+            bad: self.bad.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        Disk.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        Disk.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        Disk.sync_dir(dir)
+    }
+}
+
+impl StoredFile for BadSectorFile {
+    fn size(&self) -> io::Result<u64> {
+        self.file.size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        match *self.bad.lock().unwrap() {
+            Some(bad) if (at..at + buf.len() as u64).contains(&bad) => {
+                Err(io::Error::other("bad sector"))
+            }
+            _ => self.file.read_exact_at(buf, at),
+        }
+    }
+    fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, at)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn allocate(&self, from: u64, to: u64) -> bool {
+        self.file.allocate(from, to)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn drop_cache(&self) {
+        self.file.drop_cache()
+    }
+}
+
+#[test]
+fn a_record_that_cannot_be_read_holds_back_only_itself_and_those_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = Arc::new(std::sync::Mutex::new(None));
+    let storage = Arc::new(BadSector { bad: bad.clone() });
+    let (mut j, _) = Journal::open_on(storage, dir.path()).unwrap();
+    // Written together: five records side by side, read at once when all is well.
+    j.append("central", (1..=5).map(msg).collect(), None)
+        .unwrap();
+    let lane = lane("ship1");
+    let third = j.lanes[&lane.to_string()].waiting.window[2].1;
+    *bad.lock().unwrap() = Some(third.offset + 20);
+    let before = j.take(&lane, 10).unwrap();
+    assert_eq!(
+        data(&before),
+        ["message 1", "message 2"],
+        "those before it still go"
+    );
+    let err = j.take(&lane, 10).unwrap_err();
+    assert!(err.to_string().contains("bad sector"), "{err}");
+    *bad.lock().unwrap() = None;
+    let after = j.take(&lane, 10).unwrap();
+    assert_eq!(data(&after), ["message 3", "message 4", "message 5"]);
+}

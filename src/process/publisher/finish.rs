@@ -98,7 +98,8 @@ impl Publisher {
         // Every message of the lane has its method and kind: each metric looked up once.
         let (method, kind) = (self.subject.method.as_str(), self.subject.kind.as_str());
         let metrics = &node.metrics;
-        let latency = metrics.delivery_latency.with_label_values(&[method]);
+        // Made at the first acked message (a series exists once a message was acked).
+        let mut latency = None;
         let mut outcomes: Vec<(&str, u64)> = Vec::new();
         for end in ends {
             let envelope = &end.entry.envelope;
@@ -135,7 +136,9 @@ impl Publisher {
             );
             if end.outcome == "acked" {
                 let ms = finished.saturating_sub(envelope.accepted);
-                latency.observe(ms as f64 / 1000.0);
+                latency
+                    .get_or_insert_with(|| metrics.delivery_latency.with_label_values(&[method]))
+                    .observe(ms as f64 / 1000.0);
             }
         }
         let count = |n: usize| n as u64;
