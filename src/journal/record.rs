@@ -630,6 +630,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_envelope_written_in_place_makes_the_same_record_and_says_where_it_is() {
+        let envelope = br#"{"id":"central-1-1-ab","toNode":"ship1"}"#;
+        let mut whole = b"before".to_vec();
+        encode(
+            &Record::Accepted {
+                seq: 9,
+                lane: "ship1.EventACK.TextLogging".into(),
+                envelope: envelope.to_vec(),
+            },
+            &mut whole,
+        );
+        let mut in_place = b"before".to_vec();
+        let at = encode_accepted(9, "ship1.EventACK.TextLogging", &mut in_place, |out| {
+            out.extend_from_slice(envelope)
+        });
+        assert_eq!(in_place, whole);
+        assert_eq!(&in_place[at], envelope);
+    }
+
+    #[test]
     fn records_round_trip() {
         let records = vec![
             Record::Checkpoint { next_seq: 7 },
