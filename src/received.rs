@@ -30,7 +30,7 @@
 //! checked; with the clock checked, the replay window refuses it (README: not covered).
 
 use crate::files::unix_millis;
-use crate::journal::record::{decode, encode, open_records, Record, RecordFile};
+use crate::journal::record::{decode, encode, encode_finished, open_records, Record, RecordFile};
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
 use std::collections::{HashMap, VecDeque};
@@ -213,7 +213,7 @@ impl Received {
     /// makes them durable, after they are sent. A reply is never sent before its record
     /// is written, so a crash of this process cannot lose it; a power cut in the fsync's
     /// window can, and then a retry is answered "interrupted" (never run twice).
-    pub fn record(&self, replies: &[Reply]) -> io::Result<()> {
+    pub fn record(&self, replies: &[&Reply]) -> io::Result<()> {
         if replies.is_empty() {
             return Ok(());
         }
@@ -222,12 +222,7 @@ impl Received {
         let mut spans = Vec::with_capacity(replies.len());
         for reply in replies {
             let start = buf.len();
-            encode(
-                &Record::Finished {
-                    reply: reply.encode(),
-                },
-                &mut buf,
-            );
+            encode_finished(&mut buf, |out| reply.encode_into(out));
             spans.push((start as u64, (buf.len() - start) as u32));
         }
         let base = inner.file.append(&buf)?;
@@ -434,7 +429,7 @@ mod tests {
 
     /// Records a reply durably, as a handler does around sending it.
     fn finish(r: &Received, reply: &Reply) {
-        r.record(std::slice::from_ref(reply)).unwrap();
+        r.record(&[reply]).unwrap();
         r.sync().unwrap();
     }
 

@@ -137,6 +137,15 @@ pub fn encode_accepted(
     at
 }
 
+/// Appends a [`Record::Finished`] whose reply `write_reply` writes in place (as
+/// [`encode_accepted`] does an envelope).
+pub fn encode_finished(out: &mut Vec<u8>, write_reply: impl FnOnce(&mut Vec<u8>)) {
+    framed(out, |out| {
+        out.push(6);
+        write_reply(out);
+    });
+}
+
 fn accepted_head(seq: u64, lane: &str, out: &mut Vec<u8>) {
     out.push(7);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -630,7 +639,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_envelope_written_in_place_makes_the_same_record_and_says_where_it_is() {
+    fn an_envelope_or_reply_written_in_place_makes_the_same_record() {
         let envelope = br#"{"id":"central-1-1-ab","toNode":"ship1"}"#;
         let mut whole = b"before".to_vec();
         encode(
@@ -647,6 +656,16 @@ mod tests {
         });
         assert_eq!(in_place, whole);
         assert_eq!(&in_place[at], envelope);
+        let reply = br#"{"id":"central-1-1-ab","status":"ok"}"#;
+        let (mut whole, mut in_place) = (Vec::new(), Vec::new());
+        encode(
+            &Record::Finished {
+                reply: reply.to_vec(),
+            },
+            &mut whole,
+        );
+        encode_finished(&mut in_place, |out| out.extend_from_slice(reply));
+        assert_eq!(in_place, whole);
     }
 
     #[test]

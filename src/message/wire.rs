@@ -258,7 +258,15 @@ pub struct Reply {
 
 impl Reply {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a Reply always serializes: plain strings and numbers")
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the wire form to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self)
+            .expect("a Reply always serializes: plain strings and numbers");
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {

@@ -8,7 +8,6 @@
 use super::Context;
 use super::{Method, Outcome};
 use crate::message::Envelope;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub struct TextLogging;
@@ -36,14 +35,23 @@ impl Method for TextLogging {
 
     /// A batch's lines go to each sender's log with one write and one fsync.
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
-        let lines: Vec<(PathBuf, String)> = envelopes
+        // Each sender's log file, named once (a batch comes from one sender).
+        let mut files: Vec<(&str, PathBuf)> = Vec::new();
+        let lines: Vec<(usize, String)> = envelopes
             .iter()
             .map(|e| {
                 let mut text = crate::files::escape_controls(&e.message.data.concat()).into_owned();
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
-                (ctx.data.text_log(&e.from_node), text)
+                let file = match files.iter().position(|(from, _)| *from == e.from_node) {
+                    Some(i) => i,
+                    None => {
+                        files.push((&e.from_node, ctx.data.text_log(&e.from_node)));
+                        files.len() - 1
+                    }
+                };
+                (file, text)
             })
             .collect();
         let sizes: Vec<(&str, usize)> = envelopes
@@ -52,16 +60,20 @@ impl Method for TextLogging {
             .map(|(e, (_, text))| (e.from_node.as_str(), text.len()))
             .collect();
         let refused = crate::log_budget::admit(ctx, self.name(), &sizes);
-        let mut by_file: BTreeMap<&PathBuf, String> = BTreeMap::new();
-        for ((path, text), refused) in lines.iter().zip(&refused) {
+        let mut by_file = vec![String::new(); files.len()];
+        for ((file, text), refused) in lines.iter().zip(&refused) {
             if refused.is_none() {
-                by_file.entry(path).or_default().push_str(text);
+                by_file[*file].push_str(text);
             }
         }
         let limits = &ctx.log_budget.limits;
-        let failed: BTreeMap<&PathBuf, String> = by_file
-            .into_iter()
-            .filter_map(|(path, text)| {
+        let failed: Vec<Option<String>> = files
+            .iter()
+            .zip(&by_file)
+            .map(|((_, path), text)| {
+                if text.is_empty() {
+                    return None;
+                }
                 crate::files::append_rotating(
                     path,
                     text.as_bytes(),
@@ -70,19 +82,17 @@ impl Method for TextLogging {
                     limits.keep,
                 )
                 .err()
-                .map(|e| (path, format!("cannot append to {}: {e}", path.display())))
+                .map(|e| format!("cannot append to {}: {e}", path.display()))
             })
             .collect();
         lines
             .iter()
             .zip(refused)
-            .map(
-                |((path, text), refused)| match (refused, failed.get(path)) {
-                    (Some(refusal), _) => refusal,
-                    (None, Some(why)) => Outcome::error(why.clone()),
-                    (None, None) => Outcome::ok(format!("logged {} bytes", text.len())),
-                },
-            )
+            .map(|((file, text), refused)| match (refused, &failed[*file]) {
+                (Some(refusal), _) => refusal,
+                (None, Some(why)) => Outcome::error(why.clone()),
+                (None, None) => Outcome::ok(format!("logged {} bytes", text.len())),
+            })
             .collect()
     }
 }

@@ -414,7 +414,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
         answer(node, conn, &a, &replies);
         return;
     }
-    let to_record: Vec<Reply> = new_at.iter().map(|&i| replies[i].clone()).collect();
+    let to_record: Vec<&Reply> = new_at.iter().map(|&i| &replies[i]).collect();
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
     if let Err(e) = node.received.record(&to_record) {
         node.stop_if_received_unusable();

@@ -662,7 +662,7 @@ impl ReceivedRun {
             .collect();
         done.sort();
         let replies: Vec<Reply> = done.iter().map(|id| reply(id)).collect();
-        match received.record(&replies) {
+        match received.record(&replies.iter().collect::<Vec<_>>()) {
             Ok(()) => {
                 for r in replies {
                     h.running.remove(&r.id);
