@@ -27,7 +27,7 @@
 //! still wait for the client's lock while another thread's write is slow.)
 
 use crate::config::{Auth, BrokerSecurity};
-use crate::keys::{Identity, Scope};
+use crate::keys::{Identity, Scope, Sealed};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -241,6 +241,30 @@ impl Broker {
         payload: &[u8],
         confirm: Confirm,
     ) -> io::Result<String> {
+        let scope = Scope {
+            subject,
+            reply,
+            answers,
+        };
+        self.publish_sealed(
+            subject,
+            reply,
+            identity.seal(scope, payload),
+            payload,
+            confirm,
+        )
+    }
+
+    /// [`Broker::publish`] with its seal made ahead ([`crate::keys::Identity::seal`], in the
+    /// same scope, over the same payload).
+    pub fn publish_sealed(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        sealed: Sealed,
+        payload: &[u8],
+        confirm: Confirm,
+    ) -> io::Result<String> {
         let conn = match self.conn.get() {
             Some(conn) if self.is_up() => conn,
             _ => {
@@ -250,12 +274,6 @@ impl Broker {
                 ))
             }
         };
-        let scope = Scope {
-            subject,
-            reply,
-            answers,
-        };
-        let sealed = identity.seal(scope, payload);
         conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
         match confirm {
             Confirm::ByAnswer => conn.flush_written(FLUSH_TIMEOUT)?,

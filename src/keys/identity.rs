@@ -6,7 +6,14 @@ use super::*;
 pub struct Sealed {
     pub headers: nats::HeaderMap,
     pub sig: String,
+    /// Its signing counter and sending time.
+    seq: u64,
+    sent: u64,
 }
+
+/// How long a message sealed ahead of its sending (the next batch of events, sealed while
+/// the receiver has the last) may wait and still go with that seal.
+pub(super) const SEALED_AHEAD_FOR: u64 = 1_000;
 
 /// This node's key pair, and its counter.
 pub struct Identity {
@@ -210,18 +217,38 @@ impl Identity {
 
     /// As [`Identity::seal`], with the sending time given (tests forge old messages).
     pub fn seal_at(&self, scope: Scope<'_>, payload: &[u8], sent: u64) -> Sealed {
-        let sent = sent.to_string();
-        let seq = self.counter.next().to_string();
+        let seq = self.counter.next();
+        let (sent_text, seq_text) = (sent.to_string(), seq.to_string());
         let sig = self
             .pair
-            .sign(&signed_bytes(&sent, &seq, scope, payload))
+            .sign(&signed_bytes(&sent_text, &seq_text, scope, payload))
             .expect("a key pair made from a seed can always sign");
         let sig = hex(&sig);
         let mut headers = nats::HeaderMap::new();
-        headers.insert(SENT, sent);
-        headers.insert(SEQ, seq);
+        headers.insert(SENT, sent_text);
+        headers.insert(SEQ, seq_text);
         headers.insert(KEY, self.public.clone());
         headers.insert(SIG, sig.clone());
-        Sealed { headers, sig }
+        Sealed {
+            headers,
+            sig,
+            seq,
+            sent,
+        }
+    }
+
+    /// Whether a message sealed ahead may still go with `sealed`: sealed within the last
+    /// [`SEALED_AHEAD_FOR`] ms, and with few enough seals since that a receiver still
+    /// takes its counter (it tracks [`SEQ_WINDOW`] below the highest it saw; a quarter
+    /// of that is left for messages overtaking on the way).
+    pub fn still_fresh(&self, sealed: &Sealed) -> bool {
+        let next = self
+            .counter
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        files::unix_millis().saturating_sub(sealed.sent) < SEALED_AHEAD_FOR
+            && next.saturating_sub(sealed.seq) < SEQ_WINDOW / 4
     }
 }

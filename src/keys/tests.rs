@@ -403,3 +403,27 @@ fn a_batch_s_ids_each_carry_their_own_128_random_bits_in_lower_case_hex() {
         Some(&ids[0])
     );
 }
+
+#[test]
+fn a_seal_made_ahead_goes_only_while_fresh_in_time_and_in_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Identity::generate(dir.path(), false).unwrap();
+    let now = me.seal(scope(), b"batch");
+    assert!(me.still_fresh(&now));
+    let old = me.seal_at(
+        scope(),
+        b"batch",
+        files::unix_millis() - identity::SEALED_AHEAD_FOR - 1,
+    );
+    assert!(!me.still_fresh(&old), "sealed too long ago");
+    let ahead = me.seal(scope(), b"batch");
+    for _ in 0..SEQ_WINDOW / 4 - 2 {
+        me.seal(scope(), b"other");
+    }
+    assert!(me.still_fresh(&ahead), "few enough seals since");
+    me.seal(scope(), b"other");
+    assert!(
+        !me.still_fresh(&ahead),
+        "a receiver could take it as too far below"
+    );
+}

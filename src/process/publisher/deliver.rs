@@ -5,7 +5,7 @@
 use super::*;
 use crate::broker::Confirm;
 use crate::grant::CopyGrant;
-use crate::keys::Identity;
+use crate::keys::{Identity, Sealed};
 use crate::message::Envelope;
 use crate::reply::ResultRoute;
 use std::borrow::Cow;
@@ -22,6 +22,14 @@ const MAX_RESENDS: usize = 6;
 /// checked against each, so this also bounds what a forged one costs.
 const SIGNATURES_KEPT: usize = 8;
 const _: () = assert!(1 + MAX_RESENDS < SIGNATURES_KEPT);
+
+/// A batch as it goes: its own reply subject, its wire form, and its seal if it was made
+/// ahead (while the receiver had the batch before it).
+pub(super) struct BatchWire {
+    pub reply_subject: String,
+    pub payload: Vec<u8>,
+    pub sealed: Option<Sealed>,
+}
 
 /// One attempt's request, as published (and published again after "no responders").
 struct Request<'r> {
@@ -98,16 +106,15 @@ pub(super) fn ack_wait(message: &crate::message::Message, default: Duration) -> 
 }
 
 impl Publisher {
-    /// One attempt at a batch (`payload` is its wire form): its replies, in its order, or
-    /// why not. `meanwhile` runs once the batch is published (or failed to be), while the
-    /// receiver has it (the batch before it is finished then, the next one made ready);
-    /// if it fails, so does this. The batch's timeout counts from when it is done.
+    /// One attempt at a batch (`wire`: how it goes): its replies, in its order, or why
+    /// not. `meanwhile` runs once the batch is published (or failed to be), while the
+    /// receiver has it (the batch before it is finished then, the next one made ready and
+    /// sealed); if it fails, so does this. The batch's timeout counts from when it is done.
     pub(super) fn deliver_batch(
         &self,
         replies: &Receiver<nats::Message>,
-        reply_subject: &str,
         batch: &[Entry],
-        payload: &[u8],
+        wire: BatchWire,
         stop: &Receiver<()>,
         meanwhile: impl FnOnce() -> Result<(), Error>,
     ) -> Result<Attempt<Vec<Reply>>, Error> {
@@ -133,9 +140,9 @@ impl Publisher {
                 .map(|e| (e.envelope.id.as_str(), Progress::Attempt(doing.clone()))),
         );
         let to = &batch[0].envelope.message.to_node;
-        let mut request = self.request(reply_subject, to, payload, timeout);
+        let mut request = self.request(&wire.reply_subject, to, &wire.payload, timeout);
         let mut sigs = Vec::new();
-        let sent = self.publish(&request, &mut sigs);
+        let sent = self.publish(&request, wire.sealed, &mut sigs);
         meanwhile()?;
         request.deadline = Instant::now() + timeout;
         if let Err(e) = sent {
@@ -267,7 +274,7 @@ impl Publisher {
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
         let request = self.request(reply_subject, to, payload, timeout);
-        if let Err(e) = self.publish(&request, sigs) {
+        if let Err(e) = self.publish(&request, None, sigs) {
             return Attempt::Failed(format!("cannot publish: {e}"));
         }
         self.answer(replies, &request, stop, single, sigs, accept)
@@ -290,16 +297,29 @@ impl Publisher {
         }
     }
 
-    /// Publishes `request` (again), its signature kept in `sigs` with the last ones.
-    fn publish(&self, request: &Request, sigs: &mut Vec<String>) -> io::Result<()> {
-        let sig = self.node.broker.publish(
-            &self.node.identity,
-            &request.subject,
-            Some(request.reply_subject),
-            None,
-            request.payload,
-            Confirm::ByAnswer,
-        )?;
+    /// Publishes `request` (again), its signature kept in `sigs` with the last ones; with
+    /// the seal made `ahead` for it if there is one and it is still fresh.
+    fn publish(
+        &self,
+        request: &Request,
+        ahead: Option<Sealed>,
+        sigs: &mut Vec<String>,
+    ) -> io::Result<()> {
+        let (broker, identity) = (&self.node.broker, &self.node.identity);
+        let (subject, reply) = (&request.subject, Some(request.reply_subject));
+        let sig = match ahead.filter(|sealed| identity.still_fresh(sealed)) {
+            Some(sealed) => {
+                broker.publish_sealed(subject, reply, sealed, request.payload, Confirm::ByAnswer)
+            }
+            None => broker.publish(
+                identity,
+                subject,
+                reply,
+                None,
+                request.payload,
+                Confirm::ByAnswer,
+            ),
+        }?;
         // A late reply to an earlier send still answers this message.
         if sigs.len() >= SIGNATURES_KEPT {
             sigs.remove(0);
@@ -390,7 +410,7 @@ impl Publisher {
                             .resent
                             .with_label_values(&[self.subject.method.as_str()])
                             .inc();
-                        if let Err(e) = self.publish(request, sigs) {
+                        if let Err(e) = self.publish(request, None, sigs) {
                             hint = Some(format!("cannot publish: {e}"));
                         }
                         continue;

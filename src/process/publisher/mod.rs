@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 mod deliver;
 mod finish;
 
-use deliver::batch_of;
+use deliver::{batch_of, BatchWire};
 
 /// The messages a publisher is working on, kept by the supervisor across restarts.
 pub type InFlight = Arc<Mutex<Slot>>;
@@ -237,9 +237,9 @@ impl Process for Publisher {
         // while the next one is with the receiver; and the one after that, taken and
         // encoded meanwhile (the slot's entries right after the one with the receiver).
         let mut unfinished: Option<(Vec<Entry>, Vec<Reply>)> = None;
-        let mut ready: Option<(Vec<Entry>, Vec<u8>)> = None;
+        let mut ready: Option<(Vec<Entry>, BatchWire)> = None;
         loop {
-            let (batch, payload) = match ready.take() {
+            let (batch, wire) = match ready.take() {
                 Some(batch) => batch,
                 None => {
                     let held = unfinished.as_ref().map_or(0, |(entries, _)| entries.len());
@@ -254,8 +254,11 @@ impl Process for Publisher {
                             return Err(e.into());
                         }
                     };
-                    if let Some(batch) = self.batch_in(&slot, batching && batchable, &conn) {
-                        batch
+                    if let Some((batch, payload)) =
+                        self.batch_in(&slot, batching && batchable, &conn)
+                    {
+                        let wire = self.batch_wire(inbox, &batch, payload, false);
+                        (batch, wire)
                     } else if let Some(acked) = unfinished.take() {
                         // Nothing to send meanwhile, or one at a time from here: the held
                         // batch is finished first.
@@ -289,8 +292,6 @@ impl Process for Publisher {
                     }
                 }
             };
-            // Its own reply subject: a late batch reply never meets a single attempt.
-            let reply_subject = format!("{inbox}.b{}", batch[0].seq);
             let before = unfinished.take();
             let meanwhile = || {
                 if let Some(acked) = before {
@@ -298,12 +299,16 @@ impl Process for Publisher {
                 }
                 // The next batch, ready to go as soon as this one is ACKed. A journal that
                 // cannot be read fails the publisher at the next take, this batch done.
+                // Sealed now too: signing a batch is the largest part of sending it.
                 if let Ok(after) = self.take(batch.len(), MAX_BATCH) {
-                    ready = self.batch_in(&after, true, &conn);
+                    ready = self.batch_in(&after, true, &conn).map(|(next, payload)| {
+                        let wire = self.batch_wire(inbox, &next, payload, true);
+                        (next, wire)
+                    });
                 }
                 Ok(())
             };
-            match self.deliver_batch(replies, &reply_subject, &batch, &payload, stop, meanwhile)? {
+            match self.deliver_batch(replies, &batch, wire, stop, meanwhile)? {
                 Attempt::Acked(acked) => unfinished = Some((batch, acked)),
                 Attempt::Stopped => return Ok(()),
                 Attempt::Failed(why) => {
@@ -328,6 +333,31 @@ impl Process for Publisher {
 }
 
 impl Publisher {
+    /// How `batch` goes: on its own reply subject (a late batch reply never meets a single
+    /// attempt), `payload`, sealed now if `seal_ahead`.
+    fn batch_wire(
+        &self,
+        inbox: &str,
+        batch: &[Entry],
+        payload: Vec<u8>,
+        seal_ahead: bool,
+    ) -> BatchWire {
+        let reply_subject = format!("{inbox}.b{}", batch[0].seq);
+        let sealed = seal_ahead.then(|| {
+            let scope = Scope {
+                subject: &self.subject.to_string(),
+                reply: Some(&reply_subject),
+                answers: None,
+            };
+            self.node.identity.seal(scope, &payload)
+        });
+        BatchWire {
+            reply_subject,
+            payload,
+            sealed,
+        }
+    }
+
     /// The first messages of `slot` as one batch and its wire form, if `batching` and more
     /// than one of them fit.
     fn batch_in(
