@@ -241,6 +241,10 @@ impl Broker {
         payload: &[u8],
         confirm: Confirm,
     ) -> io::Result<String> {
+        // Not sealed (signed, a counter spent) for a link known to be down.
+        if !self.is_up() {
+            return Err(link_down());
+        }
         let scope = Scope {
             subject,
             reply,
@@ -267,12 +271,7 @@ impl Broker {
     ) -> io::Result<String> {
         let conn = match self.conn.get() {
             Some(conn) if self.is_up() => conn,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "the link to the broker is down",
-                ))
-            }
+            _ => return Err(link_down()),
         };
         conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
         match confirm {
@@ -281,6 +280,13 @@ impl Broker {
         }
         Ok(sealed.sig)
     }
+}
+
+fn link_down() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the link to the broker is down",
+    )
 }
 
 /// Options with the node's TLS and authentication. Secrets go to the client, never to logs.

@@ -238,9 +238,10 @@ impl Identity {
     }
 
     /// Whether a message sealed ahead may still go with `sealed`: sealed within the last
-    /// [`SEALED_AHEAD_FOR`] ms, and with few enough seals since that a receiver still
-    /// takes its counter (it tracks [`SEQ_WINDOW`] below the highest it saw; a quarter
-    /// of that is left for messages overtaking on the way).
+    /// [`SEALED_AHEAD_FOR`] ms, and with at most a quarter of [`SEQ_WINDOW`] seals made
+    /// since, so that a receiver still takes its counter (it tracks [`SEQ_WINDOW`] below
+    /// the highest it saw: the rest is left for messages overtaking on the way). Past
+    /// either, the message is sealed anew.
     pub fn still_fresh(&self, sealed: &Sealed) -> bool {
         let next = self
             .counter
@@ -248,7 +249,8 @@ impl Identity {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .0;
+        let seals_since = next.saturating_sub(sealed.seq + 1);
         files::unix_millis().saturating_sub(sealed.sent) < SEALED_AHEAD_FOR
-            && next.saturating_sub(sealed.seq) < SEQ_WINDOW / 4
+            && seals_since <= SEQ_WINDOW / 4
     }
 }
