@@ -282,6 +282,7 @@ impl Broker {
     }
 }
 
+/// Why nothing can be published now.
 fn link_down() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,

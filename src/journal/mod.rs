@@ -423,19 +423,16 @@ impl Journal {
                 l.handed_through = seq;
                 let at = (span.offset - first.offset) as usize;
                 let read = match decode_one(&bytes[at..at + span.len as usize]) {
-                    Step::Record(
-                        _,
-                        Record::Accepted {
-                            envelope: bytes, ..
-                        },
-                    ) => match Envelope::decode(&bytes) {
-                        Ok(envelope) => Ok(Entry {
-                            seq,
-                            envelope,
-                            encoded: bytes.into(),
-                        }),
-                        Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&bytes))),
-                    },
+                    Step::Record(_, Record::Accepted { envelope: raw, .. }) => {
+                        match Envelope::decode(&raw) {
+                            Ok(envelope) => Ok(Entry {
+                                seq,
+                                envelope,
+                                encoded: raw.into(),
+                            }),
+                            Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&raw))),
+                        }
+                    }
                     _ => Err("not the record it should be".to_string()),
                 };
                 match read {

@@ -141,20 +141,19 @@ impl Publisher {
                     .observe(ms as f64 / 1000.0);
             }
         }
-        let count = |n: usize| n as u64;
         let acked = ends.iter().filter(|end| end.reply.is_some()).count();
         let failed = ends.iter().filter(|end| end.why.is_some()).count();
         if acked > 0 {
             metrics
                 .acked
                 .with_label_values(&[method])
-                .inc_by(count(acked));
+                .inc_by(acked as u64);
         }
         if failed > 0 {
             metrics
                 .failed
                 .with_label_values(&[method])
-                .inc_by(count(failed));
+                .inc_by(failed as u64);
         }
         for (outcome, n) in outcomes {
             metrics

@@ -27,8 +27,8 @@
 //! per batch rather than once per message. That is what lets a journaled, fsync'd,
 //! exactly-once event stream keep up with bare NATS request/reply. One batch is with the
 //! receiver at a time (it runs them in order), but the publisher's own work overlaps it:
-//! once a batch is ACKed, the next one goes out (taken from the journal and encoded while
-//! the receiver had the last), and the ACKed one is finished (its replies, message-log
+//! once a batch is ACKed, the next one goes out (taken from the journal, encoded and
+//! signed while the receiver had the last), and the ACKed one is finished (its replies, message-log
 //! lines, journal finish) while the receiver has the next. If a batch does not go
 //! through (no ACK, nobody listening, an old receiver), the publisher falls back to one
 //! message at a time, with each message's own retries, until one is ACKed again. Commands
