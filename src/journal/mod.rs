@@ -91,6 +91,7 @@ pub struct Entry {
     pub encoded: Arc<[u8]>,
 }
 
+#[cfg(test)]
 impl Entry {
     pub fn new(seq: u64, envelope: Envelope) -> Entry {
         let encoded = envelope.encode().into();

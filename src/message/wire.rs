@@ -43,8 +43,7 @@ impl Envelope {
 
     /// Appends the wire form to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self)
-            .expect("an Envelope always serializes: plain strings and numbers");
+        json_into(self, out);
     }
 
     /// Decodes a message from the wire (or the journal) and checks everything a receiver
@@ -265,8 +264,7 @@ impl Reply {
 
     /// Appends the wire form to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self)
-            .expect("a Reply always serializes: plain strings and numbers");
+        json_into(self, out);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {
@@ -299,6 +297,12 @@ impl Reply {
             source,
         })
     }
+}
+
+/// Appends `value`'s JSON to `out`: what travels is plain strings and numbers, which
+/// always serialize.
+fn json_into(value: &impl Serialize, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, value).expect("plain strings and numbers always serialize");
 }
 
 #[cfg(test)]
