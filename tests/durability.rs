@@ -454,6 +454,71 @@ fn a_journal_torn_mid_batch_loses_nothing_and_runs_nothing_twice() {
     );
 }
 
+/// A power cut that undid the taking of inmsg.txt (its rename) after the journal recorded
+/// how far the taken file was read: the file is inmsg.txt again, and more was appended to
+/// it. Known by its identity (inode and birth time, in the taken name), it gets its taken
+/// name back and is read on from the recorded offset: nothing taken twice, nothing lost.
+#[test]
+fn an_inmsg_txt_whose_taking_a_power_cut_undid_is_read_on_not_taken_again() {
+    use std::io::Write;
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    // A writer holding inmsg.txt open: its taken file is read on (not removed) meanwhile.
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(central.path("inmsg.txt"))
+        .unwrap();
+    writer
+        .write_all(numbered_commands("ship1", 0..2).as_bytes())
+        .unwrap();
+    wait_every_reply(&central, 0..2);
+    central.kill9();
+    let taken: Vec<_> = std::fs::read_dir(central.data())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("inmsg.taking-"))
+        .collect();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    // What the power cut left: the rename undone (same file, so same inode and birth).
+    std::fs::rename(&taken[0], central.path("inmsg.txt")).unwrap();
+    writer
+        .write_all(numbered_commands("ship1", 2..4).as_bytes())
+        .unwrap();
+    drop(writer);
+    central.restart();
+    wait_every_reply(&central, 0..4);
+    common::settle(&central, &ship1, "CLICommand");
+    let ran = runs(&ship1);
+    let duplicates = duplicates(&ran);
+    report("inmsg_rename_undone", 4, ran.len(), duplicates);
+    assert_eq!(ran.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(duplicates, 0, "taken again from byte 0: {ran:?}");
+    assert!(
+        central
+            .log()
+            .contains("taken before a power cut undid its rename: read on from byte"),
+        "{}",
+        central.log()
+    );
+    central.wait_taken();
+    // Removed only once marked done in the journal: from then on its inode may be a new
+    // inmsg.txt's, and its identity is not looked for.
+    central.kill9();
+    let (_, recovery) = steward::journal::Journal::open(&central.path("journal")).unwrap();
+    let names: Vec<&String> = recovery.inbox_offsets.keys().collect();
+    let taken = names.iter().filter(|n| !n.ends_with(".done")).count();
+    assert!(taken > 0, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .filter(|n| !n.ends_with(".done"))
+            .all(|n| names.contains(&&format!("{n}.done"))),
+        "a taken file removed without its done mark: {names:?}"
+    );
+}
+
 /// A ship with a local broker (a NATS leaf node) whose uplink to the hub drops: the ship's
 /// events to central and central's commands to the ship wait, and all arrive once the
 /// uplink is back.

@@ -44,6 +44,8 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     wait("central took the commands", Duration::from_secs(30), || {
         central.metric("steward_messages_accepted_total{method=\"CLICommand\"}") >= commands as f64
     });
+    // And finished with the taken file (its removal would free room on the full disk).
+    central.wait_taken();
 
     // The disk fills up to the last byte.
     let filler = disk.fill();
@@ -192,6 +194,7 @@ fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing
     let before = 5;
     central.append_inmsg(&commands(0, before));
     central.wait_count("replies/ship1.CLICommand.log", "output-", before);
+    central.wait_taken();
 
     // The medium fills: the next journal fsync fails.
     let filler = medium.fill();

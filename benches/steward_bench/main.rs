@@ -17,7 +17,9 @@
 //!
 //! Environment: `STEWARD_BENCH_FLEET` (fleet sizes, `1000,10000,50000`),
 //! `STEWARD_BENCH_EVENTS` (the receiver's stream; the jetstream and events sections' count),
-//! `STEWARD_BENCH_HELLO` (nodes saying Hello, 10,000), `STEWARD_BENCH_HELLO_RATE` (5,000/s).
+//! `STEWARD_BENCH_HELLO` (nodes saying Hello, 10,000), `STEWARD_BENCH_HELLO_RATE` (5,000/s),
+//! `STEWARD_BENCH_STEWARD` (the `steward` binary to run, for A/B runs of two builds; the
+//! release build of this checkout by default).
 
 use std::fs;
 use std::io::Write;
@@ -69,6 +71,11 @@ impl Drop for Proc {
 
 /// Starts `server` (a nats-server with its arguments), quiet, and waits until it listens on
 /// `port`.
+/// The `steward` binary the agents run: `STEWARD_BENCH_STEWARD`, else this checkout's.
+fn steward_binary() -> String {
+    std::env::var("STEWARD_BENCH_STEWARD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_steward").into())
+}
+
 fn nats_server(mut server: Command, port: u16) -> Proc {
     let proc = Proc(
         server
@@ -120,7 +127,7 @@ impl Agent {
         steward::keys::trust(&root.join("central/keys"), name, own.public_key()).unwrap();
         let prom = free_port();
         let log = fs::File::create(root.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_steward"))
+        let child = Command::new(steward_binary())
             .args([
                 &format!("--node={name}"),
                 &format!("--brokerAddress={broker}"),
@@ -606,7 +613,7 @@ fn main() {
         what: "stripped binary x86_64 / armv7 (MB)".into(),
         steward: format!(
             "{} / {}",
-            size(env!("CARGO_BIN_EXE_steward")),
+            size(&steward_binary()),
             size("target/armv7/armv7-unknown-linux-gnueabihf/release/steward")
         ),
         bare: String::new(),

@@ -128,6 +128,35 @@ impl Node {
         ))
     }
 
+    /// Records in the journal, durably (one write per mark, one fsync for all), how far
+    /// each of `marks`' inbox files was read: `(name, offset)`, for the inbox's done marks
+    /// (see [`crate::process::inbox`]). No message is taken.
+    pub fn mark_inbox(&self, marks: &[(String, u64)]) -> io::Result<()> {
+        let last = {
+            let mut journal = self.journal();
+            let mut last = None;
+            for (name, offset) in marks {
+                match journal.write(&self.config.node, Vec::new(), Some((name, *offset))) {
+                    Ok(written) => last = Some(written),
+                    Err(e) => {
+                        self.stop_if_unusable(&journal);
+                        return Err(e);
+                    }
+                }
+            }
+            last
+        };
+        let Some(last) = last else {
+            return Ok(());
+        };
+        // Without the journal's lock, as a batch's; the last mark's fsync covers the rest.
+        let synced = last.sync();
+        let mut journal = self.journal();
+        journal
+            .commit(&last, synced)
+            .inspect_err(|_| self.stop_if_unusable(&journal))
+    }
+
     /// Tells whoever watches message `id` how it is going; the last word ends the watch.
     pub fn progress(&self, id: &str, progress: Progress) {
         self.progress_all([(id, progress)]);

@@ -1,12 +1,22 @@
 //! The inbox: watches `inmsg.txt` and takes what operators append to it, without losing an
 //! append that races with the emptying and without taking anything twice.
 //!
-//! How: when `inmsg.txt` has content, it is renamed to `inmsg.taking-<time>` (an atomic
-//! step; the next `>>` creates a fresh `inmsg.txt`). A writer that opened the old file
-//! before the rename still writes into the taken file, so the taken file is read on, from
-//! where we left it, until no other process has it open (a write lease, `F_SETLEASE`, can
-//! only be had on a file nobody else holds; where leases are not allowed, after the file has
-//! been quiet for [`QUIET`]). Only then is it removed.
+//! How: when `inmsg.txt` has content, it is renamed to `inmsg.taking-<time>-<inode>-<birth>`
+//! (an atomic step; the next `>>` creates a fresh `inmsg.txt`). A writer that opened the old
+//! file before the rename still writes into the taken file, so the taken file is read on,
+//! from where we left it, until no other process has it open (a write lease, `F_SETLEASE`,
+//! can only be had on a file nobody else holds; where leases are not allowed, after the file
+//! has been quiet for [`QUIET`]). Only then is it removed.
+//!
+//! The rename is not made durable before the file is read (a folder fsync, about a fifth of
+//! a command's own time on central). A power cut may undo it after the journal recorded
+//! how far the taken file was read; `inmsg.txt` is then that very file again, and the next
+//! start knows it by its identity, which the taken name carries: its inode number and its
+//! birth time, which a rename keeps and a file made later never shares (see [`Identity`]).
+//! It is renamed back to its taken name and read on from the journaled offset, never from
+//! 0. Where the filesystem keeps no birth time, the rename is made durable first, as before.
+//! A taken file is marked done in the journal (durably) before it is removed, so its
+//! identity is never matched once its inode number can be another file's.
 //!
 //! The data folder is watched with inotify, so an append is taken the moment it is written
 //! (where inotify is not available, the file is polled every [`POLL`]). With nothing taken
@@ -23,6 +33,7 @@ use crate::files::Watch;
 use crate::message::{parse_input, Parsed, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -45,6 +56,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// The largest array read whole; past it, what was read is rejected as unfinished (the
 /// seed's arrays are a few messages; a message's data is at most 256 KiB).
 const MAX_ARRAY: usize = 64 << 20;
+/// How often fully taken files are finished (marked done, removed), all at once.
+const FINISH_EVERY: Duration = Duration::from_millis(200);
 /// Batches taken from one file before the inbox looks at the others (and at `stop`).
 const BATCHES_PER_TURN: usize = 16;
 
@@ -68,6 +81,41 @@ struct Taken {
     more: bool,
     /// The disk is full: what is left waits in the file until there is room.
     paused: bool,
+}
+
+/// Taken files read to their end, waiting to be finished together ([`Inbox::finish`]).
+struct Finished {
+    files: Vec<Taken>,
+    /// When they were last finished (or tried).
+    tried: Instant,
+}
+
+impl Default for Finished {
+    fn default() -> Finished {
+        Finished {
+            files: Vec::new(),
+            tried: Instant::now(),
+        }
+    }
+}
+
+impl Finished {
+    fn push(&mut self, t: Taken) {
+        if self.files.is_empty() && self.tried.elapsed() >= FINISH_EVERY {
+            // The first after a quiet while: its turn comes a full period from now.
+            self.tried = Instant::now();
+        }
+        self.files.push(t);
+    }
+
+    fn due(&self) -> bool {
+        !self.files.is_empty() && self.tried.elapsed() >= FINISH_EVERY
+    }
+
+    /// How long until they are due, if there are any.
+    fn wait(&self) -> Option<Duration> {
+        (!self.files.is_empty()).then(|| FINISH_EVERY.saturating_sub(self.tried.elapsed()))
+    }
 }
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
@@ -151,19 +199,27 @@ impl Process for Inbox {
             .set(format!("watching {}", self.node.data.inmsg().display()));
         // Bytes taken since memory was last handed back.
         let mut since_trim = 0u64;
+        let mut finished = Finished::default();
         loop {
             let inmsg = self.node.data.inmsg();
-            if fs::metadata(&inmsg).map(|m| m.len() > 0).unwrap_or(false) {
-                let name = format!("inmsg.taking-{:020}", unix_nanos());
+            if let Some(found) = fs::metadata(&inmsg).ok().filter(|m| m.len() > 0) {
+                let identity = Identity::of(&found);
+                let name = taken_name(identity);
                 let path = root.join(&name);
-                // Durably: a batch journaled with an offset in the taken file must never
-                // meet an inmsg.txt that a power cut un-renamed (it would be read from 0).
-                fs::rename(&inmsg, &path)
-                    .and_then(|()| crate::files::sync_dir(&root))
-                    .map_err(|source| Error::Take {
-                        path: inmsg.clone(),
-                        source,
-                    })?;
+                let take = |source| Error::Take {
+                    path: inmsg.clone(),
+                    source,
+                };
+                fs::rename(&inmsg, &path).map_err(take)?;
+                // A batch journaled with an offset in the taken file must never meet an
+                // inmsg.txt that a power cut un-renamed and that is not known for that file
+                // (it would be read from 0): without an identity in the name (or with the
+                // wrong one: inmsg.txt replaced between the look and the rename), the
+                // rename is made durable first.
+                let named = fs::metadata(&path).ok().as_ref().and_then(Identity::of);
+                if identity.is_none() || named != identity {
+                    crate::files::sync_dir(&root).map_err(take)?;
+                }
                 taken.push(Taken {
                     name,
                     path,
@@ -181,11 +237,13 @@ impl Process for Inbox {
                 let done = self.read_on(&mut taken[i])?;
                 since_trim += taken[i].offset - before;
                 if done {
-                    let done = taken.remove(i);
-                    self.node.journal().forget_inbox(&done.name);
+                    finished.push(taken.remove(i));
                 } else {
                     i += 1;
                 }
+            }
+            if finished.due() {
+                self.finish(&mut finished)?;
             }
             let busy = taken.iter().any(|t| t.more);
             if !busy && since_trim > BATCH_BYTES as u64 {
@@ -198,7 +256,10 @@ impl Process for Inbox {
                 Some(w) => {
                     // A taken file is looked at again until it is done: a writer closing
                     // it, or room on the disk, makes no event in the folder.
-                    let limit = (!taken.is_empty()).then_some(WATCHED_WAIT);
+                    let limit = match (taken.is_empty(), finished.wait()) {
+                        (false, wait) => Some(wait.unwrap_or(WATCHED_WAIT).min(WATCHED_WAIT)),
+                        (true, wait) => wait,
+                    };
                     if self.stop_fd.wait(w.as_fd(), limit) {
                         w.drain();
                     }
@@ -207,6 +268,10 @@ impl Process for Inbox {
                 None => sleep_or_stop(stop, POLL),
             };
             if stopping {
+                // Not left for the next start to do.
+                if !finished.files.is_empty() {
+                    self.finish(&mut finished)?;
+                }
                 return Ok(());
             }
         }
@@ -214,17 +279,20 @@ impl Process for Inbox {
 }
 
 impl Inbox {
-    /// Taken files left by an earlier run, oldest first, with how far they had been read.
+    /// Taken files left by an earlier run, oldest first, with how far they had been read:
+    /// first an inmsg.txt that a power cut un-renamed is given its taken name back, and a
+    /// file marked done whose removal was lost is removed.
     fn leftovers(&self) -> Result<Vec<Taken>, Error> {
         let root = &self.node.data.root;
         let offsets = self.node.journal().inbox_offsets().clone();
+        self.put_back(&offsets)?;
         let mut names: Vec<String> = fs::read_dir(root)
             .map_err(|source| Error::List {
                 path: root.clone(),
                 source,
             })?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("inmsg.taking-"))
+            .filter(|n| n.starts_with("inmsg.taking-") && !offsets.contains_key(&done_name(n)))
             .collect();
         names.sort();
         Ok(names
@@ -248,7 +316,60 @@ impl Inbox {
             .collect())
     }
 
-    /// Reads on in a taken file. Returns true once it is fully taken and removed.
+    /// What the last run left undone in the folder, by the journal's `offsets`: a taken
+    /// file whose rename a power cut undid is `inmsg.txt` again (found by the identity its
+    /// taken name carries) and gets that name back, to be read on from its offset; a file
+    /// marked done whose removal was lost is removed. The offsets of files gone are
+    /// forgotten.
+    fn put_back(&self, offsets: &BTreeMap<String, u64>) -> Result<(), Error> {
+        let root = &self.node.data.root;
+        let inmsg = self.node.data.inmsg();
+        let found = fs::metadata(&inmsg).ok().as_ref().and_then(Identity::of);
+        let (mut changed, mut gone) = (false, Vec::new());
+        for (name, offset) in offsets {
+            let path = root.join(name.trim_end_matches(DONE));
+            if name.ends_with(DONE) || offsets.contains_key(&done_name(name)) {
+                match fs::remove_file(&path) {
+                    Ok(()) => changed = true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(Error::Remove { path, source }),
+                }
+                gone.push(name);
+                continue;
+            }
+            if path.exists() {
+                continue;
+            }
+            if found.is_none() || found != Identity::named(name) {
+                gone.push(name);
+                continue;
+            }
+            log::warn!(
+                "{} is {name}, taken before a power cut undid its rename: read on from byte {offset}",
+                inmsg.display()
+            );
+            fs::rename(&inmsg, &path).map_err(|source| Error::Take {
+                path: inmsg.clone(),
+                source,
+            })?;
+            changed = true;
+        }
+        // Durably, before the offsets are forgotten (as when a file is done).
+        if changed {
+            crate::files::sync_dir(root).map_err(|source| Error::Remove {
+                path: root.clone(),
+                source,
+            })?;
+        }
+        let mut journal = self.node.journal();
+        for name in gone {
+            journal.forget_inbox(name);
+        }
+        Ok(())
+    }
+
+    /// Reads on in a taken file. Returns true once it is fully taken: read to its end with
+    /// no writer left (or gone), to be finished ([`Inbox::finish`]).
     fn read_on(&self, t: &mut Taken) -> Result<bool, Error> {
         let mut file = match File::open(&t.path) {
             Ok(f) => f,
@@ -287,20 +408,64 @@ impl Inbox {
         }
         // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
         self.read_new(&mut file, t, true)?;
-        if t.more || t.paused {
-            return Ok(false);
+        Ok(!(t.more || t.paused))
+    }
+
+    /// Finishes the fully taken files: marks those that carry an identity done in the
+    /// journal (durably: once removed, a file's inode number may be a new inmsg.txt's), then
+    /// removes them, and syncs the folder before their offsets are forgotten (a taken file
+    /// a power cut brought back without its offset would be read again from 0). One
+    /// journal fsync and one folder fsync for all of them, at most every [`FINISH_EVERY`]:
+    /// not one each right after a take, beside the fsyncs on the next messages' way.
+    /// With the disk full, they wait (in the folder, offsets journaled) for the next try.
+    fn finish(&self, finished: &mut Finished) -> Result<(), Error> {
+        let marks: Vec<(String, u64)> = finished
+            .files
+            .iter()
+            .filter(|t| Identity::named(&t.name).is_some())
+            .map(|t| (done_name(&t.name), t.offset))
+            .collect();
+        finished.tried = Instant::now();
+        let path = |t: Option<&Taken>| t.map(|t| t.path.clone()).unwrap_or_default();
+        match self.node.mark_inbox(&marks) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                self.node.disk_full(&format!(
+                    "cannot mark {} done: {e}",
+                    path(finished.files.first()).display()
+                ));
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(Error::Journal {
+                    path: path(finished.files.first()),
+                    source,
+                })
+            }
         }
-        // Durably, before its offset is forgotten: a taken file a power cut brought back
-        // without its offset would be read again from 0.
-        fs::remove_file(&t.path)
-            .and_then(|()| {
-                crate::files::sync_dir(t.path.parent().unwrap_or(std::path::Path::new(".")))
-            })
-            .map_err(|source| Error::Remove {
-                path: t.path.clone(),
-                source,
-            })?;
-        Ok(true)
+        for t in &finished.files {
+            match fs::remove_file(&t.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Remove {
+                        path: t.path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let root = &self.node.data.root;
+        crate::files::sync_dir(root).map_err(|source| Error::Remove {
+            path: root.clone(),
+            source,
+        })?;
+        let mut journal = self.node.journal();
+        for t in finished.files.drain(..) {
+            journal.forget_inbox(&t.name);
+            journal.forget_inbox(&done_name(&t.name));
+        }
+        Ok(())
     }
 
     /// Reads the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
@@ -464,6 +629,66 @@ fn sole_holder(file: &File) -> Option<bool> {
     }
 }
 
+/// What makes a file itself whatever its name: its inode number and its birth time (ns).
+/// A rename keeps both. An inode number alone is not enough: once a file is removed, a new
+/// inmsg.txt may get its number (the taken file is marked done before it is removed, so a
+/// done file's identity is never looked for, but one removed by hand is not marked); its
+/// birth time is then another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    inode: u64,
+    born: u128,
+}
+
+impl Identity {
+    /// A file's identity; `None` where the filesystem keeps no birth time.
+    fn of(meta: &fs::Metadata) -> Option<Identity> {
+        use std::os::unix::fs::MetadataExt;
+        let born = meta
+            .created()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(Identity {
+            inode: meta.ino(),
+            born: born.as_nanos(),
+        })
+    }
+
+    /// The identity a taken file's name carries (see [`taken_name`]), if any.
+    fn named(name: &str) -> Option<Identity> {
+        let rest = name.strip_prefix("inmsg.taking-")?;
+        let mut parts = rest.split('-');
+        let (_when, inode, born) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Identity {
+            inode: inode.parse().ok()?,
+            born: born.parse().ok()?,
+        })
+    }
+}
+
+/// The name inmsg.txt is taken under: `inmsg.taking-<ns since 1970, 20 digits>` (so the
+/// names sort in the order taken), then `-<inode>-<birth ns>` where the file has an identity.
+fn taken_name(identity: Option<Identity>) -> String {
+    let when = format!("inmsg.taking-{:020}", unix_nanos());
+    match identity {
+        Some(Identity { inode, born }) => format!("{when}-{inode}-{born}"),
+        None => when,
+    }
+}
+
+/// What a taken file's done mark is journaled under: its name and this suffix, as an
+/// inbox offset (a record any version reads; one without this meaning passes it over, as
+/// it names no file).
+const DONE: &str = ".done";
+
+fn done_name(taken: &str) -> String {
+    format!("{taken}{DONE}")
+}
+
 fn unix_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -487,5 +712,29 @@ mod tests {
             .to_string()
             .starts_with("cannot journal messages from inmsg.taking-1: "));
         assert!(!Failure::from(journal(libc::EIO)).is_fatal());
+    }
+
+    #[test]
+    fn a_taken_name_carries_the_files_identity_and_sorts_in_the_order_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inmsg.txt");
+        fs::write(&path, "[]").unwrap();
+        let identity = Identity::of(&fs::metadata(&path).unwrap());
+        let Some(identity) = identity else {
+            return; // this filesystem keeps no birth time: taken names carry none
+        };
+        let (first, second) = (taken_name(Some(identity)), taken_name(Some(identity)));
+        assert!(first < second, "{first} then {second}");
+        assert_eq!(Identity::named(&first), Some(identity));
+        // Renamed, still itself; another file made in its place is not.
+        let taken = dir.path().join(&first);
+        fs::rename(&path, &taken).unwrap();
+        assert_eq!(Identity::of(&fs::metadata(&taken).unwrap()), Some(identity));
+        fs::write(&path, "[]").unwrap();
+        assert_ne!(Identity::of(&fs::metadata(&path).unwrap()), Some(identity));
+        // Names from before identities, and done marks, carry none.
+        assert_eq!(Identity::named("inmsg.taking-00000000000000000001"), None);
+        assert_eq!(Identity::named(&done_name(&first)), None);
+        assert_eq!(Identity::named("inmsg.taking-1-x-2"), None);
     }
 }
