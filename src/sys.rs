@@ -63,6 +63,33 @@ pub fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
     ))
 }
 
+/// Whether the filesystem holding `path` keeps a file's inode number for as long as the
+/// file lives, across mounts (`statfs`'s type, against a list of those known to: ext2/3/4,
+/// XFS, Btrfs, F2FS, tmpfs). Others (FAT, exFAT, many FUSE filesystems) may number a file
+/// anew at each mount.
+pub fn keeps_inode_numbers(path: &Path) -> bool {
+    const KNOWN: [i64; 5] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // XFS
+        0x9123_683E, // Btrfs
+        0xF2F5_2010, // F2FS
+        0x0102_1994, // tmpfs
+    ];
+    let Ok(path) = c_path(path) else {
+        return false;
+    };
+    // SAFETY: statfs is a plain C struct of integers, for which all zeroes is a value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statfs for the call.
+    if check(unsafe { libc::statfs(path.as_ptr(), &mut st) }).is_err() {
+        return false;
+    }
+    // The field's C type differs between targets (i64 on x86_64, i32 on armv7).
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64 & 0xFFFF_FFFF;
+    KNOWN.contains(&kind)
+}
+
 /// Reserves the bytes `from..to` of `file` on disk (`fallocate`), so writes there cannot
 /// fail for want of space. Whether it worked; a filesystem without it says no.
 pub fn fallocate(file: &File, from: u64, to: u64) -> bool {

@@ -11,12 +11,20 @@
 //! The rename is not made durable before the file is read (a folder fsync, about a fifth of
 //! a command's own time on central). A power cut may undo it after the journal recorded
 //! how far the taken file was read; `inmsg.txt` is then that very file again, and the next
-//! start knows it by its identity, which the taken name carries: its inode number and its
-//! birth time, which a rename keeps and a file made later never shares (see [`Identity`]).
-//! It is renamed back to its taken name and read on from the journaled offset, never from
-//! 0. Where the filesystem keeps no birth time, the rename is made durable first, as before.
-//! A taken file is marked done in the journal (durably) before it is removed, so its
-//! identity is never matched once its inode number can be another file's.
+//! start knows it by its identity, which the taken name carries (its inode number and birth
+//! time, both kept by a rename): it is renamed back to its taken name and read on from the
+//! journaled offset, never from 0. If it lost its tail in the power cut (shorter than that
+//! offset), what follows its end was appended since, from where cannot be told: it is kept
+//! aside (`inmsg.uncertain-*.txt`) and reported, not read. Where the filesystem may number
+//! files anew at each mount ([`crate::sys::keeps_inode_numbers`]) or keeps no birth time,
+//! the rename is made durable before reading, as before.
+//!
+//! A fully read file is finished later, together with others ([`FINISH_EVERY`]): the folder
+//! is synced (its rename durable), it is marked done in the journal, removed, and the folder
+//! synced again before its offset is forgotten. The done mark is what makes an identity
+//! safe to look for: a file's inode number may be a new inmsg.txt's once it is removed, and
+//! birth times are only as fine as the kernel's tick, but a removed file is always marked
+//! done first, and a done file's identity is never looked for.
 //!
 //! The data folder is watched with inotify, so an append is taken the moment it is written
 //! (where inotify is not available, the file is polled every [`POLL`]). With nothing taken
@@ -200,10 +208,13 @@ impl Process for Inbox {
         // Bytes taken since memory was last handed back.
         let mut since_trim = 0u64;
         let mut finished = Finished::default();
+        // Where the filesystem may number files anew at each mount, a taken name carries no
+        // identity (and the rename is made durable before reading, as it must then be).
+        let identities = crate::sys::keeps_inode_numbers(&root);
         loop {
             let inmsg = self.node.data.inmsg();
             if let Some(found) = fs::metadata(&inmsg).ok().filter(|m| m.len() > 0) {
-                let identity = Identity::of(&found);
+                let identity = Identity::of(&found).filter(|_| identities);
                 let name = taken_name(identity);
                 let path = root.join(&name);
                 let take = |source| Error::Take {
@@ -243,7 +254,7 @@ impl Process for Inbox {
                 }
             }
             if finished.due() {
-                self.finish(&mut finished)?;
+                self.finish(&mut finished, &mut taken)?;
             }
             let busy = taken.iter().any(|t| t.more);
             if !busy && since_trim > BATCH_BYTES as u64 {
@@ -270,7 +281,15 @@ impl Process for Inbox {
             if stopping {
                 // Not left for the next start to do.
                 if !finished.files.is_empty() {
-                    self.finish(&mut finished)?;
+                    self.finish(&mut finished, &mut taken)?;
+                }
+                // Files still being read keep their taken names for good (a version that
+                // knows no identities may read the folder next).
+                if !taken.is_empty() {
+                    crate::files::sync_dir(&root).map_err(|source| Error::Take {
+                        path: root.clone(),
+                        source,
+                    })?;
                 }
                 return Ok(());
             }
@@ -320,17 +339,25 @@ impl Inbox {
     /// file whose rename a power cut undid is `inmsg.txt` again (found by the identity its
     /// taken name carries) and gets that name back, to be read on from its offset; a file
     /// marked done whose removal was lost is removed. The offsets of files gone are
-    /// forgotten.
+    /// forgotten, once the folder is synced.
     fn put_back(&self, offsets: &BTreeMap<String, u64>) -> Result<(), Error> {
         let root = &self.node.data.root;
         let inmsg = self.node.data.inmsg();
-        let found = fs::metadata(&inmsg).ok().as_ref().and_then(Identity::of);
-        let (mut changed, mut gone) = (false, Vec::new());
-        for (name, offset) in offsets {
+        let mut found = fs::metadata(&inmsg)
+            .ok()
+            .and_then(|m| Some((Identity::of(&m)?, m.len())));
+        let mut gone = Vec::new();
+        let take = |source| Error::Take {
+            path: inmsg.clone(),
+            source,
+        };
+        for (name, &offset) in offsets {
             let path = root.join(name.trim_end_matches(DONE));
             if name.ends_with(DONE) || offsets.contains_key(&done_name(name)) {
+                // Done: its rename was durable before its mark (see `finish`), so this
+                // is never inmsg.txt.
                 match fs::remove_file(&path) {
-                    Ok(()) => changed = true,
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(source) => return Err(Error::Remove { path, source }),
                 }
@@ -340,7 +367,25 @@ impl Inbox {
             if path.exists() {
                 continue;
             }
-            if found.is_none() || found != Identity::named(name) {
+            let Some((identity, size)) = found.filter(|(i, _)| Some(*i) == Identity::named(name))
+            else {
+                gone.push(name);
+                continue;
+            };
+            found = None; // one file is one taken name
+            if size < offset {
+                // It lost its tail in the power cut (what it had up to the offset is
+                // journaled): whatever follows its end now was appended since, and where
+                // that begins cannot be told. Kept aside for the operator, not read.
+                let aside = root.join(format!("inmsg.uncertain-{:020}.txt", unix_nanos()));
+                fs::rename(&inmsg, &aside).map_err(take)?;
+                let why = format!(
+                    "{}: after a power cut, inmsg.txt was {name} again but shorter ({size} bytes) than what was taken from it ({offset}); anything appended to inmsg.txt after the restart and before steward started is in {}: check it, then append what is missing to inmsg.txt",
+                    self.node.config.node,
+                    aside.display()
+                );
+                log::error!("{why}");
+                self.node.report_error(why);
                 gone.push(name);
                 continue;
             }
@@ -348,19 +393,19 @@ impl Inbox {
                 "{} is {name}, taken before a power cut undid its rename: read on from byte {offset}",
                 inmsg.display()
             );
-            fs::rename(&inmsg, &path).map_err(|source| Error::Take {
-                path: inmsg.clone(),
-                source,
-            })?;
-            changed = true;
+            fs::rename(&inmsg, &path).map_err(take)?;
+            // Replaced between the look and the rename (an editor's save): that file is
+            // another, to be read from 0 under a name of its own.
+            let renamed = fs::metadata(&path).ok().as_ref().and_then(Identity::of);
+            if renamed != Some(identity) {
+                let fresh = root.join(taken_name(renamed));
+                fs::rename(&path, &fresh).map_err(take)?;
+                gone.push(name);
+            }
         }
-        // Durably, before the offsets are forgotten (as when a file is done).
-        if changed {
-            crate::files::sync_dir(root).map_err(|source| Error::Remove {
-                path: root.clone(),
-                source,
-            })?;
-        }
+        // Durably, before the offsets are forgotten (as when a file is done), and so that
+        // what was put back is under its taken name for good.
+        crate::files::sync_dir(root).map_err(take)?;
         let mut journal = self.node.journal();
         for name in gone {
             journal.forget_inbox(name);
@@ -411,36 +456,58 @@ impl Inbox {
         Ok(!(t.more || t.paused))
     }
 
-    /// Finishes the fully taken files: marks those that carry an identity done in the
-    /// journal (durably: once removed, a file's inode number may be a new inmsg.txt's), then
-    /// removes them, and syncs the folder before their offsets are forgotten (a taken file
-    /// a power cut brought back without its offset would be read again from 0). One
-    /// journal fsync and one folder fsync for all of them, at most every [`FINISH_EVERY`]:
-    /// not one each right after a take, beside the fsyncs on the next messages' way.
-    /// With the disk full, they wait (in the folder, offsets journaled) for the next try.
-    fn finish(&self, finished: &mut Finished) -> Result<(), Error> {
+    /// Finishes the fully taken files: syncs the folder (their renames durable: a done
+    /// mark must never meet an inmsg.txt that a power cut un-renamed), marks those that
+    /// carry an identity done in the journal (durably: once removed, a file's inode number
+    /// may be a new inmsg.txt's), removes them, and syncs the folder again before their
+    /// offsets are forgotten (a taken file a power cut brought back without its offset
+    /// would be read again from 0). Two folder fsyncs and one journal fsync for all of them,
+    /// at most every [`FINISH_EVERY`]: not one each right after a take, beside the fsyncs
+    /// on the next messages' way. A file grown since it was read (a writer that held it
+    /// unseen, where leases are not allowed) goes back to `taken`. With the disk full, they
+    /// wait (in the folder, offsets journaled) for the next try.
+    fn finish(&self, finished: &mut Finished, taken: &mut Vec<Taken>) -> Result<(), Error> {
+        finished.tried = Instant::now();
+        let (grown, files): (Vec<Taken>, Vec<Taken>) = finished
+            .files
+            .drain(..)
+            .partition(|t| fs::metadata(&t.path).is_ok_and(|m| m.len() > t.offset));
+        taken.extend(grown);
+        finished.files = files;
+        if finished.files.is_empty() {
+            return Ok(());
+        }
+        let root = &self.node.data.root;
+        let folder = |source| Error::Remove {
+            path: root.clone(),
+            source,
+        };
         let marks: Vec<(String, u64)> = finished
             .files
             .iter()
             .filter(|t| Identity::named(&t.name).is_some())
             .map(|t| (done_name(&t.name), t.offset))
             .collect();
-        finished.tried = Instant::now();
-        let path = |t: Option<&Taken>| t.map(|t| t.path.clone()).unwrap_or_default();
-        match self.node.mark_inbox(&marks) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                self.node.disk_full(&format!(
-                    "cannot mark {} done: {e}",
-                    path(finished.files.first()).display()
-                ));
+        if !marks.is_empty() {
+            // Below the floor, no write is tried (each failed one costs an fsync).
+            if let Err(why) = self.node.log_budget.check_free_space(root) {
+                self.node.disk_full(&why.to_string());
                 return Ok(());
             }
-            Err(source) => {
-                return Err(Error::Journal {
-                    path: path(finished.files.first()),
-                    source,
-                })
+            crate::files::sync_dir(root).map_err(folder)?;
+            match self.node.mark_inbox(&marks) {
+                Ok(()) => self.node.disk_has_room(),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    self.node
+                        .disk_full(&format!("cannot mark taken inmsg.txt files done: {e}"));
+                    return Ok(());
+                }
+                Err(source) => {
+                    return Err(Error::Journal {
+                        path: finished.files[0].path.clone(),
+                        source,
+                    })
+                }
             }
         }
         for t in &finished.files {
@@ -455,11 +522,7 @@ impl Inbox {
                 }
             }
         }
-        let root = &self.node.data.root;
-        crate::files::sync_dir(root).map_err(|source| Error::Remove {
-            path: root.clone(),
-            source,
-        })?;
+        crate::files::sync_dir(root).map_err(folder)?;
         let mut journal = self.node.journal();
         for t in finished.files.drain(..) {
             journal.forget_inbox(&t.name);
@@ -630,10 +693,10 @@ fn sole_holder(file: &File) -> Option<bool> {
 }
 
 /// What makes a file itself whatever its name: its inode number and its birth time (ns).
-/// A rename keeps both. An inode number alone is not enough: once a file is removed, a new
-/// inmsg.txt may get its number (the taken file is marked done before it is removed, so a
-/// done file's identity is never looked for, but one removed by hand is not marked); its
-/// birth time is then another.
+/// A rename keeps both. The number alone would do for files steward removes (each is marked
+/// done first, and a done file's identity is never looked for); the birth time guards
+/// against one removed by hand while steward was down, whose number a new inmsg.txt may
+/// have (the same birth time too only if made within the same tick of the kernel's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
     inode: u64,
