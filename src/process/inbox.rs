@@ -15,16 +15,19 @@
 //! time, both kept by a rename): it is renamed back to its taken name and read on from the
 //! journaled offset, never from 0. If it lost its tail in the power cut (shorter than that
 //! offset), what follows its end was appended since, from where cannot be told: it is kept
-//! aside (`inmsg.uncertain-*.txt`) and reported, not read. Where the filesystem may number
-//! files anew at each mount ([`crate::sys::keeps_inode_numbers`]) or keeps no birth time,
-//! the rename is made durable before reading, as before.
+//! aside (`inmsg.uncertain-*.txt`) and reported, not read. (If so much was appended since
+//! that it is no longer shorter, that cannot be seen: it is read from the offset, and an
+//! array cut there is rejected, kept and reported as any bad input.) Where the filesystem
+//! may number files anew at each mount ([`crate::sys::keeps_inode_numbers`]) or keeps no
+//! birth time, the rename is made durable before reading, as before.
 //!
 //! A fully read file is finished later, together with others ([`FINISH_EVERY`]): the folder
 //! is synced (its rename durable), it is marked done in the journal, removed, and the folder
 //! synced again before its offset is forgotten. The done mark is what makes an identity
 //! safe to look for: a file's inode number may be a new inmsg.txt's once it is removed, and
 //! birth times are only as fine as the kernel's tick, but a removed file is always marked
-//! done first, and a done file's identity is never looked for.
+//! done first, and a done file's identity is never looked for. (A done file found again
+//! is removed only if it did not grow past its mark; else it is read on from there.)
 //!
 //! The data folder is watched with inotify, so an append is taken the moment it is written
 //! (where inotify is not available, the file is polled every [`POLL`]). With nothing taken
@@ -120,9 +123,14 @@ impl Finished {
         !self.files.is_empty() && self.tried.elapsed() >= FINISH_EVERY
     }
 
-    /// How long until they are due, if there are any.
+    /// How long until they are due, if there are any: at least a millisecond, as the watch
+    /// counts its wait in whole ones (less would be no wait, and a spin).
     fn wait(&self) -> Option<Duration> {
-        (!self.files.is_empty()).then(|| FINISH_EVERY.saturating_sub(self.tried.elapsed()))
+        (!self.files.is_empty()).then(|| {
+            FINISH_EVERY
+                .saturating_sub(self.tried.elapsed())
+                .max(Duration::from_millis(1))
+        })
     }
 }
 
@@ -145,6 +153,10 @@ pub enum Error {
     KeepRejected { path: PathBuf, source: io::Error },
     /// The messages read from a taken file (`path`) could not be journaled.
     Journal { path: PathBuf, source: io::Error },
+    /// Taken files (the first: `path`) could not be marked done in the journal.
+    Mark { path: PathBuf, source: io::Error },
+    /// The data folder (`path`) could not be synced (renames and removals of taken files).
+    SyncFolder { path: PathBuf, source: io::Error },
 }
 
 impl Error {
@@ -156,7 +168,9 @@ impl Error {
             | Error::Read { source, .. }
             | Error::Remove { source, .. }
             | Error::KeepRejected { source, .. }
-            | Error::Journal { source, .. } => source,
+            | Error::Journal { source, .. }
+            | Error::Mark { source, .. }
+            | Error::SyncFolder { source, .. } => source,
         }
     }
 
@@ -175,6 +189,8 @@ impl fmt::Display for Error {
             Error::Remove { path, .. } => ("cannot remove", path),
             Error::KeepRejected { path, .. } => ("cannot keep rejected input in", path),
             Error::Journal { path, .. } => ("cannot journal messages from", path),
+            Error::Mark { path, .. } => ("cannot mark as taken in the journal", path),
+            Error::SyncFolder { path, .. } => ("cannot sync the folder", path),
         };
         write!(f, "{what} {}: {}", path.display(), self.io())
     }
@@ -283,10 +299,11 @@ impl Process for Inbox {
                 if !finished.files.is_empty() {
                     self.finish(&mut finished, &mut taken)?;
                 }
-                // Files still being read keep their taken names for good (a version that
-                // knows no identities may read the folder next).
-                if !taken.is_empty() {
-                    crate::files::sync_dir(&root).map_err(|source| Error::Take {
+                // Files still being read, or not finished (the disk full), keep their taken
+                // names for good (a version that knows no identities may read the folder
+                // next).
+                if !taken.is_empty() || !finished.files.is_empty() {
+                    crate::files::sync_dir(&root).map_err(|source| Error::SyncFolder {
                         path: root.clone(),
                         source,
                     })?;
@@ -311,13 +328,19 @@ impl Inbox {
                 source,
             })?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("inmsg.taking-") && !offsets.contains_key(&done_name(n)))
+            .filter(|n| n.starts_with("inmsg.taking-"))
             .collect();
         names.sort();
         Ok(names
             .into_iter()
             .map(|name| {
-                let offset = offsets.get(&name).copied().unwrap_or(0);
+                // A file marked done is left only if it grew past its mark: read on from there.
+                let offset = [offsets.get(&name), offsets.get(&done_name(&name))]
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
                 if offset > 0 {
                     log::info!("resuming {name} from byte {offset}");
                 }
@@ -338,28 +361,36 @@ impl Inbox {
     /// What the last run left undone in the folder, by the journal's `offsets`: a taken
     /// file whose rename a power cut undid is `inmsg.txt` again (found by the identity its
     /// taken name carries) and gets that name back, to be read on from its offset; a file
-    /// marked done whose removal was lost is removed. The offsets of files gone are
-    /// forgotten, once the folder is synced.
+    /// marked done whose removal was lost is removed (one that grew past its mark is read
+    /// on). The offsets of files gone are forgotten, once the folder is synced; a name
+    /// whose file was found as inmsg.txt but not put back is marked done first, so its
+    /// identity is not looked for again.
     fn put_back(&self, offsets: &BTreeMap<String, u64>) -> Result<(), Error> {
         let root = &self.node.data.root;
         let inmsg = self.node.data.inmsg();
         let mut found = fs::metadata(&inmsg)
             .ok()
             .and_then(|m| Some((Identity::of(&m)?, m.len())));
-        let mut gone = Vec::new();
-        let take = |source| Error::Take {
-            path: inmsg.clone(),
-            source,
-        };
+        let (mut gone, mut marks) = (Vec::new(), Vec::new());
         for (name, &offset) in offsets {
-            let path = root.join(name.trim_end_matches(DONE));
-            if name.ends_with(DONE) || offsets.contains_key(&done_name(name)) {
+            if name.ends_with(DONE) {
+                continue; // looked at with its file's name
+            }
+            let path = root.join(name);
+            let take = |source| Error::Take {
+                path: path.clone(),
+                source,
+            };
+            if let Some(&done) = offsets.get(&done_name(name)) {
                 // Done: its rename was durable before its mark (see `finish`), so this
-                // is never inmsg.txt.
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
+                // is never inmsg.txt. Removed unless it grew past the mark (then read on).
+                match fs::metadata(&path) {
+                    Ok(m) if m.len() > done => continue,
+                    Ok(_) => {
+                        fs::remove_file(&path).map_err(|source| Error::Remove { path, source })?
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(Error::Remove { path, source }),
+                    Err(source) => return Err(Error::Read { path, source }),
                 }
                 gone.push(name);
                 continue;
@@ -386,6 +417,7 @@ impl Inbox {
                 );
                 log::error!("{why}");
                 self.node.report_error(why);
+                marks.push((done_name(name), offset));
                 gone.push(name);
                 continue;
             }
@@ -400,15 +432,27 @@ impl Inbox {
             if renamed != Some(identity) {
                 let fresh = root.join(taken_name(renamed));
                 fs::rename(&path, &fresh).map_err(take)?;
+                marks.push((done_name(name), offset));
                 gone.push(name);
             }
         }
-        // Durably, before the offsets are forgotten (as when a file is done), and so that
-        // what was put back is under its taken name for good.
-        crate::files::sync_dir(root).map_err(take)?;
+        // Durably, before anything is marked done (a mark must never meet an un-renamed
+        // inmsg.txt) or forgotten (as when a file is done), and so that what was put back
+        // is under its taken name for good.
+        crate::files::sync_dir(root).map_err(|source| Error::SyncFolder {
+            path: root.clone(),
+            source,
+        })?;
+        if let Some((first, _)) = marks.first() {
+            self.node.mark_inbox(&marks).map_err(|source| Error::Mark {
+                path: root.join(first.trim_end_matches(DONE)),
+                source,
+            })?;
+        }
         let mut journal = self.node.journal();
         for name in gone {
             journal.forget_inbox(name);
+            journal.forget_inbox(&done_name(name));
         }
         Ok(())
     }
@@ -468,33 +512,37 @@ impl Inbox {
     /// wait (in the folder, offsets journaled) for the next try.
     fn finish(&self, finished: &mut Finished, taken: &mut Vec<Taken>) -> Result<(), Error> {
         finished.tried = Instant::now();
-        let (grown, files): (Vec<Taken>, Vec<Taken>) = finished
-            .files
-            .drain(..)
-            .partition(|t| fs::metadata(&t.path).is_ok_and(|m| m.len() > t.offset));
-        taken.extend(grown);
-        finished.files = files;
+        let files = std::mem::take(&mut finished.files);
+        for t in files {
+            match grown(&t)? {
+                true => taken.push(t),
+                false => finished.files.push(t),
+            }
+        }
         if finished.files.is_empty() {
             return Ok(());
         }
         let root = &self.node.data.root;
-        let folder = |source| Error::Remove {
+        let folder = |source| Error::SyncFolder {
             path: root.clone(),
             source,
         };
-        let marks: Vec<(String, u64)> = finished
+        let marked: Vec<&Taken> = finished
             .files
             .iter()
             .filter(|t| Identity::named(&t.name).is_some())
-            .map(|t| (done_name(&t.name), t.offset))
             .collect();
-        if !marks.is_empty() {
+        if let Some(first) = marked.first() {
             // Below the floor, no write is tried (each failed one costs an fsync).
             if let Err(why) = self.node.log_budget.check_free_space(root) {
                 self.node.disk_full(&why.to_string());
                 return Ok(());
             }
             crate::files::sync_dir(root).map_err(folder)?;
+            let marks: Vec<(String, u64)> = marked
+                .iter()
+                .map(|t| (done_name(&t.name), t.offset))
+                .collect();
             match self.node.mark_inbox(&marks) {
                 Ok(()) => self.node.disk_has_room(),
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
@@ -503,14 +551,21 @@ impl Inbox {
                     return Ok(());
                 }
                 Err(source) => {
-                    return Err(Error::Journal {
-                        path: finished.files[0].path.clone(),
+                    return Err(Error::Mark {
+                        path: first.path.clone(),
                         source,
                     })
                 }
             }
         }
-        for t in &finished.files {
+        // Each looked at once more just before it goes: one grown since (a writer unseen)
+        // is read on, and its next mark carries the larger offset.
+        let files = std::mem::take(&mut finished.files);
+        for t in files {
+            if grown(&t)? {
+                taken.push(t);
+                continue;
+            }
             match fs::remove_file(&t.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -521,6 +576,7 @@ impl Inbox {
                     })
                 }
             }
+            finished.files.push(t);
         }
         crate::files::sync_dir(root).map_err(folder)?;
         let mut journal = self.node.journal();
@@ -654,6 +710,19 @@ impl Inbox {
             ));
         }
         Ok(())
+    }
+}
+
+/// Whether a fully read taken file has grown since (a writer that held it unseen, where
+/// leases are not allowed); one removed meanwhile has not.
+fn grown(t: &Taken) -> Result<bool, Error> {
+    match fs::metadata(&t.path) {
+        Ok(m) => Ok(m.len() > t.offset),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Read {
+            path: t.path.clone(),
+            source,
+        }),
     }
 }
 
