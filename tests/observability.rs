@@ -180,6 +180,9 @@ fn data_files_are_readable_by_their_owner_only() {
     central.wait_for("errors.log", "input rejected");
     central.wait_for("textlog/ship1.log", "a line");
     central.wait_for("hello-nodes.json", "ship1");
+    // The operator's own files (inmsg.txt, taken) are theirs: gone once taken.
+    central.wait_taken();
+    ship1.wait_taken();
     let mut found = Vec::new();
     too_open(central.data(), &mut found);
     too_open(ship1.data(), &mut found);

@@ -69,13 +69,13 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `server` (a nats-server with its arguments), quiet, and waits until it listens on
-/// `port`.
 /// The `steward` binary the agents run: `STEWARD_BENCH_STEWARD`, else this checkout's.
 fn steward_binary() -> String {
     std::env::var("STEWARD_BENCH_STEWARD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_steward").into())
 }
 
+/// Starts `server` (a nats-server with its arguments), quiet, and waits until it listens on
+/// `port`.
 fn nats_server(mut server: Command, port: u16) -> Proc {
     let proc = Proc(
         server
