@@ -7,7 +7,7 @@
 //!
 //! Without `replyMethod` nothing can go back before the end: it is `CLICommand`, the whole
 //! output in the ACK. A result that cannot be journaled (a full disk) is kept and goes with
-//! the last one, up to [`MAX_OUTPUT`](super::cli_command::MAX_OUTPUT).
+//! the last one, up to [`MAX_OUTPUT`].
 
 use super::cli_command::{self, Deadline, MAX_OUTPUT};
 use super::{Context, Method, Outcome, Senders, COMMANDS};

@@ -242,7 +242,7 @@ fn log_line(out: &mut Vec<u8>, entry: &Entry, outcome: &str, finished: u64, fini
     );
 }
 
-/// A reply as replies/<node>.<method>.log keeps it, stored at `now`.
+/// A reply as `replies/<node>.<method>.log` keeps it, stored at `now`.
 fn reply_record(out: &mut String, now: &str, envelope: &crate::message::Envelope, reply: &Reply) {
     use std::fmt::Write;
     let _ = write!(
