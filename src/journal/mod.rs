@@ -246,10 +246,12 @@ pub struct Journal {
     hot_bytes: usize,
 }
 
-/// What a message kept as written takes in memory, about: its wire form, and its decoded
-/// form beside it.
+/// What a message kept as written takes in memory, about: its wire form, its decoded form
+/// beside it (a `String` for each piece of data, however short), the entry itself.
 fn hot_cost(entry: &Entry) -> usize {
-    2 * entry.encoded.len() + 256
+    2 * entry.encoded.len()
+        + entry.envelope.message.data.len() * std::mem::size_of::<String>()
+        + std::mem::size_of::<Entry>()
 }
 
 impl Journal {
@@ -406,8 +408,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Hands up to `max` of `lane`'s waiting messages to its publisher, oldest first, read
-    /// back from the file. They count as unfinished until [`Journal::finish`].
+    /// Hands up to `max` of `lane`'s waiting messages to its publisher, oldest first: kept
+    /// as written ([`Lane::hot`]), or read back from the file. They count as unfinished
+    /// until [`Journal::finish`].
     pub fn take(&mut self, lane: &Subject, max: usize) -> io::Result<Vec<Entry>> {
         let key = lane.to_string();
         let Some(l) = self.lanes.get_mut(&key) else {
@@ -430,15 +433,15 @@ impl Journal {
             let Some(&(seq, first)) = l.waiting.window.front() else {
                 break;
             };
-            // Kept as written: handed out as it is. (One read back from the file, below,
-            // leaves a copy here behind it, let go now.)
+            // Kept as written: handed out as it is. (Nothing kept comes before the window's
+            // first: let go of, were it so.)
             self.hot_bytes -= l.let_go_of_hot_before(seq);
             if l.hot.front().is_some_and(|e| e.seq == seq) {
                 let entry = l.hot.pop_front().expect("looked at");
                 self.hot_bytes -= hot_cost(&entry);
                 l.waiting.window.pop_front();
                 // Checked as one read back is (see `Envelope::decode`).
-                let read = match entry.envelope.validate() {
+                let read = match entry.envelope.check(entry.encoded.len()) {
                     Ok(()) => Ok(entry),
                     Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&entry.encoded))),
                 };
@@ -520,6 +523,10 @@ impl Journal {
         self.hot_bytes -= l.let_go_of_hot_before(l.handed_through + 1);
         if l.waiting.window.is_empty() && l.waiting.window.capacity() > 64 {
             l.waiting.window.shrink_to_fit();
+        }
+        // Its room too (uncounted in HOT_BYTES): 10,000 lanes of a fan-out each held one.
+        if l.hot.is_empty() {
+            l.hot.shrink_to_fit();
         }
         // Held back by a full disk, the finish is written later (`unsettled`); the entries
         // are handed out either way.
@@ -739,8 +746,6 @@ impl Journal {
     }
 }
 
-/// Reads `lane`'s waiting messages on from where the window left off, until the window is
-/// full (the rest stays spilled, from the next one) or the file ends.
 /// Hands `lane`'s next waiting message (`seq`, its record `len` bytes) to its publisher,
 /// or, if it could not be read (`why`), keeps it out of the system: reported to central
 /// with its bytes (see the publisher), it counts as finished. Returns whether it was passed
@@ -769,6 +774,8 @@ fn hand_out(
     }
 }
 
+/// Reads `lane`'s waiting messages on from where the window left off, until the window is
+/// full (the rest stays spilled, from the next one) or the file ends.
 fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());

@@ -49,12 +49,7 @@ impl Envelope {
     /// Decodes a message from the wire (or the journal) and checks everything a receiver
     /// will use: names that become subjects and file names, the id, the size.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        if bytes.len() > MAX_WIRE_BYTES {
-            return Err(DecodeError::TooLarge {
-                form: Form::Message,
-                bytes: bytes.len(),
-            });
-        }
+        fits(bytes.len())?;
         let e: Envelope = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
             form: Form::Message,
             source,
@@ -63,9 +58,17 @@ impl Envelope {
         Ok(e)
     }
 
+    /// What [`Envelope::decode`] checks, of an envelope whose wire form of `bytes` was not
+    /// decoded again (the journal keeps what it wrote this run: see
+    /// [`crate::journal::Journal::take`]).
+    pub(crate) fn check(&self, bytes: usize) -> Result<(), DecodeError> {
+        fits(bytes)?;
+        self.validate()
+    }
+
     /// Checks what a receiver will use: names that become subjects and file names, the
     /// ids (the message's, and on a result the request's), the size of the data.
-    pub(crate) fn validate(&self) -> Result<(), DecodeError> {
+    fn validate(&self) -> Result<(), DecodeError> {
         let e = self;
         let name = |field, name: &str| {
             validate_name(name).map_err(|source| DecodeError::Name { field, source })
@@ -198,6 +201,17 @@ pub fn encode_batch(envelopes: &[Envelope]) -> Vec<u8> {
 /// Whether a wire message is a batch (a JSON array) rather than one envelope.
 pub fn is_batch(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// A message's wire form is at most [`MAX_WIRE_BYTES`].
+fn fits(bytes: usize) -> Result<(), DecodeError> {
+    match bytes > MAX_WIRE_BYTES {
+        true => Err(DecodeError::TooLarge {
+            form: Form::Message,
+            bytes,
+        }),
+        false => Ok(()),
+    }
 }
 
 /// Decodes a batch, checking each message as [`Envelope::decode`] does (but for size: the
