@@ -117,9 +117,8 @@ impl Journal {
     /// Notes an accepted message of `lane` at `span`, unless the lane is done past it;
     /// `hot`: the message as it was written (this run's own), kept if the message waits in
     /// the lane's window (see [`Lane::hot`](super::Lane)).
-    pub(super) fn index(&mut self, lane: String, seq: u64, span: Span, hot: Option<Entry>) {
+    pub(super) fn index(&mut self, lane: String, seq: u64, span: Span, mut hot: Option<Entry>) {
         let l = self.lanes.entry(lane).or_default();
-        let mut hot = hot;
         if seq > l.done_through {
             l.pending += 1;
             l.live_bytes += span.len as u64;

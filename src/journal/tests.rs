@@ -18,6 +18,13 @@ fn msg(i: usize) -> Message {
     msg_to("ship1", i)
 }
 
+/// A message of 4 KB to ship1: about 120 fit in [`HOT_BYTES`].
+fn big_msg(i: usize) -> Message {
+    let mut m = msg(i);
+    m.data[0] = format!("message {i} {}", "x".repeat(4096));
+    m
+}
+
 fn lane(to: &str) -> Subject {
     msg_to(to, 0).subject()
 }
@@ -231,13 +238,8 @@ fn messages_this_run_journaled_are_handed_out_as_written_within_a_memory_budget(
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();
     // 4 KB each: about 120 fit in the budget, the rest are read back from the file.
-    let big = |i: usize| {
-        let mut m = msg(i);
-        m.data[0] = format!("message {i} {}", "x".repeat(4096));
-        m
-    };
     let written = j
-        .append("central", (0..300).map(big).collect(), None)
+        .append("central", (0..300).map(big_msg).collect(), None)
         .unwrap();
     let hot = j.lanes[&lane("ship1").to_string()].hot.len();
     assert!(hot > 100 && hot < 300, "{hot} of 300 kept as written");
@@ -294,13 +296,8 @@ fn a_message_kept_as_written_goes_only_once_durable_and_is_the_one_read_back() {
     // Past the budget, then room again: one take goes from memory to the file and back.
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();
-    let big = |i: usize| {
-        let mut m = msg(i);
-        m.data[0] = format!("message {i} {}", "x".repeat(4096));
-        m
-    };
     let mut written = j
-        .append("central", (0..300).map(big).collect(), None)
+        .append("central", (0..300).map(big_msg).collect(), None)
         .unwrap();
     let mut taken = j.take(&lane("ship1"), 50).unwrap();
     written.extend(
