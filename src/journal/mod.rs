@@ -39,9 +39,9 @@
 //! a week, with a million messages queued for it, costs the same memory as one with ten.
 //! Opening reads the file in chunks, twice (first what is finished, then what is not),
 //! never all of it at once. Messages journaled by this run also wait in memory as they
-//! were written, up to [`HOT_BYTES`] in all, so a publisher that keeps up with a steady
-//! stream is handed them without reading them back and decoding them again (2.95 →
-//! 0.48 µs a message taken, a probe on 100-byte events).
+//! were written, up to [`HOT_BYTES`] in all ([`LANE_HOT_BYTES`] a lane), so a publisher
+//! that keeps up with a steady stream is handed them without reading them back and
+//! decoding them again (2.95 → 0.48 µs a message taken, a probe on 100-byte events).
 //!
 //! # Costs
 //!
@@ -86,6 +86,12 @@ pub const WINDOW: usize = 2 * crate::message::MAX_BATCH;
 /// and decoding them again (see [`Lane::hot`]); past it, waiting messages are read back
 /// as after a restart. About a thousand events of a hundred bytes.
 const HOT_BYTES: usize = 1 << 20;
+/// How much of [`HOT_BYTES`] one lane may take: a lane that does not move (its node is
+/// away) holds its kept messages until it does, and one or two of them cannot take it all
+/// from the lanes whose nodes answer. About a batch of events ([`MAX_BATCH`]).
+///
+/// [`MAX_BATCH`]: crate::message::MAX_BATCH
+const LANE_HOT_BYTES: usize = HOT_BYTES / 4;
 /// After a compaction failed (a full disk), how long before the next try.
 const COMPACT_RETRY: Duration = Duration::from_secs(60);
 
@@ -182,9 +188,32 @@ struct Lane {
     /// message in the window that is here is handed out from here. The hot path of a
     /// steady stream: its publisher keeps up, and what it takes was written a moment ago.
     hot: VecDeque<Entry>,
+    /// What `hot` takes, by [`hot_cost`]: at most [`LANE_HOT_BYTES`].
+    hot_bytes: usize,
 }
 
 impl Lane {
+    /// Keeps `entry` as written, if the lane has room for it; if not, gives it back.
+    fn keep(&mut self, entry: Entry) -> Option<Entry> {
+        let cost = hot_cost(&entry);
+        if self.hot_bytes + cost > LANE_HOT_BYTES {
+            return Some(entry);
+        }
+        self.hot_bytes += cost;
+        self.hot.push_back(entry);
+        None
+    }
+
+    /// The message `seq` as written, if it is the next one kept.
+    fn take_kept(&mut self, seq: u64) -> Option<Entry> {
+        if self.hot.front()?.seq != seq {
+            return None;
+        }
+        let entry = self.hot.pop_front()?;
+        self.hot_bytes -= hot_cost(&entry);
+        Some(entry)
+    }
+
     /// Lets go of the messages kept as written that come before `seq` (handed out after
     /// being read back from the file); returns what they took.
     fn let_go_of_hot_before(&mut self, seq: u64) -> usize {
@@ -192,6 +221,7 @@ impl Lane {
         while self.hot.front().is_some_and(|e| e.seq < seq) {
             freed += hot_cost(&self.hot.pop_front().expect("looked at"));
         }
+        self.hot_bytes -= freed;
         freed
     }
 }
@@ -436,8 +466,7 @@ impl Journal {
             // Kept as written: handed out as it is. (Nothing kept comes before the window's
             // first: let go of, were it so.)
             self.hot_bytes -= l.let_go_of_hot_before(seq);
-            if l.hot.front().is_some_and(|e| e.seq == seq) {
-                let entry = l.hot.pop_front().expect("looked at");
+            if let Some(entry) = l.take_kept(seq) {
                 self.hot_bytes -= hot_cost(&entry);
                 l.waiting.window.pop_front();
                 // Checked as one read back is (see `Envelope::decode`).

@@ -116,7 +116,7 @@ impl Journal {
 
     /// Notes an accepted message of `lane` at `span`, unless the lane is done past it;
     /// `hot`: the message as it was written (this run's own), kept if the message waits in
-    /// the lane's window (see [`Lane::hot`](super::Lane)).
+    /// the lane's window and the lane has room (see [`Lane::hot`](super::Lane)).
     pub(super) fn index(&mut self, lane: String, seq: u64, span: Span, mut hot: Option<Entry>) {
         let l = self.lanes.entry(lane).or_default();
         if seq > l.done_through {
@@ -132,7 +132,7 @@ impl Journal {
                     .is_some_and(|&(last, _)| last == seq)
                 {
                     if let Some(entry) = hot.take() {
-                        l.hot.push_back(entry);
+                        hot = l.keep(entry);
                     }
                 }
             }
