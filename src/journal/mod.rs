@@ -474,8 +474,9 @@ impl Journal {
                     Ok(()) => Ok(entry),
                     Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&entry.encoded))),
                 };
+                l.handed_through = seq;
                 skipped |= hand_out(
-                    l,
+                    &mut l.handed,
                     &key,
                     seq,
                     first.len,
@@ -523,7 +524,7 @@ impl Journal {
                 }
                 break;
             }
-            for (seq, span) in l.waiting.window.drain(..run).collect::<Vec<_>>() {
+            for (seq, span) in l.waiting.window.drain(..run) {
                 let at = (span.offset - first.offset) as usize;
                 let read = match decode_one(&bytes[at..at + span.len as usize]) {
                     Step::Record(_, Record::Accepted { envelope: raw, .. }) => {
@@ -538,8 +539,9 @@ impl Journal {
                     }
                     _ => Err("not the record it should be".to_string()),
                 };
+                l.handed_through = seq;
                 skipped |= hand_out(
-                    l,
+                    &mut l.handed,
                     &key,
                     seq,
                     span.len,
@@ -775,12 +777,12 @@ impl Journal {
     }
 }
 
-/// Hands `lane`'s next waiting message (`seq`, its record `len` bytes) to its publisher,
-/// or, if it could not be read (`why`), keeps it out of the system: reported to central
-/// with its bytes (see the publisher), it counts as finished. Returns whether it was passed
-/// over.
+/// Hands lane `key`'s next waiting message (`seq`, its record `len` bytes) to its
+/// publisher (noted in the lane's `handed`), or, if it could not be read (`why`), keeps it
+/// out of the system: reported to central with its bytes (see the publisher), it counts
+/// as finished. Returns whether it was passed over.
 fn hand_out(
-    lane: &mut Lane,
+    handed: &mut VecDeque<(u64, u32, bool)>,
     key: &str,
     seq: u64,
     len: u32,
@@ -788,15 +790,14 @@ fn hand_out(
     entries: &mut Vec<Entry>,
     unreadable: &mut Vec<String>,
 ) -> bool {
-    lane.handed_through = seq;
     match read {
         Ok(entry) => {
-            lane.handed.push_back((seq, len, false));
+            handed.push_back((seq, len, false));
             entries.push(entry);
             false
         }
         Err(why) => {
-            lane.handed.push_back((seq, len, true));
+            handed.push_back((seq, len, true));
             unreadable.push(format!("{key}: journal record {seq} is unreadable: {why}"));
             true
         }
