@@ -99,7 +99,9 @@ const COMPACT_RETRY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
-    pub envelope: Envelope,
+    /// Shared, not copied: the journal keeps what this run wrote (see [`HOT_BYTES`]) and a
+    /// publisher holds what it took, each an `Entry`, and cloning one is then a count.
+    pub envelope: Arc<Envelope>,
     /// The envelope as the journal holds it, its wire form ([`Envelope::encode`]): sent
     /// and logged as it is, not encoded again for every use.
     pub encoded: Arc<[u8]>,
@@ -111,7 +113,7 @@ impl Entry {
         let encoded = envelope.encode().into();
         Entry {
             seq,
-            envelope,
+            envelope: Arc::new(envelope),
             encoded,
         }
     }
@@ -350,7 +352,7 @@ impl Journal {
             placed.push((lane.clone(), seq, Span { offset, len }));
             entries.push(Entry {
                 seq,
-                envelope,
+                envelope: Arc::new(envelope),
                 encoded,
             });
         }
@@ -531,7 +533,7 @@ impl Journal {
                         match Envelope::decode(&raw) {
                             Ok(envelope) => Ok(Entry {
                                 seq,
-                                envelope,
+                                envelope: Arc::new(envelope),
                                 encoded: raw.into(),
                             }),
                             Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&raw))),

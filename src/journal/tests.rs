@@ -560,10 +560,12 @@ fn a_journal_from_before_lanes_is_read_and_rewritten() {
     );
     let one = take_all(&mut j, "ship1");
     assert_eq!(
-        one.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(),
+        one.iter()
+            .map(|e| (*e.envelope).clone())
+            .collect::<Vec<_>>(),
         [envelope(3)]
     );
-    assert_eq!(take_all(&mut j, "ship2")[0].envelope, envelope(2));
+    assert_eq!(*take_all(&mut j, "ship2")[0].envelope, envelope(2));
     let rewritten = decode(&fs::read(Journal::path(dir.path())).unwrap());
     assert!(rewritten
         .records

@@ -123,7 +123,7 @@ impl Node {
         }
         self.wake(lanes);
         Ok((
-            entries.into_iter().map(|e| e.envelope.id).collect(),
+            entries.iter().map(|e| e.envelope.id.clone()).collect(),
             watched,
         ))
     }

@@ -24,7 +24,7 @@ fn request(src: &str, dst: &str, mode: Option<&str>) -> Envelope {
 fn queued(source: &Node) -> Vec<Envelope> {
     let lane = Subject::new("ship2", Kind::EventAck, COPY_DST).unwrap();
     let entries = source.journal().take(&lane, 100_000).unwrap();
-    entries.into_iter().map(|e| e.envelope).collect()
+    entries.iter().map(|e| (*e.envelope).clone()).collect()
 }
 
 /// Hands `chunks` to `node`'s CopyDst in batches of `batch`, as its subscriber would.

@@ -86,7 +86,7 @@ pub(super) fn wire_form<'e>(identity: &Identity, entry: &'e Entry) -> Cow<'e, [u
         Envelope {
             reply_ticket: ticket.or_else(|| envelope.reply_ticket.clone()),
             grant: grant.or_else(|| envelope.grant.clone()),
-            ..envelope.clone()
+            ..Envelope::clone(envelope)
         }
         .encode(),
     )

@@ -519,7 +519,7 @@ mod tests {
         let slot: Vec<Entry> = (0..10).map(|i| entry(i, &"x".repeat(1000))).collect();
         let (n, payload) = batch_of(&me, &slot, 0);
         assert_eq!(n, 10);
-        let envelopes: Vec<Envelope> = slot.iter().map(|e| e.envelope.clone()).collect();
+        let envelopes: Vec<Envelope> = slot.iter().map(|e| (*e.envelope).clone()).collect();
         assert_eq!(payload, encode_batch(&envelopes));
         assert_eq!(decode_batch(&payload).unwrap(), envelopes);
         // Under a small broker limit, fewer fit, and never fewer than one.
