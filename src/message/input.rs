@@ -3,10 +3,15 @@
 //! The text is split into top-level values here, not by a JSON parser, so that one broken
 //! array is rejected alone and the arrays after it still go, and so that an array still
 //! being written is left for later rather than rejected. Each complete value is then
-//! parsed, and each message in it validated alone ([`Message::from_value`]).
+//! parsed, and each message in it validated alone: read straight into a [`Message`] when it
+//! is plain, else through a JSON tree ([`Message::from_value`]), which names what is wrong.
 
+use super::validate::KEYS;
 use super::{KindCheck, Message};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::fmt;
 
 /// One piece of `inmsg.txt` that could not be taken, kept for the operator: verbatim, or,
 /// for one bad message of an array, as an array of that message alone, which is itself
@@ -36,6 +41,19 @@ pub fn parse_input(
     first_line: usize,
     at_end: bool,
     known_method: &KindCheck,
+) -> Parsed {
+    parse_with(text, first_line, at_end, known_method, take_value)
+}
+
+/// What takes one complete value: [`take_value`], or in tests [`take_tree`] alone.
+type Take = fn(&[u8], usize, &KindCheck, &mut Parsed);
+
+fn parse_with(
+    text: &[u8],
+    first_line: usize,
+    at_end: bool,
+    known_method: &KindCheck,
+    take: Take,
 ) -> Parsed {
     let mut parsed = Parsed::default();
     let mut pos = 0;
@@ -96,7 +114,7 @@ pub fn parse_input(
             }
         };
         let chunk = &text[start..end];
-        take_value(chunk, line, known_method, &mut parsed);
+        take(chunk, line, known_method, &mut parsed);
         pos = end;
         parsed.consumed = end;
     }
@@ -105,7 +123,64 @@ pub fn parse_input(
 
 /// Takes one complete array (or object) that starts on `line`: its good messages into
 /// `parsed.messages`, and the value, or each bad message in it, into `parsed.rejected`.
+///
+/// Most input is an array of plain messages (known keys, each once, `toNode` given): each
+/// is read straight into a [`Message`], without a JSON tree between (a tree per message
+/// was half the allocations of a node's intake). Whatever that reading does not take, a
+/// message or the whole value, goes the full way ([`take_tree`]), which takes exactly
+/// what the quick one would and says what is wrong with the rest.
 fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut Parsed) {
+    let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(chunk) else {
+        return take_tree(chunk, line, known_method, parsed);
+    };
+    for (i, item) in items.iter().enumerate() {
+        let plain = plain_message(item.get())
+            .map(|m| m.for_each_node(true, known_method, &mut parsed.messages));
+        match plain {
+            Some(Ok(())) => {}
+            _ => {
+                let value = serde_json::from_str(item.get()).expect("a value the array held");
+                take_item(&value, line, i, known_method, parsed);
+            }
+        }
+    }
+}
+
+/// `text` (one JSON value) as a message if it is a plain one: an object of known keys,
+/// none twice, with `data`, `commandOrEvent`, `method` and `toNode`, that reads as a
+/// [`Message`]. Otherwise `None`: not necessarily wrong, just for the full way.
+fn plain_message(text: &str) -> Option<Message> {
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a message")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let bit = |key: &str| KEYS.iter().position(|k| *k == key).map(|i| 1u32 << i);
+            let mut seen = 0;
+            // A key with escapes in it is not borrowed: an error, so the full way.
+            while let Some(key) = map.next_key::<&'de str>()? {
+                match bit(key) {
+                    Some(b) if seen & b == 0 => seen |= b,
+                    _ => return Ok(false),
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(["data", "commandOrEvent", "method", "toNode"]
+                .iter()
+                .all(|k| bit(k).is_some_and(|b| seen & b != 0)))
+        }
+    }
+    let plain = serde_json::Deserializer::from_str(text).deserialize_map(Keys);
+    if !plain.ok()? {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// [`take_value`] the full way: the value as a JSON tree, each message checked in it.
+fn take_tree(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut Parsed) {
     let reject = |error: String| Rejected {
         text: String::from_utf8_lossy(chunk).into_owned(),
         error,
@@ -130,18 +205,21 @@ fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut 
         obj @ Value::Object(_) => vec![obj],
         _ => unreachable!("scan_value only yields arrays and objects"),
     };
-    if items.is_empty() {
-        return;
-    }
     for (i, item) in items.iter().enumerate() {
-        match Message::from_value(item, known_method) {
-            Ok(m) => parsed.messages.extend(m),
-            Err(e) => parsed.rejected.push(Rejected {
-                text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
-                    .expect("a parsed JSON value serializes"),
-                error: format!("array starting on line {line}, message {}: {e}", i + 1),
-            }),
-        }
+        take_item(item, line, i, known_method, parsed);
+    }
+}
+
+/// Message `i` (from 0) of the array that starts on `line`: its messages into
+/// `parsed.messages`, or itself into `parsed.rejected` with why.
+fn take_item(item: &Value, line: usize, i: usize, known_method: &KindCheck, parsed: &mut Parsed) {
+    match Message::from_value(item, known_method) {
+        Ok(m) => parsed.messages.extend(m),
+        Err(e) => parsed.rejected.push(Rejected {
+            text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
+                .expect("a parsed JSON value serializes"),
+            error: format!("array starting on line {line}, message {}: {e}", i + 1),
+        }),
     }
 }
 
@@ -236,6 +314,76 @@ mod tests {
             
     }
 ]"#;
+
+    /// Every input of these tests, and each of them with one byte taken out, or a key
+    /// doubled, or escaped, or a value changed in kind: the quick reading of plain
+    /// messages takes exactly what the full way does, rejects the same with the same words.
+    #[test]
+    fn reading_plain_messages_straight_takes_what_the_json_tree_takes() {
+        let plain = r#"[{"toNode":"ship1","data":["x"],"commandOrEvent":"EventACK","method":"TextLogging","timeout":3,"retries":3}]"#;
+        let mut inputs: Vec<String> = vec![
+            SEED_TWO.into(),
+            plain.into(),
+            plain.replace(r#""timeout":3"#, r#""timeout":3.0"#),
+            plain.replace(r#""timeout":3"#, r#""timeout":null"#),
+            plain.replace(r#""timeout":3"#, r#""timeout":"3""#),
+            plain.replace(r#""timeout":3"#, r#""timeout":-3"#),
+            plain.replace(r#""timeout":3"#, r#""timeout":1e2"#),
+            plain.replace(r#""retries":3"#, r#""retries":4294967296"#),
+            plain.replace(
+                r#""toNode":"ship1""#,
+                r#""toNode":"ship1","toNode":"ship2""#,
+            ),
+            plain.replace(r#""toNode""#, r#""to\u004eode""#),
+            plain.replace(
+                r#""toNode":"ship1""#,
+                r#""toNodes":["ship2","ship1","ship2"]"#,
+            ),
+            plain.replace(
+                r#""toNode":"ship1""#,
+                r#""toNode":"ship1","toNodes":["ship1","ship3"]"#,
+            ),
+            plain.replace(r#""toNode":"ship1""#, r#""toNodes":[]"#),
+            plain.replace(r#""data":["x"]"#, r#""data":["x",1]"#),
+            plain.replace(r#""data":["x"]"#, r#""data":"x""#),
+            plain.replace(r#""method""#, r#""methodArgs":["a"],"method""#),
+            plain.replace(r#""method""#, r#""replyMethod":"Console","method""#),
+            plain.replace(r#""method""#, r#""schedule":[1,2],"method""#),
+            plain.replace(r#""method""#, r#""inReplyTo":{},"method""#),
+            plain.replace("[{", "{").replace("}]", "}"),
+            format!("[{plain},{plain}]")
+                .replace("[[", "[")
+                .replace("]]", "]")
+                .replace("],[", ","),
+            "[]".into(),
+            "[1,{}]".into(),
+        ];
+        for text in [
+            format!("{SEED_TWO}\n[{{\"toNode\": }}]\n"),
+            r#"[{"toNode":"ship1","data":["echo ]] \"[\" }"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#.into(),
+        ] {
+            inputs.push(text);
+        }
+        let mut each = Vec::new();
+        for text in &inputs {
+            each.push(text.clone());
+            for i in 0..text.len() {
+                if text.is_char_boundary(i) && text.is_char_boundary(i + 1) {
+                    each.push(format!("{}{}", &text[..i], &text[i + 1..]));
+                }
+            }
+        }
+        let mut taken = 0;
+        for text in &each {
+            for at_end in [false, true] {
+                let quick = parse_input(text.as_bytes(), 1, at_end, &known);
+                let full = parse_with(text.as_bytes(), 1, at_end, &known, take_tree);
+                assert_eq!(quick, full, "{text}");
+                taken += quick.messages.len();
+            }
+        }
+        assert!(taken > 1000, "the inputs hold messages to take: {taken}");
+    }
 
     #[test]
     fn seed_example_with_two_messages() {

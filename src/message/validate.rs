@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 /// The keys a message in `inmsg.txt` may have; anything else (including `ToNode`) is an error.
-const KEYS: [&str; 17] = [
+pub(super) const KEYS: [&str; 17] = [
     "toNode",
     "data",
     "commandOrEvent",
@@ -74,47 +74,73 @@ impl Message {
                 InputError::Json(e)
             }
         })?;
+        let mut messages = Vec::new();
+        message.for_each_node(obj.contains_key("toNode"), refusal, &mut messages)?;
+        Ok(messages)
+    }
+
+    /// A message read from `inmsg.txt`, checked (names, method, limits, result route) and
+    /// made one message per destination into `out`: `toNode`, if it was given, then each
+    /// of `toNodes` not named before.
+    pub(super) fn for_each_node(
+        mut self,
+        to_node_given: bool,
+        refusal: &KindCheck,
+        out: &mut Vec<Message>,
+    ) -> Result<(), InputError> {
         let name = |field, name: &str| {
             validate_name(name).map_err(|source| InputError::Name { field, source })
         };
-        let mut nodes: Vec<String> = Vec::new();
-        if obj.contains_key("toNode") {
-            name("toNode", &message.to_node)?;
-            nodes.push(message.to_node.clone());
+        if to_node_given {
+            name("toNode", &self.to_node)?;
         }
-        let to_nodes = message.to_nodes.as_deref().unwrap_or_default();
+        // The list is not copied into each of its messages (a fan-out to 50,000 nodes
+        // would copy 50,000 names 50,000 times).
+        let mut to_nodes = self.to_nodes.take().unwrap_or_default();
         if to_nodes.len() > MAX_TO_NODES {
             return Err(InputError::TooManyNodes(to_nodes.len()));
         }
-        let mut named: HashSet<String> = nodes.iter().cloned().collect();
-        for (i, node) in to_nodes.iter().enumerate() {
-            validate_name(node).map_err(|source| InputError::ToNodes { index: i, source })?;
-            if named.insert(node.clone()) {
-                nodes.push(node.clone());
+        if !to_nodes.is_empty() {
+            let mut named: HashSet<&str> = HashSet::new();
+            if to_node_given {
+                named.insert(&self.to_node);
             }
+            let mut first = Vec::with_capacity(to_nodes.len());
+            for (i, node) in to_nodes.iter().enumerate() {
+                validate_name(node).map_err(|source| InputError::ToNodes { index: i, source })?;
+                first.push(named.insert(node));
+            }
+            let mut first = first.into_iter();
+            to_nodes.retain(|_| first.next().unwrap_or(false));
         }
-        if nodes.is_empty() {
+        if !to_node_given && to_nodes.is_empty() {
             return Err(InputError::NoDestination);
         }
-        name("method", &message.method)?;
-        if let Some(why) = refusal(&message.method, message.kind) {
+        name("method", &self.method)?;
+        if let Some(why) = refusal(&self.method, self.kind) {
             return Err(InputError::Refused(why));
         }
-        message.check_limits()?;
-        crate::reply::check_request(&message, refusal).map_err(InputError::Reply)?;
-        // The list is not copied into each of its messages (a fan-out to 50,000 nodes
-        // would copy 50,000 names 50,000 times).
-        let message = Message {
-            to_nodes: None,
-            ..message
+        self.check_limits()?;
+        crate::reply::check_request(&self, refusal).map_err(InputError::Reply)?;
+        // The last destination takes the message itself (most messages have one).
+        let last = match to_nodes.pop() {
+            Some(last) if to_node_given => {
+                out.push(self.clone());
+                last
+            }
+            Some(last) => last,
+            None => {
+                out.push(self);
+                return Ok(());
+            }
         };
-        Ok(nodes
-            .into_iter()
-            .map(|to_node| Message {
-                to_node,
-                ..message.clone()
-            })
-            .collect())
+        out.extend(to_nodes.into_iter().map(|to_node| Message {
+            to_node,
+            ..self.clone()
+        }));
+        self.to_node = last;
+        out.push(self);
+        Ok(())
     }
 
     /// Checks the numbers a message carries and its size: at intake, and on receipt (a
