@@ -133,17 +133,23 @@ fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut 
     let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(chunk) else {
         return take_tree(chunk, line, known_method, parsed);
     };
+    let mut taken = Parsed::default();
     for (i, item) in items.iter().enumerate() {
         let plain = plain_message(item.get())
-            .map(|m| m.for_each_node(true, known_method, &mut parsed.messages));
-        match plain {
-            Some(Ok(())) => {}
-            _ => {
-                let value = serde_json::from_str(item.get()).expect("a value the array held");
-                take_item(&value, line, i, known_method, parsed);
-            }
+            .map(|m| m.for_each_node(true, known_method, &mut taken.messages));
+        if let Some(Ok(())) = plain {
+            continue;
+        }
+        // Splitting the array checks less than a tree does: a lone surrogate in a string
+        // or a number past a double's range gets by. Then the whole value goes the full
+        // way, rejected as invalid JSON, as it always was.
+        match serde_json::from_str::<Value>(item.get()) {
+            Ok(value) => take_item(&value, line, i, known_method, &mut taken),
+            Err(_) => return take_tree(chunk, line, known_method, parsed),
         }
     }
+    parsed.messages.append(&mut taken.messages);
+    parsed.rejected.append(&mut taken.rejected);
 }
 
 /// `text` (one JSON value) as a message if it is a plain one: an object of known keys,
@@ -357,6 +363,19 @@ mod tests {
                 .replace("],[", ","),
             "[]".into(),
             "[1,{}]".into(),
+            format!("[{plain},{}]", plain.replace(r#"["x"]"#, r#"["\ud800"]"#)),
+            format!(
+                "[{plain},{}]",
+                plain.replace(r#"["x"]"#, r#"["\udc00\u0041"]"#)
+            ),
+            format!(
+                "[{plain},{}]",
+                plain.replace(r#""timeout":3"#, r#""timeout":1e999"#)
+            ),
+            format!(
+                "[{},{plain}]",
+                plain.replace(r#""toNode""#, r#""x":1e999,"toNode""#)
+            ),
         ];
         for text in [
             format!("{SEED_TWO}\n[{{\"toNode\": }}]\n"),
