@@ -279,9 +279,12 @@ pub struct Journal {
 }
 
 /// What a message kept as written takes in memory, about: its wire form, its decoded form
-/// beside it (a `String` for each piece of data, however short), the entry itself.
+/// beside it (the envelope in its shared block, a `String` for each piece of data, however
+/// short), the entry itself.
 fn hot_cost(entry: &Entry) -> usize {
     2 * entry.encoded.len()
+        + std::mem::size_of::<Envelope>()
+        + 2 * std::mem::size_of::<usize>()
         + entry.envelope.message.data.len() * std::mem::size_of::<String>()
         + std::mem::size_of::<Entry>()
 }

@@ -124,32 +124,28 @@ fn parse_with(
 /// Takes one complete array (or object) that starts on `line`: its good messages into
 /// `parsed.messages`, and the value, or each bad message in it, into `parsed.rejected`.
 ///
-/// Most input is an array of plain messages (known keys, each once, `toNode` given): each
-/// is read straight into a [`Message`], without a JSON tree between (a tree per message
-/// was half the allocations of a node's intake). Whatever that reading does not take, a
-/// message or the whole value, goes the full way ([`take_tree`]), which takes exactly
-/// what the quick one would and says what is wrong with the rest.
+/// Most input is an array of plain messages (known keys, each once, `toNode` given, good):
+/// each is read straight into a [`Message`], without a JSON tree between (a tree per
+/// message was half the allocations of a node's intake). A value with anything else in
+/// it goes the full way ([`take_tree`]), which takes exactly what the quick one would and
+/// says what is wrong with the rest.
 fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut Parsed) {
     let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(chunk) else {
         return take_tree(chunk, line, known_method, parsed);
     };
-    let mut taken = Parsed::default();
-    for (i, item) in items.iter().enumerate() {
-        let plain = plain_message(item.get())
-            .map(|m| m.for_each_node(true, known_method, &mut taken.messages));
-        if let Some(Ok(())) = plain {
-            continue;
-        }
-        // Splitting the array checks less than a tree does: a lone surrogate in a string
-        // or a number past a double's range gets by. Then the whole value goes the full
-        // way, rejected as invalid JSON, as it always was.
-        match serde_json::from_str::<Value>(item.get()) {
-            Ok(value) => take_item(&value, line, i, known_method, &mut taken),
-            Err(_) => return take_tree(chunk, line, known_method, parsed),
+    let mut messages = Vec::with_capacity(items.len());
+    for item in items {
+        let plain =
+            plain_message(item.get()).map(|m| m.for_each_node(true, known_method, &mut messages));
+        if !matches!(plain, Some(Ok(()))) {
+            // All of the value the full way, as it always went: splitting the array
+            // checks less than a tree does (a lone surrogate, a number past a double's
+            // range, nesting past the tree's depth), and an item alone is one level less
+            // deep than in its array.
+            return take_tree(chunk, line, known_method, parsed);
         }
     }
-    parsed.messages.append(&mut taken.messages);
-    parsed.rejected.append(&mut taken.rejected);
+    parsed.messages.append(&mut messages);
 }
 
 /// `text` (one JSON value) as a message if it is a plain one: an object of known keys,
@@ -211,21 +207,18 @@ fn take_tree(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut P
         obj @ Value::Object(_) => vec![obj],
         _ => unreachable!("scan_value only yields arrays and objects"),
     };
-    for (i, item) in items.iter().enumerate() {
-        take_item(item, line, i, known_method, parsed);
+    if items.is_empty() {
+        return;
     }
-}
-
-/// Message `i` (from 0) of the array that starts on `line`: its messages into
-/// `parsed.messages`, or itself into `parsed.rejected` with why.
-fn take_item(item: &Value, line: usize, i: usize, known_method: &KindCheck, parsed: &mut Parsed) {
-    match Message::from_value(item, known_method) {
-        Ok(m) => parsed.messages.extend(m),
-        Err(e) => parsed.rejected.push(Rejected {
-            text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
-                .expect("a parsed JSON value serializes"),
-            error: format!("array starting on line {line}, message {}: {e}", i + 1),
-        }),
+    for (i, item) in items.iter().enumerate() {
+        match Message::from_value(item, known_method) {
+            Ok(m) => parsed.messages.extend(m),
+            Err(e) => parsed.rejected.push(Rejected {
+                text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
+                    .expect("a parsed JSON value serializes"),
+                error: format!("array starting on line {line}, message {}: {e}", i + 1),
+            }),
+        }
     }
 }
 
@@ -377,6 +370,15 @@ mod tests {
                 plain.replace(r#""toNode""#, r#""x":1e999,"toNode""#)
             ),
         ];
+        // Nested as deep as a tree may go in the array, and a level deeper.
+        for depth in [126, 127] {
+            let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            inputs.push(format!(
+                "[{},{}]",
+                &plain[1..plain.len() - 1],
+                plain[1..plain.len() - 1].replace(r#"["x"]"#, &deep)
+            ));
+        }
         for text in [
             format!("{SEED_TWO}\n[{{\"toNode\": }}]\n"),
             r#"[{"toNode":"ship1","data":["echo ]] \"[\" }"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#.into(),
