@@ -7,6 +7,8 @@
 
 use super::{flag, trust_simulated, Agent, Row};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn rows(broker: &str, n: usize) -> Vec<Row> {
@@ -17,7 +19,15 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
     std::fs::create_dir_all(root.path().join("central/keys")).unwrap();
     let identity = trust_simulated(root.path(), n);
     let central = Agent::start("central", broker, root.path());
-    let conn = nats::connect(broker).unwrap();
+    // The senders' own link counted too: what was in it when it broke is gone.
+    let sender_cuts = Arc::new(AtomicUsize::new(0));
+    let cuts = sender_cuts.clone();
+    let conn = nats::Options::new()
+        .disconnect_callback(move || {
+            cuts.fetch_add(1, Ordering::Relaxed);
+        })
+        .connect(broker)
+        .unwrap();
     let file = central.dir.join("hello-nodes.json");
     let lines = |page: &str| {
         page.matches("\nsteward_node_last_hello_age_seconds{")
@@ -67,7 +77,8 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
             let missing = match missing {
                 0 => String::new(),
                 m => format!(
-                    " / **{m} missing after 30 s** (handled this round: {handled:.0}, refused so far: {refused:.0}, not taken: {deferred:.0}, central's reconnects: {reconnects:.0}; {fresh_in_file} in the file)"
+                    " / **{m} missing after 30 s** (handled this round: {handled:.0}, refused so far: {refused:.0}, not taken: {deferred:.0}, central's reconnects: {reconnects:.0}, the senders' link cut: {} times; {fresh_in_file} in the file)",
+                    sender_cuts.load(Ordering::Relaxed)
                 ),
             };
             // The last changes reach the file within a second of the one before.
