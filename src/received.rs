@@ -424,6 +424,7 @@ mod tests {
             status: Status::Ok,
             exit_code: Some(0),
             output: output.into(),
+            batch_max: None,
         }
     }
 

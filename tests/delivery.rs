@@ -2,6 +2,7 @@
 //! messages, refusals and failures are never silent.
 
 use crate::common;
+use common::raw::Raw;
 use common::{command, report, text_log, wait_until, NatsServer, Node};
 use std::time::Duration;
 
@@ -450,4 +451,186 @@ fn lanes_pausing_for_absent_nodes_give_their_threads_to_nodes_that_answer() {
     assert_eq!(log.matches("=== ").count(), 1, "{log}");
     assert!(!central.read("failed-messages.txt").contains("ship8"));
     drop(online);
+}
+
+/// The batches published on `subject` until none comes for `quiet`: each one's size (a
+/// message alone counts as one).
+fn batch_sizes(spy: &nats::Subscription, quiet: Duration) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while let Ok(m) = spy.next_timeout(quiet) {
+        let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+        sizes.push(v.as_array().map_or(1, Vec::len));
+    }
+    sizes
+}
+
+#[test]
+fn events_go_in_bigger_batches_once_the_receiver_says_it_takes_them() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.EventACK.TextLogging");
+    let n = 3000;
+    let events: String = (0..n)
+        .map(|i| text_log("ship1", &format!("big-{i}\n")))
+        .collect();
+    central.append_inmsg(&events);
+    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
+        t.lines().count() >= n
+    });
+    let lines: Vec<&str> = log.lines().collect();
+    let want: Vec<String> = (0..n).map(|i| format!("big-{i}")).collect();
+    let delivered = want.iter().filter(|w| lines.contains(&w.as_str())).count();
+    report("bigger_batches", n, delivered, lines.len() - delivered);
+    assert_eq!(lines, want, "each event once, in order");
+    let sizes = batch_sizes(&spy, Duration::from_millis(500));
+    // 256 at first (every node takes that many: the first, and the next, made ready while
+    // the receiver had the first), then as many as ship1's answers say it takes.
+    assert!(
+        sizes.len() >= 3 && sizes[..2].iter().all(|&s| s <= 256),
+        "{sizes:?}"
+    );
+    assert!(sizes.iter().any(|&s| s > 256), "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&s| s <= steward::message::MAX_BATCH),
+        "{sizes:?}"
+    );
+    // Nothing sent twice.
+    assert_eq!(sizes.iter().sum::<usize>(), n, "{sizes:?}");
+    let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
+    assert_eq!(central.metric(failed), 0.0);
+}
+
+/// ship1 as a node from before `batchMax` would be: its answers say nothing of it, and a
+/// batch of more than 256 it refuses (silently, as such a node does: "a batch of 257
+/// messages; 1 to 256 are allowed"). Played by a plain client holding ship1's key.
+struct OldShip1 {
+    key: steward::keys::Identity,
+    /// Whether its answers say it takes 1,024 (a node of this version) for now.
+    says_more: bool,
+    /// The events it ran, in order, by their text.
+    ran: Vec<String>,
+    /// Each batch (or message) that came, its size, and whether it was answered.
+    came: Vec<(usize, bool)>,
+}
+
+impl OldShip1 {
+    /// Takes what comes on `sub` and answers it, until `n` events in all have run.
+    fn serve(&mut self, raw: &Raw, sub: &nats::Subscription, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.ran.len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck: {:?}",
+                self.came
+            );
+            let Ok(m) = sub.next_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+            let batch = v.as_array().cloned();
+            let envelopes = batch.clone().unwrap_or_else(|| vec![v]);
+            let takes = envelopes.len() <= 256 || self.says_more;
+            self.came.push((envelopes.len(), takes));
+            if !takes {
+                continue;
+            }
+            let mut replies = Vec::new();
+            for (i, e) in envelopes.iter().enumerate() {
+                let text = e["data"][0].as_str().unwrap().trim_end().to_string();
+                // Run once: a resent event is answered again, not run again.
+                if !self.ran.contains(&text) {
+                    self.ran.push(text);
+                }
+                let mut reply = serde_json::json!({
+                    "id": e["id"], "fromNode": "ship1", "toNode": "central", "status": "ok",
+                    "output": ""
+                });
+                if i == 0 && batch.is_some() && self.says_more {
+                    reply["batchMax"] = 1024.into();
+                }
+                replies.push(reply);
+            }
+            let payload = match batch {
+                Some(_) => serde_json::to_vec(&replies).unwrap(),
+                None => serde_json::to_vec(&replies[0]).unwrap(),
+            };
+            let to = m.reply.as_deref().unwrap();
+            let request_sig = m.headers.as_ref().unwrap().get(steward::keys::SIG).unwrap();
+            let sealed = self
+                .key
+                .seal(steward::keys::Scope::reply(to, request_sig), &payload);
+            raw.send(to, None, Some(&sealed.headers), &payload);
+        }
+    }
+}
+
+#[test]
+fn a_node_from_before_batch_max_only_ever_gets_batches_it_takes() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=2"]);
+    let raw = Raw::connect(&nats.address());
+    let sub = raw.spy("ship1.EventACK.TextLogging");
+    let mut ship1 = OldShip1 {
+        key: steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap(),
+        says_more: false,
+        ran: Vec::new(),
+        came: Vec::new(),
+    };
+    let send = |from: usize, to: usize| {
+        let events: String = (from..to)
+            .map(|i| text_log("ship1", &format!("old-{i}\n")))
+            .collect();
+        central.append_inmsg(&events);
+    };
+    // 1. An old node all along: batches, none over 256.
+    send(0, 1500);
+    ship1.serve(&raw, &sub, 1500);
+    assert!(
+        ship1.came.iter().all(|&(size, _)| size <= 256),
+        "{:?}",
+        ship1.came
+    );
+    assert!(
+        ship1.came.iter().any(|&(size, _)| size > 1),
+        "{:?}",
+        ship1.came
+    );
+    // 2. Upgraded: its answers say it takes 1,024, and bigger batches come.
+    ship1.says_more = true;
+    send(1500, 4500);
+    while !ship1.came.iter().any(|&(size, _)| size > 256) {
+        ship1.serve(&raw, &sub, ship1.ran.len() + 1);
+    }
+    // 3. Replaced by an old version again: the next big batch is refused (not answered);
+    // after its attempt, one at a time, then batches of 256 again, nothing lost.
+    ship1.says_more = false;
+    let at = ship1.came.len();
+    ship1.serve(&raw, &sub, 4500);
+    let after = &ship1.came[at..];
+    let refused = after.iter().filter(|&&(_, answered)| !answered).count();
+    let big_after_refusal = after
+        .iter()
+        .skip_while(|&&(_, answered)| answered)
+        .skip(1)
+        .filter(|&&(size, _)| size > 256)
+        .count();
+    let want: Vec<String> = (0..4500).map(|i| format!("old-{i}")).collect();
+    let delivered = want.iter().filter(|w| ship1.ran.contains(w)).count();
+    report(
+        "batch_max_downgrade",
+        4500,
+        delivered,
+        ship1.ran.len() - delivered,
+    );
+    assert_eq!(ship1.ran, want, "each event once, in order");
+    assert!(refused <= 1, "{after:?}");
+    assert_eq!(big_after_refusal, 0, "{after:?}");
+    let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
+    central.wait_metric(
+        "batches failed",
+        |c| c.metric(failed),
+        |v| v == refused as f64,
+    );
 }

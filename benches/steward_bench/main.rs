@@ -1056,6 +1056,7 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
             status: steward::message::Status::Ok,
             exit_code: Some(0),
             output: String::new(),
+            batch_max: None,
         }
         .encode();
         let sealed = identity.seal(steward::keys::Scope::reply(to, sig), &reply);

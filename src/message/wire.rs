@@ -267,6 +267,14 @@ pub struct Reply {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub output: String,
+    /// On the first reply of a batch's answer: the most messages its sender (the batch's
+    /// receiver) takes in one batch ([`MAX_BATCH`]). A sender sends bigger batches than
+    /// [`FIRST_BATCH`] to a node only once a verified answer from it says so, so that nodes
+    /// from before it (which take [`FIRST_BATCH`] and say nothing) never see one.
+    ///
+    /// [`FIRST_BATCH`]: super::FIRST_BATCH
+    #[serde(rename = "batchMax", default, skip_serializing_if = "Option::is_none")]
+    pub batch_max: Option<u32>,
 }
 
 impl Reply {
@@ -297,12 +305,33 @@ impl Reply {
             status: Status::Refused,
             exit_code: None,
             output: why,
+            batch_max: None,
         }
     }
 
     /// The replies to a batch, in its order.
     pub fn encode_batch(replies: &[Reply]) -> Vec<u8> {
         serde_json::to_vec(replies).expect("Replies always serialize")
+    }
+
+    /// A receiver's answer to a batch: [`Reply::encode_batch`], the first reply saying how
+    /// many messages this node takes in one batch (`batchMax`: [`MAX_BATCH`]).
+    pub fn encode_batch_answer(replies: &[Reply]) -> Vec<u8> {
+        let mut out = vec![b'['];
+        for (i, reply) in replies.iter().enumerate() {
+            if i == 0 {
+                let first = Reply {
+                    batch_max: Some(MAX_BATCH as u32),
+                    ..reply.clone()
+                };
+                first.encode_into(&mut out);
+            } else {
+                out.push(b',');
+                reply.encode_into(&mut out);
+            }
+        }
+        out.push(b']');
+        out
     }
 
     pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Reply>, DecodeError> {
@@ -323,6 +352,35 @@ fn json_into(value: &impl Serialize, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::message::Kind;
+
+    #[test]
+    fn a_batch_answer_says_on_its_first_reply_how_many_this_node_takes() {
+        let replies: Vec<Reply> = ["a", "b", "c"]
+            .iter()
+            .map(|id| Reply::refusal(id.to_string(), "central", "ship1", "why".into()))
+            .collect();
+        let wire = Reply::encode_batch_answer(&replies);
+        let text = String::from_utf8(wire.clone()).unwrap();
+        assert_eq!(text.matches("\"batchMax\":1024").count(), 1, "{text}");
+        let got = Reply::decode_batch(&wire).unwrap();
+        assert_eq!(got[0].batch_max, Some(MAX_BATCH as u32));
+        assert!(got[1..].iter().all(|r| r.batch_max.is_none()));
+        let plain: Vec<Reply> = got
+            .into_iter()
+            .map(|r| Reply {
+                batch_max: None,
+                ..r
+            })
+            .collect();
+        assert_eq!(plain, replies);
+        // An answer without it (a node from before it) decodes as saying nothing; and a
+        // reply with a key this version does not know decodes as before (what nodes before
+        // `batchMax` do with it: their replies did not refuse unknown keys either).
+        let old = Reply::decode_batch(&Reply::encode_batch(&replies)).unwrap();
+        assert!(old.iter().all(|r| r.batch_max.is_none()));
+        let newer = br#"[{"id":"a","fromNode":"ship1","status":"ok","batchMax":4096,"later":1}]"#;
+        assert_eq!(Reply::decode_batch(newer).unwrap()[0].batch_max, Some(4096));
+    }
 
     #[test]
     fn envelope_wire_form_round_trips_and_keeps_seed_keys() {

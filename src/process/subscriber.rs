@@ -593,6 +593,7 @@ fn answers(
             } else {
                 outcome.output
             },
+            batch_max: None,
         });
     }
     Answers {
@@ -663,13 +664,14 @@ fn label_of(status: Status) -> &'static str {
 }
 
 /// Sends the replies if the sender asked for an answer (ACK kinds), on its own inbox,
-/// signed over the request's signature; in the request's form (one reply, or a batch's),
-/// trimming command output that would exceed the broker's payload limit.
+/// signed over the request's signature; in the request's form (one reply, or a batch's,
+/// which says how many messages this node takes in one batch), trimming command output
+/// that would exceed the broker's payload limit.
 fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply]) {
     let Some(to) = &a.reply_to else { return };
     let encode = |replies: &[Reply]| {
         if a.batch {
-            Reply::encode_batch(replies)
+            Reply::encode_batch_answer(replies)
         } else {
             replies[0].encode()
         }

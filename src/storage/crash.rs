@@ -517,6 +517,7 @@ fn reply(id: &str) -> Reply {
         status: Status::Ok,
         exit_code: Some(0),
         output: format!("output of {id}"),
+        batch_max: None,
     }
 }
 

@@ -22,9 +22,12 @@
 //! recognised at the next start, and neither sent nor stored again ([`crate::resumed`]).
 //!
 //! Events (EventACK) queued together travel together: when more than one is waiting, the
-//! publisher sends up to [`MAX_BATCH`] of them, in order, as one batch, and the receiver
+//! publisher sends up to [`FIRST_BATCH`] of them, in order, as one batch, and the receiver
 //! runs them in order and answers with all their replies at once, writing its records once
-//! per batch rather than once per message. That is what lets a journaled, fsync'd,
+//! per batch rather than once per message. Its answer says how many it takes in one batch
+//! (`batchMax`, [`MAX_BATCH`] from this version on: a 1,000-event batch costs the same
+//! fsyncs and signatures as a 256-event one), and the next batches are that big; a node
+//! from before it says nothing and gets [`FIRST_BATCH`] (it would refuse more). That is what lets a journaled, fsync'd,
 //! exactly-once event stream keep up with bare NATS request/reply. One batch is with the
 //! receiver at a time (it runs them in order), but the publisher's own work overlaps it:
 //! once a batch is ACKed, the next one goes out (taken from the journal, encoded and
@@ -40,7 +43,7 @@
 use super::{sleep_or_stop, Failure, Process, State};
 use crate::journal::Entry;
 use crate::keys::{Scope, Unverified};
-use crate::message::{DecodeError, Reply, Status, MAX_BATCH, MAX_BATCH_BYTES};
+use crate::message::{DecodeError, Reply, Status, FIRST_BATCH, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
 use crate::retry::{self, Next, Rules};
 use crate::subject::Subject;
@@ -232,6 +235,9 @@ impl Process for Publisher {
         let (inbox, replies) = (&route.prefix, &route.messages);
         // Off after a batch fails, until a message gets through alone again.
         let mut batching = true;
+        // How many messages the destination takes in one batch: what every node takes,
+        // until a verified answer to a batch says more (see `Reply::batch_max`).
+        let mut takes = FIRST_BATCH;
         let batchable = kind.wants_ack() && !kind.is_command();
         // A batch ACKed and not yet finished (the first entries of the slot), finished
         // while the next one is with the receiver; and the one after that, taken and
@@ -243,7 +249,7 @@ impl Process for Publisher {
                 Some(batch) => batch,
                 None => {
                     let held = unfinished.as_ref().map_or(0, |(entries, _)| entries.len());
-                    let want = if batching && batchable { MAX_BATCH } else { 1 };
+                    let want = if batching && batchable { takes } else { 1 };
                     let slot = match self.take(held, want) {
                         Ok(slot) => slot,
                         Err(e) => {
@@ -300,7 +306,7 @@ impl Process for Publisher {
                 // The next batch, ready to go as soon as this one is ACKed. A journal that
                 // cannot be read fails the publisher at the next take, this batch done.
                 // Sealed now too: signing a batch is the largest part of sending it.
-                if let Ok(after) = self.take(batch.len(), MAX_BATCH) {
+                if let Ok(after) = self.take(batch.len(), takes) {
                     ready = self.batch_in(&after, true, &conn).map(|(next, payload)| {
                         let wire = self.batch_wire(inbox, &next, payload, true);
                         (next, wire)
@@ -309,7 +315,10 @@ impl Process for Publisher {
                 Ok(())
             };
             match self.deliver_batch(replies, &batch, wire, stop, meanwhile)? {
-                Attempt::Acked(acked) => unfinished = Some((batch, acked)),
+                Attempt::Acked(acked) => {
+                    takes = batch_size(&acked);
+                    unfinished = Some((batch, acked));
+                }
                 Attempt::Stopped => return Ok(()),
                 Attempt::Failed(why) => {
                     let method = batch[0].envelope.message.method.as_str();
@@ -324,12 +333,24 @@ impl Process for Publisher {
                         batch.len()
                     );
                     batching = false;
+                    // Perhaps a node from before `batchMax` now: it says so again if not.
+                    takes = FIRST_BATCH;
                     // Its messages stay in the slot, first the failed batch's.
                     ready = None;
                 }
             }
         }
     }
+}
+
+/// How many messages to send in one batch after `acked`, a verified answer to one: what its
+/// sender says it takes (within what this node would take), or, if it says nothing (a node
+/// from before `batchMax`), [`FIRST_BATCH`].
+fn batch_size(acked: &[Reply]) -> usize {
+    acked
+        .first()
+        .and_then(|r| r.batch_max)
+        .map_or(FIRST_BATCH, |n| (n as usize).clamp(1, MAX_BATCH))
 }
 
 impl Publisher {
@@ -510,6 +531,27 @@ mod tests {
             .and_then(|s| s.downcast_ref::<io::Error>())
             .expect("the io::Error");
         assert_eq!(io.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn batches_are_as_big_as_the_receivers_answer_says_and_256_if_it_says_nothing() {
+        let answer = |batch_max: Option<u32>| {
+            let mut first = Reply::refusal("a".into(), "central", "ship1", String::new());
+            first.batch_max = batch_max;
+            vec![
+                first,
+                Reply::refusal("b".into(), "central", "ship1", String::new()),
+            ]
+        };
+        // A node from before `batchMax` (or a receiver that says nothing) takes 256.
+        assert_eq!(batch_size(&answer(None)), FIRST_BATCH);
+        assert_eq!(FIRST_BATCH, 256);
+        assert_eq!(batch_size(&answer(Some(1024))), 1024);
+        assert_eq!(batch_size(&answer(Some(100))), 100);
+        // Never more than this node would take itself, never none.
+        assert_eq!(batch_size(&answer(Some(u32::MAX))), MAX_BATCH);
+        assert_eq!(batch_size(&answer(Some(0))), 1);
+        assert_eq!(batch_size(&[]), FIRST_BATCH);
     }
 
     #[test]
