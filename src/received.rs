@@ -40,8 +40,11 @@ use std::sync::{Arc, Mutex};
 
 /// How many message ids are remembered.
 pub const KEEP: usize = 10_000;
-/// How many ids of one sender are remembered at most: more than the counter window.
+/// How many ids of one sender are remembered at most: more than the counter window, and
+/// than a lane's batch answered and the next one running (a running id forgotten would run
+/// again if its sender retried it meanwhile).
 pub const KEEP_PER_SENDER: usize = 2_500;
+const _: () = assert!(2 * crate::message::MAX_BATCH <= KEEP_PER_SENDER);
 /// Size past which the file is compacted.
 const COMPACT_BYTES: u64 = 4 << 20;
 

@@ -4,7 +4,8 @@
 //! A file stream and a durable pull consumer acking each message, as an operator would set
 //! JetStream up for commands that must not be lost. The publisher either waits for each
 //! PubAck before the next message ("one at a time", as steward's command path does) or keeps
-//! 256 unacknowledged in flight ("pipelined", steward's batch size). The time runs from the
+//! 256 unacknowledged in flight ("pipelined", steward's first batch size; 1,024 once the
+//! receiver says it takes them). The time runs from the
 //! first publish until the consumer has acked the last message. Each measurement gets its
 //! own server and store folder, so no run inherits another's files.
 

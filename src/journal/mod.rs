@@ -88,9 +88,10 @@ pub const WINDOW: usize = 2 * crate::message::MAX_BATCH;
 const HOT_BYTES: usize = 1 << 20;
 /// How much of [`HOT_BYTES`] one lane may take: a lane that does not move (its node is
 /// away) holds its kept messages until it does, and one or two of them cannot take it all
-/// from the lanes whose nodes answer. About a batch of events ([`MAX_BATCH`]).
+/// from the lanes whose nodes answer. About a first batch of events ([`FIRST_BATCH`]);
+/// the rest of a bigger one is read back.
 ///
-/// [`MAX_BATCH`]: crate::message::MAX_BATCH
+/// [`FIRST_BATCH`]: crate::message::FIRST_BATCH
 const LANE_HOT_BYTES: usize = HOT_BYTES / 4;
 /// After a compaction failed (a full disk), how long before the next try.
 const COMPACT_RETRY: Duration = Duration::from_secs(60);
@@ -447,6 +448,18 @@ impl Journal {
     /// as written ([`Lane::hot`]), or read back from the file. They count as unfinished
     /// until [`Journal::finish`].
     pub fn take(&mut self, lane: &Subject, max: usize) -> io::Result<Vec<Entry>> {
+        self.take_within(lane, max, usize::MAX)
+    }
+
+    /// As [`Journal::take`], stopping once the records handed out come to `max_bytes` (at
+    /// least one is): what a publisher holds in memory follows what a batch carries, not a
+    /// count of messages that may each be a file's chunk.
+    pub fn take_within(
+        &mut self,
+        lane: &Subject,
+        max: usize,
+        max_bytes: usize,
+    ) -> io::Result<Vec<Entry>> {
         let key = lane.to_string();
         let Some(l) = self.lanes.get_mut(&key) else {
             return Ok(Vec::new());
@@ -464,7 +477,8 @@ impl Journal {
         // After a read error, one record at a time: those before the one that cannot be
         // read are still handed out.
         let mut one_by_one = false;
-        while entries.len() < max {
+        let mut taken_bytes = 0usize;
+        while entries.len() < max && taken_bytes < max_bytes {
             let Some(&(seq, first)) = l.waiting.window.front() else {
                 break;
             };
@@ -473,6 +487,7 @@ impl Journal {
             self.hot_bytes -= l.let_go_of_hot_before(seq);
             if let Some(entry) = l.take_kept(seq) {
                 self.hot_bytes -= hot_cost(&entry);
+                taken_bytes += first.len as usize;
                 l.waiting.window.pop_front();
                 // Checked as one read back is (see `Envelope::decode`).
                 let read = match entry.envelope.check(entry.encoded.len()) {
@@ -509,7 +524,8 @@ impl Journal {
                 .take_while(|(seq, span)| {
                     let next = Some(*seq) != next_hot
                         && span.offset == end
-                        && end + u64::from(span.len) - first.offset <= CHUNK as u64;
+                        && end + u64::from(span.len) - first.offset <= CHUNK as u64
+                        && taken_bytes + ((end - first.offset) as usize) < max_bytes;
                     if next {
                         end += u64::from(span.len);
                     }
@@ -529,6 +545,7 @@ impl Journal {
                 }
                 break;
             }
+            taken_bytes += (end - first.offset) as usize;
             for (seq, span) in l.waiting.window.drain(..run) {
                 let at = (span.offset - first.offset) as usize;
                 let read = match decode_one(&bytes[at..at + span.len as usize]) {

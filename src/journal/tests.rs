@@ -684,3 +684,36 @@ fn a_record_that_cannot_be_read_holds_back_only_itself_and_those_after_it() {
     let after = j.take(&lane, 10).unwrap();
     assert_eq!(data(&after), ["message 3", "message 4", "message 5"]);
 }
+
+#[test]
+fn a_take_within_bytes_stops_there_from_memory_and_from_the_file_and_hands_out_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    // The first ones kept in memory, the rest past the lane's budget: read back.
+    let written = j
+        .append("central", (0..200).map(big_msg).collect(), None)
+        .unwrap();
+    let record = 4096 + 100;
+    let mut taken = Vec::new();
+    loop {
+        let got = j.take_within(&lane("ship1"), 1000, 10 * record).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        // At most a record past the bytes asked for: 10 of them, or 11 (4 KB and a bit each).
+        assert!(
+            (10..=11).contains(&got.len()) || taken.len() + got.len() == 200,
+            "{}",
+            got.len()
+        );
+        taken.extend(got);
+    }
+    assert_eq!(taken, written);
+    // Fewer bytes than one record: still one.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", (0..3).map(big_msg).collect(), None)
+        .unwrap();
+    assert_eq!(j.take_within(&lane("ship1"), 10, 1).unwrap().len(), 1);
+    assert_eq!(j.take(&lane("ship1"), 10).unwrap().len(), 2);
+}

@@ -315,13 +315,14 @@ impl Reply {
     }
 
     /// A receiver's answer to a batch: [`Reply::encode_batch`], the first reply saying how
-    /// many messages this node takes in one batch (`batchMax`: [`MAX_BATCH`]).
-    pub fn encode_batch_answer(replies: &[Reply]) -> Vec<u8> {
+    /// many messages of the method this node takes in one batch (`batchMax`: at most
+    /// [`MAX_BATCH`]).
+    pub fn encode_batch_answer(replies: &[Reply], batch_max: usize) -> Vec<u8> {
         let mut out = vec![b'['];
         for (i, reply) in replies.iter().enumerate() {
             if i == 0 {
                 let first = Reply {
-                    batch_max: Some(MAX_BATCH as u32),
+                    batch_max: Some(batch_max.min(MAX_BATCH) as u32),
                     ..reply.clone()
                 };
                 first.encode_into(&mut out);
@@ -359,7 +360,7 @@ mod tests {
             .iter()
             .map(|id| Reply::refusal(id.to_string(), "central", "ship1", "why".into()))
             .collect();
-        let wire = Reply::encode_batch_answer(&replies);
+        let wire = Reply::encode_batch_answer(&replies, MAX_BATCH);
         let text = String::from_utf8(wire.clone()).unwrap();
         assert_eq!(text.matches("\"batchMax\":1024").count(), 1, "{text}");
         let got = Reply::decode_batch(&wire).unwrap();
@@ -380,6 +381,43 @@ mod tests {
         assert!(old.iter().all(|r| r.batch_max.is_none()));
         let newer = br#"[{"id":"a","fromNode":"ship1","status":"ok","batchMax":4096,"later":1}]"#;
         assert_eq!(Reply::decode_batch(newer).unwrap()[0].batch_max, Some(4096));
+        // A method that runs each message alone says 256; nothing says more than this
+        // node takes.
+        let wire = Reply::encode_batch_answer(&replies, 256);
+        assert_eq!(Reply::decode_batch(&wire).unwrap()[0].batch_max, Some(256));
+        let wire = Reply::encode_batch_answer(&replies, usize::MAX);
+        assert_eq!(
+            Reply::decode_batch(&wire).unwrap()[0].batch_max,
+            Some(MAX_BATCH as u32)
+        );
+    }
+
+    #[test]
+    fn a_batch_of_more_than_max_batch_is_refused_whole() {
+        let e = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 1,
+            reply_ticket: None,
+            grant: None,
+            message: Message::new("ship1", Kind::EventAck, "TextLogging", vec!["x".into()]),
+        };
+        let batch = |n: usize| {
+            let envelopes: Vec<Envelope> = (0..n)
+                .map(|i| Envelope {
+                    id: format!("central-{i}"),
+                    ..e.clone()
+                })
+                .collect();
+            encode_batch(&envelopes)
+        };
+        assert_eq!(decode_batch(&batch(MAX_BATCH)).unwrap().len(), MAX_BATCH);
+        let err = decode_batch(&batch(MAX_BATCH + 1)).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::BatchSize { count } if count == MAX_BATCH + 1),
+            "{err}"
+        );
+        assert!(decode_batch(b"[]").is_err());
     }
 
     #[test]

@@ -33,6 +33,10 @@ impl Method for ErrorLog {
         ctx.log_budget.check_free_space(&ctx.data.root)
     }
 
+    fn batch_max(&self) -> usize {
+        crate::message::MAX_BATCH
+    }
+
     /// A batch's errors go to errors.log with one write and one fsync.
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         let all = |outcome: Outcome| vec![outcome; envelopes.len()];

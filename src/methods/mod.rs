@@ -199,6 +199,17 @@ pub trait Method: Send + Sync {
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         envelopes.iter().map(|e| self.handle(e, ctx)).collect()
     }
+    /// The most messages of this method this node says it takes in one batch (`batchMax`
+    /// in its answer to one): [`MAX_BATCH`] for a method whose [`Method::handle_batch`]
+    /// does the batch's work in one go; [`FIRST_BATCH`], as before `batchMax`, for one
+    /// that runs each message alone (an fsync or two each), so that a batch's one timeout
+    /// still covers its runs.
+    ///
+    /// [`MAX_BATCH`]: crate::message::MAX_BATCH
+    /// [`FIRST_BATCH`]: crate::message::FIRST_BATCH
+    fn batch_max(&self) -> usize {
+        crate::message::FIRST_BATCH
+    }
     /// Deferred work: started by the method's subscriber when a message was admitted and
     /// when it was handled, and again every second while this returns true (work still
     /// waits). Runs on a handler thread, one at a time, beside handlers and possibly

@@ -33,6 +33,10 @@ impl Method for TextLogging {
         ctx.log_budget.check_free_space(&ctx.data.root)
     }
 
+    fn batch_max(&self) -> usize {
+        crate::message::MAX_BATCH
+    }
+
     /// A batch's lines go to each sender's log with one write and one fsync.
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         // Each sender's log file, named once (a batch comes from one sender).

@@ -359,7 +359,7 @@ fn handle(
                         )
                     })
                     .collect();
-                answer(node, conn, &admitted, &replies);
+                answer(method, node, conn, &admitted, &replies);
             }
         }
     }
@@ -411,7 +411,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     send_results(node, subject, results, &mut replies);
     keep_schedules(node, subject, schedules);
     if !method.remembered() {
-        answer(node, conn, &a, &replies);
+        answer(method, node, conn, &a, &replies);
         return;
     }
     let to_record: Vec<&Reply> = new_at.iter().map(|&i| &replies[i]).collect();
@@ -423,7 +423,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
         return;
     }
     log::debug!("{subject}: {first} from {}: answered", a.from);
-    answer(node, conn, &a, &replies);
+    answer(method, node, conn, &a, &replies);
     if let Err(e) = node.received.sync() {
         node.stop_if_received_unusable();
         log::error!("{subject}: cannot sync the reply to {first}: {e}");
@@ -665,39 +665,24 @@ fn label_of(status: Status) -> &'static str {
 
 /// Sends the replies if the sender asked for an answer (ACK kinds), on its own inbox,
 /// signed over the request's signature; in the request's form (one reply, or a batch's,
-/// which says how many messages this node takes in one batch), trimming command output
+/// which says how many messages of `method` this node takes in one batch), trimming output
 /// that would exceed the broker's payload limit.
-fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply]) {
+fn answer(
+    method: &dyn Method,
+    node: &Node,
+    conn: &nats::Connection,
+    a: &Admitted,
+    replies: &[Reply],
+) {
     let Some(to) = &a.reply_to else { return };
     let encode = |replies: &[Reply]| {
         if a.batch {
-            Reply::encode_batch_answer(replies)
+            Reply::encode_batch_answer(replies, method.batch_max())
         } else {
             replies[0].encode()
         }
     };
-    let mut bytes = encode(replies);
-    let max = conn.max_payload();
-    if max > 0 && bytes.len() > max {
-        let share = (max / replies.len().max(1)).saturating_sub(1024);
-        let trimmed: Vec<Reply> = replies
-            .iter()
-            .cloned()
-            .map(|mut r| {
-                if r.output.len() > share {
-                    let mut cut = share;
-                    while !r.output.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    r.output.truncate(cut);
-                    r.output
-                        .push_str("\n[steward: output trimmed to the broker's payload limit]\n");
-                }
-                r
-            })
-            .collect();
-        bytes = encode(&trimmed);
-    }
+    let bytes = fitted(replies, conn.max_payload(), encode);
     if let Err(e) = node.broker.publish(
         &node.identity,
         to,
@@ -711,9 +696,111 @@ fn answer(node: &Node, conn: &nats::Connection, a: &Admitted, replies: &[Reply])
     }
 }
 
+/// `replies` as `encode` writes them, their outputs trimmed if that is more than `max`
+/// bytes (0: no limit) so that they fit.
+fn fitted(replies: &[Reply], max: usize, encode: impl Fn(&[Reply]) -> Vec<u8>) -> Vec<u8> {
+    let bytes = encode(replies);
+    if max == 0 || bytes.len() <= max {
+        return bytes;
+    }
+    // The room the replies' other fields leave (and a margin), shared out. Output escaped
+    // in JSON takes more than in memory (up to six bytes a character): the share is halved
+    // until it fits.
+    let bare: Vec<Reply> = replies
+        .iter()
+        .map(|r| Reply {
+            output: String::new(),
+            ..r.clone()
+        })
+        .collect();
+    let room = max.saturating_sub(encode(&bare).len() + 4096);
+    let mut share = trim_share(room, replies);
+    loop {
+        let bytes = encode(&trimmed(replies, share));
+        if bytes.len() <= max || share == 0 {
+            return bytes;
+        }
+        share /= 2;
+    }
+}
+
+/// How many bytes of output each reply may keep so that all of them fit in `room`: outputs
+/// shorter than an even share are kept whole and leave the rest of theirs to the longer
+/// ones, which are cut to what is left, less the trimming notice.
+fn trim_share(room: usize, replies: &[Reply]) -> usize {
+    let mut lens: Vec<usize> = replies.iter().map(|r| r.output.len()).collect();
+    lens.sort_unstable();
+    let mut left = room;
+    for (i, &len) in lens.iter().enumerate() {
+        let each = left / (lens.len() - i);
+        if len > each {
+            return each.saturating_sub(TRIMMED.len());
+        }
+        left -= len;
+    }
+    usize::MAX
+}
+
+const TRIMMED: &str = "\n[steward: output trimmed to the broker's payload limit]\n";
+
+/// `replies`, each output longer than `share` bytes cut there (at a character's boundary)
+/// and saying so.
+fn trimmed(replies: &[Reply], share: usize) -> Vec<Reply> {
+    replies
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if r.output.len() > share {
+                let mut cut = share;
+                while !r.output.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                r.output.truncate(cut);
+                r.output.push_str(TRIMMED);
+            }
+            r
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_too_big_for_the_broker_cuts_the_long_outputs_and_keeps_the_short() {
+        let max = 1 << 20;
+        let mut replies: Vec<Reply> = (0..crate::message::MAX_BATCH)
+            .map(|i| Reply::refusal(format!("central-{i}"), "central", "ship1", "short".into()))
+            .collect();
+        replies[5].output = "é".repeat(400_000);
+        // Six bytes each in JSON.
+        replies[9].output = "\u{1}".repeat(200_000);
+        let encode = |r: &[Reply]| Reply::encode_batch_answer(r, crate::message::MAX_BATCH);
+        assert!(encode(&replies).len() > max);
+        let bytes = fitted(&replies, max, encode);
+        assert!(bytes.len() <= max, "{}", bytes.len());
+        let got = Reply::decode_batch(&bytes).unwrap();
+        assert_eq!(got.len(), replies.len());
+        for (i, r) in got.iter().enumerate() {
+            match i {
+                5 | 9 => {
+                    assert!(r.output.ends_with(TRIMMED), "{i}");
+                    // Trimmed to a share of the room, not to nothing.
+                    assert!(
+                        r.output.len() > 1000 + TRIMMED.len(),
+                        "{i}: {}",
+                        r.output.len()
+                    );
+                }
+                _ => assert_eq!(r.output, "short", "{i}"),
+            }
+        }
+        assert_eq!(got[0].batch_max, Some(crate::message::MAX_BATCH as u32));
+        // What fits goes as it is; no limit, nothing cut.
+        assert_eq!(fitted(&replies[..3], max, encode), encode(&replies[..3]));
+        assert_eq!(fitted(&replies, 0, encode), encode(&replies));
+    }
 
     #[test]
     fn a_subject_this_node_cannot_make_is_fatal_a_lost_subscription_a_retry() {

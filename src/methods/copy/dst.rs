@@ -61,6 +61,9 @@ impl Method for CopyDst {
             .pop()
             .expect("one outcome per message")
     }
+    fn batch_max(&self) -> usize {
+        crate::message::MAX_BATCH
+    }
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         let mut open = Open::default();
         let mut outcomes: Vec<Outcome> = envelopes

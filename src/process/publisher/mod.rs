@@ -24,11 +24,15 @@
 //! Events (EventACK) queued together travel together: when more than one is waiting, the
 //! publisher sends up to [`FIRST_BATCH`] of them, in order, as one batch, and the receiver
 //! runs them in order and answers with all their replies at once, writing its records once
-//! per batch rather than once per message. Its answer says how many it takes in one batch
-//! (`batchMax`, [`MAX_BATCH`] from this version on: a 1,000-event batch costs the same
-//! fsyncs and signatures as a 256-event one), and the next batches are that big; a node
-//! from before it says nothing and gets [`FIRST_BATCH`] (it would refuse more). That is what lets a journaled, fsync'd,
-//! exactly-once event stream keep up with bare NATS request/reply. One batch is with the
+//! per batch rather than once per message. Its answer says how many of the method it takes
+//! in one batch (`batchMax`: from this version on [`MAX_BATCH`] for a method that does a
+//! batch's work in one go, TextLogging, ErrorLog, CopyDst, since 1,000 events cost the
+//! same fsyncs and signatures as 256; [`FIRST_BATCH`] for one that runs each alone), and
+//! the batch after the next (the next is made ready already) is that big, within a
+//! batch's bytes; a node from before it says nothing and gets [`FIRST_BATCH`] (it would
+//! refuse more). After a failed batch the lane starts again from [`FIRST_BATCH`]: a node
+//! replaced by an older version costs one batch's attempt. That is what lets a journaled,
+//! fsync'd, exactly-once event stream keep up with bare NATS request/reply. One batch is with the
 //! receiver at a time (it runs them in order), but the publisher's own work overlaps it:
 //! once a batch is ACKed, the next one goes out (taken from the journal, encoded and
 //! signed while the receiver had the last), and the ACKed one is finished (its replies, message-log
@@ -317,6 +321,11 @@ impl Process for Publisher {
             match self.deliver_batch(replies, &batch, wire, stop, meanwhile)? {
                 Attempt::Acked(acked) => {
                     takes = batch_size(&acked);
+                    // Made ready before the receiver said it takes fewer (a node from
+                    // before `batchMax` again): its messages stay in the slot, taken anew.
+                    if ready.as_ref().is_some_and(|(next, _)| next.len() > takes) {
+                        ready = None;
+                    }
                     unfinished = Some((batch, acked));
                 }
                 Attempt::Stopped => return Ok(()),
@@ -442,8 +451,10 @@ impl Publisher {
     }
 
     /// The slot topped up from the journal to `want` messages past its first `held` (if
-    /// that many wait), returning those (at most `want`: the slot may hold more, a batch
-    /// made ready before one failed), and reports any the journal could not read back.
+    /// that many wait, and as far as a batch's bytes, [`MAX_BATCH_BYTES`]: a thousand of a
+    /// copy's chunks would be hundreds of megabytes), returning those (at most `want`: the
+    /// slot may hold more, a batch made ready before one failed), and reports any the
+    /// journal could not read back.
     /// Resumed messages the last run finished though a power cut took the record of it are
     /// finished at once, not sent again (see [`crate::resumed`]).
     fn take(&self, held: usize, want: usize) -> Result<Vec<Entry>, Error> {
@@ -451,10 +462,23 @@ impl Publisher {
         let mut slot = self.slot();
         let mut unreadable = Vec::new();
         let mut finished_at_once: Option<(String, usize)> = None;
-        while slot.entries.len() < total {
+        loop {
+            let past_held: usize = slot
+                .entries
+                .iter()
+                .skip(held)
+                .map(|e| e.encoded.len())
+                .sum();
+            if slot.entries.len() >= total || past_held >= MAX_BATCH_BYTES {
+                break;
+            }
             let mut journal = self.node.journal();
             let more = journal
-                .take(&self.subject, total - slot.entries.len())
+                .take_within(
+                    &self.subject,
+                    total - slot.entries.len(),
+                    MAX_BATCH_BYTES - past_held,
+                )
                 .inspect_err(|_| self.node.stop_if_unusable(&journal))
                 .map_err(|source| Error::Journal {
                     lane: self.subject.clone(),
