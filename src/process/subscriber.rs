@@ -714,19 +714,20 @@ fn fitted(replies: &[Reply], max: usize, encode: impl Fn(&[Reply]) -> Vec<u8>) -
         })
         .collect();
     let room = max.saturating_sub(encode(&bare).len() + 4096);
-    let mut share = trim_share(room, replies);
+    let longest = replies.iter().map(|r| r.output.len()).max().unwrap_or(0);
+    let mut keep = trim_share(room, replies).min(longest);
     loop {
-        let bytes = encode(&trimmed(replies, share));
-        if bytes.len() <= max || share == 0 {
+        let bytes = encode(&trimmed(replies, keep));
+        if bytes.len() <= max || keep == 0 {
             return bytes;
         }
-        share /= 2;
+        keep /= 2;
     }
 }
 
 /// How many bytes of output each reply may keep so that all of them fit in `room`: outputs
-/// shorter than an even share are kept whole and leave the rest of theirs to the longer
-/// ones, which are cut to what is left, less the trimming notice.
+/// no longer than an even share are kept whole and leave the rest of theirs to the longer
+/// ones, which get what is left, evenly ([`trimmed`] cuts them to it, notice included).
 fn trim_share(room: usize, replies: &[Reply]) -> usize {
     let mut lens: Vec<usize> = replies.iter().map(|r| r.output.len()).collect();
     lens.sort_unstable();
@@ -734,7 +735,7 @@ fn trim_share(room: usize, replies: &[Reply]) -> usize {
     for (i, &len) in lens.iter().enumerate() {
         let each = left / (lens.len() - i);
         if len > each {
-            return each.saturating_sub(TRIMMED.len());
+            return each;
         }
         left -= len;
     }
@@ -743,20 +744,22 @@ fn trim_share(room: usize, replies: &[Reply]) -> usize {
 
 const TRIMMED: &str = "\n[steward: output trimmed to the broker's payload limit]\n";
 
-/// `replies`, each output longer than `share` bytes cut there (at a character's boundary)
-/// and saying so.
-fn trimmed(replies: &[Reply], share: usize) -> Vec<Reply> {
+/// `replies`, each output longer than `keep` bytes cut to `keep` with the notice that says
+/// so (at a character's boundary; without the notice if even that does not fit): no output
+/// comes out longer than it was, or than `keep`.
+fn trimmed(replies: &[Reply], keep: usize) -> Vec<Reply> {
     replies
         .iter()
         .cloned()
         .map(|mut r| {
-            if r.output.len() > share {
-                let mut cut = share;
+            if r.output.len() > keep {
+                let notice = if keep >= TRIMMED.len() { TRIMMED } else { "" };
+                let mut cut = keep - notice.len();
                 while !r.output.is_char_boundary(cut) {
                     cut -= 1;
                 }
                 r.output.truncate(cut);
-                r.output.push_str(TRIMMED);
+                r.output.push_str(notice);
             }
             r
         })
@@ -797,6 +800,25 @@ mod tests {
             }
         }
         assert_eq!(got[0].batch_max, Some(crate::message::MAX_BATCH as u32));
+        // Outputs no longer than their share stay whole; the longer ones share what is left,
+        // notice included: 100 bytes kept, 1,000 cut to 120, in 220.
+        let two: Vec<Reply> = [100, 1000]
+            .iter()
+            .map(|&n| Reply {
+                output: "x".repeat(n),
+                ..replies[0].clone()
+            })
+            .collect();
+        let keep = trim_share(220, &two);
+        let cut = trimmed(&two, keep);
+        assert_eq!(cut[0].output, two[0].output);
+        assert_eq!(cut[1].output.len(), 120);
+        assert!(cut[1].output.ends_with(TRIMMED));
+        assert_eq!(
+            trimmed(&two, 10)[1].output,
+            "x".repeat(10),
+            "no room for the notice"
+        );
         // What fits goes as it is; no limit, nothing cut.
         assert_eq!(fitted(&replies[..3], max, encode), encode(&replies[..3]));
         assert_eq!(fitted(&replies, 0, encode), encode(&replies));
