@@ -306,6 +306,32 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_that_closes_its_output_is_waited_for_until_it_exits_or_its_deadline() {
+        // Output at its end, the leader still running: the command is over when it exits.
+        let t = Instant::now();
+        let o = run(
+            &argv(&["sh", "-c", "echo before; exec >&- 2>&-; sleep 0.4; exit 3"]),
+            Path::new("/"),
+            secs(10),
+        );
+        assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+        assert_eq!(o.exit_code, Some(3));
+        assert_eq!(o.output, "before\n");
+        // ...or at its deadline, killed.
+        let t = Instant::now();
+        let o = run(
+            &argv(&["sh", "-c", "exec >&- 2>&-; sleep 30"]),
+            Path::new("/"),
+            Deadline {
+                after: Some(Duration::from_millis(300)),
+                set_by: "methodTimeout",
+            },
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(o.exit_code, Some(128 + libc::SIGKILL));
+    }
+
+    #[test]
     fn a_missing_program_is_an_error_not_a_crash() {
         let o = run(&argv(&["/no/such/program"]), Path::new("/"), secs(1));
         assert_eq!(o.status, Status::Error);
