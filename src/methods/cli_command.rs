@@ -314,7 +314,11 @@ mod tests {
             Path::new("/"),
             secs(10),
         );
-        assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(o.exit_code, Some(3));
         assert_eq!(o.output, "before\n");
         // ...or at its deadline, killed.
