@@ -148,6 +148,13 @@ fn finished_exit(finished: &Value) -> u8 {
 
 /// Prints the running agent's process table.
 pub fn status(socket: &Path) -> Result<u8, (u8, String)> {
+    print!("{}", process_table(socket)?);
+    Ok(0)
+}
+
+/// The running agent's process table, as `steward status` prints it (the tests and the
+/// benchmark wait on it for a node to listen).
+pub fn process_table(socket: &Path) -> Result<String, (u8, String)> {
     let mut stream = connect(socket)?;
     let io = |e: std::io::Error| {
         (
@@ -155,12 +162,14 @@ pub fn status(socket: &Path) -> Result<u8, (u8, String)> {
             format!("talking to the agent at {}: {e}", socket.display()),
         )
     };
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(io)?;
     stream.write_all(b"STATUS\n").map_err(io)?;
     stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut stream, &mut text).map_err(io)?;
-    print!("{text}");
-    Ok(0)
+    Ok(text)
 }
 
 /// `steward keys ...` for the node whose data folder is `data`.

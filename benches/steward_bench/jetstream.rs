@@ -5,9 +5,9 @@
 //! JetStream up for commands that must not be lost. The publisher either waits for each
 //! PubAck before the next message ("one at a time", as steward's command path does) or keeps
 //! 256 unacknowledged in flight ("pipelined", steward's first batch size; 1,024 once the
-//! receiver says it takes them). The time runs from the
-//! first publish until the consumer has acked the last message. Each measurement gets its
-//! own server and store folder, so no run inherits another's files.
+//! receiver says it takes them). The time runs from the first publish until the consumer
+//! has acked the last message. Each measurement gets its own server and store folder, so
+//! no run inherits another's files.
 
 use super::{free_port, nats_server};
 use std::path::{Path, PathBuf};

@@ -154,7 +154,8 @@ impl Agent {
             Duration::from_secs(10),
             LONG_LOOK,
             || {
-                let table = process_table(&dir);
+                let table = steward::control_client::process_table(&dir.join("steward.sock"))
+                    .unwrap_or_default();
                 let subscribers: Vec<&str> = table
                     .lines()
                     .filter(|l| l.starts_with("subscriber "))
@@ -231,23 +232,6 @@ impl Agent {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap()
     }
-}
-
-/// A node's process table, as `steward status` prints it, through its control socket in
-/// `dir`; "" while the socket does not answer.
-fn process_table(dir: &Path) -> String {
-    use std::io::Read;
-    use std::os::unix::net::UnixStream;
-    let Ok(mut s) = UnixStream::connect(dir.join("steward.sock")) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s.write_all(b"STATUS\n").is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
-        return String::new();
-    }
-    let mut table = String::new();
-    let _ = s.read_to_string(&mut table);
-    table
 }
 
 /// CPU time process `pid` has used, user and system, in seconds: utime + stime from

@@ -198,8 +198,9 @@ pub const MAX_DATA_BYTES: usize = 256 * 1024;
 pub const MAX_WIRE_BYTES: usize = MAX_DATA_BYTES + 64 * 1024;
 /// Longest message id.
 const MAX_ID_LEN: usize = 256;
-/// Most messages in one batch on the wire: what this node takes, and says it takes in its
-/// answer to a batch (`batchMax` on the first reply), so that a sender may send it as many.
+/// Most messages in one batch on the wire: what this node takes, and says it takes of a
+/// method that does a batch's work in one go in its answer to a batch (`batchMax` on the
+/// first reply), so that a sender may send it as many.
 pub const MAX_BATCH: usize = 1024;
 /// Most messages a sender puts in one batch to a node that has not said it takes more:
 /// what every node takes, those before `batchMax` among them. One batch of this size

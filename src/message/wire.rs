@@ -267,12 +267,14 @@ pub struct Reply {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub output: String,
-    /// On the first reply of a batch's answer: the most messages its sender (the batch's
-    /// receiver) takes in one batch ([`MAX_BATCH`]). A sender sends bigger batches than
-    /// [`FIRST_BATCH`] to a node only once a verified answer from it says so, so that nodes
-    /// from before it (which take [`FIRST_BATCH`] and say nothing) never see one.
+    /// On the first reply of a batch's answer: the most messages of the method its sender
+    /// (the batch's receiver) takes in one batch (at most [`MAX_BATCH`]; see
+    /// [`Method::batch_max`]). A sender sends bigger batches than [`FIRST_BATCH`] to a node
+    /// only once a verified answer from it says so, so that nodes from before it (which
+    /// take [`FIRST_BATCH`] and say nothing) never see one.
     ///
     /// [`FIRST_BATCH`]: super::FIRST_BATCH
+    /// [`Method::batch_max`]: crate::methods::Method::batch_max
     #[serde(rename = "batchMax", default, skip_serializing_if = "Option::is_none")]
     pub batch_max: Option<u32>,
 }

@@ -595,18 +595,7 @@ impl Node {
     /// The process table, as `steward status` prints it: through the control socket, with
     /// the same request. "" while the socket does not answer.
     pub fn status(&self) -> String {
-        use std::io::{Read, Write};
-        use std::os::unix::net::UnixStream;
-        let Ok(mut s) = UnixStream::connect(self.path("steward.sock")) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s.write_all(b"STATUS\n").is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
-            return String::new();
-        }
-        let mut table = String::new();
-        let _ = s.read_to_string(&mut table);
-        table
+        steward::control_client::process_table(&self.path("steward.sock")).unwrap_or_default()
     }
 
     /// Waits until the process table satisfies `ok`, and returns it.

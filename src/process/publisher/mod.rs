@@ -32,8 +32,9 @@
 //! batch's bytes; a node from before it says nothing and gets [`FIRST_BATCH`] (it would
 //! refuse more). After a failed batch the lane starts again from [`FIRST_BATCH`]: a node
 //! replaced by an older version costs one batch's attempt. That is what lets a journaled,
-//! fsync'd, exactly-once event stream keep up with bare NATS request/reply. One batch is with the
-//! receiver at a time (it runs them in order), but the publisher's own work overlaps it:
+//! fsync'd, exactly-once event stream keep up with bare NATS request/reply. One batch is
+//! with the receiver at a time (it runs them in order), but the publisher's own work
+//! overlaps it:
 //! once a batch is ACKed, the next one goes out (taken from the journal, encoded and
 //! signed while the receiver had the last), and the ACKed one is finished (its replies, message-log
 //! lines, journal finish) while the receiver has the next. If a batch does not go
