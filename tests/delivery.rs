@@ -112,16 +112,7 @@ fn events_sent_before_their_node_listens_fall_back_once_and_arrive_once_in_order
     let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
         t.lines().count() >= n
     });
-    let lines: Vec<&str> = log.lines().collect();
-    let want: Vec<String> = (0..n).map(|i| format!("early-{i}")).collect();
-    let delivered = want.iter().filter(|w| lines.contains(&w.as_str())).count();
-    report(
-        "events_before_listening",
-        n,
-        delivered,
-        lines.len() - delivered,
-    );
-    assert_eq!(lines, want, "each event once, in order");
+    assert_each_once_in_order("events_before_listening", &log, "early-", n);
     // One batch failed, then batches again once an event was ACKed; no attempt waited out.
     assert_eq!(central.metric(failed), 1.0);
     let retried = "steward_messages_retried_total{method=\"TextLogging\"}";
@@ -453,6 +444,16 @@ fn lanes_pausing_for_absent_nodes_give_their_threads_to_nodes_that_answer() {
     drop(online);
 }
 
+/// Asserts that `text`'s lines are `<prefix>0` to `<prefix>{n-1}`, each once, in order,
+/// and reports the counts as `test`.
+fn assert_each_once_in_order(test: &str, text: &str, prefix: &str, n: usize) {
+    let lines: Vec<&str> = text.lines().collect();
+    let want: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let delivered = want.iter().filter(|w| lines.contains(&w.as_str())).count();
+    report(test, n, delivered, lines.len() - delivered);
+    assert_eq!(lines, want, "each once, in order");
+}
+
 /// The batches published on `subject` until none comes for `quiet`: each one's size (a
 /// message alone counts as one).
 fn batch_sizes(spy: &nats::Subscription, quiet: Duration) -> Vec<usize> {
@@ -479,11 +480,7 @@ fn events_go_in_bigger_batches_once_the_receiver_says_it_takes_them() {
     let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
         t.lines().count() >= n
     });
-    let lines: Vec<&str> = log.lines().collect();
-    let want: Vec<String> = (0..n).map(|i| format!("big-{i}")).collect();
-    let delivered = want.iter().filter(|w| lines.contains(&w.as_str())).count();
-    report("bigger_batches", n, delivered, lines.len() - delivered);
-    assert_eq!(lines, want, "each event once, in order");
+    assert_each_once_in_order("bigger_batches", &log, "big-", n);
     let sizes = batch_sizes(&spy, Duration::from_millis(500));
     // 256 at first (every node takes that many: the first, and the next, made ready while
     // the receiver had the first), then as many as ship1's answers say it takes.
@@ -521,11 +518,7 @@ fn events_of_a_method_that_runs_each_alone_stay_in_batches_of_256() {
     let file = ship1.wait_until("m/central/all.txt", "every line", |t| {
         t.lines().count() >= n
     });
-    let lines: Vec<&str> = file.lines().collect();
-    let want: Vec<String> = (0..n).map(|i| format!("a-{i}")).collect();
-    let delivered = want.iter().filter(|w| lines.contains(&w.as_str())).count();
-    report("file_append_batches", n, delivered, lines.len() - delivered);
-    assert_eq!(lines, want, "each once, in order");
+    assert_each_once_in_order("file_append_batches", &file, "a-", n);
     // FileAppend runs each message alone (a write and an fsync each): ship1 says 256, so
     // that a batch's one timeout still covers its runs.
     let sizes = batch_sizes(&spy, Duration::from_millis(500));

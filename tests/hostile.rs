@@ -459,3 +459,64 @@ fn sigio_does_not_stop_a_node() {
     central.append_inmsg(&command("ship1", &["echo", "still here"]));
     central.wait_for("replies/ship1.CLICommand.log", "still here");
 }
+
+/// A batch's answer says how many messages its receiver takes (`batchMax`): only a reply
+/// signed by a key trusted for the destination counts. A raw client with no trusted key
+/// answers central's batches for ship1, unsigned and signed with its own key, saying it
+/// takes 1,024: no batch over 256 goes, nothing counts as ACKed; then the real ship1
+/// comes and every event arrives once, in order.
+#[test]
+fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=2"]);
+    let raw = Raw::connect(&nats.address());
+    let sub = raw.spy("ship1.EventACK.TextLogging");
+    let intruder = steward::keys::Identity::from_seed(&common::seed_of("intruder")).unwrap();
+    let n = 1500;
+    let events: String = (0..n)
+        .map(|i| common::text_log("ship1", &format!("f-{i}\n")))
+        .collect();
+    central.append_inmsg(&events);
+    let mut sizes = Vec::new();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let Ok(m) = sub.next_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+        let envelopes = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+        sizes.push(envelopes.len());
+        let replies: Vec<serde_json::Value> = envelopes
+            .iter()
+            .map(|e| {
+                serde_json::json!({"id": e["id"], "fromNode": "ship1", "toNode": "central",
+                    "status": "ok", "output": "", "batchMax": 1024})
+            })
+            .collect();
+        let payload = match v.is_array() {
+            true => serde_json::to_vec(&replies).unwrap(),
+            false => serde_json::to_vec(&replies[0]).unwrap(),
+        };
+        let to = m.reply.as_deref().unwrap();
+        let sig = m.headers.as_ref().unwrap().get(steward::keys::SIG).unwrap();
+        // Every other answer unsigned, the rest signed with the intruder's own key.
+        let headers = (sizes.len() % 2 == 0).then(|| {
+            intruder
+                .seal(steward::keys::Scope::reply(to, sig), &payload)
+                .headers
+        });
+        raw.send(to, None, headers.as_ref(), &payload);
+    }
+    assert!(!sizes.is_empty());
+    assert!(sizes.iter().all(|&s| s <= 256), "{sizes:?}");
+    let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
+    assert_eq!(central.metric(acked), 0.0, "a forged answer counted");
+    // The real ship1: everything, once, in order.
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
+        t.lines().count() >= n
+    });
+    let want: Vec<String> = (0..n).map(|i| format!("f-{i}")).collect();
+    assert_eq!(log.lines().collect::<Vec<_>>(), want);
+    assert!(!central.read("replies/ship1.TextLogging.log").is_empty());
+}
