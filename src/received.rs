@@ -9,18 +9,25 @@
 //! was lost is answered from the stored reply, and a retry of a message that was running
 //! when the receiver died is answered with an error saying so, instead of running it a
 //! second time. Both survive restarts. A batch's ids share one `Started` write and one
-//! `Finished` write.
+//! `Finished` write. A reply that cannot be recorded (a full disk) is sent all the same, so
+//! the output reaches its sender, and its id counts as interrupted from then on
+//! ([`Received::abandon`]), as it would after a restart.
 //!
 //! A failed fsync makes the log unusable and the agent stops (see
 //! [`crate::journal::record::RecordFile`]); `storage::crash` checks, through thousands of seeded
 //! schedules with power cuts and disk errors, that a started id never comes back new.
 //!
 //! The record format is the journal's (see [`crate::journal::record`]). The file keeps the last
-//! [`KEEP`] ids, and at most [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest
-//! make room for its new ones), so memory and disk are bounded whatever the rate, and no
-//! sender, not even one whose key was stolen, can push another's records out: when the
-//! file grows past [`COMPACT_BYTES`] (or past twice its size after the last compaction, if
-//! that is more) it is rewritten with only those.
+//! [`KEEP`] ids that have ended (answered, or interrupted by a stop), and at most
+//! [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest make room for its new ones),
+//! so memory and disk are bounded whatever the rate, and no sender, not even one whose key
+//! was stolen, can push another's records out: when the file grows past [`COMPACT_BYTES`]
+//! (or past twice its size after the last compaction, if that is more) it is rewritten
+//! with only those. Ids running now are kept besides, never forgotten while they run (a
+//! retry of one forgotten would run it a second time): as many as the handlers run at
+//! once, since a handler that cannot record a reply gives its ids up as interrupted
+//! ([`Received::abandon`]) and a batch naming an id that runs (or one id twice) starts
+//! nothing. So what is held is bounded by what runs, not by what arrives.
 //!
 //! Replays are refused by the senders' counters (see [`crate::keys`]); the ids also cover
 //! the counters taken in the last second before a crash, which `keys/senders.json` may not
@@ -29,20 +36,19 @@
 //! [`KEEP_PER_SENDER`] from that sender) could run again on a node whose clock is not
 //! checked; with the clock checked, the replay window refuses it (README: not covered).
 
-use crate::files::unix_millis;
 use crate::journal::record::{decode, encode, encode_finished, open_records, Record, RecordFile};
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// How many message ids are remembered.
+/// How many ids that have ended are remembered.
 pub const KEEP: usize = 10_000;
-/// How many ids of one sender are remembered at most: more than the counter window, and
-/// than a lane's batch answered and the next one running (a running id forgotten would run
-/// again if its sender retried it meanwhile).
+/// How many ended ids of one sender are remembered at most: more than the counter window,
+/// and than two of a lane's batches (the one answered, whose answer may be lost, and the one
+/// before it).
 pub const KEEP_PER_SENDER: usize = 2_500;
 const _: () = assert!(2 * crate::message::MAX_BATCH <= KEEP_PER_SENDER);
 /// Size past which the file is compacted.
@@ -53,7 +59,9 @@ const COMPACT_BYTES: u64 = 4 << 20;
 pub enum Seen {
     /// Never seen: it has now been recorded as started; run it.
     New,
-    /// Running now, in this process: its own reply will answer the sender.
+    /// Running now, in this process: its own reply will answer the sender. A batch with
+    /// one such id (or one id twice) is all `Running`: nothing of it was started, and the
+    /// sender tries it again.
     Running,
     /// Handled before: answer with this reply.
     Done(Reply),
@@ -61,9 +69,9 @@ pub enum Seen {
     Interrupted,
 }
 
+/// What is known of an id that has ended.
 #[derive(Debug, Clone, Copy)]
 enum Known {
-    Running,
     Interrupted,
     Done { offset: u64, len: u32 },
 }
@@ -78,8 +86,12 @@ struct Inner {
     compacted_size: u64,
     keep: usize,
     per_sender_keep: usize,
-    /// Each id's state, and when it was last seen (ms since the epoch).
-    states: HashMap<String, (Known, u64)>,
+    /// Each ended id's state.
+    states: HashMap<String, Known>,
+    /// The ids running now in this process (recorded as started, not yet answered). Not
+    /// counted in `keep` or `per_sender_keep`, and never forgotten while they run. An
+    /// interrupted id run again is here and in `states`.
+    running: HashSet<String>,
     /// Every id, oldest first (with some already forgotten by their sender's cap, dropped
     /// from here now and then).
     order: VecDeque<String>,
@@ -119,6 +131,7 @@ impl Received {
             keep,
             per_sender_keep: per_sender,
             states: HashMap::new(),
+            running: HashSet::new(),
             order: VecDeque::new(),
             per_sender: HashMap::new(),
         };
@@ -162,23 +175,22 @@ impl Received {
         rerun_interrupted: bool,
     ) -> io::Result<Vec<Seen>> {
         let keys: Vec<String> = ids.iter().map(|id| key(from, id)).collect();
-        let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let ids = &ids[..];
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut seen = Vec::with_capacity(ids.len());
+        // A batch naming an id that runs now (its retry came first) waits for that run's
+        // reply, whole: starting its other ids now would leave them started and never run.
+        let mut in_batch = HashSet::with_capacity(keys.len());
+        if keys
+            .iter()
+            .any(|k| inner.running.contains(k) || !in_batch.insert(k))
+        {
+            return Ok(keys.iter().map(|_| Seen::Running).collect());
+        }
+        let mut seen = Vec::with_capacity(keys.len());
         let mut started = Vec::new();
-        let mut in_batch = std::collections::HashSet::with_capacity(ids.len());
-        for id in ids {
-            let known = inner.states.get_mut(*id).map(|(state, last_seen)| {
-                *last_seen = unix_millis();
-                *state
-            });
-            seen.push(match known {
-                Some(Known::Running) => Seen::Running,
+        for id in &keys {
+            seen.push(match inner.states.get(id).copied() {
                 Some(Known::Interrupted) if rerun_interrupted => {
-                    if let Some((state, _)) = inner.states.get_mut(*id) {
-                        *state = Known::Running;
-                    }
+                    inner.running.insert(id.clone());
                     log::info!("{id}: interrupted by the last stop of this node; run again");
                     Seen::New
                 }
@@ -186,9 +198,8 @@ impl Received {
                 Some(Known::Done { offset, len }) => {
                     Seen::Done(inner.stored_reply(id, offset, len)?)
                 }
-                None if !in_batch.insert(*id) => Seen::Running, // twice in one batch
                 None => {
-                    started.push(*id);
+                    started.push(id);
                     Seen::New
                 }
             });
@@ -201,9 +212,7 @@ impl Received {
             encode(&Record::Started { id: id.to_string() }, &mut buf);
         }
         inner.file.append(&buf)?;
-        for id in started {
-            inner.remember(id.to_string(), Known::Running);
-        }
+        inner.running.extend(started.into_iter().cloned());
         let ticket = inner.file.ticket()?;
         drop(inner);
         let synced = ticket.sync();
@@ -213,9 +222,10 @@ impl Received {
     }
 
     /// Records the replies of messages that ran, before they are sent; [`Received::sync`]
-    /// makes them durable, after they are sent. A reply is never sent before its record
-    /// is written, so a crash of this process cannot lose it; a power cut in the fsync's
-    /// window can, and then a retry is answered "interrupted" (never run twice).
+    /// makes them durable, after they are sent. A reply recorded before it is sent cannot
+    /// be lost by a crash of this process; a power cut in the fsync's window can, and then
+    /// a retry is answered "interrupted" (never run twice). One that cannot be recorded is
+    /// sent all the same, its ids given up ([`Received::abandon`]).
     pub fn record(&self, replies: &[&Reply]) -> io::Result<()> {
         if replies.is_empty() {
             return Ok(());
@@ -234,7 +244,9 @@ impl Received {
                 offset: base + start,
                 len,
             };
-            inner.remember(key(&reply.to_node, &reply.id), state);
+            let id = key(&reply.to_node, &reply.id);
+            inner.running.remove(&id);
+            inner.remember(id, state);
         }
         if inner.file.end() > COMPACT_BYTES.max(2 * inner.compacted_size) {
             // The replies are written: a compaction that fails (a full disk) is tried
@@ -248,6 +260,20 @@ impl Received {
             }
         }
         Ok(())
+    }
+
+    /// Gives up ids of the verified sender `from` that [`Received::begin_batch`] started and
+    /// that will not be answered (their replies could not be recorded, or their handler
+    /// panicked): from now on they are interrupted, as they will be after a restart (their
+    /// `Started` records are on disk), rather than running for ever.
+    pub fn abandon(&self, from: &str, ids: &[&str]) {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            let id = key(from, id);
+            if inner.running.remove(&id) {
+                inner.remember(id, Known::Interrupted);
+            }
+        }
     }
 
     /// Makes every record written so far durable.
@@ -290,15 +316,14 @@ fn sender_of(key: &str) -> &str {
 }
 
 impl Inner {
-    /// Records an id's state (as seen now); forgets its sender's oldest past
-    /// `per_sender_keep`, then the oldest of all past `keep`.
+    /// Records how an id ended; forgets its sender's oldest past `per_sender_keep`, then
+    /// the oldest of all past `keep` (the running are not among them).
     fn remember(&mut self, id: String, state: Known) {
-        let now = unix_millis();
         if let Some(known) = self.states.get_mut(&id) {
-            *known = (state, now);
+            *known = state;
             return;
         }
-        self.states.insert(id.clone(), (state, now));
+        self.states.insert(id.clone(), state);
         self.order.push_back(id.clone());
         // The sender's name is copied only for a sender not seen before.
         let sender = sender_of(&id);
@@ -350,13 +375,14 @@ impl Inner {
         }
     }
 
-    /// Rewrites the file with only the remembered ids, oldest first.
+    /// Rewrites the file with only the remembered ids, oldest first, and the running ones'
+    /// `Started` records.
     fn compact(&mut self) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut states = HashMap::with_capacity(self.states.len());
         self.order.retain(|k| self.states.contains_key(k));
         for id in &self.order {
-            let (state, last_seen) = self.states[id];
+            let state = self.states[id];
             if states.contains_key(id) {
                 continue; // listed twice: forgotten by its sender's cap, then seen again
             }
@@ -372,12 +398,18 @@ impl Inner {
                         len,
                     }
                 }
-                other => {
+                Known::Interrupted => {
                     encode(&Record::Started { id: id.clone() }, &mut buf);
-                    other
+                    Known::Interrupted
                 }
             };
-            states.insert(id.clone(), (state, last_seen));
+            states.insert(id.clone(), state);
+        }
+        // Running ids are not in `order` (an interrupted one run again is, with its record).
+        for id in &self.running {
+            if !states.contains_key(id) {
+                encode(&Record::Started { id: id.clone() }, &mut buf);
+            }
         }
         // Until the rename, a failure leaves the old file in use; from the rename on, the
         // received log is unusable (see `RecordFile`), or the name may point at a file
@@ -529,10 +561,14 @@ mod tests {
             assert_eq!(r.begin("central", &id).unwrap(), Seen::New);
             finish(&r, &reply(&id, "central's"));
         }
-        // A fleet member whose key was stolen sends ten thousand ids.
+        // A fleet member whose key was stolen sends ten thousand ids, each handled as a
+        // handler does.
         for i in 0..10_000 {
             let id = format!("s{i}");
             assert_eq!(r.begin("ship2", &id).unwrap(), Seen::New);
+            let mut theirs = reply(&id, "ship2's");
+            theirs.to_node = "ship2".into();
+            r.record(&[&theirs]).unwrap();
         }
         for i in 0..20 {
             let id = format!("c{i}");
@@ -545,5 +581,99 @@ mod tests {
         let inner = r.0.lock().unwrap();
         assert!(inner.states.len() <= 50, "{} ids held", inner.states.len());
         assert!(inner.order.len() <= 2 * 100 + 64);
+        assert!(inner.running.is_empty());
+    }
+
+    #[test]
+    fn a_running_id_is_never_forgotten_however_many_end_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 100, 30).unwrap();
+        assert_eq!(r.begin("central", "slow").unwrap(), Seen::New);
+        // Thousands of others from the same sender and from another begin and end
+        // meanwhile, far past both limits, and the log is compacted under them.
+        for i in 0..3_000 {
+            for from in ["central", "ship2"] {
+                let id = format!("m{i}");
+                assert_eq!(r.begin(from, &id).unwrap(), Seen::New);
+                let mut quick = reply(&id, "quick");
+                quick.to_node = from.into();
+                r.record(&[&quick]).unwrap();
+            }
+        }
+        r.compact_now().unwrap();
+        assert_eq!(
+            r.begin("central", "slow").unwrap(),
+            Seen::Running,
+            "a retry of the running id would run it again"
+        );
+        {
+            let inner = r.0.lock().unwrap();
+            assert!(inner.states.len() <= 100, "{} ids held", inner.states.len());
+            assert_eq!(inner.running.len(), 1);
+        }
+        // The process dies while it runs: after the compaction, it is still known.
+        drop(r);
+        let r = Received::open_keeping(dir.path(), 100, 30).unwrap();
+        assert_eq!(r.begin("central", "slow").unwrap(), Seen::Interrupted);
+    }
+
+    #[test]
+    fn a_batch_naming_a_running_id_starts_nothing_and_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..256).map(|i| format!("e{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // A batch of 100 runs, slowly; its sender restarts and sends 256 (the 100 first).
+        assert!(r
+            .begin_many("central", &ids[..100])
+            .unwrap()
+            .iter()
+            .all(|s| *s == Seen::New));
+        let seen = r.begin_many("central", &ids).unwrap();
+        assert!(seen.iter().all(|s| *s == Seen::Running), "{seen:?}");
+        // The first run ends: the 256 are taken, the 100 answered from their replies and
+        // the rest new (not left started and never run).
+        let replies: Vec<Reply> = ids[..100].iter().map(|id| reply(id, "done")).collect();
+        r.record(&replies.iter().collect::<Vec<_>>()).unwrap();
+        let seen = r.begin_many("central", &ids).unwrap();
+        assert_eq!(
+            seen[..100],
+            replies.into_iter().map(Seen::Done).collect::<Vec<_>>()
+        );
+        assert!(seen[100..].iter().all(|s| *s == Seen::New), "{seen:?}");
+        // One id twice in a batch: nothing started either.
+        assert_eq!(
+            r.begin_many("central", &["x", "y", "x"]).unwrap(),
+            vec![Seen::Running, Seen::Running, Seen::Running]
+        );
+        assert_eq!(r.begin("central", "x").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "y").unwrap(), Seen::New);
+    }
+
+    #[test]
+    fn an_abandoned_id_is_interrupted_at_once_as_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin_many("central", &["a", "b"]).unwrap().len(), 2);
+        // Its reply could not be recorded: given up, no longer running.
+        r.abandon("central", &["a"]);
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::Interrupted);
+        assert_eq!(r.begin("central", "b").unwrap(), Seen::Running);
+        // Another sender's id of the same name is not given up by it.
+        assert_eq!(r.begin("ship2", "c").unwrap(), Seen::New);
+        r.abandon("central", &["c"]);
+        assert_eq!(r.begin("ship2", "c").unwrap(), Seen::Running);
+        // A method that reruns an interrupted message runs it again, once at a time.
+        assert_eq!(
+            r.begin_batch("central", &["a"], true).unwrap(),
+            vec![Seen::New]
+        );
+        assert_eq!(
+            r.begin_batch("central", &["a"], true).unwrap(),
+            vec![Seen::Running]
+        );
+        drop(r);
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::Interrupted);
     }
 }

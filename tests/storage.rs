@@ -158,6 +158,71 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
 }
 
 #[test]
+fn a_full_disk_on_the_receiver_loses_no_command_output_and_runs_nothing_twice() {
+    let _one_at_a_time = common::serial();
+    let nats = NatsServer::start();
+    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
+    let Some(_disk) = Tmpfs::mount(ship1.data(), "16m") else {
+        eprintln!("[receiver_disk_full] skipped: mounting a tmpfs needs root");
+        return;
+    };
+    install_keys(ship1.data(), "ship1");
+    ship1.restart();
+    let central = Node::start("central", &nats.address(), &[]);
+    let marks = tempfile::tempdir().unwrap();
+    let runs = marks.path().join("runs");
+    // The first command fills ship1's disk to the last byte; each prints 200 kB, more in
+    // all than the megabyte the received log keeps reserved ahead: some reply cannot be
+    // recorded there.
+    let filler = ship1.data().join("filler");
+    let commands = 8;
+    let text: String = (0..commands)
+        .map(|i| {
+            let fill = match i {
+                0 => format!("dd if=/dev/zero of={} bs=64k 2>/dev/null; ", filler.display()),
+                _ => String::new(),
+            };
+            let shell = format!(
+                "echo run-{i} >> {}; {fill}head -c 200000 /dev/zero | tr '\\0' x; echo; echo output-{i}",
+                runs.display()
+            );
+            command("ship1", &["sh", "-c", &shell])
+        })
+        .collect();
+    central.append_inmsg(&text);
+    // Every output reaches central while ship1's disk is still full.
+    wait("every output stored", Duration::from_secs(120), || {
+        central
+            .read("replies/ship1.CLICommand.log")
+            .matches("output-")
+            .count()
+            >= commands
+    });
+    assert!(filler.exists());
+    assert!(ship1.is_running(), "ship1 died on a full disk");
+    let unrecorded = ship1.log().matches("(sent unrecorded)").count();
+    assert!(
+        unrecorded >= 1,
+        "every reply was recorded: the full disk was not met\n{}",
+        ship1.log()
+    );
+    // Anything sent twice has arrived by now, and been handled: once each.
+    std::fs::remove_file(&filler).unwrap();
+    common::settle(&central, &ship1, "CLICommand");
+    let replies = central.read("replies/ship1.CLICommand.log");
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    for i in 0..commands {
+        assert_eq!(ran.matches(&format!("run-{i}\n")).count(), 1, "{ran}");
+        let stored = replies.matches(&format!("output-{i}\n")).count();
+        assert_eq!(stored, 1, "output {i} stored {stored} times");
+    }
+    assert!(central.read("failed-messages.txt").is_empty());
+    eprintln!(
+        "[receiver_disk_full] commands={commands} ran_once={commands} outputs_stored_once={commands} replies_sent_unrecorded={unrecorded} lost=0 duplicates=0"
+    );
+}
+
+#[test]
 fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing_twice() {
     let _one_at_a_time = common::serial();
     let nats = NatsServer::start();

@@ -393,12 +393,29 @@ fn report(node: &Node, method: &str, subject: &str, r: &Refusal) {
 
 /// Runs an admitted message (or batch) exactly once, in order, and answers with the
 /// replies: the receiver's record is written before (`Started`, fsync'd) and after
-/// (`Finished`, written before the answer, fsync'd after it, off its path); none for a
-/// method that is not [`Method::remembered`] (Hello). Results asked
+/// (`Finished`, written before the answer, fsync'd after it, off its path; if it cannot be
+/// written, the answer goes all the same and its ids count as interrupted from then on);
+/// none for a method that is not [`Method::remembered`] (Hello). Results asked
 /// for as messages of their own are journaled before the record ([`send_results`]).
 fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: Admitted) {
     let Some(seen) = begin(method, node, subject, &a) else {
         return;
+    };
+    // The ids started here end with their recorded replies; if those are never recorded
+    // (the write fails, or a panic on the way), they are given up as interrupted.
+    let started = Started {
+        node,
+        from: &a.from,
+        ids: if method.remembered() {
+            a.envelopes
+                .iter()
+                .zip(&seen)
+                .filter(|(_, s)| **s == Seen::New)
+                .map(|(e, _)| e.id.as_str())
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     let outcomes = run_new(method, node, &a, &seen);
     let Answers {
@@ -416,17 +433,39 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     }
     let to_record: Vec<&Reply> = new_at.iter().map(|&i| &replies[i]).collect();
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
-    if let Err(e) = node.received.record(&to_record) {
+    let recorded = node.received.record(&to_record);
+    if let Err(e) = &recorded {
         node.stop_if_received_unusable();
-        // Not sent: a retry will be answered "interrupted" rather than run again.
-        log::error!("{subject}: cannot record the reply to {first}: {e}");
-        return;
+        // Sent all the same, so the outputs reach their sender; a retry (this answer
+        // lost) is answered "interrupted" rather than run again.
+        log::error!("{subject}: cannot record the reply to {first} (sent unrecorded): {e}");
     }
+    drop(started);
     log::debug!("{subject}: {first} from {}: answered", a.from);
     answer(method, node, conn, &a, &replies);
-    if let Err(e) = node.received.sync() {
-        node.stop_if_received_unusable();
-        log::error!("{subject}: cannot sync the reply to {first}: {e}");
+    if recorded.is_ok() {
+        if let Err(e) = node.received.sync() {
+            node.stop_if_received_unusable();
+            log::error!("{subject}: cannot sync the reply to {first}: {e}");
+        }
+    }
+}
+
+/// Ids a handler started ([`crate::received::Received::begin_batch`]): when it ends, those
+/// whose replies it did not record (the write failed, or a panic on the way) are given up
+/// as interrupted ([`crate::received::Received::abandon`]), so that none stays running for
+/// ever. Recorded ones are no longer running, and are left as they are.
+struct Started<'a> {
+    node: &'a Node,
+    from: &'a str,
+    ids: Vec<&'a str>,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            self.node.received.abandon(self.from, &self.ids);
+        }
     }
 }
 
@@ -480,8 +519,8 @@ fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Optio
             .with_label_values(&[name, "duplicate"])
             .inc();
         log::info!(
-            "{subject}: {} is still running; its reply will answer this retry",
-            ids[0]
+            "{subject}: {} from {} names a message still running (or one twice): nothing of it runs now; the running one's reply answers it",
+            ids[0], a.from
         );
         return None;
     }
@@ -543,7 +582,7 @@ fn answers(
             }
             Seen::Interrupted => {
                 let why = format!(
-                    "{} was interrupted by a restart of {} before it finished; not run again",
+                    "{} was interrupted by a restart of {} before it finished, or its reply could not be recorded there; not run again",
                     envelope.id, node.config.node
                 );
                 log::warn!("{subject}: {why}");

@@ -626,13 +626,22 @@ impl ReceivedRun {
         }
         ids.dedup();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // A batch naming a running id (or one id twice) waits, whole: nothing started.
+        let mut in_batch = HashSet::new();
+        let busy = ids
+            .iter()
+            .any(|id| h.running.contains(id) || !in_batch.insert(id));
         match received.begin_many("central", &refs) {
+            Ok(seen) if busy => {
+                assert!(
+                    seen.iter().all(|s| *s == Seen::Running),
+                    "seed {seed}: a batch naming a running id was taken: {ids:?} {seen:?}"
+                );
+                false
+            }
             Ok(seen) => {
-                let mut in_batch = HashSet::new();
                 for (id, seen) in ids.iter().zip(&seen) {
-                    if in_batch.insert(id) {
-                        check_seen(seed, h, id, seen);
-                    }
+                    check_seen(seed, h, id, seen);
                     if *seen == Seen::New {
                         h.maybe_started.remove(id);
                         h.started.insert(id.clone());
