@@ -60,8 +60,9 @@ pub enum Seen {
     /// Never seen: it has now been recorded as started; run it.
     New,
     /// Running now, in this process: its own reply will answer the sender. A batch with
-    /// one such id (or one id twice) is all `Running`: nothing of it was started, and the
-    /// sender tries it again.
+    /// one such id is all `Running`: nothing of it was started, and the sender's next try
+    /// (that run ended) is taken. So is a batch that names one id twice, which no sender
+    /// of steward's sends: it is never taken.
     Running,
     /// Handled before: answer with this reply.
     Done(Reply),
@@ -186,12 +187,15 @@ impl Received {
             return Ok(keys.iter().map(|_| Seen::Running).collect());
         }
         let mut seen = Vec::with_capacity(keys.len());
+        // New ids (to record as started), and interrupted ones to run again (recorded
+        // already): running once the records are written, not before (a failure on the
+        // way would leave them running for ever).
         let mut started = Vec::new();
+        let mut again = Vec::new();
         for id in &keys {
             seen.push(match inner.states.get(id).copied() {
                 Some(Known::Interrupted) if rerun_interrupted => {
-                    inner.running.insert(id.clone());
-                    log::info!("{id}: interrupted by the last stop of this node; run again");
+                    again.push(id);
                     Seen::New
                 }
                 Some(Known::Interrupted) => Seen::Interrupted,
@@ -204,15 +208,24 @@ impl Received {
                 }
             });
         }
+        if !started.is_empty() {
+            let mut buf = Vec::new();
+            for id in &started {
+                encode(&Record::Started { id: id.to_string() }, &mut buf);
+            }
+            inner.file.append(&buf)?;
+        }
+        for id in &again {
+            log::info!("{id}: interrupted by the last stop of this node; run again");
+        }
+        inner
+            .running
+            .extend(started.iter().chain(&again).map(|id| id.to_string()));
         if started.is_empty() {
             return Ok(seen);
         }
-        let mut buf = Vec::new();
-        for id in &started {
-            encode(&Record::Started { id: id.to_string() }, &mut buf);
-        }
-        inner.file.append(&buf)?;
-        inner.running.extend(started.into_iter().cloned());
+        // Running during the fsync, so that a retry meanwhile is not run; a failed fsync
+        // makes the log unusable, and the agent stops.
         let ticket = inner.file.ticket()?;
         drop(inner);
         let synced = ticket.sync();

@@ -403,7 +403,7 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     };
     // The ids started here end with their recorded replies; if those are never recorded
     // (the write fails, or a panic on the way), they are given up as interrupted.
-    let started = Started {
+    let mut started = Started {
         node,
         from: &a.from,
         ids: if method.remembered() {
@@ -434,15 +434,19 @@ fn run(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str,
     let to_record: Vec<&Reply> = new_at.iter().map(|&i| &replies[i]).collect();
     // Recorded, then sent, then made durable: the fsync is off the ACK's path.
     let recorded = node.received.record(&to_record);
-    if let Err(e) = &recorded {
-        node.stop_if_received_unusable();
-        // Sent all the same, so the outputs reach their sender; a retry (this answer
-        // lost) is answered "interrupted" rather than run again.
-        log::error!("{subject}: cannot record the reply to {first} (sent unrecorded): {e}");
+    match &recorded {
+        Ok(()) => started.ids.clear(),
+        Err(e) => {
+            node.stop_if_received_unusable();
+            // Sent all the same, so the outputs reach their sender; a retry (this answer
+            // lost) is answered "interrupted" rather than run again: given up once sent,
+            // so that a retry meanwhile, left to this answer, cannot overtake it.
+            log::error!("{subject}: cannot record the reply to {first} (sent unrecorded): {e}");
+        }
     }
-    drop(started);
     log::debug!("{subject}: {first} from {}: answered", a.from);
     answer(method, node, conn, &a, &replies);
+    drop(started);
     if recorded.is_ok() {
         if let Err(e) = node.received.sync() {
             node.stop_if_received_unusable();
@@ -519,7 +523,7 @@ fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Optio
             .with_label_values(&[name, "duplicate"])
             .inc();
         log::info!(
-            "{subject}: {} from {} names a message still running (or one twice): nothing of it runs now; the running one's reply answers it",
+            "{subject}: {} from {} names a message still running (or one twice): nothing of it runs now; the running one's reply answers that one, a later try the rest",
             ids[0], a.from
         );
         return None;

@@ -631,7 +631,9 @@ impl ReceivedRun {
         let busy = ids
             .iter()
             .any(|id| h.running.contains(id) || !in_batch.insert(id));
-        match received.begin_many("central", &refs) {
+        // Now and then as a method that runs an interrupted message again (a copy's chunk).
+        let again = self.rng.chance(300);
+        match received.begin_batch("central", &refs, again) {
             Ok(seen) if busy => {
                 assert!(
                     seen.iter().all(|s| *s == Seen::Running),
@@ -641,6 +643,12 @@ impl ReceivedRun {
             }
             Ok(seen) => {
                 for (id, seen) in ids.iter().zip(&seen) {
+                    if again && *seen == Seen::New && h.started.contains(id) {
+                        // Interrupted, and run again: running from now.
+                        assert!(!h.written.contains_key(id) && !h.durable.contains_key(id));
+                        h.running.insert(id.clone());
+                        continue;
+                    }
                     check_seen(seed, h, id, seen);
                     if *seen == Seen::New {
                         h.maybe_started.remove(id);
@@ -687,7 +695,16 @@ impl ReceivedRun {
                 }
                 true
             }
-            Err(_) => false,
+            Err(_) => {
+                // Cut back: the handler sends them unrecorded and gives them up, as
+                // interrupted (their `Started` records are durable).
+                let ids: Vec<&str> = done.iter().map(String::as_str).collect();
+                received.abandon("central", &ids);
+                for id in &done {
+                    h.running.remove(id);
+                }
+                false
+            }
         }
     }
 }
