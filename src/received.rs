@@ -44,13 +44,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// How many ids that have ended are remembered.
-pub const KEEP: usize = 10_000;
+/// How a message is known here ([`key`]), held once and shared by the map and the queues.
+type Key = Arc<str>;
+
+/// How many ids that have ended are remembered (about 170 bytes each in memory).
+pub const KEEP: usize = 20_000;
 /// How many ended ids of one sender are remembered at most: more than the counter window,
-/// and than two of a lane's batches (the one answered, whose answer may be lost, and the one
-/// before it).
-pub const KEEP_PER_SENDER: usize = 2_500;
-const _: () = assert!(2 * crate::message::MAX_BATCH <= KEEP_PER_SENDER);
+/// and than the last batch answered on four of its lanes at once (a sender moves on from a
+/// lane's batch only once its answer came; until then it may send it again, and the
+/// receiver must know it).
+pub const KEEP_PER_SENDER: usize = 5_000;
+const _: () = assert!(4 * crate::message::MAX_BATCH <= KEEP_PER_SENDER);
 /// Size past which the file is compacted.
 const COMPACT_BYTES: u64 = 4 << 20;
 
@@ -88,16 +92,16 @@ struct Inner {
     keep: usize,
     per_sender_keep: usize,
     /// Each ended id's state.
-    states: HashMap<String, Known>,
+    states: HashMap<Key, Known>,
     /// The ids running now in this process (recorded as started, not yet answered). Not
     /// counted in `keep` or `per_sender_keep`, and never forgotten while they run. An
     /// interrupted id run again is here and in `states`.
-    running: HashSet<String>,
+    running: HashSet<Key>,
     /// Every id, oldest first (with some already forgotten by their sender's cap, dropped
     /// from here now and then).
-    order: VecDeque<String>,
+    order: VecDeque<Key>,
     /// Each sender's ids, oldest first.
-    per_sender: HashMap<String, VecDeque<String>>,
+    per_sender: HashMap<String, VecDeque<Key>>,
 }
 
 impl Received {
@@ -138,10 +142,11 @@ impl Received {
         };
         for (offset, len, record) in decoded.records {
             match record {
-                Record::Started { id } => inner.remember(id, Known::Interrupted),
+                Record::Started { id } => inner.remember(id.into(), Known::Interrupted),
                 Record::Finished { reply } => {
                     if let Ok(r) = Reply::decode(&reply) {
-                        inner.remember(key(&r.to_node, &r.id), Known::Done { offset, len });
+                        let id = key(&r.to_node, &r.id).into();
+                        inner.remember(id, Known::Done { offset, len });
                     }
                 }
                 _ => {}
@@ -182,7 +187,7 @@ impl Received {
         let mut in_batch = HashSet::with_capacity(keys.len());
         if keys
             .iter()
-            .any(|k| inner.running.contains(k) || !in_batch.insert(k))
+            .any(|k| inner.running.contains(k.as_str()) || !in_batch.insert(k))
         {
             return Ok(keys.iter().map(|_| Seen::Running).collect());
         }
@@ -193,7 +198,7 @@ impl Received {
         let mut started = Vec::new();
         let mut again = Vec::new();
         for id in &keys {
-            seen.push(match inner.states.get(id).copied() {
+            seen.push(match inner.states.get(id.as_str()).copied() {
                 Some(Known::Interrupted) if rerun_interrupted => {
                     again.push(id);
                     Seen::New
@@ -218,9 +223,12 @@ impl Received {
         for id in &again {
             log::info!("{id}: interrupted by the last stop of this node; run again");
         }
-        inner
-            .running
-            .extend(started.iter().chain(&again).map(|id| id.to_string()));
+        inner.running.extend(
+            started
+                .iter()
+                .chain(&again)
+                .map(|id| Key::from(id.as_str())),
+        );
         if started.is_empty() {
             return Ok(seen);
         }
@@ -258,7 +266,7 @@ impl Received {
                 len,
             };
             let id = key(&reply.to_node, &reply.id);
-            inner.running.remove(&id);
+            let id = inner.running.take(id.as_str()).unwrap_or_else(|| id.into());
             inner.remember(id, state);
         }
         if inner.file.end() > COMPACT_BYTES.max(2 * inner.compacted_size) {
@@ -282,8 +290,7 @@ impl Received {
     pub fn abandon(&self, from: &str, ids: &[&str]) {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
-            let id = key(from, id);
-            if inner.running.remove(&id) {
+            if let Some(id) = inner.running.take(key(from, id).as_str()) {
                 inner.remember(id, Known::Interrupted);
             }
         }
@@ -331,7 +338,7 @@ fn sender_of(key: &str) -> &str {
 impl Inner {
     /// Records how an id ended; forgets its sender's oldest past `per_sender_keep`, then
     /// the oldest of all past `keep` (the running are not among them).
-    fn remember(&mut self, id: String, state: Known) {
+    fn remember(&mut self, id: Key, state: Known) {
         if let Some(known) = self.states.get_mut(&id) {
             *known = state;
             return;
@@ -357,9 +364,12 @@ impl Inner {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if self.states.remove(&old).is_none() {
-                continue; // forgotten by its sender's cap already
+            // Forgotten by its sender's cap already (and perhaps seen again since: then
+            // the map holds another key of the same text, in its place in the queue).
+            if !self.holds(&old) {
+                continue;
             }
+            self.states.remove(&old);
             let sender = sender_of(&old);
             if let Some(theirs) = self.per_sender.get_mut(sender) {
                 theirs.retain(|k| k != &old);
@@ -369,9 +379,18 @@ impl Inner {
             }
         }
         if self.order.len() > 2 * self.keep + 64 {
-            let states = &self.states;
-            self.order.retain(|k| states.contains_key(k));
+            let mut order = std::mem::take(&mut self.order);
+            order.retain(|k| self.holds(k));
+            self.order = order;
         }
+    }
+
+    /// Whether `k`, taken from a queue, is the key the map holds (else its id was forgotten
+    /// by its sender's cap, and perhaps seen again since: a later place in the queue).
+    fn holds(&self, k: &Key) -> bool {
+        self.states
+            .get_key_value(k)
+            .is_some_and(|(held, _)| Arc::ptr_eq(held, k))
     }
 
     fn stored_reply(&self, id: &str, offset: u64, len: u32) -> io::Result<Reply> {
@@ -393,13 +412,11 @@ impl Inner {
     fn compact(&mut self) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut states = HashMap::with_capacity(self.states.len());
-        self.order.retain(|k| self.states.contains_key(k));
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|k| self.holds(k));
+        self.order = order;
         for id in &self.order {
-            let state = self.states[id];
-            if states.contains_key(id) {
-                continue; // listed twice: forgotten by its sender's cap, then seen again
-            }
-            let state = match state {
+            let state = match self.states[id] {
                 Known::Done { offset, len } => {
                     let start = buf.len();
                     buf.resize(start + len as usize, 0);
@@ -412,7 +429,7 @@ impl Inner {
                     }
                 }
                 Known::Interrupted => {
-                    encode(&Record::Started { id: id.clone() }, &mut buf);
+                    encode(&Record::Started { id: id.to_string() }, &mut buf);
                     Known::Interrupted
                 }
             };
@@ -421,7 +438,7 @@ impl Inner {
         // Running ids are not in `order` (an interrupted one run again is, with its record).
         for id in &self.running {
             if !states.contains_key(id) {
-                encode(&Record::Started { id: id.clone() }, &mut buf);
+                encode(&Record::Started { id: id.to_string() }, &mut buf);
             }
         }
         // Until the rename, a failure leaves the old file in use; from the rename on, the
@@ -595,6 +612,32 @@ mod tests {
         assert!(inner.states.len() <= 50, "{} ids held", inner.states.len());
         assert!(inner.order.len() <= 2 * 100 + 64);
         assert!(inner.running.is_empty());
+    }
+
+    #[test]
+    fn an_id_seen_again_after_it_was_forgotten_keeps_its_new_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 5, 2).unwrap();
+        for id in ["a", "b", "c"] {
+            assert_eq!(r.begin("central", id).unwrap(), Seen::New);
+            finish(&r, &reply(id, "first"));
+        }
+        // a was pushed out by central's cap; it comes again (a replay the counters let
+        // through, say), and is recorded anew: the newest of central's.
+        assert_eq!(r.begin("central", "a").unwrap(), Seen::New);
+        finish(&r, &reply("a", "second"));
+        // Others come: the oldest of all go, and a's old place in the queue is not a.
+        for from in ["ship2", "ship3", "ship4", "ship5"] {
+            assert_eq!(r.begin(from, "x").unwrap(), Seen::New);
+            let mut theirs = reply("x", "theirs");
+            theirs.to_node = from.into();
+            finish(&r, &theirs);
+        }
+        assert_eq!(
+            r.begin("central", "a").unwrap(),
+            Seen::Done(reply("a", "second"))
+        );
+        assert_eq!(r.begin("central", "c").unwrap(), Seen::New, "the oldest");
     }
 
     #[test]
