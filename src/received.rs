@@ -490,6 +490,7 @@ mod tests {
             exit_code: Some(0),
             output: output.into(),
             batch_max: None,
+            digest_sig: false,
         }
     }
 

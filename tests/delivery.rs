@@ -455,14 +455,26 @@ fn assert_each_once_in_order(test: &str, text: &str, prefix: &str, n: usize) {
 }
 
 /// The batches published on `subject` until none comes for `quiet`: each one's size (a
-/// message alone counts as one).
-fn batch_sizes(spy: &nats::Subscription, quiet: Duration) -> Vec<usize> {
-    let mut sizes = Vec::new();
+/// message alone counts as one), and whether it was signed over its digest.
+fn batches(spy: &nats::Subscription, quiet: Duration) -> Vec<(usize, bool)> {
+    let mut seen = Vec::new();
     while let Ok(m) = spy.next_timeout(quiet) {
         let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
-        sizes.push(v.as_array().map_or(1, Vec::len));
+        seen.push((v.as_array().map_or(1, Vec::len), over_digest(&m)));
     }
-    sizes
+    seen
+}
+
+/// Whether `m` is signed over its payload's digest (`Steward-Digest`).
+fn over_digest(m: &nats::Message) -> bool {
+    m.headers
+        .as_ref()
+        .is_some_and(|h| h.get(steward::keys::DIGEST).is_some())
+}
+
+/// Each batch's size, as [`batches`].
+fn batch_sizes(spy: &nats::Subscription, quiet: Duration) -> Vec<usize> {
+    batches(spy, quiet).into_iter().map(|(n, _)| n).collect()
 }
 
 #[test]
@@ -481,7 +493,13 @@ fn events_go_in_bigger_batches_once_the_receiver_says_it_takes_them() {
         t.lines().count() >= n
     });
     assert_each_once_in_order("bigger_batches", &log, "big-", n);
-    let sizes = batch_sizes(&spy, Duration::from_millis(500));
+    let seen = batches(&spy, Duration::from_millis(500));
+    let sizes: Vec<usize> = seen.iter().map(|&(n, _)| n).collect();
+    // Signed over their bytes until ship1's answer says it checks signatures over a
+    // digest (the first two, as for their size), then over their digest, and taken so.
+    let digests: Vec<bool> = seen.iter().map(|&(_, d)| d).collect();
+    assert!(!digests[0] && !digests[1], "{seen:?}");
+    assert!(digests[2..].iter().all(|&d| d), "{seen:?}");
     // 256 at first (every node takes that many: the first, and the next, made ready while
     // the receiver had the first), then as many as ship1's answers say it takes.
     assert!(
@@ -527,17 +545,20 @@ fn events_of_a_method_that_runs_each_alone_stay_in_batches_of_256() {
     assert_eq!(sizes.iter().sum::<usize>(), n, "{sizes:?}");
 }
 
-/// ship1 as a node from before `batchMax` would be: its answers say nothing of it, and a
-/// batch of more than 256 it refuses (silently, as such a node does: "a batch of 257
-/// messages; 1 to 256 are allowed"). Played by a plain client holding ship1's key.
+/// ship1 as a node from before `batchMax` would be (session 27): its answers say nothing
+/// of it, and a batch of more than 256 it refuses (silently, as such a node does: "a batch
+/// of 257 messages; 1 to 256 are allowed"); or from before `digestSig` (session 28): says
+/// it takes 1,024, and refuses a batch signed over its digest (silently: to such a node its
+/// signature does not verify). Played by a plain client holding ship1's key.
 struct OldShip1 {
     key: steward::keys::Identity,
-    /// Whether its answers say it takes 1,024 (a node of this version) for now.
-    says_more: bool,
+    /// Which session's node it is for now: 27, 28, or 29 (says both, as this version).
+    session: u32,
     /// The events it ran, in order, by their text.
     ran: Vec<String>,
-    /// Each batch (or message) that came, its size, and whether it was answered.
-    came: Vec<(usize, bool)>,
+    /// Each batch (or message) that came: its size, whether it was answered, whether it
+    /// was signed over its digest.
+    came: Vec<(usize, bool, bool)>,
 }
 
 impl OldShip1 {
@@ -556,8 +577,10 @@ impl OldShip1 {
             let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
             let batch = v.as_array().cloned();
             let envelopes = batch.clone().unwrap_or_else(|| vec![v]);
-            let takes = envelopes.len() <= 256 || self.says_more;
-            self.came.push((envelopes.len(), takes));
+            let digest = over_digest(&m);
+            let takes =
+                (envelopes.len() <= 256 || self.session >= 28) && (!digest || self.session >= 29);
+            self.came.push((envelopes.len(), takes, digest));
             if !takes {
                 continue;
             }
@@ -572,8 +595,11 @@ impl OldShip1 {
                     "id": e["id"], "fromNode": "ship1", "toNode": "central", "status": "ok",
                     "output": ""
                 });
-                if i == 0 && batch.is_some() && self.says_more {
+                if i == 0 && batch.is_some() && self.session >= 28 {
                     reply["batchMax"] = 1024.into();
+                }
+                if i == 0 && batch.is_some() && self.session >= 29 {
+                    reply["digestSig"] = true.into();
                 }
                 replies.push(reply);
             }
@@ -583,23 +609,30 @@ impl OldShip1 {
             };
             let to = m.reply.as_deref().unwrap();
             let request_sig = m.headers.as_ref().unwrap().get(steward::keys::SIG).unwrap();
-            let sealed = self
-                .key
-                .seal(steward::keys::Scope::reply(to, request_sig), &payload);
+            // Signed as the request was, as a node does (either verifies).
+            let covers = match digest {
+                true => steward::keys::Covers::Digest,
+                false => steward::keys::Covers::Payload,
+            };
+            let sealed = self.key.seal_covering(
+                steward::keys::Scope::reply(to, request_sig),
+                &payload,
+                covers,
+            );
             raw.send(to, None, Some(&sealed.headers), &payload);
         }
     }
 }
 
 #[test]
-fn a_node_from_before_batch_max_only_ever_gets_batches_it_takes() {
+fn a_node_from_before_batch_max_or_digest_sig_only_ever_gets_batches_it_takes() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);
     let raw = Raw::connect(&nats.address());
     let sub = raw.spy("ship1.EventACK.TextLogging");
     let mut ship1 = OldShip1 {
         key: steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap(),
-        says_more: false,
+        session: 27,
         ran: Vec::new(),
         came: Vec::new(),
     };
@@ -609,49 +642,54 @@ fn a_node_from_before_batch_max_only_ever_gets_batches_it_takes() {
             .collect();
         central.append_inmsg(&events);
     };
-    // 1. An old node all along: batches, none over 256.
+    let big = |came: &[(usize, bool, bool)]| came.iter().filter(|c| c.0 > 256).count();
+    let digests = |came: &[(usize, bool, bool)]| came.iter().filter(|c| c.2).count();
+    // 1. An old node all along: batches, none over 256, none signed over a digest.
     send(0, 1500);
     ship1.serve(&raw, &sub, 1500);
-    assert!(
-        ship1.came.iter().all(|&(size, _)| size <= 256),
+    assert_eq!(
+        big(&ship1.came) + digests(&ship1.came),
+        0,
         "{:?}",
         ship1.came
     );
-    assert!(
-        ship1.came.iter().any(|&(size, _)| size > 1),
-        "{:?}",
-        ship1.came
-    );
-    // 2. Upgraded: its answers say it takes 1,024, and bigger batches come.
-    ship1.says_more = true;
+    assert!(ship1.came.iter().any(|c| c.0 > 1), "{:?}", ship1.came);
+    // 2. Upgraded to session 28's: its answers say it takes 1,024; bigger batches come,
+    // signed over their bytes (it would refuse the other).
+    ship1.session = 28;
     send(1500, 4500);
-    while !ship1.came.iter().any(|&(size, _)| size > 256) {
+    let at = ship1.came.len();
+    while big(&ship1.came[at..]) < 2 {
         ship1.serve(&raw, &sub, ship1.ran.len() + 1);
     }
-    // 3. Replaced by an old version again: the next big batch is refused (not answered);
-    // after its attempt, one at a time, then batches of 256 again, nothing lost.
-    ship1.says_more = false;
+    assert_eq!(digests(&ship1.came), 0, "{:?}", ship1.came);
+    // 3. Upgraded to this version: batches signed over their digest come.
+    ship1.session = 29;
+    send(4500, 7500);
+    while digests(&ship1.came) == 0 {
+        ship1.serve(&raw, &sub, ship1.ran.len() + 1);
+    }
+    // 4. Replaced by session 27's again: the next big (or digest-signed) batch is refused
+    // (not answered); after its attempt, one at a time, then batches of 256 signed over
+    // their bytes again, nothing lost.
+    ship1.session = 27;
     let at = ship1.came.len();
-    ship1.serve(&raw, &sub, 4500);
+    ship1.serve(&raw, &sub, 7500);
     let after = &ship1.came[at..];
-    let refused = after.iter().filter(|&&(_, answered)| !answered).count();
-    let big_after_refusal = after
-        .iter()
-        .skip_while(|&&(_, answered)| answered)
-        .skip(1)
-        .filter(|&&(size, _)| size > 256)
-        .count();
-    let want: Vec<String> = (0..4500).map(|i| format!("old-{i}")).collect();
+    let refused = after.iter().filter(|c| !c.1).count();
+    let past_refusal: Vec<(usize, bool, bool)> =
+        after.iter().skip_while(|c| c.1).skip(1).copied().collect();
+    let want: Vec<String> = (0..7500).map(|i| format!("old-{i}")).collect();
     let delivered = want.iter().filter(|w| ship1.ran.contains(w)).count();
     report(
         "batch_max_downgrade",
-        4500,
+        7500,
         delivered,
         ship1.ran.len() - delivered,
     );
     assert_eq!(ship1.ran, want, "each event once, in order");
     assert!(refused <= 1, "{after:?}");
-    assert_eq!(big_after_refusal, 0, "{after:?}");
+    assert_eq!(big(&past_refusal) + digests(&past_refusal), 0, "{after:?}");
     // The refused batch failed (a slow answer on a loaded machine may fail one more).
     let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
     central.wait_metric(

@@ -7,9 +7,10 @@
 //! subjects), from a raw NATS client on an open broker.
 
 use crate::common;
-use common::raw::{envelope, signed_by, Raw};
+use common::raw::{envelope, signed_by, signed_covering, Raw};
 use common::{command, key_of, NatsServer, Node};
 use std::time::{Duration, Instant};
+use steward::keys::Covers;
 
 const KINDS: [&str; 4] = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
 /// Every method this build serves: a new one is in the matrix without anyone adding it.
@@ -117,16 +118,22 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                 let subject = format!("ship1.{kind}.{method}");
                 let data = data_for(method, &marker, target.path(), web_port);
                 let data: Vec<&str> = data.iter().map(String::as_str).collect();
-                for (variant, signer) in [("unsigned", None), ("self-signed", Some("intruder"))] {
+                for (variant, signer, covers) in [
+                    ("unsigned", None, Covers::Payload),
+                    ("self-signed", Some("intruder"), Covers::Payload),
+                    ("self-signed-digest", Some("intruder"), Covers::Digest),
+                ] {
                     let id = format!("{marker}-{sent}");
                     let payload = as_a_result(envelope(&id, from, "ship1", kind, method, &data));
                     let reply = format!("_INBOX.{from}.hostile.{variant}.{sent}");
-                    let headers = signer.map(|s| signed_by(s, &subject, Some(&reply), &payload));
+                    let sign = |s, payload: &[u8]| {
+                        signed_covering(s, &subject, Some(&reply), payload, covers)
+                    };
+                    let headers = signer.map(|s| sign(s, &payload));
                     raw.send(&subject, Some(&reply), headers.as_ref(), &payload);
                     // A batch of the same, for the events that travel in batches.
                     let batch = format!("[{}]", String::from_utf8_lossy(&payload));
-                    let headers =
-                        signer.map(|s| signed_by(s, &subject, Some(&reply), batch.as_bytes()));
+                    let headers = signer.map(|s| sign(s, batch.as_bytes()));
                     raw.send(&subject, Some(&reply), headers.as_ref(), batch.as_bytes());
                     sent += 2;
                     reaching += 2 * usize::from(listens.contains(&subject));
@@ -327,7 +334,15 @@ fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
     ship1.wait_refused("TextLogging", refused + wrong.len());
     assert!(ship1.log().contains("not to ship2's own inbox"));
     let answered = raw.answers_where(|s| s == "_INBOX.central.c" || wrong.contains(&s));
-    assert!(answered.is_empty(), "answered on {}", answered[0].subject);
+    assert!(
+        answered.is_empty(),
+        "answered on {}: {}",
+        answered[0].subject,
+        String::from_utf8_lossy(&answered[0].data)
+            .chars()
+            .take(300)
+            .collect::<String>()
+    );
     assert!(elsewhere.try_next().is_none());
     assert!(!target.path().join("ran").exists());
     assert!(!ship1.path("keys/distributed.json").exists());
@@ -463,8 +478,9 @@ fn sigio_does_not_stop_a_node() {
 /// A batch's answer says how many messages its receiver takes (`batchMax`): only a reply
 /// signed by a key trusted for the destination counts. A raw client with no trusted key
 /// answers central's batches for ship1, unsigned and signed with its own key, saying it
-/// takes 1,024: no batch over 256 goes, nothing counts as ACKed; then the real ship1
-/// comes and every event arrives once, in order.
+/// takes 1,024 and checks signatures over a digest: no batch over 256 goes, none signed
+/// over its digest, nothing counts as ACKed; then the real ship1 comes and every event
+/// arrives once, in order.
 #[test]
 fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
     let nats = NatsServer::start();
@@ -478,6 +494,8 @@ fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
         .collect();
     central.append_inmsg(&events);
     let mut sizes = Vec::new();
+    // Batches signed over their digest: for a receiver that said it checks those.
+    let mut over_digest = 0;
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         let Ok(m) = sub.next_timeout(Duration::from_millis(200)) else {
@@ -486,11 +504,16 @@ fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
         let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
         let envelopes = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
         sizes.push(envelopes.len());
+        over_digest += usize::from(
+            m.headers
+                .as_ref()
+                .is_some_and(|h| h.get(steward::keys::DIGEST).is_some()),
+        );
         let replies: Vec<serde_json::Value> = envelopes
             .iter()
             .map(|e| {
                 serde_json::json!({"id": e["id"], "fromNode": "ship1", "toNode": "central",
-                    "status": "ok", "output": "", "batchMax": 1024})
+                    "status": "ok", "output": "", "batchMax": 1024, "digestSig": true})
             })
             .collect();
         let payload = match v.is_array() {
@@ -509,6 +532,10 @@ fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
     }
     assert!(!sizes.is_empty());
     assert!(sizes.iter().all(|&s| s <= 256), "{sizes:?}");
+    assert_eq!(
+        over_digest, 0,
+        "a forged answer changed how batches are signed"
+    );
     let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
     assert_eq!(central.metric(acked), 0.0, "a forged answer counted");
     // The real ship1: everything, once, in order.
@@ -519,4 +546,86 @@ fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
     let want: Vec<String> = (0..n).map(|i| format!("f-{i}")).collect();
     assert_eq!(log.lines().collect::<Vec<_>>(), want);
     assert!(!central.read("replies/ship1.TextLogging.log").is_empty());
+}
+
+/// A real batch signed over its digest, captured from the broker: replayed as it was, to
+/// its own reply subject and to the attacker's, moved to the other kinds' subjects, or
+/// altered under the same headers (an event added, one changed): each refused by ship1,
+/// none answered; every real event logged once, in order.
+#[test]
+fn a_captured_batch_signed_over_its_digest_cannot_be_replayed_moved_or_altered() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.EventACK.TextLogging");
+    let n = 3000;
+    let events: String = (0..n)
+        .map(|i| common::text_log("ship1", &format!("d-{i}\n")))
+        .collect();
+    central.append_inmsg(&events);
+    ship1.wait_until("textlog/central.log", "had every event", |t| {
+        t.lines().count() >= n
+    });
+    let mut captured = None;
+    while let Ok(m) = spy.next_timeout(Duration::from_millis(500)) {
+        let digest = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(steward::keys::DIGEST));
+        if digest.is_some() && captured.is_none() {
+            captured = Some(m);
+        }
+    }
+    let m = captured.expect("no batch signed over its digest went");
+    raw.answers_where(|_| false);
+    let before = refusals(&ship1);
+    let subject = "ship1.EventACK.TextLogging";
+    let mut sent = 0;
+    let mut send = |subject: &str, reply: &str, data: &[u8]| {
+        raw.send(subject, Some(reply), m.headers.as_ref(), data);
+        sent += 1;
+    };
+    let own = m.reply.as_deref().unwrap();
+    send(subject, own, &m.data);
+    send(subject, "_INBOX.intruder.hostile.replay", &m.data);
+    for kind in ["EventNACK", "CommandACK", "CommandNACK"] {
+        send(&format!("ship1.{kind}.TextLogging"), own, &m.data);
+    }
+    let text = String::from_utf8(m.data.clone()).unwrap();
+    let changed = text.replacen("d-", "X-", 1);
+    send(subject, own, changed.as_bytes());
+    let mut fewer: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let size = fewer.len();
+    fewer.pop();
+    send(subject, own, &serde_json::to_vec(&fewer).unwrap());
+    // Each one that reaches ship1 (it does not listen for TextLogging commands) refused,
+    // each of its events counted.
+    let listens = listened(&ship1);
+    let reaching = 4 + usize::from(listens.iter().any(|s| s == "ship1.EventNACK.TextLogging"));
+    let refused = (reaching - 1) * size + size - 1;
+    ship1.wait_metric("refused each", refusals, |v| v >= before + refused as f64);
+    ship1.wait_idle();
+    // (The broker's own "no responders" on a subject nobody listens to is not an answer.)
+    let answered: Vec<_> = raw
+        .answers_where(|s| s == own || s.contains(".hostile."))
+        .into_iter()
+        .filter(|a| !a.data.is_empty())
+        .collect();
+    assert!(
+        answered.is_empty(),
+        "answered on {}: {}",
+        answered[0].subject,
+        String::from_utf8_lossy(&answered[0].data)
+            .chars()
+            .take(300)
+            .collect::<String>()
+    );
+    assert_eq!((refusals(&ship1) - before) as usize, refused, "of {sent}");
+    let log = ship1.read("textlog/central.log");
+    let want: Vec<String> = (0..n).map(|i| format!("d-{i}")).collect();
+    assert_eq!(log.lines().collect::<Vec<_>>(), want);
+    eprintln!(
+        "[hostile_digest] batch_of={size} replayed_moved_altered={sent} reaching={reaching} events_refused={refused} answered=0 logged_once={n}"
+    );
 }

@@ -1074,6 +1074,7 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
             exit_code: Some(0),
             output: String::new(),
             batch_max: None,
+            digest_sig: false,
         }
         .encode();
         let sealed = identity.seal(steward::keys::Scope::reply(to, sig), &reply);

@@ -27,7 +27,7 @@
 //! still wait for the client's lock while another thread's write is slow.)
 
 use crate::config::{Auth, BrokerSecurity};
-use crate::keys::{Identity, Scope, Sealed};
+use crate::keys::{Covers, Identity, Scope, Sealed};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -223,10 +223,10 @@ impl Broker {
             .is_none()
     }
 
-    /// Publishes, signed by `identity` over the subjects (and, for a reply, the signature
-    /// of the request it `answers`), and writes it out at once, waiting for what `confirm`
-    /// says (see the module docs for why). Returns the signature: what a reply to this
-    /// message must name.
+    /// Publishes on `scope`'s subject, signed by `identity` over its subjects (and, for a
+    /// reply, the signature of the request it answers) and what `covers` says of the
+    /// payload, and writes it out at once, waiting for what `confirm` says (see the module
+    /// docs for why). Returns the signature: what a reply to this message must name.
     ///
     /// On a link known to be down it fails at once (`NotConnected`) rather than queue the
     /// message in the client and wait for the broker: the caller's own retry, or the
@@ -235,25 +235,19 @@ impl Broker {
     pub fn publish(
         &self,
         identity: &Identity,
-        subject: &str,
-        reply: Option<&str>,
-        answers: Option<&str>,
+        scope: Scope<'_>,
         payload: &[u8],
+        covers: Covers,
         confirm: Confirm,
     ) -> io::Result<String> {
         // Not sealed (signed, a counter spent) for a link known to be down.
         if !self.is_up() {
             return Err(link_down());
         }
-        let scope = Scope {
-            subject,
-            reply,
-            answers,
-        };
         self.publish_sealed(
-            subject,
-            reply,
-            identity.seal(scope, payload),
+            scope.subject,
+            scope.reply,
+            identity.seal_covering(scope, payload, covers),
             payload,
             confirm,
         )

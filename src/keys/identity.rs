@@ -212,16 +212,25 @@ impl Identity {
 
     /// The headers that sign `payload` as sent now, in `scope`.
     pub fn seal(&self, scope: Scope<'_>, payload: &[u8]) -> Sealed {
-        self.seal_at(scope, payload, files::unix_millis())
+        self.seal_covering(scope, payload, Covers::Payload)
+    }
+
+    /// As [`Identity::seal`], the signature covering what `covers` says.
+    pub fn seal_covering(&self, scope: Scope<'_>, payload: &[u8], covers: Covers) -> Sealed {
+        self.seal_as_sent(scope, payload, files::unix_millis(), covers)
     }
 
     /// As [`Identity::seal`], with the sending time given (tests forge old messages).
     pub fn seal_at(&self, scope: Scope<'_>, payload: &[u8], sent: u64) -> Sealed {
+        self.seal_as_sent(scope, payload, sent, Covers::Payload)
+    }
+
+    fn seal_as_sent(&self, scope: Scope<'_>, payload: &[u8], sent: u64, covers: Covers) -> Sealed {
         let seq = self.counter.next();
         let (sent_text, seq_text) = (sent.to_string(), seq.to_string());
         let sig = self
             .pair
-            .sign(&signed_bytes(&sent_text, &seq_text, scope, payload))
+            .sign(&signed_bytes(&sent_text, &seq_text, scope, payload, covers))
             .expect("a key pair made from a seed can always sign");
         let sig = hex(&sig);
         let mut headers = nats::HeaderMap::new();
@@ -229,6 +238,9 @@ impl Identity {
         headers.insert(SEQ, seq_text);
         headers.insert(KEY, self.public.clone());
         headers.insert(SIG, sig.clone());
+        if covers == Covers::Digest {
+            headers.insert(DIGEST, DIGEST_SHA256.to_string());
+        }
         Sealed {
             headers,
             sig,

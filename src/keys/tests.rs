@@ -125,6 +125,98 @@ fn a_signature_verifies_only_for_the_trusted_sender_content_and_subjects() {
 }
 
 #[test]
+fn a_signature_over_a_digest_verifies_only_as_one_and_for_the_same_content_and_subjects() {
+    let (dir, _me, trusted) = store("ship1");
+    let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+    let intruder = Identity::generate(&dir.path().join("i"), false).unwrap();
+    trust(dir.path(), "central", central.public_key()).unwrap();
+    let payload = br#"[{"id":"1"},{"id":"2"}]"#;
+    let sealed = central.seal_covering(scope(), payload, Covers::Digest);
+    assert_eq!(
+        sealed.headers.get(DIGEST).map(String::as_str),
+        Some("sha256")
+    );
+    let h = Some(&sealed.headers);
+    let signed = trusted.verify("central", h, scope(), payload).unwrap();
+    assert_eq!(signed.covers, Covers::Digest);
+    assert_eq!(signed.sig, sealed.sig);
+    let bad = |r: Result<Signed, Unverified>, why: &str| match r {
+        Err(Unverified::Bad(e)) => assert!(e.contains(why), "{e}"),
+        other => panic!("expected {why:?}, got {other:?}"),
+    };
+    // Altered, moved, redirected: refused as a signature over the bytes would be.
+    bad(
+        trusted.verify("central", h, scope(), br#"[{"id":"1"},{"id":"3"}]"#),
+        "forged, altered",
+    );
+    let moved = Scope::request("ship2.EventACK.TextLogging", Some(INBOX));
+    bad(
+        trusted.verify("central", h, moved, payload),
+        "another subject",
+    );
+    let redirected = Scope::request(SUBJECT, Some("_INBOX.intruder.1"));
+    bad(
+        trusted.verify("central", h, redirected, payload),
+        "another subject",
+    );
+    // The header taken off (read as a signature over the bytes), or put on a signature
+    // over the bytes, or naming another digest: neither form stands for the other.
+    let mut without = nats::HeaderMap::new();
+    for name in [SENT, SEQ, KEY, SIG] {
+        without.insert(name, sealed.headers.get(name).unwrap().clone());
+    }
+    bad(
+        trusted.verify("central", Some(&without), scope(), payload),
+        "forged, altered",
+    );
+    let plain = central.seal(scope(), payload);
+    assert_eq!(
+        trusted
+            .verify("central", Some(&plain.headers), scope(), payload)
+            .unwrap()
+            .covers,
+        Covers::Payload
+    );
+    let mut with = plain.headers.clone();
+    with.insert(DIGEST, "sha256".to_string());
+    bad(
+        trusted.verify("central", Some(&with), scope(), payload),
+        "forged, altered",
+    );
+    let mut other = sealed.headers.clone();
+    other.insert(DIGEST, "md5".to_string());
+    bad(
+        trusted.verify("central", Some(&other), scope(), payload),
+        "does not know",
+    );
+    // The intruder's own key, over a digest: not trusted for central, as ever.
+    let forged = intruder.seal_covering(scope(), payload, Covers::Digest);
+    bad(
+        trusted.verify("central", Some(&forged.headers), scope(), payload),
+        "not trusted for central",
+    );
+    // A reply signed over a digest binds the request it answers, as any.
+    let reply = central.seal_covering(Scope::reply(INBOX, &sealed.sig), b"r", Covers::Digest);
+    assert!(trusted
+        .verify(
+            "central",
+            Some(&reply.headers),
+            Scope::reply(INBOX, &sealed.sig),
+            b"r"
+        )
+        .is_ok());
+    bad(
+        trusted.verify(
+            "central",
+            Some(&reply.headers),
+            Scope::reply(INBOX, &plain.sig),
+            b"r",
+        ),
+        "forged",
+    );
+}
+
+#[test]
 fn a_request_is_fresh_once_and_a_replay_is_refused_even_after_a_restart() {
     let (dir, _me, trusted) = store("ship1");
     let central = Identity::generate(&dir.path().join("c"), false).unwrap();

@@ -465,8 +465,19 @@ impl Trusted {
         else {
             return Err(Unverified::Bad("malformed signature headers".into()));
         };
+        let covers = match get(DIGEST) {
+            None => Covers::Payload,
+            Some(DIGEST_SHA256) => Covers::Digest,
+            Some(other) => {
+                let other: String = other.chars().take(32).collect();
+                return Err(Unverified::Bad(format!(
+                    "signed over a digest this node does not know ({DIGEST}: {other:?})"
+                )));
+            }
+        };
+        let signed = signed_bytes(sent, seq, scope, payload, covers);
         let ok = KeyPair::from_public_key(key)
-            .and_then(|k| k.verify(&signed_bytes(sent, seq, scope, payload), &sig_bytes))
+            .and_then(|k| k.verify(&signed, &sig_bytes))
             .is_ok();
         if !ok {
             return Err(Unverified::Bad(format!(
@@ -479,6 +490,7 @@ impl Trusted {
             // Canonical (lowercase), so a re-encoded copy names the same request.
             sig: hex(&sig_bytes),
             key: key.to_string(),
+            covers,
         })
     }
 

@@ -277,6 +277,18 @@ pub struct Reply {
     /// [`Method::batch_max`]: crate::methods::Method::batch_max
     #[serde(rename = "batchMax", default, skip_serializing_if = "Option::is_none")]
     pub batch_max: Option<u32>,
+    /// On the first reply of a batch's answer, from session 29 on: this node checks
+    /// signatures over a payload's digest ([`Covers::Digest`]), so its sender may sign its
+    /// next batches that way. Nodes from before it say nothing (and would refuse such a
+    /// batch); they get batches signed over their bytes.
+    ///
+    /// [`Covers::Digest`]: crate::keys::Covers::Digest
+    #[serde(
+        rename = "digestSig",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub digest_sig: bool,
 }
 
 impl Reply {
@@ -308,6 +320,7 @@ impl Reply {
             exit_code: None,
             output: why,
             batch_max: None,
+            digest_sig: false,
         }
     }
 
@@ -318,13 +331,14 @@ impl Reply {
 
     /// A receiver's answer to a batch: [`Reply::encode_batch`], the first reply saying how
     /// many messages of the method this node takes in one batch (`batchMax`: at most
-    /// [`MAX_BATCH`]).
+    /// [`MAX_BATCH`]) and that it checks signatures over a digest (`digestSig`).
     pub fn encode_batch_answer(replies: &[Reply], batch_max: usize) -> Vec<u8> {
         let mut out = vec![b'['];
         for (i, reply) in replies.iter().enumerate() {
             if i == 0 {
                 let first = Reply {
                     batch_max: Some(batch_max.min(MAX_BATCH) as u32),
+                    digest_sig: true,
                     ..reply.clone()
                 };
                 first.encode_into(&mut out);
@@ -368,10 +382,14 @@ mod tests {
         let got = Reply::decode_batch(&wire).unwrap();
         assert_eq!(got[0].batch_max, Some(MAX_BATCH as u32));
         assert!(got[1..].iter().all(|r| r.batch_max.is_none()));
+        // And that it checks signatures over a digest, on the first reply only.
+        assert_eq!(text.matches("\"digestSig\":true").count(), 1, "{text}");
+        assert!(got[0].digest_sig && got[1..].iter().all(|r| !r.digest_sig));
         let plain: Vec<Reply> = got
             .into_iter()
             .map(|r| Reply {
                 batch_max: None,
+                digest_sig: false,
                 ..r
             })
             .collect();
@@ -380,7 +398,10 @@ mod tests {
         // reply with a key this version does not know decodes as before (what nodes before
         // `batchMax` do with it: their replies did not refuse unknown keys either).
         let old = Reply::decode_batch(&Reply::encode_batch(&replies)).unwrap();
-        assert!(old.iter().all(|r| r.batch_max.is_none()));
+        assert!(old.iter().all(|r| r.batch_max.is_none() && !r.digest_sig));
+        assert!(!String::from_utf8(Reply::encode_batch(&replies))
+            .unwrap()
+            .contains("digestSig"));
         let newer = br#"[{"id":"a","fromNode":"ship1","status":"ok","batchMax":4096,"later":1}]"#;
         assert_eq!(Reply::decode_batch(newer).unwrap()[0].batch_max, Some(4096));
         // A method that runs each message alone says 256; nothing says more than this

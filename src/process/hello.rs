@@ -49,10 +49,9 @@ impl Process for HelloSender {
             };
             match self.node.broker.publish(
                 &self.node.identity,
-                &subject,
-                None,
-                None,
+                crate::keys::Scope::request(&subject, None),
                 &envelope.encode(),
+                crate::keys::Covers::Payload,
                 crate::broker::Confirm::ByServer,
             ) {
                 Ok(_) => self.state.set(format!("sent hello {count}")),

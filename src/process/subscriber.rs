@@ -570,13 +570,16 @@ fn answers(
     let mut new_at = Vec::new();
     // Results to send as messages of their own, with where their reply is.
     let mut results = Vec::new();
+    // Counted by outcome once for the batch: a metric's lookup hashes its labels.
+    let mut counted: Vec<(&str, u64)> = Vec::new();
+    let mut count = |label| match counted.iter_mut().find(|(l, _)| *l == label) {
+        Some((_, n)) => *n += 1,
+        None => counted.push((label, 1)),
+    };
     for (envelope, seen) in a.envelopes.iter().zip(seen) {
         let (outcome, label) = match seen {
             Seen::Done(reply) => {
-                node.metrics
-                    .received
-                    .with_label_values(&[name, "duplicate"])
-                    .inc();
+                count("duplicate");
                 log::info!(
                     "{subject}: {} already handled; answering with the stored reply",
                     envelope.id
@@ -600,10 +603,7 @@ fn answers(
                 (outcome, label)
             }
         };
-        node.metrics
-            .received
-            .with_label_values(&[name, label])
-            .inc();
+        count(label);
         // With a replyMethod the output goes where it says (`send_results`), or nowhere
         // (`None`); the ACK says how the request ended. (An interrupted run has no result
         // but its error.)
@@ -637,7 +637,14 @@ fn answers(
                 outcome.output
             },
             batch_max: None,
+            digest_sig: false,
         });
+    }
+    for (label, n) in counted {
+        node.metrics
+            .received
+            .with_label_values(&[name, label])
+            .inc_by(n);
     }
     Answers {
         replies,
@@ -728,10 +735,10 @@ fn answer(
     let bytes = fitted(replies, conn.max_payload(), encode);
     if let Err(e) = node.broker.publish(
         &node.identity,
-        to,
-        None,
-        Some(&a.signed.sig),
+        crate::keys::Scope::reply(to, &a.signed.sig),
         &bytes,
+        // Signed as the request was: a sender that signs over a digest checks those.
+        a.signed.covers,
         crate::broker::Confirm::ByAnswer,
     ) {
         // The sender will try again and get the stored reply.

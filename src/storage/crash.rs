@@ -518,6 +518,7 @@ fn reply(id: &str) -> Reply {
         exit_code: Some(0),
         output: format!("output of {id}"),
         batch_max: None,
+        digest_sig: false,
     }
 }
 

@@ -29,9 +29,31 @@ pub fn signed_by(
     reply: Option<&str>,
     payload: &[u8],
 ) -> nats::HeaderMap {
+    signed_covering(
+        signer,
+        subject,
+        reply,
+        payload,
+        steward::keys::Covers::Payload,
+    )
+}
+
+/// As [`signed_by`], the signature covering what `covers` says of the payload (its
+/// bytes, or their digest).
+pub fn signed_covering(
+    signer: &str,
+    subject: &str,
+    reply: Option<&str>,
+    payload: &[u8],
+    covers: steward::keys::Covers,
+) -> nats::HeaderMap {
     steward::keys::Identity::from_seed(&super::seed_of(signer))
         .unwrap()
-        .seal(steward::keys::Scope::request(subject, reply), payload)
+        .seal_covering(
+            steward::keys::Scope::request(subject, reply),
+            payload,
+            covers,
+        )
         .headers
 }
 

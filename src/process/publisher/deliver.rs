@@ -5,7 +5,7 @@
 use super::*;
 use crate::broker::Confirm;
 use crate::grant::CopyGrant;
-use crate::keys::{Identity, Sealed};
+use crate::keys::{Covers, Identity, Scope, Sealed};
 use crate::message::Envelope;
 use crate::reply::ResultRoute;
 use std::borrow::Cow;
@@ -28,6 +28,8 @@ const _: () = assert!(1 + MAX_RESENDS < SIGNATURES_KEPT);
 pub(super) struct BatchWire {
     pub reply_subject: String,
     pub payload: Vec<u8>,
+    /// What its signature covers: its digest once the receiver said it checks those.
+    pub covers: Covers,
     pub sealed: Option<Sealed>,
 }
 
@@ -37,6 +39,7 @@ struct Request<'r> {
     reply_subject: &'r str,
     to: &'r str,
     payload: &'r [u8],
+    covers: Covers,
     timeout: Duration,
     deadline: Instant,
 }
@@ -141,6 +144,7 @@ impl Publisher {
         );
         let to = &batch[0].envelope.message.to_node;
         let mut request = self.request(&wire.reply_subject, to, &wire.payload, timeout);
+        request.covers = wire.covers;
         let mut sigs = Vec::new();
         let sent = self.publish(&request, wire.sealed, &mut sigs);
         meanwhile()?;
@@ -292,6 +296,7 @@ impl Publisher {
             reply_subject,
             to,
             payload,
+            covers: Covers::Payload,
             timeout,
             deadline: Instant::now() + timeout,
         }
@@ -313,10 +318,9 @@ impl Publisher {
             }
             None => broker.publish(
                 identity,
-                subject,
-                reply,
-                None,
+                Scope::request(subject, reply),
                 request.payload,
+                request.covers,
                 Confirm::ByAnswer,
             ),
         }?;
@@ -501,10 +505,9 @@ impl Publisher {
         loop {
             match self.node.broker.publish(
                 &self.node.identity,
-                &subject,
-                None,
-                None,
+                Scope::request(&subject, None),
                 &payload,
+                Covers::Payload,
                 Confirm::ByServer,
             ) {
                 Ok(_) => {

@@ -54,7 +54,9 @@ impl Publisher {
             slot.failed_written.clone()
         };
         // Every message of the lane goes to one node and method: one replies file.
-        let (mut records, mut ids) = (String::new(), Vec::new());
+        // Sized once: a batch's records are some hundreds of kilobytes.
+        let size: usize = done.iter().map(|(_, d)| record_size(d)).sum();
+        let (mut records, mut ids) = (String::with_capacity(size), Vec::new());
         let (mut failed, mut failed_ids) = (String::new(), Vec::new());
         let mut ends = Vec::with_capacity(done.len());
         for (entry, delivery) in done {
@@ -91,7 +93,11 @@ impl Publisher {
     /// their message-log.txt lines.
     fn count_and_report(&self, ends: &[End]) -> Vec<u8> {
         let node = &self.node;
-        let mut log_lines = Vec::new();
+        let size = ends
+            .iter()
+            .map(|e| e.entry.encoded.len() + LOG_LINE_END)
+            .sum();
+        let mut log_lines = Vec::with_capacity(size);
         // The messages finish together: one time for all of them.
         let finished = crate::files::unix_millis();
         let finished_at = crate::files::rfc3339(finished);
@@ -223,6 +229,17 @@ impl<'e> End<'e> {
             reply,
             why,
         }
+    }
+}
+
+/// What [`log_line`] adds to a message's envelope, at most.
+const LOG_LINE_END: usize = 120;
+
+/// About what [`reply_record`] writes of a delivery (enough for its reply's).
+fn record_size(delivery: &Delivery) -> usize {
+    match delivery {
+        Delivery::Acked(reply) => 160 + reply.id.len() + reply.output.len(),
+        _ => 0,
     }
 }
 

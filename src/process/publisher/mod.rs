@@ -30,8 +30,11 @@
 //! same fsyncs and signatures as 256; [`FIRST_BATCH`] for one that runs each alone), and
 //! the batch after the next (the next is made ready already) is that big, within a
 //! batch's bytes; a node from before it says nothing and gets [`FIRST_BATCH`] (it would
-//! refuse more). After a failed batch the lane starts again from [`FIRST_BATCH`]: a node
-//! replaced by an older version costs one batch's attempt. That is what lets a journaled,
+//! refuse more). The same answer says whether the receiver checks a signature over the
+//! batch's digest (`digestSig`, see [`crate::keys`]): the lane's batches are then signed
+//! that way, SHA-256 once over them instead of SHA-512 twice. After a failed batch the lane
+//! starts again from [`FIRST_BATCH`], signed over the bytes: a node replaced by an older
+//! version costs one batch's attempt. That is what lets a journaled,
 //! fsync'd, exactly-once event stream keep up with bare NATS request/reply. One batch is
 //! with the receiver at a time (it runs them in order), but the publisher's own work
 //! overlaps it:
@@ -47,7 +50,7 @@
 
 use super::{sleep_or_stop, Failure, Process, State};
 use crate::journal::Entry;
-use crate::keys::{Scope, Unverified};
+use crate::keys::{Covers, Scope, Unverified};
 use crate::message::{DecodeError, Reply, Status, FIRST_BATCH, MAX_BATCH, MAX_BATCH_BYTES};
 use crate::node::{Node, Progress};
 use crate::retry::{self, Next, Rules};
@@ -84,7 +87,12 @@ impl Slot {
     /// The first `n` messages are finished: out of the slot.
     fn done(&mut self, n: usize) {
         self.attempts_made = 0;
-        for e in self.entries.drain(..n) {
+        let gone = self.entries.drain(..n);
+        // Nearly always empty (a publisher restarted in between fills them): no hashing.
+        if self.replies_written.is_empty() && self.failed_written.is_empty() {
+            return;
+        }
+        for e in gone {
             self.replies_written.remove(&e.envelope.id);
             self.failed_written.remove(&e.envelope.id);
         }
@@ -243,6 +251,9 @@ impl Process for Publisher {
         // How many messages the destination takes in one batch: what every node takes,
         // until a verified answer to a batch says more (see `Reply::batch_max`).
         let mut takes = FIRST_BATCH;
+        // What a batch's signature covers: its digest once a verified answer to one says
+        // the destination checks those (see `Reply::digest_sig`), else its bytes.
+        let mut covers = Covers::Payload;
         let batchable = kind.wants_ack() && !kind.is_command();
         // A batch ACKed and not yet finished (the first entries of the slot), finished
         // while the next one is with the receiver; and the one after that, taken and
@@ -268,7 +279,7 @@ impl Process for Publisher {
                     if let Some((batch, payload)) =
                         self.batch_in(&slot, batching && batchable, &conn)
                     {
-                        let wire = self.batch_wire(inbox, &batch, payload, false);
+                        let wire = self.batch_wire(inbox, &batch, payload, covers, false);
                         (batch, wire)
                     } else if let Some(acked) = unfinished.take() {
                         // Nothing to send meanwhile, or one at a time from here: the held
@@ -313,7 +324,7 @@ impl Process for Publisher {
                 // Sealed now too: signing a batch is the largest part of sending it.
                 if let Ok(after) = self.take(batch.len(), takes) {
                     ready = self.batch_in(&after, true, &conn).map(|(next, payload)| {
-                        let wire = self.batch_wire(inbox, &next, payload, true);
+                        let wire = self.batch_wire(inbox, &next, payload, covers, true);
                         (next, wire)
                     });
                 }
@@ -322,9 +333,15 @@ impl Process for Publisher {
             match self.deliver_batch(replies, &batch, wire, stop, meanwhile)? {
                 Attempt::Acked(acked) => {
                     takes = batch_size(&acked);
-                    // Made ready before the receiver said it takes fewer (a node from
-                    // before `batchMax` again): its messages stay in the slot, taken anew.
-                    if ready.as_ref().is_some_and(|(next, _)| next.len() > takes) {
+                    covers = batch_covers(&acked);
+                    // Made ready before the receiver said it takes fewer, or no signature
+                    // over a digest (a node from before `batchMax` or `digestSig` again):
+                    // its messages stay in the slot, taken anew. (One signed over its
+                    // bytes goes to any node.)
+                    if ready
+                        .as_ref()
+                        .is_some_and(|(next, wire)| next.len() > takes || wire.covers > covers)
+                    {
                         ready = None;
                     }
                     unfinished = Some((batch, acked));
@@ -345,6 +362,7 @@ impl Process for Publisher {
                     batching = false;
                     // Perhaps a node from before `batchMax` now: it says so again if not.
                     takes = FIRST_BATCH;
+                    covers = Covers::Payload;
                     // Its messages stay in the slot, first the failed batch's.
                     ready = None;
                 }
@@ -363,14 +381,25 @@ fn batch_size(acked: &[Reply]) -> usize {
         .map_or(FIRST_BATCH, |n| (n as usize).clamp(1, MAX_BATCH))
 }
 
+/// What the signature of the batches after `acked` (a verified answer to one) covers: the
+/// payload's digest if its sender says it checks those, else the payload.
+fn batch_covers(acked: &[Reply]) -> Covers {
+    match acked.first().is_some_and(|r| r.digest_sig) {
+        true => Covers::Digest,
+        false => Covers::Payload,
+    }
+}
+
 impl Publisher {
     /// How `batch` goes: on its own reply subject (a late batch reply never meets a single
-    /// attempt), `payload`, sealed now if `seal_ahead`.
+    /// attempt), `payload`, its signature covering what `covers` says, sealed now if
+    /// `seal_ahead`.
     fn batch_wire(
         &self,
         inbox: &str,
         batch: &[Entry],
         payload: Vec<u8>,
+        covers: Covers,
         seal_ahead: bool,
     ) -> BatchWire {
         let reply_subject = format!("{inbox}.b{}", batch[0].seq);
@@ -380,11 +409,12 @@ impl Publisher {
                 reply: Some(&reply_subject),
                 answers: None,
             };
-            self.node.identity.seal(scope, &payload)
+            self.node.identity.seal_covering(scope, &payload, covers)
         });
         BatchWire {
             reply_subject,
             payload,
+            covers,
             sealed,
         }
     }
@@ -577,6 +607,23 @@ mod tests {
         assert_eq!(batch_size(&answer(Some(u32::MAX))), MAX_BATCH);
         assert_eq!(batch_size(&answer(Some(0))), 1);
         assert_eq!(batch_size(&[]), FIRST_BATCH);
+    }
+
+    #[test]
+    fn batches_are_signed_over_a_digest_only_once_the_receivers_answer_says_it_checks_those() {
+        let answer = |digest_sig: bool, on: usize| {
+            let mut replies: Vec<Reply> = ["a", "b"]
+                .iter()
+                .map(|id| Reply::refusal(id.to_string(), "central", "ship1", String::new()))
+                .collect();
+            replies[on].digest_sig = digest_sig;
+            replies
+        };
+        assert_eq!(batch_covers(&answer(false, 0)), Covers::Payload);
+        assert_eq!(batch_covers(&answer(true, 0)), Covers::Digest);
+        // Only the first reply says it, as the receiver writes it.
+        assert_eq!(batch_covers(&answer(true, 1)), Covers::Payload);
+        assert_eq!(batch_covers(&[]), Covers::Payload);
     }
 
     #[test]
