@@ -8,7 +8,8 @@
 //! 2. the payload decodes (one envelope, or a batch from one sender) and agrees with the
 //!    subject;
 //! 3. it is signed, over its subject and reply subject, by a key trusted for the sender it
-//!    names (no key, an unknown key, a revoked key: refused; a fleet fails closed);
+//!    names (no key, an unknown key, a revoked key: refused; a fleet fails closed), over
+//!    its bytes, or, a batch only, over their digest;
 //! 4. it is fresh: its signing counter was never taken from that sender, and its sending
 //!    time is plausible (see [`crate::keys`]);
 //! 5. its answer would go to the sender's own inbox (`_INBOX.<sender>.`), so no node can
@@ -25,7 +26,7 @@
 //! them. One failing 6 came from a verified sender, which is told why, on its own inbox.
 
 use crate::config::Allow;
-use crate::keys::{ClockCheck, Scope, Signed, Trusted, Unverified};
+use crate::keys::{ClockCheck, Covers, Scope, Signed, Trusted, Unverified};
 use crate::message::{self, Envelope, Kind};
 use crate::reply::ResultRoute;
 use crate::subject::Subject;
@@ -170,6 +171,12 @@ pub fn admit(
             };
             silent(&from, &ids, why)
         })?;
+    // Over a digest only a batch, as senders sign them: a command or a key set is signed
+    // over its bytes.
+    if signed.covers == Covers::Digest && !batch {
+        let why = "a single message signed over its digest (only batches are)".to_string();
+        return Err(silent(&from, &ids, why));
+    }
     // 4. Fresh. (A replay verifies too: anyone who captured it can send it, so its
     // refusal proves nothing of the sender.)
     trusted
@@ -453,6 +460,47 @@ mod tests {
         assert!(own_inbox("_INBOX.central.", "central").is_err());
         assert!(own_inbox("_INBOX.centralx.abc", "central").is_err());
         assert!(own_inbox("ship2.CommandACK.CLICommand", "central").is_err());
+    }
+
+    #[test]
+    fn only_a_batch_may_be_signed_over_its_digest() {
+        let c = Copy::new();
+        let served = Served {
+            method: "TextLogging",
+            kinds: crate::methods::EVENTS,
+            senders: Senders::Fleet,
+        };
+        let subject = "ship2.EventACK.TextLogging";
+        let reply = "_INBOX.central.x.1";
+        let event = |i: u32| Envelope {
+            id: format!("central-{i}"),
+            ..envelope("central", "ship2", Kind::EventAck, "TextLogging")
+        };
+        let gate = |payload: &[u8], covers: Covers| {
+            let sealed = c.ids["central"].seal_covering(
+                Scope::request(subject, Some(reply)),
+                payload,
+                covers,
+            );
+            admit(
+                &c.policy(),
+                &c.trusted,
+                served,
+                subject,
+                Some(reply),
+                Some(&sealed.headers),
+                payload,
+            )
+        };
+        let single = event(1).encode();
+        let batch = crate::message::encode_batch(&[event(2), event(3)]);
+        assert!(gate(&single, Covers::Payload).is_ok());
+        assert!(gate(&batch, Covers::Payload).is_ok());
+        assert!(gate(&batch, Covers::Digest).is_ok());
+        match gate(&single, Covers::Digest) {
+            Err(Refused::Silent(r)) => assert!(r.why.contains("only batches"), "{}", r.why),
+            other => panic!("a single message over its digest: {other:?}"),
+        }
     }
 
     /// ship2's gate for CopyDst, trusting central (its commander), ship1 and ship3 (fleet

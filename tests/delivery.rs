@@ -454,13 +454,17 @@ fn assert_each_once_in_order(test: &str, text: &str, prefix: &str, n: usize) {
     assert_eq!(lines, want, "each once, in order");
 }
 
-/// The batches published on `subject` until none comes for `quiet`: each one's size (a
-/// message alone counts as one), and whether it was signed over its digest.
-fn batches(spy: &nats::Subscription, quiet: Duration) -> Vec<(usize, bool)> {
+/// A batch (or message) as it went: its size (a message alone counts as one), whether it
+/// was signed over its digest, its reply subject.
+type Went = (usize, bool, String);
+
+/// The batches published on `subject` until none comes for `quiet`.
+fn batches(spy: &nats::Subscription, quiet: Duration) -> Vec<Went> {
     let mut seen = Vec::new();
     while let Ok(m) = spy.next_timeout(quiet) {
         let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
-        seen.push((v.as_array().map_or(1, Vec::len), over_digest(&m)));
+        let reply = m.reply.clone().unwrap_or_default();
+        seen.push((v.as_array().map_or(1, Vec::len), over_digest(&m), reply));
     }
     seen
 }
@@ -474,7 +478,7 @@ fn over_digest(m: &nats::Message) -> bool {
 
 /// Each batch's size, as [`batches`].
 fn batch_sizes(spy: &nats::Subscription, quiet: Duration) -> Vec<usize> {
-    batches(spy, quiet).into_iter().map(|(n, _)| n).collect()
+    batches(spy, quiet).into_iter().map(|(n, _, _)| n).collect()
 }
 
 #[test]
@@ -494,12 +498,20 @@ fn events_go_in_bigger_batches_once_the_receiver_says_it_takes_them() {
     });
     assert_each_once_in_order("bigger_batches", &log, "big-", n);
     let seen = batches(&spy, Duration::from_millis(500));
-    let sizes: Vec<usize> = seen.iter().map(|&(n, _)| n).collect();
+    let sizes: Vec<usize> = seen.iter().map(|w| w.0).collect();
     // Signed over their bytes until ship1's answer says it checks signatures over a
-    // digest (the first two, as for their size), then over their digest, and taken so.
-    let digests: Vec<bool> = seen.iter().map(|&(_, d)| d).collect();
-    assert!(!digests[0] && !digests[1], "{seen:?}");
-    assert!(digests[2..].iter().all(|&d| d), "{seen:?}");
+    // digest (the first, and the one made ready meanwhile), then over their digest (as
+    // long as none fails: none does, below), and taken so; each answered the same way.
+    let digests: Vec<bool> = seen.iter().map(|w| w.1).collect();
+    let first = digests.iter().position(|&d| d);
+    assert!(first.is_some_and(|i| (1..=2).contains(&i)), "{digests:?}");
+    assert!(digests[first.unwrap()..].iter().all(|&d| d), "{digests:?}");
+    let answers = raw.answers_where(|s| s.starts_with("_INBOX.central."));
+    for (_, digest, reply) in &seen {
+        let answer = answers.iter().find(|a| &a.subject == reply);
+        let answer = answer.unwrap_or_else(|| panic!("no answer on {reply}"));
+        assert_eq!(over_digest(answer), *digest, "the answer on {reply}");
+    }
     // 256 at first (every node takes that many: the first, and the next, made ready while
     // the receiver had the first), then as many as ship1's answers say it takes.
     assert!(

@@ -139,6 +139,26 @@ fn a_signature_over_a_digest_verifies_only_as_one_and_for_the_same_content_and_s
     let h = Some(&sealed.headers);
     let signed = trusted.verify("central", h, scope(), payload).unwrap();
     assert_eq!(signed.covers, Covers::Digest);
+    // What is signed, written out as the module docs say, for each form.
+    let sig = unhex(&sealed.sig).unwrap();
+    let field = |name| sealed.headers.get(name).unwrap().clone();
+    let head = format!("{}\n{}\n{SUBJECT}\n{INBOX}\n\n", field(SENT), field(SEQ));
+    let with = |domain: &[u8], body: &[u8]| [domain, head.as_bytes(), body].concat();
+    let key = KeyPair::from_public_key(central.public_key()).unwrap();
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(payload);
+    assert!(key.verify(&with(b"steward-v3\n", &digest), &sig).is_ok());
+    assert!(key.verify(&with(b"steward-v2\n", &digest), &sig).is_err());
+    assert!(key.verify(&with(b"steward-v3\n", payload), &sig).is_err());
+    let plain = central.seal(scope(), payload);
+    let head = format!(
+        "{}\n{}\n{SUBJECT}\n{INBOX}\n\n",
+        plain.headers.get(SENT).unwrap(),
+        plain.headers.get(SEQ).unwrap()
+    );
+    let plain_sig = unhex(&plain.sig).unwrap();
+    let signed_plain = [b"steward-v2\n".as_slice(), head.as_bytes(), payload].concat();
+    assert!(key.verify(&signed_plain, &plain_sig).is_ok());
     assert_eq!(signed.sig, sealed.sig);
     let bad = |r: Result<Signed, Unverified>, why: &str| match r {
         Err(Unverified::Bad(e)) => assert!(e.contains(why), "{e}"),
