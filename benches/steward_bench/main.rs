@@ -469,8 +469,8 @@ fn main() {
             .collect(),
     );
     let journal_bytes = central.metric("steward_journal_written_bytes_total") / n_events as f64;
-    // The receiver remembers the ids it handled (the last 10,000, and all within twice the
-    // replay window): that memory follows the recent rate of messages, not a backlog.
+    // The receiver remembers the ids it handled (the last 20,000, at most 5,000 of one
+    // sender): bounded, whatever the rate or the backlog.
     let receiver_rss = ship1.status("VmRSS:") as f64 / 1024.0;
     rows.push(Row {
         what: format!("durable events/s ({n_events} EventACK)"),
