@@ -209,6 +209,17 @@ fn a_signature_over_a_digest_verifies_only_as_one_and_for_the_same_content_and_s
         trusted.verify("central", Some(&with), scope(), payload),
         "forged, altered",
     );
+    // Either header given twice: refused, never one of its values picked at random.
+    for (name, value) in [(DIGEST, "md5".to_string()), (SIG, plain.sig.clone())] {
+        let mut twice = sealed.headers.clone();
+        twice.append(name, value);
+        for _ in 0..8 {
+            bad(
+                trusted.verify("central", Some(&twice), scope(), payload),
+                "more than once",
+            );
+        }
+    }
     let mut other = sealed.headers.clone();
     other.insert(DIGEST, "md5".to_string());
     bad(

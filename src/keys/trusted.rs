@@ -437,6 +437,14 @@ impl Trusted {
         scope: Scope<'_>,
         payload: &[u8],
     ) -> Result<Signed, Unverified> {
+        // A header given twice is refused, rather than one of its values taken at random.
+        if let Some(twice) = headers.and_then(|h| {
+            [SENT, SEQ, KEY, SIG, DIGEST]
+                .into_iter()
+                .find(|name| h.get_all(name).iter().nth(1).is_some())
+        }) {
+            return Err(Unverified::Bad(format!("{twice} given more than once")));
+        }
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
         let (Some(sent), Some(seq), Some(key), Some(sig)) =
             (get(SENT), get(SEQ), get(KEY), get(SIG))
