@@ -372,7 +372,12 @@ impl Inner {
             self.states.remove(&old);
             let sender = sender_of(&old);
             if let Some(theirs) = self.per_sender.get_mut(sender) {
-                theirs.retain(|k| k != &old);
+                // The oldest of all is its sender's oldest: both queues are in the order
+                // ids came, and the older ones of that sender are gone already.
+                match theirs.front() {
+                    Some(first) if Arc::ptr_eq(first, &old) => drop(theirs.pop_front()),
+                    _ => theirs.retain(|k| !Arc::ptr_eq(k, &old)),
+                }
                 if theirs.is_empty() {
                     self.per_sender.remove(sender);
                 }
@@ -639,6 +644,34 @@ mod tests {
             Seen::Done(reply("a", "second"))
         );
         assert_eq!(r.begin("central", "c").unwrap(), Seen::New, "the oldest");
+    }
+
+    #[test]
+    fn many_senders_past_every_limit_keep_the_newest_and_the_queues_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 50, 20).unwrap();
+        let senders = ["ship1", "ship2", "ship3", "ship4", "ship5", "ship6"];
+        for i in 0..40 {
+            for from in senders {
+                let id = format!("m{i}");
+                assert_eq!(r.begin(from, &id).unwrap(), Seen::New);
+                let mut done = reply(&id, "done");
+                done.to_node = from.into();
+                r.record(&[&done]).unwrap();
+            }
+        }
+        // The newest of each sender, as many as the limits leave: the last 50 of all
+        // (8 or 9 a sender), each held by its sender's queue exactly once.
+        let newest = |from: &str, i: usize| r.begin(from, &format!("m{i}")).unwrap();
+        for from in senders {
+            assert!(matches!(newest(from, 39), Seen::Done(_)), "{from}");
+            assert_eq!(newest(from, 20), Seen::New, "{from}: an old one");
+        }
+        let inner = r.0.lock().unwrap();
+        let held: usize = inner.per_sender.values().map(VecDeque::len).sum();
+        assert_eq!(held, inner.states.len());
+        assert!(inner.states.len() <= 50);
+        assert!(inner.per_sender.values().flatten().all(|k| inner.holds(k)));
     }
 
     #[test]
