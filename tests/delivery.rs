@@ -3,7 +3,7 @@
 
 use crate::common;
 use common::raw::Raw;
-use common::{command, report, text_log, wait_until, NatsServer, Node};
+use common::{command, report, text_logs, wait_until, NatsServer, Node};
 use std::time::Duration;
 
 #[test]
@@ -101,17 +101,12 @@ fn events_sent_before_their_node_listens_fall_back_once_and_arrive_once_in_order
     // Attempts of 25 s, as in the test above.
     let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=25"]);
     let n = 300;
-    let events: String = (0..n)
-        .map(|i| text_log("ship1", &format!("early-{i}\n")))
-        .collect();
-    central.append_inmsg(&events);
+    central.append_inmsg(&text_logs("ship1", 0..n, "early-"));
     // The first batch: "no responders", so one at a time, sent again within its attempt.
     let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
     central.wait_metric("a batch failed", |c| c.metric(failed), |v| v >= 1.0);
     let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
-        t.lines().count() >= n
-    });
+    let log = ship1.wait_lines("textlog/central.log", n);
     assert_each_once_in_order("events_before_listening", &log, "early-", n);
     // One batch failed, then batches again once an event was ACKed; no attempt waited out.
     assert_eq!(central.metric(failed), 1.0);
@@ -489,13 +484,8 @@ fn events_go_in_bigger_batches_once_the_receiver_says_it_takes_them() {
     let raw = Raw::connect(&nats.address());
     let spy = raw.spy("ship1.EventACK.TextLogging");
     let n = 3000;
-    let events: String = (0..n)
-        .map(|i| text_log("ship1", &format!("big-{i}\n")))
-        .collect();
-    central.append_inmsg(&events);
-    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
-        t.lines().count() >= n
-    });
+    central.append_inmsg(&text_logs("ship1", 0..n, "big-"));
+    let log = ship1.wait_lines("textlog/central.log", n);
     assert_each_once_in_order("bigger_batches", &log, "big-", n);
     let seen = batches(&spy, Duration::from_millis(500));
     let sizes: Vec<usize> = seen.iter().map(|w| w.0).collect();
@@ -545,9 +535,7 @@ fn events_of_a_method_that_runs_each_alone_stay_in_batches_of_256() {
         })
         .collect();
     central.append_inmsg(&events);
-    let file = ship1.wait_until("m/central/all.txt", "every line", |t| {
-        t.lines().count() >= n
-    });
+    let file = ship1.wait_lines("m/central/all.txt", n);
     assert_each_once_in_order("file_append_batches", &file, "a-", n);
     // FileAppend runs each message alone (a write and an fsync each): ship1 says 256, so
     // that a batch's one timeout still covers its runs.
@@ -649,10 +637,7 @@ fn a_node_from_before_batch_max_or_digest_sig_only_ever_gets_batches_it_takes() 
         came: Vec::new(),
     };
     let send = |from: usize, to: usize| {
-        let events: String = (from..to)
-            .map(|i| text_log("ship1", &format!("old-{i}\n")))
-            .collect();
-        central.append_inmsg(&events);
+        central.append_inmsg(&text_logs("ship1", from..to, "old-"));
     };
     let big = |came: &[(usize, bool, bool)]| came.iter().filter(|c| c.0 > 256).count();
     let digests = |came: &[(usize, bool, bool)]| came.iter().filter(|c| c.2).count();

@@ -28,12 +28,6 @@ fn duplicates(ran: &BTreeMap<usize, usize>) -> usize {
 }
 
 /// EventACK TextLogging messages to `to`, one array each, whose text is `<label><i>`.
-fn numbered_events(to: &str, range: std::ops::Range<usize>, label: &str) -> String {
-    range
-        .map(|i| format!("[{{\"toNode\":\"{to}\",\"data\":[\"{label}{i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
-        .collect()
-}
-
 /// ship1, and a central that retries quickly and long: for killing ship1 under load.
 fn receiver_and_patient_sender(nats: &NatsServer) -> (Node, Node) {
     let ship1 = Node::start("ship1", &nats.address(), &[]);
@@ -304,16 +298,14 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let mut central = Node::start("central", &nats.address(), &[]);
     let n = 3000;
-    central.append_inmsg(&numbered_events("ship1", 0..n, "event-"));
+    central.append_inmsg(&common::text_logs("ship1", 0..n, "event-"));
     ship1.wait_until("textlog/central.log", "had 300 lines", |t| {
         t.lines().count() >= 300
     });
     central.kill9();
     let at_kill = ship1.read("textlog/central.log").lines().count();
     central.restart();
-    ship1.wait_until("textlog/central.log", "had every event", |t| {
-        t.lines().count() >= n
-    });
+    ship1.wait_lines("textlog/central.log", n);
     common::settle(&central, &ship1, "TextLogging");
     let log = ship1.read("textlog/central.log");
     let mut lines: Vec<&str> = log.lines().filter(|l| *l != common::SETTLED).collect();
@@ -339,7 +331,7 @@ fn a_receiver_killed_amid_batches_of_events_logs_each_at_most_once_in_order() {
     let nats = NatsServer::start();
     let (mut ship1, central) = receiver_and_patient_sender(&nats);
     let n = 5000;
-    central.append_inmsg(&numbered_events("ship1", 0..n, ""));
+    central.append_inmsg(&common::text_logs("ship1", 0..n, ""));
     ship1.wait_until("textlog/central.log", "had 500 lines", |t| {
         t.lines().count() >= 500
     });

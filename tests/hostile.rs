@@ -488,10 +488,7 @@ fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
     let sub = raw.spy("ship1.EventACK.TextLogging");
     let intruder = steward::keys::Identity::from_seed(&common::seed_of("intruder")).unwrap();
     let n = 1500;
-    let events: String = (0..n)
-        .map(|i| common::text_log("ship1", &format!("f-{i}\n")))
-        .collect();
-    central.append_inmsg(&events);
+    central.append_inmsg(&common::text_logs("ship1", 0..n, "f-"));
     let mut sizes = Vec::new();
     // Batches signed over their digest: for a receiver that said it checks those.
     let mut over_digest = 0;
@@ -539,9 +536,7 @@ fn a_forged_batch_answer_cannot_make_a_sender_send_bigger_batches() {
     assert_eq!(central.metric(acked), 0.0, "a forged answer counted");
     // The real ship1: everything, once, in order.
     let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let log = ship1.wait_until("textlog/central.log", "had every event", |t| {
-        t.lines().count() >= n
-    });
+    let log = ship1.wait_lines("textlog/central.log", n);
     let want: Vec<String> = (0..n).map(|i| format!("f-{i}")).collect();
     assert_eq!(log.lines().collect::<Vec<_>>(), want);
     assert!(!central.read("replies/ship1.TextLogging.log").is_empty());
@@ -559,13 +554,8 @@ fn a_captured_batch_signed_over_its_digest_cannot_be_replayed_moved_or_altered()
     let raw = Raw::connect(&nats.address());
     let spy = raw.spy("ship1.EventACK.TextLogging");
     let n = 3000;
-    let events: String = (0..n)
-        .map(|i| common::text_log("ship1", &format!("d-{i}\n")))
-        .collect();
-    central.append_inmsg(&events);
-    ship1.wait_until("textlog/central.log", "had every event", |t| {
-        t.lines().count() >= n
-    });
+    central.append_inmsg(&common::text_logs("ship1", 0..n, "d-"));
+    ship1.wait_lines("textlog/central.log", n);
     let mut captured = None;
     while let Ok(m) = spy.next_timeout(Duration::from_millis(500)) {
         let digest = m

@@ -5,7 +5,7 @@
 //! restart loses nothing. Everything is counted.
 
 use crate::common;
-use common::{command, install_keys, text_log, Ext4, NatsServer, Node, Tmpfs};
+use common::{command, install_keys, Ext4, NatsServer, Node, Tmpfs};
 use std::time::{Duration, Instant};
 
 /// Waits up to `limit` for `ok`.
@@ -52,9 +52,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     // ship1 comes: the commands run, their output comes back to a central that cannot
     // store it; and ship1's events arrive that central cannot log.
     let ship1 = Node::start("ship1", &nats.address(), &["--defaultMessageTTL=600"]);
-    let events_text: String = (0..events)
-        .map(|i| text_log("central", &format!("event-{i}\n")))
-        .collect();
+    let events_text = common::text_logs("central", 0..events, "event-");
     ship1.append_inmsg(&events_text);
     // The first command runs; its lane then waits (commands go in order) until its
     // output can be stored: the receiver answers every retry from its stored reply.
@@ -98,9 +96,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     f.set_len(len - 64 * 1024).unwrap();
     drop(f);
     let late = 10;
-    let text: String = (0..late)
-        .map(|i| text_log("ship1", &format!("late-{i}\n")))
-        .collect();
+    let text = common::text_logs("ship1", 0..late, "late-");
     central.append_inmsg(&text);
     wait(
         "intake says the disk is full",

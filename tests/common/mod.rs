@@ -708,6 +708,11 @@ impl Node {
         })
     }
 
+    /// Waits until `rel` has `n` lines (or more); returns it.
+    pub fn wait_lines(&self, rel: &str, n: usize) -> String {
+        self.wait_until(rel, &format!("held {n} lines"), |t| t.lines().count() >= n)
+    }
+
     /// Waits until `rel` has `n` occurrences of `needle`.
     pub fn wait_count(&self, rel: &str, needle: &str, n: usize) -> String {
         self.wait_until(rel, &format!("held {n} × {needle:?}"), |t| {
@@ -941,6 +946,13 @@ pub fn text_log(to: &str, text: &str) -> String {
     format!(
         "[{{\"toNode\":\"{to}\",\"data\":[{text:?}],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"
     )
+}
+
+/// TextLogging events to `to`, one per number in `range`, each the line `{label}{i}`.
+pub fn text_logs(to: &str, range: std::ops::Range<usize>, label: &str) -> String {
+    range
+        .map(|i| text_log(to, &format!("{label}{i}\n")))
+        .collect()
 }
 
 /// Prints a test's counts the way every delivery test reports them.
