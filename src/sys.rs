@@ -170,6 +170,17 @@ pub fn child_exited(id: u32) -> bool {
     r != 0 || unsafe { info.si_pid() } != 0
 }
 
+/// A descriptor that becomes readable once process `id` (a child not yet reaped, so its id
+/// cannot have been reused) has exited: `pidfd_open`, Linux 5.3, close-on-exec. `None`
+/// where the kernel has none.
+pub fn pidfd(id: u32) -> Option<OwnedFd> {
+    // SAFETY: a system call with integer arguments only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, id as libc::pid_t, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: pidfd_open returned a new descriptor, which nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A pipe, both ends close-on-exec (`pipe2`): (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -894,18 +894,27 @@ fn receiver(broker: &str, quick: bool) -> Vec<Row> {
 /// bare request/reply, `bare_p50`). The spawns are timed in a phase of their own, with
 /// steward idle: timed just before each round trip, they ran beside the last command's
 /// trailing work (0.48–0.50 ms against 0.38–0.43), which would have taken some of
-/// steward's time off its part.
+/// steward's time off its part. In turn with each spawn, `true` is run as CLICommand runs
+/// it (`steward::methods::cli_command::run`, this checkout's: its pipe, process group and
+/// wait for the end), in this process: that part of steward's overhead alone.
 fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
     let mut rows = Vec::new();
-    let spawn = sorted(
-        (0..n_commands)
-            .map(|_| {
-                let t = Instant::now();
-                Command::new("true").status().unwrap();
-                t.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect(),
-    );
+    let (mut spawn, mut run) = (Vec::new(), Vec::new());
+    let (argv, cwd) = (vec!["true".to_string()], std::env::temp_dir());
+    let deadline = steward::methods::cli_command::Deadline {
+        after: Some(Duration::from_secs(30)),
+        set_by: "timeout",
+    };
+    for _ in 0..n_commands {
+        let t = Instant::now();
+        Command::new("true").status().unwrap();
+        spawn.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let ran = steward::methods::cli_command::run(&argv, &cwd, deadline);
+        run.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(ran.exit_code, Some(0), "{}", ran.output);
+    }
+    let (spawn, run) = (sorted(spawn), sorted(run));
     let mut rtt = Vec::new();
     let replies = central.dir.join("replies/ship1.CLICommand.log");
     // Woken by the reply file's change (inotify), not by polling: a poll's period would be
@@ -940,6 +949,13 @@ fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
         ),
         bare: format!("spawn alone {:.2}", percentile(&spawn, 0.5)),
         ratio: String::new(),
+        target: String::new(),
+    });
+    rows.push(Row {
+        what: "CLICommand's run of `true` p50 (ms), in the bench's process".into(),
+        steward: format!("{:.2}", percentile(&run, 0.5)),
+        bare: format!("spawn alone {:.2}", percentile(&spawn, 0.5)),
+        ratio: format!("{:.2}", percentile(&run, 0.5) / percentile(&spawn, 0.5)),
         target: String::new(),
     });
     rows.push(Row {

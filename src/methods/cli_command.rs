@@ -196,6 +196,10 @@ fn collect(
     };
     let mut killed_at: Option<Instant> = None;
     let mut eof = false;
+    // Readable once the leader has exited (`pidfd_open`, Linux 5.3): the wait between the
+    // pipe's end and the leader's exit is one poll. Without it (an older kernel), the leader
+    // is looked for at once, then less and less often.
+    let exited = crate::sys::pidfd(pgid);
     let mut recheck = Duration::from_micros(50);
     let mut buf = [0u8; 16 * 1024];
     while !(eof && crate::sys::child_exited(pgid)) {
@@ -218,10 +222,15 @@ fn collect(
         };
         if eof {
             // The leader closed its output but has not exited yet: most often it is in the
-            // middle of exiting (its files close before it becomes a zombie), so look again
-            // at once, then less and less often.
-            std::thread::sleep(wait.map_or(recheck, |w| w.min(recheck)));
-            recheck = (recheck * 2).min(Duration::from_millis(20));
+            // middle of exiting (its files close before it becomes a zombie). A sleep here,
+            // however short, was 0.13 ms of a `true`'s 0.84 (`STEWARD_BENCH_ONLY=spawn`).
+            match &exited {
+                Some(fd) => drop(crate::sys::wait_readable([fd.as_fd()], wait)),
+                None => {
+                    std::thread::sleep(wait.map_or(recheck, |w| w.min(recheck)));
+                    recheck = (recheck * 2).min(Duration::from_millis(20));
+                }
+            }
             continue;
         }
         match crate::sys::wait_readable([reader.as_fd()], wait) {
