@@ -440,8 +440,10 @@ fn main() {
         let (_, bare_p50, _) = bare_request_reply(&broker, &bare_payload(), n_events);
         let ship1 = Agent::start("ship1", &broker, root.path());
         let central = Agent::start("central", &broker, root.path());
-        print_table(commands(&central, n_commands, bare_p50));
+        let mut rows = commands(&central, n_commands, bare_p50);
         drop((ship1, central));
+        rows.extend(commands_in_memory(nats_bin, n_commands, bare_p50));
+        print_table(rows);
         return;
     }
     if std::env::var("STEWARD_BENCH_ONLY").as_deref() == Ok("fleet") {
@@ -502,6 +504,7 @@ fn main() {
 
     // 3. Command round trip: CLICommand `true`, one at a time, append → stored reply.
     rows.extend(commands(&central, n_commands, bare_p50));
+    rows.extend(commands_in_memory(nats_bin, n_commands, bare_p50));
 
     // 4. Fan-out: one command to 1,000 nodes, simulated by lightweight responders (one
     // process, one NATS connection, a subscription per node answering at once).
@@ -966,6 +969,27 @@ fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
         target: flag(over50 < 1.0, "< 1 ms"),
     });
     rows
+}
+
+/// The same round trips with both agents' data folders in memory (a tmpfs, `/dev/shm`; on
+/// their own nats-server, the names being the same): steward's overhead less what its disk
+/// writes cost, above all the two fsyncs on a command's path (the journal's, before it is
+/// sent; the receiver's `Started`, before it runs). What the disk costs is the difference
+/// from the row before. `None` without a `/dev/shm`.
+fn commands_in_memory(nats_bin: &str, n_commands: usize, bare_p50: f64) -> Option<Row> {
+    let root = tempfile::tempdir_in("/dev/shm").ok()?;
+    let port = free_port();
+    let mut server = Command::new(nats_bin);
+    server.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    let _nats = nats_server(server, port);
+    let broker = format!("127.0.0.1:{port}");
+    let ship1 = Agent::start("ship1", &broker, root.path());
+    let central = Agent::start("central", &broker, root.path());
+    let mut row = commands(&central, n_commands, bare_p50).pop()?;
+    drop((ship1, central));
+    row.what = "the same, data folders in memory (tmpfs: no fsync costs)".into();
+    row.target = String::new();
+    Some(row)
 }
 
 /// Central for a fleet: one command (one message, `toNodes` naming every node) to N
