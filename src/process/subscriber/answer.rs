@@ -1,0 +1,171 @@
+//! The answer to an ACK kind: its replies in the request's form (one reply, or a batch's),
+//! signed over the request's own signature as the request was signed, sent on the
+//! sender's inbox; outputs trimmed, the long ones first, where the whole would exceed the
+//! broker's payload limit.
+
+use crate::admission::Admitted;
+use crate::message::Reply;
+use crate::methods::Method;
+use crate::node::Node;
+
+/// Sends the replies if the sender asked for an answer (ACK kinds), on its own inbox,
+/// signed over the request's signature; in the request's form (one reply, or a batch's,
+/// which says how many messages of `method` this node takes in one batch), trimming output
+/// that would exceed the broker's payload limit.
+pub(super) fn answer(
+    method: &dyn Method,
+    node: &Node,
+    conn: &nats::Connection,
+    a: &Admitted,
+    replies: &[Reply],
+) {
+    let Some(to) = &a.reply_to else { return };
+    let encode = |replies: &[Reply]| {
+        if a.batch {
+            Reply::encode_batch_answer(replies, method.batch_max())
+        } else {
+            replies[0].encode()
+        }
+    };
+    let bytes = fitted(replies, conn.max_payload(), encode);
+    if let Err(e) = node.broker.publish(
+        &node.identity,
+        crate::keys::Scope::reply(to, &a.signed.sig),
+        &bytes,
+        // Signed as the request was: a sender that signs over a digest checks those.
+        a.signed.covers,
+        crate::broker::Confirm::ByAnswer,
+    ) {
+        // The sender will try again and get the stored reply.
+        log::warn!("cannot send the reply for {}: {e}", replies[0].id);
+    }
+}
+
+/// `replies` as `encode` writes them, their outputs trimmed if that is more than `max`
+/// bytes (0: no limit) so that they fit.
+fn fitted(replies: &[Reply], max: usize, encode: impl Fn(&[Reply]) -> Vec<u8>) -> Vec<u8> {
+    let bytes = encode(replies);
+    if max == 0 || bytes.len() <= max {
+        return bytes;
+    }
+    // The room the replies' other fields leave (and a margin), shared out. Output escaped
+    // in JSON takes more than in memory (up to six bytes a character): the share is halved
+    // until it fits.
+    let bare: Vec<Reply> = replies
+        .iter()
+        .map(|r| Reply {
+            output: String::new(),
+            ..r.clone()
+        })
+        .collect();
+    let room = max.saturating_sub(encode(&bare).len() + 4096);
+    let longest = replies.iter().map(|r| r.output.len()).max().unwrap_or(0);
+    let mut keep = trim_share(room, replies).min(longest);
+    loop {
+        let bytes = encode(&trimmed(replies, keep));
+        if bytes.len() <= max || keep == 0 {
+            return bytes;
+        }
+        keep /= 2;
+    }
+}
+
+/// How many bytes of output each reply may keep so that all of them fit in `room`: outputs
+/// no longer than an even share are kept whole and leave the rest of theirs to the longer
+/// ones, which get what is left, evenly ([`trimmed`] cuts them to it, notice included).
+fn trim_share(room: usize, replies: &[Reply]) -> usize {
+    let mut lens: Vec<usize> = replies.iter().map(|r| r.output.len()).collect();
+    lens.sort_unstable();
+    let mut left = room;
+    for (i, &len) in lens.iter().enumerate() {
+        let each = left / (lens.len() - i);
+        if len > each {
+            return each;
+        }
+        left -= len;
+    }
+    usize::MAX
+}
+
+const TRIMMED: &str = "\n[steward: output trimmed to the broker's payload limit]\n";
+
+/// `replies`, each output longer than `keep` bytes cut to `keep` with the notice that says
+/// so (at a character's boundary; without the notice if even that does not fit): no output
+/// comes out longer than it was, or than `keep`.
+fn trimmed(replies: &[Reply], keep: usize) -> Vec<Reply> {
+    replies
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if r.output.len() > keep {
+                let notice = if keep >= TRIMMED.len() { TRIMMED } else { "" };
+                let mut cut = keep - notice.len();
+                while !r.output.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                r.output.truncate(cut);
+                r.output.push_str(notice);
+            }
+            r
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_too_big_for_the_broker_cuts_the_long_outputs_and_keeps_the_short() {
+        let max = 1 << 20;
+        let mut replies: Vec<Reply> = (0..crate::message::MAX_BATCH)
+            .map(|i| Reply::refusal(format!("central-{i}"), "central", "ship1", "short".into()))
+            .collect();
+        replies[5].output = "é".repeat(400_000);
+        // Six bytes each in JSON.
+        replies[9].output = "\u{1}".repeat(200_000);
+        let encode = |r: &[Reply]| Reply::encode_batch_answer(r, crate::message::MAX_BATCH);
+        assert!(encode(&replies).len() > max);
+        let bytes = fitted(&replies, max, encode);
+        assert!(bytes.len() <= max, "{}", bytes.len());
+        let got = Reply::decode_batch(&bytes).unwrap();
+        assert_eq!(got.len(), replies.len());
+        for (i, r) in got.iter().enumerate() {
+            match i {
+                5 | 9 => {
+                    assert!(r.output.ends_with(TRIMMED), "{i}");
+                    // Trimmed to a share of the room, not to nothing.
+                    assert!(
+                        r.output.len() > 1000 + TRIMMED.len(),
+                        "{i}: {}",
+                        r.output.len()
+                    );
+                }
+                _ => assert_eq!(r.output, "short", "{i}"),
+            }
+        }
+        assert_eq!(got[0].batch_max, Some(crate::message::MAX_BATCH as u32));
+        // Outputs no longer than their share stay whole; the longer ones share what is left,
+        // notice included: 100 bytes kept, 1,000 cut to 120, in 220.
+        let two: Vec<Reply> = [100, 1000]
+            .iter()
+            .map(|&n| Reply {
+                output: "x".repeat(n),
+                ..replies[0].clone()
+            })
+            .collect();
+        let keep = trim_share(220, &two);
+        let cut = trimmed(&two, keep);
+        assert_eq!(cut[0].output, two[0].output);
+        assert_eq!(cut[1].output.len(), 120);
+        assert!(cut[1].output.ends_with(TRIMMED));
+        assert_eq!(
+            trimmed(&two, 10)[1].output,
+            "x".repeat(10),
+            "no room for the notice"
+        );
+        // What fits goes as it is; no limit, nothing cut.
+        assert_eq!(fitted(&replies[..3], max, encode), encode(&replies[..3]));
+        assert_eq!(fitted(&replies, 0, encode), encode(&replies));
+    }
+}
