@@ -1,17 +1,19 @@
 //! The receiver's whole decision ([`steward::admission::admit`]) on any bytes: subject,
-//! reply subject, the four signature headers and the payload, for any method this build
-//! serves. The receiver (ship1) trusts one key, central's, which the fuzzer does not have:
-//! nothing it makes up is ever admitted, or even answered. With the first byte odd, the
-//! input is signed with central's real key instead, to reach past the signature: then
-//! whatever is admitted is what central may send ship1, answered only on central's inbox,
-//! and the very same signed message a second time is refused.
+//! reply subject, the four signature headers, the digest header (when given) and the
+//! payload, for any method this build serves. The receiver (ship1) trusts one key,
+//! central's, which the fuzzer does not have: nothing it makes up is ever admitted, or even
+//! answered. With the first byte odd, the input is signed with central's real key instead
+//! (over the payload, or with the first byte's second bit over its SHA-256 digest), to
+//! reach past the signature: then whatever is admitted is what central may send ship1,
+//! answered only on central's inbox; only a batch is taken signed over its digest; and the
+//! very same signed message a second time is refused.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use std::time::Duration;
 use steward::admission::{admit, Policy, Refused, Served};
 use steward::config::Allow;
-use steward::keys::{ClockCheck, Identity, Scope, Trusted, KEY, SENT, SEQ, SIG};
+use steward::keys::{ClockCheck, Covers, Identity, Scope, Trusted, DIGEST, KEY, SENT, SEQ, SIG};
 
 struct World {
     trusted: Trusted,
@@ -50,20 +52,24 @@ fuzz_target!(|data: &[u8]| {
         clock_check: ClockCheck::Off,
     };
     let methods = steward::methods::registry();
-    let method = &methods[(mode as usize >> 1) % methods.len()];
+    let method = &methods[(mode as usize >> 2) % methods.len()];
     let served = Served {
         method: method.name(),
         kinds: method.kinds(),
         senders: method.senders(),
     };
-    // subject \n reply \n sent \n seq \n key \n sig \n payload
-    let mut parts = rest.splitn(7, |b| *b == b'\n');
+    // subject \n reply \n sent \n seq \n key \n sig \n digest \n payload
+    let mut parts = rest.splitn(8, |b| *b == b'\n');
     let mut text = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
     let (subject, reply) = (text(), text());
     let reply = (!reply.is_empty()).then_some(reply);
     let mut headers = nats::HeaderMap::new();
     for name in [SENT, SEQ, KEY, SIG] {
         headers.insert(name, text());
+    }
+    let digest = text();
+    if !digest.is_empty() {
+        headers.insert(DIGEST, digest);
     }
     let payload = parts.next().unwrap_or_default();
     if mode & 1 == 0 {
@@ -82,9 +88,13 @@ fuzz_target!(|data: &[u8]| {
         );
         return;
     }
-    let sealed = w
-        .central
-        .seal(Scope::request(&subject, reply.as_deref()), payload);
+    let covers = match mode & 2 {
+        0 => Covers::Payload,
+        _ => Covers::Digest,
+    };
+    let sealed =
+        w.central
+            .seal_covering(Scope::request(&subject, reply.as_deref()), payload, covers);
     let decide = || {
         admit(
             &policy,
@@ -102,6 +112,14 @@ fuzz_target!(|data: &[u8]| {
         Err(Refused::Silent(_)) => return,
     };
     assert_eq!(admitted.from, "central");
+    assert!(
+        admitted.batch || covers == Covers::Payload,
+        "a single message was taken signed over its digest"
+    );
+    assert_eq!(
+        admitted.signed.covers, covers,
+        "answered as signed otherwise"
+    );
     assert!(admitted.envelopes.iter().all(|e| e.from_node == "central"
         && e.message.to_node == "ship1"
         && e.message.method == served.method
