@@ -201,7 +201,11 @@ pub fn wait_readable<const N: usize>(
         events: libc::POLLIN,
         revents: 0,
     });
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // Rounded up: a wait of less than a millisecond is one, not a poll that returns at once
+    // (and a loop around it that spins until its time is up).
+    let ms = timeout.map_or(-1, |t| {
+        t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+    });
     // SAFETY: `pfds` is a valid, writable array of exactly N pollfds for the call, and the
     // borrowed descriptors stay open until it returns.
     let n = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };

@@ -199,7 +199,7 @@ fn collect(
     // Readable once the leader has exited (`pidfd_open`, Linux 5.3): the wait between the
     // pipe's end and the leader's exit is one poll. Without it (an older kernel), the leader
     // is looked for at once, then less and less often.
-    let exited = crate::sys::pidfd(pgid);
+    let mut exited = crate::sys::pidfd(pgid);
     let mut recheck = Duration::from_micros(50);
     let mut buf = [0u8; 16 * 1024];
     while !(eof && crate::sys::child_exited(pgid)) {
@@ -223,9 +223,17 @@ fn collect(
         if eof {
             // The leader closed its output but has not exited yet: most often it is in the
             // middle of exiting (its files close before it becomes a zombie). A sleep here,
-            // however short, was 0.13 ms of a `true`'s 0.84 (`STEWARD_BENCH_ONLY=spawn`).
-            match &exited {
-                Some(fd) => drop(crate::sys::wait_readable([fd.as_fd()], wait)),
+            // however short, was 0.13 ms of a `true`'s 0.84 (the benchmark's row
+            // "CLICommand's run of `true`" times it now).
+            match exited.take() {
+                Some(fd) => {
+                    // Readable: the leader has exited, which the loop's check sees next.
+                    // If it does not (a tracer holds the leader's exit), the sleeps from
+                    // then on: polled again, the pidfd would spin a core.
+                    if !matches!(crate::sys::wait_readable([fd.as_fd()], wait), Ok([true])) {
+                        exited = Some(fd);
+                    }
+                }
                 None => {
                     std::thread::sleep(wait.map_or(recheck, |w| w.min(recheck)));
                     recheck = (recheck * 2).min(Duration::from_millis(20));
