@@ -1,7 +1,8 @@
-//! The answer to an ACK kind: its replies in the request's form (one reply, or a batch's),
-//! signed over the request's own signature as the request was signed, sent on the
-//! sender's inbox; outputs trimmed, the long ones first, where the whole would exceed the
-//! broker's payload limit.
+//! The answer to an ACK kind, whether it ran or was refused (a verified sender that may not
+//! call the method): its replies in the request's form (one reply, or a batch's), signed
+//! over the request's own signature as the request was signed, sent on the sender's inbox;
+//! outputs trimmed, the long ones first, where the whole would exceed the broker's payload
+//! limit.
 
 use crate::admission::Admitted;
 use crate::message::Reply;

@@ -20,7 +20,7 @@
 //!
 //! Once admitted, a message (or batch) is run once and recorded ([`run`](run::run)), and
 //! answered ([`answer`](answer::answer): its replies on the wire, within the broker's
-//! payload limit).
+//! payload limit); a refusal told to its sender goes the same way, as its replies.
 
 mod answer;
 mod run;
