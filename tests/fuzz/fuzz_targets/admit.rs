@@ -5,8 +5,9 @@
 //! answered. With the first byte odd, the input is signed with central's real key instead
 //! (over the payload, or with the first byte's second bit over its SHA-256 digest), to
 //! reach past the signature: then whatever is admitted is what central may send ship1,
-//! answered only on central's inbox; only a batch is taken signed over its digest; and the
-//! very same signed message a second time is refused.
+//! answered only on central's inbox; only a batch is taken signed over its digest, and only
+//! with its digest header as signed (the input may take it away, change it or give it
+//! twice); and the very same signed message a second time is refused.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
@@ -69,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let digest = text();
     if !digest.is_empty() {
-        headers.insert(DIGEST, digest);
+        headers.insert(DIGEST, digest.clone());
     }
     let payload = parts.next().unwrap_or_default();
     if mode & 1 == 0 {
@@ -95,6 +96,27 @@ fuzz_target!(|data: &[u8]| {
     let sealed =
         w.central
             .seal_covering(Scope::request(&subject, reply.as_deref()), payload, covers);
+    // The digest header of a real signature tampered with, as the input says: "" leaves
+    // it, "-" takes it away, "+x" gives it a second time, anything else replaces it.
+    let mut headers = sealed.headers.clone();
+    match digest.as_str() {
+        "" => {}
+        "-" => {
+            headers = nats::HeaderMap::new();
+            for name in [SENT, SEQ, KEY, SIG] {
+                if let Some(v) = sealed.headers.get(name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+        }
+        twice if twice.starts_with('+') => {
+            headers.append(DIGEST, &twice[1..]);
+        }
+        other => {
+            headers.insert(DIGEST, other);
+        }
+    }
+    let delivered = headers.get(DIGEST).cloned();
     let decide = || {
         admit(
             &policy,
@@ -102,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
             served,
             &subject,
             reply.as_deref(),
-            Some(&sealed.headers),
+            Some(&headers),
             payload,
         )
     };
@@ -119,6 +141,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         admitted.signed.covers, covers,
         "answered as signed otherwise"
+    );
+    assert_eq!(
+        delivered.as_deref() == Some("sha256"),
+        covers == Covers::Digest,
+        "taken with its digest header tampered with: {delivered:?}"
     );
     assert!(admitted.envelopes.iter().all(|e| e.from_node == "central"
         && e.message.to_node == "ship1"
