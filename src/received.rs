@@ -17,13 +17,20 @@
 //! [`crate::journal::record::RecordFile`]); `storage::crash` checks, through thousands of seeded
 //! schedules with power cuts and disk errors, that a started id never comes back new.
 //!
-//! The record format is the journal's (see [`crate::journal::record`]). The file keeps the last
-//! [`KEEP`] ids that have ended (answered, or interrupted by a stop), and at most
-//! [`KEEP_PER_SENDER`] of any one sender (a sender's own oldest make room for its new ones),
-//! so memory and disk are bounded whatever the rate, and no sender, not even one whose key
-//! was stolen, can push another's records out: when the file grows past [`COMPACT_BYTES`]
-//! (or past twice its size after the last compaction, if that is more) it is rewritten
-//! with only those. Ids running now are kept besides, never forgotten while they run (a
+//! The record format is the journal's (see [`crate::journal::record`]). Ids that have ended
+//! (answered, or interrupted by a stop) are kept per *lane*, a sender's method (as the
+//! sender sends them: one lane's messages in order, one or one batch at a time), at most
+//! [`KEEP_PER_LANE`] of a lane (its own oldest make room for its new ones) and [`KEEP`] in
+//! all (past that, the oldest of the lane that holds the most go): so memory and disk are
+//! bounded whatever the rate, and no lane, not even one of a sender whose key was stolen,
+//! can push another lane's last ids out while it holds fewer. A lane waiting to send a
+//! message again (its ACK was lost: a command waits out its timeout) sends nothing else
+//! meanwhile, so its ids are not pushed out by its own sender's other lanes streaming
+//! events or a copy's chunks, as they were when the cap was per sender. When the file
+//! grows past [`COMPACT_BYTES`] (or past twice its size after the last compaction, if that
+//! is more) it is rewritten with only those. A `Started` record names the id's lane after
+//! it (`<sender>/<id>\n<method>`; a record of an earlier version, without it, counts in a
+//! lane of its own per sender). Ids running now are kept besides, never forgotten while they run (a
 //! retry of one forgotten would run it a second time): as many as the handlers run at
 //! once, since a handler that cannot record a reply gives its ids up as interrupted
 //! ([`Received::abandon`]) and a batch naming an id that runs (or one id twice) starts
@@ -32,14 +39,14 @@
 //! Replays are refused by the senders' counters (see [`crate::keys`]); the ids also cover
 //! the counters taken in the last second before a crash, which `keys/senders.json` may not
 //! hold yet, for as long as they are remembered here. A message taken in that second,
-//! captured, and replayed after the node has since taken more than [`KEEP`] others (or
-//! [`KEEP_PER_SENDER`] from that sender) could run again on a node whose clock is not
+//! captured, and replayed after the node has since taken more than [`KEEP_PER_LANE`] others
+//! of its lane (or [`KEEP`] in all, its lane the largest) could run again on a node whose clock is not
 //! checked; with the clock checked, the replay window refuses it (README: not covered).
 
 use crate::journal::record::{decode, encode, encode_finished, open_records, Record, RecordFile};
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,14 +54,17 @@ use std::sync::{Arc, Mutex};
 /// How a message is known here ([`key`]), held once and shared by the map and the queues.
 type Key = Arc<str>;
 
+/// A sender's method (`<sender>/<method>`), whose ids are remembered together.
+type Lane = Arc<str>;
+
 /// How many ids that have ended are remembered (about 170 bytes each in memory).
 pub const KEEP: usize = 20_000;
-/// How many ended ids of one sender are remembered at most: more than the counter window,
-/// and than the last batch answered on four of its lanes at once (a sender moves on from a
-/// lane's batch only once its answer came; until then it may send it again, and the
-/// receiver must know it).
-pub const KEEP_PER_SENDER: usize = 5_000;
-const _: () = assert!(4 * crate::message::MAX_BATCH <= KEEP_PER_SENDER);
+/// How many ended ids of one lane are remembered at most: more than the counter window, and
+/// than a lane's two batches a sender may send again (one answered and not yet finished
+/// when it died, and the next; a sender moves on from a lane's batch only once its answer
+/// came).
+pub const KEEP_PER_LANE: usize = 5_000;
+const _: () = assert!(4 * crate::message::MAX_BATCH <= KEEP_PER_LANE);
 /// Size past which the file is compacted.
 const COMPACT_BYTES: u64 = 4 << 20;
 
@@ -90,30 +100,29 @@ struct Inner {
     /// Size right after the last compaction: compact again once the file doubles past it.
     compacted_size: u64,
     keep: usize,
-    per_sender_keep: usize,
+    per_lane_keep: usize,
     /// Each ended id's state.
     states: HashMap<Key, Known>,
-    /// The ids running now in this process (recorded as started, not yet answered). Not
-    /// counted in `keep` or `per_sender_keep`, and never forgotten while they run. An
-    /// interrupted id run again is here and in `states`.
-    running: HashSet<Key>,
-    /// Every id, oldest first (with some already forgotten by their sender's cap, dropped
-    /// from here now and then).
-    order: VecDeque<Key>,
-    /// Each sender's ids, oldest first.
-    per_sender: HashMap<String, VecDeque<Key>>,
+    /// The ids running now in this process (recorded as started, not yet answered), with
+    /// their lane. Not counted in `keep` or `per_lane_keep`, and never forgotten while they
+    /// run. An interrupted id run again is here and in `states`.
+    running: HashMap<Key, Lane>,
+    /// Each lane's ended ids, oldest first: every id of `states` in exactly one.
+    lanes: HashMap<Lane, VecDeque<Key>>,
+    /// The lanes by how many ids they hold, to forget from the largest past `keep`.
+    by_size: BTreeSet<(usize, Lane)>,
 }
 
 impl Received {
     /// Opens `received.log` in `dir`.
     pub fn open(dir: &Path) -> io::Result<Received> {
-        Received::open_keeping(dir, KEEP, KEEP_PER_SENDER)
+        Received::open_keeping(dir, KEEP, KEEP_PER_LANE)
     }
 
-    /// As [`Received::open`], remembering the last `keep` ids, at most `per_sender` of
-    /// one sender.
-    pub fn open_keeping(dir: &Path, keep: usize, per_sender: usize) -> io::Result<Received> {
-        Received::open_on(Arc::new(Disk), dir, keep, per_sender)
+    /// As [`Received::open`], remembering the last `keep` ids, at most `per_lane` of one
+    /// lane.
+    pub fn open_keeping(dir: &Path, keep: usize, per_lane: usize) -> io::Result<Received> {
+        Received::open_on(Arc::new(Disk), dir, keep, per_lane)
     }
 
     /// As [`Received::open_keeping`], on `storage` (the simulated disk of the crash tests).
@@ -121,7 +130,7 @@ impl Received {
         storage: Arc<dyn Storage>,
         dir: &Path,
         keep: usize,
-        per_sender: usize,
+        per_lane: usize,
     ) -> io::Result<Received> {
         let path = dir.join("received.log");
         let (file, decoded, cut) = open_records(&*storage, &path)?;
@@ -134,19 +143,40 @@ impl Received {
             file,
             compacted_size: 0,
             keep,
-            per_sender_keep: per_sender,
+            per_lane_keep: per_lane,
             states: HashMap::new(),
-            running: HashSet::new(),
-            order: VecDeque::new(),
-            per_sender: HashMap::new(),
+            running: HashMap::new(),
+            lanes: HashMap::new(),
+            by_size: BTreeSet::new(),
         };
+        // Each lane's name held once; each started id's lane, for its reply after it.
+        let mut lanes: HashMap<String, Lane> = HashMap::new();
+        let mut started: HashMap<String, Lane> = HashMap::new();
         for (offset, len, record) in decoded.records {
             match record {
-                Record::Started { id } => inner.remember(id.into(), Known::Interrupted),
+                Record::Started { id } => {
+                    // `<sender>/<id>\n<method>`; before lanes, `<sender>/<id>` alone.
+                    let (id, method) = id.split_once('\n').unwrap_or((&id, ""));
+                    let lane = lanes
+                        .entry(lane_name(sender_of(id), method))
+                        .or_insert_with_key(|name| name.as_str().into())
+                        .clone();
+                    started.insert(id.to_string(), lane.clone());
+                    inner.remember(id.into(), Known::Interrupted, &lane);
+                }
                 Record::Finished { reply } => {
                     if let Ok(r) = Reply::decode(&reply) {
-                        let id = key(&r.to_node, &r.id).into();
-                        inner.remember(id, Known::Done { offset, len });
+                        // Its lane is its `Started` record's; a reply without one (a file
+                        // compacted before lanes) counts in a lane of such of its sender.
+                        let id = key(&r.to_node, &r.id);
+                        let lane = match started.get(&id) {
+                            Some(lane) => lane.clone(),
+                            None => lanes
+                                .entry(lane_name(&r.to_node, ""))
+                                .or_insert_with_key(|name| name.as_str().into())
+                                .clone(),
+                        };
+                        inner.remember(id.into(), Known::Done { offset, len }, &lane);
                     }
                 }
                 _ => {}
@@ -155,17 +185,18 @@ impl Received {
         Ok(Received(Mutex::new(inner)))
     }
 
-    /// Looks up message `id` of the verified sender `from`; a new one is recorded
-    /// (durably) as started before this returns.
-    pub fn begin(&self, from: &str, id: &str) -> io::Result<Seen> {
-        Ok(self.begin_many(from, &[id])?.remove(0))
+    /// Looks up message `id` of the verified sender `from` for `method`; a new one is
+    /// recorded (durably) as started before this returns.
+    pub fn begin(&self, from: &str, method: &str, id: &str) -> io::Result<Seen> {
+        Ok(self.begin_many(from, method, &[id])?.remove(0))
     }
 
-    /// Looks up the ids of a batch from the verified sender `from`; the new ones are
-    /// recorded as started, all with one fsync, before this returns. The fsync runs without
-    /// the lock: meanwhile the ids count as running, so a retry of one is not run.
-    pub fn begin_many(&self, from: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
-        self.begin_batch(from, ids, false)
+    /// Looks up the ids of a batch from the verified sender `from` for `method`; the new
+    /// ones are recorded as started, all with one fsync, before this returns. The fsync
+    /// runs without the lock: meanwhile the ids count as running, so a retry of one is not
+    /// run.
+    pub fn begin_many(&self, from: &str, method: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
+        self.begin_batch(from, method, ids, false)
     }
 
     /// As [`Received::begin_many`]; with `rerun_interrupted`, an id that was running when
@@ -177,6 +208,7 @@ impl Received {
     pub fn begin_batch(
         &self,
         from: &str,
+        method: &str,
         ids: &[&str],
         rerun_interrupted: bool,
     ) -> io::Result<Vec<Seen>> {
@@ -187,7 +219,7 @@ impl Received {
         let mut in_batch = HashSet::with_capacity(keys.len());
         if keys
             .iter()
-            .any(|k| inner.running.contains(k.as_str()) || !in_batch.insert(k))
+            .any(|k| inner.running.contains_key(k.as_str()) || !in_batch.insert(k))
         {
             return Ok(keys.iter().map(|_| Seen::Running).collect());
         }
@@ -216,18 +248,24 @@ impl Received {
         if !started.is_empty() {
             let mut buf = Vec::new();
             for id in &started {
-                encode(&Record::Started { id: id.to_string() }, &mut buf);
+                encode(
+                    &Record::Started {
+                        id: format!("{id}\n{method}"),
+                    },
+                    &mut buf,
+                );
             }
             inner.file.append(&buf)?;
         }
         for id in &again {
             log::info!("{id}: interrupted by the last stop of this node; run again");
         }
+        let lane = inner.lane(&lane_name(from, method));
         inner.running.extend(
             started
                 .iter()
                 .chain(&again)
-                .map(|id| Key::from(id.as_str())),
+                .map(|id| (Key::from(id.as_str()), lane.clone())),
         );
         if started.is_empty() {
             return Ok(seen);
@@ -266,8 +304,15 @@ impl Received {
                 len,
             };
             let id = key(&reply.to_node, &reply.id);
-            let id = inner.running.take(id.as_str()).unwrap_or_else(|| id.into());
-            inner.remember(id, state);
+            // Started here (else an interrupted id answered: known, and kept in its lane).
+            let (id, lane) = match inner.running.remove_entry(id.as_str()) {
+                Some(running) => running,
+                None => {
+                    let lane = inner.lane(&lane_name(&reply.to_node, ""));
+                    (id.into(), lane)
+                }
+            };
+            inner.remember(id, state, &lane);
         }
         if inner.file.end() > COMPACT_BYTES.max(2 * inner.compacted_size) {
             // The replies are written: a compaction that fails (a full disk) is tried
@@ -290,8 +335,8 @@ impl Received {
     pub fn abandon(&self, from: &str, ids: &[&str]) {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
-            if let Some(id) = inner.running.take(key(from, id).as_str()) {
-                inner.remember(id, Known::Interrupted);
+            if let Some((id, lane)) = inner.running.remove_entry(key(from, id).as_str()) {
+                inner.remember(id, Known::Interrupted, &lane);
             }
         }
     }
@@ -335,67 +380,70 @@ fn sender_of(key: &str) -> &str {
     key.split('/').next().unwrap_or("")
 }
 
+/// A lane's name: its sender and method (names cannot contain `/`).
+fn lane_name(from: &str, method: &str) -> String {
+    format!("{from}/{method}")
+}
+
 impl Inner {
-    /// Records how an id ended; forgets its sender's oldest past `per_sender_keep`, then
-    /// the oldest of all past `keep` (the running are not among them).
-    fn remember(&mut self, id: Key, state: Known) {
+    /// The lane of that name, held once.
+    fn lane(&self, name: &str) -> Lane {
+        self.lanes
+            .get_key_value(name)
+            .map_or_else(|| name.into(), |(lane, _)| lane.clone())
+    }
+
+    /// Records how an id ended, in `lane` if it is new here; forgets the lane's oldest past
+    /// `per_lane_keep`, then the oldest of the lane holding the most past `keep` (the
+    /// running are not among them).
+    fn remember(&mut self, id: Key, state: Known, lane: &Lane) {
         if let Some(known) = self.states.get_mut(&id) {
             *known = state;
             return;
         }
         self.states.insert(id.clone(), state);
-        self.order.push_back(id.clone());
-        // The sender's name is copied only for a sender not seen before.
-        let sender = sender_of(&id);
-        if !self.per_sender.contains_key(sender) {
-            self.per_sender.insert(sender.to_string(), VecDeque::new());
+        let queue = self.lanes.entry(lane.clone()).or_default();
+        let before = queue.len();
+        queue.push_back(id);
+        let forgotten = (queue.len() > self.per_lane_keep)
+            .then(|| queue.pop_front())
+            .flatten();
+        let after = queue.len();
+        if let Some(old) = forgotten {
+            self.states.remove(&old);
         }
-        let mine = self
-            .per_sender
-            .get_mut(sender)
-            .expect("inserted above if it was not there");
-        mine.push_back(id);
-        while mine.len() > self.per_sender_keep {
-            if let Some(old) = mine.pop_front() {
-                self.states.remove(&old);
-            }
-        }
+        self.resized(lane, before, after);
         while self.states.len() > self.keep {
-            let Some(old) = self.order.pop_front() else {
+            let Some((len, largest)) = self.by_size.pop_last() else {
                 break;
             };
-            // Forgotten by its sender's cap already (and perhaps seen again since: then
-            // the map holds another key of the same text, in its place in the queue).
-            if !self.holds(&old) {
-                continue;
+            let queue = self
+                .lanes
+                .get_mut(&largest)
+                .expect("a lane by its size is held");
+            if let Some(old) = queue.pop_front() {
+                self.states.remove(&old);
             }
-            self.states.remove(&old);
-            let sender = sender_of(&old);
-            if let Some(theirs) = self.per_sender.get_mut(sender) {
-                // The oldest of all is its sender's oldest: both queues are in the order
-                // ids came, and the older ones of that sender are gone already.
-                match theirs.front() {
-                    Some(first) if Arc::ptr_eq(first, &old) => drop(theirs.pop_front()),
-                    _ => theirs.retain(|k| !Arc::ptr_eq(k, &old)),
-                }
-                if theirs.is_empty() {
-                    self.per_sender.remove(sender);
-                }
+            match len - 1 {
+                0 => drop(self.lanes.remove(&largest)),
+                left => drop(self.by_size.insert((left, largest))),
             }
-        }
-        if self.order.len() > 2 * self.keep + 64 {
-            let mut order = std::mem::take(&mut self.order);
-            order.retain(|k| self.holds(k));
-            self.order = order;
         }
     }
 
-    /// Whether `k`, taken from a queue, is the key the map holds (else its id was forgotten
-    /// by its sender's cap, and perhaps seen again since: a later place in the queue).
-    fn holds(&self, k: &Key) -> bool {
-        self.states
-            .get_key_value(k)
-            .is_some_and(|(held, _)| Arc::ptr_eq(held, k))
+    /// `lane` went from `before` ids to `after`: its place by size, or gone once empty.
+    fn resized(&mut self, lane: &Lane, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        if before > 0 {
+            self.by_size.remove(&(before, lane.clone()));
+        }
+        if after > 0 {
+            self.by_size.insert((after, lane.clone()));
+        } else {
+            self.lanes.remove(lane);
+        }
     }
 
     fn stored_reply(&self, id: &str, offset: u64, len: u32) -> io::Result<Reply> {
@@ -412,38 +460,45 @@ impl Inner {
         }
     }
 
-    /// Rewrites the file with only the remembered ids, oldest first, and the running ones'
-    /// `Started` records.
+    /// Rewrites the file with only the remembered ids, lane by lane, oldest first, each
+    /// with its `Started` record naming its lane (and its reply, if it has one), and the
+    /// running ones' `Started` records.
     fn compact(&mut self) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut states = HashMap::with_capacity(self.states.len());
-        let mut order = std::mem::take(&mut self.order);
-        order.retain(|k| self.holds(k));
-        self.order = order;
-        for id in &self.order {
-            let state = match self.states[id] {
-                Known::Done { offset, len } => {
-                    let start = buf.len();
-                    buf.resize(start + len as usize, 0);
-                    self.file
-                        .handle()
-                        .read_exact_at(&mut buf[start..], offset)?;
-                    Known::Done {
-                        offset: start as u64,
-                        len,
+        let started = |buf: &mut Vec<u8>, id: &Key, lane: &Lane| {
+            let method = lane.split_once('/').map_or("", |(_, m)| m);
+            encode(
+                &Record::Started {
+                    id: format!("{id}\n{method}"),
+                },
+                buf,
+            );
+        };
+        for (lane, ids) in &self.lanes {
+            for id in ids {
+                started(&mut buf, id, lane);
+                let state = match self.states[id] {
+                    Known::Done { offset, len } => {
+                        let start = buf.len();
+                        buf.resize(start + len as usize, 0);
+                        self.file
+                            .handle()
+                            .read_exact_at(&mut buf[start..], offset)?;
+                        Known::Done {
+                            offset: start as u64,
+                            len,
+                        }
                     }
-                }
-                Known::Interrupted => {
-                    encode(&Record::Started { id: id.to_string() }, &mut buf);
-                    Known::Interrupted
-                }
-            };
-            states.insert(id.clone(), state);
+                    Known::Interrupted => Known::Interrupted,
+                };
+                states.insert(id.clone(), state);
+            }
         }
-        // Running ids are not in `order` (an interrupted one run again is, with its record).
-        for id in &self.running {
+        // Running ids are in no lane yet (an interrupted one run again is, with its record).
+        for (id, lane) in &self.running {
             if !states.contains_key(id) {
-                encode(&Record::Started { id: id.to_string() }, &mut buf);
+                started(&mut buf, id, lane);
             }
         }
         // Until the rename, a failure leaves the old file in use; from the rename on, the
@@ -509,52 +564,68 @@ mod tests {
     fn a_handled_id_is_answered_from_the_stored_reply_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open(dir.path()).unwrap();
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::New);
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::Running);
+        assert_eq!(r.begin("central", "CLICommand", "a").unwrap(), Seen::New);
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Running
+        );
         finish(&r, &reply("a", "out"));
-        assert_eq!(r.begin("central", "b").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "CLICommand", "b").unwrap(), Seen::New);
         drop(r);
         let r = Received::open(dir.path()).unwrap();
         assert_eq!(
-            r.begin("central", "a").unwrap(),
+            r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Done(reply("a", "out"))
         );
         assert_eq!(
-            r.begin("central", "b").unwrap(),
+            r.begin("central", "CLICommand", "b").unwrap(),
             Seen::Interrupted,
             "b was running when we died"
         );
-        assert_eq!(r.begin("central", "c").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "CLICommand", "c").unwrap(), Seen::New);
         // Another sender's message of the same id is another message: never its reply.
-        assert_eq!(r.begin("ship2", "a").unwrap(), Seen::New);
+        assert_eq!(r.begin("ship2", "CLICommand", "a").unwrap(), Seen::New);
     }
 
     #[test]
     fn an_interrupted_id_runs_again_only_where_its_method_asks_and_once_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open(dir.path()).unwrap();
-        assert_eq!(r.begin_many("central", &["a", "b"]).unwrap().len(), 2);
+        assert_eq!(
+            r.begin_many("central", "TextLogging", &["a", "b"])
+                .unwrap()
+                .len(),
+            2
+        );
         drop(r); // died while both ran
         let r = Received::open(dir.path()).unwrap();
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::Interrupted);
-        let seen = r.begin_batch("central", &["a", "b", "c"], true).unwrap();
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Interrupted
+        );
+        let seen = r
+            .begin_batch("central", "CopyDst", &["a", "b", "c"], true)
+            .unwrap();
         assert_eq!(seen, vec![Seen::New, Seen::New, Seen::New]);
         // A retry while the rerun runs finds it running: never two runs at once.
         assert_eq!(
-            r.begin_batch("central", &["a"], true).unwrap(),
+            r.begin_batch("central", "CopyDst", &["a"], true).unwrap(),
             vec![Seen::Running]
         );
         finish(&r, &reply("a", "again"));
         assert_eq!(
-            r.begin("central", "a").unwrap(),
+            r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Done(reply("a", "again"))
         );
         // Died again while b ran a second time: still interrupted, still its Started record.
         drop(r);
         let r = Received::open(dir.path()).unwrap();
-        assert_eq!(r.begin("central", "b").unwrap(), Seen::Interrupted);
         assert_eq!(
-            r.begin_batch("central", &["b"], true).unwrap(),
+            r.begin("central", "CLICommand", "b").unwrap(),
+            Seen::Interrupted
+        );
+        assert_eq!(
+            r.begin_batch("central", "CopyDst", &["b"], true).unwrap(),
             vec![Seen::New]
         );
     }
@@ -567,7 +638,7 @@ mod tests {
         let big = "x".repeat(20_000);
         for i in 0..(keep + 250) {
             let id = format!("m{i}");
-            assert_eq!(r.begin("central", &id).unwrap(), Seen::New);
+            assert_eq!(r.begin("central", "CLICommand", &id).unwrap(), Seen::New);
             finish(&r, &reply(&id, &big));
         }
         let size = std::fs::metadata(dir.path().join("received.log"))
@@ -577,114 +648,201 @@ mod tests {
         drop(r);
         let r = Received::open_keeping(dir.path(), keep, keep).unwrap();
         assert_eq!(
-            r.begin("central", "m0").unwrap(),
+            r.begin("central", "CLICommand", "m0").unwrap(),
             Seen::New,
             "forgotten after `keep` newer ids"
         );
         let last = format!("m{}", keep + 249);
         assert_eq!(
-            r.begin("central", &last).unwrap(),
+            r.begin("central", "CLICommand", &last).unwrap(),
             Seen::Done(reply(&last, &big))
         );
     }
 
-    #[test]
-    fn one_sender_flooding_ids_pushes_out_only_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Received::open_keeping(dir.path(), 100, 30).unwrap();
-        for i in 0..20 {
-            let id = format!("c{i}");
-            assert_eq!(r.begin("central", &id).unwrap(), Seen::New);
-            finish(&r, &reply(&id, "central's"));
-        }
-        // A fleet member whose key was stolen sends ten thousand ids, each handled as a
-        // handler does.
-        for i in 0..10_000 {
-            let id = format!("s{i}");
-            assert_eq!(r.begin("ship2", &id).unwrap(), Seen::New);
-            let mut theirs = reply(&id, "ship2's");
-            theirs.to_node = "ship2".into();
-            r.record(&[&theirs]).unwrap();
-        }
-        for i in 0..20 {
-            let id = format!("c{i}");
-            assert_eq!(
-                r.begin("central", &id).unwrap(),
-                Seen::Done(reply(&id, "central's")),
-                "central's {id} was pushed out"
-            );
-        }
+    /// The lanes and their sizes agree with the ids held: each id in one lane, each lane
+    /// by its size once, within both limits.
+    fn agree(r: &Received, keep: usize, per_lane: usize) {
         let inner = r.0.lock().unwrap();
-        assert!(inner.states.len() <= 50, "{} ids held", inner.states.len());
-        assert!(inner.order.len() <= 2 * 100 + 64);
-        assert!(inner.running.is_empty());
+        let held: usize = inner.lanes.values().map(VecDeque::len).sum();
+        assert_eq!(held, inner.states.len());
+        assert!(
+            inner.states.len() <= keep,
+            "{} ids held",
+            inner.states.len()
+        );
+        assert!(inner
+            .lanes
+            .values()
+            .all(|q| !q.is_empty() && q.len() <= per_lane));
+        assert!(inner
+            .lanes
+            .values()
+            .flatten()
+            .all(|k| inner.states.contains_key(k)));
+        let sizes: BTreeSet<(usize, Lane)> = inner
+            .lanes
+            .iter()
+            .map(|(lane, q)| (q.len(), lane.clone()))
+            .collect();
+        assert_eq!(sizes, inner.by_size);
+    }
+
+    /// `n` ids of `from`'s `method`, each run and answered.
+    fn stream(r: &Received, from: &str, method: &str, n: usize) {
+        for i in 0..n {
+            let id = format!("{method}-{i}");
+            assert_eq!(r.begin(from, method, &id).unwrap(), Seen::New);
+            let mut done = reply(&id, "streamed");
+            done.to_node = from.into();
+            r.record(&[&done]).unwrap();
+        }
     }
 
     #[test]
-    fn an_id_seen_again_after_it_was_forgotten_keeps_its_new_place() {
+    fn a_command_waiting_for_its_retry_is_not_pushed_out_by_its_senders_other_lanes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keep, per_lane) = (100, 30);
+        let r = Received::open_keeping(dir.path(), keep, per_lane).unwrap();
+        // central's command ran and was answered; the ACK was lost on the way, and central
+        // waits out the command's timeout to send it again.
+        assert_eq!(r.begin("central", "CLICommand", "cmd").unwrap(), Seen::New);
+        finish(&r, &reply("cmd", "ran once"));
+        // Meanwhile central streams events and a copy's chunks to this node, and a ship
+        // whose key was stolen floods it, each far past both limits.
+        for (from, method) in [
+            ("central", "TextLogging"),
+            ("central", "CopyDst"),
+            ("ship2", "TextLogging"),
+            ("ship2", "ErrorLog"),
+        ] {
+            stream(&r, from, method, 5_000);
+        }
+        agree(&r, keep, per_lane);
+        let ran_once = Seen::Done(reply("cmd", "ran once"));
+        assert_eq!(
+            r.begin("central", "CLICommand", "cmd").unwrap(),
+            ran_once,
+            "the retry would run the command a second time"
+        );
+        // The same after a compaction and a restart: the lanes are in the records.
+        let sizes = |r: &Received| -> Vec<(String, usize)> {
+            let inner = r.0.lock().unwrap();
+            let mut v: Vec<_> = inner
+                .lanes
+                .iter()
+                .map(|(l, q)| (l.to_string(), q.len()))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = sizes(&r);
+        assert_eq!(before.len(), 5, "{before:?}");
+        r.compact_now().unwrap();
+        drop(r);
+        let r = Received::open_keeping(dir.path(), keep, per_lane).unwrap();
+        agree(&r, keep, per_lane);
+        assert_eq!(sizes(&r), before);
+        stream(&r, "central", "TextLogging", 5_000);
+        assert_eq!(r.begin("central", "CLICommand", "cmd").unwrap(), ran_once);
+        // Each streaming lane kept its newest.
+        assert!(matches!(
+            r.begin("central", "TextLogging", "TextLogging-4999")
+                .unwrap(),
+            Seen::Done(_)
+        ));
+        assert!(matches!(
+            r.begin("ship2", "ErrorLog", "ErrorLog-4999").unwrap(),
+            Seen::Done(_)
+        ));
+        assert_eq!(
+            r.begin("ship2", "ErrorLog", "ErrorLog-0").unwrap(),
+            Seen::New,
+            "an old one"
+        );
+    }
+
+    #[test]
+    fn past_the_limit_of_all_the_lane_holding_the_most_gives_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 10, 8).unwrap();
+        stream(&r, "central", "CLICommand", 2);
+        stream(&r, "ship2", "TextLogging", 8);
+        // Ten held: the next of any lane takes from the largest (ship2's, 8).
+        stream(&r, "ship3", "TextLogging", 3);
+        agree(&r, 10, 8);
+        for i in 0..2 {
+            let id = format!("CLICommand-{i}");
+            assert!(matches!(
+                r.begin("central", "CLICommand", &id).unwrap(),
+                Seen::Done(_)
+            ));
+        }
+        let inner = r.0.lock().unwrap();
+        let len = |lane: &str| inner.lanes.get(lane).map_or(0, VecDeque::len);
+        assert_eq!(
+            (
+                len("central/CLICommand"),
+                len("ship2/TextLogging"),
+                len("ship3/TextLogging")
+            ),
+            (2, 5, 3)
+        );
+    }
+
+    #[test]
+    fn an_id_seen_again_after_it_was_forgotten_is_recorded_anew() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open_keeping(dir.path(), 5, 2).unwrap();
         for id in ["a", "b", "c"] {
-            assert_eq!(r.begin("central", id).unwrap(), Seen::New);
+            assert_eq!(r.begin("central", "CLICommand", id).unwrap(), Seen::New);
             finish(&r, &reply(id, "first"));
         }
-        // a was pushed out by central's cap; it comes again (a replay the counters let
-        // through, say), and is recorded anew: the newest of central's.
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::New);
+        // a was pushed out by its lane's cap; it comes again (a replay the counters let
+        // through, say), and is recorded anew: the newest of its lane, b the oldest.
+        assert_eq!(r.begin("central", "CLICommand", "a").unwrap(), Seen::New);
         finish(&r, &reply("a", "second"));
-        // Others come: the oldest of all go, and a's old place in the queue is not a.
-        for from in ["ship2", "ship3", "ship4", "ship5"] {
-            assert_eq!(r.begin(from, "x").unwrap(), Seen::New);
-            let mut theirs = reply("x", "theirs");
-            theirs.to_node = from.into();
-            finish(&r, &theirs);
-        }
         assert_eq!(
-            r.begin("central", "a").unwrap(),
+            r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Done(reply("a", "second"))
         );
-        assert_eq!(r.begin("central", "c").unwrap(), Seen::New, "the oldest");
+        assert_eq!(r.begin("central", "CLICommand", "b").unwrap(), Seen::New);
+        agree(&r, 5, 2);
     }
 
     #[test]
-    fn many_senders_past_every_limit_keep_the_newest_and_the_queues_agree() {
+    fn many_senders_past_every_limit_keep_the_newest_and_the_lanes_agree() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open_keeping(dir.path(), 50, 20).unwrap();
         let senders = ["ship1", "ship2", "ship3", "ship4", "ship5", "ship6"];
         for i in 0..40 {
             for from in senders {
                 let id = format!("m{i}");
-                assert_eq!(r.begin(from, &id).unwrap(), Seen::New);
+                assert_eq!(r.begin(from, "TextLogging", &id).unwrap(), Seen::New);
                 let mut done = reply(&id, "done");
                 done.to_node = from.into();
                 r.record(&[&done]).unwrap();
             }
         }
-        // The newest of each sender, as many as the limits leave: the last 50 of all
-        // (8 or 9 a sender), each held by its sender's queue exactly once.
-        let newest = |from: &str, i: usize| r.begin(from, &format!("m{i}")).unwrap();
+        // The newest of each sender, as many as the limits leave (8 or 9 a lane).
+        let newest = |from: &str, i: usize| r.begin(from, "TextLogging", &format!("m{i}")).unwrap();
         for from in senders {
             assert!(matches!(newest(from, 39), Seen::Done(_)), "{from}");
             assert_eq!(newest(from, 20), Seen::New, "{from}: an old one");
         }
-        let inner = r.0.lock().unwrap();
-        let held: usize = inner.per_sender.values().map(VecDeque::len).sum();
-        assert_eq!(held, inner.states.len());
-        assert!(inner.states.len() <= 50);
-        assert!(inner.per_sender.values().flatten().all(|k| inner.holds(k)));
+        agree(&r, 50, 20);
     }
 
     #[test]
     fn a_running_id_is_never_forgotten_however_many_end_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open_keeping(dir.path(), 100, 30).unwrap();
-        assert_eq!(r.begin("central", "slow").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "CLICommand", "slow").unwrap(), Seen::New);
         // Thousands of others from the same sender and from another begin and end
         // meanwhile, far past both limits, and the log is compacted under them.
         for i in 0..3_000 {
             for from in ["central", "ship2"] {
                 let id = format!("m{i}");
-                assert_eq!(r.begin(from, &id).unwrap(), Seen::New);
+                assert_eq!(r.begin(from, "CLICommand", &id).unwrap(), Seen::New);
                 let mut quick = reply(&id, "quick");
                 quick.to_node = from.into();
                 r.record(&[&quick]).unwrap();
@@ -692,7 +850,7 @@ mod tests {
         }
         r.compact_now().unwrap();
         assert_eq!(
-            r.begin("central", "slow").unwrap(),
+            r.begin("central", "CLICommand", "slow").unwrap(),
             Seen::Running,
             "a retry of the running id would run it again"
         );
@@ -704,7 +862,10 @@ mod tests {
         // The process dies while it runs: after the compaction, it is still known.
         drop(r);
         let r = Received::open_keeping(dir.path(), 100, 30).unwrap();
-        assert_eq!(r.begin("central", "slow").unwrap(), Seen::Interrupted);
+        assert_eq!(
+            r.begin("central", "CLICommand", "slow").unwrap(),
+            Seen::Interrupted
+        );
     }
 
     #[test]
@@ -715,17 +876,17 @@ mod tests {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         // A batch of 100 runs, slowly; its sender restarts and sends 256 (the 100 first).
         assert!(r
-            .begin_many("central", &ids[..100])
+            .begin_many("central", "TextLogging", &ids[..100])
             .unwrap()
             .iter()
             .all(|s| *s == Seen::New));
-        let seen = r.begin_many("central", &ids).unwrap();
+        let seen = r.begin_many("central", "TextLogging", &ids).unwrap();
         assert!(seen.iter().all(|s| *s == Seen::Running), "{seen:?}");
         // The first run ends: the 256 are taken, the 100 answered from their replies and
         // the rest new (not left started and never run).
         let replies: Vec<Reply> = ids[..100].iter().map(|id| reply(id, "done")).collect();
         r.record(&replies.iter().collect::<Vec<_>>()).unwrap();
-        let seen = r.begin_many("central", &ids).unwrap();
+        let seen = r.begin_many("central", "TextLogging", &ids).unwrap();
         assert_eq!(
             seen[..100],
             replies.into_iter().map(Seen::Done).collect::<Vec<_>>()
@@ -733,37 +894,52 @@ mod tests {
         assert!(seen[100..].iter().all(|s| *s == Seen::New), "{seen:?}");
         // One id twice in a batch: nothing started either.
         assert_eq!(
-            r.begin_many("central", &["x", "y", "x"]).unwrap(),
+            r.begin_many("central", "TextLogging", &["x", "y", "x"])
+                .unwrap(),
             vec![Seen::Running, Seen::Running, Seen::Running]
         );
-        assert_eq!(r.begin("central", "x").unwrap(), Seen::New);
-        assert_eq!(r.begin("central", "y").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "CLICommand", "x").unwrap(), Seen::New);
+        assert_eq!(r.begin("central", "CLICommand", "y").unwrap(), Seen::New);
     }
 
     #[test]
     fn an_abandoned_id_is_interrupted_at_once_as_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let r = Received::open(dir.path()).unwrap();
-        assert_eq!(r.begin_many("central", &["a", "b"]).unwrap().len(), 2);
+        assert_eq!(
+            r.begin_many("central", "TextLogging", &["a", "b"])
+                .unwrap()
+                .len(),
+            2
+        );
         // Its reply could not be recorded: given up, no longer running.
         r.abandon("central", &["a"]);
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::Interrupted);
-        assert_eq!(r.begin("central", "b").unwrap(), Seen::Running);
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Interrupted
+        );
+        assert_eq!(
+            r.begin("central", "CLICommand", "b").unwrap(),
+            Seen::Running
+        );
         // Another sender's id of the same name is not given up by it.
-        assert_eq!(r.begin("ship2", "c").unwrap(), Seen::New);
+        assert_eq!(r.begin("ship2", "CLICommand", "c").unwrap(), Seen::New);
         r.abandon("central", &["c"]);
-        assert_eq!(r.begin("ship2", "c").unwrap(), Seen::Running);
+        assert_eq!(r.begin("ship2", "CLICommand", "c").unwrap(), Seen::Running);
         // A method that reruns an interrupted message runs it again, once at a time.
         assert_eq!(
-            r.begin_batch("central", &["a"], true).unwrap(),
+            r.begin_batch("central", "CopyDst", &["a"], true).unwrap(),
             vec![Seen::New]
         );
         assert_eq!(
-            r.begin_batch("central", &["a"], true).unwrap(),
+            r.begin_batch("central", "CopyDst", &["a"], true).unwrap(),
             vec![Seen::Running]
         );
         drop(r);
         let r = Received::open(dir.path()).unwrap();
-        assert_eq!(r.begin("central", "a").unwrap(), Seen::Interrupted);
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Interrupted
+        );
     }
 }

@@ -634,7 +634,10 @@ impl ReceivedRun {
             .any(|id| h.running.contains(id) || !in_batch.insert(id));
         // Now and then as a method that runs an interrupted message again (a copy's chunk).
         let again = self.rng.chance(300);
-        match received.begin_batch("central", &refs, again) {
+        // For one of two methods: lanes of their own, kept apart through compactions and
+        // restarts (a retry finds its id whichever lane holds it).
+        let method = ["TextLogging", "CLICommand"][self.rng.below(2) as usize];
+        match received.begin_batch("central", method, &refs, again) {
             Ok(seen) if busy => {
                 assert!(
                     seen.iter().all(|s| *s == Seen::Running),
@@ -744,7 +747,9 @@ fn received_schedule(seed: u64, steps: usize) -> (Counts, u64) {
     run.handled.restarted();
     for i in 0..run.next_id {
         let id = format!("m{i}");
-        let seen = received.begin("central", &id).expect("no faults now");
+        let seen = received
+            .begin("central", "TextLogging", &id)
+            .expect("no faults now");
         check_seen(seed, &mut run.handled, &id, &seen);
     }
     (disk.counts(), recoveries)

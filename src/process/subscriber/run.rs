@@ -146,7 +146,7 @@ fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Optio
     }
     let seen = match node
         .received
-        .begin_batch(&a.from, &ids, method.reruns_interrupted())
+        .begin_batch(&a.from, name, &ids, method.reruns_interrupted())
     {
         Ok(seen) => seen,
         Err(e) => {
