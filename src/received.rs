@@ -30,9 +30,9 @@
 //! grows past [`COMPACT_BYTES`] (or past twice its size after the last compaction, if that
 //! is more) it is rewritten with only those. A `Started` record names the id's lane after
 //! it (`<sender>/<id>\n<method>`; a record of an earlier version, without it, counts in a
-//! lane of its own per sender). Ids running now are kept besides, never forgotten while they run (a
-//! retry of one forgotten would run it a second time): as many as the handlers run at
-//! once, since a handler that cannot record a reply gives its ids up as interrupted
+//! lane of its own per sender). Ids running now are kept besides, never forgotten while
+//! they run (a retry of one forgotten would run it a second time): as many as the handlers
+//! run at once, since a handler that cannot record a reply gives its ids up as interrupted
 //! ([`Received::abandon`]) and a batch naming an id that runs (or one id twice) starts
 //! nothing. So what is held is bounded by what runs, not by what arrives.
 //!
