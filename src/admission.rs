@@ -331,6 +331,15 @@ fn forbidden(
             "{from} may not schedule {method} here: a schedule is a command's power (allowCommandsFrom)"
         ));
     }
+    // A result sent as a message of its own is journaled and sent again until its sender
+    // answers, with its arguments (up to 256 KiB), outside the log budget and the
+    // free-space floor: a command's power too, or any fleet member could fill this node's
+    // disk with Hellos asking for one.
+    if m.reply_method.is_some() && from != policy.node && !commands(policy, from, method) {
+        return Some(format!(
+            "{from} may not ask {method} here for a result of its own (replyMethod): that is a command's power (allowCommandsFrom)"
+        ));
+    }
     if let Some(route) = ResultRoute::of_result(e) {
         let answers = &route.id;
         let ticket = e
@@ -765,6 +774,33 @@ mod acting_again {
             m.schedule = Some(vec![1, 3600]);
             m.reply_method = Some("TextLogging".into());
         };
+        // Nor make it journal and send results of its own, again and again.
+        for method in ["Console", "TextLogging", "none"] {
+            let why = forbidden(
+                &policy,
+                &trusted,
+                &fleet,
+                &with("ship2", "TextLogging", |m| {
+                    m.reply_method = Some(method.into());
+                    m.reply_method_args = Some(vec!["x".repeat(250_000)]);
+                }),
+            )
+            .unwrap();
+            assert!(
+                why.contains("ship2 may not ask TextLogging here for a result of its own"),
+                "{why}"
+            );
+            for commander in ["central", "ship1"] {
+                let m = with(commander, "TextLogging", |m| {
+                    m.reply_method = Some(method.into());
+                });
+                assert_eq!(
+                    forbidden(&policy, &trusted, &fleet, &m),
+                    None,
+                    "{commander}"
+                );
+            }
+        }
         // A fleet member may log here, but not make this node log every second.
         assert_eq!(
             forbidden(

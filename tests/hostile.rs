@@ -610,3 +610,67 @@ fn a_captured_batch_signed_over_its_digest_cannot_be_replayed_moved_or_altered()
         "[hostile_digest] batch_of={size} replayed_moved_altered={sent} reaching={reaching} events_refused={refused} answered=0 logged_once={n}"
     );
 }
+
+#[test]
+fn a_fleet_key_cannot_make_central_journal_and_send_results_of_its_own() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    // A result of central's would go to ship2's method subject: nothing may come.
+    let results = raw.spy("ship2.>");
+    // Results for ship2's Console (central journals its own error reports meanwhile).
+    let accepted = || central.metric("steward_messages_accepted_total{method=\"Console\"}");
+    let before = (accepted(), refusals(&central));
+    // ship2's key, stolen: every kind of every method central listens on, each asking for
+    // its result as a message of its own, to a method ship2 never answers, with 250 KB of
+    // arguments and a time to live of three thousand years (each would be journaled and
+    // sent again every minute, outside the log budget and the free-space floor).
+    let big = "x".repeat(250_000);
+    let listening = listened(&central);
+    let mut sent = 0;
+    for method in methods() {
+        for kind in KINDS {
+            let subject = format!("central.{kind}.{method}");
+            if !listening.contains(&subject) {
+                continue;
+            }
+            let plain = envelope(
+                &format!("r-{sent}"),
+                "ship2",
+                "central",
+                kind,
+                method,
+                &["x\n"],
+            );
+            let mut v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+            v["replyMethod"] = "Console".into();
+            v["replyMethodArgs"] = serde_json::json!([big]);
+            v["ttl"] = 99_999_999_999u64.into();
+            let payload = serde_json::to_vec(&v).unwrap();
+            let reply = format!("_INBOX.ship2.r{sent}");
+            let h = signed_by("ship2", &subject, Some(&reply), &payload);
+            raw.send(&subject, Some(&reply), Some(&h), &payload);
+            sent += 1;
+        }
+    }
+    assert!(sent >= 4, "central listens on {listening:?}");
+    central.wait_metric(&format!("{sent} refused"), refusals, |v| {
+        v >= before.1 + sent as f64
+    });
+    central.wait_idle();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(accepted(), before.0, "central journaled a result for ship2");
+    assert!(results.try_next().is_none(), "central sent ship2 something");
+    // Told why where it is answered (a verified sender): a fleet method's own result route.
+    let answers: Vec<String> = raw
+        .answers_where(|s| s.starts_with("_INBOX.ship2.r"))
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+        .collect();
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.contains("ship2 may not ask TextLogging here for a result of its own")),
+        "{answers:?}"
+    );
+}
