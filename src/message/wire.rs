@@ -79,9 +79,12 @@ impl Envelope {
         if let Some(to) = &e.message.results_to {
             name("resultsTo", to)?;
         }
+        // Printable ASCII, as every id steward makes is (`<node>-<time>-<seq>-<random>`,
+        // node names being ASCII): an id goes into logs and errors.log as it is, where a
+        // right-to-left mark or a zero-width character would disguise the line.
         let answers = e.message.in_reply_to.as_ref().map(|a| a.id.as_str());
         for id in [Some(e.id.as_str()), answers].into_iter().flatten() {
-            if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+            if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(DecodeError::Id(id.chars().take(64).collect()));
             }
         }
@@ -480,6 +483,20 @@ mod tests {
                 matches!(err, DecodeError::Name { field, .. } if field == key),
                 "{err}"
             );
+        }
+        // Ids are printable ASCII: no control, no right-to-left mark or zero-width space
+        // to disguise a log line, no space.
+        for bad in [
+            "a\u{1}b",
+            "central-1\u{202e}gol",
+            "central-\u{200b}1",
+            "a b",
+            "",
+        ] {
+            let mut odd = e.clone();
+            odd.id = bad.into();
+            let err = Envelope::decode(&odd.encode()).unwrap_err();
+            assert!(matches!(err, DecodeError::Id(_)), "{bad:?}: {err}");
         }
         let mut big = e.clone();
         big.message.data = vec!["x".repeat(super::super::MAX_DATA_BYTES + 1)];
