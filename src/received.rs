@@ -18,19 +18,23 @@
 //! schedules with power cuts and disk errors, that a started id never comes back new.
 //!
 //! The record format is the journal's (see [`crate::journal::record`]). Ids that have ended
-//! (answered, or interrupted by a stop) are kept per *lane*, a sender's method (as the
-//! sender sends them: one lane's messages in order, one or one batch at a time), at most
-//! [`KEEP_PER_LANE`] of a lane (its own oldest make room for its new ones) and [`KEEP`] in
-//! all (past that, the oldest of the lane that holds the most go): so memory and disk are
-//! bounded whatever the rate, and no lane, not even one of a sender whose key was stolen,
-//! can push another lane's last ids out while it holds fewer. A lane waiting to send a
-//! message again (its ACK was lost: a command waits out its timeout) sends nothing else
-//! meanwhile, so its ids are not pushed out by its own sender's other lanes streaming
-//! events or a copy's chunks, as they were when the cap was per sender. When the file
-//! grows past [`COMPACT_BYTES`] (or past twice its size after the last compaction, if that
-//! is more) it is rewritten with only those. A `Started` record names the id's lane after
-//! it (`<sender>/<id>\n<method>`; a record of an earlier version, without it, counts in a
-//! lane of its own per sender). Ids running now are kept besides, never forgotten while
+//! (answered, or interrupted by a stop) are kept per *lane*, as their sender sends them: a
+//! sender's kind and method (`central`'s `CommandACK.CLICommand`), one message or one batch
+//! at a time, in order. At most [`KEEP_PER_LANE`] of a lane are kept (its own oldest make
+//! room for its new ones), and [`KEEP`] in all (past that, the lane that holds the most
+//! gives up its oldest): so memory and disk are bounded whatever the rate, and no lane,
+//! not even one of a sender whose key was stolen, can push out another lane's ids while it
+//! holds fewer. A lane waiting to send a message again (its ACK was lost: a command waits
+//! out its timeout) sends nothing else meanwhile, so its ids are not pushed out by its own
+//! sender's other lanes streaming events or a copy's chunks, as they were when the cap
+//! was per sender. Past [`KEEP`], the busy lanes share it evenly: with more than nine
+//! lanes streaming batches of 1,024 at once, each keeps fewer than the two batches a
+//! sender may send again after it restarts. When the file grows past [`COMPACT_BYTES`] (or
+//! past twice its size after the last compaction, if that is more) it is rewritten with
+//! only those. A `Finished` record names its lane (`"lane"` beside the reply's fields,
+//! which other versions ignore, so a downgrade reads the file as before); an id known
+//! only by its `Started` record (interrupted, or running) counts after a restart in a
+//! lane of such of its sender, as do a file's records from before lanes. Ids running now are kept besides, never forgotten while
 //! they run (a retry of one forgotten would run it a second time): as many as the handlers
 //! run at once, since a handler that cannot record a reply gives its ids up as interrupted
 //! ([`Received::abandon`]) and a batch naming an id that runs (or one id twice) starts
@@ -54,7 +58,8 @@ use std::sync::{Arc, Mutex};
 /// How a message is known here ([`key`]), held once and shared by the map and the queues.
 type Key = Arc<str>;
 
-/// A sender's method (`<sender>/<method>`), whose ids are remembered together.
+/// A sender's kind and method (`<sender>/<kind>.<method>`), whose ids are remembered
+/// together.
 type Lane = Arc<str>;
 
 /// How many ids that have ended are remembered (about 170 bytes each in memory).
@@ -62,7 +67,7 @@ pub const KEEP: usize = 20_000;
 /// How many ended ids of one lane are remembered at most: more than the counter window, and
 /// than a lane's two batches a sender may send again (one answered and not yet finished
 /// when it died, and the next; a sender moves on from a lane's batch only once its answer
-/// came).
+/// came). [`KEEP`] binds first when more than four lanes are full.
 pub const KEEP_PER_LANE: usize = 5_000;
 const _: () = assert!(4 * crate::message::MAX_BATCH <= KEEP_PER_LANE);
 /// Size past which the file is compacted.
@@ -149,54 +154,59 @@ impl Received {
             lanes: HashMap::new(),
             by_size: BTreeSet::new(),
         };
-        // Each lane's name held once; each started id's lane, for its reply after it.
-        let mut lanes: HashMap<String, Lane> = HashMap::new();
-        let mut started: HashMap<String, Lane> = HashMap::new();
-        for (offset, len, record) in decoded.records {
-            match record {
-                Record::Started { id } => {
-                    // `<sender>/<id>\n<method>`; before lanes, `<sender>/<id>` alone.
-                    let (id, method) = id.split_once('\n').unwrap_or((&id, ""));
-                    let lane = lanes
-                        .entry(lane_name(sender_of(id), method))
+        // First each answered id's lane, from its reply (its `Started` record, before it,
+        // does not say), each lane's name held once; then the records in order.
+        let mut names: HashMap<String, Lane> = HashMap::new();
+        let mut lane_of: HashMap<String, Lane> = HashMap::new();
+        let mut replies = Vec::new();
+        for (offset, len, record) in &decoded.records {
+            if let Record::Finished { reply } = record {
+                if let Ok((r, lane)) = decode_finished(reply) {
+                    let id = key(&r.to_node, &r.id);
+                    let lane = names
+                        .entry(lane_name(&r.to_node, lane.as_deref().unwrap_or("")))
                         .or_insert_with_key(|name| name.as_str().into())
                         .clone();
-                    started.insert(id.to_string(), lane.clone());
-                    inner.remember(id.into(), Known::Interrupted, &lane);
+                    lane_of.insert(id.clone(), lane);
+                    replies.push((*offset, *len, id));
                 }
-                Record::Finished { reply } => {
-                    if let Ok(r) = Reply::decode(&reply) {
-                        // Its lane is its `Started` record's; a reply without one (a file
-                        // compacted before lanes) counts in a lane of such of its sender.
-                        let id = key(&r.to_node, &r.id);
-                        let lane = match started.get(&id) {
-                            Some(lane) => lane.clone(),
-                            None => lanes
-                                .entry(lane_name(&r.to_node, ""))
-                                .or_insert_with_key(|name| name.as_str().into())
-                                .clone(),
-                        };
-                        inner.remember(id.into(), Known::Done { offset, len }, &lane);
-                    }
-                }
-                _ => {}
             }
+        }
+        let mut replies = replies.into_iter().peekable();
+        for (offset, _, record) in &decoded.records {
+            let (id, state) = match record {
+                Record::Started { id } => (id.clone(), Known::Interrupted),
+                Record::Finished { .. } => match replies.next_if(|(at, _, _)| at == offset) {
+                    Some((offset, len, id)) => (id, Known::Done { offset, len }),
+                    None => continue, // not a reply
+                },
+                _ => continue,
+            };
+            let lane = match lane_of.get(&id) {
+                Some(lane) => lane.clone(),
+                None => names
+                    .entry(lane_name(sender_of(&id), ""))
+                    .or_insert_with_key(|name| name.as_str().into())
+                    .clone(),
+            };
+            inner.remember(id.into(), state, &lane);
         }
         Ok(Received(Mutex::new(inner)))
     }
 
-    /// Looks up message `id` of the verified sender `from` for `method`; a new one is
-    /// recorded (durably) as started before this returns.
-    pub fn begin(&self, from: &str, method: &str, id: &str) -> io::Result<Seen> {
-        Ok(self.begin_many(from, method, &[id])?.remove(0))
+    /// Looks up message `id` of the verified sender `from`, sent on its `lane` (the kind
+    /// and method it came as: `CommandACK.CLICommand`); a new one is recorded (durably) as
+    /// started before this returns.
+    pub fn begin(&self, from: &str, lane: &str, id: &str) -> io::Result<Seen> {
+        Ok(self.begin_many(from, lane, &[id])?.remove(0))
     }
 
-    /// Looks up the ids of a batch from the verified sender `from` for `method`; the new
+    /// Looks up the ids of a batch from the verified sender `from` on its `lane`; the new
     /// ones are recorded as started, all with one fsync, before this returns. The fsync
     /// runs without the lock: meanwhile the ids count as running, so a retry of one is not
     /// run.
-    pub fn begin_many(&self, from: &str, method: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
-        self.begin_batch(from, method, ids, false)
+    pub fn begin_many(&self, from: &str, lane: &str, ids: &[&str]) -> io::Result<Vec<Seen>> {
+        self.begin_batch(from, lane, ids, false)
     }
 
     /// As [`Received::begin_many`]; with `rerun_interrupted`, an id that was running when
@@ -208,7 +218,7 @@ impl Received {
     pub fn begin_batch(
         &self,
         from: &str,
-        method: &str,
+        lane: &str,
         ids: &[&str],
         rerun_interrupted: bool,
     ) -> io::Result<Vec<Seen>> {
@@ -248,19 +258,14 @@ impl Received {
         if !started.is_empty() {
             let mut buf = Vec::new();
             for id in &started {
-                encode(
-                    &Record::Started {
-                        id: format!("{id}\n{method}"),
-                    },
-                    &mut buf,
-                );
+                encode(&Record::Started { id: id.to_string() }, &mut buf);
             }
             inner.file.append(&buf)?;
         }
         for id in &again {
             log::info!("{id}: interrupted by the last stop of this node; run again");
         }
-        let lane = inner.lane(&lane_name(from, method));
+        let lane = inner.lane(&lane_name(from, lane));
         inner.running.extend(
             started
                 .iter()
@@ -292,25 +297,31 @@ impl Received {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut buf = Vec::new();
         let mut spans = Vec::with_capacity(replies.len());
+        let mut ids = Vec::with_capacity(replies.len());
         for reply in replies {
+            let id = key(&reply.to_node, &reply.id);
+            // Started here (else an interrupted id answered: known, and kept in its lane).
+            let lane = match inner.running.get(id.as_str()) {
+                Some(lane) => lane.clone(),
+                None => inner.lane(&lane_name(&reply.to_node, "")),
+            };
             let start = buf.len();
-            encode_finished(&mut buf, |out| reply.encode_into(out));
+            encode_finished(&mut buf, |out| {
+                reply.encode_into(out);
+                with_lane(out, &lane);
+            });
             spans.push((start as u64, (buf.len() - start) as u32));
+            ids.push((id, lane));
         }
         let base = inner.file.append(&buf)?;
-        for (reply, (start, len)) in replies.iter().zip(spans) {
+        for ((id, lane), (start, len)) in ids.into_iter().zip(spans) {
             let state = Known::Done {
                 offset: base + start,
                 len,
             };
-            let id = key(&reply.to_node, &reply.id);
-            // Started here (else an interrupted id answered: known, and kept in its lane).
-            let (id, lane) = match inner.running.remove_entry(id.as_str()) {
-                Some(running) => running,
-                None => {
-                    let lane = inner.lane(&lane_name(&reply.to_node, ""));
-                    (id.into(), lane)
-                }
+            let id = match inner.running.remove_entry(id.as_str()) {
+                Some((id, _)) => id,
+                None => id.into(),
             };
             inner.remember(id, state, &lane);
         }
@@ -380,9 +391,35 @@ fn sender_of(key: &str) -> &str {
     key.split('/').next().unwrap_or("")
 }
 
-/// A lane's name: its sender and method (names cannot contain `/`).
-fn lane_name(from: &str, method: &str) -> String {
-    format!("{from}/{method}")
+/// A lane's name: its sender, and the kind and method it sends on (names cannot contain
+/// `/`); `""` for a lane of ids whose kind and method are not known (see the module docs).
+fn lane_name(from: &str, lane: &str) -> String {
+    format!("{from}/{lane}")
+}
+
+/// Adds `lane`'s kind and method to a reply's JSON object in `out`, as `"lane"`.
+fn with_lane(out: &mut Vec<u8>, lane: &Lane) {
+    let Some((_, sent_on)) = lane.split_once('/') else {
+        return;
+    };
+    if sent_on.is_empty() || out.last() != Some(&b'}') {
+        return;
+    }
+    out.pop();
+    out.extend_from_slice(b",\"lane\":");
+    serde_json::to_writer(&mut *out, sent_on).expect("a string serializes");
+    out.push(b'}');
+}
+
+/// A `Finished` record's reply, and the lane it names (none before lanes).
+fn decode_finished(json: &[u8]) -> Result<(Reply, Option<String>), serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Laned {
+        lane: Option<String>,
+    }
+    let reply = Reply::decode(json).map_err(serde::de::Error::custom)?;
+    let laned: Laned = serde_json::from_slice(json)?;
+    Ok((reply, laned.lane))
 }
 
 impl Inner {
@@ -460,24 +497,14 @@ impl Inner {
         }
     }
 
-    /// Rewrites the file with only the remembered ids, lane by lane, oldest first, each
-    /// with its `Started` record naming its lane (and its reply, if it has one), and the
-    /// running ones' `Started` records.
+    /// Rewrites the file with only the remembered ids, lane by lane, oldest first (a reply
+    /// names its lane; an interrupted id is its `Started` record), and the running ones'
+    /// `Started` records.
     fn compact(&mut self) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut states = HashMap::with_capacity(self.states.len());
-        let started = |buf: &mut Vec<u8>, id: &Key, lane: &Lane| {
-            let method = lane.split_once('/').map_or("", |(_, m)| m);
-            encode(
-                &Record::Started {
-                    id: format!("{id}\n{method}"),
-                },
-                buf,
-            );
-        };
-        for (lane, ids) in &self.lanes {
+        for ids in self.lanes.values() {
             for id in ids {
-                started(&mut buf, id, lane);
                 let state = match self.states[id] {
                     Known::Done { offset, len } => {
                         let start = buf.len();
@@ -490,15 +517,18 @@ impl Inner {
                             len,
                         }
                     }
-                    Known::Interrupted => Known::Interrupted,
+                    Known::Interrupted => {
+                        encode(&Record::Started { id: id.to_string() }, &mut buf);
+                        Known::Interrupted
+                    }
                 };
                 states.insert(id.clone(), state);
             }
         }
         // Running ids are in no lane yet (an interrupted one run again is, with its record).
-        for (id, lane) in &self.running {
+        for id in self.running.keys() {
             if !states.contains_key(id) {
-                started(&mut buf, id, lane);
+                encode(&Record::Started { id: id.to_string() }, &mut buf);
             }
         }
         // Until the rename, a failure leaves the old file in use; from the rename on, the
@@ -665,6 +695,8 @@ mod tests {
         let inner = r.0.lock().unwrap();
         let held: usize = inner.lanes.values().map(VecDeque::len).sum();
         assert_eq!(held, inner.states.len());
+        let distinct: HashSet<&Key> = inner.lanes.values().flatten().collect();
+        assert_eq!(distinct.len(), held, "an id in two lanes, or twice in one");
         assert!(
             inner.states.len() <= keep,
             "{} ids held",
@@ -712,6 +744,8 @@ mod tests {
         for (from, method) in [
             ("central", "TextLogging"),
             ("central", "CopyDst"),
+            // The same method under its other kind, sent once each without waiting.
+            ("central", "CommandNACK.CLICommand"),
             ("ship2", "TextLogging"),
             ("ship2", "ErrorLog"),
         ] {
@@ -736,7 +770,7 @@ mod tests {
             v
         };
         let before = sizes(&r);
-        assert_eq!(before.len(), 5, "{before:?}");
+        assert_eq!(before.len(), 6, "{before:?}");
         r.compact_now().unwrap();
         drop(r);
         let r = Received::open_keeping(dir.path(), keep, per_lane).unwrap();
@@ -830,6 +864,57 @@ mod tests {
             assert_eq!(newest(from, 20), Seen::New, "{from}: an old one");
         }
         agree(&r, 50, 20);
+    }
+
+    #[test]
+    fn a_file_from_before_lanes_is_read_and_one_of_this_version_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        // As the version before lanes wrote it: Started records, replies without a lane.
+        let mut buf = Vec::new();
+        for id in ["a", "b"] {
+            encode(
+                &Record::Started {
+                    id: key("central", id),
+                },
+                &mut buf,
+            );
+        }
+        encode_finished(&mut buf, |out| reply("a", "old").encode_into(out));
+        std::fs::write(dir.path().join("received.log"), &buf).unwrap();
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(
+            r.begin("central", "CommandACK.CLICommand", "a").unwrap(),
+            Seen::Done(reply("a", "old"))
+        );
+        assert_eq!(
+            r.begin("central", "CommandACK.CLICommand", "b").unwrap(),
+            Seen::Interrupted
+        );
+        agree(&r, KEEP, KEEP_PER_LANE);
+        // This version's reply names its lane, a field the version before ignores: its
+        // decoding of the record is the reply, whole.
+        assert_eq!(
+            r.begin("central", "CommandACK.CLICommand", "c").unwrap(),
+            Seen::New
+        );
+        finish(&r, &reply("c", "new"));
+        drop(r);
+        let bytes = std::fs::read(dir.path().join("received.log")).unwrap();
+        let decoded = decode(&bytes);
+        let Some((_, _, Record::Finished { reply: json })) = decoded.records.last() else {
+            panic!("no reply record last: {:?}", decoded.records.last());
+        };
+        assert!(String::from_utf8_lossy(json).contains("\"lane\":\"CommandACK.CLICommand\""));
+        assert_eq!(Reply::decode(json).unwrap(), reply("c", "new"));
+        // And its lane comes back with it.
+        let r = Received::open(dir.path()).unwrap();
+        let inner = r.0.lock().unwrap();
+        let lane_of_c = inner
+            .lanes
+            .iter()
+            .find(|(_, q)| q.iter().any(|k| &**k == "central/c"))
+            .map(|(lane, _)| lane.to_string());
+        assert_eq!(lane_of_c.as_deref(), Some("central/CommandACK.CLICommand"));
     }
 
     #[test]

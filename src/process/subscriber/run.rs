@@ -144,9 +144,11 @@ fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Optio
     if !method.remembered() {
         return Some(ids.iter().map(|_| Seen::New).collect());
     }
+    // The sender's lane: what follows this node's name in the subject (`CommandACK.CLICommand`).
+    let lane = subject.split_once('.').map_or(subject, |(_, lane)| lane);
     let seen = match node
         .received
-        .begin_batch(&a.from, name, &ids, method.reruns_interrupted())
+        .begin_batch(&a.from, lane, &ids, method.reruns_interrupted())
     {
         Ok(seen) => seen,
         Err(e) => {
