@@ -851,8 +851,8 @@ fn bare_batched_request_reply(broker: &str, payload: &[u8], n: usize, batch: usi
 /// A receiver's memory under a long stream of events: `STEWARD_BENCH_EVENTS` (default
 /// 1,000,000) small EventACKs central → ship1, fed in steps of 50,000, ship1's RSS after
 /// each tenth. What a receiver remembers of the ids it handled is bounded (the last
-/// 20,000, at most 5,000 of one sender's method; the signing counters per sender), so its
-/// memory must not follow the count.
+/// 20,000, at most 5,000 of one sender's kind and method; the signing counters per
+/// sender), so its memory must not follow the count.
 fn receiver(broker: &str, quick: bool) -> Vec<Row> {
     let total: usize = std::env::var("STEWARD_BENCH_EVENTS")
         .ok()
