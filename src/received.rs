@@ -14,38 +14,40 @@
 //! ([`Received::abandon`]), as it would after a restart.
 //!
 //! A failed fsync makes the log unusable and the agent stops (see
-//! [`crate::journal::record::RecordFile`]); `storage::crash` checks, through thousands of seeded
-//! schedules with power cuts and disk errors, that a started id never comes back new.
+//! [`crate::journal::record::RecordFile`]); `storage::crash` checks, through thousands of
+//! seeded schedules with power cuts and disk errors, that a started id never comes back
+//! new.
 //!
 //! The record format is the journal's (see [`crate::journal::record`]). Ids that have ended
 //! (answered, or interrupted by a stop) are kept per *lane*, as their sender sends them: a
 //! sender's kind and method (`central`'s `CommandACK.CLICommand`), one message or one batch
 //! at a time, in order. At most [`KEEP_PER_LANE`] of a lane are kept (its own oldest make
 //! room for its new ones), and [`KEEP`] in all (past that, the lane that holds the most
-//! gives up its oldest): so memory and disk are bounded whatever the rate, and no lane,
-//! not even one of a sender whose key was stolen, can push out another lane's ids while it
+//! gives up its oldest): so memory and disk are bounded whatever the rate, and no lane, not
+//! even one of a sender whose key was stolen, can push out another lane's ids while it
 //! holds fewer. A lane waiting to send a message again (its ACK was lost: a command waits
 //! out its timeout) sends nothing else meanwhile, so its ids are not pushed out by its own
-//! sender's other lanes streaming events or a copy's chunks, as they were when the cap
-//! was per sender. Past [`KEEP`], the busy lanes share it evenly: with more than nine
-//! lanes streaming batches of 1,024 at once, each keeps fewer than the two batches a
-//! sender may send again after it restarts. When the file grows past [`COMPACT_BYTES`] (or
-//! past twice its size after the last compaction, if that is more) it is rewritten with
-//! only those. A `Finished` record names its lane (`"lane"` beside the reply's fields,
-//! which other versions ignore, so a downgrade reads the file as before); an id known
-//! only by its `Started` record (interrupted, or running) counts after a restart in a
-//! lane of such of its sender, as do a file's records from before lanes. Ids running now are kept besides, never forgotten while
-//! they run (a retry of one forgotten would run it a second time): as many as the handlers
-//! run at once, since a handler that cannot record a reply gives its ids up as interrupted
-//! ([`Received::abandon`]) and a batch naming an id that runs (or one id twice) starts
-//! nothing. So what is held is bounded by what runs, not by what arrives.
+//! sender's other lanes streaming events or a copy's chunks, as they were when the cap was
+//! per sender. Past [`KEEP`], the busy lanes share it evenly: with more than nine lanes
+//! streaming batches of 1,024 at once, each keeps fewer than the two batches a sender may
+//! send again after it restarts. When the file grows past [`COMPACT_BYTES`] (or past twice
+//! its size after the last compaction, if that is more) it is rewritten with only those. A
+//! `Finished` record names its lane (`"lane"` beside the reply's fields, which other
+//! versions ignore, so a downgrade reads the file as before); an id known only by its
+//! `Started` record (interrupted, or running) counts after a restart in a lane of such of
+//! its sender, as do a file's records from before lanes. Ids running now are kept besides,
+//! never forgotten while they run (a retry of one forgotten would run it a second time): as
+//! many as the handlers run at once, since a handler that cannot record a reply gives its
+//! ids up as interrupted ([`Received::abandon`]) and a batch naming an id that runs (or one
+//! id twice) starts nothing. So what is held is bounded by what runs, not by what arrives.
 //!
 //! Replays are refused by the senders' counters (see [`crate::keys`]); the ids also cover
 //! the counters taken in the last second before a crash, which `keys/senders.json` may not
 //! hold yet, for as long as they are remembered here. A message taken in that second,
 //! captured, and replayed after the node has since taken more than [`KEEP_PER_LANE`] others
-//! of its lane (or [`KEEP`] in all, its lane the largest) could run again on a node whose clock is not
-//! checked; with the clock checked, the replay window refuses it (README: not covered).
+//! of its lane (or [`KEEP`] in all, its lane the largest) could run again on a node whose
+//! clock is not checked; with the clock checked, the replay window refuses it (README: not
+//! covered).
 
 use crate::journal::record::{decode, encode, encode_finished, open_records, Record, RecordFile};
 use crate::message::Reply;
