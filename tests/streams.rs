@@ -109,3 +109,34 @@ fn cli_command_cont_stores_the_first_line_before_the_command_ends() {
         .iter()
         .all(|v| v["inReplyTo"]["exitCode"].is_null()));
 }
+
+#[test]
+fn tail_file_and_copy_src_never_read_out_what_is_private_to_the_node() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    // Something for ship1's received log to hold first.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["echo","a-reply"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    central.wait_for("replies/ship1.CLICommand.log", "a-reply");
+    // Its received log (others' replies), its seed through `..`, its journal copied away.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["journal/received.log"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":5},
+{"toNode":"ship1","data":["journal/../keys/node.seed"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":5},
+{"toNode":"ship1","data":["journal/journal.log","central","incoming/journal.log","0600"],"commandOrEvent":"CommandACK","method":"CopySrc"}]"#,
+    );
+    let tails = central.wait_for(
+        "replies/ship1.TailFile.log",
+        "keys/: the node's signing key",
+    );
+    assert!(
+        tails.contains("journal/: what other senders sent this node"),
+        "{tails}"
+    );
+    let copies = central.wait_for("replies/ship1.CopySrc.log", "never copied from this node");
+    assert!(copies.contains("it is under journal/"), "{copies}");
+    assert!(!tails.contains("a-reply") && !copies.contains("a-reply"));
+    assert!(!central.path("incoming").exists());
+    drop(ship1);
+}

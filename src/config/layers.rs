@@ -175,10 +175,21 @@ impl Options<'_> {
         if ways.len() > 1 {
             return Err(Error::Auth(ways.iter().map(Auth::describe).collect()));
         }
+        let mut secret_files = Vec::new();
+        for option in [
+            "passwordFile",
+            "tokenFile",
+            "nkeySeedFile",
+            "credsFile",
+            "tlsKey",
+        ] {
+            secret_files.extend(self.file(option)?.map(|(path, _)| path));
+        }
         Ok(BrokerSecurity {
             tls_ca,
             tls_client,
             auth: ways.pop().unwrap_or_default(),
+            secret_files,
         })
     }
 

@@ -128,6 +128,10 @@ pub struct BrokerSecurity {
     pub tls_ca: Option<PathBuf>,
     pub tls_client: Option<(PathBuf, PathBuf)>,
     pub auth: Auth,
+    /// The files the credentials were read from (`--passwordFile`, `--tokenFile`,
+    /// `--nkeySeedFile`, `--credsFile`, `--tlsKey`): never read out for a sender
+    /// ([`crate::methods::private_to_the_node`]).
+    pub secret_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -80,6 +80,57 @@ pub const EVENTS: &[Kind] = &[Kind::EventAck, Kind::EventNack];
 /// and the supervisor's process table. Not the journal or the broker: a method does its
 /// work and returns an outcome; getting it back to the sender (in the ACK, or as a result
 /// message) is the subscriber's business.
+/// Why a method that reads a file for its sender (`TailFile`, `CopySrc`) may not read
+/// `path` on this node, if it may not: this node's signing key (`keys/`), the records of
+/// what other senders sent it and were answered (`journal/`: the journal and the received
+/// log), and the files its broker credentials came from. Wherever `path` really is (`..`
+/// and links followed; for a file not there yet, where its nearest existing folder really
+/// is, and a `..` past that refused, since what it would lead to cannot be told).
+/// Anything else the agent's user may read, a sender allowed these methods may read.
+pub fn private_to_the_node(
+    path: &std::path::Path,
+    data: &crate::files::DataFolder,
+    config: &Config,
+) -> Option<&'static str> {
+    let real = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let Some(path) = where_it_is(path) else {
+        return Some("it names `..` past a folder that is not there");
+    };
+    if path.starts_with(real(&data.keys())) {
+        Some("it is under keys/: the node's signing key is there")
+    } else if path.starts_with(real(&data.journal_dir())) {
+        Some("it is under journal/: what other senders sent this node, and its answers, are there")
+    } else if config
+        .security
+        .secret_files
+        .iter()
+        .any(|secret| real(secret) == path)
+    {
+        Some("it holds this node's broker credentials")
+    } else {
+        None
+    }
+}
+
+/// Where `path` really is: canonical if it is there; else its nearest existing folder's
+/// canonical place with the rest as written, or `None` if the rest climbs with `..`.
+fn where_it_is(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    if let Ok(real) = path.canonicalize() {
+        return Some(real);
+    }
+    for folder in path.ancestors().skip(1) {
+        let Ok(real) = folder.canonicalize() else {
+            continue;
+        };
+        let rest = path.strip_prefix(folder).ok()?;
+        let climbs = rest
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+        return (!climbs).then(|| real.join(rest));
+    }
+    Some(path.to_path_buf())
+}
+
 pub struct Context<'a> {
     pub config: &'a Config,
     pub data: &'a DataFolder,
@@ -289,5 +340,57 @@ pub fn kind_refusal(method: &str, kind: Kind) -> Option<String> {
             ))
         }
         Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn what_is_private_to_the_node_is_never_read_out_for_a_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::files::DataFolder::new(dir.path().join("data"));
+        for sub in ["keys", "journal", "logs"] {
+            std::fs::create_dir_all(data.root.join(sub)).unwrap();
+        }
+        for file in ["keys/node.seed", "journal/received.log", "logs/app.log"] {
+            std::fs::write(data.root.join(file), "x").unwrap();
+        }
+        let password = dir.path().join("broker.password");
+        std::fs::write(&password, "secret").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(data.root.join("journal"), dir.path().join("elsewhere"))
+            .unwrap();
+        let root = data.root.to_str().unwrap();
+        let args = [
+            "--node",
+            "ship1",
+            "--dataFolder",
+            root,
+            "--user",
+            "u",
+            "--passwordFile",
+            password.to_str().unwrap(),
+        ];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let args = crate::config::normalize_args(&args).unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let flags =
+            <crate::config::Flags as argh::FromArgs>::from_args(&["steward"], &args).unwrap();
+        let config = crate::config::Config::load(&flags, &|_| None).unwrap();
+        let private = |p: &std::path::Path| super::private_to_the_node(p, &data, &config);
+        let why = |p: &std::path::Path| private(p).unwrap_or_default();
+        assert!(why(&data.root.join("keys/node.seed")).contains("keys/"));
+        // Wherever it really is: through `..`, and through a link from outside.
+        assert!(why(&data.root.join("logs/../journal/received.log")).contains("journal/"));
+        assert!(why(&dir.path().join("elsewhere/received.log")).contains("journal/"));
+        assert!(why(&password).contains("broker credentials"));
+        assert_eq!(private(&data.root.join("logs/app.log")), None);
+        // Not there yet: where its folder really is; a `..` past what is not there, refused.
+        assert!(why(&dir.path().join("elsewhere/not-yet.log")).contains("journal/"));
+        assert!(why(&data.root.join("logs/../keys/not-yet")).contains("keys/"));
+        assert!(why(&data.root.join("nowhere/../keys/node.seed")).contains("`..`"));
+        assert_eq!(private(&data.root.join("logs/new/app.log")), None);
     }
 }

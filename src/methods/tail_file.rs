@@ -51,17 +51,11 @@ impl Method for TailFile {
             );
         };
         let path = ctx.data.root.join(path);
-        // Where it really is (`..`, links), for the keys/ check.
-        let real = path.canonicalize().unwrap_or_else(|_| path.clone());
-        let keys = ctx
-            .data
-            .keys()
-            .canonicalize()
-            .unwrap_or_else(|_| ctx.data.keys());
-        if real.starts_with(&keys) {
-            return Outcome::refused(
-                "TailFile does not follow files under keys/: the node's signing key is there",
-            );
+        if let Some(why) = super::private_to_the_node(&path, ctx.data, ctx.config) {
+            return Outcome::refused(format!(
+                "TailFile does not follow {}: {why}",
+                path.display()
+            ));
         }
         let mut tail = match Tail::open(&path) {
             Ok(tail) => tail,

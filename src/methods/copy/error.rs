@@ -237,8 +237,11 @@ pub enum CopySrcError {
         path: PathBuf,
         source: io::Error,
     },
-    /// Under this node's `keys/`.
-    InKeys(PathBuf),
+    /// Private to this node ([`crate::methods::private_to_the_node`]), and why.
+    Private {
+        path: PathBuf,
+        why: &'static str,
+    },
     NotAFile(PathBuf),
     /// Larger than `--maxCopyBytes` (`cap`).
     TooBig {
@@ -265,11 +268,9 @@ impl fmt::Display for CopySrcError {
             CopySrcError::Read { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
-            CopySrcError::InKeys(path) => write!(
-                f,
-                "{} is in this node's keys folder: never copied (its signing key would leave with it)",
-                path.display()
-            ),
+            CopySrcError::Private { path, why } => {
+                write!(f, "{} is never copied from this node: {why}", path.display())
+            }
             CopySrcError::NotAFile(path) => write!(f, "{} is not a file", path.display()),
             CopySrcError::TooBig { path, size, cap } => write!(
                 f,
@@ -297,7 +298,7 @@ impl Error for CopySrcError {
                 Some(source)
             }
             CopySrcError::NoGrant { .. }
-            | CopySrcError::InKeys(_)
+            | CopySrcError::Private { .. }
             | CopySrcError::NotAFile(_)
             | CopySrcError::TooBig { .. } => None,
         }

@@ -256,7 +256,7 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, CopySrcError> {
         });
     };
     let args = grant.chunk_args(sig);
-    let path = source_path(&ctx.data.root, request.src)?;
+    let path = source_path(ctx, request.src)?;
     let cannot_read = |source| CopySrcError::Read {
         path: path.clone(),
         source,
@@ -358,21 +358,20 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, CopySrcError> {
     ))
 }
 
-/// Where `src` is on this node: absolute, or under the data folder `root`; never under its
-/// `keys/` (this node's seed).
-fn source_path(root: &Path, src: &str) -> Result<PathBuf, CopySrcError> {
+/// Where `src` is on this node: absolute, or under the data folder; never what is private
+/// to the node ([`crate::methods::private_to_the_node`]: its seed, its records of others'
+/// messages, its broker credentials).
+fn source_path(ctx: &Context, src: &str) -> Result<PathBuf, CopySrcError> {
     let path = match Path::new(src).is_absolute() {
         true => PathBuf::from(src),
-        false => root.join(src),
+        false => ctx.data.root.join(src),
     };
     let real = match path.canonicalize() {
         Ok(real) => real,
         Err(source) => return Err(CopySrcError::Read { path, source }),
     };
-    let keys = root.join("keys");
-    let keys = keys.canonicalize().unwrap_or(keys);
-    if real.starts_with(&keys) {
-        return Err(CopySrcError::InKeys(real));
+    if let Some(why) = crate::methods::private_to_the_node(&real, ctx.data, ctx.config) {
+        return Err(CopySrcError::Private { path: real, why });
     }
     Ok(real)
 }

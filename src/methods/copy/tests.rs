@@ -347,7 +347,14 @@ fn copy_src_refuses_what_it_must_not_copy_before_queueing_anything() {
     let mut unsigned = request("out/file.bin", "in/x", None);
     unsigned.grant = None;
     refused(&p, &unsigned, "no grant");
-    refused(&p, &request("keys/node.seed", "in/x", None), "keys folder");
+    refused(&p, &request("keys/node.seed", "in/x", None), "under keys/");
+    std::fs::create_dir_all(p.source.data.journal_dir()).unwrap();
+    std::fs::write(p.source.data.journal_dir().join("received.log"), "x").unwrap();
+    refused(
+        &p,
+        &request("out/../journal/received.log", "in/x", None),
+        "under journal/",
+    );
     refused(&p, &request("out/none", "in/x", None), "cannot read");
     refused(&p, &request("out", "in/x", None), "not a file");
     refused(&p, &request("out/file.bin", "in/../x", None), "bad dstPath");
