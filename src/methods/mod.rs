@@ -96,6 +96,11 @@ pub fn private_to_the_node(
     let Some(path) = where_it_is(path) else {
         return Some("it names `..` past a folder that is not there");
     };
+    // The kernel's view of processes: this one's own descriptors (`/proc/self/fd/N`, which
+    // its journal may come to be) and environment (credentials given as variables).
+    if path.starts_with("/proc") {
+        return Some("it is under /proc: this node's own descriptors and environment are there");
+    }
     if path.starts_with(real(&data.keys())) {
         Some("it is under keys/: the node's signing key is there")
     } else if path.starts_with(real(&data.journal_dir())) {
@@ -392,5 +397,14 @@ mod tests {
         assert!(why(&data.root.join("logs/../keys/not-yet")).contains("keys/"));
         assert!(why(&data.root.join("nowhere/../keys/node.seed")).contains("`..`"));
         assert_eq!(private(&data.root.join("logs/new/app.log")), None);
+        // This process's descriptors and environment, through any way there.
+        for p in [
+            "/proc/self/environ",
+            "/proc/self/fd/3",
+            "/dev/fd/3",
+            "/dev/fd/9999",
+        ] {
+            assert!(why(std::path::Path::new(p)).contains("/proc"), "{p}");
+        }
     }
 }

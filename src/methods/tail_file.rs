@@ -64,9 +64,20 @@ impl Method for TailFile {
         let watch = path.parent().and_then(crate::files::Watch::new);
         let mut stream = Stream::default();
         let until = Instant::now() + follow_for;
+        // Checked again each time the path leads to another file (a rotation, or a file
+        // appearing): what it leads to then may be private to the node.
+        let private = |p: &Path| super::private_to_the_node(p, ctx.data, ctx.config);
+        let mut stopped = None;
         loop {
-            if let Err(e) = tail.read_new(|bytes| stream.take(bytes, envelope, ctx)) {
-                log::warn!("{}: following {}: {e}", envelope.id, path.display());
+            match tail.read_new(&private, |bytes| stream.take(bytes, envelope, ctx)) {
+                Ok(()) => {}
+                Err(Followed::Private(why)) => {
+                    stopped = Some(why);
+                    break;
+                }
+                Err(Followed::Io(e)) => {
+                    log::warn!("{}: following {}: {e}", envelope.id, path.display());
+                }
             }
             if stream.sent >= MAX_RESULTS {
                 break;
@@ -87,6 +98,12 @@ impl Method for TailFile {
             stream.sent,
             tail.rotations
         );
+        if let Some(why) = stopped {
+            summary.push_str(&format!(
+                "[steward: stopped: {} came to lead where TailFile does not follow: {why}]\n",
+                path.display()
+            ));
+        }
         let rest = String::from_utf8_lossy(&stream.unsent);
         if stream.sent == 0 && crate::reply::ResultRoute::of_request(envelope).is_none() {
             // No replyMethod: the lines are the answer.
@@ -99,6 +116,19 @@ impl Method for TailFile {
             streamed: true,
             ..Outcome::ok(summary)
         }
+    }
+}
+
+/// Why following stopped or paused.
+enum Followed {
+    /// The path now leads to what is private to the node: following ends.
+    Private(&'static str),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Followed {
+    fn from(e: std::io::Error) -> Followed {
+        Followed::Io(e)
     }
 }
 
@@ -143,13 +173,18 @@ impl Tail {
     }
 
     /// Hands what was appended since the last look to `each`: the rest of a file rotated
-    /// away first, then the new file from its start; a file cut short from its start.
-    fn read_new(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    /// away first, then the new file from its start (unless `private` says where the path
+    /// leads now is not to be read); a file cut short from its start.
+    fn read_new(
+        &mut self,
+        private: &dyn Fn(&Path) -> Option<&'static str>,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), Followed> {
         self.read_to_end(&mut each)?;
         let now = match std::fs::metadata(&self.path) {
             Ok(meta) => Some((meta.dev(), meta.ino(), meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         match now {
             Some((dev, ino, _)) if self.id != Some((dev, ino)) => {
@@ -159,8 +194,12 @@ impl Tail {
                 if self.id.is_some() {
                     self.rotations += 1;
                 }
+                if let Some(why) = private(&self.path) {
+                    self.file = None;
+                    return Err(Followed::Private(why));
+                }
                 if !std::fs::metadata(&self.path)?.is_file() {
-                    return Err(std::io::Error::other("not a regular file"));
+                    return Err(std::io::Error::other("not a regular file").into());
                 }
                 let f = File::open(&self.path)?;
                 self.file = Some(f);
@@ -209,8 +248,35 @@ mod tests {
 
     fn appended(tail: &mut Tail) -> String {
         let mut got = Vec::new();
-        tail.read_new(|b| got.extend_from_slice(b)).unwrap();
+        if tail
+            .read_new(&|_| None, |b| got.extend_from_slice(b))
+            .is_err()
+        {
+            panic!("cannot follow");
+        }
         String::from_utf8(got).unwrap()
+    }
+
+    #[test]
+    fn a_path_that_comes_to_lead_somewhere_private_is_no_longer_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, secret) = (dir.path().join("app.log"), dir.path().join("secret"));
+        std::fs::write(&path, "old\n").unwrap();
+        std::fs::write(&secret, "key\n").unwrap();
+        let mut tail = Tail::open(&path).unwrap();
+        let secret_real = secret.canonicalize().unwrap();
+        let private =
+            |p: &Path| (p.canonicalize().ok().as_ref() == Some(&secret_real)).then_some("private");
+        let mut got = Vec::new();
+        assert!(tail
+            .read_new(&private, |b| got.extend_from_slice(b))
+            .is_ok());
+        // "Rotated": the path is now a link to the secret.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let followed = tail.read_new(&private, |b| got.extend_from_slice(b));
+        assert!(matches!(followed, Err(Followed::Private("private"))));
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]
