@@ -75,15 +75,11 @@ pub const COMMANDS: &[Kind] = &[Kind::CommandAck, Kind::CommandNack];
 /// The kinds of a method that takes what happened (a log line, a Hello): events only.
 pub const EVENTS: &[Kind] = &[Kind::EventAck, Kind::EventNack];
 
-/// What a method may use of its node: its configuration and data folder, its public key,
-/// whom it trusts, who said Hello, the metrics, the log budget, a way to report to central,
-/// and the supervisor's process table. Not the journal or the broker: a method does its
-/// work and returns an outcome; getting it back to the sender (in the ACK, or as a result
-/// message) is the subscriber's business.
 /// Why a method that reads a file for its sender (`TailFile`, `CopySrc`) may not read
 /// `path` on this node, if it may not: this node's signing key (`keys/`), the records of
 /// what other senders sent it and were answered (`journal/`: the journal and the received
-/// log), and the files its broker credentials came from. Wherever `path` really is (`..`
+/// log), the files its broker credentials came from, and `/proc` (its own descriptors and
+/// environment). Wherever `path` really is (`..`
 /// and links followed; for a file not there yet, where its nearest existing folder really
 /// is, and a `..` past that refused, since what it would lead to cannot be told).
 /// Anything else the agent's user may read, a sender allowed these methods may read.
@@ -136,6 +132,11 @@ fn where_it_is(path: &std::path::Path) -> Option<std::path::PathBuf> {
     Some(path.to_path_buf())
 }
 
+/// What a method may use of its node: its configuration and data folder, its public key,
+/// whom it trusts, who said Hello, the metrics, the log budget, a way to report to central,
+/// and the supervisor's process table. Not the journal or the broker: a method does its
+/// work and returns an outcome; getting it back to the sender (in the ACK, or as a result
+/// message) is the subscriber's business.
 pub struct Context<'a> {
     pub config: &'a Config,
     pub data: &'a DataFolder,
