@@ -89,12 +89,20 @@ pub fn private_to_the_node(
     config: &Config,
 ) -> Option<&'static str> {
     let real = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    let Some(path) = where_it_is(path) else {
+    let given = path;
+    let Some(path) = where_it_is(given) else {
         return Some("it names `..` past a folder that is not there");
     };
     // The kernel's view of processes: this one's own descriptors (`/proc/self/fd/N`, which
-    // its journal may come to be) and environment (credentials given as variables).
-    if path.starts_with("/proc") {
+    // its journal may come to be) and environment (credentials given as variables). Also
+    // when the descriptor leads elsewhere now: by its folder (`/dev/fd/N` too).
+    let in_proc = |p: &std::path::Path| p.starts_with("/proc");
+    if in_proc(&path)
+        || given
+            .parent()
+            .and_then(where_it_is)
+            .is_some_and(|f| in_proc(&f))
+    {
         return Some("it is under /proc: this node's own descriptors and environment are there");
     }
     if path.starts_with(real(&data.keys())) {
@@ -398,14 +406,18 @@ mod tests {
         assert!(why(&data.root.join("logs/../keys/not-yet")).contains("keys/"));
         assert!(why(&data.root.join("nowhere/../keys/node.seed")).contains("`..`"));
         assert_eq!(private(&data.root.join("logs/new/app.log")), None);
-        // This process's descriptors and environment, through any way there.
+        // This process's descriptors and environment, through any way there, whether a
+        // descriptor is open now (to an ordinary file: this one) or not.
+        let open = std::fs::File::open(data.root.join("logs/app.log")).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&open);
         for p in [
-            "/proc/self/environ",
-            "/proc/self/fd/3",
-            "/dev/fd/3",
-            "/dev/fd/9999",
+            "/proc/self/environ".to_string(),
+            format!("/proc/self/fd/{fd}"),
+            format!("/dev/fd/{fd}"),
+            "/dev/fd/9999".to_string(),
         ] {
-            assert!(why(std::path::Path::new(p)).contains("/proc"), "{p}");
+            assert!(why(std::path::Path::new(&p)).contains("/proc"), "{p}");
         }
+        drop(open);
     }
 }
