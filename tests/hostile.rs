@@ -621,10 +621,11 @@ fn a_fleet_key_cannot_make_central_journal_and_send_results_of_its_own() {
     // Results for ship2's Console (central journals its own error reports meanwhile).
     let accepted = || central.metric("steward_messages_accepted_total{method=\"Console\"}");
     let before = (accepted(), refusals(&central));
-    // ship2's key, stolen: every kind of every method central listens on, each asking for
-    // its result as a message of its own, to a method ship2 never answers, with 250 KB of
-    // arguments and a time to live of three thousand years (each would be journaled and
-    // sent again every minute, outside the log budget and the free-space floor).
+    // ship2's key, stolen: every kind of every method central listens on, alone and in a
+    // batch, each asking for its result as a message of its own, to a method ship2 never
+    // answers, with 250 KB of arguments and a time to live of three thousand years (each
+    // would be journaled and sent again every minute, outside the log budget and the
+    // free-space floor).
     let big = "x".repeat(250_000);
     let listening = listened(&central);
     let mut sent = 0;
@@ -634,26 +635,30 @@ fn a_fleet_key_cannot_make_central_journal_and_send_results_of_its_own() {
             if !listening.contains(&subject) {
                 continue;
             }
-            let plain = envelope(
-                &format!("r-{sent}"),
-                "ship2",
-                "central",
-                kind,
-                method,
-                &["x\n"],
-            );
-            let mut v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
-            v["replyMethod"] = "Console".into();
-            v["replyMethodArgs"] = serde_json::json!([big]);
-            v["ttl"] = 99_999_999_999u64.into();
-            let payload = serde_json::to_vec(&v).unwrap();
-            let reply = format!("_INBOX.ship2.r{sent}");
-            let h = signed_by("ship2", &subject, Some(&reply), &payload);
-            raw.send(&subject, Some(&reply), Some(&h), &payload);
-            sent += 1;
+            let asking = |id: String| {
+                let plain = envelope(&id, "ship2", "central", kind, method, &["x\n"]);
+                let mut v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+                v["replyMethod"] = "Console".into();
+                v["replyMethodArgs"] = serde_json::json!([big]);
+                v["ttl"] = 99_999_999_999u64.into();
+                v
+            };
+            // Alone, and two in a batch.
+            let alone = serde_json::to_vec(&asking(format!("r-{sent}"))).unwrap();
+            let batch = serde_json::to_vec(&serde_json::json!([
+                asking(format!("r-{sent}-a")),
+                asking(format!("r-{sent}-b")),
+            ]))
+            .unwrap();
+            for payload in [alone, batch] {
+                let reply = format!("_INBOX.ship2.r{sent}");
+                let h = signed_by("ship2", &subject, Some(&reply), &payload);
+                raw.send(&subject, Some(&reply), Some(&h), &payload);
+                sent += 1;
+            }
         }
     }
-    assert!(sent >= 4, "central listens on {listening:?}");
+    assert!(sent >= 8, "central listens on {listening:?}");
     central.wait_metric(&format!("{sent} refused"), refusals, |v| {
         v >= before.1 + sent as f64
     });
