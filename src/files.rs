@@ -122,10 +122,11 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 }
 
 /// Appends `bytes` as one record, durably, or not at all: a record half written (a full
-/// disk) or not synced is cut back off, so that a retry appends it whole, once. A file it
-/// creates has its name made durable too. For files with one writer (a lane's reply file):
-/// another writer's append in between would be cut too.
-pub fn append_record(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// disk) or not synced is cut back off, so that a retry appends it whole, once, and the file
+/// never keeps a fragment for the next record to be glued to. A file it creates has its
+/// name made durable too. The cut is only safe while no other append to the file runs:
+/// callers go through [`append_shared`], whose group runs one append per file at a time.
+fn append_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let created = !path.exists();
     let mut f = open_append(path)?;
     let start = f.metadata()?.len();
@@ -240,12 +241,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     Group::of(Work::SyncDir, dir).join(&[], |_| File::open(dir)?.sync_all())
 }
 
-/// Appends `bytes` durably to a file that many threads append to at once (message-log.txt,
-/// a line per finished message from every publisher): lines that come while a write and
-/// fsync run go out together with the next, one write and one fsync for all ([`Group`]).
-/// Each caller's bytes stay together; it returns once they are synced.
+/// Appends `bytes` durably, whole or not at all, to a file that several threads append to
+/// (message-log.txt, a line per finished message from every publisher; failed-messages.txt;
+/// a reply file, shared by a method's ACK and NACK lanes to one node): what comes while a
+/// write and fsync run goes out together with the next, one write and one fsync for all
+/// ([`Group`]). Each caller's bytes stay together; it returns once they are synced. A
+/// write that fails is cut back off ([`append_whole`]): safe, as the group runs one
+/// append to the file at a time, so the cut never takes another caller's record.
 pub fn append_shared(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    Group::of(Work::Append, path).join(bytes, |all| append(path, all, true))
+    Group::of(Work::Append, path).join(bytes, |all| append_whole(path, all))
 }
 
 /// What a [`Group`] does: groups are kept per path and per work, so that a folder sync

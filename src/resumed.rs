@@ -24,20 +24,41 @@
 //!   is not found, the lane's later ones are not looked for (a lane stores its replies in
 //!   order).
 //!
+//! A power cut can also come in the middle of a write: a reply file, failed-messages.txt or
+//! message-log.txt can end with part of what was being written (on ext4, its first pages:
+//! the file's size follows what was written back). Only the messages being finished then
+//! are in such a tail, all unfinished in the journal, sent again and written again whole.
+//! So a reply record counts as stored only when it is whole: its header ends with its
+//! body's length and CRC-32 (`bytes=… crc=…`, [`ReplyHeader`]), checked here. And at a start
+//! with unfinished messages, before anything is written ([`Resumed::open`]):
+//!
+//! - a reply file of a lane with unfinished messages that does not end with a whole record
+//!   gets a line saying so ([`CUT_SHORT`]), so that the next record starts on a line of its
+//!   own and an operator reading the file knows the record above is not whole; nothing is
+//!   cut from a reply file, as a record's output may itself hold lines that look like
+//!   records (a reply file read by `cat`), so where a record begins cannot be told backwards
+//!   for sure;
+//! - message-log.txt and failed-messages.txt, whose records are lines and top-level arrays
+//!   and never hold one in another, have the part after their last whole line (array) cut
+//!   off, and the cut logged.
+//!
+//! (While a node runs, a write that fails is cut back off at once: [`crate::files::append_shared`].)
+//!
 //! The bounds cost nothing in the common case (a window covers ten journal syncs, and
 //! [`TAIL_BYTES`] about a second of the benchmark's peak event rate); past them, a message
 //! whose finish record stayed unsynced that long could be stored and listed twice, never
 //! lost. A start with nothing unfinished reads nothing. The ids are kept as 64-bit hashes:
 //! at most [`TAIL_BYTES`] of lines, under a megabyte.
 
+use crate::files::DataFolder;
 use crate::journal::Entry;
 use crate::subject::Subject;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// How far back from its last line message-log.txt is read at start, in milliseconds: ten
@@ -49,6 +70,9 @@ pub const WINDOW: u64 = 5_000;
 pub const TAIL_BYTES: u64 = 16 << 20;
 /// How much is read at a time, backwards.
 const CHUNK: u64 = 64 << 10;
+/// The line a reply file gets after a record a stop left in part (see the module docs).
+pub const CUT_SHORT: &str =
+    "=== (the record above was cut short when the node stopped: not a whole reply; its message is sent again)\n";
 
 /// What this run resumed, and what the last run listed before it stopped.
 pub struct Resumed {
@@ -72,22 +96,34 @@ struct Listed {
 }
 
 impl Resumed {
-    /// What a start finds: the journal's first sequence number for this run, and whether
-    /// it holds unfinished messages (if not, nothing is read). The message log is read on
-    /// a best-effort basis: if it cannot be read, nothing is skipped (at worst, stored
-    /// twice).
-    pub fn open(message_log: &Path, first_new_seq: u64, anything_unfinished: bool) -> Resumed {
+    /// What a start finds, before anything is written: the journal's first sequence number
+    /// for this run, and the lanes holding unfinished messages (none: nothing is read).
+    /// Tails a stop left in part are dealt with first (see the module docs). The message
+    /// log is read on a best-effort basis: if it cannot be read, nothing is skipped (at
+    /// worst, stored twice).
+    pub fn open(data: &DataFolder, first_new_seq: u64, unfinished: &[Subject]) -> Resumed {
         let mut resumed = Resumed {
             first_new_seq,
             listed: HashSet::new(),
             since: None,
             looked_up: Mutex::new(HashSet::new()),
         };
-        if !anything_unfinished {
+        if unfinished.is_empty() {
             return resumed;
         }
+        let message_log = data.message_log();
+        cut_after_the_last(&message_log, b"\n");
+        cut_after_the_last(&data.failed(), b"\n]\n");
+        let files: BTreeSet<PathBuf> = unfinished
+            .iter()
+            .map(|lane| data.replies(&lane.node, &lane.method))
+            .collect();
+        for path in files {
+            mark_if_cut_short(&path);
+        }
+        let message_log = message_log.as_path();
         let mut last = None;
-        let read = lines_backward(message_log, TAIL_BYTES, |line| {
+        let read = lines_backward(message_log, TAIL_BYTES, |_, line| {
             // A line torn by the cut, or not steward's: passed over.
             let Ok(l) = serde_json::from_slice::<Listed>(line) else {
                 return true;
@@ -145,19 +181,31 @@ impl Resumed {
         }
         let mut wanted: HashSet<&str> = ids.iter().copied().collect();
         let mut found = HashSet::new();
-        let read = lines_backward(path, TAIL_BYTES, |line| {
-            let Some((at, id)) = reply_header(line) else {
-                return true;
-            };
-            if self.since.as_deref().is_some_and(|since| at < since) {
-                return false;
-            }
-            if wanted.remove(id) {
-                found.insert(id.to_string());
-                return !wanted.is_empty();
-            }
-            // Before a listed message's reply, everything was listed too.
-            !self.listed.contains(&key(id))
+        let read = File::open(path).and_then(|file| {
+            lines_backward_in(&file, TAIL_BYTES, |at_byte, line| {
+                let Some(header) = ReplyHeader::parse(line) else {
+                    return true;
+                };
+                if self.since.as_deref().is_some_and(|since| header.at < since) {
+                    return false;
+                }
+                if wanted.contains(header.id) {
+                    // Part of a record is not a stored reply: stored again, whole.
+                    if header.is_whole(&file, at_byte + line.len() as u64 + 1) {
+                        wanted.remove(header.id);
+                        found.insert(header.id.to_string());
+                        return !wanted.is_empty();
+                    }
+                    log::warn!(
+                        "{}: the reply to {} stored before the last stop is not whole; storing it again",
+                        path.display(),
+                        header.id
+                    );
+                    return true;
+                }
+                // Before a listed message's reply, everything was listed too.
+                !self.listed.contains(&key(header.id))
+            })
         });
         if let Err(e) = read {
             if e.kind() != io::ErrorKind::NotFound {
@@ -183,22 +231,213 @@ fn key(id: &str) -> u64 {
     h.finish()
 }
 
-/// A reply file's record header, `=== <time> id=<id> from=…`: its time and id.
-fn reply_header(line: &[u8]) -> Option<(&str, &str)> {
-    let line = std::str::from_utf8(line.strip_prefix(b"=== ")?).ok()?;
-    let (at, rest) = line.split_once(" id=")?;
-    let (id, _) = rest.split_once(" from=")?;
-    Some((at, id))
+/// A reply file's record header, `=== <time> id=<id> from=<node> status=<status>[ exit=<code>]
+/// bytes=<n> crc=<crc>`: when the reply was stored, the message's id, and the length and
+/// CRC-32 (IEEE, 8 hex digits) of the record's body, what follows the header line (the
+/// output, ended by a newline). Files of earlier versions have no `bytes` and `crc`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReplyHeader<'a> {
+    pub at: &'a str,
+    pub id: &'a str,
+    pub body: Option<(u64, u32)>,
+}
+
+impl<'a> ReplyHeader<'a> {
+    pub fn parse(line: &'a [u8]) -> Option<ReplyHeader<'a>> {
+        let line = std::str::from_utf8(line.strip_prefix(b"=== ")?).ok()?;
+        let (at, rest) = line.split_once(" id=")?;
+        let (id, rest) = rest.split_once(" from=")?;
+        let body = rest.rsplit_once(" crc=").and_then(|(rest, crc)| {
+            let (_, bytes) = rest.rsplit_once(" bytes=")?;
+            Some((bytes.parse().ok()?, u32::from_str_radix(crc, 16).ok()?))
+        });
+        Some(ReplyHeader { at, id, body })
+    }
+
+    /// Whether `file` holds this header's whole body from byte `from` on: as long as the
+    /// header says, and with its CRC. A header without them cannot be checked: not whole.
+    fn is_whole(&self, file: &File, from: u64) -> bool {
+        self.ends_at(file, from).is_some()
+    }
+
+    /// Where the record ends in `file` when its body, from byte `from` on, is whole.
+    fn ends_at(&self, file: &File, from: u64) -> Option<u64> {
+        let (bytes, crc) = self.body?;
+        let end = from.checked_add(bytes)?;
+        if end > file.metadata().ok()?.len() {
+            return None;
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0; bytes.min(CHUNK) as usize];
+        let mut at = from;
+        while at < end {
+            let n = (end - at).min(CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], at).ok()?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        (hasher.finalize() == crc).then_some(end)
+    }
+}
+
+/// How a reply file ends, as a start finds it.
+#[derive(Debug, PartialEq, Eq)]
+enum Tail {
+    /// With a whole record (or nothing, or [`CUT_SHORT`] already).
+    Whole,
+    /// With part of a record: its header or body in part, or no header at all after the
+    /// last whole record.
+    CutShort,
+    /// Written by an earlier version (no `bytes` and `crc`), or no record header within
+    /// [`TAIL_BYTES`]: cannot be told.
+    Unknown,
+}
+
+/// How the reply file at `path` ends: whole if some record within its last [`TAIL_BYTES`]
+/// ends exactly at its end, whole (a record's output may hold lines that look like records:
+/// each header is tried).
+fn reply_file_tail(path: &Path) -> io::Result<Tail> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(Tail::Whole);
+    }
+    let mut last = [0u8; CUT_SHORT.len()];
+    let mark = CUT_SHORT.len() as u64;
+    if len >= mark {
+        file.read_exact_at(&mut last, len - mark)?;
+        if last == CUT_SHORT.as_bytes() {
+            return Ok(Tail::Whole);
+        }
+    }
+    let mut tail = Tail::Unknown;
+    lines_backward_in(&file, TAIL_BYTES, |at_byte, line| {
+        let Some(header) = ReplyHeader::parse(line) else {
+            return true;
+        };
+        if header.body.is_none() {
+            // An earlier version's file, the cut (if any) cannot be told.
+            return false;
+        }
+        match header.ends_at(&file, at_byte + line.len() as u64 + 1) {
+            Some(end) if end == len => {
+                tail = Tail::Whole;
+                false
+            }
+            _ => {
+                tail = Tail::CutShort;
+                true
+            }
+        }
+    })?;
+    Ok(tail)
+}
+
+/// Ends the reply file at `path` with [`CUT_SHORT`] if its last record is not whole.
+fn mark_if_cut_short(path: &Path) {
+    match reply_file_tail(path) {
+        Ok(Tail::CutShort) => {}
+        Ok(Tail::Whole | Tail::Unknown) => return,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            log::warn!("cannot read {} to see how it ends: {e}", path.display());
+            return;
+        }
+    }
+    let ends_a_line = File::open(path)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            let mut last = [0];
+            f.read_exact_at(&mut last, len.saturating_sub(1))?;
+            Ok(last[0] == b'\n')
+        })
+        .unwrap_or(false);
+    let mark = || -> io::Result<bool> {
+        if !ends_a_line {
+            // The next record starts on a line of its own. The newline may have been all
+            // the record lacked: it is whole then.
+            crate::files::append_shared(path, b"\n")?;
+            if reply_file_tail(path)? == Tail::Whole {
+                return Ok(false);
+            }
+        }
+        crate::files::append_shared(path, CUT_SHORT.as_bytes())?;
+        Ok(true)
+    };
+    match mark() {
+        Ok(true) => log::warn!(
+            "{}: its last record was cut short when the node stopped; marked so (its message is sent again)",
+            path.display()
+        ),
+        Ok(false) => log::info!(
+            "{}: its last record lacked only its newline when the node stopped; ended",
+            path.display()
+        ),
+        Err(e) => log::error!(
+            "{}: its last record was cut short when the node stopped, and cannot be marked so: {e}",
+            path.display()
+        ),
+    }
+}
+
+/// Cuts off what follows the last `end` (a line's or a top-level array's end) in the last
+/// [`TAIL_BYTES`] of the file at `path`: part of a line or an array a stop left there. A
+/// file with no `end` at all that fits within the bound is all such a part. Logged.
+fn cut_after_the_last(path: &Path, end: &[u8]) {
+    let cut = || -> io::Result<Option<(u64, u64)>> {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let from = len.saturating_sub(TAIL_BYTES);
+        let mut tail = vec![0; (len - from) as usize];
+        file.read_exact_at(&mut tail, from)?;
+        let keep = match tail.windows(end.len()).rposition(|w| w == end) {
+            Some(i) => from + (i + end.len()) as u64,
+            None if from == 0 => 0,
+            None => return Ok(None),
+        };
+        if keep == len {
+            return Ok(None);
+        }
+        file.set_len(keep)?;
+        file.sync_all()?;
+        Ok(Some((keep, len - keep)))
+    };
+    match cut() {
+        Ok(None) => {}
+        Ok(Some((at, n))) => log::warn!(
+            "{}: {n} byte(s) at its end, from byte {at}, were part of a record the last stop left unwritten; cut off (its message is finished again)",
+            path.display()
+        ),
+        Err(e) => log::warn!("cannot see whether {} ends whole: {e}", path.display()),
+    }
 }
 
 /// Calls `each` with the complete lines of the last `max_bytes` of `path`, last first,
-/// until it returns false. A line cut by the bound is not passed.
+/// until it returns false; see [`lines_backward_in`].
 fn lines_backward(
     path: &Path,
     max_bytes: u64,
-    mut each: impl FnMut(&[u8]) -> bool,
+    each: impl FnMut(u64, &[u8]) -> bool,
 ) -> io::Result<()> {
-    let file = File::open(path)?;
+    lines_backward_in(&File::open(path)?, max_bytes, each)
+}
+
+/// Calls `each` with the lines of the last `max_bytes` of `file` and where each begins,
+/// last first, until it returns false. A line cut by the bound is not passed; the last
+/// line is passed whether a newline ends it or not.
+fn lines_backward_in(
+    file: &File,
+    max_bytes: u64,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> io::Result<()> {
     let end = file.metadata()?.len();
     let bound = end.saturating_sub(max_bytes);
     let mut pos = end;
@@ -221,10 +460,20 @@ fn lines_backward(
                 }
             }
         };
-        for line in buf[complete_from..].split(|&b| b == b'\n').rev() {
-            if !line.is_empty() && !each(line) {
+        let mut line_end = buf.len();
+        loop {
+            let start = buf[complete_from..line_end]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(complete_from, |i| complete_from + i + 1);
+            let line = &buf[start..line_end];
+            if !line.is_empty() && !each(pos + start as u64, line) {
                 return Ok(());
             }
+            if start == complete_from {
+                break;
+            }
+            line_end = start - 1;
         }
         buf.truncate(complete_from.saturating_sub(1));
         head = buf;
@@ -255,11 +504,23 @@ mod tests {
         format!("{{\"data\":[\"x\"],\"finishedUnixMs\":{finished},\"id\":\"{id}\",\"outcome\":\"acked\"}}\n")
     }
 
+    /// A whole reply record, as the publisher writes it.
     fn header(id: &str, at_ms: u64) -> String {
+        let body = format!("output of {id}\n");
         format!(
-            "=== {} id={id} from=ship1 status=Ok exit=0\noutput of {id}\n",
-            crate::files::rfc3339(at_ms)
+            "=== {} id={id} from=ship1 status=Ok exit=0 bytes={} crc={:08x}\n{body}",
+            crate::files::rfc3339(at_ms),
+            body.len(),
+            crc32fast::hash(body.as_bytes())
         )
+    }
+
+    fn data_folder(dir: &tempfile::TempDir) -> DataFolder {
+        DataFolder::new(dir.path().to_path_buf())
+    }
+
+    fn ship1() -> Subject {
+        Subject::parse("ship1.CommandACK.CLICommand").unwrap()
     }
 
     #[test]
@@ -270,7 +531,7 @@ mod tests {
         let text = format!("first\n{long}\nsecond\nthird");
         std::fs::write(&path, &text).unwrap();
         let mut seen = Vec::new();
-        lines_backward(&path, u64::MAX, |l| {
+        lines_backward(&path, u64::MAX, |_, l| {
             seen.push(String::from_utf8(l.to_vec()).unwrap());
             true
         })
@@ -278,7 +539,7 @@ mod tests {
         assert_eq!(seen, ["third", "second", long.as_str(), "first"]);
         // Bounded: the line cut by the bound is not passed.
         let mut seen = Vec::new();
-        lines_backward(&path, 10, |l| {
+        lines_backward(&path, 10, |_, l| {
             seen.push(String::from_utf8(l.to_vec()).unwrap());
             true
         })
@@ -286,7 +547,7 @@ mod tests {
         assert_eq!(seen, ["third"]);
         // Stopped when asked.
         let mut n = 0;
-        lines_backward(&path, u64::MAX, |_| {
+        lines_backward(&path, u64::MAX, |_, _| {
             n += 1;
             false
         })
@@ -297,51 +558,59 @@ mod tests {
     #[test]
     fn a_resumed_message_listed_in_the_last_window_was_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("message-log.txt");
+        let data = data_folder(&dir);
+        let log = data.message_log();
         let t = 1_800_000_000_000;
-        let text = [
-            line("old", t - WINDOW - 1),
-            line("a", t - 10),
-            line("b", t),
-            "{\"torn".to_string(),
-        ]
-        .concat();
-        std::fs::write(&log, text).unwrap();
-        let r = Resumed::open(&log, 100, true);
+        let whole = [line("old", t - WINDOW - 1), line("a", t - 10), line("b", t)].concat();
+        // The stop came in the middle of a line.
+        std::fs::write(&log, format!("{whole}{{\"torn")).unwrap();
+        // A start with nothing unfinished reads nothing, and leaves the files as they are.
+        assert!(!Resumed::open(&data, 100, &[]).finished(&entry(7, "a")));
+        assert!(std::fs::read_to_string(&log).unwrap().ends_with("torn"));
+        let r = Resumed::open(&data, 100, &[ship1()]);
         assert!(r.finished(&entry(7, "a")));
         assert!(r.finished(&entry(8, "b")));
         assert!(!r.finished(&entry(9, "old")), "older than the window");
         assert!(!r.finished(&entry(9, "c")));
         // Accepted by this run: never taken for finished.
         assert!(!r.finished(&entry(100, "a")));
-        // A start with nothing unfinished reads nothing.
-        assert!(!Resumed::open(&log, 100, false).finished(&entry(7, "a")));
+        // The part of a line is cut off: the next line is not glued to it.
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), whole);
         // No message log yet: nothing was finished.
-        assert!(!Resumed::open(&dir.path().join("none"), 100, true).finished(&entry(7, "a")));
+        let empty = tempfile::tempdir().unwrap();
+        let r = Resumed::open(&data_folder(&empty), 100, &[ship1()]);
+        assert!(!r.finished(&entry(7, "a")));
     }
 
     #[test]
     fn a_reply_stored_just_before_the_cut_is_found_and_the_look_stops_at_listed_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("message-log.txt");
-        let replies = dir.path().join("ship1.CLICommand.log");
+        let data = data_folder(&dir);
+        let replies = data.replies("ship1", "CLICommand");
+        std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
         let t = 1_800_000_000_000;
-        std::fs::write(&log, [line("a", t - 20), line("b", t - 10)].concat()).unwrap();
-        // b was listed; c and d were stored after it, then the cut.
         std::fs::write(
-            &replies,
-            [
-                header("z", t - 30),
-                header("a", t - 20),
-                header("b", t - 10),
-                header("c", t - 5),
-                header("d", t - 1),
-            ]
-            .concat(),
+            data.message_log(),
+            [line("a", t - 20), line("b", t - 10)].concat(),
         )
         .unwrap();
-        let lane = Subject::parse("ship1.CommandACK.CLICommand").unwrap();
-        let r = Resumed::open(&log, 100, true);
+        // b was listed; c and d were stored after it, then the cut.
+        let text = [
+            header("z", t - 30),
+            header("a", t - 20),
+            header("b", t - 10),
+            header("c", t - 5),
+            header("d", t - 1),
+        ]
+        .concat();
+        std::fs::write(&replies, &text).unwrap();
+        let lane = ship1();
+        let r = Resumed::open(&data, 100, std::slice::from_ref(&lane));
+        assert_eq!(
+            std::fs::read_to_string(&replies).unwrap(),
+            text,
+            "a whole file is not marked"
+        );
         let found = r.stored_replies(&lane, &replies, &["c"]);
         assert_eq!(found, HashSet::from(["c".to_string()]));
         // d was stored, e was not: the lane is looked up then.
@@ -351,10 +620,169 @@ mod tests {
         // The look stops at b's reply: z, before it, is not found.
         let other = Subject::parse("ship2.CommandACK.CLICommand").unwrap();
         assert!(r.stored_replies(&other, &replies, &["z"]).is_empty());
-        // An output line is not a header.
-        assert_eq!(reply_header(b"output of c"), None);
+    }
+
+    #[test]
+    fn a_reply_header_says_when_what_and_how_long() {
+        assert_eq!(ReplyHeader::parse(b"output of c"), None);
+        let t = 1_800_000_000_000;
         let (record, at) = (header("c", t), crate::files::rfc3339(t));
         let first = record.lines().next().unwrap();
-        assert_eq!(reply_header(first.as_bytes()), Some((at.as_str(), "c")));
+        let body = "output of c\n";
+        assert_eq!(
+            ReplyHeader::parse(first.as_bytes()),
+            Some(ReplyHeader {
+                at: &at,
+                id: "c",
+                body: Some((body.len() as u64, crc32fast::hash(body.as_bytes())))
+            })
+        );
+        // An earlier version's header: no length, no CRC.
+        let old = format!("=== {at} id=c from=ship1 status=Ok exit=0");
+        let parsed = ReplyHeader::parse(old.as_bytes()).unwrap();
+        assert_eq!(
+            (parsed.at, parsed.id, parsed.body),
+            (at.as_str(), "c", None)
+        );
+    }
+
+    /// A stop in the middle of a reply's write, whichever part of it reached the disk: the
+    /// reply is not taken for stored, and the file is marked; a whole record after the
+    /// mark is found again.
+    #[test]
+    fn a_reply_a_stop_left_in_part_is_not_taken_for_stored_and_its_file_is_marked() {
+        let t = 1_800_000_000_000;
+        let c = header("c", t - 5);
+        let (head, body) = c.split_at(c.find('\n').unwrap() + 1);
+        let zeros = format!("{head}{}", "\0".repeat(body.len()));
+        let parts: [(&str, &str); 5] = [
+            ("the header and part of the output", &c[..c.len() - 3]),
+            ("the header alone", head),
+            ("part of the header", &head[..20]),
+            ("the header, and zeros for its output", &zeros),
+            (
+                "the header and its output but its last two bytes",
+                &c[..c.len() - 2],
+            ),
+        ];
+        for (what, part) in parts {
+            let dir = tempfile::tempdir().unwrap();
+            let data = data_folder(&dir);
+            let replies = data.replies("ship1", "CLICommand");
+            std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
+            let before = [header("a", t - 20), header("b", t - 10)].concat();
+            std::fs::write(&replies, format!("{before}{part}")).unwrap();
+            let r = Resumed::open(&data, 100, &[ship1()]);
+            let text = std::fs::read_to_string(&replies).unwrap();
+            assert!(
+                text.ends_with(&format!("\n{CUT_SHORT}")) && text.starts_with(&before),
+                "{what}: not marked: {text:?}"
+            );
+            assert!(
+                r.stored_replies(&ship1(), &replies, &["c"]).is_empty(),
+                "{what}: taken for stored"
+            );
+            // Opened again: marked once.
+            Resumed::open(&data, 100, &[ship1()]);
+            assert_eq!(
+                std::fs::read_to_string(&replies).unwrap(),
+                text,
+                "{what}: marked twice"
+            );
+            // The reply stored whole after the mark is found.
+            std::fs::write(&replies, format!("{text}{c}")).unwrap();
+            let r = Resumed::open(&data, 100, &[ship1()]);
+            assert_eq!(
+                r.stored_replies(&ship1(), &replies, &["c"]),
+                HashSet::from(["c".to_string()]),
+                "{what}"
+            );
+        }
+    }
+
+    /// A record that lacks only the newline that ends it is whole once the newline is
+    /// added (the line after it then starts on a line of its own).
+    #[test]
+    fn a_reply_that_lacks_only_its_newline_is_ended_and_taken_for_stored() {
+        let t = 1_800_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let replies = data.replies("ship1", "CLICommand");
+        std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
+        let whole = [header("a", t - 20), header("c", t - 5)].concat();
+        std::fs::write(&replies, &whole[..whole.len() - 1]).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(std::fs::read_to_string(&replies).unwrap(), whole);
+        assert_eq!(
+            r.stored_replies(&ship1(), &replies, &["c"]),
+            HashSet::from(["c".to_string()])
+        );
+    }
+
+    /// A record whose output holds what looks like records (a reply file read by `cat`),
+    /// whole or in part, is whole: the file is not marked. An earlier version's file cannot
+    /// be told, and is left as it is; its replies are not taken for stored.
+    #[test]
+    fn records_inside_an_output_and_earlier_files_are_left_as_they_are() {
+        let t = 1_800_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let replies = data.replies("ship1", "CLICommand");
+        std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
+        let inner = format!("{}{}", header("x", t), &header("y", t)[..60]);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(inner.as_bytes());
+        crc.update(b"\n");
+        let outer = format!(
+            "=== {} id=c from=ship1 status=Ok exit=0 bytes={} crc={:08x}\n{inner}\n",
+            crate::files::rfc3339(t),
+            inner.len() + 1,
+            crc.finalize()
+        );
+        let text = format!("{}{outer}", header("a", t - 20));
+        std::fs::write(&replies, &text).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(std::fs::read_to_string(&replies).unwrap(), text);
+        assert_eq!(
+            r.stored_replies(&ship1(), &replies, &["c"]),
+            HashSet::from(["c".to_string()])
+        );
+        // An earlier version's records: no length to check.
+        let old = format!(
+            "=== {} id=c from=ship1 status=Ok exit=0\noutput of c\n",
+            crate::files::rfc3339(t)
+        );
+        std::fs::write(&replies, &old).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(std::fs::read_to_string(&replies).unwrap(), old);
+        assert!(r.stored_replies(&ship1(), &replies, &["c"]).is_empty());
+    }
+
+    /// failed-messages.txt holds inmsg.txt arrays: what follows the last whole one is cut.
+    #[test]
+    fn failed_messages_keep_their_whole_arrays_and_lose_a_part_left_by_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let array = |to: &str| {
+            format!("[\n  {{\n    \"toNode\": \"{to}\",\n    \"data\": [\n      \"ls\"\n    ]\n  }}\n]\n")
+        };
+        let whole = format!("{}{}", array("ship1"), array("ship2"));
+        let third = array("ship3");
+        for part in [&third[..third.len() - 1], &third[..9], "\0\0\0\0"] {
+            std::fs::write(data.failed(), format!("{whole}{part}")).unwrap();
+            Resumed::open(&data, 100, &[ship1()]);
+            assert_eq!(
+                std::fs::read_to_string(data.failed()).unwrap(),
+                whole,
+                "{part:?}"
+            );
+        }
+        // Whole: left as it is.
+        Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(std::fs::read_to_string(data.failed()).unwrap(), whole);
+        // Nothing whole at all: all of it is the part.
+        std::fs::write(data.failed(), &third[..9]).unwrap();
+        Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(std::fs::read_to_string(data.failed()).unwrap(), "");
     }
 }

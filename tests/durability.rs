@@ -744,3 +744,116 @@ fn a_send_on_a_stalled_link_gives_up_within_its_bound() {
     central.wait_for("replies/ship1.CLICommand.log", "during the stall");
     ship1.wait_for("textlog/central.log", "published during the stall");
 }
+
+/// Queues `messages` through the control socket, as `steward send` without `--wait` does,
+/// and returns the ids they were given.
+fn queue(node: &Node, messages: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    node.wait_status("answered", |table| table.starts_with("node "));
+    let mut s = UnixStream::connect(node.path("steward.sock")).unwrap();
+    s.write_all(messages.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some(v["id"].as_str()?.to_string()))
+        .collect()
+}
+
+/// A power cut in the middle of storing a reply leaves its record in part (on ext4, the
+/// pages written back before the cut), and in the middle of listing it, part of its
+/// message-log.txt line; failed-messages.txt can keep part of an array the same way. The
+/// message is unfinished in the journal and sent again: its reply is stored again whole
+/// (the part is not taken for stored), the part marked, and the parts of the line and the
+/// array cut off, so that nothing after them is glued to them. Made here as a cut leaves
+/// them: the sender killed with the message unfinished, the parts written, then the
+/// restart.
+#[test]
+fn a_reply_a_power_cut_left_in_part_is_stored_again_whole() {
+    let nats = NatsServer::start();
+    let mut central = Node::start("central", &nats.address(), &[]);
+    // ship1 is not there yet: the command waits in central's journal.
+    let ids = queue(
+        &central,
+        &command(
+            "ship1",
+            &[
+                "sh",
+                "-c",
+                "echo 1 >> ran.txt; echo line one; echo line two",
+            ],
+        ),
+    );
+    let [id] = ids.as_slice() else {
+        panic!("queued: {ids:?}")
+    };
+    central.kill9();
+    let body = "line one\nline two\n";
+    // As this version writes it: its header ends with the output's length and CRC.
+    let whole = format!(
+        "=== 2026-11-29T20:00:00.000Z id={id} from=ship1 status=Ok exit=0 bytes={} crc={:08x}\n{body}",
+        body.len(),
+        crc32fast::hash(body.as_bytes())
+    );
+    let part = &whole[..whole.len() - 6];
+    let failed_part = "[\n  {\n    \"toNode\": \"sh";
+    let append = |rel: &str, text: &str| {
+        use std::io::Write;
+        let path = central.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append("replies/ship1.CLICommand.log", part);
+    append(
+        "message-log.txt",
+        &format!("{{\"id\":\"{id}\",\"data\":[\"sh"),
+    );
+    append("failed-messages.txt", failed_part);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.restart();
+    let replies = central.wait_count("replies/ship1.CLICommand.log", "line two\n", 1);
+    central.wait_for("message-log.txt", &format!("\"id\":\"{id}\""));
+    common::settle(&central, &ship1, "CLICommand");
+    let replies_after = central.read("replies/ship1.CLICommand.log");
+    let ran = runs(&ship1);
+    let log = central.read("message-log.txt");
+    let listed = log.matches(&format!("\"id\":\"{id}\"")).count();
+    eprintln!(
+        "[torn_reply] runs={} reply_records={} whole_outputs={} listed={listed} failed_bytes={}",
+        ran.values().sum::<usize>(),
+        replies_after.matches(&format!(" id={id} ")).count(),
+        replies_after.matches(body).count(),
+        central.read("failed-messages.txt").len()
+    );
+    assert_eq!(ran.get(&1), Some(&1), "ran once");
+    // The part, marked, then the whole reply, once.
+    let marked = format!("{part}\n{}", steward::resumed::CUT_SHORT);
+    let stored = replies
+        .strip_prefix(&marked)
+        .unwrap_or_else(|| panic!("the part is not marked:\n{replies}"));
+    let (head, output) = stored.split_once('\n').unwrap();
+    let header = steward::resumed::ReplyHeader::parse(head.as_bytes()).unwrap();
+    assert_eq!(header.id, id);
+    assert_eq!(output, body, "stored again whole:\n{replies}");
+    assert_eq!(
+        header.body,
+        Some((body.len() as u64, crc32fast::hash(body.as_bytes())))
+    );
+    // After everything sent again has arrived: the part and one whole record.
+    assert_eq!(replies_after.matches(&format!(" id={id} ")).count(), 2);
+    assert_eq!(replies_after.matches(body).count(), 1, "stored once");
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("message-log.txt: not JSON ({e}): {line:?}"));
+    }
+    assert_eq!(listed, 1, "listed once:\n{log}");
+    assert_eq!(central.read("failed-messages.txt"), "", "the part cut off");
+}

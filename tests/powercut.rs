@@ -183,7 +183,14 @@ fn power_cuts_on_the_sender_lose_nothing_and_store_nothing_twice() {
             n.split(' ').next()?.parse::<usize>().ok()
         })
         .sum();
-    let found_stored = log.matches("was stored before the last stop").count();
+    let found_stored: usize = log
+        .lines()
+        .filter(|l| l.contains("were stored before the last stop"))
+        .filter_map(|l| {
+            let (_, n) = l.split_once(": ")?;
+            n.split(' ').next()?.parse::<usize>().ok()
+        })
+        .sum();
     let listed_twice = listed.values().filter(|c| **c > 1).count();
     let listed_ours = |label: &str| data.values().filter(|d| d.contains(label)).count();
     let (runs_missing, runs_twice) = missing_and_twice(&runs, commands);

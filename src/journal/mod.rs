@@ -730,6 +730,14 @@ impl Journal {
         self.pending
     }
 
+    /// The lanes holding unfinished messages, as their subjects are written.
+    pub fn unfinished_lanes(&self) -> impl Iterator<Item = &str> {
+        self.lanes
+            .iter()
+            .filter(|(_, lane)| lane.pending > 0)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Unfinished messages of one lane.
     pub fn lane_pending(&self, lane: &Subject) -> usize {
         self.lanes.get(&lane.to_string()).map_or(0, |l| l.pending)

@@ -133,11 +133,11 @@ impl Node {
     ) -> Node {
         let data = DataFolder::new(config.data_folder.clone());
         // Before anything is written in this run.
-        let resumed = Resumed::open(
-            &data.message_log(),
-            journal.next_seq(),
-            journal.pending_count() > 0,
-        );
+        let unfinished: Vec<crate::subject::Subject> = journal
+            .unfinished_lanes()
+            .filter_map(|lane| crate::subject::Subject::parse(lane).ok())
+            .collect();
+        let resumed = Resumed::open(&data, journal.next_seq(), &unfinished);
         let schedules =
             crate::schedule::Schedules::open(data.schedules(), crate::files::unix_millis());
         Node {

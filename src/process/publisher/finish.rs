@@ -76,13 +76,13 @@ impl Publisher {
         }
         if !records.is_empty() {
             let path = self.replies_file();
-            crate::files::append_record(&path, records.as_bytes())
+            crate::files::append_shared(&path, records.as_bytes())
                 .map_err(|source| Error::StoreReplies { path, source })?;
             self.slot().replies_written.extend(ids);
         }
         if !failed.is_empty() {
             let path = node.data.failed();
-            crate::files::append_record(&path, failed.as_bytes())
+            crate::files::append_shared(&path, failed.as_bytes())
                 .map_err(|source| Error::KeepFailed { path, source })?;
             self.slot().failed_written.extend(failed_ids);
         }
@@ -189,9 +189,18 @@ impl Publisher {
             return HashSet::new();
         }
         let ids: Vec<&str> = resumed.iter().map(|e| e.envelope.id.as_str()).collect();
-        self.node
+        let found = self
+            .node
             .resumed
-            .stored_replies(&self.subject, &self.replies_file(), &ids)
+            .stored_replies(&self.subject, &self.replies_file(), &ids);
+        if let Some(first) = ids.iter().find(|id| found.contains(**id)) {
+            log::info!(
+                "{}: {} reply(ies) from {first} on were stored before the last stop; not stored again",
+                self.subject,
+                found.len()
+            );
+        }
+        found
     }
 }
 
@@ -259,12 +268,23 @@ fn log_line(out: &mut Vec<u8>, entry: &Entry, outcome: &str, finished: u64, fini
     );
 }
 
-/// A reply as `replies/<node>.<method>.log` keeps it, stored at `now`.
+/// A reply as `replies/<node>.<method>.log` keeps it, stored at `now`: a header line, then
+/// the output (ended by a newline). The header ends with the output's length and CRC-32
+/// (`bytes=… crc=…`, see [`crate::resumed::ReplyHeader`]), so that a record a power cut
+/// left in part is told from a whole one.
 fn reply_record(out: &mut String, now: &str, envelope: &crate::message::Envelope, reply: &Reply) {
     use std::fmt::Write;
+    let end = if reply.output.ends_with('\n') || reply.output.is_empty() {
+        ""
+    } else {
+        "\n"
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(reply.output.as_bytes());
+    crc.update(end.as_bytes());
     let _ = write!(
         out,
-        "=== {} id={} from={} status={:?}{}\n{}{}",
+        "=== {} id={} from={} status={:?}{} bytes={} crc={:08x}\n{}{}",
         now,
         envelope.id,
         reply.from_node,
@@ -273,12 +293,10 @@ fn reply_record(out: &mut String, now: &str, envelope: &crate::message::Envelope
             .exit_code
             .map(|c| format!(" exit={c}"))
             .unwrap_or_default(),
+        reply.output.len() + end.len(),
+        crc.finalize(),
         reply.output,
-        if reply.output.ends_with('\n') || reply.output.is_empty() {
-            ""
-        } else {
-            "\n"
-        }
+        end
     );
 }
 
