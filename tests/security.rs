@@ -116,6 +116,50 @@ fn user_and_password_from_a_file_and_never_in_the_log() {
     stays_disconnected(&nats, &none);
 }
 
+/// A password given in the environment (`STEWARD_PASSWORD`, as a systemd `Environment=`
+/// or a container's variable would) is the node's: a command it runs for a sender does not
+/// inherit it, whatever the command prints.
+#[test]
+fn a_password_given_in_the_environment_is_not_handed_to_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write(
+        dir.path(),
+        "auth.conf",
+        "authorization { user: steward, password: \"s3cret-Pa55\" }\n",
+    );
+    let nats = NatsServer::start_with(&["-c", &conf]);
+    let _ship1 = Node::start_under(
+        &[
+            "env",
+            "STEWARD_PASSWORD=s3cret-Pa55",
+            "OTHER_VAR=still-there",
+        ],
+        "ship1",
+        &nats.address(),
+        &["--user=steward"],
+    );
+    let good = write(dir.path(), "good", "s3cret-Pa55\n");
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--user=steward", &format!("--passwordFile={good}")],
+    );
+    central.append_inmsg(&command(
+        "ship1",
+        &[
+            "sh",
+            "-c",
+            "echo \"[$STEWARD_PASSWORD] [$OTHER_VAR]\"; cat /proc/self/environ",
+        ],
+    ));
+    let reply = central.wait_for("replies/ship1.CLICommand.log", "still-there");
+    assert!(reply.contains("[] [still-there]"), "{reply}");
+    assert!(
+        !reply.contains("s3cret-Pa55"),
+        "the password was handed on:\n{reply}"
+    );
+}
+
 #[test]
 fn a_token_from_a_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -161,10 +161,10 @@ impl Options<'_> {
                 password,
             });
         }
-        if let Some((token, _)) = self.secret("tokenFile", "STEWARD_TOKEN")? {
+        if let Some((token, _)) = self.secret("tokenFile", SECRET_VARS[1])? {
             ways.push(Auth::Token(token));
         }
-        if let Some((seed, at)) = self.secret("nkeySeedFile", "STEWARD_NKEY_SEED")? {
+        if let Some((seed, at)) = self.secret("nkeySeedFile", SECRET_VARS[2])? {
             nkeys::KeyPair::from_seed(seed.expose())
                 .map_err(|e| bad(&at, Problem::NotNKeySeed(e)))?;
             ways.push(Auth::NKeySeed(seed));

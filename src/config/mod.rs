@@ -122,6 +122,10 @@ impl std::fmt::Display for Allow {
     }
 }
 
+/// The environment variables a credential may be given in (instead of its file): never
+/// handed on to a command the node runs ([`crate::methods::cli_command`]).
+pub const SECRET_VARS: [&str; 3] = ["STEWARD_PASSWORD", "STEWARD_TOKEN", "STEWARD_NKEY_SEED"];
+
 /// How the node proves itself to the broker, and checks the broker.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerSecurity {

@@ -160,6 +160,13 @@ fn spawn(argv: &[String], cwd: &Path) -> Result<(std::process::Child, File), Str
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2))
         .process_group(0);
+    // The broker credentials given in the environment stay the node's: a command (run for
+    // a sender) could otherwise print them.
+    for var in crate::config::SECRET_VARS {
+        if std::env::var_os(var).is_some() {
+            command.env_remove(var);
+        }
+    }
     let spawned = command.spawn();
     // Our copies of the pipe's write end must close, or we would never see end-of-file.
     drop(command);
