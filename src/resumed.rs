@@ -39,8 +39,9 @@
 //!   records (a reply file read by `cat`), so where a record begins cannot be told backwards
 //!   for sure;
 //! - message-log.txt and failed-messages.txt, whose records are lines and top-level arrays
-//!   and never hold one in another, have the part after their last whole line (array) cut
-//!   off, and the cut logged.
+//!   and never hold one in another, are ended after their last whole record: part of one
+//!   is cut off and kept beside the file, a record that lacks only its newline gets it
+//!   ([`end_whole`]).
 //!
 //! (While a node runs, a write that fails is cut back off at once: [`crate::files::append_shared`].)
 //!
@@ -57,7 +58,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -68,7 +69,10 @@ pub const WINDOW: u64 = 5_000;
 /// lane's reply file: more than one batch's replies (the broker's payload limit, 1 MiB by
 /// default).
 pub const TAIL_BYTES: u64 = 16 << 20;
-/// How much is read at a time, backwards.
+/// How much is read at a time, backwards: first a little (what is looked for is usually
+/// near the end: a central with 10,000 lanes unfinished reads 10,000 reply files' ends at
+/// start), then twice as much each time, up to [`CHUNK`].
+const FIRST_CHUNK: u64 = 4 << 10;
 const CHUNK: u64 = 64 << 10;
 /// The line a reply file gets after a record a stop left in part (see the module docs).
 pub const CUT_SHORT: &str =
@@ -112,8 +116,8 @@ impl Resumed {
             return resumed;
         }
         let message_log = data.message_log();
-        cut_after_the_last(&message_log, b"\n");
-        cut_after_the_last(&data.failed(), b"\n]\n");
+        end_whole(&message_log, Form::Lines);
+        end_whole(&data.failed(), Form::Arrays);
         let files: BTreeSet<PathBuf> = unfinished
             .iter()
             .map(|lane| data.replies(&lane.node, &lane.method))
@@ -243,14 +247,39 @@ pub struct ReplyHeader<'a> {
 }
 
 impl<'a> ReplyHeader<'a> {
+    /// The header on `line`, or None if `line` is not one exactly as written: no part of a
+    /// header with another glued to it (a stop that left a header in part, and the next
+    /// record written after it on the same line) passes for a header.
     pub fn parse(line: &'a [u8]) -> Option<ReplyHeader<'a>> {
         let line = std::str::from_utf8(line.strip_prefix(b"=== ")?).ok()?;
-        let (at, rest) = line.split_once(" id=")?;
-        let (id, rest) = rest.split_once(" from=")?;
-        let body = rest.rsplit_once(" crc=").and_then(|(rest, crc)| {
-            let (_, bytes) = rest.rsplit_once(" bytes=")?;
-            Some((bytes.parse().ok()?, u32::from_str_radix(crc, 16).ok()?))
-        });
+        let mut fields = line.split(' ');
+        let at = fields.next()?;
+        let id = fields.next()?.strip_prefix("id=")?;
+        let from = fields.next()?.strip_prefix("from=")?;
+        let status = fields.next()?.strip_prefix("status=")?;
+        let plain = |t: &str| !t.is_empty() && !t.contains('=');
+        if !(plain(at) && plain(id) && plain(from) && plain(status)) {
+            return None;
+        }
+        let mut next = fields.next();
+        if let Some(code) = next.and_then(|f| f.strip_prefix("exit=")) {
+            code.parse::<i32>().ok()?;
+            next = fields.next();
+        }
+        let body = match next {
+            None => None,
+            Some(bytes) => {
+                let bytes = bytes.strip_prefix("bytes=")?.parse().ok()?;
+                let crc = fields.next()?.strip_prefix("crc=")?;
+                if crc.len() != 8 {
+                    return None;
+                }
+                Some((bytes, u32::from_str_radix(crc, 16).ok()?))
+            }
+        };
+        if fields.next().is_some() {
+            return None;
+        }
         Some(ReplyHeader { at, id, body })
     }
 
@@ -293,9 +322,11 @@ enum Tail {
     Unknown,
 }
 
-/// How the reply file at `path` ends: whole if some record within its last [`TAIL_BYTES`]
-/// ends exactly at its end, whole (a record's output may hold lines that look like records:
-/// each header is tried).
+/// How the reply file at `path` ends. Cut short if it does not end a line (every record
+/// ends with a newline); whole if, of the records within its last [`TAIL_BYTES`], one ends
+/// exactly at its end, whole (a record's output may hold lines that look like records: each
+/// header is tried, its CRC checked only when its length leads to the end); cut short if
+/// none does; not known once a record of an earlier version is met before a whole one.
 fn reply_file_tail(path: &Path) -> io::Result<Tail> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
@@ -310,27 +341,35 @@ fn reply_file_tail(path: &Path) -> io::Result<Tail> {
             return Ok(Tail::Whole);
         }
     }
+    if !ends_a_line(&file, len)? {
+        return Ok(Tail::CutShort);
+    }
     let mut tail = Tail::Unknown;
     lines_backward_in(&file, TAIL_BYTES, |at_byte, line| {
         let Some(header) = ReplyHeader::parse(line) else {
             return true;
         };
-        if header.body.is_none() {
-            // An earlier version's file, the cut (if any) cannot be told.
+        let Some((bytes, _)) = header.body else {
+            // An earlier version's record: where a cut (if any) is cannot be told.
+            tail = Tail::Unknown;
+            return false;
+        };
+        let from = at_byte + line.len() as u64 + 1;
+        if from.checked_add(bytes) == Some(len) && header.ends_at(&file, from) == Some(len) {
+            tail = Tail::Whole;
             return false;
         }
-        match header.ends_at(&file, at_byte + line.len() as u64 + 1) {
-            Some(end) if end == len => {
-                tail = Tail::Whole;
-                false
-            }
-            _ => {
-                tail = Tail::CutShort;
-                true
-            }
-        }
+        tail = Tail::CutShort;
+        true
     })?;
     Ok(tail)
+}
+
+/// Whether the `len` bytes of `file` end with a newline.
+fn ends_a_line(file: &File, len: u64) -> io::Result<bool> {
+    let mut last = [0];
+    file.read_exact_at(&mut last, len.saturating_sub(1))?;
+    Ok(last[0] == b'\n')
 }
 
 /// Ends the reply file at `path` with [`CUT_SHORT`] if its last record is not whole.
@@ -345,12 +384,7 @@ fn mark_if_cut_short(path: &Path) {
         }
     }
     let ends_a_line = File::open(path)
-        .and_then(|f| {
-            let len = f.metadata()?.len();
-            let mut last = [0];
-            f.read_exact_at(&mut last, len.saturating_sub(1))?;
-            Ok(last[0] == b'\n')
-        })
+        .and_then(|f| ends_a_line(&f, f.metadata()?.len()))
         .unwrap_or(false);
     let mark = || -> io::Result<bool> {
         if !ends_a_line {
@@ -380,14 +414,55 @@ fn mark_if_cut_short(path: &Path) {
     }
 }
 
-/// Cuts off what follows the last `end` (a line's or a top-level array's end) in the last
-/// [`TAIL_BYTES`] of the file at `path`: part of a line or an array a stop left there. A
-/// file with no `end` at all that fits within the bound is all such a part. Logged.
-fn cut_after_the_last(path: &Path, end: &[u8]) {
-    let cut = || -> io::Result<Option<(u64, u64)>> {
+/// How steward writes a file whose part a stop may leave at its end.
+#[derive(Clone, Copy)]
+enum Form {
+    /// message-log.txt: JSON objects, one a line.
+    Lines,
+    /// failed-messages.txt: pretty-printed top-level JSON arrays, each ending `\n]\n`.
+    Arrays,
+}
+
+impl Form {
+    /// What ends each record.
+    fn end(self) -> &'static [u8] {
+        match self {
+            Form::Lines => b"\n",
+            Form::Arrays => b"\n]\n",
+        }
+    }
+
+    /// Whether `part` can be the start of a record as steward writes it (or bytes a stop
+    /// left unwritten, read as zeros): anything else an operator wrote is left alone.
+    fn may_begin(self, part: &[u8]) -> bool {
+        let steward = match self {
+            Form::Lines => &b"{"[..],
+            Form::Arrays => b"[\n  {",
+        };
+        part[0] == 0 || steward.starts_with(part) || part.starts_with(steward)
+    }
+}
+
+/// Ends the file at `path` (message-log.txt or failed-messages.txt, written in `form`) with
+/// a whole record, if a stop left part of one after its last (found within its last
+/// [`TAIL_BYTES`]; a file with no whole record that fits within the bound is all part):
+///
+/// - a record that lacks only its newline gets it;
+/// - part of a record as steward writes it is cut off, and kept beside the file in
+///   `<name>.cut-<unix ms>`: nothing after it is glued to it, and nothing is lost if an
+///   operator wrote it after all;
+/// - anything else (whitespace, or what steward never writes: an operator's note, another
+///   tool's JSON) is left as it is.
+///
+/// Logged. Only messages being finished can be in such a part: each is unfinished in the
+/// journal, and written again whole.
+fn end_whole(path: &Path, form: Form) {
+    let end = form.end();
+    let mend = || -> io::Result<Option<String>> {
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
         {
             Ok(file) => file,
@@ -395,27 +470,61 @@ fn cut_after_the_last(path: &Path, end: &[u8]) {
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len();
-        let from = len.saturating_sub(TAIL_BYTES);
-        let mut tail = vec![0; (len - from) as usize];
-        file.read_exact_at(&mut tail, from)?;
-        let keep = match tail.windows(end.len()).rposition(|w| w == end) {
-            Some(i) => from + (i + end.len()) as u64,
-            None if from == 0 => 0,
-            None => return Ok(None),
+        let bound = len.saturating_sub(TAIL_BYTES);
+        // Read backwards, a little first (the part is usually short): `tail` is the file
+        // from `pos` to its end.
+        let (mut tail, mut pos, mut chunk) = (Vec::new(), len, FIRST_CHUNK);
+        let keep = loop {
+            if pos == bound {
+                if pos > 0 {
+                    return Ok(None);
+                }
+                break 0;
+            }
+            let n = (pos - bound).min(chunk);
+            chunk = (chunk * 2).min(CHUNK);
+            let mut more = vec![0; n as usize];
+            file.read_exact_at(&mut more, pos - n)?;
+            pos -= n;
+            more.extend_from_slice(&tail);
+            tail = more;
+            // Only the bytes just read can hold a later `end` than those before.
+            let new = &tail[..(n as usize + end.len() - 1).min(tail.len())];
+            if let Some(i) = new.windows(end.len()).rposition(|w| w == end) {
+                break pos + (i + end.len()) as u64;
+            }
         };
-        if keep == len {
+        let part = &tail[(keep - pos) as usize..];
+        if part.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(part).is_ok() {
+            crate::files::append_shared(path, b"\n")?;
+            return Ok(Some(format!(
+                "its last record lacked only its newline (from byte {keep}); ended"
+            )));
+        }
+        if !form.may_begin(part) {
+            return Ok(Some(format!(
+                "it ends with {} byte(s) that are no record of steward's, from byte {keep}; left as they are",
+                part.len()
+            )));
+        }
+        let mut kept = path.as_os_str().to_owned();
+        kept.push(format!(".cut-{}", crate::files::unix_millis()));
+        let kept = PathBuf::from(kept);
+        crate::files::write_atomically(&kept, part)?;
         file.set_len(keep)?;
         file.sync_all()?;
-        Ok(Some((keep, len - keep)))
+        Ok(Some(format!(
+            "{} byte(s) at its end, from byte {keep}, were part of a record the last stop left unwritten (its message is sent again); cut off, kept in {}",
+            part.len(),
+            kept.display()
+        )))
     };
-    match cut() {
+    match mend() {
         Ok(None) => {}
-        Ok(Some((at, n))) => log::warn!(
-            "{}: {n} byte(s) at its end, from byte {at}, were part of a record the last stop left unwritten; cut off (its message is finished again)",
-            path.display()
-        ),
+        Ok(Some(what)) => log::warn!("{}: {what}", path.display()),
         Err(e) => log::warn!("cannot see whether {} ends whole: {e}", path.display()),
     }
 }
@@ -443,8 +552,10 @@ fn lines_backward_in(
     let mut pos = end;
     // The head of the earliest line read so far, whose start is further back.
     let mut head = Vec::new();
+    let mut chunk = FIRST_CHUNK;
     while pos > bound {
-        let n = (pos - bound).min(CHUNK);
+        let n = (pos - bound).min(chunk);
+        chunk = (chunk * 2).min(CHUNK);
         let mut buf = vec![0; n as usize];
         file.read_exact_at(&mut buf, pos - n)?;
         pos -= n;
@@ -574,8 +685,24 @@ mod tests {
         assert!(!r.finished(&entry(9, "c")));
         // Accepted by this run: never taken for finished.
         assert!(!r.finished(&entry(100, "a")));
-        // The part of a line is cut off: the next line is not glued to it.
+        // The part of a line is cut off (and kept aside): the next line is not glued to it.
         assert_eq!(std::fs::read_to_string(&log).unwrap(), whole);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("message-log.txt.cut-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), "{\"torn");
+        // A line that lacks only its newline gets it.
+        let last = line("c", t + 1);
+        std::fs::write(&log, format!("{whole}{}", last.trim_end())).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("{whole}{last}")
+        );
+        assert!(r.finished(&entry(9, "c")));
         // No message log yet: nothing was finished.
         let empty = tempfile::tempdir().unwrap();
         let r = Resumed::open(&data_folder(&empty), 100, &[ship1()]);
@@ -637,6 +764,13 @@ mod tests {
                 body: Some((body.len() as u64, crc32fast::hash(body.as_bytes())))
             })
         );
+        // A header in part, with the next glued to it, is none.
+        let glued = format!("=== {at} id=c from=ship1 status=Ok exit=0 byt{first}");
+        assert_eq!(ReplyHeader::parse(glued.as_bytes()), None);
+        for bad in [" extra", " crc=1", "x"] {
+            let line = format!("{first}{bad}");
+            assert_eq!(ReplyHeader::parse(line.as_bytes()), None, "{line}");
+        }
         // An earlier version's header: no length, no CRC.
         let old = format!("=== {at} id=c from=ship1 status=Ok exit=0");
         let parsed = ReplyHeader::parse(old.as_bytes()).unwrap();
@@ -655,10 +789,14 @@ mod tests {
         let c = header("c", t - 5);
         let (head, body) = c.split_at(c.find('\n').unwrap() + 1);
         let zeros = format!("{head}{}", "\0".repeat(body.len()));
-        let parts: [(&str, &str); 5] = [
+        let parts: [(&str, &str); 6] = [
             ("the header and part of the output", &c[..c.len() - 3]),
             ("the header alone", head),
             ("part of the header", &head[..20]),
+            (
+                "the header up to its length, as an earlier version's reads",
+                &head[..head.find(" bytes=").unwrap() + 4],
+            ),
             ("the header, and zeros for its output", &zeros),
             (
                 "the header and its output but its last two bytes",
@@ -768,21 +906,72 @@ mod tests {
         };
         let whole = format!("{}{}", array("ship1"), array("ship2"));
         let third = array("ship3");
-        for part in [&third[..third.len() - 1], &third[..9], "\0\0\0\0"] {
+        // Parts kept beside the file, each as it was.
+        let kept = || {
+            let mut kept: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().contains("failed-messages.txt.cut-"))
+                .map(|p| {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    std::fs::remove_file(p).unwrap();
+                    text
+                })
+                .collect();
+            kept.sort();
+            kept
+        };
+        let long = format!("{}{}", array(&"x".repeat(70_000)), &third[..9]);
+        for part in [
+            &third[..third.len() - 4],
+            &third[..9],
+            "[",
+            "\0\0\0\0",
+            &long,
+        ] {
             std::fs::write(data.failed(), format!("{whole}{part}")).unwrap();
+            Resumed::open(&data, 100, &[ship1()]);
+            let (text, kept) = (std::fs::read_to_string(data.failed()).unwrap(), kept());
+            if part == long {
+                // Read back across chunks: the long array is whole, the part after it cut.
+                assert_eq!(text, format!("{whole}{}", array(&"x".repeat(70_000))));
+                assert_eq!(kept, [&third[..9]]);
+            } else {
+                assert_eq!(text, whole, "{part:?}");
+                assert_eq!(kept, [part], "{part:?}");
+            }
+        }
+        // A whole array that lacks only its newline gets it (another tool's JSON too).
+        for last in [&third[..third.len() - 1], "[{\"toNode\":\"ship9\"}]"] {
+            std::fs::write(data.failed(), format!("{whole}{last}")).unwrap();
             Resumed::open(&data, 100, &[ship1()]);
             assert_eq!(
                 std::fs::read_to_string(data.failed()).unwrap(),
-                whole,
-                "{part:?}"
+                format!("{whole}{last}\n")
             );
+            assert!(kept().is_empty());
         }
-        // Whole: left as it is.
-        Resumed::open(&data, 100, &[ship1()]);
-        assert_eq!(std::fs::read_to_string(data.failed()).unwrap(), whole);
+        // Whole, followed by whitespace, or by what steward never writes (an operator's
+        // note, another tool's JSON in part, another line ending): left as it is.
+        for end in [
+            "",
+            "\n\n",
+            "# fixed ship2's path",
+            "[{\"toNo",
+            "[\r\n  {\r\n",
+        ] {
+            std::fs::write(data.failed(), format!("{whole}{end}")).unwrap();
+            Resumed::open(&data, 100, &[ship1()]);
+            assert_eq!(
+                std::fs::read_to_string(data.failed()).unwrap(),
+                format!("{whole}{end}")
+            );
+            assert!(kept().is_empty());
+        }
         // Nothing whole at all: all of it is the part.
         std::fs::write(data.failed(), &third[..9]).unwrap();
         Resumed::open(&data, 100, &[ship1()]);
         assert_eq!(std::fs::read_to_string(data.failed()).unwrap(), "");
+        assert_eq!(kept(), [&third[..9]]);
     }
 }

@@ -856,4 +856,18 @@ fn a_reply_a_power_cut_left_in_part_is_stored_again_whole() {
     }
     assert_eq!(listed, 1, "listed once:\n{log}");
     assert_eq!(central.read("failed-messages.txt"), "", "the part cut off");
+    // Each part kept beside its file.
+    let aside = |name: &str| -> Vec<String> {
+        std::fs::read_dir(central.data())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(&format!("{name}.cut-")))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+    assert_eq!(aside("failed-messages.txt"), [failed_part]);
+    assert_eq!(
+        aside("message-log.txt"),
+        [format!("{{\"id\":\"{id}\",\"data\":[\"sh")]
+    );
 }
