@@ -353,7 +353,8 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
     if wire(&output) > room {
         let note = "\n[steward: output cut to what one message may carry]\n";
         let room = room.saturating_sub(note.len() + 2);
-        while wire(&output) > room {
+        // Arguments may leave no room at all (`""` takes two bytes): nothing is kept then.
+        while !output.is_empty() && wire(&output) > room {
             let mut cut = (output.len() * room / wire(&output)).min(output.len() - 1);
             while !output.is_char_boundary(cut) {
                 cut -= 1;
@@ -530,6 +531,20 @@ mod tests {
         assert!(result.data[0].ends_with("carry]\n"));
         // Waits for its sender at least a week.
         assert!(result.ttl >= Some(crate::node::ERROR_REPORT_TTL_SECS));
+        // Arguments that leave no room for any output (as much as intake takes): the
+        // result says it was cut, and is made (it once looped for ever).
+        let mut request = request;
+        let args = MAX_RESULT_OUTPUT - 10;
+        request.message.reply_method_args = Some(vec!["a".repeat(args)]);
+        for output in ["", &"x".repeat(20), &"\u{1}".repeat(1000)] {
+            let result = result_message(&request, &Outcome::ok(output.to_string())).unwrap();
+            let expected = if output.is_empty() {
+                ""
+            } else {
+                "\n[steward: output cut to what one message may carry]\n"
+            };
+            assert_eq!(result.data[0], expected, "{output:?}");
+        }
     }
 
     #[test]
