@@ -107,6 +107,50 @@ fn op_process_list_shows_a_schedule_and_op_process_stop_ends_it() {
     assert!(!ship1.read("schedules.json").contains(&id));
 }
 
+/// Schedules whose runs hold every handler place (a commander's long command every second)
+/// cannot lock out the commands that put the node right: OpProcessList and OpProcessStop
+/// have places of their own, and stop them.
+#[test]
+fn schedules_holding_every_handler_cannot_lock_out_the_commands_that_stop_them() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=2"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let long = r#"["sh","-c","touch busy-$$; sleep 60"]"#;
+    let ids = [
+        schedule(&central, long, 1, 600, "a.txt"),
+        schedule(&central, long, 1, 600, "b.txt"),
+    ];
+    ship1.wait_status("showed every handler busy", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("handlers busy: 2"))
+    });
+    let started = std::time::Instant::now();
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":[],"commandOrEvent":"CommandACK","method":"OpProcessList"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    for id in &ids {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":["schedule {id}"],"commandOrEvent":"CommandACK","method":"OpProcessStop"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked", "{ended:?}");
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "[schedules_lockout] list and two stops answered in {took:?} while both places were held"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "waited for the long runs to end: {took:?}"
+    );
+    let table = central.read("replies/ship1.OpProcessList.log");
+    assert!(table.contains(&format!("schedule {}", ids[0])), "{table}");
+    let stopped = central.read("replies/ship1.OpProcessStop.log");
+    assert_eq!(stopped.matches("stopped for good").count(), 2, "{stopped}");
+    assert!(!ship1.status().contains("schedule "), "{}", ship1.status());
+}
+
 #[test]
 fn a_startup_file_sends_boot_at_each_start_and_starts_one_schedule_not_one_per_start() {
     let nats = NatsServer::start();

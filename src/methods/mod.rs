@@ -255,6 +255,14 @@ pub trait Method: Send + Sync {
     fn remembered(&self) -> bool {
         true
     }
+    /// Whether this method puts the node right (`OpProcessList`, `OpProcessStop`,
+    /// `TrustedKeys`): its messages may take one of the handler places kept for them when
+    /// every other is busy ([`crate::node::RESERVED`]), so that long commands or
+    /// schedules holding every place cannot lock out the commands that stop or revoke
+    /// them.
+    fn puts_right(&self) -> bool {
+        false
+    }
     /// Runs a received message that has passed the sender checks. Runs on a handler thread
     /// of its own; may block (a CLICommand runs up to its timeout).
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome;

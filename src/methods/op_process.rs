@@ -28,6 +28,9 @@ impl Method for OpProcessList {
     fn senders(&self) -> Senders {
         Senders::Commanders
     }
+    fn puts_right(&self) -> bool {
+        true
+    }
     fn handle(&self, _envelope: &Envelope, ctx: &Context) -> Outcome {
         match ctx.processes.table() {
             Some(table) => Outcome::ok(table),
@@ -45,6 +48,9 @@ impl Method for OpProcessStop {
     }
     fn senders(&self) -> Senders {
         Senders::Commanders
+    }
+    fn puts_right(&self) -> bool {
+        true
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let [name] = envelope.message.data.as_slice() else {

@@ -33,6 +33,10 @@ impl Method for TrustedKeys {
         super::Senders::Central
     }
 
+    fn puts_right(&self) -> bool {
+        true
+    }
+
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         let set = match KeySet::parse(&envelope.message.data.concat()) {
             Ok(set) => set,

@@ -16,6 +16,9 @@ pub struct Handlers {
     give: Sender<()>,
     take: Receiver<()>,
     capacity: usize,
+    /// [`RESERVED`] more, only for the methods that put the node right.
+    give_reserved: Sender<()>,
+    take_reserved: Receiver<()>,
     jobs: Sender<Job>,
     waiting: Receiver<Job>,
     /// Threads waiting for a job that no dispatch has claimed yet.
@@ -29,6 +32,12 @@ type Job = (Box<dyn FnOnce() + Send>, Permit);
 
 /// How long a handler thread waits for another message before it exits.
 pub const HANDLER_IDLE: Duration = Duration::from_secs(60);
+
+/// Handler places beyond `capacity`, kept for the methods that put the node right
+/// ([`crate::methods::Method::puts_right`]: listing and stopping processes, revoking keys):
+/// a commander's long commands or schedules can hold every other place for as long as
+/// their timeouts, and those must still get through.
+pub const RESERVED: usize = 2;
 
 /// A permit; given back on drop, when the job ends (or unwinds).
 struct Permit(Sender<()>);
@@ -50,11 +59,19 @@ impl Handlers {
             give.send(())
                 .expect("the channel was made with room for every permit");
         }
+        let (give_reserved, take_reserved) = crossbeam_channel::bounded(RESERVED);
+        for _ in 0..RESERVED {
+            give_reserved
+                .send(())
+                .expect("the channel was made with room for every permit");
+        }
         let (jobs, waiting) = crossbeam_channel::unbounded();
         Handlers {
             give,
             take,
             capacity,
+            give_reserved,
+            take_reserved,
             jobs,
             waiting,
             idle: Arc::new(AtomicUsize::new(0)),
@@ -75,7 +92,30 @@ impl Handlers {
             recv(self.take) -> _ => Permit(self.give.clone()),
             recv(stop) -> _ => return false,
         };
-        let job: Job = (Box::new(job), permit);
+        self.dispatch(method, Box::new(job), permit)
+    }
+
+    /// As [`Handlers::run`], for a method that puts the node right: on one of the
+    /// [`RESERVED`] places if every other is busy.
+    pub fn run_to_put_right(
+        &self,
+        stop: &Receiver<()>,
+        method: &str,
+        job: impl FnOnce() + Send + 'static,
+    ) -> bool {
+        let permit = match self.take.try_recv() {
+            Ok(()) => Permit(self.give.clone()),
+            Err(_) => crossbeam_channel::select! {
+                recv(self.take) -> _ => Permit(self.give.clone()),
+                recv(self.take_reserved) -> _ => Permit(self.give_reserved.clone()),
+                recv(stop) -> _ => return false,
+            },
+        };
+        self.dispatch(method, Box::new(job), permit)
+    }
+
+    fn dispatch(&self, method: &str, job: Box<dyn FnOnce() + Send>, permit: Permit) -> bool {
+        let job: Job = (job, permit);
         // Claim a waiting thread, or start one.
         if self
             .idle
@@ -99,21 +139,26 @@ impl Handlers {
     }
 
     pub fn in_use(&self) -> usize {
-        self.capacity - self.take.len()
+        self.capacity - self.take.len() + RESERVED - self.take_reserved.len()
     }
 
     /// Waits until every permit is back (all handlers finished) or `deadline` passes: by
     /// taking each permit as it comes back, so it sleeps until a handler ends. They are
     /// given back after, so handlers can run again.
     pub fn wait_idle(&self, deadline: Instant) -> bool {
-        let mut held = Vec::with_capacity(self.capacity);
-        while held.len() < self.capacity {
-            match self.take.recv_deadline(deadline) {
-                Ok(()) => held.push(Permit(self.give.clone())),
-                Err(_) => break,
+        let mut held = Vec::with_capacity(self.capacity + RESERVED);
+        for (take, give, n) in [
+            (&self.take, &self.give, self.capacity),
+            (&self.take_reserved, &self.give_reserved, RESERVED),
+        ] {
+            for _ in 0..n {
+                match take.recv_deadline(deadline) {
+                    Ok(()) => held.push(Permit(give.clone())),
+                    Err(_) => return false,
+                }
             }
         }
-        held.len() == self.capacity
+        true
     }
 }
 

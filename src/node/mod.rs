@@ -28,7 +28,7 @@ mod report;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use handlers::{Handlers, HANDLER_IDLE};
+pub use handlers::{Handlers, HANDLER_IDLE, RESERVED};
 pub use intake::Progress;
 pub use presence::Presence;
 use report::Refusals;

@@ -144,6 +144,64 @@ fn handler_threads_are_bounded_reused_and_let_go() {
     go_tx.send(()).unwrap();
 }
 
+/// Long commands or schedules holding every place cannot lock out the methods that put a
+/// node right: they have [`crate::node::RESERVED`] places of their own, and take an
+/// ordinary one first when one is free.
+#[test]
+fn the_methods_that_put_a_node_right_have_places_of_their_own() {
+    let h = Arc::new(Handlers::lingering(2, Duration::from_millis(200)));
+    let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let (go_tx, go) = crossbeam_channel::unbounded();
+    let right = |h: &Handlers| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let go = go.clone();
+        assert!(h.run_to_put_right(&stop, "test", move || {
+            tx.send(()).unwrap();
+            let _ = go.recv();
+        }));
+        rx
+    };
+    // Both ordinary places held.
+    let held = [job(&h, &stop, &go), job(&h, &stop, &go)];
+    for r in &held {
+        r.recv().unwrap();
+    }
+    // Another ordinary job waits.
+    let (h2, stop2, go2) = (h.clone(), stop.clone(), go.clone());
+    let ordinary = std::thread::spawn(move || job(&h2, &stop2, &go2).recv().unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!ordinary.is_finished(), "ran past the limit");
+    // Those that put it right run, RESERVED of them.
+    let reserved: Vec<_> = (0..crate::node::RESERVED).map(|_| right(&h)).collect();
+    for r in &reserved {
+        r.recv_timeout(Duration::from_secs(5))
+            .expect("a method that puts the node right waited for a place");
+    }
+    assert_eq!(h.in_use(), 2 + crate::node::RESERVED);
+    // Past those, one waits too.
+    let h3 = h.clone();
+    let (tx, waiting) = crossbeam_channel::bounded(1);
+    let (stop3, go3) = (stop.clone(), go.clone());
+    std::thread::spawn(move || {
+        h3.run_to_put_right(&stop3, "test", move || {
+            tx.send(()).unwrap();
+            let _ = go3.recv();
+        })
+    });
+    assert!(waiting.recv_timeout(Duration::from_millis(100)).is_err());
+    for _ in 0..2 + crate::node::RESERVED + 2 {
+        go_tx.send(()).unwrap();
+    }
+    ordinary.join().unwrap();
+    waiting.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(h.wait_idle(Instant::now() + Duration::from_secs(5)));
+    // With places free, an ordinary one is taken: the reserve stays whole.
+    let r = right(&h);
+    r.recv().unwrap();
+    assert_eq!(h.in_use(), 1);
+    go_tx.send(()).unwrap();
+}
+
 /// A finish waits up to half a second to be made durable; every hold of the journal
 /// meanwhile (each take, each finish) once woke the supervisor again for nothing.
 #[test]

@@ -60,6 +60,9 @@ impl Scheduler {
     }
 }
 
+/// The longest the scheduler waits before it reads the wall clock again.
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
+
 impl Process for Scheduler {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         let methods: Vec<Arc<dyn Method>> = crate::methods::registry();
@@ -112,12 +115,16 @@ impl Process for Scheduler {
                 ),
                 None => format!("{waiting} schedule(s)"),
             });
+            // Runs are due by the wall clock, the timer counts the monotonic one: a wait of
+            // at most a minute, then the wall clock is read again, so a clock set forward
+            // (a Pi without a real-time clock boots in 1970, then NTP sets it) delays a run
+            // by a minute at most, not by the jump.
             let timer = next.map_or_else(crossbeam_channel::never, |at| {
                 let at = UNIX_EPOCH + Duration::from_millis(at);
                 let wait = at
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or_default();
-                crossbeam_channel::after(wait)
+                crossbeam_channel::after(wait.min(LOOK_AGAIN))
             });
             select! {
                 recv(stop) -> _ => return Ok(()),

@@ -161,9 +161,13 @@ impl Process for Subscriber {
                     let (method, node, conn) =
                         (self.method.clone(), self.node.clone(), conn.clone());
                     let deferred = deferred_tx.clone();
-                    let started = self.node.handlers.run(stop, name, move || {
-                        handle(&*method, &node, &conn, msg, &deferred);
-                    });
+                    let job = move || handle(&*method, &node, &conn, msg, &deferred);
+                    let handlers = &self.node.handlers;
+                    let started = if self.method.puts_right() {
+                        handlers.run_to_put_right(stop, name, job)
+                    } else {
+                        handlers.run(stop, name, job)
+                    };
                     if !started && crate::process::stopping(stop) {
                         return Ok(());
                     }
