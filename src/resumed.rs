@@ -186,26 +186,35 @@ impl Resumed {
         let mut wanted: HashSet<&str> = ids.iter().copied().collect();
         let mut found = HashSet::new();
         let read = File::open(path).and_then(|file| {
+            // Where a record may end: the file's end, or where a line of the file's own
+            // begins (a header, part of one, the mark). A header inside a record's output
+            // ends, if anywhere, inside that output, unless it is its very end.
+            let mut ends = HashSet::from([file.metadata()?.len()]);
             lines_backward_in(&file, TAIL_BYTES, |at_byte, line| {
                 let Some(header) = ReplyHeader::parse(line) else {
+                    if line.starts_with(b"=== ") {
+                        ends.insert(at_byte);
+                    }
                     return true;
                 };
                 if self.since.as_deref().is_some_and(|since| header.at < since) {
                     return false;
                 }
-                if wanted.contains(header.id) {
-                    // Part of a record is not a stored reply: stored again, whole.
-                    if header.is_whole(&file, at_byte + line.len() as u64 + 1) {
-                        wanted.remove(header.id);
+                let end = header.ends_at(&file, at_byte + line.len() as u64 + 1);
+                ends.insert(at_byte);
+                if wanted.remove(header.id) {
+                    // Its last record decides: part of a record is not a stored reply
+                    // (stored again, whole), and an earlier one is not looked for.
+                    if end.is_some_and(|end| ends.contains(&end)) {
                         found.insert(header.id.to_string());
-                        return !wanted.is_empty();
+                    } else {
+                        log::warn!(
+                            "{}: the reply to {} stored before the last stop is not whole; storing it again",
+                            path.display(),
+                            header.id
+                        );
                     }
-                    log::warn!(
-                        "{}: the reply to {} stored before the last stop is not whole; storing it again",
-                        path.display(),
-                        header.id
-                    );
-                    return true;
+                    return !wanted.is_empty();
                 }
                 // Before a listed message's reply, everything was listed too.
                 !self.listed.contains(&key(header.id))
@@ -281,12 +290,6 @@ impl<'a> ReplyHeader<'a> {
             return None;
         }
         Some(ReplyHeader { at, id, body })
-    }
-
-    /// Whether `file` holds this header's whole body from byte `from` on: as long as the
-    /// header says, and with its CRC. A header without them cannot be checked: not whole.
-    fn is_whole(&self, file: &File, from: u64) -> bool {
-        self.ends_at(file, from).is_some()
     }
 
     /// Where the record ends in `file` when its body, from byte `from` on, is whole.
@@ -432,14 +435,30 @@ impl Form {
         }
     }
 
-    /// Whether `part` can be the start of a record as steward writes it (or bytes a stop
-    /// left unwritten, read as zeros): anything else an operator wrote is left alone.
+    /// Whether `part` can be the start of a record as steward writes it, or bytes a stop
+    /// left unwritten (read as zeros), or both: anything else an operator wrote is left.
     fn may_begin(self, part: &[u8]) -> bool {
         let steward = match self {
             Form::Lines => &b"{"[..],
             Form::Arrays => b"[\n  {",
         };
-        part[0] == 0 || steward.starts_with(part) || part.starts_with(steward)
+        let written = &part[..part.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)];
+        part.first() == Some(&0) || steward.starts_with(written) || written.starts_with(steward)
+    }
+
+    /// Where in `part` (what follows the last whole record) the part of a record a stop
+    /// left begins: the first line that may begin one. What is before it (an operator's
+    /// note, a blank line) stays.
+    fn cut_from(self, part: &[u8]) -> Option<usize> {
+        let starts = std::iter::once(0).chain(
+            part.iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        starts
+            .filter(|&i| i < part.len())
+            .find(|&i| self.may_begin(&part[i..]))
     }
 }
 
@@ -504,12 +523,13 @@ fn end_whole(path: &Path, form: Form) {
                 "its last record lacked only its newline (from byte {keep}); ended"
             )));
         }
-        if !form.may_begin(part) {
+        let Some(from) = form.cut_from(part) else {
             return Ok(Some(format!(
                 "it ends with {} byte(s) that are no record of steward's, from byte {keep}; left as they are",
                 part.len()
             )));
-        }
+        };
+        let (keep, part) = (keep + from as u64, &part[from..]);
         let mut kept = path.as_os_str().to_owned();
         kept.push(format!(".cut-{}", crate::files::unix_millis()));
         let kept = PathBuf::from(kept);
@@ -789,12 +809,16 @@ mod tests {
         let c = header("c", t - 5);
         let (head, body) = c.split_at(c.find('\n').unwrap() + 1);
         let zeros = format!("{head}{}", "\0".repeat(body.len()));
-        let parts: [(&str, &str); 6] = [
+        let parts: [(&str, &str); 7] = [
             ("the header and part of the output", &c[..c.len() - 3]),
             ("the header alone", head),
             ("part of the header", &head[..20]),
             (
                 "the header up to its length, as an earlier version's reads",
+                &head[..head.find(" bytes=").unwrap()],
+            ),
+            (
+                "the header up to part of its length",
                 &head[..head.find(" bytes=").unwrap() + 4],
             ),
             ("the header, and zeros for its output", &zeros),
@@ -836,6 +860,39 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// Only a reply's last record decides (an earlier whole one for the same message does
+    /// not stand in for its last, cut short), and a record counts only if it ends where a
+    /// line of the file's own begins: one inside another's output that ends inside it
+    /// (what the replying node wrote) is not taken for stored.
+    #[test]
+    fn a_reply_counts_by_its_last_record_and_only_where_a_record_may_end() {
+        let t = 1_800_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let replies = data.replies("ship1", "CLICommand");
+        std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
+        let y = header("y", t - 5);
+        std::fs::write(&replies, format!("{y}{}", &y[..y.len() - 3])).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert!(r.stored_replies(&ship1(), &replies, &["y"]).is_empty());
+        // x's output holds a whole-looking record of y's, then more.
+        let inner = format!("{}more output of x\n", header("y", t - 4));
+        let outer = format!(
+            "=== {} id=x from=ship1 status=Ok exit=0 bytes={} crc={:08x}\n{inner}",
+            crate::files::rfc3339(t - 3),
+            inner.len(),
+            crc32fast::hash(inner.as_bytes())
+        );
+        std::fs::write(&replies, &outer).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert!(r.stored_replies(&ship1(), &replies, &["y"]).is_empty());
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(
+            r.stored_replies(&ship1(), &replies, &["x"]),
+            HashSet::from(["x".to_string()])
+        );
     }
 
     /// A record that lacks only the newline that ends it is whole once the newline is
@@ -921,25 +978,38 @@ mod tests {
             kept.sort();
             kept
         };
-        let long = format!("{}{}", array(&"x".repeat(70_000)), &third[..9]);
+        // A long array cut in its middle: read back across chunks to its start.
+        let long_array = array(&"x".repeat(70_000));
+        let long = &long_array[..40_000];
+        let zeros = |text: &str| format!("{text}{}", "\0".repeat(5000));
+        let (open, open_line) = (zeros("["), zeros("[\n"));
         for part in [
             &third[..third.len() - 4],
             &third[..9],
             "[",
             "\0\0\0\0",
-            &long,
+            long,
+            &open,
+            &open_line,
         ] {
             std::fs::write(data.failed(), format!("{whole}{part}")).unwrap();
             Resumed::open(&data, 100, &[ship1()]);
             let (text, kept) = (std::fs::read_to_string(data.failed()).unwrap(), kept());
-            if part == long {
-                // Read back across chunks: the long array is whole, the part after it cut.
-                assert_eq!(text, format!("{whole}{}", array(&"x".repeat(70_000))));
-                assert_eq!(kept, [&third[..9]]);
-            } else {
-                assert_eq!(text, whole, "{part:?}");
-                assert_eq!(kept, [part], "{part:?}");
-            }
+            let what = &part[..part.len().min(20)];
+            assert_eq!(text, whole, "{what:?}");
+            assert_eq!(kept, [part], "{what:?}");
+        }
+        // What an operator wrote before the part stays; the part goes.
+        for before in [
+            "# fixed ship2's path\n",
+            "\n\n",
+            "[{\"toNode\":\"ship9\"}]\n",
+        ] {
+            std::fs::write(data.failed(), format!("{whole}{before}{}", &third[..20])).unwrap();
+            Resumed::open(&data, 100, &[ship1()]);
+            let text = std::fs::read_to_string(data.failed()).unwrap();
+            assert_eq!(text, format!("{whole}{before}"), "{before:?}");
+            assert_eq!(kept(), [&third[..20]], "{before:?}");
         }
         // A whole array that lacks only its newline gets it (another tool's JSON too).
         for last in [&third[..third.len() - 1], "[{\"toNode\":\"ship9\"}]"] {
