@@ -175,3 +175,111 @@ fn a_sender_flooding_textlogging_is_held_to_its_hourly_budget() {
         refused as f64
     );
 }
+
+/// A broken array longer than what the inbox reads at once (1 MiB): where it ends is not
+/// known until a line opens the next array, so it is read again with more; none of the
+/// objects on its lines is ever taken for a message of its own (they were once, past the
+/// first read, each read as a single message), the array after it goes, and the rejection
+/// is reported a bounded number of times.
+#[test]
+fn a_broken_array_longer_than_a_read_runs_none_of_its_lines() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    // Lines of 128 bytes each, so that a read's end (at 1 MiB) falls where a line begins.
+    let line = |i: usize| {
+        let text = |pad: &str| {
+            format!("  {{\"toNode\":\"ship1\",\"data\":[\"echo\",\"NO-{i}\",\"{pad}\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}},\n")
+        };
+        text(&"x".repeat(128 - text("").len()))
+    };
+    assert_eq!(line(7).len(), 128);
+    // A bracket that does not match, then 3 MiB of objects: broken from its second line.
+    let mut broken = format!("[\n  }}{}\n", " ".repeat(128 - 6));
+    assert_eq!(broken.len(), 128);
+    let mut n = 0;
+    while broken.len() < 3 << 20 {
+        broken.push_str(&line(n));
+        n += 1;
+    }
+    broken.push_str("]\n");
+    central.append_inmsg(&format!("{broken}{}", command("ship1", &["echo", "YES"])));
+    central.wait_metric(
+        "journaled the one good message",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v >= 1.0,
+    );
+    central.wait_idle();
+    let rejected = central.read("inmsg.rejected.txt");
+    let taken: usize = central
+        .log()
+        .lines()
+        .filter_map(|l| {
+            l.split("took ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    let reports = central.wait_count("errors.log", "input rejected", 1);
+    eprintln!(
+        "[broken_array] lines={n} bytes={} rejected_bytes={} taken={taken} reports={}",
+        broken.len(),
+        rejected.len(),
+        reports.matches("input rejected").count()
+    );
+    assert_eq!(taken, 1, "objects of the broken array were taken");
+    assert_eq!(central.metric("steward_journal_pending_messages"), 1.0);
+    for i in [0, n / 2, n - 1] {
+        assert!(rejected.contains(&format!("\"NO-{i}\"")), "NO-{i} not kept");
+    }
+    assert!(!rejected.contains("YES"));
+    assert!(reports.matches("input rejected").count() <= 11);
+}
+
+/// inmsg.txt is taken by renaming it: a symbolic link would be broken (what is written to
+/// its target never seen again, or taken twice when the link is made again), a second name
+/// of a hard link written through unseen. Neither is taken: each is said, once, and left
+/// as it is; a plain file after it is taken.
+#[test]
+fn an_inmsg_txt_that_is_a_link_is_left_and_said() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("messages.json");
+    let text = command("ship1", &["echo", "linked"]);
+    std::fs::write(&target, &text).unwrap();
+    std::os::unix::fs::symlink(&target, central.path("inmsg.txt")).unwrap();
+    let errors = central.wait_for("errors.log", "is a symbolic link");
+    // Said once, however often the folder changes meanwhile.
+    for i in 0..5 {
+        std::fs::write(central.path(&format!("touch-{i}")), "").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(central.path("inmsg.txt")).unwrap();
+    // A hard link: two names.
+    std::fs::hard_link(&target, central.path("inmsg.txt")).unwrap();
+    let errors_after = central.wait_for("errors.log", "names (hard links)");
+    assert_eq!(
+        errors_after.matches("is a symbolic link").count(),
+        1,
+        "{errors_after}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        text,
+        "the target was changed"
+    );
+    assert_eq!(central.metric("steward_journal_pending_messages"), 0.0);
+    assert!(errors.contains(&target.display().to_string()), "{errors}");
+    // A plain file again: taken.
+    std::fs::remove_file(central.path("inmsg.txt")).unwrap();
+    central.append_inmsg(&text);
+    central.wait_metric(
+        "taken once a plain file",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v == 1.0,
+    );
+    assert_eq!(central.metric("steward_process_restarts_total"), 0.0);
+}

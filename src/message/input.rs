@@ -29,6 +29,10 @@ pub struct Parsed {
     pub rejected: Vec<Rejected>,
     /// Bytes fully dealt with; anything after is an incomplete value still being written.
     pub consumed: usize,
+    /// Where the last rejected piece begins, if it runs to the end of the text and more
+    /// text may follow (not `at_end`): where it ends (the next line that opens an array)
+    /// is not known yet, and what follows the text may be more of it.
+    pub open_from: Option<usize>,
 }
 
 /// Parses the text of `inmsg.txt`: any number of JSON arrays of messages (or single message
@@ -94,6 +98,9 @@ fn parse_with(
                             text: String::from_utf8_lossy(&text[start..end]).into_owned(),
                             error: format!("line {line}: invalid JSON: brackets do not match"),
                         });
+                        if end == text.len() && !at_end {
+                            parsed.open_from = Some(start);
+                        }
                         pos = end;
                         parsed.consumed = end;
                         continue;
@@ -108,6 +115,9 @@ fn parse_with(
                     text: String::from_utf8_lossy(&text[start..end]).into_owned(),
                     error: format!("line {line}: expected a JSON array of messages"),
                 });
+                if end == text.len() && !at_end {
+                    parsed.open_from = Some(start);
+                }
                 pos = end;
                 parsed.consumed = end;
                 continue;
@@ -271,6 +281,19 @@ fn scan_value(text: &[u8]) -> Scan {
 }
 
 /// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
+/// Where a rejected stretch that began before `text` ends in it: at the first line that
+/// opens an array (`text` itself, if it begins a line, `at_line_start`, and opens one).
+pub fn stretch_end(text: &[u8], at_line_start: bool) -> Option<usize> {
+    let indent = text
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    if at_line_start && text.get(indent) == Some(&b'[') {
+        return Some(indent);
+    }
+    next_value_start(text)
+}
+
 fn next_value_start(text: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(nl) = text[i..].iter().position(|&b| b == b'\n') {
@@ -536,5 +559,31 @@ mod tests {
             .iter()
             .all(|r| r.error.contains("brackets do not match")));
         assert_eq!(p.consumed, text.len());
+    }
+
+    /// A rejected stretch that runs to the end of the text, when more may follow, says
+    /// where it began: the inbox does not take what follows for new input.
+    #[test]
+    fn a_rejected_stretch_that_runs_to_the_end_says_so() {
+        let good = r#"[{"toNode":"ship1","data":["x"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#;
+        for bad in ["not json\n  {\"a\":1}\n", "[\n  }\n  {\"a\":1}\n"] {
+            let text = format!("{good}\n{bad}");
+            let p = parse_input(text.as_bytes(), 1, false, &known);
+            assert_eq!(p.messages.len(), 1);
+            assert_eq!(p.open_from, Some(good.len() + 1), "{bad:?}");
+            assert_eq!(p.consumed, text.len());
+            // At the end (nothing more will come): closed.
+            let p = parse_input(text.as_bytes(), 1, true, &known);
+            assert_eq!(p.open_from, None);
+            // Ended by a line that opens an array: closed.
+            let text = format!("{bad}{good}\n");
+            let p = parse_input(text.as_bytes(), 1, false, &known);
+            assert_eq!((p.open_from, p.messages.len()), (None, 1));
+        }
+        // Where a stretch that began before ends.
+        assert_eq!(stretch_end(b"  [1]", true), Some(2));
+        assert_eq!(stretch_end(b"  [1]", false), None);
+        assert_eq!(stretch_end(b"x\n [1]", false), Some(3));
+        assert_eq!(stretch_end(b"  {\"a\":1}\n", true), None);
     }
 }

@@ -26,7 +26,7 @@ mod input;
 mod validate;
 mod wire;
 
-pub use input::{parse_input, Parsed, Rejected};
+pub use input::{parse_input, stretch_end, Parsed, Rejected};
 pub use validate::InputError;
 pub use wire::{decode_batch, encode_batch, is_batch, DecodeError, Envelope, Form, Reply, Status};
 

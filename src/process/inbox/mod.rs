@@ -25,7 +25,7 @@ mod taken;
 
 use super::{sleep_or_stop, stopping, Failure, Process, State, StopFd};
 use crate::files::Watch;
-use crate::message::{parse_input, Parsed, Rejected};
+use crate::message::{parse_input, stretch_end, Parsed, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
 use std::fmt;
@@ -51,6 +51,9 @@ const BATCH_BYTES: usize = 1 << 20;
 /// The largest array read whole; past it, what was read is rejected as unfinished (the
 /// seed's arrays are a few messages; a message's data is at most 256 KiB).
 const MAX_ARRAY: usize = 64 << 20;
+/// Rejected pieces of one read reported one by one; past these, one report says how many
+/// more.
+const REPORTS_PER_BATCH: usize = 10;
 /// Batches taken from one file before the inbox looks at the others (and at `stop`).
 const BATCHES_PER_TURN: usize = 16;
 
@@ -74,6 +77,11 @@ struct Taken {
     more: bool,
     /// The disk is full: what is left waits in the file until there is room.
     paused: bool,
+    /// A rejected stretch (garbage, a broken array, one past any array's size) ran to the
+    /// end of what was read: what follows (appended later, or past [`MAX_ARRAY`]) is more
+    /// of it, up to the next line that opens an array. In memory only: after a restart the
+    /// rest is read as new input.
+    skipping: bool,
 }
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
@@ -166,12 +174,16 @@ impl Process for Inbox {
         // Bytes taken since memory was last handed back.
         let mut since_trim = 0u64;
         let mut finished = Finished::default();
+        // The inmsg.txt last refused (not a plain file of its own), said once.
+        let mut refused = None;
         // Where the filesystem may number files anew at each mount, a taken name carries no
         // identity (and the rename is made durable before reading, as it must then be).
         let identities = crate::sys::keeps_inode_numbers(&root);
         loop {
             let inmsg = self.node.data.inmsg();
-            if let Some(found) = fs::metadata(&inmsg).ok().filter(|m| m.len() > 0) {
+            let found = fs::symlink_metadata(&inmsg).ok();
+            let found = found.filter(|m| self.takeable(&inmsg, m, &mut refused));
+            if let Some(found) = found.filter(|m| m.len() > 0) {
                 let identity = Identity::of(&found).filter(|_| identities);
                 let name = taken_name(identity);
                 let path = root.join(&name);
@@ -198,6 +210,7 @@ impl Process for Inbox {
                     changed: Instant::now(),
                     more: false,
                     paused: false,
+                    skipping: false,
                 });
             }
             let mut i = 0;
@@ -295,6 +308,7 @@ impl Inbox {
                     changed: Instant::now(),
                     more: false,
                     paused: false,
+                    skipping: false,
                 }
             })
             .collect())
@@ -332,8 +346,11 @@ impl Inbox {
         }
         // Nothing complete left to read. Is anyone still writing to it?
         let writers_gone = match sole_holder(&file) {
-            Some(sole) => sole,
-            None => t.changed.elapsed() >= QUIET,
+            Ok(sole) => sole,
+            Err(e) => {
+                self.no_leases(&t.path, &e);
+                t.changed.elapsed() >= QUIET
+            }
         };
         if !writers_gone {
             return Ok(false);
@@ -369,12 +386,28 @@ impl Inbox {
             // unless it is past any array's size.
             let cut_short = bytes.len() == limit;
             let too_big = cut_short && limit >= MAX_ARRAY;
-            let parsed = parse_input(
-                &bytes,
-                t.line,
-                (at_end && !cut_short) || too_big,
-                &crate::methods::kind_refusal,
-            );
+            let at_line_start = t.offset == 0 || byte_at(file, t.offset - 1)? == Some(b'\n');
+            let mut parsed = self.parse(t, &bytes, at_end && !cut_short, at_line_start);
+            if too_big && parsed.consumed == 0 {
+                // One value past any array's size: rejected, and what follows it, up to
+                // the next line that opens an array, with it.
+                parsed = self.parse(t, &bytes, true, at_line_start);
+                t.skipping = true;
+            }
+            if let Some(from) = parsed.open_from.take() {
+                if !cut_short || too_big {
+                    // The end of what there is, or of what may be read at once: what
+                    // comes after is more of the stretch, until a line opens an array.
+                    t.skipping = true;
+                } else {
+                    // A rejected stretch runs past what was read: where it ends is not
+                    // known, so it is read again, with more, as an array larger than a
+                    // batch is (what follows it could otherwise be taken for messages
+                    // of its own: the lines of a broken array's objects).
+                    parsed.rejected.pop();
+                    parsed.consumed = from;
+                }
+            }
             if parsed.consumed == 0 {
                 if cut_short {
                     limit *= 2; // one array larger than a batch: read it whole
@@ -398,6 +431,98 @@ impl Inbox {
             }
             limit = BATCH_BYTES;
         }
+    }
+
+    /// Whether inmsg.txt (`found`, not followed if a link) can be taken: a plain file of
+    /// its own. Taking renames it, which would break a symbolic link (what is written to
+    /// its target then never seen, or all of it taken again when the link is made again)
+    /// and leave a second name of a hard link to be written through unseen. Anything else
+    /// is left where it is, and said once (logged and reported) until it changes.
+    fn takeable(
+        &self,
+        inmsg: &std::path::Path,
+        found: &fs::Metadata,
+        refused: &mut Option<(u64, u64, String)>,
+    ) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let kind = found.file_type();
+        let why = if kind.is_symlink() {
+            let to = fs::read_link(inmsg).map(|t| t.display().to_string());
+            format!(
+                "is a symbolic link (to {}): taking it would break the link; write to the file itself",
+                to.unwrap_or_else(|e| e.to_string())
+            )
+        } else if !kind.is_file() {
+            "is not a plain file".to_string()
+        } else if found.nlink() > 1 {
+            format!(
+                "has {} names (hard links): what is written through the others would not be seen once it is taken; remove them",
+                found.nlink()
+            )
+        } else {
+            *refused = None;
+            return true;
+        };
+        let this = (found.dev(), found.ino(), why);
+        if refused.as_ref() != Some(&this) {
+            let text = format!(
+                "{}: {} {}; not taken",
+                self.node.config.node,
+                inmsg.display(),
+                this.2
+            );
+            log::error!("{text}");
+            self.node.report_error(text);
+            *refused = Some(this);
+        }
+        false
+    }
+
+    /// Says once (logged and reported) that leases are not to be had here, and what that
+    /// costs: a writer that keeps inmsg.txt open and is quiet for [`QUIET`] is taken for
+    /// gone, and what it writes after the file is removed is lost.
+    fn no_leases(&self, path: &std::path::Path, why: &io::Error) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let text = format!(
+            "{}: no file lease on {} ({why}): whether a writer still holds a taken inmsg.txt cannot be known, so it is taken as done after {}s without a change; a program that keeps inmsg.txt open and pauses longer loses what it writes after. Append with `>>` (open, write, close), or run steward as the owner of what is appended (or with CAP_LEASE)",
+            self.node.config.node,
+            path.display(),
+            QUIET.as_secs()
+        );
+        log::warn!("{text}");
+        self.node.report_error(text);
+    }
+
+    /// Parses what was read at `t.offset` (see [`parse_input`]); if a rejected stretch runs
+    /// into it (`t.skipping`), first rejects what is more of that stretch.
+    fn parse(&self, t: &mut Taken, bytes: &[u8], at_end: bool, at_line_start: bool) -> Parsed {
+        let known = &crate::methods::kind_refusal;
+        if !t.skipping {
+            return parse_input(bytes, t.line, at_end, known);
+        }
+        let end = stretch_end(bytes, at_line_start);
+        t.skipping = end.is_none() && !at_end;
+        let skip = end.unwrap_or(bytes.len());
+        let lines = bytes[..skip].iter().filter(|&&b| b == b'\n').count();
+        let mut parsed = parse_input(&bytes[skip..], t.line + lines, at_end, known);
+        if skip > 0 {
+            parsed.rejected.insert(
+                0,
+                Rejected {
+                    text: String::from_utf8_lossy(&bytes[..skip]).into_owned(),
+                    error: format!(
+                        "line {}: more of the input rejected before it (up to the next line that opens an array)",
+                        t.line
+                    ),
+                },
+            );
+        }
+        parsed.consumed += skip;
+        parsed.open_from = parsed.open_from.map(|from| from + skip);
+        parsed
     }
 
     /// Keeps a batch's rejected pieces, then journals its messages with the offset in `t`
@@ -456,8 +581,14 @@ impl Inbox {
             ));
         }
         crate::files::append(&path, text.as_bytes(), true)?;
-        for r in rejected {
-            self.node.metrics.rejected_input.inc();
+        self.node
+            .metrics
+            .rejected_input
+            .inc_by(rejected.len() as u64);
+        // At most REPORTS_PER_BATCH reports a batch, however many pieces: a log pasted
+        // into inmsg.txt by mistake is thousands of pieces, and each report is a message
+        // journaled and sent.
+        for r in rejected.iter().take(REPORTS_PER_BATCH) {
             self.node.report_error(format!(
                 "{}: inmsg.txt input rejected ({}); kept in {}",
                 self.node.config.node,
@@ -465,7 +596,32 @@ impl Inbox {
                 path.display()
             ));
         }
+        if let Some(more) = rejected
+            .len()
+            .checked_sub(REPORTS_PER_BATCH)
+            .filter(|&n| n > 0)
+        {
+            self.node.report_error(format!(
+                "{}: inmsg.txt input rejected: {more} more piece(s) of the same read; kept in {}",
+                self.node.config.node,
+                path.display()
+            ));
+        }
         Ok(())
+    }
+}
+
+/// The byte of `file` at `offset`, if there is one.
+fn byte_at(file: &File, offset: u64) -> Result<Option<u8>, Error> {
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0];
+    match file.read_at(&mut byte, offset) {
+        Ok(1) => Ok(Some(byte[0])),
+        Ok(_) => Ok(None),
+        Err(source) => Err(Error::Read {
+            path: PathBuf::new(),
+            source,
+        }),
     }
 }
 
@@ -487,19 +643,20 @@ fn give_back_memory() {
 }
 
 /// Whether we are the only process holding `file` open: a write lease is granted only then.
-/// `None` where leases are not allowed (not the file's owner, or the filesystem says no).
-fn sole_holder(file: &File) -> Option<bool> {
+/// An error where leases are not allowed (not the file's owner without `CAP_LEASE`, leases
+/// turned off, a filesystem without them).
+fn sole_holder(file: &File) -> io::Result<bool> {
     use crate::sys::{set_lease, Lease};
     match set_lease(file, Lease::Write) {
         Ok(()) => {
             // Released again right away; the file is about to be read to the end and
             // removed.
             let _ = set_lease(file, Lease::None);
-            Some(true)
+            Ok(true)
         }
         Err(e) => match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(false),
-            _ => None,
+            Some(libc::EAGAIN) | Some(libc::EBUSY) => Ok(false),
+            _ => Err(e),
         },
     }
 }
