@@ -15,6 +15,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Size at which `message-log.txt` is rotated (`message-log.txt.1`, …): a line per message
+/// this node sent, for as long as it runs, would otherwise fill its disk in the end.
+pub const MESSAGE_LOG_ROTATE_AT: u64 = 64 << 20;
+/// Old message logs kept.
+pub const MESSAGE_LOG_KEEP: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct DataFolder {
     pub root: PathBuf,
@@ -36,7 +42,8 @@ impl DataFolder {
     pub fn journal_dir(&self) -> PathBuf {
         self.root.join("journal")
     }
-    /// Every processed message, one JSON line each, with all it takes to send it again.
+    /// Every processed message, one JSON line each, with all it takes to send it again;
+    /// rotated at [`MESSAGE_LOG_ROTATE_AT`], [`MESSAGE_LOG_KEEP`] old ones kept.
     pub fn message_log(&self) -> PathBuf {
         self.root.join("message-log.txt")
     }
@@ -44,7 +51,8 @@ impl DataFolder {
     pub fn failed(&self) -> PathBuf {
         self.root.join("failed-messages.txt")
     }
-    /// Replies received for messages this node sent, per destination node and method.
+    /// Replies received for messages this node sent, per destination node and method;
+    /// rotated as logs are ([`crate::log_budget::ROTATE_AT`]).
     pub fn replies(&self, node: &str, method: &str) -> PathBuf {
         self.root
             .join("replies")
@@ -165,41 +173,41 @@ pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     }
 }
 
-/// Appends as [`append`], first rotating `path` if the append would take it past
-/// `rotate_at` bytes: `path.{keep-1}` becomes `path.{keep}` (the oldest is replaced), …,
-/// `path` becomes `path.1`. So the family never holds much more than
-/// `rotate_at × (keep + 1)` bytes.
-pub fn append_rotating(
-    path: &Path,
-    bytes: &[u8],
-    durable: bool,
-    rotate_at: u64,
-    keep: usize,
-) -> io::Result<()> {
-    // One rotation at a time, or two appenders could both shift the old files.
-    static ROTATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ROTATING.lock().unwrap_or_else(|p| p.into_inner());
+/// Appends as [`append_shared`] (durably, whole or not at all, one append to the file at a
+/// time, those that come meanwhile together), first rotating `path` if the append would
+/// take it past `rotate_at` bytes: `path.{keep-1}` becomes `path.{keep}` (the oldest is
+/// replaced), …, `path` becomes `path.1`. So the family never holds much more than
+/// `rotate_at × (keep + 1)` bytes. The rotation is made durable with the append (the new
+/// file's name is synced).
+pub fn append_rotating(path: &Path, bytes: &[u8], rotate_at: u64, keep: usize) -> io::Result<()> {
+    Group::of(Work::Append, path).join(bytes, |all| {
+        rotate_before(path, all.len(), rotate_at, keep)?;
+        append_whole(path, all)
+    })
+}
+
+/// Rotates `path` (see [`append_rotating`]) if `more` bytes would take it past `rotate_at`.
+fn rotate_before(path: &Path, more: usize, rotate_at: u64, keep: usize) -> io::Result<()> {
     let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if size > 0 && size.saturating_add(bytes.len() as u64) > rotate_at {
-        let numbered = |i: usize| {
-            let mut p = path.as_os_str().to_owned();
-            p.push(format!(".{i}"));
-            PathBuf::from(p)
-        };
-        let gone_is_fine = |r: io::Result<()>| match r {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-        if keep == 0 {
-            gone_is_fine(fs::remove_file(path))?;
-        } else {
-            for i in (1..keep).rev() {
-                gone_is_fine(fs::rename(numbered(i), numbered(i + 1)))?;
-            }
-            gone_is_fine(fs::rename(path, numbered(1)))?;
-        }
+    if size == 0 || size.saturating_add(more as u64) <= rotate_at {
+        return Ok(());
     }
-    append(path, bytes, durable)
+    let numbered = |i: usize| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    };
+    let gone_is_fine = |r: io::Result<()>| match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    if keep == 0 {
+        return gone_is_fine(fs::remove_file(path));
+    }
+    for i in (1..keep).rev() {
+        gone_is_fine(fs::rename(numbered(i), numbered(i + 1)))?;
+    }
+    gone_is_fine(fs::rename(path, numbered(1)))
 }
 
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new content,
@@ -646,7 +654,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("errors.log");
         for i in 0..20 {
-            append_rotating(&log, format!("line {i:02}\n").as_bytes(), false, 16, 2).unwrap();
+            append_rotating(&log, format!("line {i:02}\n").as_bytes(), 16, 2).unwrap();
         }
         // Two lines (16 bytes) a file; the newest file, and two old ones.
         assert_eq!(fs::read_to_string(&log).unwrap(), "line 18\nline 19\n");
@@ -654,6 +662,43 @@ mod tests {
         assert_eq!(old(1), "line 16\nline 17\n");
         assert_eq!(old(2), "line 14\nline 15\n");
         assert!(!dir.path().join("errors.log.3").exists());
+    }
+
+    /// Appends from many threads to a rotating file: each line once in the family, whole,
+    /// none lost to a rotation, the family bounded.
+    #[test]
+    fn rotating_appends_from_many_threads_keep_each_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("replies.log");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let line = format!("thread {t} line {i:02}\n");
+                        append_rotating(log, line.as_bytes(), 400, 100).unwrap();
+                    }
+                });
+            }
+        });
+        let mut lines = Vec::new();
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(
+                text.len() <= 400,
+                "{}: {} bytes",
+                path.display(),
+                text.len()
+            );
+            lines.extend(text.lines().map(str::to_string));
+        }
+        lines.sort();
+        let mut want: Vec<String> = (0..8)
+            .flat_map(|t| (0..50).map(move |i| format!("thread {t} line {i:02}")))
+            .collect();
+        want.sort();
+        assert_eq!(lines, want);
     }
 
     #[test]

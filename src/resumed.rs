@@ -127,25 +127,36 @@ impl Resumed {
         }
         let message_log = message_log.as_path();
         let mut last = None;
-        let read = lines_backward(message_log, TAIL_BYTES, |_, line| {
-            // A line torn by the cut, or not steward's: passed over.
-            let Ok(l) = serde_json::from_slice::<Listed>(line) else {
-                return true;
-            };
-            let last = *last.get_or_insert(l.finished);
-            if l.finished.saturating_add(WINDOW) < last {
-                return false;
+        // The window may begin in the file the log was last rotated to.
+        let mut rotated = message_log.as_os_str().to_owned();
+        rotated.push(".1");
+        let mut window_closed = false;
+        for path in [message_log, Path::new(&rotated)] {
+            let read = lines_backward(path, TAIL_BYTES, |_, line| {
+                // A line torn by the cut, or not steward's: passed over.
+                let Ok(l) = serde_json::from_slice::<Listed>(line) else {
+                    return true;
+                };
+                let last = *last.get_or_insert(l.finished);
+                if l.finished.saturating_add(WINDOW) < last {
+                    window_closed = true;
+                    return false;
+                }
+                resumed.listed.insert(key(&l.id));
+                true
+            });
+            match read {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!(
+                    "cannot read {} to see what the last run finished: {e}; resumed messages are sent again",
+                    path.display()
+                ),
             }
-            resumed.listed.insert(key(&l.id));
-            true
-        });
-        match read {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!(
-                "cannot read {} to see what the last run finished: {e}; resumed messages are sent again",
-                message_log.display()
-            ),
+            let within_bound = std::fs::metadata(path).map_or(true, |m| m.len() <= TAIL_BYTES);
+            if window_closed || !within_bound {
+                break;
+            }
         }
         resumed.since = last.map(|t| crate::files::rfc3339(t.saturating_sub(WINDOW)));
         if !resumed.listed.is_empty() {
@@ -726,6 +737,35 @@ mod tests {
         // No message log yet: nothing was finished.
         let empty = tempfile::tempdir().unwrap();
         let r = Resumed::open(&data_folder(&empty), 100, &[ship1()]);
+        assert!(!r.finished(&entry(7, "a")));
+    }
+
+    /// The log rotated within the last window: its start is read in message-log.txt.1.
+    #[test]
+    fn the_window_is_read_across_the_last_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let log = data.message_log();
+        let t = 1_800_000_000_000;
+        let rotated = [line("old", t - WINDOW - 1), line("a", t - 20)].concat();
+        std::fs::write(dir.path().join("message-log.txt.1"), rotated).unwrap();
+        std::fs::write(&log, line("b", t)).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert!(r.finished(&entry(7, "a")), "listed before the rotation");
+        assert!(r.finished(&entry(8, "b")));
+        assert!(!r.finished(&entry(9, "old")), "older than the window");
+        // Rotated, and the cut came before the new file's name was made durable.
+        std::fs::remove_file(&log).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert!(r.finished(&entry(7, "a")));
+        // A window that closes in the current file: the rotated one is not read.
+        std::fs::write(
+            &log,
+            [line("c", t + WINDOW), line("d", t + 2 * WINDOW + 1)].concat(),
+        )
+        .unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert!(r.finished(&entry(7, "d")));
         assert!(!r.finished(&entry(7, "a")));
     }
 

@@ -77,13 +77,7 @@ impl Method for ErrorLog {
         let result = if written.is_empty() {
             Ok(())
         } else {
-            crate::files::append_rotating(
-                &path,
-                written.as_bytes(),
-                true,
-                limits.rotate_at,
-                limits.keep,
-            )
+            crate::files::append_rotating(&path, written.as_bytes(), limits.rotate_at, limits.keep)
         };
         refused
             .into_iter()

@@ -42,7 +42,10 @@ impl Method for File {
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         write(self.name(), envelope, ctx, |path, bytes| {
             if self.append {
-                return crate::files::append(path, bytes, true);
+                // Rotated as logs are: a schedule appending results for months would
+                // otherwise fill the disk; whole or not at all.
+                let limits = &ctx.log_budget.limits;
+                return crate::files::append_rotating(path, bytes, limits.rotate_at, limits.keep);
             }
             // `.<fileName>.tmp`: a fileName never starts with '.', so no file a sender
             // names can be in its way, and two names never share one.

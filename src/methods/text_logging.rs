@@ -78,15 +78,9 @@ impl Method for TextLogging {
                 if text.is_empty() {
                     return None;
                 }
-                crate::files::append_rotating(
-                    path,
-                    text.as_bytes(),
-                    true,
-                    limits.rotate_at,
-                    limits.keep,
-                )
-                .err()
-                .map(|e| format!("cannot append to {}: {e}", path.display()))
+                crate::files::append_rotating(path, text.as_bytes(), limits.rotate_at, limits.keep)
+                    .err()
+                    .map(|e| format!("cannot append to {}: {e}", path.display()))
             })
             .collect();
         lines

@@ -21,7 +21,13 @@ impl Publisher {
         // Synced before the messages are finished in the journal, so that a line lost in a
         // power cut is never that of a message the journal says is finished.
         let node = &self.node;
-        if let Err(e) = crate::files::append_shared(&node.data.message_log(), &log_lines) {
+        let (rotate_at, keep) = (
+            crate::files::MESSAGE_LOG_ROTATE_AT,
+            crate::files::MESSAGE_LOG_KEEP,
+        );
+        if let Err(e) =
+            crate::files::append_rotating(&node.data.message_log(), &log_lines, rotate_at, keep)
+        {
             // Only a log: skipped, and counted.
             log::error!("cannot write the message log: {e}");
             node.metrics
@@ -76,7 +82,8 @@ impl Publisher {
         }
         if !records.is_empty() {
             let path = self.replies_file();
-            crate::files::append_shared(&path, records.as_bytes())
+            let limits = &node.log_budget.limits;
+            crate::files::append_rotating(&path, records.as_bytes(), limits.rotate_at, limits.keep)
                 .map_err(|source| Error::StoreReplies { path, source })?;
             self.slot().replies_written.extend(ids);
         }
