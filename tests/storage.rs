@@ -303,3 +303,56 @@ fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing
     );
     drop(ship1);
 }
+
+/// A schedule's results are journaled on the node that runs it, and kept there until its
+/// sender has them (a week, if it is away): below the free-space floor its runs are
+/// skipped, so a schedule cannot fill a full disk to the last byte; once there is room
+/// again they run as before.
+#[test]
+fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
+    let _one_at_a_time = common::serial();
+    let nats = NatsServer::start();
+    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
+    let Some(disk) = Tmpfs::mount(ship1.data(), "16m") else {
+        eprintln!("[schedule_floor] skipped: mounting a tmpfs needs root");
+        return;
+    };
+    install_keys(ship1.data(), "ship1");
+    ship1.restart();
+    let central = Node::start("central", &nats.address(), &[]);
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["echo","tick"],"commandOrEvent":"CommandACK","method":"CLICommand","schedule":[1,600],"replyMethod":"FileAppend","directory":"s","fileName":"ticks.txt"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    let ticks = || central.read("s/ship1/ticks.txt").matches("tick").count();
+    wait("two runs", Duration::from_secs(20), || ticks() >= 2);
+    // Below the floor (2% of 16 MiB: 335 kB), not full: 200 kB left, room for
+    // schedules.json and a run's records, which a schedule would fill to the last byte.
+    let filler = disk.fill();
+    let f = std::fs::OpenOptions::new().write(true).open(&filler).unwrap();
+    f.set_len(f.metadata().unwrap().len() - 200_000).unwrap();
+    drop(f);
+    // Whatever was running when the disk filled has arrived by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let at_full = ticks();
+    std::thread::sleep(Duration::from_secs(4));
+    let while_full = ticks() - at_full;
+    let skipped = ship1.log().matches("run skipped").count();
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ticks() < at_full + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never ran again once there was room:\n{}",
+            ship1.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "[schedule_floor] runs_before_full={at_full} runs_while_full={while_full} skipped={skipped} runs_after={}",
+        ticks() - at_full
+    );
+    assert_eq!(while_full, 0, "runs went on below the floor");
+    assert!(skipped >= 3, "skipped {skipped}:\n{}", ship1.log());
+    assert!(ship1.is_running());
+}

@@ -3,7 +3,8 @@
 //! bounds them too), its result sent back as a result message. Before each run the
 //! message passes the gate's last step again ([`admission::still_allowed`]): a sender whose
 //! key was revoked, or who may no longer call the method, ends its schedule; a method not
-//! ready for work (a disk below its floor) skips the run. It sleeps until the next
+//! ready for work, or a disk below its floor (a run's result is journaled here), skips the
+//! run. It sleeps until the next
 //! run is due, a schedule is added or stopped, or the node stops: an idle node with no
 //! schedule never wakes for it.
 
@@ -54,6 +55,12 @@ impl Scheduler {
             return None;
         }
         if let Err(why) = method.ready(&node.context()) {
+            return skip(why.to_string());
+        }
+        // Each run's result is journaled here until its sender has it (a week, if it is
+        // away): below the floor the space left is for what is in flight, so the run is
+        // skipped, as runs are while the node is down.
+        if let Err(why) = node.log_budget.check_free_space(&node.data.root) {
             return skip(why.to_string());
         }
         Some(method.clone())
