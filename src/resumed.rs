@@ -196,47 +196,63 @@ impl Resumed {
         }
         let mut wanted: HashSet<&str> = ids.iter().copied().collect();
         let mut found = HashSet::new();
-        let read = File::open(path).and_then(|file| {
-            // Where a record may end: the file's end, or where a line of the file's own
-            // begins (a header, part of one, the mark). A header inside a record's output
-            // ends, if anywhere, inside that output, unless it is its very end.
-            let mut ends = HashSet::from([file.metadata()?.len()]);
-            lines_backward_in(&file, TAIL_BYTES, |at_byte, line| {
-                let Some(header) = ReplyHeader::parse(line) else {
-                    if line.starts_with(b"=== ") {
-                        ends.insert(at_byte);
+        // The file may have been rotated since (by the other lane to the same node and
+        // method): the look goes on into the one before, as far as the bounds let it.
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        let mut stopped = false;
+        for path in [path, Path::new(&rotated)] {
+            let read = File::open(path).and_then(|file| {
+                // Where a record may end: the file's end, or where a line of the file's
+                // own begins (a header, part of one, the mark). A header inside a record's
+                // output ends, if anywhere, inside that output, unless it is its very end.
+                let len = file.metadata()?.len();
+                let mut ends = HashSet::from([len]);
+                lines_backward_in(&file, TAIL_BYTES, |at_byte, line| {
+                    let Some(header) = ReplyHeader::parse(line) else {
+                        if line.starts_with(b"=== ") {
+                            ends.insert(at_byte);
+                        }
+                        return true;
+                    };
+                    if self.since.as_deref().is_some_and(|since| header.at < since) {
+                        stopped = true;
+                        return false;
                     }
-                    return true;
-                };
-                if self.since.as_deref().is_some_and(|since| header.at < since) {
-                    return false;
-                }
-                let end = header.ends_at(&file, at_byte + line.len() as u64 + 1);
-                ends.insert(at_byte);
-                if wanted.remove(header.id) {
-                    // Its last record decides: part of a record is not a stored reply
-                    // (stored again, whole), and an earlier one is not looked for.
-                    if end.is_some_and(|end| ends.contains(&end)) {
-                        found.insert(header.id.to_string());
-                    } else {
-                        log::warn!(
-                            "{}: the reply to {} stored before the last stop is not whole; storing it again",
-                            path.display(),
-                            header.id
-                        );
+                    let end = header.ends_at(&file, at_byte + line.len() as u64 + 1);
+                    ends.insert(at_byte);
+                    if wanted.remove(header.id) {
+                        // Its last record decides: part of a record is not a stored reply
+                        // (stored again, whole), and an earlier one is not looked for.
+                        if end.is_some_and(|end| ends.contains(&end)) {
+                            found.insert(header.id.to_string());
+                        } else {
+                            log::warn!(
+                                "{}: the reply to {} stored before the last stop is not whole; storing it again",
+                                path.display(),
+                                header.id
+                            );
+                        }
+                        stopped = wanted.is_empty();
+                        return !stopped;
                     }
-                    return !wanted.is_empty();
+                    // Before a listed message's reply, everything was listed too.
+                    stopped = self.listed.contains(&key(header.id));
+                    !stopped
+                })?;
+                Ok(len)
+            });
+            match read {
+                Ok(len) if !stopped && len <= TAIL_BYTES => continue,
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    log::warn!(
+                        "cannot look for replies already stored in {}: {e}; storing them",
+                        path.display()
+                    );
+                    break;
                 }
-                // Before a listed message's reply, everything was listed too.
-                !self.listed.contains(&key(header.id))
-            })
-        });
-        if let Err(e) = read {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!(
-                    "cannot look for replies already stored in {}: {e}; storing them",
-                    path.display()
-                );
             }
         }
         if found.len() < ids.len() {
@@ -900,6 +916,42 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// The reply file rotated after a resumed reply was stored (the other lane to the same
+    /// node and method wrote past the size): it is found in the file before.
+    #[test]
+    fn a_reply_stored_before_the_file_rotated_is_found_in_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let replies = data.replies("ship1", "CLICommand");
+        std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
+        let t = 1_800_000_000_000;
+        std::fs::write(data.message_log(), line("b", t - 10)).unwrap();
+        let rotated = dir.path().join("replies/ship1.CLICommand.log.1");
+        std::fs::write(&rotated, [header("b", t - 10), header("c", t - 5)].concat()).unwrap();
+        std::fs::write(&replies, header("n", t - 1)).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(
+            r.stored_replies(&ship1(), &replies, &["c"]),
+            HashSet::from(["c".to_string()])
+        );
+        // Not past a listed one: b's reply is where the look stops.
+        std::fs::write(
+            &rotated,
+            [header("z", t - 20), header("b", t - 10)].concat(),
+        )
+        .unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert!(r.stored_replies(&ship1(), &replies, &["z"]).is_empty());
+        // Rotated, and the cut came before the new file was made: all in the one before.
+        std::fs::remove_file(&replies).unwrap();
+        std::fs::write(&rotated, [header("b", t - 10), header("c", t - 5)].concat()).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        assert_eq!(
+            r.stored_replies(&ship1(), &replies, &["c"]),
+            HashSet::from(["c".to_string()])
+        );
     }
 
     /// Only a reply's last record decides (an earlier whole one for the same message does

@@ -283,3 +283,60 @@ fn an_inmsg_txt_that_is_a_link_is_left_and_said() {
     );
     assert_eq!(central.metric("steward_process_restarts_total"), 0.0);
 }
+
+/// A writer that keeps inmsg.txt open writes a broken array, pauses, and writes more of it:
+/// the stretch is rejected once it ends (its writer gone, or a line opening an array), in
+/// one piece, and none of the objects on its lines is taken, neither those written before
+/// the pause nor after (the first read once rejected what there was, and the rest was read
+/// as new input: each object line a message).
+#[test]
+fn a_broken_array_written_in_parts_by_a_writer_that_holds_the_file_runs_none_of_its_lines() {
+    use std::io::Write;
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let object = |i: usize| {
+        format!("  {{\"toNode\":\"ship1\",\"data\":[\"echo\",\"NO-{i}\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}},\n")
+    };
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(central.path("inmsg.txt"))
+        .unwrap();
+    writer.write_all(b"[\n  }\n").unwrap();
+    for i in 0..3 {
+        writer.write_all(object(i).as_bytes()).unwrap();
+    }
+    writer.flush().unwrap();
+    // The inbox has read it by now (it is woken by the write), and waits.
+    std::thread::sleep(Duration::from_millis(800));
+    for i in 3..6 {
+        writer.write_all(object(i).as_bytes()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    writer.write_all(b"]\n").unwrap();
+    writer
+        .write_all(command("ship1", &["echo", "YES"]).as_bytes())
+        .unwrap();
+    drop(writer);
+    central.wait_metric(
+        "journaled the one good message",
+        |c| c.metric("steward_journal_pending_messages"),
+        |v| v >= 1.0,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rejected = central.read("inmsg.rejected.txt");
+    eprintln!(
+        "[broken_in_parts] pending={} rejected_pieces={}",
+        central.metric("steward_journal_pending_messages"),
+        rejected.matches("# ").count()
+    );
+    assert_eq!(
+        central.metric("steward_journal_pending_messages"),
+        1.0,
+        "objects of the broken array were taken"
+    );
+    for i in 0..6 {
+        assert!(rejected.contains(&format!("\"NO-{i}\"")), "NO-{i} not kept");
+    }
+    assert_eq!(rejected.matches("# ").count(), 1, "one piece:\n{rejected}");
+}

@@ -329,7 +329,10 @@ fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
     // Below the floor (2% of 16 MiB: 335 kB), not full: 200 kB left, room for
     // schedules.json and a run's records, which a schedule would fill to the last byte.
     let filler = disk.fill();
-    let f = std::fs::OpenOptions::new().write(true).open(&filler).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
     f.set_len(f.metadata().unwrap().len() - 200_000).unwrap();
     drop(f);
     // Whatever was running when the disk filled has arrived by now.

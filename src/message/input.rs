@@ -280,7 +280,6 @@ fn scan_value(text: &[u8]) -> Scan {
     Scan::Incomplete
 }
 
-/// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
 /// Where a rejected stretch that began before `text` ends in it: at the first line that
 /// opens an array (`text` itself, if it begins a line, `at_line_start`, and opens one).
 pub fn stretch_end(text: &[u8], at_line_start: bool) -> Option<usize> {
@@ -294,6 +293,7 @@ pub fn stretch_end(text: &[u8], at_line_start: bool) -> Option<usize> {
     next_value_start(text)
 }
 
+/// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
 fn next_value_start(text: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(nl) = text[i..].iter().position(|&b| b == b'\n') {

@@ -77,10 +77,10 @@ struct Taken {
     more: bool,
     /// The disk is full: what is left waits in the file until there is room.
     paused: bool,
-    /// A rejected stretch (garbage, a broken array, one past any array's size) ran to the
-    /// end of what was read: what follows (appended later, or past [`MAX_ARRAY`]) is more
-    /// of it, up to the next line that opens an array. In memory only: after a restart the
-    /// rest is read as new input.
+    /// A rejected stretch ran past [`MAX_ARRAY`] (what may be read at once; a shorter one
+    /// is read whole before it is rejected, see `read_new`): what follows is more of it,
+    /// up to the next line that opens an array. In memory only: after a restart the rest
+    /// of a stretch that long is read as new input.
     skipping: bool,
 }
 
@@ -238,7 +238,8 @@ impl Process for Inbox {
                 Some(w) => {
                     // A taken file is looked at again until it is done: a writer closing
                     // it, or room on the disk, makes no event in the folder.
-                    let limit = match (taken.is_empty(), finished.wait()) {
+                    // So does a refused inmsg.txt's other name going away (a hard link).
+                    let limit = match (taken.is_empty() && refused.is_none(), finished.wait()) {
                         (false, wait) => Some(wait.unwrap_or(WATCHED_WAIT).min(WATCHED_WAIT)),
                         (true, wait) => wait,
                     };
@@ -386,24 +387,27 @@ impl Inbox {
             // unless it is past any array's size.
             let cut_short = bytes.len() == limit;
             let too_big = cut_short && limit >= MAX_ARRAY;
-            let at_line_start = t.offset == 0 || byte_at(file, t.offset - 1)? == Some(b'\n');
-            let mut parsed = self.parse(t, &bytes, at_end && !cut_short, at_line_start);
+            let at_line_start = t.offset == 0 || line_starts_at(file, t.offset, &t.path)?;
+            let (mut parsed, mut skipping) =
+                self.parse(t, &bytes, at_end && !cut_short, at_line_start);
             if too_big && parsed.consumed == 0 {
                 // One value past any array's size: rejected, and what follows it, up to
                 // the next line that opens an array, with it.
-                parsed = self.parse(t, &bytes, true, at_line_start);
-                t.skipping = true;
+                (parsed, _) = self.parse(t, &bytes, true, at_line_start);
+                skipping = true;
             }
             if let Some(from) = parsed.open_from.take() {
-                if !cut_short || too_big {
-                    // The end of what there is, or of what may be read at once: what
-                    // comes after is more of the stretch, until a line opens an array.
-                    t.skipping = true;
+                if too_big {
+                    // Past what may be read at once: what comes after is more of the
+                    // stretch, until a line opens an array.
+                    skipping = true;
                 } else {
-                    // A rejected stretch runs past what was read: where it ends is not
-                    // known, so it is read again, with more, as an array larger than a
-                    // batch is (what follows it could otherwise be taken for messages
-                    // of its own: the lines of a broken array's objects).
+                    // A rejected stretch runs to the end of what was read: where it ends
+                    // is not known, so it is left, and read again with more (as an array
+                    // larger than a batch is), or once more is written or its writer is
+                    // gone. Taken now, what follows it could be read as messages of
+                    // their own (the lines of a broken array's objects), and would be
+                    // after a restart.
                     parsed.rejected.pop();
                     parsed.consumed = from;
                 }
@@ -419,6 +423,8 @@ impl Inbox {
             if !self.journal_batch(t, parsed)? {
                 return Ok(());
             }
+            // Only once what was read is journaled: else it is read again as it was.
+            t.skipping = skipping;
             t.line += bytes[..consumed].iter().filter(|&&b| b == b'\n').count();
             t.offset += consumed as u64;
             if !cut_short {
@@ -497,18 +503,19 @@ impl Inbox {
     }
 
     /// Parses what was read at `t.offset` (see [`parse_input`]); if a rejected stretch runs
-    /// into it (`t.skipping`), first rejects what is more of that stretch.
-    fn parse(&self, t: &mut Taken, bytes: &[u8], at_end: bool, at_line_start: bool) -> Parsed {
+    /// into it (`t.skipping`), first rejects what is more of that stretch. Also says
+    /// whether the stretch still runs on after what was read.
+    fn parse(&self, t: &Taken, bytes: &[u8], at_end: bool, at_line_start: bool) -> (Parsed, bool) {
         let known = &crate::methods::kind_refusal;
         if !t.skipping {
-            return parse_input(bytes, t.line, at_end, known);
+            return (parse_input(bytes, t.line, at_end, known), false);
         }
         let end = stretch_end(bytes, at_line_start);
-        t.skipping = end.is_none() && !at_end;
+        let skipping = end.is_none() && !at_end;
         let skip = end.unwrap_or(bytes.len());
         let lines = bytes[..skip].iter().filter(|&&b| b == b'\n').count();
         let mut parsed = parse_input(&bytes[skip..], t.line + lines, at_end, known);
-        if skip > 0 {
+        if !bytes[..skip].iter().all(u8::is_ascii_whitespace) {
             parsed.rejected.insert(
                 0,
                 Rejected {
@@ -522,7 +529,7 @@ impl Inbox {
         }
         parsed.consumed += skip;
         parsed.open_from = parsed.open_from.map(|from| from + skip);
-        parsed
+        (parsed, skipping)
     }
 
     /// Keeps a batch's rejected pieces, then journals its messages with the offset in `t`
@@ -611,18 +618,26 @@ impl Inbox {
     }
 }
 
-/// The byte of `file` at `offset`, if there is one.
-fn byte_at(file: &File, offset: u64) -> Result<Option<u8>, Error> {
+/// Whether a line begins at `offset` in `file`: only blanks (spaces, tabs) between it and
+/// the newline before (or the file's start), within the 256 bytes before it.
+fn line_starts_at(file: &File, offset: u64, path: &std::path::Path) -> Result<bool, Error> {
     use std::os::unix::fs::FileExt;
-    let mut byte = [0];
-    match file.read_at(&mut byte, offset) {
-        Ok(1) => Ok(Some(byte[0])),
-        Ok(_) => Ok(None),
-        Err(source) => Err(Error::Read {
-            path: PathBuf::new(),
+    let from = offset.saturating_sub(256);
+    let mut before = vec![0; (offset - from) as usize];
+    file.read_exact_at(&mut before, from)
+        .map_err(|source| Error::Read {
+            path: path.to_path_buf(),
             source,
-        }),
-    }
+        })?;
+    let blanks = before
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    Ok(match before.len() - blanks {
+        0 => from == 0,
+        n => before[n - 1] == b'\n',
+    })
 }
 
 /// Up to `limit` bytes of `file` from `offset`.
