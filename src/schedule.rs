@@ -97,23 +97,37 @@ pub struct Schedules {
 
 impl Schedules {
     /// The schedules kept in `path`, as a restart finds them (`now`): a run that was under
-    /// way is not run again, runs missed meanwhile are skipped, finished ones dropped. An
-    /// unreadable file is set aside (`.bad`), with an error: the schedules in it are lost,
-    /// the node starts.
+    /// way is not run again, runs missed meanwhile are skipped, finished ones dropped. A
+    /// file that cannot be read or parsed is set aside (`.bad`), with an error, rather than
+    /// written over by the next change: the schedules in it stop, the node starts. A
+    /// schedule of no interval (a hand edit) is dropped, with an error.
     pub fn open(path: PathBuf, now: u64) -> Schedules {
-        let mut list: Vec<Schedule> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                let aside = path.with_extension("json.bad");
-                log::error!(
-                    "{}: unreadable ({e}); set aside as {}, its schedules stop",
-                    path.display(),
-                    aside.display()
-                );
-                let _ = std::fs::rename(&path, aside);
-                Vec::new()
-            }),
-            Err(_) => Vec::new(),
+        let set_aside = |why: String| {
+            let aside = path.with_extension("json.bad");
+            log::error!(
+                "{}: unreadable ({why}); set aside as {}, its schedules stop",
+                path.display(),
+                aside.display()
+            );
+            if let Err(e) = std::fs::rename(&path, &aside) {
+                log::error!("{}: cannot set it aside: {e}", path.display());
+            }
+            Vec::new()
         };
+        let mut list: Vec<Schedule> = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| set_aside(e.to_string()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => set_aside(e.to_string()),
+        };
+        list.retain(|s| {
+            let runs = s.every > 0;
+            if !runs {
+                log::error!("{}: {} has no interval; dropped", path.display(), s.name());
+            }
+            runs
+        });
         for s in &mut list {
             if let Some(run) = s.running.take() {
                 log::warn!(
@@ -321,5 +335,35 @@ mod tests {
         assert_eq!(list[0].next, 9_000);
         let (due, _) = again.due(9_000);
         assert_eq!(due.len(), 1, "one run, not the three missed");
+    }
+
+    /// A file that cannot be read is set aside, not written over by the next change; a
+    /// schedule of no interval (a hand edit) is dropped, not divided by.
+    #[test]
+    fn an_unreadable_file_is_set_aside_and_a_hand_edited_interval_of_nothing_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("schedules.json");
+        let s = Schedules::open(path.clone(), 0);
+        s.add(Schedule::of(&request([2, 20]), "K", 1_000).unwrap())
+            .unwrap();
+        drop(s);
+        let kept = std::fs::read(&path).unwrap();
+        // A folder where the file was cannot be read (as EIO or EACCES): set aside.
+        std::fs::rename(&path, dir.path().join("saved")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let s = Schedules::open(path.clone(), 2_000);
+        assert!(s.list().is_empty());
+        assert!(dir.path().join("schedules.json.bad").is_dir(), "set aside");
+        s.add(Schedule::of(&request([2, 30]), "K", 2_000).unwrap())
+            .unwrap();
+        assert!(path.is_file());
+        // An interval of nothing.
+        let text = String::from_utf8(kept)
+            .unwrap()
+            .replace("\"every\":2000", "\"every\":0");
+        assert!(text.contains("\"every\":0"), "{text}");
+        std::fs::write(&path, text).unwrap();
+        let s = Schedules::open(path, 3_000);
+        assert!(s.list().is_empty());
     }
 }

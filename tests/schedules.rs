@@ -115,21 +115,32 @@ fn schedules_holding_every_handler_cannot_lock_out_the_commands_that_stop_them()
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=2"]);
     let central = Node::start("central", &nats.address(), &[]);
-    let long = r#"["sh","-c","touch busy-$$; sleep 60"]"#;
-    let ids = [
-        schedule(&central, long, 1, 600, "a.txt"),
-        schedule(&central, long, 1, 600, "b.txt"),
-    ];
+    // Each run after the first (answered at once) holds its place for five minutes (its
+    // methodTimeout), past the test.
+    let marks = tempfile::tempdir().unwrap();
+    let long = |file: &str| {
+        let mark = marks.path().join(file);
+        let shell = format!("[ -e {0} ] && sleep 300; touch {0}", mark.display());
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":["sh","-c",{shell:?}],"commandOrEvent":"CommandACK","method":"CLICommand","methodTimeout":300,"timeout":400,"schedule":[1,600],"replyMethod":"FileAppend","directory":"s","fileName":"{file}"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked", "{ended:?}");
+        ended[0].0.clone()
+    };
+    let ids = [long("a.txt"), long("b.txt")];
     ship1.wait_status("showed every handler busy", |t| {
         t.lines()
             .next()
             .is_some_and(|l| l.ends_with("handlers busy: 2"))
     });
     let started = std::time::Instant::now();
-    let ended = central.send_and_wait(
-        r#"[{"toNode":"ship1","data":[],"commandOrEvent":"CommandACK","method":"OpProcessList"}]"#,
-    );
-    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    // Several, one after another: each leaves work for its subscriber's next turn.
+    for _ in 0..3 {
+        let ended = central.send_and_wait(
+            r#"[{"toNode":"ship1","data":[],"commandOrEvent":"CommandACK","method":"OpProcessList"}]"#,
+        );
+        assert_eq!(ended[0].1, "acked", "{ended:?}");
+    }
     for id in &ids {
         let ended = central.send_and_wait(&format!(
             r#"[{{"toNode":"ship1","data":["schedule {id}"],"commandOrEvent":"CommandACK","method":"OpProcessStop"}}]"#

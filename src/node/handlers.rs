@@ -114,6 +114,26 @@ impl Handlers {
         self.dispatch(method, Box::new(job), permit)
     }
 
+    /// Runs `job` as [`Handlers::run`] if a place is free now (one of the [`RESERVED`] ones
+    /// too, with `to_put_right`); returns false at once, without running it, if none is:
+    /// for work that can wait for its next turn and must not hold up who asks (the
+    /// subscriber's deferred writes).
+    pub fn try_run(
+        &self,
+        method: &str,
+        to_put_right: bool,
+        job: impl FnOnce() + Send + 'static,
+    ) -> bool {
+        let permit = if self.take.try_recv().is_ok() {
+            Permit(self.give.clone())
+        } else if to_put_right && self.take_reserved.try_recv().is_ok() {
+            Permit(self.give_reserved.clone())
+        } else {
+            return false;
+        };
+        self.dispatch(method, Box::new(job), permit)
+    }
+
     fn dispatch(&self, method: &str, job: Box<dyn FnOnce() + Send>, permit: Permit) -> bool {
         let job: Job = (job, permit);
         // Claim a waiting thread, or start one.

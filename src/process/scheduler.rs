@@ -16,6 +16,7 @@ use crate::node::Node;
 use crate::schedule::Schedule;
 use crossbeam_channel::{select, Receiver};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -60,8 +61,18 @@ impl Scheduler {
         // Each run's result is journaled here until its sender has it (a week, if it is
         // away): below the floor the space left is for what is in flight, so the run is
         // skipped, as runs are while the node is down.
+        // Said once until runs go again (a schedule every second would say it every second).
+        static BELOW_FLOOR: AtomicBool = AtomicBool::new(false);
         if let Err(why) = node.log_budget.check_free_space(&node.data.root) {
-            return skip(why.to_string());
+            if !BELOW_FLOOR.swap(true, Ordering::Relaxed) {
+                log::warn!("schedules: runs skipped while {why}");
+            }
+            node.schedules
+                .done(&request.from_node, &request.id, run, unix_millis());
+            return None;
+        }
+        if BELOW_FLOOR.swap(false, Ordering::Relaxed) {
+            log::info!("schedules: room on the disk again; runs go on");
         }
         Some(method.clone())
     }

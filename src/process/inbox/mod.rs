@@ -82,6 +82,9 @@ struct Taken {
     /// up to the next line that opens an array. In memory only: after a restart the rest
     /// of a stretch that long is read as new input.
     skipping: bool,
+    /// A rejected stretch runs to the end of what the file held, up to this size: left
+    /// unconsumed (its end not known yet), and read again only once it may have ended.
+    open_stretch: Option<u64>,
 }
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
@@ -211,6 +214,7 @@ impl Process for Inbox {
                     more: false,
                     paused: false,
                     skipping: false,
+                    open_stretch: None,
                 });
             }
             let mut i = 0;
@@ -310,6 +314,7 @@ impl Inbox {
                     more: false,
                     paused: false,
                     skipping: false,
+                    open_stretch: None,
                 }
             })
             .collect())
@@ -378,6 +383,9 @@ impl Inbox {
             t.paused = true;
             return Ok(());
         }
+        if !at_end && !self.open_stretch_may_end(file, t)? {
+            return Ok(());
+        }
         loop {
             let bytes = read_from(file, t.offset, limit).map_err(|source| Error::Read {
                 path: t.path.clone(),
@@ -410,6 +418,9 @@ impl Inbox {
                     // after a restart.
                     parsed.rejected.pop();
                     parsed.consumed = from;
+                    if !cut_short {
+                        t.open_stretch = Some(t.offset + bytes.len() as u64);
+                    }
                 }
             }
             if parsed.consumed == 0 {
@@ -437,6 +448,37 @@ impl Inbox {
             }
             limit = BATCH_BYTES;
         }
+    }
+
+    /// With a rejected stretch left open at the end of what was there (`t.open_stretch`),
+    /// whether it may have ended since: only if more was written, and a line that opens an
+    /// array is in what was (a stretch is not read again from its start at every wake, as
+    /// long as its writer holds the file: at a megabyte or more, that was a core's work).
+    fn open_stretch_may_end(&self, file: &File, t: &mut Taken) -> Result<bool, Error> {
+        use std::os::unix::fs::FileExt;
+        let Some(seen) = t.open_stretch else {
+            return Ok(true);
+        };
+        let read = |e| Error::Read {
+            path: t.path.clone(),
+            source: e,
+        };
+        let size = file.metadata().map_err(read)?.len();
+        if size <= seen {
+            return Ok(false);
+        }
+        if size - seen > BATCH_BYTES as u64 {
+            t.open_stretch = None;
+            return Ok(true);
+        }
+        // From the byte before: whether a line begins where the new bytes do.
+        let from = seen.saturating_sub(1);
+        let mut new = vec![0; (size - from) as usize];
+        file.read_exact_at(&mut new, from).map_err(read)?;
+        let begins_line = seen == 0 || new[0] == b'\n';
+        let ends = stretch_end(&new[1.min(new.len())..], begins_line).is_some();
+        t.open_stretch = if ends { None } else { Some(size) };
+        Ok(ends)
     }
 
     /// Whether inmsg.txt (`found`, not followed if a link) can be taken: a plain file of

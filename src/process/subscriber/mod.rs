@@ -132,7 +132,7 @@ impl Process for Subscriber {
                 Some(at) => match select.select_deadline(at) {
                     Ok(op) => op,
                     Err(_) => {
-                        let more = self.tick(stop, &subs, &subjects, &mut dropped, &later);
+                        let more = self.tick(&subs, &subjects, &mut dropped, &later);
                         tick_at = more.then(|| Instant::now() + TICK);
                         continue;
                     }
@@ -150,7 +150,7 @@ impl Process for Subscriber {
                     let _ = op.recv(&deferred);
                     later.changed.store(true, Ordering::Release);
                     if tick_at.is_none() {
-                        let more = self.tick(stop, &subs, &subjects, &mut dropped, &later);
+                        let more = self.tick(&subs, &subjects, &mut dropped, &later);
                         tick_at = more.then(|| Instant::now() + TICK);
                     }
                 }
@@ -220,7 +220,6 @@ impl Subscriber {
     /// second).
     fn tick(
         &self,
-        stop: &Receiver<()>,
         subs: &[nats::Subscription],
         subjects: &[String],
         dropped: &mut [usize],
@@ -228,7 +227,7 @@ impl Subscriber {
     ) -> bool {
         self.count_dropped(subs, subjects, dropped);
         let refusals = self.node.refusal_reports_due();
-        let files = later.write(stop, &self.method, &self.node);
+        let files = later.write(&self.method, &self.node);
         files || refusals
     }
 
@@ -274,13 +273,10 @@ struct Later {
 
 impl Later {
     /// Starts the writes if there may be some and none are under way; returns whether to
-    /// look again (in a second).
-    fn write(
-        self: &Arc<Self>,
-        stop: &Receiver<()>,
-        method: &Arc<dyn Method>,
-        node: &Arc<Node>,
-    ) -> bool {
+    /// look again (in a second). Never waits for a handler place: with every place held
+    /// (long commands), the subscriber would stop taking messages, those that put the node
+    /// right included; the writes wait for the next turn instead.
+    fn write(self: &Arc<Self>, method: &Arc<dyn Method>, node: &Arc<Node>) -> bool {
         if self.busy.load(Ordering::Acquire) {
             return true;
         }
@@ -290,7 +286,8 @@ impl Later {
         }
         self.busy.store(true, Ordering::Release);
         let (later, method, job_node) = (self.clone(), method.clone(), node.clone());
-        let started = node.handlers.run(stop, method.name(), move || {
+        let (name, to_put_right) = (method.name(), method.puts_right());
+        let started = node.handlers.try_run(name, to_put_right, move || {
             // A panic must not leave `busy` set: no write would start again.
             let more = catch_unwind(AssertUnwindSafe(|| {
                 let written = method.tick(&job_node.context());
