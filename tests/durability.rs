@@ -800,17 +800,7 @@ fn a_reply_a_power_cut_left_in_part_is_stored_again_whole() {
     );
     let part = &whole[..whole.len() - 6];
     let failed_part = "[\n  {\n    \"toNode\": \"sh";
-    let append = |rel: &str, text: &str| {
-        use std::io::Write;
-        let path = central.path(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-    };
+    let append = |rel: &str, text: &str| common::append_to(&central.path(rel), text);
     append("replies/ship1.CLICommand.log", part);
     append(
         "message-log.txt",

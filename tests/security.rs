@@ -88,15 +88,20 @@ fn a_broker_whose_certificate_names_another_host_is_refused() {
     stays_disconnected(&nats, &node);
 }
 
-#[test]
-fn user_and_password_from_a_file_and_never_in_the_log() {
-    let dir = tempfile::tempdir().unwrap();
+/// A broker that takes the user `steward` with the password `s3cret-Pa55` only.
+fn password_broker(dir: &Path) -> NatsServer {
     let conf = write(
-        dir.path(),
+        dir,
         "auth.conf",
         "authorization { user: steward, password: \"s3cret-Pa55\" }\n",
     );
-    let nats = NatsServer::start_with(&["-c", &conf]);
+    NatsServer::start_with(&["-c", &conf])
+}
+
+#[test]
+fn user_and_password_from_a_file_and_never_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = password_broker(dir.path());
     let good = write(dir.path(), "good", "s3cret-Pa55\n");
     let bad = write(dir.path(), "bad", "guess\n");
     let auth = |f: &str| vec!["--user=steward".to_string(), format!("--passwordFile={f}")];
@@ -122,12 +127,7 @@ fn user_and_password_from_a_file_and_never_in_the_log() {
 #[test]
 fn a_password_given_in_the_environment_is_not_handed_to_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = write(
-        dir.path(),
-        "auth.conf",
-        "authorization { user: steward, password: \"s3cret-Pa55\" }\n",
-    );
-    let nats = NatsServer::start_with(&["-c", &conf]);
+    let nats = password_broker(dir.path());
     let _ship1 = Node::start_under(
         &[
             "env",

@@ -2,19 +2,8 @@
 //! command's lines while it runs, each batch a journaled result message to central.
 
 use crate::common;
-use common::{NatsServer, Node};
-use std::io::Write;
+use common::{append_to, NatsServer, Node};
 use std::time::{Duration, Instant};
-
-/// Appends `text` to the file at `path`, as a program writing its log does.
-fn append(path: &std::path::Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 /// Waits until `node` is running a handler (a method that follows or streams is under way).
 fn wait_busy(node: &Node) {
@@ -31,32 +20,32 @@ fn tail_file_sends_new_lines_in_order_through_an_outage_and_a_rotation_and_stops
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
     let log = ship1.path("app.log");
-    append(&log, "before the follow: not sent\n");
+    append_to(&log, "before the follow: not sent\n");
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["app.log"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":12,"replyMethod":"FileAppend","directory":"logs","fileName":"app.log"}]"#,
     );
     wait_busy(&ship1);
     let t = Instant::now();
-    append(&log, "one\ntwo\n");
-    append(&log, "three\n");
+    append_to(&log, "one\ntwo\n");
+    append_to(&log, "three\n");
     central.wait_for("logs/ship1/app.log", "three\n");
     let took = t.elapsed();
     eprintln!("[tail] three lines at central after {took:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     // The broker away: lines written meanwhile arrive after it, once.
     nats.stop();
-    append(&log, "during the outage\n");
+    append_to(&log, "during the outage\n");
     nats.restart();
     central.wait_for("logs/ship1/app.log", "during the outage\n");
     // Rotated: the rest of the old file, then the new one.
     std::fs::rename(&log, ship1.path("app.log.1")).unwrap();
-    append(&ship1.path("app.log.1"), "last of the old file\n");
-    append(&log, "first of the new file\n");
+    append_to(&ship1.path("app.log.1"), "last of the old file\n");
+    append_to(&log, "first of the new file\n");
     central.wait_for("logs/ship1/app.log", "first of the new file\n");
     // The follow ends at methodTimeout: its ACK says so, and nothing written after it is sent.
     let acks = central.wait_for("replies/ship1.TailFile.log", "followed");
     assert!(acks.contains("1 rotation(s)"), "{acks}");
-    append(&log, "after the end\n");
+    append_to(&log, "after the end\n");
     ship1.wait_idle();
     // Whatever the ship sent has been handled at central (nothing pending on the ship).
     ship1.wait_status("showed the journal empty", |t| {

@@ -115,23 +115,23 @@ impl Handlers {
     }
 
     /// Runs `job` as [`Handlers::run`] if a place is free now (one of the [`RESERVED`] ones
-    /// too, with `to_put_right`); returns false at once, without running it, if none is:
-    /// for work that can wait for its next turn and must not hold up who asks (the
-    /// subscriber's deferred writes).
-    pub fn try_run(
+    /// too, with `to_put_right`); if none is, gives it back at once, not run (`Err`): for
+    /// work that must not hold up who asks (the subscriber's deferred writes). `Ok` as
+    /// [`Handlers::run`]'s answer: whether a thread took it.
+    pub fn try_run<F: FnOnce() + Send + 'static>(
         &self,
         method: &str,
         to_put_right: bool,
-        job: impl FnOnce() + Send + 'static,
-    ) -> bool {
+        job: F,
+    ) -> Result<bool, F> {
         let permit = if self.take.try_recv().is_ok() {
             Permit(self.give.clone())
         } else if to_put_right && self.take_reserved.try_recv().is_ok() {
             Permit(self.give_reserved.clone())
         } else {
-            return false;
+            return Err(job);
         };
-        self.dispatch(method, Box::new(job), permit)
+        Ok(self.dispatch(method, Box::new(job), permit))
     }
 
     fn dispatch(&self, method: &str, job: Box<dyn FnOnce() + Send>, permit: Permit) -> bool {

@@ -887,6 +887,19 @@ fn unsafe_kill(pid: u32, sig: i32) {
 }
 
 /// One CLICommand message, in the seed's JSON form.
+/// Appends `text` to the file at `path` (its folder made if need be), as a program
+/// writing its log does, or as a power cut leaves part of a record.
+pub fn append_to(path: &Path, text: &str) {
+    use std::io::Write;
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
 pub fn command(to: &str, argv: &[&str]) -> String {
     let data: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
     format!(

@@ -398,6 +398,7 @@ impl Inbox {
             let at_line_start = t.offset == 0 || line_starts_at(file, t.offset, &t.path)?;
             let (mut parsed, mut skipping) =
                 self.parse(t, &bytes, at_end && !cut_short, at_line_start);
+            let mut open_stretch = None;
             if too_big && parsed.consumed == 0 {
                 // One value past any array's size: rejected, and what follows it, up to
                 // the next line that opens an array, with it.
@@ -419,7 +420,7 @@ impl Inbox {
                     parsed.rejected.pop();
                     parsed.consumed = from;
                     if !cut_short {
-                        t.open_stretch = Some(t.offset + bytes.len() as u64);
+                        open_stretch = Some(t.offset + bytes.len() as u64);
                     }
                 }
             }
@@ -428,6 +429,7 @@ impl Inbox {
                     limit *= 2; // one array larger than a batch: read it whole
                     continue;
                 }
+                t.open_stretch = open_stretch;
                 return Ok(());
             }
             let consumed = parsed.consumed;
@@ -436,6 +438,7 @@ impl Inbox {
             }
             // Only once what was read is journaled: else it is read again as it was.
             t.skipping = skipping;
+            t.open_stretch = open_stretch;
             t.line += bytes[..consumed].iter().filter(|&&b| b == b'\n').count();
             t.offset += consumed as u64;
             if !cut_short {
@@ -471,12 +474,10 @@ impl Inbox {
             t.open_stretch = None;
             return Ok(true);
         }
-        // From the byte before: whether a line begins where the new bytes do.
-        let from = seen.saturating_sub(1);
-        let mut new = vec![0; (size - from) as usize];
-        file.read_exact_at(&mut new, from).map_err(read)?;
-        let begins_line = seen == 0 || new[0] == b'\n';
-        let ends = stretch_end(&new[1.min(new.len())..], begins_line).is_some();
+        let begins_line = line_starts_at(file, seen, &t.path)?;
+        let mut new = vec![0; (size - seen) as usize];
+        file.read_exact_at(&mut new, seen).map_err(read)?;
+        let ends = stretch_end(&new, begins_line).is_some();
         t.open_stretch = if ends { None } else { Some(size) };
         Ok(ends)
     }

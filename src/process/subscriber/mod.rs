@@ -287,7 +287,7 @@ impl Later {
         self.busy.store(true, Ordering::Release);
         let (later, method, job_node) = (self.clone(), method.clone(), node.clone());
         let (name, to_put_right) = (method.name(), method.puts_right());
-        let started = node.handlers.try_run(name, to_put_right, move || {
+        let job = move || {
             // A panic must not leave `busy` set: no write would start again.
             let more = catch_unwind(AssertUnwindSafe(|| {
                 let written = method.tick(&job_node.context());
@@ -297,7 +297,19 @@ impl Later {
             .unwrap_or(true);
             later.more.store(more, Ordering::Release);
             later.busy.store(false, Ordering::Release);
-        });
+        };
+        // On a handler thread if a place is free; else on a thread of its own (one write
+        // at a time per subscriber: `busy`), so that a node whose places are all held
+        // (long commands) still writes hello-nodes.json and keys/senders.json.
+        let started = match node.handlers.try_run(name, to_put_right, job) {
+            Ok(started) => started,
+            Err(job) => std::thread::Builder::new()
+                .name(format!("later {name}").chars().take(15).collect())
+                .stack_size(256 * 1024)
+                .spawn(job)
+                .map_err(|e| log::error!("cannot start a thread for {name}'s writes: {e}"))
+                .is_ok(),
+        };
         if !started {
             self.more.store(true, Ordering::Release);
             self.busy.store(false, Ordering::Release);
