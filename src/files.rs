@@ -133,7 +133,8 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 /// disk) or not synced is cut back off, so that a retry appends it whole, once, and the file
 /// never keeps a fragment for the next record to be glued to. A file it creates has its
 /// name made durable too. The cut is only safe while no other append to the file runs:
-/// callers go through [`append_shared`], whose group runs one append per file at a time.
+/// callers go through the file's group ([`append_shared`], [`append_rotating`]), which
+/// runs one append per file at a time.
 fn append_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let created = !path.exists();
     let mut f = open_append(path)?;
