@@ -38,7 +38,11 @@ pub fn send(node: &Node) -> usize {
         Ok(entries) => entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            // `.JSON` too: the seed's examples name their files `myfile.JSON`.
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+            })
             .collect(),
         Err(e) => {
             node.report_error(format!("{me}: cannot read {}: {e}", dir.display()));

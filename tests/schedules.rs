@@ -169,7 +169,7 @@ fn a_startup_file_sends_boot_at_each_start_and_starts_one_schedule_not_one_per_s
     let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
     std::fs::create_dir(ship1.path("startup")).unwrap();
     std::fs::write(
-        ship1.path("startup/10-boot.json"),
+        ship1.path("startup/10-boot.JSON"),
         r#"[{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
     )
     .unwrap();

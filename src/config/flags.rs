@@ -23,6 +23,10 @@ pub struct Flags {
     /// set to true if this is the node that should receive the error log's from other nodes
     #[argh(switch)]
     pub central_error_logger: bool,
+    /// not the central error logger, whatever the environment or the config file says
+    /// (what -centralErrorLogger=false says)
+    #[argh(switch)]
+    pub not_central_error_logger: bool,
     /// default amount of retries that will be done before a message is thrown away, and out
     /// of the system (default 3)
     #[argh(option)]
@@ -126,7 +130,13 @@ impl Flags {
         match name {
             "node" => self.node.clone(),
             "brokerAddress" => self.broker_address.clone(),
-            "centralErrorLogger" => self.central_error_logger.then(|| "true".to_string()),
+            "centralErrorLogger" => {
+                match (self.central_error_logger, self.not_central_error_logger) {
+                    (_, true) => Some("false".to_string()),
+                    (true, false) => Some("true".to_string()),
+                    (false, false) => None,
+                }
+            }
             "defaultMessageRetries" => self.default_message_retries.clone(),
             "defaultMessageTimeout" => self.default_message_timeout.clone(),
             "defaultMessageTTL" => self.default_message_ttl.clone(),
@@ -344,7 +354,8 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, Error> {
         };
         match (switch, value) {
             (true, None | Some("true")) => out.push(format!("--{kebab}")),
-            (true, Some("false")) => {}
+            // Said, so that it wins over the environment and the config file.
+            (true, Some("false")) => out.push(format!("--not-{kebab}")),
             (true, Some(v)) => {
                 return Err(Error::Switch {
                     flag: name.to_string(),

@@ -195,6 +195,14 @@ fn flags_win_over_environment_which_wins_over_the_file() {
     // The file can also be named by the environment.
     let c = load(&["--node=x"], &[("STEWARD_CONFIG", &path)]).unwrap();
     assert_eq!(c.default_retries, 9);
+    // A switch said false on the command line wins too (the file says true).
+    for off in ["-centralErrorLogger=false", "--centralErrorLogger=false"] {
+        let c = load(&["--config", &path, off], &env).unwrap();
+        assert!(!c.central_error_logger, "{off}");
+    }
+    let on = [("STEWARD_CENTRAL_ERROR_LOGGER", "true")];
+    let c = load(&["--node=x", "-centralErrorLogger=false"], &on).unwrap();
+    assert!(!c.central_error_logger);
 }
 
 #[test]

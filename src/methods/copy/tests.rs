@@ -357,6 +357,11 @@ fn copy_src_refuses_what_it_must_not_copy_before_queueing_anything() {
     );
     refused(&p, &request("out/none", "in/x", None), "cannot read");
     refused(&p, &request("out", "in/x", None), "not a file");
+    // A FIFO nobody writes to: refused at once, not waited on for ever.
+    let fifo = p.source.data.root.join("out/pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    refused(&p, &request("out/pipe", "in/x", None), "not a file");
     refused(&p, &request("out/file.bin", "in/../x", None), "bad dstPath");
     refused(
         &p,
