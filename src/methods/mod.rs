@@ -75,6 +75,33 @@ pub const COMMANDS: &[Kind] = &[Kind::CommandAck, Kind::CommandNack];
 /// The kinds of a method that takes what happened (a log line, a Hello): events only.
 pub const EVENTS: &[Kind] = &[Kind::EventAck, Kind::EventNack];
 
+/// Opens `path` to read it for a sender (`TailFile`, `CopySrc`) if it is a plain file, and
+/// says where the file opened really is: first a handle that opens nothing (`O_PATH`:
+/// no device's open runs, with what it does — a watchdog's reboots its board, a serial
+/// port's resets what is on it — and no FIFO blocks), looked at, then the same file opened
+/// through it, so the file read is the one looked at. `follow`: whether a link as the
+/// last part of `path` is followed. `None` if it is not a plain file. Without `/proc`
+/// (where the handle is reopened) nothing is opened.
+pub fn open_plain_file(
+    path: &std::path::Path,
+    follow: bool,
+) -> std::io::Result<Option<(std::fs::File, std::path::PathBuf)>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | nofollow)
+        .open(path)?;
+    if !handle.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let real = std::fs::read_link(&fd)?;
+    let file = std::fs::File::open(&fd)?;
+    Ok(Some((file, real)))
+}
+
 /// Why a method that reads a file for its sender (`TailFile`, `CopySrc`) may not read
 /// `path` on this node, if it may not: this node's signing key (`keys/`), the records of
 /// what other senders sent it and were answered (`journal/`: the journal and the received
@@ -368,6 +395,40 @@ pub fn kind_refusal(method: &str, kind: Kind) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    /// Only a plain file is opened for a sender, and where it really is is said: a FIFO
+    /// without a writer does not block, a device is not opened, a link as the last part is
+    /// followed only when asked.
+    #[test]
+    fn only_a_plain_file_is_opened_for_a_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log");
+        std::fs::write(&file, "x").unwrap();
+        let real = file.canonicalize().unwrap();
+        let (_, at) = super::open_plain_file(&file, false).unwrap().unwrap();
+        assert_eq!(at, real);
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(super::open_plain_file(&fifo, true).unwrap().is_none());
+        assert!(
+            super::open_plain_file(std::path::Path::new("/dev/null"), true)
+                .unwrap()
+                .is_none()
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let not_followed = super::open_plain_file(&link, false).unwrap();
+        assert!(
+            not_followed.is_none(),
+            "not followed: a link is no plain file"
+        );
+        let (_, at) = super::open_plain_file(&link, true).unwrap().unwrap();
+        assert_eq!(at, real, "followed: where it leads");
+    }
 
     #[test]
     fn what_is_private_to_the_node_is_never_read_out_for_a_sender() {

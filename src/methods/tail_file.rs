@@ -61,6 +61,15 @@ impl Method for TailFile {
             Ok(tail) => tail,
             Err(e) => return Outcome::error(format!("cannot follow {}: {e}", path.display())),
         };
+        // Where it led when opened: a folder on the way may have been swapped since the check.
+        let opened = tail.opened.as_deref();
+        if let Some(why) = opened.and_then(|o| super::private_to_the_node(o, ctx.data, ctx.config))
+        {
+            return Outcome::refused(format!(
+                "TailFile does not follow {}: {why}",
+                path.display()
+            ));
+        }
         let watch = path.parent().and_then(crate::files::Watch::new);
         let mut stream = Stream::default();
         let until = Instant::now() + follow_for;
@@ -136,6 +145,8 @@ impl From<std::io::Error> for Followed {
 /// (device, inode) it is.
 struct Tail {
     path: PathBuf,
+    /// Where the file first opened really is (its path may have led elsewhere by then).
+    opened: Option<PathBuf>,
     file: Option<File>,
     offset: u64,
     id: Option<(u64, u64)>,
@@ -146,26 +157,25 @@ impl Tail {
     /// Opens `path` at its end (a file not there yet is followed from its start once it
     /// appears).
     fn open(path: &Path) -> std::io::Result<Tail> {
-        // Regular files only: a FIFO would block the open, a device never end.
-        if let Ok(meta) = std::fs::metadata(path) {
-            if !meta.is_file() {
-                return Err(std::io::Error::other("not a regular file"));
-            }
-        }
         let mut tail = Tail {
             path: path.to_path_buf(),
+            opened: None,
             file: None,
             offset: 0,
             id: None,
             rotations: 0,
         };
-        match File::open(path) {
-            Ok(f) => {
+        // Regular files only: a FIFO would block the open, a device never end (and its
+        // open does what it does).
+        match super::open_plain_file(path, true) {
+            Ok(Some((f, real))) => {
+                tail.opened = Some(real);
                 let meta = f.metadata()?;
                 tail.offset = meta.len();
                 tail.id = Some((meta.dev(), meta.ino()));
                 tail.file = Some(f);
             }
+            Ok(None) => return Err(std::io::Error::other("not a regular file")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -198,10 +208,15 @@ impl Tail {
                     self.file = None;
                     return Err(Followed::Private(why));
                 }
-                if !std::fs::metadata(&self.path)?.is_file() {
+                let Some((f, real)) = super::open_plain_file(&self.path, true)? else {
                     return Err(std::io::Error::other("not a regular file").into());
+                };
+                // Where it led when opened (a folder on the way may have been swapped).
+                if let Some(why) = private(&real) {
+                    return Err(Followed::Private(why));
                 }
-                let f = File::open(&self.path)?;
+                let meta = f.metadata()?;
+                let (dev, ino) = (meta.dev(), meta.ino());
                 self.file = Some(f);
                 self.id = Some((dev, ino));
                 self.offset = 0;

@@ -80,8 +80,7 @@ use crate::message::{Envelope, Kind, Message};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -262,24 +261,16 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, CopySrcError> {
         path: path.clone(),
         source,
     };
-    // Not blocking (a FIFO would hold the handler for ever; a device would be opened, with
-    // what that does: a watchdog's reboots its board), not following a link put there
-    // since the check; then only a plain file is read.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(cannot_read)?;
-    let meta = file.metadata().map_err(cannot_read)?;
-    if !meta.is_file() {
+    let Some((mut file, opened)) = super::open_plain_file(&path, false).map_err(cannot_read)?
+    else {
         return Err(CopySrcError::NotAFile(path));
-    }
+    };
+    let meta = file.metadata().map_err(cannot_read)?;
     // What was opened is what was checked: a folder on the way swapped for a link between
     // the check and the open leads elsewhere.
-    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    if let Some(opened) = opened.ok().filter(|opened| *opened != path) {
+    if opened != path {
         let why = crate::methods::private_to_the_node(&opened, ctx.data, ctx.config)
-            .unwrap_or("its path led elsewhere when it was opened");
+            .unwrap_or("its path led elsewhere when it was opened (moved or swapped meanwhile)");
         return Err(CopySrcError::Private { path: opened, why });
     }
     let size = meta.len();
