@@ -187,17 +187,20 @@ pub fn append_rotating(path: &Path, bytes: &[u8], rotate_at: u64, keep: usize) -
     })
 }
 
+/// The `i`th file `path` was rotated to ([`append_rotating`]): `path.{i}`.
+pub fn rotated(path: &Path, i: usize) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{i}"));
+    PathBuf::from(p)
+}
+
 /// Rotates `path` (see [`append_rotating`]) if `more` bytes would take it past `rotate_at`.
 fn rotate_before(path: &Path, more: usize, rotate_at: u64, keep: usize) -> io::Result<()> {
     let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size == 0 || size.saturating_add(more as u64) <= rotate_at {
         return Ok(());
     }
-    let numbered = |i: usize| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{i}"));
-        PathBuf::from(p)
-    };
+    let numbered = |i: usize| rotated(path, i);
     let gone_is_fine = |r: io::Result<()>| match r {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -128,10 +128,9 @@ impl Resumed {
         let message_log = message_log.as_path();
         let mut last = None;
         // The window may begin in the file the log was last rotated to.
-        let mut rotated = message_log.as_os_str().to_owned();
-        rotated.push(".1");
+        let rotated = crate::files::rotated(message_log, 1);
         let mut window_closed = false;
-        for path in [message_log, Path::new(&rotated)] {
+        for path in [message_log, rotated.as_path()] {
             let read = lines_backward(path, TAIL_BYTES, |_, line| {
                 // A line torn by the cut, or not steward's: passed over.
                 let Ok(l) = serde_json::from_slice::<Listed>(line) else {
@@ -198,10 +197,9 @@ impl Resumed {
         let mut found = HashSet::new();
         // The file may have been rotated since (by the other lane to the same node and
         // method): the look goes on into the one before, as far as the bounds let it.
-        let mut rotated = path.as_os_str().to_owned();
-        rotated.push(".1");
+        let rotated = crate::files::rotated(path, 1);
         let mut stopped = false;
-        for path in [path, Path::new(&rotated)] {
+        for path in [path, rotated.as_path()] {
             let read = File::open(path).and_then(|file| {
                 // Where a record may end: the file's end, or where a line of the file's
                 // own begins (a header, part of one, the mark). A header inside a record's
