@@ -234,6 +234,17 @@ fn finish(
     dst: &Path,
 ) -> Result<String, CopyDstError> {
     let id = grant.id;
+    // Every chunk ends within the size the last one gives (checked before it is written),
+    // except those of an earlier run of the same CopySrc, cut short by a restart of its node
+    // while the file there was longer: past that size they are not this copy's.
+    let longer = file.metadata().is_ok_and(|m| m.len() > last.size);
+    if longer {
+        file.set_len(last.size)
+            .map_err(|source| CopyDstError::Write {
+                path: temp.to_path_buf(),
+                source,
+            })?;
+    }
     file.sync_data().map_err(|source| CopyDstError::Write {
         path: temp.to_path_buf(),
         source,

@@ -53,7 +53,8 @@
 //! configuration, a binary of some MiB) the journal does it with nothing new. A `CopySrc`
 //! cut short by a restart while it was queueing runs again when central retries it
 //! ([`Method::reruns_interrupted`]): a second set of chunks writes the same bytes at the
-//! same places.
+//! same places (if the file shrank meanwhile, the destination cuts what the first set
+//! wrote past the size the last chunk gives; if it changed, the check at the end says so).
 //!
 //! # The destination: [`dst`]
 //!

@@ -302,6 +302,38 @@ fn a_destination_restarted_mid_copy_goes_on_and_a_chunk_run_again_is_harmless() 
 }
 
 #[test]
+fn a_copy_run_again_after_its_source_shrank_ends_at_the_new_size() {
+    let p = pair(3 * CHUNK_BYTES + 500);
+    let asked = request("out/file.bin", "incoming/file.bin", None);
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    let first = queued(&p.source);
+    assert_eq!(first.len(), 4);
+    // The third chunk of the first run arrives; the source's node restarts before the
+    // copy is answered, and its file is shorter by then: CopySrc runs again, same id.
+    assert_eq!(deliver(&p.dest, &first[2..3], 1)[0].status, Status::Ok);
+    let shorter = &p.bytes[..CHUNK_BYTES + 100];
+    std::fs::write(p.source.data.root.join("out/file.bin"), shorter).unwrap();
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    // (The first run's chunks were taken already: the journal hands out the new ones.)
+    let second = queued(&p.source);
+    assert_eq!(second.len(), 2);
+    let outcomes = deliver(&p.dest, &second, 5);
+    assert!(
+        outcomes.iter().all(|o| o.status == Status::Ok),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].output.contains("complete"), "{outcomes:?}");
+    let placed = p.dest.data.root.join("incoming/file.bin");
+    assert_eq!(std::fs::read(&placed).unwrap(), shorter);
+}
+
+#[test]
 fn a_mismatch_keeps_the_file_aside_names_both_hashes_and_puts_nothing_in_place() {
     let p = pair(3 * CHUNK_BYTES);
     let asked = request("out/file.bin", "incoming/file.bin", None);
