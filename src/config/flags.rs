@@ -326,8 +326,8 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("credsFile", "creds-file", false),
 ];
 
-/// Rewrites Go-style flags (`-node=x`, `--brokerAddress=a`, `-centralErrorLogger=true`) into
-/// argh's form (`--node x`, `--broker-address a`, `--central-error-logger`).
+/// Rewrites Go-style flags (`-node=x`, `--brokerAddress=a`, `-centralErrorLogger=true`, `-h`)
+/// into argh's form (`--node x`, `--broker-address a`, `--central-error-logger`, `--help`).
 pub fn normalize_args(args: &[String]) -> Result<Vec<String>, Error> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.iter();
@@ -336,6 +336,11 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, Error> {
             out.push(arg.clone());
             out.extend(iter.cloned());
             break;
+        }
+        // Go's flag package, whose flags the seed's are, takes these for help too.
+        if arg == "-h" || arg == "-help" {
+            out.push("--help".to_string());
+            continue;
         }
         let Some(stripped) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
             out.push(arg.clone());

@@ -372,3 +372,16 @@ fn the_largest_file_copied_comes_from_a_flag_the_environment_or_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn go_s_help_flags_ask_for_help_and_a_command_s_own_are_left_to_it() {
+    for h in ["-h", "-help", "--help"] {
+        assert_eq!(normalize_args(&args(&[h])).unwrap(), ["--help"]);
+        let said = Flags::from_args(&["steward"], &["--help"]).unwrap_err();
+        assert!(said.status.is_ok() && seed_help(&said.output).contains("--brokerAddress"));
+    }
+    assert_eq!(
+        normalize_args(&args(&["send", "--to", "ship1", "--", "df", "-h"])).unwrap(),
+        ["send", "--to", "ship1", "--", "df", "-h"]
+    );
+}
