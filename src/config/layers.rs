@@ -56,6 +56,16 @@ impl Value {
     }
 }
 
+/// The environment variable of an option (`brokerAddress`: `STEWARD_BROKER_ADDRESS`).
+fn var_of(name: &str) -> String {
+    let kebab = FLAG_NAMES
+        .iter()
+        .find(|(camel, _, _)| *camel == name)
+        .map(|f| f.1)
+        .expect("every option is in FLAG_NAMES");
+    format!("STEWARD_{}", kebab.replace('-', "_").to_uppercase())
+}
+
 /// The value from `at` is bad.
 pub(super) fn bad(at: &str, problem: Problem) -> Error {
     Error::Value {
@@ -73,18 +83,13 @@ pub(super) struct Options<'a> {
 
 impl Options<'_> {
     pub(super) fn get(&self, name: &str) -> Result<Option<Value>, Error> {
-        let kebab = FLAG_NAMES
-            .iter()
-            .find(|(camel, _, _)| *camel == name)
-            .map(|f| f.1)
-            .expect("every option is in FLAG_NAMES");
         if let Some(text) = self.flags.value(name) {
             return Ok(Some(Value {
                 text,
                 source: format!("--{name}"),
             }));
         }
-        let var = format!("STEWARD_{}", kebab.replace('-', "_").to_uppercase());
+        let var = var_of(name);
         if let Some(text) = (self.env)(&var) {
             return Ok(Some(Value { text, source: var }));
         }
@@ -121,13 +126,28 @@ impl Options<'_> {
         }
     }
 
+    /// Whether `name` is given by the config file alone (no flag, no variable).
+    fn in_file_only(&self, name: &str) -> bool {
+        self.flags.value(name).is_none()
+            && (self.env)(&var_of(name)).is_none()
+            && self
+                .file
+                .as_ref()
+                .is_some_and(|f| f.table.contains_key(name))
+    }
+
     /// A secret from the file an option names, or from an environment variable; with where
-    /// it came from.
+    /// it came from. As for every option, the variable wins over the config file (and a
+    /// flag, or the option's own variable, over the variable).
     pub(super) fn secret(
         &self,
         file_option: &str,
         var: &str,
     ) -> Result<Option<(Secret, String)>, Error> {
+        let from_var = (self.env)(var).map(|v| (Secret(v.trim().to_string()), var.to_string()));
+        if from_var.is_some() && self.in_file_only(file_option) {
+            return Ok(from_var);
+        }
         if let Some((path, source)) = self.file(file_option)? {
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 bad(
@@ -141,7 +161,7 @@ impl Options<'_> {
             check_private(&path);
             return Ok(Some((Secret(text.trim().to_string()), source)));
         }
-        Ok((self.env)(var).map(|v| (Secret(v.trim().to_string()), var.to_string())))
+        Ok(from_var)
     }
 
     pub(super) fn security(&self) -> Result<BrokerSecurity, Error> {

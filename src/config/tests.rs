@@ -385,3 +385,33 @@ fn go_s_help_flags_ask_for_help_and_a_command_s_own_are_left_to_it() {
         ["send", "--to", "ship1", "--", "df", "-h"]
     );
 }
+
+#[test]
+fn a_secret_s_variable_wins_over_the_config_file_s_file_and_a_flag_over_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let file = file.to_str().unwrap();
+    let (_d, path) = config_file(&format!("node = \"a\"\ntokenFile = \"{file}\"\n"));
+    let token = |c: &Config| match &c.security.auth {
+        Auth::Token(t) => t.expose().to_string(),
+        other => panic!("{other:?}"),
+    };
+    let c = load(&["--config", &path], &[]).unwrap();
+    assert_eq!(token(&c), "from-file");
+    let c = load(&["--config", &path], &[("STEWARD_TOKEN", "from-var")]).unwrap();
+    assert_eq!(token(&c), "from-var", "the variable wins over the file");
+    let flag = format!("--tokenFile={file}");
+    let c = load(
+        &["--config", &path, &flag],
+        &[("STEWARD_TOKEN", "from-var")],
+    )
+    .unwrap();
+    assert_eq!(token(&c), "from-file", "a flag wins over the variable");
+    let c = load(
+        &["--config", &path],
+        &[("STEWARD_TOKEN", "from-var"), ("STEWARD_TOKEN_FILE", file)],
+    )
+    .unwrap();
+    assert_eq!(token(&c), "from-file", "and so does the option's variable");
+}
