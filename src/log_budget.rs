@@ -95,9 +95,21 @@ impl std::error::Error for BelowFloor {}
 /// What each sender has written this hour, per method.
 pub struct LogBudget {
     pub limits: LogLimits,
-    spent: Mutex<HashMap<(&'static str, String), Spent>>,
+    spent: Mutex<Spending>,
 }
 
+/// The senders' spending, and when finished hours were last forgotten.
+#[derive(Default)]
+struct Spending {
+    by: HashMap<(&'static str, String), Spent>,
+    pruned: Option<Instant>,
+}
+
+/// How often finished hours are forgotten: not on every message, whose cost would then grow
+/// with the number of senders (a central for 10,000 logging nodes).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy)]
 struct Spent {
     since: Instant,
     bytes: u64,
@@ -108,7 +120,7 @@ impl LogBudget {
     pub fn new(limits: LogLimits) -> LogBudget {
         LogBudget {
             limits,
-            spent: Mutex::new(HashMap::new()),
+            spent: Mutex::default(),
         }
     }
 
@@ -122,12 +134,27 @@ impl LogBudget {
     ) -> Result<(), OverBudget> {
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
         // Forget finished hours, so the table holds only this hour's senders.
-        spent.retain(|_, s| now.duration_since(s.since) < WINDOW);
-        let s = spent.entry((method, sender.to_string())).or_insert(Spent {
+        if spent
+            .pruned
+            .is_none_or(|at| now.saturating_duration_since(at) >= PRUNE_EVERY)
+        {
+            spent
+                .by
+                .retain(|_, s| now.saturating_duration_since(s.since) < WINDOW);
+            spent.pruned = Some(now);
+        }
+        let fresh = Spent {
             since: now,
             bytes: 0,
             refused: false,
-        });
+        };
+        let s = spent
+            .by
+            .entry((method, sender.to_string()))
+            .or_insert(fresh);
+        if now.saturating_duration_since(s.since) >= WINDOW {
+            *s = fresh;
+        }
         if s.bytes.saturating_add(bytes) > self.limits.bytes_per_hour {
             let first = !s.refused;
             s.refused = true;
@@ -247,6 +274,25 @@ mod tests {
         let later = t + WINDOW;
         assert!(b.take("TextLogging", "ship1", 100, later).is_ok());
         assert!(b.take("TextLogging", "ship1", 1, later).unwrap_err().first);
+    }
+
+    #[test]
+    fn finished_hours_are_forgotten_once_a_minute_and_never_counted() {
+        let b = budget(100);
+        let t = Instant::now();
+        for i in 0..1000 {
+            b.take("TextLogging", &format!("ship{i}"), 100, t).unwrap();
+        }
+        let held = || b.spent.lock().unwrap().by.len();
+        // Between two looks, an hour that ended still starts afresh.
+        let almost = t + WINDOW - Duration::from_secs(30);
+        b.take("TextLogging", "other", 1, almost).unwrap();
+        assert_eq!(held(), 1001, "not looked at again within the minute");
+        assert!(b.take("TextLogging", "ship1", 100, t + WINDOW).is_ok());
+        assert_eq!(held(), 1001);
+        b.take("TextLogging", "other", 1, almost + PRUNE_EVERY)
+            .unwrap();
+        assert_eq!(held(), 2, "ship1's new hour and other's");
     }
 
     #[test]
