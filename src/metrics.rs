@@ -275,8 +275,15 @@ impl Metrics {
 
     /// A node said Hello.
     pub fn hello(&self, node: &str) {
+        self.hello_at(node, crate::files::unix_millis());
+    }
+
+    /// A node said Hello at `unix_ms` (as `hello-nodes.json` says, at start: a node that
+    /// went silent before a restart of this one still has its line, and its age grows).
+    pub fn hello_at(&self, node: &str, unix_ms: u64) {
         let mut last = self.last_hello.lock().unwrap_or_else(|p| p.into_inner());
-        last.insert(node.to_string(), crate::files::unix_millis());
+        let at = last.entry(node.to_string()).or_insert(unix_ms);
+        *at = (*at).max(unix_ms);
     }
 
     /// Mirrors the journal's figures.

@@ -75,6 +75,37 @@ fn only_trusted_nodes_get_a_line_of_their_own_in_metrics() {
 }
 
 #[test]
+fn a_node_silent_since_before_central_restarted_keeps_its_line_and_its_age() {
+    let nats = NatsServer::start();
+    let mut central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    central.terminate();
+    // Central's roster from before the restart: ship1 last said Hello an hour ago.
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3_600_000;
+    let roster =
+        |name: &str| format!(r#""{name}": {{"lastSeen": "then", "lastSeenUnixMs": {hour_ago}}}"#);
+    let file = format!("{{{}, {}}}", roster("ship1"), roster("stranger"));
+    std::fs::write(central.path("hello-nodes.json"), file).unwrap();
+    central.restart();
+    let age = central.metric("steward_node_last_hello_age_seconds{node=\"ship1\"}");
+    assert!((3600.0..3700.0).contains(&age), "ship1's age: {age}");
+    let page = http_get(central.prom_port, "/metrics");
+    assert!(!page.contains("node=\"stranger\""), "{page}");
+
+    // A roster that cannot be read is set aside and said, not written over.
+    central.terminate();
+    std::fs::write(central.path("hello-nodes.json"), "{\"ship1\": ").unwrap();
+    central.restart();
+    let log = central.log();
+    assert!(log.contains("hello-nodes.json: unreadable"), "{log}");
+    assert_eq!(central.read("hello-nodes.json.bad"), "{\"ship1\": ");
+}
+
+#[test]
 fn the_profiling_port_shows_the_process_table() {
     let nats = NatsServer::start();
     let port = free_port();

@@ -5,12 +5,15 @@
 //! waits, and when the node stops), and
 //! wakes any publisher pausing before its next attempt to reach that node. Only nodes this
 //! node trusts get a `steward_node_last_hello_age_seconds` line in `/metrics`, so a sender
-//! cannot grow the page with made-up names.
+//! cannot grow the page with made-up names; at start that line comes from the file, so a
+//! node that went silent before this one restarted keeps its line, and its age grows. A
+//! file that cannot be read is set aside (`hello-nodes.json.bad`), not written over.
 
 use super::Context;
 use super::{Method, Outcome};
 use crate::message::Envelope;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,6 +57,35 @@ impl Roster {
                 || self
                     .written
                     .is_none_or(|at| now.duration_since(at) >= WRITE_EVERY))
+    }
+}
+
+/// The last-seen times `hello-nodes.json` holds (node → milliseconds since the epoch). A
+/// file that cannot be read or is not such a map is said and set aside
+/// (`hello-nodes.json.bad`), not written over with the Hellos of this run alone.
+pub fn read_roster(path: &Path) -> BTreeMap<String, u64> {
+    let set_aside = |why: String| {
+        let aside = path.with_extension("json.bad");
+        log::error!(
+            "{}: unreadable ({why}); set aside as {}, nodes' last Hellos start afresh",
+            path.display(),
+            aside.display()
+        );
+        if let Err(e) = std::fs::rename(path, &aside) {
+            log::error!("{}: cannot set it aside: {e}", path.display());
+        }
+        BTreeMap::new()
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, LastSeen>>(&bytes) {
+            Ok(file) => file
+                .into_iter()
+                .map(|(n, e)| (n, e.last_seen_unix_ms))
+                .collect(),
+            Err(e) => set_aside(e.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => set_aside(e.to_string()),
     }
 }
 
@@ -128,14 +160,7 @@ impl Method for Hello {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if !seen.loaded {
             seen.loaded = true;
-            if let Ok(bytes) = std::fs::read(ctx.data.hello_nodes()) {
-                if let Ok(file) = serde_json::from_slice::<BTreeMap<String, LastSeen>>(&bytes) {
-                    seen.last = file
-                        .into_iter()
-                        .map(|(n, e)| (n, e.last_seen_unix_ms))
-                        .collect();
-                }
-            }
+            seen.last = read_roster(&ctx.data.hello_nodes());
         }
         let is_new = !seen.last.contains_key(&envelope.from_node);
         seen.last

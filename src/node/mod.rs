@@ -140,6 +140,11 @@ impl Node {
         let resumed = Resumed::open(&data, journal.next_seq(), &unfinished);
         let schedules =
             crate::schedule::Schedules::open(data.schedules(), crate::files::unix_millis());
+        for (node, at) in crate::methods::hello::read_roster(&data.hello_nodes()) {
+            if trusted.knows(&node) {
+                metrics.hello_at(&node, at);
+            }
+        }
         Node {
             data,
             resumed,
