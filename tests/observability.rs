@@ -155,8 +155,8 @@ fn a_request_without_end_is_cut_off_without_growing_memory() {
 fn silent_clients_do_not_stop_a_scrape() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);
-    // (Connections are taken in the order they came: the scrape's after theirs.)
-    let _silent: Vec<_> = (0..5)
+    // More than the connections it keeps open: the oldest silent ones make room.
+    let mut silent: Vec<_> = (0..steward::metrics::MAX_CONNECTIONS + 3)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", central.prom_port)).unwrap())
         .collect();
     let started = Instant::now();
@@ -166,6 +166,25 @@ fn silent_clients_do_not_stop_a_scrape() {
         started.elapsed() < Duration::from_secs(2),
         "the scrape took {:?}",
         started.elapsed()
+    );
+    // The first of them were closed to make room; the last are still open.
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    let first = &mut silent[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert!(matches!(first.read(&mut byte), Ok(0) | Err(_)), "closed");
+    let last = silent.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let still = last.read(&mut byte).unwrap_err().kind();
+    assert!(
+        matches!(
+            still,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{still:?}"
     );
 }
 

@@ -2,21 +2,17 @@
 //! and the process table as plain text at `--profilingPort`.
 //!
 //! Names follow Prometheus conventions: `steward_` prefix, `_total` on counters, base units.
-//! The HTTP responder is a few lines over `std::net`: one request per connection, which is
-//! all a scraper needs, without pulling an HTTP stack onto a Pi. These ports may be reachable
-//! by anyone on the network, so the responder bounds what a client can take: a few KiB of
-//! request, a few seconds, one of a few connection slots (see [`serve`]).
+//! The HTTP responder, which bounds what a client on the network can take, is [`serve`].
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+
+mod serve;
+pub use serve::{serve, ANSWER_DEADLINE, MAX_CONNECTIONS, MAX_REQUEST_HEAD, REQUEST_DEADLINE};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -55,6 +51,9 @@ pub struct Metrics {
     hello_age: IntGaugeVec,
     /// Node → when it last said Hello (ms since the epoch); ages are computed at scrape time.
     last_hello: Mutex<HashMap<String, u64>>,
+    /// Held while a render mirrors a count kept elsewhere into a counter: two renders at
+    /// once (scrapes on two connections) would each add the same difference.
+    mirroring: Mutex<()>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -269,6 +268,7 @@ impl Metrics {
                 &["node"],
             ),
             last_hello: Mutex::new(HashMap::new()),
+            mirroring: Mutex::new(()),
             registry: r,
         }
     }
@@ -301,9 +301,13 @@ impl Metrics {
     pub fn render(&self) -> String {
         // Counted inside the (patched) nats client, which drops such a message instead of
         // the connection; see vendor/nats.
-        self.broker_malformed_dropped.inc_by(
-            nats::dropped_malformed_messages().saturating_sub(self.broker_malformed_dropped.get()),
-        );
+        {
+            let _one = self.mirroring.lock().unwrap_or_else(|p| p.into_inner());
+            self.broker_malformed_dropped.inc_by(
+                nats::dropped_malformed_messages()
+                    .saturating_sub(self.broker_malformed_dropped.get()),
+            );
+        }
         let now = crate::files::unix_millis();
         for (node, &at) in self
             .last_hello
@@ -324,205 +328,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-/// Most connections served at once per listener; past that a new connection is closed at
-/// once, so slow or idle clients cannot pile up threads.
-pub const MAX_CONNECTIONS: usize = 8;
-/// Most bytes of request line and headers read; a longer request is answered 431.
-pub const MAX_REQUEST_HEAD: usize = 4 * 1024;
-/// The whole request must arrive within this, however slowly its bytes trickle in.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Serves `page(path)` over HTTP on `addr`: an accepting thread, and a small-stacked thread
-/// per connection, at most [`MAX_CONNECTIONS`] at once. Each request gets
-/// [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_DEADLINE`] in all, so neither a client that sends
-/// without end nor one that sends nothing can hold memory or stop the next scrape.
-pub fn serve<F>(what: &str, addr: &str, page: F) -> std::io::Result<()>
-where
-    F: Fn(&str) -> Option<String> + Send + Sync + 'static,
-{
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} at {addr}: {e}")))?;
-    log::info!("{what} listening on http://{}", listener.local_addr()?);
-    let page = Arc::new(page);
-    let busy = Arc::new(AtomicUsize::new(0));
-    let name = what.to_string();
-    std::thread::Builder::new()
-        .name(what.to_string())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    log::debug!(
-                        "{name}: {MAX_CONNECTIONS} connections already open; closing a new one"
-                    );
-                    continue; // dropping the stream closes it
-                }
-                let slot = Slot(busy.clone());
-                let page = page.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("{name} client"))
-                    .stack_size(64 * 1024)
-                    .spawn(move || {
-                        let _slot = slot;
-                        if let Err(e) = answer(stream, &*page) {
-                            log::debug!("http: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log::error!("{name}: cannot start a thread: {e}");
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// A connection's place among [`MAX_CONNECTIONS`], given back when its thread ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// How reading a request's head ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    /// The request line (headers read and dropped).
-    Complete(String),
-    /// More than [`MAX_REQUEST_HEAD`] bytes without the blank line that ends the head.
-    TooLarge,
-}
-
-/// Reads the request line and headers, within `limit` bytes and by `deadline`.
-fn read_head(
-    stream: &mut impl Read,
-    set_timeout: &mut dyn FnMut(Duration) -> std::io::Result<()>,
-    limit: usize,
-    deadline: Instant,
-) -> std::io::Result<Head> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the request did not arrive in time",
-            ));
-        }
-        set_timeout(left)?;
-        let n = match stream.read(&mut buf) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed before the end of the request",
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        // Look for the end from a little before the new bytes: it may straddle two reads.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buf[..n]);
-        let end = head[from..]
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .or_else(|| head[from..].windows(4).position(|w| w == b"\r\n\r\n"));
-        if end.is_some() {
-            let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-            if line_end > limit {
-                return Ok(Head::TooLarge);
-            }
-            return Ok(Head::Complete(
-                String::from_utf8_lossy(&head[..line_end])
-                    .trim_end()
-                    .to_string(),
-            ));
-        }
-        if head.len() > limit {
-            return Ok(Head::TooLarge);
-        }
-    }
-}
-
-fn answer(mut stream: TcpStream, page: &dyn Fn(&str) -> Option<String>) -> std::io::Result<()> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    let timeouts = stream.try_clone()?;
-    let mut set_timeout = |d: Duration| timeouts.set_read_timeout(Some(d));
-    let (status, body) = match read_head(&mut stream, &mut set_timeout, MAX_REQUEST_HEAD, deadline)?
-    {
-        Head::TooLarge => (
-            "431 Request Header Fields Too Large",
-            format!("a request's line and headers may take {MAX_REQUEST_HEAD} bytes\n"),
-        ),
-        Head::Complete(request_line) => {
-            let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-            match page(path) {
-                Some(body) => ("200 OK", body),
-                None => ("404 Not Found", "not found\n".to_string()),
-            }
-        }
-    };
-    stream.set_write_timeout(Some(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1)),
-    ))?;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(input: &[u8], limit: usize) -> std::io::Result<Head> {
-        let mut r = input;
-        read_head(
-            &mut r,
-            &mut |_| Ok(()),
-            limit,
-            Instant::now() + Duration::from_secs(5),
-        )
-    }
-
-    #[test]
-    fn the_request_line_is_read_and_headers_dropped() {
-        assert_eq!(
-            head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 4096).unwrap(),
-            Head::Complete("GET /metrics HTTP/1.1".into())
-        );
-        assert_eq!(
-            head(b"GET / HTTP/1.0\n\n", 4096).unwrap(),
-            Head::Complete("GET / HTTP/1.0".into())
-        );
-    }
-
-    #[test]
-    fn a_head_past_the_limit_is_too_large() {
-        let mut long = b"GET /".to_vec();
-        long.extend(std::iter::repeat_n(b'a', 10_000));
-        assert_eq!(head(&long, 4096).unwrap(), Head::TooLarge);
-        let mut headers = b"GET / HTTP/1.1\r\n".to_vec();
-        for _ in 0..1000 {
-            headers.extend_from_slice(b"X-A: b\r\n");
-        }
-        headers.extend_from_slice(b"\r\n");
-        assert_eq!(head(&headers, 4096).unwrap(), Head::TooLarge);
-    }
-
-    #[test]
-    fn a_request_cut_short_is_an_error() {
-        assert!(head(b"GET / HTTP/1.1\r\n", 4096).is_err());
     }
 }

@@ -1,0 +1,368 @@
+//! The HTTP responder behind `/metrics` and the profiling port: a few lines over `std::net`,
+//! one request per connection, which is all a scraper needs, without pulling an HTTP stack
+//! onto a Pi.
+//!
+//! These ports may be reachable by anyone on the network (the seed's `:2112` listens on
+//! every address), so what a client can take is bounded:
+//!
+//! - a request gets [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_DEADLINE`];
+//! - at most [`MAX_CONNECTIONS`] connections are open at once, each on a small-stacked
+//!   thread. When all are taken, the one that has waited longest for its request is closed
+//!   to make room: a scraper sends its request as it connects, so clients that connect and
+//!   send nothing cannot keep it out however many they open, and however fast. Only when
+//!   every connection is being answered is a new one closed;
+//! - an answer is written within [`ANSWER_DEADLINE`], however slowly the client reads.
+//!
+//! Left: a client that asks and then reads nothing holds its connection until
+//! [`ANSWER_DEADLINE`] once its answer is larger than the socket's buffer (central's page for
+//! a large fleet); [`MAX_CONNECTIONS`] such clients keep a scrape out until then. Listen on
+//! a trusted address (`--promHostAndPort=10.0.0.5:2112`) where the network is not.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Most connections open at once per listener (see the module's notes).
+pub const MAX_CONNECTIONS: usize = 8;
+/// Most bytes of request line and headers read; a longer request is answered 431.
+pub const MAX_REQUEST_HEAD: usize = 4 * 1024;
+/// The whole request must arrive within this, however slowly its bytes trickle in.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The whole answer must be taken within this, however slowly the client reads.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves `page(path)` over HTTP on `addr`: an accepting thread, and a thread per
+/// connection (see the module's notes for the bounds).
+pub fn serve<F>(what: &str, addr: &str, page: F) -> std::io::Result<()>
+where
+    F: Fn(&str) -> Option<String> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} at {addr}: {e}")))?;
+    log::info!("{what} listening on http://{}", listener.local_addr()?);
+    let page = Arc::new(page);
+    let open = Arc::new(Open::default());
+    let name = what.to_string();
+    std::thread::Builder::new()
+        .name(what.to_string())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: looked at again shortly, not in a
+                    // loop that would take a core.
+                    log::warn!("{name}: cannot accept a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let Some(place) = Open::admit(&open, &stream) else {
+                log::debug!(
+                    "{name}: {MAX_CONNECTIONS} connections being answered; closing a new one"
+                );
+                continue; // dropping the stream closes it
+            };
+            let page = page.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name} client"))
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    if let Err(e) = answer(stream, &place, &*page) {
+                        log::debug!("http: {e}");
+                    }
+                });
+            if let Err(e) = spawned {
+                log::error!("{name}: cannot start a thread: {e}");
+            }
+        })?;
+    Ok(())
+}
+
+/// The connections open on a listener.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<Vec<Conn>>,
+    /// Threads answering, closed ones included until they end.
+    threads: AtomicUsize,
+    next: AtomicUsize,
+}
+
+struct Conn {
+    id: usize,
+    since: Instant,
+    /// Still waiting for its request: the one to close first when room is needed.
+    asking: bool,
+    /// The same socket, to close it from the accepting thread.
+    socket: TcpStream,
+}
+
+/// A connection's place among the open ones, given back when its thread ends.
+struct Place {
+    open: Arc<Open>,
+    id: usize,
+}
+
+impl Open {
+    /// Makes room for `stream`, closing the connection that has waited longest for its
+    /// request if need be; `None` if every connection is being answered.
+    fn admit(open: &Arc<Open>, stream: &TcpStream) -> Option<Place> {
+        let mut conns = open.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= MAX_CONNECTIONS {
+            let (oldest, _) = conns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.asking)
+                .min_by_key(|(_, c)| c.since)?;
+            // Its thread, reading, sees the end at once and ends.
+            let _ = conns.swap_remove(oldest).socket.shutdown(Shutdown::Both);
+        }
+        // Closed connections' threads end at once; more than twice the places means they
+        // do not (a starved machine): no more until they have.
+        if open.threads.load(Ordering::SeqCst) >= 2 * MAX_CONNECTIONS {
+            return None;
+        }
+        let socket = stream.try_clone().ok()?;
+        let id = open.next.fetch_add(1, Ordering::Relaxed);
+        conns.push(Conn {
+            id,
+            since: Instant::now(),
+            asking: true,
+            socket,
+        });
+        open.threads.fetch_add(1, Ordering::SeqCst);
+        Some(Place {
+            open: open.clone(),
+            id,
+        })
+    }
+}
+
+impl Place {
+    /// The request is in: this connection is being answered, and is not closed for room.
+    fn answering(&self) {
+        let mut conns = self.open.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.iter_mut().find(|c| c.id == self.id) {
+            c.asking = false;
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut conns = self.open.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|c| c.id != self.id);
+        self.open.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How reading a request's head ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// The request line (headers read and dropped).
+    Complete(String),
+    /// More than [`MAX_REQUEST_HEAD`] bytes without the blank line that ends the head.
+    TooLarge,
+}
+
+/// Reads the request line and headers, within `limit` bytes and by `deadline`.
+fn read_head(
+    stream: &mut impl Read,
+    set_timeout: &mut dyn FnMut(Duration) -> std::io::Result<()>,
+    limit: usize,
+    deadline: Instant,
+) -> std::io::Result<Head> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request did not arrive in time",
+            ));
+        }
+        set_timeout(left)?;
+        let n = match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before the end of the request",
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        // Look for the end from a little before the new bytes: it may straddle two reads.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&buf[..n]);
+        let end = head[from..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .or_else(|| head[from..].windows(4).position(|w| w == b"\r\n\r\n"));
+        if end.is_some() {
+            let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+            if line_end > limit {
+                return Ok(Head::TooLarge);
+            }
+            return Ok(Head::Complete(
+                String::from_utf8_lossy(&head[..line_end])
+                    .trim_end()
+                    .to_string(),
+            ));
+        }
+        if head.len() > limit {
+            return Ok(Head::TooLarge);
+        }
+    }
+}
+
+fn answer(
+    mut stream: TcpStream,
+    place: &Place,
+    page: &dyn Fn(&str) -> Option<String>,
+) -> std::io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let timeouts = stream.try_clone()?;
+    let mut set_timeout = |d: Duration| timeouts.set_read_timeout(Some(d));
+    let head = read_head(&mut stream, &mut set_timeout, MAX_REQUEST_HEAD, deadline)?;
+    place.answering();
+    let (status, body) = match head {
+        Head::TooLarge => (
+            "431 Request Header Fields Too Large",
+            format!("a request's line and headers may take {MAX_REQUEST_HEAD} bytes\n"),
+        ),
+        Head::Complete(request_line) => {
+            let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+            match page(path) {
+                Some(body) => ("200 OK", body),
+                None => ("404 Not Found", "not found\n".to_string()),
+            }
+        }
+    };
+    let deadline = Instant::now() + ANSWER_DEADLINE;
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    write_by(&mut stream, head.as_bytes(), deadline)?;
+    write_by(&mut stream, body.as_bytes(), deadline)
+}
+
+/// Writes all of `bytes` by `deadline`, or fails.
+fn write_by(
+    stream: &mut impl TimedWrite,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the answer was not taken in time",
+            ));
+        }
+        stream.set_timeout(left)?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A socket whose writes wait at most so long (a trait, for the tests).
+trait TimedWrite: Write {
+    fn set_timeout(&mut self, d: Duration) -> std::io::Result<()>;
+}
+
+impl TimedWrite for TcpStream {
+    fn set_timeout(&mut self, d: Duration) -> std::io::Result<()> {
+        self.set_write_timeout(Some(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(input: &[u8], limit: usize) -> std::io::Result<Head> {
+        let mut r = input;
+        read_head(
+            &mut r,
+            &mut |_| Ok(()),
+            limit,
+            Instant::now() + Duration::from_secs(5),
+        )
+    }
+
+    #[test]
+    fn the_request_line_is_read_and_headers_dropped() {
+        assert_eq!(
+            head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 4096).unwrap(),
+            Head::Complete("GET /metrics HTTP/1.1".into())
+        );
+        assert_eq!(
+            head(b"GET / HTTP/1.0\n\n", 4096).unwrap(),
+            Head::Complete("GET / HTTP/1.0".into())
+        );
+    }
+
+    #[test]
+    fn a_head_past_the_limit_is_too_large() {
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 10_000));
+        assert_eq!(head(&long, 4096).unwrap(), Head::TooLarge);
+        let mut headers = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..1000 {
+            headers.extend_from_slice(b"X-A: b\r\n");
+        }
+        headers.extend_from_slice(b"\r\n");
+        assert_eq!(head(&headers, 4096).unwrap(), Head::TooLarge);
+    }
+
+    /// Takes a byte a call, slowly: a client that reads slowly.
+    struct Trickle(usize);
+
+    impl Write for Trickle {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(5));
+            self.0 += 1;
+            Ok(1)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl TimedWrite for Trickle {
+        fn set_timeout(&mut self, _: Duration) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_answer_read_slowly_is_given_up_at_its_deadline() {
+        let mut slow = Trickle(0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(100);
+        let e = write_by(&mut slow, &[b'x'; 10_000], deadline).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert!((5..=21).contains(&slow.0), "{} bytes taken", slow.0);
+        let mut quick = Trickle(0);
+        write_by(&mut quick, b"abc", Instant::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(quick.0, 3);
+    }
+
+    #[test]
+    fn a_request_cut_short_is_an_error() {
+        assert!(head(b"GET / HTTP/1.1\r\n", 4096).is_err());
+    }
+}
