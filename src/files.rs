@@ -51,6 +51,11 @@ impl DataFolder {
     pub fn failed(&self) -> PathBuf {
         self.root.join("failed-messages.txt")
     }
+    /// Messages the journal held but could not hand out, whole (see
+    /// [`crate::node::Node::report_unreadable`]); rotated as logs are.
+    pub fn unreadable(&self) -> PathBuf {
+        self.root.join("unreadable-messages.txt")
+    }
     /// Replies received for messages this node sent, per destination node and method;
     /// rotated as logs are ([`crate::log_budget::ROTATE_AT`]).
     pub fn replies(&self, node: &str, method: &str) -> PathBuf {

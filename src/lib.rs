@@ -299,10 +299,7 @@ fn resume(node: &node::Node, recovery: journal::Recovery) {
         ));
     }
     for bad in recovery.undecodable {
-        node.report_error(format!(
-            "{}: journal: dropped an unreadable message: {bad}",
-            node.config.node
-        ));
+        node.report_unreadable(format!("journal: dropped an unreadable message: {bad}"));
     }
     if recovery.pending > 0 {
         log::info!(

@@ -18,7 +18,21 @@ pub struct NameError {
 
 impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid name {:?}: {}", self.name, self.reason)
+        // A name from a stranger can be a megabyte: what is wrong shows in its start.
+        if self.name.len() <= MAX_NAME_LEN {
+            return write!(f, "invalid name {:?}: {}", self.name, self.reason);
+        }
+        let mut end = 32;
+        while !self.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(
+            f,
+            "invalid name {:?}… ({} bytes): {}",
+            &self.name[..end],
+            self.name.len(),
+            self.reason
+        )
     }
 }
 

@@ -679,3 +679,53 @@ fn a_fleet_key_cannot_make_central_journal_and_send_results_of_its_own() {
         "{answers:?}"
     );
 }
+
+#[test]
+fn a_stranger_s_huge_or_line_breaking_fields_make_one_bounded_line_each() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.trust("ship1");
+    let raw = Raw::connect(&nats.address());
+    // A name of 300 kB: its refusal quoted it whole, a report too large to be sent, and
+    // each report of that a larger one.
+    let huge = "a".repeat(300_000);
+    let payload = envelope("a", &huge, "ship1", "EventACK", "TextLogging", &["hi"]);
+    raw.send("ship1.EventACK.TextLogging", None, None, &payload);
+    // A kind holding a line of a log of its own.
+    let forged = r#"{"id":"b","fromNode":"x","accepted":0,"toNode":"ship1","data":[],"commandOrEvent":"x\n[2030-01-01T00:00:00Z ERROR steward] forged","method":"TextLogging"}"#;
+    raw.send("ship1.EventACK.TextLogging", None, None, forged.as_bytes());
+    ship1.wait_metric("refused both", refusals, |v| v >= 2.0);
+    // Both reports reach central's errors.log, a line each.
+    let errors = central.wait_count("errors.log", "ship1", 2);
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", &errors[..errors.len().min(2000)]);
+    for line in &lines {
+        assert!(line.len() < 9000, "a line of {} bytes", line.len());
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("(300000 bytes)")),
+        "{lines:?}"
+    );
+    // Nothing left that cannot be sent, nothing grown, no line forged.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = ship1.log();
+    assert!(
+        !log.contains("unreadable"),
+        "{}",
+        &log[..log.len().min(3000)]
+    );
+    assert!(log.lines().all(|l| l.len() < 16 * 1024));
+    assert!(
+        !log.lines().any(|l| l.starts_with("[2030")),
+        "a forged line"
+    );
+    assert_eq!(
+        ship1.metric("steward_journal_pending_messages"),
+        0.0,
+        "every report sent"
+    );
+    assert!(!ship1.path("unreadable-messages.txt").exists());
+    let mut ship1 = ship1;
+    assert!(ship1.is_running());
+}

@@ -10,6 +10,21 @@ use super::*;
 /// journal and the link.
 pub const REFUSAL_REPORTS_PER_MINUTE: u32 = 20;
 
+/// Most bytes of a report's text (as central's ErrorLog keeps of a line): a report often
+/// quotes what it is about, a message a stranger sent included, and must stay a message
+/// that can be sent (a report of a report too large to send was a larger one, for ever).
+pub const MAX_REPORT_BYTES: usize = crate::log_budget::MAX_ERROR_LINE;
+
+/// `text` as reports and this node's log take it: one line, controls escaped (a stranger's
+/// newline would forge log lines), within [`MAX_REPORT_BYTES`].
+pub fn bounded(text: &str) -> String {
+    // Cut before and after the escapes: a stranger's megabyte is not escaped whole, and an
+    // escape takes up to six bytes for one.
+    let text = crate::log_budget::cap_line(text, MAX_REPORT_BYTES);
+    let text = crate::files::escape_controls(&text).replace('\n', "\\n");
+    crate::log_budget::cap_line(&text, MAX_REPORT_BYTES).into_owned()
+}
+
 pub(super) struct Refusals {
     pub(super) since: Instant,
     /// Reported this minute: of unverified messages, of verified senders'.
@@ -21,6 +36,7 @@ impl Node {
     /// Logs an error and sends it to the central error logger, through the journal, so it
     /// reaches central even if the broker is down now.
     pub fn report_error(&self, text: String) {
+        let text = bounded(&text);
         log::error!("{text}");
         let message = Message {
             // Errors must reach central even after a long outage of the link.
@@ -37,6 +53,28 @@ impl Node {
         }
     }
 
+    /// Reports a message the journal holds but cannot hand out (it cannot be decoded, or
+    /// breaks a message's limits): the whole of it is kept in `unreadable-messages.txt`, for
+    /// an operator to find; the report names the file and quotes what fits.
+    pub fn report_unreadable(&self, text: String) {
+        let path = self.data.unreadable();
+        let record = format!(
+            "=== {}\n{text}\n",
+            crate::files::rfc3339(crate::files::unix_millis())
+        );
+        let kept = crate::files::append_rotating(
+            &path,
+            record.as_bytes(),
+            crate::log_budget::ROTATE_AT,
+            crate::log_budget::KEEP_ROTATED,
+        );
+        let said = match kept {
+            Ok(()) => format!("kept whole in {}", path.display()),
+            Err(e) => format!("cannot be kept in {}: {e}", path.display()),
+        };
+        self.report_error(format!("{}: {said}: {text}", self.config.node));
+    }
+
     /// Logs a refused message and reports it to central, within the per-minute limit.
     pub fn report_refusal(&self, text: String, verified: bool) {
         let _ = self.refusal_reports_due();
@@ -48,7 +86,7 @@ impl Node {
             self.report_error(text);
         } else {
             r.only_logged += 1;
-            log::error!("{text}");
+            log::error!("{}", bounded(&text));
         }
     }
 

@@ -245,3 +245,36 @@ fn the_supervisor_hears_of_upkeep_once_until_it_has_done_it() {
     node.finish(&lane, &[taken[2].seq]);
     assert!(upkeep.try_recv().is_ok(), "a new finish: a word");
 }
+
+/// A report quoting a stranger's megabyte, or a record that could not be handed out, is a
+/// message that can be sent: a report of one that could not be was a larger one, for ever.
+#[test]
+fn reports_are_messages_that_can_be_sent_and_what_they_cut_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = offline_node(dir.path());
+    let huge = format!(
+        "{}\n[forged] {}",
+        "x".repeat(300 << 10),
+        "\u{1b}".repeat(100_000)
+    );
+    node.report_refusal(huge.clone(), false);
+    node.report_unreadable(huge.clone());
+    let lane = crate::subject::Subject::new("central", Kind::EventAck, "ErrorLog").unwrap();
+    let mut journal = node.journal();
+    let taken = journal.take(&lane, 10).unwrap();
+    assert!(journal.take_unreadable().is_empty());
+    assert_eq!(taken.len(), 2);
+    for e in &taken {
+        let text = &e.envelope.message.data[0];
+        assert!(
+            text.len() <= report::MAX_REPORT_BYTES + 64,
+            "{}",
+            text.len()
+        );
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'));
+        assert!(e.envelope.message.check_limits().is_ok());
+    }
+    let kept = std::fs::read_to_string(node.data.unreadable()).unwrap();
+    assert!(kept.contains(&huge), "the whole record is kept");
+    assert!(taken[1].envelope.message.data[0].contains("unreadable-messages.txt"));
+}

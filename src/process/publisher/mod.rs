@@ -545,8 +545,7 @@ impl Publisher {
             );
         }
         for why in unreadable {
-            self.node
-                .report_error(format!("{}: {why}", self.node.config.node));
+            self.node.report_unreadable(why);
         }
         Ok(taken)
     }
