@@ -47,6 +47,36 @@ fn malformed_input_beside_good_input() {
 }
 
 #[test]
+fn data_too_large_once_written_as_json_is_rejected_at_intake() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    // A coloured log: 50 kB of escape characters, 300 kB as JSON. Taken, it was a message
+    // too large to send: passed over, and its report larger still, for ever.
+    let colours = "\\u001b".repeat(50_000);
+    central.append_inmsg(&format!(
+        "[{{\"toNode\":\"ship1\",\"data\":[\"{colours}\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}},\n{}",
+        &command("ship1", &["echo", "after it"])[1..]
+    ));
+    central.wait_for("replies/ship1.CLICommand.log", "after it");
+    let rejected = central.read("inmsg.rejected.txt");
+    assert!(
+        rejected.contains("takes 300003 bytes written as JSON"),
+        "{}",
+        &rejected[rejected.len().saturating_sub(600)..]
+    );
+    assert!(rejected.contains(&colours), "kept as it was written");
+    central.wait_count("errors.log", "input rejected", 1);
+    let log = central.log();
+    assert!(
+        !log.contains("unreadable"),
+        "{}",
+        &log[..log.len().min(3000)]
+    );
+    assert!(!ship1.path("textlog").exists());
+}
+
+#[test]
 fn an_array_still_being_written_waits_until_it_is_complete() {
     let nats = NatsServer::start();
     let _ship1 = Node::start("ship1", &nats.address(), &[]);

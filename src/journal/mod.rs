@@ -351,6 +351,19 @@ impl Journal {
             };
             let offset = start + buf.len() as u64;
             let at = encode_accepted(seq, &lane, &mut buf, |out| envelope.encode_into(out));
+            // Never sent, so never finished, and past a record's limit read back as damage
+            // (the journal cut there at the next start, with all after it): intake and the
+            // node's own messages keep within it, and this is where that is sure.
+            if at.len() > crate::message::MAX_WIRE_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a message for {lane} of {} bytes, more than one message may be ({}): nothing of this batch was journaled",
+                        at.len(),
+                        crate::message::MAX_WIRE_BYTES
+                    ),
+                ));
+            }
             let encoded = buf[at].into();
             let len = (start + buf.len() as u64 - offset) as u32;
             placed.push((lane.clone(), seq, Span { offset, len }));

@@ -74,6 +74,23 @@ fn unfinished_messages_come_back_in_order_after_reopen() {
 }
 
 #[test]
+fn a_message_too_large_to_send_is_never_journaled_nor_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let mut huge = msg(1);
+    huge.data[0] = "\u{1}".repeat(crate::message::MAX_DATA_BYTES);
+    let e = j.append("central", vec![msg(0), huge], None).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("ship1.EventACK.TextLogging"), "{e}");
+    assert_eq!(j.pending_count(), 0);
+    j.append("central", vec![msg(2)], None).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert!(r.cut.is_none());
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 2"]);
+}
+
+#[test]
 fn a_finish_never_covers_a_message_still_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();

@@ -243,10 +243,34 @@ impl Message {
         }
     }
 
-    /// Bytes of data a message carries: its `data` and its arguments.
+    /// Bytes of data a message carries: its `data` and its arguments. What a receiver
+    /// checks ([`Message::check_limits`]); intake checks [`Message::data_json_bytes`].
     pub fn data_bytes(&self) -> usize {
         let args = |a: &Option<Vec<String>>| a.iter().flatten().map(String::len).sum::<usize>();
         self.data.iter().map(String::len).sum::<usize>()
+            + args(&self.method_args)
+            + args(&self.reply_method_args)
+    }
+
+    /// The same data as its JSON takes it (quotes, escapes): what must fit in one message
+    /// on the wire. Counted as the strings' lengths, a coloured log (an escape character
+    /// takes six bytes there: `\u001b`) passed intake, and was a message too large to send
+    /// once journaled.
+    pub fn data_json_bytes(&self) -> usize {
+        fn as_json(s: &str) -> usize {
+            let escapes: usize = s
+                .bytes()
+                .map(|b| match b {
+                    b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                    0..=0x1f => 5,
+                    _ => 0,
+                })
+                .sum();
+            // Its quotes, and the comma after it.
+            s.len() + escapes + 3
+        }
+        let args = |a: &Option<Vec<String>>| a.iter().flatten().map(|s| as_json(s)).sum::<usize>();
+        self.data.iter().map(|s| as_json(s)).sum::<usize>()
             + args(&self.method_args)
             + args(&self.reply_method_args)
     }

@@ -121,6 +121,11 @@ impl Message {
             return Err(InputError::Refused(why));
         }
         self.check_limits()?;
+        // Stricter than a receiver's check, which an earlier version's messages must pass.
+        let bytes = self.data_json_bytes();
+        if bytes > MAX_DATA_BYTES {
+            return Err(InputError::DataAsJson { bytes });
+        }
         crate::reply::check_request(&self, refusal).map_err(InputError::Reply)?;
         // The last destination takes the message itself (most messages have one).
         let last = match to_nodes.pop() {
@@ -233,6 +238,8 @@ pub enum InputError {
     Reply(crate::reply::RouteError),
     /// More data than [`MAX_DATA_BYTES`].
     Data { bytes: usize },
+    /// Data that takes more than [`MAX_DATA_BYTES`] written as JSON (its escapes).
+    DataAsJson { bytes: usize },
     /// A `ttl` of 0.
     ZeroTtl,
 }
@@ -282,6 +289,10 @@ impl fmt::Display for InputError {
                 "toNodes names {n} nodes; at most {MAX_TO_NODES} in one message"
             ),
             InputError::Data { bytes } => too_much_data(f, *bytes),
+            InputError::DataAsJson { bytes } => write!(
+                f,
+                "data (with methodArgs and replyMethodArgs) takes {bytes} bytes written as JSON (a control character takes six: \\u001b); at most {MAX_DATA_BYTES} are allowed"
+            ),
             InputError::ZeroTtl => {
                 f.write_str("bad ttl 0: give the seconds the message may wait, or leave ttl out")
             }
