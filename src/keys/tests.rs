@@ -298,6 +298,42 @@ fn a_request_is_fresh_once_and_a_replay_is_refused_even_after_a_restart() {
 }
 
 #[test]
+fn a_message_held_back_then_replayed_where_the_clock_is_not_checked_is_refused_as_late() {
+    let (dir, _me, trusted) = store("ship1");
+    let central = Identity::generate(&dir.path().join("c"), false).unwrap();
+    trust(dir.path(), "central", central.public_key()).unwrap();
+    let take = |sealed: &Sealed| {
+        let signed = trusted
+            .verify("central", Some(&sealed.headers), scope(), b"m")
+            .unwrap();
+        trusted.fresh(
+            "central",
+            &signed,
+            Duration::from_secs(300),
+            ClockCheck::Off,
+        )
+    };
+    let now = files::unix_millis();
+    // Captured on its way to a node that was away; central went on.
+    let held = central.seal_at(scope(), b"m", now - 600_000);
+    let newer = central.seal(scope(), b"m");
+    assert_eq!(take(&newer), Ok(()));
+    let e = take(&held).unwrap_err();
+    assert!(matches!(e, NotFresh::Late { .. }), "{e:?}");
+    assert!(e.to_string().contains("a replay"), "{e}");
+    // Late within the window is only out of order.
+    let a = central.seal_at(scope(), b"m", now - 100_000);
+    let b = central.seal(scope(), b"m");
+    assert_eq!(take(&b), Ok(()));
+    assert_eq!(take(&a), Ok(()));
+    // A sender whose clock jumped ahead and back is not locked out: its new messages have
+    // new counters.
+    let ahead = central.seal_at(scope(), b"m", now + 30 * 86_400_000);
+    assert_eq!(take(&ahead), Ok(()));
+    assert_eq!(take(&central.seal(scope(), b"m")), Ok(()));
+}
+
+#[test]
 fn the_counter_window_tracks_each_counter_below_the_highest() {
     let mut w = SenderWindow::default();
     for seq in [5000, 4998, 4999, 5003, 5001] {

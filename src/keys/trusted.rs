@@ -173,6 +173,10 @@ pub(super) struct SenderWindow {
     /// Not persisted: after a restart, everything at or below `high` counts as taken.
     #[serde(skip, default = "all_taken")]
     pub(super) below: [u64; (SEQ_WINDOW / 64) as usize],
+    /// The latest sending time taken (ms since the epoch). Not persisted either: after a
+    /// restart no counter below `high` is taken at all.
+    #[serde(skip)]
+    latest_sent: u64,
 }
 
 fn all_taken() -> [u64; (SEQ_WINDOW / 64) as usize] {
@@ -215,6 +219,22 @@ impl SenderWindow {
         Ok(())
     }
 
+    /// Refuses a counter below the highest taken (a message that comes late: signed before
+    /// others already taken) that was sent more than `window_ms` before the latest taken: a
+    /// message captured and held back, replayed where the clock cannot be checked (a ship
+    /// without NTP). A sender's new messages always have new highest counters, so a sender
+    /// whose clock jumped ahead and back is not locked out by this.
+    pub(super) fn not_late(&self, seq: u64, sent: u64, window_ms: u64) -> Result<(), NotFresh> {
+        if seq < self.high && sent.saturating_add(window_ms) < self.latest_sent {
+            return Err(NotFresh::Late {
+                sent,
+                latest: self.latest_sent,
+                window_ms,
+            });
+        }
+        Ok(())
+    }
+
     fn bit(&self, i: u64) -> bool {
         self.below[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
@@ -238,6 +258,13 @@ pub enum NotFresh {
     Taken,
     /// Its counter is further below the highest taken than the counters tracked one by one.
     BelowWindow { seq: u64, high: u64 },
+    /// Its counter is below the highest taken, and it was sent more than the replay window
+    /// before the latest message taken from this sender's key.
+    Late {
+        sent: u64,
+        latest: u64,
+        window_ms: u64,
+    },
 }
 
 impl fmt::Display for NotFresh {
@@ -254,6 +281,17 @@ impl fmt::Display for NotFresh {
             NotFresh::BelowWindow { seq, high } => write!(
                 f,
                 "its counter {seq} is more than {SEQ_WINDOW} below the highest taken from this sender ({high}): a replay"
+            ),
+            NotFresh::Late {
+                sent,
+                latest,
+                window_ms,
+            } => write!(
+                f,
+                "sent at {}, more than the replay window ({}s) before the latest message taken from this sender (sent at {}), and signed before it: a replay",
+                files::rfc3339(*sent),
+                window_ms / 1000,
+                files::rfc3339(*latest)
             ),
         }
     }
@@ -510,7 +548,8 @@ impl Trusted {
 
     /// Whether a verified request from `from` is fresh: its counter never taken before
     /// from that sender's key, and, while the clock is checked, its sending time within the
-    /// window of this node's clock. Takes it if so.
+    /// window of this node's clock; a counter below the highest taken, sent no more than the
+    /// window before the latest taken ([`NotFresh::Late`]). Takes it if so.
     pub fn fresh(
         &self,
         from: &str,
@@ -534,7 +573,9 @@ impl Trusted {
             .by_key
             .entry(format!("{from} {}", signed.key))
             .or_default();
+        window.not_late(signed.seq, signed.sent, window_ms)?;
         window.take(signed.seq)?;
+        window.latest_sent = window.latest_sent.max(signed.sent);
         senders.changes += 1;
         Ok(())
     }
