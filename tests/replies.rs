@@ -202,6 +202,27 @@ fn a_command_killed_at_method_timeout_says_so_and_is_not_retried() {
 }
 
 #[test]
+fn a_reply_cut_to_the_broker_s_limit_is_recorded_as_it_was_sent() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    // 250 kB of NUL bytes: 1.5 MB written as JSON, over the broker's 1 MiB.
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["head","-c","250000","/dev/zero"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked");
+    let stored = central.read("replies/ship1.CLICommand.log");
+    assert!(stored.contains("trimmed to the broker's payload limit"));
+    let sent = stored.matches('\0').count();
+    assert!((100_000..250_000).contains(&sent), "{sent} bytes came");
+    // ship1 keeps, for a retry, what it sent: not more.
+    let kept = String::from_utf8_lossy(&std::fs::read(ship1.path("journal/received.log")).unwrap())
+        .matches("\\u0000")
+        .count();
+    assert_eq!(kept, sent, "recorded {kept}, sent {sent}");
+}
+
+#[test]
 fn op_process_list_and_stop_and_public_key_answer_central() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);

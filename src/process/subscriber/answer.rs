@@ -20,7 +20,22 @@ pub(super) fn answer(
     a: &Admitted,
     replies: &[Reply],
 ) {
-    let Some(to) = &a.reply_to else { return };
+    let mut replies = replies.to_vec();
+    if let Some(bytes) = fit(method, conn, a, &mut replies) {
+        send(node, a, &bytes, &replies[0].id);
+    }
+}
+
+/// Trims the replies' outputs, if need be, to what one answer may carry (the broker's
+/// payload limit), whether or not the sender asked for one: what is recorded for a retry
+/// is what was (or would have been) sent, never more. Returns the answer to send, if the
+/// sender asked for one (ACK kinds).
+pub(super) fn fit(
+    method: &dyn Method,
+    conn: &nats::Connection,
+    a: &Admitted,
+    replies: &mut Vec<Reply>,
+) -> Option<Vec<u8>> {
     let encode = |replies: &[Reply]| {
         if a.batch {
             Reply::encode_batch_answer(replies, method.batch_max())
@@ -29,22 +44,28 @@ pub(super) fn answer(
         }
     };
     let bytes = fitted(replies, conn.max_payload(), encode);
+    a.reply_to.as_ref().map(|_| bytes)
+}
+
+/// Sends an answer (see [`fit`]) on the sender's inbox, signed over its request's signature.
+pub(super) fn send(node: &Node, a: &Admitted, bytes: &[u8], first: &str) {
+    let Some(to) = &a.reply_to else { return };
     if let Err(e) = node.broker.publish(
         &node.identity,
         crate::keys::Scope::reply(to, &a.signed.sig),
-        &bytes,
+        bytes,
         // Signed as the request was: a sender that signs over a digest checks those.
         a.signed.covers,
         crate::broker::Confirm::ByAnswer,
     ) {
         // The sender will try again and get the stored reply.
-        log::warn!("cannot send the reply for {}: {e}", replies[0].id);
+        log::warn!("cannot send the reply for {first}: {e}");
     }
 }
 
-/// `replies` as `encode` writes them, their outputs trimmed if that is more than `max`
-/// bytes (0: no limit) so that they fit.
-fn fitted(replies: &[Reply], max: usize, encode: impl Fn(&[Reply]) -> Vec<u8>) -> Vec<u8> {
+/// `replies` as `encode` writes them, their outputs trimmed (in `replies` too) if that is
+/// more than `max` bytes (0: no limit) so that they fit.
+fn fitted(replies: &mut Vec<Reply>, max: usize, encode: impl Fn(&[Reply]) -> Vec<u8>) -> Vec<u8> {
     let bytes = encode(replies);
     if max == 0 || bytes.len() <= max {
         return bytes;
@@ -63,8 +84,10 @@ fn fitted(replies: &[Reply], max: usize, encode: impl Fn(&[Reply]) -> Vec<u8>) -
     let longest = replies.iter().map(|r| r.output.len()).max().unwrap_or(0);
     let mut keep = trim_share(room, replies).min(longest);
     loop {
-        let bytes = encode(&trimmed(replies, keep));
+        let cut = trimmed(replies, keep);
+        let bytes = encode(&cut);
         if bytes.len() <= max || keep == 0 {
+            *replies = cut;
             return bytes;
         }
         keep /= 2;
@@ -127,9 +150,11 @@ mod tests {
         replies[9].output = "\u{1}".repeat(200_000);
         let encode = |r: &[Reply]| Reply::encode_batch_answer(r, crate::message::MAX_BATCH);
         assert!(encode(&replies).len() > max);
-        let bytes = fitted(&replies, max, encode);
+        let mut cut = replies.clone();
+        let bytes = fitted(&mut cut, max, encode);
         assert!(bytes.len() <= max, "{}", bytes.len());
         let got = Reply::decode_batch(&bytes).unwrap();
+        assert_eq!(got, cut, "what is kept is what was sent");
         assert_eq!(got.len(), replies.len());
         for (i, r) in got.iter().enumerate() {
             match i {
@@ -166,7 +191,10 @@ mod tests {
             "no room for the notice"
         );
         // What fits goes as it is; no limit, nothing cut.
-        assert_eq!(fitted(&replies[..3], max, encode), encode(&replies[..3]));
-        assert_eq!(fitted(&replies, 0, encode), encode(&replies));
+        assert_eq!(
+            fitted(&mut replies[..3].to_vec(), max, encode),
+            encode(&replies[..3])
+        );
+        assert_eq!(fitted(&mut replies.clone(), 0, encode), encode(&replies));
     }
 }

@@ -16,7 +16,7 @@
 //! as a message of its own, to its sender, before the request is recorded as finished; the
 //! ACK then says where the result went (see [`crate::reply`]).
 
-use super::answer::answer;
+use super::answer::{fit, send};
 use crate::admission::Admitted;
 use crate::message::{Envelope, Reply, Status};
 use crate::methods::{Method, Outcome};
@@ -66,8 +66,18 @@ pub(super) fn run(
     let first = &a.envelopes[0].id;
     send_results(node, subject, results, &mut replies);
     keep_schedules(node, subject, schedules);
+    // Cut to what an answer carries before it is recorded: a retry gets what the first
+    // answer had, and the record stays within what the received log reads back (an 11 MiB
+    // HttpGet body of control characters was a record it took for damage, and cut there:
+    // the `Started` records after it were lost, and their commands ran again).
+    let fitted = fit(method, conn, &a, &mut replies);
+    let answer = |replies: &[Reply]| {
+        if let Some(bytes) = &fitted {
+            send(node, &a, bytes, &replies[0].id);
+        }
+    };
     if !method.remembered() {
-        answer(method, node, conn, &a, &replies);
+        answer(&replies);
         return;
     }
     let to_record: Vec<&Reply> = new_at.iter().map(|&i| &replies[i]).collect();
@@ -84,7 +94,7 @@ pub(super) fn run(
         }
     }
     log::debug!("{subject}: {first} from {}: answered", a.from);
-    answer(method, node, conn, &a, &replies);
+    answer(&replies);
     drop(started);
     if recorded.is_ok() {
         if let Err(e) = node.received.sync() {
