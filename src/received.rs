@@ -23,7 +23,8 @@
 //! sender's kind and method (`central`'s `CommandACK.CLICommand`), one message or one batch
 //! at a time, in order. At most [`KEEP_PER_LANE`] of a lane are kept (its own oldest make
 //! room for its new ones), and [`KEEP`] in all (past that, the lane that holds the most
-//! gives up its oldest): so memory and disk are bounded whatever the rate, and no lane, not
+//! gives up its oldest; of lanes as large, the one quiet longest: a central for a fleet
+//! larger than [`KEEP`] has more lanes than ids kept, one each): so memory and disk are bounded whatever the rate, and no lane, not
 //! even one of a sender whose key was stolen, can push out another lane's ids while it
 //! holds fewer. A lane waiting to send a message again (its ACK was lost: a command waits
 //! out its timeout) sends nothing else meanwhile, so its ids are not pushed out by its own
@@ -52,6 +53,7 @@
 use crate::journal::record::{decode, encode, encode_finished, open_records, Record, RecordFile};
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -116,8 +118,14 @@ struct Inner {
     running: HashMap<Key, Lane>,
     /// Each lane's ended ids, oldest first: every id of `states` in exactly one.
     lanes: HashMap<Lane, VecDeque<Key>>,
-    /// The lanes by how many ids they hold, to forget from the largest past `keep`.
-    by_size: BTreeSet<(usize, Lane)>,
+    /// The lanes by how many ids they hold, then by how long ago they last took one (the
+    /// longest ago last), to forget from the largest past `keep`; of lanes as large, from
+    /// the one quiet longest. (By name, with more lanes than `keep` each holding one id, a
+    /// lane's only id was forgotten as it ended, and a retry ran it again.)
+    by_size: BTreeSet<(usize, Reverse<u64>, Lane)>,
+    /// When each lane last took an id (a count of ids taken).
+    touched: HashMap<Lane, u64>,
+    taken: u64,
 }
 
 impl Received {
@@ -155,6 +163,8 @@ impl Received {
             running: HashMap::new(),
             lanes: HashMap::new(),
             by_size: BTreeSet::new(),
+            touched: HashMap::new(),
+            taken: 0,
         };
         // First each answered id's lane, from its reply (its `Started` record, before it,
         // does not say), each lane's name held once; then the records in order.
@@ -451,9 +461,15 @@ impl Inner {
         if let Some(old) = forgotten {
             self.states.remove(&old);
         }
-        self.resized(lane, before, after);
+        let was = self.touched.insert(lane.clone(), self.taken);
+        if let Some(was) = was {
+            self.by_size.remove(&(before, Reverse(was), lane.clone()));
+        }
+        self.by_size
+            .insert((after, Reverse(self.taken), lane.clone()));
+        self.taken += 1;
         while self.states.len() > self.keep {
-            let Some((len, largest)) = self.by_size.pop_last() else {
+            let Some((len, at, largest)) = self.by_size.pop_last() else {
                 break;
             };
             let queue = self
@@ -464,24 +480,12 @@ impl Inner {
                 self.states.remove(&old);
             }
             match len - 1 {
-                0 => drop(self.lanes.remove(&largest)),
-                left => drop(self.by_size.insert((left, largest))),
+                0 => {
+                    self.lanes.remove(&largest);
+                    self.touched.remove(&largest);
+                }
+                left => drop(self.by_size.insert((left, at, largest))),
             }
-        }
-    }
-
-    /// `lane` went from `before` ids to `after`: its place by size, or gone once empty.
-    fn resized(&mut self, lane: &Lane, before: usize, after: usize) {
-        if before == after {
-            return;
-        }
-        if before > 0 {
-            self.by_size.remove(&(before, lane.clone()));
-        }
-        if after > 0 {
-            self.by_size.insert((after, lane.clone()));
-        } else {
-            self.lanes.remove(lane);
         }
     }
 
@@ -713,12 +717,13 @@ mod tests {
             .values()
             .flatten()
             .all(|k| inner.states.contains_key(k)));
-        let sizes: BTreeSet<(usize, Lane)> = inner
+        let sizes: BTreeSet<(usize, Reverse<u64>, Lane)> = inner
             .lanes
             .iter()
-            .map(|(lane, q)| (q.len(), lane.clone()))
+            .map(|(lane, q)| (q.len(), Reverse(inner.touched[lane]), lane.clone()))
             .collect();
         assert_eq!(sizes, inner.by_size);
+        assert_eq!(inner.touched.len(), inner.lanes.len());
     }
 
     /// `n` ids of `from`'s `method`, each run and answered.
@@ -822,6 +827,27 @@ mod tests {
                 len("ship3/TextLogging")
             ),
             (2, 5, 3)
+        );
+    }
+
+    #[test]
+    fn with_more_lanes_than_ids_kept_the_lane_quiet_longest_gives_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 3, 5_000).unwrap();
+        // A central for a large fleet: each node's lane holds one id. The newest one's
+        // ACK is lost; its retry must find it, whatever its name.
+        for from in ["ship1", "ship2", "ship3", "ship9"] {
+            stream(&r, from, "TextLogging", 1);
+        }
+        agree(&r, 3, 5_000);
+        assert!(matches!(
+            r.begin("ship9", "TextLogging", "TextLogging-0").unwrap(),
+            Seen::Done(_)
+        ));
+        // The oldest went: ship1's.
+        assert_eq!(
+            r.begin("ship1", "TextLogging", "TextLogging-0").unwrap(),
+            Seen::New
         );
     }
 
