@@ -450,8 +450,12 @@ impl RecordFile {
     pub fn open(storage: &dyn Storage, path: &Path) -> io::Result<RecordFile> {
         let file = storage.open(path)?;
         // Its name too is durable before anything in it counts (it may have just been
-        // created).
-        storage.sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        // created), and its folder's name in the data folder (made with it, at a first start).
+        let dir = path.parent().unwrap_or(Path::new("."));
+        storage.sync_dir(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage.sync_dir(parent)?;
+        }
         file.sync_data()?;
         file.drop_cache();
         let len = file.size()?;

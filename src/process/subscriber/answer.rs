@@ -154,7 +154,12 @@ mod tests {
         let bytes = fitted(&mut cut, max, encode);
         assert!(bytes.len() <= max, "{}", bytes.len());
         let got = Reply::decode_batch(&bytes).unwrap();
-        assert_eq!(got, cut, "what is kept is what was sent");
+        let outputs = |r: &[Reply]| r.iter().map(|r| r.output.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            outputs(&got),
+            outputs(&cut),
+            "what is kept is what was sent"
+        );
         assert_eq!(got.len(), replies.len());
         for (i, r) in got.iter().enumerate() {
             match i {
