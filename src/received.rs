@@ -50,7 +50,9 @@
 //! clock is not checked; with the clock checked, the replay window refuses it (README: not
 //! covered).
 
-use crate::journal::record::{decode, encode, encode_finished, open_records, Record, RecordFile};
+use crate::journal::record::{
+    decode, encode, encode_finished, open_records, Record, RecordFile, CHUNK,
+};
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
 use std::cmp::Reverse;
@@ -148,7 +150,27 @@ impl Received {
         per_lane: usize,
     ) -> io::Result<Received> {
         let path = dir.join("received.log");
-        let (file, decoded, cut) = open_records(&*storage, &path)?;
+        // First each answered id's lane, from its reply (its `Started` record, before it,
+        // does not say), each lane's name held once; the records' ids in order, to take
+        // after. Only names and places are held, never the replies themselves.
+        let mut names: HashMap<String, Lane> = HashMap::new();
+        let mut lane_of: HashMap<String, Lane> = HashMap::new();
+        let mut found: Vec<(String, Known)> = Vec::new();
+        let (file, cut) = open_records(&*storage, &path, |offset, len, record| match record {
+            Record::Started { id } => found.push((id, Known::Interrupted)),
+            Record::Finished { reply } => {
+                if let Ok((r, lane)) = decode_finished(&reply) {
+                    let id = key(&r.to_node, &r.id);
+                    let lane = names
+                        .entry(lane_name(&r.to_node, lane.as_deref().unwrap_or("")))
+                        .or_insert_with_key(|name| name.as_str().into())
+                        .clone();
+                    lane_of.insert(id.clone(), lane);
+                    found.push((id, Known::Done { offset, len }));
+                }
+            }
+            _ => {}
+        })?;
         if let Some(cut) = cut {
             log::warn!("{cut}");
         }
@@ -166,34 +188,7 @@ impl Received {
             touched: HashMap::new(),
             taken: 0,
         };
-        // First each answered id's lane, from its reply (its `Started` record, before it,
-        // does not say), each lane's name held once; then the records in order.
-        let mut names: HashMap<String, Lane> = HashMap::new();
-        let mut lane_of: HashMap<String, Lane> = HashMap::new();
-        let mut replies = Vec::new();
-        for (offset, len, record) in &decoded.records {
-            if let Record::Finished { reply } = record {
-                if let Ok((r, lane)) = decode_finished(reply) {
-                    let id = key(&r.to_node, &r.id);
-                    let lane = names
-                        .entry(lane_name(&r.to_node, lane.as_deref().unwrap_or("")))
-                        .or_insert_with_key(|name| name.as_str().into())
-                        .clone();
-                    lane_of.insert(id.clone(), lane);
-                    replies.push((*offset, *len, id));
-                }
-            }
-        }
-        let mut replies = replies.into_iter().peekable();
-        for (offset, _, record) in &decoded.records {
-            let (id, state) = match record {
-                Record::Started { id } => (id.clone(), Known::Interrupted),
-                Record::Finished { .. } => match replies.next_if(|(at, _, _)| at == offset) {
-                    Some((offset, len, id)) => (id, Known::Done { offset, len }),
-                    None => continue, // not a reply
-                },
-                _ => continue,
-            };
+        for (id, state) in found {
             let lane = match lane_of.get(&id) {
                 Some(lane) => lane.clone(),
                 None => names
@@ -507,54 +502,24 @@ impl Inner {
     /// names its lane; an interrupted id is its `Started` record), and the running ones'
     /// `Started` records.
     fn compact(&mut self) -> io::Result<()> {
-        let mut buf = Vec::new();
-        let mut states = HashMap::with_capacity(self.states.len());
-        for ids in self.lanes.values() {
-            for id in ids {
-                let state = match self.states[id] {
-                    Known::Done { offset, len } => {
-                        let start = buf.len();
-                        buf.resize(start + len as usize, 0);
-                        self.file
-                            .handle()
-                            .read_exact_at(&mut buf[start..], offset)?;
-                        Known::Done {
-                            offset: start as u64,
-                            len,
-                        }
-                    }
-                    Known::Interrupted => {
-                        encode(&Record::Started { id: id.to_string() }, &mut buf);
-                        Known::Interrupted
-                    }
-                };
-                states.insert(id.clone(), state);
-            }
-        }
-        // Running ids are in no lane yet (an interrupted one run again is, with its record).
-        for id in self.running.keys() {
-            if !states.contains_key(id) {
-                encode(&Record::Started { id: id.to_string() }, &mut buf);
-            }
-        }
         // Until the rename, a failure leaves the old file in use; from the rename on, the
         // received log is unusable (see `RecordFile`), or the name may point at a file
         // this one no longer writes to.
         let tmp = self.path.with_extension("compacting");
-        let written = self.storage.create(&tmp).and_then(|f| {
-            f.write_all_at(&buf, 0)?;
-            f.sync_data()
-        });
-        if let Err(e) = written {
-            let _ = self.storage.remove(&tmp);
-            return Err(e);
-        }
+        let written = self.write_kept(&tmp);
+        let (size, states) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = self.storage.remove(&tmp);
+                return Err(e);
+            }
+        };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let replaced = self
             .storage
             .rename(&tmp, &self.path)
             .and_then(|()| self.storage.sync_dir(dir))
-            .and_then(|()| RecordFile::rewritten(&*self.storage, &self.path, buf.len() as u64));
+            .and_then(|()| RecordFile::rewritten(&*self.storage, &self.path, size));
         self.file = match replaced {
             Ok(file) => file,
             Err(e) => {
@@ -566,9 +531,60 @@ impl Inner {
                 return Err(e);
             }
         };
-        self.compacted_size = buf.len() as u64;
+        self.compacted_size = size;
         self.states = states;
         Ok(())
+    }
+
+    /// Writes the ids kept (and running) to `tmp`, a chunk at a time, and makes it durable:
+    /// its size, and where each id's record now is.
+    fn write_kept(&self, tmp: &Path) -> io::Result<(u64, HashMap<Key, Known>)> {
+        let out = self.storage.create(tmp)?;
+        let mut buf = Vec::new();
+        let mut at = 0u64;
+        // What is gathered goes out a chunk at a time, the file's records never all at once.
+        let flush = |buf: &mut Vec<u8>, at: &mut u64, force: bool| -> io::Result<()> {
+            if buf.len() >= CHUNK || (force && !buf.is_empty()) {
+                out.write_all_at(buf, *at)?;
+                *at += buf.len() as u64;
+                buf.clear();
+            }
+            Ok(())
+        };
+        let mut states = HashMap::with_capacity(self.states.len());
+        for ids in self.lanes.values() {
+            for id in ids {
+                let state = match self.states[id] {
+                    Known::Done { offset, len } => {
+                        let start = buf.len();
+                        buf.resize(start + len as usize, 0);
+                        self.file
+                            .handle()
+                            .read_exact_at(&mut buf[start..], offset)?;
+                        Known::Done {
+                            offset: at + start as u64,
+                            len,
+                        }
+                    }
+                    Known::Interrupted => {
+                        encode(&Record::Started { id: id.to_string() }, &mut buf);
+                        Known::Interrupted
+                    }
+                };
+                states.insert(id.clone(), state);
+                flush(&mut buf, &mut at, false)?;
+            }
+        }
+        // Running ids are in no lane yet (an interrupted one run again is, with its record).
+        for id in self.running.keys() {
+            if !states.contains_key(id) {
+                encode(&Record::Started { id: id.to_string() }, &mut buf);
+                flush(&mut buf, &mut at, false)?;
+            }
+        }
+        flush(&mut buf, &mut at, true)?;
+        out.sync_data()?;
+        Ok((at, states))
     }
 }
 

@@ -611,23 +611,31 @@ impl RecordFile {
     }
 }
 
-/// Opens (or creates) a small file of records (received.log), reads all it holds, and cuts
-/// off a torn or corrupt tail, returning what was cut. The journal itself is read with
-/// [`Records`], a chunk at a time.
+/// Opens (or creates) a file of records (received.log), hands each record it holds to
+/// `each` (offset, length, record) as it is read, a chunk at a time, and cuts off a torn or
+/// corrupt tail, returning what was cut. Nothing of it is held here: a file of stored
+/// replies can be far larger than the memory of the node reading it.
 pub fn open_records(
     storage: &dyn Storage,
     path: &Path,
-) -> io::Result<(RecordFile, Decoded, Option<String>)> {
+    mut each: impl FnMut(u64, u32, Record),
+) -> io::Result<(RecordFile, Option<String>)> {
     let mut file = RecordFile::open(storage, path)?;
-    let mut bytes = vec![0; file.end() as usize];
-    file.file.read_exact_at(&mut bytes, 0)?;
-    let decoded = decode(&bytes);
-    let cut = decoded
+    let handle = file.handle().clone();
+    let mut records = Records::new(&*handle, 0, file.end());
+    let mut kept = 0;
+    for record in &mut records {
+        let (at, len, record) = record?;
+        each(at, len, record);
+        kept += 1;
+    }
+    let valid_len = records.reached();
+    let cut = records
         .corruption
-        .as_ref()
-        .map(|why| cut_message(path, why, decoded.records.len(), decoded.valid_len));
-    file.found_end(decoded.valid_len)?;
-    Ok((file, decoded, cut))
+        .take()
+        .map(|why| cut_message(path, &why, kept, valid_len));
+    file.found_end(valid_len)?;
+    Ok((file, cut))
 }
 
 /// What cutting a file back to its last complete record cut.
