@@ -772,3 +772,50 @@ fn a_key_is_suggested_for_trust_only_if_it_is_one_and_two_keys_answering_for_a_n
     assert!(!log.contains("keys trust ship8 U;curl"), "{log}");
     assert!(!errors.contains("keys trust ship8"), "{errors}");
 }
+
+#[test]
+fn a_stranger_s_largest_messages_to_every_subject_of_a_busy_node_hold_little_memory() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=1"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    // The node's one place taken by a long command: what arrives now waits.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sleep","60"],"commandOrEvent":"CommandACK","method":"CLICommand","methodTimeout":8}]"#,
+    );
+    ship1.wait_status("showed its place busy", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.contains("handlers busy: 1"))
+    });
+    let before = ship1.rss_kib();
+    let raw = Raw::connect(&nats.address());
+    let big = vec![b'x'; 900_000];
+    let subjects = listened(&ship1);
+    let per_subject = 24;
+    // Paced, so that the broker never takes the node for a slow consumer and cuts it off
+    // (which would bound the node's memory whatever it did).
+    for _ in 0..per_subject {
+        for subject in &subjects {
+            raw.conn.publish(subject, &big).unwrap();
+        }
+        raw.conn.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What could not wait was dropped and counted; the rest holds a few megabytes a subject.
+    let sent = (subjects.len() * per_subject) as f64;
+    let dropped = |n: &Node| n.metric_sum("steward_subscription_dropped_total", &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let grew = ship1.rss_kib().saturating_sub(before);
+    eprintln!(
+        "[busy_flood] subjects={} sent_mb={} grew_kib={grew}",
+        subjects.len(),
+        subjects.len() * per_subject * 900 / 1000,
+    );
+    assert!(
+        grew < 96 * 1024,
+        "RSS grew {grew} KiB for {} subjects",
+        subjects.len()
+    );
+    // Counted once the subscribers look again (the command ends at its 8 s).
+    ship1.wait_metric("counted the drops", dropped, |v| v >= sent / 2.0);
+}

@@ -2,8 +2,9 @@
 //! each kind the method serves, and to nothing else. Each received message is handled on a
 //! handler thread of its own (see [`Handlers`](crate::node::Handlers)), at most
 //! `--maxConcurrentHandlers` at once across all methods. Past that, the subscriber waits
-//! and messages queue in the client, at most [`QUEUED_PER_SUBSCRIPTION`] per subject
-//! (each at most the broker's `max_payload`, 1 MiB by default); the client drops what
+//! and messages queue in the client, at most [`QUEUED_PER_SUBSCRIPTION`] per subject and
+//! [`QUEUED_BYTES_PER_SUBSCRIPTION`] of them (a message is at most the broker's
+//! `max_payload`, 1 MiB by default, and always fits alone); the client drops what
 //! comes past that, and the drops are logged and counted
 //! (`steward_subscription_dropped_total`). Nothing is lost by it: a dropped ACK kind is
 //! sent again by its sender, which hears no ACK, and a NACK kind was never promised
@@ -48,6 +49,11 @@ const TICK: Duration = Duration::from_secs(1);
 /// How many received messages may wait, per subscription, for a handler; see the module
 /// docs.
 pub const QUEUED_PER_SUBSCRIPTION: usize = 128;
+/// How many bytes of them (or one message as large as the broker takes, if that is more):
+/// a client holding no key can send messages of the broker's largest size to every subject
+/// of a node whose handlers are busy, and 128 of a megabyte on each of some thirty
+/// subjects was 4 GB waiting, on a Pi.
+pub const QUEUED_BYTES_PER_SUBSCRIPTION: usize = 2 << 20;
 
 pub struct Subscriber {
     pub method: Arc<dyn Method>,
@@ -158,6 +164,7 @@ impl Process for Subscriber {
                     let msg = op.recv(subs[i].receiver()).map_err(|_| Error::Closed {
                         subject: subjects[i].clone(),
                     })?;
+                    subs[i].took(&msg);
                     let (method, node, conn) =
                         (self.method.clone(), self.node.clone(), conn.clone());
                     let deferred = deferred_tx.clone();
@@ -180,7 +187,7 @@ impl Process for Subscriber {
 
 impl Subscriber {
     /// Subscribes to this node's subject of each kind the method serves, each with its
-    /// queue bounded ([`QUEUED_PER_SUBSCRIPTION`]).
+    /// queue bounded ([`QUEUED_PER_SUBSCRIPTION`], [`QUEUED_BYTES_PER_SUBSCRIPTION`]).
     fn subscribe(
         &self,
         conn: &nats::Connection,
@@ -208,8 +215,10 @@ impl Subscriber {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let bytes = QUEUED_BYTES_PER_SUBSCRIPTION.max(conn.max_payload());
         for sub in &subs {
             sub.set_message_limits(QUEUED_PER_SUBSCRIPTION);
+            sub.set_bytes_limit(bytes);
         }
         Ok((subjects, subs))
     }
@@ -249,7 +258,7 @@ impl Subscriber {
                 .with_label_values(&[self.method.name()])
                 .inc_by(new as u64);
             log::warn!(
-                "{subject}: dropped {new} incoming message(s): {QUEUED_PER_SUBSCRIPTION} were already waiting for a handler (all {} busy); senders of ACK kinds will try again",
+                "{subject}: dropped {new} incoming message(s): {QUEUED_PER_SUBSCRIPTION} (or {QUEUED_BYTES_PER_SUBSCRIPTION} bytes) were already waiting for a handler (all {} busy); senders of ACK kinds will try again",
                 self.node.config.max_handlers
             );
         }

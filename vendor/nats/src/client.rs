@@ -103,6 +103,31 @@ pub(crate) struct Subscription {
     preprocess: Preprocessor,
     pub(crate) pending_messages_limit: Option<usize>,
     pub(crate) dropped_messages: usize,
+    // steward patch: bytes of messages queued and not yet taken (see
+    // `Subscription::set_bytes_limit`), and the most that may be.
+    pub(crate) pending_bytes: usize,
+    pub(crate) pending_bytes_limit: Option<usize>,
+}
+
+impl Subscription {
+    // steward patch: whether a message of `len` bytes is over this subscription's limits
+    // (then dropped and counted); if not, its bytes are counted as queued.
+    fn over_limits(&mut self, len: usize) -> bool {
+        let over_count = self
+            .pending_messages_limit
+            .is_some_and(|limit| limit <= self.messages.len());
+        let over_bytes = self
+            .pending_bytes_limit
+            .is_some_and(|limit| self.pending_bytes.saturating_add(len) > limit);
+        if over_count || over_bytes {
+            self.dropped_messages += 1;
+            return true;
+        }
+        if self.pending_bytes_limit.is_some() {
+            self.pending_bytes += len;
+        }
+        false
+    }
 }
 
 /// A NATS client.
@@ -504,6 +529,8 @@ impl Client {
                 preprocess: message_processor,
                 pending_messages_limit: None,
                 dropped_messages: 0,
+                pending_bytes: 0,
+                pending_bytes_limit: None,
             },
         );
 
@@ -964,25 +991,26 @@ impl Client {
                             continue;
                         }
 
-                        //check if subscription has set limits for slow consumers
-                        if let Some(pending_messages_limit) = subscription.pending_messages_limit {
-                            if pending_messages_limit <= subscription.messages.len() {
-                                connector.get_options().error_callback.call(
-                                    self,
-                                    io::Error::new(
-                                        ErrorKind::Other,
-                                        format!(
-                                            "slow consumer detected for subscription on subject {}. dropping messages",
-                                            subscription.subject
-                                        ),
+                        // steward patch: a limit of bytes too, and drops counted in one place.
+                        let len = msg.data.len();
+                        let over = read
+                            .subscriptions
+                            .get_mut(&sid)
+                            .is_some_and(|sub| sub.over_limits(len));
+                        if over {
+                            let subject = &read.subscriptions[&sid].subject;
+                            connector.get_options().error_callback.call(
+                                self,
+                                io::Error::new(
+                                    ErrorKind::Other,
+                                    format!(
+                                        "slow consumer detected for subscription on subject {subject}. dropping messages"
                                     ),
-                                );
-                                read.subscriptions
-                                    .entry(sid)
-                                    .and_modify(|sub| sub.dropped_messages += 1);
-                                continue;
-                            }
+                                ),
+                            );
+                            continue;
                         }
+                        let subscription = &read.subscriptions[&sid];
 
                         // Send a message or drop it if the channel is
                         // disconnected or full.
@@ -1022,28 +1050,28 @@ impl Client {
                             continue;
                         }
 
-                        //check if subscription has set limits for slow consumers
-                        if let Some(pending_messages_limit) = subscription.pending_messages_limit {
-                            if pending_messages_limit <= subscription.messages.len() {
-                                connector.get_options().error_callback.call(
-                                    self,
-                                    io::Error::new(
-                                        ErrorKind::Other,
-                                        format!(
-                                            "slow consumer detected for subscription on subject {}. dropping messages",
-                                            subscription.subject
-                                        ),
+                        // steward patch: a limit of bytes too, and drops counted in one place
+                        // (the stock client counted drops of messages without headers only,
+                        // so `dropped_messages` missed every signed one).
+                        let len = msg.data.len();
+                        let over = read
+                            .subscriptions
+                            .get_mut(&sid)
+                            .is_some_and(|sub| sub.over_limits(len));
+                        if over {
+                            let subject = &read.subscriptions[&sid].subject;
+                            connector.get_options().error_callback.call(
+                                self,
+                                io::Error::new(
+                                    ErrorKind::Other,
+                                    format!(
+                                        "slow consumer detected for subscription on subject {subject}. dropping messages"
                                     ),
-                                );
-                                // steward patch: counted, as in the MSG arm above (the
-                                // stock client counted drops of messages without headers
-                                // only, so `dropped_messages` missed every signed one).
-                                read.subscriptions
-                                    .entry(sid)
-                                    .and_modify(|sub| sub.dropped_messages += 1);
-                                continue;
-                            }
+                                ),
+                            );
+                            continue;
                         }
+                        let subscription = &read.subscriptions[&sid];
                         // Send a message or drop it if the channel is
                         // disconnected or full.
                         subscription.messages.send(msg).unwrap();

@@ -282,6 +282,34 @@ impl Subscription {
             .and_modify(|sub| sub.pending_messages_limit = Some(limit));
     }
 
+    /// steward patch: bounds the bytes of the messages queued for this subscription and not
+    /// yet taken: past `limit`, a message is dropped (and counted, as past
+    /// `set_message_limits`). Whoever takes the messages from [`Subscription::receiver`]
+    /// says so with [`Subscription::took`], or the bytes count as queued for ever.
+    pub fn set_bytes_limit(&self, limit: usize) {
+        self.0
+            .client
+            .state
+            .read
+            .lock()
+            .subscriptions
+            .entry(self.0.sid)
+            .and_modify(|sub| sub.pending_bytes_limit = Some(limit));
+    }
+
+    /// steward patch: a message taken from [`Subscription::receiver`] no longer counts
+    /// against [`Subscription::set_bytes_limit`].
+    pub fn took(&self, msg: &Message) {
+        self.0
+            .client
+            .state
+            .read
+            .lock()
+            .subscriptions
+            .entry(self.0.sid)
+            .and_modify(|sub| sub.pending_bytes = sub.pending_bytes.saturating_sub(msg.data.len()));
+    }
+
     /// Returns number of dropped messages for this Subscription.
     /// Dropped messages occur when `set_message_limits` is set and threshold is reached,
     /// triggering `slow consumer` error.
