@@ -248,11 +248,17 @@ fn data_folder(mut config: Config) -> Result<(Config, Option<String>), Error> {
             mode: mode & 0o7777,
         });
     }
-    // Commands, their output and the logs live here: others should not read them. A folder
-    // steward creates is private; one that already existed is left as it is, with a warning.
-    let readable_by_others = (mode & 0o007 != 0).then(|| {
+    // Commands, their output and the logs live here: others should not read them, and only
+    // the node's user write them. A folder steward creates is private; one that already
+    // existed is left as it is, with a warning.
+    let exposed = match (mode & 0o007 != 0, mode & 0o020 != 0) {
+        (true, _) => Some("can be read by other users: they can read commands, their output and the logs"),
+        (false, true) => Some("can be written by its group: its members can make this node send anything, signed with its key, and replace its keys"),
+        (false, false) => None,
+    };
+    let readable_by_others = exposed.map(|what| {
         format!(
-            "{}: the data folder {} can be read by other users (mode {:o}): they can read commands, their output and the logs; run: chmod 700 {}",
+            "{}: the data folder {} {what} (mode {:o}); run: chmod 700 {}",
             config.node,
             config.data_folder.display(),
             mode & 0o7777,

@@ -262,7 +262,7 @@ fn control_characters_from_a_sender_are_escaped_in_logs() {
 }
 
 #[test]
-fn a_data_folder_others_can_read_is_warned_about() {
+fn a_data_folder_others_can_read_or_its_group_write_is_warned_about() {
     use std::os::unix::fs::PermissionsExt;
     let nats = NatsServer::start();
     let mut central = Node::start("central", &nats.address(), &[]);
@@ -272,6 +272,12 @@ fn a_data_folder_others_can_read_is_warned_about() {
     central.restart();
     let hint = format!("chmod 700 {}", central.data().display());
     central.wait_for("errors.log", &hint);
+    // Written by its group: its members are this node.
+    central.kill9();
+    std::fs::set_permissions(central.data(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    central.restart();
+    let said = central.wait_count("errors.log", &hint, 2);
+    assert!(said.contains("can be written by its group"), "{said}");
 }
 
 /// Two nodes on one host with the default `--promHostAndPort=:2112`: the second's port is
