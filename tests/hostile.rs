@@ -790,26 +790,36 @@ fn a_stranger_s_largest_messages_to_every_subject_of_a_busy_node_hold_little_mem
     let before = ship1.rss_kib();
     let raw = Raw::connect(&nats.address());
     let big = vec![b'x'; 900_000];
+    // Or the bulk in headers: 1,500 made up, a map far larger than its 15 kB.
+    let mut made_up = nats::HeaderMap::new();
+    for i in 0..1500 {
+        made_up.insert(format!("k{i}"), "v");
+    }
     let subjects = listened(&ship1);
+    let (by_payload, by_headers) = subjects.split_at(subjects.len() / 2);
     let per_subject = 24;
     // Paced, so that the broker never takes the node for a slow consumer and cuts it off
     // (which would bound the node's memory whatever it did).
-    for _ in 0..per_subject {
-        for subject in &subjects {
-            raw.conn.publish(subject, &big).unwrap();
+    for round in 0..per_subject * 4 {
+        if round < per_subject {
+            for subject in by_payload {
+                raw.conn.publish(subject, &big).unwrap();
+            }
+        }
+        for subject in by_headers {
+            raw.send(subject, None, Some(&made_up), b"");
         }
         raw.conn.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     // What could not wait was dropped and counted; the rest holds a few megabytes a subject.
-    let sent = (subjects.len() * per_subject) as f64;
+    let sent = (by_payload.len() * per_subject + by_headers.len() * per_subject * 4) as f64;
     let dropped = |n: &Node| n.metric_sum("steward_subscription_dropped_total", &[]);
     std::thread::sleep(Duration::from_secs(1));
     let grew = ship1.rss_kib().saturating_sub(before);
     eprintln!(
-        "[busy_flood] subjects={} sent_mb={} grew_kib={grew}",
-        subjects.len(),
-        subjects.len() * per_subject * 900 / 1000,
+        "[busy_flood] subjects={} messages={sent} grew_kib={grew}",
+        subjects.len()
     );
     assert!(
         grew < 96 * 1024,

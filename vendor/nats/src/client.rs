@@ -25,6 +25,7 @@ use std::fmt;
 use std::io::prelude::*;
 use std::io::{self, BufReader, BufWriter, Error, ErrorKind};
 use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::thread::{self, JoinHandle};
@@ -104,9 +105,9 @@ pub(crate) struct Subscription {
     pub(crate) pending_messages_limit: Option<usize>,
     pub(crate) dropped_messages: usize,
     // steward patch: bytes of messages queued and not yet taken (see
-    // `Subscription::set_bytes_limit`), and the most that may be.
-    pub(crate) pending_bytes: usize,
-    pub(crate) pending_bytes_limit: Option<usize>,
+    // `Subscription::set_bytes_limit`; shared with the subscription's handle, which counts
+    // off what it takes), and the most that may be.
+    pub(crate) pending_bytes: Option<(Arc<AtomicUsize>, usize)>,
 }
 
 impl Subscription {
@@ -116,15 +117,15 @@ impl Subscription {
         let over_count = self
             .pending_messages_limit
             .is_some_and(|limit| limit <= self.messages.len());
-        let over_bytes = self
-            .pending_bytes_limit
-            .is_some_and(|limit| self.pending_bytes.saturating_add(len) > limit);
+        let over_bytes = self.pending_bytes.as_ref().is_some_and(|(pending, limit)| {
+            pending.load(Ordering::Acquire).saturating_add(len) > *limit
+        });
         if over_count || over_bytes {
             self.dropped_messages += 1;
             return true;
         }
-        if self.pending_bytes_limit.is_some() {
-            self.pending_bytes += len;
+        if let Some((pending, _)) = &self.pending_bytes {
+            pending.fetch_add(len, Ordering::AcqRel);
         }
         false
     }
@@ -529,8 +530,7 @@ impl Client {
                 preprocess: message_processor,
                 pending_messages_limit: None,
                 dropped_messages: 0,
-                pending_bytes: 0,
-                pending_bytes_limit: None,
+                pending_bytes: None,
             },
         );
 
@@ -992,7 +992,7 @@ impl Client {
                         }
 
                         // steward patch: a limit of bytes too, and drops counted in one place.
-                        let len = msg.data.len();
+                        let len = msg.queued_bytes();
                         let over = read
                             .subscriptions
                             .get_mut(&sid)
@@ -1053,7 +1053,7 @@ impl Client {
                         // steward patch: a limit of bytes too, and drops counted in one place
                         // (the stock client counted drops of messages without headers only,
                         // so `dropped_messages` missed every signed one).
-                        let len = msg.data.len();
+                        let len = msg.queued_bytes();
                         let over = read
                             .subscriptions
                             .get_mut(&sid)

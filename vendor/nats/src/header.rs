@@ -269,6 +269,15 @@ impl HeaderMap {
     ///
     /// assert!(!map.is_empty());
     /// ```
+    /// steward patch: about what the map holds in memory: its names and values, and a
+    /// share for each entry's own keeping.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.inner
+            .iter()
+            .map(|(name, values)| name.len() + 128 + values.iter().map(|v| v.len() + 128).sum::<usize>())
+            .sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }

@@ -68,6 +68,14 @@ impl From<crate::asynk::Message> for Message {
 }
 
 impl Message {
+    /// steward patch: what this message holds in memory while queued for a subscription
+    /// (its payload and its headers), as counted against `Subscription::set_bytes_limit`.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.data.len() + self.headers.as_ref().map_or(0, crate::HeaderMap::held_bytes)
+    }
+}
+
+impl Message {
     /// Creates new empty `Message`, without a Client.
     /// Useful for passing `Message` data or creating `Message` instance without caring about `Client`,
     /// but cannot be used on it's own for associated methods as those require `Client` injected into `Message`

@@ -106,6 +106,9 @@ fn is_arg_separator(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
 }
 
+/// steward patch: the largest header block taken; a larger one is dropped (see `decode`).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// steward patch: a message read to its end and dropped: logged, and counted in
 /// `crate::dropped_malformed_messages`.
 fn dropped(subject: &str, why: &str) -> io::Result<Option<ServerOp>> {
@@ -301,8 +304,21 @@ pub(crate) fn decode(mut stream: impl BufRead) -> io::Result<Option<ServerOp>> {
 
         // steward patch: the header block comes verbatim from whoever published, so one that
         // does not parse is that message's fault, not the connection's. Read the rest of the
-        // message first (the stream stays in sync), then drop it.
-        let headers = HeaderMap::try_from(&*header_payload);
+        // message first (the stream stays in sync), then drop it. So is one larger than
+        // `MAX_HEADER_BYTES`: a map of thousands of made-up headers takes far more memory
+        // than its bytes, queued for a subscription.
+        let headers = if header_payload.len() > MAX_HEADER_BYTES {
+            Err(Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "a header block of {} bytes, over {MAX_HEADER_BYTES}",
+                    header_payload.len()
+                ),
+            ))
+        } else {
+            HeaderMap::try_from(&*header_payload)
+        };
+        drop(header_payload);
 
         // Read the payload.
         let mut payload = Vec::new();

@@ -34,6 +34,10 @@ struct Inner {
 
     /// Client associated with subscription.
     pub(crate) client: Client,
+
+    /// steward patch: the bytes queued and not yet taken, once limited
+    /// (`set_bytes_limit`), shared with the client's reader.
+    pub(crate) pending_bytes: std::sync::OnceLock<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Drop for Inner {
@@ -60,6 +64,7 @@ impl Subscription {
             subject,
             messages,
             client,
+            pending_bytes: std::sync::OnceLock::new(),
         }))
     }
 
@@ -283,10 +288,12 @@ impl Subscription {
     }
 
     /// steward patch: bounds the bytes of the messages queued for this subscription and not
-    /// yet taken: past `limit`, a message is dropped (and counted, as past
-    /// `set_message_limits`). Whoever takes the messages from [`Subscription::receiver`]
-    /// says so with [`Subscription::took`], or the bytes count as queued for ever.
+    /// yet taken (payload and headers): past `limit`, a message is dropped (and counted, as
+    /// past `set_message_limits`). Whoever takes the messages from
+    /// [`Subscription::receiver`] says so with [`Subscription::took`], or their bytes count
+    /// as queued for ever.
     pub fn set_bytes_limit(&self, limit: usize) {
+        let pending = self.0.pending_bytes.get_or_init(Default::default).clone();
         self.0
             .client
             .state
@@ -294,20 +301,20 @@ impl Subscription {
             .lock()
             .subscriptions
             .entry(self.0.sid)
-            .and_modify(|sub| sub.pending_bytes_limit = Some(limit));
+            .and_modify(|sub| sub.pending_bytes = Some((pending, limit)));
     }
 
     /// steward patch: a message taken from [`Subscription::receiver`] no longer counts
     /// against [`Subscription::set_bytes_limit`].
     pub fn took(&self, msg: &Message) {
-        self.0
-            .client
-            .state
-            .read
-            .lock()
-            .subscriptions
-            .entry(self.0.sid)
-            .and_modify(|sub| sub.pending_bytes = sub.pending_bytes.saturating_sub(msg.data.len()));
+        if let Some(pending) = self.0.pending_bytes.get() {
+            let len = msg.queued_bytes();
+            let _ = pending.fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |held| Some(held.saturating_sub(len)),
+            );
+        }
     }
 
     /// Returns number of dropped messages for this Subscription.
