@@ -44,6 +44,9 @@ pub const OWN_FOLDERS: [&str; 6] = [
     "journal", "replies", "textlog", "keys", "startup", "received",
 ];
 
+/// Longest `fileName`: what a file's name may be (Linux's `NAME_MAX`).
+const MAX_FILE_NAME: usize = 255;
+
 /// Most bytes of a result's output: what one message may carry.
 const MAX_RESULT_OUTPUT: usize = crate::message::MAX_DATA_BYTES - 4096;
 
@@ -182,6 +185,11 @@ fn check_directory(directory: &str) -> Result<(), RouteError> {
 fn check_file_name(file_name: &str) -> Result<(), RouteError> {
     let why = if file_name.starts_with('.') {
         Some("it starts with '.'".to_string())
+    } else if file_name.len() > MAX_FILE_NAME {
+        Some(format!(
+            "it is {} bytes; a file's name may take {MAX_FILE_NAME}",
+            file_name.len()
+        ))
     } else {
         file_name
             .split('.')
@@ -345,11 +353,16 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
         None => (route.from, Some(request.reply_ticket.clone()?)),
     };
     let mut output = outcome.output.clone();
-    // What one message may carry, less the arguments it carries too.
-    let args: usize = m.reply_method_args.iter().flatten().map(String::len).sum();
-    let room = MAX_RESULT_OUTPUT.saturating_sub(args);
     // Cut by what it takes on the wire: JSON writes a control character as six bytes.
     let wire = |s: &str| serde_json::to_string(s).map_or(s.len(), |j| j.len());
+    // What one message may carry, less the arguments it carries too (as they are written).
+    let args: usize = m
+        .reply_method_args
+        .iter()
+        .flatten()
+        .map(|a| wire(a) + 1)
+        .sum();
+    let room = MAX_RESULT_OUTPUT.saturating_sub(args);
     if wire(&output) > room {
         let note = "\n[steward: output cut to what one message may carry]\n";
         let room = room.saturating_sub(note.len() + 2);
@@ -415,6 +428,11 @@ mod tests {
             let err = place(dir.path(), &file_message(d, f), "ship1").unwrap_err();
             assert!(err.to_string().contains(says), "{d}/{f}: {err}");
         }
+        // A name of plain parts, longer than a file's name may be (and than a message, once
+        // 400 kB: it was journaled, and its batch refused there, for ever).
+        let long = "a.".repeat(128) + "txt";
+        let err = place(dir.path(), &file_message("m", &long), "ship1").unwrap_err();
+        assert!(err.to_string().contains("may take 255"), "{err}");
         // A symbolic link on the way, or as the file, is refused.
         std::os::unix::fs::symlink("/tmp", dir.path().join("m/daily/ship2")).unwrap();
         let err = place(dir.path(), &file_message("m/daily", "df.txt"), "ship2").unwrap_err();
@@ -545,6 +563,12 @@ mod tests {
             };
             assert_eq!(result.data[0], expected, "{output:?}");
         }
+        // Arguments that take six times their length as JSON leave that much less room.
+        request.message.reply_method_args = Some(vec!["\u{1}".repeat(40_000)]);
+        let result = result_message(&request, &Outcome::ok("x".repeat(200_000))).unwrap();
+        let whole = serde_json::to_vec(&result).unwrap().len();
+        assert!(whole <= crate::message::MAX_WIRE_BYTES, "{whole}");
+        assert!(result.data_json_bytes() <= crate::message::MAX_DATA_BYTES);
     }
 
     #[test]
