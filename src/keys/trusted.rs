@@ -173,8 +173,8 @@ pub(super) struct SenderWindow {
     /// Not persisted: after a restart, everything at or below `high` counts as taken.
     #[serde(skip, default = "all_taken")]
     pub(super) below: [u64; (SEQ_WINDOW / 64) as usize],
-    /// The latest sending time taken (ms since the epoch). Not persisted either: after a
-    /// restart no counter below `high` is taken at all.
+    /// The sending time of the message with the highest counter (ms since the epoch). Not
+    /// persisted either: after a restart no counter below `high` is taken at all.
     #[serde(skip)]
     latest_sent: u64,
 }
@@ -220,7 +220,7 @@ impl SenderWindow {
     }
 
     /// Refuses a counter below the highest taken (a message that comes late: signed before
-    /// others already taken) that was sent more than `window_ms` before the latest taken: a
+    /// others already taken) that was sent more than `window_ms` before the newest: a
     /// message captured and held back, replayed where the clock cannot be checked (a ship
     /// without NTP). A sender's new messages always have new highest counters, so a sender
     /// whose clock jumped ahead and back is not locked out by this.
@@ -574,8 +574,13 @@ impl Trusted {
             .entry(format!("{from} {}", signed.key))
             .or_default();
         window.not_late(signed.seq, signed.sent, window_ms)?;
+        let newest = signed.seq > window.high;
         window.take(signed.seq)?;
-        window.latest_sent = window.latest_sent.max(signed.sent);
+        // The sending time of the newest counter: it follows the sender's clock, set back
+        // too (a clock once ahead would otherwise make every late message a replay).
+        if newest {
+            window.latest_sent = signed.sent;
+        }
         senders.changes += 1;
         Ok(())
     }
