@@ -36,6 +36,16 @@ pub(super) fn fit(
     a: &Admitted,
     replies: &mut Vec<Reply>,
 ) -> Option<Vec<u8>> {
+    // No answer, and surely within the limit however the outputs are escaped: nothing to
+    // encode (a NACK kind's batch of events).
+    let most = replies
+        .iter()
+        .map(|r| r.output.len().saturating_mul(6).saturating_add(1024))
+        .fold(4096usize, usize::saturating_add);
+    let max = conn.max_payload();
+    if a.reply_to.is_none() && (max == 0 || most <= max) {
+        return None;
+    }
     let encode = |replies: &[Reply]| {
         if a.batch {
             Reply::encode_batch_answer(replies, method.batch_max())
@@ -43,7 +53,7 @@ pub(super) fn fit(
             replies[0].encode()
         }
     };
-    let bytes = fitted(replies, conn.max_payload(), encode);
+    let bytes = fitted(replies, max, encode);
     a.reply_to.as_ref().map(|_| bytes)
 }
 
