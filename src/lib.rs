@@ -221,6 +221,15 @@ pub fn run(config: Config) -> Result<(), Error> {
 /// commands run in a fixed folder); refused if anyone may write it, with a warning to
 /// report if others may read it.
 fn data_folder(mut config: Config) -> Result<(Config, Option<String>), Error> {
+    // The folders made now, deepest first: each one's name is made durable before anything
+    // in it counts (the journal, the key made at a first start), or a power cut could take
+    // all of it.
+    let mut made = Vec::new();
+    let mut at = config.data_folder.as_path();
+    while !at.as_os_str().is_empty() && !at.exists() {
+        made.push(at.to_path_buf());
+        at = at.parent().unwrap_or(std::path::Path::new(""));
+    }
     files::create_dirs(&config.data_folder).map_err(|source| Error::DataFolder {
         context: format!(
             "cannot create the data folder {}",
@@ -228,6 +237,20 @@ fn data_folder(mut config: Config) -> Result<(Config, Option<String>), Error> {
         ),
         source,
     })?;
+    for dir in &made {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        files::sync_dir(parent).map_err(|source| Error::DataFolder {
+            context: format!(
+                "cannot make {} durable in {}",
+                dir.display(),
+                parent.display()
+            ),
+            source,
+        })?;
+    }
     config.data_folder = config
         .data_folder
         .canonicalize()
