@@ -7,25 +7,29 @@
 //!
 //! - a request gets [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_DEADLINE`];
 //! - at most [`MAX_CONNECTIONS`] connections are open at once, each on a small-stacked
-//!   thread. When all are taken, the one that has waited longest for its request is closed
-//!   to make room: a scraper sends its request as it connects, so clients that connect and
-//!   send nothing cannot keep it out however many they open, and however fast. Only when
-//!   every connection is being answered is a new one closed;
+//!   thread, and at most [`MAX_PER_PEER`] from one address. Past either, the connection
+//!   (of that address) that has waited longest for its request is closed to make room: a
+//!   scraper sends its request as it connects, and one address cannot hold every place, so
+//!   clients that connect and send nothing cannot keep it out. Only when every connection
+//!   that could make room is being answered is a new one closed;
 //! - an answer is written within [`ANSWER_DEADLINE`], however slowly the client reads.
 //!
 //! Left: a client that asks and then reads nothing holds its connection until
 //! [`ANSWER_DEADLINE`] once its answer is larger than the socket's buffer (central's page for
-//! a large fleet); [`MAX_CONNECTIONS`] such clients keep a scrape out until then. Listen on
-//! a trusted address (`--promHostAndPort=10.0.0.5:2112`) where the network is not.
+//! a large fleet); such clients from two addresses or more keep a scrape out until then, as
+//! do clients from many addresses that connect faster than a scraper's request arrives.
+//! Listen on a trusted address (`--promHostAndPort=10.0.0.5:2112`) where the network is not.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most connections open at once per listener (see the module's notes).
 pub const MAX_CONNECTIONS: usize = 8;
+/// Most of them from one address.
+pub const MAX_PER_PEER: usize = MAX_CONNECTIONS / 2;
 /// Most bytes of request line and headers read; a longer request is answered 431.
 pub const MAX_REQUEST_HEAD: usize = 4 * 1024;
 /// The whole request must arrive within this, however slowly its bytes trickle in.
@@ -49,8 +53,8 @@ where
         .name(what.to_string())
         .stack_size(64 * 1024)
         .spawn(move || loop {
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match listener.accept() {
+                Ok((stream, peer)) => (stream, peer.ip()),
                 Err(e) => {
                     // Out of descriptors, most likely: looked at again shortly, not in a
                     // loop that would take a core.
@@ -59,7 +63,7 @@ where
                     continue;
                 }
             };
-            let Some(place) = Open::admit(&open, &stream) else {
+            let Some(place) = Open::admit(&open, &stream, peer) else {
                 log::debug!(
                     "{name}: {MAX_CONNECTIONS} connections being answered; closing a new one"
                 );
@@ -92,6 +96,7 @@ struct Open {
 
 struct Conn {
     id: usize,
+    peer: IpAddr,
     since: Instant,
     /// Still waiting for its request: the one to close first when room is needed.
     asking: bool,
@@ -106,28 +111,27 @@ struct Place {
 }
 
 impl Open {
-    /// Makes room for `stream`, closing the connection that has waited longest for its
-    /// request if need be; `None` if every connection is being answered.
-    fn admit(open: &Arc<Open>, stream: &TcpStream) -> Option<Place> {
-        let mut conns = open.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() >= MAX_CONNECTIONS {
-            let (oldest, _) = conns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.asking)
-                .min_by_key(|(_, c)| c.since)?;
-            // Its thread, reading, sees the end at once and ends.
-            let _ = conns.swap_remove(oldest).socket.shutdown(Shutdown::Both);
-        }
+    /// Makes room for `stream` (from `peer`), closing a connection still waiting for its
+    /// request if need be (see [`room`]); `None` if there is none to close.
+    fn admit(open: &Arc<Open>, stream: &TcpStream, peer: IpAddr) -> Option<Place> {
         // Closed connections' threads end at once; more than twice the places means they
         // do not (a starved machine): no more until they have.
         if open.threads.load(Ordering::SeqCst) >= 2 * MAX_CONNECTIONS {
             return None;
         }
+        let mut conns = open.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let held: Vec<(IpAddr, Instant, bool)> =
+            conns.iter().map(|c| (c.peer, c.since, c.asking)).collect();
+        match room(&held, peer)? {
+            Room::Free => {}
+            // Its thread, reading, sees the end at once and ends.
+            Room::Close(i) => drop(conns.swap_remove(i).socket.shutdown(Shutdown::Both)),
+        }
         let socket = stream.try_clone().ok()?;
         let id = open.next.fetch_add(1, Ordering::Relaxed);
         conns.push(Conn {
             id,
+            peer,
             since: Instant::now(),
             asking: true,
             socket,
@@ -138,6 +142,37 @@ impl Open {
             id,
         })
     }
+}
+
+/// What a new connection needs done to be taken.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    Free,
+    /// Close the connection at this index first.
+    Close(usize),
+}
+
+/// Whether a connection from `peer` can be taken, given those open (their peer, since when,
+/// and whether still waiting for their request): a peer may hold at most
+/// [`MAX_PER_PEER`], so one address alone, however fast it connects, never has every place
+/// (past that, its own connection waiting longest is closed); past [`MAX_CONNECTIONS`] in
+/// all, the connection waiting longest is. `None`: every connection that could make room is
+/// being answered.
+fn room(open: &[(IpAddr, Instant, bool)], peer: IpAddr) -> Option<Room> {
+    let oldest_asking = |of_peer: bool| {
+        open.iter()
+            .enumerate()
+            .filter(|(_, (p, _, asking))| *asking && (!of_peer || *p == peer))
+            .min_by_key(|(_, (_, since, _))| *since)
+            .map(|(i, _)| Room::Close(i))
+    };
+    if open.iter().filter(|(p, _, _)| *p == peer).count() >= MAX_PER_PEER {
+        return oldest_asking(true);
+    }
+    if open.len() >= MAX_CONNECTIONS {
+        return oldest_asking(false);
+    }
+    Some(Room::Free)
 }
 
 impl Place {
@@ -359,6 +394,35 @@ mod tests {
         let mut quick = Trickle(0);
         write_by(&mut quick, b"abc", Instant::now() + Duration::from_secs(1)).unwrap();
         assert_eq!(quick.0, 3);
+    }
+
+    #[test]
+    fn one_address_never_holds_every_place_and_the_longest_silent_makes_room() {
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        // An address at its share: its own longest silent goes, not another's.
+        let open: Vec<_> = (0..MAX_PER_PEER as u64)
+            .map(|i| (a, at(10 + i), true))
+            .chain([(b, at(0), true)])
+            .collect();
+        assert_eq!(room(&open, a), Some(Room::Close(0)));
+        assert_eq!(room(&open, b), Some(Room::Free));
+        // Its share all being answered: it waits, others do not.
+        let answered: Vec<_> = open.iter().map(|&(p, s, _)| (p, s, p != a)).collect();
+        assert_eq!(room(&answered, a), None);
+        assert_eq!(room(&answered, c), Some(Room::Free));
+        // Every place taken: the longest silent of all goes, whoever's.
+        let full: Vec<_> = (0..MAX_CONNECTIONS as u64)
+            .map(|i| (if i % 2 == 0 { b } else { c }, at(100 - i), i != 3))
+            .collect();
+        assert_eq!(room(&full, a), Some(Room::Close(MAX_CONNECTIONS - 1)));
+        let all_answered: Vec<_> = full.iter().map(|&(p, s, _)| (p, s, false)).collect();
+        assert_eq!(room(&all_answered, a), None);
     }
 
     #[test]
