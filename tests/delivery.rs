@@ -4,7 +4,7 @@
 use crate::common;
 use common::raw::Raw;
 use common::{command, report, text_logs, wait_until, NatsServer, Node};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn command_output_and_exit_status_come_back_to_the_sender() {
@@ -693,5 +693,28 @@ fn a_node_from_before_batch_max_or_digest_sig_only_ever_gets_batches_it_takes() 
         "batches failed",
         |c| c.metric(failed),
         |v| v >= refused as f64,
+    );
+}
+
+#[test]
+fn a_node_back_from_an_outage_gets_a_long_attempt_s_command_at_its_hello() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    ship1.kill9();
+    let central = Node::start("central", &nats.address(), &[]);
+    // One attempt of two minutes: "no responders" while ship1 is away.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["echo","back"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":120}]"#,
+    );
+    // Past the quick sends again (the last at 8.9 s; the next was at 26.9 s, and then not
+    // before the attempt's end).
+    std::thread::sleep(Duration::from_secs(10));
+    let back = Instant::now();
+    ship1.restart();
+    central.wait_for("replies/ship1.CLICommand.log", "back");
+    assert!(
+        back.elapsed() < Duration::from_secs(4),
+        "ACKed {:?} after ship1 was back",
+        back.elapsed()
     );
 }

@@ -11,11 +11,13 @@ use crate::reply::ResultRoute;
 use std::borrow::Cow;
 
 /// The first pause before a message answered with "no responders" is sent again within
-/// its attempt; each one after is three times the last, and there are at most
-/// [`MAX_RESENDS`]: sent again 0.05, 0.2, 0.65, 2, 6 and 18 s after the first send (as far
-/// as the attempt lasts: 10 s by default).
+/// its attempt; each one after is three times the last, up to [`LATE_RESEND`]: sent again
+/// 0.05, 0.2, 0.65, 2, 6 and 18 s after the first send, then every 30 s (as far as the
+/// attempt lasts: 10 s by default, a week at most), and at once when the destination
+/// says Hello. [`MAX_RESENDS`] are the quick ones.
 const FIRST_RESEND: Duration = Duration::from_millis(50);
 const MAX_RESENDS: usize = 6;
+const LATE_RESEND: Duration = Duration::from_secs(30);
 
 /// How many of a message's latest sends a reply may answer: every send of the attempt
 /// under way (1 + [`MAX_RESENDS`]) and the last ones of those before it. A reply is
@@ -338,11 +340,12 @@ impl Publisher {
     /// `single` message waits on for a signed reply until the deadline, and sends itself
     /// again, within the same attempt, after a pause that starts at [`FIRST_RESEND`] and
     /// grows with each one, so a destination that was restarting or reconnecting gets it
-    /// as soon as it listens, not an attempt's timeout later (10 s by default). At most
-    /// [`MAX_RESENDS`]: a flood of forged ones gets a few sends, and the reply to the
-    /// first send still counts when the run ends ([`SIGNATURES_KEPT`]). A batch gives up
-    /// at once, as it does on a reply it cannot take, and sending one at a time sorts it
-    /// out.
+    /// as soon as it listens, not an attempt's timeout later (10 s by default, and up to
+    /// a week: a command with a long `timeout`, to a ship that rebooted): after the
+    /// [`MAX_RESENDS`] quick ones, every [`LATE_RESEND`], and at once on a Hello from the
+    /// destination. A flood of forged ones gets one send per pause, and the reply to the
+    /// last sends counts ([`SIGNATURES_KEPT`]). A batch gives up at once, as it does on a
+    /// reply it cannot take, and sending one at a time sorts it out.
     fn answer<T>(
         &self,
         replies: &Receiver<nats::Message>,
@@ -367,6 +370,8 @@ impl Publisher {
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
         let (mut pause, mut resends) = (FIRST_RESEND, 0);
+        // Taken now: a Hello during the attempt is not missed (it drops the signal).
+        let mut hello = self.node.presence.waiter(to);
         loop {
             let wake = resend.map_or(deadline, |at| at.min(deadline));
             select! {
@@ -385,9 +390,9 @@ impl Publisher {
                             return Attempt::Failed(why);
                         }
                         hint = Some(why);
-                        if resend.is_none() && resends < MAX_RESENDS {
+                        if resend.is_none() {
                             resend = Some(Instant::now() + pause);
-                            pause *= 3;
+                            pause = (pause * 3).min(LATE_RESEND);
                             resends += 1;
                         }
                         continue;
@@ -423,6 +428,13 @@ impl Publisher {
                         // A batch answered with something else: an old receiver, or a
                         // batch it could not take.
                         Err(e) => return Attempt::Failed(e.to_string()),
+                    }
+                },
+                recv(hello) -> _ => {
+                    hello = self.node.presence.waiter(to);
+                    // It listens now: a send that found no one goes again.
+                    if single && resends > 0 {
+                        resend = Some(Instant::now());
                     }
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
