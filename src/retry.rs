@@ -63,7 +63,7 @@ impl Rules {
     ) -> Rules {
         let ttl = message.ttl.or(default_ttl);
         Rules {
-            attempts: 1 + message.retries.unwrap_or(default_retries),
+            attempts: message.retries.unwrap_or(default_retries).saturating_add(1),
             expires: ttl.map(|t| accepted.saturating_add(t.saturating_mul(1000))),
             attempt: 0,
             jitter,

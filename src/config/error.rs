@@ -43,6 +43,8 @@ pub enum Problem {
     Timeout(u64),
     /// 0, where at least 1 is needed.
     Zero,
+    /// Retries past [`crate::message::MAX_RETRIES`], as a message may not ask for either.
+    Retries(u32),
     /// A replay window of 0.
     ZeroReplayWindow,
     /// Not auto, on or off.
@@ -123,6 +125,11 @@ impl fmt::Display for Problem {
                 crate::message::MAX_TIMEOUT_SECS
             ),
             Problem::Zero => f.write_str("must be at least 1"),
+            Problem::Retries(n) => write!(
+                f,
+                "{n} retries: at most {} (a node away for long gets a ttl instead: --defaultMessageTTL)",
+                crate::message::MAX_RETRIES
+            ),
             Problem::ZeroReplayWindow => {
                 f.write_str("must be at least 1 second (signed messages carry their sending time)")
             }

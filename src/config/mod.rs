@@ -235,7 +235,9 @@ impl Config {
             node: node.text,
             brokers,
             central_error_logger: o.switch("centralErrorLogger")?,
-            default_retries: o.number("defaultMessageRetries", 3)?,
+            default_retries: o.number_where("defaultMessageRetries", 3, |&n| {
+                (n > crate::message::MAX_RETRIES).then_some(Problem::Retries(n))
+            })?,
             default_timeout: Duration::from_secs(timeout),
             default_ttl: (ttl > 0).then_some(ttl),
             profiling_addr: o

@@ -106,6 +106,15 @@ fn bad_values_name_the_flag() {
         "--defaultMessageTimeout: 0 is not between 1 and 604800 seconds"
     );
     assert!(e(&["--node", "a", "--centralErrorLogger=yes"]).contains("centralErrorLogger"));
+    // "For ever" written as the largest number: it wrapped to a single attempt.
+    let err = e(&["--node", "a", "--defaultMessageRetries", "4294967295"]);
+    assert!(err.contains("at most 1000000"), "{err}");
+    assert_eq!(
+        parse(&["--node", "a", "--defaultMessageRetries", "1000000"])
+            .unwrap()
+            .default_retries,
+        1_000_000
+    );
     assert!(e(&["--node", "a", "--allowCommandsFrom", "x,*"]).contains("--allowCommandsFrom"));
     let err = e(&["--node", "a", "--allowCommandsFrom", "ops:CLIcommand"]);
     assert!(err.contains("unknown method \"CLIcommand\""), "{err}");
