@@ -718,3 +718,26 @@ fn a_node_back_from_an_outage_gets_a_long_attempt_s_command_at_its_hello() {
         back.elapsed()
     );
 }
+
+#[test]
+fn a_message_larger_than_the_broker_takes_fails_and_the_link_and_lane_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    // 100 kB: within a message's limits, over this broker's. Sent, the broker closed the
+    // connection, and it was sent again after each reconnect, for ever.
+    let big = "x".repeat(100_000);
+    central.append_inmsg(&format!(
+        r#"[{{"toNode":"ship1","data":["echo","{big}"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":2,"retries":1}}]"#
+    ));
+    central.append_inmsg(&command("ship1", &["echo", "after it"]));
+    let failed = central.wait_for("failed-messages.txt", &big);
+    assert_eq!(failed.matches(&big).count(), 1);
+    central.wait_for("replies/ship1.CLICommand.log", "after it");
+    let errors = central.wait_for("errors.log", "max_payload");
+    assert!(errors.contains("more than the broker takes"), "{errors}");
+    assert_eq!(central.metric("steward_broker_reconnects_total"), 0.0);
+}

@@ -54,6 +54,10 @@ pub enum Confirm {
 }
 
 /// The node's broker connection, once it exists.
+/// Room kept in a message for its headers (the signature's: well under this) when a payload
+/// is checked against the broker's `max_payload`, which counts both.
+pub const HEADER_ROOM: usize = 1024;
+
 pub struct Broker {
     conn: OnceLock<nats::Connection>,
     link: Mutex<Link>,
@@ -267,6 +271,18 @@ impl Broker {
             Some(conn) if self.is_up() => conn,
             _ => return Err(link_down()),
         };
+        // Sent, it would be refused with the connection itself (the broker closes it), and
+        // sent again after the reconnect, for ever: refused here, it fails as any attempt.
+        let max = conn.max_payload();
+        if max > 0 && payload.len() + HEADER_ROOM > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes, more than the broker takes in one message (its max_payload, {max} bytes, with room for the signature)",
+                    payload.len()
+                ),
+            ));
+        }
         conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
         match confirm {
             Confirm::ByAnswer => conn.flush_written(FLUSH_TIMEOUT)?,

@@ -42,7 +42,11 @@ pub(super) fn fit(
         .iter()
         .map(|r| r.output.len().saturating_mul(6).saturating_add(1024))
         .fold(4096usize, usize::saturating_add);
-    let max = conn.max_payload();
+    // The broker's limit counts the headers too (the signature).
+    let max = match conn.max_payload() {
+        0 => 0,
+        max => max.saturating_sub(crate::broker::HEADER_ROOM).max(1),
+    };
     if a.reply_to.is_none() && (max == 0 || most <= max) {
         return None;
     }
