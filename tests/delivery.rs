@@ -741,3 +741,33 @@ fn a_message_larger_than_the_broker_takes_fails_and_the_link_and_lane_go_on() {
     assert!(errors.contains("more than the broker takes"), "{errors}");
     assert_eq!(central.metric("steward_broker_reconnects_total"), 0.0);
 }
+
+/// Lanes to absent nodes share the publishers' threads (`--maxPublishers`): each gives its
+/// thread up while it pauses (parked). One whose node comes back is in line at the node's
+/// Hello, not at its pause's end.
+#[test]
+fn a_parked_lane_whose_node_comes_back_goes_at_its_hello() {
+    let nats = NatsServer::start();
+    let mut ship2 = Node::start("ship2", &nats.address(), &[]);
+    ship2.kill9();
+    let central = Node::start("central", &nats.address(), &["--maxPublishers=1"]);
+    for to in ["ship2", "ship3"] {
+        central.append_inmsg(&format!(
+            r#"[{{"toNode":"{to}","data":["echo","back"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"ttl":600}}]"#
+        ));
+    }
+    // Attempts of 1 s in turn, the pauses doubling: after the seventh, 12.8 s.
+    wait_until("ship2's seventh attempt failed", || {
+        central
+            .log()
+            .contains("ship2.CommandACK.CLICommand: attempt 7 ")
+    });
+    let back = Instant::now();
+    ship2.restart();
+    central.wait_for("replies/ship2.CLICommand.log", "back");
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "ACKed {:?} after ship2 was back",
+        back.elapsed()
+    );
+}

@@ -150,7 +150,7 @@ impl Node {
             resumed,
             schedules,
             handlers: Handlers::new(config.max_handlers),
-            presence: Presence::default(),
+            presence: Presence::new(supervisor.clone()),
             watchers: Mutex::new(HashMap::new()),
             refusals: Mutex::new(Refusals {
                 since: Instant::now(),

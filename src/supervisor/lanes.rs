@@ -4,7 +4,9 @@
 //! and while any waits, idle publishers are asked to end now. A publisher whose lane's
 //! first message pauses between attempts gives its thread up while lanes wait
 //! ([`Event::Parked`](super::Event::Parked)): it is parked, its slot (the message and its
-//! attempts) kept in the table, and its lane waits its turn again once the pause is over.
+//! attempts) kept in the table, and its lane waits its turn again once the pause is over,
+//! or at once when its node says Hello ([`Event::Hello`](super::Event::Hello)), with the
+//! lanes of new work, which go first.
 
 use super::Supervisor;
 use crate::process::publisher;
@@ -14,33 +16,45 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 /// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`), each
-/// once, in the order they came.
+/// once: lanes with new work (or whose node just said Hello) first, in the order they
+/// came, then lanes whose first message paused between attempts and may try again. So a
+/// node that answers is never queued behind a thousand that do not, each holding a thread
+/// for an attempt's timeout.
 #[derive(Default)]
 pub(super) struct Waiting {
     lanes: VecDeque<Subject>,
+    again: VecDeque<Subject>,
     queued: HashSet<Subject>,
 }
 
 impl Waiting {
-    /// Puts `lane` at the back, unless it waits already.
+    /// Puts `lane` at the back of the lanes with new work, unless it waits already.
     pub(super) fn push(&mut self, lane: Subject) {
         if self.queued.insert(lane.clone()) {
             self.lanes.push_back(lane);
         }
     }
 
+    /// Puts `lane`, whose pause between attempts is over, at the back of those, unless it
+    /// waits already.
+    pub(super) fn push_again(&mut self, lane: Subject) {
+        if self.queued.insert(lane.clone()) {
+            self.again.push_back(lane);
+        }
+    }
+
     fn pop(&mut self) -> Option<Subject> {
-        let lane = self.lanes.pop_front()?;
+        let lane = self.lanes.pop_front().or_else(|| self.again.pop_front())?;
         self.queued.remove(&lane);
         Some(lane)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.lanes.len()
+        self.lanes.len() + self.again.len()
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
+        self.lanes.is_empty() && self.again.is_empty()
     }
 }
 
@@ -56,8 +70,10 @@ impl Supervisor {
                 // started again once its thread has ended.
                 (Some(_), Some(_)) => e.resume = true,
                 (None, Some(_)) if ending => e.resume = true,
-                // Stopped, parked (gave its thread up) or ended, and its lane has work: a
-                // thread, in its turn past the cap.
+                // Parked (gave its thread up) while its first message pauses: the pause
+                // first (its timer, or its node's Hello, puts it in line).
+                (_, None) if e.parked_until.is_some_and(|t| t > Instant::now()) => {}
+                // Stopped or ended, and its lane has work: a thread, in its turn past the cap.
                 (_, None) if full => {
                     self.waiting.push(lane);
                     self.want_publishers(true);
@@ -95,12 +111,50 @@ impl Supervisor {
         });
     }
 
-    /// A publisher gave its thread up until `until` (see [`Event::Parked`](super::Event::Parked)).
+    /// A publisher gave its thread up until `until` (see [`Event::Parked`](super::Event::Parked)),
+    /// or until its node says Hello. Not one an operator stopped meanwhile: it stays stopped.
     pub(super) fn parked(&mut self, lane: Subject, until: Instant) {
         let name = format!("publisher {lane}");
         if let Some(e) = self.table.get_mut(&name) {
+            if e.stopped_by.is_some() {
+                return;
+            }
             e.parked_until = Some(until);
+            self.node.presence.parked(&lane.node);
+            self.parked_for
+                .entry(lane.node.clone())
+                .or_default()
+                .push(name.clone());
             self.timers.push(Reverse((until, name)));
+        }
+    }
+
+    /// `node` said Hello: its parked lanes wait their turn now, with the lanes of new work.
+    pub(super) fn hello(&mut self, node: &str) {
+        for name in self.parked_for.remove(node).unwrap_or_default() {
+            let Some(e) = self.table.get_mut(&name) else {
+                continue;
+            };
+            if e.thread.is_none() && e.stopped_by.is_none() && e.parked_until.take().is_some() {
+                if let Some((lane, _)) = &e.lane {
+                    log::info!("{lane}: {node} said Hello; in line to try again now");
+                    self.waiting.push(lane.clone());
+                }
+            }
+        }
+        self.next_waiting();
+    }
+
+    /// Starts a publisher whose lane had work again while its thread ended, in its turn if
+    /// the cap is reached.
+    pub(super) fn resume_in_turn(&mut self, name: &str) {
+        if self.publishers < self.node.config.max_publishers {
+            self.resume(name);
+            return;
+        }
+        if let Some((lane, _)) = self.table.get(name).and_then(|e| e.lane.clone()) {
+            self.waiting.push(lane);
+            self.want_publishers(true);
         }
     }
 
@@ -144,5 +198,27 @@ impl Supervisor {
         self.node.serve_lane(lane, wake.clone());
         self.launch(name);
         let _ = wake.try_send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Kind;
+
+    #[test]
+    fn lanes_with_new_work_go_before_lanes_trying_again_each_once() {
+        let lane = |n: &str| Subject::new(n, Kind::CommandAck, "CLICommand").unwrap();
+        let mut w = Waiting::default();
+        for n in ["away1", "away2"] {
+            w.push_again(lane(n));
+        }
+        w.push(lane("ship1"));
+        w.push_again(lane("away1"));
+        w.push(lane("ship2"));
+        assert_eq!(w.len(), 4);
+        let order: Vec<String> = std::iter::from_fn(|| w.pop()).map(|l| l.node).collect();
+        assert_eq!(order, ["ship1", "ship2", "away1", "away2"]);
+        assert!(w.is_empty());
     }
 }

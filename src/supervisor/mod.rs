@@ -51,7 +51,7 @@ use crossbeam_channel::{Receiver, Sender};
 use lanes::Waiting;
 use restart::Failures;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -87,6 +87,9 @@ pub enum Event {
     /// A publisher gives its thread up while its lane's first message pauses between
     /// attempts (lanes wait for a thread): the lane waits its turn again after `until`.
     Parked { lane: Subject, until: Instant },
+    /// A node some parked lane goes to said Hello: its lanes wait their turn now, ahead of
+    /// those whose pause is over (see [`crate::node::Presence`]).
+    Hello(String),
     /// SIGINT or SIGTERM.
     Shutdown,
 }
@@ -134,6 +137,9 @@ pub struct Supervisor {
     methods: Vec<Arc<dyn Method>>,
     /// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`).
     waiting: Waiting,
+    /// Parked publishers by the node their lane goes to, for its next Hello (stale names
+    /// are passed over then).
+    parked_for: HashMap<String, Vec<String>>,
     /// Publisher threads running, and the most since memory was last handed back.
     publishers: usize,
     publishers_peak: usize,
@@ -156,6 +162,7 @@ impl Supervisor {
             stop_fd,
             methods: Vec::new(),
             waiting: Waiting::default(),
+            parked_for: HashMap::new(),
             publishers: 0,
             publishers_peak: 0,
             timers: BinaryHeap::new(),
@@ -294,7 +301,7 @@ impl Supervisor {
         if let Some(by) = &e.stopped_by {
             e.state.set(format!("stopped by OpProcessStop from {by}"));
             if e.resume {
-                self.resume(&name);
+                self.resume_in_turn(&name);
             } else {
                 self.next_waiting();
             }
@@ -308,7 +315,7 @@ impl Supervisor {
             // An idle publisher ended (`--keepPublishersAliveFor`): gone from the table,
             // unless its lane had work again meanwhile.
             if e.resume {
-                self.resume(&name);
+                self.resume_in_turn(&name);
             } else if let Some(until) = e.parked_until {
                 // Its message waits in its slot, here, for its turn (its timer again: it may
                 // have come while the thread was ending).
@@ -377,10 +384,13 @@ impl Supervisor {
             if e.restart_at.is_some_and(|t| t <= now) {
                 log::info!("restarting process {name}");
                 self.launch(&name);
-            } else if e.thread.is_none() && e.parked_until.is_some_and(|t| t <= now) {
+            } else if e.thread.is_none()
+                && e.stopped_by.is_none()
+                && e.parked_until.is_some_and(|t| t <= now)
+            {
                 e.parked_until = None;
                 if let Some((lane, _)) = &e.lane {
-                    self.waiting.push(lane.clone());
+                    self.waiting.push_again(lane.clone());
                 }
             }
         }
@@ -438,6 +448,7 @@ impl Supervisor {
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
                     Ok(Event::Parked { lane, until }) => self.parked(lane, until),
+                    Ok(Event::Hello(node)) => self.hello(&node),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(upkeep) -> _ => {
