@@ -54,6 +54,16 @@ pub enum Confirm {
 }
 
 /// The node's broker connection, once it exists.
+/// See [`Broker::too_large`].
+fn too_large(conn: &nats::Connection, len: usize) -> Option<String> {
+    let max = conn.max_payload();
+    (max > 0 && len + HEADER_ROOM > max).then(|| {
+        format!(
+            "{len} bytes, more than the broker takes in one message (its max_payload, {max} bytes, with room for the signature)"
+        )
+    })
+}
+
 /// Room kept in a message for its headers (the signature's: well under this) when a payload
 /// is checked against the broker's `max_payload`, which counts both.
 pub const HEADER_ROOM: usize = 1024;
@@ -257,6 +267,13 @@ impl Broker {
         )
     }
 
+    /// Why a payload of `len` bytes can never be sent on the current connection, if it
+    /// cannot (larger than the broker's `max_payload`, with room for the signature): a
+    /// message that is so fails at once, not by attempts (a week of them, with a `ttl`).
+    pub fn too_large(&self, len: usize) -> Option<String> {
+        self.conn.get().and_then(|conn| too_large(conn, len))
+    }
+
     /// [`Broker::publish`] with its seal made ahead ([`crate::keys::Identity::seal`], in the
     /// same scope, over the same payload).
     pub fn publish_sealed(
@@ -272,16 +289,9 @@ impl Broker {
             _ => return Err(link_down()),
         };
         // Sent, it would be refused with the connection itself (the broker closes it), and
-        // sent again after the reconnect, for ever: refused here, it fails as any attempt.
-        let max = conn.max_payload();
-        if max > 0 && payload.len() + HEADER_ROOM > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} bytes, more than the broker takes in one message (its max_payload, {max} bytes, with room for the signature)",
-                    payload.len()
-                ),
-            ));
+        // sent again after the reconnect, for ever.
+        if let Some(why) = too_large(conn, payload.len()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
         }
         conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
         match confirm {

@@ -229,6 +229,8 @@ impl Node {
     /// puts the lane back in line once the pause is over (`until`), or at once when a new
     /// message comes for it.
     pub fn park_lane(&self, lane: &Subject, until: Instant) {
+        // Before the publisher's own Hello waiter goes: a Hello meanwhile is not missed.
+        self.presence.parked(&lane.node);
         self.unserve_lane(lane);
         let _ = self.supervisor.send(Event::Parked {
             lane: lane.clone(),

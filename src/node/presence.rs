@@ -48,6 +48,14 @@ impl Presence {
         }
     }
 
+    /// No lane to `node` is parked any more.
+    pub fn unparked(&self, node: &str) {
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
     /// `node` said Hello.
     pub fn seen(&self, node: &str) {
         self.waiters

@@ -25,12 +25,22 @@ pub(super) struct Waiting {
     lanes: VecDeque<Subject>,
     again: VecDeque<Subject>,
     queued: HashSet<Subject>,
+    /// Turns given since the last to a lane trying again: one in [`AGAIN_EVERY`] is, so
+    /// that a steady stream of new work does not keep them waiting for ever.
+    turns: u32,
 }
 
+/// One turn in this many goes to a lane trying again, when lanes of new work wait too.
+const AGAIN_EVERY: u32 = 4;
+
 impl Waiting {
-    /// Puts `lane` at the back of the lanes with new work, unless it waits already.
+    /// Puts `lane` at the back of the lanes with new work, unless it waits there already;
+    /// one waiting to try again moves there.
     pub(super) fn push(&mut self, lane: Subject) {
         if self.queued.insert(lane.clone()) {
+            self.lanes.push_back(lane);
+        } else if let Some(at) = self.again.iter().position(|l| *l == lane) {
+            self.again.remove(at);
             self.lanes.push_back(lane);
         }
     }
@@ -44,7 +54,14 @@ impl Waiting {
     }
 
     fn pop(&mut self) -> Option<Subject> {
-        let lane = self.lanes.pop_front().or_else(|| self.again.pop_front())?;
+        self.turns += 1;
+        let again_now = self.turns >= AGAIN_EVERY || self.lanes.is_empty();
+        let lane = if again_now && !self.again.is_empty() {
+            self.turns = 0;
+            self.again.pop_front()
+        } else {
+            self.lanes.pop_front()
+        }?;
         self.queued.remove(&lane);
         Some(lane)
     }
@@ -124,23 +141,43 @@ impl Supervisor {
             self.parked_for
                 .entry(lane.node.clone())
                 .or_default()
-                .push(name.clone());
+                .insert(name.clone());
             self.timers.push(Reverse((until, name)));
         }
     }
 
-    /// `node` said Hello: its parked lanes wait their turn now, with the lanes of new work.
+    /// `name`, a publisher of a lane to `node`, is no longer parked (it runs again, or is
+    /// gone).
+    pub(super) fn unparked(&mut self, node: &str, name: &str) {
+        if let Some(names) = self.parked_for.get_mut(node) {
+            names.remove(name);
+            if names.is_empty() {
+                self.parked_for.remove(node);
+                self.node.presence.unparked(node);
+            }
+        }
+    }
+
+    /// `node` said Hello: its parked lanes wait their turn now, with the lanes of new work
+    /// (one whose thread is still ending, once it has).
     pub(super) fn hello(&mut self, node: &str) {
         for name in self.parked_for.remove(node).unwrap_or_default() {
             let Some(e) = self.table.get_mut(&name) else {
                 continue;
             };
-            if e.thread.is_none() && e.stopped_by.is_none() && e.parked_until.take().is_some() {
-                if let Some((lane, _)) = &e.lane {
-                    log::info!("{lane}: {node} said Hello; in line to try again now");
-                    self.waiting.push(lane.clone());
-                }
+            let Some((lane, _)) = &e.lane else {
+                continue;
+            };
+            if e.stopped_by.is_some() {
+                continue;
             }
+            if e.thread.is_some() {
+                e.woken = true;
+                continue;
+            }
+            log::info!("{lane}: {node} said Hello; in line to try again now");
+            e.parked_until = None;
+            self.waiting.push(lane.clone());
         }
         self.next_waiting();
     }
@@ -220,5 +257,20 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| w.pop()).map(|l| l.node).collect();
         assert_eq!(order, ["ship1", "ship2", "away1", "away2"]);
         assert!(w.is_empty());
+        // One trying again that has new work (or whose node said Hello) moves up.
+        w.push_again(lane("away1"));
+        w.push_again(lane("away2"));
+        w.push(lane("away2"));
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.pop().unwrap().node, "away2");
+        assert_eq!(w.pop().unwrap().node, "away1");
+        // Under a steady stream of new work, those trying again still get one turn in four.
+        w.push_again(lane("away1"));
+        for i in 0..8 {
+            w.push(lane(&format!("new{i}")));
+        }
+        let order: Vec<String> = std::iter::from_fn(|| w.pop()).map(|l| l.node).collect();
+        let at = order.iter().position(|n| n == "away1").unwrap();
+        assert!(at < AGAIN_EVERY as usize, "{order:?}");
     }
 }

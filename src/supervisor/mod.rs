@@ -51,7 +51,7 @@ use crossbeam_channel::{Receiver, Sender};
 use lanes::Waiting;
 use restart::Failures;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -123,6 +123,8 @@ struct ProcessEntry {
     /// A publisher that gave its thread up (`Event::Parked`): its lane waits its turn
     /// again from then; its slot (the message and its attempts) stays here.
     parked_until: Option<Instant>,
+    /// Its node said Hello while its parked thread was still ending: in line at once.
+    woken: bool,
 }
 
 pub struct Supervisor {
@@ -139,7 +141,7 @@ pub struct Supervisor {
     waiting: Waiting,
     /// Parked publishers by the node their lane goes to, for its next Hello (stale names
     /// are passed over then).
-    parked_for: HashMap<String, Vec<String>>,
+    parked_for: HashMap<String, HashSet<String>>,
     /// Publisher threads running, and the most since memory was last handed back.
     publishers: usize,
     publishers_peak: usize,
@@ -242,6 +244,7 @@ impl Supervisor {
             stopped_by: None,
             resume: false,
             parked_until: None,
+            woken: false,
         };
         self.table.insert(name.clone(), entry);
         self.launch(&name);
@@ -257,6 +260,14 @@ impl Supervisor {
         e.stopped_by = None;
         e.resume = false;
         e.parked_until = None;
+        e.woken = false;
+        let node = e.lane.as_ref().map(|(lane, _)| lane.node.clone());
+        if let Some(node) = node {
+            self.unparked(&node, name);
+        }
+        let Some(e) = self.table.get_mut(name) else {
+            return;
+        };
         let (stop_tx, stop) = crossbeam_channel::bounded(0);
         e.stop = Some(stop_tx);
         match process::spawn(
@@ -313,18 +324,31 @@ impl Supervisor {
                 .is_some_and(|(lane, _)| !self.node.serves_lane(lane));
         if retired {
             // An idle publisher ended (`--keepPublishersAliveFor`): gone from the table,
-            // unless its lane had work again meanwhile.
-            if e.resume {
-                self.resume_in_turn(&name);
-            } else if let Some(until) = e.parked_until {
-                // Its message waits in its slot, here, for its turn (its timer again: it may
-                // have come while the thread was ending).
+            // unless its lane had work again meanwhile. A parked one's message waits in its
+            // slot, here: its pause first (new work waits behind that message anyway).
+            if let Some(until) = e.parked_until {
+                let woken = std::mem::take(&mut e.woken);
                 e.state.set(
                     "waiting for its turn (--maxPublishers): its message pauses between attempts",
                 );
-                self.timers.push(Reverse((until, name)));
+                if woken {
+                    // Its node said Hello as the thread ended.
+                    e.parked_until = None;
+                    if let Some((lane, _)) = e.lane.clone() {
+                        self.unparked(&lane.node, &name);
+                        self.waiting.push(lane);
+                    }
+                } else {
+                    // Its timer again: it may have come while the thread was ending.
+                    self.timers.push(Reverse((until, name)));
+                }
                 self.next_waiting();
+            } else if e.resume {
+                self.resume_in_turn(&name);
             } else {
+                if let Some((lane, _)) = e.lane.clone() {
+                    self.unparked(&lane.node, &name);
+                }
                 self.table.remove(&name);
                 self.next_waiting();
             }

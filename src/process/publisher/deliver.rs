@@ -18,10 +18,16 @@ use std::borrow::Cow;
 const FIRST_RESEND: Duration = Duration::from_millis(50);
 const MAX_RESENDS: usize = 6;
 const LATE_RESEND: Duration = Duration::from_secs(30);
+/// A Hello sends a message that found no one again at most this often, and the pause
+/// after such a send is at most this.
+const HELLO_RESEND: Duration = Duration::from_secs(1);
 
-/// How many of a message's latest sends a reply may answer: every send of the attempt
-/// under way (1 + [`MAX_RESENDS`]) and the last ones of those before it. A reply is
-/// checked against each, so this also bounds what a forged one costs.
+/// How many of a message's latest sends a reply may answer: the quick sends of the attempt
+/// under way (1 + [`MAX_RESENDS`]) and more. Only a send answered "no responders" goes
+/// again, so the send a listener took (and may still run) stays among them unless forged
+/// "no responders" keep coming (then its reply is passed over, and the next attempt gets
+/// the stored reply). A reply is checked against each, so this also bounds what a forged
+/// one costs.
 const SIGNATURES_KEPT: usize = 8;
 const _: () = assert!(1 + MAX_RESENDS < SIGNATURES_KEPT);
 
@@ -192,6 +198,9 @@ impl Publisher {
             // destination's failure and must not spend its retries.
             if node.broker.wait(stop).is_none() {
                 return Delivery::Stopped;
+            }
+            if let Some(why) = node.broker.too_large(payload.len()) {
+                return Delivery::Failed(why);
             }
             let epoch = node.broker.epoch();
             let attempt = self.announce(&mut rules, entry, timeout);
@@ -369,9 +378,15 @@ impl Publisher {
         let mut unknown_keys: Vec<String> = Vec::new();
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
-        let (mut pause, mut resends) = (FIRST_RESEND, 0);
+        let mut pause = FIRST_RESEND;
+        // Whether the last send was answered "no responders": only then does it go again. A
+        // send that found a listener may be running there, a long command: sent again
+        // (each Hello, every 30 s), the signature its reply will be bound to would soon be
+        // one of those no longer kept, and the reply passed over.
+        let mut unheard = false;
         // Taken now: a Hello during the attempt is not missed (it drops the signal).
         let mut hello = self.node.presence.waiter(to);
+        let mut hello_sent: Option<Instant> = None;
         loop {
             let wake = resend.map_or(deadline, |at| at.min(deadline));
             select! {
@@ -390,10 +405,10 @@ impl Publisher {
                             return Attempt::Failed(why);
                         }
                         hint = Some(why);
+                        unheard = true;
                         if resend.is_none() {
                             resend = Some(Instant::now() + pause);
                             pause = (pause * 3).min(LATE_RESEND);
-                            resends += 1;
                         }
                         continue;
                     }
@@ -432,15 +447,22 @@ impl Publisher {
                 },
                 recv(hello) -> _ => {
                     hello = self.node.presence.waiter(to);
-                    // It listens now: a send that found no one goes again.
-                    if single && resends > 0 {
+                    // It listens now: a send that found no one goes again, at most once a
+                    // second (a node saying Hello in a loop), and the pause after it is
+                    // short again (the Hello may come just before it subscribes).
+                    let recent = hello_sent.is_some_and(|at| at.elapsed() < HELLO_RESEND);
+                    if single && unheard && !recent {
+                        log::info!("{subject}: {to} said Hello; sending again now");
+                        hello_sent = Some(Instant::now());
                         resend = Some(Instant::now());
+                        pause = pause.min(HELLO_RESEND);
                     }
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
                 recv(crossbeam_channel::at(wake)) -> _ => {
                     if Instant::now() < deadline {
                         resend = None;
+                        unheard = false;
                         self.node
                             .metrics
                             .resent
@@ -535,6 +557,9 @@ impl Publisher {
         let payload = wire_form(&self.node.identity, entry);
         let mut attempt = 0;
         loop {
+            if let Some(why) = self.node.broker.too_large(payload.len()) {
+                return Delivery::Failed(why);
+            }
             match self.node.broker.publish(
                 &self.node.identity,
                 Scope::request(&subject, None),
