@@ -795,3 +795,30 @@ fn a_parked_lane_whose_node_comes_back_goes_at_its_hello() {
         "{log}"
     );
 }
+
+/// A command that runs long on a node that came back: its Hellos, each second here, do not
+/// send it again and again until the reply of the run it started is no longer taken.
+#[test]
+fn a_long_command_on_a_node_that_came_back_is_acked_when_it_ends_whatever_its_hellos() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    ship1.kill9();
+    let central = Node::start("central", &nats.address(), &[]);
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sleep","12"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":120}]"#,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let back = Instant::now();
+    ship1.restart();
+    central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
+    assert!(
+        back.elapsed() < Duration::from_secs(40),
+        "ACKed {:?} after ship1 was back (a 12 s command)",
+        back.elapsed()
+    );
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"ok\"}"),
+        1.0,
+        "run once"
+    );
+}

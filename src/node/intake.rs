@@ -226,13 +226,12 @@ impl Node {
 
     /// `lane`'s publisher gives its thread up while its first message pauses between
     /// attempts (lanes wait for a thread): its messages go through the supervisor, which
-    /// puts the lane back in line once the pause is over (`until`), or at once when a new
-    /// message comes for it.
-    pub fn park_lane(&self, lane: &Subject, until: Instant) {
-        // Before the publisher's own Hello waiter goes: a Hello meanwhile is not missed.
-        self.presence.parked(&lane.node);
+    /// puts the lane back in line once the pause is over (`until`), or when its node says
+    /// Hello (`hello`, the publisher's waiter: one that came meanwhile is seen there).
+    pub fn park_lane(&self, lane: &Subject, until: Instant, hello: Receiver<()>) {
         self.unserve_lane(lane);
         let _ = self.supervisor.send(Event::Parked {
+            hello,
             lane: lane.clone(),
             until,
         });

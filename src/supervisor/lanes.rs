@@ -11,6 +11,7 @@
 use super::Supervisor;
 use crate::process::publisher;
 use crate::subject::Subject;
+use crossbeam_channel::{Receiver, TryRecvError};
 use std::cmp::Reverse;
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
@@ -34,15 +35,20 @@ pub(super) struct Waiting {
 const AGAIN_EVERY: u32 = 4;
 
 impl Waiting {
-    /// Puts `lane` at the back of the lanes with new work, unless it waits there already;
-    /// one waiting to try again moves there.
+    /// Puts `lane` at the back of the lanes with new work, unless it waits already.
     pub(super) fn push(&mut self, lane: Subject) {
         if self.queued.insert(lane.clone()) {
             self.lanes.push_back(lane);
-        } else if let Some(at) = self.again.iter().position(|l| *l == lane) {
-            self.again.remove(at);
-            self.lanes.push_back(lane);
         }
+    }
+
+    /// As [`Waiting::push`]; one waiting to try again moves there (its node said Hello).
+    pub(super) fn push_up(&mut self, lane: Subject) {
+        if let Some(at) = self.again.iter().position(|l| *l == lane) {
+            self.again.remove(at);
+            self.queued.remove(&lane);
+        }
+        self.push(lane);
     }
 
     /// Puts `lane`, whose pause between attempts is over, at the back of those, unless it
@@ -54,7 +60,7 @@ impl Waiting {
     }
 
     fn pop(&mut self) -> Option<Subject> {
-        self.turns += 1;
+        self.turns = self.turns.saturating_add(1);
         let again_now = self.turns >= AGAIN_EVERY || self.lanes.is_empty();
         let lane = if again_now && !self.again.is_empty() {
             self.turns = 0;
@@ -130,14 +136,18 @@ impl Supervisor {
 
     /// A publisher gave its thread up until `until` (see [`Event::Parked`](super::Event::Parked)),
     /// or until its node says Hello. Not one an operator stopped meanwhile: it stays stopped.
-    pub(super) fn parked(&mut self, lane: Subject, until: Instant) {
+    pub(super) fn parked(&mut self, lane: Subject, until: Instant, hello: &Receiver<()>) {
         let name = format!("publisher {lane}");
         if let Some(e) = self.table.get_mut(&name) {
             if e.stopped_by.is_some() {
                 return;
             }
             e.parked_until = Some(until);
+            // Told from now on; one that came since the pause began is in the waiter.
             self.node.presence.parked(&lane.node);
+            if matches!(hello.try_recv(), Err(TryRecvError::Disconnected)) {
+                e.woken = true;
+            }
             self.parked_for
                 .entry(lane.node.clone())
                 .or_default()
@@ -177,7 +187,7 @@ impl Supervisor {
             }
             log::info!("{lane}: {node} said Hello; in line to try again now");
             e.parked_until = None;
-            self.waiting.push(lane.clone());
+            self.waiting.push_up(lane.clone());
         }
         self.next_waiting();
     }
@@ -257,10 +267,13 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| w.pop()).map(|l| l.node).collect();
         assert_eq!(order, ["ship1", "ship2", "away1", "away2"]);
         assert!(w.is_empty());
-        // One trying again that has new work (or whose node said Hello) moves up.
+        // One trying again whose node said Hello moves up; new work alone does not.
         w.push_again(lane("away1"));
         w.push_again(lane("away2"));
         w.push(lane("away2"));
+        assert_eq!(w.pop().unwrap().node, "away1", "new work waits its pause");
+        w.push_again(lane("away1"));
+        w.push_up(lane("away2"));
         assert_eq!(w.len(), 2);
         assert_eq!(w.pop().unwrap().node, "away2");
         assert_eq!(w.pop().unwrap().node, "away1");

@@ -86,7 +86,13 @@ pub enum Event {
     },
     /// A publisher gives its thread up while its lane's first message pauses between
     /// attempts (lanes wait for a thread): the lane waits its turn again after `until`.
-    Parked { lane: Subject, until: Instant },
+    Parked {
+        lane: Subject,
+        until: Instant,
+        /// The publisher's Hello waiter, taken when its pause began: disconnected if its
+        /// node said Hello since.
+        hello: Receiver<()>,
+    },
     /// A node some parked lane goes to said Hello: its lanes wait their turn now, ahead of
     /// those whose pause is over (see [`crate::node::Presence`]).
     Hello(String),
@@ -471,7 +477,7 @@ impl Supervisor {
                     Ok(Event::Exited { name, generation, failure }) => self.exited(name, generation, failure),
                     Ok(Event::Status(reply)) => { let _ = reply.send(self.status()); }
                     Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
-                    Ok(Event::Parked { lane, until }) => self.parked(lane, until),
+                    Ok(Event::Parked { lane, until, hello }) => self.parked(lane, until, &hello),
                     Ok(Event::Hello(node)) => self.hello(&node),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },

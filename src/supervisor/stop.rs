@@ -93,6 +93,9 @@ impl Supervisor {
             e.stopped_by = Some(by.to_string());
             e.state.set(format!("stopped by OpProcessStop from {by}"));
             log::warn!("{name} stopped by OpProcessStop from {by}");
+            if let Some((lane, _)) = e.lane.clone() {
+                self.unparked(&lane.node, name);
+            }
             return done(format!("{name} on {node} stopped; its messages stay in the journal, and it starts again with its lane's next message or the next start of {node}"));
         }
         if e.stopped_by.is_some() || e.thread.is_none() {

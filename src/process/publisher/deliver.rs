@@ -23,13 +23,42 @@ const LATE_RESEND: Duration = Duration::from_secs(30);
 const HELLO_RESEND: Duration = Duration::from_secs(1);
 
 /// How many of a message's latest sends a reply may answer: the quick sends of the attempt
-/// under way (1 + [`MAX_RESENDS`]) and more. Only a send answered "no responders" goes
-/// again, so the send a listener took (and may still run) stays among them unless forged
-/// "no responders" keep coming (then its reply is passed over, and the next attempt gets
-/// the stored reply). A reply is checked against each, so this also bounds what a forged
-/// one costs.
+/// under way (1 + [`MAX_RESENDS`]) and more; besides, the first a listener took is kept
+/// ([`Sends`]). A reply is checked against each, so this also bounds what a forged one
+/// costs.
 const SIGNATURES_KEPT: usize = 8;
 const _: () = assert!(1 + MAX_RESENDS < SIGNATURES_KEPT);
+
+/// The signatures of a message's sends that a reply may be bound to: the last
+/// [`SIGNATURES_KEPT`], and the first a listener took (no "no responders" came for it
+/// before the next send), kept whatever follows: it may be running there, a long command,
+/// while Hellos send it again.
+#[derive(Default)]
+pub(super) struct Sends {
+    last: Vec<String>,
+    pinned: Option<String>,
+}
+
+impl Sends {
+    fn push(&mut self, sig: String) {
+        if self.last.len() >= SIGNATURES_KEPT {
+            self.last.remove(0);
+        }
+        self.last.push(sig);
+    }
+
+    /// The last send was heard: pinned, if none is yet.
+    fn heard(&mut self) {
+        if self.pinned.is_none() {
+            self.pinned = self.last.last().cloned();
+        }
+    }
+
+    /// Newest first, the pinned one last.
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.last.iter().rev().chain(self.pinned.iter())
+    }
+}
 
 /// A batch as it goes: its own reply subject, its wire form, and its seal if it was made
 /// ahead (while the receiver had the batch before it).
@@ -153,7 +182,7 @@ impl Publisher {
         let to = &batch[0].envelope.message.to_node;
         let mut request = self.request(&wire.reply_subject, to, &wire.payload, timeout);
         request.covers = wire.covers;
-        let mut sigs = Vec::new();
+        let mut sigs = Sends::default();
         let sent = self.publish(&request, wire.sealed, &mut sigs);
         meanwhile()?;
         request.deadline = Instant::now() + timeout;
@@ -192,7 +221,7 @@ impl Publisher {
         let mut rules = self.rules_for(entry).resumed(made);
         let payload = wire_form(&node.identity, entry);
         let subject = self.subject.to_string();
-        let mut sigs = Vec::new();
+        let mut sigs = Sends::default();
         loop {
             // While our own link is down, wait for it: an outage here is not the
             // destination's failure and must not spend its retries.
@@ -256,7 +285,7 @@ impl Publisher {
                     .load(std::sync::atomic::Ordering::Relaxed)
                 {
                     self.slot().attempts_made = rules.made();
-                    return Delivery::Parked { until };
+                    return Delivery::Parked { until, hello };
                 }
                 select! {
                     recv(hello) -> _ => {
@@ -285,7 +314,7 @@ impl Publisher {
         timeout: Duration,
         stop: &Receiver<()>,
         single: bool,
-        sigs: &mut Vec<String>,
+        sigs: &mut Sends,
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
         let request = self.request(reply_subject, to, payload, timeout);
@@ -319,7 +348,7 @@ impl Publisher {
         &self,
         request: &Request,
         ahead: Option<Sealed>,
-        sigs: &mut Vec<String>,
+        sigs: &mut Sends,
     ) -> io::Result<()> {
         let (broker, identity) = (&self.node.broker, &self.node.identity);
         let (subject, reply) = (&request.subject, Some(request.reply_subject));
@@ -336,9 +365,6 @@ impl Publisher {
             ),
         }?;
         // A late reply to an earlier send still answers this message.
-        if sigs.len() >= SIGNATURES_KEPT {
-            sigs.remove(0);
-        }
         sigs.push(sig);
         Ok(())
     }
@@ -361,7 +387,7 @@ impl Publisher {
         request: &Request,
         stop: &Receiver<()>,
         single: bool,
-        sigs: &mut Vec<String>,
+        sigs: &mut Sends,
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
         let &Request {
@@ -379,10 +405,9 @@ impl Publisher {
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
         let mut pause = FIRST_RESEND;
-        // Whether the last send was answered "no responders": only then does it go again. A
-        // send that found a listener may be running there, a long command: sent again
-        // (each Hello, every 30 s), the signature its reply will be bound to would soon be
-        // one of those no longer kept, and the reply passed over.
+        // Whether the last send was answered "no responders": then it goes again (every
+        // pause, each Hello); one that found a listener goes again only at a Hello now and
+        // then (see below).
         let mut unheard = false;
         // Taken now: a Hello during the attempt is not missed (it drops the signal).
         let mut hello = self.node.presence.waiter(to);
@@ -449,9 +474,18 @@ impl Publisher {
                     hello = self.node.presence.waiter(to);
                     // It listens now: a send that found no one goes again, at most once a
                     // second (a node saying Hello in a loop), and the pause after it is
-                    // short again (the Hello may come just before it subscribes).
-                    let recent = hello_sent.is_some_and(|at| at.elapsed() < HELLO_RESEND);
-                    if single && unheard && !recent {
+                    // short again (the Hello may come just before it subscribes). One that
+                    // found a listener may have been lost all the same (a link that died
+                    // without the broker knowing yet, a node that restarted in the middle
+                    // of running it): it goes again too, at most every 30 s, its first
+                    // send's signature kept for the reply of the run it may have started.
+                    let since = hello_sent.map(|at| at.elapsed());
+                    let again = if unheard {
+                        since.is_none_or(|s| s >= HELLO_RESEND)
+                    } else {
+                        since.is_none_or(|s| s >= LATE_RESEND)
+                    };
+                    if single && again {
                         log::info!("{subject}: {to} said Hello; sending again now");
                         hello_sent = Some(Instant::now());
                         resend = Some(Instant::now());
@@ -462,6 +496,9 @@ impl Publisher {
                 recv(crossbeam_channel::at(wake)) -> _ => {
                     if Instant::now() < deadline {
                         resend = None;
+                        if !unheard {
+                            sigs.heard();
+                        }
                         unheard = false;
                         self.node
                             .metrics
@@ -486,16 +523,11 @@ impl Publisher {
     /// reply subject and the signature of one of our attempts: otherwise anyone on the
     /// broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
     /// to a tampered copy out of it. A reply that cannot be verified is never stored.
-    fn check_reply(
-        &self,
-        to: &str,
-        msg: &nats::Message,
-        sigs: &[String],
-    ) -> Result<(), NotAnAnswer> {
+    fn check_reply(&self, to: &str, msg: &nats::Message, sigs: &Sends) -> Result<(), NotAnAnswer> {
         let trusted = &self.node.trusted;
         // `sigs` holds at least the attempt being answered.
         let mut why = Unverified::Bad(String::new());
-        for sig in sigs.iter().rev() {
+        for sig in sigs.iter() {
             let scope = Scope::reply(&msg.subject, sig);
             match trusted.verify(to, msg.headers.as_ref(), scope, &msg.data) {
                 Ok(_) => return Ok(()),

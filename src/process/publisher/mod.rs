@@ -127,6 +127,9 @@ enum Delivery {
     /// counted, and the lane waits its turn again once the pause is over.
     Parked {
         until: Instant,
+        /// Fires (disconnected) once the destination says Hello, taken when the pause
+        /// began: the supervisor looks at it, so a Hello while the lane parks is not lost.
+        hello: Receiver<()>,
     },
 }
 
@@ -451,8 +454,8 @@ impl Publisher {
         };
         let acked = match delivery {
             Delivery::Stopped => return Ok(None),
-            Delivery::Parked { until } => {
-                self.node.park_lane(&self.subject, until);
+            Delivery::Parked { until, hello } => {
+                self.node.park_lane(&self.subject, until, hello);
                 return Ok(None);
             }
             Delivery::Acked(_) => true,
