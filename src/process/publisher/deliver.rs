@@ -412,6 +412,7 @@ impl Publisher {
         // Taken now: a Hello during the attempt is not missed (it drops the signal).
         let mut hello = self.node.presence.waiter(to);
         let mut hello_sent: Option<Instant> = None;
+        let mut last_sent = Instant::now();
         loop {
             let wake = resend.map_or(deadline, |at| at.min(deadline));
             select! {
@@ -479,11 +480,10 @@ impl Publisher {
                     // without the broker knowing yet, a node that restarted in the middle
                     // of running it): it goes again too, at most every 30 s, its first
                     // send's signature kept for the reply of the run it may have started.
-                    let since = hello_sent.map(|at| at.elapsed());
                     let again = if unheard {
-                        since.is_none_or(|s| s >= HELLO_RESEND)
+                        hello_sent.is_none_or(|at| at.elapsed() >= HELLO_RESEND)
                     } else {
-                        since.is_none_or(|s| s >= LATE_RESEND)
+                        last_sent.elapsed() >= LATE_RESEND
                     };
                     if single && again {
                         log::info!("{subject}: {to} said Hello; sending again now");
@@ -500,6 +500,7 @@ impl Publisher {
                             sigs.heard();
                         }
                         unheard = false;
+                        last_sent = Instant::now();
                         self.node
                             .metrics
                             .resent
