@@ -110,6 +110,8 @@ pub enum Error {
     },
     /// The signal handler could not be installed.
     Signals(ctrlc::Error),
+    /// Another agent runs on this data folder (it holds `journal/lock`).
+    AlreadyRunning { folder: std::path::PathBuf },
 }
 
 impl fmt::Display for Error {
@@ -124,6 +126,11 @@ impl fmt::Display for Error {
                 folder.display()
             ),
             Error::Signals(e) => write!(f, "cannot handle SIGINT/SIGTERM: {e}"),
+            Error::AlreadyRunning { folder } => write!(
+                f,
+                "refusing to run: another steward agent runs on the data folder {} (it holds journal/lock); `steward status` shows it",
+                folder.display()
+            ),
         }
     }
 }
@@ -134,7 +141,7 @@ impl std::error::Error for Error {
             Error::DataFolder { source, .. } => Some(source),
             Error::Keys(e) => Some(e),
             Error::Signals(e) => Some(e),
-            Error::WorldWritable { .. } => None,
+            Error::WorldWritable { .. } | Error::AlreadyRunning { .. } => None,
         }
     }
 }
@@ -145,6 +152,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     sys::ignore_sigio();
     let (config, readable_by_others) = data_folder(config)?;
     let data = files::DataFolder::new(config.data_folder.clone());
+    // Held while this agent runs: a second one on the same data folder (started by hand
+    // beside the service) would write the same journal at its own idea of its end, and run
+    // every command and schedule a second time.
+    let _one_agent = one_agent(&data)?;
     let (journal, recovery) =
         journal::Journal::open(&data.journal_dir()).map_err(|source| Error::DataFolder {
             context: format!(
@@ -215,6 +226,33 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     supervisor.run();
     Ok(())
+}
+
+/// The lock that makes this the one agent on its data folder (`journal/lock`).
+fn one_agent(data: &files::DataFolder) -> Result<std::fs::File, Error> {
+    let dir = data.journal_dir();
+    let path = dir.join("lock");
+    let cannot = |source| Error::DataFolder {
+        context: format!("cannot lock {}", path.display()),
+        source,
+    };
+    files::create_dirs(&dir).map_err(cannot)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(files::PRIVATE_FILE)
+        .open(&path)
+        .map_err(cannot)?;
+    match sys::lock_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(Error::AlreadyRunning {
+            folder: data.root.clone(),
+        }),
+        Err(e) => Err(cannot(e)),
+    }
 }
 
 /// The data folder, created and made absolute (so logs name files unambiguously and

@@ -277,6 +277,51 @@ pub fn hostname() -> io::Result<OsString> {
     Ok(OsString::from_vec(buf[..end].to_vec()))
 }
 
+/// Takes an exclusive lock on `file` (`flock`), without waiting: false if another process
+/// holds it. Held until the file is closed (the process ends); the descriptor is
+/// close-on-exec, so no command the node runs inherits it.
+pub fn lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock takes a descriptor `file` keeps open for the call, and integers.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// The user id of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large, for a
+    // descriptor `stream` keeps open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    check(rc)?;
+    Ok(cred.uid)
+}
+
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Sets SIGIO to be ignored. The inbox takes a write lease ([`set_lease`]) on a taken
 /// inmsg.txt to learn whether a writer still holds it; if another process opens the file
 /// while the lease is held, the kernel sends the lease holder SIGIO, whose default action

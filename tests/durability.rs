@@ -861,3 +861,47 @@ fn a_reply_a_power_cut_left_in_part_is_stored_again_whole() {
         [format!("{{\"id\":\"{id}\",\"data\":[\"sh")]
     );
 }
+
+/// A second agent started by hand on the service's data folder would write the same journal
+/// and run every command twice: it refuses to run, and the first goes on.
+#[test]
+fn a_second_agent_on_the_same_data_folder_refuses_to_run() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args([
+            "--node=central".to_string(),
+            format!("--brokerAddress={}", nats.address()),
+            format!("--dataFolder={}", central.data().display()),
+            "--promHostAndPort=off".to_string(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second agent ran on central's data folder");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another steward agent runs on the data folder"),
+        "{said}"
+    );
+    // The first runs on, alone.
+    central.append_inmsg(&command("ship1", &["echo", "still one"]));
+    central.wait_for("replies/ship1.CLICommand.log", "still one");
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"ok\"}"),
+        1.0
+    );
+}
