@@ -86,8 +86,12 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             format!("talking to the agent at {}: {e}", socket.display()),
         )
     };
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    if let Err(e) = stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+    {
+        return Err(said_instead(&mut stream).map_or_else(|| io(e), |said| (EXIT_ERROR, said)));
+    }
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(io)?;
         let v: Value = serde_json::from_str(&line)
@@ -152,6 +156,16 @@ pub fn status(socket: &Path) -> Result<u8, (u8, String)> {
     Ok(0)
 }
 
+/// What the agent said before it closed the connection while the request was still being
+/// written (it refused the client: "refused: …", "busy: …"), if anything.
+fn said_instead(stream: &mut UnixStream) -> Option<String> {
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    let mut said = String::new();
+    let _ = std::io::Read::read_to_string(stream, &mut said);
+    let said = said.trim();
+    (!said.is_empty()).then(|| said.to_string())
+}
+
 /// The running agent's process table, as `steward status` prints it (the tests and the
 /// benchmark wait on it for a node to listen).
 pub fn process_table(socket: &Path) -> Result<String, (u8, String)> {
@@ -165,8 +179,12 @@ pub fn process_table(socket: &Path) -> Result<String, (u8, String)> {
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .map_err(io)?;
-    stream.write_all(b"STATUS\n").map_err(io)?;
-    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    if let Err(e) = stream
+        .write_all(b"STATUS\n")
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+    {
+        return Err(said_instead(&mut stream).map_or_else(|| io(e), |said| (EXIT_ERROR, said)));
+    }
     let mut text = String::new();
     std::io::Read::read_to_string(&mut stream, &mut text).map_err(io)?;
     Ok(text)

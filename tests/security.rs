@@ -573,3 +573,45 @@ fn undecodable_messages_are_dropped_one_by_one_and_the_node_stays_connected() {
     assert!(log.contains("malformed header block"), "{log}");
     assert!(log.contains("not UTF-8"), "{log}");
 }
+
+/// The control socket takes what this node signs: only the agent's user (and root) may use
+/// it, even where the data folder and the socket itself were opened to others.
+#[test]
+fn another_user_cannot_use_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let id = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&id.stdout).trim() != "0" {
+        eprintln!("[control_socket] not root: another user cannot be tried here");
+        return;
+    }
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let socket = central.path("steward.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket's mode");
+    // Opened up by hand: the agent itself still refuses another user.
+    for (path, mode) in [
+        (central.data().to_path_buf(), 0o711),
+        (socket.clone(), 0o666),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let ran = format!("{}/ran-by-nobody", central.data().display());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", central.data().display()))
+        .args(["send", "--to", "central", "--", "touch", &ran])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("refused"), "{said}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!Path::new(&ran).exists(), "another user's command ran");
+    assert!(central
+        .log()
+        .contains("control socket: refused a client of user 65534"));
+}

@@ -11,7 +11,9 @@
 //!   `{"id":…,"progress":{"finished":{"outcome":"acked","reply":{…},"why":null}}}`;
 //! - the line `STATUS`: the process table as text.
 //!
-//! The socket lives in the data folder, so only who may read the node's data may use it.
+//! The socket lives in the data folder, readable and writable by the agent's user only, and
+//! a client of another user (root excepted) is refused: what comes through is signed with
+//! this node's key.
 //! At most [`MAX_CLIENTS`] clients are served at once; another is answered [`BUSY`].
 
 use super::{stopping, Failure, Process, State, StopFd};
@@ -34,6 +36,8 @@ const MAX_REQUEST: u64 = 16 << 20;
 pub const MAX_CLIENTS: usize = 8;
 /// The answer to a client past [`MAX_CLIENTS`].
 pub const BUSY: &str = "busy: too many clients of the control socket at once; try again\n";
+/// The answer to a client of another user than the agent's (or root).
+pub const NOT_YOURS: &str = "refused: only the agent's user and root may use its control socket\n";
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -114,8 +118,10 @@ impl Process for Control {
             path: path.clone(),
             source,
         })?;
-        // What comes through here is signed with this node's key: owner and group only.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(
+        // What comes through here is signed with this node's key, and may command the node
+        // itself (and, on central, the fleet): its user only (and root, checked per client
+        // below, which also covers the moment before this chmod).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
             |source| Error::Restrict {
                 path: path.clone(),
                 source,
@@ -131,6 +137,21 @@ impl Process for Control {
         loop {
             match listener.accept() {
                 Ok((mut stream, _)) => {
+                    let own = crate::sys::euid();
+                    match crate::sys::peer_uid(&stream) {
+                        Ok(uid) if uid == own || uid == 0 => {}
+                        Ok(uid) => {
+                            log::warn!("control socket: refused a client of user {uid} (only {own} and root may use it)");
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                            let _ = stream.write_all(NOT_YOURS.as_bytes());
+                            continue;
+                        }
+                        Err(e) => {
+                            log::warn!("control socket: cannot tell a client's user: {e}");
+                            continue;
+                        }
+                    }
                     if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
                         clients.fetch_sub(1, Ordering::SeqCst);
                         let _ = stream.set_nonblocking(false);
