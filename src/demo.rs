@@ -131,12 +131,29 @@ fn create(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
+/// A new folder of this user's alone under the temporary folder, named so that no one can
+/// make it ahead (a name of the process id could be: with a link in it to any file of the
+/// user's, to be written over, or a startup file to run as them).
+fn fresh_folder() -> Result<PathBuf, Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let random = crate::keys::random_hex128s(1).pop().unwrap_or_default();
+    let root = std::env::temp_dir().join(format!("steward-demo-{}", &random[..16]));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .map_err(create(&root))?;
+    Ok(root)
+}
+
 pub fn run(folder: Option<PathBuf>) -> Result<(), Error> {
     let nats = find_nats_server().ok_or(Error::NoNatsServer)?;
-    let root = folder.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("steward-demo-{}", std::process::id()))
-    });
-    fs::create_dir_all(&root).map_err(create(&root))?;
+    let root = match folder {
+        Some(folder) => {
+            fs::create_dir_all(&folder).map_err(create(&folder))?;
+            folder
+        }
+        None => fresh_folder()?,
+    };
     let exe = std::env::current_exe().map_err(Error::NoBinary)?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -277,4 +294,21 @@ fn find_nats_server() -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/usr/local/bin".into()])
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_demo_s_folder_is_new_and_private() {
+        let (a, b) = (fresh_folder().unwrap(), fresh_folder().unwrap());
+        assert_ne!(a, b);
+        for dir in [&a, &b] {
+            let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+            fs::remove_dir(dir).unwrap();
+        }
+    }
 }
