@@ -102,11 +102,22 @@ pub fn open_plain_file(
     Ok(Some((file, real)))
 }
 
+/// The node's own records in its data folder, by how their names begin (rotated ones too):
+/// every message it sent with the results it carried, what it could not send, its input
+/// (inmsg.txt, taken and rejected), the schedules it keeps for its senders.
+const OWN_RECORDS: [&str; 5] = [
+    "message-log.txt",
+    "failed-messages.txt",
+    "unreadable-messages.txt",
+    "schedules.json",
+    "inmsg",
+];
+
 /// Why a method that reads a file for its sender (`TailFile`, `CopySrc`) may not read
 /// `path` on this node, if it may not: this node's signing key (`keys/`), the records of
 /// what other senders sent it and were answered (`journal/`: the journal and the received
-/// log), the files its broker credentials came from, and `/proc` (its own descriptors and
-/// environment). Wherever `path` really is (`..`
+/// log; its own records, [`OWN_RECORDS`], and `replies/`, `startup/`), the files its broker
+/// credentials came from, and `/proc` (its own descriptors and environment). Wherever `path` really is (`..`
 /// and links followed; for a file not there yet, where its nearest existing folder really
 /// is, and a `..` past that refused, since what it would lead to cannot be told).
 /// Anything else the agent's user may read, a sender allowed these methods may read.
@@ -132,10 +143,21 @@ pub fn private_to_the_node(
     {
         return Some("it is under /proc: this node's own descriptors and environment are there");
     }
+    let root = real(&data.root);
+    let own_record = path.parent() == Some(root.as_path())
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|name| OWN_RECORDS.iter().any(|own| name.starts_with(own)));
+    let own_folder = ["replies", "startup", "received"]
+        .iter()
+        .any(|folder| path.starts_with(root.join(folder)));
     if path.starts_with(real(&data.keys())) {
         Some("it is under keys/: the node's signing key is there")
     } else if path.starts_with(real(&data.journal_dir())) {
         Some("it is under journal/: what other senders sent this node, and its answers, are there")
+    } else if own_record || own_folder {
+        Some("it is one of the node's own records (every message it sent, with the results it carried, its input, its schedules, the replies it stored): other senders' are there")
     } else if config
         .security
         .secret_files
@@ -475,6 +497,23 @@ mod tests {
         assert!(why(&data.root.join("logs/../keys/not-yet")).contains("keys/"));
         assert!(why(&data.root.join("nowhere/../keys/node.seed")).contains("`..`"));
         assert_eq!(private(&data.root.join("logs/new/app.log")), None);
+        // The node's own records: what it sent (results of other senders' requests among
+        // it), its input, the schedules and replies it keeps; a log there is not one.
+        for own in [
+            "message-log.txt",
+            "message-log.txt.2",
+            "failed-messages.txt",
+            "schedules.json",
+            "inmsg.txt",
+            "inmsg.rejected.txt",
+            "unreadable-messages.txt",
+            "replies/ship2.CLICommand.log",
+            "startup/x.json",
+        ] {
+            assert!(why(&data.root.join(own)).contains("own records"), "{own}");
+        }
+        assert_eq!(private(&data.root.join("errors.log")), None);
+        assert_eq!(private(&data.root.join("logs/message-log.txt")), None);
         // This process's descriptors and environment, through any way there, whether a
         // descriptor is open now (to an ordinary file: this one) or not.
         let open = std::fs::File::open(data.root.join("logs/app.log")).unwrap();
