@@ -149,9 +149,16 @@ struct Tail {
     opened: Option<PathBuf>,
     file: Option<File>,
     offset: u64,
+    /// The last bytes read, up to [`SEEN`], which end at `offset`: still there at the next
+    /// look, or the file was cut and written again meanwhile.
+    seen: Vec<u8>,
     id: Option<(u64, u64)>,
     rotations: usize,
 }
+
+/// How many of the last bytes read are kept to tell a file cut and written again (see
+/// [`Tail::seen`]).
+const SEEN: usize = 64;
 
 impl Tail {
     /// Opens `path` at its end (a file not there yet is followed from its start once it
@@ -162,6 +169,7 @@ impl Tail {
             opened: None,
             file: None,
             offset: 0,
+            seen: Vec::new(),
             id: None,
             rotations: 0,
         };
@@ -190,6 +198,14 @@ impl Tail {
         private: &dyn Fn(&Path) -> Option<&'static str>,
         mut each: impl FnMut(&[u8]),
     ) -> Result<(), Followed> {
+        // Cut short (copytruncate) and written again since the last look, as far as the
+        // last look read or further: what it read last is no longer where it was. From its
+        // start, not from the middle of what was written since.
+        if self.cut_and_written_again()? {
+            self.rotations += 1;
+            self.offset = 0;
+            self.seen.clear();
+        }
         self.read_to_end(&mut each)?;
         let now = match std::fs::metadata(&self.path) {
             Ok(meta) => Some((meta.dev(), meta.ino(), meta.len())),
@@ -220,17 +236,39 @@ impl Tail {
                 self.file = Some(f);
                 self.id = Some((dev, ino));
                 self.offset = 0;
+                self.seen.clear();
                 self.read_to_end(&mut each)?;
             }
             Some((_, _, len)) if len < self.offset => {
                 // Cut short: read again from its start.
                 self.rotations += 1;
                 self.offset = 0;
+                self.seen.clear();
                 self.read_to_end(&mut each)?;
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether the bytes last read are no longer where they were (see [`Tail::seen`]).
+    fn cut_and_written_again(&self) -> std::io::Result<bool> {
+        let Some(f) = &self.file else {
+            return Ok(false);
+        };
+        if self.seen.is_empty() {
+            return Ok(false);
+        }
+        if f.metadata()?.len() < self.offset {
+            return Ok(false); // cut and not written as far: seen after the read
+        }
+        let mut there = vec![0u8; self.seen.len()];
+        let at = self.offset - self.seen.len() as u64;
+        match std::os::unix::fs::FileExt::read_exact_at(f, &mut there, at) {
+            Ok(()) => Ok(there != self.seen),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads what was appended, at most [`READ_PER_LOOK`] a look (a log written faster than
@@ -250,6 +288,10 @@ impl Tail {
             }
             self.offset += n as u64;
             read += n;
+            let keep = n.min(SEEN);
+            let from_before = (SEEN - keep).min(self.seen.len());
+            self.seen.drain(..self.seen.len() - from_before);
+            self.seen.extend_from_slice(&buf[n - keep..n]);
             each(&buf[..n]);
         }
         Ok(read)
@@ -320,5 +362,27 @@ mod tests {
         std::fs::write(&path, "again\n").unwrap();
         assert_eq!(appended(&mut tail), "again\n");
         assert_eq!(tail.rotations, 2);
+        // Cut (copytruncate) and written again between two looks, less than was read: all
+        // of what was written since, not its last bytes.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"0123456789abcdef\n").unwrap();
+        assert_eq!(appended(&mut tail), "0123456789abcdef\n");
+        f.set_len(0).unwrap();
+        f.write_all(b"new one\n").unwrap();
+        assert_eq!(appended(&mut tail), "new one\n");
+        assert_eq!(tail.rotations, 3);
+        // ... and written again as far as the last look read, or further: all of it too.
+        f.set_len(0).unwrap();
+        f.write_all(b"a longer line, longer than the last\n")
+            .unwrap();
+        assert_eq!(appended(&mut tail), "a longer line, longer than the last\n");
+        assert_eq!(tail.rotations, 4);
+        // Appends alone are not taken for a cut.
+        f.write_all(b"and on\n").unwrap();
+        assert_eq!(appended(&mut tail), "and on\n");
+        assert_eq!(tail.rotations, 4);
     }
 }
