@@ -360,3 +360,42 @@ fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
     assert!(ship1.log().contains("room on the disk again"));
     assert!(ship1.is_running());
 }
+
+/// A command streaming its output (CLICommandCont) to a sender that is away: each read is a
+/// result journaled until the sender has it. Below the free-space floor they are no longer
+/// journaled (the journal needs the room): kept for the last result, up to its limit.
+#[test]
+fn streamed_output_stops_being_journaled_below_the_floor() {
+    let _one_at_a_time = common::serial();
+    let nats = NatsServer::start();
+    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
+    let Some(disk) = Tmpfs::mount(ship1.data(), "16m") else {
+        eprintln!("[stream_floor] skipped: mounting a tmpfs needs root");
+        return;
+    };
+    install_keys(ship1.data(), "ship1");
+    ship1.restart();
+    // Below the floor (2% of 16 MiB: 335 kB), with 200 kB left.
+    let filler = disk.fill();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() - 200_000).unwrap();
+    drop(f);
+    let central = Node::start("central", &nats.address(), &[]);
+    // A line every 10 ms for 3 s: 300 results, were they journaled.
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["sh","-c","for i in $(seq 300); do echo line $i; sleep 0.01; done"],"commandOrEvent":"CommandACK","method":"CLICommandCont","replyMethod":"FileAppend","directory":"s","fileName":"lines.txt","timeout":30}]"#,
+    );
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    let lines = central.wait_for("s/ship1/lines.txt", "line 300");
+    // All of it came, in the last result, each line once.
+    assert_eq!(lines.matches("line ").count(), 300, "{lines}");
+    let sent = ship1.metric_sum(
+        "steward_messages_accepted_total",
+        &["method=\"FileAppend\""],
+    );
+    assert!(sent <= 2.0, "{sent} results journaled below the floor");
+    assert!(ship1.is_running());
+}

@@ -6,8 +6,9 @@
 //! the output (a line without its newline, steward's notes) and the exit status.
 //!
 //! Without `replyMethod` nothing can go back before the end: it is `CLICommand`, the whole
-//! output in the ACK. A result that cannot be journaled (a full disk) is kept and goes with
-//! the last one, up to [`MAX_OUTPUT`].
+//! output in the ACK. A result that cannot be journaled (a full disk, or one below the
+//! free-space floor, `--minFreeBytesForLogs`) is kept and goes with the last one, up to
+//! [`MAX_OUTPUT`].
 
 use super::cli_command::{self, Deadline, MAX_OUTPUT};
 use super::{Context, Method, Outcome, Senders, COMMANDS};
@@ -64,6 +65,12 @@ impl Stream {
         let Some(end) = self.unsent.iter().rposition(|b| *b == b'\n') else {
             return self.cap();
         };
+        // Below the free-space floor, output is not journaled (a command streaming for ever
+        // to a sender that is away would fill the disk the journal needs): it is kept, up to
+        // [`MAX_OUTPUT`], for the last result, the rest counted.
+        if ctx.log_budget.check_free_space(&ctx.data.root).is_err() {
+            return self.cap();
+        }
         let lines = String::from_utf8_lossy(&self.unsent[..=end]).into_owned();
         match ctx.outbox.send_result(request, &Outcome::ok(lines)) {
             Ok(Some(_)) => {
