@@ -186,6 +186,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         metrics.clone(),
     );
     let (events_tx, events) = crossbeam_channel::unbounded();
+    // From here on a SIGTERM (systemd's stop) is a clean stop, the start included: it
+    // waits in the channel until the supervisor runs.
+    let tx = events_tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(supervisor::Event::Shutdown);
+    })
+    .map_err(Error::Signals)?;
     let node = Arc::new(node::Node::new(
         config,
         broker,
@@ -218,11 +225,6 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
     supervisor.start();
     startup::send(&node);
-    let tx = events_tx.clone();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(supervisor::Event::Shutdown);
-    })
-    .map_err(Error::Signals)?;
 
     supervisor.run();
     Ok(())
