@@ -368,7 +368,7 @@ fn keys_are_made_on_first_start_private_and_shown_for_others_to_trust() {
         String::from_utf8_lossy(&out.stderr).contains("chmod o-w"),
         "{out:?}"
     );
-    // Set up right, it runs, and its control socket is for its owner and group only.
+    // Set up right, it runs, and its control socket is for its owner only (and root).
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
     let mut running = agent(dir.path());
     let socket = dir.path().join("steward.sock");
@@ -379,13 +379,13 @@ fn keys_are_made_on_first_start_private_and_shown_for_others_to_trust() {
             .unwrap_or(0)
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mode() != 0o660 && std::time::Instant::now() < deadline {
+    while mode() != 0o600 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mode = mode();
     running.kill().unwrap();
     running.wait().unwrap();
-    assert_eq!(mode, 0o660);
+    assert_eq!(mode, 0o600);
 }
 
 #[test]
