@@ -192,6 +192,23 @@ pub fn append_rotating(path: &Path, bytes: &[u8], rotate_at: u64, keep: usize) -
     })
 }
 
+/// Sets aside a file of steward's own that cannot be read (`why`) as `<name>.bad`, saying
+/// so and what that costs (`so`), rather than letting the next write replace it: what it
+/// held stays where an operator can find it.
+pub fn set_aside(path: &Path, why: &str, so: &str) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".bad");
+    let aside = PathBuf::from(aside);
+    log::error!(
+        "{}: unreadable ({why}); set aside as {}, {so}",
+        path.display(),
+        aside.display()
+    );
+    if let Err(e) = fs::rename(path, &aside) {
+        log::error!("{}: cannot set it aside: {e}", path.display());
+    }
+}
+
 /// The `i`th file `path` was rotated to ([`append_rotating`]): `path.{i}`.
 pub fn rotated(path: &Path, i: usize) -> PathBuf {
     let mut p = path.as_os_str().to_owned();

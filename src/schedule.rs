@@ -103,15 +103,7 @@ impl Schedules {
     /// schedule of no interval (a hand edit) is dropped, with an error.
     pub fn open(path: PathBuf, now: u64) -> Schedules {
         let set_aside = |why: String| {
-            let aside = path.with_extension("json.bad");
-            log::error!(
-                "{}: unreadable ({why}); set aside as {}, its schedules stop",
-                path.display(),
-                aside.display()
-            );
-            if let Err(e) = std::fs::rename(&path, &aside) {
-                log::error!("{}: cannot set it aside: {e}", path.display());
-            }
+            crate::files::set_aside(&path, &why, "its schedules stop");
             Vec::new()
         };
         let mut list: Vec<Schedule> = match std::fs::read(&path) {

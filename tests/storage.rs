@@ -328,13 +328,7 @@ fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
     wait("two runs", Duration::from_secs(20), || ticks() >= 2);
     // Below the floor (2% of 16 MiB: 335 kB), not full: 200 kB left, room for
     // schedules.json and a run's records, which a schedule would fill to the last byte.
-    let filler = disk.fill();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len() - 200_000).unwrap();
-    drop(f);
+    let filler = disk.leave_free(200_000);
     // Whatever was running when the disk filled has arrived by now.
     std::thread::sleep(Duration::from_secs(2));
     let at_full = ticks();
@@ -376,13 +370,7 @@ fn streamed_output_stops_being_journaled_below_the_floor() {
     install_keys(ship1.data(), "ship1");
     ship1.restart();
     // Below the floor (2% of 16 MiB: 335 kB), with 200 kB left.
-    let filler = disk.fill();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len() - 200_000).unwrap();
-    drop(f);
+    disk.leave_free(200_000);
     let central = Node::start("central", &nats.address(), &[]);
     // A line every 10 ms for 3 s: 300 results, were they journaled.
     let ended = central.send_and_wait(

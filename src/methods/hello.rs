@@ -65,15 +65,7 @@ impl Roster {
 /// (`hello-nodes.json.bad`), not written over with the Hellos of this run alone.
 pub fn read_roster(path: &Path) -> BTreeMap<String, u64> {
     let set_aside = |why: String| {
-        let aside = path.with_extension("json.bad");
-        log::error!(
-            "{}: unreadable ({why}); set aside as {}, nodes' last Hellos start afresh",
-            path.display(),
-            aside.display()
-        );
-        if let Err(e) = std::fs::rename(path, &aside) {
-            log::error!("{}: cannot set it aside: {e}", path.display());
-        }
+        crate::files::set_aside(path, &why, "nodes' last Hellos start afresh");
         BTreeMap::new()
     };
     match std::fs::read(path) {

@@ -2,7 +2,7 @@
 //! and the process table as plain text at `--profilingPort`.
 //!
 //! Names follow Prometheus conventions: `steward_` prefix, `_total` on counters, base units.
-//! The HTTP responder, which bounds what a client on the network can take, is [`serve`].
+//! The HTTP responder, which bounds what a client on the network can take, is [`mod@serve`].
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

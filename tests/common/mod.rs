@@ -945,6 +945,15 @@ impl Tmpfs {
         while f.write_all(&small[..1]).is_ok() {}
         filler
     }
+
+    /// Fills the disk but for `bytes` (below steward's free-space floor, not full); the
+    /// filler, to remove for room again.
+    pub fn leave_free(&self, bytes: u64) -> PathBuf {
+        let filler = self.fill();
+        let f = fs::OpenOptions::new().write(true).open(&filler).unwrap();
+        f.set_len(f.metadata().unwrap().len() - bytes).unwrap();
+        filler
+    }
 }
 
 impl Drop for Tmpfs {

@@ -1,6 +1,6 @@
 //! Running an admitted message (or batch): exactly once, in order, recorded before and
 //! after in the receiver's log ([`crate::received`]; not for a method that is not
-//! [`Method::remembered`], Hello), then answered ([`answer`]).
+//! [`Method::remembered`], Hello), then answered ([`mod@super::answer`]: [`fit`], [`send`]).
 //!
 //! One message and a batch (several events of one subject from one sender, run in order
 //! with the receiver's record written once before and once after for all) are handled by
