@@ -14,20 +14,18 @@ use std::borrow::Cow;
 /// its attempt; each one after is three times the last, up to [`LATE_RESEND`]: sent again
 /// 0.05, 0.2, 0.65, 2, 6 and 18 s after the first send, then every 30 s (as far as the
 /// attempt lasts: 10 s by default, a week at most), and at once when the destination
-/// says Hello. [`MAX_RESENDS`] are the quick ones.
+/// says Hello.
 const FIRST_RESEND: Duration = Duration::from_millis(50);
-const MAX_RESENDS: usize = 6;
 const LATE_RESEND: Duration = Duration::from_secs(30);
 /// A Hello sends a message that found no one again at most this often, and the pause
 /// after such a send is at most this.
 const HELLO_RESEND: Duration = Duration::from_secs(1);
 
-/// How many of a message's latest sends a reply may answer: the quick sends of the attempt
-/// under way (1 + [`MAX_RESENDS`]) and more; besides, the first a listener took is kept
+/// How many of a message's latest sends a reply may answer: the first send of the attempt
+/// under way and its six quick resends, and one more; besides, the first a listener took is kept
 /// ([`Sends`]). A reply is checked against each, so this also bounds what a forged one
 /// costs.
 const SIGNATURES_KEPT: usize = 8;
-const _: () = assert!(1 + MAX_RESENDS < SIGNATURES_KEPT);
 
 /// The signatures of a message's sends that a reply may be bound to: the last
 /// [`SIGNATURES_KEPT`], and the first a listener took (no "no responders" came for it
@@ -377,7 +375,7 @@ impl Publisher {
     /// grows with each one, so a destination that was restarting or reconnecting gets it
     /// as soon as it listens, not an attempt's timeout later (10 s by default, and up to
     /// a week: a command with a long `timeout`, to a ship that rebooted): after the
-    /// [`MAX_RESENDS`] quick ones, every [`LATE_RESEND`], and at once on a Hello from the
+    /// six quick ones, every [`LATE_RESEND`], and at once on a Hello from the
     /// destination. A flood of forged ones gets one send per pause, and the reply to the
     /// last sends counts ([`SIGNATURES_KEPT`]). A batch gives up at once, as it does on a
     /// reply it cannot take, and sending one at a time sorts it out.
