@@ -827,5 +827,6 @@ fn a_stranger_s_largest_messages_to_every_subject_of_a_busy_node_hold_little_mem
         subjects.len()
     );
     // Counted once the subscribers look again (the command ends at its 8 s).
-    ship1.wait_metric("counted the drops", dropped, |v| v >= sent / 2.0);
+    // (The methods that put a node right have places of their own: theirs are not dropped.)
+    ship1.wait_metric("counted the drops", dropped, |v| v >= sent / 4.0);
 }
