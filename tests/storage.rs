@@ -17,17 +17,26 @@ fn wait(what: &str, limit: Duration, ok: impl Fn() -> bool) {
     }
 }
 
+/// Node `name` with its data folder on a tmpfs of `size` (a disk that fills), started;
+/// `None` (said, under `tag`) where a tmpfs cannot be mounted (not root).
+fn on_a_small_disk(name: &str, nats: &NatsServer, size: &str, tag: &str) -> Option<(Node, Tmpfs)> {
+    let mut node = Node::prepare(&[], name, &nats.address(), &[]);
+    let Some(disk) = Tmpfs::mount(node.data(), size) else {
+        eprintln!("[{tag}] skipped: mounting a tmpfs needs root");
+        return None;
+    };
+    install_keys(node.data(), name);
+    node.restart();
+    Some((node, disk))
+}
+
 #[test]
 fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
     let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
-    let mut central = Node::prepare(&[], "central", &nats.address(), &[]);
-    let Some(disk) = Tmpfs::mount(central.data(), "16m") else {
-        eprintln!("[disk_full] skipped: mounting a tmpfs needs root");
+    let Some((mut central, disk)) = on_a_small_disk("central", &nats, "16m", "disk_full") else {
         return;
     };
-    install_keys(central.data(), "central");
-    central.restart();
     let commands = 5;
     let events = 20;
     // ship1 is away: central queues commands for it, each leaving a mark where it runs.
@@ -157,13 +166,10 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
 fn a_full_disk_on_the_receiver_loses_no_command_output_and_runs_nothing_twice() {
     let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
-    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
-    let Some(_disk) = Tmpfs::mount(ship1.data(), "16m") else {
-        eprintln!("[receiver_disk_full] skipped: mounting a tmpfs needs root");
+    let Some((mut ship1, _disk)) = on_a_small_disk("ship1", &nats, "16m", "receiver_disk_full")
+    else {
         return;
     };
-    install_keys(ship1.data(), "ship1");
-    ship1.restart();
     let central = Node::start("central", &nats.address(), &[]);
     let marks = tempfile::tempdir().unwrap();
     let runs = marks.path().join("runs");
@@ -312,13 +318,9 @@ fn a_failed_fsync_stops_the_agent_and_its_restart_loses_nothing_and_runs_nothing
 fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
     let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
-    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
-    let Some(disk) = Tmpfs::mount(ship1.data(), "16m") else {
-        eprintln!("[schedule_floor] skipped: mounting a tmpfs needs root");
+    let Some((mut ship1, disk)) = on_a_small_disk("ship1", &nats, "16m", "schedule_floor") else {
         return;
     };
-    install_keys(ship1.data(), "ship1");
-    ship1.restart();
     let central = Node::start("central", &nats.address(), &[]);
     let ended = central.send_and_wait(
         r#"[{"toNode":"ship1","data":["echo","tick"],"commandOrEvent":"CommandACK","method":"CLICommand","schedule":[1,600],"replyMethod":"FileAppend","directory":"s","fileName":"ticks.txt"}]"#,
@@ -362,13 +364,9 @@ fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
 fn streamed_output_stops_being_journaled_below_the_floor() {
     let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
-    let mut ship1 = Node::prepare(&[], "ship1", &nats.address(), &[]);
-    let Some(disk) = Tmpfs::mount(ship1.data(), "16m") else {
-        eprintln!("[stream_floor] skipped: mounting a tmpfs needs root");
+    let Some((mut ship1, disk)) = on_a_small_disk("ship1", &nats, "16m", "stream_floor") else {
         return;
     };
-    install_keys(ship1.data(), "ship1");
-    ship1.restart();
     // Below the floor (2% of 16 MiB: 335 kB), with 200 kB left.
     disk.leave_free(200_000);
     let central = Node::start("central", &nats.address(), &[]);
