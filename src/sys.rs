@@ -219,6 +219,21 @@ pub fn wait_readable<const N: usize>(
     Ok(pfds.map(|p| p.revents != 0))
 }
 
+/// Whether the other end of a connected socket has closed it whole (`POLLHUP`; a peer
+/// that only shut down its writing side, as a control client does once its request is
+/// sent, has not), or it failed: nothing written to it will be read.
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid, writable pollfd for the call, on a descriptor borrowed for it;
+    // a timeout of 0 returns at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// A new inotify instance, non-blocking and close-on-exec (`inotify_init1`). Its events
 /// are read from it as from a file.
 pub fn inotify_init() -> io::Result<File> {

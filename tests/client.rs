@@ -207,3 +207,55 @@ fn clients_past_the_limit_are_told_busy_and_the_socket_recovers() {
         status.status.success() && String::from_utf8_lossy(&status.stdout).contains("node central")
     });
 }
+
+#[test]
+fn an_interrupted_send_gives_its_place_back() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    // Eight `steward send`s to a node that is not there, each waiting for a reply that
+    // could take ten minutes, then interrupted (Ctrl-C, a closed terminal, kill -9 here).
+    let mut sends: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_steward"))
+                .arg(format!("--dataFolder={}", central.data().display()))
+                .args(["send", "--to", "ship9", "--timeout", "600", "--", "true"])
+                .env_remove("STEWARD_CONFIG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for send in &mut sends {
+        // Waiting: its message is queued (the first on its attempt, the rest behind it).
+        let mut err = BufReader::new(send.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("waiting for its reply") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "send ended early");
+        }
+    }
+    for send in &mut sends {
+        send.kill().unwrap();
+        send.wait().unwrap();
+    }
+    // Their places are given back now, not when their messages end.
+    let gone = std::time::Instant::now();
+    central.wait_until("", "served the process table again", |_| {
+        let status = steward(&central, &["status"]);
+        status.status.success() && String::from_utf8_lossy(&status.stdout).contains("node central")
+    });
+    assert!(
+        gone.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        gone.elapsed()
+    );
+    // And the messages themselves still go on: queued, not dropped with their clients.
+    assert_eq!(
+        central.metric("steward_messages_accepted_total{method=\"CLICommand\"}"),
+        8.0
+    );
+}

@@ -14,12 +14,13 @@
 //! The socket lives in the data folder, readable and writable by the agent's user only, and
 //! a client of another user (root excepted) is refused: what comes through is signed with
 //! this node's key.
-//! At most [`MAX_CLIENTS`] clients are served at once; another is answered [`BUSY`].
+//! At most [`MAX_CLIENTS`] clients are served at once; another is answered [`BUSY`]. A
+//! `WAIT` client that goes away gives its place back within [`HANG_UP_CHECK`].
 
 use super::{stopping, Failure, Process, State, StopFd};
 use crate::message::parse_input;
 use crate::node::Node;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -40,6 +41,9 @@ pub const BUSY: &str = "busy: too many clients of the control socket at once; tr
 pub const NOT_YOURS: &str = "refused: only the agent's user and root may use its control socket\n";
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// While a `WAIT` client waits for its message's progress, how often it is looked at to
+/// see whether it has gone.
+const HANG_UP_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Control {
     pub node: Arc<Node>,
@@ -244,7 +248,18 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         return Ok(());
     }
     for (id, progress) in watched {
-        for p in progress.iter() {
+        loop {
+            let p = match progress.recv_timeout(HANG_UP_CHECK) {
+                Ok(p) => p,
+                Err(RecvTimeoutError::Disconnected) => break,
+                // A client gone (a `steward send` interrupted) gives its place back now,
+                // not when its message ends, which may be its ttl later: eight of them
+                // kept every other client out ("busy").
+                Err(RecvTimeoutError::Timeout) if crate::sys::hung_up(stream.as_fd()) => {
+                    return Ok(());
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+            };
             let done = matches!(p, crate::node::Progress::Finished { .. });
             let line = serde_json::json!({"id": id, "progress": p});
             stream.write_all(format!("{line}\n").as_bytes())?;
