@@ -362,3 +362,75 @@ fn a_broken_array_written_in_parts_by_a_writer_that_holds_the_file_runs_none_of_
     }
     assert_eq!(rejected.matches("# ").count(), 1, "one piece:\n{rejected}");
 }
+
+#[test]
+fn a_fan_out_too_large_to_copy_is_rejected_and_large_fan_outs_all_go_in_batches() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let fan_out = |n: usize, data: &str| {
+        let nodes: Vec<String> = (0..n).map(|i| format!("away{i}")).collect();
+        serde_json::json!([{
+            "toNodes": nodes,
+            "data": [data],
+            "commandOrEvent": "EventNACK",
+            "method": "TextLogging",
+        }])
+        .to_string()
+    };
+    // 100,000 copies of 2 KiB: 200 MB to journal from 1 MB of input (a script of 250 KiB
+    // took 25 GB, and the node was killed for its memory at every start). Rejected, kept,
+    // and the message after it goes.
+    central.append_inmsg(&format!(
+        "{}\n{}",
+        fan_out(100_000, &"x".repeat(2048)),
+        command("ship1", &["echo", "after it"])
+    ));
+    central.wait_for("replies/ship1.CLICommand.log", "after it");
+    let rejected = central.read("inmsg.rejected.txt");
+    assert!(
+        rejected.contains("toNodes makes 100000 copies of about"),
+        "{}",
+        &rejected[..rejected.len().min(600)]
+    );
+    assert!(rejected.contains("away99999"), "kept as it was written");
+    // Three within the bound, 40 MB of copies each: taken a batch at a time, every copy
+    // journaled once, at once (not left until something more is written).
+    let big = fan_out(200, &"y".repeat(200 * 1024));
+    central.append_inmsg(&format!("{big}\n{big}\n{big}\n"));
+    central.wait_until("", "journaled every copy", |_| {
+        central.metric("steward_messages_accepted_total{method=\"TextLogging\"}") >= 600.0
+    });
+    assert_eq!(
+        central.metric("steward_messages_accepted_total{method=\"TextLogging\"}"),
+        600.0
+    );
+    assert_eq!(central.read("inmsg.rejected.txt"), rejected);
+    // The same through the control socket: every copy queued, and said to be.
+    use std::io::{Read, Write};
+    let mut socket = std::os::unix::net::UnixStream::connect(central.path("steward.sock")).unwrap();
+    socket
+        .write_all(format!("{big}\n{big}\n{big}\n").as_bytes())
+        .unwrap();
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    assert_eq!(
+        answer
+            .lines()
+            .filter(|l| l.contains(r#""queued":true"#))
+            .count(),
+        600
+    );
+    assert_eq!(
+        answer.lines().count(),
+        600,
+        "{}",
+        &answer[..answer.len().min(600)]
+    );
+    assert_eq!(
+        central.metric("steward_messages_accepted_total{method=\"TextLogging\"}"),
+        1200.0
+    );
+    assert!(!ship1.path("textlog").exists());
+}

@@ -7,7 +7,7 @@
 //! is plain, else through a JSON tree ([`Message::from_value`]), which names what is wrong.
 
 use super::validate::KEYS;
-use super::{KindCheck, Message};
+use super::{KindCheck, Message, MAX_FAN_OUT_BYTES};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -33,6 +33,12 @@ pub struct Parsed {
     /// text may follow (not `at_end`): where it ends (the next line that opens an array)
     /// is not known yet, and what follows the text may be more of it.
     pub open_from: Option<usize>,
+    /// Bytes of the copies made for `toNodes` (beyond each message's first,
+    /// [`Message::copy_bytes`] each).
+    pub fanned_out: usize,
+    /// Parsing stopped before the end of the text, its values not yet looked at: the
+    /// copies made for `toNodes` reached [`MAX_FAN_OUT_BYTES`]. The rest is the next batch.
+    pub full: bool,
 }
 
 /// Parses the text of `inmsg.txt`: any number of JSON arrays of messages (or single message
@@ -127,6 +133,10 @@ fn parse_with(
         take(chunk, line, known_method, &mut parsed);
         pos = end;
         parsed.consumed = end;
+        if parsed.fanned_out >= MAX_FAN_OUT_BYTES && pos < text.len() {
+            parsed.full = true;
+            break;
+        }
     }
     parsed
 }
@@ -144,9 +154,12 @@ fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut 
         return take_tree(chunk, line, known_method, parsed);
     };
     let mut messages = Vec::with_capacity(items.len());
+    let mut fanned_out = 0;
     for item in items {
+        let before = messages.len();
         let plain =
             plain_message(item.get()).map(|m| m.for_each_node(true, known_method, &mut messages));
+        fanned_out += copies_bytes(&messages[before..]);
         if !matches!(plain, Some(Ok(()))) {
             // All of the value the full way, as it always went: splitting the array
             // checks less than a tree does (a lone surrogate, a number past a double's
@@ -156,6 +169,16 @@ fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut 
         }
     }
     parsed.messages.append(&mut messages);
+    parsed.fanned_out += fanned_out;
+}
+
+/// What the copies of one message for its `toNodes` take, beyond the first: `copies` are
+/// the messages one value of input was made into.
+fn copies_bytes(copies: &[Message]) -> usize {
+    match copies {
+        [first, rest @ ..] if !rest.is_empty() => rest.len() * first.copy_bytes(),
+        _ => 0,
+    }
 }
 
 /// `text` (one JSON value) as a message if it is a plain one: an object of known keys,
@@ -222,7 +245,10 @@ fn take_tree(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut P
     }
     for (i, item) in items.iter().enumerate() {
         match Message::from_value(item, known_method) {
-            Ok(m) => parsed.messages.extend(m),
+            Ok(m) => {
+                parsed.fanned_out += copies_bytes(&m);
+                parsed.messages.extend(m);
+            }
             Err(e) => parsed.rejected.push(Rejected {
                 text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
                     .expect("a parsed JSON value serializes"),
@@ -585,5 +611,59 @@ mod tests {
         assert_eq!(stretch_end(b"  [1]", false), None);
         assert_eq!(stretch_end(b"x\n [1]", false), Some(3));
         assert_eq!(stretch_end(b"  {\"a\":1}\n", true), None);
+    }
+
+    /// `toNodes` of `n` nodes (`ship0`…), each copy with `data_bytes` of data.
+    fn fan_out(n: usize, data_bytes: usize) -> String {
+        let nodes: Vec<String> = (0..n).map(|i| format!("ship{i}")).collect();
+        serde_json::json!([{
+            "toNodes": nodes,
+            "data": ["x".repeat(data_bytes)],
+            "commandOrEvent": "EventACK",
+            "method": "TextLogging",
+        }])
+        .to_string()
+    }
+
+    #[test]
+    fn a_fan_out_past_what_its_copies_may_take_is_rejected_and_the_rest_goes() {
+        // 100,000 copies of 10 KiB: 1 GB journaled and in memory at once, from 1 MB of input.
+        let text = format!(
+            "{}\n{}\n",
+            fan_out(100_000, 10 * 1024),
+            r#"[{"toNode":"ship1","data":["after"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#
+        );
+        let parsed = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(parsed.messages.len(), 1);
+        assert_eq!(parsed.messages[0].data, ["after"]);
+        assert_eq!(parsed.rejected.len(), 1, "{:?}", parsed.rejected);
+        let error = &parsed.rejected[0].error;
+        assert!(
+            error.contains("toNodes makes 100000 copies") && error.contains("split toNodes"),
+            "{error}"
+        );
+        assert!(!parsed.full);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_copies_it_may_make_and_the_rest_is_the_next() {
+        // Each value's copies within the bound, three of them past it: a batch takes what
+        // reaches it, the next the rest, nothing taken twice or lost.
+        let one = fan_out(20_000, 1024);
+        let text = format!("{one}\n{one}\n{one}\n");
+        let mut rest = text.as_bytes();
+        let mut batches = Vec::new();
+        loop {
+            let parsed = parse_input(rest, 1, true, &known);
+            assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+            assert!(parsed.fanned_out <= 2 * MAX_FAN_OUT_BYTES);
+            batches.push(parsed.messages.len());
+            if !parsed.full {
+                assert_eq!(parsed.consumed, rest.len());
+                break;
+            }
+            rest = &rest[parsed.consumed..];
+        }
+        assert_eq!(batches, [40_000, 20_000]);
     }
 }

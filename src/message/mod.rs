@@ -194,6 +194,14 @@ pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Most bytes of data in one message (its `data` and arguments: [`Message::data_bytes`]):
 /// commands and log lines, not file transfers.
 pub const MAX_DATA_BYTES: usize = 256 * 1024;
+/// Most bytes the copies of one message for its `toNodes` may take ([`Message::copy_bytes`]
+/// each), and most a batch of input may expand to through them: every copy is journaled,
+/// and a batch's copies are in memory at once while they are (a script of 250 KiB to
+/// 100,000 nodes was 25 GB, and the node killed for its memory at every start, reading the
+/// same input again). A batch stops at the first message past it; the rest is the next.
+pub const MAX_FAN_OUT_BYTES: usize = 64 << 20;
+/// What a copy of a message takes beyond its data, for [`MAX_FAN_OUT_BYTES`].
+pub const COPY_FIELDS_BYTES: usize = 1024;
 /// Most bytes of one message on the wire (its data plus the envelope's fields).
 pub const MAX_WIRE_BYTES: usize = MAX_DATA_BYTES + 64 * 1024;
 /// Longest message id.
@@ -273,5 +281,11 @@ impl Message {
         self.data.iter().map(|s| as_json(s)).sum::<usize>()
             + args(&self.method_args)
             + args(&self.reply_method_args)
+    }
+
+    /// About what one copy of this message for a destination of `toNodes` takes, journaled
+    /// and in memory: its data as JSON, and a kilobyte for its other fields and envelope.
+    pub fn copy_bytes(&self) -> usize {
+        self.data_json_bytes() + COPY_FIELDS_BYTES
     }
 }

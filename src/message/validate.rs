@@ -3,8 +3,8 @@
 //! anything is journaled, so an operator's mistake is reported at once rather than sent.
 
 use super::{
-    KindCheck, Message, MAX_DATA_BYTES, MAX_RETRIES, MAX_SCHEDULE_SECS, MAX_TIMEOUT_SECS,
-    MAX_TO_NODES,
+    KindCheck, Message, COPY_FIELDS_BYTES, MAX_DATA_BYTES, MAX_FAN_OUT_BYTES, MAX_RETRIES,
+    MAX_SCHEDULE_SECS, MAX_TIMEOUT_SECS, MAX_TO_NODES,
 };
 use crate::subject::{validate_name, NameError};
 use serde::Deserialize;
@@ -127,6 +127,11 @@ impl Message {
             return Err(InputError::DataAsJson { bytes });
         }
         crate::reply::check_request(&self, refusal).map_err(InputError::Reply)?;
+        let copies = to_nodes.len() + usize::from(to_node_given);
+        let each = bytes + COPY_FIELDS_BYTES;
+        if copies > 1 && copies.saturating_mul(each) > MAX_FAN_OUT_BYTES {
+            return Err(InputError::FanOut { copies, each });
+        }
         // The last destination takes the message itself (most messages have one).
         let last = match to_nodes.pop() {
             Some(last) if to_node_given => {
@@ -236,6 +241,9 @@ pub enum InputError {
     ScheduleWithoutReplyMethod,
     /// Where the result should go, or where a file should be written, is not possible.
     Reply(crate::reply::RouteError),
+    /// Copies for `toNodes` past [`MAX_FAN_OUT_BYTES`] in all: how many, and about how
+    /// large each is ([`Message::copy_bytes`]).
+    FanOut { copies: usize, each: usize },
     /// More data than [`MAX_DATA_BYTES`].
     Data { bytes: usize },
     /// Data that takes more than [`MAX_DATA_BYTES`] written as JSON (its escapes).
@@ -287,6 +295,11 @@ impl fmt::Display for InputError {
             InputError::TooManyNodes(n) => write!(
                 f,
                 "toNodes names {n} nodes; at most {MAX_TO_NODES} in one message"
+            ),
+            InputError::FanOut { copies, each } => write!(
+                f,
+                "toNodes makes {copies} copies of about {each} bytes, {} in all; at most {MAX_FAN_OUT_BYTES} for one message (each copy is journaled): split toNodes over several messages, or copy the data once (CopySrc) and send each node a short command",
+                copies.saturating_mul(*each)
             ),
             InputError::Data { bytes } => too_much_data(f, *bytes),
             InputError::DataAsJson { bytes } => write!(

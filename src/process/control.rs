@@ -219,29 +219,42 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         Some(rest) => (true, rest),
         None => (false, trimmed),
     };
-    let parsed = parse_input(body.as_bytes(), 1, true, &crate::methods::kind_refusal);
     let mut out = String::new();
-    for r in &parsed.rejected {
-        let line = serde_json::json!({"rejected": r.text, "error": r.error});
-        out.push_str(&format!("{line}\n"));
-    }
-    let targets: Vec<String> = parsed.messages.iter().map(|m| m.to_node.clone()).collect();
-    let watched = if parsed.messages.is_empty() {
-        Vec::new()
-    } else {
-        match node.accept_watched(parsed.messages) {
-            Ok(w) => w,
-            Err(e) => {
-                let line =
-                    serde_json::json!({"error": format!("cannot journal the messages: {e}")});
-                out.push_str(&format!("{line}\n"));
-                Vec::new()
+    let mut watched = Vec::new();
+    // A batch at a time, as inmsg.txt is read: one stops at the copies a batch may make
+    // for `toNodes` (see `parse_input`).
+    let (mut rest, mut first_line) = (body.as_bytes(), 1);
+    loop {
+        let parsed = parse_input(rest, first_line, true, &crate::methods::kind_refusal);
+        for r in &parsed.rejected {
+            let line = serde_json::json!({"rejected": r.text, "error": r.error});
+            out.push_str(&format!("{line}\n"));
+        }
+        let targets: Vec<String> = parsed.messages.iter().map(|m| m.to_node.clone()).collect();
+        if !parsed.messages.is_empty() {
+            match node.accept_watched(parsed.messages) {
+                Ok(w) => {
+                    for ((id, _), to) in w.iter().zip(&targets) {
+                        let line = serde_json::json!({"id": id, "toNode": to, "queued": true});
+                        out.push_str(&format!("{line}\n"));
+                    }
+                    watched.extend(w);
+                }
+                Err(e) => {
+                    let why = format!("cannot journal the messages: {e}");
+                    out.push_str(&format!("{}\n", serde_json::json!({ "error": why })));
+                    break;
+                }
             }
         }
-    };
-    for ((id, _), to) in watched.iter().zip(&targets) {
-        let line = serde_json::json!({"id": id, "toNode": to, "queued": true});
-        out.push_str(&format!("{line}\n"));
+        if !parsed.full {
+            break;
+        }
+        first_line += rest[..parsed.consumed]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        rest = &rest[parsed.consumed..];
     }
     stream.write_all(out.as_bytes())?;
     if !wait {

@@ -433,6 +433,8 @@ impl Inbox {
                 return Ok(());
             }
             let consumed = parsed.consumed;
+            // Stopped at the copies a batch may make for `toNodes`: the rest is read on.
+            let full = parsed.full;
             if !self.journal_batch(t, parsed)? {
                 return Ok(());
             }
@@ -441,7 +443,7 @@ impl Inbox {
             t.open_stretch = open_stretch;
             t.line += bytes[..consumed].iter().filter(|&&b| b == b'\n').count();
             t.offset += consumed as u64;
-            if !cut_short {
+            if !cut_short && !full {
                 return Ok(());
             }
             batches += 1;
