@@ -179,7 +179,7 @@ fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String
     if let Some(last) = &chunk.last {
         // Run again after it was put in place (this node died before it answered): the
         // temporary file is gone, and dstPath holds the file.
-        if !temp.exists() && holds(&dst, last) {
+        if !temp.exists() && holds(&dst, last, mode_for(&grant, last)) {
             return Ok(already_in_place(id, &dst, last));
         }
     }
@@ -254,7 +254,7 @@ fn finish(
         source,
     })?;
     if size != last.size || sha256 != last.sha256 {
-        if holds(dst, last) {
+        if holds(dst, last, mode_for(grant, last)) {
             // A chunk of a copy already done, written again after a restart.
             let _ = fs::remove_file(temp);
             return Ok(already_in_place(id, dst, last));
@@ -281,10 +281,7 @@ fn finish(
             .report_error(format!("{}: {why}", ctx.config.node));
         return Err(why);
     }
-    let mode = match grant.mode {
-        "" => last.mode,
-        asked => super::parse_mode(asked)?,
-    } & 0o777;
+    let mode = mode_for(grant, last)?;
     let dir = dst.parent().unwrap_or(Path::new("/"));
     let placed = file
         .set_permissions(fs::Permissions::from_mode(mode))
@@ -325,13 +322,42 @@ fn already_in_place(id: &str, dst: &Path, last: &Last) -> String {
     )
 }
 
-/// Whether `path` holds exactly the file `last` describes.
-fn holds(path: &Path, last: &Last) -> bool {
-    let Ok(file) = File::open(path) else {
+/// The permission bits a copy's file is put in place with: those asked for, or the
+/// source file's.
+fn mode_for(grant: &CopyGrant, last: &Last) -> Result<u32, CopyDstError> {
+    let mode = match grant.mode {
+        "" => last.mode,
+        asked => super::parse_mode(asked)?,
+    };
+    Ok(mode & 0o777)
+}
+
+/// Whether `path` is the file `last` describes as this copy put it in place (a chunk run
+/// again after that): a file of this node's user alone, of the `mode` asked for (`Err`: a
+/// mode that cannot be, so none is), and exactly these bytes. Anything else there is
+/// replaced by the copy's own: a link, or a file of the same bytes someone else left
+/// (the copy would have said "in place" of what they still own, its mode not the one
+/// asked for), or a FIFO (opening it waited for a writer for ever, and the copy's lane
+/// with it).
+fn holds(path: &Path, last: &Last, mode: Result<u32, CopyDstError>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mode) = mode else {
         return false;
     };
-    file.metadata().is_ok_and(|m| m.len() == last.size)
-        && digest(&file).is_ok_and(|(size, sha)| size == last.size && sha == last.sha256)
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    file.metadata().is_ok_and(|m| {
+        m.is_file()
+            && m.nlink() == 1
+            && m.uid() == crate::sys::euid()
+            && m.mode() & 0o777 == mode
+            && m.len() == last.size
+    }) && digest(&file).is_ok_and(|(size, sha)| size == last.size && sha == last.sha256)
 }
 
 /// The temporary file of copy `id` from `source` to `dst`: beside it, hidden, named after

@@ -313,7 +313,9 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, CopySrcError> {
     let mut held: Option<Chunk> = None;
     let mut offset = 0u64;
     loop {
-        let want = CHUNK_BYTES.min((size - offset) as usize);
+        // In u64 first: on a 32-bit node, what is left of a file past 4 GiB wrapped to a
+        // chunk of nothing, and empty chunks were queued until the disk was full.
+        let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
         let bytes = read_up_to(&mut file, want).map_err(cannot_read)?;
         hasher.update(&bytes);
         let n = bytes.len();

@@ -453,3 +453,83 @@ fn a_copy_s_errors_say_what_they_said_as_text_and_keep_the_system_s_error_as_sou
         "bad mode \"4755\": give permission bits in octal, at most 0777 (e.g. \"0644\")"
     );
 }
+
+#[test]
+fn a_file_of_the_same_bytes_someone_left_at_the_destination_is_replaced_not_taken_as_placed() {
+    let p = pair(1000);
+    let asked = request("out/file.bin", "incoming/file.bin", Some("0600"));
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    let chunks = queued(&p.source);
+    assert_eq!(
+        chunks.len(),
+        1,
+        "one chunk, the last: no temporary file before it"
+    );
+    let root = p.dest.data.root.clone();
+    std::fs::create_dir_all(root.join("incoming")).unwrap();
+    // Another user's file of the same bytes, writable by all, reached through a link: the
+    // copy said "already in place", and the file at dstPath stayed theirs.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let theirs = elsewhere.path().join("theirs");
+    std::fs::write(&theirs, &p.bytes).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::symlink(&theirs, root.join("incoming/file.bin")).unwrap();
+    let out = deliver(&p.dest, &chunks, 5);
+    assert_eq!(out[0].status, Status::Ok, "{}", out[0].output);
+    assert!(out[0].output.contains("in place"), "{}", out[0].output);
+    assert!(!out[0].output.contains("already"), "{}", out[0].output);
+    let meta = std::fs::symlink_metadata(root.join("incoming/file.bin")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read(root.join("incoming/file.bin")).unwrap(),
+        p.bytes
+    );
+    // The same bytes, but not the mode asked for: put in place again, with it.
+    std::fs::set_permissions(
+        root.join("incoming/file.bin"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let again = request("out/file.bin", "incoming/file.bin", Some("0600"));
+    assert_eq!(
+        CopySrc.handle(&again, &p.source.context()).status,
+        Status::Ok
+    );
+    let out = deliver(&p.dest, &queued(&p.source), 5);
+    assert!(!out[0].output.contains("already"), "{}", out[0].output);
+    let mode = std::fs::metadata(root.join("incoming/file.bin"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_fifo_at_the_destination_does_not_hold_up_the_copy() {
+    let p = pair(1000);
+    let asked = request("out/file.bin", "incoming/file.bin", None);
+    assert_eq!(
+        CopySrc.handle(&asked, &p.source.context()).status,
+        Status::Ok
+    );
+    let chunks = queued(&p.source);
+    let root = p.dest.data.root.clone();
+    std::fs::create_dir_all(root.join("incoming")).unwrap();
+    let fifo = root.join("incoming/file.bin");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    // Opening it to compare waited for a writer for ever, and the copy's lane with it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(deliver(&p.dest, &chunks, 5));
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("answered, not blocked opening the FIFO");
+    assert_eq!(out[0].status, Status::Ok, "{}", out[0].output);
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().is_file());
+}
