@@ -822,3 +822,46 @@ fn a_long_command_on_a_node_that_came_back_is_acked_when_it_ends_whatever_its_he
         "run once"
     );
 }
+
+/// Nodes away, each with a command of an hour's attempt, and `--maxPublishers` threads
+/// in all: their lanes give their thread up between sends, so a node that answers is not
+/// held up (it waited out the hour), and one that comes back gets its command within the
+/// same attempt.
+#[test]
+fn nodes_away_in_long_attempts_do_not_hold_up_the_nodes_that_answer() {
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut ship2 = Node::start("ship2", &nats.address(), &[]);
+    ship2.kill9();
+    let central = Node::start("central", &nats.address(), &["--maxPublishers=1"]);
+    for to in ["ghost0", "ship2", "ghost1"] {
+        central.append_inmsg(&format!(
+            r#"[{{"toNode":"{to}","data":["echo","back at {to}"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":3600}}]"#
+        ));
+    }
+    central.wait_status("a lane away in its attempt", |t| {
+        t.lines().any(|l| l.starts_with("publisher ghost0"))
+    });
+    let asked = Instant::now();
+    central.append_inmsg(&command("ship1", &["echo", "served"]));
+    central.wait_for("replies/ship1.CLICommand.log", "served");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "ship1 waited {:?}",
+        asked.elapsed()
+    );
+    let back = Instant::now();
+    ship2.restart();
+    central.wait_for("replies/ship2.CLICommand.log", "back at ship2");
+    assert!(
+        back.elapsed() < Duration::from_secs(30),
+        "ACKed {:?} after ship2 was back",
+        back.elapsed()
+    );
+    let log = central.log();
+    assert!(
+        log.contains("ship2.CommandACK.CLICommand: attempt 1 ")
+            && !log.contains("ship2.CommandACK.CLICommand: attempt 2"),
+        "one attempt, gone on with: {log}"
+    );
+}

@@ -215,7 +215,10 @@ impl Publisher {
         let node = &self.node;
         let message = &entry.envelope.message;
         let timeout = ack_wait(message, node.config.default_timeout);
-        let made = self.slot().attempts_made;
+        let (made, mut continued) = {
+            let mut slot = self.slot();
+            (slot.attempts_made, slot.attempt_deadline.take())
+        };
         let mut rules = self.rules_for(entry).resumed(made);
         let payload = wire_form(&node.identity, entry);
         let subject = self.subject.to_string();
@@ -230,7 +233,15 @@ impl Publisher {
                 return Delivery::Failed(why);
             }
             let epoch = node.broker.epoch();
-            let attempt = self.announce(&mut rules, entry, timeout);
+            // An attempt this lane gave its thread up in the middle of goes on (counted
+            // once), until its own deadline.
+            let (attempt, deadline) = match continued.take() {
+                Some(deadline) => (rules.made(), deadline),
+                None => (
+                    self.announce(&mut rules, entry, timeout),
+                    Instant::now() + timeout,
+                ),
+            };
             let id = &entry.envelope.id;
             let accept = |bytes: &[u8]| match Reply::decode(bytes) {
                 Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
@@ -245,7 +256,7 @@ impl Publisher {
                 reply_subject,
                 &message.to_node,
                 &payload,
-                timeout,
+                (timeout, deadline),
                 stop,
                 true,
                 &mut sigs,
@@ -255,6 +266,20 @@ impl Publisher {
                 Attempt::Acked(reply) => return Delivery::Acked(reply),
                 Attempt::Stopped => return Delivery::Stopped,
                 Attempt::Failed(why) => why,
+                Attempt::Yielded { resend, deadline } => {
+                    log::info!(
+                        "{subject}: attempt {attempt} of {}: {} is not there; other lanes have the thread until it sends again",
+                        entry.envelope.id,
+                        message.to_node
+                    );
+                    let mut slot = self.slot();
+                    slot.attempts_made = rules.made();
+                    slot.attempt_deadline = Some(deadline);
+                    return Delivery::Parked {
+                        until: resend,
+                        hello: node.presence.waiter(&message.to_node),
+                    };
+                }
             };
             let now = crate::files::unix_millis();
             let described = rules.describe(now);
@@ -299,9 +324,9 @@ impl Publisher {
         }
     }
 
-    /// One attempt: publish `payload`, then wait up to `timeout` for a reply on
-    /// `reply_subject` that is signed by `to`, bound to one of this message's sends
-    /// (`sigs`, to which this attempt's are added), and that `accept` takes.
+    /// One attempt (of `timeout`, ending at `deadline`): publish `payload`, then wait for
+    /// a reply on `reply_subject` that is signed by `to`, bound to one of this message's
+    /// sends (`sigs`, to which this attempt's are added), and that `accept` takes.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
         &self,
@@ -309,13 +334,14 @@ impl Publisher {
         reply_subject: &str,
         to: &str,
         payload: &[u8],
-        timeout: Duration,
+        (timeout, deadline): (Duration, Instant),
         stop: &Receiver<()>,
         single: bool,
         sigs: &mut Sends,
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
-        let request = self.request(reply_subject, to, payload, timeout);
+        let mut request = self.request(reply_subject, to, payload, timeout);
+        request.deadline = deadline;
         if let Err(e) = self.publish(&request, None, sigs) {
             return Attempt::Failed(format!("cannot publish: {e}"));
         }
@@ -407,6 +433,23 @@ impl Publisher {
         // pause, each Hello); one that found a listener goes again only at a Hello now and
         // then (see below).
         let mut unheard = false;
+        // Whether any send of this attempt may have been taken (not answered "no
+        // responders"): then it may run there, and the lane keeps its thread for the reply.
+        let mut heard = false;
+        // Every send unheard so far, and other lanes waiting for a thread: this one gives
+        // its thread up until it sends again (a thousand ships away, each with an hour's
+        // attempt, held every thread `--maxPublishers` allows, and the nodes that answer
+        // waited out their hour).
+        let give_way = |unheard: bool, heard: bool, resend: Option<Instant>| {
+            let wanted = self
+                .node
+                .publishers_wanted
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (single && unheard && !heard && wanted).then(|| Attempt::Yielded {
+                resend: resend.map_or(deadline, |at| at.min(deadline)),
+                deadline,
+            })
+        };
         // Taken now: a Hello during the attempt is not missed (it drops the signal).
         let mut hello = self.node.presence.waiter(to);
         let mut hello_sent: Option<Instant> = None;
@@ -433,6 +476,9 @@ impl Publisher {
                         if resend.is_none() {
                             resend = Some(Instant::now() + pause);
                             pause = (pause * 3).min(LATE_RESEND);
+                        }
+                        if let Some(yielded) = give_way(unheard, heard, resend) {
+                            return yielded;
                         }
                         continue;
                     }
@@ -491,11 +537,18 @@ impl Publisher {
                     }
                 },
                 recv(stop) -> _ => return Attempt::Stopped,
+                // A word that lanes wait for a thread, or a new message (kept waiting).
+                recv(self.wake) -> _ => {
+                    if let Some(yielded) = give_way(unheard, heard, resend) {
+                        return yielded;
+                    }
+                },
                 recv(crossbeam_channel::at(wake)) -> _ => {
                     if Instant::now() < deadline {
                         resend = None;
                         if !unheard {
                             sigs.heard();
+                            heard = true;
                         }
                         unheard = false;
                         last_sent = Instant::now();

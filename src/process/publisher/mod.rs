@@ -77,6 +77,10 @@ pub struct Slot {
     entries: Vec<Entry>,
     /// Attempts made at the first entry by a publisher that gave its thread up.
     attempts_made: u32,
+    /// When the attempt at the first entry ends, if its publisher gave its thread up in the
+    /// middle of it (every send answered "no responders", and other lanes waiting for a
+    /// thread): the lane's next publisher goes on with it, not with a new one.
+    attempt_deadline: Option<Instant>,
     /// Ids whose reply, or failed-messages.txt record, is written and whose finish is not:
     /// a publisher restarted in between (a full disk) does not write them again.
     replies_written: HashSet<String>,
@@ -87,6 +91,7 @@ impl Slot {
     /// The first `n` messages are finished: out of the slot.
     fn done(&mut self, n: usize) {
         self.attempts_made = 0;
+        self.attempt_deadline = None;
         let gone = self.entries.drain(..n);
         // Nearly always empty (a publisher restarted in between fills them): no hashing.
         if self.replies_written.is_empty() && self.failed_written.is_empty() {
@@ -113,6 +118,13 @@ enum Attempt<T> {
     Acked(T),
     Failed(String),
     Stopped,
+    /// Given up for now, its thread wanted by other lanes (`--maxPublishers`): every send
+    /// was answered "no responders", so nothing of it runs anywhere. It goes on at
+    /// `resend` (or the destination's Hello) until `deadline`. Single messages only.
+    Yielded {
+        resend: Instant,
+        deadline: Instant,
+    },
 }
 
 /// How delivering one message ended.
@@ -350,6 +362,7 @@ impl Process for Publisher {
                     unfinished = Some((batch, acked));
                 }
                 Attempt::Stopped => return Ok(()),
+                Attempt::Yielded { .. } => unreachable!("only a single message's attempt yields"),
                 Attempt::Failed(why) => {
                     let method = batch[0].envelope.message.method.as_str();
                     self.node
