@@ -4,7 +4,7 @@
 
 use crate::common;
 use common::raw::{envelope, Raw};
-use common::{key_of, NatsServer, Node};
+use common::{key_of, wait_until, NatsServer, Node};
 use std::time::{Duration, Instant};
 
 /// Waits until `node`'s journal holds nothing pending: everything it sent (results too) has
@@ -399,4 +399,55 @@ fn a_result_central_never_asked_for_is_refused_and_reported() {
         .all(|m| String::from_utf8_lossy(&m.data).contains("refused")));
     common::report("results never asked for", 6, 0, 0);
     drop(ship1);
+}
+
+/// A publisher with no thread, in line for one (`--maxPublishers`), is stopped when an
+/// operator stops it: it said "not running", and ran in its turn.
+#[test]
+fn op_process_stop_stops_a_publisher_waiting_its_turn() {
+    let nats = NatsServer::start();
+    let _ship2 = Node::start(
+        "ship2",
+        &nats.address(),
+        &["--allowCommandsFrom=central,ship1:CLICommand"],
+    );
+    let ship1 = Node::start("ship1", &nats.address(), &["--maxPublishers=1"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let ghost = "ghost.EventACK.TextLogging";
+    let attempts = || ship1.log().matches(&format!("{ghost}: attempt")).count();
+    // A lane to a node that is not there, pausing between attempts...
+    ship1.append_inmsg(
+        r#"[{"toNode":"ghost","data":["x"],"commandOrEvent":"EventACK","method":"TextLogging","timeout":1,"ttl":600}]"#,
+    );
+    wait_until("ghost's first attempt failed", || attempts() > 0);
+    // ... gives its thread up to a lane to ship2, whose command runs 15 s, and waits its
+    // turn once its pause is over.
+    ship1.append_inmsg(
+        r#"[{"toNode":"ship2","data":["sleep","15"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":60}]"#,
+    );
+    ship1.wait_status("ghost's lane in line", |t| {
+        t.lines().any(|l| {
+            l.starts_with(&format!("publisher {ghost}")) && l.contains("waiting for its turn")
+        })
+    });
+    // Its pause (1 to 2 s) over: in line now, not parked.
+    std::thread::sleep(Duration::from_secs(4));
+    let ended = central.send_and_wait(&format!(
+        r#"[{{"toNode":"ship1","data":["publisher {ghost}"],"commandOrEvent":"CommandACK","method":"OpProcessStop"}}]"#
+    ));
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    let answer = central.read("replies/ship1.OpProcessStop.log");
+    assert!(answer.contains("stopped; its messages stay"), "{answer}");
+    let before = attempts();
+    // Once ship2's command is done, the thread is free: the stopped lane does not take it.
+    ship1.wait_until("", "ship2's command done", |_| {
+        ship1.path("replies/ship2.CLICommand.log").exists()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(attempts(), before, "{}", ship1.log());
+    ship1.wait_status("ghost's lane stopped", |t| {
+        t.lines().any(|l| {
+            l.starts_with(&format!("publisher {ghost}")) && l.contains("stopped by OpProcessStop")
+        })
+    });
 }

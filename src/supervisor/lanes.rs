@@ -59,6 +59,16 @@ impl Waiting {
         }
     }
 
+    /// Takes `lane` out of line (stopped by an operator): whether it was in it.
+    pub(super) fn remove(&mut self, lane: &Subject) -> bool {
+        if !self.queued.remove(lane) {
+            return false;
+        }
+        self.lanes.retain(|l| l != lane);
+        self.again.retain(|l| l != lane);
+        true
+    }
+
     fn pop(&mut self) -> Option<Subject> {
         self.turns = self.turns.saturating_add(1);
         let again_now = self.turns >= AGAIN_EVERY || self.lanes.is_empty();
@@ -285,5 +295,12 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| w.pop()).map(|l| l.node).collect();
         let at = order.iter().position(|n| n == "away1").unwrap();
         assert!(at < AGAIN_EVERY as usize, "{order:?}");
+        // One stopped by an operator leaves the line, wherever it waits.
+        w.push(lane("ship1"));
+        w.push_again(lane("away1"));
+        assert!(w.remove(&lane("away1")) && !w.remove(&lane("away1")));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.pop().unwrap().node, "ship1");
+        assert!(w.pop().is_none());
     }
 }

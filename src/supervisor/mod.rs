@@ -412,6 +412,17 @@ impl Supervisor {
                 continue;
             };
             if e.restart_at.is_some_and(|t| t <= now) {
+                if let Some((lane, _)) = e
+                    .lane
+                    .clone()
+                    .filter(|_| self.publishers >= self.node.config.max_publishers)
+                {
+                    // Its thread was taken meanwhile by a lane that waited: in line again.
+                    log::info!("restarting process {name} in its turn (--maxPublishers)");
+                    e.restart_at = None;
+                    self.waiting.push(lane);
+                    continue;
+                }
                 log::info!("restarting process {name}");
                 self.launch(&name);
             } else if e.thread.is_none()

@@ -88,13 +88,25 @@ impl Supervisor {
             });
         }
         let done = |text: String| Ok(Stopped(text));
-        if e.thread.is_none() && e.parked_until.take().is_some() {
-            // Parked (its thread given up while it pauses): it stays stopped.
+        // No thread, and one to come: parked (its thread given up while it pauses), in
+        // line for one (`--maxPublishers`), or waiting to be restarted after a failure. It
+        // stays stopped (it said "not running", and ran again in its turn).
+        let to_come = e.thread.is_none()
+            && e.stopped_by.is_none()
+            && (e.parked_until.take().is_some()
+                | e.restart_at.take().is_some()
+                | e.lane.as_ref().is_some_and(|(l, _)| self.waiting.remove(l)));
+        if to_come {
             e.stopped_by = Some(by.to_string());
             e.state.set(format!("stopped by OpProcessStop from {by}"));
             log::warn!("{name} stopped by OpProcessStop from {by}");
-            if let Some((lane, _)) = e.lane.clone() {
+            let lane = e.lane.clone();
+            if let Some((lane, _)) = lane {
                 self.unparked(&lane.node, name);
+            } else {
+                return done(format!(
+                    "{name} on {node} stopped until the next start of {node}"
+                ));
             }
             return done(format!("{name} on {node} stopped; its messages stay in the journal, and it starts again with its lane's next message or the next start of {node}"));
         }
