@@ -331,6 +331,12 @@ pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// The calling thread's id (`gettid`): unique among the threads alive at once.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid takes nothing and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// This process's effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes nothing and cannot fail.

@@ -47,10 +47,12 @@ impl Method for File {
                 let limits = &ctx.log_budget.limits;
                 return crate::files::append_rotating(path, bytes, limits.rotate_at, limits.keep);
             }
-            // `.<fileName>.tmp`: a fileName never starts with '.', so no file a sender
-            // names can be in its way, and two names never share one.
+            // `.<fileName>.<thread>.tmp`: a fileName never starts with '.', so no file a
+            // sender names can be in its way, two names never share one, and nor do two
+            // writes of one name at once (its sender's EventACK and EventNACK lanes: with
+            // one temporary file, one write failed, or put a mix of both in place).
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let tmp = path.with_file_name(format!(".{name}.tmp"));
+            let tmp = path.with_file_name(format!(".{name}.{}.tmp", crate::sys::thread_id()));
             crate::files::write_atomically_through(path, &tmp, bytes)
         })
     }
@@ -88,5 +90,51 @@ fn write(
     match how(&path, text.as_bytes()) {
         Ok(()) => Outcome::ok(format!("{} bytes to {}", text.len(), path.display())),
         Err(e) => Outcome::error(format!("cannot write {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::node::tests::offline_node_named;
+
+    #[test]
+    fn two_writes_of_one_file_at_once_leave_one_of_them_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = offline_node_named(dir.path(), "central");
+        // ship1's EventACK and EventNACK lanes, each with a handler of its own, writing
+        // the same file: with one temporary file between them, a write failed (the other
+        // had renamed it away), or the file put in place was a mix of both.
+        let write = |kind: Kind, fill: char| {
+            let mut message = Message::new(
+                "central",
+                kind,
+                "File",
+                vec![fill.to_string().repeat(1 << 20)],
+            );
+            message.directory = Some("m".into());
+            message.file_name = Some("x.txt".into());
+            let envelope = Envelope {
+                id: format!("ship1-{fill}"),
+                from_node: "ship1".into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message,
+            };
+            for _ in 0..20 {
+                let out = File { append: false }.handle(&envelope, &node.context());
+                assert_eq!(out.status, crate::message::Status::Ok, "{}", out.output);
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| write(Kind::EventAck, 'a'));
+            s.spawn(|| write(Kind::EventNack, 'b'));
+        });
+        let text = std::fs::read_to_string(dir.path().join("m/ship1/x.txt")).unwrap();
+        let whole =
+            |c: char| text.len() == (1 << 20) + 1 && text.trim_end().chars().all(|x| x == c);
+        assert!(whole('a') || whole('b'), "a mix of both");
     }
 }
