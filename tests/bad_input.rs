@@ -434,3 +434,43 @@ fn a_fan_out_too_large_to_copy_is_rejected_and_large_fan_outs_all_go_in_batches(
     );
     assert!(!ship1.path("textlog").exists());
 }
+
+#[test]
+fn a_link_or_a_fifo_in_the_place_of_a_taken_inbox_file_is_reported_not_read() {
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    central.kill9();
+    // What a FIFO or a link put in inmsg.txt's place as it was taken leaves: a FIFO waited
+    // for a writer for ever (the inbox with it, at every start), a link was read through.
+    let fifo = central.path("inmsg.taking-00000000000000000001");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("messages.json");
+    std::fs::write(&target, command("ship1", &["echo", "through a link"])).unwrap();
+    let link = central.path("inmsg.taking-00000000000000000002");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    central.restart();
+    central.append_inmsg(&command("ship1", &["echo", "after them"]));
+    central.wait_for("replies/ship1.CLICommand.log", "after them");
+    central.wait_count("errors.log", "is not a regular file", 2);
+    assert!(!central
+        .read("replies/ship1.CLICommand.log")
+        .contains("through a link"));
+    central.wait_until("", "removed the FIFO and the link", |_| {
+        std::fs::symlink_metadata(&fifo).is_err() && std::fs::symlink_metadata(&link).is_err()
+    });
+    let reports = central.read("errors.log");
+    assert_eq!(
+        reports.matches("is not a regular file").count(),
+        2,
+        "{reports}"
+    );
+    assert!(std::fs::read_to_string(&target)
+        .unwrap()
+        .contains("through a link"));
+}

@@ -32,6 +32,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -320,12 +321,30 @@ impl Inbox {
             .collect())
     }
 
+    /// A taken file that is not one (a link or a FIFO put in inmsg.txt's place as it was
+    /// taken): reported, not read, and done with (its name removed; a link's target stays).
+    fn not_a_file(&self, t: &Taken) -> bool {
+        self.node.report_error(format!(
+            "{}: {} is not a regular file (a link or a FIFO put in the place of inmsg.txt as it was taken): not read",
+            self.node.config.node,
+            t.path.display()
+        ));
+        true
+    }
+
     /// Reads on in a taken file. Returns true once it is fully taken: read to its end with
     /// no writer left (or gone), to be finished ([`Inbox::finish`]).
     fn read_on(&self, t: &mut Taken) -> Result<bool, Error> {
-        let mut file = match File::open(&t.path) {
+        // Not through a link, and not waiting on a FIFO for a writer: inmsg.txt was looked
+        // at before it was renamed, and either can be put in its place between the two.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&t.path);
+        let mut file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(self.not_a_file(t)),
             Err(source) => {
                 return Err(Error::Open {
                     path: t.path.clone(),
@@ -333,13 +352,14 @@ impl Inbox {
                 })
             }
         };
-        let size = file
-            .metadata()
-            .map_err(|source| Error::Read {
-                path: t.path.clone(),
-                source,
-            })?
-            .len();
+        let meta = file.metadata().map_err(|source| Error::Read {
+            path: t.path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Ok(self.not_a_file(t));
+        }
+        let size = meta.len();
         if size != t.size_seen {
             t.size_seen = size;
             t.changed = Instant::now();

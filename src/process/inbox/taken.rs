@@ -271,8 +271,9 @@ impl Inbox {
 /// Whether a fully read taken file has grown since (a writer that held it unseen, where
 /// leases are not allowed); one removed meanwhile has not.
 fn grown(t: &Taken) -> Result<bool, Error> {
-    match fs::metadata(&t.path) {
-        Ok(m) => Ok(m.len() > t.offset),
+    // Not through a link: a taken file is never one (see `Inbox::not_a_file`).
+    match fs::symlink_metadata(&t.path) {
+        Ok(m) => Ok(m.is_file() && m.len() > t.offset),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(Error::Read {
             path: t.path.clone(),
