@@ -20,7 +20,18 @@ fn wait(what: &str, limit: Duration, ok: impl Fn() -> bool) {
 /// Node `name` with its data folder on a tmpfs of `size` (a disk that fills), started;
 /// `None` (said, under `tag`) where a tmpfs cannot be mounted (not root).
 fn on_a_small_disk(name: &str, nats: &NatsServer, size: &str, tag: &str) -> Option<(Node, Tmpfs)> {
-    let mut node = Node::prepare(&[], name, &nats.address(), &[]);
+    on_a_small_disk_with(name, nats, size, tag, &[])
+}
+
+/// As [`on_a_small_disk`], with `extra` flags.
+fn on_a_small_disk_with(
+    name: &str,
+    nats: &NatsServer,
+    size: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Option<(Node, Tmpfs)> {
+    let mut node = Node::prepare(&[], name, &nats.address(), extra);
     let Some(disk) = Tmpfs::mount(node.data(), size) else {
         eprintln!("[{tag}] skipped: mounting a tmpfs needs root");
         return None;
@@ -384,4 +395,45 @@ fn streamed_output_stops_being_journaled_below_the_floor() {
     );
     assert!(sent <= 2.0, "{sent} results journaled below the floor");
     assert!(ship1.is_running());
+}
+
+#[test]
+fn rejected_input_is_kept_once_however_often_its_batch_waits_for_room() {
+    let _one_at_a_time = common::serial();
+    let nats = NatsServer::start();
+    // No floor: intake reads on a nearly full disk, and its journal write is what fails.
+    let Some((central, disk)) = on_a_small_disk_with(
+        "central",
+        &nats,
+        "16m",
+        "rejected_once",
+        &["--minFreeBytesForLogs=0", "--maxPublishers=4"],
+    ) else {
+        return;
+    };
+    let filler = disk.leave_free(160 * 1024);
+    // A line of garbage, kept in inmsg.rejected.txt, and 50 kB of input that the journal
+    // takes as 3 MB of copies, for which it has no room: the batch waits, and is read
+    // again at every try.
+    let nodes: Vec<String> = (0..4000).map(|i| format!("away{i}")).collect();
+    let copies = serde_json::json!([{
+        "toNodes": nodes,
+        "data": ["x".repeat(300)],
+        "commandOrEvent": "EventNACK",
+        "method": "TextLogging",
+    }]);
+    central.append_inmsg(&format!("not a message\n{copies}\n"));
+    central.wait_for("inmsg.rejected.txt", "not a message");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        central.metric("steward_messages_accepted_total{method=\"TextLogging\"}"),
+        0.0,
+        "no room, and yet journaled"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    wait("the copies journaled", Duration::from_secs(30), || {
+        central.metric("steward_messages_accepted_total{method=\"TextLogging\"}") >= 4000.0
+    });
+    let kept = central.read("inmsg.rejected.txt");
+    assert_eq!(kept.matches("not a message").count(), 1, "{kept}");
 }

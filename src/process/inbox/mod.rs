@@ -86,6 +86,11 @@ struct Taken {
     /// A rejected stretch runs to the end of what the file held, up to this size: left
     /// unconsumed (its end not known yet), and read again only once it may have ended.
     open_stretch: Option<u64>,
+    /// How many rejected pieces of the batch read at which offset are kept in
+    /// inmsg.rejected.txt already: a batch not journaled (a full disk) is read again from
+    /// there, and its pieces were kept again at every try. In memory only: a restart
+    /// between the two keeps them twice.
+    kept_rejected: Option<(u64, usize)>,
 }
 
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
@@ -216,6 +221,7 @@ impl Process for Inbox {
                     paused: false,
                     skipping: false,
                     open_stretch: None,
+                    kept_rejected: None,
                 });
             }
             let mut i = 0;
@@ -316,6 +322,7 @@ impl Inbox {
                     paused: false,
                     skipping: false,
                     open_stretch: None,
+                    kept_rejected: None,
                 }
             })
             .collect())
@@ -602,8 +609,15 @@ impl Inbox {
     fn journal_batch(&self, t: &mut Taken, parsed: Parsed) -> Result<bool, Error> {
         let offset = t.offset + parsed.consumed as u64;
         let count = parsed.messages.len();
-        let written = self
-            .reject(&parsed.rejected)
+        let skip = match t.kept_rejected {
+            Some((at, n)) if at == t.offset => n.min(parsed.rejected.len()),
+            _ => 0,
+        };
+        let kept = self.reject(&parsed.rejected[skip..]);
+        if kept.is_ok() {
+            t.kept_rejected = Some((t.offset, parsed.rejected.len()));
+        }
+        let written = kept
             .map_err(|source| Error::KeepRejected {
                 path: self.node.data.rejected(),
                 source,
@@ -652,7 +666,8 @@ impl Inbox {
                 r.text.trim_end()
             ));
         }
-        crate::files::append(&path, text.as_bytes(), true)?;
+        // Whole or not at all: a piece cut by a full disk was glued to the next.
+        crate::files::append_shared(&path, text.as_bytes())?;
         self.node
             .metrics
             .rejected_input
