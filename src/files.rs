@@ -83,6 +83,11 @@ impl DataFolder {
     pub fn startup(&self) -> PathBuf {
         self.root.join("startup")
     }
+    /// Which startup messages the last starts journaled, while they wait to be delivered
+    /// (see [`crate::startup`]).
+    pub fn startup_sent(&self) -> PathBuf {
+        self.root.join("startup-sent.json")
+    }
     /// The schedules this node runs, and where each stands.
     pub fn schedules(&self) -> PathBuf {
         self.root.join("schedules.json")

@@ -13,10 +13,19 @@
 //! A file (or the folder) that users other than its owner may write is refused, and so is
 //! a symbolic link: whoever writes here runs commands as this node. A bad file or message
 //! is reported to central and skipped; the rest still go.
+//!
+//! A start's messages go through the broker, even to this node itself: while it is away,
+//! they wait in the journal. A start that finds the same message of an earlier start
+//! still waiting does not send it again (`startup-sent.json` says which of the journal's
+//! messages came from here): a ship restarted five times while its link was down ran its
+//! one-shot boot command five times once it was back.
 
 use crate::message::Message;
 use crate::node::Node;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -62,15 +71,99 @@ pub fn send(node: &Node) -> usize {
             Err(why) => node.report_error(format!("{me}: {}: refused: {why}", path.display())),
         }
     }
+    let (messages, mut waiting) = not_waiting_yet(node, messages);
     let count = messages.len();
     if count > 0 {
-        if let Err(e) = node.accept(messages, None) {
-            node.report_error(format!("{me}: cannot journal the startup messages: {e}"));
-            return 0;
-        }
+        let digests: Vec<String> = messages.iter().map(digest).collect();
+        let placed = match node.accept_placed(messages) {
+            Ok(placed) => placed,
+            Err(e) => {
+                node.report_error(format!("{me}: cannot journal the startup messages: {e}"));
+                return 0;
+            }
+        };
+        waiting.extend(
+            placed
+                .into_iter()
+                .zip(digests)
+                .map(|((lane, seq), digest)| Sent { lane, seq, digest }),
+        );
         log::info!("{me}: sent {count} message(s) from {}", dir.display());
     }
+    let path = node.data.startup_sent();
+    let written = serde_json::to_vec(&waiting)
+        .map_err(std::io::Error::from)
+        .and_then(|bytes| crate::files::write_atomically(&path, &bytes));
+    if let Err(e) = written {
+        // Only costs a start's messages sent again while these still wait.
+        log::warn!("{me}: cannot write {}: {e}", path.display());
+    }
     count
+}
+
+/// A startup message journaled, not yet delivered: where it is in the journal, and what
+/// it is ([`digest`]).
+#[derive(Serialize, Deserialize)]
+struct Sent {
+    lane: String,
+    seq: u64,
+    digest: String,
+}
+
+/// A message's identity as a startup file gives it: the SHA-256 of its JSON.
+fn digest(m: &Message) -> String {
+    let json = serde_json::to_vec(m).expect("a message serializes");
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Of this start's `messages`, those no earlier start's copy of waits for in the journal;
+/// and the earlier starts' that still wait.
+fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Sent>) {
+    let path = node.data.startup_sent();
+    let earlier: Vec<Sent> = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            crate::files::set_aside(
+                &path,
+                &e.to_string(),
+                "and the startup messages still waiting may be sent twice",
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    let waiting: Vec<Sent> = {
+        let journal = node.journal();
+        earlier
+            .into_iter()
+            .filter(|s| journal.unfinished(&s.lane, s.seq))
+            .collect()
+    };
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for s in &waiting {
+        *copies.entry(s.digest.as_str()).or_default() += 1;
+    }
+    let before = messages.len();
+    let fresh: Vec<Message> = messages
+        .into_iter()
+        .filter(|m| match copies.get_mut(digest(m).as_str()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if fresh.len() < before {
+        log::info!(
+            "{}: {} startup message(s) of an earlier start still wait to be delivered: not sent again",
+            node.config.node,
+            before - fresh.len()
+        );
+    }
+    (fresh, waiting)
 }
 
 /// Why a startup file or folder may not be trusted, if it may not.

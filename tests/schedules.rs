@@ -201,3 +201,59 @@ fn a_startup_file_sends_boot_at_each_start_and_starts_one_schedule_not_one_per_s
         .read("textlog/ship1.log")
         .contains("from an open file"));
 }
+
+/// A ship restarted while its link is down: each start's startup messages wait in its
+/// journal. Once it is back, a one-shot boot command runs once, not once per start.
+#[test]
+fn startup_messages_of_starts_while_the_broker_is_away_go_once_when_it_is_back() {
+    let mut nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    nats.stop();
+    let mut ship1 = Node::start_unconnected(
+        "ship1",
+        &nats.address(),
+        &["--allowCommandsFrom=central,ship1"],
+    );
+    ship1.terminate();
+    let ran = ship1.path("ran.txt");
+    std::fs::create_dir(ship1.path("startup")).unwrap();
+    std::fs::write(
+        ship1.path("startup/boot.json"),
+        format!(
+            r#"[{{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}},
+                {{"toNode":"local","data":["sh","-c","echo ran >> {}"],"commandOrEvent":"CommandACK","method":"CLICommand"}}]"#,
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let starts = 4;
+    for start in 1..=starts {
+        ship1.restart();
+        // Its startup messages journaled (or found waiting) before it stops.
+        ship1.wait_until("", "looked at its startup folder", |_| {
+            let log = ship1.log();
+            log.matches("message(s) from").count() + log.matches("not sent again").count() >= start
+        });
+        if start < starts {
+            ship1.terminate();
+        }
+    }
+    nats.restart();
+    central.wait_count("textlog/ship1.log", "boot", 1);
+    ship1.wait_until("", "ran its boot command", |_| {
+        std::fs::read_to_string(&ran).is_ok_and(|t| t.contains("ran"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(central.read("textlog/ship1.log").matches("boot").count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&ran)
+            .unwrap()
+            .matches("ran")
+            .count(),
+        1
+    );
+    // A start after they were delivered sends them again, as every start does.
+    ship1.terminate();
+    ship1.restart();
+    central.wait_count("textlog/ship1.log", "boot", 2);
+}

@@ -196,6 +196,11 @@ struct Lane {
 }
 
 impl Lane {
+    /// Whether `seq`, handed out, is finished, and its `DoneThrough` not yet written.
+    fn finished_in_memory(&self, seq: u64) -> bool {
+        self.handed.iter().any(|&(s, _, done)| s == seq && done)
+    }
+
     /// Keeps `entry` as written, if the lane has room for it; if not, gives it back.
     fn keep(&mut self, entry: Entry) -> Option<Entry> {
         let cost = hot_cost(&entry);
@@ -749,6 +754,13 @@ impl Journal {
             .iter()
             .filter(|(_, lane)| lane.pending > 0)
             .map(|(name, _)| name.as_str())
+    }
+
+    /// Whether message `seq` of `lane` is unfinished (`seq` one of the lane's).
+    pub fn unfinished(&self, lane: &str, seq: u64) -> bool {
+        self.lanes
+            .get(lane)
+            .is_some_and(|l| l.pending > 0 && seq > l.done_through && !l.finished_in_memory(seq))
     }
 
     /// Unfinished messages of one lane.

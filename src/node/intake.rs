@@ -34,7 +34,20 @@ impl Node {
 
     /// As [`Node::accept`] (not from an inbox file), and returns each message's id.
     pub fn accept_ids(&self, messages: Vec<Message>) -> io::Result<Vec<String>> {
-        self.accept_inner(messages, None, false).map(|(ids, _)| ids)
+        self.accept_inner(messages, None, false)
+            .map(|(entries, _)| entries.iter().map(|e| e.envelope.id.clone()).collect())
+    }
+
+    /// As [`Node::accept`] (not from an inbox file), and returns where each message is in
+    /// the journal: its lane and sequence number ([`crate::journal::Journal::unfinished`]).
+    pub fn accept_placed(&self, messages: Vec<Message>) -> io::Result<Vec<(String, u64)>> {
+        self.accept_inner(messages, None, false)
+            .map(|(entries, _)| {
+                entries
+                    .iter()
+                    .map(|e| (e.envelope.message.subject().to_string(), e.seq))
+                    .collect()
+            })
     }
 
     /// Journals a result of `request` as a message of its own, to where the request asked
@@ -65,7 +78,7 @@ impl Node {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
         watch: bool,
-    ) -> io::Result<(Vec<String>, Vec<Watched>)> {
+    ) -> io::Result<(Vec<crate::journal::Entry>, Vec<Watched>)> {
         let (written, watched) = {
             let mut journal = self.journal();
             let written = match journal.write(&self.config.node, messages, inbox) {
@@ -122,10 +135,7 @@ impl Node {
             rest = &rest[run..];
         }
         self.wake(lanes);
-        Ok((
-            entries.iter().map(|e| e.envelope.id.clone()).collect(),
-            watched,
-        ))
+        Ok((entries, watched))
     }
 
     /// Records in the journal, durably (one write per mark, one fsync for all), how far
