@@ -15,6 +15,13 @@
 //! - **No duplicate run.** A run is recorded as started before it runs; one that was under
 //!   way when the node died is not run again (its result, if it was journaled, is sent).
 //!
+//! - **Clock steps move them.** A wall clock set forward or back while the node runs (NTP's
+//!   first sync on a Pi without a real-time clock, which booted on the time it shut down)
+//!   moves every schedule's grid and end with it: a schedule started before the sync
+//!   neither ends early (set forward by the days the Pi was off) nor pauses (set back).
+//!   Told by the monotonic clock, which no one sets; a step while the node was down is
+//!   not seen.
+//!
 //! `OpProcessList` lists them (`schedule <id>`); `OpProcessStop` `["schedule <id>"]` stops
 //! one for good.
 
@@ -24,11 +31,15 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// Most schedules one sender may have running on a node.
 pub const MAX_PER_SENDER: usize = 64;
 /// Most schedules a node runs.
 pub const MAX_SCHEDULES: usize = 256;
+/// How far the wall clock may move from the monotonic one between two looks before it
+/// counts as set (ms): NTP slews small differences, and steps only large ones.
+const CLOCK_STEP_MS: i64 = 2_000;
 
 /// One schedule, as `schedules.json` keeps it. Times in milliseconds since the epoch.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -92,6 +103,9 @@ impl Schedule {
 pub struct Schedules {
     path: PathBuf,
     list: Mutex<Vec<Schedule>>,
+    /// The monotonic and the wall clock when the schedules were last looked at (under
+    /// `list`'s lock), to tell when the wall clock was set.
+    clock: Mutex<Option<(Instant, u64)>>,
     wake: (Sender<()>, Receiver<()>),
 }
 
@@ -136,7 +150,36 @@ impl Schedules {
         Schedules {
             path,
             list: Mutex::new(list),
+            clock: Mutex::new(None),
             wake: crossbeam_channel::bounded(1),
+        }
+    }
+
+    /// Moves every schedule in `list` by as much as the wall clock was set since the last
+    /// look (see the module's docs), `mono` and `wall` being both clocks now.
+    fn follow_clock(&self, list: &mut [Schedule], mono: Instant, wall: u64) {
+        let mut seen = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        let step = seen.map_or(0, |(m, w)| {
+            let walked = wall as i64 - w as i64;
+            walked - mono.saturating_duration_since(m).as_millis() as i64
+        });
+        *seen = Some((mono, wall));
+        if step.abs() < CLOCK_STEP_MS || list.is_empty() {
+            return;
+        }
+        log::warn!(
+            "the clock was set {} by {} s: {} schedule(s) moved with it",
+            if step > 0 { "forward" } else { "back" },
+            step.abs() / 1000,
+            list.len()
+        );
+        let by = |t: u64| t.saturating_add_signed(step);
+        for s in list.iter_mut() {
+            (s.first, s.next, s.until) = (by(s.first), by(s.next), by(s.until));
+            s.running = s.running.map(by);
+        }
+        if let Err(e) = self.persist(list) {
+            log::error!("cannot record the schedules moved with the clock: {e}");
         }
     }
 
@@ -155,6 +198,8 @@ impl Schedules {
     /// one sender or [`MAX_SCHEDULES`] in all, it is refused.
     pub fn add(&self, schedule: Schedule) -> io::Result<()> {
         let mut list = self.lock();
+        // The new one counts from the wall clock as it is now.
+        self.follow_clock(&mut list, Instant::now(), schedule.first);
         let from = &schedule.request.from_node;
         if list
             .iter()
@@ -188,7 +233,13 @@ impl Schedules {
     /// The schedules due at `now`, each marked as running (kept), and when the next is
     /// due after them.
     pub fn due(&self, now: u64) -> (Vec<Schedule>, Option<u64>) {
+        self.due_at(now, Instant::now())
+    }
+
+    /// As [`Schedules::due`], the monotonic clock at `mono`.
+    fn due_at(&self, now: u64, mono: Instant) -> (Vec<Schedule>, Option<u64>) {
         let mut list = self.lock();
+        self.follow_clock(&mut list, mono, now);
         let mut due = Vec::new();
         for s in list.iter_mut() {
             if s.running.is_none() && s.next <= now && s.next <= s.until {
@@ -226,12 +277,19 @@ impl Schedules {
     /// The run of schedule `id` started at `run` has ended (its result sent): the next is
     /// the next grid point from `now`; a schedule past its total is dropped.
     pub fn done(&self, from: &str, id: &str, run: u64, now: u64) {
+        self.done_at(from, id, run, now, Instant::now());
+    }
+
+    /// As [`Schedules::done`], the monotonic clock at `mono`.
+    fn done_at(&self, from: &str, id: &str, run: u64, now: u64, mono: Instant) {
         let mut list = self.lock();
+        self.follow_clock(&mut list, mono, now);
         if let Some(s) = list
             .iter_mut()
             .find(|s| s.request.id == id && s.request.from_node == from)
         {
-            s.running = None;
+            // As it is kept: moved with the clock, if it was set during the run.
+            let run = s.running.take().unwrap_or(run);
             s.next = s.next_from(run, now);
         }
         list.retain(|s| !s.over());
@@ -274,6 +332,7 @@ impl Schedules {
 mod tests {
     use super::*;
     use crate::message::{Kind, Message};
+    use std::time::Duration;
 
     fn request(schedule: [u64; 2]) -> Envelope {
         Envelope {
@@ -327,6 +386,48 @@ mod tests {
         assert_eq!(list[0].next, 9_000);
         let (due, _) = again.due(9_000);
         assert_eq!(due.len(), 1, "one run, not the three missed");
+    }
+
+    #[test]
+    fn a_clock_set_forward_or_back_moves_the_schedules_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Schedules::open(dir.path().join("schedules.json"), 0);
+        let t = 1_000_000;
+        s.add(Schedule::of(&request([60, 3600]), "K", t).unwrap())
+            .unwrap();
+        let follow = |mono: Instant, wall: u64| {
+            let mut list = s.lock();
+            s.follow_clock(&mut list, mono, wall);
+            list[0].clone()
+        };
+        let m = Instant::now();
+        let day = 24 * 3600 * 1000;
+        // Ten seconds on both clocks: nothing moves.
+        let kept = follow(m, t);
+        assert_eq!(follow(m + Duration::from_secs(10), t + 10_000), kept);
+        // NTP's first sync on a Pi that booted on the time it shut down, a week ago: the
+        // schedule neither ends at its next run nor skips its hour.
+        let week = 7 * day;
+        let moved = follow(m + Duration::from_secs(20), t + 20_000 + week);
+        assert_eq!(
+            (moved.first, moved.next, moved.until),
+            (kept.first + week, kept.next + week, kept.until + week)
+        );
+        let (due, _) = s.due_at(t + week + 60_000, m + Duration::from_secs(60));
+        assert_eq!(due.len(), 1, "due on its grid, moved");
+        // Set back three hours during that run: it ends on its grid, moved back, and the
+        // next run is one interval on, not three hours away.
+        let back = 3 * 3600 * 1000;
+        let run = due[0].running.unwrap();
+        s.done_at(
+            "central",
+            "central-1",
+            run,
+            t + week + 61_000 - back,
+            m + Duration::from_secs(61),
+        );
+        assert_eq!(s.list()[0].next, t + week + 120_000 - back);
+        assert_eq!(s.list()[0].until, kept.until + week - back);
     }
 
     /// A file that cannot be read is set aside, not written over by the next change; a
