@@ -864,4 +864,12 @@ fn nodes_away_in_long_attempts_do_not_hold_up_the_nodes_that_answer() {
             && !log.contains("ship2.CommandACK.CLICommand: attempt 2"),
         "one attempt, gone on with: {log}"
     );
+    // A lane away gives its thread up once per send, its resends' pauses growing (0.05,
+    // 0.2, 0.65, 2, 6 s…) whoever sends them: not a turn every 50 ms.
+    std::thread::sleep(Duration::from_secs(5));
+    let gave_way = central
+        .log()
+        .matches("ghost0.CommandACK.CLICommand: attempt 1 of")
+        .count();
+    assert!((1..=8).contains(&gave_way), "gave its thread up {gave_way} times");
 }

@@ -77,6 +77,8 @@ struct Request<'r> {
     covers: Covers,
     timeout: Duration,
     deadline: Instant,
+    /// The pause before the first resend after "no responders".
+    pause: Duration,
 }
 
 /// The first messages in `slot` that fit in one batch under the broker's payload limit
@@ -217,7 +219,7 @@ impl Publisher {
         let timeout = ack_wait(message, node.config.default_timeout);
         let (made, mut continued) = {
             let mut slot = self.slot();
-            (slot.attempts_made, slot.attempt_deadline.take())
+            (slot.attempts_made, slot.continued.take())
         };
         let mut rules = self.rules_for(entry).resumed(made);
         let payload = wire_form(&node.identity, entry);
@@ -235,11 +237,14 @@ impl Publisher {
             let epoch = node.broker.epoch();
             // An attempt this lane gave its thread up in the middle of goes on (counted
             // once), until its own deadline.
-            let (attempt, deadline) = match continued.take() {
-                Some(deadline) => (rules.made(), deadline),
+            let (attempt, then) = match continued.take() {
+                Some(then) => (rules.made(), then),
                 None => (
                     self.announce(&mut rules, entry, timeout),
-                    Instant::now() + timeout,
+                    Continued {
+                        deadline: Instant::now() + timeout,
+                        pause: FIRST_RESEND,
+                    },
                 ),
             };
             let id = &entry.envelope.id;
@@ -256,7 +261,7 @@ impl Publisher {
                 reply_subject,
                 &message.to_node,
                 &payload,
-                (timeout, deadline),
+                (timeout, then),
                 stop,
                 true,
                 &mut sigs,
@@ -266,7 +271,7 @@ impl Publisher {
                 Attempt::Acked(reply) => return Delivery::Acked(reply),
                 Attempt::Stopped => return Delivery::Stopped,
                 Attempt::Failed(why) => why,
-                Attempt::Yielded { resend, deadline } => {
+                Attempt::Yielded { resend, then } => {
                     log::info!(
                         "{subject}: attempt {attempt} of {}: {} is not there; other lanes have the thread until it sends again",
                         entry.envelope.id,
@@ -274,7 +279,7 @@ impl Publisher {
                     );
                     let mut slot = self.slot();
                     slot.attempts_made = rules.made();
-                    slot.attempt_deadline = Some(deadline);
+                    slot.continued = Some(then);
                     return Delivery::Parked {
                         until: resend,
                         hello: node.presence.waiter(&message.to_node),
@@ -324,8 +329,8 @@ impl Publisher {
         }
     }
 
-    /// One attempt (of `timeout`, ending at `deadline`): publish `payload`, then wait for
-    /// a reply on `reply_subject` that is signed by `to`, bound to one of this message's
+    /// One attempt (of `timeout`, as `then` says where it stands): publish `payload`, then
+    /// wait for a reply on `reply_subject` that is signed by `to`, bound to one of this message's
     /// sends (`sigs`, to which this attempt's are added), and that `accept` takes.
     #[allow(clippy::too_many_arguments)]
     fn attempt<T>(
@@ -334,14 +339,14 @@ impl Publisher {
         reply_subject: &str,
         to: &str,
         payload: &[u8],
-        (timeout, deadline): (Duration, Instant),
+        (timeout, then): (Duration, Continued),
         stop: &Receiver<()>,
         single: bool,
         sigs: &mut Sends,
         accept: impl Fn(&[u8]) -> Result<T, NotAnAnswer>,
     ) -> Attempt<T> {
         let mut request = self.request(reply_subject, to, payload, timeout);
-        request.deadline = deadline;
+        (request.deadline, request.pause) = (then.deadline, then.pause);
         if let Err(e) = self.publish(&request, None, sigs) {
             return Attempt::Failed(format!("cannot publish: {e}"));
         }
@@ -363,6 +368,7 @@ impl Publisher {
             covers: Covers::Payload,
             timeout,
             deadline: Instant::now() + timeout,
+            pause: FIRST_RESEND,
         }
     }
 
@@ -428,7 +434,7 @@ impl Publisher {
         let mut unknown_keys: Vec<String> = Vec::new();
         // After "no responders": when to send again, and the pause after the next one.
         let mut resend: Option<Instant> = None;
-        let mut pause = FIRST_RESEND;
+        let mut pause = request.pause;
         // Whether the last send was answered "no responders": then it goes again (every
         // pause, each Hello); one that found a listener goes again only at a Hello now and
         // then (see below).
@@ -440,14 +446,14 @@ impl Publisher {
         // its thread up until it sends again (a thousand ships away, each with an hour's
         // attempt, held every thread `--maxPublishers` allows, and the nodes that answer
         // waited out their hour).
-        let give_way = |unheard: bool, heard: bool, resend: Option<Instant>| {
+        let give_way = |unheard: bool, heard: bool, resend: Option<Instant>, pause: Duration| {
             let wanted = self
                 .node
                 .publishers_wanted
                 .load(std::sync::atomic::Ordering::Relaxed);
             (single && unheard && !heard && wanted).then(|| Attempt::Yielded {
                 resend: resend.map_or(deadline, |at| at.min(deadline)),
-                deadline,
+                then: Continued { deadline, pause },
             })
         };
         // Taken now: a Hello during the attempt is not missed (it drops the signal).
@@ -477,7 +483,7 @@ impl Publisher {
                             resend = Some(Instant::now() + pause);
                             pause = (pause * 3).min(LATE_RESEND);
                         }
-                        if let Some(yielded) = give_way(unheard, heard, resend) {
+                        if let Some(yielded) = give_way(unheard, heard, resend, pause) {
                             return yielded;
                         }
                         continue;
@@ -539,7 +545,7 @@ impl Publisher {
                 recv(stop) -> _ => return Attempt::Stopped,
                 // A word that lanes wait for a thread, or a new message (kept waiting).
                 recv(self.wake) -> _ => {
-                    if let Some(yielded) = give_way(unheard, heard, resend) {
+                    if let Some(yielded) = give_way(unheard, heard, resend, pause) {
                         return yielded;
                     }
                 },

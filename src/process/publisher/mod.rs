@@ -77,10 +77,10 @@ pub struct Slot {
     entries: Vec<Entry>,
     /// Attempts made at the first entry by a publisher that gave its thread up.
     attempts_made: u32,
-    /// When the attempt at the first entry ends, if its publisher gave its thread up in the
-    /// middle of it (every send answered "no responders", and other lanes waiting for a
-    /// thread): the lane's next publisher goes on with it, not with a new one.
-    attempt_deadline: Option<Instant>,
+    /// The attempt at the first entry, if its publisher gave its thread up in the middle
+    /// of it (every send answered "no responders", and other lanes waiting for a thread):
+    /// the lane's next publisher goes on with it, not with a new one.
+    continued: Option<Continued>,
     /// Ids whose reply, or failed-messages.txt record, is written and whose finish is not:
     /// a publisher restarted in between (a full disk) does not write them again.
     replies_written: HashSet<String>,
@@ -91,7 +91,7 @@ impl Slot {
     /// The first `n` messages are finished: out of the slot.
     fn done(&mut self, n: usize) {
         self.attempts_made = 0;
-        self.attempt_deadline = None;
+        self.continued = None;
         let gone = self.entries.drain(..n);
         // Nearly always empty (a publisher restarted in between fills them): no hashing.
         if self.replies_written.is_empty() && self.failed_written.is_empty() {
@@ -113,6 +113,14 @@ pub struct Publisher {
     pub state: Arc<State>,
 }
 
+/// An attempt given up in the middle, to go on with: when it ends, and the pause before
+/// its send after next (its resends' pauses grow on, whoever sends them).
+#[derive(Clone, Copy)]
+struct Continued {
+    deadline: Instant,
+    pause: Duration,
+}
+
 /// How one attempt ended.
 enum Attempt<T> {
     Acked(T),
@@ -120,10 +128,10 @@ enum Attempt<T> {
     Stopped,
     /// Given up for now, its thread wanted by other lanes (`--maxPublishers`): every send
     /// was answered "no responders", so nothing of it runs anywhere. It goes on at
-    /// `resend` (or the destination's Hello) until `deadline`. Single messages only.
+    /// `resend` (or the destination's Hello) as `then` says. Single messages only.
     Yielded {
         resend: Instant,
-        deadline: Instant,
+        then: Continued,
     },
 }
 
