@@ -871,5 +871,8 @@ fn nodes_away_in_long_attempts_do_not_hold_up_the_nodes_that_answer() {
         .log()
         .matches("ghost0.CommandACK.CLICommand: attempt 1 of")
         .count();
-    assert!((1..=8).contains(&gave_way), "gave its thread up {gave_way} times");
+    assert!(
+        (1..=8).contains(&gave_way),
+        "gave its thread up {gave_way} times"
+    );
 }

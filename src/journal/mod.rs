@@ -865,14 +865,20 @@ fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Re
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());
     };
+    // On an error, the window is as it was: what was read into it before the damage
+    // stays on the file's side of `spill` (kept, it was read in again at the next try,
+    // after the publisher had been handed it: sent twice, and the lane's counts wrapped).
+    let before = lane.waiting.window.len();
+    let failed = |lane: &mut Lane, e: io::Error| {
+        lane.waiting.window.truncate(before);
+        lane.waiting.spill = Some(from);
+        Err(e)
+    };
     let mut records = Records::new(file, from, end);
     for r in records.by_ref() {
         let (offset, len, record) = match r {
             Ok(r) => r,
-            Err(e) => {
-                lane.waiting.spill = Some(from);
-                return Err(e);
-            }
+            Err(e) => return failed(lane, e),
         };
         let Record::Accepted { seq, lane: l, .. } = record else {
             continue;
@@ -887,8 +893,7 @@ fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Re
         lane.waiting.window.push_back((seq, Span { offset, len }));
     }
     if let Some(why) = records.corruption {
-        lane.waiting.spill = Some(from);
-        return Err(io::Error::other(format!("journal unreadable: {why}")));
+        return failed(lane, io::Error::other(format!("journal unreadable: {why}")));
     }
     Ok(())
 }
