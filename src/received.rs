@@ -51,7 +51,7 @@
 //! covered).
 
 use crate::journal::record::{
-    decode, encode, encode_finished, open_records, Record, RecordFile, CHUNK,
+    decode, decode_one, encode, encode_finished, open_records, Record, RecordFile, Step, CHUNK,
 };
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
@@ -253,9 +253,19 @@ impl Received {
                     Seen::New
                 }
                 Some(Known::Interrupted) => Seen::Interrupted,
-                Some(Known::Done { offset, len }) => {
-                    Seen::Done(inner.stored_reply(id, offset, len)?)
-                }
+                Some(Known::Done { offset, len }) => match inner.stored_reply(id, offset, len) {
+                    Ok(reply) => Seen::Done(reply),
+                    // Damaged on the disk: it ran, its reply is gone. Answered as
+                    // interrupted from now on (an error failing every retry of the batch
+                    // held up its sender's lane for good).
+                    Err(e) => {
+                        log::error!("{e}: answered as interrupted");
+                        if let Some(state) = inner.states.get_mut(id.as_str()) {
+                            *state = Known::Interrupted;
+                        }
+                        Seen::Interrupted
+                    }
+                },
                 None => {
                     started.push(id);
                     Seen::New
@@ -565,9 +575,26 @@ impl Inner {
                         self.file
                             .handle()
                             .read_exact_at(&mut buf[start..], offset)?;
-                        Known::Done {
-                            offset: at + start as u64,
-                            len,
+                        // Checked, not copied blind: a damaged record in the new file
+                        // was taken for its end at the next start, and every record
+                        // after it was lost (`Started` ones too: their commands ran
+                        // again). It ran; its reply is gone: interrupted from now on.
+                        if matches!(
+                            decode_one(&buf[start..]),
+                            Step::Record(_, Record::Finished { .. })
+                        ) {
+                            Known::Done {
+                                offset: at + start as u64,
+                                len,
+                            }
+                        } else {
+                            log::error!(
+                                "{}: stored reply for {id} unreadable: kept as interrupted",
+                                self.path.display()
+                            );
+                            buf.truncate(start);
+                            encode(&Record::Started { id: id.to_string() }, &mut buf);
+                            Known::Interrupted
                         }
                     }
                     Known::Interrupted => {
@@ -1085,6 +1112,62 @@ mod tests {
         );
         drop(r);
         let r = Received::open(dir.path()).unwrap();
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Interrupted
+        );
+    }
+
+    /// Flips a bit of the byte at `at` of the file at `path` (a bad sector).
+    fn flip(path: &Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_stored_reply_is_answered_as_interrupted_and_compaction_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.log");
+        let r = Received::open(dir.path()).unwrap();
+        for id in ["a", "b"] {
+            assert_eq!(r.begin("central", "CLICommand", id).unwrap(), Seen::New);
+            finish(&r, &reply(id, "out"));
+        }
+        let records = decode(&std::fs::read(&path).unwrap()).records;
+        let (at, _, _) = records
+            .iter()
+            .find(|(_, _, r)| matches!(r, Record::Finished { .. }))
+            .unwrap();
+        flip(&path, at + 20); // a's stored reply, damaged while the node runs
+                              // Every retry of a failed (its sender's lane held up for good): now it ran, and
+                              // its reply is gone.
+        for _ in 0..3 {
+            assert_eq!(
+                r.begin("central", "CLICommand", "a").unwrap(),
+                Seen::Interrupted
+            );
+        }
+        assert_eq!(r.begin("central", "CLICommand", "z").unwrap(), Seen::New); // running
+                                                                               // Compacted, the damaged record is not copied into the new file (where the next
+                                                                               // start took it for the end, and forgot b and z: run again).
+        r.compact_now().unwrap();
+        drop(r);
+        let r = Received::open(dir.path()).unwrap();
+        assert!(matches!(
+            r.begin("central", "CLICommand", "b").unwrap(),
+            Seen::Done(_)
+        ));
+        assert_eq!(
+            r.begin("central", "CLICommand", "z").unwrap(),
+            Seen::Interrupted
+        );
         assert_eq!(
             r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Interrupted
