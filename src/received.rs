@@ -156,7 +156,7 @@ impl Received {
         let mut names: HashMap<String, Lane> = HashMap::new();
         let mut lane_of: HashMap<String, Lane> = HashMap::new();
         let mut found: Vec<(String, Known)> = Vec::new();
-        let (file, cut) = open_records(&*storage, &path, |offset, len, record| match record {
+        let (file, damage) = open_records(&*storage, &path, |offset, len, record| match record {
             Record::Started { id } => found.push((id, Known::Interrupted)),
             Record::Finished { reply } => {
                 if let Ok((r, lane)) = decode_finished(&reply) {
@@ -171,8 +171,11 @@ impl Received {
             }
             _ => {}
         })?;
-        if let Some(cut) = cut {
+        if let Some(cut) = &damage.cut {
             log::warn!("{cut}");
+        }
+        for passed in &damage.passed_over {
+            log::error!("{passed}");
         }
         let mut inner = Inner {
             storage,
@@ -197,6 +200,15 @@ impl Received {
                     .clone(),
             };
             inner.remember(id.into(), state, &lane);
+        }
+        // Rewritten without the damage (else passed over, and said, at every start).
+        if !damage.passed_over.is_empty() {
+            if let Err(e) = inner.compact() {
+                log::error!(
+                    "{}: cannot compact it past its damage: {e}",
+                    inner.path.display()
+                );
+            }
         }
         Ok(Received(Mutex::new(inner)))
     }
@@ -1172,5 +1184,62 @@ mod tests {
             r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Interrupted
         );
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_passed_over_and_the_ids_after_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.log");
+        let r = Received::open(dir.path()).unwrap();
+        for id in ["a", "b", "c"] {
+            assert_eq!(r.begin("central", "CLICommand", id).unwrap(), Seen::New);
+            finish(&r, &reply(id, "out"));
+        }
+        assert_eq!(r.begin("central", "CLICommand", "d").unwrap(), Seen::New); // running
+        drop(r);
+        // A bad sector in a's stored reply: the file was cut there at the next start, and
+        // b, c and d, forgotten, ran again.
+        let records = decode(&std::fs::read(&path).unwrap()).records;
+        let (at, _, _) = records
+            .iter()
+            .find(|(_, _, r)| matches!(r, Record::Finished { .. }))
+            .unwrap();
+        flip(&path, at + 20);
+        let r = Received::open(dir.path()).unwrap();
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Interrupted
+        );
+        for id in ["b", "c"] {
+            assert!(matches!(
+                r.begin("central", "CLICommand", id).unwrap(),
+                Seen::Done(_)
+            ));
+        }
+        assert_eq!(
+            r.begin("central", "CLICommand", "d").unwrap(),
+            Seen::Interrupted
+        );
+        drop(r);
+        // Rewritten without it: the next start finds no damage, and the same ids.
+        let records = decode(&std::fs::read(&path).unwrap());
+        assert!(records.corruption.is_none(), "{:?}", records.corruption);
+        let r = Received::open(dir.path()).unwrap();
+        assert!(matches!(
+            r.begin("central", "CLICommand", "c").unwrap(),
+            Seen::Done(_)
+        ));
+        // And a zeroed page (a write that never reached the disk) is passed over too.
+        drop(r);
+        let records = decode(&std::fs::read(&path).unwrap()).records;
+        let (at, len, _) = records[0];
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; len as usize], at).unwrap();
+        drop(f);
+        let r = Received::open(dir.path()).unwrap();
+        assert!(matches!(
+            r.begin("central", "CLICommand", "c").unwrap(),
+            Seen::Done(_)
+        ));
     }
 }

@@ -611,31 +611,112 @@ impl RecordFile {
     }
 }
 
+/// How far past damage [`open_records`] looks for records that go on after it.
+const RESYNC_SCAN: usize = 1 << 20;
+
+/// What [`open_records`] found besides the records.
+#[derive(Debug, Default)]
+pub struct Damage {
+    /// A torn or corrupt tail, cut off: what was cut.
+    pub cut: Option<String>,
+    /// Damaged stretches with records after them (a bad sector, a zeroed page): passed
+    /// over, each said.
+    pub passed_over: Vec<String>,
+}
+
 /// Opens (or creates) a file of records (received.log), hands each record it holds to
-/// `each` (offset, length, record) as it is read, a chunk at a time, and cuts off a torn or
-/// corrupt tail, returning what was cut. Nothing of it is held here: a file of stored
-/// replies can be far larger than the memory of the node reading it.
+/// `each` (offset, length, record) as it is read, a chunk at a time, passes over damage
+/// that whole records follow, and cuts off a torn or corrupt tail. Nothing of it is held
+/// here: a file of stored replies can be far larger than the memory of the node reading
+/// it.
+///
+/// Only for a file in which a record kept that was never synced costs nothing (the
+/// received log: an id remembered that did not need to be): after a power cut, the pages
+/// of a tail can reach the disk out of order, and a whole record may follow a torn one.
+/// The journal cuts at the first damage instead.
 pub fn open_records(
     storage: &dyn Storage,
     path: &Path,
     mut each: impl FnMut(u64, u32, Record),
-) -> io::Result<(RecordFile, Option<String>)> {
+) -> io::Result<(RecordFile, Damage)> {
     let mut file = RecordFile::open(storage, path)?;
     let handle = file.handle().clone();
-    let mut records = Records::new(&*handle, 0, file.end());
-    let mut kept = 0;
-    for record in &mut records {
-        let (at, len, record) = record?;
-        each(at, len, record);
-        kept += 1;
-    }
-    let valid_len = records.reached();
-    let cut = records
-        .corruption
-        .take()
-        .map(|why| cut_message(path, &why, kept, valid_len));
+    let end = file.end();
+    let mut damage = Damage::default();
+    let (mut from, mut kept) = (0, 0);
+    let valid_len = loop {
+        let mut records = Records::new(&*handle, from, end);
+        for record in &mut records {
+            let (at, len, record) = record?;
+            each(at, len, record);
+            kept += 1;
+        }
+        let reached = records.reached();
+        let why = records.corruption.take();
+        // Damage, or zeros where the records stopped (space reserved ahead, or a page
+        // that never reached the disk): whole records after it go on.
+        let next = match reached < end {
+            true => next_record(&*handle, reached + u64::from(why.is_some()), end)?,
+            false => None,
+        };
+        match (next, why) {
+            (Some(next), why) => {
+                let why = why.unwrap_or_else(|| format!("at byte {reached}: zeros"));
+                damage.passed_over.push(format!(
+                    "{}: {why}; passed over bytes {reached} to {next}, the records after them kept",
+                    path.display()
+                ));
+                from = next;
+            }
+            (None, Some(why)) => {
+                damage.cut = Some(cut_message(path, &why, kept, reached));
+                break reached;
+            }
+            (None, None) => break reached,
+        }
+    };
     file.found_end(valid_len)?;
-    Ok((file, cut))
+    Ok((file, damage))
+}
+
+/// Where the first whole record past `from` (within [`RESYNC_SCAN`] bytes of it) begins.
+fn next_record(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Option<u64>> {
+    let span = (end - from).min(RESYNC_SCAN as u64) as usize;
+    let mut buf = vec![0; span];
+    file.read_exact_at(&mut buf, from)?;
+    // A record begins with a length that is not zero: none begins past the last byte that
+    // is not (a file's reserved space is zeros, and looked at at every open).
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let Some(last) = buf
+        .chunks(ZEROS.len())
+        .rposition(|c| c != &ZEROS[..c.len()])
+        .and_then(|i| {
+            let at = i * ZEROS.len();
+            let c = &buf[at..(at + ZEROS.len()).min(span)];
+            c.iter().rposition(|&b| b != 0).map(|j| at + j)
+        })
+    else {
+        return Ok(None);
+    };
+    for p in 0..span.saturating_sub(HEADER).min(last + 1) {
+        let len = u32::from_le_bytes(buf[p..p + 4].try_into().expect("4 bytes")) as usize;
+        let at = from + p as u64;
+        if len == 0 || len > MAX_RECORD || at + (HEADER + len) as u64 > end {
+            continue;
+        }
+        let record = match buf.get(p..p + HEADER + len) {
+            Some(whole) => std::borrow::Cow::Borrowed(whole),
+            None => {
+                let mut whole = vec![0; HEADER + len];
+                file.read_exact_at(&mut whole, at)?;
+                std::borrow::Cow::Owned(whole)
+            }
+        };
+        if matches!(decode_one(&record), Step::Record(..)) {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
 }
 
 /// What cutting a file back to its last complete record cut.
