@@ -191,9 +191,19 @@ pub fn process_table(socket: &Path) -> Result<String, (u8, String)> {
 }
 
 /// `steward keys ...` for the node whose data folder is `data`.
-pub fn keys(node: &str, data: &Path, action: KeysAction) -> Result<u8, (u8, String)> {
+pub fn keys(configured: &str, data: &Path, action: KeysAction) -> Result<u8, (u8, String)> {
     let data = crate::files::DataFolder::new(data.to_path_buf());
     let dir = data.keys();
+    // The name its agent runs under, whatever these flags say (or the host name, when
+    // they say none): the keys are that agent's.
+    let recorded = keys::recorded_name(&dir);
+    let node = recorded.as_deref().unwrap_or(configured);
+    if node != configured {
+        eprintln!(
+            "steward: this data folder's agent runs as {node} ({}): named so here, not {configured}",
+            dir.join("node.name").display()
+        );
+    }
     let failed = |e: keys::Error| (EXIT_ERROR, e.to_string());
     match action {
         KeysAction::Generate(g) => {

@@ -171,6 +171,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         })?;
     let keys_dir = data.keys();
     let identity = keys::Identity::load_or_create(&keys_dir).map_err(Error::Keys)?;
+    if let Err(e) = keys::record_name(&keys_dir, &config.node) {
+        log::warn!("cannot record this node's name beside its key (`steward keys` may name it by its host): {e}");
+    }
     let trusted =
         keys::Trusted::open(&keys_dir, &config.node, identity.public_key()).map_err(Error::Keys)?;
     // Only this node's operator speaks for central and for whoever may send commands here.

@@ -259,3 +259,21 @@ fn an_interrupted_send_gives_its_place_back() {
         8.0
     );
 }
+
+#[test]
+fn keys_name_the_node_as_its_agent_runs_whatever_the_host() {
+    let nats = NatsServer::start();
+    // Started as the README's quick start does: `--node=central` on its command line.
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    let out = steward(&central, &["keys", "show"]);
+    assert_eq!(out.status.code(), Some(0));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        shown.trim(),
+        format!("central {}", common::key_of("central")),
+        "named by its host: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("steward keys trust central "));
+}

@@ -259,6 +259,26 @@ pub fn random_hex128s(n: usize) -> Vec<String> {
     buf.chunks(16).map(hex).collect()
 }
 
+/// Records, beside the key (`node.name`), the name the agent runs under: `steward keys`
+/// run in the data folder names the node by it (its own flags, variables and config file
+/// may not say it: an agent started with `--node=central` on its command line, and `keys
+/// show` named it by the host name, `keys distribute` handed central's key to the fleet as
+/// the host's).
+pub fn record_name(dir: &Path, name: &str) -> io::Result<()> {
+    if recorded_name(dir).as_deref() == Some(name) {
+        return Ok(());
+    }
+    crate::files::write_atomically(&dir.join("node.name"), format!("{name}\n").as_bytes())
+}
+
+/// The name the agent of this key last ran under ([`record_name`]), if it is known.
+pub fn recorded_name(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("node.name")).ok()?;
+    let name = text.trim();
+    crate::subject::validate_name(name).ok()?;
+    Some(name.to_string())
+}
+
 /// This node's public key, from `node.pub` (readable without the seed).
 pub fn public_key(dir: &Path) -> Result<String, Error> {
     let path = public_path(dir);
