@@ -45,7 +45,7 @@ fn connect(socket: &Path) -> Result<UnixStream, (u8, String)> {
         (
             EXIT_NO_AGENT,
             format!(
-                "no steward agent is running on this data folder (cannot connect to {}: {e}); start it (systemctl start steward), or point at its data folder with --dataFolder or --config",
+                "no steward agent is running on this data folder (cannot connect to {}: {e}); start it (systemctl start steward), or point at its data folder with --dataFolder or --config, before the subcommand (steward --dataFolder=DIR status)",
                 socket.display()
             ),
         )
