@@ -159,9 +159,14 @@ impl Schedules {
     /// look (see the module's docs), `mono` and `wall` being both clocks now.
     fn follow_clock(&self, list: &mut [Schedule], mono: Instant, wall: u64) {
         let mut seen = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        // Two looks read before the lock may come in either order: only a later one counts
+        // (an earlier one would read as the clock set back by the wait between them).
+        if seen.is_some_and(|(m, _)| mono < m) {
+            return;
+        }
         let step = seen.map_or(0, |(m, w)| {
             let walked = wall as i64 - w as i64;
-            walked - mono.saturating_duration_since(m).as_millis() as i64
+            walked - mono.duration_since(m).as_millis() as i64
         });
         *seen = Some((mono, wall));
         if step.abs() < CLOCK_STEP_MS || list.is_empty() {
@@ -197,9 +202,13 @@ impl Schedules {
     /// the schedule it had made, so schedules never pile up; past [`MAX_PER_SENDER`] from
     /// one sender or [`MAX_SCHEDULES`] in all, it is refused.
     pub fn add(&self, schedule: Schedule) -> io::Result<()> {
+        self.add_at(schedule, crate::files::unix_millis(), Instant::now())
+    }
+
+    /// As [`Schedules::add`], the clocks at `now` and `mono`.
+    fn add_at(&self, schedule: Schedule, now: u64, mono: Instant) -> io::Result<()> {
         let mut list = self.lock();
-        // The new one counts from the wall clock as it is now.
-        self.follow_clock(&mut list, Instant::now(), schedule.first);
+        self.follow_clock(&mut list, mono, now);
         let from = &schedule.request.from_node;
         if list
             .iter()
@@ -334,6 +343,12 @@ mod tests {
     use crate::message::{Kind, Message};
     use std::time::Duration;
 
+    /// Adds `schedule`, the wall clock at its first run.
+    fn added(s: &Schedules, schedule: Schedule) -> io::Result<()> {
+        let now = schedule.first;
+        s.add_at(schedule, now, Instant::now())
+    }
+
     fn request(schedule: [u64; 2]) -> Envelope {
         Envelope {
             id: "central-1".into(),
@@ -354,8 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("schedules.json");
         let s = Schedules::open(path.clone(), 0);
-        s.add(Schedule::of(&request([2, 7]), "K", 1_000).unwrap())
-            .unwrap();
+        added(&s, Schedule::of(&request([2, 7]), "K", 1_000).unwrap()).unwrap();
         // Nothing due before 3 s; then the run at 3 s, marked running.
         assert_eq!(s.due(2_999), (vec![], Some(3_000)));
         let (due, next) = s.due(3_100);
@@ -374,11 +388,9 @@ mod tests {
         // A longer one restarted within its total continues on its grid, without a burst.
         let path = dir.path().join("other.json");
         let s = Schedules::open(path.clone(), 0);
-        s.add(Schedule::of(&request([2, 20]), "K", 1_000).unwrap())
-            .unwrap();
+        added(&s, Schedule::of(&request([2, 20]), "K", 1_000).unwrap()).unwrap();
         // Added once: the same message again is the same schedule.
-        s.add(Schedule::of(&request([2, 20]), "K", 1_500).unwrap())
-            .unwrap();
+        added(&s, Schedule::of(&request([2, 20]), "K", 1_500).unwrap()).unwrap();
         assert_eq!(s.list().len(), 1);
         drop(s);
         let again = Schedules::open(path, 8_200);
@@ -393,8 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Schedules::open(dir.path().join("schedules.json"), 0);
         let t = 1_000_000;
-        s.add(Schedule::of(&request([60, 3600]), "K", t).unwrap())
-            .unwrap();
+        added(&s, Schedule::of(&request([60, 3600]), "K", t).unwrap()).unwrap();
         let follow = |mono: Instant, wall: u64| {
             let mut list = s.lock();
             s.follow_clock(&mut list, mono, wall);
@@ -413,6 +424,9 @@ mod tests {
             (moved.first, moved.next, moved.until),
             (kept.first + week, kept.next + week, kept.until + week)
         );
+        // A look read before that one and kept after it (its thread waited for the lock)
+        // is not a clock set back a week.
+        assert_eq!(follow(m + Duration::from_secs(15), t + 15_000), moved);
         let (due, _) = s.due_at(t + week + 60_000, m + Duration::from_secs(60));
         assert_eq!(due.len(), 1, "due on its grid, moved");
         // Set back three hours during that run: it ends on its grid, moved back, and the
@@ -437,8 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("schedules.json");
         let s = Schedules::open(path.clone(), 0);
-        s.add(Schedule::of(&request([2, 20]), "K", 1_000).unwrap())
-            .unwrap();
+        added(&s, Schedule::of(&request([2, 20]), "K", 1_000).unwrap()).unwrap();
         drop(s);
         let kept = std::fs::read(&path).unwrap();
         // A folder where the file was cannot be read (as EIO or EACCES): set aside.
@@ -447,8 +460,7 @@ mod tests {
         let s = Schedules::open(path.clone(), 2_000);
         assert!(s.list().is_empty());
         assert!(dir.path().join("schedules.json.bad").is_dir(), "set aside");
-        s.add(Schedule::of(&request([2, 30]), "K", 2_000).unwrap())
-            .unwrap();
+        added(&s, Schedule::of(&request([2, 30]), "K", 2_000).unwrap()).unwrap();
         assert!(path.is_file());
         // An interval of nothing.
         let text = String::from_utf8(kept)

@@ -103,6 +103,9 @@ impl Supervisor {
             let lane = e.lane.clone();
             if let Some((lane, _)) = lane {
                 self.unparked(&lane.node, name);
+                // Its next message starts it again (a failed one's lane stayed served,
+                // and its messages woke no one).
+                self.node.unserve_lane(&lane);
             } else {
                 return done(format!(
                     "{name} on {node} stopped until the next start of {node}"

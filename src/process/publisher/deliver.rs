@@ -256,17 +256,27 @@ impl Publisher {
                 }),
                 Err(e) => Err(NotAnAnswer::Undecodable(e)),
             };
-            let tried = self.attempt(
-                replies,
-                reply_subject,
-                &message.to_node,
-                &payload,
-                (timeout, then),
-                stop,
-                true,
-                &mut sigs,
-                accept,
-            );
+            // One given up in the middle whose time ran out while it waited its turn is
+            // over: sent now, it would fail at once, whether the node ran it or not.
+            let tried = if then.deadline <= Instant::now() {
+                Attempt::Failed(format!(
+                    "no ACK within {}s (no responders on {subject}: {} is not running, or not connected)",
+                    timeout.as_secs(),
+                    message.to_node
+                ))
+            } else {
+                self.attempt(
+                    replies,
+                    reply_subject,
+                    &message.to_node,
+                    &payload,
+                    (timeout, then),
+                    stop,
+                    true,
+                    &mut sigs,
+                    accept,
+                )
+            };
             let last_error = match tried {
                 Attempt::Acked(reply) => return Delivery::Acked(reply),
                 Attempt::Stopped => return Delivery::Stopped,
