@@ -830,3 +830,42 @@ fn a_stranger_s_largest_messages_to_every_subject_of_a_busy_node_hold_little_mem
     // (The methods that put a node right have places of their own: theirs are not dropped.)
     ship1.wait_metric("counted the drops", dropped, |v| v >= sent / 4.0);
 }
+
+/// A stranger on the broker answers central's command "no responders" (anyone may publish
+/// on its reply inbox) while other lanes wait for central's one thread: the lane does not
+/// take it for a node away and give its thread up, which lost the route of the reply of
+/// the command running there.
+#[test]
+fn a_forged_no_responders_does_not_make_a_lane_to_a_node_that_runs_give_way() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &["--maxPublishers=1"]);
+    central.wait_until("", "ship1 said Hello", |_| {
+        central.log().contains("first Hello from ship1")
+    });
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sleep","4"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":120}]"#,
+    );
+    let request = spy.next_timeout(Duration::from_secs(20)).unwrap();
+    // Another lane waits for the thread.
+    central.append_inmsg(&command("ghost", &["true"]));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut status = nats::HeaderMap::new();
+    status.insert("Status", "503");
+    raw.send(request.reply.as_deref().unwrap(), None, Some(&status), b"");
+    let asked = Instant::now();
+    central.wait_for("replies/ship1.CLICommand.log", "status=Ok");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "ACKed {:?} after the forgery",
+        asked.elapsed()
+    );
+    assert!(
+        !central.log().contains("ship1 is not there"),
+        "{}",
+        central.log()
+    );
+    drop(ship1);
+}

@@ -6,6 +6,7 @@ use crate::supervisor::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Which nodes have just said Hello, as wake-up signals for publishers pausing between
 /// attempts to reach them. A waiter holds the receiving end of a node's channel; a Hello
@@ -15,6 +16,8 @@ pub struct Presence {
     waiters: Mutex<HashMap<String, Signal>>,
     /// Nodes parked lanes go to, told to the supervisor at their next Hello.
     parked: Mutex<HashSet<String>>,
+    /// When each node last said Hello (to this node: central, or whoever it says Hello to).
+    last: Mutex<HashMap<String, Instant>>,
     supervisor: Sender<Event>,
 }
 
@@ -26,6 +29,7 @@ impl Presence {
         Presence {
             waiters: Mutex::default(),
             parked: Mutex::default(),
+            last: Mutex::default(),
             supervisor,
         }
     }
@@ -56,8 +60,24 @@ impl Presence {
             .remove(node);
     }
 
+    /// Whether `node` said Hello within `within`: it runs, whatever a "no responders" on a
+    /// reply inbox says (anyone on the broker can publish one; a Hello is signed).
+    pub fn heard_within(&self, node: &str, within: Duration) -> bool {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.get(node).is_some_and(|at| at.elapsed() < within)
+    }
+
     /// `node` said Hello.
     pub fn seen(&self, node: &str) {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            match last.get_mut(node) {
+                Some(at) => *at = Instant::now(),
+                None => {
+                    last.insert(node.to_string(), Instant::now());
+                }
+            }
+        }
         self.waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -16,6 +16,10 @@ use std::borrow::Cow;
 /// attempt lasts: 10 s by default, a week at most), and at once when the destination
 /// says Hello.
 const FIRST_RESEND: Duration = Duration::from_millis(50);
+/// A node that said no Hello for this long may be away: a lane to it whose sends no one
+/// heard gives its thread up to waiting lanes (see `answer`). Two of the default 30 s
+/// Hellos.
+const SILENT_AFTER: Duration = Duration::from_secs(60);
 const LATE_RESEND: Duration = Duration::from_secs(30);
 /// A Hello sends a message that found no one again at most this often, and the pause
 /// after such a send is at most this.
@@ -452,16 +456,19 @@ impl Publisher {
         // Whether any send of this attempt may have been taken (not answered "no
         // responders"): then it may run there, and the lane keeps its thread for the reply.
         let mut heard = false;
-        // Every send unheard so far, and other lanes waiting for a thread: this one gives
-        // its thread up until it sends again (a thousand ships away, each with an hour's
-        // attempt, held every thread `--maxPublishers` allows, and the nodes that answer
-        // waited out their hour).
+        // Every send unheard so far, the node silent (no Hello for a while: a "no
+        // responders" is anyone's to forge, a Hello is signed, and a lane given up while
+        // its command runs there loses the route of its reply), and other lanes waiting
+        // for a thread: this one gives its thread up until it sends again (a thousand
+        // ships away, each with an hour's attempt, held every thread `--maxPublishers`
+        // allows, and the nodes that answer waited out their hour).
         let give_way = |unheard: bool, heard: bool, resend: Option<Instant>, pause: Duration| {
             let wanted = self
                 .node
                 .publishers_wanted
                 .load(std::sync::atomic::Ordering::Relaxed);
-            (single && unheard && !heard && wanted).then(|| Attempt::Yielded {
+            let silent = || !self.node.presence.heard_within(to, SILENT_AFTER);
+            (single && unheard && !heard && wanted && silent()).then(|| Attempt::Yielded {
                 resend: resend.map_or(deadline, |at| at.min(deadline)),
                 then: Continued { deadline, pause },
             })
