@@ -160,7 +160,8 @@ fn take_value(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut 
         let plain =
             plain_message(item.get()).map(|m| m.for_each_node(true, known_method, &mut messages));
         fanned_out += copies_bytes(&messages[before..]);
-        if !matches!(plain, Some(Ok(()))) {
+        // Past what one array's copies may take: the full way says which are refused.
+        if !matches!(plain, Some(Ok(()))) || fanned_out > MAX_FAN_OUT_BYTES {
             // All of the value the full way, as it always went: splitting the array
             // checks less than a tree does (a lone surrogate, a number past a double's
             // range, nesting past the tree's depth), and an item alone is one level less
@@ -243,12 +244,21 @@ fn take_tree(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut P
     if items.is_empty() {
         return;
     }
+    // What this array's copies for `toNodes` take: a batch ends only between values, so
+    // one array of messages each within the bound could take them all (an array of 260
+    // to 255 nodes each, 16 GB).
+    let mut fanned_out = 0;
     for (i, item) in items.iter().enumerate() {
-        match Message::from_value(item, known_method) {
-            Ok(m) => {
-                parsed.fanned_out += copies_bytes(&m);
-                parsed.messages.extend(m);
+        let taken = Message::from_value(item, known_method).and_then(|m| {
+            let more = copies_bytes(&m);
+            if fanned_out + more > MAX_FAN_OUT_BYTES {
+                return Err(super::validate::InputError::ArrayFanOut { before: fanned_out });
             }
+            fanned_out += more;
+            Ok(m)
+        });
+        match taken {
+            Ok(m) => parsed.messages.extend(m),
             Err(e) => parsed.rejected.push(Rejected {
                 text: serde_json::to_string_pretty(&Value::Array(vec![item.clone()]))
                     .expect("a parsed JSON value serializes"),
@@ -256,6 +266,7 @@ fn take_tree(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut P
             }),
         }
     }
+    parsed.fanned_out += fanned_out;
 }
 
 fn strip_position(e: &str) -> &str {
@@ -665,5 +676,30 @@ mod tests {
             rest = &rest[parsed.consumed..];
         }
         assert_eq!(batches, [40_000, 20_000]);
+    }
+
+    #[test]
+    fn one_array_s_copies_are_bounded_too() {
+        // Three messages each within the bound, in one array: a batch ends only between
+        // values, so the third, past what one array's copies may take, is refused alone.
+        let one = |i: usize| {
+            let nodes: Vec<String> = (0..12_000).map(|n| format!("ship{n}")).collect();
+            serde_json::json!({
+                "toNodes": nodes,
+                "data": [format!("{i}{}", "x".repeat(1024))],
+                "commandOrEvent": "EventACK",
+                "method": "TextLogging",
+            })
+        };
+        let text = serde_json::Value::Array((0..3).map(one).collect()).to_string();
+        let parsed = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(parsed.messages.len(), 24_000);
+        assert_eq!(parsed.rejected.len(), 1, "{:?}", parsed.rejected);
+        let error = &parsed.rejected[0].error;
+        assert!(
+            error.contains("message 3:") && error.contains("in an array of its own"),
+            "{error}"
+        );
+        assert!(parsed.fanned_out <= MAX_FAN_OUT_BYTES);
     }
 }

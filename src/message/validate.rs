@@ -244,6 +244,9 @@ pub enum InputError {
     /// Copies for `toNodes` past [`MAX_FAN_OUT_BYTES`] in all: how many, and about how
     /// large each is ([`Message::copy_bytes`]).
     FanOut { copies: usize, each: usize },
+    /// Copies for `toNodes` of the messages of one array before this one, `before` bytes,
+    /// and this one's would take it past [`MAX_FAN_OUT_BYTES`].
+    ArrayFanOut { before: usize },
     /// More data than [`MAX_DATA_BYTES`].
     Data { bytes: usize },
     /// Data that takes more than [`MAX_DATA_BYTES`] written as JSON (its escapes).
@@ -300,6 +303,10 @@ impl fmt::Display for InputError {
                 f,
                 "toNodes makes {copies} copies of about {each} bytes, {} in all; at most {MAX_FAN_OUT_BYTES} for one message (each copy is journaled): split toNodes over several messages, or copy the data once (CopySrc) and send each node a short command",
                 copies.saturating_mul(*each)
+            ),
+            InputError::ArrayFanOut { before } => write!(
+                f,
+                "the copies for toNodes of this array's messages before it take {before} bytes, and its own would take them past {MAX_FAN_OUT_BYTES} for one array: send it in an array of its own"
             ),
             InputError::Data { bytes } => too_much_data(f, *bytes),
             InputError::DataAsJson { bytes } => write!(
