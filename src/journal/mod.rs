@@ -487,7 +487,13 @@ impl Journal {
                 .unsynced_batches
                 .front()
                 .map_or(self.file.end(), |b| b.start);
-            refill(&**self.file.handle(), end, &key, l)?;
+            // Damage further on: what was read before it goes out first; the error comes
+            // back at the refill that starts there.
+            if let Err(e) = refill(&**self.file.handle(), end, &key, l) {
+                if l.waiting.window.is_empty() {
+                    return Err(e);
+                }
+            }
         }
         let mut entries = Vec::new();
         let mut skipped = false;
@@ -860,25 +866,20 @@ fn hand_out(
 }
 
 /// Reads `lane`'s waiting messages on from where the window left off, until the window is
-/// full (the rest stays spilled, from the next one) or the file ends.
+/// full (the rest stays spilled, from the next one) or the file ends. At damage (a record
+/// that cannot be read), what was read before it stays in the window, to be handed out,
+/// and the lane's next refill begins at the damage (begun before it, what was read was read
+/// in again, after the publisher had it: sent twice, and the lane's counts wrapped).
 fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());
     };
-    // On an error, the window is as it was: what was read into it before the damage
-    // stays on the file's side of `spill` (kept, it was read in again at the next try,
-    // after the publisher had been handed it: sent twice, and the lane's counts wrapped).
-    let before = lane.waiting.window.len();
-    let failed = |lane: &mut Lane, e: io::Error| {
-        lane.waiting.window.truncate(before);
-        lane.waiting.spill = Some(from);
-        Err(e)
-    };
     let mut records = Records::new(file, from, end);
-    for r in records.by_ref() {
-        let (offset, len, record) = match r {
-            Ok(r) => r,
-            Err(e) => return failed(lane, e),
+    let failed = loop {
+        let (offset, len, record) = match records.next() {
+            None => break None,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => break Some(e),
         };
         let Record::Accepted { seq, lane: l, .. } = record else {
             continue;
@@ -891,11 +892,17 @@ fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Re
             return Ok(());
         }
         lane.waiting.window.push_back((seq, Span { offset, len }));
+    };
+    let corrupt = records.corruption.take();
+    match failed
+        .or_else(|| corrupt.map(|why| io::Error::other(format!("journal unreadable: {why}"))))
+    {
+        Some(e) => {
+            lane.waiting.spill = Some(records.reached());
+            Err(e)
+        }
+        None => Ok(()),
     }
-    if let Some(why) = records.corruption {
-        return failed(lane, io::Error::other(format!("journal unreadable: {why}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -754,7 +754,7 @@ fn offsets_of(path: &Path, pred: impl Fn(&Record) -> bool) -> Vec<(u64, u32)> {
 }
 
 #[test]
-fn a_refill_that_meets_damage_hands_out_nothing_twice() {
+fn a_refill_that_meets_damage_hands_out_what_is_before_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = Journal::path(dir.path());
     let (mut j, _) = Journal::open(dir.path()).unwrap();
@@ -791,11 +791,9 @@ fn a_refill_that_meets_damage_hands_out_nothing_twice() {
     distinct.dedup();
     assert_eq!(handed.len(), distinct.len(), "a message handed out twice");
     assert!(failed > 0, "the damage was met");
-    assert!(
-        handed.len() >= n - 3 * crate::message::MAX_BATCH,
-        "{}",
-        handed.len()
-    );
+    // Every message before the damaged one goes out (the lane stopped at the first
+    // failed refill, a window's worth never handed out).
+    assert_eq!(handed.len(), n - 10);
     // Finishing what was handed out keeps the lane's counts right (they wrapped).
     j.finish(&lane("ship1"), &handed).unwrap();
     assert_eq!(j.lane_pending(&lane("ship1")), n - handed.len());
