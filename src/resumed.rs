@@ -180,6 +180,12 @@ impl Resumed {
         self.is_resumed(entry) && self.listed.contains(&key(&entry.envelope.id))
     }
 
+    /// Whether message `id` is listed in the message log's last lines: the earlier run
+    /// finished it (its reply stored), whatever the journal says.
+    pub fn listed(&self, id: &str) -> bool {
+        self.listed.contains(&key(id))
+    }
+
     /// Of `ids`, resumed messages of `lane` whose replies are about to be stored in `path`,
     /// those whose reply the earlier run stored already (see the module docs).
     pub fn stored_replies(&self, lane: &Subject, path: &Path, ids: &[&str]) -> HashSet<String> {

@@ -86,7 +86,12 @@ pub fn send(node: &Node) -> usize {
             placed
                 .into_iter()
                 .zip(digests)
-                .map(|((lane, seq), digest)| Sent { lane, seq, digest }),
+                .map(|((lane, seq, id), digest)| Sent {
+                    lane,
+                    seq,
+                    id,
+                    digest,
+                }),
         );
         log::info!("{me}: sent {count} message(s) from {}", dir.display());
     }
@@ -107,6 +112,7 @@ pub fn send(node: &Node) -> usize {
 struct Sent {
     lane: String,
     seq: u64,
+    id: String,
     digest: String,
 }
 
@@ -136,9 +142,11 @@ fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Se
     };
     let waiting: Vec<Sent> = {
         let journal = node.journal();
+        // Unfinished, and not finished all the same (its reply and message-log line
+        // written, the journal's finish lost to a power cut: it is closed unsent).
         earlier
             .into_iter()
-            .filter(|s| journal.unfinished(&s.lane, s.seq))
+            .filter(|s| journal.unfinished(&s.lane, s.seq) && !node.resumed.listed(&s.id))
             .collect()
     };
     let mut copies: HashMap<&str, usize> = HashMap::new();

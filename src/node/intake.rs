@@ -39,13 +39,17 @@ impl Node {
     }
 
     /// As [`Node::accept`] (not from an inbox file), and returns where each message is in
-    /// the journal: its lane and sequence number ([`crate::journal::Journal::unfinished`]).
-    pub fn accept_placed(&self, messages: Vec<Message>) -> io::Result<Vec<(String, u64)>> {
+    /// the journal: its lane, sequence number ([`crate::journal::Journal::unfinished`]) and
+    /// id.
+    pub fn accept_placed(&self, messages: Vec<Message>) -> io::Result<Vec<(String, u64, String)>> {
         self.accept_inner(messages, None, false)
             .map(|(entries, _)| {
                 entries
                     .iter()
-                    .map(|e| (e.envelope.message.subject().to_string(), e.seq))
+                    .map(|e| {
+                        let lane = e.envelope.message.subject().to_string();
+                        (lane, e.seq, e.envelope.id.clone())
+                    })
                     .collect()
             })
     }
