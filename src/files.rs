@@ -265,9 +265,15 @@ pub fn write_atomically_through(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Re
         .mode(PRIVATE_FILE)
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(tmp, path)?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| fs::rename(tmp, path));
+    if let Err(e) = written {
+        // Not left behind (a full disk's half-written file, under a name of its own).
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
     sync_dir(dir)
 }
 

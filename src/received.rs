@@ -270,13 +270,15 @@ impl Received {
                     // Damaged on the disk: it ran, its reply is gone. Answered as
                     // interrupted from now on (an error failing every retry of the batch
                     // held up its sender's lane for good).
-                    Err(e) => {
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                         log::error!("{e}: answered as interrupted");
                         if let Some(state) = inner.states.get_mut(id.as_str()) {
                             *state = Known::Interrupted;
                         }
                         Seen::Interrupted
                     }
+                    // Not read (a failing disk): the sender tries again.
+                    Err(e) => return Err(e),
                 },
                 None => {
                     started.push(id);
@@ -511,12 +513,12 @@ impl Inner {
         self.file.handle().read_exact_at(&mut buf, offset)?;
         match decode(&buf).records.pop() {
             Some((_, _, Record::Finished { reply })) => {
-                Reply::decode(&reply).map_err(io::Error::other)
+                Reply::decode(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
             }
-            _ => Err(io::Error::other(format!(
-                "{}: stored reply for {id} unreadable",
-                self.path.display()
-            ))),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: stored reply for {id} unreadable", self.path.display()),
+            )),
         }
     }
 

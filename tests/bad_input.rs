@@ -454,10 +454,13 @@ fn a_link_or_a_fifo_in_the_place_of_a_taken_inbox_file_is_reported_not_read() {
     std::fs::write(&target, command("ship1", &["echo", "through a link"])).unwrap();
     let link = central.path("inmsg.taking-00000000000000000002");
     std::os::unix::fs::symlink(&target, &link).unwrap();
+    // And a folder, which cannot be removed as a file (the inbox restarted into it).
+    let folder = central.path("inmsg.taking-00000000000000000003");
+    std::fs::create_dir(&folder).unwrap();
     central.restart();
     central.append_inmsg(&command("ship1", &["echo", "after them"]));
     central.wait_for("replies/ship1.CLICommand.log", "after them");
-    central.wait_count("errors.log", "is not a regular file", 2);
+    central.wait_count("errors.log", "is not a regular file", 3);
     assert!(!central
         .read("replies/ship1.CLICommand.log")
         .contains("through a link"));
@@ -467,9 +470,11 @@ fn a_link_or_a_fifo_in_the_place_of_a_taken_inbox_file_is_reported_not_read() {
     let reports = central.read("errors.log");
     assert_eq!(
         reports.matches("is not a regular file").count(),
-        2,
+        3,
         "{reports}"
     );
+    assert!(folder.is_dir(), "left as it is");
+    assert_eq!(central.metric("steward_process_restarts_total"), 0.0);
     assert!(std::fs::read_to_string(&target)
         .unwrap()
         .contains("through a link"));

@@ -613,6 +613,9 @@ impl RecordFile {
 
 /// How far past damage [`open_records`] looks for records that go on after it.
 const RESYNC_SCAN: usize = 1 << 20;
+/// The largest record looked for past damage: a reply cut to the broker's largest message
+/// (8 MiB is past any usual `max_payload`).
+const RESYNC_RECORD: usize = 8 << 20;
 
 /// What [`open_records`] found besides the records.
 #[derive(Debug, Default)]
@@ -701,7 +704,11 @@ fn next_record(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Option<
     for p in 0..span.saturating_sub(HEADER).min(last + 1) {
         let len = u32::from_le_bytes(buf[p..p + 4].try_into().expect("4 bytes")) as usize;
         let at = from + p as u64;
-        if len == 0 || len > MAX_RECORD || at + (HEADER + len) as u64 > end {
+        // Past damage, a length read where no record begins is as likely large as small:
+        // one past what a received log's record holds (a reply, at most the broker's
+        // largest message) is not read and checked, else 1 MiB of garbage could mean
+        // reading gigabytes at a start.
+        if len == 0 || len > RESYNC_RECORD || at + (HEADER + len) as u64 > end {
             continue;
         }
         let record = match buf.get(p..p + HEADER + len) {

@@ -244,6 +244,9 @@ impl Inbox {
             match fs::remove_file(&t.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // A folder in its place (see `Inbox::not_a_file`): left as it is, not
+                // failed over (the inbox restarted into it for ever).
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
                 Err(source) => {
                     return Err(Error::Remove {
                         path: t.path.clone(),
