@@ -1132,6 +1132,16 @@ mod tests {
         );
     }
 
+    /// Flips a bit in the first stored reply of the received log at `path` (a bad sector).
+    fn damage_first_reply(path: &Path) {
+        let records = decode(&std::fs::read(path).unwrap()).records;
+        let (at, _, _) = records
+            .iter()
+            .find(|(_, _, r)| matches!(r, Record::Finished { .. }))
+            .unwrap();
+        flip(path, at + 20);
+    }
+
     /// Flips a bit of the byte at `at` of the file at `path` (a bad sector).
     fn flip(path: &Path, at: u64) {
         use std::os::unix::fs::FileExt;
@@ -1154,14 +1164,10 @@ mod tests {
             assert_eq!(r.begin("central", "CLICommand", id).unwrap(), Seen::New);
             finish(&r, &reply(id, "out"));
         }
-        let records = decode(&std::fs::read(&path).unwrap()).records;
-        let (at, _, _) = records
-            .iter()
-            .find(|(_, _, r)| matches!(r, Record::Finished { .. }))
-            .unwrap();
-        flip(&path, at + 20); // a's stored reply, damaged while the node runs
-                              // Every retry of a failed (its sender's lane held up for good): now it ran, and
-                              // its reply is gone.
+        // a's, while the node runs.
+        damage_first_reply(&path);
+        // Every retry of a failed (its sender's lane held up for good): now it ran, and
+        // its reply is gone.
         for _ in 0..3 {
             assert_eq!(
                 r.begin("central", "CLICommand", "a").unwrap(),
@@ -1201,12 +1207,7 @@ mod tests {
         drop(r);
         // A bad sector in a's stored reply: the file was cut there at the next start, and
         // b, c and d, forgotten, ran again.
-        let records = decode(&std::fs::read(&path).unwrap()).records;
-        let (at, _, _) = records
-            .iter()
-            .find(|(_, _, r)| matches!(r, Record::Finished { .. }))
-            .unwrap();
-        flip(&path, at + 20);
+        damage_first_reply(&path);
         let r = Received::open(dir.path()).unwrap();
         assert_eq!(
             r.begin("central", "CLICommand", "a").unwrap(),
