@@ -1244,5 +1244,40 @@ mod tests {
             r.begin("central", "CLICommand", "c").unwrap(),
             Seen::Done(_)
         ));
+        // And a record whose header is garbage too (a sector of noise), lengths and all:
+        // the ids after it are kept.
+        drop(r);
+        let records = decode(&std::fs::read(&path).unwrap()).records;
+        let (at, len, _) = records[0];
+        // The last record's id, and whether it is a stored reply or a run interrupted.
+        let (last_at, after, done) = match records.last().unwrap() {
+            (at, _, Record::Finished { reply }) => (*at, Reply::decode(reply).unwrap().id, true),
+            (at, _, Record::Started { id }) => (*at, id.clone(), false),
+            other => panic!("{other:?}"),
+        };
+        assert!(at < last_at, "a record after the noise");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise, at).unwrap();
+        drop(f);
+        let r = Received::open(dir.path()).unwrap();
+        let id = after.rsplit('/').next().unwrap_or(&after).to_string();
+        let seen = r.begin("central", "CLICommand", &id).unwrap();
+        assert!(
+            if done {
+                matches!(seen, Seen::Done(_))
+            } else {
+                seen == Seen::Interrupted
+            },
+            "{id}: {seen:?}"
+        );
     }
 }

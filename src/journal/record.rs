@@ -616,6 +616,8 @@ const RESYNC_SCAN: usize = 1 << 20;
 /// The largest record looked for past damage: a reply cut to the broker's largest message
 /// (8 MiB is past any usual `max_payload`).
 const RESYNC_RECORD: usize = 8 << 20;
+/// What looking for a record past damage may read and checksum in all.
+const RESYNC_BUDGET: usize = 64 << 20;
 
 /// What [`open_records`] found besides the records.
 #[derive(Debug, Default)]
@@ -701,16 +703,22 @@ fn next_record(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Option<
     else {
         return Ok(None);
     };
-    for p in 0..span.saturating_sub(HEADER).min(last + 1) {
+    // What checking candidates may read and checksum in all: past it, the rest is cut as a
+    // torn tail is (a length read where no record begins is as likely large as small, and
+    // 1 MiB of garbage could otherwise mean reading gigabytes at a start).
+    let mut budget = RESYNC_BUDGET;
+    for p in 0..span.saturating_sub(HEADER + 1).min(last + 1) {
         let len = u32::from_le_bytes(buf[p..p + 4].try_into().expect("4 bytes")) as usize;
         let at = from + p as u64;
-        // Past damage, a length read where no record begins is as likely large as small:
-        // one past what a received log's record holds (a reply, at most the broker's
-        // largest message) is not read and checked, else 1 MiB of garbage could mean
-        // reading gigabytes at a start.
-        if len == 0 || len > RESYNC_RECORD || at + (HEADER + len) as u64 > end {
+        // A record's body begins with its type (1 to 8).
+        let typed = (1..=8).contains(&buf[p + HEADER]);
+        if !typed || len == 0 || len > RESYNC_RECORD || at + (HEADER + len) as u64 > end {
             continue;
         }
+        let Some(left) = budget.checked_sub(HEADER + len) else {
+            return Ok(None);
+        };
+        budget = left;
         let record = match buf.get(p..p + HEADER + len) {
             Some(whole) => std::borrow::Cow::Borrowed(whole),
             None => {
