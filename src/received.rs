@@ -1144,15 +1144,15 @@ mod tests {
 
     /// Flips a bit of the byte at `at` of the file at `path` (a bad sector).
     fn flip(path: &Path, at: u64) {
+        let byte = std::fs::read(path).unwrap()[at as usize];
+        overwrite(path, at, &[byte ^ 0x20]);
+    }
+
+    /// Writes `bytes` over the file at `path` from `at` (damage on the disk).
+    fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).unwrap();
-        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, at).unwrap();
     }
 
     #[test]
@@ -1236,9 +1236,7 @@ mod tests {
         drop(r);
         let records = decode(&std::fs::read(&path).unwrap()).records;
         let (at, len, _) = records[0];
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; len as usize], at).unwrap();
-        drop(f);
+        overwrite(&path, at, &vec![0; len as usize]);
         let r = Received::open(dir.path()).unwrap();
         assert!(matches!(
             r.begin("central", "CLICommand", "c").unwrap(),
@@ -1265,9 +1263,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, &noise, at).unwrap();
-        drop(f);
+        overwrite(&path, at, &noise);
         let r = Received::open(dir.path()).unwrap();
         let id = after.rsplit('/').next().unwrap_or(&after).to_string();
         let seen = r.begin("central", "CLICommand", &id).unwrap();

@@ -119,10 +119,7 @@ struct Sent {
 /// A message's identity as a startup file gives it: the SHA-256 of its JSON.
 fn digest(m: &Message) -> String {
     let json = serde_json::to_vec(m).expect("a message serializes");
-    Sha256::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::keys::hex(&Sha256::digest(&json))
 }
 
 /// Of this start's `messages`, those no earlier start's copy of waits for in the journal;

@@ -223,7 +223,8 @@ pub(super) fn vouched_bytes(what: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

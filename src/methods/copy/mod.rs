@@ -77,6 +77,7 @@
 
 use super::{Context, Method, Outcome, Senders, COMMANDS};
 use crate::grant::{CopyGrant, COPY_DST, COPY_SRC};
+use crate::keys::hex;
 use crate::message::{Envelope, Kind, Message};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -409,10 +410,6 @@ pub fn digest(file: &File) -> io::Result<(u64, String)> {
         offset += n as u64;
     }
     Ok((offset, hex(&hasher.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
