@@ -370,6 +370,12 @@ fn resume(node: &node::Node, recovery: journal::Recovery) {
             node.config.node
         ));
     }
+    for passed in recovery.passed_over {
+        node.report_error(format!(
+            "{}: journal was damaged: {passed}",
+            node.config.node
+        ));
+    }
     for bad in recovery.undecodable {
         node.report_unreadable(format!("journal: dropped an unreadable message: {bad}"));
     }

@@ -905,3 +905,56 @@ fn a_second_agent_on_the_same_data_folder_refuses_to_run() {
         1.0
     );
 }
+
+#[test]
+fn a_bad_sector_in_the_journal_loses_the_messages_it_held_and_no_others() {
+    let nats = NatsServer::start();
+    // ship1 away: the commands wait in central's journal, three batches of ten.
+    let mut central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=1", "--defaultMessageRetries=100"],
+    );
+    for batch in 0..3 {
+        let range = batch * 10..batch * 10 + 10;
+        central.append_inmsg(&numbered_commands("ship1", range));
+        central.wait_metric(
+            "journaled the batch",
+            |c| c.metric("steward_journal_pending_messages"),
+            |v| v == (batch * 10 + 10) as f64,
+        );
+    }
+    assert_eq!(central.terminate(), Some(0));
+    // A bit of command 12's record flips on the disk (a bad sector), long after it was
+    // synced; the records after it are whole.
+    let path = central.path("journal/journal.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"done-12")
+        .expect("command 12 in the journal");
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    central.restart();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let all_but_12: Vec<usize> = (0..30).filter(|&i| i != 12).collect();
+    central.wait_until(
+        "replies/ship1.CLICommand.log",
+        "had every reply but 12's",
+        |t| {
+            all_but_12
+                .iter()
+                .all(|i| t.contains(&format!("\ndone-{i}\n")))
+        },
+    );
+    let ran = runs(&ship1);
+    report("journal_bad_sector", 30, ran.len(), duplicates(&ran));
+    // Before, the journal was cut at the damage: commands 13 to 29 were lost with 12.
+    assert_eq!(ran.keys().copied().collect::<Vec<_>>(), all_but_12);
+    assert_eq!(duplicates(&ran), 0);
+    let log = central.log();
+    assert!(
+        log.contains("journal was damaged") && log.contains("passed over bytes"),
+        "the damage is said"
+    );
+}

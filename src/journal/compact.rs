@@ -49,6 +49,7 @@ impl Journal {
             }
         };
         // Only now, with the new file in place, do the new places count.
+        (self.claimed, self.to_claim, self.damaged_below) = (written, written, 0);
         self.live_bytes = 0;
         for (name, l) in self.lanes.iter_mut() {
             (l.waiting, l.live_bytes) = rebuilt.remove(name).unwrap_or_default();
@@ -80,7 +81,9 @@ impl Journal {
         let mut written = buf.len() as u64;
         let mut rebuilt = Relocated::new();
         let reader = self.file.handle().clone();
-        let mut records = Records::new(&*reader, 0, self.file.end());
+        // Damage opening the journal passed over is left behind here.
+        let mut records =
+            Records::new(&*reader, 0, self.file.end()).passing_below(self.damaged_below);
         for r in records.by_ref() {
             let (seq, lane, envelope) = match r?.2 {
                 Record::Accepted {
@@ -127,11 +130,13 @@ impl Journal {
         if let Some(why) = records.corruption {
             return Err(io::Error::other(format!("journal unreadable: {why}")));
         }
-        // Last, as the commit record of everything before it.
+        // Last, as the commit record of everything before it, all of it durable once the
+        // file is in place.
         buf.clear();
         encode(
             &Record::Checkpoint {
                 next_seq: self.next_seq,
+                synced: Some(written),
             },
             &mut buf,
         );

@@ -19,6 +19,23 @@
 //! reads them again from its file. A torn or corrupt tail is cut off on open, and
 //! [`Recovery::cut`] says what was cut.
 //!
+//! # Damage
+//!
+//! A power cut tears only what was never synced, but not only at the tail: writeback may
+//! put a later page on disk and not an earlier one. So damage followed by whole records is
+//! no proof of anything by itself, and a journal used to be cut at its first damage, every
+//! record after it lost with it (a bad sector in the middle of a week's queue lost the
+//! week). Every commit record is therefore a `Checkpoint` saying how far the file was
+//! durable when it was written (after the batch's `InboxOffset`, if it came from an inbox
+//! file), and the supervisor's tick writes one more after an fsync that nothing written
+//! since says is done. At open, damage (a corrupt record, or zeros where records go on
+//! after them) that a later checkpoint says was durable is the disk's, not a torn write's:
+//! it is passed over, to the next whole record, said ([`Recovery::passed_over`]), and left
+//! behind by a compaction at once; what it held is lost, and nothing else. Damage no
+//! checkpoint vouches for is cut as a torn tail is. Journals from before session 34 have
+//! checkpoints that say nothing, and are cut at their first damage as before; the versions
+//! before read today's checkpoints as theirs.
+//!
 //! # When the disk fails or fills
 //!
 //! A failed write (a full disk) is cut back off the file, and what memory counts (messages
@@ -161,6 +178,10 @@ pub struct Recovery {
     pub inbox_offsets: BTreeMap<String, u64>,
     /// What was cut off the tail, if the journal was torn or corrupt.
     pub cut: Option<String>,
+    /// Damage before the tail (a bad sector, a lost page) known to have been synced when it
+    /// was written, passed over, the records after it kept: each stretch said. What the
+    /// damage held is lost.
+    pub passed_over: Vec<String>,
     /// Accepted records whose message could not be decoded (kept out of the system, logged).
     pub undecodable: Vec<String>,
 }
@@ -282,6 +303,16 @@ pub struct Journal {
     unreadable: Vec<String>,
     /// What the lanes' [`Lane::hot`] entries take, by [`hot_cost`].
     hot_bytes: usize,
+    /// How far the newest `Checkpoint` says the file was durable (see "Damage" in the
+    /// module docs); a checkpoint written only to say so counts itself in.
+    claimed: u64,
+    /// Where the records end that a later checkpoint is to say are durable: the end of the
+    /// newest batch (finishes need none: one lost costs a message sent again, which its
+    /// receiver recognises).
+    to_claim: u64,
+    /// Damage passed over at open lies before this (0: none): readers pass over it too,
+    /// until a compaction has left it behind.
+    damaged_below: u64,
 }
 
 /// What a message kept as written takes in memory, about: its wire form, its decoded form
@@ -378,22 +409,11 @@ impl Journal {
                 encoded,
             });
         }
-        // The commit record: a batch counts only once this is on disk after it.
-        match inbox {
-            Some((file, offset)) => encode(
-                &Record::InboxOffset {
-                    file: file.to_string(),
-                    offset,
-                },
-                &mut buf,
-            ),
-            None if !entries.is_empty() => encode(
-                &Record::Checkpoint {
-                    next_seq: self.next_seq + entries.len() as u64,
-                },
-                &mut buf,
-            ),
-            None => {}
+        // The commit record: a batch counts only once this is on disk after it. How far
+        // an inbox file was read, and a checkpoint saying how far the file is durable.
+        if let Some((file, offset)) = inbox {
+            let file = file.to_string();
+            encode(&Record::InboxOffset { file, offset }, &mut buf);
         }
         if buf.is_empty() {
             return Ok(Written {
@@ -401,7 +421,12 @@ impl Journal {
                 ticket: None,
             });
         }
+        let claim = self.file.synced_through();
+        let next_seq = self.next_seq + entries.len() as u64;
+        let synced = Some(claim);
+        encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
         self.append_bytes(&buf)?;
+        (self.claimed, self.to_claim) = (claim, self.file.end());
         self.next_seq += entries.len() as u64;
         let mut hot = Vec::new();
         for entry in &entries {
@@ -489,7 +514,8 @@ impl Journal {
                 .map_or(self.file.end(), |b| b.start);
             // Damage further on: what was read before it goes out first; the error comes
             // back at the refill that starts there.
-            if let Err(e) = refill(&**self.file.handle(), end, &key, l) {
+            let damaged_below = self.damaged_below;
+            if let Err(e) = refill(&**self.file.handle(), end, damaged_below, &key, l) {
                 if l.waiting.window.is_empty() {
                     return Err(e);
                 }
@@ -709,7 +735,8 @@ impl Journal {
 
     /// An fsync of every record written so far, if any is not durable yet, to run without
     /// the journal's lock; then [`Journal::synced_ticket`].
-    pub fn sync_ticket(&self) -> io::Result<Option<SyncTicket>> {
+    pub fn sync_ticket(&mut self) -> io::Result<Option<SyncTicket>> {
+        self.claim();
         if self.file.is_synced() {
             return Ok(None);
         }
@@ -789,6 +816,31 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether records are durable that no checkpoint says are yet (see "Damage" in the
+    /// module docs).
+    fn claim_due(&self) -> bool {
+        self.file.synced_through().min(self.to_claim) > self.claimed
+    }
+
+    /// A checkpoint saying how far the file is durable, written when one is due (so that
+    /// damage found there later is known to be the disk's, and passed over): by the
+    /// supervisor's tick after a batch's fsync, synced with the finishes it syncs. Not
+    /// written if it cannot be (a full disk): the next tick tries again.
+    fn claim(&mut self) {
+        if !self.claim_due() {
+            return;
+        }
+        let claim = self.file.synced_through();
+        let mut buf = Vec::with_capacity(32);
+        let (next_seq, synced) = (self.next_seq, Some(claim));
+        encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
+        if self.file.append(&buf).is_ok() {
+            self.bytes_written += buf.len() as u64;
+            // Itself included: damage to it alone loses nothing.
+            self.claimed = self.file.end();
+        }
+    }
+
     /// Writes the finishes a full disk held back, and compacts the journal if finished
     /// records make up most of it: called now and then (the supervisor's tick), never on a
     /// message's path. Not while a batch waits for its
@@ -823,7 +875,8 @@ impl Journal {
     /// Whether finished records make up most of the file.
     fn compaction_due(&self) -> bool {
         let size = self.file.end();
-        size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size
+        self.damaged_below > 0
+            || (size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size)
     }
 
     /// Whether [`Journal::sync_ticket`] or [`Journal::maintain`] has work: records not
@@ -833,6 +886,7 @@ impl Journal {
     pub fn needs_upkeep(&self) -> bool {
         let compaction_waits = self.compact_not_before.is_some_and(|t| Instant::now() < t);
         !self.file.is_synced()
+            || self.claim_due()
             || !self.unsettled.is_empty()
             || (self.compaction_due() && !compaction_waits)
     }
@@ -870,11 +924,19 @@ fn hand_out(
 /// that cannot be read), what was read before it stays in the window, to be handed out,
 /// and the lane's next refill begins at the damage (begun before it, what was read was read
 /// in again, after the publisher had it: sent twice, and the lane's counts wrapped).
-fn refill(file: &dyn StoredFile, end: u64, key: &str, lane: &mut Lane) -> io::Result<()> {
+/// Damage that opening the journal passed over (before `damaged_below`) is passed over
+/// again.
+fn refill(
+    file: &dyn StoredFile,
+    end: u64,
+    damaged_below: u64,
+    key: &str,
+    lane: &mut Lane,
+) -> io::Result<()> {
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());
     };
-    let mut records = Records::new(file, from, end);
+    let mut records = Records::new(file, from, end).passing_below(damaged_below);
     let failed = loop {
         let (offset, len, record) = match records.next() {
             None => break None,

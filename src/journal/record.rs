@@ -6,7 +6,7 @@
 //! | len: u32 LE | crc: u32 LE | body: len bytes                 |
 //! +-------------+-------------+---------------------------------+
 //! body = type: u8, then
-//!   1 Checkpoint   next_seq: u64 LE
+//!   1 Checkpoint   next_seq: u64 LE, then (journals from session 34 on) synced: u64 LE
 //!   4 InboxOffset  offset: u64 LE, file name: UTF-8
 //!   5 Started      message id: UTF-8           (received.log, see crate::received)
 //!   6 Finished     reply: JSON (the wire form)  (received.log)
@@ -19,9 +19,11 @@
 //! In the style of LevelDB's log format. `crc` is CRC-32 (IEEE) of the body. A reader that
 //! meets a record that is short, too long, or fails its checksum stops there: everything
 //! before it is kept, the rest is cut off. Only the tail can be torn by a power loss,
-//! because records are only ever appended. Past the last record the file may hold zeros,
-//! space reserved ahead ([`RecordFile`]): a header of zeros reads as the end, not as damage.
-//! What the records mean is the journal's and the received log's business.
+//! because records are only ever appended; damage before it is the disk's (a bad sector,
+//! a lost page), and a reader may be told to pass over it ([`Records::passing_below`]),
+//! once it knows that what was there had been synced. Past the last record the file may
+//! hold zeros, space reserved ahead ([`RecordFile`]): a header of zeros reads as the end,
+//! not as damage. What the records mean is the journal's and the received log's business.
 
 use crate::storage::{Handle, Storage, StoredFile};
 use std::io;
@@ -36,8 +38,12 @@ pub const CHUNK: usize = 256 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
+    /// A batch's commit record (see [`crate::journal`]), and where the file was known to be
+    /// durable when it was written: `synced` (absent from journals before session 34, and
+    /// ignored by the versions that wrote them, which read only `next_seq`).
     Checkpoint {
         next_seq: u64,
+        synced: Option<u64>,
     },
     /// A message taken in, for `lane` (its subject).
     Accepted {
@@ -76,9 +82,12 @@ pub enum Record {
 /// Appends the encoded record to `out`.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
     framed(out, |out| match record {
-        Record::Checkpoint { next_seq } => {
+        Record::Checkpoint { next_seq, synced } => {
             out.push(1);
             out.extend_from_slice(&next_seq.to_le_bytes());
+            if let Some(synced) = synced {
+                out.extend_from_slice(&synced.to_le_bytes());
+            }
         }
         Record::LegacyAccepted { seq, envelope } => {
             out.push(2);
@@ -256,6 +265,7 @@ fn decode_body(body: &[u8]) -> Option<Record> {
     Some(match body[0] {
         1 => Record::Checkpoint {
             next_seq: u64_at(1)?,
+            synced: u64_at(9),
         },
         2 => Record::LegacyAccepted {
             seq: u64_at(1)?,
@@ -290,7 +300,8 @@ fn decode_body(body: &[u8]) -> Option<Record> {
 
 /// Reads the records of a file from an offset up to `end`, a chunk at a time, so a file of
 /// any size is read in bounded memory. Stops at the first torn or corrupt record and says
-/// why in `corruption`.
+/// why in `corruption`, unless told to pass over damage before some offset
+/// ([`Records::passing_below`]).
 pub struct Records<'a> {
     file: &'a dyn StoredFile,
     end: u64,
@@ -298,7 +309,21 @@ pub struct Records<'a> {
     /// File offset of `buf[0]`.
     buf_at: u64,
     pos: usize,
+    /// Damage that begins before this is passed over, to the next whole record.
+    pass_below: u64,
+    /// The damaged stretches passed over, in order.
+    pub passed: Vec<Passed>,
     pub corruption: Option<String>,
+}
+
+/// A damaged stretch of a file that whole records follow, passed over by a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed {
+    /// Where the damage begins, and where the next whole record does.
+    pub from: u64,
+    pub to: u64,
+    /// What was found there.
+    pub why: String,
 }
 
 impl<'a> Records<'a> {
@@ -309,8 +334,37 @@ impl<'a> Records<'a> {
             buf: Vec::new(),
             buf_at: from,
             pos: 0,
+            pass_below: 0,
+            passed: Vec::new(),
             corruption: None,
         }
+    }
+
+    /// Damage (a corrupt record, or zeros where records go on after them) that begins
+    /// before `below` is passed over to the next whole record within [`RESYNC_SCAN`] of it,
+    /// and noted in [`Records::passed`]; only where the caller knows the damage is not a
+    /// torn write's (what was there had been synced: see [`crate::journal`]).
+    pub fn passing_below(mut self, below: u64) -> Records<'a> {
+        self.pass_below = below;
+        self
+    }
+
+    /// Passes over the damage at `at` (`why`) if it may be, to the next whole record:
+    /// whether it did.
+    fn pass_over(&mut self, at: u64, why: &str) -> io::Result<bool> {
+        if at >= self.pass_below {
+            return Ok(false);
+        }
+        let Some(next) = next_record(self.file, at + 1, self.end)? else {
+            return Ok(false);
+        };
+        self.passed.push(Passed {
+            from: at,
+            to: next,
+            why: why.to_string(),
+        });
+        (self.buf, self.buf_at, self.pos) = (Vec::new(), next, 0);
+        Ok(true)
     }
 
     /// Where the next record begins: the end of what was read whole.
@@ -330,6 +384,9 @@ impl<'a> Records<'a> {
                     return Ok(Some((at, len as u32, record)));
                 }
                 Step::End => {
+                    if self.pass_over(at, "zeros")? {
+                        continue;
+                    }
                     self.end = at;
                     return Ok(None);
                 }
@@ -351,6 +408,9 @@ impl<'a> Records<'a> {
                 }
                 Step::Bad(why) => why,
             };
+            if self.pass_over(at, &why)? {
+                continue;
+            }
             self.corruption = Some(format!("at byte {at} of {}: {why}", self.end));
             return Ok(None);
         }
@@ -577,6 +637,11 @@ impl RecordFile {
         }
     }
 
+    /// Where what is known to be durable ends.
+    pub fn synced_through(&self) -> u64 {
+        self.synced
+    }
+
     /// Whether everything written is durable.
     pub fn is_synced(&self) -> bool {
         self.synced >= self.end
@@ -779,7 +844,14 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let records = vec![
-            Record::Checkpoint { next_seq: 7 },
+            Record::Checkpoint {
+                next_seq: 7,
+                synced: None,
+            },
+            Record::Checkpoint {
+                next_seq: 7,
+                synced: Some(1 << 40),
+            },
             Record::Accepted {
                 seq: 7,
                 lane: "ship1.EventACK.TextLogging".into(),

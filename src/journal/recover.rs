@@ -2,9 +2,11 @@
 //! is finished, how far each inbox file was read and where the last commit record is; the
 //! second, where each lane's unfinished messages are. A torn or corrupt tail, and a batch
 //! cut before its commit record, are cut off; what is kept is made durable before anything
-//! acts on it.
+//! acts on it. Damage before the tail that a later checkpoint proves was synced (the
+//! disk's, not a torn write's) is passed over, and left behind by a compaction at once.
 
 use super::*;
+use record::Passed;
 
 impl Journal {
     /// Opens (or creates) the journal in `dir`, cutting off a torn or corrupt tail, and
@@ -18,8 +20,43 @@ impl Journal {
         let path = Journal::path(dir);
         let mut file = RecordFile::open(&*storage, &path)?;
         let mut recovery = Recovery::default();
-        let found = Found::read(&file, &path)?;
+        let mut found = Found::read(&file, &path, file.end(), u64::MAX)?;
+        // Damage no checkpoint after it proves synced may be a torn write's (writeback
+        // reorders pages: a later record on disk, an earlier one not): cut there, with
+        // everything after it, as a torn tail is. The first pass went on past it only to
+        // look for such a proof; the second stops there.
+        if let Some(torn) = found.unproven.take() {
+            let proven = std::mem::take(&mut found.passed);
+            found = Found::read(&file, &path, torn.from, torn.from)?;
+            // The same damage before it, proven by checkpoints the first pass read (some
+            // may lie past the cut).
+            (found.passed, found.unproven) = (proven, None);
+            let kept = found.kept;
+            found.cut = Some(cut_message(
+                &path,
+                &format!(
+                    "at byte {}: {}, and no checkpoint after it says it was synced",
+                    torn.from, torn.why
+                ),
+                kept,
+                torn.from,
+            ));
+        }
         recovery.cut = found.cut;
+        recovery.passed_over = found
+            .passed
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: at byte {}: {}; passed over bytes {} to {} (synced before, so the disk's damage: what it held is lost), the records after them kept",
+                    path.display(),
+                    p.from,
+                    p.why,
+                    p.from,
+                    p.to
+                )
+            })
+            .collect();
         let mut size = found.end;
         file.found_end(size)?;
         // A batch whose commit record never made it to disk was never taken: its messages
@@ -52,6 +89,10 @@ impl Journal {
             fsync_seconds: Vec::new(),
             unreadable: Vec::new(),
             hot_bytes: 0,
+            claimed: size,
+            to_claim: size,
+            // Compacted away at once (below), or by the supervisor's tick.
+            damaged_below: if found.passed.is_empty() { 0 } else { size },
         };
         for (lane, through) in found.done {
             let l = journal.lanes.entry(lane).or_default();
@@ -93,7 +134,8 @@ impl Journal {
     ) -> io::Result<bool> {
         let mut legacy = !legacy_done.is_empty();
         let reader = self.file.handle().clone();
-        for r in Records::new(&*reader, 0, end) {
+        // Damage the first pass passed over is passed over again.
+        for r in Records::new(&*reader, 0, end).passing_below(self.damaged_below) {
             let (offset, len, record) = r?;
             let span = Span { offset, len };
             match record {
@@ -156,12 +198,19 @@ struct Found {
     /// Where the complete records end, and what was cut past it.
     end: u64,
     cut: Option<String>,
+    /// Damage passed over, each proven synced by a checkpoint after it.
+    passed: Vec<Passed>,
+    /// The first damage passed over that no checkpoint after it proves synced.
+    unproven: Option<Passed>,
+    /// How many records were read.
+    kept: usize,
 }
 
 impl Found {
     /// The first pass: what is finished, how far inbox files were read, where the last
-    /// commit record is.
-    fn read(file: &RecordFile, path: &Path) -> io::Result<Found> {
+    /// commit record is; up to `end`, passing over damage before `pass_below` (noting
+    /// whether a checkpoint after it proves it synced).
+    fn read(file: &RecordFile, path: &Path, end: u64, pass_below: u64) -> io::Result<Found> {
         let mut found = Found {
             next_seq: 1,
             done: HashMap::new(),
@@ -170,16 +219,27 @@ impl Found {
             uncommitted: None,
             end: 0,
             cut: None,
+            passed: Vec::new(),
+            unproven: None,
+            kept: 0,
         };
-        let mut kept = 0;
-        let mut records = Records::new(&**file.handle(), 0, file.end());
-        for r in records.by_ref() {
+        // Damage passed over, waiting for a checkpoint that says it was synced.
+        let mut unproven: Vec<Passed> = Vec::new();
+        let mut records = Records::new(&**file.handle(), 0, end).passing_below(pass_below);
+        while let Some(r) = records.next() {
             let (offset, _, record) = r?;
-            kept += 1;
+            found.kept += 1;
+            unproven.append(&mut records.passed);
             match record {
-                Record::Checkpoint { next_seq } => {
+                Record::Checkpoint { next_seq, synced } => {
                     found.next_seq = found.next_seq.max(next_seq);
                     found.uncommitted = None;
+                    // Written once everything before `synced` was durable: damage there
+                    // is the disk's. (A checkpoint from before session 34 says nothing.)
+                    let synced = synced.unwrap_or(0);
+                    let (proven, waiting) = unproven.drain(..).partition(|p| p.to <= synced);
+                    found.passed.extend::<Vec<Passed>>(proven);
+                    unproven = waiting;
                 }
                 Record::InboxOffset { file, offset } => {
                     found.inbox_offsets.insert(file, offset);
@@ -203,8 +263,14 @@ impl Found {
             }
         }
         found.end = records.reached();
+        unproven.append(&mut records.passed);
         if let Some(why) = &records.corruption {
-            found.cut = Some(cut_message(path, why, kept, found.end));
+            found.cut = Some(cut_message(path, why, found.kept, found.end));
+        }
+        found.passed.sort_by_key(|p| p.from);
+        if let Some(first) = unproven.into_iter().min_by_key(|p| p.from) {
+            found.passed.retain(|p| p.from < first.from);
+            found.unproven = Some(first);
         }
         Ok(found)
     }

@@ -237,7 +237,13 @@ fn an_unreadable_message_is_reported_and_passed_over() {
         },
         &mut buf,
     );
-    encode(&Record::Checkpoint { next_seq: 2 }, &mut buf);
+    encode(
+        &Record::Checkpoint {
+            next_seq: 2,
+            synced: None,
+        },
+        &mut buf,
+    );
     j.file.append(&buf).unwrap();
     drop(j);
     let (mut j, r) = Journal::open(dir.path()).unwrap();
@@ -372,7 +378,13 @@ fn records_written_together_are_taken_in_any_counts_in_order_and_a_bad_one_among
             &mut buf,
         );
     }
-    encode(&Record::Checkpoint { next_seq: 6 }, &mut buf);
+    encode(
+        &Record::Checkpoint {
+            next_seq: 6,
+            synced: None,
+        },
+        &mut buf,
+    );
     j.file.append(&buf).unwrap();
     drop(j);
     let (mut j, r) = Journal::open(dir.path()).unwrap();
@@ -432,10 +444,16 @@ fn a_batch_cut_before_its_commit_record_is_dropped_whole() {
     )
     .unwrap();
     drop(j);
-    // Cut the second batch just before its commit record.
+    // Cut the second batch just before its commit records (its inbox offset, a
+    // checkpoint).
     let path = Journal::path(dir.path());
     let bytes = fs::read(&path).unwrap();
-    let last = decode(&bytes).records.last().unwrap().0;
+    let records = decode(&bytes).records;
+    let last = records[records.len() - 2].0;
+    assert!(matches!(
+        records[records.len() - 2].2,
+        Record::InboxOffset { .. }
+    ));
     fs::write(&path, &bytes[..last as usize]).unwrap();
     let (mut j, r) = Journal::open(dir.path()).unwrap();
     assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0"]);
@@ -450,8 +468,21 @@ fn a_batch_cut_before_its_commit_record_is_dropped_whole() {
     assert!(r.cut.is_none());
 }
 
+/// Flips a bit in the body of the record at `at` of the journal in `dir` (a bad sector).
+fn flip_bit_at(dir: &Path, at: u64) {
+    let path = Journal::path(dir);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut byte = [0];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at + 40).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[byte[0] ^ 0x40], at + 40).unwrap();
+}
+
 #[test]
-fn flipped_byte_stops_the_reader_there() {
+fn a_flipped_bit_in_synced_records_loses_that_record_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();
     for i in 0..3 {
@@ -459,18 +490,140 @@ fn flipped_byte_stops_the_reader_there() {
     }
     drop(j);
     let path = Journal::path(dir.path());
-    let mut bytes = fs::read(&path).unwrap();
-    let accepted: Vec<usize> = decode(&bytes)
-        .records
-        .iter()
-        .filter(|(_, _, r)| matches!(r, Record::Accepted { .. }))
-        .map(|(offset, _, _)| *offset as usize)
-        .collect();
-    bytes[accepted[1] + 40] ^= 0x40; // inside the second message's body
-    fs::write(&path, &bytes).unwrap();
+    let accepted = offsets_of(&path, |r| matches!(r, Record::Accepted { .. }));
+    flip_bit_at(dir.path(), accepted[1].0); // inside the second message's body
     let (mut j, r) = Journal::open(dir.path()).unwrap();
-    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0"]);
-    assert!(r.cut.unwrap().contains("checksum mismatch"));
+    // The third batch's checkpoint says the second was synced when it was written: the
+    // disk's damage, passed over; before session 34, the third was cut with it.
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 0", "message 2"]);
+    assert!(r.cut.is_none(), "{:?}", r.cut);
+    assert_eq!(r.passed_over.len(), 1);
+    assert!(
+        r.passed_over[0].contains("checksum mismatch") && r.passed_over[0].contains("lost"),
+        "{:?}",
+        r.passed_over
+    );
+    // Left behind at once: the file holds no damage now.
+    j.append("central", vec![msg(3)], None).unwrap();
+    drop(j);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert!(r.passed_over.is_empty() && r.cut.is_none(), "{r:?}");
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 0", "message 2", "message 3"]
+    );
+}
+
+#[test]
+fn damage_no_checkpoint_says_was_synced_is_cut_as_a_torn_tail_is() {
+    // Two batches written before either was synced (the inbox and the control socket at
+    // once): the second's checkpoint cannot vouch for the first, whose damage may be a
+    // power cut's (the second's page reached the disk, the first's not).
+    let written = |claim_after: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append("central", vec![msg(0)], None).unwrap();
+        let one = j.write("central", vec![msg(1)], None).unwrap();
+        let two = j.write("central", vec![msg(2)], None).unwrap();
+        let synced = two.sync();
+        j.commit(&one, Ok(Duration::ZERO)).unwrap();
+        j.commit(&two, synced).unwrap();
+        if claim_after {
+            // The supervisor's tick: a checkpoint saying both are durable.
+            assert!(j.needs_upkeep(), "a checkpoint is due");
+            j.sync().unwrap();
+            assert!(!j.needs_upkeep());
+        }
+        drop(j);
+        let accepted = offsets_of(&Journal::path(dir.path()), |r| {
+            matches!(r, Record::Accepted { .. })
+        });
+        flip_bit_at(dir.path(), accepted[1].0);
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        (data(&take_all(&mut j, "ship1")), r)
+    };
+    let (kept, r) = written(false);
+    assert_eq!(kept, ["message 0"]);
+    let cut = r.cut.expect("cut");
+    assert!(
+        cut.contains("no checkpoint after it says it was synced"),
+        "{cut}"
+    );
+    assert!(r.passed_over.is_empty());
+    // With the tick's checkpoint after them, the same damage is the disk's.
+    let (kept, r) = written(true);
+    assert_eq!(kept, ["message 0", "message 2"]);
+    assert!(r.cut.is_none(), "{:?}", r.cut);
+    assert_eq!(r.passed_over.len(), 1, "{:?}", r.passed_over);
+}
+
+#[test]
+fn a_zeroed_page_in_synced_records_is_passed_over_not_taken_for_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for i in 0..60 {
+        j.append("central", vec![msg(i)], None).unwrap();
+    }
+    drop(j);
+    let path = Journal::path(dir.path());
+    let accepted = offsets_of(&path, |r| matches!(r, Record::Accepted { .. }));
+    // Zeros from a record's start on: read as the end of the records before.
+    let page = accepted[15].0;
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0; 4096], page).unwrap();
+    drop(f);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    let kept = data(&take_all(&mut j, "ship1"));
+    // Only the messages whose records the page held are gone; before, the journal ended
+    // there, silently, and the 40-odd after it with it.
+    let intact = (0..60)
+        .filter(|&i| {
+            let (at, len) = accepted[i];
+            at + u64::from(len) <= page || at >= page + 4096
+        })
+        .map(|i| format!("message {i}"));
+    assert_eq!(kept, intact.collect::<Vec<_>>());
+    assert!(r.cut.is_none(), "{:?}", r.cut);
+    assert_eq!(r.passed_over.len(), 1, "{:?}", r.passed_over);
+    assert!(r.passed_over[0].contains("zeros"), "{:?}", r.passed_over);
+}
+
+#[test]
+fn a_journal_whose_checkpoints_say_nothing_is_cut_at_its_first_damage() {
+    // As journals before session 34 were written.
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    drop(j);
+    let mut buf = Vec::new();
+    let mut accepted = Vec::new();
+    for seq in 1..=3 {
+        let envelope = Envelope {
+            id: format!("central-1-{seq}"),
+            from_node: "central".into(),
+            accepted: 1,
+            reply_ticket: None,
+            grant: None,
+            message: msg(seq as usize),
+        }
+        .encode();
+        accepted.push(buf.len() as u64);
+        let lane = "ship1.EventACK.TextLogging".into();
+        encode(
+            &Record::Accepted {
+                seq,
+                lane,
+                envelope,
+            },
+            &mut buf,
+        );
+        let (next_seq, synced) = (seq + 1, None);
+        encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
+    }
+    fs::write(Journal::path(dir.path()), &buf).unwrap();
+    flip_bit_at(dir.path(), accepted[1]);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(data(&take_all(&mut j, "ship1")), ["message 1"]);
+    assert!(r.cut.is_some() && r.passed_over.is_empty(), "{r:?}");
 }
 
 #[test]
@@ -512,7 +665,12 @@ fn upkeep_is_asked_for_only_while_some_waits() {
     };
     j.append("central", (0..400).map(big).collect(), None)
         .unwrap();
-    assert!(!j.needs_upkeep(), "appended batches are synced");
+    assert!(
+        j.needs_upkeep(),
+        "a checkpoint saying they are synced is due"
+    );
+    j.sync().unwrap();
+    assert!(!j.needs_upkeep());
     let taken = take_all(&mut j, "ship1");
     j.finish(&lane("ship1"), &seqs(&taken[..1])).unwrap();
     assert!(j.needs_upkeep(), "a finish is not durable yet");
@@ -566,7 +724,13 @@ fn a_journal_from_before_lanes_is_read_and_rewritten() {
             &mut buf,
         );
     }
-    encode(&Record::Checkpoint { next_seq: 4 }, &mut buf);
+    encode(
+        &Record::Checkpoint {
+            next_seq: 4,
+            synced: None,
+        },
+        &mut buf,
+    );
     encode(&Record::LegacyDone { seq: 1 }, &mut buf);
     fs::create_dir_all(dir.path()).unwrap();
     fs::write(Journal::path(dir.path()), &buf).unwrap();
