@@ -451,3 +451,80 @@ fn op_process_stop_stops_a_publisher_waiting_its_turn() {
         })
     });
 }
+
+/// A lane whose message waits for its first publisher thread (`--maxPublishers`, every
+/// thread busy) is a publisher in the process table: `OpProcessList` shows it in line, and
+/// `OpProcessStop` takes it out of line. Its message stays in the journal, it does not
+/// take the thread once one is free, and its lane's next message starts it again.
+#[test]
+fn op_process_list_and_stop_see_a_lane_in_line_for_its_first_thread() {
+    let nats = NatsServer::start();
+    let ship2 = Node::start(
+        "ship2",
+        &nats.address(),
+        &["--allowCommandsFrom=central,ship1:CLICommand"],
+    );
+    let ship1 = Node::start("ship1", &nats.address(), &["--maxPublishers=1"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let lane = "ship2.EventACK.TextLogging";
+    let row = |table: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("publisher {lane} ")))
+            .map(str::to_string)
+    };
+    // ship1's one thread: a command on ship2 that runs 15 s. Then a line to log on ship2,
+    // whose lane never had a publisher: in line for the thread.
+    ship1.append_inmsg(
+        r#"[{"toNode":"ship2","data":["sleep","15"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":60},
+ {"toNode":"ship2","data":["first\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
+    );
+    ship1.wait_status("showed a lane in line", |t| {
+        t.contains("1 lane(s) waiting for a publisher")
+    });
+    let ask = |method: &str, data: &str| {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":[{data}],"commandOrEvent":"CommandACK","method":"{method}"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked", "{method}: {ended:?}");
+        central.read(&format!("replies/ship1.{method}.log"))
+    };
+    // Listed: its message pending, no restarts, waiting for a thread, next in line.
+    let table = ask("OpProcessList", "");
+    let listed = row(&table).unwrap_or_else(|| panic!("{lane} not listed:\n{table}"));
+    let columns: Vec<&str> = listed.split_whitespace().collect();
+    assert_eq!(columns[2..4], ["1", "0"], "{listed}");
+    assert!(
+        listed.ends_with("waiting for a publisher thread (--maxPublishers), next in line"),
+        "{listed}"
+    );
+    // Stopped: out of line, as a parked publisher is.
+    let stopped = ask("OpProcessStop", &format!("\"publisher {lane}\""));
+    assert!(
+        stopped.contains(&format!(
+            "publisher {lane} on ship1 stopped; its messages stay in the journal"
+        )),
+        "{stopped}"
+    );
+    let table = ship1.wait_status("showed the lane out of line, stopped", |t| {
+        !t.contains("waiting for a publisher")
+            && row(t).is_some_and(|r| r.contains("stopped by OpProcessStop from central"))
+    });
+    // Once ship2's command is done, the thread is free: the stopped lane does not take it.
+    ship1.wait_until("", "ship2's command done", |_| {
+        ship1.path("replies/ship2.CLICommand.log").exists()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ship2.read("textlog/ship1.log"), "", "{table}");
+    let stays = row(&ship1.status()).unwrap_or_default();
+    assert!(
+        stays.split_whitespace().nth(2) == Some("1") && stays.contains("stopped by OpProcessStop"),
+        "{stays}"
+    );
+    // Its lane's next message starts it again: both lines logged, in order.
+    ship1.append_inmsg(
+        r#"[{"toNode":"ship2","data":["second\n"],"commandOrEvent":"EventACK","method":"TextLogging"}]"#,
+    );
+    let logged = ship2.wait_for("textlog/ship1.log", "second");
+    assert_eq!(logged, "first\nsecond\n");
+}

@@ -4,9 +4,11 @@
 //! name that table gives (e.g. `"publisher ship2.CommandACK.CLICommand"`).
 //!
 //! A stopped publisher's messages stay in the journal: it starts again with its lane's next
-//! message, or at the node's next start. A stopped subscriber stays stopped until the
-//! node's next start: steward serves every method it has at start, so stopping one is a
-//! pause an operator chose, not configuration. The node's own processes (inbox, control
+//! message, or at the node's next start. A lane waiting for a thread (`--maxPublishers`),
+//! even its first, has its publisher in the table, and stopping it takes it out of line.
+//! A stopped subscriber stays stopped until the node's next start: steward serves every
+//! method it has at start, so stopping one is a pause an operator chose, not
+//! configuration. The node's own processes (inbox, control
 //! socket, hello) and the subscribers of `CLICommand`, `TrustedKeys`, `OpProcessStop` and
 //! `OpProcessList` cannot be stopped ([`crate::supervisor::MUST_STAY`]): the node must
 //! stay reachable to be put right. Both are commands: only senders `--allowCommandsFrom`

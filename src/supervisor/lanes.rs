@@ -1,7 +1,10 @@
 //! Publishers for lanes. A lane with messages and no publisher gets one, which keeps
 //! going while it has work; an idle publisher ends after `--keepPublishersAliveFor`.
 //! At most `--maxPublishers` run at once: a lane beyond that waits its turn in [`Waiting`],
-//! and while any waits, idle publishers are asked to end now. A publisher whose lane's
+//! and while any waits, idle publishers are asked to end now. A lane in line has its
+//! publisher's row in the process table from its first message, without a thread, saying
+//! how many lanes are ahead of it: an operator sees it (`OpProcessList`) and can stop it
+//! (`OpProcessStop` takes it out of line) before it ever had a thread. A publisher whose lane's
 //! first message pauses between attempts gives its thread up while lanes wait
 //! ([`Event::Parked`](super::Event::Parked)): it is parked, its slot (the message and its
 //! attempts) kept in the table, and its lane waits its turn again once the pause is over,
@@ -13,8 +16,12 @@ use crate::process::publisher;
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::cmp::Reverse;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
+
+/// A publisher's state while its lane is in line for a thread: its row in the process
+/// table (which adds how many lanes are ahead of it).
+const IN_LINE: &str = "waiting for a publisher thread (--maxPublishers)";
 
 /// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`), each
 /// once: lanes with new work (or whose node just said Hello) first, in the order they
@@ -33,6 +40,25 @@ pub(super) struct Waiting {
 
 /// One turn in this many goes to a lane trying again, when lanes of new work wait too.
 const AGAIN_EVERY: u32 = 4;
+
+/// Which of [`Waiting`]'s two lines the next turn goes to.
+enum Line {
+    NewWork,
+    Again,
+}
+
+/// The rule for the next turn, `turns` counting those given since one went to a lane trying
+/// again: shared by [`Waiting::pop`] and [`Waiting::ahead`], so that the count of lanes
+/// ahead an operator reads is the order the turns come in. None when no lane waits.
+fn next_turn(turns: &mut u32, new_work: bool, again: bool) -> Option<Line> {
+    *turns = turns.saturating_add(1);
+    if again && (*turns >= AGAIN_EVERY || !new_work) {
+        *turns = 0;
+        Some(Line::Again)
+    } else {
+        new_work.then_some(Line::NewWork)
+    }
+}
 
 impl Waiting {
     /// Puts `lane` at the back of the lanes with new work, unless it waits already.
@@ -59,7 +85,8 @@ impl Waiting {
         }
     }
 
-    /// Takes `lane` out of line (stopped by an operator): whether it was in it.
+    /// Takes `lane` out of line (stopped by an operator, or started before its turn):
+    /// whether it was in it.
     pub(super) fn remove(&mut self, lane: &Subject) -> bool {
         if !self.queued.remove(lane) {
             return false;
@@ -70,16 +97,32 @@ impl Waiting {
     }
 
     fn pop(&mut self) -> Option<Subject> {
-        self.turns = self.turns.saturating_add(1);
-        let again_now = self.turns >= AGAIN_EVERY || self.lanes.is_empty();
-        let lane = if again_now && !self.again.is_empty() {
-            self.turns = 0;
-            self.again.pop_front()
-        } else {
-            self.lanes.pop_front()
+        let new_work = !self.lanes.is_empty();
+        let lane = match next_turn(&mut self.turns, new_work, !self.again.is_empty())? {
+            Line::NewWork => self.lanes.pop_front(),
+            Line::Again => self.again.pop_front(),
         }?;
         self.queued.remove(&lane);
         Some(lane)
+    }
+
+    /// Each lane in line, with how many lanes get their turn before it: the order
+    /// [`Waiting::pop`] gives them in, worked out without taking them.
+    pub(super) fn ahead(&self) -> HashMap<&Subject, usize> {
+        let (mut lanes, mut again) = (self.lanes.iter().peekable(), self.again.iter().peekable());
+        let mut turns = self.turns;
+        let mut ahead = HashMap::with_capacity(self.len());
+        while let Some(line) = next_turn(&mut turns, lanes.peek().is_some(), again.peek().is_some())
+        {
+            let lane = match line {
+                Line::NewWork => lanes.next(),
+                Line::Again => again.next(),
+            };
+            if let Some(lane) = lane {
+                ahead.insert(lane, ahead.len());
+            }
+        }
+        ahead
     }
 
     pub(super) fn len(&self) -> usize {
@@ -106,11 +149,9 @@ impl Supervisor {
                 // Parked (gave its thread up) while its first message pauses: the pause
                 // first (its timer, or its node's Hello, puts it in line).
                 (_, None) if e.parked_until.is_some_and(|t| t > Instant::now()) => {}
-                // Stopped or ended, and its lane has work: a thread, in its turn past the cap.
-                (_, None) if full => {
-                    self.waiting.push(lane);
-                    self.want_publishers(true);
-                }
+                // In line, stopped or ended, and its lane has work: a thread, in its turn
+                // past the cap.
+                (_, None) if full => self.in_line(&name),
                 (_, None) => self.resume(&name),
                 (None, _) => {
                     if let Some((_, wake)) = &e.lane {
@@ -120,20 +161,12 @@ impl Supervisor {
             }
             return;
         }
-        if self.publishers >= self.node.config.max_publishers {
-            // Its turn comes when a publisher ends; idle ones are asked to end now.
-            self.waiting.push(lane);
-            self.want_publishers(true);
-            return;
-        }
         // A wake-up waits at most one deep: a publisher looks at the journal after each.
         let (wake_tx, wake) = crossbeam_channel::bounded(1);
-        self.node.serve_lane(lane.clone(), wake_tx.clone());
         let in_flight = publisher::InFlight::default();
         let node = self.node.clone();
-        log::debug!("spawning {name}");
         let subject = lane.clone();
-        self.add(name, Some((lane, wake_tx)), move |state| {
+        let make = move |state| -> Box<dyn crate::process::Process> {
             Box::new(publisher::Publisher {
                 subject: subject.clone(),
                 node: node.clone(),
@@ -141,7 +174,33 @@ impl Supervisor {
                 in_flight: in_flight.clone(),
                 state,
             })
-        });
+        };
+        if full {
+            // In the table from now, without a thread: its turn comes when a publisher
+            // ends (idle ones are asked to end now).
+            self.insert(name.clone(), Some((lane, wake_tx)), make);
+            self.in_line(&name);
+            return;
+        }
+        self.node.serve_lane(lane.clone(), wake_tx.clone());
+        log::debug!("spawning {name}");
+        self.add(name, Some((lane, wake_tx)), make);
+    }
+
+    /// Puts publisher `name`, which has no thread, in line for one (`--maxPublishers`),
+    /// saying so in its row. One an operator stopped is no longer: its lane had work again,
+    /// and `OpProcessStop` takes it out of line again.
+    fn in_line(&mut self, name: &str) {
+        let Some(e) = self.table.get_mut(name) else {
+            return;
+        };
+        let Some((lane, _)) = &e.lane else {
+            return;
+        };
+        e.stopped_by = None;
+        e.state.set(IN_LINE);
+        self.waiting.push(lane.clone());
+        self.want_publishers(true);
     }
 
     /// A publisher gave its thread up until `until` (see [`Event::Parked`](super::Event::Parked)),
@@ -209,10 +268,7 @@ impl Supervisor {
             self.resume(name);
             return;
         }
-        if let Some((lane, _)) = self.table.get(name).and_then(|e| e.lane.clone()) {
-            self.waiting.push(lane);
-            self.want_publishers(true);
-        }
+        self.in_line(name);
     }
 
     /// Lanes waiting for a publisher get one while there is room; once none waits, idle
@@ -247,11 +303,13 @@ impl Supervisor {
         }
     }
 
-    /// Starts a publisher an operator stopped again, its lane served and woken.
+    /// Starts a publisher that has no thread (in line, stopped, ended), its lane served and
+    /// woken, and out of line if it was in it (a thread came free before its turn).
     pub(super) fn resume(&mut self, name: &str) {
         let Some((lane, wake)) = self.table.get(name).and_then(|e| e.lane.clone()) else {
             return;
         };
+        self.waiting.remove(&lane);
         self.node.serve_lane(lane, wake.clone());
         self.launch(name);
         let _ = wake.try_send(());
@@ -302,5 +360,31 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(w.pop().unwrap().node, "ship1");
         assert!(w.pop().is_none());
+    }
+
+    /// What the process table says of a lane in line (how many lanes are ahead of it) is
+    /// the order the turns come in, lanes trying again among new work.
+    #[test]
+    fn the_lanes_ahead_of_one_are_those_whose_turn_comes_first() {
+        let lane = |n: &str| Subject::new(n, Kind::CommandAck, "CLICommand").unwrap();
+        let mut w = Waiting::default();
+        assert!(w.ahead().is_empty());
+        w.push_again(lane("away1"));
+        for i in 0..6 {
+            w.push(lane(&format!("new{i}")));
+        }
+        w.push_again(lane("away2"));
+        w.pop();
+        let ahead: HashMap<String, usize> = w
+            .ahead()
+            .into_iter()
+            .map(|(l, n)| (l.node.clone(), n))
+            .collect();
+        let order: Vec<String> = std::iter::from_fn(|| w.pop()).map(|l| l.node).collect();
+        assert_eq!(order.len(), 7);
+        for (n, node) in order.iter().enumerate() {
+            assert_eq!(ahead[node], n, "{node} in {order:?}");
+        }
+        assert!(order.iter().position(|n| n == "away1") < order.iter().position(|n| n == "new5"));
     }
 }

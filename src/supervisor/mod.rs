@@ -114,6 +114,8 @@ struct ProcessEntry {
     restarts: u32,
     failures: Failures,
     started: Instant,
+    /// None while it does not run: a publisher in line for a thread (`--maxPublishers`),
+    /// parked, stopped, or waiting to be restarted.
     thread: Option<JoinHandle<()>>,
     restart_at: Option<Instant>,
     /// A publisher's lane, and its wake-up.
@@ -230,7 +232,17 @@ impl Supervisor {
         }
     }
 
+    /// Puts process `name` in the table and starts it.
     fn add<F>(&mut self, name: String, lane: Option<(Subject, Sender<()>)>, make: F)
+    where
+        F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
+    {
+        self.insert(name.clone(), lane, make);
+        self.launch(&name);
+    }
+
+    /// Puts process `name` in the table, not started (a publisher in line for a thread).
+    fn insert<F>(&mut self, name: String, lane: Option<(Subject, Sender<()>)>, make: F)
     where
         F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
     {
@@ -252,8 +264,7 @@ impl Supervisor {
             parked_until: None,
             woken: false,
         };
-        self.table.insert(name.clone(), entry);
-        self.launch(&name);
+        self.table.insert(name, entry);
     }
 
     fn launch(&mut self, name: &str) {

@@ -1,5 +1,7 @@
 //! The process table as text: for `--profilingPort`, `steward status` and
-//! `OpProcessList`.
+//! `OpProcessList`. A publisher is in it from its lane's first message, one still in line
+//! for a thread (`--maxPublishers`) too, with how many lanes get theirs before it: a lane
+//! the operator cannot see is one they cannot stop.
 
 use super::Supervisor;
 use std::fmt::Write;
@@ -19,14 +21,21 @@ impl Supervisor {
             "restarts"
         );
         let journal = self.node.journal();
+        let ahead = self.waiting.ahead();
         for (name, e) in &self.table {
             let pending = e.lane.as_ref().map_or(0, |(l, _)| journal.lane_pending(l));
-            let _ = writeln!(
-                s,
-                "{name:<50} {pending:>7} {:>8}  {}",
-                e.restarts,
-                e.state.get()
-            );
+            let mut state = e.state.get();
+            // A publisher in line for a thread (its first, or again): where in line.
+            let in_line = e.lane.as_ref().filter(|_| e.thread.is_none());
+            match in_line.and_then(|(l, _)| ahead.get(l)) {
+                Some(0) => state.push_str(", next in line"),
+                Some(1) => state.push_str(", 1 lane ahead"),
+                Some(n) => {
+                    let _ = write!(state, ", {n} lanes ahead");
+                }
+                None => {}
+            }
+            let _ = writeln!(s, "{name:<50} {pending:>7} {:>8}  {state}", e.restarts);
         }
         if !self.waiting.is_empty() {
             let _ = writeln!(
