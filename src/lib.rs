@@ -63,6 +63,7 @@
 
 pub mod admission;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod control_client;
 pub mod demo;

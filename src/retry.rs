@@ -52,8 +52,9 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The rules for `message`, accepted at `accepted` (ms since the epoch), with the
-    /// node's defaults for what the message does not say.
+    /// The rules for `message`, accepted at `accepted` (ms since the epoch, in the frame
+    /// the `now` of [`Rules::failed`] is read in: see [`crate::clock`]), with the node's
+    /// defaults for what the message does not say.
     pub fn new(
         message: &Message,
         accepted: u64,

@@ -254,6 +254,62 @@ fn a_failing_publisher_is_restarted_reported_and_loses_nothing() {
 }
 
 #[test]
+fn a_clock_set_forward_by_days_while_a_message_waits_does_not_use_up_its_ttl() {
+    let nats = NatsServer::start();
+    // central is a Pi that booted with the time it saved two days ago, at sea: no NTP.
+    // Its clock is read from a file libfaketime looks at each time, so the test sets it
+    // as NTP's first sync would (monotonic time left alone, as NTP leaves it).
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(clock.path(), "-2d").unwrap();
+    let under = [
+        "env".to_string(),
+        format!("LD_PRELOAD={}", common::libfaketime().display()),
+        format!("FAKETIME_TIMESTAMP_FILE={}", clock.path().display()),
+        "FAKETIME_NO_CACHE=1".into(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+    ];
+    let under: Vec<&str> = under.iter().map(String::as_str).collect();
+    let central = Node::start_under(&under, "central", &nats.address(), &["--clockCheck=off"]);
+    // For ship1, away: an hour to live, attempts of 1 s.
+    central.append_inmsg(r#"[{"toNode":"ship1","data":["echo","an hour to live"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"ttl":3600}]"#);
+    let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
+    central.wait_metric("a second attempt", |c| c.metric(retried), |v| v >= 1.0);
+    // The link comes back, and with it NTP: the clock jumps two days forward.
+    std::fs::write(clock.path(), "+0").unwrap();
+    let before = central.metric(retried);
+    central.wait_metric(
+        "an attempt after the jump",
+        |c| c.metric(retried),
+        |v| v > before + 1.0,
+    );
+    // Before, the next failed attempt found it accepted two days ago: given up with an
+    // hour to live, into failed-messages.txt.
+    assert!(
+        central.read("failed-messages.txt").is_empty(),
+        "given up at the clock's jump: {}",
+        central.read("failed-messages.txt")
+    );
+    // A message accepted after the jump (for ship2, also away: a lane of its own),
+    // stamped by the clock set right, lives its own ttl of 4 s: not two days more.
+    central.append_inmsg(r#"[{"toNode":"ship2","data":["echo","four seconds"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"ttl":4}]"#);
+    let given_up = Instant::now();
+    central.wait_for("failed-messages.txt", "four seconds");
+    let lived = given_up.elapsed();
+    assert!(
+        lived >= Duration::from_secs(3) && lived < Duration::from_secs(20),
+        "a ttl of 4 s lasted {lived:?}"
+    );
+    assert!(central
+        .log()
+        .contains("the clock was set forward by 172800 s"));
+    assert!(!central
+        .read("failed-messages.txt")
+        .contains("an hour to live"));
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    central.wait_for("replies/ship1.CLICommand.log", "an hour to live");
+}
+
+#[test]
 fn a_message_with_a_ttl_waits_for_a_node_that_comes_later() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);

@@ -401,13 +401,7 @@ fn strangers_cost_a_node_no_memory_no_disk_and_no_metric_labels() {
 fn a_node_a_month_behind_takes_central_s_new_command_and_still_refuses_a_replay() {
     // libfaketime preloaded into steward itself (the `faketime` program would stand
     // between the test and the node: a signal to it does not reach steward).
-    let lib = std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists())
-        .expect("libfaketime is needed (apt-get install faketime; .ci/run installs it)");
-    let preload = format!("LD_PRELOAD={}", lib.display());
+    let preload = format!("LD_PRELOAD={}", common::libfaketime().display());
     let nats = NatsServer::start();
     // ship1 is a Pi that booted with the time it saved a month ago, at sea: no NTP.
     // (Monotonic time left alone: a fresh machine has been up for less than a month.)

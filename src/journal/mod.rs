@@ -357,7 +357,8 @@ impl Journal {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
     ) -> io::Result<Written> {
-        let accepted = crate::files::unix_millis();
+        // Noting whether the clock was set since the last batch (see `crate::clock`).
+        let accepted = crate::clock::stamp(self.next_seq);
         let start = self.file.end();
         let mut buf = Vec::with_capacity(messages.len() * 256);
         let mut entries = Vec::with_capacity(messages.len());

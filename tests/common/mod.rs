@@ -330,6 +330,17 @@ pub fn install_keys(data: &Path, name: &str) {
     fs::write(keys.join("trusted.txt"), lines).unwrap();
 }
 
+/// libfaketime, to preload into a node whose clock a test sets (the `faketime` program
+/// would stand between the test and the node: a signal to it does not reach steward).
+pub fn libfaketime() -> PathBuf {
+    fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is needed (apt-get install faketime; .ci/run installs it)")
+}
+
 /// A running `steward` node with its own data folder, killed on drop.
 pub struct Node {
     pub name: String,

@@ -300,7 +300,8 @@ impl Publisher {
                     };
                 }
             };
-            let now = crate::files::unix_millis();
+            // A time to live counts on the monotonic clock (see `crate::clock`).
+            let now = crate::clock::steady_millis();
             let described = rules.describe(now);
             let pause = match rules.failed(&last_error, node.broker.epoch() != epoch, now) {
                 Next::Again => {
@@ -630,7 +631,7 @@ impl Publisher {
         let config = &self.node.config;
         Rules::new(
             &entry.envelope.message,
-            entry.envelope.accepted,
+            crate::clock::steady_accepted(entry.seq, entry.envelope.accepted),
             config.default_retries,
             config.default_ttl,
             jitter,
@@ -650,7 +651,7 @@ impl Publisher {
         }
         let doing = format!(
             "attempt {attempt}{} of {} (waiting {}s for ACK)",
-            rules.describe(crate::files::unix_millis()),
+            rules.describe(crate::clock::steady_millis()),
             entry.envelope.id,
             timeout.as_secs()
         );
