@@ -958,3 +958,74 @@ fn a_bad_sector_in_the_journal_loses_the_messages_it_held_and_no_others() {
         "the damage is said"
     );
 }
+
+#[test]
+fn an_inbox_file_whose_offset_a_bad_sector_held_is_kept_aside_not_read_twice() {
+    use steward::journal::{record::Record, Journal};
+    use steward::message::{Kind, Message};
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::prepare(&[], "central", &nats.address(), &[]);
+    // What a run before left: an inbox file of three commands, taken, the first two
+    // journaled in two batches (each with how far the file was read), the third not yet.
+    let lines: Vec<String> = (0..3)
+        .map(|i| numbered_commands("ship1", i..i + 1))
+        .collect();
+    let taken = "inmsg.taking-00000000000000000001";
+    std::fs::write(central.path(taken), lines.concat()).unwrap();
+    let message = |i: usize| {
+        let run = format!("echo {i} >> ran.txt; echo done-{i}");
+        let data = ["sh", "-c", &run].map(String::from).to_vec();
+        Message::new("ship1", Kind::CommandAck, "CLICommand", data)
+    };
+    let (mut journal, _) = Journal::open(&central.path("journal")).unwrap();
+    let mut read = 0;
+    for (i, line) in lines.iter().take(2).enumerate() {
+        read += line.len() as u64;
+        journal
+            .append("central", vec![message(i)], Some((taken, read)))
+            .unwrap();
+    }
+    journal.sync().unwrap(); // the supervisor's tick: a checkpoint after both
+    drop(journal);
+    // A bit of the second batch's offset flips on the disk (a bad sector): the journal
+    // knows the file was read past its first line, not that it was past its second.
+    let path = central.path("journal/journal.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let records = steward::journal::record::decode(&bytes).records;
+    let (at, _, _) = records
+        .iter()
+        .filter(|(_, _, r)| matches!(r, Record::InboxOffset { .. }))
+        .nth(1)
+        .unwrap();
+    bytes[*at as usize + 12] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    central.restart();
+    // Both journaled commands run once; the file is not read again from its first line's
+    // end (command 1 a second time, under a new id), but kept aside and said.
+    wait_every_reply(&central, 0..2);
+    let kept_aside = || {
+        std::fs::read_dir(central.data())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("inmsg.uncertain-")
+            })
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let ran = runs(&ship1);
+    report("inbox_offset_bad_sector", 2, ran.len(), duplicates(&ran));
+    assert_eq!(ran.keys().copied().collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(duplicates(&ran), 0, "read again from its first line's end");
+    // Whole, for the operator to append what is missing (the third command).
+    assert_eq!(kept_aside(), Some(lines.concat()));
+    assert!(!central.path(taken).exists());
+    let log = central.log();
+    assert!(
+        log.contains("was in the journal's damage"),
+        "the file kept aside is said"
+    );
+}

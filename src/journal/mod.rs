@@ -313,6 +313,9 @@ pub struct Journal {
     /// Damage passed over at open lies before this (0: none): readers pass over it too,
     /// until a compaction has left it behind.
     damaged_below: u64,
+    /// If damage was passed over at open: where the last of it ended, and where each inbox
+    /// file's last offset record was (see [`Journal::inbox_offset_known`]).
+    inbox_damage: Option<(u64, HashMap<String, u64>)>,
 }
 
 /// What a message kept as written takes in memory, about: its wire form, its decoded form
@@ -719,6 +722,16 @@ impl Journal {
         &self.inbox_offsets
     }
 
+    /// Whether how far inbox file `key` was read is known: unless damage was passed over at
+    /// open, and no offset of it was recorded after the damage (one recorded in it, further
+    /// than the last kept, is lost: read on from the last kept, the file's lines in between
+    /// would be journaled twice, under new ids, and commands among them run twice).
+    pub fn inbox_offset_known(&self, key: &str) -> bool {
+        self.inbox_damage
+            .as_ref()
+            .is_none_or(|(after, at)| at.get(key).is_some_and(|&at| at >= *after))
+    }
+
     /// An inbox file has been fully taken and removed; its offset need not be kept.
     pub fn forget_inbox(&mut self, file: &str) {
         self.inbox_offsets.remove(file);
@@ -737,7 +750,7 @@ impl Journal {
     /// An fsync of every record written so far, if any is not durable yet, to run without
     /// the journal's lock; then [`Journal::synced_ticket`].
     pub fn sync_ticket(&mut self) -> io::Result<Option<SyncTicket>> {
-        self.claim();
+        self.claim()?;
         if self.file.is_synced() {
             return Ok(None);
         }
@@ -827,19 +840,29 @@ impl Journal {
     /// damage found there later is known to be the disk's, and passed over): by the
     /// supervisor's tick after a batch's fsync, synced with the finishes it syncs. Not
     /// written if it cannot be (a full disk): the next tick tries again.
-    fn claim(&mut self) {
+    fn claim(&mut self) -> io::Result<()> {
         if !self.claim_due() {
-            return;
+            return Ok(());
         }
         let claim = self.file.synced_through();
         let mut buf = Vec::with_capacity(32);
         let (next_seq, synced) = (self.next_seq, Some(claim));
         encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
-        if self.file.append(&buf).is_ok() {
-            self.bytes_written += buf.len() as u64;
-            // Itself included: damage to it alone loses nothing.
-            self.claimed = self.file.end();
+        match self.file.append(&buf) {
+            Ok(_) => {
+                self.bytes_written += buf.len() as u64;
+                // Itself included only if it covers the newest batch: one written before it
+                // and not yet synced needs a checkpoint of its own once it is.
+                self.claimed = if claim >= self.to_claim {
+                    self.file.end()
+                } else {
+                    claim
+                };
+            }
+            Err(e) if self.file.unusable().is_some() => return Err(e),
+            Err(_) => {}
         }
+        Ok(())
     }
 
     /// Writes the finishes a full disk held back, and compacts the journal if finished

@@ -313,6 +313,8 @@ pub struct Records<'a> {
     pass_below: u64,
     /// The damaged stretches passed over, in order.
     pub passed: Vec<Passed>,
+    /// Pages the disk could not read (EIO), met where damage may be passed over.
+    unreadable: Vec<(u64, u64)>,
     pub corruption: Option<String>,
 }
 
@@ -336,6 +338,7 @@ impl<'a> Records<'a> {
             pos: 0,
             pass_below: 0,
             passed: Vec::new(),
+            unreadable: Vec::new(),
             corruption: None,
         }
     }
@@ -358,10 +361,18 @@ impl<'a> Records<'a> {
         let Some(next) = next_record(self.file, at + 1, self.end)? else {
             return Ok(false);
         };
+        let unreadable = self
+            .unreadable
+            .iter()
+            .any(|&(from, to)| from < next && to > at);
+        let why = match unreadable {
+            true => "a page the disk cannot read (I/O error)".to_string(),
+            false => why.to_string(),
+        };
         self.passed.push(Passed {
             from: at,
             to: next,
-            why: why.to_string(),
+            why,
         });
         (self.buf, self.buf_at, self.pos) = (Vec::new(), next, 0);
         Ok(true)
@@ -396,7 +407,13 @@ impl<'a> Records<'a> {
                     if left > held {
                         // More of the file than the buffer holds: read on from this record.
                         let mut buf = vec![0; CHUNK.max(needed).min(left)];
-                        self.file.read_exact_at(&mut buf, at)?;
+                        match at < self.pass_below {
+                            true => {
+                                let bad = read_around_bad_pages(self.file, &mut buf, at)?;
+                                self.unreadable.extend(bad);
+                            }
+                            false => self.file.read_exact_at(&mut buf, at)?,
+                        }
                         (self.buf, self.buf_at, self.pos) = (buf, at, 0);
                         continue;
                     }
@@ -749,14 +766,42 @@ pub fn open_records(
     Ok((file, damage))
 }
 
-/// Where the first whole record past `from` (within [`RESYNC_SCAN`] bytes of it) begins.
-fn next_record(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Option<u64>> {
+/// Where the first whole record past `from` begins: within [`RESYNC_SCAN`] bytes of the
+/// first byte that is not zero (zeros before it, a lost page or erase block, are passed
+/// over, up to [`RESYNC_BUDGET`] of them).
+fn next_record(file: &dyn StoredFile, mut from: u64, end: u64) -> io::Result<Option<u64>> {
+    // Compared a page at a time (a few microseconds a megabyte), not byte by byte.
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut zeros = 0;
+    loop {
+        if from >= end || zeros >= RESYNC_BUDGET {
+            return Ok(None);
+        }
+        let span = (end - from).min(RESYNC_SCAN as u64) as usize;
+        let mut buf = vec![0; span];
+        read_around_bad_pages(file, &mut buf, from)?;
+        let first = buf
+            .chunks(ZEROS.len())
+            .position(|c| c != &ZEROS[..c.len()])
+            .and_then(|i| {
+                let at = i * ZEROS.len();
+                let c = &buf[at..(at + ZEROS.len()).min(span)];
+                c.iter().position(|&b| b != 0).map(|j| at + j)
+            });
+        match first {
+            None => (from, zeros) = (from + span as u64, zeros + span),
+            // A record may begin up to three bytes before (its length's low bytes zero).
+            Some(first) => {
+                from += first.saturating_sub(3) as u64;
+                break;
+            }
+        }
+    }
     let span = (end - from).min(RESYNC_SCAN as u64) as usize;
     let mut buf = vec![0; span];
-    file.read_exact_at(&mut buf, from)?;
+    read_around_bad_pages(file, &mut buf, from)?;
     // A record begins with a length that is not zero: none begins past the last byte that
     // is not (a file's reserved space is zeros, and looked at at every open).
-    const ZEROS: [u8; 4096] = [0; 4096];
     let Some(last) = buf
         .chunks(ZEROS.len())
         .rposition(|c| c != &ZEROS[..c.len()])
@@ -788,7 +833,7 @@ fn next_record(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Option<
             Some(whole) => std::borrow::Cow::Borrowed(whole),
             None => {
                 let mut whole = vec![0; HEADER + len];
-                file.read_exact_at(&mut whole, at)?;
+                read_around_bad_pages(file, &mut whole, at)?;
                 std::borrow::Cow::Owned(whole)
             }
         };
@@ -797,6 +842,37 @@ fn next_record(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Option<
         }
     }
     Ok(None)
+}
+
+/// Reads `buf.len()` bytes at `at`; where the disk cannot read them (EIO: a bad sector),
+/// reads what it can a page at a time and fills the pages it cannot with 0xFF, where no
+/// record begins and which no checksum takes: returns those pages.
+fn read_around_bad_pages(
+    file: &dyn StoredFile,
+    buf: &mut [u8],
+    at: u64,
+) -> io::Result<Vec<(u64, u64)>> {
+    const PAGE: u64 = 4096;
+    match file.read_exact_at(buf, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
+        read => return read.map(|()| Vec::new()),
+    }
+    let mut bad = Vec::new();
+    let mut p = 0;
+    while p < buf.len() {
+        let page_end = ((at + p as u64) / PAGE + 1) * PAGE;
+        let q = ((page_end - at) as usize).min(buf.len());
+        match file.read_exact_at(&mut buf[p..q], at + p as u64) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                buf[p..q].fill(0xFF);
+                bad.push((at + p as u64, at + q as u64));
+            }
+            Err(e) => return Err(e),
+        }
+        p = q;
+    }
+    Ok(bad)
 }
 
 /// What cutting a file back to its last complete record cut.

@@ -89,10 +89,18 @@ impl Journal {
             fsync_seconds: Vec::new(),
             unreadable: Vec::new(),
             hot_bytes: 0,
-            claimed: size,
+            // Nothing says the file's last records are durable (the open made them so):
+            // a checkpoint is due.
+            claimed: 0,
             to_claim: size,
             // Compacted away at once (below), or by the supervisor's tick.
             damaged_below: if found.passed.is_empty() { 0 } else { size },
+            // An inbox file's offset recorded only before damage may have been recorded
+            // again in it, further on.
+            inbox_damage: found
+                .passed
+                .last()
+                .map(|last| (last.to, std::mem::take(&mut found.inbox_at))),
         };
         for (lane, through) in found.done {
             let l = journal.lanes.entry(lane).or_default();
@@ -204,6 +212,8 @@ struct Found {
     unproven: Option<Passed>,
     /// How many records were read.
     kept: usize,
+    /// Where each inbox file's last `InboxOffset` record is.
+    inbox_at: HashMap<String, u64>,
 }
 
 impl Found {
@@ -222,6 +232,7 @@ impl Found {
             passed: Vec::new(),
             unproven: None,
             kept: 0,
+            inbox_at: HashMap::new(),
         };
         // Damage passed over, waiting for a checkpoint that says it was synced.
         let mut unproven: Vec<Passed> = Vec::new();
@@ -241,8 +252,9 @@ impl Found {
                     found.passed.extend::<Vec<Passed>>(proven);
                     unproven = waiting;
                 }
-                Record::InboxOffset { file, offset } => {
-                    found.inbox_offsets.insert(file, offset);
+                Record::InboxOffset { file, offset: read } => {
+                    found.inbox_at.insert(file.clone(), offset);
+                    found.inbox_offsets.insert(file, read);
                     found.uncommitted = None;
                 }
                 Record::Accepted { seq, .. } | Record::LegacyAccepted { seq, .. } => {
@@ -253,6 +265,7 @@ impl Found {
                     }
                 }
                 Record::DoneThrough { seq, lane } => {
+                    found.next_seq = found.next_seq.max(seq + 1);
                     let through = found.done.entry(lane).or_default();
                     *through = (*through).max(seq);
                 }

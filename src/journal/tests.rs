@@ -3,6 +3,7 @@
 use super::*;
 use crate::journal::record::{decode, PREALLOCATE};
 use crate::message::Kind;
+use crate::storage::Handle;
 use std::fs::{self, OpenOptions};
 
 fn msg_to(to: &str, i: usize) -> Message {
@@ -468,7 +469,7 @@ fn a_batch_cut_before_its_commit_record_is_dropped_whole() {
     assert!(r.cut.is_none());
 }
 
-/// Flips a bit in the body of the record at `at` of the journal in `dir` (a bad sector).
+/// Flips a bit of byte `at` of the journal in `dir` (a bad sector).
 fn flip_bit_at(dir: &Path, at: u64) {
     let path = Journal::path(dir);
     let f = OpenOptions::new()
@@ -477,8 +478,8 @@ fn flip_bit_at(dir: &Path, at: u64) {
         .open(&path)
         .unwrap();
     let mut byte = [0];
-    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at + 40).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[byte[0] ^ 0x40], at + 40).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[byte[0] ^ 0x40], at).unwrap();
 }
 
 #[test]
@@ -491,7 +492,7 @@ fn a_flipped_bit_in_synced_records_loses_that_record_alone() {
     drop(j);
     let path = Journal::path(dir.path());
     let accepted = offsets_of(&path, |r| matches!(r, Record::Accepted { .. }));
-    flip_bit_at(dir.path(), accepted[1].0); // inside the second message's body
+    flip_bit_at(dir.path(), accepted[1].0 + 40); // inside the second message's body
     let (mut j, r) = Journal::open(dir.path()).unwrap();
     // The third batch's checkpoint says the second was synced when it was written: the
     // disk's damage, passed over; before session 34, the third was cut with it.
@@ -538,7 +539,7 @@ fn damage_no_checkpoint_says_was_synced_is_cut_as_a_torn_tail_is() {
         let accepted = offsets_of(&Journal::path(dir.path()), |r| {
             matches!(r, Record::Accepted { .. })
         });
-        flip_bit_at(dir.path(), accepted[1].0);
+        flip_bit_at(dir.path(), accepted[1].0 + 40);
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         (data(&take_all(&mut j, "ship1")), r)
     };
@@ -620,7 +621,7 @@ fn a_journal_whose_checkpoints_say_nothing_is_cut_at_its_first_damage() {
         encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
     }
     fs::write(Journal::path(dir.path()), &buf).unwrap();
-    flip_bit_at(dir.path(), accepted[1]);
+    flip_bit_at(dir.path(), accepted[1] + 40);
     let (mut j, r) = Journal::open(dir.path()).unwrap();
     assert_eq!(data(&take_all(&mut j, "ship1")), ["message 1"]);
     assert!(r.cut.is_some() && r.passed_over.is_empty(), "{r:?}");
@@ -961,4 +962,308 @@ fn a_refill_that_meets_damage_hands_out_what_is_before_it_once() {
     // Finishing what was handed out keeps the lane's counts right (they wrapped).
     j.finish(&lane("ship1"), &handed).unwrap();
     assert_eq!(j.lane_pending(&lane("ship1")), n - handed.len());
+}
+
+/// Writes zeros over bytes `from` to `to` of the journal in `dir` (a lost page).
+fn zero_between(dir: &Path, from: u64, to: u64) {
+    let path = Journal::path(dir);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; (to - from) as usize], from).unwrap();
+}
+
+/// A batch written while another's fsync runs, before the tick's checkpoint: that one
+/// cannot say it is durable, so a later one must (else a bad sector in it, years later,
+/// is taken for a torn write, and the batch's other messages go too).
+#[test]
+fn a_batch_in_flight_at_the_ticks_checkpoint_is_vouched_for_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg(0)], None).unwrap();
+    let one = j.write("central", vec![msg(1)], None).unwrap();
+    let two = j.write("central", vec![msg(2), msg(3)], None).unwrap();
+    let synced = one.sync();
+    j.commit(&one, synced).unwrap();
+    // The supervisor's tick, while two's fsync still runs (its fsync covers two too).
+    j.sync().unwrap();
+    let synced = two.sync();
+    j.commit(&two, synced).unwrap();
+    // Everything is durable; the agent idles, then shuts down cleanly.
+    j.sync().unwrap();
+    assert!(!j.needs_upkeep());
+    drop(j);
+    let accepted = offsets_of(&Journal::path(dir.path()), |r| {
+        matches!(r, Record::Accepted { .. })
+    });
+    flip_bit_at(dir.path(), accepted[2].0 + 40); // message 2: a bad sector
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 0", "message 1", "message 3"],
+        "{r:?}"
+    );
+}
+
+/// The last batch before a crash (synced by its own fsync, or by the open) is vouched for
+/// by a checkpoint after the start, not only once another batch comes.
+#[test]
+fn the_last_batch_before_a_restart_is_vouched_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg(0)], None).unwrap();
+    j.append("central", vec![msg(1), msg(2)], None).unwrap();
+    drop(j); // killed before the supervisor's tick
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.sync().unwrap(); // ticks, and a clean shutdown: nothing is written
+    drop(j);
+    let accepted = offsets_of(&Journal::path(dir.path()), |r| {
+        matches!(r, Record::Accepted { .. })
+    });
+    flip_bit_at(dir.path(), accepted[1].0 + 40); // message 1: a bad sector
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 0", "message 2"],
+        "{r:?}"
+    );
+}
+
+/// A batch's inbox offset in damage passed over: the batch's messages are kept (the
+/// checkpoint after it commits them), and the offset kept is an older one; read on from
+/// there, the inbox would journal the batch's lines again, under new ids. So the file's
+/// offset is not known, and the inbox puts the file aside (`tests/durability.rs`).
+#[test]
+fn an_inbox_offset_lost_in_damage_passed_over_is_not_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = ("inmsg.taking-1", "inmsg.taking-2");
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg(0)], Some((one, 10))).unwrap();
+    j.append("central", vec![msg(1), msg(2)], Some((one, 30)))
+        .unwrap();
+    j.append("central", vec![msg(3)], Some((two, 10))).unwrap();
+    j.sync().unwrap(); // the tick's checkpoint
+    assert!(j.inbox_offset_known(one) && j.inbox_offset_known("inmsg.taking-3"));
+    drop(j);
+    let at = offsets_of(&Journal::path(dir.path()), |r| {
+        matches!(r, Record::InboxOffset { offset: 30, .. })
+    });
+    flip_bit_at(dir.path(), at[0].0 + 12); // its offset's bytes: a bad sector
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.passed_over.len(), 1, "{r:?}");
+    assert_eq!(r.inbox_offsets.get(one), Some(&10));
+    assert_eq!(data(&take_all(&mut j, "ship1")).len(), 4);
+    // Its offset may have been further on; a file whose offset came after the damage, and
+    // one with none before it, are known as ever.
+    assert!(!j.inbox_offset_known(one));
+    assert!(!j.inbox_offset_known("inmsg.taking-3"));
+    assert!(j.inbox_offset_known(two));
+}
+
+/// A DoneThrough kept past damage that held the newest messages, whose proving checkpoint
+/// was then cut (a torn write after it): sequence numbers go on past it (taken from
+/// Accepted records and checkpoints alone, the lane's next messages were numbered as
+/// done already, and never handed out).
+#[test]
+fn sequence_numbers_never_fall_below_a_kept_done_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg_to("ship2", 0)], None).unwrap(); // seq 1
+    j.append("central", vec![msg(1), msg(2)], None).unwrap(); // seqs 2, 3
+    let t = take_all(&mut j, "ship1");
+    j.finish(&lane("ship1"), &seqs(&t)).unwrap(); // DoneThrough ship1 3 (not synced)
+    let t = take_all(&mut j, "ship2");
+    j.finish(&lane("ship2"), &seqs(&t)).unwrap(); // DoneThrough ship2 1 (not synced)
+                                                  // The tick writes its checkpoint (synced: through seq 3's batch); the power goes
+                                                  // before its fsync.
+    let ticket = j.sync_ticket().unwrap().unwrap();
+    drop(ticket);
+    drop(j);
+    let path = Journal::path(dir.path());
+    let accepted = offsets_of(&path, |r| matches!(r, Record::Accepted { .. }));
+    let done = offsets_of(&path, |r| matches!(r, Record::DoneThrough { .. }));
+    // The synced batch of seqs 2 and 3 is lost on the disk (bad flash: zeros)...
+    zero_between(dir.path(), accepted[1].0, done[0].0);
+    // ... and the unsynced ship2 finish never reached it, while the checkpoint after it
+    // did (writeback order).
+    zero_between(dir.path(), done[1].0, done[1].0 + u64::from(done[1].1));
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg(5)], None).unwrap();
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 5"],
+        "next_seq {}",
+        j.next_seq()
+    );
+}
+
+/// A failed checkpoint append whose cut-back fails too leaves the journal unusable: the
+/// supervisor's tick is told, and stops the agent (fail-stop).
+#[test]
+fn a_checkpoint_that_leaves_the_journal_unusable_is_an_error() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Failing(Arc<AtomicBool>);
+    struct FailingFile(Handle, Arc<AtomicBool>);
+    impl Storage for Failing {
+        fn open(&self, path: &Path) -> io::Result<Handle> {
+            Ok(Arc::new(FailingFile(Disk.open(path)?, self.0.clone())))
+        }
+        fn create(&self, path: &Path) -> io::Result<Handle> {
+            Disk.create(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            Disk.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            Disk.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            Disk.sync_dir(dir)
+        }
+    }
+    impl StoredFile for FailingFile {
+        fn size(&self) -> io::Result<u64> {
+            self.0.size()
+        }
+        fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+            self.0.read_exact_at(buf, at)
+        }
+        fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(io::Error::other("ENOSPC"));
+            }
+            self.0.write_all_at(buf, at)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(io::Error::other("EIO"));
+            }
+            self.0.set_len(len)
+        }
+        fn allocate(&self, _: u64, _: u64) -> bool {
+            false
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.0.sync_data()
+        }
+        fn drop_cache(&self) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let (mut j, _) = Journal::open_on(Arc::new(Failing(fail.clone())), dir.path()).unwrap();
+    j.append("central", vec![msg(0)], None).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    let ticket = j.sync_ticket(); // the supervisor's tick
+    assert!(j.unusable().is_some(), "the cut-back failed");
+    assert!(
+        ticket.is_err(),
+        "the tick goes on with an unusable journal: {:?}",
+        ticket.map(|t| t.is_some())
+    );
+}
+
+/// A real bad sector reads as EIO, not as a flipped bit: passed over as other damage is
+/// (the journal did not open at all: a restart loop).
+#[test]
+fn a_sector_that_cannot_be_read_loses_only_what_it_held() {
+    /// The sector holding byte `.0` of the file first opened cannot be read (the file a
+    /// compaction writes is another, on other sectors).
+    struct BadSector(u64, std::sync::atomic::AtomicBool);
+    struct BadFile(Handle, u64);
+    impl Storage for BadSector {
+        fn open(&self, path: &Path) -> io::Result<Handle> {
+            if self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Disk.open(path);
+            }
+            Ok(Arc::new(BadFile(Disk.open(path)?, self.0)))
+        }
+        fn create(&self, path: &Path) -> io::Result<Handle> {
+            Disk.create(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            Disk.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            Disk.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            Disk.sync_dir(dir)
+        }
+    }
+    impl StoredFile for BadFile {
+        fn size(&self) -> io::Result<u64> {
+            self.0.size()
+        }
+        fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+            let sector = self.1 / 512 * 512;
+            if at < sector + 512 && at + buf.len() as u64 > sector {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.0.read_exact_at(buf, at)
+        }
+        fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+            self.0.write_all_at(buf, at)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn allocate(&self, from: u64, to: u64) -> bool {
+            self.0.allocate(from, to)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.0.sync_data()
+        }
+        fn drop_cache(&self) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for i in 0..40 {
+        j.append("central", vec![msg(i)], None).unwrap();
+    }
+    j.sync().unwrap();
+    drop(j);
+    let accepted = offsets_of(&Journal::path(dir.path()), |r| {
+        matches!(r, Record::Accepted { .. })
+    });
+    let bad = BadSector(accepted[20].0 + 40, Default::default());
+    let opened = Journal::open_on(Arc::new(bad), dir.path());
+    let (mut j, r) = opened.expect("a bad sector does not stop the journal from opening");
+    assert!(r.passed_over.len() == 1, "{r:?}");
+    assert!(r.passed_over[0].contains("cannot read"), "{r:?}");
+    // Lost: the messages whose records lie in the page around the sector (read a page at
+    // a time), and no other.
+    let page = (accepted[20].0 + 40) / 4096 * 4096;
+    let intact = (0..40).filter(|&i| {
+        let (at, len) = accepted[i];
+        at + u64::from(len) <= page || at >= page + 4096
+    });
+    let intact: Vec<String> = intact.map(|i| format!("message {i}")).collect();
+    assert!(intact.len() >= 20);
+    assert_eq!(data(&take_all(&mut j, "ship1")), intact);
+}
+
+/// A lost stretch of zeros longer than the 1 MiB looked through for the next record (an
+/// SD card's erase block is often 4 MiB) is passed over too.
+#[test]
+fn a_zeroed_stretch_longer_than_a_mib_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for i in (0..1000).step_by(10) {
+        j.append("central", (i..i + 10).map(big_msg).collect(), None)
+            .unwrap();
+    }
+    j.sync().unwrap();
+    drop(j);
+    let accepted = offsets_of(&Journal::path(dir.path()), |r| {
+        matches!(r, Record::Accepted { .. })
+    });
+    let (from, to) = (accepted[100].0, accepted[100].0 + (3 << 19)); // 1.5 MiB
+    zero_between(dir.path(), from, to);
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    let intact = (0..1000).filter(|&i| {
+        let (at, len) = accepted[i];
+        at + u64::from(len) <= from || at >= to
+    });
+    let intact: Vec<usize> = intact.collect();
+    assert!(intact.len() > 500);
+    assert_eq!(take_all(&mut j, "ship1").len(), intact.len(), "{r:?}");
+    assert!(r.cut.is_none() && r.passed_over.len() == 1, "{r:?}");
 }

@@ -175,6 +175,12 @@ impl JournalRun {
     fn recover(&mut self, journal: &mut Journal, recovery: Recovery) {
         let seed = self.seed;
         self.recoveries += 1;
+        // No disk damage is simulated: whatever was passed over was a torn write's.
+        assert!(
+            recovery.passed_over.is_empty(),
+            "seed {seed}: a torn write taken for the disk's damage: {:?}",
+            recovery.passed_over
+        );
         let p = &mut self.promised;
         let offset = recovery.inbox_offsets.get(INBOX).copied().unwrap_or(0) as usize;
         assert!(

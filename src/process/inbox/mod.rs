@@ -114,6 +114,8 @@ pub enum Error {
     Journal { path: PathBuf, source: io::Error },
     /// Taken files (the first: `path`) could not be marked done in the journal.
     Mark { path: PathBuf, source: io::Error },
+    /// A taken file whose offset the journal lost could not be put aside.
+    SetAside { path: PathBuf, source: io::Error },
     /// The data folder (`path`) could not be synced (renames and removals of taken files).
     SyncFolder { path: PathBuf, source: io::Error },
 }
@@ -129,6 +131,7 @@ impl Error {
             | Error::KeepRejected { source, .. }
             | Error::Journal { source, .. }
             | Error::Mark { source, .. }
+            | Error::SetAside { source, .. }
             | Error::SyncFolder { source, .. } => source,
         }
     }
@@ -149,6 +152,7 @@ impl fmt::Display for Error {
             Error::KeepRejected { path, .. } => ("cannot keep rejected input in", path),
             Error::Journal { path, .. } => ("cannot journal messages from", path),
             Error::Mark { path, .. } => ("cannot mark as taken in the journal", path),
+            Error::SetAside { path, .. } => ("cannot put aside", path),
             Error::SyncFolder { path, .. } => ("cannot sync the folder", path),
         };
         write!(f, "{what} {}: {}", path.display(), self.io())
@@ -298,7 +302,19 @@ impl Inbox {
             .filter(|n| n.starts_with("inmsg.taking-"))
             .collect();
         names.sort();
-        Ok(names
+        // Damage in the journal (passed over at its open) may have held how far one was
+        // read: kept aside, not read again from an older offset.
+        let mut known = Vec::with_capacity(names.len());
+        for name in names {
+            let journal = self.node.journal();
+            if journal.inbox_offset_known(&name) || journal.inbox_offset_known(&done_name(&name)) {
+                known.push(name);
+                continue;
+            }
+            drop(journal);
+            self.set_aside(&name, offsets.get(&name).copied().unwrap_or(0))?;
+        }
+        Ok(known
             .into_iter()
             .map(|name| {
                 // A file marked done is left only if it grew past its mark: read on from there.
@@ -326,6 +342,25 @@ impl Inbox {
                 }
             })
             .collect())
+    }
+
+    /// Taken file `name`, whose offset the journal's damage may have held (`known`: the last
+    /// it kept), put aside as `inmsg.uncertain-*.txt` and reported, not read: from the last
+    /// offset kept, the lines up to the lost one would be journaled and run a second time.
+    fn set_aside(&self, name: &str, known: u64) -> Result<(), Error> {
+        let root = &self.node.data.root;
+        let aside = root.join(format!("inmsg.uncertain-{:020}.txt", unix_nanos()));
+        let path = root.join(name);
+        fs::rename(&path, &aside).map_err(|source| Error::SetAside { path, source })?;
+        let why = format!(
+            "{}: how far {name} had been taken was in the journal's damage (it says byte {known}, perhaps from before): kept in {}, not read. Its messages up to where it was read were journaled and go on (message-log.txt lists those finished); append what is missing of it to inmsg.txt",
+            self.node.config.node,
+            aside.display()
+        );
+        log::error!("{why}");
+        self.node.report_error(why);
+        self.node.journal().forget_inbox(name);
+        Ok(())
     }
 
     /// A taken file that is not one (a link or a FIFO put in inmsg.txt's place as it was
