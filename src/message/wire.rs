@@ -8,8 +8,10 @@ use crate::subject::{validate_name, NameError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A message accepted by a node: journaled, sent, logged. The wire form.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A message accepted by a node: journaled, sent, logged. The wire form. Read through
+/// [`FlatEnvelope`], its fields and its message's side by side: serde's `flatten` read
+/// each envelope into a tree of its values first, then the message out of the tree.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// Unique for the message's whole life, across retries and restarts.
     pub id: String,
@@ -32,6 +34,110 @@ pub struct Envelope {
     pub grant: Option<String>,
     #[serde(flatten)]
     pub message: Message,
+}
+
+/// An [`Envelope`] as it reads: its own fields and its [`Message`]'s, in one object, as
+/// `flatten` writes them (the same names and defaults; unknown keys passed over, a key
+/// twice refused).
+#[derive(Deserialize)]
+struct FlatEnvelope {
+    id: String,
+    #[serde(rename = "fromNode")]
+    from_node: String,
+    accepted: u64,
+    #[serde(rename = "replyTicket", default)]
+    reply_ticket: Option<String>,
+    #[serde(default)]
+    grant: Option<String>,
+    #[serde(rename = "toNode")]
+    to_node: String,
+    data: Vec<String>,
+    #[serde(rename = "commandOrEvent")]
+    kind: super::Kind,
+    method: String,
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(rename = "toNodes", default)]
+    to_nodes: Option<Vec<String>>,
+    #[serde(rename = "methodTimeout", default)]
+    method_timeout: Option<i64>,
+    #[serde(rename = "methodArgs", default)]
+    method_args: Option<Vec<String>>,
+    #[serde(rename = "replyMethod", default)]
+    reply_method: Option<String>,
+    #[serde(rename = "replyMethodArgs", default)]
+    reply_method_args: Option<Vec<String>>,
+    #[serde(rename = "replyTimeout", default)]
+    reply_timeout: Option<u64>,
+    #[serde(rename = "replyRetries", default)]
+    reply_retries: Option<u32>,
+    #[serde(default)]
+    directory: Option<String>,
+    #[serde(rename = "fileName", default)]
+    file_name: Option<String>,
+    #[serde(default)]
+    schedule: Option<Vec<u64>>,
+    #[serde(rename = "resultsTo", default)]
+    results_to: Option<String>,
+    #[serde(rename = "inReplyTo", default)]
+    in_reply_to: Option<super::InReplyTo>,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    /// An object only, as with `flatten` (a struct alone would take an array of its
+    /// fields' values too).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Envelope, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message envelope")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Envelope, A::Error> {
+                let map = serde::de::value::MapAccessDeserializer::new(map);
+                FlatEnvelope::deserialize(map).map(Envelope::from)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+impl From<FlatEnvelope> for Envelope {
+    fn from(f: FlatEnvelope) -> Envelope {
+        // Every field named: a field added to `Message` and not here does not compile.
+        Envelope {
+            id: f.id,
+            from_node: f.from_node,
+            accepted: f.accepted,
+            reply_ticket: f.reply_ticket,
+            grant: f.grant,
+            message: Message {
+                to_node: f.to_node,
+                data: f.data,
+                kind: f.kind,
+                method: f.method,
+                timeout: f.timeout,
+                retries: f.retries,
+                ttl: f.ttl,
+                to_nodes: f.to_nodes,
+                method_timeout: f.method_timeout,
+                method_args: f.method_args,
+                reply_method: f.reply_method,
+                reply_method_args: f.reply_method_args,
+                reply_timeout: f.reply_timeout,
+                reply_retries: f.reply_retries,
+                directory: f.directory,
+                file_name: f.file_name,
+                schedule: f.schedule,
+                results_to: f.results_to,
+                in_reply_to: f.in_reply_to,
+            },
+        }
+    }
 }
 
 impl Envelope {
@@ -372,6 +478,59 @@ fn json_into(value: &impl Serialize, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::message::Kind;
+
+    #[test]
+    fn an_envelope_reads_back_as_flatten_wrote_it_every_field_of_its_message_too() {
+        let mut message = Message::new("ship1", Kind::CommandAck, "CLICommand", vec!["df".into()]);
+        message.timeout = Some(1);
+        message.retries = Some(2);
+        message.ttl = Some(3);
+        message.to_nodes = Some(vec!["ship2".into()]);
+        message.method_timeout = Some(-1);
+        message.method_args = Some(vec!["a".into()]);
+        message.reply_method = Some("File".into());
+        message.reply_method_args = Some(vec!["b".into()]);
+        message.reply_timeout = Some(4);
+        message.reply_retries = Some(5);
+        message.directory = Some("d".into());
+        message.file_name = Some("f".into());
+        message.schedule = Some(vec![6, 7]);
+        message.results_to = Some("central".into());
+        message.in_reply_to = Some(crate::message::InReplyTo {
+            id: "central-1-1-ab".into(),
+            method: "CLICommand".into(),
+            status: Status::Ok,
+            exit_code: Some(0),
+            ticket: "t".into(),
+        });
+        let envelope = Envelope {
+            id: "central-1-2-cd".into(),
+            from_node: "central".into(),
+            accepted: 8,
+            reply_ticket: Some("r".into()),
+            grant: Some("g".into()),
+            message,
+        };
+        let bytes = envelope.encode();
+        assert_eq!(
+            serde_json::from_slice::<Envelope>(&bytes).unwrap(),
+            envelope
+        );
+        // Unknown keys passed over; a key twice, an array of values, or no toNode refused.
+        let text = String::from_utf8(bytes).unwrap();
+        let with = |extra: &str| format!("{},{extra}}}", &text[..text.len() - 1]);
+        assert_eq!(
+            serde_json::from_str::<Envelope>(&with("\"later\":[1]")).unwrap(),
+            envelope
+        );
+        assert!(serde_json::from_str::<Envelope>(&with("\"toNode\":\"x\"")).is_err());
+        assert!(serde_json::from_str::<Envelope>(&with("\"id\":\"x\"")).is_err());
+        assert!(serde_json::from_str::<Envelope>(
+            "[\"i\",\"central\",1,null,null,\"ship1\",[],\"EventACK\",\"TextLogging\"]"
+        )
+        .is_err());
+        assert!(serde_json::from_str::<Envelope>(&text.replace("\"toNode\"", "\"to\"")).is_err());
+    }
 
     #[test]
     fn a_batch_answer_says_on_its_first_reply_how_many_this_node_takes() {

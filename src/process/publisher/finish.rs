@@ -54,16 +54,12 @@ impl Publisher {
         let node = &self.node;
         let now = crate::files::now_rfc3339();
         let mut written = self.stored_before_the_last_stop(&done);
-        let failed_written = {
-            let slot = self.slot();
-            written.extend(slot.replies_written.iter().cloned());
-            slot.failed_written.clone()
-        };
+        written.extend(self.slot().replies_written.iter().cloned());
         // Every message of the lane goes to one node and method: one replies file.
         // Sized once: a batch's records are some hundreds of kilobytes.
         let size: usize = done.iter().map(|(_, d)| record_size(d)).sum();
         let (mut records, mut ids) = (String::with_capacity(size), Vec::new());
-        let (mut failed, mut failed_ids) = (String::new(), Vec::new());
+        let mut failed = String::new();
         let mut ends = Vec::with_capacity(done.len());
         for (entry, delivery) in done {
             let end = End::of(&self.subject, entry, delivery);
@@ -71,12 +67,11 @@ impl Publisher {
             if let Some(reply) = &end.reply {
                 if !written.contains(id) {
                     reply_record(&mut records, &now, &entry.envelope, reply);
-                    ids.push(id.clone());
+                    ids.push(id.as_str());
                 }
             }
-            if end.why.is_some() && !failed_written.contains(id) {
+            if end.why.is_some() {
                 failed.push_str(&failed_record(message));
-                failed_ids.push(id.clone());
             }
             ends.push(end);
         }
@@ -85,13 +80,19 @@ impl Publisher {
             let limits = &node.log_budget.limits;
             crate::files::append_rotating(&path, records.as_bytes(), limits.rotate_at, limits.keep)
                 .map_err(|source| Error::StoreReplies { path, source })?;
-            self.slot().replies_written.extend(ids);
         }
+        // The replies written are remembered in the slot only if the publisher fails now,
+        // before the messages leave it: past this write nothing fails, and they leave it
+        // as soon as they are finished (`Slot::done`). (Remembered at every batch, each id
+        // cost a copy and two hashes.) failed-messages.txt is written last, so nothing
+        // written to it is ever written again.
         if !failed.is_empty() {
             let path = node.data.failed();
-            crate::files::append_shared(&path, failed.as_bytes())
-                .map_err(|source| Error::KeepFailed { path, source })?;
-            self.slot().failed_written.extend(failed_ids);
+            if let Err(source) = crate::files::append_shared(&path, failed.as_bytes()) {
+                let ids = ids.into_iter().map(str::to_string);
+                self.slot().replies_written.extend(ids);
+                return Err(Error::KeepFailed { path, source });
+            }
         }
         Ok(ends)
     }

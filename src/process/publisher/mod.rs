@@ -81,10 +81,10 @@ pub struct Slot {
     /// of it (every send answered "no responders", and other lanes waiting for a thread):
     /// the lane's next publisher goes on with it, not with a new one.
     continued: Option<Continued>,
-    /// Ids whose reply, or failed-messages.txt record, is written and whose finish is not:
-    /// a publisher restarted in between (a full disk) does not write them again.
+    /// Ids whose reply is written and whose finish is not: a publisher restarted in between
+    /// (a full disk, failing the failed-messages.txt write after the replies') does not
+    /// write them again.
     replies_written: HashSet<String>,
-    failed_written: HashSet<String>,
 }
 
 impl Slot {
@@ -93,13 +93,12 @@ impl Slot {
         self.attempts_made = 0;
         self.continued = None;
         let gone = self.entries.drain(..n);
-        // Nearly always empty (a publisher restarted in between fills them): no hashing.
-        if self.replies_written.is_empty() && self.failed_written.is_empty() {
+        // Nearly always empty (a publisher that failed in between fills it): no hashing.
+        if self.replies_written.is_empty() {
             return;
         }
         for e in gone {
             self.replies_written.remove(&e.envelope.id);
-            self.failed_written.remove(&e.envelope.id);
         }
     }
 }
