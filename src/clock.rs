@@ -10,12 +10,13 @@
 //! journal stamps notes whether the wall clock was set since the last ([`stamp`]): a
 //! message's `accepted` is read in the steady frame by the sequence number its batch began
 //! at ([`steady_accepted`]). Only steps are noted ([`STEP_MS`], as schedules tell them: NTP
-//! slews small differences). Messages an earlier run accepted are read as stamped: what
-//! the clock did before this start is not known (a restart between a stamp and the step
-//! that corrects it counts the step, as before).
+//! slews small differences). Messages an earlier run accepted are read against the wall
+//! clock as it reads now, as before: what the clock did between their stamp and this
+//! start is not known (so a restart between a stamp and the step that corrects it counts
+//! the step, and a node that restarts days behind keeps them until its clock is set
+//! right, then gives them up, as a ttl read on the wall clock always did).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -29,10 +30,9 @@ const MAX_STEPS: usize = 1_024;
 /// The wall clock (ms since the epoch) and the monotonic one at the start of the frame.
 static START: OnceLock<(u64, Instant)> = OnceLock::new();
 static FRAMES: Mutex<Frames> = Mutex::new(Frames {
+    first: None,
     steps: VecDeque::new(),
 });
-/// Whether any step was seen: until one is, nothing is looked up.
-static STEPPED: AtomicBool = AtomicBool::new(false);
 
 fn start() -> (u64, Instant) {
     *START.get_or_init(|| (crate::files::unix_millis(), Instant::now()))
@@ -51,24 +51,34 @@ pub fn stamp(first_seq: u64) -> u64 {
     let steady = steady_millis();
     let wall = crate::files::unix_millis();
     let mut frames = FRAMES.lock().unwrap_or_else(|p| p.into_inner());
-    if frames.stamp(first_seq, wall, steady) {
-        STEPPED.store(true, Ordering::Relaxed);
-    }
+    frames.stamp(first_seq, wall, steady);
     wall
 }
 
-/// `accepted`, the stamp of message `seq`, in the frame of [`steady_millis`].
+/// `accepted`, the stamp of message `seq`, in the frame [`now_for`] reads it in.
 pub fn steady_accepted(seq: u64, accepted: u64) -> u64 {
-    if !STEPPED.load(Ordering::Relaxed) {
-        return accepted;
-    }
     let frames = FRAMES.lock().unwrap_or_else(|p| p.into_inner());
     frames.accepted(seq, accepted)
+}
+
+/// Now, for message `seq`: in the steady frame ([`steady_millis`]) for this run's
+/// messages, on the wall clock for an earlier run's (see the module's docs).
+pub fn now_for(seq: u64) -> u64 {
+    let earlier = FRAMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .earlier(seq);
+    match earlier {
+        true => crate::files::unix_millis(),
+        false => steady_millis(),
+    }
 }
 
 /// The steps the wall clock took in this run, each as the first sequence number stamped
 /// after it and how far the wall clock then stood from the steady frame (ms).
 struct Frames {
+    /// The first sequence number this run stamped: those below are an earlier run's.
+    first: Option<u64>,
     steps: VecDeque<(u64, i64)>,
 }
 
@@ -76,6 +86,7 @@ impl Frames {
     /// A stamp at `wall` (the steady frame then at `steady`) of messages from `first_seq`
     /// on: whether the clock was set since the last.
     fn stamp(&mut self, first_seq: u64, wall: u64, steady: u64) -> bool {
+        self.first.get_or_insert(first_seq);
         let shift = wall as i64 - steady as i64;
         let last = self.steps.back().map_or(0, |&(_, s)| s);
         if (shift - last).abs() < STEP_MS {
@@ -93,8 +104,17 @@ impl Frames {
         true
     }
 
-    /// The stamp `accepted` of message `seq` in the steady frame.
+    /// Whether message `seq` is an earlier run's.
+    fn earlier(&self, seq: u64) -> bool {
+        self.first.is_none_or(|first| seq < first)
+    }
+
+    /// The stamp `accepted` of message `seq` in the steady frame (an earlier run's as it
+    /// is: read on the wall clock).
     fn accepted(&self, seq: u64, accepted: u64) -> u64 {
+        if self.earlier(seq) {
+            return accepted;
+        }
         let shift = self
             .steps
             .iter()
@@ -114,6 +134,7 @@ mod tests {
     #[test]
     fn a_clock_set_forward_by_days_does_not_age_what_was_stamped_before_it() {
         let mut f = Frames {
+            first: None,
             steps: VecDeque::new(),
         };
         // A Pi booted two days behind: its stamps and the steady frame agree.
@@ -134,8 +155,28 @@ mod tests {
     }
 
     #[test]
+    fn an_earlier_runs_messages_are_read_against_the_wall_clock_as_it_reads_now() {
+        let mut f = Frames {
+            first: None,
+            steps: VecDeque::new(),
+        };
+        let boot = 1_000 * DAY;
+        // Nothing stamped yet: every message is an earlier run's, read on the wall clock
+        // (set forward since the start, it reads older: it is, as far as anyone knows).
+        assert!(f.earlier(7));
+        assert_eq!(f.accepted(7, boot), boot);
+        assert!(!f.stamp(10, boot, boot));
+        assert!(f.earlier(9) && !f.earlier(10));
+        assert!(f.stamp(11, boot + 2 * DAY, boot + 10));
+        assert_eq!(f.accepted(9, boot), boot);
+        assert_eq!(f.accepted(10, boot), boot);
+        assert_eq!(f.accepted(11, boot + 2 * DAY), boot + 10);
+    }
+
+    #[test]
     fn a_clock_slewed_by_ntp_is_not_a_step() {
         let mut f = Frames {
+            first: None,
             steps: VecDeque::new(),
         };
         let t = 1_000 * DAY;
@@ -150,6 +191,7 @@ mod tests {
     #[test]
     fn steps_past_the_limit_forget_the_oldest() {
         let mut f = Frames {
+            first: None,
             steps: VecDeque::new(),
         };
         for i in 0..(MAX_STEPS as u64 + 10) {

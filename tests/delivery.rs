@@ -310,6 +310,34 @@ fn a_clock_set_forward_by_days_while_a_message_waits_does_not_use_up_its_ttl() {
 }
 
 #[test]
+fn a_message_from_before_a_restart_days_behind_expires_once_the_clock_is_set_right() {
+    let nats = NatsServer::start();
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(clock.path(), "+0").unwrap();
+    let under = [
+        "env".to_string(),
+        format!("LD_PRELOAD={}", common::libfaketime().display()),
+        format!("FAKETIME_TIMESTAMP_FILE={}", clock.path().display()),
+        "FAKETIME_NO_CACHE=1".into(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+    ];
+    let under: Vec<&str> = under.iter().map(String::as_str).collect();
+    let mut central = Node::start_under(&under, "central", &nats.address(), &["--clockCheck=off"]);
+    central.append_inmsg(r#"[{"toNode":"ship1","data":["echo","eight seconds"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"ttl":8}]"#);
+    let retried = "steward_messages_retried_total{method=\"CLICommand\"}";
+    central.wait_metric("a second attempt", |c| c.metric(retried), |v| v >= 1.0);
+    // It restarts two days behind (a Pi without a real-time clock), then NTP sets it
+    // right: the message, accepted before the restart, is eight seconds old, not two days
+    // younger than the clock says.
+    central.terminate();
+    std::fs::write(clock.path(), "-2d").unwrap();
+    central.restart();
+    central.wait_metric("an attempt", |c| c.metric(retried), |v| v >= 1.0);
+    std::fs::write(clock.path(), "+0").unwrap();
+    central.wait_for("failed-messages.txt", "eight seconds");
+}
+
+#[test]
 fn a_message_with_a_ttl_waits_for_a_node_that_comes_later() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);

@@ -49,7 +49,8 @@ impl Journal {
             }
         };
         // Only now, with the new file in place, do the new places count.
-        (self.claimed, self.to_claim, self.damaged_below) = (written, written, 0);
+        (self.claimed, self.to_claim) = (written, written);
+        self.damaged.clear();
         self.live_bytes = 0;
         for (name, l) in self.lanes.iter_mut() {
             (l.waiting, l.live_bytes) = rebuilt.remove(name).unwrap_or_default();
@@ -82,8 +83,7 @@ impl Journal {
         let mut rebuilt = Relocated::new();
         let reader = self.file.handle().clone();
         // Damage opening the journal passed over is left behind here.
-        let mut records =
-            Records::new(&*reader, 0, self.file.end()).passing_below(self.damaged_below);
+        let mut records = Records::new(&*reader, 0, self.file.end()).passing_within(&self.damaged);
         for r in records.by_ref() {
             let (seq, lane, envelope) = match r?.2 {
                 Record::Accepted {

@@ -31,7 +31,10 @@
 //! since says is done. At open, damage (a corrupt record, or zeros where records go on
 //! after them) that a later checkpoint says was durable is the disk's, not a torn write's:
 //! it is passed over, to the next whole record, said ([`Recovery::passed_over`]), and left
-//! behind by a compaction at once; what it held is lost, and nothing else. Damage no
+//! behind by a compaction once the inbox has put aside the taken files whose offset it may
+//! have held ([`Journal::inbox_offset_known`], [`Journal::inbox_checked`]); what it held is
+//! lost, and nothing else. Until then, readers pass over that damage and no other: a page
+//! that read at the open and fails later is an error, not a loss unsaid. Damage no
 //! checkpoint vouches for is cut as a torn tail is. Journals from before session 34 have
 //! checkpoints that say nothing, and are cut at their first damage as before; the versions
 //! before read today's checkpoints as theirs.
@@ -310,9 +313,9 @@ pub struct Journal {
     /// newest batch (finishes need none: one lost costs a message sent again, which its
     /// receiver recognises).
     to_claim: u64,
-    /// Damage passed over at open lies before this (0: none): readers pass over it too,
-    /// until a compaction has left it behind.
-    damaged_below: u64,
+    /// Damage passed over at open (where it begins and the next record does): readers pass
+    /// over it too, and only it, until a compaction has left it behind.
+    damaged: Vec<(u64, u64)>,
     /// If damage was passed over at open: where the last of it ended, and where each inbox
     /// file's last offset record was (see [`Journal::inbox_offset_known`]).
     inbox_damage: Option<(u64, HashMap<String, u64>)>,
@@ -518,8 +521,7 @@ impl Journal {
                 .map_or(self.file.end(), |b| b.start);
             // Damage further on: what was read before it goes out first; the error comes
             // back at the refill that starts there.
-            let damaged_below = self.damaged_below;
-            if let Err(e) = refill(&**self.file.handle(), end, damaged_below, &key, l) {
+            if let Err(e) = refill(&**self.file.handle(), end, &self.damaged, &key, l) {
                 if l.waiting.window.is_empty() {
                     return Err(e);
                 }
@@ -732,6 +734,13 @@ impl Journal {
             .is_none_or(|(after, at)| at.get(key).is_some_and(|&at| at >= *after))
     }
 
+    /// The inbox has put aside (durably) every taken file whose offset
+    /// [`Journal::inbox_offset_known`] does not know: the damage that said so may now be
+    /// compacted away.
+    pub fn inbox_checked(&mut self) {
+        self.inbox_damage = None;
+    }
+
     /// An inbox file has been fully taken and removed; its offset need not be kept.
     pub fn forget_inbox(&mut self, file: &str) {
         self.inbox_offsets.remove(file);
@@ -896,11 +905,14 @@ impl Journal {
         }
     }
 
-    /// Whether finished records make up most of the file.
+    /// Whether finished records make up most of the file, or damage passed over is to be
+    /// left behind; not while what the damage says of inbox files is still to be acted on
+    /// (see [`Journal::inbox_checked`]): compacted away, it would be forgotten at a restart.
     fn compaction_due(&self) -> bool {
         let size = self.file.end();
-        self.damaged_below > 0
-            || (size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size)
+        self.inbox_damage.is_none()
+            && (!self.damaged.is_empty()
+                || (size >= COMPACT_MIN_BYTES && self.live_bytes * COMPACT_RATIO < size))
     }
 
     /// Whether [`Journal::sync_ticket`] or [`Journal::maintain`] has work: records not
@@ -948,19 +960,18 @@ fn hand_out(
 /// that cannot be read), what was read before it stays in the window, to be handed out,
 /// and the lane's next refill begins at the damage (begun before it, what was read was read
 /// in again, after the publisher had it: sent twice, and the lane's counts wrapped).
-/// Damage that opening the journal passed over (before `damaged_below`) is passed over
-/// again.
+/// Damage that opening the journal passed over (`damaged`) is passed over again.
 fn refill(
     file: &dyn StoredFile,
     end: u64,
-    damaged_below: u64,
+    damaged: &[(u64, u64)],
     key: &str,
     lane: &mut Lane,
 ) -> io::Result<()> {
     let Some(from) = lane.waiting.spill.take() else {
         return Ok(());
     };
-    let mut records = Records::new(file, from, end).passing_below(damaged_below);
+    let mut records = Records::new(file, from, end).passing_within(damaged);
     let failed = loop {
         let (offset, len, record) = match records.next() {
             None => break None,

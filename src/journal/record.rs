@@ -309,8 +309,10 @@ pub struct Records<'a> {
     /// File offset of `buf[0]`.
     buf_at: u64,
     pos: usize,
-    /// Damage that begins before this is passed over, to the next whole record.
+    /// Damage that begins before this is passed over, to the next whole record...
     pass_below: u64,
+    /// ... and damage that begins in one of these stretches (`from`, `to`).
+    pass_within: Vec<(u64, u64)>,
     /// The damaged stretches passed over, in order.
     pub passed: Vec<Passed>,
     /// Pages the disk could not read (EIO), met where damage may be passed over.
@@ -337,6 +339,7 @@ impl<'a> Records<'a> {
             buf_at: from,
             pos: 0,
             pass_below: 0,
+            pass_within: Vec::new(),
             passed: Vec::new(),
             unreadable: Vec::new(),
             corruption: None,
@@ -352,10 +355,27 @@ impl<'a> Records<'a> {
         self
     }
 
+    /// As [`Records::passing_below`], for damage that begins in one of `stretches` (`from`,
+    /// `to`): where damage was found before, and is known to be the disk's. Damage found
+    /// anywhere else (a page that reads now and not later) stops the reader.
+    pub fn passing_within(mut self, stretches: &[(u64, u64)]) -> Records<'a> {
+        self.pass_within = stretches.to_vec();
+        self
+    }
+
+    /// Whether damage at `at` may be passed over.
+    fn may_pass(&self, at: u64) -> bool {
+        at < self.pass_below
+            || self
+                .pass_within
+                .iter()
+                .any(|&(from, to)| (from..to).contains(&at))
+    }
+
     /// Passes over the damage at `at` (`why`) if it may be, to the next whole record:
     /// whether it did.
     fn pass_over(&mut self, at: u64, why: &str) -> io::Result<bool> {
-        if at >= self.pass_below {
+        if !self.may_pass(at) {
             return Ok(false);
         }
         let Some(next) = next_record(self.file, at + 1, self.end)? else {
@@ -407,7 +427,12 @@ impl<'a> Records<'a> {
                     if left > held {
                         // More of the file than the buffer holds: read on from this record.
                         let mut buf = vec![0; CHUNK.max(needed).min(left)];
-                        match at < self.pass_below {
+                        // Read around pages the disk cannot read only where damage may
+                        // be passed over; elsewhere an I/O error is one.
+                        let end = at + buf.len() as u64;
+                        let passable = at < self.pass_below
+                            || self.pass_within.iter().any(|&(f, t)| f < end && t > at);
+                        match passable {
                             true => {
                                 let bad = read_around_bad_pages(self.file, &mut buf, at)?;
                                 self.unreadable.extend(bad);
@@ -853,6 +878,9 @@ fn read_around_bad_pages(
     at: u64,
 ) -> io::Result<Vec<(u64, u64)>> {
     const PAGE: u64 = 4096;
+    // A read may fail once and not again (a marginal sector, a flaky reader): tried again
+    // before a page counts as lost.
+    const TRIES: usize = 3;
     match file.read_exact_at(buf, at) {
         Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
         read => return read.map(|()| Vec::new()),
@@ -862,7 +890,16 @@ fn read_around_bad_pages(
     while p < buf.len() {
         let page_end = ((at + p as u64) / PAGE + 1) * PAGE;
         let q = ((page_end - at) as usize).min(buf.len());
-        match file.read_exact_at(&mut buf[p..q], at + p as u64) {
+        let mut read = file.read_exact_at(&mut buf[p..q], at + p as u64);
+        for _ in 1..TRIES {
+            match &read {
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    read = file.read_exact_at(&mut buf[p..q], at + p as u64);
+                }
+                _ => break,
+            }
+        }
+        match read {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                 buf[p..q].fill(0xFF);

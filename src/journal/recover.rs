@@ -20,14 +20,15 @@ impl Journal {
         let path = Journal::path(dir);
         let mut file = RecordFile::open(&*storage, &path)?;
         let mut recovery = Recovery::default();
-        let mut found = Found::read(&file, &path, file.end(), u64::MAX)?;
+        let mut found = Found::read(&file, &path, file.end(), Pass::Any)?;
         // Damage no checkpoint after it proves synced may be a torn write's (writeback
         // reorders pages: a later record on disk, an earlier one not): cut there, with
         // everything after it, as a torn tail is. The first pass went on past it only to
         // look for such a proof; the second stops there.
         if let Some(torn) = found.unproven.take() {
             let proven = std::mem::take(&mut found.passed);
-            found = Found::read(&file, &path, torn.from, torn.from)?;
+            let within: Vec<(u64, u64)> = proven.iter().map(|p| (p.from, p.to)).collect();
+            found = Found::read(&file, &path, torn.from, Pass::Within(&within))?;
             // The same damage before it, proven by checkpoints the first pass read (some
             // may lie past the cut).
             (found.passed, found.unproven) = (proven, None);
@@ -94,7 +95,7 @@ impl Journal {
             claimed: 0,
             to_claim: size,
             // Compacted away at once (below), or by the supervisor's tick.
-            damaged_below: if found.passed.is_empty() { 0 } else { size },
+            damaged: found.passed.iter().map(|p| (p.from, p.to)).collect(),
             // An inbox file's offset recorded only before damage may have been recorded
             // again in it, further on.
             inbox_damage: found
@@ -142,8 +143,10 @@ impl Journal {
     ) -> io::Result<bool> {
         let mut legacy = !legacy_done.is_empty();
         let reader = self.file.handle().clone();
-        // Damage the first pass passed over is passed over again.
-        for r in Records::new(&*reader, 0, end).passing_below(self.damaged_below) {
+        // Damage the first pass passed over is passed over again; any other (a page that
+        // read then, and not now) fails the open, as a read error does.
+        let mut records = Records::new(&*reader, 0, end).passing_within(&self.damaged);
+        for r in records.by_ref() {
             let (offset, len, record) = r?;
             let span = Span { offset, len };
             match record {
@@ -160,6 +163,11 @@ impl Journal {
                 }
                 _ => {}
             }
+        }
+        if let Some(why) = records.corruption {
+            return Err(io::Error::other(format!(
+                "journal unreadable where it read before: {why}"
+            )));
         }
         Ok(legacy)
     }
@@ -193,6 +201,14 @@ impl Journal {
     }
 }
 
+/// What damage the first pass passes over.
+enum Pass<'a> {
+    /// Any, to look for a checkpoint after it that proves it the disk's.
+    Any,
+    /// Only that in these stretches, proven so by a pass before.
+    Within(&'a [(u64, u64)]),
+}
+
 /// What the first pass over the file finds.
 struct Found {
     next_seq: u64,
@@ -218,9 +234,9 @@ struct Found {
 
 impl Found {
     /// The first pass: what is finished, how far inbox files were read, where the last
-    /// commit record is; up to `end`, passing over damage before `pass_below` (noting
-    /// whether a checkpoint after it proves it synced).
-    fn read(file: &RecordFile, path: &Path, end: u64, pass_below: u64) -> io::Result<Found> {
+    /// commit record is; up to `end`, passing over damage as `pass` says (noting whether a
+    /// checkpoint after it proves it synced).
+    fn read(file: &RecordFile, path: &Path, end: u64, pass: Pass) -> io::Result<Found> {
         let mut found = Found {
             next_seq: 1,
             done: HashMap::new(),
@@ -236,7 +252,11 @@ impl Found {
         };
         // Damage passed over, waiting for a checkpoint that says it was synced.
         let mut unproven: Vec<Passed> = Vec::new();
-        let mut records = Records::new(&**file.handle(), 0, end).passing_below(pass_below);
+        let records = Records::new(&**file.handle(), 0, end);
+        let mut records = match pass {
+            Pass::Any => records.passing_below(u64::MAX),
+            Pass::Within(stretches) => records.passing_within(stretches),
+        };
         while let Some(r) = records.next() {
             let (offset, _, record) = r?;
             found.kept += 1;

@@ -309,7 +309,6 @@ impl Supervisor {
         let Some((lane, wake)) = self.table.get(name).and_then(|e| e.lane.clone()) else {
             return;
         };
-        self.waiting.remove(&lane);
         self.node.serve_lane(lane, wake.clone());
         self.launch(name);
         let _ = wake.try_send(());

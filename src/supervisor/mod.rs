@@ -278,9 +278,12 @@ impl Supervisor {
         e.resume = false;
         e.parked_until = None;
         e.woken = false;
-        let node = e.lane.as_ref().map(|(lane, _)| lane.node.clone());
-        if let Some(node) = node {
-            self.unparked(&node, name);
+        let lane = e.lane.as_ref().map(|(lane, _)| lane.clone());
+        if let Some(lane) = lane {
+            // Running now, so out of line if it was in it (a restart, or a thread free
+            // before its turn): never both.
+            self.waiting.remove(&lane);
+            self.unparked(&lane.node, name);
         }
         let Some(e) = self.table.get_mut(name) else {
             return;

@@ -305,6 +305,7 @@ impl Inbox {
         // Damage in the journal (passed over at its open) may have held how far one was
         // read: kept aside, not read again from an older offset.
         let mut known = Vec::with_capacity(names.len());
+        let mut aside = 0;
         for name in names {
             let journal = self.node.journal();
             if journal.inbox_offset_known(&name) || journal.inbox_offset_known(&done_name(&name)) {
@@ -313,7 +314,17 @@ impl Inbox {
             }
             drop(journal);
             self.set_aside(&name, offsets.get(&name).copied().unwrap_or(0))?;
+            aside += 1;
         }
+        // Put aside for good (a power cut undoes no rename) before the journal may forget
+        // why (its damage compacted away).
+        if aside > 0 {
+            crate::files::sync_dir(root).map_err(|source| Error::SyncFolder {
+                path: root.clone(),
+                source,
+            })?;
+        }
+        self.node.journal().inbox_checked();
         Ok(known
             .into_iter()
             .map(|name| {

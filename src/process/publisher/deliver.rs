@@ -301,7 +301,7 @@ impl Publisher {
                 }
             };
             // A time to live counts on the monotonic clock (see `crate::clock`).
-            let now = crate::clock::steady_millis();
+            let now = crate::clock::now_for(entry.seq);
             let described = rules.describe(now);
             let pause = match rules.failed(&last_error, node.broker.epoch() != epoch, now) {
                 Next::Again => {
@@ -651,7 +651,7 @@ impl Publisher {
         }
         let doing = format!(
             "attempt {attempt}{} of {} (waiting {}s for ACK)",
-            rules.describe(crate::clock::steady_millis()),
+            rules.describe(crate::clock::now_for(entry.seq)),
             entry.envelope.id,
             timeout.as_secs()
         );
