@@ -1,10 +1,13 @@
 //! Publishers for lanes. A lane with messages and no publisher gets one, which keeps
 //! going while it has work; an idle publisher ends after `--keepPublishersAliveFor`.
 //! At most `--maxPublishers` run at once: a lane beyond that waits its turn in [`Waiting`],
-//! and while any waits, idle publishers are asked to end now. A lane in line has its
-//! publisher's row in the process table from its first message, without a thread, saying
-//! how many lanes are ahead of it: an operator sees it (`OpProcessList`) and can stop it
-//! (`OpProcessStop` takes it out of line) before it ever had a thread. A publisher whose lane's
+//! and while any waits, idle publishers are asked to end now. A lane in line for its first
+//! thread is only a name in [`Waiting`] (a table row, its channel and slot are a couple of
+//! kilobytes, and a command to 50,000 nodes puts 49,000 in line: 85 MB): the process table
+//! lists it all the same, with how many lanes are ahead of it, and `OpProcessStop` takes
+//! it out of line, so an operator sees and can stop it before it ever had a thread. A
+//! publisher with a row and no thread (stopped, ended, parked) in line says so in its
+//! row. A publisher whose lane's
 //! first message pauses between attempts gives its thread up while lanes wait
 //! ([`Event::Parked`](super::Event::Parked)): it is parked, its slot (the message and its
 //! attempts) kept in the table, and its lane waits its turn again once the pause is over,
@@ -21,7 +24,7 @@ use std::time::Instant;
 
 /// A publisher's state while its lane is in line for a thread: its row in the process
 /// table (which adds how many lanes are ahead of it).
-const IN_LINE: &str = "waiting for a publisher thread (--maxPublishers)";
+pub(super) const IN_LINE: &str = "waiting for a publisher thread (--maxPublishers)";
 
 /// Lanes with messages and no publisher, waiting their turn (`--maxPublishers`), each
 /// once: lanes with new work (or whose node just said Hello) first, in the order they
@@ -161,6 +164,12 @@ impl Supervisor {
             }
             return;
         }
+        if full {
+            // Its turn comes when a publisher ends (idle ones are asked to end now).
+            self.waiting.push(lane);
+            self.want_publishers(true);
+            return;
+        }
         // A wake-up waits at most one deep: a publisher looks at the journal after each.
         let (wake_tx, wake) = crossbeam_channel::bounded(1);
         let in_flight = publisher::InFlight::default();
@@ -175,13 +184,6 @@ impl Supervisor {
                 state,
             })
         };
-        if full {
-            // In the table from now, without a thread: its turn comes when a publisher
-            // ends (idle ones are asked to end now).
-            self.insert(name.clone(), Some((lane, wake_tx)), make);
-            self.in_line(&name);
-            return;
-        }
         self.node.serve_lane(lane.clone(), wake_tx.clone());
         log::debug!("spawning {name}");
         self.add(name, Some((lane, wake_tx)), make);

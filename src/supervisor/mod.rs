@@ -114,8 +114,8 @@ struct ProcessEntry {
     restarts: u32,
     failures: Failures,
     started: Instant,
-    /// None while it does not run: a publisher in line for a thread (`--maxPublishers`),
-    /// parked, stopped, or waiting to be restarted.
+    /// None while it does not run: a publisher parked, stopped, ended with its lane in line
+    /// again (`--maxPublishers`), or waiting to be restarted.
     thread: Option<JoinHandle<()>>,
     restart_at: Option<Instant>,
     /// A publisher's lane, and its wake-up.
@@ -237,15 +237,6 @@ impl Supervisor {
     where
         F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
     {
-        self.insert(name.clone(), lane, make);
-        self.launch(&name);
-    }
-
-    /// Puts process `name` in the table, not started (a publisher in line for a thread).
-    fn insert<F>(&mut self, name: String, lane: Option<(Subject, Sender<()>)>, make: F)
-    where
-        F: Fn(Arc<State>) -> Box<dyn Process> + 'static,
-    {
         let state = Arc::new(State::default());
         let s = state.clone();
         let entry = ProcessEntry {
@@ -264,7 +255,8 @@ impl Supervisor {
             parked_until: None,
             woken: false,
         };
-        self.table.insert(name, entry);
+        self.table.insert(name.clone(), entry);
+        self.launch(&name);
     }
 
     fn launch(&mut self, name: &str) {

@@ -74,6 +74,17 @@ impl Supervisor {
             };
         }
         let Some(e) = self.table.get_mut(name) else {
+            // A lane in line for its first thread: taken out of line (it has no row).
+            let lane = name
+                .strip_prefix("publisher ")
+                .map(crate::subject::Subject::parse);
+            if let Some(Ok(lane)) = lane {
+                if self.waiting.remove(&lane) {
+                    log::warn!("{name} stopped by OpProcessStop from {by}");
+                    self.next_waiting();
+                    return Ok(Stopped(format!("{name} on {node} stopped before it ran; its messages stay in the journal, and it starts with its lane's next message or the next start of {node}")));
+                }
+            }
             return Err(NotStopped::NoSuchProcess {
                 node,
                 name: name.to_string(),
