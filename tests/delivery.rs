@@ -253,21 +253,26 @@ fn a_failing_publisher_is_restarted_reported_and_loses_nothing() {
     central.wait_for("replies/ship1.CLICommand.log", "unaffected");
 }
 
+/// What a node runs under whose wall clock is read from `file` (libfaketime's offset,
+/// `-2d`, `+0`: written to set the clock while it runs, as NTP would), its monotonic clock
+/// left alone (as NTP leaves it).
+fn under_a_clock_set_by(file: &std::path::Path) -> Vec<String> {
+    vec![
+        "env".to_string(),
+        format!("LD_PRELOAD={}", common::libfaketime().display()),
+        format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
+        "FAKETIME_NO_CACHE=1".into(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+    ]
+}
+
 #[test]
 fn a_clock_set_forward_by_days_while_a_message_waits_does_not_use_up_its_ttl() {
     let nats = NatsServer::start();
     // central is a Pi that booted with the time it saved two days ago, at sea: no NTP.
-    // Its clock is read from a file libfaketime looks at each time, so the test sets it
-    // as NTP's first sync would (monotonic time left alone, as NTP leaves it).
     let clock = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(clock.path(), "-2d").unwrap();
-    let under = [
-        "env".to_string(),
-        format!("LD_PRELOAD={}", common::libfaketime().display()),
-        format!("FAKETIME_TIMESTAMP_FILE={}", clock.path().display()),
-        "FAKETIME_NO_CACHE=1".into(),
-        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
-    ];
+    let under = under_a_clock_set_by(clock.path());
     let under: Vec<&str> = under.iter().map(String::as_str).collect();
     let central = Node::start_under(&under, "central", &nats.address(), &["--clockCheck=off"]);
     // For ship1, away: an hour to live, attempts of 1 s.
@@ -314,13 +319,7 @@ fn a_message_from_before_a_restart_days_behind_expires_once_the_clock_is_set_rig
     let nats = NatsServer::start();
     let clock = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(clock.path(), "+0").unwrap();
-    let under = [
-        "env".to_string(),
-        format!("LD_PRELOAD={}", common::libfaketime().display()),
-        format!("FAKETIME_TIMESTAMP_FILE={}", clock.path().display()),
-        "FAKETIME_NO_CACHE=1".into(),
-        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
-    ];
+    let under = under_a_clock_set_by(clock.path());
     let under: Vec<&str> = under.iter().map(String::as_str).collect();
     let mut central = Node::start_under(&under, "central", &nats.address(), &["--clockCheck=off"]);
     central.append_inmsg(r#"[{"toNode":"ship1","data":["echo","eight seconds"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"ttl":8}]"#);

@@ -401,18 +401,25 @@ fn a_result_central_never_asked_for_is_refused_and_reported() {
     drop(ship1);
 }
 
-/// A publisher with no thread, in line for one (`--maxPublishers`), is stopped when an
-/// operator stops it: it said "not running", and ran in its turn.
-#[test]
-fn op_process_stop_stops_a_publisher_waiting_its_turn() {
-    let nats = NatsServer::start();
-    let _ship2 = Node::start(
+/// ship2, which takes commands from ship1; ship1, with one publisher thread
+/// (`--maxPublishers=1`); central.
+fn ship2_ship1_of_one_thread_and_central(nats: &NatsServer) -> (Node, Node, Node) {
+    let ship2 = Node::start(
         "ship2",
         &nats.address(),
         &["--allowCommandsFrom=central,ship1:CLICommand"],
     );
     let ship1 = Node::start("ship1", &nats.address(), &["--maxPublishers=1"]);
     let central = Node::start("central", &nats.address(), &[]);
+    (ship2, ship1, central)
+}
+
+/// A publisher with no thread, in line for one (`--maxPublishers`), is stopped when an
+/// operator stops it: it said "not running", and ran in its turn.
+#[test]
+fn op_process_stop_stops_a_publisher_waiting_its_turn() {
+    let nats = NatsServer::start();
+    let (_ship2, ship1, central) = ship2_ship1_of_one_thread_and_central(&nats);
     let ghost = "ghost.EventACK.TextLogging";
     let attempts = || ship1.log().matches(&format!("{ghost}: attempt")).count();
     // A lane to a node that is not there, pausing between attempts...
@@ -459,13 +466,7 @@ fn op_process_stop_stops_a_publisher_waiting_its_turn() {
 #[test]
 fn op_process_list_and_stop_see_a_lane_in_line_for_its_first_thread() {
     let nats = NatsServer::start();
-    let ship2 = Node::start(
-        "ship2",
-        &nats.address(),
-        &["--allowCommandsFrom=central,ship1:CLICommand"],
-    );
-    let ship1 = Node::start("ship1", &nats.address(), &["--maxPublishers=1"]);
-    let central = Node::start("central", &nats.address(), &[]);
+    let (ship2, ship1, central) = ship2_ship1_of_one_thread_and_central(&nats);
     let lane = "ship2.EventACK.TextLogging";
     let row = |table: &str| {
         table

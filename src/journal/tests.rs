@@ -3,7 +3,6 @@
 use super::*;
 use crate::journal::record::{decode, PREALLOCATE};
 use crate::message::Kind;
-use crate::storage::Handle;
 use std::fs::{self, OpenOptions};
 
 fn msg_to(to: &str, i: usize) -> Message {
@@ -777,14 +776,17 @@ fn inbox_offsets_survive_restart_and_compaction() {
     assert!(r.inbox_offsets.is_empty());
 }
 
-/// The real disk, but a read that covers `bad` fails (a bad sector), while it is set.
+/// The real disk, but a read that covers `bad` fails (a bad sector: EIO), while it is
+/// set, and writes fail (and cutting them back) while `full` is.
+#[derive(Clone, Default)]
 struct BadSector {
     bad: Arc<std::sync::Mutex<Option<u64>>>,
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct BadSectorFile {
     file: crate::storage::Handle,
-    bad: Arc<std::sync::Mutex<Option<u64>>>,
+    disk: BadSector,
 }
 
 impl Storage for BadSector {
@@ -792,14 +794,14 @@ impl Storage for BadSector {
         let file = Disk.open(path)?;
         Ok(Arc::new(BadSectorFile {
             file,
-            bad: self.bad.clone(),
+            disk: self.clone(),
         }))
     }
     fn create(&self, path: &Path) -> io::Result<crate::storage::Handle> {
         let file = Disk.create(path)?;
         Ok(Arc::new(BadSectorFile {
             file,
-            bad: self.bad.clone(),
+            disk: self.clone(),
         }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -818,17 +820,23 @@ impl StoredFile for BadSectorFile {
         self.file.size()
     }
     fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
-        match *self.bad.lock().unwrap() {
+        match *self.disk.bad.lock().unwrap() {
             Some(bad) if (at..at + buf.len() as u64).contains(&bad) => {
-                Err(io::Error::other("bad sector"))
+                Err(io::Error::from_raw_os_error(libc::EIO))
             }
             _ => self.file.read_exact_at(buf, at),
         }
     }
     fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        if self.disk.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.file.write_all_at(buf, at)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.disk.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         self.file.set_len(len)
     }
     fn allocate(&self, from: u64, to: u64) -> bool {
@@ -846,7 +854,10 @@ impl StoredFile for BadSectorFile {
 fn a_record_that_cannot_be_read_holds_back_only_itself_and_those_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let bad = Arc::new(std::sync::Mutex::new(None));
-    let storage = Arc::new(BadSector { bad: bad.clone() });
+    let storage = Arc::new(BadSector {
+        bad: bad.clone(),
+        ..Default::default()
+    });
     let (mut j, _) = Journal::open_on(storage.clone(), dir.path()).unwrap();
     // Written together: five records side by side, read at once when all is well (after a
     // restart: this run's own would be handed out as written, not read).
@@ -864,7 +875,7 @@ fn a_record_that_cannot_be_read_holds_back_only_itself_and_those_after_it() {
         "those before it still go"
     );
     let err = j.take(&lane, 10).unwrap_err();
-    assert!(err.to_string().contains("bad sector"), "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     *bad.lock().unwrap() = None;
     let after = j.take(&lane, 10).unwrap();
     assert_eq!(data(&after), ["message 3", "message 4", "message 5"]);
@@ -1102,58 +1113,11 @@ fn sequence_numbers_never_fall_below_a_kept_done_through() {
 /// supervisor's tick is told, and stops the agent (fail-stop).
 #[test]
 fn a_checkpoint_that_leaves_the_journal_unusable_is_an_error() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    struct Failing(Arc<AtomicBool>);
-    struct FailingFile(Handle, Arc<AtomicBool>);
-    impl Storage for Failing {
-        fn open(&self, path: &Path) -> io::Result<Handle> {
-            Ok(Arc::new(FailingFile(Disk.open(path)?, self.0.clone())))
-        }
-        fn create(&self, path: &Path) -> io::Result<Handle> {
-            Disk.create(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            Disk.rename(from, to)
-        }
-        fn remove(&self, path: &Path) -> io::Result<()> {
-            Disk.remove(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            Disk.sync_dir(dir)
-        }
-    }
-    impl StoredFile for FailingFile {
-        fn size(&self) -> io::Result<u64> {
-            self.0.size()
-        }
-        fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
-            self.0.read_exact_at(buf, at)
-        }
-        fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(io::Error::other("ENOSPC"));
-            }
-            self.0.write_all_at(buf, at)
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(io::Error::other("EIO"));
-            }
-            self.0.set_len(len)
-        }
-        fn allocate(&self, _: u64, _: u64) -> bool {
-            false
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            self.0.sync_data()
-        }
-        fn drop_cache(&self) {}
-    }
     let dir = tempfile::tempdir().unwrap();
-    let fail = Arc::new(AtomicBool::new(false));
-    let (mut j, _) = Journal::open_on(Arc::new(Failing(fail.clone())), dir.path()).unwrap();
+    let disk = BadSector::default();
+    let (mut j, _) = Journal::open_on(Arc::new(disk.clone()), dir.path()).unwrap();
     j.append("central", vec![msg(0)], None).unwrap();
-    fail.store(true, Ordering::SeqCst);
+    disk.full.store(true, std::sync::atomic::Ordering::SeqCst);
     let ticket = j.sync_ticket(); // the supervisor's tick
     assert!(j.unusable().is_some(), "the cut-back failed");
     assert!(
@@ -1167,55 +1131,6 @@ fn a_checkpoint_that_leaves_the_journal_unusable_is_an_error() {
 /// (the journal did not open at all: a restart loop).
 #[test]
 fn a_sector_that_cannot_be_read_loses_only_what_it_held() {
-    /// The sector holding byte `.0` of the file first opened cannot be read (the file a
-    /// compaction writes is another, on other sectors).
-    struct BadSector(u64, std::sync::atomic::AtomicBool);
-    struct BadFile(Handle, u64);
-    impl Storage for BadSector {
-        fn open(&self, path: &Path) -> io::Result<Handle> {
-            if self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Disk.open(path);
-            }
-            Ok(Arc::new(BadFile(Disk.open(path)?, self.0)))
-        }
-        fn create(&self, path: &Path) -> io::Result<Handle> {
-            Disk.create(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            Disk.rename(from, to)
-        }
-        fn remove(&self, path: &Path) -> io::Result<()> {
-            Disk.remove(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            Disk.sync_dir(dir)
-        }
-    }
-    impl StoredFile for BadFile {
-        fn size(&self) -> io::Result<u64> {
-            self.0.size()
-        }
-        fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
-            let sector = self.1 / 512 * 512;
-            if at < sector + 512 && at + buf.len() as u64 > sector {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            self.0.read_exact_at(buf, at)
-        }
-        fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
-            self.0.write_all_at(buf, at)
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            self.0.set_len(len)
-        }
-        fn allocate(&self, from: u64, to: u64) -> bool {
-            self.0.allocate(from, to)
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            self.0.sync_data()
-        }
-        fn drop_cache(&self) {}
-    }
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();
     for i in 0..40 {
@@ -1226,8 +1141,9 @@ fn a_sector_that_cannot_be_read_loses_only_what_it_held() {
     let accepted = offsets_of(&Journal::path(dir.path()), |r| {
         matches!(r, Record::Accepted { .. })
     });
-    let bad = BadSector(accepted[20].0 + 40, Default::default());
-    let opened = Journal::open_on(Arc::new(bad), dir.path());
+    let disk = BadSector::default();
+    *disk.bad.lock().unwrap() = Some(accepted[20].0 + 40);
+    let opened = Journal::open_on(Arc::new(disk), dir.path());
     let (mut j, r) = opened.expect("a bad sector does not stop the journal from opening");
     assert!(r.passed_over.len() == 1, "{r:?}");
     assert!(r.passed_over[0].contains("cannot read"), "{r:?}");
