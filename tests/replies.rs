@@ -529,3 +529,37 @@ fn op_process_list_and_stop_see_a_lane_in_line_for_its_first_thread() {
     let logged = ship2.wait_for("textlog/ship1.log", "second");
     assert_eq!(logged, "first\nsecond\n");
 }
+
+/// A command to many nodes puts most of their lanes in line: the process table lists the
+/// first hundred, then counts the rest (an answer to `OpProcessList` must fit in one
+/// message, and 50,000 rows would not).
+#[test]
+fn the_process_table_lists_a_hundred_lanes_in_line_then_counts_the_rest() {
+    let nats = NatsServer::start();
+    let (_ship2, ship1, _central) = ship2_ship1_of_one_thread_and_central(&nats);
+    // ship1's one thread: a command on ship2 that runs 15 s. Then a line to log on each of
+    // 150 nodes: 150 lanes in line for the thread.
+    let nodes: Vec<String> = (0..150).map(|i| format!("\"ghost{i}\"")).collect();
+    ship1.append_inmsg(&format!(
+        r#"[{{"toNode":"ship2","data":["sleep","15"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":60}},
+ {{"toNodes":[{}],"data":["x\n"],"commandOrEvent":"EventACK","method":"TextLogging"}}]"#,
+        nodes.join(",")
+    ));
+    let table = ship1.wait_status("150 lanes in line", |t| {
+        t.contains("150 lane(s) waiting for a publisher")
+    });
+    let listed = table
+        .lines()
+        .filter(|l| l.contains("waiting for a publisher thread (--maxPublishers)"))
+        .count();
+    assert_eq!(listed, 100, "{table}");
+    assert!(table.contains("ghost0.EventACK.TextLogging"), "{table}");
+    assert!(
+        table.contains("next in line") && table.contains("99 lanes ahead"),
+        "{table}"
+    );
+    assert!(
+        table.contains("... and 50 more lanes in line for their first publisher thread"),
+        "{table}"
+    );
+}
