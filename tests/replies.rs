@@ -222,18 +222,22 @@ fn a_reply_cut_to_the_broker_s_limit_is_recorded_as_it_was_sent() {
     assert_eq!(kept, sent, "recorded {kept}, sent {sent}");
 }
 
+/// central asks ship1 `method` with `data` (a JSON array's items), and waits for the ACK:
+/// what central's reply file for the method holds then.
+fn ask_ship1(central: &Node, method: &str, data: &str) -> String {
+    let ended = central.send_and_wait(&format!(
+        r#"[{{"toNode":"ship1","data":[{data}],"commandOrEvent":"CommandACK","method":"{method}"}}]"#
+    ));
+    assert_eq!(ended[0].1, "acked", "{method}: {ended:?}");
+    central.read(&format!("replies/ship1.{method}.log"))
+}
+
 #[test]
 fn op_process_list_and_stop_and_public_key_answer_central() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
-    let ask = |method: &str, data: &str| {
-        let ended = central.send_and_wait(&format!(
-            r#"[{{"toNode":"ship1","data":[{data}],"commandOrEvent":"CommandACK","method":"{method}"}}]"#
-        ));
-        assert_eq!(ended[0].1, "acked", "{method}: {ended:?}");
-        central.read(&format!("replies/ship1.{method}.log"))
-    };
+    let ask = |method: &str, data: &str| ask_ship1(&central, method, data);
     let table = ask("OpProcessList", "");
     for sub in ["CLICommand", "TextLogging", "File", "OpProcessStop"] {
         assert!(
@@ -483,13 +487,7 @@ fn op_process_list_and_stop_see_a_lane_in_line_for_its_first_thread() {
     ship1.wait_status("showed a lane in line", |t| {
         t.contains("1 lane(s) waiting for a publisher")
     });
-    let ask = |method: &str, data: &str| {
-        let ended = central.send_and_wait(&format!(
-            r#"[{{"toNode":"ship1","data":[{data}],"commandOrEvent":"CommandACK","method":"{method}"}}]"#
-        ));
-        assert_eq!(ended[0].1, "acked", "{method}: {ended:?}");
-        central.read(&format!("replies/ship1.{method}.log"))
-    };
+    let ask = |method: &str, data: &str| ask_ship1(&central, method, data);
     // Listed: its message pending, no restarts, waiting for a thread, next in line.
     let table = ask("OpProcessList", "");
     let listed = row(&table).unwrap_or_else(|| panic!("{lane} not listed:\n{table}"));
