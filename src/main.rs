@@ -9,18 +9,18 @@ use steward::config::Subcommand;
 /// glibc gives threads their own malloc arenas, up to eight per core, each keeping what it
 /// once held: with a thread per process that is most of a node's resident memory after a
 /// burst. Two arenas hold steward's light contention (measured: 15 MB → 9 MB after a
-/// 100,000-message intake, no loss of throughput). And buffers of a megabyte or more (the
-/// inbox's reads, a journal write of a big intake, a batch at its largest) are mapped and
-/// unmapped on their own, rather than left in an arena once freed: glibc would otherwise
-/// raise that threshold as they come and go. A stream's usual batches (a few hundred KB off
-/// the wire, and as much again decoded) stay below it: at 256 KiB they were mapped fresh
-/// for every batch and their pages faulted in one by one, 8% of a sender's CPU and 15% of a
-/// receiver's (session 35: at 1 MiB, ship1's CPU per event went 6.2 → 5.3 µs over five
-/// pairs, and a receiver's RSS after 1,000,000 events 10.3 → 10.8 MB).
+/// 100,000-message intake, no loss of throughput). And big buffers (the inbox reads a
+/// megabyte at a time) are mapped and unmapped on their own, rather than left in an arena
+/// once freed: glibc would otherwise raise that threshold as they come and go. A batch's
+/// buffers (its bytes off the wire, its envelopes decoded) are above it too, mapped fresh
+/// and faulted in page by page for every batch: 15% of a receiver's CPU in a stream of
+/// events. Kept below it (a threshold of 640 KiB or 1 MiB), the receiver spent that much
+/// less (6.2 → 5.3 µs an event over five pairs), but held 2 to 3 MB more (11.3–12.8 MB after 1,000,000 events
+/// against 9.6–9.9, session 35): a node's memory is the scarcer.
 fn fewer_malloc_arenas() {
     use steward::sys::{mallopt, Malloc};
     mallopt(Malloc::ArenaMax(2));
-    mallopt(Malloc::MmapThreshold(1024 * 1024));
+    mallopt(Malloc::MmapThreshold(256 * 1024));
 }
 
 fn main() -> ExitCode {
