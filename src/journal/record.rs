@@ -798,6 +798,7 @@ fn next_record(file: &dyn StoredFile, mut from: u64, end: u64) -> io::Result<Opt
     // Compared a page at a time (a few microseconds a megabyte), not byte by byte.
     const ZEROS: [u8; 4096] = [0; 4096];
     let mut zeros = 0;
+    let start = from;
     loop {
         if from >= end || zeros >= RESYNC_BUDGET {
             return Ok(None);
@@ -816,8 +817,10 @@ fn next_record(file: &dyn StoredFile, mut from: u64, end: u64) -> io::Result<Opt
         match first {
             None => (from, zeros) = (from + span as u64, zeros + span),
             // A record may begin up to three bytes before (its length's low bytes zero).
+            // Three bytes back from the window's start too, when zeros were passed over
+            // (the record's first bytes end the window before), but not before `start`.
             Some(first) => {
-                from += first.saturating_sub(3) as u64;
+                from = (from + first as u64).saturating_sub(3).max(start);
                 break;
             }
         }

@@ -253,6 +253,9 @@ impl Found {
         // Damage passed over, waiting for a checkpoint that says it was synced.
         let mut unproven: Vec<Passed> = Vec::new();
         let records = Records::new(&**file.handle(), 0, end);
+        // Damage passed over here is proven synced already: a batch before it whose commit
+        // record it held was synced whole (a checkpoint says so), committed, not cut.
+        let proven_already = matches!(pass, Pass::Within(_));
         let mut records = match pass {
             Pass::Any => records.passing_below(u64::MAX),
             Pass::Within(stretches) => records.passing_within(stretches),
@@ -260,6 +263,9 @@ impl Found {
         while let Some(r) = records.next() {
             let (offset, _, record) = r?;
             found.kept += 1;
+            if proven_already && !records.passed.is_empty() {
+                found.uncommitted = None;
+            }
             unproven.append(&mut records.passed);
             match record {
                 Record::Checkpoint { next_seq, synced } => {
@@ -296,6 +302,9 @@ impl Found {
             }
         }
         found.end = records.reached();
+        if proven_already && !records.passed.is_empty() {
+            found.uncommitted = None;
+        }
         unproven.append(&mut records.passed);
         if let Some(why) = &records.corruption {
             found.cut = Some(cut_message(path, why, found.kept, found.end));

@@ -1254,3 +1254,106 @@ fn later_passes_pass_over_only_the_damage_the_first_proved() {
     // The twelve batches before it (a message and a checkpoint each), but the first damage.
     assert_eq!(read, 2 * 12 - 1);
 }
+
+/// A synced batch whose commit record lies in damage a checkpoint proves the disk's,
+/// followed (after a finish) by a torn write that is cut: the second pass, which reads up
+/// to the torn write, took the synced batch for one cut before its commit, and dropped it
+/// (session 35's review).
+#[test]
+fn a_synced_batch_whose_commit_lies_in_proven_damage_survives_a_torn_write_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.append("central", vec![msg_to("ship2", 0)], None).unwrap(); // seq 1
+    j.append("central", vec![msg(1), msg(2)], None).unwrap(); // seqs 2, 3: synced
+    let t = take_all(&mut j, "ship2");
+    // A DoneThrough, not synced.
+    j.finish(&lane("ship2"), &seqs(&t)).unwrap();
+    // The next batch: the power goes during its fsync.
+    let _torn = j.write("central", vec![msg(3), msg(4)], None).unwrap();
+    drop(j);
+    let path = Journal::path(dir.path());
+    let checkpoints = offsets_of(&path, |r| matches!(r, Record::Checkpoint { .. }));
+    let accepted = offsets_of(&path, |r| matches!(r, Record::Accepted { .. }));
+    assert_eq!((checkpoints.len(), accepted.len()), (3, 5));
+    // The synced batch's commit record: a bad sector.
+    flip_bit_at(dir.path(), checkpoints[1].0 + 10);
+    // The torn batch's first record never reached the disk; its checkpoint did.
+    zero_between(
+        dir.path(),
+        accepted[3].0,
+        accepted[3].0 + u64::from(accepted[3].1),
+    );
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        data(&take_all(&mut j, "ship1")),
+        ["message 1", "message 2"],
+        "{r:?}"
+    );
+}
+
+/// Zeros passed over a MiB at a time, and the next record begins on the last byte of a
+/// zero window (its length's low byte zero: a length that is a multiple of 256).
+/// Looked for from the next window's first byte that is not zero, three bytes back, but
+/// only within that window: the record was missed, and lost with the zeros (session 35's
+/// review).
+#[test]
+fn a_record_right_after_a_mib_of_zeros_is_not_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    drop(j);
+    let lane = "ship1.EventACK.TextLogging".to_string();
+    let accepted = |seq: u64, pad: usize| {
+        let mut m = msg(seq as usize);
+        m.data[0] = format!("message {seq}{}", "x".repeat(pad));
+        let envelope = Envelope {
+            id: format!("central-1-{seq}"),
+            from_node: "central".into(),
+            accepted: 1,
+            reply_ticket: None,
+            grant: None,
+            message: m,
+        }
+        .encode();
+        let mut buf = Vec::new();
+        let (lane, seq) = (lane.clone(), seq);
+        encode(
+            &Record::Accepted {
+                seq,
+                lane,
+                envelope,
+            },
+            &mut buf,
+        );
+        buf
+    };
+    let mut buf = accepted(1, 0);
+    encode(
+        &Record::Checkpoint {
+            next_seq: 2,
+            synced: Some(0),
+        },
+        &mut buf,
+    );
+    // Where the records were lost: a MiB of zeros, from a record's start...
+    let at = buf.len();
+    buf.resize(at + (1 << 20), 0);
+    // ... to a record whose length is a multiple of 256.
+    let second = (0..512)
+        .map(|pad| accepted(2, pad))
+        .find(|r| u32::from_le_bytes(r[0..4].try_into().unwrap()) % 256 == 0)
+        .unwrap();
+    assert_eq!(second[0], 0);
+    buf.extend_from_slice(&second);
+    let synced = Some(buf.len() as u64);
+    encode(
+        &Record::Checkpoint {
+            next_seq: 3,
+            synced,
+        },
+        &mut buf,
+    );
+    fs::write(Journal::path(dir.path()), &buf).unwrap();
+    let (mut j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(r.passed_over.len(), 1, "{r:?}");
+    assert_eq!(data(&take_all(&mut j, "ship1")).len(), 2, "{r:?}");
+}
