@@ -360,7 +360,7 @@ impl Inbox {
     /// offset kept, the lines up to the lost one would be journaled and run a second time.
     fn set_aside(&self, name: &str, known: u64) -> Result<(), Error> {
         let root = &self.node.data.root;
-        let aside = root.join(format!("inmsg.uncertain-{:020}.txt", unix_nanos()));
+        let aside = uncertain_path(root);
         let path = root.join(name);
         fs::rename(&path, &aside).map_err(|source| Error::SetAside { path, source })?;
         let why = format!(
@@ -802,6 +802,23 @@ fn sole_holder(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Where a file kept aside for the operator goes: `inmsg.uncertain-<ns since 1970>.txt`, at
+/// a time no such file has (two set aside at one start, on a clock whose nanoseconds are
+/// coarse, would otherwise share a name, and the second rename replace the first).
+fn uncertain_path(root: &std::path::Path) -> std::path::PathBuf {
+    uncertain_path_from(root, unix_nanos())
+}
+
+fn uncertain_path_from(root: &std::path::Path, mut at: u128) -> std::path::PathBuf {
+    loop {
+        let path = root.join(format!("inmsg.uncertain-{at:020}.txt"));
+        if fs::symlink_metadata(&path).is_err() {
+            return path;
+        }
+        at += 1;
+    }
+}
+
 fn unix_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -812,6 +829,19 @@ fn unix_nanos() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_set_aside_never_takes_the_name_of_one_set_aside_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = uncertain_path_from(dir.path(), 7);
+        fs::write(&first, "set aside first").unwrap();
+        let second = uncertain_path_from(dir.path(), 7);
+        assert_ne!(first, second);
+        assert_eq!(
+            second.file_name().unwrap(),
+            "inmsg.uncertain-00000000000000000008.txt"
+        );
+    }
 
     #[test]
     fn a_full_disk_makes_intake_wait_and_any_other_error_is_a_retry() {

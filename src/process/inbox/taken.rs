@@ -22,7 +22,7 @@
 //! done first, and a done file's identity is never looked for. (A done file found again
 //! is removed only if it did not grow past its mark; else it is read on from there.)
 
-use super::{unix_nanos, Error, Inbox, Taken};
+use super::{uncertain_path, unix_nanos, Error, Inbox, Taken};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -123,7 +123,7 @@ impl Inbox {
                 // It lost its tail in the power cut (what it had up to the offset is
                 // journaled): whatever follows its end now was appended since, and where
                 // that begins cannot be told. Kept aside for the operator, not read.
-                let aside = root.join(format!("inmsg.uncertain-{:020}.txt", unix_nanos()));
+                let aside = uncertain_path(root);
                 fs::rename(&inmsg, &aside).map_err(take)?;
                 let why = format!(
                     "{}: after a power cut, inmsg.txt was {name} again but shorter ({size} bytes) than what was taken from it ({offset}); anything appended to inmsg.txt after the restart and before steward started is in {}: check it, then append what is missing to inmsg.txt",
