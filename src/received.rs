@@ -51,7 +51,7 @@
 //! covered).
 
 use crate::journal::record::{
-    decode, decode_one, encode, encode_finished, open_records, Record, RecordFile, Step, CHUNK,
+    decode, encode, encode_finished, is_finished_record, open_records, Record, RecordFile, CHUNK,
 };
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
@@ -576,6 +576,11 @@ impl Inner {
             Ok(())
         };
         let mut states = HashMap::with_capacity(self.states.len());
+        // The old file is read a chunk at a time: a lane's replies lie mostly one after
+        // another. (A read each, and each checked through a copy: 7.5 ms to compact 20,000
+        // replies against 4.1, session 35; in a stream of events a receiver compacts every
+        // 20,000 or so.)
+        let mut old = ReadAhead::default();
         // The lanes quiet longest first: a restart reads how recently each lane took an
         // id from the order of its records (see `by_size`).
         let mut lanes: Vec<(&Lane, &VecDeque<Key>)> = self.lanes.iter().collect();
@@ -585,18 +590,13 @@ impl Inner {
                 let state = match self.states[id] {
                     Known::Done { offset, len } => {
                         let start = buf.len();
-                        buf.resize(start + len as usize, 0);
-                        self.file
-                            .handle()
-                            .read_exact_at(&mut buf[start..], offset)?;
+                        let record = old.read(&self.file, offset, len as usize)?;
+                        buf.extend_from_slice(record);
                         // Checked, not copied blind: a damaged record in the new file
                         // was taken for its end at the next start, and every record
                         // after it was lost (`Started` ones too: their commands ran
                         // again). It ran; its reply is gone: interrupted from now on.
-                        if matches!(
-                            decode_one(&buf[start..]),
-                            Step::Record(_, Record::Finished { .. })
-                        ) {
+                        if is_finished_record(&buf[start..]) {
                             Known::Done {
                                 offset: at + start as u64,
                                 len,
@@ -630,6 +630,33 @@ impl Inner {
         flush(&mut buf, &mut at, true)?;
         out.sync_data()?;
         Ok((at, states))
+    }
+}
+
+/// What a compaction read of the old file last: [`CHUNK`] bytes from `at` (fewer at its
+/// end), from which the records there are copied.
+#[derive(Default)]
+struct ReadAhead {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl ReadAhead {
+    /// The `len` bytes at `offset` of `file`, read with those after them if they are not
+    /// among the last read.
+    fn read(&mut self, file: &RecordFile, offset: u64, len: usize) -> io::Result<&[u8]> {
+        let within = offset >= self.at && offset + len as u64 <= self.at + self.bytes.len() as u64;
+        if !within {
+            let to = file
+                .end()
+                .min(offset + CHUNK.max(len) as u64)
+                .max(offset + len as u64);
+            self.bytes.resize((to - offset) as usize, 0);
+            file.handle().read_exact_at(&mut self.bytes, offset)?;
+            self.at = offset;
+        }
+        let from = (offset - self.at) as usize;
+        Ok(&self.bytes[from..from + len])
     }
 }
 

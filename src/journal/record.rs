@@ -221,6 +221,18 @@ pub fn decode_one(bytes: &[u8]) -> Step {
     }
 }
 
+/// Whether `bytes` is exactly one whole `Finished` record, its checksum right: what
+/// [`decode_one`] would read as one, without copying its reply out.
+pub fn is_finished_record(bytes: &[u8]) -> bool {
+    let Some(header) = bytes.get(..HEADER) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let body = &bytes[HEADER..];
+    len > 0 && len == body.len() && body[0] == 6 && crc32fast::hash(body) == crc
+}
+
 fn torn(needed: usize, present: usize) -> String {
     if needed == HEADER {
         format!("torn record header ({present} bytes)")
@@ -955,6 +967,36 @@ mod tests {
         );
         encode_finished(&mut in_place, |out| out.extend_from_slice(reply));
         assert_eq!(in_place, whole);
+    }
+
+    #[test]
+    fn a_finished_record_is_told_as_decode_one_reads_it() {
+        let mut finished = Vec::new();
+        encode(
+            &Record::Finished {
+                reply: br#"{"id":"central-1-1-ab","status":"ok"}"#.to_vec(),
+            },
+            &mut finished,
+        );
+        let mut started = Vec::new();
+        encode(&Record::Started { id: "a".into() }, &mut started);
+        let mut flipped = finished.clone();
+        flipped[HEADER + 5] ^= 1;
+        let with_more = [finished.clone(), started.clone()].concat();
+        let cases = [
+            (&finished[..], true),
+            (&started[..], false),
+            (&flipped[..], false),
+            (&finished[..finished.len() - 1], false),
+            (&finished[..HEADER - 1], false),
+            (&with_more[..], false),
+            (&[0u8; HEADER][..], false),
+        ];
+        for (bytes, whole) in cases {
+            assert_eq!(is_finished_record(bytes), whole, "{bytes:?}");
+            let read = matches!(decode_one(bytes), Step::Record(n, Record::Finished { .. }) if n == bytes.len());
+            assert_eq!(read, whole, "{bytes:?}");
+        }
     }
 
     #[test]
