@@ -71,11 +71,7 @@ fn parse_with(
     // would make a long file quadratic).
     let (mut line, mut counted) = (first_line, 0);
     while pos < text.len() {
-        let start = pos
-            + text[pos..]
-                .iter()
-                .take_while(|b| b.is_ascii_whitespace())
-                .count();
+        let start = pos + blank(&text[pos..]);
         if start == text.len() {
             parsed.consumed = text.len();
             break;
@@ -320,25 +316,49 @@ fn scan_value(text: &[u8]) -> Scan {
 /// Where a rejected stretch that began before `text` ends in it: at the first line that
 /// opens an array (`text` itself, if it begins a line, `at_line_start`, and opens one).
 pub fn stretch_end(text: &[u8], at_line_start: bool) -> Option<usize> {
-    let indent = text
+    let mut indent = text
         .iter()
         .take_while(|b| **b == b' ' || **b == b'\t')
         .count();
+    if text[indent..].starts_with(BOM) {
+        indent += BOM.len();
+    }
     if at_line_start && text.get(indent) == Some(&b'[') {
         return Some(indent);
     }
     next_value_start(text)
 }
 
-/// Offset of the first line (after the first) that starts, ignoring indentation, with `[`.
+/// A UTF-8 byte order mark: what Windows tools begin UTF-8 text with (Notepad before 2019,
+/// PowerShell 5). RFC 8259 lets a parser ignore it; here it is whitespace, so an appended
+/// file that begins with one is taken, not rejected for an invisible character.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// How many bytes at the start of `text` are whitespace (byte order marks counted in).
+fn blank(text: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        match &text[i..] {
+            [b, ..] if b.is_ascii_whitespace() => i += 1,
+            rest if rest.starts_with(BOM) => i += BOM.len(),
+            _ => return i,
+        }
+    }
+}
+
+/// Offset of the first line (after the first) that starts, ignoring indentation (and a
+/// byte order mark), with `[`.
 fn next_value_start(text: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(nl) = text[i..].iter().position(|&b| b == b'\n') {
         i += nl + 1;
-        let indent = text[i..]
+        let mut indent = text[i..]
             .iter()
             .take_while(|b| **b == b' ' || **b == b'\t')
             .count();
+        if text[i + indent..].starts_with(BOM) {
+            indent += BOM.len();
+        }
         if text.get(i + indent) == Some(&b'[') {
             return Some(i + indent);
         }
@@ -464,6 +484,26 @@ mod tests {
             }
         }
         assert!(taken > 1000, "the inputs hold messages to take: {taken}");
+    }
+
+    /// What Windows tools write as UTF-8 (Notepad before 2019, PowerShell 5's
+    /// `Out-File -Encoding utf8`) begins with a byte order mark, which RFC 8259 lets a
+    /// parser ignore: `cat msg.json >> inmsg.txt` of such a file was rejected whole as
+    /// "expected a JSON array of messages", the mark invisible in the error and in the file.
+    /// CRLF line ends are whitespace already.
+    #[test]
+    fn a_byte_order_mark_and_crlf_line_ends_are_taken_as_whitespace() {
+        let one = SEED_TWO.replace('\n', "\r\n");
+        let text = format!("\u{feff}{one}\r\n\u{feff}{one}\r\n");
+        let p = parse_input(text.as_bytes(), 1, true, &known);
+        assert_eq!(p.rejected, vec![]);
+        assert_eq!(p.messages.len(), 4);
+        assert_eq!(p.consumed, text.len());
+        // One appended after a rejected stretch still open ends it.
+        assert_eq!(
+            stretch_end(format!("\u{feff}{one}").as_bytes(), true),
+            Some(3)
+        );
     }
 
     #[test]

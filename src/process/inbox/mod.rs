@@ -398,6 +398,15 @@ impl Inbox {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(self.not_a_file(t)),
+            // A socket or a device: not a file either.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ENODEV)) => {
+                return Ok(self.not_a_file(t))
+            }
+            // Appended by a user whose file steward may not read: no restart reads it, and
+            // failing here held up every file taken after it, for good. Kept aside.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+                return self.unreadable(t, &e)
+            }
             Err(source) => {
                 return Err(Error::Open {
                     path: t.path.clone(),
@@ -413,6 +422,9 @@ impl Inbox {
             return Ok(self.not_a_file(t));
         }
         let size = meta.len();
+        if size < t.offset {
+            return self.shorter_than_taken(t, size);
+        }
         if size != t.size_seen {
             t.size_seen = size;
             t.changed = Instant::now();
@@ -437,6 +449,56 @@ impl Inbox {
         // Nobody can write to it now: read what came in meanwhile, reject an unfinished tail.
         self.read_new(&mut file, t, true)?;
         Ok(!(t.more || t.paused))
+    }
+
+    /// A taken file steward may not read (`why`): kept aside for the operator, reported,
+    /// and done with; the files taken after it go on.
+    fn unreadable(&self, t: &Taken, why: &io::Error) -> Result<bool, Error> {
+        let aside = uncertain_path(&self.node.data.root);
+        fs::rename(&t.path, &aside).map_err(|source| Error::SetAside {
+            path: t.path.clone(),
+            source,
+        })?;
+        let text = format!(
+            "{}: cannot read {} ({why}): kept in {}, its bytes from {} not taken. Make it readable by steward's user, then append that part of it to inmsg.txt",
+            self.node.config.node,
+            t.name,
+            aside.display(),
+            t.offset
+        );
+        log::error!("{text}");
+        self.node.report_error(text);
+        Ok(true)
+    }
+
+    /// A taken file shorter than what was journaled from it (`t.offset`): its data lost in
+    /// a power cut that kept its rename (what it held up to the offset is journaled), or
+    /// truncated by a writer that holds it. Where what it holds now belongs cannot be told:
+    /// kept aside for the operator and reported (if it holds anything), not read; done with.
+    fn shorter_than_taken(&self, t: &Taken, size: u64) -> Result<bool, Error> {
+        if size == 0 {
+            log::warn!(
+                "{} is empty, shorter than what was taken from it ({} bytes): done with it",
+                t.path.display(),
+                t.offset
+            );
+            return Ok(true);
+        }
+        let aside = uncertain_path(&self.node.data.root);
+        fs::rename(&t.path, &aside).map_err(|source| Error::SetAside {
+            path: t.path.clone(),
+            source,
+        })?;
+        let why = format!(
+            "{}: {} is {size} bytes, shorter than what was taken from it ({}): its data lost in a power cut, or cut short by a writer: kept in {}, not read. Check it, then append what is missing to inmsg.txt",
+            self.node.config.node,
+            t.name,
+            t.offset,
+            aside.display()
+        );
+        log::error!("{why}");
+        self.node.report_error(why);
+        Ok(true)
     }
 
     /// Reads the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
@@ -750,11 +812,17 @@ fn line_starts_at(file: &File, offset: u64, path: &std::path::Path) -> Result<bo
     use std::os::unix::fs::FileExt;
     let from = offset.saturating_sub(256);
     let mut before = vec![0; (offset - from) as usize];
-    file.read_exact_at(&mut before, from)
-        .map_err(|source| Error::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    match file.read_exact_at(&mut before, from) {
+        Ok(()) => {}
+        // Cut shorter than `offset` meanwhile: no line begins past its end.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(source) => {
+            return Err(Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
     let blanks = before
         .iter()
         .rev()
@@ -829,6 +897,104 @@ fn unix_nanos() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inbox_in(dir: &std::path::Path) -> Inbox {
+        let node = crate::node::tests::offline_node_named(dir, "central");
+        Inbox {
+            node: Arc::new(node),
+            state: Arc::new(State::default()),
+            stop_fd: StopFd::new().0,
+        }
+    }
+
+    fn command(n: usize) -> String {
+        format!(
+            "[{{\"toNode\":\"ship1\",\"data\":[\"echo {n}\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}}]\n"
+        )
+    }
+
+    /// A power cut after the journal recorded how far a taken file was read, its rename
+    /// durable but its data not (the operator's append was never synced; ext4 allocates
+    /// it late): the file is back shorter than its offset. Reading it must not fail (the
+    /// inbox restarted into it for ever, and every file taken after it never read), and
+    /// what it holds now is not read from the middle as if it were new.
+    #[test]
+    fn a_taken_file_shorter_than_its_journaled_offset_does_not_wedge_intake() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = inbox_in(dir.path());
+        let name = "inmsg.taking-00000000000000000001";
+        let first = format!("{}{}", command(0), command(1));
+        inbox
+            .node
+            .accept(Vec::new(), Some((name, first.len() as u64)))
+            .unwrap();
+        // What was left of it: the start of its first array, torn.
+        fs::write(dir.path().join(name), &first.as_bytes()[..10]).unwrap();
+        let mut taken = inbox.leftovers().unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].offset, first.len() as u64);
+        let done = inbox.read_on(&mut taken[0]);
+        assert!(
+            matches!(done, Ok(true)),
+            "{:?}",
+            done.err().map(|e| e.to_string())
+        );
+        assert_eq!(inbox.node.journal().pending_count(), 1, "only the report");
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("inmsg.uncertain-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "kept aside for the operator");
+        assert_eq!(
+            fs::read(dir.path().join(&aside[0])).unwrap(),
+            &first.as_bytes()[..10]
+        );
+    }
+
+    /// A taken file that cannot be opened (here a socket, put in inmsg.txt's place as it
+    /// was taken; in the field as likely a file appended by another user, with a umask
+    /// that leaves steward no read) failed the inbox at every start, before any file
+    /// taken after it (they sort after it) was read: intake stopped for good.
+    #[test]
+    fn a_taken_file_that_cannot_be_opened_does_not_hold_up_the_ones_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = inbox_in(dir.path());
+        let _socket = std::os::unix::net::UnixListener::bind(
+            dir.path().join("inmsg.taking-00000000000000000001"),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("inmsg.taking-00000000000000000002"),
+            command(0),
+        )
+        .unwrap();
+        let node = inbox.node.clone();
+        let lane = crate::message::Message::new(
+            "ship1",
+            crate::message::Kind::CommandAck,
+            "CLICommand",
+            vec![],
+        )
+        .subject();
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let running = std::thread::spawn(move || inbox.run(&stop_rx).map_err(|f| f.to_string()));
+        let until = Instant::now() + Duration::from_secs(5);
+        while node.journal().lane_pending(&lane) == 0
+            && Instant::now() < until
+            && !running.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = stop.send(());
+        let ended = running.join().unwrap();
+        assert!(ended.is_ok(), "the inbox failed: {ended:?}");
+        assert_eq!(
+            node.journal().lane_pending(&lane),
+            1,
+            "the file after it taken"
+        );
+    }
 
     #[test]
     fn a_file_set_aside_never_takes_the_name_of_one_set_aside_before() {
