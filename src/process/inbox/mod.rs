@@ -198,7 +198,7 @@ impl Process for Inbox {
             let found = found.filter(|m| self.takeable(&inmsg, m, &mut refused));
             if let Some(found) = found.filter(|m| m.len() > 0) {
                 let identity = Identity::of(&found).filter(|_| identities);
-                let name = taken_name(identity);
+                let name = taken_name(&root, identity);
                 let path = root.join(&name);
                 let take = |source| Error::Take {
                     path: inmsg.clone(),

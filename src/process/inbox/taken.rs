@@ -146,7 +146,7 @@ impl Inbox {
             // another, to be read from 0 under a name of its own.
             let renamed = fs::metadata(&path).ok().as_ref().and_then(Identity::of);
             if renamed != Some(identity) {
-                let fresh = root.join(taken_name(renamed));
+                let fresh = root.join(taken_name(root, renamed));
                 fs::rename(&path, &fresh).map_err(take)?;
                 marks.push((done_name(name), offset));
                 gone.push(name);
@@ -326,13 +326,26 @@ impl Identity {
     }
 }
 
-/// The name inmsg.txt is taken under: `inmsg.taking-<ns since 1970, 20 digits>` (so the
-/// names sort in the order taken), then `-<inode>-<birth ns>` where the file has an identity.
-pub(super) fn taken_name(identity: Option<Identity>) -> String {
-    let when = format!("inmsg.taking-{:020}", unix_nanos());
-    match identity {
-        Some(Identity { inode, born }) => format!("{when}-{inode}-{born}"),
-        None => when,
+/// The name inmsg.txt is taken under in `root`: `inmsg.taking-<ns since 1970, 20 digits>`
+/// (so the names sort in the order taken), then `-<inode>-<birth ns>` where the file has an
+/// identity; never one a file there has (two takes within a tick of a coarse clock, on a
+/// filesystem without identities, would share a name, and the second rename replace a file
+/// not yet read).
+pub(super) fn taken_name(root: &std::path::Path, identity: Option<Identity>) -> String {
+    taken_name_from(root, unix_nanos(), identity)
+}
+
+fn taken_name_from(root: &std::path::Path, mut at: u128, identity: Option<Identity>) -> String {
+    loop {
+        let when = format!("inmsg.taking-{at:020}");
+        let name = match identity {
+            Some(Identity { inode, born }) => format!("{when}-{inode}-{born}"),
+            None => when,
+        };
+        if fs::symlink_metadata(root.join(&name)).is_err() {
+            return name;
+        }
+        at += 1;
     }
 }
 
@@ -350,6 +363,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_taken_name_is_never_one_a_file_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = taken_name_from(dir.path(), 7, None);
+        fs::write(dir.path().join(&first), "[]").unwrap();
+        let second = taken_name_from(dir.path(), 7, None);
+        assert_eq!(
+            (first.as_str(), second.as_str()),
+            (
+                "inmsg.taking-00000000000000000007",
+                "inmsg.taking-00000000000000000008"
+            )
+        );
+    }
+
+    #[test]
     fn a_taken_name_carries_the_files_identity_and_sorts_in_the_order_taken() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inmsg.txt");
@@ -358,7 +386,8 @@ mod tests {
         let Some(identity) = identity else {
             return; // this filesystem keeps no birth time: taken names carry none
         };
-        let (first, second) = (taken_name(Some(identity)), taken_name(Some(identity)));
+        let first = taken_name(dir.path(), Some(identity));
+        let second = taken_name(dir.path(), Some(identity));
         assert!(first <= second, "{first} then {second}");
         assert_eq!(Identity::named(&first), Some(identity));
         // Renamed, still itself; another file made in its place is not.
