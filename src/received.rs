@@ -154,10 +154,11 @@ impl Received {
         // does not say), each lane's name held once; the records' ids in order, to take
         // after. Only names and places are held, never the replies themselves.
         let mut names: HashMap<String, Lane> = HashMap::new();
-        let mut lane_of: HashMap<String, Lane> = HashMap::new();
-        let mut found: Vec<(String, Known)> = Vec::new();
+        // Each answered id's lane, and where its last reply is.
+        let mut lane_of: HashMap<String, (Lane, u64)> = HashMap::new();
+        let mut found: Vec<(String, Known, u64)> = Vec::new();
         let (file, damage) = open_records(&*storage, &path, |offset, len, record| match record {
-            Record::Started { id } => found.push((id, Known::Interrupted)),
+            Record::Started { id } => found.push((id, Known::Interrupted, offset)),
             Record::Finished { reply } => {
                 if let Ok((r, lane)) = decode_finished(&reply) {
                     let id = key(&r.to_node, &r.id);
@@ -165,8 +166,8 @@ impl Received {
                         .entry(lane_name(&r.to_node, lane.as_deref().unwrap_or("")))
                         .or_insert_with_key(|name| name.as_str().into())
                         .clone();
-                    lane_of.insert(id.clone(), lane);
-                    found.push((id, Known::Done { offset, len }));
+                    lane_of.insert(id.clone(), (lane, offset));
+                    found.push((id, Known::Done { offset, len }, offset));
                 }
             }
             _ => {}
@@ -191,9 +192,16 @@ impl Received {
             touched: HashMap::new(),
             taken: 0,
         };
-        for (id, state) in found {
+        for (id, state, at) in found {
+            // Answered later: it took its place in its lane (and made its lane the latest
+            // to take one) when its last reply was recorded, not when it started, as it
+            // did while the node ran (else the lanes that took ids while it ran counted as
+            // more recent, and it was forgotten first: its retry ran it again).
+            if lane_of.get(&id).is_some_and(|&(_, replied)| replied > at) {
+                continue;
+            }
             let lane = match lane_of.get(&id) {
-                Some(lane) => lane.clone(),
+                Some((lane, _)) => lane.clone(),
                 None => names
                     .entry(lane_name(sender_of(&id), ""))
                     .or_insert_with_key(|name| name.as_str().into())
@@ -652,8 +660,20 @@ impl ReadAhead {
                 .min(offset + CHUNK.max(len) as u64)
                 .max(offset + len as u64);
             self.bytes.resize((to - offset) as usize, 0);
-            file.handle().read_exact_at(&mut self.bytes, offset)?;
             self.at = offset;
+            if let Err(e) = file.handle().read_exact_at(&mut self.bytes, offset) {
+                // What follows the record may be what the disk cannot read (a bad sector
+                // in a record not kept): the record alone, as each was read before.
+                self.bytes.clear();
+                if to == offset + len as u64 {
+                    return Err(e);
+                }
+                self.bytes.resize(len, 0);
+                if let Err(e) = file.handle().read_exact_at(&mut self.bytes, offset) {
+                    self.bytes.clear();
+                    return Err(e);
+                }
+            }
         }
         let from = (offset - self.at) as usize;
         Ok(&self.bytes[from..from + len])
@@ -664,6 +684,7 @@ impl ReadAhead {
 mod tests {
     use super::*;
     use crate::message::Status;
+    use crate::storage::bad_sector::BadSector;
 
     fn reply(id: &str, output: &str) -> Reply {
         Reply {
@@ -1302,5 +1323,102 @@ mod tests {
             },
             "{id}: {seen:?}"
         );
+    }
+
+    /// Records `id`'s reply from `from` durably.
+    fn finish_from(r: &Received, from: &str, id: &str) {
+        let mut done = reply(id, "out");
+        done.to_node = from.into();
+        finish(r, &done);
+    }
+
+    #[test]
+    fn a_restart_forgets_the_same_ids_as_the_running_node_whatever_ran_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Received::open_keeping(dir.path(), 2, 5_000).unwrap();
+        // A central for a fleet larger than it keeps: one id a lane. ship1's runs while
+        // ship2's comes and ends; ship1's ends after it (handlers run side by side).
+        assert_eq!(r.begin("ship1", "TextLogging", "x").unwrap(), Seen::New);
+        assert_eq!(r.begin("ship2", "TextLogging", "y").unwrap(), Seen::New);
+        finish_from(&r, "ship2", "y");
+        finish_from(&r, "ship1", "x");
+        // ship3's pushes one out: ship2's, quiet longest.
+        assert_eq!(r.begin("ship3", "TextLogging", "z").unwrap(), Seen::New);
+        finish_from(&r, "ship3", "z");
+        assert!(matches!(
+            r.begin("ship1", "TextLogging", "x").unwrap(),
+            Seen::Done(_)
+        ));
+        // The node restarts (kill -9, nothing compacted); ship1 retries x, whose ACK was
+        // lost: it must not run again.
+        drop(r);
+        let r = Received::open_keeping(dir.path(), 2, 5_000).unwrap();
+        let seen = r.begin("ship1", "TextLogging", "x").unwrap();
+        assert!(
+            matches!(seen, Seen::Done(_)),
+            "x runs a second time: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_sector_in_a_record_not_kept_does_not_hold_up_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.log");
+        let disk = BadSector::default();
+        let r = Received::open_on(Arc::new(disk.clone()), dir.path(), KEEP, KEEP_PER_LANE).unwrap();
+        for id in ["a", "b"] {
+            assert_eq!(r.begin("central", "CLICommand", id).unwrap(), Seen::New);
+            finish(&r, &reply(id, "out"));
+        }
+        // b's `Started` record, which a compaction does not copy (b has its reply), goes
+        // bad on the disk.
+        let records = decode(&std::fs::read(&path).unwrap()).records;
+        let (at, _, _) = records
+            .iter()
+            .find(|(_, _, r)| matches!(r, Record::Started { id } if id.ends_with("/b")))
+            .unwrap();
+        disk.set_in(0, at + 10);
+        // Compacted without it (each kept record read alone, it was; a chunk at a time,
+        // the bad sector after a's reply failed every compaction, and the file grew
+        // without bound, the bad sector in it).
+        r.compact_now().unwrap();
+        for id in ["a", "b"] {
+            assert!(matches!(
+                r.begin("central", "CLICommand", id).unwrap(),
+                Seen::Done(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_bad_sector_in_the_log_does_not_keep_the_node_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.log");
+        let r = Received::open(dir.path()).unwrap();
+        // Replies of some kilobytes: each on pages of its own.
+        for id in ["a", "b", "c"] {
+            assert_eq!(r.begin("central", "CLICommand", id).unwrap(), Seen::New);
+            finish(&r, &reply(id, &"out".repeat(3000)));
+        }
+        drop(r);
+        // a's reply cannot be read any more (EIO), at every start.
+        let records = decode(&std::fs::read(&path).unwrap()).records;
+        let (at, _, _) = records
+            .iter()
+            .find(|(_, _, r)| matches!(r, Record::Finished { .. }))
+            .unwrap();
+        let disk = BadSector::default();
+        *disk.next.lock().unwrap() = Some(at + 20);
+        let storage = Arc::new(disk);
+        let r = Received::open_on(storage, dir.path(), KEEP, KEEP_PER_LANE);
+        let r =
+            r.expect("the agent starts (else systemd restarts it, and it fails again, for ever)");
+        // (a's records lie on the page the disk cannot read: passed over, a is forgotten.)
+        for id in ["b", "c"] {
+            assert!(matches!(
+                r.begin("central", "CLICommand", id).unwrap(),
+                Seen::Done(_)
+            ));
+        }
     }
 }

@@ -126,6 +126,8 @@ impl StoredFile for File {
 }
 
 #[cfg(test)]
+pub mod bad_sector;
+#[cfg(test)]
 mod crash;
 #[cfg(test)]
 pub mod sim;

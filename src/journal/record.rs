@@ -757,7 +757,9 @@ pub struct Damage {
 /// Only for a file in which a record kept that was never synced costs nothing (the
 /// received log: an id remembered that did not need to be): after a power cut, the pages
 /// of a tail can reach the disk out of order, and a whole record may follow a torn one.
-/// The journal cuts at the first damage instead.
+/// The journal cuts at the first damage instead. A page the disk cannot read (EIO) is
+/// passed over too, said as damage is: what it held is lost (ids forgotten, whose retries
+/// would run again), where failing the open failed every start of the agent.
 pub fn open_records(
     storage: &dyn Storage,
     path: &Path,
@@ -769,11 +771,23 @@ pub fn open_records(
     let mut damage = Damage::default();
     let (mut from, mut kept) = (0, 0);
     let valid_len = loop {
-        let mut records = Records::new(&*handle, from, end);
+        // A page the disk cannot read (EIO: a bad sector) is damage too, passed over to
+        // the records after it: failing the open failed every start of the agent.
+        let mut records = Records::new(&*handle, from, end).passing_below(end);
         for record in &mut records {
             let (at, len, record) = record?;
             each(at, len, record);
             kept += 1;
+        }
+        for passed in records.passed.drain(..) {
+            damage.passed_over.push(format!(
+                "{}: at byte {}: {}; passed over bytes {} to {}, the records after them kept",
+                path.display(),
+                passed.from,
+                passed.why,
+                passed.from,
+                passed.to
+            ));
         }
         let reached = records.reached();
         let why = records.corruption.take();

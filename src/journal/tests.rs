@@ -3,6 +3,7 @@
 use super::*;
 use crate::journal::record::{decode, PREALLOCATE};
 use crate::message::Kind;
+use crate::storage::bad_sector::BadSector;
 use std::fs::{self, OpenOptions};
 
 fn msg_to(to: &str, i: usize) -> Message {
@@ -774,80 +775,6 @@ fn inbox_offsets_survive_restart_and_compaction() {
     drop(j);
     let (_, r) = Journal::open(dir.path()).unwrap();
     assert!(r.inbox_offsets.is_empty());
-}
-
-/// The real disk, but a read that covers `bad` fails (a bad sector: EIO), while it is
-/// set, and writes fail (and cutting them back) while `full` is.
-#[derive(Clone, Default)]
-struct BadSector {
-    bad: Arc<std::sync::Mutex<Option<u64>>>,
-    full: Arc<std::sync::atomic::AtomicBool>,
-}
-
-struct BadSectorFile {
-    file: crate::storage::Handle,
-    disk: BadSector,
-}
-
-impl Storage for BadSector {
-    fn open(&self, path: &Path) -> io::Result<crate::storage::Handle> {
-        let file = Disk.open(path)?;
-        Ok(Arc::new(BadSectorFile {
-            file,
-            disk: self.clone(),
-        }))
-    }
-    fn create(&self, path: &Path) -> io::Result<crate::storage::Handle> {
-        let file = Disk.create(path)?;
-        Ok(Arc::new(BadSectorFile {
-            file,
-            disk: self.clone(),
-        }))
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        Disk.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        Disk.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        Disk.sync_dir(dir)
-    }
-}
-
-impl StoredFile for BadSectorFile {
-    fn size(&self) -> io::Result<u64> {
-        self.file.size()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
-        match *self.disk.bad.lock().unwrap() {
-            Some(bad) if (at..at + buf.len() as u64).contains(&bad) => {
-                Err(io::Error::from_raw_os_error(libc::EIO))
-            }
-            _ => self.file.read_exact_at(buf, at),
-        }
-    }
-    fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
-        if self.disk.full.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        self.file.write_all_at(buf, at)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        if self.disk.full.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.file.set_len(len)
-    }
-    fn allocate(&self, from: u64, to: u64) -> bool {
-        self.file.allocate(from, to)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-    fn drop_cache(&self) {
-        self.file.drop_cache()
-    }
 }
 
 #[test]
