@@ -246,7 +246,13 @@ fn rotate_before(path: &Path, more: usize, rotate_at: u64, keep: usize) -> io::R
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dirs(dir)?;
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp`, not `<stem>.tmp`: named as the file it becomes, so that what keeps
+    // senders from reading a file by its name (`schedules.json`, every sender's scheduled
+    // requests: see `methods::private_to_the_node`) keeps them from reading it while it is
+    // written, too (`schedules.tmp` was anyone's, and TailFile read it whole).
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut f = create_private(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -746,5 +752,6 @@ mod tests {
         write_atomically(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert!(!p.with_extension("tmp").exists());
+        assert!(!dir.path().join("x.json.tmp").exists());
     }
 }

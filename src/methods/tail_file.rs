@@ -301,6 +301,8 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
+    use crate::node::tests::offline_node_named;
     use std::io::Write;
 
     fn appended(tail: &mut Tail) -> String {
@@ -384,5 +386,62 @@ mod tests {
         f.write_all(b"and on\n").unwrap();
         assert_eq!(appended(&mut tail), "and on\n");
         assert_eq!(tail.rotations, 4);
+    }
+
+    /// `schedules.json` holds every sender's scheduled requests, and TailFile must not read
+    /// it out (an operator allowed `ops:TailFile` only). It is replaced through a temporary
+    /// file beside it at every run of a schedule: following that temporary file's name
+    /// (not there yet: followed from its start once it appears) read the schedules whole,
+    /// through the descriptor it keeps across the rename.
+    #[test]
+    fn the_schedules_are_not_read_out_through_their_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = offline_node_named(dir.path(), "ship1");
+        let schedules = node.data.schedules();
+        let tmp_name = schedules
+            .with_extension("tmp")
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let targets = [
+            tmp_name,
+            format!("{}.tmp", schedules.file_name().unwrap().to_string_lossy()),
+        ];
+        for target in targets {
+            let envelope = Envelope {
+                id: "ops-1".into(),
+                from_node: "ops".into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message: Message {
+                    method_timeout: Some(2),
+                    ..Message::new("ship1", Kind::CommandAck, "TailFile", vec![target.clone()])
+                },
+            };
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let out = std::thread::scope(|s| {
+                s.spawn(|| {
+                    // As `Schedules::persist` does at each run's start and end.
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let secret = format!(
+                            "[{{\"central's command\":\"curl -u admin:SECRET-{}\"}}]",
+                            "x".repeat(4096)
+                        );
+                        crate::files::write_atomically(&schedules, secret.as_bytes()).unwrap();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+                let out = TailFile.handle(&envelope, &node.context());
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                out
+            });
+            assert!(
+                !out.output.contains("SECRET"),
+                "TailFile {target} read out the schedules: {}",
+                out.output.chars().take(300).collect::<String>()
+            );
+        }
     }
 }
