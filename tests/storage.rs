@@ -437,3 +437,46 @@ fn rejected_input_is_kept_once_however_often_its_batch_waits_for_room() {
     let kept = central.read("inmsg.rejected.txt");
     assert_eq!(kept.matches("not a message").count(), 1, "{kept}");
 }
+
+/// A command that ran and was ACKed, whose reply central cannot store (a file in the way:
+/// the same as a full disk), is never listed as undelivered in failed-messages.txt, even
+/// when its node is gone by the time the publisher is restarted: the ACK in hand is kept,
+/// not thrown away for a send again that no one may answer.
+#[test]
+fn an_acked_command_whose_reply_cannot_be_stored_is_never_listed_as_failed() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    // The lane's replies file cannot be written: a folder where it goes.
+    std::fs::create_dir_all(central.path("replies/ship1.CLICommand.log/in-the-way")).unwrap();
+    let runs = ship1.path("runs");
+    let shell = format!("echo ran >> {}; echo acked-output", runs.display());
+    central.append_inmsg(&format!(
+        "[{{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",{shell:?}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":2,\"retries\":1}}]\n"
+    ));
+    wait("the command ran on ship1", Duration::from_secs(30), || {
+        runs.exists()
+    });
+    central.wait_metric(
+        "central failed to store the reply",
+        |c| c.metric("steward_process_restarts_total"),
+        |v| v >= 1.0,
+    );
+    // ship1 goes away: the command's ACK came, and no one answers it again.
+    ship1.kill9();
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < deadline {
+        let failed = central.read("failed-messages.txt");
+        assert!(
+            !failed.contains("acked-output"),
+            "a command that ran and was ACKed is listed as not delivered:\n{failed}\n{}",
+            central.read("message-log.txt")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Room again: its reply is stored, from the ACK it had.
+    std::fs::remove_dir_all(central.path("replies/ship1.CLICommand.log")).unwrap();
+    central.wait_for("replies/ship1.CLICommand.log", "acked-output");
+    assert!(!central.read("failed-messages.txt").contains("acked-output"));
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
+}

@@ -11,9 +11,9 @@ impl Publisher {
     ///
     /// First what must be kept (replies, failed messages): if that cannot be written (a
     /// full disk), nothing is counted or reported and the publisher fails; once restarted
-    /// it sends the messages again (the receiver answers from its stored reply, running
-    /// nothing twice), and what was written before is not written again (the slot
-    /// remembers it). Then what is counted, reported and logged, once.
+    /// it finishes the messages from the replies it had (the slot keeps them), and what
+    /// was written before is not written again (the slot remembers it). Then what is
+    /// counted, reported and logged, once.
     pub(super) fn finish(&self, done: Vec<(&Entry, Delivery)>) -> Result<(), Error> {
         let ends = self.keep(done)?;
         // Kept: now counted, reported and logged.
@@ -75,11 +75,30 @@ impl Publisher {
             }
             ends.push(end);
         }
+        // What fails from here leaves the replies in hand kept in the slot: the restarted
+        // publisher finishes their messages from them (see `Slot::acked`).
+        let keep_acked = |ends: &[End]| {
+            let mut slot = self.slot();
+            for end in ends {
+                if let Some(reply) = &end.reply {
+                    slot.acked
+                        .insert(end.entry.envelope.id.clone(), reply.clone());
+                }
+            }
+        };
         if !records.is_empty() {
             let path = self.replies_file();
             let limits = &node.log_budget.limits;
-            crate::files::append_rotating(&path, records.as_bytes(), limits.rotate_at, limits.keep)
-                .map_err(|source| Error::StoreReplies { path, source })?;
+            let stored = crate::files::append_rotating(
+                &path,
+                records.as_bytes(),
+                limits.rotate_at,
+                limits.keep,
+            );
+            if let Err(source) = stored {
+                keep_acked(&ends);
+                return Err(Error::StoreReplies { path, source });
+            }
         }
         // The replies written are remembered in the slot only if the publisher fails now,
         // before the messages leave it: past this write nothing fails, and they leave it
@@ -91,6 +110,7 @@ impl Publisher {
             if let Err(source) = crate::files::append_shared(&path, failed.as_bytes()) {
                 let ids = ids.into_iter().map(str::to_string);
                 self.slot().replies_written.extend(ids);
+                keep_acked(&ends);
                 return Err(Error::KeepFailed { path, source });
             }
         }

@@ -15,8 +15,9 @@
 //! key this node trusts for the destination, over the signature of one of this message's
 //! own attempts ([`Publisher::check_reply`]); anything else is passed over, so neither a
 //! stranger nor another fleet member can answer for the destination. A reply that cannot
-//! be stored (a full disk) leaves the message unfinished: it is sent again, and the
-//! receiver answers from its stored reply without running anything twice. How a message
+//! be stored (a full disk) leaves the message unfinished, its reply kept in the slot: the
+//! restarted publisher finishes it from that reply, without sending it again (its node may
+//! be gone by then: it ran, and must not be listed as undelivered). How a message
 //! ended (its reply, failed-messages.txt, its message-log.txt line) is on disk before the
 //! journal records it as finished; a message whose finish record a power cut took is
 //! recognised at the next start, and neither sent nor stored again ([`crate::resumed`]).
@@ -85,6 +86,11 @@ pub struct Slot {
     /// (a full disk, failing the failed-messages.txt write after the replies') does not
     /// write them again.
     replies_written: HashSet<String>,
+    /// Replies verified and in hand for the first messages, whose finish failed (a full
+    /// disk): the restarted publisher finishes them from these, and does not send them
+    /// again (their node may be gone by then, or have forgotten them: a message that ran
+    /// would be listed as undelivered, or run again).
+    acked: std::collections::HashMap<String, Reply>,
 }
 
 impl Slot {
@@ -93,12 +99,13 @@ impl Slot {
         self.attempts_made = 0;
         self.continued = None;
         let gone = self.entries.drain(..n);
-        // Nearly always empty (a publisher that failed in between fills it): no hashing.
-        if self.replies_written.is_empty() {
+        // Nearly always empty (a publisher that failed in between fills them): no hashing.
+        if self.replies_written.is_empty() && self.acked.is_empty() {
             return;
         }
         for e in gone {
             self.replies_written.remove(&e.envelope.id);
+            self.acked.remove(&e.envelope.id);
         }
     }
 }
@@ -252,6 +259,9 @@ impl fmt::Display for NotAnAnswer {
 
 impl Process for Publisher {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
+        // Messages ACKed before the last run failed to finish them: finished from the
+        // replies it had, not sent again.
+        self.finish_acked_before()?;
         self.state.set("waiting for the broker");
         let Some(conn) = self.node.broker.wait(stop) else {
             return Ok(());
@@ -486,6 +496,35 @@ impl Publisher {
         self.finish(vec![(entry, delivery)])?;
         self.slot().done(1);
         Ok(Some(acked))
+    }
+
+    /// Finishes the first messages of the slot whose replies a publisher that failed to
+    /// finish them kept ([`Slot::acked`]).
+    fn finish_acked_before(&self) -> Result<(), Error> {
+        let kept: Vec<(Entry, Reply)> = {
+            let slot = self.slot();
+            if slot.acked.is_empty() {
+                return Ok(());
+            }
+            slot.entries
+                .iter()
+                .map_while(|e| {
+                    slot.acked
+                        .get(&e.envelope.id)
+                        .map(|r| (e.clone(), r.clone()))
+                })
+                .collect()
+        };
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let done = kept
+            .iter()
+            .map(|(e, r)| (e, Delivery::Acked(r.clone())))
+            .collect();
+        self.finish(done)?;
+        self.slot().done(kept.len());
+        Ok(())
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
