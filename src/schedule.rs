@@ -272,6 +272,10 @@ impl Schedules {
                     s.runs -= 1;
                     s.next = s.next_from(s.next, now);
                 }
+                // A skipped last run ends its schedule: kept, it would be due at a time
+                // already past for ever, and the scheduler would wake for it at once, again
+                // and again.
+                list.retain(|s| !s.over());
                 due.clear();
             }
         }
@@ -442,6 +446,37 @@ mod tests {
         );
         assert_eq!(s.list()[0].next, t + week + 120_000 - back);
         assert_eq!(s.list()[0].until, kept.until + week - back);
+    }
+
+    /// A run that cannot be recorded as started (a full disk) is skipped; when that was the
+    /// schedule's last, the schedule is over: the scheduler is not told to wake for a run
+    /// that never comes (it woke at once, again and again, a core at 100% until a restart).
+    #[test]
+    fn a_last_run_that_cannot_be_recorded_leaves_nothing_due_in_the_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("schedules.json");
+        let s = Schedules::open(path.clone(), 0);
+        // Runs at 1 s, 3 s; ends at 4 s.
+        // Both clocks run together (no step).
+        let m = Instant::now();
+        let at = |ms: u64| m + Duration::from_millis(ms - 1_000);
+        s.add_at(
+            Schedule::of(&request([2, 3]), "K", 1_000).unwrap(),
+            1_000,
+            at(1_000),
+        )
+        .unwrap();
+        // The disk refuses the record of the run at 3 s.
+        std::fs::create_dir(dir.path().join("schedules.json.tmp")).unwrap();
+        let (due, _) = s.due_at(3_000, at(3_000));
+        assert!(due.is_empty(), "not run without its record");
+        // Later: nothing is due, and nothing is said to be due at a time already past.
+        let (due, next) = s.due_at(10_000, at(10_000));
+        assert!(due.is_empty());
+        assert!(
+            next.is_none_or(|at| at > 10_000),
+            "the scheduler is told a run is due at {next:?}, before now (10000): it wakes at once, for ever"
+        );
     }
 
     /// A file that cannot be read is set aside, not written over by the next change; a

@@ -277,3 +277,58 @@ fn keys_name_the_node_as_its_agent_runs_whatever_the_host() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("steward keys trust central "));
 }
+
+#[test]
+fn clients_that_never_read_their_answer_give_their_places_back() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    // Eight scripts that send a request whose answer is larger than the socket's buffer
+    // (a rejected value is echoed back whole), then stop reading (stopped with Ctrl-Z,
+    // stuck on a full pipe): the agent's writes of their answers wait for them.
+    let garbage = "x".repeat(1 << 20);
+    let stuck: Vec<UnixStream> = (0..8)
+        .map(|_| {
+            let mut s = UnixStream::connect(central.path("steward.sock")).unwrap();
+            s.write_all(garbage.as_bytes()).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    // Their places come back within the answer's deadline: the process table is served
+    // again while they are still connected.
+    let started = std::time::Instant::now();
+    central.wait_until("", "served the process table again", |_| {
+        let status = steward(&central, &["status"]);
+        status.status.success() && String::from_utf8_lossy(&status.stdout).contains("node central")
+    });
+    eprintln!("[stuck clients] status again after {:?}", started.elapsed());
+    drop(stuck);
+}
+
+#[test]
+fn a_request_past_the_limit_is_refused_whole_not_cut_silently() {
+    use std::io::{Read, Write};
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    // A script's batch past 16 MiB (here mostly blank, then a message): the agent stopped
+    // reading at 16 MiB and answered for what it had read, saying nothing of the rest.
+    let mut request = " ".repeat(16 << 20);
+    request.push_str(&common::command("central", &["true"]));
+    let mut s = std::os::unix::net::UnixStream::connect(central.path("steward.sock")).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(request.as_bytes());
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    sending.join().unwrap();
+    assert!(
+        answer.contains("\"queued\":true") || answer.contains("16 MiB"),
+        "neither queued nor refused, nothing said: {answer:?}"
+    );
+}

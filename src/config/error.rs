@@ -43,6 +43,8 @@ pub enum Problem {
     Timeout(u64),
     /// 0, where at least 1 is needed.
     Zero,
+    /// More handlers at once than [`super::MAX_HANDLERS`] (the number given).
+    Handlers(usize),
     /// Retries past [`crate::message::MAX_RETRIES`], as a message may not ask for either.
     Retries(u32),
     /// A replay window of 0.
@@ -125,6 +127,11 @@ impl fmt::Display for Problem {
                 crate::message::MAX_TIMEOUT_SECS
             ),
             Problem::Zero => f.write_str("must be at least 1"),
+            Problem::Handlers(n) => write!(
+                f,
+                "{n} handlers at once: between 1 and {} (each may be a thread of its own)",
+                super::MAX_HANDLERS
+            ),
             Problem::Retries(n) => write!(
                 f,
                 "{n} retries: at most {} (a node away for long gets a ttl instead: --defaultMessageTTL)",

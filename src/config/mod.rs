@@ -28,6 +28,10 @@ pub use error::{Error, Problem};
 pub use flags::*;
 use layers::*;
 
+/// Most `--maxConcurrentHandlers`: a permit for each is made at start (a billion, meant as
+/// "no limit", was 8 GB asked for at once: the agent aborted at every start).
+pub const MAX_HANDLERS: usize = 65_536;
+
 /// Everything a running node needs to know, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -207,7 +211,7 @@ impl Config {
             (t == 0 || t > crate::message::MAX_TIMEOUT_SECS).then_some(Problem::Timeout(t))
         })?;
         let max_handlers = o.number_where("maxConcurrentHandlers", 32, |&n| {
-            (n == 0).then_some(Problem::Zero)
+            (n == 0 || n > MAX_HANDLERS).then_some(Problem::Handlers(n))
         })?;
         let keep_alive = o.number_where("keepPublishersAliveFor", 30, |&n| {
             (n == 0).then_some(Problem::Zero)

@@ -424,3 +424,19 @@ fn a_secret_s_variable_wins_over_the_config_file_s_file_and_a_flag_over_both() {
     .unwrap();
     assert_eq!(token(&c), "from-file", "and so does the option's variable");
 }
+
+#[test]
+fn too_many_handlers_is_an_error_naming_the_flag_not_an_abort() {
+    // A permit for each handler is made at start: 10^11 asked for 800 GB at once, and
+    // the agent aborted ("memory allocation failed") at every start, naming nothing.
+    let e = parse(&["--node", "a", "--maxConcurrentHandlers=100000000000"]).unwrap_err();
+    let said = e.to_string();
+    assert!(said.contains("--maxConcurrentHandlers"), "{said}");
+    assert!(said.contains("65536"), "{said}");
+    assert_eq!(
+        parse(&["--node", "a", "--maxConcurrentHandlers=65536"])
+            .unwrap()
+            .max_handlers,
+        65_536
+    );
+}

@@ -29,7 +29,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest request taken (a batch of messages).
 const MAX_REQUEST: u64 = 16 << 20;
@@ -39,8 +39,10 @@ pub const MAX_CLIENTS: usize = 8;
 pub const BUSY: &str = "busy: too many clients of the control socket at once; try again\n";
 /// The answer to a client of another user than the agent's (or root).
 pub const NOT_YOURS: &str = "refused: only the agent's user and root may use its control socket\n";
-/// How long a client may take to send its request.
+/// How long a client may take to send its request, all of it.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a client may take to read an answer (or a `WAIT` progress line).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// While a `WAIT` client waits for its message's progress, how often it is looked at to
 /// see whether it has gone.
 const HANG_UP_CHECK: Duration = Duration::from_secs(1);
@@ -201,19 +203,71 @@ impl Drop for Slot {
     }
 }
 
+/// Reads the whole request (to the client's end of writing) by `deadline`, however slowly
+/// its bytes trickle in; `None` if it is longer than [`MAX_REQUEST`].
+fn read_request(stream: &mut UnixStream, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request did not arrive in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(Some(request)),
+            Ok(n) if request.len() + n > MAX_REQUEST as usize => return Ok(None),
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `bytes` within [`ANSWER_DEADLINE`], however slowly the client reads: one
+/// that stops reading gives its place back.
+fn write_within(stream: &mut UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    let deadline = Instant::now() + ANSWER_DEADLINE;
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the answer was not taken in time",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     // A client that never finishes its request must not keep its place forever.
-    stream.set_read_timeout(Some(REQUEST_DEADLINE))?;
-    let mut request = Vec::new();
-    (&stream).take(MAX_REQUEST).read_to_end(&mut request)?;
+    let Some(request) = read_request(&mut stream, Instant::now() + REQUEST_DEADLINE)? else {
+        let why = format!(
+            "the request is larger than {} MiB: nothing of it was taken; send it in parts",
+            MAX_REQUEST >> 20
+        );
+        let line = serde_json::json!({ "error": why });
+        return write_within(&mut stream, format!("{line}\n").as_bytes());
+    };
     let text = String::from_utf8_lossy(&request);
     let trimmed = text.trim_start();
     if trimmed.trim_end() == "STATUS" {
         let status = node
             .status()
             .unwrap_or_else(|| "the agent is stopping\n".into());
-        return stream.write_all(status.as_bytes());
+        return write_within(&mut stream, status.as_bytes());
     }
     let (wait, body) = match trimmed.strip_prefix("WAIT") {
         Some(rest) => (true, rest),
@@ -256,7 +310,7 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
             .count();
         rest = &rest[parsed.consumed..];
     }
-    stream.write_all(out.as_bytes())?;
+    write_within(&mut stream, out.as_bytes())?;
     if !wait {
         return Ok(());
     }
@@ -275,7 +329,7 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
             };
             let done = matches!(p, crate::node::Progress::Finished { .. });
             let line = serde_json::json!({"id": id, "progress": p});
-            stream.write_all(format!("{line}\n").as_bytes())?;
+            write_within(&mut stream, format!("{line}\n").as_bytes())?;
             if done {
                 break;
             }
