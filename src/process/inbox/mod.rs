@@ -33,7 +33,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taken::{done_name, taken_name, Finished, Identity};
@@ -359,17 +359,13 @@ impl Inbox {
     /// it kept), put aside as `inmsg.uncertain-*.txt` and reported, not read: from the last
     /// offset kept, the lines up to the lost one would be journaled and run a second time.
     fn set_aside(&self, name: &str, known: u64) -> Result<(), Error> {
-        let root = &self.node.data.root;
-        let aside = uncertain_path(root);
-        let path = root.join(name);
-        fs::rename(&path, &aside).map_err(|source| Error::SetAside { path, source })?;
-        let why = format!(
-            "{}: how far {name} had been taken was in the journal's damage (it says byte {known}, perhaps from before): kept in {}, not read. Its messages up to where it was read were journaled and go on (message-log.txt lists those finished); append what is missing of it to inmsg.txt",
-            self.node.config.node,
-            aside.display()
-        );
-        log::error!("{why}");
-        self.node.report_error(why);
+        self.keep_aside(&self.node.data.root.join(name), |aside| {
+            format!(
+                "{}: how far {name} had been taken was in the journal's damage (it says byte {known}, perhaps from before): kept in {}, not read. Its messages up to where it was read were journaled and go on (message-log.txt lists those finished); append what is missing of it to inmsg.txt",
+                self.node.config.node,
+                aside.display()
+            )
+        })?;
         self.node.journal().forget_inbox(name);
         Ok(())
     }
@@ -454,20 +450,15 @@ impl Inbox {
     /// A taken file steward may not read (`why`): kept aside for the operator, reported,
     /// and done with; the files taken after it go on.
     fn unreadable(&self, t: &Taken, why: &io::Error) -> Result<bool, Error> {
-        let aside = uncertain_path(&self.node.data.root);
-        fs::rename(&t.path, &aside).map_err(|source| Error::SetAside {
-            path: t.path.clone(),
-            source,
+        self.keep_aside(&t.path, |aside| {
+            format!(
+                "{}: cannot read {} ({why}): kept in {}, its bytes from {} not taken. Make it readable by steward's user, then append that part of it to inmsg.txt",
+                self.node.config.node,
+                t.name,
+                aside.display(),
+                t.offset
+            )
         })?;
-        let text = format!(
-            "{}: cannot read {} ({why}): kept in {}, its bytes from {} not taken. Make it readable by steward's user, then append that part of it to inmsg.txt",
-            self.node.config.node,
-            t.name,
-            aside.display(),
-            t.offset
-        );
-        log::error!("{text}");
-        self.node.report_error(text);
         Ok(true)
     }
 
@@ -484,21 +475,30 @@ impl Inbox {
             );
             return Ok(true);
         }
+        self.keep_aside(&t.path, |aside| {
+            format!(
+                "{}: {} is {size} bytes, shorter than what was taken from it ({}): its data lost in a power cut, or cut short by a writer: kept in {}, not read. Check it, then append what is missing to inmsg.txt",
+                self.node.config.node,
+                t.name,
+                t.offset,
+                aside.display()
+            )
+        })?;
+        Ok(true)
+    }
+
+    /// Renames `path` to an `inmsg.uncertain-*.txt` of its own, and logs and reports why
+    /// (`why`, told where it went).
+    fn keep_aside(&self, path: &Path, why: impl FnOnce(&Path) -> String) -> Result<(), Error> {
         let aside = uncertain_path(&self.node.data.root);
-        fs::rename(&t.path, &aside).map_err(|source| Error::SetAside {
-            path: t.path.clone(),
+        fs::rename(path, &aside).map_err(|source| Error::SetAside {
+            path: path.to_path_buf(),
             source,
         })?;
-        let why = format!(
-            "{}: {} is {size} bytes, shorter than what was taken from it ({}): its data lost in a power cut, or cut short by a writer: kept in {}, not read. Check it, then append what is missing to inmsg.txt",
-            self.node.config.node,
-            t.name,
-            t.offset,
-            aside.display()
-        );
+        let why = why(&aside);
         log::error!("{why}");
         self.node.report_error(why);
-        Ok(true)
+        Ok(())
     }
 
     /// Reads the complete arrays after `t.offset`, a batch of about [`BATCH_BYTES`] bytes at a
