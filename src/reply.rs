@@ -336,6 +336,23 @@ impl<'a> ResultRoute<'a> {
     }
 }
 
+/// What `output` takes on the wire: JSON writes a control character as six bytes.
+pub fn wire(output: &str) -> usize {
+    serde_json::to_string(output).map_or(output.len(), |j| j.len())
+}
+
+/// How much output (as [`wire`] counts it) one result message of request `m` carries: what
+/// one message may carry, less the arguments it carries too (as they are written).
+pub fn result_room(m: &Message) -> usize {
+    let args: usize = m
+        .reply_method_args
+        .iter()
+        .flatten()
+        .map(|a| wire(a) + 1)
+        .sum();
+    MAX_RESULT_OUTPUT.saturating_sub(args)
+}
+
 /// The result message of `request`, which ended as `outcome`, if the request asked for one
 /// (`ticket`: the request's `replyTicket`; without one the result could not be admitted,
 /// so none is made). Its output is cut to what one message may carry.
@@ -353,16 +370,7 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
         None => (route.from, Some(request.reply_ticket.clone()?)),
     };
     let mut output = outcome.output.clone();
-    // Cut by what it takes on the wire: JSON writes a control character as six bytes.
-    let wire = |s: &str| serde_json::to_string(s).map_or(s.len(), |j| j.len());
-    // What one message may carry, less the arguments it carries too (as they are written).
-    let args: usize = m
-        .reply_method_args
-        .iter()
-        .flatten()
-        .map(|a| wire(a) + 1)
-        .sum();
-    let room = MAX_RESULT_OUTPUT.saturating_sub(args);
+    let room = result_room(m);
     if wire(&output) > room {
         let note = "\n[steward: output cut to what one message may carry]\n";
         let room = room.saturating_sub(note.len() + 2);

@@ -71,26 +71,163 @@ impl Stream {
         if ctx.log_budget.check_free_space(&ctx.data.root).is_err() {
             return self.cap();
         }
-        let lines = String::from_utf8_lossy(&self.unsent[..=end]).into_owned();
-        match ctx.outbox.send_result(request, &Outcome::ok(lines)) {
-            Ok(Some(_)) => {
-                self.unsent.drain(..=end);
-                self.sent += 1;
+        // In as many results as they take: output kept while none could be sent may be
+        // more than one result carries, and a result cuts what it cannot carry.
+        let room = crate::reply::result_room(&request.message);
+        let mut end = end + 1;
+        while end > 0 {
+            let piece = piece(&self.unsent[..end], room);
+            let lines = String::from_utf8_lossy(&self.unsent[..piece]).into_owned();
+            match ctx.outbox.send_result(request, &Outcome::ok(lines)) {
+                Ok(Some(_)) => {
+                    self.unsent.drain(..piece);
+                    self.sent += 1;
+                    end -= piece;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!(
+                        "{}: cannot send output as it comes ({e}); it goes with the last result",
+                        request.id
+                    );
+                    break;
+                }
             }
-            Ok(None) => {}
-            Err(e) => log::warn!(
-                "{}: cannot send output as it comes ({e}); it goes with the last result",
-                request.id
-            ),
         }
         self.cap();
     }
 
+    /// Keeps at most [`MAX_OUTPUT`] bytes unsent, counting what it drops.
     fn cap(&mut self) {
         if self.unsent.len() > MAX_OUTPUT {
             let over = self.unsent.len() - MAX_OUTPUT;
             self.unsent.drain(..over);
             self.dropped += over;
         }
+    }
+}
+
+/// How many of `lines`' first bytes one result carries (`room`, as [`crate::reply::wire`]
+/// counts): all of them, or whole lines that fit, or (one line longer than a result) as
+/// much of it as fits, never in the middle of a character.
+fn piece(lines: &[u8], room: usize) -> usize {
+    let wire = |b: &[u8]| crate::reply::wire(&String::from_utf8_lossy(b));
+    let mut n = lines.len();
+    // Arguments that leave (almost) no room: one result, cut as it would be.
+    if room < MAX_OUTPUT / 4 {
+        return n;
+    }
+    while n > 1 && wire(&lines[..n]) > room {
+        // In u64: on a 32-bit node (armv7) n × room overflows a usize.
+        let within = (n as u64 * room as u64 / wire(&lines[..n]) as u64) as usize;
+        let within = within.min(n - 1);
+        n = match lines[..within].iter().rposition(|b| *b == b'\n') {
+            Some(at) => at + 1,
+            None => {
+                let mut cut = within.max(1);
+                while cut > 1 && lines[cut] & 0xC0 == 0x80 {
+                    cut -= 1;
+                }
+                cut
+            }
+        };
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, Status};
+    use crate::node::tests::offline_node_named;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// An outbox whose journal is full until `full` is cleared: each result it takes is
+    /// kept as the result message would carry it.
+    struct Outbox {
+        full: AtomicBool,
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl super::super::Outbox for Outbox {
+        fn report_error(&self, _text: String) {}
+        fn send_result(
+            &self,
+            request: &Envelope,
+            outcome: &Outcome,
+        ) -> std::io::Result<Option<String>> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let m = crate::reply::result_message(request, outcome).expect("a result");
+            self.sent.lock().unwrap().push(m.data.concat());
+            Ok(Some(format!("r{}", self.sent.lock().unwrap().len())))
+        }
+        fn send(&self, _messages: Vec<Message>) -> std::io::Result<Vec<String>> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn output_kept_while_results_cannot_be_journaled_arrives_whole_once_they_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = offline_node_named(dir.path(), "ship1");
+        let outbox = Outbox {
+            full: AtomicBool::new(true),
+            sent: Mutex::new(Vec::new()),
+        };
+        let ctx = Context {
+            outbox: &outbox,
+            ..node.context()
+        };
+        // 250 lines of 1000 bytes (under MAX_OUTPUT: all kept while the disk is full),
+        // then, once there is room again, 20 more.
+        let script = "for i in $(seq 1 250); do printf '%0999d\\n' $i; done; sleep 1; \
+                      for i in $(seq 251 270); do printf '%0999d\\n' $i; done";
+        let envelope = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 0,
+            reply_ticket: Some("00".repeat(64)),
+            grant: None,
+            message: Message {
+                method_timeout: Some(20),
+                reply_method: Some("FileAppend".into()),
+                directory: Some("out".into()),
+                file_name: Some("cmd.log".into()),
+                ..Message::new(
+                    "ship1",
+                    Kind::CommandAck,
+                    "CLICommandCont",
+                    vec!["sh".into(), "-c".into(), script.into()],
+                )
+            },
+        };
+        let last = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                outbox.full.store(false, Ordering::SeqCst);
+            });
+            CliCommandCont.handle(&envelope, &ctx)
+        });
+        assert_eq!(last.status, Status::Ok, "{}", last.output);
+        // The last result, as the subscriber sends it.
+        let last = crate::reply::result_message(&envelope, &last).unwrap();
+        let mut got = outbox.sent.lock().unwrap().concat();
+        got.push_str(&last.data.concat());
+        let lines: Vec<&str> = got.lines().filter(|l| l.len() == 999).collect();
+        let want: Vec<String> = (1..=270).map(|i| format!("{i:0999}")).collect();
+        let missing: Vec<usize> = (1..=270)
+            .filter(|i| !lines.contains(&want[i - 1].as_str()))
+            .collect();
+        assert!(
+            missing.is_empty() && lines.len() == 270,
+            "lines missing: {missing:?}; {} lines; notes: {:?}",
+            lines.len(),
+            got.lines()
+                .filter(|l| l.starts_with("[steward"))
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -113,10 +113,16 @@ impl Method for TailFile {
                 path.display()
             ));
         }
-        let rest = String::from_utf8_lossy(&stream.unsent);
+        let mut rest = String::from_utf8_lossy(&stream.unsent).into_owned();
+        if stream.dropped > 0 {
+            rest.push_str(&format!(
+                "\n[steward: {} bytes read before these not kept: they could not be sent]\n",
+                stream.dropped
+            ));
+        }
         if stream.sent == 0 && crate::reply::ResultRoute::of_request(envelope).is_none() {
             // No replyMethod: the lines are the answer.
-            return Outcome::ok(rest.into_owned());
+            return Outcome::ok(rest);
         }
         if !rest.is_empty() {
             summary.push_str(&format!("[steward: not sent as a result:]\n{rest}\n"));
@@ -386,6 +392,48 @@ mod tests {
         f.write_all(b"and on\n").unwrap();
         assert_eq!(appended(&mut tail), "and on\n");
         assert_eq!(tail.rotations, 4);
+    }
+
+    #[test]
+    fn lines_past_what_the_ack_keeps_are_said_to_be_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = offline_node_named(dir.path(), "ship1");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "").unwrap();
+        let envelope = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 0,
+            reply_ticket: None,
+            grant: None,
+            message: Message {
+                method_timeout: Some(2),
+                ..Message::new(
+                    "ship1",
+                    Kind::CommandAck,
+                    "TailFile",
+                    vec!["app.log".into()],
+                )
+            },
+        };
+        let out = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                let line = format!("{}\n", "x".repeat(999));
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(line.repeat(400).as_bytes()).unwrap();
+            });
+            TailFile.handle(&envelope, &node.context())
+        });
+        assert!(out.output.len() < 400_000);
+        assert!(
+            out.output.contains("not kept"),
+            "400000 bytes appended, {} in the answer, and no word of the rest",
+            out.output.len()
+        );
     }
 
     /// `schedules.json` holds every sender's scheduled requests, and TailFile must not read

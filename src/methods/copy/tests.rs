@@ -533,3 +533,29 @@ fn a_fifo_at_the_destination_does_not_hold_up_the_copy() {
     assert_eq!(out[0].status, Status::Ok, "{}", out[0].output);
     assert!(std::fs::symlink_metadata(&fifo).unwrap().is_file());
 }
+
+#[test]
+fn copies_of_a_chunk_s_size_and_a_group_s_arrive_whole() {
+    for (len, chunks) in [
+        (CHUNK_BYTES, 1),
+        (CHUNK_BYTES + 1, 2),
+        (GROUP * CHUNK_BYTES, GROUP),
+        (GROUP * CHUNK_BYTES + 1, GROUP + 1),
+    ] {
+        let p = pair(len);
+        let asked = request("out/file.bin", "incoming/file.bin", None);
+        assert_eq!(
+            CopySrc.handle(&asked, &p.source.context()).status,
+            Status::Ok
+        );
+        let queued = queued(&p.source);
+        assert_eq!(queued.len(), chunks, "{len} bytes");
+        let outcomes = deliver(&p.dest, &queued, 7);
+        assert!(
+            outcomes.iter().all(|o| o.status == Status::Ok),
+            "{outcomes:?}"
+        );
+        let placed = p.dest.data.root.join("incoming/file.bin");
+        assert_eq!(std::fs::read(&placed).unwrap(), p.bytes, "{len} bytes");
+    }
+}
