@@ -178,7 +178,7 @@ fn spawn(argv: &[String], cwd: &Path) -> Result<(std::process::Child, File), Str
 struct Collected {
     output: Vec<u8>,
     /// Bytes past [`MAX_OUTPUT`], not kept.
-    dropped: usize,
+    dropped: u64,
     /// Killed at the deadline.
     killed: bool,
     /// Something outside the group still held the pipe [`PIPE_GRACE`] after the kill.
@@ -259,7 +259,7 @@ fn collect(
                 Ok(n) => {
                     let keep = n.min(MAX_OUTPUT - c.output.len().min(MAX_OUTPUT));
                     c.output.extend_from_slice(&buf[..keep]);
-                    c.dropped += n - keep;
+                    c.dropped += (n - keep) as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => eof = true,

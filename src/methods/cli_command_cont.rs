@@ -53,7 +53,7 @@ impl Method for CliCommandCont {
 pub(super) struct Stream {
     pub(super) unsent: Vec<u8>,
     /// Bytes past [`MAX_OUTPUT`] that could be neither sent nor kept.
-    pub(super) dropped: usize,
+    pub(super) dropped: u64,
     /// Result messages sent.
     pub(super) sent: usize,
 }
@@ -102,7 +102,7 @@ impl Stream {
         if self.unsent.len() > MAX_OUTPUT {
             let over = self.unsent.len() - MAX_OUTPUT;
             self.unsent.drain(..over);
-            self.dropped += over;
+            self.dropped += over as u64;
         }
     }
 }
@@ -125,7 +125,11 @@ fn piece(lines: &[u8], room: usize) -> usize {
             Some(at) => at + 1,
             None => {
                 let mut cut = within.max(1);
-                while cut > 1 && lines[cut] & 0xC0 == 0x80 {
+                // A character is at most four bytes: past three continuation bytes these
+                // are not characters (binary output), cut where they fit, not a byte a
+                // result.
+                let floor = cut.saturating_sub(3).max(1);
+                while cut > floor && lines[cut] & 0xC0 == 0x80 {
                     cut -= 1;
                 }
                 cut
@@ -229,5 +233,25 @@ mod tests {
                 .filter(|l| l.starts_with("[steward"))
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_long_line_of_continuation_bytes_is_not_sent_a_byte_a_result() {
+        let mut lines = vec![0x80u8; 200_000];
+        lines.push(b'\n');
+        let room = crate::reply::result_room(&Message::new(
+            "ship1",
+            crate::message::Kind::CommandAck,
+            "CLICommandCont",
+            vec![],
+        ));
+        let n = piece(&lines, room);
+        assert!(
+            n > room / 8,
+            "{n} bytes of {} in one result of {room}",
+            lines.len()
+        );
+        let wire = crate::reply::wire(&String::from_utf8_lossy(&lines[..n]));
+        assert!(wire <= room, "{wire} > {room}");
     }
 }
