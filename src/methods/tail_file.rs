@@ -394,28 +394,28 @@ mod tests {
         assert_eq!(tail.rotations, 4);
     }
 
+    /// `from`'s TailFile of `file` on ship1, for two seconds.
+    fn tail_for_two_seconds(from: &str, file: &str) -> Envelope {
+        Envelope {
+            id: format!("{from}-1"),
+            from_node: from.into(),
+            accepted: 0,
+            reply_ticket: None,
+            grant: None,
+            message: Message {
+                method_timeout: Some(2),
+                ..Message::new("ship1", Kind::CommandAck, "TailFile", vec![file.into()])
+            },
+        }
+    }
+
     #[test]
     fn lines_past_what_the_ack_keeps_are_said_to_be_missing() {
         let dir = tempfile::tempdir().unwrap();
         let node = offline_node_named(dir.path(), "ship1");
         let path = dir.path().join("app.log");
         std::fs::write(&path, "").unwrap();
-        let envelope = Envelope {
-            id: "central-1".into(),
-            from_node: "central".into(),
-            accepted: 0,
-            reply_ticket: None,
-            grant: None,
-            message: Message {
-                method_timeout: Some(2),
-                ..Message::new(
-                    "ship1",
-                    Kind::CommandAck,
-                    "TailFile",
-                    vec!["app.log".into()],
-                )
-            },
-        };
+        let envelope = tail_for_two_seconds("central", "app.log");
         let out = std::thread::scope(|s| {
             s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(300));
@@ -457,17 +457,7 @@ mod tests {
             format!("{}.tmp", schedules.file_name().unwrap().to_string_lossy()),
         ];
         for target in targets {
-            let envelope = Envelope {
-                id: "ops-1".into(),
-                from_node: "ops".into(),
-                accepted: 0,
-                reply_ticket: None,
-                grant: None,
-                message: Message {
-                    method_timeout: Some(2),
-                    ..Message::new("ship1", Kind::CommandAck, "TailFile", vec![target.clone()])
-                },
-            };
+            let envelope = tail_for_two_seconds("ops", &target);
             let stop = std::sync::atomic::AtomicBool::new(false);
             let out = std::thread::scope(|s| {
                 s.spawn(|| {
