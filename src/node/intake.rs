@@ -242,7 +242,7 @@ impl Node {
     /// attempts (lanes wait for a thread): its messages go through the supervisor, which
     /// puts the lane back in line once the pause is over (`until`), or when its node says
     /// Hello (`hello`, the publisher's waiter: one that came meanwhile is seen there).
-    pub fn park_lane(&self, lane: &Subject, until: Instant, hello: Receiver<()>) {
+    pub fn park_lane(&self, lane: &Subject, until: Instant, hello: crate::node::Waiter) {
         self.unserve_lane(lane);
         let _ = self.supervisor.send(Event::Parked {
             hello,

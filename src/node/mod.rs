@@ -30,7 +30,7 @@ pub(crate) mod tests;
 
 pub use handlers::{Handlers, HANDLER_IDLE, RESERVED};
 pub use intake::Progress;
-pub use presence::Presence;
+pub use presence::{Presence, Waiter};
 use report::Refusals;
 pub use report::REFUSAL_REPORTS_PER_MINUTE;
 

@@ -91,7 +91,7 @@ pub enum Event {
         until: Instant,
         /// The publisher's Hello waiter, taken when its pause began: disconnected if its
         /// node said Hello since.
-        hello: Receiver<()>,
+        hello: crate::node::Waiter,
     },
     /// A node some parked lane goes to said Hello: its lanes wait their turn now, ahead of
     /// those whose pause is over (see [`crate::node::Presence`]).

@@ -155,7 +155,7 @@ enum Delivery {
         until: Instant,
         /// Fires (disconnected) once the destination says Hello, taken when the pause
         /// began: the supervisor looks at it, so a Hello while the lane parks is not lost.
-        hello: Receiver<()>,
+        hello: crate::node::Waiter,
     },
 }
 
