@@ -418,14 +418,11 @@ mod tests {
     }
 
     fn envelope(from: &str, to: &str, kind: Kind, method: &str) -> Envelope {
-        Envelope {
-            id: format!("{from}-1"),
-            from_node: from.into(),
-            accepted: 0,
-            reply_ticket: None,
-            grant: None,
-            message: Message::new(to, kind, method, vec![]),
-        }
+        Envelope::sent(
+            from,
+            format!("{from}-1"),
+            Message::new(to, kind, method, vec![]),
+        )
     }
 
     #[test]

@@ -817,6 +817,14 @@ pub fn open_records(
     Ok((file, damage))
 }
 
+/// The bytes of `file` from `from`, up to [`RESYNC_SCAN`] of them and never past `end`,
+/// pages the disk cannot read filled in (see [`read_around_bad_pages`]).
+fn scan_window(file: &dyn StoredFile, from: u64, end: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; (end - from).min(RESYNC_SCAN as u64) as usize];
+    read_around_bad_pages(file, &mut buf, from)?;
+    Ok(buf)
+}
+
 /// Where the first whole record past `from` begins: within [`RESYNC_SCAN`] bytes of the
 /// first byte that is not zero (zeros before it, a lost page or erase block, are passed
 /// over, up to [`RESYNC_BUDGET`] of them).
@@ -829,9 +837,8 @@ fn next_record(file: &dyn StoredFile, mut from: u64, end: u64) -> io::Result<Opt
         if from >= end || zeros >= RESYNC_BUDGET {
             return Ok(None);
         }
-        let span = (end - from).min(RESYNC_SCAN as u64) as usize;
-        let mut buf = vec![0; span];
-        read_around_bad_pages(file, &mut buf, from)?;
+        let buf = scan_window(file, from, end)?;
+        let span = buf.len();
         let first = buf
             .chunks(ZEROS.len())
             .position(|c| c != &ZEROS[..c.len()])
@@ -851,9 +858,8 @@ fn next_record(file: &dyn StoredFile, mut from: u64, end: u64) -> io::Result<Opt
             }
         }
     }
-    let span = (end - from).min(RESYNC_SCAN as u64) as usize;
-    let mut buf = vec![0; span];
-    read_around_bad_pages(file, &mut buf, from)?;
+    let buf = scan_window(file, from, end)?;
+    let span = buf.len();
     // A record begins with a length that is not zero: none begins past the last byte that
     // is not (a file's reserved space is zeros, and looked at at every open).
     let Some(last) = buf

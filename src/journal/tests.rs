@@ -49,6 +49,12 @@ fn take_all(j: &mut Journal, to: &str) -> Vec<Entry> {
     }
 }
 
+/// What the journal in `dir` holds for ship1 once opened again, and what its recovery said.
+fn left_for_ship1(dir: &Path) -> (Vec<String>, Recovery) {
+    let (mut j, r) = Journal::open(dir).unwrap();
+    (data(&take_all(&mut j, "ship1")), r)
+}
+
 fn seqs(entries: &[Entry]) -> Vec<u64> {
     entries.iter().map(|e| e.seq).collect()
 }
@@ -936,12 +942,8 @@ fn a_batch_in_flight_at_the_ticks_checkpoint_is_vouched_for_later() {
         matches!(r, Record::Accepted { .. })
     });
     flip_bit_at(dir.path(), accepted[2].0 + 40); // message 2: a bad sector
-    let (mut j, r) = Journal::open(dir.path()).unwrap();
-    assert_eq!(
-        data(&take_all(&mut j, "ship1")),
-        ["message 0", "message 1", "message 3"],
-        "{r:?}"
-    );
+    let (left, r) = left_for_ship1(dir.path());
+    assert_eq!(left, ["message 0", "message 1", "message 3"], "{r:?}");
 }
 
 /// The last batch before a crash (synced by its own fsync, or by the open) is vouched for
@@ -960,12 +962,8 @@ fn the_last_batch_before_a_restart_is_vouched_for() {
         matches!(r, Record::Accepted { .. })
     });
     flip_bit_at(dir.path(), accepted[1].0 + 40); // message 1: a bad sector
-    let (mut j, r) = Journal::open(dir.path()).unwrap();
-    assert_eq!(
-        data(&take_all(&mut j, "ship1")),
-        ["message 0", "message 2"],
-        "{r:?}"
-    );
+    let (left, r) = left_for_ship1(dir.path());
+    assert_eq!(left, ["message 0", "message 2"], "{r:?}");
 }
 
 /// A batch's inbox offset in damage passed over: the batch's messages are kept (the
@@ -1210,12 +1208,8 @@ fn a_synced_batch_whose_commit_lies_in_proven_damage_survives_a_torn_write_after
         accepted[3].0,
         accepted[3].0 + u64::from(accepted[3].1),
     );
-    let (mut j, r) = Journal::open(dir.path()).unwrap();
-    assert_eq!(
-        data(&take_all(&mut j, "ship1")),
-        ["message 1", "message 2"],
-        "{r:?}"
-    );
+    let (left, r) = left_for_ship1(dir.path());
+    assert_eq!(left, ["message 1", "message 2"], "{r:?}");
 }
 
 /// Zeros passed over a MiB at a time, and the next record begins on the last byte of a
@@ -1232,17 +1226,9 @@ fn a_record_right_after_a_mib_of_zeros_is_not_missed() {
     let accepted = |seq: u64, pad: usize| {
         let mut m = msg(seq as usize);
         m.data[0] = format!("message {seq}{}", "x".repeat(pad));
-        let envelope = Envelope {
-            id: format!("central-1-{seq}"),
-            from_node: "central".into(),
-            accepted: 1,
-            reply_ticket: None,
-            grant: None,
-            message: m,
-        }
-        .encode();
+        let envelope = Envelope::sent("central", format!("central-1-{seq}"), m).encode();
         let mut buf = Vec::new();
-        let (lane, seq) = (lane.clone(), seq);
+        let lane = lane.clone();
         encode(
             &Record::Accepted {
                 seq,

@@ -141,6 +141,20 @@ impl From<FlatEnvelope> for Envelope {
 }
 
 impl Envelope {
+    /// For tests: `message` as `from` sent it, under `id` (accepted at 0, nothing added as
+    /// it is sent).
+    #[cfg(test)]
+    pub fn sent(from: &str, id: impl Into<String>, message: Message) -> Envelope {
+        Envelope {
+            id: id.into(),
+            from_node: from.into(),
+            accepted: 0,
+            reply_ticket: None,
+            grant: None,
+            message,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode_into(&mut out);

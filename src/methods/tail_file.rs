@@ -396,17 +396,11 @@ mod tests {
 
     /// `from`'s TailFile of `file` on ship1, for two seconds.
     fn tail_for_two_seconds(from: &str, file: &str) -> Envelope {
-        Envelope {
-            id: format!("{from}-1"),
-            from_node: from.into(),
-            accepted: 0,
-            reply_ticket: None,
-            grant: None,
-            message: Message {
-                method_timeout: Some(2),
-                ..Message::new("ship1", Kind::CommandAck, "TailFile", vec![file.into()])
-            },
-        }
+        let message = Message {
+            method_timeout: Some(2),
+            ..Message::new("ship1", Kind::CommandAck, "TailFile", vec![file.into()])
+        };
+        Envelope::sent(from, format!("{from}-1"), message)
     }
 
     #[test]
