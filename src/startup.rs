@@ -18,7 +18,10 @@
 //! they wait in the journal. A start that finds the same message of an earlier start
 //! still waiting does not send it again (`startup-sent.json` says which of the journal's
 //! messages came from here): a ship restarted five times while its link was down ran its
-//! one-shot boot command five times once it was back.
+//! one-shot boot command five times once it was back. The list is written before the
+//! batch, and the batch carries the start's number (a mark in the journal), so neither a
+//! crash between the two nor a batch that never made it to the disk can leave the list
+//! wrong.
 
 use crate::message::Message;
 use crate::node::Node;
@@ -71,39 +74,72 @@ pub fn send(node: &Node) -> usize {
             Err(why) => node.report_error(format!("{me}: {}: refused: {why}", path.display())),
         }
     }
-    let (messages, mut waiting) = not_waiting_yet(node, messages);
+    let (messages, waiting) = not_waiting_yet(node, messages);
     let count = messages.len();
-    if count > 0 {
-        let digests: Vec<String> = messages.iter().map(digest).collect();
-        let placed = match node.accept_placed(messages) {
-            Ok(placed) => placed,
-            Err(e) => {
-                node.report_error(format!("{me}: cannot journal the startup messages: {e}"));
-                return 0;
-            }
-        };
-        waiting.extend(
-            placed
-                .into_iter()
-                .zip(digests)
-                .map(|((lane, seq, id), digest)| Sent {
-                    lane,
-                    seq,
-                    id,
-                    digest,
-                }),
-        );
-        log::info!("{me}: sent {count} message(s) from {}", dir.display());
-    }
     let path = node.data.startup_sent();
-    let written = serde_json::to_vec(&waiting)
-        .map_err(std::io::Error::from)
-        .and_then(|bytes| crate::files::write_atomically(&path, &bytes));
-    if let Err(e) = written {
-        // Only costs a start's messages sent again while these still wait.
-        log::warn!("{me}: cannot write {}: {e}", path.display());
+    if count == 0 {
+        // Only those still waiting stay listed.
+        if let Err(e) = list(&path, &waiting) {
+            log::warn!("{me}: cannot write {}: {e}", path.display());
+        }
+        return 0;
     }
+    let digests: Vec<String> = messages.iter().map(digest).collect();
+    // This start's number, journaled with its batch: what is listed under it counts only
+    // if the batch was (see `not_waiting_yet`).
+    let start = committed_start(node) + 1;
+    let mut unlisted = None;
+    let listed = |entries: &[crate::journal::Entry]| {
+        let mut all = waiting;
+        all.extend(entries.iter().zip(digests).map(|(e, digest)| Sent {
+            lane: e.envelope.message.subject().to_string(),
+            seq: e.seq,
+            id: e.envelope.id.clone(),
+            digest,
+            start,
+        }));
+        // Listed before the batch is written, so that no crash leaves it journaled and
+        // unlisted (sent again by the next start while it still waits).
+        if let Err(e) = list(&path, &all) {
+            // Sent all the same, as a start that cannot list its messages always was: a
+            // restart while they still wait sends them again. The old list goes, so that
+            // none of its entries passes for one of this batch.
+            let _ = std::fs::remove_file(&path);
+            unlisted = Some(e); // reported once the journal's lock is let go
+        }
+        Ok(())
+    };
+    let journaled = node.accept_listed(messages, (MARK, start), listed);
+    if let Some(e) = unlisted {
+        node.report_error(format!(
+            "{me}: cannot write {}: {e}; if {me} restarts before this start's messages are delivered, the next start sends them again",
+            path.display()
+        ));
+    }
+    if let Err(e) = journaled {
+        node.report_error(format!("{me}: cannot journal the startup messages: {e}"));
+        return 0;
+    }
+    log::info!("{me}: sent {count} message(s) from {}", dir.display());
     count
+}
+
+/// The journal's name for the number of the last start whose messages were journaled.
+const MARK: &str = "startup";
+
+/// The number of the last start whose messages the journal holds (0 before the first).
+fn committed_start(node: &Node) -> u64 {
+    node.journal()
+        .inbox_offsets()
+        .get(MARK)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Writes the list of startup messages journaled and not yet delivered.
+fn list(path: &Path, sent: &[Sent]) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(sent).map_err(std::io::Error::from)?;
+    crate::files::write_atomically(path, &bytes)
 }
 
 /// A startup message journaled, not yet delivered: where it is in the journal, and what
@@ -114,6 +150,11 @@ struct Sent {
     seq: u64,
     id: String,
     digest: String,
+    /// The start that sent it: listed before its batch was written, it was journaled only
+    /// if the journal's mark has reached this start. (0 in lists from before session 36,
+    /// written only after their batch was journaled.)
+    #[serde(default)]
+    start: u64,
 }
 
 /// A message's identity as a startup file gives it: the SHA-256 of its JSON.
@@ -137,13 +178,20 @@ fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Se
         }),
         Err(_) => Vec::new(),
     };
+    let committed = committed_start(node);
     let waiting: Vec<Sent> = {
         let journal = node.journal();
-        // Unfinished, and not finished all the same (its reply and message-log line
-        // written, the journal's finish lost to a power cut: it is closed unsent).
+        // Journaled (its start's batch was: a crash may have come between listing it and
+        // writing its batch, whose sequence numbers are then others'); unfinished, and not
+        // finished all the same (its reply and message-log line written, the journal's
+        // finish lost to a power cut: it is closed unsent).
         earlier
             .into_iter()
-            .filter(|s| journal.unfinished(&s.lane, s.seq) && !node.resumed.listed(&s.id))
+            .filter(|s| {
+                s.start <= committed
+                    && journal.unfinished(&s.lane, s.seq)
+                    && !node.resumed.listed(&s.id)
+            })
             .collect()
     };
     let mut copies: HashMap<&str, usize> = HashMap::new();
@@ -275,6 +323,53 @@ mod tests {
         let bad = serde_json::json!({"toNode": "local", "fromNode": 3, "data": [],
             "commandOrEvent": "EventACK", "method": "TextLogging"});
         assert!(message_of(bad, "ship1").is_err());
+    }
+
+    /// The list is written before the batch: an entry of a start whose batch never made
+    /// it to the journal (a crash, a full disk) names a sequence number another message
+    /// then took. It does not pass for a copy still waiting.
+    #[test]
+    fn a_listed_message_whose_batch_was_never_journaled_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::node::tests::offline_node_named(dir.path(), "ship1");
+        std::fs::create_dir(node.data.startup()).unwrap();
+        let boot = node.data.startup().join("boot.json");
+        std::fs::write(
+            &boot,
+            r#"{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}"#,
+        )
+        .unwrap();
+        let (messages, _) = read(&boot, "ship1").unwrap();
+        let seq = node.journal().next_seq();
+        let other = Message::new(
+            "central",
+            crate::message::Kind::EventAck,
+            "TextLogging",
+            vec!["other\n".into()],
+        );
+        let lane = other.subject().to_string();
+        node.accept(vec![other], None).unwrap();
+        let listed = |start: Option<u64>| {
+            let mut sent = serde_json::json!({
+                "lane": lane, "seq": seq, "id": "ship1-1-1-x", "digest": digest(&messages[0]),
+            });
+            if let Some(start) = start {
+                sent["start"] = start.into();
+            }
+            std::fs::write(
+                node.data.startup_sent(),
+                serde_json::json!([sent]).to_string(),
+            )
+            .unwrap();
+        };
+        // Listed by a start whose batch the journal never got.
+        listed(Some(committed_start(&node) + 1));
+        assert_eq!(send(&node), 1);
+        // Once it is journaled, the next start finds it waiting.
+        assert_eq!(send(&node), 0);
+        // A list from before session 36 (written after its batch) is taken at its word.
+        listed(None);
+        assert_eq!(send(&node), 0);
     }
 
     #[test]

@@ -257,3 +257,76 @@ fn startup_messages_of_starts_while_the_broker_is_away_go_once_when_it_is_back()
     ship1.restart();
     central.wait_count("textlog/ship1.log", "boot", 2);
 }
+
+/// A start killed while it writes down which startup messages it journaled (here held
+/// there: `startup-sent.json`'s temporary file is a FIFO no one reads) has journaled none
+/// of them. The next start sends them once; a start used to journal them first, and the
+/// next one, not finding them listed, sent them again.
+#[test]
+fn a_start_killed_while_listing_its_startup_messages_sends_them_once() {
+    let mut nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    nats.stop();
+    let mut ship1 = Node::start_unconnected(
+        "ship1",
+        &nats.address(),
+        &["--allowCommandsFrom=central,ship1"],
+    );
+    ship1.terminate();
+    let ran = ship1.path("ran.txt");
+    std::fs::create_dir(ship1.path("startup")).unwrap();
+    std::fs::write(
+        ship1.path("startup/boot.json"),
+        format!(
+            r#"[{{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}},
+                {{"toNode":"local","data":["sh","-c","echo ran >> {}"],"commandOrEvent":"CommandACK","method":"CLICommand"}}]"#,
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let fifo = ship1.path("startup-sent.json.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    ship1.restart();
+    common::wait_until("ship1 held opening the list's temporary file", || {
+        held_opening_a_fifo(ship1.pid())
+    });
+    ship1.kill9();
+    std::fs::remove_file(&fifo).unwrap();
+    ship1.restart();
+    ship1.wait_until("", "sent its startup messages", |_| {
+        ship1.log().contains("message(s) from")
+    });
+    nats.restart();
+    central.wait_count("textlog/ship1.log", "boot", 1);
+    ship1.wait_until("", "ran its boot command", |_| {
+        std::fs::read_to_string(&ran).is_ok_and(|t| t.contains("ran"))
+    });
+    ship1.wait_status("sent everything", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.contains("journal: 0 pending"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(central.read("textlog/ship1.log").matches("boot").count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&ran)
+            .unwrap()
+            .matches("ran")
+            .count(),
+        1
+    );
+}
+
+/// Whether a thread of process `pid` waits in open(2) for a FIFO's other end.
+fn held_opening_a_fifo(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|t| {
+        std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w == "wait_for_partner")
+    })
+}

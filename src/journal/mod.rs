@@ -16,7 +16,8 @@
 //! Every batch of `Accepted` records ends with a commit record: the `InboxOffset` of the
 //! inbox file it came from, or a `Checkpoint`. `Accepted` records after the last commit
 //! record belong to a batch whose write was cut; they are dropped on open, and the inbox
-//! reads them again from its file. A torn or corrupt tail is cut off on open, and
+//! reads them again from its file. (The startup folder's batch has an `InboxOffset` too,
+//! named `startup`: the number of the start that sent it, see [`crate::startup`].) A torn or corrupt tail is cut off on open, and
 //! [`Recovery::cut`] says what was cut.
 //!
 //! # Damage
@@ -363,6 +364,21 @@ impl Journal {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
     ) -> io::Result<Written> {
+        self.write_listed(from_node, messages, inbox, |_| Ok(()))
+    }
+
+    /// As [`Journal::write`], and hands the batch's entries (ids and sequence numbers) to
+    /// `list` before any of it is written: a caller that must know durably which messages
+    /// it journaled (the startup folder's `startup-sent.json`) writes that down first, so
+    /// that no crash can leave them journaled and unlisted. If `list` fails, nothing of the
+    /// batch is written.
+    pub fn write_listed(
+        &mut self,
+        from_node: &str,
+        messages: Vec<Message>,
+        inbox: Option<(&str, u64)>,
+        list: impl FnOnce(&[Entry]) -> io::Result<()>,
+    ) -> io::Result<Written> {
         // Noting whether the clock was set since the last batch (see `crate::clock`).
         let accepted = crate::clock::stamp(self.next_seq);
         let start = self.file.end();
@@ -432,6 +448,7 @@ impl Journal {
         let next_seq = self.next_seq + entries.len() as u64;
         let synced = Some(claim);
         encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
+        list(&entries)?;
         self.append_bytes(&buf)?;
         (self.claimed, self.to_claim) = (claim, self.file.end());
         self.next_seq += entries.len() as u64;

@@ -29,29 +29,29 @@ impl Node {
     /// Takes messages into the system: one journal write and fsync for the batch (with how
     /// far the inbox file has been read), then wakes their publishers.
     pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
-        self.accept_inner(messages, inbox, false).map(|_| ())
+        self.accept_inner(messages, inbox, false, |_| Ok(()))
+            .map(|_| ())
     }
 
     /// As [`Node::accept`] (not from an inbox file), and returns each message's id.
     pub fn accept_ids(&self, messages: Vec<Message>) -> io::Result<Vec<String>> {
-        self.accept_inner(messages, None, false)
+        self.accept_inner(messages, None, false, |_| Ok(()))
             .map(|(entries, _)| entries.iter().map(|e| e.envelope.id.clone()).collect())
     }
 
-    /// As [`Node::accept`] (not from an inbox file), and returns where each message is in
-    /// the journal: its lane, sequence number ([`crate::journal::Journal::unfinished`]) and
-    /// id.
-    pub fn accept_placed(&self, messages: Vec<Message>) -> io::Result<Vec<(String, u64, String)>> {
-        self.accept_inner(messages, None, false)
-            .map(|(entries, _)| {
-                entries
-                    .iter()
-                    .map(|e| {
-                        let lane = e.envelope.message.subject().to_string();
-                        (lane, e.seq, e.envelope.id.clone())
-                    })
-                    .collect()
-            })
+    /// As [`Node::accept`] (not from an inbox file), with `mark` journaled as the batch's
+    /// inbox offset (`(name, value)`), and `list` given the batch's entries before any of
+    /// it is written (see [`crate::journal::Journal::write_listed`]): for the startup
+    /// folder. `list` runs under the journal's lock: it must not journal anything (nor
+    /// report an error, which is journaled).
+    pub fn accept_listed(
+        &self,
+        messages: Vec<Message>,
+        mark: (&str, u64),
+        list: impl FnOnce(&[crate::journal::Entry]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.accept_inner(messages, Some(mark), false, list)
+            .map(|_| ())
     }
 
     /// Journals a result of `request` as a message of its own, to where the request asked
@@ -73,7 +73,7 @@ impl Node {
         &self,
         messages: Vec<Message>,
     ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
-        self.accept_inner(messages, None, true)
+        self.accept_inner(messages, None, true, |_| Ok(()))
             .map(|(_, watched)| watched)
     }
 
@@ -82,10 +82,11 @@ impl Node {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
         watch: bool,
+        list: impl FnOnce(&[crate::journal::Entry]) -> io::Result<()>,
     ) -> io::Result<(Vec<crate::journal::Entry>, Vec<Watched>)> {
         let (written, watched) = {
             let mut journal = self.journal();
-            let written = match journal.write(&self.config.node, messages, inbox) {
+            let written = match journal.write_listed(&self.config.node, messages, inbox, list) {
                 Ok(written) => written,
                 Err(e) => {
                     self.stop_if_unusable(&journal);

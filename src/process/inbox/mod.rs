@@ -299,7 +299,7 @@ impl Inbox {
                 source,
             })?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("inmsg.taking-"))
+            .filter(|n| n.starts_with(taken::TAKING))
             .collect();
         names.sort();
         // Damage in the journal (passed over at its open) may have held how far one was

@@ -90,6 +90,9 @@ impl Inbox {
             if name.ends_with(DONE) {
                 continue; // looked at with its file's name
             }
+            if !name.starts_with(TAKING) {
+                continue; // not an inbox file's (the startup folder's mark)
+            }
             let path = root.join(name);
             let take = |source| Error::Take {
                 path: path.clone(),
@@ -313,7 +316,7 @@ impl Identity {
 
     /// The identity a taken file's name carries (see [`taken_name`]), if any.
     fn named(name: &str) -> Option<Identity> {
-        let rest = name.strip_prefix("inmsg.taking-")?;
+        let rest = name.strip_prefix(TAKING)?;
         let mut parts = rest.split('-');
         let (_when, inode, born) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -337,7 +340,7 @@ pub(super) fn taken_name(root: &std::path::Path, identity: Option<Identity>) -> 
 
 fn taken_name_from(root: &std::path::Path, mut at: u128, identity: Option<Identity>) -> String {
     loop {
-        let when = format!("inmsg.taking-{at:020}");
+        let when = format!("{TAKING}{at:020}");
         let name = match identity {
             Some(Identity { inode, born }) => format!("{when}-{inode}-{born}"),
             None => when,
@@ -353,6 +356,9 @@ fn taken_name_from(root: &std::path::Path, mut at: u128, identity: Option<Identi
 /// inbox offset (a record any version reads; one without this meaning passes it over, as
 /// it names no file).
 const DONE: &str = ".done";
+
+/// How a taken file's name begins.
+pub(super) const TAKING: &str = "inmsg.taking-";
 
 pub(super) fn done_name(taken: &str) -> String {
     format!("{taken}{DONE}")
