@@ -125,9 +125,32 @@ impl Identity {
             });
         }
         let text = fs::read_to_string(&path).map_err(read_error(&path))?;
-        Identity::with_counter(text.trim(), Some(counter_path(dir)))
-            .map(Some)
-            .map_err(|e| e.in_file(&path))
+        let identity = Identity::with_counter(text.trim(), Some(counter_path(dir)))
+            .map_err(|e| e.in_file(&path))?;
+        identity.publish(dir);
+        Ok(Some(identity))
+    }
+
+    /// Writes `node.pub` again if it does not hold this seed's key: [`Identity::generate`]
+    /// renames the seed into place before it writes `node.pub`, so a power cut between the
+    /// two leaves none (`steward keys show` would say to start the agent, for ever) or the
+    /// replaced key's (which it would print as this node's, to be trusted elsewhere).
+    fn publish(&self, dir: &Path) {
+        if public_key(dir).is_ok_and(|k| k == self.public) {
+            return;
+        }
+        let path = public_path(dir);
+        match files::write_atomically(&path, format!("{}\n", self.public).as_bytes()) {
+            Ok(()) => log::warn!(
+                "{} did not hold this node's public key {}: written again",
+                path.display(),
+                self.public
+            ),
+            Err(e) => log::error!(
+                "cannot write {} (`steward keys show` reads it): {e}",
+                path.display()
+            ),
+        }
     }
 
     /// Makes a new key pair and writes its seed; an existing seed is replaced only with

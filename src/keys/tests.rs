@@ -602,3 +602,75 @@ fn a_seal_made_ahead_goes_only_while_fresh_in_time_and_in_counters() {
         "a receiver could take it as too far below"
     );
 }
+
+#[test]
+fn distributed_sets_taken_at_once_leave_the_newest_held_and_the_file_whole() {
+    // TrustedKeys messages are handled on handler threads of their own, so two sets (say
+    // one captured while this node was away, delivered beside central's newer one) can
+    // be taken at once: the older must never end up held, nor the file half of each.
+    let (dir, _me, trusted) = store("ship1");
+    let keys: Vec<String> = (0..4)
+        .map(|i| {
+            Identity::generate(&dir.path().join(format!("k{i}")), false)
+                .unwrap()
+                .public_key()
+                .to_string()
+        })
+        .collect();
+    let trusted = std::sync::Arc::new(trusted);
+    for round in 0..200u64 {
+        // The older set is the longer one, so a write of the newer over it leaves a tail.
+        let mut older = KeySet {
+            issued: 10_000 + round * 10,
+            ..KeySet::default()
+        };
+        for k in &keys {
+            older.add("ship7", k);
+        }
+        let mut newer = KeySet {
+            issued: 10_000 + round * 10 + 5,
+            ..KeySet::default()
+        };
+        newer.add("ship7", &keys[0]);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let took: Vec<(u64, bool)> = [older, newer]
+            .into_iter()
+            .map(|set| {
+                let (trusted, barrier) = (trusted.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (set.issued, trusted.replace_distributed(&set).is_ok())
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let newest_taken = took.iter().filter(|(_, ok)| *ok).map(|(i, _)| *i).max();
+        let text = fs::read_to_string(distributed_path(dir.path())).unwrap();
+        let held = KeySet::parse(&text)
+            .unwrap_or_else(|e| panic!("round {round}: distributed.json is not whole: {e}"));
+        assert_eq!(Some(held.issued), newest_taken, "round {round}: {took:?}");
+    }
+}
+
+#[test]
+fn a_public_key_file_lost_or_left_stale_by_a_crash_is_written_again_at_start() {
+    // `keys generate` renames the new seed into place, then writes node.pub: a power cut
+    // between the two leaves no node.pub (a first start), or the old key's (`--force`),
+    // which `steward keys show` would print as this node's.
+    let dir = tempfile::tempdir().unwrap();
+    let first = Identity::load_or_create(dir.path()).unwrap();
+    let old = public_key(dir.path()).unwrap();
+    assert_eq!(old, first.public_key());
+    fs::remove_file(public_path(dir.path())).unwrap();
+    let again = Identity::load_or_create(dir.path()).unwrap();
+    assert_eq!(public_key(dir.path()).unwrap(), again.public_key());
+    // A new seed beside the old key's node.pub.
+    let other = tempfile::tempdir().unwrap();
+    Identity::generate(other.path(), false).unwrap();
+    fs::copy(seed_path(other.path()), seed_path(dir.path())).unwrap();
+    let rotated = Identity::load_or_create(dir.path()).unwrap();
+    assert_ne!(rotated.public_key(), old);
+    assert_eq!(public_key(dir.path()).unwrap(), rotated.public_key());
+}

@@ -119,6 +119,11 @@ pub struct Trusted {
     pub(super) senders: Mutex<Senders>,
     /// Held while `keys/senders.json` is written: one writer at a time.
     senders_file: Mutex<()>,
+    /// Held while a distributed set is checked against the one held and written in its
+    /// place: two `TrustedKeys` handled at once (on handler threads of their own) would
+    /// otherwise both pass the check against the same held set, and write the same
+    /// temporary file, the older set left held, or the newer taken but not kept.
+    distributing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -322,6 +327,7 @@ impl Trusted {
             inner: Mutex::new(Loaded::default()),
             senders: Mutex::new(senders),
             senders_file: Mutex::new(()),
+            distributing: Mutex::new(()),
         };
         trusted.refresh()?;
         Ok(trusted)
@@ -657,6 +663,7 @@ impl Trusted {
     /// returns how many keys it holds.
     pub fn replace_distributed(&self, set: &KeySet) -> Result<usize, Error> {
         let path = distributed_path(&self.dir);
+        let _one_at_a_time = self.distributing.lock().unwrap_or_else(|p| p.into_inner());
         {
             let loaded = self.refreshed();
             let held = loaded.distributed.issued;
