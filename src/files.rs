@@ -435,7 +435,12 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
         c.is_control() && c != '\n' && c != '\t'
             || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
     };
-    if !text.chars().any(unsafe_char) {
+    // Bytes first (a log line is mostly plain ASCII): only from the first control or
+    // non-ASCII byte on are characters decoded. The byte found starts a character (all
+    // before it are ASCII).
+    let plain = |b: &u8| (b' '..0x7f).contains(b) || *b == b'\n' || *b == b'\t';
+    let first = text.bytes().position(|b| !plain(&b));
+    if first.is_none_or(|i| !text[i..].chars().any(unsafe_char)) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);

@@ -56,6 +56,7 @@ use crate::journal::record::{
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -473,11 +474,14 @@ impl Inner {
     /// `per_lane_keep`, then the oldest of the lane holding the most past `keep` (the
     /// running are not among them).
     fn remember(&mut self, id: Key, state: Known, lane: &Lane) {
-        if let Some(known) = self.states.get_mut(&id) {
-            *known = state;
-            return;
+        // One lookup (an id is some 70 bytes to hash), whether it is known or new.
+        match self.states.entry(id.clone()) {
+            Entry::Occupied(mut known) => {
+                *known.get_mut() = state;
+                return;
+            }
+            Entry::Vacant(new) => drop(new.insert(state)),
         }
-        self.states.insert(id.clone(), state);
         let queue = self.lanes.entry(lane.clone()).or_default();
         let before = queue.len();
         queue.push_back(id);
