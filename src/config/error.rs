@@ -141,7 +141,18 @@ impl fmt::Display for Problem {
                 f.write_str("must be at least 1 second (signed messages carry their sending time)")
             }
             Problem::ClockCheck => f.write_str("must be auto, on or off"),
-            Problem::Number(text) => write!(f, "{text:?} is not a whole number"),
+            Problem::Number(text) => {
+                // A whole number all the same, out of the option's range: said so.
+                let t = text.trim();
+                let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+                match t.strip_prefix('-') {
+                    Some(d) if digits(d) => write!(f, "{text:?}: a negative number is not taken here"),
+                    _ if digits(t.strip_prefix('+').unwrap_or(t)) => {
+                        write!(f, "{text:?} is past the largest number this option takes")
+                    }
+                    _ => write!(f, "{text:?} is not a whole number"),
+                }
+            }
             Problem::Switch(text) => write!(f, "{text:?} is not true or false"),
             Problem::NoSuchFile(path) => write!(f, "no such file: {path}"),
             Problem::Unreadable { path, source } => {

@@ -216,7 +216,8 @@ impl Config {
         let keep_alive = o.number_where("keepPublishersAliveFor", 30, |&n| {
             (n == 0).then_some(Problem::Zero)
         })?;
-        let max_publishers = o.number_where("maxPublishers", 1000, |&n| {
+        // Typed: inferred, it was an i32, and -5 became 18,446,744,073,709,551,611 (no cap).
+        let max_publishers = o.number_where::<usize>("maxPublishers", 1000, |&n| {
             (n == 0).then_some(Problem::Zero)
         })?;
         let allow_commands_from = allow_rules(&o, &central.text)?;
@@ -259,7 +260,7 @@ impl Config {
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
             max_handlers,
             keep_publishers_alive_for: Duration::from_secs(keep_alive),
-            max_publishers: max_publishers as usize,
+            max_publishers,
             max_log_bytes_per_hour: o.number(
                 "maxLogBytesPerHour",
                 crate::log_budget::DEFAULT_BYTES_PER_HOUR,

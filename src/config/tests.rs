@@ -122,6 +122,11 @@ fn bad_values_name_the_flag() {
         e(&["--node", "a", "--brokerAddress", ","]),
         "--brokerAddress: no broker address given"
     );
+    // A whole number out of the option's range is not said to be no number.
+    let err = e(&["--node", "a", "--maxPublishers", "100000000000000000000"]);
+    assert!(err.contains("past the largest number"), "{err}");
+    let err = e(&["--node", "a", "--maxPublishers", "-5"]);
+    assert!(err.contains("negative"), "{err}");
     // Typed: where, and what.
     assert!(matches!(
         parse(&["--node", "a", "--maxConcurrentHandlers", "lots"]),
