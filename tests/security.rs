@@ -8,6 +8,32 @@ use common::{command, NatsServer, Node};
 use std::path::Path;
 use std::time::Duration;
 
+/// Over TLS a write that rustls's buffer could not take at once (the socket full for a
+/// moment: the link slower than the client writes) failed at once ("failed to write whole
+/// buffer"), where over plain TCP it waits for the socket: on a slow link a large reply, or
+/// a few, failed every time it was sent, and the connection with it. It waits, within the
+/// same bound as over TCP, for the link to take it.
+#[test]
+fn over_tls_messages_faster_than_a_slow_link_takes_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, ca) = tls_server(dir.path(), &["localhost", "127.0.0.1"]);
+    let proxy = common::proxy::FaultProxy::slow_link(nats.port, 4 << 20);
+    let conn = nats::Options::new()
+        .add_root_certificate(&ca)
+        .tls_required(true)
+        .connect(proxy.address())
+        .unwrap();
+    // 8 MiB, written faster than the link's 4 MiB a second (and than the socket's buffers
+    // hold on loopback, some 4 MiB).
+    let payload = vec![b'x'; 256 * 1024];
+    for i in 0..32 {
+        conn.publish("big", &payload)
+            .and_then(|()| conn.flush_written(Duration::from_secs(5)))
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+    }
+    conn.flush_timeout(common::WAIT).unwrap();
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

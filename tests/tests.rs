@@ -21,6 +21,7 @@ mod delivery;
 mod durability;
 mod hostile;
 mod http_get;
+mod link;
 mod observability;
 mod powercut;
 mod replies;

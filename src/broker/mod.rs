@@ -20,11 +20,12 @@
 //! Hello) waits for the server's PONG, the only sign it arrived. Waiting for a PONG per
 //! request had cost a 10,000-node fan-out most of its time: a thousand publishers queued
 //! on the client's locks and on each other's PONGs. The wait for a PONG is bounded
-//! ([`FLUSH_TIMEOUT`]: a vendored patch) and so is each socket write on a plain TCP link
-//! (under TLS a full buffer fails the write at once, and the client reconnects), and a
-//! link known to be down is not written to at all, so no thread that sends (publisher,
-//! Hello, handler) waits on an outage, and a stop is never held up by one. (A send can
-//! still wait for the client's lock while another thread's write is slow.)
+//! ([`FLUSH_TIMEOUT`]: a vendored patch) and so is each socket write, a large message's
+//! and the client's own flusher's included, over TCP and TLS alike (the client's
+//! `WRITE_TIMEOUT`, another); a write that fails ends the connection, and the client
+//! reconnects. A link known to be down is not written to at all, so no thread that sends
+//! (publisher, Hello, handler) waits on an outage, and a stop is never held up by one. (A
+//! send can still wait for the client's lock while another thread's write is slow.)
 
 use crate::config::{Auth, BrokerSecurity};
 use crate::keys::{Covers, Identity, Scope, Sealed};

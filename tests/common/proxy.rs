@@ -1,5 +1,6 @@
 //! A fault-injecting TCP proxy for the link between a node and its broker: pass bytes,
-//! stall (hold them without closing), cut every connection, or cut one mid-frame.
+//! stall (hold them without closing), pass them slowly, cut every connection, or cut one
+//! mid-frame.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,6 +13,8 @@ struct Faults {
     /// The link is down: new connections are closed at once.
     down: AtomicBool,
     stalled: AtomicBool,
+    /// Bytes a second each way, if not 0: a slow link (a satellite's, a cellular one).
+    rate: AtomicU64,
     /// Bumped to cut every open connection.
     cuts: AtomicU64,
     /// The next client→server chunk is forwarded half, then the connection is cut.
@@ -37,7 +40,33 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(target_port: u16) -> FaultProxy {
+        FaultProxy::listen(target_port, TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// A proxy passing at most `bytes_per_second` each way, whose end toward the client
+    /// holds little (16 KiB of receive buffer, as a link with a small window does), so that
+    /// the client's writes meet a full socket as over a real slow link.
+    pub fn slow_link(target_port: u16, bytes_per_second: u64) -> FaultProxy {
+        use std::os::fd::AsRawFd;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: a valid socket, and an option value of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+        let proxy = FaultProxy::listen(target_port, listener);
+        proxy.slow(bytes_per_second);
+        proxy
+    }
+
+    fn listen(target_port: u16, listener: TcpListener) -> FaultProxy {
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let faults = Arc::new(Faults::default());
@@ -90,6 +119,11 @@ impl FaultProxy {
         self.faults.stalled.store(on, Ordering::SeqCst);
     }
 
+    /// Passes at most `bytes_per_second` each way from now on (0: as fast as it comes).
+    pub fn slow(&self, bytes_per_second: u64) {
+        self.faults.rate.store(bytes_per_second, Ordering::SeqCst);
+    }
+
     /// Closes every open connection now.
     pub fn cut(&self) {
         self.faults.cut();
@@ -121,7 +155,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstre
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            let n = match from.read(&mut buf) {
+            // A slow link reads a little at a time, and waits as long as passing it takes.
+            let rate = f.rate.load(Ordering::SeqCst);
+            let take = if rate > 0 { 1024 } else { buf.len() };
+            let n = match from.read(&mut buf[..take]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -143,6 +180,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, gen: u64, upstre
             }
             if to.write_all(&buf[..n]).is_err() {
                 break;
+            }
+            if rate > 0 {
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
             }
         }
         let _ = from.shutdown(Shutdown::Both);

@@ -5,7 +5,9 @@
 // subscription's `set_message_limits` counted for messages with headers too (they were
 // counted only for messages without), `flush` an error while not connected and for a PING
 // the connection died under (both reported success at the reconnect), and
-// `flush_written`, a flush without the PING. See steward's Cargo.toml.
+// `flush_written`, a flush without the PING, and every socket write bounded
+// (`WRITE_TIMEOUT`), one that fails in `flush` or `publish` ending the connection. See
+// steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -41,6 +43,14 @@ use crate::proto::{self, ClientOp, ServerOp};
 use crate::{header::HeaderMap, inject_delay, inject_io_failure, Options, ServerInfo};
 
 const BUF_CAPACITY: usize = 32 * 1024;
+
+/// steward patch: how long one write to the server's socket may make no progress before it
+/// fails (and the connection with it; the client reconnects). Set on each connection when it
+/// is made, and again after `flush` and `flush_written`, which set their own: without it,
+/// a message larger than the write buffer (`publish`) or the flusher thread's flush waited
+/// on a link that takes nothing for as long as TCP kept it open, holding the write lock that
+/// every send and the reader thread (to answer the server's PING) wait for.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client state.
 ///
@@ -357,9 +367,20 @@ impl Client {
                     // rather than the timeout because right now the timeout
                     // applies to each write syscall individually.
                     writer.get_ref().set_write_timeout(Some(timeout))?;
-                    proto::encode(&mut writer, ClientOp::Ping)?;
-                    writer.flush()?;
-                    writer.get_ref().set_write_timeout(None)?;
+                    // steward patch: a write that fails ends the connection, as in
+                    // `flush_written`. Kept, its PING (left in the buffer, with no waiter
+                    // queued for it) went out later, and its PONG completed the next
+                    // flush's waiter before the server had read that flush's messages.
+                    let res =
+                        proto::encode(&mut writer, ClientOp::Ping).and_then(|()| writer.flush());
+                    if let Err(e) = res {
+                        writer.get_ref().shutdown();
+                        write.writer = None;
+                        // NB see locking protocol for state.write and state.read
+                        self.state.read.lock().pongs.clear();
+                        return Err(e);
+                    }
+                    writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))?;
                 }
             }
 
@@ -415,7 +436,7 @@ impl Client {
             read.pongs.clear();
             return res;
         }
-        writer.get_ref().set_write_timeout(None)
+        writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))
     }
 
     /// Closes the client.
@@ -689,7 +710,11 @@ impl Client {
                 let res = proto::encode(&mut writer, op);
 
                 // If writing fails, disconnect.
+                // steward patch: and end the connection, as the flusher thread does: left
+                // open, its reader went on reading while every send went to the reconnect
+                // buffer, until the server gave up on a client that answered no PING.
                 if res.is_err() {
+                    writer.get_ref().shutdown();
                     write.writer = None;
 
                     // NB see locking protocol for state.write and state.read
@@ -845,6 +870,9 @@ impl Client {
 
         // Inject random I/O failures when testing.
         inject_io_failure()?;
+
+        // steward patch: see `WRITE_TIMEOUT`.
+        writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))?;
 
         // Restart subscriptions that existed before the last reconnect.
         for (sid, subscription) in &read.subscriptions {

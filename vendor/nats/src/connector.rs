@@ -1,3 +1,8 @@
+// steward patch: this file is nats 0.25.0's, with a write to a TLS stream that rustls's
+// buffer cannot take now waiting for the socket (within the socket's write timeout) rather
+// than failing at once, and a flush of one putting on the socket what rustls holds. See
+// steward's Cargo.toml.
+
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
 // you may not use this file except in compliance with the License.
@@ -436,9 +441,11 @@ impl Read for &NatsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).read(buf),
-            Flavor::Tls(tls) => tls_op(tls, |session, eof| match session.reader().read(buf) {
-                Ok(0) if !eof => Err(io::ErrorKind::WouldBlock.into()),
-                res => res,
+            Flavor::Tls(tls) => tls_op(tls, false, |session, eof| {
+                match session.reader().read(buf) {
+                    Ok(0) if !eof => Err(io::ErrorKind::WouldBlock.into()),
+                    res => res,
+                }
             }),
         }
     }
@@ -458,14 +465,34 @@ impl Write for &NatsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).write(buf),
-            Flavor::Tls(tls) => tls_op(tls, |session, _| session.writer().write(buf)),
+            // steward patch: rustls's buffer full (the socket takes nothing more for now) is
+            // `Ok(0)`, which failed the write at once ("failed to write whole buffer"), so a
+            // link slower than the client writes failed large messages every time. Wait for
+            // the socket instead, as a write to a TCP stream does.
+            Flavor::Tls(tls) => tls_op(tls, true, |session, _| {
+                let res = session.writer().write(buf);
+                match res {
+                    Ok(0) if !buf.is_empty() && session.wants_write() => {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    res => res,
+                }
+            }),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).flush(),
-            Flavor::Tls(tls) => tls_op(tls, |session, _| session.writer().flush()),
+            // steward patch: flushed once what rustls holds is on the socket too; it stayed
+            // in rustls's buffer until the next operation on the stream.
+            Flavor::Tls(tls) => tls_op(tls, true, |session, _| {
+                if session.wants_write() {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    session.writer().flush()
+                }
+            }),
         }
     }
 }
@@ -473,8 +500,12 @@ impl Write for &NatsStream {
 /// Performs a blocking operation on a TLS stream.
 ///
 /// However, note that the inner TCP stream is in non-blocking mode.
+///
+/// steward patch: `writing`, an operation that waits only for the socket to take bytes, and
+/// no longer than the socket's write timeout (see `tls_wait`).
 fn tls_op<T: std::fmt::Debug>(
     tls: &Mutex<TlsStream>,
+    writing: bool,
     mut op: impl FnMut(&mut ClientConnection, bool) -> io::Result<T>,
 ) -> io::Result<T> {
     loop {
@@ -511,12 +542,15 @@ fn tls_op<T: std::fmt::Debug>(
             res => return res,
         }
 
-        tls_wait(tls)?;
+        tls_wait(tls, writing)?;
     }
 }
 
 /// Waits until the TLS stream becomes ready.
-fn tls_wait(mut tls: MutexGuard<'_, TlsStream>) -> io::Result<()> {
+///
+/// steward patch: for a write (`writing`), until the socket takes bytes, and no longer than
+/// its write timeout, as a write to a TCP stream would wait.
+fn tls_wait(mut tls: MutexGuard<'_, TlsStream>, writing: bool) -> io::Result<()> {
     #[cfg(unix)]
     use {
         libc::{self as sys, poll, pollfd},
@@ -543,27 +577,43 @@ fn tls_wait(mut tls: MutexGuard<'_, TlsStream>) -> io::Result<()> {
         events: 0,
         revents: 0,
     };
-    if session.wants_read() {
+    if session.wants_read() && !writing {
         pollfd.events |= sys::POLLIN;
     }
     if session.wants_write() {
         pollfd.events |= sys::POLLOUT;
     }
+    let timeout = match writing {
+        true => tcp.write_timeout()?,
+        false => None,
+    };
+    let timeout_ms = timeout.map_or(-1, |t| {
+        i32::try_from(t.as_millis()).unwrap_or(i32::MAX).max(1)
+    });
 
     // Make sure to drop the lock before blocking on `poll()`!
     // This way concurrent operations on the TLS stream won't block each other.
     drop(tls);
 
     // Wait until the TCP stream becomes ready.
-    #[allow(unsafe_code)]
-    while unsafe { poll(&mut pollfd, 1, -1) } == -1 {
-        let err = Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+    loop {
+        #[allow(unsafe_code)]
+        match unsafe { poll(&mut pollfd, 1, timeout_ms) } {
+            -1 => {
+                let err = Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            0 => {
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!("TLS: the socket took nothing within {timeout:?}"),
+                ))
+            }
+            _ => return Ok(()),
         }
     }
-
-    Ok(())
 }
 
 /// Address of a NATS server.

@@ -1,0 +1,189 @@
+//! The broker link itself: the vendored client against a server of the test's own that
+//! says only what the test tells it (the handshake, then nothing unless told), so a link
+//! that takes no more bytes can be held exactly where a test wants it.
+
+use crossbeam_channel::{Receiver, Sender};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+/// A NATS server that completes each client's handshake and then hands the connection to
+/// the test, reading nothing more from it unless the test does.
+struct SilentServer {
+    port: u16,
+    connections: Receiver<TcpStream>,
+}
+
+impl SilentServer {
+    fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, connections) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            // The first connection's, then the connect's own flush.
+            let mut pings = 2;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                if handshake(stream, port, pings, &tx).is_err() {
+                    return;
+                }
+                pings = 1;
+            }
+        });
+        SilentServer { port, connections }
+    }
+
+    fn address(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn next(&self) -> TcpStream {
+        self.connections
+            .recv_timeout(crate::common::WAIT)
+            .expect("a client connected")
+    }
+}
+
+/// INFO, then lines read one by one (nothing past them) and each of `pings` PINGs answered.
+fn handshake(
+    mut stream: TcpStream,
+    port: u16,
+    pings: usize,
+    to: &Sender<TcpStream>,
+) -> std::io::Result<()> {
+    write!(
+        stream,
+        "INFO {{\"server_id\":\"silent\",\"version\":\"2.10.0\",\"proto\":1,\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576,\"client_id\":1,\"go\":\"go1.22\"}}\r\n"
+    )?;
+    let mut reader = BufReader::with_capacity(1, stream.try_clone()?);
+    let mut line = String::new();
+    for _ in 0..pings {
+        while line != "PING\r\n" {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+        }
+        line.clear();
+        stream.write_all(b"PONG\r\n")?;
+    }
+    let _ = to.send(stream);
+    Ok(())
+}
+
+/// A link that takes no more bytes (the peer reads nothing, and never closes): a message
+/// larger than the client's write buffer was written to the socket with no bound, holding
+/// the client's write lock, so the send hung for as long as the link did (a network that
+/// drops everything: TCP's retransmissions, some 15 minutes), every other send queued
+/// behind it, and so did the reader thread at the server's next PING, so no subscription
+/// received anything either. A write that makes no progress for its bound (5 s) fails and
+/// ends the connection (the client makes it again), and what was read meanwhile is
+/// delivered.
+#[test]
+fn a_large_message_on_a_link_that_takes_nothing_gives_up_within_its_bound() {
+    let server = SilentServer::start();
+    let conn = nats::Options::new().connect(server.address()).unwrap();
+    let news = conn.subscribe("news").unwrap();
+    let mut first = server.next();
+    let (done, sent) = crossbeam_channel::bounded(1);
+    let publisher = conn.clone();
+    std::thread::spawn(move || {
+        // Sent as Broker::publish sends a request: written out, not waited on.
+        let payload = vec![b'x'; 256 * 1024];
+        let res = (0..256).try_for_each(|_| {
+            publisher.publish("big", &payload)?;
+            publisher.flush_written(Duration::from_secs(1))
+        });
+        let _ = done.send(res);
+    });
+    // The server asks whether the client is alive, and has a message for it.
+    first
+        .write_all(b"PING\r\nMSG news 1 5\r\nhello\r\n")
+        .unwrap();
+    let res = sent
+        .recv_timeout(2 * crate::common::WAIT)
+        .expect("the sends on a link that takes nothing gave up within their bound");
+    assert!(res.is_err(), "sent 64 MiB to a server that read none of it");
+    // The connection it gave up on is ended, and made again: not kept for reading while
+    // every send waits in the client's reconnect buffer for a reconnect that does not come.
+    server.next();
+    let m = news
+        .next_timeout(Duration::from_secs(10))
+        .expect("a message read while a send was stuck is delivered");
+    assert_eq!(m.data, b"hello");
+}
+
+/// Reads `stream` as a server would, PONGs held back: from the PUB on `subject` on it stops
+/// reading at the next PING and answers only the PINGs read before that PUB, then closes, as
+/// a connection cut after them would leave it. Returns how many it answered.
+fn answer_pings_before(stream: TcpStream, subject: &str) -> usize {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (mut pings, mut seen) = (0, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return 0, // the client ended the connection
+            Ok(_) => {}
+        }
+        if line == "PING\r\n" {
+            if seen {
+                break;
+            }
+            pings += 1;
+        } else if let Some(args) = line.strip_prefix("PUB ") {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let len: usize = args.last().unwrap().parse().unwrap();
+            let mut payload = vec![0; len + 2];
+            if std::io::Read::read_exact(&mut reader, &mut payload).is_err() {
+                return 0;
+            }
+            seen |= args[0] == subject;
+        }
+    }
+    let mut stream = stream;
+    let _ = stream.write_all("PONG\r\n".repeat(pings).as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    pings
+}
+
+/// A flush whose PING could not be written (the link took nothing for its timeout) left the
+/// PING in the client's buffer with no waiter queued for it: the connection went on, the
+/// PING went out once the link flowed, and its PONG completed the next flush's waiter. That
+/// flush reported its message arrived though the server had not read it (here the
+/// connection ends right after the PINGs before it): a NACK kind's message lost, counted
+/// sent. Now a write that fails ends the connection, and the next flush is answered by its
+/// own PONG or not at all.
+#[test]
+fn a_ping_a_flush_could_not_write_answers_no_later_flush() {
+    let server = SilentServer::start();
+    let conn = nats::Options::new().connect(server.address()).unwrap();
+    let first = server.next();
+    // Flushes, each waiting 50 ms for a PONG that does not come, until one cannot write.
+    let filler = vec![b'x'; 30 * 1024];
+    let timeout = Duration::from_millis(50);
+    let failed = (0..10_000).find_map(|_| {
+        conn.publish("filler", &filler).unwrap();
+        match conn.flush_timeout(timeout) {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+            res => Some(res),
+        }
+    });
+    assert!(matches!(failed, Some(Err(_))), "{failed:?}");
+    // The link flows again, at once, and the server reads what comes.
+    let (answered, read) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = answered.send(answer_pings_before(first, "lost"));
+        // A client that ended the connection makes another: the same there.
+        if let Ok(next) = server.connections.recv_timeout(crate::common::WAIT) {
+            answer_pings_before(next, "lost");
+        }
+    });
+    conn.publish("lost", b"never read by the server").ok();
+    let res = conn.flush_timeout(Duration::from_secs(5));
+    let answered = read.recv_timeout(crate::common::WAIT).unwrap();
+    assert!(
+        res.is_err(),
+        "a flush reported its message arrived on the PONG to another PING ({answered} PINGs answered, all before it)"
+    );
+}
