@@ -94,6 +94,9 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
     }
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(io)?;
+        if let Some(refusal) = refused(&line) {
+            return Err((EXIT_ERROR, refusal));
+        }
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| (EXIT_ERROR, format!("agent said {line:?}: {e}")))?;
         if let Some(error) = v.get("error").and_then(Value::as_str) {
@@ -185,9 +188,40 @@ pub fn process_table(socket: &Path) -> Result<String, (u8, String)> {
     {
         return Err(said_instead(&mut stream).map_or_else(|| io(e), |said| (EXIT_ERROR, said)));
     }
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut text).map_err(io)?;
-    Ok(text)
+    let text = read_all(&mut stream).map_err(io)?;
+    match refused(&text) {
+        Some(refusal) => Err((EXIT_ERROR, refusal)),
+        None => Ok(text),
+    }
+}
+
+/// The agent's refusal of this client ("busy: …", "refused: …"), if that is what it said.
+fn refused(said: &str) -> Option<String> {
+    use crate::process::control::{BUSY, NOT_YOURS};
+    let said = said.trim();
+    [BUSY, NOT_YOURS]
+        .iter()
+        .any(|r| r.trim() == said)
+        .then(|| said.to_string())
+}
+
+/// Reads all the agent says, to its end. An agent that refuses a client closes the
+/// connection with the request unread, which the socket reports to the client as a reset
+/// once the refusal is read: what came before it is kept (it was dropped, and `steward
+/// status` said "no agent is running" of a busy one).
+fn read_all(stream: &mut UnixStream) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match std::io::Read::read(stream, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !bytes.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `steward keys ...` for the node whose data folder is `data`.

@@ -211,8 +211,16 @@ pub fn run(config: Config) -> Result<(), Error> {
         node.config.node,
         node.identity.public_key(),
         data.root.display(),
-        node.config.brokers.join(","),
-        node.config.security.auth.describe(),
+        broker::shown(&node.config.brokers),
+        match node
+            .config
+            .brokers
+            .iter()
+            .any(|u| broker::credentials(u).is_some())
+        {
+            true => "credentials in the broker address",
+            false => node.config.security.auth.describe(),
+        },
         if node.config.security.tls_ca.is_some() {
             ", TLS"
         } else {

@@ -208,6 +208,65 @@ fn clients_past_the_limit_are_told_busy_and_the_socket_recovers() {
     });
 }
 
+/// An agent too busy to serve `steward status` makes it fail, saying so: it printed the
+/// agent's "busy" as the process table and exited 0, so a script (or a check that the
+/// agent is up) took it for an answer.
+#[test]
+fn status_and_send_fail_when_the_agent_is_busy() {
+    use std::os::unix::net::UnixStream;
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    wait_for_socket(&central);
+    // Every place taken by a client that says nothing: connected until one is told the
+    // agent is busy. A place the last client before them held may come free after that
+    // (its answer still being written): then they are topped up, and `status` tried again.
+    let socket = central.path("steward.sock");
+    let mut silent: Vec<UnixStream> = Vec::new();
+    let mut fill = || loop {
+        let mut client = UnixStream::connect(&socket).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        match std::io::Read::read(&mut client, &mut [0; 64]) {
+            Ok(n) if n > 0 => return,
+            _ => silent.push(client),
+        }
+    };
+    fill();
+    let mut while_busy = |args: &[&str]| {
+        let mut ran = steward(&central, args);
+        for _ in 0..5 {
+            if ran.status.code() != Some(0) {
+                break;
+            }
+            fill();
+            ran = steward(&central, args);
+        }
+        ran
+    };
+    let status = while_busy(&["status"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr),
+    );
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "stdout {out:?}, stderr {err:?}"
+    );
+    assert!(
+        out.is_empty() && err.starts_with("steward: busy"),
+        "{out:?} {err:?}"
+    );
+    let send = while_busy(&["send", "--no-wait", "--to", "ship1", "--", "true"]);
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert_eq!(send.status.code(), Some(1), "{err:?}");
+    assert!(
+        err.starts_with("steward: busy") && !err.contains("expected value"),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn an_interrupted_send_gives_its_place_back() {
     use std::io::{BufRead, BufReader};

@@ -147,6 +147,45 @@ fn user_and_password_from_a_file_and_never_in_the_log() {
     stays_disconnected(&nats, &none);
 }
 
+/// A password in the broker's address (`nats://user:password@host:port`, which the NATS
+/// client takes) connects, is not written into the log, where the address is shown, and,
+/// given in `STEWARD_BROKER_ADDRESS` (a unit's `Environment=`), is not handed on to the
+/// commands the node runs, as `STEWARD_PASSWORD` is not.
+#[test]
+fn a_password_in_the_broker_address_is_never_in_the_log_nor_handed_to_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = password_broker(dir.path());
+    let url = format!("nats://steward:s3cret-Pa55@{}", nats.address());
+    let variable = format!("STEWARD_BROKER_ADDRESS={url}");
+    let ship1 = Node::start_under(
+        &["env", &variable, "OTHER_VAR=still-there"],
+        "ship1",
+        &nats.address(),
+        &[&format!("--brokerAddress={url}")],
+    );
+    let log = ship1.log();
+    assert!(log.contains("connected to the broker"), "{log}");
+    assert!(
+        !log.contains("s3cret-Pa55"),
+        "the password was logged:\n{log}"
+    );
+    let good = write(dir.path(), "good", "s3cret-Pa55\n");
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--user=steward", &format!("--passwordFile={good}")],
+    );
+    central.append_inmsg(&command(
+        "ship1",
+        &["sh", "-c", "cat /proc/self/environ; echo; echo $OTHER_VAR"],
+    ));
+    let reply = central.wait_for("replies/ship1.CLICommand.log", "still-there");
+    assert!(
+        !reply.contains("s3cret-Pa55"),
+        "the password was handed on:\n{reply}"
+    );
+}
+
 /// A password given in the environment (`STEWARD_PASSWORD`, as a systemd `Environment=`
 /// or a container's variable would) is the node's: a command it runs for a sender does not
 /// inherit it, whatever the command prints.
@@ -640,4 +679,16 @@ fn another_user_cannot_use_the_control_socket() {
     assert!(central
         .log()
         .contains("control socket: refused a client of user 65534"));
+    // `steward status` is told so too (it said "no agent is running": the connection reset).
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", central.data().display()))
+        .arg("status")
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.starts_with("steward: refused"), "{said}");
 }

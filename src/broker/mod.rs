@@ -40,6 +40,31 @@ mod replies;
 
 pub use replies::Route;
 
+/// Where a user and password, or a token, is written into a broker address
+/// (`nats://user:password@host:4222`, which the NATS client takes as the connection's
+/// credentials, before any `--user` or `--tokenFile`): the bytes before the host's `@`.
+pub fn credentials(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let host_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    url[start..host_end].rfind('@').map(|at| start..start + at)
+}
+
+/// The broker addresses as they may be shown in the log, credentials replaced by `***`
+/// (see [`credentials`]). They were logged as given at every start and connection, so such
+/// a password ended up in the journal of everyone who may read the system log.
+pub fn shown(urls: &[String]) -> String {
+    let shown: Vec<String> = urls
+        .iter()
+        .map(|url| match credentials(url) {
+            Some(r) => format!("{}***{}", &url[..r.start], &url[r.end..]),
+            None => url.clone(),
+        })
+        .collect();
+    shown.join(",")
+}
+
 /// How long a flush (our PING and the server's PONG, or one socket write) may take before
 /// a send counts as failed.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,9 +138,10 @@ impl Broker {
         let url_list = urls.join(",");
         let name = format!("steward {node}");
         let b = broker.clone();
+        let targets = (url_list, shown(urls));
         std::thread::Builder::new()
             .name("broker-connect".into())
-            .spawn(move || Broker::connect_loop(&b, &name, &url_list, &security, metrics))
+            .spawn(move || Broker::connect_loop(&b, &name, &targets, &security, metrics))
             .expect("spawning a thread at start-up");
         broker
     }
@@ -123,7 +149,7 @@ impl Broker {
     fn connect_loop(
         self: &Arc<Broker>,
         name: &str,
-        urls: &str,
+        (urls, shown): &(String, String),
         security: &BrokerSecurity,
         metrics: Arc<Metrics>,
     ) {
@@ -158,9 +184,9 @@ impl Broker {
                     m_up.broker_reconnects.inc();
                     log::info!("reconnected to the broker");
                 });
-            match options.connect(urls) {
+            match options.connect(urls.as_str()) {
                 Ok(conn) => {
-                    log::info!("connected to the broker at {urls}");
+                    log::info!("connected to the broker at {shown}");
                     metrics.broker_connected.set(1);
                     let _ = self.conn.set(conn);
                     self.set_up(true);
@@ -170,7 +196,7 @@ impl Broker {
                     // Only configuration errors get here (retry_on_failed_connect retries
                     // unreachable servers itself); say so, and keep trying slowly.
                     attempt += 1;
-                    log::error!("cannot connect to the broker at {urls}: {e}");
+                    log::error!("cannot connect to the broker at {shown}: {e}");
                     std::thread::sleep(crate::retry::backoff(attempt, Duration::from_secs(30)));
                 }
             }
@@ -336,4 +362,20 @@ fn secured(security: &BrokerSecurity) -> nats::Options {
         options = options.client_cert(cert, key);
     }
     options
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_an_address_are_not_shown() {
+        let urls = [
+            "nats://steward:s3cret@10.0.0.1:4222".to_string(),
+            "tls://t0ken@b.example:4222/x@y".to_string(),
+            "nats://127.0.0.1:4222".to_string(),
+        ];
+        assert_eq!(
+            super::shown(&urls),
+            "nats://***@10.0.0.1:4222,tls://***@b.example:4222/x@y,nats://127.0.0.1:4222"
+        );
+    }
 }

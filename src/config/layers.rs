@@ -10,9 +10,39 @@ pub(super) struct ConfigFile {
     pub(super) table: toml::Table,
 }
 
+/// Largest config file read: a few dozen options take a few kilobytes.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The text of a config file, which must be a regular file of at most [`MAX_FILE_BYTES`].
+/// Opened without waiting: a FIFO nobody writes to held the agent (and `steward status`)
+/// before it said anything, and /dev/zero was read until memory ran out.
+fn read_text(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, a FIFO or a device)",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} KiB", MAX_FILE_BYTES >> 10),
+        ));
+    }
+    Ok(text)
+}
+
 impl ConfigFile {
     pub(super) fn read(path: &str) -> Result<ConfigFile, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        let text = read_text(path).map_err(|source| Error::ReadFile {
             path: path.to_string(),
             source,
         })?;

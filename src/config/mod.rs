@@ -229,6 +229,18 @@ impl Config {
             ClockCheck::parse(&clock.text).ok_or_else(|| clock.bad(Problem::ClockCheck))?;
         let data_folder = data_folder(&o)?;
         let security = o.security()?;
+        // Credentials written into an address are what the NATS client sends, whatever
+        // else is given: a second way would be taken and silently never used.
+        if !matches!(security.auth, Auth::None)
+            && brokers
+                .iter()
+                .any(|u| crate::broker::credentials(u).is_some())
+        {
+            return Err(Error::Auth(vec![
+                security.auth.describe(),
+                "credentials in brokerAddress",
+            ]));
+        }
         let ttl: u64 = o.number("defaultMessageTTL", 0)?;
         let hello: u64 = o.number("helloInterval", 30)?;
         let max_http_body_bytes = o.number_where(

@@ -125,8 +125,6 @@ fn bad_values_name_the_flag() {
     // A whole number out of the option's range is not said to be no number.
     let err = e(&["--node", "a", "--maxPublishers", "100000000000000000000"]);
     assert!(err.contains("past the largest number"), "{err}");
-    let err = e(&["--node", "a", "--maxPublishers", "-5"]);
-    assert!(err.contains("negative"), "{err}");
     // Typed: where, and what.
     assert!(matches!(
         parse(&["--node", "a", "--maxConcurrentHandlers", "lots"]),
@@ -444,4 +442,75 @@ fn too_many_handlers_is_an_error_naming_the_flag_not_an_abort() {
             .max_handlers,
         65_536
     );
+}
+
+/// A config file that is no regular file (a FIFO nobody writes to, a device) is an error
+/// naming it, at once: the agent, and `steward status`, which read it too, waited for ever
+/// on a FIFO and read /dev/zero until memory ran out.
+#[test]
+fn a_config_file_that_is_a_fifo_or_a_device_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("steward.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for path in [fifo.to_str().unwrap().to_string(), "/dev/zero".to_string()] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let arg = format!("--config={path}");
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                load(&["--node=x", &arg], &[])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("reading {path} as the config file still waits"))
+            .unwrap_err();
+        assert!(e.contains(&path) && e.contains("not a regular file"), "{e}");
+    }
+}
+
+/// Credentials written into the broker's address are what the NATS client sends: given with
+/// another way (`--tokenFile`, `--user`), that one would be silently unused.
+#[test]
+fn credentials_in_the_broker_address_and_another_way_is_an_error() {
+    let (_dir, token) = config_file("t0ken\n");
+    let e = load(
+        &[
+            "--node=x",
+            "--brokerAddress=nats://steward:s3cret@10.0.0.1:4222",
+            &format!("--tokenFile={token}"),
+        ],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("token and credentials in brokerAddress"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+    let alone = load(
+        &[
+            "--node=x",
+            "--brokerAddress=nats://steward:s3cret@10.0.0.1:4222",
+        ],
+        &[],
+    );
+    assert!(alone.is_ok());
+}
+
+/// A negative number of publishers is an error naming the flag: it was read as an `i32`
+/// and cast, so -1 meant 18446744073709551615 publishers (no cap on threads at all), and a
+/// count past 2147483647 was "not a whole number".
+#[test]
+fn a_negative_publisher_count_is_an_error_not_no_limit() {
+    assert!(matches!(
+        parse(&["--node=a", "--maxPublishers=-1"]),
+        Err(Error::Value { at, problem: Problem::Number(text) })
+            if at == "--maxPublishers" && text == "-1"
+    ));
+    let c = parse(&["--node=a", "--maxPublishers=3000000000"]).unwrap();
+    assert_eq!(c.max_publishers, 3_000_000_000);
 }

@@ -167,6 +167,14 @@ fn spawn(argv: &[String], cwd: &Path) -> Result<(std::process::Child, File), Str
             command.env_remove(var);
         }
     }
+    // So does an address with them written in (`nats://user:password@host`).
+    let address = std::env::var("STEWARD_BROKER_ADDRESS").unwrap_or_default();
+    if address
+        .split(',')
+        .any(|url| crate::broker::credentials(url.trim()).is_some())
+    {
+        command.env_remove("STEWARD_BROKER_ADDRESS");
+    }
     let spawned = command.spawn();
     // Our copies of the pipe's write end must close, or we would never see end-of-file.
     drop(command);
