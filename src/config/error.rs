@@ -47,8 +47,8 @@ pub enum Problem {
     Handlers(usize),
     /// Retries past [`crate::message::MAX_RETRIES`], as a message may not ask for either.
     Retries(u32),
-    /// A replay window of 0.
-    ZeroReplayWindow,
+    /// A replay window of 0, or past [`super::MAX_REPLAY_WINDOW_SECS`] (the number given).
+    ReplayWindow(u64),
     /// Not auto, on or off.
     ClockCheck,
     /// Not a whole number (the text given).
@@ -137,9 +137,14 @@ impl fmt::Display for Problem {
                 "{n} retries: at most {} (a node away for long gets a ttl instead: --defaultMessageTTL)",
                 crate::message::MAX_RETRIES
             ),
-            Problem::ZeroReplayWindow => {
+            Problem::ReplayWindow(0) => {
                 f.write_str("must be at least 1 second (signed messages carry their sending time)")
             }
+            Problem::ReplayWindow(n) => write!(
+                f,
+                "{n} seconds: at most {} (a year and a day)",
+                super::MAX_REPLAY_WINDOW_SECS
+            ),
             Problem::ClockCheck => f.write_str("must be auto, on or off"),
             Problem::Number(text) => {
                 // A whole number all the same, out of the option's range: said so.

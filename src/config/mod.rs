@@ -32,6 +32,10 @@ use layers::*;
 /// "no limit", was 8 GB asked for at once: the agent aborted at every start).
 pub const MAX_HANDLERS: usize = 65_536;
 
+/// Most `--replayWindow`: a year and a day. (Past some 585 million years its milliseconds
+/// overflowed, and the window became a fraction of a second: every signed message refused.)
+pub const MAX_REPLAY_WINDOW_SECS: u64 = 366 * 24 * 3600;
+
 /// Everything a running node needs to know, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -222,7 +226,7 @@ impl Config {
         })?;
         let allow_commands_from = allow_rules(&o, &central.text)?;
         let replay_window = o.number_where("replayWindow", 300, |&n| {
-            (n == 0).then_some(Problem::ZeroReplayWindow)
+            (n == 0 || n > MAX_REPLAY_WINDOW_SECS).then_some(Problem::ReplayWindow(n))
         })?;
         let clock = o.text("clockCheck", "auto")?;
         let clock_check =

@@ -122,6 +122,13 @@ fn bad_values_name_the_flag() {
         e(&["--node", "a", "--brokerAddress", ","]),
         "--brokerAddress: no broker address given"
     );
+    // A replay window whose milliseconds would overflow (it became 384 ms).
+    let err = e(&["--node", "a", "--replayWindow", "18446744073709552"]);
+    assert!(
+        err.starts_with("--replayWindow: ") && err.contains("at most"),
+        "{err}"
+    );
+    assert!(parse(&["--node", "a", "--replayWindow", "31622400"]).is_ok());
     // A whole number out of the option's range is not said to be no number.
     let err = e(&["--node", "a", "--maxPublishers", "100000000000000000000"]);
     assert!(err.contains("past the largest number"), "{err}");
