@@ -55,6 +55,31 @@ fn metrics_count_what_flows() {
     assert!(page.contains("# TYPE steward_messages_acked_total counter"));
     assert!(page.contains("# TYPE steward_delivery_latency_seconds histogram"));
     assert!(http_get(central.prom_port, "/nope").starts_with("HTTP/1.1 404"));
+    // A scrape job's `params` come as a query: the same page (it was a 404).
+    let queried = http_get(central.prom_port, "/metrics?module=steward");
+    assert!(queried.starts_with("HTTP/1.1 200"), "{queried}");
+    assert!(queried.contains("# TYPE steward_messages_acked_total counter"));
+    // HEAD: the headers alone.
+    let head = head_of(central.prom_port, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a body after the headers: {head}"
+    );
+}
+
+/// What the page at `path` answers a HEAD request, all of it.
+fn head_of(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 #[test]

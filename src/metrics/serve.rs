@@ -265,13 +265,18 @@ fn answer(
     let mut set_timeout = |d: Duration| timeouts.set_read_timeout(Some(d));
     let head = read_head(&mut stream, &mut set_timeout, MAX_REQUEST_HEAD, deadline)?;
     place.answering();
+    let mut head_only = false;
     let (status, body) = match head {
         Head::TooLarge => (
             "431 Request Header Fields Too Large",
             format!("a request's line and headers may take {MAX_REQUEST_HEAD} bytes\n"),
         ),
         Head::Complete(request_line) => {
-            let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+            let mut words = request_line.split_whitespace();
+            head_only = words.next() == Some("HEAD");
+            // The page, whatever the query: Prometheus adds one when a job sets `params`.
+            let target = words.next().unwrap_or("/");
+            let path = target.split_once('?').map_or(target, |(path, _)| path);
             match page(path) {
                 Some(body) => ("200 OK", body),
                 None => ("404 Not Found", "not found\n".to_string()),
@@ -284,6 +289,9 @@ fn answer(
         body.len()
     );
     write_by(&mut stream, head.as_bytes(), deadline)?;
+    if head_only {
+        return Ok(()); // its length said, as for a GET, and no body
+    }
     write_by(&mut stream, body.as_bytes(), deadline)
 }
 
