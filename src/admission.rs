@@ -326,7 +326,15 @@ fn forbidden(
             "{from}: a result or a copy's chunk cannot carry schedule or replyMethod"
         ));
     }
-    if m.schedule.is_some() && from != policy.node && !commands(policy, from, method) {
+    // Asked only of a method any fleet member may call: where only commanders may, a sender
+    // that is not one is told that, below (told its schedule or result route was the
+    // trouble, it dropped them, and was refused again, for what it had been all along).
+    let fleet_method = served.senders == Senders::Fleet;
+    if m.schedule.is_some()
+        && fleet_method
+        && from != policy.node
+        && !commands(policy, from, method)
+    {
         return Some(format!(
             "{from} may not schedule {method} here: a schedule is a command's power (allowCommandsFrom)"
         ));
@@ -335,7 +343,11 @@ fn forbidden(
     // answers, with its arguments (up to 256 KiB), outside the log budget and the
     // free-space floor: a command's power too, or any fleet member could fill this node's
     // disk with Hellos asking for one.
-    if m.reply_method.is_some() && from != policy.node && !commands(policy, from, method) {
+    if m.reply_method.is_some()
+        && fleet_method
+        && from != policy.node
+        && !commands(policy, from, method)
+    {
         return Some(format!(
             "{from} may not ask {method} here for a result of its own (replyMethod): that is a command's power (allowCommandsFrom)"
         ));
@@ -858,6 +870,29 @@ mod acting_again {
             why.contains("cannot carry schedule or replyMethod"),
             "{why}"
         );
+        // A sender that may not call a method at all is told that, whatever it asks of the
+        // result: not that its replyMethod or schedule is the trouble.
+        for (method, senders) in [
+            ("CLICommand", Senders::Commanders),
+            ("File", Senders::CommandersOrAsked),
+            ("TrustedKeys", Senders::Central),
+        ] {
+            let changes: [fn(&mut Message); 2] =
+                [schedule, |m| m.reply_method = Some("Console".into())];
+            for change in changes {
+                let why = forbidden(
+                    &policy,
+                    &trusted,
+                    &served(method, senders),
+                    &with("ship2", method, change),
+                )
+                .unwrap();
+                assert!(
+                    why.contains(&format!("ship2 may not call {method} here")),
+                    "{why}"
+                );
+            }
+        }
         // Nor does a copy's chunk, even from this node's own key.
         let chunk = served("CopyDst", Senders::CommandersOrGranted);
         let why = forbidden(&policy, &trusted, &chunk, &with("ship1", "CopyDst", |_| {})).unwrap();

@@ -50,6 +50,10 @@ const MAX_FILE_NAME: usize = 255;
 /// Most bytes of a result's output: what one message may carry.
 const MAX_RESULT_OUTPUT: usize = crate::message::MAX_DATA_BYTES - 4096;
 
+/// Most bytes a result message takes on the wire besides its output and arguments: ids,
+/// names, its place, the ticket (each within its own limit).
+const RESULT_FIELDS: usize = 4096;
+
 /// Why a message's result route, or a place to write, cannot be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
@@ -342,21 +346,35 @@ pub fn wire(output: &str) -> usize {
 }
 
 /// How much output (as [`wire`] counts it) one result message of request `m` carries: what
-/// one message may carry, less the arguments it carries too (as they are written).
-pub fn result_room(m: &Message) -> usize {
+/// one message may carry, and what the broker takes in one (`max_payload`, its headers
+/// included; 0: no limit known), less the arguments it carries too (as they are written).
+/// An ACK is cut to the broker's limit as it is sent; a result is journaled first, and one
+/// larger than the broker takes could never be sent.
+pub fn result_room(m: &Message, max_payload: usize) -> usize {
     let args: usize = m
         .reply_method_args
         .iter()
         .flatten()
         .map(|a| wire(a) + 1)
         .sum();
-    MAX_RESULT_OUTPUT.saturating_sub(args)
+    let most = match max_payload {
+        0 => MAX_RESULT_OUTPUT,
+        max => {
+            MAX_RESULT_OUTPUT.min(max.saturating_sub(crate::broker::HEADER_ROOM + RESULT_FIELDS))
+        }
+    };
+    most.saturating_sub(args)
 }
 
 /// The result message of `request`, which ended as `outcome`, if the request asked for one
 /// (`ticket`: the request's `replyTicket`; without one the result could not be admitted,
-/// so none is made). Its output is cut to what one message may carry.
-pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> {
+/// so none is made). Its output is cut to what one message may carry, and the broker takes
+/// (`max_payload`, see [`result_room`]).
+pub fn result_message(
+    request: &Envelope,
+    outcome: &Outcome,
+    max_payload: usize,
+) -> Option<Message> {
     let route = ResultRoute::of_request(request)?;
     let m = &request.message;
     // A node's message to itself from its startup folder sends its results elsewhere, as
@@ -370,7 +388,7 @@ pub fn result_message(request: &Envelope, outcome: &Outcome) -> Option<Message> 
         None => (route.from, Some(request.reply_ticket.clone()?)),
     };
     let mut output = outcome.output.clone();
-    let room = result_room(m);
+    let room = result_room(m, max_payload);
     if wire(&output) > room {
         let note = "\n[steward: output cut to what one message may carry]\n";
         let room = room.saturating_sub(note.len() + 2);
@@ -472,7 +490,7 @@ mod tests {
             accepted: 0,
             reply_ticket: None,
             grant: None,
-            message: result_message(&request, &Outcome::ok("out")).unwrap(),
+            message: result_message(&request, &Outcome::ok("out"), 0).unwrap(),
         };
         let (asked, taken) = (
             ResultRoute::of_request(&request).unwrap(),
@@ -496,10 +514,10 @@ mod tests {
         // No result for None, nor without a ticket.
         let mut none = request.clone();
         none.message.reply_method = Some(NONE.into());
-        assert!(result_message(&none, &Outcome::ok("")).is_none());
+        assert!(result_message(&none, &Outcome::ok(""), 0).is_none());
         let mut unticketed = request;
         unticketed.reply_ticket = None;
-        assert!(result_message(&unticketed, &Outcome::ok("")).is_none());
+        assert!(result_message(&unticketed, &Outcome::ok(""), 0).is_none());
     }
 
     #[test]
@@ -551,7 +569,7 @@ mod tests {
         };
         // Control characters take six bytes each in JSON.
         let output = "\u{1}".repeat(crate::message::MAX_DATA_BYTES);
-        let result = result_message(&request, &Outcome::ok(output)).unwrap();
+        let result = result_message(&request, &Outcome::ok(output), 0).unwrap();
         let wire = serde_json::to_string(&result.data[0]).unwrap().len();
         assert!(wire <= MAX_RESULT_OUTPUT, "{wire}");
         assert!(result.data[0].ends_with("carry]\n"));
@@ -563,7 +581,7 @@ mod tests {
         let args = MAX_RESULT_OUTPUT - 10;
         request.message.reply_method_args = Some(vec!["a".repeat(args)]);
         for output in ["", &"x".repeat(20), &"\u{1}".repeat(1000)] {
-            let result = result_message(&request, &Outcome::ok(output.to_string())).unwrap();
+            let result = result_message(&request, &Outcome::ok(output.to_string()), 0).unwrap();
             let expected = if output.is_empty() {
                 ""
             } else {
@@ -573,10 +591,30 @@ mod tests {
         }
         // Arguments that take six times their length as JSON leave that much less room.
         request.message.reply_method_args = Some(vec!["\u{1}".repeat(40_000)]);
-        let result = result_message(&request, &Outcome::ok("x".repeat(200_000))).unwrap();
+        let result = result_message(&request, &Outcome::ok("x".repeat(200_000)), 0).unwrap();
         let whole = serde_json::to_vec(&result).unwrap().len();
         assert!(whole <= crate::message::MAX_WIRE_BYTES, "{whole}");
         assert!(result.data_json_bytes() <= crate::message::MAX_DATA_BYTES);
+        // Behind a broker that takes 64 KiB, with the longest place and ids there may be:
+        // the whole result, as it leaves, still fits with its headers.
+        request.message.reply_method_args = Some(vec!["\u{1}".repeat(4_000)]);
+        request.message.directory = Some(vec!["d".repeat(128); 8].join("/"));
+        request.message.file_name = Some("f".repeat(255));
+        request.id = "i".repeat(256);
+        let max = 64 * 1024;
+        let result = result_message(&request, &Outcome::ok("\u{1}".repeat(200_000)), max);
+        let result = Envelope {
+            id: "j".repeat(256),
+            from_node: "n".repeat(128),
+            accepted: u64::MAX,
+            reply_ticket: None,
+            grant: None,
+            message: result.unwrap(),
+        };
+        assert!(result.message.data[0].ends_with("carry]\n"));
+        let whole = result.encode().len();
+        assert!(whole + crate::broker::HEADER_ROOM <= max, "{whole}");
+        assert!(whole > max / 2, "{whole}: cut far below the limit");
     }
 
     #[test]

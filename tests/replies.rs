@@ -222,6 +222,29 @@ fn a_reply_cut_to_the_broker_s_limit_is_recorded_as_it_was_sent() {
     assert_eq!(kept, sent, "recorded {kept}, sent {sent}");
 }
 
+/// A result sent as a message of its own is cut to what the broker takes in one message,
+/// as an ACK is: behind a broker whose `max_payload` is 64 KiB, a 100 kB output asked into a
+/// file was journaled whole on ship1, then failed there at every attempt ("more than the
+/// broker takes"): central's file never came, and its ACK said the result had been sent.
+#[test]
+fn a_result_larger_than_the_broker_takes_arrives_cut_to_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["sh","-c","head -c 100000 /dev/zero | tr '\\0' x; echo; echo the-end"],"commandOrEvent":"CommandACK","method":"CLICommand","replyMethod":"File","directory":"m","fileName":"big.txt"}]"#,
+    );
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    let file = central.wait_for("m/ship1/big.txt", "cut to what one message may carry");
+    let kept = file.matches('x').count();
+    assert!((30_000..65_536).contains(&kept), "{kept} bytes came");
+    wait_sent(&ship1);
+    assert!(!ship1.read("failed-messages.txt").contains("xxxx"));
+}
+
 /// central asks ship1 `method` with `data` (a JSON array's items), and waits for the ACK:
 /// what central's reply file for the method holds then.
 fn ask_ship1(central: &Node, method: &str, data: &str) -> String {

@@ -301,6 +301,12 @@ impl Broker {
         self.conn.get().and_then(|conn| too_large(conn, len))
     }
 
+    /// The most bytes the broker takes in one message, headers included, as the current
+    /// connection was told; 0 if not known (not connected yet).
+    pub fn max_payload(&self) -> usize {
+        self.conn.get().map_or(0, |conn| conn.max_payload())
+    }
+
     /// [`Broker::publish`] with its seal made ahead ([`crate::keys::Identity::seal`], in the
     /// same scope, over the same payload).
     pub fn publish_sealed(

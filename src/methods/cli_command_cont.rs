@@ -73,7 +73,7 @@ impl Stream {
         }
         // In as many results as they take: output kept while none could be sent may be
         // more than one result carries, and a result cuts what it cannot carry.
-        let room = crate::reply::result_room(&request.message);
+        let room = ctx.outbox.result_room(&request.message);
         let mut end = end + 1;
         while end > 0 {
             let piece = piece(&self.unsent[..end], room);
@@ -164,12 +164,15 @@ mod tests {
             if self.full.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("no space left on device"));
             }
-            let m = crate::reply::result_message(request, outcome).expect("a result");
+            let m = crate::reply::result_message(request, outcome, 0).expect("a result");
             self.sent.lock().unwrap().push(m.data.concat());
             Ok(Some(format!("r{}", self.sent.lock().unwrap().len())))
         }
         fn send(&self, _messages: Vec<Message>) -> std::io::Result<Vec<String>> {
             unreachable!()
+        }
+        fn result_room(&self, request: &Message) -> usize {
+            crate::reply::result_room(request, 0)
         }
     }
 
@@ -217,7 +220,7 @@ mod tests {
         });
         assert_eq!(last.status, Status::Ok, "{}", last.output);
         // The last result, as the subscriber sends it.
-        let last = crate::reply::result_message(&envelope, &last).unwrap();
+        let last = crate::reply::result_message(&envelope, &last, 0).unwrap();
         let mut got = outbox.sent.lock().unwrap().concat();
         got.push_str(&last.data.concat());
         let lines: Vec<&str> = got.lines().filter(|l| l.len() == 999).collect();
@@ -239,12 +242,15 @@ mod tests {
     fn a_long_line_of_continuation_bytes_is_not_sent_a_byte_a_result() {
         let mut lines = vec![0x80u8; 200_000];
         lines.push(b'\n');
-        let room = crate::reply::result_room(&Message::new(
-            "ship1",
-            crate::message::Kind::CommandAck,
-            "CLICommandCont",
-            vec![],
-        ));
+        let room = crate::reply::result_room(
+            &Message::new(
+                "ship1",
+                crate::message::Kind::CommandAck,
+                "CLICommandCont",
+                vec![],
+            ),
+            0,
+        );
         let n = piece(&lines, room);
         assert!(
             n > room / 8,

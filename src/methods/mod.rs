@@ -236,6 +236,9 @@ pub trait Outbox: Sync {
     /// request asked for no result message (the output then belongs in the ACK).
     fn send_result(&self, request: &Envelope, outcome: &Outcome)
         -> std::io::Result<Option<String>>;
+    /// How much output one result of `request` carries ([`crate::reply::result_room`]):
+    /// within what the broker takes in one message too.
+    fn result_room(&self, request: &crate::message::Message) -> usize;
     /// Sends messages of the method's own from this node (`CopySrc`'s chunks), journaled
     /// like any, with one write and fsync for all: all of them, or (an error) none.
     /// Returns their ids.
@@ -252,6 +255,9 @@ impl Outbox for Node {
         outcome: &Outcome,
     ) -> std::io::Result<Option<String>> {
         self.send_result_of(request, outcome)
+    }
+    fn result_room(&self, request: &crate::message::Message) -> usize {
+        crate::reply::result_room(request, self.broker.max_payload())
     }
     fn send(&self, messages: Vec<crate::message::Message>) -> std::io::Result<Vec<String>> {
         self.accept_ids(messages)

@@ -61,7 +61,8 @@ impl Node {
         request: &crate::message::Envelope,
         outcome: &crate::methods::Outcome,
     ) -> io::Result<Option<String>> {
-        let Some(result) = crate::reply::result_message(request, outcome) else {
+        let max_payload = self.broker.max_payload();
+        let Some(result) = crate::reply::result_message(request, outcome, max_payload) else {
             return Ok(None);
         };
         Ok(self.accept_ids(vec![result])?.pop())

@@ -259,7 +259,7 @@ fn answers(
         // (`None`); the ACK says how the request ended. (An interrupted run has no result
         // but its error.)
         let result = (seen == Seen::New && !outcome.streamed)
-            .then(|| crate::reply::result_message(envelope, &outcome))
+            .then(|| crate::reply::result_message(envelope, &outcome, node.broker.max_payload()))
             .flatten();
         let nowhere = envelope.message.reply_method.as_deref() == Some(crate::reply::NONE);
         let elsewhere = result.is_some() || nowhere && seen == Seen::New;
