@@ -154,3 +154,81 @@ fn the_seed_invocations_and_help_work() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--node") && err.contains("space"), "{err}");
 }
+
+#[test]
+fn a_seed_example_with_a_value_of_the_wrong_type_names_its_key() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    // The seed's examples with the slips an operator makes editing them: the command as one
+    // string, a node list in `toNode`, a timeout in quotes or with a fraction.
+    central.append_inmsg(
+        r#"[
+    {
+        "toNode": "ship1",
+        "data": "ls -l ../",
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand"
+    },
+    {
+        "toNode": ["ship1","ship2"],
+        "data": ["bash","-c","ls -l ../"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand"
+    },
+    {
+        "toNode": "ship1",
+        "data": ["bash","-c","netstat -an|grep -i listen"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand",
+        "timeout":"3",
+        "retries":3
+    },
+    {
+        "toNode": "ship1",
+        "data": ["bash","-c","netstat -an|grep -i listen"],
+        "commandOrEvent":"CommandACK",
+        "method":"CLICommand",
+        "timeout":3,
+        "retries":1.5
+    }
+]"#,
+    );
+    let rejected = central.wait_count("inmsg.rejected.txt", "rejected:", 4);
+    for why in [
+        "message 1: bad data: invalid type: string \"ls -l ../\"",
+        "message 2: bad toNode: invalid type: sequence",
+        "message 3: bad timeout: invalid type: string \"3\"",
+        "message 4: bad retries: invalid type: floating point `1.5`",
+    ] {
+        assert!(rejected.contains(why), "{why} missing:\n{rejected}");
+    }
+}
+
+#[test]
+fn go_style_boolean_values_turn_the_central_error_logger_on_and_off() {
+    // The seed's flags are Go's `flag` package's, which takes strconv.ParseBool's words.
+    let data = tempfile::tempdir().unwrap();
+    let folder = format!("--dataFolder={}", data.path().display());
+    for value in [
+        "1", "t", "T", "TRUE", "True", "0", "f", "F", "FALSE", "False",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args([&format!("-centralErrorLogger={value}"), &folder, "status"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // No agent runs on the folder: `status` says so (3), after the flags were taken.
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "-centralErrorLogger={value}: {err}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["-centralErrorLogger=yes", &folder, "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--centralErrorLogger"), "{err}");
+}

@@ -358,9 +358,14 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, Error> {
             continue;
         };
         match (switch, value) {
-            (true, None | Some("true")) => out.push(format!("--{kebab}")),
+            // Go's words for true and false (strconv.ParseBool), as the seed's flags took.
+            (true, None | Some("true" | "1" | "t" | "T" | "TRUE" | "True")) => {
+                out.push(format!("--{kebab}"))
+            }
             // Said, so that it wins over the environment and the config file.
-            (true, Some("false")) => out.push(format!("--not-{kebab}")),
+            (true, Some("false" | "0" | "f" | "F" | "FALSE" | "False")) => {
+                out.push(format!("--not-{kebab}"))
+            }
             (true, Some(v)) => {
                 return Err(Error::Switch {
                     flag: name.to_string(),

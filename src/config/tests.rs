@@ -55,6 +55,17 @@ fn seed_invocations_work_as_written() {
     .unwrap();
     assert!(!c.central_error_logger);
     assert_eq!(c.prom_addr.as_deref(), Some("0.0.0.0:2112"));
+    // Go's flag package takes strconv.ParseBool's words for a switch.
+    for (value, on) in [
+        ("1", true),
+        ("True", true),
+        ("t", true),
+        ("0", false),
+        ("F", false),
+    ] {
+        let c = parse(&["--node=x", &format!("-centralErrorLogger={value}")]).unwrap();
+        assert_eq!(c.central_error_logger, on, "{value}");
+    }
 }
 
 #[test]

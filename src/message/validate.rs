@@ -70,6 +70,8 @@ impl Message {
         let message: Message = read.map_err(|e| {
             if e.to_string().contains("unknown variant") {
                 InputError::Kind(e)
+            } else if let Some((key, e)) = bad_value(obj) {
+                InputError::Value { key, source: e }
             } else {
                 InputError::Json(e)
             }
@@ -215,6 +217,11 @@ pub enum InputError {
     Kind(serde_json::Error),
     /// A value of the wrong type.
     Json(serde_json::Error),
+    /// A value of the wrong type, for this key.
+    Value {
+        key: String,
+        source: serde_json::Error,
+    },
     /// `toNode` or `method` is not a valid name.
     Name {
         field: &'static str,
@@ -271,6 +278,7 @@ impl fmt::Display for InputError {
                 write!(f, "bad commandOrEvent: {e} (values are case-sensitive)")
             }
             InputError::Json(e) => write!(f, "{e}"),
+            InputError::Value { key, source } => write!(f, "bad {key}: {source}"),
             InputError::Name { field, source } => write!(f, "bad {field}: {source}"),
             InputError::ToNodes { index, source } => write!(f, "bad toNodes[{index}]: {source}"),
             InputError::NoDestination => f.write_str("toNodes is empty and there is no toNode"),
@@ -323,12 +331,31 @@ impl fmt::Display for InputError {
 impl std::error::Error for InputError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            InputError::Kind(e) | InputError::Json(e) => Some(e),
+            InputError::Kind(e) | InputError::Json(e) | InputError::Value { source: e, .. } => {
+                Some(e)
+            }
             InputError::Name { source, .. } | InputError::ToNodes { source, .. } => Some(source),
             InputError::Reply(e) => Some(e),
             _ => None,
         }
     }
+}
+
+/// The key whose value a [`Message`] cannot hold, and why: serde's words name the type it
+/// expected, not the key (`invalid type: string "ls", expected a sequence`). Each key is
+/// read alone, beside good values of the keys every message has.
+fn bad_value(obj: &serde_json::Map<String, Value>) -> Option<(String, serde_json::Error)> {
+    obj.iter().find_map(|(key, value)| {
+        let mut probe = serde_json::Map::new();
+        probe.insert("toNode".into(), "".into());
+        probe.insert("data".into(), Value::Array(Vec::new()));
+        probe.insert("commandOrEvent".into(), "CommandACK".into());
+        probe.insert("method".into(), "".into());
+        probe.insert(key.clone(), value.clone());
+        Message::deserialize(&Value::Object(probe))
+            .err()
+            .map(|e| (key.clone(), e))
+    })
 }
 
 fn type_name(v: &Value) -> &'static str {
