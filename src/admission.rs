@@ -762,6 +762,105 @@ mod acting_again {
         }
     }
 
+    /// Every kind of method, every sender, every way of asking to act again: whatever the
+    /// refusal's wording, what is let through with a schedule or a result route is only a
+    /// commander's, or this node's own (not a chunk), and never a result or a chunk.
+    #[test]
+    fn acting_again_is_let_through_only_for_a_commander_or_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = crate::keys::Identity::generate(dir.path(), false).unwrap();
+        let trusted = Trusted::open(dir.path(), "ship1", me.public_key()).unwrap();
+        let allows: [&[Allow]; 3] = [
+            &[],
+            &[Allow {
+                from: "ship3".into(),
+                methods: Some(vec!["CLICommand".into(), "File".into()]),
+            }],
+            &[
+                Allow {
+                    from: "central".into(),
+                    methods: None,
+                },
+                Allow {
+                    from: "ship3".into(),
+                    methods: Some(vec!["TrustedKeys".into(), "TextLogging".into()]),
+                },
+            ],
+        ];
+        let kinds = [
+            Senders::Fleet,
+            Senders::Commanders,
+            Senders::Central,
+            Senders::CommandersOrAsked,
+            Senders::CommandersOrGranted,
+        ];
+        let changes: [fn(&mut Message); 6] = [
+            |m| m.schedule = Some(vec![1, 3600]),
+            |m| m.reply_method = Some("Console".into()),
+            |m| {
+                m.schedule = Some(vec![1, 3600]);
+                m.reply_method = Some("none".into());
+            },
+            |m| {
+                m.schedule = Some(vec![1, 3600]);
+                m.in_reply_to = Some(InReplyTo {
+                    id: "x-1".into(),
+                    method: "CLICommand".into(),
+                    status: Status::Ok,
+                    exit_code: None,
+                    ticket: String::new(),
+                });
+            },
+            |m| {
+                m.reply_method = Some("TextLogging".into());
+                m.in_reply_to = Some(InReplyTo {
+                    id: "x-1".into(),
+                    method: "CLICommand".into(),
+                    status: Status::Ok,
+                    exit_code: None,
+                    ticket: String::new(),
+                });
+            },
+            |m| m.reply_method = Some("TextLogging".into()),
+        ];
+        for allow in allows {
+            let policy = Policy {
+                node: "ship1",
+                central: "central",
+                allow_commands_from: allow,
+                replay_window: Duration::from_secs(600),
+                clock_check: ClockCheck::Off,
+            };
+            for method in [
+                "CLICommand",
+                "File",
+                "TrustedKeys",
+                "TextLogging",
+                "CopyDst",
+            ] {
+                for senders in kinds {
+                    for from in ["ship1", "ship2", "ship3", "central"] {
+                        for change in changes {
+                            let e = with(from, method, change);
+                            let why = forbidden(&policy, &trusted, &served(method, senders), &e);
+                            if why.is_some() {
+                                continue;
+                            }
+                            let case =
+                                format!("{allow:?} {method} {senders:?} {from} {:?}", e.message);
+                            assert!(e.message.in_reply_to.is_none(), "{case}");
+                            assert!(senders != Senders::CommandersOrGranted, "{case}");
+                            assert!(from == "ship1" || commands(&policy, from, method), "{case}");
+                            if senders == Senders::Central {
+                                assert!(from == "central" || from == "ship1", "{case}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_schedule_or_a_result_route_is_a_command_s_power_and_never_rides_a_result() {
         let dir = tempfile::tempdir().unwrap();

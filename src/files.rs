@@ -532,6 +532,29 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
+    /// Every character, alone and after plain text and after another non-ASCII one: the
+    /// byte scan lets none through that the character test would escape.
+    #[test]
+    fn escape_controls_escapes_every_unsafe_character_wherever_it_is() {
+        let unsafe_char = |c: char| {
+            c.is_control() && c != '\n' && c != '\t'
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+        };
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+            for text in [
+                c.to_string(),
+                format!("ab c{c}"),
+                format!("é{c}x"),
+                format!("{c}\n"),
+            ] {
+                let out = escape_controls(&text);
+                let borrowed = matches!(out, std::borrow::Cow::Borrowed(_));
+                assert_eq!(borrowed, !unsafe_char(c), "{:?}", c as u32);
+                assert!(!out.chars().any(unsafe_char), "{:?}", c as u32);
+            }
+        }
+    }
+
     #[test]
     fn appenders_at_once_share_writes_and_each_one_s_bytes_arrive_whole_and_once() {
         let group = Group::default();

@@ -233,10 +233,12 @@ pub fn run(config: Config) -> Result<(), Error> {
         node.report_error(warning);
     }
     resume(&node, recovery);
+    // Before the inbox, which forgets the journal's damage once it has dealt with it.
+    let startup_mark = startup::mark_known(&node);
 
     let mut supervisor = supervisor::Supervisor::new(node.clone(), events, events_tx.clone());
     supervisor.start();
-    startup::send(&node);
+    startup::send_after(&node, startup_mark);
 
     supervisor.run();
     Ok(())

@@ -35,8 +35,23 @@ use std::path::Path;
 /// What `toNode` says for this node, in a startup file.
 pub const LOCAL: &str = "local";
 
-/// Sends the startup folder's messages (if it has any); returns how many were taken.
-pub fn send(node: &Node) -> usize {
+/// Sends the startup folder's messages (if it has any); returns how many were taken. (The
+/// agent asks [`mark_known`] first, before its inbox runs: [`send_after`].)
+#[cfg(test)]
+fn send(node: &Node) -> usize {
+    send_after(node, mark_known(node))
+}
+
+/// Whether the journal's mark (the number of the last start whose messages it holds) can
+/// be believed: damage passed over at its open may have held a later one. Asked before the
+/// inbox runs, which forgets the damage once it has dealt with its own files.
+pub fn mark_known(node: &Node) -> bool {
+    node.journal().inbox_offset_known(MARK)
+}
+
+/// Sends the startup folder's messages (if it has any), `known` what [`mark_known`] said
+/// at the journal's open; returns how many were taken.
+pub fn send_after(node: &Node, known: bool) -> usize {
     let dir = node.data.startup();
     let Ok(meta) = std::fs::symlink_metadata(&dir) else {
         return 0;
@@ -74,7 +89,7 @@ pub fn send(node: &Node) -> usize {
             Err(why) => node.report_error(format!("{me}: {}: refused: {why}", path.display())),
         }
     }
-    let (messages, waiting) = not_waiting_yet(node, messages);
+    let (messages, waiting, latest) = not_waiting_yet(node, messages, known);
     let count = messages.len();
     let path = node.data.startup_sent();
     if count == 0 {
@@ -87,7 +102,7 @@ pub fn send(node: &Node) -> usize {
     let digests: Vec<String> = messages.iter().map(digest).collect();
     // This start's number, journaled with its batch: what is listed under it counts only
     // if the batch was (see `not_waiting_yet`).
-    let start = committed_start(node) + 1;
+    let start = latest + 1;
     let mut unlisted = None;
     let listed = |entries: &[crate::journal::Entry]| {
         let mut all = waiting;
@@ -165,7 +180,11 @@ fn digest(m: &Message) -> String {
 
 /// Of this start's `messages`, those no earlier start's copy of waits for in the journal;
 /// and the earlier starts' that still wait.
-fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Sent>) {
+fn not_waiting_yet(
+    node: &Node,
+    messages: Vec<Message>,
+    known: bool,
+) -> (Vec<Message>, Vec<Sent>, u64) {
     let path = node.data.startup_sent();
     let earlier: Vec<Sent> = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -179,6 +198,13 @@ fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Se
         Err(_) => Vec::new(),
     };
     let committed = committed_start(node);
+    // A mark lost to damage (the messages of its batch kept, still waiting): each listed
+    // one is believed by its place in the journal alone, as before the mark, and the
+    // next start is numbered past every start listed.
+    let latest = match known {
+        true => committed,
+        false => earlier.iter().map(|s| s.start).fold(committed, u64::max),
+    };
     let waiting: Vec<Sent> = {
         let journal = node.journal();
         // Journaled (its start's batch was: a crash may have come between listing it and
@@ -188,7 +214,7 @@ fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Se
         earlier
             .into_iter()
             .filter(|s| {
-                s.start <= committed
+                (s.start <= committed || !known)
                     && journal.unfinished(&s.lane, s.seq)
                     && !node.resumed.listed(&s.id)
             })
@@ -216,7 +242,7 @@ fn not_waiting_yet(node: &Node, messages: Vec<Message>) -> (Vec<Message>, Vec<Se
             before - fresh.len()
         );
     }
-    (fresh, waiting)
+    (fresh, waiting, latest)
 }
 
 /// Why a startup file or folder may not be trusted, if it may not.
@@ -370,6 +396,51 @@ mod tests {
         // A list from before session 36 (written after its batch) is taken at its word.
         listed(None);
         assert_eq!(send(&node), 0);
+    }
+
+    /// A bad sector that takes the journal's record of the start's number (compaction
+    /// writes it alone, at the head of the file), and not the messages: they still wait,
+    /// and a restart must not send them again.
+    #[test]
+    fn a_start_s_mark_lost_to_damage_sends_nothing_again() {
+        use crate::journal::record::{decode, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::node::tests::offline_node_named(dir.path(), "ship1");
+        std::fs::create_dir(node.data.startup()).unwrap();
+        std::fs::write(
+            node.data.startup().join("boot.json"),
+            r#"{"toNode":"central","data":["boot\n"],"commandOrEvent":"CommandACK","method":"CLICommand"}"#,
+        )
+        .unwrap();
+        assert_eq!(send(&node), 1);
+        // Later batches, whose checkpoints say the mark was synced: its loss is the disk's.
+        for i in 0..2 {
+            let other = Message::new(
+                "central",
+                crate::message::Kind::EventAck,
+                "TextLogging",
+                vec![format!("other {i}\n")],
+            );
+            node.accept(vec![other], None).unwrap();
+        }
+        drop(node);
+        let path = crate::journal::Journal::path(&dir.path().join("journal"));
+        let bytes = std::fs::read(&path).unwrap();
+        let (at, _, _) = decode(&bytes)
+            .records
+            .into_iter()
+            .find(|(_, _, r)| matches!(r, Record::InboxOffset { file, .. } if file == MARK))
+            .expect("the start's mark");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[at as usize + 12] ^ 0x40], at + 12)
+            .unwrap();
+        drop(f);
+        let node = crate::node::tests::offline_node_named(dir.path(), "ship1");
+        let lane =
+            crate::subject::Subject::new("central", crate::message::Kind::CommandAck, "CLICommand")
+                .unwrap();
+        assert_eq!(node.journal().lane_pending(&lane), 1);
+        assert_eq!(send(&node), 0, "sent again while the first still waits");
     }
 
     #[test]

@@ -51,13 +51,21 @@ pub fn credentials(url: &str) -> Option<std::ops::Range<usize>> {
     url[start..host_end].rfind('@').map(|at| start..start + at)
 }
 
+/// What of a broker address may be a secret: its [`credentials`], or, where its host ends
+/// before an `@` (a password holding `/`, `?` or `#` unencoded, which the client cannot
+/// use, but which is the operator's password all the same), all before the last `@`.
+pub fn secret(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    credentials(url).or_else(|| url[start..].rfind('@').map(|at| start..start + at))
+}
+
 /// The broker addresses as they may be shown in the log, credentials replaced by `***`
-/// (see [`credentials`]). They were logged as given at every start and connection, so such
+/// (see [`secret`]). They were logged as given at every start and connection, so such
 /// a password ended up in the journal of everyone who may read the system log.
 pub fn shown(urls: &[String]) -> String {
     let shown: Vec<String> = urls
         .iter()
-        .map(|url| match credentials(url) {
+        .map(|url| match secret(url) {
             Some(r) => format!("{}***{}", &url[..r.start], &url[r.end..]),
             None => url.clone(),
         })
@@ -383,5 +391,20 @@ mod tests {
             super::shown(&urls),
             "nats://***@10.0.0.1:4222,tls://***@b.example:4222/x@y,nats://127.0.0.1:4222"
         );
+    }
+
+    #[test]
+    fn a_password_holding_a_slash_is_not_shown_either() {
+        // base64 passwords hold '/' (and '+'): unencoded, the URL's host ends at the '/'
+        // (the client cannot use it, and says so at every try), but the password is the
+        // operator's all the same.
+        for url in [
+            "nats://steward:s3/cret@10.0.0.1:4222",
+            "nats://steward:s3?cret@10.0.0.1:4222",
+            "nats://steward:s3#cret@10.0.0.1:4222",
+        ] {
+            let shown = super::shown(&[url.to_string()]);
+            assert!(!shown.contains("cret"), "{shown}");
+        }
     }
 }

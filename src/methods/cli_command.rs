@@ -171,7 +171,7 @@ fn spawn(argv: &[String], cwd: &Path) -> Result<(std::process::Child, File), Str
     let address = std::env::var("STEWARD_BROKER_ADDRESS").unwrap_or_default();
     if address
         .split(',')
-        .any(|url| crate::broker::credentials(url.trim()).is_some())
+        .any(|url| crate::broker::secret(url.trim()).is_some())
     {
         command.env_remove("STEWARD_BROKER_ADDRESS");
     }
