@@ -794,6 +794,16 @@ mod acting_again {
             Senders::CommandersOrAsked,
             Senders::CommandersOrGranted,
         ];
+        /// What a result message carries (its ticket is no concern here).
+        fn a_result() -> Option<InReplyTo> {
+            Some(InReplyTo {
+                id: "x-1".into(),
+                method: "CLICommand".into(),
+                status: Status::Ok,
+                exit_code: None,
+                ticket: String::new(),
+            })
+        }
         let changes: [fn(&mut Message); 6] = [
             |m| m.schedule = Some(vec![1, 3600]),
             |m| m.reply_method = Some("Console".into()),
@@ -803,23 +813,11 @@ mod acting_again {
             },
             |m| {
                 m.schedule = Some(vec![1, 3600]);
-                m.in_reply_to = Some(InReplyTo {
-                    id: "x-1".into(),
-                    method: "CLICommand".into(),
-                    status: Status::Ok,
-                    exit_code: None,
-                    ticket: String::new(),
-                });
+                m.in_reply_to = a_result();
             },
             |m| {
                 m.reply_method = Some("TextLogging".into());
-                m.in_reply_to = Some(InReplyTo {
-                    id: "x-1".into(),
-                    method: "CLICommand".into(),
-                    status: Status::Ok,
-                    exit_code: None,
-                    ticket: String::new(),
-                });
+                m.in_reply_to = a_result();
             },
             |m| m.reply_method = Some("TextLogging".into()),
         ];

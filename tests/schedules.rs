@@ -207,25 +207,7 @@ fn a_startup_file_sends_boot_at_each_start_and_starts_one_schedule_not_one_per_s
 #[test]
 fn startup_messages_of_starts_while_the_broker_is_away_go_once_when_it_is_back() {
     let mut nats = NatsServer::start();
-    let central = Node::start("central", &nats.address(), &[]);
-    nats.stop();
-    let mut ship1 = Node::start_unconnected(
-        "ship1",
-        &nats.address(),
-        &["--allowCommandsFrom=central,ship1"],
-    );
-    ship1.terminate();
-    let ran = ship1.path("ran.txt");
-    std::fs::create_dir(ship1.path("startup")).unwrap();
-    std::fs::write(
-        ship1.path("startup/boot.json"),
-        format!(
-            r#"[{{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}},
-                {{"toNode":"local","data":["sh","-c","echo ran >> {}"],"commandOrEvent":"CommandACK","method":"CLICommand"}}]"#,
-            ran.display()
-        ),
-    )
-    .unwrap();
+    let (central, mut ship1, ran) = ship_with_a_boot_file(&mut nats);
     let starts = 4;
     for start in 1..=starts {
         ship1.restart();
@@ -239,19 +221,7 @@ fn startup_messages_of_starts_while_the_broker_is_away_go_once_when_it_is_back()
         }
     }
     nats.restart();
-    central.wait_count("textlog/ship1.log", "boot", 1);
-    ship1.wait_until("", "ran its boot command", |_| {
-        std::fs::read_to_string(&ran).is_ok_and(|t| t.contains("ran"))
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(central.read("textlog/ship1.log").matches("boot").count(), 1);
-    assert_eq!(
-        std::fs::read_to_string(&ran)
-            .unwrap()
-            .matches("ran")
-            .count(),
-        1
-    );
+    booted_once(&central, &ship1, &ran);
     // A start after they were delivered sends them again, as every start does.
     ship1.terminate();
     ship1.restart();
@@ -265,25 +235,7 @@ fn startup_messages_of_starts_while_the_broker_is_away_go_once_when_it_is_back()
 #[test]
 fn a_start_killed_while_listing_its_startup_messages_sends_them_once() {
     let mut nats = NatsServer::start();
-    let central = Node::start("central", &nats.address(), &[]);
-    nats.stop();
-    let mut ship1 = Node::start_unconnected(
-        "ship1",
-        &nats.address(),
-        &["--allowCommandsFrom=central,ship1"],
-    );
-    ship1.terminate();
-    let ran = ship1.path("ran.txt");
-    std::fs::create_dir(ship1.path("startup")).unwrap();
-    std::fs::write(
-        ship1.path("startup/boot.json"),
-        format!(
-            r#"[{{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}},
-                {{"toNode":"local","data":["sh","-c","echo ran >> {}"],"commandOrEvent":"CommandACK","method":"CLICommand"}}]"#,
-            ran.display()
-        ),
-    )
-    .unwrap();
+    let (central, mut ship1, ran) = ship_with_a_boot_file(&mut nats);
     let fifo = ship1.path("startup-sent.json.tmp");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
@@ -301,9 +253,40 @@ fn a_start_killed_while_listing_its_startup_messages_sends_them_once() {
         ship1.log().contains("message(s) from")
     });
     nats.restart();
+    booted_once(&central, &ship1, &ran);
+}
+
+/// central, and ship1 stopped, its broker away, with a startup file: a line for central's
+/// log, and a boot command that writes a line to the file returned.
+fn ship_with_a_boot_file(nats: &mut NatsServer) -> (Node, Node, std::path::PathBuf) {
+    let central = Node::start("central", &nats.address(), &[]);
+    nats.stop();
+    let mut ship1 = Node::start_unconnected(
+        "ship1",
+        &nats.address(),
+        &["--allowCommandsFrom=central,ship1"],
+    );
+    ship1.terminate();
+    let ran = ship1.path("ran.txt");
+    std::fs::create_dir(ship1.path("startup")).unwrap();
+    std::fs::write(
+        ship1.path("startup/boot.json"),
+        format!(
+            r#"[{{"toNode":"central","data":["boot\n"],"commandOrEvent":"EventACK","method":"TextLogging"}},
+                {{"toNode":"local","data":["sh","-c","echo ran >> {}"],"commandOrEvent":"CommandACK","method":"CLICommand"}}]"#,
+            ran.display()
+        ),
+    )
+    .unwrap();
+    (central, ship1, ran)
+}
+
+/// Once the broker is back and ship1 has sent everything: central logged the boot line
+/// once, and ship1 ran its boot command once.
+fn booted_once(central: &Node, ship1: &Node, ran: &std::path::Path) {
     central.wait_count("textlog/ship1.log", "boot", 1);
     ship1.wait_until("", "ran its boot command", |_| {
-        std::fs::read_to_string(&ran).is_ok_and(|t| t.contains("ran"))
+        std::fs::read_to_string(ran).is_ok_and(|t| t.contains("ran"))
     });
     ship1.wait_status("sent everything", |t| {
         t.lines()
@@ -312,13 +295,8 @@ fn a_start_killed_while_listing_its_startup_messages_sends_them_once() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(central.read("textlog/ship1.log").matches("boot").count(), 1);
-    assert_eq!(
-        std::fs::read_to_string(&ran)
-            .unwrap()
-            .matches("ran")
-            .count(),
-        1
-    );
+    let runs = std::fs::read_to_string(ran).unwrap().matches("ran").count();
+    assert_eq!(runs, 1);
 }
 
 /// Whether a thread of process `pid` waits in open(2) for a FIFO's other end.

@@ -169,21 +169,28 @@ fn a_password_in_the_broker_address_is_never_in_the_log_nor_handed_to_commands()
         !log.contains("s3cret-Pa55"),
         "the password was logged:\n{log}"
     );
-    let good = write(dir.path(), "good", "s3cret-Pa55\n");
+    let reply = run_for_central(
+        &nats,
+        dir.path(),
+        "cat /proc/self/environ; echo; echo $OTHER_VAR",
+    );
+    assert!(
+        !reply.contains("s3cret-Pa55"),
+        "the password was handed on:\n{reply}"
+    );
+}
+
+/// ship1's reply to central's `sh -c script`, central logged in to the password broker:
+/// once it holds `still-there` (ship1 runs with `OTHER_VAR=still-there`).
+fn run_for_central(nats: &NatsServer, dir: &std::path::Path, script: &str) -> String {
+    let good = write(dir, "good", "s3cret-Pa55\n");
     let central = Node::start(
         "central",
         &nats.address(),
         &["--user=steward", &format!("--passwordFile={good}")],
     );
-    central.append_inmsg(&command(
-        "ship1",
-        &["sh", "-c", "cat /proc/self/environ; echo; echo $OTHER_VAR"],
-    ));
-    let reply = central.wait_for("replies/ship1.CLICommand.log", "still-there");
-    assert!(
-        !reply.contains("s3cret-Pa55"),
-        "the password was handed on:\n{reply}"
-    );
+    central.append_inmsg(&command("ship1", &["sh", "-c", script]));
+    central.wait_for("replies/ship1.CLICommand.log", "still-there")
 }
 
 /// A password given in the environment (`STEWARD_PASSWORD`, as a systemd `Environment=`
@@ -203,21 +210,11 @@ fn a_password_given_in_the_environment_is_not_handed_to_commands() {
         &nats.address(),
         &["--user=steward"],
     );
-    let good = write(dir.path(), "good", "s3cret-Pa55\n");
-    let central = Node::start(
-        "central",
-        &nats.address(),
-        &["--user=steward", &format!("--passwordFile={good}")],
+    let reply = run_for_central(
+        &nats,
+        dir.path(),
+        "echo \"[$STEWARD_PASSWORD] [$OTHER_VAR]\"; cat /proc/self/environ",
     );
-    central.append_inmsg(&command(
-        "ship1",
-        &[
-            "sh",
-            "-c",
-            "echo \"[$STEWARD_PASSWORD] [$OTHER_VAR]\"; cat /proc/self/environ",
-        ],
-    ));
-    let reply = central.wait_for("replies/ship1.CLICommand.log", "still-there");
     assert!(reply.contains("[] [still-there]"), "{reply}");
     assert!(
         !reply.contains("s3cret-Pa55"),
