@@ -76,10 +76,22 @@ pub struct BelowFloor {
     pub dir: PathBuf,
     pub free: u64,
     pub floor: u64,
+    /// The bytes of the write that would have taken the disk under the floor (0: none).
+    pub writing: u64,
 }
 
 impl fmt::Display for BelowFloor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.writing > 0 && self.free >= self.floor {
+            return write!(
+                f,
+                "only {} bytes free on the disk of {}: {} more would take it under the {} kept for the journal (--minFreeBytesForLogs)",
+                self.free,
+                self.dir.display(),
+                self.writing,
+                self.floor
+            );
+        }
         write!(
             f,
             "only {} bytes free on the disk of {}, under the {} kept for the journal (--minFreeBytesForLogs)",
@@ -176,6 +188,12 @@ impl LogBudget {
     /// senders try again), a log write that finds the disk there all the same (it filled
     /// after `ready`) is refused ([`admit`]), and new intake waits.
     pub fn check_free_space(&self, dir: &Path) -> Result<(), BelowFloor> {
+        self.check_free_space_for(dir, 0)
+    }
+
+    /// As [`LogBudget::check_free_space`], for a write of `writing` bytes: the floor is
+    /// what is left after it.
+    pub fn check_free_space_for(&self, dir: &Path, writing: u64) -> Result<(), BelowFloor> {
         let Ok((free, total)) = crate::sys::free_bytes(dir) else {
             return Ok(()); // cannot tell: do not refuse on a guess
         };
@@ -183,11 +201,12 @@ impl LogBudget {
             .limits
             .free_floor
             .unwrap_or_else(|| DEFAULT_FLOOR.min(total / 100 * FLOOR_PERCENT));
-        if free < floor {
+        if free.saturating_sub(writing) < floor {
             return Err(BelowFloor {
                 dir: dir.to_path_buf(),
                 free,
                 floor,
+                writing,
             });
         }
         Ok(())
@@ -200,7 +219,8 @@ impl LogBudget {
 /// is reported to central (from ErrorLog itself only logged, as a report would loop).
 pub fn admit(ctx: &Context, method: &'static str, items: &[(&str, usize)]) -> Vec<Option<Outcome>> {
     let budget = &ctx.log_budget;
-    if let Err(why) = budget.check_free_space(&ctx.data.root) {
+    let writing = items.iter().map(|&(_, bytes)| bytes as u64).sum();
+    if let Err(why) = budget.check_free_space_for(&ctx.data.root, writing) {
         log::warn!("{method}: {why}");
         ctx.metrics
             .log_refused

@@ -35,12 +35,19 @@ impl Method for Console {
             }
         };
         let text = super::file::text_of(&m.data);
-        let sizes = [(envelope.from_node.as_str(), text.len())];
+        let escaped = crate::files::escape_controls(&text);
+        // What is printed, each line with its sender's name, counts: not what was sent,
+        // which an empty line (one byte, printed as 3 + the name's up to 128) understates.
+        // Counted before it is made: refused, a message of newlines is not first made a
+        // hundred times its size in memory.
+        let prefix = envelope.from_node.len() + ": ".len();
+        let printed: usize = escaped.lines().map(|line| prefix + line.len() + 1).sum();
+        let sizes = [(envelope.from_node.as_str(), printed)];
         if let Some(refused) = crate::log_budget::admit(ctx, self.name(), &sizes).remove(0) {
             return refused;
         }
-        let mut out = String::with_capacity(text.len() + 64);
-        for line in crate::files::escape_controls(&text).lines() {
+        let mut out = String::with_capacity(printed);
+        for line in escaped.lines() {
             out.push_str(&envelope.from_node);
             out.push_str(": ");
             out.push_str(line);
@@ -59,5 +66,37 @@ impl Method for Console {
             Ok(()) => Outcome::ok(""),
             Err(e) => Outcome::error(format!("cannot print: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_budget::{LogBudget, LogLimits};
+    use crate::message::{Message, Status};
+    use crate::node::tests::offline_node_named;
+
+    /// Each printed line carries its sender's name (up to 128 bytes): a message of empty
+    /// lines prints a hundred times its size. The budget is for what lands in the logs.
+    #[test]
+    fn the_budget_counts_what_is_printed_not_what_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = offline_node_named(dir.path(), "central");
+        let budget = LogBudget::new(LogLimits::new(4 << 10, Some(0)));
+        let ctx = Context {
+            log_budget: &budget,
+            ..node.context()
+        };
+        let envelope = Envelope {
+            id: "ship1-1".into(),
+            from_node: "s".repeat(crate::subject::MAX_NAME_LEN),
+            accepted: 0,
+            reply_ticket: None,
+            grant: None,
+            message: Message::new("central", Kind::EventAck, "Console", vec!["\n".repeat(64)]),
+        };
+        // 64 bytes sent, 64 × 131 = 8384 to print: over a budget of 4096.
+        let out = Console.handle(&envelope, &ctx);
+        assert_eq!(out.status, Status::Refused, "{}", out.output);
     }
 }

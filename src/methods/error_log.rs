@@ -29,8 +29,8 @@ impl Method for ErrorLog {
         self.handle_batch(&[envelope], ctx).remove(0)
     }
 
-    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
-        ctx.log_budget.check_free_space(&ctx.data.root)
+    fn ready(&self, ctx: &Context, writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
 
     fn batch_max(&self) -> usize {

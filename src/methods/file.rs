@@ -36,8 +36,8 @@ impl Method for File {
     fn senders(&self) -> Senders {
         Senders::CommandersOrAsked
     }
-    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
-        ctx.log_budget.check_free_space(&ctx.data.root)
+    fn ready(&self, ctx: &Context, writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         write(self.name(), envelope, ctx, |path, bytes| {

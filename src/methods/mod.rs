@@ -293,8 +293,9 @@ pub trait Method: Send + Sync {
     /// recorded; a "no" is not answered, so the sender tries again later, within the
     /// message's retries or time to live (error reports: a week), and keeps it in its
     /// `failed-messages.txt` past that. Commands are always taken: the one that frees the
-    /// disk must get through.
-    fn ready(&self, _ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
+    /// disk must get through. `writing`: the bytes of the data it brings, which a log must
+    /// have room for above the floor.
+    fn ready(&self, _ctx: &Context, _writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
         Ok(())
     }
     /// Whether a message that was running when this node died is run again when its sender

@@ -29,8 +29,8 @@ impl Method for TextLogging {
         self.handle_batch(&[envelope], ctx).remove(0)
     }
 
-    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
-        ctx.log_budget.check_free_space(&ctx.data.root)
+    fn ready(&self, ctx: &Context, writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
 
     fn batch_max(&self) -> usize {
@@ -92,5 +92,51 @@ impl Method for TextLogging {
                 (None, None) => Outcome::ok(format!("logged {} bytes", text.len())),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_budget::{LogBudget, LogLimits};
+    use crate::message::{Kind, Message, Status};
+    use crate::node::tests::offline_node_named;
+
+    /// The floor is what is left for the journal after the write, not before it: at the
+    /// floor, or just above it, a write that would take the disk under it is refused.
+    #[test]
+    fn a_write_that_would_take_the_disk_under_the_floor_is_refused() {
+        // tmpfs: its free space moves only with what is written there.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let node = offline_node_named(dir.path(), "central");
+        let (free, _) = crate::sys::free_bytes(dir.path()).unwrap();
+        let budget = LogBudget::new(LogLimits::new(u64::MAX, Some(free - (64 << 10))));
+        let ctx = Context {
+            log_budget: &budget,
+            ..node.context()
+        };
+        let envelope = Envelope {
+            id: "ship1-1".into(),
+            from_node: "ship1".into(),
+            accepted: 0,
+            reply_ticket: None,
+            grant: None,
+            message: Message::new(
+                "central",
+                Kind::EventAck,
+                "TextLogging",
+                vec!["x".repeat(200 << 10)],
+            ),
+        };
+        // 64 KiB above the floor; 200 KiB to write.
+        let out = TextLogging.handle(&envelope, &ctx);
+        let (after, _) = crate::sys::free_bytes(dir.path()).unwrap();
+        assert_eq!(
+            out.status,
+            Status::Refused,
+            "{}: {after} bytes free after it, under the floor of {}",
+            out.output,
+            free - (64 << 10)
+        );
     }
 }

@@ -55,7 +55,7 @@ impl Scheduler {
             node.report_error(format!("{}: {} ended: {why}", node.config.node, s.name()));
             return None;
         }
-        if let Err(why) = method.ready(&node.context()) {
+        if let Err(why) = method.ready(&node.context(), 0) {
             return skip(why.to_string());
         }
         // Each run's result is journaled here until its sender has it (a week, if it is

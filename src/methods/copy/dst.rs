@@ -53,8 +53,8 @@ impl Method for CopyDst {
     fn reruns_interrupted(&self) -> bool {
         true
     }
-    fn ready(&self, ctx: &Context) -> Result<(), crate::log_budget::BelowFloor> {
-        ctx.log_budget.check_free_space(&ctx.data.root)
+    fn ready(&self, ctx: &Context, writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
+        ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         self.handle_batch(&[envelope], ctx)

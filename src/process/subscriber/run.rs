@@ -142,7 +142,12 @@ struct Answers {
 fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Option<Vec<Seen>> {
     let name = method.name();
     let ids: Vec<&str> = a.envelopes.iter().map(|e| e.id.as_str()).collect();
-    if let Err(why) = method.ready(&node.context()) {
+    let writing = a
+        .envelopes
+        .iter()
+        .map(|e| e.message.data_bytes() as u64)
+        .sum();
+    if let Err(why) = method.ready(&node.context(), writing) {
         // Not now (a full disk): unrecorded and unanswered, so the sender tries again.
         log::warn!("{subject}: {} from {} not taken now: {why}", ids[0], a.from);
         node.metrics
