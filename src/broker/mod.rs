@@ -51,12 +51,15 @@ pub fn credentials(url: &str) -> Option<std::ops::Range<usize>> {
     url[start..host_end].rfind('@').map(|at| start..start + at)
 }
 
-/// What of a broker address may be a secret: its [`credentials`], or, where its host ends
-/// before an `@` (a password holding `/`, `?` or `#` unencoded, which the client cannot
-/// use, but which is the operator's password all the same), all before the last `@`.
+/// What of a broker address may be a secret: all before its last `@`, its [`credentials`]
+/// and, where its host ends before that `@` (a password holding `/`, `?` or `#` unencoded,
+/// which the client cannot use, but which is the operator's password all the same), more.
 pub fn secret(url: &str) -> Option<std::ops::Range<usize>> {
+    // Even where the host's `@` is an earlier one: a password `p@s3/cret` makes `s3` the
+    // host, `cret@…` a path, and only `p` the credentials. (A real path holding an `@` is
+    // hidden with it: no secret, but it cannot be told from one.)
     let start = url.find("://").map_or(0, |i| i + 3);
-    credentials(url).or_else(|| url[start..].rfind('@').map(|at| start..start + at))
+    url[start..].rfind('@').map(|at| start..start + at)
 }
 
 /// The broker addresses as they may be shown in the log, credentials replaced by `***`
@@ -389,7 +392,7 @@ mod tests {
         ];
         assert_eq!(
             super::shown(&urls),
-            "nats://***@10.0.0.1:4222,tls://***@b.example:4222/x@y,nats://127.0.0.1:4222"
+            "nats://***@10.0.0.1:4222,tls://***@y,nats://127.0.0.1:4222"
         );
     }
 
@@ -402,6 +405,8 @@ mod tests {
             "nats://steward:s3/cret@10.0.0.1:4222",
             "nats://steward:s3?cret@10.0.0.1:4222",
             "nats://steward:s3#cret@10.0.0.1:4222",
+            // An '@' before the '/' too: the part of it before the '/' is no host.
+            "nats://steward:p@s3/cret@10.0.0.1:4222",
         ] {
             let shown = super::shown(&[url.to_string()]);
             assert!(!shown.contains("cret"), "{shown}");

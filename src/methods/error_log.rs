@@ -33,6 +33,10 @@ impl Method for ErrorLog {
         ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
 
+    fn writes(&self, envelope: &Envelope, ctx: &Context) -> u64 {
+        line(envelope, &ctx.log_budget.limits).len() as u64
+    }
+
     fn batch_max(&self) -> usize {
         crate::message::MAX_BATCH
     }
@@ -47,20 +51,7 @@ impl Method for ErrorLog {
             )));
         }
         let limits = &ctx.log_budget.limits;
-        let lines: Vec<String> = envelopes
-            .iter()
-            .map(|e| {
-                let text = e.message.data.join(" ").replace('\n', " ");
-                let text = crate::files::escape_controls(&text);
-                let text = crate::log_budget::cap_line(text.trim_end(), limits.max_error_line);
-                format!(
-                    "{} {} [{}]: {text}\n",
-                    crate::files::rfc3339(e.accepted),
-                    e.from_node,
-                    e.id,
-                )
-            })
-            .collect();
+        let lines: Vec<String> = envelopes.iter().map(|e| line(e, limits)).collect();
         let sizes: Vec<(&str, usize)> = envelopes
             .iter()
             .zip(&lines)
@@ -90,4 +81,17 @@ impl Method for ErrorLog {
             })
             .collect()
     }
+}
+
+/// The line a message is written as in errors.log.
+fn line(e: &Envelope, limits: &crate::log_budget::LogLimits) -> String {
+    let text = e.message.data.join(" ").replace('\n', " ");
+    let text = crate::files::escape_controls(&text);
+    let text = crate::log_budget::cap_line(text.trim_end(), limits.max_error_line);
+    format!(
+        "{} {} [{}]: {text}\n",
+        crate::files::rfc3339(e.accepted),
+        e.from_node,
+        e.id,
+    )
 }

@@ -39,6 +39,9 @@ impl Method for File {
     fn ready(&self, ctx: &Context, writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
         ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
+    fn writes(&self, envelope: &Envelope, _ctx: &Context) -> u64 {
+        text_of(&envelope.message.data).len() as u64
+    }
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
         write(self.name(), envelope, ctx, |path, bytes| {
             if self.append {

@@ -298,6 +298,12 @@ pub trait Method: Send + Sync {
     fn ready(&self, _ctx: &Context, _writing: u64) -> Result<(), crate::log_budget::BelowFloor> {
         Ok(())
     }
+    /// The bytes `envelope` would have this method write, as its write's own floor check
+    /// ([`crate::log_budget::admit`]) counts them: what [`Method::ready`] is asked about. A
+    /// write counted as more than `ready` was told is refused for good, not deferred.
+    fn writes(&self, envelope: &Envelope, _ctx: &Context) -> u64 {
+        envelope.message.data_bytes() as u64
+    }
     /// Whether a message that was running when this node died is run again when its sender
     /// retries it, rather than answered with an error saying it was interrupted: only for
     /// a method whose run does the same thing twice as once (`CopyDst` writes the same

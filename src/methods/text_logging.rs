@@ -33,6 +33,18 @@ impl Method for TextLogging {
         ctx.log_budget.check_free_space_for(&ctx.data.root, writing)
     }
 
+    fn writes(&self, envelope: &Envelope, _ctx: &Context) -> u64 {
+        // As long as its `line`, counted without making it (every event comes here): one
+        // piece of data, plain text, is looked at where it is.
+        let data = &envelope.message.data;
+        let text = match data.as_slice() {
+            [one] => std::borrow::Cow::Borrowed(one.as_str()),
+            more => std::borrow::Cow::Owned(more.concat()),
+        };
+        let escaped = crate::files::escape_controls(&text);
+        (escaped.len() + usize::from(!escaped.ends_with('\n'))) as u64
+    }
+
     fn batch_max(&self) -> usize {
         crate::message::MAX_BATCH
     }
@@ -44,10 +56,7 @@ impl Method for TextLogging {
         let lines: Vec<(usize, String)> = envelopes
             .iter()
             .map(|e| {
-                let mut text = crate::files::escape_controls(&e.message.data.concat()).into_owned();
-                if !text.ends_with('\n') {
-                    text.push('\n');
-                }
+                let text = line(e);
                 let file = match files.iter().position(|(from, _)| *from == e.from_node) {
                     Some(i) => i,
                     None => {
@@ -95,11 +104,50 @@ impl Method for TextLogging {
     }
 }
 
+/// What a message's text is written as: control characters escaped, ending in a newline.
+fn line(e: &Envelope) -> String {
+    let mut text = crate::files::escape_controls(&e.message.data.concat()).into_owned();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::log_budget::{LogBudget, LogLimits};
     use crate::message::{Kind, Message, Status};
+
+    /// What `ready` is told a message writes is what its line takes, to the byte.
+    #[test]
+    fn what_a_message_writes_is_counted_as_its_line_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::node::tests::offline_node_named(dir.path(), "central");
+        let ctx = node.context();
+        for data in [
+            vec![],
+            vec!["plain\n".to_string()],
+            vec!["no newline".into()],
+            vec!["\x01\x1b[2J\r".into()],
+            vec!["two ".into(), "pieces\n".into()],
+            vec!["é\u{202e}".into(), "\n".into()],
+        ] {
+            let e = Envelope {
+                id: "ship1-1".into(),
+                from_node: "ship1".into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message: Message::new("central", Kind::EventAck, "TextLogging", data.clone()),
+            };
+            assert_eq!(
+                TextLogging.writes(&e, &ctx),
+                line(&e).len() as u64,
+                "{data:?}"
+            );
+        }
+    }
     use crate::node::tests::offline_node_named;
 
     /// The floor is what is left for the journal after the write, not before it: at the

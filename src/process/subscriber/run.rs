@@ -142,12 +142,9 @@ struct Answers {
 fn begin(method: &dyn Method, node: &Node, subject: &str, a: &Admitted) -> Option<Vec<Seen>> {
     let name = method.name();
     let ids: Vec<&str> = a.envelopes.iter().map(|e| e.id.as_str()).collect();
-    let writing = a
-        .envelopes
-        .iter()
-        .map(|e| e.message.data_bytes() as u64)
-        .sum();
-    if let Err(why) = method.ready(&node.context(), writing) {
+    let ctx = node.context();
+    let writing = a.envelopes.iter().map(|e| method.writes(e, &ctx)).sum();
+    if let Err(why) = method.ready(&ctx, writing) {
         // Not now (a full disk): unrecorded and unanswered, so the sender tries again.
         log::warn!("{subject}: {} from {} not taken now: {why}", ids[0], a.from);
         node.metrics
@@ -366,5 +363,58 @@ fn label_of(status: Status) -> &'static str {
         Status::Ok => "ok",
         Status::Error => "error",
         Status::Refused => "refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_budget::{LogBudget, LogLimits};
+    use crate::message::{Kind, Message};
+
+    /// A batch `ready` takes must not be refused for good by the log write's own floor check
+    /// for bytes `ready` did not count: what is written (control characters escaped, four
+    /// bytes each; a newline added) is more than what was sent. Deferred, the sender tries
+    /// again; refused, its messages end in its failed-messages.txt while there was room for
+    /// what `ready` was told.
+    #[test]
+    fn a_log_write_ready_took_is_not_refused_for_what_ready_did_not_count() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut node = crate::node::tests::offline_node_named(dir.path(), "central");
+        let method = crate::methods::text_logging::TextLogging;
+        let subject = "central.EventACK.TextLogging";
+        let admitted = |id: &str, text: String| Admitted {
+            envelopes: vec![Envelope {
+                id: id.into(),
+                from_node: "ship1".into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message: Message::new("central", Kind::EventAck, "TextLogging", vec![text]),
+            }],
+            batch: false,
+            from: "ship1".into(),
+            signed: crate::keys::Signed {
+                sent: 0,
+                seq: 1,
+                sig: "00".into(),
+                key: String::new(),
+                covers: crate::keys::Covers::Payload,
+            },
+            reply_to: None,
+        };
+        // A first message, so that the receiver's record has its space ahead already.
+        let first = admitted("ship1-1", "first\n".into());
+        let seen = begin(&method, &node, subject, &first).unwrap();
+        run_new(&method, &node, &first, &seen);
+        let (free, _) = crate::sys::free_bytes(dir.path()).unwrap();
+        // 256 KiB above the floor; 128 KiB sent, 512 KiB to write.
+        node.log_budget = LogBudget::new(LogLimits::new(u64::MAX, Some(free - (256 << 10))));
+        let a = admitted("ship1-2", "\x01".repeat(128 << 10));
+        let Some(seen) = begin(&method, &node, subject, &a) else {
+            return; // deferred: its sender tries again
+        };
+        let out = run_new(&method, &node, &a, &seen);
+        assert_ne!(out[0].status, Status::Refused, "{}", out[0].output);
     }
 }
