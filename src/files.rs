@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Size at which `message-log.txt` is rotated (`message-log.txt.1`, …): a line per message
 /// this node sent, for as long as it runs, would otherwise fill its disk in the end.
@@ -528,9 +528,87 @@ pub fn now_rfc3339() -> String {
     rfc3339(unix_millis())
 }
 
+/// Writes all of `bytes` to a socket by `deadline`, however slowly its reader takes them,
+/// or fails: a client that stops reading gives its place back (`/metrics`, the control
+/// socket).
+pub fn write_by(
+    stream: &mut impl TimedWrite,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the answer was not taken in time",
+            ));
+        }
+        stream.set_timeout(left)?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A socket whose writes wait at most so long (a trait, for the tests).
+pub trait TimedWrite: Write {
+    fn set_timeout(&mut self, d: Duration) -> io::Result<()>;
+}
+
+impl TimedWrite for std::net::TcpStream {
+    fn set_timeout(&mut self, d: Duration) -> io::Result<()> {
+        self.set_write_timeout(Some(d))
+    }
+}
+
+impl TimedWrite for std::os::unix::net::UnixStream {
+    fn set_timeout(&mut self, d: Duration) -> io::Result<()> {
+        self.set_write_timeout(Some(d))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes a byte a call, slowly: a client that reads slowly.
+    struct Trickle(usize);
+
+    impl Write for Trickle {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(5));
+            self.0 += 1;
+            Ok(1)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl TimedWrite for Trickle {
+        fn set_timeout(&mut self, _: Duration) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_answer_read_slowly_is_given_up_at_its_deadline() {
+        let mut slow = Trickle(0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(100);
+        let e = write_by(&mut slow, &[b'x'; 10_000], deadline).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert!((5..=21).contains(&slow.0), "{} bytes taken", slow.0);
+        let mut quick = Trickle(0);
+        write_by(&mut quick, b"abc", Instant::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(quick.0, 3);
+    }
 
     /// Every character, alone and after plain text and after another non-ASCII one: the
     /// byte scan lets none through that the character test would escape.

@@ -55,6 +55,20 @@ fn left_for_ship1(dir: &Path) -> (Vec<String>, Recovery) {
     (data(&take_all(&mut j, "ship1")), r)
 }
 
+/// Appends to `buf` the `Accepted` record of `envelope` (as encoded) on ship1's
+/// TextLogging lane: for journals the tests write by hand.
+fn encode_accepted(seq: u64, envelope: Vec<u8>, buf: &mut Vec<u8>) {
+    let lane = "ship1.EventACK.TextLogging".into();
+    encode(
+        &Record::Accepted {
+            seq,
+            lane,
+            envelope,
+        },
+        buf,
+    );
+}
+
 fn seqs(entries: &[Entry]) -> Vec<u64> {
     entries.iter().map(|e| e.seq).collect()
 }
@@ -236,14 +250,7 @@ fn an_unreadable_message_is_reported_and_passed_over() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = Journal::open(dir.path()).unwrap();
     let mut buf = Vec::new();
-    encode(
-        &Record::Accepted {
-            seq: 1,
-            lane: "ship1.EventACK.TextLogging".into(),
-            envelope: b"{not json".to_vec(),
-        },
-        &mut buf,
-    );
+    encode_accepted(1, b"{not json".to_vec(), &mut buf);
     encode(
         &Record::Checkpoint {
             next_seq: 2,
@@ -376,14 +383,7 @@ fn records_written_together_are_taken_in_any_counts_in_order_and_a_bad_one_among
                 .entries;
             e.remove(0).envelope.encode()
         };
-        encode(
-            &Record::Accepted {
-                seq,
-                lane: "ship1.EventACK.TextLogging".into(),
-                envelope,
-            },
-            &mut buf,
-        );
+        encode_accepted(seq, envelope, &mut buf);
     }
     encode(
         &Record::Checkpoint {
@@ -617,15 +617,7 @@ fn a_journal_whose_checkpoints_say_nothing_is_cut_at_its_first_damage() {
         }
         .encode();
         accepted.push(buf.len() as u64);
-        let lane = "ship1.EventACK.TextLogging".into();
-        encode(
-            &Record::Accepted {
-                seq,
-                lane,
-                envelope,
-            },
-            &mut buf,
-        );
+        encode_accepted(seq, envelope, &mut buf);
         let (next_seq, synced) = (seq + 1, None);
         encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
     }
@@ -1222,21 +1214,12 @@ fn a_record_right_after_a_mib_of_zeros_is_not_missed() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = Journal::open(dir.path()).unwrap();
     drop(j);
-    let lane = "ship1.EventACK.TextLogging".to_string();
     let accepted = |seq: u64, pad: usize| {
         let mut m = msg(seq as usize);
         m.data[0] = format!("message {seq}{}", "x".repeat(pad));
         let envelope = Envelope::sent("central", format!("central-1-{seq}"), m).encode();
         let mut buf = Vec::new();
-        let lane = lane.clone();
-        encode(
-            &Record::Accepted {
-                seq,
-                lane,
-                envelope,
-            },
-            &mut buf,
-        );
+        encode_accepted(seq, envelope, &mut buf);
         buf
     };
     let mut buf = accepted(1, 0);

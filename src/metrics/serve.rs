@@ -20,7 +20,7 @@
 //! do clients from many addresses that connect faster than a scraper's request arrives.
 //! Listen on a trusted address (`--promHostAndPort=10.0.0.5:2112`) where the network is not.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -288,47 +288,11 @@ fn answer(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    write_by(&mut stream, head.as_bytes(), deadline)?;
+    crate::files::write_by(&mut stream, head.as_bytes(), deadline)?;
     if head_only {
         return Ok(()); // its length said, as for a GET, and no body
     }
-    write_by(&mut stream, body.as_bytes(), deadline)
-}
-
-/// Writes all of `bytes` by `deadline`, or fails.
-fn write_by(
-    stream: &mut impl TimedWrite,
-    mut bytes: &[u8],
-    deadline: Instant,
-) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the answer was not taken in time",
-            ));
-        }
-        stream.set_timeout(left)?;
-        match stream.write(bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// A socket whose writes wait at most so long (a trait, for the tests).
-trait TimedWrite: Write {
-    fn set_timeout(&mut self, d: Duration) -> std::io::Result<()>;
-}
-
-impl TimedWrite for TcpStream {
-    fn set_timeout(&mut self, d: Duration) -> std::io::Result<()> {
-        self.set_write_timeout(Some(d))
-    }
+    crate::files::write_by(&mut stream, body.as_bytes(), deadline)
 }
 
 #[cfg(test)]
@@ -368,40 +332,6 @@ mod tests {
         }
         headers.extend_from_slice(b"\r\n");
         assert_eq!(head(&headers, 4096).unwrap(), Head::TooLarge);
-    }
-
-    /// Takes a byte a call, slowly: a client that reads slowly.
-    struct Trickle(usize);
-
-    impl Write for Trickle {
-        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-            std::thread::sleep(Duration::from_millis(5));
-            self.0 += 1;
-            Ok(1)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl TimedWrite for Trickle {
-        fn set_timeout(&mut self, _: Duration) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn an_answer_read_slowly_is_given_up_at_its_deadline() {
-        let mut slow = Trickle(0);
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(100);
-        let e = write_by(&mut slow, &[b'x'; 10_000], deadline).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-        assert!(started.elapsed() < Duration::from_millis(200));
-        assert!((5..=21).contains(&slow.0), "{} bytes taken", slow.0);
-        let mut quick = Trickle(0);
-        write_by(&mut quick, b"abc", Instant::now() + Duration::from_secs(1)).unwrap();
-        assert_eq!(quick.0, 3);
     }
 
     #[test]

@@ -229,25 +229,8 @@ fn read_request(stream: &mut UnixStream, deadline: Instant) -> io::Result<Option
 
 /// Writes all of `bytes` within [`ANSWER_DEADLINE`], however slowly the client reads: one
 /// that stops reading gives its place back.
-fn write_within(stream: &mut UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    let deadline = Instant::now() + ANSWER_DEADLINE;
-    while !bytes.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the answer was not taken in time",
-            ));
-        }
-        stream.set_write_timeout(Some(left))?;
-        match stream.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+fn write_within(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    crate::files::write_by(stream, bytes, Instant::now() + ANSWER_DEADLINE)
 }
 
 fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
