@@ -700,8 +700,9 @@ fn a_stranger_s_huge_or_line_breaking_fields_make_one_bounded_line_each() {
     let forged = r#"{"id":"b","fromNode":"x","accepted":0,"toNode":"ship1","data":[],"commandOrEvent":"x\n[2030-01-01T00:00:00Z ERROR steward] forged","method":"TextLogging"}"#;
     raw.send("ship1.EventACK.TextLogging", None, None, forged.as_bytes());
     ship1.wait_metric("refused both", refusals, |v| v >= 2.0);
-    // Both reports reach central's errors.log, a line each.
-    let errors = central.wait_count("errors.log", "ship1", 2);
+    // Both reports reach central's errors.log, a line each. (Counted by what each line says
+    // once: a line names ship1 several times.)
+    let errors = central.wait_count("errors.log", "refused ship1.EventACK.TextLogging", 2);
     let lines: Vec<&str> = errors.lines().collect();
     assert_eq!(lines.len(), 2, "{}", &errors[..errors.len().min(2000)]);
     for line in &lines {
