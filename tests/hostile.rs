@@ -103,7 +103,10 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     );
     central.wait_for("replies/ship1.CLICommand.log", "genuine");
     ship1.wait_for("textlog/ship2.log", "genuine event");
-    // Both passed the broker before their answers did: the spy has them by now.
+    // Both passed the broker before their answers did: the broker queued them for the spy
+    // before ship1 had them, so its answer to a PING sent now comes after them (the client
+    // may not have read them yet: ship1's socket can be written to first).
+    raw.conn.flush().unwrap();
     let mut captured = Vec::new();
     while let Some(m) = spy.try_next() {
         if !m.subject.ends_with(".Hello") && !m.subject.ends_with(".ErrorLog") {
@@ -725,10 +728,12 @@ fn a_stranger_s_huge_or_line_breaking_fields_make_one_bounded_line_each() {
         !log.lines().any(|l| l.starts_with("[2030")),
         "a forged line"
     );
-    assert_eq!(
-        ship1.metric("steward_journal_pending_messages"),
-        0.0,
-        "every report sent"
+    // Each report is finished in ship1's journal only after central's ACK of the line seen
+    // above has come back, and its records are written: waited for, not assumed.
+    ship1.wait_metric(
+        "sent every report",
+        |s| s.metric("steward_journal_pending_messages"),
+        |v| v == 0.0,
     );
     assert!(!ship1.path("unreadable-messages.txt").exists());
     let mut ship1 = ship1;

@@ -342,8 +342,15 @@ fn a_schedule_skips_its_runs_while_the_disk_is_below_its_floor() {
     // Below the floor (2% of 16 MiB: 335 kB), not full: 200 kB left, room for
     // schedules.json and a run's records, which a schedule would fill to the last byte.
     let filler = disk.leave_free(200_000);
-    // Whatever was running when the disk filled has arrived by now.
-    std::thread::sleep(Duration::from_secs(2));
+    // A run skipped, and whatever ran before it delivered (ACKed by central once written).
+    ship1.wait_until("", "a run skipped", |_| {
+        ship1.log().contains("runs skipped while")
+    });
+    ship1.wait_metric(
+        "delivered what ran before",
+        |s| s.metric("steward_journal_pending_messages"),
+        |v| v == 0.0,
+    );
     let at_full = ticks();
     std::thread::sleep(Duration::from_secs(4));
     let while_full = ticks() - at_full;
