@@ -223,11 +223,15 @@ impl Resumed {
                         stopped = true;
                         return false;
                     }
-                    let end = header.ends_at(&file, at_byte + line.len() as u64 + 1);
                     ends.insert(at_byte);
                     if wanted.remove(header.id) {
                         // Its last record decides: part of a record is not a stored reply
                         // (stored again, whole), and an earlier one is not looked for.
+                        // Checked for a wanted reply alone: every header inside an output
+                        // (what the replying node wrote) may say its body runs to the end
+                        // of the file, and reading each such body would read the file
+                        // once per line.
+                        let end = header.ends_at(&file, at_byte + line.len() as u64 + 1);
                         if end.is_some_and(|end| ends.contains(&end)) {
                             found.insert(header.id.to_string());
                         } else {
@@ -336,6 +340,8 @@ impl<'a> ReplyHeader<'a> {
         while at < end {
             let n = (end - at).min(CHUNK) as usize;
             file.read_exact_at(&mut buf[..n], at).ok()?;
+            #[cfg(test)]
+            tests::HASHED.with(|h| h.set(h.get() + n as u64));
             hasher.update(&buf[..n]);
             at += n as u64;
         }
@@ -647,6 +653,11 @@ fn lines_backward_in(
 mod tests {
     use super::*;
     use crate::message::{Envelope, Kind, Message};
+
+    thread_local! {
+        /// Bytes of reply bodies read to check their CRC on this thread.
+        pub(super) static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     fn entry(seq: u64, id: &str) -> Entry {
         Entry::new(
@@ -988,6 +999,59 @@ mod tests {
         assert_eq!(
             r.stored_replies(&ship1(), &replies, &["x"]),
             HashSet::from(["x".to_string()])
+        );
+    }
+
+    /// A replying node's output may hold many lines that look like headers, each saying
+    /// its body runs to the end of the file: looking for a resumed reply does not read the
+    /// file once for each (a stolen node's key, or a command printing such lines, would
+    /// keep the lane's publisher reading for hours at the next start).
+    #[test]
+    fn headers_inside_an_output_are_not_each_read_to_the_end_of_the_file() {
+        let t = 1_800_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let data = data_folder(&dir);
+        let replies = data.replies("ship1", "CLICommand");
+        std::fs::create_dir_all(replies.parent().unwrap()).unwrap();
+        // A later reply of 64 KiB, whole: each fake header's body would run through it.
+        let last = format!("{}\n", "z".repeat(64 << 10));
+        let last = format!(
+            "=== {} id=b from=ship1 status=Ok exit=0 bytes={} crc={:08x}\n{last}",
+            crate::files::rfc3339(t - 1),
+            last.len(),
+            crc32fast::hash(last.as_bytes())
+        );
+        let fake = |i: usize| {
+            format!("=== 2100-01-01T00:00:00.000Z id=f{i:05} from=ship1 status=Ok exit=0 bytes=")
+        };
+        // Each fake line: its prefix, a 9-digit length, " crc=00000000\n".
+        let n = 1000;
+        let line_len = fake(0).len() + 9 + " crc=00000000\n".len();
+        let inner_len = n * line_len;
+        let mut inner = String::new();
+        for i in 0..n {
+            // From the end of this line to the end of the file.
+            let to_end = (n - i - 1) * line_len + last.len();
+            inner.push_str(&format!("{}{to_end:09} crc=00000000\n", fake(i)));
+        }
+        assert_eq!(inner.len(), inner_len);
+        let outer = format!(
+            "=== {} id=a from=ship1 status=Ok exit=0 bytes={} crc={:08x}\n{inner}",
+            crate::files::rfc3339(t - 2),
+            inner.len(),
+            crc32fast::hash(inner.as_bytes())
+        );
+        std::fs::write(&replies, format!("{outer}{last}")).unwrap();
+        // a is listed, where the look stops; b, after it, is not.
+        std::fs::write(data.message_log(), line("a", t - 2)).unwrap();
+        let r = Resumed::open(&data, 100, &[ship1()]);
+        HASHED.with(|h| h.set(0));
+        assert!(r.stored_replies(&ship1(), &replies, &["c"]).is_empty());
+        let hashed = HASHED.with(|h| h.get());
+        assert!(
+            hashed < 1 << 20,
+            "{hashed} bytes read for their CRC, for a file of {}",
+            outer.len() + last.len()
         );
     }
 

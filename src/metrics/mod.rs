@@ -273,9 +273,14 @@ impl Metrics {
         }
     }
 
-    /// A node said Hello.
+    /// A node said Hello: now, whatever time was kept before (one kept while this node's
+    /// clock was ahead, here or in `hello-nodes.json`, would otherwise keep the node's age
+    /// at 0 until the clock caught up, however long the node stays silent).
     pub fn hello(&self, node: &str) {
-        self.hello_at(node, crate::files::unix_millis());
+        self.last_hello
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), crate::files::unix_millis());
     }
 
     /// A node said Hello at `unix_ms` (as `hello-nodes.json` says, at start: a node that
@@ -328,5 +333,35 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(metrics: &Metrics, node: &str) -> i64 {
+        metrics.render();
+        metrics.hello_age.with_label_values(&[node]).get()
+    }
+
+    /// A time kept while the clock was ahead (an hour: NTP set it back since) does not
+    /// outlive the next Hello: the node's age then grows from that Hello, not from the
+    /// future.
+    #[test]
+    fn a_hello_after_the_clock_was_set_back_counts_from_now() {
+        let metrics = Metrics::new();
+        let now = crate::files::unix_millis();
+        metrics.hello_at("ship1", now + 3_600_000);
+        metrics.hello("ship1");
+        let kept = metrics.last_hello.lock().unwrap()["ship1"];
+        assert!(
+            kept <= crate::files::unix_millis(),
+            "kept {kept}, now {now}"
+        );
+        // A time read from hello-nodes.json at start does not replace a later Hello.
+        metrics.hello_at("ship1", now - 60_000);
+        assert_eq!(metrics.last_hello.lock().unwrap()["ship1"], kept);
+        assert_eq!(age(&metrics, "ship1"), 0);
     }
 }
