@@ -44,8 +44,12 @@ pub const OWN_FOLDERS: [&str; 6] = [
     "journal", "replies", "textlog", "keys", "startup", "received",
 ];
 
-/// Longest `fileName`: what a file's name may be (Linux's `NAME_MAX`).
-const MAX_FILE_NAME: usize = 255;
+/// Longest `fileName`: what a file's name may be (Linux's `NAME_MAX`, 255) less the room
+/// the names steward makes beside it take: `File`'s temporary `.<fileName>.<thread>.tmp`
+/// (16 more) and `FileAppend`'s rotated `<fileName>.1` … (2 more). With 255, `File`
+/// refused every result for a name past 239 bytes (its temporary name too long), and
+/// `FileAppend` failed every append once its file was first due to rotate.
+const MAX_FILE_NAME: usize = 255 - ".".len() - ".2147483647.tmp".len();
 
 /// Most bytes of a result's output: what one message may carry.
 const MAX_RESULT_OUTPUT: usize = crate::message::MAX_DATA_BYTES - 4096;
@@ -191,7 +195,7 @@ fn check_file_name(file_name: &str) -> Result<(), RouteError> {
         Some("it starts with '.'".to_string())
     } else if file_name.len() > MAX_FILE_NAME {
         Some(format!(
-            "it is {} bytes; a file's name may take {MAX_FILE_NAME}",
+            "it is {} bytes; a fileName may take {MAX_FILE_NAME} (room is kept for the temporary and rotated names beside it)",
             file_name.len()
         ))
     } else {
@@ -458,7 +462,7 @@ mod tests {
         // 400 kB: it was journaled, and its batch refused there, for ever).
         let long = "a.".repeat(128) + "txt";
         let err = place(dir.path(), &file_message("m", &long), "ship1").unwrap_err();
-        assert!(err.to_string().contains("may take 255"), "{err}");
+        assert!(err.to_string().contains("may take 239"), "{err}");
         // A symbolic link on the way, or as the file, is refused.
         std::os::unix::fs::symlink("/tmp", dir.path().join("m/daily/ship2")).unwrap();
         let err = place(dir.path(), &file_message("m/daily", "df.txt"), "ship2").unwrap_err();
@@ -599,7 +603,7 @@ mod tests {
         // the whole result, as it leaves, still fits with its headers.
         request.message.reply_method_args = Some(vec!["\u{1}".repeat(4_000)]);
         request.message.directory = Some(vec!["d".repeat(128); 8].join("/"));
-        request.message.file_name = Some("f".repeat(255));
+        request.message.file_name = Some("f".repeat(MAX_FILE_NAME));
         request.id = "i".repeat(256);
         let max = 64 * 1024;
         let result = result_message(&request, &Outcome::ok("\u{1}".repeat(200_000)), max);

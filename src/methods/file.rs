@@ -140,4 +140,46 @@ mod tests {
             |c: char| text.len() == (1 << 20) + 1 && text.trim_end().chars().all(|x| x == c);
         assert!(whole('a') || whole('b'), "a mix of both");
     }
+
+    #[test]
+    fn a_file_name_taken_is_one_file_can_write_and_file_append_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = offline_node_named(dir.path(), "central");
+        // A fileName of up to 255 bytes was taken, at intake and here, and then: File's
+        // temporary name (`.<fileName>.<thread>.tmp`) was too long for the disk, so every
+        // result was refused; FileAppend's worked until its file reached 16 MiB, and its
+        // rotation (`<fileName>.1`) was too long, so from then on every append failed.
+        for len in [255, 254, 250, 240, 239, 200] {
+            // Of plain parts, each at most a node name's 128 bytes.
+            let name = format!("{}.{}", "f".repeat(len / 2), "g".repeat(len - len / 2 - 1));
+            let mut message = Message::new("central", Kind::EventAck, "File", vec!["x".into()]);
+            message.directory = Some("m".into());
+            message.file_name = Some(name.clone());
+            let envelope = Envelope {
+                id: format!("ship1-{len}"),
+                from_node: "ship1".into(),
+                accepted: 0,
+                reply_ticket: None,
+                grant: None,
+                message,
+            };
+            let out = File { append: false }.handle(&envelope, &node.context());
+            if out.status == crate::message::Status::Refused {
+                assert!(out.output.contains("may take"), "{len}: {}", out.output);
+                continue;
+            }
+            assert_eq!(
+                out.status,
+                crate::message::Status::Ok,
+                "{len}: {}",
+                out.output
+            );
+            let path = dir.path().join("m/ship1").join(&name);
+            let keep = crate::log_budget::KEEP_ROTATED;
+            for _ in 0..=keep {
+                crate::files::append_rotating(&path, b"x\n", 1, keep)
+                    .unwrap_or_else(|e| panic!("{len}: rotated: {e}"));
+            }
+        }
+    }
 }

@@ -8,14 +8,18 @@
 //! landing there) it must be in a folder, not one of steward's own (`journal`, `keys`,
 //! `replies`, …): `inmsg.txt` or `keys/trusted.txt` are not a copy's to replace. A
 //! relative path's folders are made (private) as need be and none may be a symbolic link,
-//! as for `File`; an absolute path's folder must exist. The file itself is replaced by a
-//! rename, which never follows a link at that name.
+//! as for `File`; an absolute path's folder must exist, and is written where it really is
+//! (links on the way followed once, when it is checked, and compared with the data folder's
+//! own real place). The file itself is replaced by a rename, which never follows a link at
+//! that name.
 //!
 //! # Writing, resuming, finishing
 //!
 //! See the module above. A batch of chunks (five or six travel together) is written, then
 //! each file written is fsync'd once before any is ACKed; the temporary file's name is made
-//! durable (its folder fsync'd) when it is created.
+//! durable (its folder fsync'd) when it is created. A temporary file found at its name is
+//! written on only if this node could have made it (its user's, with no other name): in a
+//! folder others may write, what they put there is refused, never written through.
 //!
 //! While the data folder's disk is below its floor (`--minFreeBytesForLogs`), chunks are
 //! not taken (unanswered, so the source tries again later), as for logs. A chunk that
@@ -35,7 +39,7 @@ use crate::reply::OWN_FOLDERS;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 pub struct CopyDst;
@@ -162,6 +166,24 @@ fn open_temp(temp: &Path) -> Result<File, CopyDstError> {
     let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
         return Err(CopyDstError::NotAFile(temp.to_path_buf()));
+    }
+    // Only a file this node made is resumed: in a folder a local user may write (an
+    // absolute dstPath), they could have put at this name a hard link to a file they may
+    // not write (where protected_hardlinks is off), which the chunks then overwrote and
+    // `finish` cut to the copy's size; or a file of their own, which they read as it is
+    // written and change before it is checked.
+    let why = if meta.nlink() != 1 {
+        Some("it has other names (a hard link): not a file this copy made")
+    } else if meta.uid() != crate::sys::euid() {
+        Some("another user's file: not a file this copy made")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(CopyDstError::NotOurs {
+            path: temp.to_path_buf(),
+            why,
+        });
     }
     Ok(file)
 }
@@ -340,7 +362,6 @@ fn mode_for(grant: &CopyGrant, last: &Last) -> Result<u32, CopyDstError> {
 /// asked for), or a FIFO (opening it waited for a writer for ever, and the copy's lane
 /// with it).
 fn holds(path: &Path, last: &Last, mode: Result<u32, CopyDstError>) -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Ok(mode) = mode else {
         return false;
     };
@@ -456,7 +477,11 @@ pub fn place(root: &Path, path: &str) -> Result<PathBuf, PlaceError> {
                 })
             }
         };
-        if let Ok(inside) = real.join(name).strip_prefix(root) {
+        // The data folder's own real place: named through a link (or relatively), its
+        // folders were compared with that name, never with where they are, and
+        // `<real>/keys/trusted.txt` was a copy's to replace.
+        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        if let Ok(inside) = real.join(name).strip_prefix(&root) {
             let inside: Vec<&str> = inside
                 .components()
                 .filter_map(|c| match c {
@@ -468,7 +493,9 @@ pub fn place(root: &Path, path: &str) -> Result<PathBuf, PlaceError> {
                 return refuse(&real, why);
             }
         }
-        dir
+        // Written where it was checked: a link on the way pointed elsewhere once checked
+        // (into steward's own folders) led every write after the check there.
+        real
     } else {
         let mut dir = root.to_path_buf();
         for folder in folders {

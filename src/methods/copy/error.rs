@@ -249,6 +249,13 @@ pub enum CopySrcError {
         size: u64,
         cap: u64,
     },
+    /// Its chunks, `journaled` bytes in the journal, would take the disk under the floor
+    /// kept for the journal.
+    NoRoom {
+        path: PathBuf,
+        journaled: u64,
+        source: crate::log_budget::BelowFloor,
+    },
     /// The journal took the first `queued` chunks, and no more.
     NotQueued {
         path: PathBuf,
@@ -277,6 +284,15 @@ impl fmt::Display for CopySrcError {
                 "{} is {size} bytes, more than this node copies ({cap}, --maxCopyBytes): its chunks wait in the journal until delivered",
                 path.display()
             ),
+            CopySrcError::NoRoom {
+                path,
+                journaled,
+                source,
+            } => write!(
+                f,
+                "cannot copy {}: its chunks would take {journaled} bytes of the journal until delivered, and {source}; nothing queued",
+                path.display()
+            ),
             CopySrcError::NotQueued {
                 path,
                 queued,
@@ -297,6 +313,7 @@ impl Error for CopySrcError {
             CopySrcError::Read { source, .. } | CopySrcError::NotQueued { source, .. } => {
                 Some(source)
             }
+            CopySrcError::NoRoom { source, .. } => Some(source),
             CopySrcError::NoGrant { .. }
             | CopySrcError::Private { .. }
             | CopySrcError::NotAFile(_)
@@ -336,6 +353,11 @@ pub enum CopyDstError {
     },
     /// The temporary file's name is taken by something else.
     NotAFile(PathBuf),
+    /// The temporary file's name holds a file this node did not make for the copy (`why`).
+    NotOurs {
+        path: PathBuf,
+        why: &'static str,
+    },
     /// The whole file is not what the source sent.
     Mismatch(Box<Mismatch>),
     /// The grant's mode.
@@ -400,6 +422,11 @@ impl fmt::Display for CopyDstError {
                 write!(f, "cannot read {}: {source}", path.display())
             }
             CopyDstError::NotAFile(path) => write!(f, "{} is not a file", path.display()),
+            CopyDstError::NotOurs { path, why } => write!(
+                f,
+                "{}: {why}; refused, nothing written (remove it, then send the CopySrc again)",
+                path.display()
+            ),
             CopyDstError::Mismatch(m) => write!(
                 f,
                 "copy {} from {} to {}: SHA-256 mismatch: {} sent sha256 {} ({} bytes), {} received sha256 {} ({} bytes); {}; nothing put in place",
@@ -449,6 +476,7 @@ impl Error for CopyDstError {
             CopyDstError::NotAChunk
             | CopyDstError::PastCap { .. }
             | CopyDstError::NotAFile(_)
+            | CopyDstError::NotOurs { .. }
             | CopyDstError::Mismatch(_) => None,
         }
     }

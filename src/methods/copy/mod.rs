@@ -25,7 +25,8 @@
 //!
 //! The file is copied as it is when the copy starts, up to its size then: a log still
 //! being written is copied up to where it was. A file larger than `--maxCopyBytes`
-//! (default 256 MiB) is refused before anything is queued.
+//! (default 256 MiB) is refused before anything is queued, and so is one whose chunks
+//! would take the disk under the floor kept for the journal (`--minFreeBytesForLogs`).
 //!
 //! # Chunks
 //!
@@ -102,6 +103,10 @@ pub const CHUNK_BYTES: usize = 128 * 1024;
 pub const GROUP: usize = 32;
 /// Default of `--maxCopyBytes`: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Bytes a journaled chunk takes besides its data and its grant (`methodArgs`, counted
+/// twice: JSON may escape it), at most: its envelope. What a copy's room in the journal
+/// is counted with.
+const CHUNK_OVERHEAD: u64 = 1024;
 /// How long a chunk keeps trying without the `CopySrc`'s `ttl`: a week.
 pub const CHUNK_TTL_SECS: u64 = 7 * 24 * 3600;
 /// Least time the last chunk's ACK is waited for: the destination reads the whole file
@@ -279,6 +284,22 @@ fn copy_out(e: &Envelope, ctx: &Context) -> Result<String, CopySrcError> {
     let cap = ctx.config.max_copy_bytes;
     if size > cap {
         return Err(CopySrcError::TooBig { path, size, cap });
+    }
+    // Its chunks wait in the journal, as base64, until the destination has them: on a disk
+    // without that room above the floor kept for the journal (`--minFreeBytesForLogs`),
+    // they were journaled as far as the disk went, and the node was left with no room to
+    // take any other message, and the destination with a copy that never ends.
+    let overhead = CHUNK_OVERHEAD + 2 * args.iter().map(|a| a.len() as u64).sum::<u64>();
+    let journaled = size.div_ceil(3) * 4 + (size / CHUNK_BYTES as u64 + 1) * overhead;
+    if let Err(source) = ctx
+        .log_budget
+        .check_free_space_for(&ctx.data.root, journaled)
+    {
+        return Err(CopySrcError::NoRoom {
+            path,
+            journaled,
+            source,
+        });
     }
     let m = &e.message;
     let ttl = m.ttl.unwrap_or(CHUNK_TTL_SECS);

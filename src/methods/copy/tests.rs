@@ -559,3 +559,96 @@ fn copies_of_a_chunk_s_size_and_a_group_s_arrive_whole() {
         assert_eq!(std::fs::read(&placed).unwrap(), p.bytes, "{len} bytes");
     }
 }
+
+#[test]
+fn a_link_planted_at_a_copy_s_temporary_name_is_not_written_through() {
+    let p = pair(3 * CHUNK_BYTES);
+    // An absolute dstPath in a folder a local user may write to (their own, or a shared
+    // one): they link the copy's temporary name to a file they may not write (a hard link
+    // needs no write access to its target where protected_hardlinks is off), and the
+    // agent, root, wrote the chunks into it, and cut it to the copy's size.
+    let shared = tempfile::tempdir().unwrap();
+    let folder = shared.path().canonicalize().unwrap();
+    let dst = folder.join("file.bin");
+    let asked = request("out/file.bin", dst.to_str().unwrap(), None);
+    let said = CopySrc.handle(&asked, &p.source.context());
+    assert_eq!(said.status, Status::Ok, "{}", said.output);
+    let chunks = queued(&p.source);
+    let victim = folder.join("victim");
+    std::fs::write(&victim, b"not the copy's to write").unwrap();
+    let temp = dst::temp_path(&dst, "ship1", "central-0123abcd");
+    std::fs::hard_link(&victim, &temp).unwrap();
+    let outcomes = deliver(&p.dest, &chunks, 5);
+    assert!(
+        std::fs::read(&victim).unwrap() == b"not the copy's to write",
+        "written through the link: {outcomes:?}"
+    );
+    for o in &outcomes {
+        assert_eq!(o.status, Status::Error, "{}", o.output);
+        assert!(
+            o.output.contains(&temp.display().to_string()),
+            "{}",
+            o.output
+        );
+        assert!(o.output.contains("link"), "{}", o.output);
+    }
+    assert!(!dst.exists(), "nothing put in place");
+}
+
+#[test]
+fn an_absolute_dst_path_into_steward_s_own_folders_is_refused_however_the_data_folder_is_named() {
+    // The data folder named through a link (`--dataFolder=/var/lib/steward`, a link to a
+    // USB disk on a Pi): its own folders were compared with the link's name, never the
+    // folder's, and `<real>/keys/trusted.txt` was a copy's to replace.
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().canonicalize().unwrap().join("data");
+    std::fs::create_dir_all(real.join("keys")).unwrap();
+    let link = real.with_file_name("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for root in [&link, &real] {
+        for named in [&real, &link] {
+            let into_keys = format!("{}/keys/trusted.txt", named.display());
+            let why = dst::place(root, &into_keys).unwrap_err().to_string();
+            assert!(
+                why.contains("steward's own"),
+                "{into_keys} in {root:?}: {why}"
+            );
+            let beside_inmsg = format!("{}/inmsg.txt", named.display());
+            let why = dst::place(root, &beside_inmsg).unwrap_err().to_string();
+            assert!(why.contains("goes into a folder"), "{beside_inmsg}: {why}");
+        }
+    }
+    // What is checked is where it is written: the folder's real place, not a name that
+    // may be pointed elsewhere once it was checked.
+    std::fs::create_dir_all(real.join("in")).unwrap();
+    let through_link = format!("{}/in/y", link.display());
+    assert_eq!(dst::place(&real, &through_link).unwrap(), real.join("in/y"));
+}
+
+#[test]
+fn a_copy_the_journal_has_no_room_for_is_refused_before_anything_is_queued() {
+    use crate::log_budget::{LogBudget, LogLimits, DEFAULT_BYTES_PER_HOUR};
+    let p = pair(0);
+    // Sparse: it takes no room itself, and its chunks, journaled, take a third more.
+    let src = p.source.data.root.join("out/big.bin");
+    File::create(&src).unwrap().set_len(32 << 20).unwrap();
+    // Room for the file, not for its chunks as journaled, above the floor kept for the
+    // journal: they were journaled all the same, as far as the disk went, and the node
+    // then had nothing left to take any other message with.
+    let (free, _) = crate::sys::free_bytes(&p.source.data.root).unwrap();
+    let floor = free.saturating_sub(36 << 20);
+    let budget = LogBudget::new(LogLimits::new(DEFAULT_BYTES_PER_HOUR, Some(floor)));
+    let ctx = Context {
+        log_budget: &budget,
+        ..p.source.context()
+    };
+    let said = CopySrc.handle(&request("out/big.bin", "incoming/big.bin", None), &ctx);
+    assert_eq!(said.status, Status::Error, "{}", said.output);
+    assert!(said.output.contains("big.bin"), "{}", said.output);
+    assert!(
+        said.output.contains("--minFreeBytesForLogs"),
+        "{}",
+        said.output
+    );
+    assert!(queued(&p.source).is_empty(), "nothing queued");
+}
