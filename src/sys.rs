@@ -343,6 +343,14 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Makes this thread's files as `uid`'s (its fsuid), its euid unchanged: what a disk whose
+/// files all have one owner does (FAT mounted with `uid=`). Root only.
+#[cfg(test)]
+pub fn set_fsuid(uid: u32) {
+    // SAFETY: setfsuid takes a uid and changes the calling thread's alone.
+    unsafe { libc::setfsuid(uid) };
+}
+
 /// Sets SIGIO to be ignored. The inbox takes a write lease ([`set_lease`]) on a taken
 /// inmsg.txt to learn whether a writer still holds it; if another process opens the file
 /// while the lease is held, the kernel sends the lease holder SIGIO, whose default action

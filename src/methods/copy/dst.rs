@@ -10,16 +10,18 @@
 //! relative path's folders are made (private) as need be and none may be a symbolic link,
 //! as for `File`; an absolute path's folder must exist, and is written where it really is
 //! (links on the way followed once, when it is checked, and compared with the data folder's
-//! own real place). The file itself is replaced by a rename, which never follows a link at
-//! that name.
+//! own real place, and with its folders by what they are: a bind mount of it, or a disk
+//! that ignores case, names them otherwise). The file itself is replaced by a rename,
+//! which never follows a link at that name.
 //!
 //! # Writing, resuming, finishing
 //!
 //! See the module above. A batch of chunks (five or six travel together) is written, then
 //! each file written is fsync'd once before any is ACKed; the temporary file's name is made
 //! durable (its folder fsync'd) when it is created. A temporary file found at its name is
-//! written on only if this node could have made it (its user's, with no other name): in a
-//! folder others may write, what they put there is refused, never written through.
+//! written on only if this node could have made it (its user's, or whose this node's files
+//! are on that disk, with no other name): in a folder others may write, what they put
+//! there is refused, never written through.
 //!
 //! While the data folder's disk is below its floor (`--minFreeBytesForLogs`), chunks are
 //! not taken (unanswered, so the source tries again later), as for logs. A chunk that
@@ -151,15 +153,15 @@ fn open_temp(temp: &Path) -> Result<File, CopyDstError> {
         }
         o
     };
-    let file = match options(true).open(temp) {
+    let (file, made) = match options(true).open(temp) {
         Ok(file) => {
             // A restart must find it: its name is part of the copy's progress.
             let dir = temp.parent().unwrap_or(Path::new("/"));
             crate::files::sync_dir(dir).map_err(cannot)?;
-            file
+            (file, true)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            options(false).open(temp).map_err(cannot)?
+            (options(false).open(temp).map_err(cannot)?, false)
         }
         Err(e) => return Err(cannot(e)),
     };
@@ -171,10 +173,15 @@ fn open_temp(temp: &Path) -> Result<File, CopyDstError> {
     // absolute dstPath), they could have put at this name a hard link to a file they may
     // not write (where protected_hardlinks is off), which the chunks then overwrote and
     // `finish` cut to the copy's size; or a file of their own, which they read as it is
-    // written and change before it is checked.
+    // written and change before it is checked. Whose a file this node makes is depends on
+    // the disk (one owner for all on FAT mounted with `uid=`, nobody's under NFS's
+    // root_squash): one just made is this node's, and one found is compared with it.
     let why = if meta.nlink() != 1 {
         Some("it has other names (a hard link): not a file this copy made")
-    } else if meta.uid() != crate::sys::euid() {
+    } else if !made
+        && meta.uid() != crate::sys::euid()
+        && new_file_owner(temp).ok() != Some(meta.uid())
+    {
         Some("another user's file: not a file this copy made")
     } else {
         None
@@ -186,6 +193,21 @@ fn open_temp(temp: &Path) -> Result<File, CopyDstError> {
         });
     }
     Ok(file)
+}
+
+/// Whose a file this node makes beside `temp` is: a file made, looked at, and removed.
+fn new_file_owner(temp: &Path) -> io::Result<u32> {
+    let mut probe = temp.as_os_str().to_owned();
+    probe.push(".owner");
+    let probe = PathBuf::from(probe);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::files::PRIVATE_FILE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe)?;
+    let _ = fs::remove_file(&probe);
+    Ok(file.metadata()?.uid())
 }
 
 /// Takes chunk `i` of the batch: written into its copy's temporary file, and, the last,
@@ -439,15 +461,17 @@ fn parts(path: &str) -> Vec<&str> {
 /// What a path under the data folder must be: in a folder, not one of steward's own.
 fn check_in_data_folder(parts: &[&str]) -> Result<(), &'static str> {
     if parts.len() < 2 {
-        return Err(
-            "in the data folder, a copy goes into a folder (e.g. \"incoming/file\"), not beside inmsg.txt",
-        );
+        return Err(BESIDE_INMSG);
     }
     if OWN_FOLDERS.contains(&parts[0]) {
-        return Err("a folder of steward's own");
+        return Err(OWN_FOLDER);
     }
     Ok(())
 }
+
+const BESIDE_INMSG: &str =
+    "in the data folder, a copy goes into a folder (e.g. \"incoming/file\"), not beside inmsg.txt";
+const OWN_FOLDER: &str = "a folder of steward's own";
 
 /// Where `path` (a `dstPath`) is on this node, whose data folder is `root`; a relative
 /// path's folders are made as need be.
@@ -493,6 +517,9 @@ pub fn place(root: &Path, path: &str) -> Result<PathBuf, PlaceError> {
                 return refuse(&real, why);
             }
         }
+        if let Err(why) = check_by_identity(&root, &real) {
+            return refuse(&real, why);
+        }
         // Written where it was checked: a link on the way pointed elsewhere once checked
         // (into steward's own folders) led every write after the check there.
         real
@@ -532,7 +559,38 @@ pub fn place(root: &Path, path: &str) -> Result<PathBuf, PlaceError> {
                 }
             }
         }
+        if let Err(why) = check_by_identity(root, &dir) {
+            return refuse(&dir, why);
+        }
         dir
     };
     Ok(dir.join(name))
+}
+
+/// As [`check_in_data_folder`], for the folder `dir`, by what its folders are, not by
+/// their names: other names lead to the data folder `root` and its own folders (a bind
+/// mount of it, as `/var/lib/steward` from `/mnt/usb/steward` on a Pi; a disk that ignores
+/// case, where `KEYS` is `keys`), and canonicalize leaves them as they are.
+fn check_by_identity(root: &Path, dir: &Path) -> Result<(), &'static str> {
+    let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(data) = id(root) else {
+        return Ok(());
+    };
+    let mut below = None;
+    for at in dir.ancestors() {
+        let here = id(at);
+        if here == Some(data) {
+            return match below {
+                None => Err(BESIDE_INMSG),
+                Some(Some(first))
+                    if OWN_FOLDERS.iter().any(|f| id(&root.join(f)) == Some(first)) =>
+                {
+                    Err(OWN_FOLDER)
+                }
+                Some(_) => Ok(()),
+            };
+        }
+        below = Some(here);
+    }
+    Ok(())
 }

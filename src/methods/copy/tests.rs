@@ -652,3 +652,88 @@ fn a_copy_the_journal_has_no_room_for_is_refused_before_anything_is_queued() {
     );
     assert!(queued(&p.source).is_empty(), "nothing queued");
 }
+
+#[test]
+fn a_copy_goes_onto_a_disk_whose_files_all_have_one_owner() {
+    // A FAT or exFAT disk mounted with `uid=1000` (a USB stick on a Pi), or NFS with
+    // root_squash: every file the agent, root, makes there is 1000's (or nobody's). Made as
+    // such a file is here: the destination's thread makes its files as 65534 (its fsuid),
+    // its euid still root's.
+    if crate::sys::euid() != 0 {
+        eprintln!("skipped: needs root, to make files as another user");
+        return;
+    }
+    let p = pair(3 * CHUNK_BYTES);
+    let disk = tempfile::tempdir().unwrap();
+    let folder = disk.path().canonicalize().unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dst = folder.join("file.bin");
+    let asked = request("out/file.bin", dst.to_str().unwrap(), None);
+    let said = CopySrc.handle(&asked, &p.source.context());
+    assert_eq!(said.status, Status::Ok, "{}", said.output);
+    let chunks = queued(&p.source);
+    // Another user's file at the temporary name is refused (by root, who may write it).
+    let temp = dst::temp_path(&dst, "ship1", "central-0123abcd");
+    std::fs::write(&temp, b"theirs").unwrap();
+    std::os::unix::fs::chown(&temp, Some(1234), None).unwrap();
+    let as_disk_owner = |chunks: &[Envelope]| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::sys::set_fsuid(65534);
+                // A batch a chunk: each after the first finds the file the first made.
+                deliver(&p.dest, chunks, 1)
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    for o in deliver(&p.dest, &chunks[..1], 1) {
+        assert_eq!(o.status, Status::Error, "{}", o.output);
+        assert!(o.output.contains("another user's"), "{}", o.output);
+    }
+    assert_eq!(std::fs::read(&temp).unwrap(), b"theirs");
+    std::fs::remove_file(&temp).unwrap();
+    for o in as_disk_owner(&chunks) {
+        assert_eq!(o.status, Status::Ok, "{}", o.output);
+    }
+    assert_eq!(std::fs::read(&dst).unwrap(), p.bytes);
+}
+
+#[test]
+fn an_absolute_dst_path_through_another_mount_of_the_data_folder_is_refused() {
+    // The data folder bind-mounted at its place (`/var/lib/steward`, from `/mnt/usb/steward`
+    // on a Pi), or on a disk that ignores case (FAT: `KEYS` is `keys`): a name
+    // canonicalize leaves as it is, and compared by name, `/mnt/usb/steward/keys/
+    // trusted.txt` was a copy's to replace.
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().canonicalize().unwrap().join("data");
+    std::fs::create_dir_all(real.join("keys")).unwrap();
+    std::fs::create_dir_all(real.join("in")).unwrap();
+    let alias = real.with_file_name("usb");
+    std::fs::create_dir(&alias).unwrap();
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let bound = crate::sys::euid() == 0
+        && std::process::Command::new("mount")
+            .arg("--bind")
+            .args([&real, &alias])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !bound {
+        eprintln!("skipped: a bind mount needs root");
+        return;
+    }
+    let _mounted = Mounted(alias.clone());
+    let into_keys = format!("{}/keys/trusted.txt", alias.display());
+    let why = dst::place(&real, &into_keys).unwrap_err().to_string();
+    assert!(why.contains("steward's own"), "{into_keys}: {why}");
+    let beside_inmsg = format!("{}/inmsg.txt", alias.display());
+    let why = dst::place(&real, &beside_inmsg).unwrap_err().to_string();
+    assert!(why.contains("goes into a folder"), "{beside_inmsg}: {why}");
+    let into_in = format!("{}/in/y", alias.display());
+    assert_eq!(dst::place(&real, &into_in).unwrap(), alias.join("in/y"));
+}
