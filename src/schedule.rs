@@ -20,7 +20,10 @@
 //!   moves every schedule's grid and end with it: a schedule started before the sync
 //!   neither ends early (set forward by the days the Pi was off) nor pauses (set back).
 //!   Told by the monotonic clock, which no one sets; a step while the node was down is
-//!   not seen.
+//!   not seen. A schedule kept from a start whose clock read later than the one it steps
+//!   from (a Pi that booted in 1970 reads the schedules.json it wrote in 2026) was never on
+//!   that clock: it is on the one the step sets, and stays where it is (moved, it was 56
+//!   years away, and never ran again).
 //!
 //! `OpProcessList` lists them (`schedule <id>`); `OpProcessStop` `["schedule <id>"]` stops
 //! one for good.
@@ -97,6 +100,14 @@ impl Schedule {
     fn over(&self) -> bool {
         self.running.is_none() && self.next > self.until
     }
+
+    /// The latest the wall clock read, by its record, while it was kept: its first run, the
+    /// run under way, the last grid point reached. A clock that reads earlier is not the
+    /// one it was made on.
+    fn seen_at(&self) -> u64 {
+        let last = self.next.saturating_sub(self.every);
+        self.first.max(last).max(self.running.unwrap_or(0))
+    }
 }
 
 /// Every schedule this node runs, kept on disk; wakes the scheduler when one is added.
@@ -114,7 +125,9 @@ impl Schedules {
     /// way is not run again, runs missed meanwhile are skipped, finished ones dropped. A
     /// file that cannot be read or parsed is set aside (`.bad`), with an error, rather than
     /// written over by the next change: the schedules in it stop, the node starts. A
-    /// schedule of no interval (a hand edit) is dropped, with an error.
+    /// schedule of an interval no message gives (none, or past
+    /// [`MAX_SCHEDULE_SECS`](crate::message::MAX_SCHEDULE_SECS): a hand edit, whose grid
+    /// overflowed) is dropped, with an error.
     pub fn open(path: PathBuf, now: u64) -> Schedules {
         let set_aside = |why: String| {
             crate::files::set_aside(&path, &why, "its schedules stop");
@@ -127,10 +140,16 @@ impl Schedules {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => set_aside(e.to_string()),
         };
+        let longest = crate::message::MAX_SCHEDULE_SECS * 1000;
         list.retain(|s| {
-            let runs = s.every > 0;
+            let runs = (1..=longest).contains(&s.every);
             if !runs {
-                log::error!("{}: {} has no interval; dropped", path.display(), s.name());
+                log::error!(
+                    "{}: {} has an interval of {} ms, none a message may give; dropped",
+                    path.display(),
+                    s.name(),
+                    s.every
+                );
             }
             runs
         });
@@ -172,14 +191,22 @@ impl Schedules {
         if step.abs() < CLOCK_STEP_MS || list.is_empty() {
             return;
         }
+        // What the clock would read without the step: a schedule recorded later than that
+        // was kept from a start on a later clock, and is already on the one set now.
+        let unset = wall.saturating_add_signed(-step);
+        let on_it = |s: &Schedule| s.seen_at() <= unset;
+        let moved = list.iter().filter(|s| on_it(s)).count();
         log::warn!(
-            "the clock was set {} by {} s: {} schedule(s) moved with it",
+            "the clock was set {} by {} s: {moved} schedule(s) moved with it, {} kept from a later clock left where they were",
             if step > 0 { "forward" } else { "back" },
             step.abs() / 1000,
-            list.len()
+            list.len() - moved
         );
+        if moved == 0 {
+            return;
+        }
         let by = |t: u64| t.saturating_add_signed(step);
-        for s in list.iter_mut() {
+        for s in list.iter_mut().filter(|s| on_it(s)) {
             (s.first, s.next, s.until) = (by(s.first), by(s.next), by(s.until));
             s.running = s.running.map(by);
         }
@@ -200,7 +227,8 @@ impl Schedules {
     /// Keeps a new schedule (its first run done) and wakes the scheduler. The same message
     /// again (same sender, same content, another id: a startup file at each start) replaces
     /// the schedule it had made, so schedules never pile up; past [`MAX_PER_SENDER`] from
-    /// one sender or [`MAX_SCHEDULES`] in all, it is refused.
+    /// one sender or [`MAX_SCHEDULES`] in all, it is refused, and so is one whose id
+    /// another sender's schedule has (a schedule is named, and stopped, by its id).
     pub fn add(&self, schedule: Schedule) -> io::Result<()> {
         self.add_at(schedule, crate::files::unix_millis(), Instant::now())
     }
@@ -215,6 +243,16 @@ impl Schedules {
             .any(|s| s.request.id == schedule.request.id && s.request.from_node == *from)
         {
             return Ok(());
+        }
+        // Named by its id alone (`schedule <id>`): another sender's schedule of that id (a
+        // copied one) would be stopped with it, by OpProcessStop or by that sender's
+        // revocation.
+        let id = &schedule.request.id;
+        if let Some(other) = list.iter().find(|s| s.request.id == *id) {
+            return Err(io::Error::other(format!(
+                "schedule {id} of {from}: {} has a schedule of that id here",
+                other.request.from_node
+            )));
         }
         let same = |s: &Schedule| {
             s.request.from_node == *from && s.request.message == schedule.request.message
@@ -330,9 +368,22 @@ impl Schedules {
         Ok(true)
     }
 
+    /// Whether schedule `id` of `from` is still kept (not stopped, ended or replaced).
+    pub fn kept(&self, from: &str, id: &str) -> bool {
+        self.lock()
+            .iter()
+            .any(|s| s.request.id == id && s.request.from_node == from)
+    }
+
     /// The schedules, for the process table.
     pub fn list(&self) -> Vec<Schedule> {
         self.lock().clone()
+    }
+
+    /// How many schedules there are (without copying them, as [`Schedules::list`] does:
+    /// each may carry a message's 256 KiB of data).
+    pub fn count(&self) -> usize {
+        self.lock().len()
     }
 
     /// Rings when a schedule was added, ended a run or was stopped.
@@ -448,6 +499,66 @@ mod tests {
         assert_eq!(s.list()[0].until, kept.until + week - back);
     }
 
+    /// A Pi without a real-time clock boots in 1970 and reads the schedules.json it wrote in
+    /// 2026; NTP's first sync then sets the clock 56 years forward. The schedules kept from
+    /// the last start were never on the 1970 clock: they stay where they were, and run on
+    /// their grid (they were moved 56 years ahead with the clock, and never ran again).
+    #[test]
+    fn schedules_kept_from_a_later_clock_are_not_moved_when_ntp_catches_up_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("schedules.json");
+        let t = 1_795_000_000_000; // 2026
+        let s = Schedules::open(path.clone(), t - 1_000);
+        added(&s, Schedule::of(&request([60, 3600]), "K", t).unwrap()).unwrap();
+        let kept = s.list()[0].clone();
+        drop(s);
+        // Booted in 1970: nothing due, and the scheduler's first look.
+        let boot = 30_000;
+        let s = Schedules::open(path, boot);
+        assert_eq!(s.list(), vec![kept.clone()]);
+        let m = Instant::now();
+        assert_eq!(s.due_at(boot, m), (vec![], Some(kept.next)));
+        // Twenty seconds later NTP sets the clock to 2026, a little past the next run.
+        let now = kept.next + 5_000;
+        let (due, _) = s.due_at(now, m + Duration::from_secs(20));
+        assert_eq!(
+            s.list()[0].until,
+            kept.until,
+            "moved with a clock it was never on"
+        );
+        assert_eq!(due.len(), 1, "the run due at {} did not run", kept.next);
+        // A schedule made on the 1970 clock moves with it, as before.
+        let boot = dir.path().join("boot.json");
+        let s = Schedules::open(boot, 0);
+        let m = Instant::now();
+        let made = Schedule::of(&request([60, 3600]), "K", 10_000).unwrap();
+        s.add_at(made, 10_000, m).unwrap();
+        s.due_at(t + 20_000, m + Duration::from_secs(10));
+        assert_eq!(s.list()[0].first, t + 10_000);
+    }
+
+    /// A schedule is named by its id alone (`OpProcessStop ["schedule <id>"]`, and the
+    /// scheduler's end of a revoked sender's schedules): a sender that reused the id of
+    /// another's schedule (OpProcessList shows it) made a second one of the same name, and
+    /// when that sender's key was revoked, the other's schedule ended with its own.
+    #[test]
+    fn an_id_another_sender_s_schedule_has_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Schedules::open(dir.path().join("schedules.json"), 0);
+        added(&s, Schedule::of(&request([60, 3600]), "K", 1_000).unwrap()).unwrap();
+        let mut copy = request([60, 3600]);
+        copy.from_node = "ship2".into();
+        let why = added(&s, Schedule::of(&copy, "K2", 2_000).unwrap()).unwrap_err();
+        assert!(why.to_string().contains("central-1"), "{why}");
+        // Its own again, or one of another id, as before.
+        added(&s, Schedule::of(&request([60, 3600]), "K", 2_000).unwrap()).unwrap();
+        copy.id = "ship2-1".into();
+        added(&s, Schedule::of(&copy, "K2", 2_000).unwrap()).unwrap();
+        assert!(s.stop("ship2-1").unwrap());
+        assert_eq!(s.list().len(), 1, "{:?}", s.list());
+        assert_eq!(s.list()[0].request.from_node, "central");
+    }
+
     /// A run that cannot be recorded as started (a full disk) is skipped; when that was the
     /// schedule's last, the schedule is over: the scheduler is not told to wake for a run
     /// that never comes (it woke at once, again and again, a core at 100% until a restart).
@@ -502,8 +613,15 @@ mod tests {
             .unwrap()
             .replace("\"every\":2000", "\"every\":0");
         assert!(text.contains("\"every\":0"), "{text}");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let s = Schedules::open(path.clone(), 3_000);
+        assert!(s.list().is_empty());
+        // One past any a message may give: its next grid point overflowed (a panic; in a
+        // release build, a run due at once, again and again).
+        let huge = text.replace("\"every\":0", &format!("\"every\":{}", u64::MAX));
+        std::fs::write(&path, huge).unwrap();
         let s = Schedules::open(path, 3_000);
         assert!(s.list().is_empty());
+        assert_eq!(s.due(25_000), (vec![], None));
     }
 }

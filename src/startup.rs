@@ -11,8 +11,9 @@
 //! start replaces the one the last start made ([`crate::schedule`]).
 //!
 //! A file (or the folder) that users other than its owner may write is refused, and so is
-//! a symbolic link: whoever writes here runs commands as this node. A bad file or message
-//! is reported to central and skipped; the rest still go.
+//! a symbolic link: whoever writes here runs commands as this node. So is anything but a
+//! regular file of at most [`MAX_FILE_BYTES`] (a FIFO is not waited on). A bad file or
+//! message is reported to central and skipped; the rest still go.
 //!
 //! A start's messages go through the broker, even to this node itself: while it is away,
 //! they wait in the journal. A start that finds the same message of an earlier start
@@ -34,6 +35,9 @@ use std::path::Path;
 
 /// What `toNode` says for this node, in a startup file.
 pub const LOCAL: &str = "local";
+
+/// Largest startup file read: a few messages, each with at most 256 KiB of data.
+const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Sends the startup folder's messages (if it has any); returns how many were taken. (The
 /// agent asks [`mark_known`] first, before its inbox runs: [`send_after`].)
@@ -270,7 +274,7 @@ fn read(path: &Path, me: &str) -> Result<(Vec<Message>, Vec<String>), String> {
     if meta.uid() != std::fs::metadata(path.parent().unwrap_or(path)).map_or(0, |m| m.uid()) {
         return Err("owned by another user than its folder".into());
     }
-    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let text = read_text(path).map_err(|e| e.to_string())?;
     let value: Value = serde_json::from_slice(&text).map_err(|e| format!("invalid JSON: {e}"))?;
     let items = match value {
         Value::Array(items) => items,
@@ -285,6 +289,34 @@ fn read(path: &Path, me: &str) -> Result<(Vec<Message>, Vec<String>), String> {
         }
     }
     Ok((taken, refused))
+}
+
+/// The bytes of a startup file, which must be a regular file of at most
+/// [`MAX_FILE_BYTES`]. Opened without following a link or waiting: the start reads it on
+/// the supervisor's thread, which a FIFO nobody writes to held for good (no failed process
+/// restarted, no `OpProcessStop` answered), and a stray multi-gigabyte file was read whole.
+fn read_text(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, a FIFO or a device)",
+        ));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    Ok(text)
 }
 
 /// One startup message: `local` made this node's name, `fromNode` taken as where the
@@ -441,6 +473,31 @@ mod tests {
                 .unwrap();
         assert_eq!(node.journal().lane_pending(&lane), 1);
         assert_eq!(send(&node), 0, "sent again while the first still waits");
+    }
+
+    /// A FIFO named `*.json` (or one put in a file's place) is not waited on: the start
+    /// read it on the supervisor's thread, which then never ran (no restart of a failed
+    /// process, no OpProcessList or OpProcessStop answered) until someone wrote to it. A
+    /// file larger than any startup file is not read whole into memory.
+    #[test]
+    fn a_fifo_or_a_huge_file_is_refused_not_waited_on_or_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("boot.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let at = fifo.clone();
+        std::thread::spawn(move || tx.send(read(&at, "ship1")).unwrap());
+        let read = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("waited on a FIFO for a writer");
+        let why = read.unwrap_err();
+        assert!(why.contains("not a regular file"), "{why}");
+        let huge = dir.path().join("huge.json");
+        let f = std::fs::File::create(&huge).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let why = super::read(&huge, "ship1").unwrap_err();
+        assert!(why.contains("larger than"), "{why}");
     }
 
     #[test]

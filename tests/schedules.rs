@@ -162,6 +162,56 @@ fn schedules_holding_every_handler_cannot_lock_out_the_commands_that_stop_them()
     assert!(!ship1.status().contains("schedule "), "{}", ship1.status());
 }
 
+/// A run due while every handler place is held waits for one; a stop meanwhile holds: the
+/// run does not start once a place is free ("stopped for good" was answered, and it ran
+/// once more, minutes later; so did a revoked sender's).
+#[test]
+fn a_run_waiting_for_a_handler_place_does_not_start_after_its_schedule_is_stopped() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &["--maxConcurrentHandlers=1"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let tick = schedule(&central, r#"["echo","tick"]"#, 1, 600, "tick.txt");
+    // Its runs after the first (answered at once) hold the one place for 20 s.
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("long");
+    let shell = format!("[ -e {0} ] && sleep 20; touch {0}", mark.display());
+    let ended = central.send_and_wait(&format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c",{shell:?}],"commandOrEvent":"CommandACK","method":"CLICommand","methodTimeout":60,"timeout":90,"schedule":[1,600],"replyMethod":"None"}}]"#
+    ));
+    assert_eq!(ended[0].1, "acked", "{ended:?}");
+    let long = ended[0].0.clone();
+    ship1.wait_status("showed the place held", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("handlers busy: 1"))
+    });
+    // The tick's next run is due, and waits for the place.
+    std::thread::sleep(Duration::from_secs(3));
+    for id in [&tick, &long] {
+        let ended = central.send_and_wait(&format!(
+            r#"[{{"toNode":"ship1","data":["schedule {id}"],"commandOrEvent":"CommandACK","method":"OpProcessStop"}}]"#
+        ));
+        assert_eq!(ended[0].1, "acked", "{ended:?}");
+    }
+    // Every result of a run made before the place was held delivered.
+    ship1.wait_metric(
+        "delivered the runs' results so far",
+        |s| s.metric("steward_journal_pending_messages"),
+        |v| v == 0.0,
+    );
+    let before = central.read("s/ship1/tick.txt").matches("tick").count();
+    // The long run ends; then the place is free.
+    ship1.wait_status("showed the place free", |t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("handlers busy: 0"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    ship1.wait_idle();
+    let after = central.read("s/ship1/tick.txt").matches("tick").count();
+    assert_eq!(after, before, "a run of a stopped schedule started");
+}
+
 #[test]
 fn a_startup_file_sends_boot_at_each_start_and_starts_one_schedule_not_one_per_start() {
     let nats = NatsServer::start();

@@ -1,12 +1,12 @@
 //! The scheduler: runs the schedules this node keeps ([`crate::schedule`]) when they are
 //! due, each run on a handler thread like a received message (so `--maxConcurrentHandlers`
 //! bounds them too), its result sent back as a result message. Before each run the
-//! message passes the gate's last step again ([`admission::still_allowed`]): a sender whose
-//! key was revoked, or who may no longer call the method, ends its schedule; a method not
-//! ready for work, or a disk below its floor (a run's result is journaled here), skips the
-//! run. It sleeps until the next
-//! run is due, a schedule is added or stopped, or the node stops: an idle node with no
-//! schedule never wakes for it.
+//! message passes the gate's last step again ([`admission::still_allowed`]), and again once
+//! the run has a handler place (a stop or a revocation while it waited for one holds): a
+//! sender whose key was revoked, or who may no longer call the method, ends its schedule;
+//! a method not ready for work, or a disk below its floor (a run's result is journaled
+//! here), skips the run. It sleeps until the next run is due, a schedule is added or
+//! stopped, or the node stops: an idle node with no schedule never wakes for it.
 
 use super::{Failure, Process, State};
 use crate::admission::{self, Policy, Served};
@@ -42,17 +42,7 @@ impl Scheduler {
         let Some(method) = methods.iter().find(|m| m.name() == request.message.method) else {
             return skip(format!("{} is not served here", request.message.method));
         };
-        let served = Served {
-            method: method.name(),
-            kinds: method.kinds(),
-            senders: method.senders(),
-        };
-        let policy = Policy::of(&node.config);
-        if let Some(why) =
-            admission::still_allowed(&policy, &node.trusted, &served, request, &s.key)
-        {
-            let _ = node.schedules.stop(&request.id);
-            node.report_error(format!("{}: {} ended: {why}", node.config.node, s.name()));
+        if !still_allowed(node, method.as_ref(), s) {
             return None;
         }
         if let Err(why) = method.ready(&node.context(), 0) {
@@ -78,6 +68,25 @@ impl Scheduler {
     }
 }
 
+/// Whether `s`'s sender may still call its method with the key that signed it; if not, the
+/// schedule ends, reported.
+fn still_allowed(node: &Node, method: &dyn Method, s: &Schedule) -> bool {
+    let served = Served {
+        method: method.name(),
+        kinds: method.kinds(),
+        senders: method.senders(),
+    };
+    let policy = Policy::of(&node.config);
+    let request = &s.request;
+    let Some(why) = admission::still_allowed(&policy, &node.trusted, &served, request, &s.key)
+    else {
+        return true;
+    };
+    let _ = node.schedules.stop(&request.id);
+    node.report_error(format!("{}: {} ended: {why}", node.config.node, s.name()));
+    false
+}
+
 /// The longest the scheduler waits before it reads the wall clock again.
 const LOOK_AGAIN: Duration = Duration::from_secs(60);
 
@@ -94,10 +103,27 @@ impl Process for Scheduler {
                 };
                 let name = schedule.name();
                 let run = schedule.running.unwrap_or(schedule.next);
-                let request = schedule.request;
-                let (from, id) = (request.from_node.clone(), request.id.clone());
+                let (from, id) = (
+                    schedule.request.from_node.clone(),
+                    schedule.request.id.clone(),
+                );
                 let node = self.node.clone();
                 let started = self.node.handlers.run(stop, "schedule", move || {
+                    // Looked at again once a place is had: the wait for one (every place
+                    // held by other runs) may be long, and a stop or a revocation meanwhile
+                    // holds (the run started once a place was free, minutes after "stopped
+                    // for good").
+                    if !node
+                        .schedules
+                        .kept(&schedule.request.from_node, &schedule.request.id)
+                    {
+                        log::info!("{name}: stopped while its run waited for a place; not run");
+                        return;
+                    }
+                    if !still_allowed(&node, method.as_ref(), &schedule) {
+                        return;
+                    }
+                    let request = schedule.request;
                     let outcome = catch_unwind(AssertUnwindSafe(|| {
                         method.handle(&request, &node.context())
                     }))
@@ -125,7 +151,7 @@ impl Process for Scheduler {
                     return Ok(());
                 }
             }
-            let waiting = self.node.schedules.list().len();
+            let waiting = self.node.schedules.count();
             self.state.set(match next {
                 Some(at) => format!(
                     "{waiting} schedule(s); next run {}",
