@@ -75,19 +75,33 @@ pub fn keeps_inode_numbers(path: &Path) -> bool {
         0xF2F5_2010, // F2FS
         0x0102_1994, // tmpfs
     ];
-    let Ok(path) = c_path(path) else {
-        return false;
-    };
+    fs_type(path).is_some_and(|kind| KNOWN.contains(&kind))
+}
+
+/// Whether a write lease on a file under `path` ([`set_lease`]) tells whether another
+/// process has it open. Not on NFS (v4) or SMB: there the client grants a lease only under
+/// a delegation (an oplock) from the server, and refuses it with `EAGAIN`, as if another
+/// process held the file, whenever it has none (for a file opened to be read, always).
+pub fn leases_tell_holders(path: &Path) -> bool {
+    const SERVERS: [i64; 4] = [
+        0x6969,      // NFS
+        0x517B,      // SMB
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+    ];
+    !fs_type(path).is_some_and(|kind| SERVERS.contains(&kind))
+}
+
+/// The type of the filesystem holding `path` (`statfs`'s magic number), if it can be told.
+fn fs_type(path: &Path) -> Option<i64> {
+    let path = c_path(path).ok()?;
     // SAFETY: statfs is a plain C struct of integers, for which all zeroes is a value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statfs for the call.
-    if check(unsafe { libc::statfs(path.as_ptr(), &mut st) }).is_err() {
-        return false;
-    }
+    check(unsafe { libc::statfs(path.as_ptr(), &mut st) }).ok()?;
     // The field's C type differs between targets (i64 on x86_64, i32 on armv7).
     #[allow(clippy::unnecessary_cast)]
-    let kind = st.f_type as i64 & 0xFFFF_FFFF;
-    KNOWN.contains(&kind)
+    Some(st.f_type as i64 & 0xFFFF_FFFF)
 }
 
 /// Reserves the bytes `from..to` of `file` on disk (`fallocate`), so writes there cannot

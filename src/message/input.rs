@@ -113,9 +113,14 @@ fn parse_with(
                 // Garbage: everything up to the next line that opens an array.
                 let skip = next_value_start(&text[start..]).unwrap_or(text.len() - start);
                 let end = start + skip;
+                let what = match text[start..] {
+                    // Not garbage, but text in another encoding than JSON's.
+                    [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..] => UTF16,
+                    _ => "expected a JSON array of messages",
+                };
                 parsed.rejected.push(Rejected {
                     text: String::from_utf8_lossy(&text[start..end]).into_owned(),
-                    error: format!("line {line}: expected a JSON array of messages"),
+                    error: format!("line {line}: {what}"),
                 });
                 if end == text.len() && !at_end {
                     parsed.open_from = Some(start);
@@ -220,7 +225,12 @@ fn take_tree(chunk: &[u8], line: usize, known_method: &KindCheck, parsed: &mut P
     let value: Value = match serde_json::from_slice(chunk) {
         Ok(v) => v,
         Err(e) => {
-            let at = if e.line() > 0 {
+            let at = if e.is_eof() {
+                // Where the value ends too soon: its last line, not the end of the input
+                // past its trailing whitespace (a line after the file's last).
+                let content = chunk.trim_ascii_end();
+                line + content.iter().filter(|&&b| b == b'\n').count()
+            } else if e.line() > 0 {
                 line + e.line() - 1
             } else {
                 line
@@ -333,6 +343,11 @@ pub fn stretch_end(text: &[u8], at_line_start: bool) -> Option<usize> {
 /// PowerShell 5). RFC 8259 lets a parser ignore it; here it is whitespace, so an appended
 /// file that begins with one is taken, not rejected for an invisible character.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Why text that begins with a UTF-16 byte order mark is rejected: what Windows PowerShell 5
+/// writes with `>` and `>>` (its `Out-File` default), which a Windows operator may append
+/// as it is. Its JSON is read as garbage; the error says what to do instead.
+const UTF16: &str = "UTF-16 text (as Windows PowerShell 5 writes with > and >>), not UTF-8: save it as UTF-8 (Out-File -Encoding utf8), then append it";
 
 /// How many bytes at the start of `text` are whitespace (byte order marks counted in).
 fn blank(text: &[u8]) -> usize {
@@ -506,6 +521,27 @@ mod tests {
         );
     }
 
+    /// A file saved by Windows PowerShell 5 (`echo … > msg.json`) is UTF-16 with a byte
+    /// order mark: it was rejected as "expected a JSON array of messages", which it looks
+    /// like, NULs aside; the error says what it is, and it is kept in one piece.
+    #[test]
+    fn utf16_text_is_rejected_as_what_it_is() {
+        let mut text = vec![0xFF, 0xFE];
+        for unit in SEED_TWO.encode_utf16() {
+            text.extend(unit.to_le_bytes());
+        }
+        text.extend(b"\n");
+        text.extend(SEED_TWO.as_bytes());
+        let p = parse_input(&text, 1, true, &known);
+        assert_eq!(p.messages.len(), 2, "the UTF-8 array after it");
+        assert_eq!(p.rejected.len(), 1);
+        assert!(
+            p.rejected[0].error.starts_with("line 1: UTF-16 text"),
+            "{}",
+            p.rejected[0].error
+        );
+    }
+
     #[test]
     fn seed_example_with_two_messages() {
         let p = parse_input(SEED_TWO.as_bytes(), 1, false, &known);
@@ -536,6 +572,27 @@ mod tests {
         let p = parse_input(text.as_bytes(), 1, true, &known);
         assert_eq!(p.rejected.len(), 1);
         assert_eq!(p.consumed, text.len());
+    }
+
+    /// A value the input ends in (a writer killed mid-array, or the `[` of an array
+    /// appended in several `echo >>`s) is rejected at its last line: the end of the input
+    /// is past its trailing newline, and the error named the line after the file's last
+    /// (`echo '[' >> inmsg.txt` was "line 2").
+    #[test]
+    fn an_unfinished_value_is_rejected_at_its_own_last_line() {
+        for torn in ["[\n", "[{\"toNode\":\"ship1\",\n \"data\":[\"x\"]\n\n"] {
+            let text = format!("{SEED_TWO}\n{torn}");
+            let p = parse_input(text.as_bytes(), 1, true, &known);
+            assert_eq!(p.messages.len(), 2);
+            let last = text.trim_end().lines().count();
+            assert!(
+                p.rejected[0]
+                    .error
+                    .starts_with(&format!("line {last}: invalid JSON: EOF")),
+                "{torn:?}: {}",
+                p.rejected[0].error
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! (an atomic step; the next `>>` creates a fresh `inmsg.txt`). A writer that opened the old
 //! file before the rename still writes into the taken file, so the taken file is read on,
 //! from where we left it, until no other process has it open (a write lease, `F_SETLEASE`,
-//! can only be had on a file nobody else holds; where leases are not allowed, after the file
-//! has been quiet for [`QUIET`]). Only then is it removed.
+//! can only be had on a file nobody else holds; where leases are not allowed, or are the
+//! server's on NFS and SMB, after the file has been quiet for [`QUIET`]). Only then is it
+//! removed.
 //!
 //! The rename is not made durable before the file is read: how a power cut that undoes it
 //! is found out, and how fully read files are finished, is in [`taken`].
@@ -192,6 +193,9 @@ impl Process for Inbox {
         // Where the filesystem may number files anew at each mount, a taken name carries no
         // identity (and the rename is made durable before reading, as it must then be).
         let identities = crate::sys::keeps_inode_numbers(&root);
+        // On NFS and SMB a lease says nothing of who holds a file: refused for want of the
+        // server's delegation, it would keep every taken file "held" for good.
+        let leases = crate::sys::leases_tell_holders(&root);
         loop {
             let inmsg = self.node.data.inmsg();
             let found = fs::symlink_metadata(&inmsg).ok();
@@ -204,7 +208,13 @@ impl Process for Inbox {
                     path: inmsg.clone(),
                     source,
                 };
-                fs::rename(&inmsg, &path).map_err(take)?;
+                match fs::rename(&inmsg, &path) {
+                    Ok(()) => {}
+                    // Moved away or removed since the look (a logrotate that rotates it,
+                    // an operator's `mv` or `rm`): nothing to take; look again.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => return Err(take(source).into()),
+                }
                 // A batch journaled with an offset in the taken file must never meet an
                 // inmsg.txt that a power cut un-renamed and that is not known for that file
                 // (it would be read from 0): without an identity in the name (or with the
@@ -231,7 +241,7 @@ impl Process for Inbox {
             let mut i = 0;
             while i < taken.len() {
                 let before = taken[i].offset;
-                let done = self.read_on(&mut taken[i])?;
+                let done = self.read_on(&mut taken[i], leases)?;
                 since_trim += taken[i].offset - before;
                 if done {
                     finished.push(taken.remove(i));
@@ -340,9 +350,9 @@ impl Inbox {
                 }
                 Taken {
                     path: root.join(&name),
+                    line: line_at(&root.join(&name), offset),
                     name,
                     offset,
-                    line: 1,
                     size_seen: 0,
                     changed: Instant::now(),
                     more: false,
@@ -382,8 +392,10 @@ impl Inbox {
     }
 
     /// Reads on in a taken file. Returns true once it is fully taken: read to its end with
-    /// no writer left (or gone), to be finished ([`Inbox::finish`]).
-    fn read_on(&self, t: &mut Taken) -> Result<bool, Error> {
+    /// no writer left (or gone), to be finished ([`Inbox::finish`]). Whether a writer is
+    /// left is asked of a lease only if `leases` tell it on this filesystem
+    /// ([`crate::sys::leases_tell_holders`]).
+    fn read_on(&self, t: &mut Taken, leases: bool) -> Result<bool, Error> {
         // Not through a link, and not waiting on a FIFO for a writer: inmsg.txt was looked
         // at before it was renamed, and either can be put in its place between the two.
         let opened = std::fs::OpenOptions::new()
@@ -432,7 +444,14 @@ impl Inbox {
             }
         }
         // Nothing complete left to read. Is anyone still writing to it?
-        let writers_gone = match sole_holder(&file) {
+        let held = match leases {
+            true => sole_holder(&file),
+            false => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "on NFS and SMB a lease is the server's delegation, refused as if the file were held while it grants none",
+            )),
+        };
+        let writers_gone = match held {
             Ok(sole) => sole,
             Err(e) => {
                 self.no_leases(&t.path, &e);
@@ -536,8 +555,11 @@ impl Inbox {
             let mut open_stretch = None;
             if too_big && parsed.consumed == 0 {
                 // One value past any array's size: rejected, and what follows it, up to
-                // the next line that opens an array, with it.
-                (parsed, _) = self.parse(t, &bytes, true, at_line_start);
+                // the next line that opens an array, with it. Rejected for its size, not
+                // parsed: as JSON it only ends too soon (the error said "EOF while
+                // parsing", of what may be valid JSON), and its tree is many times its
+                // size in memory.
+                parsed = too_big_to_read(&bytes, t.line);
                 skipping = true;
             }
             if let Some(from) = parsed.open_from.take() {
@@ -834,6 +856,49 @@ fn line_starts_at(file: &File, offset: u64, path: &std::path::Path) -> Result<bo
     })
 }
 
+/// What was read at a line (`line`), all of it one value still open past [`MAX_ARRAY`]
+/// (`bytes`), rejected for its size.
+fn too_big_to_read(bytes: &[u8], line: usize) -> Parsed {
+    let text = bytes.trim_ascii_start();
+    let blank = &bytes[..bytes.len() - text.len()];
+    let line = line + blank.iter().filter(|&&b| b == b'\n').count();
+    Parsed {
+        rejected: vec![Rejected {
+            text: String::from_utf8_lossy(text).into_owned(),
+            error: format!(
+                "line {line}: larger than {} MiB, the most read at once (or broken: its brackets do not close within that): split it into several arrays, each beginning a line",
+                MAX_ARRAY >> 20
+            ),
+        }],
+        consumed: bytes.len(),
+        ..Parsed::default()
+    }
+}
+
+/// The line `offset` is on in taken file `path` (1 for its first): for the errors of a file
+/// read on from a journaled offset after a restart, which keeps offsets, not lines. Not
+/// through a link nor waiting on a FIFO (see `Inbox::read_on`); 1 if it cannot be read
+/// (its reading says why).
+fn line_at(path: &Path, offset: u64) -> usize {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let Ok(file) = opened else {
+        return 1;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return 1;
+    }
+    let mut file = file.take(offset);
+    let mut buf = vec![0; 64 << 10];
+    let mut line = 1;
+    while let Ok(n @ 1..) = file.read(&mut buf) {
+        line += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    line
+}
+
 /// Up to `limit` bytes of `file` from `offset`.
 fn read_from(file: &mut File, offset: u64, limit: usize) -> io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset))?;
@@ -933,7 +998,7 @@ mod tests {
         let mut taken = inbox.leftovers().unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].offset, first.len() as u64);
-        let done = inbox.read_on(&mut taken[0]);
+        let done = inbox.read_on(&mut taken[0], true);
         assert!(
             matches!(done, Ok(true)),
             "{:?}",
@@ -994,6 +1059,153 @@ mod tests {
             1,
             "the file after it taken"
         );
+    }
+
+    fn ship1_lane() -> crate::subject::Subject {
+        crate::message::Message::new(
+            "ship1",
+            crate::message::Kind::CommandAck,
+            "CLICommand",
+            vec![],
+        )
+        .subject()
+    }
+
+    /// Reads taken file `name` in `dir` until it is done; what went to inmsg.rejected.txt.
+    fn read_all(inbox: &Inbox, mut t: Taken) -> String {
+        for _ in 0..1000 {
+            if inbox.read_on(&mut t, true).unwrap() {
+                return fs::read_to_string(inbox.node.data.rejected()).unwrap_or_default();
+            }
+        }
+        panic!("{} never done", t.name);
+    }
+
+    /// After a restart a taken file is read on from its journaled offset; the errors of
+    /// what is rejected after it named lines counted from there (every restart made the
+    /// rest of a file begin at "line 1"), not the file's own.
+    #[test]
+    fn a_file_read_on_after_a_restart_names_its_own_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = inbox_in(dir.path());
+        let name = "inmsg.taking-00000000000000000001";
+        let first = format!("{}{}", command(0), command(1));
+        fs::write(
+            dir.path().join(name),
+            format!("{first}[{{\"toNode\": }}]\n{}", command(2)),
+        )
+        .unwrap();
+        inbox
+            .node
+            .accept(Vec::new(), Some((name, first.len() as u64)))
+            .unwrap();
+        let mut taken = inbox.leftovers().unwrap();
+        assert_eq!(taken[0].offset, first.len() as u64);
+        let rejected = read_all(&inbox, taken.remove(0));
+        assert!(
+            rejected.contains("rejected: line 3: invalid JSON"),
+            "{rejected}"
+        );
+        assert_eq!(inbox.node.journal().lane_pending(&ship1_lane()), 1);
+    }
+
+    /// One valid array on one line past what may be read at once (Python's `json.dump` of
+    /// a big list): rejected, but for its size, not as "invalid JSON: EOF while parsing a
+    /// list" (it is valid JSON; the operator could not tell what to fix). The array on the
+    /// line after it still goes.
+    #[test]
+    fn an_array_past_what_may_be_read_at_once_is_rejected_for_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = inbox_in(dir.path());
+        let one = r#"{"toNode":"ship1","data":["PAD"],"commandOrEvent":"CommandACK","method":"CLICommand"}"#
+            .replace("PAD", &"x".repeat(1000));
+        let count = MAX_ARRAY / one.len() + 10;
+        let big = format!("\n[{}]\n", vec![one.as_str(); count].join(","));
+        let name = "inmsg.taking-00000000000000000001";
+        fs::write(dir.path().join(name), format!("{big}{}", command(1))).unwrap();
+        let t = Taken {
+            name: name.into(),
+            path: dir.path().join(name),
+            offset: 0,
+            line: 1,
+            size_seen: 0,
+            changed: Instant::now(),
+            more: false,
+            paused: false,
+            skipping: false,
+            open_stretch: None,
+            kept_rejected: None,
+        };
+        let rejected = read_all(&inbox, t);
+        let errors: Vec<&str> = rejected.lines().filter(|l| l.starts_with("# ")).collect();
+        assert!(
+            errors[0].contains("rejected: line 2: larger than 64 MiB"),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains("invalid JSON"), "{errors:?}");
+        assert_eq!(inbox.node.journal().lane_pending(&ship1_lane()), 1);
+    }
+
+    /// On NFS (v4) and SMB a write lease is refused with `EAGAIN`, as if a writer held the
+    /// file, whenever the server has granted no delegation (for a file opened to be read,
+    /// always): a taken file there was never done (a torn array in it never rejected, the
+    /// file never removed, and looked at four times a second for good, one more with each
+    /// append). There the inbox goes by [`QUIET`], as where leases are not allowed. (A
+    /// writer holding the file stands in for the server here: the lease is refused alike.)
+    #[test]
+    fn where_leases_are_the_servers_a_quiet_taken_file_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            crate::sys::leases_tell_holders(dir.path()),
+            "a local folder"
+        );
+        let inbox = inbox_in(dir.path());
+        let name = "inmsg.taking-00000000000000000001";
+        let path = dir.path().join(name);
+        fs::write(&path, format!("{}[{{\"toNode\":", command(0))).unwrap();
+        let _writer = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut t = Taken {
+            name: name.into(),
+            path,
+            offset: 0,
+            line: 1,
+            size_seen: 0,
+            changed: Instant::now(),
+            more: false,
+            paused: false,
+            skipping: false,
+            open_stretch: None,
+            kept_rejected: None,
+        };
+        assert!(!inbox.read_on(&mut t, true).unwrap(), "held, by the lease");
+        t.changed -= QUIET;
+        assert!(!inbox.read_on(&mut t, true).unwrap(), "held, by the lease");
+        assert!(inbox.read_on(&mut t, false).unwrap(), "quiet: done");
+        let rejected = fs::read_to_string(inbox.node.data.rejected()).unwrap();
+        assert!(rejected.contains("[{\"toNode\":"), "{rejected}");
+        assert_eq!(inbox.node.journal().lane_pending(&ship1_lane()), 1);
+    }
+
+    /// An inmsg.txt moved away or removed between the inbox's look at it and its rename
+    /// (a logrotate that rotates it, an operator's `mv`, a script's `rm -f` before it
+    /// writes) is nothing to take: it failed the inbox (restarted after a pause, and
+    /// reported to central as a failure).
+    #[test]
+    fn an_inmsg_txt_gone_before_it_is_renamed_does_not_fail_the_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = inbox_in(dir.path());
+        let inmsg = inbox.node.data.inmsg();
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let running = std::thread::spawn(move || inbox.run(&stop_rx).map_err(|f| f.to_string()));
+        let away = dir.path().join("rotated");
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until && !running.is_finished() {
+            fs::write(&inmsg, "[]").unwrap();
+            let _ = fs::rename(&inmsg, &away);
+        }
+        let _ = stop.send(());
+        let ended = running.join().unwrap();
+        assert!(ended.is_ok(), "the inbox failed: {ended:?}");
     }
 
     #[test]
