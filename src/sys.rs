@@ -83,14 +83,25 @@ pub fn keeps_inode_numbers(path: &Path) -> bool {
 /// a delegation (an oplock) from the server, and refuses it with `EAGAIN`, as if another
 /// process held the file, whenever it has none (for a file opened to be read, always).
 pub fn leases_tell_holders(path: &Path) -> bool {
-    const SERVERS: [i64; 4] = [
-        0x6969,      // NFS
-        0x517B,      // SMB
-        0xFF53_4D42, // CIFS
-        0xFE53_4D42, // SMB2
-    ];
+    const SERVERS: [i64; 4] = [NFS, SMB, CIFS, SMB2];
     !fs_type(path).is_some_and(|kind| SERVERS.contains(&kind))
 }
+
+/// Whether inotify on a folder under `path` hears of every write to its files. Not where
+/// the files are another host's (NFS, SMB, 9p) or a user-space filesystem's (FUSE, sshfs):
+/// there it hears of this host's writes alone, and an append made elsewhere makes no event.
+pub fn watch_hears_every_write(path: &Path) -> bool {
+    const ELSEWHERE: [i64; 6] = [NFS, SMB, CIFS, SMB2, NINE_P, FUSE];
+    !fs_type(path).is_some_and(|kind| ELSEWHERE.contains(&kind))
+}
+
+// Filesystems' magic numbers (`statfs`'s `f_type`).
+const NFS: i64 = 0x6969;
+const SMB: i64 = 0x517B;
+const CIFS: i64 = 0xFF53_4D42;
+const SMB2: i64 = 0xFE53_4D42;
+const NINE_P: i64 = 0x0102_1997;
+const FUSE: i64 = 0x6573_5546;
 
 /// The type of the filesystem holding `path` (`statfs`'s magic number), if it can be told.
 fn fs_type(path: &Path) -> Option<i64> {

@@ -42,8 +42,13 @@ use taken::{done_name, taken_name, Finished, Identity};
 /// How often inmsg.txt is looked at without inotify.
 const POLL: Duration = Duration::from_millis(20);
 /// With inotify, how often a taken file is looked at while a writer may still hold it (or
-/// a full disk holds it up); with none taken, the wait has no limit.
+/// a full disk holds it up); with none taken, the wait has no limit, unless inotify does
+/// not hear of every write to the folder ([`UNHEARD_WAIT`]).
 const WATCHED_WAIT: Duration = Duration::from_millis(250);
+/// Where inotify hears of this host's writes alone (a data folder on NFS, SMB, 9p or FUSE:
+/// [`crate::sys::watch_hears_every_write`]), how often inmsg.txt is looked at with nothing
+/// taken: an append made on another host made no event, and waited for a local one.
+const UNHEARD_WAIT: Duration = Duration::from_secs(1);
 /// Where file leases are not available: how long a taken file must be unchanged before we
 /// take it that no writer holds it any more.
 const QUIET: Duration = Duration::from_secs(2);
@@ -196,6 +201,10 @@ impl Process for Inbox {
         // On NFS and SMB a lease says nothing of who holds a file: refused for want of the
         // server's delegation, it would keep every taken file "held" for good.
         let leases = crate::sys::leases_tell_holders(&root);
+        let idle_limit = match crate::sys::watch_hears_every_write(&root) {
+            true => None,
+            false => Some(UNHEARD_WAIT),
+        };
         loop {
             let inmsg = self.node.data.inmsg();
             let found = fs::symlink_metadata(&inmsg).ok();
@@ -264,10 +273,8 @@ impl Process for Inbox {
                     // A taken file is looked at again until it is done: a writer closing
                     // it, or room on the disk, makes no event in the folder.
                     // So does a refused inmsg.txt's other name going away (a hard link).
-                    let limit = match (taken.is_empty() && refused.is_none(), finished.wait()) {
-                        (false, wait) => Some(wait.unwrap_or(WATCHED_WAIT).min(WATCHED_WAIT)),
-                        (true, wait) => wait,
-                    };
+                    let idle = taken.is_empty() && refused.is_none();
+                    let limit = wait_limit(idle, finished.wait(), idle_limit);
                     if self.stop_fd.wait(w.as_fd(), limit) {
                         w.drain();
                     }
@@ -899,6 +906,22 @@ fn line_at(path: &Path, offset: u64) -> usize {
     line
 }
 
+/// How long the watch may wait for an event: while a file is taken (or an inmsg.txt
+/// refused), at most [`WATCHED_WAIT`]; `idle`, no longer than `idle_limit` if there is one
+/// (inotify deaf to other hosts' writes); and never past when a finished file is due
+/// (`finishing`).
+fn wait_limit(
+    idle: bool,
+    finishing: Option<Duration>,
+    idle_limit: Option<Duration>,
+) -> Option<Duration> {
+    let most = if idle { idle_limit } else { Some(WATCHED_WAIT) };
+    match (most, finishing) {
+        (Some(most), Some(due)) => Some(most.min(due)),
+        (most, due) => most.or(due),
+    }
+}
+
 /// Up to `limit` bytes of `file` from `offset`.
 fn read_from(file: &mut File, offset: u64, limit: usize) -> io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset))?;
@@ -1059,6 +1082,25 @@ mod tests {
             1,
             "the file after it taken"
         );
+    }
+
+    /// With nothing taken the watch waits for an event without limit, unless inotify does
+    /// not hear of every write (a data folder on NFS: an append made on another host made
+    /// no event, and waited, for ever, for one made here).
+    #[test]
+    fn an_idle_watch_deaf_to_other_hosts_looks_again_within_a_second() {
+        let (w, s) = (Some(WATCHED_WAIT), Some(UNHEARD_WAIT));
+        let soon = Some(Duration::from_millis(100));
+        assert_eq!(wait_limit(true, None, None), None);
+        assert_eq!(wait_limit(true, None, s), s);
+        assert_eq!(wait_limit(true, soon, s), soon);
+        assert_eq!(wait_limit(true, soon, None), soon);
+        assert_eq!(wait_limit(false, None, None), w);
+        assert_eq!(wait_limit(false, None, s), w);
+        assert_eq!(wait_limit(false, soon, None), soon);
+        assert!(crate::sys::watch_hears_every_write(std::path::Path::new(
+            "/tmp"
+        )));
     }
 
     fn ship1_lane() -> crate::subject::Subject {
