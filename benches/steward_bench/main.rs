@@ -926,7 +926,14 @@ fn commands(central: &Agent, n_commands: usize, bare_p50: f64) -> Vec<Row> {
     let replies_dir = central.dir.join("replies");
     fs::create_dir_all(&replies_dir).unwrap();
     let watch = steward::files::Watch::new(&replies_dir).expect("inotify");
+    let gap = std::env::var("STEWARD_BENCH_GAP_MS")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .map(Duration::from_millis);
     for i in 0..n_commands {
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
         let t = Instant::now();
         central.append("[{\"toNode\":\"ship1\",\"data\":[\"true\"],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\"}]\n");
         let deadline = Instant::now() + Duration::from_secs(30);
