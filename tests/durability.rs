@@ -1029,3 +1029,63 @@ fn an_inbox_file_whose_offset_a_bad_sector_held_is_kept_aside_not_read_twice() {
         "the file kept aside is said"
     );
 }
+
+/// Whether process `pid` is gone (no such process, or a zombie waiting to be reaped by
+/// whoever inherited it), waiting up to two seconds for it to go.
+fn process_gone(pid: u32) -> bool {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            // The state follows the command name in parentheses: "123 (sleep) Z …".
+            Ok(stat) if stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) => {
+                return true
+            }
+            Ok(_) => {}
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A command still running when its node is stopped (SIGTERM, outside systemd: no cgroup
+/// kills it after steward) dies with the node: it was answered "interrupted" at the next
+/// start, and must not run on unseen, unanswered, for as long as it likes. Its children
+/// too.
+#[test]
+fn a_command_running_at_a_stop_dies_with_the_node() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
+    );
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","sleep 1000 & echo $! $$ > pids.txt; exec sleep 1000"],"commandOrEvent":"CommandACK","method":"CLICommand","methodTimeout":600}]
+"#,
+    );
+    let pids: Vec<u32> = ship1
+        .wait_until("pids.txt", "written", |t| t.ends_with('\n'))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ship1.terminate(), Some(0), "exit status after SIGTERM");
+    let outlived: Vec<u32> = pids.iter().copied().filter(|&p| !process_gone(p)).collect();
+    for p in &outlived {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    assert!(
+        outlived.is_empty(),
+        "{outlived:?} of the command {pids:?} outlived its node's stop"
+    );
+    // Answered as interrupted, or (its handler quicker than the exit) as killed by the stop.
+    ship1.restart();
+    central.wait_until("replies/ship1.CLICommand.log", "answered", |t| {
+        t.contains("interrupted by a restart of ship1") || t.contains("the node stopped")
+    });
+}

@@ -12,6 +12,11 @@
 //! one pipe, so the output in the ACK is interleaved as a terminal would show it. Output
 //! beyond [`MAX_OUTPUT`] is counted but not kept, so a runaway command cannot exhaust memory
 //! or the broker's payload limit.
+//!
+//! A command still running when the node stops (after its grace) is killed with it,
+//! group and all ([`kill_running`]): its own process group keeps it out of the agent's
+//! signals, and outside systemd (whose `KillMode=mixed` kills what the unit leaves) it ran
+//! on, orphaned, for as long as it liked, while the next start answered it "interrupted".
 
 use super::Context;
 use super::{Method, Outcome};
@@ -22,6 +27,8 @@ use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long the pipe is read after the group is killed at the deadline; past that it is
@@ -30,6 +37,24 @@ pub const PIPE_GRACE: Duration = Duration::from_secs(1);
 
 /// Output kept in a reply; the rest is counted and dropped.
 pub const MAX_OUTPUT: usize = 256 * 1024;
+
+/// The process groups of the commands running now (their leaders not reaped yet, so no id
+/// here can have been reused), for [`kill_running`].
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Set once [`kill_running`] has run: a command killed by it says so.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// Kills every command running now, group and all: the node is stopping, its grace over.
+/// One started from here on (a handler still taking its message) is killed as it starts:
+/// a process runs one agent, which stops once.
+pub fn kill_running() {
+    let running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    STOPPED.store(true, Ordering::SeqCst);
+    for &pgid in running.iter() {
+        kill_group(pgid);
+    }
+}
 
 pub struct CliCommand;
 
@@ -110,7 +135,21 @@ pub fn run_with(
         Ok(spawned) => spawned,
         Err(why) => return Outcome::error(why),
     };
-    let collected = collect(child.id(), reader, deadline.after, each);
+    let pgid = child.id();
+    {
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        if STOPPED.load(Ordering::SeqCst) {
+            kill_group(pgid);
+        }
+        running.push(pgid);
+    }
+    let collected = collect(pgid, reader, deadline.after, each);
+    // Before the leader is reaped: until then its group id cannot be another's.
+    let stopped = {
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|&p| p != pgid);
+        STOPPED.load(Ordering::SeqCst)
+    };
     let status = match child.wait() {
         Ok(s) => s,
         Err(e) => return Outcome::error(format!("cannot wait for {program:?}: {e}")),
@@ -134,6 +173,9 @@ pub fn run_with(
             "\n[steward: output abandoned {}s after the deadline: a process outside the command's group still holds it]\n",
             PIPE_GRACE.as_secs_f64()
         ));
+    }
+    if stopped && !collected.killed && status.signal() == Some(libc::SIGKILL) {
+        text.push_str("\n[steward: killed: the node stopped before the command ended]\n");
     }
     let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
     Outcome {

@@ -223,9 +223,6 @@ impl Tail {
                 // Rotated (or created): the old file is read to its end first, whatever
                 // its size.
                 while self.read_to_end(&mut each)? >= READ_PER_LOOK {}
-                if self.id.is_some() {
-                    self.rotations += 1;
-                }
                 if let Some(why) = private(&self.path) {
                     self.file = None;
                     return Err(Followed::Private(why));
@@ -239,6 +236,11 @@ impl Tail {
                 }
                 let meta = f.metadata()?;
                 let (dev, ino) = (meta.dev(), meta.ino());
+                // Counted once taken: a path that leads to no regular file (a FIFO, a
+                // folder) is not followed, and was one more rotation at every look.
+                if self.id.is_some() {
+                    self.rotations += 1;
+                }
                 self.file = Some(f);
                 self.id = Some((dev, ino));
                 self.offset = 0;
@@ -392,6 +394,29 @@ mod tests {
         f.write_all(b"and on\n").unwrap();
         assert_eq!(appended(&mut tail), "and on\n");
         assert_eq!(tail.rotations, 4);
+    }
+
+    #[test]
+    fn a_path_that_leads_to_no_regular_file_is_not_a_rotation_at_each_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut tail = Tail::open(&path).unwrap();
+        // Replaced by a FIFO (or a folder, or a device): not followed, and one change of
+        // file, however many looks it stays there.
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for _ in 0..3 {
+            assert!(tail.read_new(&|_| None, |_| {}).is_err());
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "fresh\n").unwrap();
+        assert_eq!(appended(&mut tail), "fresh\n");
+        assert_eq!(tail.rotations, 1, "one rotation, counted at each look");
     }
 
     /// `from`'s TailFile of `file` on ship1, for two seconds.

@@ -550,6 +550,9 @@ impl Supervisor {
         if !self.node.handlers.wait_idle(deadline) || running > 0 {
             log::warn!("grace period over with work still running; it resumes on the next start");
         }
+        // Commands run in process groups of their own, out of reach of what stops the
+        // agent: without this, one still running would outlive it, orphaned.
+        crate::methods::cli_command::kill_running();
         for m in &self.methods {
             m.flush(&self.node.context());
         }
