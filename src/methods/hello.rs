@@ -2,7 +2,10 @@
 //! [`crate::process::hello`]). The receiving node keeps each node's last-seen time in
 //! `hello-nodes.json`, rewritten atomically at most once a second however large the fleet
 //! (changes are batched and written on the subscriber's tick, which runs while a change
-//! waits, and when the node stops), and
+//! waits, and when the node stops); once every node in it is known, as their times move on
+//! alone, no more than [`REFRESH_BYTES_PER_SEC`] on average (the whole file is written
+//! each time, and fsync'd: a second at a time, a 10,000-node central wrote 1 MB a second,
+//! some 86 GB a day, to what is often a Pi's SD card), and
 //! wakes any publisher pausing before its next attempt to reach that node. Only nodes this
 //! node trusts get a `steward_node_last_hello_age_seconds` line in `/metrics`, so a sender
 //! cannot grow the page with made-up names; at start that line comes from the file, so a
@@ -31,8 +34,11 @@ struct Roster {
     /// Hellos taken, and how many of them the file holds: it is behind while they differ.
     changes: u64,
     saved: u64,
-    /// When hello-nodes.json was last written.
+    /// When hello-nodes.json was last written, and how many bytes.
     written: Option<Instant>,
+    written_bytes: usize,
+    /// A node the file does not hold yet said Hello: written within [`WRITE_EVERY`].
+    new_names: bool,
     /// Node → milliseconds since the epoch of its last Hello.
     last: BTreeMap<String, u64>,
 }
@@ -47,16 +53,27 @@ struct LastSeen {
 
 /// hello-nodes.json is rewritten at most this often, however many nodes say Hello.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+/// When the nodes that said Hello are all in the file, which only their times would
+/// change, it is rewritten no more than this many bytes a second on average: a fleet of a
+/// hundred (10 kB) every second still, of 10,000 (1.1 MB) about once a minute. Their ages
+/// in `/metrics` are live whatever the file says; it is what a start (and an operator)
+/// reads.
+pub const REFRESH_BYTES_PER_SEC: usize = 16 << 10;
 
 impl Roster {
     /// Whether the file should be written now: something changed, and not within
-    /// [`WRITE_EVERY`] of the last write (unless `now_anyway`, when the node stops).
+    /// [`WRITE_EVERY`] of the last write, nor, if no node is new, within what
+    /// [`REFRESH_BYTES_PER_SEC`] allows for the bytes last written (unless `now_anyway`,
+    /// when the node stops).
     fn due(&self, now: Instant, now_anyway: bool) -> bool {
+        let wait = match self.new_names {
+            true => WRITE_EVERY,
+            false => WRITE_EVERY.max(Duration::from_secs_f64(
+                self.written_bytes as f64 / REFRESH_BYTES_PER_SEC as f64,
+            )),
+        };
         self.changes != self.saved
-            && (now_anyway
-                || self
-                    .written
-                    .is_none_or(|at| now.duration_since(at) >= WRITE_EVERY))
+            && (now_anyway || self.written.is_none_or(|at| now.duration_since(at) >= wait))
     }
 }
 
@@ -87,14 +104,15 @@ impl Hello {
     /// formatted and written, fsync'd, while Hellos go on being taken.
     fn write(&self, ctx: &Context, now_anyway: bool) -> bool {
         let _writing = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, changes) = {
+        let (last, changes, new_names) = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             if !seen.due(now, now_anyway) {
                 return seen.changes != seen.saved;
             }
             seen.written = Some(now);
-            (seen.last.clone(), seen.changes)
+            let new_names = std::mem::take(&mut seen.new_names);
+            (seen.last.clone(), seen.changes, new_names)
         };
         let file: BTreeMap<&String, LastSeen> = last
             .iter()
@@ -114,12 +132,17 @@ impl Hello {
         match result {
             Ok(()) => {
                 seen.saved = changes;
+                seen.written_bytes = json.len();
                 // The next is a second after this one was in place, not after it began:
                 // a slower write then a faster one would otherwise replace the file twice
                 // within a second (0.98 s apart, measured).
                 seen.written = Some(Instant::now());
             }
-            Err(e) => log::error!("cannot write {}: {e}", ctx.data.hello_nodes().display()),
+            Err(e) => {
+                // Tried again as soon as a new name would be.
+                seen.new_names |= new_names;
+                log::error!("cannot write {}: {e}", ctx.data.hello_nodes().display())
+            }
         }
         seen.changes != seen.saved
     }
@@ -159,6 +182,7 @@ impl Method for Hello {
             .insert(envelope.from_node.clone(), crate::files::unix_millis());
         seen.changes += 1;
         if is_new {
+            seen.new_names = true;
             log::info!("first Hello from {}", envelope.from_node);
         }
         // Written from `tick`, at most once a second, not here: a flood of new names
@@ -193,5 +217,31 @@ mod tests {
             "the node stops"
         );
         assert!(seen.due(t + WRITE_EVERY, false));
+    }
+
+    /// Once every node is in the file, only their times change: the file (1.1 MB for
+    /// 10,000 nodes) is rewritten no more than 16 KiB a second on average, not every
+    /// second; a new node is written within a second whatever the file's size; a small
+    /// file is written every second still.
+    #[test]
+    fn known_nodes_times_are_written_by_the_file_s_size_and_a_new_node_within_a_second() {
+        let t = Instant::now();
+        let mut seen = Roster {
+            changes: 2,
+            saved: 1,
+            written: Some(t),
+            written_bytes: 1_100_000,
+            ..Roster::default()
+        };
+        let minute = Duration::from_secs(1_100_000 / REFRESH_BYTES_PER_SEC as u64);
+        assert!(!seen.due(t + WRITE_EVERY, false));
+        assert!(!seen.due(t + minute - WRITE_EVERY, false));
+        assert!(seen.due(t + minute + WRITE_EVERY, false));
+        assert!(seen.due(t, true), "the node stops");
+        seen.new_names = true;
+        assert!(seen.due(t + WRITE_EVERY, false), "a new node");
+        seen.new_names = false;
+        seen.written_bytes = 10_000;
+        assert!(seen.due(t + WRITE_EVERY, false), "a hundred nodes");
     }
 }
