@@ -50,7 +50,9 @@ pub struct Schedule {
     /// The message whose method runs, as it arrived (its result route and ticket).
     pub request: Envelope,
     /// The key that signed it: before each run, its sender must still be trusted with it
-    /// and allowed to call the method (see [`crate::admission::still_allowed`]).
+    /// and allowed to call the method (see [`crate::admission::still_allowed`]). Empty in
+    /// a file from before schedules kept it: such a schedule ends at its next run, reported.
+    #[serde(default)]
     pub key: String,
     /// When the first run started: the grid's origin.
     pub first: u64,
@@ -623,5 +625,29 @@ mod tests {
         let s = Schedules::open(path, 3_000);
         assert!(s.list().is_empty());
         assert_eq!(s.due(25_000), (vec![], None));
+    }
+
+    /// A file from before schedules kept the key that signed them (as the versions of
+    /// 28 November wrote it, and write it again when rolled back to after this one) is
+    /// read, not set aside: its schedules are kept without a key, and each ends at its next
+    /// run, reported (see `process::scheduler`), instead of every one of them stopping with
+    /// only the node's own log saying so.
+    #[test]
+    fn a_file_from_before_schedules_kept_their_key_is_read_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("schedules.json");
+        let old = r#"[{"request":{"id":"central-1","fromNode":"central","accepted":1000,
+            "toNode":"ship1","data":["date"],"commandOrEvent":"CommandACK",
+            "method":"CLICommand","replyMethod":"TextLogging","schedule":[2,20]},
+            "first":1000,"every":2000,"until":21000,"runs":1,"next":3000,"running":null}]"#;
+        std::fs::write(&path, old).unwrap();
+        let s = Schedules::open(path.clone(), 2_000);
+        assert!(!dir.path().join("schedules.json.bad").exists(), "set aside");
+        let list = s.list();
+        assert_eq!(list.len(), 1, "its schedule kept");
+        assert_eq!(
+            (list[0].name(), list[0].key.as_str()),
+            ("schedule central-1".into(), "")
+        );
     }
 }

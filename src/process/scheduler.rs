@@ -78,8 +78,14 @@ fn still_allowed(node: &Node, method: &dyn Method, s: &Schedule) -> bool {
     };
     let policy = Policy::of(&node.config);
     let request = &s.request;
-    let Some(why) = admission::still_allowed(&policy, &node.trusted, &served, request, &s.key)
-    else {
+    let why = match s.key.is_empty() {
+        true => Some(format!(
+            "kept by an earlier version, which did not record the key that signed it; {} may send it again",
+            request.from_node
+        )),
+        false => admission::still_allowed(&policy, &node.trusted, &served, request, &s.key),
+    };
+    let Some(why) = why else {
         return true;
     };
     let _ = node.schedules.stop(&request.id);
