@@ -201,9 +201,20 @@ pub fn append_rotating(path: &Path, bytes: &[u8], rotate_at: u64, keep: usize) -
 /// so and what that costs (`so`), rather than letting the next write replace it: what it
 /// held stays where an operator can find it.
 pub fn set_aside(path: &Path, why: &str, so: &str) {
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(".bad");
-    let aside = PathBuf::from(aside);
+    // `<name>.bad`, or the first `<name>.bad.<n>` free: a second bad file does not replace
+    // the first, which may be the one an operator needs.
+    let named = |n: u32| {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".bad");
+        if n > 0 {
+            aside.push(format!(".{n}"));
+        }
+        PathBuf::from(aside)
+    };
+    let aside = (0..1000)
+        .map(named)
+        .find(|p| fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| named(1000));
     log::error!(
         "{}: unreadable ({why}); set aside as {}, {so}",
         path.display(),
@@ -582,6 +593,21 @@ impl TimedWrite for std::os::unix::net::UnixStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file set aside twice keeps both bad copies: the second does not replace the first.
+    #[test]
+    fn a_file_set_aside_twice_keeps_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("schedules.json");
+        for text in ["first", "second"] {
+            std::fs::write(&path, text).unwrap();
+            set_aside(&path, "unreadable", "its schedules stop");
+        }
+        assert!(!path.exists());
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("schedules.json.bad"), "first");
+        assert_eq!(read("schedules.json.bad.1"), "second");
+    }
 
     /// A write that fails leaves no temporary file behind (a full disk's, half written).
     #[test]
