@@ -197,6 +197,41 @@ pub fn append_rotating(path: &Path, bytes: &[u8], rotate_at: u64, keep: usize) -
     })
 }
 
+/// The bytes of a small file steward reads whole (its config, a startup file), which must
+/// be a regular file of at most `max` bytes: opened without waiting (a FIFO nobody writes
+/// to held the agent before it said anything) nor following a link at its name unless
+/// `follow` (a config file may be one), and read no further than `max` (`/dev/zero`, or a
+/// stray file of gigabytes, was read until memory ran out).
+pub fn read_small(path: &Path, max: u64, follow: bool) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let flags = match follow {
+        true => libc::O_NONBLOCK,
+        false => libc::O_NONBLOCK | libc::O_NOFOLLOW,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, a FIFO or a device)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            match max % (1 << 20) {
+                0 => format!("larger than {} MiB", max >> 20),
+                _ => format!("larger than {} KiB", max >> 10),
+            },
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Sets aside a file of steward's own that cannot be read (`why`) as `<name>.bad`, saying
 /// so and what that costs (`so`), rather than letting the next write replace it: what it
 /// held stays where an operator can find it.

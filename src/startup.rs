@@ -274,7 +274,10 @@ fn read(path: &Path, me: &str) -> Result<(Vec<Message>, Vec<String>), String> {
     if meta.uid() != std::fs::metadata(path.parent().unwrap_or(path)).map_or(0, |m| m.uid()) {
         return Err("owned by another user than its folder".into());
     }
-    let text = read_text(path).map_err(|e| e.to_string())?;
+    // Not through a link, not waited on if a FIFO, not read whole if huge: the start reads
+    // it on the supervisor's thread, which a FIFO nobody writes to held for good (no failed
+    // process restarted, no `OpProcessStop` answered).
+    let text = crate::files::read_small(path, MAX_FILE_BYTES, false).map_err(|e| e.to_string())?;
     let value: Value = serde_json::from_slice(&text).map_err(|e| format!("invalid JSON: {e}"))?;
     let items = match value {
         Value::Array(items) => items,
@@ -289,34 +292,6 @@ fn read(path: &Path, me: &str) -> Result<(Vec<Message>, Vec<String>), String> {
         }
     }
     Ok((taken, refused))
-}
-
-/// The bytes of a startup file, which must be a regular file of at most
-/// [`MAX_FILE_BYTES`]. Opened without following a link or waiting: the start reads it on
-/// the supervisor's thread, which a FIFO nobody writes to held for good (no failed process
-/// restarted, no `OpProcessStop` answered), and a stray multi-gigabyte file was read whole.
-fn read_text(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a folder, a FIFO or a device)",
-        ));
-    }
-    let mut text = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
-        ));
-    }
-    Ok(text)
 }
 
 /// One startup message: `local` made this node's name, `fromNode` taken as where the

@@ -1031,7 +1031,8 @@ fn an_inbox_file_whose_offset_a_bad_sector_held_is_kept_aside_not_read_twice() {
 }
 
 /// Whether process `pid` is gone (no such process, or a zombie waiting to be reaped by
-/// whoever inherited it), waiting up to two seconds for it to go.
+/// whoever inherited it), waiting up to two seconds for it to go. (CLICommand's unit tests
+/// have the same look, `gone`: a crate of their own, this one's cannot reach it.)
 fn process_gone(pid: u32) -> bool {
     let until = Instant::now() + Duration::from_secs(2);
     loop {

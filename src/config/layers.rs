@@ -13,31 +13,13 @@ pub(super) struct ConfigFile {
 /// Largest config file read: a few dozen options take a few kilobytes.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// The text of a config file, which must be a regular file of at most [`MAX_FILE_BYTES`].
-/// Opened without waiting: a FIFO nobody writes to held the agent (and `steward status`)
-/// before it said anything, and /dev/zero was read until memory ran out.
+/// The text of a config file, which must be a regular file of at most [`MAX_FILE_BYTES`]
+/// ([`crate::files::read_small`]: a FIFO nobody writes to held the agent, and `steward
+/// status`, before it said anything; /dev/zero was read until memory ran out), and UTF-8.
 fn read_text(path: &str) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a folder, a FIFO or a device)",
-        ));
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} KiB", MAX_FILE_BYTES >> 10),
-        ));
-    }
-    Ok(text)
+    let bytes = crate::files::read_small(std::path::Path::new(path), MAX_FILE_BYTES, true)?;
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
 }
 
 impl ConfigFile {

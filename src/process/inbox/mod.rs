@@ -99,6 +99,25 @@ struct Taken {
     kept_rejected: Option<(u64, usize)>,
 }
 
+impl Taken {
+    /// Taken file `name` at `path`, to be read from `offset` (on line `line`).
+    fn new(name: String, path: PathBuf, offset: u64, line: usize) -> Taken {
+        Taken {
+            name,
+            path,
+            offset,
+            line,
+            size_seen: 0,
+            changed: Instant::now(),
+            more: false,
+            paused: false,
+            skipping: false,
+            open_stretch: None,
+            kept_rejected: None,
+        }
+    }
+}
+
 /// Why the inbox failed. Each is a retry: what was taken is journaled with the offset it
 /// reached, and a restarted inbox reads on from there. (A full disk is not a failure at all:
 /// intake waits, see `Inbox::read_new`.)
@@ -233,19 +252,7 @@ impl Process for Inbox {
                 if identity.is_none() || named != identity {
                     crate::files::sync_dir(&root).map_err(take)?;
                 }
-                taken.push(Taken {
-                    name,
-                    path,
-                    offset: 0,
-                    line: 1,
-                    size_seen: 0,
-                    changed: Instant::now(),
-                    more: false,
-                    paused: false,
-                    skipping: false,
-                    open_stretch: None,
-                    kept_rejected: None,
-                });
+                taken.push(Taken::new(name, path, 0, 1));
             }
             let mut i = 0;
             while i < taken.len() {
@@ -355,19 +362,9 @@ impl Inbox {
                 if offset > 0 {
                     log::info!("resuming {name} from byte {offset}");
                 }
-                Taken {
-                    path: root.join(&name),
-                    line: line_at(&root.join(&name), offset),
-                    name,
-                    offset,
-                    size_seen: 0,
-                    changed: Instant::now(),
-                    more: false,
-                    paused: false,
-                    skipping: false,
-                    open_stretch: None,
-                    kept_rejected: None,
-                }
+                let path = root.join(&name);
+                let line = line_at(&path, offset);
+                Taken::new(name, path, offset, line)
             })
             .collect())
     }
@@ -1165,19 +1162,7 @@ mod tests {
         let big = format!("\n[{}]\n", vec![one.as_str(); count].join(","));
         let name = "inmsg.taking-00000000000000000001";
         fs::write(dir.path().join(name), format!("{big}{}", command(1))).unwrap();
-        let t = Taken {
-            name: name.into(),
-            path: dir.path().join(name),
-            offset: 0,
-            line: 1,
-            size_seen: 0,
-            changed: Instant::now(),
-            more: false,
-            paused: false,
-            skipping: false,
-            open_stretch: None,
-            kept_rejected: None,
-        };
+        let t = Taken::new(name.into(), dir.path().join(name), 0, 1);
         let rejected = read_all(&inbox, t);
         let errors: Vec<&str> = rejected.lines().filter(|l| l.starts_with("# ")).collect();
         assert!(
@@ -1206,19 +1191,7 @@ mod tests {
         let path = dir.path().join(name);
         fs::write(&path, format!("{}[{{\"toNode\":", command(0))).unwrap();
         let _writer = fs::OpenOptions::new().append(true).open(&path).unwrap();
-        let mut t = Taken {
-            name: name.into(),
-            path,
-            offset: 0,
-            line: 1,
-            size_seen: 0,
-            changed: Instant::now(),
-            more: false,
-            paused: false,
-            skipping: false,
-            open_stretch: None,
-            kept_rejected: None,
-        };
+        let mut t = Taken::new(name.into(), path, 0, 1);
         assert!(!inbox.read_on(&mut t, true).unwrap(), "held, by the lease");
         t.changed -= QUIET;
         assert!(!inbox.read_on(&mut t, true).unwrap(), "held, by the lease");
