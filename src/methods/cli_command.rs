@@ -131,6 +131,11 @@ pub fn run_with(
     let Some(program) = argv.first() else {
         return Outcome::error("CLICommand needs a command in data, e.g. [\"df\",\"-h\"]");
     };
+    // Not started at all once the node stopped its commands (a handler still taking its
+    // message): one started would run until the kill below reached it.
+    if STOPPED.load(Ordering::SeqCst) {
+        return Outcome::error("not run: the node is stopping");
+    }
     let (mut child, reader) = match spawn(argv, cwd) {
         Ok(spawned) => spawned,
         Err(why) => return Outcome::error(why),

@@ -223,7 +223,7 @@ fn take(e: &Envelope, ctx: &Context, open: &mut Open, i: usize) -> Result<String
     if let Some(last) = &chunk.last {
         // Run again after it was put in place (this node died before it answered): the
         // temporary file is gone, and dstPath holds the file.
-        if !temp.exists() && holds(&dst, last, mode_for(&grant, last)) {
+        if !temp.exists() && holds(&dst, &temp, last, mode_for(&grant, last)) {
             return Ok(already_in_place(id, &dst, last));
         }
     }
@@ -298,7 +298,7 @@ fn finish(
         source,
     })?;
     if size != last.size || sha256 != last.sha256 {
-        if holds(dst, last, mode_for(grant, last)) {
+        if holds(dst, temp, last, mode_for(grant, last)) {
             // A chunk of a copy already done, written again after a restart.
             let _ = fs::remove_file(temp);
             return Ok(already_in_place(id, dst, last));
@@ -377,13 +377,14 @@ fn mode_for(grant: &CopyGrant, last: &Last) -> Result<u32, CopyDstError> {
 }
 
 /// Whether `path` is the file `last` describes as this copy put it in place (a chunk run
-/// again after that): a file of this node's user alone, of the `mode` asked for (`Err`: a
-/// mode that cannot be, so none is), and exactly these bytes. Anything else there is
-/// replaced by the copy's own: a link, or a file of the same bytes someone else left
-/// (the copy would have said "in place" of what they still own, its mode not the one
-/// asked for), or a FIFO (opening it waited for a writer for ever, and the copy's lane
-/// with it).
-fn holds(path: &Path, last: &Last, mode: Result<u32, CopyDstError>) -> bool {
+/// again after that): a file of this node's user alone (or of whoever this node's files
+/// are on that disk, as a new file beside its temporary file `temp` tells: see
+/// `open_temp`), of the `mode` asked for (`Err`: a mode that cannot be, so none is), and
+/// exactly these bytes. Anything else there is replaced by the copy's own: a link, or a
+/// file of the same bytes someone else left (the copy would have said "in place" of what
+/// they still own, its mode not the one asked for), or a FIFO (opening it waited for a
+/// writer for ever, and the copy's lane with it).
+fn holds(path: &Path, temp: &Path, last: &Last, mode: Result<u32, CopyDstError>) -> bool {
     let Ok(mode) = mode else {
         return false;
     };
@@ -397,7 +398,7 @@ fn holds(path: &Path, last: &Last, mode: Result<u32, CopyDstError>) -> bool {
     file.metadata().is_ok_and(|m| {
         m.is_file()
             && m.nlink() == 1
-            && m.uid() == crate::sys::euid()
+            && (m.uid() == crate::sys::euid() || new_file_owner(temp).ok() == Some(m.uid()))
             && m.mode() & 0o777 == mode
             && m.len() == last.size
     }) && digest(&file).is_ok_and(|(size, sha)| size == last.size && sha == last.sha256)

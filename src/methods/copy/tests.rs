@@ -697,6 +697,18 @@ fn a_copy_goes_onto_a_disk_whose_files_all_have_one_owner() {
         assert_eq!(o.status, Status::Ok, "{}", o.output);
     }
     assert_eq!(std::fs::read(&dst).unwrap(), p.bytes);
+    // Its last chunk again (its ACK lost): the copy is in place, as on any other disk, not
+    // a SHA-256 mismatch (a new temporary file holding that chunk alone, kept as `.bad`).
+    for o in as_disk_owner(&chunks[chunks.len() - 1..]) {
+        assert_eq!(o.status, Status::Ok, "{}", o.output);
+        assert!(o.output.contains("already in place"), "{}", o.output);
+    }
+    let left: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "file.bin")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

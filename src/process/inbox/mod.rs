@@ -698,12 +698,7 @@ impl Inbox {
         if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let text = format!(
-            "{}: no file lease on {} ({why}): whether a writer still holds a taken inmsg.txt cannot be known, so it is taken as done after {}s without a change; a program that keeps inmsg.txt open and pauses longer loses what it writes after. Append with `>>` (open, write, close), or run steward as the owner of what is appended (or with CAP_LEASE)",
-            self.node.config.node,
-            path.display(),
-            QUIET.as_secs()
-        );
+        let text = no_leases_text(&self.node.config.node, path, why);
         log::warn!("{text}");
         self.node.report_error(text);
     }
@@ -901,6 +896,24 @@ fn line_at(path: &Path, offset: u64) -> usize {
         line += buf[..n].iter().filter(|&&b| b == b'\n').count();
     }
     line
+}
+
+/// What [`Inbox::no_leases`] says of `path`, on `node`, whose lease was refused (`why`):
+/// running steward as the file's owner, or with CAP_LEASE, is advised only where that is
+/// why (on NFS or SMB, or a filesystem without leases, neither helps).
+fn no_leases_text(node: &str, path: &Path, why: &io::Error) -> String {
+    let owner = match why.kind() {
+        io::ErrorKind::PermissionDenied => {
+            ", or run steward as the owner of what is appended (or with CAP_LEASE)"
+        }
+        _ => "",
+    };
+    format!(
+        "{}: no file lease on {} ({why}): whether a writer still holds a taken inmsg.txt cannot be known, so it is taken as done after {}s without a change; a program that keeps inmsg.txt open and pauses longer loses what it writes after. Append with `>>` (open, write, close){owner}",
+        node,
+        path.display(),
+        QUIET.as_secs()
+    )
 }
 
 /// How long the watch may wait for an event: while a file is taken (or an inmsg.txt
@@ -1199,6 +1212,22 @@ mod tests {
         let rejected = fs::read_to_string(inbox.node.data.rejected()).unwrap();
         assert!(rejected.contains("[{\"toNode\":"), "{rejected}");
         assert_eq!(inbox.node.journal().lane_pending(&ship1_lane()), 1);
+    }
+
+    /// Where no lease can be had whoever steward runs as (NFS and SMB, whose leases are the
+    /// server's; a filesystem without them), the report does not tell the operator to run
+    /// steward as the owner of what is appended, or with CAP_LEASE: neither helps there.
+    #[test]
+    fn no_leases_advises_an_owner_or_cap_lease_only_where_that_is_why() {
+        let path = Path::new("/data/inmsg.taking-1");
+        let advice = "CAP_LEASE";
+        for kind in [io::ErrorKind::Unsupported, io::ErrorKind::InvalidInput] {
+            let text = no_leases_text("ship1", path, &io::Error::new(kind, "refused"));
+            assert!(!text.contains(advice), "{kind:?}: {text}");
+            assert!(text.contains("Append with `>>`"), "{text}");
+        }
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(no_leases_text("ship1", path, &denied).contains(advice));
     }
 
     /// An inmsg.txt moved away or removed between the inbox's look at it and its rename
