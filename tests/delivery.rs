@@ -811,10 +811,7 @@ fn a_node_back_from_an_outage_gets_a_long_attempt_s_command_at_its_hello() {
 
 #[test]
 fn a_message_larger_than_the_broker_takes_fails_and_the_link_and_lane_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("nats.conf");
-    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
-    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let nats = NatsServer::with_max_payload(64 * 1024);
     let _ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
     // 100 kB: within a message's limits, over this broker's. Sent, the broker closed the

@@ -228,10 +228,7 @@ fn a_reply_cut_to_the_broker_s_limit_is_recorded_as_it_was_sent() {
 /// broker takes"): central's file never came, and its ACK said the result had been sent.
 #[test]
 fn a_result_larger_than_the_broker_takes_arrives_cut_to_its_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("nats.conf");
-    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
-    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let nats = NatsServer::with_max_payload(64 * 1024);
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let central = Node::start("central", &nats.address(), &[]);
     let ended = central.send_and_wait(

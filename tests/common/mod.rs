@@ -113,6 +113,15 @@ impl NatsServer {
         NatsServer::start_with_env(extra, &[])
     }
 
+    /// One that takes messages of at most `bytes` (its `max_payload`; NATS's default is
+    /// 1 MiB): for what a node does with a message or a result larger than its broker takes.
+    pub fn with_max_payload(bytes: usize) -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(&conf, format!("max_payload: {bytes}\n")).unwrap();
+        NatsServer::start_with(&["-c", conf.to_str().unwrap()])
+    }
+
     /// With arguments and environment variables (a config file may refer to `$VAR`s).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> NatsServer {
         let mut s = NatsServer {
