@@ -51,23 +51,103 @@
 //! covered).
 
 use crate::journal::record::{
-    decode, encode, encode_finished, is_finished_record, open_records, Record, RecordFile, CHUNK,
+    decode, encode_finished, encode_started, is_finished_record, open_records, Record, RecordFile,
+    CHUNK,
 };
 use crate::message::Reply;
 use crate::storage::{Disk, Storage};
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// How a message is known here ([`key`]), held once and shared by the map and the queues.
-type Key = Arc<str>;
+/// How a message is known here: its verified sender and its id (`central/<id>`: `Started`
+/// records hold this text; names cannot contain `/`), held once and shared by the maps and
+/// the queues, with its hash made once. An id is some 70 bytes, and each took about ten
+/// lookups, each hashing it anew: a tenth of a receiver's CPU in a stream of events. The
+/// hash is keyed at random for each process, as a `HashMap`'s own is, so no sender can
+/// choose ids that collide.
+#[derive(Clone, Debug)]
+struct Key {
+    hash: u64,
+    text: Arc<str>,
+}
+
+impl Key {
+    /// Message `id` of the verified sender `from`.
+    fn new(from: &str, id: &str) -> Key {
+        Key::of(format!("{from}/{id}").into())
+    }
+
+    /// A key's text, as [`Key::new`] made it (a `Started` record's).
+    fn of(text: Arc<str>) -> Key {
+        static KEYED: OnceLock<RandomState> = OnceLock::new();
+        let hash = KEYED.get_or_init(RandomState::new).hash_one(&*text);
+        Key { hash, text }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for Key {}
+
+/// By text: the order [`Inner::by_size`] breaks ties in.
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Hashes a [`Key`] as the hash it carries.
+#[derive(Default)]
+struct Made(u64);
+
+impl Hasher for Made {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only a Key's hash, made already, is hashed here")
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
+/// A map of ids, each hashed once, as it was made.
+type ById<V> = HashMap<Key, V, BuildHasherDefault<Made>>;
 
 /// A sender's kind and method (`<sender>/<kind>.<method>`), whose ids are remembered
-/// together.
-type Lane = Arc<str>;
+/// together: its name, hashed once as a [`Key`] is (each id it takes looks it up twice).
+type Lane = Key;
 
 /// How many ids that have ended are remembered (about 170 bytes each in memory).
 pub const KEEP: usize = 20_000;
@@ -114,20 +194,20 @@ struct Inner {
     keep: usize,
     per_lane_keep: usize,
     /// Each ended id's state.
-    states: HashMap<Key, Known>,
+    states: ById<Known>,
     /// The ids running now in this process (recorded as started, not yet answered), with
     /// their lane. Not counted in `keep` or `per_lane_keep`, and never forgotten while they
     /// run. An interrupted id run again is here and in `states`.
-    running: HashMap<Key, Lane>,
+    running: ById<Lane>,
     /// Each lane's ended ids, oldest first: every id of `states` in exactly one.
-    lanes: HashMap<Lane, VecDeque<Key>>,
+    lanes: ById<VecDeque<Key>>,
     /// The lanes by how many ids they hold, then by how long ago they last took one (the
     /// longest ago last), to forget from the largest past `keep`; of lanes as large, from
     /// the one quiet longest. (By name, with more lanes than `keep` each holding one id, a
     /// lane's only id was forgotten as it ended, and a retry ran it again.)
     by_size: BTreeSet<(usize, Reverse<u64>, Lane)>,
     /// When each lane last took an id (a count of ids taken).
-    touched: HashMap<Lane, u64>,
+    touched: ById<u64>,
     taken: u64,
 }
 
@@ -162,10 +242,10 @@ impl Received {
             Record::Started { id } => found.push((id, Known::Interrupted, offset)),
             Record::Finished { reply } => {
                 if let Ok((r, lane)) = decode_finished(&reply) {
-                    let id = key(&r.to_node, &r.id);
+                    let id = format!("{}/{}", r.to_node, r.id);
                     let lane = names
                         .entry(lane_name(&r.to_node, lane.as_deref().unwrap_or("")))
-                        .or_insert_with_key(|name| name.as_str().into())
+                        .or_insert_with_key(|name| Key::of(name.as_str().into()))
                         .clone();
                     lane_of.insert(id.clone(), (lane, offset));
                     found.push((id, Known::Done { offset, len }, offset));
@@ -186,11 +266,11 @@ impl Received {
             compacted_size: 0,
             keep,
             per_lane_keep: per_lane,
-            states: HashMap::new(),
-            running: HashMap::new(),
-            lanes: HashMap::new(),
+            states: ById::default(),
+            running: ById::default(),
+            lanes: ById::default(),
             by_size: BTreeSet::new(),
-            touched: HashMap::new(),
+            touched: ById::default(),
             taken: 0,
         };
         for (id, state, at) in found {
@@ -205,10 +285,10 @@ impl Received {
                 Some((lane, _)) => lane.clone(),
                 None => names
                     .entry(lane_name(sender_of(&id), ""))
-                    .or_insert_with_key(|name| name.as_str().into())
+                    .or_insert_with_key(|name| Key::of(name.as_str().into()))
                     .clone(),
             };
-            inner.remember(id.into(), state, &lane);
+            inner.remember(Key::of(id.into()), state, &lane);
         }
         // Rewritten without the damage (else passed over, and said, at every start).
         if !damage.passed_over.is_empty() {
@@ -250,14 +330,15 @@ impl Received {
         ids: &[&str],
         rerun_interrupted: bool,
     ) -> io::Result<Vec<Seen>> {
-        let keys: Vec<String> = ids.iter().map(|id| key(from, id)).collect();
+        let keys: Vec<Key> = ids.iter().map(|id| Key::new(from, id)).collect();
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // A batch naming an id that runs now (its retry came first) waits for that run's
         // reply, whole: starting its other ids now would leave them started and never run.
-        let mut in_batch = HashSet::with_capacity(keys.len());
+        let mut in_batch: HashSet<&Key, BuildHasherDefault<Made>> =
+            HashSet::with_capacity_and_hasher(keys.len(), Default::default());
         if keys
             .iter()
-            .any(|k| inner.running.contains_key(k.as_str()) || !in_batch.insert(k))
+            .any(|k| inner.running.contains_key(k) || !in_batch.insert(k))
         {
             return Ok(keys.iter().map(|_| Seen::Running).collect());
         }
@@ -268,27 +349,29 @@ impl Received {
         let mut started = Vec::new();
         let mut again = Vec::new();
         for id in &keys {
-            seen.push(match inner.states.get(id.as_str()).copied() {
+            seen.push(match inner.states.get(id).copied() {
                 Some(Known::Interrupted) if rerun_interrupted => {
                     again.push(id);
                     Seen::New
                 }
                 Some(Known::Interrupted) => Seen::Interrupted,
-                Some(Known::Done { offset, len }) => match inner.stored_reply(id, offset, len) {
-                    Ok(reply) => Seen::Done(reply),
-                    // Damaged on the disk: it ran, its reply is gone. Answered as
-                    // interrupted from now on (an error failing every retry of the batch
-                    // held up its sender's lane for good).
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        log::error!("{e}: answered as interrupted");
-                        if let Some(state) = inner.states.get_mut(id.as_str()) {
-                            *state = Known::Interrupted;
+                Some(Known::Done { offset, len }) => {
+                    match inner.stored_reply(&id.text, offset, len) {
+                        Ok(reply) => Seen::Done(reply),
+                        // Damaged on the disk: it ran, its reply is gone. Answered as
+                        // interrupted from now on (an error failing every retry of the batch
+                        // held up its sender's lane for good).
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            log::error!("{e}: answered as interrupted");
+                            if let Some(state) = inner.states.get_mut(id) {
+                                *state = Known::Interrupted;
+                            }
+                            Seen::Interrupted
                         }
-                        Seen::Interrupted
+                        // Not read (a failing disk): the sender tries again.
+                        Err(e) => return Err(e),
                     }
-                    // Not read (a failing disk): the sender tries again.
-                    Err(e) => return Err(e),
-                },
+                }
                 None => {
                     started.push(id);
                     Seen::New
@@ -298,19 +381,19 @@ impl Received {
         if !started.is_empty() {
             let mut buf = Vec::new();
             for id in &started {
-                encode(&Record::Started { id: id.to_string() }, &mut buf);
+                encode_started(&id.text, &mut buf);
             }
             inner.file.append(&buf)?;
         }
         for id in &again {
             log::info!("{id}: interrupted by the last stop of this node; run again");
         }
-        let lane = inner.lane(&lane_name(from, lane));
+        let lane = inner.lane(lane_name(from, lane));
         inner.running.extend(
             started
                 .iter()
                 .chain(&again)
-                .map(|id| (Key::from(id.as_str()), lane.clone())),
+                .map(|&id| (id.clone(), lane.clone())),
         );
         if started.is_empty() {
             return Ok(seen);
@@ -339,11 +422,11 @@ impl Received {
         let mut spans = Vec::with_capacity(replies.len());
         let mut ids = Vec::with_capacity(replies.len());
         for reply in replies {
-            let id = key(&reply.to_node, &reply.id);
+            let id = Key::new(&reply.to_node, &reply.id);
             // Started here (else an interrupted id answered: known, and kept in its lane).
-            let lane = match inner.running.get(id.as_str()) {
+            let lane = match inner.running.get(&id) {
                 Some(lane) => lane.clone(),
-                None => inner.lane(&lane_name(&reply.to_node, "")),
+                None => inner.lane(lane_name(&reply.to_node, "")),
             };
             let start = buf.len();
             encode_finished(&mut buf, |out| {
@@ -359,9 +442,9 @@ impl Received {
                 offset: base + start,
                 len,
             };
-            let id = match inner.running.remove_entry(id.as_str()) {
+            let id = match inner.running.remove_entry(&id) {
                 Some((id, _)) => id,
-                None => id.into(),
+                None => id,
             };
             inner.remember(id, state, &lane);
         }
@@ -386,7 +469,7 @@ impl Received {
     pub fn abandon(&self, from: &str, ids: &[&str]) {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
-            if let Some((id, lane)) = inner.running.remove_entry(key(from, id).as_str()) {
+            if let Some((id, lane)) = inner.running.remove_entry(&Key::new(from, id)) {
                 inner.remember(id, Known::Interrupted, &lane);
             }
         }
@@ -421,12 +504,6 @@ impl Received {
     }
 }
 
-/// How a message is known here: its verified sender and its id (`Started` records hold
-/// this; names cannot contain `/`).
-fn key(from: &str, id: &str) -> String {
-    format!("{from}/{id}")
-}
-
 fn sender_of(key: &str) -> &str {
     key.split('/').next().unwrap_or("")
 }
@@ -439,7 +516,7 @@ fn lane_name(from: &str, lane: &str) -> String {
 
 /// Adds `lane`'s kind and method to a reply's JSON object in `out`, as `"lane"`.
 fn with_lane(out: &mut Vec<u8>, lane: &Lane) {
-    let Some((_, sent_on)) = lane.split_once('/') else {
+    let Some((_, sent_on)) = lane.text.split_once('/') else {
         return;
     };
     if sent_on.is_empty() || out.last() != Some(&b'}') {
@@ -464,10 +541,11 @@ fn decode_finished(json: &[u8]) -> Result<(Reply, Option<String>), serde_json::E
 
 impl Inner {
     /// The lane of that name, held once.
-    fn lane(&self, name: &str) -> Lane {
+    fn lane(&self, name: String) -> Lane {
+        let lane = Key::of(name.into());
         self.lanes
-            .get_key_value(name)
-            .map_or_else(|| name.into(), |(lane, _)| lane.clone())
+            .get_key_value(&lane)
+            .map_or(lane, |(held, _)| held.clone())
     }
 
     /// Records how an id ended, in `lane` if it is new here; forgets the lane's oldest past
@@ -574,7 +652,7 @@ impl Inner {
 
     /// Writes the ids kept (and running) to `tmp`, a chunk at a time, and makes it durable:
     /// its size, and where each id's record now is.
-    fn write_kept(&self, tmp: &Path) -> io::Result<(u64, HashMap<Key, Known>)> {
+    fn write_kept(&self, tmp: &Path) -> io::Result<(u64, ById<Known>)> {
         let out = self.storage.create(tmp)?;
         let mut buf = Vec::new();
         let mut at = 0u64;
@@ -587,7 +665,7 @@ impl Inner {
             }
             Ok(())
         };
-        let mut states = HashMap::with_capacity(self.states.len());
+        let mut states = ById::with_capacity_and_hasher(self.states.len(), Default::default());
         // The old file is read a chunk at a time: a lane's replies lie mostly one after
         // another. (A read each, and each checked through a copy: 7.5 ms to compact 20,000
         // replies against 4.1, session 35; in a stream of events a receiver compacts every
@@ -619,12 +697,12 @@ impl Inner {
                                 self.path.display()
                             );
                             buf.truncate(start);
-                            encode(&Record::Started { id: id.to_string() }, &mut buf);
+                            encode_started(&id.text, &mut buf);
                             Known::Interrupted
                         }
                     }
                     Known::Interrupted => {
-                        encode(&Record::Started { id: id.to_string() }, &mut buf);
+                        encode_started(&id.text, &mut buf);
                         Known::Interrupted
                     }
                 };
@@ -635,7 +713,7 @@ impl Inner {
         // Running ids are in no lane yet (an interrupted one run again is, with its record).
         for id in self.running.keys() {
             if !states.contains_key(id) {
-                encode(&Record::Started { id: id.to_string() }, &mut buf);
+                encode_started(&id.text, &mut buf);
                 flush(&mut buf, &mut at, false)?;
             }
         }
@@ -687,6 +765,7 @@ impl ReadAhead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::record::encode;
     use crate::message::Status;
     use crate::storage::bad_sector::BadSector;
 
@@ -932,7 +1011,10 @@ mod tests {
             ));
         }
         let inner = r.0.lock().unwrap();
-        let len = |lane: &str| inner.lanes.get(lane).map_or(0, VecDeque::len);
+        let len = |lane: &str| {
+            let lane = Key::of(lane.into());
+            inner.lanes.get(&lane).map_or(0, VecDeque::len)
+        };
         assert_eq!(
             (
                 len("central/CLICommand"),
@@ -1030,7 +1112,7 @@ mod tests {
         for id in ["a", "b"] {
             encode(
                 &Record::Started {
-                    id: key("central", id),
+                    id: format!("central/{id}"),
                 },
                 &mut buf,
             );
@@ -1068,7 +1150,7 @@ mod tests {
         let lane_of_c = inner
             .lanes
             .iter()
-            .find(|(_, q)| q.iter().any(|k| &**k == "central/c"))
+            .find(|(_, q)| q.iter().any(|k| &*k.text == "central/c"))
             .map(|(lane, _)| lane.to_string());
         assert_eq!(lane_of_c.as_deref(), Some("central/CommandACK.CLICommand"));
     }

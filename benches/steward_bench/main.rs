@@ -405,7 +405,8 @@ fn main() {
         let central = Agent::start("central", &broker, root.path());
         let events = durable_events(&central, &ship1, n_events);
         let mut rows = vec![events.cpu_row(n_events)];
-        rows.extend(jetstream_rows(nats_bin, events.rate, n_events));
+        let best = best_of_three(&central, &ship1, n_events, events.rate);
+        rows.extend(jetstream_rows(nats_bin, best, n_events));
         print_table(rows);
         drop((ship1, central));
         return;
@@ -489,7 +490,8 @@ fn main() {
         target: String::new(),
     });
     rows.push(events.cpu_row(n_events));
-    rows.extend(jetstream_rows(nats_bin, rate, n_events));
+    let best = best_of_three(&central, &ship1, n_events, rate);
+    rows.extend(jetstream_rows(nats_bin, best, n_events));
     rows.push(Row {
         what: "event latency p50 / p99 (ms)".into(),
         steward: format!(
@@ -658,6 +660,17 @@ fn main() {
 /// node spent per event meanwhile (µs; steadier than the rate on a shared machine).
 fn durable_events(central: &Agent, ship1: &Agent, n: usize) -> Events {
     let acked = "steward_messages_acked_total{method=\"TextLogging\"}";
+    // As JetStream's stream and consumer are made before its cycle is timed: the lane's
+    // publisher and handler threads started, its files made (the reply file, ship1's text
+    // log, each a folder sync), ship1 told central's first counter. Timed with them, a
+    // burst of 20,000 spent a tenth of its time on them (a first batch of 256 answered in
+    // 25 ms, against 7 for each 1,024 after).
+    if central.metric(acked) == 0.0 {
+        central.append(&format!("[{}]\n", event("ship1", 0)));
+        wait_until("the first event acked", Duration::from_secs(60), || {
+            central.metric(acked) >= 1.0
+        });
+    }
     let failed = "steward_batches_failed_total{method=\"TextLogging\"}";
     let (before, failed_before) = (central.metric(acked), central.metric(failed));
     let batch: String = (0..n)
@@ -666,8 +679,15 @@ fn durable_events(central: &Agent, ship1: &Agent, n: usize) -> Events {
     let cpu_before = (central.cpu_secs(), ship1.cpu_secs());
     let t = Instant::now();
     central.append(&batch);
+    // 20,000 events take a fifth of a second: a look every 10 ms would count 5 ms too many
+    // on average, a fortieth of it. So every 10 ms until nine in ten are acked, then every
+    // millisecond (the looks' own load then falls on the stream's last batches only).
+    let acked_now = || central.metric(acked) - before;
     wait_every("events acked", Duration::from_secs(600), LONG_LOOK, || {
-        central.metric(acked) >= before + n as f64
+        acked_now() >= 0.9 * n as f64
+    });
+    wait_until("events acked", Duration::from_secs(600), || {
+        acked_now() >= n as f64
     });
     let rate = n as f64 / t.elapsed().as_secs_f64();
     // A batch that did not go through sends its lane one at a time for a while: said, as
@@ -682,6 +702,15 @@ fn durable_events(central: &Agent, ship1: &Agent, n: usize) -> Events {
         central_us: per_event(cpu_before.0, central.cpu_secs()),
         ship1_us: per_event(cpu_before.1, ship1.cpu_secs()),
     }
+}
+
+/// steward's events a second against JetStream's, measured as JetStream's are (see
+/// [`jetstream::cycle`]): the best of three bursts, `first` the rate of the one measured
+/// already.
+fn best_of_three(central: &Agent, ship1: &Agent, n: usize, first: f64) -> f64 {
+    (0..2)
+        .map(|_| durable_events(central, ship1, n).rate)
+        .fold(first, f64::max)
 }
 
 /// What [`durable_events`] measured.

@@ -103,10 +103,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&offset.to_le_bytes());
             out.extend_from_slice(file.as_bytes());
         }
-        Record::Started { id } => {
-            out.push(5);
-            out.extend_from_slice(id.as_bytes());
-        }
+        Record::Started { id } => started_body(id, out),
         Record::Finished { reply } => {
             out.push(6);
             out.extend_from_slice(reply);
@@ -144,6 +141,16 @@ pub fn encode_accepted(
         at.end = out.len();
     });
     at
+}
+
+/// Appends a [`Record::Started`] of `id`, as [`encode`] would (without owning the id).
+pub fn encode_started(id: &str, out: &mut Vec<u8>) {
+    framed(out, |out| started_body(id, out));
+}
+
+fn started_body(id: &str, out: &mut Vec<u8>) {
+    out.push(5);
+    out.extend_from_slice(id.as_bytes());
 }
 
 /// Appends a [`Record::Finished`] whose reply `write_reply` writes in place (as

@@ -53,10 +53,12 @@ impl Method for TextLogging {
     fn handle_batch(&self, envelopes: &[&Envelope], ctx: &Context) -> Vec<Outcome> {
         // Each sender's log file, named once (a batch comes from one sender).
         let mut files: Vec<(&str, PathBuf)> = Vec::new();
-        let lines: Vec<(usize, String)> = envelopes
+        // Each line as it is written, without its newline if it needs one: borrowed from
+        // its message where that is already what is written (one piece of plain text).
+        let lines: Vec<(usize, Line)> = envelopes
             .iter()
             .map(|e| {
-                let text = line(e);
+                let text = Line::of(e);
                 let file = match files.iter().position(|(from, _)| *from == e.from_node) {
                     Some(i) => i,
                     None => {
@@ -73,11 +75,18 @@ impl Method for TextLogging {
             .map(|(e, (_, text))| (e.from_node.as_str(), text.len()))
             .collect();
         let refused = crate::log_budget::admit(ctx, self.name(), &sizes);
-        let mut by_file = vec![String::new(); files.len()];
-        for ((file, text), refused) in lines.iter().zip(&refused) {
-            if refused.is_none() {
-                by_file[*file].push_str(text);
-            }
+        let taken = || lines.iter().zip(&refused).filter(|(_, r)| r.is_none());
+        // Sized once: a batch's lines are some hundreds of kilobytes.
+        let mut by_file: Vec<String> = (0..files.len())
+            .map(|i| {
+                let size = taken()
+                    .filter(|((f, _), _)| *f == i)
+                    .map(|((_, t), _)| t.len());
+                String::with_capacity(size.sum())
+            })
+            .collect();
+        for ((file, text), _) in taken() {
+            text.write_to(&mut by_file[*file]);
         }
         let limits = &ctx.log_budget.limits;
         let failed: Vec<Option<String>> = files
@@ -105,12 +114,34 @@ impl Method for TextLogging {
 }
 
 /// What a message's text is written as: control characters escaped, ending in a newline.
-fn line(e: &Envelope) -> String {
-    let mut text = crate::files::escape_controls(&e.message.data.concat()).into_owned();
-    if !text.ends_with('\n') {
-        text.push('\n');
+struct Line<'e> {
+    escaped: std::borrow::Cow<'e, str>,
+    newline: bool,
+}
+
+impl<'e> Line<'e> {
+    fn of(e: &'e Envelope) -> Line<'e> {
+        let escaped = match e.message.data.as_slice() {
+            [one] => crate::files::escape_controls(one),
+            more => crate::files::escape_controls(&more.concat())
+                .into_owned()
+                .into(),
+        };
+        let newline = !escaped.ends_with('\n');
+        Line { escaped, newline }
     }
-    text
+
+    /// Its length in bytes, newline included.
+    fn len(&self) -> usize {
+        self.escaped.len() + usize::from(self.newline)
+    }
+
+    fn write_to(&self, out: &mut String) {
+        out.push_str(&self.escaped);
+        if self.newline {
+            out.push('\n');
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +174,7 @@ mod tests {
             };
             assert_eq!(
                 TextLogging.writes(&e, &ctx),
-                line(&e).len() as u64,
+                Line::of(&e).len() as u64,
                 "{data:?}"
             );
         }
