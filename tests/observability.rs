@@ -241,6 +241,43 @@ fn too_open(dir: &std::path::Path, found: &mut Vec<String>) {
     }
 }
 
+/// A batch of events is logged in one line, not a line an event (at 100,000 events a
+/// second that flooded journald, whose rate limit then drops warnings with them); a
+/// command, alone, still with its reply.
+#[test]
+fn a_batch_of_events_is_logged_in_one_line_and_a_command_with_its_reply() {
+    let nats = NatsServer::start();
+    let _ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    central.trust("ship1");
+    // Appended at once: journaled together, they travel in batches.
+    let events: String = (0..600)
+        .map(|i| format!("[{{\"toNode\":\"ship1\",\"data\":[\"event {i}\\n\"],\"commandOrEvent\":\"EventACK\",\"method\":\"TextLogging\"}}]\n"))
+        .collect();
+    central.append_inmsg(&events);
+    central.wait_count("message-log.txt", "\"TextLogging\"", 600);
+    central.append_inmsg(&command("ship1", &["echo", "hi"]));
+    central.wait_for("message-log.txt", "CLICommand");
+    let log = central.log();
+    let alone = log
+        .lines()
+        .filter(|l| l.contains("ship1.EventACK.TextLogging: central-") && l.contains(" Ok: "))
+        .count();
+    let in_batches: usize = log
+        .lines()
+        .filter_map(|l| l.split("ship1.EventACK.TextLogging: ").nth(1))
+        .filter_map(|rest| rest.split(" of ").next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(alone + in_batches, 600, "{log}");
+    assert!(alone <= 2, "{alone} events logged a line each:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ship1.CommandACK.CLICommand: central-")
+                && l.ends_with("Ok exit 0: hi")),
+        "{log}"
+    );
+}
+
 #[test]
 fn data_files_are_readable_by_their_owner_only() {
     let nats = NatsServer::start();
