@@ -149,7 +149,7 @@ type ById<V> = HashMap<Key, V, BuildHasherDefault<Made>>;
 /// together: its name, hashed once as a [`Key`] is (each id it takes looks it up twice).
 type Lane = Key;
 
-/// How many ids that have ended are remembered (about 170 bytes each in memory).
+/// How many ids that have ended are remembered (about 190 bytes each in memory).
 pub const KEEP: usize = 20_000;
 /// How many ended ids of one lane are remembered at most: more than the counter window, and
 /// than a lane's two batches a sender may send again (one answered and not yet finished

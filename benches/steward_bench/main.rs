@@ -759,7 +759,7 @@ fn jetstream_rows(default_bin: &str, steward_rate: f64, n: usize) -> Vec<Row> {
             };
             rows.push(Row {
                 what: format!(
-                    "durable events/s vs {}, {how} ({n} × {} bytes)",
+                    "durable events/s (best of 3 bursts) vs {}, {how} ({n} × {} bytes)",
                     server.describe(),
                     payload.len()
                 ),

@@ -492,13 +492,17 @@ fn array_of<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<Vec<T>, serde_
     impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Sized<T> {
         type Value = Vec<T>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an array")
+            // As `Vec`'s own visitor says it (`from_slice`'s words, kept).
+            f.write_str("a sequence")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
             let mut all = Vec::with_capacity(self.0);
             while let Some(one) = seq.next_element()? {
                 all.push(one);
             }
+            // Room made for more than came (a few large messages) is handed back: a batch
+            // is held while its messages run. (glibc shrinks a block in place: no copy.)
+            all.shrink_to_fit();
             Ok(all)
         }
     }
@@ -532,6 +536,56 @@ mod tests {
         assert!(array_of::<u8>(b"{\"a\":1}").is_err());
         assert!(array_of::<u8>(b"[1,2] [3]").is_err(), "trailing input");
         assert!(array_of::<u8>(b"[1,2").is_err(), "cut short");
+    }
+
+    /// `array_of` says what `serde_json::from_slice::<Vec<T>>` says, to the word, of input
+    /// that is no array (a receiver that answers with one reply rather than a batch).
+    #[test]
+    fn an_array_refused_is_refused_in_serde_jsons_words() {
+        for input in [
+            &b"{\"a\":1}"[..],
+            b"null",
+            b"1",
+            b"\"x\"",
+            b"[1,2] [3]",
+            b"[1,",
+            b"[1,]",
+        ] {
+            assert_eq!(
+                array_of::<u8>(input).unwrap_err().to_string(),
+                serde_json::from_slice::<Vec<u8>>(input)
+                    .unwrap_err()
+                    .to_string(),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    /// A batch of a few large messages does not keep room for a thousand (held, with the
+    /// batch, for as long as its messages run).
+    #[test]
+    fn a_batch_of_few_large_messages_keeps_no_room_for_many() {
+        let e = Envelope {
+            id: "central-1".into(),
+            from_node: "central".into(),
+            accepted: 1,
+            reply_ticket: None,
+            grant: None,
+            message: Message::new(
+                "ship1",
+                Kind::CommandAck,
+                "CLICommand",
+                vec!["x".repeat(30_000)],
+            ),
+        };
+        let batch = decode_batch(&encode_batch(&[e.clone(), e])).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(
+            batch.capacity() <= 4,
+            "room for {} envelopes",
+            batch.capacity()
+        );
     }
 
     #[test]
