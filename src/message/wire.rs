@@ -562,23 +562,28 @@ mod tests {
         }
     }
 
-    /// A batch of a few large messages does not keep room for a thousand (held, with the
-    /// batch, for as long as its messages run).
-    #[test]
-    fn a_batch_of_few_large_messages_keeps_no_room_for_many() {
-        let e = Envelope {
+    /// `message` as central's message `central-1`.
+    fn central_1(message: Message) -> Envelope {
+        Envelope {
             id: "central-1".into(),
             from_node: "central".into(),
             accepted: 1,
             reply_ticket: None,
             grant: None,
-            message: Message::new(
-                "ship1",
-                Kind::CommandAck,
-                "CLICommand",
-                vec!["x".repeat(30_000)],
-            ),
-        };
+            message,
+        }
+    }
+
+    /// A batch of a few large messages does not keep room for a thousand (held, with the
+    /// batch, for as long as its messages run).
+    #[test]
+    fn a_batch_of_few_large_messages_keeps_no_room_for_many() {
+        let e = central_1(Message::new(
+            "ship1",
+            Kind::CommandAck,
+            "CLICommand",
+            vec!["x".repeat(30_000)],
+        ));
         let batch = decode_batch(&encode_batch(&[e.clone(), e])).unwrap();
         assert_eq!(batch.len(), 2);
         assert!(
@@ -688,14 +693,12 @@ mod tests {
 
     #[test]
     fn a_batch_of_more_than_max_batch_is_refused_whole() {
-        let e = Envelope {
-            id: "central-1".into(),
-            from_node: "central".into(),
-            accepted: 1,
-            reply_ticket: None,
-            grant: None,
-            message: Message::new("ship1", Kind::EventAck, "TextLogging", vec!["x".into()]),
-        };
+        let e = central_1(Message::new(
+            "ship1",
+            Kind::EventAck,
+            "TextLogging",
+            vec!["x".into()],
+        ));
         let batch = |n: usize| {
             let envelopes: Vec<Envelope> = (0..n)
                 .map(|i| Envelope {
@@ -722,14 +725,7 @@ mod tests {
             "CLICommand",
             vec!["bash".into(), "-c".into(), "ls -l ../".into()],
         );
-        let e = Envelope {
-            id: "central-1".into(),
-            from_node: "central".into(),
-            accepted: 1,
-            reply_ticket: None,
-            grant: None,
-            message: m,
-        };
+        let e = central_1(m);
         let wire = e.encode();
         let text = String::from_utf8(wire.clone()).unwrap();
         assert!(
