@@ -129,11 +129,22 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
     Ok(EXIT_INTERRUPTED)
 }
 
+/// A reply's output as printed: as it came, but on a terminal ended with a newline where it
+/// has none (`keys distribute`'s, a method's word on what it did), so that the prompt is
+/// not glued to its end. Into a pipe or a file the bytes are the command's own.
+fn shown(output: &str, terminal: bool) -> std::borrow::Cow<'_, str> {
+    match terminal && !output.is_empty() && !output.ends_with('\n') {
+        true => format!("{output}\n").into(),
+        false => output.into(),
+    }
+}
+
 fn finished_exit(finished: &Value) -> u8 {
     let outcome = finished["outcome"].as_str().unwrap_or_default();
     let reply: Option<Reply> = serde_json::from_value(finished["reply"].clone()).ok();
     if let Some(reply) = &reply {
-        print!("{}", reply.output);
+        use std::io::IsTerminal;
+        print!("{}", shown(&reply.output, std::io::stdout().is_terminal()));
         let _ = std::io::stdout().flush();
     }
     match (outcome, &reply) {
@@ -300,4 +311,21 @@ pub fn keys(configured: &str, data: &Path, action: KeysAction) -> Result<u8, (u8
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a terminal an output gets the newline it lacks; into a pipe it is the command's
+    /// own bytes.
+    #[test]
+    fn an_output_without_a_newline_ends_one_on_a_terminal_only() {
+        let word = "ship1 now trusts 2 key(s) distributed by central for: ship1, ship2";
+        assert_eq!(shown(word, true), format!("{word}\n"));
+        assert_eq!(shown(word, false), word);
+        assert_eq!(shown("hi\n", true), "hi\n");
+        assert_eq!(shown("", true), "");
+        assert_eq!(shown("no newline", false), "no newline");
+    }
 }
