@@ -80,7 +80,7 @@ struct Key {
 impl Key {
     /// Message `id` of the verified sender `from`.
     fn new(from: &str, id: &str) -> Key {
-        Key::of(format!("{from}/{id}").into())
+        Key::of(key_text(from, id).into())
     }
 
     /// A key's text, as [`Key::new`] made it (a `Started` record's).
@@ -242,7 +242,7 @@ impl Received {
             Record::Started { id } => found.push((id, Known::Interrupted, offset)),
             Record::Finished { reply } => {
                 if let Ok((r, lane)) = decode_finished(&reply) {
-                    let id = format!("{}/{}", r.to_node, r.id);
+                    let id = key_text(&r.to_node, &r.id);
                     let lane = names
                         .entry(lane_name(&r.to_node, lane.as_deref().unwrap_or("")))
                         .or_insert_with_key(|name| Key::of(name.as_str().into()))
@@ -502,6 +502,12 @@ impl Received {
         let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         inner.file.unusable().map(str::to_string)
     }
+}
+
+/// A key's text: the verified sender and the id (`Started` records hold this; names
+/// cannot contain `/`).
+fn key_text(from: &str, id: &str) -> String {
+    format!("{from}/{id}")
 }
 
 fn sender_of(key: &str) -> &str {

@@ -186,19 +186,22 @@ impl Publisher {
             }
         }
         let acked = ends.iter().filter(|end| end.reply.is_some()).count();
-        let ok = ends
-            .iter()
-            .filter(|end| end.reply.as_ref().is_some_and(said_ok));
-        if let (false, Some(first), Some(last)) = (alone, ok.clone().next(), ok.clone().next_back())
-        {
-            log::info!(
-                "{}: {} of {} acked ok, {} … {}",
-                self.subject,
-                ok.count(),
-                ends.len(),
-                first.entry.envelope.id,
-                last.entry.envelope.id
-            );
+        // Looked for only where info is logged: a batch's replies walked for nothing else.
+        if !alone && log::log_enabled!(log::Level::Info) {
+            let mut ok = ends
+                .iter()
+                .filter(|end| end.reply.as_ref().is_some_and(said_ok));
+            if let Some(first) = ok.next() {
+                let (more, last) = ok.fold((0, first), |(n, _), end| (n + 1, end));
+                log::info!(
+                    "{}: {} of {} acked ok, {} … {}",
+                    self.subject,
+                    more + 1,
+                    ends.len(),
+                    first.entry.envelope.id,
+                    last.entry.envelope.id
+                );
+            }
         }
         let failed = ends.iter().filter(|end| end.why.is_some()).count();
         if acked > 0 {
