@@ -319,6 +319,15 @@ fn control_characters_from_a_sender_are_escaped_in_logs() {
     ));
     let text = central.wait_for("textlog/ship1.log", "forged");
     assert_eq!(text, "tail\\r\\x1b[2Jforged\tline\n");
+    // And a command's output, in the line central logs with its reply.
+    central.append_inmsg(&command("ship1", &["printf", "a\\033[2Jb\\rc"]));
+    central.wait_for("message-log.txt", "CLICommand");
+    let log = central.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ship1.CommandACK.CLICommand: "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.ends_with("Ok exit 0: a\\x1b[2Jb\\rc"), "{line:?}");
     let errors = central.wait_for("errors.log", "err");
     assert!(errors.contains("err\\r\\x1b]0;x\\x07\n"), "{errors}");
     assert!(!errors.contains('\r') && !errors.contains('\x1b'));

@@ -161,7 +161,9 @@ impl Publisher {
                         .exit_code
                         .map(|c| format!(" exit {c}"))
                         .unwrap_or_default(),
-                    reply.output.lines().next().unwrap_or("")
+                    // The receiver's text, escaped as in the logs it writes to: the
+                    // journal is read in a terminal too.
+                    crate::files::escape_controls(reply.output.lines().next().unwrap_or(""))
                 );
             }
             if let Some(why) = &end.why {
