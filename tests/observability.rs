@@ -333,6 +333,43 @@ fn control_characters_from_a_sender_are_escaped_in_logs() {
     assert!(!errors.contains('\r') && !errors.contains('\x1b'));
 }
 
+/// A refusal's text, the receiver's own words, is escaped in the line its sender logs
+/// (a trusted node, or one whose key was stolen, could write to the operator's terminal).
+#[test]
+fn a_refusal_s_text_is_escaped_in_its_sender_s_log() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = common::raw::Raw::connect(&nats.address());
+    let sub = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(&command("ship1", &["true"]));
+    let m = sub
+        .next_timeout(Duration::from_secs(10))
+        .expect("the command");
+    let sent: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+    // Answered as ship1 would refuse it, with its key, in words of its own.
+    let reply = serde_json::json!({
+        "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "refused",
+        "output": "no\u{1b}[2Jway\rout"
+    });
+    let payload = serde_json::to_vec(&reply).unwrap();
+    let to = m.reply.as_deref().unwrap();
+    let request_sig = m.headers.as_ref().unwrap().get(steward::keys::SIG).unwrap();
+    let ship1 = steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap();
+    let sealed = ship1.seal_covering(
+        steward::keys::Scope::reply(to, request_sig),
+        &payload,
+        steward::keys::Covers::Payload,
+    );
+    raw.send(to, None, Some(&sealed.headers), &payload);
+    central.wait_for("failed-messages.txt", "CLICommand");
+    let log = central.log();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("way")).collect();
+    assert!(!refused.is_empty(), "{log}");
+    for line in refused {
+        assert!(line.contains("no\\x1b[2Jway\\rout"), "{line:?}");
+    }
+}
+
 #[test]
 fn a_data_folder_others_can_read_or_its_group_write_is_warned_about() {
     use std::os::unix::fs::PermissionsExt;

@@ -167,7 +167,11 @@ impl Publisher {
                 );
             }
             if let Some(why) = &end.why {
-                log::warn!("{why}; kept in {}", node.data.failed().display());
+                log::warn!(
+                    "{}; kept in {}",
+                    crate::files::escape_controls(why),
+                    node.data.failed().display()
+                );
                 if end.outcome == "failed" && method != "ErrorLog" {
                     // Never report a failed error report: that would loop.
                     node.report_error(why.clone());
