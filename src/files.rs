@@ -512,6 +512,16 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// [`escape_controls`] for one line of a log: `\n` written as `\\n` too, so that a remote
+/// party's text (a refusal's words, a reply's id, an error quoting its JSON) cannot start a
+/// line of its own.
+pub fn escape_line(text: &str) -> std::borrow::Cow<'_, str> {
+    match escape_controls(text) {
+        t if t.contains('\n') => std::borrow::Cow::Owned(t.replace('\n', "\\n")),
+        t => t,
+    }
+}
+
 /// An inotify watch on a folder: wakes its waiter when a file in it is written, created,
 /// renamed in or closed (the inbox, on the data folder; the benchmark, on replies/).
 pub struct Watch {
@@ -879,6 +889,20 @@ mod tests {
             "a\\x00b\\x7fc\\u{9b}d"
         );
         assert_eq!(escape_controls("héllo ✓"), "héllo ✓");
+    }
+
+    /// For one line of a log, a newline is escaped too; the rest as [`escape_controls`].
+    #[test]
+    fn a_log_line_s_text_keeps_to_its_line() {
+        assert_eq!(
+            escape_line("no\n[2030-01-01T00:00:00Z ERROR steward] forged\r"),
+            "no\\n[2030-01-01T00:00:00Z ERROR steward] forged\\r"
+        );
+        assert_eq!(escape_line("tab\tkept"), "tab\tkept");
+        assert!(matches!(
+            escape_line("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

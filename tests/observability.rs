@@ -433,3 +433,86 @@ fn a_listener_port_in_use_is_reported_and_the_node_runs_on() {
     central.wait_for("replies/ship1.CLICommand.log", "metrics or not");
     drop(taken);
 }
+
+/// What other parties write reaches the sender's log escaped, one line each: a reply
+/// signed with a bogus "key" header by a client holding no trusted key, a trusted
+/// receiver's reply naming another id or a status that is none (serde quotes it), and a
+/// refusal whose words hold a log line of their own.
+#[test]
+fn remote_text_reaches_the_sender_s_log_escaped_from_any_party() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = common::raw::Raw::connect(&nats.address());
+    let sub = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(&command("ship1", &["true"]));
+    let m = sub
+        .next_timeout(Duration::from_secs(10))
+        .expect("the command");
+    let sent: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+    let to = m.reply.as_deref().unwrap().to_string();
+    let request_sig = m
+        .headers
+        .as_ref()
+        .unwrap()
+        .get(steward::keys::SIG)
+        .unwrap()
+        .clone();
+    // 1. No key at all: a stranger's header.
+    let payload = br#"{"id":"x","fromNode":"ship1","status":"ok","output":""}"#;
+    let mut h = common::raw::signed_by("intruder", &to, None, payload);
+    h.insert(steward::keys::KEY, "U\u{1b}]0;owned\u{7}\u{9b}2J");
+    raw.send(&to, None, Some(&h), payload);
+    // 2. ship1's key, another id with ESC.
+    let ship1 = steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap();
+    let reply = serde_json::json!({
+        "id": "other\r\u{202e}\u{1b}[2J", "fromNode": "ship1", "toNode": "central", "status": "ok",
+    });
+    let payload = serde_json::to_vec(&reply).unwrap();
+    let sealed = ship1.seal_covering(
+        steward::keys::Scope::reply(&to, &request_sig),
+        &payload,
+        steward::keys::Covers::Payload,
+    );
+    raw.send(&to, None, Some(&sealed.headers), &payload);
+    // 3. ship1's key, a status that is no status: serde quotes it.
+    let reply = serde_json::json!({
+        "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "x\u{9b}5m\r",
+    });
+    let payload = serde_json::to_vec(&reply).unwrap();
+    let sealed = ship1.seal_covering(
+        steward::keys::Scope::reply(&to, &request_sig),
+        &payload,
+        steward::keys::Covers::Payload,
+    );
+    raw.send(&to, None, Some(&sealed.headers), &payload);
+    // 4. A refusal whose words forge a line.
+    let reply = serde_json::json!({
+        "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "refused",
+        "output": "no\n[2030-01-01T00:00:00Z ERROR steward] forged"
+    });
+    let payload = serde_json::to_vec(&reply).unwrap();
+    let sealed = ship1.seal_covering(
+        steward::keys::Scope::reply(&to, &request_sig),
+        &payload,
+        steward::keys::Covers::Payload,
+    );
+    raw.send(&to, None, Some(&sealed.headers), &payload);
+    central.wait_for("failed-messages.txt", "CLICommand");
+    common::wait_until("the refusal logged", || {
+        central.log().contains("; kept in ")
+    });
+    let log = central.log();
+    let mut bad = Vec::new();
+    for line in log.lines() {
+        if line
+            .chars()
+            .any(|c| c.is_control() && c != '\t' || c == '\u{202e}')
+        {
+            bad.push(format!("control: {line:?}"));
+        }
+        if line.trim_start().starts_with("[2030") {
+            bad.push(format!("forged: {line:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}

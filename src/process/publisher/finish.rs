@@ -169,7 +169,8 @@ impl Publisher {
             if let Some(why) = &end.why {
                 log::warn!(
                     "{}; kept in {}",
-                    crate::files::escape_controls(why),
+                    // One line: a refusal's words may hold more.
+                    crate::files::escape_line(why),
                     node.data.failed().display()
                 );
                 if end.outcome == "failed" && method != "ErrorLog" {

@@ -236,8 +236,19 @@ enum NotAnAnswer {
 }
 
 impl fmt::Display for NotAnAnswer {
+    /// Escaped: what it says quotes a remote party's text (a "key" header anyone on the
+    /// broker can write, a reply's id, serde's words on its JSON), logged as it is.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        f.write_str(&crate::files::escape_line(&self.said()))
+    }
+}
+
+impl NotAnAnswer {
+    fn said(&self) -> String {
+        use std::fmt::Write as _;
+        let mut said = String::new();
+        let f = &mut said;
+        let _ = match self {
             NotAnAnswer::UnknownSender { node, to, key } => write!(
                 f,
                 "{node} trusts no key for {to}, so its reply cannot be verified; if {key} is {to}'s key (`steward keys show` on {to}), run on {node}: steward keys trust {to} {key}"
@@ -253,7 +264,8 @@ impl fmt::Display for NotAnAnswer {
             NotAnAnswer::NotTheBatch { got, want } => {
                 write!(f, "{got} replies that do not match the batch of {want}")
             }
-        }
+        };
+        said
     }
 }
 
