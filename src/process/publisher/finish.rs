@@ -140,14 +140,15 @@ impl Publisher {
         // Made at the first acked message (a series exists once a message was acked).
         let mut latency = None;
         let mut outcomes: Vec<(&str, u64)> = Vec::new();
-        let alone = ends.len() == 1;
+        // Commands one by one, even several finished at once (after a restart).
+        let alone = ends.len() == 1 || self.subject.kind.is_command();
         for end in ends {
             let envelope = &end.entry.envelope;
             match outcomes.iter_mut().find(|(o, _)| *o == end.outcome) {
                 Some((_, n)) => *n += 1,
                 None => outcomes.push((end.outcome, 1)),
             }
-            // A message alone (a command) is logged with its reply; of a batch of events,
+            // A command (or a message alone) is logged with its reply; of a batch of events,
             // only a reply that did not say ok, the rest in one line below. A line for each
             // event was 170 bytes of log a message: 100,000 lines a second into journald
             // at the benchmark's rate, whose rate limit then drops warnings with them.
