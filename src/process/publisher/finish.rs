@@ -162,8 +162,8 @@ impl Publisher {
                         .exit_code
                         .map(|c| format!(" exit {c}"))
                         .unwrap_or_default(),
-                    // The receiver's text, escaped as in the logs it writes to: the
-                    // journal is read in a terminal too.
+                    // The receiver's text, escaped as in the logs it writes to: this log
+                    // is read in a terminal too (journalctl, docker logs).
                     crate::files::escape_controls(reply.output.lines().next().unwrap_or(""))
                 );
             }
