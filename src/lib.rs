@@ -262,14 +262,29 @@ fn one_agent(data: &files::DataFolder) -> Result<std::fs::File, Error> {
         .mode(files::PRIVATE_FILE)
         .open(&path)
         .map_err(cannot)?;
-    match sys::lock_exclusive(&file) {
-        Ok(true) => Ok(file),
-        Ok(false) => Err(Error::AlreadyRunning {
-            folder: data.root.clone(),
-        }),
-        Err(e) => Err(cannot(e)),
+    // Held a moment more by what is ending: an agent killed, and restarted at once, while a
+    // command it was starting sat between fork and exec with a copy of the lock (exec
+    // closes it). So a start waits that long before it takes the lock for another
+    // agent's; a second agent is refused all the same.
+    let waited = std::time::Instant::now();
+    loop {
+        match sys::lock_exclusive(&file) {
+            Ok(true) => return Ok(file),
+            Ok(false) if waited.elapsed() < LOCK_HELD_BY_THE_DYING => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(false) => {
+                return Err(Error::AlreadyRunning {
+                    folder: data.root.clone(),
+                })
+            }
+            Err(e) => return Err(cannot(e)),
+        }
     }
 }
+
+/// How long a start waits for the data folder's lock before it is another agent's.
+const LOCK_HELD_BY_THE_DYING: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The data folder, created and made absolute (so logs name files unambiguously and
 /// commands run in a fixed folder); refused if anyone may write it, with a warning to

@@ -864,6 +864,29 @@ fn a_reply_a_power_cut_left_in_part_is_stored_again_whole() {
 
 /// A second agent started by hand on the service's data folder would write the same journal
 /// and run every command twice: it refuses to run, and the first goes on.
+/// A lock let go a moment after its agent died (a command it was starting, between fork
+/// and exec, holds a copy until exec closes it) does not stop the next start: it waits a
+/// moment for it. (CI once saw a receiver restarted under load refuse to run so.)
+#[test]
+fn a_lock_let_go_a_moment_after_its_agent_died_does_not_stop_the_next_start() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    ship1.kill9();
+    // The lock, held by another process for a moment: this one.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ship1.data().join("journal/lock"))
+        .unwrap();
+    assert!(steward::sys::lock_exclusive(&lock).unwrap());
+    let let_go = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(lock);
+    });
+    ship1.restart();
+    let_go.join().unwrap();
+    assert!(!ship1.log().contains("refusing to run"), "{}", ship1.log());
+}
+
 #[test]
 fn a_second_agent_on_the_same_data_folder_refuses_to_run() {
     let nats = NatsServer::start();
