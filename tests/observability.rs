@@ -351,17 +351,12 @@ fn a_refusal_s_text_is_escaped_in_its_sender_s_log() {
         "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "refused",
         "output": "no\u{1b}[2Jway\rout"
     });
-    let payload = serde_json::to_vec(&reply).unwrap();
-    let to = m.reply.as_deref().unwrap();
-    let request_sig = m.headers.as_ref().unwrap().get(steward::keys::SIG).unwrap();
-    let ship1 = steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap();
-    let sealed = ship1.seal_covering(
-        steward::keys::Scope::reply(to, request_sig),
-        &payload,
-        steward::keys::Covers::Payload,
-    );
-    raw.send(to, None, Some(&sealed.headers), &payload);
+    raw.answer_as("ship1", &m, &reply);
     central.wait_for("failed-messages.txt", "CLICommand");
+    // Logged just after failed-messages.txt is written.
+    common::wait_until("the refusal logged", || {
+        central.log().contains("; kept in ")
+    });
     let log = central.log();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("way")).collect();
     assert!(!refused.is_empty(), "{log}");
@@ -450,53 +445,27 @@ fn remote_text_reaches_the_sender_s_log_escaped_from_any_party() {
         .expect("the command");
     let sent: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
     let to = m.reply.as_deref().unwrap().to_string();
-    let request_sig = m
-        .headers
-        .as_ref()
-        .unwrap()
-        .get(steward::keys::SIG)
-        .unwrap()
-        .clone();
     // 1. No key at all: a stranger's header.
     let payload = br#"{"id":"x","fromNode":"ship1","status":"ok","output":""}"#;
     let mut h = common::raw::signed_by("intruder", &to, None, payload);
     h.insert(steward::keys::KEY, "U\u{1b}]0;owned\u{7}\u{9b}2J");
     raw.send(&to, None, Some(&h), payload);
     // 2. ship1's key, another id with ESC.
-    let ship1 = steward::keys::Identity::from_seed(&common::seed_of("ship1")).unwrap();
     let reply = serde_json::json!({
         "id": "other\r\u{202e}\u{1b}[2J", "fromNode": "ship1", "toNode": "central", "status": "ok",
     });
-    let payload = serde_json::to_vec(&reply).unwrap();
-    let sealed = ship1.seal_covering(
-        steward::keys::Scope::reply(&to, &request_sig),
-        &payload,
-        steward::keys::Covers::Payload,
-    );
-    raw.send(&to, None, Some(&sealed.headers), &payload);
+    raw.answer_as("ship1", &m, &reply);
     // 3. ship1's key, a status that is no status: serde quotes it.
     let reply = serde_json::json!({
         "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "x\u{9b}5m\r",
     });
-    let payload = serde_json::to_vec(&reply).unwrap();
-    let sealed = ship1.seal_covering(
-        steward::keys::Scope::reply(&to, &request_sig),
-        &payload,
-        steward::keys::Covers::Payload,
-    );
-    raw.send(&to, None, Some(&sealed.headers), &payload);
+    raw.answer_as("ship1", &m, &reply);
     // 4. A refusal whose words forge a line.
     let reply = serde_json::json!({
         "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "refused",
         "output": "no\n[2030-01-01T00:00:00Z ERROR steward] forged"
     });
-    let payload = serde_json::to_vec(&reply).unwrap();
-    let sealed = ship1.seal_covering(
-        steward::keys::Scope::reply(&to, &request_sig),
-        &payload,
-        steward::keys::Covers::Payload,
-    );
-    raw.send(&to, None, Some(&sealed.headers), &payload);
+    raw.answer_as("ship1", &m, &reply);
     central.wait_for("failed-messages.txt", "CLICommand");
     common::wait_until("the refusal logged", || {
         central.log().contains("; kept in ")

@@ -85,6 +85,29 @@ impl Raw {
         self.conn.flush().unwrap();
     }
 
+    /// Answers the captured `request` with `reply`, signed with the test key of `signer`
+    /// over the request's signature, as that node would answer it.
+    pub fn answer_as(&self, signer: &str, request: &nats::Message, reply: &serde_json::Value) {
+        let to = request
+            .reply
+            .as_deref()
+            .expect("a request with a reply subject");
+        let request_sig = request
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(steward::keys::SIG))
+            .expect("a signed request");
+        let payload = serde_json::to_vec(reply).unwrap();
+        let sealed = steward::keys::Identity::from_seed(&super::seed_of(signer))
+            .unwrap()
+            .seal_covering(
+                steward::keys::Scope::reply(to, request_sig),
+                &payload,
+                steward::keys::Covers::Payload,
+            );
+        self.send(to, None, Some(&sealed.headers), &payload);
+    }
+
     /// Publishes a captured message again, exactly as it was.
     pub fn replay(&self, m: &nats::Message) {
         self.send(&m.subject, m.reply.as_deref(), m.headers.as_ref(), &m.data);
