@@ -362,6 +362,21 @@ pub fn thread_id() -> i32 {
     unsafe { libc::gettid() }
 }
 
+/// Names the calling thread as `top -H`, `ps -L` and `/proc/<pid>/task/*/comm` show it:
+/// its first 15 bytes (the kernel's limit), cut at a character's boundary.
+pub fn name_this_thread(name: &str) {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let Ok(name) = CString::new(&name[..end]) else {
+        return;
+    };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which
+    // `name` is and outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
 /// This process's effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes nothing and cannot fail.

@@ -1058,6 +1058,7 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
             names.join(",")
         );
         let acked = "steward_messages_acked_total{method=\"CLICommand\"}";
+        let bare = bare_fan_out(broker, n);
         let mut peak = central.status("VmRSS:");
         let cpu = central.cpu_secs();
         let t = Instant::now();
@@ -1108,8 +1109,8 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
                 mb(peak_again),
                 mb(rss)
             ),
-            bare: String::new(),
-            ratio: String::new(),
+            bare: format!("{bare:.3} s"),
+            ratio: format!("{:.1}", secs / bare),
             target,
         });
         drop(responders);
@@ -1119,9 +1120,43 @@ fn fleet(broker: &str, quick: bool) -> Vec<Row> {
     rows
 }
 
+/// The same fan-out with bare NATS, the fleet row's reference in the same run: one client
+/// sends a request to each of the `n` simulated nodes' CLICommand subjects (pipelined, one
+/// connection, as central has) and takes their `n` replies, which the same responders send
+/// at once, unsigned and empty. What the broker and the responders take for a fleet, and so
+/// how fast this machine is today: seconds for `n` round trips. Best of three.
+fn bare_fan_out(broker: &str, n: usize) -> f64 {
+    let conn = nats::connect(broker).unwrap();
+    let replies = conn.subscribe("bare-fan-out.*").unwrap();
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for i in 0..n {
+            conn.publish_request(
+                &format!("node{i}.CommandACK.CLICommand"),
+                &format!("bare-fan-out.{i}"),
+                BARE_REQUEST,
+            )
+            .unwrap();
+        }
+        conn.flush().unwrap();
+        for _ in 0..n {
+            replies
+                .next_timeout(Duration::from_secs(60))
+                .expect("bare fan-out: a reply");
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// What [`bare_fan_out`] sends: the responders answer it at once with an empty reply.
+const BARE_REQUEST: &[u8] = b"bare";
+
 /// `n` simulated nodes in this process: one connection and one wildcard subscription on
 /// every node's CLICommand subject, answering `node<i>` at once with an ACK as steward
-/// would send it, signed with one key that central trusts for every simulated node.
+/// would send it, signed with one key that central trusts for every simulated node (and
+/// [`bare_fan_out`]'s requests with an empty reply).
 fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
     let identity = trust_simulated(root, n);
     let conn = nats::connect(broker).unwrap();
@@ -1137,6 +1172,10 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
         let (Some(to), true) = (&m.reply, simulated) else {
             return;
         };
+        if m.data == BARE_REQUEST {
+            let _ = conn.publish(to, b"");
+            return;
+        }
         let Ok(env) = steward::message::Envelope::decode(&m.data) else {
             return;
         };

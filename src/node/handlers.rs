@@ -1,9 +1,8 @@
 //! The threads that run received messages (and schedules' runs), bounded, kept a while for
 //! the next message.
 
+use crate::process::lingering::Lingering;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The threads that run received messages and schedules' runs
@@ -19,16 +18,12 @@ pub struct Handlers {
     /// [`RESERVED`] more, only for the methods that put the node right.
     give_reserved: Sender<()>,
     take_reserved: Receiver<()>,
-    jobs: Sender<Job>,
-    waiting: Receiver<Job>,
-    /// Threads waiting for a job that no dispatch has claimed yet.
-    pub(super) idle: Arc<AtomicUsize>,
-    /// How long a thread waits for another job before it exits.
-    linger: Duration,
+    /// The threads, each waiting a while for the next job before it exits.
+    pub(super) threads: Lingering<Job>,
 }
 
 /// A job, and the permit it holds until it ends.
-type Job = (Box<dyn FnOnce() + Send>, Permit);
+pub(super) type Job = (Box<dyn FnOnce() + Send>, Permit);
 
 /// How long a handler thread waits for another message before it exits.
 pub const HANDLER_IDLE: Duration = Duration::from_secs(60);
@@ -40,7 +35,7 @@ pub const HANDLER_IDLE: Duration = Duration::from_secs(60);
 pub const RESERVED: usize = 2;
 
 /// A permit; given back on drop, when the job ends (or unwinds).
-struct Permit(Sender<()>);
+pub(super) struct Permit(Sender<()>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -65,17 +60,13 @@ impl Handlers {
                 .send(())
                 .expect("the channel was made with room for every permit");
         }
-        let (jobs, waiting) = crossbeam_channel::unbounded();
         Handlers {
             give,
             take,
             capacity,
             give_reserved,
             take_reserved,
-            jobs,
-            waiting,
-            idle: Arc::new(AtomicUsize::new(0)),
-            linger,
+            threads: Lingering::new(linger),
         }
     }
 
@@ -135,22 +126,20 @@ impl Handlers {
     }
 
     fn dispatch(&self, method: &str, job: Box<dyn FnOnce() + Send>, permit: Permit) -> bool {
-        let job: Job = (job, permit);
-        // Claim a waiting thread, or start one.
-        if self
-            .idle
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return self.jobs.send(job).is_ok();
-        }
-        let (idle, waiting, linger) = (self.idle.clone(), self.waiting.clone(), self.linger);
-        let spawned = std::thread::Builder::new()
-            .name(format!("handle {method}").chars().take(15).collect())
-            .stack_size(256 * 1024)
-            .spawn(move || handler_thread(job, &idle, &waiting, linger));
-        match spawned {
-            Ok(_) => true,
+        let Err(job) = self.threads.hand((job, permit)) else {
+            return true;
+        };
+        let name = format!("handle {method}").chars().take(15).collect();
+        // The permit goes back once the thread waits again, so that the dispatch it lets in
+        // finds it waiting.
+        let started = self
+            .threads
+            .start(name, 256 * 1024, job, |(job, permit): Job| {
+                job();
+                move || drop(permit)
+            });
+        match started {
+            Ok(()) => true,
             Err(e) => {
                 log::error!("cannot start a handler thread: {e}");
                 false
@@ -179,33 +168,5 @@ impl Handlers {
             }
         }
         true
-    }
-}
-
-/// A handler thread: its first job, then whatever it is given, until it has waited
-/// `linger` for nothing.
-fn handler_thread(first: Job, idle: &AtomicUsize, waiting: &Receiver<Job>, linger: Duration) {
-    let mut next = Some(first);
-    while let Some((job, permit)) = next.take() {
-        job();
-        // Counted idle before the permit goes back, so the dispatch the permit lets in
-        // finds this thread waiting.
-        idle.fetch_add(1, Ordering::AcqRel);
-        drop(permit);
-        while next.is_none() {
-            match waiting.recv_timeout(linger) {
-                Ok(job) => next = Some(job),
-                // Leave only if no dispatch has counted on this thread meanwhile; if one
-                // has, its job is on the way.
-                Err(_) => {
-                    let unclaimed = idle
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                        .is_ok();
-                    if unclaimed {
-                        return;
-                    }
-                }
-            }
-        }
     }
 }

@@ -138,7 +138,7 @@ fn handler_threads_are_bounded_reused_and_let_go() {
     }
     // Idle past their time, they are gone.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(h.idle.load(Ordering::Acquire), 0);
+    assert_eq!(h.threads.idle.load(Ordering::Acquire), 0);
     let t = job(&h, &stop, &go).recv().unwrap();
     assert!(t != a && t != b, "a new thread after the idle ones left");
     go_tx.send(()).unwrap();

@@ -54,7 +54,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod lanes;
@@ -116,7 +115,7 @@ struct ProcessEntry {
     started: Instant,
     /// None while it does not run: a publisher parked, stopped, ended with its lane in line
     /// again (`--maxPublishers`), or waiting to be restarted.
-    thread: Option<JoinHandle<()>>,
+    thread: Option<process::Running>,
     restart_at: Option<Instant>,
     /// A publisher's lane, and its wake-up.
     lane: Option<(Subject, Sender<()>)>,
@@ -158,6 +157,8 @@ pub struct Supervisor {
     /// entry whose time has changed since (launched early, stopped) is passed over when it
     /// comes round.
     timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// The threads the processes run on.
+    threads: process::Threads,
 }
 
 impl Supervisor {
@@ -176,6 +177,7 @@ impl Supervisor {
             publishers: 0,
             publishers_peak: 0,
             timers: BinaryHeap::new(),
+            threads: process::Threads::default(),
         }
     }
 
@@ -282,7 +284,7 @@ impl Supervisor {
         };
         let (stop_tx, stop) = crossbeam_channel::bounded(0);
         e.stop = Some(stop_tx);
-        match process::spawn(
+        match self.threads.spawn(
             name.to_string(),
             e.generation,
             (e.recipe)(),
@@ -314,8 +316,7 @@ impl Supervisor {
         if e.generation != generation {
             return;
         }
-        if let Some(t) = e.thread.take() {
-            let _ = t.join();
+        if e.thread.take().is_some() {
             self.node.metrics.processes.dec();
             if e.lane.is_some() {
                 self.publishers -= 1;
