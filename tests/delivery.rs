@@ -436,7 +436,8 @@ fn an_idle_publisher_ends_and_starts_again_with_its_lane_s_next_message() {
     assert!(ended.iter().all(|(_, o)| o == "acked"), "{ended:?}");
     let busy = publisher_threads(&central);
     assert!(busy >= 4, "{busy} publisher threads for 4 lanes just used");
-    // Idle for three seconds: each lane's publisher ends, its thread given back.
+    // Idle for three seconds: each lane's publisher ends, and its thread is no publisher's
+    // any more (it waits 2 s for another process, named so, then exits).
     central.wait_status("showed every command lane's publisher ended", |t| {
         lanes(t) == 0
     });

@@ -166,7 +166,7 @@ impl Metrics {
             processes: gauge(
                 &r,
                 "steward_processes_running",
-                "Processes (threads) in the supervisor's table that are running.",
+                "Processes in the supervisor's table that are running, each on a thread.",
             ),
             restarts: counter(
                 &r,

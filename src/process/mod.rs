@@ -410,7 +410,9 @@ mod tests {
     /// longer than the linger exits.
     #[test]
     fn a_process_that_starts_as_another_ends_takes_its_thread_and_an_idle_one_exits() {
-        let threads = Threads::lingering(Duration::from_millis(300));
+        // Long enough that this test's own pauses on a busy machine do not let the thread
+        // go between the two processes.
+        let threads = Threads::lingering(Duration::from_secs(2));
         let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
         let (events, ended) = crossbeam_channel::unbounded();
         let (ran_on, on) = crossbeam_channel::unbounded();

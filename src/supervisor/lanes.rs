@@ -240,7 +240,7 @@ impl Supervisor {
     }
 
     /// `node` said Hello: its parked lanes wait their turn now, with the lanes of new work
-    /// (one whose thread is still ending, once it has).
+    /// (one whose publisher is still ending, once it has).
     pub(super) fn hello(&mut self, node: &str) {
         for name in self.parked_for.remove(node).unwrap_or_default() {
             let Some(e) = self.table.get_mut(&name) else {
@@ -263,7 +263,7 @@ impl Supervisor {
         self.next_waiting();
     }
 
-    /// Starts a publisher whose lane had work again while its thread ended, in its turn if
+    /// Starts a publisher whose lane had work again while it ended, in its turn if
     /// the cap is reached.
     pub(super) fn resume_in_turn(&mut self, name: &str) {
         if self.publishers < self.node.config.max_publishers {

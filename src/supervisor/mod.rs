@@ -67,7 +67,7 @@ pub use stop::{NotStopped, Stopped, MUST_STAY};
 pub enum Event {
     /// Messages wait in the journal for these lanes, which have no publisher yet.
     Publish(Vec<Subject>),
-    /// A process's thread ended (with why, if it failed).
+    /// A process ended (with why, if it failed); its thread waits for the next one.
     Exited {
         name: String,
         generation: u64,
@@ -124,13 +124,13 @@ struct ProcessEntry {
     /// Who stopped it (`OpProcessStop`): then it is not restarted; a publisher starts again
     /// with its lane's next message, a subscriber with the agent's next start.
     stopped_by: Option<String>,
-    /// A stopped publisher's lane had work again before its thread ended: start it again
-    /// once it has (never two on one lane).
+    /// A stopped publisher's lane had work again before it ended: start it again once it
+    /// has (never two on one lane).
     resume: bool,
     /// A publisher that gave its thread up (`Event::Parked`): its lane waits its turn
     /// again from then; its slot (the message and its attempts) stays here.
     parked_until: Option<Instant>,
-    /// Its node said Hello while its parked thread was still ending: in line at once.
+    /// Its node said Hello while the parked publisher was still ending: in line at once.
     woken: bool,
 }
 
@@ -345,7 +345,7 @@ impl Supervisor {
                     "waiting for its turn (--maxPublishers): its message pauses between attempts",
                 );
                 if woken {
-                    // Its node said Hello as the thread ended.
+                    // Its node said Hello as the publisher ended.
                     e.parked_until = None;
                     if let Some((lane, _)) = e.lane.clone() {
                         self.unparked(&lane.node, &name);
