@@ -333,6 +333,21 @@ fn control_characters_from_a_sender_are_escaped_in_logs() {
     assert!(!errors.contains('\r') && !errors.contains('\x1b'));
 }
 
+/// A command central sends to ship1 (`true`), as a raw client on the broker sees it, and
+/// its envelope.
+fn a_command_to_ship1_as_sent(
+    central: &Node,
+    raw: &common::raw::Raw,
+) -> (nats::Message, serde_json::Value) {
+    let sub = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(&command("ship1", &["true"]));
+    let m = sub
+        .next_timeout(Duration::from_secs(10))
+        .expect("the command");
+    let sent = serde_json::from_slice(&m.data).unwrap();
+    (m, sent)
+}
+
 /// A refusal's text, the receiver's own words, is escaped in the line its sender logs
 /// (a trusted node, or one whose key was stolen, could write to the operator's terminal).
 #[test]
@@ -340,12 +355,7 @@ fn a_refusal_s_text_is_escaped_in_its_sender_s_log() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);
     let raw = common::raw::Raw::connect(&nats.address());
-    let sub = raw.spy("ship1.CommandACK.CLICommand");
-    central.append_inmsg(&command("ship1", &["true"]));
-    let m = sub
-        .next_timeout(Duration::from_secs(10))
-        .expect("the command");
-    let sent: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+    let (m, sent) = a_command_to_ship1_as_sent(&central, &raw);
     // Answered as ship1 would refuse it, with its key, in words of its own.
     let reply = serde_json::json!({
         "id": sent["id"], "fromNode": "ship1", "toNode": "central", "status": "refused",
@@ -438,12 +448,7 @@ fn remote_text_reaches_the_sender_s_log_escaped_from_any_party() {
     let nats = NatsServer::start();
     let central = Node::start("central", &nats.address(), &[]);
     let raw = common::raw::Raw::connect(&nats.address());
-    let sub = raw.spy("ship1.CommandACK.CLICommand");
-    central.append_inmsg(&command("ship1", &["true"]));
-    let m = sub
-        .next_timeout(Duration::from_secs(10))
-        .expect("the command");
-    let sent: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+    let (m, sent) = a_command_to_ship1_as_sent(&central, &raw);
     let to = m.reply.as_deref().unwrap().to_string();
     // 1. No key at all: a stranger's header.
     let payload = br#"{"id":"x","fromNode":"ship1","status":"ok","output":""}"#;
