@@ -128,15 +128,25 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// Opens `path` for appending, creating it [`PRIVATE_FILE`] (and its folders) if need be.
 /// A symbolic link at `path` is not followed (an error): steward never makes one.
 pub fn open_append(path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent() {
-        create_dirs(parent)?;
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        // The folders made only when missing: looked at first, they cost a stat and a mkdir
+        // at every reply and message-log line.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                create_dirs(parent)?;
+            }
+            open()
+        }
+        opened => opened,
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(PRIVATE_FILE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
 }
 
 /// Appends `bytes` as one record, durably, or not at all: a record half written (a full
@@ -146,9 +156,16 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 /// callers go through the file's group ([`append_shared`], [`append_rotating`]), which
 /// runs one append per file at a time.
 fn append_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let created = !path.exists();
-    let mut f = open_append(path)?;
+    let f = open_append(path)?;
     let start = f.metadata()?.len();
+    append_whole_to(f, start, path, bytes)
+}
+
+/// [`append_whole`] to `f`, `path` opened by [`open_append`], `start` bytes long. An empty
+/// file may be one this append made: its name is made durable too (a folder fsync more for
+/// one that was there empty, which is rare).
+fn append_whole_to(mut f: File, start: u64, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let created = start == 0;
     let written = f
         .write_all(bytes)
         .and_then(|()| f.sync_data())
@@ -192,7 +209,14 @@ pub fn append(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 /// file's name is synced).
 pub fn append_rotating(path: &Path, bytes: &[u8], rotate_at: u64, keep: usize) -> io::Result<()> {
     Group::of(Work::Append, path).join(bytes, |all| {
-        rotate_before(path, all.len(), rotate_at, keep)?;
+        // Its size from the file opened to append to: no stat of the path at every append.
+        let f = open_append(path)?;
+        let size = f.metadata()?.len();
+        if size == 0 || size.saturating_add(all.len() as u64) <= rotate_at {
+            return append_whole_to(f, size, path, all);
+        }
+        drop(f);
+        rotate(path, keep)?;
         append_whole(path, all)
     })
 }
@@ -267,12 +291,9 @@ pub fn rotated(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Rotates `path` (see [`append_rotating`]) if `more` bytes would take it past `rotate_at`.
-fn rotate_before(path: &Path, more: usize, rotate_at: u64, keep: usize) -> io::Result<()> {
-    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if size == 0 || size.saturating_add(more as u64) <= rotate_at {
-        return Ok(());
-    }
+/// Rotates `path` (see [`append_rotating`]): `path.{keep-1}` becomes `path.{keep}`, …,
+/// `path` becomes `path.1` (removed, with `keep` 0).
+fn rotate(path: &Path, keep: usize) -> io::Result<()> {
     let numbered = |i: usize| rotated(path, i);
     let gone_is_fine = |r: io::Result<()>| match r {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -529,9 +550,27 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// Files written, created, renamed in or closed after writing.
+    const WRITTEN: u32 =
+        libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+
+    /// Those, and files removed, renamed away or their mode changed; the folder itself
+    /// removed or renamed.
+    pub const ANY_CHANGE: u32 = Watch::WRITTEN
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_ATTRIB
+        | libc::IN_DELETE_SELF
+        | libc::IN_MOVE_SELF;
+
+    /// A watch for files written in `dir`.
     pub fn new(dir: &std::path::Path) -> Option<Watch> {
+        Watch::on(dir, Watch::WRITTEN)
+    }
+
+    /// A watch for the events of `mask` in `dir`.
+    pub fn on(dir: &std::path::Path, mask: u32) -> Option<Watch> {
         let inotify = crate::sys::inotify_init().ok()?;
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
         crate::sys::inotify_add_watch(&inotify, dir, mask).ok()?;
         Some(Watch { inotify })
     }
@@ -545,10 +584,31 @@ impl Watch {
 
     /// Reads the events that woke a wait on [`Watch::as_fd`] (so the next one waits).
     pub fn drain(&self) {
+        self.drain_naming(|_| true);
+    }
+
+    /// [`Watch::drain`]; returns whether `wanted` said yes to one of the events, asked of
+    /// each with the name of its file: empty for one without (the folder's own, removed or
+    /// renamed; the queue overflowed, so anything may have changed).
+    pub fn drain_naming(&self, wanted: impl Fn(&[u8]) -> bool) -> bool {
         use std::io::Read;
+        // `struct inotify_event`: wd, mask, cookie, len, then `len` bytes of name, padded
+        // with NULs; the kernel writes whole events only.
+        const HEADER: usize = 16;
         let mut buf = [0u8; 4096];
+        let mut found = false;
         // Non-blocking: reads until there is nothing left.
-        while matches!((&self.inotify).read(&mut buf), Ok(n) if n > 0) {}
+        while let Ok(n @ 1..) = (&self.inotify).read(&mut buf) {
+            let mut at = 0;
+            while at + HEADER <= n {
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                let name = buf.get(at + HEADER..at + HEADER + len).unwrap_or_default();
+                let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                found |= wanted(name);
+                at += HEADER + len;
+            }
+        }
+        found
     }
 }
 
@@ -867,6 +927,26 @@ mod tests {
         assert_eq!(mode(&dir.path().join("c")), 0o700);
         assert_eq!(mode(&dir.path().join("a/b/log.txt")), 0o600);
         assert_eq!(mode(&dir.path().join("c/x.json")), 0o600);
+    }
+
+    /// The inbox's watch on the data folder tells inmsg.txt's changes from the other
+    /// files' (message-log.txt is appended at the end of every message).
+    #[test]
+    fn a_watch_tells_which_files_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = Watch::new(dir.path()).expect("inotify");
+        let inmsg = |name: &[u8]| name.is_empty() || name.starts_with(b"inmsg");
+        assert!(!watch.drain_naming(inmsg), "nothing happened");
+        append(&dir.path().join("message-log.txt"), b"line\n", true).unwrap();
+        write_atomically(&dir.path().join("hello-nodes.json"), b"{}").unwrap();
+        assert!(!watch.drain_naming(inmsg), "only other files changed");
+        append(&dir.path().join("message-log.txt"), b"line\n", false).unwrap();
+        append(&dir.path().join("inmsg.txt"), b"[]\n", false).unwrap();
+        assert!(watch.drain_naming(inmsg), "inmsg.txt, after another file");
+        assert!(!watch.drain_naming(inmsg), "drained");
+        fs::rename(dir.path().join("inmsg.txt"), dir.path().join("x")).unwrap();
+        fs::rename(dir.path().join("x"), dir.path().join("inmsg.txt")).unwrap();
+        assert!(watch.drain_naming(inmsg), "renamed in");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! so a round trip costs a round trip, not the flush timer. What it waits for then depends
 //! on what confirms the message ([`Confirm`]): a request (ACK kinds) is confirmed by its
 //! reply and a reply by the sender's retrying until it has one, so those wait only for the
-//! socket write (a vendored patch, `flush_written`); a message published once (NACK kinds,
+//! socket write, made in the same hold of the client's lock as the publish, without waking
+//! its flusher thread (a vendored patch, `publish_written`); a message published once (NACK kinds,
 //! Hello) waits for the server's PONG, the only sign it arrived. Waiting for a PONG per
 //! request had cost a 10,000-node fan-out most of its time: a thousand publishers queued
 //! on the client's locks and on each other's PONGs. The wait for a PONG is bounded
@@ -337,10 +338,15 @@ impl Broker {
         if let Some(why) = too_large(conn, payload.len()) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
         }
-        conn.publish_with_reply_or_headers(subject, reply, Some(&sealed.headers), payload)?;
+        let headers = Some(&sealed.headers);
         match confirm {
-            Confirm::ByAnswer => conn.flush_written(FLUSH_TIMEOUT)?,
-            Confirm::ByServer => conn.flush_timeout(FLUSH_TIMEOUT)?,
+            Confirm::ByAnswer => {
+                conn.publish_written(subject, reply, headers, payload, FLUSH_TIMEOUT)?
+            }
+            Confirm::ByServer => {
+                conn.publish_with_reply_or_headers(subject, reply, headers, payload)?;
+                conn.flush_timeout(FLUSH_TIMEOUT)?
+            }
         }
         Ok(sealed.sig)
     }

@@ -528,6 +528,48 @@ fn a_revoked_key_is_never_trusted_again_whoever_lists_it() {
 }
 
 #[test]
+fn a_key_file_changed_in_any_way_counts_at_the_next_message() {
+    // The files are looked at only when their folder's watch hears them change: every
+    // way of changing one must be heard.
+    let (dir, _me, trusted) = store("central");
+    let ship2 = Identity::generate(&dir.path().join("s"), false).unwrap();
+    let path = dir.path().join("trusted.txt");
+    let line = format!("ship2 {}\n", ship2.public_key());
+    let takes = |why: &str| {
+        let sealed = ship2.seal(scope(), b"m");
+        let verified = trusted.verify("ship2", Some(&sealed.headers), scope(), b"m");
+        verified.map(drop).map_err(|e| format!("{why}: {e}"))
+    };
+    // Written in place, as an operator's `echo >>` does.
+    fs::write(&path, &line).unwrap();
+    takes("appended").unwrap();
+    // Emptied in place.
+    fs::write(&path, "").unwrap();
+    takes("emptied").unwrap_err();
+    // Renamed into place, as `keys trust` and editors do.
+    fs::write(dir.path().join("new.txt"), &line).unwrap();
+    fs::rename(dir.path().join("new.txt"), &path).unwrap();
+    takes("renamed in").unwrap();
+    // Removed.
+    fs::remove_file(&path).unwrap();
+    takes("removed").unwrap_err();
+    // A link to a file elsewhere, whose changes the folder's watch cannot hear: looked at
+    // every time from then on.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("trusted.txt");
+    fs::write(&target, &line).unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    takes("linked").unwrap();
+    fs::write(&target, "").unwrap();
+    takes("the link's target emptied").unwrap_err();
+    fs::write(&target, &line).unwrap();
+    takes("the link's target written again").unwrap();
+    // Revoked by `keys revoke`.
+    revoke(dir.path(), "ship2").unwrap();
+    takes("revoked").unwrap_err();
+}
+
+#[test]
 fn errors_name_the_file_and_carry_the_io_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("keys");

@@ -282,9 +282,7 @@ impl Process for Inbox {
                     // So does a refused inmsg.txt's other name going away (a hard link).
                     let idle = taken.is_empty() && refused.is_none();
                     let limit = wait_limit(idle, finished.wait(), idle_limit);
-                    if self.stop_fd.wait(w.as_fd(), limit) {
-                        w.drain();
-                    }
+                    self.wait_for_inmsg(w, limit);
                     stopping(stop)
                 }
                 None => sleep_or_stop(stop, POLL),
@@ -310,6 +308,22 @@ impl Process for Inbox {
 }
 
 impl Inbox {
+    /// Waits until inmsg.txt or a taken file changes, the node stops, or `limit` passes
+    /// (`None`: no limit). Other files in the folder are passed over: message-log.txt,
+    /// appended at the end of every message, woke the inbox to look at inmsg.txt for
+    /// nothing, as it finished the message before.
+    fn wait_for_inmsg(&self, w: &Watch, limit: Option<Duration>) {
+        let until = limit.map(|limit| Instant::now() + limit);
+        loop {
+            let left = until.map(|until| until.saturating_duration_since(Instant::now()));
+            if !self.stop_fd.wait(w.as_fd(), left)
+                || w.drain_naming(|n| n.is_empty() || n.starts_with(b"inmsg"))
+            {
+                return;
+            }
+        }
+    }
+
     /// Taken files left by an earlier run, oldest first, with how far they had been read:
     /// first an inmsg.txt that a power cut un-renamed is given its taken name back, and a
     /// file marked done whose removal was lost is removed.

@@ -46,6 +46,10 @@ use std::time::{Duration, Instant};
 /// [`Subscriber::tick`]).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long after a handler says it left work the first tick comes, when none is due: its
+/// message's own fsyncs done, and most commands' answers sent.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// How many received messages may wait, per subscription, for a handler; see the module
 /// docs.
 pub const QUEUED_PER_SUBSCRIPTION: usize = 128;
@@ -122,8 +126,8 @@ impl Process for Subscriber {
         self.state.set(format!("listening on {listening}"));
         log::debug!("listening on {listening}");
         // A message being handled says here when it may have left work for later
-        // (`tick`): that is done then, and every second after while some waits. An idle
-        // subscriber sleeps until a message comes.
+        // (`tick`): that is done `SETTLE` later, and every second after while some waits.
+        // An idle subscriber sleeps until a message comes.
         let (deferred_tx, deferred) = crossbeam_channel::bounded(1);
         let mut select = Select::new();
         for sub in &subs {
@@ -155,9 +159,12 @@ impl Process for Subscriber {
                 i if i == on_deferred => {
                     let _ = op.recv(&deferred);
                     later.changed.store(true, Ordering::Release);
+                    // Not at once: the message that said so is making its own record
+                    // durable now (`Started`), and the writes' fsyncs (keys/senders.json:
+                    // the file, then the folder) held that one up on the disk, for every
+                    // command to a node that had been quiet for a second.
                     if tick_at.is_none() {
-                        let more = self.tick(&subs, &subjects, &mut dropped, &later);
-                        tick_at = more.then(|| Instant::now() + TICK);
+                        tick_at = Some(Instant::now() + SETTLE);
                     }
                 }
                 i => {

@@ -426,17 +426,15 @@ impl Client {
         let Some(writer) = write.writer.as_mut() else {
             return Ok(());
         };
-        writer.get_ref().set_write_timeout(Some(timeout))?;
-        let res = writer.flush();
+        let res = write_out(writer, timeout);
         if res.is_err() {
             writer.get_ref().shutdown();
             write.writer = None;
             // NB see locking protocol for state.write and state.read
             let mut read = self.state.read.lock();
             read.pongs.clear();
-            return res;
         }
-        writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))
+        res
     }
 
     /// Closes the client.
@@ -663,6 +661,34 @@ impl Client {
         headers: Option<&HeaderMap>,
         msg: &[u8],
     ) -> io::Result<()> {
+        self.publish_then(subject, reply_to, headers, msg, None)
+    }
+
+    /// steward patch: publishes, then writes the buffer out at once within the same hold of
+    /// the write lock, as `publish` and `flush_written` one after the other would (see
+    /// `flush_written`), but without waking the flusher thread to write what is written
+    /// already: for each message, a wake-up of another thread that then took both locks.
+    pub(crate) fn publish_written(
+        &self,
+        subject: &str,
+        reply_to: Option<&str>,
+        headers: Option<&HeaderMap>,
+        msg: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
+        self.publish_then(subject, reply_to, headers, msg, Some(timeout))
+    }
+
+    /// `publish`, written out at once (within `written_within`) if that is given, else by
+    /// the flusher thread.
+    fn publish_then(
+        &self,
+        subject: &str,
+        reply_to: Option<&str>,
+        headers: Option<&HeaderMap>,
+        msg: &[u8],
+        written_within: Option<Duration>,
+    ) -> io::Result<()> {
         // Inject random delays when testing.
         inject_delay();
 
@@ -707,7 +733,10 @@ impl Client {
                 assert_eq!(written, 0);
 
                 // If connected, write into the writer.
-                let res = proto::encode(&mut writer, op);
+                let mut res = proto::encode(&mut writer, op);
+                if let (Ok(()), Some(timeout)) = (&res, written_within) {
+                    res = write_out(writer, timeout);
+                }
 
                 // If writing fails, disconnect.
                 // steward patch: and end the connection, as the flusher thread does: left
@@ -722,7 +751,9 @@ impl Client {
                     read.pongs.clear();
                 }
 
-                write.flush_kicker.try_send(()).ok();
+                if written_within.is_none() {
+                    write.flush_kicker.try_send(()).ok();
+                }
 
                 res
             }
@@ -1200,4 +1231,16 @@ impl Write for Buffer {
         self.flushed = self.written;
         Ok(())
     }
+}
+
+/// steward patch: writes what `writer` buffers to the socket, each write bounded by
+/// `timeout` (the socket's own bound, `WRITE_TIMEOUT`, set again after; not set at all
+/// when the two are the same, as they are for steward: two `setsockopt` calls a message).
+fn write_out(writer: &mut BufWriter<NatsStream>, timeout: Duration) -> io::Result<()> {
+    if timeout == WRITE_TIMEOUT {
+        return writer.flush();
+    }
+    writer.get_ref().set_write_timeout(Some(timeout))?;
+    writer.flush()?;
+    writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))
 }

@@ -710,6 +710,22 @@ impl Connection {
         self.0.client.flush_written(timeout)
     }
 
+    /// steward patch: [`Connection::publish_with_reply_or_headers`], then
+    /// [`Connection::flush_written`], in one go: the flusher thread is not woken for what
+    /// is written already.
+    pub fn publish_written(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        msg: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
+        self.0
+            .client
+            .publish_written(subject, reply, headers, msg, timeout)
+    }
+
     /// Close a NATS connection. All clones of
     /// this `Connection` will also be closed,
     /// as the backing IO threads are shared.
