@@ -599,10 +599,14 @@ impl Watch {
         let mut found = false;
         // Non-blocking: reads until there is nothing left.
         while let Ok(n @ 1..) = (&self.inotify).read(&mut buf) {
+            let events = &buf[..n];
             let mut at = 0;
             while at + HEADER <= n {
-                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
-                let name = buf.get(at + HEADER..at + HEADER + len).unwrap_or_default();
+                let len = u32::from_ne_bytes(events[at + 12..at + 16].try_into().unwrap());
+                let len = len as usize;
+                let name = events
+                    .get(at + HEADER..at + HEADER + len)
+                    .unwrap_or_default();
                 let name = name.split(|&b| b == 0).next().unwrap_or_default();
                 found |= wanted(name);
                 at += HEADER + len;

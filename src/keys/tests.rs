@@ -527,22 +527,35 @@ fn a_revoked_key_is_never_trusted_again_whoever_lists_it() {
     );
 }
 
+/// Whether `trusted` takes a message from `from` signed by `key` now.
+fn takes(trusted: &Trusted, from: &str, key: &Identity) -> Result<(), Unverified> {
+    let sealed = key.seal(scope(), b"m");
+    trusted
+        .verify(from, Some(&sealed.headers), scope(), b"m")
+        .map(drop)
+}
+
 #[test]
 fn a_key_file_changed_in_any_way_counts_at_the_next_message() {
     // The files are looked at only when their folder's watch hears them change: every
     // way of changing one must be heard.
     let (dir, _me, trusted) = store("central");
     let ship2 = Identity::generate(&dir.path().join("s"), false).unwrap();
+    let takes = |why: &str| takes(&trusted, "ship2", &ship2).map_err(|e| format!("{why}: {e}"));
     let path = dir.path().join("trusted.txt");
     let line = format!("ship2 {}\n", ship2.public_key());
-    let takes = |why: &str| {
-        let sealed = ship2.seal(scope(), b"m");
-        let verified = trusted.verify("ship2", Some(&sealed.headers), scope(), b"m");
-        verified.map(drop).map_err(|e| format!("{why}: {e}"))
-    };
     // Written in place, as an operator's `echo >>` does.
     fs::write(&path, &line).unwrap();
     takes("appended").unwrap();
+    // Rewritten in place to the same length, its modification time set back (`cp -p`).
+    let other = Identity::generate(&dir.path().join("o"), false).unwrap();
+    let modified = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, format!("ship2 {}\n", other.public_key())).unwrap();
+    let file = fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(modified).unwrap();
+    takes("rewritten to another key of the same length").unwrap_err();
+    fs::write(&path, &line).unwrap();
+    takes("written back").unwrap();
     // Emptied in place.
     fs::write(&path, "").unwrap();
     takes("emptied").unwrap_err();
@@ -553,20 +566,39 @@ fn a_key_file_changed_in_any_way_counts_at_the_next_message() {
     // Removed.
     fs::remove_file(&path).unwrap();
     takes("removed").unwrap_err();
-    // A link to a file elsewhere, whose changes the folder's watch cannot hear: looked at
-    // every time from then on.
-    let elsewhere = tempfile::tempdir().unwrap();
-    let target = elsewhere.path().join("trusted.txt");
-    fs::write(&target, &line).unwrap();
-    std::os::unix::fs::symlink(&target, &path).unwrap();
-    takes("linked").unwrap();
-    fs::write(&target, "").unwrap();
-    takes("the link's target emptied").unwrap_err();
-    fs::write(&target, &line).unwrap();
-    takes("the link's target written again").unwrap();
+    fs::write(&path, &line).unwrap();
+    takes("written again").unwrap();
     // Revoked by `keys revoke`.
     revoke(dir.path(), "ship2").unwrap();
     takes("revoked").unwrap_err();
+}
+
+#[test]
+fn a_key_file_that_is_a_link_counts_at_the_next_message_however_it_changes() {
+    // Its changes made through another name are not heard in the keys folder: such a file
+    // is looked at every time.
+    for hard in [false, true] {
+        let (dir, _me, trusted) = store("central");
+        let ship2 = Identity::generate(&dir.path().join("s"), false).unwrap();
+        let takes = |why: &str| {
+            takes(&trusted, "ship2", &ship2).map_err(|e| format!("hard {hard}: {why}: {e}"))
+        };
+        let line = format!("ship2 {}\n", ship2.public_key());
+        takes("nothing trusted yet").unwrap_err();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("trusted.txt");
+        fs::write(&target, &line).unwrap();
+        let path = dir.path().join("trusted.txt");
+        match hard {
+            true => fs::hard_link(&target, &path).unwrap(),
+            false => std::os::unix::fs::symlink(&target, &path).unwrap(),
+        }
+        takes("linked").unwrap();
+        fs::write(&target, "").unwrap();
+        takes("emptied through the other name").unwrap_err();
+        fs::write(&target, &line).unwrap();
+        takes("written again through the other name").unwrap();
+    }
 }
 
 #[test]

@@ -128,25 +128,50 @@ pub struct Trusted {
 
 #[derive(Default)]
 struct Loaded {
-    /// (modified time, length) of trusted.txt, revoked.txt and distributed.json when
-    /// last read.
-    stamps: [Option<(SystemTime, u64)>; 3],
+    /// How trusted.txt, revoked.txt and distributed.json were when last read.
+    stamps: [Option<Stamp>; 3],
     pub(super) pinned: KeySet,
     pub(super) revoked: KeySet,
     pub(super) distributed: KeySet,
     /// Hears the key files change (written, replaced, removed, their mode changed), so that
     /// they are looked at only then, or [`RELOOK`] after the last look, rather than with
-    /// three stats at every message verified. `None` where inotify cannot be had, and for
-    /// good once the folder itself went (its watch with it), the queue overflowed, or a key
-    /// file is a symbolic link (its target changes elsewhere): looked at every time.
+    /// three stats at every message verified. `None` where it would not hear every change
+    /// (see [`key_watch`]), and for good once it may have missed one (the folder itself
+    /// changed or went, the queue overflowed, a key file is a link): looked at every time.
     watch: Option<files::Watch>,
-    /// When the files were last looked at.
+    /// When the last complete look at the files began; `None` while one is under way, or
+    /// failed: every thread looks then.
     looked: Option<Instant>,
 }
 
+/// What tells a key file changed: its modification and change times (a change time cannot
+/// be set back, as `cp -p` and `touch -r` set the other), its length and its inode.
+type Stamp = (SystemTime, (i64, i64), u64, u64);
+
+fn stamp(meta: &fs::Metadata) -> Stamp {
+    (
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        (meta.ctime(), meta.ctime_nsec()),
+        meta.len(),
+        meta.ino(),
+    )
+}
+
 /// How long the key files go unlooked at while their folder's watch hears nothing: the
-/// bound on a change it cannot hear (made on another host, over NFS).
-const RELOOK: Duration = Duration::from_secs(1);
+/// bound on a change it cannot hear (a bind mount over the folder, the folder's parent
+/// renamed), a look being a few microseconds.
+const RELOOK: Duration = Duration::from_millis(200);
+
+/// A watch on the keys folder `dir`, where one hears every change to its files: not on a
+/// filesystem another host may change too (NFS, SMB, FUSE), nor through a link in the
+/// folder's path (an operator's `ln -sfn` would point it elsewhere, unheard).
+fn key_watch(dir: &Path) -> Option<files::Watch> {
+    let direct = fs::canonicalize(dir).is_ok_and(|real| real == dir);
+    if !direct || !crate::sys::watch_hears_every_write(dir) {
+        return None;
+    }
+    files::Watch::on(dir, files::Watch::ANY_CHANGE)
+}
 
 /// The key files' names, as the watch hears them.
 const KEY_FILES: [&[u8]; 3] = [b"trusted.txt", b"revoked.txt", b"distributed.json"];
@@ -165,9 +190,42 @@ impl Loaded {
             name.is_empty() || KEY_FILES.contains(&name)
         });
         if deaf.get() {
+            log::info!("the keys folder's watch ended: its files are looked at every message");
             self.watch = None;
         }
         !heard && self.looked.is_some_and(|at| at.elapsed() < RELOOK)
+    }
+
+    /// Reads the key files whose stamps changed since they were last read.
+    fn read_changed(
+        &mut self,
+        paths: &[PathBuf; 3],
+        stamps: [Option<Stamp>; 3],
+    ) -> Result<(), Error> {
+        for (i, path) in paths.iter().enumerate() {
+            if stamps[i] == self.stamps[i] {
+                continue;
+            }
+            self.stamps[i] = stamps[i];
+            let text = match fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(read_error(path)(e)),
+            };
+            let parsed = match i {
+                0 | 1 => parse_key_lines(&text),
+                // Deleted by the operator: the distributed keys are no longer trusted.
+                _ if text.is_empty() => Ok(KeySet::default()),
+                _ => KeySet::parse(&text),
+            }
+            .map_err(|e| e.in_file(path))?;
+            match i {
+                0 => self.pinned = parsed,
+                1 => self.revoked = parsed,
+                _ => self.distributed = parsed,
+            }
+        }
+        Ok(())
     }
 
     /// A revoked key is revoked whichever node it is listed for.
@@ -358,7 +416,7 @@ impl Trusted {
             own: (own_name.to_string(), own_key.to_string()),
             protected: vec![own_name.to_string()],
             inner: Mutex::new(Loaded {
-                watch: files::Watch::on(dir, files::Watch::ANY_CHANGE),
+                watch: key_watch(dir),
                 ..Loaded::default()
             }),
             senders: Mutex::new(senders),
@@ -387,56 +445,54 @@ impl Trusted {
     }
 
     /// Re-reads whichever file changed since it was last read. The files are looked at
-    /// only when their watch heard them change, or a second after the last look
+    /// only when their watch heard them change, or [`RELOOK`] after the last look
     /// ([`Loaded::unchanged`]): three stats at every message verified were 3% of a small
-    /// command's CPU on either side (a profile of `true` run back to back), and a thousand publishers verifying replies at once
-    /// queued behind each other's. Under the lock: a change one thread heard is read
-    /// before another's message is verified.
+    /// command's CPU on either side (a profile of `true` run back to back). They are
+    /// looked at outside the lock, so a thousand publishers verifying replies at once do
+    /// not queue behind each other's stats (a file changed meanwhile is at worst read
+    /// twice).
     fn refresh(&self) -> Result<(), Error> {
-        let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if loaded.unchanged() {
-            return Ok(());
+        let began = Instant::now();
+        {
+            let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if loaded.unchanged() {
+                return Ok(());
+            }
+            // Until this look is done, a thread that heard nothing looks all the same: the
+            // change this one heard may not be read yet.
+            loaded.looked = None;
         }
-        loaded.looked = Some(Instant::now());
         let paths = [
             trusted_path(&self.dir),
             revoked_path(&self.dir),
             distributed_path(&self.dir),
         ];
-        if paths
-            .iter()
-            .any(|path| fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()))
-        {
-            loaded.watch = None;
-        }
+        // Each file's own metadata (not its link's target's): one that is a symbolic link,
+        // or has another name (a hard link), changes where the folder's watch cannot hear.
+        let mut unheard = false;
         let stamps = paths.each_ref().map(|path| {
-            fs::metadata(path)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-        });
-        for (i, path) in paths.iter().enumerate() {
-            if stamps[i] == loaded.stamps[i] {
-                continue;
-            }
-            loaded.stamps[i] = stamps[i];
-            let text = match fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(read_error(path)(e)),
+            let meta = match fs::symlink_metadata(path) {
+                Ok(m) if m.is_symlink() => {
+                    unheard = true;
+                    fs::metadata(path)
+                }
+                Ok(m) => {
+                    unheard |= m.nlink() > 1;
+                    Ok(m)
+                }
+                Err(e) => Err(e),
             };
-            let parsed = match i {
-                0 | 1 => parse_key_lines(&text),
-                // Deleted by the operator: the distributed keys are no longer trusted.
-                _ if text.is_empty() => Ok(KeySet::default()),
-                _ => KeySet::parse(&text),
-            }
-            .map_err(|e| e.in_file(path))?;
-            match i {
-                0 => loaded.pinned = parsed,
-                1 => loaded.revoked = parsed,
-                _ => loaded.distributed = parsed,
-            }
+            meta.ok().map(|m| stamp(&m))
+        });
+        let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if unheard && loaded.watch.take().is_some() {
+            log::info!(
+                "{}: a key file is a link: its changes are looked for at every message",
+                self.dir.display()
+            );
         }
+        loaded.read_changed(&paths, stamps)?;
+        loaded.looked = Some(began);
         Ok(())
     }
 

@@ -282,7 +282,7 @@ impl Process for Inbox {
                     // So does a refused inmsg.txt's other name going away (a hard link).
                     let idle = taken.is_empty() && refused.is_none();
                     let limit = wait_limit(idle, finished.wait(), idle_limit);
-                    self.wait_for_inmsg(w, limit);
+                    self.wait_for_inmsg(w, stop, limit);
                     stopping(stop)
                 }
                 None => sleep_or_stop(stop, POLL),
@@ -312,12 +312,16 @@ impl Inbox {
     /// (`None`: no limit). Other files in the folder are passed over: message-log.txt,
     /// appended at the end of every message, woke the inbox to look at inmsg.txt for
     /// nothing, as it finished the message before.
-    fn wait_for_inmsg(&self, w: &Watch, limit: Option<Duration>) {
+    fn wait_for_inmsg(&self, w: &Watch, stop: &Receiver<()>, limit: Option<Duration>) {
         let until = limit.map(|limit| Instant::now() + limit);
         loop {
             let left = until.map(|until| until.saturating_duration_since(Instant::now()));
+            // (A wait that fails says "readable" after a pause: the limit and a stop still
+            // end it.)
             if !self.stop_fd.wait(w.as_fd(), left)
                 || w.drain_naming(|n| n.is_empty() || n.starts_with(b"inmsg"))
+                || until.is_some_and(|until| Instant::now() >= until)
+                || stopping(stop)
             {
                 return;
             }

@@ -138,14 +138,17 @@ impl Process for Subscriber {
         let mut tick_at: Option<Instant> = None;
         let later = Arc::new(Later::default());
         loop {
+            // Due, it comes first: a wait with a deadline ends there only if nothing is
+            // ready, and a flood of messages would put it off for as long as it lasts.
+            if tick_at.is_some_and(|at| Instant::now() >= at) {
+                let more = self.tick(&subs, &subjects, &mut dropped, &later);
+                tick_at = more.then(|| Instant::now() + TICK);
+            }
             let op = match tick_at {
                 Some(at) => match select.select_deadline(at) {
                     Ok(op) => op,
-                    Err(_) => {
-                        let more = self.tick(&subs, &subjects, &mut dropped, &later);
-                        tick_at = more.then(|| Instant::now() + TICK);
-                        continue;
-                    }
+                    // Due now: ticked at the top.
+                    Err(_) => continue,
                 },
                 None => select.select(),
             };
