@@ -316,13 +316,20 @@ impl Inbox {
         let until = limit.map(|limit| Instant::now() + limit);
         loop {
             let left = until.map(|until| until.saturating_duration_since(Instant::now()));
-            // (A wait that fails says "readable" after a pause: the limit and a stop still
-            // end it.)
-            if !self.stop_fd.wait(w.as_fd(), left)
-                || w.drain_naming(|n| n.is_empty() || n.starts_with(b"inmsg"))
-                || until.is_some_and(|until| Instant::now() >= until)
-                || stopping(stop)
-            {
+            if !self.stop_fd.wait(w.as_fd(), left) {
+                return;
+            }
+            let events = std::cell::Cell::new(0);
+            let inmsg = w.drain_naming(|name| {
+                events.set(events.get() + 1);
+                name.is_empty() || name.starts_with(b"inmsg")
+            });
+            // None at all: the wait failed (it then says "readable" after a pause), and
+            // inmsg.txt is looked at as it would be polled.
+            if inmsg || events.get() == 0 {
+                return;
+            }
+            if until.is_some_and(|until| Instant::now() >= until) || stopping(stop) {
                 return;
             }
         }
