@@ -17,10 +17,10 @@
 //! on what confirms the message ([`Confirm`]): a request (ACK kinds) is confirmed by its
 //! reply and a reply by the sender's retrying until it has one, so those wait only for the
 //! socket write, made in the same hold of the client's lock as the publish, without waking
-//! its flusher thread (a vendored patch, `publish_written`); a message published once (NACK kinds,
-//! Hello) waits for the server's PONG, the only sign it arrived. Waiting for a PONG per
-//! request had cost a 10,000-node fan-out most of its time: a thousand publishers queued
-//! on the client's locks and on each other's PONGs. The wait for a PONG is bounded
+//! its flusher thread (a vendored patch, `publish_written`); a message published once (NACK
+//! kinds, Hello) waits for the server's PONG, the only sign it arrived. Waiting for a PONG
+//! per request had cost a 10,000-node fan-out most of its time: a thousand publishers
+//! queued on the client's locks and on each other's PONGs. The wait for a PONG is bounded
 //! ([`FLUSH_TIMEOUT`]: a vendored patch) and so is each socket write, a large message's
 //! and the client's own flusher's included, over TCP and TLS alike (the client's
 //! `WRITE_TIMEOUT`, another); a write that fails ends the connection, and the client

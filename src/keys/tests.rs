@@ -540,6 +540,10 @@ fn a_key_file_changed_in_any_way_counts_at_the_next_message() {
     // The files are looked at only when their folder's watch hears them change: every
     // way of changing one must be heard.
     let (dir, _me, trusted) = store("central");
+    assert!(
+        trusted.watching(),
+        "a keys folder on a local filesystem is watched"
+    );
     let ship2 = Identity::generate(&dir.path().join("s"), false).unwrap();
     let takes = |why: &str| takes(&trusted, "ship2", &ship2).map_err(|e| format!("{why}: {e}"));
     let path = dir.path().join("trusted.txt");
@@ -571,6 +575,7 @@ fn a_key_file_changed_in_any_way_counts_at_the_next_message() {
     // Revoked by `keys revoke`.
     revoke(dir.path(), "ship2").unwrap();
     takes("revoked").unwrap_err();
+    assert!(trusted.watching(), "heard all along");
 }
 
 #[test]
@@ -585,6 +590,7 @@ fn a_key_file_that_is_a_link_counts_at_the_next_message_however_it_changes() {
         };
         let line = format!("ship2 {}\n", ship2.public_key());
         takes("nothing trusted yet").unwrap_err();
+        assert!(trusted.watching());
         let elsewhere = tempfile::tempdir().unwrap();
         let target = elsewhere.path().join("trusted.txt");
         fs::write(&target, &line).unwrap();
@@ -594,6 +600,10 @@ fn a_key_file_that_is_a_link_counts_at_the_next_message_however_it_changes() {
             false => std::os::unix::fs::symlink(&target, &path).unwrap(),
         }
         takes("linked").unwrap();
+        assert!(
+            !trusted.watching(),
+            "hard {hard}: a link, looked at every time"
+        );
         fs::write(&target, "").unwrap();
         takes("emptied through the other name").unwrap_err();
         fs::write(&target, &line).unwrap();

@@ -142,6 +142,12 @@ struct Loaded {
     /// When the last complete look at the files began; `None` while one is under way, or
     /// failed: every thread looks then.
     looked: Option<Instant>,
+    /// How many times the watch heard a change: a look that began before the last one
+    /// does not count as complete (a file it read may have changed since).
+    heard: u64,
+    /// The files the watch heard change since they were last read: read again whatever
+    /// their stamps say (a clock's tick can hide a same-length rewrite from them).
+    dirty: [bool; 3],
 }
 
 /// What tells a key file changed: its modification and change times (a change time cannot
@@ -166,11 +172,21 @@ const RELOOK: Duration = Duration::from_millis(200);
 /// filesystem another host may change too (NFS, SMB, FUSE), nor through a link in the
 /// folder's path (an operator's `ln -sfn` would point it elsewhere, unheard).
 fn key_watch(dir: &Path) -> Option<files::Watch> {
-    let direct = fs::canonicalize(dir).is_ok_and(|real| real == dir);
-    if !direct || !crate::sys::watch_hears_every_write(dir) {
-        return None;
+    let direct = match (fs::canonicalize(dir), std::path::absolute(dir)) {
+        (Ok(real), Ok(absolute)) => real == absolute,
+        _ => false,
+    };
+    let watch = match direct && crate::sys::watch_hears_every_write(dir) {
+        true => files::Watch::on(dir, files::Watch::ANY_CHANGE),
+        false => None,
+    };
+    if watch.is_none() {
+        log::info!(
+            "{}: no watch on the keys folder here (a link in its path, a network or user-space filesystem, or no inotify): its files are looked at every message",
+            dir.display()
+        );
     }
-    files::Watch::on(dir, files::Watch::ANY_CHANGE)
+    watch
 }
 
 /// The key files' names, as the watch hears them.
@@ -183,30 +199,49 @@ impl Loaded {
         let Some(watch) = &self.watch else {
             return false;
         };
-        let deaf = std::cell::Cell::new(false);
-        // Nameless: the folder itself (removed, moved: the watch ends), or an overflow.
+        let (mut deaf, mut dirty) = (false, self.dirty);
         let heard = watch.drain_naming(|name| {
-            deaf.set(deaf.get() || name.is_empty());
-            name.is_empty() || KEY_FILES.contains(&name)
+            // Nameless: the folder itself (its mode changed, removed, moved), or the queue
+            // overflowed: any file may have changed unheard.
+            if name.is_empty() {
+                deaf = true;
+                dirty = [true; 3];
+                return true;
+            }
+            match KEY_FILES.iter().position(|&file| file == name) {
+                Some(i) => {
+                    dirty[i] = true;
+                    true
+                }
+                None => false,
+            }
         });
-        if deaf.get() {
-            log::info!("the keys folder's watch ended: its files are looked at every message");
+        self.dirty = dirty;
+        if heard {
+            self.heard += 1;
+        }
+        if deaf {
+            log::info!(
+                "the keys folder's watch may have missed a change: its files are looked at every message from now on"
+            );
             self.watch = None;
         }
         !heard && self.looked.is_some_and(|at| at.elapsed() < RELOOK)
     }
 
-    /// Reads the key files whose stamps changed since they were last read.
+    /// Reads the key files whose stamps changed since they were last read, and those the
+    /// watch heard change.
     fn read_changed(
         &mut self,
         paths: &[PathBuf; 3],
         stamps: [Option<Stamp>; 3],
     ) -> Result<(), Error> {
         for (i, path) in paths.iter().enumerate() {
-            if stamps[i] == self.stamps[i] {
+            if stamps[i] == self.stamps[i] && !self.dirty[i] {
                 continue;
             }
             self.stamps[i] = stamps[i];
+            self.dirty[i] = false;
             let text = match fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -447,13 +482,13 @@ impl Trusted {
     /// Re-reads whichever file changed since it was last read. The files are looked at
     /// only when their watch heard them change, or [`RELOOK`] after the last look
     /// ([`Loaded::unchanged`]): three stats at every message verified were 3% of a small
-    /// command's CPU on either side (a profile of `true` run back to back). They are
-    /// looked at outside the lock, so a thousand publishers verifying replies at once do
-    /// not queue behind each other's stats (a file changed meanwhile is at worst read
-    /// twice).
+    /// command's CPU on either side (a profile of `true` run back to back); what the
+    /// watch heard is read under the lock (one `read` of its descriptor). The files are
+    /// looked at outside it, so a thousand publishers verifying replies at once do not
+    /// queue behind each other's stats (a file changed meanwhile is at worst read twice).
     fn refresh(&self) -> Result<(), Error> {
         let began = Instant::now();
-        {
+        let heard = {
             let mut loaded = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if loaded.unchanged() {
                 return Ok(());
@@ -461,7 +496,8 @@ impl Trusted {
             // Until this look is done, a thread that heard nothing looks all the same: the
             // change this one heard may not be read yet.
             loaded.looked = None;
-        }
+            loaded.heard
+        };
         let paths = [
             trusted_path(&self.dir),
             revoked_path(&self.dir),
@@ -492,8 +528,18 @@ impl Trusted {
             );
         }
         loaded.read_changed(&paths, stamps)?;
-        loaded.looked = Some(began);
+        // Complete only if nothing was heard since it began (another thread's look reads
+        // that change, and says so).
+        if loaded.heard == heard {
+            loaded.looked = Some(began);
+        }
         Ok(())
+    }
+
+    /// Whether the key files are watched (else looked at every message).
+    #[cfg(test)]
+    pub(super) fn watching(&self) -> bool {
+        self.inner.lock().unwrap().watch.is_some()
     }
 
     fn refreshed(&self) -> std::sync::MutexGuard<'_, Loaded> {

@@ -307,6 +307,12 @@ impl Process for Inbox {
     }
 }
 
+/// Whether an event of the data folder's watch may be the inbox's business: one naming
+/// inmsg.txt or a taken file (`inmsg.*`), or one naming none (the queue overflowed).
+fn about_inmsg(name: &[u8]) -> bool {
+    name.is_empty() || name.starts_with(b"inmsg")
+}
+
 impl Inbox {
     /// Waits until inmsg.txt or a taken file changes, the node stops, or `limit` passes
     /// (`None`: no limit). Other files in the folder are passed over: message-log.txt,
@@ -319,14 +325,14 @@ impl Inbox {
             if !self.stop_fd.wait(w.as_fd(), left) {
                 return;
             }
-            let events = std::cell::Cell::new(0);
+            let mut events = 0;
             let inmsg = w.drain_naming(|name| {
-                events.set(events.get() + 1);
-                name.is_empty() || name.starts_with(b"inmsg")
+                events += 1;
+                about_inmsg(name)
             });
             // None at all: the wait failed (it then says "readable" after a pause), and
             // inmsg.txt is looked at as it would be polled.
-            if inmsg || events.get() == 0 {
+            if inmsg || events == 0 {
                 return;
             }
             if until.is_some_and(|until| Instant::now() >= until) || stopping(stop) {
@@ -1020,6 +1026,36 @@ fn unix_nanos() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The inbox's watch on the data folder tells inmsg.txt's changes from the other
+    /// files' (message-log.txt is appended at the end of every message).
+    #[test]
+    fn the_inbox_s_watch_hears_inmsg_txt_and_passes_over_the_other_files() {
+        use crate::files::{append, write_atomically};
+        let dir = tempfile::tempdir().unwrap();
+        let watch = Watch::new(dir.path()).expect("inotify");
+        let path = |name: &str| dir.path().join(name);
+        assert!(!watch.drain_naming(about_inmsg), "nothing happened");
+        append(&path("message-log.txt"), b"line\n", true).unwrap();
+        write_atomically(&path("hello-nodes.json"), b"{}").unwrap();
+        assert!(!watch.drain_naming(about_inmsg), "only other files changed");
+        append(&path("message-log.txt"), b"line\n", false).unwrap();
+        append(&path("inmsg.txt"), b"[]\n", false).unwrap();
+        assert!(
+            watch.drain_naming(about_inmsg),
+            "inmsg.txt, after another file"
+        );
+        assert!(!watch.drain_naming(about_inmsg), "drained");
+        fs::rename(path("inmsg.txt"), path("x")).unwrap();
+        fs::rename(path("x"), path("inmsg.txt")).unwrap();
+        assert!(watch.drain_naming(about_inmsg), "renamed in");
+        // A writer that opened inmsg.txt before it was taken writes on into the taken file.
+        let taken = path(&taken_name(dir.path(), None));
+        fs::rename(path("inmsg.txt"), &taken).unwrap();
+        assert!(watch.drain_naming(about_inmsg), "taken");
+        append(&taken, b"[]\n", false).unwrap();
+        assert!(watch.drain_naming(about_inmsg), "a taken file written");
+    }
 
     fn inbox_in(dir: &std::path::Path) -> Inbox {
         let node = crate::node::tests::offline_node_named(dir, "central");

@@ -164,8 +164,8 @@ impl Process for Subscriber {
                     later.changed.store(true, Ordering::Release);
                     // Not at once: the message that said so is making its own record
                     // durable now (`Started`), and the writes' fsyncs (keys/senders.json:
-                    // the file, then the folder) held that one up on the disk, for every
-                    // command to a node that had been quiet for a second.
+                    // the file, then the folder) ran beside that one on the disk, for
+                    // every command to a node that had been quiet for a second (strace).
                     if tick_at.is_none() {
                         tick_at = Some(Instant::now() + SETTLE);
                     }

@@ -5,7 +5,8 @@
 // subscription's `set_message_limits` counted for messages with headers too (they were
 // counted only for messages without), `flush` an error while not connected and for a PING
 // the connection died under (both reported success at the reconnect), and
-// `flush_written`, a flush without the PING, and every socket write bounded
+// `flush_written`, a flush without the PING, and `publish_written`, a publish written out
+// at once without waking the flusher thread, and every socket write bounded
 // (`WRITE_TIMEOUT`), one that fails in `flush` or `publish` ending the connection. See
 // steward's Cargo.toml.
 
@@ -46,7 +47,8 @@ const BUF_CAPACITY: usize = 32 * 1024;
 
 /// steward patch: how long one write to the server's socket may make no progress before it
 /// fails (and the connection with it; the client reconnects). Set on each connection when it
-/// is made, and again after `flush` and `flush_written`, which set their own: without it,
+/// is made, and again after a `flush`, `flush_written` or `publish_written` that set one of
+/// their own (the last two only when it differs from this one): without it,
 /// a message larger than the write buffer (`publish`) or the flusher thread's flush waited
 /// on a link that takes nothing for as long as TCP kept it open, holding the write lock that
 /// every send and the reader thread (to answer the server's PING) wait for.
@@ -428,13 +430,20 @@ impl Client {
         };
         let res = write_out(writer, timeout);
         if res.is_err() {
-            writer.get_ref().shutdown();
-            write.writer = None;
-            // NB see locking protocol for state.write and state.read
-            let mut read = self.state.read.lock();
-            read.pongs.clear();
+            self.end_writer(&mut write);
         }
         res
+    }
+
+    /// steward patch: ends the connection after a write to it failed, as the flusher thread
+    /// does: the client reconnects.
+    fn end_writer(&self, write: &mut WriteState) {
+        if let Some(writer) = write.writer.take() {
+            writer.get_ref().shutdown();
+        }
+        // NB see locking protocol for state.write and state.read
+        let mut read = self.state.read.lock();
+        read.pongs.clear();
     }
 
     /// Closes the client.
@@ -743,12 +752,7 @@ impl Client {
                 // open, its reader went on reading while every send went to the reconnect
                 // buffer, until the server gave up on a client that answered no PING.
                 if res.is_err() {
-                    writer.get_ref().shutdown();
-                    write.writer = None;
-
-                    // NB see locking protocol for state.write and state.read
-                    let mut read = self.state.read.lock();
-                    read.pongs.clear();
+                    self.end_writer(&mut write);
                 }
 
                 if written_within.is_none() {

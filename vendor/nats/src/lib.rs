@@ -1,6 +1,6 @@
 // steward patch: this file is nats 0.25.0's, with one counter added (marked "steward
-// patch"): `dropped_malformed_messages`, and `Connection::flush_written` and
-// `Connection::subscribe_routed`. See steward's Cargo.toml, [patch.crates-io].
+// patch"): `dropped_malformed_messages`, and `Connection::flush_written`,
+// `Connection::publish_written` and `Connection::subscribe_routed`. See steward's Cargo.toml, [patch.crates-io].
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
