@@ -852,11 +852,14 @@ fn a_parked_lane_whose_node_comes_back_goes_at_its_hello() {
         ));
     }
     // Attempts of 1 s in turn, the pauses doubling: after the seventh, 12.8 s (about 25 s
-    // in; a minute on a slow machine).
+    // in; a minute on a slow machine). Back once it failed, in that pause: back during
+    // the attempt, the attempt's own sending again (to a node not there, every few tenths
+    // of a second) could reach ship2 before its Hello did, and so nothing here would say
+    // whether the Hello woke the lane.
     let deadline = Instant::now() + Duration::from_secs(90);
     while !central
         .log()
-        .contains("ship2.CommandACK.CLICommand: attempt 7 ")
+        .contains("ship2.CommandACK.CLICommand: attempt 7 (")
     {
         assert!(
             Instant::now() < deadline,
