@@ -652,3 +652,79 @@ fn a_hello_replayed_after_central_restarts_is_refused_and_sets_no_time() {
     );
     assert_eq!(after, before, "a replayed Hello set ship1's last-seen time");
 }
+
+/// A key revoked while the node runs (`steward keys revoke` on it, as its operator would)
+/// is refused from its very next message on, of every kind, alone and in a batch: the node
+/// reads its key files when the keys folder's watch hears them change, not at every
+/// message, and a revocation is the change that must not lag.
+#[test]
+fn a_key_revoked_while_the_node_runs_is_refused_at_its_next_message_of_every_kind() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start(
+        "ship1",
+        &nats.address(),
+        &["--allowCommandsFrom=central,ship2"],
+    );
+    let raw = Raw::connect(&nats.address());
+    let target = tempfile::tempdir().unwrap();
+    let message = |id: &str, kind: &str| {
+        let (method, data) = match kind.starts_with("Command") {
+            true => ("CLICommand", touch(target.path(), id)),
+            false => ("TextLogging", vec![format!("{id}\n")]),
+        };
+        let data: Vec<&str> = data.iter().map(String::as_str).collect();
+        (method, envelope(id, "ship2", "ship1", kind, method, &data))
+    };
+    // Trusted before: ship2's command runs, and is answered.
+    let (_, before) = message("k-0", "CommandACK");
+    let subject = "ship1.CommandACK.CLICommand";
+    let headers = signed_by("ship2", subject, Some("_INBOX.ship2.k0"), &before);
+    let said = raw.ask(
+        subject,
+        "_INBOX.ship2.k0",
+        Some(&headers),
+        &before,
+        Duration::from_secs(10),
+    );
+    assert!(said.is_some(), "ship2's command was not answered before");
+    assert!(target.path().join("k-0").exists());
+    let out = steward(ship1.data(), "ship1", &["keys", "revoke", "ship2"]);
+    assert!(out.status.success(), "{out:?}");
+    // At once, with no pause after the revocation.
+    let kinds = ["CommandACK", "CommandNACK", "EventACK", "EventNACK"];
+    for (k, kind) in kinds.iter().enumerate() {
+        let (method, alone) = message(&format!("k-{k}-1"), kind);
+        let (_, first) = message(&format!("k-{k}-2"), kind);
+        let (_, second) = message(&format!("k-{k}-3"), kind);
+        let batch = [b"[".as_slice(), &first, b",", &second, b"]"].concat();
+        let subject = format!("ship1.{kind}.{method}");
+        for (n, payload) in [alone, batch].iter().enumerate() {
+            let refused = ship1.refused(method);
+            let inbox = format!("_INBOX.ship2.revoked.{k}.{n}");
+            let headers = signed_by("ship2", &subject, Some(&inbox), payload);
+            raw.send(&subject, Some(&inbox), Some(&headers), payload);
+            ship1.wait_metric(
+                &format!("{subject} ({}) refused", ["alone", "a batch"][n]),
+                |node| node.refused(method),
+                |now| now > refused,
+            );
+        }
+    }
+    ship1.wait_idle();
+    let answers = raw.answers_seen("_INBOX.ship2.revoked.");
+    assert!(answers.is_empty(), "answered after the revocation");
+    let ran: Vec<_> = std::fs::read_dir(target.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        ran,
+        ["k-0"],
+        "only the command from before the revocation ran"
+    );
+    assert!(
+        !ship1.path("textlog/ship2.log").exists(),
+        "an event was taken"
+    );
+    assert!(ship1.log().contains("which was revoked"));
+}
