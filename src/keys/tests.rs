@@ -758,3 +758,34 @@ fn a_public_key_file_lost_or_left_stale_by_a_crash_is_written_again_at_start() {
     assert_ne!(rotated.public_key(), old);
     assert_eq!(public_key(dir.path()).unwrap(), rotated.public_key());
 }
+
+#[test]
+fn the_key_a_thread_keeps_decoded_verifies_only_its_own_signatures() {
+    let (_a, central, _) = store("central");
+    let (_b, ship1, _) = store("ship1");
+    // A vouch signs `vouched_bytes(what)`: checked here as the arithmetic sees it.
+    let (what, other) = (vouched_bytes(b"a route"), vouched_bytes(b"another"));
+    let what = what.as_slice();
+    let by_central = unhex(&central.vouch(b"a route")).unwrap();
+    let by_ship1 = unhex(&ship1.vouch(b"a route")).unwrap();
+    let (c, s) = (central.public_key(), ship1.public_key());
+    // In turn, so each check follows one against the other key (kept) or the same one.
+    for _ in 0..2 {
+        assert!(verifies(c, what, &by_central));
+        assert!(verifies(c, what, &by_central));
+        assert!(
+            !verifies(s, what, &by_central),
+            "ship1's key took central's signature"
+        );
+        assert!(verifies(s, what, &by_ship1));
+        assert!(
+            !verifies(c, what, &by_ship1),
+            "central's key took ship1's signature"
+        );
+        assert!(!verifies(c, &other, &by_central));
+        // A key that is no key verifies nothing, and leaves none kept in its place.
+        assert!(!verifies("not a key", what, &by_central));
+        assert!(!verifies(&c[..c.len() - 1], what, &by_central));
+        assert!(verifies(c, what, &by_central));
+    }
+}

@@ -30,6 +30,31 @@ impl std::fmt::Display for Unverified {
     }
 }
 
+/// Whether `sig` is a signature over `bytes` by the public key whose text is `key` (a key
+/// that is no key verifies nothing). Which keys count is decided before, by name
+/// ([`Trusted::verify`]); this is only the arithmetic. The key's decoding (its base32 and
+/// checksum, and the curve point's decompression: about a tenth of a signature's check)
+/// is kept for the last key each thread checked against, by its exact text: a handler or
+/// a publisher checks the same sender's key message after message.
+pub(super) fn verifies(key: &str, bytes: &[u8], sig: &[u8]) -> bool {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(String, KeyPair)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ref().is_none_or(|(text, _)| text != key) {
+            *last = None;
+            let Ok(decoded) = KeyPair::from_public_key(key) else {
+                return false;
+            };
+            *last = Some((key.to_string(), decoded));
+        }
+        last.as_ref()
+            .is_some_and(|(_, decoded)| decoded.verify(bytes, sig).is_ok())
+    })
+}
+
 /// When the sending time of a request is checked against this node's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClockCheck {
@@ -589,9 +614,7 @@ impl Trusted {
         let Some(sig) = unhex(sig) else {
             return false;
         };
-        KeyPair::from_public_key(&self.own.1)
-            .and_then(|k| k.verify(&super::vouched_bytes(what), &sig))
-            .is_ok()
+        verifies(&self.own.1, &super::vouched_bytes(what), &sig)
     }
 
     /// Whether `node` vouched for `what` (`sig`: from [`Identity::vouch`](super::Identity::vouch)
@@ -606,11 +629,7 @@ impl Trusted {
             keys.push(self.own.1.clone());
         }
         let what = super::vouched_bytes(what);
-        keys.iter().any(|k| {
-            KeyPair::from_public_key(k)
-                .and_then(|k| k.verify(&what, &sig))
-                .is_ok()
-        })
+        keys.iter().any(|k| verifies(k, &what, &sig))
     }
 
     /// Whether `key` is trusted for `node` now (a schedule's signer, before each run).
@@ -685,10 +704,7 @@ impl Trusted {
             }
         };
         let signed = signed_bytes(sent, seq, scope, payload, covers);
-        let ok = KeyPair::from_public_key(key)
-            .and_then(|k| k.verify(&signed, &sig_bytes))
-            .is_ok();
-        if !ok {
+        if !verifies(key, &signed, &sig_bytes) {
             return Err(Unverified::Bad(format!(
                 "the signature does not verify against {from}'s key {key}: forged, altered, or moved to another subject"
             )));
