@@ -143,12 +143,21 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                     ("unsigned", None, Covers::Payload),
                     ("self-signed", Some("intruder"), Covers::Payload),
                     ("self-signed-digest", Some("intruder"), Covers::Digest),
+                    // Naming the key ship1 trusts for the claimed sender (which ship1 has
+                    // just checked genuine messages against, and keeps decoded), over a
+                    // signature of the intruder's.
+                    ("names-their-key", Some("intruder"), Covers::Payload),
                 ] {
                     let id = format!("{marker}-{sent}");
                     let payload = as_a_result(envelope(&id, from, "ship1", kind, method, &data));
                     let reply = format!("_INBOX.{from}.hostile.{variant}.{sent}");
                     let sign = |s, payload: &[u8]| {
-                        signed_covering(s, &subject, Some(&reply), payload, covers)
+                        let mut headers =
+                            signed_covering(s, &subject, Some(&reply), payload, covers);
+                        if variant == "names-their-key" {
+                            headers.insert(steward::keys::KEY, key_of(from));
+                        }
+                        headers
                     };
                     let headers = signer.map(|s| sign(s, &payload));
                     raw.send(&subject, Some(&reply), headers.as_ref(), &payload);

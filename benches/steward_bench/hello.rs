@@ -18,7 +18,7 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
     // changed under a running node is read again (about 70 ms, all verification waiting),
     // which alone drops the first ~50 Hellos of a burst.
     std::fs::create_dir_all(root.path().join("central/keys")).unwrap();
-    let identity = trust_simulated(root.path(), n);
+    let identities = trust_simulated(root.path(), n);
     let central = Agent::start("central", broker, root.path());
     // The senders' own link counted too: what was in it when it broke is gone.
     let sender_cuts = Arc::new(AtomicUsize::new(0));
@@ -43,7 +43,7 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
             let dropped_before = dropped_so_far(&central);
             let handled_before = central.metric(HANDLED);
             let sender =
-                s.spawn(|| say_hello(&conn, &identity, (0..n).map(|i| format!("node{i}"))));
+                s.spawn(|| say_hello(&conn, &identities, (0..n).map(|i| format!("node{i}"))));
             // The file read again only when rewritten (parsing it at every look would take
             // a core), central's count of drops every 100 looks. Done when every Hello is
             // in the file or was dropped; past 30 s (and, in the second round, when every
@@ -123,7 +123,7 @@ pub fn rows(broker: &str, n: usize) -> Vec<Row> {
         }
     });
     // Made-up names: refused at the door (no key), no line in /metrics.
-    say_hello(&conn, &identity, (0..n).map(|i| format!("stranger{i}")));
+    say_hello(&conn, &identities, (0..n).map(|i| format!("stranger{i}")));
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     let page = central.metrics_page();
@@ -171,12 +171,14 @@ fn rate() -> f64 {
 
 fn say_hello(
     conn: &nats::Connection,
-    identity: &steward::keys::Identity,
+    identities: &[steward::keys::Identity],
     names: impl Iterator<Item = String>,
 ) {
     let subject = "central.EventNACK.Hello";
     let mut tick = Instant::now();
-    for (i, name) in names.enumerate() {
+    // The `i`th name with the `i`th node's key: its own for `node<i>`; for a stranger, a
+    // key central trusts for another name.
+    for (i, (name, identity)) in names.zip(identities.iter().cycle()).enumerate() {
         if i > 0 && i % PER_TICK == 0 {
             conn.flush().unwrap();
             tick += Duration::from_secs_f64(PER_TICK as f64 / rate());

@@ -1155,10 +1155,10 @@ const BARE_REQUEST: &[u8] = b"bare";
 
 /// `n` simulated nodes in this process: one connection and one wildcard subscription on
 /// every node's CLICommand subject, answering `node<i>` at once with an ACK as steward
-/// would send it, signed with one key that central trusts for every simulated node (and
+/// would send it, signed with that node's own key, which central trusts for it (and
 /// [`bare_fan_out`]'s requests with an empty reply).
 fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
-    let identity = trust_simulated(root, n);
+    let identities = trust_simulated(root, n);
     let conn = nats::connect(broker).unwrap();
     let conn2 = conn.clone();
     let sub = conn.subscribe("*.CommandACK.CLICommand").unwrap();
@@ -1168,8 +1168,8 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
         let simulated = node
             .strip_prefix("node")
             .and_then(|i| i.parse::<usize>().ok())
-            .is_some_and(|i| i < n);
-        let (Some(to), true) = (&m.reply, simulated) else {
+            .and_then(|i| identities.get(i));
+        let (Some(to), Some(identity)) = (&m.reply, simulated) else {
             return;
         };
         if m.data == BARE_REQUEST {
@@ -1210,18 +1210,29 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
     sub
 }
 
-/// `node0` … `node<n-1>` in central's trusted keys, all with one key (returned), as
-/// `steward keys trust` would add them.
-fn trust_simulated(root: &Path, n: usize) -> steward::keys::Identity {
-    let keys = root.join("simulated/keys");
-    let identity = steward::keys::Identity::load_or_create(&keys).unwrap();
+/// `node0` … `node<n-1>` in central's trusted keys, each with a key of its own (returned,
+/// in order), as `steward keys trust` would add a fleet's. Not one key for all: central
+/// then checks each reply against its node's key, as with a real fleet, not the same one
+/// 10,000 times (a thread keeps the last key it decoded: see `keys::trusted::verifies`),
+/// and keeps each key's counter apart. Made in memory, each from its node's number (the
+/// same keys again for a second set of responders to the same central), with no seed or
+/// counter files for 50,000 nodes.
+fn trust_simulated(root: &Path, n: usize) -> Vec<steward::keys::Identity> {
+    use sha2::Digest;
+    let identities: Vec<steward::keys::Identity> = (0..n)
+        .map(|i| {
+            let raw: [u8; 32] = sha2::Sha256::digest(format!("steward bench node{i}")).into();
+            let pair = nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, raw).unwrap();
+            steward::keys::Identity::from_seed(&pair.seed().unwrap()).unwrap()
+        })
+        .collect();
     let trusted = root.join("central/keys/trusted.txt");
     let mut lines = fs::read_to_string(&trusted).unwrap_or_default();
     if !lines.contains("node0 ") {
-        for i in 0..n {
+        for (i, identity) in identities.iter().enumerate() {
             lines.push_str(&format!("node{i} {}\n", identity.public_key()));
         }
         fs::write(&trusted, lines).unwrap();
     }
-    identity
+    identities
 }
