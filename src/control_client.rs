@@ -100,7 +100,12 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| (EXIT_ERROR, format!("agent said {line:?}: {e}")))?;
         if let Some(error) = v.get("error").and_then(Value::as_str) {
-            return Err((EXIT_USAGE, error.to_string()));
+            // Not the message's fault: the agent cannot take any now.
+            let code = match v.get("notNow").and_then(Value::as_bool) {
+                Some(true) => EXIT_ERROR,
+                _ => EXIT_USAGE,
+            };
+            return Err((code, error.to_string()));
         }
         if v.get("queued").is_some() {
             let id = v["id"].as_str().unwrap_or_default();

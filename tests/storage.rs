@@ -487,3 +487,61 @@ fn an_acked_command_whose_reply_cannot_be_stored_is_never_listed_as_failed() {
     assert!(!central.read("failed-messages.txt").contains("acked-output"));
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
 }
+
+#[test]
+fn steward_send_below_the_floor_queues_nothing_and_says_why() {
+    let _one_at_a_time = common::serial();
+    let nats = NatsServer::start();
+    let Some((mut central, disk)) = on_a_small_disk("central", &nats, "16m", "send_floor") else {
+        return;
+    };
+    central.wait_until("", "had a socket", |_| {
+        central.path("steward.sock").exists()
+    });
+    fn send(node: &Node) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+            .arg(format!("--dataFolder={}", node.data().display()))
+            .args(["send", "--to", "ship1", "--no-wait", "--", "true"])
+            .env_remove("STEWARD_CONFIG")
+            .output()
+            .unwrap()
+    }
+    fn journal_size(node: &Node) -> u64 {
+        std::fs::metadata(node.path("journal/journal.log"))
+            .unwrap()
+            .len()
+    }
+    let accepted = "steward_messages_accepted_total{method=\"CLICommand\"}";
+    // Below the floor (2% of 16 MiB: 335 kB), with room left for a message: the journal
+    // could take it, and must not (that room is for replies of what is in flight).
+    let filler = disk.leave_free(128 * 1024);
+    let journal = journal_size(&central);
+    let out = send(&central);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bytes free") && err.contains("--minFreeBytesForLogs"),
+        "{err}"
+    );
+    assert!(err.contains("nothing more was queued"), "{err}");
+    assert!(out.stdout.is_empty(), "an id printed: {:?}", out.stdout);
+    assert_eq!(journal_size(&central), journal, "journaled");
+    assert_eq!(central.metric(accepted), 0.0);
+    assert_eq!(central.metric("steward_disk_full"), 1.0);
+    assert!(central.is_running());
+
+    // Room again: the same send is queued, and the disk is said to have room.
+    std::fs::remove_file(&filler).unwrap();
+    let out = send(&central);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("central-"), "{id}");
+    assert_eq!(central.metric(accepted), 1.0);
+    assert_eq!(central.metric("steward_disk_full"), 0.0);
+    eprintln!("[send_floor] refused_below_the_floor=1 journaled_meanwhile=0 queued_with_room=1");
+}

@@ -5,7 +5,9 @@
 //!
 //! - JSON messages exactly as in inmsg.txt: each is taken into the journal like inmsg.txt
 //!   input, and answered with a line `{"id":…,"toNode":…,"queued":true}`, or
-//!   `{"rejected":…,"error":…}` for one that could not be taken;
+//!   `{"rejected":…,"error":…}` for one that could not be taken, and
+//!   `{"error":…,"notNow":true}` if the agent takes none now (its disk below its floor,
+//!   its journal failing), the rest unqueued;
 //! - the line `WAIT` and then JSON messages: as above, then a line per attempt,
 //!   `{"id":…,"progress":{"attempt":"attempt 2/4 …"}}`, and a last one with how it ended,
 //!   `{"id":…,"progress":{"finished":{"outcome":"acked","reply":{…},"why":null}}}`;
@@ -233,6 +235,13 @@ fn write_within(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
     crate::files::write_by(stream, bytes, Instant::now() + ANSWER_DEADLINE)
 }
 
+/// The answer when the agent cannot take messages now, through no fault of theirs (its
+/// disk below its floor, its journal failing): `"notNow":true` says so, so that `steward
+/// send` exits 1, not 2 (bad input).
+fn not_now(why: &str) -> serde_json::Value {
+    serde_json::json!({ "error": why, "notNow": true })
+}
+
 fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     // A client that never finishes its request must not keep its place forever.
@@ -269,6 +278,17 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         }
         let targets: Vec<String> = parsed.messages.iter().map(|m| m.to_node.clone()).collect();
         if !parsed.messages.is_empty() {
+            // Below the floor, as inmsg.txt's intake waits: the room left (and the
+            // journal's reserve) is for finishing what is in flight and storing its
+            // replies, which a script sending on would otherwise take.
+            if let Err(below) = node.log_budget.check_free_space(&node.data.root) {
+                node.disk_full(&below.to_string());
+                let why =
+                    format!("{below}: nothing more was queued; send again once there is room");
+                out.push_str(&format!("{}\n", not_now(&why)));
+                break;
+            }
+            node.disk_has_room();
             match node.accept_watched(parsed.messages) {
                 Ok(w) => {
                     for ((id, _), to) in w.iter().zip(&targets) {
@@ -279,7 +299,7 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
                 }
                 Err(e) => {
                     let why = format!("cannot journal the messages: {e}");
-                    out.push_str(&format!("{}\n", serde_json::json!({ "error": why })));
+                    out.push_str(&format!("{}\n", not_now(&why)));
                     break;
                 }
             }
