@@ -281,14 +281,15 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
             // Below the floor, as inmsg.txt's intake waits: the room left (and the
             // journal's reserve) is for finishing what is in flight and storing its
             // replies, which a script sending on would otherwise take.
+            // Refused there and then, nothing waits here: not `steward_disk_full`, which
+            // says intake waits (and would stay set with no intake to clear it).
             if let Err(below) = node.log_budget.check_free_space(&node.data.root) {
-                node.disk_full(&below.to_string());
                 let why =
                     format!("{below}: nothing more was queued; send again once there is room");
+                log::warn!("control socket: {why}");
                 out.push_str(&format!("{}\n", not_now(&why)));
                 break;
             }
-            node.disk_has_room();
             match node.accept_watched(parsed.messages) {
                 Ok(w) => {
                     for ((id, _), to) in w.iter().zip(&targets) {
