@@ -11,7 +11,8 @@
 //! | 3 | no agent is running on this data folder |
 //! | 4 | not delivered: retries or time to live spent (kept in failed-messages.txt) |
 //! | 5 | refused by the receiver |
-//! | 6 | the agent stopped before the message finished (it resumes when the agent starts) |
+//! | 6 | the agent stopped before the message finished (it resumes when the agent starts); or before it said the message was queued (whether it was is unknown: said so) |
+//! | 75 | the agent took nothing now (its disk below its floor, its journal failing): nothing queued, send again (`EX_TEMPFAIL`) |
 
 use crate::config::KeysAction;
 use crate::keys;
@@ -27,6 +28,10 @@ pub const EXIT_NO_AGENT: u8 = 3;
 pub const EXIT_NOT_DELIVERED: u8 = 4;
 pub const EXIT_REFUSED: u8 = 5;
 pub const EXIT_INTERRUPTED: u8 = 6;
+/// `EX_TEMPFAIL` (sysexits): not queued, try again. Not 1, which is also a command's own
+/// "failed": a script retrying on it would run again what ran, or, reading it as "ran",
+/// never send what was never queued.
+pub const EXIT_NOT_NOW: u8 = 75;
 
 /// What to send, from `steward send`'s flags.
 pub struct SendRequest {
@@ -92,6 +97,9 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
     {
         return Err(said_instead(&mut stream).map_or_else(|| io(e), |said| (EXIT_ERROR, said)));
     }
+    // Whether the agent said the message was queued: if it goes before that, whether it
+    // was is unknown.
+    let mut queued = false;
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(io)?;
         if let Some(refusal) = refused(&line) {
@@ -102,12 +110,13 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
         if let Some(error) = v.get("error").and_then(Value::as_str) {
             // Not the message's fault: the agent cannot take any now.
             let code = match v.get("notNow").and_then(Value::as_bool) {
-                Some(true) => EXIT_ERROR,
+                Some(true) => EXIT_NOT_NOW,
                 _ => EXIT_USAGE,
             };
             return Err((code, error.to_string()));
         }
         if v.get("queued").is_some() {
+            queued = true;
             let id = v["id"].as_str().unwrap_or_default();
             if !wait {
                 println!("{id}");
@@ -127,8 +136,13 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             return Ok(finished_exit(finished));
         }
     }
-    if !wait {
-        return Ok(0);
+    if !queued {
+        // Gone mid-request (stopped, or failed at its journal's fsync): it may have
+        // journaled the message or not. Not 0, and not "send again": either may be wrong.
+        return Err((
+            EXIT_INTERRUPTED,
+            "the agent closed the connection before saying the message was queued: whether it was is unknown (see `steward status` and message-log.txt once it runs again)".into(),
+        ));
     }
     eprintln!("steward: the agent stopped before the message finished; it stays in the journal and goes when the agent starts again");
     Ok(EXIT_INTERRUPTED)

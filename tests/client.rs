@@ -391,3 +391,38 @@ fn a_request_past_the_limit_is_refused_whole_not_cut_silently() {
         "neither queued nor refused, nothing said: {answer:?}"
     );
 }
+
+#[test]
+fn an_agent_gone_before_it_said_queued_is_never_taken_for_queued() {
+    // A socket whose "agent" reads the request and closes without a word, as one that
+    // stopped (or failed at its journal's fsync) mid-request: whether the message was
+    // journaled is unknown, and neither 0 (queued) nor 75 (send again) may be said.
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("steward.sock")).unwrap();
+    let agent = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut client, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let _ = client.read_to_end(&mut request);
+        }
+    });
+    for wait in [false, true] {
+        let mut args = vec!["send", "--to", "ship1"];
+        if !wait {
+            args.push("--no-wait");
+        }
+        args.extend(["--", "true"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .arg(format!("--dataFolder={}", dir.path().display()))
+            .args(&args)
+            .env_remove("STEWARD_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "wait={wait}: {err}");
+        assert!(err.contains("whether it was is unknown"), "{err}");
+        assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
+    }
+    agent.join().unwrap();
+}

@@ -143,9 +143,11 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                     ("unsigned", None, Covers::Payload),
                     ("self-signed", Some("intruder"), Covers::Payload),
                     ("self-signed-digest", Some("intruder"), Covers::Digest),
-                    // Naming the key ship1 trusts for the claimed sender (which ship1 has
-                    // just checked genuine messages against, and keeps decoded), over a
-                    // signature of the intruder's.
+                    // Naming the key ship1 trusts for the claimed sender, over a signature
+                    // of the intruder's: past the key's name, refused by the arithmetic
+                    // itself (for a claimed sender ship1 knows, on a subject it serves),
+                    // on threads that may keep that key decoded (the genuine messages
+                    // above were checked against central's and ship2's).
                     ("names-their-key", Some("intruder"), Covers::Payload),
                 ] {
                     let id = format!("{marker}-{sent}");

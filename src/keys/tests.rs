@@ -773,6 +773,12 @@ fn the_key_a_thread_keeps_decoded_verifies_only_its_own_signatures() {
     for _ in 0..2 {
         assert!(verifies(c, what, &by_central));
         assert!(verifies(c, what, &by_central));
+        // Kept now: still only its own signatures, over the bytes they sign.
+        assert!(
+            !verifies(c, what, &by_ship1),
+            "central's kept key took ship1's"
+        );
+        assert!(!verifies(c, &other, &by_central));
         assert!(
             !verifies(s, what, &by_central),
             "ship1's key took central's signature"
