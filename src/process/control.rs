@@ -237,7 +237,7 @@ fn write_within(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
 
 /// The answer when the agent cannot take messages now, through no fault of theirs (its
 /// disk below its floor, its journal failing): `"notNow":true` says so, so that `steward
-/// send` exits 1, not 2 (bad input).
+/// send` exits 75 (send again), not 2 (bad input) nor 1 (which a command's own failure is).
 fn not_now(why: &str) -> serde_json::Value {
     serde_json::json!({ "error": why, "notNow": true })
 }
@@ -280,9 +280,9 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         if !parsed.messages.is_empty() {
             // Below the floor, as inmsg.txt's intake waits: the room left (and the
             // journal's reserve) is for finishing what is in flight and storing its
-            // replies, which a script sending on would otherwise take.
-            // Refused there and then, nothing waits here: not `steward_disk_full`, which
-            // says intake waits (and would stay set with no intake to clear it).
+            // replies, which a script sending on would otherwise take. Refused there and
+            // then, nothing waiting here: so not `steward_disk_full`, which says intake
+            // waits (and would stay set with no intake to clear it).
             if let Err(below) = node.log_budget.check_free_space(&node.data.root) {
                 let why =
                     format!("{below}: nothing more was queued; send again once there is room");
@@ -300,7 +300,13 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
                 }
                 Err(e) => {
                     let why = format!("cannot journal the messages: {e}");
-                    out.push_str(&format!("{}\n", not_now(&why)));
+                    // A message past a record's size is the input's fault; the rest (a
+                    // full disk, a failing journal) is not.
+                    let answer = match e.kind() {
+                        io::ErrorKind::InvalidInput => serde_json::json!({ "error": why }),
+                        _ => not_now(&why),
+                    };
+                    out.push_str(&format!("{answer}\n"));
                     break;
                 }
             }
