@@ -131,6 +131,9 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     // What reaches ship1 at all: the subjects it listens on.
     let listens = listened(&ship1);
     let mut reaching = 0;
+    // The `names-their-key` forgeries that reach ship1 under a key it trusts for their
+    // claimed sender: each is to be refused by the signature's arithmetic, not before.
+    let mut their_key = Vec::new();
 
     let mut sent = 0;
     for kind in KINDS {
@@ -169,6 +172,12 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
                     raw.send(&subject, Some(&reply), headers.as_ref(), batch.as_bytes());
                     sent += 2;
                     reaching += 2 * usize::from(listens.contains(&subject));
+                    if variant == "names-their-key"
+                        && from != "nobody"
+                        && listens.contains(&subject)
+                    {
+                        their_key.push((id, from));
+                    }
                 }
             }
         }
@@ -200,12 +209,24 @@ fn no_kind_method_or_claimed_sender_gets_anything_from_a_client_without_a_truste
     );
     ship1.wait_idle();
     let refused = (refusals(&ship1) - refusals_before) as usize;
+    assert!(!their_key.is_empty());
+    let by_the_arithmetic = |(id, from): &(String, &str)| {
+        format!("(id {id}): the signature does not verify against {from}'s key")
+    };
+    // Logged just after it is counted: looked for until every line is there.
+    common::wait_until("each refused by its signature, in the log", || {
+        let log = ship1.log();
+        their_key
+            .iter()
+            .all(|f| log.contains(&by_the_arithmetic(f)))
+    });
     // Any answer at all now, on the attacker's inboxes or the captured messages' own.
     let answers = raw.answers_where(|s| {
         s.contains(".hostile.") || captured.iter().any(|m| m.reply.as_deref() == Some(s))
     });
     eprintln!(
-        "[hostile] forged={sent} replayed={replayed} refused_on_ship1={refused} answered={} ran={}",
+        "[hostile] forged={sent} replayed={replayed} refused_on_ship1={refused} refused_by_the_arithmetic_under_a_trusted_key={} answered={} ran={}",
+        their_key.len(),
         answers.len(),
         target.path().join("ran").exists()
     );
