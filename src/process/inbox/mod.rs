@@ -282,8 +282,7 @@ impl Process for Inbox {
                     // So does a refused inmsg.txt's other name going away (a hard link).
                     let idle = taken.is_empty() && refused.is_none();
                     let limit = wait_limit(idle, finished.wait(), idle_limit);
-                    self.wait_for_inmsg(w, stop, limit);
-                    stopping(stop)
+                    self.wait_for_inmsg(w, stop, limit)
                 }
                 None => sleep_or_stop(stop, POLL),
             };
@@ -315,15 +314,20 @@ fn about_inmsg(name: &[u8]) -> bool {
 
 impl Inbox {
     /// Waits until inmsg.txt or a taken file changes, the node stops, or `limit` passes
-    /// (`None`: no limit). Other files in the folder are passed over: message-log.txt,
-    /// appended at the end of every message, woke the inbox to look at inmsg.txt for
-    /// nothing, as it finished the message before.
-    fn wait_for_inmsg(&self, w: &Watch, stop: &Receiver<()>, limit: Option<Duration>) {
+    /// (`None`: no limit); returns whether the node stops. Other files in the folder are
+    /// passed over: message-log.txt, appended at the end of every message, woke the inbox
+    /// to look at inmsg.txt for nothing, as it finished the message before.
+    ///
+    /// The stop channel is looked at once on the way out, and its answer returned: a look
+    /// takes a stop sent as a message (rather than by hanging up), and a second look after
+    /// it, by the caller, found nothing and ran on for good (a unit test's inbox, woken at
+    /// once by its stop descriptor, spun a core that way).
+    fn wait_for_inmsg(&self, w: &Watch, stop: &Receiver<()>, limit: Option<Duration>) -> bool {
         let until = limit.map(|limit| Instant::now() + limit);
         loop {
             let left = until.map(|until| until.saturating_duration_since(Instant::now()));
             if !self.stop_fd.wait(w.as_fd(), left) {
-                return;
+                return stopping(stop);
             }
             let mut events = 0;
             let inmsg = w.drain_naming(|name| {
@@ -333,10 +337,13 @@ impl Inbox {
             // None at all: the wait failed (it then says "readable" after a pause), and
             // inmsg.txt is looked at as it would be polled.
             if inmsg || events == 0 {
-                return;
+                return stopping(stop);
             }
-            if until.is_some_and(|until| Instant::now() >= until) || stopping(stop) {
-                return;
+            if stopping(stop) {
+                return true;
+            }
+            if until.is_some_and(|until| Instant::now() >= until) {
+                return false;
             }
         }
     }
@@ -1309,6 +1316,36 @@ mod tests {
             let _ = fs::rename(&inmsg, &away);
         }
         let _ = stop.send(());
+        let ended = running.join().unwrap();
+        assert!(ended.is_ok(), "the inbox failed: {ended:?}");
+    }
+
+    #[test]
+    fn a_stop_sent_while_other_files_in_the_folder_change_ends_the_inbox() {
+        // A stop sent as a message (the supervisor hangs up instead), taken while the
+        // watch passes over message-log.txt's changes: once the inbox looked twice, the
+        // second look found nothing, and it ran on at a core's full speed.
+        let dir = tempfile::tempdir().unwrap();
+        // Its stop descriptor held open (not readable), so that the inbox waits on its
+        // watch and takes the stop where the watch woke it for another file.
+        let (stop_fd, _held) = StopFd::new();
+        let mut inbox = Inbox {
+            stop_fd,
+            ..inbox_in(dir.path())
+        };
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let running = std::thread::spawn(move || inbox.run(&stop_rx).map_err(|f| f.to_string()));
+        let other = dir.path().join("message-log.txt");
+        let settled = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < settled {
+            fs::write(&other, "a line").unwrap();
+        }
+        stop.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !running.is_finished() {
+            assert!(Instant::now() < deadline, "the inbox ran on after its stop");
+            fs::write(&other, "a line").unwrap();
+        }
         let ended = running.join().unwrap();
         assert!(ended.is_ok(), "the inbox failed: {ended:?}");
     }
