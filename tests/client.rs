@@ -1,17 +1,8 @@
 //! `steward send` and `steward status`: exit codes and output through the agent's socket.
 
 use crate::common;
-use common::{NatsServer, Node};
-use std::process::{Command, Output};
-
-fn steward(node: &Node, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_steward"))
-        .arg(format!("--dataFolder={}", node.data().display()))
-        .args(args)
-        .env_remove("STEWARD_CONFIG")
-        .output()
-        .unwrap()
-}
+use common::{steward, NatsServer, Node};
+use std::process::Command;
 
 fn wait_for_socket(node: &Node) {
     node.wait_until("", "had a socket", |_| node.path("steward.sock").exists());

@@ -498,14 +498,7 @@ fn steward_send_below_the_floor_queues_nothing_and_says_why() {
     central.wait_until("", "had a socket", |_| {
         central.path("steward.sock").exists()
     });
-    fn send(node: &Node) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
-            .arg(format!("--dataFolder={}", node.data().display()))
-            .args(["send", "--to", "ship1", "--no-wait", "--", "true"])
-            .env_remove("STEWARD_CONFIG")
-            .output()
-            .unwrap()
-    }
+    let send = ["send", "--to", "ship1", "--no-wait", "--", "true"];
     // The journal is preallocated (its size says nothing): its lane's name, in every
     // message it journals for ship1's CLICommand, is looked for instead.
     fn journaled_for_ship1(node: &Node) -> bool {
@@ -518,7 +511,7 @@ fn steward_send_below_the_floor_queues_nothing_and_says_why() {
     // could take it, and must not (that room is for replies of what is in flight).
     let filler = disk.leave_free(128 * 1024);
     assert!(!journaled_for_ship1(&central));
-    let out = send(&central);
+    let out = common::steward(&central, &send);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
     assert!(
@@ -537,7 +530,7 @@ fn steward_send_below_the_floor_queues_nothing_and_says_why() {
 
     // Room again: the same send is queued.
     std::fs::remove_file(&filler).unwrap();
-    let out = send(&central);
+    let out = common::steward(&central, &send);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -69,6 +69,17 @@ fn wait_port(port: u16, up: bool) {
 
 /// Waits until `ok` holds (up to [`WAIT`]), looking every 25 ms; fails the test naming
 /// `what` otherwise.
+/// `steward ARGS` (a client subcommand: `send`, `status`, `keys`) on `node`'s data folder,
+/// as an operator on that machine runs it.
+pub fn steward(node: &Node, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg(format!("--dataFolder={}", node.data().display()))
+        .args(args)
+        .env_remove("STEWARD_CONFIG")
+        .output()
+        .unwrap()
+}
+
 pub fn wait_until(what: &str, ok: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !ok() {
