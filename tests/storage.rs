@@ -135,7 +135,7 @@ fn a_full_disk_on_central_loses_no_command_output_and_no_event() {
         || ship1.read("textlog/central.log").matches("late-").count() >= late,
     );
     assert_eq!(central.metric("steward_disk_full"), 0.0);
-    central.wait_for("errors.log", "disk was full from");
+    central.wait_for("errors.log", "disk was full, or at its floor, from");
     wait("every output stored", Duration::from_secs(120), || {
         central
             .read("replies/ship1.CLICommand.log")
@@ -542,4 +542,103 @@ fn steward_send_below_the_floor_queues_nothing_and_says_why() {
     assert_eq!(central.metric(accepted), 1.0);
     assert!(journaled_for_ship1(&central));
     eprintln!("[send_floor] refused_below_the_floor=1 journaled_meanwhile=0 queued_with_room=1");
+}
+
+#[test]
+fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_room() {
+    let _one_at_a_time = common::serial();
+    let nats = NatsServer::start();
+    let Some((mut central, disk)) = on_a_small_disk("central", &nats, "16m", "batch_floor") else {
+        return;
+    };
+    central.wait_until("", "had a socket", |_| {
+        central.path("steward.sock").exists()
+    });
+    // The floor: 2% of 16 MiB. Above it by 96 KiB: a message fits, a batch of 150 kB does
+    // not (checked as if it wrote nothing, both went in).
+    let floor = 16 * 1024 * 1024 / 100 * 2;
+    let filler = disk.leave_free(floor + 96 * 1024);
+    fn accepted(node: &Node, method: &str) -> f64 {
+        node.metric(&format!(
+            "steward_messages_accepted_total{{method=\"{method}\"}}"
+        ))
+    }
+
+    // `steward send` of 150 kB: refused, named, nothing queued.
+    let half = "x".repeat(75_000);
+    let big = [
+        "send",
+        "--to",
+        "ship1",
+        "--no-wait",
+        "--",
+        "echo",
+        &half,
+        &half,
+    ];
+    let out = common::steward(&central, &big);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("more would take it under") && err.contains("--minFreeBytesForLogs"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "an id printed: {:?}", out.stdout);
+    assert_eq!(accepted(&central, "CLICommand"), 0.0);
+    // One that fits goes.
+    let small = ["send", "--to", "ship1", "--no-wait", "--", "true"];
+    let out = common::steward(&central, &small);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(accepted(&central, "CLICommand"), 1.0);
+
+    // inmsg.txt: one line whose `toNodes` copies come to 40 × 4 kB, then one event alone.
+    // The first would take the disk under the floor: it waits, and the one after it.
+    let nodes: Vec<String> = (0..40).map(|i| format!("ship{i}")).collect();
+    let fan_out = serde_json::json!([{
+        "toNodes": nodes,
+        "data": ["x".repeat(4000)],
+        "commandOrEvent": "EventACK",
+        "method": "TextLogging",
+    }]);
+    central.append_inmsg(&format!(
+        "{fan_out}\n{}",
+        common::text_log("ship1", "after")
+    ));
+    wait("intake waits", Duration::from_secs(20), || {
+        central.metric("steward_disk_full") == 1.0
+    });
+    // Said by the intake (the control socket's refusal above says as much of its own).
+    let said = central.log();
+    let said = said
+        .lines()
+        .find(|l| l.contains("no room for new work") && l.contains("inmsg."));
+    assert!(
+        said.is_some_and(|l| l.contains("more would take it under")),
+        "the wait does not say why: {said:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        accepted(&central, "TextLogging"),
+        0.0,
+        "taken under the floor"
+    );
+    assert!(central.is_running());
+
+    // Room again: all of it is taken, nothing lost, nothing twice.
+    std::fs::remove_file(&filler).unwrap();
+    wait("taken once there is room", Duration::from_secs(20), || {
+        accepted(&central, "TextLogging") >= 41.0
+    });
+    assert_eq!(central.metric("steward_disk_full"), 0.0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(accepted(&central, "TextLogging"), 41.0);
+    assert!(!central.path("inmsg.rejected.txt").exists());
+    eprintln!(
+        "[batch_floor] big_send_refused=1 small_send_queued=1 batch_waited=41 taken_with_room=41"
+    );
 }

@@ -11,6 +11,21 @@ use super::*;
 /// A message's id, and where its progress arrives.
 type Watched = (String, Receiver<Progress>);
 
+/// Where messages taken in come from, for the data folder's free-space floor
+/// (`--minFreeBytesForLogs`).
+#[derive(Clone, Copy)]
+enum Flow {
+    /// New work from an operator (inmsg.txt, `steward send`): refused if journaling it
+    /// would take the disk under the floor, whose room is for finishing what is in flight.
+    /// The refusal is an [`io::ErrorKind::StorageFull`] error holding the
+    /// [`crate::log_budget::BelowFloor`]; nothing of the batch is journaled.
+    New,
+    /// What the node itself sends of work in flight (results, error reports), for which
+    /// the floor's room is kept, and the startup folder's (read once at each start, with
+    /// no intake to wait in).
+    Own,
+}
+
 /// How a watched message is going.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,13 +44,20 @@ impl Node {
     /// Takes messages into the system: one journal write and fsync for the batch (with how
     /// far the inbox file has been read), then wakes their publishers.
     pub fn accept(&self, messages: Vec<Message>, inbox: Option<(&str, u64)>) -> io::Result<()> {
-        self.accept_inner(messages, inbox, false, |_| Ok(()))
+        self.accept_inner(messages, inbox, Flow::Own, false, |_| Ok(()))
+            .map(|_| ())
+    }
+
+    /// As [`Node::accept`], for new work from inmsg.txt: refused if journaling it would
+    /// take the data folder's disk under the free-space floor (see [`Flow::New`]).
+    pub fn accept_new(&self, messages: Vec<Message>, inbox: (&str, u64)) -> io::Result<()> {
+        self.accept_inner(messages, Some(inbox), Flow::New, false, |_| Ok(()))
             .map(|_| ())
     }
 
     /// As [`Node::accept`] (not from an inbox file), and returns each message's id.
     pub fn accept_ids(&self, messages: Vec<Message>) -> io::Result<Vec<String>> {
-        self.accept_inner(messages, None, false, |_| Ok(()))
+        self.accept_inner(messages, None, Flow::Own, false, |_| Ok(()))
             .map(|(entries, _)| entries.iter().map(|e| e.envelope.id.clone()).collect())
     }
 
@@ -50,7 +72,7 @@ impl Node {
         mark: (&str, u64),
         list: impl FnOnce(&[crate::journal::Entry]) -> io::Result<()>,
     ) -> io::Result<()> {
-        self.accept_inner(messages, Some(mark), false, list)
+        self.accept_inner(messages, Some(mark), Flow::Own, false, list)
             .map(|_| ())
     }
 
@@ -68,13 +90,14 @@ impl Node {
         Ok(self.accept_ids(vec![result])?.pop())
     }
 
-    /// As [`Node::accept`], and returns each message's id with a channel on which its
-    /// progress (attempts, then how it ended) will arrive: for `steward send`.
+    /// As [`Node::accept_new`] (not from an inbox file), and returns each message's id with
+    /// a channel on which its progress (attempts, then how it ended) will arrive: for
+    /// `steward send`.
     pub fn accept_watched(
         &self,
         messages: Vec<Message>,
     ) -> io::Result<Vec<(String, Receiver<Progress>)>> {
-        self.accept_inner(messages, None, true, |_| Ok(()))
+        self.accept_inner(messages, None, Flow::New, true, |_| Ok(()))
             .map(|(_, watched)| watched)
     }
 
@@ -82,9 +105,23 @@ impl Node {
         &self,
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
+        flow: Flow,
         watch: bool,
         list: impl FnOnce(&[crate::journal::Entry]) -> io::Result<()>,
     ) -> io::Result<(Vec<crate::journal::Entry>, Vec<Watched>)> {
+        // Under the journal's lock, with the batch's size: two intakes checking at once
+        // cannot both take the last room above the floor, nor a batch (up to 64 MiB of
+        // `toNodes` copies) go by a check made as if it wrote nothing.
+        let floor = |entries: &[crate::journal::Entry]| match flow {
+            Flow::New if !entries.is_empty() => {
+                let writing = entries.iter().map(|e| e.encoded.len() as u64).sum();
+                self.log_budget
+                    .check_free_space_for(&self.data.root, writing)
+                    .map_err(|below| io::Error::new(io::ErrorKind::StorageFull, below))
+            }
+            _ => Ok(()),
+        };
+        let list = |entries: &[crate::journal::Entry]| floor(entries).and_then(|()| list(entries));
         let (written, watched) = {
             let mut journal = self.journal();
             let written = match journal.write_listed(&self.config.node, messages, inbox, list) {
@@ -282,8 +319,8 @@ impl Node {
         self.metrics.journal(&mut journal);
     }
 
-    /// Intake found the disk full (`why`): it waits, the text stays where it is. Said once
-    /// (log, `steward_disk_full`), until [`Node::disk_has_room`].
+    /// Intake found the disk full, or at its floor (`why`): it waits, the text stays where
+    /// it is. Said once (log, `steward_disk_full`), until [`Node::disk_has_room`].
     pub fn disk_full(&self, why: &str) {
         let mut since = self
             .disk_full_since
@@ -293,7 +330,7 @@ impl Node {
             *since = Some(crate::files::unix_millis());
             self.metrics.disk_full.set(1);
             log::error!(
-                "{}: the data folder's disk is full ({why}); taking nothing in until there is room, nothing is lost",
+                "{}: no room for new work on the data folder's disk ({why}); taking nothing in until there is room, nothing is lost",
                 self.config.node
             );
         }
@@ -310,7 +347,7 @@ impl Node {
         if let Some(since) = since {
             self.metrics.disk_full.set(0);
             self.report_error(format!(
-                "{}: the data folder's disk was full from {} to {}; intake waited, nothing was lost",
+                "{}: the data folder's disk was full, or at its floor, from {} to {}; intake waited, nothing was lost",
                 self.config.node,
                 crate::files::rfc3339(since),
                 crate::files::now_rfc3339()

@@ -7,7 +7,7 @@
 //!   input, and answered with a line `{"id":…,"toNode":…,"queued":true}`, or
 //!   `{"rejected":…,"error":…}` for one that could not be taken, and
 //!   `{"error":…,"notNow":true}` if the agent takes none now (its disk below its floor,
-//!   its journal failing), the rest unqueued;
+//!   or a batch that would take it there; its journal failing), the rest unqueued;
 //! - the line `WAIT` and then JSON messages: as above, then a line per attempt,
 //!   `{"id":…,"progress":{"attempt":"attempt 2/4 …"}}`, and a last one with how it ended,
 //!   `{"id":…,"progress":{"finished":{"outcome":"acked","reply":{…},"why":null}}}`;
@@ -20,6 +20,7 @@
 //! `WAIT` client that goes away gives its place back within [`HANG_UP_CHECK`].
 
 use super::{stopping, Failure, Process, State, StopFd};
+use crate::log_budget::BelowFloor;
 use crate::message::parse_input;
 use crate::node::Node;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -278,18 +279,6 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
         }
         let targets: Vec<String> = parsed.messages.iter().map(|m| m.to_node.clone()).collect();
         if !parsed.messages.is_empty() {
-            // Below the floor, as inmsg.txt's intake waits: the room left (and the
-            // journal's reserve) is for finishing what is in flight and storing its
-            // replies, which a script sending on would otherwise take. Refused there and
-            // then, nothing waiting here: so not `steward_disk_full`, which says intake
-            // waits (and would stay set with no intake to clear it).
-            if let Err(below) = node.log_budget.check_free_space(&node.data.root) {
-                let why =
-                    format!("{below}: nothing more was queued; send again once there is room");
-                log::warn!("control socket: {why}");
-                out.push_str(&format!("{}\n", not_now(&why)));
-                break;
-            }
             match node.accept_watched(parsed.messages) {
                 Ok(w) => {
                     for ((id, _), to) in w.iter().zip(&targets) {
@@ -299,12 +288,30 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
                     watched.extend(w);
                 }
                 Err(e) => {
-                    let why = format!("cannot journal the messages: {e}");
-                    // A message past a record's size is the input's fault; the rest (a
-                    // full disk, a failing journal) is not.
-                    let answer = match e.kind() {
-                        io::ErrorKind::InvalidInput => serde_json::json!({ "error": why }),
-                        _ => not_now(&why),
+                    // Under the floor, as inmsg.txt's intake waits: the room left (and the
+                    // journal's reserve) is for finishing what is in flight and storing
+                    // its replies, which a script sending on would otherwise take. Refused
+                    // there and then, nothing waiting here: so not `steward_disk_full`,
+                    // which says intake waits (and would stay set with no intake to clear
+                    // it).
+                    let below = e.get_ref().and_then(|e| e.downcast_ref::<BelowFloor>());
+                    let answer = match below {
+                        Some(below) => {
+                            let why = format!(
+                                "{below}: nothing more was queued; send again once there is room"
+                            );
+                            log::warn!("control socket: {why}");
+                            not_now(&why)
+                        }
+                        // A message past a record's size is the input's fault; the rest (a
+                        // full disk, a failing journal) is not.
+                        None => {
+                            let why = format!("cannot journal the messages: {e}");
+                            match e.kind() {
+                                io::ErrorKind::InvalidInput => serde_json::json!({ "error": why }),
+                                _ => not_now(&why),
+                            }
+                        }
                     };
                     out.push_str(&format!("{answer}\n"));
                     break;

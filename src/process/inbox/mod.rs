@@ -161,9 +161,10 @@ impl Error {
         }
     }
 
-    /// Whether the disk is full: then intake waits, it does not fail.
+    /// Whether the disk is full, or a batch would take it under the floor (see
+    /// [`Node::accept_new`]): then intake waits, it does not fail.
     fn disk_full(&self) -> bool {
-        self.io().raw_os_error() == Some(libc::ENOSPC)
+        self.io().kind() == io::ErrorKind::StorageFull
     }
 }
 
@@ -791,7 +792,7 @@ impl Inbox {
             })
             .and_then(|()| {
                 self.node
-                    .accept(parsed.messages, Some((&t.name, offset)))
+                    .accept_new(parsed.messages, (&t.name, offset))
                     .map_err(|source| Error::Journal {
                         path: t.path.clone(),
                         source,
