@@ -12,7 +12,7 @@
 //! | 4 | not delivered: retries or time to live spent (kept in failed-messages.txt) |
 //! | 5 | refused by the receiver |
 //! | 6 | the agent stopped before the message finished (it resumes when the agent starts); or before it said the message was queued (whether it was is unknown: said so) |
-//! | 75 | the agent took nothing now (its disk below its floor, its journal failing): nothing queued, send again (`EX_TEMPFAIL`) |
+//! | 75 | the agent took nothing now (its disk below its floor, or the message would take it there; its journal failing): nothing queued, send again (`EX_TEMPFAIL`) |
 
 use crate::config::KeysAction;
 use crate::keys;

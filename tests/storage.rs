@@ -546,6 +546,7 @@ fn steward_send_below_the_floor_queues_nothing_and_says_why() {
 
 #[test]
 fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_room() {
+    use std::io::{Read, Write};
     let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let Some((mut central, disk)) = on_a_small_disk("central", &nats, "16m", "batch_floor") else {
@@ -554,61 +555,78 @@ fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_
     central.wait_until("", "had a socket", |_| {
         central.path("steward.sock").exists()
     });
-    // The floor: 2% of 16 MiB. Above it by 96 KiB: a message fits, a batch of 150 kB does
-    // not (checked as if it wrote nothing, both went in).
-    let floor = 16 * 1024 * 1024 / 100 * 2;
-    let filler = disk.leave_free(floor + 96 * 1024);
     fn accepted(node: &Node, method: &str) -> f64 {
         node.metric(&format!(
             "steward_messages_accepted_total{{method=\"{method}\"}}"
         ))
     }
-
-    // `steward send` of 150 kB: refused, named, nothing queued.
-    let half = "x".repeat(75_000);
-    let big = [
+    // A first message: the journal reserves 1 MiB ahead of its end.
+    let small = ["send", "--to", "ship1", "--no-wait", "--", "true"];
+    let send_small = || {
+        let out = common::steward(&central, &small);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    };
+    send_small();
+    // And one central takes itself: its received log reserves its megabyte too (as it
+    // would for the report below, under the floor).
+    let note = [
         "send",
         "--to",
-        "ship1",
-        "--no-wait",
+        "central",
+        "--method",
+        "TextLogging",
         "--",
-        "echo",
-        &half,
-        &half,
+        "noted",
     ];
-    let out = common::steward(&central, &big);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{err}");
-    assert!(
-        err.contains("more would take it under") && err.contains("--minFreeBytesForLogs"),
-        "{err}"
-    );
-    assert!(out.stdout.is_empty(), "an id printed: {:?}", out.stdout);
-    assert_eq!(accepted(&central, "CLICommand"), 0.0);
-    // One that fits goes.
-    let small = ["send", "--to", "ship1", "--no-wait", "--", "true"];
-    let out = common::steward(&central, &small);
+    let out = common::steward(&central, &note);
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(accepted(&central, "CLICommand"), 1.0);
+    let logged = accepted(&central, "TextLogging");
+    // The floor: 2% of 16 MiB. Above it by 1 MiB: a message fits (in the room the journal
+    // reserved), a batch of 300 copies of 4 kB does not (it passes that room, and takes
+    // the next reservation). Both went in while the disk was above the floor.
+    let floor = 16 * 1024 * 1024 / 100 * 2;
+    let filler = disk.leave_free(floor + 1024 * 1024);
+    let nodes: Vec<String> = (0..300).map(|i| format!("ship{i}")).collect();
+    let fan_out = |method: &str, kind: &str| {
+        serde_json::json!([{
+            "toNodes": nodes,
+            "data": ["echo", "x".repeat(4000)],
+            "commandOrEvent": kind,
+            "method": method,
+        }])
+    };
 
-    // inmsg.txt: one line whose `toNodes` copies come to 40 × 4 kB, then one event alone.
-    // The first would take the disk under the floor: it waits, and the one after it.
-    let nodes: Vec<String> = (0..40).map(|i| format!("ship{i}")).collect();
-    let fan_out = serde_json::json!([{
-        "toNodes": nodes,
-        "data": ["x".repeat(4000)],
-        "commandOrEvent": "EventACK",
-        "method": "TextLogging",
-    }]);
-    central.append_inmsg(&format!(
-        "{fan_out}\n{}",
-        common::text_log("ship1", "after")
-    ));
+    // Through the control socket (as `steward send` and scripts): refused, said, none of
+    // it queued.
+    let mut socket = std::os::unix::net::UnixStream::connect(central.path("steward.sock")).unwrap();
+    let request = fan_out("CLICommand", "CommandACK");
+    socket.write_all(format!("{request}\n").as_bytes()).unwrap();
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    assert!(!answer.contains(r#""queued":true"#), "{answer}");
+    let refusal: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(refusal["notNow"], true, "{answer}");
+    let why = refusal["error"].as_str().unwrap();
+    assert!(
+        why.contains("more would take it under") && why.contains("--minFreeBytesForLogs"),
+        "{why}"
+    );
+    assert_eq!(accepted(&central, "CLICommand"), 1.0);
+    // One message still fits.
+    send_small();
+    assert_eq!(accepted(&central, "CLICommand"), 2.0);
+
+    // inmsg.txt: the same batch of events, then one event alone. The first would take the
+    // disk under the floor: it waits, and the one after it; central is told.
+    let events = fan_out("TextLogging", "EventACK");
+    central.append_inmsg(&format!("{events}\n{}", common::text_log("ship1", "after")));
     wait("intake waits", Duration::from_secs(20), || {
         central.metric("steward_disk_full") == 1.0
     });
@@ -621,10 +639,11 @@ fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_
         said.is_some_and(|l| l.contains("more would take it under")),
         "the wait does not say why: {said:?}"
     );
+    central.wait_for("errors.log", "inmsg.txt's intake waits until there is room");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         accepted(&central, "TextLogging"),
-        0.0,
+        logged,
         "taken under the floor"
     );
     assert!(central.is_running());
@@ -632,13 +651,19 @@ fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_
     // Room again: all of it is taken, nothing lost, nothing twice.
     std::fs::remove_file(&filler).unwrap();
     wait("taken once there is room", Duration::from_secs(20), || {
-        accepted(&central, "TextLogging") >= 41.0
+        accepted(&central, "TextLogging") >= logged + 301.0
     });
     assert_eq!(central.metric("steward_disk_full"), 0.0);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(accepted(&central, "TextLogging"), 41.0);
-    assert!(!central.path("inmsg.rejected.txt").exists());
-    eprintln!(
-        "[batch_floor] big_send_refused=1 small_send_queued=1 batch_waited=41 taken_with_room=41"
+    assert_eq!(accepted(&central, "TextLogging"), logged + 301.0);
+    assert_eq!(
+        central
+            .read("errors.log")
+            .matches("inmsg.txt's intake waits until there is room")
+            .count(),
+        1,
+        "told more than once"
     );
+    assert!(!central.path("inmsg.rejected.txt").exists());
+    eprintln!("[batch_floor] socket_batch_refused=1 small_send_queued=1 batch_waited=301 taken_with_room=301");
 }

@@ -364,20 +364,21 @@ impl Journal {
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
     ) -> io::Result<Written> {
-        self.write_listed(from_node, messages, inbox, |_| Ok(()))
+        self.write_listed(from_node, messages, inbox, |_, _| Ok(()))
     }
 
     /// As [`Journal::write`], and hands the batch's entries (ids and sequence numbers) to
-    /// `list` before any of it is written: a caller that must know durably which messages
-    /// it journaled (the startup folder's `startup-sent.json`) writes that down first, so
-    /// that no crash can leave them journaled and unlisted. If `list` fails, nothing of the
-    /// batch is written.
+    /// `list` before any of it is written, with how much of the disk's free space writing
+    /// it takes ([`RecordFile::disk_taken_by`]): a caller that must know durably which
+    /// messages it journaled (the startup folder's `startup-sent.json`) writes that down
+    /// first, so that no crash can leave them journaled and unlisted; intake checks the
+    /// disk's floor. If `list` fails, nothing of the batch is written.
     pub fn write_listed(
         &mut self,
         from_node: &str,
         messages: Vec<Message>,
         inbox: Option<(&str, u64)>,
-        list: impl FnOnce(&[Entry]) -> io::Result<()>,
+        list: impl FnOnce(&[Entry], u64) -> io::Result<()>,
     ) -> io::Result<Written> {
         // Noting whether the clock was set since the last batch (see `crate::clock`).
         let accepted = crate::clock::stamp(self.next_seq);
@@ -448,7 +449,7 @@ impl Journal {
         let next_seq = self.next_seq + entries.len() as u64;
         let synced = Some(claim);
         encode(&Record::Checkpoint { next_seq, synced }, &mut buf);
-        list(&entries)?;
+        list(&entries, self.file.disk_taken_by(buf.len()))?;
         self.append_bytes(&buf)?;
         (self.claimed, self.to_claim) = (claim, self.file.end());
         self.next_seq += entries.len() as u64;

@@ -514,6 +514,8 @@ pub struct RecordFile {
     fsyncs: Arc<Fsyncs>,
     end: u64,
     allocated: u64,
+    /// Whether the filesystem took the last reservation ([`RecordFile::reserve`]).
+    reserving: bool,
     /// Everything before this is durable.
     synced: u64,
     unusable: Option<String>,
@@ -585,6 +587,7 @@ impl RecordFile {
             fsyncs: Arc::default(),
             end: len,
             allocated: len,
+            reserving: true,
             synced: 0,
             unusable: None,
         })
@@ -599,6 +602,7 @@ impl RecordFile {
             fsyncs: Arc::default(),
             end,
             allocated: end,
+            reserving: true,
             synced: end,
             unusable: None,
         })
@@ -648,11 +652,19 @@ impl RecordFile {
         let to = needed + PREALLOCATE;
         // Not possible here (the filesystem, or no space to reserve): the write grows
         // the file, as a plain append would.
-        self.allocated = if self.file.allocate(self.allocated, to) {
-            to
-        } else {
-            needed
-        };
+        self.reserving = self.file.allocate(self.allocated, to);
+        self.allocated = if self.reserving { to } else { needed };
+    }
+
+    /// How much of its disk's free space an append of `len` bytes would take: nothing
+    /// within the space reserved ahead of the end, else what goes past it and the next
+    /// reservation (where the filesystem takes them).
+    pub fn disk_taken_by(&self, len: usize) -> u64 {
+        match (self.end + len as u64).saturating_sub(self.allocated) {
+            0 => 0,
+            past if self.reserving => past + PREALLOCATE,
+            past => past,
+        }
     }
 
     /// Makes every record written so far durable, holding `&mut self` throughout (see
@@ -965,6 +977,24 @@ pub fn cut_message(path: &Path, why: &str, kept: usize, valid_len: u64) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_takes_of_the_disk_only_what_passes_the_room_reserved_and_the_next_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = RecordFile::open(&crate::storage::Disk, &dir.path().join("r.log")).unwrap();
+        // Nothing reserved yet: the first append reserves ahead of itself.
+        assert_eq!(file.disk_taken_by(10), 10 + PREALLOCATE);
+        file.append(&[1; 10]).unwrap();
+        if !file.reserving {
+            return; // a filesystem without fallocate: each append grows the file
+        }
+        assert_eq!(file.disk_taken_by(100), 0);
+        assert_eq!(file.disk_taken_by(PREALLOCATE as usize), 0);
+        assert_eq!(
+            file.disk_taken_by(PREALLOCATE as usize + 1),
+            1 + PREALLOCATE
+        );
+    }
 
     #[test]
     fn an_envelope_or_reply_written_in_place_makes_the_same_record() {

@@ -109,19 +109,19 @@ impl Node {
         watch: bool,
         list: impl FnOnce(&[crate::journal::Entry]) -> io::Result<()>,
     ) -> io::Result<(Vec<crate::journal::Entry>, Vec<Watched>)> {
-        // Under the journal's lock, with the batch's size: two intakes checking at once
-        // cannot both take the last room above the floor, nor a batch (up to 64 MiB of
-        // `toNodes` copies) go by a check made as if it wrote nothing.
-        let floor = |entries: &[crate::journal::Entry]| match flow {
-            Flow::New if !entries.is_empty() => {
-                let writing = entries.iter().map(|e| e.encoded.len() as u64).sum();
-                self.log_budget
-                    .check_free_space_for(&self.data.root, writing)
-                    .map_err(|below| io::Error::new(io::ErrorKind::StorageFull, below))
-            }
+        // Under the journal's lock, with what the batch takes of the disk: two intakes
+        // checking at once cannot both take the last room above the floor, nor a batch (up
+        // to 64 MiB of `toNodes` copies) go by a check made as if it wrote nothing.
+        let floor = |entries: &[crate::journal::Entry], taking: u64| match flow {
+            Flow::New if !entries.is_empty() => self
+                .log_budget
+                .check_free_space_for(&self.data.root, taking)
+                .map_err(|below| io::Error::new(io::ErrorKind::StorageFull, below)),
             _ => Ok(()),
         };
-        let list = |entries: &[crate::journal::Entry]| floor(entries).and_then(|()| list(entries));
+        let list = |entries: &[crate::journal::Entry], taking: u64| {
+            floor(entries, taking).and_then(|()| list(entries))
+        };
         let (written, watched) = {
             let mut journal = self.journal();
             let written = match journal.write_listed(&self.config.node, messages, inbox, list) {
@@ -328,11 +328,12 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner());
         if since.is_none() {
             *since = Some(crate::files::unix_millis());
-            self.metrics.disk_full.set(1);
             log::error!(
                 "{}: no room for new work on the data folder's disk ({why}); taking nothing in until there is room, nothing is lost",
                 self.config.node
             );
+            // After the line: whoever sees the metric finds it.
+            self.metrics.disk_full.set(1);
         }
     }
 

@@ -237,8 +237,9 @@ fn write_within(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// The answer when the agent cannot take messages now, through no fault of theirs (its
-/// disk below its floor, its journal failing): `"notNow":true` says so, so that `steward
-/// send` exits 75 (send again), not 2 (bad input) nor 1 (which a command's own failure is).
+/// disk below its floor, or a batch would take it there; its journal failing):
+/// `"notNow":true` says so, so that `steward send` exits 75 (send again), not 2 (bad
+/// input) nor 1 (which a command's own failure is).
 fn not_now(why: &str) -> serde_json::Value {
     serde_json::json!({ "error": why, "notNow": true })
 }

@@ -26,6 +26,7 @@ mod taken;
 
 use super::{sleep_or_stop, stopping, Failure, Process, State, StopFd};
 use crate::files::Watch;
+use crate::log_budget::BelowFloor;
 use crate::message::{parse_input, stretch_end, Parsed, Rejected};
 use crate::node::Node;
 use crossbeam_channel::Receiver;
@@ -97,6 +98,11 @@ struct Taken {
     /// there, and its pieces were kept again at every try. In memory only: a restart
     /// between the two keeps them twice.
     kept_rejected: Option<(u64, usize)>,
+    /// The batch at `offset` would take this many bytes of the disk, which its floor does
+    /// not leave (see [`Node::accept_new`]): it is read again only once that much is free
+    /// above the floor, not at every tick (each try encodes every `toNodes` copy under
+    /// the journal's lock). 0: no batch waits so.
+    waiting_for: u64,
 }
 
 impl Taken {
@@ -114,6 +120,7 @@ impl Taken {
             skipping: false,
             open_stretch: None,
             kept_rejected: None,
+            waiting_for: 0,
         }
     }
 }
@@ -165,6 +172,11 @@ impl Error {
     /// [`Node::accept_new`]): then intake waits, it does not fail.
     fn disk_full(&self) -> bool {
         self.io().kind() == io::ErrorKind::StorageFull
+    }
+
+    /// The floor a batch would have taken the disk under, if that is why it was refused.
+    fn below_floor(&self) -> Option<&BelowFloor> {
+        self.io().get_ref()?.downcast_ref()
     }
 }
 
@@ -575,7 +587,12 @@ impl Inbox {
         // Below the floor, new work waits (before anything is read): the space left, and
         // the journal's reserve, are for finishing what is in flight, storing replies and
         // reporting.
-        if let Err(why) = self.node.log_budget.check_free_space(&self.node.data.root) {
+        // So does a batch refused for what it would take, until there is room for it.
+        let room = self
+            .node
+            .log_budget
+            .check_free_space_for(&self.node.data.root, t.waiting_for);
+        if let Err(why) = room {
             self.node.disk_full(&why.to_string());
             t.paused = true;
             return Ok(());
@@ -801,9 +818,24 @@ impl Inbox {
         // A full disk is a state, not a failure: what was not taken stays in the file,
         // and is taken once there is room (the inbox looks again at every watch tick).
         match written {
-            Ok(()) => self.node.disk_has_room(),
+            Ok(()) => {
+                t.waiting_for = 0;
+                self.node.disk_has_room();
+            }
             Err(e) if e.disk_full() => {
-                self.node.disk_full(&e.to_string());
+                let why = e.to_string();
+                if let Some(below) = e.below_floor() {
+                    // Central is told now, not only once it ends: it ends only once there
+                    // is room (space freed on the disk), which may take someone doing it.
+                    if t.waiting_for == 0 {
+                        self.node.report_error(format!(
+                            "{}: {why}; inmsg.txt's intake waits until there is room for it",
+                            self.node.config.node
+                        ));
+                    }
+                    t.waiting_for = below.writing;
+                }
+                self.node.disk_full(&why);
                 t.paused = true;
                 return Ok(false);
             }
