@@ -43,6 +43,9 @@ pub struct SendRequest {
     pub ttl: Option<u64>,
     pub wait: bool,
     pub data: Vec<String>,
+    /// The reply's output is a method's word (`keys distribute`, a line for each node), not
+    /// a command's bytes: printed as a line wherever it goes.
+    pub word: bool,
 }
 
 fn connect(socket: &Path) -> Result<UnixStream, (u8, String)> {
@@ -69,6 +72,17 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             .and_then(|kinds| kinds.iter().copied().find(|k| k.wants_ack()))
             .unwrap_or(Kind::EventAck),
     };
+    // A command to run needs one: without, the receiver would only refuse it, after the
+    // trip (and the exit status would be 1, not bad usage).
+    if matches!(req.method.as_str(), "CLICommand" | "CLICommandCont") && req.data.is_empty() {
+        return Err((
+            EXIT_USAGE,
+            format!(
+                "no command to run: give it after --, e.g. steward send --to {} -- df -h",
+                req.to
+            ),
+        ));
+    }
     let message = Message {
         timeout: req.timeout,
         retries: req.retries,
@@ -78,7 +92,7 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
     let value = serde_json::to_value(&message).expect("a Message serializes");
     Message::from_value(&value, &crate::methods::kind_refusal)
         .map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let wait = req.wait && kind.wants_ack();
+    let (wait, word) = (req.wait && kind.wants_ack(), req.word);
     let mut stream = connect(socket)?;
     let request = format!(
         "{}{}\n",
@@ -133,7 +147,7 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             continue;
         }
         if let Some(finished) = progress.get("finished") {
-            return Ok(finished_exit(finished));
+            return Ok(finished_exit(finished, word));
         }
     }
     if !queued {
@@ -148,22 +162,26 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
     Ok(EXIT_INTERRUPTED)
 }
 
-/// A reply's output as printed: as it came, but on a terminal ended with a newline where it
-/// has none (`keys distribute`'s, a method's word on what it did), so that the prompt is
-/// not glued to its end. Into a pipe or a file the bytes are the command's own.
-fn shown(output: &str, terminal: bool) -> std::borrow::Cow<'_, str> {
-    match terminal && !output.is_empty() && !output.ends_with('\n') {
+/// A reply's output as printed: as it came, but as a line (ended with a newline where it
+/// has none) on a terminal, so that the prompt is not glued to its end, and wherever a
+/// method's word on what it did goes (`keys distribute`'s, a line for each node). Into a
+/// pipe or a file a command's output is its own bytes.
+fn shown(output: &str, line: bool) -> std::borrow::Cow<'_, str> {
+    match line && !output.is_empty() && !output.ends_with('\n') {
         true => format!("{output}\n").into(),
         false => output.into(),
     }
 }
 
-fn finished_exit(finished: &Value) -> u8 {
+fn finished_exit(finished: &Value, word: bool) -> u8 {
     let outcome = finished["outcome"].as_str().unwrap_or_default();
     let reply: Option<Reply> = serde_json::from_value(finished["reply"].clone()).ok();
     if let Some(reply) = &reply {
         use std::io::IsTerminal;
-        print!("{}", shown(&reply.output, std::io::stdout().is_terminal()));
+        print!(
+            "{}",
+            shown(&reply.output, word || std::io::stdout().is_terminal())
+        );
         let _ = std::io::stdout().flush();
     }
     match (outcome, &reply) {
@@ -322,6 +340,7 @@ pub fn keys(configured: &str, data: &Path, action: KeysAction) -> Result<u8, (u8
                         ttl: None,
                         wait: !d.no_wait,
                         data: vec![set.to_json()],
+                        word: true,
                     },
                 )?;
                 worst = worst.max(code);
@@ -336,10 +355,10 @@ pub fn keys(configured: &str, data: &Path, action: KeysAction) -> Result<u8, (u8
 mod tests {
     use super::*;
 
-    /// On a terminal an output gets the newline it lacks; into a pipe it is the command's
-    /// own bytes.
+    /// On a terminal an output gets the newline it lacks, and so does a method's word
+    /// anywhere; into a pipe a command's output is its own bytes.
     #[test]
-    fn an_output_without_a_newline_ends_one_on_a_terminal_only() {
+    fn an_output_without_a_newline_ends_one_on_a_terminal_or_as_a_word_only() {
         let word = "ship1 now trusts 2 key(s) distributed by central for: ship1, ship2";
         assert_eq!(shown(word, true), format!("{word}\n"));
         assert_eq!(shown(word, false), word);

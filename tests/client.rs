@@ -137,6 +137,24 @@ fn no_wait_queues_and_prints_the_id_and_bad_input_exits_2() {
     let out = steward(&central, &["send", "--to", "ship 1", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad toNode"));
+    // A command to run without one: bad usage here, not sent to be refused there.
+    let accepted = "steward_messages_accepted_total{method=\"CLICommand\"}";
+    let out = steward(&central, &["send", "--to", "ship1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no command to run"), "{err}");
+    assert_eq!(central.metric(accepted), 0.0);
+    // A method that needs no data still goes without.
+    let out = steward(
+        &central,
+        &["send", "--to", "ship1", "--method", "PublicKey"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -283,6 +283,12 @@ fn central_distributes_keys_and_revocations_but_never_binds_a_protected_name() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A line for each node, into a pipe too (several nodes' words were glued together).
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("ship1 now trusts") && said.ends_with('\n'),
+        "{said:?}"
+    );
     let held = ship1.read("keys/distributed.json");
     assert!(held.contains(&key_of("ship2")) && held.contains(&key_of("central")));
     ship1.wait_for("textlog/ship2.log", "hello from ship2");

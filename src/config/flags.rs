@@ -255,8 +255,8 @@ pub struct Send {
     /// the method (default CLICommand)
     #[argh(option, default = "String::from(\"CLICommand\")")]
     pub method: String,
-    /// the message type: CommandACK, CommandNACK, EventACK or EventNACK (default: CommandACK for CLICommand,
-    /// EventACK otherwise)
+    /// the message type: CommandACK, CommandNACK, EventACK or EventNACK (default: the ACK
+    /// kind the method is served as: CommandACK for commands, EventACK for events)
     #[argh(option)]
     pub kind: Option<String>,
     /// seconds to wait for the ACK (and the command's kill deadline)

@@ -549,7 +549,9 @@ impl Supervisor {
             }
         }
         if !self.node.handlers.wait_idle(deadline) || running > 0 {
-            log::warn!("grace period over with work still running; it resumes on the next start");
+            log::warn!(
+                "grace period over with work still running: the commands still running are killed, and not run again (their senders are answered \"interrupted\"); messages not yet delivered go on at the next start"
+            );
         }
         // Commands run in process groups of their own, out of reach of what stops the
         // agent: without this, one still running would outlive it, orphaned.
