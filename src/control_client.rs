@@ -282,7 +282,7 @@ pub fn keys(configured: &str, data: &Path, action: KeysAction) -> Result<u8, (u8
     let node = recorded.as_deref().unwrap_or(configured);
     if node != configured {
         eprintln!(
-            "steward: this data folder's agent runs as {node} ({}): named so here, not {configured}",
+            "steward: as {node}, the node this data folder's agent runs as ({}), not {configured} (--node, or the host name)",
             dir.join("node.name").display()
         );
     }

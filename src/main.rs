@@ -48,11 +48,18 @@ fn main() -> ExitCode {
                 }
                 Err(()) => {
                     eprintln!("{text}");
+                    if let Some(hint) = steward::config::misplaced_flag(&early.output) {
+                        eprintln!("{hint}");
+                    }
                     ExitCode::from(2)
                 }
             };
         }
     };
+    if flags.version {
+        let _ = writeln!(std::io::stdout(), "steward {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     match flags.command.take() {
         Some(Subcommand::Demo(demo)) => {
             return match steward::demo::run(demo.folder) {

@@ -101,7 +101,12 @@ impl Rules {
         };
         if spent {
             let because = match self.expires {
-                Some(_) => format!("its time to live ran out after {} attempts", self.attempt),
+                Some(_) => format!(
+                    "its time to live ran out after {} attempt{}",
+                    self.attempt,
+                    if self.attempt == 1 { "" } else { "s" }
+                ),
+                None if self.attempt == 1 => "its one attempt failed".to_string(),
                 None => format!("{} attempts failed", self.attempt),
             };
             return Next::GiveUp(format!("{because}; last: {why}"));
@@ -234,7 +239,7 @@ mod tests {
         assert_eq!(rules.failed("link down", true, 0), Next::Again);
         assert_eq!(rules.attempt(), 1, "the same attempt again");
         match rules.failed("no ACK", false, 0) {
-            Next::GiveUp(why) => assert_eq!(why, "1 attempts failed; last: no ACK"),
+            Next::GiveUp(why) => assert_eq!(why, "its one attempt failed; last: no ACK"),
             other => panic!("{other:?}"),
         }
     }

@@ -97,6 +97,17 @@ fn cli_command_cont_stores_the_first_line_before_the_command_ends() {
     assert!(sent[..sent.len() - 1]
         .iter()
         .all(|v| v["inReplyTo"]["exitCode"].is_null()));
+
+    // One that fails says so in the file too, on a line of its own after its last words.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["bash","-c","echo partly; printf 'no newline'; exit 3"],"commandOrEvent":"CommandACK","method":"CLICommandCont","timeout":30,"replyMethod":"FileAppend","directory":"out","fileName":"failed.txt"}]"#,
+    );
+    central.wait_for("replies/ship1.CLICommandCont.log", "exit=3");
+    let file = central.wait_for("out/ship1/failed.txt", "status 3");
+    assert_eq!(
+        file,
+        "partly\nno newline\n[steward: the command exited with status 3]\n"
+    );
 }
 
 #[test]

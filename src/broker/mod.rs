@@ -198,7 +198,11 @@ impl Broker {
                 });
             match options.connect(urls.as_str()) {
                 Ok(conn) => {
-                    log::info!("connected to the broker at {shown}");
+                    // Of a list, the client does not say which one took it.
+                    match shown.contains(',') {
+                        true => log::info!("connected to the broker, one of {shown}"),
+                        false => log::info!("connected to the broker at {shown}"),
+                    }
                     metrics.broker_connected.set(1);
                     let _ = self.conn.set(conn);
                     self.set_up(true);

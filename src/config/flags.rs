@@ -122,6 +122,9 @@ pub struct Flags {
     /// NATS credentials file (user JWT and seed), for decentralized JWT authentication
     #[argh(option)]
     pub creds_file: Option<String>,
+    /// print steward's version and exit
+    #[argh(switch)]
+    pub version: bool,
 }
 
 impl Flags {
@@ -324,7 +327,23 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("tokenFile", "token-file", false),
     ("nkeySeedFile", "nkey-seed-file", false),
     ("credsFile", "creds-file", false),
+    ("version", "version", true),
 ];
+
+/// What argh's error for one of steward's own flags given after a subcommand (`steward status
+/// --dataFolder=/srv/steward`: "Unrecognized argument: --data-folder") lacks: where it goes.
+pub fn misplaced_flag(error: &str) -> Option<String> {
+    let arg = error
+        .lines()
+        .find_map(|l| l.strip_prefix("Unrecognized argument: "))?;
+    let name = arg.trim_start_matches('-');
+    let &(camel, _, _) = FLAG_NAMES
+        .iter()
+        .find(|(camel, kebab, _)| *camel == name || *kebab == name)?;
+    Some(format!(
+        "--{camel} is one of steward's own flags: give it before the subcommand (steward --{camel}=… status)"
+    ))
+}
 
 /// Rewrites Go-style flags (`-node=x`, `--brokerAddress=a`, `-centralErrorLogger=true`, `-h`)
 /// into argh's form (`--node x`, `--broker-address a`, `--central-error-logger`, `--help`).

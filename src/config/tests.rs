@@ -532,3 +532,19 @@ fn a_negative_publisher_count_is_an_error_not_no_limit() {
     let c = parse(&["--node=a", "--maxPublishers=3000000000"]).unwrap();
     assert_eq!(c.max_publishers, 3_000_000_000);
 }
+
+#[test]
+fn one_of_steward_s_own_flags_after_the_subcommand_is_told_where_it_goes() {
+    let hint = misplaced_flag("Unrecognized argument: --data-folder").unwrap();
+    assert!(
+        hint.contains("--dataFolder") && hint.contains("before the subcommand"),
+        "{hint}"
+    );
+    assert!(misplaced_flag("Unrecognized argument: --dataFolder").is_some());
+    // Not one of steward's: argh's word alone.
+    assert_eq!(misplaced_flag("Unrecognized argument: --bogus"), None);
+    assert_eq!(
+        misplaced_flag("Required options not provided:\n    --to"),
+        None
+    );
+}

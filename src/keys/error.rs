@@ -106,7 +106,11 @@ impl fmt::Display for Error {
             Error::Seed(e) => write!(f, "not a valid seed: {e}"),
             Error::NotUserSeed => f.write_str("not a user seed (it must start with SU)"),
             Error::NewSeed(e) => write!(f, "cannot encode the new seed: {e}"),
-            Error::NotAKey { key, source } => write!(f, "{key:?} is not a public key: {source}"),
+            // Not nkeys' words ("Invalid key length: Bad key length: 11"): what one looks like.
+            Error::NotAKey { key, .. } => write!(
+                f,
+                "{key:?} is not a public key (a node's is 56 characters of A-Z and 2-7, starting with U; `steward keys show` on that node prints it)"
+            ),
             Error::NotANodeKey { key } => write!(
                 f,
                 "{key:?} is not a node's public key (those start with U)"

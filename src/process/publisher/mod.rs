@@ -255,7 +255,7 @@ impl NotAnAnswer {
             ),
             NotAnAnswer::Unsigned { to } => write!(f, "{}: not from {to}", Unverified::Unsigned),
             NotAnAnswer::NotOurs(e) => {
-                write!(f, "{e} (not a reply to this message's attempts)")
+                write!(f, "{e} (so not taken as this message's answer)")
             }
             NotAnAnswer::Undecodable(e) => write!(f, "{e}"),
             NotAnAnswer::OtherId { got, want } => {
