@@ -45,7 +45,7 @@ pub struct SendRequest {
     pub data: Vec<String>,
     /// The reply's output is a method's word (`keys distribute`, a line for each node), not
     /// a command's bytes: printed as a line wherever it goes.
-    pub word: bool,
+    pub as_line: bool,
 }
 
 fn connect(socket: &Path) -> Result<UnixStream, (u8, String)> {
@@ -92,7 +92,7 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
     let value = serde_json::to_value(&message).expect("a Message serializes");
     Message::from_value(&value, &crate::methods::kind_refusal)
         .map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let (wait, word) = (req.wait && kind.wants_ack(), req.word);
+    let (wait, as_line) = (req.wait && kind.wants_ack(), req.as_line);
     let mut stream = connect(socket)?;
     let request = format!(
         "{}{}\n",
@@ -147,7 +147,7 @@ pub fn send(socket: &Path, req: SendRequest) -> Result<u8, (u8, String)> {
             continue;
         }
         if let Some(finished) = progress.get("finished") {
-            return Ok(finished_exit(finished, word));
+            return Ok(finished_exit(finished, as_line));
         }
     }
     if !queued {
@@ -173,14 +173,14 @@ fn shown(output: &str, line: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn finished_exit(finished: &Value, word: bool) -> u8 {
+fn finished_exit(finished: &Value, as_line: bool) -> u8 {
     let outcome = finished["outcome"].as_str().unwrap_or_default();
     let reply: Option<Reply> = serde_json::from_value(finished["reply"].clone()).ok();
     if let Some(reply) = &reply {
         use std::io::IsTerminal;
         print!(
             "{}",
-            shown(&reply.output, word || std::io::stdout().is_terminal())
+            shown(&reply.output, as_line || std::io::stdout().is_terminal())
         );
         let _ = std::io::stdout().flush();
     }
@@ -340,7 +340,7 @@ pub fn keys(configured: &str, data: &Path, action: KeysAction) -> Result<u8, (u8
                         ttl: None,
                         wait: !d.no_wait,
                         data: vec![set.to_json()],
-                        word: true,
+                        as_line: true,
                     },
                 )?;
                 worst = worst.max(code);

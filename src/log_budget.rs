@@ -104,6 +104,21 @@ impl fmt::Display for BelowFloor {
 
 impl std::error::Error for BelowFloor {}
 
+/// A write refused for the floor, as the I/O error it stands for: `StorageFull`, as a full
+/// disk's (the inbox waits on either), holding the refusal.
+impl From<BelowFloor> for std::io::Error {
+    fn from(below: BelowFloor) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::StorageFull, below)
+    }
+}
+
+impl BelowFloor {
+    /// The refusal `e` holds, if it is one (see the `From` above).
+    pub fn of(e: &std::io::Error) -> Option<&BelowFloor> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
 /// What each sender has written this hour, per method.
 pub struct LogBudget {
     pub limits: LogLimits,

@@ -124,7 +124,7 @@ fn control_client(mut flags: steward::config::Flags, command: Subcommand) -> Exi
                 ttl: s.ttl,
                 wait: !s.no_wait,
                 data: s.data,
-                word: false,
+                as_line: false,
             },
         ),
         _ => steward::control_client::status(&socket),

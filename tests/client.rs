@@ -112,6 +112,31 @@ fn send_without_a_running_agent_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
+    // The data folder given after the subcommand: where it goes is said.
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["status", &format!("--dataFolder={}", dir.path().display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Unrecognized argument: --dataFolder")
+            && err.contains("give it before the subcommand"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_says_which_steward_this_is() {
+    for flag in ["--version", "-version"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(said, format!("steward {}\n", env!("CARGO_PKG_VERSION")));
+    }
 }
 
 #[test]

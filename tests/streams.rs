@@ -108,6 +108,24 @@ fn cli_command_cont_stores_the_first_line_before_the_command_ends() {
         file,
         "partly\nno newline\n[steward: the command exited with status 3]\n"
     );
+    // Killed by a signal of someone else's: said as such. Killed at its deadline: steward's
+    // note of that alone.
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["bash","-c","echo before; kill -KILL $$"],"commandOrEvent":"CommandACK","method":"CLICommandCont","timeout":30,"replyMethod":"FileAppend","directory":"out","fileName":"signal.txt"}]"#,
+    );
+    let file = central.wait_for("out/ship1/signal.txt", "signal");
+    assert_eq!(
+        file,
+        "before\n[steward: the command was killed by signal 9 (status 137)]\n"
+    );
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["bash","-c","echo before; sleep 30"],"commandOrEvent":"CommandACK","method":"CLICommandCont","timeout":30,"methodTimeout":1,"replyMethod":"FileAppend","directory":"out","fileName":"deadline.txt"}]"#,
+    );
+    let file = central.wait_for("out/ship1/deadline.txt", "deadline");
+    assert_eq!(
+        file,
+        "before\n[steward: killed after the 1s deadline (methodTimeout)]\n"
+    );
 }
 
 #[test]

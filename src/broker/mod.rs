@@ -199,7 +199,7 @@ impl Broker {
             match options.connect(urls.as_str()) {
                 Ok(conn) => {
                     // Of a list, the client does not say which one took it.
-                    match shown.contains(',') {
+                    match urls.contains(',') {
                         true => log::info!("connected to the broker, one of {shown}"),
                         false => log::info!("connected to the broker at {shown}"),
                     }

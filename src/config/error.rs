@@ -92,7 +92,7 @@ impl fmt::Display for Error {
                 let known: Vec<&str> = FLAG_NAMES
                     .iter()
                     .map(|f| f.0)
-                    .filter(|k| *k != "config")
+                    .filter(|k| !COMMAND_LINE_ONLY.contains(k))
                     .collect();
                 write!(
                     f,

@@ -330,6 +330,10 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("version", "version", true),
 ];
 
+/// Flags of the command line alone, never keys of the config file: the file itself, and
+/// `--version`.
+pub(super) const COMMAND_LINE_ONLY: &[&str] = &["config", "version"];
+
 /// What argh's error for one of steward's own flags given after a subcommand (`steward status
 /// --dataFolder=/srv/steward`: "Unrecognized argument: --data-folder") lacks: where it goes.
 pub fn misplaced_flag(error: &str) -> Option<String> {
@@ -337,11 +341,12 @@ pub fn misplaced_flag(error: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("Unrecognized argument: "))?;
     let name = arg.trim_start_matches('-');
-    let &(camel, _, _) = FLAG_NAMES
+    let &(camel, _, switch) = FLAG_NAMES
         .iter()
         .find(|(camel, kebab, _)| *camel == name || *kebab == name)?;
+    let value = if switch { "" } else { "=…" };
     Some(format!(
-        "--{camel} is one of steward's own flags: give it before the subcommand (steward --{camel}=… status)"
+        "--{camel} is one of steward's own flags: give it before the subcommand (steward --{camel}{value} status, send or keys …)"
     ))
 }
 

@@ -32,10 +32,10 @@ impl ConfigFile {
             path: path.to_string(),
             source,
         })?;
-        if let Some(key) = table
-            .keys()
-            .find(|key| *key == "config" || !FLAG_NAMES.iter().any(|(camel, _, _)| camel == key))
-        {
+        if let Some(key) = table.keys().find(|key| {
+            COMMAND_LINE_ONLY.contains(&key.as_str())
+                || !FLAG_NAMES.iter().any(|(camel, _, _)| camel == key)
+        }) {
             return Err(Error::UnknownKey {
                 path: path.to_string(),
                 key: key.clone(),

@@ -274,6 +274,11 @@ fn config_errors_name_the_key_and_the_file() {
         e.contains(&path) && e.contains("unknown key \"brokerAdress\""),
         "{e}"
     );
+    assert!(!e.contains("version") && !e.contains("config,"), "{e}");
+    // A flag of the command line alone is no key of the file.
+    let (_dir, path) = config_file("node = \"ship1\"\nversion = true\n");
+    let e = load(&["--config", &path], &[]).unwrap_err().to_string();
+    assert!(e.contains("unknown key \"version\""), "{e}");
     let (_dir, path) = config_file("node = \"ship1\"\ndefaultMessageTimeout = \"ten\"\n");
     let e = load(&["--config", &path], &[]).unwrap_err().to_string();
     assert!(
@@ -537,9 +542,11 @@ fn a_negative_publisher_count_is_an_error_not_no_limit() {
 fn one_of_steward_s_own_flags_after_the_subcommand_is_told_where_it_goes() {
     let hint = misplaced_flag("Unrecognized argument: --data-folder").unwrap();
     assert!(
-        hint.contains("--dataFolder") && hint.contains("before the subcommand"),
+        hint.contains("--dataFolder=… status") && hint.contains("before the subcommand"),
         "{hint}"
     );
+    let hint = misplaced_flag("Unrecognized argument: --version").unwrap();
+    assert!(hint.contains("(steward --version status"), "{hint}");
     assert!(misplaced_flag("Unrecognized argument: --dataFolder").is_some());
     // Not one of steward's: argh's word alone.
     assert_eq!(misplaced_flag("Unrecognized argument: --bogus"), None);

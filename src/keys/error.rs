@@ -106,11 +106,18 @@ impl fmt::Display for Error {
             Error::Seed(e) => write!(f, "not a valid seed: {e}"),
             Error::NotUserSeed => f.write_str("not a user seed (it must start with SU)"),
             Error::NewSeed(e) => write!(f, "cannot encode the new seed: {e}"),
-            // Not nkeys' words ("Invalid key length: Bad key length: 11"): what one looks like.
-            Error::NotAKey { key, .. } => write!(
-                f,
-                "{key:?} is not a public key (a node's is 56 characters of A-Z and 2-7, starting with U; `steward keys show` on that node prints it)"
-            ),
+            // Not nkeys' words ("Invalid key length: Bad key length: 11"): what is wrong,
+            // and what one looks like.
+            Error::NotAKey { key, source } => {
+                let why = match source.kind() {
+                    nkeys::error::ErrorKind::ChecksumFailure => "its checksum does not match: a character is wrong or missing; ",
+                    _ => "",
+                };
+                write!(
+                    f,
+                    "{key:?} is not a public key ({why}a node's is 56 characters of A-Z and 2-7, starting with U; `steward keys show` on that node prints it)"
+                )
+            }
             Error::NotANodeKey { key } => write!(
                 f,
                 "{key:?} is not a node's public key (those start with U)"

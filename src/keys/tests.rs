@@ -795,3 +795,24 @@ fn the_key_a_thread_keeps_decoded_verifies_only_its_own_signatures() {
         assert!(verifies(c, what, &by_central));
     }
 }
+
+#[test]
+fn a_key_that_is_no_key_is_told_what_is_wrong_and_what_one_looks_like() {
+    let (_dir, id, _) = store("central");
+    let key = id.public_key().to_string();
+    let said = |key: &str| validate_public_key(key).unwrap_err().to_string();
+    let short = said("UCN3F4QZ");
+    assert!(
+        short.contains("56 characters") && !short.contains("Bad key length"),
+        "{short}"
+    );
+    // Its last character changed: the length is right, the checksum is not.
+    let last = if key.ends_with('A') { 'B' } else { 'A' };
+    let wrong = format!("{}{last}", &key[..key.len() - 1]);
+    let said_wrong = said(&wrong);
+    assert!(
+        said_wrong.contains("checksum does not match"),
+        "{said_wrong}"
+    );
+    assert!(validate_public_key(&key).is_ok());
+}

@@ -148,6 +148,7 @@ pub fn run_with(
         }
         running.push(pgid);
     }
+    let streamed = each.is_some();
     let collected = collect(pgid, reader, deadline.after, each);
     // Before the leader is reaped: until then its group id cannot be another's.
     let stopped = {
@@ -179,10 +180,26 @@ pub fn run_with(
             PIPE_GRACE.as_secs_f64()
         ));
     }
-    if stopped && !collected.killed && status.signal() == Some(libc::SIGKILL) {
+    let stopped_it = stopped && !collected.killed && status.signal() == Some(libc::SIGKILL);
+    if stopped_it {
         text.push_str("\n[steward: killed: the node stopped before the command ended]\n");
     }
     let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
+    // Streamed to a file of the sender's (`CLICommandCont` with `replyMethod`): a run that
+    // failed says so there too, not only in the last result's `exitCode`, which a reader
+    // of the file does not see. (A kill of steward's own says so already.)
+    if streamed && !collected.killed && !stopped_it {
+        match (status.code(), status.signal()) {
+            (Some(code), _) if code != 0 => text.push_str(&format!(
+                "\n[steward: the command exited with status {code}]\n"
+            )),
+            (None, Some(signal)) => text.push_str(&format!(
+                "\n[steward: the command was killed by signal {signal} (status {})]\n",
+                128 + signal
+            )),
+            _ => {}
+        }
+    }
     Outcome {
         status: Status::Ok,
         exit_code,

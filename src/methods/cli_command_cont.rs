@@ -3,8 +3,8 @@
 //! written: each read of complete lines becomes a result message of its own
 //! (`replyMethod`, see [`crate::reply`]), journaled, so lines written while the broker is
 //! away arrive when it is back, in order, once. The last result carries what is left of
-//! the output (a line without its newline, steward's notes: a status other than 0 as a
-//! line of its own) and the exit status.
+//! the output (a line without its newline, steward's notes: a status other than 0, or a
+//! signal, as a line of its own) and the exit status.
 //!
 //! Without `replyMethod` nothing can go back before the end: it is `CLICommand`, the whole
 //! output in the ACK. A result that cannot be journaled (a full disk, or one below the
@@ -43,18 +43,13 @@ impl Method for CliCommandCont {
                 stream.dropped
             ));
         }
-        last.output = rest + &last.output;
-        // The results go to a file of the sender's (`FileAppend`): a run that failed says
-        // so there too, not only in the last result's `exitCode`, which an operator
-        // reading the file does not see.
-        if let Some(code) = last.exit_code.filter(|&c| c != 0) {
-            if !last.output.is_empty() && !last.output.ends_with('\n') {
-                last.output.push('\n');
-            }
-            last.output.push_str(&format!(
-                "[steward: the command exited with status {code}]\n"
-            ));
-        }
+        // Steward's notes begin a line of their own: after a line cut short, that ends it;
+        // after whole lines (all of them sent), no empty line between.
+        let notes = match rest.is_empty() || rest.ends_with('\n') {
+            true => last.output.strip_prefix('\n').unwrap_or(&last.output),
+            false => &last.output,
+        };
+        last.output = rest + notes;
         last
     }
 }

@@ -111,12 +111,13 @@ impl Node {
     ) -> io::Result<(Vec<crate::journal::Entry>, Vec<Watched>)> {
         // Under the journal's lock, with what the batch takes of the disk: two intakes
         // checking at once cannot both take the last room above the floor, nor a batch (up
-        // to 64 MiB of `toNodes` copies) go by a check made as if it wrote nothing.
+        // to 64 MiB of `toNodes` copies) go by a check made as if it wrote nothing. (A
+        // `statvfs` the other writers wait for: on a filesystem whose server stalls it, the
+        // journal's own writes, there too, would stall them as long.)
         let floor = |entries: &[crate::journal::Entry], taking: u64| match flow {
-            Flow::New if !entries.is_empty() => self
+            Flow::New if !entries.is_empty() => Ok(self
                 .log_budget
-                .check_free_space_for(&self.data.root, taking)
-                .map_err(|below| io::Error::new(io::ErrorKind::StorageFull, below)),
+                .check_free_space_for(&self.data.root, taking)?),
             _ => Ok(()),
         };
         let list = |entries: &[crate::journal::Entry], taking: u64| {

@@ -295,8 +295,7 @@ fn serve(node: &Node, mut stream: UnixStream) -> std::io::Result<()> {
                     // there and then, nothing waiting here: so not `steward_disk_full`,
                     // which says intake waits (and would stay set with no intake to clear
                     // it).
-                    let below = e.get_ref().and_then(|e| e.downcast_ref::<BelowFloor>());
-                    let answer = match below {
+                    let answer = match BelowFloor::of(&e) {
                         Some(below) => {
                             let why = format!(
                                 "{below}: nothing more was queued; send again once there is room"

@@ -550,7 +550,7 @@ impl Supervisor {
         }
         if !self.node.handlers.wait_idle(deadline) || running > 0 {
             log::warn!(
-                "grace period over with work still running: the commands still running are killed, and not run again (their senders are answered \"interrupted\"); messages not yet delivered go on at the next start"
+                "grace period over with work still running: any command still running is killed, and not run again (its sender is answered so); messages not yet delivered, and copies, go on at the next start"
             );
         }
         // Commands run in process groups of their own, out of reach of what stops the

@@ -83,7 +83,8 @@ struct Taken {
     changed: Instant,
     /// More complete input may be waiting than the last turn took.
     more: bool,
-    /// The disk is full: what is left waits in the file until there is room.
+    /// The disk is full, or at its floor: what is left waits in the file until there is
+    /// room.
     paused: bool,
     /// A rejected stretch ran past [`MAX_ARRAY`] (what may be read at once; a shorter one
     /// is read whole before it is rejected, see `read_new`): what follows is more of it,
@@ -98,11 +99,13 @@ struct Taken {
     /// there, and its pieces were kept again at every try. In memory only: a restart
     /// between the two keeps them twice.
     kept_rejected: Option<(u64, usize)>,
-    /// The batch at `offset` would take this many bytes of the disk, which its floor does
-    /// not leave (see [`Node::accept_new`]): it is read again only once that much is free
-    /// above the floor, not at every tick (each try encodes every `toNodes` copy under
-    /// the journal's lock). 0: no batch waits so.
-    waiting_for: u64,
+    /// The batch at `offset` was refused for the disk's floor (see [`Node::accept_new`]),
+    /// taking this many bytes of it (0: the disk was under the floor already): it is read
+    /// again only once that much is free above the floor, not at every tick (each try
+    /// encodes every `toNodes` copy under the journal's lock), and central is told once.
+    /// The bytes are those of the refusal: a batch that later reservations would let fit
+    /// waits for them all the same.
+    waiting_for: Option<u64>,
 }
 
 impl Taken {
@@ -120,7 +123,7 @@ impl Taken {
             skipping: false,
             open_stretch: None,
             kept_rejected: None,
-            waiting_for: 0,
+            waiting_for: None,
         }
     }
 }
@@ -176,7 +179,7 @@ impl Error {
 
     /// The floor a batch would have taken the disk under, if that is why it was refused.
     fn below_floor(&self) -> Option<&BelowFloor> {
-        self.io().get_ref()?.downcast_ref()
+        BelowFloor::of(self.io())
     }
 }
 
@@ -591,7 +594,7 @@ impl Inbox {
         let room = self
             .node
             .log_budget
-            .check_free_space_for(&self.node.data.root, t.waiting_for);
+            .check_free_space_for(&self.node.data.root, t.waiting_for.unwrap_or(0));
         if let Err(why) = room {
             self.node.disk_full(&why.to_string());
             t.paused = true;
@@ -816,10 +819,11 @@ impl Inbox {
                     })
             });
         // A full disk is a state, not a failure: what was not taken stays in the file,
-        // and is taken once there is room (the inbox looks again at every watch tick).
+        // and is taken once there is room (the inbox looks at the disk at every watch
+        // tick, and reads the batch again once there is room for it: `read_new`).
         match written {
             Ok(()) => {
-                t.waiting_for = 0;
+                t.waiting_for = None;
                 self.node.disk_has_room();
             }
             Err(e) if e.disk_full() => {
@@ -827,13 +831,13 @@ impl Inbox {
                 if let Some(below) = e.below_floor() {
                     // Central is told now, not only once it ends: it ends only once there
                     // is room (space freed on the disk), which may take someone doing it.
-                    if t.waiting_for == 0 {
+                    if t.waiting_for.is_none() {
                         self.node.report_error(format!(
                             "{}: {why}; inmsg.txt's intake waits until there is room for it",
                             self.node.config.node
                         ));
                     }
-                    t.waiting_for = below.writing;
+                    t.waiting_for = Some(below.writing);
                 }
                 self.node.disk_full(&why);
                 t.paused = true;
