@@ -639,9 +639,8 @@ fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_
         said.is_some_and(|l| l.contains("more would take it under")),
         "the wait does not say why: {said:?}"
     );
-    central.wait_for("errors.log", "inmsg.txt's intake waits until there is room");
-    // Eight of the inbox's looks at the disk (every 250 ms) while it waits: none reads the
-    // batch again (each would be refused, and tell central again: counted below).
+    central.wait_for("errors.log", "no room for new work");
+    // Eight of the inbox's looks at the disk (every 250 ms) while it waits.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         accepted(&central, "TextLogging"),
@@ -662,7 +661,7 @@ fn a_batch_that_would_take_the_disk_under_its_floor_is_not_taken_until_there_is_
     assert_eq!(
         central
             .read("errors.log")
-            .matches("inmsg.txt's intake waits until there is room")
+            .matches("no room for new work")
             .count(),
         1,
         "told more than once"

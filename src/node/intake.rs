@@ -321,7 +321,9 @@ impl Node {
     }
 
     /// Intake found the disk full, or at its floor (`why`): it waits, the text stays where
-    /// it is. Said once (log, `steward_disk_full`), until [`Node::disk_has_room`].
+    /// it is. Said once (log, `steward_disk_full`, and to central, as this may last until
+    /// someone makes room), until [`Node::disk_has_room`]. (A disk that is full takes no
+    /// report either: central hears of it with its end.)
     pub fn disk_full(&self, why: &str) {
         let mut since = self
             .disk_full_since
@@ -329,10 +331,11 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner());
         if since.is_none() {
             *since = Some(crate::files::unix_millis());
-            log::error!(
+            drop(since);
+            self.report_error(format!(
                 "{}: no room for new work on the data folder's disk ({why}); taking nothing in until there is room, nothing is lost",
                 self.config.node
-            );
+            ));
             // After the line: whoever sees the metric finds it.
             self.metrics.disk_full.set(1);
         }

@@ -102,9 +102,8 @@ struct Taken {
     /// The batch at `offset` was refused for the disk's floor (see [`Node::accept_new`]),
     /// taking this many bytes of it (0: the disk was under the floor already): it is read
     /// again only once that much is free above the floor, not at every tick (each try
-    /// encodes every `toNodes` copy under the journal's lock), and central is told once.
-    /// The bytes are those of the refusal: a batch that later reservations would let fit
-    /// waits for them all the same.
+    /// encodes every `toNodes` copy under the journal's lock). The bytes are those of the
+    /// refusal: a batch that later reservations would let fit waits for them all the same.
     waiting_for: Option<u64>,
 }
 
@@ -827,19 +826,10 @@ impl Inbox {
                 self.node.disk_has_room();
             }
             Err(e) if e.disk_full() => {
-                let why = e.to_string();
                 if let Some(below) = e.below_floor() {
-                    // Central is told now, not only once it ends: it ends only once there
-                    // is room (space freed on the disk), which may take someone doing it.
-                    if t.waiting_for.is_none() {
-                        self.node.report_error(format!(
-                            "{}: {why}; inmsg.txt's intake waits until there is room for it",
-                            self.node.config.node
-                        ));
-                    }
                     t.waiting_for = Some(below.writing);
                 }
-                self.node.disk_full(&why);
+                self.node.disk_full(&e.to_string());
                 t.paused = true;
                 return Ok(false);
             }
