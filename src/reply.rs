@@ -349,6 +349,24 @@ pub fn wire(output: &str) -> usize {
     serde_json::to_string(output).map_or(output.len(), |j| j.len())
 }
 
+/// Most bytes of steward's notes kept whole at the end of an output that is cut (see
+/// [`notes_start`]): a few lines; a command printing lines that look like them gets no
+/// more.
+const MAX_NOTES: usize = 1024;
+
+/// Where the lines of steward's own notes (`[steward: …]`, each after a newline) that end
+/// `output` begin, within [`MAX_NOTES`] of its end; its length if none end it.
+fn notes_start(output: &str) -> usize {
+    let mut start = output.len();
+    while let Some(line) = output[..start].strip_suffix("]\n") {
+        match line.rfind("\n[steward: ") {
+            Some(at) if output.len() - at <= MAX_NOTES => start = at,
+            _ => break,
+        }
+    }
+    start
+}
+
 /// How much output (as [`wire`] counts it) one result message of request `m` carries: what
 /// one message may carry, and what the broker takes in one (`max_payload`, its headers
 /// included; 0: no limit known), less the arguments it carries too (as they are written).
@@ -394,8 +412,11 @@ pub fn result_message(
     let mut output = outcome.output.clone();
     let room = result_room(m, max_payload);
     if wire(&output) > room {
+        // Steward's notes at the end (how the command ended) are kept, the output before
+        // them cut: a reader of the file the result goes to needs them most.
+        let notes = output.split_off(notes_start(&output));
         let note = "\n[steward: output cut to what one message may carry]\n";
-        let room = room.saturating_sub(note.len() + 2);
+        let room = room.saturating_sub(note.len() + 2 + wire(&notes));
         // Arguments may leave no room at all (`""` takes two bytes): nothing is kept then.
         while !output.is_empty() && wire(&output) > room {
             let mut cut = (output.len() * room / wire(&output)).min(output.len() - 1);
@@ -405,6 +426,7 @@ pub fn result_message(
             output.truncate(cut);
         }
         output.push_str(note);
+        output.push_str(notes.trim_start_matches('\n'));
     }
     Some(Message {
         timeout: m.reply_timeout,
@@ -577,6 +599,24 @@ mod tests {
         let wire = serde_json::to_string(&result.data[0]).unwrap().len();
         assert!(wire <= MAX_RESULT_OUTPUT, "{wire}");
         assert!(result.data[0].ends_with("carry]\n"));
+        // Steward's notes at its end are kept, after the cut's; lines that only look like
+        // them are cut with the rest past a kilobyte.
+        let noted = format!(
+            "{}\n[steward: killed after the 2s deadline (methodTimeout)]\n",
+            "x".repeat(crate::message::MAX_DATA_BYTES)
+        );
+        let result = result_message(&request, &Outcome::ok(noted), 0).unwrap();
+        assert!(
+            result.data[0]
+                .ends_with("carry]\n[steward: killed after the 2s deadline (methodTimeout)]\n"),
+            "{:?}",
+            &result.data[0][result.data[0].len() - 200..]
+        );
+        let fake = "\n[steward: x]".repeat(20_000) + "\n";
+        let result = result_message(&request, &Outcome::ok(fake), 0).unwrap();
+        let wire = serde_json::to_string(&result.data[0]).unwrap().len();
+        assert!(wire <= MAX_RESULT_OUTPUT, "{wire}");
+        assert!(result.data[0].matches("[steward: x]").count() < 20_000);
         // Waits for its sender at least a week.
         assert!(result.ttl >= Some(crate::node::ERROR_REPORT_TTL_SECS));
         // Arguments that leave no room for any output (as much as intake takes): the
