@@ -196,6 +196,14 @@ impl Broker {
                     m_up.broker_reconnects.inc();
                     log::info!("reconnected to the broker");
                 });
+            // The client keeps trying an unreachable broker inside `connect`, saying nothing
+            // until it answers: said here, once, so that a node started while its broker
+            // is away (or at a wrong address) is not silent about it.
+            if attempt == 0 {
+                log::info!(
+                    "connecting to the broker at {shown}; until it answers, messages wait in the journal"
+                );
+            }
             match options.connect(urls.as_str()) {
                 Ok(conn) => {
                     // Of a list, the client does not say which one took it.

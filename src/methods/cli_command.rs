@@ -81,7 +81,8 @@ impl Method for CliCommand {
 }
 
 /// How long a command may run: `methodTimeout` if the message has one (`-1`: no limit),
-/// else its `timeout` (also how long its sender waits), else the node's default.
+/// else its `timeout` (how long its sender waits for the ACK), else the node's default,
+/// less the time its reply needs ([`reply_room`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {
     pub after: Option<Duration>,
@@ -91,6 +92,7 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn of(m: &crate::message::Message, default: Duration) -> Deadline {
+        let within_the_wait = |wait: Duration| Some(wait - reply_room(wait));
         match (m.method_timeout, m.timeout) {
             (Some(-1), _) => Deadline {
                 after: None,
@@ -101,15 +103,23 @@ impl Deadline {
                 set_by: "methodTimeout",
             },
             (None, Some(t)) => Deadline {
-                after: Some(Duration::from_secs(t)),
-                set_by: "timeout",
+                after: within_the_wait(Duration::from_secs(t)),
+                set_by: "timeout, less the time its reply needs",
             },
             (None, None) => Deadline {
-                after: Some(default),
-                set_by: "the default timeout",
+                after: within_the_wait(default),
+                set_by: "the default timeout, less the time its reply needs",
             },
         }
     }
+}
+
+/// What a deadline set by the sender's ACK wait (`timeout`, or the default) leaves for the
+/// reply to come back in: a fifth of the wait, at most 2 s. Killed at the wait itself, a
+/// command was answered just after its sender's attempt had ended: asked again, or, with
+/// no retry left, listed as not delivered though it ran (and run again if sent again).
+fn reply_room(wait: Duration) -> Duration {
+    (wait / 5).min(Duration::from_secs(2))
 }
 
 /// Runs `argv` in `cwd`, killing its process group at `deadline`.
@@ -378,6 +388,30 @@ mod tests {
         assert_eq!(o.status, Status::Ok);
         assert_eq!(o.exit_code, Some(3));
         assert_eq!(o.output, "out\nerr\n");
+    }
+
+    #[test]
+    fn a_deadline_set_by_the_ack_wait_leaves_room_for_the_reply_within_it() {
+        let default = Duration::from_secs(10);
+        let of = |method_timeout: Option<i64>, timeout: Option<u64>| {
+            let mut m = crate::message::Message::new(
+                "ship1",
+                crate::message::Kind::CommandAck,
+                "CLICommand",
+                vec!["true".into()],
+            );
+            (m.method_timeout, m.timeout) = (method_timeout, timeout);
+            Deadline::of(&m, default).after
+        };
+        let ms = |n| Some(Duration::from_millis(n));
+        // A fifth of the wait, at most 2 s.
+        assert_eq!(of(None, Some(3)), ms(2400));
+        assert_eq!(of(None, Some(1)), ms(800));
+        assert_eq!(of(None, Some(60)), ms(58_000));
+        assert_eq!(of(None, None), ms(8000));
+        // A deadline of its own is the message's word.
+        assert_eq!(of(Some(30), Some(3)), ms(30_000));
+        assert_eq!(of(Some(-1), None), None);
     }
 
     #[test]
