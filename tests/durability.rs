@@ -194,6 +194,44 @@ fn a_receiver_killed_mid_command_does_not_run_it_twice() {
 }
 
 #[test]
+fn a_stream_cut_by_a_receiver_killed_mid_command_ends_its_file_with_why() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start(
+        "central",
+        &nats.address(),
+        &["--defaultMessageTimeout=3", "--defaultMessageRetries=20"],
+    );
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","echo started >> ran.txt; echo first; sleep 30"],"commandOrEvent":"CommandACK","method":"CLICommandCont","methodTimeout":60,"timeout":3,"replyMethod":"FileAppend","directory":"out","fileName":"cut.txt"}]"#,
+    );
+    central.wait_for("out/ship1/cut.txt", "first\n");
+    ship1.kill9();
+    ship1.restart();
+    // What came before the cut, then the word of it, once; the ACK an error, saying where
+    // that went.
+    let file = central.wait_for("out/ship1/cut.txt", "interrupted");
+    assert!(
+        file.starts_with("first\n") && file.contains("was interrupted by a restart of ship1"),
+        "{file}"
+    );
+    let reply = central.wait_for("replies/ship1.CLICommandCont.log", "status=Error");
+    assert!(
+        reply.contains("result sent to central.FileAppend"),
+        "{reply}"
+    );
+    common::settle(&central, &ship1, "CLICommand");
+    assert_eq!(
+        central
+            .read("out/ship1/cut.txt")
+            .matches("interrupted")
+            .count(),
+        1
+    );
+    assert_eq!(ship1.read("ran.txt").lines().count(), 1, "ran again");
+}
+
+#[test]
 fn a_receiver_killed_and_restarted_under_load_runs_nothing_twice() {
     let nats = NatsServer::start();
     let (mut ship1, central) = receiver_and_patient_sender(&nats);

@@ -153,7 +153,14 @@ impl Publisher {
             // event was 170 bytes of log a message: 100,000 lines a second into journald
             // at the benchmark's rate, whose rate limit then drops warnings with them.
             if let Some(reply) = end.reply.as_ref().filter(|r| alone || !said_ok(r)) {
-                log::info!(
+                // One the receiver could not run (interrupted by its restart, its disk
+                // full) is delivered, and still not done: said as a warning.
+                let level = match reply.status {
+                    Status::Error => log::Level::Warn,
+                    _ => log::Level::Info,
+                };
+                log::log!(
+                    level,
                     "{}: {} {:?}{}: {}",
                     self.subject,
                     envelope.id,

@@ -258,11 +258,17 @@ fn answers(
         };
         count(label);
         // With a replyMethod the output goes where it says (`send_results`), or nowhere
-        // (`None`); the ACK says how the request ended. (An interrupted run has no result
-        // but its error.)
-        let result = (seen == Seen::New && !outcome.streamed)
-            .then(|| crate::reply::result_message(envelope, &outcome, node.broker.max_payload()))
-            .flatten();
+        // (`None`); the ACK says how the request ended. An interrupted run's error goes
+        // there too: a file its output was streamed to (`CLICommandCont`, `TailFile`)
+        // ended where the run did, with no word of why.
+        let result = match seen {
+            Seen::New if !outcome.streamed => Some(&outcome),
+            Seen::Interrupted => Some(&outcome),
+            _ => None,
+        }
+        .and_then(|outcome| {
+            crate::reply::result_message(envelope, outcome, node.broker.max_payload())
+        });
         let nowhere = envelope.message.reply_method.as_deref() == Some(crate::reply::NONE);
         let elsewhere = result.is_some() || nowhere && seen == Seen::New;
         if let Some(result) = result {
