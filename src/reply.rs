@@ -414,8 +414,13 @@ pub fn result_message(
     if wire(&output) > room {
         // Steward's notes at the end (how the command ended) are kept, the output before
         // them cut: a reader of the file the result goes to needs them most.
-        let notes = output.split_off(notes_start(&output));
+        let mut notes = output.split_off(notes_start(&output));
         let note = "\n[steward: output cut to what one message may carry]\n";
+        // As JSON (a control character takes six bytes): where they would not fit beside
+        // the cut's own note, they are not kept.
+        if wire(&notes) + note.len() + 2 > room {
+            notes.clear();
+        }
         let room = room.saturating_sub(note.len() + 2 + wire(&notes));
         // Arguments may leave no room at all (`""` takes two bytes): nothing is kept then.
         while !output.is_empty() && wire(&output) > room {
@@ -612,11 +617,19 @@ mod tests {
             "{:?}",
             &result.data[0][result.data[0].len() - 200..]
         );
-        let fake = "\n[steward: x]".repeat(20_000) + "\n";
+        let fake = "\n[steward: x]\n".repeat(20_000);
         let result = result_message(&request, &Outcome::ok(fake), 0).unwrap();
         let wire = serde_json::to_string(&result.data[0]).unwrap().len();
         assert!(wire <= MAX_RESULT_OUTPUT, "{wire}");
-        assert!(result.data[0].matches("[steward: x]").count() < 20_000);
+        let kept = result.data[0].split("carry]\n").nth(1).unwrap();
+        assert!(kept.len() <= MAX_NOTES, "{}", kept.len());
+        // Notes that take more as JSON than the room left are not kept.
+        let control = format!("\n[steward: {}]\n", "\u{1}".repeat(900));
+        let mut tight = request.clone();
+        tight.message.reply_method_args = Some(vec!["a".repeat(MAX_RESULT_OUTPUT - 200)]);
+        let output = "x".repeat(1000) + &control;
+        let result = result_message(&tight, &Outcome::ok(output), 0).unwrap();
+        assert!(!result.data[0].contains('\u{1}'), "{:?}", result.data[0]);
         // Waits for its sender at least a week.
         assert!(result.ttl >= Some(crate::node::ERROR_REPORT_TTL_SECS));
         // Arguments that leave no room for any output (as much as intake takes): the

@@ -208,8 +208,8 @@ fn a_stream_cut_by_a_receiver_killed_mid_command_ends_its_file_with_why() {
     central.wait_for("out/ship1/cut.txt", "first\n");
     ship1.kill9();
     ship1.restart();
-    // What came before the cut, then the word of it, once; the ACK an error, saying where
-    // that went.
+    // What came before the cut, then the word of it, once; the ACK an error saying so
+    // too, and where the word went.
     let file = central.wait_for("out/ship1/cut.txt", "interrupted");
     assert!(
         file.starts_with("first\n") && file.contains("was interrupted by a restart of ship1"),
@@ -217,7 +217,8 @@ fn a_stream_cut_by_a_receiver_killed_mid_command_ends_its_file_with_why() {
     );
     let reply = central.wait_for("replies/ship1.CLICommandCont.log", "status=Error");
     assert!(
-        reply.contains("result sent to central.FileAppend"),
+        reply.contains("interrupted by a restart of ship1")
+            && reply.contains("result sent to central.FileAppend"),
         "{reply}"
     );
     common::settle(&central, &ship1, "CLICommand");

@@ -9,7 +9,8 @@
 //!   wants the other URL asks for it.
 //! - The whole exchange (name lookup, connect, TLS, the body's last byte) ends by the
 //!   message's deadline, as a command's does ([`Deadline`]: `methodTimeout`, else
-//!   `timeout`, else the node's default); past it, an error naming the deadline.
+//!   `timeout` or the node's default, less the time the answer needs); past it, an error
+//!   naming the deadline.
 //! - A body longer than `--maxHttpBodyBytes` (default 1 MiB) is cut there, with a note
 //!   (`[steward: body cut at N bytes …]`), as a command's output is: a scrape that grew
 //!   is still worth having, and the note says it is not whole. The reply then travels

@@ -270,7 +270,8 @@ fn answers(
             crate::reply::result_message(envelope, outcome, node.broker.max_payload())
         });
         let nowhere = envelope.message.reply_method.as_deref() == Some(crate::reply::NONE);
-        let elsewhere = result.is_some() || nowhere && seen == Seen::New;
+        // An interrupted run's error stays in its ACK too (central's replies/ and log).
+        let elsewhere = seen == Seen::New && (result.is_some() || nowhere);
         if let Some(result) = result {
             results.push((replies.len(), result));
         }
@@ -336,7 +337,12 @@ fn send_results(
     match node.accept_ids(messages) {
         Ok(ids) => {
             for ((i, id), route) in at.into_iter().zip(ids).zip(routes) {
-                replies[i].output = format!("result sent to {route} as {id}\n");
+                // After what the ACK says of its own (an interrupted run's error), if any.
+                let mut said = std::mem::take(&mut replies[i].output);
+                if !said.is_empty() && !said.ends_with('\n') {
+                    said.push('\n');
+                }
+                replies[i].output = format!("{said}result sent to {route} as {id}\n");
             }
         }
         Err(e) => {
