@@ -322,8 +322,9 @@ impl Node {
 
     /// Intake found the disk full, or at its floor (`why`): it waits, the text stays where
     /// it is. Said once (log, `steward_disk_full`, and to central, as this may last until
-    /// someone makes room), until [`Node::disk_has_room`]. (A disk that is full takes no
-    /// report either: central hears of it with its end.)
+    /// someone makes room), until [`Node::disk_has_room`]. (On a disk that is full the
+    /// report cannot be journaled either: central hears of the wait when it ends.) Called
+    /// by the inbox alone, as [`Node::disk_has_room`] is: the two never cross.
     pub fn disk_full(&self, why: &str) {
         let mut since = self
             .disk_full_since
