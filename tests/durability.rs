@@ -212,7 +212,9 @@ fn a_stream_cut_by_a_receiver_killed_mid_command_ends_its_file_with_why() {
     // too, and where the word went.
     let file = central.wait_for("out/ship1/cut.txt", "interrupted");
     assert!(
-        file.starts_with("first\n") && file.contains("was interrupted by a restart of ship1"),
+        file.starts_with("first\n[steward: ")
+            && file.contains("was interrupted by a restart of ship1")
+            && file.ends_with("]\n"),
         "{file}"
     );
     let reply = central.wait_for("replies/ship1.CLICommandCont.log", "status=Error");

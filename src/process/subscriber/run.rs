@@ -259,16 +259,23 @@ fn answers(
         count(label);
         // With a replyMethod the output goes where it says (`send_results`), or nowhere
         // (`None`); the ACK says how the request ended. An interrupted run's error goes
-        // there too: a file its output was streamed to (`CLICommandCont`, `TailFile`)
-        // ended where the run did, with no word of why.
+        // there too, as a note of steward's on a line of its own (what was streamed before
+        // went as whole lines): a file its output was streamed to (`CLICommandCont`,
+        // `TailFile`) ended where the run did, with no word of why.
+        let max_payload = node.broker.max_payload();
         let result = match seen {
-            Seen::New if !outcome.streamed => Some(&outcome),
-            Seen::Interrupted => Some(&outcome),
+            Seen::New if !outcome.streamed => {
+                crate::reply::result_message(envelope, &outcome, max_payload)
+            }
+            Seen::Interrupted => {
+                let noted = Outcome {
+                    output: format!("[steward: {}]\n", outcome.output),
+                    ..outcome.clone()
+                };
+                crate::reply::result_message(envelope, &noted, max_payload)
+            }
             _ => None,
-        }
-        .and_then(|outcome| {
-            crate::reply::result_message(envelope, outcome, node.broker.max_payload())
-        });
+        };
         let nowhere = envelope.message.reply_method.as_deref() == Some(crate::reply::NONE);
         // An interrupted run's error stays in its ACK too (central's replies/ and log).
         let elsewhere = seen == Seen::New && (result.is_some() || nowhere);
