@@ -99,12 +99,12 @@ struct Taken {
     /// there, and its pieces were kept again at every try. In memory only: a restart
     /// between the two keeps them twice.
     kept_rejected: Option<(u64, usize)>,
-    /// The batch at `offset` was refused for the disk's floor (see [`Node::accept_new`]),
-    /// taking this many bytes of it (0: the disk was under the floor already): it is read
-    /// again only once that much is free above the floor, not at every tick (each try
-    /// encodes every `toNodes` copy under the journal's lock). The bytes are those of the
-    /// refusal: a batch that later reservations would let fit waits for them all the same.
-    waiting_for: Option<u64>,
+    /// What the batch at `offset` would take of the disk, which its floor did not leave
+    /// (see [`Node::accept_new`]): it is read again only once that much is free above the
+    /// floor, not at every tick (each try encodes every `toNodes` copy under the journal's
+    /// lock). 0: no batch waits so. The bytes are those of the refusal: a batch that later
+    /// reservations would let fit waits for them all the same.
+    waiting_for: u64,
 }
 
 impl Taken {
@@ -122,7 +122,7 @@ impl Taken {
             skipping: false,
             open_stretch: None,
             kept_rejected: None,
-            waiting_for: None,
+            waiting_for: 0,
         }
     }
 }
@@ -593,7 +593,7 @@ impl Inbox {
         let room = self
             .node
             .log_budget
-            .check_free_space_for(&self.node.data.root, t.waiting_for.unwrap_or(0));
+            .check_free_space_for(&self.node.data.root, t.waiting_for);
         if let Err(why) = room {
             self.node.disk_full(&why.to_string());
             t.paused = true;
@@ -822,12 +822,12 @@ impl Inbox {
         // tick, and reads the batch again once there is room for it: `read_new`).
         match written {
             Ok(()) => {
-                t.waiting_for = None;
+                t.waiting_for = 0;
                 self.node.disk_has_room();
             }
             Err(e) if e.disk_full() => {
                 if let Some(below) = e.below_floor() {
-                    t.waiting_for = Some(below.writing);
+                    t.waiting_for = below.writing;
                 }
                 self.node.disk_full(&e.to_string());
                 t.paused = true;
