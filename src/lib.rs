@@ -187,6 +187,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         &config.node,
         &config.brokers,
         config.security.clone(),
+        config.broker_ping_interval,
         metrics.clone(),
     );
     let (events_tx, events) = crossbeam_channel::unbounded();

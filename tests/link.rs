@@ -187,3 +187,95 @@ fn a_ping_a_flush_could_not_write_answers_no_later_flush() {
         "a flush reported its message arrived on the PONG to another PING ({answered} PINGs answered, all before it)"
     );
 }
+
+/// A link cut without a FIN or a reset (a satellite's dropout; here a server that goes on
+/// holding the connection and says nothing, as a modem that acknowledges bytes on the
+/// server's behalf does): the client's PINGs were sent only after two minutes without a
+/// flush, which a client that publishes now and then never has, so only TCP's own timeout
+/// ended it, many minutes later, or, behind such a modem, nothing. Now an interval in which
+/// nothing came and no bytes moved sends a PING, and a second one ends the connection; the
+/// client makes it again.
+#[test]
+fn a_link_that_answers_nothing_is_taken_as_cut_and_made_again() {
+    let server = SilentServer::start();
+    let (said, errors) = crossbeam_channel::unbounded();
+    let interval = Duration::from_millis(200);
+    let _conn = nats::Options::new()
+        .ping_interval(interval)
+        .error_callback(move |e| {
+            let _ = said.send(e.to_string());
+        })
+        .connect(server.address())
+        .unwrap();
+    let first = server.next();
+    let silent_since = std::time::Instant::now();
+    let _second = server.next();
+    let took = silent_since.elapsed();
+    // Not before its PING had an interval to be answered.
+    assert!(took > interval, "{took:?}");
+    // The first connection got the PING, then was closed by the client.
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut &first, &mut seen).unwrap();
+    assert!(seen.contains("PING\r\n"), "{seen:?}");
+    let said: Vec<String> = errors.try_iter().collect();
+    assert!(
+        said.iter().any(|e| e.contains("taken as cut")),
+        "the client said why it connected again: {said:?}"
+    );
+}
+
+/// A message that comes in slowly (a large one over a slow link) is bytes moving, though no
+/// whole operation is read for many intervals: the link is not taken as cut under it.
+#[test]
+fn a_message_coming_in_slowly_keeps_the_link() {
+    let server = SilentServer::start();
+    let conn = nats::Options::new()
+        .ping_interval(Duration::from_millis(100))
+        .connect(server.address())
+        .unwrap();
+    let news = conn.subscribe("news").unwrap();
+    let mut first = server.next();
+    // 64 KiB over 1.6 s: sixteen intervals.
+    let len = 64 * 1024;
+    let mut written = write!(first, "MSG news 1 {len}\r\n");
+    for _ in 0..32 {
+        written = written.and_then(|()| first.write_all(&[b'x'; 2048]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    written = written.and_then(|()| first.write_all(b"\r\n"));
+    assert!(
+        written.is_ok(),
+        "the client closed the link under a message coming in: {written:?}"
+    );
+    let m = news
+        .next_timeout(crate::common::WAIT)
+        .expect("the message came in whole");
+    assert_eq!(m.data.len(), len);
+    assert!(
+        server.connections.try_recv().is_err(),
+        "the client connected again while a message came in"
+    );
+}
+
+/// A server (or a link) that takes the connection and then says nothing: connecting waited
+/// for its INFO for ever, so the client's reconnecting stopped there until TCP gave up, if
+/// it ever did. Each read of the handshake now waits two ping intervals at most.
+#[test]
+fn a_server_that_says_nothing_while_connecting_is_given_up() {
+    // Connections wait in the listener's backlog, taken and never answered.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("nats://{}", listener.local_addr().unwrap());
+    let (done, connected) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let res = nats::Options::new()
+            .ping_interval(Duration::from_millis(200))
+            .connect(address);
+        let _ = done.send(res.map(drop).map_err(|e| e.to_string()));
+    });
+    let res = connected
+        .recv_timeout(crate::common::WAIT)
+        .expect("connecting to a server that says nothing gave up");
+    let err = res.unwrap_err();
+    assert!(err.contains("said nothing within 400ms"), "{err}");
+    drop(listener);
+}

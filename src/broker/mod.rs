@@ -11,6 +11,21 @@
 //! [`Broker::epoch`] counts disconnections, so an attempt that a disconnection interrupted
 //! is not counted either.
 //!
+//! A link can also be cut silently: no FIN, no reset, the socket open and writable (a
+//! satellite's dropout, a modem that acknowledges bytes on the broker's behalf). The client
+//! checks the link every `brokerPingInterval` (a vendored patch, `Options::ping_interval`):
+//! an interval in which nothing came from the broker and TCP moved none of the bytes
+//! waiting sends a PING, and a second such interval ends the connection, which is then made
+//! again as after any outage. That takes two to three intervals; an attempt that fails
+//! meanwhile must not be counted against its destination either, so a failed attempt
+//! counts only once the broker has answered a PING sent at its end ([`Broker::answered`]),
+//! and answered it promptly: then the link was passing bytes, what the attempt sent had
+//! reached the broker in time, and the missing ACK is the destination's. A PONG that comes
+//! late (the link held the bytes, and the attempt's with them) or not at all (the link
+//! dropped) leaves the attempt uncounted. Without this a message with the seed's three
+//! retries was given up 42 s into a silent cut, while during a clean one it waited and
+//! went.
+//!
 //! The sync client flushes its write buffer at most every 5 ms per connection. Every send on
 //! the message path therefore goes through [`Broker::publish`], which writes it out at once,
 //! so a round trip costs a round trip, not the flush timer. What it waits for then depends
@@ -91,7 +106,18 @@ pub enum Confirm {
     ByServer,
 }
 
-/// The node's broker connection, once it exists.
+/// What [`Broker::answered`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The broker answered, after this long: it has read all this node wrote before the
+    /// PING.
+    Answered(Duration),
+    /// The link went down before it did.
+    Dropped,
+    /// The node is stopping.
+    Stopped,
+}
+
 /// See [`Broker::too_large`].
 fn too_large(conn: &nats::Connection, len: usize) -> Option<String> {
     let max = conn.max_payload();
@@ -106,6 +132,7 @@ fn too_large(conn: &nats::Connection, len: usize) -> Option<String> {
 /// is checked against the broker's `max_payload`, which counts both.
 pub const HEADER_ROOM: usize = 1024;
 
+/// The node's broker connection, once it exists.
 pub struct Broker {
     conn: OnceLock<nats::Connection>,
     link: Mutex<Link>,
@@ -138,6 +165,7 @@ impl Broker {
         node: &str,
         urls: &[String],
         security: BrokerSecurity,
+        ping_interval: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
@@ -153,7 +181,9 @@ impl Broker {
         let targets = (url_list, shown(urls));
         std::thread::Builder::new()
             .name("broker-connect".into())
-            .spawn(move || Broker::connect_loop(&b, &name, &targets, &security, metrics))
+            .spawn(move || {
+                Broker::connect_loop(&b, &name, &targets, &security, ping_interval, metrics)
+            })
             .expect("spawning a thread at start-up");
         broker
     }
@@ -163,6 +193,7 @@ impl Broker {
         name: &str,
         (urls, shown): &(String, String),
         security: &BrokerSecurity,
+        ping_interval: Duration,
         metrics: Arc<Metrics>,
     ) {
         let mut attempt = 0u32;
@@ -173,6 +204,7 @@ impl Broker {
                 .with_name(name)
                 .retry_on_failed_connect()
                 .max_reconnects(None)
+                .ping_interval(ping_interval)
                 .reconnect_delay_callback(|n| {
                     crate::retry::backoff(n as u32, Duration::from_secs(5))
                 })
@@ -256,6 +288,38 @@ impl Broker {
     /// Counts disconnections: if it changed during an attempt, the link failed, not the peer.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether the broker answers a PING sent now, which it does once it has read all that
+    /// this node wrote before it: `Answered` with how long that took, or `Dropped` if the
+    /// link went down first (since `epoch`, or now), or `Stopped`. Waits as long as that
+    /// takes: the client's check of the link ends a connection that stays silent (see the
+    /// module docs).
+    pub fn answered(&self, epoch: u64, stop: &Receiver<()>) -> Heard {
+        let conn = match self.conn.get() {
+            Some(conn) if self.is_up() && self.epoch() == epoch => conn,
+            _ => return Heard::Dropped,
+        };
+        // A PING that cannot be written ends the connection (the client's rule).
+        let asked = std::time::Instant::now();
+        let Ok(pong) = conn.ping(FLUSH_TIMEOUT) else {
+            return Heard::Dropped;
+        };
+        loop {
+            crossbeam_channel::select! {
+                recv(pong) -> answer => return match answer {
+                    Ok(()) => Heard::Answered(asked.elapsed()),
+                    Err(_) => Heard::Dropped, // the connection ended first
+                },
+                recv(stop) -> _ => return Heard::Stopped,
+                default(Duration::from_millis(250)) => {
+                    // The client drops a PONG's waiter only at the reconnect.
+                    if self.epoch() != epoch {
+                        return Heard::Dropped;
+                    }
+                }
+            }
+        }
     }
 
     pub fn get(&self) -> Option<nats::Connection> {

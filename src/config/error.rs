@@ -49,6 +49,8 @@ pub enum Problem {
     Retries(u32),
     /// A replay window of 0, or past [`super::MAX_REPLAY_WINDOW_SECS`] (the number given).
     ReplayWindow(u64),
+    /// A broker ping interval of 0, or past [`super::MAX_PING_INTERVAL_SECS`].
+    PingInterval(u64),
     /// Not auto, on or off.
     ClockCheck,
     /// Not a whole number (the text given).
@@ -144,6 +146,11 @@ impl fmt::Display for Problem {
                 f,
                 "{n} seconds: at most {} (a year and a day)",
                 super::MAX_REPLAY_WINDOW_SECS
+            ),
+            Problem::PingInterval(n) => write!(
+                f,
+                "{n} seconds: between 1 and {} (a day; a link silent for two of them is taken as cut)",
+                super::MAX_PING_INTERVAL_SECS
             ),
             Problem::ClockCheck => f.write_str("must be auto, on or off"),
             Problem::Number(text) => {

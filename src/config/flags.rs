@@ -70,6 +70,12 @@ pub struct Flags {
     /// seconds between Hello messages to the central node; 0 disables (default 30)
     #[argh(option)]
     pub hello_interval: Option<String>,
+    /// seconds between checks of the broker link: one in which nothing came from the broker
+    /// and TCP moved no bytes sends a PING, and two such in a row take the link as cut and
+    /// connect again (default 30; raise it behind a satellite modem that acknowledges bytes
+    /// on the broker's behalf, for longer than a large message takes to go)
+    #[argh(option)]
+    pub broker_ping_interval: Option<String>,
     /// most received messages handled at once (default 32)
     #[argh(option)]
     pub max_concurrent_handlers: Option<String>,
@@ -151,6 +157,7 @@ impl Flags {
             "replayWindow" => self.replay_window.clone(),
             "clockCheck" => self.clock_check.clone(),
             "helloInterval" => self.hello_interval.clone(),
+            "brokerPingInterval" => self.broker_ping_interval.clone(),
             "maxConcurrentHandlers" => self.max_concurrent_handlers.clone(),
             "keepPublishersAliveFor" => self.keep_publishers_alive_for.clone(),
             "maxPublishers" => self.max_publishers.clone(),
@@ -312,6 +319,7 @@ pub(super) const FLAG_NAMES: &[(&str, &str, bool)] = &[
     ("replayWindow", "replay-window", false),
     ("clockCheck", "clock-check", false),
     ("helloInterval", "hello-interval", false),
+    ("brokerPingInterval", "broker-ping-interval", false),
     ("maxConcurrentHandlers", "max-concurrent-handlers", false),
     ("keepPublishersAliveFor", "keep-publishers-alive-for", false),
     ("maxPublishers", "max-publishers", false),

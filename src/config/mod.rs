@@ -36,6 +36,9 @@ pub const MAX_HANDLERS: usize = 65_536;
 /// overflowed, and the window became a fraction of a second: every signed message refused.)
 pub const MAX_REPLAY_WINDOW_SECS: u64 = 366 * 24 * 3600;
 
+/// The longest `brokerPingInterval`: a day.
+pub const MAX_PING_INTERVAL_SECS: u64 = 24 * 3600;
+
 /// Everything a running node needs to know, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,6 +60,8 @@ pub struct Config {
     /// When that is checked.
     pub clock_check: ClockCheck,
     pub hello_interval: Option<Duration>,
+    /// How often the broker link is checked (see [`crate::broker`]).
+    pub broker_ping_interval: Duration,
     pub max_handlers: usize,
     /// How long an idle publisher waits before it ends.
     pub keep_publishers_alive_for: Duration,
@@ -247,6 +252,9 @@ impl Config {
         }
         let ttl: u64 = o.number("defaultMessageTTL", 0)?;
         let hello: u64 = o.number("helloInterval", 30)?;
+        let ping = o.number_where("brokerPingInterval", 30, |&n| {
+            (n == 0 || n > MAX_PING_INTERVAL_SECS).then_some(Problem::PingInterval(n))
+        })?;
         let max_http_body_bytes = o.number_where(
             "maxHttpBodyBytes",
             crate::methods::http_get::DEFAULT_MAX_BODY_BYTES,
@@ -274,6 +282,7 @@ impl Config {
             replay_window: Duration::from_secs(replay_window),
             clock_check,
             hello_interval: (hello > 0).then(|| Duration::from_secs(hello)),
+            broker_ping_interval: Duration::from_secs(ping),
             max_handlers,
             keep_publishers_alive_for: Duration::from_secs(keep_alive),
             max_publishers,

@@ -140,6 +140,19 @@ fn bad_values_name_the_flag() {
         "{err}"
     );
     assert!(parse(&["--node", "a", "--replayWindow", "31622400"]).is_ok());
+    // A ping interval of none, or so long that two of them overflow a duration.
+    assert_eq!(
+        e(&["--node", "a", "--brokerPingInterval", "0"]),
+        "--brokerPingInterval: 0 seconds: between 1 and 86400 (a day; a link silent for two of them is taken as cut)"
+    );
+    let err = e(&["--node", "a", "--brokerPingInterval", "18446744073709551615"]);
+    assert!(err.contains("between 1 and 86400"), "{err}");
+    let c = parse(&["--node", "a", "--brokerPingInterval", "86400"]).unwrap();
+    assert_eq!(c.broker_ping_interval, Duration::from_secs(86400));
+    assert_eq!(
+        parse(&["--node", "a"]).unwrap().broker_ping_interval,
+        Duration::from_secs(30)
+    );
     // A whole number out of the option's range is not said to be no number.
     let err = e(&["--node", "a", "--maxPublishers", "100000000000000000000"]);
     assert!(err.contains("past the largest number"), "{err}");

@@ -46,6 +46,7 @@ pub(crate) fn offline_node_named(dir: &std::path::Path, name: &str) -> Node {
         name,
         &config.brokers,
         config.security.clone(),
+        config.broker_ping_interval,
         metrics.clone(),
     );
     let (supervisor, _) = crossbeam_channel::unbounded();

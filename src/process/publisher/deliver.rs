@@ -3,7 +3,7 @@
 //! ([`crate::retry`]), a batch of events, a NACK published once.
 
 use super::*;
-use crate::broker::Confirm;
+use crate::broker::{Confirm, Heard};
 use crate::grant::CopyGrant;
 use crate::keys::{Covers, Identity, Scope, Sealed};
 use crate::message::Envelope;
@@ -134,6 +134,14 @@ pub(super) fn wire_form<'e>(identity: &Identity, entry: &'e Entry) -> Cow<'e, [u
         }
         .encode(),
     )
+}
+
+/// How soon the broker must answer a PING sent at the end of a failed attempt for the
+/// attempt to count against its destination (see [`crate::broker`]): a quarter of its ACK
+/// wait, between 1 and 5 s. Slower, the link was holding bytes, and the attempt's were among
+/// them, so the destination did not have the attempt's time.
+fn prompt(ack_wait: Duration) -> Duration {
+    (ack_wait / 4).clamp(Duration::from_secs(1), crate::broker::FLUSH_TIMEOUT)
 }
 
 /// How long one attempt waits for the ACK: `timeout`; without it, a method allowed to run
@@ -300,10 +308,26 @@ impl Publisher {
                     };
                 }
             };
+            // Counted against the destination only once the broker has answered promptly
+            // after it: a link cut silently looks up until the client's check notices (see
+            // `crate::broker`), and an attempt lost or held in it was not the destination's
+            // failure.
+            if node.broker.epoch() == epoch {
+                self.state.set(format!(
+                    "attempt {attempt} of {} failed ({last_error}); counted once the broker answers a PING",
+                    entry.envelope.id
+                ));
+            }
+            let link_failed = node.broker.epoch() != epoch
+                || match node.broker.answered(epoch, stop) {
+                    Heard::Answered(after) => after > prompt(timeout),
+                    Heard::Dropped => true,
+                    Heard::Stopped => return Delivery::Stopped,
+                };
             // A time to live counts on the monotonic clock (see `crate::clock`).
             let now = crate::clock::now_for(entry.seq);
             let described = rules.describe(now);
-            let pause = match rules.failed(&last_error, node.broker.epoch() != epoch, now) {
+            let pause = match rules.failed(&last_error, link_failed, now) {
                 Next::Again => {
                     log::info!(
                         "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",

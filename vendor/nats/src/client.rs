@@ -7,8 +7,10 @@
 // the connection died under (both reported success at the reconnect), and
 // `flush_written`, a flush without the PING, and `publish_written`, a publish written out
 // at once without waking the flusher thread, and every socket write bounded
-// (`WRITE_TIMEOUT`), one that fails in `flush` or `publish` ending the connection. See
-// steward's Cargo.toml.
+// (`WRITE_TIMEOUT`), one that fails in `flush` or `publish` ending the connection, and the
+// flusher thread's check of the link made every ping interval whatever the traffic, taking
+// a link as cut when nothing came back and TCP moved nothing (`check_link`), and `ping`, a
+// PING whose PONG the caller may wait for or not. See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -38,7 +40,7 @@ use crossbeam_channel as channel;
 use crossbeam_channel::RecvTimeoutError;
 use parking_lot::Mutex;
 
-use crate::connector::{Connector, NatsStream, ServerAddress};
+use crate::connector::{Connector, NatsStream, ServerAddress, TcpCounts};
 use crate::message::Message;
 use crate::proto::{self, ClientOp, ServerOp};
 use crate::{header::HeaderMap, inject_delay, inject_io_failure, Options, ServerInfo};
@@ -103,6 +105,29 @@ pub(crate) struct ReadState {
 
     /// Used for client side monitoring of connection health.
     pings_out: u8,
+}
+
+/// steward patch: what TCP had moved at the flusher thread's last check of the link.
+#[derive(Default)]
+struct LinkWatch {
+    last: Option<TcpCounts>,
+}
+
+impl LinkWatch {
+    /// Whether bytes moved since the last check: some came in, or some of those that were
+    /// waiting to go then were acknowledged since. (Bytes acknowledged that were written
+    /// after it do not count: behind a modem that acknowledges on the far end's behalf,
+    /// the check's own PING is acknowledged at once, link or no link.)
+    fn moved(&mut self, now: Option<TcpCounts>) -> bool {
+        let moved = match (self.last, now) {
+            (Some(then), Some(now)) => {
+                now.received > then.received || (then.waiting > 0 && now.acked > then.acked)
+            }
+            _ => false,
+        };
+        self.last = now;
+        moved
+    }
 }
 
 /// A predicate used to preprocess messages for a subscription as they arrive over the wire.
@@ -249,12 +274,14 @@ impl Client {
                 // Track last flush/write time.
                 const MIN_FLUSH_BETWEEN: Duration = Duration::from_millis(5);
 
-                // Handle recv timeouts and check if we should send a PING.
-                // TODO(dlc) - Make configurable.
-                const PING_INTERVAL: Duration = Duration::from_secs(2 * 60);
-                const MAX_PINGS_OUT: u8 = 2;
-
                 let mut last = Instant::now().checked_sub(MIN_FLUSH_BETWEEN).unwrap();
+
+                // steward patch: the link's check runs every ping interval whatever the
+                // traffic (see `Options::ping_interval`); it ran only after two minutes
+                // without a flush.
+                let interval = client.options.ping_interval;
+                let mut next_check = Instant::now() + interval;
+                let mut watch = LinkWatch::default();
 
                 // Wait until at least one message is buffered.
                 loop {
@@ -262,7 +289,7 @@ impl Client {
                     if client.check_shutdown().is_err() {
                         break;
                     }
-                    match flush_wanted.recv_timeout(PING_INTERVAL) {
+                    match flush_wanted.recv_deadline(next_check) {
                         Ok(_) => {
                             let since = last.elapsed();
                             if since < MIN_FLUSH_BETWEEN {
@@ -288,41 +315,12 @@ impl Client {
                             drop(read);
                             drop(write);
                         }
-                        Err(RecvTimeoutError::Timeout) => {
-                            let mut write = client.state.write.lock();
-                            let mut read = client.state.read.lock();
-
-                            if read.pings_out >= MAX_PINGS_OUT {
-                                if let Some(writer) = write.writer.as_mut() {
-                                    writer.get_ref().shutdown();
-                                }
-                                write.writer = None;
-                                read.pongs.clear();
-                            } else if read.last_active.elapsed() > PING_INTERVAL {
-                                read.pings_out += 1;
-                                read.pongs.push_back(write.flush_kicker.clone());
-                                // Send out a PING here.
-                                if let Some(mut writer) = write.writer.as_mut() {
-                                    // Ok to ignore errors here.
-                                    proto::encode(&mut writer, ClientOp::Ping).ok();
-                                    let res = writer.flush();
-                                    if res.is_err() {
-                                        // NB see locking protocol for state.write and state.read
-                                        writer.get_ref().shutdown();
-                                        write.writer = None;
-                                        read.pongs.clear();
-                                    }
-                                }
-                            }
-
-                            // NB see locking protocol for state.write and state.read
-                            drop(read);
-                            drop(write);
-                        }
-                        _ => {
-                            // Any other err break and exit.
-                            break;
-                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    if Instant::now() >= next_check {
+                        next_check = Instant::now() + interval;
+                        client.check_link(&mut watch, interval);
                     }
                 }
             }
@@ -332,70 +330,130 @@ impl Client {
         Ok(client)
     }
 
+    /// steward patch: the flusher thread's check of the link, every ping interval. An
+    /// interval in which nothing came from the server, and TCP moved none of the bytes
+    /// waiting to go (as over a slow link busy with a large message, whose PONG comes only
+    /// after it), is a silent one: the first sends a PING, the second in a row ends the
+    /// connection, and the client makes it again. A link cut without a FIN or a reset (a
+    /// satellite's dropout) is so noticed within two to three intervals; TCP alone noticed
+    /// it many minutes later, and not at all behind a modem that acknowledges on the far
+    /// end's behalf (there the bytes are acknowledged but nothing comes back).
+    fn check_link(&self, watch: &mut LinkWatch, interval: Duration) {
+        let mut write = self.state.write.lock();
+        let mut read = self.state.read.lock();
+        let kicker = write.flush_kicker.clone();
+        let Some(writer) = write.writer.as_mut() else {
+            *watch = LinkWatch::default();
+            return;
+        };
+        let counts = writer.get_ref().tcp_counts();
+        let moved = watch.moved(counts);
+        if read.last_active.elapsed() < interval || moved {
+            read.pings_out = 0;
+        } else if read.pings_out >= 1 {
+            let silent = read.last_active.elapsed();
+            writer.get_ref().shutdown();
+            write.writer = None;
+            read.pongs.clear();
+            *watch = LinkWatch::default();
+            // NB see locking protocol for state.write and state.read
+            drop(read);
+            drop(write);
+            self.options.error_callback.call(
+                self,
+                Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "nothing from the server for {}s, a PING unanswered, and no bytes moving on the link: taken as cut; connecting again",
+                        silent.as_secs()
+                    ),
+                ),
+            );
+            return;
+        } else {
+            read.pings_out += 1;
+            let res = proto::encode(&mut *writer, ClientOp::Ping).and_then(|()| writer.flush());
+            read.pongs.push_back(kicker);
+            if res.is_err() {
+                writer.get_ref().shutdown();
+                write.writer = None;
+                read.pongs.clear();
+            }
+        }
+        // NB see locking protocol for state.write and state.read
+        drop(read);
+        drop(write);
+    }
+
     /// Retrieves server info as received by the most recent connection.
     pub fn server_info(&self) -> ServerInfo {
         self.server_info.lock().clone()
+    }
+
+    /// steward patch: sends a PING now (each write within `timeout`) and returns what its
+    /// PONG completes: `Ok(())` once the server has answered it, and so read all that was
+    /// written before it; disconnected if the connection ended first. `flush` waits on it.
+    pub(crate) fn ping(&self, timeout: Duration) -> io::Result<channel::Receiver<()>> {
+        // Inject random delays when testing.
+        inject_delay();
+
+        let mut write = self.state.write.lock();
+
+        // Check if the client is closed.
+        self.check_shutdown()?;
+
+        let (sender, receiver) = channel::bounded(1);
+
+        // If connected, send a PING.
+        match write.writer.as_mut() {
+            // steward patch: not connected, an error. The stock client queued a PONG
+            // waiter without a PING, which the reconnect then completed as if the server
+            // had answered: a message lost with the old connection's buffer was
+            // reported flushed.
+            None => {
+                return Err(Error::new(
+                    ErrorKind::NotConnected,
+                    "flush: not connected to the server",
+                ))
+            }
+            Some(mut writer) => {
+                // TODO(stjepang): We probably want to set the deadline
+                // rather than the timeout because right now the timeout
+                // applies to each write syscall individually.
+                writer.get_ref().set_write_timeout(Some(timeout))?;
+                // steward patch: a write that fails ends the connection, as in
+                // `flush_written`. Kept, its PING (left in the buffer, with no waiter
+                // queued for it) went out later, and its PONG completed the next
+                // flush's waiter before the server had read that flush's messages.
+                let res =
+                    proto::encode(&mut writer, ClientOp::Ping).and_then(|()| writer.flush());
+                if let Err(e) = res {
+                    writer.get_ref().shutdown();
+                    write.writer = None;
+                    // NB see locking protocol for state.write and state.read
+                    self.state.read.lock().pongs.clear();
+                    return Err(e);
+                }
+                writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))?;
+            }
+        }
+
+        // Enqueue an expected PONG.
+        let mut read = self.state.read.lock();
+        read.pongs.push_back(sender);
+
+        // NB see locking protocol for state.write and state.read
+        drop(read);
+        drop(write);
+
+        Ok(receiver)
     }
 
     /// Makes a round trip to the server to ensure buffered messages reach it.
     pub(crate) fn flush(&self, timeout: Duration) -> io::Result<()> {
         // steward patch: one deadline for the whole flush, PONG included.
         let deadline = Instant::now() + timeout;
-        let pong = {
-            // Inject random delays when testing.
-            inject_delay();
-
-            let mut write = self.state.write.lock();
-
-            // Check if the client is closed.
-            self.check_shutdown()?;
-
-            let (sender, receiver) = channel::bounded(1);
-
-            // If connected, send a PING.
-            match write.writer.as_mut() {
-                // steward patch: not connected, an error. The stock client queued a PONG
-                // waiter without a PING, which the reconnect then completed as if the server
-                // had answered: a message lost with the old connection's buffer was
-                // reported flushed.
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::NotConnected,
-                        "flush: not connected to the server",
-                    ))
-                }
-                Some(mut writer) => {
-                    // TODO(stjepang): We probably want to set the deadline
-                    // rather than the timeout because right now the timeout
-                    // applies to each write syscall individually.
-                    writer.get_ref().set_write_timeout(Some(timeout))?;
-                    // steward patch: a write that fails ends the connection, as in
-                    // `flush_written`. Kept, its PING (left in the buffer, with no waiter
-                    // queued for it) went out later, and its PONG completed the next
-                    // flush's waiter before the server had read that flush's messages.
-                    let res =
-                        proto::encode(&mut writer, ClientOp::Ping).and_then(|()| writer.flush());
-                    if let Err(e) = res {
-                        writer.get_ref().shutdown();
-                        write.writer = None;
-                        // NB see locking protocol for state.write and state.read
-                        self.state.read.lock().pongs.clear();
-                        return Err(e);
-                    }
-                    writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))?;
-                }
-            }
-
-            // Enqueue an expected PONG.
-            let mut read = self.state.read.lock();
-            read.pongs.push_back(sender);
-
-            // NB see locking protocol for state.write and state.read
-            drop(read);
-            drop(write);
-
-            receiver
-        };
+        let pong = self.ping(timeout)?;
 
         // Wait until the PONG operation is received.
         // steward patch: until the deadline, not for ever. The PONG's sender stays queued

@@ -1,7 +1,10 @@
 // steward patch: this file is nats 0.25.0's, with a write to a TLS stream that rustls's
 // buffer cannot take now waiting for the socket (within the socket's write timeout) rather
-// than failing at once, and a flush of one putting on the socket what rustls holds. See
-// steward's Cargo.toml.
+// than failing at once, and a flush of one putting on the socket what rustls holds; a
+// connection's making bounded (each read of its handshake, and TCP's connect, by two ping
+// intervals: it waited for ever on a server, or a link, that said nothing); and
+// `NatsStream::tcp_counts`, what TCP has moved, for the flusher thread's check of the link.
+// See steward's Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -236,14 +239,18 @@ impl Connector {
         inject_io_failure()?;
 
         // Connect to the remote socket.
-        let mut stream = TcpStream::connect(addr)?;
+        // steward patch: within a bound, and each read of the handshake within one too (set
+        // back to none once connected, for the reader thread).
+        let bound = handshake_bound(&self.options);
+        let mut stream = TcpStream::connect_timeout(&addr, bound)?;
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(bound))?;
 
         // Expect an INFO message.
         let mut line = crate::SecureVec::with_capacity(1024);
         while !line.ends_with(b"\r\n") {
             let byte = &mut [0];
-            stream.read_exact(byte)?;
+            stream.read_exact(byte).map_err(|e| said_nothing(e, bound))?;
             line.push(byte[0]);
         }
         let server_info = match proto::decode(&line[..])? {
@@ -349,7 +356,7 @@ impl Connector {
 
         // Wait for a PONG.
         loop {
-            match proto::decode(&mut reader)? {
+            match proto::decode(&mut reader).map_err(|e| said_nothing(e, bound))? {
                 // If we get PONG, the server is happy and we're done
                 // connecting.
                 Some(ServerOp::Pong) => break,
@@ -378,8 +385,39 @@ impl Connector {
             }
         }
 
+        stream.set_read_timeout(None)?;
         Ok((server_info, stream))
     }
+}
+
+/// steward patch: how long connecting waits for TCP's connect and for each read of the
+/// handshake: two ping intervals (see `Options::ping_interval`), so a link that goes on
+/// saying nothing is given up as an established one would be.
+fn handshake_bound(options: &Options) -> Duration {
+    options.ping_interval * 2
+}
+
+/// steward patch: a read of the handshake that timed out, said as what it means.
+fn said_nothing(e: Error, bound: Duration) -> Error {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::new(
+            ErrorKind::TimedOut,
+            format!("the server said nothing within {bound:?} while connecting"),
+        ),
+        _ => e,
+    }
+}
+
+/// steward patch: what TCP has moved on a connection, as the kernel counts it (Linux's
+/// `TCP_INFO` and `SIOCOUTQ`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TcpCounts {
+    /// Bytes sent that the peer has acknowledged.
+    pub(crate) acked: u64,
+    /// Bytes received.
+    pub(crate) received: u64,
+    /// Bytes written and not yet acknowledged (sent or not).
+    pub(crate) waiting: u64,
 }
 
 /// A raw NATS stream of bytes.
@@ -388,6 +426,9 @@ impl Connector {
 #[derive(Clone)]
 pub(crate) struct NatsStream {
     flavor: Arc<Flavor>,
+    /// steward patch: the socket's, for `tcp_counts` (a TLS stream's is behind its lock).
+    #[cfg(target_os = "linux")]
+    fd: std::os::unix::io::RawFd,
 }
 
 enum Flavor {
@@ -403,6 +444,8 @@ struct TlsStream {
 impl NatsStream {
     /// Creates a NATS stream from a TCP stream and an optional TLS session.
     fn new(tcp: TcpStream, session: Option<ClientConnection>) -> io::Result<NatsStream> {
+        #[cfg(target_os = "linux")]
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
         let flavor = match session {
             None => Flavor::Tcp(tcp),
             Some(session) => {
@@ -411,7 +454,61 @@ impl NatsStream {
             }
         };
         let flavor = Arc::new(flavor);
-        Ok(NatsStream { flavor })
+        Ok(NatsStream {
+            flavor,
+            #[cfg(target_os = "linux")]
+            fd,
+        })
+    }
+
+    /// steward patch: bounds each read (over TLS, each wait for the socket to have bytes).
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match &*self.flavor {
+            Flavor::Tcp(tcp) => tcp.set_read_timeout(timeout),
+            Flavor::Tls(tls) => tls.lock().tcp.set_read_timeout(timeout),
+        }
+    }
+
+    /// steward patch: what TCP has moved on this connection so far; `None` where the kernel
+    /// does not say (not Linux, or one older than 4.1).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn tcp_counts(&self) -> Option<TcpCounts> {
+        // SAFETY: `info` is plain old data of the size given; the kernel writes at most
+        // `len` bytes of it and says how many it wrote. `waiting` is an int, as SIOCOUTQ
+        // writes. The socket is this stream's, open while `self` is.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let got = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                std::ptr::addr_of_mut!(info).cast(),
+                &mut len,
+            )
+        };
+        // Up to tcpi_bytes_received: the kernel's struct grew over the years.
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received)
+            + std::mem::size_of::<u64>();
+        if got != 0 || (len as usize) < needed {
+            return None;
+        }
+        let mut waiting: libc::c_int = 0;
+        let got = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut waiting) };
+        if got != 0 {
+            return None;
+        }
+        Some(TcpCounts {
+            acked: info.tcpi_bytes_acked,
+            received: info.tcpi_bytes_received,
+            waiting: waiting.max(0) as u64,
+        })
+    }
+
+    /// steward patch: see the Linux one.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn tcp_counts(&self) -> Option<TcpCounts> {
+        None
     }
 
     pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -583,9 +680,11 @@ fn tls_wait(mut tls: MutexGuard<'_, TlsStream>, writing: bool) -> io::Result<()>
     if session.wants_write() {
         pollfd.events |= sys::POLLOUT;
     }
+    // steward patch: a read waits no longer than the socket's read timeout either (set
+    // while connecting, see `handshake_bound`; none after).
     let timeout = match writing {
         true => tcp.write_timeout()?,
-        false => None,
+        false => tcp.read_timeout()?,
     };
     let timeout_ms = timeout.map_or(-1, |t| {
         i32::try_from(t.as_millis()).unwrap_or(i32::MAX).max(1)
@@ -608,7 +707,10 @@ fn tls_wait(mut tls: MutexGuard<'_, TlsStream>, writing: bool) -> io::Result<()>
             0 => {
                 return Err(Error::new(
                     ErrorKind::TimedOut,
-                    format!("TLS: the socket took nothing within {timeout:?}"),
+                    match writing {
+                        true => format!("TLS: the socket took nothing within {timeout:?}"),
+                        false => format!("TLS: the socket gave nothing within {timeout:?}"),
+                    },
                 ))
             }
             _ => return Ok(()),

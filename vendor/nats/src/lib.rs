@@ -702,6 +702,14 @@ impl Connection {
         self.0.client.flush(duration)
     }
 
+    /// steward patch: sends a PING now, each write within `timeout`, without waiting for
+    /// its PONG: the receiver returned gets `()` once the server has answered it (so read
+    /// everything written before it), and is disconnected if the connection ends first.
+    /// Fails while not connected.
+    pub fn ping(&self, timeout: Duration) -> io::Result<crossbeam_channel::Receiver<()>> {
+        self.0.client.ping(timeout)
+    }
+
     /// steward patch: writes the buffered messages to the socket at once, without waiting
     /// for the server to confirm them with a PONG (see `Client::flush_written`). Each
     /// write is bounded by `timeout`; one that fails ends the connection, which the

@@ -46,6 +46,8 @@ pub struct Options {
     pub(crate) reconnect_delay_callback: ReconnectDelayCallback,
     pub(crate) close_callback: Callback,
     pub(crate) lame_duck_callback: Callback,
+    /// steward patch: see [`Options::ping_interval`].
+    pub(crate) ping_interval: Duration,
 }
 
 impl fmt::Debug for Options {
@@ -68,6 +70,7 @@ impl fmt::Debug for Options {
             .entry(&"reconnect_delay_callback", &"set")
             .entry(&"close_callback", &self.close_callback)
             .entry(&"lame_duck_callback", &self.lame_duck_callback)
+            .entry(&"ping_interval", &self.ping_interval)
             .finish()
     }
 }
@@ -92,6 +95,7 @@ impl Default for Options {
             close_callback: Callback(None),
             lame_duck_callback: Callback(None),
             tls_client_config: None,
+            ping_interval: Duration::from_secs(2 * 60),
         }
     }
 }
@@ -480,6 +484,19 @@ impl Options {
     /// ```
     pub fn connect<I: IntoServerList>(self, nats_urls: I) -> io::Result<Connection> {
         Connection::connect_with_options(nats_urls, self)
+    }
+
+    /// steward patch: how often the client checks that the server is still there. At each
+    /// interval in which nothing came from the server and TCP moved none of the bytes the
+    /// connection had waiting (a slow link's upload is moving), a PING goes out; if the
+    /// next interval passes the same way, the connection is taken as cut, closed, and made
+    /// again. Connecting waits no longer than two intervals for each read of the handshake.
+    /// The stock client sent its PINGs only after two minutes without a flush, which a
+    /// client that publishes now and then never had: a link cut without a FIN or a reset (a
+    /// satellite's dropout) went unnoticed until TCP gave up, many minutes later.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval.max(Duration::from_millis(100));
+        self
     }
 
     /// Set a callback to be executed when an async error from
