@@ -841,6 +841,7 @@ fn a_node_behind_a_silent_cut_notices_it_and_connects_again() {
         |v| v == 0.0,
     );
     assert!(ship1.log().contains("taken as cut"), "said why");
+    ship1.wait_status("shows the link down", |t| t.contains("broker: down for"));
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["sh","-c","echo x >> cut.txt; echo during the cut"],"commandOrEvent":"CommandACK","method":"CLICommand","ttl":300}]
 "#,
@@ -848,6 +849,7 @@ fn a_node_behind_a_silent_cut_notices_it_and_connects_again() {
     proxy.stall(false);
     central.wait_for("replies/ship1.CLICommand.log", "during the cut");
     assert!(ship1.metric("steward_broker_reconnects_total") >= 1.0);
+    ship1.wait_status("shows the link up", |t| t.contains("broker: up"));
     common::settle(&central, &ship1, "CLICommand");
     assert_eq!(ship1.read("cut.txt"), "x\n", "ran once");
 }

@@ -147,6 +147,8 @@ pub struct Broker {
 struct Link {
     up: Receiver<()>,
     down: Option<Sender<()>>,
+    /// When it went down (or the node started, not yet connected).
+    since: std::time::Instant,
 }
 
 impl Link {
@@ -155,6 +157,7 @@ impl Link {
         Link {
             up,
             down: Some(down),
+            since: std::time::Instant::now(),
         }
     }
 }
@@ -341,6 +344,15 @@ impl Broker {
             *replies = Some(replies::Replies::subscribe(conn, inbox)?);
         }
         Ok(replies.as_mut().expect("made above").route())
+    }
+
+    /// The link as the process table shows it: `up`, or `down for 12s`.
+    pub fn describe(&self) -> String {
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        match link.down {
+            None => "up".to_string(),
+            Some(_) => format!("down for {}s", link.since.elapsed().as_secs()),
+        }
     }
 
     /// Whether the link is up, as far as the client has told us.

@@ -145,7 +145,12 @@ fn bad_values_name_the_flag() {
         e(&["--node", "a", "--brokerPingInterval", "0"]),
         "--brokerPingInterval: 0 seconds: between 1 and 86400 (a day; a link silent for two of them is taken as cut)"
     );
-    let err = e(&["--node", "a", "--brokerPingInterval", "18446744073709551615"]);
+    let err = e(&[
+        "--node",
+        "a",
+        "--brokerPingInterval",
+        "18446744073709551615",
+    ]);
     assert!(err.contains("between 1 and 86400"), "{err}");
     let c = parse(&["--node", "a", "--brokerPingInterval", "86400"]).unwrap();
     assert_eq!(c.broker_ping_interval, Duration::from_secs(86400));

@@ -27,8 +27,9 @@ impl Supervisor {
             (journal.pending_count(), journal.size())
         };
         let mut s = format!(
-            "node {}  journal: {pending} pending, {size} bytes  handlers busy: {}\n{:<50} {:>7} {:>8}  state\n",
+            "node {}  broker: {}  journal: {pending} pending, {size} bytes  handlers busy: {}\n{:<50} {:>7} {:>8}  state\n",
             self.node.config.node,
+            self.node.broker.describe(),
             self.node.handlers.in_use(),
             "process",
             "pending",
