@@ -190,6 +190,11 @@ fn finished_exit(finished: &Value, as_line: bool) -> u8 {
         }
         ("acked", Some(_)) => EXIT_ERROR,
         ("refused", _) => EXIT_REFUSED,
+        // Its reply, printed above, says so; where it is kept, said here.
+        ("interrupted", _) => {
+            eprintln!("steward: interrupted on the receiver, perhaps not done; kept in failed-messages.txt");
+            EXIT_ERROR
+        }
         ("failed", _) => {
             eprintln!(
                 "steward: {}",

@@ -785,6 +785,7 @@ mod tests {
             output: output.into(),
             batch_max: None,
             digest_sig: false,
+            interrupted: false,
         }
     }
 

@@ -191,6 +191,16 @@ fn a_receiver_killed_mid_command_does_not_run_it_twice() {
     let runs = ship1.read("ran.txt").lines().count();
     report("receiver_kill9_mid_command", 1, 1, runs - 1);
     assert_eq!(runs, 1, "the command ran again after the restart");
+    // Delivered, perhaps not done: kept where an operator finds what to send again.
+    assert!(central
+        .read("failed-messages.txt")
+        .contains("echo started >> ran.txt; sleep 1; echo finished"));
+    let log = central.read("message-log.txt");
+    assert_eq!(
+        log.matches("\"outcome\":\"interrupted\"").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
@@ -363,7 +373,9 @@ fn a_sender_killed_with_thousands_of_events_in_flight_delivers_each_once() {
 
 /// Events travel in batches; a receiver killed amid them may leave one batch's worth
 /// ambiguous (recorded as started, not as finished): those are answered "interrupted", not
-/// logged twice. Every other event is logged once, in order.
+/// logged twice, and their sender keeps them in failed-messages.txt, where an operator
+/// finds what may need sending again. Every other event is logged once, in order: none
+/// is lost unseen.
 #[test]
 fn a_receiver_killed_amid_batches_of_events_logs_each_at_most_once_in_order() {
     let nats = NatsServer::start();
@@ -409,6 +421,25 @@ fn a_receiver_killed_amid_batches_of_events_logs_each_at_most_once_in_order() {
         unique.len()
     );
     assert_eq!(replies.matches("=== ").count(), n, "one reply per message");
+    // The interrupted ones, and only they, are kept in failed-messages.txt (before, they
+    // counted as acked, kept nowhere): every event is logged, or kept.
+    let failed = central.read("failed-messages.txt");
+    let kept: Vec<usize> = serde_json::Deserializer::from_str(&failed)
+        .into_iter::<Vec<serde_json::Value>>()
+        .flat_map(|array| array.unwrap())
+        .map(|m| m["data"][0].as_str().unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(kept.len(), interrupted, "kept: {kept:?}");
+    let mut seen = unique.clone();
+    seen.extend(&kept);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "events neither logged nor kept");
+    let log = central.read("message-log.txt");
+    assert_eq!(
+        log.matches("\"outcome\":\"interrupted\"").count(),
+        interrupted
+    );
 }
 
 /// The state a power cut leaves mid-write: batch A (messages 0 and 1) committed; batch B

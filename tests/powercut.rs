@@ -377,6 +377,12 @@ fn power_cuts_on_the_receiver_run_nothing_twice_and_log_each_event_at_most_once(
     );
     assert_eq!(command_replies_twice, 0);
     assert_eq!(event_replies_twice, 0);
+    // What was answered "interrupted", and only that, is kept in failed-messages.txt.
+    let kept = serde_json::Deserializer::from_str(&central.read("failed-messages.txt"))
+        .into_iter::<Vec<serde_json::Value>>()
+        .map(|array| array.unwrap().len())
+        .sum::<usize>();
+    assert_eq!(kept, commands_interrupted + events_interrupted);
     ship1.kill9();
     drop(disk);
 }

@@ -1191,6 +1191,7 @@ fn spawn_responders(broker: &str, n: usize, root: &Path) -> nats::Subscription {
             output: String::new(),
             batch_max: None,
             digest_sig: false,
+            interrupted: false,
         }
         .encode();
         let sealed = identity.seal(steward::keys::Scope::reply(to, sig), &reply);

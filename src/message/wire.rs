@@ -411,6 +411,13 @@ pub struct Reply {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub digest_sig: bool,
+    /// From session 43 on: the receiver cannot say whether it ran the message, or how far
+    /// (it was running when the receiver was killed or lost power; it is never run again).
+    /// Delivered, and perhaps not done: its sender keeps it in failed-messages.txt
+    /// (outcome `interrupted`), where an operator finds what may need sending again.
+    /// Nodes from before it said so only in `output`; their answers count as `acked`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl Reply {
@@ -443,6 +450,7 @@ impl Reply {
             output: why,
             batch_max: None,
             digest_sig: false,
+            interrupted: false,
         }
     }
 
@@ -644,6 +652,21 @@ mod tests {
         )
         .is_err());
         assert!(serde_json::from_str::<Envelope>(&text.replace("\"toNode\"", "\"to\"")).is_err());
+    }
+
+    #[test]
+    fn an_interrupted_answer_says_so_in_a_key_a_node_from_before_it_ignores() {
+        let mut reply = Reply::refusal("a".into(), "central", "ship1", "why".into());
+        assert!(!String::from_utf8(reply.encode())
+            .unwrap()
+            .contains("interrupted"));
+        reply.interrupted = true;
+        let wire = String::from_utf8(reply.encode()).unwrap();
+        assert!(wire.contains("\"interrupted\":true"), "{wire}");
+        assert!(Reply::decode(wire.as_bytes()).unwrap().interrupted);
+        // From a node before it: said in the output alone, so not interrupted here.
+        let old = br#"{"id":"a","fromNode":"ship1","status":"error","output":"a was interrupted"}"#;
+        assert!(!Reply::decode(old).unwrap().interrupted);
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl Metrics {
             failed: counter_vec(
                 &r,
                 "steward_messages_failed_total",
-                "Messages given up (retries spent or refused) and kept in failed-messages.txt.",
+                "Messages given up (retries spent, refused, or interrupted on the receiver) and kept in failed-messages.txt.",
                 &["method"],
             ),
             received: counter_vec(
@@ -236,7 +236,7 @@ impl Metrics {
             finished: counter_vec(
                 &r,
                 "steward_messages_finished_total",
-                "Messages finished by this node as sender, by method, kind and outcome (acked, published, refused, failed).",
+                "Messages finished by this node as sender, by method, kind and outcome (acked, published, refused, interrupted, failed).",
                 &["method", "kind", "outcome"],
             ),
             delivery_latency: histogram_vec(

@@ -32,7 +32,8 @@ enum Flow {
 pub enum Progress {
     /// An attempt is under way (e.g. "attempt 2/4").
     Attempt(String),
-    /// It ended: "acked", "published", "refused" or "failed", with the reply if one came.
+    /// It ended: "acked", "published", "refused", "interrupted" or "failed", with the reply
+    /// if one came.
     Finished {
         outcome: String,
         reply: Option<crate::message::Reply>,

@@ -525,6 +525,7 @@ fn reply(id: &str) -> Reply {
         output: format!("output of {id}"),
         batch_max: None,
         digest_sig: false,
+        interrupted: false,
     }
 }
 

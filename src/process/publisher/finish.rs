@@ -152,7 +152,9 @@ impl Publisher {
             // only a reply that did not say ok, the rest in one line below. A line for each
             // event was 170 bytes of log a message: 100,000 lines a second into journald
             // at the benchmark's rate, whose rate limit then drops warnings with them.
-            if let Some(reply) = end.reply.as_ref().filter(|r| alone || !said_ok(r)) {
+            // (An interrupted one is said once, below, with where it is kept.)
+            let logged = |r: &&Reply| (alone || !said_ok(r)) && !r.interrupted;
+            if let Some(reply) = end.reply.as_ref().filter(logged) {
                 // One the receiver could not run (interrupted by its restart, its disk
                 // full) is delivered, and still not done: said as a warning.
                 let level = match reply.status {
@@ -181,8 +183,9 @@ impl Publisher {
                     crate::files::escape_line(why),
                     node.data.failed().display()
                 );
-                if end.outcome == "failed" && method != "ErrorLog" {
-                    // Never report a failed error report: that would loop.
+                if matches!(end.outcome, "failed" | "interrupted") && method != "ErrorLog" {
+                    // Never report a failed error report: that would loop. (A refusal the
+                    // receiver reported itself.)
                     node.report_error(why.clone());
                 }
             }
@@ -274,8 +277,8 @@ impl Publisher {
     }
 }
 
-/// How one message ended: "acked", "published", "refused" or "failed", with its reply, and
-/// why it was not delivered (refused, failed).
+/// How one message ended: "acked", "published", "refused", "interrupted" or "failed", with
+/// its reply, and why it was not delivered, or not done (refused, interrupted, failed).
 struct End<'e> {
     entry: &'e Entry,
     outcome: &'static str,
@@ -291,6 +294,15 @@ impl<'e> End<'e> {
                 // The receiver reported the refusal to central itself; keep it.
                 let why = format!("refused by {}: {}", reply.from_node, reply.output);
                 ("refused", Some(why), Some(reply))
+            }
+            // Delivered, and perhaps not done (the receiver was killed while it ran, and
+            // never runs it again): kept where an operator finds what to send again.
+            Delivery::Acked(reply) if reply.interrupted => {
+                let why = format!(
+                    "{subject}: {id} interrupted on {}, perhaps not done: {}",
+                    reply.from_node, reply.output
+                );
+                ("interrupted", Some(why), Some(reply))
             }
             Delivery::Acked(reply) => ("acked", None, Some(reply)),
             Delivery::Published => ("published", None, None),

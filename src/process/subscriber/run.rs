@@ -305,6 +305,7 @@ fn answers(
             },
             batch_max: None,
             digest_sig: false,
+            interrupted: seen == Seen::Interrupted,
         });
     }
     for (label, n) in counted {
