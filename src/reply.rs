@@ -355,8 +355,9 @@ pub fn wire(output: &str) -> usize {
 const MAX_NOTES: usize = 1024;
 
 /// Where the lines of steward's own notes (`[steward: …]`, each after a newline) that end
-/// `output` begin, within [`MAX_NOTES`] of its end; its length if none end it.
-fn notes_start(output: &str) -> usize {
+/// `output` begin, within [`MAX_NOTES`] of its end; its length if none end it. A result
+/// cut to one message, and an ACK cut to the broker's limit, keep them.
+pub(crate) fn notes_start(output: &str) -> usize {
     let mut start = output.len();
     while let Some(line) = output[..start].strip_suffix("]\n") {
         match line.rfind("\n[steward: ") {

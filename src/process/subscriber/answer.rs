@@ -128,8 +128,9 @@ fn trim_share(room: usize, replies: &[Reply]) -> usize {
 const TRIMMED: &str = "\n[steward: output trimmed to the broker's payload limit]\n";
 
 /// `replies`, each output longer than `keep` bytes cut to `keep` with the notice that says
-/// so (at a character's boundary; without the notice if even that does not fit): no output
-/// comes out longer than it was, or than `keep`.
+/// so (at a character's boundary; without the notice if even that does not fit), and
+/// steward's notes that ended it (how a command ended: [`crate::reply::notes_start`]) kept
+/// after it where they fit too: no output comes out longer than it was, or than `keep`.
 fn trimmed(replies: &[Reply], keep: usize) -> Vec<Reply> {
     replies
         .iter()
@@ -137,12 +138,18 @@ fn trimmed(replies: &[Reply], keep: usize) -> Vec<Reply> {
         .map(|mut r| {
             if r.output.len() > keep {
                 let notice = if keep >= TRIMMED.len() { TRIMMED } else { "" };
-                let mut cut = keep - notice.len();
+                let notes = r.output.split_off(crate::reply::notes_start(&r.output));
+                let mut notes = notes.trim_start_matches('\n');
+                if notice.is_empty() || notice.len() + notes.len() > keep {
+                    notes = "";
+                }
+                let mut cut = (keep - notice.len() - notes.len()).min(r.output.len());
                 while !r.output.is_char_boundary(cut) {
                     cut -= 1;
                 }
                 r.output.truncate(cut);
                 r.output.push_str(notice);
+                r.output.push_str(notes);
             }
             r
         })
@@ -209,6 +216,22 @@ mod tests {
             "x".repeat(10),
             "no room for the notice"
         );
+        // Steward's notes that ended an output (how its command ended) are kept after the
+        // notice, within the same bytes; where they do not fit beside it, cut with the rest.
+        let note = "[steward: killed after the 8s deadline (timeout)]\n";
+        let noted = Reply {
+            output: format!("{}\n{note}", "x".repeat(1000)),
+            ..replies[0].clone()
+        };
+        let cut = trimmed(std::slice::from_ref(&noted), 300);
+        assert_eq!(cut[0].output.len(), 300);
+        assert!(
+            cut[0].output.ends_with(&format!("{TRIMMED}{note}")),
+            "{}",
+            cut[0].output
+        );
+        let cut = trimmed(std::slice::from_ref(&noted), TRIMMED.len() + 10);
+        assert!(cut[0].output.ends_with(TRIMMED), "{}", cut[0].output);
         // What fits goes as it is; no limit, nothing cut.
         assert_eq!(
             fitted(&mut replies[..3].to_vec(), max, encode),
