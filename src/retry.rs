@@ -82,6 +82,11 @@ impl Rules {
         self
     }
 
+    /// Whether its time to live has run out at `now` (never, without one).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|at| now >= at)
+    }
+
     /// An attempt begins: its number, from 1.
     pub fn attempt(&mut self) -> u32 {
         self.attempt += 1;

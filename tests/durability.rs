@@ -854,17 +854,53 @@ fn a_message_is_not_given_up_in_a_silent_cut_that_outlasts_its_attempts() {
     );
 }
 
+/// A link that holds every attempt's bytes until after its ACK wait (a stall each time,
+/// ended late): a late answer of the broker's leaves an attempt uncounted, but never two
+/// in a row, so a message to a node that is not there is still given up, its retries
+/// spent at half the pace, rather than sent again for ever.
+#[test]
+fn attempts_the_link_holds_each_time_are_still_counted_every_other_time() {
+    let nats = NatsServer::start();
+    let proxy = common::proxy::FaultProxy::start(nats.port);
+    let central = Node::start("central", &proxy.address(), &["--brokerPingInterval=3600"]);
+    central.append_inmsg(
+        r#"[{"toNode":"ship9","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","retries":0,"timeout":2}]
+"#,
+    );
+    let failing = "counted once the broker answers a PING";
+    let mut stalls = 0;
+    while !central.read("failed-messages.txt").contains("ship9") {
+        assert!(stalls < 4, "sent again for ever: {stalls} late answers");
+        proxy.stall(true);
+        central.wait_status("an attempt failed in the stall", |t| t.contains(failing));
+        // Longer than a prompt answer (1 s, for a 2 s wait).
+        std::thread::sleep(Duration::from_millis(1500));
+        proxy.stall(false);
+        stalls += 1;
+        central.wait_status("the lane went on", |t| !t.contains(failing));
+    }
+    // Its one attempt forgiven once, then counted.
+    assert_eq!(stalls, 2);
+}
+
 /// A node behind a link cut silently takes it as cut within a few of its ping intervals
-/// (here 1 s), says so, and connects again once the link flows; a command sent to it
-/// meanwhile, with a time to live, arrives and runs once.
+/// (here 1 s), says so, and connects again once the link flows, saying Hello at once (not
+/// at its next interval: an hour here), so that central's lanes to it stop their pauses; a
+/// command sent to it meanwhile, with a time to live, arrives and runs once.
 #[test]
 fn a_node_behind_a_silent_cut_notices_it_and_connects_again() {
     let nats = NatsServer::start();
     let proxy = common::proxy::FaultProxy::start(nats.port);
-    let ship1 = Node::start("ship1", &proxy.address(), &["--brokerPingInterval=1"]);
+    let ship1 = Node::start(
+        "ship1",
+        &proxy.address(),
+        &["--brokerPingInterval=1", "--helloInterval=3600"],
+    );
     let central = Node::start("central", &nats.address(), &["--defaultMessageTimeout=2"]);
     central.append_inmsg(&command("ship1", &["echo", "before the cut"]));
     central.wait_for("replies/ship1.CLICommand.log", "before the cut");
+    let hellos = "steward_messages_received_total{method=\"Hello\",outcome=\"ok\"}";
+    let hellos_before = central.metric(hellos);
     proxy.stall(true);
     ship1.wait_metric(
         "took the link as cut",
@@ -881,6 +917,11 @@ fn a_node_behind_a_silent_cut_notices_it_and_connects_again() {
     central.wait_for("replies/ship1.CLICommand.log", "during the cut");
     assert!(ship1.metric("steward_broker_reconnects_total") >= 1.0);
     ship1.wait_status("shows the link up", |t| t.contains("broker: up"));
+    central.wait_metric(
+        "ship1 said Hello",
+        |c| c.metric(hellos),
+        |v| v > hellos_before,
+    );
     common::settle(&central, &ship1, "CLICommand");
     assert_eq!(ship1.read("cut.txt"), "x\n", "ran once");
 }

@@ -211,8 +211,8 @@ fn a_link_that_answers_nothing_is_taken_as_cut_and_made_again() {
     let silent_since = std::time::Instant::now();
     let _second = server.next();
     let took = silent_since.elapsed();
-    // Not before its PING had an interval to be answered.
-    assert!(took > interval, "{took:?}");
+    // Not at the first silent check: its PING had an interval to be answered.
+    assert!(took > interval * 3 / 2, "{took:?}");
     // The first connection got the PING, then was closed by the client.
     let mut seen = String::new();
     std::io::Read::read_to_string(&mut &first, &mut seen).unwrap();

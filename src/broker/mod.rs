@@ -140,6 +140,8 @@ pub struct Broker {
     node: String,
     /// The subscription every publisher's replies arrive on, made at the first's start.
     replies: Mutex<Option<replies::Replies>>,
+    /// Told each time the link comes back up ([`Broker::reconnects`]).
+    reconnected: Mutex<Vec<Sender<()>>>,
 }
 
 /// A select-able "link is up" signal: `up` is a receiver whose sender is held while the
@@ -177,6 +179,7 @@ impl Broker {
             epoch: AtomicU64::new(0),
             node: node.to_string(),
             replies: Mutex::new(None),
+            reconnected: Mutex::new(Vec::new()),
         });
         let url_list = urls.join(",");
         let name = format!("steward {node}");
@@ -265,7 +268,19 @@ impl Broker {
     fn set_up(&self, up: bool) {
         let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
         match (up, link.down.is_some()) {
-            (true, true) => link.down = None, // wakes every waiter
+            (true, true) => {
+                link.down = None; // wakes every waiter
+                if self.epoch.load(Ordering::SeqCst) == 0 {
+                    return; // the first connection: no reconnect
+                }
+                let mut told = self.reconnected.lock().unwrap_or_else(|p| p.into_inner());
+                told.retain(|tell| {
+                    !matches!(
+                        tell.try_send(()),
+                        Err(crossbeam_channel::TrySendError::Disconnected(_))
+                    )
+                });
+            }
             (false, false) => {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 *link = Link::new_down();
@@ -286,6 +301,18 @@ impl Broker {
             recv(up) -> _ => self.conn.get().cloned(),
             recv(stop) -> _ => None,
         }
+    }
+
+    /// A signal each time the link comes back up after being down (not at the first
+    /// connection): the Hello goes at once, so that central's lanes to this node, paused
+    /// between attempts while it was away, try again now rather than at their pause's end.
+    pub fn reconnects(&self) -> Receiver<()> {
+        let (tell, told) = crossbeam_channel::bounded(1);
+        self.reconnected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tell);
+        told
     }
 
     /// Counts disconnections: if it changed during an attempt, the link failed, not the peer.

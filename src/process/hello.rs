@@ -1,7 +1,9 @@
 //! The hello process: every `--helloInterval` seconds, tells the central node "I'm here"
-//! with a Hello EventNACK (published once, not journaled: the next one replaces it).
+//! with a Hello EventNACK (published once, not journaled: the next one replaces it); and at
+//! once each time the broker link comes back, so that what central holds for this node
+//! goes now (a Hello ends its lanes' pauses), not up to a minute later.
 
-use super::{sleep_or_stop, Failure, Process, State};
+use super::{Failure, Process, State};
 use crate::message::{Envelope, Kind, Message};
 use crate::node::Node;
 use crate::subject::Subject;
@@ -17,6 +19,7 @@ pub struct HelloSender {
 
 impl Process for HelloSender {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
+        let reconnected = self.node.broker.reconnects();
         if self.node.broker.wait(stop).is_none() {
             return Ok(());
         }
@@ -57,8 +60,10 @@ impl Process for HelloSender {
                 Ok(_) => self.state.set(format!("sent hello {count}")),
                 Err(e) => self.state.set(format!("hello {count} not sent: {e}")),
             }
-            if sleep_or_stop(stop, self.interval) {
-                return Ok(());
+            crossbeam_channel::select! {
+                recv(stop) -> _ => return Ok(()),
+                recv(reconnected) -> _ => {}
+                default(self.interval) => {}
             }
         }
     }

@@ -237,6 +237,8 @@ impl Publisher {
         let payload = wire_form(&node.identity, entry);
         let subject = self.subject.to_string();
         let mut sigs = Sends::default();
+        // Whether the last failed attempt went uncounted for a late answer of the broker's.
+        let mut forgave_last = false;
         loop {
             // While our own link is down, wait for it: an outage here is not the
             // destination's failure and must not spend its retries.
@@ -318,20 +320,41 @@ impl Publisher {
                     entry.envelope.id
                 ));
             }
-            let link_failed = node.broker.epoch() != epoch
-                || match node.broker.answered(epoch, stop) {
-                    Heard::Answered(after) => after > prompt(timeout),
-                    Heard::Dropped => true,
-                    Heard::Stopped => return Delivery::Stopped,
-                };
+            let heard = match node.broker.epoch() == epoch {
+                true => node.broker.answered(epoch, stop),
+                false => Heard::Dropped,
+            };
             // A time to live counts on the monotonic clock (see `crate::clock`).
             let now = crate::clock::now_for(entry.seq);
+            let link_failed = match heard {
+                // Late: the link held the attempt's bytes. Forgiven, but not twice in a
+                // row (a link so slow that every answer is late, or a large message whose
+                // own bytes go before each PING, still spends retries, at half the pace),
+                // and not past a time to live.
+                Heard::Answered(after) if after > prompt(timeout) => {
+                    forgave_last = !forgave_last && !rules.expired(now);
+                    forgave_last
+                }
+                Heard::Answered(_) => {
+                    forgave_last = false;
+                    false
+                }
+                Heard::Dropped => true,
+                Heard::Stopped => return Delivery::Stopped,
+            };
             let described = rules.describe(now);
             let pause = match rules.failed(&last_error, link_failed, now) {
                 Next::Again => {
                     log::info!(
-                        "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
-                        entry.envelope.id
+                        "{subject}: attempt {attempt} of {} cut short by the broker link ({}); not counted",
+                        entry.envelope.id,
+                        match heard {
+                            Heard::Answered(after) => format!(
+                                "it held the attempt: the broker answered a PING after {:.1}s",
+                                after.as_secs_f64()
+                            ),
+                            _ => "it dropped".to_string(),
+                        }
                     );
                     continue;
                 }

@@ -420,7 +420,12 @@ impl Client {
                 // TODO(stjepang): We probably want to set the deadline
                 // rather than the timeout because right now the timeout
                 // applies to each write syscall individually.
-                writer.get_ref().set_write_timeout(Some(timeout))?;
+                // steward patch: set (and set back) only where it differs from the
+                // connection's own, as in `flush_written`.
+                let own = timeout != WRITE_TIMEOUT;
+                if own {
+                    writer.get_ref().set_write_timeout(Some(timeout))?;
+                }
                 // steward patch: a write that fails ends the connection, as in
                 // `flush_written`. Kept, its PING (left in the buffer, with no waiter
                 // queued for it) went out later, and its PONG completed the next
@@ -434,18 +439,17 @@ impl Client {
                     self.state.read.lock().pongs.clear();
                     return Err(e);
                 }
-                writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))?;
+                // steward patch: the PING is out: its PONG's waiter queued before anything
+                // else can fail, so that no PONG is left to complete a later waiter.
+                // NB see locking protocol for state.write and state.read
+                self.state.read.lock().pongs.push_back(sender);
+                if own {
+                    writer.get_ref().set_write_timeout(Some(WRITE_TIMEOUT))?;
+                }
             }
         }
 
-        // Enqueue an expected PONG.
-        let mut read = self.state.read.lock();
-        read.pongs.push_back(sender);
-
-        // NB see locking protocol for state.write and state.read
-        drop(read);
         drop(write);
-
         Ok(receiver)
     }
 

@@ -427,7 +427,7 @@ pub(crate) struct TcpCounts {
 pub(crate) struct NatsStream {
     flavor: Arc<Flavor>,
     /// steward patch: the socket's, for `tcp_counts` (a TLS stream's is behind its lock).
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
     fd: std::os::unix::io::RawFd,
 }
 
@@ -444,7 +444,7 @@ struct TlsStream {
 impl NatsStream {
     /// Creates a NATS stream from a TCP stream and an optional TLS session.
     fn new(tcp: TcpStream, session: Option<ClientConnection>) -> io::Result<NatsStream> {
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
         let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
         let flavor = match session {
             None => Flavor::Tcp(tcp),
@@ -456,7 +456,7 @@ impl NatsStream {
         let flavor = Arc::new(flavor);
         Ok(NatsStream {
             flavor,
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
             fd,
         })
     }
@@ -470,8 +470,8 @@ impl NatsStream {
     }
 
     /// steward patch: what TCP has moved on this connection so far; `None` where the kernel
-    /// does not say (not Linux, or one older than 4.1).
-    #[cfg(target_os = "linux")]
+    /// does not say (not Linux, or one older than 4.1; uClibc's `tcp_info` is too short).
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
     pub(crate) fn tcp_counts(&self) -> Option<TcpCounts> {
         // SAFETY: `info` is plain old data of the size given; the kernel writes at most
         // `len` bytes of it and says how many it wrote. `waiting` is an int, as SIOCOUTQ
@@ -506,7 +506,7 @@ impl NatsStream {
     }
 
     /// steward patch: see the Linux one.
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
     pub(crate) fn tcp_counts(&self) -> Option<TcpCounts> {
         None
     }
