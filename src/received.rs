@@ -348,13 +348,19 @@ impl Received {
         // way would leave them running for ever).
         let mut started = Vec::new();
         let mut again = Vec::new();
+        // Interrupted ones, answered so: running too until that answer is recorded, so that
+        // a retry meanwhile is left to it rather than answered (and its result sent) twice.
+        let mut answering = Vec::new();
         for id in &keys {
             seen.push(match inner.states.get(id).copied() {
                 Some(Known::Interrupted) if rerun_interrupted => {
                     again.push(id);
                     Seen::New
                 }
-                Some(Known::Interrupted) => Seen::Interrupted,
+                Some(Known::Interrupted) => {
+                    answering.push(id);
+                    Seen::Interrupted
+                }
                 Some(Known::Done { offset, len }) => {
                     match inner.stored_reply(&id.text, offset, len) {
                         Ok(reply) => Seen::Done(reply),
@@ -366,6 +372,7 @@ impl Received {
                             if let Some(state) = inner.states.get_mut(id) {
                                 *state = Known::Interrupted;
                             }
+                            answering.push(id);
                             Seen::Interrupted
                         }
                         // Not read (a failing disk): the sender tries again.
@@ -393,6 +400,7 @@ impl Received {
             started
                 .iter()
                 .chain(&again)
+                .chain(&answering)
                 .map(|&id| (id.clone(), lane.clone())),
         );
         if started.is_empty() {
@@ -423,7 +431,7 @@ impl Received {
         let mut ids = Vec::with_capacity(replies.len());
         for reply in replies {
             let id = Key::new(&reply.to_node, &reply.id);
-            // Started here (else an interrupted id answered: known, and kept in its lane).
+            // Started (or answered as interrupted) here; else known, and kept in its lane.
             let lane = match inner.running.get(&id) {
                 Some(lane) => lane.clone(),
                 None => inner.lane(lane_name(&reply.to_node, "")),
@@ -838,6 +846,14 @@ mod tests {
             r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Interrupted
         );
+        // A retry while that answer is under way is left to it: not answered, and its
+        // result sent, twice.
+        assert_eq!(
+            r.begin("central", "CLICommand", "a").unwrap(),
+            Seen::Running
+        );
+        // That answer not recorded (its handler failed): interrupted still.
+        r.abandon("central", &["a"]);
         let seen = r
             .begin_batch("central", "CopyDst", &["a", "b", "c"], true)
             .unwrap();
@@ -859,6 +875,7 @@ mod tests {
             r.begin("central", "CLICommand", "b").unwrap(),
             Seen::Interrupted
         );
+        r.abandon("central", &["b"]);
         assert_eq!(
             r.begin_batch("central", "CopyDst", &["b"], true).unwrap(),
             vec![Seen::New]
@@ -1248,6 +1265,8 @@ mod tests {
             r.begin("central", "CLICommand", "a").unwrap(),
             Seen::Interrupted
         );
+        // Its answer as interrupted could not be recorded either.
+        r.abandon("central", &["a"]);
         assert_eq!(
             r.begin("central", "CLICommand", "b").unwrap(),
             Seen::Running
@@ -1314,6 +1333,8 @@ mod tests {
                 r.begin("central", "CLICommand", "a").unwrap(),
                 Seen::Interrupted
             );
+            // That answer not recorded here: interrupted still.
+            r.abandon("central", &["a"]);
         }
         assert_eq!(r.begin("central", "CLICommand", "z").unwrap(), Seen::New); // running
                                                                                // Compacted, the damaged record is not copied into the new file (where the next

@@ -667,6 +667,10 @@ impl ReceivedRun {
                         h.started.insert(id.clone());
                         h.running.insert(id.clone());
                     }
+                    // Answered as interrupted: running until that answer is recorded.
+                    if *seen == Seen::Interrupted {
+                        h.running.insert(id.clone());
+                    }
                 }
                 false
             }

@@ -40,8 +40,9 @@ pub(super) fn run(
     let Some(seen) = begin(method, node, subject, &a) else {
         return;
     };
-    // The ids started here end with their recorded replies; if those are never recorded
-    // (the write fails, or a panic on the way), they are given up as interrupted.
+    // The ids started here (or answered as interrupted) end with their recorded replies;
+    // if those are never recorded (the write fails, or a panic on the way), they are
+    // given up as interrupted.
     let mut started = Started {
         node,
         from: &a.from,
@@ -49,7 +50,7 @@ pub(super) fn run(
             a.envelopes
                 .iter()
                 .zip(&seen)
-                .filter(|(_, s)| **s == Seen::New)
+                .filter(|(_, s)| matches!(s, Seen::New | Seen::Interrupted))
                 .map(|(e, _)| e.id.as_str())
                 .collect()
         } else {
