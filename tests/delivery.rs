@@ -120,6 +120,10 @@ fn a_message_whose_retries_are_spent_is_kept_and_reported() {
     let central = Node::start("central", &nats.address(), &[]);
     let msg = r#"[{"toNode":"ship9","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":1}]"#;
     central.append_inmsg(msg);
+    // Between its attempts the lane says so, and why.
+    central.wait_status("pausing after its first attempt", |t| {
+        t.contains("attempt 1/2 of ") && t.contains("again in ") && t.contains("a Hello from ship9")
+    });
     let failed = central.wait_for("failed-messages.txt", "ship9");
     let errors = central.wait_for("errors.log", "not delivered");
     assert!(

@@ -367,6 +367,14 @@ impl Publisher {
             );
             // Pause before the next attempt; a Hello from the destination ends the pause.
             // Other lanes waiting for a thread meanwhile: give this one up until then.
+            // Said while it pauses: the row said the attempt was under way, or waiting for
+            // the broker's answer, until the next one began.
+            self.state.set(format!(
+                "attempt {attempt}{described} of {} failed ({last_error}); again in {:.0}s, or at a Hello from {}",
+                entry.envelope.id,
+                pause.as_secs_f64().ceil(),
+                message.to_node
+            ));
             let until = Instant::now() + pause;
             let hello = node.presence.waiter(&message.to_node);
             loop {
