@@ -987,6 +987,10 @@ impl Client {
         // Take out expected PONGs.
         let pongs = mem::take(&mut read.pongs);
 
+        // steward patch: the handshake just heard from the server (its PONG); the link's
+        // check counts silence from here, not from before the outage.
+        read.last_active = Instant::now();
+
         // Take out buffered operations.
         let buffered = write.buffer.clear();
 
