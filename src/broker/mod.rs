@@ -21,10 +21,11 @@
 //! counts only once the broker has answered a PING sent at its end ([`Broker::answered`]),
 //! and answered it promptly: then the link was passing bytes, what the attempt sent had
 //! reached the broker in time, and the missing ACK is the destination's. A PONG that comes
-//! late (the link held the bytes, and the attempt's with them) or not at all (the link
-//! dropped) leaves the attempt uncounted. Without this a message with the seed's three
-//! retries was given up 42 s into a silent cut, while during a clean one it waited and
-//! went.
+//! late (the link held the bytes, and the attempt's with them) means the broker has only
+//! now read the attempt: the destination gets one more ACK wait for that same send, and
+//! then it counts. None at all (the link dropped) leaves the attempt uncounted. Without
+//! this a message with the seed's three retries was given up 42 s into a silent cut, while
+//! during a clean one it waited and went.
 //!
 //! The sync client flushes its write buffer at most every 5 ms per connection. Every send on
 //! the message path therefore goes through [`Broker::publish`], which writes it out at once,

@@ -137,9 +137,10 @@ pub(super) fn wire_form<'e>(identity: &Identity, entry: &'e Entry) -> Cow<'e, [u
 }
 
 /// How soon the broker must answer a PING sent at the end of a failed attempt for the
-/// attempt to count against its destination (see [`crate::broker`]): a quarter of its ACK
-/// wait, between 1 and 5 s. Slower, the link was holding bytes, and the attempt's were among
-/// them, so the destination did not have the attempt's time.
+/// attempt to count against its destination at once (see [`crate::broker`]): a quarter of
+/// its ACK wait, between 1 and 5 s. Slower, the link was holding bytes, the attempt's among
+/// them, so the destination did not have the attempt's time: it gets one more ACK wait for
+/// the same send.
 fn prompt(ack_wait: Duration) -> Duration {
     (ack_wait / 4).clamp(Duration::from_secs(1), crate::broker::FLUSH_TIMEOUT)
 }
@@ -237,8 +238,6 @@ impl Publisher {
         let payload = wire_form(&node.identity, entry);
         let subject = self.subject.to_string();
         let mut sigs = Sends::default();
-        // Whether the last failed attempt went uncounted for a late answer of the broker's.
-        let mut forgave_last = false;
         loop {
             // While our own link is down, wait for it: an outage here is not the
             // destination's failure and must not spend its retries.
@@ -288,26 +287,15 @@ impl Publisher {
                     stop,
                     true,
                     &mut sigs,
-                    accept,
+                    &accept,
                 )
             };
-            let last_error = match tried {
+            let mut last_error = match tried {
                 Attempt::Acked(reply) => return Delivery::Acked(reply),
                 Attempt::Stopped => return Delivery::Stopped,
                 Attempt::Failed(why) => why,
                 Attempt::Yielded { resend, then } => {
-                    log::info!(
-                        "{subject}: attempt {attempt} of {}: {} is not there; other lanes have the thread until it sends again",
-                        entry.envelope.id,
-                        message.to_node
-                    );
-                    let mut slot = self.slot();
-                    slot.attempts_made = rules.made();
-                    slot.continued = Some(then);
-                    return Delivery::Parked {
-                        until: resend,
-                        hello: node.presence.waiter(&message.to_node),
-                    };
+                    return self.park(&rules, entry, attempt, resend, then)
                 }
             };
             // Counted against the destination only once the broker has answered promptly
@@ -327,18 +315,38 @@ impl Publisher {
             // A time to live counts on the monotonic clock (see `crate::clock`).
             let now = crate::clock::now_for(entry.seq);
             let link_failed = match heard {
-                // Late: the link held the attempt's bytes. Forgiven, but not twice in a
-                // row (a link so slow that every answer is late, or a large message whose
-                // own bytes go before each PING, still spends retries, at half the pace),
-                // and not past a time to live.
-                Heard::Answered(after) if after > prompt(timeout) => {
-                    forgave_last = !forgave_last && !rules.expired(now);
-                    forgave_last
+                // Late: the broker read the attempt only now (the link held its bytes, and
+                // the PING behind them), so its destination has had none of the ACK wait.
+                // It gets one more for that same send, without another copy (which would
+                // cross a slow link again), and then the attempt counts. Not past a time
+                // to live.
+                Heard::Answered(after) if after > prompt(timeout) && !rules.expired(now) => {
+                    log::info!(
+                        "{subject}: attempt {attempt} of {}: the broker read it only after {:.1}s (the link held it); waiting {}s more for its ACK",
+                        entry.envelope.id,
+                        after.as_secs_f64(),
+                        timeout.as_secs()
+                    );
+                    self.state.set(format!(
+                        "attempt {attempt} of {}: the link held it {:.0}s; waiting {}s more for its ACK",
+                        entry.envelope.id,
+                        after.as_secs_f64(),
+                        timeout.as_secs()
+                    ));
+                    let request = self.request(reply_subject, &message.to_node, &payload, timeout);
+                    match self.answer(replies, &request, stop, true, &mut sigs, &accept) {
+                        Attempt::Acked(reply) => return Delivery::Acked(reply),
+                        Attempt::Stopped => return Delivery::Stopped,
+                        Attempt::Failed(why) => {
+                            last_error = why;
+                            node.broker.epoch() != epoch
+                        }
+                        Attempt::Yielded { resend, then } => {
+                            return self.park(&rules, entry, attempt, resend, then)
+                        }
+                    }
                 }
-                Heard::Answered(_) => {
-                    forgave_last = false;
-                    false
-                }
+                Heard::Answered(_) => false,
                 Heard::Dropped => true,
                 Heard::Stopped => return Delivery::Stopped,
             };
@@ -346,15 +354,8 @@ impl Publisher {
             let pause = match rules.failed(&last_error, link_failed, now) {
                 Next::Again => {
                     log::info!(
-                        "{subject}: attempt {attempt} of {} cut short by the broker link ({}); not counted",
-                        entry.envelope.id,
-                        match heard {
-                            Heard::Answered(after) => format!(
-                                "it held the attempt: the broker answered a PING after {:.1}s",
-                                after.as_secs_f64()
-                            ),
-                            _ => "it dropped".to_string(),
-                        }
+                        "{subject}: attempt {attempt} of {} cut short by the broker link; not counted",
+                        entry.envelope.id
                     );
                     continue;
                 }
@@ -396,6 +397,32 @@ impl Publisher {
                     recv(crossbeam_channel::at(until)) -> _ => break,
                 }
             }
+        }
+    }
+
+    /// Gives the lane's thread up in the middle of attempt `attempt` (its destination not
+    /// there, other lanes waiting): it goes on from `then` when the lane has a thread again,
+    /// sending again at `resend` or at the destination's Hello.
+    fn park(
+        &self,
+        rules: &Rules,
+        entry: &Entry,
+        attempt: u32,
+        resend: Instant,
+        then: Continued,
+    ) -> Delivery {
+        let to = &entry.envelope.message.to_node;
+        log::info!(
+            "{}: attempt {attempt} of {}: {to} is not there; other lanes have the thread until it sends again",
+            self.subject,
+            entry.envelope.id,
+        );
+        let mut slot = self.slot();
+        slot.attempts_made = rules.made();
+        slot.continued = Some(then);
+        Delivery::Parked {
+            until: resend,
+            hello: self.node.presence.waiter(to),
         }
     }
 
