@@ -287,7 +287,7 @@ impl Publisher {
                     stop,
                     true,
                     &mut sigs,
-                    &accept,
+                    accept,
                 )
             };
             let mut last_error = match tried {
@@ -334,7 +334,7 @@ impl Publisher {
                         timeout.as_secs()
                     ));
                     let request = self.request(reply_subject, &message.to_node, &payload, timeout);
-                    match self.answer(replies, &request, stop, true, &mut sigs, &accept) {
+                    match self.answer(replies, &request, stop, true, &mut sigs, accept) {
                         Attempt::Acked(reply) => return Delivery::Acked(reply),
                         Attempt::Stopped => return Delivery::Stopped,
                         Attempt::Failed(why) => {
