@@ -911,7 +911,13 @@ fn a_node_behind_a_silent_cut_notices_it_and_connects_again() {
         |n| n.metric("steward_broker_connected"),
         |v| v == 0.0,
     );
-    assert!(ship1.log().contains("taken as cut"), "said why");
+    // Why, before the disconnection it brought.
+    let log = ship1.log();
+    let (cut, down) = (
+        log.find("taken as cut"),
+        log.find("disconnected from the broker"),
+    );
+    assert!(cut.is_some() && cut < down, "{log}");
     ship1.wait_status("shows the link down", |t| t.contains("broker: down for"));
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["sh","-c","echo x >> cut.txt; echo during the cut"],"commandOrEvent":"CommandACK","method":"CLICommand","ttl":300}]

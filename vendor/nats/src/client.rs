@@ -351,25 +351,23 @@ impl Client {
         if read.last_active.elapsed() < interval || moved {
             read.pings_out = 0;
         } else if read.pings_out >= 1 {
-            let silent = read.last_active.elapsed();
-            writer.get_ref().shutdown();
-            write.writer = None;
-            read.pongs.clear();
-            *watch = LinkWatch::default();
-            // NB see locking protocol for state.write and state.read
-            drop(read);
-            drop(write);
+            // Said before the connection ends, so that the log gives the cause before the
+            // disconnection it brings (the reader thread reports that as soon as the socket
+            // is shut). Under the locks, as the reader thread calls it for a slow consumer.
             self.options.error_callback.call(
                 self,
                 Error::new(
                     ErrorKind::TimedOut,
                     format!(
                         "nothing from the server for {}s, a PING unanswered, and no bytes moving on the link: taken as cut; connecting again",
-                        silent.as_secs()
+                        read.last_active.elapsed().as_secs()
                     ),
                 ),
             );
-            return;
+            writer.get_ref().shutdown();
+            write.writer = None;
+            read.pongs.clear();
+            *watch = LinkWatch::default();
         } else {
             read.pings_out += 1;
             let res = proto::encode(&mut *writer, ClientOp::Ping).and_then(|()| writer.flush());

@@ -3,8 +3,9 @@
 // than failing at once, and a flush of one putting on the socket what rustls holds; a
 // connection's making bounded (each read of its handshake, and TCP's connect, by two ping
 // intervals: it waited for ever on a server, or a link, that said nothing); and
-// `NatsStream::tcp_counts`, what TCP has moved, for the flusher thread's check of the link.
-// See steward's Cargo.toml.
+// `NatsStream::tcp_counts`, what TCP has moved, for the flusher thread's check of the link;
+// and a failed connect attempt logged (a warning when its reason is new). See steward's
+// Cargo.toml.
 
 // Copyright 2020-2022 The NATS Authors
 // Licensed under the Apache License, Version 2.0 (the "License");
@@ -52,6 +53,9 @@ pub(crate) struct Connector {
 
     /// TLS config.
     tls_config: Arc<ClientConfig>,
+
+    /// steward patch: why the last connect attempt failed, as last said (see `connect`).
+    last_said: Option<String>,
 }
 
 fn configure_tls(options: &Arc<Options>) -> Result<ClientConfig, Error> {
@@ -121,6 +125,7 @@ impl Connector {
             attempts: urls.into_iter().map(|url| (url, 0)).collect(),
             options,
             tls_config: Arc::new(tls_config),
+            last_said: None,
         };
 
         Ok(connector)
@@ -207,6 +212,16 @@ impl Connector {
                     let (server_info, stream) = match res {
                         Ok(val) => val,
                         Err(err) => {
+                            // steward patch: said (the stock client said nothing while it
+                            // tried, for hours if need be): a warning the first time and
+                            // whenever the reason changes, the same again only when debugging.
+                            let said = format!("connecting to {addr}: {err}");
+                            if self.last_said.as_deref() == Some(said.as_str()) {
+                                log::debug!("{said}");
+                            } else {
+                                log::warn!("{said}");
+                                self.last_said = Some(said);
+                            }
                             last_err = err;
                             continue;
                         }
@@ -218,6 +233,7 @@ impl Connector {
                     }
 
                     *self.attempts.get_mut(server).unwrap() = 0;
+                    self.last_said = None;
                     return Ok((server_info, stream));
                 }
             }
