@@ -197,7 +197,9 @@ struct Inner {
     states: ById<Known>,
     /// The ids running now in this process (recorded as started, not yet answered), with
     /// their lane. Not counted in `keep` or `per_lane_keep`, and never forgotten while they
-    /// run. An interrupted id run again is here and in `states`.
+    /// run. An interrupted id run again, or being answered as interrupted, is here and in
+    /// `states` (its lane's list may forget it meanwhile: recording its answer, or giving
+    /// it up, puts it back).
     running: ById<Lane>,
     /// Each lane's ended ids, oldest first: every id of `states` in exactly one.
     lanes: ById<VecDeque<Key>>,

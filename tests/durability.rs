@@ -822,7 +822,8 @@ fn a_send_on_a_stalled_link_gives_up_within_its_bound() {
 /// dropout, or a modem acknowledging on the broker's behalf, leaves it) that outlasts a
 /// message's one attempt. The attempt's failure is counted against ship1 only once the
 /// broker answers a PING sent at its end, promptly; here the answer comes only once the
-/// link flows, late, so the attempt is not counted and the message is sent again. Before,
+/// link flows, late, so ship1 is given one more ACK wait for that same send, and answers
+/// it. Before,
 /// it was given up in the cut (failed-messages.txt), and ran all the same once the link
 /// flowed: reported lost, yet run.
 #[test]

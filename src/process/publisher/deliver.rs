@@ -318,8 +318,9 @@ impl Publisher {
                 // Late: the broker read the attempt only now (the link held its bytes, and
                 // the PING behind them), so its destination has had none of the ACK wait.
                 // It gets one more for that same send, without another copy (which would
-                // cross a slow link again), and then the attempt counts. Not past a time
-                // to live.
+                // cross a slow link again), and then the attempt counts, unless the link
+                // dropped by the end of it (asked again: a second cut may have begun
+                // meanwhile). Not past a time to live.
                 Heard::Answered(after) if after > prompt(timeout) && !rules.expired(now) => {
                     log::info!(
                         "{subject}: attempt {attempt} of {}: the broker read it only after {:.1}s (the link held it); waiting {}s more for its ACK",
@@ -339,7 +340,14 @@ impl Publisher {
                         Attempt::Stopped => return Delivery::Stopped,
                         Attempt::Failed(why) => {
                             last_error = why;
-                            node.broker.epoch() != epoch
+                            match node.broker.epoch() == epoch {
+                                true => match node.broker.answered(epoch, stop) {
+                                    Heard::Answered(_) => false,
+                                    Heard::Dropped => true,
+                                    Heard::Stopped => return Delivery::Stopped,
+                                },
+                                false => true,
+                            }
                         }
                         Attempt::Yielded { resend, then } => {
                             return self.park(&rules, entry, attempt, resend, then)
@@ -350,6 +358,8 @@ impl Publisher {
                 Heard::Dropped => true,
                 Heard::Stopped => return Delivery::Stopped,
             };
+            // Read again: the waits above may have lasted as long as an ACK wait.
+            let now = crate::clock::now_for(entry.seq);
             let described = rules.describe(now);
             let pause = match rules.failed(&last_error, link_failed, now) {
                 Next::Again => {

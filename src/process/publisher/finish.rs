@@ -142,6 +142,7 @@ impl Publisher {
         let mut outcomes: Vec<(&str, u64)> = Vec::new();
         // Commands one by one, even several finished at once (after a restart).
         let alone = ends.len() == 1 || self.subject.kind.is_command();
+        let mut interrupted: Vec<&str> = Vec::new();
         for end in ends {
             let envelope = &end.entry.envelope;
             match outcomes.iter_mut().find(|(o, _)| *o == end.outcome) {
@@ -176,7 +177,11 @@ impl Publisher {
                     crate::files::escape_controls(reply.output.lines().next().unwrap_or(""))
                 );
             }
-            if let Some(why) = &end.why {
+            if !alone && end.outcome == "interrupted" {
+                // Of a batch (a receiver killed amid it: up to a batch's worth), said once
+                // for all, below.
+                interrupted.push(envelope.id.as_str());
+            } else if let Some(why) = &end.why {
                 log::warn!(
                     "{}; kept in {}",
                     // One line: a refusal's words may hold more.
@@ -201,6 +206,19 @@ impl Publisher {
                 latency
                     .get_or_insert_with(|| metrics.delivery_latency.with_label_values(&[method]))
                     .observe(ms as f64 / 1000.0);
+            }
+        }
+        if let (Some(first), Some(last)) = (interrupted.first(), interrupted.last()) {
+            let why = format!(
+                "{}: {} of {} messages interrupted on {}, perhaps not done ({first} … {last})",
+                self.subject,
+                interrupted.len(),
+                ends.len(),
+                self.subject.node
+            );
+            log::warn!("{why}; kept in {}", node.data.failed().display());
+            if method != "ErrorLog" {
+                node.report_error(format!("{why}; kept in failed-messages.txt"));
             }
         }
         let acked = ends.iter().filter(|end| end.reply.is_some()).count();

@@ -217,7 +217,7 @@ mod tests {
             "no room for the notice"
         );
         // Steward's notes that ended an output (how its command ended) are kept after the
-        // notice, within the same bytes; where they do not fit beside it, cut with the rest.
+        // notice, within the same bytes; where they do not fit beside it, dropped whole.
         let note = "[steward: killed after the 8s deadline (timeout)]\n";
         let noted = Reply {
             output: format!("{}\n{note}", "x".repeat(1000)),

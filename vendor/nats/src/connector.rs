@@ -54,7 +54,7 @@ pub(crate) struct Connector {
     /// TLS config.
     tls_config: Arc<ClientConfig>,
 
-    /// steward patch: why the last connect attempt failed, as last said (see `connect`).
+    /// steward patch: why a connect attempt last failed, as last said (see `connect`).
     last_said: Option<String>,
 }
 
@@ -215,12 +215,14 @@ impl Connector {
                             // steward patch: said (the stock client said nothing while it
                             // tried, for hours if need be): a warning the first time and
                             // whenever the reason changes, the same again only when debugging.
-                            let said = format!("connecting to {addr}: {err}");
-                            if self.last_said.as_deref() == Some(said.as_str()) {
-                                log::debug!("{said}");
+                            // The reason alone: addresses tried in turn (a cluster, IPv4 and
+                            // IPv6) fail the same way.
+                            let reason = err.to_string();
+                            if self.last_said.as_deref() == Some(reason.as_str()) {
+                                log::debug!("connecting to {addr}: {reason}");
                             } else {
-                                log::warn!("{said}");
-                                self.last_said = Some(said);
+                                log::warn!("connecting to {addr}: {reason}");
+                                self.last_said = Some(reason);
                             }
                             last_err = err;
                             continue;
