@@ -376,8 +376,6 @@ impl Publisher {
                 "{subject}: attempt {attempt}{described} of {} failed: {last_error}",
                 entry.envelope.id
             );
-            // Pause before the next attempt; a Hello from the destination ends the pause.
-            // Other lanes waiting for a thread meanwhile: give this one up until then.
             // Said while it pauses: the row said the attempt was under way, or waiting for
             // the broker's answer, until the next one began.
             self.state.set(format!(
@@ -386,6 +384,8 @@ impl Publisher {
                 pause.as_secs_f64().ceil(),
                 message.to_node
             ));
+            // Pause before the next attempt; a Hello from the destination ends the pause.
+            // Other lanes waiting for a thread meanwhile: give this one up until then.
             let until = Instant::now() + pause;
             let hello = node.presence.waiter(&message.to_node);
             loop {
