@@ -1273,12 +1273,7 @@ fn process_gone(pid: u32) -> bool {
 #[test]
 fn a_command_running_at_a_stop_dies_with_the_node() {
     let nats = NatsServer::start();
-    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
-    let central = Node::start(
-        "central",
-        &nats.address(),
-        &["--defaultMessageTimeout=2", "--defaultMessageRetries=30"],
-    );
+    let (mut ship1, central) = receiver_and_patient_sender(&nats);
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["sh","-c","sleep 1000 & echo $! $$ > pids.txt; exec sleep 1000"],"commandOrEvent":"CommandACK","method":"CLICommand","methodTimeout":600}]
 "#,

@@ -308,10 +308,8 @@ impl Publisher {
                     entry.envelope.id
                 ));
             }
-            let heard = match node.broker.epoch() == epoch {
-                true => node.broker.answered(epoch, stop),
-                false => Heard::Dropped,
-            };
+            // Dropped at once if the link went down since the attempt began.
+            let heard = node.broker.answered(epoch, stop);
             // A time to live counts on the monotonic clock (see `crate::clock`).
             let now = crate::clock::now_for(entry.seq);
             let link_failed = match heard {
@@ -340,13 +338,10 @@ impl Publisher {
                         Attempt::Stopped => return Delivery::Stopped,
                         Attempt::Failed(why) => {
                             last_error = why;
-                            match node.broker.epoch() == epoch {
-                                true => match node.broker.answered(epoch, stop) {
-                                    Heard::Answered(_) => false,
-                                    Heard::Dropped => true,
-                                    Heard::Stopped => return Delivery::Stopped,
-                                },
-                                false => true,
+                            match node.broker.answered(epoch, stop) {
+                                Heard::Answered(_) => false,
+                                Heard::Dropped => true,
+                                Heard::Stopped => return Delivery::Stopped,
                             }
                         }
                         Attempt::Yielded { resend, then } => {
