@@ -888,6 +888,36 @@ fn an_attempt_the_link_held_waits_once_more_for_its_ack_and_sends_no_second_copy
     assert_eq!(seen, 1, "copies of the message sent");
 }
 
+/// A command given up while its node's link was cut silently (the broker took it, and held
+/// it in that link) runs when the link flows again: its late reply is kept on central, in
+/// its reply file, with a line that says it came after the message was given up; it ran
+/// once.
+#[test]
+fn a_command_given_up_in_its_node_s_silent_cut_has_its_late_reply_kept() {
+    let nats = NatsServer::start();
+    let proxy = common::proxy::FaultProxy::start(nats.port);
+    // The cut outlasts the command's attempt, not ship1's check of its link.
+    let ship1 = Node::start("ship1", &proxy.address(), &["--brokerPingInterval=3600"]);
+    let central = Node::start("central", &nats.address(), &[]);
+    proxy.stall(true);
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["sh","-c","echo x >> held.txt; echo held in the link"],"commandOrEvent":"CommandACK","method":"CLICommand","retries":0,"timeout":2}]
+"#,
+    );
+    let failed = central.wait_for("failed-messages.txt", "held.txt");
+    assert!(failed.contains("held in the link"), "{failed}");
+    assert!(ship1.read("held.txt").is_empty(), "ran during the cut");
+    proxy.stall(false);
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
+    assert!(
+        kept.contains("held in the link\n[steward: this reply came"),
+        "{kept}"
+    );
+    assert_eq!(kept.matches("=== ").count(), 1, "{kept}");
+    assert_eq!(ship1.read("held.txt"), "x\n", "ran once");
+    assert!(central.log().contains("ran on ship1 after all"));
+}
+
 /// A node behind a link cut silently takes it as cut within a few of its ping intervals
 /// (here 1 s), says so, and connects again once the link flows, saying Hello at once (not
 /// at its next interval: an hour here), so that central's lanes to it stop their pauses; a

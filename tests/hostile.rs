@@ -928,3 +928,81 @@ fn a_forged_no_responders_does_not_make_a_lane_to_a_node_that_runs_give_way() {
     );
     drop(ship1);
 }
+
+/// A message given up after its node may have taken it is awaited a while for its late
+/// reply (it may have run): that reply is kept only if its node signed it, over one of the
+/// message's own sends, for the message's own id. Forgeries on its reply subject (unsigned,
+/// a stranger's key, a fleet member's, the node's own over another send or for another
+/// message) keep nothing and do not stand in for the real one, which, after them all, is
+/// kept once however many copies come.
+#[test]
+fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_sends() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    // The raw client listens as ship1: the send is taken, and no ACK comes in time.
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0}]"#,
+    );
+    let m = spy
+        .next_timeout(Duration::from_secs(10))
+        .expect("the command");
+    let id = serde_json::from_slice::<serde_json::Value>(&m.data).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed = central.wait_for("failed-messages.txt", "CLICommand");
+    assert!(failed.contains("\"timeout\": 1"), "{failed}");
+    let to = m.reply.clone().expect("a reply subject");
+    let reply = |output: &str, id: &str| {
+        serde_json::json!({
+            "id": id, "fromNode": "ship1", "toNode": "central", "status": "ok",
+            "exitCode": 0, "output": output
+        })
+    };
+    let forged = reply("forged", &id);
+    let payload = serde_json::to_vec(&forged).unwrap();
+    raw.send(&to, None, None, &payload);
+    raw.answer_as("intruder", &m, &forged);
+    raw.answer_as("ship2", &m, &forged);
+    let moved = steward::keys::Identity::from_seed(&common::seed_of("ship1"))
+        .unwrap()
+        .seal_covering(
+            steward::keys::Scope::reply(&to, "the signature of another send"),
+            &payload,
+            Covers::Payload,
+        );
+    raw.send(&to, None, Some(&moved.headers), &payload);
+    raw.answer_as("ship1", &m, &reply("forged", "central-1-1-another"));
+    // The real one, twice (each retry's copy is answered).
+    raw.answer_as("ship1", &m, &reply("the real output", &id));
+    raw.answer_as("ship1", &m, &reply("the real output", &id));
+    central.wait_metric(
+        "kept a late reply",
+        |n| n.metric("steward_late_replies_total{method=\"CLICommand\"}"),
+        |v| v >= 1.0,
+    );
+    let kept = central.read("replies/ship1.CLICommand.log");
+    let records: Vec<&str> = kept.lines().filter(|l| l.starts_with("=== ")).collect();
+    assert_eq!(records.len(), 1, "{kept}");
+    assert!(records[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")));
+    assert!(
+        kept.contains("the real output\n[steward: this reply came"),
+        "{kept}"
+    );
+    assert!(!kept.contains("forged"), "{kept}");
+    let log = central.log();
+    assert_eq!(log.matches("ignoring a late reply").count(), 5, "{log}");
+    assert!(log.contains("ran on ship1 after all"), "{log}");
+    // Nothing awaited any more: the process has ended, and a copy after that is dropped.
+    central.wait_status("showed the late replies process gone", |t| {
+        !t.contains("late replies")
+    });
+    raw.answer_as("ship1", &m, &reply("the real output", &id));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
+        1.0
+    );
+}

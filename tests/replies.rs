@@ -201,6 +201,51 @@ fn a_command_killed_at_method_timeout_says_so_and_is_not_retried() {
     central.wait_for("replies/ship1.CLICommand.log", "unlimited");
 }
 
+/// A command allowed to run longer (`methodTimeout`) than its sender waits for its ACK
+/// (`timeout`) is given up, its retries spent, while it runs on: listed in
+/// failed-messages.txt as before, and its reply, when it comes, kept all the same in its
+/// reply file with a line that says so, logged and reported: it ran, once.
+#[test]
+fn a_command_given_up_while_it_runs_has_its_late_reply_kept_and_said() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let ran = ship1.path("ran");
+    let message = format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","sleep 3; echo once >> {}; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":10,"retries":0}}]"#,
+        ran.display()
+    );
+    let ended = central.send_and_wait(&message);
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let id = &ended[0].0;
+    let failed = central.read("failed-messages.txt");
+    assert!(failed.contains("sleep 3"), "{failed}");
+    // Said where the operator looks first: it may have run, and what comes is kept.
+    let log = central.log();
+    assert!(
+        log.contains("it may have reached ship1 and run there: a reply that comes later is kept"),
+        "{log}"
+    );
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
+    assert_eq!(records(&kept).len(), 1, "{kept}");
+    assert!(
+        records(&kept)[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")),
+        "{kept}"
+    );
+    assert!(kept.contains("done\n[steward: this reply came"), "{kept}");
+    assert!(kept.contains("do not send it again"), "{kept}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
+    let errors = central.wait_for("errors.log", "ran on ship1 after all");
+    assert!(errors.contains(id.as_str()), "{errors}");
+    assert_eq!(
+        central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
+        1.0
+    );
+    // The message log keeps how it ended at the time: failed.
+    let logged = central.read("message-log.txt");
+    assert!(logged.contains("\"outcome\":\"failed\""), "{logged}");
+}
+
 #[test]
 fn a_reply_cut_to_the_broker_s_limit_is_recorded_as_it_was_sent() {
     let nats = NatsServer::start();

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 mod replies;
 
-pub use replies::Route;
+pub use replies::{GivenUp, Late, Route, LATE_AT_MOST, LATE_AWAITED, LATE_FOR};
 
 /// Where a user and password, or a token, is written into a broker address
 /// (`nats://user:password@host:4222`, which the NATS client takes as the connection's
@@ -141,6 +141,8 @@ pub struct Broker {
     node: String,
     /// The subscription every publisher's replies arrive on, made at the first's start.
     replies: Mutex<Option<replies::Replies>>,
+    /// Replies awaited after their message was given up (see [`Late`]).
+    pub late: Arc<Late>,
     /// Told each time the link comes back up ([`Broker::reconnects`]).
     reconnected: Mutex<Vec<Sender<()>>>,
 }
@@ -180,6 +182,7 @@ impl Broker {
             epoch: AtomicU64::new(0),
             node: node.to_string(),
             replies: Mutex::new(None),
+            late: Arc::default(),
             reconnected: Mutex::new(Vec::new()),
         });
         let url_list = urls.join(",");
@@ -369,7 +372,7 @@ impl Broker {
                 self.node,
                 nuid.trim_start_matches("_INBOX.")
             );
-            *replies = Some(replies::Replies::subscribe(conn, inbox)?);
+            *replies = Some(replies::Replies::subscribe(conn, inbox, self.late.clone())?);
         }
         Ok(replies.as_mut().expect("made above").route())
     }

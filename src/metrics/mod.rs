@@ -25,6 +25,7 @@ pub struct Metrics {
     /// Batches of events that did not go through, their lane falling back to one at a time.
     pub batches_failed: IntCounterVec,
     pub failed: IntCounterVec,
+    pub late_replies: IntCounterVec,
     pub received: IntCounterVec,
     pub rejected_input: IntCounter,
     pub processes: IntGauge,
@@ -150,6 +151,12 @@ impl Metrics {
                 &r,
                 "steward_messages_failed_total",
                 "Messages given up (retries spent, refused, or interrupted on the receiver) and kept in failed-messages.txt.",
+                &["method"],
+            ),
+            late_replies: counter_vec(
+                &r,
+                "steward_late_replies_total",
+                "Replies that came after their message was given up (it ran after all), kept in its reply file; the message stays in failed-messages.txt.",
                 &["method"],
             ),
             received: counter_vec(

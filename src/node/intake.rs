@@ -292,6 +292,23 @@ impl Node {
         });
     }
 
+    /// A message given up after a send its node may have taken: its reply is awaited a
+    /// while longer, by the `late replies` process, which the supervisor starts if it does
+    /// not run (see [`crate::process::publisher::LateReplies`]).
+    pub fn await_late(&self, given_up: crate::broker::GivenUp) {
+        if let Some(gone) = self.broker.late.awaits(given_up) {
+            log::warn!(
+                "{}: no longer awaiting a late reply for {} (given up {}s ago): {} later ones are awaited; it stays in {}",
+                gone.lane,
+                gone.id,
+                gone.at.elapsed().as_secs(),
+                crate::broker::LATE_AWAITED,
+                self.data.failed().display()
+            );
+        }
+        let _ = self.supervisor.send(Event::AwaitLate);
+    }
+
     /// Whether `lane` has a publisher to wake (one that is not ending).
     pub fn serves_lane(&self, lane: &Subject) -> bool {
         self.publishers

@@ -45,7 +45,7 @@
 
 use crate::methods::Method;
 use crate::node::Node;
-use crate::process::{self, subscriber, Failure, Process, State, StopFd};
+use crate::process::{self, publisher, subscriber, Failure, Process, State, StopFd};
 use crate::subject::Subject;
 use crossbeam_channel::{Receiver, Sender};
 use lanes::Waiting;
@@ -95,6 +95,9 @@ pub enum Event {
     /// A node some parked lane goes to said Hello: its lanes wait their turn now, ahead of
     /// those whose pause is over (see [`crate::node::Presence`]).
     Hello(String),
+    /// A message was given up after a send its node may have taken: its late reply is
+    /// awaited, by the `late replies` process, started if it does not run.
+    AwaitLate,
     /// SIGINT or SIGTERM.
     Shutdown,
 }
@@ -234,6 +237,24 @@ impl Supervisor {
         }
     }
 
+    /// Starts the `late replies` process, unless it runs (or waits for its restart).
+    fn await_late(&mut self) {
+        let name = publisher::LATE_REPLIES;
+        match self.table.get(name) {
+            Some(e) if e.thread.is_some() || e.restart_at.is_some() => {}
+            Some(_) => self.launch(name),
+            None => {
+                let node = self.node.clone();
+                self.add(name.into(), None, move |state| {
+                    Box::new(publisher::LateReplies {
+                        node: node.clone(),
+                        state,
+                    })
+                });
+            }
+        }
+    }
+
     /// Puts process `name` in the table and starts it.
     fn add<F>(&mut self, name: String, lane: Option<(Subject, Sender<()>)>, make: F)
     where
@@ -367,6 +388,15 @@ impl Supervisor {
             }
             return;
         }
+        if failure.is_none() && name == publisher::LATE_REPLIES {
+            // Nothing was awaited: gone from the table, unless something is again.
+            if !self.node.broker.late.is_empty() {
+                self.launch(&name);
+            } else {
+                self.table.remove(&name);
+            }
+            return;
+        }
         // Ended without an error, though not told to stop: restarted as it always was.
         let failure = failure.unwrap_or_else(|| Failure::retry("ended unexpectedly"));
         let fatal = failure.is_fatal();
@@ -497,6 +527,7 @@ impl Supervisor {
                     Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
                     Ok(Event::Parked { lane, until, hello }) => self.parked(lane, until, &hello),
                     Ok(Event::Hello(node)) => self.hello(&node),
+                    Ok(Event::AwaitLate) => self.await_late(),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(upkeep) -> _ => {

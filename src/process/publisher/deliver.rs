@@ -33,8 +33,9 @@ const SIGNATURES_KEPT: usize = 8;
 
 /// The signatures of a message's sends that a reply may be bound to: the last
 /// [`SIGNATURES_KEPT`], and the first a listener took (no "no responders" came for it
-/// before the next send), kept whatever follows: it may be running there, a long command,
-/// while Hellos send it again.
+/// before the next send, or the attempt's end), kept whatever follows: it may be running
+/// there, a long command, while Hellos send it again, or after the message is given up
+/// (see `Publisher::await_late`).
 #[derive(Default)]
 pub(super) struct Sends {
     last: Vec<String>,
@@ -59,6 +60,12 @@ impl Sends {
     /// Newest first, the pinned one last.
     fn iter(&self) -> impl Iterator<Item = &String> {
         self.last.iter().rev().chain(self.pinned.iter())
+    }
+
+    /// Whether a listener may have taken one of the sends: then the message may run
+    /// there, given up or not.
+    fn maybe_taken(&self) -> bool {
+        self.pinned.is_some()
     }
 }
 
@@ -364,6 +371,12 @@ impl Publisher {
                     );
                     continue;
                 }
+                Next::GiveUp(why) if self.await_late(entry, reply_subject, &sigs, &why) => {
+                    return Delivery::Failed(format!(
+                        "{why}; it may have reached {} and run there: a reply that comes later is kept in its reply file",
+                        message.to_node
+                    ));
+                }
                 Next::GiveUp(why) => return Delivery::Failed(why),
                 Next::Pause(pause) => pause,
             };
@@ -403,6 +416,34 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// A message given up after a send its node may have taken may run there all the
+    /// same (a command that outlasts its `timeout`, copies held in its node's link while it
+    /// was cut silently): its reply is awaited a while longer, whatever becomes of this
+    /// publisher, for the node's `late replies` process to keep ([`LateReplies`]): whether
+    /// it is.
+    fn await_late(&self, entry: &Entry, reply_subject: &str, sigs: &Sends, why: &str) -> bool {
+        if !sigs.maybe_taken() {
+            return false;
+        }
+        let method_timeout = entry.envelope.message.method_timeout.unwrap_or(0);
+        let runs_for = match method_timeout {
+            t if t > 0 => Duration::from_secs(t.unsigned_abs()),
+            0 => Duration::ZERO,
+            _ => crate::broker::LATE_AT_MOST, // no limit on its run
+        };
+        let now = Instant::now();
+        self.node.await_late(crate::broker::GivenUp {
+            lane: self.subject.clone(),
+            id: entry.envelope.id.clone(),
+            reply_subject: reply_subject.to_string(),
+            sigs: sigs.iter().cloned().collect(),
+            why: why.to_string(),
+            at: now,
+            until: now + (runs_for + crate::broker::LATE_FOR).min(crate::broker::LATE_AT_MOST),
+        });
+        true
     }
 
     /// Gives the lane's thread up in the middle of attempt `attempt` (its destination not
@@ -673,6 +714,11 @@ impl Publisher {
                         }
                         continue;
                     }
+                    // The last send found a listener, or a link that held it: the
+                    // message may run there (see `Publisher::await_late`).
+                    if !unheard {
+                        sigs.heard();
+                    }
                     return Attempt::Failed(match hint {
                         Some(why) => format!("no ACK within {}s ({why})", timeout.as_secs()),
                         None => format!("no ACK within {}s", timeout.as_secs()),
@@ -682,32 +728,10 @@ impl Publisher {
         }
     }
 
-    /// A reply must be signed by a key this node trusts for the destination, over the
-    /// reply subject and the signature of one of our attempts: otherwise anyone on the
-    /// broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
-    /// to a tampered copy out of it. A reply that cannot be verified is never stored.
+    /// See [`check_reply`].
     fn check_reply(&self, to: &str, msg: &nats::Message, sigs: &Sends) -> Result<(), NotAnAnswer> {
-        let trusted = &self.node.trusted;
         // `sigs` holds at least the attempt being answered.
-        let mut why = Unverified::Bad(String::new());
-        for sig in sigs.iter() {
-            let scope = Scope::reply(&msg.subject, sig);
-            match trusted.verify(to, msg.headers.as_ref(), scope, &msg.data) {
-                Ok(_) => return Ok(()),
-                Err(Unverified::UnknownSender { key }) => {
-                    return Err(NotAnAnswer::UnknownSender {
-                        node: self.node.config.node.clone(),
-                        to: to.to_string(),
-                        key,
-                    })
-                }
-                Err(Unverified::Unsigned) => {
-                    return Err(NotAnAnswer::Unsigned { to: to.to_string() })
-                }
-                Err(e) => why = e,
-            }
-        }
-        Err(NotAnAnswer::NotOurs(why))
+        check_reply(&self.node, to, msg, sigs.iter())
     }
 
     /// The retry rules of one message, with its own jitter: after an outage, lanes do not
@@ -778,4 +802,36 @@ impl Publisher {
             }
         }
     }
+}
+
+/// A reply must be signed by a key `node` trusts for the destination `to`, over the reply
+/// subject and the signature of one of the message's sends (`sigs`): otherwise anyone on
+/// the broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
+/// to a tampered copy out of it. A reply that cannot be verified is never stored.
+pub(crate) fn check_reply<'s>(
+    node: &Node,
+    to: &str,
+    msg: &nats::Message,
+    sigs: impl Iterator<Item = &'s String>,
+) -> Result<(), NotAnAnswer> {
+    let mut why = Unverified::Bad(String::new());
+    for sig in sigs {
+        let scope = Scope::reply(&msg.subject, sig);
+        match node
+            .trusted
+            .verify(to, msg.headers.as_ref(), scope, &msg.data)
+        {
+            Ok(_) => return Ok(()),
+            Err(Unverified::UnknownSender { key }) => {
+                return Err(NotAnAnswer::UnknownSender {
+                    node: node.config.node.clone(),
+                    to: to.to_string(),
+                    key,
+                })
+            }
+            Err(Unverified::Unsigned) => return Err(NotAnAnswer::Unsigned { to: to.to_string() }),
+            Err(e) => why = e,
+        }
+    }
+    Err(NotAnAnswer::NotOurs(why))
 }

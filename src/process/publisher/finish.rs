@@ -71,7 +71,7 @@ impl Publisher {
             let (message, id) = (&entry.envelope.message, &entry.envelope.id);
             if let Some(reply) = &end.reply {
                 if !written.contains(id) {
-                    reply_record(&mut records, &now, &entry.envelope, reply);
+                    reply_record(&mut records, &now, &entry.envelope.id, reply);
                     ids.push(id.as_str());
                 }
             }
@@ -372,7 +372,7 @@ fn log_line(out: &mut Vec<u8>, entry: &Entry, outcome: &str, finished: u64, fini
 /// the output (ended by a newline). The header ends with the output's length and CRC-32
 /// (`bytes=… crc=…`, see [`crate::resumed::ReplyHeader`]), so that a record a power cut
 /// left in part is told from a whole one.
-fn reply_record(out: &mut String, now: &str, envelope: &crate::message::Envelope, reply: &Reply) {
+pub(super) fn reply_record(out: &mut String, now: &str, id: &str, reply: &Reply) {
     use std::fmt::Write;
     let end = if reply.output.ends_with('\n') || reply.output.is_empty() {
         ""
@@ -386,7 +386,7 @@ fn reply_record(out: &mut String, now: &str, envelope: &crate::message::Envelope
         out,
         "=== {} id={} from={} status={:?}{} bytes={} crc={:08x}\n{}{}",
         now,
-        envelope.id,
+        id,
         reply.from_node,
         reply.status,
         reply

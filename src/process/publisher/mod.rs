@@ -48,6 +48,10 @@
 //!
 //! The messages being delivered sit in a slot the supervisor keeps across restarts, so a
 //! publisher that fails mid-delivery resumes with the same messages, ahead of the rest.
+//!
+//! A message given up after a send its node may have taken may run there all the same; its
+//! reply is awaited a while longer, and kept when it comes, by the node's `late replies`
+//! process ([`LateReplies`], in `late`).
 
 use super::{sleep_or_stop, Failure, Process, State};
 use crate::journal::Entry;
@@ -66,8 +70,10 @@ use std::time::{Duration, Instant};
 
 mod deliver;
 mod finish;
+mod late;
 
-use deliver::{batch_of, BatchWire};
+use deliver::{batch_of, check_reply, BatchWire};
+pub use late::{LateReplies, NAME as LATE_REPLIES};
 
 /// The messages a publisher is working on, kept by the supervisor across restarts.
 pub type InFlight = Arc<Mutex<Slot>>;

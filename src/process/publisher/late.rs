@@ -1,0 +1,147 @@
+//! Replies that come after their message was given up: the `late replies` process.
+//!
+//! A message is given up when its attempts are spent or its time to live is over, and kept
+//! in failed-messages.txt. That says no ACK came in time, not that it never ran: a command
+//! that outlasts its `timeout` runs on, and copies held in its node's link while it was cut
+//! silently reach the node when the link flows again. Its reply used to be dropped (its
+//! publisher had moved on, or ended), so a command that ran was listed as undelivered, its
+//! output lost, and sent again from failed-messages.txt it ran twice.
+//!
+//! Now a message given up after a send its node may have taken (one not answered "no
+//! responders") is awaited a while longer ([`crate::broker::Late`]: an hour past its
+//! `methodTimeout`, at most a day, at most [`LATE_AWAITED`] at once). A reply that comes
+//! for it is checked as any reply (signed by the destination's key, over one of the
+//! message's own sends, its id and sender the message's), then kept in the lane's reply
+//! file with a line that says it came after the message was given up, logged and reported
+//! to the central error logger: the message is still in failed-messages.txt, and must not
+//! be sent again. This process runs only while something is awaited; the supervisor starts
+//! it when a message is given up so ([`crate::supervisor::Event::AwaitLate`]).
+//!
+//! [`LATE_AWAITED`]: crate::broker::Late
+
+use super::finish::reply_record;
+use super::*;
+use crate::broker::GivenUp;
+
+pub struct LateReplies {
+    pub node: Arc<Node>,
+    pub state: Arc<State>,
+}
+
+/// The process's name in the table.
+pub const NAME: &str = "late replies";
+
+impl Process for LateReplies {
+    fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
+        let late = &self.node.broker.late;
+        loop {
+            let (expired, next) = late.expire(Instant::now());
+            for given_up in expired {
+                log::info!(
+                    "{}: no reply came for {} within {}s of its being given up; it stays in {}",
+                    given_up.lane,
+                    given_up.id,
+                    given_up.until.duration_since(given_up.at).as_secs(),
+                    self.node.data.failed().display()
+                );
+            }
+            let Some(next) = next else {
+                return Ok(()); // nothing awaited: started again when something is
+            };
+            self.state.set(format!(
+                "awaiting the late replies of {} message(s) given up",
+                late.len()
+            ));
+            select! {
+                recv(late.messages) -> msg => {
+                    let Ok(msg) = msg else { return Ok(()) };
+                    self.take(msg)?;
+                },
+                recv(stop) -> _ => return Ok(()),
+                recv(crossbeam_channel::at(next)) -> _ => {},
+            }
+        }
+    }
+}
+
+impl LateReplies {
+    /// Checks `msg` against the message it answers and keeps it. A reply that cannot be
+    /// kept (a full disk) goes back into the queue and the process fails: restarted, it
+    /// tries again.
+    fn take(&self, msg: nats::Message) -> Result<(), Failure> {
+        let late = &self.node.broker.late;
+        let Some(given_up) = late.get(&msg.subject) else {
+            return Ok(()); // kept already (a retry's copy answered too), or let go
+        };
+        if msg.is_no_responders() {
+            return Ok(());
+        }
+        let to = &given_up.lane.node;
+        let reply = check_reply(&self.node, to, &msg, given_up.sigs.iter()).and_then(|()| {
+            match Reply::decode(&msg.data) {
+                Ok(reply) if reply.id == given_up.id && reply.from_node == *to => Ok(reply),
+                Ok(reply) => Err(NotAnAnswer::OtherId {
+                    got: reply.id,
+                    want: given_up.id.clone(),
+                }),
+                Err(e) => Err(NotAnAnswer::Undecodable(e)),
+            }
+        });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(why) => {
+                // Still awaited: a forged reply must not stand in for the real one.
+                log::warn!("{}: ignoring a late reply: {why}", given_up.lane);
+                return Ok(());
+            }
+        };
+        let path = self.node.data.replies(to, &given_up.lane.method);
+        if let Err(source) = self.keep(&given_up, &reply, &path) {
+            let _ = late.requeue(msg);
+            return Err(Failure::retry(Error::StoreReplies { path, source }));
+        }
+        late.answered(&msg.subject);
+        self.node
+            .metrics
+            .late_replies
+            .with_label_values(&[given_up.lane.method.as_str()])
+            .inc();
+        self.node.report_error(format!(
+            "{}: {} was given up {}s ago ({}), and ran on {to} after all: {:?}{}, its reply kept in {}; it is still in {}: do not send it again",
+            given_up.lane,
+            given_up.id,
+            given_up.at.elapsed().as_secs(),
+            given_up.why,
+            reply.status,
+            reply
+                .exit_code
+                .map(|c| format!(" exit {c}"))
+                .unwrap_or_default(),
+            path.display(),
+            self.node.data.failed().display()
+        ));
+        Ok(())
+    }
+
+    /// Appends `reply` to the lane's reply file, with a last line that says it came late.
+    fn keep(&self, given_up: &GivenUp, reply: &Reply, path: &std::path::Path) -> io::Result<()> {
+        let mut reply = reply.clone();
+        if !reply.output.is_empty() && !reply.output.ends_with('\n') {
+            reply.output.push('\n');
+        }
+        reply.output.push_str(&format!(
+            "[steward: this reply came {}s after the message was given up ({}); the message is in failed-messages.txt, and ran: do not send it again]\n",
+            given_up.at.elapsed().as_secs(),
+            given_up.why
+        ));
+        let mut record = String::new();
+        reply_record(
+            &mut record,
+            &crate::files::now_rfc3339(),
+            &given_up.id,
+            &reply,
+        );
+        let limits = &self.node.log_budget.limits;
+        crate::files::append_rotating(path, record.as_bytes(), limits.rotate_at, limits.keep)
+    }
+}
