@@ -55,7 +55,9 @@ use std::time::Duration;
 
 mod replies;
 
-pub use replies::{GivenUp, Late, Route, LATE_AT_MOST, LATE_AWAITED, LATE_FOR};
+pub use replies::{
+    GivenUp, Late, Route, LATE_AT_MOST, LATE_AWAITED, LATE_AWAITED_EACH_NODE, LATE_FOR,
+};
 
 /// Where a user and password, or a token, is written into a broker address
 /// (`nats://user:password@host:4222`, which the NATS client takes as the connection's

@@ -89,7 +89,7 @@ impl Replies {
         let (table, prefix) = (routes.clone(), format!("{inbox}."));
         let subscription = conn.subscribe_routed(&format!("{inbox}.*.*"), move |m| {
             if late.takes(m) {
-                return true;
+                return true; // a late reply (see `Late`)
             }
             let token = m
                 .subject
@@ -131,15 +131,22 @@ impl Replies {
     }
 }
 
-/// How many messages given up a node awaits late replies for at once: past it, the longest
-/// awaited is let go (and said). A message is awaited only if one of its sends may have
-/// been taken (see [`Late::awaits`]): a fan-out to nodes that are away awaits nothing.
+/// How many messages given up a node awaits late replies for at once, and how many of
+/// them may go to one destination (a node that takes its messages and never answers cannot
+/// push the others' out): past either, the longest awaited is let go (and said).
 pub const LATE_AWAITED: usize = 1024;
+pub const LATE_AWAITED_EACH_NODE: usize = 64;
+
+/// How many replies to one awaited message wait for the `late replies` process at once: a
+/// flood on one reply subject holds no more of the queue than this (each a signature check
+/// or more), and the queue ([`LATE_QUEUED`]) is shared.
+const LATE_QUEUED_EACH: usize = 4;
+const LATE_QUEUED: usize = 256;
 
 /// How long a reply is awaited after its message was given up: a command may run on for
-/// its `methodTimeout` (then this long more: a reply held in a link as the message was);
-/// at most [`LATE_AT_MOST`].
+/// its `methodTimeout`, then this long more (a reply held in a link as the message was).
 pub const LATE_FOR: Duration = Duration::from_secs(3600);
+/// ... and at most this long (a command with no limit on its run).
 pub const LATE_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 
 /// A message given up after a send its node may have taken: what its late reply must
@@ -159,11 +166,37 @@ pub struct GivenUp {
     pub until: Instant,
 }
 
-/// Messages given up whose late reply is awaited, by reply subject (oldest first in
-/// `order`), and the replies that came for them, in a channel as a route's: bounded, a
-/// flood dropped.
+/// One awaited message: how many of its replies wait in the queue, and whether a reply
+/// that did not answer it was said in the log (once: a flood is not a flood of lines).
+struct Awaited {
+    given_up: GivenUp,
+    queued: usize,
+    said: bool,
+}
+
+/// The awaited, by reply subject, oldest first in `order` (which may name ones gone since).
+#[derive(Default)]
+struct Table {
+    awaited: HashMap<String, Awaited>,
+    order: VecDeque<String>,
+}
+
+impl Table {
+    /// Lets go of the oldest awaited that `pick` takes.
+    fn let_go(&mut self, pick: impl Fn(&GivenUp) -> bool) -> Option<GivenUp> {
+        let at = self
+            .order
+            .iter()
+            .position(|s| self.awaited.get(s).is_some_and(|a| pick(&a.given_up)))?;
+        let subject = self.order.remove(at)?;
+        self.awaited.remove(&subject).map(|a| a.given_up)
+    }
+}
+
+/// Messages given up whose late reply is awaited, and the replies that came for them, in
+/// a queue as a route's: bounded, a flood dropped.
 pub struct Late {
-    awaited: Mutex<(HashMap<String, GivenUp>, VecDeque<String>)>,
+    table: Mutex<Table>,
     tx: Sender<nats::Message>,
     /// The replies to awaited messages, as they come: for the `late replies` process.
     pub messages: Receiver<nats::Message>,
@@ -171,9 +204,9 @@ pub struct Late {
 
 impl Default for Late {
     fn default() -> Late {
-        let (tx, messages) = crossbeam_channel::bounded(ROUTE_DEPTH);
+        let (tx, messages) = crossbeam_channel::bounded(LATE_QUEUED);
         Late {
-            awaited: Mutex::default(),
+            table: Mutex::default(),
             tx,
             messages,
         }
@@ -181,83 +214,105 @@ impl Default for Late {
 }
 
 impl Late {
-    fn table(&self) -> std::sync::MutexGuard<'_, (HashMap<String, GivenUp>, VecDeque<String>)> {
-        self.awaited.lock().unwrap_or_else(PoisonError::into_inner)
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Awaits a late reply to `given_up`; if [`LATE_AWAITED`] are awaited already, the
-    /// longest awaited is let go, and returned.
-    pub fn awaits(&self, given_up: GivenUp) -> Option<GivenUp> {
+    /// Awaits a late reply to `given_up`; returns those let go to make room: the longest
+    /// awaited of its node past [`LATE_AWAITED_EACH_NODE`], of all past [`LATE_AWAITED`].
+    pub fn awaits(&self, given_up: GivenUp) -> Vec<GivenUp> {
         let mut table = self.table();
-        let (awaited, order) = &mut *table;
-        let subject = given_up.reply_subject.clone();
-        if awaited.insert(subject.clone(), given_up).is_none() {
-            order.push_back(subject);
+        let (subject, node) = (given_up.reply_subject.clone(), given_up.lane.node.clone());
+        let awaited = Awaited {
+            given_up,
+            queued: 0,
+            said: false,
+        };
+        if table.awaited.insert(subject.clone(), awaited).is_none() {
+            table.order.push_back(subject);
         }
-        if awaited.len() <= LATE_AWAITED {
-            return None;
+        let mut gone = Vec::new();
+        let of_node = |t: &Table| {
+            let same = t.awaited.values().filter(|a| a.given_up.lane.node == node);
+            same.count()
+        };
+        if of_node(&table) > LATE_AWAITED_EACH_NODE {
+            gone.extend(table.let_go(|g| g.lane.node == node));
         }
-        // `order` may name ones answered since: passed over.
-        while let Some(oldest) = order.pop_front() {
-            if let Some(gone) = awaited.remove(&oldest) {
-                return Some(gone);
-            }
+        if table.awaited.len() > LATE_AWAITED {
+            gone.extend(table.let_go(|_| true));
         }
-        None
+        gone
     }
 
-    /// Whether `m` answers an awaited message: then it is handed on (a flood dropped).
-    fn takes(&self, m: &nats::Message) -> bool {
-        let table = self.table();
-        if table.0.is_empty() || !table.0.contains_key(&m.subject) {
+    /// Whether `m` answers an awaited message: then it is queued for the process (past
+    /// [`LATE_QUEUED_EACH`] of its own, or a full queue, dropped).
+    pub fn takes(&self, m: &nats::Message) -> bool {
+        let mut table = self.table();
+        let Some(awaited) = table.awaited.get_mut(&m.subject) else {
             return false;
+        };
+        if awaited.queued < LATE_QUEUED_EACH && self.tx.try_send(m.clone()).is_ok() {
+            awaited.queued += 1;
         }
-        let _ = self.tx.try_send(m.clone());
         true
     }
 
     /// Puts `m` back, for the process to take again after its restart (it could not keep
-    /// it): whether there was room.
-    pub fn requeue(&self, m: nats::Message) -> bool {
-        self.tx.try_send(m).is_ok()
+    /// it): whether it is.
+    pub fn requeue(&self, m: &nats::Message) -> bool {
+        self.takes(m) && self.table().awaited.contains_key(&m.subject)
     }
 
-    /// What is awaited on `reply_subject`, if anything.
-    pub fn get(&self, reply_subject: &str) -> Option<GivenUp> {
-        self.table().0.get(reply_subject).cloned()
+    /// A reply on `reply_subject` is taken from the queue: what it must answer, if that is
+    /// still awaited.
+    pub fn taken(&self, reply_subject: &str) -> Option<GivenUp> {
+        let mut table = self.table();
+        let awaited = table.awaited.get_mut(reply_subject)?;
+        awaited.queued = awaited.queued.saturating_sub(1);
+        Some(awaited.given_up.clone())
+    }
+
+    /// A reply on `reply_subject` did not answer its message: whether that is the first
+    /// such (to be said in the log).
+    pub fn first_not_an_answer(&self, reply_subject: &str) -> bool {
+        let mut table = self.table();
+        table
+            .awaited
+            .get_mut(reply_subject)
+            .is_some_and(|a| !std::mem::replace(&mut a.said, true))
     }
 
     /// The reply on `reply_subject` came and was kept: no longer awaited.
     pub fn answered(&self, reply_subject: &str) {
-        self.table().0.remove(reply_subject);
+        let mut table = self.table();
+        table.awaited.remove(reply_subject);
+        table.order.retain(|s| s != reply_subject);
     }
 
     /// Lets go of those awaited past their time (returned), and says until when the next
     /// one is awaited: none, nothing is awaited.
     pub fn expire(&self, now: Instant) -> (Vec<GivenUp>, Option<Instant>) {
         let mut table = self.table();
-        let (awaited, order) = &mut *table;
-        let over: Vec<String> = awaited
-            .iter()
-            .filter(|(_, g)| g.until <= now)
-            .map(|(s, _)| s.clone())
-            .collect();
-        let gone = over.iter().filter_map(|s| awaited.remove(s)).collect();
-        order.retain(|s| awaited.contains_key(s));
-        if awaited.is_empty() {
-            // Its memory too: a fan-out's worth may have been awaited.
-            (*awaited, *order) = (HashMap::new(), VecDeque::new());
+        let mut gone = Vec::new();
+        while let Some(g) = table.let_go(|g| g.until <= now) {
+            gone.push(g);
         }
-        (gone, awaited.values().map(|g| g.until).min())
+        if table.awaited.is_empty() {
+            // Its memory too: a fan-out's worth may have been awaited.
+            *table = Table::default();
+        }
+        let next = table.awaited.values().map(|a| a.given_up.until).min();
+        (gone, next)
     }
 
     /// How many are awaited.
     pub fn len(&self) -> usize {
-        self.table().0.len()
+        self.table().awaited.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table().0.is_empty()
+        self.table().awaited.is_empty()
     }
 }
 
@@ -265,11 +320,11 @@ impl Late {
 mod tests {
     use super::*;
 
-    fn given_up(n: usize, until: Instant) -> GivenUp {
+    fn given_up(node: &str, n: usize, until: Instant) -> GivenUp {
         GivenUp {
-            lane: crate::subject::Subject::parse("ship1.CommandACK.CLICommand").unwrap(),
-            id: format!("central-{n}"),
-            reply_subject: format!("_INBOX.central.x.t.{n}"),
+            lane: crate::subject::Subject::parse(&format!("{node}.CommandACK.CLICommand")).unwrap(),
+            id: format!("{node}-{n}"),
+            reply_subject: format!("_INBOX.central.x.{node}.{n}"),
             sigs: vec!["sig".into()],
             why: "no ACK".into(),
             at: Instant::now(),
@@ -278,30 +333,62 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_awaited_is_let_go_past_the_bound_and_the_rest_expire_in_their_time() {
+    fn the_longest_awaited_is_let_go_past_the_bounds_and_the_rest_expire_in_their_time() {
         let late = Late::default();
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
-        for n in 0..LATE_AWAITED {
-            assert!(late.awaits(given_up(n, later)).is_none());
+        // One node's share: past it, that node's oldest goes.
+        for n in 0..LATE_AWAITED_EACH_NODE {
+            assert!(late.awaits(given_up("ship1", n, later)).is_empty());
+        }
+        let gone = late.awaits(given_up("ship1", 9999, later));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, "ship1-0");
+        // The rest of the table, each node within its share.
+        let mut n = 0;
+        while late.len() < LATE_AWAITED {
+            let node = format!("node{}", n % 20);
+            assert!(late.awaits(given_up(&node, n, later)).is_empty());
+            n += 1;
         }
         // Answered: out of the count, and not the one let go next.
-        late.answered("_INBOX.central.x.t.0");
-        assert!(late.awaits(given_up(LATE_AWAITED, later)).is_none());
-        let gone = late
-            .awaits(given_up(LATE_AWAITED + 1, now))
-            .expect("over the bound");
-        assert_eq!(gone.id, "central-1");
+        late.answered("_INBOX.central.x.ship1.1");
+        assert!(late.awaits(given_up("node99", 0, later)).is_empty());
+        let gone = late.awaits(given_up("node99", 1, now));
+        assert_eq!(gone.len(), 1, "over the bound");
+        assert_eq!(gone[0].id, "ship1-2");
         assert_eq!(late.len(), LATE_AWAITED);
-        assert!(late.get("_INBOX.central.x.t.1").is_none());
-        assert!(late.get("_INBOX.central.x.t.2").is_some());
+        assert!(late.taken("_INBOX.central.x.ship1.2").is_none());
+        assert!(late.taken("_INBOX.central.x.ship1.3").is_some());
         // Expired: the one whose time is over, and the next time is the rest's.
         let (expired, next) = late.expire(now + Duration::from_secs(1));
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].id, format!("central-{}", LATE_AWAITED + 1));
+        assert_eq!(expired[0].id, "node99-1");
         assert_eq!(next, Some(later));
         let (expired, next) = late.expire(later);
         assert_eq!((expired.len(), next), (LATE_AWAITED - 1, None));
-        assert_eq!(late.len(), 0);
+        assert!(late.is_empty());
+    }
+
+    #[test]
+    fn a_flood_on_one_reply_subject_holds_a_few_places_of_the_queue_and_is_said_once() {
+        let late = Late::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        late.awaits(given_up("ship1", 1, later));
+        late.awaits(given_up("ship2", 2, later));
+        let on = |subject: &str| nats::Message::new(subject, None, "x", None);
+        for _ in 0..1000 {
+            assert!(late.takes(&on("_INBOX.central.x.ship1.1")));
+        }
+        assert!(late.takes(&on("_INBOX.central.x.ship2.2")));
+        assert!(!late.takes(&on("_INBOX.central.x.ship2.3")), "not awaited");
+        assert_eq!(late.messages.len(), LATE_QUEUED_EACH + 1);
+        // Taken from the queue: room for one more of its own.
+        late.messages.recv().unwrap();
+        assert!(late.taken("_INBOX.central.x.ship1.1").is_some());
+        late.takes(&on("_INBOX.central.x.ship1.1"));
+        assert_eq!(late.messages.len(), LATE_QUEUED_EACH + 1);
+        assert!(late.first_not_an_answer("_INBOX.central.x.ship1.1"));
+        assert!(!late.first_not_an_answer("_INBOX.central.x.ship1.1"));
     }
 }

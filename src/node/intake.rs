@@ -296,13 +296,15 @@ impl Node {
     /// while longer, by the `late replies` process, which the supervisor starts if it does
     /// not run (see [`crate::process::publisher::LateReplies`]).
     pub fn await_late(&self, given_up: crate::broker::GivenUp) {
-        if let Some(gone) = self.broker.late.awaits(given_up) {
-            log::warn!(
-                "{}: no longer awaiting a late reply for {} (given up {}s ago): {} later ones are awaited; it stays in {}",
+        for gone in self.broker.late.awaits(given_up) {
+            // Info: a fan-out past the bound lets one go for each message given up.
+            log::info!(
+                "{}: no longer awaiting a late reply for {} (given up {}s ago): later ones are awaited (at most {} in all, {} of a node); it stays in {}",
                 gone.lane,
                 gone.id,
                 gone.at.elapsed().as_secs(),
                 crate::broker::LATE_AWAITED,
+                crate::broker::LATE_AWAITED_EACH_NODE,
                 self.data.failed().display()
             );
         }

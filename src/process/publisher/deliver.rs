@@ -33,13 +33,15 @@ const SIGNATURES_KEPT: usize = 8;
 
 /// The signatures of a message's sends that a reply may be bound to: the last
 /// [`SIGNATURES_KEPT`], and the first a listener took (no "no responders" came for it
-/// before the next send, or the attempt's end), kept whatever follows: it may be running
-/// there, a long command, while Hellos send it again, or after the message is given up
-/// (see `Publisher::await_late`).
+/// before the next send), kept whatever follows: it may be running there, a long command,
+/// while Hellos send it again.
 #[derive(Default)]
 pub(super) struct Sends {
     last: Vec<String>,
     pinned: Option<String>,
+    /// An attempt ended with its last send not answered "no responders": a listener may
+    /// have taken it (or a link cut silently holds it). See `Publisher::await_late`.
+    unanswered_at_end: bool,
 }
 
 impl Sends {
@@ -62,10 +64,10 @@ impl Sends {
         self.last.iter().rev().chain(self.pinned.iter())
     }
 
-    /// Whether a listener may have taken one of the sends: then the message may run
-    /// there, given up or not.
+    /// Whether a listener may have taken one of the sends, by what the broker said of
+    /// them (a "no responders" is anyone's to forge: see `Publisher::await_late`).
     fn maybe_taken(&self) -> bool {
-        self.pinned.is_some()
+        self.pinned.is_some() || self.unanswered_at_end
     }
 }
 
@@ -267,15 +269,7 @@ impl Publisher {
                     },
                 ),
             };
-            let id = &entry.envelope.id;
-            let accept = |bytes: &[u8]| match Reply::decode(bytes) {
-                Ok(reply) if reply.id == *id && reply.from_node == message.to_node => Ok(reply),
-                Ok(reply) => Err(NotAnAnswer::OtherId {
-                    got: reply.id,
-                    want: id.clone(),
-                }),
-                Err(e) => Err(NotAnAnswer::Undecodable(e)),
-            };
+            let accept = |bytes: &[u8]| reply_of(bytes, &entry.envelope.id, &message.to_node);
             // One given up in the middle whose time ran out while it waited its turn is
             // over: sent now, it would fail at once, whether the node ran it or not.
             let tried = if then.deadline <= Instant::now() {
@@ -371,7 +365,9 @@ impl Publisher {
                     );
                     continue;
                 }
-                Next::GiveUp(why) if self.await_late(entry, reply_subject, &sigs, &why) => {
+                Next::GiveUp(why)
+                    if self.await_late(entry, (reply_subject, replies), &sigs, &why) =>
+                {
                     return Delivery::Failed(format!(
                         "{why}; it may have reached {} and run there: a reply that comes later is kept in its reply file",
                         message.to_node
@@ -423,8 +419,22 @@ impl Publisher {
     /// was cut silently): its reply is awaited a while longer, whatever becomes of this
     /// publisher, for the node's `late replies` process to keep ([`LateReplies`]): whether
     /// it is.
-    fn await_late(&self, entry: &Entry, reply_subject: &str, sigs: &Sends, why: &str) -> bool {
-        if !sigs.maybe_taken() {
+    ///
+    /// "May have taken": a send not answered "no responders", or, as such an answer is
+    /// anyone's to forge, a destination that said Hello (signed) within the last minute.
+    /// A reply that came while the attempt was being counted (the broker's PING) waits in
+    /// this publisher's route (`replies`), and is handed on too.
+    fn await_late(
+        &self,
+        entry: &Entry,
+        (reply_subject, replies): (&str, &Receiver<nats::Message>),
+        sigs: &Sends,
+        why: &str,
+    ) -> bool {
+        let to = &entry.envelope.message.to_node;
+        if sigs.last.is_empty()
+            || !(sigs.maybe_taken() || self.node.presence.heard_within(to, SILENT_AFTER))
+        {
             return false;
         }
         let method_timeout = entry.envelope.message.method_timeout.unwrap_or(0);
@@ -443,6 +453,10 @@ impl Publisher {
             at: now,
             until: now + (runs_for + crate::broker::LATE_FOR).min(crate::broker::LATE_AT_MOST),
         });
+        // Anything else in the route answers a message finished before: dropped anyway.
+        for m in replies.try_iter() {
+            self.node.broker.late.takes(&m);
+        }
         true
     }
 
@@ -614,7 +628,9 @@ impl Publisher {
                         return Attempt::Failed("reply subscription closed".into());
                     };
                     if msg.subject != reply_subject {
-                        continue; // a late reply to a message already finished
+                        // A late reply to a message already finished (one given up and
+                        // awaited never comes here: see `crate::broker::Late`).
+                        continue;
                     }
                     if msg.is_no_responders() {
                         let why = format!(
@@ -716,9 +732,7 @@ impl Publisher {
                     }
                     // The last send found a listener, or a link that held it: the
                     // message may run there (see `Publisher::await_late`).
-                    if !unheard {
-                        sigs.heard();
-                    }
+                    sigs.unanswered_at_end |= !unheard;
                     return Attempt::Failed(match hint {
                         Some(why) => format!("no ACK within {}s ({why})", timeout.as_secs()),
                         None => format!("no ACK within {}s", timeout.as_secs()),
@@ -834,4 +848,16 @@ pub(crate) fn check_reply<'s>(
         }
     }
     Err(NotAnAnswer::NotOurs(why))
+}
+
+/// The reply in `bytes`, if it is `to`'s reply to message `id`.
+pub(super) fn reply_of(bytes: &[u8], id: &str, to: &str) -> Result<Reply, NotAnAnswer> {
+    match Reply::decode(bytes) {
+        Ok(reply) if reply.id == id && reply.from_node == to => Ok(reply),
+        Ok(reply) => Err(NotAnAnswer::OtherId {
+            got: reply.id,
+            want: id.to_string(),
+        }),
+        Err(e) => Err(NotAnAnswer::Undecodable(e)),
+    }
 }

@@ -17,7 +17,7 @@
 //! be sent again. This process runs only while something is awaited; the supervisor starts
 //! it when a message is given up so ([`crate::supervisor::Event::AwaitLate`]).
 //!
-//! [`LATE_AWAITED`]: crate::broker::Late
+//! [`LATE_AWAITED`]: crate::broker::LATE_AWAITED
 
 use super::finish::reply_record;
 use super::*;
@@ -70,34 +70,36 @@ impl LateReplies {
     /// tries again.
     fn take(&self, msg: nats::Message) -> Result<(), Failure> {
         let late = &self.node.broker.late;
-        let Some(given_up) = late.get(&msg.subject) else {
+        let Some(given_up) = late.taken(&msg.subject) else {
             return Ok(()); // kept already (a retry's copy answered too), or let go
         };
         if msg.is_no_responders() {
             return Ok(());
         }
         let to = &given_up.lane.node;
-        let reply = check_reply(&self.node, to, &msg, given_up.sigs.iter()).and_then(|()| {
-            match Reply::decode(&msg.data) {
-                Ok(reply) if reply.id == given_up.id && reply.from_node == *to => Ok(reply),
-                Ok(reply) => Err(NotAnAnswer::OtherId {
-                    got: reply.id,
-                    want: given_up.id.clone(),
-                }),
-                Err(e) => Err(NotAnAnswer::Undecodable(e)),
-            }
-        });
+        let reply = check_reply(&self.node, to, &msg, given_up.sigs.iter())
+            .and_then(|()| reply_of(&msg.data, &given_up.id, to));
         let reply = match reply {
             Ok(reply) => reply,
             Err(why) => {
-                // Still awaited: a forged reply must not stand in for the real one.
-                log::warn!("{}: ignoring a late reply: {why}", given_up.lane);
+                // Still awaited: a forged reply must not stand in for the real one. Said
+                // once a message: a flood of forgeries is not a flood of lines.
+                if late.first_not_an_answer(&msg.subject) {
+                    log::warn!("{}: ignoring a late reply: {why}", given_up.lane);
+                }
                 return Ok(());
             }
         };
         let path = self.node.data.replies(to, &given_up.lane.method);
-        if let Err(source) = self.keep(&given_up, &reply, &path) {
-            let _ = late.requeue(msg);
+        let (happened, then) = after_all(&reply);
+        if let Err(source) = self.keep(&given_up, &reply, then, &path) {
+            if !late.requeue(&msg) {
+                log::error!(
+                    "{}: the late reply of {} cannot be kept, nor queued again: lost",
+                    given_up.lane,
+                    given_up.id
+                );
+            }
             return Err(Failure::retry(Error::StoreReplies { path, source }));
         }
         late.answered(&msg.subject);
@@ -107,7 +109,7 @@ impl LateReplies {
             .with_label_values(&[given_up.lane.method.as_str()])
             .inc();
         self.node.report_error(format!(
-            "{}: {} was given up {}s ago ({}), and ran on {to} after all: {:?}{}, its reply kept in {}; it is still in {}: do not send it again",
+            "{}: {} was given up {}s ago ({}), and {happened} {to} after all: {:?}{}, its reply kept in {}; it is still in {}: {then}",
             given_up.lane,
             given_up.id,
             given_up.at.elapsed().as_secs(),
@@ -124,13 +126,19 @@ impl LateReplies {
     }
 
     /// Appends `reply` to the lane's reply file, with a last line that says it came late.
-    fn keep(&self, given_up: &GivenUp, reply: &Reply, path: &std::path::Path) -> io::Result<()> {
+    fn keep(
+        &self,
+        given_up: &GivenUp,
+        reply: &Reply,
+        then: &str,
+        path: &std::path::Path,
+    ) -> io::Result<()> {
         let mut reply = reply.clone();
         if !reply.output.is_empty() && !reply.output.ends_with('\n') {
             reply.output.push('\n');
         }
         reply.output.push_str(&format!(
-            "[steward: this reply came {}s after the message was given up ({}); the message is in failed-messages.txt, and ran: do not send it again]\n",
+            "[steward: this reply came {}s after the message was given up ({}); the message is in failed-messages.txt: {then}]\n",
             given_up.at.elapsed().as_secs(),
             given_up.why
         ));
@@ -143,5 +151,23 @@ impl LateReplies {
         );
         let limits = &self.node.log_budget.limits;
         crate::files::append_rotating(path, record.as_bytes(), limits.rotate_at, limits.keep)
+    }
+}
+
+/// What a late reply says happened to its message on its node (said as "… `to` after
+/// all"), and what to do with the message, still in failed-messages.txt.
+fn after_all(reply: &Reply) -> (&'static str, &'static str) {
+    if reply.interrupted {
+        (
+            "was interrupted on",
+            "it was interrupted there, perhaps done in part or whole: check before sending it again",
+        )
+    } else if reply.status == Status::Refused {
+        (
+            "was refused by",
+            "it was refused there: fix the cause, then send it again",
+        )
+    } else {
+        ("ran on", "it ran: do not send it again")
     }
 }

@@ -72,7 +72,7 @@ mod deliver;
 mod finish;
 mod late;
 
-use deliver::{batch_of, check_reply, BatchWire};
+use deliver::{batch_of, check_reply, reply_of, BatchWire};
 pub use late::{LateReplies, NAME as LATE_REPLIES};
 
 /// The messages a publisher is working on, kept by the supervisor across restarts.
