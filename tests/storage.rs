@@ -488,6 +488,37 @@ fn an_acked_command_whose_reply_cannot_be_stored_is_never_listed_as_failed() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
 }
 
+/// A late reply (its command given up while it ran on) that central cannot keep (a file
+/// in the way: the same as a full disk) is not lost: the `late replies` process fails, is
+/// restarted, and keeps it once there is room.
+#[test]
+fn a_late_reply_that_cannot_be_kept_yet_is_kept_once_there_is_room() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let runs = ship1.path("runs");
+    let shell = format!("sleep 3; echo ran >> {}; echo late-output", runs.display());
+    central.append_inmsg(&format!(
+        "[{{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",{shell:?}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":1,\"methodTimeout\":20,\"retries\":0}}]\n"
+    ));
+    central.wait_for("failed-messages.txt", "late-output");
+    std::fs::create_dir_all(central.path("replies/ship1.CLICommand.log/in-the-way")).unwrap();
+    central.wait_metric(
+        "central failed to keep the late reply",
+        |c| c.metric("steward_process_restarts_total"),
+        |v| v >= 2.0,
+    );
+    assert!(central.log().contains("late replies"), "{}", central.log());
+    std::fs::remove_dir_all(central.path("replies/ship1.CLICommand.log")).unwrap();
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "late-output");
+    assert_eq!(kept.matches("=== ").count(), 1, "{kept}");
+    assert!(
+        kept.contains("late-output\n[steward: this reply came"),
+        "{kept}"
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
+}
+
 #[test]
 fn steward_send_below_the_floor_queues_nothing_and_says_why() {
     let _one_at_a_time = common::serial();
