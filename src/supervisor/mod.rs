@@ -34,7 +34,8 @@
 //! # The files
 //!
 //! - this one: the process table, the loop over [`Event`]s and timers, starting the node's
-//!   fixed processes and launching any process, a process that exited, and shutdown;
+//!   fixed processes (and the `late replies` process while replies to messages given up
+//!   are awaited) and launching any process, a process that exited, and shutdown;
 //! - `restart`: what a failure decides (the pause before the restart, whether central
 //!   hears of it), a rule without threads or clock, tested alone;
 //! - `lanes`: a publisher per lane, started when the lane has work and at most
@@ -238,7 +239,7 @@ impl Supervisor {
     }
 
     /// Starts the `late replies` process, unless it runs (or waits for its restart).
-    fn await_late(&mut self) {
+    fn start_late_replies(&mut self) {
         let name = publisher::LATE_REPLIES;
         match self.table.get(name) {
             Some(e) if e.thread.is_some() || e.restart_at.is_some() => {}
@@ -527,7 +528,7 @@ impl Supervisor {
                     Ok(Event::Stop { name, by, reply }) => { let _ = reply.send(self.stop_one(&name, &by)); }
                     Ok(Event::Parked { lane, until, hello }) => self.parked(lane, until, &hello),
                     Ok(Event::Hello(node)) => self.hello(&node),
-                    Ok(Event::AwaitLate) => self.await_late(),
+                    Ok(Event::AwaitLate) => self.start_late_replies(),
                     Ok(Event::Shutdown) | Err(_) => break,
                 },
                 recv(upkeep) -> _ => {

@@ -415,10 +415,10 @@ impl Publisher {
     }
 
     /// A message given up after a send its node may have taken may run there all the
-    /// same (a command that outlasts its `timeout`, copies held in its node's link while it
-    /// was cut silently): its reply is awaited a while longer, whatever becomes of this
-    /// publisher, for the node's `late replies` process to keep ([`LateReplies`]): whether
-    /// it is.
+    /// same (a command allowed a `methodTimeout` past its attempts, copies held in its
+    /// node's link while it was cut silently): its reply is awaited a while longer,
+    /// whatever becomes of this publisher, for the node's `late replies` process to keep
+    /// ([`LateReplies`]). Returns whether it is awaited.
     ///
     /// "May have taken": a send not answered "no responders", or, as such an answer is
     /// anyone's to forge, a destination that said Hello (signed) within the last minute.
@@ -822,7 +822,7 @@ impl Publisher {
 /// subject and the signature of one of the message's sends (`sigs`): otherwise anyone on
 /// the broker could answer for it ("it ran, exit 0"), or a hostile node could coax a reply
 /// to a tampered copy out of it. A reply that cannot be verified is never stored.
-pub(crate) fn check_reply<'s>(
+pub(super) fn check_reply<'s>(
     node: &Node,
     to: &str,
     msg: &nats::Message,

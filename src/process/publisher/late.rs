@@ -2,20 +2,23 @@
 //!
 //! A message is given up when its attempts are spent or its time to live is over, and kept
 //! in failed-messages.txt. That says no ACK came in time, not that it never ran: a command
-//! that outlasts its `timeout` runs on, and copies held in its node's link while it was cut
-//! silently reach the node when the link flows again. Its reply used to be dropped (its
-//! publisher had moved on, or ended), so a command that ran was listed as undelivered, its
-//! output lost, and sent again from failed-messages.txt it ran twice.
+//! allowed a `methodTimeout` longer than its attempts last runs on, and copies held in its
+//! node's link while it was cut silently reach the node when the link flows again. Its
+//! reply used to be dropped (its publisher had moved on, or ended), so a command that ran
+//! was listed as undelivered, its output lost, and sent again from failed-messages.txt it
+//! ran twice.
 //!
 //! Now a message given up after a send its node may have taken (one not answered "no
-//! responders") is awaited a while longer ([`crate::broker::Late`]: an hour past its
-//! `methodTimeout`, at most a day, at most [`LATE_AWAITED`] at once). A reply that comes
-//! for it is checked as any reply (signed by the destination's key, over one of the
+//! responders", or a node that said Hello within the minute: see `Publisher::await_late`)
+//! is awaited a while longer ([`crate::broker::Late`]: an hour past its `methodTimeout`,
+//! at most a day, at most [`LATE_AWAITED`] at once, not across a restart). A reply that
+//! comes for it is checked as any reply (signed by the destination's key, over one of the
 //! message's own sends, its id and sender the message's), then kept in the lane's reply
-//! file with a line that says it came after the message was given up, logged and reported
-//! to the central error logger: the message is still in failed-messages.txt, and must not
-//! be sent again. This process runs only while something is awaited; the supervisor starts
-//! it when a message is given up so ([`crate::supervisor::Event::AwaitLate`]).
+//! file with a line that says it came after the message was given up and what to do with
+//! the message (still in failed-messages.txt: not to be sent again if it ran), logged and
+//! reported to the central error logger. This process runs only while something is
+//! awaited; the supervisor starts it when a message is given up so
+//! ([`crate::supervisor::Event::AwaitLate`]).
 //!
 //! [`LATE_AWAITED`]: crate::broker::LATE_AWAITED
 
