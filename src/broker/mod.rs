@@ -56,7 +56,7 @@ use std::time::Duration;
 mod replies;
 
 pub use replies::{
-    GivenUp, Late, Route, LATE_AT_MOST, LATE_AWAITED, LATE_AWAITED_EACH_NODE, LATE_FOR,
+    GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED, LATE_AWAITED_EACH_NODE, LATE_FOR,
 };
 
 /// Where a user and password, or a token, is written into a broker address

@@ -26,7 +26,7 @@
 //! ([`crate::process::publisher::LateReplies`]).
 
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -133,9 +133,11 @@ impl Replies {
 
 /// How many messages given up a node awaits late replies for at once, and how many of
 /// them may go to one destination (a node that takes its messages and never answers cannot
-/// push the others' out): past either, the longest awaited is let go (and said).
+/// take every place): past either, a message given up is not awaited (and its give-up
+/// says so). Not the longest awaited let go instead: those have run longest, and are the
+/// likeliest to answer next (a burst of long commands to one node).
 pub const LATE_AWAITED: usize = 1024;
-pub const LATE_AWAITED_EACH_NODE: usize = 64;
+pub const LATE_AWAITED_EACH_NODE: usize = 256;
 
 /// How many replies to one awaited message wait for the `late replies` process at once: a
 /// flood on one reply subject holds no more of the queue than this (each a signature check
@@ -174,82 +176,92 @@ struct Awaited {
     said: bool,
 }
 
-/// The awaited, by reply subject, oldest first in `order` (which may name ones gone since).
-#[derive(Default)]
-struct Table {
-    awaited: HashMap<String, Awaited>,
-    order: VecDeque<String>,
-}
-
-impl Table {
-    /// Lets go of the oldest awaited that `pick` takes.
-    fn let_go(&mut self, pick: impl Fn(&GivenUp) -> bool) -> Option<GivenUp> {
-        let at = self
-            .order
-            .iter()
-            .position(|s| self.awaited.get(s).is_some_and(|a| pick(&a.given_up)))?;
-        let subject = self.order.remove(at)?;
-        self.awaited.remove(&subject).map(|a| a.given_up)
-    }
-}
-
 /// Messages given up whose late reply is awaited, and the replies that came for them, in
 /// a queue as a route's: bounded, a flood dropped.
 pub struct Late {
-    table: Mutex<Table>,
+    /// The awaited, by reply subject.
+    table: Mutex<HashMap<String, Awaited>>,
     tx: Sender<nats::Message>,
     /// The replies to awaited messages, as they come: for the `late replies` process.
     pub messages: Receiver<nats::Message>,
+    /// Rung when a message is awaited: the process says how many, and its next deadline
+    /// may be sooner.
+    added_tx: Sender<()>,
+    pub added: Receiver<()>,
 }
 
 impl Default for Late {
     fn default() -> Late {
         let (tx, messages) = crossbeam_channel::bounded(LATE_QUEUED);
+        let (added_tx, added) = crossbeam_channel::bounded(1);
         Late {
             table: Mutex::default(),
             tx,
             messages,
+            added_tx,
+            added,
+        }
+    }
+}
+
+/// Why a message given up is not awaited: no place left.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotAwaited {
+    /// [`LATE_AWAITED_EACH_NODE`] of its node are awaited already.
+    NodeFull,
+    /// [`LATE_AWAITED`] are.
+    Full,
+}
+
+impl std::fmt::Display for NotAwaited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAwaited::NodeFull => write!(
+                f,
+                "the late replies of {LATE_AWAITED_EACH_NODE} messages to that node are awaited already"
+            ),
+            NotAwaited::Full => write!(
+                f,
+                "the late replies of {LATE_AWAITED} messages are awaited already"
+            ),
         }
     }
 }
 
 impl Late {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Awaited>> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Awaits a late reply to `given_up`; returns those let go to make room: the longest
-    /// awaited of its node past [`LATE_AWAITED_EACH_NODE`], of all past [`LATE_AWAITED`].
-    pub fn awaits(&self, given_up: GivenUp) -> Vec<GivenUp> {
+    /// Awaits a late reply to `given_up`, if there is a place for it (those past their
+    /// time are let go first).
+    pub fn awaits(&self, given_up: GivenUp) -> Result<(), NotAwaited> {
         let mut table = self.table();
-        let (subject, node) = (given_up.reply_subject.clone(), given_up.lane.node.clone());
+        let now = Instant::now();
+        table.retain(|_, a| a.given_up.until > now);
+        let node = &given_up.lane.node;
+        if table.len() >= LATE_AWAITED {
+            return Err(NotAwaited::Full);
+        }
+        let of_node = table.values().filter(|a| a.given_up.lane.node == *node);
+        if of_node.count() >= LATE_AWAITED_EACH_NODE {
+            return Err(NotAwaited::NodeFull);
+        }
         let awaited = Awaited {
             given_up,
             queued: 0,
             said: false,
         };
-        if table.awaited.insert(subject.clone(), awaited).is_none() {
-            table.order.push_back(subject);
-        }
-        let mut gone = Vec::new();
-        let of_node = |t: &Table| {
-            let same = t.awaited.values().filter(|a| a.given_up.lane.node == node);
-            same.count()
-        };
-        if of_node(&table) > LATE_AWAITED_EACH_NODE {
-            gone.extend(table.let_go(|g| g.lane.node == node));
-        }
-        if table.awaited.len() > LATE_AWAITED {
-            gone.extend(table.let_go(|_| true));
-        }
-        gone
+        table.insert(awaited.given_up.reply_subject.clone(), awaited);
+        let _ = self.added_tx.try_send(());
+        Ok(())
     }
 
     /// Whether `m` answers an awaited message: then it is queued for the process (past
     /// [`LATE_QUEUED_EACH`] of its own, or a full queue, dropped).
     pub fn takes(&self, m: &nats::Message) -> bool {
         let mut table = self.table();
-        let Some(awaited) = table.awaited.get_mut(&m.subject) else {
+        let Some(awaited) = table.get_mut(&m.subject) else {
             return false;
         };
         if awaited.queued < LATE_QUEUED_EACH && self.tx.try_send(m.clone()).is_ok() {
@@ -261,14 +273,14 @@ impl Late {
     /// Puts `m` back, for the process to take again after its restart (it could not keep
     /// it): whether it is.
     pub fn requeue(&self, m: &nats::Message) -> bool {
-        self.takes(m) && self.table().awaited.contains_key(&m.subject)
+        self.takes(m) && self.table().contains_key(&m.subject)
     }
 
     /// A reply on `reply_subject` is taken from the queue: what it must answer, if that is
     /// still awaited.
     pub fn taken(&self, reply_subject: &str) -> Option<GivenUp> {
         let mut table = self.table();
-        let awaited = table.awaited.get_mut(reply_subject)?;
+        let awaited = table.get_mut(reply_subject)?;
         awaited.queued = awaited.queued.saturating_sub(1);
         Some(awaited.given_up.clone())
     }
@@ -278,41 +290,44 @@ impl Late {
     pub fn first_not_an_answer(&self, reply_subject: &str) -> bool {
         let mut table = self.table();
         table
-            .awaited
             .get_mut(reply_subject)
             .is_some_and(|a| !std::mem::replace(&mut a.said, true))
     }
 
     /// The reply on `reply_subject` came and was kept: no longer awaited.
     pub fn answered(&self, reply_subject: &str) {
-        let mut table = self.table();
-        table.awaited.remove(reply_subject);
-        table.order.retain(|s| s != reply_subject);
+        self.table().remove(reply_subject);
     }
 
     /// Lets go of those awaited past their time (returned), and says until when the next
     /// one is awaited: none, nothing is awaited.
     pub fn expire(&self, now: Instant) -> (Vec<GivenUp>, Option<Instant>) {
         let mut table = self.table();
-        let mut gone = Vec::new();
-        while let Some(g) = table.let_go(|g| g.until <= now) {
-            gone.push(g);
-        }
-        if table.awaited.is_empty() {
+        let over: Vec<String> = table
+            .iter()
+            .filter(|(_, a)| a.given_up.until <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let gone: Vec<GivenUp> = over
+            .iter()
+            .filter_map(|s| table.remove(s))
+            .map(|a| a.given_up)
+            .collect();
+        if table.is_empty() {
             // Its memory too: a fan-out's worth may have been awaited.
-            *table = Table::default();
+            *table = HashMap::new();
         }
-        let next = table.awaited.values().map(|a| a.given_up.until).min();
+        let next = table.values().map(|a| a.given_up.until).min();
         (gone, next)
     }
 
     /// How many are awaited.
     pub fn len(&self) -> usize {
-        self.table().awaited.len()
+        self.table().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table().awaited.is_empty()
+        self.table().is_empty()
     }
 }
 
@@ -333,40 +348,46 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_awaited_is_let_go_past_the_bounds_and_the_rest_expire_in_their_time() {
+    fn past_a_node_s_share_or_the_table_s_bound_nothing_more_is_awaited_until_places_free() {
         let late = Late::default();
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
-        // One node's share: past it, that node's oldest goes.
+        // One node's share: past it, that node's next is not awaited; another node's is.
         for n in 0..LATE_AWAITED_EACH_NODE {
-            assert!(late.awaits(given_up("ship1", n, later)).is_empty());
+            assert_eq!(late.awaits(given_up("ship1", n, later)), Ok(()));
         }
-        let gone = late.awaits(given_up("ship1", 9999, later));
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].id, "ship1-0");
+        assert_eq!(
+            late.awaits(given_up("ship1", 9999, later)),
+            Err(NotAwaited::NodeFull)
+        );
+        assert!(late.taken("_INBOX.central.x.ship1.0").is_some(), "kept");
+        // Past its time, one is let go at the next (and it frees its place).
+        assert_eq!(late.awaits(given_up("node0", 0, now)), Ok(()));
+        assert_eq!(late.awaits(given_up("node0", 1, later)), Ok(()));
+        assert!(late.taken("_INBOX.central.x.node0.0").is_none());
         // The rest of the table, each node within its share.
-        let mut n = 0;
+        let mut n = 2;
         while late.len() < LATE_AWAITED {
             let node = format!("node{}", n % 20);
-            assert!(late.awaits(given_up(&node, n, later)).is_empty());
+            assert_eq!(late.awaits(given_up(&node, n, later)), Ok(()));
             n += 1;
         }
-        // Answered: out of the count, and not the one let go next.
+        // Full; answered, or past its time, one frees a place.
+        assert_eq!(
+            late.awaits(given_up("node99", 0, later)),
+            Err(NotAwaited::Full)
+        );
         late.answered("_INBOX.central.x.ship1.1");
-        assert!(late.awaits(given_up("node99", 0, later)).is_empty());
-        let gone = late.awaits(given_up("node99", 1, now));
-        assert_eq!(gone.len(), 1, "over the bound");
-        assert_eq!(gone[0].id, "ship1-2");
-        assert_eq!(late.len(), LATE_AWAITED);
-        assert!(late.taken("_INBOX.central.x.ship1.2").is_none());
-        assert!(late.taken("_INBOX.central.x.ship1.3").is_some());
-        // Expired: the one whose time is over, and the next time is the rest's.
+        assert_eq!(late.awaits(given_up("node99", 0, later)), Ok(()));
+        assert_eq!(
+            late.awaits(given_up("node99", 1, later)),
+            Err(NotAwaited::Full)
+        );
+        // Expired: the rest in their time, and then nothing is awaited.
         let (expired, next) = late.expire(now + Duration::from_secs(1));
-        assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].id, "node99-1");
-        assert_eq!(next, Some(later));
+        assert_eq!((expired.len(), next), (0, Some(later)));
         let (expired, next) = late.expire(later);
-        assert_eq!((expired.len(), next), (LATE_AWAITED - 1, None));
+        assert_eq!((expired.len(), next), (LATE_AWAITED, None));
         assert!(late.is_empty());
     }
 
@@ -374,8 +395,8 @@ mod tests {
     fn a_flood_on_one_reply_subject_holds_a_few_places_of_the_queue_and_is_said_once() {
         let late = Late::default();
         let later = Instant::now() + Duration::from_secs(60);
-        late.awaits(given_up("ship1", 1, later));
-        late.awaits(given_up("ship2", 2, later));
+        late.awaits(given_up("ship1", 1, later)).unwrap();
+        late.awaits(given_up("ship2", 2, later)).unwrap();
         let on = |subject: &str| nats::Message::new(subject, None, "x", None);
         for _ in 0..1000 {
             assert!(late.takes(&on("_INBOX.central.x.ship1.1")));

@@ -293,22 +293,16 @@ impl Node {
     }
 
     /// A message given up after a send its node may have taken: its reply is awaited a
-    /// while longer, by the `late replies` process, which the supervisor starts if it does
-    /// not run (see [`crate::process::publisher::LateReplies`]).
-    pub fn await_late(&self, given_up: crate::broker::GivenUp) {
-        for gone in self.broker.late.awaits(given_up) {
-            // Info: a fan-out past the bound lets one go for each message given up.
-            log::info!(
-                "{}: no longer awaiting a late reply for {} (given up {}s ago): later ones are awaited (at most {} in all, {} of a node); it stays in {}",
-                gone.lane,
-                gone.id,
-                gone.at.elapsed().as_secs(),
-                crate::broker::LATE_AWAITED,
-                crate::broker::LATE_AWAITED_EACH_NODE,
-                self.data.failed().display()
-            );
-        }
+    /// while longer, if there is a place for it, by the `late replies` process, which the
+    /// supervisor starts if it does not run (see
+    /// [`crate::process::publisher::LateReplies`]).
+    pub fn await_late(
+        &self,
+        given_up: crate::broker::GivenUp,
+    ) -> Result<(), crate::broker::NotAwaited> {
+        self.broker.late.awaits(given_up)?;
         let _ = self.supervisor.send(Event::AwaitLate);
+        Ok(())
     }
 
     /// Whether `lane` has a publisher to wake (one that is not ending).

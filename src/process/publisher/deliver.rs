@@ -365,15 +365,14 @@ impl Publisher {
                     );
                     continue;
                 }
-                Next::GiveUp(why)
-                    if self.await_late(entry, (reply_subject, replies), &sigs, &why) =>
-                {
-                    return Delivery::Failed(format!(
-                        "{why}; it may have reached {} and run there: a reply that comes later is kept in its reply file",
-                        message.to_node
-                    ));
+                Next::GiveUp(why) => {
+                    return Delivery::Failed(
+                        match self.await_late(entry, (reply_subject, replies), &sigs, &why) {
+                            Some(late) => format!("{why}; {late}"),
+                            None => why,
+                        },
+                    )
                 }
-                Next::GiveUp(why) => return Delivery::Failed(why),
                 Next::Pause(pause) => pause,
             };
             log::warn!(
@@ -418,7 +417,8 @@ impl Publisher {
     /// same (a command allowed a `methodTimeout` past its attempts, copies held in its
     /// node's link while it was cut silently): its reply is awaited a while longer,
     /// whatever becomes of this publisher, for the node's `late replies` process to keep
-    /// ([`LateReplies`]). Returns whether it is awaited.
+    /// ([`LateReplies`]). Returns what to add to why it was given up: that it may have run,
+    /// and whether a reply that comes later is kept.
     ///
     /// "May have taken": a send not answered "no responders", or, as such an answer is
     /// anyone's to forge, a destination that said Hello (signed) within the last minute.
@@ -430,13 +430,19 @@ impl Publisher {
         (reply_subject, replies): (&str, &Receiver<nats::Message>),
         sigs: &Sends,
         why: &str,
-    ) -> bool {
+    ) -> Option<String> {
         let to = &entry.envelope.message.to_node;
-        if sigs.last.is_empty()
-            || !(sigs.maybe_taken() || self.node.presence.heard_within(to, SILENT_AFTER))
-        {
-            return false;
-        }
+        let may_have = if sigs.last.is_empty() {
+            return None;
+        } else if sigs.maybe_taken() {
+            format!("yet it may have reached {to} and run there")
+        } else if self.node.presence.heard_within(to, SILENT_AFTER) {
+            format!(
+                "yet {to} said Hello within the minute, so it may have reached it and run there"
+            )
+        } else {
+            return None;
+        };
         let method_timeout = entry.envelope.message.method_timeout.unwrap_or(0);
         let runs_for = match method_timeout {
             t if t > 0 => Duration::from_secs(t.unsigned_abs()),
@@ -444,7 +450,7 @@ impl Publisher {
             _ => crate::broker::LATE_AT_MOST, // no limit on its run
         };
         let now = Instant::now();
-        self.node.await_late(crate::broker::GivenUp {
+        let awaited = self.node.await_late(crate::broker::GivenUp {
             lane: self.subject.clone(),
             id: entry.envelope.id.clone(),
             reply_subject: reply_subject.to_string(),
@@ -453,11 +459,18 @@ impl Publisher {
             at: now,
             until: now + (runs_for + crate::broker::LATE_FOR).min(crate::broker::LATE_AT_MOST),
         });
+        if let Err(full) = awaited {
+            return Some(format!(
+                "{may_have}, and a reply that comes later is not kept: {full}"
+            ));
+        }
         // Anything else in the route answers a message finished before: dropped anyway.
         for m in replies.try_iter() {
             self.node.broker.late.takes(&m);
         }
-        true
+        Some(format!(
+            "{may_have}: a reply that comes later is kept in its reply file"
+        ))
     }
 
     /// Gives the lane's thread up in the middle of attempt `attempt` (its destination not

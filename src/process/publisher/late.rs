@@ -11,7 +11,8 @@
 //! Now a message given up after a send its node may have taken (one not answered "no
 //! responders", or a node that said Hello within the minute: see `Publisher::await_late`)
 //! is awaited a while longer ([`crate::broker::Late`]: an hour past its `methodTimeout`,
-//! at most a day, at most [`LATE_AWAITED`] at once, not across a restart). A reply that
+//! at most a day, at most [`LATE_AWAITED`] at once and
+//! [`LATE_AWAITED_EACH_NODE`] of a node, not across a restart). A reply that
 //! comes for it is checked as any reply (signed by the destination's key, over one of the
 //! message's own sends, its id and sender the message's), then kept in the lane's reply
 //! file with a line that says it came after the message was given up and what to do with
@@ -21,6 +22,7 @@
 //! ([`crate::supervisor::Event::AwaitLate`]).
 //!
 //! [`LATE_AWAITED`]: crate::broker::LATE_AWAITED
+//! [`LATE_AWAITED_EACH_NODE`]: crate::broker::LATE_AWAITED_EACH_NODE
 
 use super::finish::reply_record;
 use super::*;
@@ -60,6 +62,8 @@ impl Process for LateReplies {
                     let Ok(msg) = msg else { return Ok(()) };
                     self.take(msg)?;
                 },
+                // One more awaited: said, and its deadline may be the next.
+                recv(late.added) -> _ => {},
                 recv(stop) -> _ => return Ok(()),
                 recv(crossbeam_channel::at(next)) -> _ => {},
             }
@@ -112,7 +116,7 @@ impl LateReplies {
             .with_label_values(&[given_up.lane.method.as_str()])
             .inc();
         self.node.report_error(format!(
-            "{}: {} was given up {}s ago ({}), and {happened} {to} after all: {:?}{}, its reply kept in {}; it is still in {}: {then}",
+            "{}: {} was given up {}s ago ({}), and {happened} {to} after all: {:?}{}: {}; its reply kept in {}; it is still in {}: {then}",
             given_up.lane,
             given_up.id,
             given_up.at.elapsed().as_secs(),
@@ -122,6 +126,8 @@ impl LateReplies {
                 .exit_code
                 .map(|c| format!(" exit {c}"))
                 .unwrap_or_default(),
+            // The receiver's text, escaped as the publisher's own line of a reply is.
+            crate::files::escape_controls(reply.output.lines().next().unwrap_or("")),
             path.display(),
             self.node.data.failed().display()
         ));
