@@ -273,7 +273,13 @@ impl Late {
     /// Puts `m` back, for the process to take again after its restart (it could not keep
     /// it): whether it is.
     pub fn requeue(&self, m: &nats::Message) -> bool {
-        self.takes(m) && self.table().contains_key(&m.subject)
+        let mut table = self.table();
+        let Some(awaited) = table.get_mut(&m.subject) else {
+            return false;
+        };
+        let queued = self.tx.try_send(m.clone()).is_ok();
+        awaited.queued += usize::from(queued);
+        queued
     }
 
     /// A reply on `reply_subject` is taken from the queue: what it must answer, if that is

@@ -176,6 +176,11 @@ fn after_all(reply: &Reply) -> (&'static str, &'static str) {
             "was refused by",
             "it was refused there: fix the cause, then send it again",
         )
+    } else if reply.status == Status::Error {
+        (
+            "could not be run on",
+            "it could not run there (see the reply): fix the cause, then send it again",
+        )
     } else {
         ("ran on", "it ran: do not send it again")
     }
