@@ -144,6 +144,8 @@ pub const LATE_AWAITED_EACH_NODE: usize = 256;
 /// or more), and the queue ([`LATE_QUEUED`]) is shared.
 const LATE_QUEUED_EACH: usize = 4;
 const LATE_QUEUED: usize = 256;
+/// ... and at most this many bytes of them (replies of a megabyte each, forged or not).
+const LATE_QUEUED_BYTES: usize = 4 << 20;
 
 /// How long a reply is awaited after its message was given up: a command may run on for
 /// its `methodTimeout`, then this long more (a reply held in a link as the message was).
@@ -179,8 +181,8 @@ struct Awaited {
 /// Messages given up whose late reply is awaited, and the replies that came for them, in
 /// a queue as a route's: bounded, a flood dropped.
 pub struct Late {
-    /// The awaited, by reply subject.
-    table: Mutex<HashMap<String, Awaited>>,
+    /// The awaited, by reply subject, and the bytes of the replies queued.
+    table: Mutex<(HashMap<String, Awaited>, usize)>,
     tx: Sender<nats::Message>,
     /// The replies to awaited messages, as they come: for the `late replies` process.
     pub messages: Receiver<nats::Message>,
@@ -229,16 +231,14 @@ impl std::fmt::Display for NotAwaited {
 }
 
 impl Late {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Awaited>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Awaited>, usize)> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Awaits a late reply to `given_up`, if there is a place for it (those past their
-    /// time are let go first).
+    /// Awaits a late reply to `given_up`, if there is a place for it.
     pub fn awaits(&self, given_up: GivenUp) -> Result<(), NotAwaited> {
-        let mut table = self.table();
-        let now = Instant::now();
-        table.retain(|_, a| a.given_up.until > now);
+        let mut lock = self.lock();
+        let table = &mut lock.0;
         let node = &given_up.lane.node;
         if table.len() >= LATE_AWAITED {
             return Err(NotAwaited::Full);
@@ -260,12 +260,17 @@ impl Late {
     /// Whether `m` answers an awaited message: then it is queued for the process (past
     /// [`LATE_QUEUED_EACH`] of its own, or a full queue, dropped).
     pub fn takes(&self, m: &nats::Message) -> bool {
-        let mut table = self.table();
+        let mut lock = self.lock();
+        let (table, bytes) = &mut *lock;
         let Some(awaited) = table.get_mut(&m.subject) else {
             return false;
         };
-        if awaited.queued < LATE_QUEUED_EACH && self.tx.try_send(m.clone()).is_ok() {
+        if awaited.queued < LATE_QUEUED_EACH
+            && *bytes + m.data.len() <= LATE_QUEUED_BYTES
+            && self.tx.try_send(m.clone()).is_ok()
+        {
             awaited.queued += 1;
+            *bytes += m.data.len();
         }
         true
     }
@@ -273,20 +278,25 @@ impl Late {
     /// Puts `m` back, for the process to take again after its restart (it could not keep
     /// it): whether it is.
     pub fn requeue(&self, m: &nats::Message) -> bool {
-        let mut table = self.table();
+        let mut lock = self.lock();
+        let (table, bytes) = &mut *lock;
         let Some(awaited) = table.get_mut(&m.subject) else {
             return false;
         };
         let queued = self.tx.try_send(m.clone()).is_ok();
-        awaited.queued += usize::from(queued);
+        if queued {
+            awaited.queued += 1;
+            *bytes += m.data.len();
+        }
         queued
     }
 
-    /// A reply on `reply_subject` is taken from the queue: what it must answer, if that is
-    /// still awaited.
-    pub fn taken(&self, reply_subject: &str) -> Option<GivenUp> {
-        let mut table = self.table();
-        let awaited = table.get_mut(reply_subject)?;
+    /// Reply `m` is taken from the queue: what it must answer, if that is still awaited.
+    pub fn taken(&self, m: &nats::Message) -> Option<GivenUp> {
+        let mut lock = self.lock();
+        let (table, bytes) = &mut *lock;
+        *bytes = bytes.saturating_sub(m.data.len());
+        let awaited = table.get_mut(&m.subject)?;
         awaited.queued = awaited.queued.saturating_sub(1);
         Some(awaited.given_up.clone())
     }
@@ -294,21 +304,22 @@ impl Late {
     /// A reply on `reply_subject` did not answer its message: whether that is the first
     /// such (to be said in the log).
     pub fn first_not_an_answer(&self, reply_subject: &str) -> bool {
-        let mut table = self.table();
-        table
+        let mut lock = self.lock();
+        lock.0
             .get_mut(reply_subject)
             .is_some_and(|a| !std::mem::replace(&mut a.said, true))
     }
 
     /// The reply on `reply_subject` came and was kept: no longer awaited.
     pub fn answered(&self, reply_subject: &str) {
-        self.table().remove(reply_subject);
+        self.lock().0.remove(reply_subject);
     }
 
     /// Lets go of those awaited past their time (returned), and says until when the next
     /// one is awaited: none, nothing is awaited.
     pub fn expire(&self, now: Instant) -> (Vec<GivenUp>, Option<Instant>) {
-        let mut table = self.table();
+        let mut lock = self.lock();
+        let table = &mut lock.0;
         let over: Vec<String> = table
             .iter()
             .filter(|(_, a)| a.given_up.until <= now)
@@ -329,17 +340,21 @@ impl Late {
 
     /// How many are awaited.
     pub fn len(&self) -> usize {
-        self.table().len()
+        self.lock().0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table().is_empty()
+        self.lock().0.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn on(subject: &str) -> nats::Message {
+        nats::Message::new(subject, None, "x", None)
+    }
 
     fn given_up(node: &str, n: usize, until: Instant) -> GivenUp {
         GivenUp {
@@ -366,19 +381,18 @@ mod tests {
             late.awaits(given_up("ship1", 9999, later)),
             Err(NotAwaited::NodeFull)
         );
-        assert!(late.taken("_INBOX.central.x.ship1.0").is_some(), "kept");
-        // Past its time, one is let go at the next (and it frees its place).
-        assert_eq!(late.awaits(given_up("node0", 0, now)), Ok(()));
-        assert_eq!(late.awaits(given_up("node0", 1, later)), Ok(()));
-        assert!(late.taken("_INBOX.central.x.node0.0").is_none());
+        assert!(
+            late.taken(&on("_INBOX.central.x.ship1.0")).is_some(),
+            "kept"
+        );
         // The rest of the table, each node within its share.
-        let mut n = 2;
+        let mut n = 0;
         while late.len() < LATE_AWAITED {
             let node = format!("node{}", n % 20);
             assert_eq!(late.awaits(given_up(&node, n, later)), Ok(()));
             n += 1;
         }
-        // Full; answered, or past its time, one frees a place.
+        // Full; answered, one frees a place.
         assert_eq!(
             late.awaits(given_up("node99", 0, later)),
             Err(NotAwaited::Full)
@@ -403,7 +417,6 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(60);
         late.awaits(given_up("ship1", 1, later)).unwrap();
         late.awaits(given_up("ship2", 2, later)).unwrap();
-        let on = |subject: &str| nats::Message::new(subject, None, "x", None);
         for _ in 0..1000 {
             assert!(late.takes(&on("_INBOX.central.x.ship1.1")));
         }
@@ -412,7 +425,7 @@ mod tests {
         assert_eq!(late.messages.len(), LATE_QUEUED_EACH + 1);
         // Taken from the queue: room for one more of its own.
         late.messages.recv().unwrap();
-        assert!(late.taken("_INBOX.central.x.ship1.1").is_some());
+        assert!(late.taken(&on("_INBOX.central.x.ship1.1")).is_some());
         late.takes(&on("_INBOX.central.x.ship1.1"));
         assert_eq!(late.messages.len(), LATE_QUEUED_EACH + 1);
         assert!(late.first_not_an_answer("_INBOX.central.x.ship1.1"));

@@ -156,7 +156,7 @@ impl Metrics {
             late_replies: counter_vec(
                 &r,
                 "steward_late_replies_total",
-                "Replies that came after their message was given up (it ran after all), kept in its reply file; the message stays in failed-messages.txt.",
+                "Replies that came after their command was given up (it reached its node after all: ran, or was refused or interrupted there), kept in its reply file; the message stays in failed-messages.txt.",
                 &["method"],
             ),
             received: counter_vec(

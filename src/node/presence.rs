@@ -91,6 +91,13 @@ impl Presence {
 
     /// Whether `node` said Hello within `within`: it runs, whatever a "no responders" on a
     /// reply inbox says (anyone on the broker can publish one; a Hello is signed).
+    /// Whether `node` said Hello to this node at all in this run (only a node that
+    /// Hellos go to hears them: central, by default).
+    pub fn ever_heard(&self, node: &str) -> bool {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.contains_key(node)
+    }
+
     pub fn heard_within(&self, node: &str, within: Duration) -> bool {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.get(node).is_some_and(|at| at.elapsed() < within)

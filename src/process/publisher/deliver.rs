@@ -420,10 +420,11 @@ impl Publisher {
     /// ([`LateReplies`]). Returns what to add to why it was given up: that it may have run,
     /// and whether a reply that comes later is kept.
     ///
-    /// "May have taken": a send not answered "no responders", or, as such an answer is
-    /// anyone's to forge, a destination that said Hello (signed) within the last minute.
-    /// A reply that came while the attempt was being counted (the broker's PING) waits in
-    /// this publisher's route (`replies`), and is handed on too.
+    /// Commands only. "May have taken": a send not answered "no responders", or, as such
+    /// an answer is anyone's to forge, a destination that said Hello (signed) within the
+    /// last minute, or one this node hears no Hellos from (a ship commanding another,
+    /// Hellos off). A reply that came while the attempt was being counted (the broker's
+    /// PING) waits in this publisher's route (`replies`), and is handed on too.
     fn await_late(
         &self,
         entry: &Entry,
@@ -432,14 +433,17 @@ impl Publisher {
         why: &str,
     ) -> Option<String> {
         let to = &entry.envelope.message.to_node;
-        let may_have = if sigs.last.is_empty() {
-            return None;
+        let presence = &self.node.presence;
+        let may_have = if sigs.last.is_empty() || !self.subject.kind.is_command() {
+            return None; // never sent; or an event, whose late reply says only that it was
         } else if sigs.maybe_taken() {
             format!("yet it may have reached {to} and run there")
-        } else if self.node.presence.heard_within(to, SILENT_AFTER) {
+        } else if presence.heard_within(to, SILENT_AFTER) {
             format!(
                 "yet {to} said Hello within the minute, so it may have reached it and run there"
             )
+        } else if !presence.ever_heard(to) {
+            format!("yet this node hears no Hello from {to} to tell whether it is there, so it may have reached it and run there")
         } else {
             return None;
         };

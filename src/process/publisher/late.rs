@@ -77,7 +77,7 @@ impl LateReplies {
     /// tries again.
     fn take(&self, msg: nats::Message) -> Result<(), Failure> {
         let late = &self.node.broker.late;
-        let Some(given_up) = late.taken(&msg.subject) else {
+        let Some(given_up) = late.taken(&msg) else {
             return Ok(()); // kept already (a retry's copy answered too), or let go
         };
         if msg.is_no_responders() {
@@ -183,5 +183,31 @@ fn after_all(reply: &Reply) -> (&'static str, &'static str) {
         )
     } else {
         ("ran on", "it ran: do not send it again")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(json: &str) -> Reply {
+        Reply::decode(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_late_reply_says_what_happened_and_what_to_do_with_the_message() {
+        let ran = reply(r#"{"id":"a","fromNode":"ship1","status":"ok","exitCode":3}"#);
+        assert_eq!(after_all(&ran), ("ran on", "it ran: do not send it again"));
+        let refused = reply(r#"{"id":"a","fromNode":"ship1","status":"refused"}"#);
+        assert!(after_all(&refused)
+            .1
+            .contains("fix the cause, then send it again"));
+        let error = reply(r#"{"id":"a","fromNode":"ship1","status":"error"}"#);
+        assert_eq!(after_all(&error).0, "could not be run on");
+        let interrupted =
+            reply(r#"{"id":"a","fromNode":"ship1","status":"error","interrupted":true}"#);
+        assert!(after_all(&interrupted)
+            .1
+            .contains("check before sending it again"));
     }
 }
