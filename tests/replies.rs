@@ -246,6 +246,40 @@ fn a_command_given_up_while_it_runs_has_its_late_reply_kept_and_said() {
     assert!(logged.contains("\"outcome\":\"failed\""), "{logged}");
 }
 
+/// A command whose lane gave its thread up between attempts (`--maxPublishers` 1, another
+/// lane waiting) was sent again by another publisher, under another reply subject; given
+/// up, its reply to the first send, which started the run, is still kept.
+#[test]
+fn a_late_reply_to_a_send_of_a_publisher_that_gave_its_thread_up_is_kept() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let _ship2 = Node::start("ship2", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &["--maxPublishers=1"]);
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    let (started, ran) = (ship1.path("started"), ship1.path("ran"));
+    central.append_inmsg(&format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","echo >> {}; sleep 6; echo once >> {}; echo parked and done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":20,"retries":1}}]"#,
+        started.display(),
+        ran.display()
+    ));
+    wait_until("ship1 started the command", || started.exists());
+    // Now ship2's lane waits for the thread: ship1's gives it up in its pause.
+    central.append_inmsg(&common::command("ship2", &["echo", "meanwhile"]));
+    central.wait_for("replies/ship2.CLICommand.log", "meanwhile");
+    central.wait_for("failed-messages.txt", "parked and done");
+    let mut subjects = Vec::new();
+    while let Ok(m) = spy.next_timeout(Duration::from_millis(200)) {
+        subjects.push(m.reply.unwrap());
+    }
+    subjects.dedup();
+    assert!(subjects.len() >= 2, "one publisher sent it: {subjects:?}");
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
+    assert!(kept.contains("parked and done\n[steward"), "{kept}");
+    assert_eq!(records(&kept).len(), 1, "{kept}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
+}
+
 #[test]
 fn a_reply_cut_to_the_broker_s_limit_is_recorded_as_it_was_sent() {
     let nats = NatsServer::start();

@@ -310,9 +310,15 @@ impl Late {
             .is_some_and(|a| !std::mem::replace(&mut a.said, true))
     }
 
-    /// The reply on `reply_subject` came and was kept: no longer awaited.
+    /// The reply on `reply_subject` came and was kept: its message is no longer awaited,
+    /// on that subject nor on any other (its earlier publishers' sends).
     pub fn answered(&self, reply_subject: &str) {
-        self.lock().0.remove(reply_subject);
+        let mut lock = self.lock();
+        let table = &mut lock.0;
+        if let Some(answered) = table.remove(reply_subject) {
+            let id = answered.given_up.id;
+            table.retain(|_, a| a.given_up.id != id);
+        }
     }
 
     /// Lets go of those awaited past their time (returned), and says until when the next
@@ -385,6 +391,14 @@ mod tests {
             late.taken(&on("_INBOX.central.x.ship1.0")).is_some(),
             "kept"
         );
+        // One message awaited on two subjects (two publishers sent it): answered on one,
+        // it is awaited on neither.
+        let mut again = given_up("ship2", 0, later);
+        again.reply_subject = "_INBOX.central.y.ship2.0".into();
+        assert_eq!(late.awaits(given_up("ship2", 0, later)), Ok(()));
+        assert_eq!(late.awaits(again), Ok(()));
+        late.answered("_INBOX.central.y.ship2.0");
+        assert!(late.taken(&on("_INBOX.central.x.ship2.0")).is_none());
         // The rest of the table, each node within its share.
         let mut n = 0;
         while late.len() < LATE_AWAITED {

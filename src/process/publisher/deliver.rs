@@ -35,7 +35,7 @@ const SIGNATURES_KEPT: usize = 8;
 /// [`SIGNATURES_KEPT`], and the first a listener took (no "no responders" came for it
 /// before the next send), kept whatever follows: it may be running there, a long command,
 /// while Hellos send it again.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(super) struct Sends {
     last: Vec<String>,
     pinned: Option<String>,
@@ -296,7 +296,8 @@ impl Publisher {
                 Attempt::Stopped => return Delivery::Stopped,
                 Attempt::Failed(why) => why,
                 Attempt::Yielded { resend, then } => {
-                    return self.park(&rules, entry, attempt, resend, then)
+                    self.keep_sends(reply_subject, sigs);
+                    return self.park(&rules, entry, attempt, resend, then);
                 }
             };
             // Counted against the destination only once the broker has answered promptly
@@ -346,7 +347,8 @@ impl Publisher {
                             }
                         }
                         Attempt::Yielded { resend, then } => {
-                            return self.park(&rules, entry, attempt, resend, then)
+                            self.keep_sends(reply_subject, sigs);
+                            return self.park(&rules, entry, attempt, resend, then);
                         }
                     }
                 }
@@ -367,7 +369,7 @@ impl Publisher {
                 }
                 Next::GiveUp(why) => {
                     return Delivery::Failed(
-                        match self.await_late(entry, (reply_subject, replies), &sigs, &why) {
+                        match self.await_late(entry, (reply_subject, replies), &mut sigs, &why) {
                             Some(late) => format!("{why}; {late}"),
                             None => why,
                         },
@@ -397,6 +399,7 @@ impl Publisher {
                     .load(std::sync::atomic::Ordering::Relaxed)
                 {
                     self.slot().attempts_made = rules.made();
+                    self.keep_sends(reply_subject, sigs);
                     return Delivery::Parked { until, hello };
                 }
                 select! {
@@ -429,14 +432,20 @@ impl Publisher {
         &self,
         entry: &Entry,
         (reply_subject, replies): (&str, &Receiver<nats::Message>),
-        sigs: &Sends,
+        sigs: &mut Sends,
         why: &str,
     ) -> Option<String> {
         let to = &entry.envelope.message.to_node;
         let presence = &self.node.presence;
-        let may_have = if sigs.last.is_empty() || !self.subject.kind.is_command() {
+        // This publisher's sends, and those of the publishers before it that gave their
+        // thread up: the run may answer any.
+        let mut all = std::mem::take(&mut self.slot().earlier);
+        if !sigs.last.is_empty() {
+            all.push((reply_subject.to_string(), std::mem::take(sigs)));
+        }
+        let may_have = if all.is_empty() || !self.subject.kind.is_command() {
             return None; // never sent; or an event, whose late reply says only that it was
-        } else if sigs.maybe_taken() {
+        } else if all.iter().any(|(_, sigs)| sigs.maybe_taken()) {
             format!("yet it may have reached {to} and run there")
         } else if presence.heard_within(to, SILENT_AFTER) {
             format!(
@@ -454,14 +463,17 @@ impl Publisher {
             _ => crate::broker::LATE_AT_MOST, // no limit on its run
         };
         let now = Instant::now();
-        let awaited = self.node.await_late(crate::broker::GivenUp {
-            lane: self.subject.clone(),
-            id: entry.envelope.id.clone(),
-            reply_subject: reply_subject.to_string(),
-            sigs: sigs.iter().cloned().collect(),
-            why: why.to_string(),
-            at: now,
-            until: now + (runs_for + crate::broker::LATE_FOR).min(crate::broker::LATE_AT_MOST),
+        let until = now + (runs_for + crate::broker::LATE_FOR).min(crate::broker::LATE_AT_MOST);
+        let awaited = all.into_iter().try_for_each(|(reply_subject, sigs)| {
+            self.node.await_late(crate::broker::GivenUp {
+                lane: self.subject.clone(),
+                id: entry.envelope.id.clone(),
+                reply_subject,
+                sigs: sigs.iter().cloned().collect(),
+                why: why.to_string(),
+                at: now,
+                until,
+            })
         });
         if let Err(full) = awaited {
             return Some(format!(
@@ -475,6 +487,20 @@ impl Publisher {
         Some(format!(
             "{may_have}: a reply that comes later is kept in its reply file"
         ))
+    }
+
+    /// This publisher gives its thread up before its first message is done: its sends of
+    /// it, under this publisher's route, are kept in the slot for the next one (see
+    /// [`Slot::earlier`]).
+    fn keep_sends(&self, reply_subject: &str, sigs: Sends) {
+        if sigs.last.is_empty() {
+            return;
+        }
+        let mut slot = self.slot();
+        if slot.earlier.len() >= EARLIER_SENDS {
+            slot.earlier.remove(0);
+        }
+        slot.earlier.push((reply_subject.to_string(), sigs));
     }
 
     /// Gives the lane's thread up in the middle of attempt `attempt` (its destination not

@@ -97,13 +97,21 @@ pub struct Slot {
     /// again (their node may be gone by then, or have forgotten them: a message that ran
     /// would be listed as undelivered, or run again).
     acked: std::collections::HashMap<String, Reply>,
+    /// The first message's sends by publishers that gave their thread up (each its own
+    /// reply subject, under its own route), the last [`EARLIER_SENDS`]: if the message is
+    /// given up, their late replies are awaited too (see `Publisher::await_late`).
+    earlier: Vec<(String, deliver::Sends)>,
 }
+
+/// How many earlier publishers' sends of a message [`Slot`] keeps.
+const EARLIER_SENDS: usize = 4;
 
 impl Slot {
     /// The first `n` messages are finished: out of the slot.
     fn done(&mut self, n: usize) {
         self.attempts_made = 0;
         self.continued = None;
+        self.earlier.clear();
         let gone = self.entries.drain(..n);
         // Nearly always empty (a publisher that failed in between fills them): no hashing.
         if self.replies_written.is_empty() && self.acked.is_empty() {
