@@ -260,35 +260,29 @@ impl Late {
     /// Whether `m` answers an awaited message: then it is queued for the process (past
     /// [`LATE_QUEUED_EACH`] of its own, or a full queue, dropped).
     pub fn takes(&self, m: &nats::Message) -> bool {
-        let mut lock = self.lock();
-        let (table, bytes) = &mut *lock;
-        let Some(awaited) = table.get_mut(&m.subject) else {
-            return false;
-        };
-        if awaited.queued < LATE_QUEUED_EACH
-            && *bytes + m.data.len() <= LATE_QUEUED_BYTES
-            && self.tx.try_send(m.clone()).is_ok()
-        {
-            awaited.queued += 1;
-            *bytes += m.data.len();
-        }
-        true
+        self.queue(m, true).is_some()
     }
 
     /// Puts `m` back, for the process to take again after its restart (it could not keep
     /// it): whether it is.
     pub fn requeue(&self, m: &nats::Message) -> bool {
+        self.queue(m, false) == Some(true)
+    }
+
+    /// Queues `m` if it answers an awaited message (None if not): whether it is queued,
+    /// within the bounds of a message's share and the queue's bytes if `bounded`.
+    fn queue(&self, m: &nats::Message, bounded: bool) -> Option<bool> {
         let mut lock = self.lock();
         let (table, bytes) = &mut *lock;
-        let Some(awaited) = table.get_mut(&m.subject) else {
-            return false;
-        };
-        let queued = self.tx.try_send(m.clone()).is_ok();
+        let awaited = table.get_mut(&m.subject)?;
+        let within =
+            awaited.queued < LATE_QUEUED_EACH && *bytes + m.data.len() <= LATE_QUEUED_BYTES;
+        let queued = (within || !bounded) && self.tx.try_send(m.clone()).is_ok();
         if queued {
             awaited.queued += 1;
             *bytes += m.data.len();
         }
-        queued
+        Some(queued)
     }
 
     /// Reply `m` is taken from the queue: what it must answer, if that is still awaited.
