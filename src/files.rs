@@ -51,6 +51,11 @@ impl DataFolder {
     pub fn failed(&self) -> PathBuf {
         self.root.join("failed-messages.txt")
     }
+    /// The messages given up whose late replies are awaited (see
+    /// [`crate::process::publisher::LateReplies`]): kept so that a restart does not drop them.
+    pub fn late_replies(&self) -> PathBuf {
+        self.root.join("late-replies.json")
+    }
     /// Messages the journal held but could not hand out, whole (see
     /// [`crate::node::Node::report_unreadable`]); rotated as logs are.
     pub fn unreadable(&self) -> PathBuf {

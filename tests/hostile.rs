@@ -8,7 +8,7 @@
 
 use crate::common;
 use common::raw::{envelope, signed_by, signed_covering, Raw};
-use common::{command, key_of, NatsServer, Node};
+use common::{command, key_of, wait_until, NatsServer, Node};
 use std::time::{Duration, Instant};
 use steward::keys::Covers;
 
@@ -1013,6 +1013,93 @@ fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_se
         central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
         1.0
     );
+}
+
+/// After a restart of the sender, what it awaited is awaited again on its earlier run's
+/// inbox, which it listens on anew: from a raw client there, forged five ways and on a
+/// subject that inbox never awaited, nothing is kept; ship1's own reply is, once.
+#[test]
+fn a_late_reply_awaited_across_a_restart_is_kept_only_from_its_node_over_its_own_sends() {
+    let nats = NatsServer::start();
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(
+        r#"[{"toNode":"ship1","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0}]"#,
+    );
+    let m = spy
+        .next_timeout(Duration::from_secs(10))
+        .expect("the command");
+    let id = serde_json::from_slice::<serde_json::Value>(&m.data).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let to = m.reply.clone().expect("a reply subject");
+    central.wait_for("late-replies.json", &to);
+    central.kill9();
+    central.restart();
+    let reply = |output: &str, id: &str| {
+        serde_json::json!({
+            "id": id, "fromNode": "ship1", "toNode": "central", "status": "ok",
+            "exitCode": 0, "output": output
+        })
+    };
+    let forged = reply("forged", &id);
+    let payload = serde_json::to_vec(&forged).unwrap();
+    let pause = || std::thread::sleep(Duration::from_millis(200));
+    // Until the new run listens on the old inbox, what is sent there is nobody's: wait for
+    // its word before forging, so that each forgery is one it reads.
+    wait_until("central listening on its earlier inbox", || {
+        central
+            .log()
+            .contains("an earlier run's inbox, for late replies")
+    });
+    raw.send(&to, None, None, &payload);
+    pause();
+    raw.answer_as("intruder", &m, &forged);
+    pause();
+    raw.answer_as("ship2", &m, &forged);
+    pause();
+    let moved = steward::keys::Identity::from_seed(&common::seed_of("ship1"))
+        .unwrap()
+        .seal_covering(
+            steward::keys::Scope::reply(&to, "the signature of another send"),
+            &payload,
+            Covers::Payload,
+        );
+    raw.send(&to, None, Some(&moved.headers), &payload);
+    pause();
+    raw.answer_as("ship1", &m, &reply("forged", "central-1-1-another"));
+    pause();
+    // Ship1's own signature, on a subject of that inbox nothing awaits.
+    let mut elsewhere = m.clone();
+    elsewhere.reply = Some(format!(
+        "{}.other.1",
+        steward::broker::inbox_of(&to).unwrap()
+    ));
+    raw.answer_as("ship1", &elsewhere, &reply("forged", &id));
+    pause();
+    assert_eq!(
+        central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
+        0.0
+    );
+    let late = "steward_late_replies_total{method=\"CLICommand\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while central.metric(late) < 1.0 {
+        assert!(Instant::now() < deadline, "the real reply never kept");
+        raw.answer_as("ship1", &m, &reply("the real output", &id));
+        pause();
+    }
+    let kept = central.read("replies/ship1.CLICommand.log");
+    let records: Vec<&str> = kept.lines().filter(|l| l.starts_with("=== ")).collect();
+    assert_eq!(records.len(), 1, "{kept}");
+    assert!(records[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")));
+    assert!(!kept.contains("forged"), "{kept}");
+    let log = central.log();
+    assert_eq!(log.matches("ignoring a late reply").count(), 1, "{log}");
+    wait_until("late-replies.json removed", || {
+        !central.path("late-replies.json").exists()
+    });
 }
 
 /// A "no responders" is anyone's to forge: answering every send of a command with one does

@@ -246,6 +246,56 @@ fn a_command_given_up_while_it_runs_has_its_late_reply_kept_and_said() {
     assert!(logged.contains("\"outcome\":\"failed\""), "{logged}");
 }
 
+/// A restart of the sender (an upgrade, a kill -9) while a command given up still runs:
+/// the message is awaited again from `late-replies.json`, on the inbox of the run that
+/// sent it, and its reply kept when it comes.
+#[test]
+fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let ran = ship1.path("ran");
+    let message = format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","sleep 8; echo once >> {}; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":20,"retries":0}}]"#,
+        ran.display()
+    );
+    let ended = central.send_and_wait(&message);
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let id = ended[0].0.clone();
+    // Kept within a second of the give-up; then the node dies without a word.
+    central.wait_for("late-replies.json", &id);
+    central.kill9();
+    central.restart();
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
+    assert_eq!(records(&kept).len(), 1, "{kept}");
+    assert!(
+        records(&kept)[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")),
+        "{kept}"
+    );
+    assert!(kept.contains("done\n[steward: this reply came"), "{kept}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
+    let log = central.log();
+    assert!(
+        log.contains("awaiting the late replies of 1 message(s) given up before this start"),
+        "{log}"
+    );
+    assert!(
+        log.contains("an earlier run's inbox, for late replies"),
+        "{log}"
+    );
+    // Nothing awaited any more: the file is gone, and the process with it.
+    wait_until("late-replies.json removed", || {
+        !central.path("late-replies.json").exists()
+    });
+    central.wait_status("showed the late replies process gone", |t| {
+        !t.contains("late replies")
+    });
+    assert_eq!(
+        central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
+        1.0
+    );
+}
+
 /// A command whose lane gave its thread up between attempts (`--maxPublishers` 1, another
 /// lane waiting) was sent again by another publisher, under another reply subject; given
 /// up, its reply to the first send, which started the run, is still kept.

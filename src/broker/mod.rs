@@ -48,6 +48,7 @@ use crate::config::{Auth, BrokerSecurity};
 use crate::keys::{Covers, Identity, Scope, Sealed};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -56,7 +57,8 @@ use std::time::Duration;
 mod replies;
 
 pub use replies::{
-    GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED, LATE_AWAITED_EACH_NODE, LATE_FOR,
+    inbox_of, GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED, LATE_AWAITED_EACH_NODE,
+    LATE_FOR,
 };
 
 /// Where a user and password, or a token, is written into a broker address
@@ -145,6 +147,9 @@ pub struct Broker {
     replies: Mutex<Option<replies::Replies>>,
     /// Replies awaited after their message was given up (see [`Late`]).
     pub late: Arc<Late>,
+    /// Subscriptions to the inboxes of this node's earlier runs, by inbox, while [`Late`]
+    /// awaits a reply under one ([`Broker::listen_earlier`]).
+    earlier: Mutex<HashMap<String, nats::Subscription>>,
     /// Told each time the link comes back up ([`Broker::reconnects`]).
     reconnected: Mutex<Vec<Sender<()>>>,
 }
@@ -185,6 +190,7 @@ impl Broker {
             node: node.to_string(),
             replies: Mutex::new(None),
             late: Arc::default(),
+            earlier: Mutex::default(),
             reconnected: Mutex::new(Vec::new()),
         });
         let url_list = urls.join(",");
@@ -377,6 +383,33 @@ impl Broker {
             *replies = Some(replies::Replies::subscribe(conn, inbox, self.late.clone())?);
         }
         Ok(replies.as_mut().expect("made above").route())
+    }
+
+    /// Listens on the inboxes of this node's earlier runs under which [`Late`] awaits a
+    /// reply (read back from the data folder at the start: a command given up before a
+    /// restart may still answer there), a subscription each, handing what comes to
+    /// [`Late::takes`] only; and stops listening on those it no longer awaits anything under
+    /// (only that, with no `conn`).
+    pub fn listen_earlier(&self, conn: Option<&nats::Connection>) -> io::Result<()> {
+        let mut wanted = self.late.inboxes();
+        if let Some(replies) = &*self.replies.lock().unwrap_or_else(|p| p.into_inner()) {
+            wanted.remove(&replies.inbox); // this run's: its own subscription takes them
+        }
+        let mut earlier = self.earlier.lock().unwrap_or_else(|p| p.into_inner());
+        earlier.retain(|inbox, _| wanted.contains(inbox)); // dropped: unsubscribed
+        for inbox in wanted {
+            let Some(conn) = conn.filter(|_| !earlier.contains_key(&inbox)) else {
+                continue;
+            };
+            let late = self.late.clone();
+            let subscription = conn.subscribe_routed(&format!("{inbox}.*.*"), move |m| {
+                late.takes(m);
+                true // awaited or not, nothing else reads this inbox now
+            })?;
+            log::info!("listening on {inbox}, an earlier run's inbox, for late replies");
+            earlier.insert(inbox, subscription);
+        }
+        Ok(())
     }
 
     /// The link as the process table shows it: `up`, or `down for 12s`.

@@ -23,11 +23,14 @@
 //! held in its node's link while it was cut silently), and its reply, when it comes, says
 //! what it did. Such a reply goes to [`Late::messages`] whatever became of the route, for
 //! the node's `late replies` process to check and keep
-//! ([`crate::process::publisher::LateReplies`]).
+//! ([`crate::process::publisher::LateReplies`]). That process keeps the table in the data
+//! folder too, so that a restart of this node does not drop it; the inboxes of its earlier
+//! runs that the table still names are listened on again ([`super::Broker::listen_earlier`]).
 
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,7 +43,7 @@ type Routes = Arc<Mutex<HashMap<String, Sender<nats::Message>>>>;
 /// The node's reply subscription and the routes taken from it.
 pub(super) struct Replies {
     conn: nats::Connection,
-    inbox: String,
+    pub(super) inbox: String,
     routes: Routes,
     /// Kept: dropping it would unsubscribe.
     _subscription: nats::Subscription,
@@ -190,6 +193,8 @@ pub struct Late {
     /// may be sooner.
     added_tx: Sender<()>,
     pub added: Receiver<()>,
+    /// Counts the table's changes: the process keeps it on disk when it moved.
+    changes: AtomicU64,
 }
 
 impl Default for Late {
@@ -202,6 +207,7 @@ impl Default for Late {
             messages,
             added_tx,
             added,
+            changes: AtomicU64::new(0),
         }
     }
 }
@@ -253,6 +259,7 @@ impl Late {
             said: false,
         };
         table.insert(awaited.given_up.reply_subject.clone(), awaited);
+        self.changed();
         let _ = self.added_tx.try_send(());
         Ok(())
     }
@@ -312,6 +319,7 @@ impl Late {
         if let Some(answered) = table.remove(reply_subject) {
             let id = answered.given_up.id;
             table.retain(|_, a| a.given_up.id != id);
+            self.changed();
         }
     }
 
@@ -330,12 +338,43 @@ impl Late {
             .filter_map(|s| table.remove(s))
             .map(|a| a.given_up)
             .collect();
+        if !gone.is_empty() {
+            self.changed();
+        }
         if table.is_empty() {
             // Its memory too: a fan-out's worth may have been awaited.
             *table = HashMap::new();
         }
         let next = table.values().map(|a| a.given_up.until).min();
         (gone, next)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the table changed: what is on disk is as of one of these.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// What is awaited, to keep on disk (see [`crate::process::publisher::LateReplies`]).
+    pub fn awaited(&self) -> Vec<GivenUp> {
+        let lock = self.lock();
+        let mut all: Vec<GivenUp> = lock.0.values().map(|a| a.given_up.clone()).collect();
+        all.sort_by_key(|g| g.at);
+        all
+    }
+
+    /// The inboxes the awaited reply subjects are under (`_INBOX.<node>.<nuid>`): this
+    /// run's, and those of earlier runs of this node, from the table kept on disk.
+    pub fn inboxes(&self) -> std::collections::HashSet<String> {
+        let lock = self.lock();
+        lock.0
+            .keys()
+            .filter_map(|s| inbox_of(s))
+            .map(str::to_string)
+            .collect()
     }
 
     /// How many are awaited.
@@ -346,6 +385,24 @@ impl Late {
     pub fn is_empty(&self) -> bool {
         self.lock().0.is_empty()
     }
+}
+
+/// The inbox a reply subject is under: `_INBOX.<node>.<nuid>` of
+/// `_INBOX.<node>.<nuid>.<token>.<n>`, the shape [`Replies`] gives them (none for another).
+pub fn inbox_of(reply_subject: &str) -> Option<&str> {
+    let tokens: Vec<&str> = reply_subject.split('.').collect();
+    let well_formed = tokens.len() == 5
+        && tokens[0] == "_INBOX"
+        && tokens.iter().all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if !well_formed {
+        return None;
+    }
+    let end = tokens[..3].iter().map(|t| t.len()).sum::<usize>() + 2;
+    Some(&reply_subject[..end])
 }
 
 #[cfg(test)]

@@ -186,7 +186,7 @@ impl Supervisor {
     }
 
     /// Starts the node's fixed processes: the inbox, the control socket, a subscriber per
-    /// method, the scheduler, hello.
+    /// method, the scheduler, hello; and `late replies` if an earlier run left any awaited.
     pub fn start(&mut self) {
         let (node, stop_fd) = (self.node.clone(), self.stop_fd.clone());
         self.add("inbox".into(), None, move |state| {
@@ -236,6 +236,11 @@ impl Supervisor {
                 })
             });
         }
+        // Late replies an earlier run awaited (a command given up before a restart may
+        // still answer).
+        if publisher::LateReplies::load(&self.node) {
+            self.start_late_replies();
+        }
     }
 
     /// Starts the `late replies` process, unless it runs (or waits for its restart).
@@ -247,10 +252,7 @@ impl Supervisor {
             None => {
                 let node = self.node.clone();
                 self.add(name.into(), None, move |state| {
-                    Box::new(publisher::LateReplies {
-                        node: node.clone(),
-                        state,
-                    })
+                    Box::new(publisher::LateReplies::new(node.clone(), state))
                 });
             }
         }

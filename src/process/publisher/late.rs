@@ -12,14 +12,25 @@
 //! responders", or a node that said Hello within the minute: see `Publisher::await_late`)
 //! is awaited a while longer ([`crate::broker::Late`]: an hour past its `methodTimeout`,
 //! at most a day, at most [`LATE_AWAITED`] at once and
-//! [`LATE_AWAITED_EACH_NODE`] of a node, not across a restart). A reply that
+//! [`LATE_AWAITED_EACH_NODE`] of a node). A reply that
 //! comes for it is checked as any reply (signed by the destination's key, over one of the
 //! message's own sends, its id and sender the message's), then kept in the lane's reply
 //! file with a line that says it came after the message was given up and what to do with
 //! the message (still in failed-messages.txt: not to be sent again if it ran), logged and
 //! reported to the central error logger. This process runs only while something is
 //! awaited; the supervisor starts it when a message is given up so
-//! ([`crate::supervisor::Event::AwaitLate`]).
+//! ([`crate::supervisor::Event::AwaitLate`]), and at the node's start if an earlier run
+//! left something awaited.
+//!
+//! A restart of this node (an upgrade, a new config) used to drop the table, and with it
+//! the late reply of a command still running. So the process keeps the table in the data
+//! folder (`late-replies.json`, [`LateReplies::load`]): written within [`SAVE_EVERY`] of a
+//! change (a fan-out given up is a write a second, not one per message), and at its stop.
+//! Read back at the start, what it awaits is awaited again: on the inbox of the run that
+//! sent it, which the node listens on again ([`crate::broker::Broker::listen_earlier`]).
+//! A reply that comes while the node is down is lost all the same (nothing asks for it
+//! again: a message given up is not sent again), as is a message given up within a second
+//! of a kill -9 or a power cut.
 //!
 //! [`LATE_AWAITED`]: crate::broker::LATE_AWAITED
 //! [`LATE_AWAITED_EACH_NODE`]: crate::broker::LATE_AWAITED_EACH_NODE
@@ -27,18 +38,66 @@
 use super::finish::reply_record;
 use super::*;
 use crate::broker::GivenUp;
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
 
 pub struct LateReplies {
-    pub node: Arc<Node>,
-    pub state: Arc<State>,
+    node: Arc<Node>,
+    state: Arc<State>,
+    /// The table's change count when the node last listened on earlier runs' inboxes.
+    listened: Option<u64>,
+    /// ... when it was last kept on disk, and when that was tried.
+    saved: Option<u64>,
+    save_tried: Option<Instant>,
+    /// Whether keeping it failed last time (said once until it works again).
+    save_failing: bool,
 }
 
 /// The process's name in the table.
 pub const NAME: &str = "late replies";
 
+/// How often, at most, the table is written to the data folder while it changes.
+pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this many bytes of `late-replies.json` are read: [`crate::broker::LATE_AWAITED`]
+/// messages of a few signatures each are well under it.
+const MAX_FILE: u64 = 16 << 20;
+
 impl Process for LateReplies {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
-        let late = &self.node.broker.late;
+        let late = self.node.broker.late.clone();
+        let outcome = self.await_replies(stop);
+        // Kept as it stands at the end (stopped, nothing awaited, or failed), whatever
+        // the time since the last write.
+        self.save();
+        if late.is_empty() {
+            let _ = self.node.broker.listen_earlier(None); // earlier inboxes let go
+        }
+        if late.is_empty() && self.saved != Some(late.changes()) {
+            // Not kept: tried again at the restart (the file still says what was).
+            return Err(Failure::retry(Error::StoreReplies {
+                path: self.node.data.late_replies(),
+                source: io::Error::other("cannot write the late replies awaited"),
+            }));
+        }
+        outcome
+    }
+}
+
+impl LateReplies {
+    pub fn new(node: Arc<Node>, state: Arc<State>) -> LateReplies {
+        LateReplies {
+            node,
+            state,
+            listened: None,
+            saved: None,
+            save_tried: None,
+            save_failing: false,
+        }
+    }
+
+    fn await_replies(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
+        let late = self.node.broker.late.clone();
         loop {
             let (expired, next) = late.expire(Instant::now());
             for given_up in expired {
@@ -53,6 +112,14 @@ impl Process for LateReplies {
             let Some(next) = next else {
                 return Ok(()); // nothing awaited: started again when something is
             };
+            if !self.listen(stop)? {
+                return Ok(()); // stopped while the link was down
+            }
+            let save_at = self.save_due();
+            if save_at.is_some_and(|at| at <= Instant::now()) {
+                self.save();
+            }
+            let save_at = self.save_due().unwrap_or(next);
             self.state.set(format!(
                 "awaiting the late replies of {} message(s) given up",
                 late.len()
@@ -65,13 +132,164 @@ impl Process for LateReplies {
                 // One more awaited: said, and its deadline may be the next.
                 recv(late.added) -> _ => {},
                 recv(stop) -> _ => return Ok(()),
-                recv(crossbeam_channel::at(next)) -> _ => {},
+                recv(crossbeam_channel::at(next.min(save_at))) -> _ => {},
             }
         }
     }
-}
 
-impl LateReplies {
+    /// Listens on the inboxes of earlier runs the table names (see the module docs), once
+    /// the node has a connection: false if stopped while waiting for one.
+    fn listen(&mut self, stop: &Receiver<()>) -> Result<bool, Failure> {
+        let broker = &self.node.broker;
+        let changes = broker.late.changes();
+        if self.listened == Some(changes) {
+            return Ok(true);
+        }
+        let conn = match broker.get() {
+            Some(conn) => conn,
+            None => match broker.wait(stop) {
+                Some(conn) => conn,
+                None => return Ok(false),
+            },
+        };
+        broker
+            .listen_earlier(Some(&conn))
+            .map_err(|source| Failure::retry(Error::Subscribe { source }))?;
+        self.listened = Some(changes);
+        Ok(true)
+    }
+
+    /// When the table is next to be kept on disk: none, it is as kept.
+    fn save_due(&self) -> Option<Instant> {
+        if self.saved == Some(self.node.broker.late.changes()) {
+            return None;
+        }
+        Some(
+            self.save_tried
+                .map_or_else(Instant::now, |at| at + SAVE_EVERY),
+        )
+    }
+
+    /// Keeps the table in `late-replies.json` (removed once nothing is awaited) if it
+    /// changed since it was last kept. A failure (a full disk) is said once and tried again
+    /// a second later: the table itself stays in memory, and replies are kept meanwhile.
+    fn save(&mut self) {
+        let late = &self.node.broker.late;
+        let changes = late.changes();
+        if self.saved == Some(changes) {
+            return;
+        }
+        self.save_tried = Some(Instant::now());
+        let path = self.node.data.late_replies();
+        let awaited = late.awaited();
+        let written = if awaited.is_empty() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                removed => removed.and_then(|()| {
+                    crate::files::sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+                }),
+            }
+        } else {
+            crate::files::write_atomically(
+                &path,
+                &encode(&awaited, Instant::now(), SystemTime::now()),
+            )
+        };
+        match written {
+            Ok(()) => {
+                if std::mem::take(&mut self.save_failing) {
+                    log::info!(
+                        "{}: the late replies awaited are kept again",
+                        path.display()
+                    );
+                }
+                self.saved = Some(changes);
+            }
+            Err(e) if !self.save_failing => {
+                self.save_failing = true;
+                log::error!(
+                    "{}: cannot keep the late replies awaited ({e}): tried again each second; until then a restart of this node drops those awaited since the last write",
+                    path.display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Reads back the messages an earlier run awaited late replies for
+    /// (`late-replies.json`) and awaits them again: whether anything is awaited. Those whose
+    /// time is over are let go, as they would have been; an entry that is not one steward
+    /// wrote (another node's inbox, not a command) is said and let go, and the file set
+    /// aside as it stood.
+    pub fn load(node: &Node) -> bool {
+        let path = node.data.late_replies();
+        let bytes = match crate::files::read_small(&path, MAX_FILE, false) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            Err(e) => {
+                crate::files::set_aside(
+                    &path,
+                    &e.to_string(),
+                    "so the late replies it awaited are not awaited",
+                );
+                return false;
+            }
+        };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let (awaited, refused) = match decode(&bytes, &node.config.node, now, wall) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                crate::files::set_aside(
+                    &path,
+                    &e.to_string(),
+                    "so the late replies it awaited are not awaited",
+                );
+                return false;
+            }
+        };
+        if !refused.is_empty() {
+            for why in &refused {
+                log::error!("{}: {why}", path.display());
+            }
+            // As it stood, for an operator: the next write keeps only what is awaited.
+            crate::files::set_aside(
+                &path,
+                &format!("{} entries not steward's", refused.len()),
+                "the rest awaited again",
+            );
+        }
+        let mut any = false;
+        for given_up in awaited {
+            if given_up.until <= now {
+                log::info!(
+                    "{}: no reply came for {} within {}s of its being given up; it stays in {}",
+                    given_up.lane,
+                    given_up.id,
+                    given_up
+                        .until
+                        .saturating_duration_since(given_up.at)
+                        .as_secs(),
+                    node.data.failed().display()
+                );
+                continue;
+            }
+            let (lane, id) = (given_up.lane.clone(), given_up.id.clone());
+            match node.broker.late.awaits(given_up) {
+                Ok(()) => any = true,
+                Err(full) => {
+                    log::warn!("{lane}: the late reply of {id} is no longer awaited: {full}")
+                }
+            }
+        }
+        if any {
+            log::info!(
+                "awaiting the late replies of {} message(s) given up before this start",
+                node.broker.late.len()
+            );
+        }
+        any
+    }
+
     /// Checks `msg` against the message it answers and keeps it. A reply that cannot be
     /// kept (a full disk) goes back into the queue and the process fails: restarted, it
     /// tries again.
@@ -163,6 +381,114 @@ impl LateReplies {
     }
 }
 
+/// A message given up as `late-replies.json` keeps it: its times on the wall clock (ms
+/// since the epoch), the rest as [`GivenUp`] holds it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Saved {
+    lane: String,
+    id: String,
+    reply_subject: String,
+    sigs: Vec<String>,
+    why: String,
+    given_up_at: u64,
+    until: u64,
+}
+
+/// The table as `late-replies.json` holds it: an array, a message a line, `now` and
+/// `wall` the same moment on either clock.
+fn encode(awaited: &[GivenUp], now: Instant, wall: SystemTime) -> Vec<u8> {
+    let wall_ms = |at: Instant| {
+        let wall_at = match at.checked_duration_since(now) {
+            Some(ahead) => wall + ahead,
+            None => wall
+                .checked_sub(now.duration_since(at))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        };
+        wall_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let lines: Vec<String> = awaited
+        .iter()
+        .map(|g| {
+            let saved = Saved {
+                lane: g.lane.to_string(),
+                id: g.id.clone(),
+                reply_subject: g.reply_subject.clone(),
+                sigs: g.sigs.clone(),
+                why: g.why.clone(),
+                given_up_at: wall_ms(g.at),
+                until: wall_ms(g.until),
+            };
+            serde_json::to_string(&saved).expect("plain data")
+        })
+        .collect();
+    format!("[\n{}\n]\n", lines.join(",\n")).into_bytes()
+}
+
+/// The table back from `bytes`, for node `node` (`now` and `wall` the same moment on
+/// either clock): what is awaited, and why each entry that is not steward's was refused.
+fn decode(
+    bytes: &[u8],
+    node: &str,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<(Vec<GivenUp>, Vec<String>), serde_json::Error> {
+    let saved: Vec<Saved> = serde_json::from_slice(bytes)?;
+    let wall_ms = wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // On the monotonic clock: a time past is as long ago (at most as long as the machine
+    // has run), a time to come as far ahead (at most a day: a wall clock set back).
+    let instant = |ms: u64| match ms.checked_sub(wall_ms) {
+        Some(ahead) => now + Duration::from_millis(ahead).min(crate::broker::LATE_AT_MOST),
+        None => now
+            .checked_sub(Duration::from_millis(wall_ms - ms))
+            .unwrap_or(now),
+    };
+    let own_inbox = format!("_INBOX.{node}.");
+    let (mut awaited, mut refused) = (Vec::new(), Vec::new());
+    for (i, s) in saved.into_iter().enumerate() {
+        let lane = match Subject::parse(&s.lane) {
+            Ok(lane) if lane.kind.is_command() => lane,
+            Ok(lane) => {
+                refused.push(format!("entry {i}: {lane} is not a command's lane"));
+                continue;
+            }
+            Err(e) => {
+                refused.push(format!("entry {i}: {e}"));
+                continue;
+            }
+        };
+        if crate::broker::inbox_of(&s.reply_subject).is_none()
+            || !s.reply_subject.starts_with(&own_inbox)
+        {
+            refused.push(format!(
+                "entry {i}: {:?} is not a reply subject of this node's ({own_inbox}<run>.<token>.<n>)",
+                s.reply_subject
+            ));
+            continue;
+        }
+        if s.id.is_empty() || s.sigs.is_empty() {
+            refused.push(format!(
+                "entry {i}: no id, or no signature to check a reply by"
+            ));
+            continue;
+        }
+        awaited.push(GivenUp {
+            lane,
+            id: s.id,
+            reply_subject: s.reply_subject,
+            sigs: s.sigs,
+            why: s.why,
+            at: instant(s.given_up_at),
+            until: instant(s.until),
+        });
+    }
+    Ok((awaited, refused))
+}
+
 /// What a late reply says happened to its message on its node (said as "… `to` after
 /// all"), and what to do with the message, still in failed-messages.txt.
 fn after_all(reply: &Reply) -> (&'static str, &'static str) {
@@ -192,6 +518,96 @@ mod tests {
 
     fn reply(json: &str) -> Reply {
         Reply::decode(json.as_bytes()).unwrap()
+    }
+
+    fn close(a: Instant, b: Instant) -> bool {
+        a.max(b).duration_since(a.min(b)) < Duration::from_millis(2)
+    }
+
+    #[test]
+    fn the_table_kept_on_disk_is_awaited_again_as_it_was_on_both_clocks() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let given_up = GivenUp {
+            lane: Subject::parse("ship1.CommandACK.CLICommand").unwrap(),
+            id: "central-1".into(),
+            reply_subject: "_INBOX.central.AbC1.tok9.1".into(),
+            sigs: vec!["sig1".into(), "sig2".into()],
+            why: "not delivered: 1 attempt failed".into(),
+            at: now.checked_sub(Duration::from_secs(30)).unwrap_or(now),
+            until: now + Duration::from_secs(3600),
+        };
+        let bytes = encode(std::slice::from_ref(&given_up), now, wall);
+        // Read back by a run started 10 s later.
+        let later = Duration::from_secs(10);
+        let (back, refused) = decode(&bytes, "central", now + later, wall + later).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let [back] = &back[..] else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            (
+                &back.lane,
+                &back.id,
+                &back.reply_subject,
+                &back.sigs,
+                &back.why
+            ),
+            (
+                &given_up.lane,
+                &given_up.id,
+                &given_up.reply_subject,
+                &given_up.sigs,
+                &given_up.why
+            )
+        );
+        assert!(close(back.at, given_up.at), "{back:?}");
+        assert!(close(back.until, given_up.until), "{back:?}");
+        // A wall clock set back by a week: awaited at most a day more.
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let (back, _) = decode(&bytes, "central", now, wall - week).unwrap();
+        assert!(back[0].until <= now + crate::broker::LATE_AT_MOST);
+    }
+
+    #[test]
+    fn entries_of_the_table_that_are_not_steward_s_are_refused_saying_why() {
+        let entry = |lane: &str, subject: &str, sigs: &str| {
+            format!(
+                r#"{{"lane":"{lane}","id":"central-1","replySubject":"{subject}","sigs":[{sigs}],"why":"w","givenUpAt":1,"until":2}}"#
+            )
+        };
+        let cmd = "ship1.CommandACK.CLICommand";
+        let file = format!(
+            "[{},{},{},{},{},{}]",
+            entry(cmd, "_INBOX.central.AbC1.tok9.1", r#""s""#),
+            entry(cmd, "_INBOX.ship2.AbC1.tok9.1", r#""s""#),
+            entry(cmd, "_INBOX.central.>", r#""s""#),
+            entry(cmd, "ship1.CommandACK.CLICommand.x.y", r#""s""#),
+            entry(
+                "ship1.EventACK.TextLogging",
+                "_INBOX.central.AbC1.tok9.2",
+                r#""s""#
+            ),
+            entry(cmd, "_INBOX.central.AbC1.tok9.3", ""),
+        );
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let (awaited, refused) = decode(file.as_bytes(), "central", now, wall).unwrap();
+        assert_eq!(awaited.len(), 1);
+        assert_eq!(refused.len(), 5, "{refused:?}");
+        assert!(refused[0]
+            .contains("\"_INBOX.ship2.AbC1.tok9.1\" is not a reply subject of this node's"));
+        assert!(refused[1].contains("_INBOX.central.>"));
+        assert!(
+            refused[3].contains("is not a command's lane"),
+            "{refused:?}"
+        );
+        assert!(refused[4].contains("no signature"), "{refused:?}");
+        // Long over (given up in 1970): read back, let go by the loader.
+        assert!(awaited[0].until <= now);
+        // Not the table at all, or an entry with a field steward does not write.
+        assert!(decode(b"{\"lane\":1}", "central", now, wall).is_err());
+        let extra =
+            entry(cmd, "_INBOX.central.A.t.1", r#""s""#).replace("\"why\"", "\"run\":1,\"why\"");
+        assert!(decode(format!("[{extra}]").as_bytes(), "central", now, wall).is_err());
     }
 
     #[test]
