@@ -142,6 +142,7 @@ fn tail_file_and_copy_src_never_read_out_what_is_private_to_the_node() {
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["journal/received.log"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":5},
 {"toNode":"ship1","data":["journal/../keys/node.seed"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":5},
+{"toNode":"ship1","data":["late-replies.json"],"commandOrEvent":"CommandACK","method":"TailFile","methodTimeout":5},
 {"toNode":"ship1","data":["journal/journal.log","central","incoming/journal.log","0600"],"commandOrEvent":"CommandACK","method":"CopySrc"}]"#,
     );
     let tails = central.wait_for(
@@ -151,6 +152,11 @@ fn tail_file_and_copy_src_never_read_out_what_is_private_to_the_node() {
     assert!(
         tails.contains("journal/: what other senders sent this node"),
         "{tails}"
+    );
+    // The reply subjects it awaits late replies on: random, so that no one can flood one.
+    central.wait_for(
+        "replies/ship1.TailFile.log",
+        "one of the node's own records",
     );
     let copies = central.wait_for("replies/ship1.CopySrc.log", "never copied from this node");
     assert!(copies.contains("it is under journal/"), "{copies}");

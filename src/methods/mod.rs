@@ -104,14 +104,16 @@ pub fn open_plain_file(
 
 /// The node's own records in its data folder, by how their names begin (rotated ones too):
 /// every message it sent with the results it carried, what it could not send, its input
-/// (inmsg.txt, taken and rejected), the schedules it keeps for its senders, and which of
-/// its startup messages wait.
-const OWN_RECORDS: [&str; 6] = [
+/// (inmsg.txt, taken and rejected), the schedules it keeps for its senders, which of its
+/// startup messages wait, and the reply subjects it awaits late replies on (each random, so
+/// that no one can name one to flood: see [`crate::broker::Late`]).
+const OWN_RECORDS: [&str; 7] = [
     "message-log.txt",
     "failed-messages.txt",
     "unreadable-messages.txt",
     "schedules.json",
     "startup-sent.json",
+    "late-replies.json",
     "inmsg",
 ];
 
