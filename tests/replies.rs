@@ -246,26 +246,54 @@ fn a_command_given_up_while_it_runs_has_its_late_reply_kept_and_said() {
     assert!(logged.contains("\"outcome\":\"failed\""), "{logged}");
 }
 
-/// A restart of the sender (an upgrade, a kill -9) while a command given up still runs:
-/// the message is awaited again from `late-replies.json`, on the inbox of the run that
-/// sent it, and its reply kept when it comes.
+/// Restarts of the sender (an upgrade, then a kill -9) while a command given up still
+/// runs: the message is awaited again from `late-replies.json`, on the inbox of the first
+/// run, which sent it, and its reply kept when it comes. An entry in the file that is not
+/// steward's is said and set aside; the rest is awaited all the same.
 #[test]
 fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
     let mut central = Node::start("central", &nats.address(), &[]);
-    let ran = ship1.path("ran");
+    let (go, ran) = (ship1.path("go"), ship1.path("ran"));
+    // It ends when the test says so: after the restarts, however long they take.
     let message = format!(
-        r#"[{{"toNode":"ship1","data":["sh","-c","sleep 8; echo once >> {}; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":20,"retries":0}}]"#,
+        r#"[{{"toNode":"ship1","data":["sh","-c","while [ ! -e {} ]; do sleep 0.1; done; echo once >> {}; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":60,"retries":0}}]"#,
+        go.display(),
         ran.display()
     );
     let ended = central.send_and_wait(&message);
     assert_eq!(ended[0].1, "failed", "{ended:?}");
     let id = ended[0].0.clone();
-    // Kept within a second of the give-up; then the node dies without a word.
-    central.wait_for("late-replies.json", &id);
-    central.kill9();
+    // Kept within a second of the give-up. Stopped as systemd stops it, then started; then
+    // killed without a word, and started again.
+    let kept = central.wait_for("late-replies.json", &id);
+    let first_inbox = kept.split("_INBOX.central.").nth(1).unwrap()[..10].to_string();
+    assert_eq!(central.terminate(), Some(0));
     central.restart();
+    wait_until("the second run awaiting it", || {
+        central.log().contains("given up before this start")
+    });
+    central.kill9();
+    // Meanwhile an entry no run of central wrote: another node's inbox.
+    let file = central.read("late-replies.json");
+    let stranger = file
+        .replace("_INBOX.central.", "_INBOX.ship2.")
+        .replace("[\n", "");
+    std::fs::write(
+        central.path("late-replies.json"),
+        format!("[\n{},\n{stranger}", &file[2..file.len() - 3]),
+    )
+    .unwrap();
+    central.restart();
+    wait_until("central listening on the first run's inbox", || {
+        central
+            .log()
+            .matches("an earlier run's inbox, for late replies")
+            .count()
+            >= 2
+    });
+    std::fs::write(&go, "").unwrap();
     let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
     assert_eq!(records(&kept).len(), 1, "{kept}");
     assert!(
@@ -275,14 +303,24 @@ fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
     assert!(kept.contains("done\n[steward: this reply came"), "{kept}");
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
     let log = central.log();
-    assert!(
-        log.contains("awaiting the late replies of 1 message(s) given up before this start"),
+    assert_eq!(
+        log.matches("awaiting the late replies of 1 message(s) given up before this start")
+            .count(),
+        2,
         "{log}"
     );
     assert!(
-        log.contains("an earlier run's inbox, for late replies"),
+        log.contains(&format!("listening on _INBOX.central.{first_inbox}")),
         "{log}"
     );
+    // The stranger: said, let go, and the file as it stood set aside.
+    assert!(
+        log.contains("is not a reply subject of this node's"),
+        "{log}"
+    );
+    assert!(central
+        .read("late-replies.json.bad")
+        .contains("_INBOX.ship2."));
     // Nothing awaited any more: the file is gone, and the process with it.
     wait_until("late-replies.json removed", || {
         !central.path("late-replies.json").exists()

@@ -205,7 +205,7 @@ pub const COPY_FIELDS_BYTES: usize = 1024;
 /// Most bytes of one message on the wire (its data plus the envelope's fields).
 pub const MAX_WIRE_BYTES: usize = MAX_DATA_BYTES + 64 * 1024;
 /// Longest message id.
-const MAX_ID_LEN: usize = 256;
+pub const MAX_ID_LEN: usize = 256;
 /// Most messages in one batch on the wire: what this node takes, and says it takes of a
 /// method that does a batch's work in one go in its answer to a batch (`batchMax` on the
 /// first reply), so that a sender may send it as many.

@@ -25,7 +25,10 @@
 //! A restart of this node (an upgrade, a new config) used to drop the table, and with it
 //! the late reply of a command still running. So the process keeps the table in the data
 //! folder (`late-replies.json`, [`LateReplies::load`]): written within [`SAVE_EVERY`] of a
-//! change (a fan-out given up is a write a second, not one per message), and at its stop.
+//! message given up (a fan-out given up is a write a second, not one per message), at once
+//! when a reply is kept (awaited again after a kill -9, a copy of it would be kept twice),
+//! and at its stop. (Not while the process waits for its restart after a failure: a full
+//! disk, on which the file could not be written either.)
 //! Read back at the start, what it awaits is awaited again: on the inbox of the run that
 //! sent it, which the node listens on again ([`crate::broker::Broker::listen_earlier`]).
 //! A reply that comes while the node is down is lost all the same (nothing asks for it
@@ -67,18 +70,21 @@ impl Process for LateReplies {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         let late = self.node.broker.late.clone();
         let outcome = self.await_replies(stop);
-        // Kept as it stands at the end (stopped, nothing awaited, or failed), whatever
-        // the time since the last write.
-        self.save();
         if late.is_empty() {
             let _ = self.node.broker.listen_earlier(None); // earlier inboxes let go
         }
-        if late.is_empty() && self.saved != Some(late.changes()) {
-            // Not kept: tried again at the restart (the file still says what was).
-            return Err(Failure::retry(Error::StoreReplies {
-                path: self.node.data.late_replies(),
-                source: io::Error::other("cannot write the late replies awaited"),
-            }));
+        // Kept as it stands at the end (stopped, nothing awaited, or failed), whatever
+        // the time since the last write.
+        if let Err(source) = self.save() {
+            let path = self.node.data.late_replies();
+            log::error!(
+                "{}: cannot keep the late replies awaited as this process ends ({source}): a restart of this node would await those of the last write",
+                path.display()
+            );
+            if outcome.is_ok() {
+                // Tried again at the restart.
+                return Err(Failure::retry(Error::StoreReplies { path, source }));
+            }
         }
         outcome
     }
@@ -112,12 +118,12 @@ impl LateReplies {
             let Some(next) = next else {
                 return Ok(()); // nothing awaited: started again when something is
             };
-            if !self.listen(stop)? {
-                return Ok(()); // stopped while the link was down
+            // Kept first: listening may wait for the node's first connection.
+            if self.save_due().is_some_and(|at| at <= Instant::now()) {
+                self.save_or_say();
             }
-            let save_at = self.save_due();
-            if save_at.is_some_and(|at| at <= Instant::now()) {
-                self.save();
+            if !self.listen(stop)? {
+                return Ok(()); // stopped before the node ever connected
             }
             let save_at = self.save_due().unwrap_or(next);
             self.state.set(format!(
@@ -170,48 +176,32 @@ impl LateReplies {
         )
     }
 
-    /// Keeps the table in `late-replies.json` (removed once nothing is awaited) if it
-    /// changed since it was last kept. A failure (a full disk) is said once and tried again
-    /// a second later: the table itself stays in memory, and replies are kept meanwhile.
-    fn save(&mut self) {
+    /// Keeps the table in `late-replies.json` if it changed since it was last kept.
+    fn save(&mut self) -> io::Result<()> {
         let late = &self.node.broker.late;
         let changes = late.changes();
         if self.saved == Some(changes) {
-            return;
+            return Ok(());
         }
         self.save_tried = Some(Instant::now());
+        store(&self.node.data.late_replies(), &late.awaited())?;
+        self.saved = Some(changes);
+        Ok(())
+    }
+
+    /// [`LateReplies::save`], a failure (a full disk) said once and tried again a second
+    /// later: the table itself stays in memory, and replies are kept meanwhile.
+    fn save_or_say(&mut self) {
         let path = self.node.data.late_replies();
-        let awaited = late.awaited();
-        let written = if awaited.is_empty() {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                removed => removed.and_then(|()| {
-                    crate::files::sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
-                }),
+        match self.save() {
+            Ok(()) if std::mem::take(&mut self.save_failing) => {
+                log::info!("{}: the late replies awaited are kept again", path.display());
             }
-        } else {
-            crate::files::write_atomically(
-                &path,
-                &encode(&awaited, Instant::now(), SystemTime::now()),
-            )
-        };
-        match written {
-            Ok(()) => {
-                if std::mem::take(&mut self.save_failing) {
-                    log::info!(
-                        "{}: the late replies awaited are kept again",
-                        path.display()
-                    );
-                }
-                self.saved = Some(changes);
-            }
-            Err(e) if !self.save_failing => {
-                self.save_failing = true;
-                log::error!(
-                    "{}: cannot keep the late replies awaited ({e}): tried again each second; until then a restart of this node drops those awaited since the last write",
-                    path.display()
-                );
-            }
+            Ok(()) => {}
+            Err(e) if !std::mem::replace(&mut self.save_failing, true) => log::error!(
+                "{}: cannot keep the late replies awaited ({e}): tried again each second; until then a restart of this node would await those of the last write",
+                path.display()
+            ),
             Err(_) => {}
         }
     }
@@ -251,7 +241,7 @@ impl LateReplies {
             for why in &refused {
                 log::error!("{}: {why}", path.display());
             }
-            // As it stood, for an operator: the next write keeps only what is awaited.
+            // As it stood, for an operator; the rest is written back below.
             crate::files::set_aside(
                 &path,
                 &format!("{} entries not steward's", refused.len()),
@@ -287,13 +277,21 @@ impl LateReplies {
                 node.broker.late.len()
             );
         }
+        if !any || !refused.is_empty() {
+            // Nothing awaited (all over): no file, which would be read again at every
+            // start. Or some refused: the rest kept now, not at the process's first write,
+            // which may come after a power cut.
+            if let Err(e) = store(&path, &node.broker.late.awaited()) {
+                log::error!("{}: cannot write it again: {e}", path.display());
+            }
+        }
         any
     }
 
     /// Checks `msg` against the message it answers and keeps it. A reply that cannot be
     /// kept (a full disk) goes back into the queue and the process fails: restarted, it
     /// tries again.
-    fn take(&self, msg: nats::Message) -> Result<(), Failure> {
+    fn take(&mut self, msg: nats::Message) -> Result<(), Failure> {
         let late = &self.node.broker.late;
         let Some(given_up) = late.taken(&msg) else {
             return Ok(()); // kept already (a retry's copy answered too), or let go
@@ -328,6 +326,10 @@ impl LateReplies {
             return Err(Failure::retry(Error::StoreReplies { path, source }));
         }
         late.answered(&msg.subject);
+        // Kept at once, not within the second: awaited again after a kill -9, the same
+        // reply sent again (by its node, or by a listener on an open broker) would be kept
+        // twice. Answers are few; a fan-out's give-ups are what the second is for.
+        self.save_or_say();
         self.node
             .metrics
             .late_replies
@@ -380,6 +382,25 @@ impl LateReplies {
         crate::files::append_rotating(path, record.as_bytes(), limits.rotate_at, limits.keep)
     }
 }
+
+/// Writes `awaited` to `path` (`late-replies.json`), or removes it if nothing is awaited.
+fn store(path: &std::path::Path, awaited: &[GivenUp]) -> io::Result<()> {
+    if !awaited.is_empty() {
+        let bytes = encode(awaited, Instant::now(), SystemTime::now());
+        return crate::files::write_atomically(path, &bytes);
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        removed => removed.and_then(|()| {
+            crate::files::sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+        }),
+    }
+}
+
+/// Most signatures an entry may hold (a send's last few and the one a listener took), and
+/// most bytes of why it was given up: what steward writes is well within both.
+const MAX_SIGS: usize = 16;
+const MAX_WHY: usize = 16 << 10;
 
 /// A message given up as `late-replies.json` keeps it: its times on the wall clock (ms
 /// since the epoch), the rest as [`GivenUp`] holds it.
@@ -439,13 +460,17 @@ fn decode(
     let wall_ms = wall
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    // On the monotonic clock: a time past is as long ago (at most as long as the machine
-    // has run), a time to come as far ahead (at most a day: a wall clock set back).
-    let instant = |ms: u64| match ms.checked_sub(wall_ms) {
-        Some(ahead) => now + Duration::from_millis(ahead).min(crate::broker::LATE_AT_MOST),
-        None => now
-            .checked_sub(Duration::from_millis(wall_ms - ms))
-            .unwrap_or(now),
+    // On the monotonic clock: given up as long ago as the wall clocks say (now, if the
+    // clock was set back past it since, or it was before this machine's start), and
+    // awaited as long as the wall clocks leave, never longer than its whole wait (at most
+    // a day): a wall clock set back since does not keep it longer, one set forward lets
+    // go of those it passed.
+    let at_of = |ms: u64| {
+        now.checked_sub(Duration::from_millis(wall_ms.saturating_sub(ms)))
+            .unwrap_or(now)
+    };
+    let awaited_for = |at_ms: u64, until_ms: u64| {
+        Duration::from_millis(until_ms.saturating_sub(at_ms)).min(crate::broker::LATE_AT_MOST)
     };
     let own_inbox = format!("_INBOX.{node}.");
     let (mut awaited, mut refused) = (Vec::new(), Vec::new());
@@ -470,20 +495,35 @@ fn decode(
             ));
             continue;
         }
-        if s.id.is_empty() || s.sigs.is_empty() {
+        let id_ok = !s.id.is_empty()
+            && s.id.len() <= crate::message::MAX_ID_LEN
+            && s.id.bytes().all(|b| b.is_ascii_graphic());
+        if !id_ok {
+            refused.push(format!("entry {i}: {:?} is not a message id", s.id));
+            continue;
+        }
+        if s.sigs.is_empty() || s.sigs.len() > MAX_SIGS {
             refused.push(format!(
-                "entry {i}: no id, or no signature to check a reply by"
+                "entry {i}: {} signatures to check a reply by (1 to {MAX_SIGS})",
+                s.sigs.len()
             ));
             continue;
         }
+        if s.why.len() > MAX_WHY || s.why.chars().any(char::is_control) {
+            refused.push(format!(
+                "entry {i}: why it was given up is over {MAX_WHY} bytes or holds a control character"
+            ));
+            continue;
+        }
+        let at = at_of(s.given_up_at);
         awaited.push(GivenUp {
             lane,
             id: s.id,
             reply_subject: s.reply_subject,
             sigs: s.sigs,
             why: s.why,
-            at: instant(s.given_up_at),
-            until: instant(s.until),
+            at,
+            until: now + awaited_for(wall_ms, s.until).min(awaited_for(s.given_up_at, s.until)),
         });
     }
     Ok((awaited, refused))
@@ -562,10 +602,18 @@ mod tests {
         );
         assert!(close(back.at, given_up.at), "{back:?}");
         assert!(close(back.until, given_up.until), "{back:?}");
-        // A wall clock set back by a week: awaited at most a day more.
+        // A wall clock set back by a week since: given up now, awaited as long as it was
+        // to be from then.
         let week = Duration::from_secs(7 * 24 * 3600);
         let (back, _) = decode(&bytes, "central", now, wall - week).unwrap();
-        assert!(back[0].until <= now + crate::broker::LATE_AT_MOST);
+        assert!(close(back[0].at, now), "{back:?}");
+        assert!(
+            close(back[0].until, now + Duration::from_secs(3630)),
+            "{back:?}"
+        );
+        // ... set forward by a week: long over.
+        let (back, _) = decode(&bytes, "central", now, wall + week).unwrap();
+        assert!(back[0].until <= now, "{back:?}");
     }
 
     #[test]
@@ -600,7 +648,8 @@ mod tests {
             refused[3].contains("is not a command's lane"),
             "{refused:?}"
         );
-        assert!(refused[4].contains("no signature"), "{refused:?}");
+        assert!(refused[2].contains("is not a reply subject"), "{refused:?}");
+        assert!(refused[4].contains("0 signatures"), "{refused:?}");
         // Long over (given up in 1970): read back, let go by the loader.
         assert!(awaited[0].until <= now);
         // Not the table at all, or an entry with a field steward does not write.
