@@ -265,6 +265,12 @@ pub fn read_small(path: &Path, max: u64, follow: bool) -> io::Result<Vec<u8>> {
 /// so and what that costs (`so`), rather than letting the next write replace it: what it
 /// held stays where an operator can find it.
 pub fn set_aside(path: &Path, why: &str, so: &str) {
+    set_aside_saying(path, &format!("unreadable ({why})"), so)
+}
+
+/// As [`set_aside`], for a file readable but not to be used as it stands: `what` is what
+/// is wrong with it.
+pub fn set_aside_saying(path: &Path, what: &str, so: &str) {
     // `<name>.bad`, or the first `<name>.bad.<n>` free: a second bad file does not replace
     // the first, which may be the one an operator needs.
     let named = |n: u32| {
@@ -280,7 +286,7 @@ pub fn set_aside(path: &Path, why: &str, so: &str) {
         .find(|p| fs::symlink_metadata(p).is_err())
         .unwrap_or_else(|| named(1000));
     log::error!(
-        "{}: unreadable ({why}); set aside as {}, {so}",
+        "{}: {what}; set aside as {}, {so}",
         path.display(),
         aside.display()
     );

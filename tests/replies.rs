@@ -321,6 +321,7 @@ fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
     assert!(central
         .read("late-replies.json.bad")
         .contains("_INBOX.ship2."));
+    central.wait_for("errors.log", "1 of its entries not steward's");
     // Nothing awaited any more: the file is gone, and the process with it.
     wait_until("late-replies.json removed", || {
         !central.path("late-replies.json").exists()

@@ -520,6 +520,35 @@ fn a_late_reply_that_cannot_be_kept_yet_is_kept_once_there_is_room() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
 }
 
+/// A late reply that came but cannot be kept when the node stops is lost: said so, and
+/// reported, and not awaited at the next start (where an hour later "no reply came" would
+/// be said of a command that ran).
+#[test]
+fn a_late_reply_that_cannot_be_kept_before_a_stop_is_said_lost_and_not_awaited_again() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let shell = "sleep 4; echo late-output";
+    central.append_inmsg(&format!(
+        "[{{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",{shell:?}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":1,\"methodTimeout\":20,\"retries\":0}}]\n"
+    ));
+    central.wait_for("failed-messages.txt", "late-output");
+    std::fs::create_dir_all(central.path("replies/ship1.CLICommand.log/in-the-way")).unwrap();
+    central.wait_until("", "said it cannot keep the late reply yet", |_| {
+        central.log().contains("but cannot be kept in")
+    });
+    assert_eq!(central.terminate(), Some(0));
+    let log = central.log();
+    assert!(log.contains("before this node stops: lost"), "{log}");
+    assert!(log.contains("ran on ship1 after all: Ok"), "{log}");
+    std::fs::remove_dir_all(central.path("replies/ship1.CLICommand.log")).unwrap();
+    central.restart();
+    central.wait_for("errors.log", "before this node stops: lost");
+    assert!(!central.path("late-replies.json").exists());
+    assert!(!central.log().contains("given up before this start"));
+    drop(ship1);
+}
+
 #[test]
 fn steward_send_below_the_floor_queues_nothing_and_says_why() {
     let _one_at_a_time = common::serial();

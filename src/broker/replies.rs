@@ -186,9 +186,10 @@ struct Awaited {
 pub struct Late {
     /// The awaited, by reply subject, and the bytes of the replies queued.
     table: Mutex<(HashMap<String, Awaited>, usize)>,
-    tx: Sender<nats::Message>,
-    /// The replies to awaited messages, as they come: for the `late replies` process.
-    pub messages: Receiver<nats::Message>,
+    tx: Sender<(Instant, nats::Message)>,
+    /// The replies to awaited messages, with when each came: for the `late replies`
+    /// process.
+    pub messages: Receiver<(Instant, nats::Message)>,
     /// Rung when a message is awaited: the process says how many, and its next deadline
     /// may be sooner.
     added_tx: Sender<()>,
@@ -267,24 +268,24 @@ impl Late {
     /// Whether `m` answers an awaited message: then it is queued for the process (past
     /// [`LATE_QUEUED_EACH`] of its own, or a full queue, dropped).
     pub fn takes(&self, m: &nats::Message) -> bool {
-        self.queue(m, true).is_some()
+        self.queue(Instant::now(), m, true).is_some()
     }
 
-    /// Puts `m` back, for the process to take again after its restart (it could not keep
-    /// it): whether it is.
-    pub fn requeue(&self, m: &nats::Message) -> bool {
-        self.queue(m, false) == Some(true)
+    /// Puts `m`, which came at `came`, back, for the process to take again after its
+    /// restart (it could not keep it): whether it is.
+    pub fn requeue(&self, came: Instant, m: &nats::Message) -> bool {
+        self.queue(came, m, false) == Some(true)
     }
 
     /// Queues `m` if it answers an awaited message (None if not): whether it is queued,
     /// within the bounds of a message's share and the queue's bytes if `bounded`.
-    fn queue(&self, m: &nats::Message, bounded: bool) -> Option<bool> {
+    fn queue(&self, came: Instant, m: &nats::Message, bounded: bool) -> Option<bool> {
         let mut lock = self.lock();
         let (table, bytes) = &mut *lock;
         let awaited = table.get_mut(&m.subject)?;
         let within =
             awaited.queued < LATE_QUEUED_EACH && *bytes + m.data.len() <= LATE_QUEUED_BYTES;
-        let queued = (within || !bounded) && self.tx.try_send(m.clone()).is_ok();
+        let queued = (within || !bounded) && self.tx.try_send((came, m.clone())).is_ok();
         if queued {
             awaited.queued += 1;
             *bytes += m.data.len();

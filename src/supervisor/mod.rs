@@ -584,12 +584,19 @@ impl Supervisor {
         }
         if !self.node.handlers.wait_idle(deadline) || running > 0 {
             log::warn!(
-                "grace period over with work still running: any command still running is killed, and not run again (its sender is answered so); messages not yet delivered, and copies, go on at the next start"
+                "grace period over with work still running: any command still running is killed, and not run again (its sender is answered so when it asks again: a message it gave up it does not); messages not yet delivered, and copies, go on at the next start"
             );
         }
         // Commands run in process groups of their own, out of reach of what stops the
         // agent: without this, one still running would outlive it, orphaned.
         crate::methods::cli_command::kill_running();
+        let late_running = self
+            .table
+            .get(publisher::LATE_REPLIES)
+            .is_some_and(|e| e.thread.is_some());
+        if !late_running {
+            publisher::LateReplies::at_stop(self.node.clone());
+        }
         for m in &self.methods {
             m.flush(&self.node.context());
         }

@@ -54,6 +54,8 @@ pub struct LateReplies {
     save_tried: Option<Instant>,
     /// Whether keeping it failed last time (said once until it works again).
     save_failing: bool,
+    /// The node stops: a reply that cannot be kept is lost ([`LateReplies::at_stop`]).
+    stopping: bool,
 }
 
 /// The process's name in the table.
@@ -99,6 +101,30 @@ impl LateReplies {
             saved: None,
             save_tried: None,
             save_failing: false,
+            stopping: false,
+        }
+    }
+
+    /// At the node's stop, once its processes have ended: the replies that came but are
+    /// not kept yet (a full disk; the process may be waiting for its restart) are tried
+    /// once more, and each that still cannot be kept is said to be lost, reported, and no
+    /// longer awaited, rather than dropped unseen and awaited again at the next start,
+    /// where "no reply came" would be said of a command that ran. Then the table is kept.
+    pub fn at_stop(node: Arc<Node>) {
+        let late = node.broker.late.clone();
+        let mut process = LateReplies::new(node, Arc::default());
+        process.stopping = true;
+        for _ in 0..late.messages.len() {
+            let Ok((came, msg)) = late.messages.try_recv() else {
+                break;
+            };
+            let _ = process.take(came, msg);
+        }
+        if let Err(e) = process.save() {
+            log::error!(
+                "{}: cannot keep the late replies awaited at this stop ({e}): the next start awaits those of the last write",
+                process.node.data.late_replies().display()
+            );
         }
     }
 
@@ -132,8 +158,8 @@ impl LateReplies {
             ));
             select! {
                 recv(late.messages) -> msg => {
-                    let Ok(msg) = msg else { return Ok(()) };
-                    self.take(msg)?;
+                    let Ok((came, msg)) = msg else { return Ok(()) };
+                    self.take(came, msg)?;
                 },
                 // One more awaited: said, and its deadline may be the next.
                 recv(late.added) -> _ => {},
@@ -213,40 +239,40 @@ impl LateReplies {
     /// aside as it stood.
     pub fn load(node: &Node) -> bool {
         let path = node.data.late_replies();
+        // Said to the central error logger too: what it awaited is not, and a command that
+        // runs there may be sent again from failed-messages.txt.
+        let unreadable = |why: String| {
+            let so = "so the late replies it awaited are not awaited: check the reply files before sending a failed message again";
+            crate::files::set_aside(&path, &why, so);
+            node.report_error(format!(
+                "{}: unreadable ({why}); set aside, {so}",
+                path.display()
+            ));
+            false
+        };
         let bytes = match crate::files::read_small(&path, MAX_FILE, false) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-            Err(e) => {
-                crate::files::set_aside(
-                    &path,
-                    &e.to_string(),
-                    "so the late replies it awaited are not awaited",
-                );
-                return false;
-            }
+            Err(e) => return unreadable(e.to_string()),
         };
         let (now, wall) = (Instant::now(), SystemTime::now());
         let (awaited, refused) = match decode(&bytes, &node.config.node, now, wall) {
             Ok(decoded) => decoded,
-            Err(e) => {
-                crate::files::set_aside(
-                    &path,
-                    &e.to_string(),
-                    "so the late replies it awaited are not awaited",
-                );
-                return false;
-            }
+            Err(e) => return unreadable(e.to_string()),
         };
         if !refused.is_empty() {
             for why in &refused {
                 log::error!("{}: {why}", path.display());
             }
             // As it stood, for an operator; the rest is written back below.
-            crate::files::set_aside(
-                &path,
-                &format!("{} entries not steward's", refused.len()),
-                "the rest awaited again",
-            );
+            let so = "the rest awaited again";
+            let why = format!("{} of its entries not steward's", refused.len());
+            crate::files::set_aside_saying(&path, &why, so);
+            node.report_error(format!(
+                "{}: {why} (the first: {}); set aside, {so}",
+                path.display(),
+                refused[0]
+            ));
         }
         let mut any = false;
         for given_up in awaited {
@@ -288,10 +314,11 @@ impl LateReplies {
         any
     }
 
-    /// Checks `msg` against the message it answers and keeps it. A reply that cannot be
-    /// kept (a full disk) goes back into the queue and the process fails: restarted, it
-    /// tries again.
-    fn take(&mut self, msg: nats::Message) -> Result<(), Failure> {
+    /// Checks `msg`, which came at `came`, against the message it answers and keeps it. A
+    /// reply that cannot be kept (a full disk) goes back into the queue and the process
+    /// fails: restarted, it tries again. Unless the node stops ([`LateReplies::at_stop`]):
+    /// then it is said to be lost, and no longer awaited.
+    fn take(&mut self, came: Instant, msg: nats::Message) -> Result<(), Failure> {
         let late = &self.node.broker.late;
         let Some(given_up) = late.taken(&msg) else {
             return Ok(()); // kept already (a retry's copy answered too), or let go
@@ -315,8 +342,26 @@ impl LateReplies {
         };
         let path = self.node.data.replies(to, &given_up.lane.method);
         let (happened, then) = after_all(&reply);
-        if let Err(source) = self.keep(&given_up, &reply, then, &path) {
-            if !late.requeue(&msg) {
+        if let Err(source) = self.keep(&given_up, &reply, came, then, &path) {
+            if self.stopping {
+                late.answered(&msg.subject); // not to be awaited at the next start
+                self.node.report_error(format!(
+                    "{}: the late reply of {} came ({happened} {to} after all: {:?}) but cannot be kept in {} ({source}) before this node stops: lost; it is still in {}: {then}",
+                    given_up.lane,
+                    given_up.id,
+                    reply.status,
+                    path.display(),
+                    self.node.data.failed().display()
+                ));
+                return Ok(());
+            }
+            log::warn!(
+                "{}: the late reply of {} came ({happened} {to} after all) but cannot be kept in {} yet ({source}): kept once there is room, unless this node stops first",
+                given_up.lane,
+                given_up.id,
+                path.display()
+            );
+            if !late.requeue(came, &msg) {
                 log::error!(
                     "{}: the late reply of {} cannot be kept, nor queued again: lost",
                     given_up.lane,
@@ -354,11 +399,13 @@ impl LateReplies {
         Ok(())
     }
 
-    /// Appends `reply` to the lane's reply file, with a last line that says it came late.
+    /// Appends `reply`, which came at `came`, to the lane's reply file, with a last line
+    /// that says it came late.
     fn keep(
         &self,
         given_up: &GivenUp,
         reply: &Reply,
+        came: Instant,
         then: &str,
         path: &std::path::Path,
     ) -> io::Result<()> {
@@ -368,7 +415,7 @@ impl LateReplies {
         }
         reply.output.push_str(&format!(
             "[steward: this reply came {}s after the message was given up ({}); the message is in failed-messages.txt: {then}]\n",
-            given_up.at.elapsed().as_secs(),
+            came.saturating_duration_since(given_up.at).as_secs(),
             given_up.why
         ));
         let mut record = String::new();
