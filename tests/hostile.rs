@@ -929,19 +929,12 @@ fn a_forged_no_responders_does_not_make_a_lane_to_a_node_that_runs_give_way() {
     drop(ship1);
 }
 
-/// A message given up after its node may have taken it is awaited a while for its late
-/// reply (it may have run): that reply is kept only if its node signed it, over one of the
-/// message's own sends, for the message's own id. Forgeries on its reply subject (unsigned,
-/// a stranger's key, a fleet member's, the node's own over another send or for another
-/// message) keep nothing and do not stand in for the real one, which, after them all, is
-/// kept once however many copies come. (Each forgery is given time to be checked: at most
-/// four replies to one message wait to be.)
-#[test]
-fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_sends() {
-    let nats = NatsServer::start();
-    let central = Node::start("central", &nats.address(), &[]);
-    let raw = Raw::connect(&nats.address());
-    // The raw client listens as ship1: the send is taken, and no ACK comes in time.
+/// A command to ship1, whose reply subject the raw client, listening as ship1, takes, and
+/// no ACK: it is given up, and its late reply awaited. The captured send, and its id.
+fn a_command_given_up_after_a_raw_client_took_it(
+    central: &Node,
+    raw: &Raw,
+) -> (nats::Message, String) {
     let spy = raw.spy("ship1.CommandACK.CLICommand");
     central.append_inmsg(
         r#"[{"toNode":"ship1","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0}]"#,
@@ -953,23 +946,30 @@ fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_se
         .as_str()
         .unwrap()
         .to_string();
-    let failed = central.wait_for("failed-messages.txt", "CLICommand");
-    assert!(failed.contains("\"timeout\": 1"), "{failed}");
+    (m, id)
+}
+
+/// Ship1's reply to message `id`, with `output`.
+fn ship1_reply(output: &str, id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "fromNode": "ship1", "toNode": "central", "status": "ok",
+        "exitCode": 0, "output": output
+    })
+}
+
+/// Five forgeries of the late reply to `m` (`id`) on its reply subject: unsigned, signed
+/// by a stranger, by a fleet member, by ship1 over another send, by ship1 for another
+/// message. Each given time to be checked: at most four replies to one message wait to be.
+fn forge_late_replies(raw: &Raw, m: &nats::Message, id: &str) {
     let to = m.reply.clone().expect("a reply subject");
-    let reply = |output: &str, id: &str| {
-        serde_json::json!({
-            "id": id, "fromNode": "ship1", "toNode": "central", "status": "ok",
-            "exitCode": 0, "output": output
-        })
-    };
-    let forged = reply("forged", &id);
+    let forged = ship1_reply("forged", id);
     let payload = serde_json::to_vec(&forged).unwrap();
     let pause = || std::thread::sleep(Duration::from_millis(200));
     raw.send(&to, None, None, &payload);
     pause();
-    raw.answer_as("intruder", &m, &forged);
+    raw.answer_as("intruder", m, &forged);
     pause();
-    raw.answer_as("ship2", &m, &forged);
+    raw.answer_as("ship2", m, &forged);
     pause();
     let moved = steward::keys::Identity::from_seed(&common::seed_of("ship1"))
         .unwrap()
@@ -980,15 +980,21 @@ fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_se
         );
     raw.send(&to, None, Some(&moved.headers), &payload);
     pause();
-    raw.answer_as("ship1", &m, &reply("forged", "central-1-1-another"));
+    raw.answer_as("ship1", m, &ship1_reply("forged", "central-1-1-another"));
     pause();
-    // The real one, again and again (each retry's copy is answered) until it is kept.
+}
+
+/// Ship1's real late reply to `m` (`id`), again and again (each retry's copy is answered)
+/// until central keeps it; none kept before it. Then central's reply file, holding it
+/// once and no forgery.
+fn answer_until_kept(central: &Node, raw: &Raw, m: &nats::Message, id: &str) -> String {
     let late = "steward_late_replies_total{method=\"CLICommand\"}";
+    assert_eq!(central.metric(late), 0.0, "a forgery was kept");
     let deadline = Instant::now() + Duration::from_secs(20);
     while central.metric(late) < 1.0 {
         assert!(Instant::now() < deadline, "the real reply never kept");
-        raw.answer_as("ship1", &m, &reply("the real output", &id));
-        pause();
+        raw.answer_as("ship1", m, &ship1_reply("the real output", id));
+        std::thread::sleep(Duration::from_millis(200));
     }
     let kept = central.read("replies/ship1.CLICommand.log");
     let records: Vec<&str> = kept.lines().filter(|l| l.starts_with("=== ")).collect();
@@ -999,15 +1005,34 @@ fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_se
         "{kept}"
     );
     assert!(!kept.contains("forged"), "{kept}");
-    let log = central.log();
     // Said once: a flood of forgeries is not a flood of lines.
+    let log = central.log();
     assert_eq!(log.matches("ignoring a late reply").count(), 1, "{log}");
-    assert!(log.contains("ran on ship1 after all"), "{log}");
+    kept
+}
+
+/// A message given up after its node may have taken it is awaited a while for its late
+/// reply (it may have run): that reply is kept only if its node signed it, over one of the
+/// message's own sends, for the message's own id. Forgeries on its reply subject (unsigned,
+/// a stranger's key, a fleet member's, the node's own over another send or for another
+/// message) keep nothing and do not stand in for the real one, which, after them all, is
+/// kept once however many copies come.
+#[test]
+fn a_late_reply_to_a_message_given_up_is_kept_only_from_its_node_over_its_own_sends() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    let (m, id) = a_command_given_up_after_a_raw_client_took_it(&central, &raw);
+    let failed = central.wait_for("failed-messages.txt", "CLICommand");
+    assert!(failed.contains("\"timeout\": 1"), "{failed}");
+    forge_late_replies(&raw, &m, &id);
+    answer_until_kept(&central, &raw, &m, &id);
+    assert!(central.log().contains("ran on ship1 after all"));
     // Nothing awaited any more: the process has ended, and a copy after that is dropped.
     central.wait_status("showed the late replies process gone", |t| {
         !t.contains("late replies")
     });
-    raw.answer_as("ship1", &m, &reply("the real output", &id));
+    raw.answer_as("ship1", &m, &ship1_reply("the real output", &id));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
@@ -1023,30 +1048,11 @@ fn a_late_reply_awaited_across_a_restart_is_kept_only_from_its_node_over_its_own
     let nats = NatsServer::start();
     let mut central = Node::start("central", &nats.address(), &[]);
     let raw = Raw::connect(&nats.address());
-    let spy = raw.spy("ship1.CommandACK.CLICommand");
-    central.append_inmsg(
-        r#"[{"toNode":"ship1","data":["true"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"retries":0}]"#,
-    );
-    let m = spy
-        .next_timeout(Duration::from_secs(10))
-        .expect("the command");
-    let id = serde_json::from_slice::<serde_json::Value>(&m.data).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (m, id) = a_command_given_up_after_a_raw_client_took_it(&central, &raw);
     let to = m.reply.clone().expect("a reply subject");
     central.wait_for("late-replies.json", &to);
     central.kill9();
     central.restart();
-    let reply = |output: &str, id: &str| {
-        serde_json::json!({
-            "id": id, "fromNode": "ship1", "toNode": "central", "status": "ok",
-            "exitCode": 0, "output": output
-        })
-    };
-    let forged = reply("forged", &id);
-    let payload = serde_json::to_vec(&forged).unwrap();
-    let pause = || std::thread::sleep(Duration::from_millis(200));
     // Until the new run listens on the old inbox, what is sent there is nobody's: wait for
     // its word before forging, so that each forgery is one it reads.
     wait_until("central listening on its earlier inbox", || {
@@ -1054,49 +1060,16 @@ fn a_late_reply_awaited_across_a_restart_is_kept_only_from_its_node_over_its_own
             .log()
             .contains("an earlier run's inbox, for late replies")
     });
-    raw.send(&to, None, None, &payload);
-    pause();
-    raw.answer_as("intruder", &m, &forged);
-    pause();
-    raw.answer_as("ship2", &m, &forged);
-    pause();
-    let moved = steward::keys::Identity::from_seed(&common::seed_of("ship1"))
-        .unwrap()
-        .seal_covering(
-            steward::keys::Scope::reply(&to, "the signature of another send"),
-            &payload,
-            Covers::Payload,
-        );
-    raw.send(&to, None, Some(&moved.headers), &payload);
-    pause();
-    raw.answer_as("ship1", &m, &reply("forged", "central-1-1-another"));
-    pause();
+    forge_late_replies(&raw, &m, &id);
     // Ship1's own signature, on a subject of that inbox nothing awaits.
     let mut elsewhere = m.clone();
     elsewhere.reply = Some(format!(
         "{}.other.1",
         steward::broker::inbox_of(&to).unwrap()
     ));
-    raw.answer_as("ship1", &elsewhere, &reply("forged", &id));
-    pause();
-    assert_eq!(
-        central.metric("steward_late_replies_total{method=\"CLICommand\"}"),
-        0.0
-    );
-    let late = "steward_late_replies_total{method=\"CLICommand\"}";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while central.metric(late) < 1.0 {
-        assert!(Instant::now() < deadline, "the real reply never kept");
-        raw.answer_as("ship1", &m, &reply("the real output", &id));
-        pause();
-    }
-    let kept = central.read("replies/ship1.CLICommand.log");
-    let records: Vec<&str> = kept.lines().filter(|l| l.starts_with("=== ")).collect();
-    assert_eq!(records.len(), 1, "{kept}");
-    assert!(records[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")));
-    assert!(!kept.contains("forged"), "{kept}");
-    let log = central.log();
-    assert_eq!(log.matches("ignoring a late reply").count(), 1, "{log}");
+    raw.answer_as("ship1", &elsewhere, &ship1_reply("forged", &id));
+    std::thread::sleep(Duration::from_millis(200));
+    answer_until_kept(&central, &raw, &m, &id);
     wait_until("late-replies.json removed", || {
         !central.path("late-replies.json").exists()
     });
