@@ -271,8 +271,10 @@ fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
     let first_inbox = kept.split("_INBOX.central.").nth(1).unwrap()[..10].to_string();
     assert_eq!(central.terminate(), Some(0));
     central.restart();
-    wait_until("the second run awaiting it", || {
-        central.log().contains("given up before this start")
+    wait_until("the second run listening on the first run's inbox", || {
+        central
+            .log()
+            .contains("an earlier run's inbox, for late replies")
     });
     central.kill9();
     // Meanwhile an entry no run of central wrote: another node's inbox.

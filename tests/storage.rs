@@ -520,20 +520,44 @@ fn a_late_reply_that_cannot_be_kept_yet_is_kept_once_there_is_room() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
 }
 
-/// A late reply that came but cannot be kept when the node stops is lost: said so, and
-/// reported, and not awaited at the next start (where an hour later "no reply came" would
-/// be said of a command that ran).
+/// A late reply that came but cannot be kept when the node stops (its disk full) is lost:
+/// said so, and reported, and not awaited at the next start (where an hour later "no
+/// reply" would be said of a command that ran). The table on disk, which cannot be made
+/// anew, is written over in place, holding what is still awaited.
 #[test]
 fn a_late_reply_that_cannot_be_kept_before_a_stop_is_said_lost_and_not_awaited_again() {
+    let _one_at_a_time = common::serial();
     let nats = NatsServer::start();
     let ship1 = Node::start("ship1", &nats.address(), &[]);
-    let mut central = Node::start("central", &nats.address(), &[]);
-    let shell = "sleep 4; echo late-output";
-    central.append_inmsg(&format!(
-        "[{{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",{shell:?}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":1,\"methodTimeout\":20,\"retries\":0}}]\n"
-    ));
-    central.wait_for("failed-messages.txt", "late-output");
-    std::fs::create_dir_all(central.path("replies/ship1.CLICommand.log/in-the-way")).unwrap();
+    let Some((mut central, disk)) = on_a_small_disk("central", &nats, "16m", "late_at_stop") else {
+        return;
+    };
+    // Two commands given up: the first answers while the disk is full, the second later.
+    let go = ship1.path("go");
+    for (shell, method_timeout) in [
+        (
+            format!(
+                "while [ ! -e {} ]; do sleep 0.1; done; echo late-output",
+                go.display()
+            ),
+            60,
+        ),
+        ("sleep 100; echo later-output".to_string(), 200),
+    ] {
+        central.append_inmsg(&format!(
+            "[{{\"toNode\":\"ship1\",\"data\":[\"sh\",\"-c\",{shell:?}],\"commandOrEvent\":\"CommandACK\",\"method\":\"CLICommand\",\"timeout\":1,\"methodTimeout\":{method_timeout},\"retries\":0}}]\n"
+        ));
+    }
+    let ids = |table: &str| -> Vec<String> {
+        let entries: Vec<serde_json::Value> = serde_json::from_str(table).unwrap();
+        entries
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let awaited = ids(&central.wait_count("late-replies.json", "\"lane\"", 2));
+    let filler = disk.fill();
+    std::fs::write(&go, "").unwrap();
     central.wait_until("", "said it cannot keep the late reply yet", |_| {
         central.log().contains("but cannot be kept in")
     });
@@ -541,11 +565,16 @@ fn a_late_reply_that_cannot_be_kept_before_a_stop_is_said_lost_and_not_awaited_a
     let log = central.log();
     assert!(log.contains("before this node stops: lost"), "{log}");
     assert!(log.contains("ran on ship1 after all: Ok"), "{log}");
-    std::fs::remove_dir_all(central.path("replies/ship1.CLICommand.log")).unwrap();
+    // The first no longer awaited, the second still: over the old file, in place.
+    assert_eq!(ids(&central.read("late-replies.json")), awaited[1..]);
+    std::fs::remove_file(filler).unwrap();
     central.restart();
     central.wait_for("errors.log", "before this node stops: lost");
-    assert!(!central.path("late-replies.json").exists());
-    assert!(!central.log().contains("given up before this start"));
+    let log = central.log();
+    assert!(
+        log.contains("awaiting the late replies of 1 message(s) given up before this start"),
+        "{log}"
+    );
     drop(ship1);
 }
 

@@ -388,28 +388,44 @@ impl Broker {
     /// Listens on the inboxes of this node's earlier runs under which [`Late`] awaits a
     /// reply (read back from the data folder at the start: a command given up before a
     /// restart may still answer there), a subscription each, handing what comes to
-    /// [`Late::takes`] only; and stops listening on those it no longer awaits anything under
-    /// (only that, with no `conn`).
-    pub fn listen_earlier(&self, conn: Option<&nats::Connection>) -> io::Result<()> {
+    /// [`Late::takes`] only, once the broker has each subscription; and stops listening on
+    /// those it no longer awaits anything under.
+    pub fn listen_earlier(&self, conn: &nats::Connection) -> io::Result<()> {
+        let wanted = self.release_earlier();
+        let mut earlier = self.earlier.lock().unwrap_or_else(|p| p.into_inner());
+        let mut subscribed = false;
+        for inbox in wanted {
+            if earlier.contains_key(&inbox) {
+                continue;
+            }
+            let late = self.late.clone();
+            let subscription = conn.subscribe_routed(&format!("{inbox}.*.*"), move |m| {
+                late.takes(m);
+                true // awaited or not, nothing else reads this inbox now
+            })?;
+            earlier.insert(inbox, subscription);
+            subscribed = true;
+        }
+        if subscribed {
+            // So that "listening" is said once it is so: a reply sent after the word is heard.
+            conn.flush_timeout(Duration::from_secs(5))?;
+            for inbox in earlier.keys() {
+                log::info!("listening on {inbox}, an earlier run's inbox, for late replies");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops listening on the earlier runs' inboxes [`Late`] no longer awaits anything
+    /// under: those it still does.
+    pub fn release_earlier(&self) -> std::collections::HashSet<String> {
         let mut wanted = self.late.inboxes();
         if let Some(replies) = &*self.replies.lock().unwrap_or_else(|p| p.into_inner()) {
             wanted.remove(&replies.inbox); // this run's: its own subscription takes them
         }
         let mut earlier = self.earlier.lock().unwrap_or_else(|p| p.into_inner());
         earlier.retain(|inbox, _| wanted.contains(inbox)); // dropped: unsubscribed
-        for inbox in wanted {
-            let Some(conn) = conn.filter(|_| !earlier.contains_key(&inbox)) else {
-                continue;
-            };
-            let late = self.late.clone();
-            let subscription = conn.subscribe_routed(&format!("{inbox}.*.*"), move |m| {
-                late.takes(m);
-                true // awaited or not, nothing else reads this inbox now
-            })?;
-            log::info!("listening on {inbox}, an earlier run's inbox, for late replies");
-            earlier.insert(inbox, subscription);
-        }
-        Ok(())
+        wanted
     }
 
     /// The link as the process table shows it: `up`, or `down for 12s`.

@@ -478,6 +478,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_subject_s_inbox_is_only_that_of_the_shape_this_node_gives_them() {
+        assert_eq!(
+            inbox_of("_INBOX.central.AbC9.tok_1.17"),
+            Some("_INBOX.central.AbC9")
+        );
+        for not in [
+            "_INBOX.central.AbC9.tok.17.1",
+            "_INBOX.central.AbC9.tok",
+            "_INBOX.central.*.tok.1",
+            "_INBOX.central.>",
+            "_INBOX.central..tok.1",
+            "_INBOXX.central.AbC9.tok.1",
+            "_INBOX.cent ral.AbC9.tok.1",
+        ] {
+            assert_eq!(inbox_of(not), None, "{not}");
+        }
+    }
+
+    #[test]
     fn a_flood_on_one_reply_subject_holds_a_few_places_of_the_queue_and_is_said_once() {
         let late = Late::default();
         let later = Instant::now() + Duration::from_secs(60);

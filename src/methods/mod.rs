@@ -161,7 +161,7 @@ pub fn private_to_the_node(
     } else if path.starts_with(real(&data.journal_dir())) {
         Some("it is under journal/: what other senders sent this node, and its answers, are there")
     } else if own_record || own_folder {
-        Some("it is one of the node's own records (every message it sent, with the results it carried, its input, its schedules, the replies it stored): other senders' are there")
+        Some("it is one of the node's own records (every message it sent, with the results it carried, its input, its schedules, the replies it stored and those it awaits): other senders' are there")
     } else if config
         .security
         .secret_files
@@ -526,6 +526,9 @@ mod tests {
             "unreadable-messages.txt",
             "replies/ship2.CLICommand.log",
             "startup/x.json",
+            "late-replies.json",
+            "late-replies.json.tmp",
+            "late-replies.json.bad.1",
         ] {
             assert!(why(&data.root.join(own)).contains("own records"), "{own}");
         }

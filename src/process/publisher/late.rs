@@ -27,8 +27,9 @@
 //! folder (`late-replies.json`, [`LateReplies::load`]): written within [`SAVE_EVERY`] of a
 //! message given up (a fan-out given up is a write a second, not one per message), at once
 //! when a reply is kept (awaited again after a kill -9, a copy of it would be kept twice),
-//! and at its stop. (Not while the process waits for its restart after a failure: a full
-//! disk, on which the file could not be written either.)
+//! and at its stop, or the node's ([`LateReplies::at_stop`]). (Not while the process
+//! waits for its restart after a failure: a full disk, on which the file could not be
+//! written either, but in place where it shrinks: see `store`.)
 //! Read back at the start, what it awaits is awaited again: on the inbox of the run that
 //! sent it, which the node listens on again ([`crate::broker::Broker::listen_earlier`]).
 //! A reply that comes while the node is down is lost all the same (nothing asks for it
@@ -70,11 +71,8 @@ const MAX_FILE: u64 = 16 << 20;
 
 impl Process for LateReplies {
     fn run(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
-        let late = self.node.broker.late.clone();
         let outcome = self.await_replies(stop);
-        if late.is_empty() {
-            let _ = self.node.broker.listen_earlier(None); // earlier inboxes let go
-        }
+        self.node.broker.release_earlier();
         // Kept as it stands at the end (stopped, nothing awaited, or failed), whatever
         // the time since the last write.
         if let Err(source) = self.save() {
@@ -105,7 +103,9 @@ impl LateReplies {
         }
     }
 
-    /// At the node's stop, once its processes have ended: the replies that came but are
+    /// At the node's stop, once its processes have ended (or the grace period has: a
+    /// publisher still running may give a message up after this, and that one is not kept
+    /// on disk), and unless the `late replies` process still runs: the replies that came but are
     /// not kept yet (a full disk; the process may be waiting for its restart) are tried
     /// once more, and each that still cannot be kept is said to be lost, reported, and no
     /// longer awaited, rather than dropped unseen and awaited again at the next start,
@@ -133,13 +133,7 @@ impl LateReplies {
         loop {
             let (expired, next) = late.expire(Instant::now());
             for given_up in expired {
-                log::info!(
-                    "{}: no reply came for {} within {}s of its being given up; it stays in {}",
-                    given_up.lane,
-                    given_up.id,
-                    given_up.until.duration_since(given_up.at).as_secs(),
-                    self.node.data.failed().display()
-                );
+                let_go(&self.node, &given_up);
             }
             let Some(next) = next else {
                 return Ok(()); // nothing awaited: started again when something is
@@ -185,7 +179,7 @@ impl LateReplies {
             },
         };
         broker
-            .listen_earlier(Some(&conn))
+            .listen_earlier(&conn)
             .map_err(|source| Failure::retry(Error::Subscribe { source }))?;
         self.listened = Some(changes);
         Ok(true)
@@ -277,16 +271,7 @@ impl LateReplies {
         let mut any = false;
         for given_up in awaited {
             if given_up.until <= now {
-                log::info!(
-                    "{}: no reply came for {} within {}s of its being given up; it stays in {}",
-                    given_up.lane,
-                    given_up.id,
-                    given_up
-                        .until
-                        .saturating_duration_since(given_up.at)
-                        .as_secs(),
-                    node.data.failed().display()
-                );
+                let_go(node, &given_up);
                 continue;
             }
             let (lane, id) = (given_up.lane.clone(), given_up.id.clone());
@@ -430,11 +415,34 @@ impl LateReplies {
     }
 }
 
+/// Says that `given_up` is no longer awaited: its time is over.
+fn let_go(node: &Node, given_up: &GivenUp) {
+    log::info!(
+        "{}: no reply was heard for {} within {}s of its being given up; it stays in {}",
+        given_up.lane,
+        given_up.id,
+        given_up
+            .until
+            .saturating_duration_since(given_up.at)
+            .as_secs(),
+        node.data.failed().display()
+    );
+}
+
 /// Writes `awaited` to `path` (`late-replies.json`), or removes it if nothing is awaited.
+/// On a full disk, where the new file cannot be made, a table that shrank (a reply kept,
+/// or said lost at a stop) is written over the old one in place, in blocks it already has:
+/// otherwise the next start would await again what came (a power cut in that write leaves
+/// a file the start sets aside, and reports).
 fn store(path: &std::path::Path, awaited: &[GivenUp]) -> io::Result<()> {
     if !awaited.is_empty() {
         let bytes = encode(awaited, Instant::now(), SystemTime::now());
-        return crate::files::write_atomically(path, &bytes);
+        return match crate::files::write_atomically(path, &bytes) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                overwrite_shrinking(path, &bytes).map_err(|_| e)
+            }
+            written => written,
+        };
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -442,6 +450,22 @@ fn store(path: &std::path::Path, awaited: &[GivenUp]) -> io::Result<()> {
             crate::files::sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
         }),
     }
+}
+
+/// Writes `bytes` over `path` from its start and cuts it to their length, if it is no
+/// shorter than they are.
+fn overwrite_shrinking(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if file.metadata()?.len() < bytes.len() as u64 {
+        return Err(io::Error::other("it would grow"));
+    }
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_data()
 }
 
 /// Most signatures an entry may hold (a send's last few and the one a listener took), and
@@ -508,7 +532,7 @@ fn decode(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     // On the monotonic clock: given up as long ago as the wall clocks say (now, if the
-    // clock was set back past it since, or it was before this machine's start), and
+    // clock was set back past it since), and
     // awaited as long as the wall clocks leave, never longer than its whole wait (at most
     // a day): a wall clock set back since does not keep it longer, one set forward lets
     // go of those it passed.
@@ -690,7 +714,10 @@ mod tests {
         assert_eq!(refused.len(), 5, "{refused:?}");
         assert!(refused[0]
             .contains("\"_INBOX.ship2.AbC1.tok9.1\" is not a reply subject of this node's"));
-        assert!(refused[1].contains("_INBOX.central.>"));
+        assert!(
+            refused[1].contains("\"_INBOX.central.>\" is not a reply subject"),
+            "{refused:?}"
+        );
         assert!(
             refused[3].contains("is not a command's lane"),
             "{refused:?}"
@@ -699,6 +726,25 @@ mod tests {
         assert!(refused[4].contains("0 signatures"), "{refused:?}");
         // Long over (given up in 1970): read back, let go by the loader.
         assert!(awaited[0].until <= now);
+        // An id, signatures or a why steward does not write.
+        let subject = "_INBOX.central.AbC1.tok9.1";
+        let sigs = vec![r#""s""#; MAX_SIGS + 1].join(",");
+        let odd = [
+            entry(cmd, subject, r#""s""#).replace("central-1", "central\u{202e}1"),
+            entry(cmd, subject, &sigs),
+            entry(cmd, subject, r#""s""#).replace(r#""why":"w""#, r#""why":"a\nb""#),
+        ];
+        let (awaited, refused) = decode(
+            format!("[{}]", odd.join(",")).as_bytes(),
+            "central",
+            now,
+            wall,
+        )
+        .unwrap();
+        assert!(awaited.is_empty(), "{awaited:?}");
+        assert!(refused[0].contains("is not a message id"), "{refused:?}");
+        assert!(refused[1].contains("17 signatures"), "{refused:?}");
+        assert!(refused[2].contains("control character"), "{refused:?}");
         // Not the table at all, or an entry with a field steward does not write.
         assert!(decode(b"{\"lane\":1}", "central", now, wall).is_err());
         let extra =
