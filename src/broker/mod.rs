@@ -393,25 +393,29 @@ impl Broker {
     pub fn listen_earlier(&self, conn: &nats::Connection) -> io::Result<()> {
         let wanted = self.release_earlier();
         let mut earlier = self.earlier.lock().unwrap_or_else(|p| p.into_inner());
-        let mut subscribed = false;
-        for inbox in wanted {
-            if earlier.contains_key(&inbox) {
-                continue;
-            }
+        let new: Vec<String> = wanted
+            .into_iter()
+            .filter(|inbox| !earlier.contains_key(inbox))
+            .collect();
+        for inbox in &new {
             let late = self.late.clone();
             let subscription = conn.subscribe_routed(&format!("{inbox}.*.*"), move |m| {
                 late.takes(m);
                 true // awaited or not, nothing else reads this inbox now
             })?;
-            earlier.insert(inbox, subscription);
-            subscribed = true;
+            earlier.insert(inbox.clone(), subscription);
         }
-        if subscribed {
-            // So that "listening" is said once it is so: a reply sent after the word is heard.
-            conn.flush_timeout(Duration::from_secs(5))?;
-            for inbox in earlier.keys() {
-                log::info!("listening on {inbox}, an earlier run's inbox, for late replies");
-            }
+        if new.is_empty() {
+            return Ok(());
+        }
+        // So that "listening" is said once it is so: a reply sent after the word is heard.
+        // Not so (the link went down meanwhile): let go, to be made again at the next try.
+        if let Err(e) = conn.flush_timeout(Duration::from_secs(5)) {
+            earlier.retain(|inbox, _| !new.contains(inbox));
+            return Err(e);
+        }
+        for inbox in &new {
+            log::info!("listening on {inbox}, an earlier run's inbox, for late replies");
         }
         Ok(())
     }

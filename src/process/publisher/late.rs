@@ -27,9 +27,9 @@
 //! folder (`late-replies.json`, [`LateReplies::load`]): written within [`SAVE_EVERY`] of a
 //! message given up (a fan-out given up is a write a second, not one per message), at once
 //! when a reply is kept (awaited again after a kill -9, a copy of it would be kept twice),
-//! and at its stop, or the node's ([`LateReplies::at_stop`]). (Not while the process
-//! waits for its restart after a failure: a full disk, on which the file could not be
-//! written either, but in place where it shrinks: see `store`.)
+//! and at its stop, or the node's ([`LateReplies::at_stop`]); while the process waits
+//! for its restart after a failure (a full disk, where a new file cannot be made either:
+//! one that shrank is written over in place, see `store`), only at the node's stop.
 //! Read back at the start, what it awaits is awaited again: on the inbox of the run that
 //! sent it, which the node listens on again ([`crate::broker::Broker::listen_earlier`]).
 //! A reply that comes while the node is down is lost all the same (nothing asks for it
@@ -532,10 +532,9 @@ fn decode(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     // On the monotonic clock: given up as long ago as the wall clocks say (now, if the
-    // clock was set back past it since), and
-    // awaited as long as the wall clocks leave, never longer than its whole wait (at most
-    // a day): a wall clock set back since does not keep it longer, one set forward lets
-    // go of those it passed.
+    // clock was set back past it since), and awaited as long as the wall clocks leave,
+    // never longer than its whole wait (at most a day): a wall clock set back since does
+    // not keep it longer, one set forward lets go of those it passed.
     let at_of = |ms: u64| {
         now.checked_sub(Duration::from_millis(wall_ms.saturating_sub(ms)))
             .unwrap_or(now)
