@@ -520,6 +520,29 @@ fn a_late_reply_that_cannot_be_kept_yet_is_kept_once_there_is_room() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
 }
 
+/// hello-nodes.json that cannot be written (here a folder in the way of its temporary
+/// file; a full disk alike) is tried again each second and said once, not at every try,
+/// and said again once it is written.
+#[test]
+fn hello_nodes_json_that_cannot_be_written_is_said_once_not_every_second() {
+    let nats = NatsServer::start();
+    let central = Node::start("central", &nats.address(), &[]);
+    std::fs::create_dir_all(central.path("hello-nodes.json.tmp/in-the-way")).unwrap();
+    let ship1 = Node::start("ship1", &nats.address(), &["--helloInterval=1"]);
+    central.wait_until("", "said it cannot write hello-nodes.json", |_| {
+        central.log().contains("cannot write")
+    });
+    std::thread::sleep(Duration::from_secs(4)); // four more tries
+    let log = central.log();
+    assert_eq!(log.matches("cannot write").count(), 1, "{log}");
+    std::fs::remove_dir_all(central.path("hello-nodes.json.tmp")).unwrap();
+    central.wait_for("hello-nodes.json", "ship1");
+    central.wait_until("", "said it is written again", |_| {
+        central.log().contains("hello-nodes.json: written again")
+    });
+    drop(ship1);
+}
+
 /// A late reply that came but cannot be kept when the node stops (its disk full) is lost:
 /// said so, and reported, and not awaited at the next start (where an hour later "no
 /// reply" would be said of a command that ran). The table on disk, which cannot be made

@@ -39,6 +39,8 @@ struct Roster {
     written_bytes: usize,
     /// A node the file does not hold yet said Hello: written within [`WRITE_EVERY`].
     new_names: bool,
+    /// The last write failed (a full disk): said once, not at every try (each second).
+    failing: bool,
     /// Node → milliseconds since the epoch of its last Hello.
     last: BTreeMap<String, u64>,
 }
@@ -131,6 +133,9 @@ impl Hello {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {
+                if std::mem::take(&mut seen.failing) {
+                    log::info!("{}: written again", ctx.data.hello_nodes().display());
+                }
                 seen.saved = changes;
                 seen.written_bytes = json.len();
                 // The next is a second after this one was in place, not after it began:
@@ -141,7 +146,12 @@ impl Hello {
             Err(e) => {
                 // Tried again as soon as a new name would be.
                 seen.new_names |= new_names;
-                log::error!("cannot write {}: {e}", ctx.data.hello_nodes().display())
+                if !std::mem::replace(&mut seen.failing, true) {
+                    log::error!(
+                        "cannot write {}: {e}; tried again each second (said again once written)",
+                        ctx.data.hello_nodes().display()
+                    )
+                }
             }
         }
         seen.changes != seen.saved
