@@ -425,7 +425,7 @@ fn ask_ship1(central: &Node, method: &str, data: &str) -> String {
 #[test]
 fn op_process_list_and_stop_and_public_key_answer_central() {
     let nats = NatsServer::start();
-    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let ship1 = Node::start("ship1", &nats.address(), &["--helloInterval=1"]);
     let central = Node::start("central", &nats.address(), &[]);
     let ask = |method: &str, data: &str| ask_ship1(&central, method, data);
     let table = ask("OpProcessList", "");
@@ -448,6 +448,17 @@ fn op_process_list_and_stop_and_public_key_answer_central() {
                 && l.contains("stopped by OpProcessStop from central")
         })
     });
+    // What central sends there is answered "no responders"; ship1 says Hello, so the
+    // give-up says why rather than that ship1 is away.
+    let ended = central.send_and_wait(
+        r#"[{"toNode":"ship1","data":["to a stopped subscriber"],"commandOrEvent":"EventACK","method":"TextLogging","timeout":1,"retries":0}]"#,
+    );
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let log = central.log();
+    assert!(
+        log.contains("ship1 said Hello within the minute, so nothing there serves this subject (its subscriber stopped by OpProcessStop"),
+        "{log}"
+    );
     for must_stay in ["OpProcessStop", "CLICommand", "TrustedKeys"] {
         let refused = ask("OpProcessStop", &format!("\"subscriber {must_stay}\""));
         assert!(

@@ -274,9 +274,9 @@ impl Publisher {
             // over: sent now, it would fail at once, whether the node ran it or not.
             let tried = if then.deadline <= Instant::now() {
                 Attempt::Failed(format!(
-                    "no ACK within {}s (no responders on {subject}: {} is not running, or not connected)",
+                    "no ACK within {}s ({})",
                     timeout.as_secs(),
-                    message.to_node
+                    self.no_responders(&message.to_node)
                 ))
             } else {
                 self.attempt(
@@ -489,6 +489,19 @@ impl Publisher {
         ))
     }
 
+    /// What "no responders" on this lane's subject says of node `to`: that it is away, or,
+    /// if it said Hello within the minute, that nothing there serves the subject (its
+    /// subscriber stopped by `OpProcessStop` until its next start, or a version without
+    /// the method).
+    fn no_responders(&self, to: &str) -> String {
+        let subject = &self.subject;
+        if self.node.presence.heard_within(to, SILENT_AFTER) {
+            format!("no responders on {subject}: {to} said Hello within the minute, so nothing there serves this subject (its subscriber stopped by OpProcessStop until its next start, or a version without the method)")
+        } else {
+            format!("no responders on {subject}: {to} is not running, or not connected")
+        }
+    }
+
     /// This publisher gives its thread up before its first message is done: its sends of
     /// it, under this publisher's route, are kept in the slot for the next one (see
     /// [`Slot::earlier`]).
@@ -676,9 +689,7 @@ impl Publisher {
                         continue;
                     }
                     if msg.is_no_responders() {
-                        let why = format!(
-                            "no responders on {subject}: {to} is not running, or not connected"
-                        );
+                        let why = self.no_responders(to);
                         if !single {
                             return Attempt::Failed(why);
                         }
