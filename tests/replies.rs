@@ -456,7 +456,7 @@ fn op_process_list_and_stop_and_public_key_answer_central() {
     assert_eq!(ended[0].1, "failed", "{ended:?}");
     let log = central.log();
     assert!(
-        log.contains("ship1 said Hello within the minute, so nothing there serves this subject (its subscriber stopped by OpProcessStop"),
+        log.contains("ship1 said Hello within the minute: unless it has just gone, nothing there serves this subject (its subscriber stopped by OpProcessStop"),
         "{log}"
     );
     for must_stay in ["OpProcessStop", "CLICommand", "TrustedKeys"] {

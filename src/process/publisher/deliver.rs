@@ -496,7 +496,7 @@ impl Publisher {
     fn no_responders(&self, to: &str) -> String {
         let subject = &self.subject;
         if self.node.presence.heard_within(to, SILENT_AFTER) {
-            format!("no responders on {subject}: {to} said Hello within the minute, so nothing there serves this subject (its subscriber stopped by OpProcessStop until its next start, or a version without the method)")
+            format!("no responders on {subject}: {to} said Hello within the minute: unless it has just gone, nothing there serves this subject (its subscriber stopped by OpProcessStop until its next start, or a version without the method)")
         } else {
             format!("no responders on {subject}: {to} is not running, or not connected")
         }
