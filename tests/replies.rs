@@ -22,6 +22,19 @@ fn records(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.starts_with("=== ")).collect()
 }
 
+/// Waits until central's CLICommand reply file holds ship1's late reply to `id`, which ran
+/// (`done`), kept once with its note: the file.
+fn late_reply_kept_once(central: &Node, id: &str) -> String {
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
+    assert_eq!(records(&kept).len(), 1, "{kept}");
+    assert!(
+        records(&kept)[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")),
+        "{kept}"
+    );
+    assert!(kept.contains("done\n[steward: this reply came"), "{kept}");
+    kept
+}
+
 #[test]
 fn to_nodes_makes_one_message_per_ship_each_acked_and_stored_once() {
     let nats = NatsServer::start();
@@ -226,13 +239,7 @@ fn a_command_given_up_while_it_runs_has_its_late_reply_kept_and_said() {
         log.contains("it may have reached ship1 and run there: a reply that comes later is kept"),
         "{log}"
     );
-    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
-    assert_eq!(records(&kept).len(), 1, "{kept}");
-    assert!(
-        records(&kept)[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")),
-        "{kept}"
-    );
-    assert!(kept.contains("done\n[steward: this reply came"), "{kept}");
+    let kept = late_reply_kept_once(&central, &id);
     assert!(kept.contains("do not send it again"), "{kept}");
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
     let errors = central.wait_for("errors.log", "ran on ship1 after all");
@@ -296,13 +303,7 @@ fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
             >= 2
     });
     std::fs::write(&go, "").unwrap();
-    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
-    assert_eq!(records(&kept).len(), 1, "{kept}");
-    assert!(
-        records(&kept)[0].contains(&format!("id={id} from=ship1 status=Ok exit=0")),
-        "{kept}"
-    );
-    assert!(kept.contains("done\n[steward: this reply came"), "{kept}");
+    late_reply_kept_once(&central, &id);
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
     let log = central.log();
     assert_eq!(
