@@ -239,7 +239,7 @@ fn a_command_given_up_while_it_runs_has_its_late_reply_kept_and_said() {
         log.contains("it may have reached ship1 and run there: a reply that comes later is kept"),
         "{log}"
     );
-    let kept = late_reply_kept_once(&central, &id);
+    let kept = late_reply_kept_once(&central, id);
     assert!(kept.contains("do not send it again"), "{kept}");
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
     let errors = central.wait_for("errors.log", "ran on ship1 after all");
