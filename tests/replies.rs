@@ -196,6 +196,13 @@ fn a_command_killed_at_method_timeout_says_so_and_is_not_retried() {
         "{acks}"
     );
     assert_eq!(records(&acks).len(), 1);
+    // Central's log line of the reply shows the kill note, the first line with anything
+    // on it (the command wrote nothing).
+    let log = central.log();
+    assert!(
+        log.contains("exit 137: [steward: killed after the 2s deadline"),
+        "{log}"
+    );
     // One attempt: ship1 received it once.
     assert_eq!(
         ship1.metric("steward_messages_received_total{method=\"CLICommand\",outcome=\"ok\"}"),

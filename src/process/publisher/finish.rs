@@ -174,7 +174,7 @@ impl Publisher {
                         .unwrap_or_default(),
                     // The receiver's text, escaped as in the logs it writes to: this log
                     // is read in a terminal too (journalctl, docker logs).
-                    crate::files::escape_controls(reply.output.lines().next().unwrap_or(""))
+                    crate::files::escape_controls(first_line(&reply.output))
                 );
             }
             if !alone && end.outcome == "interrupted" {
@@ -406,6 +406,12 @@ fn failed_record(message: &crate::message::Message) -> String {
         "{}\n",
         serde_json::to_string_pretty(&[message]).expect("a Message serializes")
     )
+}
+
+/// The first line of a reply's output with anything on it, for a log line: a command that
+/// wrote nothing and was killed has the kill note second.
+pub(super) fn first_line(output: &str) -> &str {
+    output.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
 }
 
 #[cfg(test)]

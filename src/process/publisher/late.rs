@@ -377,7 +377,7 @@ impl LateReplies {
                 .map(|c| format!(" exit {c}"))
                 .unwrap_or_default(),
             // The receiver's text, escaped as the publisher's own line of a reply is.
-            crate::files::escape_controls(reply.output.lines().next().unwrap_or("")),
+            crate::files::escape_controls(super::finish::first_line(&reply.output)),
             path.display(),
             self.node.data.failed().display()
         ));
