@@ -268,21 +268,24 @@ impl Late {
     /// Whether `m` answers an awaited message: then it is queued for the process (past
     /// [`LATE_QUEUED_EACH`] of its own, or a full queue, dropped).
     pub fn takes(&self, m: &nats::Message) -> bool {
-        self.queue(Instant::now(), m, true).is_some()
+        self.queue(None, m, true).is_some()
     }
 
     /// Puts `m`, which came at `came`, back, for the process to take again after its
     /// restart (it could not keep it): whether it is.
     pub fn requeue(&self, came: Instant, m: &nats::Message) -> bool {
-        self.queue(came, m, false) == Some(true)
+        self.queue(Some(came), m, false) == Some(true)
     }
 
     /// Queues `m` if it answers an awaited message (None if not): whether it is queued,
-    /// within the bounds of a message's share and the queue's bytes if `bounded`.
-    fn queue(&self, came: Instant, m: &nats::Message, bounded: bool) -> Option<bool> {
+    /// within the bounds of a message's share and the queue's bytes if `bounded`. It came
+    /// at `came`, or now (read only for a reply awaited: every reply on the node's inbox
+    /// passes here, on the client's reader thread).
+    fn queue(&self, came: Option<Instant>, m: &nats::Message, bounded: bool) -> Option<bool> {
         let mut lock = self.lock();
         let (table, bytes) = &mut *lock;
         let awaited = table.get_mut(&m.subject)?;
+        let came = came.unwrap_or_else(Instant::now);
         let within =
             awaited.queued < LATE_QUEUED_EACH && *bytes + m.data.len() <= LATE_QUEUED_BYTES;
         let queued = (within || !bounded) && self.tx.try_send((came, m.clone())).is_ok();
