@@ -418,6 +418,28 @@ impl Received {
         Ok(seen)
     }
 
+    /// What is known here of message `id` from the verified sender `from`, recording
+    /// nothing and starting nothing: for a sender asking again for the reply of a message
+    /// it gave up (`ReplyAgain`). [`Seen::New`] means not known here (never received, or
+    /// forgotten past the bounds); a reply damaged on the disk reads as interrupted, as
+    /// [`Received::begin_batch`] answers it.
+    pub fn recall(&self, from: &str, id: &str) -> io::Result<Seen> {
+        let key = Key::new(from, id);
+        let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.running.contains_key(&key) {
+            return Ok(Seen::Running);
+        }
+        Ok(match inner.states.get(&key).copied() {
+            None => Seen::New,
+            Some(Known::Interrupted) => Seen::Interrupted,
+            Some(Known::Done { offset, len }) => match inner.stored_reply(&key.text, offset, len) {
+                Ok(reply) => Seen::Done(reply),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => Seen::Interrupted,
+                Err(e) => return Err(e),
+            },
+        })
+    }
+
     /// Records the replies of messages that ran, before they are sent; [`Received::sync`]
     /// makes them durable, after they are sent. A reply recorded before it is sent cannot
     /// be lost by a crash of this process; a power cut in the fsync's window can, and then

@@ -17,6 +17,7 @@ fn malformed_input_beside_good_input() {
   {"toNode":"ship1","data":["echo","good two"],"commandOrEvent":"CommandACK","method":"CLICommand"},
   {"toNode":"ship1","data":["x"],"commandOrEvent":"commandACK","method":"CLICommand"},
   {"toNode":"ship1","data":["x"],"commandOrEvent":"CommandACK","method":"cli"},
+  {"toNode":"ship1","data":[],"commandOrEvent":"CommandACK","method":"ReplyAgain"},
   {"toNode":"../etc","data":["x"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
         command("ship1", &["echo", "good three"]),
         r#"[{"toNode":"ship1","data":["echo","good four"],"commandOrEvent":"CommandACK","method":"CLICommand"}]"#,
@@ -32,6 +33,7 @@ fn malformed_input_beside_good_input() {
         ("ToNode", "unknown key \"ToNode\""),
         ("commandACK", "bad commandOrEvent"),
         ("\"cli\"", "unknown method \"cli\""),
+        ("ReplyAgain", "ReplyAgain is steward's own"),
         ("../etc", "bad toNode"),
     ] {
         assert!(
@@ -39,9 +41,9 @@ fn malformed_input_beside_good_input() {
             "{what} / {why} missing:\n{rejected}"
         );
     }
-    let errors = central.wait_count("errors.log", "input rejected", 6);
+    let errors = central.wait_count("errors.log", "input rejected", 7);
     assert!(errors.contains("unknown method \"cli\""), "{errors}");
-    assert_eq!(central.metric("steward_inbox_rejected_total"), 6.0);
+    assert_eq!(central.metric("steward_inbox_rejected_total"), 7.0);
     assert_eq!(central.metric("steward_process_restarts_total"), 0.0);
     drop(ship1);
 }

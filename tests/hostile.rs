@@ -315,6 +315,89 @@ fn a_message_id_of_central_s_gets_no_one_else_its_reply() {
     assert!(text.contains("\"status\":\"ok\""), "{text}");
 }
 
+/// `ReplyAgain` answers from ship1's record of what it received, so it is asked as a
+/// thief would: central's message id, unsigned, signed by a stranger, by a stolen fleet key,
+/// central's own signed command replayed onto its subject, and central's key asking for an
+/// answer on another node's inbox. Only central, on its own inbox, gets central's reply.
+#[test]
+fn a_reply_asked_for_again_goes_only_to_the_sender_of_its_message() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let raw = Raw::connect(&nats.address());
+    let spy = raw.spy("ship1.CommandACK.CLICommand");
+    central.append_inmsg(&command("ship1", &["echo", "secret-output"]));
+    let captured = spy.next_timeout(Duration::from_secs(10)).unwrap();
+    central.wait_for("replies/ship1.CLICommand.log", "secret-output");
+    let id = serde_json::from_slice::<serde_json::Value>(&captured.data).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let subject = "ship1.CommandACK.ReplyAgain";
+    let ask = |from: &str| envelope(&id, from, "ship1", "CommandACK", "ReplyAgain", &[]);
+    let refused = ship1.refused("ReplyAgain") as usize;
+    // Unsigned, as central and as itself; signed by a stranger; central's signed command
+    // replayed onto this subject (its signature names the subject it was sent on).
+    for from in ["central", "nobody"] {
+        raw.send(
+            subject,
+            Some(&format!("_INBOX.{from}.steal")),
+            None,
+            &ask(from),
+        );
+    }
+    // One payload each: an envelope is stamped with the time it is made.
+    let as_central = ask("central");
+    let h = signed_by(
+        "intruder",
+        subject,
+        Some("_INBOX.central.steal"),
+        &as_central,
+    );
+    raw.send(subject, Some("_INBOX.central.steal"), Some(&h), &as_central);
+    raw.send(
+        subject,
+        Some("_INBOX.central.steal"),
+        captured.headers.as_ref(),
+        &captured.data,
+    );
+    // Central's own key, the answer asked for on ship2's inbox.
+    let h = signed_by("central", subject, Some("_INBOX.ship2.steal"), &as_central);
+    raw.send(subject, Some("_INBOX.ship2.steal"), Some(&h), &as_central);
+    ship1.wait_refused("ReplyAgain", refused + 5);
+    // A fleet member (ship2's key, stolen) asking with central's id, on its own inbox: its
+    // own messages only, and it sent none with that id: no answer.
+    let as_ship2 = ask("ship2");
+    let h = signed_by("ship2", subject, Some("_INBOX.ship2.steal"), &as_ship2);
+    raw.send(subject, Some("_INBOX.ship2.steal"), Some(&h), &as_ship2);
+    let unknown = format!("{id} from ship2 is not known here");
+    wait_until("ship1 said it knows no such message of ship2's", || {
+        ship1.log().contains(&unknown)
+    });
+    // Central itself, on its own inbox: its stored reply, signed by ship1 over the ask.
+    let reply = "_INBOX.central.asked.again";
+    let as_central = ask("central");
+    let h = signed_by("central", subject, Some(reply), &as_central);
+    let got = raw
+        .ask(
+            subject,
+            reply,
+            Some(&h),
+            &as_central,
+            Duration::from_secs(5),
+        )
+        .expect("central's own ask is answered");
+    let text = String::from_utf8_lossy(&got.data);
+    assert!(text.contains("secret-output"), "{text}");
+    assert!(got.headers.is_some(), "an answer is signed");
+    let stolen = raw.answers_where(|s| s.ends_with(".steal"));
+    unanswered(&stolen);
+    // Nothing ran again, nothing was recorded for the asks.
+    let replies = central.read("replies/ship1.CLICommand.log");
+    assert_eq!(replies.matches("secret-output").count(), 1, "{replies}");
+    assert_eq!(ship1.metric("steward_broker_reconnects_total"), 0.0);
+}
+
 #[test]
 fn a_stolen_fleet_key_cannot_pose_as_central_nor_use_a_node_as_its_deputy() {
     let nats = NatsServer::start();

@@ -345,6 +345,129 @@ fn a_late_reply_awaited_before_its_sender_restarted_is_kept_after() {
     );
 }
 
+/// A command given up, whose reply came while central was stopped (an upgrade that took
+/// longer than the command): published once into nothing, it was lost. Started again,
+/// central asks ship1 for it (`ReplyAgain`), which answers from its record: kept once,
+/// and the command ran once.
+#[test]
+fn a_reply_that_came_while_its_sender_was_down_is_asked_for_again_and_kept() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let (go, ran) = (ship1.path("go"), ship1.path("ran"));
+    let message = format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","while [ ! -e {} ]; do sleep 0.1; done; echo once >> {}; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":60,"retries":0}}]"#,
+        go.display(),
+        ran.display()
+    );
+    let ended = central.send_and_wait(&message);
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let id = ended[0].0.clone();
+    central.wait_for("late-replies.json", &id);
+    assert_eq!(central.terminate(), Some(0));
+    // The command ends and ship1 answers while central is down.
+    std::fs::write(&go, "").unwrap();
+    wait_until("ship1 answered into nothing", || {
+        ship1
+            .log()
+            .contains(&format!("{id} from central: answered"))
+    });
+    central.restart();
+    late_reply_kept_once(&central, &id);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
+    let log = ship1.log();
+    assert!(
+        log.contains(&format!("{id} from central: its reply given again")),
+        "{log}"
+    );
+    assert_eq!(
+        ship1.metric("steward_messages_received_total{method=\"ReplyAgain\",outcome=\"recalled\"}"),
+        1.0
+    );
+    wait_until("late-replies.json removed", || {
+        !central.path("late-replies.json").exists()
+    });
+}
+
+/// A command given up, whose reply came while central's link was cut (a satellite link
+/// down for the minute the command ended in): the broker had no one to give it to. When
+/// the link is back, central asks ship1 for it again: kept once, the command ran once.
+#[test]
+fn a_reply_that_came_while_its_sender_s_link_was_cut_is_asked_for_again_and_kept() {
+    let nats = NatsServer::start();
+    let proxy = common::proxy::FaultProxy::start(nats.port);
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &proxy.address(), &[]);
+    let (go, ran) = (ship1.path("go"), ship1.path("ran"));
+    let message = format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","while [ ! -e {} ]; do sleep 0.1; done; echo once >> {}; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":60,"retries":0}}]"#,
+        go.display(),
+        ran.display()
+    );
+    let ended = central.send_and_wait(&message);
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let id = ended[0].0.clone();
+    proxy.down(true);
+    proxy.cut();
+    wait_until("the broker without central", || {
+        nats.connection_of("central").is_none()
+    });
+    std::fs::write(&go, "").unwrap();
+    wait_until("ship1 answered into nothing", || {
+        ship1
+            .log()
+            .contains(&format!("{id} from central: answered"))
+    });
+    proxy.down(false);
+    late_reply_kept_once(&central, &id);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
+    assert!(central.log().contains("reconnected to the broker"));
+    let log = ship1.log();
+    assert!(
+        log.contains(&format!("{id} from central: its reply given again")),
+        "{log}"
+    );
+}
+
+/// A command given up, and ship1 killed while it ran: its reply will never come. When
+/// ship1 is back (its first Hello), central asks it again, and ship1 answers from its
+/// record that the command was interrupted: kept, and said, rather than awaited for an
+/// hour and said "no reply was heard". Not run again.
+#[test]
+fn a_node_killed_while_it_ran_a_command_given_up_says_so_when_it_is_back() {
+    let nats = NatsServer::start();
+    let mut ship1 = Node::start("ship1", &nats.address(), &[]);
+    let central = Node::start("central", &nats.address(), &[]);
+    let (started, go) = (ship1.path("started"), ship1.path("go"));
+    let message = format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","echo >> {}; while [ ! -e {} ]; do sleep 0.1; done; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":60,"retries":0}}]"#,
+        started.display(),
+        go.display()
+    );
+    let ended = central.send_and_wait(&message);
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let id = ended[0].0.clone();
+    // Asked while it runs (ship1 says Hello): no answer, still awaited.
+    ship1.kill9();
+    std::fs::write(&go, "").unwrap(); // the orphaned command ends
+    ship1.restart();
+    let kept = central.wait_for("replies/ship1.CLICommand.log", "[steward: this reply came");
+    assert_eq!(records(&kept).len(), 1, "{kept}");
+    assert!(
+        records(&kept)[0].contains(&format!("id={id} from=ship1 status=Error")),
+        "{kept}"
+    );
+    assert!(
+        kept.contains("was interrupted by a restart of ship1"),
+        "{kept}"
+    );
+    central.wait_for("errors.log", "interrupted");
+    assert_eq!(std::fs::read_to_string(&started).unwrap(), "\n", "run once");
+    wait_until("late-replies.json removed", || {
+        !central.path("late-replies.json").exists()
+    });
+}
+
 /// A command whose lane gave its thread up between attempts (`--maxPublishers` 1, another
 /// lane waiting) was sent again by another publisher, under another reply subject; given
 /// up, its reply to the first send, which started the run, is still kept.

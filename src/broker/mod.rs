@@ -57,8 +57,8 @@ use std::time::Duration;
 mod replies;
 
 pub use replies::{
-    inbox_of, GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED, LATE_AWAITED_EACH_NODE,
-    LATE_FOR,
+    inbox_of, Ask, GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED,
+    LATE_AWAITED_EACH_NODE, LATE_FOR,
 };
 
 /// Where a user and password, or a token, is written into a broker address
@@ -442,7 +442,7 @@ impl Broker {
     }
 
     /// Whether the link is up, as far as the client has told us.
-    fn is_up(&self) -> bool {
+    pub fn is_up(&self) -> bool {
         self.link
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -179,6 +179,24 @@ struct Awaited {
     given_up: GivenUp,
     queued: usize,
     said: bool,
+    /// When its node was last asked again for its reply in this run (`ReplyAgain`), or
+    /// given up: none, read back at this start and not asked yet.
+    asked: Option<Instant>,
+    /// The signatures of the last asks ([`ASKS_KEPT`]): their answer is bound to one.
+    asks: Vec<String>,
+}
+
+/// How many asks' signatures an awaited message keeps, besides its sends': answers to
+/// older asks are not taken (a later ask gets the same answer).
+pub const ASKS_KEPT: usize = 4;
+
+/// A message given up whose node is to be asked again for its reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub lane: crate::subject::Subject,
+    pub id: String,
+    /// Where the answer goes: a reply subject the message is awaited on.
+    pub reply_subject: String,
 }
 
 /// Messages given up whose late reply is awaited, and the replies that came for them, in
@@ -244,6 +262,16 @@ impl Late {
 
     /// Awaits a late reply to `given_up`, if there is a place for it.
     pub fn awaits(&self, given_up: GivenUp) -> Result<(), NotAwaited> {
+        self.await_asked(given_up, Some(Instant::now()))
+    }
+
+    /// Awaits again what an earlier run awaited: its node is asked again for the reply at
+    /// once ([`Late::asks_due`]), which may have come while this node was down.
+    pub fn awaits_again(&self, given_up: GivenUp) -> Result<(), NotAwaited> {
+        self.await_asked(given_up, None)
+    }
+
+    fn await_asked(&self, given_up: GivenUp, asked: Option<Instant>) -> Result<(), NotAwaited> {
         let mut lock = self.lock();
         let table = &mut lock.0;
         let node = &given_up.lane.node;
@@ -258,6 +286,8 @@ impl Late {
             given_up,
             queued: 0,
             said: false,
+            asked,
+            asks: Vec::new(),
         };
         table.insert(awaited.given_up.reply_subject.clone(), awaited);
         self.changed();
@@ -303,7 +333,48 @@ impl Late {
         *bytes = bytes.saturating_sub(m.data.len());
         let awaited = table.get_mut(&m.subject)?;
         awaited.queued = awaited.queued.saturating_sub(1);
-        Some(awaited.given_up.clone())
+        let mut given_up = awaited.given_up.clone();
+        given_up.sigs.extend(awaited.asks.iter().cloned());
+        Some(given_up)
+    }
+
+    /// The messages whose node is to be asked again for their reply now, one ask each
+    /// (a message may be awaited on several subjects): `due` says, of a node and when one
+    /// of its messages was last asked for (none: never in this run), whether it is.
+    pub fn asks_due(&self, mut due: impl FnMut(&str, Option<Instant>) -> bool) -> Vec<Ask> {
+        let lock = self.lock();
+        let mut ids = std::collections::HashSet::new();
+        let mut asks = Vec::new();
+        for (subject, a) in &lock.0 {
+            let given_up = &a.given_up;
+            if due(&given_up.lane.node, a.asked) && ids.insert(given_up.id.as_str()) {
+                asks.push(Ask {
+                    lane: given_up.lane.clone(),
+                    id: given_up.id.clone(),
+                    reply_subject: subject.clone(),
+                });
+            }
+        }
+        asks
+    }
+
+    /// `ask` was sent at `at`, signed `sig`: an answer bound to it (on its reply subject)
+    /// answers the message, and none of the message's subjects is asked again until
+    /// [`Late::asks_due`] says so.
+    pub fn asked(&self, ask: &Ask, sig: String, at: Instant) {
+        let mut lock = self.lock();
+        for (subject, a) in lock.0.iter_mut() {
+            if a.given_up.id != ask.id {
+                continue;
+            }
+            a.asked = Some(at);
+            if *subject == ask.reply_subject {
+                if a.asks.len() >= ASKS_KEPT {
+                    a.asks.remove(0);
+                }
+                a.asks.push(sig.clone());
+            }
+        }
     }
 
     /// A reply on `reply_subject` did not answer its message: whether that is the first
@@ -518,5 +589,39 @@ mod tests {
         assert_eq!(late.messages.len(), LATE_QUEUED_EACH + 1);
         assert!(late.first_not_an_answer("_INBOX.central.x.ship1.1"));
         assert!(!late.first_not_an_answer("_INBOX.central.x.ship1.1"));
+    }
+
+    #[test]
+    fn a_message_is_asked_for_again_once_however_many_subjects_await_it_and_its_answer_may_be_bound_to_the_last_asks(
+    ) {
+        let late = Late::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        // Given up here: not due until `due` says so. Read back at a start: due at once.
+        late.awaits(given_up("ship1", 1, later)).unwrap();
+        let mut again = given_up("ship1", 1, later);
+        again.reply_subject = "_INBOX.central.y.ship1.1".into();
+        late.awaits_again(again).unwrap();
+        late.awaits_again(given_up("ship2", 2, later)).unwrap();
+        let mut asks = late.asks_due(|_, asked| asked.is_none());
+        asks.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&str> = asks.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["ship1-1", "ship2-2"]);
+        assert_eq!(asks[0].reply_subject, "_INBOX.central.y.ship1.1");
+        assert_eq!(late.asks_due(|_, _| true).len(), 2, "one ask a message");
+        // Asked: none of its subjects is due any more; the ask's signature, on its
+        // subject only, answers it beside the sends'; the last ASKS_KEPT of them.
+        let at = Instant::now();
+        for n in 0..ASKS_KEPT + 2 {
+            late.asked(&asks[0], format!("ask{n}"), at);
+        }
+        let due = late.asks_due(|_, asked| asked.is_none());
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].id, "ship2-2");
+        let sigs = late.taken(&on("_INBOX.central.y.ship1.1")).unwrap().sigs;
+        assert_eq!(sigs, ["sig", "ask2", "ask3", "ask4", "ask5"]);
+        let sigs = late.taken(&on("_INBOX.central.x.ship1.1")).unwrap().sigs;
+        assert_eq!(sigs, ["sig"]);
+        // What is kept on disk is the sends' signatures only: asked again after a restart.
+        assert!(late.awaited().iter().all(|g| g.sigs == ["sig"]));
     }
 }

@@ -53,6 +53,9 @@ struct LastSeen {
     last_seen_unix_ms: u64,
 }
 
+/// How a node's first Hello since its start begins ([`crate::process::hello`]).
+pub const FIRST: &str = "hello 1";
+
 /// hello-nodes.json is rewritten at most this often, however many nodes say Hello.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 /// When the nodes that said Hello are all in the file, which only their times would
@@ -177,7 +180,11 @@ impl Method for Hello {
     }
 
     fn handle(&self, envelope: &Envelope, ctx: &Context) -> Outcome {
-        ctx.presence.seen(&envelope.from_node);
+        // A node's Hello process numbers its Hellos from 1 at the node's start (`hello 1
+        // from ship1`): a first one says the node restarted (see `LateReplies`).
+        let first = (envelope.message.data.first())
+            .is_some_and(|d| d.starts_with(FIRST) && d[FIRST.len()..].starts_with(" from "));
+        ctx.presence.seen(&envelope.from_node, first);
         // A metric label per name any sender can make up would grow /metrics without end.
         if ctx.trusted.knows(&envelope.from_node) {
             ctx.metrics.hello(&envelope.from_node);

@@ -28,6 +28,7 @@ pub mod hello;
 pub mod http_get;
 pub mod op_process;
 pub mod public_key;
+pub mod reply_again;
 pub mod tail_file;
 pub mod text_logging;
 pub mod trusted_keys;
@@ -321,6 +322,13 @@ pub trait Method: Send + Sync {
     fn remembered(&self) -> bool {
         true
     }
+    /// Whether this method runs nothing and answers from the receiver's record instead: the
+    /// reply stored for the message of the sender's that shares the request's id, or that
+    /// it was interrupted; nothing if that message is not known here or still runs
+    /// (`ReplyAgain`, see [`reply_again`]).
+    fn recalls(&self) -> bool {
+        false
+    }
     /// Whether this method puts the node right (`OpProcessList`, `OpProcessStop`,
     /// `TrustedKeys`): its messages may take one of the handler places kept for them when
     /// every other is busy ([`crate::node::RESERVED`]), so that long commands or
@@ -375,6 +383,7 @@ pub fn registry() -> Vec<Arc<dyn Method>> {
         Arc::new(op_process::OpProcessList),
         Arc::new(op_process::OpProcessStop),
         Arc::new(public_key::PublicKey),
+        Arc::new(reply_again::ReplyAgain),
         Arc::new(tail_file::TailFile),
         Arc::new(http_get::HttpGet),
         Arc::new(copy::CopySrc),
@@ -419,6 +428,7 @@ pub fn is_known(name: &str) -> bool {
 pub fn kind_refusal(method: &str, kind: Kind) -> Option<String> {
     match kinds_of(method) {
         None => Some(format!("unknown method {method:?}")),
+        Some(_) if method == reply_again::NAME => Some(reply_again::NOT_SENT.to_string()),
         Some(kinds) if !kinds.contains(&kind) => {
             let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
             Some(format!(

@@ -162,7 +162,7 @@ impl Metrics {
             received: counter_vec(
                 &r,
                 "steward_messages_received_total",
-                "Messages received by this node, by outcome (ok, error, refused, duplicate, or deferred: the method could not take it now, the disk below its floor; left unanswered, the sender tries again).",
+                "Messages received by this node, by outcome (ok, error, refused, duplicate, deferred: the method could not take it now, the disk below its floor; left unanswered, the sender tries again; or recalled: a ReplyAgain answered with a stored reply).",
                 &["method", "outcome"],
             ),
             rejected_input: counter(

@@ -25,8 +25,15 @@ pub struct Presence {
     /// Nodes parked lanes go to, told to the supervisor at their next Hello.
     parked: Mutex<HashSet<String>>,
     /// When each node last said Hello (to this node: central, or whoever it says Hello to).
-    last: Mutex<HashMap<String, Instant>>,
+    last: Mutex<HashMap<String, Heard>>,
     supervisor: Sender<Event>,
+}
+
+/// When a node last said Hello, and when it last said its first since it started.
+#[derive(Clone, Copy)]
+struct Heard {
+    last: Instant,
+    started: Option<Instant>,
 }
 
 /// Held sender, shared receiver: dropping the sender wakes every receiver.
@@ -100,17 +107,30 @@ impl Presence {
 
     pub fn heard_within(&self, node: &str, within: Duration) -> bool {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.get(node).is_some_and(|at| at.elapsed() < within)
+        last.get(node).is_some_and(|h| h.last.elapsed() < within)
     }
 
-    /// `node` said Hello.
-    pub fn seen(&self, node: &str) {
+    /// When `node` last said Hello in this run, and when it last said its first Hello
+    /// since it started (it restarted: what it ran when it stopped was interrupted).
+    pub fn heard(&self, node: &str) -> (Option<Instant>, Option<Instant>) {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.get(node)
+            .map_or((None, None), |h| (Some(h.last), h.started))
+    }
+
+    /// `node` said Hello; its first since it started if `first`.
+    pub fn seen(&self, node: &str, first: bool) {
         {
+            let now = Instant::now();
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let started = first.then_some(now);
             match last.get_mut(node) {
-                Some(at) => *at = Instant::now(),
+                Some(h) => {
+                    h.last = now;
+                    h.started = started.or(h.started);
+                }
                 None => {
-                    last.insert(node.to_string(), Instant::now());
+                    last.insert(node.to_string(), Heard { last: now, started });
                 }
             }
         }
@@ -148,7 +168,7 @@ mod tests {
         let left = presence.waiters.lock().unwrap().by_node.len();
         assert!(left < 100, "{left} entries for names no one waits for");
         // The one still waited for still fires at its Hello.
-        presence.seen("kept");
+        presence.seen("kept", false);
         assert!(kept.recv().is_err());
     }
 }

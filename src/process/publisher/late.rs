@@ -32,16 +32,25 @@
 //! one that shrank is written over in place, see `store`), only at the node's stop.
 //! Read back at the start, what it awaits is awaited again: on the inbox of the run that
 //! sent it, which the node listens on again ([`crate::broker::Broker::listen_earlier`]).
-//! A reply that comes while the node is down is lost all the same (nothing asks for it
-//! again: a message given up is not sent again), as is a message given up within a second
-//! of a kill -9 or a power cut.
+//!
+//! A reply is published once: one that comes while this node is down, or its link is cut,
+//! reaches no one, and a node killed while it ran a command never replies. A message
+//! given up is not sent again (it could run twice), so the process asks its node again
+//! for the reply instead ([`crate::methods::reply_again`], which runs nothing there):
+//! at this start, after a reconnect, at the node's first Hello after its start, and
+//! every [`ASK_EVERY`] while it says Hello ([`LateReplies::ask_again`]). The node answers
+//! from its record: the reply it sent, or that the message was interrupted there. Lost
+//! all the same: a message given up within a second of a kill -9 or a power cut (not in
+//! the file yet).
 //!
 //! [`LATE_AWAITED`]: crate::broker::LATE_AWAITED
 //! [`LATE_AWAITED_EACH_NODE`]: crate::broker::LATE_AWAITED_EACH_NODE
 
 use super::finish::reply_record;
 use super::*;
-use crate::broker::GivenUp;
+use crate::broker::{Ask, GivenUp};
+use crate::message::{Envelope, Kind, Message};
+use crate::methods::reply_again;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
@@ -57,6 +66,10 @@ pub struct LateReplies {
     save_failing: bool,
     /// The node stops: a reply that cannot be kept is lost ([`LateReplies::at_stop`]).
     stopping: bool,
+    /// When the link last came back up in this run: every node is asked again.
+    reconnected: Option<Instant>,
+    /// When what is due to be asked again was last looked at.
+    looked: Option<Instant>,
 }
 
 /// The process's name in the table.
@@ -64,6 +77,16 @@ pub const NAME: &str = "late replies";
 
 /// How often, at most, the table is written to the data folder while it changes.
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often, at most, a node that says Hello is asked again for the reply of a message
+/// it runs (unless it restarted, or this node's link came back: then at once).
+pub const ASK_EVERY: Duration = Duration::from_secs(60);
+/// ... and at least this long after the last ask, whatever happened since: a link that
+/// comes and goes, or a stolen key saying a node's first Hello every second, asks each
+/// message at most this often.
+pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// How often the asks due are looked for.
+const ASK_LOOK: Duration = Duration::from_secs(1);
 
 /// At most this many bytes of `late-replies.json` are read: [`crate::broker::LATE_AWAITED`]
 /// messages of a few signatures each are well under it.
@@ -100,6 +123,8 @@ impl LateReplies {
             save_tried: None,
             save_failing: false,
             stopping: false,
+            reconnected: None,
+            looked: None,
         }
     }
 
@@ -130,6 +155,7 @@ impl LateReplies {
 
     fn await_replies(&mut self, stop: &Receiver<()>) -> Result<(), Failure> {
         let late = self.node.broker.late.clone();
+        let reconnects = self.node.broker.reconnects();
         loop {
             let (expired, next) = late.expire(Instant::now());
             for given_up in expired {
@@ -145,7 +171,12 @@ impl LateReplies {
             if !self.listen(stop)? {
                 return Ok(()); // stopped before the node ever connected
             }
+            let look_at = self.looked.map_or_else(Instant::now, |at| at + ASK_LOOK);
+            if look_at <= Instant::now() {
+                self.ask_again();
+            }
             let save_at = self.save_due().unwrap_or(next);
+            let look_at = self.looked.map_or(next, |at| at + ASK_LOOK);
             self.state.set(format!(
                 "awaiting the late replies of {} message(s) given up",
                 late.len()
@@ -157,8 +188,9 @@ impl LateReplies {
                 },
                 // One more awaited: said, and its deadline may be the next.
                 recv(late.added) -> _ => {},
+                recv(reconnects) -> _ => self.reconnected = Some(Instant::now()),
                 recv(stop) -> _ => return Ok(()),
-                recv(crossbeam_channel::at(next.min(save_at))) -> _ => {},
+                recv(crossbeam_channel::at(next.min(save_at).min(look_at))) -> _ => {},
             }
         }
     }
@@ -183,6 +215,82 @@ impl LateReplies {
             .map_err(|source| Failure::retry(Error::Subscribe { source }))?;
         self.listened = Some(changes);
         Ok(true)
+    }
+
+    /// Asks the nodes of the messages awaited again for their replies, where it is due
+    /// (see [`crate::methods::reply_again`]): a message read back at this start at once (its
+    /// reply may have come while this node was down); every message after this node's link
+    /// came back up (it may have come while the link was down); a message whose node said
+    /// its first Hello since its start (killed while running it, it now knows the message
+    /// was interrupted) at once, and one whose node says Hello every [`ASK_EVERY`]; none
+    /// sooner than [`ASK_AGAIN_AFTER`] after its last ask, or its give-up. A node that is
+    /// down or says no Hello is not asked (but at this start and at a reconnect). The answer
+    /// comes on the message's reply subject, and is taken as any late reply, bound to the
+    /// ask's signature; a node that does not know the message, or still runs it, gives no
+    /// answer, and one whose version has no `ReplyAgain` answers "no responders".
+    fn ask_again(&mut self) {
+        let now = Instant::now();
+        self.looked = Some(now);
+        let node = &self.node;
+        if !node.broker.is_up() {
+            return; // asked once it is up again (a reconnect)
+        }
+        let reconnected = self.reconnected;
+        let asks = node.broker.late.asks_due(|to, asked| {
+            let Some(asked) = asked else { return true };
+            let since = now.saturating_duration_since(asked);
+            if since < ASK_AGAIN_AFTER {
+                return false;
+            }
+            let (hello, started) = node.presence.heard(to);
+            reconnected.is_some_and(|at| at > asked)
+                || started.is_some_and(|at| at > asked)
+                || (hello.is_some_and(|at| at > asked) && since >= ASK_EVERY)
+        });
+        for ask in asks {
+            match self.ask(&ask) {
+                Ok(sig) => {
+                    log::debug!(
+                        "{}: asked {} again for the reply of {}",
+                        ask.lane,
+                        ask.lane.node,
+                        ask.id
+                    );
+                    node.broker.late.asked(&ask, sig, now);
+                }
+                // Asked at the next look.
+                Err(e) => log::debug!(
+                    "{}: cannot ask again for the reply of {}: {e}",
+                    ask.lane,
+                    ask.id
+                ),
+            }
+        }
+    }
+
+    /// Sends `ask`: a `ReplyAgain` with the message's id, from this node, to its node,
+    /// answered on its reply subject. Its signature, which the answer is bound to.
+    fn ask(&self, ask: &Ask) -> io::Result<String> {
+        let (config, broker) = (&self.node.config, &self.node.broker);
+        let to = &ask.lane.node;
+        let subject = Subject::new(to, Kind::CommandAck, reply_again::NAME)
+            .map_err(io::Error::other)?
+            .to_string();
+        let envelope = Envelope {
+            id: ask.id.clone(),
+            from_node: config.node.clone(),
+            accepted: crate::files::unix_millis(),
+            reply_ticket: None,
+            grant: None,
+            message: Message::new(to, Kind::CommandAck, reply_again::NAME, Vec::new()),
+        };
+        broker.publish(
+            &self.node.identity,
+            Scope::request(&subject, Some(&ask.reply_subject)),
+            &envelope.encode(),
+            Covers::Payload,
+            crate::broker::Confirm::ByAnswer,
+        )
     }
 
     /// When the table is next to be kept on disk: none, it is as kept.
@@ -275,7 +383,7 @@ impl LateReplies {
                 continue;
             }
             let (lane, id) = (given_up.lane.clone(), given_up.id.clone());
-            match node.broker.late.awaits(given_up) {
+            match node.broker.late.awaits_again(given_up) {
                 Ok(()) => any = true,
                 Err(full) => {
                     log::warn!("{lane}: the late reply of {id} is no longer awaited: {full}")

@@ -37,6 +37,9 @@ pub(super) fn run(
     subject: &str,
     a: Admitted,
 ) {
+    if method.recalls() {
+        return recall(method, node, conn, subject, &a);
+    }
     let Some(seen) = begin(method, node, subject, &a) else {
         return;
     };
@@ -103,6 +106,68 @@ pub(super) fn run(
             log::error!("{subject}: cannot sync the reply to {first}: {e}");
         }
     }
+}
+
+/// Answers a sender asking again for the reply of its message that shares the request's id
+/// (`ReplyAgain`, see [`crate::methods::reply_again`]) from the receiver's record: the
+/// stored reply, or the error a retry of an interrupted message gets. Runs nothing and
+/// records nothing; a message not known here, or still running, gets no answer.
+fn recall(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: &Admitted) {
+    let [envelope] = &a.envelopes[..] else {
+        log::warn!(
+            "{subject}: a batch from {} answered with nothing: asked one message at a time",
+            a.from
+        );
+        return;
+    };
+    let id = &envelope.id;
+    let reply = match node.received.recall(&a.from, id) {
+        Ok(Seen::Done(reply)) => reply,
+        Ok(Seen::Interrupted) => Reply {
+            id: id.clone(),
+            from_node: node.config.node.clone(),
+            to_node: a.from.clone(),
+            status: Status::Error,
+            exit_code: None,
+            output: interrupted(id, node),
+            batch_max: None,
+            digest_sig: false,
+            interrupted: true,
+        },
+        Ok(Seen::New) => {
+            log::debug!("{subject}: {id} from {} is not known here (never received, or forgotten): no reply to give again", a.from);
+            return;
+        }
+        Ok(Seen::Running) => {
+            log::debug!(
+                "{subject}: {id} from {} still runs: its own reply answers it",
+                a.from
+            );
+            return;
+        }
+        Err(e) => {
+            log::error!(
+                "{subject}: cannot read the reply to {id} from {}: {e}",
+                a.from
+            );
+            return;
+        }
+    };
+    log::info!("{subject}: {id} from {}: its reply given again", a.from);
+    node.metrics
+        .received
+        .with_label_values(&[method.name(), "recalled"])
+        .inc();
+    super::answer::answer(method, node, conn, a, &[reply]);
+}
+
+/// What a retry of message `id` (or a sender asking again for its reply) is told when it
+/// was interrupted here.
+fn interrupted(id: &str, node: &Node) -> String {
+    format!(
+        "{id} was interrupted by a restart of {} before it finished, or its reply could not be recorded there; not run again",
+        node.config.node
+    )
 }
 
 /// Ids a handler started ([`crate::received::Received::begin_batch`]): when it ends, those
@@ -242,10 +307,7 @@ fn answers(
                 continue;
             }
             Seen::Interrupted => {
-                let why = format!(
-                    "{} was interrupted by a restart of {} before it finished, or its reply could not be recorded there; not run again",
-                    envelope.id, node.config.node
-                );
+                let why = interrupted(&envelope.id, node);
                 log::warn!("{subject}: {why}");
                 (Outcome::error(why), "error")
             }
