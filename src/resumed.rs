@@ -349,6 +349,23 @@ impl<'a> ReplyHeader<'a> {
     }
 }
 
+/// Whether the last `max_bytes` of the reply file at `path` hold a whole record of the
+/// reply to `id` (its body's length and CRC as its header says); none if there is no file.
+pub fn holds_reply(path: &Path, id: &str, max_bytes: u64) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut found = false;
+    lines_backward_in(&file, max_bytes, |at_byte, line| {
+        let whole = |h: &ReplyHeader| h.ends_at(&file, at_byte + line.len() as u64 + 1);
+        found = ReplyHeader::parse(line).is_some_and(|h| h.id == id && whole(&h).is_some());
+        !found
+    })?;
+    Ok(found)
+}
+
 /// How a reply file ends, as a start finds it.
 #[derive(Debug, PartialEq, Eq)]
 enum Tail {
@@ -694,6 +711,28 @@ mod tests {
 
     fn ship1() -> Subject {
         Subject::parse("ship1.CommandACK.CLICommand").unwrap()
+    }
+
+    #[test]
+    fn a_reply_is_held_by_a_file_only_as_a_whole_record_within_the_look_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ship1.CLICommand.log");
+        assert!(!holds_reply(&path, "a", 1 << 20).unwrap(), "no file");
+        let (a, b) = (header("a", 1_000), header("b", 2_000));
+        std::fs::write(&path, format!("{a}{b}")).unwrap();
+        assert!(holds_reply(&path, "a", 1 << 20).unwrap());
+        assert!(holds_reply(&path, "b", 1 << 20).unwrap());
+        assert!(!holds_reply(&path, "c", 1 << 20).unwrap());
+        assert!(
+            !holds_reply(&path, "a", b.len() as u64).unwrap(),
+            "past the bound"
+        );
+        // Cut short (a power cut in its write), or its body not what its header says.
+        std::fs::write(&path, format!("{a}{}", &b[..b.len() - 3])).unwrap();
+        assert!(!holds_reply(&path, "b", 1 << 20).unwrap());
+        std::fs::write(&path, format!("{a}{}", b.replace("output", "OUTPUT"))).unwrap();
+        assert!(!holds_reply(&path, "b", 1 << 20).unwrap());
+        assert!(holds_reply(&path, "a", 1 << 20).unwrap());
     }
 
     #[test]

@@ -389,6 +389,47 @@ fn a_reply_that_came_while_its_sender_was_down_is_asked_for_again_and_kept() {
     });
 }
 
+/// A command given up, whose late reply central kept just before it was killed (kill -9)
+/// with the table on disk still awaiting it (the kill between the two writes): awaited
+/// again at the restart, ship1 is asked again and gives the same reply, which is found in
+/// the reply file and not kept twice.
+#[test]
+fn a_late_reply_kept_just_before_a_kill_is_not_kept_again_when_asked_for_after_the_restart() {
+    let nats = NatsServer::start();
+    let ship1 = Node::start("ship1", &nats.address(), &[]);
+    let mut central = Node::start("central", &nats.address(), &[]);
+    let go = ship1.path("go");
+    let message = format!(
+        r#"[{{"toNode":"ship1","data":["sh","-c","while [ ! -e {} ]; do sleep 0.1; done; echo done"],"commandOrEvent":"CommandACK","method":"CLICommand","timeout":1,"methodTimeout":60,"retries":0}}]"#,
+        go.display()
+    );
+    let ended = central.send_and_wait(&message);
+    assert_eq!(ended[0].1, "failed", "{ended:?}");
+    let id = ended[0].0.clone();
+    let table = central.wait_for("late-replies.json", &id);
+    std::fs::write(&go, "").unwrap();
+    late_reply_kept_once(&central, &id);
+    wait_until("late-replies.json removed", || {
+        !central.path("late-replies.json").exists()
+    });
+    central.kill9();
+    std::fs::write(central.path("late-replies.json"), &table).unwrap();
+    central.restart();
+    let found = format!("the late reply of {id} is in");
+    wait_until("the answer found kept already", || {
+        central.log().contains(&found)
+    });
+    late_reply_kept_once(&central, &id);
+    wait_until("late-replies.json removed again", || {
+        !central.path("late-replies.json").exists()
+    });
+    assert!(ship1
+        .log()
+        .contains(&format!("{id} from central: its reply given again")));
+    let late = "steward_late_replies_total{method=\"CLICommand\"}";
+    assert_eq!(central.metric(late), 0.0, "counted in the run that kept it");
+}
+
 /// A command given up, whose reply came while central's link was cut (a satellite link
 /// down for the minute the command ended in): the broker had no one to give it to. When
 /// the link is back, central asks ship1 for it again: kept once, the command ran once.

@@ -57,7 +57,7 @@ use std::time::Duration;
 mod replies;
 
 pub use replies::{
-    inbox_of, Ask, GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED,
+    inbox_of, Ask, Asked, GivenUp, Late, NotAwaited, Route, LATE_AT_MOST, LATE_AWAITED,
     LATE_AWAITED_EACH_NODE, LATE_FOR,
 };
 

@@ -184,11 +184,27 @@ struct Awaited {
     asked: Option<Instant>,
     /// The signatures of the last asks ([`ASKS_KEPT`]): their answer is bound to one.
     asks: Vec<String>,
+    /// A reply on its subject was dropped (the queue full: a burst of answers to asks, or
+    /// a flood) since its last ask: the answer may have been it, so it is asked again.
+    dropped: bool,
+    /// Read back at this start, from what an earlier run kept on disk: its reply may be
+    /// kept already (that run stopped between keeping it and writing the table).
+    read_back: bool,
 }
 
 /// How many asks' signatures an awaited message keeps, besides its sends': answers to
 /// older asks are not taken (a later ask gets the same answer).
 pub const ASKS_KEPT: usize = 4;
+
+/// Where an awaited message stands with its asks, for [`Late::asks_due`] to decide on.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked {
+    /// When its node was last asked for it in this run, or it was given up: none, read
+    /// back at this start and not asked yet.
+    pub at: Option<Instant>,
+    /// A reply that came for it was dropped since ([`Awaited::dropped`]).
+    pub dropped: bool,
+}
 
 /// A message given up whose node is to be asked again for its reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,6 +304,8 @@ impl Late {
             said: false,
             asked,
             asks: Vec::new(),
+            dropped: false,
+            read_back: asked.is_none(),
         };
         table.insert(awaited.given_up.reply_subject.clone(), awaited);
         self.changed();
@@ -322,6 +340,8 @@ impl Late {
         if queued {
             awaited.queued += 1;
             *bytes += m.data.len();
+        } else {
+            awaited.dropped = true;
         }
         Some(queued)
     }
@@ -339,15 +359,24 @@ impl Late {
     }
 
     /// The messages whose node is to be asked again for their reply now, one ask each
-    /// (a message may be awaited on several subjects): `due` says, of a node and when one
-    /// of its messages was last asked for (none: never in this run), whether it is.
-    pub fn asks_due(&self, mut due: impl FnMut(&str, Option<Instant>) -> bool) -> Vec<Ask> {
+    /// (a message may be awaited on several subjects), as many as the queue has places
+    /// free for their answers (the rest are due at the next look): `due` says, of a node
+    /// and where one of its messages stands ([`Asked`]), whether it is.
+    pub fn asks_due(&self, mut due: impl FnMut(&str, Asked) -> bool) -> Vec<Ask> {
+        let room = LATE_QUEUED.saturating_sub(self.messages.len());
         let lock = self.lock();
         let mut ids = std::collections::HashSet::new();
         let mut asks = Vec::new();
         for (subject, a) in &lock.0 {
+            if asks.len() >= room {
+                break;
+            }
             let given_up = &a.given_up;
-            if due(&given_up.lane.node, a.asked) && ids.insert(given_up.id.as_str()) {
+            let asked = Asked {
+                at: a.asked,
+                dropped: a.dropped,
+            };
+            if due(&given_up.lane.node, asked) && ids.insert(given_up.id.as_str()) {
                 asks.push(Ask {
                     lane: given_up.lane.clone(),
                     id: given_up.id.clone(),
@@ -368,6 +397,7 @@ impl Late {
                 continue;
             }
             a.asked = Some(at);
+            a.dropped = false;
             if *subject == ask.reply_subject {
                 if a.asks.len() >= ASKS_KEPT {
                     a.asks.remove(0);
@@ -375,6 +405,15 @@ impl Late {
                 a.asks.push(sig.clone());
             }
         }
+    }
+
+    /// Whether the message awaited on `reply_subject` was read back at this start (see
+    /// [`Awaited::read_back`]).
+    pub fn read_back(&self, reply_subject: &str) -> bool {
+        self.lock()
+            .0
+            .get(reply_subject)
+            .is_some_and(|a| a.read_back)
     }
 
     /// A reply on `reply_subject` did not answer its message: whether that is the first
@@ -592,6 +631,39 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_dropped_from_a_full_queue_is_asked_for_again_and_asks_wait_for_room_in_it() {
+        let late = Late::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        let subject = |node: &str, n: usize| format!("_INBOX.central.x.{node}.{n}");
+        for n in 0..LATE_QUEUED {
+            let node = format!("node{}", n % 4);
+            late.awaits_again(given_up(&node, n, later)).unwrap();
+        }
+        late.awaits(given_up("ship9", 9, later)).unwrap();
+        assert!(late.read_back(&subject("node0", 0)));
+        assert!(
+            !late.read_back(&subject("ship9", 9)),
+            "given up in this run"
+        );
+        // As many asks as the queue has places for their answers.
+        assert_eq!(late.asks_due(|_, _| true).len(), LATE_QUEUED);
+        for n in 0..LATE_QUEUED {
+            assert!(late.takes(&on(&subject(&format!("node{}", n % 4), n))));
+        }
+        assert!(late.asks_due(|_, _| true).is_empty(), "no room");
+        // An answer that finds the queue full is dropped: once there is room, its
+        // message is asked for again, and only until it is.
+        assert!(late.takes(&on(&subject("ship9", 9))));
+        assert!(late.messages.try_recv().is_ok());
+        assert!(late.taken(&on(&subject("node0", 0))).is_some());
+        let due = late.asks_due(|_, a| a.dropped);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].id, "ship9-9");
+        late.asked(&due[0], "ask".into(), Instant::now());
+        assert!(late.asks_due(|_, a| a.dropped).is_empty());
+    }
+
+    #[test]
     fn a_message_is_asked_for_again_once_however_many_subjects_await_it_and_its_answer_may_be_bound_to_the_last_asks(
     ) {
         let late = Late::default();
@@ -602,7 +674,7 @@ mod tests {
         again.reply_subject = "_INBOX.central.y.ship1.1".into();
         late.awaits_again(again).unwrap();
         late.awaits_again(given_up("ship2", 2, later)).unwrap();
-        let mut asks = late.asks_due(|_, asked| asked.is_none());
+        let mut asks = late.asks_due(|_, a| a.at.is_none());
         asks.sort_by(|a, b| a.id.cmp(&b.id));
         let ids: Vec<&str> = asks.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["ship1-1", "ship2-2"]);
@@ -614,7 +686,7 @@ mod tests {
         for n in 0..ASKS_KEPT + 2 {
             late.asked(&asks[0], format!("ask{n}"), at);
         }
-        let due = late.asks_due(|_, asked| asked.is_none());
+        let due = late.asks_due(|_, a| a.at.is_none());
         assert_eq!(due.len(), 1, "{due:?}");
         assert_eq!(due[0].id, "ship2-2");
         let sigs = late.taken(&on("_INBOX.central.y.ship1.1")).unwrap().sigs;

@@ -584,7 +584,7 @@ impl Supervisor {
         }
         if !self.node.handlers.wait_idle(deadline) || running > 0 {
             log::warn!(
-                "grace period over with work still running: any command still running is killed, and not run again (its sender is answered so if it asks again, which it does not for a message it gave up); messages not yet delivered, and copies, go on at the next start"
+                "grace period over with work still running: any command still running is killed, and not run again (its sender is answered so when it tries again, or asks again for the reply of a message it gave up); messages not yet delivered, and copies, go on at the next start"
             );
         }
         // Commands run in process groups of their own, out of reach of what stops the

@@ -38,10 +38,12 @@
 //! given up is not sent again (it could run twice), so the process asks its node again
 //! for the reply instead ([`crate::methods::reply_again`], which runs nothing there):
 //! at this start, after a reconnect, at the node's first Hello after its start, and
-//! every [`ASK_EVERY`] while it says Hello ([`LateReplies::ask_again`]). The node answers
-//! from its record: the reply it sent, or that the message was interrupted there. Lost
-//! all the same: a message given up within a second of a kill -9 or a power cut (not in
-//! the file yet).
+//! every [`ASK_EVERY`] while it says Hello or if this node hears none from it ([`ask_due`]).
+//! The node answers from its record: the reply it sent, or that the message was
+//! interrupted there. An answer to an ask made at this start may be a reply the last run
+//! kept just before it was killed, the table not yet written: it is looked for in the
+//! reply file first ([`LateReplies::kept_already`]). Lost all the same: a message given up
+//! within a second of a kill -9 or a power cut (not in the file yet).
 //!
 //! [`LATE_AWAITED`]: crate::broker::LATE_AWAITED
 //! [`LATE_AWAITED_EACH_NODE`]: crate::broker::LATE_AWAITED_EACH_NODE
@@ -87,6 +89,43 @@ pub const ASK_EVERY: Duration = Duration::from_secs(60);
 pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// How often the asks due are looked for.
 const ASK_LOOK: Duration = Duration::from_secs(1);
+/// How far back from its end a reply file is read for a late reply kept before this start
+/// ([`LateReplies::kept_already`]).
+const KEPT_LOOK_BACK: u64 = 1 << 20;
+
+/// Whether a message awaited, where it stands with its asks (`asked`), is to be asked for
+/// again `now`, this node's link having last come back up at `reconnected`, its node having
+/// last said Hello at `hello` and its first since its start at `started`:
+///
+/// - read back at this start, at once: its reply may have come while this node was down;
+/// - none sooner than [`ASK_AGAIN_AFTER`] after its last ask (or its give-up), whatever
+///   happened since: a link that comes and goes, a stolen key saying a node's first Hello
+///   every second;
+/// - an answer to it dropped since (the queue full), at once: it may have been the reply;
+/// - after this node's link came back up: the reply may have come while it was down;
+/// - after its node's first Hello since its start: killed while running it, that node
+///   now knows the message was interrupted;
+/// - every [`ASK_EVERY`] while its node says Hello; and every [`ASK_EVERY`] if this node
+///   hears none from it at all (Hellos go to central: a node other than central, an
+///   operator's station, knows no better). A node that is down, as its silence says, is
+///   not asked: it is once it says Hello.
+pub fn ask_due(
+    now: Instant,
+    asked: crate::broker::Asked,
+    reconnected: Option<Instant>,
+    hello: Option<Instant>,
+    started: Option<Instant>,
+) -> bool {
+    let Some(last) = asked.at else { return true };
+    let since = now.saturating_duration_since(last);
+    if since < ASK_AGAIN_AFTER {
+        return false;
+    }
+    asked.dropped
+        || reconnected.is_some_and(|at| at > last)
+        || started.is_some_and(|at| at > last)
+        || (hello.is_none_or(|at| at > last) && since >= ASK_EVERY)
+}
 
 /// At most this many bytes of `late-replies.json` are read: [`crate::broker::LATE_AWAITED`]
 /// messages of a few signatures each are well under it.
@@ -218,16 +257,10 @@ impl LateReplies {
     }
 
     /// Asks the nodes of the messages awaited again for their replies, where it is due
-    /// (see [`crate::methods::reply_again`]): a message read back at this start at once (its
-    /// reply may have come while this node was down); every message after this node's link
-    /// came back up (it may have come while the link was down); a message whose node said
-    /// its first Hello since its start (killed while running it, it now knows the message
-    /// was interrupted) at once, and one whose node says Hello every [`ASK_EVERY`]; none
-    /// sooner than [`ASK_AGAIN_AFTER`] after its last ask, or its give-up. A node that is
-    /// down or says no Hello is not asked (but at this start and at a reconnect). The answer
-    /// comes on the message's reply subject, and is taken as any late reply, bound to the
-    /// ask's signature; a node that does not know the message, or still runs it, gives no
-    /// answer, and one whose version has no `ReplyAgain` answers "no responders".
+    /// ([`ask_due`], and see [`crate::methods::reply_again`]). The answer comes on the
+    /// message's reply subject, and is taken as any late reply, bound to the ask's
+    /// signature; a node that does not know the message, or still runs it, gives no answer,
+    /// and one whose version has no `ReplyAgain` answers "no responders".
     fn ask_again(&mut self) {
         let now = Instant::now();
         self.looked = Some(now);
@@ -237,15 +270,8 @@ impl LateReplies {
         }
         let reconnected = self.reconnected;
         let asks = node.broker.late.asks_due(|to, asked| {
-            let Some(asked) = asked else { return true };
-            let since = now.saturating_duration_since(asked);
-            if since < ASK_AGAIN_AFTER {
-                return false;
-            }
             let (hello, started) = node.presence.heard(to);
-            reconnected.is_some_and(|at| at > asked)
-                || started.is_some_and(|at| at > asked)
-                || (hello.is_some_and(|at| at > asked) && since >= ASK_EVERY)
+            ask_due(now, asked, reconnected, hello, started)
         });
         for ask in asks {
             match self.ask(&ask) {
@@ -434,6 +460,11 @@ impl LateReplies {
             }
         };
         let path = self.node.data.replies(to, &given_up.lane.method);
+        if late.read_back(&msg.subject) && self.kept_already(&given_up, &path) {
+            late.answered(&msg.subject);
+            self.save_or_say();
+            return Ok(());
+        }
         let (happened, then) = after_all(&reply);
         if let Err(source) = self.keep(&given_up, &reply, came, then, &path) {
             if self.stopping {
@@ -490,6 +521,36 @@ impl LateReplies {
             self.node.data.failed().display()
         ));
         Ok(())
+    }
+
+    /// Whether the reply to `given_up`, awaited again at this start, was kept in `path`
+    /// before it (the earlier run stopped, a kill -9 or a power cut, between keeping it
+    /// and writing the table without it): then its node's answer to this run's ask is the
+    /// same reply, not to be kept twice. Looked for among the file's last records (written
+    /// just before that stop, only what this run kept since after them); a file that
+    /// cannot be read keeps it (twice rather than lost).
+    fn kept_already(&self, given_up: &GivenUp, path: &std::path::Path) -> bool {
+        match crate::resumed::holds_reply(path, &given_up.id, KEPT_LOOK_BACK) {
+            Ok(true) => {
+                log::info!(
+                    "{}: the late reply of {} is in {} already (kept before this node's last stop): not kept again",
+                    given_up.lane,
+                    given_up.id,
+                    path.display()
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot look for the late reply of {} in {} ({e}): kept, maybe twice",
+                    given_up.lane,
+                    given_up.id,
+                    path.display()
+                );
+                false
+            }
+        }
     }
 
     /// Appends `reply`, which came at `came`, to the lane's reply file, with a last line
@@ -740,6 +801,45 @@ mod tests {
 
     fn close(a: Instant, b: Instant) -> bool {
         a.max(b).duration_since(a.min(b)) < Duration::from_millis(2)
+    }
+
+    #[test]
+    fn a_node_is_asked_again_at_a_start_a_reconnect_its_restart_a_dropped_answer_and_each_minute() {
+        use crate::broker::Asked;
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let asked = |s: u64| Asked {
+            at: Some(at(s)),
+            dropped: false,
+        };
+        let never = Asked {
+            at: None,
+            dropped: false,
+        };
+        // Read back at this start: at once, whatever else.
+        assert!(ask_due(at(0), never, None, None, None));
+        // Asked at 10 s, its node heard at 20 s: not again within the minute, unless this
+        // node reconnected, its node restarted, or an answer was dropped, each after the
+        // ask; and never within ASK_AGAIN_AFTER of it.
+        let hello = Some(at(20));
+        assert!(!ask_due(at(30), asked(10), None, hello, None));
+        assert!(!ask_due(at(30), asked(10), Some(at(5)), hello, Some(at(5))));
+        assert!(ask_due(at(30), asked(10), Some(at(11)), hello, None));
+        assert!(ask_due(at(30), asked(10), None, hello, Some(at(11))));
+        let dropped = Asked {
+            dropped: true,
+            ..asked(10)
+        };
+        assert!(ask_due(at(30), dropped, None, hello, None));
+        let soon = at(10) + ASK_AGAIN_AFTER - Duration::from_millis(1);
+        assert!(!ask_due(soon, dropped, Some(at(11)), hello, Some(at(11))));
+        // Each minute while its node says Hello; never while it is silent since the ask (down).
+        let minute = at(10) + ASK_EVERY;
+        assert!(ask_due(minute, asked(10), None, hello, None));
+        assert!(!ask_due(minute, asked(10), None, Some(at(9)), None));
+        // A node this one hears no Hello from at all (not central): each minute.
+        assert!(!ask_due(at(30), asked(10), None, None, None));
+        assert!(ask_due(minute, asked(10), None, None, None));
     }
 
     #[test]

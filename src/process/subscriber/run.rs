@@ -114,7 +114,8 @@ pub(super) fn run(
 /// records nothing; a message not known here, or still running, gets no answer.
 fn recall(method: &dyn Method, node: &Node, conn: &nats::Connection, subject: &str, a: &Admitted) {
     let [envelope] = &a.envelopes[..] else {
-        log::warn!(
+        // Not steward's (it asks one at a time): said where a flood is not a flood of lines.
+        log::debug!(
             "{subject}: a batch from {} answered with nothing: asked one message at a time",
             a.from
         );
